@@ -1,0 +1,84 @@
+"""Analytic compute cost of each exit, in FLOPs = 2 x multiply-accumulates (MACs).
+
+Counted as in the paper (N tokens, D width, MLP hidden H = mlp_ratio * D):
+- patch embedding: ``num_patches * D * (3 * p * p)`` MACs (plus the conv stem, if any);
+- one block: ``3ND^2`` (qkv) + ``2N^2 D`` (scores and weighted sum) + ``ND^2`` (proj) + ``2NDH``
+  (MLP) MACs, i.e. ``12ND^2 + 2N^2 D`` for H = 4D; norms, softmax and activations are ignored;
+- the heads read by one exit: (C) ``feature`` (``num_patches*D*F + F*F`` MACs) and ``head_qs``;
+  (T) ``head_qs`` on one token; plus 2 FLOPs per element for the final LayerNorm over the tokens
+  the head reads and for each BatchNorm (scale and shift).
+
+Full-size (C): 0.0358 GFLOPs patch embedding + 0.9484 per block + 0.0760 head, so exit 7 = 6.75 and
+exit 12 = 11.49 GFLOPs. (T): 0.9553 GFLOPs per block and about 3k FLOPs of head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .model import ViTFIQAConfig
+
+__all__ = ["ExitCost", "block_flops", "exit_cost", "exit_costs", "fused_cost", "head_flops", "patch_embed_flops"]
+
+
+def patch_embed_flops(c: ViTFIQAConfig) -> float:
+    """FLOPs of the patch embedding (and conv stem): one conv per output position."""
+    macs = 0.0
+    side, prev = c.img_size, 3
+    for ch in c.stem_channels:
+        side = (side + 1) // 2
+        macs += side * side * ch * prev * 9
+        prev = ch
+    macs += c.num_patches * c.embed_dim * prev * c.patch_size**2
+    return 2.0 * macs
+
+
+def block_flops(c: ViTFIQAConfig) -> float:
+    """FLOPs of one transformer block over ``c.num_tokens`` tokens."""
+    n, d = c.num_tokens, c.embed_dim
+    hidden = c.mlp_ratio * d
+    macs = 3 * n * d * d + 2 * n * n * d + n * d * d + 2 * n * d * hidden
+    return 2.0 * macs
+
+
+def head_flops(c: ViTFIQAConfig) -> float:
+    """FLOPs of the final LayerNorm plus heads that turn one exit's tokens into a score."""
+    d, f = c.embed_dim, c.feature_dim
+    if c.variant == "token":
+        return 2.0 * d + 2.0 * d + 2.0 * d  # LN of the quality token, BN, Linear(D -> 1)
+    macs = c.num_patches * d * f + f * f + f
+    return 2.0 * macs + 2.0 * c.num_tokens * d + 2 * (2.0 * f) + 2.0 * f
+
+
+@dataclass(frozen=True)
+class ExitCost:
+    """Cost of reading exit ``exit`` alone (a model truncated after ``exit`` blocks)."""
+
+    exit: int
+    gflops: float
+    fraction_of_full: float
+
+    @property
+    def saving(self) -> float:
+        """Fraction of the full model's FLOPs saved by stopping here."""
+        return 1.0 - self.fraction_of_full
+
+
+def exit_cost(c: ViTFIQAConfig, exit: int) -> ExitCost:
+    """GFLOPs of the truncated model that runs ``exit`` blocks and the heads once."""
+    if not 1 <= exit <= c.depth:
+        raise ValueError(f"exit must lie in 1..{c.depth}, got {exit}")
+    flops = patch_embed_flops(c) + exit * block_flops(c) + head_flops(c)
+    full = patch_embed_flops(c) + c.depth * block_flops(c) + head_flops(c)
+    return ExitCost(exit=exit, gflops=flops / 1e9, fraction_of_full=flops / full)
+
+
+def exit_costs(c: ViTFIQAConfig) -> list[ExitCost]:
+    """:func:`exit_cost` for every exit ``1..depth``."""
+    return [exit_cost(c, k) for k in range(1, c.depth + 1)]
+
+
+def fused_cost(c: ViTFIQAConfig, exits: int | None = None) -> float:
+    """GFLOPs of fusing exits ``1..exits`` (default all): the blocks once, the heads per exit."""
+    k = c.depth if exits is None else exits
+    return (patch_embed_flops(c) + k * block_flops(c) + k * head_flops(c)) / 1e9

@@ -1,0 +1,134 @@
+"""Safe loading and atomic writing: the only places where files enter or leave the package.
+
+Conventions:
+- Checkpoints are read with ``torch.load(weights_only=True)``: tensors, containers and primitive
+  types only. A file that needs any other unpickling is refused and nothing in it runs.
+- Every output is first written to a temporary file in the target folder, then renamed into place,
+  so a reader never sees a half-written file. An existing file is only replaced with
+  ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = [
+    "CheckpointError",
+    "atomic_path",
+    "atomic_write",
+    "file_digest",
+    "load_state_dict",
+    "safe_torch_load",
+]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be loaded safely or does not match the model."""
+
+
+def safe_torch_load(path: str | os.PathLike[str]) -> Any:
+    """Load a ``torch.save`` file without running any code from it.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        CheckpointError: the file is not a weights-only checkpoint (it would need arbitrary
+            unpickling, e.g. a pickled ``nn.Module`` or a custom class), or it is corrupt.
+    """
+    import pickle
+
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{p}: refused to load: the file needs arbitrary unpickling (a pickled module or a "
+            f"custom class), which could run code. Only plain state_dicts of tensors are accepted; "
+            f"re-save it with torch.save(model.state_dict(), path) in a trusted environment. "
+            f"Detail: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({exc})") from None
+
+
+def load_state_dict(
+    path: str | os.PathLike[str], nested_keys: tuple[str, ...] = ("state_dict", "model")
+) -> dict[str, Any]:
+    """Load a checkpoint safely and return its flat state_dict.
+
+    A dict holding a state_dict under one of ``nested_keys`` (e.g. MagFace's ``{"state_dict": ...}``)
+    is unwrapped. Keys are returned unchanged (prefix handling is the caller's job).
+    """
+    obj = safe_torch_load(path)
+    if isinstance(obj, Mapping):
+        for key in nested_keys:
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and not _is_tensor(obj.get(key)):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{path}: expected a non-empty state_dict, got {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not _is_tensor(v)]
+    if bad:
+        raise CheckpointError(f"{path}: state_dict entries that are not tensors: {bad[:5]}")
+    return dict(obj)
+
+
+def _is_tensor(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor)
+
+
+@contextlib.contextmanager
+def atomic_path(
+    target: str | os.PathLike[str], *, overwrite: bool = False
+) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; on success rename it onto ``target``.
+
+    Raises:
+        FileExistsError: ``target`` exists and ``overwrite`` is False (checked before any work).
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_write(
+    target: str | os.PathLike[str], mode: str = "w", *, overwrite: bool = False, **open_kwargs: Any
+) -> Iterator[IO[Any]]:
+    """Open a temporary file for writing; it replaces ``target`` only if the block succeeds."""
+    if "b" not in mode:
+        open_kwargs.setdefault("encoding", "utf-8")
+        open_kwargs.setdefault("newline", "")
+    with atomic_path(target, overwrite=overwrite) as tmp, open(tmp, mode, **open_kwargs) as fh:
+        yield fh
+
+
+def file_digest(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file's content (used as a cache key)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,488 @@
+"""ViT-FIQA on timm's VisionTransformer, with every early exit in one forward pass.
+
+Conventions:
+- Input: aligned faces, float tensors (B, 3, 112, 112), **RGB**, normalised ``(x/255 - 0.5)/0.5``
+  (see :func:`exfiqa.images.to_tensor`). Higher score = better quality (more utility for FR).
+- Exit ``l`` (1-based, ``1..depth``) = run ``l`` transformer blocks, apply the **shared final
+  LayerNorm** ``norm`` to the tokens, then the **unchanged** heads. Exit ``depth`` is the plain
+  ViT-FIQA score.
+- Variant ``"token"`` (T): a learnable quality token (timm's class token, saved as ``qs_token``) is
+  prepended; score = ``head_qs(norm(x)[:, 0])``; the FR embedding is ``feature(patch tokens)``.
+- Variant ``"crfiqa"`` (C): no extra token; FR embedding = ``feature(flatten(norm(x)))`` and
+  score = ``head_qs(embedding)``.
+
+The state_dict of :class:`ViTFIQA` uses the released key names except timm's ``cls_token`` for the
+released ``qs_token``; :func:`load_vitfiqa` and :func:`released_state_dict` translate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Literal
+
+import torch
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from .io import CheckpointError, load_state_dict
+
+__all__ = [
+    "ConvStemPatchEmbed",
+    "ExitOutput",
+    "ViTFIQA",
+    "ViTFIQAConfig",
+    "capture_attention",
+    "attention_grid",
+    "build_vitfiqa",
+    "load_vitfiqa",
+    "released_state_dict",
+    "save_vitfiqa",
+]
+
+Variant = Literal["token", "crfiqa"]
+
+
+@dataclass(frozen=True)
+class ViTFIQAConfig:
+    """Architecture of a ViT-FIQA model. Defaults are the released full-size model.
+
+    ``stem_channels`` adds a small convolutional stem (3x3 stride-2 conv + BN + ReLU per entry)
+    before the patch projection; empty for the released models. The 12 blocks, the exits and the
+    heads are the same either way.
+    """
+
+    variant: Variant = "token"
+    img_size: int = 112
+    patch_size: int = 9
+    embed_dim: int = 512
+    depth: int = 12
+    num_heads: int = 8
+    mlp_ratio: float = 4.0
+    feature_dim: int = 512
+    stem_channels: tuple[int, ...] = field(default_factory=tuple)
+    drop_path_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.variant not in ("token", "crfiqa"):
+            raise ValueError(f"variant must be 'token' or 'crfiqa', got {self.variant!r}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}"
+            )
+        if self.grid_size < 1:
+            raise ValueError(
+                f"patch_size={self.patch_size} too large for img_size={self.img_size} "
+                f"with a {len(self.stem_channels)}-layer stem"
+            )
+
+    @property
+    def stem_stride(self) -> int:
+        return 2 ** len(self.stem_channels)
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side: ``(img_size // stem_stride) // patch_size`` (112 // 9 = 12)."""
+        return (self.img_size // self.stem_stride) // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size**2
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1 if self.variant == "token" else 0
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_patches + self.num_prefix_tokens
+
+
+class ConvStemPatchEmbed(PatchEmbed):
+    """timm ``PatchEmbed`` preceded by a small convolutional stem (a hybrid patch embedding).
+
+    Keys: ``patch_embed.stem.{3k}.weight`` (conv), ``.{3k+1}.*`` (BN), then ``patch_embed.proj.*``.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 112,
+        patch_size: int = 4,
+        in_chans: int = 3,
+        embed_dim: int = 64,
+        stem_channels: Sequence[int] = (16, 32),
+        **kwargs: object,
+    ) -> None:
+        stride = 2 ** len(stem_channels)
+        super().__init__(
+            img_size=img_size // stride,
+            patch_size=patch_size,
+            in_chans=stem_channels[-1],
+            embed_dim=embed_dim,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        layers: list[nn.Module] = []
+        prev = in_chans
+        for ch in stem_channels:
+            layers += [nn.Conv2d(prev, ch, 3, 2, 1, bias=False), nn.BatchNorm2d(ch), nn.ReLU()]
+            prev = ch
+        self.stem = nn.Sequential(*layers)
+        self.full_img_size = (img_size, img_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.stem(x))
+
+
+@dataclass
+class ExitOutput:
+    """Scores of the requested exits, in the order asked.
+
+    Attributes:
+        exits: 1-based exit indices, ascending.
+        scores: (B, len(exits)) quality scores.
+        embeddings: (B, len(exits), feature_dim) FR embeddings per exit, if requested.
+    """
+
+    exits: list[int]
+    scores: torch.Tensor
+    embeddings: torch.Tensor | None = None
+
+
+class ViTFIQA(VisionTransformer):
+    """ViT-FIQA: timm's VisionTransformer plus the ``feature`` and ``head_qs`` heads."""
+
+    def __init__(self, config: ViTFIQAConfig) -> None:
+        embed_layer: type[nn.Module] | partial[nn.Module] = PatchEmbed
+        if config.stem_channels:
+            embed_layer = partial(ConvStemPatchEmbed, stem_channels=config.stem_channels)
+        super().__init__(
+            img_size=config.img_size,
+            patch_size=config.patch_size,
+            embed_dim=config.embed_dim,
+            depth=config.depth,
+            num_heads=config.num_heads,
+            mlp_ratio=config.mlp_ratio,
+            qkv_bias=False,
+            act_layer=nn.ReLU6,
+            norm_layer=partial(nn.LayerNorm, eps=1e-5),
+            class_token=config.variant == "token",
+            global_pool="",
+            num_classes=0,
+            drop_path_rate=config.drop_path_rate,
+            embed_layer=embed_layer,
+        )
+        self.config = config
+        d, f = config.embed_dim, config.feature_dim
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.feature = nn.Sequential(
+            nn.Linear(config.num_patches * d, f, bias=False),
+            nn.BatchNorm1d(f, eps=2e-5),
+            nn.Linear(f, f, bias=False),
+            nn.BatchNorm1d(f, eps=2e-5),
+        )
+        head_in = d if config.variant == "token" else f
+        self.head_qs = nn.Sequential(nn.BatchNorm1d(head_in, eps=2e-5), nn.Linear(head_in, 1, bias=False))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    def tokens(self, x: torch.Tensor, mask_ratio: float = 0.0) -> torch.Tensor:
+        """Patch embedding (+ quality token) + position embedding: the input of block 1.
+
+        ``mask_ratio`` > 0 replaces that fraction of patch tokens by ``mask_token`` (training only).
+        """
+        x = self.patch_embed(x)
+        if mask_ratio > 0:
+            b, n, _ = x.shape
+            n_mask = int(round(mask_ratio * n))
+            if n_mask:
+                idx = torch.rand(b, n, device=x.device).argsort(dim=1)[:, :n_mask]
+                mask = torch.zeros(b, n, dtype=torch.bool, device=x.device)
+                mask.scatter_(1, idx, True)
+                x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
+        x = self._pos_embed(x)
+        x = self.patch_drop(x)
+        return self.norm_pre(x)
+
+    def exit_head(self, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Heads on LayerNorm-ed tokens (B, N, D) -> (score (B,), FR embedding (B, F) or None).
+
+        For (T) the embedding is computed only when gradients or callers need it; here it is
+        always returned for (C) (the score depends on it) and for (T) computed from patch tokens.
+        """
+        if self.config.variant == "token":
+            score = self.head_qs(normed[:, 0]).squeeze(-1)
+            return score, None
+        emb = self.feature(normed.flatten(1))
+        return self.head_qs(emb).squeeze(-1), emb
+
+    def embedding(self, normed: torch.Tensor) -> torch.Tensor:
+        """FR embedding from LayerNorm-ed tokens: ``feature`` on the flattened patch tokens."""
+        patches = normed[:, self.num_prefix_tokens :]
+        return self.feature(patches.flatten(1))
+
+    def forward_exits(
+        self,
+        x: torch.Tensor,
+        exits: Sequence[int] | None = None,
+        return_embeddings: bool = False,
+    ) -> ExitOutput:
+        """Scores of several exits in one pass; only ``max(exits)`` blocks are run.
+
+        Args:
+            x: (B, 3, H, W) normalised RGB faces.
+            exits: 1-based exits to read (default: all ``1..depth``).
+            return_embeddings: also return the FR embedding of each exit.
+        """
+        exits = self._check_exits(exits)
+        wanted = set(exits)
+        h = self.tokens(x)
+        normed: list[torch.Tensor] = []
+        for i, block in enumerate(self.blocks[: exits[-1]], start=1):
+            h = block(h)
+            if i in wanted:
+                normed.append(self.norm(h))
+        # One batched call of the heads over all exits: (E*B, N, D). BatchNorm in eval mode is
+        # per-sample, so this equals calling the heads exit by exit.
+        b = x.shape[0]
+        stacked = torch.cat(normed, dim=0)
+        scores, emb = self.exit_head(stacked)
+        scores = scores.view(len(exits), b).T.contiguous()
+        embeddings = None
+        if return_embeddings:
+            if emb is None:
+                emb = self.embedding(stacked)
+            embeddings = emb.view(len(exits), b, -1).transpose(0, 1).contiguous()
+        return ExitOutput(exits=exits, scores=scores, embeddings=embeddings)
+
+    def score_at_exit(self, x: torch.Tensor, exit: int) -> torch.Tensor:
+        """Truncated model: runs only the first ``exit`` blocks and returns (B,) scores."""
+        return self.forward_exits(x, [exit]).scores[:, 0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain ViT-FIQA score (B,): all blocks, final norm, heads (the last exit)."""
+        return self.exit_head(self.forward_features(x))[0]
+
+    def forward_train(
+        self, x: torch.Tensor, mask_ratio: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training forward: (FR embedding (B, F), quality score (B,)) at the last exit."""
+        h = self.norm(self.blocks(self.tokens(x, mask_ratio)))
+        score, emb = self.exit_head(h)
+        if emb is None:
+            emb = self.embedding(h)
+        return emb, score
+
+    def _check_exits(self, exits: Sequence[int] | None) -> list[int]:
+        if exits is None:
+            return list(range(1, self.depth + 1))
+        out = sorted({int(e) for e in exits})
+        if not out or out[0] < 1 or out[-1] > self.depth:
+            raise ValueError(f"exits must lie in 1..{self.depth}, got {list(exits)}")
+        return out
+
+
+def build_vitfiqa(config: ViTFIQAConfig | None = None, **overrides: object) -> ViTFIQA:
+    """Build a randomly initialised ViT-FIQA (``config`` fields may be overridden by keyword)."""
+    config = config or ViTFIQAConfig()
+    if overrides:
+        config = ViTFIQAConfig(**{**asdict(config), **overrides})  # type: ignore[arg-type]
+    return ViTFIQA(config)
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+@contextlib.contextmanager
+def capture_attention(model: ViTFIQA) -> Iterator[list[torch.Tensor]]:
+    """Collect each block's softmax attention (B, heads, N, N) during forwards in the block.
+
+    Fused scaled-dot-product attention never forms the matrix, so it is switched off inside the
+    context (scores are unchanged up to float rounding) and restored afterwards. The list holds one
+    tensor per block run, in order; callers should check its length.
+    """
+    maps: list[torch.Tensor] = []
+    saved = [blk.attn.fused_attn for blk in model.blocks]
+    handles = []
+    for blk in model.blocks:
+        blk.attn.fused_attn = False
+        handles.append(
+            blk.attn.attn_drop.register_forward_hook(
+                lambda _m, inp, _out: maps.append(inp[0].detach())
+            )
+        )
+    try:
+        yield maps
+    finally:
+        for h in handles:
+            h.remove()
+        for blk, fused in zip(model.blocks, saved, strict=True):
+            blk.attn.fused_attn = fused
+
+
+def attention_grid(attn: torch.Tensor, variant: Variant, grid_size: int) -> torch.Tensor:
+    """Attention over the patch grid, averaged over heads: (B, grid, grid).
+
+    (T): the quality token's row (query 0) over the patch keys. (C), which has no quality token:
+    the mean attention each patch receives, averaged over all query patches.
+    """
+    if variant == "token":
+        row = attn[:, :, 0, 1:].mean(dim=1)
+    else:
+        row = attn.mean(dim=(1, 2))
+    return row.reshape(attn.shape[0], grid_size, grid_size)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
+_STEM_KEY = re.compile(r"^patch_embed\.stem\.(\d+)\.weight$")
+_PREFIXES = ("module.", "model.", "backbone.")
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = state
+    for prefix in _PREFIXES:
+        if out and all(k.startswith(prefix) for k in out):
+            out = {k[len(prefix) :]: v for k, v in out.items()}
+    return out
+
+
+def _looks_like(state: dict[str, torch.Tensor]) -> str:
+    keys = set(state)
+    if any(k.startswith("layer1.") for k in keys) or "conv1.weight" in keys:
+        return " It looks like an iResNet face-recognition checkpoint, not ViT-FIQA."
+    if any(k.startswith("body.") for k in keys) or any(k.startswith("input_layer") for k in keys):
+        return " It looks like a face.evoLVe IR (CurricularFace) checkpoint, not ViT-FIQA."
+    return " It does not look like a ViT-FIQA checkpoint (expected pos_embed, blocks.*, head_qs.*)."
+
+
+def config_from_state_dict(
+    state: dict[str, torch.Tensor], num_heads: int = 8, img_size: int = 112, source: str = "state_dict"
+) -> ViTFIQAConfig:
+    """Infer a :class:`ViTFIQAConfig` from released key names and tensor shapes.
+
+    Variant from the presence of ``qs_token`` (or ``cls_token``); width from ``pos_embed``; depth
+    from the block indices; patch size from ``patch_embed.proj.weight``; stem from
+    ``patch_embed.stem.*``; MLP ratio from ``fc1``; feature width from ``feature.0.weight``.
+    """
+    required = ("pos_embed", "patch_embed.proj.weight", "norm.weight", "head_qs.1.weight", "feature.0.weight")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CheckpointError(f"{source}: missing keys {missing}." + _looks_like(state))
+    variant: Variant = "token" if ("qs_token" in state or "cls_token" in state) else "crfiqa"
+    pos = state["pos_embed"]
+    embed_dim = int(pos.shape[-1])
+    depth = 1 + max((int(m.group(1)) for k in state if (m := _BLOCK_KEY.match(k))), default=-1)
+    if depth < 1:
+        raise CheckpointError(f"{source}: no transformer blocks (blocks.N.*) found." + _looks_like(state))
+    proj = state["patch_embed.proj.weight"]
+    stem_idx = sorted(int(m.group(1)) for k in state if (m := _STEM_KEY.match(k)))
+    stem = tuple(int(state[f"patch_embed.stem.{i}.weight"].shape[0]) for i in stem_idx if state[f"patch_embed.stem.{i}.weight"].dim() == 4)
+    hidden = int(state["blocks.0.mlp.fc1.weight"].shape[0]) if "blocks.0.mlp.fc1.weight" in state else 4 * embed_dim
+    config = ViTFIQAConfig(
+        variant=variant,
+        img_size=img_size,
+        patch_size=int(proj.shape[-1]),
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=hidden / embed_dim,
+        feature_dim=int(state["feature.0.weight"].shape[0]),
+        stem_channels=stem,
+    )
+    if int(pos.shape[1]) != config.num_tokens:
+        other = "crfiqa" if variant == "token" else "token"
+        raise CheckpointError(
+            f"{source}: pos_embed has {int(pos.shape[1])} tokens but a {variant!r} model with a "
+            f"{config.grid_size}x{config.grid_size} patch grid needs {config.num_tokens}. Wrong "
+            f"variant (expected {other!r}?), a missing/extra qs_token, or a different img_size."
+        )
+    return config
+
+
+def _to_internal(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {("cls_token" if k == "qs_token" else k): v for k, v in state.items()}
+    for key in [k for k in out if k.endswith(".running_var")]:
+        # Older PyTorch BN state_dicts lack the counter; it is not a weight.
+        out.setdefault(key.replace(".running_var", ".num_batches_tracked"), torch.tensor(0))
+    if "mask_token" not in out and "pos_embed" in out:
+        out["mask_token"] = torch.zeros(1, 1, out["pos_embed"].shape[-1])
+    return out
+
+
+def released_state_dict(model: ViTFIQA) -> dict[str, torch.Tensor]:
+    """The model's state_dict under the released key names (``cls_token`` -> ``qs_token``)."""
+    return {("qs_token" if k == "cls_token" else k): v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def load_vitfiqa(
+    path: str | os.PathLike[str],
+    num_heads: int = 8,
+    img_size: int = 112,
+    device: str | torch.device = "cpu",
+) -> ViTFIQA:
+    """Load a released ViT-FIQA checkpoint (either variant) strictly and safely, in eval mode.
+
+    The file must be a plain state_dict (``torch.load(weights_only=True)``; nothing in it runs).
+    ``module.`` prefixes are stripped; the variant is detected from ``qs_token``; width, depth,
+    patch size and stem are inferred from shapes; ``mask_token`` is accepted and unused.
+
+    Raises:
+        CheckpointError: unsafe file, missing/unexpected keys or mismatched shapes, with the likely
+            cause.
+    """
+    state = _strip_prefixes(load_state_dict(path))
+    config = config_from_state_dict(state, num_heads=num_heads, img_size=img_size, source=str(path))
+    model = ViTFIQA(config)
+    internal = _to_internal(state)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(internal))
+    unexpected = sorted(set(internal) - set(expected))
+    shapes = [
+        f"{k}: file {tuple(internal[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in internal and internal[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+        if shapes:
+            parts.append(f"shape mismatches {shapes[:4]}")
+        hint = f" Detected variant {config.variant!r}, depth {config.depth}, width {config.embed_dim}."
+        if len(missing) > 10:
+            hint += _looks_like(state)
+        raise CheckpointError(f"{path}: " + "; ".join(parts) + "." + hint)
+    model.load_state_dict(internal, strict=True)
+    return model.to(device).eval()
+
+
+def save_vitfiqa(model: ViTFIQA, path: str | os.PathLike[str], overwrite: bool = False) -> None:
+    """Save ``model`` as a released-format state_dict (plain tensors, ``qs_token`` naming), atomically."""
+    from .io import atomic_path
+
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        torch.save(released_state_dict(model), tmp)
+
+
+def num_parameters(model: nn.Module) -> int:
+    """Parameter count (the released full-size (T) model has about 76M)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def grid_side(num_patches: int) -> int:
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise ValueError(f"{num_patches} patches do not form a square grid")
+    return side
