@@ -1,0 +1,1027 @@
+"""Benchmark readers and writers in the real on-disk formats, and 5-point face alignment.
+
+Every reader returns a :class:`Benchmark`: a sample table, a comparison table and a lazy image
+iterator. Conventions shared by all readers:
+
+- Images are decoded with Pillow and returned as **RGB, uint8, shape (112, 112, 3)**, channels in
+  the order red, green, blue (no BGR anywhere in this module). Grayscale/palette/RGBA files are
+  converted to RGB; an image that is not 112x112 after decoding (and alignment, for IJB-C) is an
+  error naming the file.
+- ``samples`` has ``sample_id`` = 0..n-1 (the row order, which is also the decode order) and
+  ``path`` (a file path, or ``<file.bin>#<k>`` for the k-th image inside a ``.bin``).
+- ``comparisons`` has ``a``, ``b`` and ``mated`` (bool; True = same identity, "genuine").
+  For ``level="sample"`` benchmarks ``a``/``b`` are sample ids; for ``level="template"``
+  (IJB-C 1:1) they are template ids, and ``samples`` carries ``template_id`` and ``media_id``.
+
+Supported formats (see each reader's docstring for the exact layout):
+
+- insightface verification ``.bin`` (LFW, AgeDB-30, CFP-FP, CALFW, CPLFW): :func:`read_bin`.
+- XQLFW aligned images + pairs file: :func:`read_xqlfw`.
+- Adience-like identity folders, all-vs-all pairs: :func:`read_adience`.
+- IJB-C 1:1 template protocol with 5-point alignment: :func:`read_ijbc`.
+
+Untrusted ``.bin`` pickles are read with a restricted unpickler that admits no callable except a
+few inert constructors, so no code from the file can run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from exfiqa.io import atomic_write, file_digest
+
+__all__ = [
+    "ARCFACE_TEMPLATE",
+    "BENCHMARK_KINDS",
+    "IMAGE_SIZE",
+    "Benchmark",
+    "BinFormatError",
+    "DatasetFormatError",
+    "align_face",
+    "decode_image",
+    "encode_image",
+    "load_benchmark",
+    "read_adience",
+    "read_bin",
+    "read_ijbc",
+    "read_xqlfw",
+    "write_bin",
+    "write_identity_folders",
+    "write_ijbc",
+    "write_xqlfw",
+]
+
+IMAGE_SIZE = 112
+"""Side length of every aligned face returned by the readers."""
+
+ARCFACE_TEMPLATE = np.array(
+    [
+        [38.2946, 51.6963],  # left eye (image left, subject's right)
+        [73.5318, 51.5014],  # right eye
+        [56.0252, 71.7366],  # nose tip
+        [41.5493, 92.3655],  # left mouth corner
+        [70.7299, 92.2041],  # right mouth corner
+    ],
+    dtype=np.float64,
+)
+"""ArcFace 112x112 five-point template, (x, y) = (column, row) pixel coordinates."""
+
+BENCHMARK_KINDS = ("bin", "xqlfw", "adience", "ijbc")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+ImageFormat = Literal["jpeg", "png"]
+
+
+class DatasetFormatError(ValueError):
+    """A benchmark file or folder that does not follow the expected layout."""
+
+
+class BinFormatError(DatasetFormatError):
+    """An insightface ``.bin`` file that is unsafe or not a ``(bins, issame_list)`` pickle."""
+
+
+# --------------------------------------------------------------------------------------------
+# Benchmark
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Benchmark:
+    """A verification benchmark: samples, comparisons and lazily decoded aligned images.
+
+    Attributes:
+        name: Short dataset name (e.g. ``"lfw"``, ``"ijbc"``).
+        level: ``"sample"`` if ``comparisons`` pairs sample ids, ``"template"`` if it pairs
+            template ids (IJB-C 1:1).
+        samples: One row per image, ``sample_id`` = 0..n-1 in row order, ``path`` = source
+            reference; template benchmarks add ``template_id`` and ``media_id``.
+        comparisons: Columns ``a``, ``b`` (sample or template ids) and ``mated`` (bool,
+            True = mated/genuine pair).
+    """
+
+    name: str
+    level: Literal["sample", "template"]
+    samples: pd.DataFrame
+    comparisons: pd.DataFrame
+    _decode: Callable[[int], np.ndarray] = field(repr=False)
+    _files: tuple[tuple[str, Path], ...] = field(repr=False, default=())
+    _protocol: str = field(repr=False, default="")
+    _cache: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.level not in ("sample", "template"):
+            raise ValueError(f"Benchmark {self.name!r}: level must be 'sample' or 'template'")
+        ids = self.samples["sample_id"].to_numpy()
+        if not np.array_equal(ids, np.arange(len(ids))):
+            raise ValueError(f"Benchmark {self.name!r}: sample_id must be 0..n-1 in row order")
+        missing = {"a", "b", "mated"} - set(self.comparisons.columns)
+        if missing:
+            raise ValueError(f"Benchmark {self.name!r}: comparisons lack columns {sorted(missing)}")
+        if self.level == "template":
+            need = {"template_id", "media_id"} - set(self.samples.columns)
+            if need:
+                raise ValueError(f"Benchmark {self.name!r}: samples lack columns {sorted(need)}")
+
+    def __len__(self) -> int:
+        """Number of samples (images)."""
+        return len(self.samples)
+
+    def image(self, sample_id: int) -> np.ndarray:
+        """Decode one sample: RGB uint8 array of shape (112, 112, 3)."""
+        if not 0 <= int(sample_id) < len(self):
+            raise IndexError(f"{self.name}: sample_id {sample_id} out of range 0..{len(self) - 1}")
+        img = self._decode(int(sample_id))
+        _check_aligned(img, self.samples["path"].iat[int(sample_id)])
+        return img
+
+    def iter_images(
+        self, batch_size: int = 64, workers: int = 1
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Decode all samples lazily, in ``sample_id`` order.
+
+        Args:
+            batch_size: Images per yielded batch (the last one may be smaller).
+            workers: Threads used to decode one batch (Pillow and scikit-image release the GIL
+                for much of their work); 1 decodes in the calling thread.
+
+        Yields:
+            ``(ids, images)``: ``ids`` int64 of shape (B,), ``images`` uint8 RGB of shape
+            (B, 112, 112, 3).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        n = len(self)
+        pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+        try:
+            for start in range(0, n, batch_size):
+                ids = np.arange(start, min(start + batch_size, n), dtype=np.int64)
+                if pool is None:
+                    imgs = [self.image(i) for i in ids]
+                else:
+                    imgs = list(pool.map(self.image, ids))
+                yield ids, np.stack(imgs)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the content of every file this benchmark reads, plus its protocol.
+
+        Computed once (hashing every image of a large folder takes a while) and cached on the
+        object. File modification times play no part.
+        """
+        if "fingerprint" not in self._cache:
+            h = hashlib.sha256()
+            h.update(f"{self.name}\0{self.level}\0{self._protocol}\0".encode())
+            for label, f in self._files:
+                h.update(label.encode() + b"\0" + file_digest(f).encode() + b"\n")
+            self._cache["fingerprint"] = h.hexdigest()
+        return self._cache["fingerprint"]
+
+
+# --------------------------------------------------------------------------------------------
+# Image encoding / decoding / alignment
+# --------------------------------------------------------------------------------------------
+
+
+def decode_image(data: bytes | os.PathLike[str] | str, source: str | None = None) -> np.ndarray:
+    """Decode an encoded image (bytes) or an image file to an RGB uint8 (H, W, 3) array.
+
+    Args:
+        data: Encoded bytes (JPEG, PNG, ...) or a path.
+        source: Name used in error messages (defaults to the path).
+
+    Raises:
+        DatasetFormatError: the data is not a decodable image.
+    """
+    where = (
+        source if source is not None else str(data) if not isinstance(data, bytes) else "<bytes>"
+    )
+    try:
+        fh = io.BytesIO(data) if isinstance(data, bytes) else open(data, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image not found: {where}") from None
+    try:
+        with fh, Image.open(fh) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DatasetFormatError(f"{where}: cannot decode image ({exc})") from None
+
+
+def encode_image(image: np.ndarray, fmt: ImageFormat = "jpeg", quality: int = 95) -> bytes:
+    """Encode an RGB uint8 (H, W, 3) array as JPEG (given quality) or PNG (lossless) bytes."""
+    arr = _check_rgb(image, "image")
+    buf = io.BytesIO()
+    im = Image.fromarray(arr)
+    if fmt == "jpeg":
+        im.save(buf, format="JPEG", quality=quality)
+    elif fmt == "png":
+        im.save(buf, format="PNG")
+    else:
+        raise ValueError(f"fmt must be 'jpeg' or 'png', got {fmt!r}")
+    return buf.getvalue()
+
+
+def align_face(image: np.ndarray, landmarks5: np.ndarray) -> np.ndarray:
+    """Align a face to the ArcFace 112x112 template by a 5-point similarity transform.
+
+    The similarity (rotation, isotropic scale, translation) mapping ``landmarks5`` onto
+    :data:`ARCFACE_TEMPLATE` is estimated by least squares (scikit-image ``SimilarityTransform``)
+    and the image is resampled with bilinear interpolation; pixels outside the source are 0.
+
+    Args:
+        image: RGB uint8 array (H, W, 3) (any size; grayscale (H, W) is replicated to RGB).
+        landmarks5: (5, 2) array of (x, y) = (column, row) pixel coordinates in ``image``, in
+            the order left eye, right eye, nose, left mouth corner, right mouth corner.
+
+    Returns:
+        RGB uint8 array of shape (112, 112, 3).
+    """
+    from skimage.transform import SimilarityTransform, warp
+
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    img = _check_rgb(img, "image")
+    pts = np.asarray(landmarks5, dtype=np.float64)
+    if pts.shape != (5, 2) or not np.all(np.isfinite(pts)):
+        raise ValueError(f"landmarks5 must be a finite (5, 2) array, got shape {pts.shape}")
+    tform = SimilarityTransform.from_estimate(pts, ARCFACE_TEMPLATE)
+    if not tform:
+        raise ValueError(f"similarity estimation failed for landmarks {pts.tolist()}: {tform}")
+    out = warp(
+        img,
+        tform.inverse,
+        output_shape=(IMAGE_SIZE, IMAGE_SIZE),
+        order=1,
+        mode="constant",
+        cval=0.0,
+        preserve_range=True,
+    )
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _check_rgb(image: np.ndarray, what: str) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(
+            f"{what}: expected an RGB uint8 (H, W, 3) array, got {arr.dtype} {arr.shape}"
+        )
+    return np.ascontiguousarray(arr)
+
+
+def _check_aligned(img: np.ndarray, source: str) -> None:
+    if img.shape != (IMAGE_SIZE, IMAGE_SIZE, 3) or img.dtype != np.uint8:
+        raise DatasetFormatError(
+            f"{source}: expected an aligned {IMAGE_SIZE}x{IMAGE_SIZE} RGB face, got "
+            f"{img.dtype} {img.shape}; align it first (e.g. exfiqa.datasets.align_face)"
+        )
+
+
+def _suffix(fmt: ImageFormat) -> str:
+    if fmt == "jpeg":
+        return ".jpg"
+    if fmt == "png":
+        return ".png"
+    raise ValueError(f"fmt must be 'jpeg' or 'png', got {fmt!r}")
+
+
+def _refuse_existing(targets: Sequence[Path], overwrite: bool) -> None:
+    if overwrite:
+        return
+    existing = [t for t in targets if t.exists()]
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise FileExistsError(f"{existing[0]} exists{more}; pass overwrite=True to replace")
+
+
+def _write_bytes(target: Path, data: bytes, overwrite: bool) -> None:
+    with atomic_write(target, "wb", overwrite=overwrite) as fh:
+        fh.write(data)
+
+
+# --------------------------------------------------------------------------------------------
+# insightface .bin
+# --------------------------------------------------------------------------------------------
+
+
+def _latin1_encode(text: Any, encoding: Any = "utf-8") -> bytes:
+    """Stand-in for ``_codecs.encode`` as Python 3 emits it for bytes in protocol-2 pickles."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("_codecs.encode admitted only as encode(str, 'latin1')")
+    return text.encode("latin1")
+
+
+def _empty_bytes(*args: Any) -> bytes:
+    """Stand-in for ``bytes()`` (Python 3 pickles ``b''`` as a call with no arguments)."""
+    if args:
+        raise pickle.UnpicklingError("bytes() admitted only without arguments")
+    return b""
+
+
+def _numpy_reconstruct() -> Any:
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    return _reconstruct
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler admitting only inert globals: bytes rebuilding and numpy array reconstruction."""
+
+    def __init__(self, fh: Any, source: str) -> None:
+        super().__init__(fh, encoding="bytes")
+        self._source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        key = (module, name)
+        if key == ("_codecs", "encode"):
+            return _latin1_encode
+        if key in (("__builtin__", "bytes"), ("builtins", "bytes")):
+            return _empty_bytes
+        if key in (
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+        ):
+            return _numpy_reconstruct()
+        if key == ("numpy", "ndarray"):
+            return np.ndarray
+        if key == ("numpy", "dtype"):
+            return np.dtype
+        raise BinFormatError(
+            f"{self._source}: refused to unpickle global {module}.{name}: a verification .bin "
+            f"holds only (list of encoded images, list of bools); any other object could run code"
+        )
+
+
+def _as_bytes(obj: Any, source: str, k: int) -> bytes:
+    if isinstance(obj, (bytes, bytearray)):
+        return bytes(obj)
+    if isinstance(obj, np.ndarray) and obj.dtype == np.uint8 and obj.ndim == 1:
+        return obj.tobytes()
+    raise BinFormatError(f"{source}: bins[{k}] is {type(obj).__name__}, expected encoded bytes")
+
+
+def _as_issame(obj: Any, source: str) -> np.ndarray:
+    if isinstance(obj, np.ndarray):
+        if obj.ndim != 1 or obj.dtype.kind not in "biu":
+            raise BinFormatError(
+                f"{source}: issame_list array has dtype {obj.dtype}, ndim {obj.ndim}"
+            )
+        values = obj.tolist()
+    elif isinstance(obj, (list, tuple)):
+        values = list(obj)
+    else:
+        raise BinFormatError(f"{source}: issame_list is {type(obj).__name__}, expected a sequence")
+    for k, v in enumerate(values):
+        if not (isinstance(v, bool) or (isinstance(v, int) and v in (0, 1))):
+            raise BinFormatError(f"{source}: issame_list[{k}] = {v!r} is not a bool")
+    return np.asarray(values, dtype=bool)
+
+
+def _load_bin(path: Path) -> tuple[list[bytes], np.ndarray]:
+    src = str(path)
+    try:
+        with open(path, "rb") as fh:
+            obj = _RestrictedUnpickler(fh, src).load()
+    except FileNotFoundError:
+        raise FileNotFoundError(f".bin file not found: {path}") from None
+    except BinFormatError:
+        raise
+    except Exception as exc:  # any unpickling failure of untrusted data
+        raise BinFormatError(f"{src}: not a readable verification .bin pickle ({exc})") from None
+    if not isinstance(obj, (tuple, list)) or len(obj) != 2:
+        raise BinFormatError(f"{src}: expected a pickled 2-tuple (bins, issame_list)")
+    bins_obj, issame_obj = obj
+    if isinstance(bins_obj, np.ndarray) and bins_obj.dtype != object:
+        raise BinFormatError(f"{src}: bins is a {bins_obj.dtype} array, expected encoded images")
+    if not isinstance(bins_obj, (list, tuple, np.ndarray)):
+        raise BinFormatError(f"{src}: bins is {type(bins_obj).__name__}, expected a sequence")
+    bins = [_as_bytes(b, src, k) for k, b in enumerate(bins_obj)]
+    issame = _as_issame(issame_obj, src)
+    if len(bins) % 2 or len(issame) != len(bins) // 2:
+        raise BinFormatError(
+            f"{src}: {len(bins)} images and {len(issame)} issame labels; expected "
+            f"2 images per label (pair k = images 2k, 2k+1)"
+        )
+    return bins, issame
+
+
+def read_bin(path: str | os.PathLike[str], name: str | None = None) -> Benchmark:
+    """Read an insightface verification ``.bin`` (LFW, AgeDB-30, CFP-FP, CALFW, CPLFW).
+
+    The file is a pickle of ``(bins, issame_list)``: 2N encoded images (JPEG/PNG bytes) and N
+    booleans; pair k compares images 2k and 2k+1 and is mated iff ``issame_list[k]``. Python 2
+    era files are read with ``encoding="bytes"``. A restricted unpickler admits no global except
+    inert bytes/numpy-array constructors; any other pickle is refused before anything runs.
+
+    Args:
+        path: The ``.bin`` file.
+        name: Benchmark name (default: the file stem, e.g. ``"lfw"``).
+
+    Returns:
+        A sample-level :class:`Benchmark`; images decode to RGB uint8 (112, 112, 3).
+
+    Raises:
+        BinFormatError: unsafe pickle, wrong structure, or issame length != len(bins) / 2.
+    """
+    p = Path(path)
+    bins, issame = _load_bin(p)
+    n = len(bins)
+    samples = pd.DataFrame(
+        {"sample_id": np.arange(n, dtype=np.int64), "path": [f"{p}#{k}" for k in range(n)]}
+    )
+    comparisons = pd.DataFrame(
+        {
+            "a": np.arange(0, n, 2, dtype=np.int64),
+            "b": np.arange(1, n, 2, dtype=np.int64),
+            "mated": issame,
+        }
+    )
+
+    def decode(k: int) -> np.ndarray:
+        return decode_image(bins[k], source=f"{p}#{k}")
+
+    return Benchmark(
+        name=name if name is not None else p.stem,
+        level="sample",
+        samples=samples,
+        comparisons=comparisons,
+        _decode=decode,
+        _files=((p.name, p),),
+        _protocol="bin",
+    )
+
+
+def write_bin(
+    path: str | os.PathLike[str],
+    images_rgb_uint8: Sequence[np.ndarray] | np.ndarray,
+    issame: Sequence[bool] | np.ndarray,
+    fmt: ImageFormat = "jpeg",
+    overwrite: bool = False,
+    quality: int = 95,
+) -> None:
+    """Write a verification ``.bin`` like the insightface files.
+
+    Stores a protocol-2 pickle of ``(list of encoded image bytes, list of bool)``. Pair k is
+    images 2k, 2k+1, mated iff ``issame[k]``.
+
+    Args:
+        path: Target file (refused if it exists unless ``overwrite``).
+        images_rgb_uint8: 2N RGB uint8 (H, W, 3) images (112x112 for the readers to accept them).
+        issame: N booleans.
+        fmt: ``"jpeg"`` (quality ``quality``) or ``"png"`` (lossless).
+    """
+    images = list(images_rgb_uint8)
+    labels = [bool(v) for v in np.asarray(issame, dtype=bool).ravel()]
+    if len(images) != 2 * len(labels):
+        raise ValueError(f"{len(images)} images for {len(labels)} issame labels; need 2 per label")
+    bins = [encode_image(im, fmt, quality) for im in images]
+    payload = pickle.dumps((bins, labels), protocol=2)
+    _write_bytes(Path(path), payload, overwrite)
+
+
+# --------------------------------------------------------------------------------------------
+# XQLFW (LFW-style folders + pairs file)
+# --------------------------------------------------------------------------------------------
+
+
+def _lfw_image_path(root: Path, name: str, index: int) -> Path:
+    stem = root / name / f"{name}_{index:04d}"
+    for ext in IMAGE_EXTENSIONS:
+        for cand in (stem.with_name(stem.name + ext), stem.with_name(stem.name + ext.upper())):
+            if cand.is_file():
+                return cand
+    raise FileNotFoundError(f"image not found: {stem}.<ext> (tried {', '.join(IMAGE_EXTENSIONS)})")
+
+
+def _parse_lfw_pairs(pairs_file: Path) -> list[tuple[str, int, str, int]]:
+    """Parse an LFW/XQLFW pairs file into (name1, n1, name2, n2) tuples (header line skipped)."""
+    try:
+        lines = pairs_file.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"pairs file not found: {pairs_file}") from None
+    out: list[tuple[str, int, str, int]] = []
+    for lineno, line in enumerate(lines[1:], start=2):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) == 3:
+            name1, n1, n2 = fields
+            name2 = name1
+        elif len(fields) == 4:
+            name1, n1, name2, n2 = fields
+        else:
+            raise DatasetFormatError(
+                f"{pairs_file}:{lineno}: expected 3 fields (name n1 n2, mated) or 4 fields "
+                f"(name1 n1 name2 n2, non-mated), got {len(fields)}: {line!r}"
+            )
+        try:
+            i1, i2 = int(n1), int(n2)
+        except ValueError:
+            raise DatasetFormatError(
+                f"{pairs_file}:{lineno}: image index is not an integer: {line!r}"
+            ) from None
+        if min(i1, i2) < 1:
+            raise DatasetFormatError(f"{pairs_file}:{lineno}: image indices start at 1: {line!r}")
+        out.append((name1, i1, name2, i2))
+    return out
+
+
+def read_xqlfw(
+    root: str | os.PathLike[str], pairs_file: str | os.PathLike[str], name: str = "xqlfw"
+) -> Benchmark:
+    """Read XQLFW (or any LFW-style benchmark of already aligned 112x112 images).
+
+    Layout: ``root/<name>/<name>_<nnnn>.<ext>`` (4-digit index from 1, any common image
+    extension) and a pairs file whose first line is a header (skipped); each further line is
+    ``name n1 n2`` (mated) or ``name1 n1 name2 n2`` (non-mated).
+
+    Samples are the distinct images referenced by the pairs, sorted by (identity, index), with
+    columns ``sample_id``, ``path``, ``identity``, ``image_index``. Comparisons follow the pairs
+    file order. Images decode to RGB uint8 (112, 112, 3).
+
+    Raises:
+        DatasetFormatError: a malformed pairs line (message names file and line number).
+        FileNotFoundError: a referenced image is missing (message names the path).
+    """
+    root_p, pairs_p = Path(root), Path(pairs_file)
+    pairs = _parse_lfw_pairs(pairs_p)
+    keys = sorted({(n, i) for n1, i1, n2, i2 in pairs for n, i in ((n1, i1), (n2, i2))})
+    index = {k: sid for sid, k in enumerate(keys)}
+    paths = [_lfw_image_path(root_p, n, i) for n, i in keys]
+    samples = pd.DataFrame(
+        {
+            "sample_id": np.arange(len(keys), dtype=np.int64),
+            "path": [str(p) for p in paths],
+            "identity": [n for n, _ in keys],
+            "image_index": np.array([i for _, i in keys], dtype=np.int64),
+        }
+    )
+    comparisons = pd.DataFrame(
+        {
+            "a": np.array([index[(n1, i1)] for n1, i1, _, _ in pairs], dtype=np.int64),
+            "b": np.array([index[(n2, i2)] for _, _, n2, i2 in pairs], dtype=np.int64),
+            "mated": np.array([n1 == n2 for n1, _, n2, _ in pairs], dtype=bool),
+        }
+    )
+    return Benchmark(
+        name=name,
+        level="sample",
+        samples=samples,
+        comparisons=comparisons,
+        _decode=lambda k: decode_image(paths[k]),
+        _files=(
+            (pairs_p.name, pairs_p),
+            *((str(p.relative_to(root_p)), p) for p in paths),
+        ),
+        _protocol="xqlfw",
+    )
+
+
+def write_xqlfw(
+    root: str | os.PathLike[str],
+    pairs_path: str | os.PathLike[str],
+    images_by_name: Mapping[str, Sequence[np.ndarray]],
+    pairs: Sequence[tuple[Any, ...]],
+    overwrite: bool = False,
+    fmt: ImageFormat = "jpeg",
+    quality: int = 95,
+) -> None:
+    """Write an XQLFW/LFW-style benchmark: ``root/<name>/<name>_<nnnn>.jpg|png`` + pairs file.
+
+    Args:
+        root: Image folder.
+        pairs_path: Pairs file; first line header ``1<TAB><number of pairs>``.
+        images_by_name: identity -> list of aligned RGB uint8 images; list position p is
+            written as index p + 1.
+        pairs: ``(name, n1, n2)`` (mated) or ``(name1, n1, name2, n2)`` (non-mated), 1-based.
+        overwrite: Replace existing files (otherwise refused before anything is written).
+    """
+    root_p, pairs_p = Path(root), Path(pairs_path)
+    lines = [f"1\t{len(pairs)}"]
+    for k, pair in enumerate(pairs):
+        if len(pair) == 3:
+            n1, i1, i2 = pair
+            refs = [(n1, i1), (n1, i2)]
+        elif len(pair) == 4:
+            n1, i1, n2, i2 = pair
+            refs = [(n1, i1), (n2, i2)]
+        else:
+            raise ValueError(f"pairs[{k}] has {len(pair)} fields, expected 3 or 4")
+        for n, i in refs:
+            if n not in images_by_name or not 1 <= int(i) <= len(images_by_name[n]):
+                raise ValueError(f"pairs[{k}] refers to {n} #{i}, which is not in images_by_name")
+            if any(ch.isspace() for ch in n):
+                raise ValueError(f"identity name {n!r} contains whitespace")
+        lines.append("\t".join(str(x) for x in pair))
+    suffix = _suffix(fmt)
+    targets = {
+        root_p / n / f"{n}_{p + 1:04d}{suffix}": im
+        for n, ims in images_by_name.items()
+        for p, im in enumerate(ims)
+    }
+    _refuse_existing([*targets, pairs_p], overwrite)
+    for target, im in targets.items():
+        _write_bytes(target, encode_image(im, fmt, quality), overwrite)
+    with atomic_write(pairs_p, overwrite=overwrite) as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Adience-like identity folders, all-vs-all
+# --------------------------------------------------------------------------------------------
+
+
+def _all_pairs(
+    identity_codes: np.ndarray, max_nonmated: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All unordered pairs (a < b) of samples sorted by identity, optionally subsampled.
+
+    With samples grouped by identity, row i's mated partners are i+1..end(i)-1 and its non-mated
+    partners are end(i)..n-1, where end(i) is one past the last sample of i's identity.
+    """
+    n = len(identity_codes)
+    if n and np.any(np.diff(identity_codes) < 0):
+        raise ValueError("identity codes must be sorted")
+    # end[i]: first index after i's identity group
+    _, starts, counts = np.unique(identity_codes, return_index=True, return_counts=True)
+    end = np.repeat(starts + counts, counts).astype(np.int64)
+    rows = np.arange(n, dtype=np.int64)
+    n_mated_row = end - rows - 1
+    n_non_row = n - end
+    idx_dtype = np.int32 if n < 2**31 else np.int64
+
+    mated_a = np.repeat(rows, n_mated_row).astype(idx_dtype)
+    mated_off = np.arange(len(mated_a), dtype=np.int64) - np.repeat(
+        np.cumsum(n_mated_row) - n_mated_row, n_mated_row
+    )
+    mated_b = (mated_a + 1 + mated_off).astype(idx_dtype)
+
+    total_non = int(n_non_row.sum())
+    if max_nonmated is None or max_nonmated >= total_non:
+        lin = np.arange(total_non, dtype=np.int64)
+    else:
+        if max_nonmated < 0:
+            raise ValueError(f"max_nonmated must be >= 0, got {max_nonmated}")
+        rng = np.random.default_rng(seed)
+        lin = np.sort(rng.choice(total_non, size=max_nonmated, replace=False))
+    cum = np.cumsum(n_non_row)
+    non_a = np.searchsorted(cum, lin, side="right").astype(np.int64)
+    non_b = end[non_a] + (lin - (cum[non_a] - n_non_row[non_a]))
+
+    a = np.concatenate([mated_a, non_a.astype(idx_dtype)])
+    b = np.concatenate([mated_b, non_b.astype(idx_dtype)])
+    mated = np.concatenate([np.ones(len(mated_a), bool), np.zeros(len(non_a), bool)])
+    order = np.lexsort((b, a))
+    return a[order], b[order], mated[order]
+
+
+def read_adience(
+    root: str | os.PathLike[str],
+    max_nonmated: int | None = None,
+    seed: int = 0,
+    name: str = "adience",
+) -> Benchmark:
+    """Read aligned 112x112 faces arranged as ``root/<identity>/<file>``; all-vs-all pairs.
+
+    Every unordered pair of images is compared: pairs within an identity folder are mated, pairs
+    across identity folders are non-mated. ``max_nonmated`` keeps a uniform random subset
+    (``seed``) of the non-mated pairs; all mated pairs are always kept. Comparisons are sorted
+    by (a, b) with a < b. Samples are sorted by (identity, file name) and carry ``identity``.
+    Note the size: n images give n(n-1)/2 comparisons (19k images: about 180M rows).
+
+    Arranging the real Adience data: its ``aligned/<user_id>/landmark_aligned_face.<face_id>.
+    <original_image>.jpg`` files are not 112x112 ArcFace crops. Detect 5 landmarks, align each
+    face with :func:`align_face`, and save it under ``root/<user_id>_<face_id>/<file>``: the
+    subject identity is the (user_id, face_id) combination, since face ids are only unique
+    within one user's album. :func:`write_identity_folders` writes this layout.
+
+    Raises:
+        DatasetFormatError: no identity folders or images found, or an image is not 112x112.
+    """
+    root_p = Path(root)
+    if not root_p.is_dir():
+        raise FileNotFoundError(f"Adience root folder not found: {root_p}")
+    identities: list[str] = []
+    paths: list[Path] = []
+    for d in sorted(p for p in root_p.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(
+            f
+            for f in d.iterdir()
+            if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        identities += [d.name] * len(files)
+        paths += files
+    if not paths:
+        raise DatasetFormatError(f"{root_p}: no images found under <identity>/ subfolders")
+    codes = np.unique(np.array(identities), return_inverse=True)[1].astype(np.int64)
+    a, b, mated = _all_pairs(codes, max_nonmated, seed)
+    samples = pd.DataFrame(
+        {
+            "sample_id": np.arange(len(paths), dtype=np.int64),
+            "path": [str(p) for p in paths],
+            "identity": identities,
+        }
+    )
+    comparisons = pd.DataFrame({"a": a, "b": b, "mated": mated})
+    return Benchmark(
+        name=name,
+        level="sample",
+        samples=samples,
+        comparisons=comparisons,
+        _decode=lambda k: decode_image(paths[k]),
+        _files=tuple((str(p.relative_to(root_p)), p) for p in paths),
+        _protocol=f"adience:max_nonmated={max_nonmated}:seed={seed}",
+    )
+
+
+def write_identity_folders(
+    root: str | os.PathLike[str],
+    images_by_identity: Mapping[str, Sequence[np.ndarray]],
+    overwrite: bool = False,
+    fmt: ImageFormat = "jpeg",
+    quality: int = 95,
+) -> list[Path]:
+    """Write ``root/<identity>/<nnnn>.jpg|png`` (index from 0) for :func:`read_adience`.
+
+    Returns:
+        The written paths, in identity then index order.
+    """
+    root_p = Path(root)
+    suffix = _suffix(fmt)
+    targets: dict[Path, np.ndarray] = {}
+    for ident, ims in images_by_identity.items():
+        if not ident or "/" in ident or ident.startswith("."):
+            raise ValueError(f"identity {ident!r} is not a valid folder name")
+        for p, im in enumerate(ims):
+            targets[root_p / ident / f"{p:04d}{suffix}"] = im
+    _refuse_existing(list(targets), overwrite)
+    for target, im in targets.items():
+        _write_bytes(target, encode_image(im, fmt, quality), overwrite)
+    return list(targets)
+
+
+# --------------------------------------------------------------------------------------------
+# IJB-C 1:1
+# --------------------------------------------------------------------------------------------
+
+_IJBC_TID_MID = Path("meta/ijbc_face_tid_mid.txt")
+_IJBC_PAIRS = Path("meta/ijbc_template_pair_label.txt")
+_IJBC_5PTS = Path("meta/ijbc_name_5pts_score.txt")
+_IJBC_CROPS = Path("loose_crop")
+
+
+def _read_table(path: Path, kinds: Sequence[type]) -> list[np.ndarray]:
+    """Read a whitespace-separated table with one column per entry of ``kinds`` (str/int/float).
+
+    Fast path through pandas; on any problem the file is rescanned line by line to name the
+    first offending line.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    dtypes = {i: {str: str, int: np.int64, float: np.float64}[k] for i, k in enumerate(kinds)}
+    try:
+        df = pd.read_csv(path, sep=r"\s+", header=None, dtype=dtypes, engine="c", na_filter=False)
+        if df.shape[1] != len(kinds):
+            raise ValueError("column count")
+        return [df[i].to_numpy() for i in range(len(kinds))]
+    except pd.errors.EmptyDataError:
+        raise DatasetFormatError(f"{path}: file is empty") from None
+    except (ValueError, pd.errors.ParserError, TypeError) as exc:
+        _locate_bad_line(path, kinds)
+        raise DatasetFormatError(f"{path}: cannot parse ({exc})") from None
+
+
+def _line_number(path: Path, row: int) -> int:
+    """1-based line number of the ``row``-th (0-based) non-blank line (pandas skips blanks)."""
+    seen = -1
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if line.strip():
+                seen += 1
+                if seen == row:
+                    return lineno
+    raise IndexError(f"{path}: no data row {row}")
+
+
+def _locate_bad_line(path: Path, kinds: Sequence[type]) -> None:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != len(kinds):
+                raise DatasetFormatError(
+                    f"{path}:{lineno}: expected {len(kinds)} fields, got {len(fields)}: {line!r}"
+                )
+            for col, (value, kind) in enumerate(zip(fields, kinds, strict=True)):
+                try:
+                    kind(value)
+                except ValueError:
+                    raise DatasetFormatError(
+                        f"{path}:{lineno}: field {col + 1} = {value!r} is not {kind.__name__}"
+                    ) from None
+
+
+def read_ijbc(root: str | os.PathLike[str], name: str = "ijbc") -> Benchmark:
+    """Read the IJB-C 1:1 template protocol, aligning each loose crop by its 5 landmarks.
+
+    Layout under ``root``:
+
+    - ``meta/ijbc_face_tid_mid.txt``: ``image_name template_id media_id`` per image (defines
+      the sample order);
+    - ``meta/ijbc_template_pair_label.txt``: ``t1 t2 label`` per comparison, label 1 = mated;
+    - ``meta/ijbc_name_5pts_score.txt``: ``image_name x1 y1 ... x5 y5 det_score``, points
+      left eye, right eye, nose, left mouth, right mouth in loose-crop pixel coordinates;
+    - ``loose_crop/<image_name>``.
+
+    Samples carry ``template_id``, ``media_id``, ``det_score`` and the landmark columns
+    ``x1 y1 ... x5 y5``; comparisons are template pairs (``a``, ``b`` = template ids). Images
+    decode to RGB uint8 (112, 112, 3), aligned with :func:`align_face`.
+
+    Raises:
+        DatasetFormatError: a malformed line (file and line named), an image without landmarks,
+            a label other than 0/1, or a pair naming a template that has no image.
+    """
+    root_p = Path(root)
+    tid_p, pair_p, pts_p = root_p / _IJBC_TID_MID, root_p / _IJBC_PAIRS, root_p / _IJBC_5PTS
+    names, tids, mids = _read_table(tid_p, [str, int, int])
+    t1, t2, labels = _read_table(pair_p, [int, int, int])
+    pts_cols = _read_table(pts_p, [str] + [float] * 11)
+    pts_names = pts_cols[0]
+    pts = np.stack(pts_cols[1:11], axis=1).reshape(-1, 5, 2)
+    det = pts_cols[11]
+
+    if len(pts_names) == len(names) and np.array_equal(pts_names, names):
+        order = np.arange(len(names))
+    else:
+        pos = pd.Index(pts_names)
+        if not pos.is_unique:
+            dup = pos[pos.duplicated()][0]
+            raise DatasetFormatError(f"{pts_p}: image {dup!r} listed more than once")
+        order = pos.get_indexer(names)
+        if np.any(order < 0):
+            missing = names[np.flatnonzero(order < 0)[0]]
+            raise DatasetFormatError(f"{pts_p}: no landmarks for image {missing!r} (from {tid_p})")
+    pts, det = pts[order], det[order]
+
+    bad = np.flatnonzero((labels != 0) & (labels != 1))
+    if len(bad):
+        line = _line_number(pair_p, int(bad[0]))
+        raise DatasetFormatError(
+            f"{pair_p}:{line}: label {labels[bad[0]]} is not 0 (non-mated) or 1 (mated)"
+        )
+    known = np.unique(tids)
+    for col in (t1, t2):
+        unknown = ~np.isin(col, known)
+        if np.any(unknown):
+            i = int(np.flatnonzero(unknown)[0])
+            raise DatasetFormatError(
+                f"{pair_p}:{_line_number(pair_p, i)}: template {col[i]} has no image in {tid_p}"
+            )
+
+    crop_dir = root_p / _IJBC_CROPS
+    paths = [crop_dir / str(n) for n in names]
+    samples = pd.DataFrame(
+        {
+            "sample_id": np.arange(len(names), dtype=np.int64),
+            "path": [str(p) for p in paths],
+            "image_name": names.astype(str),
+            "template_id": tids.astype(np.int64),
+            "media_id": mids.astype(np.int64),
+            "det_score": det.astype(np.float64),
+        }
+    )
+    flat = pts.reshape(-1, 10)
+    for j in range(5):
+        samples[f"x{j + 1}"] = flat[:, 2 * j]
+        samples[f"y{j + 1}"] = flat[:, 2 * j + 1]
+    comparisons = pd.DataFrame(
+        {"a": t1.astype(np.int64), "b": t2.astype(np.int64), "mated": labels == 1}
+    )
+
+    def decode(k: int) -> np.ndarray:
+        return align_face(decode_image(paths[k]), pts[k])
+
+    return Benchmark(
+        name=name,
+        level="template",
+        samples=samples,
+        comparisons=comparisons,
+        _decode=decode,
+        _files=tuple((str(p.relative_to(root_p)), p) for p in (tid_p, pair_p, pts_p, *paths)),
+        _protocol="ijbc:arcface5pt:bilinear",
+    )
+
+
+def write_ijbc(
+    root: str | os.PathLike[str],
+    crops_rgb_uint8: Sequence[np.ndarray],
+    landmarks: np.ndarray,
+    template_ids: Sequence[int] | np.ndarray,
+    media_ids: Sequence[int] | np.ndarray,
+    template_pairs: Sequence[tuple[int, int]] | np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    overwrite: bool = False,
+    fmt: ImageFormat = "jpeg",
+    quality: int = 95,
+    det_scores: Sequence[float] | np.ndarray | None = None,
+) -> None:
+    """Write an IJB-C-1:1-style folder (the three meta files + ``loose_crop/``).
+
+    Image k is written as ``loose_crop/<k+1>.jpg`` (JPEG quality ``quality``) or ``.png``.
+
+    Args:
+        crops_rgb_uint8: N loose crops, RGB uint8 (H, W, 3), any size.
+        landmarks: (N, 5, 2) (x, y) points in crop pixels: left eye, right eye, nose, left mouth,
+            right mouth.
+        template_ids, media_ids: N integers.
+        template_pairs: (M, 2) template ids; ``labels``: M values, 1 = mated, 0 = non-mated.
+        det_scores: N detector scores for the 5pts file (default 1.0).
+    """
+    root_p = Path(root)
+    n = len(crops_rgb_uint8)
+    lmk = np.asarray(landmarks, dtype=np.float64)
+    tids = np.asarray(template_ids, dtype=np.int64)
+    mids = np.asarray(media_ids, dtype=np.int64)
+    tp = np.asarray(template_pairs, dtype=np.int64).reshape(-1, 2)
+    lab = np.asarray(labels, dtype=np.int64).ravel()
+    det = np.ones(n) if det_scores is None else np.asarray(det_scores, dtype=np.float64)
+    if lmk.shape != (n, 5, 2):
+        raise ValueError(f"landmarks must have shape ({n}, 5, 2), got {lmk.shape}")
+    for what, arr in (("template_ids", tids), ("media_ids", mids), ("det_scores", det)):
+        if arr.shape != (n,):
+            raise ValueError(f"{what} must have {n} entries, got shape {arr.shape}")
+    if len(lab) != len(tp) or not np.all(np.isin(lab, (0, 1))):
+        raise ValueError(f"labels must be {len(tp)} values in {{0, 1}}")
+    suffix = _suffix(fmt)
+    names = [f"{k + 1}{suffix}" for k in range(n)]
+    crop_targets = [root_p / _IJBC_CROPS / nm for nm in names]
+    meta = {
+        root_p / _IJBC_TID_MID: "".join(
+            f"{nm} {t} {m}\n" for nm, t, m in zip(names, tids, mids, strict=True)
+        ),
+        root_p / _IJBC_PAIRS: "".join(f"{a} {b} {c}\n" for (a, b), c in zip(tp, lab, strict=True)),
+        root_p / _IJBC_5PTS: "".join(
+            f"{nm} " + " ".join(repr(float(v)) for v in pt.ravel()) + f" {float(s)!r}\n"
+            for nm, pt, s in zip(names, lmk, det, strict=True)
+        ),
+    }
+    _refuse_existing([*crop_targets, *meta], overwrite)
+    for target, im in zip(crop_targets, crops_rgb_uint8, strict=True):
+        _write_bytes(target, encode_image(im, fmt, quality), overwrite)
+    for target, text in meta.items():
+        with atomic_write(target, overwrite=overwrite) as fh:
+            fh.write(text)
+
+
+# --------------------------------------------------------------------------------------------
+# Dispatch
+# --------------------------------------------------------------------------------------------
+
+
+def load_benchmark(kind: str, **paths: Any) -> Benchmark:
+    """Open a benchmark by format kind.
+
+    Args:
+        kind: One of ``"bin"`` (``path=``), ``"xqlfw"`` (``root=``, ``pairs_file=``),
+            ``"adience"`` (``root=``, optional ``max_nonmated=``, ``seed=``), ``"ijbc"``
+            (``root=``). All accept an optional ``name=``.
+
+    Raises:
+        ValueError: unknown ``kind`` (the message lists the valid ones).
+        TypeError: missing or unexpected keyword arguments for that kind.
+    """
+    readers: dict[str, Callable[..., Benchmark]] = {
+        "bin": read_bin,
+        "xqlfw": read_xqlfw,
+        "adience": read_adience,
+        "ijbc": read_ijbc,
+    }
+    if kind not in readers:
+        raise ValueError(
+            f"unknown benchmark kind {kind!r}; valid kinds: {', '.join(BENCHMARK_KINDS)}"
+        )
+    try:
+        return readers[kind](**paths)
+    except TypeError as exc:
+        if "argument" in str(exc):
+            raise TypeError(f"load_benchmark(kind={kind!r}): {exc}") from None
+        raise
