@@ -1,0 +1,649 @@
+"""Tests for exfiqa.metrics: hand-computed cases, brute-force twins, invariants, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from exfiqa import metrics as M
+from exfiqa.metrics import Convention, EDCCurve
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def brute_threshold_stat(neg: np.ndarray, fmr: float) -> float:
+    """(k+1)-th largest non-mated score, k = floor(fmr * n) (decimal-safe), by a full sort."""
+    neg = np.sort(neg)[::-1]
+    k = min(int(np.floor(fmr * neg.size * (1 + 1e-9))), neg.size - 1)
+    return neg[k]
+
+
+def brute_recompute(s, y, q, fmr):
+    """Second implementation of ``recompute``: loop over the 20 levels, sort each time."""
+    n = s.size
+    order = np.argsort(q, kind="stable")
+    out = []
+    for j in range(20):
+        keep = order[(j * n) // 20 :]
+        ss, yy = s[keep], y[keep]
+        if yy.all() or not yy.any():
+            out.append(np.nan)
+            continue
+        out.append(np.mean(ss[yy] <= brute_threshold_stat(ss[~yy], fmr)))
+    return np.array(out)
+
+
+def brute_fixed(s, y, q, fmr):
+    """Second implementation of ``fixed``: walk the mated comparisons in quality order."""
+    stat = brute_threshold_stat(s[~y], fmr)
+    sm, qm = s[y], q[y]
+    o = np.argsort(qm, kind="stable")
+    sm, qm = sm[o], qm[o]
+    frac, fnmr = [], []
+    for i in range(sm.size):
+        if i == 0 or qm[i] != qm[i - 1]:
+            frac.append(i / sm.size)
+            fnmr.append(np.mean(sm[i:] <= stat))
+    return np.array(frac), np.array(fnmr)
+
+
+def synthetic(n=3000, mated_share=0.1, seed=0, decimals=None, mated_mean=0.6):
+    """Similarity, mated flags and a quality correlated with the mated similarity."""
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < mated_share
+    s = np.where(y, rng.normal(mated_mean, 0.15, n), rng.normal(0.05, 0.1, n))
+    q = np.where(y, (s - mated_mean) / 0.15 + 0.7 * rng.normal(size=n), rng.normal(size=n))
+    if decimals is not None:
+        s, q = np.round(s, decimals), np.round(q, decimals)
+    return s, y, q
+
+
+# ----------------------------------------------------------------------------- qualities
+
+
+def test_pair_quality_is_min_by_default():
+    np.testing.assert_array_equal(M.pair_quality([1.0, 5.0, 3.0], [2.0, 4.0, 3.0]), [1.0, 4.0, 3.0])
+    np.testing.assert_array_equal(
+        M.pair_quality([1.0, 5.0], [2.0, 4.0], reducer=np.maximum), [2.0, 5.0]
+    )
+
+
+def test_template_quality_min_and_mean():
+    ids, q = M.template_quality([0.5, 0.2, 0.1, 0.7, 0.9], [3, 1, 3, 2, 1])
+    np.testing.assert_array_equal(ids, [1, 2, 3])
+    np.testing.assert_allclose(q, [0.2, 0.7, 0.1])
+    _, q_mean = M.template_quality([0.5, 0.2, 0.1, 0.7, 0.9], [3, 1, 3, 2, 1], reducer="mean")
+    np.testing.assert_allclose(q_mean, [0.55, 0.7, 0.3])
+
+
+# ----------------------------------------------------------------------------- thresholds, ROC
+
+
+def test_threshold_at_fmr_hand_cases():
+    neg = np.arange(1, 11) / 10  # 0.1 .. 1.0
+    # fmr 0.2 of 10 -> k = 2 accepted; the 3rd largest (0.8) must be rejected.
+    t = M.threshold_at_fmr(neg, 0.2)
+    assert t == np.nextafter(0.8, np.inf)
+    assert M.error_rates(neg, [0.5], t) == (0.2, 1.0)
+    # Ties: five at 0.1, five at 0.9. FMR 0.2 is not reachable: the best below it is 0.
+    tied = np.array([0.1] * 5 + [0.9] * 5)
+    assert M.error_rates(tied, [0.5], M.threshold_at_fmr(tied, 0.2))[0] == 0.0
+    assert M.error_rates(tied, [0.5], M.threshold_at_fmr(tied, 0.5))[0] == 0.5
+    # Decimal targets: 0.29 of 100 allows exactly 29 (0.29 * 100 is 28.999... in float64).
+    hundred = np.arange(100.0)
+    assert M.error_rates(hundred, [0.0], M.threshold_at_fmr(hundred, 0.29))[0] == 0.29
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_threshold_is_smallest_with_fmr_not_above_target(seed):
+    rng = np.random.default_rng(seed)
+    neg = np.round(rng.normal(size=int(rng.integers(5, 500))), 1)
+    for fmr in (0.5, 0.1, 0.01, 1e-3):
+        t = M.threshold_at_fmr(neg, fmr)
+        assert M.error_rates(neg, [0.0], t)[0] <= fmr
+        just_below = np.nextafter(t, -np.inf)  # = the (k+1)-th largest score: accepted again
+        assert M.error_rates(neg, [0.0], just_below)[0] > fmr
+
+
+def test_boundary_thresholds_give_fmr_one_fnmr_zero_and_back():
+    neg, pos = np.array([0.1, 0.3, 0.2]), np.array([0.5, 0.25, 0.9, 0.7])
+    assert M.error_rates(neg, pos, -1.0) == (1.0, 0.0)
+    assert M.error_rates(neg, pos, 0.1) == (1.0, 0.0)  # threshold at the lowest score
+    assert M.error_rates(neg, pos, 2.0) == (0.0, 1.0)
+    fmr, fnmr, thr = M.roc(neg, pos)
+    assert (fmr[0], fnmr[0], thr[0]) == (1.0, 0.0, 0.1)
+    assert (fmr[-1], fnmr[-1], thr[-1]) == (0.0, 1.0, np.inf)
+    assert np.all(np.diff(fmr) <= 0) and np.all(np.diff(fnmr) >= 0)
+
+
+def test_fnmr_at_fmr_matches_best_roc_point():
+    s, y, _ = synthetic(2000, 0.3, seed=3, decimals=2)
+    neg, pos = s[~y], s[y]
+    fmr, fnmr, _ = M.roc(neg, pos)
+    targets = (0.1, 0.01, 0.002)
+    got = M.fnmr_at_fmr(neg, pos, targets)
+    want = [fnmr[fmr <= t].min() for t in targets]
+    np.testing.assert_allclose(got, want)
+    assert M.fnmr_at_fmr(neg, pos, 0.01) == pytest.approx(want[1])
+
+
+def test_eer_hand_case():
+    # At threshold 0.4: FMR = 1/4 (0.4 accepted), FNMR = 1/4 (0.35 rejected).
+    assert M.eer([0.1, 0.2, 0.3, 0.4], [0.35, 0.5, 0.6, 0.7]) == 0.25
+    assert M.eer([0.1, 0.2], [0.3, 0.4]) == 0.0
+
+
+def test_verification_accuracy_hand_case():
+    s = [0.9, 0.8, 0.2, 0.1, 0.7, 0.6, 0.65, 0.3]
+    y = [1, 1, 0, 0, 1, 0, 1, 0]
+    # Fold 1 (pairs 0-3), trained on 4-7: best cut accepts >= 0.65 -> threshold 0.625 -> 4/4.
+    # Fold 2 (pairs 4-7), trained on 0-3: best cut accepts >= 0.8 -> threshold 0.5; the non-mated
+    # 0.6 is accepted -> 3/4.
+    res = M.verification_accuracy(s, y, n_folds=2)
+    np.testing.assert_allclose(res.folds, [1.0, 0.75])
+    assert res.mean == pytest.approx(0.875) and res.std == pytest.approx(0.125)
+    sep = M.verification_accuracy(
+        np.r_[np.ones(50), np.zeros(50)], np.r_[np.ones(50), np.zeros(50)]
+    )
+    assert sep.mean == 1.0 and sep.std == 0.0
+
+
+# ----------------------------------------------------------------------------- EDC, fixed
+
+# Non-mated 0.05 .. 0.50 (10); FMR 0.1 -> k = 1 -> the 2nd largest (0.45) is the last rejected
+# score, so a mated comparison is a false non-match when its similarity is <= 0.45.
+HAND_NEG = np.arange(1, 11) * 0.05
+# Mated (similarity, quality): three false non-matches (0.30, 0.40, 0.20); 0.40 and 0.80 tie at q=3.
+HAND_MATED = np.array([[0.30, 1], [0.90, 2], [0.40, 3], [0.80, 3], [0.70, 5], [0.20, 6],
+                       [0.95, 7], [0.85, 8]])  # fmt: skip
+
+
+def hand_fixed_input():
+    s = np.r_[HAND_NEG, HAND_MATED[:, 0]]
+    y = np.r_[np.zeros(10, bool), np.ones(8, bool)]
+    q = np.r_[np.full(10, 4.0), HAND_MATED[:, 1]]  # non-mated qualities are ignored by `fixed`
+    return s, y, q
+
+
+def test_fixed_hand_case():
+    c = M.edc(*hand_fixed_input(), fmr=0.1, convention="fixed")
+    # Quality order m1 | m2 | m3 m4 (tie, discarded together) | m5 | m6 | m7 | m8.
+    # Discarded counts 0, 1, 2, 4, 5, 6, 7 of 8 mated; remaining false non-matches 3,2,2,1,1,0,0
+    # over 8,7,6,4,3,2,1 remaining.
+    np.testing.assert_allclose(c.discard_fraction, np.array([0, 1, 2, 4, 5, 6, 7]) / 8)
+    np.testing.assert_allclose(c.fnmr, [3 / 8, 2 / 7, 2 / 6, 1 / 4, 1 / 3, 0, 0])
+    np.testing.assert_array_equal(c.thresholds, np.nextafter(0.45, np.inf))
+    assert c.convention is Convention.FIXED and c.n_mated == 8 and c.n_nonmated == 10
+    # Stepwise area to 0.3: 3/8 on [0, 1/8), 2/7 on [1/8, 2/8), 1/3 on [2/8, 0.3).
+    want = 3 / 8 * 1 / 8 + 2 / 7 * 1 / 8 + 1 / 3 * 0.05
+    assert M.pauc(c, 0.3) == pytest.approx(want)
+    # Best curve (3 - i) / (8 - i) on the grid i/8: 3/8, 2/7, then 1/6 on [2/8, 0.3).
+    best = 3 / 8 * 1 / 8 + 2 / 7 * 1 / 8 + 1 / 6 * 0.05
+    assert M.pauc(c, 0.3, subtract_best=True) == pytest.approx(want - best)
+    # Beyond the last point the last step holds: limit 1 adds 0 * (1 - 7/8).
+    assert M.pauc(c, 1.0) == pytest.approx(3 / 64 + 2 / 56 + 2 / 6 * 2 / 8 + 1 / 4 / 8 + 1 / 3 / 8)
+
+
+def test_fixed_ties_discarded_together():
+    s, y, q = hand_fixed_input()
+    q_untied = q.copy()
+    q_untied[12] = 2.5  # m3 (0.40) now strictly before m4: an extra point at 3/8
+    c_tied = M.edc(s, y, q, 0.1)
+    c_untied = M.edc(s, y, q_untied, 0.1)
+    assert 3 / 8 not in c_tied.discard_fraction
+    i = list(c_untied.discard_fraction).index(3 / 8)
+    assert c_untied.fnmr[i] == pytest.approx(1 / 5)
+
+
+def test_fixed_perfect_quality_is_theoretical_best():
+    s, y, _ = synthetic(4000, 0.2, seed=1)
+    c = M.edc(s, y, s, fmr=0.01)  # quality = similarity: false non-matches go first
+    e0, f = c.fnmr[0], c.discard_fraction
+    np.testing.assert_allclose(c.fnmr, np.maximum(0, e0 - f) / (1 - f), atol=1e-12)
+    assert M.pauc(c, 0.3, subtract_best=True) == pytest.approx(0.0, abs=1e-12)
+    assert M.pauc(c, 0.3) > 0
+
+
+def test_subtract_best_never_negative():
+    s, y, q = synthetic(3000, 0.2, seed=2, decimals=1)
+    for fmr in (0.1, 0.01):
+        assert M.pauc(M.edc(s, y, q, fmr), 0.3, subtract_best=True) >= -1e-15
+
+
+def test_fixed_constant_quality_is_flat():
+    s, y, _ = synthetic(2000, 0.2, seed=4)
+    c = M.edc(s, y, np.full(s.size, 0.5), fmr=0.01)
+    np.testing.assert_array_equal(c.discard_fraction, [0.0])
+    assert M.pauc(c, 0.3) == pytest.approx(c.fnmr[0] * 0.3)
+
+
+@pytest.mark.parametrize("convention", ["fixed", "recompute"])
+def test_inverted_quality_worse_than_random(convention):
+    s, y, q = synthetic(4000, 0.15, seed=5)
+    rng = np.random.default_rng(0)
+
+    def area(quality):
+        return M.pauc(M.edc(s, y, quality, 0.01, convention), 0.3)
+
+    random_mean = np.mean([area(rng.permutation(q)) for _ in range(5)])
+    assert area(-q) > random_mean > area(q)
+
+
+@pytest.mark.parametrize("convention", ["fixed", "recompute"])
+def test_edc_invariant_to_monotone_quality_transform(convention):
+    s, y, q = synthetic(3000, 0.1, seed=6, decimals=1)  # decimals: many ties
+    for fmr in (0.05, 0.005):
+        a = M.edc(s, y, q, fmr, convention)
+        for transformed in (np.exp(2 * q), 3 * q - 7, np.arctan(q)):
+            b = M.edc(s, y, transformed, fmr, convention)
+            np.testing.assert_array_equal(a.discard_fraction, b.discard_fraction)
+            np.testing.assert_array_equal(a.fnmr, b.fnmr)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_fixed_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(20, 2000))
+    s, y, q = synthetic(n, rng.uniform(0.05, 0.5), seed, decimals=int(rng.integers(0, 3)))
+    if y.all() or not y.any():
+        pytest.skip("degenerate draw")
+    for fmr in (0.3, 0.02, 1e-3):
+        c = M.edc(s, y, q, fmr, "fixed")
+        frac, fnmr = brute_fixed(s, y, q, fmr)
+        np.testing.assert_allclose(c.discard_fraction, frac)
+        np.testing.assert_allclose(c.fnmr, fnmr)
+
+
+# ----------------------------------------------------------------------------- EDC, recompute
+
+
+def hand_recompute_input():
+    """20 comparisons listed in quality order (quality = position), so level j discards j."""
+    rows = [  # (similarity, mated)
+        (0.90, 0), (0.30, 1), (0.85, 0), (0.10, 0), (0.50, 1), (0.20, 0), (0.60, 0), (0.05, 0),
+        (0.70, 1), (0.15, 0), (0.25, 0), (0.35, 0), (0.95, 1), (0.45, 0), (0.55, 0), (0.40, 1),
+        (0.32, 0), (0.02, 0), (0.12, 0), (0.22, 0),
+    ]  # fmt: skip
+    s = np.array([r[0] for r in rows])
+    y = np.array([r[1] for r in rows], dtype=bool)
+    return s, y, np.arange(20.0)
+
+
+def test_recompute_hand_case():
+    s, y, q = hand_recompute_input()
+    c = M.edc(s, y, q, fmr=0.1, convention="recompute")
+    # level (discarded)        non-mated left  k  threshold stat  mated left      FNMR
+    # 0                        15              1  0.85            .3 .5 .7 .95 .4  4/5
+    # 1 (-nm .90)              14              1  0.60            5 mated          3/5
+    # 2 (-m .30)               14              1  0.60            .5 .7 .95 .4     2/4
+    # 3 (-nm .85)              13              1  0.55            same             2/4
+    # 4 (-nm .10)              12              1  0.55            same             2/4
+    # 5 (-m .50)               12              1  0.55            .7 .95 .4        1/3
+    # 6 (-nm .20)              11              1  0.55            same             1/3
+    # 7 (-nm .60)              10              1  0.45            same             1/3
+    np.testing.assert_allclose(c.fnmr[:8], [0.8, 0.6, 0.5, 0.5, 0.5, 1 / 3, 1 / 3, 1 / 3])
+    np.testing.assert_array_equal(
+        c.thresholds[:8], np.nextafter([0.85, 0.6, 0.6, 0.55, 0.55, 0.55, 0.55, 0.45], np.inf)
+    )
+    np.testing.assert_allclose(c.discard_fraction, np.arange(20) * 0.05)
+    # Trapezoid to 0.3: 0.05 * (0.7 + 0.55 + 0.5 + 0.5 + 5/12 + 1/3) = 0.15.
+    assert M.pauc(c, 0.3) == pytest.approx(0.15)
+    # Limit 0.225 between grid points: interpolated FNMR (0.5 + 1/3) / 2 at 0.225.
+    assert M.pauc(c, 0.225) == pytest.approx(0.05 * 2.25 + 0.025 * (0.5 + 5 / 12) / 2)
+
+
+def test_recompute_ties_broken_by_position_and_nan_when_nothing_left():
+    # Constant quality: the stable order is the input order. Level 1 discards the false non-match
+    # (index 0); level 2 has no mated comparison left.
+    s = np.r_[0.1, 0.9, np.linspace(0.0, 0.5, 18)]
+    y = np.r_[True, True, np.zeros(18, bool)]
+    c = M.edc(s, y, np.zeros(20), fmr=0.1, convention="recompute")
+    assert c.fnmr[0] == 0.5 and c.fnmr[1] == 0.0
+    assert np.isnan(c.fnmr[2:]).all()
+    assert M.pauc(c, 0.05) == pytest.approx(0.05 * 0.25)
+    with pytest.raises(ValueError, match="NaN"):
+        M.pauc(c, 0.3)
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_recompute_matches_brute_force(seed):
+    rng = np.random.default_rng(100 + seed)
+    n = int(rng.integers(20, 3000))
+    s, y, q = synthetic(n, rng.uniform(0.05, 0.6), seed, decimals=None)
+    s = np.round(s, int(rng.integers(1, 4)))
+    q = np.round(q, int(rng.integers(0, 3)))  # heavy ties at level boundaries
+    for fmr in (0.3, 0.05, 1e-3):
+        np.testing.assert_allclose(
+            M.edc(s, y, q, fmr, "recompute").fnmr, brute_recompute(s, y, q, fmr), equal_nan=True
+        )
+
+
+def test_recompute_candidate_growth(monkeypatch):
+    # Quality anti-correlated with the non-mated similarity: high-quality levels keep only low
+    # non-mated scores, so the top-of-all candidates run out and must be enlarged.
+    monkeypatch.setattr(M, "_MIN_CANDIDATES", 1)
+    rng = np.random.default_rng(7)
+    n = 5000
+    y = rng.random(n) < 0.1
+    s = np.where(y, rng.normal(0.6, 0.15, n), rng.normal(0.05, 0.1, n))
+    q = np.where(y, rng.normal(size=n), -s + 0.01 * rng.normal(size=n))
+    for fmr in (0.1, 0.01):
+        np.testing.assert_allclose(
+            M.edc(s, y, q, fmr, "recompute").fnmr, brute_recompute(s, y, q, fmr), equal_nan=True
+        )
+
+
+def test_recompute_float32_scores():
+    s, y, q = synthetic(3000, 0.2, seed=8)
+    s32, q32 = s.astype(np.float32), q.astype(np.float32)
+    np.testing.assert_allclose(
+        M.edc(s32, y, q32, 0.01, "recompute").fnmr, brute_recompute(s32, y, q32, 0.01)
+    )
+
+
+# ----------------------------------------------------------------------------- conventions agree
+
+
+def test_conventions_agree_at_zero_discard():
+    s, y, q = synthetic(3000, 0.2, seed=9)
+    for fmr in (0.1, 0.01, 1e-3):
+        plain = M.fnmr_at_fmr(s[~y], s[y], fmr)
+        assert M.edc(s, y, q, fmr, "fixed").fnmr[0] == pytest.approx(plain)
+        assert M.edc(s, y, q, fmr, "recompute").fnmr[0] == pytest.approx(plain)
+
+
+def test_conventions_agree_when_only_mated_are_discarded():
+    # 40 comparisons: the 16 mated have the lowest (distinct) qualities, so recompute levels
+    # 0..7 (2 comparisons per level) discard only mated ones and keep the fixed threshold; at
+    # level 8 all 16 mated are gone (NaN).
+    rng = np.random.default_rng(10)
+    y = np.r_[np.ones(16, bool), np.zeros(24, bool)]
+    s = np.where(y, rng.normal(0.5, 0.2, 40), rng.normal(0.1, 0.2, 40))
+    q = np.r_[rng.permutation(16), 100 + np.arange(24)].astype(float)
+    fixed = M.edc(s, y, q, 0.1, "fixed")
+    rec = M.edc(s, y, q, 0.1, "recompute")
+    for j in range(8):
+        i = list(fixed.discard_fraction).index(2 * j / 16)
+        assert rec.fnmr[j] == pytest.approx(fixed.fnmr[i])
+        assert rec.thresholds[j] == fixed.thresholds[i]
+    assert np.isnan(rec.fnmr[8])
+
+
+def test_edc_many_equals_single_target_calls():
+    s, y, q = synthetic(2000, 0.2, seed=11)
+    for conv in Convention:
+        many = M.edc_many(s, y, q, (0.1, 0.01), conv)
+        for t in (0.1, 0.01):
+            np.testing.assert_array_equal(many[t].fnmr, M.edc(s, y, q, t, conv).fnmr)
+
+
+# ----------------------------------------------------------------------------- pAUC rules
+
+
+def test_pauc_stepwise_vs_trapezoid_hand_case():
+    frac, fnmr = [0.0, 0.1, 0.2, 0.4], [0.4, 0.2, 0.1, 0.0]
+    step = EDCCurve(frac, fnmr, np.zeros(4), 0.01, Convention.FIXED, n_mated=10)
+    trap = EDCCurve(frac, fnmr, np.zeros(4), 0.01, Convention.RECOMPUTE, n_mated=10)
+    # stepwise: 0.4*0.1 + 0.2*0.1 + 0.1*0.1
+    assert M.pauc(step, 0.3) == pytest.approx(0.07)
+    # trapezoid: (0.4+0.2)/2*0.1 + (0.2+0.1)/2*0.1 + (0.1+0.05)/2*0.1, 0.05 interpolated at 0.3
+    assert M.pauc(trap, 0.3) == pytest.approx(0.0525)
+    assert M.pauc(step, 0.0) == 0.0
+    with pytest.raises(ValueError, match="limit"):
+        M.pauc(trap, 0.5)  # beyond the last point of a recompute curve
+
+
+def test_curve_is_immutable_and_validated():
+    c = M.edc(*hand_fixed_input(), fmr=0.1)
+    with pytest.raises(ValueError):
+        c.fnmr[0] = 0.0
+    with pytest.raises(AttributeError):
+        c.fmr = 0.5  # type: ignore[misc]
+    with pytest.raises(ValueError, match="discard_fraction"):
+        EDCCurve([0.1, 0.2], [0.0, 0.0], [0.0, 0.0], 0.01, "fixed", n_mated=3)
+
+
+# ----------------------------------------------------------------------------- frames, metadata
+
+
+def test_frames_carry_convention_limit_scale():
+    s, y, q = synthetic(1500, 0.2, seed=12)
+    quals = {"good": q, "bad": -q}
+    edc_df = M.edc_frame(quals, s, y, dataset="toy", fr_model="arc", convention="recompute")
+    assert list(edc_df.columns) == [
+        "method", "dataset", "fr_model", "fmr", "convention", "discard_fraction", "fnmr",
+    ]  # fmt: skip
+    assert len(edc_df) == 2 * 3 * 20 and set(edc_df.convention) == {"recompute"}
+    pdf = M.pauc_frame(quals, s, y, dataset="toy", fr_model="arc", limit=0.2, scale=100)
+    assert list(pdf.columns) == [
+        "method", "dataset", "fr_model", "fmr", "convention", "limit", "subtract_best", "scale",
+        "pauc",
+    ]  # fmt: skip
+    row = pdf[(pdf.method == "bad") & (pdf.fmr == 1e-3)].iloc[0]
+    assert row.convention == "fixed" and row.limit == 0.2 and row.scale == 100.0
+    assert row.pauc == pytest.approx(100 * M.pauc(M.edc(s, y, -q, 1e-3), 0.2))
+    meta = M.pauc_meta("recompute", 0.3, scale=100)
+    assert meta["convention"] == "recompute" and meta["area_rule"].startswith("trapezoid")
+    with pytest.raises(ValueError, match="qualities\\['nan'\\]"):
+        M.pauc_frame({"nan": np.full(s.size, np.nan)}, s, y, dataset="t", fr_model="a")
+    with pytest.raises(ValueError, match="subtract_best"):
+        M.pauc_meta("recompute", subtract_best=True)
+
+
+# ----------------------------------------------------------------------------- bootstrap
+
+
+def explicit_bootstrap(s, y, q, fmr, conv, n_boot, seed):
+    """Independent bootstrap: resample indices per stratum, rerun edc + pauc each time."""
+    rng = np.random.default_rng(seed)
+    im, inm = np.flatnonzero(y), np.flatnonzero(~y)
+    out = []
+    for _ in range(n_boot):
+        idx = np.sort(np.r_[rng.choice(inm, inm.size), rng.choice(im, im.size)])
+        out.append(M.pauc(M.edc(s[idx], y[idx], q[idx], fmr, conv), 0.3))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("convention", ["fixed", "recompute"])
+def test_bootstrap_distribution_matches_explicit_resampling(convention):
+    s, y, q = synthetic(1200, 0.15, seed=13, mated_mean=0.3)
+    ours = M.bootstrap_pauc(s, y, q, 0.01, convention, n_boot=300, seed=1).samples
+    ref = explicit_bootstrap(s, y, q, 0.01, convention, 300, seed=2)
+    assert abs(ours.mean() - ref.mean()) < 0.3 * ref.std()
+    assert 0.8 < ours.std() / ref.std() < 1.25
+
+
+def test_order_stat_sampler_matches_explicit_resampling():
+    comp = M._Comparisons(np.r_[np.arange(50.0), 100.0], np.r_[np.zeros(50, bool), True])
+    k = 2
+    ours = M._order_stat_samples(comp, k, np.random.default_rng(0).random(20000))
+    rng = np.random.default_rng(1)
+    draws = rng.integers(0, 50, size=(20000, 50)).astype(float)
+    ref = -np.sort(-draws, axis=1)[:, k]
+    grid = np.arange(50.0)
+    cdf = lambda x: np.searchsorted(np.sort(x), grid, side="right") / x.size  # noqa: E731
+    assert np.max(np.abs(cdf(ours) - cdf(ref))) < 0.03
+
+
+@pytest.mark.parametrize("convention", ["fixed", "recompute"])
+def test_bootstrap_deterministic_and_contains_estimate(convention):
+    s, y, q = synthetic(1500, 0.15, seed=14, mated_mean=0.3)
+    a = M.bootstrap_pauc(s, y, q, 0.01, convention, n_boot=200, seed=3)
+    b = M.bootstrap_pauc(s, y, q, 0.01, convention, n_boot=200, seed=3)
+    c = M.bootstrap_pauc(s, y, q, 0.01, convention, n_boot=200, seed=4)
+    np.testing.assert_array_equal(a.samples, b.samples)
+    assert not np.array_equal(a.samples, c.samples)
+    assert a.estimate == pytest.approx(M.pauc(M.edc(s, y, q, 0.01, convention), 0.3))
+    assert a.lower <= a.estimate <= a.upper and a.lower < a.upper
+
+
+@pytest.mark.parametrize("convention", ["fixed", "recompute"])
+def test_paired_bootstrap(convention):
+    s, y, q = synthetic(1500, 0.15, seed=15, mated_mean=0.3)
+    same = M.paired_bootstrap(s, y, q, q.copy(), 0.01, convention, n_boot=100, seed=0)
+    assert same.difference == 0.0 and same.lower == 0.0 and same.upper == 0.0
+    assert same.frac_a_below_b == 0.0
+    good_vs_bad = M.paired_bootstrap(s, y, q, -q, 0.01, convention, n_boot=100, seed=0)
+    assert good_vs_bad.upper < 0 and good_vs_bad.frac_a_below_b == 1.0
+    est = M.pauc(M.edc(s, y, q, 0.01, convention)) - M.pauc(M.edc(s, y, -q, 0.01, convention))
+    assert good_vs_bad.difference == pytest.approx(est)
+
+
+def test_paired_fixed_equals_difference_of_single_bootstraps():
+    # Under `fixed` single and paired bootstraps consume the seed identically.
+    s, y, q = synthetic(1500, 0.15, seed=15, mated_mean=0.3)
+    q2 = q + np.random.default_rng(0).normal(size=q.size)
+    paired = M.paired_bootstrap(s, y, q, q2, 0.01, "fixed", n_boot=100, seed=0)
+    a = M.bootstrap_pauc(s, y, q, 0.01, "fixed", n_boot=100, seed=0).samples
+    b = M.bootstrap_pauc(s, y, q2, 0.01, "fixed", n_boot=100, seed=0).samples
+    np.testing.assert_allclose(paired.samples, a - b)
+    assert paired.frac_a_below_b == np.mean(a < b)
+
+
+def test_paired_recompute_matches_explicit_resampling():
+    s, y, q = synthetic(1000, 0.15, seed=20, mated_mean=0.3)
+    q2 = q + 1.5 * np.random.default_rng(1).normal(size=q.size)
+    ours = M.paired_bootstrap(s, y, q, q2, 0.01, "recompute", n_boot=300, seed=1).samples
+    rng = np.random.default_rng(2)
+    im, inm = np.flatnonzero(y), np.flatnonzero(~y)
+    ref = []
+    for _ in range(300):
+        idx = np.sort(np.r_[rng.choice(inm, inm.size), rng.choice(im, im.size)])
+        a, b = (M.pauc(M.edc(s[idx], y[idx], x[idx], 0.01, "recompute")) for x in (q, q2))
+        ref.append(a - b)
+    ref = np.array(ref)
+    assert abs(ours.mean() - ref.mean()) < 0.3 * ref.std()
+    assert 0.8 < ours.std() / ref.std() < 1.25
+
+
+def test_bootstrap_subtract_best_fixed():
+    s, y, q = synthetic(1500, 0.15, seed=16, mated_mean=0.3)
+    r = M.bootstrap_pauc(s, y, s, 0.01, "fixed", n_boot=50, seed=0, subtract_best=True)
+    assert r.estimate == pytest.approx(0.0, abs=1e-12)  # perfect quality
+    # In a resample duplicated comparisons tie in quality and are discarded together, so the
+    # perfect quality is only nearly perfect: small, never negative.
+    plain = M.bootstrap_pauc(s, y, s, 0.01, "fixed", n_boot=50, seed=0)
+    assert np.all(r.samples >= -1e-12) and np.all(r.samples < 0.1 * plain.samples)
+
+
+def test_weighted_paths_with_unit_weights_equal_point_estimates():
+    s, y, q = synthetic(2000, 0.2, seed=17, decimals=1)
+    comp = M._Comparisons(s, y)
+    fixed = M.edc(s, y, q, 0.01, "fixed")
+    plan = M._FixedPlan(comp, q)
+    stat = np.nextafter(fixed.thresholds[0], -np.inf)
+    area = plan.pauc(np.ones((1, comp.n_m), np.int64), np.array([stat]), 0.3, True)
+    assert area[0] == pytest.approx(M.pauc(fixed, 0.3, subtract_best=True))
+    vals, idx = comp.top_nonmated(comp.n_nm)
+    rplan = M._RecomputePlan(comp, q, idx)
+    ends = np.arange(1, comp.n + 1)
+    fnmr = M._recompute_weighted(
+        rplan.d,
+        comp.n,
+        0.01,
+        ends[rplan.pos_m],
+        np.ones(comp.n_m, np.int64),
+        comp.sim_m,
+        ends[rplan.pos_cand],
+        np.ones(idx.size, np.int64),
+        vals,
+    )
+    np.testing.assert_allclose(fnmr, M.edc(s, y, q, 0.01, "recompute").fnmr)
+
+
+def adversarial(n=1500, seed=18):
+    """High-quality comparisons have low non-mated scores: the top candidates run out."""
+    s, y, _ = synthetic(n, 0.15, seed=seed, mated_mean=0.3)
+    return s, y, np.where(y, s, -s)
+
+
+def run_boot(s, y, qs, fmr, n_boot, seed):
+    """The bootstrap engine on a fresh comparison set (no candidates cached by an estimate)."""
+    comp = M._Comparisons(s, y)
+    return M._run_bootstrap(comp, qs, fmr, Convention.RECOMPUTE, 0.3, False, n_boot, seed)
+
+
+def test_recompute_paired_bootstrap_candidate_fallback(monkeypatch):
+    s, y, q = adversarial()
+    q2 = q + 0.1 * np.random.default_rng(0).normal(size=q.size)
+    before = M._FALLBACKS[0]
+    default = run_boot(s, y, [q, q2], 0.05, 20, 5)
+    assert M._FALLBACKS[0] == before  # the default candidates suffice here
+    monkeypatch.setattr(M, "_MIN_CANDIDATES", 1)
+    small = run_boot(s, y, [q, q2], 0.05, 20, 5)
+    assert M._FALLBACKS[0] > before  # the fallback ran ...
+    for a, b in zip(small, default, strict=True):
+        np.testing.assert_allclose(a, b)  # ... and changed nothing
+
+
+def test_recompute_single_bootstrap_candidate_fallback(monkeypatch):
+    s, y, q = adversarial(1000)
+    monkeypatch.setattr(M, "_MIN_CANDIDATES", 1)
+    before = M._FALLBACKS[0]
+    (ours,) = run_boot(s, y, [q], 0.05, 300, 1)
+    assert M._FALLBACKS[0] - before > 30  # many resamples went through the exact refinement
+    ref = explicit_bootstrap(s, y, q, 0.05, "recompute", 300, seed=2)
+    assert abs(ours.mean() - ref.mean()) < 0.3 * ref.std()
+    assert 0.8 < ours.std() / ref.std() < 1.25
+
+
+def test_gap_refinement_keeps_gap_totals():
+    s, y, q = synthetic(500, 0.2, seed=21)
+    comp = M._Comparisons(s, y)
+    vals, idx = comp.top_nonmated(5)
+    plan = M._GapPlan(comp, q, vals, idx)
+    rng = np.random.default_rng(0)
+    seq, c_m = plan.draw(comp, rng)
+    assert seq.sum() == comp.n and c_m.sum() == comp.n_m
+    w = plan.refine(seq, rng)
+    assert w.sum() == comp.n
+    np.testing.assert_array_equal(np.cumsum(w)[plan.qpos], np.cumsum(seq)[1::2])
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_raises_naming_the_parameter():
+    s, y, q = synthetic(200, 0.2, seed=19)
+    with pytest.raises(ValueError, match="quality: length 199"):
+        M.edc(s, y, q[:-1])
+    with pytest.raises(ValueError, match="mated: length 199"):
+        M.edc(s, y[:-1], q)
+    q_nan = q.copy()
+    q_nan[5] = np.nan
+    with pytest.raises(ValueError, match="quality: 1 non-finite.*index 5"):
+        M.edc(s, y, q_nan)
+    with pytest.raises(ValueError, match="similarity: .*non-finite"):
+        M.edc(np.r_[np.inf, s[1:]], y, q)
+    with pytest.raises(ValueError, match="mated: there are no mated"):
+        M.edc(s, np.zeros(s.size, bool), q)
+    with pytest.raises(ValueError, match="mated: there are no non-mated"):
+        M.edc(s, np.ones(s.size, bool), q)
+    with pytest.raises(ValueError, match="mated: expected booleans or 0/1"):
+        M.edc(s, np.full(s.size, 2), q)
+    for bad in (0.0, 1.0, -0.1, 1.5, float("nan"), "x"):
+        with pytest.raises(ValueError, match="fmr"):
+            M.edc(s, y, q, fmr=bad)
+        with pytest.raises(ValueError, match="fmr"):
+            M.threshold_at_fmr(s, bad)
+    with pytest.raises(ValueError, match="fmr_targets"):
+        M.fnmr_at_fmr(s[~y], s[y], (0.01, 2.0))
+    with pytest.raises(ValueError, match="convention"):
+        M.edc(s, y, q, convention="sometimes")
+    c = M.edc(s, y, q)
+    with pytest.raises(ValueError, match="limit"):
+        M.pauc(c, 1.5)
+    with pytest.raises(ValueError, match="subtract_best"):
+        M.pauc(M.edc(s, y, q, convention="recompute"), 0.3, subtract_best=True)
+    with pytest.raises(ValueError, match="similarity: expected a 1-D"):
+        M.edc(s.reshape(20, 10), y, q)
+    with pytest.raises(ValueError, match="nonmated: is empty"):
+        M.fnmr_at_fmr([], [0.5], 0.1)
+    with pytest.raises(ValueError, match="n_boot"):
+        M.bootstrap_pauc(s, y, q, n_boot=1)
+    with pytest.raises(ValueError, match="quality_b: length"):
+        M.paired_bootstrap(s, y, q, q[:-1])
+    with pytest.raises(ValueError, match="n_folds"):
+        M.verification_accuracy(s, y, n_folds=1)
+    with pytest.raises(ValueError, match="template_ids: length"):
+        M.template_quality([0.1, 0.2], [1])
