@@ -1,0 +1,209 @@
+"""One figure style for every notebook; figures saved as PDF + PNG, byte-identical across runs.
+
+Colour convention (as on the poster): exits 1..12 along a sequential palette (early = light,
+deep = dark), EX-FIQA-F in red and EX-FIQA-FW in green, other methods in grey tones.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from .io import atomic_path
+
+__all__ = [
+    "FUSION_COLOURS",
+    "attention_figure",
+    "edc_grid",
+    "exit_colour",
+    "method_colours",
+    "pauc_vs_gflops",
+    "rank_heatmap",
+    "save_figure",
+    "score_distributions",
+    "set_style",
+]
+
+FUSION_COLOURS = {"EX-FIQA-F": "#d62728", "EX-FIQA-FW": "#2ca02c"}
+
+
+def set_style() -> None:
+    """Seaborn paper style with fixed fonts and sizes (called by every plotting function)."""
+    sns.set_theme(context="paper", style="whitegrid", font="DejaVu Sans", font_scale=0.9)
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "axes.titlesize": 9, "legend.fontsize": 7})
+
+
+def exit_colour(exit: int, depth: int = 12) -> tuple[float, float, float]:
+    """Colour of exit ``exit`` (1-based) on the shared sequential palette."""
+    return tuple(sns.color_palette("viridis_r", depth)[exit - 1])  # type: ignore[return-value]
+
+
+def method_colours(methods: Sequence[str], depth: int = 12) -> dict[str, object]:
+    """Colour per method name: ``Exit k`` -> exit palette, fusions fixed, others grey tones."""
+    greys = iter(sns.color_palette("Greys_d", max(1, len(methods))))
+    out: dict[str, object] = {}
+    for m in methods:
+        if m in FUSION_COLOURS:
+            out[m] = FUSION_COLOURS[m]
+        elif m.startswith("Exit "):
+            out[m] = exit_colour(int(m.split()[1]), depth)
+        else:
+            out[m] = next(greys)
+    return out
+
+
+def save_figure(fig: Figure, out_dir: str | os.PathLike[str], name: str) -> list[Path]:
+    """Write ``name.pdf`` and ``name.png`` atomically; returns the paths. Closes the figure.
+
+    The PDF carries no creation date, so the same figure gives the same bytes.
+    """
+    out = Path(out_dir)
+    paths = []
+    for ext, meta in (("pdf", {"CreationDate": None, "Creator": "exfiqa"}), ("png", {"Software": "exfiqa"})):
+        target = out / f"{name}.{ext}"
+        with atomic_path(target, overwrite=True) as tmp:
+            fig.savefig(tmp, format=ext, metadata=meta, bbox_inches="tight")
+        paths.append(target)
+    plt.close(fig)
+    return paths
+
+
+def edc_grid(
+    edc: pd.DataFrame,
+    methods: Sequence[str] | None = None,
+    datasets: Sequence[str] | None = None,
+    fmr_targets: Sequence[float] | None = None,
+    discard_max: float = 0.95,
+) -> Figure:
+    """The poster's EDC grid: rows = datasets, columns = FMR targets, one line per method.
+
+    ``edc`` is tidy: columns ``method, dataset, fmr, discard_fraction, fnmr`` (one FR model).
+    """
+    set_style()
+    datasets = list(datasets or edc["dataset"].unique())
+    fmr_targets = list(fmr_targets or sorted(edc["fmr"].unique(), reverse=True))
+    methods = list(methods or edc["method"].unique())
+    colours = method_colours(methods)
+    fig, axes = plt.subplots(
+        len(datasets), len(fmr_targets), figsize=(2.3 * len(fmr_targets) + 0.8, 1.35 * len(datasets) + 0.8),
+        sharex=True, squeeze=False,
+    )
+    for i, ds in enumerate(datasets):
+        for j, fmr in enumerate(fmr_targets):
+            ax = axes[i, j]
+            part = edc[(edc["dataset"] == ds) & np.isclose(edc["fmr"], fmr)]
+            for m in methods:
+                cur = part[part["method"] == m].sort_values("discard_fraction")
+                cur = cur[cur["discard_fraction"] <= discard_max]
+                if cur.empty:
+                    continue
+                fused = m in FUSION_COLOURS
+                ax.plot(
+                    cur["discard_fraction"], cur["fnmr"], color=colours[m], lw=1.6 if fused else 0.8,
+                    ls="-" if fused or not m.startswith("Exit") else "--", marker="o" if fused else None,
+                    ms=2, label=m, drawstyle="steps-post" if "fixed" in set(cur.get("convention", [])) else "default",
+                )
+            if i == 0:
+                ax.set_title(f"FNMR@FMR={fmr:.0e}")
+            if j == 0:
+                ax.set_ylabel(f"{ds}\nFNMR")
+            if i == len(datasets) - 1:
+                ax.set_xlabel("fraction discarded")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(7, len(labels)), bbox_to_anchor=(0.5, -0.02), frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def rank_heatmap(corr: pd.DataFrame, title: str = "") -> Figure:
+    """Exit-to-exit rank correlation (Spearman) as an annotated heatmap."""
+    set_style()
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    sns.heatmap(corr, vmin=-1, vmax=1, cmap="vlag", annot=True, fmt=".2f", annot_kws={"size": 5}, square=True, ax=ax, cbar_kws={"shrink": 0.7})
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def score_distributions(scores: pd.DataFrame, title: str = "") -> Figure:
+    """Per-exit score distributions: tidy ``exit, score`` (and optional ``group``) -> violin plot."""
+    set_style()
+    fig, ax = plt.subplots(figsize=(6.5, 2.6))
+    grouped = "group" in scores
+    sns.violinplot(
+        data=scores, x="exit", y="score", hue="group" if grouped else "exit", cut=0, inner="quartile",
+        linewidth=0.6, ax=ax, palette=None if grouped else "viridis_r", legend="auto" if grouped else False,
+    )
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def attention_figure(
+    maps: Mapping[str, np.ndarray], images: Mapping[str, np.ndarray | None], exits: Sequence[int] | None = None
+) -> Figure:
+    """The poster's attention figure: columns = sample types (+ dataset mean), rows = exits.
+
+    ``maps[name]`` is (depth, g, g); ``images[name]`` the RGB uint8 face shown on top (or None for a
+    dataset mean). Maps are upsampled bilinearly to 112x112 and min-max scaled per panel.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    set_style()
+    names = list(maps)
+    depth = next(iter(maps.values())).shape[0]
+    exits = list(exits or range(1, depth + 1))
+    fig, axes = plt.subplots(len(exits) + 1, len(names), figsize=(1.15 * len(names), 1.05 * (len(exits) + 1)), squeeze=False)
+    for j, name in enumerate(names):
+        ax = axes[0, j]
+        img = images.get(name)
+        if img is not None:
+            ax.imshow(img)
+        else:
+            ax.text(0.5, 0.5, f"{name}\n(mean)", ha="center", va="center", fontsize=7)
+        ax.set_title(name, fontsize=7)
+        up = F.interpolate(torch.as_tensor(maps[name], dtype=torch.float32)[:, None], size=(112, 112), mode="bilinear", align_corners=False)[:, 0].numpy()
+        for i, k in enumerate(exits):
+            m = up[k - 1]
+            m = (m - m.min()) / (np.ptp(m) or 1.0)
+            axes[i + 1, j].imshow(m, cmap="viridis", vmin=0, vmax=1)
+            if j == 0:
+                axes[i + 1, j].set_ylabel(f"Exit {k}", fontsize=6)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+    fig.tight_layout(pad=0.2)
+    return fig
+
+
+def pauc_vs_gflops(frame: pd.DataFrame, fused: pd.DataFrame | None = None, title: str = "") -> Figure:
+    """pAUC (lower is better) against GFLOPs per exit, one line per dataset; fusion as stars.
+
+    ``frame``: columns ``dataset, gflops, pauc`` (one row per dataset and exit). ``fused``: the
+    same columns for the fused score (drawn as a star at its cost).
+    """
+    set_style()
+    fig, ax = plt.subplots(figsize=(4.6, 3.2))
+    palette = dict(zip(sorted(frame["dataset"].unique()), sns.color_palette("tab10"), strict=False))
+    for ds, part in frame.groupby("dataset", sort=True):
+        part = part.sort_values("gflops")
+        ax.plot(part["gflops"], part["pauc"], marker="o", ms=3, lw=1, color=palette[ds], label=ds)
+    if fused is not None:
+        for _, row in fused.iterrows():
+            ax.plot(row["gflops"], row["pauc"], marker="*", ms=9, color=palette.get(row["dataset"], "k"), ls="none")
+        ax.plot([], [], marker="*", ls="none", color="k", label="Fusion (FW)")
+    ax.set_xlabel("GFLOPs")
+    ax.set_ylabel("pAUC-EDC")
+    ax.set_title(title)
+    ax.legend(ncol=2, fontsize=6)
+    fig.tight_layout()
+    return fig
