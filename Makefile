@@ -8,7 +8,7 @@ CONFIG ?= configs/demo.yaml
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test paper demo lab lint bench clean
+.PHONY: help venv test paper demo notebooks lab lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-7s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ paper: $(STAMP) ## regenerate every figure and table into results/ (CONFIG=confi
 
 demo: $(STAMP) ## build the offline demo world (faces, benchmarks, trained models) if missing
 	$(BIN)/python -m exfiqa.demo --config $(CONFIG)
+
+notebooks: $(STAMP) ## regenerate the paired notebooks/*.ipynb (no outputs) from the .py sources
+	$(BIN)/jupytext --to ipynb --update notebooks/0*.py
 
 lab: $(STAMP) ## JupyterLab with jupytext (open notebooks/*.py as notebooks)
 	$(BIN)/jupyter lab notebooks/

@@ -50,10 +50,11 @@ def main() -> None:
         x = torch.randn(args.batch_size, 3, 112, 112, device=dev, dtype=dtype)
         depth = model.depth
         with torch.inference_mode():
-            plain = timed(lambda: model(x), args.repeats, dev)
-            one_pass = timed(lambda: model.forward_exits(x), args.repeats, dev)
+            plain = timed(lambda m=model, x=x: m(x), args.repeats, dev)
+            one_pass = timed(lambda m=model, x=x: m.forward_exits(x), args.repeats, dev)
             per_exit = {
-                k: timed(lambda k=k: model.score_at_exit(x, k), args.repeats, dev) for k in range(1, depth + 1)
+                k: timed(lambda k=k, m=model, x=x: m.score_at_exit(x, k), args.repeats, dev)
+                for k in range(1, depth + 1)
             }
         protocol = sum(per_exit.values())
         tag = "T" if variant == "token" else "C"

@@ -17,7 +17,7 @@ import torch
 from scipy.stats import spearmanr
 
 from .flops import exit_costs, fused_cost
-from .metrics import Convention, edc_frame, edc_many, pauc, pauc_frame, paired_bootstrap
+from .metrics import Convention, edc_frame, edc_many, paired_bootstrap, pauc, pauc_frame
 from .model import ViTFIQA
 from .pipeline import Study, exit_names
 

@@ -181,7 +181,14 @@ figure {{ display: inline-block; margin: 0.5em; vertical-align: top; max-width: 
 figure img {{ max-width: 100%; border: 1px solid #ddd; }}
 table.tbl {{ border-collapse: collapse; font-size: 0.8em; }} table.tbl td, table.tbl th {{ padding: 2px 6px; border-bottom: 1px solid #eee; }}
 .note {{ background: #fff6d5; padding: 0.6em; }}
-</style></head><body>
+</style>
+<script>
+window.addEventListener("load", () => {{
+  const imgs = [...document.images];
+  document.body.dataset.broken = imgs.filter(i => !i.complete || i.naturalWidth === 0).length;
+  document.body.dataset.imagesOk = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+}});
+</script></head><body>
 <h1>EX-FIQA, regenerated: {html.escape(cfg.run_name)}</h1>
 {demo_note}
 <p>Config: <code>{html.escape(str(cfg.source))}</code>; EDC convention <code>{cfg.convention}</code>,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
 from exfiqa.config import ConfigError, load_config
-
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from exfiqa.flops import block_flops, exit_cost, exit_costs, fused_cost, head_flops, patch_embed_flops
+from exfiqa.flops import (
+    block_flops,
+    exit_cost,
+    exit_costs,
+    fused_cost,
+    head_flops,
+    patch_embed_flops,
+)
 from exfiqa.model import ViTFIQAConfig
 
 C = ViTFIQAConfig(variant="crfiqa")
@@ -32,7 +39,7 @@ def test_block_count_by_hand():
     assert block_flops(T) == 2 * (12 * 145 * 512**2 + 2 * 145**2 * 512)
     costs = exit_costs(C)
     assert [c.exit for c in costs] == list(range(1, 13))
-    steps = {round(b.gflops - a.gflops, 9) for a, b in zip(costs, costs[1:])}
+    steps = {round(b.gflops - a.gflops, 9) for a, b in zip(costs, costs[1:], strict=False)}
     assert steps == {round(block_flops(C) / 1e9, 9)}
     with pytest.raises(ValueError):
         exit_cost(C, 13)

@@ -1,0 +1,440 @@
+"""``make demo``: the offline demo world, built once and cached under ``data/demo``.
+
+What it builds from one seed (:class:`DemoSpec`):
+
+1. SynthFace images (:mod:`exfiqa.synth`) of disjoint train and test identities.
+2. Four small FR models, one per loss of the paper's FR models (ArcFace, ElasticFace-Arc, MagFace,
+   CurricularFace), iResNet-style (CurricularFace: the face.evoLVe IR layout), saved in their
+   released checkpoint formats (``fr/*.pt``).
+3. Two small 12-block ViT-FIQA models, (T) and (C), trained with the ViT-FIQA recipe (CosFace +
+   10 x SmoothL1 to the certainty ratio), with a small convolutional stem before the blocks,
+   saved in the released format (``vitfiqa/*.pt``).
+4. Benchmarks in the real on-disk formats (``benchmarks/``): an LFW-like ``.bin``, a cross-pose
+   ``.bin`` (CFP-FP-like), a cross-quality XQLFW-like folder + pairs file, an Adience-like
+   identity-folder set and an IJB-C-like template set with ``meta/`` files, loose crops and
+   5-point landmarks (aligned by the real reader).
+5. Ground truth (``ground_truth/<dataset>.csv``: identity, degradation, severity per sample), the
+   attention samples (``samples/{child,frontal,occlusion,pose}.png``), ``report.json`` (the numbers
+   that show the world means something) and ``manifest.json`` (spec, file hashes, timings).
+
+The world is cached: when ``manifest.json`` matches the spec and every listed file is present, the
+build returns at once. The same seed gives byte-identical files. Its numbers are not the paper's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io import atomic_write, file_digest
+
+__all__ = ["DemoSpec", "build_demo", "ensure_demo", "main"]
+
+BUILD_VERSION = "1"
+FR_JOBS = {  # name -> (loss, architecture, checkpoint layout)
+    "arcface": ("arcface", "iresnet", "plain"),
+    "elasticface": ("elasticface", "iresnet", "plain"),
+    "magface": ("magface", "magface", "magface"),
+    "curricularface": ("curricularface", "curricularface", "plain"),
+}
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """Sizes and training settings of the demo world (defaults: about 10 minutes on 2 CPU cores)."""
+
+    seed: int = 0
+    n_train_identities: int = 300
+    train_images_per_identity: int = 24
+    fr_widths: tuple[int, ...] = (8, 16, 32, 64)
+    fr_layers: tuple[int, ...] = (1, 1, 1, 1)
+    fr_embedding: int = 128
+    fr_epochs: int = 4
+    fr_lr: float = 2e-3  # AdamW: converges far faster than SGD in a few CPU epochs
+    vit_width: int = 64
+    vit_heads: int = 4
+    vit_patch: int = 4
+    vit_stem: tuple[int, ...] = (16, 32)
+    vit_feature: int = 128
+    vit_epochs: int = 6
+    vit_lr: float = 2e-3
+    batch_size: int = 64
+    lfw_pairs: int = 600
+    cfp_pairs: int = 600
+    xqlfw_pairs: int = 600
+    adience_identities: int = 40
+    adience_images: int = 8
+    ijbc_identities: int = 60
+    ijbc_pairs: int = 3000
+    workers: int = 2
+
+    def key(self) -> str:
+        blob = json.dumps({"v": BUILD_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    @staticmethod
+    def tiny(seed: int = 0) -> DemoSpec:
+        """A seconds-sized world for tests: same code paths, far too small to mean anything."""
+        return DemoSpec(
+            seed=seed, n_train_identities=12, train_images_per_identity=4, fr_widths=(4, 8, 12, 16),
+            fr_embedding=16, fr_epochs=1, vit_width=16, vit_heads=2, vit_stem=(4, 8), vit_feature=16,
+            vit_epochs=1, batch_size=16, lfw_pairs=20, cfp_pairs=20, xqlfw_pairs=20, adience_identities=4,
+            adience_images=3, ijbc_identities=6, ijbc_pairs=40, workers=1,
+        )
+
+
+# ----------------------------------------------------------------------------- world
+
+
+def _world(spec: DemoSpec, n_identities: int):
+    from .synth import WorldSpec
+
+    return WorldSpec(seed=spec.seed, n_identities=n_identities, images_per_identity=spec.train_images_per_identity)
+
+
+def _ranges(spec: DemoSpec) -> dict[str, range]:
+    """Disjoint identity ranges of the train set and each benchmark."""
+    sizes = {
+        "train": spec.n_train_identities,
+        "lfw": max(10, spec.lfw_pairs // 6),
+        "cfp_fp": max(10, spec.cfp_pairs // 6),
+        "xqlfw": max(10, spec.xqlfw_pairs // 6),
+        "adience": spec.adience_identities,
+        "ijbc": spec.ijbc_identities,
+    }
+    out, start = {}, 0
+    for name, n in sizes.items():
+        out[name] = range(start, start + n)
+        start += n
+    return out
+
+
+def _pairs(rng: np.random.Generator, ids: range, per_id: int, n_pairs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Half mated, half non-mated pairs of (identity, image index): returns a (P,2,2) array and labels."""
+    ids = np.asarray(ids)
+    n_m = n_pairs // 2
+    k = rng.choice(ids, n_m)
+    i1 = rng.integers(0, per_id, n_m)
+    i2 = (i1 + rng.integers(1, per_id, n_m)) % per_id
+    mated = np.stack([np.stack([k, i1], 1), np.stack([k, i2], 1)], 1)
+    a = rng.choice(ids, n_pairs - n_m)
+    b = (a - ids[0] + rng.integers(1, len(ids), n_pairs - n_m)) % len(ids) + ids[0]
+    non = np.stack([np.stack([a, rng.integers(0, per_id, len(a))], 1), np.stack([b, rng.integers(0, per_id, len(b))], 1)], 1)
+    pairs = np.concatenate([mated, non])
+    labels = np.r_[np.ones(n_m, bool), np.zeros(len(non), bool)]
+    order = rng.permutation(len(pairs))
+    return pairs[order], labels[order], order
+
+
+# ----------------------------------------------------------------------------- training jobs
+
+
+def _train_job(args: tuple[str, DemoSpec, str, str]) -> dict[str, Any]:
+    """One model (runs in a worker process, one torch thread): train and save in released format."""
+    import torch
+
+    from . import fr as frmod
+    from .model import build_vitfiqa, save_vitfiqa
+    from .train import train_fr, train_vitfiqa
+
+    name, spec, train_npz, out_path = args
+    torch.set_num_threads(1)
+    data = np.load(train_npz)
+    images, labels = data["images"], data["labels"]
+    t0 = time.perf_counter()
+    if name in FR_JOBS:
+        loss, arch, layout = FR_JOBS[name]
+        torch.manual_seed(spec.seed)
+        net = frmod.build_fr(arch, layers=spec.fr_layers, widths=spec.fr_widths, embedding_size=spec.fr_embedding)
+        hist = train_fr(
+            net, loss, (images, labels), name, epochs=spec.fr_epochs, batch_size=spec.batch_size, lr=spec.fr_lr,
+            seed=spec.seed, progress=False, num_threads=1, warmup_epochs=min(0.5, spec.fr_epochs / 4),
+            optimizer="adamw", channels_last=True,
+        )
+        frmod.save_fr(frmod.FRModel(name, net, frmod.FR_MODELS[name][1], device="cpu", arch=arch), out_path, layout=layout, overwrite=True)
+    else:
+        variant = {"vitfiqa_token": "token", "vitfiqa_crfiqa": "crfiqa"}[name]
+        torch.manual_seed(spec.seed)
+        model = build_vitfiqa(
+            variant=variant, embed_dim=spec.vit_width, num_heads=spec.vit_heads, patch_size=spec.vit_patch,
+            stem_channels=spec.vit_stem, feature_dim=spec.vit_feature, drop_path_rate=0.1,
+        )
+        hist = train_vitfiqa(
+            model, (images, labels), epochs=spec.vit_epochs, batch_size=spec.batch_size, lr=spec.vit_lr,
+            seed=spec.seed, progress=False, num_threads=1, warmup_epochs=min(1.0, spec.vit_epochs / 4),
+        )
+        save_vitfiqa(model, out_path, overwrite=True)
+    return {"model": name, "seconds": round(time.perf_counter() - t0, 1), "final_loss": hist.epoch_loss[-1]}
+
+
+# ----------------------------------------------------------------------------- benchmarks
+
+
+def _write_benchmarks(spec: DemoSpec, root: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """Render the test identities and write every benchmark + its ground truth."""
+    import pandas as pd
+    from PIL import Image
+
+    from . import datasets as ds
+    from .synth import WorldSpec, generate_items
+
+    ranges = _ranges(spec)
+    total = max(r.stop for r in ranges.values())
+    rng = np.random.default_rng(spec.seed + 1)
+    bench = root / "benchmarks"
+    truth = root / "ground_truth"
+    per = 8  # images per test identity
+
+    def items(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        flat = pairs.reshape(-1, 2)
+        return flat[:, 0], flat[:, 1]
+
+    def record(name: str, batch, extra: dict[str, Any] | None = None) -> None:
+        frame = pd.DataFrame({
+            "sample_id": np.arange(len(batch.identity)), "identity": batch.identity, "image_index": batch.image_index,
+            "degradation": batch.degradation, "severity": np.round(batch.severity.astype(np.float64), 6),
+            "yaw": np.round(batch.yaw.astype(np.float64), 6), "age_group": batch.age_group, **(extra or {}),
+        })
+        with atomic_write(truth / f"{name}.csv", overwrite=True) as fh:
+            frame.to_csv(fh, index=False, lineterminator="\n")
+
+    # LFW-like: mostly clean, mild degradations.
+    easy = WorldSpec(seed=spec.seed, n_identities=total, images_per_identity=per, degradation_prob=0.25,
+                     severity_range=(0.05, 0.6), kinds=("gaussian_blur", "jpeg", "gaussian_noise", "underexposure", "overexposure"))
+    pairs, labels, _ = _pairs(rng, ranges["lfw"], per, spec.lfw_pairs)
+    b = generate_items(easy, *items(pairs), workers=spec.workers)
+    ds.write_bin(bench / "lfw.bin", b.images, labels, overwrite=True)
+    record("lfw", b)
+    log(f"[demo] lfw.bin: {len(labels)} pairs")
+
+    # CFP-FP-like: frontal first image, strong pose second.
+    frontal = WorldSpec(seed=spec.seed, n_identities=total, images_per_identity=per, degradation_prob=0.0)
+    posed = WorldSpec(seed=spec.seed, n_identities=total, images_per_identity=per, degradation_prob=1.0,
+                      second_degradation_prob=0.0, kinds=("pose",), severity_range=(0.3, 1.0))
+    pairs, labels, _ = _pairs(rng, ranges["cfp_fp"], per, spec.cfp_pairs)
+    fa = generate_items(frontal, pairs[:, 0, 0], pairs[:, 0, 1], workers=spec.workers)
+    fb = generate_items(posed, pairs[:, 1, 0], pairs[:, 1, 1], workers=spec.workers)
+    inter = np.empty((2 * len(labels),) + fa.images.shape[1:], np.uint8)
+    inter[0::2], inter[1::2] = fa.images, fb.images
+    ds.write_bin(bench / "cfp_fp.bin", inter, labels, overwrite=True)
+    n = len(fa)
+    record("cfp_fp", type(fa).concat([fa, fb]).take(np.stack([np.arange(n), n + np.arange(n)], 1).ravel()))
+    log(f"[demo] cfp_fp.bin: {len(labels)} pairs")
+
+    # XQLFW-like: cross-quality, strong degradations on many images.
+    hard = WorldSpec(seed=spec.seed, n_identities=total, images_per_identity=per, degradation_prob=0.7,
+                     second_degradation_prob=0.3, severity_range=(0.2, 1.0))
+    pairs, labels, _ = _pairs(rng, ranges["xqlfw"], per, spec.xqlfw_pairs)
+    used = np.unique(pairs.reshape(-1, 2), axis=0)
+    b = generate_items(hard, used[:, 0], used[:, 1], workers=spec.workers)
+    images_by_name: dict[str, list[np.ndarray]] = {}
+    for k in np.unique(used[:, 0]):
+        sel = np.flatnonzero(used[:, 0] == k)
+        full = [np.zeros((112, 112, 3), np.uint8)] * per
+        for j in sel:
+            full[int(used[j, 1])] = b.images[j]
+        images_by_name[f"id{k:05d}"] = full
+    pair_rows = [
+        (f"id{p[0, 0]:05d}", int(p[0, 1]) + 1, int(p[1, 1]) + 1) if m else (f"id{p[0, 0]:05d}", int(p[0, 1]) + 1, f"id{p[1, 0]:05d}", int(p[1, 1]) + 1)
+        for p, m in zip(pairs, labels, strict=True)
+    ]
+    ds.write_xqlfw(bench / "xqlfw" / "images", bench / "xqlfw" / "pairs.txt", images_by_name, pair_rows, overwrite=True)
+    record("xqlfw", b)  # np.unique sorted (identity, index): the reader's sample order
+    log(f"[demo] xqlfw: {len(pair_rows)} pairs, {len(used)} images")
+
+    # Adience-like: all pairs within a small identity set, mixed quality.
+    mixed = WorldSpec(seed=spec.seed, n_identities=total, images_per_identity=spec.adience_images, degradation_prob=0.5)
+    ids = np.asarray(ranges["adience"])
+    b = generate_items(mixed, np.repeat(ids, spec.adience_images), np.tile(np.arange(spec.adience_images), len(ids)), workers=spec.workers)
+    by_id = {f"subject{k:05d}": list(b.images[b.identity == k]) for k in ids}
+    ds.write_identity_folders(bench / "adience", by_id, overwrite=True)
+    record("adience", b)
+    log(f"[demo] adience: {len(ids)} identities x {spec.adience_images} images")
+
+    # IJB-C-like: templates of 1-4 loose crops from 1-2 media, 5-point landmarks, template pairs.
+    ids = np.asarray(ranges["ijbc"])
+    tmpl_of, rows = [], []
+    tid = 0
+    for k in ids:
+        count = 0
+        for _ in range(3):  # three templates per identity
+            n_img = int(rng.integers(1, 5))
+            n_media = int(rng.integers(1, 3))
+            for j in range(n_img):
+                rows.append((int(k), count, tid, tid * 10 + j % n_media))
+                count += 1
+            tmpl_of.append((tid, int(k)))
+            tid += 1
+    ident = np.array([r[0] for r in rows])
+    img_idx = np.array([r[1] for r in rows])
+    b = generate_items(mixed, ident, img_idx, loose_size=160, workers=spec.workers)
+    t_ids = np.array([r[2] for r in rows])
+    m_ids = np.array([r[3] for r in rows])
+    tmpl_ident = dict(tmpl_of)
+    all_t = np.array([t for t, _ in tmpl_of])
+    tp, tl = [], []
+    n_mated = spec.ijbc_pairs // 6
+    while len(tp) < n_mated:
+        t1, t2 = rng.choice(all_t, 2, replace=False)
+        if tmpl_ident[t1] == tmpl_ident[t2]:
+            tp.append((int(t1), int(t2)))
+            tl.append(1)
+    while len(tp) < spec.ijbc_pairs:
+        t1, t2 = rng.choice(all_t, 2, replace=False)
+        if tmpl_ident[t1] != tmpl_ident[t2]:
+            tp.append((int(t1), int(t2)))
+            tl.append(0)
+    ds.write_ijbc(bench / "ijbc", list(b.images), b.landmarks, t_ids, m_ids, tp, tl, overwrite=True)
+    record("ijbc", b, {"template_id": t_ids, "media_id": m_ids})
+    log(f"[demo] ijbc: {len(all_t)} templates, {len(rows)} loose crops, {len(tp)} template pairs")
+
+    # Attention samples: child, frontal, occlusion, pose.
+    samples = root / "samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    test_ids = np.asarray(ranges["lfw"])
+    from .synth import sample_identities
+
+    is_child = sample_identities(test_ids, spec.seed).age_group == 1
+    child = int(test_ids[np.argmax(is_child)]) if is_child.any() else int(test_ids[0])
+    picks = {
+        "child": (WorldSpec(seed=spec.seed, n_identities=total, degradation_prob=0.0), child),
+        "frontal": (WorldSpec(seed=spec.seed, n_identities=total, degradation_prob=0.0), int(test_ids[1])),
+        "occlusion": (WorldSpec(seed=spec.seed, n_identities=total, degradation_prob=1.0, second_degradation_prob=0.0, kinds=("sunglasses",), severity_range=(0.8, 0.8)), int(test_ids[2])),
+        "pose": (WorldSpec(seed=spec.seed, n_identities=total, degradation_prob=1.0, second_degradation_prob=0.0, kinds=("pose",), severity_range=(0.9, 0.9)), int(test_ids[3])),
+    }
+    for name, (world, k) in picks.items():
+        img = generate_items(world, [k], [0]).images[0]
+        with atomic_write(samples / f"{name}.png", "wb", overwrite=True) as fh:
+            Image.fromarray(img).save(fh, format="PNG")
+    return {"identities": {k: [r.start, r.stop] for k, r in ranges.items()}}
+
+
+def _train_set(spec: DemoSpec, path: Path) -> None:
+    from .synth import generate
+
+    ids = np.asarray(_ranges(spec)["train"])
+    b = generate(_world(spec, int(ids[-1]) + 1), ids, spec.train_images_per_identity, workers=spec.workers)
+    with atomic_write(path, "wb", overwrite=True) as fh:
+        np.savez(fh, images=b.images, labels=(b.identity - ids[0]).astype(np.int64), severity=b.severity)
+
+
+# ----------------------------------------------------------------------------- build
+
+
+def _manifest_ok(root: Path, spec: DemoSpec) -> bool:
+    path = root / "manifest.json"
+    if not path.is_file():
+        return False
+    try:
+        man = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return False
+    return man.get("spec_key") == spec.key() and all((root / f).is_file() for f in man.get("files", {}))
+
+
+def build_demo(root: str | os.PathLike[str], spec: DemoSpec | None = None, force: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Build the demo world under ``root`` (cached; ``force`` rebuilds). Returns the manifest path."""
+    spec = spec or DemoSpec()
+    root = Path(root)
+    if not force and _manifest_ok(root, spec):
+        log(f"[demo] {root} is up to date (manifest matches the spec)")
+        return root / "manifest.json"
+    if root.exists() and any(root.iterdir()) and not (root / "manifest.json").exists() and not (root / ".build").exists():
+        raise FileExistsError(f"{root} exists, is not empty and was not made by exfiqa.demo; choose another folder")
+    t_all = time.perf_counter()
+    work = root / ".build"
+    work.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    train_npz = work / "train.npz"
+    _train_set(spec, train_npz)
+    timings["render_train"] = round(time.perf_counter() - t0, 1)
+    log(f"[demo] rendered the training set in {timings['render_train']} s")
+
+    jobs = [(name, spec, str(train_npz), str(root / "fr" / f"{name}.pt")) for name in FR_JOBS]
+    jobs += [(name, spec, str(train_npz), str(root / "vitfiqa" / f"{name}.pt")) for name in ("vitfiqa_token", "vitfiqa_crfiqa")]
+    (root / "fr").mkdir(parents=True, exist_ok=True)
+    (root / "vitfiqa").mkdir(parents=True, exist_ok=True)
+    jobs.sort(key=lambda j: not j[0].startswith("vitfiqa"))  # longest first
+    t0 = time.perf_counter()
+    results = []
+    if spec.workers > 1:
+        import multiprocessing
+
+        with ProcessPoolExecutor(max_workers=spec.workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+            for r in ex.map(_train_job, jobs):
+                log(f"[demo] trained {r['model']} in {r['seconds']} s (loss {r['final_loss']:.3f})")
+                results.append(r)
+    else:
+        for j in jobs:
+            r = _train_job(j)
+            log(f"[demo] trained {r['model']} in {r['seconds']} s (loss {r['final_loss']:.3f})")
+            results.append(r)
+    timings["train_models"] = round(time.perf_counter() - t0, 1)
+
+    t0 = time.perf_counter()
+    info = _write_benchmarks(spec, root, log)
+    timings["benchmarks"] = round(time.perf_counter() - t0, 1)
+
+    t0 = time.perf_counter()
+    from .demo_report import world_report
+
+    report = world_report(root, heads=spec.vit_heads)
+    with atomic_write(root / "report.json", overwrite=True) as fh:
+        json.dump(report, fh, indent=2, sort_keys=True)
+    timings["report"] = round(time.perf_counter() - t0, 1)
+    shutil.rmtree(work)
+    timings["total"] = round(time.perf_counter() - t_all, 1)
+
+    files = sorted(
+        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != "manifest.json"
+    )
+    manifest = {
+        "spec": asdict(spec), "spec_key": spec.key(), "build_version": BUILD_VERSION,
+        "files": {f: file_digest(root / f) for f in files}, "training": results, "timings_s": timings, **info,
+    }
+    with atomic_write(root / "manifest.json", overwrite=True) as fh:
+        json.dump(manifest, fh, indent=2, sort_keys=True)
+    log(f"[demo] built {root} in {timings['total']} s")
+    return root / "manifest.json"
+
+
+def ensure_demo(root: str | os.PathLike[str], kind: str = "default", log: Callable[[str], None] = print) -> Path:
+    """Build the demo world of ``kind`` ("default" or "tiny") under ``root`` if missing or stale."""
+    if kind not in ("default", "tiny"):
+        raise ValueError(f"demo kind must be 'default' or 'tiny', got {kind!r}")
+    return build_demo(root, DemoSpec.tiny() if kind == "tiny" else DemoSpec(), log=log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m exfiqa.demo", description="Build the offline demo world.")
+    ap.add_argument("--config", default="configs/demo.yaml", help="its data_root is where the world goes")
+    ap.add_argument("--force", action="store_true", help="rebuild even if the manifest matches")
+    ap.add_argument("--tiny", action="store_true", help="a seconds-sized world (for tests)")
+    args = ap.parse_args(argv)
+    from .config import load_config
+
+    cfg = load_config(args.config)
+    if not cfg.demo:
+        print(f"{args.config} is not a demo config (demo: false); nothing to build", file=sys.stderr)
+        return 2
+    kind = "tiny" if args.tiny else cfg.demo
+    build_demo(cfg.data_root, DemoSpec.tiny() if kind == "tiny" else DemoSpec(), force=args.force)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

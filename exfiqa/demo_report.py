@@ -1,0 +1,108 @@
+"""The numbers that show the demo world means something (written to ``data/demo/report.json``).
+
+- Each FR model: verification accuracy (10-fold) on the clean pairs of the LFW-like set, and the
+  Spearman correlation of mated similarity with pair severity (max of the two ground-truth
+  severities) on the Adience-like set (should be clearly negative).
+- Each ViT-FIQA model: Spearman of every exit's score with ``-severity`` and with the certainty
+  ratio (CR) the demo FR models assign (class centres = mean embedding of each held-out identity),
+  on the Adience-like set; and every exit's pAUC-EDC (FMR 1e-3, ``recompute``, ArcFace) on the
+  cross-quality XQLFW-like set, against the mean pAUC of random quality scores.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import spearmanr
+
+from .datasets import read_adience, read_bin, read_xqlfw
+from .fr import load_fr
+from .inference import exit_scores
+from .metrics import edc, pauc, verification_accuracy
+from .model import load_vitfiqa
+from .train import certainty_ratio
+
+__all__ = ["world_report"]
+
+FR_NAMES = ("arcface", "elasticface", "magface", "curricularface")
+
+
+def _images(bench) -> np.ndarray:
+    return np.concatenate([imgs for _, imgs in bench.iter_images(256)])
+
+
+def _rho(a: np.ndarray, b: np.ndarray) -> float:
+    return float(spearmanr(a, b).statistic)
+
+
+def world_report(root: str | os.PathLike[str], heads: int = 4, random_draws: int = 20) -> dict[str, Any]:
+    """Compute the report for a built demo world under ``root``."""
+    root = Path(root)
+    bench_dir = root / "benchmarks"
+    lfw = read_bin(bench_dir / "lfw.bin", name="lfw")
+    adience = read_adience(bench_dir / "adience")
+    xq = read_xqlfw(bench_dir / "xqlfw" / "images", bench_dir / "xqlfw" / "pairs.txt")
+    truth = {n: pd.read_csv(root / "ground_truth" / f"{n}.csv") for n in ("lfw", "adience", "xqlfw")}
+    imgs = {"lfw": _images(lfw), "adience": _images(adience), "xqlfw": _images(xq)}
+    sev_a = truth["adience"]["severity"].to_numpy()
+    ident_a = truth["adience"]["identity"].to_numpy()
+    ca, cb = adience.comparisons["a"].to_numpy(), adience.comparisons["b"].to_numpy()
+    mated_a = adience.comparisons["mated"].to_numpy(bool)
+    report: dict[str, Any] = {"fr": {}, "vitfiqa": {}}
+    embeddings: dict[str, np.ndarray] = {}
+    xq_sim: dict[str, np.ndarray] = {}
+    for name in FR_NAMES:
+        model = load_fr(name, root / "fr" / f"{name}.pt", device="cpu")
+        e_lfw = model.embed(imgs["lfw"])
+        la, lb = lfw.comparisons["a"].to_numpy(), lfw.comparisons["b"].to_numpy()
+        sim = np.einsum("ij,ij->i", e_lfw[la], e_lfw[lb]) / 2
+        clean = (truth["lfw"]["severity"].to_numpy()[la] == 0) & (truth["lfw"]["severity"].to_numpy()[lb] == 0)
+        acc = verification_accuracy(sim[clean], lfw.comparisons["mated"].to_numpy(bool)[clean], n_folds=min(10, int(clean.sum())))
+        e_a = model.embed(imgs["adience"])
+        embeddings[name] = model.embed(imgs["adience"], flip=False)
+        sim_a = np.einsum("ij,ij->i", e_a[ca], e_a[cb]) / 2
+        pair_sev = np.maximum(sev_a[ca], sev_a[cb])
+        e_x = model.embed(imgs["xqlfw"])
+        xa, xb = xq.comparisons["a"].to_numpy(), xq.comparisons["b"].to_numpy()
+        xq_sim[name] = np.einsum("ij,ij->i", e_x[xa], e_x[xb]) / 2
+        report["fr"][name] = {
+            "clean_pairs": int(clean.sum()),
+            "clean_accuracy": float(acc.mean),
+            "mated_similarity_vs_severity_spearman": _rho(sim_a[mated_a], pair_sev[mated_a]),
+        }
+    # certainty ratio of the held-out samples under each demo FR model
+    labels = np.unique(ident_a, return_inverse=True)[1]
+    crs = []
+    for emb in embeddings.values():
+        e = torch.as_tensor(emb)
+        centres = torch.stack([e[torch.as_tensor(labels == c)].mean(0) for c in range(labels.max() + 1)])
+        crs.append(certainty_ratio(e, torch.as_tensor(labels), centres).numpy())
+    cr = np.mean(crs, axis=0)
+    mated_x = xq.comparisons["mated"].to_numpy(bool)
+    rng = np.random.default_rng(0)
+    rand = [
+        pauc(edc(xq_sim["arcface"], mated_x, rng.random(len(mated_x)), 1e-3, "recompute"), 0.3)
+        for _ in range(random_draws)
+    ]
+    for tag, fname in (("T", "vitfiqa_token"), ("C", "vitfiqa_crfiqa")):
+        model = load_vitfiqa(root / "vitfiqa" / f"{fname}.pt", num_heads=heads)
+        s_a = exit_scores(model, [imgs["adience"]], progress=False)
+        s_x = exit_scores(model, [imgs["xqlfw"]], progress=False)
+        xa, xb = xq.comparisons["a"].to_numpy(), xq.comparisons["b"].to_numpy()
+        per_exit_pauc = [
+            pauc(edc(xq_sim["arcface"], mated_x, np.minimum(s_x[xa, k], s_x[xb, k]), 1e-3, "recompute"), 0.3)
+            for k in range(model.depth)
+        ]
+        report["vitfiqa"][tag] = {
+            "spearman_vs_neg_severity": [_rho(s_a[:, k], -sev_a) for k in range(model.depth)],
+            "spearman_vs_cr": [_rho(s_a[:, k], cr) for k in range(model.depth)],
+            "xqlfw_pauc_fmr1e-3": per_exit_pauc,
+            "xqlfw_pauc_random_mean": float(np.mean(rand)),
+            "last_exit_pauc_over_random": per_exit_pauc[-1] / float(np.mean(rand)),
+        }
+    return report
