@@ -40,62 +40,84 @@ def _rho(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def world_report(root: str | os.PathLike[str], heads: int = 4, random_draws: int = 20) -> dict[str, Any]:
-    """Compute the report for a built demo world under ``root``."""
-    root = Path(root)
+def _fr_part(args: tuple[str, str]) -> dict[str, Any]:
+    """One FR model's numbers and the arrays the quality part needs (runs in a worker process)."""
+    name, root_str = args
+    torch.set_num_threads(1)
+    root = Path(root_str)
     bench_dir = root / "benchmarks"
     lfw = read_bin(bench_dir / "lfw.bin", name="lfw")
     adience = read_adience(bench_dir / "adience")
     xq = read_xqlfw(bench_dir / "xqlfw" / "images", bench_dir / "xqlfw" / "pairs.txt")
-    truth = {n: pd.read_csv(root / "ground_truth" / f"{n}.csv") for n in ("lfw", "adience", "xqlfw")}
-    imgs = {"lfw": _images(lfw), "adience": _images(adience), "xqlfw": _images(xq)}
-    sev_a = truth["adience"]["severity"].to_numpy()
-    ident_a = truth["adience"]["identity"].to_numpy()
+    truth = {n: pd.read_csv(root / "ground_truth" / f"{n}.csv") for n in ("lfw", "adience")}
+    model = load_fr(name, root / "fr" / f"{name}.pt", device="cpu")
+    e_lfw = model.embed(_images(lfw))
+    la, lb = lfw.comparisons["a"].to_numpy(), lfw.comparisons["b"].to_numpy()
+    sim = np.einsum("ij,ij->i", e_lfw[la], e_lfw[lb]) / 2
+    sev_l = truth["lfw"]["severity"].to_numpy()
+    clean = (sev_l[la] == 0) & (sev_l[lb] == 0)
+    acc = verification_accuracy(sim[clean], lfw.comparisons["mated"].to_numpy(bool)[clean], n_folds=min(10, int(clean.sum())))
+    imgs_a = _images(adience)
+    e_a = model.embed(imgs_a)
     ca, cb = adience.comparisons["a"].to_numpy(), adience.comparisons["b"].to_numpy()
     mated_a = adience.comparisons["mated"].to_numpy(bool)
-    report: dict[str, Any] = {"fr": {}, "vitfiqa": {}}
-    embeddings: dict[str, np.ndarray] = {}
-    xq_sim: dict[str, np.ndarray] = {}
-    for name in FR_NAMES:
-        model = load_fr(name, root / "fr" / f"{name}.pt", device="cpu")
-        e_lfw = model.embed(imgs["lfw"])
-        la, lb = lfw.comparisons["a"].to_numpy(), lfw.comparisons["b"].to_numpy()
-        sim = np.einsum("ij,ij->i", e_lfw[la], e_lfw[lb]) / 2
-        clean = (truth["lfw"]["severity"].to_numpy()[la] == 0) & (truth["lfw"]["severity"].to_numpy()[lb] == 0)
-        acc = verification_accuracy(sim[clean], lfw.comparisons["mated"].to_numpy(bool)[clean], n_folds=min(10, int(clean.sum())))
-        e_a = model.embed(imgs["adience"])
-        embeddings[name] = model.embed(imgs["adience"], flip=False)
-        sim_a = np.einsum("ij,ij->i", e_a[ca], e_a[cb]) / 2
-        pair_sev = np.maximum(sev_a[ca], sev_a[cb])
-        e_x = model.embed(imgs["xqlfw"])
-        xa, xb = xq.comparisons["a"].to_numpy(), xq.comparisons["b"].to_numpy()
-        xq_sim[name] = np.einsum("ij,ij->i", e_x[xa], e_x[xb]) / 2
-        report["fr"][name] = {
+    sim_a = np.einsum("ij,ij->i", e_a[ca], e_a[cb]) / 2
+    sev_a = truth["adience"]["severity"].to_numpy()
+    pair_sev = np.maximum(sev_a[ca], sev_a[cb])
+    e_x = model.embed(_images(xq))
+    xa, xb = xq.comparisons["a"].to_numpy(), xq.comparisons["b"].to_numpy()
+    return {
+        "name": name,
+        "numbers": {
             "clean_pairs": int(clean.sum()),
             "clean_accuracy": float(acc.mean),
             "mated_similarity_vs_severity_spearman": _rho(sim_a[mated_a], pair_sev[mated_a]),
-        }
-    # certainty ratio of the held-out samples under each demo FR model
-    labels = np.unique(ident_a, return_inverse=True)[1]
+        },
+        "adience_embeddings": np.ascontiguousarray(e_a[:, : e_a.shape[1] // 2]),  # L2norm(f(x)), no flip
+        "xqlfw_similarity": np.einsum("ij,ij->i", e_x[xa], e_x[xb]) / 2,
+    }
+
+
+def world_report(
+    root: str | os.PathLike[str], heads: int = 4, random_draws: int = 20, workers: int = 1
+) -> dict[str, Any]:
+    """Compute the report for a built demo world under ``root`` (FR models on ``workers`` processes)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    root = Path(root)
+    jobs = [(name, str(root)) for name in FR_NAMES]
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+            parts = list(ex.map(_fr_part, jobs))
+    else:
+        parts = [_fr_part(j) for j in jobs]
+    report: dict[str, Any] = {"fr": {p["name"]: p["numbers"] for p in parts}, "vitfiqa": {}}
+    bench_dir = root / "benchmarks"
+    adience = read_adience(bench_dir / "adience")
+    xq = read_xqlfw(bench_dir / "xqlfw" / "images", bench_dir / "xqlfw" / "pairs.txt")
+    truth = pd.read_csv(root / "ground_truth" / "adience.csv")
+    sev_a = truth["severity"].to_numpy()
+    # certainty ratio of the held-out samples under each demo FR model (centres = identity means)
+    labels = np.unique(truth["identity"].to_numpy(), return_inverse=True)[1]
     crs = []
-    for emb in embeddings.values():
-        e = torch.as_tensor(emb)
+    for p in parts:
+        e = torch.as_tensor(p["adience_embeddings"])
         centres = torch.stack([e[torch.as_tensor(labels == c)].mean(0) for c in range(labels.max() + 1)])
         crs.append(certainty_ratio(e, torch.as_tensor(labels), centres).numpy())
     cr = np.mean(crs, axis=0)
+    xq_sim = next(p["xqlfw_similarity"] for p in parts if p["name"] == "arcface")
     mated_x = xq.comparisons["mated"].to_numpy(bool)
+    xa, xb = xq.comparisons["a"].to_numpy(), xq.comparisons["b"].to_numpy()
     rng = np.random.default_rng(0)
-    rand = [
-        pauc(edc(xq_sim["arcface"], mated_x, rng.random(len(mated_x)), 1e-3, "recompute"), 0.3)
-        for _ in range(random_draws)
-    ]
+    rand = [pauc(edc(xq_sim, mated_x, rng.random(len(mated_x)), 1e-3, "recompute"), 0.3) for _ in range(random_draws)]
+    imgs_a, imgs_x = _images(adience), _images(xq)
     for tag, fname in (("T", "vitfiqa_token"), ("C", "vitfiqa_crfiqa")):
         model = load_vitfiqa(root / "vitfiqa" / f"{fname}.pt", num_heads=heads)
-        s_a = exit_scores(model, [imgs["adience"]], progress=False)
-        s_x = exit_scores(model, [imgs["xqlfw"]], progress=False)
-        xa, xb = xq.comparisons["a"].to_numpy(), xq.comparisons["b"].to_numpy()
+        s_a = exit_scores(model, [imgs_a], progress=False)
+        s_x = exit_scores(model, [imgs_x], progress=False)
         per_exit_pauc = [
-            pauc(edc(xq_sim["arcface"], mated_x, np.minimum(s_x[xa, k], s_x[xb, k]), 1e-3, "recompute"), 0.3)
+            pauc(edc(xq_sim, mated_x, np.minimum(s_x[xa, k], s_x[xb, k]), 1e-3, "recompute"), 0.3)
             for k in range(model.depth)
         ]
         report["vitfiqa"][tag] = {

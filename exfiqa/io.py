@@ -105,6 +105,7 @@ def atomic_path(
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give outputs the usual mode
     try:
         yield tmp_path
         os.replace(tmp_path, target)
@@ -123,6 +124,12 @@ def atomic_write(
         open_kwargs.setdefault("newline", "")
     with atomic_path(target, overwrite=overwrite) as tmp, open(tmp, mode, **open_kwargs) as fh:
         yield fh
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def file_digest(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

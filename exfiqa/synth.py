@@ -21,8 +21,8 @@ shift, expression (smile, open mouth, raised brows, eye openness, rare blinks), 
 (brightness, colour cast, directional gradient), background and sensor noise.
 
 Degradations. Each has a ground-truth severity in [0, 1] (0 = clean, effect monotone in severity):
-``gaussian_blur`` (sigma up to 3.5 px), ``motion_blur`` (up to 17 px), ``low_resolution``
-(down to 16 px and back), ``jpeg`` (quality 90 down to 5), ``gaussian_noise`` (sigma up to 40/255),
+``gaussian_blur`` (sigma up to 5 px), ``motion_blur`` (up to 25 px), ``low_resolution``
+(down to 10 px and back), ``jpeg`` (quality 90 down to 5), ``gaussian_noise`` (sigma up to 60/255),
 ``underexposure``, ``overexposure``, occlusions (``sunglasses``, ``mask``, ``blocks``) and ``pose``
 (strong yaw and roll, applied at render time). A degraded image carries one or two of them; its
 combined severity is ``1 - prod(1 - s_i)``.
@@ -1579,19 +1579,19 @@ def _degrade_one(
         buf.seek(0)
         return np.asarray(Image.open(buf).convert("RGB"), dtype=np.uint8).copy()
     if kind == "low_resolution":
-        side = max(4, int(round(w / (1.0 + 6.0 * s))))
-        side_h = max(4, int(round(h / (1.0 + 6.0 * s))))
+        side = max(4, int(round(w / (1.0 + 10.0 * s))))
+        side_h = max(4, int(round(h / (1.0 + 10.0 * s))))
         small = Image.fromarray(img).resize((side, side_h), Image.Resampling.BOX)
         return np.asarray(small.resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8).copy()
     x = img.astype(_F32) * _F32(1.0 / 255.0)
     if kind == "gaussian_blur":
-        x = ndimage.gaussian_filter(x, sigma=(3.5 * s, 3.5 * s, 0.0), mode="nearest", truncate=3.0)
+        x = ndimage.gaussian_filter(x, sigma=(5.0 * s, 5.0 * s, 0.0), mode="nearest", truncate=3.0)
     elif kind == "motion_blur":
         angle = r.uniform(0.0, math.pi)
-        k = _motion_kernel(1.0 + 16.0 * s, angle).astype(_F32)
+        k = _motion_kernel(1.0 + 24.0 * s, angle).astype(_F32)
         x = ndimage.correlate(x, k[:, :, None], mode="nearest")
     elif kind == "gaussian_noise":
-        x += _F32(40.0 / 255.0 * s) * r.standard_normal(x.shape, dtype=_F32)
+        x += _F32(60.0 / 255.0 * s) * r.standard_normal(x.shape, dtype=_F32)
     elif kind == "underexposure":
         # Less light: darker, crushed shadows, relatively more sensor noise.
         x = x ** _F32(1.0 + 1.2 * s) * _F32(1.0 - 0.85 * s)
@@ -1627,8 +1627,8 @@ def degrade(
         images: (N, H, W, 3) uint8 RGB.
         kind: one of :data:`DEGRADATIONS` except ``pose`` (see :func:`strong_pose`).
         severity: scalar or (N,) in [0, 1]; 0 leaves the image unchanged, larger is monotonically
-            worse (blur sigma 3.5 s px, motion length 1 + 16 s px, resolution side / (1 + 6 s),
-            JPEG quality 90 - 85 s, noise sigma 40 s / 255, exposure gain, occluded area/opacity).
+            worse (blur sigma 5 s px, motion length 1 + 24 s px, resolution side / (1 + 10 s),
+            JPEG quality 90 - 85 s, noise sigma 60 s / 255, exposure gain, occluded area/opacity).
         rng: a Generator drawn from image after image, or one Generator per image (reproducible
             per image whatever the batch).
         landmarks: (N, 5, 2) landmarks, required for ``sunglasses`` and ``mask`` and used to place

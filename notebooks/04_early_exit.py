@@ -34,7 +34,8 @@ discard_limit = 0.3  # pAUC-EDC integrates discard fractions 0..discard_limit
 convention = "recompute"  # recompute (the evaluation code of the paper) or fixed (Schlett et al.)
 cost_fmr = 0.0001  # FMR of the pAUC-vs-GFLOPs figure (the poster uses 1e-4)
 tolerance = 0.05  # operating points: relative pAUC slack allowed against the last exit
-latency_batch = 16  # batch size of the latency measurement
+latency_batch = 8  # batch size of the latency measurement
+latency_repeats = 2  # timed runs per exit (median reported)
 latency_full_size = True  # also time the full-size released architecture (random weights)
 reject_fraction = 0.2  # adaptive exit: share of images a quality gate would reject
 margin = 0.5  # adaptive exit: stop when |running score - threshold| > margin * std(score)
@@ -95,7 +96,7 @@ display(released.pivot_table(index="exit", columns="model", values="gflops", sor
 # %% [markdown]
 # ## Measured latency per exit on this machine
 #
-# Wall time per image of the truncated model (median of 3 runs), for the run's models and,
+# Wall time per image of the truncated model (median of `latency_repeats` runs), for the run's models and,
 # optionally, the full-size released architecture on random weights (speed does not depend on the
 # weights). The ideal is linear in the exit index; the one-pass row is the cost of reading *all*
 # exits at once (what fusion needs).
@@ -107,7 +108,7 @@ if latency_full_size:
     for variant, tag in (("token", "T"), ("crfiqa", "C")):
         models[f"{tag} full-size"] = build_vitfiqa(variant=variant)
 for name, model in models.items():
-    t = analysis.measure_latency(model, batch_size=latency_batch, device=str(cfg.device), seed=cfg.seed)
+    t = analysis.measure_latency(model, batch_size=latency_batch, repeats=latency_repeats, device=str(cfg.device), seed=cfg.seed)
     t.insert(0, "model", name)
     lat.append(t)
 lat = pd.concat(lat, ignore_index=True)
