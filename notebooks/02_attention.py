@@ -30,9 +30,9 @@
 config = "configs/demo.yaml"  # run config: datasets, FR models, quality checkpoints, paths
 datasets = []  # subset of the datasets in the config; the first gives the dataset mean
 fr_models = []  # (unused here; kept so every notebook takes the same parameters)
-quality_models = []  # subset of the ViT-FIQA checkpoints, T and C; empty = all
-data_root = ""  # replaces data_root of the config; empty = keep
-sample_images = {}  # sample type to image path (child, frontal, occlusion, pose); empty = demo samples
+quality_models = []  # subset of the ViT-FIQA checkpoints, T and C; empty means all
+data_root = ""  # replaces data_root of the config; empty means keep
+sample_images = {}  # sample type to image path (child, frontal, occlusion, pose); empty means demo samples
 mean_images = 256  # images of the first dataset averaged for the mean map
 fmr_targets = [0.01, 0.001, 0.0001]  # (unused here)
 discard_limit = 0.3  # (unused here)
@@ -40,7 +40,7 @@ convention = "recompute"  # (unused here)
 device = "cpu"  # cpu, cuda or auto
 batch_size = 128  # images per forward pass
 seed = 0  # seed of the image sampling for the mean map
-out_dir = ""  # figures and tables are written here; empty = results/RUN-adhoc
+out_dir = ""  # figures and tables are written here; empty means results/RUN-adhoc
 
 # %%
 from pathlib import Path

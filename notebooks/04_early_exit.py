@@ -25,10 +25,10 @@
 
 # %% tags=["parameters"]
 config = "configs/demo.yaml"  # run config: datasets, FR models, quality checkpoints, paths
-datasets = []  # subset of the datasets in the config; empty = all
-fr_models = []  # subset of the FR models in the config; empty = all
-quality_models = []  # subset of the ViT-FIQA checkpoints, T and C; empty = all
-data_root = ""  # replaces data_root of the config; empty = keep
+datasets = []  # subset of the datasets in the config; empty means all
+fr_models = []  # subset of the FR models in the config; empty means all
+quality_models = []  # subset of the ViT-FIQA checkpoints, T and C; empty means all
+data_root = ""  # replaces data_root of the config; empty means keep
 fmr_targets = [0.01, 0.001, 0.0001]  # FMR operating points
 discard_limit = 0.3  # pAUC-EDC integrates discard fractions 0..discard_limit
 convention = "recompute"  # recompute (the evaluation code of the paper) or fixed (Schlett et al.)
@@ -43,7 +43,7 @@ min_exit = 3  # adaptive exit: earliest exit allowed to decide
 device = "cpu"  # cpu, cuda or auto
 batch_size = 128  # images per forward pass
 seed = 0  # seed of the latency inputs
-out_dir = ""  # figures and tables are written here; empty = results/RUN-adhoc
+out_dir = ""  # figures and tables are written here; empty means results/RUN-adhoc
 
 # %%
 import numpy as np

@@ -48,6 +48,21 @@ def test_paired_ipynb_match_their_sources_and_carry_no_outputs():
         assert len(params) == 1, f"{name}: exactly one parameters cell"
 
 
+COMMON_PARAMETERS = {
+    "config", "datasets", "fr_models", "quality_models", "data_root", "fmr_targets", "discard_limit",
+    "convention", "device", "batch_size", "seed", "out_dir",
+}
+
+
+def test_papermill_sees_every_parameter():
+    import papermill as pm
+
+    for name in NOTEBOOKS:
+        params = pm.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"))
+        assert COMMON_PARAMETERS <= set(params), f"{name}: papermill cannot parse {COMMON_PARAMETERS - set(params)}"
+        assert all(p["help"] for p in params.values()), name
+
+
 @pytest.fixture(scope="module")
 def paper_run(tmp_path_factory):
     raw = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
