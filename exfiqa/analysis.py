@@ -111,7 +111,7 @@ def paired_vs_reference(
             rows.append({
                 "quality_model": quality, "dataset": cfg.datasets[ds].label, "fr_model": fr, "fmr": fmr,
                 "method": m, "reference": reference, "delta_pauc": r.difference, "ci_low": r.lower,
-                "ci_high": r.upper, "p_better": r.fraction_a_better, "convention": cfg.convention,
+                "ci_high": r.upper, "p_better": r.frac_a_below_b, "convention": cfg.convention,
                 "limit": cfg.discard_limit,
             })
     return pd.DataFrame(rows)
@@ -155,7 +155,8 @@ def measure_latency(
 def operating_points(pauc: pd.DataFrame, costs: pd.DataFrame, tolerance: float = 0.05) -> pd.DataFrame:
     """Derive the paper's three operating points from data (per quality model).
 
-    Mean pAUC over datasets and FR models per method; then
+    Mean pAUC over datasets and FR models per EX-FIQA method (exits and fusions, the methods with a
+    cost in ``costs``); then
     - max accuracy: the method with the lowest mean pAUC;
     - balanced: the cheapest single exit whose mean pAUC is within ``tolerance`` (relative) of the
       last exit's;
@@ -163,10 +164,10 @@ def operating_points(pauc: pd.DataFrame, costs: pd.DataFrame, tolerance: float =
     """
     rows = []
     for q, part in pauc.groupby("quality_model", sort=False):
-        mean = part.groupby("method")["pauc"].mean()
+        cost = costs[costs["quality_model"] == q].set_index("method")["gflops"]
+        mean = part[part["method"].isin(cost.index)].groupby("method")["pauc"].mean()  # EX-FIQA methods only
         exits = [m for m in mean.index if m.startswith("Exit ")]
         last = max(exits, key=lambda m: int(m.split()[1]))
-        cost = costs[costs["quality_model"] == q].set_index("method")["gflops"]
         full = cost[last]
         best = mean.idxmin()
         rows.append(_point(q, "max accuracy", best, mean, cost, full))

@@ -1,0 +1,61 @@
+"""Study-level analyses on hand-made inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from exfiqa.analysis import adaptive_exit, attention_statistics, fusion_wins, operating_points, rank_correlation
+
+
+def test_adaptive_exit_stops_at_the_first_confident_exit():
+    # running FW mean with weights 1, 2, 3: row 0 -> 3, (3+4*2)/3=3.67, ... ; threshold 0, margin 1
+    scores = np.array([[3.0, 4.0, 5.0], [0.5, 0.5, 0.5], [0.2, 3.0, -9.0]])
+    res = adaptive_exit(scores, threshold=0.0, margin=1.0, min_exit=1, gflops=[1.0, 2.0, 3.0])
+    assert res.exit_used.tolist() == [1, 3, 2]  # row 1 never confident -> runs all exits
+    np.testing.assert_allclose(res.score, [3.0, 0.5, (0.2 + 6.0) / 3])
+    assert res.mean_gflops == pytest.approx(2.0) and res.full_gflops == 3.0
+    later = adaptive_exit(scores, 0.0, 1.0, min_exit=2, gflops=[1.0, 2.0, 3.0])
+    assert later.exit_used.tolist() == [2, 3, 2]
+
+
+def test_attention_statistics_of_uniform_and_point_maps():
+    g = 4
+    uniform = np.full((1, 1, g, g), 1 / g**2)
+    point = np.zeros((1, 1, g, g))
+    point[0, 0, 2, 1] = 1.0
+    stats = attention_statistics(np.concatenate([uniform, point], axis=1))
+    assert stats["entropy_mean"].tolist() == pytest.approx([np.log(16), 0.0], abs=1e-9)
+    # spread of the uniform 4x4 grid around its centre: sqrt(2 * var(0..3)) = sqrt(2.5)
+    assert stats["spread_mean"].tolist() == pytest.approx([np.sqrt(2.5), 0.0])
+
+
+def test_fusion_wins_counts_datasets():
+    rows = []
+    for ds, fw, last in (("a", 1.0, 2.0), ("b", 3.0, 2.0), ("c", 0.5, 0.6)):
+        rows += [{"quality_model": "C", "fr_model": "arcface", "fmr": 1e-3, "dataset": ds, "method": "EX-FIQA-FW", "pauc": fw},
+                 {"quality_model": "C", "fr_model": "arcface", "fmr": 1e-3, "dataset": ds, "method": "Exit 12", "pauc": last}]
+    out = fusion_wins(pd.DataFrame(rows), "EX-FIQA-FW", "Exit 12")
+    assert out[["wins", "n"]].values.tolist() == [[2, 3]]
+    assert out["summary"].iloc[0] == "EX-FIQA-FW beats Exit 12 on 2 of 3"
+
+
+def test_operating_points_from_a_hand_table():
+    pauc = pd.DataFrame({
+        "quality_model": "C",
+        "method": ["Exit 1", "Exit 2", "Exit 3", "EX-FIQA-FW", "sharpness"],
+        "pauc": [0.50, 0.31, 0.30, 0.29, 0.10],  # a baseline without a cost is ignored
+    })
+    costs = pd.DataFrame({"quality_model": "C", "method": ["Exit 1", "Exit 2", "Exit 3", "EX-FIQA-FW"], "gflops": [1.0, 2.0, 3.0, 3.5]})
+    ops = operating_points(pauc, costs, tolerance=0.05).set_index("scenario")
+    assert ops.loc["max accuracy", "method"] == "EX-FIQA-FW"
+    assert ops.loc["balanced", "method"] == "Exit 2"  # 0.31 <= 0.30 * 1.05
+    assert ops.loc["max efficiency", "method"] == "Exit 2"  # Exit 1 is far worse
+    assert ops.loc["balanced", "flop_saving"] == pytest.approx(1 - 2 / 3)
+
+
+def test_rank_correlation_is_spearman():
+    frame = pd.DataFrame({"a": [1, 2, 3, 4], "b": [10, 20, 30, 40], "c": [4, 3, 2, 1]})
+    corr = rank_correlation(frame, ["a", "b", "c"])
+    assert corr.loc["a", "b"] == pytest.approx(1.0) and corr.loc["a", "c"] == pytest.approx(-1.0)
