@@ -168,7 +168,7 @@ def attention_figure(
         if img is not None:
             ax.imshow(img)
         else:
-            ax.text(0.5, 0.5, f"{name}\n(mean)", ha="center", va="center", fontsize=7)
+            ax.text(0.5, 0.5, "dataset\nmean", ha="center", va="center", fontsize=7)
         ax.set_title(name, fontsize=7)
         up = F.interpolate(torch.as_tensor(maps[name], dtype=torch.float32)[:, None], size=(112, 112), mode="bilinear", align_corners=False)[:, 0].numpy()
         for i, k in enumerate(exits):

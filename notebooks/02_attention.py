@@ -91,7 +91,7 @@ for q in cfg.quality_models:
     maps[f"{cfg.datasets[ds0].label} (mean)"] = dataset_maps.mean(axis=0)
     images = {**faces, f"{cfg.datasets[ds0].label} (mean)": None}
     fig = plots.attention_figure(maps, images)
-    fig.suptitle(f"EX-FIQA ({q}): attention across exits", y=1.0, fontsize=8)
+    fig.suptitle(f"EX-FIQA ({q}): attention across exits", y=1.02, fontsize=8)
     plots.save_figure(fig, FIG, f"attention_{q}")
     display(fig)
     s = analysis.attention_statistics(dataset_maps)
