@@ -22,6 +22,7 @@ from .metrics import Convention
 __all__ = ["Config", "ConfigError", "DatasetSpec", "ModelSpec", "load_config"]
 
 _PATH_KEYS = {"path", "root", "pairs_file", "checkpoint"}
+_BASELINE_FR = {"magface_norm": "magface", "serfiq": "arcface"}  # baseline -> FR model it runs on
 
 
 class ConfigError(ValueError):
@@ -64,6 +65,7 @@ class Config:
     quality_models: dict[str, ModelSpec]
     external_methods: dict[str, dict[str, Path]] = field(default_factory=dict)
     baselines: tuple[str, ...] = ()
+    support_fr_models: dict[str, ModelSpec] = field(default_factory=dict)  # all FR models, for baselines
     fmr_targets: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
     discard_limit: float = 0.3
     convention: str = "recompute"
@@ -128,7 +130,9 @@ class Config:
             for key, value in ds.args.items():
                 if key in _PATH_KEYS and not Path(value).exists():
                     raise ConfigError(f"dataset {ds.name!r}: {key} {value} does not exist{self._hint()}")
-        for kind, table in (("fr_models", self.fr_models), ("quality_models", self.quality_models)):
+        needed = {_BASELINE_FR[b] for b in self.baselines if b in _BASELINE_FR}
+        support = {k: v for k, v in self.support_fr_models.items() if k in needed}
+        for kind, table in (("fr_models", {**support, **self.fr_models}), ("quality_models", self.quality_models)):
             for m in table.values():
                 if not m.checkpoint.is_file():
                     raise ConfigError(f"{kind}.{m.name}: checkpoint {m.checkpoint} does not exist{self._hint()}")
@@ -222,7 +226,8 @@ def load_config(
             cache_dir=_resolve(base, raw.get("cache_dir", root / "cache")),
             results_dir=_resolve(base, raw.get("results_dir", "results")),
             datasets=_datasets(raw.get("datasets"), root, src),
-            fr_models=_models(raw.get("fr_models"), root, src, "fr_models"),
+            fr_models=(fr := _models(raw.get("fr_models"), root, src, "fr_models")),
+            support_fr_models=dict(fr),
             quality_models=_models(raw.get("quality_models"), root, src, "quality_models"),
             external_methods=external,
             baselines=tuple(raw.get("baselines", ())),

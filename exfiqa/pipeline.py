@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from .config import Config, ConfigError
+from .config import _BASELINE_FR, Config, ConfigError
 from .datasets import Benchmark, load_benchmark
 from .fusion import ex_fiqa_f, ex_fiqa_fw
 from .io import atomic_path, file_digest
@@ -147,7 +147,7 @@ class Study:
         from .fr import load_fr
 
         if ("fr", name) not in self._models:
-            spec = self._spec("fr_models", name)
+            spec = self.config.fr_models.get(name) or self.config.support_fr_models.get(name) or self._spec("fr_models", name)
             args = dict(spec.args)
             self._models[("fr", name)] = load_fr(args.pop("name", name), spec.checkpoint, device=self.config.device, **args)
         return self._models[("fr", name)]
@@ -200,12 +200,12 @@ class Study:
         if method not in BASELINES:
             raise ConfigError(f"unknown baseline {method!r}; known: {list(BASELINES)}")
         bench = self.benchmark(dataset)
-        fr = {"magface_norm": "magface", "serfiq": "arcface"}.get(method)
-        if fr is not None and fr not in self.config.fr_models:
-            raise ConfigError(f"baseline {method!r} needs fr_models.{fr} in the config")
+        fr = _BASELINE_FR.get(method)
+        if fr is not None and fr not in self.config.support_fr_models:
+            raise ConfigError(f"baseline {method!r} needs fr_models.{fr} in the config file")
         key: dict[str, Any] = {"data": bench.fingerprint(), "seed": self.config.seed}
         if fr is not None:
-            key["ckpt"] = self._digest(self.config.fr_models[fr].checkpoint)
+            key["ckpt"] = self._digest(self.config.support_fr_models[fr].checkpoint)
 
         def compute() -> NDArray[np.float64]:
             if method == "sharpness":

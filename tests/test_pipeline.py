@@ -100,3 +100,12 @@ def test_unknown_names_are_errors(study):
         study.benchmark("nope")
     with pytest.raises(ConfigError, match="unknown baseline"):
         study.baseline_scores("lfw", "brisque")
+
+
+def test_baselines_work_when_their_fr_model_is_not_selected(tiny_config):
+    """A notebook run with fr_models=["elasticface"] still has the MagFace and SER-FIQ baselines."""
+    cfg = load_config(tiny_config).select(["lfw"], ["elasticface"], ["T"])
+    study = Study(cfg, progress=False)
+    table = study.table("lfw", "elasticface", "T")
+    assert {"magface_norm", "serfiq"} <= set(table.columns)
+    assert list(cfg.fr_models) == ["elasticface"]
