@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from exfiqa.analysis import adaptive_exit, attention_statistics, fusion_wins, operating_points, rank_correlation
+from exfiqa.analysis import (
+    adaptive_exit,
+    attention_statistics,
+    fusion_wins,
+    operating_points,
+    rank_correlation,
+)
 
 
 def test_adaptive_exit_stops_at_the_first_confident_exit():
