@@ -328,3 +328,25 @@ def search_fusion_weights(
         if p < best_p:
             best_w, best_p = w, p
     return np.asarray(best_w), float(best_p)
+
+
+def fr_sanity(study: Study) -> pd.DataFrame:
+    """Per dataset x FR model: 10-fold verification accuracy, EER and FNMR@FMR (no discarding).
+
+    A check that the FR models and readers behave before any quality analysis is read.
+    """
+    from .metrics import eer, fnmr_at_fmr, verification_accuracy
+
+    cfg = study.config
+    rows = []
+    for fr in cfg.fr_models:
+        for ds in cfg.datasets:
+            sim = study.similarity(ds, fr)
+            mated = study.benchmark(ds).comparisons["mated"].to_numpy(bool)
+            acc = verification_accuracy(sim, mated, n_folds=min(10, len(sim)))
+            row = {"dataset": cfg.datasets[ds].label, "fr_model": fr, "comparisons": len(sim), "mated": int(mated.sum()),
+                   "accuracy_10fold": acc.mean, "eer": eer(sim[~mated], sim[mated])}
+            for f, v in zip(cfg.fmr_targets, np.atleast_1d(fnmr_at_fmr(sim[~mated], sim[mated], cfg.fmr_targets)), strict=True):
+                row[f"fnmr@fmr={f:g}"] = float(v)
+            rows.append(row)
+    return pd.DataFrame(rows)

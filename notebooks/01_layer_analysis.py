@@ -60,6 +60,17 @@ display(Markdown(f"**Run** `{cfg.run_name}`: datasets {list(cfg.datasets)}, FR m
                  f"quality models {list(cfg.quality_models)}. {tables.protocol_note(cfg.convention, cfg.discard_limit)}."))
 
 # %% [markdown]
+# ## Sanity check: the FR models without any discarding
+#
+# 10-fold verification accuracy (LFW protocol), EER and FNMR at each FMR target per dataset and
+# FR model. Everything after this rests on these comparisons.
+
+# %%
+sanity = analysis.fr_sanity(study)
+tables.save_table(sanity, TAB, "fr_sanity", caption="FR models before quality-based discarding")
+display(sanity.round(4))
+
+# %% [markdown]
 # ## EDC of every exit (the poster's grid)
 #
 # Rows are datasets, columns FMR targets; each line is one exit (light = early, dark = deep),

@@ -29,7 +29,7 @@ EXPECTED_FIGURES = [
     "pauc_vs_gflops_T", "pauc_vs_gflops_C",  # 04
 ]
 EXPECTED_TABLES = [
-    "pauc_all", "pauc_per_exit_T", "pauc_per_exit_C", "depth_summary", "rank_correlation_T", "rank_correlation_C",
+    "fr_sanity", "pauc_all", "pauc_per_exit_T", "pauc_per_exit_C", "depth_summary", "rank_correlation_T", "rank_correlation_C",
     "attention_statistics",
     "fusion_vs_exits", "fusion_wins", "fusion_bootstrap", "fusion_strategies", "comparison_table",
     "gflops_released", "latency_per_exit", "operating_points", "adaptive_exit",
