@@ -865,7 +865,8 @@ def save_fr(
         raise ValueError(f"layout must be 'plain', 'magface' or 'dataparallel', got {layout!r}")
     target = Path(path)
     with atomic_path(target, overwrite=overwrite) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as fh:  # a file object: the archive is not named after the temp file
+            torch.save(obj, fh)
     return target
 
 

@@ -473,7 +473,8 @@ def save_vitfiqa(model: ViTFIQA, path: str | os.PathLike[str], overwrite: bool =
     from .io import atomic_path
 
     with atomic_path(path, overwrite=overwrite) as tmp:
-        torch.save(released_state_dict(model), tmp)
+        with open(tmp, "wb") as fh:  # a file object: the archive is not named after the temp file
+            torch.save(released_state_dict(model), fh)
 
 
 def num_parameters(model: nn.Module) -> int:
