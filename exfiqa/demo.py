@@ -42,7 +42,7 @@ from .io import atomic_write, file_digest
 
 __all__ = ["DemoSpec", "build_demo", "ensure_demo", "main"]
 
-BUILD_VERSION = "1"
+BUILD_VERSION = "2"
 FR_JOBS = {  # name -> (loss, architecture, checkpoint layout)
     "arcface": ("arcface", "iresnet", "plain"),
     "elasticface": ("elasticface", "iresnet", "plain"),
@@ -312,11 +312,12 @@ def _write_benchmarks(spec: DemoSpec, root: Path, log: Callable[[str], None]) ->
 
     is_child = sample_identities(test_ids, spec.seed).age_group == 1
     child = int(test_ids[np.argmax(is_child)]) if is_child.any() else int(test_ids[0])
+    adults = [int(k) for k in test_ids[~is_child] if int(k) != child][:3]  # three other identities
     picks = {
         "child": (WorldSpec(seed=spec.seed, n_identities=total, degradation_prob=0.0), child),
-        "frontal": (WorldSpec(seed=spec.seed, n_identities=total, degradation_prob=0.0), int(test_ids[1])),
-        "occlusion": (WorldSpec(seed=spec.seed, n_identities=total, degradation_prob=1.0, second_degradation_prob=0.0, kinds=("sunglasses",), severity_range=(0.8, 0.8)), int(test_ids[2])),
-        "pose": (WorldSpec(seed=spec.seed, n_identities=total, degradation_prob=1.0, second_degradation_prob=0.0, kinds=("pose",), severity_range=(0.9, 0.9)), int(test_ids[3])),
+        "frontal": (WorldSpec(seed=spec.seed, n_identities=total, degradation_prob=0.0), adults[0]),
+        "occlusion": (WorldSpec(seed=spec.seed, n_identities=total, degradation_prob=1.0, second_degradation_prob=0.0, kinds=("sunglasses",), severity_range=(0.8, 0.8)), adults[1]),
+        "pose": (WorldSpec(seed=spec.seed, n_identities=total, degradation_prob=1.0, second_degradation_prob=0.0, kinds=("pose",), severity_range=(0.9, 0.9)), adults[2]),
     }
     for name, (world, k) in picks.items():
         img = generate_items(world, [k], [0]).images[0]

@@ -28,6 +28,8 @@ def test_tiny_world_is_byte_identical_and_cached(tiny_world, tmp_path):
     assert first == second  # same files, same SHA-256
     for name in ("benchmarks/lfw.bin", "fr/magface.pt", "vitfiqa/vitfiqa_token.pt", "benchmarks/ijbc/meta/ijbc_name_5pts_score.txt"):
         assert name in first
+    samples = [first[f"samples/{t}.png"] for t in ("child", "frontal", "occlusion", "pose")]
+    assert len(set(samples)) == 4  # four different faces for the attention figure
     messages: list[str] = []
     t0 = time.perf_counter()
     build_demo(again, DemoSpec.tiny(), log=messages.append)
