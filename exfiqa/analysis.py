@@ -17,12 +17,20 @@ import torch
 from scipy.stats import spearmanr
 
 from .flops import exit_costs, fused_cost
-from .metrics import Convention, edc_frame, edc_many, paired_bootstrap, pauc, pauc_frame
-from .model import ViTFIQA
-from .pipeline import Study, exit_names
+from .metrics import edc_frame, edc_many, paired_bootstrap, pauc, pauc_frame
+from .model import ViTFIQA, ViTFIQAConfig
+from .pipeline import Study
 
 __all__ = [
+    "AdaptiveResult",
+    "adaptive_cost_curve",
     "adaptive_exit",
+    "attention_maps",
+    "attention_statistics",
+    "fr_sanity",
+    "fused_sample_scores",
+    "fusion_strategies",
+    "search_fusion_weights",
     "cost_table",
     "edc_all",
     "fusion_wins",
@@ -216,26 +224,13 @@ def adaptive_exit(
     return AdaptiveResult(stop + 1, running[np.arange(n), stop], float(cost[stop].mean()), float(cost[-1]))
 
 
-def adaptive_cost_curve(model_cfg, depth: int) -> list[float]:
+def adaptive_cost_curve(model_cfg: ViTFIQAConfig, depth: int) -> list[float]:
     """GFLOPs of running exits 1..l with the heads evaluated at each of them (for adaptive exit)."""
     from .flops import block_flops, head_flops, patch_embed_flops
 
     return [(patch_embed_flops(model_cfg) + k * (block_flops(model_cfg) + head_flops(model_cfg))) / 1e9 for k in range(1, depth + 1)]
 
 
-def per_exit_pauc(study: Study, quality: str, fr: str, dataset: str, fmr: float) -> pd.Series:
-    """pAUC of each exit on one dataset (quick helper for single-line summaries)."""
-    cfg = study.config
-    table = study.table(dataset, fr, quality)
-    depth = study.quality_model(quality).depth
-    out = {}
-    for m in exit_names(depth):
-        c = edc_many(table["similarity"], table["mated"], table[m], (fmr,), cfg.convention)[fmr]
-        out[m] = pauc(c, cfg.discard_limit)
-    return pd.Series(out)
-
-
-__all__ += ["AdaptiveResult", "adaptive_cost_curve", "per_exit_pauc", "Convention"]
 
 
 def attention_maps(model: ViTFIQA, images: np.ndarray, batch_size: int = 64, device: str = "cpu") -> np.ndarray:
