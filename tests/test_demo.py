@@ -3,6 +3,7 @@ below the numbers recorded in bench/RESULTS.md)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -36,6 +37,25 @@ def test_tiny_world_is_byte_identical_and_cached(tiny_world, tmp_path):
     assert time.perf_counter() - t0 < 2 and "up to date" in messages[0]
 
 
+def test_rebuild_with_another_spec_leaves_no_stale_files(tmp_path):
+    """A rebuild must not keep the previous build's files (the readers would pick up stale
+    identity folders): every file on disk is in the new manifest, and the readers see the new sizes."""
+    from exfiqa.datasets import read_adience
+
+    build_demo(tmp_path, DemoSpec.tiny(), log=lambda *_: None)
+    assert len(read_adience(tmp_path / "benchmarks" / "adience").samples) == 4 * 3
+    # more XQLFW identities shift the Adience identity range: new subject folders, old ones must go
+    spec = dataclasses.replace(DemoSpec.tiny(), xqlfw_pairs=120, adience_identities=3)
+    build_demo(tmp_path, spec, log=lambda *_: None)
+    listed = set(json.loads((tmp_path / "manifest.json").read_text())["files"]) | {"manifest.json"}
+    on_disk = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
+    assert on_disk == listed
+    adience = read_adience(tmp_path / "benchmarks" / "adience")
+    assert len(adience.samples) == 3 * 3
+    truth = pd.read_csv(tmp_path / "ground_truth" / "adience.csv")
+    assert len(truth) == len(adience.samples)
+
+
 def test_build_refuses_a_foreign_folder(tmp_path):
     (tmp_path / "mine.txt").write_text("a user's file")
     with pytest.raises(FileExistsError, match="not made by exfiqa.demo"):
@@ -59,8 +79,9 @@ def test_demo_world_means_something(default_world):
         assert q["spearman_vs_neg_severity"][-1] >= FLOORS["vit_spearman_neg_severity"], tag
         assert q["spearman_vs_cr"][-1] >= FLOORS["vit_spearman_cr"], tag
         assert q["last_exit_pauc_over_random"] <= FLOORS["vit_pauc_over_random"], tag
-        # the exits differ: the analysis has something to show
-        assert np.ptp(q["spearman_vs_neg_severity"]) > 0.03, tag
+        # the exits differ: the analysis has something to show (measured ptp 0.50 (T), 0.024 (C))
+        assert np.ptp(q["spearman_vs_neg_severity"]) > 0.015, tag
+    assert np.ptp(report["vitfiqa"]["T"]["spearman_vs_neg_severity"]) > 0.3  # (T) gains with depth
 
 
 def test_report_numbers_hold_through_the_pipeline(default_world):
@@ -69,8 +90,11 @@ def test_report_numbers_hold_through_the_pipeline(default_world):
     study = Study(cfg, progress=False)
     truth = pd.read_csv(default_world / "ground_truth" / "adience.csv")
     for q in ("T", "C"):
-        rho = spearmanr(study.exit_scores("adience", q)[:, -1], -truth["severity"]).statistic
+        scores = study.exit_scores("adience", q)
+        rho = spearmanr(scores[:, -1], -truth["severity"]).statistic
         assert rho >= FLOORS["vit_spearman_neg_severity"], q
+        # exit 1 and exit 12 rank the samples differently (measured 0.20 (T), 0.96 (C))
+        assert spearmanr(scores[:, 0], scores[:, -1]).statistic < 0.98, q
     lfw_truth = pd.read_csv(default_world / "ground_truth" / "lfw.csv")["severity"].to_numpy()
     for fr in cfg.fr_models:
         table = study.table("lfw", fr, "T")
@@ -79,14 +103,14 @@ def test_report_numbers_hold_through_the_pipeline(default_world):
         assert acc >= FLOORS["fr_clean_accuracy"], fr
 
 
-# A little below the numbers measured on the default world (bench/RESULTS.md): FR clean accuracy
-# 0.917-0.947, mated similarity vs severity -0.34..-0.40, last exit vs -severity 0.16 (T) and
-# 0.25 (C), vs CR 0.38 (T) and 0.41 (C), XQLFW-like pAUC 0.97x random. The issue's targets (97%,
-# Spearman 0.5, 0.75x random) are not reached by this CPU-sized world; see bench/RESULTS.md.
+# A little below the numbers measured on the default world (bench/RESULTS.md, build version 3):
+# FR clean accuracy 0.984-0.995, mated similarity vs severity -0.70..-0.72, last exit vs -severity
+# 0.60 (T) and 0.68 (C), vs CR 0.61 (T) and 0.61 (C), XQLFW-like pAUC 0.79x (T) and 0.76x (C) of
+# random. The issue's targets are 97%, -0.5, 0.5 and 0.75x: all but the pAUC one are met.
 FLOORS = {
-    "fr_clean_accuracy": 0.88,
-    "fr_mated_sim_vs_severity": -0.25,
-    "vit_spearman_neg_severity": 0.10,
-    "vit_spearman_cr": 0.25,
-    "vit_pauc_over_random": 1.0,
+    "fr_clean_accuracy": 0.97,
+    "fr_mated_sim_vs_severity": -0.6,
+    "vit_spearman_neg_severity": 0.55,
+    "vit_spearman_cr": 0.5,
+    "vit_pauc_over_random": 0.85,
 }
