@@ -17,7 +17,16 @@ import torch
 from scipy.stats import spearmanr
 
 from .flops import exit_costs, fused_cost
-from .metrics import edc_frame, edc_many, paired_bootstrap, pauc, pauc_frame
+from .metrics import (
+    edc_frame,
+    edc_many,
+    eer,
+    fnmr_at_fmr,
+    paired_bootstrap,
+    pauc,
+    pauc_frame,
+    verification_accuracy,
+)
 from .model import ViTFIQA, ViTFIQAConfig
 from .pipeline import Study
 
@@ -231,8 +240,6 @@ def adaptive_cost_curve(model_cfg: ViTFIQAConfig, depth: int) -> list[float]:
     return [(patch_embed_flops(model_cfg) + k * (block_flops(model_cfg) + head_flops(model_cfg))) / 1e9 for k in range(1, depth + 1)]
 
 
-
-
 def attention_maps(model: ViTFIQA, images: np.ndarray, batch_size: int = 64, device: str = "cpu") -> np.ndarray:
     """Mean attention over the patch grid at every exit: (N, depth, g, g), heads averaged.
 
@@ -330,8 +337,6 @@ def fr_sanity(study: Study) -> pd.DataFrame:
 
     A check that the FR models and readers behave before any quality analysis is read.
     """
-    from .metrics import eer, fnmr_at_fmr, verification_accuracy
-
     cfg = study.config
     rows = []
     for fr in cfg.fr_models:
