@@ -27,10 +27,11 @@ from .metrics import edc, pauc, verification_accuracy
 from .model import load_vitfiqa
 from .train import certainty_ratio
 
-__all__ = ["world_report"]
+__all__ = ["assemble_report", "report_part", "world_report"]
 
 FR_NAMES = ("arcface", "elasticface", "magface", "curricularface")
 PAUC_FR = "arcface"
+VIT_FILES = {"T": "vitfiqa_token", "C": "vitfiqa_crfiqa"}  # tag -> checkpoint stem under vitfiqa/
 
 
 def _images(bench) -> np.ndarray:
@@ -82,53 +83,85 @@ def _fr_part(args: tuple[str, str]) -> dict[str, Any]:
     }
 
 
-def world_report(
-    root: str | os.PathLike[str], heads: int = 4, random_draws: int = 20, workers: int = 1
-) -> dict[str, Any]:
-    """Compute the report for a built demo world under ``root`` (FR models on ``workers`` processes)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    root = Path(root)
-    jobs = [(name, str(root)) for name in FR_NAMES]
-    if workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
-            parts = list(ex.map(_fr_part, jobs))
-    else:
-        parts = [_fr_part(j) for j in jobs]
-    report: dict[str, Any] = {"fr": {p["name"]: p["numbers"] for p in parts}, "vitfiqa": {}}
-    bench_dir = root / "benchmarks"
+def _vit_part(args: tuple[str, str, int]) -> dict[str, Any]:
+    """One ViT-FIQA model's per-exit scores on the Adience-like and XQLFW-like sets (worker process)."""
+    fname, root_str, heads = args
+    torch.set_num_threads(1)
+    bench_dir = Path(root_str) / "benchmarks"
     adience = read_adience(bench_dir / "adience")
+    xq = read_xqlfw(bench_dir / "xqlfw" / "images", bench_dir / "xqlfw" / "pairs.txt")
+    model = load_vitfiqa(Path(root_str) / "vitfiqa" / f"{fname}.pt", num_heads=heads)
+    return {
+        "name": fname,
+        "adience_scores": exit_scores(model, [_images(adience)], progress=False),
+        "xqlfw_scores": exit_scores(model, [_images(xq)], progress=False),
+    }
+
+
+def report_part(name: str, root: str | os.PathLike[str], heads: int = 4) -> dict[str, Any]:
+    """The share of the report that needs one trained model (an FR model or a ViT-FIQA model,
+    by its file stem): :func:`assemble_report` combines all six. One torch thread."""
+    if name in FR_NAMES:
+        return _fr_part((name, str(root)))
+    if name in VIT_FILES.values():
+        return _vit_part((name, str(root), heads))
+    raise ValueError(f"report_part: unknown model {name!r}, expected one of {FR_NAMES + tuple(VIT_FILES.values())}")
+
+
+def assemble_report(root: str | os.PathLike[str], parts: list[dict[str, Any]], random_draws: int = 20) -> dict[str, Any]:
+    """Combine the six :func:`report_part` results (any order) into the report."""
+    root = Path(root)
+    by_name = {p["name"]: p for p in parts}
+    missing = [n for n in FR_NAMES + tuple(VIT_FILES.values()) if n not in by_name]
+    if missing:
+        raise ValueError(f"assemble_report: no part for {missing}")
+    fr_parts = [by_name[n] for n in FR_NAMES]
+    report: dict[str, Any] = {"fr": {p["name"]: p["numbers"] for p in fr_parts}, "vitfiqa": {}}
+    bench_dir = root / "benchmarks"
     xq = read_xqlfw(bench_dir / "xqlfw" / "images", bench_dir / "xqlfw" / "pairs.txt")
     truth = pd.read_csv(root / "ground_truth" / "adience.csv")
     sev_a = truth["severity"].to_numpy()
     # certainty ratio of the held-out samples under each demo FR model (centres = identity means)
     labels = np.unique(truth["identity"].to_numpy(), return_inverse=True)[1]
     crs = []
-    for p in parts:
+    for p in fr_parts:
         e = torch.as_tensor(p["adience_embeddings"])
         centres = torch.stack([e[torch.as_tensor(labels == c)].mean(0) for c in range(labels.max() + 1)])
         crs.append(certainty_ratio(e, torch.as_tensor(labels), centres).numpy())
     cr = np.mean(crs, axis=0)
-    xq_sim = next(p["xqlfw_similarity"] for p in parts if p["name"] == PAUC_FR)
+    xq_sim = by_name[PAUC_FR]["xqlfw_similarity"]
     mated_x = xq.comparisons["mated"].to_numpy(bool)
     xa, xb = xq.comparisons["a"].to_numpy(), xq.comparisons["b"].to_numpy()
     rng = np.random.default_rng(0)
     rand = [pauc(edc(xq_sim, mated_x, rng.random(len(mated_x)), 1e-3, "recompute"), 0.3) for _ in range(random_draws)]
-    imgs_a, imgs_x = _images(adience), _images(xq)
-    for tag, fname in (("T", "vitfiqa_token"), ("C", "vitfiqa_crfiqa")):
-        model = load_vitfiqa(root / "vitfiqa" / f"{fname}.pt", num_heads=heads)
-        s_a = exit_scores(model, [imgs_a], progress=False)
-        s_x = exit_scores(model, [imgs_x], progress=False)
+    for tag, fname in VIT_FILES.items():
+        s_a, s_x = by_name[fname]["adience_scores"], by_name[fname]["xqlfw_scores"]
+        depth = s_a.shape[1]
         per_exit_pauc = [
             pauc(edc(xq_sim, mated_x, np.minimum(s_x[xa, k], s_x[xb, k]), 1e-3, "recompute"), 0.3)
-            for k in range(model.depth)
+            for k in range(depth)
         ]
         report["vitfiqa"][tag] = {
-            "spearman_vs_neg_severity": [_rho(s_a[:, k], -sev_a) for k in range(model.depth)],
-            "spearman_vs_cr": [_rho(s_a[:, k], cr) for k in range(model.depth)],
+            "spearman_vs_neg_severity": [_rho(s_a[:, k], -sev_a) for k in range(depth)],
+            "spearman_vs_cr": [_rho(s_a[:, k], cr) for k in range(depth)],
             "xqlfw_pauc_fmr1e-3": per_exit_pauc,
             "xqlfw_pauc_random_mean": float(np.mean(rand)),
             "last_exit_pauc_over_random": per_exit_pauc[-1] / float(np.mean(rand)),
         }
     return report
+
+
+def world_report(
+    root: str | os.PathLike[str], heads: int = 4, random_draws: int = 20, workers: int = 1
+) -> dict[str, Any]:
+    """Compute the report for a built demo world under ``root`` (the six parts on ``workers`` processes)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    names = list(FR_NAMES) + list(VIT_FILES.values())
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+            parts = list(ex.map(report_part, names, [str(root)] * len(names), [heads] * len(names)))
+    else:
+        parts = [report_part(n, root, heads) for n in names]
+    return assemble_report(root, parts, random_draws)

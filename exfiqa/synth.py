@@ -1230,6 +1230,7 @@ def _render_float(
     taper *= taper
     taper *= -_col(p.jaw)
     taper += 1.0
+    taper[taper == 0.0] = 1e-6  # at q = 1/sqrt(jaw) > 1, far below the chin: outside the face anyway
     pn = du * inv_a
     pn /= taper
     d2 = pn * pn

@@ -15,7 +15,7 @@ from scipy.stats import spearmanr
 
 from exfiqa.config import load_config
 from exfiqa.demo import DemoSpec, build_demo, ensure_demo
-from exfiqa.metrics import verification_accuracy
+from exfiqa.metrics import edc, pauc, verification_accuracy
 from exfiqa.pipeline import Study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +37,18 @@ def test_tiny_world_is_byte_identical_and_cached(tiny_world, tmp_path):
     assert time.perf_counter() - t0 < 2 and "up to date" in messages[0]
 
 
+def test_pool_build_matches_the_sequential_build(tiny_world, tmp_path):
+    """With workers > 1 the models train in a process pool while the benchmarks are written and
+    each model's report share is queued when it is trained; the files must not depend on that
+    schedule: the same SHA-256 for every file as the one-process build."""
+    build_demo(tmp_path, dataclasses.replace(DemoSpec.tiny(), workers=2), log=lambda *_: None)
+    pooled = json.loads((tmp_path / "manifest.json").read_text())
+    sequential = json.loads((tiny_world / "manifest.json").read_text())
+    assert pooled["files"] == sequential["files"]
+    assert [r["model"] for r in pooled["training"]] == [r["model"] for r in sequential["training"]]
+    assert set(pooled["timings_s"]) == set(sequential["timings_s"])
+
+
 def test_rebuild_with_another_spec_leaves_no_stale_files(tmp_path):
     """A rebuild must not keep the previous build's files (the readers would pick up stale
     identity folders): every file on disk is in the new manifest, and the readers see the new sizes."""
@@ -45,7 +57,7 @@ def test_rebuild_with_another_spec_leaves_no_stale_files(tmp_path):
     build_demo(tmp_path, DemoSpec.tiny(), log=lambda *_: None)
     assert len(read_adience(tmp_path / "benchmarks" / "adience").samples) == 4 * 3
     # more XQLFW identities shift the Adience identity range: new subject folders, old ones must go
-    spec = dataclasses.replace(DemoSpec.tiny(), xqlfw_pairs=120, adience_identities=3)
+    spec = dataclasses.replace(DemoSpec.tiny(), xqlfw_pairs=120, xqlfw_non_mated=100, adience_identities=3)
     build_demo(tmp_path, spec, log=lambda *_: None)
     listed = set(json.loads((tmp_path / "manifest.json").read_text())["files"]) | {"manifest.json"}
     on_disk = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
@@ -54,6 +66,34 @@ def test_rebuild_with_another_spec_leaves_no_stale_files(tmp_path):
     assert len(adience.samples) == 3 * 3
     truth = pd.read_csv(tmp_path / "ground_truth" / "adience.csv")
     assert len(truth) == len(adience.samples)
+
+
+def test_xqlfw_like_set_has_extra_non_mated_pairs_among_its_own_images(tiny_world):
+    """Base set of xqlfw_pairs (half mated) plus non-mated pairs up to xqlfw_non_mated, drawn among
+    the base set's images: no repeated pair, no non-mated pair within one identity."""
+    from exfiqa.datasets import read_xqlfw
+
+    spec = DemoSpec.tiny()
+    root = tiny_world / "benchmarks" / "xqlfw"
+    lines = (root / "pairs.txt").read_text().splitlines()
+    rows = [line.split("\t") for line in lines[1:]]
+    assert lines[0] == f"1\t{len(rows)}"
+    mated = [r for r in rows if len(r) == 3]
+    non = [r for r in rows if len(r) == 4]
+    assert len(mated) == spec.xqlfw_pairs // 2 and len(non) == spec.xqlfw_non_mated
+    assert all(r[0] != r[2] for r in non)
+    keys = [frozenset({(r[0], r[1]), (r[2], r[3])}) for r in non]
+    assert len(set(keys)) == len(keys)
+    bench = read_xqlfw(root / "images", root / "pairs.txt")
+    assert len(bench.comparisons) == len(rows) and int(bench.comparisons["mated"].sum()) == len(mated)
+    assert len(bench.samples) <= 2 * spec.xqlfw_pairs  # the extra pairs bring no new images
+
+
+def test_spec_rejects_too_few_non_mated_pairs():
+    with pytest.raises(ValueError, match="xqlfw_non_mated"):
+        dataclasses.replace(DemoSpec.tiny(), xqlfw_pairs=100, xqlfw_non_mated=10)
+    with pytest.raises(ValueError, match="xqlfw_degradation_prob"):
+        dataclasses.replace(DemoSpec.tiny(), xqlfw_degradation_prob=1.5)
 
 
 def test_build_refuses_a_foreign_folder(tmp_path):
@@ -95,6 +135,14 @@ def test_report_numbers_hold_through_the_pipeline(default_world):
         assert rho >= FLOORS["vit_spearman_neg_severity"], q
         # exit 1 and exit 12 rank the samples differently (measured 0.20 (T), 0.96 (C))
         assert spearmanr(scores[:, 0], scores[:, -1]).statistic < 0.98, q
+    # the XQLFW-like pAUC ratio: the pipeline's similarities and pair qualities + metrics.edc/pauc
+    report = json.loads((default_world / "report.json").read_text())
+    for q in ("T", "C"):
+        table = study.table("xqlfw", "arcface", q)
+        last = table.columns[table.columns.str.startswith("Exit ")][-1]
+        p = pauc(edc(table["similarity"].to_numpy(), table["mated"].to_numpy(), table[last].to_numpy(), 1e-3, "recompute"), 0.3)
+        assert p == pytest.approx(report["vitfiqa"][q]["xqlfw_pauc_fmr1e-3"][-1], abs=0.003), q
+        assert p / report["vitfiqa"][q]["xqlfw_pauc_random_mean"] <= FLOORS["vit_pauc_over_random"], q
     lfw_truth = pd.read_csv(default_world / "ground_truth" / "lfw.csv")["severity"].to_numpy()
     for fr in cfg.fr_models:
         table = study.table("lfw", fr, "T")
@@ -103,14 +151,14 @@ def test_report_numbers_hold_through_the_pipeline(default_world):
         assert acc >= FLOORS["fr_clean_accuracy"], fr
 
 
-# A little below the numbers measured on the default world (bench/RESULTS.md, build version 3):
+# A little below the numbers measured on the default world (bench/RESULTS.md, build version 4):
 # FR clean accuracy 0.984-0.995, mated similarity vs severity -0.70..-0.72, last exit vs -severity
-# 0.60 (T) and 0.68 (C), vs CR 0.61 (T) and 0.61 (C), XQLFW-like pAUC 0.79x (T) and 0.76x (C) of
-# random. The issue's targets are 97%, -0.5, 0.5 and 0.75x: all but the pAUC one are met.
+# 0.60 (T) and 0.68 (C), vs CR 0.61 (T) and 0.61 (C), XQLFW-like pAUC 0.68x (T) and 0.61x (C) of
+# random. The issue's targets are 97%, -0.5, 0.5 and at most 0.75x; the pAUC floor is the target.
 FLOORS = {
     "fr_clean_accuracy": 0.97,
     "fr_mated_sim_vs_severity": -0.6,
     "vit_spearman_neg_severity": 0.55,
     "vit_spearman_cr": 0.5,
-    "vit_pauc_over_random": 0.85,
+    "vit_pauc_over_random": 0.75,
 }
