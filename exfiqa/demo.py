@@ -53,7 +53,7 @@ FR_JOBS = {  # name -> (loss, architecture, checkpoint layout)
 
 @dataclass(frozen=True)
 class DemoSpec:
-    """Sizes and training settings of the demo world (defaults: about 10 minutes on 2 CPU cores)."""
+    """Sizes and training settings of the demo world (defaults: 10-11 minutes on 2 CPU cores)."""
 
     seed: int = 0
     n_train_identities: int = 300
