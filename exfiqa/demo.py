@@ -165,7 +165,10 @@ def _extra_non_mated(rng: np.random.Generator, images: np.ndarray, n: int, taken
     """``n`` more non-mated pairs among ``images`` ((M,2) identity, index): none repeats ``taken`` or another."""
     if n <= 0:
         return np.empty((0, 2, 2), np.int64)
-    seen = {tuple(sorted(map(tuple, p.tolist()))) for p in taken}
+    def key(a: np.ndarray, b: np.ndarray) -> tuple[tuple[int, ...], ...]:
+        return tuple(sorted((tuple(a.tolist()), tuple(b.tolist()))))
+
+    seen = {key(*p) for p in taken}
     max_pairs = (len(images) ** 2 - np.sum(np.unique(images[:, 0], return_counts=True)[1] ** 2)) // 2
     if n + len(seen) > max_pairs:
         raise ValueError(f"xqlfw_non_mated: {n + len(seen)} non-mated pairs asked, only {max_pairs} exist among {len(images)} images")
@@ -173,10 +176,10 @@ def _extra_non_mated(rng: np.random.Generator, images: np.ndarray, n: int, taken
     while len(out) < n:
         i, j = rng.integers(0, len(images), (2, 2 * (n - len(out))))
         for a, b in zip(i.tolist(), j.tolist(), strict=True):
-            key = tuple(sorted((tuple(images[a].tolist()), tuple(images[b].tolist()))))
-            if images[a, 0] == images[b, 0] or key in seen:
+            k = key(images[a], images[b])
+            if images[a, 0] == images[b, 0] or k in seen:
                 continue
-            seen.add(key)
+            seen.add(k)
             out.append(images[[a, b]])
             if len(out) == n:
                 break
@@ -413,6 +416,10 @@ def _clear_outputs(root: Path) -> None:
             path.unlink()
 
 
+def _log_trained(log: Callable[[str], None], r: dict[str, Any]) -> None:
+    log(f"[demo] trained {r['model']} in {r['seconds']} s (loss {r['final_loss']:.3f})")
+
+
 def _train_and_report_in_pool(
     spec: DemoSpec, root: Path, jobs: list[tuple[str, DemoSpec, str, str]], timings: dict[str, float], log: Callable[[str], None]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -435,7 +442,7 @@ def _train_and_report_in_pool(
         parts = []
         for fut in as_completed(train):
             r = fut.result()
-            log(f"[demo] trained {r['model']} in {r['seconds']} s (loss {r['final_loss']:.3f})")
+            _log_trained(log, r)
             results[r["model"]] = r
             parts.append(ex.submit(report_part, r["model"], str(root), spec.vit_heads))
         timings["train_models"] = round(time.perf_counter() - t0, 1)
@@ -482,7 +489,7 @@ def build_demo(root: str | os.PathLike[str], spec: DemoSpec | None = None, force
         results = []
         for j in jobs:
             results.append(_train_job(j))
-            log(f"[demo] trained {results[-1]['model']} in {results[-1]['seconds']} s (loss {results[-1]['final_loss']:.3f})")
+            _log_trained(log, results[-1])
         timings["train_models"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
         _write_benchmarks(spec, root, log)

@@ -42,11 +42,9 @@ def _rho(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def _fr_part(args: tuple[str, str]) -> dict[str, Any]:
+def _fr_part(name: str, root: Path) -> dict[str, Any]:
     """One FR model's numbers and the arrays the quality part needs (runs in a worker process)."""
-    name, root_str = args
     torch.set_num_threads(1)
-    root = Path(root_str)
     bench_dir = root / "benchmarks"
     lfw = read_bin(bench_dir / "lfw.bin", name="lfw")
     adience = read_adience(bench_dir / "adience")
@@ -83,14 +81,13 @@ def _fr_part(args: tuple[str, str]) -> dict[str, Any]:
     }
 
 
-def _vit_part(args: tuple[str, str, int]) -> dict[str, Any]:
+def _vit_part(fname: str, root: Path, heads: int) -> dict[str, Any]:
     """One ViT-FIQA model's per-exit scores on the Adience-like and XQLFW-like sets (worker process)."""
-    fname, root_str, heads = args
     torch.set_num_threads(1)
-    bench_dir = Path(root_str) / "benchmarks"
+    bench_dir = root / "benchmarks"
     adience = read_adience(bench_dir / "adience")
     xq = read_xqlfw(bench_dir / "xqlfw" / "images", bench_dir / "xqlfw" / "pairs.txt")
-    model = load_vitfiqa(Path(root_str) / "vitfiqa" / f"{fname}.pt", num_heads=heads)
+    model = load_vitfiqa(root / "vitfiqa" / f"{fname}.pt", num_heads=heads)
     return {
         "name": fname,
         "adience_scores": exit_scores(model, [_images(adience)], progress=False),
@@ -102,9 +99,9 @@ def report_part(name: str, root: str | os.PathLike[str], heads: int = 4) -> dict
     """The share of the report that needs one trained model (an FR model or a ViT-FIQA model,
     by its file stem): :func:`assemble_report` combines all six. One torch thread."""
     if name in FR_NAMES:
-        return _fr_part((name, str(root)))
+        return _fr_part(name, Path(root))
     if name in VIT_FILES.values():
-        return _vit_part((name, str(root), heads))
+        return _vit_part(name, Path(root), heads)
     raise ValueError(f"report_part: unknown model {name!r}, expected one of {FR_NAMES + tuple(VIT_FILES.values())}")
 
 
@@ -151,17 +148,8 @@ def assemble_report(root: str | os.PathLike[str], parts: list[dict[str, Any]], r
     return report
 
 
-def world_report(
-    root: str | os.PathLike[str], heads: int = 4, random_draws: int = 20, workers: int = 1
-) -> dict[str, Any]:
-    """Compute the report for a built demo world under ``root`` (the six parts on ``workers`` processes)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
+def world_report(root: str | os.PathLike[str], heads: int = 4, random_draws: int = 20) -> dict[str, Any]:
+    """Compute the report for a built demo world under ``root`` in this process (``build_demo``
+    runs the same parts in its process pool as the models finish)."""
     names = list(FR_NAMES) + list(VIT_FILES.values())
-    if workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
-            parts = list(ex.map(report_part, names, [str(root)] * len(names), [heads] * len(names)))
-    else:
-        parts = [report_part(n, root, heads) for n in names]
-    return assemble_report(root, parts, random_draws)
+    return assemble_report(root, [report_part(n, root, heads) for n in names], random_draws)
