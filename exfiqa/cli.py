@@ -3,12 +3,27 @@
 ``exfiqa score IMAGES... --checkpoint vitfiqa_token.pt --out scores.csv`` writes one row per image
 (sorted by path): ``path, exit_1..exit_D, ex_fiqa_f, ex_fiqa_fw``. The two fusions always use all D
 exits, whichever exits are written.
+
+Errors: every usage error (a bad option value, an ``--out`` that is a folder, lies under a regular
+file, cannot be written or exists without ``--overwrite``, missing inputs or checkpoint) is one
+line on stderr naming the option or path, and exit code 2; the ``--out`` checks run before the
+model is loaded or any image is read. An unreadable image stops the run with exit code 2 unless
+``--skip-bad``.
+
+Determinism: the same images, checkpoint and options on the same machine and software give a
+byte-identical CSV (values are written with 6 decimals). Another ``--batch-size`` may move the 6th
+decimal of some values by a unit or two on some CPUs: PyTorch picks float32 matmul kernels by batch
+shape (on AVX-512 CPUs these differ in summation order), so each float32 score can change by a few
+ulps (about 1e-7 for scores below 1) before rounding. Another device (``--device cuda``) or
+PyTorch build can differ in the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,16 +33,60 @@ import numpy as np
 __all__ = ["main"]
 
 
-def _parse_exits(text: str, depth: int) -> list[int]:
+class UsageError(ValueError):
+    """A bad option value; reported as one line on stderr with exit code 2."""
+
+
+def _parse_exits(text: str) -> list[int] | None:
+    """``'all'`` -> None, else the sorted distinct exits (>= 1; the upper bound needs the model)."""
     if text == "all":
-        return list(range(1, depth + 1))
+        return None
     try:
         exits = sorted({int(t) for t in text.split(",") if t.strip()})
     except ValueError:
-        raise SystemExit(f"exfiqa score: --exits must be 'all' or a comma list like 1,6,12; got {text!r}") from None
-    if not exits or exits[0] < 1 or exits[-1] > depth:
-        raise SystemExit(f"exfiqa score: --exits {text!r} outside 1..{depth} (the model has {depth} blocks)")
+        raise UsageError(f"--exits must be 'all' or a comma list like 1,6,12; got {text!r}") from None
+    if not exits or exits[0] < 1:
+        raise UsageError(f"--exits must be 'all' or exits >= 1 like 1,6,12; got {text!r}")
     return exits
+
+
+def _check_exits(exits: list[int] | None, text: str, depth: int) -> list[int]:
+    if exits is None:
+        return list(range(1, depth + 1))
+    if exits[-1] > depth:
+        raise UsageError(f"--exits {text!r} outside 1..{depth} (the model has {depth} blocks)")
+    return exits
+
+
+def _check_out(text: str, overwrite: bool) -> None:
+    """Refuse an ``--out`` that cannot become the CSV, without creating or changing anything.
+
+    Raises:
+        UsageError: ``--out`` is (or names, with a trailing slash) a folder; exists and
+            ``overwrite`` is False; lies under a regular file; or its folder (or the nearest
+            existing folder above it) is not writable, tested by creating and deleting a
+            temporary file there.
+    """
+    out = Path(text)
+    folder = out.parent
+    try:
+        if out.is_dir() or text.endswith(("/", os.sep)):
+            what = "is a folder" if out.is_dir() else "ends with a slash, i.e. names a folder"
+            raise UsageError(f"--out {text} {what}; give the CSV file to write, e.g. {out / 'scores.csv'}")
+        if out.exists() and not overwrite:
+            raise UsageError(f"{out} exists; pass --overwrite to replace it")
+        skipped = Path(f"{text}.skipped")
+        if skipped.is_dir():
+            raise UsageError(f"--out {text}: {skipped} (the list of skipped images) is a folder")
+        while not folder.exists():
+            folder = folder.parent
+        if not folder.is_dir():
+            raise UsageError(f"--out {text}: cannot create it, {folder} is a regular file, not a folder")
+        fd, probe = tempfile.mkstemp(prefix=".exfiqa-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"--out {text}: cannot write in {folder} ({exc.strerror or exc})") from None
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -41,8 +100,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     from .model import load_vitfiqa
 
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        print(f"exfiqa score: {out} exists; pass --overwrite to replace it", file=sys.stderr)
+    try:
+        if args.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.num_heads is not None and args.num_heads < 1:
+            raise UsageError(f"--num-heads must be >= 1, got {args.num_heads}")
+        wanted = _parse_exits(args.exits)
+        _check_out(args.out, args.overwrite)
+    except UsageError as exc:
+        print(f"exfiqa score: {exc}", file=sys.stderr)
         return 2
     try:
         paths = find_images(args.images)
@@ -54,11 +120,19 @@ def cmd_score(args: argparse.Namespace) -> int:
         return 2
     try:
         device = resolve_device(args.device)
+    except (ValueError, RuntimeError) as exc:
+        print(f"exfiqa score: --device {args.device}: {exc}", file=sys.stderr)
+        return 2
+    try:
         model = load_vitfiqa(args.checkpoint, num_heads=args.num_heads)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"exfiqa score: {exc}", file=sys.stderr)
         return 2
-    exits = _parse_exits(args.exits, model.depth)
+    try:
+        exits = _check_exits(wanted, args.exits, model.depth)
+    except UsageError as exc:
+        print(f"exfiqa score: {exc}", file=sys.stderr)
+        return 2
 
     good: list[str] = []
     skipped: list[tuple[str, str]] = []
@@ -91,11 +165,19 @@ def cmd_score(args: argparse.Namespace) -> int:
         table[f"exit_{k}"] = scores[:, k - 1]
     table["ex_fiqa_f"] = ex_fiqa_f(scores) if len(good) else []
     table["ex_fiqa_fw"] = ex_fiqa_fw(scores) if len(good) else []
-    with atomic_write(out, overwrite=args.overwrite) as fh:
-        table.to_csv(fh, index=False, float_format="%.6f", lineterminator="\n")
+    try:
+        with atomic_write(out, overwrite=args.overwrite) as fh:
+            table.to_csv(fh, index=False, float_format="%.6f", lineterminator="\n")
+        listing = Path(f"{out}.skipped")
+        if skipped:
+            with atomic_write(listing, overwrite=True) as fh:
+                fh.writelines(f"{p}\t{why}\n" for p, why in skipped)
+        elif listing.is_file():  # left by an earlier run into the same --out: no longer true
+            listing.unlink()
+    except OSError as exc:  # checked up front; this is what changed since (disk full, ...)
+        print(f"exfiqa score: cannot write {out}: {exc}", file=sys.stderr)
+        return 2
     if skipped:
-        with atomic_write(f"{out}.skipped", overwrite=True) as fh:
-            fh.writelines(f"{p}\t{why}\n" for p, why in skipped)
         print(f"skipped {len(skipped)} unreadable images, listed in {out}.skipped", file=sys.stderr)
     print(f"wrote {len(good)} rows x {len(exits)} exits to {out}", file=sys.stderr)
     return 0
@@ -123,9 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True, help="ViT-FIQA state_dict (vitfiqa_token.pt or vitfiqa_crfiqa.pt)")
     s.add_argument("--out", required=True, help="CSV to write (path, exit_1.., ex_fiqa_f, ex_fiqa_fw)")
     s.add_argument("--exits", default="all", help="'all' or a comma list such as 1,6,12 (default all)")
-    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument(
+        "--batch-size", type=int, default=32,
+        help="images per forward pass (default 32). Rerunning with the same options gives a "
+        "byte-identical CSV; another batch size may move the 6th decimal by a unit or two on some "
+        "CPUs (float32 kernels chosen by batch shape, e.g. on AVX-512)",
+    )
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    s.add_argument("--num-heads", type=int, default=8, help="attention heads (not stored in checkpoints; default 8)")
+    s.add_argument("--num-heads", type=int, default=None,
+                   help="attention heads; default: the count an exfiqa-written checkpoint records, else 8 (the released models)")
     s.add_argument("--skip-bad", action="store_true", help="leave unreadable images out, listing them in OUT.skipped")
     s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -136,10 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "batch_size", 1) < 1:
-        print("exfiqa score: --batch-size must be >= 1", file=sys.stderr)
-        return 2
+    args = build_parser().parse_args(argv)  # argparse's own errors exit 2 as well
     return int(args.func(args))
 
 

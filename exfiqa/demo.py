@@ -42,7 +42,7 @@ from .io import atomic_write, file_digest
 
 __all__ = ["DemoSpec", "build_demo", "ensure_demo", "main"]
 
-BUILD_VERSION = "4"
+BUILD_VERSION = "5"
 FR_JOBS = {  # name -> (loss, architecture, checkpoint layout)
     "arcface": ("arcface", "iresnet", "plain"),
     "elasticface": ("elasticface", "iresnet", "plain"),

@@ -195,6 +195,28 @@ def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
+class PointwiseConv(nn.Conv2d):
+    """A bias-free 1x1 convolution with stride ``s``, computed as a stride-1 1x1 convolution of
+    ``x[:, :, ::s, ::s]``.
+
+    Same parameters, state_dict keys and result as ``nn.Conv2d(cin, cout, 1, stride=s, bias=False)``
+    (a 1x1 kernel without padding reads exactly the pixels the subsampling keeps). Why not the plain
+    module: torch 2.14's CPU backward of a *strided* 1x1 convolution in ``channels_last`` with at
+    most 8 input channels segfaults on AVX-512 CPUs (oneDNN kernel), which the demo's narrow
+    iResNets hit in their first stage. A stride-1 1x1 convolution takes another kernel on every
+    CPU, so this avoids the crashing configuration everywhere instead of detecting the CPU.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__(cin, cout, kernel_size=1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sh, sw = self.stride
+        if sh != 1 or sw != 1:
+            x = x[:, :, ::sh, ::sw]
+        return F.conv2d(x, self.weight, self.bias)
+
+
 def _halve(size: int, times: int) -> int:
     """Spatial size after ``times`` stride-2 convolutions (k3, p1) or MaxPool2d(1, 2)."""
     for _ in range(times):
@@ -239,7 +261,7 @@ class IBasicBlock(nn.Module):
         self.downsample: nn.Module | None = None
         if stride != 1 or cin != cout:
             self.downsample = nn.Sequential(
-                nn.Conv2d(cin, cout, kernel_size=1, stride=stride, bias=False),
+                PointwiseConv(cin, cout, stride),
                 _bn2d(cout, bn_eps, bn_momentum),
             )
 
@@ -332,7 +354,7 @@ class BottleneckIR(nn.Module):
             self.shortcut_layer: nn.Module = nn.MaxPool2d(1, stride)
         else:
             self.shortcut_layer = nn.Sequential(
-                nn.Conv2d(cin, cout, kernel_size=1, stride=stride, bias=False),
+                PointwiseConv(cin, cout, stride),
                 _bn2d(cout, bn_eps, bn_momentum),
             )
         self.res_layer = nn.Sequential(

@@ -4,6 +4,29 @@ Convention: images are returned as **RGB uint8** arrays of shape (112, 112, 3) (
 are converted to RGB; other sizes are resized bilinearly with a warning, because alignment is the
 caller's job). :func:`to_tensor` turns a uint8 NHWC batch into the float NCHW tensor ViT-FIQA
 expects: ``(x/255 - 0.5) / 0.5``, channels RGB.
+
+Decoding (:func:`decode_rgb8`, shared by :func:`read_face` and ``exfiqa.datasets.decode_image``):
+
+- **Size limit, checked before decoding.** An image of more than :data:`MAX_IMAGE_PIXELS`
+  (8192 x 8192 = 67,108,864) pixels is refused from its header alone, before any pixel is
+  decoded, so a decompression bomb (a 20000 x 20000 PNG is about 48 kB on disk) costs no memory.
+  The limit is below Pillow's own ``Image.MAX_IMAGE_PIXELS`` (about 89.5 M), so every image
+  Pillow would only warn about (``DecompressionBombWarning``, 1x to 2x its limit) is refused too,
+  as is every image Pillow refuses itself (``DecompressionBombError``, above 2x).
+- **Bit depth, one rule: a 16-bit sample v (0..65535) becomes v >> 8** (its high byte,
+  ``floor(v / 256)``; 8-bit data stored as 16 bits, ``v * 257``, comes back unchanged). This is
+  what Pillow itself does when it opens 16-bit RGB, RGBA and gray+alpha PNG and 16-bit RGB TIFF
+  (it reads them as 8-bit ``RGB``/``RGBA``, keeping the high byte), and :func:`to_rgb8` applies it
+  to the 16-bit grayscale modes Pillow keeps as 16 bits (``I;16``, ``I;16B``, ``I;16L``,
+  ``I;16N``) and to the 32-bit integer mode ``I`` (16-bit PGM, some TIFFs), whose values must lie
+  in 0..65535, so gray and colour 16-bit files agree. (Pillow's ``convert("RGB")`` would clip
+  them instead: nearly every pixel of a 16-bit photograph would become 255.) One exception we do
+  not control: Pillow's Netpbm decoder scales 16-bit colour PPM with rounding,
+  ``round(v * 255 / maxval)``, at most one level above ``v >> 8``.
+- 32-bit float images (mode ``F``) have no agreed 0..1 or 0..255 range and are refused, as are
+  ``I`` images with values outside 0..65535. All other modes (``1``, ``L``, ``P``, ``RGB``,
+  ``RGBA``, ``LA``, ``PA``, ``CMYK``, ``YCbCr``, ...) go through Pillow's ``convert("RGB")``
+  (alpha is dropped, not composited).
 """
 
 from __future__ import annotations
@@ -12,15 +35,32 @@ import os
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "find_images", "read_face", "to_tensor"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
+    "ImageReadError",
+    "decode_rgb8",
+    "find_images",
+    "read_face",
+    "to_rgb8",
+    "to_tensor",
+]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+
+MAX_IMAGE_PIXELS = 8192 * 8192
+"""Largest image (width x height) that is decoded; larger ones are refused from their header."""
+
+_SIXTEEN_BIT_GRAY = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 
 
 class ImageReadError(OSError):
@@ -49,30 +89,89 @@ def find_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
     return sorted(found)
 
 
+def to_rgb8(im: Image.Image) -> NDArray[np.uint8]:
+    """A Pillow image -> RGB uint8 (H, W, 3) array, by the bit-depth rule of the module docstring.
+
+    16-bit grayscale (``I;16*``, and ``I`` with values in 0..65535): ``v >> 8`` on every channel.
+    Everything else but ``F``: Pillow's ``convert("RGB")``. Decodes ``im`` if not yet loaded.
+
+    Raises:
+        ValueError: mode ``F`` (float), or mode ``I`` with values outside 0..65535 (the message
+            does not name the file; the readers add it).
+    """
+    if im.mode == "F":
+        raise ValueError(
+            "32-bit float image (mode F) has no defined 8-bit range; save the face as an 8- or "
+            "16-bit image"
+        )
+    if im.mode in _SIXTEEN_BIT_GRAY:
+        v = np.asarray(im)  # uint16 (either byte order) for I;16*, int32 for I
+        if im.mode == "I" and v.size:
+            lo, hi = int(v.min()), int(v.max())
+            if lo < 0 or hi > 65535:
+                raise ValueError(
+                    f"mode I image with values {lo}..{hi}, outside the 16-bit range 0..65535"
+                )
+        gray = (v >> 8).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+
+
+def decode_rgb8(fp: str | os.PathLike[str] | IO[bytes]) -> NDArray[np.uint8]:
+    """Decode an image file (path or binary file object) to RGB uint8 (H, W, 3).
+
+    The size is checked against :data:`MAX_IMAGE_PIXELS` from the header, before decoding; the
+    pixels are then converted by :func:`to_rgb8`.
+
+    Raises:
+        ValueError: too many pixels (possible decompression bomb), or a mode :func:`to_rgb8`
+            refuses. Messages do not name the file; callers add it.
+        OSError: not an image Pillow can decode (``UnidentifiedImageError``, truncated data, ...).
+    """
+    limit = MAX_IMAGE_PIXELS
+    try:
+        im = Image.open(fp)
+    except Image.DecompressionBombError as exc:  # Pillow's own refusal, above 2x its limit
+        raise ValueError(f"refused, possible decompression bomb: {exc}") from None
+    with im:
+        w, h = im.size
+        if w * h > limit:
+            raise ValueError(
+                f"{w}x{h} = {w * h:,} pixels exceeds the {limit:,}-pixel limit for a face image "
+                f"(exfiqa.images.MAX_IMAGE_PIXELS; possible decompression bomb); not decoded"
+            )
+        im.load()
+        return to_rgb8(im)
+
+
 def read_face(path: str | os.PathLike[str], size: int = 112) -> NDArray[np.uint8]:
     """Decode an image as RGB uint8 (size, size, 3), resizing (with a warning) if needed.
 
+    See the module docstring for the size limit and the 16-bit rule.
+
     Raises:
-        ImageReadError: the file cannot be decoded as an image.
+        ImageReadError: the file cannot be decoded as an image, is larger than
+            :data:`MAX_IMAGE_PIXELS`, or is a float (mode ``F``) image; the message names it.
     """
     try:
-        with Image.open(path) as im:
-            im.load()
-            rgb = im.convert("RGB")
+        arr = decode_rgb8(path)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageReadError(f"cannot read image {path}: {exc}") from None
-    if rgb.size != (size, size):
+    h, w = arr.shape[:2]
+    if (w, h) != (size, size):
         warnings.warn(
-            f"{path}: {rgb.size[0]}x{rgb.size[1]} resized to {size}x{size}; ViT-FIQA expects "
+            f"{path}: {w}x{h} resized to {size}x{size}; ViT-FIQA expects "
             f"faces aligned to the ArcFace {size}x{size} template",
             stacklevel=2,
         )
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8)
+        arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR))
+    return np.ascontiguousarray(arr, dtype=np.uint8)
 
 
 def to_tensor(batch: NDArray[np.uint8] | Sequence[NDArray[np.uint8]]) -> torch.Tensor:
     """uint8 RGB (B, H, W, 3) -> float32 (B, 3, H, W) in [-1, 1]: ``(x/255 - 0.5)/0.5``."""
+    import torch
+
     arr = np.asarray(batch)
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         raise ValueError(f"expected uint8 RGB images (B, H, W, 3), got {arr.dtype} {arr.shape}")

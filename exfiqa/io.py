@@ -2,7 +2,8 @@
 
 Conventions:
 - Checkpoints are read with ``torch.load(weights_only=True)``: tensors, containers and primitive
-  types only. A file that needs any other unpickling is refused and nothing in it runs.
+  types only. A file that needs any other unpickling is refused and nothing in it runs; weights
+  holding NaN or inf are refused too, naming the file and the tensors.
 - Every output is first written to a temporary file in the target folder, then renamed into place,
   so a reader never sees a half-written file. An existing file is only replaced with
   ``overwrite=True``.
@@ -80,7 +81,26 @@ def load_state_dict(
     bad = [k for k, v in obj.items() if not _is_tensor(v)]
     if bad:
         raise CheckpointError(f"{path}: state_dict entries that are not tensors: {bad[:5]}")
+    _check_finite(obj, path)
     return dict(obj)
+
+
+def _check_finite(state: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Refuse weights holding NaN or inf: they would give NaN scores, or silently wrong rankings."""
+    import torch
+
+    bad = []
+    for key, value in state.items():
+        if value.is_floating_point() or value.is_complex():
+            n = int(value.numel() - torch.isfinite(value).sum())
+            if n:
+                bad.append(f"{key} ({n} of {value.numel()})")
+    if bad:
+        more = f" and {len(bad) - 3} more tensors" if len(bad) > 3 else ""
+        raise CheckpointError(
+            f"{path}: refused to load: non-finite weights (NaN or inf) in {', '.join(bad[:3])}{more}. "
+            f"The file is corrupt or was saved from a diverged training run."
+        )
 
 
 def _is_tensor(value: Any) -> bool:

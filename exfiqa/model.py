@@ -21,6 +21,7 @@ import contextlib
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -424,24 +425,59 @@ def released_state_dict(model: ViTFIQA) -> dict[str, torch.Tensor]:
     return {("qs_token" if k == "cls_token" else k): v.detach().cpu() for k, v in model.state_dict().items()}
 
 
+NUM_HEADS_KEY = "exfiqa_num_heads"
+"""State_dict entry (a 0-d int64 tensor) in which :func:`save_vitfiqa` records the head count.
+
+The head count is not visible in any weight shape; the released checkpoints use 8 (head dim 64).
+"""
+
+RELEASED_HEAD_DIM = 64
+
+
+def _resolve_num_heads(recorded: torch.Tensor | None, num_heads: int | None, source: str) -> int:
+    """The head count to build: the one the file records, else ``num_heads``, else 8 (released)."""
+    if recorded is not None:
+        if recorded.dim() != 0 or recorded.is_floating_point() or int(recorded) < 1:
+            raise CheckpointError(f"{source}: {NUM_HEADS_KEY} must be a positive integer scalar, got {recorded!r}")
+        stored = int(recorded)
+        if num_heads is not None and num_heads != stored:
+            raise CheckpointError(
+                f"{source}: the checkpoint records num_heads={stored} but num_heads={num_heads} was "
+                f"asked for (config entry or --num-heads); drop the setting or make it {stored}"
+            )
+        return stored
+    return 8 if num_heads is None else int(num_heads)
+
+
 def load_vitfiqa(
     path: str | os.PathLike[str],
-    num_heads: int = 8,
+    num_heads: int | None = None,
     img_size: int = 112,
     device: str | torch.device = "cpu",
 ) -> ViTFIQA:
     """Load a released ViT-FIQA checkpoint (either variant) strictly and safely, in eval mode.
 
-    The file must be a plain state_dict (``torch.load(weights_only=True)``; nothing in it runs).
-    ``module.`` prefixes are stripped; the variant is detected from ``qs_token``; width, depth,
-    patch size and stem are inferred from shapes; ``mask_token`` is accepted and unused.
+    The file must be a plain state_dict (``torch.load(weights_only=True)``; nothing in it runs;
+    NaN/inf weights are refused). ``module.`` prefixes are stripped; the variant is detected from
+    ``qs_token``; width, depth, patch size and stem are inferred from shapes; ``mask_token`` is
+    accepted and unused. The head count cannot be inferred from shapes: it is read from
+    :data:`NUM_HEADS_KEY` when exfiqa wrote the file, else ``num_heads`` (default 8, the released
+    models). A released-width (512) model whose head dim would not be 64 gets a warning.
 
     Raises:
-        CheckpointError: unsafe file, missing/unexpected keys or mismatched shapes, with the likely
-            cause.
+        CheckpointError: unsafe file, non-finite weights, missing/unexpected keys or mismatched
+            shapes (with the likely cause), or ``num_heads`` contradicting the recorded count.
     """
     state = _strip_prefixes(load_state_dict(path))
-    config = config_from_state_dict(state, num_heads=num_heads, img_size=img_size, source=str(path))
+    heads = _resolve_num_heads(state.pop(NUM_HEADS_KEY, None), num_heads, str(path))
+    config = config_from_state_dict(state, num_heads=heads, img_size=img_size, source=str(path))
+    if config.embed_dim == 512 and config.embed_dim // heads != RELEASED_HEAD_DIM:
+        warnings.warn(
+            f"{path}: width 512 as the released ViT-FIQA but num_heads={heads} gives head dim "
+            f"{config.embed_dim // heads}; the released models use {512 // RELEASED_HEAD_DIM} heads of "
+            f"{RELEASED_HEAD_DIM}. Scores will be wrong unless this checkpoint was trained so.",
+            stacklevel=2,
+        )
     model = ViTFIQA(config)
     internal = _to_internal(state)
     expected = model.state_dict()
@@ -469,12 +505,18 @@ def load_vitfiqa(
 
 
 def save_vitfiqa(model: ViTFIQA, path: str | os.PathLike[str], overwrite: bool = False) -> None:
-    """Save ``model`` as a released-format state_dict (plain tensors, ``qs_token`` naming), atomically."""
+    """Save ``model`` as a released-format state_dict (plain tensors, ``qs_token`` naming), atomically.
+
+    One entry is added: :data:`NUM_HEADS_KEY`, the head count, which no weight shape shows.
+    Loaders with ``strict=False`` (the authors' scripts) ignore it.
+    """
     from .io import atomic_path
 
+    state = released_state_dict(model)
+    state[NUM_HEADS_KEY] = torch.tensor(model.config.num_heads, dtype=torch.int64)
     with atomic_path(path, overwrite=overwrite) as tmp:
         with open(tmp, "wb") as fh:  # a file object: the archive is not named after the temp file
-            torch.save(released_state_dict(model), fh)
+            torch.save(state, fh)
 
 
 def num_parameters(model: nn.Module) -> int:

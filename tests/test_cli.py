@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -49,24 +53,171 @@ def test_score_writes_sorted_rows_and_matches_the_model(world, capsys):
     np.testing.assert_allclose(table["ex_fiqa_fw"], ex_fiqa_fw(ref), atol=1e-5)
     np.testing.assert_allclose(table["ex_fiqa_f"], ex_fiqa_f(ref), atol=1e-5)
 
-    # refuses to overwrite; with --overwrite the file is byte-identical (batch size does not matter)
+    # refuses to overwrite; with --overwrite and the same options the file is byte-identical
     first = out.read_bytes()
     assert main(["score", str(faces), "--checkpoint", str(ckpt), "--out", str(out), "--num-heads", "2", "--quiet"]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert main(["score", str(faces), "--checkpoint", str(ckpt), "--out", str(out), "--num-heads", "2", "--quiet", "--overwrite", "--batch-size", "3"]) == 0
+    assert main(["score", str(faces), "--checkpoint", str(ckpt), "--out", str(out), "--num-heads", "2", "--quiet", "--overwrite"]) == 0
     assert out.read_bytes() == first
 
 
-def test_exit_subset_keeps_fusion_over_all_exits(world):
+def _micro_units(path) -> tuple[list[str], np.ndarray]:
+    """Paths and the written 6-decimal values as exact integers (units of 1e-6)."""
+    lines = path.read_text().splitlines()
+    rows = [line.split(",") for line in lines[1:]]
+    return [r[0] for r in rows], np.array([[round(float(v) * 1e6) for v in r[1:]] for r in rows], np.int64)
+
+
+@pytest.mark.parametrize("batch_size", ["1", "3"])
+def test_another_batch_size_agrees_within_two_units_of_the_6th_decimal(world, batch_size):
+    """Another --batch-size may change float32 kernels (e.g. on AVX-512), not the scores' meaning.
+
+    The scores of this model are below 1 in magnitude, where float32 spacing is <= 6e-8; another
+    summation order moves each score by a few ulps (< 1e-6 even compounded over 12 blocks and the
+    fusions), and rounding to 6 decimals turns a true difference d < 1e-6 into at most 1 unit.
+    Two units (2e-6) keep a margin while still catching any real change (wrong rows, wrong order).
+    """
+    root, ckpt, faces = world
+    ref, other = root / f"bs32_{batch_size}.csv", root / f"bs{batch_size}.csv"
+    base = ["score", str(faces), "--checkpoint", str(ckpt), "--num-heads", "2", "--quiet"]
+    assert main([*base, "--out", str(ref)]) == 0
+    assert main([*base, "--out", str(other), "--batch-size", batch_size]) == 0
+    ref_paths, ref_values = _micro_units(ref)
+    paths, values = _micro_units(other)
+    assert paths == ref_paths and values.shape == ref_values.shape == (4, 14)
+    assert other.read_text().splitlines()[0] == ref.read_text().splitlines()[0]
+    assert np.abs(values - ref_values).max() <= 2
+
+
+def test_exit_subset_keeps_fusion_over_all_exits(world, capsys):
     root, ckpt, faces = world
     out = root / "subset.csv"
     assert main(["score", str(faces / "b.png"), "--checkpoint", str(ckpt), "--out", str(out), "--exits", "12,1,6", "--num-heads", "2", "--quiet"]) == 0
+    capsys.readouterr()
     table = pd.read_csv(out)
     assert list(table.columns) == ["path", "exit_1", "exit_6", "exit_12", "ex_fiqa_f", "ex_fiqa_fw"]
     full = pd.read_csv(root / "scores.csv").set_index("path").loc[str(faces / "b.png")]
     assert table["ex_fiqa_fw"].iloc[0] == pytest.approx(full["ex_fiqa_fw"], abs=1e-6)
-    with pytest.raises(SystemExit, match="outside 1..12"):
-        main(["score", str(faces), "--checkpoint", str(ckpt), "--out", str(root / "x.csv"), "--exits", "13", "--num-heads", "2"])
+    assert main(["score", str(faces), "--checkpoint", str(ckpt), "--out", str(root / "x.csv"), "--exits", "13", "--num-heads", "2"]) == 2
+    _one_line_naming(capsys.readouterr().err, "--exits", "outside 1..12")
+
+
+def _no_work(monkeypatch, *, model_too: bool = True):
+    """Make reading an image (and loading the model) fail the test if it happens."""
+    import exfiqa.images
+    import exfiqa.model
+
+    def fail(*args, **kwargs):
+        pytest.fail(f"called with {args}: the error should come before any work")
+
+    monkeypatch.setattr(exfiqa.images, "read_face", fail)
+    if model_too:
+        monkeypatch.setattr(exfiqa.model, "load_vitfiqa", fail)
+
+
+def _one_line_naming(err: str, *names: str) -> None:
+    assert err.count("\n") == 1 and err.startswith("exfiqa score: "), err
+    assert "Traceback" not in err
+    for name in names:
+        assert name in err, (name, err)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "model_too"),
+    [
+        ("--exits", "0,13", True),
+        ("--exits", "a,b", True),
+        ("--exits", "", True),
+        ("--exits", "13", False),  # the upper bound needs the model's depth
+        ("--batch-size", "0", True),
+        ("--num-heads", "0", True),
+        ("--device", "nonsense", True),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line_naming_the_option(world, capsys, monkeypatch, option, value, model_too):
+    root, ckpt, faces = world
+    _no_work(monkeypatch, model_too=model_too)
+    args = ["score", str(faces), "--checkpoint", str(ckpt), "--out", str(root / "usage.csv"), "--num-heads", "2", "--quiet"]
+    assert main([*args, option, value]) == 2
+    _one_line_naming(capsys.readouterr().err, option)
+    assert not (root / "usage.csv").exists()
+    # argparse's own errors exit 2 as well
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--batch-size", "three"])
+    assert exc.value.code == 2
+
+
+def _unwritable_outs(root):
+    a_file = root / "a_file.txt"
+    a_file.write_text("I am a file")
+    (root / "folder_out").mkdir(exist_ok=True)
+    (root / "skip.csv.skipped").mkdir(exist_ok=True)
+    cases = [
+        ("folder", root / "folder_out", []),
+        ("folder, --overwrite", root / "folder_out", ["--overwrite"]),
+        ("trailing slash", f"{root / 'new_folder'}/", []),
+        ("under a file", a_file / "scores.csv", []),
+        ("deep under a file", a_file / "sub" / "deeper" / "scores.csv", []),
+        ("OUT.skipped is a folder", root / "skip.csv", []),
+    ]
+    sys_dir = Path("/sys")
+    if sys_dir.is_dir():  # read-only even for root (chmod does not stop root)
+        try:
+            fd, probe = tempfile.mkstemp(dir=sys_dir)
+        except OSError:
+            cases.append(("read-only folder", sys_dir / "scores.csv", []))
+        else:
+            os.close(fd)
+            os.unlink(probe)
+    return cases
+
+
+def test_unwritable_out_is_one_line_before_any_work(world, capsys, monkeypatch):
+    root, ckpt, faces = world
+    _no_work(monkeypatch)
+    for what, out, extra in _unwritable_outs(root):
+        before = sorted(root.rglob("*"))
+        rc = main(["score", str(faces), "--checkpoint", str(ckpt), "--out", str(out), "--num-heads", "2", "--quiet", *extra])
+        assert rc == 2, what
+        _one_line_naming(capsys.readouterr().err, str(out).rstrip("/"))
+        assert sorted(root.rglob("*")) == before, f"{what}: something was created"
+
+
+def test_oversized_image_is_an_error_or_skipped(world, capsys):
+    """A 20000x20000 PNG of 48 kB: refused from its header, listed in OUT.skipped with --skip-bad."""
+    from test_images import png_bomb
+
+    root, ckpt, faces = world
+    folder = root / "bombs"
+    folder.mkdir()
+    (folder / "bomb.png").write_bytes(png_bomb(20000, 20000))
+    Image.fromarray(np.zeros((112, 112, 3), np.uint8)).save(folder / "ok.png")
+    out = root / "bombs.csv"
+    base = ["score", str(folder), "--checkpoint", str(ckpt), "--out", str(out), "--num-heads", "2", "--quiet"]
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "bomb.png" in err and "Traceback" not in err
+    assert not out.exists()
+    assert main([*base, "--skip-bad"]) == 0
+    assert pd.read_csv(out)["path"].tolist() == [str(folder / "ok.png")]
+    skipped = (root / "bombs.csv.skipped").read_text()
+    assert skipped.startswith(f"{folder / 'bomb.png'}\t") and "pixels" in skipped
+
+
+def test_16bit_face_scores_as_its_8bit_high_byte(world):
+    from test_images import png16
+
+    root, ckpt, faces = world
+    folder = root / "deep"
+    folder.mkdir()
+    g16 = np.random.default_rng(5).integers(0, 65536, (112, 112), dtype=np.uint16)
+    (folder / "a16.png").write_bytes(png16(g16))
+    Image.fromarray((g16 >> 8).astype(np.uint8)).save(folder / "b8.png")
+    out = root / "deep.csv"
+    assert main(["score", str(folder), "--checkpoint", str(ckpt), "--out", str(out), "--num-heads", "2", "--quiet"]) == 0
+    rows = out.read_text().splitlines()[1:]
+    assert [r.split(",", 1)[0] for r in rows] == [str(folder / "a16.png"), str(folder / "b8.png")]
+    assert rows[0].split(",", 1)[1] == rows[1].split(",", 1)[1]
 
 
 def test_bad_image_is_an_error_or_skipped(world, capsys):
@@ -82,6 +233,10 @@ def test_bad_image_is_an_error_or_skipped(world, capsys):
     assert main(["score", str(bad_dir), "--checkpoint", str(ckpt), "--out", str(out), "--num-heads", "2", "--quiet", "--skip-bad"]) == 0
     assert pd.read_csv(out)["path"].tolist() == [str(bad_dir / "ok.png")]
     assert "broken.jpg" in (root / "mixed.csv.skipped").read_text()
+    # the same --out again, now with nothing to skip: the earlier list no longer describes it
+    (bad_dir / "broken.jpg").unlink()
+    assert main(["score", str(bad_dir), "--checkpoint", str(ckpt), "--out", str(out), "--quiet", "--skip-bad", "--overwrite"]) == 0
+    assert not (root / "mixed.csv.skipped").exists()
 
 
 def test_missing_inputs_are_named(world, capsys):

@@ -1,0 +1,77 @@
+"""Checkpoints: non-finite weights are refused, the head count travels with exfiqa-written files."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from exfiqa import fr as frmod
+from exfiqa.io import CheckpointError
+from exfiqa.model import (
+    NUM_HEADS_KEY,
+    build_vitfiqa,
+    load_vitfiqa,
+    released_state_dict,
+    save_vitfiqa,
+)
+
+
+def _small_vit(num_heads: int = 2, embed_dim: int = 32):
+    torch.manual_seed(0)
+    return build_vitfiqa(variant="token", embed_dim=embed_dim, num_heads=num_heads, depth=2, feature_dim=16)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_vitfiqa_with_non_finite_weights_is_refused_naming_file_and_tensor(tmp_path, bad):
+    state = released_state_dict(_small_vit())
+    state["blocks.1.attn.qkv.weight"][3, 4] = bad
+    path = tmp_path / "diverged.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"diverged\.pt: refused to load: non-finite weights .*blocks\.1\.attn\.qkv\.weight \(1 of"):
+        load_vitfiqa(path, num_heads=2)
+
+
+def test_fr_checkpoint_with_nan_is_refused(tmp_path):
+    net = frmod.build_fr("iresnet", layers=(1, 1, 1, 1), widths=(8, 16, 24, 32), embedding_size=16)
+    path = tmp_path / "arcface.pt"
+    frmod.save_fr(frmod.FRModel("arcface", net, frmod.ARCFACE, device="cpu", arch="iresnet"), path)
+    state = torch.load(path, weights_only=True)
+    state["fc.weight"].fill_(float("nan"))
+    state["bn1.running_var"][0] = float("inf")
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"arcface\.pt: .*non-finite.*bn1\.running_var \(1 of 8\).*fc\.weight"):
+        frmod.load_fr("arcface", path, layers=(1, 1, 1, 1))
+
+
+def test_saved_head_count_is_recorded_and_used(tmp_path):
+    model = _small_vit(num_heads=4)
+    path = tmp_path / "four_heads.pt"
+    save_vitfiqa(model, path)
+    assert int(torch.load(path, weights_only=True)[NUM_HEADS_KEY]) == 4
+    loaded = load_vitfiqa(path)  # no num_heads given: read from the file, not the released 8
+    assert loaded.config.num_heads == 4 and loaded.blocks[0].attn.num_heads == 4
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.forward_exits(x).scores, model.eval().forward_exits(x).scores)
+    assert load_vitfiqa(path, num_heads=4).config.num_heads == 4
+    with pytest.raises(CheckpointError, match=r"four_heads\.pt: the checkpoint records num_heads=4 but num_heads=2"):
+        load_vitfiqa(path, num_heads=2)
+
+
+def test_released_layout_without_record_defaults_to_eight_heads(tmp_path):
+    path = tmp_path / "released.pt"
+    torch.save(released_state_dict(_small_vit(num_heads=2)), path)  # as the authors' files: no record
+    assert load_vitfiqa(path).config.num_heads == 8
+    assert load_vitfiqa(path, num_heads=2).config.num_heads == 2
+
+
+def test_released_width_with_odd_head_dim_warns(tmp_path):
+    path = tmp_path / "wide.pt"
+    torch.save(released_state_dict(_small_vit(num_heads=8, embed_dim=512)), path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_vitfiqa(path)  # 8 heads of 64: the released shape, silent
+    with pytest.warns(UserWarning, match=r"num_heads=4 gives head dim 128; the released models use 8 heads of 64"):
+        load_vitfiqa(path, num_heads=4)
