@@ -20,16 +20,19 @@ Supported formats (see each reader's docstring for the exact layout):
 - Adience-like identity folders, all-vs-all pairs: :func:`read_adience`.
 - IJB-C 1:1 template protocol with 5-point alignment: :func:`read_ijbc`.
 
-Untrusted ``.bin`` pickles are read with a restricted unpickler that admits no callable except a
-few inert constructors, so no code from the file can run.
+Untrusted ``.bin`` pickles are never unpickled: their opcodes are checked against the few
+structures real insightface files contain and the values are built from them directly, so no code
+from the file runs and memory stays proportional to the file size.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import os
 import pickle
+import pickletools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -202,13 +205,21 @@ class Benchmark:
 def decode_image(data: bytes | os.PathLike[str] | str, source: str | None = None) -> np.ndarray:
     """Decode an encoded image (bytes) or an image file to an RGB uint8 (H, W, 3) array.
 
+    Decoding is :func:`exfiqa.images.decode_rgb8`, the same as ``exfiqa.images.read_face``:
+    images above ``exfiqa.images.MAX_IMAGE_PIXELS`` are refused from their header, before
+    decoding (decompression bombs); a 16-bit sample v becomes ``v >> 8``; float (mode ``F``)
+    images are refused.
+
     Args:
         data: Encoded bytes (JPEG, PNG, ...) or a path.
         source: Name used in error messages (defaults to the path).
 
     Raises:
-        DatasetFormatError: the data is not a decodable image.
+        DatasetFormatError: the data is not a decodable image, is too large, or is a float image;
+            the message names ``source``.
     """
+    from exfiqa.images import decode_rgb8
+
     where = (
         source if source is not None else str(data) if not isinstance(data, bytes) else "<bytes>"
     )
@@ -217,9 +228,9 @@ def decode_image(data: bytes | os.PathLike[str] | str, source: str | None = None
     except FileNotFoundError:
         raise FileNotFoundError(f"image not found: {where}") from None
     try:
-        with fh, Image.open(fh) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        with fh:
+            return decode_rgb8(fh)
+    except (OSError, ValueError) as exc:
         raise DatasetFormatError(f"{where}: cannot decode image ({exc})") from None
 
 
@@ -320,101 +331,416 @@ def _write_bytes(target: Path, data: bytes, overwrite: bool) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _latin1_encode(text: Any, encoding: Any = "utf-8") -> bytes:
-    """Stand-in for ``_codecs.encode`` as Python 3 emits it for bytes in protocol-2 pickles."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError("_codecs.encode admitted only as encode(str, 'latin1')")
-    return text.encode("latin1")
+# A verification .bin is never unpickled. Its opcodes are evaluated by _BinMachine, a typed stack
+# machine that knows only the opcodes and the few constructors that real insightface files use.
+# It checks every constructor's arguments and builds the values itself: bytes, small scalars,
+# strings, tuples, lists, and two placeholders (_Dtype, _Array) standing for numpy objects.
+# No code named by the file runs, and numpy only ever receives checked bytes (bool labels).
+
+_BIN_GLOBALS: dict[tuple[str, str], str] = {
+    ("_codecs", "encode"): "encode",
+    ("__builtin__", "bytes"): "bytes",
+    ("builtins", "bytes"): "bytes",
+    ("numpy", "dtype"): "dtype",
+    ("numpy", "ndarray"): "ndarray",
+    ("numpy.core.multiarray", "_reconstruct"): "_reconstruct",
+    ("numpy._core.multiarray", "_reconstruct"): "_reconstruct",
+    ("numpy.core.numeric", "_frombuffer"): "_frombuffer",
+    ("numpy._core.numeric", "_frombuffer"): "_frombuffer",
+}
+"""The only globals a ``.bin`` may name, mapped to the call the machine stands in for."""
+
+_BIN_CALLS = {
+    "encode": "_codecs.encode(str, 'latin1')",
+    "bytes": "bytes()",
+    "dtype": "numpy.dtype('u1' or 'b1', False, True)",
+    "ndarray": "none (numpy.ndarray is only an argument of _reconstruct)",
+    "_reconstruct": "_reconstruct(numpy.ndarray, (0,), b'b')",
+    "_frombuffer": "_frombuffer(bytes, dtype, (n,), 'C')",
+}
+"""The one form in which each global is called (``numpy.ndarray`` is only an argument)."""
+
+_LATIN1 = ("latin1", "latin-1")
+_MAX_LISTED_BYTES_PER_FILE_BYTE = 2
+"""The images in ``bins`` may total at most this many bytes per byte of the file: the memo may
+list a stored image twice (a pair of identical images), but not amplify the file."""
+
+_OPCODES = {op.code.encode("latin-1"): op for op in pickletools.opcodes}
+_INT_OPS = frozenset({"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"})
+_TEXT_OPS = frozenset({"UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"})
+_BYTES_OPS = frozenset({"STRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8"})
+_PY2_STR_OPS = frozenset({"BINSTRING", "SHORT_BINSTRING"})  # the reader decodes them as latin-1
+_CONSTANT_OPS: dict[str, Any] = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
+_PUT_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_GET_OPS = frozenset({"GET", "BINGET", "LONG_BINGET"})
 
 
-def _empty_bytes(*args: Any) -> bytes:
-    """Stand-in for ``bytes()`` (Python 3 pickles ``b''`` as a call with no arguments)."""
-    if args:
-        raise pickle.UnpicklingError("bytes() admitted only without arguments")
-    return b""
+class _Refused(Exception):
+    """A ``.bin`` pickle left the accepted grammar; the message says where and why."""
 
 
-def _numpy_reconstruct() -> Any:
-    try:
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
-    return _reconstruct
+@dataclass(frozen=True)
+class _Global:
+    """A global of :data:`_BIN_GLOBALS`, as GLOBAL / STACK_GLOBAL push it."""
+
+    name: str
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler admitting only inert globals: bytes rebuilding and numpy array reconstruction."""
+@dataclass(eq=False)
+class _Dtype:
+    """``numpy.dtype(spec, False, True)``; an array may use it once BUILD set the plain state."""
 
-    def __init__(self, fh: Any, source: str) -> None:
-        super().__init__(fh, encoding="bytes")
-        self._source = source
+    spec: str  # "u1" (uint8) or "b1" (bool)
+    built: bool = False
 
-    def find_class(self, module: str, name: str) -> Any:
-        key = (module, name)
-        if key == ("_codecs", "encode"):
-            return _latin1_encode
-        if key in (("__builtin__", "bytes"), ("builtins", "bytes")):
-            return _empty_bytes
-        if key in (
-            ("numpy.core.multiarray", "_reconstruct"),
-            ("numpy._core.multiarray", "_reconstruct"),
-        ):
-            return _numpy_reconstruct()
-        if key == ("numpy", "ndarray"):
-            return np.ndarray
-        if key == ("numpy", "dtype"):
-            return np.dtype
-        raise BinFormatError(
-            f"{self._source}: refused to unpickle global {module}.{name}: a verification .bin "
-            f"holds only (list of encoded images, list of bools); any other object could run code"
+
+@dataclass(eq=False, repr=False)
+class _Array:
+    """A 1-D uint8 or bool array, one data byte per element; ``spec`` is None until filled."""
+
+    spec: str | None = None
+    data: bytes = b""
+
+
+def _is(value: Any, *options: object) -> bool:
+    """``value`` equals one of ``options`` with its exact type (True is not 1, b"u1" not "u1")."""
+    return any(type(value) is type(o) and value == o for o in options)
+
+
+def _kind(value: Any) -> str:
+    """The type of a machine value, for error messages."""
+    if isinstance(value, _Array):
+        return {"u1": "uint8 array", "b1": "bool array"}.get(value.spec or "", "unfilled array")
+    if isinstance(value, _Dtype):
+        return f"numpy dtype {value.spec}"
+    if isinstance(value, _Global):
+        return f"global {value.name}"
+    if type(value) in (tuple, list):
+        return f"{type(value).__name__} of {len(value)}"
+    return type(value).__name__
+
+
+def _describe(value: Any, depth: int = 0) -> str:
+    """Short text for a machine value in an error message; never prints a payload."""
+    if value is None or type(value) is bool or (type(value) is int and abs(value) < 2**63):
+        return repr(value)
+    if type(value) in (str, bytes) and len(value) <= 16:
+        return repr(value)
+    if type(value) is tuple and depth < 2 and len(value) <= 8:
+        inner = ", ".join(_describe(v, depth + 1) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    return _kind(value)
+
+
+def _pickle_ops(data: bytes) -> Iterator[tuple[int, str, Any]]:
+    """Yield (position, opcode name, argument) before STOP, like :func:`pickletools.genops`.
+
+    Unlike genops, a protocol-0 ``STRING`` (a Python 2 ``str``) comes back as bytes instead of
+    ASCII-only text, and data after STOP is an error. Reading from memory, an argument's declared
+    length never allocates more than the bytes actually present.
+    """
+    f = io.BytesIO(data)
+    while True:
+        pos = f.tell()
+        code = f.read(1)
+        if not code:
+            raise ValueError("the file ends before the pickle's STOP opcode")
+        op = _OPCODES.get(code)
+        if op is None:
+            raise ValueError(f"byte {pos}: {code!r} is not a pickle opcode")
+        if op.name == "STRING":
+            arg = codecs.escape_decode(pickletools.read_stringnl(f, decode=False))[0]
+        else:
+            arg = None if op.arg is None else op.arg.reader(f)
+        if op.name == "STOP":
+            if f.read(1):
+                raise ValueError(f"byte {pos + 1}: data after the pickle's STOP opcode")
+            return
+        yield pos, op.name, arg
+
+
+def _bin_global(module: Any, name: Any) -> _Global:
+    if type(module) is not str or type(name) is not str:
+        raise _Refused(f"STACK_GLOBAL of {_kind(module)} and {_kind(name)}")
+    kind = _BIN_GLOBALS.get((module, name))
+    if kind is None:
+        raise _Refused(
+            f"refused global {f'{module}.{name}'[:200]}: a verification .bin holds only (list of "
+            f"encoded images, list of bools); any other object could run code"
         )
+    return _Global(kind)
 
 
-def _as_bytes(obj: Any, source: str, k: int) -> bytes:
-    if isinstance(obj, (bytes, bytearray)):
-        return bytes(obj)
-    if isinstance(obj, np.ndarray) and obj.dtype == np.uint8 and obj.ndim == 1:
-        return obj.tobytes()
-    raise BinFormatError(f"{source}: bins[{k}] is {type(obj).__name__}, expected encoded bytes")
+def _bin_call(fn: Any, args: Any) -> Any:
+    """REDUCE: the value of ``fn(*args)`` for the accepted calls, built without calling it."""
+    if not isinstance(fn, _Global) or type(args) is not tuple:
+        raise _Refused(f"REDUCE of {_kind(fn)} with {_kind(args)}: only globals are called")
+    n = len(args)
+    if fn.name == "encode" and n == 2 and type(args[0]) is str and _is(args[1], *_LATIN1):
+        try:
+            return args[0].encode("latin-1")
+        except UnicodeEncodeError:
+            raise _Refused("_codecs.encode of a str that is not latin-1") from None
+    if fn.name == "bytes" and n == 0:
+        return b""
+    if fn.name == "dtype" and n == 3 and _is(args[1], False, 0) and _is(args[2], True, 1):
+        for spec in ("u1", "b1"):
+            if _is(args[0], spec, spec.encode()):  # Python 2 wrote the spec as a str -> bytes
+                return _Dtype(spec)
+    if (
+        fn.name == "_reconstruct"
+        and n == 3
+        and _is(args[0], _Global("ndarray"))
+        and type(args[1]) is tuple
+        and len(args[1]) == 1
+        and _is(args[1][0], 0)
+        and _is(args[2], b"b")
+    ):
+        return _Array()
+    if fn.name == "_frombuffer" and n == 4 and type(args[0]) is bytes and _is(args[3], "C"):
+        array = _Array()
+        _bin_fill(array, args[1], args[2], args[0])
+        return array
+    shown = ", ".join(_describe(a, depth=1) for a in args[:8]) + ", ..." * (n > 8)
+    raise _Refused(
+        f"refused call {fn.name}({shown}): the only such call in a verification .bin is "
+        f"{_BIN_CALLS[fn.name]}"
+    )
 
 
-def _as_issame(obj: Any, source: str) -> np.ndarray:
-    if isinstance(obj, np.ndarray):
-        if obj.ndim != 1 or obj.dtype.kind not in "biu":
-            raise BinFormatError(
-                f"{source}: issame_list array has dtype {obj.dtype}, ndim {obj.ndim}"
+def _bin_build(obj: Any, state: Any) -> None:
+    """BUILD: set the state of a fresh dtype or array, accepting only the plain 1-D forms."""
+    if isinstance(obj, _Dtype) and not obj.built:
+        plain = (
+            type(state) is tuple
+            and len(state) == 8
+            and _is(state[0], 3)
+            and _is(state[1], "|", b"|")
+            and state[2] is None  # subarray
+            and state[3] is None  # names
+            and state[4] is None  # fields
+            and _is(state[5], -1, 1)  # itemsize
+            and _is(state[6], -1, 1)  # alignment
+            and _is(state[7], 0)  # flags: no object references
+        )
+        if not plain:
+            raise _Refused(
+                f"refused numpy dtype state {_describe(state)}: only the plain uint8/bool state "
+                f"(3, '|', None, None, None, -1, -1, 0) occurs in a .bin (names, fields, "
+                f"subarrays or flags could make the array's bytes object pointers)"
             )
-        values = obj.tolist()
-    elif isinstance(obj, (list, tuple)):
-        values = list(obj)
+        obj.built = True
+    elif isinstance(obj, _Array) and obj.spec is None:
+        if not (
+            type(state) is tuple
+            and len(state) == 5
+            and _is(state[0], 1)
+            and _is(state[3], False, 0)  # not Fortran-ordered
+            and type(state[4]) is bytes
+        ):
+            raise _Refused(
+                f"refused numpy array state {_describe(state)}: expected "
+                f"(1, (n,), dtype, False, n bytes)"
+            )
+        _bin_fill(obj, state[2], state[1], state[4])
     else:
-        raise BinFormatError(f"{source}: issame_list is {type(obj).__name__}, expected a sequence")
-    for k, v in enumerate(values):
-        if not (isinstance(v, bool) or (isinstance(v, int) and v in (0, 1))):
-            raise BinFormatError(f"{source}: issame_list[{k}] = {v!r} is not a bool")
-    return np.asarray(values, dtype=bool)
+        raise _Refused(f"BUILD of {_kind(obj)}: only a new numpy dtype or array has a state")
+
+
+def _bin_fill(array: _Array, dtype: Any, shape: Any, data: bytes) -> None:
+    """Give ``array`` its dtype and data: 1-D, exactly one byte of ``data`` per element."""
+    if not (isinstance(dtype, _Dtype) and dtype.built):
+        raise _Refused(f"array dtype is {_kind(dtype)}, expected a built uint8 or bool dtype")
+    if not (
+        type(shape) is tuple and len(shape) == 1 and type(shape[0]) is int and shape[0] == len(data)
+    ):
+        raise _Refused(
+            f"array shape {_describe(shape)} does not fit its {len(data)} bytes of data: a .bin "
+            f"array is 1-D with one byte per element"
+        )
+    if dtype.spec == "b1" and data.translate(None, b"\x00\x01"):
+        raise _Refused("bool array holds bytes other than 0 and 1")
+    array.spec, array.data = dtype.spec, data
+
+
+class _BinMachine:
+    """Evaluates a ``.bin`` pickle's opcodes with the accepted grammar; see the section comment.
+
+    Every opcode pushes at most one value made of what the file holds (or a reference to a memo
+    entry), so memory stays within a small multiple of the file size.
+    """
+
+    def __init__(self) -> None:
+        self.stack: list[Any] = []
+        self.marks: list[list[Any]] = []  # the stacks set aside by MARK
+        self.memo: dict[int, Any] = {}
+
+    def run(self, data: bytes) -> Any:
+        """The pickle's top-level value (refused by :class:`_Refused` on the first violation)."""
+        for pos, op, arg in _pickle_ops(data):
+            try:
+                self._step(op, arg)
+            except _Refused as exc:
+                raise _Refused(f"byte {pos} ({op}): {exc}") from None
+        if self.marks or len(self.stack) != 1:
+            raise _Refused(
+                f"STOP with {len(self.stack)} values and {len(self.marks)} open MARKs, "
+                f"expected one value"
+            )
+        return self.stack[0]
+
+    def _push(self, value: Any) -> None:
+        self.stack.append(value)  # self.stack, not a bound method: MARK and TUPLE replace it
+
+    def _pop(self, n: int) -> list[Any]:
+        if len(self.stack) < n:
+            raise _Refused("stack underflow")
+        items = self.stack[len(self.stack) - n :]
+        del self.stack[len(self.stack) - n :]
+        return items
+
+    def _pop_mark(self) -> list[Any]:
+        if not self.marks:
+            raise _Refused("no MARK")
+        items, self.stack = self.stack, self.marks.pop()
+        return items
+
+    def _top(self) -> Any:
+        if not self.stack:
+            raise _Refused("stack underflow")
+        return self.stack[-1]
+
+    def _top_list(self) -> list[Any]:
+        top = self._top()
+        if type(top) is not list:
+            raise _Refused(f"append to {_kind(top)}")
+        return top
+
+    def _step(self, op: str, arg: Any) -> None:
+        if op == "PROTO":
+            if arg > 5:
+                raise _Refused(f"unknown pickle protocol {arg}")
+        elif op == "FRAME":
+            pass  # only groups the following opcodes
+        elif op == "MARK":
+            self.marks.append(self.stack)
+            self.stack = []
+        elif op in _CONSTANT_OPS:
+            self._push(_CONSTANT_OPS[op])
+        elif op in _INT_OPS or op in _TEXT_OPS:
+            self._push(arg)
+        elif op in _BYTES_OPS:
+            self._push(bytes(arg))
+        elif op in _PY2_STR_OPS:
+            self._push(arg.encode("latin-1"))  # read with encoding="bytes", as Python 2 meant them
+        elif op == "EMPTY_TUPLE":
+            self._push(())
+        elif op in ("TUPLE1", "TUPLE2", "TUPLE3"):
+            self._push(tuple(self._pop(int(op[-1]))))
+        elif op == "TUPLE":
+            self._push(tuple(self._pop_mark()))
+        elif op == "EMPTY_LIST":
+            self._push([])
+        elif op == "LIST":
+            self._push(self._pop_mark())
+        elif op == "APPEND":
+            (value,) = self._pop(1)
+            self._top_list().append(value)
+        elif op == "APPENDS":
+            items = self._pop_mark()
+            self._top_list().extend(items)
+        elif op in _PUT_OPS:
+            self.memo[arg] = self._top()
+        elif op == "MEMOIZE":
+            self.memo[len(self.memo)] = self._top()
+        elif op in _GET_OPS:
+            if arg not in self.memo:
+                raise _Refused(f"memo entry {_describe(arg)} was never stored")
+            self._push(self.memo[arg])  # a reference to the stored value, never a copy
+        elif op == "GLOBAL":
+            module, _, name = arg.partition(" ")
+            self._push(_bin_global(module, name))
+        elif op == "STACK_GLOBAL":
+            module, name = self._pop(2)
+            self._push(_bin_global(module, name))
+        elif op == "REDUCE":
+            fn, args = self._pop(2)
+            self._push(_bin_call(fn, args))
+        elif op == "BUILD":
+            (state,) = self._pop(1)
+            _bin_build(self._top(), state)
+        else:
+            raise _Refused(
+                f"opcode {op} does not occur in a verification .bin, a pickled 2-tuple "
+                f"(bins, issame_list) of encoded images and bools"
+            )
+
+
+def _as_bytes(value: Any, k: int) -> bytes:
+    if type(value) is bytes:
+        return value
+    if isinstance(value, _Array) and value.spec == "u1":
+        return value.data
+    raise _Refused(f"bins[{k}] is {_kind(value)}, expected encoded bytes")
+
+
+def _as_issame(value: Any) -> np.ndarray:
+    if isinstance(value, _Array) and value.spec == "b1":
+        return np.frombuffer(value.data, dtype=np.uint8).astype(bool)
+    if type(value) is not list:
+        raise _Refused(f"issame_list is {_kind(value)}, expected a list of bools or a bool array")
+    for k, v in enumerate(value):
+        if not _is(v, False, True, 0, 1):
+            raise _Refused(f"issame_list[{k}] = {_describe(v)} is not a bool")
+    return np.array(value, dtype=bool)
 
 
 def _load_bin(path: Path) -> tuple[list[bytes], np.ndarray]:
+    """The encoded images and issame labels of a ``.bin``, read without unpickling it.
+
+    Accepted, as decided opcode by opcode by :class:`_BinMachine` (which builds only inert
+    values, never an object the file names): a 2-tuple ``(bins, issame_list)``, pickle protocol
+    0-5, where
+
+    - ``bins`` is a list of encoded images, each bytes (``BINBYTES*``; Python 2 ``str`` as
+      ``STRING``/``BINSTRING``/``SHORT_BINSTRING``; Python 3 protocol <3 as
+      ``_codecs.encode(str, 'latin1')`` or ``bytes()``) or a 1-D uint8 numpy array;
+    - ``issame_list`` is a list of bools (or 0/1 ints) or a 1-D bool numpy array;
+    - a numpy array is ``_reconstruct(numpy.ndarray, (0,), b'b')`` with the BUILD state
+      ``(1, (n,), dtype, False, n bytes)``, or protocol 5's ``_frombuffer(n bytes, dtype, (n,),
+      'C')``, and its dtype ``numpy.dtype('u1' or 'b1', False, True)`` with the BUILD state
+      ``(3, '|', None, None, None, -1, -1, 0)``.
+
+    Nothing else is accepted: no other global, call, opcode or dtype state (so no object
+    pointers), no array whose length differs from its data (so no zero strides or shapes larger
+    than the file), and memo references may repeat images only up to
+    :data:`_MAX_LISTED_BYTES_PER_FILE_BYTE` times the file size. Arrays become the bytes they hold.
+    """
     src = str(path)
     try:
-        with open(path, "rb") as fh:
-            obj = _RestrictedUnpickler(fh, src).load()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f".bin file not found: {path}") from None
-    except BinFormatError:
-        raise
-    except Exception as exc:  # any unpickling failure of untrusted data
+    try:
+        top = _BinMachine().run(data)
+        if type(top) is not tuple or len(top) != 2:
+            raise _Refused(f"expected a pickled 2-tuple (bins, issame_list), got {_kind(top)}")
+        bins_value, issame_value = top
+        if type(bins_value) is not list:
+            raise _Refused(f"bins is {_kind(bins_value)}, expected a list of encoded images")
+        bins = [_as_bytes(v, k) for k, v in enumerate(bins_value)]
+        issame = _as_issame(issame_value)
+        listed = sum(len(b) for b in bins)
+        if listed > _MAX_LISTED_BYTES_PER_FILE_BYTE * len(data):
+            raise _Refused(
+                f"bins lists {listed} bytes of images from a {len(data)}-byte file: memo "
+                f"references may repeat an image, but not amplify the file more than "
+                f"{_MAX_LISTED_BYTES_PER_FILE_BYTE}x"
+            )
+    except _Refused as exc:
+        raise BinFormatError(f"{src}: {exc}") from None
+    except ValueError as exc:  # a truncated or garbled opcode argument
         raise BinFormatError(f"{src}: not a readable verification .bin pickle ({exc})") from None
-    if not isinstance(obj, (tuple, list)) or len(obj) != 2:
-        raise BinFormatError(f"{src}: expected a pickled 2-tuple (bins, issame_list)")
-    bins_obj, issame_obj = obj
-    if isinstance(bins_obj, np.ndarray) and bins_obj.dtype != object:
-        raise BinFormatError(f"{src}: bins is a {bins_obj.dtype} array, expected encoded images")
-    if not isinstance(bins_obj, (list, tuple, np.ndarray)):
-        raise BinFormatError(f"{src}: bins is {type(bins_obj).__name__}, expected a sequence")
-    bins = [_as_bytes(b, src, k) for k, b in enumerate(bins_obj)]
-    issame = _as_issame(issame_obj, src)
     if len(bins) % 2 or len(issame) != len(bins) // 2:
         raise BinFormatError(
             f"{src}: {len(bins)} images and {len(issame)} issame labels; expected "
@@ -427,9 +753,11 @@ def read_bin(path: str | os.PathLike[str], name: str | None = None) -> Benchmark
     """Read an insightface verification ``.bin`` (LFW, AgeDB-30, CFP-FP, CALFW, CPLFW).
 
     The file is a pickle of ``(bins, issame_list)``: 2N encoded images (JPEG/PNG bytes) and N
-    booleans; pair k compares images 2k and 2k+1 and is mated iff ``issame_list[k]``. Python 2
-    era files are read with ``encoding="bytes"``. A restricted unpickler admits no global except
-    inert bytes/numpy-array constructors; any other pickle is refused before anything runs.
+    booleans; pair k compares images 2k and 2k+1 and is mated iff ``issame_list[k]``. The file
+    is not unpickled: its opcodes are checked against the structures real files contain (bytes or
+    1-D uint8 arrays for images, bools or a 1-D bool array for labels, pickle protocols 0-5,
+    Python 2 ``str`` read as bytes) and the values are built directly from them, so nothing from
+    the file runs and memory stays proportional to its size. See ``_load_bin`` for the grammar.
 
     Args:
         path: The ``.bin`` file.
@@ -439,7 +767,8 @@ def read_bin(path: str | os.PathLike[str], name: str | None = None) -> Benchmark
         A sample-level :class:`Benchmark`; images decode to RGB uint8 (112, 112, 3).
 
     Raises:
-        BinFormatError: unsafe pickle, wrong structure, or issame length != len(bins) / 2.
+        BinFormatError: anything outside that grammar (naming the file and, for an opcode, its
+            byte position), or issame length != len(bins) / 2.
     """
     p = Path(path)
     bins, issame = _load_bin(p)
