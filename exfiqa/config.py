@@ -3,30 +3,227 @@
 A config is a YAML file (``configs/demo.yaml``, ``configs/paper.yaml``). Relative paths inside the
 ``datasets``, ``fr_models``, ``quality_models`` and ``external_methods`` entries are resolved
 against ``data_root``; ``data_root``, ``cache_dir`` and ``results_dir`` themselves against the
-folder the command runs in. Unknown keys are errors, so a typo never silently falls back to a
-default.
+folder the command runs in.
+
+Nothing is coerced. A value of the wrong type (a string ``batch_size``, a float or boolean
+``seed``, a scalar ``fmr_targets``, a list where a mapping belongs), an unknown key at any level
+(top level, dataset entries, model entries, ``headline``) and an unknown name (baseline,
+convention, device) each raise a :class:`ConfigError` naming the file and the key, so a typo never
+silently falls back to a default or fails late inside a reader. YAML is read as YAML 1.2 reads
+floats (``1e-3`` is a number, not a string) and a key given twice is an error.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NoReturn
 
 import yaml
 
-from .datasets import BENCHMARK_KINDS
-from .metrics import Convention
+from .datasets import BENCHMARK_KINDS, read_adience, read_bin, read_ijbc, read_xqlfw
+from .metrics import RECOMPUTE_DISCARD_FRACTIONS, Convention
 
-__all__ = ["Config", "ConfigError", "DatasetSpec", "ModelSpec", "load_config"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DatasetSpec",
+    "ModelSpec",
+    "list_parameter",
+    "load_config",
+    "max_discard_limit",
+]
 
 _PATH_KEYS = {"path", "root", "pairs_file", "checkpoint"}
-_BASELINE_FR = {"magface_norm": "magface", "serfiq": "arcface"}  # baseline -> FR model it runs on
+
+#: Built-in baselines (:data:`exfiqa.baselines.BASELINES`; not imported, it pulls in torch) and
+#: the FR model each runs on (None: needs no FR model).
+_BASELINES: dict[str, str | None] = {"magface_norm": "magface", "serfiq": "arcface", "sharpness": None}
+_BASELINE_FR = {b: fr for b, fr in _BASELINES.items() if fr is not None}  # baseline -> FR model
+
+#: Dataset kind -> reader; an entry's keys are the reader's arguments (``name`` is the entry's).
+_READERS: dict[str, Callable[..., Any]] = {
+    "bin": read_bin, "xqlfw": read_xqlfw, "adience": read_adience, "ijbc": read_ijbc,
+}
+
+#: Loader arguments a model entry may give besides ``checkpoint`` and ``label``: the keyword
+#: arguments of :func:`exfiqa.fr.load_fr` and :func:`exfiqa.model.load_vitfiqa` that a YAML value
+#: can express (``device`` comes from the config; ``preprocess`` is an object). Hand-listed because
+#: those modules import torch; tests/test_config.py checks them against the signatures.
+_FR_ARCHS = ("iresnet", "magface", "curricularface")  # exfiqa.fr.Arch
+_FR_ARGS = {"name", "arch", "layers", "widths", "embedding_size", "input_size"}
+_QUALITY_ARGS = {"num_heads", "img_size"}
+
+_DEVICE = re.compile(r"cpu|cuda|cuda:[0-9]+|auto")
+_DEVICES_TEXT = "'cpu', 'cuda', 'cuda:N' (N >= 0) or 'auto'"
+_HEADLINE_KEYS = {"dataset", "fr_model", "fmr"}
 
 
 class ConfigError(ValueError):
     """A configuration or notebook parameter that cannot be used; the message names it."""
+
+
+# ------------------------------------------------------------------------------ value checks
+
+
+def _show(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _fail(key: str, expected: str, value: Any) -> NoReturn:
+    raise ConfigError(f"{key} must be {expected}, got {_show(value)}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _int(key: str, value: Any, minimum: int) -> int:
+    if not _is_int(value) or value < minimum:
+        _fail(key, f"an integer >= {minimum}", value)
+    return int(value)
+
+
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        _fail(key, "a non-empty string", value)
+    return value
+
+
+def _mapping(key: str, value: Any, expected: str = "a mapping of name: entry") -> dict[str, Any]:
+    """A YAML mapping with string keys (None, an empty entry, is an empty mapping)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        _fail(key, expected, value)
+    for name in value:
+        if not isinstance(name, str):
+            raise ConfigError(f"{key}: names must be strings, got {_show(name)}")
+    return dict(value)
+
+
+def _names(key: str, value: Any, allowed: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """A list of distinct strings (each in ``allowed`` if given)."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        _fail(key, "a list of names" + (f" from {sorted(allowed)}" if allowed is not None else ""), value)
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{key} lists a name twice: {list(value)}")
+    if allowed is not None:
+        unknown = [v for v in value if v not in allowed]
+        if unknown:
+            raise ConfigError(f"{key}: unknown {unknown}; known: {sorted(allowed)}")
+    return tuple(value)
+
+
+def _fmr_targets(key: str, value: Any) -> tuple[float, ...]:
+    expected = "a non-empty list of distinct numbers in (0, 1)"
+    if not isinstance(value, (list, tuple)) or not value:
+        _fail(key, expected, value)
+    for v in value:
+        if not _is_number(v) or not 0 < v < 1:
+            raise ConfigError(f"{key} must be {expected}; {_show(v)} in {list(value)} is not")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{key} must be {expected}, got {list(value)}")
+    return tuple(float(v) for v in value)
+
+
+def _discard_limit(key: str, value: Any) -> float:
+    if not _is_number(value) or not 0 < value <= 1:
+        _fail(key, "a number in (0, 1]", value)
+    return float(value)
+
+
+def _convention(key: str, value: Any) -> str:
+    valid = [c.value for c in Convention]
+    if not isinstance(value, str) or value not in valid:
+        _fail(key, f"one of {valid}", value)
+    return value
+
+
+def _device(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
+        _fail(key, _DEVICES_TEXT, value)
+    return value
+
+
+def _run_name(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value or "/" in value or "\\" in value:
+        _fail(key, "a non-empty name without '/' (results go to results_dir/run_name)", value)
+    return value
+
+
+def _folder(key: str, value: Any) -> Path:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    return Path(_text(key, value))
+
+
+def _headline(key: str, value: Any) -> dict[str, Any]:
+    raw = _mapping(key, value, f"a mapping with keys from {sorted(_HEADLINE_KEYS)}")
+    _only(key, raw, _HEADLINE_KEYS)
+    for k in ("dataset", "fr_model"):
+        if k in raw:
+            _text(f"{key}.{k}", raw[k])
+    if "fmr" in raw and (not _is_number(raw["fmr"]) or not 0 < raw["fmr"] < 1):
+        _fail(f"{key}.fmr", "a number in (0, 1)", raw["fmr"])
+    return raw
+
+
+def _demo_kind(key: str, value: Any) -> str:
+    if value is False or value is None or value == "":
+        return ""
+    if value is True:
+        return "default"
+    if value in ("default", "tiny"):
+        return str(value)
+    _fail(key, "false, true, 'default' or 'tiny'", value)
+
+
+def max_discard_limit(convention: Convention | str) -> float:
+    """The largest pAUC discard limit a convention's EDC reaches.
+
+    ``recompute``: the last level of its grid (:data:`exfiqa.metrics.RECOMPUTE_DISCARD_FRACTIONS`,
+    0.95; :func:`exfiqa.metrics.pauc` refuses a limit beyond it). ``fixed``: 1, the whole mated
+    set (its stepwise area holds the last step up to the limit).
+    """
+    if Convention(convention) is Convention.RECOMPUTE:
+        return float(RECOMPUTE_DISCARD_FRACTIONS[-1])
+    return 1.0
+
+
+def _resolve_device(requested: str) -> str:
+    """``auto`` -> ``cuda`` if torch sees a GPU, else ``cpu``; anything else unchanged."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+#: Settings :meth:`Config.with_` may override, each with its check (key, value) -> clean value.
+_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
+    "run_name": _run_name,
+    "cache_dir": _folder,
+    "results_dir": _folder,
+    "baselines": lambda k, v: _names(k, v, _BASELINES),
+    "fmr_targets": _fmr_targets,
+    "discard_limit": _discard_limit,
+    "convention": _convention,
+    "device": _device,
+    "batch_size": lambda k, v: _int(k, v, 1),
+    "seed": lambda k, v: _int(k, v, 0),
+}
+
+
+# ------------------------------------------------------------------------------ the config
 
 
 @dataclass(frozen=True)
@@ -54,7 +251,11 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class Config:
-    """A whole run. Notebooks narrow it with :meth:`select` and override scalars with :meth:`with_`."""
+    """A whole run. Notebooks narrow it with :meth:`select` and override scalars with :meth:`with_`.
+
+    ``device`` is never ``auto``: that is resolved once, when the config is made, and
+    ``device_requested`` keeps what was asked for.
+    """
 
     run_name: str
     data_root: Path
@@ -73,19 +274,22 @@ class Config:
     batch_size: int = 64
     seed: int = 0
     demo: str = ""  # "" (real data), "default" or "tiny": which demo world data_root holds
-    headline: dict[str, str] = field(default_factory=dict)
+    headline: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None
+    device_requested: str = ""  # the device as written ("auto" or the same as device); "" = device
 
     def __post_init__(self) -> None:
-        if not self.fmr_targets or not all(0 < f < 1 for f in self.fmr_targets):
-            raise ConfigError(f"fmr_targets must be values in (0, 1), got {list(self.fmr_targets)}")
-        if not 0 < self.discard_limit <= 1:
-            raise ConfigError(f"discard_limit must lie in (0, 1], got {self.discard_limit}")
-        valid = [c.value for c in Convention]
-        if self.convention not in valid:
-            raise ConfigError(f"convention must be one of {valid}, got {self.convention!r}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        for key, check in _SETTINGS.items():
+            object.__setattr__(self, key, check(key, getattr(self, key)))
+        if self.device == "auto" or not self.device_requested:
+            object.__setattr__(self, "device_requested", self.device)
+            object.__setattr__(self, "device", _resolve_device(self.device))
+        top = max_discard_limit(self.convention)
+        if self.discard_limit > top:
+            raise ConfigError(
+                f"discard_limit must be at most {top:g} (the last discard level of the "
+                f"'{self.convention}' convention), got {self.discard_limit:g}"
+            )
 
     def select(
         self,
@@ -111,17 +315,21 @@ class Config:
         )
 
     def with_(self, **overrides: Any) -> Config:
-        """Override scalar settings (None values are ignored), validating them again."""
-        valid = {f.name for f in fields(self)}
-        bad = [k for k in overrides if k not in valid]
+        """Override scalar settings (None, "" and [] are ignored), checked as :func:`load_config` does.
+
+        ``device="auto"`` is resolved here, once. Datasets and models are narrowed with
+        :meth:`select`, not overridden.
+        """
+        names = {f.name for f in fields(self)}
+        bad = [k for k in overrides if k not in names]
         if bad:
             raise ConfigError(f"unknown setting(s) {bad}")
-        clean = {k: v for k, v in overrides.items() if v is not None and v != "" and v != []}
-        if "fmr_targets" in clean:
-            clean["fmr_targets"] = tuple(float(f) for f in clean["fmr_targets"])
-        for key in ("results_dir", "cache_dir"):
-            if key in clean:
-                clean[key] = Path(clean[key])
+        fixed = [k for k in overrides if k not in _SETTINGS]
+        if fixed:
+            raise ConfigError(f"setting(s) {fixed} cannot be overridden; choose from {sorted(_SETTINGS)}")
+        clean = {k: v for k, v in overrides.items() if not (v is None or _is_empty(v))}
+        if "device" in clean:
+            clean["device_requested"] = ""  # recorded again (and auto resolved) by __post_init__
         return replace(self, **clean)
 
     def check_paths(self) -> None:
@@ -147,37 +355,190 @@ class Config:
         return " (see data/README.md for where to get it and how to lay it out)"
 
 
+def _is_empty(value: Any) -> bool:
+    return isinstance(value, (str, list, tuple)) and len(value) == 0
+
+
+# ------------------------------------------------------------------------------ notebook parameters
+
+
+def list_parameter(name: str, value: Any, of: Literal["names", "numbers"] = "names") -> list[Any]:
+    """A notebook's list parameter as a list: a list, or a JSON/YAML list written as a string.
+
+    papermill's ``-p fr_models '["elasticface"]'`` passes the string ``'["elasticface"]'``; it is
+    parsed with YAML. A bare name (``-p fr_models elasticface``) is refused with the spelling that
+    works, rather than guessed at.
+    """
+    kind = "names" if of == "names" else "numbers"
+    example = '\'["elasticface"]\'' if of == "names" else "'[0.01, 0.001]'"
+    if isinstance(value, str):
+        try:
+            parsed = yaml.load(value, Loader=_Loader)
+        except (yaml.YAMLError, ConfigError) as exc:
+            raise ConfigError(f"parameter {name}: {value!r} is not a JSON/YAML list ({_yaml_problem(exc)})") from None
+        if not isinstance(parsed, list):
+            raise ConfigError(
+                f"parameter {name} must be a list of {kind}, e.g. -p {name} {example}; got the string {value!r}"
+            )
+        value = parsed
+    ok = (lambda v: isinstance(v, str)) if of == "names" else _is_number
+    if not isinstance(value, (list, tuple)) or not all(ok(v) for v in value):
+        raise ConfigError(f"parameter {name} must be a list of {kind}, e.g. -p {name} {example}; got {_show(value)}")
+    return list(value)
+
+
+# ------------------------------------------------------------------------------ reading YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML with YAML 1.2 floats (``1e-3`` is a float, not a string) and no duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # SafeConstructor refuses it with its own message
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise ConfigError(f"line {line}: key {key!r} is given twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """A YAML error in one line: what went wrong, and where the construct it was parsing began."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return str(exc)
+    text = "; ".join(p for p in (exc.context, exc.problem) if p)
+    if exc.context_mark is not None and exc.context_mark is not exc.problem_mark:
+        text += f" (it began at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
+    return text
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """The file's top-level mapping; syntax errors name the file and line."""
+    try:
+        raw = yaml.load(path.read_text(), Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {_yaml_problem(exc)}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings, got {type(raw).__name__}")
+    return raw
+
+
+# ------------------------------------------------------------------------------ entries
+
+
 def _resolve(base: Path, value: Any) -> Path:
     p = Path(os.path.expanduser(str(value)))
     return p if p.is_absolute() else base / p
 
 
-def _only(where: str, entry: dict[str, Any], allowed: set[str]) -> None:
-    extra = sorted(set(entry) - allowed)
+def _only(where: str, entry: Mapping[str, Any], allowed: set[str]) -> None:
+    extra = sorted(set(entry) - allowed, key=str)
     if extra:
-        raise ConfigError(f"{where}: unknown key(s) {extra}; allowed: {sorted(allowed)}")
+        prefix = f"{where}: " if where else ""
+        raise ConfigError(f"{prefix}unknown key(s) {extra}; allowed: {sorted(allowed)}")
 
 
-def _datasets(raw: dict[str, Any], root: Path, src: str) -> dict[str, DatasetSpec]:
+def _label(where: str, entry: Mapping[str, Any], name: str) -> str:
+    return _text(f"{where}.label", entry["label"]) if "label" in entry else name
+
+
+def _reader_args(kind: str) -> dict[str, Any]:
+    """A reader's arguments a config entry gives -> default (``inspect.Parameter.empty``: required)."""
+    params = inspect.signature(_READERS[kind]).parameters
+    return {k: p.default for k, p in params.items() if k != "name"}
+
+
+def _reader_value(where: str, value: Any, default: Any) -> Any:
+    """Non-path reader arguments (``max_nonmated``, ``seed``) are integers, or null where the default is."""
+    if _is_int(value) or (value is None and default is None):
+        return value
+    _fail(where, "an integer" + (" or null" if default is None else ""), value)
+
+
+def _datasets(raw: Any, root: Path) -> dict[str, DatasetSpec]:
     out = {}
-    for name, entry in (raw or {}).items():
-        if not isinstance(entry, dict) or "kind" not in entry:
-            raise ConfigError(f"{src}: datasets.{name} needs a 'kind' ({', '.join(BENCHMARK_KINDS)})")
+    for name, entry in _mapping("datasets", raw).items():
+        where = f"datasets.{name}"
+        if not isinstance(entry, Mapping) or "kind" not in entry:
+            raise ConfigError(f"{where} needs a 'kind' ({', '.join(BENCHMARK_KINDS)}), got {_show(entry)}")
         kind = entry["kind"]
-        if kind not in BENCHMARK_KINDS:
-            raise ConfigError(f"{src}: datasets.{name}.kind {kind!r} is not one of {list(BENCHMARK_KINDS)}")
-        args = {k: (_resolve(root, v) if k in _PATH_KEYS else v) for k, v in entry.items() if k not in ("kind", "label")}
-        out[name] = DatasetSpec(name, kind, {"name": name, **args}, entry.get("label", name))
+        if kind not in _READERS:
+            raise ConfigError(f"{where}.kind {kind!r} is not one of {list(BENCHMARK_KINDS)}")
+        reader = _reader_args(kind)
+        _only(where, entry, {"kind", "label", *reader})
+        missing = [k for k, d in reader.items() if d is inspect.Parameter.empty and k not in entry]
+        if missing:
+            raise ConfigError(f"{where} (kind {kind}) needs {missing}")
+        args: dict[str, Any] = {}
+        for k, v in entry.items():
+            if k in ("kind", "label"):
+                continue
+            if k in _PATH_KEYS:
+                args[k] = _resolve(root, _text(f"{where}.{k}", v))
+            else:
+                args[k] = _reader_value(f"{where}.{k}", v, reader[k])
+        out[name] = DatasetSpec(name, kind, {"name": name, **args}, _label(where, entry, name))
     return out
 
 
-def _models(raw: dict[str, Any], root: Path, src: str, kind: str) -> dict[str, ModelSpec]:
+def _model_arg(where: str, key: str, value: Any) -> Any:
+    if key == "name":
+        return _text(where, value)
+    if key == "arch":
+        if value not in _FR_ARCHS:
+            _fail(where, f"one of {list(_FR_ARCHS)}", value)
+        return value
+    if key in ("layers", "widths"):
+        if not isinstance(value, list) or not value or not all(_is_int(v) and v >= 1 for v in value):
+            _fail(where, "a non-empty list of integers >= 1", value)
+        return value
+    return _int(where, value, 1)  # embedding_size, input_size, num_heads, img_size
+
+
+def _models(raw: Any, root: Path, kind: str) -> dict[str, ModelSpec]:
+    allowed = _FR_ARGS if kind == "fr_models" else _QUALITY_ARGS
     out = {}
-    for name, entry in (raw or {}).items():
-        if not isinstance(entry, dict) or "checkpoint" not in entry:
-            raise ConfigError(f"{src}: {kind}.{name} needs a 'checkpoint'")
-        args = {k: v for k, v in entry.items() if k not in ("checkpoint", "label")}
-        out[name] = ModelSpec(name, _resolve(root, entry["checkpoint"]), args, entry.get("label", name))
+    for name, entry in _mapping(kind, raw).items():
+        where = f"{kind}.{name}"
+        if not isinstance(entry, Mapping) or "checkpoint" not in entry:
+            raise ConfigError(f"{where} needs a 'checkpoint', got {_show(entry)}")
+        _only(where, entry, {"checkpoint", "label", *allowed})
+        args = {k: _model_arg(f"{where}.{k}", k, v) for k, v in entry.items() if k in allowed}
+        checkpoint = _resolve(root, _text(f"{where}.checkpoint", entry["checkpoint"]))
+        out[name] = ModelSpec(name, checkpoint, args, _label(where, entry, name))
+    return out
+
+
+def _external(raw: Any, root: Path, datasets: Mapping[str, DatasetSpec]) -> dict[str, dict[str, Path]]:
+    out = {}
+    for method, per_ds in _mapping("external_methods", raw).items():
+        where = f"external_methods.{method}"
+        if method in _BASELINES:
+            raise ConfigError(f"{where}: {method!r} is a built-in baseline; give the method another name")
+        entries = _mapping(where, per_ds)
+        unknown = [ds for ds in entries if ds not in datasets]
+        if unknown:
+            raise ConfigError(f"{where}: unknown dataset(s) {unknown}; this config has {sorted(datasets)}")
+        out[method] = {ds: _resolve(root, _text(f"{where}.{ds}", p)) for ds, p in entries.items()}
     return out
 
 
@@ -188,16 +549,6 @@ _TOP_KEYS = {
 }
 
 
-def _demo_kind(value: Any, src: str) -> str:
-    if value in (False, None, ""):
-        return ""
-    if value is True:
-        return "default"
-    if value in ("default", "tiny"):
-        return str(value)
-    raise ConfigError(f"{src}: demo must be false, true, 'default' or 'tiny', got {value!r}")
-
-
 def load_config(
     path: str | os.PathLike[str],
     cwd: str | os.PathLike[str] | None = None,
@@ -206,39 +557,47 @@ def load_config(
     """Read and validate a run config. Errors name the file and the offending key.
 
     ``data_root`` (if given and non-empty) replaces the file's ``data_root`` before the dataset and
-    checkpoint paths are resolved against it.
+    checkpoint paths are resolved against it. ``device: auto`` is resolved here, once.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = _read_yaml(path)
     src = str(path)
-    _only(src, raw, _TOP_KEYS)
-    base = Path(cwd) if cwd else Path.cwd()
-    root = _resolve(base, data_root or raw.get("data_root", "data"))
-    external = {
-        m: {ds: _resolve(root, p) for ds, p in per_ds.items()} for m, per_ds in (raw.get("external_methods") or {}).items()
-    }
     try:
+        _only("", raw, _TOP_KEYS)
+        base = Path(cwd) if cwd else Path.cwd()
+        written_root = _text("data_root", raw.get("data_root", "data"))
+        root = _resolve(base, data_root or written_root)
+        datasets = _datasets(raw.get("datasets"), root)
+        fr = _models(raw.get("fr_models"), root, "fr_models")
+        baselines = _names("baselines", raw.get("baselines", []), _BASELINES)
+        for b in baselines:
+            if _BASELINES[b] is not None and _BASELINES[b] not in fr:
+                raise ConfigError(f"baselines: {b} runs on fr_models.{_BASELINES[b]}, which this config lacks")
+        headline = _headline("headline", raw.get("headline"))
+        for key, table in (("dataset", datasets), ("fr_model", fr)):
+            if key in headline and headline[key] not in table:
+                raise ConfigError(f"headline.{key} {headline[key]!r} is not one of {sorted(table)}")
         return Config(
-            run_name=str(raw.get("run_name", path.stem)),
+            run_name=raw.get("run_name", path.stem),
             data_root=root,
-            cache_dir=_resolve(base, raw.get("cache_dir", root / "cache")),
-            results_dir=_resolve(base, raw.get("results_dir", "results")),
-            datasets=_datasets(raw.get("datasets"), root, src),
-            fr_models=(fr := _models(raw.get("fr_models"), root, src, "fr_models")),
+            cache_dir=_resolve(base, _text("cache_dir", raw["cache_dir"])) if "cache_dir" in raw else root / "cache",
+            results_dir=_resolve(base, _text("results_dir", raw.get("results_dir", "results"))),
+            datasets=datasets,
+            fr_models=fr,
             support_fr_models=dict(fr),
-            quality_models=_models(raw.get("quality_models"), root, src, "quality_models"),
-            external_methods=external,
-            baselines=tuple(raw.get("baselines", ())),
-            fmr_targets=tuple(float(f) for f in raw.get("fmr_targets", (1e-2, 1e-3, 1e-4))),
-            discard_limit=float(raw.get("discard_limit", 0.3)),
-            convention=str(raw.get("convention", "recompute")),
-            device=str(raw.get("device", "cpu")),
-            batch_size=int(raw.get("batch_size", 64)),
-            seed=int(raw.get("seed", 0)),
-            demo=_demo_kind(raw.get("demo", False), src),
-            headline=dict(raw.get("headline") or {}),
+            quality_models=_models(raw.get("quality_models"), root, "quality_models"),
+            external_methods=_external(raw.get("external_methods"), root, datasets),
+            baselines=baselines,
+            fmr_targets=raw.get("fmr_targets", (1e-2, 1e-3, 1e-4)),
+            discard_limit=raw.get("discard_limit", 0.3),
+            convention=raw.get("convention", "recompute"),
+            device=raw.get("device", "cpu"),
+            batch_size=raw.get("batch_size", 64),
+            seed=raw.get("seed", 0),
+            demo=_demo_kind("demo", raw.get("demo", False)),
+            headline=headline,
             source=path,
         )
     except ConfigError as exc:

@@ -32,10 +32,10 @@ RUN_MARKER = ".exfiqa-run"
 
 
 def open_study(
-    config: str,
-    datasets: Sequence[str] = (),
-    fr_models: Sequence[str] = (),
-    quality_models: Sequence[str] = (),
+    config: str | Path,
+    datasets: Sequence[str] | str = (),
+    fr_models: Sequence[str] | str = (),
+    quality_models: Sequence[str] | str = (),
     data_root: str = "",
     out_dir: str = "",
     progress: bool = True,
@@ -43,16 +43,30 @@ def open_study(
 ):
     """What every notebook's first code cell calls: validated config -> :class:`Study`.
 
-    Any bad parameter (unknown dataset, missing file, invalid FMR) raises :class:`ConfigError`
-    naming it, before any work starts. Creates ``out_dir/figures`` and ``out_dir/tables``.
+    Any bad parameter (unknown dataset, missing file, invalid FMR, wrong type) raises
+    :class:`ConfigError` naming it, before any work starts. The list parameters (``datasets``,
+    ``fr_models``, ``quality_models``, ``fmr_targets``) may also be JSON/YAML lists written as
+    strings, which is what papermill's ``-p fr_models '["elasticface"]'`` passes; a bare name is
+    refused with the spelling that works. Creates ``out_dir/figures`` and ``out_dir/tables``.
     """
+    import os
+
+    from .config import list_parameter
     from .pipeline import Study
 
-    for name, value in (("datasets", datasets), ("fr_models", fr_models), ("quality_models", quality_models)):
-        if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"parameter {name} must be a list of names, got {value!r}")
+    if not isinstance(config, (str, os.PathLike)) or not str(config):
+        raise ConfigError(f"parameter config must be the path of a config file, got {config!r}")
+    for name, value in (("data_root", data_root), ("out_dir", out_dir)):
+        if not isinstance(value, (str, os.PathLike)):
+            raise ConfigError(f"parameter {name} must be a path (or empty), got {value!r} ({type(value).__name__})")
+    names = {
+        key: list_parameter(key, value)
+        for key, value in (("datasets", datasets), ("fr_models", fr_models), ("quality_models", quality_models))
+    }
+    if overrides.get("fmr_targets") is not None:
+        overrides["fmr_targets"] = list_parameter("fmr_targets", overrides["fmr_targets"], "numbers")
     cfg = load_config(config, data_root=data_root or None)
-    cfg = cfg.select(list(datasets), list(fr_models), list(quality_models)).with_(**overrides)
+    cfg = cfg.select(**names).with_(**overrides)
     study = Study(cfg, progress=progress)
     out = Path(out_dir or cfg.results_dir / f"{cfg.run_name}-adhoc")
     for sub in ("figures", "tables"):

@@ -66,3 +66,245 @@ def test_missing_files_are_named_with_a_hint(tmp_path):
     real = load_config(ROOT / "configs" / "paper.yaml", cwd=tmp_path)
     with pytest.raises(ConfigError, match="data/README.md"):
         real.check_paths()
+
+
+# ------------------------------------------------------------------------------ no coercion
+
+WRONG_VALUES = [
+    # (key, value, what the message says after "c.yaml: ")
+    ("fmr_targets", 0.001, r"fmr_targets must be a non-empty list of distinct numbers in \(0, 1\), got 0.001 \(float\)"),
+    ("fmr_targets", [0.01, True], r"fmr_targets must be .*True \(bool\)"),
+    ("fmr_targets", [0.01, "0.001"], r"fmr_targets must be .*'0.001' \(str\)"),
+    ("fmr_targets", [0.01, 0.01], r"fmr_targets must be a non-empty list of distinct"),
+    ("discard_limit", "0.3", r"discard_limit must be a number in \(0, 1\], got '0.3' \(str\)"),
+    ("discard_limit", True, r"discard_limit must be a number .*True \(bool\)"),
+    ("batch_size", "64", r"batch_size must be an integer >= 1, got '64' \(str\)"),
+    ("batch_size", 2.7, r"batch_size must be an integer >= 1, got 2.7 \(float\)"),
+    ("batch_size", True, r"batch_size must be an integer >= 1, got True \(bool\)"),
+    ("seed", "1", r"seed must be an integer >= 0, got '1' \(str\)"),
+    ("seed", 1.9, r"seed must be an integer >= 0, got 1.9 \(float\)"),
+    ("seed", True, r"seed must be an integer >= 0, got True \(bool\)"),
+    ("seed", -1, r"seed must be an integer >= 0, got -1 \(int\)"),
+    ("datasets", ["lfw"], r"datasets must be a mapping of name: entry, got \['lfw'\] \(list\)"),
+    ("fr_models", ["arcface"], r"fr_models must be a mapping of name: entry, got \['arcface'\] \(list\)"),
+    ("quality_models", ["T"], r"quality_models must be a mapping"),
+    ("external_methods", ["mine"], r"external_methods must be a mapping"),
+    ("headline", ["ijbc", "arcface"], r"headline must be a mapping"),
+    ("baselines", "magface_norm", r"baselines must be a list of names from \['magface_norm', 'serfiq', 'sharpness'\], got 'magface_norm' \(str\)"),
+    ("baselines", ["brisque"], r"baselines: unknown \['brisque'\]; known: \['magface_norm', 'serfiq', 'sharpness'\]"),
+    ("baselines", ["serfiq", "serfiq"], r"baselines lists a name twice"),
+    ("run_name", 5, r"run_name must be a non-empty name .*got 5 \(int\)"),
+    ("run_name", "a/b", r"run_name must be a non-empty name without '/'"),
+    ("convention", ["fixed"], r"convention must be one of \['fixed', 'recompute'\], got \['fixed'\] \(list\)"),
+    ("device", "gpu", r"device must be 'cpu', 'cuda', 'cuda:N' \(N >= 0\) or 'auto', got 'gpu' \(str\)"),
+    ("device", "cuda:-1", r"device must be .*'cuda:-1'"),
+    ("device", "cuda:x", r"device must be .*'cuda:x'"),
+    ("device", 0, r"device must be .*got 0 \(int\)"),
+    ("demo", 0, r"demo must be false, true, 'default' or 'tiny', got 0 \(int\)"),
+    ("data_root", 3, r"data_root must be a non-empty string, got 3 \(int\)"),
+    ("results_dir", ["results"], r"results_dir must be a non-empty string"),
+    ("cache_dir", None, r"cache_dir must be a non-empty string, got None"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), WRONG_VALUES, ids=[f"{k}={v!r}" for k, v, _ in WRONG_VALUES])
+def test_a_wrong_type_is_an_error_naming_the_file_and_the_key(tmp_path, key, value, message):
+    with pytest.raises(ConfigError, match=r"c\.yaml: " + message):
+        load_config(_write(tmp_path, **{key: value}), cwd=tmp_path)
+
+
+def test_ints_are_accepted_where_numbers_are_and_floats_read_as_yaml_1_2(tmp_path):
+    cfg = load_config(_write(tmp_path, convention="fixed", discard_limit=1, seed=3), cwd=tmp_path)
+    assert cfg.discard_limit == 1.0 and isinstance(cfg.discard_limit, float) and cfg.seed == 3
+    p = tmp_path / "e.yaml"
+    p.write_text(_write(tmp_path).read_text().replace("fmr_targets:\n- 0.01\n- 0.001\n- 0.0001", "fmr_targets: [1e-2, 1e-3]"))
+    assert load_config(p, cwd=tmp_path).fmr_targets == (0.01, 0.001)  # PyYAML alone reads 1e-3 as a string
+
+
+def test_dataset_entries_take_exactly_their_readers_arguments(tmp_path):
+    def ds(**entry):
+        return _write(tmp_path, datasets={"x": entry}, headline={})
+
+    with pytest.raises(ConfigError, match=r"datasets\.x: unknown key\(s\) \['root'\]; allowed: \['kind', 'label', 'path'\]"):
+        load_config(ds(kind="bin", path="a.bin", root="b"))
+    with pytest.raises(ConfigError, match=r"datasets\.x: unknown key\(s\) \['max_nonmated'\]"):
+        load_config(ds(kind="ijbc", root="IJB_C", max_nonmated=10))
+    with pytest.raises(ConfigError, match=r"datasets\.x: unknown key\(s\) \['name'\]"):
+        load_config(ds(kind="bin", path="a.bin", name="y"))  # the entry's key is the name
+    with pytest.raises(ConfigError, match=r"datasets\.x \(kind xqlfw\) needs \['pairs_file'\]"):
+        load_config(ds(kind="xqlfw", root="imgs"))
+    with pytest.raises(ConfigError, match=r"datasets\.x\.max_nonmated must be an integer or null, got '10' \(str\)"):
+        load_config(ds(kind="adience", root="a", max_nonmated="10"))
+    with pytest.raises(ConfigError, match=r"datasets\.x\.seed must be an integer, got True \(bool\)"):
+        load_config(ds(kind="adience", root="a", seed=True))
+    with pytest.raises(ConfigError, match=r"datasets\.x\.path must be a non-empty string, got 5 \(int\)"):
+        load_config(ds(kind="bin", path=5))
+    with pytest.raises(ConfigError, match=r"datasets\.x\.label must be a non-empty string"):
+        load_config(ds(kind="bin", path="a.bin", label=["X"]))
+    with pytest.raises(ConfigError, match=r"datasets\.x needs a 'kind'"):
+        load_config(_write(tmp_path, datasets={"x": "a.bin"}, headline={}))
+    cfg = load_config(ds(kind="adience", root="a", max_nonmated=None, seed=3, label="A"), cwd=tmp_path)
+    assert cfg.datasets["x"].args == {"name": "x", "root": cfg.data_root / "a", "max_nonmated": None, "seed": 3}
+
+
+def test_model_entries_take_only_their_loaders_arguments(tmp_path):
+    def fr(**entry):
+        return _write(tmp_path, fr_models={"arcface": {"checkpoint": "a.pt", **entry}, "magface": {"checkpoint": "m.pt"}})
+
+    def q(**entry):
+        return _write(tmp_path, quality_models={"T": {"checkpoint": "t.pt", **entry}})
+
+    with pytest.raises(ConfigError, match=r"fr_models\.arcface: unknown key\(s\) \['num_heads'\]; allowed: \['arch', 'checkpoint', "):
+        load_config(fr(num_heads=4))
+    with pytest.raises(ConfigError, match=r"fr_models\.arcface\.arch must be one of \['iresnet', 'magface', 'curricularface'\], got 'vit'"):
+        load_config(fr(arch="vit"))
+    with pytest.raises(ConfigError, match=r"fr_models\.arcface\.layers must be a non-empty list of integers >= 1"):
+        load_config(fr(layers=3))
+    with pytest.raises(ConfigError, match=r"quality_models\.T: unknown key\(s\) \['arch'\]; allowed: \['checkpoint', 'img_size', 'label', 'num_heads'\]"):
+        load_config(q(arch="iresnet"))
+    with pytest.raises(ConfigError, match=r"quality_models\.T\.num_heads must be an integer >= 1, got '4' \(str\)"):
+        load_config(q(num_heads="4"))
+    with pytest.raises(ConfigError, match=r"quality_models\.T needs a 'checkpoint'"):
+        load_config(_write(tmp_path, quality_models={"T": "t.pt"}))
+    cfg = load_config(fr(arch="iresnet", layers=[1, 1, 1, 1], name="arcface"), cwd=tmp_path)
+    assert cfg.fr_models["arcface"].args == {"arch": "iresnet", "layers": [1, 1, 1, 1], "name": "arcface"}
+    assert load_config(q(num_heads=2, img_size=112)).quality_models["T"].args == {"num_heads": 2, "img_size": 112}
+
+
+def test_the_hand_listed_names_match_the_code_they_stand_for():
+    """config.py does not import torch; these lists must still follow the loaders and baselines."""
+    import inspect
+    import typing
+
+    from exfiqa import config as c
+    from exfiqa.baselines import BASELINES
+    from exfiqa.datasets import BENCHMARK_KINDS
+    from exfiqa.fr import Arch, load_fr
+    from exfiqa.model import load_vitfiqa
+
+    assert set(c._BASELINES) == set(BASELINES)
+    assert set(c._READERS) == set(BENCHMARK_KINDS)
+    assert c._FR_ARCHS == typing.get_args(Arch)
+    fr_params = set(inspect.signature(load_fr).parameters) - {"checkpoint_path", "device", "preprocess"}
+    assert c._FR_ARGS == fr_params  # `name` is popped by Study.fr_model, the rest are keyword arguments
+    assert c._QUALITY_ARGS == set(inspect.signature(load_vitfiqa).parameters) - {"path", "device"}
+
+
+def test_baselines_headline_and_external_methods_refer_to_known_entries(tmp_path):
+    with pytest.raises(ConfigError, match=r"baselines: magface_norm runs on fr_models\.magface, which this config lacks"):
+        load_config(_write(tmp_path, fr_models={"arcface": {"checkpoint": "a.pt"}}, headline={}))
+    load_config(_write(tmp_path, fr_models={"arcface": {"checkpoint": "a.pt"}}, headline={}, baselines=["serfiq", "sharpness"]))
+    with pytest.raises(ConfigError, match=r"headline: unknown key\(s\) \['fr'\]"):
+        load_config(_write(tmp_path, headline={"fr": "arcface"}))
+    with pytest.raises(ConfigError, match=r"headline\.dataset 'nope' is not one of"):
+        load_config(_write(tmp_path, headline={"dataset": "nope"}))
+    with pytest.raises(ConfigError, match=r"headline\.fmr must be a number in \(0, 1\), got 'often' \(str\)"):
+        load_config(_write(tmp_path, headline={"fmr": "often"}))
+    with pytest.raises(ConfigError, match=r"external_methods\.mine: unknown dataset\(s\) \['nope'\]"):
+        load_config(_write(tmp_path, external_methods={"mine": {"nope": "mine.csv"}}))
+    with pytest.raises(ConfigError, match=r"external_methods\.mine\.lfw must be a non-empty string"):
+        load_config(_write(tmp_path, external_methods={"mine": {"lfw": 3}}))
+
+
+def test_device_is_checked_and_auto_resolved_once(tmp_path, monkeypatch):
+    import torch
+
+    assert load_config(_write(tmp_path, device="cuda:1")).device == "cuda:1"  # not checked for presence
+    for available, expected in ((True, "cuda"), (False, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda a=available: a)
+        cfg = load_config(_write(tmp_path, device="auto"))
+        assert (cfg.device, cfg.device_requested) == (expected, "auto")
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: calls.append(1) or False)
+    assert cfg.with_(seed=1).device_requested == "auto" and not calls  # not resolved again
+    assert cfg.with_(device="cuda:0").device == cfg.with_(device="cuda:0").device_requested == "cuda:0"
+    assert cfg.with_(device="auto").device == "cpu" and calls == [1]
+    with pytest.raises(ConfigError, match=r"device must be 'cpu', 'cuda', 'cuda:N' \(N >= 0\) or 'auto', got 'gpu'"):
+        cfg.with_(device="gpu")
+
+
+def test_config_module_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from exfiqa.config import load_config; load_config('configs/demo.yaml'); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_discard_limit_stops_at_the_last_level_of_its_convention(tmp_path):
+    from exfiqa.config import max_discard_limit
+    from exfiqa.metrics import RECOMPUTE_DISCARD_FRACTIONS
+
+    assert max_discard_limit("recompute") == RECOMPUTE_DISCARD_FRACTIONS[-1] == 0.95
+    assert max_discard_limit("fixed") == 1.0
+    with pytest.raises(ConfigError, match=r"c\.yaml: discard_limit must be at most 0\.95 \(the last discard level of the 'recompute' convention\), got 0\.97"):
+        load_config(_write(tmp_path, discard_limit=0.97))
+    fixed = load_config(_write(tmp_path, convention="fixed", discard_limit=0.97))
+    assert fixed.discard_limit == 0.97
+    with pytest.raises(ConfigError, match="at most 0.95"):
+        fixed.with_(convention="recompute")
+    assert fixed.with_(convention="recompute", discard_limit=0.95).discard_limit == 0.95
+    recompute = load_config(_write(tmp_path))
+    with pytest.raises(ConfigError, match="at most 0.95"):
+        recompute.with_(discard_limit=0.97)
+    assert recompute.with_(convention="fixed", discard_limit=1).discard_limit == 1.0
+
+
+def test_with_checks_types_like_the_file(tmp_path):
+    cfg = load_config(_write(tmp_path))
+    for override, message in [
+        ({"batch_size": "64"}, r"batch_size must be an integer >= 1, got '64' \(str\)"),
+        ({"batch_size": 2.7}, r"batch_size must be an integer >= 1, got 2.7"),
+        ({"seed": True}, r"seed must be an integer >= 0, got True \(bool\)"),
+        ({"fmr_targets": 0.001}, r"fmr_targets must be a non-empty list"),
+        ({"fmr_targets": "[0.001]"}, r"fmr_targets must be a non-empty list"),  # open_study parses strings
+        ({"discard_limit": "0.2"}, r"discard_limit must be a number"),
+        ({"convention": "trapezoid"}, r"convention must be one of"),
+        ({"baselines": "sharpness"}, r"baselines must be a list of names"),
+        ({"datasets": {}}, r"setting\(s\) \['datasets'\] cannot be overridden"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            cfg.with_(**override)
+    over = cfg.with_(fmr_targets=(0.1,), seed=2, batch_size=8, results_dir=tmp_path / "r", convention="", device="")
+    assert (over.fmr_targets, over.seed, over.batch_size, over.results_dir) == ((0.1,), 2, 8, tmp_path / "r")
+    assert over.convention == cfg.convention and over.device == cfg.device  # "" keeps
+
+
+def test_yaml_errors_name_the_file_and_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("run_name: x\nfmr_targets: [0.01, 0.001\nseed: 0\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:3:5: not valid YAML: while parsing a flow sequence.*began at line 2"):
+        load_config(p)
+    p.write_text("run_name: x\n  seed: 1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:2:7: not valid YAML: mapping values are not allowed here"):
+        load_config(p)
+    p.write_text("- run_name: x\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: the top level must be a mapping of settings, got list"):
+        load_config(p)
+    p.write_text("just words\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: the top level must be a mapping of settings, got str"):
+        load_config(p)
+    p.write_text("seed: 1\nbatch_size: 8\nseed: 2\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: line 3: key 'seed' is given twice"):
+        load_config(p)
+
+
+def test_list_parameters_from_papermill_strings():
+    from exfiqa.config import list_parameter
+
+    assert list_parameter("fr_models", '["elasticface"]') == ["elasticface"]
+    assert list_parameter("fr_models", "[elasticface, arcface]") == ["elasticface", "arcface"]
+    assert list_parameter("fr_models", ("arcface",)) == ["arcface"]
+    assert list_parameter("datasets", "[]") == [] and list_parameter("datasets", []) == []
+    assert list_parameter("fmr_targets", "[1e-3, 0.01]", "numbers") == [0.001, 0.01]
+    with pytest.raises(ConfigError, match=r"""parameter fr_models must be a list of names, e.g. -p fr_models '\["elasticface"\]'; got the string 'elasticface'"""):
+        list_parameter("fr_models", "elasticface")
+    with pytest.raises(ConfigError, match=r"parameter fr_models: '\[elasticface' is not a JSON/YAML list"):
+        list_parameter("fr_models", "[elasticface")
+    with pytest.raises(ConfigError, match=r"parameter datasets must be a list of names.*got \[1\] \(list\)"):
+        list_parameter("datasets", "[1]")
+    with pytest.raises(ConfigError, match=r"parameter fmr_targets must be a list of numbers.*got \['a'\]"):
+        list_parameter("fmr_targets", "[a]", "numbers")
+    with pytest.raises(ConfigError, match=r"parameter fmr_targets must be a list of numbers.*got the string '0.001'"):
+        list_parameter("fmr_targets", "0.001", "numbers")
