@@ -483,4 +483,8 @@ def test_channels_last_trains_the_same_and_returns_default_layout_weights():
                         progress=False, channels_last=channels_last)  # fmt: skip
         runs.append(hist.loss)
         assert backbone.conv1.weight.is_contiguous()
-    assert runs[1] == pytest.approx(runs[0], rel=1e-3)
+    # The first step sees the same weights and batch in both layouts: only kernel rounding differs.
+    assert runs[1][0] == pytest.approx(runs[0][0], rel=1e-5)
+    # Later steps compound that rounding through the optimiser (on AVX-512 CPUs the NHWC kernels
+    # round differently: 1.7e-3 apart after 4 steps was measured), so the curves agree to 1%.
+    assert runs[1] == pytest.approx(runs[0], rel=1e-2)
