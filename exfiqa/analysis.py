@@ -18,13 +18,11 @@ from scipy.stats import spearmanr
 
 from .flops import exit_costs, fused_cost
 from .metrics import (
-    edc_frame,
-    edc_many,
+    bootstrap_samples,
+    edc_curves,
     eer,
     fnmr_at_fmr,
-    paired_bootstrap,
     pauc,
-    pauc_frame,
     verification_accuracy,
 )
 from .model import ViTFIQA, ViTFIQAConfig
@@ -51,40 +49,34 @@ __all__ = [
 ]
 
 
-def _qualities(table: pd.DataFrame, methods: Sequence[str]) -> dict[str, np.ndarray]:
-    return {m: table[m].to_numpy() for m in methods if m in table}
+def _available(study: Study, quality: str, dataset: str, methods: Sequence[str] | None) -> list[str]:
+    """``methods`` (default: all of the run's) that have scores on ``dataset``."""
+    have = study.methods(quality, dataset)
+    return have if methods is None else [m for m in methods if m in have]
 
 
 def edc_all(study: Study, quality: str, fr: str, methods: Sequence[str] | None = None) -> pd.DataFrame:
-    """Tidy EDC points of every method on every configured dataset (one FR and quality model)."""
-    cfg = study.config
-    frames = []
-    for ds in cfg.datasets:
-        table = study.table(ds, fr, quality)
-        ms = methods or study.methods(quality)
-        frames.append(
-            edc_frame(
-                _qualities(table, ms), table["similarity"], table["mated"], dataset=cfg.datasets[ds].label,
-                fr_model=fr, fmr_targets=cfg.fmr_targets, convention=cfg.convention,
-            )
-        )
+    """Tidy EDC points of every method on every configured dataset (one FR and quality model).
+
+    Bounded: each method's order and each dataset's scores are computed once by the Study
+    (:meth:`exfiqa.pipeline.Study.edc_frame`) and reused by every FMR target.
+    """
+    frames = [study.edc_frame(ds, fr, quality, _available(study, quality, ds, methods)) for ds in study.config.datasets]
     return pd.concat(frames, ignore_index=True)
 
 
 def pauc_all(study: Study, methods: Sequence[str] | None = None, scale: float = 1.0) -> pd.DataFrame:
-    """Tidy pAUC of every method x dataset x FR model x quality model x FMR target."""
+    """Tidy pAUC of every method x dataset x FR model x quality model x FMR target.
+
+    Bounded (:meth:`exfiqa.pipeline.Study.pauc_frame`): per dataset one scores object per FR
+    model and one order per method, each reused across the other loops.
+    """
     cfg = study.config
     frames = []
     for q in cfg.quality_models:
-        ms = methods or study.methods(q)
         for fr in cfg.fr_models:
             for ds in cfg.datasets:
-                table = study.table(ds, fr, q)
-                f = pauc_frame(
-                    _qualities(table, ms), table["similarity"], table["mated"], dataset=cfg.datasets[ds].label,
-                    fr_model=fr, fmr_targets=cfg.fmr_targets, convention=cfg.convention,
-                    limit=cfg.discard_limit, scale=scale,
-                )
+                f = study.pauc_frame(ds, fr, q, _available(study, q, ds, methods), scale=scale)
                 f.insert(0, "quality_model", q)
                 frames.append(f)
     return pd.concat(frames, ignore_index=True)
@@ -115,20 +107,29 @@ def fusion_wins(pauc: pd.DataFrame, challenger: str, reference: str) -> pd.DataF
 def paired_vs_reference(
     study: Study, quality: str, fr: str, methods: Sequence[str], reference: str, fmr: float, n_boot: int = 500
 ) -> pd.DataFrame:
-    """Paired bootstrap of pAUC(method) - pAUC(reference) per dataset, with 95% intervals."""
+    """Paired bootstrap of pAUC(method) - pAUC(reference) per dataset, with 95% intervals.
+
+    All methods and the reference are evaluated on the same resamples in one pass
+    (:func:`exfiqa.metrics.bootstrap_samples`; each difference equals
+    :func:`exfiqa.metrics.paired_bootstrap` of the pair), from the Study's scores and orders:
+    bounded at IJB-C and all-vs-all sizes (the module docstring of :mod:`exfiqa.metrics` says how,
+    and what it does to the intervals).
+    """
     cfg = study.config
     rows = []
     for ds in cfg.datasets:
-        table = study.table(ds, fr, quality)
-        for m in methods:
-            r = paired_bootstrap(
-                table["similarity"], table["mated"], table[m], table[reference], fmr=fmr,
-                convention=cfg.convention, limit=cfg.discard_limit, n_boot=n_boot, seed=cfg.seed,
-            )
+        scores = study.scores(ds, fr)
+        names = [reference, *methods]
+        orders = [study.ordering(ds, quality, m) for m in names]
+        est = [pauc(edc_curves(scores, o, (fmr,), cfg.convention)[float(fmr)], cfg.discard_limit) for o in orders]
+        samples = bootstrap_samples(scores, orders, fmr, cfg.convention, cfg.discard_limit, n_boot, cfg.seed)
+        for m, e, s in zip(methods, est[1:], samples[1:], strict=True):
+            diff = s - samples[0]
+            lo, hi = np.quantile(diff, [0.025, 0.975])
             rows.append({
                 "quality_model": quality, "dataset": cfg.datasets[ds].label, "fr_model": fr, "fmr": fmr,
-                "method": m, "reference": reference, "delta_pauc": r.difference, "ci_low": r.lower,
-                "ci_high": r.upper, "p_better": r.frac_a_below_b, "convention": cfg.convention,
+                "method": m, "reference": reference, "delta_pauc": e - est[0], "ci_low": float(lo),
+                "ci_high": float(hi), "p_better": float(np.mean(s < samples[0])), "convention": cfg.convention,
                 "limit": cfg.discard_limit,
             })
     return pd.DataFrame(rows)
@@ -313,20 +314,17 @@ def search_fusion_weights(
 
     Candidates: the uniform and depth weights, every one-hot exit and ``n_candidates`` Dirichlet
     draws (concentration 0.5). Returns the best weights and their pAUC on ``dataset``; apply them
-    to other datasets to test whether learned fusion transfers.
+    to other datasets to test whether learned fusion transfers. Bounded: one candidate's fused
+    per-sample scores (float32) and order at a time, against the Study's scores.
     """
-    cfg = study.config
     scores = study.exit_scores(dataset, quality).astype(np.float64)
     depth = scores.shape[1]
-    sim = study.similarity(dataset, fr)
-    mated = study.benchmark(dataset).comparisons["mated"].to_numpy(bool)
     rng = np.random.default_rng(seed)
     cands = [np.full(depth, 1 / depth), np.arange(1, depth + 1) / (depth * (depth + 1) / 2), *np.eye(depth)]
     cands += list(rng.dirichlet(np.full(depth, 0.5), size=n_candidates))
-    pair_q = study.pair(dataset, scores @ np.stack(cands).T)  # (M, C)
     best_w, best_p = cands[0], np.inf
-    for j, w in enumerate(cands):
-        p = pauc(edc_many(sim, mated, pair_q[:, j], (fmr,), cfg.convention)[fmr], cfg.discard_limit)
+    for w in cands:
+        p = study.pauc_of(dataset, fr, scores @ w, (fmr,))[float(fmr)][0]
         if p < best_p:
             best_w, best_p = w, p
     return np.asarray(best_w), float(best_p)
@@ -335,18 +333,581 @@ def search_fusion_weights(
 def fr_sanity(study: Study) -> pd.DataFrame:
     """Per dataset x FR model: 10-fold verification accuracy, EER and FNMR@FMR (no discarding).
 
-    A check that the FR models and readers behave before any quality analysis is read.
+    A check that the FR models and readers behave before any quality analysis is read. Uses the
+    Study's scores (float32 similarities); an all-vs-all set is evaluated without materialising
+    its similarities (:func:`exfiqa.comparisons.all_pairs_sanity`, exact).
     """
+    from .comparisons import AllPairs, all_pairs_sanity
+
     cfg = study.config
     rows = []
     for fr in cfg.fr_models:
         for ds in cfg.datasets:
-            sim = study.similarity(ds, fr)
-            mated = study.benchmark(ds).comparisons["mated"].to_numpy(bool)
-            acc = verification_accuracy(sim, mated, n_folds=min(10, len(sim)))
-            row = {"dataset": cfg.datasets[ds].label, "fr_model": fr, "comparisons": len(sim), "mated": int(mated.sum()),
-                   "accuracy_10fold": acc.mean, "eer": eer(sim[~mated], sim[mated])}
-            for f, v in zip(cfg.fmr_targets, np.atleast_1d(fnmr_at_fmr(sim[~mated], sim[mated], cfg.fmr_targets)), strict=True):
+            comp = study.comparison_set(ds)
+            row = {"dataset": cfg.datasets[ds].label, "fr_model": fr, "comparisons": comp.n}
+            if isinstance(comp, AllPairs):
+                stats = all_pairs_sanity(study.scores(ds, fr), cfg.fmr_targets)
+                row.update(mated=comp.n_m, accuracy_10fold=stats["accuracy_10fold"], eer=stats["eer"])
+                fnmr = stats["fnmr"]
+            else:
+                sim, mated = study.similarity(ds, fr), comp.mated
+                acc = verification_accuracy(sim, mated, n_folds=min(10, len(sim)))
+                row.update(mated=int(mated.sum()), accuracy_10fold=acc.mean, eer=eer(sim[~mated], sim[mated]))
+                fnmr = np.atleast_1d(fnmr_at_fmr(sim[~mated], sim[mated], cfg.fmr_targets))
+            for f, v in zip(cfg.fmr_targets, fnmr, strict=True):
                 row[f"fnmr@fmr={f:g}"] = float(v)
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------ what the notebooks show
+# Table and figure assembly the notebooks call, so that a notebook is parameters, a few calls,
+# figures and prose. pAUC values here are the raw area times the config's ``pauc_scale``.
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The headline operating point: dataset (config key and label), FR model and FMR target."""
+
+    dataset: str
+    label: str
+    fr_model: str
+    fmr: float
+
+
+def headline(cfg, fmr: float | None = None) -> Headline:
+    """The run's headline (the poster's IJB-C / ArcFace / FMR 1e-3) from the config's ``headline``.
+
+    Dataset and FR model: ``headline.dataset`` / ``headline.fr_model`` when the run has them, else
+    the run's first. FMR: ``fmr`` if given (a notebook parameter), else ``headline.fmr``, else
+    1e-3 if it is a target, else the first target. It must be one of ``fmr_targets``.
+    """
+    from .config import ConfigError
+
+    h = cfg.headline
+    ds = h["dataset"] if h.get("dataset") in cfg.datasets else next(iter(cfg.datasets))
+    fr = h["fr_model"] if h.get("fr_model") in cfg.fr_models else next(iter(cfg.fr_models))
+    if fmr is not None:
+        value, source = fmr, "parameter headline_fmr"
+    elif "fmr" in h:
+        value, source = h["fmr"], "headline.fmr of the config"
+    else:
+        value = 1e-3 if any(np.isclose(1e-3, f) for f in cfg.fmr_targets) else cfg.fmr_targets[0]
+        source = "the default"
+    number = not isinstance(value, bool) and isinstance(value, (int, float))
+    match = [f for f in cfg.fmr_targets if number and np.isclose(value, f)]
+    if not match:
+        raise ConfigError(
+            f"headline FMR {value!r} ({source}) is not one of fmr_targets {list(cfg.fmr_targets)}; "
+            "set headline.fmr in the config or pass -p headline_fmr"
+        )
+    return Headline(ds, cfg.datasets[ds].label, fr, float(match[0]))
+
+
+def fmr_target(cfg, value: float | None, name: str, default: str = "smallest") -> float:
+    """A notebook's FMR parameter: ``value`` if given (must be a target), else the smallest target."""
+    from .config import ConfigError
+
+    if value is None:
+        return float(min(cfg.fmr_targets) if default == "smallest" else max(cfg.fmr_targets))
+    number = not isinstance(value, bool) and isinstance(value, (int, float))
+    match = [f for f in cfg.fmr_targets if number and np.isclose(value, f)]
+    if not match:
+        raise ConfigError(f"{name} {value!r} is not one of fmr_targets {list(cfg.fmr_targets)}")
+    return float(match[0])
+
+
+def table_protocol(cfg, fmr: float | None = None, seed: bool = False) -> dict:
+    """The protocol columns of a table of this run (:func:`exfiqa.tables.protocol`)."""
+    from .tables import protocol
+
+    return protocol(cfg.convention, cfg.discard_limit, fmr, cfg.pauc_scale, cfg.seed if seed else None)
+
+
+def variant_tags(study: Study) -> dict[str, tuple[str, int]]:
+    """Quality model name -> (tag, depth): ``T`` for the token variant, ``C`` for CR-FIQA."""
+    out = {}
+    for q in study.config.quality_models:
+        model = study.quality_model(q)
+        out[q] = ("T" if model.config.variant == "token" else "C", model.depth)
+    return out
+
+
+# --- 01: depth
+
+
+def depth_summary(pauc_table: pd.DataFrame, depths: dict[str, int], fmr: float) -> pd.DataFrame:
+    """Per quality model: mean pAUC (over datasets and FR models) of exit 1 and the last exit,
+    the share of the exit-1-to-last change reached by exit 5 and by exit 8, the best single exit.
+
+    ``depths``: quality model -> depth. Share = (pAUC(1) - pAUC(k)) / (pAUC(1) - pAUC(last)).
+    """
+    rows = []
+    for q, depth in depths.items():
+        part = pauc_table[(pauc_table["quality_model"] == q) & np.isclose(pauc_table["fmr"], fmr)]
+        mean = part.groupby("method")["pauc"].mean()
+        first, last = mean["Exit 1"], mean[f"Exit {depth}"]
+        total = first - last
+
+        def share(k: int, first=first, total=total, mean=mean, depth=depth) -> float:
+            return float((first - mean[f"Exit {min(k, depth)}"]) / total) if total else float("nan")
+
+        best = min((f"Exit {k}" for k in range(1, depth + 1)), key=lambda m, mean=mean: mean[m])
+        rows.append({
+            "quality_model": q, "pauc_exit_1": float(first), "pauc_last_exit": float(last), "last_exit": depth,
+            "share_of_gain_by_exit_5": share(5), "share_of_gain_by_exit_8": share(8), "best_single_exit": best,
+        })
+    return pd.DataFrame(rows)
+
+
+# --- 03: fusion
+
+
+def fusion_vs_exits(head: pd.DataFrame, depths: dict[str, int]) -> pd.DataFrame:
+    """Per quality model, FR model and dataset (``head``: pAUC rows at one FMR): the last exit,
+    the best single exit (chosen with hindsight), EX-FIQA-F and EX-FIQA-FW."""
+    rows = []
+    for (q, fr, ds), part in head.groupby(["quality_model", "fr_model", "dataset"], sort=False):
+        p = part.set_index("method")["pauc"]
+        depth = depths[q]
+        best = p[[f"Exit {k}" for k in range(1, depth + 1)]].idxmin()
+        rows.append({
+            "quality_model": q, "fr_model": fr, "dataset": ds, "last exit": float(p[f"Exit {depth}"]),
+            "best single exit": best, "best exit pAUC": float(p[best]), "EX-FIQA-F": float(p["EX-FIQA-F"]),
+            "EX-FIQA-FW": float(p["EX-FIQA-FW"]),
+        })
+    return pd.DataFrame(rows)
+
+
+def fusion_bootstrap(study: Study, fr: str, fmr: float, n_boot: int) -> pd.DataFrame:
+    """Paired bootstrap of F and FW against the last exit, per quality model and dataset
+    (:func:`paired_vs_reference`), with ``delta_pauc`` and its interval times ``pauc_scale``."""
+    cfg = study.config
+    parts = []
+    for q, (_, depth) in variant_tags(study).items():
+        parts.append(paired_vs_reference(study, q, fr, ["EX-FIQA-F", "EX-FIQA-FW"], f"Exit {depth}", fmr, n_boot=n_boot))
+    boot = pd.concat(parts, ignore_index=True)
+    for col in ("delta_pauc", "ci_low", "ci_high"):
+        boot[col] = boot[col] * cfg.pauc_scale
+    boot["scale"] = float(cfg.pauc_scale)
+    boot["seed"] = int(cfg.seed)
+    boot["n_boot"] = int(n_boot)
+    return boot
+
+
+@dataclass(frozen=True)
+class StrategyResult:
+    """Fusion strategies on every dataset: ``tidy`` rows, the ``wide`` table (datasets as
+    columns, plus their mean) and the ``learned`` weights per quality model."""
+
+    tidy: pd.DataFrame
+    wide: pd.DataFrame
+    learned: dict[str, np.ndarray]
+
+
+def strategy_table(study: Study, fr: str, fmr: float, learn_on: str, n_candidates: int = 200) -> StrategyResult:
+    """pAUC of the last exit, every :func:`fusion_strategies` entry and weights learned on
+    ``learn_on`` (:func:`search_fusion_weights`), on each dataset, for FR model ``fr``."""
+    cfg = study.config
+    rows, learned = [], {}
+    for q, (_, depth) in variant_tags(study).items():
+        w, _ = search_fusion_weights(study, q, fr, learn_on, fmr, n_candidates=n_candidates, seed=cfg.seed)
+        learned[q] = w
+        strategies = {f"Exit {depth}": np.eye(depth)[-1], **fusion_strategies(depth), "learned": w}
+        for ds in cfg.datasets:
+            scores = study.exit_scores(ds, q).astype(np.float64)
+            fused = np.stack([fused_sample_scores(scores, s) for s in strategies.values()], axis=1)
+            values = study.pauc_of(ds, fr, fused, (fmr,))[fmr] * cfg.pauc_scale
+            for name, v in zip(strategies, values, strict=True):
+                rows.append({"quality_model": q, "dataset": cfg.datasets[ds].label, "strategy": name, "pauc": float(v),
+                             "fitted_here": name == "learned" and ds == learn_on})
+    tidy = pd.DataFrame(rows)
+    wide = tidy.pivot_table(index=["quality_model", "strategy"], columns="dataset", values="pauc", sort=False)
+    wide["mean"] = wide.mean(axis=1)
+    wide = wide.reset_index()
+    wide.columns.name = None
+    return StrategyResult(tidy, wide, learned)
+
+
+_METHOD_LABELS = {"magface_norm": "MagFace (norm)", "serfiq": "SER-FIQ (stochastic)", "sharpness": "Sharpness (Laplacian)"}
+
+
+def _is_exfiqa(method: str) -> bool:
+    return method.startswith(("Exit ", "EX-FIQA"))
+
+
+def poster_table(head: pd.DataFrame, tags: dict[str, tuple[str, int]], dataset_order: Sequence[str]) -> pd.DataFrame:
+    """The poster's comparison layout for one FR model at one FMR (``head``: its pAUC rows).
+
+    Rows: the other methods (baselines, external CSVs), then per quality model plain ViT-FIQA
+    (= last exit), its best early exit (lowest mean over datasets among exits 1..D-1) and
+    EX-FIQA-FW; columns: ``dataset_order`` (dataset labels, the headline first) and their mean.
+    """
+    rows = []
+    q0 = next(iter(tags))
+    for m in [m for m in head["method"].unique() if not _is_exfiqa(m)]:
+        vals = head[(head["quality_model"] == q0) & (head["method"] == m)].set_index("dataset")["pauc"]
+        rows.append({"group": "other methods", "method": _METHOD_LABELS.get(m, m), **vals.to_dict()})
+    for q, (tag, depth) in tags.items():
+        piv = head[head["quality_model"] == q].pivot_table(index="method", columns="dataset", values="pauc")
+        best_exit = piv.loc[[f"Exit {k}" for k in range(1, depth)]].mean(axis=1).idxmin()
+        rows.append({"group": "ViT-FIQA", "method": f"ViT-FIQA ({tag})", **piv.loc[f"Exit {depth}"].to_dict()})
+        rows.append({"group": "EX-FIQA", "method": f"EX-FIQA-{best_exit.split()[1]} ({tag})", **piv.loc[best_exit].to_dict()})
+        rows.append({"group": "EX-FIQA", "method": f"EX-FIQA-FW ({tag})", **piv.loc["EX-FIQA-FW"].to_dict()})
+    out = pd.DataFrame(rows)[["group", "method", *dataset_order]]
+    out["mean"] = out[list(dataset_order)].mean(axis=1)
+    return out
+
+
+#: The poster's headline table: pAUC-EDC at FNMR@FMR=1e-3, ArcFace, IJB-C, discard 0..0.3, as
+#: printed (x10^3 of the raw area; lower is better). See docs/PAPER.md.
+PAPER_HEADLINE: tuple[tuple[str, float], ...] = (
+    ("BRISQUE", 8.75), ("RankIQA", 8.70), ("DeepIQA", 8.78), ("SER-FIQ", 6.53), ("CR-FIQA(L)", 6.58),
+    ("DifFIQA(R)", 6.48), ("eDifFIQA(L)", 6.47), ("GraFIQs(L)", 6.86), ("CLIB-FIQA", 6.60),
+    ("ViT-FIQA(C)", 6.60), ("ViT-FIQA(T)", 6.56), ("EX-FIQA-11(C)", 6.67), ("EX-FIQA-FW(C)", 6.50),
+    ("EX-FIQA-10(T)", 6.38), ("EX-FIQA-FW(T)", 6.36),
+)
+PAPER_HEADLINE_SCALE = 1000.0
+
+
+def _norm_name(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def _poster_method(name: str, tags: dict[str, tuple[str, int]], others: Sequence[str]) -> tuple[str, str] | None:
+    """(quality model, run method) that a poster row corresponds to in this run, or None."""
+    by_tag = {tag: (q, depth) for q, (tag, depth) in tags.items()}
+    if name == "SER-FIQ" and "serfiq" in others:
+        return next(iter(tags)), "serfiq"
+    for m in others:  # external methods named as on the poster
+        if _norm_name(m) == _norm_name(name):
+            return next(iter(tags)), m
+    if name.endswith(("(T)", "(C)")) and name[-2] in by_tag:
+        q, depth = by_tag[name[-2]]
+        stem = name[:-3]
+        if stem == "ViT-FIQA":
+            return q, f"Exit {depth}"
+        if stem == "EX-FIQA-FW":
+            return q, "EX-FIQA-FW"
+        k = stem.removeprefix("EX-FIQA-")
+        if k.isdigit() and 1 <= int(k) <= depth:
+            return q, f"Exit {k}"
+    return None
+
+
+def headline_vs_paper(
+    pauc_table: pd.DataFrame, head: Headline, tags: dict[str, tuple[str, int]], scale: float
+) -> pd.DataFrame:
+    """The poster's headline table (:data:`PAPER_HEADLINE`) beside this run's values at the
+    headline dataset, FR model and FMR, both at ``scale``; then this run's methods the poster
+    lacks. ``paper`` is NaN where the poster has no such method, ``this_run`` where this run lacks it.
+    """
+    part = pauc_table[(pauc_table["dataset"] == head.label) & (pauc_table["fr_model"] == head.fr_model)
+                      & np.isclose(pauc_table["fmr"], head.fmr)]
+    value = {(r.quality_model, r.method): float(r.pauc) for r in part.itertuples()}
+    others = [m for m in part["method"].unique() if not _is_exfiqa(m)]
+    rows, used = [], set()
+    for name, paper_value in PAPER_HEADLINE:
+        match = _poster_method(name, tags, others)
+        run = value.get(match, float("nan")) if match else float("nan")
+        if match:
+            used.add(match)
+        label = "" if match is None else (match[1] if match[1] in others else f"{match[1]} ({tags[match[0]][0]})")
+        rescaled = float(f"{paper_value * scale / PAPER_HEADLINE_SCALE:.12g}")  # as printed, at this run's scale
+        rows.append({"method": name, "paper": rescaled, "this_run": run,
+                     "this_run_method": label or "(not in this run)"})
+    extra = [(q, m) for (q, m) in value if (q, m) not in used and not m.startswith("Exit ")
+             and (_is_exfiqa(m) or q == next(iter(tags)))]
+    for q, m in extra:
+        label = m if m in others else f"{m} ({tags[q][0]})"
+        rows.append({"method": _METHOD_LABELS.get(m, label), "paper": float("nan"), "this_run": value[(q, m)], "this_run_method": label})
+    out = pd.DataFrame(rows)
+    out.insert(2, "dataset", head.label)
+    out.insert(3, "fr_model", head.fr_model)
+    return out
+
+
+def _pool(part: pd.DataFrame, tags: dict[str, tuple[str, int]]) -> pd.DataFrame:
+    """pAUC rows with a run-wide method name: ``"Exit 7 (C)"``, ``"EX-FIQA-FW (T)"``, baselines
+    once (they do not depend on the quality model)."""
+    q0 = next(iter(tags))
+    keep = part[part["method"].map(_is_exfiqa) | (part["quality_model"] == q0)].copy()
+    keep["name"] = [f"{m} ({tags[q][0]})" if _is_exfiqa(m) else m for q, m in zip(keep["quality_model"], keep["method"], strict=True)]
+    return keep
+
+
+def paper_findings(
+    pauc_table: pd.DataFrame, tags: dict[str, tuple[str, int]], head: Headline, adience: str | None = None
+) -> pd.DataFrame:
+    """Each finding the paper states, computed from this run, with ``agrees`` / ``differs``.
+
+    Findings (PAPER.md): largest gains exits 1->5 and little after 8; middle exits best on IJB-C
+    for (C); FW beats exit 12 on 5 of 8 datasets for (C); FW (T) best mean pAUC; FW (T) top-1 on
+    IJB-C for every FR model; FW (C) best on Adience. "IJB-C" is the headline dataset, "Adience"
+    the dataset ``adience`` (a label, or None when the run has none). Each row states the
+    criterion used to decide agreement; all at the headline FMR.
+    """
+    at = pauc_table[np.isclose(pauc_table["fmr"], head.fmr)]
+    by_tag = {tag: q for q, (tag, _) in tags.items()}
+    rows = []
+
+    def add(finding: str, paper_says: str, this_run: str, agrees: bool | None, criterion: str) -> None:
+        verdict = "not computable in this run" if agrees is None else ("agrees" if agrees else "differs")
+        rows.append({"finding": finding, "paper": paper_says, "this_run": this_run, "verdict": verdict, "criterion": criterion})
+
+    summary = depth_summary(at, {q: d for q, (_, d) in tags.items()}, head.fmr)
+    for r in summary.itertuples():
+        s5, s8 = r.share_of_gain_by_exit_5, r.share_of_gain_by_exit_8
+        ok = bool(np.isfinite(s5) and r.pauc_exit_1 > r.pauc_last_exit and s5 >= max(s8 - s5, 1 - s8) and 1 - s8 <= 0.2)
+        add(f"depth gains ({tags[r.quality_model][0]})", "largest gains from exit 1 to exit 5, little change after exit 8",
+            f"{s5:.0%} of the exit-1-to-last pAUC change by exit 5, {s8:.0%} by exit 8 (mean over datasets and FR models)",
+            ok, "exit 1->5 is the largest of the three segments 1->5, 5->8, 8->last, and at most 20% of the change comes after exit 8")
+    hp = at[(at["dataset"] == head.label) & (at["fr_model"] == head.fr_model)]
+    if "C" in by_tag:
+        q = by_tag["C"]
+        depth = tags[q][1]
+        p = hp[hp["quality_model"] == q].set_index("method")["pauc"]
+        best = min((f"Exit {k}" for k in range(1, depth + 1)), key=lambda m: p[m])
+        lo, hi = round(7 * depth / 12), round(9 * depth / 12)
+        add("middle exits best on IJB-C (C)", "exits 7-9 are the best single exits of (C) on IJB-C",
+            f"best single exit of (C) on {head.label} with {head.fr_model}: {best}", lo <= int(best.split()[1]) <= hi,
+            f"the best single exit lies in {lo}..{hi} (7..9 of 12, scaled to depth {depth})")
+        w = fusion_wins(at[at["quality_model"] == q], "EX-FIQA-FW", f"Exit {depth}")
+        w = w[w["fr_model"] == head.fr_model].iloc[0]
+        add("FW beats the last exit (C)", "EX-FIQA-FW (C) beats exit 12 on 5 of 8 datasets",
+            f"on {int(w['wins'])} of {int(w['n'])} datasets with {head.fr_model}", int(w["wins"]) * 2 > int(w["n"]),
+            "FW (C) has a lower pAUC than the last exit on more than half of the datasets (5 of 8 is)")
+    else:
+        add("middle exits best on IJB-C (C)", "exits 7-9 are the best single exits of (C) on IJB-C", "no (C) model in this run", None, "")
+        add("FW beats the last exit (C)", "EX-FIQA-FW (C) beats exit 12 on 5 of 8 datasets", "no (C) model in this run", None, "")
+    pool = _pool(at, tags)
+    mean = pool.groupby("name")["pauc"].mean().sort_index()
+    best = mean.idxmin()
+    add("FW (T) best mean pAUC", "EX-FIQA-FW (T) has the best mean pAUC",
+        f"best mean pAUC over datasets and FR models: {best} ({mean[best]:.4g})", best == "EX-FIQA-FW (T)",
+        "EX-FIQA-FW (T) has the lowest mean pAUC of all methods of the run")
+    on_head = pool[pool["dataset"] == head.label]
+    tops = {fr: part.set_index("name")["pauc"].sort_index().idxmin() for fr, part in on_head.groupby("fr_model", sort=False)}
+    n_fw = sum(t == "EX-FIQA-FW (T)" for t in tops.values())
+    add("FW (T) top-1 on IJB-C", "EX-FIQA-FW (T) is top-1 on IJB-C for all four FR models",
+        f"top-1 on {head.label} for {n_fw} of {len(tops)} FR models ("
+        + ", ".join(f"{fr}: {t}" for fr, t in tops.items()) + ")", n_fw == len(tops),
+        "EX-FIQA-FW (T) has the lowest pAUC on the headline dataset for every FR model of the run")
+    if adience is None:
+        add("FW (C) best on Adience", "EX-FIQA-FW (C) is the best method on Adience", "no Adience dataset in this run", None, "")
+    else:
+        part = pool[(pool["dataset"] == adience) & (pool["fr_model"] == head.fr_model)].set_index("name")["pauc"].sort_index()
+        top = part.idxmin()
+        add("FW (C) best on Adience", "EX-FIQA-FW (C) is the best method on Adience",
+            f"best on {adience} with {head.fr_model}: {top}", top == "EX-FIQA-FW (C)",
+            "EX-FIQA-FW (C) has the lowest pAUC on the Adience dataset with the headline FR model")
+    return pd.DataFrame(rows)
+
+
+# --- 04: early exit
+
+
+def released_gflops() -> pd.DataFrame:
+    """Analytic GFLOPs per exit (and of fusing all exits) of the two released architectures."""
+    from .flops import exit_costs, fused_cost
+    from .model import ViTFIQAConfig
+
+    rows = []
+    for variant, tag in (("token", "T"), ("crfiqa", "C")):
+        c = ViTFIQAConfig(variant=variant)
+        costs = exit_costs(c)
+        for e in costs:
+            rows.append({"model": f"ViT-FIQA ({tag}) released", "exit": str(e.exit), "gflops": e.gflops, "flop_saving": e.saving})
+        fused = fused_cost(c)
+        rows.append({"model": f"ViT-FIQA ({tag}) released", "exit": "all fused", "gflops": fused, "flop_saving": 1 - fused / costs[-1].gflops})
+    return pd.DataFrame(rows)
+
+
+def released_claims(released: pd.DataFrame) -> dict[str, float]:
+    """The numbers the paper quotes, read from :func:`released_gflops`: (C) exit 7 and exit 12
+    GFLOPs and saving, (T) exit 6 saving."""
+    def get(model: str, exit: int, col: str) -> float:
+        return float(released[(released["model"] == f"ViT-FIQA ({model}) released") & (released["exit"] == str(exit))][col].iloc[0])
+
+    c7, c12 = get("C", 7, "gflops"), get("C", 12, "gflops")
+    return {"c7_gflops": c7, "c12_gflops": c12, "c7_saving": 1 - c7 / c12, "t6_saving": get("T", 6, "flop_saving")}
+
+
+def latency_table(study: Study, batch_size: int, repeats: int, full_size: bool) -> pd.DataFrame:
+    """:func:`measure_latency` of the run's quality models (and, if ``full_size``, the released
+    architectures on random weights), on the run's device, seeded by the run's seed."""
+    from .model import build_vitfiqa
+
+    cfg = study.config
+    models = {q: study.quality_model(q) for q in cfg.quality_models}
+    if full_size:
+        for variant, tag in (("token", "T"), ("crfiqa", "C")):
+            models[f"{tag} full-size"] = build_vitfiqa(variant=variant)
+    parts = []
+    for name, model in models.items():
+        t = measure_latency(model, batch_size=batch_size, repeats=repeats, device=str(cfg.device), seed=cfg.seed)
+        t.insert(0, "model", name)
+        parts.append(t)
+    lat = pd.concat(parts, ignore_index=True)
+    lat["exit"] = lat["exit"].astype(str)
+    return lat
+
+
+def study_costs(study: Study) -> pd.DataFrame:
+    """:func:`cost_table` of every quality model of the run, with a ``quality_model`` column."""
+    parts = []
+    for q in study.config.quality_models:
+        ct = cost_table(study.quality_model(q))
+        ct.insert(0, "quality_model", q)
+        parts.append(ct)
+    return pd.concat(parts, ignore_index=True)
+
+
+def pauc_cost_points(
+    pauc_table: pd.DataFrame, costs: pd.DataFrame, quality: str, fr: str, fmr: float
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(exits, fusion): pAUC and GFLOPs per dataset of every exit and of EX-FIQA-FW, for the
+    pAUC-vs-GFLOPs figure."""
+    part = pauc_table[(pauc_table["quality_model"] == quality) & (pauc_table["fr_model"] == fr) & np.isclose(pauc_table["fmr"], fmr)]
+    merged = part.merge(costs[costs["quality_model"] == quality][["method", "gflops"]], on="method")
+    return merged[merged["method"].str.startswith("Exit ")], merged[merged["method"] == "EX-FIQA-FW"]
+
+
+def adaptive_study(
+    study: Study, fr: str, fmr: float, reject_fraction: float, margin: float, min_exit: int
+) -> pd.DataFrame:
+    """Adaptive early exit (:func:`adaptive_exit`) on every dataset and quality model.
+
+    The gate rejects the worst ``reject_fraction`` by the full-depth FW score; the adaptive rule
+    stops when the running FW score is more than ``margin`` standard deviations (of the FW
+    score) from that threshold. Columns: mean stopping exit, compute saving against reading all
+    exits, agreement with the full-depth gate, pAUC (x ``pauc_scale``) of the adaptive and the
+    full-depth FW score.
+    """
+    from .config import ConfigError
+    from .fusion import depth_weights
+
+    if not 0 < reject_fraction < 1:
+        raise ConfigError(f"reject_fraction must lie in (0, 1), got {reject_fraction}")
+    cfg = study.config
+    rows = []
+    for q in cfg.quality_models:
+        model = study.quality_model(q)
+        cum_cost = adaptive_cost_curve(model.config, model.depth)
+        for ds in cfg.datasets:
+            scores = study.exit_scores(ds, q).astype(np.float64)
+            full = scores @ depth_weights(model.depth)
+            thr = float(np.quantile(full, reject_fraction))
+            res = adaptive_exit(scores, thr, margin * float(full.std()), min_exit, cum_cost)
+            p_ad, p_fw = study.pauc_of(ds, fr, np.stack([res.score, full], axis=1), (fmr,))[fmr] * cfg.pauc_scale
+            rows.append({
+                "quality_model": q, "dataset": cfg.datasets[ds].label, "mean_exit": float(res.exit_used.mean()),
+                "compute_saving": 1 - res.mean_gflops / res.full_gflops,
+                "gate_agreement": float(np.mean((res.score > thr) == (full > thr))),
+                "pauc_adaptive": float(p_ad), "pauc_fw_all_exits": float(p_fw),
+            })
+    return pd.DataFrame(rows)
+
+
+# --- 02: attention
+
+
+@dataclass(frozen=True)
+class AttentionInputs:
+    """The faces of the attention figure and the bounded, seeded sample for the dataset mean.
+
+    ``faces``: column label -> RGB uint8 face; ``sources``: label -> where it came from;
+    ``note``: how they were chosen; ``mean_dataset``: label of the dataset averaged;
+    ``mean_ids``: its sample ids used (sorted); ``mean_faces``: those images.
+    """
+
+    faces: dict[str, np.ndarray]
+    sources: dict[str, str]
+    note: str
+    mean_dataset: str
+    mean_ids: np.ndarray
+    mean_faces: np.ndarray
+
+
+def attention_inputs(study: Study, samples: dict | None = None, mean_images: int = 256) -> AttentionInputs:
+    """The four sample faces and the dataset-mean sample of notebook 02.
+
+    Faces, in this order of precedence: ``samples`` (already parsed by
+    :func:`exfiqa.config.parse_attention_samples`), the config's ``attention_samples``, the demo
+    world's ``samples/<type>.png`` when the config is a demo config, else the first sample of each
+    of the first four datasets (labelled so, not as sample types). The mean uses
+    ``min(mean_images, N)`` images of the run's first dataset, drawn without replacement with the
+    run's seed.
+    """
+    from .config import ATTENTION_SAMPLE_TYPES, ConfigError
+    from .datasets import load_benchmark
+    from .images import read_face
+
+    cfg = study.config
+    if isinstance(mean_images, bool) or not isinstance(mean_images, int) or mean_images < 1:
+        raise ConfigError(f"parameter mean_images must be an integer >= 1, got {mean_images!r}")
+    chosen = samples or cfg.attention_samples
+    faces, sources = {}, {}
+    if chosen:
+        note = "sample types from attention_samples" + (" (given to attention_inputs)" if samples else "")
+        for kind in [k for k in ATTENTION_SAMPLE_TYPES if k in chosen]:
+            s = chosen[kind]
+            if s.path is not None:
+                if not s.path.is_file():
+                    raise ConfigError(f"attention_samples.{kind}: {s.path} does not exist")
+                faces[kind] = read_face(s.path)
+            else:
+                bench = study.benchmark(s.dataset.name) if s.dataset.name in cfg.datasets else load_benchmark(s.dataset.kind, **s.dataset.args)
+                if s.sample >= len(bench):
+                    raise ConfigError(f"attention_samples.{kind}: sample {s.sample} is out of range for {s.dataset.name} ({len(bench)} samples)")
+                faces[kind] = bench.image(s.sample)
+            sources[kind] = s.describe()
+    elif cfg.demo:
+        note = "the demo world's sample types (samples/*.png)"
+        for kind in ATTENTION_SAMPLE_TYPES:
+            path = cfg.data_root / "samples" / f"{kind}.png"
+            if not path.is_file():
+                raise ConfigError(f"demo world: {path} does not exist (rebuild it with `make demo`)")
+            faces[kind], sources[kind] = read_face(path), str(path)
+    else:
+        note = ("attention_samples is not set in the config: showing the first sample of each of the first datasets "
+                "instead of the poster's sample types (child, frontal, occlusion, pose)")
+        for ds in list(cfg.datasets)[: len(ATTENTION_SAMPLE_TYPES)]:
+            label = f"{cfg.datasets[ds].label} #0"
+            faces[label], sources[label] = study.benchmark(ds).image(0), f"{ds} sample 0"
+    ds0 = next(iter(cfg.datasets))
+    bench = study.benchmark(ds0)
+    rng = np.random.default_rng(cfg.seed)
+    ids = np.sort(rng.choice(len(bench), size=min(mean_images, len(bench)), replace=False))
+    mean_faces = np.stack([bench.image(int(i)) for i in ids])
+    return AttentionInputs(faces, sources, note, cfg.datasets[ds0].label, ids, mean_faces)
+
+
+def attention_study(study: Study, quality: str, inputs: AttentionInputs) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """Per-exit attention maps of ``quality`` for each face and the dataset mean (figure input),
+    and :func:`attention_statistics` over the mean's images (with a ``quality_model`` column)."""
+    cfg = study.config
+    model = study.quality_model(quality)
+    per_face = attention_maps(model, np.stack(list(inputs.faces.values())), batch_size=cfg.batch_size, device=cfg.device)
+    maps = {name: per_face[i] for i, name in enumerate(inputs.faces)}
+    dataset_maps = attention_maps(model, inputs.mean_faces, batch_size=cfg.batch_size, device=cfg.device)
+    maps[f"{inputs.mean_dataset} (mean)"] = dataset_maps.mean(axis=0)
+    stats = attention_statistics(dataset_maps)
+    stats.insert(0, "quality_model", quality)
+    return maps, stats
+
+
+def exit_scores_long(sample_quality: pd.DataFrame, depth: int) -> pd.DataFrame:
+    """Per-sample exit scores as a tidy ``exit, score`` frame (for the violin plot)."""
+    tidy = sample_quality[[f"Exit {k}" for k in range(1, depth + 1)]].melt(var_name="exit", value_name="score")
+    tidy["exit"] = tidy["exit"].str.replace("Exit ", "", regex=False).astype(int)
+    return tidy
+
+
+__all__ += [  # the notebook-assembly section above
+    "AttentionInputs", "Headline", "PAPER_HEADLINE", "PAPER_HEADLINE_SCALE", "StrategyResult", "adaptive_study",
+    "attention_inputs", "attention_study", "depth_summary", "exit_scores_long", "fmr_target", "fusion_bootstrap",
+    "fusion_vs_exits", "headline", "headline_vs_paper", "latency_table", "paper_findings", "pauc_cost_points",
+    "poster_table", "released_claims", "released_gflops", "strategy_table", "study_costs",
+    "table_protocol", "variant_tags",
+]

@@ -2,8 +2,9 @@
 
 A config is a YAML file (``configs/demo.yaml``, ``configs/paper.yaml``). Relative paths inside the
 ``datasets``, ``fr_models``, ``quality_models`` and ``external_methods`` entries are resolved
-against ``data_root``; ``data_root``, ``cache_dir`` and ``results_dir`` themselves against the
-folder the command runs in.
+against ``data_root``; ``data_root``, ``cache_dir``, ``results_dir`` and ``arrays_dir`` (the
+per-sample arrays, :mod:`exfiqa.arrays`; default under ``<cache_dir>/arrays/``) themselves
+against the folder the command runs in.
 
 Nothing is coerced. A value of the wrong type (a string ``batch_size``, a float or boolean
 ``seed``, a scalar ``fmr_targets``, a list where a mapping belongs), an unknown key at any level
@@ -11,6 +12,12 @@ Nothing is coerced. A value of the wrong type (a string ``batch_size``, a float 
 convention, device) each raise a :class:`ConfigError` naming the file and the key, so a typo never
 silently falls back to a default or fails late inside a reader. YAML is read as YAML 1.2 reads
 floats (``1e-3`` is a number, not a string) and a key given twice is an error.
+
+Presentation keys: ``pauc_scale`` (default 1000: pAUC is shown x10^3, as on the poster; every
+table states it) and ``attention_samples`` (the faces of notebook 02's attention figure:
+``{child|frontal|occlusion|pose: image path relative to data_root, or {dataset: name, sample:
+id}}``; absent: the demo world's ``samples/*.png``, or on real data the first sample of each of
+the first datasets, see :func:`exfiqa.analysis.attention_inputs`).
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from .datasets import BENCHMARK_KINDS, read_adience, read_bin, read_ijbc, read_x
 from .metrics import RECOMPUTE_DISCARD_FRACTIONS, Convention
 
 __all__ = [
+    "ATTENTION_SAMPLE_TYPES",
+    "AttentionSample",
     "Config",
     "ConfigError",
     "DatasetSpec",
@@ -36,6 +45,7 @@ __all__ = [
     "list_parameter",
     "load_config",
     "max_discard_limit",
+    "parse_attention_samples",
 ]
 
 _PATH_KEYS = {"path", "root", "pairs_file", "checkpoint"}
@@ -61,6 +71,8 @@ _QUALITY_ARGS = {"num_heads", "img_size"}
 _DEVICE = re.compile(r"cpu|cuda|cuda:[0-9]+|auto")
 _DEVICES_TEXT = "'cpu', 'cuda', 'cuda:N' (N >= 0) or 'auto'"
 _HEADLINE_KEYS = {"dataset", "fr_model", "fmr"}
+#: The four sample types of the poster's attention figure (config key ``attention_samples``).
+ATTENTION_SAMPLE_TYPES = ("child", "frontal", "occlusion", "pose")
 
 
 class ConfigError(ValueError):
@@ -177,6 +189,12 @@ def _headline(key: str, value: Any) -> dict[str, Any]:
     return raw
 
 
+def _pauc_scale(key: str, value: Any) -> float:
+    if not _is_number(value) or not 0 < value < float("inf"):
+        _fail(key, "a positive number (pAUC is shown times this; 1000 as on the poster)", value)
+    return float(value)
+
+
 def _demo_kind(key: str, value: Any) -> str:
     if value is False or value is None or value == "":
         return ""
@@ -212,6 +230,7 @@ def _resolve_device(requested: str) -> str:
 _SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "run_name": _run_name,
     "cache_dir": _folder,
+    "arrays_dir": lambda k, v: None if v is None else _folder(k, v),
     "results_dir": _folder,
     "baselines": lambda k, v: _names(k, v, _BASELINES),
     "fmr_targets": _fmr_targets,
@@ -220,6 +239,7 @@ _SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "device": _device,
     "batch_size": lambda k, v: _int(k, v, 1),
     "seed": lambda k, v: _int(k, v, 0),
+    "pauc_scale": _pauc_scale,
 }
 
 
@@ -250,6 +270,25 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class AttentionSample:
+    """One image of the attention figure: a file (``path``) or sample ``sample`` of ``dataset``.
+
+    ``dataset`` carries the dataset's spec, so narrowing the run's datasets keeps it readable.
+    """
+
+    kind: str  # a name from ATTENTION_SAMPLE_TYPES
+    path: Path | None = None
+    dataset: DatasetSpec | None = None
+    sample: int | None = None
+
+    def describe(self) -> str:
+        if self.path is not None:
+            return str(self.path)
+        assert self.dataset is not None
+        return f"{self.dataset.name} sample {self.sample}"
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run. Notebooks narrow it with :meth:`select` and override scalars with :meth:`with_`.
 
@@ -277,6 +316,9 @@ class Config:
     headline: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None
     device_requested: str = ""  # the device as written ("auto" or the same as device); "" = device
+    pauc_scale: float = 1000.0  # pAUC is shown times this (x10^3, as on the poster); CSVs state it
+    attention_samples: dict[str, AttentionSample] = field(default_factory=dict)  # {} = the default
+    arrays_dir: Path | None = None  # the per-sample layout (exfiqa.arrays); None: exfiqa.arrays.arrays_root's default
 
     def __post_init__(self) -> None:
         for key, check in _SETTINGS.items():
@@ -348,6 +390,9 @@ class Config:
             for ds, path in per_ds.items():
                 if not path.is_file():
                     raise ConfigError(f"external_methods.{method}.{ds}: {path} does not exist")
+        for kind, sample in self.attention_samples.items():
+            if sample.path is not None and not sample.path.is_file():
+                raise ConfigError(f"attention_samples.{kind}: {sample.path} does not exist")
 
     def _hint(self) -> str:
         if self.demo:
@@ -542,10 +587,52 @@ def _external(raw: Any, root: Path, datasets: Mapping[str, DatasetSpec]) -> dict
     return out
 
 
+def _attention_samples(
+    key: str, raw: Any, root: Path, datasets: Mapping[str, DatasetSpec]
+) -> dict[str, AttentionSample]:
+    """``{type: path}`` (relative to ``data_root``) or ``{type: {dataset: name, sample: id}}``.
+
+    Types come from :data:`ATTENTION_SAMPLE_TYPES`; any subset may be given. Absent or empty:
+    the notebooks' documented default (:func:`exfiqa.analysis.attention_inputs`).
+    """
+    entries = _mapping(key, raw, f"a mapping of sample type ({', '.join(ATTENTION_SAMPLE_TYPES)}) to an image")
+    _only(key, entries, set(ATTENTION_SAMPLE_TYPES))
+    out = {}
+    for kind, entry in entries.items():
+        where = f"{key}.{kind}"
+        if isinstance(entry, str):
+            out[kind] = AttentionSample(kind, path=_resolve(root, _text(where, entry)))
+            continue
+        if not isinstance(entry, Mapping):
+            _fail(where, "an image path or a mapping {dataset: name, sample: id}", entry)
+        _only(where, entry, {"dataset", "sample"})
+        if set(entry) != {"dataset", "sample"}:
+            raise ConfigError(f"{where} needs both 'dataset' and 'sample', got {sorted(entry)}")
+        name = _text(f"{where}.dataset", entry["dataset"])
+        if name not in datasets:
+            raise ConfigError(f"{where}.dataset {name!r} is not one of {sorted(datasets)}")
+        out[kind] = AttentionSample(kind, dataset=datasets[name], sample=_int(f"{where}.sample", entry["sample"], 0))
+    return out
+
+
+def parse_attention_samples(value: Any, cfg: Config, key: str = "parameter attention_samples") -> dict[str, AttentionSample]:
+    """A notebook's ``attention_samples`` parameter (a mapping, or YAML/JSON text) for ``cfg``.
+
+    Paths are resolved against ``cfg.data_root``; datasets are those the config file names.
+    """
+    if isinstance(value, str):
+        try:
+            value = yaml.load(value, Loader=_Loader)
+        except (yaml.YAMLError, ConfigError) as exc:
+            raise ConfigError(f"{key}: {value!r} is not a YAML/JSON mapping ({_yaml_problem(exc)})") from None
+    known = {**cfg.datasets, **{s.dataset.name: s.dataset for s in cfg.attention_samples.values() if s.dataset}}
+    return _attention_samples(key, value, cfg.data_root, known)
+
+
 _TOP_KEYS = {
     "run_name", "data_root", "cache_dir", "results_dir", "datasets", "fr_models", "quality_models",
     "external_methods", "baselines", "fmr_targets", "discard_limit", "convention", "device",
-    "batch_size", "seed", "demo", "headline",
+    "batch_size", "seed", "demo", "headline", "pauc_scale", "attention_samples", "arrays_dir",
 }
 
 
@@ -583,6 +670,7 @@ def load_config(
             run_name=raw.get("run_name", path.stem),
             data_root=root,
             cache_dir=_resolve(base, _text("cache_dir", raw["cache_dir"])) if "cache_dir" in raw else root / "cache",
+            arrays_dir=_resolve(base, _text("arrays_dir", raw["arrays_dir"])) if "arrays_dir" in raw else None,
             results_dir=_resolve(base, _text("results_dir", raw.get("results_dir", "results"))),
             datasets=datasets,
             fr_models=fr,
@@ -599,6 +687,8 @@ def load_config(
             demo=_demo_kind("demo", raw.get("demo", False)),
             headline=headline,
             source=path,
+            pauc_scale=raw.get("pauc_scale", 1000.0),
+            attention_samples=_attention_samples("attention_samples", raw.get("attention_samples"), root, datasets),
         )
     except ConfigError as exc:
         raise ConfigError(f"{src}: {exc}") from None

@@ -37,13 +37,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from exfiqa.io import atomic_write, file_digest
+from exfiqa.comparisons import AllPairs
+from exfiqa.io import atomic_write
+
+if TYPE_CHECKING:
+    from exfiqa.digests import DigestIndex
 
 __all__ = [
     "ARCFACE_TEMPLATE",
@@ -101,7 +105,11 @@ class BinFormatError(DatasetFormatError):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, eq=False)
+MATERIALISE_LIMIT = 50_000_000
+"""Most implicit all-vs-all comparisons :attr:`Benchmark.comparisons` materialises as a table."""
+
+
+@dataclass(frozen=True, eq=False, init=False)
 class Benchmark:
     """A verification benchmark: samples, comparisons and lazily decoded aligned images.
 
@@ -113,30 +121,84 @@ class Benchmark:
             reference; template benchmarks add ``template_id`` and ``media_id``.
         comparisons: Columns ``a``, ``b`` (sample or template ids) and ``mated`` (bool,
             True = mated/genuine pair).
+        all_pairs: For an all-vs-all benchmark (Adience without ``max_nonmated``), the implicit
+            comparison structure (:class:`exfiqa.comparisons.AllPairs`): every pair ``a < b``
+            in row-major order. ``comparisons`` is then built on first access, up to
+            :data:`MATERIALISE_LIMIT` rows; :class:`exfiqa.pipeline.Study` evaluates the
+            structure itself in bounded memory.
     """
 
     name: str
     level: Literal["sample", "template"]
     samples: pd.DataFrame
-    comparisons: pd.DataFrame
+    _table: pd.DataFrame | None = field(repr=False)
     _decode: Callable[[int], np.ndarray] = field(repr=False)
-    _files: tuple[tuple[str, Path], ...] = field(repr=False, default=())
-    _protocol: str = field(repr=False, default="")
-    _cache: dict[str, Any] = field(repr=False, default_factory=dict)
+    _files: tuple[tuple[str, Path | str], ...] = field(repr=False)
+    _protocol: str = field(repr=False)
+    _cache: dict[str, Any] = field(repr=False)
+    all_pairs: AllPairs | None = field(repr=False)
 
-    def __post_init__(self) -> None:
-        if self.level not in ("sample", "template"):
-            raise ValueError(f"Benchmark {self.name!r}: level must be 'sample' or 'template'")
-        ids = self.samples["sample_id"].to_numpy()
+    def __init__(
+        self,
+        name: str,
+        level: Literal["sample", "template"],
+        samples: pd.DataFrame,
+        comparisons: pd.DataFrame | None = None,
+        _decode: Callable[[int], np.ndarray] | None = None,
+        _files: tuple[tuple[str, Path | str], ...] = (),
+        _protocol: str = "",
+        _cache: dict[str, Any] | None = None,
+        *,
+        all_pairs: AllPairs | None = None,
+    ) -> None:
+        values = {"name": name, "level": level, "samples": samples, "_table": comparisons,
+                  "_decode": _decode, "_files": _files, "_protocol": _protocol,
+                  "_cache": {} if _cache is None else _cache, "all_pairs": all_pairs}
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
+        if level not in ("sample", "template"):
+            raise ValueError(f"Benchmark {name!r}: level must be 'sample' or 'template'")
+        if _decode is None:
+            raise ValueError(f"Benchmark {name!r}: no image decoder given")
+        ids = samples["sample_id"].to_numpy()
         if not np.array_equal(ids, np.arange(len(ids))):
-            raise ValueError(f"Benchmark {self.name!r}: sample_id must be 0..n-1 in row order")
-        missing = {"a", "b", "mated"} - set(self.comparisons.columns)
-        if missing:
-            raise ValueError(f"Benchmark {self.name!r}: comparisons lack columns {sorted(missing)}")
-        if self.level == "template":
-            need = {"template_id", "media_id"} - set(self.samples.columns)
+            raise ValueError(f"Benchmark {name!r}: sample_id must be 0..n-1 in row order")
+        if (comparisons is None) == (all_pairs is None):
+            raise ValueError(f"Benchmark {name!r}: give exactly one of comparisons and all_pairs")
+        if comparisons is not None:
+            missing = {"a", "b", "mated"} - set(comparisons.columns)
+            if missing:
+                raise ValueError(f"Benchmark {name!r}: comparisons lack columns {sorted(missing)}")
+        elif level != "sample" or all_pairs.n_samples != len(samples):
+            raise ValueError(f"Benchmark {name!r}: all_pairs must pair the {len(samples)} samples")
+        if level == "template":
+            need = {"template_id", "media_id"} - set(samples.columns)
             if need:
-                raise ValueError(f"Benchmark {self.name!r}: samples lack columns {sorted(need)}")
+                raise ValueError(f"Benchmark {name!r}: samples lack columns {sorted(need)}")
+
+    @property
+    def comparisons(self) -> pd.DataFrame:
+        """The comparison table (for all-vs-all benchmarks built once, on first access)."""
+        if self._table is not None:
+            return self._table
+        if "comparisons" not in self._cache:
+            assert self.all_pairs is not None
+            if self.all_pairs.n > MATERIALISE_LIMIT:
+                raise ValueError(
+                    f"{self.name}: {self.all_pairs.n:,} all-vs-all comparisons are not materialised "
+                    f"as a table (more than MATERIALISE_LIMIT = {MATERIALISE_LIMIT:,}); "
+                    "exfiqa.pipeline.Study evaluates them in bounded memory (Study.edc, "
+                    "Study.pauc_frame, analysis.pauc_all), or read the benchmark with "
+                    "max_nonmated to sample the non-mated pairs"
+                )
+            a, b, mated = self.all_pairs.materialise()
+            self._cache["comparisons"] = pd.DataFrame({"a": a, "b": b, "mated": mated})
+        return self._cache["comparisons"]
+
+    @property
+    def n_comparisons(self) -> int:
+        """Number of comparisons (without materialising an all-vs-all table)."""
+        return self.all_pairs.n if self.all_pairs is not None else len(self._table)
 
     def __len__(self) -> int:
         """Number of samples (images)."""
@@ -182,17 +244,24 @@ class Benchmark:
             if pool is not None:
                 pool.shutdown(wait=True)
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, digests: DigestIndex | None = None) -> str:
         """SHA-256 over the content of every file this benchmark reads, plus its protocol.
 
-        Computed once (hashing every image of a large folder takes a while) and cached on the
-        object. File modification times play no part.
+        Each file is labelled by its path relative to the benchmark root, so the same content
+        elsewhere gives the same fingerprint. ``digests`` (a persistent
+        :class:`exfiqa.digests.DigestIndex`) re-reads only files whose stat changed since it last
+        hashed them; without one every file is read. The value depends on content only (a file's
+        stat only decides whether it is read again). Computed once and cached on the object.
         """
         if "fingerprint" not in self._cache:
+            from exfiqa.digests import DigestIndex
+
+            index = digests if digests is not None else DigestIndex(None)
+            files = [f for _, f in self._files]
             h = hashlib.sha256()
             h.update(f"{self.name}\0{self.level}\0{self._protocol}\0".encode())
-            for label, f in self._files:
-                h.update(label.encode() + b"\0" + file_digest(f).encode() + b"\n")
+            for (label, _), digest in zip(self._files, index.digests(files, desc=f"hashing {self.name}"), strict=True):
+                h.update(label.encode() + b"\0" + digest.encode() + b"\n")
             self._cache["fingerprint"] = h.hexdigest()
         return self._cache["fingerprint"]
 
@@ -1034,7 +1103,11 @@ def read_adience(
     across identity folders are non-mated. ``max_nonmated`` keeps a uniform random subset
     (``seed``) of the non-mated pairs; all mated pairs are always kept. Comparisons are sorted
     by (a, b) with a < b. Samples are sorted by (identity, file name) and carry ``identity``.
-    Note the size: n images give n(n-1)/2 comparisons (19k images: about 180M rows).
+    Note the size: n images give n(n-1)/2 comparisons (19k images: about 180M). Without
+    ``max_nonmated`` they are kept implicit (``Benchmark.all_pairs``): the Study evaluates all
+    of them exactly in bounded memory, and ``comparisons`` is materialised only on access (and
+    only up to :data:`MATERIALISE_LIMIT` rows). ``max_nonmated`` is an explicit choice to
+    evaluate a sample of the non-mated pairs instead (then the protocol differs from the paper's).
 
     Arranging the real Adience data: its ``aligned/<user_id>/landmark_aligned_face.<face_id>.
     <original_image>.jpg`` files are not 112x112 ArcFace crops. Detect 5 landmarks, align each
@@ -1061,7 +1134,6 @@ def read_adience(
     if not paths:
         raise DatasetFormatError(f"{root_p}: no images found under <identity>/ subfolders")
     codes = np.unique(np.array(identities), return_inverse=True)[1].astype(np.int64)
-    a, b, mated = _all_pairs(codes, max_nonmated, seed)
     samples = pd.DataFrame(
         {
             "sample_id": np.arange(len(paths), dtype=np.int64),
@@ -1069,12 +1141,17 @@ def read_adience(
             "identity": identities,
         }
     )
-    comparisons = pd.DataFrame({"a": a, "b": b, "mated": mated})
+    if max_nonmated is None:  # all pairs: implicit, evaluated without materialising them
+        comparisons, all_pairs = None, AllPairs.from_codes(codes)
+    else:
+        a, b, mated = _all_pairs(codes, max_nonmated, seed)
+        comparisons, all_pairs = pd.DataFrame({"a": a, "b": b, "mated": mated}), None
     return Benchmark(
         name=name,
         level="sample",
         samples=samples,
         comparisons=comparisons,
+        all_pairs=all_pairs,
         _decode=lambda k: decode_image(paths[k]),
         _files=tuple((str(p.relative_to(root_p)), p) for p in paths),
         _protocol=f"adience:max_nonmated={max_nonmated}:seed={seed}",
@@ -1226,12 +1303,15 @@ def read_ijbc(root: str | os.PathLike[str], name: str = "ijbc") -> Benchmark:
                 f"{pair_p}:{_line_number(pair_p, i)}: template {col[i]} has no image in {tid_p}"
             )
 
-    crop_dir = root_p / _IJBC_CROPS
-    paths = [crop_dir / str(n) for n in names]
+    # 469k images: plain strings (a Path object per image costs seconds and memory)
+    crop_label = _IJBC_CROPS.as_posix()
+    labels_crop = [f"{crop_label}/{n}" for n in names.astype(str).tolist()]
+    root_s = str(root_p)
+    paths = [f"{root_s}/{lab}" for lab in labels_crop]
     samples = pd.DataFrame(
         {
             "sample_id": np.arange(len(names), dtype=np.int64),
-            "path": [str(p) for p in paths],
+            "path": paths,
             "image_name": names.astype(str),
             "template_id": tids.astype(np.int64),
             "media_id": mids.astype(np.int64),
@@ -1243,19 +1323,21 @@ def read_ijbc(root: str | os.PathLike[str], name: str = "ijbc") -> Benchmark:
         samples[f"x{j + 1}"] = flat[:, 2 * j]
         samples[f"y{j + 1}"] = flat[:, 2 * j + 1]
     comparisons = pd.DataFrame(
-        {"a": t1.astype(np.int64), "b": t2.astype(np.int64), "mated": labels == 1}
+        {"a": np.asarray(t1, dtype=np.int64), "b": np.asarray(t2, dtype=np.int64), "mated": labels == 1}
     )
+    del t1, t2, labels
 
     def decode(k: int) -> np.ndarray:
         return align_face(decode_image(paths[k]), pts[k])
 
+    metas = tuple((str(f.relative_to(root_p)), f) for f in (tid_p, pair_p, pts_p))
     return Benchmark(
         name=name,
         level="template",
         samples=samples,
         comparisons=comparisons,
         _decode=decode,
-        _files=tuple((str(p.relative_to(root_p)), p) for p in (tid_p, pair_p, pts_p, *paths)),
+        _files=metas + tuple(zip(labels_crop, paths, strict=True)),
         _protocol="ijbc:arcface5pt:bilinear",
     )
 

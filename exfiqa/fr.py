@@ -1007,31 +1007,39 @@ def template_embeddings(
 
     Returns:
         ``(unique_template_ids (T,) sorted, features (T, D))``; features float32 unless the input
-        is float64.
+        is float64. Sums and norms are accumulated in float64 over a block of embedding rows at a
+        time, so the temporary memory stays a small fraction of the embeddings' (469k x 1024
+        float32 embeddings: 1.9 GB in, 32 MB row chunks).
     """
     from scipy import sparse
 
     emb = np.asarray(embeddings)
     if emb.ndim != 2:
         raise ValueError(f"embeddings must be (N, D), got shape {emb.shape}")
-    n = emb.shape[0]
+    n, dim = emb.shape
     tids = _group_ids("template_ids", template_ids, n)
     mids = _group_ids("media_ids", media_ids, n)
-    if not np.all(np.isfinite(emb)):
-        raise ValueError("embeddings contain NaN or inf")
     unique_t, t_inv = np.unique(tids, return_inverse=True)
     _, m_inv = np.unique(mids, return_inverse=True)
     group_key = t_inv.astype(np.int64) * (int(m_inv.max(initial=0)) + 1) + m_inv
     _, g_inv, g_count = np.unique(group_key, return_inverse=True, return_counts=True)
-    dtype = np.float64 if emb.dtype == np.float64 else np.float32
-    weights = (1.0 / g_count[g_inv]).astype(dtype)
-    w = sparse.csr_matrix((weights, (t_inv, np.arange(n))), shape=(len(unique_t), n))
-    feats = np.asarray(w @ emb.astype(dtype, copy=False), dtype=dtype)
+    w = sparse.csc_matrix((1.0 / g_count[g_inv], (t_inv, np.arange(n))), shape=(len(unique_t), n))
+    feats = np.zeros((len(unique_t), dim), dtype=np.float64)
+    step = max(1, (1 << 22) // max(dim, 1))  # rows per chunk: 4M float64 values (32 MB)
+    from .comparisons import release_pages
+
+    for r0 in range(0, n, step):
+        chunk = emb[r0 : r0 + step].astype(np.float64)
+        if not np.isfinite(chunk).all():
+            raise ValueError("embeddings contain NaN or inf")
+        feats += w[:, r0 : r0 + step] @ chunk
+        release_pages(emb, r0, r0 + step)  # memory-mapped embeddings: read once, not kept resident
     norms = np.linalg.norm(feats, axis=1, keepdims=True)
     if np.any(norms == 0):
         bad = unique_t[np.flatnonzero(norms[:, 0] == 0)]
         raise ValueError(f"templates with a zero feature sum: {bad[:10].tolist()}")
-    return unique_t, feats / norms
+    feats /= norms
+    return unique_t, feats if emb.dtype == np.float64 else feats.astype(np.float32)
 
 
 def template_min(values: np.ndarray, template_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -4,31 +4,49 @@ Layout of one run (``results/<run_name>/``): ``notebooks/`` (executed ``.ipynb``
 ``figures/`` (PDF + PNG), ``tables/`` (CSV + LaTeX), ``index.html`` (every figure and table, links
 to the notebooks) and ``run.json`` (what was run, with content hashes).
 
-A notebook whose inputs (its source, the config file, the demo-world manifest and the package's
-source) are unchanged since its last successful run is not executed again; its outputs are reused.
-Expensive per-sample work is cached separately (see :mod:`exfiqa.pipeline`).
+The config is the single source of a run: ``make paper`` passes the notebooks nothing but
+``config`` and ``out_dir``, and every notebook parameter that mirrors a config setting defaults to
+None (= the config's value). The run card (:mod:`exfiqa.runcard`: device, precision, protocol,
+seed, code version, input digests) is printed by each notebook's first cell, written to
+``run_card.json`` and shown on ``index.html``; a notebook that ran with another card is an error.
+
+A notebook whose inputs (its source, the config file, the demo-world manifest, the package's
+source incl. sub-packages and the digest of every input file the config names: the run card's
+:meth:`~exfiqa.runcard.RunCard.key`) are unchanged since its last successful run is not executed
+again; its outputs are reused. Expensive per-sample work is cached separately (see
+:mod:`exfiqa.pipeline`). While a notebook runs, the terminal shows each cell as it starts (named
+by its section heading), a heartbeat for long cells and the kernel's text on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import html
 import json
+import re
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .config import Config, ConfigError, load_config
 from .io import atomic_write
+from .runcard import RunCard, run_card
 
-__all__ = ["NOTEBOOKS", "build_index", "main", "open_study", "run_paper"]
+__all__ = ["NOTEBOOKS", "build_index", "cell_labels", "main", "notebook_key", "open_study", "run_paper"]
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ("01_layer_analysis", "02_attention", "03_fusion", "04_early_exit")
 RUN_MARKER = ".exfiqa-run"
+CARD = "run_card.json"
+HEARTBEAT_S = 60.0  # a running cell reports it is still running this often
+#: Run-card fields that may differ between make paper's start and a notebook only because files
+#: changed while the run went on (anything else differing is an error: a notebook overrode the config).
+DRIFT = ("code_sha256", "git", "inputs")
 
 
 def open_study(
@@ -39,19 +57,26 @@ def open_study(
     data_root: str = "",
     out_dir: str = "",
     progress: bool = True,
+    attention_samples: Mapping[str, Any] | str | None = None,
     **overrides: Any,
 ):
     """What every notebook's first code cell calls: validated config -> :class:`Study`.
 
-    Any bad parameter (unknown dataset, missing file, invalid FMR, wrong type) raises
-    :class:`ConfigError` naming it, before any work starts. The list parameters (``datasets``,
-    ``fr_models``, ``quality_models``, ``fmr_targets``) may also be JSON/YAML lists written as
-    strings, which is what papermill's ``-p fr_models '["elasticface"]'`` passes; a bare name is
-    refused with the spelling that works. Creates ``out_dir/figures`` and ``out_dir/tables``.
+    Settings in ``overrides`` (``fmr_targets``, ``discard_limit``, ``convention``, ``device``,
+    ``batch_size``, ``seed``, ``pauc_scale``) replace the config's only when not None: a
+    notebook's parameters default to None, so the config is the single source of a run and
+    papermill's ``-p``/``-y`` override it for one run. Any bad parameter (unknown dataset, missing
+    file, invalid FMR, wrong type) raises :class:`ConfigError` naming it, before any work starts.
+    The list parameters (``datasets``, ``fr_models``, ``quality_models``, ``fmr_targets``) may also
+    be JSON/YAML lists written as strings, which is what papermill's
+    ``-p fr_models '["elasticface"]'`` passes; a bare name is refused with the spelling that works.
+    ``attention_samples`` (a mapping or YAML text) replaces the config's. Creates
+    ``out_dir/figures`` and ``out_dir/tables``; sets ``study.out_dir`` and ``study.card`` (the
+    :class:`~exfiqa.runcard.RunCard`, also written to ``out_dir/run_card.json``).
     """
     import os
 
-    from .config import list_parameter
+    from .config import list_parameter, parse_attention_samples
     from .pipeline import Study
 
     if not isinstance(config, (str, os.PathLike)) or not str(config):
@@ -63,15 +88,22 @@ def open_study(
         key: list_parameter(key, value)
         for key, value in (("datasets", datasets), ("fr_models", fr_models), ("quality_models", quality_models))
     }
-    if overrides.get("fmr_targets") is not None:
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "fmr_targets" in overrides:
         overrides["fmr_targets"] = list_parameter("fmr_targets", overrides["fmr_targets"], "numbers")
     cfg = load_config(config, data_root=data_root or None)
     cfg = cfg.select(**names).with_(**overrides)
+    if attention_samples:
+        cfg = dataclasses.replace(cfg, attention_samples=parse_attention_samples(attention_samples, cfg))
     study = Study(cfg, progress=progress)
     out = Path(out_dir or cfg.results_dir / f"{cfg.run_name}-adhoc")
     for sub in ("figures", "tables"):
         (out / sub).mkdir(parents=True, exist_ok=True)
+    card = run_card(cfg)
+    with atomic_write(out / CARD, overwrite=True) as fh:
+        fh.write(card.to_json())
     study.out_dir = out  # type: ignore[attr-defined]
+    study.card = card  # type: ignore[attr-defined]
     return study
 
 
@@ -102,13 +134,146 @@ def _to_html(executed: Path, target: Path) -> None:
         fh.write(body)
 
 
+# ------------------------------------------------------------------------------ progress
+
+
+def cell_labels(cells: Sequence[Any]) -> dict[int, str]:
+    """Cell index -> what the terminal calls a code cell: its first comment line, else the
+    heading of the markdown cell above it (``parameters`` for the tagged cells)."""
+    labels, heading = {}, ""
+    for i, cell in enumerate(cells):
+        source = "".join(cell.get("source", ""))
+        if cell.get("cell_type") == "markdown":
+            found = re.findall(r"^#+\s*(.+?)\s*$", source, re.M)
+            heading = found[0] if found else heading
+            continue
+        if cell.get("cell_type") != "code":
+            continue
+        tags = cell.get("metadata", {}).get("tags", [])
+        first = source.lstrip().splitlines()[0] if source.strip() else ""
+        if "injected-parameters" in tags:
+            labels[i] = "injected parameters"
+        elif "parameters" in tags:
+            labels[i] = "parameters"
+        elif first.startswith("#") and not first.startswith("# %%"):
+            labels[i] = first.lstrip("# ").strip()
+        else:
+            labels[i] = heading or "setup"
+    return labels
+
+
+class _Progress:
+    """Reports a notebook's execution to ``log``: each code cell as it starts, a heartbeat while
+    a cell runs longer than :data:`HEARTBEAT_S`, and the kernel's stderr text (progress bars
+    throttled to one line per 15 s)."""
+
+    def __init__(self, name: str, log: Callable[[str], Any]) -> None:
+        self.name, self.log = name, log
+        self.labels: dict[int, str] = {}
+        self.current = ""
+        self.started = self.next_beat = time.monotonic()
+        self.last_bar = 0.0
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.beat = threading.Thread(target=self._heartbeat, daemon=True)
+
+    def start(self, cells: Sequence[Any]) -> None:
+        self.labels = cell_labels(cells)
+        self.beat.start()
+
+    def cell(self, index: int) -> None:
+        if index not in self.labels:
+            return
+        order = sorted(self.labels)
+        with self.lock:
+            self.current = f"cell {order.index(index) + 1}/{len(order)} ({self.labels[index]})"
+            self.started = time.monotonic()
+            self.next_beat = self.started + HEARTBEAT_S
+        self.log(f"[paper] {self.name}: {self.current} ...")
+
+    def _heartbeat(self) -> None:
+        while not self.stop.wait(min(5.0, HEARTBEAT_S / 4)):
+            with self.lock:
+                now = time.monotonic()
+                due = bool(self.current) and now >= self.next_beat
+                if due:
+                    self.next_beat += HEARTBEAT_S
+                current, running = self.current, now - self.started
+            if due:
+                self.log(f"[paper] {self.name}: {current} still running ({running / 60:.1f} min)")
+
+    # a file-like sink for papermill's stderr_file
+    def write(self, text: str) -> int:
+        for line in re.split(r"[\r\n]+", text):
+            line = line.strip()
+            if not line:
+                continue
+            bar = "%|" in line or line.endswith("it/s]") or "img/s]" in line
+            now = time.monotonic()
+            if bar and now - self.last_bar < 15:
+                continue
+            self.last_bar = now if bar else self.last_bar
+            self.log(f"[paper] {self.name}: {line}")
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.stop.set()
+
+
+def _execute(staged: Path, executed: Path, parameters: dict[str, Any], progress: _Progress) -> None:
+    """papermill with an engine that reports each cell to ``progress``."""
+    import papermill as pm
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    class Engine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
+            progress.start(nb_man.nb.cells)
+            cell_start = nb_man.cell_start
+
+            def start(cell, cell_index=None, **kw):
+                progress.cell(cell_index)
+                return cell_start(cell, cell_index, **kw)
+
+            nb_man.cell_start = start
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+    papermill_engines.register("exfiqa-progress", Engine)
+    try:
+        pm.execute_notebook(
+            str(staged), str(executed), parameters=parameters, engine_name="exfiqa-progress",
+            kernel_name="python3", cwd=str(Path.cwd()), progress_bar=False, log_output=False,
+            stderr_file=progress,
+        )
+    finally:
+        progress.close()
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+def notebook_key(card: RunCard, config_path: Path, notebook: Path, extra: Sequence[Path] = ()) -> str:
+    """The "inputs unchanged" key of one notebook: the run card's key (protocol, device, code
+    digest of every package source, digest of every input file), the config file's bytes, the
+    notebook's source and ``extra`` files (the demo manifest)."""
+    h = hashlib.sha256()
+    h.update(card.key().encode())
+    h.update(_hash_files([config_path, notebook, *extra]).encode())
+    return h.hexdigest()
+
+
 def run_paper(
     config_path: str, notebooks: Sequence[str] = NOTEBOOKS, force: bool = False, log=print
 ) -> Path:
-    """Execute the notebooks for ``config_path`` into ``results/<run_name>/`` and index them."""
-    import papermill as pm
+    """Execute the notebooks for ``config_path`` into ``results/<run_name>/`` and index them.
 
-    cfg: Config = load_config(config_path)
+    The notebooks get only ``config`` and ``out_dir``: every other setting is the config's.
+    """
+    config = Path(config_path).resolve()
+    cfg: Config = load_config(config)
     unknown = [n for n in notebooks if n not in NOTEBOOKS]
     if unknown:
         raise ConfigError(f"unknown notebook(s) {unknown}; choose from {list(NOTEBOOKS)}")
@@ -123,14 +288,16 @@ def run_paper(
     for sub in ("notebooks", "figures", "tables"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     (out / RUN_MARKER).write_text("made by exfiqa.paper\n")
+    log(f"[paper] {cfg.run_name}: digests of the inputs ...")
+    card = run_card(cfg)
+    with atomic_write(out / CARD, overwrite=True) as fh:
+        fh.write(card.to_json())
     state_path = out / "run.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    package = _hash_files(list((ROOT / "exfiqa").glob("*.py")))
-    inputs = [Path(config_path)] + ([cfg.data_root / "manifest.json"] if cfg.demo else [])
-    base_key = _hash_files(inputs) + package
+    extra = [cfg.data_root / "manifest.json"] if cfg.demo else []
     for name in notebooks:
         src = ROOT / "notebooks" / f"{name}.py"
-        key = hashlib.sha256((base_key + _hash_files([src])).encode()).hexdigest()
+        key = notebook_key(card, config, src, extra)
         executed = out / "notebooks" / f"{name}.ipynb"
         if not force and state.get(name, {}).get("key") == key and executed.is_file():
             log(f"[paper] {name}: inputs unchanged, reusing {executed}")
@@ -140,14 +307,22 @@ def run_paper(
         staged = out / "notebooks" / f".{name}.input.ipynb"
         _to_ipynb(src, staged)
         try:
-            pm.execute_notebook(
-                str(staged), str(executed), parameters={"config": str(Path(config_path).resolve()), "out_dir": str(out.resolve())},
-                kernel_name="python3", cwd=str(Path.cwd()), progress_bar=False, log_output=False,
-            )
+            _execute(staged, executed, {"config": str(config), "out_dir": str(out.resolve())}, _Progress(name, log))
         finally:
             staged.unlink(missing_ok=True)
         _to_html(executed, executed.with_suffix(".html"))
-        state[name] = {"key": key, "seconds": round(time.perf_counter() - t0, 1)}
+        used = RunCard.from_json((out / CARD).read_text())
+        with atomic_write(out / CARD, overwrite=True) as fh:  # the card of the run, for the index
+            fh.write(card.to_json())
+        diff = card.differences(used)
+        if set(diff) - set(DRIFT):
+            raise ConfigError(f"{name} ran with another run card than the config gives (differs in {diff}); "
+                              "a notebook must take its settings from the config")
+        state[name] = {"key": notebook_key(used, config, src, extra), "seconds": round(time.perf_counter() - t0, 1)}
+        if diff:  # code or input files changed while the run was going on
+            state[name]["changed_during_run"] = diff
+            log(f"[paper] {name}: WARNING: {', '.join(diff)} changed while the run was going on; "
+                "its tables follow the new files, the index shows the card of the run's start")
         with atomic_write(state_path, overwrite=True) as fh:
             json.dump(state, fh, indent=2, sort_keys=True)
         log(f"[paper] {name}: done in {state[name]['seconds']} s")
@@ -156,13 +331,30 @@ def run_paper(
     return out
 
 
+def _caption(tex: Path) -> str:
+    from .tables import latex_unescape
+
+    if not tex.is_file():
+        return ""
+    found = re.search(r"^\\caption\{(.*)\}\s*$", tex.read_text(), re.M)
+    return latex_unescape(found.group(1)) if found else ""
+
+
 def build_index(out: Path, cfg: Config) -> Path:
-    """Write ``out/index.html``: every figure (PNG, linked to its PDF), every table, the notebooks."""
+    """Write ``out/index.html``: the run card (from ``out/run_card.json``, the file the notebooks
+    wrote), every figure (PNG, linked to its PDF), every table with its caption, the notebooks."""
     import pandas as pd
 
     def section(title: str, body: str) -> str:
         return f"<section><h2>{html.escape(title)}</h2>\n{body}</section>\n"
 
+    card = RunCard.from_json((out / CARD).read_text()) if (out / CARD).is_file() else run_card(cfg)
+    state = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
+    drift = "".join(
+        f'<p class="note">{html.escape(n)} ran after {html.escape(", ".join(s["changed_during_run"]))} changed during '
+        "the run: its tables follow the newer files, this card shows the run's start. Run make paper again.</p>"
+        for n, s in state.items() if isinstance(s, dict) and s.get("changed_during_run")
+    )
     nb_links = "".join(
         f'<li><a href="notebooks/{n}.html">{n}</a> (<a href="notebooks/{n}.ipynb">ipynb</a>)</li>'
         for n in NOTEBOOKS if (out / "notebooks" / f"{n}.ipynb").is_file()
@@ -177,24 +369,23 @@ def build_index(out: Path, cfg: Config) -> Path:
         frame = pd.read_csv(p)
         shown = frame.head(60).to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="tbl")
         more = f"<p>({len(frame)} rows; first 60 shown)</p>" if len(frame) > 60 else ""
+        caption = _caption(p.with_suffix(".tex"))
         tables += (
             f'<div class="table" id="{p.stem}"><h3>{html.escape(p.stem)} '
             f'<small>(<a href="tables/{p.name}">csv</a>, <a href="tables/{p.stem}.tex">tex</a>)</small></h3>'
-            f"{shown}{more}</div>\n"
+            + (f'<p class="caption">{html.escape(caption)}</p>' if caption else "")
+            + f"{shown}{more}</div>\n"
         )
-    demo_note = (
-        "<p class=note>These results come from the offline <b>demo world</b> (procedural faces, small "
-        "models trained on this machine). They exercise every step of the paper's protocol; the "
-        "numbers are not the paper's.</p>" if cfg.demo else ""
-    )
+    note = f'<p class="note">{_md_bold(card.banner())}</p>'
     page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>EX-FIQA results: {html.escape(cfg.run_name)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>EX-FIQA results: {html.escape(card.run_name)}</title>
 <style>
 body {{ font-family: sans-serif; max-width: 1200px; margin: 2em auto; color: #222; }}
 figure {{ display: inline-block; margin: 0.5em; vertical-align: top; max-width: 560px; }}
 figure img {{ max-width: 100%; border: 1px solid #ddd; }}
 table.tbl {{ border-collapse: collapse; font-size: 0.8em; }} table.tbl td, table.tbl th {{ padding: 2px 6px; border-bottom: 1px solid #eee; }}
-.note {{ background: #fff6d5; padding: 0.6em; }}
+table.card {{ border-collapse: collapse; font-size: 0.85em; }} table.card th {{ text-align: left; padding: 1px 10px 1px 0; }}
+.note {{ background: #fff6d5; padding: 0.6em; }} .caption {{ font-size: 0.85em; color: #555; }}
 </style>
 <script>
 window.addEventListener("load", () => {{
@@ -203,10 +394,9 @@ window.addEventListener("load", () => {{
   document.body.dataset.imagesOk = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
 }});
 </script></head><body>
-<h1>EX-FIQA, regenerated: {html.escape(cfg.run_name)}</h1>
-{demo_note}
-<p>Config: <code>{html.escape(str(cfg.source))}</code>; EDC convention <code>{cfg.convention}</code>,
-pAUC up to discard {cfg.discard_limit:g}, FMR targets {", ".join(f"{f:.0e}" for f in cfg.fmr_targets)}.</p>
+<h1>EX-FIQA, regenerated: {html.escape(card.run_name)}</h1>
+{note}
+{section("Run card", card.html() + drift)}
 {section("Notebooks", f"<ul>{nb_links}</ul>")}
 {section("Figures", figures)}
 {section("Tables", tables)}
@@ -216,6 +406,12 @@ pAUC up to discard {cfg.discard_limit:g}, FMR targets {", ".join(f"{f:.0e}" for 
     with atomic_write(target, overwrite=True) as fh:
         fh.write(page)
     return target
+
+
+def _md_bold(text: str) -> str:
+    """Markdown ``**bold**`` -> HTML ``<b>``, the rest escaped."""
+    parts = html.escape(text).split("**")
+    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,8 +20,10 @@ from .io import atomic_path
 
 __all__ = [
     "FUSION_COLOURS",
+    "attention_entropy_spread",
     "attention_figure",
     "edc_grid",
+    "forest",
     "exit_colour",
     "method_colours",
     "pauc_vs_gflops",
@@ -205,5 +207,45 @@ def pauc_vs_gflops(frame: pd.DataFrame, fused: pd.DataFrame | None = None, title
     ax.set_ylabel("pAUC-EDC")
     ax.set_title(title)
     ax.legend(ncol=2, fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def forest(boot: pd.DataFrame, reference: str = "last exit") -> Figure:
+    """Forest plot of paired-bootstrap differences: one row per (quality model, method, dataset).
+
+    ``boot``: columns ``quality_model, method, dataset, delta_pauc, ci_low, ci_high`` (as from
+    :func:`exfiqa.analysis.fusion_bootstrap`); a point left of 0 means the method is better.
+    """
+    set_style()
+    fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(boot) + 1))
+    y = np.arange(len(boot))
+    delta = boot["delta_pauc"].to_numpy()
+    err = [delta - boot["ci_low"].to_numpy(), boot["ci_high"].to_numpy() - delta]
+    ax.errorbar(delta, y, xerr=err, fmt="o", ms=3, capsize=2, color=FUSION_COLOURS["EX-FIQA-FW"])
+    ax.axvline(0, color="grey", lw=1)
+    labels = [f"({r.quality_model}) {r.method} | {r.dataset}" for r in boot.itertuples()]
+    ax.set_yticks(y, labels, fontsize=6)
+    scale = float(boot["scale"].iloc[0]) if "scale" in boot and len(boot) else 1.0
+    unit = f" (x{scale:g})" if scale != 1.0 else ""
+    ax.set_xlabel(f"pAUC(method) - pAUC({reference}){unit}   (< 0: method better)")
+    fig.tight_layout()
+    return fig
+
+
+def attention_entropy_spread(stats: pd.DataFrame) -> Figure:
+    """Attention entropy and spatial spread per exit (mean and std), one line per quality model.
+
+    ``stats``: :func:`exfiqa.analysis.attention_statistics` rows with a ``quality_model`` column.
+    """
+    set_style()
+    fig, axes = plt.subplots(1, 2, figsize=(7, 2.6))
+    for q, part in stats.groupby("quality_model", sort=False):
+        for ax, col in zip(axes, ("entropy", "spread"), strict=True):
+            ax.errorbar(part["exit"], part[f"{col}_mean"], yerr=part[f"{col}_std"], marker="o", ms=3, capsize=2, label=f"({q})")
+    axes[0].axhline(stats["max_entropy"].iloc[0], color="grey", ls=":", lw=1, label="uniform")
+    axes[0].set(xlabel="exit", ylabel="entropy (nats)", title="attention entropy")
+    axes[1].set(xlabel="exit", ylabel="RMS distance (patches)", title="spatial spread")
+    axes[0].legend()
     fig.tight_layout()
     return fig

@@ -1,30 +1,78 @@
 """Tables as CSV + LaTeX (booktabs), written atomically and byte-identically.
 
-Every pAUC table carries its convention, discard limit and scale, either as columns or as a
-caption line, so that a number can never be read under the wrong protocol.
+Every pAUC table carries its convention, discard limit, FMR and scale so that a number can never
+be read under the wrong protocol: the CSV as columns (``convention, limit, fmr, scale``), the
+LaTeX file in its caption (constant protocol columns are dropped from the LaTeX body).
+
+Numbers: the CSV keeps full precision (Python's shortest round-trip repr of each float); pAUC
+values in every table are the raw area times ``scale`` (the config's ``pauc_scale``, 1000 by
+default, as on the poster), and the ``scale`` column says so. The LaTeX file and the index
+page show significant digits (``%.4g`` unless a table asks otherwise).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from .io import atomic_write
 
-__all__ = ["protocol_note", "save_table", "wide_pauc"]
+__all__ = [
+    "PROTOCOL_COLUMNS", "latex_escape", "latex_unescape", "pauc_per_exit", "protocol", "protocol_note", "save_table",
+    "wide_pauc",
+]
+
+#: Columns that state how a pAUC was computed (see :func:`protocol`).
+PROTOCOL_COLUMNS = ("fmr", "convention", "limit", "scale", "seed")
 
 
 def protocol_note(convention: str, limit: float, fmr: float | None = None, scale: float = 1.0) -> str:
     """One line stating how pAUC numbers were computed, e.g. for captions and notebook prose."""
     parts = [f"pAUC-EDC up to discard {limit:g}", f"convention '{convention}'"]
     if fmr is not None:
-        parts.append(f"FNMR@FMR={fmr:.0e}")
+        parts.append(f"FNMR@FMR={fmr:g}")
     if scale != 1.0:
-        parts.append(f"values x{scale:g}")
+        parts.append(f"pAUC x{scale:g}")
     return ", ".join(parts) + "; lower is better"
+
+
+def protocol(
+    convention: str, limit: float, fmr: float | None = None, scale: float = 1.0, seed: int | None = None
+) -> dict[str, Any]:
+    """The protocol columns a table's rows share (``fmr`` and ``seed`` only when given)."""
+    out: dict[str, Any] = {"convention": convention, "limit": float(limit), "scale": float(scale)}
+    if fmr is not None:
+        out["fmr"] = float(fmr)
+    if seed is not None:
+        out["seed"] = int(seed)
+    return out
+
+
+def _note(proto: Mapping[str, Any]) -> str:
+    text = protocol_note(proto["convention"], proto["limit"], proto.get("fmr"), proto.get("scale", 1.0))
+    return text + (f"; seed {proto['seed']}" if "seed" in proto else "")
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped (pandas leaves captions unescaped)."""
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def latex_unescape(text: str) -> str:
+    """Inverse of :func:`latex_escape` (to show a caption read back from a ``.tex`` file)."""
+    for ch, esc in sorted(_LATEX_SPECIAL.items(), key=lambda kv: -len(kv[1])):
+        text = text.replace(esc, ch)
+    return text
 
 
 def save_table(
@@ -32,18 +80,35 @@ def save_table(
     out_dir: str | os.PathLike[str],
     name: str,
     caption: str = "",
-    float_format: str = "%.4f",
+    float_format: str = "%.4g",
     index: bool = False,
+    protocol: Mapping[str, Any] | None = None,
 ) -> list[Path]:
-    """Write ``name.csv`` and ``name.tex`` (booktabs, caption) atomically; returns the paths."""
+    """Write ``name.csv`` (full precision) and ``name.tex`` (booktabs, caption) atomically.
+
+    ``protocol`` (from :func:`protocol`): its entries become columns of the CSV where the frame
+    lacks them, and the caption states them; protocol columns that are constant are left out
+    of the LaTeX body (the caption carries them). ``float_format`` applies to the LaTeX file only.
+    Returns the two paths.
+    """
     out = Path(out_dir)
+    frame = frame.copy()
+    if protocol:
+        for key, value in protocol.items():
+            if key not in frame.columns:
+                frame[key] = value
+        caption = f"{caption} {_note(protocol)}." if caption else f"{_note(protocol)}."
     csv_path, tex_path = out / f"{name}.csv", out / f"{name}.tex"
     with atomic_write(csv_path, overwrite=True) as fh:
-        frame.to_csv(fh, index=index, float_format=float_format, lineterminator="\n")
-    latex = frame.to_latex(
+        frame.to_csv(fh, index=index, lineterminator="\n")
+    shown = frame
+    if protocol:
+        constant = [c for c in PROTOCOL_COLUMNS if c in frame.columns and frame[c].nunique(dropna=False) <= 1]
+        shown = frame.drop(columns=constant)
+    latex = shown.to_latex(
         index=index,
         float_format=lambda v: float_format % v,
-        caption=caption or None,
+        caption=latex_escape(caption) if caption else None,
         label=f"tab:{name}",
         escape=True,
     )
@@ -63,3 +128,14 @@ def wide_pauc(
         wide.columns = [" / ".join(str(c) for c in col) for col in wide.columns]
     wide.columns.name = None
     return wide.reset_index()
+
+
+def pauc_per_exit(pauc: pd.DataFrame, quality_model: str, fmr: float, order: Sequence[str]) -> pd.DataFrame:
+    """One quality model's pAUCs at ``fmr``: a row per method (in ``order``), a column per
+    ``dataset / fr_model``."""
+    import numpy as np
+
+    part = pauc[(pauc["quality_model"] == quality_model) & np.isclose(pauc["fmr"], fmr)]
+    if part.empty:
+        raise ValueError(f"no pAUC rows for quality model {quality_model!r} at FMR {fmr:g}")
+    return wide_pauc(part, columns=("dataset", "fr_model"), order=order)

@@ -24,55 +24,50 @@
 #
 # Beyond the figure we measure, per block, the **entropy** of the attention over the patches
 # (high = diffuse) and its **spatial spread** (attention-weighted RMS distance from the centroid,
-# in patches), averaged over the dataset.
+# in patches), averaged over a bounded, seeded sample of the first dataset.
+#
+# **Which faces.** The config key `attention_samples` names the four sample types, each an image
+# path (relative to `data_root`) or a sample of a configured dataset:
+# `attention_samples: {child: faces/child.png, pose: {dataset: lfw, sample: 17}}`. Without it, a
+# demo config uses the demo world's `samples/*.png`; real data shows the first sample of each of
+# the first four datasets, labelled as such (not as sample types).
 
 # %% tags=["parameters"]
-config = "configs/demo.yaml"  # run config: datasets, FR models, quality checkpoints, paths
+config = "configs/demo.yaml"  # run config: datasets, FR models, quality checkpoints, protocol, paths
 datasets = []  # subset of the datasets in the config; the first gives the dataset mean
 fr_models = []  # (unused here; kept so every notebook takes the same parameters)
 quality_models = []  # subset of the ViT-FIQA checkpoints, T and C; empty means all
 data_root = ""  # replaces data_root of the config; empty means keep
-sample_images = {}  # sample type to image path (child, frontal, occlusion, pose); empty means demo samples
-mean_images = 256  # images of the first dataset averaged for the mean map
-fmr_targets = [0.01, 0.001, 0.0001]  # (unused here)
-discard_limit = 0.3  # (unused here)
-convention = "recompute"  # (unused here)
-device = "cpu"  # cpu, cuda or auto
-batch_size = 128  # images per forward pass
-seed = 0  # seed of the image sampling for the mean map
+attention_samples = {}  # sample type to image path or {dataset, sample}; empty means the config's attention_samples
+mean_images = 256  # at most this many images of the first dataset (seeded draw) give the mean map
+fmr_targets = None  # (unused here)
+discard_limit = None  # (unused here)
+convention = None  # (unused here)
+pauc_scale = None  # (unused here)
+device = None  # cpu, cuda, cuda:N or auto; None means the config's device
+batch_size = None  # images per forward pass; None means the config's batch_size
+seed = None  # seed of the image sampling for the mean map; None means the config's seed
 out_dir = ""  # figures and tables are written here; empty means results/RUN-adhoc
 
 # %%
-from pathlib import Path
-
-import numpy as np
-import pandas as pd
+# open the study: the config (and any parameter overrides), its run card
 from IPython.display import Markdown, display
 
 from exfiqa import analysis, plots, tables
-from exfiqa.config import ConfigError
-from exfiqa.images import read_face
 from exfiqa.paper import open_study
 
 study = open_study(
     config, datasets, fr_models, quality_models, data_root=data_root, out_dir=out_dir,
-    device=device, batch_size=batch_size, seed=seed,
+    attention_samples=attention_samples, fmr_targets=fmr_targets, discard_limit=discard_limit,
+    convention=convention, pauc_scale=pauc_scale, device=device, batch_size=batch_size, seed=seed,
 )
 cfg = study.config
 FIG, TAB = study.out_dir / "figures", study.out_dir / "tables"
-SAMPLE_TYPES = ("child", "frontal", "occlusion", "pose")
-if not sample_images:
-    sample_images = {t: str(cfg.data_root / "samples" / f"{t}.png") for t in SAMPLE_TYPES}
-missing = {t: p for t, p in sample_images.items() if not Path(p).is_file()}
-if missing:
-    raise ConfigError(f"sample_images: files not found {missing}")
-faces = {t: read_face(p) for t, p in sample_images.items()}
-ds0 = next(iter(cfg.datasets))
-bench = study.benchmark(ds0)
-rng = np.random.default_rng(seed)
-pick = np.sort(rng.choice(len(bench), size=min(mean_images, len(bench)), replace=False))
-mean_faces = np.stack([bench.image(int(i)) for i in pick])
-display(Markdown(f"Sample types: {list(faces)}; dataset mean over {len(pick)} images of {cfg.datasets[ds0].label}."))
+display(Markdown(study.card.banner()))
+display(Markdown(study.card.markdown()))
+inputs = analysis.attention_inputs(study, mean_images=mean_images)
+display(Markdown(f"Faces: {inputs.note}: " + "; ".join(f"{k} = `{v}`" for k, v in inputs.sources.items())
+                 + f". Dataset mean over {len(inputs.mean_ids)} images of {inputs.mean_dataset} (seed {cfg.seed})."))
 
 # %% [markdown]
 # ## The attention figure
@@ -84,18 +79,11 @@ display(Markdown(f"Sample types: {list(faces)}; dataset mean over {len(pick)} im
 # %%
 stats = []
 for q in cfg.quality_models:
-    model = study.quality_model(q)
-    per_type = analysis.attention_maps(model, np.stack(list(faces.values())), device=cfg.device)
-    maps = {t: per_type[i] for i, t in enumerate(faces)}
-    dataset_maps = analysis.attention_maps(model, mean_faces, batch_size=cfg.batch_size, device=cfg.device)
-    maps[f"{cfg.datasets[ds0].label} (mean)"] = dataset_maps.mean(axis=0)
-    images = {**faces, f"{cfg.datasets[ds0].label} (mean)": None}
-    fig = plots.attention_figure(maps, images)
+    maps, s = analysis.attention_study(study, q, inputs)
+    fig = plots.attention_figure(maps, {**inputs.faces, f"{inputs.mean_dataset} (mean)": None})
     fig.suptitle(f"EX-FIQA ({q}): attention across exits", y=1.02, fontsize=8)
     plots.save_figure(fig, FIG, f"attention_{q}")
     display(fig)
-    s = analysis.attention_statistics(dataset_maps)
-    s.insert(0, "quality_model", q)
     stats.append(s)
 
 # %% [markdown]
@@ -106,21 +94,14 @@ for q in cfg.quality_models:
 # patches are close together (a facial part) or scattered (texture everywhere).
 
 # %%
-stats = pd.concat(stats, ignore_index=True)
-tables.save_table(stats, TAB, "attention_statistics", caption=f"Attention entropy and spread per exit, mean over {len(pick)} images of {cfg.datasets[ds0].label}")
-display(stats.round(3))
-import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
 
-plots.set_style()
-fig, axes = plt.subplots(1, 2, figsize=(7, 2.6))
-for q, part in stats.groupby("quality_model", sort=False):
-    axes[0].errorbar(part["exit"], part["entropy_mean"], yerr=part["entropy_std"], marker="o", ms=3, capsize=2, label=f"({q})")
-    axes[1].errorbar(part["exit"], part["spread_mean"], yerr=part["spread_std"], marker="o", ms=3, capsize=2, label=f"({q})")
-axes[0].axhline(stats["max_entropy"].iloc[0], color="grey", ls=":", lw=1, label="uniform")
-axes[0].set(xlabel="exit", ylabel="entropy (nats)", title="attention entropy")
-axes[1].set(xlabel="exit", ylabel="RMS distance (patches)", title="spatial spread")
-axes[0].legend()
-fig.tight_layout()
+stats = pd.concat(stats, ignore_index=True)
+tables.save_table(stats, TAB, "attention_statistics", caption=(
+    f"Attention entropy and spread per exit, mean over {len(inputs.mean_ids)} images of {inputs.mean_dataset} "
+    f"(seed {cfg.seed}; no EDC protocol involved)."))
+display(stats.round(3))
+fig = plots.attention_entropy_spread(stats)
 plots.save_figure(fig, FIG, "attention_entropy_spread")
 display(fig)
 for q, part in stats.groupby("quality_model", sort=False):

@@ -133,6 +133,81 @@ def test_eer_hand_case():
     assert M.eer([0.1, 0.2], [0.3, 0.4]) == 0.0
 
 
+def f32_at_threshold():
+    """Non-mated float32 scores whose (k+1)-th largest is ``s``; mated scores at ``s`` and next to it."""
+    s = np.float32(0.3)
+    up, down = np.nextafter(s, np.float32(1)), np.nextafter(s, np.float32(-1))
+    neg = np.array([0.1, 0.2, down, s, s, up, 0.5, 0.6, 0.7, 0.8], dtype=np.float32)
+    pos = np.array([down, s, s, up, 0.9], dtype=np.float32)
+    return neg, pos, s, up
+
+
+def test_float32_scores_equal_to_the_threshold_statistic_are_rejected():
+    neg, pos, s, up = f32_at_threshold()
+    # FMR 0.5 of 10 allows k = 5 accepted; the 6th largest (s) must be rejected: FMR = 5/10 with
+    # `up` accepted; a mated score at s is a false non-match, one at `up` is not.
+    t = M.threshold_at_fmr(neg, 0.5)
+    assert t == np.nextafter(np.float64(s), np.inf) and np.float32(t) == s  # the trap: t rounds to s
+    assert M.error_rates(neg, pos, t) == (0.5, 3 / 5)
+    assert M.error_rates(neg, pos, t) == M.error_rates(neg.astype(np.float64), pos.astype(np.float64), t)
+    assert M.fnmr_at_fmr(neg, pos, 0.5) == 3 / 5
+    assert M.error_rates(neg, pos, float(up)) == (0.5, 3 / 5)  # a float32 threshold itself is exact
+    assert M.error_rates(neg, pos, float(s)) == (0.7, 1 / 5)
+
+
+@pytest.mark.parametrize("convention", ["fixed", "recompute"])
+def test_float32_curves_equal_float64_curves(convention):
+    neg, pos, _, _ = f32_at_threshold()
+    s32 = np.r_[neg, pos]
+    y = np.r_[np.zeros(neg.size, bool), np.ones(pos.size, bool)]
+    q = np.arange(s32.size, dtype=np.float32) % 4
+    a = M.edc(s32, y, q, 0.5, convention)
+    b = M.edc(s32.astype(np.float64), y, q.astype(np.float64), 0.5, convention)
+    np.testing.assert_array_equal(a.fnmr, b.fnmr)
+    np.testing.assert_array_equal(a.thresholds, b.thresholds)
+    assert a.fnmr[0] == 3 / 5
+
+
+def test_verification_accuracy_float32_adjacent_scores():
+    # The best cut lies between two adjacent float32 scores (their float32 midpoint is one of them)
+    # or above the highest one (nextafter in float64 rounds back to it in float32).
+    x = np.float32(0.5)
+    nx = np.nextafter(x, np.float32(1))
+    s = np.array([0.1, x, nx, 0.9, 0.2, x, nx, 0.95], dtype=np.float32)
+    y = np.array([0, 0, 1, 1, 0, 0, 1, 1], bool)
+    a = M.verification_accuracy(s, y, n_folds=2)
+    b = M.verification_accuracy(s.astype(np.float64), y, n_folds=2)
+    np.testing.assert_array_equal(a.folds, b.folds)
+    assert a.mean == 1.0
+    top = np.array([0.2, 0.3, x, 0.1, 0.2, x], dtype=np.float32)  # all non-mated: cut at inf
+    np.testing.assert_array_equal(
+        M.verification_accuracy(top, np.zeros(6, bool), 2).folds, [1.0, 1.0]
+    )
+
+
+def brute_accuracy(s, y, n_folds):
+    """Second implementation: per fold, every cut of the training scores, in float64."""
+    s = np.asarray(s, np.float64)
+    out = []
+    for test in np.array_split(np.arange(s.size), n_folds):
+        tr = np.ones(s.size, bool)
+        tr[test] = False
+        u = np.unique(s[tr])
+        cuts = np.append(u, np.inf)
+        correct = [np.sum(s[tr][y[tr]] >= c) + np.sum(s[tr][~y[tr]] < c) for c in cuts]
+        i = int(np.argmax(correct))
+        t = u[0] if i == 0 else np.nextafter(u[-1], np.inf) if i == u.size else (u[i - 1] + u[i]) / 2
+        out.append(np.mean((s[test] >= t) == y[test]))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_verification_accuracy_matches_brute_force(seed):
+    s, y, _ = synthetic(700, 0.4, seed=seed, decimals=2 if seed % 2 else None, mated_mean=0.25)
+    got = M.verification_accuracy(s.astype(np.float32), y, 7)
+    np.testing.assert_array_equal(got.folds, brute_accuracy(s.astype(np.float32), y, 7))
+
+
 def test_verification_accuracy_hand_case():
     s = [0.9, 0.8, 0.2, 0.1, 0.7, 0.6, 0.65, 0.3]
     y = [1, 1, 0, 0, 1, 0, 1, 0]
@@ -529,25 +604,16 @@ def test_bootstrap_subtract_best_fixed():
 def test_weighted_paths_with_unit_weights_equal_point_estimates():
     s, y, q = synthetic(2000, 0.2, seed=17, decimals=1)
     comp = M._Comparisons(s, y)
+    order = M._ArrayOrder(q)
     fixed = M.edc(s, y, q, 0.01, "fixed")
-    plan = M._FixedPlan(comp, q)
+    plan = M._FixedPlan(comp, q[comp.idx_m])
     stat = np.nextafter(fixed.thresholds[0], -np.inf)
     area = plan.pauc(np.ones((1, comp.n_m), np.int64), np.array([stat]), 0.3, True)
     assert area[0] == pytest.approx(M.pauc(fixed, 0.3, subtract_best=True))
     vals, idx = comp.top_nonmated(comp.n_nm)
-    rplan = M._RecomputePlan(comp, q, idx)
-    ends = np.arange(1, comp.n + 1)
-    fnmr = M._recompute_weighted(
-        rplan.d,
-        comp.n,
-        0.01,
-        ends[rplan.pos_m],
-        np.ones(comp.n_m, np.int64),
-        comp.sim_m,
-        ends[rplan.pos_cand],
-        np.ones(idx.size, np.int64),
-        vals,
-    )
+    gap = M._GapPlan(comp.n, order.ranks(comp.mated_refs), order.ranks(idx))
+    assert gap.rest == 0  # every comparison is needed: no gaps
+    fnmr = gap.fnmr(comp, 0.01, np.ones(comp.n_m, np.int64), np.ones(idx.size, np.int64), gap.gaps(0, None), vals)
     np.testing.assert_allclose(fnmr, M.edc(s, y, q, 0.01, "recompute").fnmr)
 
 
@@ -560,20 +626,30 @@ def adversarial(n=1500, seed=18):
 def run_boot(s, y, qs, fmr, n_boot, seed):
     """The bootstrap engine on a fresh comparison set (no candidates cached by an estimate)."""
     comp = M._Comparisons(s, y)
-    return M._run_bootstrap(comp, qs, fmr, Convention.RECOMPUTE, 0.3, False, n_boot, seed)
+    orders = [M._ArrayOrder(comp.quality(q)) for q in qs]
+    return M._run_bootstrap(comp, orders, fmr, Convention.RECOMPUTE, 0.3, False, n_boot, seed)
 
 
 def test_recompute_paired_bootstrap_candidate_fallback(monkeypatch):
     s, y, q = adversarial()
     q2 = q + 0.1 * np.random.default_rng(0).normal(size=q.size)
     before = M._FALLBACKS[0]
-    default = run_boot(s, y, [q, q2], 0.05, 20, 5)
+    run_boot(s, y, [q, q2], 0.05, 20, 5)
     assert M._FALLBACKS[0] == before  # the default candidates suffice here
     monkeypatch.setattr(M, "_MIN_CANDIDATES", 1)
-    small = run_boot(s, y, [q, q2], 0.05, 20, 5)
-    assert M._FALLBACKS[0] > before  # the fallback ran ...
-    for a, b in zip(small, default, strict=True):
-        np.testing.assert_allclose(a, b)  # ... and changed nothing
+    monkeypatch.setattr(M, "_GAP_BLOCK", 2)  # many blocks: most drawn only as block totals
+    small = run_boot(s, y, [q, q2], 0.05, 300, 5)
+    assert M._FALLBACKS[0] - before > 30  # many resamples split gaps over more candidates ...
+    rng = np.random.default_rng(2)
+    im, inm = np.flatnonzero(y), np.flatnonzero(~y)
+    ref = []
+    for _ in range(300):
+        idx = np.sort(np.r_[rng.choice(inm, inm.size), rng.choice(im, im.size)])
+        ref.append([M.pauc(M.edc(s[idx], y[idx], x[idx], 0.05, "recompute")) for x in (q, q2)])
+    ref = np.array(ref)
+    for ours, r in zip(small, ref.T, strict=True):  # ... and each measure stays exactly distributed
+        assert abs(ours.mean() - r.mean()) < 0.3 * r.std()
+        assert 0.8 < ours.std() / r.std() < 1.25
 
 
 def test_recompute_single_bootstrap_candidate_fallback(monkeypatch):
@@ -587,17 +663,44 @@ def test_recompute_single_bootstrap_candidate_fallback(monkeypatch):
     assert 0.8 < ours.std() / ref.std() < 1.25
 
 
-def test_gap_refinement_keeps_gap_totals():
+def test_gap_split_keeps_gap_totals_and_spreads_by_size():
     s, y, q = synthetic(500, 0.2, seed=21)
     comp = M._Comparisons(s, y)
+    order = M._ArrayOrder(q)
     vals, idx = comp.top_nonmated(5)
-    plan = M._GapPlan(comp, q, vals, idx)
+    rm, rc = order.ranks(comp.mated_refs), order.ranks(idx)
+    plan = M._GapPlan(comp.n, rm, rc)
+    assert plan.gap_size.sum() == comp.n - comp.n_m - idx.size
+    _, more = comp.top_nonmated(60)
+    extra = order.ranks(more[idx.size :])
+    finer = M._GapPlan(comp.n, rm, np.r_[rc, extra])
     rng = np.random.default_rng(0)
-    seq, c_m = plan.draw(comp, rng)
-    assert seq.sum() == comp.n and c_m.sum() == comp.n_m
-    w = plan.refine(seq, rng)
-    assert w.sum() == comp.n
-    np.testing.assert_array_equal(np.cumsum(w)[plan.qpos], np.cumsum(seq)[1::2])
+    totals = np.zeros(finer.gap_size.size)
+    for _ in range(400):
+        gaps = plan.gaps(plan.rest, rng)
+        fine, ext = plan.split(finer, extra, gaps, rng)
+        assert fine.sum() + ext.sum() == gaps.sum() == plan.rest
+        # every coarse gap's copies stay inside it
+        np.testing.assert_array_equal(np.cumsum(fine)[finer.gap_size.size - 1], plan.rest - ext.sum())
+        totals += fine
+    # one copy per comparison on average: sub-gap counts follow their sizes
+    np.testing.assert_allclose(totals / 400, finer.gap_size, atol=4 * np.sqrt(finer.gap_size.max() / 400) + 0.5)
+
+
+def test_bootstrap_samples_do_not_depend_on_the_companions():
+    s, y, q = synthetic(1200, 0.15, seed=22, mated_mean=0.3)
+    comp = M._Comparisons(s, y)
+    q2, q3 = q + np.random.default_rng(1).normal(size=q.size), -q
+    for conv in ("fixed", "recompute"):
+        alone = M.bootstrap_samples(comp, [M._ArrayOrder(q)], 0.01, conv, n_boot=30, seed=4)[0]
+        trio = M.bootstrap_samples(comp, [M._ArrayOrder(x) for x in (q3, q, q2)], 0.01, conv, n_boot=30, seed=4)
+        np.testing.assert_array_equal(trio[1], alone)
+        pair = M.paired_bootstrap(s, y, q2, q, 0.01, conv, n_boot=30, seed=4)
+        np.testing.assert_allclose(pair.samples, trio[2] - trio[1])
+        same = M.bootstrap_samples(comp, [M._ArrayOrder(q), M._ArrayOrder(q.copy())], 0.01, conv, n_boot=30, seed=4)
+        np.testing.assert_array_equal(same[0], same[1])
+    with pytest.raises(ValueError, match="subtract_best"):
+        M.bootstrap_samples(comp, [M._ArrayOrder(q)], 0.01, "recompute", n_boot=5, subtract_best=True)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -647,3 +750,45 @@ def test_bad_input_raises_naming_the_parameter():
         M.verification_accuracy(s, y, n_folds=1)
     with pytest.raises(ValueError, match="template_ids: length"):
         M.template_quality([0.1, 0.2], [1])
+
+
+@pytest.mark.parametrize("block", [1, 3, 256])
+def test_block_gap_draws_give_the_fnmr_of_every_gap(monkeypatch, block):
+    """Unrefined blocks hold no level boundary: completing their gaps changes no FNMR."""
+    monkeypatch.setattr(M, "_GAP_BLOCK", block)
+    s, y, q = synthetic(3000, 0.1, seed=23, decimals=1)  # ties in quality
+    comp = M._Comparisons(s, y)
+    order = M._ArrayOrder(q)
+    vals, idx = comp.top_nonmated(200)
+    r = order.ranks(np.r_[comp.mated_refs, idx])
+    plan = M._GapPlan(comp.n, r[: comp.n_m], r[comp.n_m :])
+    rng = np.random.default_rng(1)
+    p_nm = np.r_[np.full(idx.size, 1 / comp.n_nm), 1 - idx.size / comp.n_nm]
+    for _ in range(50):
+        c_m = np.bincount(rng.integers(0, comp.n_m, comp.n_m), minlength=comp.n_m)
+        draw = rng.multinomial(comp.n_nm, p_nm)  # candidates' counts, then the pooled rest
+        end_m, end_c, state = plan.ends(c_m, draw[:-1], int(draw[-1]), rng)
+        fast = M._recompute_weighted(plan.d, plan.n, 0.05, end_m, c_m, comp.sim_m, end_c, draw[:-1], vals)
+        gaps = plan.full_gaps(state, rng)
+        assert gaps.sum() == draw[-1]
+        full = plan.fnmr(comp, 0.05, c_m, draw[:-1], gaps, vals)
+        np.testing.assert_array_equal(fast, full)
+
+
+def test_paired_recompute_with_pooled_gaps_is_close_and_not_narrower(monkeypatch):
+    """Most non-mated comparisons pooled into gaps: the difference's spread is that of explicit
+    resampling, or slightly wider (the omitted cross-order covariance of the gap counts)."""
+    monkeypatch.setattr(M, "_MIN_CANDIDATES", 1)
+    s, y, q = synthetic(3000, 0.15, seed=20, mated_mean=0.3)
+    q2 = q + 0.7 * np.random.default_rng(1).normal(size=q.size)
+    ours = M.paired_bootstrap(s, y, q, q2, 0.01, "recompute", n_boot=300, seed=1).samples
+    rng = np.random.default_rng(2)
+    im, inm = np.flatnonzero(y), np.flatnonzero(~y)
+    ref = []
+    for _ in range(300):
+        idx = np.sort(np.r_[rng.choice(inm, inm.size), rng.choice(im, im.size)])
+        a, b = (M.pauc(M.edc(s[idx], y[idx], x[idx], 0.01, "recompute")) for x in (q, q2))
+        ref.append(a - b)
+    ref = np.array(ref)
+    assert abs(ours.mean() - ref.mean()) < 0.3 * ref.std()
+    assert 0.9 < ours.std() / ref.std() < 1.3

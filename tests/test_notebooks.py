@@ -31,7 +31,8 @@ EXPECTED_FIGURES = [
 EXPECTED_TABLES = [
     "fr_sanity", "pauc_all", "pauc_per_exit_T", "pauc_per_exit_C", "depth_summary", "rank_correlation_T", "rank_correlation_C",
     "attention_statistics",
-    "fusion_vs_exits", "fusion_wins", "fusion_bootstrap", "fusion_strategies", "comparison_table",
+    "headline_vs_paper", "paper_findings", "fusion_vs_exits", "fusion_wins", "fusion_bootstrap", "fusion_strategies",
+    "comparison_table",
     "gflops_released", "latency_per_exit", "operating_points", "adaptive_exit",
 ]
 
@@ -50,8 +51,20 @@ def test_paired_ipynb_match_their_sources_and_carry_no_outputs():
 
 COMMON_PARAMETERS = {
     "config", "datasets", "fr_models", "quality_models", "data_root", "fmr_targets", "discard_limit",
-    "convention", "device", "batch_size", "seed", "out_dir",
+    "convention", "pauc_scale", "device", "batch_size", "seed", "out_dir",
 }
+#: Parameters that mirror a config setting: they default to None (= the config's value).
+FROM_CONFIG = {"fmr_targets", "discard_limit", "convention", "pauc_scale", "device", "batch_size", "seed", "headline_fmr", "cost_fmr"}
+
+
+def test_parameters_that_mirror_the_config_default_to_none():
+    import papermill as pm
+
+    for name in NOTEBOOKS:
+        params = pm.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"))
+        mirrored = FROM_CONFIG & set(params)
+        assert {"fmr_targets", "discard_limit", "convention", "device", "batch_size", "seed"} <= mirrored, name
+        assert all(params[p]["default"] == "None" for p in mirrored), {p: params[p]["default"] for p in mirrored}
 
 
 def test_papermill_sees_every_parameter():
@@ -94,7 +107,9 @@ def test_every_figure_and_table_is_produced(paper_run):
         assert not errors, name
         assert (out / "notebooks" / f"{name}.html").stat().st_size > 10_000
     pauc = pd.read_csv(out / "tables" / "pauc_all.csv")
-    assert set(pauc["convention"]) == {"recompute"} and set(pauc["limit"]) == {0.3}
+    assert set(pauc["convention"]) == {"recompute"} and set(pauc["limit"]) == {0.3} and set(pauc["scale"]) == {1000.0}
+    findings = pd.read_csv(out / "tables" / "paper_findings.csv")
+    assert len(findings) >= 6 and set(findings["verdict"]) <= {"agrees", "differs", "not computable in this run"}
 
 
 def test_unchanged_inputs_are_reused_and_tables_are_byte_identical(paper_run, tmp_path):
@@ -108,13 +123,18 @@ def test_unchanged_inputs_are_reused_and_tables_are_byte_identical(paper_run, tm
     # re-execute the fusion notebook (bootstrap, weight search) from scratch: same bytes
     run_paper(str(config), notebooks=["03_fusion"], force=True, log=messages.append)
     after = {p.name: p.read_bytes() for p in (out / "tables").glob("*.csv")}
-    for name in ("fusion_bootstrap.csv", "fusion_strategies.csv", "comparison_table.csv", "pauc_all.csv"):
+    for name in ("fusion_bootstrap.csv", "fusion_strategies.csv", "comparison_table.csv", "pauc_all.csv", "paper_findings.csv",
+                 "headline_vs_paper.csv"):
         assert after[name] == before[name], name
 
 
 def test_index_page_shows_every_figure(paper_run, tmp_path):
     out, _ = paper_run
     page = (out / "index.html").read_text()
+    from exfiqa.runcard import RunCard
+
+    card = RunCard.from_json((out / "run_card.json").read_text())
+    assert card.html() in page and card.device == "cpu" and card.convention == "recompute"
     for name in EXPECTED_FIGURES:
         assert f'src="figures/{name}.png"' in page
     for name in NOTEBOOKS:

@@ -10,7 +10,7 @@ from exfiqa.config import ConfigError, load_config
 from exfiqa.fr import load_fr
 from exfiqa.inference import exit_scores
 from exfiqa.model import load_vitfiqa
-from exfiqa.pipeline import Cache, Study, exit_names, read_method_csv
+from exfiqa.pipeline import Study, exit_names, read_method_csv
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +54,55 @@ def test_template_table_uses_min_quality_and_template_embeddings(study):
     assert np.all(np.abs(table["similarity"]) <= 1 + 1e-6)
 
 
-def test_cache_is_reused_and_keyed_by_content(tmp_path):
-    cache = Cache(tmp_path)
-    calls = []
-    value = cache.get("x", {"a": 1}, lambda: calls.append(1) or np.arange(3))
-    again = cache.get("x", {"a": 1}, lambda: calls.append(1) or np.arange(5))
-    np.testing.assert_array_equal(value, again)
-    assert calls == [1]
-    other = cache.get("x", {"a": 2}, lambda: np.arange(5))
-    assert len(other) == 5 and len(list(tmp_path.glob("*.npy"))) == 2
-    assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave nothing behind
+def test_cache_is_reused_and_keyed_by_content(tiny_world, tiny_config, tmp_path, monkeypatch):
+    """Exit scores are reused until the checkpoint, a benchmark byte or the model's source changes."""
+    import shutil
+
+    import torch
+    import yaml
+
+    import exfiqa.inference as inf
+    from exfiqa import arrays
+
+    world = tmp_path / "world"
+    shutil.copytree(tiny_world, world)
+    raw = yaml.safe_load(tiny_config.read_text())
+    raw.update(data_root=str(world), cache_dir=str(tmp_path / "cache"))
+    path = tmp_path / "own.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    calls: list[str] = []
+    real = inf.exit_scores
+    monkeypatch.setattr(inf, "exit_scores", lambda *a, **k: calls.append(k["desc"]) or real(*a, **k))
+
+    def run() -> tuple[np.ndarray, list[str]]:
+        calls.clear()
+        study = Study(load_config(path).select(["adience"], ["arcface"], ["T"]), progress=False)
+        return np.array(study.exit_scores("adience", "T")), list(calls)
+
+    first, c = run()
+    assert c == ["T on adience"]
+    again, c = run()
+    assert c == [] and np.array_equal(again, first)
+    ckpt = world / "vitfiqa" / "vitfiqa_token.pt"  # a checkpoint: one weight changes
+    state = torch.load(ckpt, weights_only=True)
+    state["blocks.0.attn.qkv.weight"] = state["blocks.0.attn.qkv.weight"] + 0.05
+    torch.save(state, ckpt)
+    changed, c = run()
+    assert c == ["T on adience"] and not np.allclose(changed, first)
+    assert run()[1] == []
+    img = sorted((world / "benchmarks" / "adience").rglob("*.jpg"))[-1]  # a benchmark byte
+    img.write_bytes(img.read_bytes() + b"\0")
+    assert run()[1] == ["T on adience"]
+    source = tmp_path / "model.py"  # the model's source file
+    real_files = arrays.code_files
+    shutil.copy(next(p for p in real_files("exits", "T") if p.name == "model.py"), source)
+    monkeypatch.setattr(arrays, "code_files", lambda kind, name: [source if p.name == "model.py" else p for p in real_files(kind, name)])
+    assert run()[1] == []
+    source.write_text(source.read_text() + "\n# changed\n")
+    assert run()[1] == ["T on adience"]
+    assert run()[1] == []
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 1  # replaced in place, atomically
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
 
 
 def test_second_study_reads_the_cache(tiny_config, study, monkeypatch):
@@ -109,3 +148,99 @@ def test_baselines_work_when_their_fr_model_is_not_selected(tiny_config):
     table = study.table("lfw", "elasticface", "T")
     assert {"magface_norm", "serfiq"} <= set(table.columns)
     assert list(cfg.fr_models) == ["elasticface"]
+
+
+# ----------------------------------------------------------------------------- bounded evaluation
+
+
+def _reference_pauc(study, ds, fr, q, conv, scale=1.0):
+    """The unbounded computation: the wide table's columns through metrics.pauc_frame."""
+    from exfiqa import metrics
+
+    cfg = study.config
+    table = study.table(ds, fr, q)
+    methods = study.methods(q, ds)
+    return metrics.pauc_frame(
+        {m: table[m].to_numpy() for m in methods}, table["similarity"], table["mated"], dataset=cfg.datasets[ds].label,
+        fr_model=fr, fmr_targets=cfg.fmr_targets, convention=conv, limit=cfg.discard_limit, scale=scale,
+    )
+
+
+@pytest.mark.parametrize("dataset", ["lfw", "xqlfw", "adience", "ijbc"])
+def test_bounded_evaluation_equals_the_wide_table(study, dataset):
+    from exfiqa import metrics
+
+    cfg = study.config
+    table = study.table(dataset, "arcface", "C")
+    assert table["similarity"].dtype == np.float32 and table["Exit 3"].dtype == np.float32
+    methods = study.methods("C", dataset)
+    for conv in ("fixed", "recompute"):
+        got = study.pauc_frame(dataset, "arcface", "C", methods, scale=1000, convention=conv)
+        pd.testing.assert_frame_equal(got, _reference_pauc(study, dataset, "arcface", "C", conv, 1000))
+        ref_edc = metrics.edc_frame(
+            {m: table[m].to_numpy() for m in methods}, table["similarity"], table["mated"],
+            dataset=cfg.datasets[dataset].label, fr_model="arcface", fmr_targets=cfg.fmr_targets, convention=conv,
+        )
+        pd.testing.assert_frame_equal(study.edc_frame(dataset, "arcface", "C", methods, convention=conv), ref_edc)
+    fused = study.exit_scores(dataset, "C").astype(np.float64) @ np.linspace(1, 2, 12)
+    ref = metrics.pauc(metrics.edc(table["similarity"], table["mated"], study.pair(dataset, fused), 1e-3, cfg.convention))
+    assert study.pauc_of(dataset, "arcface", fused, (1e-3,))[1e-3][0] == ref
+
+
+def test_adience_is_evaluated_without_materialising_its_pairs(tiny_config, study, monkeypatch):
+    import exfiqa.datasets as ds
+
+    assert study.benchmark("adience").all_pairs is not None
+    expect = study.pauc_frame("adience", "arcface", "T")
+    monkeypatch.setattr(ds, "MATERIALISE_LIMIT", 5)
+    fresh = Study(load_config(tiny_config), progress=False)
+    with pytest.raises(ValueError, match="not materialised"):
+        fresh.table("adience", "arcface", "T")
+    with pytest.raises(ValueError, match="not materialised"):
+        fresh.similarity("adience", "arcface")
+    pd.testing.assert_frame_equal(fresh.pauc_frame("adience", "arcface", "T"), expect)
+
+
+def test_analyses_equal_the_unbounded_computation(study):
+    from exfiqa import analysis, metrics
+
+    cfg = study.config
+    got = analysis.pauc_all(study, scale=1000)
+    ref = []
+    for q in cfg.quality_models:
+        for fr in cfg.fr_models:
+            for ds in cfg.datasets:
+                f = _reference_pauc(study, ds, fr, q, cfg.convention, 1000)
+                f.insert(0, "quality_model", q)
+                ref.append(f)
+    pd.testing.assert_frame_equal(got, pd.concat(ref, ignore_index=True))
+    boot = analysis.paired_vs_reference(study, "T", "arcface", ["EX-FIQA-F", "EX-FIQA-FW"], "Exit 12", 1e-2, n_boot=40)
+    for row in boot.itertuples():
+        ds = next(d for d in cfg.datasets if cfg.datasets[d].label == row.dataset)
+        t = study.table(ds, "arcface", "T")
+        r = metrics.paired_bootstrap(t["similarity"], t["mated"], t[row.method], t["Exit 12"], 1e-2, cfg.convention,
+                                     cfg.discard_limit, n_boot=40, seed=cfg.seed)
+        assert (row.delta_pauc, row.ci_low, row.ci_high, row.p_better) == pytest.approx((r.difference, r.lower, r.upper, r.frac_a_below_b), abs=1e-15)
+    sanity = analysis.fr_sanity(study).set_index(["dataset", "fr_model"])
+    for fr in cfg.fr_models:
+        for ds in cfg.datasets:
+            s, y = study.similarity(ds, fr), study.benchmark(ds).comparisons["mated"].to_numpy(bool)
+            row = sanity.loc[(cfg.datasets[ds].label, fr)]
+            assert row["accuracy_10fold"] == metrics.verification_accuracy(s, y, min(10, len(s))).mean
+            assert row["eer"] == metrics.eer(s[~y], s[y])
+            assert row["comparisons"] == len(s) and row["mated"] == y.sum()
+
+
+def test_fusion_search_is_the_minimum_over_its_candidates(study):
+    from exfiqa import analysis, metrics
+
+    cfg = study.config
+    w, p = analysis.search_fusion_weights(study, "T", "arcface", "xqlfw", 1e-3, n_candidates=6, seed=3)
+    scores = study.exit_scores("xqlfw", "T").astype(np.float64)
+    rng = np.random.default_rng(3)
+    cands = [np.full(12, 1 / 12), np.arange(1, 13) / 78, *np.eye(12), *rng.dirichlet(np.full(12, 0.5), size=6)]
+    t = study.table("xqlfw", "arcface", "T")
+    areas = [metrics.pauc(metrics.edc(t["similarity"], t["mated"], study.pair("xqlfw", scores @ c), 1e-3, cfg.convention), cfg.discard_limit)
+             for c in cands]
+    assert p == min(areas)
+    np.testing.assert_array_equal(w, cands[int(np.argmin(areas))])

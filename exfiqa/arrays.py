@@ -1,0 +1,510 @@
+"""Per-sample arrays on disk: the interface between extraction and evaluation.
+
+Everything a run computes per image (exit scores, embeddings, baseline scores) lives in one
+documented layout, whoever produced it: exfiqa on this machine, a GPU run elsewhere, or a user's
+own FR pipeline. The notebooks read only this.
+
+Layout (``arrays_dir`` in the config; default ``<cache_dir>/arrays/<data_root tag>``, see
+:func:`arrays_root`, so configs on the same data share arrays and configs on other data, e.g. the
+demo and the paper config sharing ``data/cache``, never replace each other's)::
+
+    <arrays_dir>/<dataset>/exits-<quality model>.npy   (N, depth)  every exit's quality score
+    <arrays_dir>/<dataset>/emb-<FR model>.npy          (N, 2E)     [L2norm(f(x)), L2norm(f(hflip(x)))]
+    <arrays_dir>/<dataset>/baseline-<method>.npy       (N,)        a built-in baseline's score
+    <arrays_dir>/<dataset>/<same name>.json            its manifest
+
+``<dataset>``, ``<quality model>``, ``<FR model>`` and ``<method>`` are the config's names. Row i
+is sample i of the benchmark (``Benchmark.samples``, ``sample_id`` order); values are float32
+(``.npy`` version 1, little-endian ``<f4``, C order), all finite; scores are higher = better. Each
+half of an embedding row has L2 norm 1 (a pipeline without flip writes its embedding twice).
+
+The manifest is a JSON object:
+
+- ``format``: ``"exfiqa-arrays/1"``; ``dataset``, ``kind`` (exits, emb, baseline), ``name``;
+- ``producer``: ``"exfiqa"`` (computed by this package) or ``"external"`` (anything else);
+- ``n_samples`` and ``samples_sha256``: N, and the SHA-256 of the sample keys in row order joined
+  by ``"\\n"`` (UTF-8, no trailing newline). A key is the sample's path relative to the benchmark
+  root as the reader lists it (``loose_crop/1.jpg``, ``<identity>/<file>``), or
+  ``<file>.bin#<k>`` for the k-th image of a ``.bin``; :func:`sample_keys` gives them;
+- ``shape`` (a list) and ``dtype`` (``"float32"``);
+- ``sha256``: of the ``.npy`` file (optional for external arrays; checked when present);
+- ``inputs``: what the values depend on: ``data`` (``Benchmark.fingerprint``), ``checkpoint``
+  (SHA-256), the loader ``args``, and e.g. ``seed``; ``code_version``: :func:`code_version`, the
+  digest of the source of the modules it depends on and the versions of the libraries they call
+  (both required from exfiqa; an external manifest may give ``inputs.data``, then checked);
+- ``complete``: false while exfiqa writes the pair, true once the array is in place.
+
+Rules (:class:`ArrayStore`):
+
+- An **external** array is used when its manifest matches the benchmark: same ``n_samples`` and
+  ``samples_sha256``, the shape its kind needs, float32, finite (and ``sha256``/``inputs.data``
+  when given). Anything else (other sample list, wrong length or shape, NaN or inf, another dtype,
+  a missing or unreadable manifest) is an :class:`ArrayError` naming the file. exfiqa never
+  replaces an external array; delete it (both files) to have exfiqa compute it.
+- An **exfiqa** array is reused only when its ``inputs`` and ``code_version`` equal this run's and
+  the file still has its ``sha256`` (through the digest index: one ``stat`` on a rerun);
+  otherwise it is recomputed and replaced, with a warning naming the file and the reason
+  (checkpoint, benchmark content, arguments or code changed, or the file damaged).
+- Writes are atomic and ordered: a manifest with ``complete: false``, then the array (a temporary
+  file renamed into place), then the final manifest. A run killed at any moment leaves either the
+  previous valid pair or a manifest that is never reused, never a manifest vouching for a partial
+  array.
+
+Writing arrays computed elsewhere (any float array; it is checked and stored as float32)::
+
+    study = Study(load_config("configs/paper.yaml"))
+    study.arrays.write(study.benchmark("ijbc"), "ijbc", "emb", "arcface", embeddings, producer="external")
+
+or write the ``.npy`` and the manifest by any other means, following the above.
+
+This layout is the cache for per-sample arrays (there is no other): the manifest holds the
+content key that a hashed file name used to, and the fixed names let other producers write it.
+The code version covers the modules that compute the values (:data:`CODE_MODULES`), not the
+evaluation glue in :mod:`exfiqa.pipeline` nor the file helpers of :mod:`exfiqa.io`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from .comparisons import release_pages
+from .io import atomic_path, atomic_write
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .datasets import Benchmark
+    from .digests import DigestIndex
+
+__all__ = [
+    "CODE_MODULES",
+    "FORMAT",
+    "KINDS",
+    "LIBRARIES",
+    "ArrayError",
+    "ArrayStore",
+    "array_path",
+    "arrays_root",
+    "code_files",
+    "code_version",
+    "external_array_files",
+    "manifest_path",
+    "sample_keys",
+    "samples_digest",
+]
+
+FORMAT = "exfiqa-arrays/1"
+KINDS = ("exits", "emb", "baseline")
+
+#: Modules whose source each kind of array depends on: readers and alignment, image decoding, the
+#: model and its preprocessing. Baselines that run on an FR model add ``exfiqa.fr``.
+CODE_MODULES: dict[str, tuple[str, ...]] = {
+    "exits": ("exfiqa.datasets", "exfiqa.images", "exfiqa.model", "exfiqa.inference"),
+    "emb": ("exfiqa.datasets", "exfiqa.images", "exfiqa.fr"),
+    "baseline": ("exfiqa.datasets", "exfiqa.images", "exfiqa.baselines"),
+}
+
+#: Libraries whose version is part of every code version (decoding, alignment, the models).
+LIBRARIES = ("numpy", "pillow", "scikit-image", "scipy", "torch", "timm")
+
+_CHECK_ELEMENTS = 1 << 22  # values per block when checking a large array
+_NORM_TOL = 1e-3
+
+_log = logging.getLogger(__name__)
+
+
+class ArrayError(ValueError):
+    """A per-sample array (or its manifest) that does not match the benchmark; names the file."""
+
+
+# ------------------------------------------------------------------------------ names and keys
+
+
+def arrays_root(cfg: Config) -> Path:
+    """The run's ``arrays_dir``: the config's, else ``<cache_dir>/arrays/<data_root tag>``.
+
+    The tag is the data root's folder name and 8 hex digits of the SHA-256 of its absolute path
+    (``demo-1a2b3c4d``): configs on the same data share arrays, configs on other data never
+    replace them.
+    """
+    given = getattr(cfg, "arrays_dir", None)
+    if given:
+        return Path(given)
+    root = os.path.abspath(cfg.data_root)
+    tag = hashlib.sha256(root.encode()).hexdigest()[:8]
+    return Path(cfg.cache_dir) / "arrays" / f"{Path(root).name or 'root'}-{tag}"
+
+
+def _check_name(what: str, value: str) -> str:
+    if not value or "/" in value or "\\" in value or value.startswith(".") or value != value.strip():
+        raise ValueError(f"{what} {value!r} cannot name a file of the per-sample layout")
+    return value
+
+
+def array_path(root: str | os.PathLike[str], dataset: str, kind: str, name: str) -> Path:
+    """``<root>/<dataset>/<kind>-<name>.npy``."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown array kind {kind!r}; known: {list(KINDS)}")
+    return Path(root) / _check_name("dataset", dataset) / f"{kind}-{_check_name('name', name)}.npy"
+
+
+def manifest_path(npy: str | os.PathLike[str]) -> Path:
+    """The manifest beside an array: ``<kind>-<name>.json``."""
+    return Path(npy).with_suffix(".json")
+
+
+def sample_keys(bench: Benchmark) -> list[str]:
+    """The benchmark's sample keys in row order: paths relative to its root, ``<file>.bin#<k>``."""
+    labels = {str(f): label for label, f in bench._files}
+    keys = []
+    for path in bench.samples["path"].astype(str):
+        if path in labels:
+            keys.append(labels[path])
+            continue
+        head, sep, k = path.rpartition("#")
+        keys.append(f"{labels[head]}#{k}" if sep and head in labels else path)
+    return keys
+
+
+def samples_digest(bench: Benchmark) -> str:
+    """SHA-256 of :func:`sample_keys` joined by newlines: ``samples_sha256`` of a manifest."""
+    return hashlib.sha256("\n".join(sample_keys(bench)).encode()).hexdigest()
+
+
+def code_files(kind: str, name: str) -> list[Path]:
+    """The source files an array of ``kind`` (for model or method ``name``) depends on."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown array kind {kind!r}; known: {list(KINDS)}")
+    from .config import _BASELINE_FR
+
+    modules = CODE_MODULES[kind] + (("exfiqa.fr",) if kind == "baseline" and name in _BASELINE_FR else ())
+    out = []
+    for module in modules:
+        spec = importlib.util.find_spec(module)
+        if spec is None or spec.origin is None:
+            raise RuntimeError(f"cannot locate the source of {module}")
+        out.append(Path(spec.origin))
+    return out
+
+
+@functools.cache
+def _library_versions() -> tuple[tuple[str, str], ...]:
+    out = []
+    for lib in LIBRARIES:
+        try:
+            out.append((lib, metadata.version(lib)))
+        except metadata.PackageNotFoundError:
+            out.append((lib, "absent"))
+    return tuple(out)
+
+
+def code_version(kind: str, name: str) -> str:
+    """Digest of the code an array depends on: each file of :func:`code_files` (by file name and
+    content, so the same code elsewhere gives the same version) and :data:`LIBRARIES`' versions."""
+    h = hashlib.sha256()
+    for path in code_files(kind, name):
+        h.update(f"{path.name}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+    for lib, version in _library_versions():
+        h.update(f"{lib}=={version}\n".encode())
+    return h.hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists, paths strings)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+# ------------------------------------------------------------------------------ checks
+
+
+def _expected_ndim(kind: str) -> int:
+    return 1 if kind == "baseline" else 2
+
+
+def _check_values(arr: NDArray[Any], kind: str, n: int, where: str) -> None:
+    """Shape for ``kind`` with ``n`` rows, float32, finite, unit-norm embedding halves."""
+    if arr.dtype != np.float32:
+        raise ArrayError(f"{where}: dtype {arr.dtype} (per-sample arrays are float32)")
+    ndim = _expected_ndim(kind)
+    shape_text = {"exits": "(N, depth)", "emb": "(N, 2E)", "baseline": "(N,)"}[kind]
+    if arr.ndim != ndim or (ndim == 2 and arr.shape[1] < 1):
+        raise ArrayError(f"{where}: shape {arr.shape}, expected {shape_text} for {kind}")
+    if arr.shape[0] != n:
+        raise ArrayError(f"{where}: {arr.shape[0]} rows, the benchmark has {n} samples")
+    if kind == "emb" and arr.shape[1] % 2:
+        raise ArrayError(f"{where}: width {arr.shape[1]} is odd; embeddings are flip-concatenated (N, 2E)")
+    width = int(np.prod(arr.shape[1:]))
+    step = max(1, _CHECK_ELEMENTS // max(1, width))
+    for start in range(0, n, step):
+        block = np.asarray(arr[start : start + step])
+        bad = ~np.isfinite(block)
+        if bad.any():
+            row = start + int(np.flatnonzero(bad.reshape(len(block), -1).any(axis=1))[0])
+            raise ArrayError(f"{where}: NaN/inf values, the first in row {row} (sample_id {row})")
+        if kind == "emb":
+            half = arr.shape[1] // 2
+            norms = np.stack([np.linalg.norm(block[:, :half], axis=1), np.linalg.norm(block[:, half:], axis=1)], 1)
+            off = np.abs(norms - 1) > _NORM_TOL
+            if off.any():
+                row = start + int(np.flatnonzero(off.any(axis=1))[0])
+                raise ArrayError(
+                    f"{where}: row {row} has half norms {norms[row - start].round(4).tolist()}; each half "
+                    f"of a flip-concatenated embedding must be L2-normalised"
+                )
+        release_pages(arr, start, start + step)  # checked once: keep RSS bounded (1.9 GB at IJB-C)
+
+
+class _HashingWriter:
+    """A write-only file object that hashes what passes through it."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.sha = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        return self.raw.write(data)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArrayError(f"{path}: unreadable manifest ({exc})") from None
+    if not isinstance(data, dict):
+        raise ArrayError(f"{path}: a manifest is a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    with atomic_write(path, overwrite=True) as fh:
+        fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+# ------------------------------------------------------------------------------ the store
+
+
+class ArrayStore:
+    """Reads, checks and writes the per-sample layout under ``root`` (see the module docstring).
+
+    Args:
+        root: The run's ``arrays_dir``.
+        digests: The digest index used for ``sha256`` checks and benchmark fingerprints.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], digests: DigestIndex) -> None:
+        self.root = Path(root)
+        self.digests = digests
+        self._samples: dict[int, tuple[Benchmark, str]] = {}
+
+    def path(self, dataset: str, kind: str, name: str) -> Path:
+        return array_path(self.root, dataset, kind, name)
+
+    def _samples_digest(self, bench: Benchmark) -> str:
+        hit = self._samples.get(id(bench))
+        if hit is None or hit[0] is not bench:
+            hit = (bench, samples_digest(bench))
+            self._samples[id(bench)] = hit
+        return hit[1]
+
+    def manifest(self, bench: Benchmark, dataset: str, kind: str, name: str, shape: tuple[int, ...],
+                 producer: str, inputs: Mapping[str, Any] | None = None, code: str | None = None) -> dict[str, Any]:
+        """The manifest fields of an array for ``bench`` (without ``sha256``/``complete``)."""
+        if producer not in ("exfiqa", "external"):
+            raise ValueError(f"producer must be 'exfiqa' or 'external', got {producer!r}")
+        out: dict[str, Any] = {
+            "format": FORMAT, "dataset": dataset, "kind": kind, "name": name, "producer": producer,
+            "n_samples": len(bench), "samples_sha256": self._samples_digest(bench),
+            "shape": list(shape), "dtype": "float32",
+        }
+        if inputs is not None:
+            out["inputs"] = _jsonable(dict(inputs))
+        if code is not None:
+            out["code_version"] = code
+        return out
+
+    # -------------------------------------------------------------- reading
+
+    def load(self, bench: Benchmark, dataset: str, kind: str, name: str) -> tuple[NDArray[np.float32], dict[str, Any]] | None:
+        """The array and its manifest if the layout holds one for ``bench``, else None.
+
+        The array is memory-mapped read-only. Checks everything that does not depend on this run's
+        models and code (those are :meth:`get`'s business).
+
+        Raises:
+            ArrayError: a mismatch (naming the file); for exfiqa's arrays :meth:`get` recomputes
+                instead.
+        """
+        npy = self.path(dataset, kind, name)
+        mpath = manifest_path(npy)
+        if not mpath.is_file():
+            if npy.exists():
+                raise ArrayError(
+                    f"{npy}: no manifest {mpath.name} beside it; an array from elsewhere needs one "
+                    f"(see exfiqa.arrays; ArrayStore.write(..., producer='external') writes both)"
+                )
+            return None
+        m = _read_json(mpath)
+        where = str(npy)
+        missing = [k for k in ("format", "producer", "n_samples", "samples_sha256", "shape", "dtype") if k not in m]
+        if missing:
+            raise ArrayError(f"{mpath}: manifest lacks {missing}")
+        if m["format"] != FORMAT:
+            raise ArrayError(f"{mpath}: format {m['format']!r}, expected {FORMAT!r}")
+        if m["producer"] not in ("exfiqa", "external"):
+            raise ArrayError(f"{mpath}: producer {m['producer']!r} is not 'exfiqa' or 'external'")
+        if m.get("complete") is False:
+            raise ArrayError(f"{mpath}: incomplete (its writer was interrupted); write the array again")
+        if not npy.is_file():
+            raise ArrayError(f"{mpath}: manifest without its array {npy.name}")
+        if m["n_samples"] != len(bench):
+            raise ArrayError(f"{where}: manifest says {m['n_samples']} samples, the benchmark {dataset!r} has {len(bench)}")
+        if m["samples_sha256"] != self._samples_digest(bench):
+            raise ArrayError(f"{where}: computed for another sample list than benchmark {dataset!r} (samples_sha256 differs)")
+        if m["dtype"] != "float32":
+            raise ArrayError(f"{where}: manifest dtype {m['dtype']!r} (per-sample arrays are float32)")
+        try:
+            arr = np.load(npy, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ArrayError(f"{where}: not a readable .npy file ({exc})") from None
+        if list(arr.shape) != list(m["shape"]):
+            raise ArrayError(f"{where}: shape {arr.shape}, its manifest says {tuple(m['shape'])}")
+        if "sha256" in m and self.digests.digest(npy) != m["sha256"]:
+            raise ArrayError(f"{where}: content differs from its manifest's sha256 (changed after it was written)")
+        if m["producer"] == "exfiqa" and "sha256" in m:
+            _check_values(arr[:0], kind, 0, where)  # its values were checked when written
+            return np.asarray(arr), m
+        data = (m.get("inputs") or {}).get("data")
+        if data is not None and data != bench.fingerprint(self.digests):
+            raise ArrayError(f"{where}: computed from other benchmark content than {dataset!r} now holds (inputs.data differs)")
+        _check_values(arr, kind, len(bench), where)
+        return np.asarray(arr), m
+
+    def get(
+        self,
+        bench: Benchmark,
+        dataset: str,
+        kind: str,
+        name: str,
+        inputs: Callable[[], Mapping[str, Any]],
+        compute: Callable[[], ArrayLike],
+        code: str | None = None,
+    ) -> NDArray[np.float32]:
+        """The array from the layout, or ``compute()``'d, written and returned.
+
+        ``inputs()`` is what exfiqa's array depends on; ``code`` defaults to
+        :func:`code_version` of ``kind``/``name``. External arrays are used as they are (or
+        refused, :meth:`load`); exfiqa's are reused only when inputs and code are unchanged.
+        """
+        npy = self.path(dataset, kind, name)
+        reason: str | None = None  # why exfiqa's array there is not reused (None: there is none)
+        try:
+            found = self.load(bench, dataset, kind, name)
+        except ArrayError as exc:
+            if self._producer(npy) != "exfiqa":
+                raise
+            found, reason = None, str(exc).removeprefix(f"{npy}: ")
+        if found is not None and found[1]["producer"] == "external":
+            _log.info("%s: using the external array", npy)
+            return found[0]
+        code = code if code is not None else code_version(kind, name)
+        key = _jsonable(dict(inputs()))
+        if found is not None:
+            reason = self._stale(found[1], key, code)
+            if reason is None:
+                return found[0]
+        if reason is not None:
+            _log.warning("%s: recomputing (%s)", npy, reason)
+        values = np.ascontiguousarray(compute(), dtype=np.float32)
+        self.write(bench, dataset, kind, name, values, producer="exfiqa", inputs=key, code=code)
+        arr, _ = self.load(bench, dataset, kind, name) or (None, None)
+        assert arr is not None
+        return arr
+
+    @staticmethod
+    def _producer(npy: Path) -> str | None:
+        try:
+            return _read_json(manifest_path(npy)).get("producer")
+        except ArrayError:
+            return None
+
+    @staticmethod
+    def _stale(m: Mapping[str, Any], inputs: Mapping[str, Any], code: str) -> str | None:
+        """Why exfiqa's array ``m`` is not this run's (None: it is)."""
+        old = m.get("inputs") or {}
+        words = {"data": "benchmark content", "checkpoint": "checkpoint", "args": "model arguments"}
+        changed = [words.get(k, k) for k in sorted(set(old) | set(inputs)) if old.get(k) != inputs.get(k)]
+        if m.get("code_version") != code:
+            changed.append("code")
+        return f"{', '.join(changed)} changed" if changed else None
+
+    # -------------------------------------------------------------- writing
+
+    def write(
+        self,
+        bench: Benchmark,
+        dataset: str,
+        kind: str,
+        name: str,
+        values: ArrayLike,
+        producer: str = "external",
+        inputs: Mapping[str, Any] | None = None,
+        code: str | None = None,
+        overwrite: bool = False,
+    ) -> Path:
+        """Write ``values`` (row i = sample i of ``bench``) and its manifest; return the ``.npy`` path.
+
+        Order: a manifest with ``complete: false``, the array (temporary file, fsync, rename), the
+        final manifest. ``producer="external"`` is how arrays computed elsewhere enter the layout;
+        an existing external array is only replaced with ``overwrite=True``. Values are checked
+        as :meth:`load` checks them.
+        """
+        npy = self.path(dataset, kind, name)
+        mpath = manifest_path(npy)
+        arr = np.asarray(values)
+        if arr.dtype != np.float32:
+            if not np.issubdtype(arr.dtype, np.floating):
+                raise ArrayError(f"{npy}: values of dtype {arr.dtype}; per-sample arrays are float32")
+            arr = arr.astype(np.float32)
+        _check_values(arr, kind, len(bench), f"{npy} (values to write)")
+        if mpath.is_file() and not overwrite and self._producer(npy) == "external" and producer == "exfiqa":
+            raise ArrayError(f"{npy}: an external array is there; exfiqa does not replace it")
+        if producer == "external" and not overwrite and (npy.exists() or mpath.exists()):
+            raise FileExistsError(f"{npy} exists; pass overwrite=True to replace it")
+        manifest = self.manifest(bench, dataset, kind, name, arr.shape, producer, inputs, code)
+        _write_json(mpath, {**manifest, "complete": False})
+        with atomic_path(npy, overwrite=True) as tmp, open(tmp, "wb") as raw:
+            writer = _HashingWriter(raw)
+            np.save(writer, np.ascontiguousarray(arr), allow_pickle=False)  # type: ignore[arg-type]
+            raw.flush()
+            os.fsync(raw.fileno())
+        digest = writer.sha.hexdigest()
+        _write_json(mpath, {**manifest, "sha256": digest, "complete": True})
+        self.digests.record(npy, digest)
+        return npy
+
+
+def external_array_files(cfg: Config) -> list[Path]:
+    """The ``.npy`` and manifest of every external array in ``cfg``'s layout that its run reads."""
+    root = arrays_root(cfg)
+    names = [("exits", q) for q in cfg.quality_models] + [("emb", f) for f in cfg.fr_models]
+    names += [("baseline", b) for b in cfg.baselines]
+    out = []
+    for dataset in cfg.datasets:
+        for kind, name in names:
+            npy = array_path(root, dataset, kind, name)
+            mpath = manifest_path(npy)
+            if (mpath.is_file() and ArrayStore._producer(npy) == "external") or (npy.exists() and not mpath.exists()):
+                out += [p for p in (npy, mpath) if p.exists()]
+    return out

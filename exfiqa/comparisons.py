@@ -1,0 +1,788 @@
+"""Comparison sets evaluated in bounded memory: explicit pair lists and implicit all-vs-all.
+
+A benchmark's comparisons pair *sides*: samples, or (IJB-C) templates. Everything the metrics
+need from them comes in two prepared objects (the interfaces of :func:`exfiqa.metrics.edc_curves`):
+
+* **scores** (one per dataset x FR model): the mated similarities and the highest non-mated
+  ones (the *candidates*, from which every threshold is taken);
+* **order** (one per dataset x quality method): the stable order of the pair qualities (ties
+  broken by comparison position), as the ``recompute`` level of any comparison and, for the
+  bootstrap, its exact rank.
+
+Conventions: pair quality = min of the two sides' qualities; similarity = dot product of the two
+sides' features times ``scale`` (0.5 for flip-concatenated sample embeddings, 1 for L2-normalised
+template features), computed in float32. The pair quality ``min(v[a], v[b])`` is ordered by the
+dense rank of ``v`` at the smaller side, so no per-comparison float array is sorted.
+
+* :class:`PairList`: explicit ``a``/``b`` row indices. Similarities come from float32 GEMM
+  tiles where the comparisons are dense in (side a x side b), gathered dot products elsewhere:
+  IJB-C's 15.6M template comparisons are a dense block of enrolment x probe templates. The
+  order keeps one ``uint8`` level per comparison (15.6 MB at IJB-C).
+* :class:`AllPairs`: every unordered pair ``i < j`` of samples sorted by identity, in row-major
+  order (the order :func:`exfiqa.datasets.read_adience` lists them); mated pairs are the
+  contiguous same-identity blocks. Nothing of size n(n-1)/2 is ever held: similarities are
+  scanned as row blocks of the Gram matrix, keeping the mated ones and the top non-mated
+  candidates; a pair's rank in the stable quality order has a closed form (pairs with a lower
+  minimum, plus the pairs of equal minimum before it in row-major order). The results equal
+  the materialised computation exactly.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .metrics import _level_starts, _vector
+
+__all__ = [
+    "AllPairs",
+    "AllPairsOrder",
+    "AllPairsScores",
+    "MinPairOrder",
+    "PairList",
+    "all_pairs_sanity",
+    "pair_similarity",
+    "release_pages",
+]
+
+TILE = 2048
+"""Side length (rows and columns) of a GEMM tile of the similarity computation."""
+DENSE = 1 / 32
+"""Share of a tile's entries that must be compared for the tile to be computed as a GEMM."""
+CHUNK = 8192
+"""Comparisons per gathered dot-product chunk (two (CHUNK, D) float32 temporaries)."""
+GRAM_ROWS = 1024
+"""Rows of the Gram matrix computed at once for all-vs-all sets."""
+
+
+def _features(features: np.ndarray, n: int, what: str = "features") -> np.ndarray:
+    f = np.asarray(features)
+    if f.ndim != 2 or f.shape[0] != n:
+        raise ValueError(f"{what}: expected shape ({n}, D), got {f.shape}")
+    f = np.ascontiguousarray(f, dtype=np.float32)
+    if not np.isfinite(f).all():
+        raise ValueError(f"{what}: contain NaN or inf")
+    return f
+
+
+def _side_values(values: np.ndarray, n: int, what: str = "values") -> np.ndarray:
+    v = _vector(values, what)
+    if v.shape[0] != n:
+        raise ValueError(f"{what}: expected {n} per-side values, got {v.shape[0]}")
+    return v.astype(np.float32, copy=False) + np.float32(0)  # -0.0 -> 0.0 (same value)
+
+
+def _dense_ranks(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct values and the dense rank (int32) of each entry of ``v``."""
+    uniq, rank = np.unique(v, return_inverse=True)
+    return uniq, rank.astype(np.int32).ravel()
+
+
+def _compact(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct values of ``x`` and the int32 index of each entry among them."""
+    if x.size and x.dtype.kind in "iu" and 0 <= x.min() and x.max() < 2**26:  # dense ids: a lookup
+        present = np.zeros(int(x.max()) + 1, dtype=bool)
+        present[x] = True
+        uniq = np.flatnonzero(present)
+        lookup = np.cumsum(present, dtype=np.int32) - 1
+        return uniq.astype(x.dtype), lookup[x]
+    uniq, inv = np.unique(x, return_inverse=True)
+    return uniq, inv.astype(np.int32).ravel()
+
+
+def release_pages(array: np.ndarray, start: int = 0, stop: int | None = None) -> bool:
+    """Drop rows ``start:stop`` of a memory-mapped array from this process's resident memory.
+
+    For per-sample arrays read once (IJB-C embeddings reduced to template features: 1.9 GB per
+    FR model). The file stays in the page cache and the array stays usable (pages are read back
+    when touched); only whole pages inside the rows are released. Returns False when ``array``
+    is not a file mapping (nothing to do).
+    """
+    x: Any = array
+    while x is not None and not isinstance(x, mmap.mmap):
+        x = x._mmap if isinstance(x, np.memmap) and getattr(x, "_mmap", None) is not None else getattr(x, "base", None)
+    if x is None or not hasattr(x, "madvise") or not hasattr(mmap, "MADV_DONTNEED") or not array.flags.c_contiguous:
+        return False
+    stop = array.shape[0] if stop is None else min(stop, array.shape[0])
+    if stop <= start:
+        return True
+    base = np.frombuffer(x, dtype=np.uint8).ctypes.data
+    row = array.strides[0] if array.ndim else array.itemsize
+    lo = array.ctypes.data - base + start * row
+    hi = array.ctypes.data - base + stop * row
+    page = mmap.PAGESIZE
+    lo, hi = -(-lo // page) * page, (hi // page) * page
+    if hi <= lo:
+        return True
+    try:
+        x.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _c2(x: np.ndarray | int) -> np.ndarray:
+    x = np.asarray(x, dtype=np.int64)
+    return x * (x - 1) // 2
+
+
+# --------------------------------------------------------------------------------- similarity
+
+
+def pair_similarity(
+    features: np.ndarray, a: np.ndarray, b: np.ndarray, scale: float = 1.0, plan: _TilePlan | None = None
+) -> np.ndarray:
+    """``scale * <features[a], features[b]>`` for every comparison, float32, in bounded memory.
+
+    Temporary memory is a few GEMM tiles and two (``CHUNK``, D) gathers, whatever the number of
+    comparisons. ``plan`` (from :meth:`PairList.tile_plan`) is reused across feature sets.
+    """
+    f = np.ascontiguousarray(features, dtype=np.float32)
+    plan = plan or _TilePlan.build(np.asarray(a), np.asarray(b))
+    out = np.empty(plan.n, dtype=np.float32)
+    for (rows, cols), sel, la, lb in plan.tiles():
+        g = f[rows] @ f[cols].T
+        out[sel] = g[la, lb]
+    rest = plan.sparse
+    for s in range(0, rest.shape[0], CHUNK):
+        sel = rest[s : s + CHUNK]
+        out[sel] = np.einsum("ij,ij->i", f[plan.a[sel]], f[plan.b[sel]])
+    if scale != 1.0:
+        out *= np.float32(scale)
+    return out
+
+
+@dataclass
+class _TilePlan:
+    """Comparisons grouped into GEMM tiles over the (distinct a) x (distinct b) grid."""
+
+    n: int
+    a: np.ndarray
+    b: np.ndarray
+    ua: np.ndarray  # distinct a (sorted) and b
+    ub: np.ndarray
+    ra: np.ndarray  # compact index of each comparison's a in ua, and b in ub (int32)
+    rb: np.ndarray
+    order: np.ndarray  # comparisons of the dense tiles, grouped by tile
+    bounds: list[tuple[int, int, int, int]]  # (tile a, tile b, start, end) into order
+    sparse: np.ndarray  # comparisons outside dense tiles
+
+    @classmethod
+    def build(cls, a: np.ndarray, b: np.ndarray) -> _TilePlan:
+        ua, ra = _compact(a)
+        ub, rb = _compact(b)
+        nta, ntb = -(-ua.size // TILE), -(-ub.size // TILE)
+        tile = (ra // TILE).astype(np.int64 if nta * ntb >= 2**31 else np.int32) * ntb + rb // TILE
+        counts = np.bincount(tile, minlength=nta * ntb)
+        ta, tb = np.divmod(np.arange(nta * ntb), ntb)
+        area = np.minimum(TILE, ua.size - ta * TILE) * np.minimum(TILE, ub.size - tb * TILE)
+        dense = (counts > 0) & (counts >= DENSE * area)
+        in_dense = dense[tile]
+        idx = np.int32 if a.shape[0] < 2**31 else np.int64
+        sel = np.flatnonzero(in_dense).astype(idx)
+        key = tile[sel]
+        del tile
+        small = key.astype(np.uint16) if nta * ntb < 2**16 else key
+        order = sel[np.argsort(small, kind="stable")]
+        del sel, key, small
+        ends = np.cumsum(counts * dense)
+        starts = ends - counts * dense
+        bounds = [(int(ta[t]), int(tb[t]), int(starts[t]), int(ends[t])) for t in np.flatnonzero(dense)]
+        sparse = np.flatnonzero(~in_dense).astype(idx)
+        return cls(int(a.shape[0]), a, b, ua, ub, ra, rb, order, bounds, sparse)
+
+    def tiles(self) -> Iterator[tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray, np.ndarray]]:
+        for ta, tb, s, e in self.bounds:
+            sel = self.order[s:e]
+            rows = self.ua[ta * TILE : (ta + 1) * TILE]
+            cols = self.ub[tb * TILE : (tb + 1) * TILE]
+            yield (rows, cols), sel, self.ra[sel] - ta * TILE, self.rb[sel] - tb * TILE
+
+
+# --------------------------------------------------------------------------------- explicit pairs
+
+
+class PairList:
+    """Explicit comparisons between rows ``a[k]``, ``b[k]`` of a side table of ``n_sides`` rows."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, mated: np.ndarray, n_sides: int) -> None:
+        self.a = np.asarray(a)
+        self.b = np.asarray(b)
+        self.mated = np.asarray(mated, dtype=bool)
+        self.n = int(self.a.shape[0])
+        self.n_sides = int(n_sides)
+        if not (self.b.shape[0] == self.n == self.mated.shape[0]):
+            raise ValueError("PairList: a, b and mated must have the same length")
+        for side, x in (("a", self.a), ("b", self.b)):
+            if self.n and (x.min() < 0 or x.max() >= self.n_sides):
+                raise ValueError(f"PairList: side {side} indexes outside 0..{self.n_sides - 1}")
+        self.idx_m = np.flatnonzero(self.mated)
+        self._plan: _TilePlan | None = None
+
+    def tile_plan(self) -> _TilePlan:
+        if self._plan is None:
+            self._plan = _TilePlan.build(self.a, self.b)
+        return self._plan
+
+    def similarity(self, features: np.ndarray, scale: float = 1.0) -> np.ndarray:
+        """Similarity of every comparison (float32, :func:`pair_similarity`)."""
+        f = _features(features, self.n_sides)
+        return pair_similarity(f, self.a, self.b, scale, self.tile_plan())
+
+    def scores(self, features: np.ndarray, scale: float = 1.0):
+        """The scores object of :func:`exfiqa.metrics.edc_curves` (holds the similarities)."""
+        from .metrics import _Comparisons
+
+        sim = self.similarity(features, scale)
+        sim.setflags(write=False)  # shared by every caller of Study.similarity
+        return _Comparisons(sim, self.mated)
+
+    def order(self, side_values: np.ndarray) -> MinPairOrder:
+        """The stable order of ``min(v[a], v[b])`` for per-side values ``v``."""
+        return MinPairOrder(self, _side_values(side_values, self.n_sides))
+
+    def pair_quality(self, side_values: np.ndarray) -> np.ndarray:
+        v = _side_values(side_values, self.n_sides)
+        return np.minimum(v[self.a], v[self.b])
+
+
+class MinPairOrder:
+    """Stable order of the pair qualities ``min(v[a], v[b])`` of a :class:`PairList`.
+
+    Pairs are grouped by the dense rank of their minimum: a group's members are contiguous in the
+    stable order, in comparison order. Holds one ``uint8`` level per comparison (computed in
+    O(n): a gather, a bincount and the members of the at most 19 groups a level boundary cuts).
+    """
+
+    def __init__(self, pairs: PairList, v: np.ndarray) -> None:
+        self.pairs = pairs
+        self.v = v
+        self.n = pairs.n
+        self.d = _level_starts(self.n)
+        self.uniq, rank = _dense_ranks(v)
+        self._rank = rank.astype(np.uint16) if self.uniq.size <= 2**16 else rank  # narrow gathers are faster
+        minrank = np.minimum(self._rank[pairs.a], self._rank[pairs.b])
+        counts = np.bincount(minrank, minlength=self.uniq.size).astype(np.int64)
+        self.start = np.cumsum(counts) - counts
+        level_of = (np.searchsorted(self.d, self.start, side="right") - 1).astype(np.uint8)
+        level = level_of[minrank]
+        cut = _cut_groups(self.start, counts, self.d)
+        if cut.size:
+            flag = np.zeros(self.uniq.size, dtype=bool)
+            flag[cut] = True
+            pos = np.flatnonzero(flag[minrank])
+            g = minrank[pos]
+            o = np.argsort(g, kind="stable")
+            gs = g[o]
+            first = np.concatenate(([0], np.flatnonzero(gs[1:] != gs[:-1]) + 1))
+            within = np.arange(gs.size) - np.repeat(first, np.diff(np.append(first, gs.size)))
+            ranks = self.start[gs] + within
+            level[pos[o]] = (np.searchsorted(self.d, ranks, side="right") - 1).astype(np.uint8)
+        self.level = level
+
+    def levels(self, refs: np.ndarray) -> np.ndarray:
+        return self.level[refs]
+
+    def quality(self, refs: np.ndarray) -> np.ndarray:
+        return np.minimum(self.v[self.pairs.a[refs]], self.v[self.pairs.b[refs]])
+
+    def ranks(self, refs: np.ndarray) -> np.ndarray:
+        """Exact stable ranks of the comparisons ``refs`` (one O(n) sort, nothing kept).
+
+        With fewer than 2**16 distinct side values the groups are sorted as uint16 (numpy's
+        stable sort of 16-bit integers is a radix sort); otherwise as 64-bit keys
+        ``group << 32 | position``.
+        """
+        refs = np.asarray(refs)
+        minrank = np.minimum(self._rank[self.pairs.a], self._rank[self.pairs.b])
+        if minrank.dtype == np.uint16:
+            order = np.argsort(minrank, kind="stable")
+            del minrank
+            position = np.empty(self.n, dtype=np.int64)
+            position[order] = np.arange(self.n)
+            return position[refs]
+        if self.n >= 2**32:
+            raise ValueError("MinPairOrder.ranks: more than 2**32 comparisons")
+        keys = (minrank.astype(np.uint64) << np.uint64(32)) | np.arange(self.n, dtype=np.uint64)
+        return np.searchsorted(np.sort(keys), keys[refs]).astype(np.int64)
+
+
+def _cut_groups(start: np.ndarray, counts: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Groups (of consecutive stable ranks ``[start, start + count)``) a level boundary cuts."""
+    bounds = d[1:]  # every bound is < n, so some group holds it
+    g = np.searchsorted(start + counts, bounds, side="right")  # the group holding rank d[j]
+    return np.unique(g[start[g] < bounds])
+
+
+# --------------------------------------------------------------------------------- all-vs-all
+
+
+@dataclass
+class AllPairs:
+    """All unordered pairs ``i < j`` of ``n_samples`` samples sorted by identity, row-major.
+
+    ``group_end[i]``: one past the last sample of i's identity; pair (i, j) is mated iff
+    ``j < group_end[i]``. Position of (i, j): ``i * n - i * (i + 1) / 2 + j - i - 1``.
+    """
+
+    group_end: np.ndarray
+    n_samples: int = field(init=False)
+    n: int = field(init=False)
+    n_m: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.group_end = np.asarray(self.group_end, dtype=np.int64)
+        self.n_samples = int(self.group_end.shape[0])
+        rows = np.arange(self.n_samples)
+        if self.n_samples and (np.any(self.group_end <= rows) or np.any(self.group_end > self.n_samples)):
+            raise ValueError("AllPairs: group_end[i] must lie in (i, n_samples]")
+        self.n = int(_c2(self.n_samples))
+        self.n_m = int((self.group_end - rows - 1).sum())
+
+    @classmethod
+    def from_codes(cls, identity_codes: np.ndarray) -> AllPairs:
+        """From identity codes that are sorted (samples grouped by identity)."""
+        codes = np.asarray(identity_codes)
+        if codes.size and np.any(codes[1:] < codes[:-1]):
+            raise ValueError("identity codes must be sorted")
+        _, starts, counts = np.unique(codes, return_index=True, return_counts=True)
+        return cls(np.repeat(starts + counts, counts))
+
+    @property
+    def n_nm(self) -> int:
+        return self.n - self.n_m
+
+    def position(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        i64, j64 = np.asarray(i, np.int64), np.asarray(j, np.int64)
+        return i64 * self.n_samples - i64 * (i64 + 1) // 2 + j64 - i64 - 1
+
+    def mated_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(i, j)`` of every mated pair, row-major (int32)."""
+        rows = np.arange(self.n_samples, dtype=np.int64)
+        cnt = self.group_end - rows - 1
+        i = np.repeat(rows, cnt)
+        off = np.arange(i.size, dtype=np.int64) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        return i.astype(np.int32), (i + 1 + off).astype(np.int32)
+
+    def materialise(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(a, b, mated)`` of every pair in row-major order (n(n-1)/2 rows: small sets only)."""
+        rows = np.arange(self.n_samples, dtype=np.int64)
+        cnt = self.n_samples - rows - 1
+        a = np.repeat(rows, cnt)
+        b = a + 1 + (np.arange(a.size, dtype=np.int64) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+        dt = np.int32 if self.n_samples < 2**31 else np.int64
+        return a.astype(dt), b.astype(dt), b < self.group_end[a]
+
+    def gram_rows(self, features: np.ndarray, scale: float = 1.0) -> Iterator[tuple[int, np.ndarray]]:
+        """``(r0, G)`` with ``G[r, c] = scale * <f[r0 + r], f[r0 + c]>`` for the rows r0.. of a block.
+
+        The one place all-vs-all similarities are computed (every user sees the same floats).
+        """
+        f = _features(features, self.n_samples)
+        for r0 in range(0, self.n_samples, GRAM_ROWS):
+            g = f[r0 : r0 + GRAM_ROWS] @ f[r0:].T
+            if scale != 1.0:
+                g *= np.float32(scale)
+            yield r0, g
+
+    def similarity(self, features: np.ndarray, scale: float = 1.0) -> np.ndarray:
+        """Similarity of every pair, row-major (materialised: small sets only)."""
+        out = np.empty(self.n, dtype=np.float32)
+        for r0, g in self.gram_rows(features, scale):
+            for r in range(g.shape[0]):
+                i = r0 + r
+                p = int(self.position(i, i + 1)) if i + 1 < self.n_samples else self.n
+                out[p : p + self.n_samples - i - 1] = g[r, r + 1 :]
+        return out
+
+    def scores(self, features: np.ndarray, scale: float = 1.0, initial_m: int = 4096) -> AllPairsScores:
+        """The scores object of :func:`exfiqa.metrics.edc_curves` (nothing is scanned yet)."""
+        return AllPairsScores(self, _features(features, self.n_samples), scale, initial_m)
+
+    def order(self, sample_values: np.ndarray) -> AllPairsOrder:
+        return AllPairsOrder(self, _side_values(sample_values, self.n_samples))
+
+    def pair_quality(self, sample_values: np.ndarray) -> np.ndarray:
+        v = _side_values(sample_values, self.n_samples)
+        a, b, _ = self.materialise()
+        return np.minimum(v[a], v[b])
+
+
+class AllPairsScores:
+    """Scores of an :class:`AllPairs` set: mated similarities and the top non-mated candidates.
+
+    References are ``(K, 2)`` int32 arrays of ``(i, j)``. Candidates are collected by scanning the
+    Gram matrix in row blocks (``GRAM_ROWS`` x n float32 at a time) with a running cutoff, at
+    least ``initial_m`` of them on the first scan (which also takes the mated similarities);
+    asking for more than are held rescans.
+    """
+
+    def __init__(self, pairs: AllPairs, features: np.ndarray, scale: float, initial_m: int = 4096) -> None:
+        self.pairs = pairs
+        self.features = features
+        self.scale = scale
+        self.initial_m = int(initial_m)
+        self.n, self.n_m, self.n_nm = pairs.n, pairs.n_m, pairs.n_nm
+        if self.n_m == 0:
+            raise ValueError("mated: there are no mated comparisons (no identity has two samples)")
+        if self.n_nm == 0:
+            raise ValueError("mated: there are no non-mated comparisons (one identity)")
+        i, j = pairs.mated_pairs()
+        self.mated_refs = np.stack((i, j), axis=1)
+        self._sim_m: np.ndarray | None = None
+        self._top_vals: np.ndarray | None = None
+        self._top_refs: np.ndarray | None = None
+        self.scans = 0
+
+    @property
+    def sim_m(self) -> np.ndarray:
+        """Mated similarities, row-major (the first scan computes them)."""
+        if self._sim_m is None:
+            self.top_nonmated(self.initial_m)
+        assert self._sim_m is not None
+        return self._sim_m
+
+    def _scan(self, m: int) -> None:
+        """One pass over the Gram rows: the top ``m`` non-mated (and the mated, first time)."""
+        n_s = self.pairs.n_samples
+        end = self.pairs.group_end
+        keep = _TopK(m)
+        sim_m = np.empty(self.n_m, dtype=np.float32) if self._sim_m is None else None
+        k = 0
+        for r0, g in self.pairs.gram_rows(self.features, self.scale):
+            rows = np.arange(r0, r0 + g.shape[0])
+            if sim_m is not None:
+                cnt = end[rows] - rows - 1
+                rr = np.repeat(np.arange(rows.size), cnt)
+                cc = rr + 1 + (np.arange(rr.size) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+                sim_m[k : k + rr.size] = g[rr, cc]
+                k += rr.size
+            nonmated = np.arange(n_s - r0)[None, :] >= (end[rows] - r0)[:, None]
+            keep.add(g, nonmated, r0)
+        if sim_m is not None:
+            self._sim_m = sim_m
+        self._top_vals, self._top_refs = keep.result()
+        self.scans += 1
+
+    def top_nonmated(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+        m = int(min(max(m, 1), self.n_nm))
+        if self._top_vals is None or self._top_vals.shape[0] < m:
+            first = self._top_vals is None
+            self._scan(max(m, self.initial_m) if first else min(self.n_nm, max(m, 4 * self._top_vals.shape[0])))
+        assert self._top_vals is not None and self._top_refs is not None
+        return self._top_vals, self._top_refs
+
+
+class _TopK:
+    """The ``m`` largest values of a stream of Gram blocks (ties at the cutoff all kept)."""
+
+    def __init__(self, m: int) -> None:
+        self.m = m
+        self.cut = np.float32(-np.inf)
+        self.vals: list[np.ndarray] = []
+        self.refs: list[np.ndarray] = []
+        self.size = 0
+
+    def add(self, g: np.ndarray, mask: np.ndarray, r0: int) -> None:
+        r, c = np.nonzero(mask & (g >= self.cut))
+        v = g[r, c]
+        if v.size > self.m:  # keep the block's own top m first; the global cutoff is >= theirs
+            t = np.partition(v, v.size - self.m)[v.size - self.m]
+            sel = v >= t
+            r, c, v = r[sel], c[sel], v[sel]
+            self.cut = max(self.cut, t)
+        self.vals.append(v)
+        self.refs.append(np.stack(((r + r0).astype(np.int32), (c + r0).astype(np.int32)), axis=1))
+        self.size += v.size
+        if self.size > 2 * self.m:
+            self._prune()
+
+    def _prune(self) -> None:
+        v = np.concatenate(self.vals)
+        refs = np.concatenate(self.refs)
+        if v.size > self.m:
+            t = np.partition(v, v.size - self.m)[v.size - self.m]
+            sel = v >= t
+            v, refs = v[sel], refs[sel]
+            self.cut = max(self.cut, t)
+        self.vals, self.refs, self.size = [v], [refs], v.size
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        self._prune()
+        v, refs = self.vals[0], self.refs[0]
+        o = np.argsort(-v, kind="stable")  # collected row-major: ties stay in comparison order
+        return v[o], refs[o]
+
+
+class AllPairsOrder:
+    """Stable order of the pair qualities ``min(v[i], v[j])`` of an :class:`AllPairs` set.
+
+    With ``L`` samples of dense rank below r, the pairs whose minimum has rank < r number
+    ``C(n, 2) - C(n - L, 2)``; those of rank r follow in row-major order. A pair's rank inside
+    its group is counted in O(n) per group (:meth:`_within`); levels need it only for the at
+    most 19 groups a level boundary cuts.
+    """
+
+    def __init__(self, pairs: AllPairs, v: np.ndarray) -> None:
+        self.pairs = pairs
+        self.v = v
+        self.n = pairs.n
+        self.d = _level_starts(self.n)
+        self.uniq, self.rank = _dense_ranks(v)
+        counts = np.bincount(self.rank, minlength=self.uniq.size).astype(np.int64)
+        lower = np.cumsum(counts) - counts
+        ns = pairs.n_samples
+        self.start = _c2(ns) - _c2(ns - lower)
+        sizes = _c2(ns - lower) - _c2(ns - lower - counts)
+        self.level_of = (np.searchsorted(self.d, self.start, side="right") - 1).astype(np.uint8)
+        self.cut = _cut_groups(self.start, sizes, self.d)
+
+    def _group(self, refs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        refs = np.asarray(refs)
+        i, j = refs[:, 0].astype(np.int64), refs[:, 1].astype(np.int64)
+        return i, j, np.minimum(self.rank[i], self.rank[j])
+
+    def _within(self, r: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Row-major rank of pairs (i, j) among the pairs whose minimum has dense rank r."""
+        eq = self.rank == r
+        ge = self.rank >= r
+        gt = ge & ~eq
+        cum_eq = np.concatenate(([0], np.cumsum(eq)))
+        cum_ge = np.concatenate(([0], np.cumsum(ge)))
+        # members in row x: y > x with rank >= r if x has rank r; y > x with rank r if rank > r
+        row = eq * (cum_ge[-1] - cum_ge[1:]) + gt * (cum_eq[-1] - cum_eq[1:])
+        before = np.concatenate(([0], np.cumsum(row)))
+        inside = np.where(eq[i], cum_ge[j] - cum_ge[i + 1], cum_eq[j] - cum_eq[i + 1])
+        return before[i] + inside
+
+    def levels(self, refs: np.ndarray) -> np.ndarray:
+        i, j, g = self._group(refs)
+        level = self.level_of[g]
+        for r in self.cut:
+            sel = np.flatnonzero(g == r)
+            if sel.size:
+                ranks = self.start[r] + self._within(int(r), i[sel], j[sel])
+                level[sel] = np.searchsorted(self.d, ranks, side="right") - 1
+        return level
+
+    def ranks(self, refs: np.ndarray) -> np.ndarray:
+        i, j, g = self._group(refs)
+        out = np.empty(i.shape[0], dtype=np.int64)
+        o = np.argsort(g, kind="stable")
+        gs = g[o]
+        bounds = np.concatenate(([0], np.flatnonzero(gs[1:] != gs[:-1]) + 1, [gs.size]))
+        for s, e in zip(bounds[:-1], bounds[1:], strict=True):
+            sel = o[s:e]
+            r = int(gs[s])
+            out[sel] = self.start[r] + self._within(r, i[sel], j[sel])
+        return out
+
+    def quality(self, refs: np.ndarray) -> np.ndarray:
+        i, j, _ = self._group(refs)
+        return np.minimum(self.v[i], self.v[j])
+
+
+# --------------------------------------------------------------------------------- FR sanity
+
+
+def _keys32(v: np.ndarray) -> np.ndarray:
+    """Order-preserving uint32 keys of float32 values (-0.0 counted as +0.0)."""
+    u = (np.asarray(v, dtype=np.float32) + np.float32(0)).view(np.uint32)
+    return np.where(u & np.uint32(0x80000000), ~u, u | np.uint32(0x80000000))
+
+
+def _fold_edges(n: int, n_folds: int) -> np.ndarray:
+    """Start of each of ``n_folds`` contiguous folds of ``n`` comparisons (``np.array_split``)."""
+    q, r = divmod(n, n_folds)
+    sizes = np.full(n_folds, q, dtype=np.int64)
+    sizes[:r] += 1
+    return np.concatenate(([0], np.cumsum(sizes)))
+
+
+def _nonmated_blocks(scores: AllPairsScores, edges: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``(fold, values)``: every non-mated similarity, in comparison order, cut at the fold edges."""
+    pairs = scores.pairs
+    n_s, end = pairs.n_samples, pairs.group_end
+    for r0, g in pairs.gram_rows(scores.features, scores.scale):
+        rows = np.arange(r0, r0 + g.shape[0])
+        mask = np.arange(n_s - r0)[None, :] >= (end[rows] - r0)[:, None]
+        vals = g[mask]  # row-major: ascending comparison position
+        counts = n_s - end[rows]
+        start = pairs.position(rows, np.minimum(end[rows], n_s - 1))  # position of each row's first non-mated
+        cuts = [int(np.clip(e - start, 0, counts).sum()) for e in edges[1:-1]]
+        bounds = np.concatenate(([0], cuts, [vals.size]))
+        for f in range(len(edges) - 1):
+            if bounds[f + 1] > bounds[f]:
+                yield f, vals[bounds[f] : bounds[f + 1]]
+
+
+def all_pairs_sanity(
+    scores: AllPairsScores, fmr_targets: Sequence[float], n_folds: int = 10, bits: int = 16
+) -> dict[str, Any]:
+    """10-fold accuracy, EER and FNMR@FMR of an all-vs-all set, exactly as on the materialised arrays.
+
+    The same numbers as :func:`exfiqa.metrics.verification_accuracy` (contiguous folds in
+    comparison order), :func:`exfiqa.metrics.eer` and :func:`exfiqa.metrics.fnmr_at_fmr` on every
+    pair, from two scans of the Gram matrix: the first counts the non-mated similarities per fold
+    in ``2**bits`` bins of their float32 order; only the bins that can hold the EER point or a
+    fold's best threshold (and their neighbours) are then collected value by value. Memory: the
+    histograms and those bins' values.
+    """
+    from .metrics import _above, _kmax
+
+    n_m, n_nm = scores.n_m, scores.n_nm
+    sim_m = scores.sim_m
+    targets = [float(t) for t in fmr_targets]
+    top, _ = scores.top_nonmated(max(int(_kmax(t, n_nm)) for t in targets) + 1)
+    fnmr = [float(np.count_nonzero(sim_m <= top[int(_kmax(t, n_nm))]) / n_m) for t in targets]
+    shift, nb = np.uint32(32 - bits), 1 << bits
+    edges = _fold_edges(scores.n, n_folds)
+    i_m, j_m = scores.mated_refs[:, 0], scores.mated_refs[:, 1]
+    fold_m = np.searchsorted(edges, scores.pairs.position(i_m, j_m), side="right") - 1
+    hist = np.zeros((n_folds, nb), dtype=np.int64)
+    for f, vals in _nonmated_blocks(scores, edges):
+        hist[f] += np.bincount(_keys32(vals) >> shift, minlength=nb)
+    key_m = _keys32(sim_m)
+    bin_m = key_m >> shift
+    # --- which bins to read value by value
+    want: list[set[int]] = [set() for _ in range(n_folds)]
+    lo, hi, eer_bins = _eer_bins(hist.sum(0), bin_m, n_m, n_nm)
+    folds_plan = []
+    for f in range(n_folds):
+        plan = _accuracy_bins(hist.sum(0) - hist[f], bin_m[fold_m != f])
+        folds_plan.append(plan)
+        want[f] |= plan["collect"]
+    collect_any = set(eer_bins).union(*want)
+    flag = np.zeros(nb, dtype=bool)
+    flag[sorted(collect_any)] = True
+    got_v: list[np.ndarray] = []
+    got_f: list[np.ndarray] = []
+    for f, vals in _nonmated_blocks(scores, edges):
+        sel = flag[_keys32(vals) >> shift]
+        if sel.any():
+            got_v.append(vals[sel])
+            got_f.append(np.full(int(sel.sum()), f, dtype=np.int16))
+    cv = np.concatenate(got_v) if got_v else np.zeros(0, np.float32)
+    cf = np.concatenate(got_f) if got_f else np.zeros(0, np.int16)
+    cbin = _keys32(cv) >> shift
+    eer = _eer_exact(hist.sum(0), lo, hi, cv[np.isin(cbin, eer_bins)], sim_m, n_m, n_nm, shift)
+    acc = np.empty(n_folds)
+    for f in range(n_folds):
+        acc[f] = _fold_accuracy(hist, f, folds_plan[f], cv, cf, cbin, sim_m, fold_m, shift, _above)
+    return {"accuracy_10fold": float(acc.mean()), "accuracy_std": float(acc.std()), "folds": acc, "eer": eer, "fnmr": fnmr}
+
+
+def _eer_bins(h: np.ndarray, bin_m: np.ndarray, n_m: int, n_nm: int) -> tuple[int, int, list[int]]:
+    """The bins around the ROC point FMR = FNMR: ``(lo, hi, bins to read)``.
+
+    ``b``: the bin where FMR - FNMR (strictly decreasing along the thresholds) changes sign at
+    its edges; ``lo``/``hi``: the nearest bins below/above holding non-mated values (0 / the last
+    bin when there is none). Every threshold the EER can use lies in bins ``lo..hi``, whose
+    non-mated values are those of ``lo``, ``b`` and ``hi``.
+    """
+    nb = h.size
+    nm_ge = np.concatenate((np.cumsum(h[::-1])[::-1], [0]))  # non-mated in bins >= b, b = 0..nb
+    m_lt = np.searchsorted(np.sort(bin_m), np.arange(nb + 1), side="left")
+    g = nm_ge / n_nm - m_lt / n_m  # FMR - FNMR at the lower edge of each bin (nb: +inf)
+    b = int(np.argmax(g <= 0)) - 1  # g[0] = 1 > 0 and g[nb] = -1
+    nonempty = np.flatnonzero(h)
+    below, above = nonempty[nonempty < b], nonempty[nonempty > b]
+    lo = int(below[-1]) if below.size else 0
+    hi = int(above[0]) if above.size else nb - 1
+    return lo, hi, sorted({lo, b, hi})
+
+
+def _eer_exact(
+    h: np.ndarray, lo: int, hi: int, vals: np.ndarray, sim_m: np.ndarray, n_m: int, n_nm: int, shift: np.uint32
+) -> float:
+    """``metrics.eer`` over the thresholds in bins ``lo..hi`` (``vals``: their non-mated values)."""
+    above = int(h[hi + 1 :].sum())  # non-mated beyond the resolved bins
+    km = _keys32(sim_m).astype(np.uint64)
+    inside = (km >= np.uint64(lo) << np.uint64(shift)) & (km < np.uint64(hi + 1) << np.uint64(shift))
+    thr = np.unique(np.concatenate((vals, sim_m[inside])).astype(np.float64))
+    if above == 0 and not (km >= np.uint64(hi + 1) << np.uint64(shift)).any():
+        thr = np.append(thr, np.inf)  # nothing beyond: the ROC's last point is adjacent
+    nm_sorted = np.sort(vals.astype(np.float64))
+    nm_ge = above + (nm_sorted.size - np.searchsorted(nm_sorted, thr, side="left"))
+    m_lt = np.searchsorted(np.sort(sim_m.astype(np.float64)), thr, side="left")
+    fmr, fnmr = nm_ge / n_nm, m_lt / n_m
+    i = int(np.argmin(np.abs(fmr - fnmr)))
+    return float((fmr[i] + fnmr[i]) / 2)
+
+
+def _accuracy_bins(h_tr: np.ndarray, bin_m_tr: np.ndarray) -> dict[str, Any]:
+    """The bins a fold's best accuracy threshold can lie in, and those needed to place it.
+
+    For a cut in bin b the training accuracy lies between ``P>=(b+1) + N<(b)`` and
+    ``P>=(b) + N<(b+1)`` (P: mated, N: non-mated training counts by bin edge); bins whose upper
+    bound is below the best lower bound (or the ``inf`` cut's exact count) cannot hold the
+    maximum. To place the threshold the previous training value and the held-out fold's values
+    around it are needed too: the bins from the previous non-empty one to each candidate, the
+    one below the lowest, and the highest non-empty one.
+    """
+    nb = h_tr.size
+    m_hist = np.bincount(bin_m_tr, minlength=nb)
+    n_lt = np.concatenate(([0], np.cumsum(h_tr)))  # N<(b), b = 0..nb
+    p_ge = np.concatenate((np.cumsum(m_hist[::-1])[::-1], [0]))  # P>=(b)
+    nonempty = np.flatnonzero((h_tr + m_hist) > 0)
+    lb = p_ge[nonempty + 1] + n_lt[nonempty]
+    ub = p_ge[nonempty] + n_lt[nonempty + 1]
+    best_lb = max(int(lb.max()), int(n_lt[-1]))
+    cand = nonempty[ub >= best_lb]
+    collect: set[int] = {int(nonempty[-1])}
+    lowest = int(nonempty[0])
+    for b in cand.tolist():
+        pos = int(np.searchsorted(nonempty, b))
+        prev = int(nonempty[pos - 1]) if pos else b
+        collect.update(range(prev, b + 1))
+        if b == lowest and b > 0:
+            collect.add(b - 1)
+    return {"cand": cand, "collect": collect, "n_lt": n_lt, "nonempty": nonempty}
+
+
+def _fold_accuracy(
+    hist: np.ndarray, f: int, plan: dict[str, Any], cv: np.ndarray, cf: np.ndarray, cbin: np.ndarray,
+    sim_m: np.ndarray, fold_m: np.ndarray, shift: np.uint32, above: Any,
+) -> float:
+    """Accuracy on fold ``f`` at the threshold that maximises it on the other folds (exact)."""
+    n_lt, nonempty = plan["n_lt"], plan["nonempty"]
+    m_tr = np.sort(sim_m[fold_m != f].astype(np.float64))
+    bin_m_all = _keys32(sim_m) >> shift
+    tr = cf != f
+    best, best_cut, best_bin = int(n_lt[-1]), None, -1  # the inf cut; finite cuts win ties
+    for b in plan["cand"].tolist():
+        nm_b = np.sort(cv[tr & (cbin == b)].astype(np.float64))
+        cuts = np.unique(np.concatenate((nm_b, sim_m[(fold_m != f) & (bin_m_all == b)].astype(np.float64))))
+        correct = (m_tr.size - np.searchsorted(m_tr, cuts, side="left")) + n_lt[b] + np.searchsorted(nm_b, cuts, side="left")
+        i = int(np.argmax(correct))
+        if correct[i] >= best if best_cut is None else correct[i] > best:
+            best, best_cut, best_bin = int(correct[i]), float(cuts[i]), b
+    def train_values(b: int) -> np.ndarray:
+        return np.concatenate((cv[tr & (cbin == b)], sim_m[(fold_m != f) & (bin_m_all == b)])).astype(np.float64)
+
+    if best_cut is None:  # inf: just above the highest training value
+        t = above(train_values(int(nonempty[-1])).max())[()]
+    else:
+        here = train_values(best_bin)
+        lower = here[here < best_cut]
+        pos = int(np.searchsorted(nonempty, best_bin))
+        if lower.size:
+            t = (lower.max() + best_cut) / 2
+        elif pos:
+            t = (train_values(int(nonempty[pos - 1])).max() + best_cut) / 2
+        else:
+            t = np.float64(best_cut)
+    t = np.float64(t)
+    z = np.float32(t)  # the largest float32 below t: s < t <=> s <= z
+    if np.float64(z) >= t:
+        z = np.nextafter(z, np.float32(-np.inf))
+    bz = int(_keys32(np.array([z]))[0] >> shift)
+    fold_vals = cv[(cf == f) & (cbin == bz)]
+    neg_ok = int(hist[f, :bz].sum()) + int(np.count_nonzero(fold_vals <= z))
+    pos_ok = int(np.count_nonzero(sim_m[fold_m == f] >= t))
+    n_fold = int(hist[f].sum()) + int(np.count_nonzero(fold_m == f))
+    return (pos_ok + neg_ok) / n_fold

@@ -1,0 +1,289 @@
+"""Content digests of the files a run reads, remembered across runs: one ``stat`` per unchanged file.
+
+Conventions:
+
+- A digest is the SHA-256 hex of a file's bytes (:func:`hash_file`).
+- :class:`DigestIndex` remembers digests in an sqlite file (``<cache_dir>/digests.sqlite``), keyed
+  by the absolute path (``os.path.abspath``; symlinks are not resolved) and the file's ``stat``:
+  size, ``mtime_ns``, ``ctime_ns`` and inode. A file whose stat is unchanged is not read again; any
+  change of size, modification or status-change time or inode re-hashes it. (``ctime`` cannot be
+  set by a user, so rewriting a file and restoring its mtime is still seen.)
+- A file modified less than :data:`RACY_SECONDS` before it was hashed is not recorded: a second
+  same-size write within the file system's timestamp granularity would leave its stat unchanged.
+  It is hashed again by the next process (as git treats "racily clean" entries).
+- Writes are sqlite transactions, committed in batches during a long hashing, so a killed run keeps
+  what it hashed. Two processes may share the index: the last writer of an entry wins, and both
+  write the same digest for the same stat. A corrupt index is moved aside and rebuilt (a warning).
+- :func:`input_digests` lists every input file of a config's run with its digest (checkpoints,
+  every benchmark file, external CSVs and external per-sample arrays): the key ``make paper``
+  uses to decide that nothing changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .datasets import Benchmark
+
+__all__ = ["INDEX_NAME", "RACY_SECONDS", "DigestIndex", "hash_file", "input_digests", "input_files"]
+
+INDEX_NAME = "digests.sqlite"
+"""File name of the index inside ``cache_dir``."""
+
+RACY_SECONDS = 2.0
+"""Files modified this recently before hashing are hashed again by the next process."""
+
+_SCHEMA_VERSION = 1
+_PROGRESS_MIN_FILES = 200  # a progress bar when at least this many files need hashing
+_BATCH = 5000  # rows per commit while hashing
+_QUERY = 900  # paths per SELECT ... IN (...)
+_LOOKUP = 16384  # paths looked up and compared at a time
+
+_log = logging.getLogger(__name__)
+
+Stat = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
+
+
+def hash_file(path: str | os.PathLike[str]) -> str:
+    """SHA-256 hex digest of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _key(path: str | os.PathLike[str]) -> str:
+    """The index key: the absolute path (made absolute only when it is not, which is costly)."""
+    text = os.fspath(path)
+    return text if os.path.isabs(text) else os.path.abspath(text)
+
+
+def _stat(path: str) -> Stat:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"input file not found: {path}") from None
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+_now_ns = time.time_ns
+
+
+def _racy(stat: Stat, now_ns: int) -> bool:
+    return now_ns - max(stat[1], stat[2]) < RACY_SECONDS * 1e9
+
+
+class DigestIndex:
+    """SHA-256 of files, re-hashed only when their stat changed.
+
+    Args:
+        path: The sqlite file; None keeps digests in this object only (nothing persists).
+        progress: Show a tqdm bar when many files need hashing.
+        workers: Threads that hash files (reading and SHA-256 release the GIL).
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, progress: bool = True, workers: int | None = None
+    ) -> None:
+        self.path = None if path is None else Path(path)
+        self.progress = progress
+        self.workers = workers or min(8, 2 * (os.cpu_count() or 1))
+        self._memo: dict[str, tuple[Stat, str]] = {}  # the index itself when there is no file
+        self._read_only = False
+
+    def __repr__(self) -> str:
+        return f"DigestIndex({str(self.path) if self.path else None!r})"
+
+    def digest(self, path: str | os.PathLike[str]) -> str:
+        """SHA-256 of one file (see :meth:`digests`)."""
+        return self.digests([path])[0]
+
+    def digests(self, paths: Sequence[str | os.PathLike[str]], desc: str = "hashing") -> list[str]:
+        """SHA-256 of each file, in order: one ``stat`` per file, a read only where it changed.
+
+        Raises:
+            FileNotFoundError: a file is missing (the message names it).
+        """
+        keys = [_key(p) for p in paths]
+        out: list[str | None] = [None] * len(keys)
+        todo: list[tuple[int, Stat]] = []
+        for start in range(0, len(keys), _LOOKUP):  # bounded memory at any size
+            chunk = keys[start : start + _LOOKUP]
+            known = self._lookup(chunk)
+            for i, key in enumerate(chunk, start):
+                stat = _stat(key)
+                hit = known.get(key)
+                if hit is not None and hit[0] == stat:
+                    out[i] = hit[1]
+                else:
+                    todo.append((i, stat))
+        if todo:
+            self._hash(keys, todo, out, desc)
+        return cast("list[str]", out)
+
+    def record(self, path: str | os.PathLike[str], digest: str) -> None:
+        """Remember the digest of a file this process has just written (no racy-time rule).
+
+        Only for files whose writer knows their content (e.g. an array it renamed into place):
+        a later change, even within the same timestamp tick, comes with a new inode or size.
+        """
+        key = _key(path)
+        self._store([(key, *_stat(key), digest)])
+
+    # ------------------------------------------------------------------ internals
+
+    def _hash(self, keys: list[str], todo: list[tuple[int, Stat]], out: list[str | None], desc: str) -> None:
+        from tqdm.auto import tqdm
+
+        show = self.progress and len(todo) >= _PROGRESS_MIN_FILES
+        rows: list[tuple[str, int, int, int, int, str]] = []
+        with tqdm(total=len(todo), desc=desc, unit="file", disable=not show, leave=False) as bar:
+            for (i, before), digest in zip(todo, self._map_hash([keys[i] for i, _ in todo]), strict=True):
+                out[i] = digest
+                bar.update(1)
+                after = _stat(keys[i])
+                if after != before or _racy(after, _now_ns()):
+                    continue  # changed while read, or too recent to trust its stat next time
+                rows.append((keys[i], *after, digest))
+                if len(rows) >= _BATCH:
+                    self._store(rows)
+                    rows = []
+        self._store(rows)
+
+    def _map_hash(self, paths: list[str]) -> Iterator[str]:
+        """:func:`hash_file` of each path in order, on worker threads (a bounded number in flight)."""
+        if len(paths) < 4 or self.workers < 2:
+            yield from (hash_file(p) for p in paths)
+            return
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            for chunk in _chunks(paths, 64 * self.workers):
+                yield from pool.map(lambda p: hash_file(p), chunk)
+
+    def _connect(self) -> sqlite3.Connection | None:
+        """The index database (created if absent); a corrupt file is moved aside and rebuilt."""
+        if self.path is None:
+            return None
+        for attempt in (0, 1):
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                con = sqlite3.connect(self.path, timeout=60)
+                if con.execute("PRAGMA user_version").fetchone()[0] != _SCHEMA_VERSION:
+                    with con:
+                        con.execute("DROP TABLE IF EXISTS files")
+                        con.execute(
+                            "CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER,"
+                            " ctime_ns INTEGER, ino INTEGER, sha256 TEXT) WITHOUT ROWID"
+                        )
+                        con.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+                return con
+            except sqlite3.DatabaseError as exc:
+                if attempt or not self.path.is_file():
+                    _log.warning("digest index %s unusable (%s); digests are not remembered", self.path, exc)
+                    self.path = None
+                    return None
+                aside = self.path.with_name(self.path.name + ".corrupt")
+                _log.warning("digest index %s is corrupt (%s); moved to %s and rebuilt", self.path, exc, aside)
+                os.replace(self.path, aside)
+            except OSError as exc:
+                _log.warning("digest index %s cannot be opened (%s); digests are not remembered", self.path, exc)
+                self.path = None
+                return None
+        return None
+
+    def _lookup(self, keys: list[str]) -> dict[str, tuple[Stat, str]]:
+        memo = {k: self._memo[k] for k in keys if k in self._memo} if self._memo else {}
+        con = self._connect()
+        if con is None:
+            return memo
+        found: dict[str, tuple[Stat, str]] = {}
+        try:
+            for chunk in _chunks(keys, _QUERY):
+                marks = ",".join("?" * len(chunk))
+                for row in con.execute(
+                    f"SELECT path, size, mtime_ns, ctime_ns, ino, sha256 FROM files WHERE path IN ({marks})", chunk
+                ):
+                    found[row[0]] = ((row[1], row[2], row[3], row[4]), row[5])
+        except sqlite3.DatabaseError as exc:
+            _log.warning("digest index %s unreadable (%s); hashing again", self.path, exc)
+        finally:
+            con.close()
+        return {**found, **memo}
+
+    def _store(self, rows: list[tuple[str, int, int, int, int, str]]) -> None:
+        if not rows:
+            return
+        con = None if self._read_only else self._connect()
+        if con is None:
+            self._memo.update((r[0], ((r[1], r[2], r[3], r[4]), r[5])) for r in rows)
+            return
+        try:
+            with con:
+                con.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", rows)
+        except sqlite3.DatabaseError as exc:  # e.g. a read-only index: keep reading it, stop writing
+            _log.warning("digest index %s not updated (%s); new digests are kept in memory only", self.path, exc)
+            self._read_only = True
+            self._memo.update((r[0], ((r[1], r[2], r[3], r[4]), r[5])) for r in rows)
+        finally:
+            con.close()
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+# ------------------------------------------------------------------------------ a run's inputs
+
+
+def input_files(cfg: Config, benchmarks: Mapping[str, Benchmark] | None = None) -> list[Path]:
+    """Every file a run of ``cfg`` reads (absolute paths, sorted, without repeats).
+
+    The checkpoints of its quality models, FR models and the FR models its baselines run on; every
+    file of every benchmark (each image of a folder benchmark, the ``.bin`` files, pairs and
+    ``meta/`` files), including a benchmark an attention sample is taken from; the external
+    methods' CSVs; the attention-figure images given as paths; and the per-sample arrays (``.npy``
+    and manifest) an external producer placed in the run's layout (see :mod:`exfiqa.arrays`).
+    ``benchmarks``: already opened benchmarks by dataset name (e.g. a Study's), not read again.
+    """
+    from .arrays import external_array_files
+    from .config import _BASELINE_FR
+    from .datasets import load_benchmark
+
+    cfg.check_paths()
+    opened = dict(benchmarks or {})
+    specs = dict(cfg.datasets)
+    for sample in getattr(cfg, "attention_samples", {}).values():
+        if sample.dataset is not None:
+            specs.setdefault(sample.dataset.name, sample.dataset)
+    files: set[str] = {str(m.checkpoint) for m in (*cfg.quality_models.values(), *cfg.fr_models.values())}
+    files |= {str(cfg.support_fr_models[_BASELINE_FR[b]].checkpoint) for b in cfg.baselines if b in _BASELINE_FR}
+    for name, spec in specs.items():
+        bench = opened.get(name) or load_benchmark(spec.kind, **spec.args)
+        files |= {str(f) for _, f in bench._files}
+    files |= {str(p) for per_ds in cfg.external_methods.values() for ds, p in per_ds.items() if ds in cfg.datasets}
+    files |= {str(s.path) for s in getattr(cfg, "attention_samples", {}).values() if s.path is not None}
+    files |= {str(p) for p in external_array_files(cfg)}
+    return [Path(f) for f in sorted({_key(f) for f in files})]
+
+
+def input_digests(cfg: Config, benchmarks: Mapping[str, Benchmark] | None = None) -> dict[str, str]:
+    """``{absolute path: SHA-256}`` of every file a run of ``cfg`` reads (:func:`input_files`).
+
+    Uses the run's persistent index (``<cache_dir>/digests.sqlite``, shared with
+    :class:`exfiqa.pipeline.Study`), so a second call on an unchanged tree only ``stat`` s the
+    files. ``benchmarks``: already opened benchmarks by dataset name, not read again.
+    """
+    files = input_files(cfg, benchmarks)
+    index = DigestIndex(Path(cfg.cache_dir) / INDEX_NAME)
+    return dict(zip(map(str, files), index.digests(files, desc="hashing inputs"), strict=True))

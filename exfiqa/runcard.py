@@ -1,0 +1,242 @@
+"""The run card: what one run of the study runs with, stated once and shown everywhere.
+
+:func:`run_card` builds a :class:`RunCard` from a :class:`~exfiqa.config.Config`: the device
+(and what was asked for), the precision, the EDC protocol (convention, pAUC limit, FMR targets,
+pAUC scale), the seed, the code version and the digest of every input file the run reads. Every
+notebook's first cell prints it (:meth:`RunCard.markdown`), ``make paper`` writes it to
+``results/<run>/run_card.json`` and ``index.html`` renders that file (:meth:`RunCard.html`), so
+the index and the tables can never disagree; ``make paper``'s "inputs unchanged" key is
+:meth:`RunCard.key`.
+
+This version evaluates in float32 only (``precision`` is stated, not chosen).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+import subprocess
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .config import Config
+
+__all__ = ["PRECISION", "RunCard", "code_digest", "git_describe", "input_summary", "run_card"]
+
+PACKAGE = Path(__file__).resolve().parent
+PRECISION = "float32"
+
+
+def code_digest(package: Path = PACKAGE) -> str:
+    """SHA-256 over every ``.py`` file of the package, sub-packages included (path + bytes)."""
+    h = hashlib.sha256()
+    for p in sorted(package.rglob("*.py")):
+        h.update(p.relative_to(package).as_posix().encode() + b"\0")
+        h.update(p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def git_describe(where: Path = PACKAGE) -> str:
+    """``git describe --always --dirty`` of the checkout holding the package, else ``"unknown"``."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(where), "describe", "--always", "--dirty"],
+            capture_output=True, text=True, timeout=20, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
+
+
+@dataclass(frozen=True)
+class RunCard:
+    """What a run runs with. ``inputs``: each input (checkpoint, benchmark, CSV) -> SHA-256
+    (of the file, or over the files of a benchmark; see :func:`input_summary`)."""
+
+    run_name: str
+    config: str
+    world: str
+    datasets: tuple[str, ...]
+    fr_models: tuple[str, ...]
+    quality_models: tuple[str, ...]
+    device: str
+    device_requested: str
+    precision: str
+    convention: str
+    discard_limit: float
+    fmr_targets: tuple[float, ...]
+    pauc_scale: float
+    headline: str
+    seed: int
+    batch_size: int
+    code_sha256: str
+    git: str
+    inputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def demo(self) -> bool:
+        """True when the numbers come from the offline demo world."""
+        return self.world.startswith("demo")
+
+    def banner(self) -> str:
+        """One markdown line saying where the numbers come from (demo world or real data)."""
+        if self.demo:
+            return ("**Demo world.** These numbers come from the offline demo world (procedural faces, small "
+                    "models trained on this machine). They exercise every step of the paper's protocol; "
+                    "**they are not the paper's numbers.**")
+        return f"**Real data** ({self.world.removeprefix('real data in ')}): the paper's benchmarks and checkpoints as configured."
+
+    def key(self) -> str:
+        """Digest of everything the results depend on (all fields but ``git``, which also
+        reflects files outside the package)."""
+        blob = {k: v for k, v in asdict(self).items() if k != "git"}
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+    def differences(self, other: RunCard) -> list[str]:
+        """Names of the fields in which ``other`` differs from this card."""
+        return [f.name for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(field, value) pairs in display order; input digests shortened to 16 hex digits."""
+        device = self.device if self.device == self.device_requested else f"{self.device} (requested {self.device_requested})"
+        rows = [
+            ("run", self.run_name),
+            ("config", self.config),
+            ("data", self.world),
+            ("datasets", ", ".join(self.datasets)),
+            ("FR models", ", ".join(self.fr_models)),
+            ("quality models", ", ".join(self.quality_models)),
+            ("device", device),
+            ("precision", f"{self.precision} (this version evaluates in float32 only)"),
+            ("EDC convention", self.convention),
+            ("pAUC limit", f"discard 0 .. {self.discard_limit:g}"),
+            ("FMR targets", ", ".join(f"{f:g}" for f in self.fmr_targets)),
+            ("pAUC scale", f"x{self.pauc_scale:g} (tables show pAUC times this; CSVs keep full precision)"),
+            ("headline", self.headline),
+            ("seed", str(self.seed)),
+            ("batch size", str(self.batch_size)),
+            ("code", f"sha256 {self.code_sha256[:16]}, git {self.git}"),
+        ]
+        rows += [(f"input {name}", f"sha256 {digest[:16]}") for name, digest in self.inputs.items()]
+        return rows
+
+    def markdown(self) -> str:
+        """A two-column markdown table (what every notebook's first cell prints)."""
+        def cell(text: str) -> str:
+            return text.replace("|", "\\|")
+
+        lines = ["| run card | |", "| --- | --- |"]
+        lines += [f"| {cell(k)} | {cell(v)} |" for k, v in self.rows()]
+        return "\n".join(lines)
+
+    def html(self) -> str:
+        """The same table as HTML (what ``index.html`` shows)."""
+        body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in self.rows())
+        return f'<table class="card" id="run-card">{body}</table>'
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> RunCard:
+        raw = json.loads(text)
+        for k in ("datasets", "fr_models", "quality_models", "fmr_targets"):
+            raw[k] = tuple(raw[k])
+        return cls(**raw)
+
+
+def _world(cfg: Config) -> str:
+    if cfg.demo:
+        return f"demo world '{cfg.demo}' in {cfg.data_root} (procedural faces, small models: not the paper's numbers)"
+    return f"real data in {cfg.data_root}"
+
+
+def _headline(cfg: Config) -> str:
+    h = cfg.headline
+    parts = [f"{k} {h[k]}" for k in ("dataset", "fr_model", "fmr") if k in h]
+    return ", ".join(parts) or "(none: first dataset and FR model)"
+
+
+def _input_groups(cfg: Config) -> list[tuple[str, list[Path]]]:
+    """(label, the paths it reads: files, or folders whose files it reads) per input of ``cfg``."""
+    from .config import _PATH_KEYS
+
+    groups: list[tuple[str, list[Path]]] = []
+    models = {**{f"quality_models.{k}": m for k, m in cfg.quality_models.items()},
+              **{f"fr_models.{k}": m for k, m in cfg.support_fr_models.items()}}
+    groups += [(f"{label} ({m.checkpoint.name})", [_abs(m.checkpoint)]) for label, m in models.items()]
+    for name, spec in cfg.datasets.items():
+        groups.append((f"datasets.{name}", [_abs(Path(v)) for k, v in spec.args.items() if k in _PATH_KEYS]))
+    for method, per_ds in cfg.external_methods.items():
+        groups += [(f"external_methods.{method}.{ds}", [_abs(path)]) for ds, path in per_ds.items()]
+    groups += [(f"attention_samples.{k}", [_abs(s.path)]) for k, s in cfg.attention_samples.items() if s.path is not None]
+    return groups
+
+
+def _abs(path: Path) -> Path:
+    return Path(os.path.abspath(path))
+
+
+def input_summary(cfg: Config, digests: Mapping[str, str]) -> dict[str, str]:
+    """Per-file digests (``{path: sha256}``, :func:`exfiqa.digests.input_digests`) grouped by the
+    config entry that reads them: ``{"datasets.ijbc (n files)": sha256 over its files' relative
+    paths and digests, ...}``; a single-file input keeps its own digest. Files no entry claims
+    (e.g. per-sample arrays placed by another producer) form ``other inputs``."""
+    groups = _input_groups(cfg)
+    members: dict[str, list[tuple[Path, str]]] = {label: [] for label, _ in groups}
+    members["other inputs"] = []
+    for path_text, digest in sorted(digests.items()):
+        path = Path(path_text)
+        label = next((label for label, ps in groups if any(path == q or path.is_relative_to(q) for q in ps)), "other inputs")
+        members[label].append((path, digest))
+    out = {}
+    for label, files in members.items():
+        if not files:
+            continue
+        if len(files) == 1 and not label.startswith(("datasets.", "other")):
+            out[label] = files[0][1]
+            continue
+        base = Path(os.path.commonpath([str(p) for p, _ in files])) if len(files) > 1 else files[0][0].parent
+        h = hashlib.sha256()
+        for p, d in files:
+            h.update(f"{p.relative_to(base).as_posix()}\0{d}\n".encode())
+        out[f"{label} ({len(files)} file{'s' if len(files) > 1 else ''})"] = h.hexdigest()
+    return dict(sorted(out.items()))  # one order everywhere (the JSON file sorts its keys too)
+
+
+def run_card(cfg: Config, inputs: Mapping[str, str] | None = None) -> RunCard:
+    """The card of ``cfg`` (after any notebook overrides).
+
+    ``inputs``: per-file digests; by default :func:`exfiqa.digests.input_digests` (backed by the
+    persistent digest index, so an unchanged tree costs one ``stat`` per file). The card keeps
+    them grouped per config entry (:func:`input_summary`).
+    """
+    if inputs is None:
+        from .digests import input_digests
+
+        inputs = input_digests(cfg)
+    return RunCard(
+        run_name=cfg.run_name,
+        config=str(cfg.source) if cfg.source else "(in memory)",
+        world=_world(cfg),
+        datasets=tuple(cfg.datasets),
+        fr_models=tuple(cfg.fr_models),
+        quality_models=tuple(cfg.quality_models),
+        device=cfg.device,
+        device_requested=cfg.device_requested or cfg.device,
+        precision=PRECISION,
+        convention=cfg.convention,
+        discard_limit=float(cfg.discard_limit),
+        fmr_targets=tuple(float(f) for f in cfg.fmr_targets),
+        pauc_scale=float(cfg.pauc_scale),
+        headline=_headline(cfg),
+        seed=int(cfg.seed),
+        batch_size=int(cfg.batch_size),
+        code_sha256=code_digest(),
+        git=git_describe(),
+        inputs=input_summary(cfg, inputs),
+    )
+

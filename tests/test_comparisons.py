@@ -1,0 +1,256 @@
+"""Bounded comparison sets against the materialised computation (exfiqa.comparisons)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from exfiqa import comparisons as C
+from exfiqa import datasets as ds
+from exfiqa import metrics as M
+
+TARGETS = (0.01, 0.05, 0.2)
+
+
+def assert_same_curves(got: dict, ref: dict) -> None:
+    assert got.keys() == ref.keys()
+    for t in ref:
+        for field in ("discard_fraction", "fnmr", "thresholds"):
+            np.testing.assert_array_equal(getattr(got[t], field), getattr(ref[t], field), err_msg=f"{t} {field}")
+        assert (got[t].n_mated, got[t].n_nonmated, got[t].convention) == (ref[t].n_mated, ref[t].n_nonmated, ref[t].convention)
+
+
+def stable_ranks(q: np.ndarray) -> np.ndarray:
+    order = np.argsort(q, kind="stable")
+    pos = np.empty(q.size, np.int64)
+    pos[order] = np.arange(q.size)
+    return pos
+
+
+def grid_features(rng, n, d=8):
+    """Features on a 1/4 grid: every dot product is exact in float32 (and many tie)."""
+    return rng.integers(-2, 3, size=(n, d)).astype(np.float32) / 4
+
+
+def random_groups(rng, max_groups=30, max_size=6):
+    sizes = rng.integers(1, max_size + 1, size=rng.integers(4, max_groups))
+    return np.repeat(np.arange(sizes.size), sizes)
+
+
+# ----------------------------------------------------------------------------- similarity
+
+
+@pytest.mark.parametrize("tile, dense", [(2048, 1 / 32), (4, 0.0), (4, 2.0), (3, 0.3)])
+def test_pair_similarity_tiles_and_gathers_agree_with_float64(monkeypatch, tile, dense):
+    monkeypatch.setattr(C, "TILE", tile)
+    monkeypatch.setattr(C, "DENSE", dense)
+    monkeypatch.setattr(C, "CHUNK", 7)
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(40, 16)).astype(np.float32)
+    a = rng.integers(0, 12, 300)  # a dense block (12 x 28) and scattered pairs
+    b = rng.integers(12, 40, 300)
+    got = C.pair_similarity(f, a, b, scale=0.5)
+    ref = 0.5 * np.einsum("ij,ij->i", f[a].astype(np.float64), f[b].astype(np.float64))
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=0, atol=4 * np.finfo(np.float32).eps * np.abs(f).sum(1).max() ** 2)
+    g = grid_features(rng, 40)
+    np.testing.assert_array_equal(C.pair_similarity(g, a, b), (g[a] * g[b]).sum(1))  # exact on the grid
+
+
+def test_pair_list_rejects_bad_indices_and_features():
+    with pytest.raises(ValueError, match="side b indexes outside"):
+        C.PairList(np.array([0]), np.array([5]), np.array([True]), 3)
+    pl = C.PairList(np.array([0, 1]), np.array([1, 2]), np.array([True, False]), 3)
+    with pytest.raises(ValueError, match=r"features: expected shape \(3, D\)"):
+        pl.similarity(np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        pl.similarity(np.full((3, 2), np.nan))
+
+
+# ----------------------------------------------------------------------------- explicit pairs
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_min_pair_order_equals_the_stable_sort_of_pair_qualities(seed):
+    rng = np.random.default_rng(seed)
+    n_sides, n = 50, 700
+    a, b = rng.integers(0, n_sides, n), rng.integers(0, n_sides, n)
+    v = rng.integers(0, 6 if seed % 2 else 1000, n_sides).astype(np.float32)  # heavy ties or few
+    if seed == 5:
+        v[::3] = -0.0  # -0.0 and 0.0 are one value
+        v[1::3] = 0.0
+    pl = C.PairList(a, b, rng.random(n) < 0.2, n_sides)
+    order = pl.order(v)
+    q = np.minimum(v[a], v[b])
+    pos = stable_ranks(q)
+    refs = np.arange(n)
+    np.testing.assert_array_equal(order.ranks(refs), pos)
+    np.testing.assert_array_equal(order.levels(refs), np.searchsorted(M._level_starts(n), pos, side="right") - 1)
+    np.testing.assert_array_equal(order.quality(refs), q)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("convention", ["fixed", "recompute"])
+def test_pair_list_curves_identical_to_materialised(seed, convention):
+    rng = np.random.default_rng(seed)
+    n_sides, n = 60, 2000
+    f = grid_features(rng, n_sides) if seed % 2 else rng.normal(size=(n_sides, 8)).astype(np.float32)
+    a, b = rng.integers(0, n_sides, n), rng.integers(0, n_sides, n)
+    mated = rng.random(n) < 0.15
+    v = rng.integers(0, 40, n_sides).astype(np.float32)
+    pl = C.PairList(a, b, mated, n_sides)
+    scores = pl.scores(f, 0.5)
+    ref = M.edc_many(scores.sim, mated, pl.pair_quality(v), TARGETS, convention)
+    assert_same_curves(M.edc_curves(scores, pl.order(v), TARGETS, convention), ref)
+
+
+# ----------------------------------------------------------------------------- all-vs-all
+
+
+@pytest.mark.parametrize("sizes", [[1], [2, 1, 4, 3], [5], [1, 1, 1], [3, 7, 1, 2, 6]])
+def test_all_pairs_structure_matches_the_reader(sizes):
+    groups = np.repeat(np.arange(len(sizes)), sizes)
+    ap = C.AllPairs.from_codes(groups)
+    a, b, mated = ap.materialise()
+    ra, rb, rm = ds._all_pairs(groups, None, 0)
+    np.testing.assert_array_equal(a, ra)
+    np.testing.assert_array_equal(b, rb)
+    np.testing.assert_array_equal(mated, rm)
+    assert (ap.n, ap.n_m) == (len(a), int(mated.sum()))
+    np.testing.assert_array_equal(ap.position(a, b), np.arange(len(a)))
+    i, j = ap.mated_pairs()
+    assert list(zip(i.tolist(), j.tolist(), strict=True)) == [(x, y) for x, y, m in zip(a, b, mated, strict=True) if m]
+    with pytest.raises(ValueError, match="sorted"):
+        C.AllPairs.from_codes(np.array([1, 0]))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_all_pairs_order_ranks_and_levels_are_those_of_the_stable_sort(seed):
+    rng = np.random.default_rng(seed)
+    groups = random_groups(rng)
+    ap = C.AllPairs.from_codes(groups)
+    v = rng.integers(0, 3 if seed % 3 == 0 else 500, groups.size).astype(np.float32)
+    a, b, _ = ap.materialise()
+    refs = np.stack((a, b), axis=1)
+    q = np.minimum(v[a], v[b])
+    pos = stable_ranks(q)
+    order = ap.order(v)
+    np.testing.assert_array_equal(order.ranks(refs), pos)
+    np.testing.assert_array_equal(order.levels(refs), np.searchsorted(M._level_starts(q.size), pos, side="right") - 1)
+    np.testing.assert_array_equal(order.quality(refs), q)
+
+
+def test_all_pairs_similarity_is_the_upper_triangle_of_the_gram_matrix():
+    rng = np.random.default_rng(1)
+    groups = random_groups(rng)
+    ap = C.AllPairs.from_codes(groups)
+    f = grid_features(rng, groups.size)
+    a, b, _ = ap.materialise()
+    np.testing.assert_array_equal(ap.similarity(f, 0.5), 0.5 * (f[a] * f[b]).sum(1))
+
+
+@pytest.mark.parametrize("m", [1, 5, 37, 10**6])
+def test_all_pairs_top_candidates_with_ties(m, monkeypatch):
+    monkeypatch.setattr(C, "GRAM_ROWS", 3)  # many row blocks, pruning across them
+    rng = np.random.default_rng(2)
+    groups = random_groups(rng)
+    ap = C.AllPairs.from_codes(groups)
+    f = grid_features(rng, groups.size, d=3)  # few distinct similarities: ties at every cutoff
+    sim = ap.similarity(f)
+    a, b, mated = ap.materialise()
+    scores = ap.scores(f, initial_m=1)
+    vals, refs = scores.top_nonmated(m)
+    neg = np.sort(sim[~mated])[::-1]
+    k = min(m, neg.size)
+    assert vals.size >= k and np.all(vals[:-1] >= vals[1:])
+    assert vals[-1] == neg[k - 1] and np.count_nonzero(neg >= vals[-1]) == vals.size  # all ties kept
+    pos = ap.position(refs[:, 0], refs[:, 1])
+    np.testing.assert_array_equal(sim[pos], vals)
+    assert not mated[pos].any()
+    ref = M._Comparisons(sim, mated).top_nonmated(m)
+    np.testing.assert_array_equal(vals, ref[0])
+    np.testing.assert_array_equal(pos, ref[1])  # the same order among ties: comparison position
+    np.testing.assert_array_equal(scores.sim_m, sim[mated])
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("convention", ["fixed", "recompute"])
+def test_all_pairs_curves_identical_to_materialised(seed, convention, monkeypatch):
+    monkeypatch.setattr(M, "_MIN_CANDIDATES", 1)  # few candidates: the growth paths run
+    rng = np.random.default_rng(seed)
+    groups = random_groups(rng, max_groups=45)
+    ap = C.AllPairs.from_codes(groups)
+    f = grid_features(rng, groups.size) if seed % 2 else rng.normal(size=(groups.size, 6)).astype(np.float32)
+    a, b, mated = ap.materialise()
+    sim = ap.similarity(f, 0.5)
+    v = rng.integers(0, 4 if seed < 3 else 10**6, groups.size).astype(np.float32)
+    if seed == 5:  # high quality where non-mated scores are low: candidates run out
+        v = -np.asarray(f.sum(1), np.float32)
+    scores = ap.scores(f, 0.5, initial_m=1)
+    ref = M.edc_many(sim, mated, np.minimum(v[a], v[b]), TARGETS, convention)
+    assert_same_curves(M.edc_curves(scores, ap.order(v), TARGETS, convention), ref)
+
+
+@pytest.mark.parametrize("convention", ["fixed", "recompute"])
+def test_all_pairs_bootstrap_identical_to_materialised(convention):
+    rng = np.random.default_rng(3)
+    groups = random_groups(rng, max_groups=40)
+    ap = C.AllPairs.from_codes(groups)
+    f = rng.normal(size=(groups.size, 6)).astype(np.float32)
+    a, b, mated = ap.materialise()
+    sim = ap.similarity(f)
+    v1 = rng.integers(0, 30, groups.size).astype(np.float32)
+    v2 = v1 + rng.integers(0, 3, groups.size)
+    got = M.bootstrap_samples(ap.scores(f), [ap.order(v1), ap.order(v2)], 0.05, convention, n_boot=40, seed=7)
+    comp = M._Comparisons(sim, mated)
+    orders = [M._ArrayOrder(np.minimum(v[a], v[b])) for v in (v1, v2)]
+    ref = M.bootstrap_samples(comp, orders, 0.05, convention, n_boot=40, seed=7)
+    for x, y in zip(got, ref, strict=True):
+        np.testing.assert_array_equal(x, y)
+    paired = M.paired_bootstrap(sim, mated, *(np.minimum(v[a], v[b]) for v in (v1, v2)), 0.05, convention, n_boot=40, seed=7)
+    np.testing.assert_allclose(paired.samples, ref[0] - ref[1])
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("bits", [3, 7, 16])
+def test_all_pairs_sanity_equals_the_materialised_metrics(seed, bits):
+    rng = np.random.default_rng(seed)
+    groups = random_groups(rng, max_groups=35, max_size=7)
+    ap = C.AllPairs.from_codes(groups)
+    f = grid_features(rng, groups.size) if seed % 2 else rng.normal(size=(groups.size, 8)).astype(np.float32)
+    f[groups % 3 == 0] += 0.4
+    a, b, mated = ap.materialise()
+    sim = ap.similarity(f, 0.5)
+    n_folds = min(10, sim.size)
+    got = C.all_pairs_sanity(ap.scores(f, 0.5), (0.01, 0.1), n_folds=n_folds, bits=bits)
+    acc = M.verification_accuracy(sim, mated, n_folds)
+    np.testing.assert_array_equal(got["folds"], acc.folds)
+    assert got["accuracy_10fold"] == acc.mean
+    assert got["eer"] == M.eer(sim[~mated], sim[mated])
+    np.testing.assert_array_equal(got["fnmr"], M.fnmr_at_fmr(sim[~mated], sim[mated], (0.01, 0.1)))
+
+
+def test_release_pages_keeps_a_mapped_array_readable(tmp_path):
+    x = np.arange(50_000, dtype=np.float32).reshape(5000, 10)
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.asarray(np.load(tmp_path / "x.npy", mmap_mode="r"))
+    assert mapped.sum() == x.sum()
+    assert C.release_pages(mapped, 100, 4000) and C.release_pages(mapped)
+    np.testing.assert_array_equal(mapped, x)  # read back from the file
+    assert not C.release_pages(x)  # not a file mapping: nothing to do
+
+
+def test_benchmark_keeps_all_pairs_implicit_and_materialises_small_ones(tmp_path, monkeypatch):
+    faces = [np.full((112, 112, 3), k * 20, np.uint8) for k in range(5)]
+    ds.write_identity_folders(tmp_path, {"x": faces[:3], "y": faces[3:]}, fmt="png")
+    bench = ds.read_adience(tmp_path)
+    assert bench.all_pairs is not None and bench.n_comparisons == 10
+    expect = [(i, j) for i, j in itertools.combinations(range(5), 2)]
+    assert list(zip(bench.comparisons["a"], bench.comparisons["b"], strict=True)) == expect
+    monkeypatch.setattr(ds, "MATERIALISE_LIMIT", 9)
+    fresh = ds.read_adience(tmp_path)
+    with pytest.raises(ValueError, match="not materialised.*max_nonmated"):
+        _ = fresh.comparisons
+    assert ds.read_adience(tmp_path, max_nonmated=2).all_pairs is None

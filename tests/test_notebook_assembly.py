@@ -1,0 +1,290 @@
+"""The tables and studies the notebooks assemble (exfiqa.analysis, tables, plots), checked against
+hand-made frames and against direct computations on the tiny demo world."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from exfiqa import analysis, metrics, tables
+from exfiqa.config import ConfigError, load_config, parse_attention_samples
+from exfiqa.fusion import depth_weights
+from exfiqa.images import read_face
+from exfiqa.pipeline import Study
+
+# ------------------------------------------------------------------------------ hand-made frames
+
+
+def _tidy(values: dict[tuple[str, str, str, str], float], fmr: float = 1e-3) -> pd.DataFrame:
+    """``{(quality_model, fr_model, dataset, method): pauc}`` -> a pauc_all-like frame."""
+    return pd.DataFrame([
+        {"quality_model": q, "fr_model": fr, "dataset": ds, "method": m, "fmr": fmr, "pauc": v}
+        for (q, fr, ds, m), v in values.items()
+    ])
+
+
+def _exits(q: str, fr: str, ds: str, per_exit: list[float], f: float, fw: float, **others: float) -> dict:
+    out = {(q, fr, ds, f"Exit {k}"): v for k, v in enumerate(per_exit, 1)}
+    out[(q, fr, ds, "EX-FIQA-F")] = f
+    out[(q, fr, ds, "EX-FIQA-FW")] = fw
+    out.update({(q, fr, ds, m): v for m, v in others.items()})
+    return out
+
+
+def test_depth_summary_shares_by_hand():
+    # exit pAUCs 10, 6, 4, 3 (depth 4): total change 7; exit 5 -> exit 4 (clamped), exit 8 -> exit 4
+    frame = _tidy({**_exits("T", "a", "x", [10, 6, 4, 3], 5, 2), **_exits("T", "a", "y", [12, 8, 6, 5], 7, 4)})
+    frame = pd.concat([frame, _tidy(_exits("T", "a", "x", [1, 1, 1, 1], 1, 1), fmr=1e-2)])  # another FMR, ignored
+    out = analysis.depth_summary(frame, {"T": 4}, 1e-3).iloc[0]
+    assert out["pauc_exit_1"] == pytest.approx(11.0) and out["pauc_last_exit"] == pytest.approx(4.0)
+    assert out["share_of_gain_by_exit_5"] == pytest.approx(1.0) and out["best_single_exit"] == "Exit 4"
+    frame12 = _tidy(_exits("C", "a", "x", [20, 16, 13, 11, 10, 9.5, 9.2, 9.1, 9.0, 9.05, 9.1, 9.0], 9, 8))
+    out = analysis.depth_summary(frame12, {"C": 12}, 1e-3).iloc[0]
+    assert out["share_of_gain_by_exit_5"] == pytest.approx((20 - 10) / (20 - 9.0))
+    assert out["share_of_gain_by_exit_8"] == pytest.approx((20 - 9.1) / (20 - 9.0))
+    assert out["best_single_exit"] == "Exit 9"  # the first of the tied minima in exit order
+
+
+def test_fusion_vs_exits_and_poster_table_by_hand():
+    vals = {**_exits("T", "arc", "IJB", [9, 7, 8], 7.5, 6.5, serfiq=8.5), **_exits("T", "arc", "LFW", [3, 2, 1], 2.5, 1.5, serfiq=2.0),
+            **_exits("C", "arc", "IJB", [9, 6, 7], 6.6, 6.4, serfiq=8.5), **_exits("C", "arc", "LFW", [4, 3, 2], 3.0, 2.5, serfiq=2.0)}
+    frame = _tidy(vals)
+    versus = analysis.fusion_vs_exits(frame, {"T": 3, "C": 3}).set_index(["quality_model", "dataset"])
+    assert versus.loc[("T", "IJB"), "best single exit"] == "Exit 2" and versus.loc[("T", "IJB"), "best exit pAUC"] == 7
+    assert versus.loc[("C", "LFW"), "last exit"] == 2 and versus.loc[("C", "LFW"), "EX-FIQA-FW"] == 2.5
+    tags = {"T": ("T", 3), "C": ("C", 3)}
+    poster = analysis.poster_table(frame, tags, ["IJB", "LFW"]).set_index("method")
+    assert list(poster.index) == ["SER-FIQ (stochastic)", "ViT-FIQA (T)", "EX-FIQA-2 (T)", "EX-FIQA-FW (T)",
+                                  "ViT-FIQA (C)", "EX-FIQA-2 (C)", "EX-FIQA-FW (C)"]
+    # best early exit of (T) among exits 1..2 by mean: exit 1 (9+3)/2 = 6, exit 2 (7+2)/2 = 4.5
+    assert poster.loc["EX-FIQA-2 (T)", "IJB"] == 7 and poster.loc["EX-FIQA-FW (C)", "mean"] == pytest.approx((6.4 + 2.5) / 2)
+    assert list(poster.columns) == ["group", "IJB", "LFW", "mean"]
+
+
+def test_headline_vs_paper_maps_the_poster_rows_and_rescales_them():
+    vals = {**_exits("T", "arcface", "IJB-C-like", list(np.linspace(9, 6, 12)), 6.6, 6.2, serfiq=7.0, sharpness=8.0),
+            **_exits("C", "arcface", "IJB-C-like", list(np.linspace(8, 7, 12)), 6.9, 6.8, serfiq=7.0, sharpness=8.0),
+            **_exits("T", "other", "IJB-C-like", [1.0] * 12, 1, 1)}
+    head = analysis.Headline("ijbc", "IJB-C-like", "arcface", 1e-3)
+    out = analysis.headline_vs_paper(_tidy(vals), head, {"T": ("T", 12), "C": ("C", 12)}, scale=100.0).set_index("method")
+    assert out.loc["EX-FIQA-FW(T)", "paper"] == pytest.approx(0.636) and out.loc["EX-FIQA-FW(T)", "this_run"] == 6.2
+    assert out.loc["EX-FIQA-10(T)", "this_run"] == pytest.approx(np.linspace(9, 6, 12)[9])
+    assert out.loc["ViT-FIQA(C)", "this_run"] == 7.0 and out.loc["ViT-FIQA(C)", "this_run_method"] == "Exit 12 (C)"
+    assert out.loc["SER-FIQ", "this_run"] == 7.0 and out.loc["SER-FIQ", "this_run_method"] == "serfiq"
+    assert np.isnan(out.loc["BRISQUE", "this_run"]) and out.loc["BRISQUE", "this_run_method"] == "(not in this run)"
+    assert out.loc["Sharpness (Laplacian)", "this_run"] == 8.0 and np.isnan(out.loc["Sharpness (Laplacian)", "paper"])
+    assert out.loc["EX-FIQA-F (T)", "this_run"] == 6.6
+    assert set(out["fr_model"]) == {"arcface"} and set(out["dataset"]) == {"IJB-C-like"}
+    assert len(out) == len(analysis.PAPER_HEADLINE) + 3  # + F (T), F (C), sharpness; serfiq is mapped, Exits never added
+    # an external method named as on the poster takes its row
+    ext = _tidy({("T", "arcface", "IJB-C-like", "CR-FIQA (L)"): 6.1, **vals})
+    out = analysis.headline_vs_paper(ext, head, {"T": ("T", 12), "C": ("C", 12)}, scale=1000.0).set_index("method")
+    assert out.loc["CR-FIQA(L)", "this_run"] == 6.1 and out.loc["CR-FIQA(L)", "paper"] == 6.58
+
+
+def _paper_world(fw_t_best: bool) -> pd.DataFrame:
+    """Two variants, two FR models, four datasets, built so that each finding agrees (or, for
+    ``fw_t_best=False``, so that the FW (T) findings differ)."""
+    gains = [20, 14, 11, 9.5, 8.6, 8.3, 8.1, 8.0, 8.0, 8.05, 8.1, 8.2]  # big early gains, little after 8
+    vals = {}
+    for fr in ("arcface", "magface"):
+        for i, ds in enumerate(("IJB-C", "LFW", "Adience", "CFP")):
+            c_exits = [g + i for g in gains]
+            c_exits[7] -= 0.5  # exit 8 of (C) best everywhere
+            fw_c = c_exits[-1] - (0.3 if ds != "CFP" else -0.3)  # FW (C) beats exit 12 on 3 of 4
+            fw_t = (5.0 if fw_t_best else 9.5) + i
+            vals.update(_exits("C", fr, ds, c_exits, c_exits[-1], fw_c if ds != "Adience" else 4.0 + i, serfiq=30.0))
+            vals.update(_exits("T", fr, ds, [g + i + 1 for g in gains], 9.0 + i, fw_t, serfiq=30.0))
+    return _tidy(vals)
+
+
+def test_paper_findings_agree_and_differ_as_constructed():
+    head = analysis.Headline("ijbc", "IJB-C", "arcface", 1e-3)
+    tags = {"T": ("T", 12), "C": ("C", 12)}
+    good = analysis.paper_findings(_paper_world(True), tags, head, adience="Adience").set_index("finding")
+    assert good.loc["depth gains (T)", "verdict"] == "agrees" and good.loc["depth gains (C)", "verdict"] == "agrees"
+    assert good.loc["middle exits best on IJB-C (C)", "verdict"] == "agrees"
+    assert "Exit 8" in good.loc["middle exits best on IJB-C (C)", "this_run"]
+    assert good.loc["FW beats the last exit (C)", "this_run"] == "on 3 of 4 datasets with arcface"
+    assert good.loc["FW (T) best mean pAUC", "verdict"] == "agrees"
+    assert good.loc["FW (T) top-1 on IJB-C", "verdict"] == "agrees"
+    assert good.loc["FW (C) best on Adience", "verdict"] == "agrees"  # FW (C) 4+2 = 6 below FW (T) 5+2 = 7
+    assert set(good["verdict"]) <= {"agrees", "differs"} and good["criterion"].str.len().min() > 10
+    bad = analysis.paper_findings(_paper_world(False), tags, head, adience=None).set_index("finding")
+    assert bad.loc["FW (T) best mean pAUC", "verdict"] == "differs"
+    assert bad.loc["FW (T) top-1 on IJB-C", "verdict"] == "differs"
+    assert bad.loc["FW (C) best on Adience", "verdict"] == "not computable in this run"
+    flat = _tidy(_exits("C", "arcface", "IJB-C", [9.0] * 11 + [10.0], 9, 9))  # no gain with depth at all
+    flat_out = analysis.paper_findings(flat, {"C": ("C", 12)}, head).set_index("finding")
+    assert flat_out.loc["depth gains (C)", "verdict"] == "differs"
+
+
+def test_released_gflops_are_the_papers():
+    released = analysis.released_gflops()
+    claims = analysis.released_claims(released)
+    assert claims["c7_gflops"] == pytest.approx(6.75, abs=0.005) and claims["c12_gflops"] == pytest.approx(11.49, abs=0.005)
+    assert claims["c7_saving"] == pytest.approx(0.41, abs=0.005) and claims["t6_saving"] == pytest.approx(0.50, abs=0.01)
+    assert len(released) == 2 * 13 and set(released["exit"]) == {str(k) for k in range(1, 13)} | {"all fused"}
+
+
+def test_headline_and_fmr_parameters(tmp_path):
+    cfg = load_config("configs/demo.yaml")
+    head = analysis.headline(cfg)
+    assert (head.dataset, head.label, head.fr_model, head.fmr) == ("ijbc", "IJB-C-like", "arcface", 0.001)
+    assert analysis.headline(cfg, 1e-2).fmr == 0.01
+    with pytest.raises(ConfigError, match=r"headline FMR 0.005 \(parameter headline_fmr\) is not one of fmr_targets"):
+        analysis.headline(cfg, 0.005)
+    odd = cfg.with_(fmr_targets=[0.02, 0.002])
+    with pytest.raises(ConfigError, match=r"headline FMR 0.001 \(headline.fmr of the config\).*set headline.fmr"):
+        analysis.headline(odd)
+    plain = dataclasses.replace(odd, headline={})
+    assert analysis.headline(plain).fmr == 0.02 and analysis.headline(plain).dataset == "lfw"
+    assert analysis.fmr_target(cfg, None, "cost_fmr") == 1e-4
+    with pytest.raises(ConfigError, match="cost_fmr 0.5 is not one of fmr_targets"):
+        analysis.fmr_target(cfg, 0.5, "cost_fmr")
+
+
+# ------------------------------------------------------------------------------ tables
+
+
+def test_save_table_keeps_full_precision_and_states_the_protocol(tmp_path):
+    frame = pd.DataFrame({"method": ["a_b", "c"], "pauc": [1 / 3, 6.36], "fmr": [1e-3, 1e-3]})
+    proto = tables.protocol("fixed", 0.25, 1e-3, 100.0, seed=7)
+    tables.save_table(frame, tmp_path, "t", caption="50% & more", protocol=proto)
+    back = pd.read_csv(tmp_path / "t.csv")
+    assert back["pauc"].tolist() == [1 / 3, 6.36]  # bit-exact round trip
+    assert back[["convention", "limit", "scale", "seed"]].drop_duplicates().values.tolist() == [["fixed", 0.25, 100.0, 7]]
+    tex = (tmp_path / "t.tex").read_text()
+    assert r"\caption{50\% \& more pAUC-EDC up to discard 0.25, convention 'fixed', FNMR@FMR=0.001, pAUC x100" in tex
+    assert "convention &" not in tex and "0.3333" in tex and "a\\_b" in tex  # constant protocol columns left to the caption
+    assert tables.latex_unescape(tables.latex_escape("x_1 & 50% {a} ~ ^ \\")) == "x_1 & 50% {a} ~ ^ \\"
+    first = (tmp_path / "t.csv").read_bytes()
+    tables.save_table(frame, tmp_path, "t", caption="50% & more", protocol=proto)
+    assert (tmp_path / "t.csv").read_bytes() == first
+
+
+# ------------------------------------------------------------------------------ on the tiny world
+
+
+@pytest.fixture(scope="module")
+def odd_study(tiny_config):
+    cfg = load_config(tiny_config).with_(convention="fixed", discard_limit=0.25, fmr_targets=[0.02, 0.002], seed=3, pauc_scale=100.0)
+    return Study(cfg, progress=False)
+
+
+def _direct_pauc(study: Study, dataset: str, fr: str, sample_values: np.ndarray, fmr: float) -> float:
+    """pAUC x scale from first principles: embeddings -> cosine, per-sample values -> min pairs."""
+    cfg = study.config
+    bench = study.benchmark(dataset)
+    assert bench.level == "sample"
+    a, b = bench.comparisons["a"].to_numpy(), bench.comparisons["b"].to_numpy()
+    emb = np.asarray(study.embeddings(dataset, fr), dtype=np.float64)
+    sim = np.einsum("ij,ij->i", emb[a], emb[b]) / np.linalg.norm(emb[a], axis=1) / np.linalg.norm(emb[b], axis=1)
+    v = np.asarray(sample_values, dtype=np.float32)
+    curve = metrics.edc(sim, bench.comparisons["mated"].to_numpy(bool), np.minimum(v[a], v[b]), fmr, cfg.convention)
+    return metrics.pauc(curve, cfg.discard_limit) * cfg.pauc_scale
+
+
+def test_strategy_table_cells_equal_direct_pauc(odd_study):
+    study = odd_study
+    result = analysis.strategy_table(study, "arcface", 0.002, learn_on="lfw", n_candidates=5)
+    tidy = result.tidy.set_index(["quality_model", "dataset", "strategy"])["pauc"]
+    scores = np.asarray(study.exit_scores("lfw", "T"), dtype=np.float64)
+    label = study.config.datasets["lfw"].label
+    for name, values in (("Exit 12", scores[:, -1]), ("EX-FIQA-FW", scores @ depth_weights(12)),
+                         ("learned", scores @ result.learned["T"])):
+        assert tidy[("T", label, name)] == pytest.approx(_direct_pauc(study, "lfw", "arcface", values, 0.002), rel=1e-6, abs=1e-9)
+    wide = result.wide.set_index(["quality_model", "strategy"])
+    datasets = [s.label for s in study.config.datasets.values()]
+    assert wide.loc[("C", "EX-FIQA-F"), "mean"] == pytest.approx(np.mean([tidy[("C", d, "EX-FIQA-F")] for d in datasets]))
+    assert result.tidy["fitted_here"].sum() == 2  # learned on lfw, once per quality model
+    assert result.learned["T"].sum() == pytest.approx(1.0) and (result.learned["T"] >= 0).all()
+
+
+def test_adaptive_study_matches_its_parts(odd_study):
+    study = odd_study
+    out = analysis.adaptive_study(study, "arcface", 0.02, reject_fraction=0.3, margin=0.4, min_exit=2)
+    row = out[(out["quality_model"] == "C") & (out["dataset"] == study.config.datasets["lfw"].label)].iloc[0]
+    scores = np.asarray(study.exit_scores("lfw", "C"), dtype=np.float64)
+    full = scores @ depth_weights(12)
+    thr = np.quantile(full, 0.3)
+    model = study.quality_model("C")
+    res = analysis.adaptive_exit(scores, thr, 0.4 * full.std(), 2, analysis.adaptive_cost_curve(model.config, 12))
+    assert row["mean_exit"] == pytest.approx(res.exit_used.mean())
+    assert row["gate_agreement"] == pytest.approx(np.mean((res.score > thr) == (full > thr)))
+    assert row["pauc_adaptive"] == pytest.approx(_direct_pauc(study, "lfw", "arcface", res.score, 0.02), rel=1e-6, abs=1e-9)
+    assert row["pauc_fw_all_exits"] == pytest.approx(_direct_pauc(study, "lfw", "arcface", full, 0.02), rel=1e-6, abs=1e-9)
+    with pytest.raises(ConfigError, match="reject_fraction"):
+        analysis.adaptive_study(study, "arcface", 0.02, reject_fraction=1.0, margin=0.4, min_exit=2)
+
+
+def test_fusion_bootstrap_is_scaled_and_states_seed(odd_study):
+    study = Study(odd_study.config.select(datasets=["lfw"]), progress=False)
+    boot = analysis.fusion_bootstrap(study, "arcface", 0.002, n_boot=20)
+    assert set(boot["scale"]) == {100.0} and set(boot["seed"]) == {3} and set(boot["convention"]) == {"fixed"}
+    row = boot[(boot["quality_model"] == "T") & (boot["method"] == "EX-FIQA-FW")].iloc[0]
+    scores = np.asarray(study.exit_scores("lfw", "T"), dtype=np.float64)
+    direct = _direct_pauc(study, "lfw", "arcface", scores @ depth_weights(12), 0.002) - _direct_pauc(
+        study, "lfw", "arcface", scores[:, -1], 0.002)
+    assert row["delta_pauc"] == pytest.approx(direct, rel=1e-6, abs=1e-9)
+    assert row["ci_low"] <= row["ci_high"]
+
+
+def test_attention_inputs_follow_the_config(tiny_config, tmp_path):
+    cfg = load_config(tiny_config)
+    study = Study(cfg, progress=False)
+    demo = analysis.attention_inputs(study, mean_images=5)
+    assert list(demo.faces) == ["child", "frontal", "occlusion", "pose"]
+    np.testing.assert_array_equal(demo.faces["pose"], read_face(cfg.data_root / "samples" / "pose.png"))
+    ds0 = next(iter(cfg.datasets))  # the mean is over the run's first dataset
+    assert demo.mean_dataset == cfg.datasets[ds0].label
+    n = len(study.benchmark(ds0))
+    expect = np.sort(np.random.default_rng(cfg.seed).choice(n, size=5, replace=False))
+    np.testing.assert_array_equal(demo.mean_ids, expect)
+    np.testing.assert_array_equal(demo.mean_faces[2], study.benchmark(ds0).image(int(expect[2])))
+    assert len(analysis.attention_inputs(study, mean_images=10_000).mean_ids) == n  # bounded by the dataset
+    # configured: a path and a dataset sample
+    chosen = parse_attention_samples({"child": "samples/frontal.png", "pose": {"dataset": "adience", "sample": 3}}, cfg)
+    mine = Study(dataclasses.replace(cfg, attention_samples=chosen), progress=False)
+    got = analysis.attention_inputs(mine, mean_images=2)
+    assert list(got.faces) == ["child", "pose"]
+    np.testing.assert_array_equal(got.faces["child"], read_face(cfg.data_root / "samples" / "frontal.png"))
+    np.testing.assert_array_equal(got.faces["pose"], study.benchmark("adience").image(3))
+    # real data (no demo): the first sample of each of the first datasets, labelled so
+    real = Study(dataclasses.replace(cfg, demo=""), progress=False)
+    got = analysis.attention_inputs(real, mean_images=2)
+    labels = [s.label for s in cfg.datasets.values()][:4]
+    assert list(got.faces) == [f"{lab} #0" for lab in labels] and "not set" in got.note
+    np.testing.assert_array_equal(got.faces[f"{labels[1]} #0"], study.benchmark(list(cfg.datasets)[1]).image(0))
+    far = parse_attention_samples({"pose": {"dataset": "adience", "sample": 10**6}}, cfg)
+    with pytest.raises(ConfigError, match=r"attention_samples.pose: sample 1000000 is out of range for adience"):
+        analysis.attention_inputs(Study(dataclasses.replace(cfg, attention_samples=far), progress=False))
+    with pytest.raises(ConfigError, match="mean_images"):
+        analysis.attention_inputs(study, mean_images=0)
+
+
+def test_attention_samples_config_key(tiny_config, tmp_path):
+    raw = yaml.safe_load(tiny_config.read_text())
+    raw["attention_samples"] = {"child": "samples/child.png", "pose": {"dataset": "lfw", "sample": 1}}
+    path = tmp_path / "a.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    assert cfg.attention_samples["child"].path == cfg.data_root / "samples" / "child.png"
+    assert cfg.attention_samples["pose"].dataset.name == "lfw" and cfg.attention_samples["pose"].sample == 1
+    assert cfg.select(datasets=["adience"]).attention_samples["pose"].dataset.name == "lfw"  # kept when narrowed
+    for bad, message in (({"kid": "x.png"}, r"attention_samples: unknown key\(s\) \['kid'\]"),
+                         ({"pose": {"dataset": "nope", "sample": 1}}, r"attention_samples.pose.dataset 'nope' is not one of"),
+                         ({"pose": {"dataset": "lfw", "sample": -1}}, r"attention_samples.pose.sample must be an integer >= 0"),
+                         ({"pose": 3}, r"attention_samples.pose must be an image path or a mapping")):
+        raw["attention_samples"] = bad
+        path.write_text(yaml.safe_dump(raw))
+        with pytest.raises(ConfigError, match=message):
+            load_config(path)
+    raw["attention_samples"] = {"child": "samples/none.png"}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"attention_samples.child: .*none.png does not exist"):
+        load_config(path).check_paths()

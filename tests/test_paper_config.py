@@ -1,0 +1,169 @@
+"""The config is the single source of a `make paper` run: a config whose convention, limit, FMR
+targets, seed and pAUC scale all differ from the defaults drives every table, the run card in
+each notebook's first cell and the index (tiny demo world, all four notebooks, a few minutes)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from exfiqa import metrics
+from exfiqa.config import load_config
+from exfiqa.paper import NOTEBOOKS, cell_labels, notebook_key, run_paper
+from exfiqa.pipeline import Study
+from exfiqa.runcard import RunCard, code_digest, input_summary, run_card
+
+ODD = {"convention": "fixed", "discard_limit": 0.25, "fmr_targets": [0.02, 0.002], "seed": 7, "pauc_scale": 100.0}
+#: Tables whose numbers involve no EDC protocol (their captions say so).
+PROTOCOL_FREE = {"gflops_released", "latency_per_exit", "rank_correlation_T", "rank_correlation_C", "attention_statistics"}
+
+
+@pytest.fixture(scope="module")
+def odd_run(tiny_config, tmp_path_factory):
+    work = tmp_path_factory.mktemp("odd")
+    raw = yaml.safe_load(tiny_config.read_text())
+    raw.update(run_name="odd", results_dir=str(work / "results"), headline={"dataset": "ijbc", "fr_model": "arcface", "fmr": 0.002}, **ODD)
+    path = work / "odd.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    messages: list[str] = []
+    out = run_paper(str(path), log=messages.append)
+    return out, path, messages
+
+
+def test_every_table_carries_the_configs_protocol(odd_run):
+    out, _, _ = odd_run
+    csvs = sorted((out / "tables").glob("*.csv"))
+    assert {"paper_findings", "headline_vs_paper", "pauc_all", "fusion_bootstrap"} <= {p.stem for p in csvs}
+    for csv in csvs:
+        frame = pd.read_csv(csv)
+        caption = (out / "tables" / f"{csv.stem}.tex").read_text()
+        if csv.stem in PROTOCOL_FREE:
+            assert not [c for c in frame.columns if "pauc" in c.lower()], csv.stem
+            assert "no EDC protocol involved" in caption, csv.stem
+        elif csv.stem == "fr_sanity":
+            assert [c for c in frame.columns if c.startswith("fnmr@")] == ["fnmr@fmr=0.02", "fnmr@fmr=0.002"]
+        else:
+            assert set(frame["convention"]) == {"fixed"} and set(frame["limit"]) == {0.25}, csv.stem
+            assert set(frame["fmr"]) <= {0.02, 0.002} and set(frame["scale"]) == {100.0}, csv.stem
+            assert "up to discard 0.25" in caption and "convention 'fixed'" in caption and "x100" in caption, csv.stem
+    for name in ("fusion_bootstrap", "fusion_strategies"):
+        assert set(pd.read_csv(out / "tables" / f"{name}.csv")["seed"]) == {7}, name
+    assert set(pd.read_csv(out / "tables" / "pauc_all.csv")["fmr"]) == {0.02, 0.002}
+    headline = pd.read_csv(out / "tables" / "headline_vs_paper.csv")
+    assert set(headline["fmr"]) == {0.002}  # the config's headline.fmr
+    assert headline.set_index("method").loc["EX-FIQA-FW(T)", "paper"] == pytest.approx(0.636)  # 6.36 x10^3 at scale 100
+
+
+def test_the_numbers_follow_the_config(odd_run, tiny_config):
+    """One pAUC of the table equals a direct computation under the odd protocol."""
+    out, path, _ = odd_run
+    pauc = pd.read_csv(out / "tables" / "pauc_all.csv")
+    row = pauc[(pauc["quality_model"] == "T") & (pauc["fr_model"] == "arcface") & (pauc["method"] == "Exit 12")
+               & (pauc["fmr"] == 0.002) & (pauc["dataset"] == "LFW-like")]
+    study = Study(load_config(path), progress=False)
+    bench = study.benchmark("lfw")
+    a, b = bench.comparisons["a"].to_numpy(), bench.comparisons["b"].to_numpy()
+    emb = np.asarray(study.embeddings("lfw", "arcface"), dtype=np.float64)
+    sim = np.einsum("ij,ij->i", emb[a], emb[b]) / np.linalg.norm(emb[a], axis=1) / np.linalg.norm(emb[b], axis=1)
+    q = np.asarray(study.exit_scores("lfw", "T"))[:, -1]
+    curve = metrics.edc(sim, bench.comparisons["mated"].to_numpy(bool), np.minimum(q[a], q[b]), 0.002, "fixed")
+    assert row["pauc"].item() == pytest.approx(metrics.pauc(curve, 0.25) * 100, rel=1e-6, abs=1e-9)
+
+
+def test_run_card_in_every_notebook_and_the_index(odd_run):
+    out, path, _ = odd_run
+    card = RunCard.from_json((out / "run_card.json").read_text())
+    assert (card.convention, card.discard_limit, card.fmr_targets, card.seed, card.pauc_scale) == (
+        "fixed", 0.25, (0.02, 0.002), 7, 100.0)
+    assert card.precision == "float32" and re.fullmatch("[0-9a-f]{64}", card.code_sha256) and card.demo
+    assert any(k.startswith("datasets.ijbc") for k in card.inputs) and any("quality_models.T" in k for k in card.inputs)
+    # the same object the index renders (the code digest moves only if a package source was edited meanwhile)
+    assert set(card.differences(run_card(load_config(path.resolve())))) <= {"code_sha256", "git"}
+    page = (out / "index.html").read_text()
+    assert card.html() in page and "not the paper" in page
+    for name in NOTEBOOKS:
+        nb = nbformat.read(out / "notebooks" / f"{name}.ipynb", as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        injected = next(c for c in code if "injected-parameters" in c.metadata.get("tags", []))
+        assigned = re.findall(r"^(\w+) = ", injected.source, re.M)
+        assert assigned == ["config", "out_dir"], f"{name}: make paper passed {assigned}"
+        first = code[2]  # parameters, injected parameters, then the first code cell
+        shown = [o["data"]["text/markdown"] for o in first.get("outputs", []) if "text/markdown" in o.get("data", {})]
+        table = next(t for t in shown if t.startswith("| run card |"))
+        lines = [line for line in card.markdown().splitlines() if not line.startswith("| code |")]
+        assert [line for line in table.splitlines() if not line.startswith("| code |")] == lines, name
+        assert any("not the paper's numbers" in s for s in shown), name
+
+
+def test_progress_names_each_cell_while_running(odd_run):
+    _, _, messages = odd_run
+    for name in NOTEBOOKS:
+        # cell starts end with "..."; a long cell adds "still running (N min)" heartbeats
+        cells = [m for m in messages if m.startswith(f"[paper] {name}: cell ") and m.endswith(" ...")]
+        assert cells, name
+        total = int(re.search(r"cell \d+/(\d+)", cells[0]).group(1))
+        assert [int(re.search(r"cell (\d+)/", m).group(1)) for m in cells] == list(range(1, total + 1)), name
+    assert any(re.fullmatch(r"\[paper\] 01_layer_analysis: cell \d+/\d+ \(EDC of every exit \(the poster's grid\)\) \.\.\.", m)
+               for m in messages)
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# Title\n\n## Section A"), nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_code_cell("# the long step\ny = 2"), nbformat.v4.new_markdown_cell("text only"),
+        nbformat.v4.new_code_cell("z = 3"),
+    ])
+    assert cell_labels(nb.cells) == {1: "Title", 2: "the long step", 4: "Title"}
+
+
+def test_rerun_reuses_and_a_changed_input_changes_the_key(odd_run, tmp_path):
+    out, path, _ = odd_run
+    state = json.loads((out / "run.json").read_text())
+    before = {p.name: p.read_bytes() for p in (out / "tables").glob("*.csv")}
+    messages: list[str] = []
+    run_paper(str(path), log=messages.append)
+    assert sum("inputs unchanged" in m for m in messages) == len(NOTEBOOKS)
+    assert json.loads((out / "run.json").read_text()) == state
+    run_paper(str(path), notebooks=["03_fusion"], force=True, log=messages.append)
+    after = {p.name: p.read_bytes() for p in (out / "tables").glob("*.csv")}
+    for name in ("fusion_bootstrap.csv", "fusion_strategies.csv", "comparison_table.csv", "paper_findings.csv", "pauc_all.csv"):
+        assert after[name] == before[name], name
+    # the key holds every input's digest: an external CSV that changes changes it
+    cfg = load_config(path)
+    card = run_card(cfg)
+    src = Path(__file__).resolve().parents[1] / "notebooks" / "01_layer_analysis.py"
+    assert notebook_key(card, path, src) == notebook_key(run_card(cfg), path, src)
+    bench = Study(cfg, progress=False).benchmark("lfw")
+    csv = tmp_path / "ext.csv"
+    csv.write_text("path,score\n" + "".join(f"{p},{i}\n" for i, p in enumerate(bench.samples["path"])))
+    ext = dataclasses.replace(cfg, external_methods={"mine": {"lfw": csv}})
+    first = run_card(ext)
+    assert [k for k in first.inputs if k not in card.inputs] == ["external_methods.mine.lfw"]
+    csv.write_text(csv.read_text().replace(",3\n", ",3.5\n"))
+    second = run_card(ext)
+    assert first.inputs["external_methods.mine.lfw"] != second.inputs["external_methods.mine.lfw"]
+    assert notebook_key(first, path, src) != notebook_key(second, path, src)
+
+
+def test_input_summary_groups_files_and_code_digest_sees_sub_packages(tiny_config, tmp_path):
+    cfg = load_config(tiny_config)
+    root = cfg.datasets["adience"].args["root"]
+    files = {str(root / "a" / "1.jpg"): "11", str(root / "b" / "2.jpg"): "22", str(cfg.quality_models["T"].checkpoint): "tt",
+             "/elsewhere/x.npy": "xx"}
+    summary = input_summary(cfg, files)
+    assert summary[f"quality_models.T ({cfg.quality_models['T'].checkpoint.name})"] == "tt"
+    assert set(summary) == {f"quality_models.T ({cfg.quality_models['T'].checkpoint.name})", "datasets.adience (2 files)",
+                            "other inputs (1 file)"}
+    swapped = input_summary(cfg, {**files, str(root / "a" / "1.jpg"): "12"})
+    assert swapped["datasets.adience (2 files)"] != summary["datasets.adience (2 files)"]
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    before = code_digest(pkg)
+    (pkg / "sub" / "b.py").write_text("y = 2\n")
+    assert code_digest(pkg) != before
