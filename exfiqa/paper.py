@@ -99,7 +99,11 @@ def open_study(
     out = Path(out_dir or cfg.results_dir / f"{cfg.run_name}-adhoc")
     for sub in ("figures", "tables"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    card = run_card(cfg)
+    from .digests import input_digests
+
+    # the Study's own benchmarks: each is opened once per notebook (IJB-C's tables take seconds)
+    opened = {ds: study.benchmark(ds) for ds in cfg.datasets}
+    card = run_card(cfg, input_digests(cfg, benchmarks=opened))
     with atomic_write(out / CARD, overwrite=True) as fh:
         fh.write(card.to_json())
     study.out_dir = out  # type: ignore[attr-defined]
