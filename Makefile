@@ -8,7 +8,7 @@ CONFIG ?= configs/demo.yaml
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test paper demo notebooks lab lint bench clean
+.PHONY: help venv test paper extract demo notebooks lab lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-7s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ test: $(STAMP) ## run the whole test suite (incl. the notebooks on the demo worl
 
 paper: $(STAMP) ## regenerate every figure and table into results/ (CONFIG=configs/demo.yaml)
 	$(BIN)/python -m exfiqa.paper --config $(CONFIG)
+
+extract: $(STAMP) ## compute the per-sample arrays of CONFIG, one read per image (make paper runs it first)
+	$(BIN)/python -m exfiqa.extract --config $(CONFIG)
 
 demo: $(STAMP) ## build the offline demo world (faces, benchmarks, trained models) if missing
 	$(BIN)/python -m exfiqa.demo --config $(CONFIG)

@@ -501,7 +501,7 @@ def verify(config_path: Path, bench_info: dict[str, Any]) -> tuple[Any, dict[str
     each benchmark (counts as built, every image decoded) and each checkpoint. Returns the config,
     the benchmarks and the loaded models."""
     from exfiqa.config import load_config
-    from exfiqa.fr import load_fr
+    from exfiqa.fr import load_fr_entry
     from exfiqa.model import load_vitfiqa
 
     cfg = load_config(config_path, cwd=REPO)
@@ -518,8 +518,7 @@ def verify(config_path: Path, bench_info: dict[str, Any]) -> tuple[Any, dict[str
         benches[name] = b
     models: dict[str, Any] = {}
     for name, m in cfg.fr_models.items():
-        args = dict(m.args)
-        models[name] = load_fr(args.pop("name", name), m.checkpoint, device="cpu", **args)
+        models[name] = load_fr_entry(name, m.checkpoint, "cpu", m.args)
     for name, m in cfg.quality_models.items():
         models[name] = load_vitfiqa(m.checkpoint, device="cpu", **m.args)
     return cfg, benches, models

@@ -19,10 +19,8 @@ from scipy.stats import spearmanr
 from .flops import exit_costs, fused_cost
 from .metrics import (
     bootstrap_samples,
-    edc_curves,
     eer,
     fnmr_at_fmr,
-    pauc,
     verification_accuracy,
 )
 from .model import ViTFIQA, ViTFIQAConfig
@@ -121,8 +119,9 @@ def paired_vs_reference(
         scores = study.scores(ds, fr)
         names = [reference, *methods]
         orders = [study.ordering(ds, quality, m) for m in names]
-        est = [pauc(edc_curves(scores, o, (fmr,), cfg.convention)[float(fmr)], cfg.discard_limit) for o in orders]
-        samples = bootstrap_samples(scores, orders, fmr, cfg.convention, cfg.discard_limit, n_boot, cfg.seed)
+        est = [study.pauc_order(ds, fr, o, fmr) for o in orders]
+        samples = bootstrap_samples(scores, orders, fmr, cfg.convention, cfg.discard_limit, n_boot, cfg.seed,
+                                    subtract_best=cfg.subtract_best, **study.rules())
         for m, e, s in zip(methods, est[1:], samples[1:], strict=True):
             diff = s - samples[0]
             lo, hi = np.quantile(diff, [0.025, 0.975])
@@ -529,6 +528,197 @@ def strategy_table(study: Study, fr: str, fmr: float, learn_on: str, n_candidate
     return StrategyResult(tidy, wide, learned)
 
 
+# --- 03: data-chosen exits (EX-FIQA-DC)
+
+
+def mated_similarity_label(study: Study, dataset: str, fr: str) -> np.ndarray:
+    """EX-FIQA-DC's pseudo-label: each side's **mean mated similarity** under FR model ``fr``.
+
+    A side is what a comparison pairs: a sample (pair lists, Adience all-vs-all) or a template
+    (IJB-C). Its label is the mean similarity of the mated comparisons it takes part in, exactly
+    as evaluated (:meth:`Study.scores`: float32 similarities, averaged in float64), NaN for a
+    side in no mated comparison (left out of the correlations). Well-defined on every benchmark
+    kind and O(sides + mated comparisons) in memory. A certainty ratio (mated / max non-mated)
+    was not chosen: sparse pair lists give most samples one or two non-mated comparisons, and
+    all-vs-all would need every non-mated similarity per sample (one more full scan).
+    """
+    from .comparisons import AllPairs
+
+    comp = study.comparison_set(dataset)
+    scores = study.scores(dataset, fr)
+    refs = np.asarray(scores.mated_refs)
+    if isinstance(comp, AllPairs):
+        i, j, n = refs[:, 0], refs[:, 1], comp.n_samples
+    else:
+        i, j, n = comp.a[refs], comp.b[refs], comp.n_sides
+    sim = np.asarray(scores.sim_m, dtype=np.float64)
+    total = np.bincount(i, sim, minlength=n) + np.bincount(j, sim, minlength=n)
+    count = np.bincount(i, minlength=n) + np.bincount(j, minlength=n)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def calibration_set(study: Study, dataset: str, quality: str, fr: str):
+    """:class:`exfiqa.fusion.CalibrationSet` of ``dataset``: the exit scores of ``quality``, the
+    :func:`mated_similarity_label` under ``fr``, and (templates) each sample's template, in the
+    sorted template order the comparisons use."""
+    from .fusion import CalibrationSet
+
+    bench = study.benchmark(dataset)
+    sides = None
+    if bench.level == "template":
+        _, sides = np.unique(bench.samples["template_id"].to_numpy(), return_inverse=True)
+        sides = sides.ravel()
+    return CalibrationSet(np.asarray(study.exit_scores(dataset, quality)), mated_similarity_label(study, dataset, fr), sides, dataset)
+
+
+def calibration_datasets(datasets: Sequence[str], evaluated: str, calibrate_on: Sequence[str] = ()) -> list[str]:
+    """The datasets EX-FIQA-DC's exits are chosen on when it is evaluated on ``evaluated``.
+
+    ``calibrate_on`` empty: leave-one-dataset-out, every other dataset of the run. Otherwise the
+    named datasets, which must be the run's and are then not evaluated. Never ``evaluated``.
+    """
+    from .config import ConfigError
+
+    if not calibrate_on:
+        out = [d for d in datasets if d != evaluated]
+        if not out:
+            raise ConfigError(f"EX-FIQA-DC on {evaluated!r}: leave-one-dataset-out needs a second dataset; "
+                              "add one to the run or name a calibration dataset (calibrate_on)")
+        return out
+    unknown = [d for d in calibrate_on if d not in datasets]
+    if unknown:
+        raise ConfigError(f"calibrate_on {unknown} are not datasets of the run {list(datasets)}")
+    if evaluated in calibrate_on:
+        raise ConfigError(f"EX-FIQA-DC: {evaluated!r} is a calibration dataset (calibrate_on) and cannot be evaluated")
+    return list(dict.fromkeys(calibrate_on))
+
+
+def evaluated_datasets(datasets: Sequence[str], calibrate_on: Sequence[str] = ()) -> list[str]:
+    """The datasets EX-FIQA-DC is evaluated on: all but those named in ``calibrate_on``."""
+    from .config import ConfigError
+
+    out = [d for d in datasets if d not in set(calibrate_on)]
+    if not out:
+        raise ConfigError(f"calibrate_on {list(calibrate_on)} leaves no dataset of the run to evaluate EX-FIQA-DC on")
+    return out
+
+
+def choose_for(
+    study: Study, quality: str, fr: str, evaluated: str, calibrate_on: Sequence[str] = (), cache: dict | None = None
+):
+    """:func:`exfiqa.fusion.choose_exits` of ``quality`` for evaluation on ``evaluated``, on the
+    :func:`calibration_datasets` (pseudo-label under ``fr``); reads nothing of ``evaluated``.
+    ``cache``: calibration sets by ``(dataset, quality, fr)``, shared between calls."""
+    from .fusion import choose_exits
+
+    cache = {} if cache is None else cache
+    sets = []
+    for d in calibration_datasets(list(study.config.datasets), evaluated, calibrate_on):
+        if (d, quality, fr) not in cache:
+            cache[(d, quality, fr)] = calibration_set(study, d, quality, fr)
+        sets.append(cache[(d, quality, fr)])
+    return choose_exits(sets)
+
+
+def _exits_text(exits: Sequence[int]) -> str:
+    return ", ".join(str(k) for k in exits)
+
+
+@dataclass(frozen=True)
+class ChosenExits:
+    """EX-FIQA-DC on a run: the :class:`exfiqa.fusion.ExitChoice` per ``(quality model, dataset
+    key)`` evaluated, the pseudo-label's FR model, and the ``selection`` table (one row each)."""
+
+    choices: dict
+    fr_model: str
+    selection: pd.DataFrame
+
+
+def chosen_exits(study: Study, fr: str, calibrate_on: Sequence[str] = ()) -> ChosenExits:
+    """The exits EX-FIQA-DC chooses for every quality model and evaluated dataset.
+
+    Pseudo-label: :func:`mated_similarity_label` under ``fr``. Calibration:
+    :func:`calibration_datasets` of ``calibrate_on`` (dataset keys; a single key may be given as a
+    string; empty: leave-one-dataset-out), correlations averaged over
+    the calibration datasets (:func:`exfiqa.fusion.choose_exits`). Table columns: the chosen
+    exits (in order of addition) and their mean's correlation, the full ranking, the best
+    single exit and the first exit that did not raise the correlation.
+    """
+    cfg = study.config
+    calibrate_on = [calibrate_on] if isinstance(calibrate_on, str) and calibrate_on else list(calibrate_on or [])
+    cache: dict = {}
+    choices, rows = {}, []
+    for q in cfg.quality_models:
+        for ds in evaluated_datasets(list(cfg.datasets), calibrate_on):
+            c = choose_for(study, q, fr, ds, calibrate_on, cache)
+            choices[(q, ds)] = c
+            rows.append({
+                "quality_model": q, "dataset": cfg.datasets[ds].label,
+                "calibrated_on": "; ".join(cfg.datasets[d].label for d in c.calibration),
+                "pseudo_label": f"mean mated similarity ({fr})", "chosen_exits": _exits_text(c.chosen),
+                "n_chosen": len(c.chosen), "rho_chosen_mean": c.trace[-1], "best_single_exit": c.ranking[0],
+                "rho_best_exit": c.correlations[c.ranking[0] - 1], "stopped_at_exit": c.stopped_at or 0,
+                "rho_with_it": float("nan") if c.stop_correlation is None else c.stop_correlation,
+                "ranking": _exits_text(c.ranking),
+            })
+    return ChosenExits(choices, fr, pd.DataFrame(rows))
+
+
+@dataclass(frozen=True)
+class ChosenComparison:
+    """EX-FIQA-DC against F, FW, the learned fusion and the last exit: ``tidy`` pAUC rows,
+    the ``wide`` table (datasets as columns, plus their mean) and the paired ``bootstrap``."""
+
+    tidy: pd.DataFrame
+    wide: pd.DataFrame
+    bootstrap: pd.DataFrame
+
+
+def chosen_exits_comparison(
+    study: Study, chosen: ChosenExits, fmr: float, n_boot: int, learned: dict, learn_on: str
+) -> ChosenComparison:
+    """pAUC (x ``pauc_scale``) of EX-FIQA-DC, F, FW, ``learned`` weights (fitted on ``learn_on``,
+    as :func:`strategy_table`) and the last exit on each dataset DC is evaluated on, with the
+    FR model of ``chosen``; and the paired bootstrap of pAUC(DC) - pAUC(each other), all five on
+    the same resamples (:func:`exfiqa.metrics.bootstrap_samples`, the run's seed; as
+    :func:`paired_vs_reference`). ``delta_pauc < 0``: DC is better."""
+    from .fusion import DC_NAME, chosen_mean, ex_fiqa_f, ex_fiqa_fw
+
+    cfg = study.config
+    fr, scale = chosen.fr_model, cfg.pauc_scale
+    rows, boot = [], []
+    for (q, ds), c in chosen.choices.items():
+        scores = np.asarray(study.exit_scores(ds, q), dtype=np.float64)
+        depth = scores.shape[1]
+        values = {DC_NAME: chosen_mean(scores, c.chosen), "EX-FIQA-F": ex_fiqa_f(scores), "EX-FIQA-FW": ex_fiqa_fw(scores),
+                  "learned": scores @ np.asarray(learned[q], dtype=np.float64), f"Exit {depth}": scores[:, -1]}
+        comp = study.scores(ds, fr)
+        orders = [study.order_of(ds, v) for v in values.values()]
+        est = [study.pauc_order(ds, fr, o, fmr) for o in orders]
+        samples = bootstrap_samples(comp, orders, fmr, cfg.convention, cfg.discard_limit, n_boot, cfg.seed,
+                                    subtract_best=cfg.subtract_best, **study.rules())
+        label = cfg.datasets[ds].label
+        for m, e in zip(values, est, strict=True):
+            rows.append({"quality_model": q, "dataset": label, "fr_model": fr, "fmr": fmr, "method": m, "pauc": e * scale,
+                         "fitted_here": m == "learned" and ds == learn_on})
+        for m, e, s in zip(list(values)[1:], est[1:], samples[1:], strict=True):
+            diff = samples[0] - s
+            lo, hi = np.quantile(diff, [0.025, 0.975])
+            boot.append({
+                "quality_model": q, "dataset": label, "fr_model": fr, "fmr": fmr, "method": DC_NAME, "reference": m,
+                "chosen_exits": _exits_text(c.chosen), "delta_pauc": (est[0] - e) * scale, "ci_low": float(lo) * scale,
+                "ci_high": float(hi) * scale, "p_better": float(np.mean(samples[0] < s)),
+                "reference_fitted_here": m == "learned" and ds == learn_on, "convention": cfg.convention,
+                "limit": cfg.discard_limit, "scale": float(scale), "seed": int(cfg.seed), "n_boot": int(n_boot),
+            })
+    tidy = pd.DataFrame(rows)
+    wide = tidy.pivot_table(index=["quality_model", "method"], columns="dataset", values="pauc", sort=False)
+    wide["mean"] = wide.mean(axis=1)
+    wide = wide.reset_index()
+    wide.columns.name = None
+    return ChosenComparison(tidy, wide, pd.DataFrame(boot))
+
+
 _METHOD_LABELS = {"magface_norm": "MagFace (norm)", "serfiq": "SER-FIQ (stochastic)", "sharpness": "Sharpness (Laplacian)"}
 
 
@@ -905,6 +1095,8 @@ def exit_scores_long(sample_quality: pd.DataFrame, depth: int) -> pd.DataFrame:
 
 
 __all__ += [  # the notebook-assembly section above
+    "ChosenComparison", "ChosenExits", "calibration_datasets", "calibration_set", "choose_for", "chosen_exits",
+    "chosen_exits_comparison", "evaluated_datasets", "mated_similarity_label",
     "AttentionInputs", "Headline", "PAPER_HEADLINE", "PAPER_HEADLINE_SCALE", "StrategyResult", "adaptive_study",
     "attention_inputs", "attention_study", "depth_summary", "exit_scores_long", "fmr_target", "fusion_bootstrap",
     "fusion_vs_exits", "headline", "headline_vs_paper", "latency_table", "paper_findings", "pauc_cost_points",

@@ -11,6 +11,9 @@ demo and the paper config sharing ``data/cache``, never replace each other's)::
     <arrays_dir>/<dataset>/exits-<quality model>.npy   (N, depth)  every exit's quality score
     <arrays_dir>/<dataset>/emb-<FR model>.npy          (N, 2E)     [L2norm(f(x)), L2norm(f(hflip(x)))]
     <arrays_dir>/<dataset>/baseline-<method>.npy       (N,)        a built-in baseline's score
+    <arrays_dir>/<dataset>/attn-<quality model>.npy    (N, depth)  ATTN-FIQA of every block
+    <arrays_dir>/<dataset>/vitnt-<quality model>.npy   (N, 2)      ViTNT-FIQA: mean, attention-weighted
+    <arrays_dir>/<dataset>/norms-<FR model>.npy        (N, 2)      [||f(x)||, ||f(hflip(x))||] (template benchmarks)
     <arrays_dir>/<dataset>/<same name>.json            its manifest
 
 ``<dataset>``, ``<quality model>``, ``<FR model>`` and ``<method>`` are the config's names. Row i
@@ -100,23 +103,27 @@ __all__ = [
     "code_version",
     "external_array_files",
     "manifest_path",
+    "modules_version",
     "sample_keys",
     "samples_digest",
 ]
 
 FORMAT = "exfiqa-arrays/1"
-KINDS = ("exits", "emb", "baseline")
+KINDS = ("exits", "emb", "baseline", "attn", "vitnt", "norms")
 
 #: Modules whose source each kind of array depends on: readers and alignment, image decoding, the
 #: model and its preprocessing. Baselines that run on an FR model add ``exfiqa.fr``.
 CODE_MODULES: dict[str, tuple[str, ...]] = {
-    "exits": ("exfiqa.datasets", "exfiqa.images", "exfiqa.model", "exfiqa.inference"),
-    "emb": ("exfiqa.datasets", "exfiqa.images", "exfiqa.fr"),
-    "baseline": ("exfiqa.datasets", "exfiqa.images", "exfiqa.baselines"),
+    "exits": ("exfiqa.datasets", "exfiqa.images", "exfiqa.model", "exfiqa.extract"),
+    "emb": ("exfiqa.datasets", "exfiqa.images", "exfiqa.fr", "exfiqa.extract"),
+    "baseline": ("exfiqa.datasets", "exfiqa.images", "exfiqa.baselines", "exfiqa.extract"),
+    "attn": ("exfiqa.datasets", "exfiqa.images", "exfiqa.model", "exfiqa.extract"),
+    "vitnt": ("exfiqa.datasets", "exfiqa.images", "exfiqa.model", "exfiqa.extract"),
+    "norms": ("exfiqa.datasets", "exfiqa.images", "exfiqa.fr", "exfiqa.extract"),
 }
 
 #: Libraries whose version is part of every code version (decoding, alignment, the models).
-LIBRARIES = ("numpy", "pillow", "scikit-image", "scipy", "torch", "timm")
+LIBRARIES = ("numpy", "pillow", "scikit-image", "opencv-python-headless", "scipy", "torch", "timm")
 
 _CHECK_ELEMENTS = 1 << 22  # values per block when checking a large array
 _NORM_TOL = 1e-3
@@ -182,13 +189,7 @@ def samples_digest(bench: Benchmark) -> str:
     return hashlib.sha256("\n".join(sample_keys(bench)).encode()).hexdigest()
 
 
-def code_files(kind: str, name: str) -> list[Path]:
-    """The source files an array of ``kind`` (for model or method ``name``) depends on."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown array kind {kind!r}; known: {list(KINDS)}")
-    from .config import _BASELINE_FR
-
-    modules = CODE_MODULES[kind] + (("exfiqa.fr",) if kind == "baseline" and name in _BASELINE_FR else ())
+def _sources(modules: tuple[str, ...]) -> list[Path]:
     out = []
     for module in modules:
         spec = importlib.util.find_spec(module)
@@ -196,6 +197,15 @@ def code_files(kind: str, name: str) -> list[Path]:
             raise RuntimeError(f"cannot locate the source of {module}")
         out.append(Path(spec.origin))
     return out
+
+
+def code_files(kind: str, name: str) -> list[Path]:
+    """The source files an array of ``kind`` (for model or method ``name``) depends on."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown array kind {kind!r}; known: {list(KINDS)}")
+    from .config import _BASELINE_FR
+
+    return _sources(CODE_MODULES[kind] + (("exfiqa.fr",) if kind == "baseline" and name in _BASELINE_FR else ()))
 
 
 @functools.cache
@@ -209,15 +219,24 @@ def _library_versions() -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def code_version(kind: str, name: str) -> str:
-    """Digest of the code an array depends on: each file of :func:`code_files` (by file name and
-    content, so the same code elsewhere gives the same version) and :data:`LIBRARIES`' versions."""
+def _digest_code(paths: list[Path]) -> str:
     h = hashlib.sha256()
-    for path in code_files(kind, name):
+    for path in paths:
         h.update(f"{path.name}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
     for lib, version in _library_versions():
         h.update(f"{lib}=={version}\n".encode())
     return h.hexdigest()
+
+
+def code_version(kind: str, name: str) -> str:
+    """Digest of the code an array depends on: each file of :func:`code_files` (by file name and
+    content, so the same code elsewhere gives the same version) and :data:`LIBRARIES`' versions."""
+    return _digest_code(code_files(kind, name))
+
+
+def modules_version(modules: tuple[str, ...]) -> str:
+    """:func:`code_version`'s digest for any modules (e.g. the decoding code of the crop cache)."""
+    return _digest_code(_sources(modules))
 
 
 def _jsonable(value: Any) -> Any:
@@ -237,11 +256,13 @@ def _check_values(arr: NDArray[Any], kind: str, n: int, where: str) -> None:
     if arr.dtype != np.float32:
         raise ArrayError(f"{where}: dtype {arr.dtype} (per-sample arrays are float32)")
     ndim = _expected_ndim(kind)
-    shape_text = {"exits": "(N, depth)", "emb": "(N, 2E)", "baseline": "(N,)"}[kind]
+    shape_text = {"exits": "(N, depth)", "emb": "(N, 2E)", "baseline": "(N,)", "attn": "(N, depth)", "vitnt": "(N, 2)", "norms": "(N, 2)"}[kind]
     if arr.ndim != ndim or (ndim == 2 and arr.shape[1] < 1):
         raise ArrayError(f"{where}: shape {arr.shape}, expected {shape_text} for {kind}")
     if arr.shape[0] != n:
         raise ArrayError(f"{where}: {arr.shape[0]} rows, the benchmark has {n} samples")
+    if kind in ("vitnt", "norms") and arr.shape[1] != 2:
+        raise ArrayError(f"{where}: shape {arr.shape}, expected {shape_text} for {kind}")
     if kind == "emb" and arr.shape[1] % 2:
         raise ArrayError(f"{where}: width {arr.shape[1]} is odd; embeddings are flip-concatenated (N, 2E)")
     width = int(np.prod(arr.shape[1:]))
@@ -391,6 +412,30 @@ class ArrayStore:
         _check_values(arr, kind, len(bench), where)
         return np.asarray(arr), m
 
+    def current(
+        self, bench: Benchmark, dataset: str, kind: str, name: str, inputs: Mapping[str, Any], code: str | None = None,
+    ) -> tuple[NDArray[np.float32] | None, str]:
+        """``(array, "")`` if the layout holds a usable array for this run, else ``(None, reason)``.
+
+        ``reason`` is ``"missing"`` or why exfiqa's array there is not this run's (inputs or code
+        changed, damaged). External arrays are usable as they are, or refused
+        (:class:`ArrayError`, :meth:`load`).
+        """
+        npy = self.path(dataset, kind, name)
+        try:
+            found = self.load(bench, dataset, kind, name)
+        except ArrayError as exc:
+            if self._producer(npy) != "exfiqa":
+                raise
+            return None, str(exc).removeprefix(f"{npy}: ")
+        if found is None:
+            return None, "missing"
+        if found[1]["producer"] == "external":
+            _log.info("%s: using the external array", npy)
+            return found[0], ""
+        reason = self._stale(found[1], _jsonable(dict(inputs)), code if code is not None else code_version(kind, name))
+        return (found[0], "") if reason is None else (None, reason)
+
     def get(
         self,
         bench: Benchmark,
@@ -401,31 +446,14 @@ class ArrayStore:
         compute: Callable[[], ArrayLike],
         code: str | None = None,
     ) -> NDArray[np.float32]:
-        """The array from the layout, or ``compute()``'d, written and returned.
-
-        ``inputs()`` is what exfiqa's array depends on; ``code`` defaults to
-        :func:`code_version` of ``kind``/``name``. External arrays are used as they are (or
-        refused, :meth:`load`); exfiqa's are reused only when inputs and code are unchanged.
-        """
-        npy = self.path(dataset, kind, name)
-        reason: str | None = None  # why exfiqa's array there is not reused (None: there is none)
-        try:
-            found = self.load(bench, dataset, kind, name)
-        except ArrayError as exc:
-            if self._producer(npy) != "exfiqa":
-                raise
-            found, reason = None, str(exc).removeprefix(f"{npy}: ")
-        if found is not None and found[1]["producer"] == "external":
-            _log.info("%s: using the external array", npy)
-            return found[0]
+        """The array from the layout, or ``compute()``'d, written and returned (see :meth:`current`)."""
         code = code if code is not None else code_version(kind, name)
         key = _jsonable(dict(inputs()))
+        found, reason = self.current(bench, dataset, kind, name, key, code)
         if found is not None:
-            reason = self._stale(found[1], key, code)
-            if reason is None:
-                return found[0]
-        if reason is not None:
-            _log.warning("%s: recomputing (%s)", npy, reason)
+            return found
+        if reason != "missing":
+            _log.warning("%s: recomputing (%s)", self.path(dataset, kind, name), reason)
         values = np.ascontiguousarray(compute(), dtype=np.float32)
         self.write(bench, dataset, kind, name, values, producer="exfiqa", inputs=key, code=code)
         arr, _ = self.load(bench, dataset, kind, name) or (None, None)
@@ -498,8 +526,8 @@ class ArrayStore:
 def external_array_files(cfg: Config) -> list[Path]:
     """The ``.npy`` and manifest of every external array in ``cfg``'s layout that its run reads."""
     root = arrays_root(cfg)
-    names = [("exits", q) for q in cfg.quality_models] + [("emb", f) for f in cfg.fr_models]
-    names += [("baseline", b) for b in cfg.baselines]
+    names = [(k, q) for q in cfg.quality_models for k in ("exits", "attn", "vitnt")]
+    names += [(k, f) for f in cfg.fr_models for k in ("emb", "norms")] + [("baseline", b) for b in cfg.baselines]
     out = []
     for dataset in cfg.datasets:
         for kind, name in names:

@@ -4,7 +4,8 @@
 - ``serfiq``: SER-FIQ-style robustness of stochastic embeddings (Terhorst et al., CVPR 2020):
   ``m`` forward passes of the FR head with dropout active on the flattened feature map,
   quality = ``2 * sigmoid(-2/m^2 * sum_{i<j} ||e_i - e_j||)`` over L2-normalised embeddings.
-  The backbone part runs once; only the head is sampled.
+  The backbone part runs once; only the head is sampled. Each sample's dropout masks come from
+  its own seed (``seed * 2**32 + sample index``), so the scores do not depend on batching.
 - ``sharpness``: a classical image-quality baseline, ``log(1 + var(Laplacian(gray)))``.
 """
 
@@ -19,7 +20,7 @@ from scipy import ndimage
 
 from .fr import FRModel
 
-__all__ = ["BASELINES", "serfiq_quality", "sharpness"]
+__all__ = ["BASELINES", "serfiq_features", "serfiq_quality", "sharpness"]
 
 BASELINES = ("magface_norm", "serfiq", "sharpness")
 
@@ -34,6 +35,37 @@ def sharpness(images: NDArray[np.uint8]) -> NDArray[np.float64]:
     return np.log1p(lap.reshape(len(lap), -1).var(axis=1))
 
 
+def serfiq_features(
+    model: FRModel,
+    feats: torch.Tensor,
+    first_index: int,
+    passes: int = 20,
+    p: float = 0.5,
+    seed: int = 0,
+) -> torch.Tensor:
+    """SER-FIQ quality (B,) float32 from the feature maps of samples ``first_index ..``.
+
+    Sample i's ``passes`` dropout masks come from its own generator, seeded with
+    ``seed * 2**32 + i`` on the features' device: the values do not depend on the batching,
+    the extraction shards or the number of processes (only on the device's generator).
+    """
+    bb = model.backbone
+    if bb is None or not hasattr(bb, "forward_features") or not hasattr(bb, "forward_head"):
+        raise ValueError(f"{model.name}: SER-FIQ needs a backbone split into forward_features/forward_head")
+    if passes < 2:
+        raise ValueError(f"passes must be >= 2, got {passes}")
+    gen = torch.Generator(device=feats.device)
+    keep = torch.empty((feats.shape[0], passes, *feats.shape[1:]), device=feats.device)
+    for k in range(feats.shape[0]):
+        gen.manual_seed(seed * 2**32 + first_index + k)
+        keep[k] = (torch.rand((passes, *feats.shape[1:]), generator=gen, device=feats.device) >= p)
+    x = feats.unsqueeze(1) * keep.to(feats.dtype) / (1 - p)  # (B, m, ...)
+    y = bb.forward_head(x.flatten(0, 1))  # eval mode: the model's own dropout is inactive
+    e = torch.nn.functional.normalize(y.float(), dim=1).view(feats.shape[0], passes, -1)
+    total = torch.cdist(e, e).sum(dim=(1, 2)) / 2  # sum over i<j
+    return 2 * torch.sigmoid(-2.0 / passes**2 * total)
+
+
 def serfiq_quality(
     model: FRModel,
     batches: Iterable[NDArray[np.uint8]],
@@ -41,27 +73,16 @@ def serfiq_quality(
     p: float = 0.5,
     seed: int = 0,
 ) -> NDArray[np.float64]:
-    """SER-FIQ-style quality; deterministic given ``seed``. Needs ``forward_features``/``forward_head``."""
+    """SER-FIQ-style quality of uint8 RGB batches in order (see :func:`serfiq_features`)."""
     bb = model.backbone
-    if bb is None or not hasattr(bb, "forward_features") or not hasattr(bb, "forward_head"):
+    if bb is None or not hasattr(bb, "forward_features"):
         raise ValueError(f"{model.name}: SER-FIQ needs a backbone split into forward_features/forward_head")
-    if passes < 2:
-        raise ValueError(f"passes must be >= 2, got {passes}")
-    gen = torch.Generator(device="cpu").manual_seed(seed)
     out: list[NDArray[np.float64]] = []
+    first = 0
     bb.eval()
     with torch.inference_mode():
         for batch in batches:
             feats = bb.forward_features(model.to_tensor(batch))
-            embs = []
-            for _ in range(passes):
-                keep = (torch.rand(feats.shape, generator=gen) >= p).to(feats.device, feats.dtype)
-                x = feats * keep / (1 - p)
-                x = bb.forward_head(x)  # eval mode: the model's own dropout is inactive
-                embs.append(torch.nn.functional.normalize(x.float(), dim=1))
-            e = torch.stack(embs, dim=1)  # (B, m, E)
-            dist = torch.cdist(e, e)  # (B, m, m)
-            total = dist.sum(dim=(1, 2)) / 2  # sum over i<j
-            q = 2 * torch.sigmoid(-2.0 / passes**2 * total)
-            out.append(q.double().cpu().numpy())
+            out.append(serfiq_features(model, feats, first, passes, p, seed).double().cpu().numpy())
+            first += len(batch)
     return np.concatenate(out) if out else np.zeros(0)

@@ -1,8 +1,11 @@
 """The ``exfiqa`` command: a thin layer over the package.
 
 ``exfiqa score IMAGES... --checkpoint vitfiqa_token.pt --out scores.csv`` writes one row per image
-(sorted by path): ``path, exit_1..exit_D, ex_fiqa_f, ex_fiqa_fw``. The two fusions always use all D
-exits, whichever exits are written.
+(sorted by path): ``path, exit_1..exit_D, ex_fiqa_f, ex_fiqa_fw, attn_fiqa, vitnt_fiqa``. The two
+fusions always use all D exits, whichever exits are written. From the same pass
+(``forward_exits(family=True)``): ``attn_fiqa`` = ATTN-FIQA of the last block (as its paper: mean
+pre-softmax attention score, all tokens) and ``vitnt_fiqa`` = ViTNT-FIQA over all D blocks, mean over
+the (patch) tokens. Higher = better for every column.
 
 Errors: every usage error (a bad option value, an ``--out`` that is a folder, lies under a regular
 file, cannot be written or exists without ``--overwrite``, missing inputs or checkpoint) is one
@@ -89,13 +92,38 @@ def _check_out(text: str, overwrite: bool) -> None:
         raise UsageError(f"--out {text}: cannot write in {folder} ({exc.strerror or exc})") from None
 
 
+def _score_family(
+    model, batches, total: int, device, progress: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One pass: (exit scores (N, D), ATTN-FIQA of the last block (N,), ViTNT-FIQA mean (N,))."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .images import to_tensor
+
+    model = model.to(device).eval()
+    scores, attn, vitnt = [], [], []
+    bar = tqdm(total=total, desc="quality", unit="img", disable=not progress, leave=False)
+    with torch.inference_mode():
+        for batch in batches:
+            out = model.forward_exits(to_tensor(batch).to(device), family=True)
+            scores.append(out.scores.float().cpu().numpy())
+            attn.append(out.attn_fiqa[:, -1].cpu().numpy())
+            vitnt.append(out.vitnt_fiqa[:, 0].cpu().numpy())
+            bar.update(len(batch))
+    bar.close()
+    if not scores:
+        return np.zeros((0, model.depth), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32)
+    return np.concatenate(scores), np.concatenate(attn), np.concatenate(vitnt)
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     """Score images at every exit and write the CSV atomically."""
     import pandas as pd
 
     from .fusion import ex_fiqa_f, ex_fiqa_fw
     from .images import ImageReadError, find_images, read_face
-    from .inference import chunked, exit_scores, resolve_device
+    from .inference import chunked, resolve_device
     from .io import CheckpointError, atomic_write
     from .model import load_vitfiqa
 
@@ -130,6 +158,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         return 2
     try:
         exits = _check_exits(wanted, args.exits, model.depth)
+        if model.depth < 2:
+            raise UsageError(f"{args.checkpoint}: the model has 1 block; the vitnt_fiqa column needs >= 2")
     except UsageError as exc:
         print(f"exfiqa score: {exc}", file=sys.stderr)
         return 2
@@ -156,7 +186,9 @@ def cmd_score(args: argparse.Namespace) -> int:
                 yield np.stack(images)
 
     try:
-        scores = exit_scores(model, batches(), total=len(paths), device=device, progress=not args.quiet)
+        scores, attn_fiqa, vitnt_fiqa = _score_family(
+            model, batches(), total=len(paths), device=device, progress=not args.quiet
+        )
     except ImageReadError as exc:
         print(f"exfiqa score: {exc} (use --skip-bad to leave such files out)", file=sys.stderr)
         return 2
@@ -165,6 +197,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         table[f"exit_{k}"] = scores[:, k - 1]
     table["ex_fiqa_f"] = ex_fiqa_f(scores) if len(good) else []
     table["ex_fiqa_fw"] = ex_fiqa_fw(scores) if len(good) else []
+    table["attn_fiqa"] = attn_fiqa
+    table["vitnt_fiqa"] = vitnt_fiqa
     try:
         with atomic_write(out, overwrite=args.overwrite) as fh:
             table.to_csv(fh, index=False, float_format="%.6f", lineterminator="\n")
@@ -203,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", help="quality scores of every exit for aligned face images")
     s.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
     s.add_argument("--checkpoint", required=True, help="ViT-FIQA state_dict (vitfiqa_token.pt or vitfiqa_crfiqa.pt)")
-    s.add_argument("--out", required=True, help="CSV to write (path, exit_1.., ex_fiqa_f, ex_fiqa_fw)")
+    s.add_argument("--out", required=True, help="CSV to write (path, exit_1.., ex_fiqa_f, ex_fiqa_fw, attn_fiqa, vitnt_fiqa)")
     s.add_argument("--exits", default="all", help="'all' or a comma list such as 1,6,12 (default all)")
     s.add_argument(
         "--batch-size", type=int, default=32,
@@ -220,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_score)
     f = sub.add_parser("flops", help="analytic GFLOPs per exit of the released models")
     f.set_defaults(func=cmd_flops)
+    from .extract import parser as extract_parser
+    from .extract import run as run_extract
+
+    e = sub.add_parser("extract", parents=[extract_parser(add_help=False)],
+                       help="every per-sample array of a run config, one read of each image (see exfiqa.extract)")
+    e.set_defaults(func=run_extract)
     return parser
 
 

@@ -7,7 +7,8 @@ need from them comes in two prepared objects (the interfaces of :func:`exfiqa.me
   ones (the *candidates*, from which every threshold is taken);
 * **order** (one per dataset x quality method): the stable order of the pair qualities (ties
   broken by comparison position), as the ``recompute`` level of any comparison and, for the
-  bootstrap, its exact rank.
+  bootstrap, its exact rank; and how many comparisons share each pair quality (the tie groups
+  of an FM-EDC under ``fixed``).
 
 Conventions: pair quality = min of the two sides' qualities; similarity = dot product of the two
 sides' features times ``scale`` (0.5 for flip-concatenated sample embeddings, 1 for L2-normalised
@@ -267,6 +268,7 @@ class MinPairOrder:
         self._rank = rank.astype(np.uint16) if self.uniq.size <= 2**16 else rank  # narrow gathers are faster
         minrank = np.minimum(self._rank[pairs.a], self._rank[pairs.b])
         counts = np.bincount(minrank, minlength=self.uniq.size).astype(np.int64)
+        self.counts = counts  # comparisons per pair-quality value uniq[r]
         self.start = np.cumsum(counts) - counts
         level_of = (np.searchsorted(self.d, self.start, side="right") - 1).astype(np.uint8)
         level = level_of[minrank]
@@ -289,6 +291,11 @@ class MinPairOrder:
 
     def quality(self, refs: np.ndarray) -> np.ndarray:
         return np.minimum(self.v[self.pairs.a[refs]], self.v[self.pairs.b[refs]])
+
+    def value_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct pair qualities, ascending, and how many comparisons have each."""
+        nz = self.counts > 0
+        return self.uniq[nz], self.counts[nz]
 
     def ranks(self, refs: np.ndarray) -> np.ndarray:
         """Exact stable ranks of the comparisons ``refs`` (one O(n) sort, nothing kept).
@@ -538,6 +545,7 @@ class AllPairsOrder:
         ns = pairs.n_samples
         self.start = _c2(ns) - _c2(ns - lower)
         sizes = _c2(ns - lower) - _c2(ns - lower - counts)
+        self.sizes = sizes  # pairs whose minimum is uniq[r]
         self.level_of = (np.searchsorted(self.d, self.start, side="right") - 1).astype(np.uint8)
         self.cut = _cut_groups(self.start, sizes, self.d)
 
@@ -584,6 +592,11 @@ class AllPairsOrder:
     def quality(self, refs: np.ndarray) -> np.ndarray:
         i, j, _ = self._group(refs)
         return np.minimum(self.v[i], self.v[j])
+
+    def value_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct pair qualities, ascending, and how many pairs have each (closed form)."""
+        nz = self.sizes > 0
+        return self.uniq[nz], self.sizes[nz]
 
 
 # --------------------------------------------------------------------------------- FR sanity

@@ -18,6 +18,11 @@ table states it) and ``attention_samples`` (the faces of notebook 02's attention
 ``{child|frontal|occlusion|pose: image path relative to data_root, or {dataset: name, sample:
 id}}``; absent: the demo world's ``samples/*.png``, or on real data the first sample of each of
 the first datasets, see :func:`exfiqa.analysis.attention_inputs`).
+
+Extraction keys (:mod:`exfiqa.extract`): ``workers`` (DataLoader decoding processes; default
+the cores this process may use, 0 decodes in the main process), ``precision`` (``fp32``, the
+default, or ``bf16``: autocast, part of every model array's key), ``shard_size`` (samples per
+resumable shard, default 50,000) and ``crop_cache`` (keep the aligned uint8 crops, default false).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from typing import Any, Literal, NoReturn
 import yaml
 
 from .datasets import BENCHMARK_KINDS, read_adience, read_bin, read_ijbc, read_xqlfw
-from .metrics import RECOMPUTE_DISCARD_FRACTIONS, Convention
+from .metrics import COMPAT, RECOMPUTE_DISCARD_FRACTIONS, Acceptance, Convention, ThresholdRule
 
 __all__ = [
     "ATTENTION_SAMPLE_TYPES",
@@ -41,6 +46,8 @@ __all__ = [
     "Config",
     "ConfigError",
     "DatasetSpec",
+    "PRECISIONS",
+    "default_workers",
     "ModelSpec",
     "list_parameter",
     "load_config",
@@ -65,7 +72,9 @@ _READERS: dict[str, Callable[..., Any]] = {
 #: can express (``device`` comes from the config; ``preprocess`` is an object). Hand-listed because
 #: those modules import torch; tests/test_config.py checks them against the signatures.
 _FR_ARCHS = ("iresnet", "magface", "curricularface")  # exfiqa.fr.Arch
-_FR_ARGS = {"name", "arch", "layers", "widths", "embedding_size", "input_size"}
+#: ``preprocess`` ({channel_order, scale, mean, std}: exfiqa.fr.Preprocess) is required for an ONNX
+#: entry (checkpoint ``*.onnx``), optional for a torch one; ``providers`` is ONNX-only.
+_FR_ARGS = {"name", "arch", "layers", "widths", "embedding_size", "input_size", "preprocess", "providers"}
 _QUALITY_ARGS = {"num_heads", "img_size"}
 
 _DEVICE = re.compile(r"cpu|cuda|cuda:[0-9]+|auto")
@@ -73,6 +82,8 @@ _DEVICES_TEXT = "'cpu', 'cuda', 'cuda:N' (N >= 0) or 'auto'"
 _HEADLINE_KEYS = {"dataset", "fr_model", "fmr"}
 #: The four sample types of the poster's attention figure (config key ``attention_samples``).
 ATTENTION_SAMPLE_TYPES = ("child", "frontal", "occlusion", "pose")
+#: Model arithmetic of extraction (config key ``precision``).
+PRECISIONS = ("fp32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -195,6 +206,36 @@ def _pauc_scale(key: str, value: Any) -> float:
     return float(value)
 
 
+def _choice(options: tuple[str, ...]) -> Callable[[str, Any], str]:
+    def check(key: str, value: Any) -> str:
+        if not isinstance(value, str) or value not in options:
+            _fail(key, f"one of {list(options)}", value)
+        return value
+
+    return check
+
+
+def _workers(key: str, value: Any) -> int:
+    """``None`` (the default) -> the cores this process may use; else an integer >= 0."""
+    if value is None:
+        return default_workers()
+    return _int(key, value, 0)
+
+
+def _flag(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        _fail(key, "true or false", value)
+    return value
+
+
+def default_workers() -> int:
+    """DataLoader worker processes by default: the CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def _demo_kind(key: str, value: Any) -> str:
     if value is False or value is None or value == "":
         return ""
@@ -226,6 +267,50 @@ def _resolve_device(requested: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+#: EDC threshold rules and acceptance rules (config keys ``threshold_rule``, ``acceptance``; see
+#: :mod:`exfiqa.metrics`), pAUC best-curve subtraction and IJB-C template protocols.
+THRESHOLD_RULES = tuple(r.value for r in ThresholdRule)
+ACCEPTANCES = tuple(a.value for a in Acceptance)
+SUBTRACT_BEST = ("none", "triangle", "stepwise")
+TEMPLATE_PROTOCOLS = ("group", "insightface")
+
+
+def _subtract_best(key: str, value: Any) -> str:
+    """``false``/``none`` -> ``"none"``; ``true`` -> ``"triangle"`` (Schlett's ``edc.py``)."""
+    if value is None or value is False:
+        return "none"
+    if value is True:
+        return "triangle"
+    if not isinstance(value, str) or value not in SUBTRACT_BEST:
+        _fail(key, "false, true (= 'triangle'), 'triangle' or 'stepwise'", value)
+    return value
+
+
+def _evaluation_rules(raw: dict[str, Any]) -> dict[str, Any]:
+    """``threshold_rule``, ``acceptance`` and ``subtract_best`` of a config file, ``compat`` expanded.
+
+    ``compat: crfiqa`` sets both rules to the CR-FIQA group's ERC scripts' (``closest``,
+    ``distance<``); a file that also sets either to another value is an error, as is a best-curve
+    subtraction under ``recompute`` (where no best curve is defined).
+    """
+    rules = {
+        "threshold_rule": raw.get("threshold_rule", "at_most"),
+        "acceptance": raw.get("acceptance", "similarity>="),
+        "subtract_best": _subtract_best("subtract_best", raw.get("subtract_best", "none")),
+    }
+    if rules["subtract_best"] != "none" and raw.get("convention", "recompute") == "recompute":
+        raise ConfigError("subtract_best: a theoretical best curve is defined for convention 'fixed' only")
+    name = raw.get("compat", "none")
+    if name in (None, "none"):
+        return rules
+    if not isinstance(name, str) or name not in COMPAT:
+        _fail("compat", f"one of {['none', *sorted(COMPAT)]}", name)
+    for key, value in COMPAT[name].items():
+        if key in raw and raw[key] != value:
+            raise ConfigError(f"compat: {name} sets {key} {value!r}, but the file also sets {key} {raw[key]!r}")
+    return rules | COMPAT[name]
+
+
 #: Settings :meth:`Config.with_` may override, each with its check (key, value) -> clean value.
 _SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "run_name": _run_name,
@@ -240,6 +325,14 @@ _SETTINGS: dict[str, Callable[[str, Any], Any]] = {
     "batch_size": lambda k, v: _int(k, v, 1),
     "seed": lambda k, v: _int(k, v, 0),
     "pauc_scale": _pauc_scale,
+    "workers": _workers,
+    "precision": _choice(PRECISIONS),
+    "shard_size": lambda k, v: _int(k, v, 1),
+    "crop_cache": _flag,
+    "threshold_rule": _choice(THRESHOLD_RULES),
+    "acceptance": _choice(ACCEPTANCES),
+    "subtract_best": _subtract_best,
+    "template_protocol": _choice(TEMPLATE_PROTOCOLS),
 }
 
 
@@ -319,6 +412,14 @@ class Config:
     pauc_scale: float = 1000.0  # pAUC is shown times this (x10^3, as on the poster); CSVs state it
     attention_samples: dict[str, AttentionSample] = field(default_factory=dict)  # {} = the default
     arrays_dir: Path | None = None  # the per-sample layout (exfiqa.arrays); None: exfiqa.arrays.arrays_root's default
+    workers: int | None = None  # extraction's DataLoader worker processes; None: the cores available
+    precision: str = "fp32"  # model arithmetic in extraction: fp32, or bf16 (autocast; part of every array key)
+    shard_size: int = 50_000  # samples per resumable extraction shard
+    crop_cache: bool = False  # keep the decoded, aligned uint8 crops (memory-mapped) for later runs
+    threshold_rule: str = "at_most"  # EDC threshold for a target: at_most (FMR <= target) or closest (the authors' scripts)
+    acceptance: str = "similarity>="  # a match: similarity >= threshold, or distance< (arccos(cos)/pi < threshold)
+    subtract_best: str = "none"  # pAUC minus a theoretical best curve (fixed only): none, triangle or stepwise
+    template_protocol: str = "group"  # IJB-C template features: group (the paper's) or insightface
 
     def __post_init__(self) -> None:
         for key, check in _SETTINGS.items():
@@ -556,10 +657,39 @@ def _model_arg(where: str, key: str, value: Any) -> Any:
         if not isinstance(value, list) or not value or not all(_is_int(v) and v >= 1 for v in value):
             _fail(where, "a non-empty list of integers >= 1", value)
         return value
+    if key == "providers":
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            _fail(where, "a non-empty list of onnxruntime provider names, e.g. [CUDAExecutionProvider]", value)
+        return value
+    if key == "preprocess":  # exfiqa.fr.Preprocess; numbers become floats so equal settings key alike
+        import math
+
+        def number(k: str, v: Any, nonzero: bool = False) -> float:
+            if not _is_number(v) or not math.isfinite(v) or (nonzero and v == 0):
+                _fail(f"{where}.{k}", "a finite" + (" non-zero" if nonzero else "") + " number", v)
+            return float(v)
+
+        fields_ = ("channel_order", "scale", "mean", "std")
+        entry = _mapping(where, value, "a mapping {channel_order: RGB|BGR, scale: S, mean: [3 numbers], std: [3 numbers]}")
+        _only(where, entry, set(fields_))
+        missing = [k for k in fields_ if k not in entry]
+        if missing:
+            raise ConfigError(f"{where} needs {missing} (all of {list(fields_)}: the model's input is (pixel * scale - mean) / std)")
+        if entry["channel_order"] not in ("RGB", "BGR"):
+            _fail(f"{where}.channel_order", "'RGB' or 'BGR'", entry["channel_order"])
+        out: dict[str, Any] = {"channel_order": entry["channel_order"], "scale": number("scale", entry["scale"], True)}
+        for k in ("mean", "std"):
+            v = entry[k]
+            if not isinstance(v, list) or len(v) != 3:
+                _fail(f"{where}.{k}", "a list of 3 numbers (one per channel, in channel_order)", v)
+            out[k] = [number(f"{k}[{i}]", x, k == "std") for i, x in enumerate(v)]
+        return out
     return _int(where, value, 1)  # embedding_size, input_size, num_heads, img_size
 
 
 def _models(raw: Any, root: Path, kind: str) -> dict[str, ModelSpec]:
+    """Model entries. An FR entry whose checkpoint ends in ``.onnx`` is an ONNX model: it must state
+    its ``preprocess`` and takes no torch architecture keys; ``providers`` is for ONNX entries only."""
     allowed = _FR_ARGS if kind == "fr_models" else _QUALITY_ARGS
     out = {}
     for name, entry in _mapping(kind, raw).items():
@@ -568,7 +698,21 @@ def _models(raw: Any, root: Path, kind: str) -> dict[str, ModelSpec]:
             raise ConfigError(f"{where} needs a 'checkpoint', got {_show(entry)}")
         _only(where, entry, {"checkpoint", "label", *allowed})
         args = {k: _model_arg(f"{where}.{k}", k, v) for k, v in entry.items() if k in allowed}
-        checkpoint = _resolve(root, _text(f"{where}.checkpoint", entry["checkpoint"]))
+        text = _text(f"{where}.checkpoint", entry["checkpoint"])
+        if kind == "fr_models" and text.lower().endswith(".onnx"):
+            torch_only = sorted(set(args) - {"name", "preprocess", "providers"})
+            if torch_only:
+                raise ConfigError(f"{where}: {torch_only} apply to torch checkpoints only; the ONNX graph {text} fixes its architecture")
+            if "preprocess" not in args:
+                raise ConfigError(
+                    f"{where}.preprocess is required for an ONNX model ({text}): state what the model was trained on as "
+                    "preprocess: {channel_order: RGB|BGR, scale: S, mean: [m, m, m], std: [s, s, s]} (input = (pixel * scale "
+                    "- mean) / std), e.g. OpenCV Zoo's SFace takes RGB 0..255 (scale 1, mean [0, 0, 0], std [1, 1, 1]) and "
+                    "insightface ArcFace (x/255 - 0.5)/0.5 (RGB, scale 0.00392156862745098, mean [0.5, 0.5, 0.5], std [0.5, 0.5, 0.5])"
+                )
+        elif "providers" in args:
+            raise ConfigError(f"{where}.providers: onnxruntime providers apply to ONNX models only (a checkpoint ending in .onnx)")
+        checkpoint = _resolve(root, text)
         out[name] = ModelSpec(name, checkpoint, args, _label(where, entry, name))
     return out
 
@@ -633,6 +777,8 @@ _TOP_KEYS = {
     "run_name", "data_root", "cache_dir", "results_dir", "datasets", "fr_models", "quality_models",
     "external_methods", "baselines", "fmr_targets", "discard_limit", "convention", "device",
     "batch_size", "seed", "demo", "headline", "pauc_scale", "attention_samples", "arrays_dir",
+    "workers", "precision", "shard_size", "crop_cache",
+    "threshold_rule", "acceptance", "compat", "subtract_best", "template_protocol",
 }
 
 
@@ -688,6 +834,12 @@ def load_config(
             headline=headline,
             source=path,
             pauc_scale=raw.get("pauc_scale", 1000.0),
+            workers=raw.get("workers"),
+            precision=raw.get("precision", "fp32"),
+            shard_size=raw.get("shard_size", 50_000),
+            crop_cache=raw.get("crop_cache", False),
+            **_evaluation_rules(raw),
+            template_protocol=raw.get("template_protocol", "group"),
             attention_samples=_attention_samples("attention_samples", raw.get("attention_samples"), root, datasets),
         )
     except ConfigError as exc:

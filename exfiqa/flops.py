@@ -10,6 +10,17 @@ Counted as in the paper (N tokens, D width, MLP hidden H = mlp_ratio * D):
 
 Full-size (C): 0.0358 GFLOPs patch embedding + 0.9484 per block + 0.0760 head, so exit 7 = 6.75 and
 exit 12 = 11.49 GFLOPs. (T): 0.9553 GFLOPs per block and about 3k FLOPs of head.
+
+The family methods of ``forward_exits(family=True)``, as extra work over the all-exits pass (same
+conventions; elementwise ops 1 FLOP, a LayerNorm 2 per element, softmax ignored):
+- ATTN-FIQA per exit: the means of q and k over the n scored tokens (``2nD``) and their dot
+  product per head (``2D``); the (N, N) scores are never formed;
+- ViTNT-FIQA over blocks 1..k, P scored tokens (the patches): per block the L2 normalisation
+  (``3PD``) and, for (T), the final LayerNorm of the patches (``2PD``; (C)'s head already
+  normalises every token); per consecutive pair the distance (``3PD``); at block k the
+  attention weights: ``q k^T`` (``2N^2 D``) and the head mean and query sum (``2HN^2``).
+Full size, all 12 exits: (T) 0.0305 GFLOPs, (C) 0.0284 GFLOPs, i.e. 0.27% and 0.23% of the fused
+pass (:func:`fused_cost`); about 0.021 of each is the one (N, N) product for the attention weights.
 """
 
 from __future__ import annotations
@@ -18,7 +29,18 @@ from dataclasses import dataclass
 
 from .model import ViTFIQAConfig
 
-__all__ = ["ExitCost", "block_flops", "exit_cost", "exit_costs", "fused_cost", "head_flops", "patch_embed_flops"]
+__all__ = [
+    "ExitCost",
+    "attn_fiqa_flops",
+    "block_flops",
+    "exit_cost",
+    "exit_costs",
+    "family_extra_flops",
+    "fused_cost",
+    "head_flops",
+    "patch_embed_flops",
+    "vitnt_fiqa_flops",
+]
 
 
 def patch_embed_flops(c: ViTFIQAConfig) -> float:
@@ -82,3 +104,36 @@ def fused_cost(c: ViTFIQAConfig, exits: int | None = None) -> float:
     """GFLOPs of fusing exits ``1..exits`` (default all): the blocks once, the heads per exit."""
     k = c.depth if exits is None else exits
     return (patch_embed_flops(c) + k * block_flops(c) + k * head_flops(c)) / 1e9
+
+
+def attn_fiqa_flops(c: ViTFIQAConfig, attn_tokens: str = "all") -> float:
+    """Extra FLOPs of ATTN-FIQA at one exit (``"all"`` tokens or ``"patches"`` only)."""
+    if attn_tokens not in ("all", "patches"):
+        raise ValueError(f"attn_tokens must be 'all' or 'patches', got {attn_tokens!r}")
+    n = c.num_tokens if attn_tokens == "all" else c.num_patches
+    d = c.embed_dim
+    return 2.0 * n * d + 2.0 * d
+
+
+def vitnt_fiqa_flops(c: ViTFIQAConfig, blocks: int | None = None) -> float:
+    """Extra FLOPs of ViTNT-FIQA over blocks ``1..blocks`` (default all), both aggregations."""
+    k = c.depth if blocks is None else blocks
+    if not 2 <= k <= c.depth:
+        raise ValueError(f"blocks must lie in 2..{c.depth}, got {k}")
+    n, p, d, heads = c.num_tokens, c.num_patches, c.embed_dim, c.num_heads
+    per_block = 3.0 * p * d + (2.0 * p * d if c.variant == "token" else 0.0)
+    per_pair = 3.0 * p * d
+    weights = 2.0 * n * n * d + 2.0 * heads * n * n
+    return k * per_block + (k - 1) * per_pair + weights
+
+
+def family_extra_flops(
+    c: ViTFIQAConfig, exits: int | None = None, attn_tokens: str = "all", vitnt_blocks: int | None = None
+) -> float:
+    """Extra FLOPs of ``forward_exits(family=True)`` over ``forward_exits()`` reading exits
+    ``1..exits`` (default all): ATTN-FIQA at each and ViTNT-FIQA over ``1..vitnt_blocks``
+    (default ``exits``)."""
+    e = c.depth if exits is None else exits
+    if not 1 <= e <= c.depth:
+        raise ValueError(f"exits must lie in 1..{c.depth}, got {e}")
+    return e * attn_fiqa_flops(c, attn_tokens) + vitnt_fiqa_flops(c, e if vitnt_blocks is None else vitnt_blocks)

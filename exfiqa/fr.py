@@ -51,6 +51,25 @@ Preprocessing per released model (what each model's own evaluation code feeds):
 SER-FIQ-style stochastic embeddings: both backbones split into ``forward_features`` (everything up
 to the flattened final feature map) and ``forward_head`` (dropout, fc, BatchNorm1d), so the
 expensive part runs once and the head can be sampled with dropout active.
+
+Device-side batches (what extraction calls): :meth:`Preprocess.tensor` turns a uint8 NHWC RGB
+tensor into the float32 NCHW input on the same device; :meth:`FRModel.embed_batch` runs ONE
+forward over ``cat([x, hflip(x)])`` and returns the flip-concatenated embedding and, optionally,
+the unnormalised ``f(x)``. ``embed`` / ``embed_raw`` are built on it, so both paths agree exactly.
+
+Config entries (``fr_models`` in a run config; :func:`load_fr_entry`): a checkpoint ending in
+``.onnx`` is an ONNX model (onnxruntime) and must state its preprocessing, any name is accepted::
+
+    fr_models:
+      sface:                              # OpenCV Zoo SFace, 128-d
+        checkpoint: fr/face_recognition_sface_2021dec.onnx
+        preprocess: {channel_order: RGB, scale: 1, mean: [0, 0, 0], std: [1, 1, 1]}
+        providers: [CPUExecutionProvider] # optional; default CPU, CUDA first when device is cuda
+
+Torch entries may give ``preprocess`` too (it overrides the released model's). The preprocessing
+is part of the entry's ``ModelSpec.args``, hence of the per-sample array key;
+:func:`effective_preprocess` states the one really used, default included. ONNX graphs with a
+fixed batch dimension and graphs listing their weights as inputs are handled (:class:`OnnxFRModel`).
 """
 
 from __future__ import annotations
@@ -88,9 +107,13 @@ __all__ = [
     "build_fr",
     "cosine_similarity",
     "cosine_to_angular",
+    "TORCH_ENTRY_ARGS",
     "detect_layout",
+    "effective_preprocess",
     "infer_architecture",
+    "is_onnx_checkpoint",
     "load_fr",
+    "load_fr_entry",
     "load_onnx_fr",
     "magface_quality",
     "save_fr",
@@ -135,12 +158,37 @@ class Preprocess:
     ) -> torch.Tensor:
         """Apply to a uint8 RGB ``(N, H, W, 3)`` batch; returns float32 NCHW on ``device``."""
         x = torch.from_numpy(np.ascontiguousarray(_check_images(images))).to(device)
+        return self.tensor(x)
+
+    def tensor(
+        self, x: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format
+    ) -> torch.Tensor:
+        """Apply to a uint8 RGB ``(N, H, W, 3)`` tensor on any device; float32 NCHW on that device.
+
+        Elementwise in float32: ``(x * scale - mean) / std`` after the channel reordering, so the
+        result does not depend on the device's batch composition or on ``memory_format`` (the
+        layout of the returned tensor: ``torch.contiguous_format`` or ``torch.channels_last``).
+        """
+        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(
+                f"Preprocess.tensor needs uint8 RGB pixels (N, H, W, 3), got {x.dtype} "
+                f"{tuple(x.shape)}"
+            )
         if self.channel_order == "BGR":
             x = x.flip(-1)
         x = x.permute(0, 3, 1, 2).to(torch.float32) * self.scale
         mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-        return ((x - mean) / std).contiguous()
+        return ((x - mean) / std).contiguous(memory_format=memory_format)
+
+    def as_args(self) -> dict[str, Any]:
+        """The YAML/JSON form of a config entry's ``preprocess`` (``source`` left out)."""
+        return {
+            "channel_order": self.channel_order,
+            "scale": float(self.scale),
+            "mean": [float(v) for v in self.mean],
+            "std": [float(v) for v in self.std],
+        }
 
 
 ARCFACE = Preprocess("RGB", source="insightface arcface_torch eval: RGB, (x/255 - 0.5)/0.5")
@@ -741,34 +789,56 @@ class FRModel:
     def to_tensor(self, images: np.ndarray) -> torch.Tensor:
         """Preprocess a uint8 RGB ``(N, H, W, 3)`` batch into the model's input on its device."""
         images = _check_images(images)
+        return self._input(torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC RGB tensor -> the model's float32 NCHW input (channels_last), same device."""
         size = self.input_size
-        if size is not None and images.shape[1:3] != (size, size):
+        if x.ndim == 4 and size is not None and tuple(x.shape[1:3]) != (size, size):
             raise ValueError(
-                f"{self.name}: expected {size}x{size} aligned faces, got {images.shape[1]}x"
-                f"{images.shape[2]}"
+                f"{self.name}: expected {size}x{size} aligned faces, got {x.shape[1]}x{x.shape[2]}"
             )
-        return self.preprocess(images, self.device).contiguous(memory_format=torch.channels_last)
+        return self.preprocess.tensor(x, memory_format=torch.channels_last)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         assert self.backbone is not None
         self.backbone.eval()
         return self.backbone(x)
 
-    def _run(self, images: ImageBatches, batch_size: int, flip: bool | None) -> np.ndarray:
+    def embed_batch(
+        self, x: torch.Tensor, raw: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One forward over ``cat([x, hflip(x)])`` of a uint8 RGB NHWC batch on the model's device.
+
+        Returns ``([L2norm(f(x)), L2norm(f(hflip(x)))]`` float32 (B, 2E), and with ``raw`` the
+        unnormalised ``f(x)`` float32 (B, E), else None)``, on ``x``'s device. No
+        ``torch.inference_mode`` / autocast inside: the caller chooses them.
+        """
+        n = x.shape[0]
+        y = self.forward_pair(x)
+        e = F.normalize(y, dim=1)
+        return torch.cat([e[:n], e[n:]], dim=1), (y[:n] if raw else None)
+
+    def forward_pair(self, x: torch.Tensor) -> torch.Tensor:
+        """The unnormalised outputs ``[f(x); f(hflip(x))]`` float32 (2B, E) of one forward over
+        ``cat([x, hflip(x)])`` (uint8 RGB NHWC on the model's device): what :meth:`embed_batch`
+        normalises, and what the extraction also takes the norms of."""
+        return self._forward(self._input(torch.cat([x, x.flip(2)]))).float()
+
+    def _run(self, images: ImageBatches, batch_size: int, mode: str) -> np.ndarray:
+        """``mode``: ``flip`` (embed), ``plain`` (embed without flip) or ``raw`` (embed_raw)."""
         out: list[np.ndarray] = []
         with torch.inference_mode():
             for batch in _iter_batches(images, batch_size):
-                x = self.to_tensor(batch)
-                if flip is None:
-                    out.append(self._forward(x).float().cpu().numpy())
-                    continue
-                n = x.shape[0]
-                y = self._forward(torch.cat([x, x.flip(3)]) if flip else x).float()
-                y = F.normalize(y, dim=1)
-                emb = torch.cat([y[:n], y[n:]], dim=1) if flip else y
-                out.append(emb.cpu().numpy())
+                x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+                if mode == "plain":
+                    y = F.normalize(self._forward(self._input(x)).float(), dim=1)
+                else:
+                    emb, f = self.embed_batch(x, raw=mode == "raw")
+                    y = emb if f is None else f
+                out.append(y.cpu().numpy())
         if not out:
-            dim = (self.embedding_size or 0) * (2 if flip else 1)
+            dim = (self.embedding_size or 0) * (2 if mode == "flip" else 1)
             return np.zeros((0, dim), dtype=np.float32)
         return np.concatenate(out).astype(np.float32, copy=False)
 
@@ -777,13 +847,18 @@ class FRModel:
 
         With ``flip=False``: ``L2norm(f(x))``, (N, E). Cosine similarity of two flip-concatenated
         embeddings = dot / 2 (each has norm sqrt(2)). ``images``: uint8 RGB (N, H, W, 3) or an
-        iterable of such batches. Runs in eval mode under ``torch.inference_mode``.
+        iterable of such batches. Runs in eval mode under ``torch.inference_mode``, through
+        :meth:`embed_batch` (so it equals what extraction computes batch for batch).
         """
-        return self._run(images, batch_size, flip=flip)
+        return self._run(images, batch_size, "flip" if flip else "plain")
 
     def embed_raw(self, images: ImageBatches, batch_size: int = 64) -> np.ndarray:
-        """Unnormalised ``f(x)`` (no flip), float32 (N, E): MagFace's quality is its L2 norm."""
-        return self._run(images, batch_size, flip=None)
+        """Unnormalised ``f(x)`` (no flip), float32 (N, E): MagFace's quality is its L2 norm.
+
+        Computed by :meth:`embed_batch` (``raw=True``), i.e. in the same ``[x, hflip(x)]`` forward
+        as the embeddings, so it equals the norm extraction takes from the embedding pass.
+        """
+        return self._run(images, batch_size, "raw")
 
 
 def magface_quality(model: FRModel, images: ImageBatches, batch_size: int = 64) -> np.ndarray:
@@ -898,23 +973,43 @@ def save_fr(
 
 
 class OnnxFRModel(FRModel):
-    """An FR model run by onnxruntime; same ``embed`` / ``embed_raw`` interface as FRModel.
+    """An FR model run by onnxruntime; same ``embed`` / ``embed_batch`` interface as FRModel.
 
-    The ONNX graph takes the preprocessed float32 NCHW tensor (its first input) and returns the
-    unnormalised embedding (its first output).
+    The graph's image input is its one 4-D float input that is not an initializer (weights that
+    a graph also lists as inputs keep their stored values); its first output is the unnormalised
+    embedding. A fixed batch dimension ``k`` in the graph is honoured by running ``k`` rows at a
+    time (the last chunk padded by repeating its last row, the padded outputs dropped); a symbolic
+    one gets the whole batch in one run. Inputs and outputs stay on the torch ``device`` (the
+    session itself runs where its providers run).
     """
 
-    def __init__(self, name: str, session: Any, preprocess: Preprocess) -> None:
-        super().__init__(name, None, preprocess, device="cpu", arch=None)
+    def __init__(
+        self,
+        name: str,
+        session: Any,
+        preprocess: Preprocess,
+        initializers: Iterable[str] = (),
+        device: torch.device | str = "cpu",
+        where: str = "ONNX model",
+    ) -> None:
+        super().__init__(name, None, preprocess, device=device, arch=None)
         self.session = session
-        inp = session.get_inputs()[0]
+        inp = _onnx_image_input(session, set(initializers), where)
         self._input_name = inp.name
-        in_shape = list(getattr(inp, "shape", []) or [])
-        side = in_shape[2] if len(in_shape) == 4 else None
+        shape = list(getattr(inp, "shape", None) or [])
+        batch = shape[0] if shape else None
+        self.fixed_batch: int | None = batch if isinstance(batch, int) and batch > 0 else None
+        side = shape[2] if len(shape) == 4 else None
         self._input_size = side if isinstance(side, int) else None
-        out_shape = list(getattr(session.get_outputs()[0], "shape", []) or [])
+        out_shape = list(getattr(session.get_outputs()[0], "shape", None) or [])
         dim = out_shape[-1] if out_shape else None
         self._embedding_size = dim if isinstance(dim, int) else None
+
+    def __repr__(self) -> str:
+        return (
+            f"OnnxFRModel(name={self.name!r}, input={self._input_name!r}, "
+            f"fixed_batch={self.fixed_batch}, device={self.device})"
+        )
 
     @property
     def input_size(self) -> int | None:
@@ -925,27 +1020,101 @@ class OnnxFRModel(FRModel):
         return self._embedding_size
 
     def to(self, device: torch.device | str) -> OnnxFRModel:
-        """ONNX models run where their session's providers run; the torch side stays on CPU."""
+        """Where inputs are preprocessed and outputs returned; the session keeps its providers."""
+        self.device = torch.device(device)
         return self
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        feed = {self._input_name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)}
-        (y, *_) = self.session.run(None, feed)
-        return torch.from_numpy(np.asarray(y, dtype=np.float32))
+        rows = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        k = self.fixed_batch
+        if k is None:
+            y = self._run_session(rows)
+        else:
+            parts = []
+            for start in range(0, len(rows), k):
+                chunk = rows[start : start + k]
+                n = len(chunk)
+                if n < k:  # pad with copies of the last row; their outputs are dropped
+                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], k - n, axis=0)])
+                parts.append(self._run_session(chunk)[:n])
+            y = np.concatenate(parts) if parts else np.zeros((0, self._embedding_size or 0), np.float32)
+        return torch.from_numpy(y).to(x.device)
+
+    def _run_session(self, rows: np.ndarray) -> np.ndarray:
+        (y, *_) = self.session.run(None, {self._input_name: rows})
+        return np.asarray(y, dtype=np.float32).reshape(len(rows), -1)
+
+
+def _onnx_image_input(session: Any, initializers: set[str], where: str) -> Any:
+    """The one 4-D float graph input that is not an initializer (the image); else a clear error."""
+    overridable = getattr(session, "get_overridable_initializers", None)
+    if callable(overridable):
+        initializers = initializers | {i.name for i in overridable()}
+    inputs = [i for i in session.get_inputs() if i.name not in initializers]
+
+    def is_image(i: Any) -> bool:
+        shape = getattr(i, "shape", None)
+        kind = getattr(i, "type", "tensor(float)")
+        return shape is not None and len(shape) == 4 and kind == "tensor(float)"
+
+    images = [i for i in inputs if is_image(i)]
+    described = [f"{i.name} {getattr(i, 'type', '?')} {list(getattr(i, 'shape', None) or [])}" for i in inputs]
+    if len(images) != 1:
+        raise ValueError(
+            f"{where}: needs exactly one 4-D float input besides its weights (the NCHW image), "
+            f"found {len(images)} among the non-initializer inputs {described}"
+        )
+    others = [d for i, d in zip(inputs, described, strict=True) if i is not images[0]]
+    if others:
+        raise ValueError(
+            f"{where}: the graph needs inputs besides the image {images[0].name!r} that exfiqa "
+            f"cannot feed: {others}"
+        )
+    return images[0]
+
+
+def _onnx_initializer_names(path: Path) -> set[str]:
+    """Initializer names of an ONNX graph (empty when the ``onnx`` package is not installed)."""
+    try:
+        import onnx
+    except ImportError:
+        return set()
+    model = onnx.load(str(path), load_external_data=False)
+    return {t.name for t in model.graph.initializer}
+
+
+def _default_providers(ort: Any, device: torch.device) -> list[str]:
+    available = set(ort.get_available_providers()) if hasattr(ort, "get_available_providers") else set()
+    if device.type == "cuda" and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
 
 
 def load_onnx_fr(
     path: str | os.PathLike[str],
-    preprocess: Preprocess = ARCFACE,
+    preprocess: Preprocess,
     name: str = "onnx",
     providers: Sequence[str] | None = None,
+    device: torch.device | str | None = "cpu",
 ) -> OnnxFRModel:
-    """Load an ONNX FR model (e.g. an insightface release) through onnxruntime.
+    """Load an ONNX FR model (e.g. an insightface or OpenCV Zoo release) through onnxruntime.
+
+    Args:
+        preprocess: what the model was trained on; there is no default because a wrong one
+            silently ruins the embeddings (SFace: ``Preprocess("RGB", 1.0, (0,) * 3, (1,) * 3)``,
+            RGB 0..255; insightface ArcFace: ``Preprocess("RGB")``, ``(x/255 - 0.5)/0.5``).
+        providers: onnxruntime execution providers; None = CPUExecutionProvider, or
+            CUDAExecutionProvider first when ``device`` is CUDA and onnxruntime offers it.
+        device: the torch device inputs are preprocessed on and outputs returned on
+            (None = CUDA if available, else CPU).
 
     Raises:
         ImportError: onnxruntime is not installed (``pip install exfiqa[onnx]``).
         FileNotFoundError: ``path`` does not exist.
+        ValueError: the graph has no single image input (see :class:`OnnxFRModel`).
     """
+    if not isinstance(preprocess, Preprocess):
+        raise TypeError(f"preprocess must be an exfiqa.fr.Preprocess, got {type(preprocess).__name__}")
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -956,8 +1125,99 @@ def load_onnx_fr(
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"ONNX model not found: {p}")
-    session = ort.InferenceSession(str(p), providers=list(providers or ["CPUExecutionProvider"]))
-    return OnnxFRModel(name, session, preprocess)
+    dev = _default_device(device)
+    chosen = list(providers) if providers else _default_providers(ort, dev)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: not one warning per weight listed as an input
+    session = ort.InferenceSession(str(p), sess_options=options, providers=chosen)
+    return OnnxFRModel(
+        name, session, preprocess, _onnx_initializer_names(p), device=dev, where=f"ONNX model {p}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Config entries (exfiqa.config's fr_models)
+# --------------------------------------------------------------------------------------------
+
+#: Keys of a config entry that only torch checkpoints take (an ONNX graph fixes its architecture).
+TORCH_ENTRY_ARGS = frozenset({"arch", "layers", "widths", "embedding_size", "input_size"})
+
+_PREPROCESS_HELP = (
+    "give preprocess: {channel_order: RGB|BGR, scale: S, mean: [m, m, m], std: [s, s, s]} "
+    "(input = (pixel * scale - mean) / std in that channel order), e.g. OpenCV Zoo's SFace "
+    "takes RGB 0..255 (scale 1, mean [0, 0, 0], std [1, 1, 1]) and insightface ArcFace "
+    "(x/255 - 0.5)/0.5 (RGB, scale 0.00392156862745098, mean [0.5, 0.5, 0.5], std [0.5, 0.5, 0.5])"
+)
+
+
+def is_onnx_checkpoint(checkpoint: str | os.PathLike[str]) -> bool:
+    """An FR config entry is an ONNX model when its checkpoint ends in ``.onnx``."""
+    return os.fspath(checkpoint).lower().endswith(".onnx")
+
+
+def effective_preprocess(name: str, args: Mapping[str, Any]) -> Preprocess:
+    """The preprocessing the config entry ``name`` (with its ``ModelSpec.args``) really uses.
+
+    The entry's ``preprocess`` if given (ONNX entries must give it), else the released model's
+    default for ``args["name"]`` / ``name`` (:data:`FR_MODELS`).
+
+    Raises:
+        ValueError: neither is there (the message says what to write).
+    """
+    model_name = args.get("name", name)
+    given = args.get("preprocess")
+    if given is not None:
+        if isinstance(given, Preprocess):
+            return given
+        try:
+            return Preprocess(
+                given["channel_order"], float(given["scale"]), tuple(given["mean"]),
+                tuple(given["std"]), source=f"config fr_models.{name}.preprocess",
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"fr_models.{name}.preprocess: {exc}; {_PREPROCESS_HELP}") from None
+    if model_name in FR_MODELS:
+        return FR_MODELS[model_name][1]
+    raise ValueError(
+        f"fr_models.{name}: no preprocessing known for model name {model_name!r} (released "
+        f"defaults: {sorted(FR_MODELS)}); {_PREPROCESS_HELP}"
+    )
+
+
+def load_fr_entry(
+    name: str, checkpoint: str | os.PathLike[str], device: torch.device | str | None, args: Mapping[str, Any]
+) -> FRModel:
+    """Load the FR model of config entry ``fr_models.<name>`` (``args`` = its ``ModelSpec.args``).
+
+    A checkpoint ending in ``.onnx`` goes to :func:`load_onnx_fr` (``preprocess`` required,
+    optional ``providers``); any other to :func:`load_fr` (``arch``, ``layers``, ... and an
+    optional ``preprocess`` overriding the released model's). ``args["name"]`` (default: the
+    entry's key) names the model.
+    """
+    where = f"fr_models.{name}"
+    args = dict(args)
+    model_name = args.pop("name", name)
+    providers = args.pop("providers", None)
+    given_pre = args.pop("preprocess", None)
+    if is_onnx_checkpoint(checkpoint):
+        if given_pre is None:
+            raise ValueError(f"{where} (ONNX {os.fspath(checkpoint)}) needs 'preprocess': {_PREPROCESS_HELP}")
+        if args:
+            raise ValueError(
+                f"{where}: {sorted(args)} apply to torch checkpoints only; an ONNX graph fixes "
+                f"its architecture"
+            )
+        pre = effective_preprocess(name, {"preprocess": given_pre})
+        return load_onnx_fr(checkpoint, pre, name=model_name, providers=providers, device=device)
+    if providers is not None:
+        raise ValueError(f"{where}.providers: onnxruntime providers apply to .onnx checkpoints only")
+    pre = None if given_pre is None else effective_preprocess(name, {"preprocess": given_pre})
+    if model_name not in FR_MODELS and ("arch" not in args or pre is None):
+        raise ValueError(
+            f"{where}: unknown FR model name {model_name!r} (known: {sorted(FR_MODELS)}); another "
+            f"torch model needs 'arch' ({list(_ARCH_LAYOUT)}) and 'preprocess': {_PREPROCESS_HELP}"
+        )
+    return load_fr(model_name, checkpoint, device=device, preprocess=pre, **args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -998,10 +1258,47 @@ def _group_ids(name: str, ids: np.ndarray, n: int) -> np.ndarray:
     return ids
 
 
+def _template_sums(
+    n: int, dim: int, template_ids: np.ndarray, media_ids: np.ndarray, rows: Any, source: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per template: sum over its media of the mean of the media's image rows; L2-normalised.
+
+    ``rows(r0, r1)`` gives the float64 image features of rows ``r0:r1``; they are read a block at
+    a time (the temporary memory is a small fraction of ``source``'s, whose pages are released
+    after each block). A media id shared by several templates is averaged within each template.
+    """
+    from scipy import sparse
+
+    from .comparisons import release_pages
+
+    tids = _group_ids("template_ids", template_ids, n)
+    mids = _group_ids("media_ids", media_ids, n)
+    unique_t, t_inv = np.unique(tids, return_inverse=True)
+    _, m_inv = np.unique(mids, return_inverse=True)
+    group_key = t_inv.astype(np.int64) * (int(m_inv.max(initial=0)) + 1) + m_inv
+    _, g_inv, g_count = np.unique(group_key, return_inverse=True, return_counts=True)
+    w = sparse.csc_matrix((1.0 / g_count[g_inv], (t_inv, np.arange(n))), shape=(len(unique_t), n))
+    feats = np.zeros((len(unique_t), dim), dtype=np.float64)
+    step = max(1, (1 << 22) // max(source.shape[1], 1))  # rows per chunk: 4M float64 values (32 MB)
+    for r0 in range(0, n, step):
+        chunk = rows(r0, r0 + step)
+        if not np.isfinite(chunk).all():
+            raise ValueError("embeddings contain NaN or inf")
+        feats += w[:, r0 : r0 + step] @ chunk
+        release_pages(source, r0, r0 + step)  # memory-mapped embeddings: read once, not kept resident
+    norms = np.linalg.norm(feats, axis=1, keepdims=True)
+    if np.any(norms == 0):
+        bad = unique_t[np.flatnonzero(norms[:, 0] == 0)]
+        raise ValueError(f"templates with a zero feature sum: {bad[:10].tolist()}")
+    feats /= norms
+    return unique_t, feats
+
+
 def template_embeddings(
     embeddings: np.ndarray, template_ids: np.ndarray, media_ids: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """IJB-C template features: mean within each media, sum over media, L2-normalise.
+    """IJB-C template features (the group's protocol): mean within each media, sum over media,
+    L2-normalise, of the stored per-image embeddings ``[L2(f(x)), L2(f(flip x))]``.
 
     A media id shared by several templates is averaged separately within each template.
 
@@ -1011,35 +1308,65 @@ def template_embeddings(
         time, so the temporary memory stays a small fraction of the embeddings' (469k x 1024
         float32 embeddings: 1.9 GB in, 32 MB row chunks).
     """
-    from scipy import sparse
-
     emb = np.asarray(embeddings)
     if emb.ndim != 2:
         raise ValueError(f"embeddings must be (N, D), got shape {emb.shape}")
     n, dim = emb.shape
-    tids = _group_ids("template_ids", template_ids, n)
-    mids = _group_ids("media_ids", media_ids, n)
-    unique_t, t_inv = np.unique(tids, return_inverse=True)
-    _, m_inv = np.unique(mids, return_inverse=True)
-    group_key = t_inv.astype(np.int64) * (int(m_inv.max(initial=0)) + 1) + m_inv
-    _, g_inv, g_count = np.unique(group_key, return_inverse=True, return_counts=True)
-    w = sparse.csc_matrix((1.0 / g_count[g_inv], (t_inv, np.arange(n))), shape=(len(unique_t), n))
-    feats = np.zeros((len(unique_t), dim), dtype=np.float64)
-    step = max(1, (1 << 22) // max(dim, 1))  # rows per chunk: 4M float64 values (32 MB)
-    from .comparisons import release_pages
-
-    for r0 in range(0, n, step):
-        chunk = emb[r0 : r0 + step].astype(np.float64)
-        if not np.isfinite(chunk).all():
-            raise ValueError("embeddings contain NaN or inf")
-        feats += w[:, r0 : r0 + step] @ chunk
-        release_pages(emb, r0, r0 + step)  # memory-mapped embeddings: read once, not kept resident
-    norms = np.linalg.norm(feats, axis=1, keepdims=True)
-    if np.any(norms == 0):
-        bad = unique_t[np.flatnonzero(norms[:, 0] == 0)]
-        raise ValueError(f"templates with a zero feature sum: {bad[:10].tolist()}")
-    feats /= norms
+    unique_t, feats = _template_sums(
+        n, dim, template_ids, media_ids, lambda r0, r1: emb[r0:r1].astype(np.float64), emb
+    )
     return unique_t, feats if emb.dtype == np.float64 else feats.astype(np.float32)
+
+
+def insightface_template_embeddings(
+    embeddings: np.ndarray,
+    det_scores: np.ndarray,
+    template_ids: np.ndarray,
+    media_ids: np.ndarray,
+    norms: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """IJB-C template features of insightface's evaluation (``arcface_torch/eval_ijbc.py`` with its
+    defaults ``use_flip_test``, ``use_norm_score`` and ``use_detector_score`` all True).
+
+    Exactly: image feature ``g = (f(x) + f(flip x)) * det_score`` with ``f`` the *unnormalised*
+    FR output and ``det_score`` the detector score of ``ijbc_name_5pts_score.txt`` (the
+    ``det_score`` column of :func:`exfiqa.datasets.read_ijbc`); per template, the features of
+    each media are averaged (a media with one image keeps its feature; media are grouped within
+    the template), the media means are summed, and the sum is L2-normalised. Scores are dot
+    products of these features (cosine). The sums are accumulated in float64 (insightface: the
+    image features in float32, the template sums in float64).
+
+    Args:
+        embeddings: (N, 2E) per image: the unnormalised ``[f(x), f(flip x)]`` when ``norms`` is
+            None, else the stored ``[L2(f(x)), L2(f(flip x))]`` (:meth:`FRModel.embed`).
+        det_scores: (N,) detector scores.
+        norms: (N, 2) ``[||f(x)||, ||f(flip x)||]``, which undo the stored normalisation
+            (``f(x) = ||f(x)|| * L2(f(x))``); the per-sample embeddings alone cannot give ``f``.
+
+    Returns:
+        ``(unique_template_ids (T,) sorted, features (T, E) float32)``.
+    """
+    emb = np.asarray(embeddings)
+    if emb.ndim != 2 or emb.shape[1] % 2:
+        raise ValueError(f"embeddings must be (N, 2E) flip-concatenated, got shape {emb.shape}")
+    n, half = emb.shape[0], emb.shape[1] // 2
+    det = np.asarray(det_scores, dtype=np.float64)
+    if det.shape != (n,) or not np.isfinite(det).all():
+        raise ValueError(f"det_scores must be {n} finite detector scores, got shape {det.shape}")
+    scale = np.ones((n, 2))
+    if norms is not None:
+        scale = np.asarray(norms, dtype=np.float64)
+        if scale.shape != (n, 2) or not np.isfinite(scale).all() or np.any(scale <= 0):
+            raise ValueError(f"norms must be (N, 2) = ({n}, 2) positive finite norms, got shape {scale.shape}")
+
+    def rows(r0: int, r1: int) -> np.ndarray:
+        chunk = emb[r0:r1].astype(np.float64)
+        s = scale[r0:r1]
+        g = chunk[:, :half] * s[:, :1] + chunk[:, half:] * s[:, 1:]
+        return g * det[r0:r1, None]
+
+    unique_t, feats = _template_sums(n, half, template_ids, media_ids, rows, emb)
+    return unique_t, feats.astype(np.float32)
 
 
 def template_min(values: np.ndarray, template_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -3,18 +3,29 @@
 Column ``l-1`` holds exit ``l`` (1-based depth). Fused score ``s = sum_l w_l * s_l`` with weights
 summing to 1. EX-FIQA-F: ``w_l = 1/L``. EX-FIQA-FW: ``w_l = l / (L(L+1)/2)`` (``l/78`` for 12
 exits). As in the paper, no per-exit normalisation is applied unless a strategy says so.
+
+EX-FIQA-DC (beyond the paper): the plain mean of exits chosen on calibration data
+(:func:`choose_exits`: ranked by Spearman correlation with a pseudo-label, added greedily while
+the correlation of their mean rises).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
     "STRATEGIES",
+    "CalibrationSet",
+    "DC_NAME",
+    "ExitChoice",
+    "choose_exits",
+    "chosen_mean",
     "depth_weights",
+    "exit_correlations",
     "exponential_weights",
     "ex_fiqa_f",
     "ex_fiqa_fw",
@@ -120,6 +131,185 @@ def fit_weights(
     if w.sum() == 0:
         return uniform_weights(s.shape[1])
     return w / w.sum()
+
+
+# ------------------------------------------------------------------ data-chosen exits (FROQ-style)
+#
+# EX-FIQA-DC: exits ranked by the Spearman correlation of their scores with a per-side
+# pseudo-label on calibration data, then added greedily while the correlation of their plain mean
+# rises. Beyond the paper (issue 13, item 4), after FROQ (IJCB 2025), which chooses FR layers so.
+
+DC_NAME = "EX-FIQA-DC"
+"""Method name of the data-chosen exit mean."""
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """One calibration dataset of :func:`choose_exits`.
+
+    Attributes:
+        scores: (N, L) per-sample exit scores (column ``l-1`` = exit ``l``).
+        label: (S,) per-side pseudo-label (higher = better utility); NaN marks a side without
+            one (left out of every correlation).
+        sides: (N,) side (0..S-1) of each sample when several samples make one side (templates:
+            the side's quality is the min over its samples, as in evaluation), or None when the
+            sides are the samples (S = N).
+        name: the dataset's name, for messages.
+    """
+
+    scores: NDArray[np.float64]
+    label: NDArray[np.float64]
+    sides: NDArray[np.int64] | None = None
+    name: str = ""
+    _order: NDArray[np.int64] | None = field(default=None, init=False, repr=False, compare=False)
+    _starts: NDArray[np.int64] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        where = f"calibration set {self.name!r}" if self.name else "calibration set"
+        s = np.asarray(self.scores, dtype=np.float64)
+        if s.ndim != 2 or s.shape[1] < 1:
+            raise ValueError(f"{where}: scores must be an (N, L) matrix of exit scores, got shape {s.shape}")
+        if not np.isfinite(s).all():
+            raise ValueError(f"{where}: scores contain NaN or infinite values")
+        lab = np.asarray(self.label, dtype=np.float64)
+        if lab.ndim != 1:
+            raise ValueError(f"{where}: label must be one value per side, got shape {lab.shape}")
+        if np.isinf(lab).any():
+            raise ValueError(f"{where}: label contains infinite values")
+        object.__setattr__(self, "scores", s)
+        object.__setattr__(self, "label", lab)
+        if self.sides is None:
+            if lab.shape[0] != s.shape[0]:
+                raise ValueError(f"{where}: {s.shape[0]} samples but {lab.shape[0]} labels (sides = samples)")
+        else:
+            sides = np.asarray(self.sides)
+            if sides.shape != (s.shape[0],) or sides.dtype.kind not in "iu":
+                raise ValueError(f"{where}: sides must be one integer side per sample, got {sides.dtype} {sides.shape}")
+            order = np.argsort(sides, kind="stable")
+            sorted_sides = sides[order]
+            starts = np.flatnonzero(np.r_[True, sorted_sides[1:] != sorted_sides[:-1]])
+            if sorted_sides.size == 0 or not np.array_equal(sorted_sides[starts], np.arange(lab.shape[0])):
+                raise ValueError(f"{where}: every side 0..{lab.shape[0] - 1} must have at least one sample, and no other")
+            object.__setattr__(self, "sides", sides)
+            object.__setattr__(self, "_order", order)
+            object.__setattr__(self, "_starts", starts)
+        if int(np.isfinite(lab).sum()) < 3:
+            raise ValueError(f"{where}: fewer than 3 sides have a pseudo-label (a correlation needs more)")
+
+    @property
+    def n_exits(self) -> int:
+        return int(self.scores.shape[1])
+
+    def side_values(self, values: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Per-side values of per-sample ``values``, (N,) or (N, K): the min over each side's samples."""
+        v = np.asarray(values, dtype=np.float64)
+        if self.sides is None:
+            return v
+        return np.minimum.reduceat(v[self._order], self._starts, axis=0)
+
+    def correlation(self, values: NDArray[np.float64]) -> float:
+        """Spearman correlation (scipy, average ranks for ties) of per-sample ``values`` (as side
+        values) with the label, over the labelled sides; NaN if ``values`` is constant there."""
+        from scipy.stats import spearmanr
+
+        keep = np.isfinite(self.label)
+        x = self.side_values(values)[keep]
+        if np.all(x == x[0]):
+            return float("nan")
+        return float(spearmanr(x, self.label[keep]).statistic)
+
+
+def exit_correlations(cal: CalibrationSet) -> NDArray[np.float64]:
+    """(L,) Spearman correlation of each exit's scores with the pseudo-label of ``cal``.
+
+    Raises ValueError naming the exit when an exit is constant there (its correlation is undefined).
+    """
+    rho = np.array([cal.correlation(cal.scores[:, k]) for k in range(cal.n_exits)])
+    bad = np.flatnonzero(np.isnan(rho))
+    if bad.size:
+        raise ValueError(f"calibration set {cal.name!r}: exit {int(bad[0]) + 1} has constant scores, "
+                         "its Spearman correlation with the pseudo-label is undefined")
+    return rho
+
+
+def chosen_mean(scores: ArrayLike, exits: Sequence[int]) -> NDArray[np.float64]:
+    """EX-FIQA-DC's score: the plain mean of the chosen ``exits`` (1-based) of each sample."""
+    s = _matrix(scores)
+    idx = np.asarray(list(exits), dtype=np.int64)
+    if idx.size == 0 or idx.min() < 1 or idx.max() > s.shape[1] or np.unique(idx).size != idx.size:
+        raise ValueError(f"exits must be distinct exits in 1..{s.shape[1]}, got {list(exits)}")
+    w = np.zeros(s.shape[1])
+    w[idx - 1] = 1.0 / idx.size
+    return s @ w
+
+
+@dataclass(frozen=True)
+class ExitChoice:
+    """The outcome of :func:`choose_exits` (exits are 1-based).
+
+    Attributes:
+        correlations: per exit (exit 1 first), its Spearman correlation with the pseudo-label,
+            averaged over the calibration sets.
+        ranking: all exits, highest correlation first (ties: the shallower exit first).
+        chosen: the chosen exits in the order they were added (a prefix of ``ranking``).
+        trace: the averaged correlation of the mean of ``chosen[:k+1]``, for each k.
+        stopped_at: the first exit of ``ranking`` that did not raise it (None: all were added).
+        stop_correlation: the correlation the mean would have had with ``stopped_at`` added.
+        calibration: names of the calibration sets.
+    """
+
+    correlations: tuple[float, ...]
+    ranking: tuple[int, ...]
+    chosen: tuple[int, ...]
+    trace: tuple[float, ...]
+    stopped_at: int | None
+    stop_correlation: float | None
+    calibration: tuple[str, ...]
+
+    def weights(self) -> NDArray[np.float64]:
+        """(L,) fusion weights: ``1/|chosen|`` on the chosen exits, 0 elsewhere."""
+        w = np.zeros(len(self.correlations))
+        w[np.asarray(self.chosen) - 1] = 1.0 / len(self.chosen)
+        return w
+
+
+def choose_exits(calibration: Sequence[CalibrationSet]) -> ExitChoice:
+    """FROQ-style greedy exit selection on calibration data that is not evaluated.
+
+    1. Each exit's correlation: the Spearman correlation of its (side) scores with the
+       pseudo-label, computed per calibration set and averaged over the sets (each set counts
+       once, whatever its size; pseudo-labels need not share a scale across sets).
+    2. Exits ranked by it, descending (ties: the shallower exit first).
+    3. Start with the top exit; take the next exit of the ranking if the averaged correlation of
+       the plain mean of the chosen exits' scores with the pseudo-label strictly rises with it,
+       and stop at the first exit that does not raise it (later exits are not tried).
+    """
+    sets = list(calibration)
+    if not sets:
+        raise ValueError("choose_exits: no calibration set given")
+    depth = sets[0].n_exits
+    for c in sets:
+        if c.n_exits != depth:
+            raise ValueError(f"calibration set {c.name!r} has {c.n_exits} exits, {sets[0].name!r} has {depth}")
+    rho = np.mean([exit_correlations(c) for c in sets], axis=0)
+    ranking = [int(k) + 1 for k in np.argsort(-rho, kind="stable")]
+
+    def mean_correlation(exits: Sequence[int]) -> float:
+        return float(np.mean([c.correlation(chosen_mean(c.scores, exits)) for c in sets]))
+
+    chosen, trace = [ranking[0]], [float(rho[ranking[0] - 1])]
+    stopped_at, stop_rho = None, None
+    for k in ranking[1:]:
+        r = mean_correlation([*chosen, k])
+        if not r > trace[-1]:  # NaN (a constant mean) does not raise it either
+            stopped_at, stop_rho = k, r
+            break
+        chosen.append(k)
+        trace.append(r)
+    return ExitChoice(
+        tuple(float(x) for x in rho), tuple(ranking), tuple(chosen), tuple(trace), stopped_at, stop_rho,
+        tuple(c.name for c in sets),
+    )
 
 
 STRATEGIES: dict[str, Callable[[NDArray[np.float64]], NDArray[np.float64]]] = {

@@ -37,6 +37,12 @@ from .io import CheckpointError, load_state_dict
 __all__ = [
     "ConvStemPatchEmbed",
     "ExitOutput",
+    "VITNT_COLUMNS",
+    "attn_fiqa_from_qk",
+    "check_vitnt_blocks",
+    "qk_from_qkv",
+    "received_attention",
+    "vitnt_token_quality",
     "ViTFIQA",
     "ViTFIQAConfig",
     "capture_attention",
@@ -142,17 +148,36 @@ class ConvStemPatchEmbed(PatchEmbed):
 
 @dataclass
 class ExitOutput:
-    """Scores of the requested exits, in the order asked.
+    """Scores of the requested exits. The request is sorted and de-duplicated: column ``j`` of
+    every per-exit field belongs to ``exits[j]``, ascending, whatever order was asked.
 
     Attributes:
-        exits: 1-based exit indices, ascending.
-        scores: (B, len(exits)) quality scores.
+        exits: 1-based exit indices, ascending and distinct.
+        scores: (B, len(exits)) EX-FIQA quality scores (exit ``exits[j]`` in column ``j``).
         embeddings: (B, len(exits), feature_dim) FR embeddings per exit, if requested.
+        attn_fiqa: (B, len(exits)) float32 ATTN-FIQA of block ``exits[j]`` in column ``j``, with
+            ``family=True`` (see :func:`attn_fiqa_from_qk`); else None.
+        vitnt_fiqa: (B, 2) float32 ViTNT-FIQA over blocks ``1..vitnt_blocks``, columns
+            :data:`VITNT_COLUMNS` = (mean over tokens, weighted by the attention that block
+            ``vitnt_blocks`` gives each token), with ``family=True``; else None.
+        vitnt_blocks: the last block of the ViTNT-FIQA range (``k`` of ``1..k``), or None.
     """
 
     exits: list[int]
     scores: torch.Tensor
     embeddings: torch.Tensor | None = None
+    attn_fiqa: torch.Tensor | None = None
+    vitnt_fiqa: torch.Tensor | None = None
+    vitnt_blocks: int | None = None
+
+
+AttnTokens = Literal["all", "patches"]
+
+VITNT_COLUMNS = ("mean", "attention")
+"""Column meanings of :attr:`ExitOutput.vitnt_fiqa` (and of the extraction's ``vitnt-<q>.npy``)."""
+
+VITNT_SHARPNESS = 8.0
+"""ViTNT-FIQA's token quality ``2 / (1 + exp(VITNT_SHARPNESS * d))`` (= 1 for d = 0)."""
 
 
 class ViTFIQA(VisionTransformer):
@@ -216,8 +241,9 @@ class ViTFIQA(VisionTransformer):
     def exit_head(self, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Heads on LayerNorm-ed tokens (B, N, D) -> (score (B,), FR embedding (B, F) or None).
 
-        For (T) the embedding is computed only when gradients or callers need it; here it is
-        always returned for (C) (the score depends on it) and for (T) computed from patch tokens.
+        (C): the score is computed from the FR embedding, which is returned. (T): the score reads
+        only the quality token and the embedding is **not** computed: None is returned; callers
+        that need it call :meth:`embedding` (``feature`` on the patch tokens).
         """
         if self.config.variant == "token":
             score = self.head_qs(normed[:, 0]).squeeze(-1)
@@ -235,22 +261,58 @@ class ViTFIQA(VisionTransformer):
         x: torch.Tensor,
         exits: Sequence[int] | None = None,
         return_embeddings: bool = False,
+        family: bool = False,
+        attn_tokens: AttnTokens = "all",
+        vitnt_blocks: int | Sequence[int] | None = None,
     ) -> ExitOutput:
         """Scores of several exits in one pass; only ``max(exits)`` blocks are run.
 
         Args:
             x: (B, 3, H, W) normalised RGB faces.
-            exits: 1-based exits to read (default: all ``1..depth``).
+            exits: 1-based exits to read (default: all ``1..depth``); sorted and de-duplicated.
             return_embeddings: also return the FR embedding of each exit.
+            family: also compute, in the same pass, ATTN-FIQA at every requested exit
+                (``attn_fiqa``, (B, len(exits))) and ViTNT-FIQA over blocks ``1..k``
+                (``vitnt_fiqa``, (B, 2), columns :data:`VITNT_COLUMNS`). The EX-FIQA ``scores``
+                and ``embeddings`` are bit-identical to ``family=False``. Without it nothing
+                extra is computed. With the defaults (all exits), ``attn_fiqa`` is the
+                extraction's ``attn-<q>.npy`` (N, depth) and ``vitnt_fiqa`` its
+                ``vitnt-<q>.npy`` (N, 2), both over the whole depth.
+            attn_tokens: tokens of ATTN-FIQA's query/key mean. ``"all"`` (default, the authors'
+                code): every token, i.e. for (T) the quality token and the patches;
+                ``"patches"``: queries and keys restricted to the patch tokens. Same for (C).
+            vitnt_blocks: ViTNT-FIQA's block range, the prefix ``1..k`` given as ``k`` or as the
+                list ``[1, ..., k]`` (k >= 2; other lists are refused); default ``k = max(exits)``.
+                A ``k`` beyond ``max(exits)`` runs the extra blocks. Needs ``family=True``.
+
+        ATTN-FIQA (block ``l``): mean over heads, queries and keys of the pre-softmax scores
+        ``q k^T * head_dim**-0.5`` of block ``l``'s attention, higher = better; the paper reads
+        the last block, other blocks are our extension. ViTNT-FIQA: tokens after each block
+        through the shared final ``norm`` (the tensors the exits read), L2-normalised per token
+        (for (T) the patch tokens only); ``d_p`` = mean over ``t = 1..k-1`` of
+        ``||x_{t+1,p} - x_{t,p}||_2``; ``q_p = 2 / (1 + exp(8 d_p))``; column 0 = mean of
+        ``q_p`` over the tokens, column 1 = ``sum_p w_p q_p`` with ``w_p`` the softmax attention
+        block ``k`` gives token ``p`` (mean over heads, summed over all queries, normalised to
+        sum 1 over the scored tokens). Both are float32 (also for bf16 models).
         """
         exits = self._check_exits(exits)
+        if attn_tokens not in ("all", "patches"):
+            raise ValueError(f"attn_tokens must be 'all' or 'patches', got {attn_tokens!r}")
         wanted = set(exits)
         h = self.tokens(x)
         normed: list[torch.Tensor] = []
-        for i, block in enumerate(self.blocks[: exits[-1]], start=1):
-            h = block(h)
-            if i in wanted:
-                normed.append(self.norm(h))
+        attn_fiqa = vitnt = None
+        last: int | None = None
+        if family:
+            last = check_vitnt_blocks(vitnt_blocks, exits[-1], self.depth)
+            normed, attn_fiqa, vitnt = self._family_pass(h, exits, attn_tokens, last)
+        else:
+            if vitnt_blocks is not None:
+                raise ValueError("vitnt_blocks is a ViTNT-FIQA option: it needs family=True")
+            for i, block in enumerate(self.blocks[: exits[-1]], start=1):
+                h = block(h)
+                if i in wanted:
+                    normed.append(self.norm(h))
         # One batched call of the heads over all exits: (E*B, N, D). BatchNorm in eval mode is
         # per-sample, so this equals calling the heads exit by exit.
         b = x.shape[0]
@@ -262,7 +324,60 @@ class ViTFIQA(VisionTransformer):
             if emb is None:
                 emb = self.embedding(stacked)
             embeddings = emb.view(len(exits), b, -1).transpose(0, 1).contiguous()
-        return ExitOutput(exits=exits, scores=scores, embeddings=embeddings)
+        return ExitOutput(
+            exits=exits, scores=scores, embeddings=embeddings,
+            attn_fiqa=attn_fiqa, vitnt_fiqa=vitnt, vitnt_blocks=last,
+        )
+
+    def _family_pass(
+        self, h: torch.Tensor, exits: list[int], attn_tokens: AttnTokens, last: int
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The block loop of ``forward_exits(family=True)``: (normed exits, attn_fiqa, vitnt_fiqa).
+
+        q and k are read from each block's own qkv projection by a forward hook (the fused
+        attention never forms them outside); ViTNT keeps only the previous block's normalised
+        tokens and a running sum of distances; one (B, H, N, N) softmax is formed, at block ``last``.
+        """
+        wanted = set(exits)
+        p0 = self.num_prefix_tokens
+        a0 = p0 if attn_tokens == "patches" else 0
+        n_run = max(exits[-1], last)
+        normed: list[torch.Tensor] = []
+        attn_cols: list[torch.Tensor] = []
+        prev: torch.Tensor | None = None
+        dist_sum: torch.Tensor | None = None
+        weights: torch.Tensor | None = None
+        taps: list[torch.Tensor] = []
+        handles = [
+            blk.attn.qkv.register_forward_hook(lambda _m, _inp, out: taps.append(out))
+            for blk in self.blocks[:n_run]
+        ]
+        try:
+            for i, block in enumerate(self.blocks[:n_run], start=1):
+                h = block(h)
+                if len(taps) != 1:
+                    raise RuntimeError(f"block {i}: expected one qkv projection call, saw {len(taps)}")
+                q, k = qk_from_qkv(block.attn, taps.pop())
+                n = self.norm(h)  # every block run is an exit or in 1..last
+                if i in wanted:
+                    normed.append(n)
+                    attn_cols.append(attn_fiqa_from_qk(q, k, block.attn.scale, start=a0))
+                if i <= last:
+                    cur = nn.functional.normalize(n[:, p0:].float(), dim=-1)
+                    if prev is None:
+                        dist_sum = torch.zeros(cur.shape[:2], device=cur.device)
+                    else:
+                        dist_sum = dist_sum + torch.linalg.vector_norm(cur - prev, dim=-1)
+                    prev = cur
+                if i == last:
+                    weights = received_attention(q, k, block.attn.scale, start=p0)
+        finally:
+            for handle in handles:
+                handle.remove()
+        assert dist_sum is not None and weights is not None
+        quality = vitnt_token_quality(dist_sum / (last - 1))
+        vitnt = torch.stack([quality.mean(dim=1), (quality * weights).sum(dim=1)], dim=1)
+        return normed, torch.stack(attn_cols, dim=1), vitnt
 
     def score_at_exit(self, x: torch.Tensor, exit: int) -> torch.Tensor:
         """Truncated model: runs only the first ``exit`` blocks and returns (B,) scores."""
@@ -289,6 +404,72 @@ class ViTFIQA(VisionTransformer):
         if not out or out[0] < 1 or out[-1] > self.depth:
             raise ValueError(f"exits must lie in 1..{self.depth}, got {list(exits)}")
         return out
+
+
+# ----------------------------------------------------------------------------- the family
+
+
+def check_vitnt_blocks(blocks: int | Sequence[int] | None, default: int, depth: int) -> int:
+    """ViTNT-FIQA's block range ``1..k`` -> ``k`` (None -> ``default``); 2 <= k <= depth.
+
+    Raises:
+        ValueError: naming ``vitnt_blocks``, for a list that is not exactly ``[1, 2, ..., k]``
+            (the reference code silently skips blocks of a non-contiguous list) or k out of range.
+    """
+    if blocks is None:
+        k = int(default)
+    elif isinstance(blocks, int) and not isinstance(blocks, bool):
+        k = blocks
+    else:
+        listed = [int(b) for b in blocks]
+        if listed != list(range(1, len(listed) + 1)):
+            raise ValueError(
+                f"vitnt_blocks must be a prefix [1, 2, ..., k] of the blocks (ViTNT-FIQA averages "
+                f"the change between consecutive blocks), got {list(blocks)}"
+            )
+        k = len(listed)
+    if not 2 <= k <= depth:
+        raise ValueError(
+            f"vitnt_blocks: ViTNT-FIQA needs blocks 1..k with 2 <= k <= {depth} (at least one pair "
+            f"of consecutive blocks), got k={k}"
+        )
+    return k
+
+
+def qk_from_qkv(attn: nn.Module, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """q and k, (B, heads, N, head_dim) each, from the output (B, N, 3*heads*head_dim) of a timm
+    ``Attention``'s ``qkv`` projection, split and normalised (``q_norm``/``k_norm``) as timm does."""
+    b, n, _ = qkv.shape
+    qkv = qkv.reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, _v = qkv.unbind(0)
+    return attn.q_norm(q), attn.k_norm(k)
+
+
+def attn_fiqa_from_qk(q: torch.Tensor, k: torch.Tensor, scale: float, start: int = 0) -> torch.Tensor:
+    """ATTN-FIQA (B,) float32: mean over heads, queries and keys of ``scale * q_i . k_j``.
+
+    Uses ``mean_{i,j} q_i . k_j = (mean_i q_i) . (mean_j k_j)`` per head: O(N D), never (N, N).
+    ``start`` drops the first tokens from both queries and keys (``1``: (T)'s patches only).
+    """
+    q_mean = q[:, :, start:].mean(dim=2, dtype=torch.float32)
+    k_mean = k[:, :, start:].mean(dim=2, dtype=torch.float32)
+    return (q_mean * k_mean).sum(dim=-1).mean(dim=-1) * scale
+
+
+def received_attention(q: torch.Tensor, k: torch.Tensor, scale: float, start: int = 0) -> torch.Tensor:
+    """Softmax attention each key token receives (B, N - start) float32, summing to 1 per image.
+
+    ``softmax(scale * q k^T)`` over all keys, averaged over heads, summed over all queries, then
+    restricted to keys ``start:`` and renormalised. Forms one (B, heads, N, N) tensor.
+    """
+    logits = (q.float() * scale) @ k.float().transpose(-2, -1)
+    received = logits.softmax(dim=-1).mean(dim=1).sum(dim=1)[:, start:]
+    return received / received.sum(dim=-1, keepdim=True)
+
+
+def vitnt_token_quality(mean_distance: torch.Tensor) -> torch.Tensor:
+    """``2 / (1 + exp(8 d))`` elementwise, computed as ``2 * sigmoid(-8 d)`` (no overflow)."""
+    return 2.0 * torch.sigmoid(-VITNT_SHARPNESS * mean_distance)
 
 
 def build_vitfiqa(config: ViTFIQAConfig | None = None, **overrides: object) -> ViTFIQA:

@@ -95,7 +95,7 @@ def open_study(
     cfg = cfg.select(**names).with_(**overrides)
     if attention_samples:
         cfg = dataclasses.replace(cfg, attention_samples=parse_attention_samples(attention_samples, cfg))
-    study = Study(cfg, progress=progress)
+    study = Study(cfg, progress=progress, compute=False)  # the notebooks read the extracted arrays only
     out = Path(out_dir or cfg.results_dir / f"{cfg.run_name}-adhoc")
     for sub in ("figures", "tables"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -272,9 +272,12 @@ def notebook_key(card: RunCard, config_path: Path, notebook: Path, extra: Sequen
 def run_paper(
     config_path: str, notebooks: Sequence[str] = NOTEBOOKS, force: bool = False, log=print
 ) -> Path:
-    """Execute the notebooks for ``config_path`` into ``results/<run_name>/`` and index them.
+    """Extract the per-sample arrays (:func:`exfiqa.extract.extract`, a no-op when they are
+    current), then execute the notebooks for ``config_path`` into ``results/<run_name>/`` and
+    index them.
 
-    The notebooks get only ``config`` and ``out_dir``: every other setting is the config's.
+    The notebooks get only ``config`` and ``out_dir``: every other setting is the config's; they
+    read the extracted arrays and compute none.
     """
     config = Path(config_path).resolve()
     cfg: Config = load_config(config)
@@ -292,6 +295,10 @@ def run_paper(
     for sub in ("notebooks", "figures", "tables"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     (out / RUN_MARKER).write_text("made by exfiqa.paper\n")
+    from .extract import extract
+
+    log(f"[paper] {cfg.run_name}: extracting the per-sample arrays (exfiqa extract) ...")
+    extract(cfg, log=log)
     log(f"[paper] {cfg.run_name}: digests of the inputs ...")
     card = run_card(cfg)
     with atomic_write(out / CARD, overwrite=True) as fh:

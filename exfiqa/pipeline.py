@@ -5,7 +5,8 @@ table (similarity, mated flag, pair quality per method) -> metrics -> plots and 
 
 Conventions:
 - Sample quality for EX-FIQA methods: ``Exit 1`` .. ``Exit D``, ``EX-FIQA-F``, ``EX-FIQA-FW``
-  (fusions over the sample's exit scores, then paired). Baselines and external methods add their
+  (fusions over the sample's exit scores, then paired); ``ATTN-FIQA`` and ``ViTNT-FIQA`` of the
+  same backbone and pass (:data:`ATTN`, :data:`VITNT`). Baselines and external methods add their
   own columns. Higher = better quality everywhere.
 - Template benchmarks (IJB-C): template embedding = mean within media, sum over media,
   L2-normalised; template quality = min over its samples.
@@ -26,7 +27,7 @@ them) and recomputed when any of it changes; they are written atomically.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,15 @@ from .config import _BASELINE_FR, _BASELINES, Config, ConfigError
 from .datasets import Benchmark, load_benchmark
 from .fusion import ex_fiqa_f, ex_fiqa_fw
 
-__all__ = ["Study", "exit_names", "read_method_csv"]
+__all__ = ["ATTN", "FAMILY_OPTIONS", "VITNT", "Study", "exit_names", "read_method_csv"]
+
+#: Method names of the family read from the same pass: ATTN-FIQA (arXiv 2604.22841) of the last
+#: block (``"ATTN-FIQA Exit k"``: of block k, our extension) and ViTNT-FIQA (arXiv 2601.05741)
+#: over all blocks, token qualities averaged (the default) or attention-weighted.
+ATTN = "ATTN-FIQA"
+VITNT = ("ViTNT-FIQA", "ViTNT-FIQA (attention-weighted)")
+#: The settings of the family arrays (part of their key): :meth:`exfiqa.model.ViTFIQA.forward_exits`.
+FAMILY_OPTIONS = {"attn": {"attn_tokens": "all"}, "vitnt": {"vitnt_blocks": "all"}}
 
 
 def exit_names(depth: int) -> list[str]:
@@ -84,10 +93,19 @@ def read_method_csv(path: str | os.PathLike[str], bench: Benchmark, method: str)
 
 @dataclass
 class Study:
-    """Everything a notebook needs, computed lazily and cached: ``Study(config).table(ds, fr, q)``."""
+    """Everything a notebook needs, computed lazily and cached: ``Study(config).table(ds, fr, q)``.
+
+    Per-sample arrays come from the layout (:mod:`exfiqa.arrays`). A missing or stale one is
+    extracted (:func:`exfiqa.extract.extract_dataset`: one pass over the dataset for every array
+    it lacks) when ``compute`` is True; with ``compute=False`` (the notebooks) it is an
+    :class:`~exfiqa.arrays.ArrayError` naming the file and the command that makes it.
+    ``persistent_digests=False`` keeps input digests in memory (the extraction's other ranks).
+    """
 
     config: Config
     progress: bool = True
+    compute: bool = True
+    persistent_digests: bool = True
     _benchmarks: dict[str, Benchmark] = field(default_factory=dict, repr=False)
     _models: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
 
@@ -96,7 +114,8 @@ class Study:
         from .digests import INDEX_NAME, DigestIndex
 
         self.config.check_paths()
-        self.digests = DigestIndex(self.config.cache_dir / INDEX_NAME, progress=self.progress)
+        index = self.config.cache_dir / INDEX_NAME if self.persistent_digests else None
+        self.digests = DigestIndex(index, progress=self.progress)
         self.arrays = ArrayStore(arrays_root(self.config), self.digests)
         self._arrays: dict[tuple[str, str, str], NDArray[np.float32]] = {}
 
@@ -129,18 +148,14 @@ class Study:
         return self._models[("q", name)]
 
     def fr_model(self, name: str):
-        """The FR model ``name`` (arch and preprocessing from its name or the config's ``arch``)."""
-        from .fr import load_fr
+        """The FR model of entry ``fr_models.<name>``: a torch checkpoint or an ONNX graph
+        (:func:`exfiqa.fr.load_fr_entry`), loaded once on the configured device."""
+        from .fr import load_fr_entry
 
         if ("fr", name) not in self._models:
             spec = self.config.fr_models.get(name) or self.config.support_fr_models.get(name) or self._spec("fr_models", name)
-            args = dict(spec.args)
-            self._models[("fr", name)] = load_fr(args.pop("name", name), spec.checkpoint, device=self.config.device, **args)
+            self._models[("fr", name)] = load_fr_entry(name, spec.checkpoint, self.config.device, spec.args)
         return self._models[("fr", name)]
-
-    def _batches(self, dataset: str):
-        for _, imgs in self.benchmark(dataset).iter_images(self.config.batch_size):
-            yield imgs
 
     # ------------------------------------------------------------------ per-sample arrays
 
@@ -148,61 +163,70 @@ class Study:
         """What exfiqa's ``kind`` array of model or method ``name`` on ``dataset`` depends on, code aside.
 
         ``data``: the benchmark's content fingerprint; ``checkpoint``: the model file's SHA-256;
-        ``args``: its loader arguments. SER-FIQ adds ``seed`` and ``batch_size`` (its dropout
-        draws follow the batches). The code's digest is :func:`exfiqa.arrays.code_version`.
+        ``args``: its loader arguments; ``precision``: the extraction's arithmetic (arrays
+        computed by a model). SER-FIQ adds ``seed`` (its dropout draws; one generator per sample,
+        so not the batching). The code's digest is :func:`exfiqa.arrays.code_version`.
         """
         key: dict[str, Any] = {"data": self.benchmark(dataset).fingerprint(self.digests)}
         if kind == "baseline":
             fr = _BASELINE_FR.get(name)
             spec = None if fr is None else self.config.support_fr_models[fr]
             if name == "serfiq":
-                key.update(seed=self.config.seed, batch_size=self.config.batch_size)
+                key.update(seed=self.config.seed)
         else:
-            spec = self._spec("quality_models" if kind == "exits" else "fr_models", name)
+            spec = self._spec("fr_models" if kind in ("emb", "norms") else "quality_models", name)
+            if kind in FAMILY_OPTIONS:
+                key.update(method=FAMILY_OPTIONS[kind])
         if spec is not None:
-            key.update(checkpoint=self._digest(spec.checkpoint), args=spec.args)
+            key.update(checkpoint=self._digest(spec.checkpoint), args=spec.args, precision=self.config.precision)
         return key
 
-    def _array(self, dataset: str, kind: str, name: str, compute: Callable[[], NDArray[Any]]) -> NDArray[np.float32]:
-        """The per-sample array from the layout (:mod:`exfiqa.arrays`), computed if absent or stale."""
+    def _array(self, dataset: str, kind: str, name: str) -> NDArray[np.float32]:
+        """The per-sample array from the layout (:mod:`exfiqa.arrays`), extracted if absent or stale."""
+        from .arrays import ArrayError, code_version
+
         if (dataset, kind, name) not in self._arrays:
-            self._arrays[(dataset, kind, name)] = self.arrays.get(
-                self.benchmark(dataset), dataset, kind, name,
-                inputs=lambda: self.array_inputs(dataset, kind, name), compute=compute,
-            )
+            bench = self.benchmark(dataset)
+            inputs = self.array_inputs(dataset, kind, name)
+            found, reason = self.arrays.current(bench, dataset, kind, name, inputs, code_version(kind, name))
+            if found is None and self.compute:
+                from .extract import extract_dataset
+
+                extract_dataset(self, dataset)
+                found, reason = self.arrays.current(bench, dataset, kind, name, inputs, code_version(kind, name))
+            if found is None:
+                src = self.config.source or "<config>"
+                raise ArrayError(
+                    f"{self.arrays.path(dataset, kind, name)}: {reason}; the notebooks read the extracted "
+                    f"arrays: run `exfiqa extract --config {src}` first (make paper does)"
+                )
+            self._arrays[(dataset, kind, name)] = found
         return self._arrays[(dataset, kind, name)]
 
     def exit_scores(self, dataset: str, quality: str) -> NDArray[np.float32]:
         """(N, depth) quality scores of every exit for every sample of ``dataset`` (float32, read-only)."""
         self._spec("quality_models", quality)
-
-        def compute() -> NDArray[np.float32]:
-            from .inference import exit_scores
-
-            return exit_scores(
-                self.quality_model(quality), self._batches(dataset), total=len(self.benchmark(dataset)),
-                device=self.config.device, progress=self.progress, desc=f"{quality} on {dataset}",
-            )
-
-        return self._array(dataset, "exits", quality, compute)
+        return self._array(dataset, "exits", quality)
 
     def embeddings(self, dataset: str, fr: str) -> NDArray[np.float32]:
         """(N, 2E) flip-concatenated embeddings of every sample (float32, read-only)."""
         self._spec("fr_models", fr)
+        return self._array(dataset, "emb", fr)
 
-        def compute() -> NDArray[np.float32]:
-            from tqdm.auto import tqdm
+    def embedding_norms(self, dataset: str, fr: str) -> NDArray[np.float32]:
+        """(N, 2) ``[||f(x)||, ||f(hflip(x))||]`` of the unnormalised FR outputs (template benchmarks)."""
+        self._spec("fr_models", fr)
+        return self._array(dataset, "norms", fr)
 
-            model = self.fr_model(fr)
-            bench = self.benchmark(dataset)
-            out = []
-            with tqdm(total=len(bench), desc=f"{fr} on {dataset}", unit="img", disable=not self.progress, leave=False) as bar:
-                for imgs in self._batches(dataset):
-                    out.append(model.embed(imgs, batch_size=self.config.batch_size))
-                    bar.update(len(imgs))
-            return np.concatenate(out)
+    def attn_scores(self, dataset: str, quality: str) -> NDArray[np.float32]:
+        """(N, depth) ATTN-FIQA of every block (mean pre-softmax attention score, all tokens)."""
+        self._spec("quality_models", quality)
+        return self._array(dataset, "attn", quality)
 
-        return self._array(dataset, "emb", fr, compute)
+    def vitnt_scores(self, dataset: str, quality: str) -> NDArray[np.float32]:
+        """(N, 2) ViTNT-FIQA over all blocks: columns mean and attention-weighted token quality."""
+        self._spec("quality_models", quality)
+        return self._array(dataset, "vitnt", quality)
 
     def baseline_scores(self, dataset: str, method: str) -> NDArray[np.float32]:
         """Per-sample scores of a built-in baseline (see :mod:`exfiqa.baselines`; float32, read-only)."""
@@ -211,19 +235,9 @@ class Study:
         fr = _BASELINE_FR.get(method)
         if fr is not None and fr not in self.config.support_fr_models:
             raise ConfigError(f"baseline {method!r} needs fr_models.{fr} in the config file")
-
-        def compute() -> NDArray[np.float64]:
-            from .baselines import serfiq_quality, sharpness
-            from .fr import magface_quality
-
-            if method == "sharpness":
-                return np.concatenate([sharpness(b) for b in self._batches(dataset)])
-            model = self.fr_model(fr)
-            if method == "magface_norm":
-                return magface_quality(model, self._batches(dataset), self.config.batch_size)
-            return serfiq_quality(model, self._batches(dataset), seed=self.config.seed)
-
-        return self._array(dataset, "baseline", method, compute)
+        if method not in self.config.baselines:
+            raise ConfigError(f"baseline {method!r} is not in this config's baselines {list(self.config.baselines)}")
+        return self._array(dataset, "baseline", method)
 
     def sample_scores(self, dataset: str, quality: str, method: str) -> NDArray[np.float32]:
         """One method's per-sample quality (float32): an exit, a fusion, a baseline or external.
@@ -240,21 +254,23 @@ class Study:
             return ex_fiqa_f(scores).astype(np.float32)
         if method == "EX-FIQA-FW":
             return ex_fiqa_fw(scores).astype(np.float32)
+        if method == ATTN or (method.startswith(f"{ATTN} Exit ") and method.removeprefix(f"{ATTN} ") in exit_names(depth)):
+            col = depth if method == ATTN else int(method.rsplit(" ", 1)[1])
+            return np.ascontiguousarray(self.attn_scores(dataset, quality)[:, col - 1])
+        if method in VITNT:
+            return np.ascontiguousarray(self.vitnt_scores(dataset, quality)[:, VITNT.index(method)])
         if method in self.config.baselines:
             return np.asarray(self.baseline_scores(dataset, method), dtype=np.float32)
         per_ds = self.config.external_methods.get(method)
         if per_ds is not None and dataset in per_ds:
             return read_method_csv(per_ds[dataset], self.benchmark(dataset), method).astype(np.float32)
-        known = exit_names(depth) + ["EX-FIQA-F", "EX-FIQA-FW", *self.config.baselines]
+        known = exit_names(depth) + ["EX-FIQA-F", "EX-FIQA-FW", ATTN, *VITNT, f"{ATTN} Exit k", *self.config.baselines]
         known += [m for m, d in self.config.external_methods.items() if dataset in d]
         raise ConfigError(f"unknown quality method {method!r} on {dataset}; known: {known}")
 
     def sample_quality(self, dataset: str, quality: str) -> pd.DataFrame:
         """Per-sample qualities (float32): ``Exit 1..D``, ``EX-FIQA-F``, ``EX-FIQA-FW``, baselines, external."""
-        depth = self.exit_scores(dataset, quality).shape[1]
-        methods = exit_names(depth) + ["EX-FIQA-F", "EX-FIQA-FW", *self.config.baselines]
-        methods += [m for m, per_ds in self.config.external_methods.items() if dataset in per_ds]
-        return pd.DataFrame({m: self.sample_scores(dataset, quality, m) for m in methods})
+        return pd.DataFrame({m: self.sample_scores(dataset, quality, m) for m in self.methods(quality, dataset)})
 
     # ------------------------------------------------------------------ comparisons
     #
@@ -337,17 +353,31 @@ class Study:
         return out[0], out[1]
 
     def features(self, dataset: str, fr: str) -> tuple[NDArray[np.float32], float]:
-        """Per-side features (float32) and the similarity scale: templates: media-mean, sum,
-        L2-normalise, scale 1; samples: flip-concatenated embeddings, scale 1/2 (cosine)."""
+        """Per-side features (float32) and the similarity scale: templates: the config's
+        ``template_protocol`` (``group``: media-mean, sum, L2-normalise of the stored
+        flip-concatenated embeddings; ``insightface``: the same of ``(f(x) + f(flip x)) *
+        det_score``, :func:`exfiqa.fr.insightface_template_embeddings`), scale 1; samples:
+        flip-concatenated embeddings, scale 1/2 (cosine)."""
         bench = self.benchmark(dataset)
         emb = self.embeddings(dataset, fr)
         if bench.level == "template":
-            from .fr import template_embeddings
+            tids, mids = bench.samples["template_id"].to_numpy(), bench.samples["media_id"].to_numpy()
+            if self.config.template_protocol == "insightface":
+                from .fr import insightface_template_embeddings
 
-            _, feats = template_embeddings(emb, bench.samples["template_id"].to_numpy(), bench.samples["media_id"].to_numpy())
+                det = bench.samples["det_score"].to_numpy(np.float64)
+                _, feats = insightface_template_embeddings(emb, det, tids, mids, norms=self._raw_norms(dataset, fr))
+            else:
+                from .fr import template_embeddings
+
+                _, feats = template_embeddings(emb, tids, mids)
             release_pages(emb)  # read once: 1.9 GB per FR model at IJB-C size need not stay resident
             return feats.astype(np.float32, copy=False), 1.0
         return emb, 0.5  # flip-concatenated halves of norm 1: |e| = sqrt(2)
+
+    def _raw_norms(self, dataset: str, fr: str) -> NDArray[np.float32]:
+        """(N, 2) ``[||f(x)||, ||f(flip x)||]`` of the unnormalised FR outputs (insightface templates)."""
+        return np.asarray(self.embedding_norms(dataset, fr))
 
     def scores(self, dataset: str, fr: str) -> Any:
         """The comparison scores of ``dataset`` under ``fr`` (computed once; see :mod:`exfiqa.comparisons`)."""
@@ -384,90 +414,111 @@ class Study:
         values = np.asarray(values, dtype=np.float32)
         return self.comparison_set(dataset).order(self._side_values(dataset, values))
 
+    def rules(self) -> dict[str, str]:
+        """The config's EDC rules as keyword arguments of :mod:`exfiqa.metrics`:
+        ``threshold_rule`` and ``acceptance``."""
+        return {"threshold_rule": self.config.threshold_rule, "acceptance": self.config.acceptance}
+
+    def _targets(self, targets: Sequence[float] | None, error_type: str) -> tuple[float, ...] | None:
+        """The config's FMR targets for an FNM-EDC; an FM-EDC's FNMR targets must be given."""
+        if targets is not None:
+            return tuple(targets)
+        return tuple(self.config.fmr_targets) if error_type == "fnmr" else None
+
     def edc(
         self, dataset: str, fr: str, quality: str, method: str,
-        fmr_targets: Sequence[float] | None = None, convention: str | None = None,
+        targets: Sequence[float] | None = None, convention: str | None = None, *, error_type: str = "fnmr",
     ) -> dict[float, Any]:
-        """EDCs of a named method at each FMR target (config defaults), keyed by target."""
+        """EDCs of a named method at each target (FNM-EDC: the config's FMR targets by default;
+        FM-EDC, ``error_type="fmr"``: FNMR targets, required), keyed by target, under the
+        config's convention and rules."""
         from .metrics import edc_curves
 
-        targets = tuple(self.config.fmr_targets if fmr_targets is None else fmr_targets)
         order = self.ordering(dataset, quality, method)
-        return edc_curves(self.scores(dataset, fr), order, targets, convention or self.config.convention)
+        return edc_curves(self.scores(dataset, fr), order, self._targets(targets, error_type),
+                          convention or self.config.convention, error_type=error_type, **self.rules())
 
     def edc_of(
         self, dataset: str, fr: str, values: NDArray[Any],
-        fmr_targets: Sequence[float] | None = None, convention: str | None = None,
+        targets: Sequence[float] | None = None, convention: str | None = None, *, error_type: str = "fnmr",
     ) -> dict[float, Any]:
-        """EDCs of any per-sample quality values (higher = better), paired by min."""
+        """EDCs of any per-sample quality values (higher = better), paired by min (see :meth:`edc`)."""
         from .metrics import edc_curves
 
-        targets = tuple(self.config.fmr_targets if fmr_targets is None else fmr_targets)
-        return edc_curves(self.scores(dataset, fr), self.order_of(dataset, values), targets, convention or self.config.convention)
+        return edc_curves(self.scores(dataset, fr), self.order_of(dataset, values), self._targets(targets, error_type),
+                          convention or self.config.convention, error_type=error_type, **self.rules())
+
+    def pauc_order(self, dataset: str, fr: str, order: Any, fmr: float) -> float:
+        """pAUC (raw area; the config's convention, limit, rules and ``subtract_best``) of one
+        prepared order (:meth:`ordering`, :meth:`order_of`) at one FMR target."""
+        from .metrics import edc_curves, pauc
+
+        curve = edc_curves(self.scores(dataset, fr), order, (fmr,), self.config.convention, **self.rules())[float(fmr)]
+        return pauc(curve, self.config.discard_limit, self.config.subtract_best)
 
     def pauc_of(
-        self, dataset: str, fr: str, values: NDArray[Any], fmr_targets: Sequence[float] | None = None,
+        self, dataset: str, fr: str, values: NDArray[Any], targets: Sequence[float] | None = None,
+        *, error_type: str = "fnmr",
     ) -> dict[float, NDArray[np.float64]]:
-        """pAUC (raw area, the config's convention and limit) of (N,) or (N, K) per-sample values:
-        ``{fmr: (K,) areas}``, one column's order at a time (bounded path)."""
+        """pAUC (raw area; the config's convention, limit, rules and ``subtract_best``) of (N,)
+        or (N, K) per-sample values: ``{target: (K,) areas}``, one column's order at a time
+        (bounded path)."""
         from .metrics import pauc
 
-        targets = tuple(self.config.fmr_targets if fmr_targets is None else fmr_targets)
+        tg = self._targets(targets, error_type)
         values = np.asarray(values)
         cols = values.reshape(len(values), -1)
-        out = {float(f): np.empty(cols.shape[1]) for f in targets}
+        out: dict[float, NDArray[np.float64]] = {}
         for j in range(cols.shape[1]):
-            curves = self.edc_of(dataset, fr, cols[:, j], targets)
-            for f in out:
-                out[f][j] = pauc(curves[f], self.config.discard_limit)
+            curves = self.edc_of(dataset, fr, cols[:, j], tg, error_type=error_type)
+            for f, c in curves.items():
+                out.setdefault(float(f), np.empty(cols.shape[1]))[j] = pauc(c, self.config.discard_limit, self.config.subtract_best)
         return out
 
-    def _curves(self, dataset: str, fr: str, quality: str, methods: Sequence[str] | None, convention: str | None) -> dict[str, Any]:
-        from .metrics import _fmr_targets
-
+    def _curves(
+        self, dataset: str, fr: str, quality: str, methods: Sequence[str] | None, convention: str | None,
+        error_type: str = "fnmr", targets: Sequence[float] | None = None,
+    ) -> dict[str, Any]:
         ms = list(methods) if methods is not None else self.methods(quality, dataset)
-        targets = _fmr_targets(tuple(self.config.fmr_targets))
         out = {}
         for m in ms:
             try:
-                out[m] = self.edc(dataset, fr, quality, m, targets, convention)
+                out[m] = self.edc(dataset, fr, quality, m, targets, convention, error_type=error_type)
             except ValueError as exc:
                 raise ValueError(f"{dataset}, {fr}, {quality}, {m!r}: {exc}") from None
         return out
 
     def pauc_frame(
         self, dataset: str, fr: str, quality: str, methods: Sequence[str] | None = None,
-        scale: float = 1.0, convention: str | None = None,
+        scale: float = 1.0, convention: str | None = None, *, error_type: str = "fnmr",
+        targets: Sequence[float] | None = None, subtract_best: bool | str | None = None,
     ) -> pd.DataFrame:
-        """Tidy pAUC rows (the columns of :func:`exfiqa.metrics.pauc_frame`) of each method x FMR
-        target, through the bounded path; ``dataset`` is written as its label."""
-        from .metrics import pauc, pauc_meta
+        """Tidy pAUC rows (the columns of :func:`exfiqa.metrics.pauc_rows`) of each method x
+        target, through the bounded path, under the config's rules and ``subtract_best`` (unless
+        given); ``dataset`` is written as its label."""
+        from .metrics import pauc_meta, pauc_rows
 
-        meta = pauc_meta(convention or self.config.convention, self.config.discard_limit, False, scale)
+        best = self.config.subtract_best if subtract_best is None else subtract_best
+        meta = pauc_meta(convention or self.config.convention, self.config.discard_limit, best, scale,
+                         error_type=error_type, **self.rules())
         rows = []
-        for m, by_fmr in self._curves(dataset, fr, quality, methods, meta["convention"]).items():
-            for t, c in by_fmr.items():
-                rows.append({
-                    "method": m, "dataset": self.config.datasets[dataset].label, "fr_model": fr, "fmr": t,
-                    "convention": meta["convention"], "limit": meta["limit"], "subtract_best": False,
-                    "scale": meta["scale"], "pauc": pauc(c, meta["limit"]) * meta["scale"],
-                })
+        label = self.config.datasets[dataset].label
+        for m, by_t in self._curves(dataset, fr, quality, methods, meta["convention"], error_type, targets).items():
+            rows += pauc_rows(m, label, fr, by_t, meta)
         return pd.DataFrame(rows)
 
     def edc_frame(
         self, dataset: str, fr: str, quality: str, methods: Sequence[str] | None = None, convention: str | None = None,
+        *, error_type: str = "fnmr", targets: Sequence[float] | None = None,
     ) -> pd.DataFrame:
-        """Tidy EDC points (the columns of :func:`exfiqa.metrics.edc_frame`), bounded path."""
+        """Tidy EDC points (the columns of :func:`exfiqa.metrics.edc_rows`), bounded path."""
+        from .metrics import edc_rows
+
         conv = convention or self.config.convention
         frames = []
-        for m, by_fmr in self._curves(dataset, fr, quality, methods, conv).items():
-            for t, c in by_fmr.items():
-                n = c.discard_fraction.shape[0]
-                frames.append(pd.DataFrame({
-                    "method": [m] * n, "dataset": [self.config.datasets[dataset].label] * n, "fr_model": [fr] * n,
-                    "fmr": np.full(n, t), "convention": [c.convention.value] * n,
-                    "discard_fraction": c.discard_fraction, "fnmr": c.fnmr,
-                }))
+        label = self.config.datasets[dataset].label
+        for m, by_t in self._curves(dataset, fr, quality, methods, conv, error_type, targets).items():
+            frames += edc_rows(m, label, fr, by_t)
         return pd.concat(frames, ignore_index=True)
 
     def table(self, dataset: str, fr: str, quality: str) -> pd.DataFrame:
@@ -488,4 +539,4 @@ class Study:
         depth = self.quality_model(quality).depth
         extra = list(self.config.baselines)
         extra += [m for m, per_ds in self.config.external_methods.items() if dataset is None or dataset in per_ds]
-        return exit_names(depth) + ["EX-FIQA-F", "EX-FIQA-FW"] + extra
+        return exit_names(depth) + ["EX-FIQA-F", "EX-FIQA-FW", ATTN, VITNT[0]] + extra

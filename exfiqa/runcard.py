@@ -75,6 +75,10 @@ class RunCard:
     code_sha256: str
     git: str
     inputs: dict[str, str] = field(default_factory=dict)
+    threshold_rule: str = "at_most"  # the EDC rules (exfiqa.metrics); defaults for cards written before them
+    acceptance: str = "similarity>="
+    subtract_best: str = "none"
+    template_protocol: str = "group"
 
     @property
     def demo(self) -> bool:
@@ -112,6 +116,9 @@ class RunCard:
             ("device", device),
             ("precision", f"{self.precision} (this version evaluates in float32 only)"),
             ("EDC convention", self.convention),
+            ("EDC threshold", _rule_text(self.threshold_rule, self.acceptance)),
+            ("best curve subtracted", self.subtract_best),
+            ("IJB-C templates", self.template_protocol),
             ("pAUC limit", f"discard 0 .. {self.discard_limit:g}"),
             ("FMR targets", ", ".join(f"{f:g}" for f in self.fmr_targets)),
             ("pAUC scale", f"x{self.pauc_scale:g} (tables show pAUC times this; CSVs keep full precision)"),
@@ -146,6 +153,12 @@ class RunCard:
         for k in ("datasets", "fr_models", "quality_models", "fmr_targets"):
             raw[k] = tuple(raw[k])
         return cls(**raw)
+
+
+def _rule_text(threshold_rule: str, acceptance: str) -> str:
+    from .metrics import rule_note
+
+    return rule_note(threshold_rule, acceptance).removeprefix("threshold ")
 
 
 def _world(cfg: Config) -> str:
@@ -238,5 +251,9 @@ def run_card(cfg: Config, inputs: Mapping[str, str] | None = None) -> RunCard:
         code_sha256=code_digest(),
         git=git_describe(),
         inputs=input_summary(cfg, inputs),
+        threshold_rule=cfg.threshold_rule,
+        acceptance=cfg.acceptance,
+        subtract_best=cfg.subtract_best,
+        template_protocol=cfg.template_protocol,
     )
 

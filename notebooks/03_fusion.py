@@ -23,8 +23,8 @@
 # Here we compute those statements instead of typing them and set each beside the paper's claim,
 # put the poster's headline numbers beside this run's, attach **paired bootstrap intervals**
 # (the paper reports none), try further strategies (last-k, exponential depth weights, z-score
-# normalised FW, weights learned on one dataset and tested on the others), and fill the poster's
-# comparison table with the methods this run has.
+# normalised FW, weights learned on one dataset and tested on the others, exits chosen on held-out
+# data as FROQ chooses FR layers), and fill the poster's comparison table with the methods this run has.
 
 # %% tags=["parameters"]
 config = "configs/demo.yaml"  # run config: datasets, FR models, quality checkpoints, protocol, paths
@@ -39,6 +39,7 @@ pauc_scale = None  # pAUC is shown times this (1000 as on the poster); None mean
 headline_fmr = None  # FMR of the comparison tables (1e-3 on the poster); None means the config's headline.fmr
 n_boot = 300  # bootstrap resamples for the intervals
 learn_on = ""  # dataset the learned fusion weights are fitted on; empty means the first dataset
+calibrate_on = []  # datasets EX-FIQA-DC chooses its exits on (then not evaluated); empty means leave-one-dataset-out
 device = None  # cpu, cuda, cuda:N or auto; None means the config's device
 batch_size = None  # images per forward pass; None means the config's batch_size
 seed = None  # seed of the bootstrap and the weight search; None means the config's seed
@@ -141,6 +142,45 @@ tables.save_table(strategies.wide, TAB, "fusion_strategies", caption=(
 for q, w in strategies.learned.items():
     display(Markdown(f"({q}) learned weights (fitted on {cfg.datasets[learn_on].label}): " + ", ".join(f"{x:.2f}" for x in w)))
 display(strategies.wide.round(3))
+
+# %% [markdown]
+# ## Exits chosen on data the method is not evaluated on (EX-FIQA-DC)
+#
+# A data-driven choice of exits beside the fixed rule of FW, after FROQ (IJCB 2025), which chooses
+# the layers of an FR model so:
+#
+# * **pseudo-label**: each sample's (IJB-C: each template's) **mean mated similarity** under the
+#   headline FR model, as evaluated;
+# * **ranking**: each exit by the Spearman correlation of its scores with the pseudo-label;
+# * **greedy**: exits are added in that order while the correlation of their plain mean with the
+#   pseudo-label rises, stopping at the first exit that does not raise it; EX-FIQA-DC is the mean of
+#   the chosen exits;
+# * **calibration**: with `calibrate_on` empty, the exits for a dataset are chosen on all the
+#   *other* datasets of the run (leave-one-dataset-out; the correlations are averaged over them,
+#   each dataset counting once); otherwise on the named datasets, which are then not evaluated.
+#
+# The paired bootstrap evaluates DC, F, FW, the learned weights of the previous section and the
+# last exit on the same resamples; `delta_pauc = pAUC(DC) - pAUC(reference)`, `< 0`: DC is better.
+# The learned weights are fitted on `learn_on`, so there they are in-sample (`reference_fitted_here`).
+
+# %%
+dc = analysis.chosen_exits(study, head.fr_model, calibrate_on)
+tables.save_table(dc.selection, TAB, "chosen_exits", float_format="%.3f", caption=(
+    f"Exits chosen by EX-FIQA-DC for each evaluated dataset (pseudo-label: mean mated similarity, {head.fr_model})."))
+display(dc.selection)
+dc_vs = analysis.chosen_exits_comparison(study, dc, head.fmr, n_boot, strategies.learned, learn_on)
+DC_PROTOCOL = analysis.table_protocol(cfg, head.fmr, seed=True)
+tables.save_table(dc_vs.wide, TAB, "chosen_exits_pauc", protocol=DC_PROTOCOL, caption=(
+    f"EX-FIQA-DC against F, FW, learned weights (fitted on {cfg.datasets[learn_on].label}) and the last exit, {head.fr_model}."))
+display(dc_vs.wide.round(3))
+tables.save_table(dc_vs.bootstrap, TAB, "chosen_exits_bootstrap", protocol=DC_PROTOCOL, caption=(
+    f"Paired bootstrap ({n_boot} resamples) of pAUC(EX-FIQA-DC) - pAUC(reference), {head.fr_model}."))
+display(dc_vs.bootstrap[["quality_model", "dataset", "reference", "chosen_exits", "delta_pauc", "ci_low", "ci_high", "p_better"]].round(4))
+fig = plots.forest(dc_vs.bootstrap[dc_vs.bootstrap["reference"] == "EX-FIQA-FW"], reference="EX-FIQA-FW")
+plots.save_figure(fig, FIG, "chosen_exits_bootstrap")
+display(fig)
+for r in analysis.fusion_wins(dc_vs.tidy, "EX-FIQA-DC", "EX-FIQA-FW").itertuples():
+    display(Markdown(f"* ({r.quality_model}, {r.fr_model}): **{r.summary}** datasets."))
 
 # %% [markdown]
 # ## The comparison table in the poster's layout

@@ -249,11 +249,11 @@ def _tmp_with(target: Path, data: bytes) -> Path:
 def test_interrupted_writes_are_recomputed_not_trusted(own_config, monkeypatch, caplog):
     cfg = load_config(own_config).select(["lfw"], ["arcface"], ["T"])
     npy = array_path(arrays_root(cfg), "lfw", "exits", "T")
-    calls = []
-    import exfiqa.inference as inf
+    from exfiqa import extract
 
-    real = inf.exit_scores
-    monkeypatch.setattr(inf, "exit_scores", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = []
+    real = extract._Exits.run
+    monkeypatch.setattr(extract._Exits, "run", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
 
     class Killed(BaseException):
         pass
@@ -290,9 +290,12 @@ def test_interrupted_writes_are_recomputed_not_trusted(own_config, monkeypatch, 
     with caplog.at_level(logging.WARNING, logger="exfiqa.arrays"):
         Study(cfg, progress=False).exit_scores("lfw", "T")
     assert any("incomplete" in r.message for r in caplog.records)
-    assert len(calls) == 3
-    Study(cfg, progress=False).exit_scores("lfw", "T")
-    assert len(calls) == 3
+    # the model ran once: the later runs merged the finished extraction shards again
+    assert len(calls) == 1
+    final = Study(cfg, progress=False).exit_scores("lfw", "T")
+    assert len(calls) == 1 and json.loads(manifest_path(npy).read_text())["complete"] is True
+    fresh = load_config(own_config).select(["lfw"], ["arcface"], ["T"]).with_(cache_dir=str(npy.parents[4] / "fresh"))
+    np.testing.assert_array_equal(final, Study(fresh, progress=False).exit_scores("lfw", "T"))
 
 
 _WRITER = textwrap.dedent("""

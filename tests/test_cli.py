@@ -41,7 +41,7 @@ def test_score_writes_sorted_rows_and_matches_the_model(world, capsys):
     out = root / "scores.csv"
     assert main(["score", str(faces), "--checkpoint", str(ckpt), "--out", str(out), "--num-heads", "2", "--quiet"]) == 0
     table = pd.read_csv(out)
-    assert list(table.columns) == ["path"] + [f"exit_{k}" for k in range(1, 13)] + ["ex_fiqa_f", "ex_fiqa_fw"]
+    assert list(table.columns) == ["path"] + [f"exit_{k}" for k in range(1, 13)] + ["ex_fiqa_f", "ex_fiqa_fw", "attn_fiqa", "vitnt_fiqa"]
     expected_paths = sorted(str(p) for p in [faces / "b.png", faces / "a_gray.png", faces / "sub/c.png", faces / "sub/d.jpg"])
     assert table["path"].tolist() == expected_paths
     assert "resized to 112x112" in capsys.readouterr().err
@@ -49,7 +49,12 @@ def test_score_writes_sorted_rows_and_matches_the_model(world, capsys):
     imgs = np.stack([read_face(p) for p in expected_paths])
     with torch.no_grad():
         ref = model.forward_exits(to_tensor(imgs)).scores.numpy()
+        fam = model.forward_exits(to_tensor(imgs), exits=[12], family=True)
     np.testing.assert_allclose(table[[f"exit_{k}" for k in range(1, 13)]].to_numpy(), ref, atol=2e-6)
+    # ATTN-FIQA of the last block, ViTNT-FIQA over all 12 blocks with the mean over tokens
+    np.testing.assert_allclose(table["attn_fiqa"], fam.attn_fiqa[:, 0].numpy(), atol=2e-6)
+    np.testing.assert_allclose(table["vitnt_fiqa"], fam.vitnt_fiqa[:, 0].numpy(), atol=2e-6)
+    assert fam.vitnt_blocks == 12 and table["vitnt_fiqa"].between(0, 1).all()
     np.testing.assert_allclose(table["ex_fiqa_fw"], ex_fiqa_fw(ref), atol=1e-5)
     np.testing.assert_allclose(table["ex_fiqa_f"], ex_fiqa_f(ref), atol=1e-5)
 
@@ -84,7 +89,7 @@ def test_another_batch_size_agrees_within_two_units_of_the_6th_decimal(world, ba
     assert main([*base, "--out", str(other), "--batch-size", batch_size]) == 0
     ref_paths, ref_values = _micro_units(ref)
     paths, values = _micro_units(other)
-    assert paths == ref_paths and values.shape == ref_values.shape == (4, 14)
+    assert paths == ref_paths and values.shape == ref_values.shape == (4, 16)
     assert other.read_text().splitlines()[0] == ref.read_text().splitlines()[0]
     assert np.abs(values - ref_values).max() <= 2
 
@@ -95,9 +100,10 @@ def test_exit_subset_keeps_fusion_over_all_exits(world, capsys):
     assert main(["score", str(faces / "b.png"), "--checkpoint", str(ckpt), "--out", str(out), "--exits", "12,1,6", "--num-heads", "2", "--quiet"]) == 0
     capsys.readouterr()
     table = pd.read_csv(out)
-    assert list(table.columns) == ["path", "exit_1", "exit_6", "exit_12", "ex_fiqa_f", "ex_fiqa_fw"]
+    assert list(table.columns) == ["path", "exit_1", "exit_6", "exit_12", "ex_fiqa_f", "ex_fiqa_fw", "attn_fiqa", "vitnt_fiqa"]
     full = pd.read_csv(root / "scores.csv").set_index("path").loc[str(faces / "b.png")]
-    assert table["ex_fiqa_fw"].iloc[0] == pytest.approx(full["ex_fiqa_fw"], abs=1e-6)
+    for column in ("ex_fiqa_fw", "attn_fiqa", "vitnt_fiqa"):  # always over the whole depth
+        assert table[column].iloc[0] == pytest.approx(full[column], abs=1e-6)
     assert main(["score", str(faces), "--checkpoint", str(ckpt), "--out", str(root / "x.csv"), "--exits", "13", "--num-heads", "2"]) == 2
     _one_line_naming(capsys.readouterr().err, "--exits", "outside 1..12")
 

@@ -12,14 +12,21 @@ from exfiqa import datasets as ds
 from exfiqa import metrics as M
 
 TARGETS = (0.01, 0.05, 0.2)
+#: Every threshold rule x acceptance x error type (FM-EDC targets are FNMR targets).
+RULES = [
+    {"threshold_rule": r, "acceptance": a, "error_type": e}
+    for r, a, e in itertools.product(("at_most", "closest"), ("similarity>=", "distance<"), ("fnmr", "fmr"))
+]
+RULE_IDS = ["-".join(r.values()) for r in RULES]
 
 
 def assert_same_curves(got: dict, ref: dict) -> None:
     assert got.keys() == ref.keys()
     for t in ref:
-        for field in ("discard_fraction", "fnmr", "thresholds"):
+        for field in ("discard_fraction", "error", "thresholds"):
             np.testing.assert_array_equal(getattr(got[t], field), getattr(ref[t], field), err_msg=f"{t} {field}")
-        assert (got[t].n_mated, got[t].n_nonmated, got[t].convention) == (ref[t].n_mated, ref[t].n_nonmated, ref[t].convention)
+        for field in ("n_mated", "n_nonmated", "convention", "error_type", "threshold_rule", "acceptance"):
+            assert getattr(got[t], field) == getattr(ref[t], field), field
 
 
 def stable_ranks(q: np.ndarray) -> np.ndarray:
@@ -104,6 +111,43 @@ def test_pair_list_curves_identical_to_materialised(seed, convention):
     scores = pl.scores(f, 0.5)
     ref = M.edc_many(scores.sim, mated, pl.pair_quality(v), TARGETS, convention)
     assert_same_curves(M.edc_curves(scores, pl.order(v), TARGETS, convention), ref)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("convention", ["fixed", "recompute"])
+@pytest.mark.parametrize("rules", RULES, ids=RULE_IDS)
+def test_pair_list_rules_identical_to_materialised(seed, convention, rules, monkeypatch):
+    """Every rule and error type through the bounded path equals the small-set functions."""
+    monkeypatch.setattr(M, "_MIN_CANDIDATES", 1)  # few candidates: the growth paths run
+    rng = np.random.default_rng(10 + seed)
+    n_sides, n = 50, 1500
+    f = grid_features(rng, n_sides) if seed != 1 else rng.normal(size=(n_sides, 8)).astype(np.float32)
+    f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-3)  # cosines in [-1, 1] (distance<)
+    a, b = rng.integers(0, n_sides, n), rng.integers(0, n_sides, n)
+    mated = rng.random(n) < 0.2
+    v = rng.integers(0, 12, n_sides).astype(np.float32)
+    if seed == 2:  # high quality where non-mated scores are low: candidates run out
+        v = -np.asarray(f.sum(1), np.float32)
+    pl = C.PairList(a, b, mated, n_sides)
+    scores = pl.scores(f)
+    ref = M.edc_many(scores.sim, mated, pl.pair_quality(v), TARGETS, convention, **rules)
+    assert_same_curves(M.edc_curves(scores, pl.order(v), TARGETS, convention, **rules), ref)
+
+
+def test_orders_count_each_pair_quality():
+    """value_counts (the FM-EDC's tie groups) against np.unique of the materialised pair qualities."""
+    rng = np.random.default_rng(4)
+    n_sides = 40
+    v = rng.integers(0, 9, n_sides).astype(np.float32)
+    a, b = rng.integers(0, n_sides, 700), rng.integers(0, n_sides, 700)
+    pl = C.PairList(a, b, rng.random(700) < 0.3, n_sides)
+    ap = C.AllPairs.from_codes(random_groups(rng))
+    w = rng.integers(0, 7, ap.n_samples).astype(np.float32)
+    for (values, counts), q in ((pl.order(v).value_counts(), pl.pair_quality(v)),
+                                (ap.order(w).value_counts(), ap.pair_quality(w))):
+        uniq, n = np.unique(q, return_counts=True)
+        np.testing.assert_array_equal(values, uniq)
+        np.testing.assert_array_equal(counts, n)
 
 
 # ----------------------------------------------------------------------------- all-vs-all
@@ -191,6 +235,23 @@ def test_all_pairs_curves_identical_to_materialised(seed, convention, monkeypatc
     scores = ap.scores(f, 0.5, initial_m=1)
     ref = M.edc_many(sim, mated, np.minimum(v[a], v[b]), TARGETS, convention)
     assert_same_curves(M.edc_curves(scores, ap.order(v), TARGETS, convention), ref)
+
+
+@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("convention", ["fixed", "recompute"])
+@pytest.mark.parametrize("rules", RULES, ids=RULE_IDS)
+def test_all_pairs_rules_identical_to_materialised(seed, convention, rules, monkeypatch):
+    monkeypatch.setattr(M, "_MIN_CANDIDATES", 1)
+    rng = np.random.default_rng(20 + seed)
+    groups = random_groups(rng, max_groups=40)
+    ap = C.AllPairs.from_codes(groups)
+    f = grid_features(rng, groups.size) if seed else rng.normal(size=(groups.size, 6)).astype(np.float32)
+    f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-3)
+    a, b, mated = ap.materialise()
+    sim = ap.similarity(f)
+    v = rng.integers(0, 5, groups.size).astype(np.float32) if seed else -np.asarray(f.sum(1), np.float32)
+    ref = M.edc_many(sim, mated, np.minimum(v[a], v[b]), TARGETS, convention, **rules)
+    assert_same_curves(M.edc_curves(ap.scores(f, initial_m=1), ap.order(v), TARGETS, convention, **rules), ref)
 
 
 @pytest.mark.parametrize("convention", ["fixed", "recompute"])

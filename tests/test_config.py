@@ -179,14 +179,17 @@ def test_the_hand_listed_names_match_the_code_they_stand_for():
     from exfiqa import config as c
     from exfiqa.baselines import BASELINES
     from exfiqa.datasets import BENCHMARK_KINDS
-    from exfiqa.fr import Arch, load_fr
+    from exfiqa.fr import TORCH_ENTRY_ARGS, Arch, load_fr, load_onnx_fr
     from exfiqa.model import load_vitfiqa
 
     assert set(c._BASELINES) == set(BASELINES)
     assert set(c._READERS) == set(BENCHMARK_KINDS)
     assert c._FR_ARCHS == typing.get_args(Arch)
-    fr_params = set(inspect.signature(load_fr).parameters) - {"checkpoint_path", "device", "preprocess"}
-    assert c._FR_ARGS == fr_params  # `name` is popped by Study.fr_model, the rest are keyword arguments
+    fr_params = set(inspect.signature(load_fr).parameters) - {"checkpoint_path", "device"}
+    onnx_params = set(inspect.signature(load_onnx_fr).parameters) - {"path", "device"}
+    # exfiqa.fr.load_fr_entry takes `name`, turns `preprocess` into a Preprocess and passes the rest on
+    assert c._FR_ARGS == fr_params | onnx_params
+    assert c._FR_ARGS - onnx_params == set(TORCH_ENTRY_ARGS)  # keys an ONNX entry refuses
     assert c._QUALITY_ARGS == set(inspect.signature(load_vitfiqa).parameters) - {"path", "device"}
 
 

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -383,69 +379,3 @@ def test_template_min():
     unique_t, mins = fr.template_min(q, np.array([4, 2, 4, 2]))
     np.testing.assert_array_equal(unique_t, [2, 4])
     np.testing.assert_array_equal(mins, [[0.1, 0.0], [0.5, 1.0]])
-
-
-# ------------------------------------------------------------------ ONNX
-
-
-class _FakeInput:
-    def __init__(self, name, shape):
-        self.name, self.shape = name, shape
-
-
-class _FakeSession:
-    """Stands in for onnxruntime.InferenceSession, running a torch module."""
-
-    module: torch.nn.Module
-
-    def __init__(self, path, providers=None):
-        assert Path(path).is_file() and providers == ["CPUExecutionProvider"]
-
-    def get_inputs(self):
-        return [_FakeInput("input.1", ["batch", 3, 112, 112])]
-
-    def get_outputs(self):
-        return [_FakeInput("683", ["batch", 8])]
-
-    def run(self, output_names, feed):
-        assert (
-            output_names is None
-            and set(feed) == {"input.1"}
-            and feed["input.1"].dtype == np.float32
-        )
-        with torch.no_grad():
-            return [self.module(torch.from_numpy(feed["input.1"])).numpy()]
-
-
-def test_onnx_wrapper_with_a_fake_runtime(tmp_path, monkeypatch):
-    model = _tiny("arcface")
-    _FakeSession.module = model.backbone
-    monkeypatch.setitem(
-        sys.modules, "onnxruntime", types.SimpleNamespace(InferenceSession=_FakeSession)
-    )
-    (tmp_path / "m.onnx").write_bytes(b"x")
-    onnx_model = fr.load_onnx_fr(tmp_path / "m.onnx", preprocess=fr.ARCFACE)
-    assert onnx_model.input_size == 112 and onnx_model.embedding_size == 8
-    faces = _faces(3)
-    np.testing.assert_allclose(onnx_model.embed(faces), model.embed(faces), atol=1e-6)
-    np.testing.assert_allclose(onnx_model.embed_raw(faces), model.embed_raw(faces), atol=1e-6)
-
-
-def test_onnx_without_runtime_says_how_to_install(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    with pytest.raises(ImportError, match=r"exfiqa\[onnx\]"):
-        fr.load_onnx_fr(tmp_path / "m.onnx")
-
-
-def test_onnx_real_runtime(tmp_path):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
-    model = _tiny("arcface")
-    path = tmp_path / "m.onnx"
-    torch.onnx.export(
-        model.backbone, torch.zeros(1, 3, 112, 112), str(path), input_names=["x"],
-        dynamic_axes={"x": {0: "n"}}, dynamo=False,
-    )  # fmt: skip
-    onnx_model = fr.load_onnx_fr(path)
-    faces = _faces(3)
-    np.testing.assert_allclose(onnx_model.embed(faces), model.embed(faces), atol=1e-4)

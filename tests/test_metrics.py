@@ -241,7 +241,7 @@ def hand_fixed_input():
 
 
 def test_fixed_hand_case():
-    c = M.edc(*hand_fixed_input(), fmr=0.1, convention="fixed")
+    c = M.edc(*hand_fixed_input(), target=0.1, convention="fixed")
     # Quality order m1 | m2 | m3 m4 (tie, discarded together) | m5 | m6 | m7 | m8.
     # Discarded counts 0, 1, 2, 4, 5, 6, 7 of 8 mated; remaining false non-matches 3,2,2,1,1,0,0
     # over 8,7,6,4,3,2,1 remaining.
@@ -252,9 +252,15 @@ def test_fixed_hand_case():
     # Stepwise area to 0.3: 3/8 on [0, 1/8), 2/7 on [1/8, 2/8), 1/3 on [2/8, 0.3).
     want = 3 / 8 * 1 / 8 + 2 / 7 * 1 / 8 + 1 / 3 * 0.05
     assert M.pauc(c, 0.3) == pytest.approx(want)
-    # Best curve (3 - i) / (8 - i) on the grid i/8: 3/8, 2/7, then 1/6 on [2/8, 0.3).
+    # Stepwise best curve (3 - i) / (8 - i) on the grid i/8: 3/8, 2/7, then 1/6 on [2/8, 0.3).
     best = 3 / 8 * 1 / 8 + 2 / 7 * 1 / 8 + 1 / 6 * 0.05
-    assert M.pauc(c, 0.3, subtract_best=True) == pytest.approx(want - best)
+    assert M.pauc(c, 0.3, subtract_best="stepwise") == pytest.approx(want - best)
+    # Schlett's triangle under max(0, 3/8 - f) to 0.3: (3/8)^2 / 2 - (3/8 - 0.3)^2 / 2 = 0.0675;
+    # True means the reference's triangle.
+    assert M.pauc(c, 0.3, subtract_best="triangle") == pytest.approx(want - 0.0675)
+    assert M.pauc(c, 0.3, subtract_best=True) == M.pauc(c, 0.3, subtract_best="triangle")
+    # Past the triangle's end (limit 0.5 > e0): the whole triangle, (3/8)^2 / 2.
+    assert M.pauc(c, 0.5, subtract_best="triangle") == pytest.approx(M.pauc(c, 0.5) - 9 / 128)
     # Beyond the last point the last step holds: limit 1 adds 0 * (1 - 7/8).
     assert M.pauc(c, 1.0) == pytest.approx(3 / 64 + 2 / 56 + 2 / 6 * 2 / 8 + 1 / 4 / 8 + 1 / 3 / 8)
 
@@ -263,8 +269,8 @@ def test_fixed_ties_discarded_together():
     s, y, q = hand_fixed_input()
     q_untied = q.copy()
     q_untied[12] = 2.5  # m3 (0.40) now strictly before m4: an extra point at 3/8
-    c_tied = M.edc(s, y, q, 0.1)
-    c_untied = M.edc(s, y, q_untied, 0.1)
+    c_tied = M.edc(s, y, q, 0.1, "fixed")
+    c_untied = M.edc(s, y, q_untied, 0.1, "fixed")
     assert 3 / 8 not in c_tied.discard_fraction
     i = list(c_untied.discard_fraction).index(3 / 8)
     assert c_untied.fnmr[i] == pytest.approx(1 / 5)
@@ -272,22 +278,25 @@ def test_fixed_ties_discarded_together():
 
 def test_fixed_perfect_quality_is_theoretical_best():
     s, y, _ = synthetic(4000, 0.2, seed=1)
-    c = M.edc(s, y, s, fmr=0.01)  # quality = similarity: false non-matches go first
+    c = M.edc(s, y, s, target=0.01, convention="fixed")  # quality = similarity: false non-matches go first
     e0, f = c.fnmr[0], c.discard_fraction
     np.testing.assert_allclose(c.fnmr, np.maximum(0, e0 - f) / (1 - f), atol=1e-12)
-    assert M.pauc(c, 0.3, subtract_best=True) == pytest.approx(0.0, abs=1e-12)
-    assert M.pauc(c, 0.3) > 0
+    assert M.pauc(c, 0.3, subtract_best="stepwise") == pytest.approx(0.0, abs=1e-12)
+    # the triangle lies below the true best curve: a positive remainder, smaller than the plain area
+    assert 0 < M.pauc(c, 0.3, subtract_best="triangle") < M.pauc(c, 0.3)
 
 
 def test_subtract_best_never_negative():
     s, y, q = synthetic(3000, 0.2, seed=2, decimals=1)
     for fmr in (0.1, 0.01):
-        assert M.pauc(M.edc(s, y, q, fmr), 0.3, subtract_best=True) >= -1e-15
+        c = M.edc(s, y, q, fmr, "fixed")
+        assert M.pauc(c, 0.3, subtract_best="stepwise") >= -1e-15
+        assert M.pauc(c, 0.3, subtract_best="triangle") >= M.pauc(c, 0.3, subtract_best="stepwise")
 
 
 def test_fixed_constant_quality_is_flat():
     s, y, _ = synthetic(2000, 0.2, seed=4)
-    c = M.edc(s, y, np.full(s.size, 0.5), fmr=0.01)
+    c = M.edc(s, y, np.full(s.size, 0.5), target=0.01, convention="fixed")
     np.testing.assert_array_equal(c.discard_fraction, [0.0])
     assert M.pauc(c, 0.3) == pytest.approx(c.fnmr[0] * 0.3)
 
@@ -346,7 +355,7 @@ def hand_recompute_input():
 
 def test_recompute_hand_case():
     s, y, q = hand_recompute_input()
-    c = M.edc(s, y, q, fmr=0.1, convention="recompute")
+    c = M.edc(s, y, q, target=0.1, convention="recompute")
     # level (discarded)        non-mated left  k  threshold stat  mated left      FNMR
     # 0                        15              1  0.85            .3 .5 .7 .95 .4  4/5
     # 1 (-nm .90)              14              1  0.60            5 mated          3/5
@@ -372,7 +381,7 @@ def test_recompute_ties_broken_by_position_and_nan_when_nothing_left():
     # (index 0); level 2 has no mated comparison left.
     s = np.r_[0.1, 0.9, np.linspace(0.0, 0.5, 18)]
     y = np.r_[True, True, np.zeros(18, bool)]
-    c = M.edc(s, y, np.zeros(20), fmr=0.1, convention="recompute")
+    c = M.edc(s, y, np.zeros(20), target=0.1, convention="recompute")
     assert c.fnmr[0] == 0.5 and c.fnmr[1] == 0.0
     assert np.isnan(c.fnmr[2:]).all()
     assert M.pauc(c, 0.05) == pytest.approx(0.05 * 0.25)
@@ -469,7 +478,7 @@ def test_pauc_stepwise_vs_trapezoid_hand_case():
 
 
 def test_curve_is_immutable_and_validated():
-    c = M.edc(*hand_fixed_input(), fmr=0.1)
+    c = M.edc(*hand_fixed_input(), target=0.1)
     with pytest.raises(ValueError):
         c.fnmr[0] = 0.0
     with pytest.raises(AttributeError):
@@ -484,23 +493,23 @@ def test_curve_is_immutable_and_validated():
 def test_frames_carry_convention_limit_scale():
     s, y, q = synthetic(1500, 0.2, seed=12)
     quals = {"good": q, "bad": -q}
-    edc_df = M.edc_frame(quals, s, y, dataset="toy", fr_model="arc", convention="recompute")
+    edc_df = M.edc_frame(s, y, quals, dataset="toy", fr_model="arc", convention="recompute")
     assert list(edc_df.columns) == [
         "method", "dataset", "fr_model", "fmr", "convention", "discard_fraction", "fnmr",
     ]  # fmt: skip
     assert len(edc_df) == 2 * 3 * 20 and set(edc_df.convention) == {"recompute"}
-    pdf = M.pauc_frame(quals, s, y, dataset="toy", fr_model="arc", limit=0.2, scale=100)
+    pdf = M.pauc_frame(s, y, quals, dataset="toy", fr_model="arc", limit=0.2, scale=100, convention="fixed")
     assert list(pdf.columns) == [
         "method", "dataset", "fr_model", "fmr", "convention", "limit", "subtract_best", "scale",
         "pauc",
     ]  # fmt: skip
     row = pdf[(pdf.method == "bad") & (pdf.fmr == 1e-3)].iloc[0]
     assert row.convention == "fixed" and row.limit == 0.2 and row.scale == 100.0
-    assert row.pauc == pytest.approx(100 * M.pauc(M.edc(s, y, -q, 1e-3), 0.2))
+    assert row.pauc == pytest.approx(100 * M.pauc(M.edc(s, y, -q, 1e-3, "fixed"), 0.2))
     meta = M.pauc_meta("recompute", 0.3, scale=100)
     assert meta["convention"] == "recompute" and meta["area_rule"].startswith("trapezoid")
     with pytest.raises(ValueError, match="qualities\\['nan'\\]"):
-        M.pauc_frame({"nan": np.full(s.size, np.nan)}, s, y, dataset="t", fr_model="a")
+        M.pauc_frame(s, y, {"nan": np.full(s.size, np.nan)}, dataset="t", fr_model="a")
     with pytest.raises(ValueError, match="subtract_best"):
         M.pauc_meta("recompute", subtract_best=True)
 
@@ -593,7 +602,7 @@ def test_paired_recompute_matches_explicit_resampling():
 
 def test_bootstrap_subtract_best_fixed():
     s, y, q = synthetic(1500, 0.15, seed=16, mated_mean=0.3)
-    r = M.bootstrap_pauc(s, y, s, 0.01, "fixed", n_boot=50, seed=0, subtract_best=True)
+    r = M.bootstrap_pauc(s, y, s, 0.01, "fixed", n_boot=50, seed=0, subtract_best="stepwise")
     assert r.estimate == pytest.approx(0.0, abs=1e-12)  # perfect quality
     # In a resample duplicated comparisons tie in quality and are discarded together, so the
     # perfect quality is only nearly perfect: small, never negative.
@@ -608,8 +617,9 @@ def test_weighted_paths_with_unit_weights_equal_point_estimates():
     fixed = M.edc(s, y, q, 0.01, "fixed")
     plan = M._FixedPlan(comp, q[comp.idx_m])
     stat = np.nextafter(fixed.thresholds[0], -np.inf)
-    area = plan.pauc(np.ones((1, comp.n_m), np.int64), np.array([stat]), 0.3, True)
-    assert area[0] == pytest.approx(M.pauc(fixed, 0.3, subtract_best=True))
+    for best in M.BestCurve:
+        area = plan.pauc(np.ones((1, comp.n_m), np.int64), np.array([stat]), 0.3, best)
+        assert area[0] == pytest.approx(M.pauc(fixed, 0.3, subtract_best=best))
     vals, idx = comp.top_nonmated(comp.n_nm)
     gap = M._GapPlan(comp.n, order.ranks(comp.mated_refs), order.ranks(idx))
     assert gap.rest == 0  # every comparison is needed: no gaps
@@ -725,8 +735,8 @@ def test_bad_input_raises_naming_the_parameter():
     with pytest.raises(ValueError, match="mated: expected booleans or 0/1"):
         M.edc(s, np.full(s.size, 2), q)
     for bad in (0.0, 1.0, -0.1, 1.5, float("nan"), "x"):
-        with pytest.raises(ValueError, match="fmr"):
-            M.edc(s, y, q, fmr=bad)
+        with pytest.raises(ValueError, match="target"):
+            M.edc(s, y, q, target=bad)
         with pytest.raises(ValueError, match="fmr"):
             M.threshold_at_fmr(s, bad)
     with pytest.raises(ValueError, match="fmr_targets"):
@@ -740,7 +750,7 @@ def test_bad_input_raises_naming_the_parameter():
         M.pauc(M.edc(s, y, q, convention="recompute"), 0.3, subtract_best=True)
     with pytest.raises(ValueError, match="similarity: expected a 1-D"):
         M.edc(s.reshape(20, 10), y, q)
-    with pytest.raises(ValueError, match="nonmated: is empty"):
+    with pytest.raises(ValueError, match="nonmated_scores: is empty"):
         M.fnmr_at_fmr([], [0.5], 0.1)
     with pytest.raises(ValueError, match="n_boot"):
         M.bootstrap_pauc(s, y, q, n_boot=1)

@@ -54,33 +54,40 @@ def test_template_table_uses_min_quality_and_template_embeddings(study):
     assert np.all(np.abs(table["similarity"]) <= 1 + 1e-6)
 
 
-def test_cache_is_reused_and_keyed_by_content(tiny_world, tiny_config, tmp_path, monkeypatch):
+def _count_exit_passes(monkeypatch) -> list[str]:
+    """Record each batch the extraction runs through a ViT-FIQA model (its array label)."""
+    from exfiqa import extract
+
+    calls: list[str] = []
+    real = extract._Exits.run
+    monkeypatch.setattr(extract._Exits, "run", lambda self, *a, **k: calls.append(self.labels[0]) or real(self, *a, **k))
+    return calls
+
+
+def test_exit_scores_are_recomputed_when_a_checkpoint_benchmark_byte_or_source_changes(tiny_world, tiny_config, tmp_path, monkeypatch):
     """Exit scores are reused until the checkpoint, a benchmark byte or the model's source changes."""
     import shutil
 
     import torch
     import yaml
 
-    import exfiqa.inference as inf
     from exfiqa import arrays
 
     world = tmp_path / "world"
     shutil.copytree(tiny_world, world)
     raw = yaml.safe_load(tiny_config.read_text())
-    raw.update(data_root=str(world), cache_dir=str(tmp_path / "cache"))
+    raw.update(data_root=str(world), cache_dir=str(tmp_path / "cache"), baselines=[])
     path = tmp_path / "own.yaml"
     path.write_text(yaml.safe_dump(raw))
-    calls: list[str] = []
-    real = inf.exit_scores
-    monkeypatch.setattr(inf, "exit_scores", lambda *a, **k: calls.append(k["desc"]) or real(*a, **k))
+    calls = _count_exit_passes(monkeypatch)
 
     def run() -> tuple[np.ndarray, list[str]]:
         calls.clear()
         study = Study(load_config(path).select(["adience"], ["arcface"], ["T"]), progress=False)
-        return np.array(study.exit_scores("adience", "T")), list(calls)
+        return np.array(study.exit_scores("adience", "T")), sorted(set(calls))
 
     first, c = run()
-    assert c == ["T on adience"]
+    assert c == ["exits-T"]
     again, c = run()
     assert c == [] and np.array_equal(again, first)
     ckpt = world / "vitfiqa" / "vitfiqa_token.pt"  # a checkpoint: one weight changes
@@ -88,30 +95,29 @@ def test_cache_is_reused_and_keyed_by_content(tiny_world, tiny_config, tmp_path,
     state["blocks.0.attn.qkv.weight"] = state["blocks.0.attn.qkv.weight"] + 0.05
     torch.save(state, ckpt)
     changed, c = run()
-    assert c == ["T on adience"] and not np.allclose(changed, first)
+    assert c == ["exits-T"] and not np.allclose(changed, first)
     assert run()[1] == []
     img = sorted((world / "benchmarks" / "adience").rglob("*.jpg"))[-1]  # a benchmark byte
     img.write_bytes(img.read_bytes() + b"\0")
-    assert run()[1] == ["T on adience"]
+    assert run()[1] == ["exits-T"]
     source = tmp_path / "model.py"  # the model's source file
     real_files = arrays.code_files
     shutil.copy(next(p for p in real_files("exits", "T") if p.name == "model.py"), source)
     monkeypatch.setattr(arrays, "code_files", lambda kind, name: [source if p.name == "model.py" else p for p in real_files(kind, name)])
     assert run()[1] == []
     source.write_text(source.read_text() + "\n# changed\n")
-    assert run()[1] == ["T on adience"]
+    assert run()[1] == ["exits-T"]
     assert run()[1] == []
-    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 1  # replaced in place, atomically
-    assert not list((tmp_path / "cache").rglob("*.tmp"))
+    assert len(list((tmp_path / "cache").rglob("exits-T.npy"))) == 1  # replaced in place, atomically
+    assert not list((tmp_path / "cache").rglob("*.tmp*")) and not list((tmp_path / "cache").rglob(".shards/*/*"))
 
 
 def test_second_study_reads_the_cache(tiny_config, study, monkeypatch):
     study.exit_scores("cfp_fp", "C")
     fresh = Study(load_config(tiny_config), progress=False)
-    import exfiqa.inference as inf
-
-    monkeypatch.setattr(inf, "exit_scores", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    calls = _count_exit_passes(monkeypatch)
     np.testing.assert_array_equal(fresh.exit_scores("cfp_fp", "C"), study.exit_scores("cfp_fp", "C"))
+    assert calls == []
 
 
 def test_external_method_csv(study, tmp_path):
@@ -153,7 +159,7 @@ def test_baselines_work_when_their_fr_model_is_not_selected(tiny_config):
 # ----------------------------------------------------------------------------- bounded evaluation
 
 
-def _reference_pauc(study, ds, fr, q, conv, scale=1.0):
+def _reference_pauc(study, ds, fr, q, conv, scale=1.0, **rules):
     """The unbounded computation: the wide table's columns through metrics.pauc_frame."""
     from exfiqa import metrics
 
@@ -161,8 +167,8 @@ def _reference_pauc(study, ds, fr, q, conv, scale=1.0):
     table = study.table(ds, fr, q)
     methods = study.methods(q, ds)
     return metrics.pauc_frame(
-        {m: table[m].to_numpy() for m in methods}, table["similarity"], table["mated"], dataset=cfg.datasets[ds].label,
-        fr_model=fr, fmr_targets=cfg.fmr_targets, convention=conv, limit=cfg.discard_limit, scale=scale,
+        table["similarity"], table["mated"], {m: table[m].to_numpy() for m in methods}, dataset=cfg.datasets[ds].label,
+        fr_model=fr, targets=cfg.fmr_targets, convention=conv, limit=cfg.discard_limit, scale=scale, **rules,
     )
 
 
@@ -178,13 +184,40 @@ def test_bounded_evaluation_equals_the_wide_table(study, dataset):
         got = study.pauc_frame(dataset, "arcface", "C", methods, scale=1000, convention=conv)
         pd.testing.assert_frame_equal(got, _reference_pauc(study, dataset, "arcface", "C", conv, 1000))
         ref_edc = metrics.edc_frame(
-            {m: table[m].to_numpy() for m in methods}, table["similarity"], table["mated"],
-            dataset=cfg.datasets[dataset].label, fr_model="arcface", fmr_targets=cfg.fmr_targets, convention=conv,
+            table["similarity"], table["mated"], {m: table[m].to_numpy() for m in methods},
+            dataset=cfg.datasets[dataset].label, fr_model="arcface", targets=cfg.fmr_targets, convention=conv,
         )
         pd.testing.assert_frame_equal(study.edc_frame(dataset, "arcface", "C", methods, convention=conv), ref_edc)
     fused = study.exit_scores(dataset, "C").astype(np.float64) @ np.linspace(1, 2, 12)
     ref = metrics.pauc(metrics.edc(table["similarity"], table["mated"], study.pair(dataset, fused), 1e-3, cfg.convention))
     assert study.pauc_of(dataset, "arcface", fused, (1e-3,))[1e-3][0] == ref
+
+
+@pytest.mark.parametrize("dataset", ["xqlfw", "adience", "ijbc"])
+def test_the_authors_rules_and_fm_edc_through_the_study(tiny_config, study, dataset):
+    """compat crfiqa (config rules), FM-EDC and the triangle subtraction: bounded Study frames equal
+    the small-set functions on the wide table."""
+    from exfiqa import metrics
+
+    cfg = study.config.with_(threshold_rule="closest", acceptance="distance<", convention="fixed", subtract_best=True)
+    rules = Study(cfg, progress=False)
+    rules._benchmarks = study._benchmarks  # the same benchmarks (and cached arrays)
+    table = study.table(dataset, "arcface", "T")
+    methods = ["Exit 3", "EX-FIQA-FW"]
+    quals = {m: table[m].to_numpy() for m in methods}
+    kw = {"dataset": cfg.datasets[dataset].label, "fr_model": "arcface", "limit": cfg.discard_limit, "scale": 1000}
+    got = rules.pauc_frame(dataset, "arcface", "T", methods, scale=1000)
+    ref = metrics.pauc_frame(table["similarity"], table["mated"], quals, targets=cfg.fmr_targets, convention="fixed",
+                             subtract_best="triangle", **metrics.compat_rules("crfiqa"), **kw)
+    pd.testing.assert_frame_equal(got, ref)
+    assert set(got.threshold_rule) == {"closest"} and set(got.best_curve) == {"triangle"}
+    got = rules.pauc_frame(dataset, "arcface", "T", methods, scale=1000, convention="recompute", subtract_best=False,
+                           error_type="fmr", targets=(0.1, 0.3))
+    ref = metrics.pauc_frame(table["similarity"], table["mated"], quals, targets=(0.1, 0.3), convention="recompute",
+                             error_type="fmr", **metrics.compat_rules("crfiqa"), **kw)
+    pd.testing.assert_frame_equal(got, ref)
+    with pytest.raises(ValueError, match="targets: an FM-EDC"):
+        rules.edc(dataset, "arcface", "T", "Exit 3", error_type="fmr")
 
 
 def test_adience_is_evaluated_without_materialising_its_pairs(tiny_config, study, monkeypatch):

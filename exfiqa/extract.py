@@ -1,0 +1,623 @@
+"""Extraction: every per-sample array of a run from one read of each image.
+
+``exfiqa extract --config C`` (``python -m exfiqa.extract``, and ``make paper`` runs it first)
+computes, for each dataset of the config, the arrays of :mod:`exfiqa.arrays` that are missing or
+stale: the exit scores of each ViT-FIQA model, the flip-concatenated embeddings of each FR
+model and the built-in baselines. The notebooks then only read them.
+
+How:
+
+- **One read.** A :class:`torch.utils.data.DataLoader` with ``workers`` processes (config key;
+  default: the cores available) reads, decodes and (IJB-C) aligns each image once, in sample
+  order, and every batch feeds every model that needs it. uint8 goes to the device (pinned on
+  CUDA); each model normalises there. A ViT-FIQA pass also yields ATTN-FIQA (every block) and
+  ViTNT-FIQA (``attn-``/``vitnt-`` arrays) at about 0.3% more FLOPs. Baselines share forwards: the MagFace norm comes from the
+  MagFace embedding pass, sharpness is computed in the worker that decoded the image.
+- **Shards.** Samples are cut into shards of ``shard_size`` (config key, default 50,000); within
+  a shard, batches of ``batch_size`` start at the shard's first sample, so the batches, and the
+  values, do not depend on which shards ran before, or on which process ran them. Each finished
+  shard is one ``.npy`` per array, written under a temporary name and renamed, in
+  ``<arrays_dir>/<dataset>/.shards/<kind>-<name>-<key>/<start>-<stop>.npy``, where ``<key>``
+  digests the array's inputs and code version (:meth:`exfiqa.pipeline.Study.array_inputs`,
+  :func:`exfiqa.arrays.code_version`). A run killed at any moment resumes from its finished
+  shards and ends with the same bytes as an uninterrupted run on the same device. When every
+  shard of an array exists they are merged into the layout (:meth:`exfiqa.arrays.ArrayStore.write`)
+  and the shard folder is removed.
+- **Crop cache** (``crop_cache: true``): the decoded, aligned uint8 crops of each processed shard
+  are kept, memory-mapped, in ``<cache_dir>/crops/<dataset>-<key>/``; later extractions (another
+  model, another precision) read them instead of decoding and aligning again.
+- **Precision** (``precision: fp32 | bf16``): bf16 runs the models under ``torch.autocast``
+  (CUDA; on CPUs with bf16 support too); outputs are float32 either way, and the precision is part
+  of every model array's key. ``torch.backends.cudnn.benchmark`` is on for CUDA.
+- **Many GPUs, many nodes.** Under ``torchrun`` (``torchrun --nproc_per_node=N -m exfiqa.extract
+  --config C``; ``--nnodes``/``--rdzv-endpoint`` for several nodes) rank r runs shards
+  r, r + W, r + 2W, ... of each dataset on ``cuda:<LOCAL_RANK>`` (NCCL) or the CPU (gloo); rank 0
+  plans (digests the inputs once) and merges by index after a barrier. ``arrays_dir`` must be on
+  a file system every rank sees. On CPU the result equals a one-process run byte for byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from .arrays import _jsonable, code_version, modules_version
+from .config import _BASELINE_FR, Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from .datasets import Benchmark
+    from .pipeline import Study
+
+__all__ = [
+    "SHARDS",
+    "DatasetReport",
+    "ImageSet",
+    "Job",
+    "extract",
+    "extract_dataset",
+    "loader",
+    "main",
+    "parser",
+    "plan",
+    "reopen_benchmark",
+    "run",
+    "shard_ranges",
+    "wanted_arrays",
+]
+
+_log = logging.getLogger(__name__)
+
+SHARDS = ".shards"
+CROPS = "crops"
+CROP_MODULES = ("exfiqa.datasets", "exfiqa.images")  # the code that decodes and aligns
+DIST_TIMEOUT = datetime.timedelta(hours=12)  # ranks wait at the merge barrier for the slowest one
+
+
+# ------------------------------------------------------------------------------ what to compute
+
+
+@dataclass(frozen=True)
+class Job:
+    """One per-sample array to compute: its place in the layout and its content key."""
+
+    dataset: str
+    kind: str
+    name: str
+    inputs: dict[str, Any]
+    code: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}-{self.name}"
+
+    @property
+    def key(self) -> str:
+        """16 hex digits of the SHA-256 of ``inputs`` and ``code``: the shard folder's suffix."""
+        text = json.dumps({"inputs": self.inputs, "code": self.code}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class DatasetReport:
+    """What :func:`extract` did for one dataset."""
+
+    dataset: str
+    n_samples: int
+    computed: list[str] = field(default_factory=list)  # "kind-name" of the arrays written
+    reused: list[str] = field(default_factory=list)  # arrays already current (or external)
+    seconds: float = 0.0
+    images_read: int = 0  # images decoded by this process's run (0 when all arrays were current)
+    shards_total: int = 0
+    shards_resumed: int = 0  # shards found finished by an earlier, interrupted run
+
+    def line(self) -> str:
+        if not self.computed:
+            return f"{self.dataset}: all {len(self.reused)} arrays current, nothing read"
+        rate = self.images_read / self.seconds if self.seconds > 0 else float("nan")
+        return (f"{self.dataset}: {len(self.computed)} arrays from {self.images_read:,} image reads "
+                f"({self.n_samples:,} samples, {self.shards_total} shards, {self.shards_resumed} resumed) "
+                f"in {self.seconds:.1f} s ({rate:.1f} img/s)")
+
+
+def wanted_arrays(cfg: Config, level: str = "sample") -> list[tuple[str, str]]:
+    """``(kind, name)`` of every per-sample array a run of ``cfg`` reads on a benchmark of
+    ``level`` (``template`` benchmarks add each FR model's output norms, for insightface's
+    template protocol)."""
+    out = [(k, q) for q in cfg.quality_models for k in ("exits", "attn", "vitnt")]
+    out += [("emb", f) for f in cfg.fr_models]
+    if level == "template":
+        out += [("norms", f) for f in cfg.fr_models]
+    return out + [("baseline", b) for b in cfg.baselines]
+
+
+def shard_ranges(n: int, size: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each shard of ``n`` samples (the last may be shorter)."""
+    if size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {size}")
+    return [(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def plan(study: Study, dataset: str) -> tuple[list[Job], list[str]]:
+    """The arrays of ``dataset`` to compute (missing or stale) and those to reuse.
+
+    External arrays are reused as they are (or refused with an error, see
+    :meth:`exfiqa.arrays.ArrayStore.load`); a stale exfiqa array is logged with its reason.
+    """
+    bench = study.benchmark(dataset)
+    jobs, reused = [], []
+    for kind, name in wanted_arrays(study.config, bench.level):
+        inputs = _jsonable(study.array_inputs(dataset, kind, name))
+        code = code_version(kind, name)
+        found, reason = study.arrays.current(bench, dataset, kind, name, inputs, code)
+        if found is not None:
+            reused.append(f"{kind}-{name}")
+            continue
+        if reason != "missing":
+            _log.warning("%s: recomputing (%s)", study.arrays.path(dataset, kind, name), reason)
+        jobs.append(Job(dataset, kind, name, inputs, code))
+    return jobs, reused
+
+
+# ------------------------------------------------------------------------------ reading images
+
+
+class ImageSet(torch.utils.data.Dataset):
+    """Sample i of a benchmark as ``(i, uint8 (112, 112, 3) tensor, sharpness, decoded)``.
+
+    ``sharpness`` is :func:`exfiqa.baselines.sharpness` of the image when asked for (NaN
+    otherwise), computed here, in the worker; ``decoded`` is False when the crop came from the
+    crop cache. Pickled (spawn start method) without the benchmark, which each worker reopens.
+    """
+
+    def __init__(self, bench: Benchmark, reopen: Callable[[], Benchmark], sharpness: bool = False,
+                 crops: dict[int, Path] | None = None, shard_size: int = 1) -> None:
+        self.bench: Benchmark | None = bench
+        self.reopen = reopen
+        self.want_sharpness = sharpness
+        self.crops = crops or {}  # shard start -> cached crops (.npy, uint8)
+        self.shard_size = shard_size
+        self._open: dict[int, NDArray[np.uint8]] = {}
+
+    def __len__(self) -> int:
+        return len(self._bench())
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "bench": None, "_open": {}}
+
+    def _bench(self) -> Benchmark:
+        if self.bench is None:
+            self.bench = self.reopen()
+        return self.bench
+
+    def image(self, i: int) -> tuple[NDArray[np.uint8], bool]:
+        start = (i // self.shard_size) * self.shard_size
+        if start in self.crops:
+            if start not in self._open:
+                self._open[start] = np.load(self.crops[start], mmap_mode="r", allow_pickle=False)
+            return np.array(self._open[start][i - start]), False
+        return self._bench().image(i), True
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, float, bool]:
+        from .baselines import sharpness
+
+        img, decoded = self.image(int(i))
+        sharp = float(sharpness(img[None])[0]) if self.want_sharpness else float("nan")
+        return int(i), torch.from_numpy(img), sharp, decoded
+
+
+def _worker_init(_: int) -> None:
+    """One thread per decoding worker: the workers are the parallelism."""
+    torch.set_num_threads(1)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:  # pragma: no cover - opencv is a dependency
+        pass
+
+
+def loader(images: ImageSet, batches: list[list[int]], workers: int, pin: bool) -> torch.utils.data.DataLoader:
+    """The extraction's DataLoader: ``batches`` (lists of sample ids) in order, decoded by
+    ``workers`` processes (0: in this process; fork where available), ``pin``-ned for CUDA."""
+    import multiprocessing
+
+    extra: dict[str, Any] = {}
+    if workers > 0:
+        methods = multiprocessing.get_all_start_methods()
+        extra = {"worker_init_fn": _worker_init, "prefetch_factor": 4,
+                 "multiprocessing_context": "fork" if "fork" in methods else None}
+    return torch.utils.data.DataLoader(images, batch_sampler=batches, num_workers=workers, pin_memory=pin, **extra)
+
+
+# ------------------------------------------------------------------------------ the models
+
+
+def vit_input(x: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC RGB -> float32 NCHW ``(x/255 - 0.5)/0.5`` on x's device (as :func:`exfiqa.images.to_tensor`)."""
+    return (x.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
+
+
+class _Head:
+    """The models one forward serves: ``labels`` it can produce, ``run(x, first)`` -> arrays."""
+
+    labels: tuple[str, ...] = ()
+
+    def run(self, x: torch.Tensor, first: int, want: set[str]) -> dict[str, NDArray[np.float32]]:
+        raise NotImplementedError
+
+
+class _Exits(_Head):
+    """One ViT-FIQA model: every exit's score and, from the same pass, ATTN-FIQA at every block
+    and ViTNT-FIQA over all blocks (:meth:`exfiqa.model.ViTFIQA.forward_exits` with ``family``)."""
+
+    def __init__(self, model: Any, exits: str | None, attn: str | None, vitnt: str | None) -> None:
+        self.model, self.exits, self.attn, self.vitnt = model, exits, attn, vitnt
+        self.labels = tuple(x for x in (exits, attn, vitnt) if x is not None)
+
+    def run(self, x: torch.Tensor, first: int, want: set[str]) -> dict[str, NDArray[np.float32]]:
+        family = self.attn in want or self.vitnt in want
+        out = self.model.forward_exits(vit_input(x), family=family)
+        got = {self.exits: out.scores}
+        if family:
+            got.update({self.attn: out.attn_fiqa, self.vitnt: out.vitnt_fiqa})
+        return {k: v.float().cpu().numpy() for k, v in got.items() if k in want}
+
+
+class _FR(_Head):
+    """One FR model: its embeddings, their norms, and the baselines that run on it (MagFace
+    norm from the same forward, SER-FIQ)."""
+
+    def __init__(self, model: Any, emb: str | None, norms: str | None, magface: str | None,
+                 serfiq: str | None, seed: int) -> None:
+        self.model, self.emb, self.norms, self.magface, self.serfiq, self.seed = model, emb, norms, magface, serfiq, seed
+        self.labels = tuple(x for x in (emb, norms, magface, serfiq) if x is not None)
+
+    def run(self, x: torch.Tensor, first: int, want: set[str]) -> dict[str, NDArray[np.float32]]:
+        out: dict[str, NDArray[np.float32]] = {}
+        if want & {self.emb, self.norms, self.magface}:
+            n = x.shape[0]
+            y = self.model.forward_pair(x)  # [f(x); f(hflip x)], one forward
+            if self.emb in want:
+                e = torch.nn.functional.normalize(y, dim=1)
+                out[self.emb] = torch.cat([e[:n], e[n:]], dim=1).cpu().numpy()
+            norm = torch.linalg.vector_norm(y, dim=1)
+            if self.norms in want:
+                out[self.norms] = torch.stack([norm[:n], norm[n:]], dim=1).cpu().numpy()
+            if self.magface in want:
+                out[self.magface] = norm[:n].cpu().numpy()
+        if self.serfiq in want:
+            from .baselines import serfiq_features
+
+            bb = self.model.backbone
+            feats = bb.forward_features(self.model.preprocess.tensor(x, memory_format=torch.channels_last))
+            out[self.serfiq] = serfiq_features(self.model, feats, first, seed=self.seed).float().cpu().numpy()
+        return out
+
+
+def _heads(study: Study, jobs: Sequence[Job]) -> list[_Head]:
+    """The forwards that produce ``jobs`` (FR baselines join their FR model's forward)."""
+    by = {(j.kind, j.name): j.label for j in jobs}
+    heads: list[_Head] = []
+    for q in dict.fromkeys(j.name for j in jobs if j.kind in ("exits", "attn", "vitnt")):
+        heads.append(_Exits(study.quality_model(q).eval(), *(by.get((k, q)) for k in ("exits", "attn", "vitnt"))))
+    fr_names = list(dict.fromkeys(j.name for j in jobs if j.kind in ("emb", "norms")))
+    fr_names += [fr for b, fr in _BASELINE_FR.items() if ("baseline", b) in by and fr not in fr_names]
+    for fr in fr_names:
+        norm = by.get(("baseline", "magface_norm")) if _BASELINE_FR["magface_norm"] == fr else None
+        serfiq = by.get(("baseline", "serfiq")) if _BASELINE_FR["serfiq"] == fr else None
+        heads.append(_FR(study.fr_model(fr), by.get(("emb", fr)), by.get(("norms", fr)), norm, serfiq, study.config.seed))
+    return heads
+
+
+# ------------------------------------------------------------------------------ shards
+
+
+def shard_dir(study: Study, job: Job) -> Path:
+    return study.arrays.root / job.dataset / SHARDS / f"{job.label}-{job.key}"
+
+
+def shard_name(start: int, stop: int) -> str:
+    return f"{start:010d}-{stop:010d}.npy"
+
+
+class _ShardWriter:
+    """Rows of one array for one shard, into a memory-mapped temporary ``.npy`` renamed when full."""
+
+    def __init__(self, target: Path, n_rows: int, dtype: Any = np.float32) -> None:
+        self.target, self.n_rows, self.dtype = target, n_rows, dtype
+        self.tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.npy")
+        self.arr: np.memmap | None = None
+
+    def put(self, offset: int, rows: NDArray[Any]) -> None:
+        if self.arr is None:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self.arr = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype, shape=(self.n_rows, *rows.shape[1:]))
+        self.arr[offset : offset + len(rows)] = rows
+
+    def close(self) -> None:
+        assert self.arr is not None, f"{self.target}: no rows written"
+        self.arr.flush()
+        del self.arr
+        self.arr = None
+        with open(self.tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self.tmp, self.target)
+
+
+def _crop_dir(study: Study, dataset: str) -> Path:
+    """Where ``dataset``'s aligned crops are cached: keyed by content, decoding code and shard size."""
+    bench = study.benchmark(dataset)
+    text = json.dumps({"data": bench.fingerprint(study.digests), "code": modules_version(CROP_MODULES),
+                       "shard_size": study.config.shard_size}, sort_keys=True)
+    return study.config.cache_dir / CROPS / f"{dataset}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def _clean_stale_shards(study: Study, dataset: str, jobs: Sequence[Job]) -> None:
+    """Remove shard folders of this dataset's arrays left under another key (inputs or code changed)."""
+    root = study.arrays.root / dataset / SHARDS
+    if not root.is_dir():
+        return
+    keep = {f"{j.label}-{j.key}" for j in jobs}
+    labels = {j.label for j in jobs}
+    for d in root.iterdir():
+        if d.is_dir() and d.name not in keep and d.name.rsplit("-", 1)[0] in labels:
+            _log.info("%s: removing shards of an earlier run with other inputs or code", d)
+            shutil.rmtree(d, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------ one dataset
+
+
+def _run_shards(study: Study, dataset: str, jobs: Sequence[Job], rank: int, world: int,
+                report: DatasetReport, progress: bool) -> None:
+    """Compute this rank's missing shards of ``jobs``."""
+    from tqdm import tqdm
+
+    cfg = study.config
+    bench = study.benchmark(dataset)
+    ranges = shard_ranges(len(bench), cfg.shard_size)
+    report.shards_total = len(ranges)
+    mine = [r for k, r in enumerate(ranges) if k % world == rank]
+    missing: dict[tuple[int, int], set[str]] = {}
+    for s, e in mine:
+        todo = {j.label for j in jobs if not (shard_dir(study, j) / shard_name(s, e)).is_file()}
+        if todo:
+            missing[(s, e)] = todo
+        if len(todo) < len(jobs):  # finished, for some arrays at least, by an interrupted run
+            report.shards_resumed += 1
+    if not missing:
+        return
+    crops = _crop_dir(study, dataset) if cfg.crop_cache else None
+    cached = {s: crops / shard_name(s, e) for s, e in missing if crops and (crops / shard_name(s, e)).is_file()}
+    labels = {j.label for j in jobs}
+    sharp = "baseline-sharpness" in labels
+    images = ImageSet(bench, lambda: reopen_benchmark(cfg, dataset), sharpness=sharp, crops=cached, shard_size=cfg.shard_size)
+    batches, owner = [], []
+    for (s, e) in missing:
+        for b in range(s, e, cfg.batch_size):
+            batches.append(list(range(b, min(b + cfg.batch_size, e))))
+            owner.append((s, e))
+    dev = torch.device(cfg.device)
+    heads = [h for h in _heads(study, jobs) if set(h.labels) & labels]
+    bf16 = cfg.precision == "bf16"
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    workers = cfg.workers if cfg.workers is not None else 0
+    batches_in = loader(images, batches, workers, pin=dev.type == "cuda")
+    writers: dict[str, _ShardWriter] = {}
+    crop_writer: _ShardWriter | None = None
+    current: tuple[int, int] | None = None
+    total = sum(e - s for s, e in missing)
+    bar = tqdm(total=total, desc=f"extract {dataset}", unit="img", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True, mininterval=1.0)
+
+    def finish() -> None:
+        nonlocal crop_writer
+        for w in writers.values():
+            w.close()
+        writers.clear()
+        if crop_writer is not None:
+            crop_writer.close()
+            crop_writer = None
+
+    try:
+        with torch.inference_mode(), autocast:
+            for k, (ids, imgs, sharps, decoded) in enumerate(batches_in):
+                if owner[k] != current:
+                    finish()
+                    current = owner[k]
+                    s, e = current
+                    want = missing[current]
+                    writers = {j.label: _ShardWriter(shard_dir(study, j) / shard_name(s, e), e - s)
+                               for j in jobs if j.label in want}
+                    if crops is not None and s not in cached:
+                        crop_writer = _ShardWriter(crops / shard_name(s, e), e - s, np.uint8)
+                first = int(ids[0])
+                offset = first - current[0]
+                report.images_read += int(decoded.sum())
+                x = imgs.to(dev, non_blocking=True)
+                for head in heads:
+                    if set(head.labels) & want:
+                        for label, rows in head.run(x, first, want).items():
+                            writers[label].put(offset, rows)
+                if sharp and "baseline-sharpness" in want:
+                    writers["baseline-sharpness"].put(offset, sharps.numpy().astype(np.float32))
+                if crop_writer is not None:
+                    crop_writer.put(offset, imgs.numpy())
+                bar.update(len(ids))
+            finish()
+    finally:
+        bar.close()
+
+
+def reopen_benchmark(cfg: Config, dataset: str) -> Benchmark:
+    """``dataset`` of ``cfg`` opened anew (what a spawned decoding worker does)."""
+    from .datasets import load_benchmark
+
+    spec = cfg.datasets[dataset]
+    return load_benchmark(spec.kind, **spec.args)
+
+
+def _merge(study: Study, jobs: Sequence[Job], n_shards: int) -> None:
+    """Rank 0: every job's shards, in index order, into the layout; then the shard folder goes."""
+    for job in jobs:
+        bench = study.benchmark(job.dataset)
+        folder = shard_dir(study, job)
+        ranges = shard_ranges(len(bench), study.config.shard_size)
+        parts = [folder / shard_name(s, e) for s, e in ranges]
+        absent = [p.name for p in parts if not p.is_file()]
+        if absent:
+            raise RuntimeError(f"{folder}: shards {absent[:3]} missing after every rank finished; run extract again")
+        first = np.load(parts[0], mmap_mode="r", allow_pickle=False)
+        merged_path = folder / f".merged.{os.getpid()}.tmp.npy"
+        merged = np.lib.format.open_memmap(merged_path, mode="w+", dtype=np.float32, shape=(len(bench), *first.shape[1:]))
+        for (s, e), p in zip(ranges, parts, strict=True):
+            part = np.load(p, mmap_mode="r", allow_pickle=False)
+            if part.shape != (e - s, *first.shape[1:]):
+                raise RuntimeError(f"{p}: shape {part.shape}, expected {(e - s, *first.shape[1:])}; delete {folder}")
+            merged[s:e] = part
+        merged.flush()
+        study.arrays.write(bench, job.dataset, job.kind, job.name, merged, producer="exfiqa",
+                           inputs=job.inputs, code=job.code)
+        del merged
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def extract_dataset(study: Study, dataset: str, progress: bool | None = None) -> DatasetReport:
+    """Compute the missing or stale arrays of one dataset in one pass (this process only)."""
+    return _extract(study, dataset, progress=study.progress if progress is None else progress, rank=0, world=1)
+
+
+def _extract(study: Study, dataset: str, progress: bool, rank: int, world: int) -> DatasetReport:
+    dist = torch.distributed
+    on = world > 1
+    t0 = time.perf_counter()
+    if rank == 0:
+        jobs, reused = plan(study, dataset)
+        _clean_stale_shards(study, dataset, jobs)
+    else:
+        jobs, reused = [], []
+    if on:
+        box: list[Any] = [(jobs, reused)]
+        dist.broadcast_object_list(box, src=0)
+        jobs, reused = box[0]
+    report = DatasetReport(dataset, len(study.benchmark(dataset)), [j.label for j in jobs], list(reused))
+    if jobs:
+        _run_shards(study, dataset, jobs, rank, world, report, progress)
+        if on:
+            dist.barrier()
+        if rank == 0:
+            _merge(study, jobs, report.shards_total)
+        if on:
+            dist.barrier()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+def extract(cfg: Config, datasets: Sequence[str] | None = None, progress: bool = True,
+            log: Callable[[str], Any] = print) -> list[DatasetReport]:
+    """Compute every missing or stale per-sample array of ``cfg`` (``datasets``: a subset).
+
+    In a ``torch.distributed`` process group (``torchrun``) every rank calls this; rank 0 plans,
+    logs and merges. Returns one report per dataset (rank 0's view; other ranks report their part).
+    """
+    from .pipeline import Study
+
+    dist = torch.distributed
+    on = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if on else (0, 1)
+    names = list(datasets) if datasets else list(cfg.datasets)
+    unknown = [d for d in names if d not in cfg.datasets]
+    if unknown:
+        raise ConfigError(f"unknown dataset(s) {unknown}; this config has {sorted(cfg.datasets)}")
+    if torch.device(cfg.device).type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    study = Study(cfg, progress=progress and rank == 0, compute=False, persistent_digests=rank == 0)
+    reports = []
+    for ds in names:
+        report = _extract(study, ds, progress and rank == 0, rank, world)
+        if rank == 0:
+            log(f"[extract] {report.line()}")
+        reports.append(report)
+    return reports
+
+
+def parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """The options of ``exfiqa extract`` / ``python -m exfiqa.extract``."""
+    ap = argparse.ArgumentParser(prog="exfiqa extract", description=__doc__.split("\n\n")[0], add_help=add_help)
+    ap.add_argument("--config", required=True, help="the run config (YAML)")
+    ap.add_argument("--datasets", nargs="*", default=None, help="a subset of the config's datasets")
+    ap.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default: config)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="default: config")
+    ap.add_argument("--shard-size", type=int, default=None, help="samples per shard (default: config)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: config")
+    ap.add_argument("--device", default=None, help="cpu, cuda, cuda:N, auto (default: config)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(parser().parse_args(argv))
+
+
+def _raw_keys(path: str) -> set[str]:
+    import yaml
+
+    with open(path, encoding="utf-8") as fh:
+        raw = yaml.safe_load(fh)
+    return set(raw) if isinstance(raw, dict) else set()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed command line, as one process or as one ``torchrun`` rank (exit code)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    try:
+        cfg = load_config(args.config)
+        cfg = cfg.with_(workers=args.workers, precision=args.precision, shard_size=args.shard_size,
+                        batch_size=args.batch_size, device=args.device)
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if args.workers is None and "workers" not in _raw_keys(args.config) and local_world > 1:
+            cfg = cfg.with_(workers=max(1, cfg.workers // local_world))  # the node's cores, shared by its ranks
+        if cfg.demo and rank == 0:
+            from .demo import ensure_demo
+
+            ensure_demo(cfg.data_root, cfg.demo, log=print)
+        if world > 1:
+            cuda = torch.device(cfg.device).type == "cuda"
+            if cuda:
+                cfg = cfg.with_(device=f"cuda:{local}")
+                torch.cuda.set_device(local)
+            torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=DIST_TIMEOUT)
+        try:
+            extract(cfg, args.datasets, progress=not args.no_progress)
+        finally:
+            if world > 1 and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+    except ConfigError as exc:
+        print(f"exfiqa extract: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,273 @@
+"""Extraction (exfiqa.extract): one read per image feeds every model, resumable shards, torchrun.
+
+Independent expectations: the arrays equal the models run directly on the benchmark's images
+(exfiqa.inference.exit_scores, FRModel.embed, the baselines' own functions); a killed run
+resumed, a 2-process torchrun (gloo) and a run with DataLoader workers give the same bytes as one
+uninterrupted process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from exfiqa.arrays import ArrayError, arrays_root
+from exfiqa.config import load_config
+from exfiqa.extract import SHARDS, extract, shard_ranges, wanted_arrays
+from exfiqa.pipeline import Study
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ["lfw", "ijbc"]  # a .bin benchmark and the aligned IJB-C loose crops
+
+
+def _config(tiny_config: Path, folder: Path, **overrides) -> Path:
+    raw = yaml.safe_load(tiny_config.read_text())
+    raw["datasets"] = {k: v for k, v in raw["datasets"].items() if k in DATASETS}
+    raw.update({"cache_dir": str(folder / "cache"), "results_dir": str(folder / "results"), "workers": 0, **overrides})
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _arrays(cfg_path: Path) -> dict[str, bytes]:
+    """Every array of the run's layout: ``dataset/file`` -> bytes (manifests aside)."""
+    root = arrays_root(load_config(cfg_path))
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.glob("*/*.npy"))}
+
+
+#: Every run compared byte for byte uses one torch thread: CPU float32 kernels split their work
+#: by thread count, and torchrun gives each CPU rank one thread (OMP_NUM_THREADS=1).
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _cmd(cfg_path: Path, *extra: str, launcher: tuple[str, ...] = ()) -> list[str]:
+    cmd = [*launcher] if launcher else [sys.executable, "-m"]
+    return cmd + ["exfiqa.extract", "--config", str(cfg_path), "--no-progress", *extra]
+
+
+def _run(cfg_path: Path, *extra: str, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run(_cmd(cfg_path, *extra, launcher=launcher), cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_config, tmp_path_factory) -> Path:
+    """One uninterrupted extraction, one process (shards of 8, batches of 4)."""
+    path = _config(tiny_config, tmp_path_factory.mktemp("ref"), shard_size=8, batch_size=4)
+    done = _run(path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return path
+
+
+@pytest.fixture
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_shard_ranges_cover_every_sample_once():
+    assert shard_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert shard_ranges(8, 4) == [(0, 4), (4, 8)]
+    assert shard_ranges(0, 4) == []
+    with pytest.raises(ValueError, match="shard_size"):
+        shard_ranges(3, 0)
+
+
+def test_arrays_equal_the_models_run_directly(reference, one_thread):
+    """Every array equals its model run on the decoded images (batches of 4 from sample 0: the
+    shards of 8 hold whole batches, so the float32 kernels see the same shapes)."""
+    import torch
+
+    from exfiqa.baselines import serfiq_quality, sharpness
+    from exfiqa.fr import magface_quality
+    from exfiqa.images import to_tensor
+    from exfiqa.inference import exit_scores
+
+    cfg = load_config(reference)
+    study = Study(cfg, progress=False, compute=False)
+    for ds in DATASETS:
+        bench = study.benchmark(ds)
+        imgs = np.concatenate([b for _, b in bench.iter_images(4)])
+        batches = [imgs[i : i + 4] for i in range(0, len(imgs), 4)]
+        for q in cfg.quality_models:
+            direct = exit_scores(study.quality_model(q), batches, progress=False)
+            np.testing.assert_array_equal(study.exit_scores(ds, q), direct)
+            with torch.inference_mode():  # the family from the same pass
+                outs = [study.quality_model(q).forward_exits(to_tensor(b), family=True) for b in batches]
+            np.testing.assert_array_equal(study.attn_scores(ds, q), np.concatenate([o.attn_fiqa.numpy() for o in outs]))
+            np.testing.assert_array_equal(study.vitnt_scores(ds, q), np.concatenate([o.vitnt_fiqa.numpy() for o in outs]))
+        for fr in cfg.fr_models:
+            model = study.fr_model(fr)
+            np.testing.assert_array_equal(study.embeddings(ds, fr), model.embed(imgs, batch_size=4))
+            if bench.level == "template":  # [|f(x)|, |f(flip x)|] of the same forward
+                with torch.inference_mode():
+                    ys = [model.forward_pair(torch.from_numpy(b)) for b in batches]
+                norms = np.concatenate([torch.linalg.vector_norm(y, dim=1).view(2, -1).T.numpy() for y in ys])
+                np.testing.assert_array_equal(study.embedding_norms(ds, fr), norms)
+        np.testing.assert_array_equal(study.baseline_scores(ds, "sharpness"), sharpness(imgs).astype(np.float32))
+        # MagFace's norm comes from the [x, flip x] forward of the embeddings: the same values up
+        # to the float32 kernels of a twice larger batch
+        np.testing.assert_allclose(study.baseline_scores(ds, "magface_norm"),
+                                   magface_quality(study.fr_model("magface"), imgs, 4), rtol=1e-5)
+        np.testing.assert_allclose(study.baseline_scores(ds, "serfiq"),
+                                   serfiq_quality(study.fr_model("arcface"), batches, seed=cfg.seed), rtol=1e-5, atol=1e-7)
+
+
+def test_one_read_feeds_every_model_and_a_rerun_reads_nothing(tiny_config, tmp_path, monkeypatch):
+    from exfiqa.datasets import Benchmark
+
+    reads: list[tuple[str, int]] = []
+    original = Benchmark.image
+
+    def counting(self, sample_id):
+        reads.append((self.name, int(sample_id)))
+        return original(self, sample_id)
+
+    monkeypatch.setattr(Benchmark, "image", counting)
+    cfg = load_config(_config(tiny_config, tmp_path))
+    reports = extract(cfg, progress=False, log=lambda *_: None)
+    n = {r.dataset: r.n_samples for r in reports}
+    assert sorted(reads) == sorted((ds, i) for ds in DATASETS for i in range(n[ds]))  # each image once
+    # 2 x 3 ViT-FIQA arrays, 4 FR embeddings, 3 baselines, and IJB-C the 4 FR models' output norms
+    assert all(len(r.computed) == len(wanted_arrays(cfg, "template" if r.dataset == "ijbc" else "sample"))
+               == (17 if r.dataset == "ijbc" else 13) for r in reports)
+    assert all(r.images_read == n[r.dataset] for r in reports)
+    reads.clear()
+    again = extract(cfg, progress=False, log=lambda *_: None)
+    assert reads == [] and all(r.computed == [] and r.images_read == 0 for r in again)
+
+
+def test_workers_give_the_same_bytes(reference, tmp_path, tiny_config):
+    path = _config(tiny_config, tmp_path, shard_size=8, batch_size=4, workers=2)
+    done = _run(path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _arrays(path) == _arrays(reference)
+
+
+def test_sigkill_mid_run_resumes_to_the_same_bytes(reference, tiny_config, tmp_path):
+    """Kill the extraction (SIGKILL) as soon as its first shards are on disk, twice, then let it
+    finish: the arrays equal the uninterrupted run's byte for byte and shards were reused."""
+    path = _config(tiny_config, tmp_path, shard_size=4, batch_size=4)
+    root = arrays_root(load_config(path))
+    kills = 0
+    for seen_before in (0, 20):  # in a shard's files (13-17 arrays per shard), then a few shards later
+        proc = subprocess.Popen(_cmd(path), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            if len(list(root.glob(f"*/{SHARDS}/*/[0-9]*-[0-9]*.npy"))) >= seen_before + 1:
+                os.kill(proc.pid, signal.SIGKILL)
+                kills += 1
+                break
+            time.sleep(0.005)
+        proc.wait()
+    assert kills == 2, "the run finished before it could be killed"
+    ref = _arrays(reference)
+    assert len(_arrays(path)) < len(ref)  # killed before every array was merged
+    done = _run(path)
+    assert done.returncode == 0, done.stderr
+    resumed = re.findall(r"shards, (\d+) resumed", done.stdout)
+    assert len(resumed) == len(DATASETS) and sum(map(int, resumed)) >= 1, done.stdout
+    got = _arrays(path)
+    assert got.keys() == ref.keys()
+    assert [k for k in ref if got[k] != ref[k]] == []
+    assert not list(root.glob(f"*/{SHARDS}/*/*.npy"))  # merged shards are removed
+
+
+def test_torchrun_two_processes_equal_one(reference, tiny_config, tmp_path):
+    """torchrun --nproc_per_node=2 (gloo on CPU): ranks take alternate shards, rank 0 merges."""
+    path = _config(tiny_config, tmp_path, shard_size=8, batch_size=4)
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m")
+    done = _run(path, launcher=launcher)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("[extract]") == len(DATASETS)  # rank 0 reports, once per dataset
+    assert _arrays(path) == _arrays(reference)
+
+
+def test_bf16_is_part_of_the_key_and_close_to_fp32(reference, tiny_config, tmp_path):
+    import torch
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("no CPU bf16 autocast here")
+    path = _config(tiny_config, tmp_path, shard_size=8, batch_size=4, precision="bf16")
+    extract(load_config(path), progress=False, log=lambda *_: None)
+    bf, fp = Study(load_config(path), compute=False), Study(load_config(reference), compute=False)
+    for ds in DATASETS:
+        a, b = bf.exit_scores(ds, "T"), fp.exit_scores(ds, "T")
+        assert not np.array_equal(a, b)  # computed in other arithmetic, not reused
+        assert np.abs(a - b).max() < 0.05 * (np.abs(b).max() + 1e-6)
+        ea, eb = bf.embeddings(ds, "arcface"), fp.embeddings(ds, "arcface")
+        half = ea.shape[1] // 2
+        cos = (ea[:, :half] * eb[:, :half]).sum(1)
+        assert cos.min() > 0.99
+    manifest = yaml.safe_load((arrays_root(load_config(path)) / "lfw" / "exits-T.json").read_text())
+    assert manifest["inputs"]["precision"] == "bf16"
+    # the fp32 arrays of the same folder are not these: asking for fp32 recomputes
+    fp32 = Study(load_config(path).with_(precision="fp32"), compute=False)
+    with pytest.raises(ArrayError, match="precision changed"):
+        fp32.exit_scores("lfw", "T")
+
+
+def test_crop_cache_skips_decoding_and_keeps_the_bytes(reference, tiny_config, tmp_path):
+    path = _config(tiny_config, tmp_path, shard_size=8, batch_size=4, crop_cache=True)
+    done = _run(path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reads = [int(n.replace(",", "")) for n in re.findall(r"arrays from ([\d,]+) image reads", done.stdout)]
+    assert reads == [44, 40]  # ijbc, lfw (the config's datasets, sorted)
+    crops = list((load_config(path).cache_dir / "crops").glob("*/[0-9]*.npy"))
+    assert len(crops) == len(shard_ranges(44, 8)) + len(shard_ranges(40, 8))
+    assert _arrays(path) == _arrays(reference)
+    # another precision recomputes every array, from the cached crops: nothing is decoded
+    second = extract(load_config(path).with_(precision="bf16"), progress=False, log=lambda *_: None)
+    assert all(len(r.computed) == (16 if r.dataset == "ijbc" else 12) and r.reused == ["baseline-sharpness"]
+               and r.images_read == 0 for r in second)
+
+
+def test_notebooks_study_reads_only_extracted_arrays(tiny_config, tmp_path):
+    path = _config(tiny_config, tmp_path)
+    study = Study(load_config(path), progress=False, compute=False)
+    with pytest.raises(ArrayError, match=r"missing; .*exfiqa extract --config"):
+        study.exit_scores("lfw", "T")
+
+
+def test_cli_reports_bad_config_in_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("precision: fp16\ndatasets: {}\n")
+    done = _run(bad)
+    assert done.returncode == 2 and "precision must be one of ['fp32', 'bf16']" in done.stderr
+
+
+def test_insightface_templates_use_the_extracted_norms(reference):
+    """template_protocol insightface: (f(x) + f(flip x)) * det_score from the stored unit halves
+    and norms equals the computation from the raw outputs."""
+    import torch
+
+    from exfiqa.fr import template_embeddings
+
+    cfg = load_config(reference).with_(template_protocol="insightface")
+    study = Study(cfg, progress=False, compute=False)
+    bench = study.benchmark("ijbc")
+    model = study.fr_model("arcface")
+    imgs = np.concatenate([b for _, b in bench.iter_images(4)])
+    with torch.inference_mode():
+        y = torch.cat([model.forward_pair(torch.from_numpy(imgs[i : i + 4])).view(2, -1, model.embedding_size).sum(0)
+                       for i in range(0, len(imgs), 4)]).double().numpy()
+    det = bench.samples["det_score"].to_numpy(np.float64)
+    _, expected = template_embeddings(y * det[:, None], bench.samples["template_id"].to_numpy(),
+                                      bench.samples["media_id"].to_numpy())  # media mean, sum, L2
+    feats, scale = study.features("ijbc", "arcface")
+    assert scale == 1.0
+    np.testing.assert_allclose(feats, expected, atol=2e-6)
