@@ -166,7 +166,8 @@ display(strategies.wide.round(3))
 # %%
 dc = analysis.chosen_exits(study, head.fr_model, calibrate_on)
 tables.save_table(dc.selection, TAB, "chosen_exits", float_format="%.3f", caption=(
-    f"Exits chosen by EX-FIQA-DC for each evaluated dataset (pseudo-label: mean mated similarity, {head.fr_model})."))
+    f"Exits chosen by EX-FIQA-DC for each evaluated dataset (pseudo-label: mean mated similarity, {head.fr_model}; "
+    "Spearman correlations, no EDC protocol involved)."))
 display(dc.selection)
 dc_vs = analysis.chosen_exits_comparison(study, dc, head.fmr, n_boot, strategies.learned, learn_on)
 DC_PROTOCOL = analysis.table_protocol(cfg, head.fmr, seed=True)

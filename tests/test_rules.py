@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 from fractions import Fraction
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -547,11 +546,3 @@ def test_insightface_templates_hand_case_and_from_stored_halves():
         fr.insightface_template_embeddings(halves, det, tids, mids, norms=np.c_[n1, -n2])
 
 
-def test_insightface_protocol_without_raw_norms_is_a_clear_error():
-    from exfiqa.pipeline import Study
-
-    with pytest.raises(ConfigError, match="template_protocol 'insightface'.*embedding_norms"):
-        Study._raw_norms(SimpleNamespace(), "ijbc", "arcface")  # type: ignore[arg-type]
-    norms = np.ones((4, 2), np.float32)
-    got = Study._raw_norms(SimpleNamespace(embedding_norms=lambda ds, fr: norms), "ijbc", "arcface")  # type: ignore[arg-type]
-    np.testing.assert_array_equal(got, norms)
