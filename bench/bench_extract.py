@@ -32,11 +32,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
-_OLD = r"""
+_COUNTING = r"""
 import json, resource, sys, time
 from exfiqa.config import load_config
 from exfiqa.datasets import Benchmark
-from exfiqa.pipeline import Study
 reads = {}
 real = Benchmark.image
 def counting(self, i):
@@ -45,32 +44,28 @@ def counting(self, i):
 Benchmark.image = counting
 cfg = load_config(sys.argv[1])
 t0, c0 = time.perf_counter(), time.process_time()
+"""
+_RESULT = """
+out = {"reads": reads, "wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+       "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+"""
+
+# the old path: one pass over the images per array
+_OLD = _COUNTING + r"""
+from exfiqa.pipeline import Study
 study = Study(cfg, progress=False)
 for ds in cfg.datasets:
     for q in cfg.quality_models: study.exit_scores(ds, q)
     for f in cfg.fr_models: study.embeddings(ds, f)
     for b in cfg.baselines: study.baseline_scores(ds, b)
-print(json.dumps({"reads": reads, "wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
+""" + _RESULT + "print(json.dumps(out))\n"
 
-_NEW = r"""
-import json, resource, sys, time
-from exfiqa.config import load_config
-from exfiqa.datasets import Benchmark
+# extraction: one pass per dataset (its own count of the reads, made in its workers too)
+_NEW = _COUNTING + r"""
 from exfiqa.extract import extract
-reads = {}
-real = Benchmark.image
-def counting(self, i):
-    reads[self.name] = reads.get(self.name, 0) + 1
-    return real(self, i)
-Benchmark.image = counting
-cfg = load_config(sys.argv[1])
-t0, c0 = time.perf_counter(), time.process_time()
 reports = extract(cfg, progress=False, log=lambda *_: None)
-print(json.dumps({"reads": reads, "wall": time.perf_counter() - t0, "cpu": time.process_time() - c0,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "reported_reads": {r.dataset: r.images_read for r in reports}}))
+""" + _RESULT + """out["reported_reads"] = {r.dataset: r.images_read for r in reports}
+print(json.dumps(out))
 """
 
 _DECODE = r"""

@@ -420,7 +420,11 @@ def table_protocol(cfg, fmr: float | None = None, seed: bool = False) -> dict:
     """The protocol columns of a table of this run (:func:`exfiqa.tables.protocol`)."""
     from .tables import protocol
 
-    return protocol(cfg.convention, cfg.discard_limit, fmr, cfg.pauc_scale, cfg.seed if seed else None)
+    out = protocol(cfg.convention, cfg.discard_limit, fmr, cfg.pauc_scale, cfg.seed if seed else None)
+    for key, default in (("threshold_rule", "at_most"), ("acceptance", "similarity>=")):
+        if getattr(cfg, key, default) != default:  # stated where it differs from the default only
+            out[key] = getattr(cfg, key)
+    return out
 
 
 def variant_tags(study: Study) -> dict[str, tuple[str, int]]:

@@ -9,7 +9,9 @@ Conventions:
   same backbone and pass (:data:`ATTN`, :data:`VITNT`). Baselines and external methods add their
   own columns. Higher = better quality everywhere.
 - Template benchmarks (IJB-C): template embedding = mean within media, sum over media,
-  L2-normalised; template quality = min over its samples.
+  L2-normalised (``template_protocol: group``, the default; ``insightface``: the same of
+  ``(f(x) + f(flip x)) * det_score``, from the stored halves and their norms); template
+  quality = min over its samples.
 - Pair quality = min of the two qualities. Similarity = cosine of flip-concatenated embeddings.
 - Similarities and qualities are float32. The analyses evaluate in bounded memory, at IJB-C and
   Adience all-vs-all sizes: per dataset a comparison set (:meth:`Study.comparison_set`), per

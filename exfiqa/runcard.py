@@ -8,7 +8,8 @@ notebook's first cell prints it (:meth:`RunCard.markdown`), ``make paper`` write
 the index and the tables can never disagree; ``make paper``'s "inputs unchanged" key is
 :meth:`RunCard.key`.
 
-This version evaluates in float32 only (``precision`` is stated, not chosen).
+``precision`` states the models' arithmetic in extraction (config key ``precision``: fp32 or
+bf16) and that arrays and evaluation are float32 (:data:`PRECISION`).
 """
 
 from __future__ import annotations
@@ -240,7 +241,7 @@ def run_card(cfg: Config, inputs: Mapping[str, str] | None = None) -> RunCard:
         quality_models=tuple(cfg.quality_models),
         device=cfg.device,
         device_requested=cfg.device_requested or cfg.device,
-        precision=PRECISION,
+        precision=f"models {cfg.precision}, arrays and evaluation {PRECISION}",
         convention=cfg.convention,
         discard_limit=float(cfg.discard_limit),
         fmr_targets=tuple(float(f) for f in cfg.fmr_targets),

@@ -54,6 +54,10 @@ def protocol(
 
 def _note(proto: Mapping[str, Any]) -> str:
     text = protocol_note(proto["convention"], proto["limit"], proto.get("fmr"), proto.get("scale", 1.0))
+    if "threshold_rule" in proto or "acceptance" in proto:
+        from .metrics import rule_note
+
+        text += "; " + rule_note(proto.get("threshold_rule", "at_most"), proto.get("acceptance", "similarity>="))
     return text + (f"; seed {proto['seed']}" if "seed" in proto else "")
 
 

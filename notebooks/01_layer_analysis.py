@@ -47,7 +47,7 @@ out_dir = ""  # figures and tables are written here; empty means results/RUN-adh
 # open the study: the config (and any parameter overrides), its run card
 from IPython.display import Markdown, display
 
-from exfiqa import analysis, plots, tables
+from exfiqa import analysis, metrics, plots, tables
 from exfiqa.paper import open_study
 
 study = open_study(
@@ -96,8 +96,12 @@ for q, depth in depths.items():
 #
 # One row per exit (and fusion), one column per dataset x FR model, at the headline FMR and, in
 # `pauc_all`, at every FMR target. Values are the area times the pAUC scale of the run card.
+# ATTN-FIQA (last block) and ViTNT-FIQA (all blocks) are read from the same pass of the same
+# backbone. The threshold rule and acceptance of this run are printed below; where pair
+# qualities tie, the authors' own numbers depend on their machine's sort (the note below).
 
 # %%
+display(Markdown(f"Rules: {metrics.rule_note(cfg.threshold_rule, cfg.acceptance)}. {metrics.TIE_ORDER_NOTE}"))
 pauc = analysis.pauc_all(study, scale=cfg.pauc_scale)
 tables.save_table(pauc, TAB, "pauc_all", caption="pAUC-EDC of every method, dataset, FR model and quality model.",
                   protocol=analysis.table_protocol(cfg))

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from test_fr import _randomise  # random weights and BN statistics (tests/ is on sys.path)
 
 from exfiqa import fr
 from exfiqa.config import ConfigError, load_config
@@ -30,22 +31,6 @@ ARCFACE_ARGS = {"channel_order": "RGB", "scale": 1 / 255, "mean": [0.5] * 3, "st
 def _need_runtime() -> None:
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'exfiqa[onnx]')")
     pytest.importorskip("onnx", reason="the onnx package is not installed (pip install onnx)")
-
-
-def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random weights and BN statistics, so eval-mode outputs depend on every tensor."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if name.endswith("num_batches_tracked"):
-                continue
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif t.ndim > 1:
-                t.copy_(torch.randn(t.shape, generator=g) * (1.0 / t[0].numel()) ** 0.5)
-            else:
-                t.copy_(torch.randn(t.shape, generator=g) * 0.1 + (1.0 if "weight" in name else 0))
-    return model.eval()
 
 
 def _faces(n: int, seed: int = 0) -> np.ndarray:

@@ -84,7 +84,7 @@ def test_run_card_in_every_notebook_and_the_index(odd_run):
     card = RunCard.from_json((out / "run_card.json").read_text())
     assert (card.convention, card.discard_limit, card.fmr_targets, card.seed, card.pauc_scale) == (
         "fixed", 0.25, (0.02, 0.002), 7, 100.0)
-    assert card.precision == "float32" and re.fullmatch("[0-9a-f]{64}", card.code_sha256) and card.demo
+    assert card.precision == "models fp32, arrays and evaluation float32" and re.fullmatch("[0-9a-f]{64}", card.code_sha256) and card.demo
     assert any(k.startswith("datasets.ijbc") for k in card.inputs) and any("quality_models.T" in k for k in card.inputs)
     # the same object the index renders (the code digest moves only if a package source was edited meanwhile)
     assert set(card.differences(run_card(load_config(path.resolve())))) <= {"code_sha256", "git"}
