@@ -155,6 +155,11 @@ def test_readme_papermill_example_runs(index, tiny_config, tmp_path):
     run_fully = index == FIRST_RUN
     if "--help-notebook" not in cmd and not run_fully:
         cmd.append("--prepare-only")
+    if run_fully:  # the notebooks read extracted arrays: `exfiqa extract` first, as the README says
+        from exfiqa.config import load_config
+        from exfiqa.extract import extract
+
+        extract(load_config(tiny_config), progress=False, log=lambda *_: None)
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"{line}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     if "--help-notebook" in cmd:
