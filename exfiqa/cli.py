@@ -92,38 +92,13 @@ def _check_out(text: str, overwrite: bool) -> None:
         raise UsageError(f"--out {text}: cannot write in {folder} ({exc.strerror or exc})") from None
 
 
-def _score_family(
-    model, batches, total: int, device, progress: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One pass: (exit scores (N, D), ATTN-FIQA of the last block (N,), ViTNT-FIQA mean (N,))."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from .images import to_tensor
-
-    model = model.to(device).eval()
-    scores, attn, vitnt = [], [], []
-    bar = tqdm(total=total, desc="quality", unit="img", disable=not progress, leave=False)
-    with torch.inference_mode():
-        for batch in batches:
-            out = model.forward_exits(to_tensor(batch).to(device), family=True)
-            scores.append(out.scores.float().cpu().numpy())
-            attn.append(out.attn_fiqa[:, -1].cpu().numpy())
-            vitnt.append(out.vitnt_fiqa[:, 0].cpu().numpy())
-            bar.update(len(batch))
-    bar.close()
-    if not scores:
-        return np.zeros((0, model.depth), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32)
-    return np.concatenate(scores), np.concatenate(attn), np.concatenate(vitnt)
-
-
 def cmd_score(args: argparse.Namespace) -> int:
     """Score images at every exit and write the CSV atomically."""
     import pandas as pd
 
     from .fusion import ex_fiqa_f, ex_fiqa_fw
     from .images import ImageReadError, find_images, read_face
-    from .inference import chunked, resolve_device
+    from .inference import chunked, family_scores, resolve_device
     from .io import CheckpointError, atomic_write
     from .model import load_vitfiqa
 
@@ -186,9 +161,8 @@ def cmd_score(args: argparse.Namespace) -> int:
                 yield np.stack(images)
 
     try:
-        scores, attn_fiqa, vitnt_fiqa = _score_family(
-            model, batches(), total=len(paths), device=device, progress=not args.quiet
-        )
+        scores, attn, vitnt = family_scores(model, batches(), total=len(paths), device=device, progress=not args.quiet)
+        attn_fiqa, vitnt_fiqa = attn[:, -1], vitnt[:, 0]  # the last block (as the paper); the mean
     except ImageReadError as exc:
         print(f"exfiqa score: {exc} (use --skip-bad to leave such files out)", file=sys.stderr)
         return 2

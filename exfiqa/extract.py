@@ -414,11 +414,10 @@ def _run_shards(study: Study, dataset: str, jobs: Sequence[Job], rank: int, worl
             batches.append(list(range(b, min(b + cfg.batch_size, e))))
             owner.append((s, e))
     dev = torch.device(cfg.device)
-    heads = [h for h in _heads(study, jobs) if set(h.labels) & labels]
+    heads = _heads(study, jobs)
     bf16 = cfg.precision == "bf16"
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    workers = cfg.workers if cfg.workers is not None else 0
-    batches_in = loader(images, batches, workers, pin=dev.type == "cuda")
+    batches_in = loader(images, batches, cfg.workers or 0, pin=dev.type == "cuda")
     writers: dict[str, _ShardWriter] = {}
     crop_writer: _ShardWriter | None = None
     current: tuple[int, int] | None = None
@@ -473,7 +472,7 @@ def reopen_benchmark(cfg: Config, dataset: str) -> Benchmark:
     return load_benchmark(spec.kind, **spec.args)
 
 
-def _merge(study: Study, jobs: Sequence[Job], n_shards: int) -> None:
+def _merge(study: Study, jobs: Sequence[Job]) -> None:
     """Rank 0: every job's shards, in index order, into the layout; then the shard folder goes."""
     for job in jobs:
         bench = study.benchmark(job.dataset)
@@ -522,7 +521,7 @@ def _extract(study: Study, dataset: str, progress: bool, rank: int, world: int) 
         if on:
             dist.barrier()
         if rank == 0:
-            _merge(study, jobs, report.shards_total)
+            _merge(study, jobs)
         if on:
             dist.barrier()
     report.seconds = time.perf_counter() - t0

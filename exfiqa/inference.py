@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from .images import to_tensor
 from .model import ViTFIQA
 
-__all__ = ["exit_scores", "resolve_device"]
+__all__ = ["exit_scores", "family_scores", "resolve_device"]
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -23,6 +23,28 @@ def resolve_device(device: str | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} requested but CUDA is not available here")
     return dev
+
+
+def _passes(
+    model: ViTFIQA, batches: Iterable[NDArray[np.uint8]], total: int | None, device: str | torch.device,
+    progress: bool, desc: str, family: bool,
+) -> list[NDArray[np.float32]]:
+    """One pass over ``batches``: [scores (N, depth)] or, with ``family``, also ATTN-FIQA (N, depth)
+    and ViTNT-FIQA (N, 2) (:meth:`exfiqa.model.ViTFIQA.forward_exits`)."""
+    dev = torch.device(device)
+    model = model.to(dev).eval()
+    parts: list[list[NDArray[np.float32]]] = [[], [], []] if family else [[]]
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
+    with torch.inference_mode():
+        for batch in batches:
+            out = model.forward_exits(to_tensor(batch).to(dev), family=family)
+            got = (out.scores, out.attn_fiqa, out.vitnt_fiqa) if family else (out.scores,)
+            for part, value in zip(parts, got, strict=True):
+                part.append(value.float().cpu().numpy())
+            bar.update(len(batch))
+    bar.close()
+    widths = (model.depth, model.depth, 2)
+    return [np.concatenate(p, axis=0) if p else np.zeros((0, w), dtype=np.float32) for p, w in zip(parts, widths[: len(parts)], strict=True)]
 
 
 def exit_scores(
@@ -37,19 +59,21 @@ def exit_scores(
 
     The model is moved to ``device`` and put in eval mode; images keep their order.
     """
-    dev = torch.device(device)
-    model = model.to(dev).eval()
-    out: list[NDArray[np.float32]] = []
-    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
-    with torch.inference_mode():
-        for batch in batches:
-            scores = model.forward_exits(to_tensor(batch).to(dev)).scores
-            out.append(scores.float().cpu().numpy())
-            bar.update(len(batch))
-    bar.close()
-    if not out:
-        return np.zeros((0, model.depth), dtype=np.float32)
-    return np.concatenate(out, axis=0)
+    return _passes(model, batches, total, device, progress, desc, family=False)[0]
+
+
+def family_scores(
+    model: ViTFIQA,
+    batches: Iterable[NDArray[np.uint8]],
+    total: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    desc: str = "quality",
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+    """One pass: exit scores (N, depth), ATTN-FIQA of every block (N, depth) and ViTNT-FIQA
+    (N, 2: mean, attention-weighted), float32, as :func:`exit_scores` handles batches."""
+    scores, attn, vitnt = _passes(model, batches, total, device, progress, desc, family=True)
+    return scores, attn, vitnt
 
 
 def chunked(items: list, size: int) -> Iterator[list]:

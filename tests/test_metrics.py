@@ -584,18 +584,23 @@ def test_paired_fixed_equals_difference_of_single_bootstraps():
     assert paired.frac_a_below_b == np.mean(a < b)
 
 
+def _explicit_paired_deltas(s, y, q, q2, n_boot=300, seed=2):
+    """pAUC(q) - pAUC(q2) on explicit resamples (mated and non-mated drawn separately)."""
+    rng = np.random.default_rng(seed)
+    im, inm = np.flatnonzero(y), np.flatnonzero(~y)
+    ref = []
+    for _ in range(n_boot):
+        idx = np.sort(np.r_[rng.choice(inm, inm.size), rng.choice(im, im.size)])
+        a, b = (M.pauc(M.edc(s[idx], y[idx], x[idx], 0.01, "recompute")) for x in (q, q2))
+        ref.append(a - b)
+    return np.array(ref)
+
+
 def test_paired_recompute_matches_explicit_resampling():
     s, y, q = synthetic(1000, 0.15, seed=20, mated_mean=0.3)
     q2 = q + 1.5 * np.random.default_rng(1).normal(size=q.size)
     ours = M.paired_bootstrap(s, y, q, q2, 0.01, "recompute", n_boot=300, seed=1).samples
-    rng = np.random.default_rng(2)
-    im, inm = np.flatnonzero(y), np.flatnonzero(~y)
-    ref = []
-    for _ in range(300):
-        idx = np.sort(np.r_[rng.choice(inm, inm.size), rng.choice(im, im.size)])
-        a, b = (M.pauc(M.edc(s[idx], y[idx], x[idx], 0.01, "recompute")) for x in (q, q2))
-        ref.append(a - b)
-    ref = np.array(ref)
+    ref = _explicit_paired_deltas(s, y, q, q2)
     assert abs(ours.mean() - ref.mean()) < 0.3 * ref.std()
     assert 0.8 < ours.std() / ref.std() < 1.25
 
@@ -792,13 +797,6 @@ def test_paired_recompute_with_pooled_gaps_is_close_and_not_narrower(monkeypatch
     s, y, q = synthetic(3000, 0.15, seed=20, mated_mean=0.3)
     q2 = q + 0.7 * np.random.default_rng(1).normal(size=q.size)
     ours = M.paired_bootstrap(s, y, q, q2, 0.01, "recompute", n_boot=300, seed=1).samples
-    rng = np.random.default_rng(2)
-    im, inm = np.flatnonzero(y), np.flatnonzero(~y)
-    ref = []
-    for _ in range(300):
-        idx = np.sort(np.r_[rng.choice(inm, inm.size), rng.choice(im, im.size)])
-        a, b = (M.pauc(M.edc(s[idx], y[idx], x[idx], 0.01, "recompute")) for x in (q, q2))
-        ref.append(a - b)
-    ref = np.array(ref)
+    ref = _explicit_paired_deltas(s, y, q, q2)
     assert abs(ours.mean() - ref.mean()) < 0.3 * ref.std()
     assert 0.9 < ours.std() / ref.std() < 1.3
