@@ -384,7 +384,7 @@ def paper_set(rows: list[dict[str, Any]], precision: str) -> dict[str, Any] | No
 
 def render_crops(unique: int, seed: int, workers: int) -> tuple[list[np.ndarray], np.ndarray]:
     """``unique`` SynthFace loose crops (sides 150/180/224 in turn, half degraded) + landmarks."""
-    from exfiqa.synth import WorldSpec, generate_items
+    from exfiqa.demo.synth import WorldSpec, generate_items
 
     world = WorldSpec(seed=seed, n_identities=1, images_per_identity=1, degradation_prob=0.5)
     crops: list[np.ndarray] = [np.empty(0)] * unique
@@ -454,7 +454,7 @@ def decode_only(cfg: Any, dataset: str, workers: int, pin: bool) -> dict[str, fl
 def single_core_decode(crops: list[np.ndarray], bench_root: Path, n: int) -> dict[str, float]:
     """Images/s of one process: decode of an aligned 112x112 JPEG q95 from bytes (``.bin`` /
     XQLFW / Adience), and ``Benchmark.image`` of the IJB-C-like folder (decode + 5-point align)."""
-    from exfiqa.synth import WorldSpec, generate_items
+    from exfiqa.demo.synth import WorldSpec, generate_items
 
     world = WorldSpec(seed=1, n_identities=1, images_per_identity=1, degradation_prob=0.5)
     k = min(n, 64)

@@ -1,6 +1,6 @@
 """SynthFace throughput, and (optionally) how hard its identities are to tell apart.
 
-Prints images/s of ``exfiqa.synth.generate`` (aligned 112x112, degradations per the default world)
+Prints images/s of ``exfiqa.demo.synth.generate`` (aligned 112x112, degradations per the default world)
 for each worker count, each timed on a fresh set of identities (so identity textures are built
 inside the timing, as in real use). With ``--recognition`` it also prints closed-set
 nearest-centroid identification accuracy of simple features on clean images and under each
@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from exfiqa import synth as S
+from exfiqa.demo import synth as S
 
 
 def _cpu_seconds() -> float:

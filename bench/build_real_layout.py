@@ -9,7 +9,7 @@ full-size models, the config's protocol) can be run end to end:
   ``data/README.md`` documents): five verification ``.bin`` files, XQLFW aligned images + pairs
   file, Adience ``aligned_by_subject/<user_id>_<face_id>/`` folders, IJB-C ``loose_crop/`` + the
   three ``meta/`` files; all written by the package's own writers and checked by its readers;
-- faces are SynthFace renders (:mod:`exfiqa.synth`): mated pairs are two renders of one identity,
+- faces are SynthFace renders (:mod:`exfiqa.demo.synth`): mated pairs are two renders of one identity,
   each benchmark has its own disjoint identities; IJB-C crops are unaligned loose crops of varying
   (non-square) size with their 5 landmarks, aligned by the real reader;
 - checkpoints are FULL-SIZE and RANDOM-WEIGHT, in the released key layouts and file names:
@@ -61,8 +61,8 @@ import numpy as np
 import yaml
 
 from exfiqa import datasets as ds
+from exfiqa.demo.synth import WorldSpec, generate_items
 from exfiqa.io import atomic_path, atomic_write, file_digest
-from exfiqa.synth import WorldSpec, generate_items
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_VERSION = "1"

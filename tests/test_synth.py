@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage.transform import SimilarityTransform, warp
 
-from exfiqa import synth as S
+from exfiqa.demo import synth as S
 
 SPEC = S.WorldSpec(seed=11, n_identities=30, images_per_identity=4, degradation_prob=0.6)
 

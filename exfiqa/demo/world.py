@@ -1,8 +1,8 @@
-"""``make demo``: the offline demo world, built once and cached under ``data/demo``.
+"""The demo world's builder (``make demo``): built once and cached under ``data/demo``.
 
 What it builds from one seed (:class:`DemoSpec`):
 
-1. SynthFace images (:mod:`exfiqa.synth`) of disjoint train and test identities.
+1. SynthFace images (:mod:`exfiqa.demo.synth`) of disjoint train and test identities.
 2. Four small FR models, one per loss of the paper's FR models (ArcFace, ElasticFace-Arc, MagFace,
    CurricularFace), iResNet-style (CurricularFace: the face.evoLVe IR layout), saved in their
    released checkpoint formats (``fr/*.pt``).
@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import atomic_write, file_digest
+from ..io import atomic_write, file_digest
 
 __all__ = ["DemoSpec", "build_demo", "ensure_demo", "main"]
 
@@ -193,9 +193,9 @@ def _train_job(args: tuple[str, DemoSpec, str, str]) -> dict[str, Any]:
     """One model (runs in a worker process, one torch thread): train and save in released format."""
     import torch
 
-    from . import fr as frmod
-    from .model import build_vitfiqa, save_vitfiqa
-    from .train import train_fr, train_vitfiqa
+    from .. import fr as frmod
+    from ..model import build_vitfiqa, save_vitfiqa
+    from ..train import train_fr, train_vitfiqa
 
     name, spec, train_npz, out_path = args
     torch.set_num_threads(1)
@@ -237,7 +237,7 @@ def _write_benchmarks(spec: DemoSpec, root: Path, log: Callable[[str], None], wo
     import pandas as pd
     from PIL import Image
 
-    from . import datasets as ds
+    from .. import datasets as ds
     from .synth import WorldSpec, generate_items
 
     ranges = _ranges(spec)
@@ -429,7 +429,7 @@ def _train_and_report_in_pool(
     import multiprocessing
     from concurrent.futures import as_completed
 
-    from .demo_report import assemble_report, report_part
+    from .report import assemble_report, report_part
 
     t0 = time.perf_counter()
     ex = ProcessPoolExecutor(max_workers=spec.workers, mp_context=multiprocessing.get_context("spawn"))
@@ -495,7 +495,7 @@ def build_demo(root: str | os.PathLike[str], spec: DemoSpec | None = None, force
         _write_benchmarks(spec, root, log)
         timings["benchmarks"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
-        from .demo_report import world_report
+        from .report import world_report
 
         report = world_report(root, heads=spec.vit_heads)
         timings["report"] = round(time.perf_counter() - t0, 1)
@@ -531,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="rebuild even if the manifest matches")
     ap.add_argument("--tiny", action="store_true", help="a seconds-sized world (for tests)")
     args = ap.parse_args(argv)
-    from .config import load_config
+    from ..config import load_config
 
     cfg = load_config(args.config)
     if not cfg.demo:
@@ -541,6 +541,3 @@ def main(argv: list[str] | None = None) -> int:
     build_demo(cfg.data_root, DemoSpec.tiny() if kind == "tiny" else DemoSpec(), force=args.force)
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

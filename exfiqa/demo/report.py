@@ -20,12 +20,12 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
-from .datasets import read_adience, read_bin, read_xqlfw
-from .fr import load_fr
-from .inference import exit_scores
-from .metrics import edc, pauc, verification_accuracy
-from .model import load_vitfiqa
-from .train import certainty_ratio
+from ..datasets import read_adience, read_bin, read_xqlfw
+from ..fr import load_fr
+from ..inference import exit_scores
+from ..metrics import edc, pauc, verification_accuracy
+from ..model import load_vitfiqa
+from ..train import certainty_ratio
 
 __all__ = ["assemble_report", "report_part", "world_report"]
 
