@@ -10,10 +10,12 @@ need from them comes in two prepared objects (the interfaces of :func:`exfiqa.me
   bootstrap, its exact rank; and how many comparisons share each pair quality (the tie groups
   of an FM-EDC under ``fixed``).
 
-Conventions: pair quality = min of the two sides' qualities; similarity = dot product of the two
-sides' features times ``scale`` (0.5 for flip-concatenated sample embeddings, 1 for L2-normalised
-template features), computed in float32. The pair quality ``min(v[a], v[b])`` is ordered by the
-dense rank of ``v`` at the smaller side, so no per-comparison float array is sorted.
+Conventions: pair quality = min of the two sides' qualities (:func:`exfiqa.metrics.pair_quality`,
+which computes every pair quality materialised here); similarity = dot product of the two sides'
+L2-normalised features (:func:`cosine_similarity`, or the same products as GEMM tiles and Gram
+rows) times ``scale`` (0.5 for flip-concatenated sample embeddings, 1 for L2-normalised template
+features), computed in float32. The pair quality ``min(v[a], v[b])`` is ordered by the dense rank
+of ``v`` at the smaller side, so no per-comparison float array is sorted.
 
 * :class:`PairList`: explicit ``a``/``b`` row indices. Similarities come from float32 GEMM
   tiles where the comparisons are dense in (side a x side b), gathered dot products elsewhere:
@@ -37,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import _level_starts, _vector
+from .metrics import _level_starts, _vector, pair_quality
 
 __all__ = [
     "AllPairs",
@@ -46,6 +48,7 @@ __all__ = [
     "MinPairOrder",
     "PairList",
     "all_pairs_sanity",
+    "cosine_similarity",
     "pair_similarity",
     "release_pages",
 ]
@@ -134,6 +137,21 @@ def _c2(x: np.ndarray | int) -> np.ndarray:
 # --------------------------------------------------------------------------------- similarity
 
 
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise dot product ``<a[k], b[k]>`` of two (N, D) arrays: the cosine similarity of
+    L2-normalised rows.
+
+    The input must already be normalised (nothing is normalised or clipped here). Flip-concatenated
+    embeddings ``[L2(f(x)), L2(f(flip x))]`` have norm sqrt 2, so their cosine is this product / 2:
+    the caller divides afterwards (``scale`` 0.5 of :func:`pair_similarity`). Computed as
+    ``np.einsum("ij,ij->i", a, b)`` in the inputs' dtype (float32 stays float32).
+    """
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(f"cosine_similarity: expected two (N, D) arrays of one shape, got {a.shape} and {b.shape}")
+    out: np.ndarray = np.einsum("ij,ij->i", a, b)
+    return out
+
+
 def pair_similarity(
     features: np.ndarray, a: np.ndarray, b: np.ndarray, scale: float = 1.0, plan: _TilePlan | None = None
 ) -> np.ndarray:
@@ -151,7 +169,7 @@ def pair_similarity(
     rest = plan.sparse
     for s in range(0, rest.shape[0], CHUNK):
         sel = rest[s : s + CHUNK]
-        out[sel] = np.einsum("ij,ij->i", f[plan.a[sel]], f[plan.b[sel]])
+        out[sel] = cosine_similarity(f[plan.a[sel]], f[plan.b[sel]])
     if scale != 1.0:
         out *= np.float32(scale)
     return out
@@ -247,8 +265,9 @@ class PairList:
         return MinPairOrder(self, _side_values(side_values, self.n_sides))
 
     def pair_quality(self, side_values: np.ndarray) -> np.ndarray:
+        """Pair quality of every comparison (:func:`exfiqa.metrics.pair_quality`, float32)."""
         v = _side_values(side_values, self.n_sides)
-        return np.minimum(v[self.a], v[self.b])
+        return pair_quality(v[self.a], v[self.b])
 
 
 class MinPairOrder:
@@ -290,7 +309,7 @@ class MinPairOrder:
         return self.level[refs]
 
     def quality(self, refs: np.ndarray) -> np.ndarray:
-        return np.minimum(self.v[self.pairs.a[refs]], self.v[self.pairs.b[refs]])
+        return pair_quality(self.v[self.pairs.a[refs]], self.v[self.pairs.b[refs]])
 
     def value_counts(self) -> tuple[np.ndarray, np.ndarray]:
         """The distinct pair qualities, ascending, and how many comparisons have each."""
@@ -414,9 +433,10 @@ class AllPairs:
         return AllPairsOrder(self, _side_values(sample_values, self.n_samples))
 
     def pair_quality(self, sample_values: np.ndarray) -> np.ndarray:
+        """Pair quality of every pair, row-major (:func:`exfiqa.metrics.pair_quality`; materialised)."""
         v = _side_values(sample_values, self.n_samples)
         a, b, _ = self.materialise()
-        return np.minimum(v[a], v[b])
+        return pair_quality(v[a], v[b])
 
 
 class AllPairsScores:
@@ -591,7 +611,7 @@ class AllPairsOrder:
 
     def quality(self, refs: np.ndarray) -> np.ndarray:
         i, j, _ = self._group(refs)
-        return np.minimum(self.v[i], self.v[j])
+        return pair_quality(self.v[i], self.v[j])
 
     def value_counts(self) -> tuple[np.ndarray, np.ndarray]:
         """The distinct pair qualities, ascending, and how many pairs have each (closed form)."""

@@ -1,7 +1,6 @@
-"""Verification and quality-assessment metrics: FNMR@FMR, ROC, EER, accuracy, EDC, pAUC, bootstrap.
+"""Verification and quality-assessment metrics: FNMR@FMR, ROC, EER, accuracy, EDC, pAUC.
 
-numpy (and scipy.special for one bootstrap step) only; pandas is imported lazily by the
-tidy-frame helpers.
+numpy only; pandas is imported lazily by the tidy-frame helpers.
 
 Vocabulary and conventions (every function in this module)
 -----------------------------------------------------------
@@ -14,10 +13,10 @@ Vocabulary and conventions (every function in this module)
 * Argument names and order: functions of two score sets take bob.measure's order
   ``nonmated_scores, mated_scores`` (negatives, positives; :func:`error_rates`,
   :func:`fnmr_at_fmr`, :func:`fmr_at_fnmr`, :func:`roc`, :func:`eer`). Functions of one labelled
-  comparison set take ``similarity, mated, quality`` (curves, frames, bootstrap, accuracy), with
-  ``mated`` always the boolean (or 0/1) labels, True for mated comparisons; frames take a mapping
-  ``qualities`` in the place of ``quality``. Every convention argument defaults to
-  ``recompute``, as the paper and the configs.
+  comparison set take ``similarity, mated, quality`` (curves, frames, accuracy, and those of
+  :mod:`exfiqa.bootstrap`), with ``mated`` always the boolean (or 0/1) labels, True for mated
+  comparisons; frames take a mapping ``qualities`` in the place of ``quality``. Every convention
+  argument defaults to ``recompute``, as the paper and the configs.
 * **Quality**: higher = better. Pair quality = min of the two sample qualities
   (:func:`pair_quality`); an IJB-C template's quality = min over its samples
   (:func:`template_quality`).
@@ -146,60 +145,16 @@ the ``fixed`` FNMR after discarding the same mated comparisons. Otherwise they d
 ``recompute`` also discards the other kind, moving the threshold, and measures the discard
 fraction over all comparisons.
 
-Bootstrap
----------
-:func:`bootstrap_pauc`, :func:`paired_bootstrap` and :func:`bootstrap_samples` resample
-comparisons with replacement, stratified (mated and non-mated separately, keeping both counts),
-and report percentile intervals around the pAUC of the original data. They are deterministic for
-a given seed (and numpy version). They cover FNM-EDCs with the ``at_most`` rule (either
-acceptance; ``closest`` raises: its threshold is not an order statistic with a closed-form
-resampling distribution). A resample is represented by counts per comparison: the
-resampled data set is the original comparisons, each repeated as often as it was drawn, in input
-order (which is what the stable tie-break sees); duplicated comparisons tie in quality. Only the
-mated comparisons and the highest non-mated ones (the *candidates*, which hold every threshold a
-resample can need) are drawn one by one, so memory and time per resample do not grow with the
-number of non-mated comparisons (IJB-C, 15.6M comparisons, 2 cores: about 10-30 ms per resample
-and quality measure after a setup of about 1 s per measure; Adience all-vs-all works the same
-through :mod:`exfiqa.comparisons`).
-
-* ``fixed``: mated counts are drawn per comparison. The non-mated resample enters only through its
-  threshold, the (k+1)-th largest resampled non-mated score, whose rank R is drawn from its exact
-  distribution ``P(R <= r) = P(Binomial(n, r / n) >= k + 1)``; only the top non-mated scores are
-  touched. Exact in distribution, single and paired alike; the paired and single bootstraps
-  consume the seed identically.
-* ``recompute``: the number of non-mated copies that land on the candidates is drawn
-  (binomial) and spread uniformly over them; the other copies are pooled and spread over the
-  *gaps* between consecutive needed comparisons of each quality order, by gap size (multinomial).
-  Gaps are drawn in blocks of 256: first the pooled copies per block, then per gap only inside
-  the at most 19 blocks a level boundary falls in (elsewhere every copy of a needed comparison
-  lies on one side of every boundary, so its exact slot changes nothing). For one quality
-  measure this is exactly the stratified resample's distribution at the resolution the
-  ``recompute`` EDC can see. When a resample needs an order statistic below the candidates, the
-  gaps are completed and split further over more candidates (exact conditional draws).
-  With several measures on the same resamples (:func:`paired_bootstrap`, :func:`bootstrap_samples`)
-  the mated and candidate counts are shared, while each order's gap counts are drawn on its own
-  (seeded by ``seed`` and the order's structure, so identical orders get identical draws and a
-  measure's samples do not depend on which others are evaluated with it). Each measure's samples
-  are therefore exactly distributed, and the measures are coupled through every comparison that
-  can change an FNMR or a threshold; what is not reproduced is the correlation, between two
-  different orders, of how many pooled low-scoring non-mated copies land before each level
-  boundary. Those counts move a boundary by about ``sqrt(N)`` of the ``N / 20`` slots of a
-  level, and a pAUC only through the few mated comparisons inside that shift; for positively
-  correlated orders the omitted covariance makes the interval of the difference slightly wider
-  (conservative): 6-9 % in standard deviation against explicit resampling on 3,000 comparisons
-  with 96 % of the non-mated pooled (the tests), less at larger sizes, where the shift is a
-  smaller share of a level. (Drawing every non-mated count instead is O(N) per resample: about 2 s per
-  resample for three measures at IJB-C size on 2 cores, against tens of milliseconds here.)
+Bootstrap intervals of these pAUCs (single and paired) live in :mod:`exfiqa.bootstrap`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -215,15 +170,11 @@ __all__ = [
     "TIE_ORDER_NOTE",
     "Acceptance",
     "BestCurve",
-    "BootstrapResult",
     "Convention",
     "EDCCurve",
     "ErrorType",
-    "PairedBootstrapResult",
     "ThresholdRule",
     "VerificationAccuracy",
-    "bootstrap_pauc",
-    "bootstrap_samples",
     "compat_rules",
     "edc",
     "edc_curves",
@@ -235,7 +186,6 @@ __all__ = [
     "fmr_at_fnmr",
     "fnmr_at_fmr",
     "pair_quality",
-    "paired_bootstrap",
     "pauc",
     "pauc_frame",
     "pauc_meta",
@@ -256,6 +206,7 @@ RECOMPUTE_DISCARD_FRACTIONS: np.ndarray = np.arange(_N_LEVELS) / _N_LEVELS
 RECOMPUTE_DISCARD_FRACTIONS.setflags(write=False)
 
 _FMR_TOL = 1e-9
+_E = TypeVar("_E", bound=Enum)
 _MIN_CANDIDATES = 4096  # fewest top non-mated scores kept for the ``recompute`` order statistics
 
 
@@ -345,6 +296,24 @@ PAUC_META: dict[Convention, dict[str, str]] = {
 # ----------------------------------------------------------------------------- validation
 
 
+def _real(a: np.ndarray, name: str) -> np.ndarray:
+    """``a`` checked to hold finite real numbers (float32 and float64 kept, other numbers -> float64)."""
+    if a.dtype == np.bool_ or not (
+        np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)
+    ):
+        raise ValueError(f"{name}: expected real numbers, got dtype {a.dtype}")
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    if a.size and not (np.isfinite(a.min()) and np.isfinite(a.max())):  # NaN propagates: no (N,) mask
+        bad = np.flatnonzero(~np.isfinite(a))
+        at = bad[0] if a.ndim == 1 else tuple(int(i) for i in np.unravel_index(bad[0], a.shape))
+        raise ValueError(
+            f"{name}: {bad.size} non-finite value(s) (NaN or inf), first at index {at} "
+            f"({a.reshape(-1)[bad[0]]})"
+        )
+    return a
+
+
 def _vector(x: ArrayLike, name: str) -> np.ndarray:
     """A finite, non-empty 1-D float array (float32 and float64 kept, other numbers -> float64)."""
     a = np.asarray(x)
@@ -352,20 +321,15 @@ def _vector(x: ArrayLike, name: str) -> np.ndarray:
         raise ValueError(f"{name}: expected a 1-D array, got shape {a.shape}")
     if a.size == 0:
         raise ValueError(f"{name}: is empty")
-    if a.dtype == np.bool_ or not (
-        np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)
-    ):
-        raise ValueError(f"{name}: expected real numbers, got dtype {a.dtype}")
-    if a.dtype not in (np.float32, np.float64):
-        a = a.astype(np.float64)
-    finite = np.isfinite(a)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
-        raise ValueError(
-            f"{name}: {bad.size} non-finite value(s) (NaN or inf), first at index {bad[0]} "
-            f"({a[bad[0]]})"
-        )
-    return a
+    return _real(a, name)
+
+
+def _values(x: ArrayLike, name: str) -> np.ndarray:
+    """Finite per-item values, (N,) or (N, K) for K measures, possibly empty (dtypes as :func:`_real`)."""
+    a = np.asarray(x)
+    if a.ndim not in (1, 2):
+        raise ValueError(f"{name}: expected shape (N,) or (N, K), got shape {a.shape}")
+    return _real(a, name)
 
 
 def _same_length(a: np.ndarray, name: str, n: int, ref: str) -> None:
@@ -389,7 +353,7 @@ def _labels(mated: ArrayLike, n: int, name: str = "mated") -> np.ndarray:
     return a.astype(bool)
 
 
-def _fmr_value(fmr: float, name: str = "fmr") -> float:
+def _fmr_value(fmr: Any, name: str = "fmr") -> float:
     try:
         v = float(fmr)
     except (TypeError, ValueError):
@@ -400,7 +364,11 @@ def _fmr_value(fmr: float, name: str = "fmr") -> float:
 
 
 def _fmr_targets(fmr_targets: float | Sequence[float], name: str = "fmr_targets") -> list[float]:
-    seq = [fmr_targets] if np.isscalar(fmr_targets) else list(fmr_targets)  # type: ignore[list-item]
+    seq: list[Any]  # checked and converted by _fmr_value
+    if np.isscalar(fmr_targets):
+        seq = [fmr_targets]
+    else:  # np.isscalar does not narrow the union for the type checker: not a scalar is a sequence here
+        seq = list(cast(Sequence[float], fmr_targets))
     if not seq:
         raise ValueError(f"{name}: no FMR target given")
     return [_fmr_value(t, name) for t in seq]
@@ -429,7 +397,7 @@ def _kmax(fmr: float, n: int | np.ndarray) -> np.ndarray:
     """Largest number of accepted non-mated comparisons that FMR <= ``fmr`` allows among ``n``."""
     n = np.asarray(n)
     k = np.floor(fmr * n * (1.0 + _FMR_TOL)).astype(np.int64)
-    return np.minimum(k, np.maximum(n - 1, 0))
+    return np.asarray(np.minimum(k, np.maximum(n - 1, 0)), dtype=np.int64)
 
 
 def _above(x: np.ndarray | float) -> np.ndarray:
@@ -437,7 +405,7 @@ def _above(x: np.ndarray | float) -> np.ndarray:
     return np.nextafter(np.asarray(x, dtype=np.float64), np.inf)
 
 
-def _choice(enum: type[Enum], value: Any, name: str) -> Any:
+def _choice(enum: type[_E], value: Any, name: str) -> _E:
     try:
         return enum(value)
     except ValueError:
@@ -501,19 +469,25 @@ def pair_quality(
     q_b: ArrayLike,
     reducer: Callable[[np.ndarray, np.ndarray], np.ndarray] = np.minimum,
 ) -> np.ndarray:
-    """Pair quality of each comparison from its two sample qualities.
+    """Pair quality of each comparison from the qualities of its two sides.
+
+    The package's convention (the paper, Schlett et al.): a comparison's quality is the
+    **minimum** of its two sides' qualities (samples, or IJB-C templates: :func:`template_quality`),
+    higher = better. Every pair quality exfiqa materialises is computed here
+    (:mod:`exfiqa.comparisons`, :class:`exfiqa.pipeline.Study`).
 
     Args:
-        q_a: Quality of the first sample of each comparison (higher = better).
-        q_b: Quality of the second sample, same length.
-        reducer: Elementwise combination; the paper (and Schlett et al.) use the minimum.
+        q_a: Quality of the first side of each comparison: (N,), or (N, K) for K measures.
+        q_b: Quality of the second side, same shape.
+        reducer: Elementwise combination (default ``np.minimum``).
 
     Returns:
-        The pair qualities, float array of the same length.
+        The pair qualities, shape of ``q_a``; float32 inputs stay float32.
     """
-    a = _vector(q_a, "q_a")
-    b = _vector(q_b, "q_b")
-    _same_length(b, "q_b", a.shape[0], "q_a")
+    a = _values(q_a, "q_a")
+    b = _values(q_b, "q_b")
+    if b.shape != a.shape:
+        raise ValueError(f"q_b: shape {b.shape} does not match q_a's shape {a.shape}")
     out = np.asarray(reducer(a, b))
     if out.shape != a.shape:
         raise ValueError(f"reducer: returned shape {out.shape}, expected {a.shape}")
@@ -523,34 +497,39 @@ def pair_quality(
 def template_quality(
     sample_quality: ArrayLike, template_ids: ArrayLike, reducer: str = "min"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Quality of each template from the qualities of its samples (IJB-C: the minimum).
+    """Quality of each template from the qualities of its samples.
+
+    The package's convention (IJB-C): a template's quality is the **minimum** over its samples
+    (``reducer="min"``, the default; ``"mean"`` and ``"max"`` for comparison).
 
     Args:
-        sample_quality: Quality of each sample (higher = better).
-        template_ids: Template id of each sample, same length (any sortable dtype).
+        sample_quality: Quality of each sample (higher = better): (N,), or (N, K) for K measures.
+        template_ids: Template id of each sample, (N,) (any sortable dtype).
         reducer: ``"min"`` (the paper), ``"mean"`` or ``"max"``.
 
     Returns:
-        ``(ids, quality)``: the sorted unique template ids and their qualities.
+        ``(ids, quality)``: the sorted unique template ids (T,) and their qualities, (T,) or
+        (T, K); ``min``/``max`` keep a float32 input's dtype, ``mean`` is float64.
     """
-    q = _vector(sample_quality, "sample_quality")
+    q = _values(sample_quality, "sample_quality")
     ids = np.asarray(template_ids)
     if ids.ndim != 1:
         raise ValueError(f"template_ids: expected a 1-D array, got shape {ids.shape}")
     _same_length(ids, "template_ids", q.shape[0], "sample_quality")
     if reducer not in ("min", "mean", "max"):
         raise ValueError(f"reducer: expected 'min', 'mean' or 'max', got {reducer!r}")
+    if ids.shape[0] == 0:
+        return np.unique(ids), q.astype(np.float64) if reducer == "mean" else q.copy()
     order = np.argsort(ids, kind="stable")
     ids_s, q_s = ids[order], q[order]
     starts = np.concatenate(([0], np.flatnonzero(ids_s[1:] != ids_s[:-1]) + 1))
     if reducer == "min":
-        vals = np.minimum.reduceat(q_s, starts)
+        vals = np.minimum.reduceat(q_s, starts, axis=0)
     elif reducer == "max":
-        vals = np.maximum.reduceat(q_s, starts)
+        vals = np.maximum.reduceat(q_s, starts, axis=0)
     else:
-        vals = np.add.reduceat(q_s.astype(np.float64), starts) / np.diff(
-            np.append(starts, q_s.shape[0])
-        )
+        counts = np.diff(np.append(starts, q_s.shape[0]))
+        vals = np.add.reduceat(q_s.astype(np.float64), starts, axis=0) / counts.reshape((-1,) + (1,) * (q.ndim - 1))
     return ids_s[starts], vals
 
 
@@ -575,7 +554,8 @@ def _desc_order_stats(values: np.ndarray, ks: np.ndarray) -> np.ndarray:
     """The (k+1)-th largest of ``values`` for each k in ``ks`` (0 <= k < len(values))."""
     pos = values.shape[0] - 1 - np.asarray(ks, dtype=np.int64)
     part = np.partition(values, np.unique(pos))
-    return part[pos]
+    out: np.ndarray = part[pos]
+    return out
 
 
 class _Point(NamedTuple):
@@ -792,7 +772,7 @@ def _best_cut(u: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> np.float64:
     if i == 0:
         return np.float64(u[0])
     if i == u.size:
-        return _above(u[-1])[()]
+        return np.float64(_above(u[-1]))
     return (np.float64(u[i - 1]) + np.float64(u[i])) / 2
 
 
@@ -814,8 +794,8 @@ def verification_accuracy(
     if int(n_folds) != n_folds or not (2 <= n_folds <= s.shape[0]):
         raise ValueError(f"n_folds: expected an integer in [2, {s.shape[0]}], got {n_folds!r}")
     # One sort of all scores; a fold's training counts are the totals minus the fold's own.
-    u, inv = np.unique(s, return_inverse=True)
-    inv = inv.astype(np.int32 if u.size < 2**31 else np.int64).ravel()
+    u, inverse = np.unique(s, return_inverse=True)
+    inv = inverse.astype(np.int32 if u.size < 2**31 else np.int64).ravel()
     pos_all = np.bincount(inv[y], minlength=u.size)
     neg_all = np.bincount(inv[~y], minlength=u.size)
     q_, r_ = divmod(s.shape[0], int(n_folds))  # the contiguous folds of np.array_split
@@ -992,10 +972,12 @@ class _ArrayOrder:
             order = np.argsort(self.q, kind="stable")
             self._position = np.empty(self.n, dtype=np.int64)
             self._position[order] = np.arange(self.n)
-        return self._position[refs]
+        out: np.ndarray = self._position[refs]
+        return out
 
     def quality(self, refs: np.ndarray) -> np.ndarray:
-        return self.q[refs]
+        out: np.ndarray = self.q[refs]
+        return out
 
     def value_counts(self) -> tuple[np.ndarray, np.ndarray]:
         """The distinct pair qualities, ascending, and how many comparisons have each."""
@@ -1065,7 +1047,7 @@ def _view(scores: Any, strict: bool) -> Any:
     return cache
 
 
-def _reported(stat: np.ndarray, strict: bool) -> np.ndarray:
+def _reported(stat: np.ndarray | float, strict: bool) -> np.ndarray:
     """``at_most`` FNM-EDC thresholds from the order statistics (NaN stays NaN)."""
     return -np.asarray(stat, dtype=np.float64) if strict else _above(stat)
 
@@ -1082,8 +1064,9 @@ def _fnm_candidates(comp: Any, targets: list[float], rule: ThresholdRule, strict
         top_vals, _ = comp.top_nonmated(m)
         complete = top_vals.shape[0] >= comp.n_nm
         points = [_fnm_point(top_vals, complete, comp.n_nm, comp.sim_m, t, rule, strict) for t in targets]
-        if all(p is not None for p in points):
-            return points  # type: ignore[return-value]
+        found = [p for p in points if p is not None]
+        if len(found) == len(points):
+            return found
         m = min(comp.n_nm, 4 * max(m, top_vals.shape[0]))
 
 
@@ -1132,8 +1115,10 @@ def _fixed_fm_curves(
     """FM-EDCs: threshold fixed from all mated comparisons, non-mated discarded (ties together)."""
     mated_asc = np.sort(comp.sim_m)
     max_nm = float(comp.top_nonmated(1)[0][0])
-    points = [_fm_point(mated_asc, max_nm, comp.n_m, t, rule, strict) for t in targets]
-    vals, refs = _fm_errors(comp, np.array([p.e for p in points], dtype=np.float64))  # type: ignore[union-attr]
+    maybe = [_fm_point(mated_asc, max_nm, comp.n_m, t, rule, strict) for t in targets]
+    points = [p for p in maybe if p is not None]
+    assert len(points) == len(maybe)  # _fm_point is None only when max_nm is unknown
+    vals, refs = _fm_errors(comp, np.array([p.e for p in points], dtype=np.float64))
     uniq, counts = order.value_counts()
     q_m = np.asarray(order.quality(comp.mated_refs))
     nm_counts = counts - np.bincount(np.searchsorted(uniq, q_m), minlength=uniq.shape[0])
@@ -1143,7 +1128,6 @@ def _fixed_fm_curves(
     frac = discarded / comp.n_nm
     out = {}
     for t, p in zip(targets, points, strict=True):
-        assert p is not None
         sel = vals >= p.e
         g = np.searchsorted(groups, np.asarray(order.quality(refs[sel])))
         per_group = np.bincount(g, minlength=groups.shape[0])
@@ -1161,7 +1145,8 @@ def _level_starts(n: int) -> np.ndarray:
 def _level_bounds(q: np.ndarray, d: np.ndarray) -> np.ndarray:
     """Quality at each level boundary d[1:] of the stable quality order (one ``np.partition``)."""
     bounds = d[1:]
-    return np.partition(q, np.unique(bounds))[bounds]
+    out: np.ndarray = np.partition(q, np.unique(bounds))[bounds]
+    return out
 
 
 def _levels_of(q: np.ndarray, v: np.ndarray, sel: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -1176,7 +1161,7 @@ def _levels_of(q: np.ndarray, v: np.ndarray, sel: np.ndarray, d: np.ndarray) -> 
     x = q[sel]
     lo = np.searchsorted(v, x, side="left")
     hi = np.searchsorted(v, x, side="right")
-    level = lo.astype(np.int64)
+    level: np.ndarray = lo.astype(np.int64)
     tied = np.flatnonzero(lo != hi)
     if tied.size:
         for u in np.unique(x[tied]):
@@ -1384,7 +1369,7 @@ def _stepwise_area(frac: np.ndarray, err: np.ndarray, limit: float) -> np.ndarra
     """Area under right-continuous steps along the last axis, the last step held to ``limit``."""
     nxt = np.concatenate((frac[..., 1:], np.full(frac.shape[:-1] + (1,), np.inf)), axis=-1)
     width = np.minimum(nxt, limit) - np.minimum(frac, limit)
-    return np.where(width > 0, err * width, 0.0).sum(axis=-1)
+    return np.asarray(np.where(width > 0, err * width, 0.0).sum(axis=-1))
 
 
 def _trapezoid_area(frac: np.ndarray, err: np.ndarray, limit: float) -> float:
@@ -1645,483 +1630,3 @@ def pauc_frame(
     for method, by_t in _frame_curves(similarity, mated, qualities, targets, meta["convention"], rules).items():
         rows += pauc_rows(method, dataset, fr_model, by_t, meta)
     return pd.DataFrame(rows)
-
-
-# ----------------------------------------------------------------------------- bootstrap
-
-
-class BootstrapResult(NamedTuple):
-    """Point estimate and percentile interval of a pAUC; ``samples``: the resampled values."""
-
-    estimate: float
-    lower: float
-    upper: float
-    samples: np.ndarray
-
-
-class PairedBootstrapResult(NamedTuple):
-    """pAUC(a) - pAUC(b) with its percentile interval, from the same resamples for both.
-
-    ``frac_a_below_b``: fraction of resamples where pAUC(a) < pAUC(b) (a better, lower is better).
-    """
-
-    difference: float
-    lower: float
-    upper: float
-    frac_a_below_b: float
-    samples: np.ndarray
-
-
-_BOOT_CELLS = 4_000_000  # entries of the (resamples x mated) count matrix per block
-
-
-def _boot_args(n_boot: int, alpha: float) -> None:
-    if int(n_boot) != n_boot or n_boot < 2:
-        raise ValueError(f"n_boot: expected an integer >= 2, got {n_boot!r}")
-    if not (0.0 < float(alpha) < 1.0):
-        raise ValueError(f"alpha: must lie in (0, 1), got {alpha!r}")
-
-
-def _order_stat_samples(comp: _Comparisons, k: int, u: np.ndarray) -> np.ndarray:
-    """Exact draws of the (k+1)-th largest score of a with-replacement resample of the non-mated.
-
-    Its rank R (1-based, descending) has ``P(R <= r) = P(Binomial(n, r/n) >= k + 1)``; ``u`` are
-    uniform draws inverted through that distribution.
-    """
-    from scipy.special import bdtrc
-
-    n = comp.n_nm
-    r_hi = min(n, k + 1 + int(12 * math.sqrt(k + 1)) + 64)
-    u_max = float(u.max())
-    while True:
-        r = np.arange(1, r_hi + 1, dtype=np.float64)
-        cdf = np.maximum.accumulate(bdtrc(k, n, r / n))
-        if r_hi == n or cdf[-1] >= u_max:
-            break
-        r_hi = min(n, 2 * r_hi)
-    if r_hi == n:
-        cdf[-1] = 1.0
-    rank = np.minimum(np.searchsorted(cdf, u, side="left"), r_hi - 1)
-    top_vals, _ = comp.top_nonmated(r_hi)
-    return top_vals[rank]
-
-
-class _FixedPlan:
-    """One quality measure's mated comparisons in stable quality order, with tie groups."""
-
-    def __init__(self, comp: Any, q_m: np.ndarray) -> None:
-        self.order = np.argsort(q_m, kind="stable")
-        qs = q_m[self.order]
-        self.sim = comp.sim_m[self.order]
-        self.groups = np.concatenate(([0], np.flatnonzero(qs[1:] != qs[:-1]) + 1))
-        self.n_m = comp.n_m
-
-    def pauc(
-        self, counts: np.ndarray, stats: np.ndarray, limit: float, best: BestCurve | None
-    ) -> np.ndarray:
-        """pAUC per resample; ``counts`` (B, n_m) in original mated order, ``stats`` (B,)."""
-        c = counts[:, self.order]
-        err = c * (self.sim[None, :] <= stats[:, None])
-        gc = np.add.reduceat(c, self.groups, axis=1)
-        ge = np.add.reduceat(err, self.groups, axis=1)
-        discarded = np.cumsum(gc, axis=1) - gc
-        remaining = self.n_m - discarded
-        err_total = ge.sum(axis=1)
-        err_left = err_total[:, None] - (np.cumsum(ge, axis=1) - ge)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            fnmr = np.where(remaining > 0, err_left / remaining, 0.0)
-        area = _stepwise_area(discarded / self.n_m, fnmr, limit)
-        if best is BestCurve.TRIANGLE:
-            area -= _triangle_area(err_total / self.n_m, limit)
-        elif best is BestCurve.STEPWISE:
-            cache: dict[int, float] = {}
-            for i, e in enumerate(err_total.tolist()):
-                if e not in cache:
-                    cache[e] = _best_area(e, self.n_m, limit)
-                area[i] -= cache[e]
-        return area
-
-
-def _fixed_boot(
-    comp: Any,
-    orders: list[Any],
-    fmr: float,
-    limit: float,
-    best: BestCurve | None,
-    n_boot: int,
-    rng: np.random.Generator,
-) -> list[np.ndarray]:
-    plans = [_FixedPlan(comp, np.asarray(o.quality(comp.mated_refs))) for o in orders]
-    k = int(_kmax(fmr, comp.n_nm))
-    stats = _order_stat_samples(comp, k, rng.random(n_boot))
-    out = [np.empty(n_boot) for _ in orders]
-    block = max(1, _BOOT_CELLS // comp.n_m)
-    for start in range(0, n_boot, block):
-        b = min(block, n_boot - start)
-        draws = rng.integers(0, comp.n_m, size=(b, comp.n_m))
-        draws += (np.arange(b) * comp.n_m)[:, None]
-        counts = np.bincount(draws.ravel(), minlength=b * comp.n_m).reshape(b, comp.n_m)
-        for plan, o in zip(plans, out, strict=True):
-            o[start : start + b] = plan.pauc(counts, stats[start : start + b], limit, best)
-    return out
-
-
-def _recompute_weighted(
-    d: np.ndarray,
-    n: int,
-    fmr: float,
-    end_m: np.ndarray,
-    w_m: np.ndarray,
-    sim_m: np.ndarray,
-    end_c: np.ndarray,
-    w_c: np.ndarray,
-    val_c: np.ndarray,
-) -> np.ndarray | None:
-    """``recompute`` FNMR per level for a weighted data set (weights = copies).
-
-    The copies of each comparison occupy the slots ``[end - w, end)`` of the stable quality order;
-    level j keeps the slots ``>= d[j]``. ``*_m``: mated comparisons; ``*_c``: candidate non-mated
-    comparisons sorted by similarity descending, which must contain every non-mated comparison
-    above the lowest candidate. Returns None when the candidates do not reach a needed order
-    statistic (the caller retries with more candidates).
-    """
-    small = np.int32 if n < 2**31 else np.int64  # halves the memory traffic of the (L, K) arrays
-    d_s = d.astype(small)[:, None]
-    rem_m = np.minimum(np.maximum(end_m.astype(small)[None, :] - d_s, 0), w_m.astype(small)[None, :])
-    n_m_j = rem_m.sum(axis=1, dtype=np.int64)
-    n_nm_j = (n - d) - n_m_j
-    rem_c = np.minimum(np.maximum(end_c.astype(small)[None, :] - d_s, 0), w_c.astype(small)[None, :])
-    cum_c = np.cumsum(rem_c, axis=1)
-    fnmr = np.full(d.shape[0], np.nan)
-    for j in range(d.shape[0]):
-        if n_m_j[j] == 0 or n_nm_j[j] == 0:
-            continue
-        k = int(_kmax(fmr, n_nm_j[j]))
-        i = int(np.searchsorted(cum_c[j], k + 1, side="left"))
-        if i >= cum_c.shape[1]:
-            return None
-        fnmr[j] = np.sum(rem_m[j] * (sim_m <= val_c[i])) / n_m_j[j]
-    return fnmr
-
-
-class _GapPlan:
-    """One quality order seen through its needed comparisons, for the ``recompute`` bootstrap.
-
-    Needed: every mated comparison and the candidate (highest) non-mated ones; every other
-    comparison is non-mated and matters only through how many resampled copies precede each
-    needed one in the stable quality order, so those are pooled into the *gaps* between
-    consecutive needed ones. Slots: ``gap_0, needed_0, gap_1, ..., needed_{Q-1}, gap_Q``. Built
-    from stable ranks only, so an implicit comparison set (all-vs-all) needs no per-comparison
-    array. ``digest`` identifies the structure (seeds this order's gap draws).
-
-    Gaps are drawn in blocks of :data:`_GAP_BLOCK` (:meth:`ends`): first the pooled copies per
-    block, then, only inside the blocks a level boundary falls in, per gap. A needed comparison
-    in any other block has all its copies on the same side of every boundary, so its exact slot
-    does not matter; the result is that of drawing every gap.
-    """
-
-    def __init__(self, n: int, ranks_m: np.ndarray, ranks_c: np.ndarray) -> None:
-        ranks = np.concatenate((np.asarray(ranks_m), np.asarray(ranks_c))).astype(np.int64)
-        o = np.argsort(ranks, kind="stable")
-        self.qpos = ranks[o]  # sorted ranks of the needed comparisons
-        n_q = self.qpos.shape[0]
-        self.gap_size = np.diff(np.concatenate(([-1], self.qpos, [n]))) - 1  # n_q + 1 gaps
-        slot_of = np.empty(n_q, dtype=np.int64)
-        slot_of[o] = 2 * np.arange(n_q) + 1
-        self.m_slot = slot_of[: len(ranks_m)]  # in mated (comparison) order
-        self.c_slot = slot_of[len(ranks_m) :]  # in candidate (descending score) order
-        self.n_slots = 2 * n_q + 1
-        self.rest = int(self.gap_size.sum())
-        self.p = self.gap_size / self.rest if self.rest else None
-        h = hashlib.sha256(np.int64(n).tobytes() + self.qpos.tobytes() + self.m_slot.tobytes())
-        self.digest = int.from_bytes(h.digest()[:8], "little")
-        self.d = _level_starts(n)
-        self.n = n
-        self.refined: dict[int, tuple[_GapPlan, np.ndarray]] = {}
-        self.n_q = n_q
-        self.m_q, self.c_q = (self.m_slot - 1) // 2, (self.c_slot - 1) // 2  # needed index
-        n_gaps = self.gap_size.shape[0]
-        self.block_start = np.arange(0, n_gaps, _GAP_BLOCK)
-        self.needed_block = np.arange(n_q) // _GAP_BLOCK  # needed q follows gap q
-        block_size = np.add.reduceat(self.gap_size, self.block_start)
-        self.block_p = block_size / self.rest if self.rest else None
-
-    def ends(
-        self, c_m: np.ndarray, c_c: np.ndarray, total: int, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, dict[int, np.ndarray]]]:
-        """End slot of each mated and candidate comparison's copies for one resample.
-
-        ``total`` pooled copies are spread over the gaps block by block (see the class
-        docstring). Returns ``(end_m, end_c, state)``; ``state`` completes the draw to every gap
-        (:meth:`full_gaps`) when more candidates are needed.
-        """
-        nb = self.block_start.shape[0]
-        needed = np.zeros(self.n_q, dtype=np.int64)
-        needed[self.m_q] = c_m
-        needed[self.c_q] = c_c
-        pooled = rng.multinomial(total, self.block_p) if self.block_p is not None else np.zeros(nb, np.int64)
-        per_block = pooled + np.bincount(self.needed_block, weights=needed, minlength=nb).astype(np.int64)
-        end_b = np.cumsum(per_block)
-        start_b = end_b - per_block
-        bounds = self.d[1:]
-        blk = np.minimum(np.searchsorted(end_b, bounds, side="right"), nb - 1)
-        cut = np.unique(blk[start_b[blk] < bounds])  # blocks a boundary falls strictly inside
-        end_q = end_b[self.needed_block]
-        inside: dict[int, np.ndarray] = {}
-        for b in cut.tolist():
-            g0, g1 = int(self.block_start[b]), min(int(self.block_start[b]) + _GAP_BLOCK, self.gap_size.shape[0])
-            cnt = self._block_gaps(b, int(pooled[b]), g0, g1, rng)
-            inside[b] = cnt
-            q0, q1 = g0, min(g1, self.n_q)
-            end_q[q0:q1] = start_b[b] + np.cumsum(cnt[: q1 - q0]) + np.cumsum(needed[q0:q1])
-        return end_q[self.m_q], end_q[self.c_q], (pooled, inside)
-
-    def _block_gaps(self, b: int, pooled: int, g0: int, g1: int, rng: np.random.Generator) -> np.ndarray:
-        sizes = self.gap_size[g0:g1]
-        total = int(sizes.sum())
-        if pooled == 0 or total == 0:
-            return np.zeros(g1 - g0, dtype=np.int64)
-        return rng.multinomial(pooled, sizes / total)
-
-    def full_gaps(self, state: tuple[np.ndarray, dict[int, np.ndarray]], rng: np.random.Generator) -> np.ndarray:
-        """Every gap's count, completing :meth:`ends`' draw (exact conditional draws per block)."""
-        pooled, inside = state
-        out = np.zeros(self.gap_size.shape[0], dtype=np.int64)
-        for b, g0 in enumerate(self.block_start.tolist()):
-            g1 = min(g0 + _GAP_BLOCK, out.shape[0])
-            out[g0:g1] = inside[b] if b in inside else self._block_gaps(b, int(pooled[b]), g0, g1, rng)
-        return out
-
-    def gaps(self, total: int, rng: np.random.Generator) -> np.ndarray:
-        """Resampled copies per gap: ``total`` pooled copies spread by gap size (multinomial)."""
-        if self.p is None:
-            return np.zeros(self.gap_size.shape[0], dtype=np.int64)
-        return rng.multinomial(total, self.p)
-
-    def fnmr(
-        self, comp: Any, fmr: float, c_m: np.ndarray, c_c: np.ndarray, gaps: np.ndarray, vals: np.ndarray
-    ) -> np.ndarray | None:
-        seq = np.zeros(self.n_slots, dtype=np.int64)
-        seq[0::2] = gaps
-        seq[self.m_slot] = c_m
-        seq[self.c_slot] = c_c
-        cum = np.cumsum(seq)
-        return _recompute_weighted(
-            self.d, self.n, fmr, cum[self.m_slot], c_m, comp.sim_m, cum[self.c_slot], c_c, vals
-        )
-
-    def refine(
-        self, comp: Any, order: Any, m: int, ranks_m: np.ndarray, ranks_c: np.ndarray
-    ) -> tuple[_GapPlan, np.ndarray]:
-        """The plan with the top ``m`` non-mated as candidates (a superset); cached per ``m``."""
-        if m not in self.refined:
-            _, refs = _top(comp, m)
-            extra = np.asarray(order.ranks(refs[ranks_c.shape[0] :]), dtype=np.int64)
-            self.refined[m] = (_GapPlan(self.n, ranks_m, np.concatenate((ranks_c, extra))), extra)
-        return self.refined[m]
-
-    def split(
-        self, finer: _GapPlan, extra: np.ndarray, gaps: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Spread this plan's gap counts over ``finer``'s sub-gaps and extra candidates.
-
-        Given a gap's count, its copies fall on the gap's comparisons uniformly (multinomial over
-        the sub-gaps and extra candidates by size): the exact conditional distribution.
-        Returns ``(finer gap counts, counts of the extra candidates in their given order)``.
-        """
-        o = np.argsort(extra, kind="stable")
-        ext = extra[o]
-        parent = np.searchsorted(self.qpos, ext)  # this plan's gap holding each extra
-        below = np.searchsorted(ext, self.qpos)  # extras below each needed comparison
-        first = np.arange(gaps.shape[0]) + np.concatenate(([0], below))  # first sub-gap
-        n_ext = np.bincount(parent, minlength=gaps.shape[0])
-        fine = np.zeros(finer.gap_size.shape[0], dtype=np.int64)
-        plain = n_ext == 0
-        fine[first[plain]] = gaps[plain]
-        ext_counts = np.zeros(ext.shape[0], dtype=np.int64)
-        starts = np.concatenate(([0], np.cumsum(n_ext)))
-        for g in np.flatnonzero(~plain & (gaps > 0)):
-            t = int(n_ext[g])
-            sizes = np.ones(2 * t + 1)
-            sizes[0::2] = finer.gap_size[first[g] : first[g] + t + 1]
-            draw = rng.multinomial(int(gaps[g]), sizes / sizes.sum())
-            fine[first[g] : first[g] + t + 1] = draw[0::2]
-            ext_counts[starts[g] : starts[g + 1]] = draw[1::2]
-        out = np.empty_like(ext_counts)
-        out[o] = ext_counts
-        return fine, out
-
-
-def _recompute_boot(
-    comp: Any,
-    orders: list[Any],
-    fmr: float,
-    limit: float,
-    n_boot: int,
-    seed: int,
-) -> list[np.ndarray]:
-    k = int(_kmax(fmr, comp.n_nm))
-    m0 = max(4 * (k + 1), _MIN_CANDIDATES)
-    cand_vals, cand_refs = _top(comp, m0)
-    n_c = cand_vals.shape[0]
-    ranks = []
-    for o in orders:  # one call per order: the ranks of the mated and the candidates together
-        r = np.asarray(o.ranks(np.concatenate((comp.mated_refs, cand_refs))), np.int64)
-        ranks.append((r[: comp.n_m], r[comp.n_m :]))
-    plans = [_GapPlan(comp.n, rm, rc) for rm, rc in ranks]
-    rng = np.random.default_rng(seed)  # shared: mated and candidate counts
-    plan_rngs = [np.random.default_rng([int(seed), p.digest]) for p in plans]  # gaps, per order
-    out = [np.empty(n_boot) for _ in orders]
-    for b in range(n_boot):
-        c_m = np.bincount(rng.integers(0, comp.n_m, comp.n_m), minlength=comp.n_m)
-        # the non-mated resample's copies on the candidates (a binomial total, spread uniformly:
-        # the multinomial over candidates + rest), the rest pooled
-        on_cand = int(rng.binomial(comp.n_nm, n_c / comp.n_nm))
-        c_c = np.bincount(rng.integers(0, n_c, on_cand), minlength=n_c)
-        rest = comp.n_nm - on_cand
-        for p, (plan, prng, o) in enumerate(zip(plans, plan_rngs, out, strict=True)):
-            end_m, end_c, state = plan.ends(c_m, c_c, rest, prng)
-            fnmr = _recompute_weighted(plan.d, plan.n, fmr, end_m, c_m, comp.sim_m, end_c, c_c, cand_vals)
-            if fnmr is not None:
-                o[b] = _trapezoid_area(RECOMPUTE_DISCARD_FRACTIONS, fnmr, limit)
-                continue
-            cur, cur_c, cur_gaps, m = plan, c_c, plan.full_gaps(state, prng), m0
-            while fnmr is None:  # rare: the order statistic lies below the candidates
-                _FALLBACKS[0] += 1
-                m *= 4
-                finer, extra = plan.refine(comp, orders[p], m, *ranks[p])
-                vals, _ = _top(comp, m)
-                fine_gaps, extra_c = cur.split(finer, extra[cur_c.shape[0] - n_c :], cur_gaps, prng)
-                cur_c = np.concatenate((cur_c, extra_c))
-                cur, cur_gaps = finer, fine_gaps
-                fnmr = cur.fnmr(comp, fmr, c_m, cur_c, cur_gaps, vals)
-            o[b] = _trapezoid_area(RECOMPUTE_DISCARD_FRACTIONS, fnmr, limit)
-    return out
-
-
-_FALLBACKS = [0]  # how often a bootstrap resample needed more candidates (tests)
-_GAP_BLOCK = 256  # gaps drawn together unless a level boundary falls among them
-
-
-def _run_bootstrap(
-    comp: Any,
-    orders: list[Any],
-    fmr: float,
-    conv: Convention,
-    limit: float,
-    subtract_best: bool | BestCurve | str | None,
-    n_boot: int,
-    seed: int,
-) -> list[np.ndarray]:
-    best = _best_curve(subtract_best)
-    if conv is Convention.FIXED:
-        rng = np.random.default_rng(seed)
-        return _fixed_boot(comp, orders, fmr, limit, best, int(n_boot), rng)
-    return _recompute_boot(comp, orders, fmr, limit, int(n_boot), seed)
-
-
-def _boot_rules(threshold_rule: ThresholdRule | str, acceptance: Acceptance | str) -> bool:
-    """The bootstrap engines resample the ``at_most`` rule (either acceptance); returns strictness."""
-    if _rule(threshold_rule) is not ThresholdRule.AT_MOST:
-        raise ValueError(
-            "threshold_rule: the bootstrap supports 'at_most' only (the resampled order statistic "
-            "has an exact distribution there); evaluate 'closest' without intervals"
-        )
-    return _strict(acceptance)
-
-
-def bootstrap_samples(
-    scores: Any,
-    orders: Sequence[Any],
-    fmr: float = 1e-3,
-    convention: Convention | str = Convention.RECOMPUTE,
-    limit: float = 0.3,
-    n_boot: int = 1000,
-    seed: int = 0,
-    *,
-    subtract_best: bool | BestCurve | str = False,
-    threshold_rule: ThresholdRule | str = ThresholdRule.AT_MOST,
-    acceptance: Acceptance | str = Acceptance.SIMILARITY,
-) -> list[np.ndarray]:
-    """Bootstrap pAUC samples of several quality orders on the same resamples (bounded).
-
-    ``scores`` and each of ``orders`` as in :func:`edc_curves`. The samples of an order do not
-    depend on which other orders are evaluated with it (the shared draws are consumed
-    identically; each order's own draws are seeded by ``seed`` and its structure), so
-    ``samples[i] - samples[j]`` is :func:`paired_bootstrap` of orders i and j. FNM-EDC with the
-    ``at_most`` rule only (either acceptance).
-    """
-    f, conv, lim = _fmr_value(fmr), _convention(convention), _limit_value(limit)
-    _boot_args(n_boot, 0.05)
-    strict = _boot_rules(threshold_rule, acceptance)
-    if _best_curve(subtract_best) is not None and conv is Convention.RECOMPUTE:
-        raise ValueError("subtract_best: is defined for the 'fixed' convention only")
-    return _run_bootstrap(_view(scores, strict), list(orders), f, conv, lim, subtract_best, n_boot, seed)
-
-
-def bootstrap_pauc(
-    similarity: ArrayLike,
-    mated: ArrayLike,
-    quality: ArrayLike,
-    fmr: float = 1e-3,
-    convention: Convention | str = Convention.RECOMPUTE,
-    limit: float = 0.3,
-    n_boot: int = 1000,
-    seed: int = 0,
-    *,
-    subtract_best: bool | BestCurve | str = False,
-    alpha: float = 0.05,
-    threshold_rule: ThresholdRule | str = ThresholdRule.AT_MOST,
-    acceptance: Acceptance | str = Acceptance.SIMILARITY,
-) -> BootstrapResult:
-    """pAUC-EDC with a stratified percentile bootstrap interval (95 % for ``alpha=0.05``).
-
-    Mated and non-mated comparisons are resampled separately with replacement, keeping their
-    counts (module docstring); the estimate is the pAUC of the original data. FNM-EDC with the
-    ``at_most`` rule only (either acceptance).
-    """
-    comp = _Comparisons(similarity, mated)
-    order = _ArrayOrder(comp.quality(quality))
-    f, conv, lim = _fmr_value(fmr), _convention(convention), _limit_value(limit)
-    _boot_args(n_boot, alpha)
-    strict = _boot_rules(threshold_rule, acceptance)
-    estimate = pauc(edc_curves(comp, order, (f,), conv, acceptance=acceptance)[f], lim, subtract_best)
-    (samples,) = _run_bootstrap(_view(comp, strict), [order], f, conv, lim, subtract_best, n_boot, seed)
-    lo, hi = np.quantile(samples, [alpha / 2, 1 - alpha / 2])
-    return BootstrapResult(estimate, float(lo), float(hi), samples)
-
-
-def paired_bootstrap(
-    similarity: ArrayLike,
-    mated: ArrayLike,
-    quality_a: ArrayLike,
-    quality_b: ArrayLike,
-    fmr: float = 1e-3,
-    convention: Convention | str = Convention.RECOMPUTE,
-    limit: float = 0.3,
-    n_boot: int = 1000,
-    seed: int = 0,
-    *,
-    subtract_best: bool | BestCurve | str = False,
-    alpha: float = 0.05,
-    threshold_rule: ThresholdRule | str = ThresholdRule.AT_MOST,
-    acceptance: Acceptance | str = Acceptance.SIMILARITY,
-) -> PairedBootstrapResult:
-    """Paired bootstrap of pAUC(a) - pAUC(b): both measures see the same resamples.
-
-    Returns the point difference, its percentile interval and the fraction of resamples in which
-    ``a`` has the lower (better) pAUC.
-    """
-    comp = _Comparisons(similarity, mated)
-    qa, qb = comp.quality(quality_a, "quality_a"), comp.quality(quality_b, "quality_b")
-    orders = [_ArrayOrder(qa), _ArrayOrder(qb)]
-    f, conv, lim = _fmr_value(fmr), _convention(convention), _limit_value(limit)
-    _boot_args(n_boot, alpha)
-    strict = _boot_rules(threshold_rule, acceptance)
-    est = [pauc(edc_curves(comp, o, (f,), conv, acceptance=acceptance)[f], lim, subtract_best) for o in orders]
-    sa, sb = _run_bootstrap(_view(comp, strict), orders, f, conv, lim, subtract_best, n_boot, seed)
-    diff = sa - sb
-    lo, hi = np.quantile(diff, [alpha / 2, 1 - alpha / 2])
-    return PairedBootstrapResult(
-        est[0] - est[1], float(lo), float(hi), float(np.mean(sa < sb)), diff
-    )

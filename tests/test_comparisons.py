@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
+from exfiqa import bootstrap as B
 from exfiqa import comparisons as C
 from exfiqa import datasets as ds
 from exfiqa import metrics as M
@@ -64,6 +65,36 @@ def test_pair_similarity_tiles_and_gathers_agree_with_float64(monkeypatch, tile,
     np.testing.assert_allclose(got, ref, rtol=0, atol=4 * np.finfo(np.float32).eps * np.abs(f).sum(1).max() ** 2)
     g = grid_features(rng, 40)
     np.testing.assert_array_equal(C.pair_similarity(g, a, b), (g[a] * g[b]).sum(1))  # exact on the grid
+
+
+def test_cosine_similarity_of_normalised_rows():
+    """The package's one row-wise cosine: the dot product of already L2-normalised rows (float64
+    reference by angle), in the inputs' dtype, and the gathered path of :func:`pair_similarity`."""
+    rng = np.random.default_rng(1)
+    theta = rng.uniform(0, np.pi, 200)
+    u = np.stack((np.cos(theta), np.sin(theta)), axis=1)  # unit rows at angle theta to (1, 0)
+    e1 = np.tile([1.0, 0.0], (200, 1))
+    np.testing.assert_allclose(C.cosine_similarity(u, e1), np.cos(theta), rtol=0, atol=1e-15)
+    f = rng.normal(size=(300, 16)).astype(np.float32)
+    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    a, b = rng.integers(0, 300, 500), rng.integers(0, 300, 500)
+    cos = C.cosine_similarity(f[a], f[b])
+    assert cos.dtype == np.float32
+    ref = (f[a].astype(np.float64) * f[b].astype(np.float64)).sum(1)
+    np.testing.assert_allclose(cos, ref, rtol=0, atol=1e-6)
+    assert np.all(np.abs(cos) <= 1 + 1e-6)
+    flip = np.concatenate((f, f[::-1]), axis=1)  # two unit halves: norm sqrt(2), cosine = dot / 2
+    halves = (ref + (f[::-1][a].astype(np.float64) * f[::-1][b].astype(np.float64)).sum(1)) / 2
+    np.testing.assert_allclose(C.cosine_similarity(flip[a], flip[b]) / 2, halves, rtol=0, atol=1e-6)
+    g = grid_features(rng, 300, d=16)
+    np.testing.assert_array_equal(C.cosine_similarity(g[a], g[b]), (g[a] * g[b]).sum(1))  # exact on the grid
+    dense_off = C._TilePlan.build(a, b)
+    dense_off.bounds, dense_off.sparse = [], np.arange(a.size)  # every comparison gathered
+    np.testing.assert_array_equal(C.pair_similarity(f, a, b, 0.5, dense_off), cos * np.float32(0.5))
+    with pytest.raises(ValueError, match="cosine_similarity: expected two \\(N, D\\) arrays"):
+        C.cosine_similarity(f[:3], f[:4])
+    with pytest.raises(ValueError, match="cosine_similarity"):
+        C.cosine_similarity(f[0], f[1])
 
 
 def test_pair_list_rejects_bad_indices_and_features():
@@ -264,13 +295,13 @@ def test_all_pairs_bootstrap_identical_to_materialised(convention):
     sim = ap.similarity(f)
     v1 = rng.integers(0, 30, groups.size).astype(np.float32)
     v2 = v1 + rng.integers(0, 3, groups.size)
-    got = M.bootstrap_samples(ap.scores(f), [ap.order(v1), ap.order(v2)], 0.05, convention, n_boot=40, seed=7)
+    got = B.bootstrap_samples(ap.scores(f), [ap.order(v1), ap.order(v2)], 0.05, convention, n_boot=40, seed=7)
     comp = M._Comparisons(sim, mated)
     orders = [M._ArrayOrder(np.minimum(v[a], v[b])) for v in (v1, v2)]
-    ref = M.bootstrap_samples(comp, orders, 0.05, convention, n_boot=40, seed=7)
+    ref = B.bootstrap_samples(comp, orders, 0.05, convention, n_boot=40, seed=7)
     for x, y in zip(got, ref, strict=True):
         np.testing.assert_array_equal(x, y)
-    paired = M.paired_bootstrap(sim, mated, *(np.minimum(v[a], v[b]) for v in (v1, v2)), 0.05, convention, n_boot=40, seed=7)
+    paired = B.paired_bootstrap(sim, mated, *(np.minimum(v[a], v[b]) for v in (v1, v2)), 0.05, convention, n_boot=40, seed=7)
     np.testing.assert_allclose(paired.samples, ref[0] - ref[1])
 
 

@@ -76,6 +76,47 @@ def test_template_quality_min_and_mean():
     np.testing.assert_allclose(q_mean, [0.55, 0.7, 0.3])
 
 
+def test_pair_and_template_quality_of_several_measures():
+    """(N, K) values: K measures at once (the pipeline's per-exit scores), each column as in 1-D."""
+    rng = np.random.default_rng(0)
+    qa, qb = rng.normal(size=(50, 3)).astype(np.float32), rng.normal(size=(50, 3)).astype(np.float32)
+    pq = M.pair_quality(qa, qb)
+    assert pq.dtype == np.float32 and pq.shape == (50, 3)
+    for k in range(3):
+        np.testing.assert_array_equal(pq[:, k], M.pair_quality(qa[:, k], qb[:, k]))
+        np.testing.assert_array_equal(pq[:, k], [min(a, b) for a, b in zip(qa[:, k], qb[:, k], strict=True)])
+    q = np.array([[0.5, 2.0], [0.1, 3.0], [0.7, 1.0], [0.9, 0.0]])  # templates 4, 2, 4, 2
+    ids, mins = M.template_quality(q, np.array([4, 2, 4, 2]))
+    np.testing.assert_array_equal(ids, [2, 4])
+    np.testing.assert_array_equal(mins, [[0.1, 0.0], [0.5, 1.0]])
+    _, means = M.template_quality(q, [4, 2, 4, 2], reducer="mean")
+    np.testing.assert_allclose(means, [[0.5, 1.5], [0.6, 1.5]])
+    tids = rng.integers(0, 12, 200)
+    v = rng.normal(size=(200, 4)).astype(np.float32)
+    ids, mins = M.template_quality(v, tids)
+    assert mins.dtype == np.float32
+    np.testing.assert_array_equal(ids, np.unique(tids))
+    np.testing.assert_array_equal(mins, np.stack([v[tids == t].min(axis=0) for t in ids]))
+    ids, mins = M.template_quality(np.zeros((0, 3), np.float32), np.zeros(0, np.int64))
+    assert ids.shape == (0,) and mins.shape == (0, 3)
+    assert M.pair_quality(np.zeros(0), np.zeros(0)).shape == (0,)
+
+
+def test_quality_bad_input_names_the_parameter():
+    with pytest.raises(ValueError, match="q_b: shape \\(2, 3\\) does not match q_a's shape \\(3, 2\\)"):
+        M.pair_quality(np.zeros((3, 2)), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="q_a: expected shape \\(N,\\) or \\(N, K\\)"):
+        M.pair_quality(np.zeros((2, 2, 2)), np.zeros((2, 2, 2)))
+    bad = np.zeros((5, 2))
+    bad[3, 1] = np.inf
+    with pytest.raises(ValueError, match="sample_quality: 1 non-finite value.*index \\(3, 1\\) \\(inf\\)"):
+        M.template_quality(bad, np.arange(5))
+    with pytest.raises(ValueError, match="q_b: 1 non-finite value.*index 1 \\(nan\\)"):
+        M.pair_quality([1.0, 2.0], [1.0, np.nan])
+    with pytest.raises(ValueError, match="sample_quality: expected real numbers"):
+        M.template_quality(np.array([True, False]), [1, 2])
+
+
 # ----------------------------------------------------------------------------- thresholds, ROC
 
 
@@ -131,6 +172,44 @@ def test_eer_hand_case():
     # At threshold 0.4: FMR = 1/4 (0.4 accepted), FNMR = 1/4 (0.35 rejected).
     assert M.eer([0.1, 0.2, 0.3, 0.4], [0.35, 0.5, 0.6, 0.7]) == 0.25
     assert M.eer([0.1, 0.2], [0.3, 0.4]) == 0.0
+
+
+# scikit-learn as a second implementation of the ROC. Conventions: the positive class is "mated"
+# (label True), the score is the similarity, and sklearn predicts positive when score >= threshold,
+# exactly as exfiqa accepts a comparison (similarity >= threshold). So at every threshold sklearn's
+# fpr is exfiqa's FMR and 1 - tpr its FNMR. roc_curve(drop_intermediate=False) keeps one point per
+# distinct score, thresholds descending from +inf (nothing accepted): reversed, exfiqa's ROC order.
+
+
+def sklearn_case(case):
+    if case == "all tied":
+        return np.full(30, 0.25), np.arange(30) % 3 == 0
+    s, y, _ = synthetic(int(40 + 500 * case), 0.3, seed=case, decimals=(None, 2, 1)[case % 3])  # ties: 2, 1 decimals
+    y[:2] = True, False  # both classes present
+    return (s.astype(np.float32) if case % 2 else s), y
+
+
+@pytest.mark.parametrize("case", [0, 1, 2, 3, 4, 5, "all tied"])
+def test_roc_eer_and_auc_agree_with_scikit_learn(case):
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    s, y = sklearn_case(case)
+    n_nm, n_m = int((~y).sum()), int(y.sum())
+    fmr, fnmr, thr = M.roc(s[~y], s[y])
+    fpr, tpr, sk_thr = roc_curve(y, s, drop_intermediate=False)
+    np.testing.assert_array_equal(thr, sk_thr[::-1].astype(np.float64))
+    np.testing.assert_array_equal(np.rint(fmr * n_nm), np.rint(fpr[::-1] * n_nm))  # counts: exact
+    np.testing.assert_array_equal(np.rint(fnmr * n_m), n_m - np.rint(tpr[::-1] * n_m))
+    np.testing.assert_allclose(fnmr, 1 - tpr[::-1], rtol=0, atol=1e-12)
+    # EER from sklearn's points: (FMR + FNMR) / 2 at the first (ascending threshold) minimum of |FMR - FNMR|
+    fm, fnm = np.rint(fpr[::-1] * n_nm) / n_nm, (n_m - np.rint(tpr[::-1] * n_m)) / n_m
+    i = int(np.argmin(np.abs(fm - fnm)))
+    assert M.eer(s[~y], s[y]) == pytest.approx((fm[i] + fnm[i]) / 2, abs=1e-12)
+    # verification AUC: the trapezoid under exfiqa's ROC (tied scores: a diagonal step) = roc_auc_score
+    auc = float(np.sum((fmr[:-1] - fmr[1:]) * ((1 - fnmr[:-1]) + (1 - fnmr[1:])) / 2))
+    assert auc == pytest.approx(roc_auc_score(y, s), rel=1e-12, abs=1e-12)
+    if case == "all tied":
+        assert (auc, M.eer(s[~y], s[y])) == (0.5, 0.5)
 
 
 def f32_at_threshold():
@@ -514,210 +593,6 @@ def test_frames_carry_convention_limit_scale():
         M.pauc_meta("recompute", subtract_best=True)
 
 
-# ----------------------------------------------------------------------------- bootstrap
-
-
-def explicit_bootstrap(s, y, q, fmr, conv, n_boot, seed):
-    """Independent bootstrap: resample indices per stratum, rerun edc + pauc each time."""
-    rng = np.random.default_rng(seed)
-    im, inm = np.flatnonzero(y), np.flatnonzero(~y)
-    out = []
-    for _ in range(n_boot):
-        idx = np.sort(np.r_[rng.choice(inm, inm.size), rng.choice(im, im.size)])
-        out.append(M.pauc(M.edc(s[idx], y[idx], q[idx], fmr, conv), 0.3))
-    return np.array(out)
-
-
-@pytest.mark.parametrize("convention", ["fixed", "recompute"])
-def test_bootstrap_distribution_matches_explicit_resampling(convention):
-    s, y, q = synthetic(1200, 0.15, seed=13, mated_mean=0.3)
-    ours = M.bootstrap_pauc(s, y, q, 0.01, convention, n_boot=300, seed=1).samples
-    ref = explicit_bootstrap(s, y, q, 0.01, convention, 300, seed=2)
-    assert abs(ours.mean() - ref.mean()) < 0.3 * ref.std()
-    assert 0.8 < ours.std() / ref.std() < 1.25
-
-
-def test_order_stat_sampler_matches_explicit_resampling():
-    comp = M._Comparisons(np.r_[np.arange(50.0), 100.0], np.r_[np.zeros(50, bool), True])
-    k = 2
-    ours = M._order_stat_samples(comp, k, np.random.default_rng(0).random(20000))
-    rng = np.random.default_rng(1)
-    draws = rng.integers(0, 50, size=(20000, 50)).astype(float)
-    ref = -np.sort(-draws, axis=1)[:, k]
-    grid = np.arange(50.0)
-    cdf = lambda x: np.searchsorted(np.sort(x), grid, side="right") / x.size  # noqa: E731
-    assert np.max(np.abs(cdf(ours) - cdf(ref))) < 0.03
-
-
-@pytest.mark.parametrize("convention", ["fixed", "recompute"])
-def test_bootstrap_deterministic_and_contains_estimate(convention):
-    s, y, q = synthetic(1500, 0.15, seed=14, mated_mean=0.3)
-    a = M.bootstrap_pauc(s, y, q, 0.01, convention, n_boot=200, seed=3)
-    b = M.bootstrap_pauc(s, y, q, 0.01, convention, n_boot=200, seed=3)
-    c = M.bootstrap_pauc(s, y, q, 0.01, convention, n_boot=200, seed=4)
-    np.testing.assert_array_equal(a.samples, b.samples)
-    assert not np.array_equal(a.samples, c.samples)
-    assert a.estimate == pytest.approx(M.pauc(M.edc(s, y, q, 0.01, convention), 0.3))
-    assert a.lower <= a.estimate <= a.upper and a.lower < a.upper
-
-
-@pytest.mark.parametrize("convention", ["fixed", "recompute"])
-def test_paired_bootstrap(convention):
-    s, y, q = synthetic(1500, 0.15, seed=15, mated_mean=0.3)
-    same = M.paired_bootstrap(s, y, q, q.copy(), 0.01, convention, n_boot=100, seed=0)
-    assert same.difference == 0.0 and same.lower == 0.0 and same.upper == 0.0
-    assert same.frac_a_below_b == 0.0
-    good_vs_bad = M.paired_bootstrap(s, y, q, -q, 0.01, convention, n_boot=100, seed=0)
-    assert good_vs_bad.upper < 0 and good_vs_bad.frac_a_below_b == 1.0
-    est = M.pauc(M.edc(s, y, q, 0.01, convention)) - M.pauc(M.edc(s, y, -q, 0.01, convention))
-    assert good_vs_bad.difference == pytest.approx(est)
-
-
-def test_paired_fixed_equals_difference_of_single_bootstraps():
-    # Under `fixed` single and paired bootstraps consume the seed identically.
-    s, y, q = synthetic(1500, 0.15, seed=15, mated_mean=0.3)
-    q2 = q + np.random.default_rng(0).normal(size=q.size)
-    paired = M.paired_bootstrap(s, y, q, q2, 0.01, "fixed", n_boot=100, seed=0)
-    a = M.bootstrap_pauc(s, y, q, 0.01, "fixed", n_boot=100, seed=0).samples
-    b = M.bootstrap_pauc(s, y, q2, 0.01, "fixed", n_boot=100, seed=0).samples
-    np.testing.assert_allclose(paired.samples, a - b)
-    assert paired.frac_a_below_b == np.mean(a < b)
-
-
-def _explicit_paired_deltas(s, y, q, q2, n_boot=300, seed=2):
-    """pAUC(q) - pAUC(q2) on explicit resamples (mated and non-mated drawn separately)."""
-    rng = np.random.default_rng(seed)
-    im, inm = np.flatnonzero(y), np.flatnonzero(~y)
-    ref = []
-    for _ in range(n_boot):
-        idx = np.sort(np.r_[rng.choice(inm, inm.size), rng.choice(im, im.size)])
-        a, b = (M.pauc(M.edc(s[idx], y[idx], x[idx], 0.01, "recompute")) for x in (q, q2))
-        ref.append(a - b)
-    return np.array(ref)
-
-
-def test_paired_recompute_matches_explicit_resampling():
-    s, y, q = synthetic(1000, 0.15, seed=20, mated_mean=0.3)
-    q2 = q + 1.5 * np.random.default_rng(1).normal(size=q.size)
-    ours = M.paired_bootstrap(s, y, q, q2, 0.01, "recompute", n_boot=300, seed=1).samples
-    ref = _explicit_paired_deltas(s, y, q, q2)
-    assert abs(ours.mean() - ref.mean()) < 0.3 * ref.std()
-    assert 0.8 < ours.std() / ref.std() < 1.25
-
-
-def test_bootstrap_subtract_best_fixed():
-    s, y, q = synthetic(1500, 0.15, seed=16, mated_mean=0.3)
-    r = M.bootstrap_pauc(s, y, s, 0.01, "fixed", n_boot=50, seed=0, subtract_best="stepwise")
-    assert r.estimate == pytest.approx(0.0, abs=1e-12)  # perfect quality
-    # In a resample duplicated comparisons tie in quality and are discarded together, so the
-    # perfect quality is only nearly perfect: small, never negative.
-    plain = M.bootstrap_pauc(s, y, s, 0.01, "fixed", n_boot=50, seed=0)
-    assert np.all(r.samples >= -1e-12) and np.all(r.samples < 0.1 * plain.samples)
-
-
-def test_weighted_paths_with_unit_weights_equal_point_estimates():
-    s, y, q = synthetic(2000, 0.2, seed=17, decimals=1)
-    comp = M._Comparisons(s, y)
-    order = M._ArrayOrder(q)
-    fixed = M.edc(s, y, q, 0.01, "fixed")
-    plan = M._FixedPlan(comp, q[comp.idx_m])
-    stat = np.nextafter(fixed.thresholds[0], -np.inf)
-    for best in M.BestCurve:
-        area = plan.pauc(np.ones((1, comp.n_m), np.int64), np.array([stat]), 0.3, best)
-        assert area[0] == pytest.approx(M.pauc(fixed, 0.3, subtract_best=best))
-    vals, idx = comp.top_nonmated(comp.n_nm)
-    gap = M._GapPlan(comp.n, order.ranks(comp.mated_refs), order.ranks(idx))
-    assert gap.rest == 0  # every comparison is needed: no gaps
-    fnmr = gap.fnmr(comp, 0.01, np.ones(comp.n_m, np.int64), np.ones(idx.size, np.int64), gap.gaps(0, None), vals)
-    np.testing.assert_allclose(fnmr, M.edc(s, y, q, 0.01, "recompute").fnmr)
-
-
-def adversarial(n=1500, seed=18):
-    """High-quality comparisons have low non-mated scores: the top candidates run out."""
-    s, y, _ = synthetic(n, 0.15, seed=seed, mated_mean=0.3)
-    return s, y, np.where(y, s, -s)
-
-
-def run_boot(s, y, qs, fmr, n_boot, seed):
-    """The bootstrap engine on a fresh comparison set (no candidates cached by an estimate)."""
-    comp = M._Comparisons(s, y)
-    orders = [M._ArrayOrder(comp.quality(q)) for q in qs]
-    return M._run_bootstrap(comp, orders, fmr, Convention.RECOMPUTE, 0.3, False, n_boot, seed)
-
-
-def test_recompute_paired_bootstrap_candidate_fallback(monkeypatch):
-    s, y, q = adversarial()
-    q2 = q + 0.1 * np.random.default_rng(0).normal(size=q.size)
-    before = M._FALLBACKS[0]
-    run_boot(s, y, [q, q2], 0.05, 20, 5)
-    assert M._FALLBACKS[0] == before  # the default candidates suffice here
-    monkeypatch.setattr(M, "_MIN_CANDIDATES", 1)
-    monkeypatch.setattr(M, "_GAP_BLOCK", 2)  # many blocks: most drawn only as block totals
-    small = run_boot(s, y, [q, q2], 0.05, 300, 5)
-    assert M._FALLBACKS[0] - before > 30  # many resamples split gaps over more candidates ...
-    rng = np.random.default_rng(2)
-    im, inm = np.flatnonzero(y), np.flatnonzero(~y)
-    ref = []
-    for _ in range(300):
-        idx = np.sort(np.r_[rng.choice(inm, inm.size), rng.choice(im, im.size)])
-        ref.append([M.pauc(M.edc(s[idx], y[idx], x[idx], 0.05, "recompute")) for x in (q, q2)])
-    ref = np.array(ref)
-    for ours, r in zip(small, ref.T, strict=True):  # ... and each measure stays exactly distributed
-        assert abs(ours.mean() - r.mean()) < 0.3 * r.std()
-        assert 0.8 < ours.std() / r.std() < 1.25
-
-
-def test_recompute_single_bootstrap_candidate_fallback(monkeypatch):
-    s, y, q = adversarial(1000)
-    monkeypatch.setattr(M, "_MIN_CANDIDATES", 1)
-    before = M._FALLBACKS[0]
-    (ours,) = run_boot(s, y, [q], 0.05, 300, 1)
-    assert M._FALLBACKS[0] - before > 30  # many resamples went through the exact refinement
-    ref = explicit_bootstrap(s, y, q, 0.05, "recompute", 300, seed=2)
-    assert abs(ours.mean() - ref.mean()) < 0.3 * ref.std()
-    assert 0.8 < ours.std() / ref.std() < 1.25
-
-
-def test_gap_split_keeps_gap_totals_and_spreads_by_size():
-    s, y, q = synthetic(500, 0.2, seed=21)
-    comp = M._Comparisons(s, y)
-    order = M._ArrayOrder(q)
-    vals, idx = comp.top_nonmated(5)
-    rm, rc = order.ranks(comp.mated_refs), order.ranks(idx)
-    plan = M._GapPlan(comp.n, rm, rc)
-    assert plan.gap_size.sum() == comp.n - comp.n_m - idx.size
-    _, more = comp.top_nonmated(60)
-    extra = order.ranks(more[idx.size :])
-    finer = M._GapPlan(comp.n, rm, np.r_[rc, extra])
-    rng = np.random.default_rng(0)
-    totals = np.zeros(finer.gap_size.size)
-    for _ in range(400):
-        gaps = plan.gaps(plan.rest, rng)
-        fine, ext = plan.split(finer, extra, gaps, rng)
-        assert fine.sum() + ext.sum() == gaps.sum() == plan.rest
-        # every coarse gap's copies stay inside it
-        np.testing.assert_array_equal(np.cumsum(fine)[finer.gap_size.size - 1], plan.rest - ext.sum())
-        totals += fine
-    # one copy per comparison on average: sub-gap counts follow their sizes
-    np.testing.assert_allclose(totals / 400, finer.gap_size, atol=4 * np.sqrt(finer.gap_size.max() / 400) + 0.5)
-
-
-def test_bootstrap_samples_do_not_depend_on_the_companions():
-    s, y, q = synthetic(1200, 0.15, seed=22, mated_mean=0.3)
-    comp = M._Comparisons(s, y)
-    q2, q3 = q + np.random.default_rng(1).normal(size=q.size), -q
-    for conv in ("fixed", "recompute"):
-        alone = M.bootstrap_samples(comp, [M._ArrayOrder(q)], 0.01, conv, n_boot=30, seed=4)[0]
-        trio = M.bootstrap_samples(comp, [M._ArrayOrder(x) for x in (q3, q, q2)], 0.01, conv, n_boot=30, seed=4)
-        np.testing.assert_array_equal(trio[1], alone)
-        pair = M.paired_bootstrap(s, y, q2, q, 0.01, conv, n_boot=30, seed=4)
-        np.testing.assert_allclose(pair.samples, trio[2] - trio[1])
-        same = M.bootstrap_samples(comp, [M._ArrayOrder(q), M._ArrayOrder(q.copy())], 0.01, conv, n_boot=30, seed=4)
-        np.testing.assert_array_equal(same[0], same[1])
-    with pytest.raises(ValueError, match="subtract_best"):
-        M.bootstrap_samples(comp, [M._ArrayOrder(q)], 0.01, "recompute", n_boot=5, subtract_best=True)
-
-
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -757,46 +632,7 @@ def test_bad_input_raises_naming_the_parameter():
         M.edc(s.reshape(20, 10), y, q)
     with pytest.raises(ValueError, match="nonmated_scores: is empty"):
         M.fnmr_at_fmr([], [0.5], 0.1)
-    with pytest.raises(ValueError, match="n_boot"):
-        M.bootstrap_pauc(s, y, q, n_boot=1)
-    with pytest.raises(ValueError, match="quality_b: length"):
-        M.paired_bootstrap(s, y, q, q[:-1])
     with pytest.raises(ValueError, match="n_folds"):
         M.verification_accuracy(s, y, n_folds=1)
     with pytest.raises(ValueError, match="template_ids: length"):
         M.template_quality([0.1, 0.2], [1])
-
-
-@pytest.mark.parametrize("block", [1, 3, 256])
-def test_block_gap_draws_give_the_fnmr_of_every_gap(monkeypatch, block):
-    """Unrefined blocks hold no level boundary: completing their gaps changes no FNMR."""
-    monkeypatch.setattr(M, "_GAP_BLOCK", block)
-    s, y, q = synthetic(3000, 0.1, seed=23, decimals=1)  # ties in quality
-    comp = M._Comparisons(s, y)
-    order = M._ArrayOrder(q)
-    vals, idx = comp.top_nonmated(200)
-    r = order.ranks(np.r_[comp.mated_refs, idx])
-    plan = M._GapPlan(comp.n, r[: comp.n_m], r[comp.n_m :])
-    rng = np.random.default_rng(1)
-    p_nm = np.r_[np.full(idx.size, 1 / comp.n_nm), 1 - idx.size / comp.n_nm]
-    for _ in range(50):
-        c_m = np.bincount(rng.integers(0, comp.n_m, comp.n_m), minlength=comp.n_m)
-        draw = rng.multinomial(comp.n_nm, p_nm)  # candidates' counts, then the pooled rest
-        end_m, end_c, state = plan.ends(c_m, draw[:-1], int(draw[-1]), rng)
-        fast = M._recompute_weighted(plan.d, plan.n, 0.05, end_m, c_m, comp.sim_m, end_c, draw[:-1], vals)
-        gaps = plan.full_gaps(state, rng)
-        assert gaps.sum() == draw[-1]
-        full = plan.fnmr(comp, 0.05, c_m, draw[:-1], gaps, vals)
-        np.testing.assert_array_equal(fast, full)
-
-
-def test_paired_recompute_with_pooled_gaps_is_close_and_not_narrower(monkeypatch):
-    """Most non-mated comparisons pooled into gaps: the difference's spread is that of explicit
-    resampling, or slightly wider (the omitted cross-order covariance of the gap counts)."""
-    monkeypatch.setattr(M, "_MIN_CANDIDATES", 1)
-    s, y, q = synthetic(3000, 0.15, seed=20, mated_mean=0.3)
-    q2 = q + 0.7 * np.random.default_rng(1).normal(size=q.size)
-    ours = M.paired_bootstrap(s, y, q, q2, 0.01, "recompute", n_boot=300, seed=1).samples
-    ref = _explicit_paired_deltas(s, y, q, q2)
-    assert abs(ours.mean() - ref.mean()) < 0.3 * ref.std()
-    assert 0.9 < ours.std() / ref.std() < 1.3

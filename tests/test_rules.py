@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+from exfiqa import bootstrap as B
 from exfiqa import metrics as M
 from exfiqa.config import ConfigError, load_config
 
@@ -369,12 +370,12 @@ def test_one_default_convention_and_argument_names():
     np.testing.assert_array_equal(M.edc_many(s, y, q, (0.05,))[0.05].fnmr, rec.fnmr)
     comp, order = M._Comparisons(s, y), M._ArrayOrder(q)
     assert M.edc_curves(comp, order, (0.05,))[0.05].convention is M.Convention.RECOMPUTE
-    for f in (M.bootstrap_pauc, M.paired_bootstrap, M.bootstrap_samples, M.edc_frame, M.pauc_frame):
+    for f in (B.bootstrap_pauc, B.paired_bootstrap, B.bootstrap_samples, M.edc_frame, M.pauc_frame):
         import inspect
 
         assert inspect.signature(f).parameters["convention"].default is M.Convention.RECOMPUTE, f.__name__
     # one argument order: (similarity, mated, quality); scores are never called "mated"
-    for f in (M.edc, M.edc_many, M.bootstrap_pauc, M.paired_bootstrap, M.edc_frame, M.pauc_frame):
+    for f in (M.edc, M.edc_many, B.bootstrap_pauc, B.paired_bootstrap, M.edc_frame, M.pauc_frame):
         import inspect
 
         assert list(inspect.signature(f).parameters)[:2] == ["similarity", "mated"], f.__name__
@@ -428,16 +429,16 @@ def test_bootstrap_supports_at_most_with_either_acceptance():
     s, y, q = synthetic(8, n=1500)
     s = s.astype(np.float32)
     for conv in M.Convention:
-        a = M.bootstrap_pauc(s, y, q, 0.02, conv, n_boot=40, seed=1)
-        b = M.bootstrap_pauc(s, y, q, 0.02, conv, n_boot=40, seed=1, acceptance="distance<")
+        a = B.bootstrap_pauc(s, y, q, 0.02, conv, n_boot=40, seed=1)
+        b = B.bootstrap_pauc(s, y, q, 0.02, conv, n_boot=40, seed=1, acceptance="distance<")
         np.testing.assert_array_equal(a.samples, b.samples)  # float32: the same errors, the same draws
-    tri = M.bootstrap_pauc(s, y, q, 0.02, "fixed", n_boot=40, seed=1, subtract_best=True)
-    step = M.bootstrap_pauc(s, y, q, 0.02, "fixed", n_boot=40, seed=1, subtract_best="stepwise")
-    plain = M.bootstrap_pauc(s, y, q, 0.02, "fixed", n_boot=40, seed=1)
+    tri = B.bootstrap_pauc(s, y, q, 0.02, "fixed", n_boot=40, seed=1, subtract_best=True)
+    step = B.bootstrap_pauc(s, y, q, 0.02, "fixed", n_boot=40, seed=1, subtract_best="stepwise")
+    plain = B.bootstrap_pauc(s, y, q, 0.02, "fixed", n_boot=40, seed=1)
     assert tri.estimate == M.pauc(M.edc(s, y, q, 0.02, "fixed"), 0.3, "triangle")
     assert np.all(step.samples <= tri.samples) and np.all(tri.samples <= plain.samples)
     with pytest.raises(ValueError, match="threshold_rule: the bootstrap supports 'at_most'"):
-        M.bootstrap_pauc(s, y, q, 0.02, threshold_rule="closest")
+        B.bootstrap_pauc(s, y, q, 0.02, threshold_rule="closest")
 
 
 # ----------------------------------------------------------------------------- config

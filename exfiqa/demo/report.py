@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
+from ..comparisons import cosine_similarity
 from ..datasets import read_adience, read_bin, read_xqlfw
 from ..fr import load_fr
 from ..inference import exit_scores
@@ -52,7 +53,7 @@ def _fr_part(name: str, root: Path) -> dict[str, Any]:
     model = load_fr(name, root / "fr" / f"{name}.pt", device="cpu")
     e_lfw = model.embed(_images(lfw))
     la, lb = lfw.comparisons["a"].to_numpy(), lfw.comparisons["b"].to_numpy()
-    sim = np.einsum("ij,ij->i", e_lfw[la], e_lfw[lb]) / 2
+    sim = cosine_similarity(e_lfw[la], e_lfw[lb]) / 2
     sev_l = truth["lfw"]["severity"].to_numpy()
     clean = (sev_l[la] == 0) & (sev_l[lb] == 0)
     acc = verification_accuracy(sim[clean], lfw.comparisons["mated"].to_numpy(bool)[clean], n_folds=min(10, int(clean.sum())))
@@ -60,7 +61,7 @@ def _fr_part(name: str, root: Path) -> dict[str, Any]:
     e_a = model.embed(imgs_a)
     ca, cb = adience.comparisons["a"].to_numpy(), adience.comparisons["b"].to_numpy()
     mated_a = adience.comparisons["mated"].to_numpy(bool)
-    sim_a = np.einsum("ij,ij->i", e_a[ca], e_a[cb]) / 2
+    sim_a = cosine_similarity(e_a[ca], e_a[cb]) / 2
     sev_a = truth["adience"]["severity"].to_numpy()
     pair_sev = np.maximum(sev_a[ca], sev_a[cb])
     out_x = None
@@ -68,7 +69,7 @@ def _fr_part(name: str, root: Path) -> dict[str, Any]:
         xq = read_xqlfw(bench_dir / "xqlfw" / "images", bench_dir / "xqlfw" / "pairs.txt")
         e_x = model.embed(_images(xq))
         xa, xb = xq.comparisons["a"].to_numpy(), xq.comparisons["b"].to_numpy()
-        out_x = np.einsum("ij,ij->i", e_x[xa], e_x[xb]) / 2
+        out_x = cosine_similarity(e_x[xa], e_x[xb]) / 2
     return {
         "name": name,
         "numbers": {
