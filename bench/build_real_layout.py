@@ -457,7 +457,10 @@ def build_checkpoints(
     import torch
 
     from exfiqa import fr as frmod
-    from exfiqa.model import build_vitfiqa, num_parameters, released_state_dict
+    from exfiqa.model import build_vitfiqa, released_state_dict
+
+    def num_parameters(net: torch.nn.Module) -> int:
+        return sum(p.numel() for p in net.parameters())
 
     info: dict[str, Any] = {}
     for name, entry in paper["fr_models"].items():

@@ -8,11 +8,12 @@ Conventions:
 - Embedding used everywhere (the paper's protocol): ``e = [L2norm(f(x)), L2norm(f(hflip(x)))]``,
   shape ``(N, 2E)`` (``E`` = 512 for the released models). Each half has unit norm, so ``e`` has
   norm sqrt(2) and the cosine similarity of two such embeddings is ``dot(e_a, e_b) / 2``.
-- Comparison score: cosine similarity, higher = more similar (mated pairs high). The angular
-  distance ``arccos(cos) / pi`` lies in [0, 1], lower = more similar.
+- Comparison score: cosine similarity, higher = more similar (mated pairs high), computed by
+  :mod:`exfiqa.comparisons`; the metrics' ``distance<`` rule reads it as the angular distance
+  ``arccos(cos) / pi`` in [0, 1], lower = more similar.
 - IJB-C templates: embeddings averaged within each media, summed over the media of a template,
   L2-normalised (:func:`template_embeddings`); template quality = min over its images
-  (:func:`template_min`).
+  (:func:`exfiqa.metrics.template_quality`).
 
 Architectures and their released key layouts (no code taken from the original repositories; the
 key names and hyper-parameters below are facts read from them):
@@ -88,7 +89,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .io import CheckpointError, atomic_path, load_state_dict
+from .io import CheckpointError, atomic_path, load_state_dict, state_dict_report
 
 __all__ = [
     "ARCFACE",
@@ -103,10 +104,7 @@ __all__ = [
     "BottleneckIR",
     "OnnxFRModel",
     "Preprocess",
-    "angular_distance",
     "build_fr",
-    "cosine_similarity",
-    "cosine_to_angular",
     "TORCH_ENTRY_ARGS",
     "detect_layout",
     "effective_preprocess",
@@ -119,7 +117,6 @@ __all__ = [
     "save_fr",
     "strip_wrapper_prefixes",
     "template_embeddings",
-    "template_min",
 ]
 
 Arch = Literal["iresnet", "magface", "curricularface"]
@@ -180,15 +177,6 @@ class Preprocess:
         mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
         return ((x - mean) / std).contiguous(memory_format=memory_format)
-
-    def as_args(self) -> dict[str, Any]:
-        """The YAML/JSON form of a config entry's ``preprocess`` (``source`` left out)."""
-        return {
-            "channel_order": self.channel_order,
-            "scale": float(self.scale),
-            "mean": [float(v) for v in self.mean],
-            "std": [float(v) for v in self.std],
-        }
 
 
 ARCFACE = Preprocess("RGB", source="insightface arcface_torch eval: RGB, (x/255 - 0.5)/0.5")
@@ -679,23 +667,17 @@ def _strict_load(
 ) -> None:
     """Load with every key and shape checked; BN ``num_batches_tracked`` may be absent."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state_dict if k not in own]
-    mismatched = [
-        f"{k}: checkpoint {list(state_dict[k].shape)} vs model {list(own[k].shape)}"
-        for k in own
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or mismatched:
-        parts = [f"{where} does not match arch {arch!r}"]
-        cfg = {a: getattr(model, a, None) for a in ("layers", "widths", "embedding_size")}
-        parts.append(f"model {cfg}")
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {missing[:10]}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {unexpected[:10]}")
-        if mismatched:
-            parts.append(f"shape mismatches ({len(mismatched)}): {mismatched[:10]}")
+    cfg = {a: getattr(model, a, None) for a in ("layers", "widths", "embedding_size")}
+    report = state_dict_report(
+        {k: v.shape for k, v in own.items()},
+        {k: v.shape for k, v in state_dict.items()},
+        f"{where} does not match arch {arch!r} (model {cfg})",
+        optional={k for k in own if k.endswith("num_batches_tracked")},
+    )
+    if report is not None:
+        parts = [report]
+        unexpected = [k for k in state_dict if k not in own]
+        mismatched = any(k in own and tuple(v.shape) != tuple(own[k].shape) for k, v in state_dict.items())
         hint = _layout_hint(detect_layout(state_dict), arch)
         if not hint and any(".res_layer.5." in k for k in unexpected):
             hint = "an IR-SE checkpoint (squeeze-excitation units) is not supported"
@@ -1221,34 +1203,8 @@ def load_fr_entry(
 
 
 # --------------------------------------------------------------------------------------------
-# Comparison and templates
+# Templates
 # --------------------------------------------------------------------------------------------
-
-
-def cosine_similarity(emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine similarity of two (N, D) arrays, float64 (N,), clipped to [-1, 1].
-
-    Higher = more similar. For flip-concatenated embeddings this equals ``dot / 2``.
-    """
-    a = np.asarray(emb_a, dtype=np.float64)
-    b = np.asarray(emb_b, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(f"expected two (N, D) arrays of equal shape, got {a.shape} and {b.shape}")
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    if np.any(norms == 0) or not np.all(np.isfinite(norms)):
-        bad = np.flatnonzero((norms == 0) | ~np.isfinite(norms))
-        raise ValueError(f"zero or non-finite embeddings at rows {bad[:10].tolist()}")
-    return np.clip(np.einsum("ij,ij->i", a, b) / norms, -1.0, 1.0)
-
-
-def cosine_to_angular(cos: np.ndarray) -> np.ndarray:
-    """Angular distance ``arccos(cos) / pi`` in [0, 1]; lower = more similar."""
-    return np.arccos(np.clip(np.asarray(cos, dtype=np.float64), -1.0, 1.0)) / np.pi
-
-
-def angular_distance(emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
-    """Row-wise angular distance ``arccos(cosine) / pi`` in [0, 1]; lower = more similar."""
-    return cosine_to_angular(cosine_similarity(emb_a, emb_b))
 
 
 def _group_ids(name: str, ids: np.ndarray, n: int) -> np.ndarray:
@@ -1367,22 +1323,3 @@ def insightface_template_embeddings(
 
     unique_t, feats = _template_sums(n, half, template_ids, media_ids, rows, emb)
     return unique_t, feats.astype(np.float32)
-
-
-def template_min(values: np.ndarray, template_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-template minimum (IJB-C template quality = min over its images).
-
-    Args:
-        values: (N,) or (N, L) per-image values (e.g. quality scores per exit).
-
-    Returns:
-        ``(unique_template_ids (T,) sorted, minima (T,) or (T, L))``.
-    """
-    v = np.asarray(values)
-    tids = _group_ids("template_ids", template_ids, v.shape[0] if v.ndim else -1)
-    if len(v) == 0:
-        return np.unique(tids), v.copy()
-    order = np.argsort(tids, kind="stable")
-    sorted_t = tids[order]
-    starts = np.flatnonzero(np.r_[True, sorted_t[1:] != sorted_t[:-1]])
-    return sorted_t[starts], np.minimum.reduceat(v[order], starts, axis=0)

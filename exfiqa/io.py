@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,6 +26,7 @@ __all__ = [
     "file_digest",
     "load_state_dict",
     "safe_torch_load",
+    "state_dict_report",
 ]
 
 
@@ -83,6 +84,40 @@ def load_state_dict(
         raise CheckpointError(f"{path}: state_dict entries that are not tensors: {bad[:5]}")
     _check_finite(obj, path)
     return dict(obj)
+
+
+def state_dict_report(
+    expected: Mapping[str, Sequence[int]],
+    got: Mapping[str, Sequence[int]],
+    source: str,
+    *,
+    optional: Collection[str] = (),
+    limit: int = 10,
+) -> str | None:
+    """Compare a checkpoint's keys and shapes with a model's; None when they match.
+
+    ``expected``/``got``: key -> shape (``torch.Size`` or any int sequence) of the model and of
+    the checkpoint; ``optional`` keys may be absent from ``got``. Otherwise returns
+    ``"<source>: missing keys (n): [...]; unexpected keys (n): [...]; shape mismatches (n):
+    ['<key>: checkpoint [..] vs model [..]', ...]"`` (only the non-empty parts, at most ``limit``
+    entries each, in the mappings' order), for the caller to extend with its hint and raise as
+    :class:`CheckpointError`.
+    """
+    missing = [k for k in expected if k not in got and k not in optional]
+    unexpected = [k for k in got if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {list(got[k])} vs model {list(shape)}"
+        for k, shape in expected.items()
+        if k in got and tuple(got[k]) != tuple(shape)
+    ]
+    parts = [
+        f"{what} ({len(items)}): [{', '.join(map(repr, items[:limit]))}{', ...' if len(items) > limit else ''}]"
+        for what, items in (
+            ("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched),
+        )
+        if items
+    ]
+    return f"{source}: " + "; ".join(parts) if parts else None
 
 
 def _check_finite(state: Mapping[str, Any], path: str | os.PathLike[str]) -> None:

@@ -18,21 +18,22 @@ released ``qs_token``; :func:`load_vitfiqa` and :func:`released_state_dict` tran
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
-from timm.layers import PatchEmbed
+from timm.layers.attention import Attention
+from timm.layers.patch_embed import PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from .io import CheckpointError, load_state_dict
+from .io import CheckpointError, load_state_dict, state_dict_report
 
 __all__ = [
     "ConvStemPatchEmbed",
@@ -91,7 +92,7 @@ class ViTFIQAConfig:
 
     @property
     def stem_stride(self) -> int:
-        return 2 ** len(self.stem_channels)
+        return 1 << len(self.stem_channels)  # 2 ** layers: each stem layer halves the image
 
     @property
     def grid_size(self) -> int:
@@ -124,7 +125,7 @@ class ConvStemPatchEmbed(PatchEmbed):
         in_chans: int = 3,
         embed_dim: int = 64,
         stem_channels: Sequence[int] = (16, 32),
-        **kwargs: object,
+        **kwargs: Any,
     ) -> None:
         stride = 2 ** len(stem_channels)
         super().__init__(
@@ -132,7 +133,7 @@ class ConvStemPatchEmbed(PatchEmbed):
             patch_size=patch_size,
             in_chans=stem_channels[-1],
             embed_dim=embed_dim,
-            **kwargs,  # type: ignore[arg-type]
+            **kwargs,
         )
         layers: list[nn.Module] = []
         prev = in_chans
@@ -143,13 +144,15 @@ class ConvStemPatchEmbed(PatchEmbed):
         self.full_img_size = (img_size, img_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(self.stem(x))
+        # timm's PatchEmbed.forward is unannotated; it maps (B, C, H, W) to (B, N, D) tokens
+        project = cast(Callable[[torch.Tensor], torch.Tensor], super().forward)
+        return project(self.stem(x))
 
 
 @dataclass
 class ExitOutput:
-    """Scores of the requested exits. The request is sorted and de-duplicated: column ``j`` of
-    every per-exit field belongs to ``exits[j]``, ascending, whatever order was asked.
+    """Scores of the requested exits, sorted ascending and de-duplicated (whatever order was
+    asked): column ``j`` of every per-exit field belongs to ``exits[j]``.
 
     Attributes:
         exits: 1-based exit indices, ascending and distinct.
@@ -184,7 +187,7 @@ class ViTFIQA(VisionTransformer):
     """ViT-FIQA: timm's VisionTransformer plus the ``feature`` and ``head_qs`` heads."""
 
     def __init__(self, config: ViTFIQAConfig) -> None:
-        embed_layer: type[nn.Module] | partial[nn.Module] = PatchEmbed
+        embed_layer: Callable[..., nn.Module] = PatchEmbed
         if config.stem_channels:
             embed_layer = partial(ConvStemPatchEmbed, stem_channels=config.stem_channels)
         super().__init__(
@@ -236,25 +239,45 @@ class ViTFIQA(VisionTransformer):
                 x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
         x = self._pos_embed(x)
         x = self.patch_drop(x)
-        return self.norm_pre(x)
+        out: torch.Tensor = self.norm_pre(x)
+        return out
 
     def exit_head(self, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Heads on LayerNorm-ed tokens (B, N, D) -> (score (B,), FR embedding (B, F) or None).
+        """Heads on LayerNorm-ed tokens (B, N, D) -> ``(score (B,), embedding)``.
 
-        (C): the score is computed from the FR embedding, which is returned. (T): the score reads
-        only the quality token and the embedding is **not** computed: None is returned; callers
-        that need it call :meth:`embedding` (``feature`` on the patch tokens).
+        (C): returns ``(head_qs(e), e)`` with ``e = feature(flatten(tokens))`` (B, F), the FR
+        embedding the score is computed from. (T): returns ``(head_qs(tokens[:, 0]), None)``: the
+        score reads only the quality token and no embedding is computed; callers that need one
+        call :meth:`embedding` (``feature`` on the patch tokens).
         """
         if self.config.variant == "token":
-            score = self.head_qs(normed[:, 0]).squeeze(-1)
+            score: torch.Tensor = self.head_qs(normed[:, 0]).squeeze(-1)
             return score, None
-        emb = self.feature(normed.flatten(1))
-        return self.head_qs(emb).squeeze(-1), emb
+        emb: torch.Tensor = self.feature(normed.flatten(1))
+        score = self.head_qs(emb).squeeze(-1)
+        return score, emb
 
     def embedding(self, normed: torch.Tensor) -> torch.Tensor:
-        """FR embedding from LayerNorm-ed tokens: ``feature`` on the flattened patch tokens."""
+        """FR embedding (B, F) from LayerNorm-ed tokens: ``feature`` on the flattened patch tokens."""
         patches = normed[:, self.num_prefix_tokens :]
-        return self.feature(patches.flatten(1))
+        emb: torch.Tensor = self.feature(patches.flatten(1))
+        return emb
+
+    def _check_heads_eval(self) -> None:
+        """Refuse heads whose BatchNorm is in training mode (see :meth:`forward_exits`)."""
+        training = [
+            f"{head}.{name}"
+            for head, module in (("feature", self.feature), ("head_qs", self.head_qs))
+            for name, bn in module.named_modules()
+            if isinstance(bn, _BatchNorm) and bn.training
+        ]
+        if training:
+            raise RuntimeError(
+                f"forward_exits needs the heads in eval mode, but the BatchNorm layers {training} "
+                f"are in training mode: all requested exits go through the heads as one batch, "
+                f"which equals calling them exit by exit only with running statistics. Call "
+                f"model.eval() first (training uses forward_train, the last exit)."
+            )
 
     def forward_exits(
         self,
@@ -266,6 +289,10 @@ class ViTFIQA(VisionTransformer):
         vitnt_blocks: int | Sequence[int] | None = None,
     ) -> ExitOutput:
         """Scores of several exits in one pass; only ``max(exits)`` blocks are run.
+
+        An inference path: the heads must be in eval mode (``model.eval()``; RuntimeError
+        otherwise), because every exit goes through them in one batched call, which equals
+        exit-by-exit calls only when BatchNorm uses its running statistics.
 
         Args:
             x: (B, 3, H, W) normalised RGB faces.
@@ -295,6 +322,7 @@ class ViTFIQA(VisionTransformer):
         block ``k`` gives token ``p`` (mean over heads, summed over all queries, normalised to
         sum 1 over the scored tokens). Both are float32 (also for bf16 models).
         """
+        self._check_heads_eval()
         exits = self._check_exits(exits)
         if attn_tokens not in ("all", "patches"):
             raise ValueError(f"attn_tokens must be 'all' or 'patches', got {attn_tokens!r}")
@@ -348,20 +376,21 @@ class ViTFIQA(VisionTransformer):
         dist_sum: torch.Tensor | None = None
         weights: torch.Tensor | None = None
         taps: list[torch.Tensor] = []
+        blocks = list(self.blocks)[:n_run]
+        attns = [_block_attention(blk) for blk in blocks]
         handles = [
-            blk.attn.qkv.register_forward_hook(lambda _m, _inp, out: taps.append(out))
-            for blk in self.blocks[:n_run]
+            attn.qkv.register_forward_hook(lambda _m, _inp, out: taps.append(out)) for attn in attns
         ]
         try:
-            for i, block in enumerate(self.blocks[:n_run], start=1):
+            for i, (block, attn) in enumerate(zip(blocks, attns, strict=True), start=1):
                 h = block(h)
                 if len(taps) != 1:
                     raise RuntimeError(f"block {i}: expected one qkv projection call, saw {len(taps)}")
-                q, k = qk_from_qkv(block.attn, taps.pop())
+                q, k = qk_from_qkv(attn, taps.pop())
                 n = self.norm(h)  # every block run is an exit or in 1..last
                 if i in wanted:
                     normed.append(n)
-                    attn_cols.append(attn_fiqa_from_qk(q, k, block.attn.scale, start=a0))
+                    attn_cols.append(attn_fiqa_from_qk(q, k, attn.scale, start=a0))
                 if i <= last:
                     cur = nn.functional.normalize(n[:, p0:].float(), dim=-1)
                     if prev is None:
@@ -370,7 +399,7 @@ class ViTFIQA(VisionTransformer):
                         dist_sum = dist_sum + torch.linalg.vector_norm(cur - prev, dim=-1)
                     prev = cur
                 if i == last:
-                    weights = received_attention(q, k, block.attn.scale, start=p0)
+                    weights = received_attention(q, k, attn.scale, start=p0)
         finally:
             for handle in handles:
                 handle.remove()
@@ -383,9 +412,15 @@ class ViTFIQA(VisionTransformer):
         """Truncated model: runs only the first ``exit`` blocks and returns (B,) scores."""
         return self.forward_exits(x, [exit]).scores[:, 0]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Plain ViT-FIQA score (B,): all blocks, final norm, heads (the last exit)."""
-        return self.exit_head(self.forward_features(x))[0]
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
+        """Plain ViT-FIQA score (B,): all blocks, final norm, heads (the last exit).
+
+        ``attn_mask``/``is_causal`` are timm's, handed to its ``forward_features`` (exfiqa never
+        sets them; the exits of :meth:`forward_exits` take none).
+        """
+        return self.exit_head(self.forward_features(x, attn_mask=attn_mask, is_causal=is_causal))[0]
 
     def forward_train(
         self, x: torch.Tensor, mask_ratio: float = 0.0
@@ -416,9 +451,11 @@ def check_vitnt_blocks(blocks: int | Sequence[int] | None, default: int, depth: 
         ValueError: naming ``vitnt_blocks``, for a list that is not exactly ``[1, 2, ..., k]``
             (the reference code silently skips blocks of a non-contiguous list) or k out of range.
     """
+    if isinstance(blocks, bool):
+        raise ValueError(f"vitnt_blocks must be an int k or the list [1, ..., k], got {blocks!r}")
     if blocks is None:
         k = int(default)
-    elif isinstance(blocks, int) and not isinstance(blocks, bool):
+    elif isinstance(blocks, int):
         k = blocks
     else:
         listed = [int(b) for b in blocks]
@@ -436,13 +473,27 @@ def check_vitnt_blocks(blocks: int | Sequence[int] | None, default: int, depth: 
     return k
 
 
-def qk_from_qkv(attn: nn.Module, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _block_attention(block: nn.Module) -> Attention:
+    """A transformer block's timm ``Attention`` (``Block.attn`` is typed ``nn.Module``).
+
+    Raises:
+        TypeError: the block holds another attention class (its q/k would be read wrongly).
+    """
+    attn = block.attn
+    if not isinstance(attn, Attention):
+        raise TypeError(f"expected a timm Attention in every block, got {type(attn).__name__}")
+    return attn
+
+
+def qk_from_qkv(attn: Attention, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """q and k, (B, heads, N, head_dim) each, from the output (B, N, 3*heads*head_dim) of a timm
     ``Attention``'s ``qkv`` projection, split and normalised (``q_norm``/``k_norm``) as timm does."""
     b, n, _ = qkv.shape
     qkv = qkv.reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, _v = qkv.unbind(0)
-    return attn.q_norm(q), attn.k_norm(k)
+    q_normed: torch.Tensor = attn.q_norm(q)
+    k_normed: torch.Tensor = attn.k_norm(k)
+    return q_normed, k_normed
 
 
 def attn_fiqa_from_qk(q: torch.Tensor, k: torch.Tensor, scale: float, start: int = 0) -> torch.Tensor:
@@ -476,7 +527,7 @@ def build_vitfiqa(config: ViTFIQAConfig | None = None, **overrides: object) -> V
     """Build a randomly initialised ViT-FIQA (``config`` fields may be overridden by keyword)."""
     config = config or ViTFIQAConfig()
     if overrides:
-        config = ViTFIQAConfig(**{**asdict(config), **overrides})  # type: ignore[arg-type]
+        config = ViTFIQAConfig(**{**asdict(config), **overrides})
     return ViTFIQA(config)
 
 
@@ -492,22 +543,22 @@ def capture_attention(model: ViTFIQA) -> Iterator[list[torch.Tensor]]:
     tensor per block run, in order; callers should check its length.
     """
     maps: list[torch.Tensor] = []
-    saved = [blk.attn.fused_attn for blk in model.blocks]
+    attns = [_block_attention(blk) for blk in model.blocks]
+    saved = [attn.fused_attn for attn in attns]
     handles = []
-    for blk in model.blocks:
-        blk.attn.fused_attn = False
+    for attn in attns:
+        # timm marks fused_attn Final (for TorchScript); switching it per instance is what we mean
+        attn.fused_attn = False  # type: ignore[misc]
         handles.append(
-            blk.attn.attn_drop.register_forward_hook(
-                lambda _m, inp, _out: maps.append(inp[0].detach())
-            )
+            attn.attn_drop.register_forward_hook(lambda _m, inp, _out: maps.append(inp[0].detach()))
         )
     try:
         yield maps
     finally:
         for h in handles:
             h.remove()
-        for blk, fused in zip(model.blocks, saved, strict=True):
-            blk.attn.fused_attn = fused
+        for attn, fused in zip(attns, saved, strict=True):
+            attn.fused_attn = fused  # type: ignore[misc]  # restores the Final flag set above
 
 
 def attention_grid(attn: torch.Tensor, variant: Variant, grid_size: int) -> torch.Tensor:
@@ -662,25 +713,14 @@ def load_vitfiqa(
     model = ViTFIQA(config)
     internal = _to_internal(state)
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(internal))
-    unexpected = sorted(set(internal) - set(expected))
-    shapes = [
-        f"{k}: file {tuple(internal[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in internal and internal[k].shape != v.shape
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-        if shapes:
-            parts.append(f"shape mismatches {shapes[:4]}")
+    report = state_dict_report(
+        {k: v.shape for k, v in expected.items()}, {k: v.shape for k, v in internal.items()}, str(path)
+    )
+    if report is not None:
         hint = f" Detected variant {config.variant!r}, depth {config.depth}, width {config.embed_dim}."
-        if len(missing) > 10:
+        if sum(k not in internal for k in expected) > 10:
             hint += _looks_like(state)
-        raise CheckpointError(f"{path}: " + "; ".join(parts) + "." + hint)
+        raise CheckpointError(report + "." + hint)
     model.load_state_dict(internal, strict=True)
     return model.to(device).eval()
 
@@ -698,15 +738,3 @@ def save_vitfiqa(model: ViTFIQA, path: str | os.PathLike[str], overwrite: bool =
     with atomic_path(path, overwrite=overwrite) as tmp:
         with open(tmp, "wb") as fh:  # a file object: the archive is not named after the temp file
             torch.save(state, fh)
-
-
-def num_parameters(model: nn.Module) -> int:
-    """Parameter count (the released full-size (T) model has about 76M)."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def grid_side(num_patches: int) -> int:
-    side = math.isqrt(num_patches)
-    if side * side != num_patches:
-        raise ValueError(f"{num_patches} patches do not form a square grid")
-    return side

@@ -1,14 +1,16 @@
-"""Checkpoints: non-finite weights are refused, the head count travels with exfiqa-written files."""
+"""Checkpoints: non-finite weights are refused, the head count travels with exfiqa-written files,
+one key/shape report for every loader."""
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
 import torch
 
 from exfiqa import fr as frmod
-from exfiqa.io import CheckpointError
+from exfiqa.io import CheckpointError, state_dict_report
 from exfiqa.model import (
     NUM_HEADS_KEY,
     build_vitfiqa,
@@ -75,3 +77,44 @@ def test_released_width_with_odd_head_dim_warns(tmp_path):
         load_vitfiqa(path)  # 8 heads of 64: the released shape, silent
     with pytest.warns(UserWarning, match=r"num_heads=4 gives head dim 128; the released models use 8 heads of 64"):
         load_vitfiqa(path, num_heads=4)
+
+
+def test_state_dict_report_hand_case():
+    model = {"a": (2, 3), "b": torch.Size([4]), "n": (), "d": (1,)}
+    same = {"d": [1], "n": torch.Size([]), "b": (4,), "a": torch.Size([2, 3])}  # any order, any int sequence
+    assert state_dict_report(model, same, "f.pt") is None
+    ckpt = {"a": torch.Size([3, 2]), "c": (1,), "b": [4], "e": (5, 5)}
+    assert state_dict_report(model, ckpt, "ckpt/f.pt") == (
+        "ckpt/f.pt: missing keys (2): ['n', 'd']; unexpected keys (2): ['c', 'e']; "
+        "shape mismatches (1): ['a: checkpoint [3, 2] vs model [2, 3]']"
+    )
+    assert state_dict_report(model, ckpt, "f.pt", optional={"n"}, limit=1) == (
+        "f.pt: missing keys (1): ['d']; unexpected keys (2): ['c', ...]; "
+        "shape mismatches (1): ['a: checkpoint [3, 2] vs model [2, 3]']"
+    )
+    assert state_dict_report(model, {k: v for k, v in model.items() if k != "n"}, "f.pt", optional={"n"}) is None
+
+
+def test_both_loaders_report_keys_with_counts_and_the_file(tmp_path):
+    """ViT-FIQA and FR checkpoints go through the same report: file, counts, first keys."""
+    state = released_state_dict(_small_vit())
+    block0 = [k for k in state if k.startswith("blocks.0.")]
+    assert len(block0) == 11
+    for k in block0:
+        del state[k]
+    path = tmp_path / "short.pt"
+    torch.save(state, path)
+    with pytest.raises(
+        CheckpointError,
+        match=rf"{re.escape(str(path))}: missing keys \(11\): \['blocks\.0\.norm1\.weight', [^]]*, \.\.\.\]\. "
+        r"Detected variant 'token', depth 2, width 32\. It does not look like a ViT-FIQA checkpoint",
+    ):
+        load_vitfiqa(path, num_heads=2)
+    net = frmod.build_fr("iresnet", layers=(1, 1, 1, 1), widths=(8, 16, 24, 32), embedding_size=16)
+    fr_path = tmp_path / "arcface.pt"
+    frmod.save_fr(frmod.FRModel("arcface", net, frmod.ARCFACE, device="cpu", arch="iresnet"), fr_path)
+    fr_state = torch.load(fr_path, weights_only=True)
+    fr_state["extra.weight"] = torch.zeros(2)
+    torch.save(fr_state, fr_path)
+    with pytest.raises(CheckpointError, match=rf"checkpoint {re.escape(str(fr_path))} does not match arch 'iresnet' \(model .*\): unexpected keys \(1\): \['extra\.weight'\]"):
+        frmod.load_fr("arcface", fr_path, layers=(1, 1, 1, 1))

@@ -120,6 +120,8 @@ def test_block_range_is_a_prefix(model, faces):
         for bad in (1, [1], model.depth + 1, 0):
             with pytest.raises(ValueError, match="vitnt_blocks: ViTNT-FIQA needs blocks 1..k"):
                 model.forward_exits(faces, family=True, vitnt_blocks=bad)
+        with pytest.raises(ValueError, match=r"vitnt_blocks must be an int k or the list \[1, \.\.\., k\], got True"):
+            model.forward_exits(faces, family=True, vitnt_blocks=True)  # a bool is no block count
         with pytest.raises(ValueError, match="vitnt_blocks"):  # exits=[1] -> default range 1..1
             model.forward_exits(faces, [1], family=True)
         with pytest.raises(ValueError, match="needs family=True"):

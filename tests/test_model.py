@@ -3,6 +3,7 @@ PAPER.md without timm, must agree with the timm-based model on every exit."""
 
 from __future__ import annotations
 
+import copy
 import pickle
 from pathlib import Path
 
@@ -240,7 +241,11 @@ def test_loader_errors_name_keys_and_cause(tmp_path):
     del sd["blocks.3.mlp.fc2.weight"]
     sd["extra.weight"] = torch.zeros(1)
     torch.save(sd, tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match=r"missing keys \['blocks.3.mlp.fc2.weight'\].*unexpected keys \['extra.weight'\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"bad\.pt: missing keys \(1\): \['blocks\.3\.mlp\.fc2\.weight'\]; unexpected keys \(1\): "
+        r"\['extra\.weight'\]\. Detected variant 'token', depth 12, width 64\.",
+    ):
         load_vitfiqa(tmp_path / "bad.pt", num_heads=4)
 
     sd = _small_sd("token")
@@ -256,7 +261,7 @@ def test_loader_errors_name_keys_and_cause(tmp_path):
     sd = _small_sd("crfiqa")
     sd["head_qs.1.weight"] = torch.zeros(1, 7)
     torch.save(sd, tmp_path / "shape.pt")
-    with pytest.raises(CheckpointError, match=r"head_qs.1.weight: file \(1, 7\) vs model \(1, 32\)"):
+    with pytest.raises(CheckpointError, match=r"shape mismatches \(1\): \['head_qs\.1\.weight: checkpoint \[1, 7\] vs model \[1, 32\]'\]"):
         load_vitfiqa(tmp_path / "shape.pt", num_heads=4)
 
     with pytest.raises(FileNotFoundError):
@@ -288,12 +293,72 @@ def test_unsafe_checkpoint_is_refused_and_nothing_runs(tmp_path):
 
 
 def test_token_masking_only_changes_training_forward():
-    m = build_vitfiqa(variant="token", **SMALL).eval()
-    x = torch.randn(2, 3, 112, 112)
+    """``forward_train(x, mask_ratio)`` (train mode) feeds block 1 the tokens with
+    ``round(ratio * 144)`` patch tokens per image, never the quality token, replaced by
+    ``mask_token + pos_embed``; seeded, it repeats exactly. The eval paths never mask."""
     torch.manual_seed(0)
+    m = build_vitfiqa(variant="token", **SMALL)
+    randomise(m, seed=4)
+    x = torch.randn(4, 3, 112, 112, generator=torch.Generator().manual_seed(6))
+    seen: list[torch.Tensor] = []
+    hook = m.blocks[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    try:
+        with torch.no_grad():
+            clean = m.eval().tokens(x)  # patch embedding + position embedding, nothing masked
+            seen.clear()
+            m.train()
+            runs = []
+            for seed in (7, 7, 8):
+                torch.manual_seed(seed)
+                runs.append(m.forward_train(x, mask_ratio=0.1))
+            unmasked = m.forward_train(x)
+            m.eval()
+            torch.manual_seed(7)
+            eval_runs = [m.forward_exits(x).scores, m(x)]
+            torch.manual_seed(8)
+            eval_runs += [m.forward_exits(x).scores, m(x)]
+    finally:
+        hook.remove()
+    masked_in, again_in, other_in, unmasked_in = seen[:4]
+    changed = (masked_in != clean).any(-1)
+    assert not changed[:, 0].any()  # the quality token is never masked
+    assert changed.sum(1).tolist() == [round(0.1 * 144)] * 4
+    expect = (m.mask_token[0, 0] + m.pos_embed[0]).expand_as(clean)
+    torch.testing.assert_close(masked_in[changed], expect[changed], rtol=0, atol=0)
+    assert torch.equal(masked_in[~changed], clean[~changed])
+    assert torch.equal(again_in, masked_in) and not torch.equal(other_in, masked_in)  # seeded
+    assert torch.equal(unmasked_in, clean)
+    # the training output: the same for the same seed, changed by the mask
+    (emb, score), (emb2, score2), _ = runs
+    assert torch.equal(emb, emb2) and torch.equal(score, score2)
+    assert not torch.allclose(emb, unmasked[0]) and not torch.allclose(score, unmasked[1])
+    # eval: every block-1 input is the clean tokens, outputs do not depend on the RNG
+    assert all(torch.equal(t, clean) for t in seen[4:]) and len(seen) == 4 + 4
+    assert torch.equal(eval_runs[0], eval_runs[2]) and torch.equal(eval_runs[1], eval_runs[3])
+
+
+def test_forward_exits_refuses_heads_in_training_mode(small_model, faces):
+    """All exits go through the BatchNorm heads as one batch: only right with running statistics."""
+    m = copy.deepcopy(small_model).train()
+    with pytest.raises(RuntimeError, match=r"forward_exits needs the heads in eval mode.*head_qs\.0"):
+        m.forward_exits(faces)
+    with pytest.raises(RuntimeError, match="eval mode"):
+        m.score_at_exit(faces, 3)
+    with pytest.raises(RuntimeError, match="eval mode"):
+        m.forward_exits(faces, family=True)
+    # the blocks may train (no dropout here); the heads in eval mode give the eval numbers
+    m.feature.eval()
+    m.head_qs.eval()
     with torch.no_grad():
-        masked = m.tokens(x, mask_ratio=0.1)
-        clean = m.tokens(x)
-    changed = (masked - clean).abs().sum(-1) > 0
-    assert changed[:, 0].sum() == 0  # the quality token is never masked
-    assert changed.sum(1).tolist() == [round(0.1 * 144)] * 2
+        assert torch.equal(m.forward_exits(faces).scores, small_model.forward_exits(faces).scores)
+    # why: with batch statistics one call over all exits is not the exit-by-exit result
+    m.train()
+    with torch.no_grad():
+        h = m.tokens(faces)
+        normed = []
+        for blk in m.blocks[:2]:
+            h = blk(h)
+            normed.append(m.norm(h))
+        batched = m.exit_head(torch.cat(normed))[0].view(2, -1).T
+        per_exit = torch.stack([m.exit_head(n)[0] for n in normed], dim=1)
+    assert not torch.allclose(batched, per_exit)
