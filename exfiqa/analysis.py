@@ -16,13 +16,10 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
+from . import fusion
+from .bootstrap import bootstrap_samples
 from .flops import exit_costs, fused_cost
-from .metrics import (
-    bootstrap_samples,
-    eer,
-    fnmr_at_fmr,
-    verification_accuracy,
-)
+from .metrics import eer, fnmr_at_fmr, verification_accuracy
 from .model import ViTFIQA, ViTFIQAConfig
 from .pipeline import Study
 
@@ -33,8 +30,6 @@ __all__ = [
     "attention_maps",
     "attention_statistics",
     "fr_sanity",
-    "fused_sample_scores",
-    "fusion_strategies",
     "search_fusion_weights",
     "cost_table",
     "edc_all",
@@ -108,8 +103,8 @@ def paired_vs_reference(
     """Paired bootstrap of pAUC(method) - pAUC(reference) per dataset, with 95% intervals.
 
     All methods and the reference are evaluated on the same resamples in one pass
-    (:func:`exfiqa.metrics.bootstrap_samples`; each difference equals
-    :func:`exfiqa.metrics.paired_bootstrap` of the pair), from the Study's scores and orders:
+    (:func:`exfiqa.bootstrap.bootstrap_samples`; each difference equals
+    :func:`exfiqa.bootstrap.paired_bootstrap` of the pair), from the Study's scores and orders:
     bounded at IJB-C and all-vs-all sizes (the module docstring of :mod:`exfiqa.metrics` says how,
     and what it does to the intervals).
     """
@@ -223,7 +218,7 @@ def adaptive_exit(
     up to exit l with heads at every exit so far. Beyond the paper.
     """
     n, depth = scores.shape
-    w = np.arange(1, depth + 1, dtype=np.float64)
+    w = fusion.depth_ramp(depth)
     running = np.cumsum(scores * w, axis=1) / np.cumsum(w)
     confident = np.abs(running - threshold) > margin
     confident[:, : min_exit - 1] = False
@@ -282,44 +277,27 @@ def attention_statistics(maps: np.ndarray) -> pd.DataFrame:
     })
 
 
-def fusion_strategies(depth: int) -> dict[str, np.ndarray | str]:
-    """Named fusion strategies beyond F and FW: weights, or ``"zscore"`` for standardised FW."""
-    from .fusion import depth_weights, exponential_weights, last_k_weights, uniform_weights
-
-    return {
-        "EX-FIQA-F": uniform_weights(depth),
-        "EX-FIQA-FW": depth_weights(depth),
-        f"last-{max(1, depth // 3)}": last_k_weights(depth, max(1, depth // 3)),
-        "exp-depth": exponential_weights(depth, rate=0.3),
-        "z-score FW": "zscore",
-    }
-
-
-def fused_sample_scores(scores: np.ndarray, strategy: np.ndarray | str) -> np.ndarray:
-    """Per-sample fused scores for a strategy from :func:`fusion_strategies` or a weight vector."""
-    from .fusion import fuse, zscore_fuse
-
-    if isinstance(strategy, str):
-        if strategy != "zscore":
-            raise ValueError(f"unknown fusion strategy {strategy!r}")
-        return zscore_fuse(scores)
-    return fuse(scores, strategy)
-
-
 def search_fusion_weights(
     study: Study, quality: str, fr: str, dataset: str, fmr: float, n_candidates: int = 200, seed: int = 0
 ) -> tuple[np.ndarray, float]:
     """Weights (non-negative, summing to 1) with the lowest pAUC on ``dataset``: random search.
 
     Candidates: the uniform and depth weights, every one-hot exit and ``n_candidates`` Dirichlet
-    draws (concentration 0.5). Returns the best weights and their pAUC on ``dataset``; apply them
-    to other datasets to test whether learned fusion transfers. Bounded: one candidate's fused
-    per-sample scores (float32) and order at a time, against the Study's scores.
+    draws (concentration 0.5); the first candidate with the lowest pAUC wins. Returns the best
+    weights and their pAUC on ``dataset``; apply them to other datasets to test whether learned
+    fusion transfers. Bounded: one candidate's fused per-sample scores (float32) and order at a
+    time, against the Study's scores.
+
+    Why a random search: pAUC depends on the weights only through the order of the fused scores,
+    so it is a step function of the weights (zero gradient almost everywhere, jumps where two
+    samples swap). scikit-learn's (and scipy's) gradient-based or least-squares fitters optimise
+    a smooth surrogate loss against a target, not the pAUC of a discard curve, so they do not
+    apply; a derivative-free search over the simplex optimises the criterion itself.
     """
     scores = study.exit_scores(dataset, quality).astype(np.float64)
     depth = scores.shape[1]
     rng = np.random.default_rng(seed)
-    cands = [np.full(depth, 1 / depth), np.arange(1, depth + 1) / (depth * (depth + 1) / 2), *np.eye(depth)]
+    cands = [fusion.uniform_weights(depth), fusion.depth_weights(depth), *np.eye(depth)]
     cands += list(rng.dirichlet(np.full(depth, 0.5), size=n_candidates))
     best_w, best_p = cands[0], np.inf
     for w in cands:
@@ -509,21 +487,22 @@ class StrategyResult:
 
 
 def strategy_table(study: Study, fr: str, fmr: float, learn_on: str, n_candidates: int = 200) -> StrategyResult:
-    """pAUC of the last exit, every :func:`fusion_strategies` entry and weights learned on
+    """pAUC of the last exit, every :func:`exfiqa.fusion.strategies` entry and weights learned on
     ``learn_on`` (:func:`search_fusion_weights`), on each dataset, for FR model ``fr``."""
     cfg = study.config
     rows, learned = [], {}
     for q, (_, depth) in variant_tags(study).items():
         w, _ = search_fusion_weights(study, q, fr, learn_on, fmr, n_candidates=n_candidates, seed=cfg.seed)
         learned[q] = w
-        strategies = {f"Exit {depth}": np.eye(depth)[-1], **fusion_strategies(depth), "learned": w}
+        strategies = [fusion.Strategy(f"Exit {depth}", weights=np.eye(depth)[-1]),
+                      *fusion.strategies(depth).values(), fusion.Strategy("learned", weights=w)]
         for ds in cfg.datasets:
             scores = study.exit_scores(ds, q).astype(np.float64)
-            fused = np.stack([fused_sample_scores(scores, s) for s in strategies.values()], axis=1)
+            fused = np.stack([s.apply(scores) for s in strategies], axis=1)
             values = study.pauc_of(ds, fr, fused, (fmr,))[fmr] * cfg.pauc_scale
-            for name, v in zip(strategies, values, strict=True):
-                rows.append({"quality_model": q, "dataset": cfg.datasets[ds].label, "strategy": name, "pauc": float(v),
-                             "fitted_here": name == "learned" and ds == learn_on})
+            for s, v in zip(strategies, values, strict=True):
+                rows.append({"quality_model": q, "dataset": cfg.datasets[ds].label, "strategy": s.name, "pauc": float(v),
+                             "fitted_here": s.name == "learned" and ds == learn_on})
     tidy = pd.DataFrame(rows)
     wide = tidy.pivot_table(index=["quality_model", "strategy"], columns="dataset", values="pauc", sort=False)
     wide["mean"] = wide.mean(axis=1)
@@ -684,7 +663,7 @@ def chosen_exits_comparison(
     """pAUC (x ``pauc_scale``) of EX-FIQA-DC, F, FW, ``learned`` weights (fitted on ``learn_on``,
     as :func:`strategy_table`) and the last exit on each dataset DC is evaluated on, with the
     FR model of ``chosen``; and the paired bootstrap of pAUC(DC) - pAUC(each other), all five on
-    the same resamples (:func:`exfiqa.metrics.bootstrap_samples`, the run's seed; as
+    the same resamples (:func:`exfiqa.bootstrap.bootstrap_samples`, the run's seed; as
     :func:`paired_vs_reference`). ``delta_pauc < 0``: DC is better."""
     from .fusion import DC_NAME, chosen_mean, ex_fiqa_f, ex_fiqa_fw
 

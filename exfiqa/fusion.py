@@ -4,6 +4,10 @@ Column ``l-1`` holds exit ``l`` (1-based depth). Fused score ``s = sum_l w_l * s
 summing to 1. EX-FIQA-F: ``w_l = 1/L``. EX-FIQA-FW: ``w_l = l / (L(L+1)/2)`` (``l/78`` for 12
 exits). As in the paper, no per-exit normalisation is applied unless a strategy says so.
 
+The named strategies (F, FW and the variants the notebooks compare) have one registry,
+:func:`strategies`: each a :class:`Strategy` (fixed weights, or a scorer such as z-score fusion)
+whose :meth:`Strategy.apply` fuses an (N, L) matrix.
+
 EX-FIQA-DC (beyond the paper): the plain mean of exits chosen on calibration data
 (:func:`choose_exits`: ranked by Spearman correlation with a pseudo-label, added greedily while
 the correlation of their mean rises).
@@ -18,20 +22,21 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
-    "STRATEGIES",
     "CalibrationSet",
     "DC_NAME",
     "ExitChoice",
+    "Strategy",
     "choose_exits",
     "chosen_mean",
+    "depth_ramp",
     "depth_weights",
     "exit_correlations",
     "exponential_weights",
     "ex_fiqa_f",
     "ex_fiqa_fw",
-    "fit_weights",
     "fuse",
     "last_k_weights",
+    "strategies",
     "uniform_weights",
     "zscore_fuse",
 ]
@@ -51,10 +56,23 @@ def uniform_weights(n_exits: int) -> NDArray[np.float64]:
     return np.full(n_exits, 1.0 / n_exits)
 
 
+def depth_ramp(n_exits: int) -> NDArray[np.float64]:
+    """EX-FIQA-FW's unnormalised weights ``1, 2, ..., L`` (float64, exact integers).
+
+    For running (prefix) FW means, ``cumsum(s * ramp) / cumsum(ramp)``; :func:`depth_weights` is
+    this ramp divided by its sum.
+    """
+    return np.arange(1, n_exits + 1, dtype=np.float64)
+
+
 def depth_weights(n_exits: int) -> NDArray[np.float64]:
-    """EX-FIQA-FW weights: ``w_l`` proportional to ``l`` (1-based), summing to 1."""
-    w = np.arange(1, n_exits + 1, dtype=np.float64)
-    return w / w.sum()
+    """EX-FIQA-FW weights: ``w_l`` proportional to ``l`` (1-based), summing to 1.
+
+    Each weight is the float64 quotient ``l / (L(L+1)/2)`` (the ramp's sum is exact), so it equals
+    ``np.arange(1, L + 1) / (L * (L + 1) / 2)`` bit for bit.
+    """
+    w = depth_ramp(n_exits)
+    return np.asarray(w / w.sum(), dtype=np.float64)
 
 
 def last_k_weights(n_exits: int, k: int) -> NDArray[np.float64]:
@@ -69,7 +87,7 @@ def last_k_weights(n_exits: int, k: int) -> NDArray[np.float64]:
 def exponential_weights(n_exits: int, rate: float = 0.3) -> NDArray[np.float64]:
     """``w_l`` proportional to ``exp(rate * l)``: deeper exits count exponentially more."""
     w = np.exp(rate * np.arange(1, n_exits + 1, dtype=np.float64))
-    return w / w.sum()
+    return np.asarray(w / w.sum(), dtype=np.float64)
 
 
 def fuse(scores: ArrayLike, weights: ArrayLike) -> NDArray[np.float64]:
@@ -82,13 +100,13 @@ def fuse(scores: ArrayLike, weights: ArrayLike) -> NDArray[np.float64]:
 
 
 def ex_fiqa_f(scores: ArrayLike) -> NDArray[np.float64]:
-    """EX-FIQA-F: mean of all exit scores."""
+    """EX-FIQA-F: mean of all exit scores (``strategies(L)["EX-FIQA-F"].apply``)."""
     s = _matrix(scores)
     return fuse(s, uniform_weights(s.shape[1]))
 
 
 def ex_fiqa_fw(scores: ArrayLike) -> NDArray[np.float64]:
-    """EX-FIQA-FW: depth-weighted mean, ``w_l`` proportional to ``l``."""
+    """EX-FIQA-FW: depth-weighted mean, ``w_l`` proportional to ``l`` (``strategies(L)["EX-FIQA-FW"].apply``)."""
     s = _matrix(scores)
     return fuse(s, depth_weights(s.shape[1]))
 
@@ -109,28 +127,52 @@ def zscore_fuse(
     return fuse(z, depth_weights(s.shape[1]) if weights is None else weights)
 
 
-def fit_weights(
-    scores: ArrayLike, target: ArrayLike, l2: float = 1e-3
-) -> NDArray[np.float64]:
-    """Non-negative weights summing to 1 that best predict ``target`` from standardised exits.
+@dataclass(frozen=True, eq=False)
+class Strategy:
+    """A named fusion of (N, L) exit scores into (N,) scores: exactly one of ``weights`` (fused by
+    :func:`fuse`, used as given, not copied) or ``scorer`` (a function of the score matrix, e.g.
+    :func:`zscore_fuse`, whose weights act on standardised exits)."""
 
-    Fitted by non-negative least squares (scipy) with a small ridge term; used to learn fusion
-    weights on one dataset and apply them to others. ``target`` is a per-sample utility, e.g. the
-    mated similarity or certainty ratio.
+    name: str
+    weights: NDArray[np.float64] | None = None
+    scorer: Callable[[ArrayLike], NDArray[np.float64]] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.weights is None) == (self.scorer is None):
+            raise ValueError(f"fusion strategy {self.name!r}: give exactly one of weights or scorer")
+        if self.weights is not None:
+            w = np.asarray(self.weights, dtype=np.float64)
+            if w.ndim != 1 or w.size < 1:
+                raise ValueError(f"fusion strategy {self.name!r}: weights must be one value per exit, got shape {w.shape}")
+            object.__setattr__(self, "weights", w)
+
+    def apply(self, scores: ArrayLike) -> NDArray[np.float64]:
+        """(N,) fused scores of the (N, L) matrix ``scores``."""
+        if self.weights is not None:
+            return fuse(scores, self.weights)
+        if self.scorer is not None:
+            return self.scorer(scores)
+        raise AssertionError(f"fusion strategy {self.name!r} has neither weights nor a scorer")
+
+
+def strategies(depth: int) -> dict[str, Strategy]:
+    """The named fusion strategies for ``depth`` exits, by name, in table order.
+
+    ``EX-FIQA-F`` and ``EX-FIQA-FW`` (the paper's), then, beyond the paper: ``last-k`` (uniform
+    over the last ``k = max(1, depth // 3)`` exits), ``exp-depth`` (:func:`exponential_weights`,
+    rate 0.3) and ``z-score FW`` (:func:`zscore_fuse`: FW over standardised exits).
     """
-    from scipy.optimize import nnls
-
-    s = _matrix(scores)
-    t = np.asarray(target, dtype=np.float64)
-    if t.shape != (s.shape[0],):
-        raise ValueError(f"target must have shape ({s.shape[0]},), got {t.shape}")
-    z = (s - s.mean(axis=0)) / np.where(s.std(axis=0) > 0, s.std(axis=0), 1.0)
-    a = np.vstack([z, np.sqrt(l2) * np.eye(s.shape[1])])
-    b = np.concatenate([t - t.mean(), np.zeros(s.shape[1])])
-    w, _ = nnls(a, b)
-    if w.sum() == 0:
-        return uniform_weights(s.shape[1])
-    return w / w.sum()
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
+        raise ValueError(f"depth must be a positive number of exits, got {depth!r}")
+    k = max(1, depth // 3)
+    named = [
+        Strategy("EX-FIQA-F", weights=uniform_weights(depth)),
+        Strategy("EX-FIQA-FW", weights=depth_weights(depth)),
+        Strategy(f"last-{k}", weights=last_k_weights(depth, k)),
+        Strategy("exp-depth", weights=exponential_weights(depth, rate=0.3)),
+        Strategy("z-score FW", scorer=zscore_fuse),
+    ]
+    return {s.name: s for s in named}
 
 
 # ------------------------------------------------------------------ data-chosen exits (FROQ-style)
@@ -203,9 +245,9 @@ class CalibrationSet:
     def side_values(self, values: NDArray[np.float64]) -> NDArray[np.float64]:
         """Per-side values of per-sample ``values``, (N,) or (N, K): the min over each side's samples."""
         v = np.asarray(values, dtype=np.float64)
-        if self.sides is None:
+        if self._order is None or self._starts is None:  # sides are the samples
             return v
-        return np.minimum.reduceat(v[self._order], self._starts, axis=0)
+        return np.asarray(np.minimum.reduceat(v[self._order], self._starts, axis=0), dtype=np.float64)
 
     def correlation(self, values: NDArray[np.float64]) -> float:
         """Spearman correlation (scipy, average ranks for ties) of per-sample ``values`` (as side
@@ -311,8 +353,3 @@ def choose_exits(calibration: Sequence[CalibrationSet]) -> ExitChoice:
         tuple(c.name for c in sets),
     )
 
-
-STRATEGIES: dict[str, Callable[[NDArray[np.float64]], NDArray[np.float64]]] = {
-    "EX-FIQA-F": ex_fiqa_f,
-    "EX-FIQA-FW": ex_fiqa_fw,
-}

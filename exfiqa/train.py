@@ -41,7 +41,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -674,6 +674,13 @@ class TrainHistory:
         return out
 
 
+def _train_config(arguments: Mapping[str, Any]) -> TrainConfig:
+    """The :class:`TrainConfig` of a training entry point's ``arguments`` (its ``locals()`` taken
+    before it assigns anything): each TrainConfig field it takes as a parameter; the fields it
+    does not take (``momentum``, ``log_every``) keep their defaults."""
+    return TrainConfig(**{f.name: arguments[f.name] for f in fields(TrainConfig) if f.name in arguments})
+
+
 def _dist_info() -> tuple[int, int]:
     """(world_size, rank) of an initialised process group, else (1, 0)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -1006,22 +1013,7 @@ def train_fr(
     Returns:
         The :class:`TrainHistory`; ``model`` is left trained, in eval mode.
     """
-    cfg = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        optimizer=optimizer,
-        schedule=schedule,
-        warmup_epochs=warmup_epochs,
-        seed=seed,
-        flip=flip,
-        num_workers=num_workers,
-        num_threads=num_threads,
-        grad_clip=grad_clip,
-        amp=amp,
-        channels_last=channels_last,
-    )
+    cfg = _train_config(locals())
     data = as_face_dataset(dataset)
     pre = _resolve_preprocess(preprocess)
     _seed(seed)
@@ -1084,22 +1076,7 @@ def train_vitfiqa(
         raise ValueError(f"mask_ratio must lie in [0, 1), got {mask_ratio}")
     if quality_weight < 0:
         raise ValueError(f"quality_weight must be >= 0, got {quality_weight}")
-    cfg = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        optimizer=optimizer,
-        schedule=schedule,
-        warmup_epochs=warmup_epochs,
-        seed=seed,
-        flip=flip,
-        num_workers=num_workers,
-        num_threads=num_threads,
-        grad_clip=grad_clip,
-        amp=amp,
-        channels_last=channels_last,
-    )
+    cfg = _train_config(locals())
     data = as_face_dataset(dataset)
     _seed(seed)
     if head is None:

@@ -13,6 +13,7 @@ from exfiqa.analysis import (
     operating_points,
     rank_correlation,
 )
+from exfiqa.fusion import ex_fiqa_fw
 
 
 def test_adaptive_exit_stops_at_the_first_confident_exit():
@@ -24,6 +25,17 @@ def test_adaptive_exit_stops_at_the_first_confident_exit():
     assert res.mean_gflops == pytest.approx(2.0) and res.full_gflops == 3.0
     later = adaptive_exit(scores, 0.0, 1.0, min_exit=2, gflops=[1.0, 2.0, 3.0])
     assert later.exit_used.tolist() == [2, 3, 2]
+
+
+def test_adaptive_exit_score_is_the_fw_fusion_of_the_exits_read_so_far():
+    # the running score at the stopping exit k is EX-FIQA-FW of exits 1..k (a second route)
+    rng = np.random.default_rng(5)
+    scores = rng.normal(size=(300, 12))
+    res = adaptive_exit(scores, threshold=0.0, margin=0.4, min_exit=2, gflops=list(range(1, 13)))
+    assert len(set(res.exit_used.tolist())) > 3  # rows stop at several different exits
+    direct = [ex_fiqa_fw(scores[i : i + 1, :k])[0] for i, k in enumerate(res.exit_used)]
+    np.testing.assert_allclose(res.score, direct, rtol=1e-13, atol=1e-15)
+    assert np.all((np.abs(res.score) > 0.4) | (res.exit_used == 12)) and res.exit_used.min() >= 2
 
 
 def test_attention_statistics_of_uniform_and_point_maps():

@@ -7,15 +7,17 @@ import pytest
 
 from exfiqa.fusion import (
     CalibrationSet,
+    Strategy,
     choose_exits,
     chosen_mean,
+    depth_ramp,
     depth_weights,
     ex_fiqa_f,
     ex_fiqa_fw,
     exponential_weights,
-    fit_weights,
     fuse,
     last_k_weights,
+    strategies,
     uniform_weights,
     zscore_fuse,
 )
@@ -47,14 +49,57 @@ def test_zscore_fusion_ignores_per_exit_affine_scales():
     np.testing.assert_allclose(zscore_fuse(s), zscore_fuse(scaled), atol=1e-12)
 
 
-def test_fit_weights_recovers_a_known_combination():
-    rng = np.random.default_rng(1)
-    s = rng.normal(size=(400, 5))
-    z = (s - s.mean(0)) / s.std(0)
-    true = np.array([0.0, 0.1, 0.2, 0.3, 0.4])
-    w = fit_weights(s, z @ true, l2=1e-8)
-    np.testing.assert_allclose(w, true, atol=1e-4)
-    assert w.min() >= 0 and np.isclose(w.sum(), 1)
+def test_depth_weights_are_the_exact_quotients_l_over_the_triangular_number():
+    # the FW weights once typed inline as arange(1, L + 1) / (L (L + 1) / 2): equal bit for bit
+    for n in range(1, 300):
+        np.testing.assert_array_equal(depth_weights(n), np.arange(1, n + 1) / (n * (n + 1) / 2))
+        np.testing.assert_array_equal(depth_ramp(n), [float(k) for k in range(1, n + 1)])
+    assert depth_ramp(4).dtype == np.float64 and depth_weights(12)[0] == 1 / 78
+
+
+def test_strategy_registry_by_hand():
+    reg = strategies(12)
+    assert list(reg) == ["EX-FIQA-F", "EX-FIQA-FW", "last-4", "exp-depth", "z-score FW"]
+    assert all(name == s.name for name, s in reg.items())
+    np.testing.assert_array_equal(reg["EX-FIQA-F"].weights, np.full(12, 1 / 12))
+    np.testing.assert_array_equal(reg["EX-FIQA-FW"].weights, np.arange(1, 13) / 78)
+    np.testing.assert_array_equal(reg["last-4"].weights, [0.0] * 8 + [0.25] * 4)
+    e = np.exp(0.3 * np.arange(1, 13))
+    np.testing.assert_allclose(reg["exp-depth"].weights, e / e.sum(), rtol=1e-15)
+    assert reg["z-score FW"].weights is None
+    assert list(strategies(2)) == ["EX-FIQA-F", "EX-FIQA-FW", "last-1", "exp-depth", "z-score FW"]
+    # applied: a 2-sample, 3-exit matrix by hand
+    s = np.array([[1.0, 2.0, 3.0], [3.0, 0.0, 0.0]])
+    three = strategies(3)
+    np.testing.assert_allclose(three["EX-FIQA-F"].apply(s), [2.0, 1.0])
+    np.testing.assert_allclose(three["EX-FIQA-FW"].apply(s), [14 / 6, 3 / 6])
+    np.testing.assert_allclose(three["last-1"].apply(s), [3.0, 0.0])
+    # z-score: each exit's two values standardise to -1/+1 (row 0: -1, +1, +1), FW weights l/6
+    np.testing.assert_allclose(three["z-score FW"].apply(s), [(-1 + 2 + 3) / 6, (1 - 2 - 3) / 6])
+    # F and FW are the same operation as ex_fiqa_f / ex_fiqa_fw, bit for bit
+    r = np.random.default_rng(4).normal(size=(101, 12))
+    np.testing.assert_array_equal(reg["EX-FIQA-F"].apply(r), ex_fiqa_f(r))
+    np.testing.assert_array_equal(reg["EX-FIQA-FW"].apply(r), ex_fiqa_fw(r))
+    np.testing.assert_array_equal(reg["z-score FW"].apply(r), zscore_fuse(r))
+
+
+def test_a_weight_strategy_is_fuse_with_its_weights_as_given():
+    w = np.array([0.0, 0.25, 0.75])
+    s = Strategy("mine", weights=w)
+    assert s.weights is w  # not copied: the same operands as fuse(scores, w)
+    m = np.array([[4.0, 8.0, 12.0]])
+    np.testing.assert_array_equal(s.apply(m), [11.0])
+    with pytest.raises(ValueError, match="'both'.*exactly one"):
+        Strategy("both", weights=w, scorer=zscore_fuse)
+    with pytest.raises(ValueError, match="'none'.*exactly one"):
+        Strategy("none")
+    with pytest.raises(ValueError, match="'flat'.*one value per exit"):
+        Strategy("flat", weights=np.ones((2, 2)))
+    with pytest.raises(ValueError, match="weights must have shape"):
+        s.apply(np.ones((2, 4)))
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="depth must be a positive"):
+            strategies(bad)  # type: ignore[arg-type]
 
 
 def test_bad_inputs_are_named():

@@ -382,6 +382,34 @@ def test_without_masking_the_mask_token_stays_untouched():
     assert not torch.equal(init.head_qs[1].weight, model.head_qs[1].weight)
 
 
+def test_each_entry_point_records_every_training_setting_it_takes():
+    # every TrainConfig field but momentum and log_every is a parameter of both entry points
+    import inspect
+    from dataclasses import fields
+
+    taken = {f.name for f in fields(TrainConfig)} - {"momentum", "log_every"}
+    for entry in (train_fr, train_vitfiqa):
+        assert taken <= set(inspect.signature(entry).parameters), entry.__name__
+    given = {"epochs": 2, "batch_size": 8, "lr": 0.07, "weight_decay": 1e-4, "seed": 9, "optimizer": "adamw",
+             "schedule": "constant", "warmup_epochs": 0.5, "flip": False, "num_workers": 0, "num_threads": 1,
+             "grad_clip": 2.0, "amp": False, "channels_last": True}
+    assert set(given) == taken
+    expect = TrainConfig(epochs=2, batch_size=8, lr=0.07, weight_decay=1e-4, optimizer="adamw", momentum=0.9,
+                         schedule="constant", warmup_epochs=0.5, seed=9, flip=False, num_workers=0, num_threads=1,
+                         grad_clip=2.0, amp=False, channels_last=True, log_every=10)  # fmt: skip
+    images, labels = _toy_faces(classes=4, per_class=4, size=8)
+    hist = train_fr(_Recorder(8), "cosface", (images, labels), "arcface", progress=False, **given)
+    assert hist.config == expect
+    vit_images, vit_labels = _toy_faces(classes=4, per_class=4)
+    vit = build_vitfiqa(TINY_VIT)
+    assert train_vitfiqa(vit, (vit_images, vit_labels), progress=False, **given).config == expect
+    # left out, each entry point's own defaults (ViT-FIQA: AdamW, lr 1e-3, weight decay 0.05)
+    assert train_vitfiqa(vit, (vit_images, vit_labels), batch_size=16, progress=False).config == TrainConfig(
+        batch_size=16, lr=1e-3, weight_decay=0.05, optimizer="adamw")
+    assert train_fr(_Recorder(8), "cosface", (images, labels), "arcface", batch_size=8, progress=False).config == (
+        TrainConfig(batch_size=8, lr=0.1, weight_decay=5e-4, optimizer="sgd"))
+
+
 # ----------------------------------------------------------------------------- data + CLI
 
 
