@@ -6,8 +6,9 @@ to the notebooks) and ``run.json`` (what was run, with content hashes).
 
 The config is the single source of a run: ``make paper`` passes the notebooks nothing but
 ``config`` and ``out_dir``, and every notebook parameter that mirrors a config setting defaults to
-None (= the config's value). The run card (:mod:`exfiqa.runcard`: device, precision, protocol,
-seed, code version, input digests) is printed by each notebook's first cell, written to
+None (= the config's value). Each notebook opens its study with
+:func:`exfiqa.pipeline.open_study`. The run card (:mod:`exfiqa.runcard`: device, precision,
+protocol, seed, code version, input digests) is printed by each notebook's first cell, written to
 ``run_card.json`` and shown on ``index.html``; a notebook that ran with another card is an error.
 
 A notebook whose inputs (its source, the config file, the demo-world manifest, the package's
@@ -21,7 +22,6 @@ by its section heading), a heartbeat for long cells and the kernel's text on std
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import html
 import json
@@ -29,86 +29,24 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .config import Config, ConfigError, load_config
 from .io import atomic_write
+from .pipeline import CARD
 from .runcard import RunCard, run_card
 
-__all__ = ["NOTEBOOKS", "build_index", "cell_labels", "main", "notebook_key", "open_study", "run_paper"]
+__all__ = ["NOTEBOOKS", "build_index", "cell_labels", "main", "notebook_key", "run_paper"]
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ("01_layer_analysis", "02_attention", "03_fusion", "04_early_exit")
 RUN_MARKER = ".exfiqa-run"
-CARD = "run_card.json"
 HEARTBEAT_S = 60.0  # a running cell reports it is still running this often
 #: Run-card fields that may differ between make paper's start and a notebook only because files
 #: changed while the run went on (anything else differing is an error: a notebook overrode the config).
 DRIFT = ("code_sha256", "git", "inputs")
-
-
-def open_study(
-    config: str | Path,
-    datasets: Sequence[str] | str = (),
-    fr_models: Sequence[str] | str = (),
-    quality_models: Sequence[str] | str = (),
-    data_root: str = "",
-    out_dir: str = "",
-    progress: bool = True,
-    attention_samples: Mapping[str, Any] | str | None = None,
-    **overrides: Any,
-):
-    """What every notebook's first code cell calls: validated config -> :class:`Study`.
-
-    Settings in ``overrides`` (``fmr_targets``, ``discard_limit``, ``convention``, ``device``,
-    ``batch_size``, ``seed``, ``pauc_scale``) replace the config's only when not None: a
-    notebook's parameters default to None, so the config is the single source of a run and
-    papermill's ``-p``/``-y`` override it for one run. Any bad parameter (unknown dataset, missing
-    file, invalid FMR, wrong type) raises :class:`ConfigError` naming it, before any work starts.
-    The list parameters (``datasets``, ``fr_models``, ``quality_models``, ``fmr_targets``) may also
-    be JSON/YAML lists written as strings, which is what papermill's
-    ``-p fr_models '["elasticface"]'`` passes; a bare name is refused with the spelling that works.
-    ``attention_samples`` (a mapping or YAML text) replaces the config's. Creates
-    ``out_dir/figures`` and ``out_dir/tables``; sets ``study.out_dir`` and ``study.card`` (the
-    :class:`~exfiqa.runcard.RunCard`, also written to ``out_dir/run_card.json``).
-    """
-    import os
-
-    from .config import list_parameter, parse_attention_samples
-    from .pipeline import Study
-
-    if not isinstance(config, (str, os.PathLike)) or not str(config):
-        raise ConfigError(f"parameter config must be the path of a config file, got {config!r}")
-    for name, value in (("data_root", data_root), ("out_dir", out_dir)):
-        if not isinstance(value, (str, os.PathLike)):
-            raise ConfigError(f"parameter {name} must be a path (or empty), got {value!r} ({type(value).__name__})")
-    names = {
-        key: list_parameter(key, value)
-        for key, value in (("datasets", datasets), ("fr_models", fr_models), ("quality_models", quality_models))
-    }
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if "fmr_targets" in overrides:
-        overrides["fmr_targets"] = list_parameter("fmr_targets", overrides["fmr_targets"], "numbers")
-    cfg = load_config(config, data_root=data_root or None)
-    cfg = cfg.select(**names).with_(**overrides)
-    if attention_samples:
-        cfg = dataclasses.replace(cfg, attention_samples=parse_attention_samples(attention_samples, cfg))
-    study = Study(cfg, progress=progress, compute=False)  # the notebooks read the extracted arrays only
-    out = Path(out_dir or cfg.results_dir / f"{cfg.run_name}-adhoc")
-    for sub in ("figures", "tables"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    from .digests import input_digests
-
-    # the Study's own benchmarks: each is opened once per notebook (IJB-C's tables take seconds)
-    opened = {ds: study.benchmark(ds) for ds in cfg.datasets}
-    card = run_card(cfg, input_digests(cfg, benchmarks=opened))
-    with atomic_write(out / CARD, overwrite=True) as fh:
-        fh.write(card.to_json())
-    study.out_dir = out  # type: ignore[attr-defined]
-    study.card = card  # type: ignore[attr-defined]
-    return study
 
 
 def _hash_files(paths: Sequence[Path]) -> str:

@@ -28,11 +28,12 @@ them) and recomputed when any of it changes; they are written atomically.
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -40,10 +41,16 @@ from numpy.typing import NDArray
 
 from .comparisons import AllPairs, PairList, release_pages
 from .config import _BASELINE_FR, _BASELINES, Config, ConfigError
-from .datasets import Benchmark, load_benchmark
+from .datasets import Benchmark, load_benchmark, reader_source
 from .fusion import ex_fiqa_f, ex_fiqa_fw
+from .io import atomic_write
+from .runcard import RunCard, run_card
 
-__all__ = ["ATTN", "FAMILY_OPTIONS", "VITNT", "Study", "exit_names", "read_method_csv"]
+if TYPE_CHECKING:  # torch-backed types: imported when a model is loaded
+    from .fr import FRModel
+    from .model import ViTFIQA
+
+__all__ = ["ATTN", "CARD", "FAMILY_OPTIONS", "VITNT", "Study", "exit_names", "open_study", "read_method_csv"]
 
 #: Method names of the family read from the same pass: ATTN-FIQA (arXiv 2604.22841) of the last
 #: block (``"ATTN-FIQA Exit k"``: of block k, our extension) and ViTNT-FIQA (arXiv 2601.05741)
@@ -52,6 +59,8 @@ ATTN = "ATTN-FIQA"
 VITNT = ("ViTNT-FIQA", "ViTNT-FIQA (attention-weighted)")
 #: The settings of the family arrays (part of their key): :meth:`exfiqa.model.ViTFIQA.forward_exits`.
 FAMILY_OPTIONS = {"attn": {"attn_tokens": "all"}, "vitnt": {"vitnt_blocks": "all"}}
+#: File name of the run card :func:`open_study` writes into a notebook's ``out_dir`` (``make paper`` reads it).
+CARD = "run_card.json"
 
 
 def exit_names(depth: int) -> list[str]:
@@ -102,14 +111,24 @@ class Study:
     it lacks) when ``compute`` is True; with ``compute=False`` (the notebooks) it is an
     :class:`~exfiqa.arrays.ArrayError` naming the file and the command that makes it.
     ``persistent_digests=False`` keeps input digests in memory (the extraction's other ranks).
+    ``out_dir``: where a notebook writes ``figures/`` and ``tables/`` (None: nowhere named; the
+    Study itself writes nothing there); ``card``: the run card it runs with. :func:`open_study`
+    sets both.
     """
 
     config: Config
     progress: bool = True
     compute: bool = True
     persistent_digests: bool = True
+    out_dir: Path | None = None
+    card: RunCard | None = None
     _benchmarks: dict[str, Benchmark] = field(default_factory=dict, repr=False)
-    _models: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)
+    _quality_models: dict[str, ViTFIQA] = field(default_factory=dict, repr=False)
+    _fr_models: dict[str, FRModel] = field(default_factory=dict, repr=False)
+    #: the bounded evaluation's memo (see "comparisons" below): comparison sets by dataset,
+    #: scores by (dataset, FR model), orders by (dataset, quality model, method)
+    _comparison_sets: dict[str, PairList | AllPairs] = field(default_factory=dict, repr=False)
+    _evaluation: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         from .arrays import ArrayStore, arrays_root
@@ -140,24 +159,24 @@ class Study:
         """SHA-256 of an input file, through the run's persistent digest index."""
         return self.digests.digest(path)
 
-    def quality_model(self, name: str):
+    def quality_model(self, name: str) -> ViTFIQA:
         """The ViT-FIQA model ``name`` (loaded once, eval mode, on the configured device)."""
         from .model import load_vitfiqa
 
-        if ("q", name) not in self._models:
+        if name not in self._quality_models:
             spec = self._spec("quality_models", name)
-            self._models[("q", name)] = load_vitfiqa(spec.checkpoint, device=self.config.device, **spec.args)
-        return self._models[("q", name)]
+            self._quality_models[name] = load_vitfiqa(spec.checkpoint, device=self.config.device, **spec.args)
+        return self._quality_models[name]
 
-    def fr_model(self, name: str):
+    def fr_model(self, name: str) -> FRModel:
         """The FR model of entry ``fr_models.<name>``: a torch checkpoint or an ONNX graph
         (:func:`exfiqa.fr.load_fr_entry`), loaded once on the configured device."""
         from .fr import load_fr_entry
 
-        if ("fr", name) not in self._models:
+        if name not in self._fr_models:
             spec = self.config.fr_models.get(name) or self.config.support_fr_models.get(name) or self._spec("fr_models", name)
-            self._models[("fr", name)] = load_fr_entry(name, spec.checkpoint, self.config.device, spec.args)
-        return self._models[("fr", name)]
+            self._fr_models[name] = load_fr_entry(name, spec.checkpoint, self.config.device, spec.args)
+        return self._fr_models[name]
 
     # ------------------------------------------------------------------ per-sample arrays
 
@@ -167,9 +186,14 @@ class Study:
         ``data``: the benchmark's content fingerprint; ``checkpoint``: the model file's SHA-256;
         ``args``: its loader arguments; ``precision``: the extraction's arithmetic (arrays
         computed by a model). SER-FIQ adds ``seed`` (its dropout draws; one generator per sample,
-        so not the batching). The code's digest is :func:`exfiqa.arrays.code_version`.
+        so not the batching). A benchmark read by a registered reader adds ``reader``, the SHA-256
+        of the reader's source file (:func:`exfiqa.datasets.reader_source`). The code's digest is
+        :func:`exfiqa.arrays.code_version`.
         """
         key: dict[str, Any] = {"data": self.benchmark(dataset).fingerprint(self.digests)}
+        reader = reader_source(self.config.datasets[dataset].kind)
+        if reader is not None:
+            key.update(reader=hashlib.sha256(reader.read_bytes()).hexdigest())
         if kind == "baseline":
             fr = _BASELINE_FR.get(name)
             spec = None if fr is None else self.config.support_fr_models[fr]
@@ -283,22 +307,18 @@ class Study:
     # method). EDCs and pAUCs at every FMR target and both conventions reuse them
     # (:mod:`exfiqa.comparisons`, :func:`exfiqa.metrics.edc_curves`).
 
-    def _memo(self) -> dict[tuple[Any, ...], Any]:
-        return self.__dict__.setdefault("_evaluation", {})
-
     def comparison_set(self, dataset: str) -> PairList | AllPairs:
         """The comparisons of ``dataset`` as an explicit pair list (sides: samples or templates)
         or the implicit all-vs-all structure."""
-        key = ("comparisons", dataset)
-        if key not in self._memo():
+        if dataset not in self._comparison_sets:
             bench = self.benchmark(dataset)
             if bench.all_pairs is not None:
-                self._memo()[key] = bench.all_pairs
+                self._comparison_sets[dataset] = bench.all_pairs
             else:
                 a, b = self._comparison_index(dataset)
                 n_sides = len(bench) if bench.level == "sample" else len(np.unique(bench.samples["template_id"].to_numpy()))
-                self._memo()[key] = PairList(a, b, bench.comparisons["mated"].to_numpy(bool), n_sides)
-        return self._memo()[key]
+                self._comparison_sets[dataset] = PairList(a, b, bench.comparisons["mated"].to_numpy(bool), n_sides)
+        return self._comparison_sets[dataset]
 
     def _side_values(self, dataset: str, values: NDArray[Any]) -> NDArray[Any]:
         """Per-side values from per-sample ones (templates: the min over each template's samples)."""
@@ -307,24 +327,28 @@ class Study:
         if v.shape[0] != len(bench):
             raise ValueError(f"{dataset}: expected {len(bench)} per-sample values, got {v.shape[0]}")
         if bench.level == "template":
-            from .fr import template_min
+            from .metrics import template_quality
 
-            _, v = template_min(v, bench.samples["template_id"].to_numpy())
+            _, v = template_quality(v, bench.samples["template_id"].to_numpy(), "min")
         return v
 
     def pair(self, dataset: str, values: NDArray[Any]) -> NDArray[np.float32]:
         """Pair quality (min, float32) of each comparison from per-sample values, (N,) or (N, K).
 
-        Template benchmarks first take the min over each template's samples. Materialises one
-        value per comparison: for large sets use :meth:`order_of` / :meth:`edc`.
+        Template benchmarks first take the min over each template's samples
+        (:func:`exfiqa.metrics.template_quality`, then :func:`exfiqa.metrics.pair_quality`).
+        Materialises one value per comparison: for large sets use :meth:`order_of` / :meth:`edc`.
         """
+        from .metrics import pair_quality
+
         v = np.asarray(self._side_values(dataset, np.asarray(values, dtype=np.float32)))
         comp = self.comparison_set(dataset)
         if isinstance(comp, AllPairs):
             a, b = self._materialised_index(dataset)
         else:
             a, b = comp.a, comp.b
-        return np.minimum(v[a], v[b])
+        paired: NDArray[np.float32] = pair_quality(v[a], v[b])  # float32 stays float32
+        return paired
 
     def _materialised_index(self, dataset: str) -> tuple[NDArray[Any], NDArray[Any]]:
         comp = self.benchmark(dataset).comparisons  # raises for a too large all-vs-all set
@@ -384,15 +408,15 @@ class Study:
     def scores(self, dataset: str, fr: str) -> Any:
         """The comparison scores of ``dataset`` under ``fr`` (computed once; see :mod:`exfiqa.comparisons`)."""
         key = ("scores", dataset, fr)
-        if key not in self._memo():
+        if key not in self._evaluation:
             comp = self.comparison_set(dataset)
             feats, scale = self.features(dataset, fr)
             if isinstance(comp, AllPairs):
                 k = int(max(self.config.fmr_targets) * comp.n_nm)
-                self._memo()[key] = comp.scores(feats, scale, initial_m=max(4 * (k + 1), 4096))
+                self._evaluation[key] = comp.scores(feats, scale, initial_m=max(4 * (k + 1), 4096))
             else:
-                self._memo()[key] = comp.scores(feats, scale)
-        return self._memo()[key]
+                self._evaluation[key] = comp.scores(feats, scale)
+        return self._evaluation[key]
 
     def similarity(self, dataset: str, fr: str) -> NDArray[np.float32]:
         """Similarity (float32) of every comparison, in comparison order (all-vs-all: small sets only)."""
@@ -401,15 +425,16 @@ class Study:
             self._materialised_index(dataset)  # the same size limit as the comparison table
             feats, scale = self.features(dataset, fr)
             return comp.similarity(feats, scale)
-        return self.scores(dataset, fr).sim
+        sim: NDArray[np.float32] = self.scores(dataset, fr).sim  # float32, read-only, held by the scores
+        return sim
 
     def ordering(self, dataset: str, quality: str, method: str) -> Any:
         """The stable pair-quality order of ``method`` (computed once, reused by every FR model
         and FMR target)."""
         key = ("order", dataset, quality, method)
-        if key not in self._memo():
-            self._memo()[key] = self.order_of(dataset, self.sample_scores(dataset, quality, method))
-        return self._memo()[key]
+        if key not in self._evaluation:
+            self._evaluation[key] = self.order_of(dataset, self.sample_scores(dataset, quality, method))
+        return self._evaluation[key]
 
     def order_of(self, dataset: str, values: NDArray[Any]) -> Any:
         """The stable pair-quality order of any per-sample quality (not kept: e.g. a fusion candidate)."""
@@ -542,3 +567,63 @@ class Study:
         extra = list(self.config.baselines)
         extra += [m for m, per_ds in self.config.external_methods.items() if dataset is None or dataset in per_ds]
         return exit_names(depth) + ["EX-FIQA-F", "EX-FIQA-FW", ATTN, VITNT[0]] + extra
+
+
+# ---------------------------------------------------------------------- the notebooks' entry point
+
+
+def open_study(
+    config: str | os.PathLike[str],
+    datasets: Sequence[str] | str = (),
+    fr_models: Sequence[str] | str = (),
+    quality_models: Sequence[str] | str = (),
+    data_root: str | os.PathLike[str] = "",
+    out_dir: str | os.PathLike[str] = "",
+    progress: bool = True,
+    attention_samples: Mapping[str, Any] | str | None = None,
+    **overrides: Any,
+) -> Study:
+    """What every notebook's first code cell calls: validated config -> :class:`Study`.
+
+    Settings in ``overrides`` (``fmr_targets``, ``discard_limit``, ``convention``, ``device``,
+    ``batch_size``, ``seed``, ``pauc_scale``) replace the config's only when not None: a
+    notebook's parameters default to None, so the config is the single source of a run and
+    papermill's ``-p``/``-y`` override it for one run. Any bad parameter (unknown dataset, missing
+    file, invalid FMR, wrong type) raises :class:`ConfigError` naming it, before any work starts.
+    The list parameters (``datasets``, ``fr_models``, ``quality_models``, ``fmr_targets``) may also
+    be JSON/YAML lists written as strings, which is what papermill's
+    ``-p fr_models '["elasticface"]'`` passes; a bare name is refused with the spelling that works.
+    ``attention_samples`` (a mapping or YAML text) replaces the config's. The Study reads the
+    extracted arrays only (``compute=False``). Creates ``out_dir/figures`` and ``out_dir/tables``
+    (empty ``out_dir``: ``<results_dir>/<run_name>-adhoc``); the Study's ``out_dir`` is that folder
+    and its ``card`` the :class:`~exfiqa.runcard.RunCard`, also written to ``out_dir/``:data:`CARD`.
+    """
+    from .config import list_parameter, load_config, parse_attention_samples
+    from .digests import input_digests
+
+    if not isinstance(config, (str, os.PathLike)) or not str(config):
+        raise ConfigError(f"parameter config must be the path of a config file, got {config!r}")
+    for name, value in (("data_root", data_root), ("out_dir", out_dir)):
+        if not isinstance(value, (str, os.PathLike)):
+            raise ConfigError(f"parameter {name} must be a path (or empty), got {value!r} ({type(value).__name__})")
+    names = {
+        key: list_parameter(key, value)
+        for key, value in (("datasets", datasets), ("fr_models", fr_models), ("quality_models", quality_models))
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "fmr_targets" in overrides:
+        overrides["fmr_targets"] = list_parameter("fmr_targets", overrides["fmr_targets"], "numbers")
+    cfg = load_config(config, data_root=data_root or None)
+    cfg = cfg.select(**names).with_(**overrides)
+    if attention_samples:
+        cfg = replace(cfg, attention_samples=parse_attention_samples(attention_samples, cfg))
+    out = Path(out_dir or cfg.results_dir / f"{cfg.run_name}-adhoc")
+    study = Study(cfg, progress=progress, compute=False, out_dir=out)
+    for sub in ("figures", "tables"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    # the Study's own benchmarks: each is opened once per notebook (IJB-C's tables take seconds)
+    opened = {ds: study.benchmark(ds) for ds in cfg.datasets}
+    study.card = run_card(cfg, input_digests(cfg, benchmarks=opened))
+    with atomic_write(out / CARD, overwrite=True) as fh:
+        fh.write(study.card.to_json())
+    return study

@@ -48,7 +48,7 @@ out_dir = ""  # figures and tables are written here; empty means results/RUN-adh
 from IPython.display import Markdown, display
 
 from exfiqa import analysis, metrics, plots, tables
-from exfiqa.paper import open_study
+from exfiqa.pipeline import open_study
 
 study = open_study(
     config, datasets, fr_models, quality_models, data_root=data_root, out_dir=out_dir,

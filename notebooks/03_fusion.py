@@ -51,7 +51,7 @@ from IPython.display import Markdown, display
 
 from exfiqa import analysis, plots, tables
 from exfiqa.config import ConfigError
-from exfiqa.paper import open_study
+from exfiqa.pipeline import open_study
 
 study = open_study(
     config, datasets, fr_models, quality_models, data_root=data_root, out_dir=out_dir,

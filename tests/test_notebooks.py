@@ -14,10 +14,16 @@ from pathlib import Path
 
 import jupytext
 import nbformat
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
+from scipy.stats import entropy, rankdata
 
+from exfiqa import analysis, fusion, metrics
+from exfiqa.config import load_config
 from exfiqa.paper import NOTEBOOKS, run_paper
+from exfiqa.pipeline import Study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +38,7 @@ EXPECTED_TABLES = [
     "fr_sanity", "pauc_all", "pauc_per_exit_T", "pauc_per_exit_C", "depth_summary", "rank_correlation_T", "rank_correlation_C",
     "attention_statistics",
     "headline_vs_paper", "paper_findings", "fusion_vs_exits", "fusion_wins", "fusion_bootstrap", "fusion_strategies",
-    "comparison_table",
+    "chosen_exits", "chosen_exits_pauc", "chosen_exits_bootstrap", "comparison_table",
     "gflops_released", "latency_per_exit", "operating_points", "adaptive_exit",
 ]
 
@@ -110,6 +116,300 @@ def test_every_figure_and_table_is_produced(paper_run):
     assert set(pauc["convention"]) == {"recompute"} and set(pauc["limit"]) == {0.3} and set(pauc["scale"]) == {1000.0}
     findings = pd.read_csv(out / "tables" / "paper_findings.csv")
     assert len(findings) >= 6 and set(findings["verdict"]) <= {"agrees", "differs", "not computable in this run"}
+
+
+# ------------------------------------------------------------------------------ every table, one cell recomputed
+#
+# Each written table gets at least one cell recomputed here from the Study's arrays (exit scores,
+# baselines, similarities) with exfiqa.metrics' materialised functions (metrics.edc + metrics.pauc
+# on explicit similarity / mated / pair-quality vectors), independently of the Study's bounded
+# path (orders, scores objects) and of the notebooks' assembly (pivots, means, wins, labels).
+
+
+class Direct:
+    """Direct computations on the run's arrays: pair quality = min of the two sides (templates:
+    min over each template's samples, by pandas), pAUC = metrics.pauc(metrics.edc(...)) x scale."""
+
+    def __init__(self, config: Path) -> None:
+        self.study = Study(load_config(config), progress=False, compute=False)
+        self.cfg = self.study.config
+        self.head = self.cfg.headline  # {dataset, fr_model, fmr} of configs/demo.yaml
+        self.cost_fmr = min(self.cfg.fmr_targets)  # notebook 04's cost_fmr default
+        self.first = next(iter(self.cfg.datasets))  # of the rank correlations (01) and the attention mean (02)
+        self._sim: dict[tuple[str, str], np.ndarray] = {}
+
+    def label(self, ds: str) -> str:
+        return self.cfg.datasets[ds].label
+
+    def comparisons(self, ds: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Side rows a, b of every comparison (templates: rows of the sorted template ids), mated."""
+        bench = self.study.benchmark(ds)
+        comp = bench.comparisons  # materialised, also Adience's all-vs-all (51k pairs in the demo world)
+        a, b = comp["a"].to_numpy(), comp["b"].to_numpy()
+        if bench.level == "template":
+            tids = np.unique(bench.samples["template_id"].to_numpy())
+            a, b = np.searchsorted(tids, a), np.searchsorted(tids, b)
+        return a, b, comp["mated"].to_numpy(bool)
+
+    def sides(self, ds: str, per_sample: np.ndarray) -> np.ndarray:
+        bench = self.study.benchmark(ds)
+        if bench.level != "template":
+            return per_sample
+        return pd.Series(per_sample).groupby(bench.samples["template_id"].to_numpy()).min().to_numpy()
+
+    def similarity(self, ds: str, fr: str) -> np.ndarray:
+        if (ds, fr) not in self._sim:
+            self._sim[(ds, fr)] = np.asarray(self.study.similarity(ds, fr))
+        return self._sim[(ds, fr)]
+
+    def pauc(self, ds: str, fr: str, per_sample: np.ndarray, fmr: float) -> float:
+        a, b, mated = self.comparisons(ds)
+        v = self.sides(ds, np.asarray(per_sample, dtype=np.float32))  # every quality is evaluated in float32
+        c = self.cfg
+        curve = metrics.edc(self.similarity(ds, fr), mated, np.minimum(v[a], v[b]), fmr, c.convention,
+                            threshold_rule=c.threshold_rule, acceptance=c.acceptance)
+        return metrics.pauc(curve, c.discard_limit, c.subtract_best) * c.pauc_scale
+
+    def exits(self, ds: str, q: str) -> np.ndarray:
+        return np.asarray(self.study.exit_scores(ds, q), dtype=np.float64)
+
+    def mean_pauc(self, values, fmr: float) -> float:
+        """Mean over every dataset x FR model of the pAUC of ``values(ds)`` (per-sample scores)."""
+        return float(np.mean([self.pauc(ds, fr, values(ds), fmr) for ds in self.cfg.datasets for fr in self.cfg.fr_models]))
+
+    def mated_label(self, ds: str, fr: str) -> np.ndarray:
+        """EX-FIQA-DC's pseudo-label: each side's mean mated similarity (NaN: no mated comparison)."""
+        a, b, mated = self.comparisons(ds)
+        bench = self.study.benchmark(ds)
+        n = len(bench) if bench.level == "sample" else bench.samples["template_id"].nunique()
+        sim = self.similarity(ds, fr)[mated].astype(np.float64)
+        mean = pd.Series(np.concatenate([sim, sim])).groupby(np.concatenate([a[mated], b[mated]])).mean()
+        return mean.reindex(range(n)).to_numpy()
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.corrcoef(rankdata(x), rankdata(y))[0, 1])
+
+
+def _cell(frame: pd.DataFrame, column: str, **where):
+    rows = frame
+    for key, value in where.items():
+        rows = rows[np.isclose(rows[key], value)] if isinstance(value, float) else rows[rows[key] == value]
+    assert len(rows) == 1, f"{where}: {len(rows)} rows"
+    return rows[column].iloc[0]
+
+
+def _close(value, expected, rel=1e-9):
+    assert value == pytest.approx(expected, rel=rel, abs=1e-12), (value, expected)
+
+
+def check_fr_sanity(d: Direct, t):
+    # EER of LFW-like / arcface from the similarities, which equal the float64 cosine of the embeddings
+    a, b, mated = d.comparisons("lfw")
+    emb = np.asarray(d.study.embeddings("lfw", "arcface"), dtype=np.float64)
+    cos = np.sum(emb[a] * emb[b], 1) / (np.linalg.norm(emb[a], axis=1) * np.linalg.norm(emb[b], axis=1))
+    sim = d.similarity("lfw", "arcface")
+    np.testing.assert_allclose(sim, cos, atol=1e-5)
+    _close(_cell(t["fr_sanity"], "eer", dataset="LFW-like", fr_model="arcface"), metrics.eer(sim[~mated], sim[mated]))
+
+
+def check_pauc_all(d: Direct, t):
+    # an exit on a pair list, and a baseline on Adience's all-vs-all set
+    _close(_cell(t["pauc_all"], "pauc", quality_model="T", fr_model="arcface", dataset="LFW-like", method="Exit 5", fmr=1e-3),
+           d.pauc("lfw", "arcface", d.exits("lfw", "T")[:, 4], 1e-3))
+    _close(_cell(t["pauc_all"], "pauc", quality_model="C", fr_model="elasticface", dataset="Adience-like", method="sharpness",
+                 fmr=1e-2), d.pauc("adience", "elasticface", np.asarray(d.study.baseline_scores("adience", "sharpness")), 1e-2))
+
+
+def check_pauc_per_exit_T(d: Direct, t):
+    # EX-FIQA-FW (T), CFP-FP-like / elasticface, at the headline FMR
+    _close(_cell(t["pauc_per_exit_T"], "CFP-FP-like / elasticface", method="EX-FIQA-FW"),
+           d.pauc("cfp_fp", "elasticface", fusion.ex_fiqa_fw(d.exits("cfp_fp", "T")), d.head["fmr"]))
+
+
+def check_pauc_per_exit_C(d: Direct, t):
+    # Exit 1 (C) on the template benchmark IJB-C-like / arcface
+    _close(_cell(t["pauc_per_exit_C"], "IJB-C-like / arcface", method="Exit 1"),
+           d.pauc("ijbc", "arcface", d.exits("ijbc", "C")[:, 0], d.head["fmr"]))
+
+
+def check_depth_summary(d: Direct, t):
+    # (T) pauc_exit_1: the mean over every dataset x FR model of Exit 1's pAUC at the headline FMR
+    _close(_cell(t["depth_summary"], "pauc_exit_1", quality_model="T"),
+           d.mean_pauc(lambda ds: d.exits(ds, "T")[:, 0], d.head["fmr"]))
+
+
+def check_rank_correlation_T(d: Direct, t):
+    # Spearman of Exit 1 and Exit 12 (T) on the run's first dataset
+    s = np.asarray(d.study.exit_scores(d.first, "T"))
+    _close(_cell(t["rank_correlation_T"], "Exit 12", method="Exit 1"), _spearman(s[:, 0], s[:, 11]))
+
+
+def check_rank_correlation_C(d: Direct, t):
+    # Spearman of EX-FIQA-FW (float32, as every quality) and Exit 6 (C) on the run's first dataset
+    s = np.asarray(d.study.exit_scores(d.first, "C"))
+    fw = fusion.ex_fiqa_fw(s).astype(np.float32)
+    _close(_cell(t["rank_correlation_C"], "Exit 6", method="EX-FIQA-FW"), _spearman(fw, s[:, 5]))
+
+
+def check_attention_statistics(d: Direct, t):
+    # (T) exit 1: mean entropy of the attention maps over notebook 02's seeded draw of 256 images
+    # of the run's first dataset (scipy's entropy), and the uniform map's entropy log(g^2)
+    cfg, bench = d.cfg, d.study.benchmark(d.first)
+    ids = np.sort(np.random.default_rng(cfg.seed).choice(len(bench), size=min(256, len(bench)), replace=False))
+    model = d.study.quality_model("T")
+    maps = analysis.attention_maps(model, np.stack([bench.image(int(i)) for i in ids]), batch_size=cfg.batch_size,
+                                   device=cfg.device)
+    stats = t["attention_statistics"]
+    _close(_cell(stats, "entropy_mean", quality_model="T", exit=1),
+           float(entropy(maps[:, 0].reshape(len(ids), -1).astype(np.float64), axis=1).mean()), rel=1e-5)
+    _close(_cell(stats, "max_entropy", quality_model="T", exit=1), np.log(model.config.grid_size**2))
+
+
+def check_headline_vs_paper(d: Direct, t):
+    # EX-FIQA-FW(T): this run at the headline (IJB-C-like, arcface, 1e-3); the poster's 6.36 at scale 1000
+    h = d.head
+    _close(_cell(t["headline_vs_paper"], "this_run", method="EX-FIQA-FW(T)"),
+           d.pauc(h["dataset"], h["fr_model"], fusion.ex_fiqa_fw(d.exits(h["dataset"], "T")), h["fmr"]))
+    _close(_cell(t["headline_vs_paper"], "paper", method="EX-FIQA-FW(T)"), 6.36 * d.cfg.pauc_scale / 1000)
+
+
+def _fw_wins(d: Direct, q: str, fr: str, fmr: float) -> int:
+    return sum(d.pauc(ds, fr, fusion.ex_fiqa_fw(d.exits(ds, q)), fmr) < d.pauc(ds, fr, d.exits(ds, q)[:, -1], fmr)
+               for ds in d.cfg.datasets)
+
+
+def check_paper_findings(d: Direct, t):
+    # "FW beats the last exit (C)": wins counted from direct pAUCs (headline FR model and FMR)
+    fr, n = d.head["fr_model"], len(d.cfg.datasets)
+    wins = _fw_wins(d, "C", fr, d.head["fmr"])
+    row = t["paper_findings"][t["paper_findings"]["finding"] == "FW beats the last exit (C)"].iloc[0]
+    assert row["this_run"] == f"on {wins} of {n} datasets with {fr}", row["this_run"]
+    assert row["verdict"] == ("agrees" if 2 * wins > n else "differs")
+
+
+def check_fusion_vs_exits(d: Direct, t):
+    # (C, magface, XQLFW-like): EX-FIQA-F's pAUC, and the best single exit (argmin over the 12 exits)
+    fmr, s = d.head["fmr"], d.exits("xqlfw", "C")
+    where = {"quality_model": "C", "fr_model": "magface", "dataset": "XQLFW-like"}
+    _close(_cell(t["fusion_vs_exits"], "EX-FIQA-F", **where), d.pauc("xqlfw", "magface", fusion.ex_fiqa_f(s), fmr))
+    per_exit = [d.pauc("xqlfw", "magface", s[:, k], fmr) for k in range(s.shape[1])]
+    assert _cell(t["fusion_vs_exits"], "best single exit", **where) == f"Exit {int(np.argmin(per_exit)) + 1}"
+    _close(_cell(t["fusion_vs_exits"], "best exit pAUC", **where), min(per_exit))
+
+
+def check_fusion_wins(d: Direct, t):
+    # (T, elasticface, FMR 1e-2): datasets on which FW has a lower pAUC than Exit 12
+    _close(_cell(t["fusion_wins"], "wins", quality_model="T", fr_model="elasticface", fmr=1e-2), _fw_wins(d, "T", "elasticface", 1e-2))
+
+
+def check_fusion_bootstrap(d: Direct, t):
+    # the point estimate delta_pauc of EX-FIQA-FW (T) on IJB-C-like: pAUC(FW) - pAUC(Exit 12)
+    fr, fmr, s = d.head["fr_model"], d.head["fmr"], d.exits("ijbc", "T")
+    _close(_cell(t["fusion_bootstrap"], "delta_pauc", quality_model="T", dataset="IJB-C-like", method="EX-FIQA-FW"),
+           d.pauc("ijbc", fr, fusion.ex_fiqa_fw(s), fmr) - d.pauc("ijbc", fr, s[:, -1], fmr))
+
+
+def check_fusion_strategies(d: Direct, t):
+    # exp-depth (C) on LFW-like: w_l ~ exp(0.3 l), headline FR model and FMR
+    s = d.exits("lfw", "C")
+    _close(_cell(t["fusion_strategies"], "LFW-like", quality_model="C", strategy="exp-depth"),
+           d.pauc("lfw", d.head["fr_model"], fusion.fuse(s, fusion.exponential_weights(s.shape[1], 0.3)), d.head["fmr"]))
+
+
+def _dc_exits(t, q: str, label: str) -> list[int]:
+    return [int(k) for k in _cell(t["chosen_exits"], "chosen_exits", quality_model=q, dataset=label).split(",")]
+
+
+def check_chosen_exits(d: Direct, t):
+    # (T, LFW-like): the best single exit and its correlation, from the Spearman correlation of each
+    # exit's side scores with the mean mated similarity, averaged over the other datasets
+    fr, others = d.head["fr_model"], [ds for ds in d.cfg.datasets if ds != "lfw"]
+    rho = []
+    for ds in others:
+        label = d.mated_label(ds, fr)
+        keep = np.isfinite(label)
+        s = d.exits(ds, "T")
+        rho.append([_spearman(d.sides(ds, s[:, k])[keep], label[keep]) for k in range(s.shape[1])])
+    mean = np.mean(rho, axis=0)
+    assert _cell(t["chosen_exits"], "best_single_exit", quality_model="T", dataset="LFW-like") == int(np.argmax(mean)) + 1
+    _close(_cell(t["chosen_exits"], "rho_best_exit", quality_model="T", dataset="LFW-like"), mean.max(), rel=1e-5)
+    assert _cell(t["chosen_exits"], "calibrated_on", quality_model="T", dataset="LFW-like") == "; ".join(map(d.label, others))
+
+
+def check_chosen_exits_pauc(d: Direct, t):
+    # EX-FIQA-DC (T) on LFW-like: the mean of the exits chosen for LFW-like
+    s = d.exits("lfw", "T")
+    _close(_cell(t["chosen_exits_pauc"], "LFW-like", quality_model="T", method="EX-FIQA-DC"),
+           d.pauc("lfw", d.head["fr_model"], fusion.chosen_mean(s, _dc_exits(t, "T", "LFW-like")), d.head["fmr"]))
+
+
+def check_chosen_exits_bootstrap(d: Direct, t):
+    # the point estimate delta_pauc of DC against FW (C) on CFP-FP-like: pAUC(DC) - pAUC(FW)
+    fr, fmr, s = d.head["fr_model"], d.head["fmr"], d.exits("cfp_fp", "C")
+    dc = d.pauc("cfp_fp", fr, fusion.chosen_mean(s, _dc_exits(t, "C", "CFP-FP-like")), fmr)
+    _close(_cell(t["chosen_exits_bootstrap"], "delta_pauc", quality_model="C", dataset="CFP-FP-like", reference="EX-FIQA-FW"),
+           dc - d.pauc("cfp_fp", fr, fusion.ex_fiqa_fw(s), fmr))
+
+
+def check_comparison_table(d: Direct, t):
+    # the SER-FIQ baseline on the headline dataset (IJB-C-like), headline FR model and FMR
+    h = d.head
+    _close(_cell(t["comparison_table"], "IJB-C-like", method="SER-FIQ (stochastic)"),
+           d.pauc(h["dataset"], h["fr_model"], np.asarray(d.study.baseline_scores(h["dataset"], "serfiq")), h["fmr"]))
+
+
+def check_gflops_released(d: Direct, t):
+    # (C) released, exit 7, by hand (N = 144 patches, D = F = 512, patch 9, FLOPs = 2 MACs):
+    # patch embedding 2*144*512*3*81, 7 blocks of 2*(12*N*D^2 + 2*N^2*D), head 2*(N*D*F + F^2 + F)
+    # + LayerNorm 2*N*D + two BatchNorms 2*2F + 2F: 6.751064064 GFLOPs (the paper: 6.75)
+    n, dim = 144, 512
+    flops = 2 * n * dim * 3 * 81 + 7 * 2 * (12 * n * dim**2 + 2 * n**2 * dim)
+    flops += 2 * (n * dim * dim + dim * dim + dim) + 2 * n * dim + 4 * dim + 2 * dim
+    _close(_cell(t["gflops_released"], "gflops", model="ViT-FIQA (C) released", exit="7"), flops / 1e9)
+
+
+def check_latency_per_exit(d: Direct, t):
+    # measured wall time: no computation reproduces it; the rows (each model x every exit and the
+    # one-pass row) and that each is a positive, finite time are checked
+    lat = t["latency_per_exit"]
+    models = [*d.cfg.quality_models, "T full-size", "C full-size"]
+    assert list(lat["model"].unique()) == models
+    for m in models:
+        assert list(lat[lat["model"] == m]["exit"]) == [str(k) for k in range(1, 13)] + ["all (one pass)"], m
+    assert np.isfinite(lat["ms_per_image"]).all() and (lat["ms_per_image"] > 0).all()
+
+
+def check_operating_points(d: Direct, t):
+    # (C) max efficiency: mean_pauc of the exit it picked, over every dataset x FR model at cost_fmr
+    method = _cell(t["operating_points"], "method", quality_model="C", scenario="max efficiency")
+    k = int(method.split()[1])
+    _close(_cell(t["operating_points"], "mean_pauc", quality_model="C", scenario="max efficiency"),
+           d.mean_pauc(lambda ds: d.exits(ds, "C")[:, k - 1], d.cost_fmr))
+
+
+def check_adaptive_exit(d: Direct, t):
+    # (T, LFW-like): pAUC of the full-depth FW score at cost_fmr, headline FR model
+    _close(_cell(t["adaptive_exit"], "pauc_fw_all_exits", quality_model="T", dataset="LFW-like"),
+           d.pauc("lfw", d.head["fr_model"], fusion.ex_fiqa_fw(d.exits("lfw", "T")), d.cost_fmr))
+
+
+CHECKS = {name.removeprefix("check_"): f for name, f in list(globals().items()) if name.startswith("check_")}
+
+
+def test_one_cell_of_every_table_equals_a_direct_computation(paper_run):
+    out, config = paper_run
+    produced = sorted(p.stem for p in (out / "tables").glob("*.csv"))
+    assert produced == sorted(EXPECTED_TABLES) == sorted(CHECKS), "a new table needs a check here"
+    direct = Direct(config)
+    tables = {name: pd.read_csv(out / "tables" / f"{name}.csv") for name in CHECKS}
+    failed = []
+    for name, check in CHECKS.items():
+        try:
+            check(direct, tables)
+        except AssertionError as exc:
+            failed.append(f"{name}: {exc}")
+    assert not failed, "\n".join(failed)
 
 
 def test_unchanged_inputs_are_reused_and_tables_are_byte_identical(paper_run, tmp_path):

@@ -168,3 +168,37 @@ def test_input_summary_groups_files_and_code_digest_sees_sub_packages(tiny_confi
     before = code_digest(pkg)
     (pkg / "sub" / "b.py").write_text("y = 2\n")
     assert code_digest(pkg) != before
+
+
+def test_notebook_key_changes_when_a_sub_package_file_changes(tiny_config, tmp_path, monkeypatch):
+    """make paper's per-notebook key sees the demo wing (exfiqa/demo/*.py), not only exfiqa/*.py.
+
+    The run card's code digest is taken over a copy of the package; editing the copy's
+    demo/world.py must change notebook_key. A digest of the top-level files only (what the key
+    was before the demo wing moved) does not move, so this test fails for such a digest.
+    """
+    import hashlib
+    import shutil
+
+    from exfiqa import runcard
+
+    package = tmp_path / "exfiqa"
+    shutil.copytree(Path(runcard.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    world = package / "demo" / "world.py"
+    assert world.is_file(), "the demo wing is expected at exfiqa/demo/world.py"
+    real = runcard.code_digest
+    monkeypatch.setattr(runcard, "code_digest", lambda package=package: real(package))
+
+    def top_level(pkg: Path) -> str:
+        return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(pkg.glob("*.py")))).hexdigest()
+
+    cfg = load_config(tiny_config)
+    src = Path(__file__).resolve().parents[1] / "notebooks" / "01_layer_analysis.py"
+    card = run_card(cfg, inputs={})
+    assert card.code_sha256 == real(package)
+    before, flat = notebook_key(card, tiny_config, src), top_level(package)
+    world.write_text(world.read_text() + "\n# an edit inside the demo wing\n")
+    after = run_card(cfg, inputs={})
+    assert top_level(package) == flat  # the edit is invisible to a glob of exfiqa/*.py
+    assert after.code_sha256 != card.code_sha256
+    assert notebook_key(after, tiny_config, src) != before

@@ -156,6 +156,34 @@ def test_baselines_work_when_their_fr_model_is_not_selected(tiny_config):
     assert list(cfg.fr_models) == ["elasticface"]
 
 
+def test_open_study_gives_a_study_whose_out_dir_and_card_are_fields(tiny_config, tmp_path):
+    """The notebooks' entry point lives with Study: ``out_dir`` and ``card`` are declared fields
+    (default None), not attributes patched onto the instance; the card is the one written to
+    ``out_dir/run_card.json``."""
+    import dataclasses
+
+    import exfiqa.paper
+    from exfiqa.pipeline import CARD, open_study
+    from exfiqa.runcard import RunCard, run_card
+
+    declared = {f.name: f.default for f in dataclasses.fields(Study)}
+    assert declared["out_dir"] is None and declared["card"] is None
+    plain = Study(load_config(tiny_config), progress=False)
+    assert plain.out_dir is None and plain.card is None
+    assert not hasattr(exfiqa.paper, "open_study")  # one home: exfiqa.pipeline
+    out = tmp_path / "nb"
+    study = open_study(str(tiny_config), '["lfw"]', out_dir=str(out), progress=False)
+    assert isinstance(study, Study) and not study.compute  # the notebooks read the extracted arrays only
+    assert study.out_dir == out and (out / "figures").is_dir() and (out / "tables").is_dir()
+    assert isinstance(study.card, RunCard) and study.card.datasets == ("lfw",)
+    assert RunCard.from_json((out / CARD).read_text()) == study.card
+    # the digests reuse the Study's opened benchmarks: the same card as the config's own
+    # (the code digest and git state move only if someone edits the tree meanwhile)
+    assert set(study.card.differences(run_card(study.config))) <= {"code_sha256", "git"}
+    adhoc = open_study(str(tiny_config), '["lfw"]', progress=False)
+    assert adhoc.out_dir == study.config.results_dir / "tiny-adhoc" and (adhoc.out_dir / CARD).is_file()
+
+
 # ----------------------------------------------------------------------------- bounded evaluation
 
 
@@ -235,7 +263,7 @@ def test_adience_is_evaluated_without_materialising_its_pairs(tiny_config, study
 
 
 def test_analyses_equal_the_unbounded_computation(study):
-    from exfiqa import analysis, metrics
+    from exfiqa import analysis, bootstrap, metrics
 
     cfg = study.config
     got = analysis.pauc_all(study, scale=1000)
@@ -251,8 +279,8 @@ def test_analyses_equal_the_unbounded_computation(study):
     for row in boot.itertuples():
         ds = next(d for d in cfg.datasets if cfg.datasets[d].label == row.dataset)
         t = study.table(ds, "arcface", "T")
-        r = metrics.paired_bootstrap(t["similarity"], t["mated"], t[row.method], t["Exit 12"], 1e-2, cfg.convention,
-                                     cfg.discard_limit, n_boot=40, seed=cfg.seed)
+        r = bootstrap.paired_bootstrap(t["similarity"], t["mated"], t[row.method], t["Exit 12"], 1e-2, cfg.convention,
+                                       cfg.discard_limit, n_boot=40, seed=cfg.seed)
         assert (row.delta_pauc, row.ci_low, row.ci_high, row.p_better) == pytest.approx((r.difference, r.lower, r.upper, r.frac_a_below_b), abs=1e-15)
     sanity = analysis.fr_sanity(study).set_index(["dataset", "fr_model"])
     for fr in cfg.fr_models:

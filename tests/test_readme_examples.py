@@ -5,7 +5,7 @@ from the repository root with three adaptations only: the output notebook (and a
 goes to a temporary folder, ``-p config`` points at the tests' tiny world (``tiny_config``), and
 ``my_params.yaml`` is written there first. The first example that executes a notebook is executed
 in full (about a minute); the others are prepared with ``--prepare-only``, and the parameters
-papermill injected are then passed to :func:`exfiqa.paper.open_study` exactly as the notebook's
+papermill injected are then passed to :func:`exfiqa.pipeline.open_study` exactly as the notebook's
 first code cell passes them. Either way the test checks that each parameter took effect.
 """
 
@@ -104,7 +104,7 @@ def _tagged(nb: nbformat.NotebookNode, tag: str) -> list[nbformat.NotebookNode]:
 
 def _open_study_as_the_notebook_does(nb: nbformat.NotebookNode):
     """Run the parameters and injected-parameters cells, then the notebook's own open_study(...) call."""
-    from exfiqa.paper import open_study
+    from exfiqa.pipeline import open_study
 
     ns: dict[str, Any] = {}
     exec(_tagged(nb, "parameters")[0].source, ns)
@@ -200,7 +200,7 @@ def test_the_readme_shows_list_parameters_the_way_papermill_passes_them():
 
 
 def test_open_study_takes_list_strings_and_refuses_bare_names(tiny_config, tmp_path):
-    from exfiqa.paper import open_study
+    from exfiqa.pipeline import open_study
 
     study = open_study(
         str(tiny_config), '["lfw"]', "[elasticface]", '["T"]', out_dir=str(tmp_path / "o"),
