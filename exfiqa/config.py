@@ -27,6 +27,7 @@ resumable shard, default 50,000) and ``crop_cache`` (keep the aligned uint8 crop
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import os
 import re
@@ -37,7 +38,7 @@ from typing import Any, Literal, NoReturn
 
 import yaml
 
-from .datasets import BENCHMARK_KINDS, read_adience, read_bin, read_ijbc, read_xqlfw
+from .datasets import READERS as _READERS
 from .metrics import COMPAT, RECOMPUTE_DISCARD_FRACTIONS, Acceptance, Convention, ThresholdRule
 
 __all__ = [
@@ -62,10 +63,9 @@ _PATH_KEYS = {"path", "root", "pairs_file", "checkpoint"}
 _BASELINES: dict[str, str | None] = {"magface_norm": "magface", "serfiq": "arcface", "sharpness": None}
 _BASELINE_FR = {b: fr for b, fr in _BASELINES.items() if fr is not None}  # baseline -> FR model
 
-#: Dataset kind -> reader; an entry's keys are the reader's arguments (``name`` is the entry's).
-_READERS: dict[str, Callable[..., Any]] = {
-    "bin": read_bin, "xqlfw": read_xqlfw, "adience": read_adience, "ijbc": read_ijbc,
-}
+#: Dataset kind -> reader (:data:`exfiqa.datasets.READERS`, the same dict, so that kinds added by
+#: :func:`exfiqa.datasets.register_reader` are valid); an entry's keys are the reader's arguments
+#: (``name`` is the entry's).
 
 #: Loader arguments a model entry may give besides ``checkpoint`` and ``label``: the keyword
 #: arguments of :func:`exfiqa.fr.load_fr` and :func:`exfiqa.model.load_vitfiqa` that a YAML value
@@ -420,6 +420,7 @@ class Config:
     acceptance: str = "similarity>="  # a match: similarity >= threshold, or distance< (arccos(cos)/pi < threshold)
     subtract_best: str = "none"  # pAUC minus a theoretical best curve (fixed only): none, triangle or stepwise
     template_protocol: str = "group"  # IJB-C template features: group (the paper's) or insightface
+    plugins: tuple[str, ...] = ()  # modules imported before the datasets are read (registered readers)
 
     def __post_init__(self) -> None:
         for key, check in _SETTINGS.items():
@@ -625,10 +626,10 @@ def _datasets(raw: Any, root: Path) -> dict[str, DatasetSpec]:
     for name, entry in _mapping("datasets", raw).items():
         where = f"datasets.{name}"
         if not isinstance(entry, Mapping) or "kind" not in entry:
-            raise ConfigError(f"{where} needs a 'kind' ({', '.join(BENCHMARK_KINDS)}), got {_show(entry)}")
+            raise ConfigError(f"{where} needs a 'kind' ({', '.join(_READERS)}), got {_show(entry)}")
         kind = entry["kind"]
         if kind not in _READERS:
-            raise ConfigError(f"{where}.kind {kind!r} is not one of {list(BENCHMARK_KINDS)}")
+            raise ConfigError(f"{where}.kind {kind!r} is not one of {list(_READERS)}")
         reader = _reader_args(kind)
         _only(where, entry, {"kind", "label", *reader})
         missing = [k for k, d in reader.items() if d is inspect.Parameter.empty and k not in entry]
@@ -778,8 +779,27 @@ _TOP_KEYS = {
     "external_methods", "baselines", "fmr_targets", "discard_limit", "convention", "device",
     "batch_size", "seed", "demo", "headline", "pauc_scale", "attention_samples", "arrays_dir",
     "workers", "precision", "shard_size", "crop_cache",
-    "threshold_rule", "acceptance", "compat", "subtract_best", "template_protocol",
+    "threshold_rule", "acceptance", "compat", "subtract_best", "template_protocol", "plugins",
 }
+
+
+def _plugins(raw: Any) -> tuple[str, ...]:
+    """Import the ``plugins`` modules (importable names, e.g. ``mylab.readers``), in order, before
+    the datasets are checked: a module that registers a benchmark reader at import
+    (:func:`exfiqa.datasets.register_reader`) makes its ``kind`` valid in this config and in every
+    process that loads it (notebooks, ``exfiqa extract``, torchrun ranks)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(m, str) and m for m in raw):
+        _fail("plugins", "a list of importable module names", raw)
+    for module in raw:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"plugins: cannot import {module!r} ({exc}); is it installed or on PYTHONPATH?") from None
+        except Exception as exc:  # a plugin's own error at import (e.g. a kind registered twice)
+            raise ConfigError(f"plugins: importing {module!r} failed: {type(exc).__name__}: {exc}") from exc
+    return tuple(raw)
 
 
 def load_config(
@@ -802,6 +822,7 @@ def load_config(
         base = Path(cwd) if cwd else Path.cwd()
         written_root = _text("data_root", raw.get("data_root", "data"))
         root = _resolve(base, data_root or written_root)
+        plugins = _plugins(raw.get("plugins"))
         datasets = _datasets(raw.get("datasets"), root)
         fr = _models(raw.get("fr_models"), root, "fr_models")
         baselines = _names("baselines", raw.get("baselines", []), _BASELINES)
@@ -841,6 +862,7 @@ def load_config(
             **_evaluation_rules(raw),
             template_protocol=raw.get("template_protocol", "group"),
             attention_samples=_attention_samples("attention_samples", raw.get("attention_samples"), root, datasets),
+            plugins=plugins,
         )
     except ConfigError as exc:
         raise ConfigError(f"{src}: {exc}") from None

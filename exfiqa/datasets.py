@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import inspect
 import io
 import os
 import pickle
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ARCFACE_TEMPLATE",
     "BENCHMARK_KINDS",
+    "READERS",
     "IMAGE_SIZE",
     "Benchmark",
     "BinFormatError",
@@ -64,6 +66,8 @@ __all__ = [
     "read_bin",
     "read_ijbc",
     "read_xqlfw",
+    "reader_source",
+    "register_reader",
     "write_bin",
     "write_identity_folders",
     "write_ijbc",
@@ -1471,30 +1475,74 @@ def write_ijbc(
 # --------------------------------------------------------------------------------------------
 
 
+#: Benchmark kind (a config entry's ``kind``) -> reader. The built-in kinds are
+#: :data:`BENCHMARK_KINDS`; :func:`register_reader` adds one.
+READERS: dict[str, Callable[..., Benchmark]] = {
+    "bin": read_bin,
+    "xqlfw": read_xqlfw,
+    "adience": read_adience,
+    "ijbc": read_ijbc,
+}
+
+
+def register_reader(kind: str, reader: Callable[..., Benchmark]) -> None:
+    """Make ``kind`` a benchmark kind of the config, read by ``reader``.
+
+    ``reader`` takes keyword arguments only: ``name`` (the config entry's name), path arguments
+    named ``path``, ``root`` or ``pairs_file`` (resolved against ``data_root``), any others
+    integers or null (their defaults are the config's). It returns a :class:`Benchmark` whose
+    files (``_files``) and protocol string cover everything the samples depend on: the
+    benchmark's fingerprint, hence every cached array's key, is made of them, and a registered
+    reader's own source file is part of the key too (:func:`reader_source`). Register when the
+    reader's module is imported, so that processes started later (DataLoader workers started by
+    ``spawn``, torchrun ranks) that import it see the kind too.
+
+    Raises:
+        ValueError: ``kind`` is not an identifier, or is already read by another function.
+        TypeError: ``reader`` is not callable or takes no ``name`` argument.
+    """
+    if not isinstance(kind, str) or not kind.isidentifier():
+        raise ValueError(f"register_reader: kind must be an identifier, got {kind!r}")
+    if not callable(reader):
+        raise TypeError(f"register_reader({kind!r}): reader must be callable, got {type(reader).__name__}")
+    if "name" not in inspect.signature(reader).parameters:
+        raise TypeError(f"register_reader({kind!r}): {reader.__qualname__} must take a 'name' argument")
+    known = READERS.get(kind)
+    if known is not None and known is not reader:
+        raise ValueError(f"benchmark kind {kind!r} is already read by {known.__module__}.{known.__qualname__}")
+    READERS[kind] = reader
+
+
+def reader_source(kind: str) -> Path | None:
+    """The source file of a registered (not built-in) reader of ``kind``, else None (the built-in
+    readers are this module, already part of every array's code version)."""
+    if kind in BENCHMARK_KINDS:
+        return None
+    if kind not in READERS:
+        raise ValueError(f"unknown benchmark kind {kind!r}; valid kinds: {', '.join(READERS)}")
+    source = inspect.getsourcefile(READERS[kind])
+    if source is None:
+        raise ValueError(f"benchmark kind {kind!r}: cannot locate the source of its reader")
+    return Path(source)
+
+
 def load_benchmark(kind: str, **paths: Any) -> Benchmark:
     """Open a benchmark by format kind.
 
     Args:
         kind: One of ``"bin"`` (``path=``), ``"xqlfw"`` (``root=``, ``pairs_file=``),
             ``"adience"`` (``root=``, optional ``max_nonmated=``, ``seed=``), ``"ijbc"``
-            (``root=``). All accept an optional ``name=``.
+            (``root=``), or a kind added by :func:`register_reader`. All accept an optional
+            ``name=``.
 
     Raises:
         ValueError: unknown ``kind`` (the message lists the valid ones).
         TypeError: missing or unexpected keyword arguments for that kind.
     """
-    readers: dict[str, Callable[..., Benchmark]] = {
-        "bin": read_bin,
-        "xqlfw": read_xqlfw,
-        "adience": read_adience,
-        "ijbc": read_ijbc,
-    }
-    if kind not in readers:
-        raise ValueError(
-            f"unknown benchmark kind {kind!r}; valid kinds: {', '.join(BENCHMARK_KINDS)}"
-        )
+    if kind not in READERS:
+        raise ValueError(f"unknown benchmark kind {kind!r}; valid kinds: {', '.join(READERS)}")
     try:
-        return readers[kind](**paths)
+        return READERS[kind](**paths)
     except TypeError as exc:
         if "argument" in str(exc):
             raise TypeError(f"load_benchmark(kind={kind!r}): {exc}") from None

@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -407,7 +409,7 @@ def _run_shards(study: Study, dataset: str, jobs: Sequence[Job], rank: int, worl
     cached = {s: crops / shard_name(s, e) for s, e in missing if crops and (crops / shard_name(s, e)).is_file()}
     labels = {j.label for j in jobs}
     sharp = "baseline-sharpness" in labels
-    images = ImageSet(bench, lambda: reopen_benchmark(cfg, dataset), sharpness=sharp, crops=cached, shard_size=cfg.shard_size)
+    images = ImageSet(bench, functools.partial(reopen_benchmark, cfg, dataset), sharpness=sharp, crops=cached, shard_size=cfg.shard_size)
     batches, owner = [], []
     for (s, e) in missing:
         for b in range(s, e, cfg.batch_size):
@@ -465,9 +467,12 @@ def _run_shards(study: Study, dataset: str, jobs: Sequence[Job], rank: int, worl
 
 
 def reopen_benchmark(cfg: Config, dataset: str) -> Benchmark:
-    """``dataset`` of ``cfg`` opened anew (what a spawned decoding worker does)."""
+    """``dataset`` of ``cfg`` opened anew (what a spawned decoding worker does): the config's
+    ``plugins`` are imported first, so a registered reader's kind is known there too."""
     from .datasets import load_benchmark
 
+    for module in cfg.plugins:
+        importlib.import_module(module)
     spec = cfg.datasets[dataset]
     return load_benchmark(spec.kind, **spec.args)
 

@@ -311,3 +311,121 @@ def test_list_parameters_from_papermill_strings():
         list_parameter("fmr_targets", "[a]", "numbers")
     with pytest.raises(ConfigError, match=r"parameter fmr_targets must be a list of numbers.*got the string '0.001'"):
         list_parameter("fmr_targets", "0.001", "numbers")
+
+
+@pytest.fixture
+def readers():
+    """exfiqa.datasets.READERS, restored after the test; ``exfiqa_testplugin_*`` modules unloaded."""
+    import sys
+
+    from exfiqa.datasets import READERS
+
+    saved = dict(READERS)
+    yield READERS
+    READERS.clear()
+    READERS.update(saved)
+    for name in [m for m in sys.modules if m.startswith("exfiqa_testplugin_")]:
+        del sys.modules[name]
+
+
+def _read_pairs_folder(root, pairs_file, max_pairs: int | None = None, name: str = "pairs"):
+    """A reader's signature (the config reads only that): two path arguments and an optional integer."""
+    raise AssertionError("load_config must not call a reader")
+
+
+def _write_datasets(tmp_path, **changes):
+    """configs/demo.yaml with other datasets (and no headline, which names the shipped ones)."""
+    return _write(tmp_path, headline=None, **changes)
+
+
+def test_a_registered_kind_is_a_dataset_kind_of_the_config(tmp_path, readers):
+    from exfiqa import config as c
+    from exfiqa.datasets import register_reader
+
+    assert c._READERS is readers
+    entry = {"kind": "pairs_folder", "root": "mine/images", "pairs_file": "mine/pairs.csv", "label": "Mine"}
+    with pytest.raises(ConfigError, match=r"datasets\.mine\.kind 'pairs_folder' is not one of \['bin', 'xqlfw', 'adience', 'ijbc'\]"):
+        load_config(_write_datasets(tmp_path, data_root=str(tmp_path), datasets={"mine": entry}))
+    register_reader("pairs_folder", _read_pairs_folder)
+    cfg = load_config(_write_datasets(tmp_path, data_root=str(tmp_path), datasets={"mine": entry}))
+    spec = cfg.datasets["mine"]
+    assert (spec.kind, spec.label) == ("pairs_folder", "Mine")
+    assert spec.args == {"name": "mine", "root": tmp_path / "mine/images", "pairs_file": tmp_path / "mine/pairs.csv"}
+    # its other arguments: integers, or null where the reader's default is None
+    for value in (10, None):
+        cfg = load_config(_write_datasets(tmp_path, datasets={"mine": {**entry, "max_pairs": value}}))
+        assert cfg.datasets["mine"].args["max_pairs"] == value
+    with pytest.raises(ConfigError, match=r"datasets\.mine\.max_pairs must be an integer or null, got 'ten' \(str\)"):
+        load_config(_write_datasets(tmp_path, datasets={"mine": {**entry, "max_pairs": "ten"}}))
+    with pytest.raises(ConfigError, match=r"datasets\.mine \(kind pairs_folder\) needs \['pairs_file'\]"):
+        load_config(_write_datasets(tmp_path, datasets={"mine": {"kind": "pairs_folder", "root": "r"}}))
+    with pytest.raises(ConfigError, match=r"datasets\.mine: unknown key\(s\) \['path'\]; allowed: \['kind', 'label', 'max_pairs', 'pairs_file', 'root'\]"):
+        load_config(_write_datasets(tmp_path, datasets={"mine": {**entry, "path": "x.bin"}}))
+    # an unknown kind lists the registered ones with the built-ins
+    with pytest.raises(ConfigError, match=r"datasets\.x\.kind 'zip' is not one of \['bin', 'xqlfw', 'adience', 'ijbc', 'pairs_folder'\]"):
+        load_config(_write_datasets(tmp_path, datasets={"x": {"kind": "zip", "path": "a"}}))
+
+
+_PLUGIN_A = '''
+from exfiqa.datasets import read_bin, register_reader
+
+
+def read_bin_again(path, name: str = "again"):
+    """The .bin reader under a kind of its own."""
+    return read_bin(path, name=name)
+
+
+register_reader("bin_again", read_bin_again)
+'''
+
+_PLUGIN_B = '''
+from exfiqa.datasets import READERS
+
+SAW_A = "bin_again" in READERS  # imported after exfiqa_testplugin_a?
+'''
+
+
+def test_plugins_are_imported_in_order_before_the_datasets_are_checked(tmp_path, readers, monkeypatch):
+    import sys
+
+    import numpy as np
+
+    from exfiqa.datasets import load_benchmark, read_bin, write_bin
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "exfiqa_testplugin_a.py").write_text(_PLUGIN_A)
+    (lib / "exfiqa_testplugin_b.py").write_text(_PLUGIN_B)
+    monkeypatch.syspath_prepend(str(lib))
+    rng = np.random.default_rng(0)
+    write_bin(tmp_path / "two.bin", list(rng.integers(0, 256, (4, 112, 112, 3), dtype=np.uint8)), [True, False], fmt="png")
+    datasets = {"again": {"kind": "bin_again", "path": "two.bin"}}
+    with pytest.raises(ConfigError, match=r"datasets\.again\.kind 'bin_again' is not one of"):
+        load_config(_write_datasets(tmp_path, data_root=str(tmp_path), datasets=datasets))
+    assert "exfiqa_testplugin_a" not in sys.modules
+
+    plugins = ["exfiqa_testplugin_a", "exfiqa_testplugin_b"]
+    cfg = load_config(_write_datasets(tmp_path, data_root=str(tmp_path), datasets=datasets, plugins=plugins))
+    assert cfg.plugins == tuple(plugins)
+    assert sys.modules["exfiqa_testplugin_b"].SAW_A is True
+    assert readers["bin_again"] is sys.modules["exfiqa_testplugin_a"].read_bin_again
+    spec = cfg.datasets["again"]
+    assert spec.args == {"name": "again", "path": tmp_path / "two.bin"}
+    bench, plain = load_benchmark(spec.kind, **spec.args), read_bin(tmp_path / "two.bin")
+    assert bench.name == "again" and bench.comparisons.equals(plain.comparisons)
+    assert load_config(_write(tmp_path)).plugins == ()
+
+
+def test_plugins_errors_name_the_key(tmp_path, readers, monkeypatch):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "exfiqa_testplugin_broken.py").write_text("import exfiqa_testplugin_no_such_dependency\n")
+    monkeypatch.syspath_prepend(str(lib))
+    with pytest.raises(ConfigError, match=r"c\.yaml: plugins: cannot import 'exfiqa_testplugin_missing' \(No module named 'exfiqa_testplugin_missing'\); is it installed or on PYTHONPATH\?"):
+        load_config(_write(tmp_path, plugins=["exfiqa_testplugin_missing"]))
+    with pytest.raises(ConfigError, match=r"plugins: cannot import 'exfiqa_testplugin_broken' \(No module named 'exfiqa_testplugin_no_such_dependency'\)"):
+        load_config(_write(tmp_path, plugins=["exfiqa_testplugin_broken"]))
+    for value, shown in (("mylab.readers", r"'mylab\.readers' \(str\)"), ([1], r"\[1\] \(list\)"), ([""], r"\[''\] \(list\)"),
+                         ({"mylab": 1}, r"\{'mylab': 1\} \(dict\)")):
+        with pytest.raises(ConfigError, match=rf"c\.yaml: plugins must be a list of importable module names, got {shown}"):
+            load_config(_write(tmp_path, plugins=value))

@@ -597,3 +597,69 @@ def test_ijbc_error_line_number_counts_blank_lines(tmp_path: pathlib.Path) -> No
     path.write_text("1 2 1\n\n1 3 0\n2 3 7\n")
     with pytest.raises(DatasetFormatError, match=r"ijbc_template_pair_label.txt:4: label 7"):
         read_ijbc(root)
+
+
+@pytest.fixture
+def readers():
+    """exfiqa.datasets.READERS, restored after the test (kinds registered in it are dropped)."""
+    saved = dict(ds.READERS)
+    yield ds.READERS
+    ds.READERS.clear()
+    ds.READERS.update(saved)
+
+
+def _read_bin_reversed(path, name: str = "reversed") -> ds.Benchmark:
+    """A registered reader for the tests: a ``.bin`` with its comparisons in reverse order."""
+    bench = read_bin(path, name=name)
+    return ds.Benchmark(
+        name=bench.name, level="sample", samples=bench.samples,
+        comparisons=bench.comparisons.iloc[::-1].reset_index(drop=True),
+        _decode=bench.image, _files=bench._files, _protocol="reversed",
+    )
+
+
+def test_register_reader_refuses_bad_kinds_and_readers(readers) -> None:
+    before = dict(readers)
+    for kind in ("pairs-csv", "", "1st", None, 3):
+        with pytest.raises(ValueError, match=r"register_reader: kind must be an identifier, got"):
+            ds.register_reader(kind, _read_bin_reversed)
+    with pytest.raises(TypeError, match=r"register_reader\('mine'\): reader must be callable, got str"):
+        ds.register_reader("mine", "read_bin")
+    with pytest.raises(TypeError, match=r"register_reader\('mine'\): .*<lambda> must take a 'name' argument"):
+        ds.register_reader("mine", lambda path: read_bin(path))
+    # a built-in kind, or a registered one, is not taken over by another function
+    with pytest.raises(ValueError, match=r"benchmark kind 'bin' is already read by exfiqa\.datasets\.read_bin"):
+        ds.register_reader("bin", _read_bin_reversed)
+    assert readers == before
+    ds.register_reader("reversed_bin", _read_bin_reversed)
+    ds.register_reader("reversed_bin", _read_bin_reversed)  # the same function again: no change
+    with pytest.raises(ValueError, match=rf"'reversed_bin' is already read by {re.escape(__name__)}\._read_bin_reversed"):
+        ds.register_reader("reversed_bin", read_bin)
+    assert readers == {**before, "reversed_bin": _read_bin_reversed}
+
+
+def test_a_registered_kind_is_read_through_load_benchmark(readers, tmp_path: pathlib.Path) -> None:
+    write_bin(tmp_path / "four.bin", _faces(8), [True, False, False, True], fmt="png")
+    with pytest.raises(ValueError, match="unknown benchmark kind 'reversed_bin'"):
+        load_benchmark("reversed_bin", path=tmp_path / "four.bin")
+    ds.register_reader("reversed_bin", _read_bin_reversed)
+    bench = load_benchmark("reversed_bin", path=tmp_path / "four.bin", name="rev")
+    plain = read_bin(tmp_path / "four.bin")
+    assert bench.name == "rev" and len(bench) == len(plain) == 8
+    comp, want = bench.comparisons, plain.comparisons.iloc[::-1]
+    assert comp["a"].tolist() == want["a"].tolist() == [6, 4, 2, 0]
+    assert comp["mated"].tolist() == [True, False, False, True][::-1]
+    np.testing.assert_array_equal(bench.image(7), plain.image(7))
+    # the protocol string is part of the fingerprint: same files, another benchmark
+    assert bench.fingerprint() != plain.fingerprint()
+    with pytest.raises(TypeError, match=r"load_benchmark\(kind='reversed_bin'\)"):
+        load_benchmark("reversed_bin", root=tmp_path)
+    # the registered kind is listed with the built-ins; its source is this file, theirs none
+    with pytest.raises(ValueError) as err:
+        load_benchmark("megaface", root=tmp_path)
+    for kind in (*ds.BENCHMARK_KINDS, "reversed_bin"):
+        assert kind in str(err.value)
+    assert ds.reader_source("reversed_bin") == pathlib.Path(__file__)
+    assert all(ds.reader_source(kind) is None for kind in ds.BENCHMARK_KINDS)
+    with pytest.raises(ValueError, match=r"unknown benchmark kind 'megaface'; valid kinds: .*reversed_bin"):
+        ds.reader_source("megaface")

@@ -158,6 +158,24 @@ def test_workers_give_the_same_bytes(reference, tmp_path, tiny_config):
     assert _arrays(path) == _arrays(reference)
 
 
+def test_the_decoding_dataset_pickles_for_spawned_workers(tiny_config):
+    """A DataLoader started by ``spawn`` (no fork: Windows, macOS) pickles the dataset: it must
+    travel without the benchmark and reopen it, giving the same items."""
+    import functools
+    import pickle
+
+    from exfiqa.extract import ImageSet, reopen_benchmark
+
+    cfg = load_config(tiny_config)
+    ds = next(iter(cfg.datasets))
+    here = ImageSet(reopen_benchmark(cfg, ds), functools.partial(reopen_benchmark, cfg, ds), sharpness=True,
+                    crops=None, shard_size=cfg.shard_size)
+    there = pickle.loads(pickle.dumps(here))
+    for k in (0, len(reopen_benchmark(cfg, ds)) - 1):
+        for a, b in zip(here[k], there[k], strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_sigkill_mid_run_resumes_to_the_same_bytes(reference, tiny_config, tmp_path):
     """Kill the extraction (SIGKILL) as soon as its first shards are on disk, twice, then let it
     finish: the arrays equal the uninterrupted run's byte for byte and shards were reused."""
