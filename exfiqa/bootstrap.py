@@ -485,6 +485,16 @@ def _boot_rules(threshold_rule: ThresholdRule | str, acceptance: Acceptance | st
     return _strict(acceptance)
 
 
+def _checked(
+    fmr: float, convention: Convention | str, limit: float, n_boot: int, alpha: float,
+    threshold_rule: ThresholdRule | str, acceptance: Acceptance | str,
+) -> tuple[float, Convention, float, bool]:
+    """The validated ``(fmr, convention, limit, strict acceptance)`` of a bootstrap call."""
+    f, conv, lim = _fmr_value(fmr), _convention(convention), _limit_value(limit)
+    _boot_args(n_boot, alpha)
+    return f, conv, lim, _boot_rules(threshold_rule, acceptance)
+
+
 def bootstrap_samples(
     scores: Any,
     orders: Sequence[Any],
@@ -506,9 +516,7 @@ def bootstrap_samples(
     ``samples[i] - samples[j]`` is :func:`paired_bootstrap` of orders i and j. FNM-EDC with the
     ``at_most`` rule only (either acceptance).
     """
-    f, conv, lim = _fmr_value(fmr), _convention(convention), _limit_value(limit)
-    _boot_args(n_boot, 0.05)
-    strict = _boot_rules(threshold_rule, acceptance)
+    f, conv, lim, strict = _checked(fmr, convention, limit, n_boot, 0.05, threshold_rule, acceptance)
     if _best_curve(subtract_best) is not None and conv is Convention.RECOMPUTE:
         raise ValueError("subtract_best: is defined for the 'fixed' convention only")
     return _run_bootstrap(_view(scores, strict), list(orders), f, conv, lim, subtract_best, n_boot, seed)
@@ -537,9 +545,7 @@ def bootstrap_pauc(
     """
     comp = _Comparisons(similarity, mated)
     order = _ArrayOrder(comp.quality(quality))
-    f, conv, lim = _fmr_value(fmr), _convention(convention), _limit_value(limit)
-    _boot_args(n_boot, alpha)
-    strict = _boot_rules(threshold_rule, acceptance)
+    f, conv, lim, strict = _checked(fmr, convention, limit, n_boot, alpha, threshold_rule, acceptance)
     estimate = pauc(edc_curves(comp, order, (f,), conv, acceptance=acceptance)[f], lim, subtract_best)
     (samples,) = _run_bootstrap(_view(comp, strict), [order], f, conv, lim, subtract_best, n_boot, seed)
     lo, hi = np.quantile(samples, [alpha / 2, 1 - alpha / 2])
@@ -570,9 +576,7 @@ def paired_bootstrap(
     comp = _Comparisons(similarity, mated)
     qa, qb = comp.quality(quality_a, "quality_a"), comp.quality(quality_b, "quality_b")
     orders = [_ArrayOrder(qa), _ArrayOrder(qb)]
-    f, conv, lim = _fmr_value(fmr), _convention(convention), _limit_value(limit)
-    _boot_args(n_boot, alpha)
-    strict = _boot_rules(threshold_rule, acceptance)
+    f, conv, lim, strict = _checked(fmr, convention, limit, n_boot, alpha, threshold_rule, acceptance)
     est = [pauc(edc_curves(comp, o, (f,), conv, acceptance=acceptance)[f], lim, subtract_best) for o in orders]
     sa, sb = _run_bootstrap(_view(comp, strict), orders, f, conv, lim, subtract_best, n_boot, seed)
     diff = sa - sb
