@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -97,16 +98,44 @@ def fusion_wins(pauc: pd.DataFrame, challenger: str, reference: str) -> pd.DataF
     return out
 
 
+BOOTSTRAP_UNITS = ("subject", "comparison")
+"""What a bootstrap resamples: the independent units of each benchmark (``subject``, the
+default: :meth:`exfiqa.pipeline.Study.subjects`) or comparisons as if independent."""
+
+
+def bootstrap_units(study: Study, dataset: str, unit: str) -> tuple[Any, str, int]:
+    """``(subjects argument, unit name, number of units)`` of a bootstrap on ``dataset``.
+
+    ``unit="subject"``: the dataset's units (:meth:`exfiqa.pipeline.Study.subjects`);
+    ``"comparison"``: None (comparisons resampled, stratified) and the comparison count.
+    """
+    if unit == "subject":
+        return study.subjects(dataset)
+    if unit == "comparison":
+        return None, "comparison", int(study.scores(dataset, next(iter(study.config.fr_models))).n)
+    raise ValueError(f"unit: expected one of {BOOTSTRAP_UNITS}, got {unit!r}")
+
+
+def _diff_interval(diff: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """95% percentile interval of the defined paired differences, and which are defined."""
+    ok = np.isfinite(diff)
+    if not ok.any():
+        return float("nan"), float("nan"), ok
+    lo, hi = np.quantile(diff[ok], [0.025, 0.975])
+    return float(lo), float(hi), ok
+
+
 def paired_vs_reference(
-    study: Study, quality: str, fr: str, methods: Sequence[str], reference: str, fmr: float, n_boot: int = 500
+    study: Study, quality: str, fr: str, methods: Sequence[str], reference: str, fmr: float, n_boot: int = 500,
+    unit: str = "subject",
 ) -> pd.DataFrame:
     """Paired bootstrap of pAUC(method) - pAUC(reference) per dataset, with 95% intervals.
 
     All methods and the reference are evaluated on the same resamples in one pass
     (:func:`exfiqa.bootstrap.bootstrap_samples`; each difference equals
-    :func:`exfiqa.bootstrap.paired_bootstrap` of the pair), from the Study's scores and orders:
-    bounded at IJB-C and all-vs-all sizes (the module docstring of :mod:`exfiqa.metrics` says how,
-    and what it does to the intervals).
+    :func:`exfiqa.bootstrap.paired_bootstrap` of the pair), from the Study's scores and orders,
+    bounded at IJB-C and all-vs-all sizes. ``unit``: what is resampled (:data:`BOOTSTRAP_UNITS`);
+    the rows say it (``unit``, ``n_units``, ``n_boot``).
     """
     cfg = study.config
     rows = []
@@ -115,16 +144,18 @@ def paired_vs_reference(
         names = [reference, *methods]
         orders = [study.ordering(ds, quality, m) for m in names]
         est = [study.pauc_order(ds, fr, o, fmr) for o in orders]
+        subjects, unit_name, n_units = bootstrap_units(study, ds, unit)
         samples = bootstrap_samples(scores, orders, fmr, cfg.convention, cfg.discard_limit, n_boot, cfg.seed,
-                                    subtract_best=cfg.subtract_best, **study.rules())
+                                    subtract_best=cfg.subtract_best, subjects=subjects, **study.rules())
         for m, e, s in zip(methods, est[1:], samples[1:], strict=True):
             diff = s - samples[0]
-            lo, hi = np.quantile(diff, [0.025, 0.975])
+            lo, hi, ok = _diff_interval(diff)
             rows.append({
                 "quality_model": quality, "dataset": cfg.datasets[ds].label, "fr_model": fr, "fmr": fmr,
-                "method": m, "reference": reference, "delta_pauc": e - est[0], "ci_low": float(lo),
-                "ci_high": float(hi), "p_better": float(np.mean(s < samples[0])), "convention": cfg.convention,
-                "limit": cfg.discard_limit,
+                "method": m, "reference": reference, "delta_pauc": e - est[0], "ci_low": lo,
+                "ci_high": hi, "p_better": float(np.mean(s[ok] < samples[0][ok])), "convention": cfg.convention,
+                "limit": cfg.discard_limit, "unit": unit_name, "n_units": n_units, "n_boot": int(n_boot),
+                "n_defined": int(ok.sum()),
             })
     return pd.DataFrame(rows)
 
@@ -460,19 +491,20 @@ def fusion_vs_exits(head: pd.DataFrame, depths: dict[str, int]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def fusion_bootstrap(study: Study, fr: str, fmr: float, n_boot: int) -> pd.DataFrame:
+def fusion_bootstrap(study: Study, fr: str, fmr: float, n_boot: int, unit: str = "subject") -> pd.DataFrame:
     """Paired bootstrap of F and FW against the last exit, per quality model and dataset
-    (:func:`paired_vs_reference`), with ``delta_pauc`` and its interval times ``pauc_scale``."""
+    (:func:`paired_vs_reference`, resampling ``unit``), with ``delta_pauc`` and its interval
+    times ``pauc_scale``."""
     cfg = study.config
     parts = []
     for q, (_, depth) in variant_tags(study).items():
-        parts.append(paired_vs_reference(study, q, fr, ["EX-FIQA-F", "EX-FIQA-FW"], f"Exit {depth}", fmr, n_boot=n_boot))
+        parts.append(paired_vs_reference(study, q, fr, ["EX-FIQA-F", "EX-FIQA-FW"], f"Exit {depth}", fmr, n_boot=n_boot,
+                                         unit=unit))
     boot = pd.concat(parts, ignore_index=True)
     for col in ("delta_pauc", "ci_low", "ci_high"):
         boot[col] = boot[col] * cfg.pauc_scale
     boot["scale"] = float(cfg.pauc_scale)
     boot["seed"] = int(cfg.seed)
-    boot["n_boot"] = int(n_boot)
     return boot
 
 
@@ -658,13 +690,13 @@ class ChosenComparison:
 
 
 def chosen_exits_comparison(
-    study: Study, chosen: ChosenExits, fmr: float, n_boot: int, learned: dict, learn_on: str
+    study: Study, chosen: ChosenExits, fmr: float, n_boot: int, learned: dict, learn_on: str, unit: str = "subject"
 ) -> ChosenComparison:
     """pAUC (x ``pauc_scale``) of EX-FIQA-DC, F, FW, ``learned`` weights (fitted on ``learn_on``,
     as :func:`strategy_table`) and the last exit on each dataset DC is evaluated on, with the
     FR model of ``chosen``; and the paired bootstrap of pAUC(DC) - pAUC(each other), all five on
     the same resamples (:func:`exfiqa.bootstrap.bootstrap_samples`, the run's seed; as
-    :func:`paired_vs_reference`). ``delta_pauc < 0``: DC is better."""
+    :func:`paired_vs_reference`, resampling ``unit``). ``delta_pauc < 0``: DC is better."""
     from .fusion import DC_NAME, chosen_mean, ex_fiqa_f, ex_fiqa_fw
 
     cfg = study.config
@@ -678,21 +710,23 @@ def chosen_exits_comparison(
         comp = study.scores(ds, fr)
         orders = [study.order_of(ds, v) for v in values.values()]
         est = [study.pauc_order(ds, fr, o, fmr) for o in orders]
+        subjects, unit_name, n_units = bootstrap_units(study, ds, unit)
         samples = bootstrap_samples(comp, orders, fmr, cfg.convention, cfg.discard_limit, n_boot, cfg.seed,
-                                    subtract_best=cfg.subtract_best, **study.rules())
+                                    subtract_best=cfg.subtract_best, subjects=subjects, **study.rules())
         label = cfg.datasets[ds].label
         for m, e in zip(values, est, strict=True):
             rows.append({"quality_model": q, "dataset": label, "fr_model": fr, "fmr": fmr, "method": m, "pauc": e * scale,
                          "fitted_here": m == "learned" and ds == learn_on})
         for m, e, s in zip(list(values)[1:], est[1:], samples[1:], strict=True):
             diff = samples[0] - s
-            lo, hi = np.quantile(diff, [0.025, 0.975])
+            lo, hi, ok = _diff_interval(diff)
             boot.append({
                 "quality_model": q, "dataset": label, "fr_model": fr, "fmr": fmr, "method": DC_NAME, "reference": m,
-                "chosen_exits": _exits_text(c.chosen), "delta_pauc": (est[0] - e) * scale, "ci_low": float(lo) * scale,
-                "ci_high": float(hi) * scale, "p_better": float(np.mean(samples[0] < s)),
+                "chosen_exits": _exits_text(c.chosen), "delta_pauc": (est[0] - e) * scale, "ci_low": lo * scale,
+                "ci_high": hi * scale, "p_better": float(np.mean(samples[0][ok] < s[ok])),
                 "reference_fitted_here": m == "learned" and ds == learn_on, "convention": cfg.convention,
                 "limit": cfg.discard_limit, "scale": float(scale), "seed": int(cfg.seed), "n_boot": int(n_boot),
+                "unit": unit_name, "n_units": n_units, "n_defined": int(ok.sum()),
             })
     tidy = pd.DataFrame(rows)
     wide = tidy.pivot_table(index=["quality_model", "method"], columns="dataset", values="pauc", sort=False)
@@ -1078,7 +1112,7 @@ def exit_scores_long(sample_quality: pd.DataFrame, depth: int) -> pd.DataFrame:
 
 
 __all__ += [  # the notebook-assembly section above
-    "ChosenComparison", "ChosenExits", "calibration_datasets", "calibration_set", "choose_for", "chosen_exits",
+    "BOOTSTRAP_UNITS", "ChosenComparison", "ChosenExits", "bootstrap_units", "calibration_datasets", "calibration_set", "choose_for", "chosen_exits",
     "chosen_exits_comparison", "evaluated_datasets", "mated_similarity_label",
     "AttentionInputs", "Headline", "PAPER_HEADLINE", "PAPER_HEADLINE_SCALE", "StrategyResult", "adaptive_study",
     "attention_inputs", "attention_study", "depth_summary", "exit_scores_long", "fmr_target", "fusion_bootstrap",

@@ -1,11 +1,30 @@
-"""Stratified bootstrap intervals of pAUC-EDC, single and paired (:mod:`exfiqa.metrics`' pAUC).
+"""Bootstrap intervals of pAUC-EDC, single and paired (:mod:`exfiqa.metrics`' pAUC).
 
 What is resampled
 -----------------
-:func:`bootstrap_pauc`, :func:`paired_bootstrap` and :func:`bootstrap_samples` resample
-comparisons with replacement, stratified (mated and non-mated separately, keeping both counts),
-and report percentile intervals around the pAUC of the original data. The quality of a resampled
-comparison is its original pair quality; nothing else (samples, templates) is resampled.
+Comparisons are not independent: they share people (an IJB-C template enters about 1,350
+comparisons, an Adience image about 19,000), so the independent unit is the subject.
+
+* **Units** (``subjects=``, what the notebooks use): :func:`bootstrap_pauc`,
+  :func:`paired_bootstrap` and :func:`bootstrap_samples` take the unit of each comparison's two
+  sides and resample units with replacement. A unit drawn ``w`` times contributes ``w`` copies of
+  its samples: a comparison between two units ``a != b`` enters ``w[a] * w[b]`` times (every copy
+  meets every copy), one within a unit (a mated comparison, or a pair that is its own unit)
+  ``w[a]`` times (copies are never compared with copies of themselves); mated and non-mated counts
+  vary between resamples as they do between studies. :mod:`exfiqa.subjects` gives the reasoning,
+  the units per benchmark (identity; IJB-C: components of the mated comparisons; ``.bin``: the
+  pair) and the exact weighted engines (explicit lists: one cumulative sum per resample and
+  order; all-vs-all: a closed form per quality group). On clustered synthetic data this
+  interval covers the population value at the nominal rate and the comparison bootstrap does
+  not (``bench/bench_coverage.py``, ``bench/RESULTS.md``).
+* **Comparisons** (without ``subjects``, as before): mated and non-mated comparisons resampled
+  with replacement, stratified (keeping both counts), as if independent. On data with subject
+  effects its standard deviation is about half the true one for a single pAUC: use it only where
+  comparisons really are independent, or to compare with earlier results.
+
+Both report percentile intervals around the pAUC of the original data; the quality of a
+resampled comparison is its original pair quality. The rest of this docstring describes the
+comparison bootstrap's bounded engine.
 
 Conventions
 -----------
@@ -63,6 +82,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -95,6 +115,7 @@ from .metrics import (
     edc_curves,
     pauc,
 )
+from .subjects import AllPairsUnits, ExplicitUnits, draw_unit_weights
 
 __all__ = [
     "BootstrapResult",
@@ -174,27 +195,33 @@ class _FixedPlan:
     def pauc(
         self, counts: np.ndarray, stats: np.ndarray, limit: float, best: BestCurve | None
     ) -> np.ndarray:
-        """pAUC per resample; ``counts`` (B, n_m) in original mated order, ``stats`` (B,)."""
+        """pAUC per resample; ``counts`` (B, n_m) copies of each mated comparison in original
+        mated order (a stratified resample keeps ``n_m`` per row; a unit resample does not),
+        ``stats`` (B,). A row without mated copies gives NaN."""
         c = counts[:, self.order]
         err = c * (self.sim[None, :] <= stats[:, None])
         gc = np.add.reduceat(c, self.groups, axis=1)
         ge = np.add.reduceat(err, self.groups, axis=1)
+        total = c.sum(axis=1)
         discarded = np.cumsum(gc, axis=1) - gc
-        remaining = self.n_m - discarded
+        remaining = total[:, None] - discarded
         err_total = ge.sum(axis=1)
         err_left = err_total[:, None] - (np.cumsum(ge, axis=1) - ge)
         with np.errstate(invalid="ignore", divide="ignore"):
             fnmr = np.where(remaining > 0, err_left / remaining, 0.0)
-        area = _stepwise_area(discarded / self.n_m, fnmr, limit)
-        if best is BestCurve.TRIANGLE:
-            area -= _triangle_area(err_total / self.n_m, limit)
-        elif best is BestCurve.STEPWISE:
-            cache: dict[int, float] = {}
-            for i, e in enumerate(err_total.tolist()):
-                if e not in cache:
-                    cache[e] = _best_area(e, self.n_m, limit)
-                area[i] -= cache[e]
-        return area
+            frac = discarded / total[:, None]
+            area = _stepwise_area(frac, fnmr, limit)
+            if best is BestCurve.TRIANGLE:
+                area -= _triangle_area(err_total / total, limit)
+        if best is BestCurve.STEPWISE:
+            cache: dict[tuple[int, int], float] = {}
+            for i, (e, t) in enumerate(zip(err_total.tolist(), total.tolist(), strict=True)):
+                if t > 0:
+                    if (e, t) not in cache:
+                        cache[(e, t)] = _best_area(e, t, limit)
+                    area[i] -= cache[(e, t)]
+        out: np.ndarray = np.where(total > 0, area, np.nan)
+        return out
 
 
 def _fixed_boot(
@@ -475,6 +502,125 @@ def _run_bootstrap(
     return _recompute_boot(comp, orders, fmr, limit, int(n_boot), seed)
 
 
+def _units_of(comp: Any, subjects: Any) -> Any:
+    """The units object for ``subjects``: an (N, 2) array of side units (explicit comparisons),
+    a per-sample array (an all-vs-all scores object) or a prepared :mod:`exfiqa.subjects` object."""
+    if hasattr(subjects, "plan") and hasattr(subjects, "n_units"):
+        return subjects
+    base = getattr(comp, "base", comp)
+    pairs = getattr(base, "pairs", None)
+    arr = np.asarray(subjects)
+    if pairs is not None and arr.ndim == 1:
+        return AllPairsUnits(pairs, arr)
+    if pairs is not None:
+        raise ValueError(
+            "subjects: an all-vs-all comparison set takes one unit id per sample (shape "
+            f"({pairs.n_samples},)), got shape {arr.shape}"
+        )
+    return ExplicitUnits(arr, comp.n)
+
+
+def _weighted_stat(vals: np.ndarray, w_c: np.ndarray, k: int) -> float | None:
+    """The (k+1)-th largest non-mated score of a weighted set (copies ``w_c`` of the descending
+    candidates ``vals``); None when the candidates hold fewer than k + 1 copies."""
+    cum = np.cumsum(w_c)
+    i = int(np.searchsorted(cum, k + 1, side="left"))
+    return None if i >= cum.shape[0] else float(vals[i])
+
+
+def _needed_levels(limit: float) -> int:
+    """How many ``recompute`` levels a pAUC up to ``limit`` reads (the next one interpolates)."""
+    f = RECOMPUTE_DISCARD_FRACTIONS
+    n = int(np.sum(f <= limit + 1e-12))
+    return int(min(f.shape[0], n + (0 if np.any(np.abs(f - limit) <= 1e-12) else 1)))
+
+
+def _unit_boot(
+    comp: Any,
+    orders: list[Any],
+    units: Any,
+    fmr: float,
+    conv: Convention,
+    limit: float,
+    best: BestCurve | None,
+    n_boot: int,
+    seed: int,
+) -> list[np.ndarray]:
+    """pAUC samples of every order under a resample of units (:mod:`exfiqa.subjects`).
+
+    One draw of unit counts per resample, shared by every order (paired). ``fixed``: the mated
+    copies and the weighted non-mated order statistic; ``recompute``: each order's exact end
+    slots of the mated and candidate copies in the weighted stable quality order, through the
+    weighted engine of the comparison bootstrap. A resample left without mated or non-mated
+    copies where the pAUC needs them gives NaN.
+    """
+    rng = np.random.default_rng(seed)
+    m = max(4 * (int(_kmax(fmr, comp.n_nm)) + 1), _metrics._MIN_CANDIDATES)
+    vals, refs = _top(comp, m)
+    out = [np.full(n_boot, np.nan) for _ in orders]
+    if conv is Convention.FIXED:
+        plans = [_FixedPlan(comp, np.asarray(o.quality(comp.mated_refs))) for o in orders]
+    else:
+        gplans = [units.plan(o) for o in orders]
+        n_lv = _needed_levels(limit)
+    for b in range(n_boot):
+        w = draw_unit_weights(units.n_units, rng)
+        w_m = units.weights(w, comp.mated_refs)
+        total = units.total(w)
+        n_nm_w = total - int(w_m.sum())
+        if n_nm_w <= 0 or not w_m.any():
+            continue
+        k = int(_kmax(fmr, n_nm_w))
+        while True:
+            w_c = units.weights(w, refs)
+            stat = _weighted_stat(vals, w_c, k)
+            if stat is not None or vals.shape[0] >= comp.n_nm:
+                break
+            m *= 4
+            vals, refs = _top(comp, m)
+        if conv is Convention.FIXED:
+            if stat is None:  # pragma: no cover - every non-mated is a candidate and k < n_nm_w
+                continue
+            for plan, o in zip(plans, out, strict=True):
+                o[b] = plan.pauc(w_m[None, :], np.array([stat]), limit, best)[0]
+            continue
+        for gp, o in zip(gplans, out, strict=True):
+            while True:
+                (end_m, end_c), n_all = gp.ends(w, [comp.mated_refs, refs], n_lv)
+                d = _level_starts(n_all)[:n_lv]
+                fnmr = _recompute_weighted(d, n_all, fmr, end_m, w_m, comp.sim_m, end_c, w_c, vals)
+                if fnmr is not None or vals.shape[0] >= comp.n_nm:
+                    break
+                _FALLBACKS[0] += 1
+                m *= 4
+                vals, refs = _top(comp, m)
+                w_c = units.weights(w, refs)
+            if fnmr is None:  # pragma: no cover - all non-mated are candidates
+                continue
+            try:
+                o[b] = _trapezoid_area(RECOMPUTE_DISCARD_FRACTIONS[:n_lv], fnmr, limit)
+            except ValueError:  # no mated or non-mated copies left at a level <= limit
+                o[b] = np.nan
+    return out
+
+
+def _intervals(samples: np.ndarray, alpha: float) -> tuple[float, float]:
+    """Percentile interval of the defined samples (a unit resample can leave a pAUC undefined)."""
+    ok = np.isfinite(samples)
+    if not ok.any():
+        raise ValueError(
+            "subjects: no resample left mated and non-mated comparisons at every discard level: too few units"
+        )
+    if not ok.all():
+        warnings.warn(
+            f"{int((~ok).sum())} of {samples.shape[0]} unit resamples leave the pAUC undefined (no mated "
+            "or non-mated copies at a level); the interval uses the others",
+            RuntimeWarning, stacklevel=3,
+        )
+    lo, hi = np.quantile(samples[ok], [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
 def _boot_rules(threshold_rule: ThresholdRule | str, acceptance: Acceptance | str) -> bool:
     """The bootstrap engines resample the ``at_most`` rule (either acceptance); returns strictness."""
     if _rule(threshold_rule) is not ThresholdRule.AT_MOST:
@@ -507,19 +653,28 @@ def bootstrap_samples(
     subtract_best: bool | BestCurve | str = False,
     threshold_rule: ThresholdRule | str = ThresholdRule.AT_MOST,
     acceptance: Acceptance | str = Acceptance.SIMILARITY,
+    subjects: Any = None,
 ) -> list[np.ndarray]:
     """Bootstrap pAUC samples of several quality orders on the same resamples (bounded).
 
-    ``scores`` and each of ``orders`` as in :func:`edc_curves`. The samples of an order do not
-    depend on which other orders are evaluated with it (the shared draws are consumed
-    identically; each order's own draws are seeded by ``seed`` and its structure), so
+    ``scores`` and each of ``orders`` as in :func:`edc_curves`. ``subjects``: the independent
+    units (module docstring): an (N, 2) array of the unit of each comparison's two sides for an
+    explicit comparison set, one unit per sample for an all-vs-all set, or an object of
+    :mod:`exfiqa.subjects`; units are then resampled. Without it comparisons are resampled
+    (stratified), which ignores that comparisons share people and understates the spread.
+    The samples of an order do not depend on which other orders are evaluated with it, so
     ``samples[i] - samples[j]`` is :func:`paired_bootstrap` of orders i and j. FNM-EDC with the
-    ``at_most`` rule only (either acceptance).
+    ``at_most`` rule only (either acceptance). A unit resample that leaves the pAUC undefined
+    (no mated or non-mated copies at a level it reads) gives NaN.
     """
     f, conv, lim, strict = _checked(fmr, convention, limit, n_boot, 0.05, threshold_rule, acceptance)
     if _best_curve(subtract_best) is not None and conv is Convention.RECOMPUTE:
         raise ValueError("subtract_best: is defined for the 'fixed' convention only")
-    return _run_bootstrap(_view(scores, strict), list(orders), f, conv, lim, subtract_best, n_boot, seed)
+    view = _view(scores, strict)
+    if subjects is not None:
+        units = _units_of(view, subjects)
+        return _unit_boot(view, list(orders), units, f, conv, lim, _best_curve(subtract_best), int(n_boot), seed)
+    return _run_bootstrap(view, list(orders), f, conv, lim, subtract_best, n_boot, seed)
 
 
 def bootstrap_pauc(
@@ -536,17 +691,25 @@ def bootstrap_pauc(
     alpha: float = 0.05,
     threshold_rule: ThresholdRule | str = ThresholdRule.AT_MOST,
     acceptance: Acceptance | str = Acceptance.SIMILARITY,
+    subjects: ArrayLike | None = None,
 ) -> BootstrapResult:
-    """pAUC-EDC with a stratified percentile bootstrap interval (95 % for ``alpha=0.05``).
+    """pAUC-EDC with a percentile bootstrap interval (95 % for ``alpha=0.05``).
 
-    Mated and non-mated comparisons are resampled separately with replacement, keeping their
-    counts (module docstring); the estimate is the pAUC of the original data. FNM-EDC with the
+    ``subjects`` (N, 2): the unit (subject) of each comparison's two sides; units are resampled
+    with replacement (module docstring). Without it, mated and non-mated comparisons are
+    resampled separately as if independent (stratified), which understates the spread when
+    comparisons share people. The estimate is the pAUC of the original data. FNM-EDC with the
     ``at_most`` rule only (either acceptance).
     """
     comp = _Comparisons(similarity, mated)
     order = _ArrayOrder(comp.quality(quality))
     f, conv, lim, strict = _checked(fmr, convention, limit, n_boot, alpha, threshold_rule, acceptance)
     estimate = pauc(edc_curves(comp, order, (f,), conv, acceptance=acceptance)[f], lim, subtract_best)
+    if subjects is not None:
+        units = ExplicitUnits(subjects, comp.n)
+        (samples,) = _unit_boot(_view(comp, strict), [order], units, f, conv, lim, _best_curve(subtract_best), int(n_boot), seed)
+        lo, hi = _intervals(samples, alpha)
+        return BootstrapResult(estimate, lo, hi, samples)
     (samples,) = _run_bootstrap(_view(comp, strict), [order], f, conv, lim, subtract_best, n_boot, seed)
     lo, hi = np.quantile(samples, [alpha / 2, 1 - alpha / 2])
     return BootstrapResult(estimate, float(lo), float(hi), samples)
@@ -567,9 +730,11 @@ def paired_bootstrap(
     alpha: float = 0.05,
     threshold_rule: ThresholdRule | str = ThresholdRule.AT_MOST,
     acceptance: Acceptance | str = Acceptance.SIMILARITY,
+    subjects: ArrayLike | None = None,
 ) -> PairedBootstrapResult:
     """Paired bootstrap of pAUC(a) - pAUC(b): both measures see the same resamples.
 
+    ``subjects`` (N, 2) as in :func:`bootstrap_pauc` (units resampled; without it, comparisons).
     Returns the point difference, its percentile interval and the fraction of resamples in which
     ``a`` has the lower (better) pAUC.
     """
@@ -578,6 +743,13 @@ def paired_bootstrap(
     orders = [_ArrayOrder(qa), _ArrayOrder(qb)]
     f, conv, lim, strict = _checked(fmr, convention, limit, n_boot, alpha, threshold_rule, acceptance)
     est = [pauc(edc_curves(comp, o, (f,), conv, acceptance=acceptance)[f], lim, subtract_best) for o in orders]
+    if subjects is not None:
+        units = ExplicitUnits(subjects, comp.n)
+        sa, sb = _unit_boot(_view(comp, strict), orders, units, f, conv, lim, _best_curve(subtract_best), int(n_boot), seed)
+        diff = sa - sb
+        lo, hi = _intervals(diff, alpha)
+        ok = np.isfinite(diff)
+        return PairedBootstrapResult(est[0] - est[1], lo, hi, float(np.mean(sa[ok] < sb[ok])), diff)
     sa, sb = _run_bootstrap(_view(comp, strict), orders, f, conv, lim, subtract_best, n_boot, seed)
     diff = sa - sb
     lo, hi = np.quantile(diff, [alpha / 2, 1 - alpha / 2])

@@ -320,6 +320,40 @@ class Study:
                 self._comparison_sets[dataset] = PairList(a, b, bench.comparisons["mated"].to_numpy(bool), n_sides)
         return self._comparison_sets[dataset]
 
+    def subjects(self, dataset: str) -> tuple[Any, str, int]:
+        """The independent units of ``dataset``'s comparisons, for the bootstrap: ``(units, unit
+        name, number of units)`` (:mod:`exfiqa.subjects`, which says why and how they are resampled).
+
+        The identity where the benchmark names one (``identity`` column: XQLFW, Adience, the demo
+        world); for template benchmarks (IJB-C) the connected components of the mated
+        comparisons; for a sample benchmark without identities in which every sample enters one
+        comparison (the ``.bin`` sets) the pair; otherwise the mated components of the samples.
+        """
+        key = ("subjects", dataset)
+        if key not in self._evaluation:
+            from .subjects import comparison_units, mated_components
+
+            bench = self.benchmark(dataset)
+            comp = self.comparison_set(dataset)
+            if isinstance(comp, AllPairs) or (bench.level == "sample" and "identity" in bench.samples):
+                side = pd.factorize(bench.samples["identity"])[0]
+                name = "subject"
+            elif bench.level == "template":
+                side, name = mated_components(comp.a, comp.b, comp.mated, comp.n_sides), "subject (mated component)"
+            else:
+                uses = np.bincount(comp.a, minlength=comp.n_sides) + np.bincount(comp.b, minlength=comp.n_sides)
+                if np.all(uses == 1):
+                    side = np.empty(comp.n_sides, dtype=np.int64)
+                    side[comp.a] = np.arange(comp.n)
+                    side[comp.b] = np.arange(comp.n)
+                    name = "pair"
+                else:
+                    side, name = mated_components(comp.a, comp.b, comp.mated, comp.n_sides), "mated component"
+            units = comparison_units(comp, side)
+            self._evaluation[key] = (units, name, int(units.n_units))
+        out: tuple[Any, str, int] = self._evaluation[key]
+        return out
+
     def _side_values(self, dataset: str, values: NDArray[Any]) -> NDArray[Any]:
         """Per-side values from per-sample ones (templates: the min over each template's samples)."""
         bench = self.benchmark(dataset)

@@ -1,0 +1,338 @@
+"""Independent units (subjects) of a comparison set, and the weights a unit resample gives them.
+
+Why
+---
+Comparisons are not independent: on IJB-C every template enters about 1,350 comparisons, on
+Adience all-vs-all every image about 19,000, and a hard-to-match or look-alike subject moves
+all of its comparisons together. A bootstrap that resamples comparisons therefore understates
+the sampling spread of a pAUC (about half, on clustered synthetic data: ``bench/bench_coverage.py``).
+The independent unit is the subject wherever a benchmark knows it; :func:`exfiqa.bootstrap` takes
+``subjects``, the unit ids of each comparison's two sides, and resamples units.
+
+What a unit resample means
+--------------------------
+Draw ``S`` units with replacement from the ``S`` units present; unit ``u`` is drawn ``w[u]``
+times (a multinomial count). The resampled study holds ``w[u]`` copies of every sample of unit
+``u``, and its comparisons are those the protocol forms between the copies:
+
+* a comparison of two different units ``a != b`` enters ``w[a] * w[b]`` times: every copy of
+  ``a`` meets every copy of ``b`` (as a protocol comparing everyone with everyone would form
+  them; for a sparse pair list, each listed pair once per pair of copies);
+* a comparison whose two sides are the same unit (a mated comparison, or a pair as its own unit)
+  enters ``w[a]`` times: each copy brings its own internal comparisons, and a copy is never
+  compared with another copy of itself (that would compare images with their own duplicates,
+  or create mated pairs that no study could contain);
+* units not drawn vanish with all their comparisons.
+
+Mated and non-mated counts vary between resamples, as they vary between studies; the copies of
+a comparison tie in quality and stay together at its place in the stable quality order (as in
+the comparison bootstrap). With every comparison its own unit (``subjects[c] = (c, c)``, the
+``.bin`` benchmarks' pairs) this is the plain, unstratified resampling of comparisons.
+
+Which unit, per benchmark (:func:`exfiqa.pipeline.Study.subjects`): the identity where the
+benchmark names it (XQLFW, Adience, the demo world); for IJB-C, whose meta files name templates,
+the connected components of the mated comparisons (:func:`mated_components`: templates joined by
+a mated pair show one subject); for the ``.bin`` sets (LFW, CFP-FP, AgeDB-30, CALFW, CPLFW), the
+pair, since they carry no identities (:func:`repeated_images` says how often their images repeat
+across pairs).
+
+Everything here is exact integer arithmetic on unit weights: :class:`ExplicitUnits` for
+comparison lists (one cumulative sum over the quality order per resample: O(N)), and
+:class:`AllPairsUnits` for the implicit all-vs-all sets, whose per-group weights have a closed
+form (O(samples) per resample; nothing of size n(n-1)/2 is built).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .metrics import _level_starts
+
+__all__ = [
+    "AllPairsUnits",
+    "ExplicitUnits",
+    "comparison_units",
+    "draw_unit_weights",
+    "mated_components",
+    "repeated_images",
+]
+
+
+def _compact(ids: np.ndarray, what: str) -> tuple[np.ndarray, int]:
+    """Ids as 0..S-1 (the order of ``np.unique``) in the narrowest unsigned dtype, and S."""
+    x = np.asarray(ids)
+    if x.size and not np.issubdtype(x.dtype, np.integer):
+        raise ValueError(f"{what}: expected integer unit ids, got dtype {x.dtype}")
+    uniq, inv = np.unique(x, return_inverse=True)
+    dt = np.uint16 if uniq.size <= 2**16 else np.uint32
+    return inv.reshape(x.shape).astype(dt), int(uniq.size)
+
+
+def draw_unit_weights(n_units: int, rng: np.random.Generator) -> np.ndarray:
+    """How often each of ``n_units`` units is drawn in one resample of ``n_units`` with replacement."""
+    return np.bincount(rng.integers(0, n_units, n_units), minlength=n_units).astype(np.int64)
+
+
+def _pair_weights(w: np.ndarray, ua: np.ndarray, ub: np.ndarray) -> np.ndarray:
+    """Copies of each comparison: ``w[a] * w[b]`` across units, ``w[a]`` within one unit (int64)."""
+    wa, wb = w[ua], w[ub]
+    return np.where(ua == ub, wa, wa * wb)
+
+
+class ExplicitUnits:
+    """Units of an explicit comparison list: ``subjects`` (N, 2), the unit of each side.
+
+    References (``refs``) are comparison positions, as for the explicit scores objects.
+    """
+
+    kind = "explicit"
+
+    def __init__(self, subjects: Any, n: int | None = None) -> None:
+        s = np.asarray(subjects)
+        if s.ndim != 2 or s.shape[1] != 2:
+            raise ValueError(f"subjects: expected an (N, 2) integer array of unit ids, got shape {s.shape}")
+        if n is not None and s.shape[0] != n:
+            raise ValueError(f"subjects: expected one row per comparison ({n}), got {s.shape[0]}")
+        units, self.n_units = _compact(s, "subjects")
+        self.ua, self.ub = np.ascontiguousarray(units[:, 0]), np.ascontiguousarray(units[:, 1])
+        self.n = int(s.shape[0])
+        key = self.ua.astype(np.int64) * self.n_units + self.ub
+        pairs, counts = np.unique(key, return_counts=True)
+        self._pu, self._pv = pairs // self.n_units, pairs % self.n_units  # distinct unit pairs
+        self._pc = counts.astype(np.int64)
+
+    def weights(self, w: np.ndarray, refs: np.ndarray) -> np.ndarray:
+        """Copies of the comparisons ``refs`` in a resample with unit counts ``w``."""
+        return _pair_weights(w, self.ua[refs].astype(np.int64), self.ub[refs].astype(np.int64))
+
+    def total(self, w: np.ndarray) -> int:
+        """Comparisons in the resample (all copies), from the distinct unit pairs."""
+        return int(np.sum(self._pc * _pair_weights(w, self._pu, self._pv)))
+
+    def plan(self, order: Any) -> _ExplicitPlan:
+        return _ExplicitPlan(self, order)
+
+
+class _ExplicitPlan:
+    """One quality order of an explicit list: the units in stable quality order, and each
+    comparison's stable rank. :meth:`ends` gives the exact end slot of every copy block."""
+
+    def __init__(self, units: ExplicitUnits, order: Any) -> None:
+        pos = np.asarray(order.ranks(np.arange(units.n)), dtype=np.int64)
+        perm = np.empty(units.n, dtype=np.int64)
+        perm[pos] = np.arange(units.n)
+        self.ua, self.ub = units.ua[perm], units.ub[perm]
+        del perm
+        self.pos = pos.astype(np.int32) if units.n < 2**31 else pos
+
+    def ends(self, w: np.ndarray, refs: Any, n_levels: int = 20) -> tuple[list[np.ndarray], int]:
+        """``(ends of each array of refs, total)``: one past the last slot of each comparison's
+        copies in the weighted stable quality order, and the number of slots (exact: every
+        level is served, whatever ``n_levels``)."""
+        w32 = w.astype(np.uint32)
+        if w.size and int(w.max()) >= 2**16:  # pragma: no cover - a unit drawn 65,536 times
+            raise ValueError("subjects: a unit weight does not fit the 32-bit products")
+        wa, wb = w32[self.ua], w32[self.ub]
+        cw = np.where(self.ua == self.ub, wa, wa * wb)
+        del wa, wb
+        cum = np.cumsum(cw, dtype=np.int64)
+        total = int(cum[-1]) if cum.size else 0
+        return [cum[self.pos[np.asarray(r)]] for r in refs], total
+
+
+class AllPairsUnits:
+    """Units of an implicit all-vs-all set (:class:`exfiqa.comparisons.AllPairs`): one unit per sample.
+
+    References are ``(K, 2)`` arrays of sample indices ``(i, j)``, as for
+    :class:`exfiqa.comparisons.AllPairsScores`.
+    """
+
+    kind = "all_pairs"
+
+    def __init__(self, pairs: Any, sample_units: Any) -> None:
+        u = np.asarray(sample_units)
+        if u.ndim != 1 or u.shape[0] != pairs.n_samples:
+            raise ValueError(
+                f"subjects: expected one unit id per sample ({pairs.n_samples}) for an all-vs-all set, got shape {u.shape}"
+            )
+        units, self.n_units = _compact(u, "subjects")
+        self.u = units.astype(np.int64)
+        self.n_samples = int(pairs.n_samples)
+        self.n = int(pairs.n)
+        self._per_unit = np.bincount(self.u, minlength=self.n_units).astype(np.int64)
+        self.by_unit = np.argsort(self.u, kind="stable")  # samples sorted by (unit, index)
+        self.key = self.u[self.by_unit] * self.n_samples + self.by_unit  # sorted keys
+        self.place = np.empty(self.n_samples, dtype=np.int64)
+        self.place[self.by_unit] = np.arange(self.n_samples)
+        self.unit_last = np.cumsum(self._per_unit) - 1  # last place of each unit's segment
+
+    def weights(self, w: np.ndarray, refs: np.ndarray) -> np.ndarray:
+        r = np.asarray(refs)
+        return _pair_weights(w, self.u[r[:, 0]], self.u[r[:, 1]])
+
+    def total(self, w: np.ndarray) -> int:
+        s = w[self.u]
+        same = (self._per_unit * (self._per_unit - 1) // 2) * (w - w * w)
+        return int((int(s.sum()) ** 2 - int(np.sum(s * s))) // 2 + int(same.sum()))
+
+    def plan(self, order: Any) -> _AllPairsPlan:
+        return _AllPairsPlan(self, order)
+
+
+class _AllPairsPlan:
+    """One quality order of an all-vs-all set (:class:`exfiqa.comparisons.AllPairsOrder`).
+
+    The pairs whose minimum has dense rank r form group r (contiguous in the stable order, in
+    row-major order inside). A group's weight in a resample has a closed form from per-rank
+    sums of the samples' unit weights; the exact slot inside a group is computed only for the
+    groups a level boundary cuts (elsewhere every copy of a comparison lies on one side of every
+    boundary, so the group's end serves as its end slot).
+    """
+
+    def __init__(self, units: AllPairsUnits, order: Any) -> None:
+        self.units = units
+        self.rank = np.asarray(order.rank, dtype=np.int64)
+        self.n_ranks = int(order.uniq.size)
+        # same-unit pairs per (unit, rank of their minimum): C(n_ur, 2) + n_ur * n_u(>r)
+        key = units.u * self.n_ranks + self.rank
+        ur, cnt = np.unique(key, return_counts=True)
+        uu, rr = ur // self.n_ranks, ur % self.n_ranks
+        seg_end = np.cumsum(cnt)
+        first = np.searchsorted(uu, uu, side="left")  # first (u, r) row of each unit
+        within = seg_end - np.concatenate(([0], seg_end[:-1]))[first] if cnt.size else cnt  # samples of u up to r
+        above = units._per_unit[uu] - within
+        self.m_u, self.m_r = uu, rr
+        self.m_n = (cnt * (cnt - 1) // 2 + cnt * above).astype(np.int64)
+
+    def _group_weights(self, w: np.ndarray) -> np.ndarray:
+        s = w[self.units.u]
+        big = np.bincount(self.rank, weights=s.astype(np.float64), minlength=self.n_ranks)
+        sq = np.bincount(self.rank, weights=(s * s).astype(np.float64), minlength=self.n_ranks)
+        above = float(big.sum()) - np.cumsum(big)
+        wm = w[self.m_u]
+        corr = np.bincount(self.m_r, weights=((wm - wm * wm) * self.m_n).astype(np.float64), minlength=self.n_ranks)
+        g = (big * big - sq) / 2 + big * above + corr  # integers below 2**53: exact in float64
+        return np.rint(g).astype(np.int64)
+
+    def ends(self, w: np.ndarray, refs: Any, n_levels: int = 20) -> tuple[list[np.ndarray], int]:
+        """As :meth:`_ExplicitPlan.ends`, exact relative to the first ``n_levels`` level starts."""
+        g = self._group_weights(w)
+        cum = np.cumsum(g)
+        total = int(cum[-1]) if cum.size else 0
+        start = cum - g
+        bounds = _level_starts(total)[1:n_levels]
+        hold = np.searchsorted(cum, bounds, side="right")  # the group holding slot d[j]
+        hold = hold[hold < g.size]
+        cut = np.unique(hold[start[hold] < bounds[: hold.size]])
+        out = []
+        for r in refs:
+            r = np.asarray(r)
+            i, j = r[:, 0].astype(np.int64), r[:, 1].astype(np.int64)
+            grp = np.minimum(self.rank[i], self.rank[j])
+            end = cum[grp].copy()
+            for c in cut.tolist():
+                sel = np.flatnonzero(grp == c)
+                if sel.size:
+                    end[sel] = start[c] + self._within(w, c, i[sel], j[sel])
+            out.append(end)
+        return out, total
+
+    def _within(self, w: np.ndarray, r: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """End of the copies of pairs (i, j) inside group r: the weight of the group's pairs up
+        to and including (i, j) in row-major order.
+
+        Row x holds the pairs (x, y), y > x, with y of rank >= r if x has rank r, of rank r if x
+        has a higher rank (lower-ranked rows hold none). A pair of one unit weighs w instead of
+        w * w: rows subtract (w^2 - w) per same-unit partner (counted in the (unit, index) order).
+        """
+        un = self.units
+        n = un.n_samples
+        u, s = un.u, w[un.u]
+        eq = self.rank == r
+        ge = self.rank >= r
+        pref_s = {m: np.concatenate(([0], np.cumsum(s * k))) for m, k in (("eq", eq), ("ge", ge))}
+        cnt = {m: np.concatenate(([0], np.cumsum(k[un.by_unit]))) for m, k in (("eq", eq), ("ge", ge))}
+        extra = w * w - w  # per unit: w^2 - w
+
+        def after(m: str, x: np.ndarray, y_end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """Sum of s and same-unit count over partners y of mask m with x < y < y_end."""
+            ps = pref_s[m][y_end] - pref_s[m][x + 1]
+            stop = np.searchsorted(un.key, u[x] * n + y_end, side="left")  # places of unit u[x] below y_end
+            same = cnt[m][stop] - cnt[m][un.place[x] + 1]
+            return ps, same
+
+        rows = np.flatnonzero(ge)
+        ps_ge, c_ge = after("ge", rows, np.full(rows.size, n))
+        ps_eq, c_eq = after("eq", rows, np.full(rows.size, n))
+        row_eq = eq[rows]
+        row_w = s[rows] * np.where(row_eq, ps_ge, ps_eq) - extra[u[rows]] * np.where(row_eq, c_ge, c_eq)
+        row_cum = np.zeros(n + 1, dtype=np.int64)
+        row_cum[rows + 1] = row_w
+        row_cum = np.cumsum(row_cum)  # weight of rows < x at row_cum[x]
+        ps_g, c_g = after("ge", i, j)
+        ps_e, c_e = after("eq", i, j)
+        ie = eq[i]
+        inside = s[i] * np.where(ie, ps_g, ps_e) - extra[u[i]] * np.where(ie, c_g, c_e)
+        own = _pair_weights(w, u[i], u[j])
+        return row_cum[i] + inside + own
+
+
+def comparison_units(comparison_set: Any, side_units: Any) -> ExplicitUnits | AllPairsUnits:
+    """The units object of a :mod:`exfiqa.comparisons` set from the unit of each side (sample or template)."""
+    from .comparisons import AllPairs
+
+    side = np.asarray(side_units)
+    if isinstance(comparison_set, AllPairs):
+        return AllPairsUnits(comparison_set, side)
+    if side.ndim != 1 or side.shape[0] != comparison_set.n_sides:
+        raise ValueError(f"side_units: expected one unit per side ({comparison_set.n_sides}), got shape {side.shape}")
+    return ExplicitUnits(np.stack((side[comparison_set.a], side[comparison_set.b]), axis=1))
+
+
+def mated_components(a: Any, b: Any, mated: Any, n_sides: int) -> np.ndarray:
+    """Subject id of each side: the connected components of the mated comparisons.
+
+    Sides (templates) joined by a mated comparison show one subject; a side in no mated
+    comparison is its own unit. Two components can still be one person who was never compared
+    with themselves across them: the units are then finer than the subjects (slightly
+    anti-conservative), never coarser. Ids are numbered by first appearance in side order.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    a, b, m = np.asarray(a), np.asarray(b), np.asarray(mated, dtype=bool)
+    g = coo_matrix((np.ones(int(m.sum()), dtype=np.int8), (a[m], b[m])), shape=(n_sides, n_sides))
+    _, labels = connected_components(g, directed=False)
+    _, first = np.unique(labels, return_index=True)
+    rename = np.empty(first.size, dtype=np.int64)
+    rename[np.argsort(np.argsort(first))] = np.arange(first.size)
+    out: np.ndarray = rename[labels]
+    return out
+
+
+def repeated_images(digests: Any) -> dict[str, float]:
+    """How often images repeat across a pair benchmark's comparisons (by content digest).
+
+    ``digests``: the content digest of each sample, in sample order, two samples per pair (the
+    ``.bin`` layout). Returns ``{"images": samples, "distinct": distinct images, "shared_pairs":
+    share of pairs with an image that also appears in another pair, "max_uses": most pairs one
+    image appears in}``.
+    """
+    d = np.asarray(digests)
+    if d.shape[0] % 2:
+        raise ValueError(f"digests: expected two samples per pair, got {d.shape[0]} samples")
+    uniq, inv, counts = np.unique(d, return_inverse=True, return_counts=True)
+    pair_uses = np.zeros(uniq.size, dtype=np.int64)
+    pairs = inv.reshape(-1, 2)
+    for col in range(2):
+        np.add.at(pair_uses, pairs[:, col], 1)
+    same = pairs[:, 0] == pairs[:, 1]
+    np.subtract.at(pair_uses, pairs[same, 0], 1)  # an image twice in one pair counts once
+    shared = (pair_uses[pairs[:, 0]] > 1) | (pair_uses[pairs[:, 1]] > 1)
+    return {
+        "images": int(d.shape[0]), "distinct": int(uniq.size),
+        "shared_pairs": float(shared.mean()) if pairs.shape[0] else 0.0,
+        "max_uses": int(pair_uses.max()) if pair_uses.size else 0,
+    }
