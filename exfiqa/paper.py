@@ -386,6 +386,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"make paper: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        from .locks import no_space_message
+
+        message = no_space_message(exc)
+        if message is None:
+            raise
+        print(f"make paper: {message}", file=sys.stderr)
+        return 1
     print(f"results in {out}/ (open {out}/index.html)")
     return 0
 
