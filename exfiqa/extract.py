@@ -23,6 +23,12 @@ How:
   shards and ends with the same bytes as an uninterrupted run on the same device. When every
   shard of an array exists they are merged into the layout (:meth:`exfiqa.arrays.ArrayStore.write`)
   and the shard folder is removed.
+- **One at a time.** Rank 0 holds ``<arrays_dir>/<dataset>/.extract.lock`` (:func:`exfiqa.locks.run_lock`)
+  from planning to the merge: a second extraction of the same dataset waits, naming the pid and
+  host it waits for, then finds the arrays current. Holding it, it removes the temporary files
+  (``.*.tmp.npy``) of killed runs in the shard and crop folders; a live writer's stay (each is
+  flock-ed by its writer). Each memory-mapped file's blocks are allocated before it is written:
+  a full disk is one line naming the folder and the bytes needed (exit 1), not a SIGBUS.
 - **Crop cache** (``crop_cache: true``): the decoded, aligned uint8 crops of each processed shard
   are kept, memory-mapped, in ``<cache_dir>/crops/<dataset>-<key>/``; later extractions (another
   model, another precision) read them instead of decoding and aligning again.
