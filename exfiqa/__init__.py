@@ -9,7 +9,7 @@ Modules, in the order data flows through them (the README's layout table says mo
 - evaluation: ``config``, ``pipeline`` (the Study and open_study, the notebooks' entry point),
   ``comparisons``, ``metrics`` (EDC, pAUC), ``bootstrap``, ``fusion``;
 - output: ``analysis``, ``plots``, ``tables``, ``paper`` (``make paper``), ``runcard``, ``cli``;
-- files in and out: ``io``;
+- files in and out: ``io``, ``locks`` (one extraction at a time, owned temporary files, disk space);
 - apart: ``demo`` (the offline demo world) and ``train`` (the training recipes).
 """
 

@@ -8,9 +8,9 @@ pre-softmax attention score, all tokens) and ``vitnt_fiqa`` = ViTNT-FIQA over al
 the (patch) tokens. Higher = better for every column.
 
 Errors: every usage error (a bad option value, an ``--out`` that is a folder, lies under a regular
-file, cannot be written or exists without ``--overwrite``, missing inputs or checkpoint) is one
-line on stderr naming the option or path, and exit code 2; the ``--out`` checks run before the
-model is loaded or any image is read. An unreadable image stops the run with exit code 2 unless
+file, cannot be written, or it or ``OUT.skipped`` exists without ``--overwrite``, missing inputs
+or checkpoint) is one line on stderr naming the option or path, and exit code 2; the ``--out``
+checks run before the model is loaded or any image is read. An unreadable image stops the run with exit code 2 unless
 ``--skip-bad``.
 
 Determinism: the same images, checkpoint and options on the same machine and software give a
@@ -81,6 +81,8 @@ def _check_out(text: str, overwrite: bool) -> None:
         skipped = Path(f"{text}.skipped")
         if skipped.is_dir():
             raise UsageError(f"--out {text}: {skipped} (the list of skipped images) is a folder")
+        if (skipped.exists() or skipped.is_symlink()) and not overwrite:
+            raise UsageError(f"{skipped} (a list of skipped images) exists; pass --overwrite to replace or remove it")
         while not folder.exists():
             folder = folder.parent
         if not folder.is_dir():

@@ -13,7 +13,10 @@ Conventions:
   It is hashed again by the next process (as git treats "racily clean" entries).
 - Writes are sqlite transactions, committed in batches during a long hashing, so a killed run keeps
   what it hashed. Two processes may share the index: the last writer of an entry wins, and both
-  write the same digest for the same stat. A corrupt index is moved aside and rebuilt (a warning).
+  write the same digest for the same stat. A corrupt index (not an sqlite database) is moved aside
+  and rebuilt (a warning). An index another process keeps locked is never discarded: this process
+  waits up to :data:`LOCK_WAIT_S` (saying so after :data:`LOCK_NOTICE_S`), then goes on without it
+  for the rest of its run (a warning: what it hashes is not remembered).
 - :func:`input_digests` lists every input file of a config's run with its digest (checkpoints,
   every benchmark file, external CSVs and external per-sample arrays): the key ``make paper``
   uses to decide that nothing changed.
@@ -42,6 +45,12 @@ INDEX_NAME = "digests.sqlite"
 
 RACY_SECONDS = 2.0
 """Files modified this recently before hashing are hashed again by the next process."""
+
+LOCK_NOTICE_S = 5.0
+"""Seconds waited for an index another process holds locked before saying so."""
+
+LOCK_WAIT_S = 60.0
+"""Seconds waited for it in all; then this process works without the index."""
 
 _SCHEMA_VERSION = 1
 _PROGRESS_MIN_FILES = 200  # a progress bar when at least this many files need hashing
@@ -177,7 +186,9 @@ class DigestIndex:
         for attempt in (0, 1):
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                con = sqlite3.connect(self.path, timeout=60)
+                con = self._open_waiting(self.path)
+                if con is None:
+                    return None
                 if con.execute("PRAGMA user_version").fetchone()[0] != _SCHEMA_VERSION:
                     with con:
                         con.execute("DROP TABLE IF EXISTS files")
@@ -188,6 +199,11 @@ class DigestIndex:
                         con.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
                 return con
             except sqlite3.DatabaseError as exc:
+                if _busy(exc):  # locked by another process: never a reason to discard it
+                    _log.warning("digest index %s is locked by another process (%s); this run goes on without it",
+                                 self.path, exc)
+                    self.path = None
+                    return None
                 if attempt or not self.path.is_file():
                     _log.warning("digest index %s unusable (%s); digests are not remembered", self.path, exc)
                     self.path = None
@@ -200,6 +216,32 @@ class DigestIndex:
                 self.path = None
                 return None
         return None
+
+    def _open_waiting(self, path: Path) -> sqlite3.Connection | None:
+        """A connection that has read the index (waits while another process holds it locked,
+        saying so after :data:`LOCK_NOTICE_S`); None after :data:`LOCK_WAIT_S` (the index is then
+        left alone and this object works without it)."""
+        t0 = time.monotonic()
+        noticed = False
+        while True:
+            left = LOCK_WAIT_S - (time.monotonic() - t0)
+            con = sqlite3.connect(path, timeout=max(0.0, min(left, LOCK_NOTICE_S)))
+            try:
+                con.execute("PRAGMA user_version").fetchone()
+                con.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT_S * 1000)}")  # later statements
+                return con
+            except sqlite3.DatabaseError as exc:
+                con.close()
+                if not _busy(exc):
+                    raise
+            if time.monotonic() - t0 >= LOCK_WAIT_S:
+                _log.warning("digest index %s has been locked by another process for %.0f s; this run goes on "
+                             "without it (its digests are not remembered)", path, LOCK_WAIT_S)
+                self.path = None
+                return None
+            if not noticed:
+                _log.warning("digest index %s is locked by another process; waiting up to %.0f s ...", path, LOCK_WAIT_S)
+                noticed = True
 
     def _lookup(self, keys: list[str]) -> dict[str, tuple[Stat, str]]:
         memo = {k: self._memo[k] for k in keys if k in self._memo} if self._memo else {}
@@ -236,6 +278,12 @@ class DigestIndex:
             self._memo.update((r[0], ((r[1], r[2], r[3], r[4]), r[5])) for r in rows)
         finally:
             con.close()
+
+
+def _busy(exc: sqlite3.DatabaseError) -> bool:
+    """True for sqlite's "database is locked" / "busy" errors (another process holds the file)."""
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:

@@ -23,6 +23,12 @@ How:
   shards and ends with the same bytes as an uninterrupted run on the same device. When every
   shard of an array exists they are merged into the layout (:meth:`exfiqa.arrays.ArrayStore.write`)
   and the shard folder is removed.
+- **One at a time.** Rank 0 holds ``<arrays_dir>/<dataset>/.extract.lock`` (:func:`exfiqa.locks.run_lock`)
+  from planning to the merge: a second extraction of the same dataset waits, naming the pid and
+  host it waits for, then finds the arrays current. Holding it, it removes the temporary files
+  (``.*.tmp.npy``) of killed runs in the shard and crop folders; a live writer's stay (each is
+  flock-ed by its writer). Each memory-mapped file's blocks are allocated before it is written:
+  a full disk is one line naming the folder and the bytes needed (exit 1), not a SIGBUS.
 - **Crop cache** (``crop_cache: true``): the decoded, aligned uint8 crops of each processed shard
   are kept, memory-mapped, in ``<cache_dir>/crops/<dataset>-<key>/``; later extractions (another
   model, another precision) read them instead of decoding and aligning again.
@@ -61,6 +67,14 @@ from numpy.typing import NDArray
 
 from .arrays import _jsonable, code_version, modules_version
 from .config import _BASELINE_FR, Config, ConfigError, load_config
+from .locks import (
+    create_owned,
+    discard_owned,
+    no_space_message,
+    remove_dead_temps,
+    reserve,
+    run_lock,
+)
 
 if TYPE_CHECKING:
     from .datasets import Benchmark
@@ -86,6 +100,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 SHARDS = ".shards"
+LOCK = ".extract.lock"  # in <arrays_dir>/<dataset>/: held by the extraction of that dataset
 CROPS = "crops"
 CROP_MODULES = ("exfiqa.datasets", "exfiqa.images")  # the code that decodes and aligns
 DIST_TIMEOUT = datetime.timedelta(hours=12)  # ranks wait at the merge barrier for the slowest one
@@ -338,28 +353,61 @@ def shard_name(start: int, stop: int) -> str:
     return f"{start:010d}-{stop:010d}.npy"
 
 
+TEMP_PATTERN = ".*.tmp.npy"  # the memory-mapped temporary files of shards, crops and merges
+
+
+def _open_owned_memmap(path: Path, dtype: Any, shape: tuple[int, ...]) -> tuple[int, np.memmap]:
+    """A new ``.npy`` at ``path``, memory-mapped for writing: locked by this process
+    (:func:`exfiqa.locks.create_owned`, so a later run removes it only once this one is dead)
+    and with its blocks allocated before any page is written (:func:`exfiqa.locks.reserve`:
+    a full disk is a :class:`exfiqa.locks.NoSpaceError`, not a SIGBUS). Returns (fd, array)."""
+    fd = create_owned(path)
+    try:
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        try:
+            reserve(fd, os.path.getsize(path), path)
+        except BaseException:
+            del arr
+            raise
+    except BaseException:
+        discard_owned(fd, path)
+        os.close(fd)
+        raise
+    return fd, arr
+
+
 class _ShardWriter:
-    """Rows of one array for one shard, into a memory-mapped temporary ``.npy`` renamed when full."""
+    """Rows of one array for one shard, into a memory-mapped temporary ``.npy`` renamed when full
+    (:meth:`abort` removes it; one left by a killed run is removed by the next run)."""
 
     def __init__(self, target: Path, n_rows: int, dtype: Any = np.float32) -> None:
         self.target, self.n_rows, self.dtype = target, n_rows, dtype
         self.tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.npy")
         self.arr: np.memmap | None = None
+        self.fd: int | None = None
 
     def put(self, offset: int, rows: NDArray[Any]) -> None:
         if self.arr is None:
-            self.target.parent.mkdir(parents=True, exist_ok=True)
-            self.arr = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype, shape=(self.n_rows, *rows.shape[1:]))
+            self.fd, self.arr = _open_owned_memmap(self.tmp, self.dtype, (self.n_rows, *rows.shape[1:]))
         self.arr[offset : offset + len(rows)] = rows
 
     def close(self) -> None:
-        assert self.arr is not None, f"{self.target}: no rows written"
+        assert self.arr is not None and self.fd is not None, f"{self.target}: no rows written"
         self.arr.flush()
         del self.arr
         self.arr = None
-        with open(self.tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        os.fsync(self.fd)
         os.replace(self.tmp, self.target)
+        os.close(self.fd)
+        self.fd = None
+
+    def abort(self) -> None:
+        """Drop the unfinished shard (after an error): its temporary file goes."""
+        self.arr = None
+        if self.fd is not None:
+            discard_owned(self.fd, self.tmp)
+            os.close(self.fd)
+            self.fd = None
 
 
 def _crop_dir(study: Study, dataset: str) -> Path:
@@ -368,6 +416,19 @@ def _crop_dir(study: Study, dataset: str) -> Path:
     text = json.dumps({"data": bench.fingerprint(study.digests), "code": modules_version(CROP_MODULES),
                        "shard_size": study.config.shard_size}, sort_keys=True)
     return study.config.cache_dir / CROPS / f"{dataset}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def _remove_dead_temps(study: Study, dataset: str, log: Callable[[str], Any]) -> None:
+    """Remove the temporary shard, crop and merge files of ``dataset`` that killed runs left
+    (those no live process holds; see :func:`exfiqa.locks.remove_dead_temps`)."""
+    folders = [study.arrays.root / dataset / SHARDS]
+    crops = study.config.cache_dir / CROPS
+    if crops.is_dir():
+        folders += [d for d in crops.glob(f"{dataset}-*") if d.is_dir()]
+    for folder in folders:
+        gone = remove_dead_temps(folder, TEMP_PATTERN)
+        if gone:
+            log(f"[extract] {dataset}: removed {len(gone)} temporary file(s) of killed runs in {folder}")
 
 
 def _clean_stale_shards(study: Study, dataset: str, jobs: Sequence[Job]) -> None:
@@ -436,6 +497,10 @@ def _run_shards(study: Study, dataset: str, jobs: Sequence[Job], rank: int, worl
             crop_writer.close()
             crop_writer = None
 
+    def abort() -> None:
+        for w in [*writers.values(), *([crop_writer] if crop_writer is not None else [])]:
+            w.abort()
+
     try:
         with torch.inference_mode(), autocast:
             for k, (ids, imgs, sharps, decoded) in enumerate(batches_in):
@@ -462,6 +527,9 @@ def _run_shards(study: Study, dataset: str, jobs: Sequence[Job], rank: int, worl
                     crop_writer.put(offset, imgs.numpy())
                 bar.update(len(ids))
             finish()
+    except BaseException:
+        abort()
+        raise
     finally:
         bar.close()
 
@@ -489,17 +557,21 @@ def _merge(study: Study, jobs: Sequence[Job]) -> None:
             raise RuntimeError(f"{folder}: shards {absent[:3]} missing after every rank finished; run extract again")
         first = np.load(parts[0], mmap_mode="r", allow_pickle=False)
         merged_path = folder / f".merged.{os.getpid()}.tmp.npy"
-        merged = np.lib.format.open_memmap(merged_path, mode="w+", dtype=np.float32, shape=(len(bench), *first.shape[1:]))
-        for (s, e), p in zip(ranges, parts, strict=True):
-            part = np.load(p, mmap_mode="r", allow_pickle=False)
-            if part.shape != (e - s, *first.shape[1:]):
-                raise RuntimeError(f"{p}: shape {part.shape}, expected {(e - s, *first.shape[1:])}; delete {folder}")
-            merged[s:e] = part
-        merged.flush()
-        study.arrays.write(bench, job.dataset, job.kind, job.name, merged, producer="exfiqa",
-                           inputs=job.inputs, code=job.code)
-        del merged
-        shutil.rmtree(folder, ignore_errors=True)
+        fd, merged = _open_owned_memmap(merged_path, np.float32, (len(bench), *first.shape[1:]))
+        try:
+            for (s, e), p in zip(ranges, parts, strict=True):
+                part = np.load(p, mmap_mode="r", allow_pickle=False)
+                if part.shape != (e - s, *first.shape[1:]):
+                    raise RuntimeError(f"{p}: shape {part.shape}, expected {(e - s, *first.shape[1:])}; delete {folder}")
+                merged[s:e] = part
+            merged.flush()
+            study.arrays.write(bench, job.dataset, job.kind, job.name, merged, producer="exfiqa",
+                               inputs=job.inputs, code=job.code)
+            del merged
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            discard_owned(fd, merged_path)
+            os.close(fd)
 
 
 def extract_dataset(study: Study, dataset: str, progress: bool | None = None) -> DatasetReport:
@@ -507,28 +579,39 @@ def extract_dataset(study: Study, dataset: str, progress: bool | None = None) ->
     return _extract(study, dataset, progress=study.progress if progress is None else progress, rank=0, world=1)
 
 
-def _extract(study: Study, dataset: str, progress: bool, rank: int, world: int) -> DatasetReport:
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _extract(study: Study, dataset: str, progress: bool, rank: int, world: int,
+             log: Callable[[str], Any] = _stderr) -> DatasetReport:
+    """One dataset. Rank 0 holds ``<arrays_dir>/<dataset>/.extract.lock`` from planning to the
+    merge: a second extraction of the same arrays waits for it (saying whom it waits for), then
+    finds them current. Holding it, rank 0 removes the temporary files of killed runs."""
     dist = torch.distributed
     on = world > 1
     t0 = time.perf_counter()
-    if rank == 0:
-        jobs, reused = plan(study, dataset)
-        _clean_stale_shards(study, dataset, jobs)
-    else:
-        jobs, reused = [], []
-    if on:
-        box: list[Any] = [(jobs, reused)]
-        dist.broadcast_object_list(box, src=0)
-        jobs, reused = box[0]
-    report = DatasetReport(dataset, len(study.benchmark(dataset)), [j.label for j in jobs], list(reused))
-    if jobs:
-        _run_shards(study, dataset, jobs, rank, world, report, progress)
-        if on:
-            dist.barrier()
+    lock = run_lock(study.arrays.root / dataset / LOCK, f"[extract] {dataset}", log) if rank == 0 else nullcontext()
+    with lock:
         if rank == 0:
-            _merge(study, jobs)
+            _remove_dead_temps(study, dataset, log)
+            jobs, reused = plan(study, dataset)
+            _clean_stale_shards(study, dataset, jobs)
+        else:
+            jobs, reused = [], []
         if on:
-            dist.barrier()
+            box: list[Any] = [(jobs, reused)]
+            dist.broadcast_object_list(box, src=0)
+            jobs, reused = box[0]
+        report = DatasetReport(dataset, len(study.benchmark(dataset)), [j.label for j in jobs], list(reused))
+        if jobs:
+            _run_shards(study, dataset, jobs, rank, world, report, progress)
+            if on:
+                dist.barrier()
+            if rank == 0:
+                _merge(study, jobs)
+            if on:
+                dist.barrier()
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -557,7 +640,7 @@ def extract(cfg: Config, datasets: Sequence[str] | None = None, progress: bool =
     study = Study(cfg, progress=progress and rank == 0, compute=False, persistent_digests=rank == 0)
     reports = []
     for ds in names:
-        report = _extract(study, ds, progress and rank == 0, rank, world)
+        report = _extract(study, ds, progress and rank == 0, rank, world, log)
         if rank == 0:
             log(f"[extract] {report.line()}")
         reports.append(report)
@@ -620,6 +703,12 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"exfiqa extract: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        message = no_space_message(exc)
+        if message is None:
+            raise
+        print(f"exfiqa extract: {message}", file=sys.stderr)
+        return 1
     return 0
 
 

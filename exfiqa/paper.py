@@ -14,7 +14,10 @@ protocol, seed, code version, input digests) is printed by each notebook's first
 A notebook whose inputs (its source, the config file, the demo-world manifest, the package's
 source incl. sub-packages and the digest of every input file the config names: the run card's
 :meth:`~exfiqa.runcard.RunCard.key`) are unchanged since its last successful run is not executed
-again; its outputs are reused. Expensive per-sample work is cached separately (see
+again; its outputs are reused. Its completion record (its key in ``run.json``) is removed before it
+runs and written after it succeeded, and it executes into a hidden file renamed into place: a run
+killed in the middle of a notebook leaves no record, so the next ``make paper`` executes it again.
+Expensive per-sample work is cached separately (see
 :mod:`exfiqa.pipeline`). While a notebook runs, the terminal shows each cell as it starts (named
 by its section heading), a heartbeat for long cells and the kernel's text on stderr.
 """
@@ -253,12 +256,21 @@ def run_paper(
             continue
         t0 = time.perf_counter()
         log(f"[paper] {name}: executing ...")
+        if state.pop(name, None) is not None:  # no completion record while it runs: a killed run is redone
+            with atomic_write(state_path, overwrite=True) as fh:
+                json.dump(state, fh, indent=2, sort_keys=True)
         staged = out / "notebooks" / f".{name}.input.ipynb"
+        running = out / "notebooks" / f".{name}.running.ipynb"
         _to_ipynb(src, staged)
         try:
-            _execute(staged, executed, {"config": str(config), "out_dir": str(out.resolve())}, _Progress(name, log))
+            _execute(staged, running, {"config": str(config), "out_dir": str(out.resolve())}, _Progress(name, log))
+        except Exception:
+            if running.is_file():  # papermill wrote the notebook up to the failing cell: show it
+                running.replace(executed)
+            raise
         finally:
             staged.unlink(missing_ok=True)
+        running.replace(executed)
         _to_html(executed, executed.with_suffix(".html"))
         used = RunCard.from_json((out / CARD).read_text())
         with atomic_write(out / CARD, overwrite=True) as fh:  # the card of the run, for the index
@@ -374,6 +386,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"make paper: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        from .locks import no_space_message
+
+        message = no_space_message(exc)
+        if message is None:
+            raise
+        print(f"make paper: {message}", file=sys.stderr)
+        return 1
     print(f"results in {out}/ (open {out}/index.html)")
     return 0
 

@@ -245,6 +245,28 @@ def test_bad_image_is_an_error_or_skipped(world, capsys):
     assert not (root / "mixed.csv.skipped").exists()
 
 
+def test_an_existing_skipped_list_is_kept_without_overwrite(world, capsys):
+    """OUT.skipped is an output like OUT: without --overwrite a run neither replaces it (images to
+    skip) nor deletes it (nothing to skip), it refuses with one line naming it."""
+    root, ckpt, faces = world
+    bad_dir = root / "keep_skipped"
+    bad_dir.mkdir()
+    (bad_dir / "broken.jpg").write_bytes(b"not a jpeg")
+    Image.fromarray(np.zeros((112, 112, 3), np.uint8)).save(bad_dir / "ok.png")
+    out = root / "keep.csv"
+    listing = root / "keep.csv.skipped"
+    listing.write_text("the user's own list\n")
+    base = ["score", str(bad_dir), "--checkpoint", str(ckpt), "--out", str(out), "--num-heads", "2", "--quiet"]
+    assert main([*base, "--skip-bad"]) == 2  # would replace it
+    _one_line_naming(capsys.readouterr().err, str(listing))
+    (bad_dir / "broken.jpg").unlink()
+    assert main(base) == 2  # would delete it
+    _one_line_naming(capsys.readouterr().err, str(listing))
+    assert listing.read_text() == "the user's own list\n" and not out.exists()
+    assert main([*base, "--overwrite"]) == 0  # allowed: the stale list goes
+    assert not listing.exists() and out.is_file()
+
+
 def test_missing_inputs_are_named(world, capsys):
     root, ckpt, faces = world
     assert main(["score", str(root / "nope"), "--checkpoint", str(ckpt), "--out", str(root / "y.csv")]) == 2

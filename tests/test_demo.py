@@ -15,6 +15,7 @@ from scipy.stats import spearmanr
 
 from exfiqa.config import load_config
 from exfiqa.demo import DemoSpec, build_demo, ensure_demo
+from exfiqa.demo.world import DemoFolderError
 from exfiqa.metrics import edc, pauc, verification_accuracy
 from exfiqa.pipeline import Study
 
@@ -59,7 +60,7 @@ def test_rebuild_with_another_spec_leaves_no_stale_files(tmp_path):
     # more XQLFW identities shift the Adience identity range: new subject folders, old ones must go
     spec = dataclasses.replace(DemoSpec.tiny(), xqlfw_pairs=120, xqlfw_non_mated=100, adience_identities=3)
     build_demo(tmp_path, spec, log=lambda *_: None)
-    listed = set(json.loads((tmp_path / "manifest.json").read_text())["files"]) | {"manifest.json"}
+    listed = set(json.loads((tmp_path / "manifest.json").read_text())["files"]) | {"manifest.json", ".exfiqa-demo"}
     on_disk = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
     assert on_disk == listed
     adience = read_adience(tmp_path / "benchmarks" / "adience")
@@ -98,9 +99,87 @@ def test_spec_rejects_too_few_non_mated_pairs():
 
 def test_build_refuses_a_foreign_folder(tmp_path):
     (tmp_path / "mine.txt").write_text("a user's file")
-    with pytest.raises(FileExistsError, match="not made by exfiqa.demo"):
+    with pytest.raises(DemoFolderError, match="not made by exfiqa.demo"):
         build_demo(tmp_path, DemoSpec.tiny(), log=lambda *_: None)
     assert (tmp_path / "mine.txt").read_text() == "a user's file"
+
+
+def _user_folder(root: Path) -> dict[str, bytes]:
+    """A folder of a user's own data that happens to hold a manifest.json (and .pth files)."""
+    files = {
+        "manifest.json": json.dumps({"files": {"fr/x.pth": "0" * 64}, "spec_key": "mine"}).encode(),
+        "fr/x.pth": b"the user's checkpoint",
+        "benchmarks/lfw.bin": b"the user's benchmark",
+    }
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return files
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_users_folder_with_a_manifest_survives_the_builder(tmp_path, tiny_config, capsys):
+    """A demo config pointed at a folder of the user's (manifest.json + fr/x.pth): the builder
+    refuses it before removing or writing anything, and `exfiqa extract` exits 2 with one line
+    naming the folder (the old builder removed fr/ and benchmarks/ and exited 0)."""
+    import yaml
+
+    from exfiqa.cli import main
+
+    user = tmp_path / "user"
+    files = _user_folder(user)
+    with pytest.raises(DemoFolderError, match="not made by exfiqa.demo"):
+        build_demo(user, DemoSpec.tiny(), log=lambda *_: None)
+    with pytest.raises(DemoFolderError):
+        build_demo(user, DemoSpec.tiny(), force=True, log=lambda *_: None)
+    assert _tree(user) == files
+    raw = yaml.safe_load(tiny_config.read_text())
+    raw["data_root"] = str(user)
+    cfg = tmp_path / "pointed_at_user.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    capsys.readouterr()
+    assert main(["extract", "--config", str(cfg), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(user) in err and "Traceback" not in err, err
+    assert _tree(user) == files
+
+
+def test_a_world_of_the_previous_version_is_adopted_only_when_all_its_files_are_the_builders(tiny_world, tmp_path):
+    """No marker (built before it existed): adopted when the manifest has the builder's keys and
+    lists every file with its current SHA-256; one extra or changed file and it is refused."""
+    import shutil
+
+    from exfiqa.demo.world import MARKER, MARKER_TEXT, _claim
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_world, old)
+    (old / MARKER).unlink()
+    _claim(old)
+    assert (old / MARKER).read_text() == MARKER_TEXT
+    for damage in ("extra", "changed", "schema"):
+        world = tmp_path / damage
+        shutil.copytree(tiny_world, world)
+        (world / MARKER).unlink()
+        if damage == "extra":
+            (world / "fr" / "x.pth").write_bytes(b"the user's checkpoint")
+        elif damage == "changed":
+            (world / "fr" / "arcface.pt").write_bytes(b"replaced by the user")
+        else:
+            man = json.loads((world / "manifest.json").read_text())
+            man["mine"] = True
+            (world / "manifest.json").write_text(json.dumps(man))
+        before = _tree(world)
+        with pytest.raises(DemoFolderError, match=str(world)):
+            _claim(world)
+        assert _tree(world) == before, damage
+    # a marker with other content is not the builder's either
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / MARKER).write_text("hello")
+    with pytest.raises(DemoFolderError, match="not the demo builder's marker"):
+        _claim(tmp_path / "fake")
 
 
 @pytest.fixture(scope="module")

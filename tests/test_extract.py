@@ -289,3 +289,124 @@ def test_insightface_templates_use_the_extracted_norms(reference):
     feats, scale = study.features("ijbc", "arcface")
     assert scale == 1.0
     np.testing.assert_allclose(feats, expected, atol=2e-6)
+
+
+def _temps(*folders: Path) -> list[Path]:
+    return [p for f in folders if f.is_dir() for p in f.rglob(".*.tmp*")]
+
+
+def test_two_extractions_at_once_both_finish_with_the_same_bytes(reference, tiny_config, tmp_path):
+    """A second `exfiqa extract` of the same config while the first runs (crop cache on): it
+    waits for the first, naming it, then finds the arrays current; both exit 0 without a
+    traceback, the arrays are the uninterrupted run's, and no temporary file is left (the old
+    code: a FileNotFoundError traceback and temporary shards left for good)."""
+    path = _config(tiny_config, tmp_path, shard_size=4, batch_size=4, crop_cache=True)
+    cfg = load_config(path)
+    root, crops = arrays_root(cfg), cfg.cache_dir / "crops"
+    first = subprocess.Popen(_cmd(path), cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(root.glob(f"*/{SHARDS}/*/[0-9]*.npy")) and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.01)
+    assert first.poll() is None, "the first run finished before the second started"
+    second = _run(path)
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0 and second.returncode == 0, (err[-2000:], second.stderr[-2000:])
+    assert "Traceback" not in err + second.stderr
+    assert re.search(rf"held by pid {first.pid} on \S+ since .*; waiting for it to finish", second.stdout), second.stdout
+    assert len(re.findall(r"all \d+ arrays current, nothing read", second.stdout)) == len(DATASETS), second.stdout
+    assert _arrays(path) == _arrays(reference)
+    assert _temps(root, crops) == []
+
+
+def test_temporary_files_of_a_killed_run_are_removed_by_the_next(reference, tiny_config, tmp_path):
+    """SIGKILL while shard and crop files are being written leaves their temporary files; the next
+    run removes them (their writer is dead: nobody holds their lock), finishes and leaves none.
+    A temporary file whose writer lives is not touched."""
+    from exfiqa.locks import remove_dead_temps
+
+    path = _config(tiny_config, tmp_path, shard_size=4, batch_size=4, crop_cache=True)
+    cfg = load_config(path)
+    root, crops = arrays_root(cfg), cfg.cache_dir / "crops"
+    proc = subprocess.Popen(_cmd(path), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if _temps(crops) and _temps(root):
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.wait()
+    left = _temps(root, crops)
+    assert proc.returncode == -signal.SIGKILL and left, "the run was not killed while writing"
+    # a live writer's temporary file stays
+    live = crops / "lfw-live" / ".0000000000-0000000004.999.tmp.npy"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import time; from exfiqa.locks import create_owned; create_owned({str(live)!r}); "
+         "print('held', flush=True); time.sleep(600)"],
+        cwd=ROOT, env={**ENV, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        done = _run(path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "temporary file(s) of killed runs" in done.stdout
+        assert _temps(root, crops) == [live]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert remove_dead_temps(crops, ".*.tmp.npy") == [live]
+    assert _arrays(path) == _arrays(reference)
+
+
+def test_no_space_for_a_shard_is_one_line_and_the_rerun_resumes(reference, tiny_config, tmp_path, monkeypatch, capsys, one_thread):
+    """posix_fallocate failing with ENOSPC (a full disk) in the third shard (18 files a shard): one
+    line naming the folder and the bytes needed, exit 1; the rerun resumes to the same bytes."""
+    import errno
+
+    from exfiqa.extract import main
+
+    path = _config(tiny_config, tmp_path, shard_size=4, batch_size=4, crop_cache=True)
+    calls = []
+    real = os.posix_fallocate
+
+    def full(fd, offset, size):
+        calls.append(size)
+        if len(calls) > 40:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd, offset, size)
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    assert main(["--config", str(path), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.fullmatch(r"exfiqa extract: no space left in (\S+): \S+ needs [\d.]+ k?B, .* free; free some space and run again.*\n", err), err
+    folder = Path(err.split("no space left in ")[1].split(":")[0])
+    assert folder.is_dir() and folder.is_relative_to(tmp_path)
+    cfg = load_config(path)
+    assert _temps(arrays_root(cfg), cfg.cache_dir / "crops") == []  # the unfinished shard's files went
+    monkeypatch.setattr(os, "posix_fallocate", real)
+    assert main(["--config", str(path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert sum(map(int, re.findall(r"shards, (\d+) resumed", out))) >= 1, out
+    assert _arrays(path) == _arrays(reference)
+
+
+def test_a_full_tmpfs_is_one_line_not_sigbus(reference, tiny_config, tmp_path):
+    """A real full disk: the crop cache on a 1 MB tmpfs (root only). The old code died of SIGBUS
+    (exit -7/135, nothing on stderr); now exit 1 with one line, and after the space is freed
+    (remount bigger) the rerun resumes to the same bytes."""
+    path = _config(tiny_config, tmp_path, shard_size=8, batch_size=4, crop_cache=True)
+    crops = load_config(path).cache_dir / "crops"
+    crops.mkdir(parents=True)
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(crops)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        done = _run(path)
+        assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"exfiqa extract: no space left in {crops}/"), done.stderr
+        subprocess.run(["mount", "-o", "remount,size=20m", str(crops)], check=True)
+        done = _run(path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert _arrays(path) == _arrays(reference)
+    finally:
+        subprocess.run(["umount", "-l", str(crops)], check=False)

@@ -202,3 +202,47 @@ def test_notebook_key_changes_when_a_sub_package_file_changes(tiny_config, tmp_p
     assert top_level(package) == flat  # the edit is invisible to a glob of exfiqa/*.py
     assert after.code_sha256 != card.code_sha256
     assert notebook_key(after, tiny_config, src) != before
+
+
+def test_a_notebook_killed_midway_is_executed_again(tiny_config, tmp_path, monkeypatch):
+    """`make paper --force` killed in the middle of a notebook, then `make paper`: the notebook
+    runs again (the old code kept its completion record, and the half-written notebook in its
+    place, and reused both as "inputs unchanged")."""
+    import nbformat
+
+    import exfiqa.paper as paper
+
+    raw = yaml.safe_load(tiny_config.read_text())
+    raw.update(run_name="killed", results_dir=str(tmp_path / "results"))
+    path = tmp_path / "killed.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    calls: list[str] = []
+
+    def execute(staged, executed, parameters, progress, kill=False):
+        calls.append("kill" if kill else "run")
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("y = 2")])
+        nb.cells[0].outputs = [nbformat.v4.new_output("stream", text="first cell\n")]
+        if kill:  # papermill has saved the first cell's output, the kernel dies in the second
+            nbformat.write(nb, str(executed))
+            raise KeyboardInterrupt
+        nb.cells[1].outputs = [nbformat.v4.new_output("stream", text="complete\n")]
+        nbformat.write(nb, str(executed))
+
+    monkeypatch.setattr(paper, "_execute", execute)
+    name = "01_layer_analysis"
+    out = run_paper(str(path), notebooks=[name], log=lambda *_: None)
+    executed = out / "notebooks" / f"{name}.ipynb"
+    assert calls == ["run"] and "complete" in executed.read_text()
+    monkeypatch.setattr(paper, "_execute", lambda *a: execute(*a, kill=True))
+    with pytest.raises(KeyboardInterrupt):
+        run_paper(str(path), notebooks=[name], force=True, log=lambda *_: None)
+    assert name not in json.loads((out / "run.json").read_text())  # no completion record
+    assert "complete" in executed.read_text()  # the half-executed notebook never took its place
+    monkeypatch.setattr(paper, "_execute", execute)
+    messages: list[str] = []
+    run_paper(str(path), notebooks=[name], log=messages.append)
+    assert calls == ["run", "kill", "run"], messages
+    assert not any("inputs unchanged" in m for m in messages)
+    assert name in json.loads((out / "run.json").read_text())
+    run_paper(str(path), notebooks=[name], log=messages.append)  # now it is reused
+    assert calls == ["run", "kill", "run"] and any("inputs unchanged" in m for m in messages)

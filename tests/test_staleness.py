@@ -104,6 +104,50 @@ def test_corrupt_index_is_rebuilt_and_missing_files_are_named(tmp_path, hashed, 
         DigestIndex(db).digests([f, tmp_path / "nope.jpg"])
 
 
+def test_an_index_locked_by_another_process_is_waited_for_never_discarded(tmp_path, hashed, later, caplog, monkeypatch):
+    """Another process holds the index locked (BEGIN EXCLUSIVE) past the wait: this process says
+    it waits, then works without the index; the index keeps its file, inode and entries (the old
+    code declared it corrupt after 60 s, moved it aside and re-hashed everything). Released
+    within the wait, it is used."""
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(digests, "LOCK_NOTICE_S", 0.2)
+    monkeypatch.setattr(digests, "LOCK_WAIT_S", 1.5)
+    f = tmp_path / "f.jpg"
+    f.write_bytes(b"q" * 10)
+    db = tmp_path / "digests.sqlite"
+    DigestIndex(db).digest(f)
+    assert len(hashed) == 1
+    inode, content = db.stat().st_ino, db.read_bytes()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import sqlite3, sys, time; con = sqlite3.connect({str(db)!r}, isolation_level=None); "
+         "con.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); sys.stdin.readline(); con.execute('COMMIT')"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with caplog.at_level(logging.WARNING, logger="exfiqa.digests"):
+            t0 = time.monotonic()
+            assert DigestIndex(db).digest(f) == _sha(f)
+            waited = time.monotonic() - t0
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("locked by another process; waiting" in m for m in messages), messages
+        assert any("goes on without it" in m for m in messages), messages
+        assert not any("corrupt" in m for m in messages) and 1.5 <= waited < 10
+        assert not (tmp_path / "digests.sqlite.corrupt").exists()
+        assert db.stat().st_ino == inode and db.read_bytes() == content
+        # released during the wait: the index is used (f is not hashed again)
+        before = len(hashed)
+        monkeypatch.setattr(digests, "LOCK_WAIT_S", 30.0)
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert DigestIndex(db).digest(f) == _sha(f)
+        assert len(hashed) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_in_memory_index_and_fingerprint_reuse(tmp_path, hashed, later, tiny_world):
     from exfiqa.datasets import read_adience
 

@@ -19,6 +19,16 @@ What it builds from one seed (:class:`DemoSpec`):
 
 The world is cached: when ``manifest.json`` matches the spec and every listed file is present, the
 build returns at once. The same seed gives byte-identical files. Its numbers are not the paper's.
+
+Ownership: the builder removes or replaces files only in a folder it made. It marks such a folder
+with :data:`MARKER` (``.exfiqa-demo``, content :data:`MARKER_TEXT`), written before anything else
+goes there; a folder without the marker is refused (:class:`DemoFolderError`, naming it), except
+an empty or absent one and a world built by an earlier version (no marker yet), which is adopted
+only when its ``manifest.json`` has exactly the builder's keys and every file under the folder is
+listed in it with the SHA-256 it has now. A ``manifest.json`` alone (e.g. ``configs/demo.yaml``
+pointed at real data) is therefore never enough to delete anything. Do not keep your own files
+in a demo world: a rebuild replaces ``fr/``, ``vitfiqa/``, ``benchmarks/``, ``ground_truth/`` and
+``samples/`` whole.
 """
 
 from __future__ import annotations
@@ -38,9 +48,10 @@ from typing import Any
 
 import numpy as np
 
+from ..config import ConfigError
 from ..io import atomic_write, file_digest
 
-__all__ = ["DemoSpec", "build_demo", "ensure_demo", "main"]
+__all__ = ["MARKER", "MARKER_TEXT", "DemoFolderError", "DemoSpec", "build_demo", "ensure_demo", "main"]
 
 BUILD_VERSION = "5"
 FR_JOBS = {  # name -> (loss, architecture, checkpoint layout)
@@ -49,6 +60,15 @@ FR_JOBS = {  # name -> (loss, architecture, checkpoint layout)
     "magface": ("magface", "magface", "magface"),
     "curricularface": ("curricularface", "curricularface", "plain"),
 }
+MARKER = ".exfiqa-demo"
+"""File that marks a folder as made by this builder (the only folders it removes files from)."""
+MARKER_TEXT = "made by exfiqa.demo: a rebuild replaces everything here; keep no files of your own here\n"
+#: The keys of a manifest written by this builder (any version that wrote a manifest).
+_MANIFEST_KEYS = frozenset({"spec", "spec_key", "build_version", "files", "training", "timings_s", "identities"})
+
+
+class DemoFolderError(ConfigError):
+    """``data_root`` of a demo config is a folder the builder did not make; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -401,11 +421,62 @@ def _manifest_ok(root: Path, spec: DemoSpec) -> bool:
     return man.get("spec_key") == spec.key() and all((root / f).is_file() for f in man.get("files", {}))
 
 
+def _adoptable(root: Path) -> str:
+    """Why the unmarked folder ``root`` is not a world built by an earlier version ("" if it is:
+    its manifest has exactly the builder's keys and lists every file under ``root`` with the
+    SHA-256 it has now)."""
+    try:
+        man = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return "its manifest.json is not the builder's"
+    if not isinstance(man, dict) or set(man) != _MANIFEST_KEYS or not isinstance(man["files"], dict):
+        return "its manifest.json is not the builder's"
+    listed = man["files"]
+    for path in sorted(root.rglob("*")):
+        if path.is_dir() and not path.is_symlink():
+            continue
+        rel = path.relative_to(root).as_posix()
+        if rel == "manifest.json":
+            continue
+        if rel not in listed or path.is_symlink() or not path.is_file():
+            return f"{rel} is not a file the builder listed in its manifest.json"
+        if file_digest(path) != listed[rel]:
+            return f"{rel} differs from the file the builder wrote"
+    return ""
+
+
+def _claim(root: Path) -> None:
+    """Make sure ``root`` is the builder's before anything there is removed or replaced: mark an
+    absent or empty folder, adopt an earlier version's world (see :func:`_adoptable`), else refuse.
+
+    Raises:
+        DemoFolderError: ``root`` is not a folder, or holds files the builder did not make.
+    """
+    marker = root / MARKER
+    if root.exists() and not root.is_dir():
+        raise DemoFolderError(f"demo world {root} is not a folder; point data_root elsewhere")
+    if marker.is_file() and not marker.is_symlink():
+        if marker.read_text(encoding="utf-8", errors="replace") == MARKER_TEXT:
+            return
+        raise DemoFolderError(f"{root}: {MARKER} is not the demo builder's marker; this folder was not made by "
+                              "exfiqa.demo, nothing was changed. Point data_root (the config) at another folder")
+    if root.exists() and any(root.iterdir()):
+        why = _adoptable(root) if (root / "manifest.json").is_file() else "it has no manifest.json"
+        if why:
+            raise DemoFolderError(
+                f"{root} is not empty and was not made by exfiqa.demo ({why}; no {MARKER} marker); nothing was "
+                "changed. Point data_root (the config) at an empty or absent folder"
+            )
+    root.mkdir(parents=True, exist_ok=True)
+    with atomic_write(marker, overwrite=True) as fh:
+        fh.write(MARKER_TEXT)
+
+
 _OUTPUTS = ("manifest.json", "report.json", "benchmarks", "ground_truth", "fr", "vitfiqa", "samples")
 
 
 def _clear_outputs(root: Path) -> None:
-    """Remove a previous build's outputs (the folder is known to be ours): a rebuild with another
+    """Remove a previous build's outputs (the folder is ours: :func:`_claim`): a rebuild with another
     spec must not leave stale files behind, e.g. identity folders a reader would pick up. The
     manifest goes first, so an interrupted rebuild is never mistaken for a finished one."""
     for name in _OUTPUTS:
@@ -463,11 +534,12 @@ def build_demo(root: str | os.PathLike[str], spec: DemoSpec | None = None, force
     if not force and _manifest_ok(root, spec):
         log(f"[demo] {root} is up to date (manifest matches the spec)")
         return root / "manifest.json"
-    if root.exists() and any(root.iterdir()) and not (root / "manifest.json").exists() and not (root / ".build").exists():
-        raise FileExistsError(f"{root} exists, is not empty and was not made by exfiqa.demo; choose another folder")
+    _claim(root)  # raises unless the folder is the builder's: before anything is removed
     t_all = time.perf_counter()
     work = root / ".build"
-    work.mkdir(parents=True, exist_ok=True)  # marks the folder as ours before anything is removed
+    if work.exists():
+        shutil.rmtree(work)  # an interrupted build's
+    work.mkdir()
     _clear_outputs(root)
     timings: dict[str, float] = {}
 
@@ -506,7 +578,7 @@ def build_demo(root: str | os.PathLike[str], spec: DemoSpec | None = None, force
     timings["total"] = round(time.perf_counter() - t_all, 1)
 
     files = sorted(
-        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != "manifest.json"
+        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name not in ("manifest.json", MARKER)
     )
     manifest = {
         "spec": asdict(spec), "spec_key": spec.key(), "build_version": BUILD_VERSION,
@@ -538,6 +610,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config} is not a demo config (demo: false); nothing to build", file=sys.stderr)
         return 2
     kind = "tiny" if args.tiny else cfg.demo
-    build_demo(cfg.data_root, DemoSpec.tiny() if kind == "tiny" else DemoSpec(), force=args.force)
+    try:
+        build_demo(cfg.data_root, DemoSpec.tiny() if kind == "tiny" else DemoSpec(), force=args.force)
+    except DemoFolderError as exc:
+        print(f"python -m exfiqa.demo: {exc}", file=sys.stderr)
+        return 2
     return 0
 

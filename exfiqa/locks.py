@@ -1,0 +1,188 @@
+"""Locks, owned temporary files and disk space for the processes that write large files.
+
+Conventions (POSIX ``flock``; on Linux NFS clients emulate it with byte-range locks, which the
+server sees from every node):
+
+- :func:`run_lock`: one process at a time does a piece of work (``exfiqa extract`` of one
+  dataset). The lock file holds the holder's ``pid``, host and start time, so a second process
+  can say whom it waits for; it is never removed (removing a lock file races with a newcomer).
+  The lock goes with its holder, however that process ends.
+- :func:`owned_temp`: a temporary file that is flock-ed by its writer from its creation until it
+  is renamed into place or removed. :func:`remove_dead_temps` removes the temporary files nobody
+  holds, i.e. those of killed runs, and leaves those being written.
+- :func:`reserve`: allocate a file's blocks before it is memory-mapped (``posix_fallocate``).
+  Writing into a mapped page the disk has no room for kills the process with SIGBUS and no
+  message; a reservation that fails raises :class:`NoSpaceError` instead: one line naming the
+  folder, the bytes needed and the bytes free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["NoSpaceError", "create_owned", "discard_owned", "no_space_message", "owned_temp", "remove_dead_temps", "reserve", "run_lock"]
+
+
+class NoSpaceError(OSError):
+    """No room on the disk for a file about to be written; the message names folder and sizes."""
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError  # pragma: no cover
+
+
+def _holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 512, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        text = ""
+    return text or "another process"
+
+
+@contextlib.contextmanager
+def run_lock(path: str | os.PathLike[str], what: str, log: Callable[[str], Any] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if absent) for the block; wait for it if another
+    process holds it, saying once through ``log`` whom it waits for (``what``: the work, for the
+    message)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if log is not None:
+                log(f"{what}: {path} is held by {_holder(fd)}; waiting for it to finish ...")
+            t0 = time.monotonic()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if log is not None:
+                log(f"{what}: the other run finished after {time.monotonic() - t0:.0f} s; going on")
+        os.ftruncate(fd, 0)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def owned_temp(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Create ``path`` (which must not exist) and hold its lock while the block writes it; the
+    block renames it into place or it is removed here (if still there) when the block raises."""
+    path = Path(path)
+    fd = create_owned(path)
+    try:
+        yield path
+    except BaseException:
+        discard_owned(fd, path)
+        raise
+    finally:
+        os.close(fd)
+
+
+def discard_owned(fd: int, path: str | os.PathLike[str]) -> None:
+    """Remove ``path`` if it is still the file of ``fd`` (an owned temporary file not renamed)."""
+    with contextlib.suppress(FileNotFoundError):
+        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            os.unlink(path)
+
+
+def create_owned(path: str | os.PathLike[str]) -> int:
+    """Create ``path`` (which must not exist, unless left by a dead run) and return an open
+    descriptor holding its lock: the file is this process's until that descriptor is closed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:  # a dead run's (its pid reused): removed, else another run's
+            if not _remove_if_dead(path) and path.exists():
+                raise FileExistsError(f"{path} is being written by another process") from None
+            continue
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits while a cleaner holds it, then checks it is still ours
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # removed by remove_dead_temps between our create and our lock: again
+    return fd
+
+
+def remove_dead_temps(folder: str | os.PathLike[str], pattern: str) -> list[Path]:
+    """Remove the files matching ``pattern`` under ``folder`` (recursively) that no process holds
+    (:func:`owned_temp`'s of killed runs); return them."""
+    removed: list[Path] = []
+    root = Path(folder)
+    if not root.is_dir():
+        return removed
+    for path in sorted(root.rglob(pattern)):
+        if _remove_if_dead(path):
+            removed.append(path)
+    return removed
+
+
+def _remove_if_dead(path: Path) -> bool:
+    """Remove ``path`` if no process holds its lock (True if removed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            path.unlink()
+            return True
+    except OSError:  # held by a live writer, or gone meanwhile
+        pass
+    finally:
+        os.close(fd)
+    return False
+
+
+def reserve(fd: int, size: int, path: str | os.PathLike[str]) -> None:
+    """Allocate the first ``size`` bytes of the open file ``fd`` (``path``, for the message).
+
+    Raises:
+        NoSpaceError: the file system has no room for them.
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return  # a file system without allocation: writes still report ENOSPC, mapped pages may not
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            folder = Path(path).parent
+            try:
+                free = f", {_human(shutil.disk_usage(folder).free)} free"
+            except OSError:
+                free = ""
+            raise NoSpaceError(
+                exc.errno, f"no space left in {folder}: {Path(path).name} needs {_human(size)}{free}; free some space "
+                "and run again (finished parts are kept)"
+            ) from None
+        raise
+
+
+def no_space_message(exc: OSError) -> str | None:
+    """One line for an out-of-space error (``None`` for any other error)."""
+    if isinstance(exc, NoSpaceError):
+        return exc.strerror
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" in {Path(exc.filename).parent}" if exc.filename else ""
+        return f"no space left{where} ({exc.strerror}); free some space and run again (finished parts are kept)"
+    return None
