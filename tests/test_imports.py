@@ -17,7 +17,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "exfiqa"
 DEMO_CALLERS = {("exfiqa.paper", "run_paper"), ("exfiqa.extract", "run")}
 
 #: Modules that must stay free of models and I/O: the evaluation core a reader checks by hand.
-PURE = {"exfiqa.metrics": set(), "exfiqa.bootstrap": {"exfiqa.metrics"}, "exfiqa.fusion": set()}
+PURE = {
+    "exfiqa.metrics": set(), "exfiqa.bootstrap": {"exfiqa.metrics", "exfiqa.subjects"},
+    "exfiqa.subjects": {"exfiqa.metrics", "exfiqa.comparisons"}, "exfiqa.comparisons": {"exfiqa.metrics"}, "exfiqa.fusion": set(),
+}
 
 
 def _module_name(path: Path) -> str:
