@@ -125,21 +125,34 @@ class _ExplicitPlan:
         perm[pos] = np.arange(units.n)
         self.ua, self.ub = units.ua[perm], units.ub[perm]
         del perm
+        self.same = np.flatnonzero(self.ua == self.ub)
         self.pos = pos.astype(np.int32) if units.n < 2**31 else pos
 
     def ends(self, w: np.ndarray, refs: Any, n_levels: int = 20) -> tuple[list[np.ndarray], int]:
         """``(ends of each array of refs, total)``: one past the last slot of each comparison's
         copies in the weighted stable quality order, and the number of slots (exact: every
-        level is served, whatever ``n_levels``)."""
-        w32 = w.astype(np.uint32)
+        level is served, whatever ``n_levels``). One pass over the comparisons: the copies of
+        each are summed between consecutive referenced ranks (no cumulative array is written)."""
         if w.size and int(w.max()) >= 2**16:  # pragma: no cover - a unit drawn 65,536 times
             raise ValueError("subjects: a unit weight does not fit the 32-bit products")
-        wa, wb = w32[self.ua], w32[self.ub]
-        cw = np.where(self.ua == self.ub, wa, wa * wb)
-        del wa, wb
-        cum = np.cumsum(cw, dtype=np.int64)
-        total = int(cum[-1]) if cum.size else 0
-        return [cum[self.pos[np.asarray(r)]] for r in refs], total
+        w32 = w.astype(np.uint32)
+        cw = w32.take(self.ua)
+        np.multiply(cw, w32.take(self.ub), out=cw)
+        cw[self.same] = w32.take(self.ua[self.same])
+        arrays = [np.asarray(r) for r in refs]
+        pos, inv = np.unique(np.concatenate([self.pos[r] for r in arrays]), return_inverse=True)
+        seg = np.add.reduceat(cw, np.concatenate(([0], pos[:-1] + 1)), dtype=np.int64) if pos.size else np.zeros(0, np.int64)
+        ends = np.cumsum(seg)
+        if pos.size:  # the last segment ran to the end: keep it up to the last referenced rank
+            ends[-1] -= int(np.sum(cw[pos[-1] + 1 :], dtype=np.int64))
+            total = int(ends[-1]) + int(np.sum(cw[pos[-1] + 1 :], dtype=np.int64))
+        else:
+            total = int(np.sum(cw, dtype=np.int64))
+        out, start = [], 0
+        for r in arrays:
+            out.append(ends[inv[start : start + r.size]])
+            start += r.size
+        return out, total
 
 
 class AllPairsUnits:
