@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -114,6 +115,32 @@ def bootstrap_units(study: Study, dataset: str, unit: str) -> tuple[Any, str, in
     if unit == "comparison":
         return None, "comparison", int(study.scores(dataset, next(iter(study.config.fr_models))).n)
     raise ValueError(f"unit: expected one of {BOOTSTRAP_UNITS}, got {unit!r}")
+
+
+def unit_summary(study: Study) -> pd.DataFrame:
+    """What a subject bootstrap resamples on each dataset: the unit, how many, how many
+    comparisons each enters on average, and, where the unit is the pair (the ``.bin`` sets), how
+    often their images repeat across pairs (by the SHA-256 of the encoded image bytes;
+    :func:`exfiqa.subjects.repeated_images`): repeated images tie pairs together that the pair
+    bootstrap treats as independent."""
+    import hashlib
+
+    from .datasets import _load_bin
+    from .subjects import repeated_images
+
+    rows = []
+    for ds, spec in study.config.datasets.items():
+        _, unit, n_units = study.subjects(ds)
+        comp = study.comparison_set(ds)
+        row: dict[str, Any] = {"dataset": spec.label, "unit": unit, "n_units": n_units, "comparisons": int(comp.n),
+                               "comparisons_per_unit": 2 * comp.n / n_units if unit != "pair" else 1.0,
+                               "images_in_another_pair": float("nan"), "max_pairs_per_image": float("nan")}
+        if unit == "pair" and spec.kind == "bin":
+            bins, _ = _load_bin(Path(spec.args["path"]))
+            rep = repeated_images(np.array([hashlib.sha256(b).hexdigest() for b in bins]))
+            row["images_in_another_pair"], row["max_pairs_per_image"] = rep["shared_pairs"], rep["max_uses"]
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _diff_interval(diff: np.ndarray) -> tuple[float, float, np.ndarray]:
@@ -1112,7 +1139,7 @@ def exit_scores_long(sample_quality: pd.DataFrame, depth: int) -> pd.DataFrame:
 
 
 __all__ += [  # the notebook-assembly section above
-    "BOOTSTRAP_UNITS", "ChosenComparison", "ChosenExits", "bootstrap_units", "calibration_datasets", "calibration_set", "choose_for", "chosen_exits",
+    "BOOTSTRAP_UNITS", "ChosenComparison", "ChosenExits", "bootstrap_units", "unit_summary", "calibration_datasets", "calibration_set", "choose_for", "chosen_exits",
     "chosen_exits_comparison", "evaluated_datasets", "mated_similarity_label",
     "AttentionInputs", "Headline", "PAPER_HEADLINE", "PAPER_HEADLINE_SCALE", "StrategyResult", "adaptive_study",
     "attention_inputs", "attention_study", "depth_summary", "exit_scores_long", "fmr_target", "fusion_bootstrap",

@@ -127,6 +127,11 @@ tables.save_table(boot, TAB, "fusion_bootstrap", caption=(
     f"Paired bootstrap ({n_boot} resamples of {units_text}), {head.fr_model}."),
                   protocol=analysis.table_protocol(cfg, head.fmr, seed=True))
 display(Markdown(f"Resampled units: {units_text}."))
+units = analysis.unit_summary(study)
+tables.save_table(units, TAB, "bootstrap_units", float_format="%.3f", caption=(
+    "What the bootstrap resamples on each dataset; on the pair sets, the share of pairs with an image that "
+    "also occurs in another pair (such pairs are not independent)."))
+display(units)
 display(boot.round(4))
 fig = plots.forest(boot)
 plots.save_figure(fig, FIG, "fusion_bootstrap")

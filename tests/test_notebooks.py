@@ -38,7 +38,7 @@ EXPECTED_TABLES = [
     "fr_sanity", "pauc_all", "pauc_per_exit_T", "pauc_per_exit_C", "depth_summary", "rank_correlation_T", "rank_correlation_C",
     "attention_statistics",
     "headline_vs_paper", "paper_findings", "fusion_vs_exits", "fusion_wins", "fusion_bootstrap", "fusion_strategies",
-    "chosen_exits", "chosen_exits_pauc", "chosen_exits_bootstrap", "comparison_table",
+    "bootstrap_units", "chosen_exits", "chosen_exits_pauc", "chosen_exits_bootstrap", "comparison_table",
     "gflops_released", "latency_per_exit", "operating_points", "adaptive_exit",
 ]
 
@@ -308,6 +308,26 @@ def check_fusion_bootstrap(d: Direct, t):
     fr, fmr, s = d.head["fr_model"], d.head["fmr"], d.exits("ijbc", "T")
     _close(_cell(t["fusion_bootstrap"], "delta_pauc", quality_model="T", dataset="IJB-C-like", method="EX-FIQA-FW"),
            d.pauc("ijbc", fr, fusion.ex_fiqa_fw(s), fmr) - d.pauc("ijbc", fr, s[:, -1], fmr))
+
+
+def check_bootstrap_units(d: Direct, t):
+    # the units the bootstrap resampled: Adience-like identities (from the samples table), and the
+    # LFW-like pairs whose encoded image bytes also occur in another pair (hashed here)
+    import collections
+    import hashlib
+
+    from exfiqa.datasets import _load_bin
+
+    bench = d.study.benchmark("adience")
+    assert _cell(t["bootstrap_units"], "n_units", dataset="Adience-like") == bench.samples["identity"].nunique()
+    assert set(t["fusion_bootstrap"]["unit"]) == set(t["bootstrap_units"]["unit"])
+    bins, _ = _load_bin(Path(d.cfg.datasets["lfw"].args["path"]))
+    h = [hashlib.sha256(x).hexdigest() for x in bins]
+    pairs_of = collections.defaultdict(set)
+    for k, x in enumerate(h):
+        pairs_of[x].add(k // 2)
+    shared = np.mean([len(pairs_of[h[2 * p]]) > 1 or len(pairs_of[h[2 * p + 1]]) > 1 for p in range(len(h) // 2)])
+    _close(_cell(t["bootstrap_units"], "images_in_another_pair", dataset="LFW-like"), shared)
 
 
 def check_fusion_strategies(d: Direct, t):
