@@ -276,21 +276,28 @@ class Benchmark:
 # --------------------------------------------------------------------------------------------
 
 
-def decode_image(data: bytes | os.PathLike[str] | str, source: str | None = None) -> np.ndarray:
+def decode_image(
+    data: bytes | os.PathLike[str] | str,
+    source: str | None = None,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
     """Decode an encoded image (bytes) or an image file to an RGB uint8 (H, W, 3) array.
 
     Decoding is :func:`exfiqa.images.decode_rgb8`, the same as ``exfiqa.images.read_face``:
-    images above ``exfiqa.images.MAX_IMAGE_PIXELS`` are refused from their header, before
-    decoding (decompression bombs); a 16-bit sample v becomes ``v >> 8``; float (mode ``F``)
-    images are refused.
+    images above ``exfiqa.images.MAX_IMAGE_PIXELS`` (or of another size than ``size``, when
+    given) and JPEGs of more than ``exfiqa.images.MAX_JPEG_SCANS`` scans are refused from their
+    header, before decoding (decompression bombs); a 16-bit sample v becomes ``v >> 8``; float
+    (mode ``F``) images are refused.
 
     Args:
         data: Encoded bytes (JPEG, PNG, ...) or a path.
         source: Name used in error messages (defaults to the path).
+        size: The (width, height) the image must have, checked from its header.
 
     Raises:
-        DatasetFormatError: the data is not a decodable image, is too large, or is a float image;
-            the message names ``source``.
+        DatasetFormatError: the data is not a decodable image, is too large or of another size
+            than ``size``, has too many JPEG scans, or is a float image; the message names
+            ``source``.
     """
     from exfiqa.images import decode_rgb8
 
@@ -303,9 +310,9 @@ def decode_image(data: bytes | os.PathLike[str] | str, source: str | None = None
         raise FileNotFoundError(f"image not found: {where}") from None
     try:
         with fh:
-            return decode_rgb8(fh)
+            return decode_rgb8(fh, size)
     except (OSError, ValueError) as exc:
-        raise DatasetFormatError(f"{where}: cannot decode image ({exc})") from None
+        raise DatasetFormatError(f"{where}: cannot decode image ({clip(exc, 300)})") from None
 
 
 def encode_image(image: np.ndarray, fmt: ImageFormat = "jpeg", quality: int = 95) -> bytes:
@@ -994,7 +1001,7 @@ def read_bin(path: str | os.PathLike[str], name: str | None = None) -> Benchmark
     )
 
     def decode(k: int) -> np.ndarray:
-        return decode_image(bins[k], source=f"{p}#{k}")
+        return decode_image(bins[k], source=f"{p}#{k}", size=(IMAGE_SIZE, IMAGE_SIZE))
 
     return Benchmark(
         name=name if name is not None else p.stem,
@@ -1124,7 +1131,7 @@ def read_xqlfw(
         level="sample",
         samples=samples,
         comparisons=comparisons,
-        _decode=lambda k: decode_image(paths[k]),
+        _decode=lambda k: decode_image(paths[k], size=(IMAGE_SIZE, IMAGE_SIZE)),
         _files=(
             (pairs_p.name, pairs_p),
             *((str(p.relative_to(root_p)), p) for p in paths),
@@ -1292,7 +1299,7 @@ def read_adience(
         samples=samples,
         comparisons=comparisons,
         all_pairs=all_pairs,
-        _decode=lambda k: decode_image(paths[k]),
+        _decode=lambda k: decode_image(paths[k], size=(IMAGE_SIZE, IMAGE_SIZE)),
         _files=tuple((str(p.relative_to(root_p)), p) for p in paths),
         _protocol=f"adience:max_nonmated={max_nonmated}:seed={seed}",
     )
