@@ -922,7 +922,10 @@ def _load_bin(path: Path) -> tuple[list[bytes], np.ndarray]:
     Nothing else is accepted: no other global, call, opcode or dtype state (so no object
     pointers), no array whose length differs from its data (so no zero strides or shapes larger
     than the file), and memo references may repeat images only up to
-    :data:`_MAX_LISTED_BYTES_PER_FILE_BYTE` times the file size. Arrays become the bytes they hold.
+    :data:`_MAX_LISTED_BYTES_PER_FILE_BYTE` times the file size. The machine's own limits (MARK
+    depth, stack size, memo entries, memory budget; see :class:`_BinMachine`) and a minimum image
+    size (:data:`MIN_BIN_IMAGE_BYTES`) bound the memory and the sample count by the file size.
+    Arrays become the bytes they hold.
     """
     src = str(path)
     try:
