@@ -83,7 +83,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from .comparisons import release_pages
-from .io import atomic_path, atomic_write
+from .io import atomic_path, atomic_write, clip
 
 if TYPE_CHECKING:
     from .config import Config
@@ -265,6 +265,8 @@ def _check_values(arr: NDArray[Any], kind: str, n: int, where: str) -> None:
         raise ArrayError(f"{where}: shape {arr.shape}, expected {shape_text} for {kind}")
     if kind == "emb" and arr.shape[1] % 2:
         raise ArrayError(f"{where}: width {arr.shape[1]} is odd; embeddings are flip-concatenated (N, 2E)")
+    if kind == "emb" and arr.shape[1] > MAX_EMBEDDING_WIDTH:
+        raise ArrayError(f"{where}: width {arr.shape[1]:,}, more than {MAX_EMBEDDING_WIDTH:,} (exfiqa.arrays.MAX_EMBEDDING_WIDTH)")
     width = int(np.prod(arr.shape[1:]))
     step = max(1, _CHECK_ELEMENTS // max(1, width))
     for start in range(0, n, step):
@@ -298,13 +300,42 @@ class _HashingWriter:
         return self.raw.write(data)
 
 
+MAX_MANIFEST_BYTES = 1 << 20
+"""Largest manifest read (exfiqa writes about 1 kB)."""
+
+MAX_EMBEDDING_WIDTH = 2 * 8192
+"""Widest ``emb`` row accepted (2E: a flip-concatenated embedding of up to 8192 values)."""
+
+_MANIFEST_TYPES: dict[str, tuple[type, ...]] = {
+    "format": (str,), "producer": (str,), "n_samples": (int,), "samples_sha256": (str,),
+    "shape": (list,), "dtype": (str,), "sha256": (str,), "inputs": (dict,), "code_version": (str,),
+    "complete": (bool,), "dataset": (str,), "kind": (str,), "name": (str,),
+}
+"""The JSON type of each manifest key this package reads (ints exclude booleans)."""
+
+
 def _read_json(path: Path) -> dict[str, Any]:
+    """A manifest as a dict, its keys checked against :data:`_MANIFEST_TYPES`."""
     try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ArrayError(f"{path}: {path.stat().st_size:,} bytes, more than a manifest's {MAX_MANIFEST_BYTES:,}")
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArrayError(f"{path}: unreadable manifest ({exc})") from None
+        raise ArrayError(f"{path}: unreadable manifest ({clip(exc, 200)})") from None
+    except RecursionError:
+        raise ArrayError(f"{path}: unreadable manifest (JSON nested too deeply)") from None
     if not isinstance(data, dict):
         raise ArrayError(f"{path}: a manifest is a JSON object, got {type(data).__name__}")
+    for key, types in _MANIFEST_TYPES.items():
+        value = data.get(key)
+        if key in data and (not isinstance(value, types) or (int in types and isinstance(value, bool))):
+            raise ArrayError(
+                f"{path}: {key} is {clip(json.dumps(value), 40)} ({type(value).__name__}), expected a "
+                f"JSON {'/'.join({str: 'string', int: 'integer', list: 'list', dict: 'object', bool: 'boolean'}[t] for t in types)}"
+            )
+    shape = data.get("shape", [])
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ArrayError(f"{path}: shape {clip(json.dumps(shape), 60)} is not a list of non-negative integers")
     return data
 
 
@@ -382,9 +413,9 @@ class ArrayStore:
         if missing:
             raise ArrayError(f"{mpath}: manifest lacks {missing}")
         if m["format"] != FORMAT:
-            raise ArrayError(f"{mpath}: format {m['format']!r}, expected {FORMAT!r}")
+            raise ArrayError(f"{mpath}: format {clip(repr(m['format']))}, expected {FORMAT!r}")
         if m["producer"] not in ("exfiqa", "external"):
-            raise ArrayError(f"{mpath}: producer {m['producer']!r} is not 'exfiqa' or 'external'")
+            raise ArrayError(f"{mpath}: producer {clip(repr(m['producer']))} is not 'exfiqa' or 'external'")
         if m.get("complete") is False:
             raise ArrayError(f"{mpath}: incomplete (its writer was interrupted); write the array again")
         if not npy.is_file():
@@ -394,7 +425,7 @@ class ArrayStore:
         if m["samples_sha256"] != self._samples_digest(bench):
             raise ArrayError(f"{where}: computed for another sample list than benchmark {dataset!r} (samples_sha256 differs)")
         if m["dtype"] != "float32":
-            raise ArrayError(f"{where}: manifest dtype {m['dtype']!r} (per-sample arrays are float32)")
+            raise ArrayError(f"{where}: manifest dtype {clip(repr(m['dtype']))} (per-sample arrays are float32)")
         try:
             arr = np.load(npy, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:

@@ -28,9 +28,11 @@ resumable shard, default 50,000) and ``crop_cache`` (keep the aligned uint8 crop
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import os
 import re
+import sys
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -783,23 +785,42 @@ _TOP_KEYS = {
 }
 
 
-def _plugins(raw: Any) -> tuple[str, ...]:
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z", re.ASCII)
+
+
+def _plugin_names(raw: Any) -> tuple[str, ...]:
+    """The ``plugins`` entry checked, nothing imported: absolute dotted module names."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(m, str) and _MODULE_NAME.match(m) for m in raw):
+        _fail("plugins", "a list of importable module names", raw)
+    return tuple(raw)
+
+
+def _plugins(names: tuple[str, ...], src: str) -> tuple[str, ...]:
     """Import the ``plugins`` modules (importable names, e.g. ``mylab.readers``), in order, before
     the datasets are checked: a module that registers a benchmark reader at import
     (:func:`exfiqa.datasets.register_reader`) makes its ``kind`` valid in this config and in every
-    process that loads it (notebooks, ``exfiqa extract``, torchrun ranks)."""
-    if raw is None:
-        return ()
-    if not isinstance(raw, list) or not all(isinstance(m, str) and m for m in raw):
-        _fail("plugins", "a list of importable module names", raw)
-    for module in raw:
+    process that loads it (notebooks, ``exfiqa extract``, torchrun ranks).
+
+    A config with plugins is code: importing runs the modules, found on ``sys.path`` (which may
+    hold the working folder). :func:`load_config` calls this only once the rest of the config
+    that does not depend on registered readers is valid, and each import is announced on stderr
+    with the file it comes from."""
+    for module in names:
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+        origin = spec.origin if spec is not None and spec.origin else "?"
+        print(f"{src}: plugins: importing {module} ({origin})", file=sys.stderr)
         try:
             importlib.import_module(module)
         except ImportError as exc:
             raise ConfigError(f"plugins: cannot import {module!r} ({exc}); is it installed or on PYTHONPATH?") from None
         except Exception as exc:  # a plugin's own error at import (e.g. a kind registered twice)
             raise ConfigError(f"plugins: importing {module!r} failed: {type(exc).__name__}: {exc}") from exc
-    return tuple(raw)
+    return names
 
 
 def load_config(
@@ -822,7 +843,16 @@ def load_config(
         base = Path(cwd) if cwd else Path.cwd()
         written_root = _text("data_root", raw.get("data_root", "data"))
         root = _resolve(base, data_root or written_root)
-        plugins = _plugins(raw.get("plugins"))
+        # everything that does not need the plugins' readers is checked before any plugin runs
+        names = _plugin_names(raw.get("plugins"))
+        for key, check in _SETTINGS.items():
+            if key in raw:
+                check(key, raw[key])
+        _demo_kind("demo", raw.get("demo", False))
+        _headline("headline", raw.get("headline"))
+        _models(raw.get("fr_models"), root, "fr_models")
+        _models(raw.get("quality_models"), root, "quality_models")
+        plugins = _plugins(names, src)
         datasets = _datasets(raw.get("datasets"), root)
         fr = _models(raw.get("fr_models"), root, "fr_models")
         baselines = _names("baselines", raw.get("baselines", []), _BASELINES)

@@ -34,6 +34,7 @@ import io
 import os
 import pickle
 import pickletools
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ import pandas as pd
 from PIL import Image
 
 from exfiqa.comparisons import AllPairs
-from exfiqa.io import atomic_write
+from exfiqa.io import atomic_write, clip
 
 if TYPE_CHECKING:
     from exfiqa.digests import DigestIndex
@@ -275,21 +276,28 @@ class Benchmark:
 # --------------------------------------------------------------------------------------------
 
 
-def decode_image(data: bytes | os.PathLike[str] | str, source: str | None = None) -> np.ndarray:
+def decode_image(
+    data: bytes | os.PathLike[str] | str,
+    source: str | None = None,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
     """Decode an encoded image (bytes) or an image file to an RGB uint8 (H, W, 3) array.
 
     Decoding is :func:`exfiqa.images.decode_rgb8`, the same as ``exfiqa.images.read_face``:
-    images above ``exfiqa.images.MAX_IMAGE_PIXELS`` are refused from their header, before
-    decoding (decompression bombs); a 16-bit sample v becomes ``v >> 8``; float (mode ``F``)
-    images are refused.
+    images above ``exfiqa.images.MAX_IMAGE_PIXELS`` (or of another size than ``size``, when
+    given) and JPEGs of more than ``exfiqa.images.MAX_JPEG_SCANS`` scans are refused from their
+    header, before decoding (decompression bombs); a 16-bit sample v becomes ``v >> 8``; float
+    (mode ``F``) images are refused.
 
     Args:
         data: Encoded bytes (JPEG, PNG, ...) or a path.
         source: Name used in error messages (defaults to the path).
+        size: The (width, height) the image must have, checked from its header.
 
     Raises:
-        DatasetFormatError: the data is not a decodable image, is too large, or is a float image;
-            the message names ``source``.
+        DatasetFormatError: the data is not a decodable image, is too large or of another size
+            than ``size``, has too many JPEG scans, or is a float image; the message names
+            ``source``.
     """
     from exfiqa.images import decode_rgb8
 
@@ -302,9 +310,9 @@ def decode_image(data: bytes | os.PathLike[str] | str, source: str | None = None
         raise FileNotFoundError(f"image not found: {where}") from None
     try:
         with fh:
-            return decode_rgb8(fh)
+            return decode_rgb8(fh, size)
     except (OSError, ValueError) as exc:
-        raise DatasetFormatError(f"{where}: cannot decode image ({exc})") from None
+        raise DatasetFormatError(f"{where}: cannot decode image ({clip(exc, 300)})") from None
 
 
 def encode_image(image: np.ndarray, fmt: ImageFormat = "jpeg", quality: int = 95) -> bytes:
@@ -501,6 +509,24 @@ _MAX_LISTED_BYTES_PER_FILE_BYTE = 2
 """The images in ``bins`` may total at most this many bytes per byte of the file: the memo may
 list a stored image twice (a pair of identical images), but not amplify the file."""
 
+_MAX_MARK_DEPTH = 8
+"""Most MARKs open at once. Real files reach 2 (the tuple, a batch of list items); a numpy array
+pickled with protocol 0 or 1 reaches 4 (the tuple, the list batch, its BUILD state, the shape)."""
+_MAX_STACK = 4096
+"""Most values on the stack, all MARK frames together. The pickler appends list items in
+batches of 1000, so a real file holds about 1,000 at most."""
+MIN_BIN_IMAGE_BYTES = 24
+"""Shortest encoded image a ``.bin`` may hold. No format Pillow reads describes a 112x112 image
+in fewer bytes (the smallest we could build, a GIF with a 1x1 frame on a 112x112 screen, takes
+29; a solid-colour lossless WebP 42, a 1-bit PNG 79; real .bin JPEGs take several kB), so the
+number of samples is bounded by the file size."""
+_MEMORY_PER_FILE_BYTE = 2
+_MEMORY_FLOOR = 1 << 20
+"""The values the machine builds may take at most ``_MEMORY_PER_FILE_BYTE`` bytes of memory per
+byte of the file plus ``_MEMORY_FLOOR``, as estimated by :meth:`_BinMachine._charge` (object
+sizes plus 8 bytes per reference, 64 per memo entry or MARK frame). With the file itself in
+memory, reading any ``.bin`` so stays below about 4x its size, whatever opcodes it floods."""
+
 _OPCODES = {op.code.encode("latin-1"): op for op in pickletools.opcodes}
 _INT_OPS = frozenset({"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"})
 _TEXT_OPS = frozenset({"UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"})
@@ -601,7 +627,7 @@ def _bin_global(module: Any, name: Any) -> _Global:
     kind = _BIN_GLOBALS.get((module, name))
     if kind is None:
         raise _Refused(
-            f"refused global {f'{module}.{name}'[:200]}: a verification .bin holds only (list of "
+            f"refused global {clip(f'{module}.{name}')}: a verification .bin holds only (list of "
             f"encoded images, list of bools); any other object could run code"
         )
     return _Global(kind)
@@ -703,16 +729,33 @@ class _BinMachine:
     """Evaluates a ``.bin`` pickle's opcodes with the accepted grammar; see the section comment.
 
     Every opcode pushes at most one value made of what the file holds (or a reference to a memo
-    entry), so memory stays within a small multiple of the file size.
+    entry), and the machine refuses as soon as the structure leaves what real files need: more
+    than :data:`_MAX_MARK_DEPTH` open MARKs, more than :data:`_MAX_STACK` values on the stack,
+    more memo entries than values made, or an estimated memory above the budget of
+    :data:`_MEMORY_PER_FILE_BYTE` (floods of one-byte opcodes such as EMPTY_LIST or MEMOIZE).
     """
 
     def __init__(self) -> None:
         self.stack: list[Any] = []
         self.marks: list[list[Any]] = []  # the stacks set aside by MARK
+        self.below = 0  # values held in self.marks
         self.memo: dict[int, Any] = {}
+        self.values = 0  # values pushed so far
+        self.cost = 0  # estimated bytes of everything built so far (never decreases)
+        self.budget = _MEMORY_FLOOR
+
+    def _charge(self, nbytes: int) -> None:
+        self.cost += nbytes
+        if self.cost > self.budget:
+            raise _Refused(
+                f"the pickle builds more than {self.budget:,} bytes of values from a file of "
+                f"{(self.budget - _MEMORY_FLOOR) // _MEMORY_PER_FILE_BYTE:,} bytes: a verification "
+                f".bin holds little besides its images"
+            )
 
     def run(self, data: bytes) -> Any:
         """The pickle's top-level value (refused by :class:`_Refused` on the first violation)."""
+        self.budget = _MEMORY_PER_FILE_BYTE * len(data) + _MEMORY_FLOOR
         for pos, op, arg in _pickle_ops(data):
             try:
                 self._step(op, arg)
@@ -725,7 +768,15 @@ class _BinMachine:
             )
         return self.stack[0]
 
-    def _push(self, value: Any) -> None:
+    def _push(self, value: Any, size: int = 0) -> None:
+        """Push ``value``; ``size`` is the estimated memory of a value made for it (0: shared)."""
+        if len(self.stack) + self.below >= _MAX_STACK:
+            raise _Refused(
+                f"more than {_MAX_STACK} values on the stack; a real .bin holds about 1,000 "
+                f"(the pickler appends list items in batches of 1000)"
+            )
+        self._charge(size + 8)
+        self.values += 1
         self.stack.append(value)  # self.stack, not a bound method: MARK and TUPLE replace it
 
     def _pop(self, n: int) -> list[Any]:
@@ -739,6 +790,7 @@ class _BinMachine:
         if not self.marks:
             raise _Refused("no MARK")
         items, self.stack = self.stack, self.marks.pop()
+        self.below -= len(self.stack)
         return items
 
     def _top(self) -> Any:
@@ -759,49 +811,69 @@ class _BinMachine:
         elif op == "FRAME":
             pass  # only groups the following opcodes
         elif op == "MARK":
+            if len(self.marks) >= _MAX_MARK_DEPTH:
+                raise _Refused(
+                    f"more than {_MAX_MARK_DEPTH} nested MARKs; a real .bin opens at most 2 "
+                    f"(4 with numpy arrays pickled by protocol 0 or 1)"
+                )
+            self._charge(64)
+            self.below += len(self.stack)
             self.marks.append(self.stack)
             self.stack = []
         elif op in _CONSTANT_OPS:
             self._push(_CONSTANT_OPS[op])
         elif op in _INT_OPS or op in _TEXT_OPS:
-            self._push(arg)
+            self._push(arg, sys.getsizeof(arg))
         elif op in _BYTES_OPS:
-            self._push(bytes(arg))
+            value = bytes(arg)
+            self._push(value, sys.getsizeof(value))
         elif op in _PY2_STR_OPS:
-            self._push(arg.encode("latin-1"))  # read with encoding="bytes", as Python 2 meant them
+            value = arg.encode("latin-1")  # read with encoding="bytes", as Python 2 meant them
+            self._push(value, sys.getsizeof(value))
         elif op == "EMPTY_TUPLE":
             self._push(())
         elif op in ("TUPLE1", "TUPLE2", "TUPLE3"):
-            self._push(tuple(self._pop(int(op[-1]))))
+            value = tuple(self._pop(int(op[-1])))
+            self._push(value, sys.getsizeof(value))
         elif op == "TUPLE":
-            self._push(tuple(self._pop_mark()))
+            value = tuple(self._pop_mark())
+            self._push(value, sys.getsizeof(value))
         elif op == "EMPTY_LIST":
-            self._push([])
+            self._push([], 64)
         elif op == "LIST":
-            self._push(self._pop_mark())
+            self._push(self._pop_mark())  # the MARK frame, already charged, becomes the list
         elif op == "APPEND":
             (value,) = self._pop(1)
+            self._charge(8)
             self._top_list().append(value)
         elif op == "APPENDS":
             items = self._pop_mark()
+            self._charge(8 * len(items))
             self._top_list().extend(items)
-        elif op in _PUT_OPS:
-            self.memo[arg] = self._top()
-        elif op == "MEMOIZE":
-            self.memo[len(self.memo)] = self._top()
+        elif op in _PUT_OPS or op == "MEMOIZE":
+            key = len(self.memo) if op == "MEMOIZE" else arg
+            if key not in self.memo:
+                if len(self.memo) >= self.values:
+                    raise _Refused(
+                        f"{len(self.memo) + 1} memo entries for {self.values} values: a pickler "
+                        f"stores each value at most once"
+                    )
+                self._charge(64)
+            self.memo[key] = self._top()
         elif op in _GET_OPS:
             if arg not in self.memo:
                 raise _Refused(f"memo entry {_describe(arg)} was never stored")
             self._push(self.memo[arg])  # a reference to the stored value, never a copy
         elif op == "GLOBAL":
             module, _, name = arg.partition(" ")
-            self._push(_bin_global(module, name))
+            self._push(_bin_global(module, name), 200)
         elif op == "STACK_GLOBAL":
             module, name = self._pop(2)
-            self._push(_bin_global(module, name))
+            self._push(_bin_global(module, name), 200)
         elif op == "REDUCE":
             fn, args = self._pop(2)
-            self._push(_bin_call(fn, args))
+            value = _bin_call(fn, args)
+            self._push(value, sys.getsizeof(value) if type(value) is bytes else 200)
         elif op == "BUILD":
             (state,) = self._pop(1)
             _bin_build(self._top(), state)
@@ -850,7 +922,10 @@ def _load_bin(path: Path) -> tuple[list[bytes], np.ndarray]:
     Nothing else is accepted: no other global, call, opcode or dtype state (so no object
     pointers), no array whose length differs from its data (so no zero strides or shapes larger
     than the file), and memo references may repeat images only up to
-    :data:`_MAX_LISTED_BYTES_PER_FILE_BYTE` times the file size. Arrays become the bytes they hold.
+    :data:`_MAX_LISTED_BYTES_PER_FILE_BYTE` times the file size. The machine's own limits (MARK
+    depth, stack size, memo entries, memory budget; see :class:`_BinMachine`) and a minimum image
+    size (:data:`MIN_BIN_IMAGE_BYTES`) bound the memory and the sample count by the file size.
+    Arrays become the bytes they hold.
     """
     src = str(path)
     try:
@@ -876,11 +951,19 @@ def _load_bin(path: Path) -> tuple[list[bytes], np.ndarray]:
     except _Refused as exc:
         raise BinFormatError(f"{src}: {exc}") from None
     except ValueError as exc:  # a truncated or garbled opcode argument
-        raise BinFormatError(f"{src}: not a readable verification .bin pickle ({exc})") from None
+        raise BinFormatError(
+            f"{src}: not a readable verification .bin pickle ({clip(exc, 200)})"
+        ) from None
     if len(bins) % 2 or len(issame) != len(bins) // 2:
         raise BinFormatError(
             f"{src}: {len(bins)} images and {len(issame)} issame labels; expected "
             f"2 images per label (pair k = images 2k, 2k+1)"
+        )
+    short = next((k for k, b in enumerate(bins) if len(b) < MIN_BIN_IMAGE_BYTES), None)
+    if short is not None:
+        raise BinFormatError(
+            f"{src}: bins[{short}] is {len(bins[short])} bytes; no encoded 112x112 image is "
+            f"shorter than {MIN_BIN_IMAGE_BYTES} bytes (exfiqa.datasets.MIN_BIN_IMAGE_BYTES)"
         )
     return bins, issame
 
@@ -921,7 +1004,7 @@ def read_bin(path: str | os.PathLike[str], name: str | None = None) -> Benchmark
     )
 
     def decode(k: int) -> np.ndarray:
-        return decode_image(bins[k], source=f"{p}#{k}")
+        return decode_image(bins[k], source=f"{p}#{k}", size=(IMAGE_SIZE, IMAGE_SIZE))
 
     return Benchmark(
         name=name if name is not None else p.stem,
@@ -1051,7 +1134,7 @@ def read_xqlfw(
         level="sample",
         samples=samples,
         comparisons=comparisons,
-        _decode=lambda k: decode_image(paths[k]),
+        _decode=lambda k: decode_image(paths[k], size=(IMAGE_SIZE, IMAGE_SIZE)),
         _files=(
             (pairs_p.name, pairs_p),
             *((str(p.relative_to(root_p)), p) for p in paths),
@@ -1219,7 +1302,7 @@ def read_adience(
         samples=samples,
         comparisons=comparisons,
         all_pairs=all_pairs,
-        _decode=lambda k: decode_image(paths[k]),
+        _decode=lambda k: decode_image(paths[k], size=(IMAGE_SIZE, IMAGE_SIZE)),
         _files=tuple((str(p.relative_to(root_p)), p) for p in paths),
         _protocol=f"adience:max_nonmated={max_nonmated}:seed={seed}",
     )

@@ -675,6 +675,11 @@ def _raw_keys(path: str) -> set[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the parsed command line, as one process or as one ``torchrun`` rank (exit code)."""
+    from .arrays import ArrayError
+    from .datasets import DatasetFormatError
+    from .images import ImageReadError
+    from .io import CheckpointError
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -700,7 +705,8 @@ def run(args: argparse.Namespace) -> int:
         finally:
             if world > 1 and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
-    except ConfigError as exc:
+    except (ConfigError, CheckpointError, DatasetFormatError, ArrayError, ImageReadError) as exc:
+        # a config, checkpoint, benchmark or array file that cannot be used: one line naming it
         print(f"exfiqa extract: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -12,7 +12,13 @@ Decoding (:func:`decode_rgb8`, shared by :func:`read_face` and ``exfiqa.datasets
   decoded, so a decompression bomb (a 20000 x 20000 PNG is about 48 kB on disk) costs no memory.
   The limit is below Pillow's own ``Image.MAX_IMAGE_PIXELS`` (about 89.5 M), so every image
   Pillow would only warn about (``DecompressionBombWarning``, 1x to 2x its limit) is refused too,
-  as is every image Pillow refuses itself (``DecompressionBombError``, above 2x).
+  as is every image Pillow refuses itself (``DecompressionBombError``, above 2x). A caller that
+  knows the size it needs (the aligned 112x112 benchmark readers) passes ``size``, and any other
+  size is refused from the header too.
+- **Decoding work limit.** A JPEG with more than :data:`MAX_JPEG_SCANS` scans (SOS markers) is
+  refused before decoding: each scan of a progressive JPEG is a pass over the whole image, and a
+  file that repeats its last scan 2,000 times (600 kB) takes minutes to decode. Encoders write
+  at most a few dozen (libjpeg's progressive script: 10).
 - **Bit depth, one rule: a 16-bit sample v (0..65535) becomes v >> 8** (its high byte,
   ``floor(v / 256)``; 8-bit data stored as 16 bits, ``v * 257``, comes back unchanged). This is
   what Pillow itself does when it opens 16-bit RGB, RGBA and gray+alpha PNG and 16-bit RGB TIFF
@@ -47,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_IMAGE_PIXELS",
+    "MAX_JPEG_SCANS",
     "ImageReadError",
     "decode_rgb8",
     "find_images",
@@ -59,6 +66,9 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 
 MAX_IMAGE_PIXELS = 8192 * 8192
 """Largest image (width x height) that is decoded; larger ones are refused from their header."""
+
+MAX_JPEG_SCANS = 100
+"""Most scans (SOS markers) a JPEG may hold; more are refused before decoding."""
 
 _SIXTEEN_BIT_GRAY = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 
@@ -117,15 +127,19 @@ def to_rgb8(im: Image.Image) -> NDArray[np.uint8]:
     return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
 
 
-def decode_rgb8(fp: str | os.PathLike[str] | IO[bytes]) -> NDArray[np.uint8]:
+def decode_rgb8(
+    fp: str | os.PathLike[str] | IO[bytes], size: tuple[int, int] | None = None
+) -> NDArray[np.uint8]:
     """Decode an image file (path or binary file object) to RGB uint8 (H, W, 3).
 
-    The size is checked against :data:`MAX_IMAGE_PIXELS` from the header, before decoding; the
-    pixels are then converted by :func:`to_rgb8`.
+    Before decoding, the header's size is checked against :data:`MAX_IMAGE_PIXELS` and, if
+    given, ``size`` (width, height), and a JPEG's scans are counted against
+    :data:`MAX_JPEG_SCANS`; the pixels are then converted by :func:`to_rgb8`.
 
     Raises:
-        ValueError: too many pixels (possible decompression bomb), or a mode :func:`to_rgb8`
-            refuses. Messages do not name the file; callers add it.
+        ValueError: too many pixels (possible decompression bomb), a size other than ``size``,
+            too many JPEG scans, or a mode :func:`to_rgb8` refuses. Messages do not name the
+            file; callers add it.
         OSError: not an image Pillow can decode (``UnidentifiedImageError``, truncated data, ...).
     """
     limit = MAX_IMAGE_PIXELS
@@ -140,8 +154,34 @@ def decode_rgb8(fp: str | os.PathLike[str] | IO[bytes]) -> NDArray[np.uint8]:
                 f"{w}x{h} = {w * h:,} pixels exceeds the {limit:,}-pixel limit for a face image "
                 f"(exfiqa.images.MAX_IMAGE_PIXELS; possible decompression bomb); not decoded"
             )
+        if size is not None and (w, h) != tuple(size):
+            raise ValueError(f"{w}x{h} image, expected {size[0]}x{size[1]}; not decoded")
+        if im.format in ("JPEG", "MPO") and im.fp is not None:
+            scans = _jpeg_scans(im.fp)
+            if scans > MAX_JPEG_SCANS:
+                raise ValueError(
+                    f"JPEG with {scans} scans, more than the {MAX_JPEG_SCANS} an encoder writes "
+                    f"(exfiqa.images.MAX_JPEG_SCANS; each scan is a pass over the image); "
+                    f"not decoded"
+                )
         im.load()
         return to_rgb8(im)
+
+
+def _jpeg_scans(fh: IO[bytes]) -> int:
+    """Start-of-scan markers (``FF DA``) in a JPEG file; the position of ``fh`` is kept.
+
+    Inside entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker, so
+    every ``FF DA`` is a marker (embedded thumbnails count too: an upper bound).
+    """
+    pos = fh.tell()
+    fh.seek(0)
+    count, tail = 0, b""
+    while block := fh.read(1 << 20):
+        count += (tail + block).count(b"\xff\xda")
+        tail = block[-1:]
+    fh.seek(pos)
+    return count
 
 
 def read_face(path: str | os.PathLike[str], size: int = 112) -> NDArray[np.uint8]:

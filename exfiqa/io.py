@@ -23,6 +23,7 @@ __all__ = [
     "CheckpointError",
     "atomic_path",
     "atomic_write",
+    "clip",
     "file_digest",
     "load_state_dict",
     "safe_torch_load",
@@ -32,6 +33,24 @@ __all__ = [
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be loaded safely or does not match the model."""
+
+
+def clip(text: object, limit: int = 80) -> str:
+    """``text`` made safe for a one-line error message: escaped and at most ``limit`` characters.
+
+    A string taken from a file (a pickle's global name, a manifest entry, an exception raised
+    while parsing it) may hold control characters (ANSI escapes, newlines), lone surrogates or
+    millions of characters. Every character outside printable ASCII is written as a Python
+    escape (``\\x1b``, ``\\n``, ``\\udcff``, ``\\u00e9``), and the result is cut to ``limit``
+    characters followed by ``...``.
+    """
+    s = text if isinstance(text, str) else str(text)
+    head = s[: limit + 1]
+    out = head.encode("ascii", "backslashreplace").decode("ascii")
+    out = "".join(c if c.isprintable() or c == "\\" else repr(c)[1:-1] for c in out)
+    if len(out) > limit or len(s) > len(head):
+        return out[:limit] + "..."
+    return out
 
 
 def safe_torch_load(path: str | os.PathLike[str]) -> Any:
@@ -56,10 +75,14 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
             f"{p}: refused to load: the file needs arbitrary unpickling (a pickled module or a "
             f"custom class), which could run code. Only plain state_dicts of tensors are accepted; "
             f"re-save it with torch.save(model.state_dict(), path) in a trusted environment. "
-            f"Detail: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            f"Detail: {clip(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__}"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({exc})") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001  # a corrupt archive fails anywhere in torch's unpickler
+        raise CheckpointError(
+            f"{p}: not a readable PyTorch checkpoint ({type(exc).__name__}: {clip(str(exc))})"
+        ) from None
 
 
 def load_state_dict(

@@ -611,6 +611,15 @@ def config_from_state_dict(
     missing = [k for k in required if k not in state]
     if missing:
         raise CheckpointError(f"{source}: missing keys {missing}." + _looks_like(state))
+    dims = {"pos_embed": 3, "patch_embed.proj.weight": 4, "norm.weight": 1, "head_qs.1.weight": 2,
+            "feature.0.weight": 2, "blocks.0.mlp.fc1.weight": 2}  # the dimensions read below
+    dims.update({k: 4 for k in state if _STEM_KEY.match(k) and k.endswith(".weight") and state[k].dim() != 1})
+    for key, ndim in dims.items():
+        if key in state and (state[key].dim() != ndim or 0 in state[key].shape):
+            raise CheckpointError(
+                f"{source}: {key} has shape {list(state[key].shape)}, expected {ndim} non-zero dimensions."
+                + _looks_like(state)
+            )
     variant: Variant = "token" if ("qs_token" in state or "cls_token" in state) else "crfiqa"
     pos = state["pos_embed"]
     embed_dim = int(pos.shape[-1])

@@ -226,6 +226,11 @@ class Study:
                     f"{self.arrays.path(dataset, kind, name)}: {reason}; the notebooks read the extracted "
                     f"arrays: run `exfiqa extract --config {src}` first (make paper does)"
                 )
+            if kind in ("exits", "attn") and found.shape[1] != (depth := self.quality_model(name).depth):
+                raise ArrayError(
+                    f"{self.arrays.path(dataset, kind, name)}: {found.shape[1]:,} columns, but quality "
+                    f"model {name!r} has {depth} blocks (one column per exit)"
+                )
             self._arrays[(dataset, kind, name)] = found
         return self._arrays[(dataset, kind, name)]
 

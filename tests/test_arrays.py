@@ -194,6 +194,22 @@ def _corrupt(kind: str, npy: Path, bench, emb: np.ndarray) -> None:
         manifest_path(npy).write_text("{ not json")
     elif kind == "other benchmark content":
         _write_by_hand(npy, emb, {**m, "inputs": {"data": "0" * 64}})
+    elif kind == "shape not a list":
+        _write_by_hand(npy, emb, {**m, "shape": 40})
+    elif kind == "shape of strings":
+        _write_by_hand(npy, emb, {**m, "shape": ["12", "16"]})
+    elif kind == "inputs not an object":
+        _write_by_hand(npy, emb, {**m, "inputs": "x"})
+    elif kind == "n_samples a boolean":
+        _write_by_hand(npy, emb, {**m, "n_samples": True})
+    elif kind == "deep json":
+        _write_by_hand(npy, emb, m)
+        manifest_path(npy).write_text("[" * 100_000 + "]" * 100_000)
+    elif kind == "control characters":
+        _write_by_hand(npy, emb, {**m, "producer": "\x1b[2J\n" + "x" * 10**6})
+    elif kind == "too wide":
+        wide = _unit_halves(len(emb), arrays.MAX_EMBEDDING_WIDTH // 2 + 1)
+        _write_by_hand(npy, wide, _hand_manifest(bench, "emb", wide))
 
 
 @pytest.mark.parametrize("kind, message", [
@@ -210,6 +226,13 @@ def _corrupt(kind: str, npy: Path, bench, emb: np.ndarray) -> None:
     ("incomplete", "incomplete"),
     ("not json", "unreadable manifest"),
     ("other benchmark content", "other benchmark content"),
+    ("shape not a list", r"shape is 40 \(int\), expected a JSON list"),
+    ("shape of strings", r"shape \[\"12\", \"16\"\] is not a list of non-negative integers"),
+    ("inputs not an object", r"inputs is \"x\" \(str\), expected a JSON object"),
+    ("n_samples a boolean", r"n_samples is true \(bool\), expected a JSON integer"),
+    ("deep json", r"unreadable manifest \(JSON nested too deeply\)"),
+    ("control characters", r"producer '\\x1b\[2J\\nxxx.*\.\.\. is not 'exfiqa'"),
+    ("too wide", r"width 16,386, more than 16,384"),
 ])
 def test_external_array_mismatch_is_an_error_naming_the_file(own_config, monkeypatch, kind, message):
     cfg = load_config(own_config).select(["adience"], ["arcface"], ["T"])
@@ -223,6 +246,7 @@ def test_external_array_mismatch_is_an_error_naming_the_file(own_config, monkeyp
     with pytest.raises(ArrayError, match=message) as err:
         study.embeddings("adience", "arcface")
     assert str(npy.parent) in str(err.value) and "emb-arcface" in str(err.value)
+    assert len(str(err.value)) < 500 and "\x1b" not in str(err.value) and "\n" not in str(err.value)
     assert {p.name: _sha(p) for p in npy.parent.iterdir()} == before  # never replaced
 
 
@@ -336,3 +360,18 @@ def test_sigkill_at_any_moment_never_leaves_a_manifest_vouching_for_a_partial_ar
         values = np.load(npy, mmap_mode="r")
         assert values.shape == (200_000, 12) and values[0, 0] == values[-1, -1]
     assert seen  # every state reached is consistent
+
+
+@pytest.mark.parametrize("kind", ["exits", "attn"])
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_external_exit_arrays_need_one_column_per_block(own_config, kind, delta):
+    cfg = load_config(own_config).select(["adience"], ["arcface"], ["T"])
+    study = Study(cfg, progress=False)
+    bench = study.benchmark("adience")
+    depth = study.quality_model("T").depth
+    values = np.random.default_rng(0).normal(size=(len(bench), depth + delta)).astype(np.float32)
+    npy = array_path(arrays_root(cfg), "adience", kind, "T")
+    _write_by_hand(npy, values, {**_hand_manifest(bench, kind, values), "name": "T"})
+    read = study.exit_scores if kind == "exits" else study.attn_scores
+    with pytest.raises(ArrayError, match=rf"{kind}-T.*{depth + delta} columns, but quality model 'T' has {depth} blocks"):
+        read("adience", "T")

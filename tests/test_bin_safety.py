@@ -118,7 +118,7 @@ def test_image_referenced_twice_through_the_memo_loads(tmp_path: Path) -> None:
 
 
 def test_many_images_span_several_append_batches(tmp_path: Path) -> None:
-    items = [b"img%d" % k for k in range(2002)]  # the pickler appends in batches of 1000
+    items = [b"img%06d" % k * 3 for k in range(2002)]  # the pickler appends in batches of 1000
     labels = [k % 3 == 0 for k in range(1001)]
     path = tmp_path / "big.bin"
     for protocol in (0, 2, 4):
@@ -327,12 +327,12 @@ def _huge_shape_reconstruct() -> bytes:
 
 
 def _memo_bytes_repeated() -> bytes:
-    return pickle.dumps(([b"\xff" * 1000] * 10**6, [True] * (5 * 10**5)), protocol=4)
+    return pickle.dumps(([b"\xff" * 10**5] * 10**4, [True] * (5 * 10**3)), protocol=4)
 
 
 def _memo_array_repeated() -> bytes:
-    arr = np.frombuffer(b"\xff" * 1000, dtype=np.uint8)
-    return pickle.dumps(([arr] * 10**6, [True] * (5 * 10**5)), protocol=2)
+    arr = np.frombuffer(b"\xff" * 10**5, dtype=np.uint8)
+    return pickle.dumps(([arr] * 10**4, [True] * (5 * 10**3)), protocol=2)
 
 
 def _declared_length_bomb() -> bytes:
@@ -340,7 +340,7 @@ def _declared_length_bomb() -> bytes:
 
 
 _CHILD = r"""
-import json, resource, sys
+import json, resource, sys, tracemalloc
 from exfiqa.datasets import read_bin
 
 with open("/proc/self/status") as fh:
@@ -348,11 +348,16 @@ with open("/proc/self/status") as fh:
 limit = (vm_kb + int(sys.argv[2])) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if len(sys.argv) > 3:
+    tracemalloc.start()
 try:
-    outcome = {"error": None, "n": len(read_bin(sys.argv[1]))}
+    bench = read_bin(sys.argv[1])
+    outcome = {"error": None, "n": len(bench)}
 except BaseException as exc:
     outcome = {"error": type(exc).__name__, "message": str(exc)[:2000]}
 outcome["grew_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+if len(sys.argv) > 3:
+    outcome["peak_bytes"] = tracemalloc.get_traced_memory()[1]  # Python and numpy allocations
 print(json.dumps(outcome))
 """
 
@@ -360,11 +365,12 @@ _HEADROOM_KB = 512 * 1024  # address space the child may add; the attacks want g
 _MAX_GROWTH_KB = 100 * 1024  # resident memory the child may add reading a <3 MB file
 
 
-def _read_in_child(path: Path) -> dict[str, Any]:
+def _read_in_child(path: Path, traced: bool = False) -> dict[str, Any]:
+    """read_bin(path) in a child process; ``traced`` adds the peak of traced allocations."""
     paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
     proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(path), str(_HEADROOM_KB)],
+        [sys.executable, "-c", _CHILD, str(path), str(_HEADROOM_KB), *(["traced"] * traced)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -555,10 +561,11 @@ def test_memo_and_stack_misuse_refused(tmp_path: Path) -> None:
     u1 = b"cnumpy\ndtype\nX\x02\x00\x00\x00u1\x89\x88\x87R"  # dtype('u1', False, True)
     u1 += b"(K\x03X\x01\x00\x00\x00|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
     array = b"cnumpy._core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85C\x01b\x87Rq\x01"
-    state = b"(K\x01K\x02\x85" + u1 + b"\x89C\x02xytb"  # (1, (2,), u1, False, b"xy"), BUILD
+    image = b"xy" * 12  # MIN_BIN_IMAGE_BYTES
+    state = b"(K\x01K\x18\x85" + u1 + b"\x89C\x18" + image + b"tb"  # (1, (24,), u1, False, image)
     labels = b"]\x88a"  # [True]
     path.write_bytes(b"\x80\x03]" + array + state + b"ah\x01a" + labels + b"\x86.")
-    assert ds._load_bin(path)[0] == [b"xy", b"xy"]  # the hand-assembled form is accepted
+    assert ds._load_bin(path)[0] == [image, image]  # the hand-assembled form is accepted
     # a second BUILD of the memoized array would swap its data after it was checked
     rebuild = b"\x80\x03]" + array + state + b"ah\x01(K\x01K\x03\x85" + u1
     rebuild += b"\x89C\x03abctba" + labels + b"\x86."
@@ -581,3 +588,80 @@ def test_truncated_empty_and_trailing_data_refused(tmp_path: Path) -> None:
     _refused(path, good + b"\x00", r"data after the pickle's STOP opcode")
     _refused(path, b"\xff\x00", r"b'\\xff' is not a pickle opcode")
     _refused(path, b"\x80\x09.", r"unknown pickle protocol 9")
+
+
+# ------------------------------------------------- hostile files: floods of one-byte opcodes
+
+_FLOOD_BYTES = 4 * 2**20
+
+
+def _flood(unit: bytes, head: bytes = b"\x80\x04") -> bytes:
+    return head + unit * (_FLOOD_BYTES // len(unit)) + b"."
+
+
+_FLOODS = {
+    "EMPTY_LIST": (_flood(b"]"), r"more than 4096 values on the stack"),
+    "MARK": (_flood(b"("), r"more than 8 nested MARKs"),
+    "MEMOIZE": (_flood(b"\x94", b"\x80\x04N"), r"memo entries for 1 values"),
+    "LONG_BINPUT": (
+        b"\x80\x02N" + b"".join(b"r" + struct.pack("<I", k) for k in range(_FLOOD_BYTES // 5)) + b".",
+        r"memo entries for 1 values",
+    ),
+    "TUPLE1": (_flood(b"\x85", b"\x80\x04N"), r"builds more than [\d,]+ bytes of values"),
+    "EMPTY_LIST_APPEND": (_flood(b"]a", b"\x80\x04]"), r"builds more than [\d,]+ bytes of values"),
+    "NEWTRUE_APPEND": (_flood(b"\x88a", b"\x80\x04]"), r"builds more than [\d,]+ bytes of values"),
+    "MARK_LIST_APPEND": (_flood(b"(la", b"\x80\x02]"), r"builds more than [\d,]+ bytes of values"),
+    "BINGET_APPEND": (_flood(b"h\x00a", b"\x80\x02]q\x00"), r"builds more than [\d,]+ bytes of values"),
+    "SHORT_BINBYTES_APPENDS": (
+        _flood(b"(" + b"C\x00" * 999 + b"e", b"\x80\x04]"),
+        r"builds more than [\d,]+ bytes of values",
+    ),
+}
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/status").exists(), reason="needs Linux /proc and RLIMIT_AS"
+)
+@pytest.mark.parametrize("name", list(_FLOODS))
+def test_opcode_floods_refused_below_4x_the_file(tmp_path: Path, name: str) -> None:
+    data, refused = _FLOODS[name]
+    path = tmp_path / "flood.bin"
+    path.write_bytes(data)
+    outcome = _read_in_child(path, traced=True)
+    assert outcome["error"] == "BinFormatError", outcome
+    assert outcome["message"].startswith(f"{path}: "), outcome
+    assert re.search(refused, outcome["message"]), outcome
+    assert outcome["peak_bytes"] < 4 * len(data), (outcome, len(data))
+
+
+def test_tiny_images_refused_and_sample_count_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.bin"
+    path.write_bytes(pickle.dumps(([b"x" * 23, b"y" * 30], [True]), protocol=4))
+    with pytest.raises(BinFormatError, match=r"bins\[0\] is 23 bytes; no encoded 112x112 image"):
+        read_bin(path)
+    # the smallest 112x112 image we know of, a GIF with a 1x1 frame, is accepted and decodes
+    gif = b"GIF89a" + struct.pack("<HH", 112, 112) + b"\x00\x00\x00,"
+    gif += struct.pack("<HHHH", 0, 0, 1, 1) + b"\x00\x02\x02\x44\x01\x00;"
+    assert len(gif) == 29 >= ds.MIN_BIN_IMAGE_BYTES
+    path.write_bytes(pickle.dumps(([gif, gif], [True]), protocol=2))
+    assert read_bin(path).image(1).shape == (112, 112, 3)
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/status").exists(), reason="needs Linux /proc and RLIMIT_AS"
+)
+@pytest.mark.parametrize("size", [ds.MIN_BIN_IMAGE_BYTES, 200])
+def test_many_small_images_cost_below_4x_the_file(tmp_path: Path, size: int) -> None:
+    # read (200-byte images) or refused by the memory budget (24-byte ones: Python's per-object
+    # overhead would be 5x the file), but below 4x the file either way, data frames included
+    n = _FLOOD_BYTES // (size + 4) // 2 * 2
+    images = [b"%0*d" % (size, k) for k in range(n)]
+    path = tmp_path / "many.bin"
+    path.write_bytes(pickle.dumps((images, [True] * (n // 2)), protocol=4))
+    outcome = _read_in_child(path, traced=True)
+    if size == 200:
+        assert outcome["error"] is None and outcome["n"] == n, outcome
+    else:
+        assert outcome["error"] == "BinFormatError", outcome
+        assert "builds more than" in outcome["message"], outcome
+    assert outcome["peak_bytes"] < 4 * path.stat().st_size, (outcome, path.stat().st_size)

@@ -118,3 +118,75 @@ def test_both_loaders_report_keys_with_counts_and_the_file(tmp_path):
     torch.save(fr_state, fr_path)
     with pytest.raises(CheckpointError, match=rf"checkpoint {re.escape(str(fr_path))} does not match arch 'iresnet' \(model .*\): unexpected keys \(1\): \['extra\.weight'\]"):
         frmod.load_fr("arcface", fr_path, layers=(1, 1, 1, 1))
+
+
+# -- files that are not checkpoints: one clean error naming the file -------------------------------
+
+
+def _tiny_checkpoint(path):
+    torch.manual_seed(0)
+    model = build_vitfiqa(variant="token", embed_dim=16, depth=2, num_heads=2, feature_dim=8, patch_size=28)
+    save_vitfiqa(model, path)
+    return path.read_bytes()
+
+
+def test_fuzzed_checkpoints_load_or_fail_cleanly(tmp_path):
+    import random
+
+    data = _tiny_checkpoint(tmp_path / "good.pth")
+    rng = random.Random(0)
+    outcomes = {"ok": 0, "refused": 0}
+    for k in range(60):
+        b = bytearray(data)
+        # the structure (zip headers, the pickle) is at the start and the end; the middle is weights
+        pos = rng.choice([rng.randrange(4096), len(b) - 1 - rng.randrange(6000)])
+        if k % 3 == 0:
+            b = b[:pos]
+        elif k % 3 == 1:
+            b[pos] ^= 1 << rng.randrange(8)
+        else:
+            b[pos] = rng.randrange(256)
+        path = tmp_path / f"fuzz{k}.pth"
+        path.write_bytes(bytes(b))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                load_vitfiqa(path)
+                outcomes["ok"] += 1
+            except CheckpointError as exc:
+                assert str(exc).startswith(f"{path}: ") and "\n" not in str(exc) and len(str(exc)) < 2000, exc
+                outcomes["refused"] += 1
+    assert outcomes["refused"] > 20, outcomes
+
+
+@pytest.mark.parametrize("name, shape", [("pos_embed", ()), ("pos_embed", (0,)), ("patch_embed.proj.weight", (3,)),
+                                         ("feature.0.weight", ()), ("blocks.0.mlp.fc1.weight", (0,))])
+def test_weights_of_the_wrong_rank_are_refused(tmp_path, name, shape):
+    _tiny_checkpoint(tmp_path / "good.pth")
+    state = torch.load(tmp_path / "good.pth", weights_only=True)
+    state[name] = torch.zeros(shape)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match=rf"bad\.pth: {re.escape(name)} has shape \[.*\], expected \d non-zero dimensions"):
+        load_vitfiqa(tmp_path / "bad.pth")
+
+
+@pytest.mark.parametrize("content", [b"x", b"root:x:0:0:root:/root:/bin/bash\n", b"PK\x03\x04" + b"\0" * 40, b""])
+def test_non_checkpoints_are_one_line_and_exit_2_in_the_cli(tmp_path, content):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    ckpt = tmp_path / "model.pth"
+    ckpt.write_bytes(content)
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(ckpt))}: "):
+        load_vitfiqa(ckpt)
+    Image.new("RGB", (112, 112)).save(tmp_path / "face.png")
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [sys.executable, "-m", "exfiqa.cli", "score", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o.csv"), str(tmp_path / "face.png")],
+        capture_output=True, text=True, cwd=root, timeout=120,
+    )
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.count("\n") == 1 and str(ckpt) in run.stderr and "Traceback" not in run.stderr, run.stderr

@@ -429,3 +429,26 @@ def test_plugins_errors_name_the_key(tmp_path, readers, monkeypatch):
                          ({"mylab": 1}, r"\{'mylab': 1\} \(dict\)")):
         with pytest.raises(ConfigError, match=rf"c\.yaml: plugins must be a list of importable module names, got {shown}"):
             load_config(_write(tmp_path, plugins=value))
+
+
+def test_plugins_run_only_after_the_rest_of_the_config_is_valid_and_are_announced(tmp_path, readers, monkeypatch, capsys):
+    import sys
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    marker = tmp_path / "ran"
+    (lib / "exfiqa_testplugin_marker.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(lib))
+    for bad, message in (({"batch_size": "x"}, "batch_size"), ({"precision": "fp64"}, "precision"),
+                         ({"fr_models": 5}, "fr_models"), ({"headline": 3}, "headline")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(_write(tmp_path, plugins=["exfiqa_testplugin_marker"], **bad))
+        assert not marker.exists() and "exfiqa_testplugin_marker" not in sys.modules, bad
+    for name in ("../evil", "os;rm", ".relative", "a..b"):
+        with pytest.raises(ConfigError, match="plugins must be a list of importable module names"):
+            load_config(_write(tmp_path, plugins=[name]))
+    capsys.readouterr()
+    load_config(_write(tmp_path, plugins=["exfiqa_testplugin_marker"]))
+    assert marker.exists()
+    err = capsys.readouterr().err
+    assert f"plugins: importing exfiqa_testplugin_marker ({lib / 'exfiqa_testplugin_marker.py'})" in err

@@ -255,3 +255,61 @@ def test_unreadable_bytes_still_name_the_source():
         decode_image(b"not an image", source="cfp.bin#2")
     with pytest.raises(ImageReadError, match="nope.png"):
         read_face(Path("nope.png"))
+
+
+# -- bounded work per benchmark image ------------------------------------------------------------
+
+
+def test_bin_images_of_another_size_are_refused_before_decoding(tmp_path, monkeypatch):
+    import pickle
+
+    from exfiqa.datasets import read_bin
+
+    big = png_bomb(8192, 8192)  # exactly MAX_IMAGE_PIXELS: decoding it would take 0.8 GB
+    path = tmp_path / "lfw.bin"
+    path.write_bytes(pickle.dumps(([big, big], [True]), protocol=2))
+    bench = read_bin(path)
+
+    def no_decoding(self, *a, **k):
+        raise AssertionError(f"decoded a {self.size} image")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    with pytest.raises(DatasetFormatError, match=r"lfw\.bin#1: .*8192x8192 image, expected 112x112; not decoded"):
+        bench.image(1)
+    (tmp_path / "x.png").write_bytes(png_bomb(8, 4))
+    with pytest.raises(DatasetFormatError, match=r"x\.png: .*8x4 image, expected 112x112"):
+        decode_image(tmp_path / "x.png", size=(112, 112))
+
+
+def _progressive_jpeg(repeat_last_scan: int) -> bytes:
+    rng = np.random.default_rng(0)
+    arr = np.asarray(Image.fromarray(rng.integers(0, 256, (14, 14, 3), dtype=np.uint8)).resize((112, 112)))
+    buf = __import__("io").BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", progressive=True, quality=90)
+    data = buf.getvalue()
+    last = data.rindex(b"\xff\xda")  # the last scan runs from its SOS marker to the EOI marker
+    assert data.endswith(b"\xff\xd9")
+    return data[:-2] + data[last:-2] * repeat_last_scan + b"\xff\xd9"
+
+
+def test_jpeg_scan_count_is_bounded_before_decoding(tmp_path, monkeypatch):
+    good = _progressive_jpeg(0)
+    scans = good.count(b"\xff\xda")
+    assert 2 < scans <= images.MAX_JPEG_SCANS  # a real progressive file: about 10 scans
+    np.testing.assert_array_equal(decode_image(good), np.asarray(Image.open(__import__("io").BytesIO(good)).convert("RGB")))
+    bad = _progressive_jpeg(2000)
+    (tmp_path / "slow.jpg").write_bytes(bad)
+
+    def no_decoding(self, *a, **k):
+        raise AssertionError(f"decoded a {self.size} image")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    want = rf"JPEG with {scans + 2000} scans, more than the 100"
+    with pytest.raises(ImageReadError, match=rf"slow\.jpg: {want}"):
+        read_face(tmp_path / "slow.jpg")
+    with pytest.raises(DatasetFormatError, match=rf"slow\.jpg: cannot decode image \({want}"):
+        decode_image(tmp_path / "slow.jpg")
+    with pytest.raises(DatasetFormatError, match=rf"lfw\.bin#0: cannot decode image \({want}"):
+        decode_image(bad, source="lfw.bin#0", size=(112, 112))
