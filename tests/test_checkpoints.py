@@ -138,8 +138,9 @@ class _Block(nn.Module):
 
 
 class _ReleasedLayout(nn.Module):
-    """The released ViT-FIQA key layout (PAPER.md's list of keys), built independently of exfiqa,
-    standing in for the authors' model class: 112x112 input, 9x9 patches (144 of them)."""
+    """The released ViT-FIQA key layout (the keys and shapes of the released ``vitfiqa_token.pt`` /
+    ``vitfiqa_crfiqa.pt``), built independently of exfiqa, standing in for the authors' model
+    class: 112x112 input, 9x9 patches (144 of them)."""
 
     def __init__(self, variant: str, d: int, depth: int, f: int) -> None:
         super().__init__()
