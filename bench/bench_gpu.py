@@ -80,8 +80,8 @@ PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
     ("L40S", 362.0),  # NVIDIA L40S datasheet: BF16 362.05 TFLOPS dense (733 with sparsity)
 ]
 
-#: Images per pass over each paper benchmark (configs/paper.yaml's datasets). IJB-C: PAPER.md
-#: (469,375). The .bin files hold 2 images per pair of the standard protocols (LFW, AgeDB-30,
+#: Images per pass over each paper benchmark (configs/paper.yaml's datasets). IJB-C: the 1:1
+#: template protocol's 469,375 images. The .bin files hold 2 images per pair of the standard protocols (LFW, AgeDB-30,
 #: CALFW, CPLFW 6,000 pairs; CFP-FP 7,000). XQLFW: at most 2 x its 6,000 pairs (the reader keeps
 #: the distinct images referenced). Adience: 19,370 aligned images (the count the FIQA literature
 #: uses; all-vs-all gives the ~187M comparisons of DESIGN.md).

@@ -13,12 +13,17 @@ or checkpoint) is one line on stderr naming the option or path, and exit code 2;
 checks run before the model is loaded or any image is read. An unreadable image stops the run with exit code 2 unless
 ``--skip-bad``.
 
+Precision: values are written with :data:`SCORE_FORMAT` (``%.9g``, 9 significant digits), which
+round-trips every float32 exactly: the exit, ``attn_fiqa`` and ``vitnt_fiqa`` columns read back as
+float32 are the model's float32 outputs bit for bit, also for values near 0 (ATTN-FIQA is often of
+order 1e-5, where a fixed 6 decimals would keep one or two digits). The fusions are float64 means of
+those float32 exits, written to a relative 5e-9.
+
 Determinism: the same images, checkpoint and options on the same machine and software give a
-byte-identical CSV (values are written with 6 decimals). Another ``--batch-size`` may move the 6th
-decimal of some values by a unit or two on some CPUs: PyTorch picks float32 matmul kernels by batch
-shape (on AVX-512 CPUs these differ in summation order), so each float32 score can change by a few
-ulps (about 1e-7 for scores below 1) before rounding. Another device (``--device cuda``) or
-PyTorch build can differ in the same way.
+byte-identical CSV. Another ``--batch-size`` may change some values by a few float32 ulps (about
+1e-7 for scores below 1) on some CPUs: PyTorch picks float32 matmul kernels by batch shape (on
+AVX-512 CPUs these differ in summation order). Another device (``--device cuda``) or PyTorch build
+can differ in the same way.
 """
 
 from __future__ import annotations
@@ -33,7 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["main"]
+__all__ = ["SCORE_FORMAT", "main"]
+
+#: ``float_format`` of ``exfiqa score``'s CSV: 9 significant digits round-trip any float32.
+SCORE_FORMAT = "%.9g"
 
 
 class UsageError(ValueError):
@@ -177,7 +185,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     table["vitnt_fiqa"] = vitnt_fiqa
     try:
         with atomic_write(out, overwrite=args.overwrite) as fh:
-            table.to_csv(fh, index=False, float_format="%.6f", lineterminator="\n")
+            table.to_csv(fh, index=False, float_format=SCORE_FORMAT, lineterminator="\n")
         listing = Path(f"{out}.skipped")
         if skipped:
             with atomic_write(listing, overwrite=True) as fh:

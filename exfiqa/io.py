@@ -26,6 +26,7 @@ __all__ = [
     "clip",
     "file_digest",
     "load_state_dict",
+    "load_state_dict_with_metadata",
     "safe_torch_load",
     "state_dict_report",
 ]
@@ -93,6 +94,18 @@ def load_state_dict(
     A dict holding a state_dict under one of ``nested_keys`` (e.g. MagFace's ``{"state_dict": ...}``)
     is unwrapped. Keys are returned unchanged (prefix handling is the caller's job).
     """
+    return load_state_dict_with_metadata(path, nested_keys)[0]
+
+
+def load_state_dict_with_metadata(
+    path: str | os.PathLike[str], nested_keys: tuple[str, ...] = ("state_dict", "model")
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`load_state_dict` and the state_dict's ``_metadata`` (``{}`` when it has none).
+
+    ``_metadata`` is the attribute in which PyTorch keeps its per-module version record of a
+    state_dict; it is saved with the dict but is no key, so a writer can keep non-weight facts
+    there that a strict ``load_state_dict`` never sees (``exfiqa.model.save_vitfiqa`` does).
+    """
     obj = safe_torch_load(path)
     if isinstance(obj, Mapping):
         for key in nested_keys:
@@ -106,7 +119,8 @@ def load_state_dict(
     if bad:
         raise CheckpointError(f"{path}: state_dict entries that are not tensors: {bad[:5]}")
     _check_finite(obj, path)
-    return dict(obj)
+    metadata = getattr(obj, "_metadata", None)
+    return dict(obj), dict(metadata) if isinstance(metadata, Mapping) else {}
 
 
 def state_dict_report(

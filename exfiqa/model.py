@@ -21,6 +21,7 @@ import contextlib
 import os
 import re
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -33,7 +34,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .io import CheckpointError, load_state_dict, state_dict_report
+from .io import CheckpointError, load_state_dict_with_metadata, state_dict_report
 
 __all__ = [
     "ConvStemPatchEmbed",
@@ -449,12 +450,20 @@ def check_vitnt_blocks(blocks: int | Sequence[int] | None, default: int, depth: 
 
     Raises:
         ValueError: naming ``vitnt_blocks``, for a list that is not exactly ``[1, 2, ..., k]``
-            (the reference code silently skips blocks of a non-contiguous list) or k out of range.
+            (the reference code silently skips blocks of a non-contiguous list) or k out of range;
+            for ``blocks=None``, naming the requested exits that gave the default ``k < 2``.
     """
     if isinstance(blocks, bool):
         raise ValueError(f"vitnt_blocks must be an int k or the list [1, ..., k], got {blocks!r}")
     if blocks is None:
         k = int(default)
+        if not 2 <= k <= depth:  # nothing was passed: say what the default came from
+            fix = (f"request an exit >= 2 or pass vitnt_blocks=k with 2 <= k <= {depth}" if depth >= 2
+                   else "a model of depth 1 has no pair of consecutive blocks: use family=False")
+            raise ValueError(
+                f"family=True also computes ViTNT-FIQA over blocks 1..k, by default k = max(exits) "
+                f"= {k}, but ViTNT-FIQA needs k >= 2 (at least one pair of consecutive blocks): {fix}"
+            )
     elif isinstance(blocks, int):
         k = blocks
     else:
@@ -666,21 +675,52 @@ def released_state_dict(model: ViTFIQA) -> dict[str, torch.Tensor]:
     return {("qs_token" if k == "cls_token" else k): v.detach().cpu() for k, v in model.state_dict().items()}
 
 
-NUM_HEADS_KEY = "exfiqa_num_heads"
-"""State_dict entry (a 0-d int64 tensor) in which :func:`save_vitfiqa` records the head count.
+METADATA_KEY = "exfiqa"
+"""Entry of the saved state_dict's ``_metadata`` in which :func:`save_vitfiqa` records what exfiqa
+needs beyond the weights: ``{"num_heads": int}``.
 
-The head count is not visible in any weight shape; the released checkpoints use 8 (head dim 64).
+The head count is no weight's shape (the released checkpoints use 8, head dim 64). ``_metadata``
+is the attribute in which PyTorch keeps its per-module version record of a state_dict; it is pickled
+with the dict and read back by ``torch.load`` (also ``weights_only=True``), but it is no key:
+``load_state_dict(strict=True)`` only looks up its own modules' names in it, so a strict load of
+the file into a model with the released layout (the authors' scripts) never sees the entry. A copy
+of the dict (``dict(sd)``, a prefix rewrite) drops it; the loader then falls back to ``num_heads``.
+"""
+
+NUM_HEADS_KEY = "exfiqa_num_heads"
+"""Legacy: the state_dict key (a 0-d int64 tensor) in which older exfiqa versions recorded the head
+count. Still read by :func:`load_vitfiqa`; no longer written, because a strict ``load_state_dict``
+(the authors' scripts) refuses it as an unexpected key.
 """
 
 RELEASED_HEAD_DIM = 64
 
 
-def _resolve_num_heads(recorded: torch.Tensor | None, num_heads: int | None, source: str) -> int:
+def _recorded_num_heads(state: dict[str, torch.Tensor], metadata: dict[str, Any], source: str) -> int | None:
+    """The head count the file records (``_metadata[METADATA_KEY]``, or the legacy key, which is
+    removed from ``state``); None when it records none."""
+    found: list[int] = []
+    legacy = state.pop(NUM_HEADS_KEY, None)
+    if legacy is not None:
+        if legacy.dim() != 0 or legacy.is_floating_point() or int(legacy) < 1:
+            raise CheckpointError(f"{source}: {NUM_HEADS_KEY} must be a positive integer scalar, got {legacy!r}")
+        found.append(int(legacy))
+    entry = metadata.get(METADATA_KEY)
+    if entry is not None:
+        heads = entry.get("num_heads") if isinstance(entry, dict) else None
+        if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+            raise CheckpointError(
+                f"{source}: _metadata[{METADATA_KEY!r}] must be a dict with a positive int 'num_heads', got {entry!r}"
+            )
+        found.append(heads)
+    if len(set(found)) > 1:
+        raise CheckpointError(f"{source}: {NUM_HEADS_KEY}={found[0]} contradicts _metadata[{METADATA_KEY!r}] num_heads={found[1]}")
+    return found[0] if found else None
+
+
+def _resolve_num_heads(stored: int | None, num_heads: int | None, source: str) -> int:
     """The head count to build: the one the file records, else ``num_heads``, else 8 (released)."""
-    if recorded is not None:
-        if recorded.dim() != 0 or recorded.is_floating_point() or int(recorded) < 1:
-            raise CheckpointError(f"{source}: {NUM_HEADS_KEY} must be a positive integer scalar, got {recorded!r}")
-        stored = int(recorded)
+    if stored is not None:
         if num_heads is not None and num_heads != stored:
             raise CheckpointError(
                 f"{source}: the checkpoint records num_heads={stored} but num_heads={num_heads} was "
@@ -701,16 +741,18 @@ def load_vitfiqa(
     The file must be a plain state_dict (``torch.load(weights_only=True)``; nothing in it runs;
     NaN/inf weights are refused). ``module.`` prefixes are stripped; the variant is detected from
     ``qs_token``; width, depth, patch size and stem are inferred from shapes; ``mask_token`` is
-    accepted and unused. The head count cannot be inferred from shapes: it is read from
-    :data:`NUM_HEADS_KEY` when exfiqa wrote the file, else ``num_heads`` (default 8, the released
-    models). A released-width (512) model whose head dim would not be 64 gets a warning.
+    accepted and unused. The head count cannot be inferred from shapes: it is read from the
+    state_dict's ``_metadata`` entry :data:`METADATA_KEY` when exfiqa wrote the file (or from the
+    legacy key :data:`NUM_HEADS_KEY` of older exfiqa files), else ``num_heads`` (default 8, the
+    released models). A released-width (512) model whose head dim would not be 64 gets a warning.
 
     Raises:
         CheckpointError: unsafe file, non-finite weights, missing/unexpected keys or mismatched
             shapes (with the likely cause), or ``num_heads`` contradicting the recorded count.
     """
-    state = _strip_prefixes(load_state_dict(path))
-    heads = _resolve_num_heads(state.pop(NUM_HEADS_KEY, None), num_heads, str(path))
+    raw, metadata = load_state_dict_with_metadata(path)
+    state = _strip_prefixes(raw)
+    heads = _resolve_num_heads(_recorded_num_heads(state, metadata, str(path)), num_heads, str(path))
     config = config_from_state_dict(state, num_heads=heads, img_size=img_size, source=str(path))
     if config.embed_dim == 512 and config.embed_dim // heads != RELEASED_HEAD_DIM:
         warnings.warn(
@@ -737,13 +779,16 @@ def load_vitfiqa(
 def save_vitfiqa(model: ViTFIQA, path: str | os.PathLike[str], overwrite: bool = False) -> None:
     """Save ``model`` as a released-format state_dict (plain tensors, ``qs_token`` naming), atomically.
 
-    One entry is added: :data:`NUM_HEADS_KEY`, the head count, which no weight shape shows.
-    Loaders with ``strict=False`` (the authors' scripts) ignore it.
+    The keys and shapes are exactly the released ones: the file loads with a strict
+    ``load_state_dict`` into a model of the released layout (as the authors' scripts load it).
+    The head count, which no weight shape shows, travels outside the keys, in the dict's
+    ``_metadata`` (entry :data:`METADATA_KEY`, beside PyTorch's per-module version record).
     """
     from .io import atomic_path
 
-    state = released_state_dict(model)
-    state[NUM_HEADS_KEY] = torch.tensor(model.config.num_heads, dtype=torch.int64)
+    state = OrderedDict(released_state_dict(model))
+    versions = getattr(model.state_dict(), "_metadata", {})
+    state._metadata = {**versions, METADATA_KEY: {"num_heads": int(model.config.num_heads)}}  # type: ignore[attr-defined]
     with atomic_path(path, overwrite=overwrite) as tmp:
         with open(tmp, "wb") as fh:  # a file object: the archive is not named after the temp file
             torch.save(state, fh)

@@ -1,7 +1,11 @@
-"""The comparison table for (dataset, FR model, quality model), computed once and cached on disk.
+"""The :class:`Study`: a run's per-sample arrays and their evaluation, computed lazily.
 
-Data flow: images -> quality model (N x depth exit scores) and FR model (embeddings) -> comparison
-table (similarity, mated flag, pair quality per method) -> metrics -> plots and tables.
+Data flow: images -> quality model (N x depth exit scores, ATTN-FIQA and ViTNT-FIQA of the same
+pass) and FR model (embeddings) -> per-sample arrays on disk (:mod:`exfiqa.arrays`, extracted when
+missing or stale) -> in memory, per dataset its comparison set, per (dataset, FR model) the
+comparison scores, per (dataset, quality model, method) the pair-quality order, each computed once
+-> metrics -> plots and tables. Only the per-sample arrays (and the input digests) are stored; no
+comparison table is: :meth:`Study.table` assembles one in memory, for small sets.
 
 Conventions:
 - Sample quality for EX-FIQA methods: ``Exit 1`` .. ``Exit D``, ``EX-FIQA-F``, ``EX-FIQA-FW``

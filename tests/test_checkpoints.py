@@ -1,5 +1,6 @@
-"""Checkpoints: non-finite weights are refused, the head count travels with exfiqa-written files,
-one key/shape report for every loader."""
+"""Checkpoints: non-finite weights are refused, the head count travels with exfiqa-written files
+(outside the released keys, so they load strictly into the released layout), one key/shape report
+for every loader."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import warnings
 
 import pytest
 import torch
+from torch import nn
 
 from exfiqa import fr as frmod
 from exfiqa.io import CheckpointError, state_dict_report
 from exfiqa.model import (
+    METADATA_KEY,
     NUM_HEADS_KEY,
     build_vitfiqa,
     load_vitfiqa,
@@ -51,7 +54,8 @@ def test_saved_head_count_is_recorded_and_used(tmp_path):
     model = _small_vit(num_heads=4)
     path = tmp_path / "four_heads.pt"
     save_vitfiqa(model, path)
-    assert int(torch.load(path, weights_only=True)[NUM_HEADS_KEY]) == 4
+    raw = torch.load(path, weights_only=True)
+    assert NUM_HEADS_KEY not in raw and raw._metadata[METADATA_KEY] == {"num_heads": 4}
     loaded = load_vitfiqa(path)  # no num_heads given: read from the file, not the released 8
     assert loaded.config.num_heads == 4 and loaded.blocks[0].attn.num_heads == 4
     x = torch.randn(2, 3, 112, 112)
@@ -190,3 +194,84 @@ def test_non_checkpoints_are_one_line_and_exit_2_in_the_cli(tmp_path, content):
     )
     assert run.returncode == 2, run.stderr
     assert run.stderr.count("\n") == 1 and str(ckpt) in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+class _Block(nn.Module):
+    """A pre-norm ViT block under the released names, in plain torch (no timm, no exfiqa)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.Module()
+        self.attn.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.attn.proj = nn.Linear(d, d)
+        self.mlp = nn.Module()
+        self.mlp.fc1, self.mlp.fc2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+
+class _ReleasedLayout(nn.Module):
+    """The released ViT-FIQA key layout (the keys and shapes of the released ``vitfiqa_token.pt`` /
+    ``vitfiqa_crfiqa.pt``), built independently of exfiqa, standing in for the authors' model
+    class: 112x112 input, 9x9 patches (144 of them)."""
+
+    def __init__(self, variant: str, d: int, depth: int, f: int) -> None:
+        super().__init__()
+        if variant == "token":
+            self.qs_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 144 + (variant == "token"), d))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(3, d, 9, 9)
+        self.blocks = nn.ModuleList(_Block(d) for _ in range(depth))
+        self.norm = nn.LayerNorm(d)
+        self.feature = nn.Sequential(nn.Linear(144 * d, f, bias=False), nn.BatchNorm1d(f), nn.Linear(f, f, bias=False), nn.BatchNorm1d(f))
+        head_in = d if variant == "token" else f
+        self.head_qs = nn.Sequential(nn.BatchNorm1d(head_in), nn.Linear(head_in, 1, bias=False))
+
+
+@pytest.mark.parametrize("variant", ["token", "crfiqa"])
+def test_exfiqa_checkpoint_loads_strictly_into_the_released_layout(tmp_path, variant):
+    """What the authors' scripts do with a checkpoint: a strict load_state_dict of the file as it is."""
+    torch.manual_seed(0)
+    model = build_vitfiqa(variant=variant, embed_dim=32, num_heads=4, depth=2, feature_dim=16)
+    path = tmp_path / f"vitfiqa_{variant}.pt"
+    save_vitfiqa(model, path)
+    raw = torch.load(path, weights_only=True)
+    released = _ReleasedLayout(variant, d=32, depth=2, f=16)
+    assert released.load_state_dict(raw, strict=True)  # no missing or unexpected key, every shape equal
+    assert sorted(raw) == sorted(released.state_dict())  # exactly the released keys
+    for key, value in released.state_dict().items():  # and their values, copied as they are
+        torch.testing.assert_close(value, raw[key], rtol=0, atol=0)
+    assert load_vitfiqa(path).config.num_heads == 4  # and exfiqa still finds its head count
+
+
+def test_legacy_checkpoint_with_the_head_count_inside_still_loads(tmp_path):
+    model = _small_vit(num_heads=4)
+    state = released_state_dict(model)
+    state[NUM_HEADS_KEY] = torch.tensor(4)  # how exfiqa wrote it before
+    path = tmp_path / "legacy.pt"
+    torch.save(state, path)
+    loaded = load_vitfiqa(path)
+    assert loaded.config.num_heads == 4
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x), rtol=0, atol=0)
+    with pytest.raises(CheckpointError, match=r"legacy\.pt: the checkpoint records num_heads=4 but num_heads=2"):
+        load_vitfiqa(path, num_heads=2)
+
+
+def test_head_count_records_that_disagree_or_are_malformed_are_refused(tmp_path):
+    from collections import OrderedDict
+
+    state = OrderedDict(released_state_dict(_small_vit(num_heads=4)))
+    state[NUM_HEADS_KEY] = torch.tensor(4)
+    state._metadata = {METADATA_KEY: {"num_heads": 2}}
+    path = tmp_path / "both.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"both\.pt: exfiqa_num_heads=4 contradicts _metadata\['exfiqa'\] num_heads=2"):
+        load_vitfiqa(path)
+    del state[NUM_HEADS_KEY]
+    state._metadata = {METADATA_KEY: {"num_heads": 0}}
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"both\.pt: _metadata\['exfiqa'\] must be a dict with a positive int 'num_heads'"):
+        load_vitfiqa(path)

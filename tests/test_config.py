@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -452,3 +453,22 @@ def test_plugins_run_only_after_the_rest_of_the_config_is_valid_and_are_announce
     assert marker.exists()
     err = capsys.readouterr().err
     assert f"plugins: importing exfiqa_testplugin_marker ({lib / 'exfiqa_testplugin_marker.py'})" in err
+
+
+def test_paper_crfiqa_config_is_paper_yaml_with_the_authors_rules_only(tmp_path):
+    """configs/paper-crfiqa.yaml = configs/paper.yaml + ``compat: crfiqa`` (and its own run_name,
+    so the two runs' results do not overwrite each other); the README names it."""
+    paper = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
+    compat = yaml.safe_load((ROOT / "configs" / "paper-crfiqa.yaml").read_text())
+    differs = {k for k in paper.keys() | compat.keys() if paper.get(k) != compat.get(k)}
+    assert differs == {"run_name", "compat"} and compat["compat"] == "crfiqa"
+    assert "threshold_rule" not in compat and "acceptance" not in compat  # the named set, not a copy of it
+    a = load_config(ROOT / "configs" / "paper.yaml", cwd=tmp_path)
+    b = load_config(ROOT / "configs" / "paper-crfiqa.yaml", cwd=tmp_path)
+    assert (a.threshold_rule, a.acceptance) == ("at_most", "similarity>=")
+    assert (b.threshold_rule, b.acceptance) == ("closest", "distance<") and b.convention == "recompute"
+    fields = {f.name for f in dataclasses.fields(a)} - {"source"}  # source: the file's own path
+    assert {f for f in fields if getattr(a, f) != getattr(b, f)} == {"run_name", "threshold_rule", "acceptance"}
+    assert a.source.name == "paper.yaml" and b.source.name == "paper-crfiqa.yaml"
+    readme = (ROOT / "README.md").read_text()
+    assert "configs/paper-crfiqa.yaml" in readme and "compat: crfiqa" in readme

@@ -122,7 +122,9 @@ def test_block_range_is_a_prefix(model, faces):
                 model.forward_exits(faces, family=True, vitnt_blocks=bad)
         with pytest.raises(ValueError, match=r"vitnt_blocks must be an int k or the list \[1, \.\.\., k\], got True"):
             model.forward_exits(faces, family=True, vitnt_blocks=True)  # a bool is no block count
-        with pytest.raises(ValueError, match="vitnt_blocks"):  # exits=[1] -> default range 1..1
+        # exits=[1] -> default range 1..1: the message blames the exits, not an unset vitnt_blocks
+        with pytest.raises(ValueError, match=r"by default k = max\(exits\) = 1, but ViTNT-FIQA needs k >= 2 .*: "
+                           rf"request an exit >= 2 or pass vitnt_blocks=k with 2 <= k <= {model.depth}$"):
             model.forward_exits(faces, [1], family=True)
         with pytest.raises(ValueError, match="needs family=True"):
             model.forward_exits(faces, vitnt_blocks=3)
@@ -163,3 +165,9 @@ def test_extra_flops_by_hand():
         vitnt_fiqa_flops(t, 1)
     with pytest.raises(ValueError):
         attn_fiqa_flops(t, "quality")
+
+
+def test_family_on_a_one_block_model_says_why_it_cannot_run():
+    one = build_vitfiqa(variant="token", embed_dim=32, num_heads=2, depth=1, feature_dim=16).eval()
+    with torch.no_grad(), pytest.raises(ValueError, match=r"max\(exits\) = 1, .*a model of depth 1 has no pair of consecutive blocks: use family=False"):
+        one.forward_exits(torch.zeros(1, 3, 112, 112), family=True)

@@ -1,5 +1,6 @@
-"""ViT-FIQA core: a plain-torch float64 oracle of the published architecture, written from
-PAPER.md without timm, must agree with the timm-based model on every exit."""
+"""ViT-FIQA core: a plain-torch float64 oracle of the published architecture (ViT-FIQA, Atzori et
+al., arXiv 2508.13957, as the EX-FIQA paper arXiv 2604.22842 uses it), written without timm, must
+agree with the timm-based model on every exit."""
 
 from __future__ import annotations
 

@@ -86,6 +86,33 @@ def test_headline_vs_paper_maps_the_poster_rows_and_rescales_them():
     assert out.loc["CR-FIQA(L)", "this_run"] == 6.1 and out.loc["CR-FIQA(L)", "paper"] == 6.58
 
 
+def test_secondary_reference_sits_beside_plain_vitfiqa_t_and_is_labelled_as_such():
+    vals = {**_exits("T", "arcface", "IJB-C-like", list(np.linspace(9, 6, 12)), 6.6, 6.2),
+            **_exits("T", "arcface", "CFP", [3.0] * 11 + [3.5], 3.1, 3.2),
+            **_exits("C", "arcface", "CFP", [9.0] * 12, 9, 9),  # (C) is no reference row
+            **_exits("T", "magface", "CFP", [1.0] * 12, 1, 1)}  # nor another FR model
+    frame = pd.concat([_tidy(vals), _tidy(_exits("T", "arcface", "CFP", [7.0] * 12, 7, 7), fmr=1e-2)])
+    head = analysis.Headline("ijbc", "IJB-C-like", "arcface", 1e-3)
+    tags = {"T": ("T", 12), "C": ("C", 12)}
+    col = "PreFIQs (secondary transcription)"
+    assert analysis.SECONDARY_SOURCE == col
+    out = analysis.secondary_reference(frame, {"ijbc": "IJB-C-like", "cfp_fp": "CFP", "lfw": "LFW"}, tags, head, 100.0)
+    out = out.set_index("benchmark")
+    assert list(out.index) == ["adience", "agedb_30", "cfp_fp", "cplfw", "ijbc"]
+    # the transcribed values, x10^3 -> x100
+    assert out[col].tolist() == pytest.approx([0.9948, 0.8234, 0.3568, 2.0531, 0.6563], abs=1e-12)
+    assert out.loc["cfp_fp", "this_run"] == 3.5 and out.loc["cfp_fp", "dataset"] == "CFP"  # exit 12 (T), arcface, 1e-3
+    assert out.loc["ijbc", "this_run"] == pytest.approx(6.0) and out.loc["ijbc", "this_run_method"] == "Exit 12 (T)"
+    assert np.isnan(out.loc["adience", "this_run"]) and out.loc["adience", "dataset"] == "(not in this run)"
+    assert set(out["fr_model"]) == {"arcface"} and set(out["reference_protocol"]) == {analysis.SECONDARY_PROTOCOL}
+    only_c = analysis.secondary_reference(frame, {"cfp_fp": "CFP"}, {"C": ("C", 12)}, head, 1000.0).set_index("benchmark")
+    assert only_c[["this_run"]].isna().all().all() and set(only_c["this_run_method"]) == {"(no (T) model)"}
+    # the headline table carries the IJB-C value in its own column, on the ViT-FIQA(T) row only
+    vs = analysis.headline_vs_paper(frame, head, tags, scale=1000.0).set_index("method")
+    assert vs.loc["ViT-FIQA(T)", col] == 6.563 and vs.loc["ViT-FIQA(T)", "paper"] == 6.56
+    assert vs[col].notna().sum() == 1
+
+
 def _paper_world(fw_t_best: bool) -> pd.DataFrame:
     """Two variants, two FR models, four datasets, built so that each finding agrees (or, for
     ``fw_t_best=False``, so that the FW (T) findings differ)."""

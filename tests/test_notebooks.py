@@ -37,8 +37,8 @@ EXPECTED_FIGURES = [
 EXPECTED_TABLES = [
     "fr_sanity", "pauc_all", "pauc_per_exit_T", "pauc_per_exit_C", "depth_summary", "rank_correlation_T", "rank_correlation_C",
     "attention_statistics",
-    "headline_vs_paper", "paper_findings", "fusion_vs_exits", "fusion_wins", "fusion_bootstrap", "fusion_strategies",
-    "bootstrap_units", "chosen_exits", "chosen_exits_pauc", "chosen_exits_bootstrap", "comparison_table",
+    "headline_vs_paper", "secondary_reference", "paper_findings", "fusion_vs_exits", "fusion_wins", "fusion_bootstrap",
+    "fusion_strategies", "bootstrap_units", "chosen_exits", "chosen_exits_pauc", "chosen_exits_bootstrap", "comparison_table",
     "gflops_released", "latency_per_exit", "operating_points", "adaptive_exit",
 ]
 
@@ -272,6 +272,16 @@ def check_headline_vs_paper(d: Direct, t):
     _close(_cell(t["headline_vs_paper"], "this_run", method="EX-FIQA-FW(T)"),
            d.pauc(h["dataset"], h["fr_model"], fusion.ex_fiqa_fw(d.exits(h["dataset"], "T")), h["fmr"]))
     _close(_cell(t["headline_vs_paper"], "paper", method="EX-FIQA-FW(T)"), 6.36 * d.cfg.pauc_scale / 1000)
+
+
+def check_secondary_reference(d: Direct, t):
+    # plain ViT-FIQA (T) = its last exit on the demo's CFP-FP-like set (config key cfp_fp) at the
+    # headline FR model and FMR; the transcribed PreFIQs value 3.568 x10^3 at the run's scale
+    h, ref = d.head, t["secondary_reference"]
+    _close(_cell(ref, "this_run", benchmark="cfp_fp"), d.pauc("cfp_fp", h["fr_model"], d.exits("cfp_fp", "T")[:, -1], h["fmr"]))
+    _close(_cell(ref, "PreFIQs (secondary transcription)", benchmark="cfp_fp"), 3.568 * d.cfg.pauc_scale / 1000)
+    assert _cell(ref, "dataset", benchmark="agedb_30") == "(not in this run)"
+    assert np.isnan(_cell(ref, "this_run", benchmark="agedb_30"))
 
 
 def _fw_wins(d: Direct, q: str, fr: str, fmr: float) -> int:
