@@ -93,6 +93,7 @@ def coverage(
     hit = {k: 0 for k in ("unit_single", "unit_paired", "comp_single", "comp_paired")}
     sd = {k: [] for k in hit}
     est_a, est_d = [], []
+    bc = {"single": 0, "paired": 0}
     for t in range(studies):
         s = study(subjects, rng)
         comp = metrics._Comparisons(s["sim"], s["mated"])
@@ -101,17 +102,24 @@ def coverage(
         for kind, subj in (("unit", s["subjects"]), ("comp", None)):
             # one pass gives both measures on the same resamples: single = samples of a, paired = a - b
             sa, sb = B.bootstrap_samples(comp, orders, FMR, convention, LIMIT, n_boot, seed + t, subjects=subj)
-            for name, x, true in (("single", sa, true_a), ("paired", sa - sb, true_d)):
+            for name, x, true, e in (("single", sa, true_a, est[0]), ("paired", sa - sb, true_d, est[0] - est[1])):
                 x = x[np.isfinite(x)]
                 lo, hi = np.quantile(x, [0.025, 0.975])
                 hit[f"{kind}_{name}"] += bool(lo <= true <= hi)
                 sd[f"{kind}_{name}"].append(float(np.std(x)))
+                if kind == "unit":  # bias-corrected percentile interval (Efron's BC), for comparison
+                    from scipy.stats import norm
+
+                    z0 = norm.ppf(np.clip((np.sum(x < e) + 0.5 * np.sum(x == e)) / x.size, 1e-6, 1 - 1e-6))
+                    blo, bhi = np.quantile(x, norm.cdf(2 * z0 + norm.ppf([0.025, 0.975])))
+                    bc[name] += bool(blo <= true <= bhi)
         est_a.append(est[0])
         est_d.append(est[0] - est[1])
         if progress and (t + 1) % 25 == 0:
             print(f"  {subjects} subjects, {convention}: {t + 1}/{studies} studies", file=sys.stderr, flush=True)
     true_sd = {"single": float(np.std(est_a)), "paired": float(np.std(est_d))}
     out: dict[str, float] = {f"cover_{k}": v / studies for k, v in hit.items()}
+    out.update({f"cover_bc_unit_{k}": v / studies for k, v in bc.items()})
     for k, v in sd.items():
         out[f"sd_ratio_{k}"] = float(np.mean(v)) / true_sd[k.split("_")[1]]
     out["bias_single"] = float(np.mean(est_a)) - true_a
@@ -179,6 +187,7 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=200)
     ap.add_argument("--truth-subjects", type=int, default=1200)
     ap.add_argument("--truth-draws", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the simulated studies")
     ap.add_argument("--ijbc-timing", action="store_true")
     args = ap.parse_args()
     if args.ijbc_timing:
@@ -187,21 +196,23 @@ def main() -> None:
     print(f"FMR {FMR}, pAUC up to {LIMIT}; {args.studies} studies per cell, {args.n_boot} resamples; "
           f"truth from {args.truth_draws} studies of {args.truth_subjects} subjects")
     print("| subjects | comparisons | convention | coverage single: unit / comparison | paired: unit / comparison "
-          "| sd ratio single: unit / comparison | paired: unit / comparison | bias / true sd (single) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| sd ratio single: unit / comparison | paired: unit / comparison | bias / true sd (single) "
+          "| BC percentile coverage, unit: single / paired |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for conv in args.conventions:
         t0 = time.perf_counter()
         true_a, true_d = truth(conv, args.truth_subjects, args.truth_draws, 0)
         print(f"truth ({conv}): pAUC(a) {true_a:.6f}, pAUC(a) - pAUC(b) {true_d:.6f} "
               f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
         for size in args.sizes:
-            r = coverage(size, conv, args.studies, args.n_boot, true_a, true_d)
+            r = coverage(size, conv, args.studies, args.n_boot, true_a, true_d, seed=args.seed)
             n = size * Population().images
             print(f"| {size} | {n * (n - 1) // 2:,} | {conv} | {r['cover_unit_single']:.3f} / {r['cover_comp_single']:.3f} "
                   f"| {r['cover_unit_paired']:.3f} / {r['cover_comp_paired']:.3f} "
                   f"| {r['sd_ratio_unit_single']:.2f} / {r['sd_ratio_comp_single']:.2f} "
                   f"| {r['sd_ratio_unit_paired']:.2f} / {r['sd_ratio_comp_paired']:.2f} "
-                  f"| {r['bias_single'] / r['true_sd_single']:+.2f} |", flush=True)
+                  f"| {r['bias_single'] / r['true_sd_single']:+.2f} "
+                  f"| {r['cover_bc_unit_single']:.3f} / {r['cover_bc_unit_paired']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
