@@ -85,15 +85,19 @@ def rank_correlation(sample_quality: pd.DataFrame, methods: Sequence[str]) -> pd
 def fusion_wins(pauc: pd.DataFrame, challenger: str, reference: str) -> pd.DataFrame:
     """Per (quality model, FR model, FMR): on how many datasets ``challenger`` has a lower pAUC.
 
-    Returns columns ``quality_model, fr_model, fmr, wins, n, summary`` ("FW beats exit 12 on k of n").
+    Returns columns ``quality_model, fr_model, fmr, wins, n, summary``. Point estimates, no
+    intervals (a tie, :func:`is_tie`, is no win): whether a difference is resolved, the paired
+    bootstrap says (:func:`paired_vs_reference`, :func:`paper_findings`).
     """
     keys = ["quality_model", "fr_model", "fmr", "dataset"]
     wide = pauc[pauc["method"].isin([challenger, reference])].pivot_table(index=keys, columns="method", values="pauc")
-    wide["win"] = wide[challenger] < wide[reference]
+    a, b = wide[challenger], wide[reference]
+    wide["win"] = (a < b) & ~np.array([is_tie(x, y) for x, y in zip(a, b, strict=True)], dtype=bool)
     out = wide.groupby(level=[0, 1, 2])["win"].agg(["sum", "count"]).reset_index()
     out = out.rename(columns={"sum": "wins", "count": "n"})
     out["wins"] = out["wins"].astype(int)
-    out["summary"] = [f"{challenger} beats {reference} on {w} of {n}" for w, n in zip(out["wins"], out["n"], strict=True)]
+    out["summary"] = [f"{challenger} has a lower pAUC (point estimate) than {reference} on {w} of {n}"
+                      for w, n in zip(out["wins"], out["n"], strict=True)]
     return out
 
 
@@ -447,15 +451,16 @@ def depth_summary(pauc_table: pd.DataFrame, depths: dict[str, int], fmr: float) 
 
 def fusion_vs_exits(head: pd.DataFrame, depths: dict[str, int]) -> pd.DataFrame:
     """Per quality model, FR model and dataset (``head``: pAUC rows at one FMR): the last exit,
-    the best single exit (chosen with hindsight), EX-FIQA-F and EX-FIQA-FW."""
+    the best single exit (chosen with hindsight; every tied exit named, :func:`best_text`),
+    EX-FIQA-F and EX-FIQA-FW."""
     rows = []
     for (q, fr, ds), part in head.groupby(["quality_model", "fr_model", "dataset"], sort=False):
         p = part.set_index("method")["pauc"]
         depth = depths[q]
-        best = p[[f"Exit {k}" for k in range(1, depth + 1)]].idxmin()
+        exits = p[[f"Exit {k}" for k in range(1, depth + 1)]]
         rows.append({
             "quality_model": q, "fr_model": fr, "dataset": ds, "last exit": float(p[f"Exit {depth}"]),
-            "best single exit": best, "best exit pAUC": float(p[best]), "EX-FIQA-F": float(p["EX-FIQA-F"]),
+            "best single exit": best_text(exits), "best exit pAUC": float(exits.min()), "EX-FIQA-F": float(p["EX-FIQA-F"]),
             "EX-FIQA-FW": float(p["EX-FIQA-FW"]),
         })
     return pd.DataFrame(rows)

@@ -51,12 +51,12 @@ def test_attention_statistics_of_uniform_and_point_maps():
 
 def test_fusion_wins_counts_datasets():
     rows = []
-    for ds, fw, last in (("a", 1.0, 2.0), ("b", 3.0, 2.0), ("c", 0.5, 0.6)):
+    for ds, fw, last in (("a", 1.0, 2.0), ("b", 3.0, 2.0), ("c", 0.5, 0.6), ("tie", 7.0 * (1 - 1e-12), 7.0)):
         rows += [{"quality_model": "C", "fr_model": "arcface", "fmr": 1e-3, "dataset": ds, "method": "EX-FIQA-FW", "pauc": fw},
                  {"quality_model": "C", "fr_model": "arcface", "fmr": 1e-3, "dataset": ds, "method": "Exit 12", "pauc": last}]
     out = fusion_wins(pd.DataFrame(rows), "EX-FIQA-FW", "Exit 12")
-    assert out[["wins", "n"]].values.tolist() == [[2, 3]]
-    assert out["summary"].iloc[0] == "EX-FIQA-FW beats Exit 12 on 2 of 3"
+    assert out[["wins", "n"]].values.tolist() == [[2, 4]]  # equal to 1e-12 relative: a tie, no win
+    assert out["summary"].iloc[0] == "EX-FIQA-FW has a lower pAUC (point estimate) than Exit 12 on 2 of 4"
 
 
 def test_operating_points_from_a_hand_table():
