@@ -177,6 +177,9 @@ def operating_points(pauc: pd.DataFrame, costs: pd.DataFrame, tolerance: float =
     - balanced: the cheapest single exit whose mean pAUC is within ``tolerance`` (relative) of the
       last exit's;
     - max efficiency: the cheapest single exit within ``2 * tolerance`` of the last exit's.
+
+    ``tied_methods``: for max accuracy, every method tied (:func:`is_tie`) for the lowest mean pAUC
+    when there are several (the row shows the first by name); empty otherwise.
     """
     rows = []
     for q, part in pauc.groupby("quality_model", sort=False):
@@ -185,12 +188,12 @@ def operating_points(pauc: pd.DataFrame, costs: pd.DataFrame, tolerance: float =
         exits = [m for m in mean.index if m.startswith("Exit ")]
         last = max(exits, key=lambda m: int(m.split()[1]))
         full = cost[last]
-        best = mean.idxmin()
-        rows.append(_point(q, "max accuracy", best, mean, cost, full))
+        tied = tied_best(mean.sort_index())
+        rows.append({**_point(q, "max accuracy", tied[0], mean, cost, full), "tied_methods": ", ".join(tied) if len(tied) > 1 else ""})
         for name, tol in (("balanced", tolerance), ("max efficiency", 2 * tolerance)):
             ok = [m for m in exits if mean[m] <= mean[last] * (1 + tol)]
             pick = min(ok, key=lambda m: cost[m])
-            rows.append(_point(q, name, pick, mean, cost, full))
+            rows.append({**_point(q, name, pick, mean, cost, full), "tied_methods": ""})
     return pd.DataFrame(rows)
 
 

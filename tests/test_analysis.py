@@ -71,6 +71,11 @@ def test_operating_points_from_a_hand_table():
     assert ops.loc["balanced", "method"] == "Exit 2"  # 0.31 <= 0.30 * 1.05
     assert ops.loc["max efficiency", "method"] == "Exit 2"  # Exit 1 is far worse
     assert ops.loc["balanced", "flop_saving"] == pytest.approx(1 - 2 / 3)
+    assert set(ops["tied_methods"]) == {""}
+    # Exit 3 ties with FW for the lowest mean pAUC: both are named
+    pauc.loc[pauc["method"] == "Exit 3", "pauc"] = 0.29 * (1 + 1e-12)
+    ops = operating_points(pauc, costs, tolerance=0.05).set_index("scenario")
+    assert ops.loc["max accuracy", "tied_methods"] == "EX-FIQA-FW, Exit 3" and ops.loc["balanced", "tied_methods"] == ""
 
 
 def test_rank_correlation_is_spearman():
