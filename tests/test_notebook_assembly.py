@@ -428,3 +428,29 @@ def test_attention_samples_config_key(tiny_config, tmp_path):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=r"attention_samples.child: .*none.png does not exist"):
         load_config(path).check_paths()
+
+
+def test_paper_findings_take_the_studys_paired_tables(odd_study):
+    # notebook 03's path: pauc_all and the two bootstrap tables at one scale, one row per compared dataset
+    study = Study(odd_study.config.select(datasets=["lfw"]), progress=False)
+    cfg = study.config
+    tags = analysis.variant_tags(study)
+    head = analysis.Headline("lfw", cfg.datasets["lfw"].label, "arcface", 0.002)
+    pauc = analysis.pauc_all(study, scale=cfg.pauc_scale)
+    depth = analysis.depth_bootstrap(study, "arcface", 0.002, n_boot=20)
+    assert set(depth["method"]) == {"Exit 12"} and set(depth["reference"]) == {"Exit 1"}
+    paired = pd.concat([analysis.fusion_bootstrap(study, "arcface", 0.002, n_boot=20), depth])
+    out = analysis.paper_findings(pauc, tags, head, paired=paired).set_index("finding")
+    label = cfg.datasets["lfw"].label
+    for finding, a, b in ((f"FW beats the last exit (C): {label}", "EX-FIQA-FW", "Exit 12"),
+                          (f"depth gains (T): {label}", "Exit 12", "Exit 1")):
+        row = out.loc[finding]
+        q = "C" if "(C)" in finding else "T"
+        p = pauc[(pauc["quality_model"] == q) & (pauc["fr_model"] == "arcface") & np.isclose(pauc["fmr"], 0.002)].set_index("method")["pauc"]
+        assert row["difference"] == pytest.approx(p[a] - p[b]) and row["ci_low"] <= row["ci_high"]
+        expect = ("tie" if p[a] == pytest.approx(p[b], rel=1e-9, abs=0) else "agrees" if row["ci_high"] < 0
+                  else "differs" if row["ci_low"] > 0 else "not resolved")
+        assert row["verdict"] == expect, (finding, p[a], p[b])
+    assert set(out["verdict"]) <= set(analysis.VERDICTS)
+    with pytest.raises(ValueError, match="differ in scale or protocol"):  # an unscaled bootstrap table is refused
+        analysis.paper_findings(pauc, tags, head, paired=paired.assign(delta_pauc=paired["delta_pauc"] / cfg.pauc_scale))
