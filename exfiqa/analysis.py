@@ -87,15 +87,19 @@ def rank_correlation(sample_quality: pd.DataFrame, methods: Sequence[str]) -> pd
 def fusion_wins(pauc: pd.DataFrame, challenger: str, reference: str) -> pd.DataFrame:
     """Per (quality model, FR model, FMR): on how many datasets ``challenger`` has a lower pAUC.
 
-    Returns columns ``quality_model, fr_model, fmr, wins, n, summary`` ("FW beats exit 12 on k of n").
+    Returns columns ``quality_model, fr_model, fmr, wins, n, summary``. Point estimates, no
+    intervals (a tie, :func:`is_tie`, is no win): whether a difference is resolved, the paired
+    bootstrap says (:func:`paired_vs_reference`, :func:`paper_findings`).
     """
     keys = ["quality_model", "fr_model", "fmr", "dataset"]
     wide = pauc[pauc["method"].isin([challenger, reference])].pivot_table(index=keys, columns="method", values="pauc")
-    wide["win"] = wide[challenger] < wide[reference]
+    a, b = wide[challenger], wide[reference]
+    wide["win"] = (a < b) & ~np.array([is_tie(x, y) for x, y in zip(a, b, strict=True)], dtype=bool)
     out = wide.groupby(level=[0, 1, 2])["win"].agg(["sum", "count"]).reset_index()
     out = out.rename(columns={"sum": "wins", "count": "n"})
     out["wins"] = out["wins"].astype(int)
-    out["summary"] = [f"{challenger} beats {reference} on {w} of {n}" for w, n in zip(out["wins"], out["n"], strict=True)]
+    out["summary"] = [f"{challenger} has a lower pAUC (point estimate) than {reference} on {w} of {n}"
+                      for w, n in zip(out["wins"], out["n"], strict=True)]
     return out
 
 
@@ -231,6 +235,9 @@ def operating_points(pauc: pd.DataFrame, costs: pd.DataFrame, tolerance: float =
     - balanced: the cheapest single exit whose mean pAUC is within ``tolerance`` (relative) of the
       last exit's;
     - max efficiency: the cheapest single exit within ``2 * tolerance`` of the last exit's.
+
+    ``tied_methods``: for max accuracy, every method tied (:func:`is_tie`) for the lowest mean pAUC
+    when there are several (the row shows the first by name); empty otherwise.
     """
     rows = []
     for q, part in pauc.groupby("quality_model", sort=False):
@@ -239,12 +246,12 @@ def operating_points(pauc: pd.DataFrame, costs: pd.DataFrame, tolerance: float =
         exits = [m for m in mean.index if m.startswith("Exit ")]
         last = max(exits, key=lambda m: int(m.split()[1]))
         full = cost[last]
-        best = mean.idxmin()
-        rows.append(_point(q, "max accuracy", best, mean, cost, full))
+        tied = tied_best(mean.sort_index())
+        rows.append({**_point(q, "max accuracy", tied[0], mean, cost, full), "tied_methods": ", ".join(tied) if len(tied) > 1 else ""})
         for name, tol in (("balanced", tolerance), ("max efficiency", 2 * tolerance)):
             ok = [m for m in exits if mean[m] <= mean[last] * (1 + tol)]
             pick = min(ok, key=lambda m: cost[m])
-            rows.append(_point(q, name, pick, mean, cost, full))
+            rows.append({**_point(q, name, pick, mean, cost, full), "tied_methods": ""})
     return pd.DataFrame(rows)
 
 
@@ -477,7 +484,8 @@ def variant_tags(study: Study) -> dict[str, tuple[str, int]]:
 
 def depth_summary(pauc_table: pd.DataFrame, depths: dict[str, int], fmr: float) -> pd.DataFrame:
     """Per quality model: mean pAUC (over datasets and FR models) of exit 1 and the last exit,
-    the share of the exit-1-to-last change reached by exit 5 and by exit 8, the best single exit.
+    the share of the exit-1-to-last change reached by exit 5 and by exit 8, the best single exit
+    (every exit tied for best named, :func:`best_text`).
 
     ``depths``: quality model -> depth. Share = (pAUC(1) - pAUC(k)) / (pAUC(1) - pAUC(last)).
     """
@@ -491,7 +499,7 @@ def depth_summary(pauc_table: pd.DataFrame, depths: dict[str, int], fmr: float) 
         def share(k: int, first=first, total=total, mean=mean, depth=depth) -> float:
             return float((first - mean[f"Exit {min(k, depth)}"]) / total) if total else float("nan")
 
-        best = min((f"Exit {k}" for k in range(1, depth + 1)), key=lambda m, mean=mean: mean[m])
+        best = best_text(mean[[f"Exit {k}" for k in range(1, depth + 1)]])
         rows.append({
             "quality_model": q, "pauc_exit_1": float(first), "pauc_last_exit": float(last), "last_exit": depth,
             "share_of_gain_by_exit_5": share(5), "share_of_gain_by_exit_8": share(8), "best_single_exit": best,
@@ -504,15 +512,16 @@ def depth_summary(pauc_table: pd.DataFrame, depths: dict[str, int], fmr: float) 
 
 def fusion_vs_exits(head: pd.DataFrame, depths: dict[str, int]) -> pd.DataFrame:
     """Per quality model, FR model and dataset (``head``: pAUC rows at one FMR): the last exit,
-    the best single exit (chosen with hindsight), EX-FIQA-F and EX-FIQA-FW."""
+    the best single exit (chosen with hindsight; every tied exit named, :func:`best_text`),
+    EX-FIQA-F and EX-FIQA-FW."""
     rows = []
     for (q, fr, ds), part in head.groupby(["quality_model", "fr_model", "dataset"], sort=False):
         p = part.set_index("method")["pauc"]
         depth = depths[q]
-        best = p[[f"Exit {k}" for k in range(1, depth + 1)]].idxmin()
+        exits = p[[f"Exit {k}" for k in range(1, depth + 1)]]
         rows.append({
             "quality_model": q, "fr_model": fr, "dataset": ds, "last exit": float(p[f"Exit {depth}"]),
-            "best single exit": best, "best exit pAUC": float(p[best]), "EX-FIQA-F": float(p["EX-FIQA-F"]),
+            "best single exit": best_text(exits), "best exit pAUC": float(exits.min()), "EX-FIQA-F": float(p["EX-FIQA-F"]),
             "EX-FIQA-FW": float(p["EX-FIQA-FW"]),
         })
     return pd.DataFrame(rows)
@@ -527,7 +536,20 @@ def fusion_bootstrap(study: Study, fr: str, fmr: float, n_boot: int, unit: str =
     for q, (_, depth) in variant_tags(study).items():
         parts.append(paired_vs_reference(study, q, fr, ["EX-FIQA-F", "EX-FIQA-FW"], f"Exit {depth}", fmr, n_boot=n_boot,
                                          unit=unit))
-    boot = pd.concat(parts, ignore_index=True)
+    return _scaled(pd.concat(parts, ignore_index=True), cfg)
+
+
+def depth_bootstrap(study: Study, fr: str, fmr: float, n_boot: int, unit: str = "subject") -> pd.DataFrame:
+    """Paired bootstrap of the last exit against exit 1, per quality model and dataset
+    (:func:`paired_vs_reference`, resampling ``unit``; ``delta_pauc`` = pAUC(last) - pAUC(exit 1),
+    < 0: depth helps), scaled and labelled as :func:`fusion_bootstrap`; for the "depth gains" finding."""
+    parts = [paired_vs_reference(study, q, fr, [f"Exit {depth}"], "Exit 1", fmr, n_boot=n_boot, unit=unit)
+             for q, (_, depth) in variant_tags(study).items()]
+    return _scaled(pd.concat(parts, ignore_index=True), study.config)
+
+
+def _scaled(boot: pd.DataFrame, cfg: Any) -> pd.DataFrame:
+    """A paired-bootstrap table with ``delta_pauc`` and its interval times ``pauc_scale`` (+ scale, seed)."""
     for col in ("delta_pauc", "ci_low", "ci_high"):
         boot[col] = boot[col] * cfg.pauc_scale
     boot["scale"] = float(cfg.pauc_scale)
@@ -920,72 +942,264 @@ def _pool(part: pd.DataFrame, tags: dict[str, tuple[str, int]]) -> pd.DataFrame:
     return keep
 
 
+# --- verdicts: ties and paired intervals
+
+TIE_RTOL = 1e-9
+"""Two pAUCs within this relative distance are equal (a tie: the same value up to rounding)."""
+
+VERDICTS = ("agrees", "differs", "tie", "not resolved", "not computable in this run")
+"""The verdicts of :func:`paper_findings`."""
+
+FINDINGS_COLUMNS = ("finding", "paper", "this_run", "verdict", "difference", "ci_low", "ci_high", "criterion")
+"""The columns of :func:`paper_findings`."""
+
+PAIRED_COLUMNS = ("quality_model", "dataset", "fr_model", "fmr", "method", "reference", "delta_pauc", "ci_low", "ci_high")
+"""The columns :func:`paper_findings` reads from a paired bootstrap table (:func:`paired_vs_reference`)."""
+
+
+def is_tie(a: float, b: float, rtol: float = TIE_RTOL) -> bool:
+    """``a`` and ``b`` are equal to a relative ``rtol`` (NaN ties with nothing)."""
+    return bool(a == b or abs(a - b) <= rtol * max(abs(a), abs(b)))
+
+
+def tied_best(values: pd.Series, rtol: float = TIE_RTOL) -> list[str]:
+    """Every label of ``values`` that ties (:func:`is_tie`) with the minimum, lower being better,
+    in the order of ``values``. One label: a clear best; none: no finite value."""
+    v = pd.to_numeric(values, errors="coerce").astype(np.float64)
+    finite = v[np.isfinite(v)]
+    if finite.empty:
+        return []
+    lo = float(finite.min())
+    return [str(k) for k, x in finite.items() if is_tie(float(x), lo, rtol)]
+
+
+def best_text(values: pd.Series, rtol: float = TIE_RTOL) -> str:
+    """The best (lowest) of ``values`` in words, naming every tied label: ``"Exit 8"`` or
+    ``"Exit 9, Exit 10, Exit 11 (tie)"``."""
+    best = tied_best(values, rtol)
+    return ", ".join(best) + (" (tie)" if len(best) > 1 else "")
+
+
+def _best_verdict(values: pd.Series, target: str) -> tuple[str, float]:
+    """Verdict of "``target`` is the best of ``values``" and pAUC(target) - best other (< 0: it is).
+
+    ``agrees``: target alone is best; ``tie``: target ties with another for best; ``differs``:
+    another is best; ``not computable in this run``: no target value."""
+    if target not in values.index or not np.isfinite(values[target]):
+        return "not computable in this run", float("nan")
+    others = values.drop(target)
+    margin = float(values[target] - others.min()) if others.notna().any() else float("nan")
+    best = tied_best(values)
+    verdict = "differs" if target not in best else ("agrees" if len(best) == 1 else "tie")
+    return verdict, margin
+
+
+def _paired_rows(paired: pd.DataFrame | None, quality: str, method: str, reference: str, fr: str, fmr: float) -> pd.DataFrame:
+    """Rows of the paired bootstrap table for one comparison, indexed by dataset label."""
+    if paired is None:
+        return pd.DataFrame(columns=list(PAIRED_COLUMNS)).set_index("dataset")
+    missing = [c for c in PAIRED_COLUMNS if c not in paired.columns]
+    if missing:
+        raise ValueError(f"paper_findings: the paired bootstrap table (paired=) lacks the columns {missing}; "
+                         "pass the table of analysis.fusion_bootstrap / depth_bootstrap")
+    sel = paired[(paired["quality_model"] == quality) & (paired["method"] == method) & (paired["reference"] == reference)
+                 & (paired["fr_model"] == fr) & np.isclose(paired["fmr"].astype(float), fmr)]
+    if sel["dataset"].duplicated().any():
+        raise ValueError(f"paper_findings: the paired bootstrap table (paired=) has several rows for {method} - {reference} "
+                         f"({quality}, {fr}, FMR {fmr:g}) on one dataset")
+    return sel.set_index("dataset")
+
+
+def _paired_detail(
+    finding: str, paper: str, label: str, ds: str, a: float, b: float, boot: pd.DataFrame
+) -> dict:
+    """One comparison pAUC(a) - pAUC(b) on dataset ``ds`` (``label`` names a and b: "FW - Exit 12"):
+    ``agrees`` when its 95% paired interval lies below 0 (a is better), ``differs`` above 0,
+    ``tie`` when a and b are equal, ``not resolved`` otherwise or without an interval."""
+    diff = a - b
+    lo = hi = float("nan")
+    if ds in boot.index:
+        row = boot.loc[ds]
+        lo, hi = float(row["ci_low"]), float(row["ci_high"])
+        if not np.isclose(float(row["delta_pauc"]), diff, rtol=1e-6, atol=1e-9 * max(abs(a), abs(b))):
+            raise ValueError(
+                f"paper_findings: paired= gives delta_pauc {float(row['delta_pauc']):.6g} for {label} on {ds}, "
+                f"the pAUC table {diff:.6g}: the two tables differ in scale or protocol")
+    if is_tie(a, b):
+        verdict = "tie"
+    elif hi < 0:
+        verdict = "agrees"
+    elif lo > 0:
+        verdict = "differs"
+    else:
+        verdict = "not resolved"
+    ci = f"95% paired interval [{lo:.4g}, {hi:.4g}]" if np.isfinite(lo) else "no paired interval"
+    return {
+        "finding": f"{finding}: {ds}", "paper": paper,
+        "this_run": f"{label} = {a:.6g} - {b:.6g} = {diff:+.4g}, {ci}", "verdict": verdict,
+        "difference": diff, "ci_low": lo, "ci_high": hi,
+        "criterion": f"{label} < 0 with a 95% paired bootstrap interval below 0: agrees; above 0: differs; "
+                     "interval containing 0 (or none): not resolved; equal pAUC: tie",
+    }
+
+
+def _count(details: list[dict]) -> dict[str, int]:
+    return {v: sum(d["verdict"] == v for d in details) for v in ("agrees", "differs", "tie", "not resolved")}
+
+
 def paper_findings(
-    pauc_table: pd.DataFrame, tags: dict[str, tuple[str, int]], head: Headline, adience: str | None = None
+    pauc_table: pd.DataFrame, tags: dict[str, tuple[str, int]], head: Headline, adience: str | None = None,
+    paired: pd.DataFrame | None = None, min_change: float = 0.05,
 ) -> pd.DataFrame:
-    """Each finding the paper states, computed from this run, with ``agrees`` / ``differs``.
+    """Each finding the paper states, computed from this run, with a verdict that holds.
 
     Findings (as stated in the EX-FIQA paper, arXiv 2604.22842, and its poster): largest gains exits 1->5 and little after 8; middle exits best on IJB-C
     for (C); FW beats exit 12 on 5 of 8 datasets for (C); FW (T) best mean pAUC; FW (T) top-1 on
     IJB-C for every FR model; FW (C) best on Adience. "IJB-C" is the headline dataset, "Adience"
-    the dataset ``adience`` (a label, or None when the run has none). Each row states the
-    criterion used to decide agreement; all at the headline FMR.
+    the dataset ``adience`` (a label, or None when the run has none); all at the headline FMR and,
+    where a finding compares two methods on a dataset, the headline FR model.
+
+    ``paired``: a paired bootstrap table (:data:`PAIRED_COLUMNS`, at the scale of ``pauc_table``):
+    rows EX-FIQA-FW vs the last exit (:func:`fusion_bootstrap`) and the last exit vs exit 1
+    (:func:`depth_bootstrap`). Each such comparison becomes a row of its own
+    (``"<finding>: <dataset>"``) with the difference and its 95% interval. Without it, "beats"
+    counts and depth changes are "not resolved" or rest on the size threshold alone.
+
+    Verdicts (:data:`VERDICTS`): ``agrees`` / ``differs``; ``tie`` where the verdict rests on
+    methods with equal pAUC (:data:`TIE_RTOL`; every tied method is named in ``this_run``);
+    ``not resolved`` where the 95% paired intervals cannot decide it (a dataset counts as a win
+    only if its interval lies below 0) or the depth change is below ``min_change`` (relative to
+    exit 1's pAUC); ``not computable in this run``.
+
+    Columns (:data:`FINDINGS_COLUMNS`): ``finding``, ``paper`` (the claim), ``this_run`` (what the
+    run shows, in words), ``verdict``, ``difference`` (pAUC difference the verdict rests on, lower
+    = the claim's method better: FW - last exit, last exit - exit 1, middle-exit best - best
+    elsewhere, claimed best - best other), ``ci_low`` / ``ci_high`` (its 95% paired interval, NaN
+    where there is none), ``criterion`` (the rule applied).
     """
     at = pauc_table[np.isclose(pauc_table["fmr"], head.fmr)]
     by_tag = {tag: q for q, (tag, _) in tags.items()}
-    rows = []
+    nan = float("nan")
+    rows: list[dict] = []
 
-    def add(finding: str, paper_says: str, this_run: str, agrees: bool | None, criterion: str) -> None:
-        verdict = "not computable in this run" if agrees is None else ("agrees" if agrees else "differs")
-        rows.append({"finding": finding, "paper": paper_says, "this_run": this_run, "verdict": verdict, "criterion": criterion})
+    def add(finding: str, paper_says: str, this_run: str, verdict: str, criterion: str, difference: float = nan) -> None:
+        rows.append({"finding": finding, "paper": paper_says, "this_run": this_run, "verdict": verdict,
+                     "difference": difference, "ci_low": nan, "ci_high": nan, "criterion": criterion})
+
+    def details(q: str, finding: str, paper_says: str, a_name: str, b_name: str, label: str) -> list[dict]:
+        part = at[(at["quality_model"] == q) & (at["fr_model"] == head.fr_model)]
+        wide = part.pivot_table(index="dataset", columns="method", values="pauc", sort=False)
+        boot = _paired_rows(paired, q, a_name, b_name, head.fr_model, head.fmr)
+        return [_paired_detail(finding, paper_says, label, str(ds), float(r[a_name]), float(r[b_name]), boot)
+                for ds, r in wide.iterrows()]
 
     summary = depth_summary(at, {q: d for q, (_, d) in tags.items()}, head.fmr)
     for r in summary.itertuples():
+        tag, depth = tags[r.quality_model]
+        name, paper_says = f"depth gains ({tag})", "largest gains from exit 1 to exit 5, little change after exit 8"
         s5, s8 = r.share_of_gain_by_exit_5, r.share_of_gain_by_exit_8
-        ok = bool(np.isfinite(s5) and r.pauc_exit_1 > r.pauc_last_exit and s5 >= max(s8 - s5, 1 - s8) and 1 - s8 <= 0.2)
-        add(f"depth gains ({tags[r.quality_model][0]})", "largest gains from exit 1 to exit 5, little change after exit 8",
-            f"{s5:.0%} of the exit-1-to-last pAUC change by exit 5, {s8:.0%} by exit 8 (mean over datasets and FR models)",
-            ok, "exit 1->5 is the largest of the three segments 1->5, 5->8, 8->last, and at most 20% of the change comes after exit 8")
+        first, last = float(r.pauc_exit_1), float(r.pauc_last_exit)
+        change = last - first
+        rel = change / first if first else nan
+        shape = bool(np.isfinite(s5) and first > last and s5 >= max(s8 - s5, 1 - s8) and 1 - s8 <= 0.2)
+        det = details(r.quality_model, name, paper_says, f"Exit {depth}", "Exit 1", f"Exit {depth} - Exit 1")
+        n = _count(det)
+        with_ci = sum(np.isfinite(d["ci_low"]) for d in det)
+        resolved = n["agrees"] + n["differs"]
+        text = (f"mean pAUC exit 1 -> exit {depth}: {first:.4g} -> {last:.4g} (change {change:+.4g}, {rel:+.1%}); "
+                f"{s5:.0%} of it by exit 5, {s8:.0%} by exit 8 (mean over datasets and FR models)")
+        if with_ci:
+            text += f"; the change's 95% paired interval excludes 0 on {resolved} of {len(det)} datasets ({head.fr_model})"
+        if is_tie(first, last):
+            verdict = "tie"
+        elif not (np.isfinite(rel) and abs(rel) >= min_change) or (with_ci and 2 * resolved <= len(det)):
+            verdict = "not resolved"
+        else:
+            verdict = "agrees" if shape else "differs"
+        add(name, paper_says, text, verdict,
+            f"resolved if the change exit 1 -> last is at least {min_change:.0%} of exit 1's pAUC and "
+            + ("its paired interval excludes 0 on more than half of the datasets; " if with_ci else "(no paired intervals given); ")
+            + "then agrees if exit 1->5 is the largest of the three segments 1->5, 5->8, 8->last, and at most 20% of "
+              "the change comes after exit 8", change)
+        if paired is not None:  # one row per compared dataset
+            rows.extend(det)
     hp = at[(at["dataset"] == head.label) & (at["fr_model"] == head.fr_model)]
     if "C" in by_tag:
         q = by_tag["C"]
         depth = tags[q][1]
         p = hp[hp["quality_model"] == q].set_index("method")["pauc"]
-        best = min((f"Exit {k}" for k in range(1, depth + 1)), key=lambda m: p[m])
+        exits = pd.Series({f"Exit {k}": float(p[f"Exit {k}"]) for k in range(1, depth + 1)})
         lo, hi = round(7 * depth / 12), round(9 * depth / 12)
+        best = tied_best(exits)
+        inside = [m for m in best if lo <= int(m.split()[1]) <= hi]
+        verdict = "agrees" if len(inside) == len(best) else ("differs" if not inside else "tie")
+        middle = exits[[f"Exit {k}" for k in range(lo, hi + 1)]]
+        rest = exits.drop(middle.index)
+        margin = float(middle.min() - rest.min()) if len(rest) else nan
         add("middle exits best on IJB-C (C)", "exits 7-9 are the best single exits of (C) on IJB-C",
-            f"best single exit of (C) on {head.label} with {head.fr_model}: {best}", lo <= int(best.split()[1]) <= hi,
-            f"the best single exit lies in {lo}..{hi} (7..9 of 12, scaled to depth {depth})")
-        w = fusion_wins(at[at["quality_model"] == q], "EX-FIQA-FW", f"Exit {depth}")
-        w = w[w["fr_model"] == head.fr_model].iloc[0]
-        add("FW beats the last exit (C)", "EX-FIQA-FW (C) beats exit 12 on 5 of 8 datasets",
-            f"on {int(w['wins'])} of {int(w['n'])} datasets with {head.fr_model}", int(w["wins"]) * 2 > int(w["n"]),
-            "FW (C) has a lower pAUC than the last exit on more than half of the datasets (5 of 8 is)")
+            f"best single exit of (C) on {head.label} with {head.fr_model}: {best_text(exits)} (pAUC {exits.min():.6g}); "
+            f"best of exits {lo}..{hi} minus best of the others: {margin:+.4g}", verdict,
+            f"the best single exit lies in {lo}..{hi} (7..9 of 12, scaled to depth {depth}); exits tied for best "
+            "inside and outside that range: tie; point estimates, no interval", margin)
+        name, paper_says = "FW beats the last exit (C)", "EX-FIQA-FW (C) beats exit 12 on 5 of 8 datasets"
+        det = details(q, name, paper_says, "EX-FIQA-FW", f"Exit {depth}", f"FW - Exit {depth}")
+        n, total = _count(det), len(det)
+        point = sum(d["difference"] < 0 and d["verdict"] != "tie" for d in det)
+        if 2 * n["agrees"] > total:
+            verdict = "agrees"
+        elif 2 * (n["agrees"] + n["not resolved"] + n["tie"]) <= total:
+            verdict = "differs"
+        elif 2 * (n["agrees"] + n["not resolved"]) <= total:
+            verdict = "tie"
+        else:
+            verdict = "not resolved"
+        text = (f"FW better on {n['agrees']} of {total} datasets with {head.fr_model} (95% paired interval below 0), "
+                f"worse on {n['differs']}, not resolved on {n['not resolved']}"
+                + (f", tied on {n['tie']}" if n["tie"] else "") + f"; lower pAUC (point estimate) on {point} of {total}")
+        if not any(np.isfinite(d["ci_low"]) for d in det):
+            text += "; no paired intervals given"
+        add(name, paper_says, text, verdict,
+            "FW (C) beats the last exit (95% paired interval below 0) on more than half of the datasets (5 of 8 is): "
+            "agrees; cannot be more than half even if every unresolved dataset were a win: differs; only tied "
+            "datasets could make it: tie; otherwise not resolved")
+        if paired is not None:  # one row per compared dataset
+            rows.extend(det)
     else:
-        add("middle exits best on IJB-C (C)", "exits 7-9 are the best single exits of (C) on IJB-C", "no (C) model in this run", None, "")
-        add("FW beats the last exit (C)", "EX-FIQA-FW (C) beats exit 12 on 5 of 8 datasets", "no (C) model in this run", None, "")
+        add("middle exits best on IJB-C (C)", "exits 7-9 are the best single exits of (C) on IJB-C", "no (C) model in this run",
+            "not computable in this run", "")
+        add("FW beats the last exit (C)", "EX-FIQA-FW (C) beats exit 12 on 5 of 8 datasets", "no (C) model in this run",
+            "not computable in this run", "")
     pool = _pool(at, tags)
+    ties_rule = "; tied for best with another method: tie; point estimates, no interval"
     mean = pool.groupby("name")["pauc"].mean().sort_index()
-    best = mean.idxmin()
+    verdict, margin = _best_verdict(mean, "EX-FIQA-FW (T)")
     add("FW (T) best mean pAUC", "EX-FIQA-FW (T) has the best mean pAUC",
-        f"best mean pAUC over datasets and FR models: {best} ({mean[best]:.4g})", best == "EX-FIQA-FW (T)",
-        "EX-FIQA-FW (T) has the lowest mean pAUC of all methods of the run")
+        f"best mean pAUC over datasets and FR models: {best_text(mean)} ({mean.min():.4g})", verdict,
+        "EX-FIQA-FW (T) has the lowest mean pAUC of all methods of the run" + ties_rule, margin)
     on_head = pool[pool["dataset"] == head.label]
-    tops = {fr: part.set_index("name")["pauc"].sort_index().idxmin() for fr, part in on_head.groupby("fr_model", sort=False)}
-    n_fw = sum(t == "EX-FIQA-FW (T)" for t in tops.values())
+    per_fr = {fr: part.set_index("name")["pauc"].sort_index() for fr, part in on_head.groupby("fr_model", sort=False)}
+    verdicts = {fr: _best_verdict(v, "EX-FIQA-FW (T)") for fr, v in per_fr.items()}
+    n_fw = sum(v == "agrees" for v, _ in verdicts.values())
+    n_tie = sum(v == "tie" for v, _ in verdicts.values())
+    if any(v == "not computable in this run" for v, _ in verdicts.values()) or not verdicts:
+        verdict = "not computable in this run"
+    else:
+        verdict = "agrees" if n_fw == len(verdicts) else ("tie" if n_fw + n_tie == len(verdicts) else "differs")
     add("FW (T) top-1 on IJB-C", "EX-FIQA-FW (T) is top-1 on IJB-C for all four FR models",
-        f"top-1 on {head.label} for {n_fw} of {len(tops)} FR models ("
-        + ", ".join(f"{fr}: {t}" for fr, t in tops.items()) + ")", n_fw == len(tops),
-        "EX-FIQA-FW (T) has the lowest pAUC on the headline dataset for every FR model of the run")
+        f"top-1 on {head.label} for {n_fw} of {len(per_fr)} FR models" + (f", tied for top-1 for {n_tie}" if n_tie else "")
+        + " (" + "; ".join(f"{fr}: {best_text(v)}" for fr, v in per_fr.items()) + ")", verdict,
+        "EX-FIQA-FW (T) has the lowest pAUC on the headline dataset for every FR model of the run" + ties_rule
+        + "; difference: the largest over FR models", max((m for _, m in verdicts.values()), default=nan))
     if adience is None:
-        add("FW (C) best on Adience", "EX-FIQA-FW (C) is the best method on Adience", "no Adience dataset in this run", None, "")
+        add("FW (C) best on Adience", "EX-FIQA-FW (C) is the best method on Adience", "no Adience dataset in this run",
+            "not computable in this run", "")
     else:
         part = pool[(pool["dataset"] == adience) & (pool["fr_model"] == head.fr_model)].set_index("name")["pauc"].sort_index()
-        top = part.idxmin()
+        verdict, margin = _best_verdict(part, "EX-FIQA-FW (C)")
         add("FW (C) best on Adience", "EX-FIQA-FW (C) is the best method on Adience",
-            f"best on {adience} with {head.fr_model}: {top}", top == "EX-FIQA-FW (C)",
-            "EX-FIQA-FW (C) has the lowest pAUC on the Adience dataset with the headline FR model")
-    return pd.DataFrame(rows)
+            f"best on {adience} with {head.fr_model}: {best_text(part)}", verdict,
+            "EX-FIQA-FW (C) has the lowest pAUC on the Adience dataset with the headline FR model" + ties_rule, margin)
+    return pd.DataFrame(rows, columns=list(FINDINGS_COLUMNS))
 
 
 # --- 04: early exit
@@ -1064,9 +1278,12 @@ def adaptive_study(
 
     The gate rejects the worst ``reject_fraction`` by the full-depth FW score; the adaptive rule
     stops when the running FW score is more than ``margin`` standard deviations (of the FW
-    score) from that threshold. Columns: mean stopping exit, compute saving against reading all
-    exits, agreement with the full-depth gate, pAUC (x ``pauc_scale``) of the adaptive and the
-    full-depth FW score.
+    score) from that threshold. Columns: ``mean_exit`` (mean stopping exit), ``compute_saving``
+    (against reading all exits), ``gate_agreement`` (share of images the adaptive gate accepts or
+    rejects as the full-depth gate does), the same for the trivial gates ``agreement_accept_all``
+    (accept every image: the full gate's acceptance rate) and ``agreement_reject_all``,
+    ``beats_trivial_gates`` (``gate_agreement`` above both), ``pauc_adaptive`` and
+    ``pauc_fw_all_exits`` (x ``pauc_scale``, the adaptive and the full-depth FW score).
     """
     from .config import ConfigError
     from .fusion import depth_weights
@@ -1083,11 +1300,14 @@ def adaptive_study(
             full = scores @ depth_weights(model.depth)
             thr = float(np.quantile(full, reject_fraction))
             res = adaptive_exit(scores, thr, margin * float(full.std()), min_exit, cum_cost)
+            agree = float(np.mean((res.score > thr) == (full > thr)))
+            accept_all = float(np.mean(full > thr))  # the gate accepts score > thr
             p_ad, p_fw = study.pauc_of(ds, fr, np.stack([res.score, full], axis=1), (fmr,))[fmr] * cfg.pauc_scale
             rows.append({
                 "quality_model": q, "dataset": cfg.datasets[ds].label, "mean_exit": float(res.exit_used.mean()),
                 "compute_saving": 1 - res.mean_gflops / res.full_gflops,
-                "gate_agreement": float(np.mean((res.score > thr) == (full > thr))),
+                "gate_agreement": agree, "agreement_accept_all": accept_all, "agreement_reject_all": 1 - accept_all,
+                "beats_trivial_gates": bool(agree > max(accept_all, 1 - accept_all)),
                 "pauc_adaptive": float(p_ad), "pauc_fw_all_exits": float(p_fw),
             })
     return pd.DataFrame(rows)
@@ -1192,8 +1412,9 @@ __all__ += [  # the notebook-assembly section above
     "BOOTSTRAP_UNITS", "ChosenComparison", "ChosenExits", "bootstrap_units", "unit_summary", "calibration_datasets", "calibration_set", "choose_for", "chosen_exits",
     "chosen_exits_comparison", "evaluated_datasets", "mated_similarity_label",
     "AttentionInputs", "Headline", "PAPER_HEADLINE", "PAPER_HEADLINE_SCALE", "StrategyResult", "adaptive_study",
-    "attention_inputs", "attention_study", "depth_summary", "exit_scores_long", "fmr_target", "fusion_bootstrap",
+    "attention_inputs", "attention_study", "depth_bootstrap", "depth_summary", "exit_scores_long", "fmr_target", "fusion_bootstrap",
     "fusion_vs_exits", "headline", "headline_vs_paper", "latency_table", "paper_findings", "pauc_cost_points",
     "poster_table", "released_claims", "released_gflops", "secondary_reference", "strategy_table", "study_costs",
     "table_protocol", "variant_tags",
+    "FINDINGS_COLUMNS", "PAIRED_COLUMNS", "TIE_RTOL", "VERDICTS", "best_text", "is_tie", "tied_best",
 ]

@@ -118,6 +118,9 @@ for q in depths:
 # The paper reports the largest gains from exit 1 to exit 5 and little change after exit 8. We
 # measure the same thing on this run: the share of the total pAUC change between exit 1 and the
 # last exit that is already reached at exit 5 and at exit 8 (mean over datasets and FR models).
+# The shares mean something only if the change itself does: the verdict is "not resolved" when it
+# is below 5% of exit 1's pAUC (notebook 03 adds the change's paired intervals per dataset). Exits
+# tied for best (equal pAUC) are all named.
 
 # %%
 depth_summary = analysis.depth_summary(pauc, depths, head.fmr)
@@ -125,7 +128,7 @@ tables.save_table(depth_summary, TAB, "depth_summary", caption="Mean pAUC over d
                   protocol=analysis.table_protocol(cfg, head.fmr))
 display(depth_summary.round(3))
 findings = analysis.paper_findings(pauc, tags, head)
-display(findings[findings["finding"].str.startswith("depth gains")][["finding", "paper", "this_run", "verdict"]])
+display(findings[findings["finding"].str.startswith("depth gains")][["finding", "paper", "this_run", "verdict", "difference"]])
 
 # %% [markdown]
 # ## Do the exits agree? Rank correlation and score distributions

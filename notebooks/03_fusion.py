@@ -39,6 +39,7 @@ pauc_scale = None  # pAUC is shown times this (1000 as on the poster); None mean
 headline_fmr = None  # FMR of the comparison tables (1e-3 on the poster); None means the config's headline.fmr
 n_boot = 300  # bootstrap resamples for the intervals
 bootstrap_unit = "subject"  # what the bootstrap resamples: subject (each benchmark's independent units) or comparison
+min_depth_change = 0.05  # a depth finding rests on a pAUC change exit 1 -> last of at least this share of exit 1's
 learn_on = ""  # dataset the learned fusion weights are fitted on; empty means the first dataset
 calibrate_on = []  # datasets EX-FIQA-DC chooses its exits on (then not evaluated); empty means leave-one-dataset-out
 device = None  # cpu, cuda, cuda:N or auto; None means the config's device
@@ -79,11 +80,11 @@ at_head = pauc_table[pauc_table["fmr"] == head.fmr]
 #
 # The poster's headline table (pAUC-EDC at FNMR@FMR=1e-3, ArcFace, IJB-C, as printed: x10^3)
 # beside this run's values at its headline dataset, FR model and FMR, both at the run's pAUC
-# scale; then each finding the paper states, computed from this run, with agrees / differs and
-# the criterion used. A second reference for plain ViT-FIQA (T) (= exit 12 (T)) on five
-# benchmarks comes from the PreFIQs paper (Kolf et al., CVPR 2026 Workshops, arXiv 2605.13396)
-# **as transcribed by a secondary source** (not checked against the paper here): its column is
-# labelled so in both tables.
+# scale. A second reference for plain ViT-FIQA (T) (= exit 12 (T)) on five benchmarks comes from
+# the PreFIQs paper (Kolf et al., CVPR 2026 Workshops, arXiv 2605.13396) **as transcribed by a
+# secondary source** (not checked against the paper here): its column is labelled so in both
+# tables. The paper's findings, computed from this run, follow the paired bootstrap below, on
+# which they rest.
 
 # %%
 vs_paper = analysis.headline_vs_paper(pauc_table, head, tags, cfg.pauc_scale)
@@ -97,10 +98,6 @@ tables.save_table(secondary, TAB, "secondary_reference", caption=(
     f"Plain ViT-FIQA (T) of this run ({head.fr_model}) beside '{analysis.SECONDARY_SOURCE}': the PreFIQs paper "
     f"(arXiv 2605.13396) as transcribed by a secondary source ({analysis.SECONDARY_PROTOCOL})."), protocol=HEAD)
 display(secondary.round(3))
-adience = next((s.label for s in cfg.datasets.values() if s.kind == "adience"), None)
-findings = analysis.paper_findings(pauc_table, tags, head, adience=adience)
-tables.save_table(findings, TAB, "paper_findings", caption="The paper's findings, computed from this run.", protocol=HEAD)
-display(findings[["finding", "paper", "this_run", "verdict"]])
 
 # %% [markdown]
 # ## F and FW against the last exit and the best single exit
@@ -116,7 +113,8 @@ wins = analysis.fusion_wins(pauc_table, "EX-FIQA-FW", f"Exit {next(iter(tags.val
 tables.save_table(wins, TAB, "fusion_wins", caption="Datasets on which EX-FIQA-FW has a lower pAUC than the last exit.",
                   protocol=analysis.table_protocol(cfg))
 for r in wins[wins["fmr"] == head.fmr].itertuples():
-    display(Markdown(f"* ({r.quality_model}, {r.fr_model}): **{r.summary}** datasets (paper, (C) with ArcFace: 5 of 8)."))
+    display(Markdown(f"* ({r.quality_model}, {r.fr_model}): **{r.summary}** datasets (paper, (C) with ArcFace: 5 of 8). "
+                     "Point estimates: which of these differences the data resolve, the paired bootstrap below says."))
 
 # %% [markdown]
 # ## How sure are we? Paired bootstrap against the last exit
@@ -146,6 +144,29 @@ display(boot.round(4))
 fig = plots.forest(boot)
 plots.save_figure(fig, FIG, "fusion_bootstrap")
 display(fig)
+
+# %% [markdown]
+# ## The paper's findings, computed from this run
+#
+# Each finding the paper states, with the criterion used and a verdict: **agrees** / **differs**;
+# **tie** where the verdict rests on methods with equal pAUC (every tied method is named);
+# **not resolved** where the paired 95% intervals cannot decide it (a dataset counts as a win of
+# FW over the last exit only if its interval lies below 0) or the change with depth is smaller
+# than `min_depth_change` of exit 1's pAUC; **not computable in this run**. The comparisons a
+# verdict rests on (FW against the last exit, the last exit against exit 1; headline FR model)
+# have a row each, with the difference and its interval.
+
+# %%
+import pandas as pd
+
+depth_boot = analysis.depth_bootstrap(study, head.fr_model, head.fmr, n_boot, unit=bootstrap_unit)
+adience = next((s.label for s in cfg.datasets.values() if s.kind == "adience"), None)
+findings = analysis.paper_findings(pauc_table, tags, head, adience=adience, paired=pd.concat([boot, depth_boot]),
+                                   min_change=min_depth_change)
+tables.save_table(findings, TAB, "paper_findings", protocol=analysis.table_protocol(cfg, head.fmr, seed=True), caption=(
+    f"The paper's findings, computed from this run; intervals: paired bootstrap ({n_boot} resamples of {units_text}), "
+    f"{head.fr_model}."))
+display(findings[["finding", "paper", "this_run", "verdict", "difference", "ci_low", "ci_high"]])
 
 # %% [markdown]
 # ## Further strategies, and learned weights that must transfer
@@ -221,9 +242,10 @@ order = [head.label] + [d for d in labels if d != head.label]
 poster = analysis.poster_table(at_head[at_head["fr_model"] == head.fr_model], tags, order)
 tables.save_table(poster, TAB, "comparison_table", caption=f"pAUC-EDC, {head.fr_model}.", protocol=HEAD)
 display(poster.round(3))
-best_row = poster.loc[poster[head.label].idxmin()]
+by_method = poster.set_index("method")
 display(Markdown(
-    f"Best on {head.label}: **{best_row['method']}** ({best_row[head.label]:.3g}). Best mean over datasets: "
-    f"**{poster.loc[poster['mean'].idxmin(), 'method']}**. The paper reports EX-FIQA-FW (T) best on IJB-C "
+    f"Best on {head.label}: **{analysis.best_text(by_method[head.label])}** ({by_method[head.label].min():.3g}). "
+    f"Best mean over datasets: **{analysis.best_text(by_method['mean'])}** (point estimates; tied methods are all "
+    "named). The paper reports EX-FIQA-FW (T) best on IJB-C "
     "(6.36 x10^-3) and EX-FIQA-FW (C) best on Adience."
 ))

@@ -51,12 +51,12 @@ def test_attention_statistics_of_uniform_and_point_maps():
 
 def test_fusion_wins_counts_datasets():
     rows = []
-    for ds, fw, last in (("a", 1.0, 2.0), ("b", 3.0, 2.0), ("c", 0.5, 0.6)):
+    for ds, fw, last in (("a", 1.0, 2.0), ("b", 3.0, 2.0), ("c", 0.5, 0.6), ("tie", 7.0 * (1 - 1e-12), 7.0)):
         rows += [{"quality_model": "C", "fr_model": "arcface", "fmr": 1e-3, "dataset": ds, "method": "EX-FIQA-FW", "pauc": fw},
                  {"quality_model": "C", "fr_model": "arcface", "fmr": 1e-3, "dataset": ds, "method": "Exit 12", "pauc": last}]
     out = fusion_wins(pd.DataFrame(rows), "EX-FIQA-FW", "Exit 12")
-    assert out[["wins", "n"]].values.tolist() == [[2, 3]]
-    assert out["summary"].iloc[0] == "EX-FIQA-FW beats Exit 12 on 2 of 3"
+    assert out[["wins", "n"]].values.tolist() == [[2, 4]]  # equal to 1e-12 relative: a tie, no win
+    assert out["summary"].iloc[0] == "EX-FIQA-FW has a lower pAUC (point estimate) than Exit 12 on 2 of 4"
 
 
 def test_operating_points_from_a_hand_table():
@@ -71,6 +71,11 @@ def test_operating_points_from_a_hand_table():
     assert ops.loc["balanced", "method"] == "Exit 2"  # 0.31 <= 0.30 * 1.05
     assert ops.loc["max efficiency", "method"] == "Exit 2"  # Exit 1 is far worse
     assert ops.loc["balanced", "flop_saving"] == pytest.approx(1 - 2 / 3)
+    assert set(ops["tied_methods"]) == {""}
+    # Exit 3 ties with FW for the lowest mean pAUC: both are named
+    pauc.loc[pauc["method"] == "Exit 3", "pauc"] = 0.29 * (1 + 1e-12)
+    ops = operating_points(pauc, costs, tolerance=0.05).set_index("scenario")
+    assert ops.loc["max accuracy", "tied_methods"] == "EX-FIQA-FW, Exit 3" and ops.loc["balanced", "tied_methods"] == ""
 
 
 def test_rank_correlation_is_spearman():

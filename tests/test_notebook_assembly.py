@@ -46,7 +46,7 @@ def test_depth_summary_shares_by_hand():
     out = analysis.depth_summary(frame12, {"C": 12}, 1e-3).iloc[0]
     assert out["share_of_gain_by_exit_5"] == pytest.approx((20 - 10) / (20 - 9.0))
     assert out["share_of_gain_by_exit_8"] == pytest.approx((20 - 9.1) / (20 - 9.0))
-    assert out["best_single_exit"] == "Exit 9"  # the first of the tied minima in exit order
+    assert out["best_single_exit"] == "Exit 9, Exit 12 (tie)"  # every tied minimum named, in exit order
 
 
 def test_fusion_vs_exits_and_poster_table_by_hand():
@@ -136,11 +136,16 @@ def test_paper_findings_agree_and_differ_as_constructed():
     assert good.loc["depth gains (T)", "verdict"] == "agrees" and good.loc["depth gains (C)", "verdict"] == "agrees"
     assert good.loc["middle exits best on IJB-C (C)", "verdict"] == "agrees"
     assert "Exit 8" in good.loc["middle exits best on IJB-C (C)", "this_run"]
-    assert good.loc["FW beats the last exit (C)", "this_run"] == "on 3 of 4 datasets with arcface"
+    # no paired intervals given: the point estimates win 3 of 4, but no win is resolved
+    fw = good.loc["FW beats the last exit (C)"]
+    assert fw["verdict"] == "not resolved" and "lower pAUC (point estimate) on 3 of 4" in fw["this_run"]
+    assert fw["this_run"].endswith("no paired intervals given")
     assert good.loc["FW (T) best mean pAUC", "verdict"] == "agrees"
     assert good.loc["FW (T) top-1 on IJB-C", "verdict"] == "agrees"
     assert good.loc["FW (C) best on Adience", "verdict"] == "agrees"  # FW (C) 4+2 = 6 below FW (T) 5+2 = 7
-    assert set(good["verdict"]) <= {"agrees", "differs"} and good["criterion"].str.len().min() > 10
+    assert good.loc["FW (C) best on Adience", "difference"] == pytest.approx(6 - 7)  # FW (C) - the best other
+    assert set(good["verdict"]) <= {"agrees", "not resolved"} and good["criterion"].str.len().min() > 10
+    assert tuple(good.reset_index().columns) == analysis.FINDINGS_COLUMNS
     bad = analysis.paper_findings(_paper_world(False), tags, head, adience=None).set_index("finding")
     assert bad.loc["FW (T) best mean pAUC", "verdict"] == "differs"
     assert bad.loc["FW (T) top-1 on IJB-C", "verdict"] == "differs"
@@ -148,6 +153,137 @@ def test_paper_findings_agree_and_differ_as_constructed():
     flat = _tidy(_exits("C", "arcface", "IJB-C", [9.0] * 11 + [10.0], 9, 9))  # no gain with depth at all
     flat_out = analysis.paper_findings(flat, {"C": ("C", 12)}, head).set_index("finding")
     assert flat_out.loc["depth gains (C)", "verdict"] == "differs"
+
+
+def _paired(frame: pd.DataFrame, q: str, method: str, reference: str, cis: dict[str, tuple[float, float]],
+            fr: str = "arcface", scale: float = 1.0) -> pd.DataFrame:
+    """A hand-made paired bootstrap table: delta_pauc from ``frame`` (times ``scale``), the given intervals."""
+    p = frame[(frame["quality_model"] == q) & (frame["fr_model"] == fr)].set_index(["dataset", "method"])["pauc"]
+    return pd.DataFrame([
+        {"quality_model": q, "dataset": ds, "fr_model": fr, "fmr": 1e-3, "method": method, "reference": reference,
+         "delta_pauc": scale * (p[(ds, method)] - p[(ds, reference)]), "ci_low": lo, "ci_high": hi}
+        for ds, (lo, hi) in cis.items()
+    ])
+
+
+def test_paper_findings_name_every_tie_and_say_tie_when_the_verdict_rests_on_one():
+    head = analysis.Headline("ijbc", "IJB-C", "arcface", 1e-3)
+    tags = {"T": ("T", 12), "C": ("C", 12)}
+
+    def world(c_exits: list[float], fw_t: float = 5.0, serfiq: float = 30.0, fw_c_adience: float = 6.0) -> pd.DataFrame:
+        vals = {}
+        for fr in ("arcface", "magface"):
+            for ds in ("IJB-C", "Adience"):
+                vals.update(_exits("C", fr, ds, c_exits, 30, fw_c_adience if ds == "Adience" else 30, serfiq=serfiq))
+                vals.update(_exits("T", fr, ds, [40.0 - k for k in range(12)], 30, fw_t, serfiq=serfiq))
+        return _tidy(vals)
+
+    def findings(frame: pd.DataFrame) -> pd.DataFrame:
+        return analysis.paper_findings(frame, tags, head, adience="Adience").set_index("finding")
+
+    # the issue's case: exits 9..12 of (C) share the best pAUC (equal to 1e-12 relative), only exit 9 lies in 7..9
+    gains = [30, 28, 26, 25, 24, 23, 22.5, 22.0, 21.810767, 21.810767, 21.810767 * (1 + 1e-12), 21.810767]
+    row = findings(world(gains)).loc["middle exits best on IJB-C (C)"]
+    assert row["verdict"] == "tie"  # main said "agrees" with "Exit 9" (the lowest index won the tie)
+    assert "Exit 9, Exit 10, Exit 11, Exit 12 (tie)" in row["this_run"]
+    assert row["difference"] == pytest.approx(0.0, abs=1e-9)  # best of 7..9 minus best of the others
+    # all tied exits outside 7..9: differs; all inside: agrees, both named
+    outside = gains[:9] + [21.0, 21.0, 21.0]
+    assert findings(world(outside)).loc["middle exits best on IJB-C (C)", "verdict"] == "differs"
+    inside = gains[:6] + [20.0, 20.0, 21.0, 22, 22, 22]
+    row = findings(world(inside)).loc["middle exits best on IJB-C (C)"]
+    assert row["verdict"] == "agrees" and "Exit 7, Exit 8 (tie)" in row["this_run"] and row["difference"] == -2.0  # 20 - 22
+    # a baseline ties with FW (T) everywhere: best mean, top-1 and Adience say tie and name both
+    tied = findings(world(gains, fw_t=5.0, serfiq=5.0, fw_c_adience=5.0))
+    assert tied.loc["FW (T) best mean pAUC", "verdict"] == "tie"
+    assert "EX-FIQA-FW (T), serfiq (tie)" in tied.loc["FW (T) best mean pAUC", "this_run"]
+    assert tied.loc["FW (T) top-1 on IJB-C", "verdict"] == "tie"
+    assert "arcface: EX-FIQA-FW (T), serfiq (tie); magface: EX-FIQA-FW (T), serfiq (tie)" in tied.loc["FW (T) top-1 on IJB-C", "this_run"]
+    assert tied.loc["FW (C) best on Adience", "verdict"] == "tie"
+    assert "EX-FIQA-FW (C), EX-FIQA-FW (T), serfiq (tie)" in tied.loc["FW (C) best on Adience", "this_run"]
+    assert tied.loc["FW (C) best on Adience", "difference"] == 0.0
+    # a clear loser that would have won a lowest-index tie-break still differs
+    lost = findings(world(gains, fw_t=5.0, serfiq=4.0))
+    assert lost.loc["FW (T) best mean pAUC", "verdict"] == "differs" and lost.loc["FW (T) best mean pAUC", "difference"] == 1.0
+
+
+def test_tied_best_is_relative_and_ignores_nan():
+    v = pd.Series({"a": 2.0, "b": 1.0 + 1e-10, "c": 1.0, "d": float("nan"), "e": 1.0 + 1e-8})
+    assert analysis.tied_best(v) == ["b", "c"] and analysis.best_text(v) == "b, c (tie)"
+    assert analysis.best_text(v.drop("b")) == "c" and analysis.tied_best(pd.Series({"x": float("nan")})) == []
+    assert analysis.is_tie(0.0, 0.0) and not analysis.is_tie(0.0, 1e-300)
+
+
+def test_paper_findings_count_a_win_only_where_the_paired_interval_excludes_0():
+    head = analysis.Headline("ijbc", "IJB-C", "arcface", 1e-3)
+    tags = {"T": ("T", 12), "C": ("C", 12)}
+    frame = _paper_world(True)  # FW (C) - Exit 12 (C): -0.3, -0.3, -4.2, +0.3 on IJB-C, LFW, Adience, CFP
+    dss = ("IJB-C", "LFW", "Adience", "CFP")
+
+    def fw_row(cis: list[tuple[float, float]], scale: float = 1.0) -> tuple[pd.Series, pd.DataFrame]:
+        paired = _paired(frame, "C", "EX-FIQA-FW", "Exit 12", dict(zip(dss, cis, strict=True)), scale=scale)
+        out = analysis.paper_findings(frame, tags, head, adience="Adience", paired=paired).set_index("finding")
+        return out.loc["FW beats the last exit (C)"], out
+
+    # all four intervals include 0 (the issue's case): main said "agrees" (3 of 4 point wins)
+    row, out = fw_row([(-0.5, 0.1), (-0.6, 0.2), (-5.0, 0.4), (-0.1, 0.7)])
+    assert row["verdict"] == "not resolved"
+    assert row["this_run"].startswith("FW better on 0 of 4 datasets with arcface (95% paired interval below 0), "
+                                      "worse on 0, not resolved on 4; lower pAUC (point estimate) on 3 of 4")
+    cfp = out.loc["FW beats the last exit (C): CFP"]  # the difference and its interval, one row per dataset
+    assert cfp["difference"] == pytest.approx(0.3) and (cfp["ci_low"], cfp["ci_high"]) == (-0.1, 0.7)
+    assert cfp["verdict"] == "not resolved" and "[-0.1, 0.7]" in cfp["this_run"]
+    # three intervals below 0: agrees; two below, two open: not resolved; one below, one above: not resolved
+    assert fw_row([(-0.5, -0.1), (-0.6, -0.2), (-5.0, -3.0), (-0.1, 0.7)])[0]["verdict"] == "agrees"
+    assert fw_row([(-0.5, -0.1), (-0.6, -0.2), (-5.0, 0.1), (-0.1, 0.7)])[0]["verdict"] == "not resolved"
+    # one win resolved, one loss resolved, two open: 1 + 2 = 3 of 4 could still win
+    row, out = fw_row([(-0.5, -0.1), (-0.6, 0.2), (-5.0, 0.1), (0.1, 0.7)])
+    assert row["verdict"] == "not resolved" and out.loc["FW beats the last exit (C): CFP", "verdict"] == "differs"
+    # at most 2 of 4 possible wins: differs
+    assert fw_row([(-0.5, -0.1), (-0.6, 0.2), (-5.0, -3.0), (0.1, 0.7)])[0]["verdict"] == "not resolved"
+    assert fw_row([(0.1, 0.5), (-0.6, 0.2), (-5.0, -3.0), (0.1, 0.7)])[0]["verdict"] == "differs"
+    # a paired table at another scale, or without its interval columns, is refused
+    with pytest.raises(ValueError, match="differ in scale or protocol"):
+        fw_row([(-0.5, 0.1)] * 4, scale=1000.0)
+    with pytest.raises(ValueError, match=r"lacks the columns \['ci_low'\]"):
+        analysis.paper_findings(frame, tags, head, paired=_paired(frame, "C", "EX-FIQA-FW", "Exit 12", {"LFW": (0, 1)}).drop(columns="ci_low"))
+
+
+def test_paper_findings_fw_count_says_tie_when_only_tied_datasets_could_decide():
+    head = analysis.Headline("ijbc", "IJB-C", "arcface", 1e-3)
+    vals = {}
+    for ds, fw in (("A", 9.0), ("B", 10.0), ("C", 10.0), ("D", 11.0)):  # last exit 10: one win, two ties, one loss
+        vals.update(_exits("C", "arcface", ds, [20.0] * 11 + [10.0], 10, fw))
+    frame = _tidy(vals)
+    paired = _paired(frame, "C", "EX-FIQA-FW", "Exit 12", {"A": (-2, -0.5), "B": (0, 0), "C": (0, 0), "D": (0.5, 2)})
+    head = analysis.Headline("a", "A", "arcface", 1e-3)
+    out = analysis.paper_findings(frame, {"C": ("C", 12)}, head, paired=paired).set_index("finding")
+    assert [out.loc[f"FW beats the last exit (C): {d}", "verdict"] for d in "ABCD"] == ["agrees", "tie", "tie", "differs"]
+    assert out.loc["FW beats the last exit (C)", "verdict"] == "tie" and "tied on 2" in out.loc["FW beats the last exit (C)", "this_run"]
+
+
+def test_depth_gains_state_the_size_of_the_change_and_resolve_it():
+    head = analysis.Headline("ijbc", "IJB-C", "arcface", 1e-3)
+    tags = {"C": ("C", 12)}
+    shape = [10.0, 9.94, 9.92, 9.91, 9.905, 9.903, 9.902, 9.901, 9.9, 9.9, 9.9, 9.9]  # the shape agrees, the change is 1%
+    frame = _tidy({**_exits("C", "arcface", "IJB-C", shape, 9.9, 9.9), **_exits("C", "arcface", "LFW", shape, 9.9, 9.9)})
+    row = analysis.paper_findings(frame, tags, head).set_index("finding").loc["depth gains (C)"]
+    assert row["verdict"] == "not resolved"  # main said "agrees"
+    assert "10 -> 9.9 (change -0.1, -1.0%)" in row["this_run"] and row["difference"] == pytest.approx(-0.1)
+    assert "at least 5% of exit 1's pAUC" in row["criterion"]
+    assert analysis.paper_findings(frame, tags, head, min_change=0.005).set_index("finding").loc[
+        "depth gains (C)", "verdict"] == "agrees"
+    # a 10x larger change: resolved by size; then the paired intervals (last exit - exit 1) decide
+    big = [20 - 100 * (10 - v) for v in shape]  # 20 -> 10, same shape
+    frame = _tidy({**_exits("C", "arcface", "IJB-C", big, 10, 10), **_exits("C", "arcface", "LFW", big, 10, 10)})
+    assert analysis.paper_findings(frame, tags, head).set_index("finding").loc["depth gains (C)", "verdict"] == "agrees"
+    for cis, verdict in (({"IJB-C": (-12.0, -8.0), "LFW": (-11.0, -9.0)}, "agrees"),
+                         ({"IJB-C": (-12.0, -8.0), "LFW": (-15.0, 1.0)}, "not resolved")):
+        paired = _paired(frame, "C", "Exit 12", "Exit 1", cis)
+        out = analysis.paper_findings(frame, tags, head, paired=paired).set_index("finding")
+        assert out.loc["depth gains (C)", "verdict"] == verdict, cis
+        assert f"excludes 0 on {2 if verdict == 'agrees' else 1} of 2 datasets" in out.loc["depth gains (C)", "this_run"]
+        assert out.loc["depth gains (C): LFW", "difference"] == pytest.approx(-10.0)
 
 
 def test_released_gflops_are_the_papers():
@@ -243,6 +379,10 @@ def test_adaptive_study_matches_its_parts(odd_study):
     res = analysis.adaptive_exit(scores, thr, 0.4 * full.std(), 2, analysis.adaptive_cost_curve(model.config, 12))
     assert row["mean_exit"] == pytest.approx(res.exit_used.mean())
     assert row["gate_agreement"] == pytest.approx(np.mean((res.score > thr) == (full > thr)))
+    # the trivial gates: accepting every image agrees wherever the full gate accepts (about 70% here)
+    assert row["agreement_accept_all"] == pytest.approx(np.mean(full > thr)) == pytest.approx(0.7, abs=0.02)
+    assert row["agreement_reject_all"] == pytest.approx(np.mean(full <= thr))
+    assert row["beats_trivial_gates"] == (row["gate_agreement"] > max(np.mean(full > thr), np.mean(full <= thr)))
     assert row["pauc_adaptive"] == pytest.approx(_direct_pauc(study, "lfw", "arcface", res.score, 0.02), rel=1e-6, abs=1e-9)
     assert row["pauc_fw_all_exits"] == pytest.approx(_direct_pauc(study, "lfw", "arcface", full, 0.02), rel=1e-6, abs=1e-9)
     with pytest.raises(ConfigError, match="reject_fraction"):
@@ -315,3 +455,29 @@ def test_attention_samples_config_key(tiny_config, tmp_path):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=r"attention_samples.child: .*none.png does not exist"):
         load_config(path).check_paths()
+
+
+def test_paper_findings_take_the_studys_paired_tables(odd_study):
+    # notebook 03's path: pauc_all and the two bootstrap tables at one scale, one row per compared dataset
+    study = Study(odd_study.config.select(datasets=["lfw"]), progress=False)
+    cfg = study.config
+    tags = analysis.variant_tags(study)
+    head = analysis.Headline("lfw", cfg.datasets["lfw"].label, "arcface", 0.002)
+    pauc = analysis.pauc_all(study, scale=cfg.pauc_scale)
+    depth = analysis.depth_bootstrap(study, "arcface", 0.002, n_boot=20)
+    assert set(depth["method"]) == {"Exit 12"} and set(depth["reference"]) == {"Exit 1"}
+    paired = pd.concat([analysis.fusion_bootstrap(study, "arcface", 0.002, n_boot=20), depth])
+    out = analysis.paper_findings(pauc, tags, head, paired=paired).set_index("finding")
+    label = cfg.datasets["lfw"].label
+    for finding, a, b in ((f"FW beats the last exit (C): {label}", "EX-FIQA-FW", "Exit 12"),
+                          (f"depth gains (T): {label}", "Exit 12", "Exit 1")):
+        row = out.loc[finding]
+        q = "C" if "(C)" in finding else "T"
+        p = pauc[(pauc["quality_model"] == q) & (pauc["fr_model"] == "arcface") & np.isclose(pauc["fmr"], 0.002)].set_index("method")["pauc"]
+        assert row["difference"] == pytest.approx(p[a] - p[b]) and row["ci_low"] <= row["ci_high"]
+        expect = ("tie" if p[a] == pytest.approx(p[b], rel=1e-9, abs=0) else "agrees" if row["ci_high"] < 0
+                  else "differs" if row["ci_low"] > 0 else "not resolved")
+        assert row["verdict"] == expect, (finding, p[a], p[b])
+    assert set(out["verdict"]) <= set(analysis.VERDICTS)
+    with pytest.raises(ValueError, match="differ in scale or protocol"):  # an unscaled bootstrap table is refused
+        analysis.paper_findings(pauc, tags, head, paired=paired.assign(delta_pauc=paired["delta_pauc"] / cfg.pauc_scale))
