@@ -13,7 +13,7 @@ percentile interval of the subject bootstrap (``subjects=``) and of the comparis
 is the coverage (target 0.92-0.99 for the subject bootstrap), printed beside the ratio of the
 bootstrap standard deviation to the true sampling standard deviation (over the studies).
 
-    python bench/bench_coverage.py                      # 2 sizes x 2 conventions, 200 studies
+    python bench/bench_coverage.py                      # 100 and 160 subjects x 2 conventions, 200 studies
     python bench/bench_coverage.py --ijbc-timing        # time/memory of a unit resample at IJB-C size
 """
 
@@ -181,7 +181,7 @@ def ijbc_timing(n_boot: int = 5) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[40, 120], help="subjects per study")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 160], help="subjects per study")
     ap.add_argument("--conventions", nargs="+", default=["recompute", "fixed"])
     ap.add_argument("--studies", type=int, default=200)
     ap.add_argument("--n-boot", type=int, default=200)
