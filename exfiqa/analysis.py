@@ -406,12 +406,10 @@ def table_protocol(cfg, fmr: float | None = None, seed: bool = False) -> dict:
 
 
 def variant_tags(study: Study) -> dict[str, tuple[str, int]]:
-    """Quality model name -> (tag, depth): ``T`` for the token variant, ``C`` for CR-FIQA."""
-    out = {}
-    for q in study.config.quality_models:
-        model = study.quality_model(q)
-        out[q] = ("T" if model.config.variant == "token" else "C", model.depth)
-    return out
+    """Quality model name -> (tag, depth): ``T`` for the token variant, ``C`` for CR-FIQA
+    (:meth:`Study.variant_tag`); the depth from the exit-score arrays (:meth:`Study.depth`), so no
+    weights are loaded to learn it."""
+    return {q: (study.variant_tag(q), study.depth(q)) for q in study.config.quality_models}
 
 
 # --- 01: depth

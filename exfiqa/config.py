@@ -476,8 +476,10 @@ class Config:
             clean["device_requested"] = ""  # recorded again (and auto resolved) by __post_init__
         return replace(self, **clean)
 
-    def check_paths(self) -> None:
-        """Raise a :class:`ConfigError` naming the first dataset or checkpoint path that is missing."""
+    def check_paths(self, checkpoints: bool = True) -> None:
+        """Raise a :class:`ConfigError` naming the first dataset or checkpoint path that is missing.
+
+        ``checkpoints=False`` (evaluation from the per-sample arrays) checks no checkpoint."""
         for ds in self.datasets.values():
             for key, value in ds.args.items():
                 if key in _PATH_KEYS and not Path(value).exists():
@@ -485,7 +487,7 @@ class Config:
         needed = {_BASELINE_FR[b] for b in self.baselines if b in _BASELINE_FR}
         support = {k: v for k, v in self.support_fr_models.items() if k in needed}
         for kind, table in (("fr_models", {**support, **self.fr_models}), ("quality_models", self.quality_models)):
-            for m in table.values():
+            for m in table.values() if checkpoints else ():
                 if not m.checkpoint.is_file():
                     raise ConfigError(f"{kind}.{m.name}: checkpoint {m.checkpoint} does not exist{self._hint()}")
         for method, per_ds in self.external_methods.items():
