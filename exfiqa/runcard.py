@@ -261,7 +261,14 @@ def evaluation_inputs(
     ``benchmarks``: already opened benchmarks by dataset name. File digests go through the run's
     digest index (``progress``: its bar when many files need hashing).
     """
-    from .arrays import _read_json, array_path, arrays_root, manifest_path, samples_digest, wanted_arrays
+    from .arrays import (
+        _read_json,
+        array_path,
+        arrays_root,
+        manifest_path,
+        samples_digest,
+        wanted_arrays,
+    )
     from .datasets import load_benchmark
     from .digests import INDEX_NAME, DigestIndex
 
