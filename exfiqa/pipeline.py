@@ -205,11 +205,14 @@ class Study:
     def fr_model(self, name: str) -> FRModel:
         """The FR model of entry ``fr_models.<name>``: a torch checkpoint or an ONNX graph
         (:func:`exfiqa.fr.load_fr_entry`), loaded once on the configured device."""
-        from .fr import load_fr_entry
+        from .fr import OnnxModelError, load_fr_entry
 
         if name not in self._fr_models:
             spec = self.config.fr_models.get(name) or self.config.support_fr_models.get(name) or self._spec("fr_models", name)
-            self._fr_models[name] = load_fr_entry(name, spec.checkpoint, self.config.device, spec.args)
+            try:
+                self._fr_models[name] = load_fr_entry(name, spec.checkpoint, self.config.device, spec.args)
+            except OnnxModelError as exc:  # one line (exit 2 in the commands), not a traceback
+                raise ConfigError(f"fr_models.{name}: {exc}") from None
         return self._fr_models[name]
 
     # ------------------------------------------------------------------ per-sample arrays
@@ -219,7 +222,7 @@ class Study:
 
         ``data``: the benchmark's content fingerprint; ``checkpoint``: the model file's SHA-256;
         ``args``: its loader arguments; ``precision``: the extraction's arithmetic (arrays
-        computed by a model). SER-FIQ adds ``seed`` (its dropout draws; one generator per sample,
+        computed by a model); ``onnxruntime``: its version, for an ONNX model's arrays. SER-FIQ adds ``seed`` (its dropout draws; one generator per sample,
         so not the batching). A benchmark read by a registered reader adds ``reader``, the SHA-256
         of the reader's source file (:func:`exfiqa.datasets.reader_source`). The code's digest is
         :func:`exfiqa.arrays.code_version`.
@@ -243,6 +246,13 @@ class Study:
                 key.update(method=FAMILY_OPTIONS[kind])
         if spec is not None:
             key.update(args=spec.args, precision=self.config.precision)
+            if str(spec.checkpoint).lower().endswith(".onnx"):  # the runtime computes an ONNX model's values
+                from importlib import metadata
+
+                try:
+                    key.update(onnxruntime=metadata.version("onnxruntime"))
+                except metadata.PackageNotFoundError:
+                    key.update(onnxruntime="absent")
             if not evaluation or spec.checkpoint.is_file():
                 key.update(checkpoint=self._digest(spec.checkpoint))
         return key
