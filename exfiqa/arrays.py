@@ -13,7 +13,7 @@ demo and the paper config sharing ``data/cache``, never replace each other's)::
     <arrays_dir>/<dataset>/baseline-<method>.npy       (N,)        a built-in baseline's score
     <arrays_dir>/<dataset>/attn-<quality model>.npy    (N, depth)  ATTN-FIQA of every block
     <arrays_dir>/<dataset>/vitnt-<quality model>.npy   (N, 2)      ViTNT-FIQA: mean, attention-weighted
-    <arrays_dir>/<dataset>/norms-<FR model>.npy        (N, 2)      [||f(x)||, ||f(hflip(x))||] (template benchmarks)
+    <arrays_dir>/<dataset>/norms-<FR model>.npy        (N, 2)      [||f(x)||, ||f(hflip(x))||] (templates, insightface protocol)
     <arrays_dir>/<dataset>/<same name>.json            its manifest
 
 ``<dataset>``, ``<quality model>``, ``<FR model>`` and ``<method>`` are the config's names. Row i
@@ -23,7 +23,7 @@ half of an embedding row has L2 norm 1 (a pipeline without flip writes its embed
 
 The manifest is a JSON object:
 
-- ``format``: ``"exfiqa-arrays/1"``; ``dataset``, ``kind`` (exits, emb, baseline), ``name``;
+- ``format``: ``"exfiqa-arrays/1"``; ``dataset``, ``kind`` (one of :data:`KINDS`), ``name``;
 - ``producer``: ``"exfiqa"`` (computed by this package) or ``"external"`` (anything else);
 - ``n_samples`` and ``samples_sha256``: N, and the SHA-256 of the sample keys in row order joined
   by ``"\\n"`` (UTF-8, no trailing newline). A key is the sample's path relative to the benchmark
