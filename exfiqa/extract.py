@@ -543,6 +543,7 @@ def extract(cfg: Config, datasets: Sequence[str] | None = None, progress: bool =
         raise ConfigError(f"unknown dataset(s) {unknown}; this config has {sorted(cfg.datasets)}")
     if torch.device(cfg.device).type == "cuda":
         torch.backends.cudnn.benchmark = True
+    cfg.check_paths()  # extraction reads the checkpoints (the evaluation's Study does not check them)
     study = Study(cfg, progress=progress and rank == 0, compute=False, persistent_digests=rank == 0)
     reports = []
     for ds in names:

@@ -166,3 +166,12 @@ def test_progress_false_shows_no_hashing_bar(arrays_only, tmp_path, capfd, monke
     shutil.rmtree(cache)
     open_study(str(arrays_only), out_dir=str(tmp_path / "p"), progress=True)
     assert "hashing" in capfd.readouterr().err  # the bar exists, and progress=False silenced it
+
+
+def test_extraction_still_needs_its_checkpoints(arrays_only):
+    """Only the evaluation goes without checkpoints: `exfiqa extract` names the missing one."""
+    from exfiqa.config import ConfigError
+    from exfiqa.extract import extract
+
+    with pytest.raises(ConfigError, match=r"checkpoint .* does not exist"):
+        extract(load_config(arrays_only), progress=False, log=lambda *_: None)
