@@ -20,6 +20,7 @@ from scipy.stats import spearmanr
 
 from . import fusion
 from .bootstrap import bootstrap_samples
+from .config import ConfigError
 from .flops import exit_costs, fused_cost
 from .metrics import eer, fnmr_at_fmr, verification_accuracy
 from .model import ViTFIQA, ViTFIQAConfig
@@ -31,9 +32,11 @@ __all__ = [
     "adaptive_exit",
     "attention_maps",
     "attention_statistics",
+    "attention_unavailable",
     "fr_sanity",
     "search_fusion_weights",
     "cost_table",
+    "model_architecture",
     "edc_all",
     "fusion_wins",
     "measure_latency",
@@ -191,9 +194,9 @@ def paired_vs_reference(
     return pd.DataFrame(rows)
 
 
-def cost_table(model: ViTFIQA) -> pd.DataFrame:
-    """Analytic GFLOPs per exit and of fusing all exits for ``model``'s configuration."""
-    c = model.config
+def cost_table(model: ViTFIQA | ViTFIQAConfig) -> pd.DataFrame:
+    """Analytic GFLOPs per exit and of fusing all exits for ``model``'s configuration (or a configuration)."""
+    c = model if isinstance(model, ViTFIQAConfig) else model.config
     rows = [{"exit": e.exit, "method": f"Exit {e.exit}", "gflops": e.gflops, "saving": e.saving} for e in exit_costs(c)]
     full = rows[-1]["gflops"]
     fused = fused_cost(c)
@@ -471,12 +474,10 @@ def table_protocol(cfg, fmr: float | None = None, seed: bool = False) -> dict:
 
 
 def variant_tags(study: Study) -> dict[str, tuple[str, int]]:
-    """Quality model name -> (tag, depth): ``T`` for the token variant, ``C`` for CR-FIQA."""
-    out = {}
-    for q in study.config.quality_models:
-        model = study.quality_model(q)
-        out[q] = ("T" if model.config.variant == "token" else "C", model.depth)
-    return out
+    """Quality model name -> (tag, depth): ``T`` for the token variant, ``C`` for CR-FIQA
+    (:meth:`Study.variant_tag`); the depth from the exit-score arrays (:meth:`Study.depth`), so no
+    weights are loaded to learn it."""
+    return {q: (study.variant_tag(q), study.depth(q)) for q in study.config.quality_models}
 
 
 # --- 01: depth
@@ -1232,15 +1233,18 @@ def released_claims(released: pd.DataFrame) -> dict[str, float]:
 
 
 def latency_table(study: Study, batch_size: int, repeats: int, full_size: bool) -> pd.DataFrame:
-    """:func:`measure_latency` of the run's quality models (and, if ``full_size``, the released
-    architectures on random weights), on the run's device, seeded by the run's seed."""
+    """:func:`measure_latency` of the run's quality models whose checkpoint is here (and, if
+    ``full_size``, the released architectures on random weights), on the run's device, seeded by
+    the run's seed."""
     from .model import build_vitfiqa
 
     cfg = study.config
-    models = {q: study.quality_model(q) for q in cfg.quality_models}
+    models = {q: study.quality_model(q) for q in cfg.quality_models if study.has_checkpoint("quality_models", q)}
     if full_size:
         for variant, tag in (("token", "T"), ("crfiqa", "C")):
             models[f"{tag} full-size"] = build_vitfiqa(variant=variant)
+    if not models:  # no checkpoint here and no full-size timing asked for
+        return pd.DataFrame({"model": pd.Series(dtype=str), "exit": pd.Series(dtype=str), "ms_per_image": pd.Series(dtype=float)})
     parts = []
     for name, model in models.items():
         t = measure_latency(model, batch_size=batch_size, repeats=repeats, device=str(cfg.device), seed=cfg.seed)
@@ -1251,11 +1255,27 @@ def latency_table(study: Study, batch_size: int, repeats: int, full_size: bool) 
     return lat
 
 
+def model_architecture(study: Study, quality: str) -> tuple[ViTFIQAConfig, str]:
+    """The architecture of quality model ``quality`` and where it comes from: its checkpoint when
+    the file is there, else the released architecture of its variant (:meth:`Study.variant_tag`)
+    at the depth of its arrays (the evaluation needs no checkpoint; GFLOPs then assume the
+    released widths)."""
+    if study.has_checkpoint("quality_models", quality):
+        return study.quality_model(quality).config, "checkpoint"
+    tag = study.variant_tag(quality)
+    if tag not in ("T", "C"):
+        raise ConfigError(f"quality_models.{quality}: its checkpoint is not there and its variant is unknown; "
+                          "label it 'ViT-FIQA (T)' or '(C)', or provide the checkpoint")
+    variant = "token" if tag == "T" else "crfiqa"
+    return ViTFIQAConfig(variant=variant, depth=study.depth(quality)), "released architecture (no checkpoint here)"
+
+
 def study_costs(study: Study) -> pd.DataFrame:
-    """:func:`cost_table` of every quality model of the run, with a ``quality_model`` column."""
+    """:func:`cost_table` of every quality model of the run (:func:`model_architecture`), with a
+    ``quality_model`` column."""
     parts = []
     for q in study.config.quality_models:
-        ct = cost_table(study.quality_model(q))
+        ct = cost_table(model_architecture(study, q)[0])
         ct.insert(0, "quality_model", q)
         parts.append(ct)
     return pd.concat(parts, ignore_index=True)
@@ -1293,11 +1313,11 @@ def adaptive_study(
     cfg = study.config
     rows = []
     for q in cfg.quality_models:
-        model = study.quality_model(q)
-        cum_cost = adaptive_cost_curve(model.config, model.depth)
+        arch, _ = model_architecture(study, q)
+        cum_cost = adaptive_cost_curve(arch, arch.depth)
         for ds in cfg.datasets:
             scores = study.exit_scores(ds, q).astype(np.float64)
-            full = scores @ depth_weights(model.depth)
+            full = scores @ depth_weights(arch.depth)
             thr = float(np.quantile(full, reject_fraction))
             res = adaptive_exit(scores, thr, margin * float(full.std()), min_exit, cum_cost)
             agree = float(np.mean((res.score > thr) == (full > thr)))
@@ -1385,6 +1405,16 @@ def attention_inputs(study: Study, samples: dict | None = None, mean_images: int
     ids = np.sort(rng.choice(len(bench), size=min(mean_images, len(bench)), replace=False))
     mean_faces = np.stack([bench.image(int(i)) for i in ids])
     return AttentionInputs(faces, sources, note, cfg.datasets[ds0].label, ids, mean_faces)
+
+
+def attention_unavailable(study: Study) -> str | None:
+    """Why the attention figure cannot be drawn here (None: it can): it runs the quality models
+    on face images, so it needs their checkpoints, which evaluating the arrays does not."""
+    absent = [q for q in study.config.quality_models if not study.has_checkpoint("quality_models", q)]
+    if absent:
+        return (f"the attention maps run the ViT-FIQA models on face images; the checkpoints of {absent} are "
+                "not here (the rest of the evaluation reads the per-sample arrays only)")
+    return None
 
 
 def attention_study(study: Study, quality: str, inputs: AttentionInputs) -> tuple[dict[str, np.ndarray], pd.DataFrame]:

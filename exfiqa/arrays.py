@@ -13,7 +13,7 @@ demo and the paper config sharing ``data/cache``, never replace each other's)::
     <arrays_dir>/<dataset>/baseline-<method>.npy       (N,)        a built-in baseline's score
     <arrays_dir>/<dataset>/attn-<quality model>.npy    (N, depth)  ATTN-FIQA of every block
     <arrays_dir>/<dataset>/vitnt-<quality model>.npy   (N, 2)      ViTNT-FIQA: mean, attention-weighted
-    <arrays_dir>/<dataset>/norms-<FR model>.npy        (N, 2)      [||f(x)||, ||f(hflip(x))||] (template benchmarks)
+    <arrays_dir>/<dataset>/norms-<FR model>.npy        (N, 2)      [||f(x)||, ||f(hflip(x))||] (templates, insightface protocol)
     <arrays_dir>/<dataset>/<same name>.json            its manifest
 
 ``<dataset>``, ``<quality model>``, ``<FR model>`` and ``<method>`` are the config's names. Row i
@@ -23,7 +23,7 @@ half of an embedding row has L2 norm 1 (a pipeline without flip writes its embed
 
 The manifest is a JSON object:
 
-- ``format``: ``"exfiqa-arrays/1"``; ``dataset``, ``kind`` (exits, emb, baseline), ``name``;
+- ``format``: ``"exfiqa-arrays/1"``; ``dataset``, ``kind`` (one of :data:`KINDS`), ``name``;
 - ``producer``: ``"exfiqa"`` (computed by this package) or ``"external"`` (anything else);
 - ``n_samples`` and ``samples_sha256``: N, and the SHA-256 of the sample keys in row order joined
   by ``"\\n"`` (UTF-8, no trailing newline). A key is the sample's path relative to the benchmark
@@ -106,6 +106,7 @@ __all__ = [
     "modules_version",
     "sample_keys",
     "samples_digest",
+    "wanted_arrays",
 ]
 
 FORMAT = "exfiqa-arrays/1"
@@ -388,11 +389,15 @@ class ArrayStore:
 
     # -------------------------------------------------------------- reading
 
-    def load(self, bench: Benchmark, dataset: str, kind: str, name: str) -> tuple[NDArray[np.float32], dict[str, Any]] | None:
+    def load(
+        self, bench: Benchmark, dataset: str, kind: str, name: str, check_data: bool = True,
+    ) -> tuple[NDArray[np.float32], dict[str, Any]] | None:
         """The array and its manifest if the layout holds one for ``bench``, else None.
 
         The array is memory-mapped read-only. Checks everything that does not depend on this run's
-        models and code (those are :meth:`get`'s business).
+        models and code (those are :meth:`get`'s business). ``check_data=False`` takes an external
+        manifest's ``inputs.data`` as it is (the evaluation: the benchmark's images need not be
+        there); the sample list (``samples_sha256``) is checked either way.
 
         Raises:
             ArrayError: a mismatch (naming the file); for exfiqa's arrays :meth:`get` recomputes
@@ -422,8 +427,13 @@ class ArrayStore:
             raise ArrayError(f"{mpath}: manifest without its array {npy.name}")
         if m["n_samples"] != len(bench):
             raise ArrayError(f"{where}: manifest says {m['n_samples']} samples, the benchmark {dataset!r} has {len(bench)}")
-        if m["samples_sha256"] != self._samples_digest(bench):
-            raise ArrayError(f"{where}: computed for another sample list than benchmark {dataset!r} (samples_sha256 differs)")
+        expected = self._samples_digest(bench)
+        if m["samples_sha256"] != expected:
+            raise ArrayError(
+                f"{where}: computed for another sample list than benchmark {dataset!r}: samples_sha256 "
+                f"{m['samples_sha256']!r}, expected {expected!r} (sha256 of the sample keys joined by "
+                f"newlines, no trailing newline: exfiqa.arrays.sample_keys)"
+            )
         if m["dtype"] != "float32":
             raise ArrayError(f"{where}: manifest dtype {clip(repr(m['dtype']))} (per-sample arrays are float32)")
         try:
@@ -438,23 +448,26 @@ class ArrayStore:
             _check_values(arr[:0], kind, 0, where)  # its values were checked when written
             return np.asarray(arr), m
         data = (m.get("inputs") or {}).get("data")
-        if data is not None and data != bench.fingerprint(self.digests):
+        if check_data and data is not None and data != bench.fingerprint(self.digests):
             raise ArrayError(f"{where}: computed from other benchmark content than {dataset!r} now holds (inputs.data differs)")
         _check_values(arr, kind, len(bench), where)
         return np.asarray(arr), m
 
     def current(
         self, bench: Benchmark, dataset: str, kind: str, name: str, inputs: Mapping[str, Any], code: str | None = None,
+        trusted: tuple[str, ...] = (),
     ) -> tuple[NDArray[np.float32] | None, str]:
         """``(array, "")`` if the layout holds a usable array for this run, else ``(None, reason)``.
 
         ``reason`` is ``"missing"`` or why exfiqa's array there is not this run's (inputs or code
         changed, damaged). External arrays are usable as they are, or refused
-        (:class:`ArrayError`, :meth:`load`).
+        (:class:`ArrayError`, :meth:`load`). ``trusted``: keys of ``inputs`` taken from the
+        manifest as they are, not compared (the evaluation trusts ``data`` and, where the file is
+        absent, ``checkpoint``: ``exfiqa extract`` verified them).
         """
         npy = self.path(dataset, kind, name)
         try:
-            found = self.load(bench, dataset, kind, name)
+            found = self.load(bench, dataset, kind, name, check_data="data" not in trusted)
         except ArrayError as exc:
             if self._producer(npy) != "exfiqa":
                 raise
@@ -464,7 +477,7 @@ class ArrayStore:
         if found[1]["producer"] == "external":
             _log.info("%s: using the external array", npy)
             return found[0], ""
-        reason = self._stale(found[1], _jsonable(dict(inputs)), code if code is not None else code_version(kind, name))
+        reason = self._stale(found[1], _jsonable(dict(inputs)), code if code is not None else code_version(kind, name), trusted)
         return (found[0], "") if reason is None else (None, reason)
 
     def get(
@@ -499,11 +512,12 @@ class ArrayStore:
             return None
 
     @staticmethod
-    def _stale(m: Mapping[str, Any], inputs: Mapping[str, Any], code: str) -> str | None:
-        """Why exfiqa's array ``m`` is not this run's (None: it is)."""
+    def _stale(m: Mapping[str, Any], inputs: Mapping[str, Any], code: str, trusted: tuple[str, ...] = ()) -> str | None:
+        """Why exfiqa's array ``m`` is not this run's (None: it is); keys in ``trusted`` are not compared."""
         old = m.get("inputs") or {}
         words = {"data": "benchmark content", "checkpoint": "checkpoint", "args": "model arguments"}
-        changed = [words.get(k, k) for k in sorted(set(old) | set(inputs)) if old.get(k) != inputs.get(k)]
+        keys = sorted((set(old) | set(inputs)) - set(trusted))
+        changed = [words.get(k, k) for k in keys if old.get(k) != inputs.get(k)]
         if m.get("code_version") != code:
             changed.append("code")
         return f"{', '.join(changed)} changed" if changed else None
@@ -552,6 +566,31 @@ class ArrayStore:
         _write_json(mpath, {**manifest, "sha256": digest, "complete": True})
         self.digests.record(npy, digest)
         return npy
+
+
+def wanted_arrays(cfg: Config, level: str = "sample") -> list[tuple[str, str]]:
+    """``(kind, name)`` of every per-sample array a run of ``cfg`` reads on a benchmark of
+    ``level``: exits, attn and vitnt of each quality model, emb of each FR model, each baseline;
+    a ``template`` benchmark under ``template_protocol: insightface`` adds each FR model's
+    ``norms`` (no other protocol reads them)."""
+    out = [(k, q) for q in cfg.quality_models for k in ("exits", "attn", "vitnt")]
+    out += [("emb", f) for f in cfg.fr_models]
+    if level == "template" and getattr(cfg, "template_protocol", "group") == "insightface":
+        out += [("norms", f) for f in cfg.fr_models]
+    return out + [("baseline", b) for b in cfg.baselines]
+
+
+def missing_array_hint(root: str | os.PathLike[str], dataset: str, kind: str, name: str) -> str:
+    """What the layout under ``root`` holds instead of ``<dataset>/<kind>-<name>.npy`` (for an error)."""
+    folder = Path(root) / dataset
+    if not folder.is_dir():
+        others = sorted(p.name for p in Path(root).iterdir() if p.is_dir()) if Path(root).is_dir() else []
+        return (f"no folder {folder} (the layout is <arrays_dir>/<dataset>/<kind>-<name>.npy, <dataset> as the "
+                f"config names it; {root} holds {others or 'nothing'})")
+    held = sorted(p.name for p in folder.glob("*.npy"))
+    same_kind = [h for h in held if h.startswith(f"{kind}-")]
+    return (f"no {kind}-{name}.npy in {folder} ({kind} arrays there: {same_kind or 'none'}; all arrays there: "
+            f"{held or 'none'}; names are <kind>-<the config's model or method name>.npy, kinds {list(KINDS)})")
 
 
 def external_array_files(cfg: Config) -> list[Path]:

@@ -33,7 +33,7 @@ import inspect
 import os
 import re
 import sys
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, NoReturn
@@ -478,8 +478,10 @@ class Config:
             clean["device_requested"] = ""  # recorded again (and auto resolved) by __post_init__
         return replace(self, **clean)
 
-    def check_paths(self) -> None:
-        """Raise a :class:`ConfigError` naming the first dataset or checkpoint path that is missing."""
+    def check_paths(self, checkpoints: bool = True) -> None:
+        """Raise a :class:`ConfigError` naming the first dataset or checkpoint path that is missing.
+
+        ``checkpoints=False`` (evaluation from the per-sample arrays) checks no checkpoint."""
         for ds in self.datasets.values():
             for key, value in ds.args.items():
                 if key in _PATH_KEYS and not Path(value).exists():
@@ -487,7 +489,7 @@ class Config:
         needed = {_BASELINE_FR[b] for b in self.baselines if b in _BASELINE_FR}
         support = {k: v for k, v in self.support_fr_models.items() if k in needed}
         for kind, table in (("fr_models", {**support, **self.fr_models}), ("quality_models", self.quality_models)):
-            for m in table.values():
+            for m in table.values() if checkpoints else ():
                 if not m.checkpoint.is_file():
                     raise ConfigError(f"{kind}.{m.name}: checkpoint {m.checkpoint} does not exist{self._hint()}")
         for method, per_ds in self.external_methods.items():
@@ -599,6 +601,36 @@ def _resolve(base: Path, value: Any) -> Path:
     return p if p.is_absolute() else base / p
 
 
+def _file_name(where: str, name: Any) -> None:
+    """Dataset and model names name files and folders of the per-sample layout (exfiqa.arrays)."""
+    text = str(name)
+    if not text or "/" in text or "\\" in text or text.startswith(".") or text != text.strip() or "\0" in text:
+        raise ConfigError(f"{where}: the name {text!r} names files of the per-sample layout "
+                          "(<dataset>/<kind>-<name>.npy): no '/', '\\', leading '.', or surrounding spaces")
+
+
+#: Baselines that read a specific torch architecture of the FR model they run on: SER-FIQ runs the
+#: ArcFace iResNet's layers with dropout, MagFace's norm is the norm of a MagFace model's output.
+_BASELINE_NEEDS = {"serfiq": "the ArcFace torch model (its dropout-layer forward; an ONNX graph has none)",
+                   "magface_norm": "a MagFace torch model (the norm of any other model's output is not MagFace's quality)"}
+
+
+def _baseline_models(baselines: Sequence[str], fr: Mapping[str, ModelSpec]) -> None:
+    """A baseline whose FR model is an ONNX graph (or another model) is refused here, not mid-extraction."""
+    for b in baselines:
+        model = _BASELINES[b]
+        if model is None:
+            continue
+        spec = fr[model]
+        released = spec.args.get("name", model)
+        if str(spec.checkpoint).lower().endswith(".onnx") or released != model:
+            what = "the ONNX graph" if str(spec.checkpoint).lower().endswith(".onnx") else f"model name {released!r}"
+            raise ConfigError(
+                f"baselines: {b} runs on fr_models.{model} and needs {_BASELINE_NEEDS[b]}; this entry is {what} "
+                f"{spec.checkpoint.name}: drop {b} from baselines or point fr_models.{model} at the released checkpoint"
+            )
+
+
 def _only(where: str, entry: Mapping[str, Any], allowed: set[str]) -> None:
     extra = sorted(set(entry) - allowed, key=str)
     if extra:
@@ -627,6 +659,7 @@ def _datasets(raw: Any, root: Path) -> dict[str, DatasetSpec]:
     out = {}
     for name, entry in _mapping("datasets", raw).items():
         where = f"datasets.{name}"
+        _file_name(where, name)
         if not isinstance(entry, Mapping) or "kind" not in entry:
             raise ConfigError(f"{where} needs a 'kind' ({', '.join(_READERS)}), got {_show(entry)}")
         kind = entry["kind"]
@@ -697,6 +730,7 @@ def _models(raw: Any, root: Path, kind: str) -> dict[str, ModelSpec]:
     out = {}
     for name, entry in _mapping(kind, raw).items():
         where = f"{kind}.{name}"
+        _file_name(where, name)
         if not isinstance(entry, Mapping) or "checkpoint" not in entry:
             raise ConfigError(f"{where} needs a 'checkpoint', got {_show(entry)}")
         _only(where, entry, {"checkpoint", "label", *allowed})
@@ -859,6 +893,7 @@ def load_config(
         for b in baselines:
             if _BASELINES[b] is not None and _BASELINES[b] not in fr:
                 raise ConfigError(f"baselines: {b} runs on fr_models.{_BASELINES[b]}, which this config lacks")
+        _baseline_models(baselines, fr)
         headline = _headline("headline", raw.get("headline"))
         for key, table in (("dataset", datasets), ("fr_model", fr)):
             if key in headline and headline[key] not in table:

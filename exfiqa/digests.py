@@ -325,13 +325,16 @@ def input_files(cfg: Config, benchmarks: Mapping[str, Benchmark] | None = None) 
     return [Path(f) for f in sorted({_key(f) for f in files})]
 
 
-def input_digests(cfg: Config, benchmarks: Mapping[str, Benchmark] | None = None) -> dict[str, str]:
+def input_digests(
+    cfg: Config, benchmarks: Mapping[str, Benchmark] | None = None, progress: bool = True,
+) -> dict[str, str]:
     """``{absolute path: SHA-256}`` of every file a run of ``cfg`` reads (:func:`input_files`).
 
     Uses the run's persistent index (``<cache_dir>/digests.sqlite``, shared with
     :class:`exfiqa.pipeline.Study`), so a second call on an unchanged tree only ``stat`` s the
-    files. ``benchmarks``: already opened benchmarks by dataset name, not read again.
+    files. ``benchmarks``: already opened benchmarks by dataset name, not read again;
+    ``progress``: the hashing bar. (The run card cites less: :func:`exfiqa.runcard.evaluation_inputs`.)
     """
     files = input_files(cfg, benchmarks)
-    index = DigestIndex(Path(cfg.cache_dir) / INDEX_NAME)
+    index = DigestIndex(Path(cfg.cache_dir) / INDEX_NAME, progress=progress)
     return dict(zip(map(str, files), index.digests(files, desc="hashing inputs"), strict=True))

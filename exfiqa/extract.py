@@ -65,7 +65,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from .arrays import _jsonable, code_version, modules_version
+from .arrays import _jsonable, code_version, modules_version, wanted_arrays
 from .config import _BASELINE_FR, Config, ConfigError, load_config
 from .locks import (
     create_owned,
@@ -150,17 +150,6 @@ class DatasetReport:
         return (f"{self.dataset}: {len(self.computed)} arrays from {self.images_read:,} image reads "
                 f"({self.n_samples:,} samples, {self.shards_total} shards, {self.shards_resumed} resumed) "
                 f"in {self.seconds:.1f} s ({rate:.1f} img/s)")
-
-
-def wanted_arrays(cfg: Config, level: str = "sample") -> list[tuple[str, str]]:
-    """``(kind, name)`` of every per-sample array a run of ``cfg`` reads on a benchmark of
-    ``level`` (``template`` benchmarks add each FR model's output norms, for insightface's
-    template protocol)."""
-    out = [(k, q) for q in cfg.quality_models for k in ("exits", "attn", "vitnt")]
-    out += [("emb", f) for f in cfg.fr_models]
-    if level == "template":
-        out += [("norms", f) for f in cfg.fr_models]
-    return out + [("baseline", b) for b in cfg.baselines]
 
 
 def shard_ranges(n: int, size: int) -> list[tuple[int, int]]:
@@ -637,6 +626,7 @@ def extract(cfg: Config, datasets: Sequence[str] | None = None, progress: bool =
         raise ConfigError(f"unknown dataset(s) {unknown}; this config has {sorted(cfg.datasets)}")
     if torch.device(cfg.device).type == "cuda":
         torch.backends.cudnn.benchmark = True
+    cfg.check_paths()  # extraction reads the checkpoints (the evaluation's Study does not check them)
     study = Study(cfg, progress=progress and rank == 0, compute=False, persistent_digests=rank == 0)
     reports = []
     for ds in names:

@@ -75,6 +75,7 @@ fixed batch dimension and graphs listing their weights as inputs are handled (:c
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -90,6 +91,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .io import CheckpointError, atomic_path, load_state_dict, state_dict_report
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ARCFACE",
@@ -109,6 +112,7 @@ __all__ = [
     "detect_layout",
     "effective_preprocess",
     "infer_architecture",
+    "OnnxModelError",
     "is_onnx_checkpoint",
     "load_fr",
     "load_fr_entry",
@@ -954,11 +958,16 @@ def save_fr(
 # --------------------------------------------------------------------------------------------
 
 
+class OnnxModelError(ValueError):
+    """An ONNX FR model exfiqa cannot run; the message says why and what to do, on one line."""
+
+
 class OnnxFRModel(FRModel):
     """An FR model run by onnxruntime; same ``embed`` / ``embed_batch`` interface as FRModel.
 
     The graph's image input is its one 4-D float input that is not an initializer (weights that
-    a graph also lists as inputs keep their stored values); its first output is the unnormalised
+    a graph also lists as inputs keep their stored values); inputs that no node reads are pruned
+    when the graph is loaded (:func:`load_onnx_fr`); its first output is the unnormalised
     embedding. A fixed batch dimension ``k`` in the graph is honoured by running ``k`` rows at a
     time (the last chunk padded by repeating its last row, the padded outputs dropped); a symbolic
     one gets the whole batch in one run. Inputs and outputs stay on the torch ``device`` (the
@@ -1042,27 +1051,58 @@ def _onnx_image_input(session: Any, initializers: set[str], where: str) -> Any:
     images = [i for i in inputs if is_image(i)]
     described = [f"{i.name} {getattr(i, 'type', '?')} {list(getattr(i, 'shape', None) or [])}" for i in inputs]
     if len(images) != 1:
-        raise ValueError(
-            f"{where}: needs exactly one 4-D float input besides its weights (the NCHW image), "
-            f"found {len(images)} among the non-initializer inputs {described}"
+        raise OnnxModelError(
+            f"{where}: an FR model takes one NCHW float image as its only fed input, and this graph has "
+            f"{len(images)} 4-D float inputs among those it needs fed {described[:8]}"
+            f"{' ...' if len(described) > 8 else ''}; export the model with one image input (N, 3, H, W)"
         )
     others = [d for i, d in zip(inputs, described, strict=True) if i is not images[0]]
     if others:
-        raise ValueError(
-            f"{where}: the graph needs inputs besides the image {images[0].name!r} that exfiqa "
-            f"cannot feed: {others}"
+        raise OnnxModelError(
+            f"{where}: besides the image {images[0].name!r} its nodes read inputs exfiqa cannot feed "
+            f"{others[:8]}{' ...' if len(others) > 8 else ''}; export the model with the image as its only "
+            "input (constants as initializers)"
         )
     return images[0]
 
 
-def _onnx_initializer_names(path: Path) -> set[str]:
-    """Initializer names of an ONNX graph (empty when the ``onnx`` package is not installed)."""
+def _prune_unread_inputs(path: Path) -> tuple[bytes | None, set[str], list[str]]:
+    """``(model bytes or None, initializer names, pruned inputs)``: the graph inputs that no node
+    (nor a subgraph) reads and that are not initializers are removed (onnxruntime would want them
+    fed; OpenCV Zoo's SFace declares 29 such). None: nothing pruned, load the file itself. Without
+    the ``onnx`` package nothing is pruned."""
     try:
         import onnx
     except ImportError:
-        return set()
-    model = onnx.load(str(path), load_external_data=False)
-    return {t.name for t in model.graph.initializer}
+        return None, set(), []
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # a protobuf parse error of a file that is not an ONNX model
+        raise OnnxModelError(f"ONNX model {path}: not a readable ONNX file ({type(exc).__name__}); "
+                             "check the file (a complete .onnx export)") from None
+    initializers = {t.name for t in model.graph.initializer}
+    read: set[str] = set()
+
+    def walk(graph: Any) -> None:
+        for node in graph.node:
+            read.update(node.input)
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g)
+                for g in attr.graphs:
+                    walk(g)
+
+    walk(model.graph)
+    read.update(o.name for o in model.graph.output)  # an input passed straight to an output is read
+    unread = [i.name for i in model.graph.input if i.name not in read and i.name not in initializers]
+    if not unread:
+        return None, initializers, []
+    keep = [i for i in model.graph.input if i.name not in set(unread)]
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+    if any(t.HasField("data_location") and t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        onnx.load_external_data_for_model(model, str(path.parent))
+    return model.SerializeToString(), initializers, unread
 
 
 def _default_providers(ort: Any, device: torch.device) -> list[str]:
@@ -1090,10 +1130,15 @@ def load_onnx_fr(
         device: the torch device inputs are preprocessed on and outputs returned on
             (None = CUDA if available, else CPU).
 
+    Graph inputs that no node reads and that are not initializers are pruned (logged). A
+    requested provider that this onnxruntime does not offer is refused (onnxruntime itself would
+    fall back to the CPU with a warning only).
+
     Raises:
         ImportError: onnxruntime is not installed (``pip install exfiqa[onnx]``).
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the graph has no single image input (see :class:`OnnxFRModel`).
+        OnnxModelError: the graph has no single image input (see :class:`OnnxFRModel`), is not
+            an ONNX file, or a requested provider is not available.
     """
     if not isinstance(preprocess, Preprocess):
         raise TypeError(f"preprocess must be an exfiqa.fr.Preprocess, got {type(preprocess).__name__}")
@@ -1108,13 +1153,28 @@ def load_onnx_fr(
     if not p.is_file():
         raise FileNotFoundError(f"ONNX model not found: {p}")
     dev = _default_device(device)
+    available = list(ort.get_available_providers()) if hasattr(ort, "get_available_providers") else []
+    absent = [x for x in providers or () if available and x not in available]
+    if absent:
+        raise OnnxModelError(
+            f"ONNX model {p}: providers {absent} are not available in this onnxruntime {ort.__version__} "
+            f"(available: {available}); install the matching onnxruntime build (e.g. onnxruntime-gpu for "
+            "CUDAExecutionProvider) or list only available providers"
+        )
     chosen = list(providers) if providers else _default_providers(ort, dev)
+    pruned_bytes, initializers, pruned = _prune_unread_inputs(p)
+    if pruned:
+        log.info("ONNX model %s: %d graph inputs no node reads are ignored: %s", p, len(pruned), pruned[:8])
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: not one warning per weight listed as an input
-    session = ort.InferenceSession(str(p), sess_options=options, providers=chosen)
-    return OnnxFRModel(
-        name, session, preprocess, _onnx_initializer_names(p), device=dev, where=f"ONNX model {p}"
-    )
+    try:
+        session = ort.InferenceSession(pruned_bytes if pruned_bytes is not None else str(p), sess_options=options,
+                                       providers=chosen)
+    except Exception as exc:  # onnxruntime's own errors (invalid graph, unsupported operator)
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise OnnxModelError(f"ONNX model {p}: onnxruntime cannot load it ({first}); check the export "
+                             f"(opset, operators) against onnxruntime {ort.__version__}") from None
+    return OnnxFRModel(name, session, preprocess, initializers, device=dev, where=f"ONNX model {p}")
 
 
 # --------------------------------------------------------------------------------------------

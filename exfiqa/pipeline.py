@@ -113,7 +113,13 @@ class Study:
     Per-sample arrays come from the layout (:mod:`exfiqa.arrays`). A missing or stale one is
     extracted (:func:`exfiqa.extract.extract_dataset`: one pass over the dataset for every array
     it lacks) when ``compute`` is True; with ``compute=False`` (the notebooks) it is an
-    :class:`~exfiqa.arrays.ArrayError` naming the file and the command that makes it.
+    :class:`~exfiqa.arrays.ArrayError` naming the file, what the layout holds instead and the
+    command that makes it. ``compute=False`` needs only the arrays with their manifests and the
+    benchmarks' protocol files (pair lists, IJB-C's ``meta/`` files): the images and checkpoints
+    they were computed from need not be there. Their digests are the manifests' (``inputs.data``,
+    ``inputs.checkpoint``; ``exfiqa extract``, which ``make paper`` runs first, verified them); a
+    checkpoint that is there is checked against its array's manifest (one file, through the digest
+    index).
     ``persistent_digests=False`` keeps input digests in memory (the extraction's other ranks).
     ``out_dir``: where a notebook writes ``figures/`` and ``tables/`` (None: nowhere named; the
     Study itself writes nothing there); ``card``: the run card it runs with. :func:`open_study`
@@ -138,7 +144,7 @@ class Study:
         from .arrays import ArrayStore, arrays_root
         from .digests import INDEX_NAME, DigestIndex
 
-        self.config.check_paths()
+        self.config.check_paths(checkpoints=self.compute)
         index = self.config.cache_dir / INDEX_NAME if self.persistent_digests else None
         self.digests = DigestIndex(index, progress=self.progress)
         self.arrays = ArrayStore(arrays_root(self.config), self.digests)
@@ -172,29 +178,64 @@ class Study:
             self._quality_models[name] = load_vitfiqa(spec.checkpoint, device=self.config.device, **spec.args)
         return self._quality_models[name]
 
+    def has_checkpoint(self, kind: str, name: str) -> bool:
+        """Whether the checkpoint of ``<kind>.<name>`` (``quality_models``/``fr_models``) is on disk
+        (evaluation does not need it; running the model, e.g. for attention maps, does)."""
+        spec = (self.config.support_fr_models.get(name) if kind == "fr_models" else None) or self._spec(kind, name)
+        return bool(spec.checkpoint.is_file())
+
+    def depth(self, quality: str, dataset: str | None = None) -> int:
+        """The depth (number of exits) of quality model ``quality``: the width of its exit-score
+        array on ``dataset`` (default: the config's first dataset); no checkpoint is read."""
+        self._spec("quality_models", quality)
+        ds = dataset if dataset is not None else next(iter(self.config.datasets))
+        return int(self.exit_scores(ds, quality).shape[1])
+
+    def variant_tag(self, quality: str) -> str:
+        """``"T"`` (token variant) or ``"C"`` (CR-FIQA head) of quality model ``quality``: from its
+        checkpoint when the file is there, else from its config label or name ending in ``(T)``/
+        ``(C)`` or being ``T``/``C``; otherwise the name itself (the poster's T/C matches then skip it)."""
+        if self.has_checkpoint("quality_models", quality):
+            return "T" if self.quality_model(quality).config.variant == "token" else "C"
+        spec = self._spec("quality_models", quality)
+        for text in (spec.label, spec.name):
+            text = text.strip()
+            if text in ("T", "C"):
+                return text
+            if text.endswith(("(T)", "(C)")):
+                return text[-2]
+        return str(quality)
+
     def fr_model(self, name: str) -> FRModel:
         """The FR model of entry ``fr_models.<name>``: a torch checkpoint or an ONNX graph
         (:func:`exfiqa.fr.load_fr_entry`), loaded once on the configured device."""
-        from .fr import load_fr_entry
+        from .fr import OnnxModelError, load_fr_entry
 
         if name not in self._fr_models:
             spec = self.config.fr_models.get(name) or self.config.support_fr_models.get(name) or self._spec("fr_models", name)
-            self._fr_models[name] = load_fr_entry(name, spec.checkpoint, self.config.device, spec.args)
+            try:
+                self._fr_models[name] = load_fr_entry(name, spec.checkpoint, self.config.device, spec.args)
+            except OnnxModelError as exc:  # one line (exit 2 in the commands), not a traceback
+                raise ConfigError(f"fr_models.{name}: {exc}") from None
         return self._fr_models[name]
 
     # ------------------------------------------------------------------ per-sample arrays
 
-    def array_inputs(self, dataset: str, kind: str, name: str) -> dict[str, Any]:
+    def array_inputs(self, dataset: str, kind: str, name: str, evaluation: bool = False) -> dict[str, Any]:
         """What exfiqa's ``kind`` array of model or method ``name`` on ``dataset`` depends on, code aside.
 
         ``data``: the benchmark's content fingerprint; ``checkpoint``: the model file's SHA-256;
         ``args``: its loader arguments; ``precision``: the extraction's arithmetic (arrays
-        computed by a model). SER-FIQ adds ``seed`` (its dropout draws; one generator per sample,
+        computed by a model); ``onnxruntime``: its version, for an ONNX model's arrays. SER-FIQ adds ``seed`` (its dropout draws; one generator per sample,
         so not the batching). A benchmark read by a registered reader adds ``reader``, the SHA-256
         of the reader's source file (:func:`exfiqa.datasets.reader_source`). The code's digest is
         :func:`exfiqa.arrays.code_version`.
+
+        ``evaluation=True`` (what ``compute=False`` compares with a manifest): without ``data`` (no
+        image is read or stat-ed) and without ``checkpoint`` where the checkpoint file is absent;
+        the manifest's values of those are taken as they are.
         """
-        key: dict[str, Any] = {"data": self.benchmark(dataset).fingerprint(self.digests)}
+        key: dict[str, Any] = {} if evaluation else {"data": self.benchmark(dataset).fingerprint(self.digests)}
         reader = reader_source(self.config.datasets[dataset].kind)
         if reader is not None:
             key.update(reader=hashlib.sha256(reader.read_bytes()).hexdigest())
@@ -208,17 +249,30 @@ class Study:
             if kind in FAMILY_OPTIONS:
                 key.update(method=FAMILY_OPTIONS[kind])
         if spec is not None:
-            key.update(checkpoint=self._digest(spec.checkpoint), args=spec.args, precision=self.config.precision)
+            key.update(args=spec.args, precision=self.config.precision)
+            if str(spec.checkpoint).lower().endswith(".onnx"):  # the runtime computes an ONNX model's values
+                from importlib import metadata
+
+                try:
+                    key.update(onnxruntime=metadata.version("onnxruntime"))
+                except metadata.PackageNotFoundError:
+                    key.update(onnxruntime="absent")
+            if not evaluation or spec.checkpoint.is_file():
+                key.update(checkpoint=self._digest(spec.checkpoint))
         return key
 
     def _array(self, dataset: str, kind: str, name: str) -> NDArray[np.float32]:
         """The per-sample array from the layout (:mod:`exfiqa.arrays`), extracted if absent or stale."""
-        from .arrays import ArrayError, code_version
+        from .arrays import ArrayError, code_version, missing_array_hint
 
         if (dataset, kind, name) not in self._arrays:
             bench = self.benchmark(dataset)
-            inputs = self.array_inputs(dataset, kind, name)
-            found, reason = self.arrays.current(bench, dataset, kind, name, inputs, code_version(kind, name))
+            if self.compute:
+                inputs, trusted = self.array_inputs(dataset, kind, name), ()
+            else:
+                inputs = self.array_inputs(dataset, kind, name, evaluation=True)
+                trusted = ("data",) if "checkpoint" in inputs or "args" not in inputs else ("data", "checkpoint")
+            found, reason = self.arrays.current(bench, dataset, kind, name, inputs, code_version(kind, name), trusted)
             if found is None and self.compute:
                 from .extract import extract_dataset
 
@@ -226,9 +280,12 @@ class Study:
                 found, reason = self.arrays.current(bench, dataset, kind, name, inputs, code_version(kind, name))
             if found is None:
                 src = self.config.source or "<config>"
+                if reason == "missing":
+                    reason = f"missing: {missing_array_hint(self.arrays.root, dataset, kind, name)}"
                 raise ArrayError(
                     f"{self.arrays.path(dataset, kind, name)}: {reason}; the notebooks read the extracted "
-                    f"arrays: run `exfiqa extract --config {src}` first (make paper does)"
+                    f"arrays: run `exfiqa extract --config {src}` first (make paper does), or write it "
+                    f"in the documented layout (exfiqa.arrays)"
                 )
             if kind in ("exits", "attn") and found.shape[1] != (depth := self.quality_model(name).depth):
                 raise ArrayError(
@@ -606,7 +663,7 @@ class Study:
     def methods(self, quality: str, dataset: str | None = None) -> list[str]:
         """Method columns a :meth:`table` carries, in plotting order (external methods: those
         with scores for ``dataset``, or all when no dataset is given)."""
-        depth = self.quality_model(quality).depth
+        depth = self.depth(quality, dataset)
         extra = list(self.config.baselines)
         extra += [m for m, per_ds in self.config.external_methods.items() if dataset is None or dataset in per_ds]
         return exit_names(depth) + ["EX-FIQA-F", "EX-FIQA-FW", ATTN, VITNT[0]] + extra
@@ -642,7 +699,6 @@ def open_study(
     and its ``card`` the :class:`~exfiqa.runcard.RunCard`, also written to ``out_dir/``:data:`CARD`.
     """
     from .config import list_parameter, load_config, parse_attention_samples
-    from .digests import input_digests
 
     if not isinstance(config, (str, os.PathLike)) or not str(config):
         raise ConfigError(f"parameter config must be the path of a config file, got {config!r}")
@@ -666,7 +722,7 @@ def open_study(
         (out / sub).mkdir(parents=True, exist_ok=True)
     # the Study's own benchmarks: each is opened once per notebook (IJB-C's tables take seconds)
     opened = {ds: study.benchmark(ds) for ds in cfg.datasets}
-    study.card = run_card(cfg, input_digests(cfg, benchmarks=opened))
+    study.card = run_card(cfg, benchmarks=opened, progress=progress)
     with atomic_write(out / CARD, overwrite=True) as fh:
         fh.write(study.card.to_json())
     return study

@@ -22,10 +22,14 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .config import Config
 
-__all__ = ["PRECISION", "RunCard", "code_digest", "git_describe", "input_summary", "run_card"]
+if TYPE_CHECKING:
+    from .datasets import Benchmark
+
+__all__ = ["PRECISION", "RunCard", "code_digest", "evaluation_inputs", "git_describe", "input_summary", "run_card"]
 
 PACKAGE = Path(__file__).resolve().parent
 PRECISION = "float32"
@@ -202,10 +206,16 @@ def input_summary(cfg: Config, digests: Mapping[str, str]) -> dict[str, str]:
     groups = _input_groups(cfg)
     members: dict[str, list[tuple[Path, str]]] = {label: [] for label, _ in groups}
     members["other inputs"] = []
+    owners: dict[str, int] = {}  # a group's path -> the first group naming it
+    for i, (_, ps) in enumerate(groups):
+        for q in ps:
+            owners.setdefault(str(q), i)
     for path_text, digest in sorted(digests.items()):
-        path = Path(path_text)
-        label = next((label for label, ps in groups if any(path == q or path.is_relative_to(q) for q in ps)), "other inputs")
-        members[label].append((path, digest))
+        # the first group (in config order) whose path is the file or one of its folders: one
+        # dict look-up per folder level, not one path comparison per group (469,375 files at IJB-C)
+        hits = [owners[p] for p in (path_text, *map(str, Path(path_text).parents)) if p in owners]
+        label = groups[min(hits)][0] if hits else "other inputs"
+        members[label].append((Path(path_text), digest))
     out = {}
     for label, files in members.items():
         if not files:
@@ -221,17 +231,99 @@ def input_summary(cfg: Config, digests: Mapping[str, str]) -> dict[str, str]:
     return dict(sorted(out.items()))  # one order everywhere (the JSON file sorts its keys too)
 
 
-def run_card(cfg: Config, inputs: Mapping[str, str] | None = None) -> RunCard:
+def _model_of(kind: str, name: str) -> str:
+    """The config entry whose checkpoint an array of ``kind``/``name`` was computed with."""
+    from .config import _BASELINE_FR
+
+    if kind in ("exits", "attn", "vitnt"):
+        return f"quality_models.{name}"
+    if kind in ("emb", "norms"):
+        return f"fr_models.{name}"
+    return f"fr_models.{_BASELINE_FR[name]}" if name in _BASELINE_FR else ""
+
+
+def evaluation_inputs(
+    cfg: Config, benchmarks: Mapping[str, Benchmark] | None = None, progress: bool = True,
+) -> dict[str, str]:
+    """The inputs of the evaluation (what the notebooks read), label -> SHA-256, without reading,
+    hashing or stat-ing an image or a checkpoint:
+
+    - ``datasets.<d> protocol (n files)``: over the benchmark's files that are not sample
+      images (pair lists, IJB-C's ``meta/`` files, ``.bin`` files), by relative path and digest;
+    - ``datasets.<d> samples (N)``: the sample list (``samples_sha256`` of :mod:`exfiqa.arrays`);
+    - ``arrays.<d>/<kind>-<name>``: each per-sample array of the run there is (its manifest's
+      ``sha256``, else the file's);
+    - ``datasets.<d> images (cited by the arrays)`` and ``<models>.<name> checkpoint (cited by
+      the arrays)``: the ``inputs.data`` and ``inputs.checkpoint`` the manifests record (several
+      values, from arrays of different extractions, are joined by ``+``);
+    - the external methods' CSVs and the attention-figure images given as paths.
+
+    ``benchmarks``: already opened benchmarks by dataset name. File digests go through the run's
+    digest index (``progress``: its bar when many files need hashing).
+    """
+    from .arrays import (
+        _read_json,
+        array_path,
+        arrays_root,
+        manifest_path,
+        samples_digest,
+        wanted_arrays,
+    )
+    from .datasets import load_benchmark
+    from .digests import INDEX_NAME, DigestIndex
+
+    index = DigestIndex(Path(cfg.cache_dir) / INDEX_NAME, progress=progress)
+    root = arrays_root(cfg)
+    out: dict[str, str] = {}
+    cited: dict[str, set[str]] = {}
+    for ds, spec in cfg.datasets.items():
+        bench = (benchmarks or {}).get(ds) or load_benchmark(spec.kind, **spec.args)
+        images = set(bench.samples["path"].astype(str))
+        protocol = [(label, str(f)) for label, f in bench._files if str(f) not in images]
+        if protocol:
+            h = hashlib.sha256()
+            for (label, _), d in zip(protocol, index.digests([f for _, f in protocol], desc=f"hashing {ds}"), strict=True):
+                h.update(f"{label}\0{d}\n".encode())
+            out[f"datasets.{ds} protocol ({len(protocol)} file{'s' if len(protocol) > 1 else ''})"] = h.hexdigest()
+        out[f"datasets.{ds} samples ({len(bench):,})"] = samples_digest(bench)
+        for kind, name in wanted_arrays(cfg, bench.level):
+            npy = array_path(root, ds, kind, name)
+            mpath = manifest_path(npy)
+            if not (npy.is_file() and mpath.is_file()):
+                continue  # reading it is the notebook's error, naming the file
+            try:
+                m = _read_json(mpath)
+            except ValueError:
+                continue
+            sha = m.get("sha256")
+            out[f"arrays.{ds}/{kind}-{name}"] = sha if isinstance(sha, str) else index.digest(npy)
+            got: dict[str, Any] = m.get("inputs") if isinstance(m.get("inputs"), dict) else {}  # type: ignore[assignment]
+            if isinstance(got.get("data"), str):
+                cited.setdefault(f"datasets.{ds} images (cited by the arrays)", set()).add(got["data"])
+            model = _model_of(kind, name)
+            if model and isinstance(got.get("checkpoint"), str):
+                cited.setdefault(f"{model} checkpoint (cited by the arrays)", set()).add(got["checkpoint"])
+    out.update({label: "+".join(sorted(values)) for label, values in cited.items()})
+    files = {f"external_methods.{m}.{ds}": p for m, per_ds in cfg.external_methods.items() for ds, p in per_ds.items()
+             if ds in cfg.datasets}
+    files |= {f"attention_samples.{k}": s.path for k, s in cfg.attention_samples.items() if s.path is not None}
+    out.update(zip(files, index.digests([_abs(p) for p in files.values()], desc="hashing inputs"), strict=True))
+    return dict(sorted(out.items()))
+
+
+def run_card(
+    cfg: Config, inputs: Mapping[str, str] | None = None, *, benchmarks: Mapping[str, Benchmark] | None = None,
+    progress: bool = True,
+) -> RunCard:
     """The card of ``cfg`` (after any notebook overrides).
 
-    ``inputs``: per-file digests; by default :func:`exfiqa.digests.input_digests` (backed by the
-    persistent digest index, so an unchanged tree costs one ``stat`` per file). The card keeps
-    them grouped per config entry (:func:`input_summary`).
+    ``inputs``: per-file digests (``{path: sha256}``, e.g. :func:`exfiqa.digests.input_digests`),
+    kept grouped per config entry (:func:`input_summary`); by default the evaluation's inputs
+    (:func:`evaluation_inputs`: protocol files, sample lists, the per-sample arrays and the image
+    and checkpoint digests their manifests cite; no image or checkpoint needs to be there).
+    ``benchmarks``: already opened benchmarks; ``progress``: the hashing bar.
     """
-    if inputs is None:
-        from .digests import input_digests
-
-        inputs = input_digests(cfg)
+    summary = evaluation_inputs(cfg, benchmarks, progress) if inputs is None else input_summary(cfg, inputs)
     return RunCard(
         run_name=cfg.run_name,
         config=str(cfg.source) if cfg.source else "(in memory)",
@@ -251,7 +343,7 @@ def run_card(cfg: Config, inputs: Mapping[str, str] | None = None) -> RunCard:
         batch_size=int(cfg.batch_size),
         code_sha256=code_digest(),
         git=git_describe(),
-        inputs=input_summary(cfg, inputs),
+        inputs=summary,
         threshold_rule=cfg.threshold_rule,
         acceptance=cfg.acceptance,
         subtract_best=cfg.subtract_best,

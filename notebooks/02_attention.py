@@ -65,9 +65,13 @@ cfg = study.config
 FIG, TAB = study.out_dir / "figures", study.out_dir / "tables"
 display(Markdown(study.card.banner()))
 display(Markdown(study.card.markdown()))
-inputs = analysis.attention_inputs(study, mean_images=mean_images)
-display(Markdown(f"Faces: {inputs.note}: " + "; ".join(f"{k} = `{v}`" for k, v in inputs.sources.items())
-                 + f". Dataset mean over {len(inputs.mean_ids)} images of {inputs.mean_dataset} (seed {cfg.seed})."))
+no_attention = analysis.attention_unavailable(study)  # the maps run the models: checkpoints needed
+if no_attention:
+    display(Markdown(f"**The attention figure and statistics are skipped:** {no_attention}."))
+else:
+    inputs = analysis.attention_inputs(study, mean_images=mean_images)
+    display(Markdown(f"Faces: {inputs.note}: " + "; ".join(f"{k} = `{v}`" for k, v in inputs.sources.items())
+                     + f". Dataset mean over {len(inputs.mean_ids)} images of {inputs.mean_dataset} (seed {cfg.seed})."))
 
 # %% [markdown]
 # ## The attention figure
@@ -78,7 +82,7 @@ display(Markdown(f"Faces: {inputs.note}: " + "; ".join(f"{k} = `{v}`" for k, v i
 
 # %%
 stats = []
-for q in cfg.quality_models:
+for q in cfg.quality_models if not no_attention else ():
     maps, s = analysis.attention_study(study, q, inputs)
     fig = plots.attention_figure(maps, {**inputs.faces, f"{inputs.mean_dataset} (mean)": None})
     fig.suptitle(f"EX-FIQA ({q}): attention across exits", y=1.02, fontsize=8)
@@ -96,14 +100,15 @@ for q in cfg.quality_models:
 # %%
 import pandas as pd  # noqa: E402
 
-stats = pd.concat(stats, ignore_index=True)
-tables.save_table(stats, TAB, "attention_statistics", caption=(
-    f"Attention entropy and spread per exit, mean over {len(inputs.mean_ids)} images of {inputs.mean_dataset} "
-    f"(seed {cfg.seed}; no EDC protocol involved)."))
-display(stats.round(3))
-fig = plots.attention_entropy_spread(stats)
-plots.save_figure(fig, FIG, "attention_entropy_spread")
-display(fig)
+stats = pd.concat(stats, ignore_index=True) if stats else pd.DataFrame(columns=["quality_model", "entropy_mean"])
+if not no_attention:
+    tables.save_table(stats, TAB, "attention_statistics", caption=(
+        f"Attention entropy and spread per exit, mean over {len(inputs.mean_ids)} images of {inputs.mean_dataset} "
+        f"(seed {cfg.seed}; no EDC protocol involved)."))
+    display(stats.round(3))
+    fig = plots.attention_entropy_spread(stats)
+    plots.save_figure(fig, FIG, "attention_entropy_spread")
+    display(fig)
 for q, part in stats.groupby("quality_model", sort=False):
     lo, hi = part.loc[part["entropy_mean"].idxmin()], part.loc[part["entropy_mean"].idxmax()]
     display(Markdown(

@@ -208,25 +208,32 @@ display(strategies.wide.round(3))
 # The learned weights are fitted on `learn_on`, so there they are in-sample (`reference_fitted_here`).
 
 # %%
-dc = analysis.chosen_exits(study, head.fr_model, calibrate_on)
-tables.save_table(dc.selection, TAB, "chosen_exits", float_format="%.3f", caption=(
-    f"Exits chosen by EX-FIQA-DC for each evaluated dataset (pseudo-label: mean mated similarity, {head.fr_model}; "
-    "Spearman correlations, no EDC protocol involved)."))
-display(dc.selection)
-dc_vs = analysis.chosen_exits_comparison(study, dc, head.fmr, n_boot, strategies.learned, learn_on, unit=bootstrap_unit)
-DC_PROTOCOL = analysis.table_protocol(cfg, head.fmr, seed=True)
-tables.save_table(dc_vs.wide, TAB, "chosen_exits_pauc", protocol=DC_PROTOCOL, caption=(
-    f"EX-FIQA-DC against F, FW, learned weights (fitted on {cfg.datasets[learn_on].label}) and the last exit, {head.fr_model}."))
-display(dc_vs.wide.round(3))
-tables.save_table(dc_vs.bootstrap, TAB, "chosen_exits_bootstrap", protocol=DC_PROTOCOL, caption=(
-    f"Paired bootstrap ({n_boot} resamples of the datasets' {bootstrap_unit} units) of pAUC(EX-FIQA-DC) - pAUC(reference), "
-    f"{head.fr_model}."))
-display(dc_vs.bootstrap[["quality_model", "dataset", "reference", "chosen_exits", "delta_pauc", "ci_low", "ci_high", "p_better"]].round(4))
-fig = plots.forest(dc_vs.bootstrap[dc_vs.bootstrap["reference"] == "EX-FIQA-FW"], reference="EX-FIQA-FW")
-plots.save_figure(fig, FIG, "chosen_exits_bootstrap")
-display(fig)
-for r in analysis.fusion_wins(dc_vs.tidy, "EX-FIQA-DC", "EX-FIQA-FW").itertuples():
-    display(Markdown(f"* ({r.quality_model}, {r.fr_model}): **{r.summary}** datasets."))
+single = len(cfg.datasets) < 2 and not calibrate_on  # leave-one-dataset-out needs a second dataset
+if single:
+    display(Markdown(f"**EX-FIQA-DC is skipped:** it chooses its exits on another dataset than the one it is evaluated "
+                     f"on, and this run has only {list(cfg.datasets)}; add a dataset to the run (or name one in "
+                     "`calibrate_on`) to evaluate it."))
+else:
+    dc = analysis.chosen_exits(study, head.fr_model, calibrate_on)
+    tables.save_table(dc.selection, TAB, "chosen_exits", float_format="%.3f", caption=(
+        f"Exits chosen by EX-FIQA-DC for each evaluated dataset (pseudo-label: mean mated similarity, {head.fr_model}; "
+        "Spearman correlations, no EDC protocol involved)."))
+    display(dc.selection)
+    dc_vs = analysis.chosen_exits_comparison(study, dc, head.fmr, n_boot, strategies.learned, learn_on,
+                                            unit=bootstrap_unit)
+    DC_PROTOCOL = analysis.table_protocol(cfg, head.fmr, seed=True)
+    tables.save_table(dc_vs.wide, TAB, "chosen_exits_pauc", protocol=DC_PROTOCOL, caption=(
+        f"EX-FIQA-DC against F, FW, learned weights (fitted on {cfg.datasets[learn_on].label}) and the last exit, {head.fr_model}."))
+    display(dc_vs.wide.round(3))
+    tables.save_table(dc_vs.bootstrap, TAB, "chosen_exits_bootstrap", protocol=DC_PROTOCOL, caption=(
+        f"Paired bootstrap ({n_boot} resamples of the datasets' {bootstrap_unit} units) of pAUC(EX-FIQA-DC) - "
+        f"pAUC(reference), {head.fr_model}."))
+    display(dc_vs.bootstrap[["quality_model", "dataset", "reference", "chosen_exits", "delta_pauc", "ci_low", "ci_high", "p_better"]].round(4))
+    fig = plots.forest(dc_vs.bootstrap[dc_vs.bootstrap["reference"] == "EX-FIQA-FW"], reference="EX-FIQA-FW")
+    plots.save_figure(fig, FIG, "chosen_exits_bootstrap")
+    display(fig)
+    for r in analysis.fusion_wins(dc_vs.tidy, "EX-FIQA-DC", "EX-FIQA-FW").itertuples():
+        display(Markdown(f"* ({r.quality_model}, {r.fr_model}): **{r.summary}** datasets."))
 
 # %% [markdown]
 # ## The comparison table in the poster's layout

@@ -107,6 +107,7 @@ display(lat.pivot_table(index="exit", columns="model", values="ms_per_image", so
 # %%
 pauc_table = analysis.pauc_all(study, scale=cfg.pauc_scale)
 costs = analysis.study_costs(study)
+display(Markdown("Architectures: " + "; ".join(f"({q}) {analysis.model_architecture(study, q)[1]}" for q in cfg.quality_models) + "."))
 for q in cfg.quality_models:
     exits, fw = analysis.pauc_cost_points(pauc_table, costs, q, head.fr_model, cost_fmr)
     fig = plots.pauc_vs_gflops(exits, fw, title=f"pAUC-EDC vs GFLOPs, EX-FIQA ({q}), {head.fr_model}, FMR={cost_fmr:g}")

@@ -113,7 +113,7 @@ def test_arrays_equal_the_models_run_directly(reference, one_thread):
         for fr in cfg.fr_models:
             model = study.fr_model(fr)
             np.testing.assert_array_equal(study.embeddings(ds, fr), model.embed(imgs, batch_size=4))
-            if bench.level == "template":  # [|f(x)|, |f(flip x)|] of the same forward
+            if bench.level == "template" and cfg.template_protocol == "insightface":  # [|f(x)|, |f(flip x)|] of the same forward
                 with torch.inference_mode():
                     ys = [model.forward_pair(torch.from_numpy(b)) for b in batches]
                 norms = np.concatenate([torch.linalg.vector_norm(y, dim=1).view(2, -1).T.numpy() for y in ys])
@@ -142,9 +142,12 @@ def test_one_read_feeds_every_model_and_a_rerun_reads_nothing(tiny_config, tmp_p
     reports = extract(cfg, progress=False, log=lambda *_: None)
     n = {r.dataset: r.n_samples for r in reports}
     assert sorted(reads) == sorted((ds, i) for ds in DATASETS for i in range(n[ds]))  # each image once
-    # 2 x 3 ViT-FIQA arrays, 4 FR embeddings, 3 baselines, and IJB-C the 4 FR models' output norms
+    # 2 x 3 ViT-FIQA arrays, 4 FR embeddings, 3 baselines; no output norms under the default
+    # template protocol (group), which never reads them
     assert all(len(r.computed) == len(wanted_arrays(cfg, "template" if r.dataset == "ijbc" else "sample"))
-               == (17 if r.dataset == "ijbc" else 13) for r in reports)
+               == 13 for r in reports)
+    assert not any(name.startswith("norms-") for r in reports for name in r.computed)
+    assert len(wanted_arrays(cfg.with_(template_protocol="insightface"), "template")) == 17
     assert all(r.images_read == n[r.dataset] for r in reports)
     reads.clear()
     again = extract(cfg, progress=False, log=lambda *_: None)
@@ -276,6 +279,9 @@ def test_insightface_templates_use_the_extracted_norms(reference):
     from exfiqa.fr import template_embeddings
 
     cfg = load_config(reference).with_(template_protocol="insightface")
+    # the default protocol (group) extracted no norms; insightface's adds them, nothing else
+    reports = extract(cfg, progress=False, log=lambda *_: None)
+    assert sorted(n for r in reports for n in r.computed) == sorted(f"norms-{f}" for f in cfg.fr_models)
     study = Study(cfg, progress=False, compute=False)
     bench = study.benchmark("ijbc")
     model = study.fr_model("arcface")
@@ -289,6 +295,10 @@ def test_insightface_templates_use_the_extracted_norms(reference):
     feats, scale = study.features("ijbc", "arcface")
     assert scale == 1.0
     np.testing.assert_allclose(feats, expected, atol=2e-6)
+    for f in cfg.fr_models:  # the module's reference is the default protocol's again
+        npy = study.arrays.path("ijbc", "norms", f)
+        npy.unlink()
+        npy.with_suffix(".json").unlink()
 
 
 def _temps(*folders: Path) -> list[Path]:

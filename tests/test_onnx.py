@@ -179,10 +179,109 @@ def test_a_graph_with_two_candidate_image_inputs_is_refused(tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(tmp_path / "two.onnx"))
-    with pytest.raises(ValueError, match=r"two\.onnx: needs exactly one 4-D float input besides its weights .* found 2"):
+    with pytest.raises(fr.OnnxModelError, match=r"two\.onnx: an FR model takes one NCHW float image as its only fed input, "
+                       r"and this graph has 2 4-D float inputs .*export the model with one image input"):
         fr.load_onnx_fr(tmp_path / "two.onnx", SFACE)
-    with pytest.raises(ValueError, match=r"found 2 among the non-initializer inputs \['a tensor\(float\)"):
+    with pytest.raises(ConfigError, match=r"fr_models\.two: .*\['a tensor\(float\)") as err:
         _entry_model(_config(tmp_path, two={"checkpoint": "two.onnx", "preprocess": SFACE_ARGS}), "two")
+    assert "\n" not in str(err.value) and "besides its weights" not in str(err.value)
+
+
+def _pooling_graph(path: Path, unread: int = 0, read_extra: bool = False) -> Path:
+    """x (N, 3, 112, 112) -> global average pool -> (N, 3), with ``unread`` declared inputs that no
+    node reads (as OpenCV Zoo's SFace declares 29) and, if ``read_extra``, one more that a node reads."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 112, 112])
+    extra = [helper.make_tensor_value_info(f"unused_{i}", TensorProto.FLOAT, [64]) for i in range(unread)]
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["f"])]
+    if read_extra:
+        extra.append(helper.make_tensor_value_info("bias", TensorProto.FLOAT, [3]))
+        nodes.append(helper.make_node("Add", ["f", "bias"], ["y"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["f"], ["y"]))
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])
+    model = helper.make_model(helper.make_graph(nodes, "pool", [x, *extra], [out]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_declared_inputs_no_node_reads_are_ignored(tmp_path):
+    """The shipped SFace build declares graph inputs that no node reads and that are not
+    initializers; onnxruntime would want them fed. They are pruned and the model runs."""
+    _need_runtime()
+    import onnxruntime as ort
+
+    path = _pooling_graph(tmp_path / "dangling.onnx", unread=5)
+    with pytest.raises(Exception, match="unused_0"):  # what onnxruntime alone does with that file
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": np.zeros((1, 3, 112, 112), np.float32)})
+    model = fr.load_onnx_fr(path, SFACE)
+    faces = _faces(2)
+    x = faces.astype(np.float64).transpose(0, 3, 1, 2)  # SFace: RGB 0..255, no scaling
+    expected = x.mean(axis=(2, 3))
+    np.testing.assert_allclose(model._forward(torch.from_numpy(x.astype(np.float32))).numpy(), expected, rtol=1e-5)
+    entry = _entry_model(_config(tmp_path, sface={"checkpoint": "dangling.onnx", "preprocess": SFACE_ARGS}), "sface")
+    assert entry.embed(faces).shape == (2, 6)
+
+
+def test_an_input_a_node_reads_is_refused_in_one_line(tmp_path):
+    _need_runtime()
+    _pooling_graph(tmp_path / "needs_bias.onnx", unread=2, read_extra=True)
+    with pytest.raises(ConfigError) as err:
+        _entry_model(_config(tmp_path, m={"checkpoint": "needs_bias.onnx", "preprocess": SFACE_ARGS}), "m")
+    text = str(err.value)
+    assert "\n" not in text and "bias" in text and "unused_0" not in text  # the unread ones are not the problem
+    assert "its nodes read inputs exfiqa cannot feed" in text and "export the model with the image as its only input" in text
+    (tmp_path / "junk.onnx").write_bytes(b"not a protobuf at all \xff\xfe" * 10)
+    with pytest.raises(ConfigError, match=r"fr_models\.j: ONNX model .*junk\.onnx: not a readable ONNX file"):
+        _entry_model(_config(tmp_path, j={"checkpoint": "junk.onnx", "preprocess": SFACE_ARGS}), "j")
+
+
+def test_an_unavailable_provider_is_refused(tmp_path):
+    _need_runtime()
+    path = _pooling_graph(tmp_path / "p.onnx")
+    with pytest.raises(fr.OnnxModelError, match=r"providers \['NoSuchExecutionProvider'\] are not available .*available: \["):
+        fr.load_onnx_fr(path, SFACE, providers=["NoSuchExecutionProvider", "CPUExecutionProvider"])
+    assert fr.load_onnx_fr(path, SFACE, providers=["CPUExecutionProvider"]).embed(_faces(1)).shape == (1, 6)
+
+
+@pytest.mark.parametrize(("entry", "baseline"), [("arcface", "serfiq"), ("magface", "magface_norm")])
+def test_a_baseline_that_needs_a_torch_architecture_refuses_an_onnx_entry(tmp_path, entry, baseline):
+    path = _config(tmp_path, **{entry: {"checkpoint": "m.onnx", "preprocess": SFACE_ARGS}})
+    raw = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**raw, "baselines": [baseline]}))
+    with pytest.raises(ConfigError, match=rf"baselines: {baseline} runs on fr_models\.{entry} and needs .*ONNX graph m\.onnx"):
+        load_config(path)
+    path.write_text(yaml.safe_dump({**raw, "baselines": ["sharpness"]}))
+    assert load_config(path).baselines == ("sharpness",)
+
+
+def test_a_model_name_that_cannot_name_a_file_is_refused(tmp_path):
+    for bad in ("a/b", "../x", ".hidden", " pad"):
+        with pytest.raises(ConfigError, match=r"fr_models\..*names files of the per-sample layout"):
+            load_config(_config(tmp_path, **{bad: {"checkpoint": "m.onnx", "preprocess": SFACE_ARGS}}))
+
+
+def test_the_onnxruntime_version_is_part_of_an_onnx_models_array_key(tmp_path, tiny_world, monkeypatch):
+    from importlib import metadata
+
+    from exfiqa.pipeline import Study
+
+    path = _config(tmp_path, s={"checkpoint": str(_pooling_graph(tmp_path / "p.onnx")), "preprocess": SFACE_ARGS},
+                   a={"checkpoint": str(tiny_world / "fr" / "arcface.pt")})
+    raw = yaml.safe_load(path.read_text())
+    raw.update(datasets={"lfw": {"kind": "bin", "path": str(tiny_world / "benchmarks" / "lfw.bin")}})
+    path.write_text(yaml.safe_dump(raw))
+    study = Study(load_config(path), progress=False)
+    key = study.array_inputs("lfw", "emb", "s")
+    assert key["onnxruntime"] == metadata.version("onnxruntime")
+    assert "onnxruntime" not in study.array_inputs("lfw", "emb", "a")  # a torch model's arrays: not keyed by it
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda d: "99.0" if d == "onnxruntime" else real(d))
+    assert study.array_inputs("lfw", "emb", "s") != key
 
 
 # ------------------------------------------------------------------ config validation and keys
