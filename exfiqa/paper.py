@@ -210,6 +210,24 @@ def notebook_key(card: RunCard, config_path: Path, notebook: Path, extra: Sequen
     return h.hexdigest()
 
 
+def _extractable(cfg: Config, log) -> bool:
+    """Whether ``make paper`` can run extraction: its checkpoints are there. On a machine that
+    sees only the extracted arrays (``arrays_dir`` with a folder per dataset) and the protocol
+    files, extraction is skipped with a note and the notebooks evaluate the arrays as they are
+    (each array is still checked against its manifest; a missing one is an error naming it)."""
+    from .arrays import arrays_root
+
+    try:
+        cfg.check_paths()
+    except ConfigError as exc:
+        root = arrays_root(cfg)
+        if not all((root / ds).is_dir() for ds in cfg.datasets):
+            raise
+        log(f"[paper] {cfg.run_name}: not extracting ({exc}); evaluating the arrays in {root} as they are")
+        return False
+    return True
+
+
 def run_paper(
     config_path: str, notebooks: Sequence[str] = NOTEBOOKS, force: bool = False, log=print
 ) -> Path:
@@ -229,17 +247,18 @@ def run_paper(
         from .demo import ensure_demo
 
         ensure_demo(cfg.data_root, cfg.demo, log=log)
-    cfg.check_paths()
+    cfg.check_paths(checkpoints=False)
     out = cfg.results_dir / cfg.run_name
     if out.exists() and any(out.iterdir()) and not (out / RUN_MARKER).exists():
         raise ConfigError(f"{out} exists and was not made by exfiqa; move it or change run_name")
     for sub in ("notebooks", "figures", "tables"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     (out / RUN_MARKER).write_text("made by exfiqa.paper\n")
-    from .extract import extract
+    if _extractable(cfg, log):
+        from .extract import extract
 
-    log(f"[paper] {cfg.run_name}: extracting the per-sample arrays (exfiqa extract) ...")
-    extract(cfg, log=log)
+        log(f"[paper] {cfg.run_name}: extracting the per-sample arrays (exfiqa extract) ...")
+        extract(cfg, log=log)
     log(f"[paper] {cfg.run_name}: digests of the inputs ...")
     card = run_card(cfg)
     with atomic_write(out / CARD, overwrite=True) as fh:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from exfiqa import metrics
-from exfiqa.config import load_config
+from exfiqa.config import ConfigError, load_config
 from exfiqa.paper import NOTEBOOKS, cell_labels, notebook_key, run_paper
 from exfiqa.pipeline import Study
 from exfiqa.runcard import RunCard, code_digest, input_summary, run_card
@@ -246,3 +246,34 @@ def test_a_notebook_killed_midway_is_executed_again(tiny_config, tmp_path, monke
     assert name in json.loads((out / "run.json").read_text())
     run_paper(str(path), notebooks=[name], log=messages.append)  # now it is reused
     assert calls == ["run", "kill", "run"] and any("inputs unchanged" in m for m in messages)
+
+
+def test_make_paper_on_a_machine_with_only_the_arrays_skips_extraction(tiny_config, tmp_path, monkeypatch):
+    """The checkpoints absent but every dataset's arrays present: `make paper` says so and runs
+    the notebooks on the arrays (the old code stopped at the missing checkpoint); with neither,
+    the missing checkpoint is the error."""
+    import shutil
+
+    import exfiqa.extract as extract_mod
+    import exfiqa.paper as paper
+
+    raw = yaml.safe_load(tiny_config.read_text())
+    world = tmp_path / "world"
+    shutil.copytree(raw["data_root"], world)
+    raw.pop("demo", None)  # a copy of the world, not the demo builder's (it would rebuild what is missing)
+    raw.update(run_name="arrays-only", results_dir=str(tmp_path / "results"), data_root=str(world),
+               cache_dir=str(tmp_path / "cache"))
+    path = tmp_path / "arrays-only.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setattr(paper, "_execute", lambda staged, executed, parameters, progress: shutil.copy(staged, executed))
+    run_paper(str(path), notebooks=["01_layer_analysis"], log=lambda *_: None)  # extracts
+    for ckpt in (world / "vitfiqa").glob("*.pt"):
+        ckpt.unlink()
+    monkeypatch.setattr(extract_mod, "extract", lambda *a, **k: pytest.fail("extraction without checkpoints"))
+    messages: list[str] = []
+    run_paper(str(path), notebooks=["01_layer_analysis"], force=True, log=messages.append)
+    assert any("not extracting" in m and "checkpoint" in m for m in messages), messages
+    raw.update(cache_dir=str(tmp_path / "empty-cache"), arrays_dir=str(tmp_path / "no-arrays"))
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="checkpoint"):
+        run_paper(str(path), notebooks=["01_layer_analysis"], log=lambda *_: None)
