@@ -206,6 +206,7 @@ __all__ = [
     "pauc_rows",
     "resolvable",
     "resolvable_levels",
+    "resolved_for",
     "roc",
     "rule_note",
     "template_quality",
@@ -1213,15 +1214,21 @@ def _levels_of(q: np.ndarray, v: np.ndarray, sel: np.ndarray, d: np.ndarray) -> 
     return level
 
 
-def _recompute_curves(
-    comp: Any, order: Any, targets: list[float], rule: ThresholdRule = ThresholdRule.AT_MOST,
-    strict: bool = False, e_type: ErrorType = ErrorType.FNMR,
-) -> dict[float, EDCCurve]:
+def _left_per_level(comp: Any, order: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``recompute``: which mated comparisons remain at each level (L, n_m), and how many mated
+    and non-mated comparisons are left per level (from the levels of the mated ones only)."""
     d = _level_starts(comp.n)
     level_m = np.asarray(order.levels(comp.mated_refs))
     remaining_m = level_m[None, :] >= np.arange(_N_LEVELS)[:, None]  # (L, n_m)
     n_m_j = remaining_m.sum(axis=1)
-    n_nm_j = (comp.n - d) - n_m_j
+    return remaining_m, n_m_j, (comp.n - d) - n_m_j
+
+
+def _recompute_curves(
+    comp: Any, order: Any, targets: list[float], rule: ThresholdRule = ThresholdRule.AT_MOST,
+    strict: bool = False, e_type: ErrorType = ErrorType.FNMR,
+) -> dict[float, EDCCurve]:
+    remaining_m, n_m_j, n_nm_j = _left_per_level(comp, order)
     if e_type is ErrorType.FMR:
         return _recompute_fm_curves(comp, order, targets, rule, strict, remaining_m, n_m_j, n_nm_j)
     k_max = int(_kmax(max(targets), comp.n_nm))
@@ -1462,6 +1469,28 @@ def _area_points(curve: EDCCurve, limit: float) -> np.ndarray:
         if frac[i - 1] < limit - 1e-12 and i < frac.shape[0]:
             inside[i] = True
     return inside
+
+
+def resolved_for(
+    scores: Any,
+    order: Any,
+    target: float,
+    convention: Convention | str = Convention.RECOMPUTE,
+    limit: float = 0.3,
+    *,
+    error_type: ErrorType | str = ErrorType.FNMR,
+) -> bool:
+    """:func:`pauc_resolved` of the EDC of prepared ``scores`` and ``order`` (the interface of
+    :func:`edc_curves`) without computing the curve: the counts left per level follow from the
+    levels of the mated comparisons alone (bounded at any size)."""
+    conv, e_type = _convention(convention), _error_type(error_type)
+    if conv is Convention.FIXED:
+        return bool(resolvable(target, int(scores.n_nm if e_type is ErrorType.FNMR else scores.n_m)))
+    _, n_m_j, n_nm_j = _left_per_level(scores, order)
+    base = n_nm_j if e_type is ErrorType.FNMR else n_m_j
+    curve = EDCCurve(RECOMPUTE_DISCARD_FRACTIONS, np.zeros(_N_LEVELS), np.zeros(_N_LEVELS), target, conv,
+                     max(int(scores.n_m), 1), int(scores.n_nm), n_target_base=base)
+    return pauc_resolved(curve, limit)
 
 
 def pauc_resolved(curve: EDCCurve, limit: float = 0.3) -> bool:

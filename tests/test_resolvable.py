@@ -82,3 +82,21 @@ def test_hand_made_recompute_curve_needs_counts():
         c.resolved  # noqa: B018
     f = M.EDCCurve([0, 0.05], [0.1, 0.1], [0, 0], 1e-3, "fixed", n_mated=10, n_nonmated=5000)
     assert f.resolved.all()
+
+
+def test_resolved_for_prepared_scores_equals_the_curve():
+    rng = np.random.default_rng(7)
+    n = 3000
+    mated = rng.random(n) < 0.4
+    sim = rng.normal(size=n) + mated
+    q = np.where(mated, rng.random(n) + 0.6, rng.random(n))  # the first 30% discarded are non-mated
+    comp = M._Comparisons(sim, mated)
+    order = M._ArrayOrder(comp.quality(q))
+    for conv in ("recompute", "fixed"):
+        for t in (1e-2, 1e-3, 5e-4):
+            for limit in (0.05, 0.17, 0.3):
+                curve = M.edc(sim, mated, q, t, conv)
+                assert M.resolved_for(comp, order, t, conv, limit) == M.pauc_resolved(curve, limit)
+    # 1800 non-mated: 1e-3 resolved for the whole set; discarding mostly non-mated ones drops below 1000
+    assert M.resolvable(1e-3, int((~mated).sum())) and not M.resolved_for(comp, order, 1e-3, "recompute", 0.3)
+    assert M.resolved_for(comp, order, 1e-3, "fixed", 0.3)
