@@ -27,6 +27,7 @@ __all__ = [
     "AdaptiveResult",
     "adaptive_cost_curve",
     "adaptive_exit",
+    "attention_contrast",
     "attention_maps",
     "attention_statistics",
     "fr_sanity",
@@ -155,28 +156,47 @@ def cost_table(model: ViTFIQA) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _timed(fn, repeats: int, cuda: bool) -> np.ndarray:
+    """Wall times (s) of ``repeats`` calls of ``fn``, each bracketed by a device synchronisation on CUDA."""
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return np.asarray(times)
+
+
 def measure_latency(
-    model: ViTFIQA, batch_size: int = 32, repeats: int = 3, device: str = "cpu", seed: int = 0
+    model: ViTFIQA, batch_size: int = 32, repeats: int = 5, device: str = "cpu", seed: int = 0
 ) -> pd.DataFrame:
-    """Measured wall time per image of the truncated model at every exit (median of ``repeats``)."""
+    """Measured wall time per image of the truncated model at every exit and of all exits in one
+    pass, every row timed the same way.
+
+    Each row: one untimed warm-up call, then ``repeats`` timed calls, each bracketed by
+    ``torch.cuda.synchronize()`` on a CUDA device (kernels are asynchronous). Columns: ``exit``
+    (``1..depth`` or ``"all (one pass)"``), ``ms_per_image`` (the median), ``ms_q25``, ``ms_q75``
+    (the interquartile range), ``ms_min``, ``ms_max``, ``repeats``; all per image.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"parameter repeats must be an integer >= 1, got {repeats!r}")
     torch.manual_seed(seed)
     x = torch.randn(batch_size, 3, model.config.img_size, model.config.img_size, device=device)
     model = model.to(device).eval()
+    cuda = str(device).startswith("cuda")
+    calls = [(k, lambda k=k: model.score_at_exit(x, k)) for k in range(1, model.depth + 1)]
+    calls.append(("all (one pass)", lambda: model.forward_exits(x)))
     rows = []
     with torch.inference_mode():
-        model.forward_exits(x)  # warm-up
-        for k in range(1, model.depth + 1):
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                model.score_at_exit(x, k)
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - t0)
-            rows.append({"exit": k, "ms_per_image": 1e3 * float(np.median(times)) / batch_size})
-        t0 = time.perf_counter()
-        model.forward_exits(x)
-        rows.append({"exit": "all (one pass)", "ms_per_image": 1e3 * (time.perf_counter() - t0) / batch_size})
+        for name, fn in calls:
+            _timed(fn, 1, cuda)  # warm-up
+            ms = 1e3 * _timed(fn, repeats, cuda) / batch_size
+            q25, med, q75 = np.quantile(ms, [0.25, 0.5, 0.75])
+            rows.append({"exit": name, "ms_per_image": float(med), "ms_q25": float(q25), "ms_q75": float(q75),
+                         "ms_min": float(ms.min()), "ms_max": float(ms.max()), "repeats": repeats})
     return pd.DataFrame(rows)
 
 
@@ -282,11 +302,32 @@ def attention_maps(model: ViTFIQA, images: np.ndarray, batch_size: int = 64, dev
     return np.concatenate(out)
 
 
+#: Normalised entropy (entropy / log(patches)) at or above which a map counts as low-contrast:
+#: practically uniform (0.99: at most 1% below the entropy of the uniform map).
+LOW_CONTRAST_ENTROPY = 0.99
+
+
+def attention_contrast(maps: np.ndarray) -> np.ndarray:
+    """Normalised entropy of each attention map: entropy / log(patches), in [0, 1] (1 = uniform).
+
+    ``maps``: (..., g, g), each map summing to 1. A map at or above :data:`LOW_CONTRAST_ENTROPY` is
+    low-contrast: min-max scaling it on its own amplifies noise.
+    """
+    g2 = maps.shape[-1] * maps.shape[-2]
+    p = maps.reshape(*maps.shape[:-2], g2).astype(np.float64)
+    entropy = -(p * np.log(np.clip(p, 1e-12, None))).sum(-1)
+    return np.asarray(entropy / np.log(g2))
+
+
 def attention_statistics(maps: np.ndarray) -> pd.DataFrame:
-    """Per exit: entropy (nats) of the attention over patches and its spatial spread.
+    """Per exit: entropy (nats) of the attention over patches, its spatial spread and its contrast.
 
     ``maps``: (N, depth, g, g), each map summing to 1. Spread = attention-weighted RMS distance of
     the patches from the map's centroid, in patch units. Mean and std over the N images.
+    Contrast: ``normalised_entropy`` (mean entropy / ``max_entropy``, 1 = uniform),
+    ``max_min_ratio`` (mean over images of the largest over the smallest patch weight; 1 = uniform)
+    and ``low_contrast`` (normalised entropy >= :data:`LOW_CONTRAST_ENTROPY`: practically uniform,
+    nothing to interpret).
     """
     n, depth, g, _ = maps.shape
     p = maps.reshape(n, depth, -1).astype(np.float64)
@@ -294,9 +335,12 @@ def attention_statistics(maps: np.ndarray) -> pd.DataFrame:
     yy, xx = np.divmod(np.arange(g * g), g)
     cy, cx = (p * yy).sum(-1), (p * xx).sum(-1)
     spread = np.sqrt((p * ((yy - cy[..., None]) ** 2 + (xx - cx[..., None]) ** 2)).sum(-1))
+    ratio = p.max(-1) / np.clip(p.min(-1), 1e-12, None)
+    norm = entropy.mean(0) / np.log(g * g)
     return pd.DataFrame({
         "exit": np.arange(1, depth + 1), "entropy_mean": entropy.mean(0), "entropy_std": entropy.std(0),
         "spread_mean": spread.mean(0), "spread_std": spread.std(0), "max_entropy": np.log(g * g),
+        "normalised_entropy": norm, "max_min_ratio": ratio.mean(0), "low_contrast": norm >= LOW_CONTRAST_ENTROPY,
     })
 
 
@@ -1035,7 +1079,9 @@ def released_claims(released: pd.DataFrame) -> dict[str, float]:
 
 def latency_table(study: Study, batch_size: int, repeats: int, full_size: bool) -> pd.DataFrame:
     """:func:`measure_latency` of the run's quality models (and, if ``full_size``, the released
-    architectures on random weights), on the run's device, seeded by the run's seed."""
+    architectures on random weights), on the run's device, seeded by the run's seed: every row
+    (each exit and the one-pass row) the median of ``repeats`` synchronised timings after a
+    warm-up, with its interquartile range and min/max."""
     from .model import build_vitfiqa
 
     cfg = study.config
@@ -1207,7 +1253,7 @@ def exit_scores_long(sample_quality: pd.DataFrame, depth: int) -> pd.DataFrame:
 __all__ += [  # the notebook-assembly section above
     "ChosenComparison", "ChosenExits", "calibration_datasets", "calibration_set", "choose_for", "chosen_exits",
     "chosen_exits_comparison", "evaluated_datasets", "mated_similarity_label",
-    "AttentionInputs", "Headline", "PAPER_HEADLINE", "SELECTED_BY_BOTH", "SELECTED_BY_POSTER", "SELECTED_ON_DATA",
+    "LOW_CONTRAST_ENTROPY", "AttentionInputs", "Headline", "PAPER_HEADLINE", "SELECTED_BY_BOTH", "SELECTED_BY_POSTER", "SELECTED_ON_DATA",
     "best_early_exit", "paper_early_exits", "PAPER_HEADLINE_SCALE", "StrategyResult", "adaptive_study",
     "attention_inputs", "attention_study", "depth_summary", "exit_scores_long", "fmr_target", "fusion_bootstrap",
     "fusion_vs_exits", "headline", "headline_vs_paper", "latency_table", "paper_findings", "pauc_cost_points",
