@@ -163,11 +163,6 @@ def score_distributions(scores: pd.DataFrame, title: str = "") -> Figure:
     return fig
 
 
-#: Normalised entropy (entropy / log(patches)) from which an attention panel counts as low-contrast
-#: (practically uniform); the same value as :data:`exfiqa.analysis.LOW_CONTRAST_ENTROPY`.
-LOW_CONTRAST_ENTROPY = 0.99
-
-
 def attention_figure(
     maps: Mapping[str, np.ndarray], images: Mapping[str, np.ndarray | None], exits: Sequence[int] | None = None,
     scale: str = "shared",
@@ -180,10 +175,12 @@ def attention_figure(
     weight 1/g^2 (0 .. the largest value of any panel), so a flat map looks flat;
     ``scale="per-panel"``: each panel min-max scaled on its own (as on the poster), which shows
     *where* attention goes but amplifies noise in near-uniform maps. Either way a low-contrast panel
-    (normalised entropy >= :data:`LOW_CONTRAST_ENTROPY`) is greyed out and labelled "flat".
+    (normalised entropy >= :data:`exfiqa.analysis.LOW_CONTRAST_ENTROPY`) is greyed out and labelled "flat".
     """
     import torch
     import torch.nn.functional as F
+
+    from .analysis import LOW_CONTRAST_ENTROPY
 
     if scale not in ("shared", "per-panel"):
         raise ValueError(f"parameter scale must be 'shared' or 'per-panel', got {scale!r}")
@@ -219,7 +216,7 @@ def attention_figure(
         ax.set_xticks([])
         ax.set_yticks([])
         ax.grid(False)
-    note = ("shared colour scale: 0 .. {:.3g} x uniform".format(vmax) if scale == "shared" else "each panel min-max scaled")
+    note = (f"shared colour scale: 0 .. {vmax:.3g} x uniform" if scale == "shared" else "each panel min-max scaled")
     fig.text(0.5, 0.0, f"{note}; 'flat': practically uniform (normalised entropy >= {LOW_CONTRAST_ENTROPY:g}), "
              "nothing to read", ha="center", va="top", fontsize=6)
     fig.tight_layout(pad=0.2)
