@@ -101,7 +101,7 @@ IMAGES_PER_IDENTITY = 64  # image-index space per identity (indices are never re
 NOTEBOOKS = 4
 NOTEBOOK_START_S = 20.0  # kernel start, imports, opening the study, per notebook
 ATTENTION_IMAGES = 256  # 02: mean_images (capped at the first dataset's size), + 4 samples
-LATENCY_BATCH, LATENCY_REPEATS = 8, 2  # 04: latency_batch, latency_repeats (truncated runs per exit)
+LATENCY_BATCH, LATENCY_REPEATS = 8, 5  # 04: latency_batch, latency_repeats (timed runs per row, after a warm-up)
 SERFIQ_PASSES_COST = 0.05  # 20 dropout passes of the FR head, relative to one backbone forward
 
 
@@ -552,7 +552,7 @@ def _make_paper_seconds(cfg: Any, per: dict[str, float], n_images: int, n_first:
     image = sum(per[n] for n in cfg.fr_models) + baseline + sum(per[q] for q in cfg.quality_models)
     vit = float(np.mean([per[q] for q in cfg.quality_models]))
     attention = (min(ATTENTION_IMAGES, n_first) + 4) * vit * len(cfg.quality_models)
-    passes = 2 + LATENCY_REPEATS * sum(k / 12 for k in range(1, 13))  # warm-up, one pass, exits 1..12
+    passes = (1 + LATENCY_REPEATS) * (1 + sum(k / 12 for k in range(1, 13)))  # each row (exits 1..12, one pass): warm-up + repeats
     latency = 2 * len(cfg.quality_models) * passes * LATENCY_BATCH * vit
     fixed = NOTEBOOKS * NOTEBOOK_START_S + attention + latency
     return {"per_image_s": image, "baselines_s": baseline, "inference_min": n_images * image / 60,

@@ -30,6 +30,7 @@ __all__ = [
     "AdaptiveResult",
     "adaptive_cost_curve",
     "adaptive_exit",
+    "attention_contrast",
     "attention_maps",
     "attention_statistics",
     "attention_unavailable",
@@ -42,6 +43,7 @@ __all__ = [
     "measure_latency",
     "operating_points",
     "pauc_all",
+    "unresolved",
     "paired_vs_reference",
     "rank_correlation",
 ]
@@ -78,6 +80,19 @@ def pauc_all(study: Study, methods: Sequence[str] | None = None, scale: float = 
                 f.insert(0, "quality_model", q)
                 frames.append(f)
     return pd.concat(frames, ignore_index=True)
+
+
+def unresolved(pauc: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a tidy pAUC table (:func:`pauc_all`) whose FMR target is not resolved
+    (column ``resolved`` False: fewer than one expected false match at the threshold, for the whole
+    set or at a ``recompute`` level up to the limit; :func:`exfiqa.metrics.resolvable`).
+
+    Findings should leave these cells out or say that they rest on them: filter with
+    ``pauc[pauc["resolved"]]``.
+    """
+    if "resolved" not in pauc.columns:
+        raise ValueError("pauc: no 'resolved' column (a table from exfiqa.metrics.pauc_rows / analysis.pauc_all has one)")
+    return pauc[~pauc["resolved"].astype(bool)].reset_index(drop=True)
 
 
 def rank_correlation(sample_quality: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
@@ -170,6 +185,7 @@ def paired_vs_reference(
     :func:`exfiqa.bootstrap.paired_bootstrap` of the pair), from the Study's scores and orders,
     bounded at IJB-C and all-vs-all sizes. ``unit``: what is resampled (:data:`BOOTSTRAP_UNITS`);
     the rows say it (``unit``, ``n_units``, ``n_boot``).
+    ``resolved``: both pAUCs have a resolvable FMR target (:meth:`exfiqa.pipeline.Study.resolved`).
     """
     cfg = study.config
     rows = []
@@ -179,9 +195,10 @@ def paired_vs_reference(
         orders = [study.ordering(ds, quality, m) for m in names]
         est = [study.pauc_order(ds, fr, o, fmr) for o in orders]
         subjects, unit_name, n_units = bootstrap_units(study, ds, unit)
+        res = [study.resolved(ds, fr, o, fmr) for o in orders]
         samples = bootstrap_samples(scores, orders, fmr, cfg.convention, cfg.discard_limit, n_boot, cfg.seed,
                                     subtract_best=cfg.subtract_best, subjects=subjects, **study.rules())
-        for m, e, s in zip(methods, est[1:], samples[1:], strict=True):
+        for m, e, s, r in zip(methods, est[1:], samples[1:], res[1:], strict=True):
             diff = s - samples[0]
             lo, hi, ok = _diff_interval(diff)
             rows.append({
@@ -189,7 +206,7 @@ def paired_vs_reference(
                 "method": m, "reference": reference, "delta_pauc": e - est[0], "ci_low": lo,
                 "ci_high": hi, "p_better": float(np.mean(s[ok] < samples[0][ok])), "convention": cfg.convention,
                 "limit": cfg.discard_limit, "unit": unit_name, "n_units": n_units, "n_boot": int(n_boot),
-                "n_defined": int(ok.sum()),
+                "n_defined": int(ok.sum()), "resolved": bool(r and res[0]),
             })
     return pd.DataFrame(rows)
 
@@ -204,28 +221,47 @@ def cost_table(model: ViTFIQA | ViTFIQAConfig) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _timed(fn, repeats: int, cuda: bool) -> np.ndarray:
+    """Wall times (s) of ``repeats`` calls of ``fn``, each bracketed by a device synchronisation on CUDA."""
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return np.asarray(times)
+
+
 def measure_latency(
-    model: ViTFIQA, batch_size: int = 32, repeats: int = 3, device: str = "cpu", seed: int = 0
+    model: ViTFIQA, batch_size: int = 32, repeats: int = 5, device: str = "cpu", seed: int = 0
 ) -> pd.DataFrame:
-    """Measured wall time per image of the truncated model at every exit (median of ``repeats``)."""
+    """Measured wall time per image of the truncated model at every exit and of all exits in one
+    pass, every row timed the same way.
+
+    Each row: one untimed warm-up call, then ``repeats`` timed calls, each bracketed by
+    ``torch.cuda.synchronize()`` on a CUDA device (kernels are asynchronous). Columns: ``exit``
+    (``1..depth`` or ``"all (one pass)"``), ``ms_per_image`` (the median), ``ms_q25``, ``ms_q75``
+    (the interquartile range), ``ms_min``, ``ms_max``, ``repeats``; all per image.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"parameter repeats must be an integer >= 1, got {repeats!r}")
     torch.manual_seed(seed)
     x = torch.randn(batch_size, 3, model.config.img_size, model.config.img_size, device=device)
     model = model.to(device).eval()
+    cuda = str(device).startswith("cuda")
+    calls = [(k, lambda k=k: model.score_at_exit(x, k)) for k in range(1, model.depth + 1)]
+    calls.append(("all (one pass)", lambda: model.forward_exits(x)))
     rows = []
     with torch.inference_mode():
-        model.forward_exits(x)  # warm-up
-        for k in range(1, model.depth + 1):
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                model.score_at_exit(x, k)
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - t0)
-            rows.append({"exit": k, "ms_per_image": 1e3 * float(np.median(times)) / batch_size})
-        t0 = time.perf_counter()
-        model.forward_exits(x)
-        rows.append({"exit": "all (one pass)", "ms_per_image": 1e3 * (time.perf_counter() - t0) / batch_size})
+        for name, fn in calls:
+            _timed(fn, 1, cuda)  # warm-up
+            ms = 1e3 * _timed(fn, repeats, cuda) / batch_size
+            q25, med, q75 = np.quantile(ms, [0.25, 0.5, 0.75])
+            rows.append({"exit": name, "ms_per_image": float(med), "ms_q25": float(q25), "ms_q75": float(q75),
+                         "ms_min": float(ms.min()), "ms_max": float(ms.max()), "repeats": repeats})
     return pd.DataFrame(rows)
 
 
@@ -241,6 +277,7 @@ def operating_points(pauc: pd.DataFrame, costs: pd.DataFrame, tolerance: float =
 
     ``tied_methods``: for max accuracy, every method tied (:func:`is_tie`) for the lowest mean pAUC
     when there are several (the row shows the first by name); empty otherwise.
+    ``resolved`` (when ``pauc`` has that column): every pAUC in the method's mean is resolved.
     """
     rows = []
     for q, part in pauc.groupby("quality_model", sort=False):
@@ -255,6 +292,11 @@ def operating_points(pauc: pd.DataFrame, costs: pd.DataFrame, tolerance: float =
             ok = [m for m in exits if mean[m] <= mean[last] * (1 + tol)]
             pick = min(ok, key=lambda m: cost[m])
             rows.append({**_point(q, name, pick, mean, cost, full), "tied_methods": ""})
+        if "resolved" in part.columns:
+            ok = part.groupby("method")["resolved"].all()
+            for r in rows:
+                if r["quality_model"] == q:
+                    r["resolved"] = bool(ok[r["method"]])
     return pd.DataFrame(rows)
 
 
@@ -327,11 +369,32 @@ def attention_maps(model: ViTFIQA, images: np.ndarray, batch_size: int = 64, dev
     return np.concatenate(out)
 
 
+#: Normalised entropy (entropy / log(patches)) at or above which a map counts as low-contrast:
+#: practically uniform (0.99: at most 1% below the entropy of the uniform map).
+LOW_CONTRAST_ENTROPY = 0.99
+
+
+def attention_contrast(maps: np.ndarray) -> np.ndarray:
+    """Normalised entropy of each attention map: entropy / log(patches), in [0, 1] (1 = uniform).
+
+    ``maps``: (..., g, g), each map summing to 1. A map at or above :data:`LOW_CONTRAST_ENTROPY` is
+    low-contrast: min-max scaling it on its own amplifies noise.
+    """
+    g2 = maps.shape[-1] * maps.shape[-2]
+    p = maps.reshape(*maps.shape[:-2], g2).astype(np.float64)
+    entropy = -(p * np.log(np.clip(p, 1e-12, None))).sum(-1)
+    return np.asarray(entropy / np.log(g2))
+
+
 def attention_statistics(maps: np.ndarray) -> pd.DataFrame:
-    """Per exit: entropy (nats) of the attention over patches and its spatial spread.
+    """Per exit: entropy (nats) of the attention over patches, its spatial spread and its contrast.
 
     ``maps``: (N, depth, g, g), each map summing to 1. Spread = attention-weighted RMS distance of
     the patches from the map's centroid, in patch units. Mean and std over the N images.
+    Contrast: ``normalised_entropy`` (mean entropy / ``max_entropy``, 1 = uniform),
+    ``max_min_ratio`` (mean over images of the largest over the smallest patch weight; 1 = uniform)
+    and ``low_contrast`` (normalised entropy >= :data:`LOW_CONTRAST_ENTROPY`: practically uniform,
+    nothing to interpret).
     """
     n, depth, g, _ = maps.shape
     p = maps.reshape(n, depth, -1).astype(np.float64)
@@ -339,9 +402,12 @@ def attention_statistics(maps: np.ndarray) -> pd.DataFrame:
     yy, xx = np.divmod(np.arange(g * g), g)
     cy, cx = (p * yy).sum(-1), (p * xx).sum(-1)
     spread = np.sqrt((p * ((yy - cy[..., None]) ** 2 + (xx - cx[..., None]) ** 2)).sum(-1))
+    ratio = p.max(-1) / np.clip(p.min(-1), 1e-12, None)
+    norm = entropy.mean(0) / np.log(g * g)
     return pd.DataFrame({
         "exit": np.arange(1, depth + 1), "entropy_mean": entropy.mean(0), "entropy_std": entropy.std(0),
         "spread_mean": spread.mean(0), "spread_std": spread.std(0), "max_entropy": np.log(g * g),
+        "normalised_entropy": norm, "max_min_ratio": ratio.mean(0), "low_contrast": norm >= LOW_CONTRAST_ENTROPY,
     })
 
 
@@ -514,8 +580,11 @@ def depth_summary(pauc_table: pd.DataFrame, depths: dict[str, int], fmr: float) 
 def fusion_vs_exits(head: pd.DataFrame, depths: dict[str, int]) -> pd.DataFrame:
     """Per quality model, FR model and dataset (``head``: pAUC rows at one FMR): the last exit,
     the best single exit (chosen with hindsight; every tied exit named, :func:`best_text`),
-    EX-FIQA-F and EX-FIQA-FW."""
-    rows = []
+    EX-FIQA-F and EX-FIQA-FW; with a ``resolved`` column in ``head``, the flags of
+    :func:`exfiqa.tables.flag_unresolved` follow."""
+    from .tables import flag_unresolved
+
+    rows, flags = [], []
     for (q, fr, ds), part in head.groupby(["quality_model", "fr_model", "dataset"], sort=False):
         p = part.set_index("method")["pauc"]
         depth = depths[q]
@@ -525,7 +594,12 @@ def fusion_vs_exits(head: pd.DataFrame, depths: dict[str, int]) -> pd.DataFrame:
             "best single exit": best_text(exits), "best exit pAUC": float(exits.min()), "EX-FIQA-F": float(p["EX-FIQA-F"]),
             "EX-FIQA-FW": float(p["EX-FIQA-FW"]),
         })
-    return pd.DataFrame(rows)
+        if "resolved" in part.columns:
+            r = part.set_index("method")["resolved"].astype(bool)
+            flags.append({"last exit": r[f"Exit {depth}"], "best exit pAUC": bool(r[tied_best(exits)].all()), "EX-FIQA-F": r["EX-FIQA-F"],
+                          "EX-FIQA-FW": r["EX-FIQA-FW"]})
+    out = pd.DataFrame(rows)
+    return flag_unresolved(out, pd.DataFrame(flags, index=out.index)) if flags else out
 
 
 def fusion_bootstrap(study: Study, fr: str, fmr: float, n_boot: int, unit: str = "subject") -> pd.DataFrame:
@@ -582,15 +656,27 @@ def strategy_table(study: Study, fr: str, fmr: float, learn_on: str, n_candidate
             scores = study.exit_scores(ds, q).astype(np.float64)
             fused = np.stack([s.apply(scores) for s in strategies], axis=1)
             values = study.pauc_of(ds, fr, fused, (fmr,))[fmr] * cfg.pauc_scale
-            for s, v in zip(strategies, values, strict=True):
+            ok = study.resolved_of(ds, fr, fused, fmr)
+            for s, v, r in zip(strategies, values, ok, strict=True):
                 rows.append({"quality_model": q, "dataset": cfg.datasets[ds].label, "strategy": s.name, "pauc": float(v),
-                             "fitted_here": s.name == "learned" and ds == learn_on})
+                             "fitted_here": s.name == "learned" and ds == learn_on, "resolved": bool(r)})
     tidy = pd.DataFrame(rows)
-    wide = tidy.pivot_table(index=["quality_model", "strategy"], columns="dataset", values="pauc", sort=False)
+    return StrategyResult(tidy, _wide_with_mean(tidy, "strategy"), learned)
+
+
+def _wide_with_mean(tidy: pd.DataFrame, rows: str) -> pd.DataFrame:
+    """``pauc`` by (quality model, ``rows``) x dataset plus the datasets' mean, with the flags of
+    :func:`exfiqa.tables.flag_unresolved` (the mean is unresolved where any of its cells is)."""
+    from .tables import flag_unresolved
+
+    keys = ["quality_model", rows]
+    wide = tidy.pivot_table(index=keys, columns="dataset", values="pauc", sort=False)
     wide["mean"] = wide.mean(axis=1)
-    wide = wide.reset_index()
+    ok = tidy.pivot_table(index=keys, columns="dataset", values="resolved", aggfunc="all", sort=False).astype(bool)
+    ok["mean"] = ok.all(axis=1)
+    wide = flag_unresolved(wide, ok).reset_index()
     wide.columns.name = None
-    return StrategyResult(tidy, wide, learned)
+    return wide
 
 
 # --- 03: data-chosen exits (EX-FIQA-DC)
@@ -761,13 +847,14 @@ def chosen_exits_comparison(
         orders = [study.order_of(ds, v) for v in values.values()]
         est = [study.pauc_order(ds, fr, o, fmr) for o in orders]
         subjects, unit_name, n_units = bootstrap_units(study, ds, unit)
+        res = [study.resolved(ds, fr, o, fmr) for o in orders]
         samples = bootstrap_samples(comp, orders, fmr, cfg.convention, cfg.discard_limit, n_boot, cfg.seed,
                                     subtract_best=cfg.subtract_best, subjects=subjects, **study.rules())
         label = cfg.datasets[ds].label
-        for m, e in zip(values, est, strict=True):
+        for m, e, r in zip(values, est, res, strict=True):
             rows.append({"quality_model": q, "dataset": label, "fr_model": fr, "fmr": fmr, "method": m, "pauc": e * scale,
-                         "fitted_here": m == "learned" and ds == learn_on})
-        for m, e, s in zip(list(values)[1:], est[1:], samples[1:], strict=True):
+                         "fitted_here": m == "learned" and ds == learn_on, "resolved": bool(r)})
+        for m, e, s, r in zip(list(values)[1:], est[1:], samples[1:], res[1:], strict=True):
             diff = samples[0] - s
             lo, hi, ok = _diff_interval(diff)
             boot.append({
@@ -776,17 +863,57 @@ def chosen_exits_comparison(
                 "ci_high": hi * scale, "p_better": float(np.mean(samples[0][ok] < s[ok])),
                 "reference_fitted_here": m == "learned" and ds == learn_on, "convention": cfg.convention,
                 "limit": cfg.discard_limit, "scale": float(scale), "seed": int(cfg.seed), "n_boot": int(n_boot),
-                "unit": unit_name, "n_units": n_units, "n_defined": int(ok.sum()),
+                "unit": unit_name, "n_units": n_units, "n_defined": int(ok.sum()), "resolved": bool(r and res[0]),
             })
     tidy = pd.DataFrame(rows)
-    wide = tidy.pivot_table(index=["quality_model", "method"], columns="dataset", values="pauc", sort=False)
-    wide["mean"] = wide.mean(axis=1)
-    wide = wide.reset_index()
-    wide.columns.name = None
-    return ChosenComparison(tidy, wide, pd.DataFrame(boot))
+    return ChosenComparison(tidy, _wide_with_mean(tidy, "method"), pd.DataFrame(boot))
 
 
-_METHOD_LABELS = {"magface_norm": "MagFace (norm)", "serfiq": "SER-FIQ (stochastic)", "sharpness": "Sharpness (Laplacian)"}
+#: Table labels of the built-in baselines. SER-FIQ is this package's re-implementation
+#: (:mod:`exfiqa.baselines`), not the authors' code: its label says so wherever the poster's SER-FIQ
+#: sits beside it.
+_METHOD_LABELS = {"magface_norm": "MagFace (norm)", "serfiq": "SER-FIQ-style (re-impl.)", "sharpness": "Sharpness (Laplacian)"}
+
+#: ``selection`` of a row of the comparison tables (:func:`poster_table`, :func:`headline_vs_paper`).
+SELECTED_ON_DATA = "best early exit: lowest mean pAUC over the evaluated datasets (chosen on the evaluated data)"
+SELECTED_BY_POSTER = "the early exit the poster reports"
+SELECTED_BY_BOTH = "the early exit the poster reports; also the best on the evaluated data"
+
+
+def best_early_exit(rows: pd.DataFrame, quality: str, depth: int) -> str:
+    """The best early exit of ``quality`` chosen on the evaluated data: the lowest mean pAUC over
+    the datasets of ``rows`` (pAUC rows at one FR model and FMR) among exits 1..depth-1, the lowest
+    index on ties. Shared by :func:`poster_table` and :func:`headline_vs_paper`, whose rows agree."""
+    part = rows[rows["quality_model"] == quality]
+    mean = part.groupby("method")["pauc"].mean()
+    return min((f"Exit {k}" for k in range(1, depth)), key=lambda m: mean[m])
+
+
+def paper_early_exits() -> dict[str, int]:
+    """Variant tag -> the early exit the poster reports (from :data:`PAPER_HEADLINE`: 11 for (C), 10 for (T))."""
+    out = {}
+    for name, _ in PAPER_HEADLINE:
+        stem = name[:-3].removeprefix("EX-FIQA-")
+        if name.startswith("EX-FIQA-") and stem.isdigit():
+            out[name[-2]] = int(stem)
+    return out
+
+
+def _early_exit_rows(rows: pd.DataFrame, tags: dict[str, tuple[str, int]]) -> dict[str, list[tuple[str, str, bool]]]:
+    """Per quality model: (run method, selection, chosen on the evaluated data) of the poster's
+    early exit (where the model has it) and of :func:`best_early_exit` (once if they coincide)."""
+    poster = paper_early_exits()
+    out = {}
+    for q, (tag, depth) in tags.items():
+        best = best_early_exit(rows, q, depth)
+        k = poster.get(tag)
+        if k is not None and k < depth and f"Exit {k}" == best:
+            out[q] = [(best, SELECTED_BY_BOTH, False)]
+        elif k is not None and k < depth:
+            out[q] = [(f"Exit {k}", SELECTED_BY_POSTER, False), (best, SELECTED_ON_DATA, True)]
+        else:
+            out[q] = [(best, SELECTED_ON_DATA, True)]
+    return out
 
 
 def _is_exfiqa(method: str) -> bool:
@@ -796,23 +923,45 @@ def _is_exfiqa(method: str) -> bool:
 def poster_table(head: pd.DataFrame, tags: dict[str, tuple[str, int]], dataset_order: Sequence[str]) -> pd.DataFrame:
     """The poster's comparison layout for one FR model at one FMR (``head``: its pAUC rows).
 
-    Rows: the other methods (baselines, external CSVs), then per quality model plain ViT-FIQA
-    (= last exit), its best early exit (lowest mean over datasets among exits 1..D-1) and
-    EX-FIQA-FW; columns: ``dataset_order`` (dataset labels, the headline first) and their mean.
+    Rows: the other methods (baselines, external CSVs; the re-implemented SER-FIQ labelled so),
+    then per quality model plain ViT-FIQA (= last exit), its early exits (:func:`_early_exit_rows`:
+    the poster's exit where the model has it, and :func:`best_early_exit`, chosen on the evaluated
+    data) and EX-FIQA-FW; columns: ``group, method``, ``dataset_order`` (dataset labels, the
+    headline first) and their mean, ``selection`` and ``chosen_on_evaluated_data`` (the same rows
+    and values as :func:`headline_vs_paper` on the headline dataset). With a ``resolved`` column
+    in ``head``, the flags of :func:`exfiqa.tables.flag_unresolved` follow.
     """
-    rows = []
+    from .tables import flag_unresolved
+
+    rows, flags = [], []
     q0 = next(iter(tags))
+    with_flags = "resolved" in head.columns
+
+    def add(row: dict, part: pd.DataFrame, method: str) -> None:
+        vals = part[part["method"] == method].set_index("dataset")
+        rows.append({**row, **vals["pauc"].to_dict()})
+        if with_flags:
+            flags.append(vals["resolved"].astype(bool).to_dict())
+
     for m in [m for m in head["method"].unique() if not _is_exfiqa(m)]:
-        vals = head[(head["quality_model"] == q0) & (head["method"] == m)].set_index("dataset")["pauc"]
-        rows.append({"group": "other methods", "method": _METHOD_LABELS.get(m, m), **vals.to_dict()})
+        add({"group": "other methods", "method": _METHOD_LABELS.get(m, m), "selection": "", "chosen_on_evaluated_data": False},
+            head[head["quality_model"] == q0], m)
+    early = _early_exit_rows(head, tags)
     for q, (tag, depth) in tags.items():
-        piv = head[head["quality_model"] == q].pivot_table(index="method", columns="dataset", values="pauc")
-        best_exit = piv.loc[[f"Exit {k}" for k in range(1, depth)]].mean(axis=1).idxmin()
-        rows.append({"group": "ViT-FIQA", "method": f"ViT-FIQA ({tag})", **piv.loc[f"Exit {depth}"].to_dict()})
-        rows.append({"group": "EX-FIQA", "method": f"EX-FIQA-{best_exit.split()[1]} ({tag})", **piv.loc[best_exit].to_dict()})
-        rows.append({"group": "EX-FIQA", "method": f"EX-FIQA-FW ({tag})", **piv.loc["EX-FIQA-FW"].to_dict()})
-    out = pd.DataFrame(rows)[["group", "method", *dataset_order]]
-    out["mean"] = out[list(dataset_order)].mean(axis=1)
+        part = head[head["quality_model"] == q]
+        add({"group": "ViT-FIQA", "method": f"ViT-FIQA ({tag})", "selection": "the last exit", "chosen_on_evaluated_data": False},
+            part, f"Exit {depth}")
+        for m, selection, on_data in early[q]:
+            add({"group": "EX-FIQA", "method": f"EX-FIQA-{m.split()[1]} ({tag})", "selection": selection,
+                 "chosen_on_evaluated_data": on_data}, part, m)
+        add({"group": "EX-FIQA", "method": f"EX-FIQA-FW ({tag})", "selection": "fixed rule (depth weights)",
+             "chosen_on_evaluated_data": False}, part, "EX-FIQA-FW")
+    out = pd.DataFrame(rows)[["group", "method", *dataset_order, "selection", "chosen_on_evaluated_data"]]
+    out.insert(2 + len(dataset_order), "mean", out[list(dataset_order)].mean(axis=1))
+    if with_flags:
+        ok = pd.DataFrame(flags, index=out.index).reindex(columns=list(dataset_order)).fillna(True).astype(bool)
+        ok["mean"] = ok.all(axis=1)
+        out = flag_unresolved(out, ok)
     return out
 
 
@@ -871,30 +1020,50 @@ def headline_vs_paper(
 ) -> pd.DataFrame:
     """The poster's headline table (:data:`PAPER_HEADLINE`) beside this run's values at the
     headline dataset, FR model and FMR, both at ``scale``; then this run's methods the poster
-    lacks. ``paper`` is NaN where the poster has no such method, ``this_run`` where this run lacks it.
+    lacks, among them the :func:`best_early_exit` of each variant (chosen on the evaluated data,
+    as in :func:`poster_table`). ``paper`` is NaN where the poster has no such method,
+    ``this_run`` where this run lacks it. ``selection`` and ``chosen_on_evaluated_data`` say how
+    an early-exit row was chosen; ``resolved`` (where ``pauc_table`` has it; NA without a value
+    of this run) whether this run's FMR target is resolvable. The poster's SER-FIQ is the authors'
+    method, this run's a re-implementation (``this_run_method`` says so).
     Column :data:`SECONDARY_SOURCE`: a second reference, for the ViT-FIQA(T) row only
     (:data:`SECONDARY_VITFIQA_T` on IJB-C, at ``scale``), NaN elsewhere.
     """
-    part = pauc_table[(pauc_table["dataset"] == head.label) & (pauc_table["fr_model"] == head.fr_model)
-                      & np.isclose(pauc_table["fmr"], head.fmr)]
+    at = pauc_table[(pauc_table["fr_model"] == head.fr_model) & np.isclose(pauc_table["fmr"], head.fmr)]
+    part = at[at["dataset"] == head.label]
     value = {(r.quality_model, r.method): float(r.pauc) for r in part.itertuples()}
+    ok = ({(r.quality_model, r.method): bool(r.resolved) for r in part.itertuples()} if "resolved" in part.columns else None)
     others = [m for m in part["method"].unique() if not _is_exfiqa(m)]
+    early = _early_exit_rows(at, tags)
+    how = {(q, m): (sel, on_data) for q, rows in early.items() for m, sel, on_data in rows}
     rows, used = [], set()
+
+    def label_of(q: str, m: str) -> str:
+        return _METHOD_LABELS.get(m, m) if m in others else f"{m} ({tags[q][0]})"
+
+    def add(name: str, paper: float, key: tuple[str, str] | None) -> None:
+        sel, on_data = how.get(key, ("", False)) if key else ("", False)
+        row = {"method": name, "paper": paper, "this_run": value.get(key, float("nan")) if key else float("nan"),
+               "this_run_method": label_of(*key) if key else "(not in this run)", "selection": sel,
+               "chosen_on_evaluated_data": on_data}
+        if ok is not None:
+            row["resolved"] = ok.get(key, pd.NA) if key else pd.NA
+        rows.append(row)
+
     for name, paper_value in PAPER_HEADLINE:
         match = _poster_method(name, tags, others)
-        run = value.get(match, float("nan")) if match else float("nan")
         if match:
             used.add(match)
-        label = "" if match is None else (match[1] if match[1] in others else f"{match[1]} ({tags[match[0]][0]})")
-        rescaled = float(f"{paper_value * scale / PAPER_HEADLINE_SCALE:.12g}")  # as printed, at this run's scale
-        rows.append({"method": name, "paper": rescaled, "this_run": run,
-                     "this_run_method": label or "(not in this run)"})
-    extra = [(q, m) for (q, m) in value if (q, m) not in used and not m.startswith("Exit ")
+        add(name, float(f"{paper_value * scale / PAPER_HEADLINE_SCALE:.12g}"), match)  # as printed, at this run's scale
+    chosen = [(q, m) for q, rows_q in early.items() for m, _, on_data in rows_q if on_data]
+    extra = [(q, m) for (q, m) in value if (q, m) not in used and (not m.startswith("Exit ") or (q, m) in chosen)
              and (_is_exfiqa(m) or q == next(iter(tags)))]
     for q, m in extra:
-        label = m if m in others else f"{m} ({tags[q][0]})"
-        rows.append({"method": _METHOD_LABELS.get(m, label), "paper": float("nan"), "this_run": value[(q, m)], "this_run_method": label})
+        used.add((q, m))
+        add(label_of(q, m), float("nan"), (q, m))
     out = pd.DataFrame(rows)
+    if ok is not None:
+        out["resolved"] = out["resolved"].astype("boolean")
     out.insert(2, "dataset", head.label)
     out.insert(3, "fr_model", head.fr_model)
     # the second reference for one poster row: ViT-FIQA(T) on IJB-C, as transcribed (NaN elsewhere)
@@ -1235,7 +1404,8 @@ def released_claims(released: pd.DataFrame) -> dict[str, float]:
 def latency_table(study: Study, batch_size: int, repeats: int, full_size: bool) -> pd.DataFrame:
     """:func:`measure_latency` of the run's quality models whose checkpoint is here (and, if
     ``full_size``, the released architectures on random weights), on the run's device, seeded by
-    the run's seed."""
+    the run's seed: every row (each exit and the one-pass row) the median of ``repeats``
+    synchronised timings after a warm-up, with its interquartile range and min/max."""
     from .model import build_vitfiqa
 
     cfg = study.config
@@ -1441,8 +1611,10 @@ def exit_scores_long(sample_quality: pd.DataFrame, depth: int) -> pd.DataFrame:
 __all__ += [  # the notebook-assembly section above
     "BOOTSTRAP_UNITS", "ChosenComparison", "ChosenExits", "bootstrap_units", "unit_summary", "calibration_datasets", "calibration_set", "choose_for", "chosen_exits",
     "chosen_exits_comparison", "evaluated_datasets", "mated_similarity_label",
-    "AttentionInputs", "Headline", "PAPER_HEADLINE", "PAPER_HEADLINE_SCALE", "StrategyResult", "adaptive_study",
-    "attention_inputs", "attention_study", "depth_bootstrap", "depth_summary", "exit_scores_long", "fmr_target", "fusion_bootstrap",
+    "LOW_CONTRAST_ENTROPY", "AttentionInputs", "Headline", "PAPER_HEADLINE", "SELECTED_BY_BOTH", "SELECTED_BY_POSTER",
+    "SELECTED_ON_DATA", "best_early_exit", "paper_early_exits", "PAPER_HEADLINE_SCALE", "StrategyResult", "adaptive_study",
+    "attention_inputs", "attention_study", "depth_bootstrap", "depth_summary", "exit_scores_long", "fmr_target",
+    "fusion_bootstrap",
     "fusion_vs_exits", "headline", "headline_vs_paper", "latency_table", "paper_findings", "pauc_cost_points",
     "poster_table", "released_claims", "released_gflops", "secondary_reference", "strategy_table", "study_costs",
     "table_protocol", "variant_tags",

@@ -145,6 +145,19 @@ the ``fixed`` FNMR after discarding the same mated comparisons. Otherwise they d
 ``recompute`` also discards the other kind, moving the threshold, and measures the discard
 fraction over all comparisons.
 
+Resolvable targets
+------------------
+A target rate needs at least one expected error at its threshold to mean what it says: an FMR
+target ``fmr`` over ``n`` non-mated comparisons is *resolvable* when ``fmr * n >= 1``
+(:func:`resolvable`; FM-EDC: the FNMR target over the mated comparisons). Below that the rules
+above admit no false match at all, so every smaller target gives the same threshold and curve
+(300 non-mated comparisons: FMR 1e-3 and 1e-4 give identical EDCs). Under ``fixed`` the whole
+set decides; under ``recompute`` the threshold is recomputed from the comparisons left at each
+level, so each level counts its own (:func:`resolvable_levels`, :attr:`EDCCurve.resolved`). A pAUC
+is resolved when every point its area reads is (:func:`pauc_resolved`); tidy frames carry this as
+the boolean column ``resolved`` (:func:`pauc_rows`, :func:`edc_rows`). The value is still computed
+and written: the flag says it cannot separate the targets below that count.
+
 Bootstrap intervals of these pAUCs (single and paired) live in :mod:`exfiqa.bootstrap`.
 """
 
@@ -189,7 +202,11 @@ __all__ = [
     "pauc",
     "pauc_frame",
     "pauc_meta",
+    "pauc_resolved",
     "pauc_rows",
+    "resolvable",
+    "resolvable_levels",
+    "resolved_for",
     "roc",
     "rule_note",
     "template_quality",
@@ -831,8 +848,13 @@ class EDCCurve:
         n_mated: Number of mated comparisons before discarding.
         n_nonmated: Number of non-mated comparisons before discarding.
         error_type, threshold_rule, acceptance: The rules that produced it.
+        n_target_base: At each point, the comparisons the target rate is a fraction of: the
+            non-mated comparisons (FNM-EDC; mated for FM-EDC) the threshold is set from. Under
+            ``fixed`` the whole set's count at every point; under ``recompute`` those left at
+            each level. None (a hand-made curve): the whole set's count, ``fixed`` only.
 
     ``fnmr`` and ``fmr`` (the error and the target of an FNM-EDC) remain as read-only aliases.
+    :attr:`resolved` says where the target is resolvable (:func:`resolvable`).
     """
 
     discard_fraction: np.ndarray
@@ -845,6 +867,7 @@ class EDCCurve:
     error_type: ErrorType = ErrorType.FNMR
     threshold_rule: ThresholdRule = ThresholdRule.AT_MOST
     acceptance: Acceptance = Acceptance.SIMILARITY
+    n_target_base: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         arrays = {}
@@ -871,6 +894,23 @@ class EDCCurve:
             raise ValueError(f"EDCCurve.n_mated: must be >= 1, got {self.n_mated}")
         if self.error_type is ErrorType.FMR and int(self.n_nonmated) < 1:
             raise ValueError(f"EDCCurve.n_nonmated: an FM-EDC needs >= 1, got {self.n_nonmated}")
+        if self.n_target_base is not None:
+            base = np.array(self.n_target_base, dtype=np.int64)
+            if base.shape != (n,):
+                raise ValueError(f"EDCCurve.n_target_base: expected shape ({n},), got {base.shape}")
+            base.setflags(write=False)
+            object.__setattr__(self, "n_target_base", base)
+
+    @property
+    def resolved(self) -> np.ndarray:
+        """Per point: whether the target is resolvable there (:func:`resolvable` of the target
+        and :attr:`n_target_base`)."""
+        base = self.n_target_base
+        if base is None:
+            if self.convention is Convention.RECOMPUTE:
+                raise ValueError("EDCCurve.resolved: a 'recompute' curve needs n_target_base (the counts left per level)")
+            base = np.full(self.discard_fraction.shape, int(self.n_nonmated if self.error_type is ErrorType.FNMR else self.n_mated))
+        return resolvable(self.target, base)
 
     @property
     def fnmr(self) -> np.ndarray:
@@ -1053,9 +1093,9 @@ def _reported(stat: np.ndarray | float, strict: bool) -> np.ndarray:
 
 
 def _curve(comp: Any, frac: np.ndarray, err: np.ndarray, thr: np.ndarray, t: float, conv: Convention,
-           e_type: ErrorType, rule: ThresholdRule, strict: bool) -> EDCCurve:
+           e_type: ErrorType, rule: ThresholdRule, strict: bool, base: np.ndarray) -> EDCCurve:
     acc = Acceptance.DISTANCE if strict else Acceptance.SIMILARITY
-    return EDCCurve(frac, err, thr, t, conv, comp.n_m, comp.n_nm, e_type, rule, acc)
+    return EDCCurve(frac, err, thr, t, conv, comp.n_m, comp.n_nm, e_type, rule, acc, base)
 
 
 def _fnm_candidates(comp: Any, targets: list[float], rule: ThresholdRule, strict: bool, m: int) -> list[_Point]:
@@ -1094,7 +1134,7 @@ def _fixed_curves(
         fnmr = (cum_err[-1] - cum_err[discarded]) / (comp.n_m - discarded)
         reported = _reported(stat, strict) if rule is ThresholdRule.AT_MOST else p.threshold
         thr = np.full(frac.shape, reported)
-        out[t] = _curve(comp, frac, fnmr, thr, t, Convention.FIXED, ErrorType.FNMR, rule, strict)
+        out[t] = _curve(comp, frac, fnmr, thr, t, Convention.FIXED, ErrorType.FNMR, rule, strict, np.full(frac.shape, comp.n_nm))
     return out
 
 
@@ -1133,7 +1173,8 @@ def _fixed_fm_curves(
         per_group = np.bincount(g, minlength=groups.shape[0])
         left = per_group.sum() - (np.cumsum(per_group) - per_group)
         fmr = left / (comp.n_nm - discarded)
-        out[t] = _curve(comp, frac, fmr, np.full(frac.shape, p.threshold), t, Convention.FIXED, ErrorType.FMR, rule, strict)
+        out[t] = _curve(comp, frac, fmr, np.full(frac.shape, p.threshold), t, Convention.FIXED, ErrorType.FMR, rule, strict,
+                        np.full(frac.shape, comp.n_m))
     return out
 
 
@@ -1173,15 +1214,21 @@ def _levels_of(q: np.ndarray, v: np.ndarray, sel: np.ndarray, d: np.ndarray) -> 
     return level
 
 
-def _recompute_curves(
-    comp: Any, order: Any, targets: list[float], rule: ThresholdRule = ThresholdRule.AT_MOST,
-    strict: bool = False, e_type: ErrorType = ErrorType.FNMR,
-) -> dict[float, EDCCurve]:
+def _left_per_level(comp: Any, order: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``recompute``: which mated comparisons remain at each level (L, n_m), and how many mated
+    and non-mated comparisons are left per level (from the levels of the mated ones only)."""
     d = _level_starts(comp.n)
     level_m = np.asarray(order.levels(comp.mated_refs))
     remaining_m = level_m[None, :] >= np.arange(_N_LEVELS)[:, None]  # (L, n_m)
     n_m_j = remaining_m.sum(axis=1)
-    n_nm_j = (comp.n - d) - n_m_j
+    return remaining_m, n_m_j, (comp.n - d) - n_m_j
+
+
+def _recompute_curves(
+    comp: Any, order: Any, targets: list[float], rule: ThresholdRule = ThresholdRule.AT_MOST,
+    strict: bool = False, e_type: ErrorType = ErrorType.FNMR,
+) -> dict[float, EDCCurve]:
+    remaining_m, n_m_j, n_nm_j = _left_per_level(comp, order)
     if e_type is ErrorType.FMR:
         return _recompute_fm_curves(comp, order, targets, rule, strict, remaining_m, n_m_j, n_nm_j)
     k_max = int(_kmax(max(targets), comp.n_nm))
@@ -1222,7 +1269,7 @@ def _recompute_curves(
             fnmr = np.where((n_m_j > 0) & (n_nm_j > 0), err / n_m_j, np.nan)
         reported = _reported(stats[i], strict) if rule is ThresholdRule.AT_MOST else thr[i]
         out[t] = _curve(comp, RECOMPUTE_DISCARD_FRACTIONS, fnmr, reported, t, Convention.RECOMPUTE,
-                        ErrorType.FNMR, rule, strict)
+                        ErrorType.FNMR, rule, strict, n_nm_j)
     return out
 
 
@@ -1266,7 +1313,7 @@ def _recompute_fm_curves(
             err = (remaining_c & (top_vals[None, :] >= es[i][:, None])).sum(axis=1)
             fmr = np.where((n_m_j > 0) & (n_nm_j > 0), err / n_nm_j, np.nan)
         out[t] = _curve(comp, RECOMPUTE_DISCARD_FRACTIONS, fmr, thr[i], t, Convention.RECOMPUTE,
-                        ErrorType.FMR, rule, strict)
+                        ErrorType.FMR, rule, strict, n_m_j)
     return out
 
 
@@ -1363,6 +1410,93 @@ def edc_many(
     """EDCs at several targets sharing one pass over the data; keyed by target (see :func:`edc`)."""
     rules = {"threshold_rule": threshold_rule, "acceptance": acceptance, "error_type": error_type}
     return _edc_prepared(_Comparisons(similarity, mated), quality, targets, convention, **rules)
+
+
+def resolvable(target: float, n: int | ArrayLike) -> np.ndarray:
+    """Whether a target rate can be resolved on ``n`` comparisons: at least one expected error at
+    the threshold, ``target * n >= 1`` (with the threshold rules' relative tolerance of 1e-9).
+
+    ``n``: the comparisons the target is a fraction of (non-mated for an FMR target, mated for an
+    FNMR target); a count or an array of counts (one per discard level). Below it the target
+    means "no error at all" and every smaller target gives the same threshold and curve: with
+    300 non-mated comparisons FMR 1e-2 is resolved (3 expected false matches), 1e-3 and 1e-4 are
+    not (both admit none).
+    """
+    t = _fmr_value(target, "target")
+    counts = np.asarray(n)
+    if counts.size and (not np.issubdtype(counts.dtype, np.integer) or counts.min() < 0):
+        raise ValueError(f"n: expected non-negative integer counts, got {n!r}")
+    return np.asarray(np.floor(t * counts * (1.0 + _FMR_TOL)) >= 1)
+
+
+def resolvable_levels(
+    mated: ArrayLike,
+    quality: ArrayLike,
+    target: float,
+    convention: Convention | str = Convention.RECOMPUTE,
+    *,
+    error_type: ErrorType | str = ErrorType.FNMR,
+) -> np.ndarray:
+    """Per point of the EDC of ``quality``: whether ``target`` is :func:`resolvable` there.
+
+    ``recompute``: one entry per level (:data:`RECOMPUTE_DISCARD_FRACTIONS`), counting the
+    non-mated (FM-EDC: mated) comparisons left after discarding the ``floor(j * N / 20)`` of
+    lowest pair quality (stable order, as the EDC). ``fixed``: the threshold is set once from the
+    whole set, so every point (one per discarded quality-tie group) has the whole set's value.
+    Equals :attr:`EDCCurve.resolved` of the same curve.
+    """
+    conv, e_type = _convention(convention), _error_type(error_type)
+    n = _labels(mated, np.asarray(mated).shape[0])
+    q = _vector(quality, "quality")
+    _same_length(q, "quality", n.shape[0], "mated")
+    base_kind = ~n if e_type is ErrorType.FNMR else n
+    if conv is Convention.FIXED:
+        counted = q[n] if e_type is ErrorType.FNMR else q[~n]
+        points = np.unique(counted).shape[0]
+        return resolvable(target, np.full(points, int(base_kind.sum())))
+    in_order = base_kind[np.argsort(q, kind="stable")]
+    gone = np.concatenate(([0], np.cumsum(in_order)))[_level_starts(n.shape[0])]
+    return resolvable(target, int(base_kind.sum()) - gone)
+
+
+def _area_points(curve: EDCCurve, limit: float) -> np.ndarray:
+    """The points an area up to ``limit`` reads: those at or below it, and under ``recompute``
+    the next one when the limit falls between grid points (the interpolated end point)."""
+    frac = curve.discard_fraction
+    inside = frac <= limit + 1e-12
+    if curve.convention is Convention.RECOMPUTE:
+        i = int(inside.sum())
+        if frac[i - 1] < limit - 1e-12 and i < frac.shape[0]:
+            inside[i] = True
+    return inside
+
+
+def resolved_for(
+    scores: Any,
+    order: Any,
+    target: float,
+    convention: Convention | str = Convention.RECOMPUTE,
+    limit: float = 0.3,
+    *,
+    error_type: ErrorType | str = ErrorType.FNMR,
+) -> bool:
+    """:func:`pauc_resolved` of the EDC of prepared ``scores`` and ``order`` (the interface of
+    :func:`edc_curves`) without computing the curve: the counts left per level follow from the
+    levels of the mated comparisons alone (bounded at any size)."""
+    conv, e_type = _convention(convention), _error_type(error_type)
+    if conv is Convention.FIXED:
+        return bool(resolvable(target, int(scores.n_nm if e_type is ErrorType.FNMR else scores.n_m)))
+    _, n_m_j, n_nm_j = _left_per_level(scores, order)
+    base = n_nm_j if e_type is ErrorType.FNMR else n_m_j
+    curve = EDCCurve(RECOMPUTE_DISCARD_FRACTIONS, np.zeros(_N_LEVELS), np.zeros(_N_LEVELS), target, conv,
+                     max(int(scores.n_m), 1), int(scores.n_nm), n_target_base=base)
+    return pauc_resolved(curve, limit)
+
+
+def pauc_resolved(curve: EDCCurve, limit: float = 0.3) -> bool:
+    """Whether every point a :func:`pauc` up to ``limit`` reads has a resolvable target
+    (:attr:`EDCCurve.resolved`): the whole set, and under ``recompute`` each level up to the limit."""
+    return bool(curve.resolved[_area_points(curve, _limit_value(limit))].all())
 
 
 def _stepwise_area(frac: np.ndarray, err: np.ndarray, limit: float) -> np.ndarray:
@@ -1515,7 +1649,9 @@ def pauc_rows(
 
     Columns ``method, dataset, fr_model, fmr, convention, limit, subtract_best, scale``, then
     ``best_curve`` when subtracting, ``threshold_rule, acceptance`` when either differs from the
-    default, ``error_type`` for FM-EDCs (whose target column is ``fnmr``), and ``pauc`` (times ``scale``).
+    default, ``error_type`` for FM-EDCs (whose target column is ``fnmr``), ``pauc`` (times ``scale``)
+    and ``resolved`` (:func:`pauc_resolved`: False where the target is below what the comparisons
+    resolve, for the whole set or at a level up to the limit).
     """
     target_col, _ = _rate_columns(meta["error_type"])
     extra = ({"best_curve": meta["best_curve"]} if meta["subtract_best"] else {}) | _extra_columns(meta)
@@ -1526,6 +1662,7 @@ def pauc_rows(
             "method": method, "dataset": dataset, "fr_model": fr_model, target_col: t,
             "convention": meta["convention"], "limit": meta["limit"], "subtract_best": meta["subtract_best"],
             "scale": meta["scale"], **extra, "pauc": pauc(c, meta["limit"], best) * meta["scale"],
+            "resolved": pauc_resolved(c, meta["limit"]),
         })
     return rows
 
@@ -1533,7 +1670,8 @@ def pauc_rows(
 def edc_rows(method: str, dataset: str, fr_model: str, curves: Mapping[float, EDCCurve]) -> list[pd.DataFrame]:
     """Tidy EDC points of one method's curves: columns ``method, dataset, fr_model, fmr, convention``,
     the rule columns of :func:`pauc_rows` where they differ from the defaults, ``discard_fraction, fnmr``
-    (FM-EDC: ``fnmr`` is the target and ``fmr`` the error)."""
+    (FM-EDC: ``fnmr`` is the target and ``fmr`` the error) and ``resolved`` (:attr:`EDCCurve.resolved`
+    of the point)."""
     import pandas as pd
 
     frames = []
@@ -1547,7 +1685,7 @@ def edc_rows(method: str, dataset: str, fr_model: str, curves: Mapping[float, ED
             target_col: np.full(n, t), "convention": [c.convention.value] * n,
         }
         cols.update({k: [v] * n for k, v in _extra_columns(meta).items()})
-        cols.update({"discard_fraction": c.discard_fraction, error_col: c.error})
+        cols.update({"discard_fraction": c.discard_fraction, error_col: c.error, "resolved": c.resolved})
         frames.append(pd.DataFrame(cols))
     return frames
 

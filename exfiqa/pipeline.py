@@ -583,6 +583,20 @@ class Study:
         curve = edc_curves(self.scores(dataset, fr), order, (fmr,), self.config.convention, **self.rules())[float(fmr)]
         return pauc(curve, self.config.discard_limit, self.config.subtract_best)
 
+    def resolved(self, dataset: str, fr: str, order: Any, fmr: float) -> bool:
+        """Whether the pAUC of :meth:`pauc_order` is resolved (:func:`exfiqa.metrics.resolved_for`:
+        at least one expected false match at the threshold, for the whole set and, under
+        ``recompute``, at every level up to the config's limit)."""
+        from .metrics import resolved_for
+
+        return resolved_for(self.scores(dataset, fr), order, fmr, self.config.convention, self.config.discard_limit)
+
+    def resolved_of(self, dataset: str, fr: str, values: NDArray[Any], fmr: float) -> NDArray[np.bool_]:
+        """:meth:`resolved` of each column of (N,) or (N, K) per-sample values: (K,) booleans."""
+        values = np.asarray(values)
+        cols = values.reshape(len(values), -1)
+        return np.array([self.resolved(dataset, fr, self.order_of(dataset, cols[:, j]), fmr) for j in range(cols.shape[1])])
+
     def pauc_of(
         self, dataset: str, fr: str, values: NDArray[Any], targets: Sequence[float] | None = None,
         *, error_type: str = "fnmr",

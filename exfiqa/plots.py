@@ -86,13 +86,16 @@ def edc_grid(
 ) -> Figure:
     """The poster's EDC grid: rows = datasets, columns = FMR targets, one line per method.
 
-    ``edc`` is tidy: columns ``method, dataset, fmr, discard_fraction, fnmr`` (one FR model).
+    ``edc`` is tidy: columns ``method, dataset, fmr, discard_fraction, fnmr`` (one FR model). With
+    a ``resolved`` column (:func:`exfiqa.metrics.edc_rows`), points whose FMR target is not
+    resolvable get hollow markers and their panel title a dagger (explained under the figure).
     """
     set_style()
     datasets = list(datasets or edc["dataset"].unique())
     fmr_targets = list(fmr_targets or sorted(edc["fmr"].unique(), reverse=True))
     methods = list(methods or edc["method"].unique())
     colours = method_colours(methods)
+    unresolved_panels: set[tuple[int, int]] = set()
     fig, axes = plt.subplots(
         len(datasets), len(fmr_targets), figsize=(2.3 * len(fmr_targets) + 0.8, 1.35 * len(datasets) + 0.8),
         sharex=True, squeeze=False,
@@ -112,6 +115,14 @@ def edc_grid(
                     ls="-" if fused or not m.startswith("Exit") else "--", marker="o" if fused else None,
                     ms=2, label=m, drawstyle="steps-post" if "fixed" in set(cur.get("convention", [])) else "default",
                 )
+                if "resolved" in cur.columns:
+                    bad = cur[~cur["resolved"].astype(bool)]
+                    if len(bad):
+                        unresolved_panels.add((i, j))
+                        ax.plot(bad["discard_fraction"], bad["fnmr"], ls="none", marker="o", ms=3.5, mfc="none",
+                                mec=colours[m], mew=0.7)
+            if (i, j) in unresolved_panels:
+                ax.text(0.97, 0.95, "\u2020", transform=ax.transAxes, ha="right", va="top", fontsize=9)
             if i == 0:
                 ax.set_title(f"FNMR@FMR={fmr:.0e}")
             if j == 0:
@@ -120,6 +131,10 @@ def edc_grid(
                 ax.set_xlabel("fraction discarded")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(7, len(labels)), bbox_to_anchor=(0.5, -0.02), frameon=False)
+    if unresolved_panels:
+        fig.text(0.5, -0.05, "\u2020 hollow markers: FMR target not resolved (fewer than one expected false match at the "
+                 "threshold, FMR x non-mated comparisons < 1); the curve equals that of any smaller target",
+                 ha="center", va="top", fontsize=6)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return fig
 
@@ -149,20 +164,31 @@ def score_distributions(scores: pd.DataFrame, title: str = "") -> Figure:
 
 
 def attention_figure(
-    maps: Mapping[str, np.ndarray], images: Mapping[str, np.ndarray | None], exits: Sequence[int] | None = None
+    maps: Mapping[str, np.ndarray], images: Mapping[str, np.ndarray | None], exits: Sequence[int] | None = None,
+    scale: str = "shared",
 ) -> Figure:
     """The poster's attention figure: columns = sample types (+ dataset mean), rows = exits.
 
-    ``maps[name]`` is (depth, g, g); ``images[name]`` the RGB uint8 face shown on top (or None for a
-    dataset mean). Maps are upsampled bilinearly to 112x112 and min-max scaled per panel.
+    ``maps[name]`` is (depth, g, g), each map summing to 1; ``images[name]`` the RGB uint8 face
+    shown on top (or None for a dataset mean). Maps are upsampled bilinearly to 112x112.
+    ``scale="shared"`` (default): one colour scale for every panel, in multiples of the uniform
+    weight 1/g^2 (0 .. the largest value of any panel), so a flat map looks flat;
+    ``scale="per-panel"``: each panel min-max scaled on its own (as on the poster), which shows
+    *where* attention goes but amplifies noise in near-uniform maps. Either way a low-contrast panel
+    (normalised entropy >= :data:`exfiqa.analysis.LOW_CONTRAST_ENTROPY`) is greyed out and labelled "flat".
     """
     import torch
     import torch.nn.functional as F
 
+    from .analysis import LOW_CONTRAST_ENTROPY
+
+    if scale not in ("shared", "per-panel"):
+        raise ValueError(f"parameter scale must be 'shared' or 'per-panel', got {scale!r}")
     set_style()
     names = list(maps)
-    depth = next(iter(maps.values())).shape[0]
+    depth, g = next(iter(maps.values())).shape[:2]
     exits = list(exits or range(1, depth + 1))
+    vmax = max(float(np.asarray(maps[n], dtype=np.float64).max()) for n in names) * g * g
     fig, axes = plt.subplots(len(exits) + 1, len(names), figsize=(1.15 * len(names), 1.05 * (len(exits) + 1)), squeeze=False)
     for j, name in enumerate(names):
         ax = axes[0, j]
@@ -173,16 +199,26 @@ def attention_figure(
             ax.text(0.5, 0.5, "dataset\nmean", ha="center", va="center", fontsize=7)
         ax.set_title(name, fontsize=7)
         up = F.interpolate(torch.as_tensor(maps[name], dtype=torch.float32)[:, None], size=(112, 112), mode="bilinear", align_corners=False)[:, 0].numpy()
+        p = np.asarray(maps[name], dtype=np.float64).reshape(depth, -1)
+        flat = -(p * np.log(np.clip(p, 1e-12, None))).sum(-1) / np.log(p.shape[1]) >= LOW_CONTRAST_ENTROPY
         for i, k in enumerate(exits):
-            m = up[k - 1]
-            m = (m - m.min()) / (np.ptp(m) or 1.0)
-            axes[i + 1, j].imshow(m, cmap="viridis", vmin=0, vmax=1)
+            m, ax = up[k - 1], axes[i + 1, j]
+            if scale == "per-panel":
+                ax.imshow((m - m.min()) / (np.ptp(m) or 1.0), cmap="viridis", vmin=0, vmax=1)
+            else:
+                ax.imshow(m * g * g, cmap="viridis", vmin=0, vmax=vmax)
+            if flat[k - 1]:
+                ax.imshow(np.ones_like(m), cmap="Greys", vmin=0, vmax=1, alpha=0.55)
+                ax.text(0.5, 0.5, "flat", transform=ax.transAxes, ha="center", va="center", fontsize=6, color="k")
             if j == 0:
                 axes[i + 1, j].set_ylabel(f"Exit {k}", fontsize=6)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
         ax.grid(False)
+    note = (f"shared colour scale: 0 .. {vmax:.3g} x uniform" if scale == "shared" else "each panel min-max scaled")
+    fig.text(0.5, 0.0, f"{note}; 'flat': practically uniform (normalised entropy >= {LOW_CONTRAST_ENTROPY:g}), "
+             "nothing to read", ha="center", va="top", fontsize=6)
     fig.tight_layout(pad=0.2)
     return fig
 
@@ -191,7 +227,8 @@ def pauc_vs_gflops(frame: pd.DataFrame, fused: pd.DataFrame | None = None, title
     """pAUC (lower is better) against GFLOPs per exit, one line per dataset; fusion as stars.
 
     ``frame``: columns ``dataset, gflops, pauc`` (one row per dataset and exit). ``fused``: the
-    same columns for the fused score (drawn as a star at its cost).
+    same columns for the fused score (drawn as a star at its cost). With a ``resolved`` column,
+    unresolved pAUCs (:func:`exfiqa.metrics.pauc_resolved`) are drawn hollow and noted in the legend.
     """
     set_style()
     fig, ax = plt.subplots(figsize=(4.6, 3.2))
@@ -199,10 +236,21 @@ def pauc_vs_gflops(frame: pd.DataFrame, fused: pd.DataFrame | None = None, title
     for ds, part in frame.groupby("dataset", sort=True):
         part = part.sort_values("gflops")
         ax.plot(part["gflops"], part["pauc"], marker="o", ms=3, lw=1, color=palette[ds], label=ds)
+    any_bad = False
+    if "resolved" in frame.columns:
+        bad = frame[~frame["resolved"].astype(bool)]
+        for ds, part in bad.groupby("dataset", sort=True):
+            ax.plot(part["gflops"], part["pauc"], marker="o", ms=5, ls="none", mfc="white", mec=palette[ds])
+        any_bad = len(bad) > 0
     if fused is not None:
         for _, row in fused.iterrows():
-            ax.plot(row["gflops"], row["pauc"], marker="*", ms=9, color=palette.get(row["dataset"], "k"), ls="none")
+            hollow = "resolved" in fused.columns and not bool(row["resolved"])
+            any_bad |= hollow
+            ax.plot(row["gflops"], row["pauc"], marker="*", ms=9, color=palette.get(row["dataset"], "k"), ls="none",
+                    mfc="white" if hollow else None)
         ax.plot([], [], marker="*", ls="none", color="k", label="Fusion (FW)")
+    if any_bad:
+        ax.plot([], [], marker="o", ls="none", mfc="white", mec="k", label="hollow: FMR not resolved")
     ax.set_xlabel("GFLOPs")
     ax.set_ylabel("pAUC-EDC")
     ax.set_title(title)

@@ -80,7 +80,12 @@ display(sanity.round(4))
 # Rows are datasets, columns FMR targets; each line is one exit (light = early, dark = deep),
 # EX-FIQA-F in red, EX-FIQA-FW in green. Lower curves mean the quality score discards the
 # comparisons that cause false non-matches first. The grid is drawn for the headline FR model
-# (ArcFace in the paper) and every quality model.
+# (ArcFace in the paper) and every quality model. **Hollow markers and a dagger** mark points whose
+# FMR target the data cannot resolve: fewer than one expected false match at the threshold
+# (FMR x non-mated comparisons < 1, for the whole set or, under `recompute`, for the non-mated
+# comparisons left at that discard level). There the target admits no false match at all and the
+# curve equals that of every smaller target (a set of 300 non-mated comparisons gives the same
+# curve at 1e-3 and 1e-4).
 
 # %%
 for q, depth in depths.items():
@@ -111,6 +116,14 @@ for q in depths:
                       protocol=analysis.table_protocol(cfg, head.fmr))
     display(Markdown(f"**ViT-FIQA ({q})**, {tables.protocol_note(cfg.convention, cfg.discard_limit, head.fmr, cfg.pauc_scale)}"))
     display(wide.round(3))
+unres = analysis.unresolved(pauc)
+display(Markdown(
+    "Every pAUC table carries a `resolved` column (wide tables also `unresolved_in`; the LaTeX files mark the "
+    "cells with a dagger). " + ("All pAUCs of this run have a resolvable FMR target." if unres.empty else
+    f"**{len(unres)} of {len(pauc)} pAUCs rest on an FMR target the data cannot resolve**, at FMR "
+    + ", ".join(f"{f:g}" for f in sorted(unres['fmr'].unique())) + " on "
+    + ", ".join(sorted(unres['dataset'].unique())) + ": read them as 'no false match allowed', not as that FMR.")
+))
 
 # %% [markdown]
 # ## Where along the depth does quality information appear?

@@ -40,6 +40,7 @@ quality_models = []  # subset of the ViT-FIQA checkpoints, T and C; empty means 
 data_root = ""  # replaces data_root of the config; empty means keep
 attention_samples = {}  # sample type to image path or {dataset, sample}; empty means the config's attention_samples
 mean_images = 256  # at most this many images of the first dataset (seeded draw) give the mean map
+attention_scale = "shared"  # colour scale of the panels: shared (one scale, flat maps look flat) or per-panel (min-max each)
 fmr_targets = None  # (unused here)
 discard_limit = None  # (unused here)
 convention = None  # (unused here)
@@ -76,15 +77,18 @@ else:
 # %% [markdown]
 # ## The attention figure
 #
-# Columns: sample types and the dataset mean; rows: exits. Each panel is min-max scaled on its
-# own, as on the poster, so the figure shows *where* attention goes, not how peaked it is (that is
-# the entropy below).
+# Columns: sample types and the dataset mean; rows: exits. By default every panel shares one colour
+# scale (in multiples of the uniform weight), so a map without contrast looks flat; with
+# `attention_scale = "per-panel"` each panel is min-max scaled on its own, as on the poster, which
+# shows *where* attention goes but stretches the noise of a near-uniform map into apparent structure.
+# Panels whose attention is practically uniform (normalised entropy >= 0.99) are greyed out and
+# labelled **flat**: there is nothing in them to interpret.
 
 # %%
 stats = []
 for q in cfg.quality_models if not no_attention else ():
     maps, s = analysis.attention_study(study, q, inputs)
-    fig = plots.attention_figure(maps, {**inputs.faces, f"{inputs.mean_dataset} (mean)": None})
+    fig = plots.attention_figure(maps, {**inputs.faces, f"{inputs.mean_dataset} (mean)": None}, scale=attention_scale)
     fig.suptitle(f"EX-FIQA ({q}): attention across exits", y=1.02, fontsize=8)
     plots.save_figure(fig, FIG, f"attention_{q}")
     display(fig)
@@ -95,7 +99,9 @@ for q in cfg.quality_models if not no_attention else ():
 #
 # Entropy is in nats; the uniform map over the patches has entropy `max_entropy`. A falling
 # entropy with depth means attention concentrates on fewer patches; the spread tells whether those
-# patches are close together (a facial part) or scattered (texture everywhere).
+# patches are close together (a facial part) or scattered (texture everywhere). Contrast:
+# `normalised_entropy` (entropy / `max_entropy`, 1 = uniform), `max_min_ratio` (largest over smallest
+# patch weight, 1 = uniform) and `low_contrast` (normalised entropy >= 0.99: practically uniform).
 
 # %%
 import pandas as pd  # noqa: E402
@@ -103,17 +109,24 @@ import pandas as pd  # noqa: E402
 stats = pd.concat(stats, ignore_index=True) if stats else pd.DataFrame(columns=["quality_model", "entropy_mean"])
 if not no_attention:
     tables.save_table(stats, TAB, "attention_statistics", caption=(
-        f"Attention entropy and spread per exit, mean over {len(inputs.mean_ids)} images of {inputs.mean_dataset} "
-        f"(seed {cfg.seed}; no EDC protocol involved)."))
+        f"Attention entropy, spread and contrast per exit, mean over {len(inputs.mean_ids)} images of {inputs.mean_dataset} "
+        f"(seed {cfg.seed}; no EDC protocol involved); low_contrast: normalised entropy >= "
+        f"{analysis.LOW_CONTRAST_ENTROPY:g}, practically uniform."))
     display(stats.round(3))
     fig = plots.attention_entropy_spread(stats)
     plots.save_figure(fig, FIG, "attention_entropy_spread")
     display(fig)
 for q, part in stats.groupby("quality_model", sort=False):
     lo, hi = part.loc[part["entropy_mean"].idxmin()], part.loc[part["entropy_mean"].idxmax()]
+    flat = [int(e) for e in part.loc[part["low_contrast"], "exit"]]
+    readable = [int(e) for e in part.loc[~part["low_contrast"], "exit"]]
     display(Markdown(
-        f"* ({q}): attention is most diffuse at exit {int(hi['exit'])} (entropy {hi['entropy_mean']:.2f} of "
-        f"{hi['max_entropy']:.2f}) and most concentrated at exit {int(lo['exit'])} ({lo['entropy_mean']:.2f}). "
-        "The paper describes a progression from local texture (early) over facial parts (middle) to "
-        "identity-bearing regions (late); compare the rows of the figure above."
+        f"* ({q}): attention is most diffuse at exit {int(hi['exit'])} (entropy {hi['entropy_mean']:.3f} of "
+        f"{hi['max_entropy']:.3f}) and most concentrated at exit {int(lo['exit'])} ({lo['entropy_mean']:.3f}). "
+        + (f"Exits {', '.join(map(str, flat))} are practically uniform (normalised entropy >= "
+           f"{analysis.LOW_CONTRAST_ENTROPY:g}): their panels carry no spatial pattern to interpret, and any "
+           "structure a per-panel scaling shows there is noise. " if flat else "")
+        + (f"The paper's reading (local texture early, facial parts in the middle, identity-bearing regions late) "
+           f"can only be checked on the exits with contrast ({', '.join(map(str, readable))})."
+           if readable else "No exit has enough contrast to check the paper's reading of the figure.")
     ))

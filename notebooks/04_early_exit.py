@@ -36,7 +36,7 @@ pauc_scale = None  # pAUC is shown times this (1000 as on the poster); None mean
 cost_fmr = None  # FMR of the pAUC-vs-GFLOPs figure and operating points; None means the smallest target (1e-4 on the poster)
 tolerance = 0.05  # operating points: relative pAUC slack allowed against the last exit
 latency_batch = 8  # batch size of the latency measurement
-latency_repeats = 2  # timed runs per exit (median reported)
+latency_repeats = 5  # timed runs per row, after one warm-up (median and interquartile range reported)
 latency_full_size = True  # also time the full-size released architecture (random weights)
 reject_fraction = 0.2  # adaptive exit: share of images a quality gate would reject
 margin = 0.5  # adaptive exit: stop when |running score - threshold| > margin * std(score)
@@ -86,17 +86,22 @@ display(released.pivot_table(index="exit", columns="model", values="gflops", sor
 # %% [markdown]
 # ## Measured latency per exit on this machine
 #
-# Wall time per image of the truncated model (median of `latency_repeats` runs), for the run's models and,
-# optionally, the full-size released architecture on random weights (speed does not depend on the
-# weights). The ideal is linear in the exit index; the one-pass row is the cost of reading *all*
-# exits at once (what fusion needs).
+# Wall time per image of the truncated model, for the run's models and, optionally, the full-size
+# released architecture on random weights (speed does not depend on the weights). Every row, each
+# exit and the one-pass row alike, is one untimed warm-up and `latency_repeats` timed runs, each
+# bracketed by a device synchronisation on a GPU; the table gives the median with the interquartile
+# range (`ms_q25`..`ms_q75`) and min/max. A row whose range is wide is noise, not a property of the
+# exit. The ideal is linear in the exit index; the one-pass row is the cost of reading *all* exits at
+# once (what fusion needs).
 
 # %%
 lat = analysis.latency_table(study, latency_batch, latency_repeats, latency_full_size)
 tables.save_table(lat, TAB, "latency_per_exit", caption=(
-    f"Measured ms per image, batch {latency_batch}, device {cfg.device} (machine-dependent; no EDC protocol involved)."),
+    f"Measured ms per image, batch {latency_batch}, device {cfg.device}: median of {latency_repeats} synchronised runs "
+    "after a warm-up, with interquartile range and min/max, every row alike (machine-dependent; no EDC protocol involved)."),
     float_format="%.3f")
-display(lat.pivot_table(index="exit", columns="model", values="ms_per_image", sort=False).round(3))
+display(lat.assign(median_iqr=[f"{m:.3f} ({a:.3f}-{b:.3f})" for m, a, b in zip(lat["ms_per_image"], lat["ms_q25"], lat["ms_q75"], strict=True)])
+        .pivot_table(index="exit", columns="model", values="median_iqr", aggfunc="first", sort=False))
 
 # %% [markdown]
 # ## pAUC against GFLOPs

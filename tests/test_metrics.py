@@ -574,13 +574,13 @@ def test_frames_carry_convention_limit_scale():
     quals = {"good": q, "bad": -q}
     edc_df = M.edc_frame(s, y, quals, dataset="toy", fr_model="arc", convention="recompute")
     assert list(edc_df.columns) == [
-        "method", "dataset", "fr_model", "fmr", "convention", "discard_fraction", "fnmr",
+        "method", "dataset", "fr_model", "fmr", "convention", "discard_fraction", "fnmr", "resolved",
     ]  # fmt: skip
     assert len(edc_df) == 2 * 3 * 20 and set(edc_df.convention) == {"recompute"}
     pdf = M.pauc_frame(s, y, quals, dataset="toy", fr_model="arc", limit=0.2, scale=100, convention="fixed")
     assert list(pdf.columns) == [
         "method", "dataset", "fr_model", "fmr", "convention", "limit", "subtract_best", "scale",
-        "pauc",
+        "pauc", "resolved",
     ]  # fmt: skip
     row = pdf[(pdf.method == "bad") & (pdf.fmr == 1e-3)].iloc[0]
     assert row.convention == "fixed" and row.limit == 0.2 and row.scale == 100.0

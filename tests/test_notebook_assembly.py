@@ -58,11 +58,12 @@ def test_fusion_vs_exits_and_poster_table_by_hand():
     assert versus.loc[("C", "LFW"), "last exit"] == 2 and versus.loc[("C", "LFW"), "EX-FIQA-FW"] == 2.5
     tags = {"T": ("T", 3), "C": ("C", 3)}
     poster = analysis.poster_table(frame, tags, ["IJB", "LFW"]).set_index("method")
-    assert list(poster.index) == ["SER-FIQ (stochastic)", "ViT-FIQA (T)", "EX-FIQA-2 (T)", "EX-FIQA-FW (T)",
+    assert list(poster.index) == ["SER-FIQ-style (re-impl.)", "ViT-FIQA (T)", "EX-FIQA-2 (T)", "EX-FIQA-FW (T)",
                                   "ViT-FIQA (C)", "EX-FIQA-2 (C)", "EX-FIQA-FW (C)"]
     # best early exit of (T) among exits 1..2 by mean: exit 1 (9+3)/2 = 6, exit 2 (7+2)/2 = 4.5
     assert poster.loc["EX-FIQA-2 (T)", "IJB"] == 7 and poster.loc["EX-FIQA-FW (C)", "mean"] == pytest.approx((6.4 + 2.5) / 2)
-    assert list(poster.columns) == ["group", "IJB", "LFW", "mean"]
+    assert list(poster.columns) == ["group", "IJB", "LFW", "mean", "selection", "chosen_on_evaluated_data"]
+    assert poster.loc["EX-FIQA-2 (T)", "chosen_on_evaluated_data"] and not poster.loc["EX-FIQA-FW (T)", "chosen_on_evaluated_data"]
 
 
 def test_headline_vs_paper_maps_the_poster_rows_and_rescales_them():
@@ -74,12 +75,15 @@ def test_headline_vs_paper_maps_the_poster_rows_and_rescales_them():
     assert out.loc["EX-FIQA-FW(T)", "paper"] == pytest.approx(0.636) and out.loc["EX-FIQA-FW(T)", "this_run"] == 6.2
     assert out.loc["EX-FIQA-10(T)", "this_run"] == pytest.approx(np.linspace(9, 6, 12)[9])
     assert out.loc["ViT-FIQA(C)", "this_run"] == 7.0 and out.loc["ViT-FIQA(C)", "this_run_method"] == "Exit 12 (C)"
-    assert out.loc["SER-FIQ", "this_run"] == 7.0 and out.loc["SER-FIQ", "this_run_method"] == "serfiq"
+    assert out.loc["SER-FIQ", "this_run"] == 7.0 and out.loc["SER-FIQ", "this_run_method"] == "SER-FIQ-style (re-impl.)"
     assert np.isnan(out.loc["BRISQUE", "this_run"]) and out.loc["BRISQUE", "this_run_method"] == "(not in this run)"
     assert out.loc["Sharpness (Laplacian)", "this_run"] == 8.0 and np.isnan(out.loc["Sharpness (Laplacian)", "paper"])
     assert out.loc["EX-FIQA-F (T)", "this_run"] == 6.6
     assert set(out["fr_model"]) == {"arcface"} and set(out["dataset"]) == {"IJB-C-like"}
-    assert len(out) == len(analysis.PAPER_HEADLINE) + 3  # + F (T), F (C), sharpness; serfiq is mapped, Exits never added
+    # + F (T), F (C), sharpness and (T)'s best early exit on this data (11; the poster's is 10); serfiq is mapped
+    assert len(out) == len(analysis.PAPER_HEADLINE) + 4
+    assert out.loc["Exit 11 (T)", "chosen_on_evaluated_data"] and out.loc["Exit 11 (T)", "selection"] == analysis.SELECTED_ON_DATA
+    assert out.loc["EX-FIQA-11(C)", "selection"] == analysis.SELECTED_BY_BOTH  # (C): the poster's exit is also the best
     # an external method named as on the poster takes its row
     ext = _tidy({("T", "arcface", "IJB-C-like", "CR-FIQA (L)"): 6.1, **vals})
     out = analysis.headline_vs_paper(ext, head, {"T": ("T", 12), "C": ("C", 12)}, scale=1000.0).set_index("method")
@@ -111,6 +115,56 @@ def test_secondary_reference_sits_beside_plain_vitfiqa_t_and_is_labelled_as_such
     vs = analysis.headline_vs_paper(frame, head, tags, scale=1000.0).set_index("method")
     assert vs.loc["ViT-FIQA(T)", col] == 6.563 and vs.loc["ViT-FIQA(T)", "paper"] == 6.56
     assert vs[col].notna().sum() == 1
+
+
+def test_comparison_tables_agree_and_disclose_rows_chosen_on_the_data():
+    # (T) depth 12: the best early exit on this data is exit 4 (mean over both datasets), the poster's is 10
+    t_exits = {"IJB": [9, 8, 7, 5, 8, 8, 8, 8, 8, 6, 7, 7], "LFW": [3, 3, 3, 1, 3, 3, 3, 3, 3, 3, 3, 3]}
+    vals = {}
+    for ds, ex in t_exits.items():
+        vals.update(_exits("T", "arc", ds, ex, 7.0, 6.0, serfiq=7.5))
+    frame = _tidy(vals)
+    frame["resolved"] = ~((frame["dataset"] == "LFW") & (frame["method"] == "Exit 4"))  # one unresolved cell
+    tags = {"T": ("T", 12)}
+    poster = analysis.poster_table(frame, tags, ["IJB", "LFW"]).set_index("method")
+    head = analysis.Headline("ijb", "IJB", "arc", 1e-3)
+    vs = analysis.headline_vs_paper(frame, head, tags, scale=1000.0)
+    assert analysis.best_early_exit(frame, "T", 12) == "Exit 4"
+    # both tables hold the poster's exit 10 and the data-chosen exit 4, flagged alike, with the same values
+    assert poster.loc["EX-FIQA-10 (T)", "selection"] == analysis.SELECTED_BY_POSTER
+    assert not poster.loc["EX-FIQA-10 (T)", "chosen_on_evaluated_data"]
+    assert poster.loc["EX-FIQA-4 (T)", "selection"] == analysis.SELECTED_ON_DATA and poster.loc["EX-FIQA-4 (T)", "chosen_on_evaluated_data"]
+    by_run = vs.set_index("this_run_method")
+    assert by_run.loc["Exit 4 (T)", "this_run"] == poster.loc["EX-FIQA-4 (T)", "IJB"] == 5
+    assert by_run.loc["Exit 4 (T)", "chosen_on_evaluated_data"] and by_run.loc["Exit 4 (T)", "selection"] == analysis.SELECTED_ON_DATA
+    assert by_run.loc["Exit 10 (T)", "this_run"] == poster.loc["EX-FIQA-10 (T)", "IJB"] == 6
+    chosen_poster = {m.split()[0].removeprefix("EX-FIQA-") for m in poster.index[poster["chosen_on_evaluated_data"]]}
+    chosen_vs = {m.split()[1] for m in vs["this_run_method"][vs["chosen_on_evaluated_data"]]}
+    assert chosen_poster == chosen_vs == {"4"}
+    # the re-implemented SER-FIQ is labelled so in both
+    assert "SER-FIQ-style (re-impl.)" in poster.index
+    assert vs.set_index("method").loc["SER-FIQ", "this_run_method"] == "SER-FIQ-style (re-impl.)"
+    # resolved flags: the unresolved LFW cell of exit 4 and the mean that contains it
+    assert poster.loc["EX-FIQA-4 (T)", "unresolved_in"] == "LFW; mean" and not poster.loc["EX-FIQA-4 (T)", "resolved"]
+    assert poster.loc["EX-FIQA-10 (T)", "resolved"] and poster.loc["EX-FIQA-10 (T)", "unresolved_in"] == ""
+    assert by_run.loc["Exit 4 (T)", "resolved"]  # on the headline dataset IJB it is resolved
+    assert pd.isna(vs.set_index("method").loc["BRISQUE", "resolved"])  # no value of this run, nothing to flag
+
+
+def test_operating_points_and_fusion_vs_exits_carry_resolved():
+    frame = _tidy({**_exits("T", "arc", "IJB", [9, 7, 8], 7.5, 6.5), **_exits("T", "arc", "LFW", [3, 2, 1], 2.5, 1.5)})
+    frame["resolved"] = ~((frame["dataset"] == "LFW") & (frame["method"] == "EX-FIQA-FW"))
+    versus = analysis.fusion_vs_exits(frame, {"T": 3}).set_index("dataset")
+    assert versus.loc["LFW", "unresolved_in"] == "EX-FIQA-FW" and versus.loc["IJB", "resolved"]
+    frame["quality_model"] = "T"
+    costs = pd.DataFrame({"quality_model": "T", "method": ["Exit 1", "Exit 2", "Exit 3", "EX-FIQA-F", "EX-FIQA-FW"],
+                          "gflops": [1.0, 2.0, 3.0, 3.1, 3.1]})
+    ops = analysis.operating_points(frame, costs).set_index("scenario")
+    assert ops.loc["max accuracy", "method"] == "EX-FIQA-FW" and not ops.loc["max accuracy", "resolved"]
+    assert ops.loc["balanced", "resolved"]
+    assert list(analysis.unresolved(frame)["method"]) == ["EX-FIQA-FW"]
+    with pytest.raises(ValueError, match="no 'resolved' column"):
+        analysis.unresolved(frame.drop(columns="resolved"))
 
 
 def _paper_world(fw_t_best: bool) -> pd.DataFrame:

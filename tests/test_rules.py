@@ -402,20 +402,20 @@ def test_frames_and_meta_state_the_rules():
     quals = {"good": q, "bad": -q}
     default = M.pauc_frame(s, y, quals, dataset="d", fr_model="f", convention="fixed")
     assert list(default.columns) == ["method", "dataset", "fr_model", "fmr", "convention", "limit",
-                                     "subtract_best", "scale", "pauc"]
+                                     "subtract_best", "scale", "pauc", "resolved"]
     tri = M.pauc_frame(s, y, quals, dataset="d", fr_model="f", convention="fixed", subtract_best=True, **CRFIQA)
     assert list(tri.columns) == ["method", "dataset", "fr_model", "fmr", "convention", "limit", "subtract_best",
-                                 "scale", "best_curve", "threshold_rule", "acceptance", "pauc"]
+                                 "scale", "best_curve", "threshold_rule", "acceptance", "pauc", "resolved"]
     assert set(tri.best_curve) == {"triangle"} and set(tri.threshold_rule) == {"closest"}
     row = tri[(tri.method == "good") & (tri.fmr == 1e-3)].iloc[0]
     curve = M.edc(s, y, q, 1e-3, "fixed", **CRFIQA)
     assert row.pauc == M.pauc(curve, 0.3, "triangle")
     fm = M.pauc_frame(s, y, quals, dataset="d", fr_model="f", targets=(0.1,), error_type="fmr")
     assert list(fm.columns) == ["method", "dataset", "fr_model", "fnmr", "convention", "limit", "subtract_best",
-                                "scale", "error_type", "pauc"]
+                                "scale", "error_type", "pauc", "resolved"]
     edc = M.edc_frame(s, y, quals, dataset="d", fr_model="f", targets=(0.1,), error_type="fmr", **CRFIQA)
     assert list(edc.columns) == ["method", "dataset", "fr_model", "fnmr", "convention", "threshold_rule",
-                                 "acceptance", "error_type", "discard_fraction", "fmr"]
+                                 "acceptance", "error_type", "discard_fraction", "fmr", "resolved"]
     meta = M.pauc_meta("recompute", **CRFIQA)
     assert (meta["threshold_rule"], meta["acceptance"], meta["error_type"]) == ("closest", "distance<", "fnmr")
     assert "closest to the target" in meta["threshold"] and meta["tie_order"] == M.TIE_ORDER_NOTE
