@@ -198,8 +198,7 @@ class Study:
         if self.has_checkpoint("quality_models", quality):
             return "T" if self.quality_model(quality).config.variant == "token" else "C"
         spec = self._spec("quality_models", quality)
-        for text in (spec.label, spec.name):
-            text = text.strip()
+        for text in (str(spec.label).strip(), str(spec.name).strip()):
             if text in ("T", "C"):
                 return text
             if text.endswith(("(T)", "(C)")):
@@ -267,6 +266,7 @@ class Study:
 
         if (dataset, kind, name) not in self._arrays:
             bench = self.benchmark(dataset)
+            trusted: tuple[str, ...]
             if self.compute:
                 inputs, trusted = self.array_inputs(dataset, kind, name), ()
             else:
