@@ -105,19 +105,29 @@ def rank_correlation(sample_quality: pd.DataFrame, methods: Sequence[str]) -> pd
 def fusion_wins(pauc: pd.DataFrame, challenger: str, reference: str) -> pd.DataFrame:
     """Per (quality model, FR model, FMR): on how many datasets ``challenger`` has a lower pAUC.
 
-    Returns columns ``quality_model, fr_model, fmr, wins, n, summary``. Point estimates, no
-    intervals (a tie, :func:`is_tie`, is no win): whether a difference is resolved, the paired
-    bootstrap says (:func:`paired_vs_reference`, :func:`paper_findings`).
+    Returns columns ``quality_model, fr_model, fmr, wins, n, unresolved, summary``. Point
+    estimates, no intervals (a tie, :func:`is_tie`, is no win): whether a difference is resolved,
+    the paired bootstrap says (:func:`paired_vs_reference`, :func:`paper_findings`). With a
+    ``resolved`` column, datasets where either pAUC rests on an FMR target the data cannot
+    resolve are left out of ``n`` and counted in ``unresolved``.
     """
     keys = ["quality_model", "fr_model", "fmr", "dataset"]
-    wide = pauc[pauc["method"].isin([challenger, reference])].pivot_table(index=keys, columns="method", values="pauc")
+    both = pauc[pauc["method"].isin([challenger, reference])]
+    dropped = pd.Series(0, index=pd.MultiIndex.from_tuples([], names=keys[:3]), dtype=int)
+    if "resolved" in both.columns:
+        ok = both.groupby(keys)["resolved"].transform("all").astype(bool)
+        dropped = both[~ok].groupby(keys)["dataset"].first().groupby(level=[0, 1, 2]).size()
+        both = both[ok]
+    wide = both.pivot_table(index=keys, columns="method", values="pauc")
     a, b = wide[challenger], wide[reference]
     wide["win"] = (a < b) & ~np.array([is_tie(x, y) for x, y in zip(a, b, strict=True)], dtype=bool)
     out = wide.groupby(level=[0, 1, 2])["win"].agg(["sum", "count"]).reset_index()
     out = out.rename(columns={"sum": "wins", "count": "n"})
     out["wins"] = out["wins"].astype(int)
+    out["unresolved"] = [int(dropped.get(k, 0)) for k in zip(out["quality_model"], out["fr_model"], out["fmr"], strict=True)]
     out["summary"] = [f"{challenger} has a lower pAUC (point estimate) than {reference} on {w} of {n}"
-                      for w, n in zip(out["wins"], out["n"], strict=True)]
+                      + (f" ({u} more left out: FMR target not resolvable)" if u else "")
+                      for w, n, u in zip(out["wins"], out["n"], out["unresolved"], strict=True)]
     return out
 
 
@@ -1217,6 +1227,14 @@ def _count(details: list[dict]) -> dict[str, int]:
     return {v: sum(d["verdict"] == v for d in details) for v in ("agrees", "differs", "tie", "not resolved")}
 
 
+def _unresolved_groups(at: pd.DataFrame) -> list[tuple[str, str]]:
+    """``(dataset, fr_model)`` pairs where some pAUC of ``at`` rests on an unresolvable FMR target."""
+    if "resolved" not in at.columns:
+        return []
+    bad = at[~at["resolved"].astype(bool)]
+    return sorted(set(zip(bad["dataset"], bad["fr_model"], strict=True)))
+
+
 def paper_findings(
     pauc_table: pd.DataFrame, tags: dict[str, tuple[str, int]], head: Headline, adience: str | None = None,
     paired: pd.DataFrame | None = None, min_change: float = 0.05,
@@ -1241,6 +1259,10 @@ def paper_findings(
     only if its interval lies below 0) or the depth change is below ``min_change`` (relative to
     exit 1's pAUC); ``not computable in this run``.
 
+    With a ``resolved`` column in ``pauc_table``, a dataset x FR model on which some pAUC at the
+    headline FMR is unresolvable (:func:`exfiqa.metrics.resolvable`) is left out of every finding,
+    and a last row names what was left out.
+
     Columns (:data:`FINDINGS_COLUMNS`): ``finding``, ``paper`` (the claim), ``this_run`` (what the
     run shows, in words), ``verdict``, ``difference`` (pAUC difference the verdict rests on, lower
     = the claim's method better: FW - last exit, last exit - exit 1, middle-exit best - best
@@ -1248,6 +1270,10 @@ def paper_findings(
     where there is none), ``criterion`` (the rule applied).
     """
     at = pauc_table[np.isclose(pauc_table["fmr"], head.fmr)]
+    left_out = _unresolved_groups(at)
+    if left_out:
+        keep = ~pd.Series(list(zip(at["dataset"], at["fr_model"], strict=True)), index=at.index).isin(left_out)
+        at = at[keep]
     by_tag = {tag: q for q, (tag, _) in tags.items()}
     nan = float("nan")
     rows: list[dict] = []
@@ -1294,7 +1320,13 @@ def paper_findings(
         if paired is not None:  # one row per compared dataset
             rows.extend(det)
     hp = at[(at["dataset"] == head.label) & (at["fr_model"] == head.fr_model)]
-    if "C" in by_tag:
+    if "C" in by_tag and hp[hp["quality_model"] == by_tag["C"]].empty:
+        why = f"FMR {head.fmr:g} is not resolvable on {head.label} with {head.fr_model}"
+        add("middle exits best on IJB-C (C)", "exits 7-9 are the best single exits of (C) on IJB-C", why,
+            "not computable in this run", "")
+        add("FW beats the last exit (C)", "EX-FIQA-FW (C) beats exit 12 on 5 of 8 datasets", why,
+            "not computable in this run", "")
+    elif "C" in by_tag:
         q = by_tag["C"]
         depth = tags[q][1]
         p = hp[hp["quality_model"] == q].set_index("method")["pauc"]
@@ -1369,6 +1401,11 @@ def paper_findings(
         add("FW (C) best on Adience", "EX-FIQA-FW (C) is the best method on Adience",
             f"best on {adience} with {head.fr_model}: {best_text(part)}", verdict,
             "EX-FIQA-FW (C) has the lowest pAUC on the Adience dataset with the headline FR model" + ties_rule, margin)
+    if left_out:
+        add("left out: unresolvable FMR target", f"(FMR {head.fmr:g})",
+            "; ".join(f"{ds} with {fr}" for ds, fr in left_out), "not computable in this run",
+            "a dataset x FR model on which some pAUC at the headline FMR rests on fewer than one expected false "
+            "match (the 'resolved' column) is left out of every finding above")
     return pd.DataFrame(rows, columns=list(FINDINGS_COLUMNS))
 
 

@@ -535,3 +535,28 @@ def test_paper_findings_take_the_studys_paired_tables(odd_study):
     assert set(out["verdict"]) <= set(analysis.VERDICTS)
     with pytest.raises(ValueError, match="differ in scale or protocol"):  # an unscaled bootstrap table is refused
         analysis.paper_findings(pauc, tags, head, paired=paired.assign(delta_pauc=paired["delta_pauc"] / cfg.pauc_scale))
+
+
+def test_findings_and_wins_leave_out_unresolvable_fmr_cells():
+    """A dataset whose pAUC at the headline FMR is unresolvable (fewer than one expected false
+    match) counts in no finding: the FW count and the best-mean ranking drop it, a row names it."""
+    vals = {}
+    for ds, fw in (("IJB", 5.0), ("A", 5.0), ("LFW", 1.0)):
+        vals.update(_exits("C", "arc", ds, [9.0] * 8 + [7.0, 7.5, 8.0, 8.5], 6.0, fw))
+        vals.update(_exits("T", "arc", ds, [9.0] * 12, 9.0, 9.0))
+    frame = _tidy(vals)
+    frame["resolved"] = frame["dataset"] != "LFW"
+    wins = analysis.fusion_wins(frame[frame["quality_model"] == "C"], "EX-FIQA-FW", "Exit 12").iloc[0]
+    assert (wins["wins"], wins["n"], wins["unresolved"]) == (2, 2, 1) and "1 more left out" in wins["summary"]
+    head = analysis.Headline("ijb", "IJB", "arc", 1e-3)
+    tags = {"T": ("T", 12), "C": ("C", 12)}
+    f = analysis.paper_findings(frame, tags, head).set_index("finding")
+    assert f.loc["left out: unresolvable FMR target", "this_run"] == "LFW with arc"
+    assert f.loc["left out: unresolvable FMR target", "verdict"] == "not computable in this run"
+    everything = analysis.paper_findings(frame.drop(columns="resolved"), tags, head).set_index("finding")
+    assert "left out: unresolvable FMR target" not in everything.index
+    # the unresolved LFW cell (FW 1.0, far the lowest) would otherwise move the best mean of FW (C)
+    assert "(3.667)" not in f.loc["FW (T) best mean pAUC", "this_run"]
+    frame.loc[frame["dataset"] == "IJB", "resolved"] = False
+    f = analysis.paper_findings(frame, tags, head).set_index("finding")
+    assert f.loc["FW beats the last exit (C)", "verdict"] == "not computable in this run"
