@@ -569,6 +569,8 @@ def depth_summary(pauc_table: pd.DataFrame, depths: dict[str, int], fmr: float) 
     rows = []
     for q, depth in depths.items():
         part = pauc_table[(pauc_table["quality_model"] == q) & np.isclose(pauc_table["fmr"], fmr)]
+        if part.empty:  # e.g. every dataset left out (unresolvable FMR target)
+            continue
         mean = part.groupby("method")["pauc"].mean()
         first, last = mean["Exit 1"], mean[f"Exit {depth}"]
         total = first - last
@@ -1277,6 +1279,19 @@ def paper_findings(
     by_tag = {tag: q for q, (tag, _) in tags.items()}
     nan = float("nan")
     rows: list[dict] = []
+    if at.empty and left_out:  # nothing resolvable at the headline FMR: every finding says so
+        why = f"no dataset with a resolvable FMR {head.fmr:g}"
+        claims = [(f"depth gains ({t})", "largest gains from exit 1 to exit 5, little change after exit 8") for t, _ in tags.values()]
+        claims += [("middle exits best on IJB-C (C)", "exits 7-9 are the best single exits of (C) on IJB-C"),
+                   ("FW beats the last exit (C)", "EX-FIQA-FW (C) beats exit 12 on 5 of 8 datasets"),
+                   ("FW (T) best mean pAUC", "EX-FIQA-FW (T) has the best mean pAUC"),
+                   ("FW (T) top-1 on IJB-C", "EX-FIQA-FW (T) is top-1 on IJB-C for all four FR models"),
+                   ("FW (C) best on Adience", "EX-FIQA-FW (C) is the best method on Adience")]
+        claims.append(("left out: unresolvable FMR target", f"(FMR {head.fmr:g})"))
+        return pd.DataFrame([{"finding": f, "paper": c, "this_run": why if not f.startswith("left out") else
+                              "; ".join(f"{ds} with {fr}" for ds, fr in left_out), "verdict": "not computable in this run",
+                              "difference": nan, "ci_low": nan, "ci_high": nan, "criterion": ""} for f, c in claims],
+                            columns=list(FINDINGS_COLUMNS))
 
     def add(finding: str, paper_says: str, this_run: str, verdict: str, criterion: str, difference: float = nan) -> None:
         rows.append({"finding": finding, "paper": paper_says, "this_run": this_run, "verdict": verdict,
@@ -1290,6 +1305,9 @@ def paper_findings(
                 for ds, r in wide.iterrows()]
 
     summary = depth_summary(at, {q: d for q, (_, d) in tags.items()}, head.fmr)
+    for q in set(tags) - set(summary.get("quality_model", [])):
+        add(f"depth gains ({tags[q][0]})", "largest gains from exit 1 to exit 5, little change after exit 8",
+            f"no dataset with a resolvable FMR {head.fmr:g}", "not computable in this run", "")
     for r in summary.itertuples():
         tag, depth = tags[r.quality_model]
         name, paper_says = f"depth gains ({tag})", "largest gains from exit 1 to exit 5, little change after exit 8"

@@ -521,6 +521,10 @@ def test_paper_findings_take_the_studys_paired_tables(odd_study):
     depth = analysis.depth_bootstrap(study, "arcface", 0.002, n_boot=20)
     assert set(depth["method"]) == {"Exit 12"} and set(depth["reference"]) == {"Exit 1"}
     paired = pd.concat([analysis.fusion_bootstrap(study, "arcface", 0.002, n_boot=20), depth])
+    flagged = analysis.paper_findings(pauc, tags, head, paired=paired)  # the tiny LFW cannot resolve FMR 0.002
+    assert not pauc.loc[np.isclose(pauc["fmr"], 0.002) & (pauc["dataset"] == cfg.datasets["lfw"].label), "resolved"].all()
+    assert set(flagged["verdict"]) == {"not computable in this run"}
+    pauc = pauc.drop(columns="resolved")  # the paired-table mechanics, as if it were resolvable
     out = analysis.paper_findings(pauc, tags, head, paired=paired).set_index("finding")
     label = cfg.datasets["lfw"].label
     for finding, a, b in ((f"FW beats the last exit (C): {label}", "EX-FIQA-FW", "Exit 12"),
