@@ -418,6 +418,13 @@ def _remove_dead_temps(study: Study, dataset: str, log: Callable[[str], Any]) ->
         gone = remove_dead_temps(folder, TEMP_PATTERN)
         if gone:
             log(f"[extract] {dataset}: removed {len(gone)} temporary file(s) of killed runs in {folder}")
+    # the final arrays and manifests are written through io.atomic_path (``.NAME.XXXX.tmp``), only
+    # by the extraction of this dataset, whose lock the caller holds: any such file is a dead run's
+    final = [p for p in (study.arrays.root / dataset).glob(".*.tmp") if p.is_file()]
+    for p in final:
+        p.unlink(missing_ok=True)
+    if final:
+        log(f"[extract] {dataset}: removed {len(final)} unfinished array file(s) of killed runs")
 
 
 def _clean_stale_shards(study: Study, dataset: str, jobs: Sequence[Job]) -> None:

@@ -420,3 +420,16 @@ def test_a_full_tmpfs_is_one_line_not_sigbus(reference, tiny_config, tmp_path):
         assert _arrays(path) == _arrays(reference)
     finally:
         subprocess.run(["umount", "-l", str(crops)], check=False)
+
+
+def test_unfinished_final_array_files_of_a_killed_run_are_removed(reference, tiny_config, tmp_path):
+    """A run killed while writing a final array through io.atomic_path leaves ``.NAME.XXXX.tmp``
+    beside the arrays; the next extraction (holding the dataset's lock) removes it."""
+    path = _config(tiny_config, tmp_path)
+    assert _run(path).returncode == 0
+    cfg = load_config(path)
+    stale = arrays_root(cfg) / "lfw" / ".exits-T.npy.k1ll3d.tmp"
+    stale.write_bytes(b"\0" * 64)
+    done = _run(path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not stale.exists() and "unfinished array file(s) of killed runs" in done.stdout
