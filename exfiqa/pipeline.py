@@ -184,6 +184,15 @@ class Study:
         spec = (self.config.support_fr_models.get(name) if kind == "fr_models" else None) or self._spec(kind, name)
         return bool(spec.checkpoint.is_file())
 
+    def _expected_depth(self, quality: str, width: int) -> tuple[int, str]:
+        """Columns every exits/attn array of ``quality`` must have, and where that comes from: the
+        model's depth when its checkpoint is here, else the first such array read (evaluation
+        from the arrays alone needs no checkpoint)."""
+        if self.has_checkpoint("quality_models", quality):
+            return int(self.quality_model(quality).depth), "its checkpoint"
+        first = self._evaluation.setdefault(("depth", quality), width)
+        return int(first), "the first array of it read in this run"
+
     def depth(self, quality: str, dataset: str | None = None) -> int:
         """The depth (number of exits) of quality model ``quality``: the width of its exit-score
         array on ``dataset`` (default: the config's first dataset); no checkpoint is read."""
@@ -287,11 +296,13 @@ class Study:
                     f"arrays: run `exfiqa extract --config {src}` first (make paper does), or write it "
                     f"in the documented layout (exfiqa.arrays)"
                 )
-            if kind in ("exits", "attn") and found.shape[1] != (depth := self.quality_model(name).depth):
-                raise ArrayError(
-                    f"{self.arrays.path(dataset, kind, name)}: {found.shape[1]:,} columns, but quality "
-                    f"model {name!r} has {depth} blocks (one column per exit)"
-                )
+            if kind in ("exits", "attn"):
+                depth, source = self._expected_depth(name, int(found.shape[1]))
+                if found.shape[1] != depth:
+                    raise ArrayError(
+                        f"{self.arrays.path(dataset, kind, name)}: {found.shape[1]:,} columns, but quality "
+                        f"model {name!r} has {depth} blocks ({source}; one column per exit)"
+                    )
             self._arrays[(dataset, kind, name)] = found
         return self._arrays[(dataset, kind, name)]
 
