@@ -253,14 +253,14 @@ def test_crop_cache_skips_decoding_and_keeps_the_bytes(reference, tiny_config, t
     assert _arrays(path) == _arrays(reference)
     # another precision recomputes every array, from the cached crops: nothing is decoded
     second = extract(load_config(path).with_(precision="bf16"), progress=False, log=lambda *_: None)
-    assert all(len(r.computed) == (16 if r.dataset == "ijbc" else 12) and r.reused == ["baseline-sharpness"]
+    assert all(len(r.computed) == 12 and r.reused == ["baseline-sharpness"]
                and r.images_read == 0 for r in second)
 
 
 def test_notebooks_study_reads_only_extracted_arrays(tiny_config, tmp_path):
     path = _config(tiny_config, tmp_path)
     study = Study(load_config(path), progress=False, compute=False)
-    with pytest.raises(ArrayError, match=r"missing; .*exfiqa extract --config"):
+    with pytest.raises(ArrayError, match=r"missing: no folder .*exfiqa extract --config"):
         study.exit_scores("lfw", "T")
 
 
