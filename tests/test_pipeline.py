@@ -275,13 +275,25 @@ def test_analyses_equal_the_unbounded_computation(study):
                 f.insert(0, "quality_model", q)
                 ref.append(f)
     pd.testing.assert_frame_equal(got, pd.concat(ref, ignore_index=True))
-    boot = analysis.paired_vs_reference(study, "T", "arcface", ["EX-FIQA-F", "EX-FIQA-FW"], "Exit 12", 1e-2, n_boot=40)
-    for row in boot.itertuples():
-        ds = next(d for d in cfg.datasets if cfg.datasets[d].label == row.dataset)
-        t = study.table(ds, "arcface", "T")
-        r = bootstrap.paired_bootstrap(t["similarity"], t["mated"], t[row.method], t["Exit 12"], 1e-2, cfg.convention,
-                                       cfg.discard_limit, n_boot=40, seed=cfg.seed)
-        assert (row.delta_pauc, row.ci_low, row.ci_high, row.p_better) == pytest.approx((r.difference, r.lower, r.upper, r.frac_a_below_b), abs=1e-15)
+    for unit in ("subject", "comparison"):  # the bounded engines against paired_bootstrap on the materialised table
+        boot = analysis.paired_vs_reference(study, "T", "arcface", ["EX-FIQA-F", "EX-FIQA-FW"], "Exit 12", 1e-2, n_boot=40,
+                                            unit=unit)
+        for row in boot.itertuples():
+            ds = next(d for d in cfg.datasets if cfg.datasets[d].label == row.dataset)
+            t = study.table(ds, "arcface", "T")
+            subj = None
+            if unit == "subject":
+                units, name, n_units = study.subjects(ds)
+                assert (row.unit, row.n_units) == (name, n_units)
+                if hasattr(units, "ua"):
+                    subj = np.stack((units.ua, units.ub), axis=1)
+                else:  # all-vs-all: the table lists its pairs row-major, as the sample units' pairs
+                    comp = study.benchmark(ds).comparisons
+                    subj = np.stack((units.u[comp["a"].to_numpy()], units.u[comp["b"].to_numpy()]), axis=1)
+            r = bootstrap.paired_bootstrap(t["similarity"], t["mated"], t[row.method], t["Exit 12"], 1e-2, cfg.convention,
+                                           cfg.discard_limit, n_boot=40, seed=cfg.seed, subjects=subj)
+            assert (row.delta_pauc, row.ci_low, row.ci_high, row.p_better) == pytest.approx(
+                (r.difference, r.lower, r.upper, r.frac_a_below_b), abs=1e-15), (unit, row.dataset)
     sanity = analysis.fr_sanity(study).set_index(["dataset", "fr_model"])
     for fr in cfg.fr_models:
         for ds in cfg.datasets:
