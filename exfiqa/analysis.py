@@ -113,18 +113,15 @@ def fusion_wins(pauc: pd.DataFrame, challenger: str, reference: str) -> pd.DataF
     """
     keys = ["quality_model", "fr_model", "fmr", "dataset"]
     both = pauc[pauc["method"].isin([challenger, reference])]
-    dropped = pd.Series(0, index=pd.MultiIndex.from_tuples([], names=keys[:3]), dtype=int)
-    if "resolved" in both.columns:
-        ok = both.groupby(keys)["resolved"].transform("all").astype(bool)
-        dropped = both[~ok].groupby(keys)["dataset"].first().groupby(level=[0, 1, 2]).size()
-        both = both[ok]
     wide = both.pivot_table(index=keys, columns="method", values="pauc")
     a, b = wide[challenger], wide[reference]
-    wide["win"] = (a < b) & ~np.array([is_tie(x, y) for x, y in zip(a, b, strict=True)], dtype=bool)
-    out = wide.groupby(level=[0, 1, 2])["win"].agg(["sum", "count"]).reset_index()
-    out = out.rename(columns={"sum": "wins", "count": "n"})
-    out["wins"] = out["wins"].astype(int)
-    out["unresolved"] = [int(dropped.get(k, 0)) for k in zip(out["quality_model"], out["fr_model"], out["fmr"], strict=True)]
+    counted = (both.groupby(keys)["resolved"].all().reindex(wide.index).astype(bool) if "resolved" in both.columns
+               else pd.Series(True, index=wide.index))
+    tie = np.array([is_tie(x, y) for x, y in zip(a, b, strict=True)], dtype=bool)
+    flags = pd.DataFrame({"win": (a < b) & ~tie & counted, "counted": counted})
+    out = flags.groupby(level=[0, 1, 2]).agg(wins=("win", "sum"), n=("counted", "sum"), total=("counted", "size")).reset_index()
+    out["wins"], out["n"] = out["wins"].astype(int), out["n"].astype(int)
+    out["unresolved"] = (out.pop("total") - out["n"]).astype(int)
     out["summary"] = [f"{challenger} has a lower pAUC (point estimate) than {reference} on {w} of {n}"
                       + (f" ({u} more left out: FMR target not resolvable)" if u else "")
                       for w, n, u in zip(out["wins"], out["n"], out["unresolved"], strict=True)]
