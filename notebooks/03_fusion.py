@@ -140,7 +140,7 @@ display(Markdown(f"Resampled units: {units_text}."))
 units = analysis.unit_summary(study)
 tables.save_table(units, TAB, "bootstrap_units", float_format="%.3f", caption=(
     "What the bootstrap resamples on each dataset; on the pair sets, the share of pairs with an image that "
-    "also occurs in another pair (such pairs are not independent)."))
+    "also occurs in another pair (such pairs are not independent); no EDC protocol involved."))
 display(units)
 display(boot.round(4))
 fig = plots.forest(boot)
