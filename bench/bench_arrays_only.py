@@ -68,7 +68,7 @@ headline: {{dataset: ijbc, fr_model: arcface, fmr: 0.001}}
 def build(work: Path) -> None:
     """IJB-C meta files, the config, and the arrays (nothing else: no image, no checkpoint)."""
     from exfiqa.config import load_config
-    from exfiqa.pipeline import Study
+    from exfiqa.study import Study
 
     st = scale.Stages("build")
     scale._ijbc_layout(work / "data" / "ijbc", np.random.default_rng(0))

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exfiqa import bootstrap as B
-from exfiqa import metrics
+from exfiqa.evaluation import bootstrap as B
+from exfiqa.evaluation import metrics
 
 FMR = 1e-2
 LIMIT = 0.3
@@ -134,7 +134,7 @@ def ijbc_timing(n_boot: int = 5) -> None:
     three quality orders (a reference and two methods, as in the fusion bootstrap), both
     conventions. The comparison set is explicit (IJB-C's pair list), the scores synthetic.
     """
-    from exfiqa.comparisons import PairList
+    from exfiqa.evaluation.pairs import PairList
 
     rng = np.random.default_rng(0)
     n_subj, n_tmpl = 3531, 23124
@@ -161,7 +161,7 @@ def ijbc_timing(n_boot: int = 5) -> None:
     t0 = time.perf_counter()
     scores = pairs.scores(feats)
     orders = [pairs.order(rng.normal(size=n_tmpl).astype(np.float32)) for _ in range(3)]
-    from exfiqa.subjects import comparison_units, mated_components
+    from exfiqa.evaluation.subjects import comparison_units, mated_components
 
     side = mated_components(a, b, mated, n_tmpl)
     units = comparison_units(pairs, side)

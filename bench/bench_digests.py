@@ -2,7 +2,7 @@
 
 Builds a flat folder of 469,375 hard links to a small JPEG (IJB-C's ``loose_crop/`` count; hard
 links cost no disk; one identical copy per 60,000 links, ext4's limit per inode), then times
-:meth:`exfiqa.digests.DigestIndex.digests` three times, each with a fresh index object on the
+:meth:`exfiqa.store.digests.DigestIndex.digests` three times, each with a fresh index object on the
 same sqlite file (what a new process sees): the first run hashes every file, the others only
 ``stat`` each file and look it up. Removes the tree afterwards.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from exfiqa.digests import RACY_SECONDS, DigestIndex
+from exfiqa.store.digests import RACY_SECONDS, DigestIndex
 
 _LINKS_PER_INODE = 60_000  # ext4 allows 65,000 links per inode
 

@@ -4,7 +4,7 @@ Prints, for the demo world's datasets (or any config):
 
 1. image reads per dataset and wall/CPU seconds to compute every per-sample array: the old path
    (``Study`` of commit ``--old-rev``: one pass over the images per model and baseline) vs
-   ``exfiqa.extract`` (one pass feeding every model), each in a fresh cache, each in its own
+   ``exfiqa.extract.stage`` (one pass feeding every model), each in a fresh cache, each in its own
    process with the same thread count;
 2. decode + align throughput of IJB-C-like loose crops (250x250 JPEGs with 5 landmarks) through
    the extraction's DataLoader with 0 (in the main process), 1 and 2 worker processes;
@@ -35,7 +35,7 @@ PY = sys.executable
 _COUNTING = r"""
 import json, resource, sys, time
 from exfiqa.config import load_config
-from exfiqa.datasets import Benchmark
+from exfiqa.readers.benchmarks import Benchmark
 reads = {}
 real = Benchmark.image
 def counting(self, i):
@@ -52,7 +52,7 @@ out = {"reads": reads, "wall": time.perf_counter() - t0, "cpu": time.process_tim
 
 # the old path: one pass over the images per array
 _OLD = _COUNTING + r"""
-from exfiqa.pipeline import Study
+from exfiqa.study import Study
 study = Study(cfg, progress=False)
 for ds in cfg.datasets:
     for q in cfg.quality_models: study.exit_scores(ds, q)
@@ -62,7 +62,7 @@ for ds in cfg.datasets:
 
 # extraction: one pass per dataset (its own count of the reads, made in its workers too)
 _NEW = _COUNTING + r"""
-from exfiqa.extract import extract
+from exfiqa.extract.stage import extract
 reports = extract(cfg, progress=False, log=lambda *_: None)
 """ + _RESULT + """out["reported_reads"] = {r.dataset: r.images_read for r in reports}
 print(json.dumps(out))
@@ -71,8 +71,8 @@ print(json.dumps(out))
 _DECODE = r"""
 import json, sys, time, torch
 from exfiqa.config import load_config
-from exfiqa.extract import ImageSet, loader, reopen_benchmark
-from exfiqa.pipeline import Study
+from exfiqa.extract.stage import ImageSet, loader, reopen_benchmark
+from exfiqa.study import Study
 cfg = load_config(sys.argv[1]); ds = sys.argv[2]; workers = int(sys.argv[3]); rounds = int(sys.argv[4])
 bench = Study(cfg, progress=False, compute=False).benchmark(ds)
 n = len(bench)
@@ -115,8 +115,8 @@ def _old_tree(rev: str, into: Path) -> Path:
 
 def _kill_resume(cfg_path: Path, threads: int, fraction: float, total_shards: int) -> tuple[float, float]:
     """Seconds until the kill (after ``fraction`` of the shard files exist) and of the resumed run."""
-    from exfiqa.arrays import arrays_root
     from exfiqa.config import load_config
+    from exfiqa.store.arrays import arrays_root
 
     root = arrays_root(load_config(cfg_path))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
@@ -199,8 +199,8 @@ def _part3(args: argparse.Namespace, base: dict, work: Path) -> None:
     """Kill and resume."""
     kr_cfg = _write_config(base, work / "kill", workers=0, shard_size=16, batch_size=16)
     from exfiqa.config import load_config
-    from exfiqa.extract import shard_ranges, wanted_arrays
-    from exfiqa.pipeline import Study
+    from exfiqa.extract.stage import shard_ranges, wanted_arrays
+    from exfiqa.study import Study
 
     st = Study(load_config(kr_cfg), progress=False, compute=False)
     total = sum(len(shard_ranges(len(st.benchmark(d)), 16)) * len(wanted_arrays(st.config, st.benchmark(d).level))

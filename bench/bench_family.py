@@ -3,7 +3,7 @@
 ``forward_exits(x)`` against ``forward_exits(x, family=True)`` for the full-size ViT-FIQA (T) and
 (C) on random weights (speed does not depend on them), timed alternately so that drift of the
 machine hits both alike; medians over --repeats after one warm-up each, beside the analytic extra
-FLOPs of :func:`exfiqa.flops.family_extra_flops`. On a shared machine the wall times of whole
+FLOPs of :func:`exfiqa.models.flops.family_extra_flops`. On a shared machine the wall times of whole
 passes are noisy, so the process CPU time of each pass and the time of the extra operations alone
 (the same calls as the pass, on tensors of the pass's shapes, 12 exits) are printed too. Usage:
     python bench/bench_family.py [--device cpu|cuda] [--batch-size 32] [--repeats 5] [--threads N]
@@ -17,8 +17,13 @@ import time
 
 import torch
 
-from exfiqa.flops import family_extra_flops, fused_cost
-from exfiqa.model import attn_fiqa_from_qk, build_vitfiqa, received_attention, vitnt_token_quality
+from exfiqa.models.flops import family_extra_flops, fused_cost
+from exfiqa.models.vitfiqa import (
+    attn_fiqa_from_qk,
+    build_vitfiqa,
+    received_attention,
+    vitnt_token_quality,
+)
 
 
 def _once(fn, device: torch.device) -> tuple[float, float]:

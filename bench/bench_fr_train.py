@@ -2,7 +2,7 @@
 
 The demo trains its narrow iResNets (widths 8-16-32-64) in ``channels_last``. torch 2.14's strided
 1x1 ``channels_last`` backward with <= 8 input channels segfaults on AVX-512 CPUs, so the shortcut
-convolutions are :class:`exfiqa.fr.PointwiseConv` (subsample, then a stride-1 1x1 convolution).
+convolutions are :class:`exfiqa.models.fr.PointwiseConv` (subsample, then a stride-1 1x1 convolution).
 This prints the median time of a training step (forward, backward, AdamW step; one thread, as one
 demo worker) for that fix in ``channels_last`` and in the default layout (the other fix that
 avoids the crash), interleaved so that drift of the machine hits both alike. The plain strided
@@ -20,8 +20,8 @@ import time
 import torch
 from torch import nn
 
-from exfiqa import fr as frmod
 from exfiqa.demo import DemoSpec
+from exfiqa.models import fr as frmod
 
 
 def plain_shortcuts(net: nn.Module) -> nn.Module:

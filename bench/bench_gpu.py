@@ -1,5 +1,5 @@
 """Extraction speed on the device at hand: the model stage (fp32 vs bf16, share of the peak) and
-``exfiqa.extract`` end to end from JPEG files (N DataLoader workers vs decoding alone).
+``exfiqa.extract.stage`` end to end from JPEG files (N DataLoader workers vs decoding alone).
 
 Runs unchanged on a GPU node and on a CPU (where it shows that it works). Measures and prints:
 
@@ -20,9 +20,9 @@ Runs unchanged on a GPU node and on a CPU (where it shows that it works). Measur
 2. **End to end**: a temporary IJB-C-like folder (SynthFace loose crops of 150-224 px with their
    5 landmarks, JPEG q95, the real ``meta/`` files) and the paper's model set as random-weight
    checkpoints in the released layouts (full size, or ``--small-models``), a config like
-   ``configs/paper.yaml``; ``exfiqa.extract.extract`` timed for each worker count (each run in a
+   ``configs/paper.yaml``; ``exfiqa.extract.stage.extract`` timed for each worker count (each run in a
    fresh ``arrays_dir``, file digests warmed first), and the same DataLoader
-   (``exfiqa.extract.ImageSet``) iterated without models: decode + align (+ the sharpness
+   (``exfiqa.extract.stage.ImageSet``) iterated without models: decode + align (+ the sharpness
    baseline its workers compute) alone. A tiny second dataset run just before each timed run
    gives the fixed cost (loading 6 checkpoints, planning, merging), so the marginal rate
    ``(N - n_warm) / (t_N - t_warm)`` can be compared with decoding alone.
@@ -65,8 +65,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import build_real_layout as brl  # noqa: E402  (bench/build_real_layout.py: checkpoints, BN calibration)
 
-from exfiqa import datasets as ds  # noqa: E402
 from exfiqa.io import atomic_write  # noqa: E402
+from exfiqa.readers import benchmarks as ds  # noqa: E402
 
 #: Dense (no structured sparsity) BF16 tensor-core peak in TFLOP/s, matched as a substring of
 #: ``torch.cuda.get_device_name()``, first match wins (so the specific names come first).
@@ -200,8 +200,8 @@ def time_step(step: Step, x: torch.Tensor, dev: torch.device, precision: str, wa
 
 def build_model(name: str, dev: torch.device, calib: torch.Tensor) -> Any:
     """Full-size random-weight model ``name`` on ``dev`` (FR: BatchNorm statistics of ``calib``)."""
-    from exfiqa import fr as frmod
-    from exfiqa.model import build_vitfiqa
+    from exfiqa.models import fr as frmod
+    from exfiqa.models.vitfiqa import build_vitfiqa
 
     torch.manual_seed(0)
     if name in ("T", "C"):
@@ -217,8 +217,8 @@ def steps_for(name: str, model: Any, dev: torch.device, compile_: bool,
               layouts: bool = True) -> Iterator[tuple[str, Step, Callable[[], None]]]:
     """``(variant, step, setup)`` to time for one model; ``setup()`` sets layout and cudnn flags.
     ``layouts=False``: only the variant extraction runs (and its compiled form)."""
-    from exfiqa.baselines import serfiq_features
-    from exfiqa.extract import vit_input
+    from exfiqa.extract.stage import vit_input
+    from exfiqa.models.baselines import serfiq_features
 
     def cudnn(flag: bool) -> Callable[[], None]:
         def setup() -> None:
@@ -432,7 +432,7 @@ def e2e_config(work: Path, paper: dict[str, Any], dev: torch.device, args: argpa
 
 def decode_only(cfg: Any, dataset: str, workers: int, pin: bool) -> dict[str, float]:
     """The extraction's DataLoader (its ImageSet, batches of batch_size, ``workers``) without models."""
-    from exfiqa import extract as ex
+    from exfiqa.extract.stage import stage as ex
 
     bench = ds.load_benchmark(cfg.datasets[dataset].kind, **cfg.datasets[dataset].args)
     images = ex.ImageSet(bench, lambda: ex.reopen_benchmark(cfg, dataset), sharpness="sharpness" in cfg.baselines)
@@ -475,8 +475,8 @@ def single_core_decode(crops: list[np.ndarray], bench_root: Path, n: int) -> dic
 
 def end_to_end(args: argparse.Namespace, dev: torch.device, result: dict[str, Any], deadline: float) -> None:
     from exfiqa.config import load_config
-    from exfiqa.extract import extract
-    from exfiqa.pipeline import Study
+    from exfiqa.extract.stage import extract
+    from exfiqa.study import Study
 
     e2e = result["end_to_end"]
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="exfiqa-bench-gpu-"))
@@ -653,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  bf16 vs fp32, {MODEL_LABELS[m]}: " + ", ".join(f"{k} {v:.4g}" for k, v in a.items()))
         write_json(result, args.out)
     if not args.skip_e2e:
-        log(f"\nend to end: exfiqa.extract on {args.images} IJB-C-like JPEG loose crops, {args.e2e_precision}, "
+        log(f"\nend to end: exfiqa.extract.stage on {args.images} IJB-C-like JPEG loose crops, {args.e2e_precision}, "
             f"batch {args.e2e_batch_size}, workers {args.workers}")
         end_to_end(args, dev, result, deadline)
         write_json(result, args.out)

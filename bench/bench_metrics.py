@@ -6,7 +6,7 @@ Times ``edc_many`` + ``pauc`` for ``fixed`` and ``recompute``, reports the peak 
 (``resource.getrusage``), then times a straightforward per-level ``recompute`` reference (stable
 sort by quality once, then at each of the 20 levels sort the remaining non-mated similarities and
 read the threshold off them), checks that it agrees and prints the speedup. With ``--n-boot B``
-also times :func:`exfiqa.bootstrap.bootstrap_pauc` at FMR 1e-3 (B resamples under ``fixed``;
+also times :func:`exfiqa.evaluation.bootstrap.bootstrap_pauc` at FMR 1e-3 (B resamples under ``fixed``;
 ``--n-boot-recompute`` resamples under ``recompute``; both draw only the mated and the top non-mated
 comparisons one by one, so a resample costs far less than O(N)). Usage:
     python bench/bench_metrics.py [--n 15658489] [--n-mated 19557] [--skip-reference]
@@ -21,8 +21,8 @@ import time
 
 import numpy as np
 
-from exfiqa.bootstrap import bootstrap_pauc
-from exfiqa.metrics import DEFAULT_FMR_TARGETS, edc_many, pauc
+from exfiqa.evaluation.bootstrap import bootstrap_pauc
+from exfiqa.evaluation.metrics import DEFAULT_FMR_TARGETS, edc_many, pauc
 
 IJBC_PAIRS = 15_658_489
 IJBC_MATED = 19_557

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from exfiqa.model import build_vitfiqa
+from exfiqa.models.vitfiqa import build_vitfiqa
 
 
 def timed(fn, repeats: int, device: torch.device) -> float:

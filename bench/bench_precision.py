@@ -21,8 +21,8 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from exfiqa.config import load_config
-from exfiqa.extract import extract
-from exfiqa.pipeline import ATTN, VITNT, Study
+from exfiqa.extract.stage import extract
+from exfiqa.study import ATTN, VITNT, Study
 
 
 def main() -> None:

@@ -1,17 +1,17 @@
 """IJB-C- and Adience-scale rehearsal of the evaluation path: time and peak memory per stage.
 
 Writes, under a temporary folder (``--workdir`` to keep it), a benchmark with IJB-C's exact
-counts in the real ``meta/`` layout that :func:`exfiqa.datasets.read_ijbc` reads (469,375
+counts in the real ``meta/`` layout that :func:`exfiqa.readers.benchmarks.read_ijbc` reads (469,375
 samples, 23,124 templates: 3,531 enrolment x 19,593 probe templates, 15,658,489 comparisons of
 which 19,557 mated; no image files: evaluation never decodes an image) and an Adience-size
 all-vs-all set (20,000 images in identity folders, one tiny JPEG hard-linked everywhere; about
 200M pairs). Synthetic per-sample arrays enter through the documented layout
-(:mod:`exfiqa.arrays`, ``producer: external``): embeddings (N, 1024) float32 for four FR models,
+(:mod:`exfiqa.store.arrays`, ``producer: external``): embeddings (N, 1024) float32 for four FR models,
 exit scores (N, 12) for two quality models, three baselines. They are random but structured so
 that quality matters: a latent quality per sample raises the noise of its embeddings (lower
 mated similarity) and drives the exit scores, with noise that decreases with depth.
 
-Each scenario then runs in its own process with a fresh :class:`exfiqa.pipeline.Study` and prints
+Each scenario then runs in its own process with a fresh :class:`exfiqa.study.Study` and prints
 the wall time, the resident memory after each stage and the process's peak (``VmHWM``; its
 anonymous part ``RssAnon`` is printed too, since memory-mapped arrays count as file-backed):
 
@@ -172,7 +172,7 @@ def _write_external(store, bench, dataset: str, kind: str, name: str, shape: tup
     """An external array of the documented layout written block-wise (as another machine would)."""
     from numpy.lib.format import open_memmap
 
-    from exfiqa.arrays import manifest_path
+    from exfiqa.store.arrays import manifest_path
 
     path = store.path(dataset, kind, name)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -252,9 +252,9 @@ def _write_arrays(study, dataset: str, seed: int) -> None:
 
 def arrays(work: Path) -> None:
     """(Re)write the per-sample arrays of both benchmarks."""
-    from exfiqa.arrays import arrays_root
     from exfiqa.config import load_config
-    from exfiqa.pipeline import Study
+    from exfiqa.store.arrays import arrays_root
+    from exfiqa.study import Study
 
     st = Stages("arrays")
     cfg = load_config(work / "scale.yaml")
@@ -269,7 +269,7 @@ def arrays(work: Path) -> None:
 
 def _tiny_quality_models(root: Path) -> None:
     """Small random-weight ViT-FIQA checkpoints of depth 12 (``Study.methods`` reads the depth)."""
-    from exfiqa.model import build_vitfiqa, save_vitfiqa
+    from exfiqa.models.vitfiqa import build_vitfiqa, save_vitfiqa
 
     for q, variant in (("T", "token"), ("C", "crfiqa")):
         save_vitfiqa(build_vitfiqa(variant=variant, embed_dim=32, num_heads=2, feature_dim=16), root / f"vitfiqa_{q}.pt", overwrite=True)
@@ -328,14 +328,14 @@ def build(work: Path) -> None:
 
 def _study(work: Path, datasets: list[str], fr_models: list[str], quality_models: list[str]):
     from exfiqa.config import load_config
-    from exfiqa.pipeline import Study
+    from exfiqa.study import Study
 
     return Study(load_config(work / "scale.yaml").select(datasets, fr_models, quality_models), progress=False)
 
 
 def scenario_one_pair(work: Path, dataset: str, fr: str = "arcface", quality: str = "T") -> None:
     """One (FR, quality) pair: every method x 3 FMRs x both conventions, and the pAUC table."""
-    from exfiqa import analysis
+    from exfiqa.report import analysis
 
     st = Stages(f"{dataset}1")
     study = _study(work, [dataset], [fr], [quality])
@@ -374,7 +374,7 @@ def scenario_one_pair(work: Path, dataset: str, fr: str = "arcface", quality: st
 
 def _notebook01(study, st: Stages) -> None:
     """Notebook 01's evaluation calls (its table and figure assembly aside)."""
-    from exfiqa import analysis
+    from exfiqa.report import analysis
 
     cfg = study.config
     fr0 = next(iter(cfg.fr_models))
@@ -394,7 +394,7 @@ def _notebook01(study, st: Stages) -> None:
 
 def _notebook03(study, st: Stages, n_boot: int) -> None:
     """Notebook 03's evaluation calls: pAUC table, paired bootstrap, fusion strategies."""
-    from exfiqa import analysis
+    from exfiqa.report import analysis
 
     cfg = study.config
     fr0 = next(iter(cfg.fr_models))
@@ -408,7 +408,7 @@ def _notebook03(study, st: Stages, n_boot: int) -> None:
 
 def _notebook04(study, st: Stages) -> None:
     """Notebook 04's evaluation calls: pAUC table and the adaptive early exit."""
-    from exfiqa import analysis
+    from exfiqa.report import analysis
 
     cfg = study.config
     analysis.pauc_all(study, scale=1000)

@@ -60,9 +60,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from exfiqa import datasets as ds
 from exfiqa.demo.synth import WorldSpec, generate_items
 from exfiqa.io import atomic_path, atomic_write, file_digest
+from exfiqa.readers import benchmarks as ds
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_VERSION = "1"
@@ -75,7 +75,7 @@ CHANGED_KEYS = ("run_name", "data_root", "cache_dir", "results_dir", "device")
 
 #: Quality-model entry name -> ViT-FIQA variant (configs/paper.yaml: T = token, C = CR-FIQA head).
 QUALITY_VARIANTS = {"T": "token", "C": "crfiqa"}
-#: FR model name -> checkpoint layout of its release (exfiqa.fr.save_fr ``layout``).
+#: FR model name -> checkpoint layout of its release (exfiqa.models.fr.save_fr ``layout``).
 FR_LAYOUTS = {"arcface": "plain", "elasticface": "plain", "magface": "magface", "curricularface": "plain"}
 #: --small-models architectures (test speed only; same key names as the full-size models).
 SMALL_FR = {"layers": (1, 2, 1, 1), "widths": (8, 16, 24, 32), "embedding_size": 32}
@@ -456,8 +456,8 @@ def build_checkpoints(
     """Random-weight FR and ViT-FIQA checkpoints in the released layouts, at the config's paths."""
     import torch
 
-    from exfiqa import fr as frmod
-    from exfiqa.model import build_vitfiqa, released_state_dict
+    from exfiqa.models import fr as frmod
+    from exfiqa.models.vitfiqa import build_vitfiqa, released_state_dict
 
     def num_parameters(net: torch.nn.Module) -> int:
         return sum(p.numel() for p in net.parameters())
@@ -504,8 +504,8 @@ def verify(config_path: Path, bench_info: dict[str, Any]) -> tuple[Any, dict[str
     each benchmark (counts as built, every image decoded) and each checkpoint. Returns the config,
     the benchmarks and the loaded models."""
     from exfiqa.config import load_config
-    from exfiqa.fr import load_fr_entry
-    from exfiqa.model import load_vitfiqa
+    from exfiqa.models.fr import load_fr_entry
+    from exfiqa.models.vitfiqa import load_vitfiqa
 
     cfg = load_config(config_path, cwd=REPO)
     cfg.check_paths()
@@ -564,7 +564,7 @@ def estimate(cfg: Any, benches: dict[str, Any], models: dict[str, Any], log: Cal
     forward of each model on 16 benchmark faces: as measured now, and with the cores to itself."""
     import torch
 
-    from exfiqa.images import to_tensor
+    from exfiqa.readers.images import to_tensor
 
     first = next(iter(benches.values()))
     batch = np.stack([first.image(k) for k in range(min(16, len(first)))])

@@ -106,11 +106,11 @@ def cmd_score(args: argparse.Namespace) -> int:
     """Score images at every exit and write the CSV atomically."""
     import pandas as pd
 
-    from .fusion import ex_fiqa_f, ex_fiqa_fw
-    from .images import ImageReadError, find_images, read_face
-    from .inference import chunked, family_scores, resolve_device
-    from .io import CheckpointError, atomic_write
-    from .model import load_vitfiqa
+    from exfiqa.evaluation.fusion import ex_fiqa_f, ex_fiqa_fw
+    from exfiqa.io import CheckpointError, atomic_write
+    from exfiqa.models.inference import chunked, family_scores, resolve_device
+    from exfiqa.models.vitfiqa import load_vitfiqa
+    from exfiqa.readers.images import ImageReadError, find_images, read_face
 
     out = Path(args.out)
     try:
@@ -203,8 +203,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_flops(args: argparse.Namespace) -> int:
     """Print the analytic GFLOPs of every exit for the released configurations."""
-    from .flops import exit_costs, fused_cost
-    from .model import ViTFIQAConfig
+    from exfiqa.models.flops import exit_costs, fused_cost
+    from exfiqa.models.vitfiqa import ViTFIQAConfig
 
     for variant in ("token", "crfiqa"):
         c = ViTFIQAConfig(variant=variant)
@@ -238,11 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_score)
     f = sub.add_parser("flops", help="analytic GFLOPs per exit of the released models")
     f.set_defaults(func=cmd_flops)
-    from .extract import parser as extract_parser
-    from .extract import run as run_extract
+    from exfiqa.extract.stage import parser as extract_parser
+    from exfiqa.extract.stage import run as run_extract
 
     e = sub.add_parser("extract", parents=[extract_parser(add_help=False)],
-                       help="every per-sample array of a run config, one read of each image (see exfiqa.extract)")
+                       help="every per-sample array of a run config, one read of each image (see exfiqa.extract.stage)")
     e.set_defaults(func=run_extract)
     return parser
 

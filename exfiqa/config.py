@@ -3,7 +3,7 @@
 A config is a YAML file (``configs/demo.yaml``, ``configs/paper.yaml``). Relative paths inside the
 ``datasets``, ``fr_models``, ``quality_models`` and ``external_methods`` entries are resolved
 against ``data_root``; ``data_root``, ``cache_dir``, ``results_dir`` and ``arrays_dir`` (the
-per-sample arrays, :mod:`exfiqa.arrays`; default under ``<cache_dir>/arrays/``) themselves
+per-sample arrays, :mod:`exfiqa.store.arrays`; default under ``<cache_dir>/arrays/``) themselves
 against the folder the command runs in.
 
 Nothing is coerced. A value of the wrong type (a string ``batch_size``, a float or boolean
@@ -17,9 +17,9 @@ Presentation keys: ``pauc_scale`` (default 1000: pAUC is shown x10^3, as on the 
 table states it) and ``attention_samples`` (the faces of notebook 02's attention figure:
 ``{child|frontal|occlusion|pose: image path relative to data_root, or {dataset: name, sample:
 id}}``; absent: the demo world's ``samples/*.png``, or on real data the first sample of each of
-the first datasets, see :func:`exfiqa.analysis.attention_inputs`).
+the first datasets, see :func:`exfiqa.report.analysis.attention_inputs`).
 
-Extraction keys (:mod:`exfiqa.extract`): ``workers`` (DataLoader decoding processes; default
+Extraction keys (:mod:`exfiqa.extract.stage`): ``workers`` (DataLoader decoding processes; default
 the cores this process may use, 0 decodes in the main process), ``precision`` (``fp32``, the
 default, or ``bf16``: autocast, part of every model array's key), ``shard_size`` (samples per
 resumable shard, default 50,000) and ``crop_cache`` (keep the aligned uint8 crops, default false).
@@ -40,8 +40,14 @@ from typing import Any, Literal, NoReturn
 
 import yaml
 
-from .datasets import READERS as _READERS
-from .metrics import COMPAT, RECOMPUTE_DISCARD_FRACTIONS, Acceptance, Convention, ThresholdRule
+from exfiqa.evaluation.metrics import (
+    COMPAT,
+    RECOMPUTE_DISCARD_FRACTIONS,
+    Acceptance,
+    Convention,
+    ThresholdRule,
+)
+from exfiqa.readers.benchmarks import READERS as _READERS
 
 __all__ = [
     "ATTENTION_SAMPLE_TYPES",
@@ -60,21 +66,21 @@ __all__ = [
 
 _PATH_KEYS = {"path", "root", "pairs_file", "checkpoint"}
 
-#: Built-in baselines (:data:`exfiqa.baselines.BASELINES`; not imported, it pulls in torch) and
+#: Built-in baselines (:data:`exfiqa.models.baselines.BASELINES`; not imported, it pulls in torch) and
 #: the FR model each runs on (None: needs no FR model).
 _BASELINES: dict[str, str | None] = {"magface_norm": "magface", "serfiq": "arcface", "sharpness": None}
 _BASELINE_FR = {b: fr for b, fr in _BASELINES.items() if fr is not None}  # baseline -> FR model
 
-#: Dataset kind -> reader (:data:`exfiqa.datasets.READERS`, the same dict, so that kinds added by
-#: :func:`exfiqa.datasets.register_reader` are valid); an entry's keys are the reader's arguments
+#: Dataset kind -> reader (:data:`exfiqa.readers.benchmarks.READERS`, the same dict, so that kinds added by
+#: :func:`exfiqa.readers.benchmarks.register_reader` are valid); an entry's keys are the reader's arguments
 #: (``name`` is the entry's).
 
 #: Loader arguments a model entry may give besides ``checkpoint`` and ``label``: the keyword
-#: arguments of :func:`exfiqa.fr.load_fr` and :func:`exfiqa.model.load_vitfiqa` that a YAML value
+#: arguments of :func:`exfiqa.models.fr.load_fr` and :func:`exfiqa.models.vitfiqa.load_vitfiqa` that a YAML value
 #: can express (``device`` comes from the config; ``preprocess`` is an object). Hand-listed because
 #: those modules import torch; tests/test_config.py checks them against the signatures.
-_FR_ARCHS = ("iresnet", "magface", "curricularface")  # exfiqa.fr.Arch
-#: ``preprocess`` ({channel_order, scale, mean, std}: exfiqa.fr.Preprocess) is required for an ONNX
+_FR_ARCHS = ("iresnet", "magface", "curricularface")  # exfiqa.models.fr.Arch
+#: ``preprocess`` ({channel_order, scale, mean, std}: exfiqa.models.fr.Preprocess) is required for an ONNX
 #: entry (checkpoint ``*.onnx``), optional for a torch one; ``providers`` is ONNX-only.
 _FR_ARGS = {"name", "arch", "layers", "widths", "embedding_size", "input_size", "preprocess", "providers"}
 _QUALITY_ARGS = {"num_heads", "img_size"}
@@ -251,8 +257,8 @@ def _demo_kind(key: str, value: Any) -> str:
 def max_discard_limit(convention: Convention | str) -> float:
     """The largest pAUC discard limit a convention's EDC reaches.
 
-    ``recompute``: the last level of its grid (:data:`exfiqa.metrics.RECOMPUTE_DISCARD_FRACTIONS`,
-    0.95; :func:`exfiqa.metrics.pauc` refuses a limit beyond it). ``fixed``: 1, the whole mated
+    ``recompute``: the last level of its grid (:data:`exfiqa.evaluation.metrics.RECOMPUTE_DISCARD_FRACTIONS`,
+    0.95; :func:`exfiqa.evaluation.metrics.pauc` refuses a limit beyond it). ``fixed``: 1, the whole mated
     set (its stepwise area holds the last step up to the limit).
     """
     if Convention(convention) is Convention.RECOMPUTE:
@@ -270,7 +276,7 @@ def _resolve_device(requested: str) -> str:
 
 
 #: EDC threshold rules and acceptance rules (config keys ``threshold_rule``, ``acceptance``; see
-#: :mod:`exfiqa.metrics`), pAUC best-curve subtraction and IJB-C template protocols.
+#: :mod:`exfiqa.evaluation.metrics`), pAUC best-curve subtraction and IJB-C template protocols.
 THRESHOLD_RULES = tuple(r.value for r in ThresholdRule)
 ACCEPTANCES = tuple(a.value for a in Acceptance)
 SUBTRACT_BEST = ("none", "triangle", "stepwise")
@@ -413,7 +419,7 @@ class Config:
     device_requested: str = ""  # the device as written ("auto" or the same as device); "" = device
     pauc_scale: float = 1000.0  # pAUC is shown times this (x10^3, as on the poster); CSVs state it
     attention_samples: dict[str, AttentionSample] = field(default_factory=dict)  # {} = the default
-    arrays_dir: Path | None = None  # the per-sample layout (exfiqa.arrays); None: exfiqa.arrays.arrays_root's default
+    arrays_dir: Path | None = None  # the per-sample layout (exfiqa.store.arrays); None: exfiqa.store.arrays.arrays_root's default
     workers: int | None = None  # extraction's DataLoader worker processes; None: the cores available
     precision: str = "fp32"  # model arithmetic in extraction: fp32, or bf16 (autocast; part of every array key)
     shard_size: int = 50_000  # samples per resumable extraction shard
@@ -602,7 +608,7 @@ def _resolve(base: Path, value: Any) -> Path:
 
 
 def _file_name(where: str, name: Any) -> None:
-    """Dataset and model names name files and folders of the per-sample layout (exfiqa.arrays)."""
+    """Dataset and model names name files and folders of the per-sample layout (exfiqa.store.arrays)."""
     text = str(name)
     if not text or "/" in text or "\\" in text or text.startswith(".") or text != text.strip() or "\0" in text:
         raise ConfigError(f"{where}: the name {text!r} names files of the per-sample layout "
@@ -697,7 +703,7 @@ def _model_arg(where: str, key: str, value: Any) -> Any:
         if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
             _fail(where, "a non-empty list of onnxruntime provider names, e.g. [CUDAExecutionProvider]", value)
         return value
-    if key == "preprocess":  # exfiqa.fr.Preprocess; numbers become floats so equal settings key alike
+    if key == "preprocess":  # exfiqa.models.fr.Preprocess; numbers become floats so equal settings key alike
         import math
 
         def number(k: str, v: Any, nonzero: bool = False) -> float:
@@ -774,7 +780,7 @@ def _attention_samples(
     """``{type: path}`` (relative to ``data_root``) or ``{type: {dataset: name, sample: id}}``.
 
     Types come from :data:`ATTENTION_SAMPLE_TYPES`; any subset may be given. Absent or empty:
-    the notebooks' documented default (:func:`exfiqa.analysis.attention_inputs`).
+    the notebooks' documented default (:func:`exfiqa.report.analysis.attention_inputs`).
     """
     entries = _mapping(key, raw, f"a mapping of sample type ({', '.join(ATTENTION_SAMPLE_TYPES)}) to an image")
     _only(key, entries, set(ATTENTION_SAMPLE_TYPES))
@@ -834,7 +840,7 @@ def _plugin_names(raw: Any) -> tuple[str, ...]:
 def _plugins(names: tuple[str, ...], src: str) -> tuple[str, ...]:
     """Import the ``plugins`` modules (importable names, e.g. ``mylab.readers``), in order, before
     the datasets are checked: a module that registers a benchmark reader at import
-    (:func:`exfiqa.datasets.register_reader`) makes its ``kind`` valid in this config and in every
+    (:func:`exfiqa.readers.benchmarks.register_reader`) makes its ``kind`` valid in this config and in every
     process that loads it (notebooks, ``exfiqa extract``, torchrun ranks).
 
     A config with plugins is code: importing runs the modules, found on ``sys.path`` (which may

@@ -104,7 +104,7 @@ def load_state_dict_with_metadata(
 
     ``_metadata`` is the attribute in which PyTorch keeps its per-module version record of a
     state_dict; it is saved with the dict but is no key, so a writer can keep non-weight facts
-    there that a strict ``load_state_dict`` never sees (``exfiqa.model.save_vitfiqa`` does).
+    there that a strict ``load_state_dict`` never sees (``exfiqa.models.vitfiqa.save_vitfiqa`` does).
     """
     obj = safe_torch_load(path)
     if isinstance(obj, Mapping):

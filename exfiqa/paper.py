@@ -7,18 +7,18 @@ to the notebooks) and ``run.json`` (what was run, with content hashes).
 The config is the single source of a run: ``make paper`` passes the notebooks nothing but
 ``config`` and ``out_dir``, and every notebook parameter that mirrors a config setting defaults to
 None (= the config's value). Each notebook opens its study with
-:func:`exfiqa.pipeline.open_study`. The run card (:mod:`exfiqa.runcard`: device, precision,
+:func:`exfiqa.study.open_study`. The run card (:mod:`exfiqa.report.runcard`: device, precision,
 protocol, seed, code version, input digests) is printed by each notebook's first cell, written to
 ``run_card.json`` and shown on ``index.html``; a notebook that ran with another card is an error.
 
 A notebook whose inputs (its source, the config file, the demo-world manifest, the package's
 source incl. sub-packages and the digest of every input file the config names: the run card's
-:meth:`~exfiqa.runcard.RunCard.key`) are unchanged since its last successful run is not executed
+:meth:`~exfiqa.report.runcard.RunCard.key`) are unchanged since its last successful run is not executed
 again; its outputs are reused. Its completion record (its key in ``run.json``) is removed before it
 runs and written after it succeeded, and it executes into a hidden file renamed into place: a run
 killed in the middle of a notebook leaves no record, so the next ``make paper`` executes it again.
 Expensive per-sample work is cached separately (see
-:mod:`exfiqa.pipeline`). While a notebook runs, the terminal shows each cell as it starts (named
+:mod:`exfiqa.study`). While a notebook runs, the terminal shows each cell as it starts (named
 by its section heading), a heartbeat for long cells and the kernel's text on stderr.
 """
 
@@ -36,10 +36,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ConfigError, load_config
-from .io import atomic_write
-from .pipeline import CARD
-from .runcard import RunCard, run_card
+from exfiqa.config import Config, ConfigError, load_config
+from exfiqa.io import atomic_write
+from exfiqa.report.runcard import RunCard, run_card
+from exfiqa.study import CARD
 
 __all__ = ["NOTEBOOKS", "build_index", "cell_labels", "main", "notebook_key", "run_paper"]
 
@@ -215,7 +215,7 @@ def _extractable(cfg: Config, log) -> bool:
     sees only the extracted arrays (``arrays_dir`` with a folder per dataset) and the protocol
     files, extraction is skipped with a note and the notebooks evaluate the arrays as they are
     (each array is still checked against its manifest; a missing one is an error naming it)."""
-    from .arrays import arrays_root
+    from exfiqa.store.arrays import arrays_root
 
     try:
         cfg.check_paths()
@@ -231,7 +231,7 @@ def _extractable(cfg: Config, log) -> bool:
 def run_paper(
     config_path: str, notebooks: Sequence[str] = NOTEBOOKS, force: bool = False, log=print
 ) -> Path:
-    """Extract the per-sample arrays (:func:`exfiqa.extract.extract`, a no-op when they are
+    """Extract the per-sample arrays (:func:`exfiqa.extract.stage.extract`, a no-op when they are
     current), then execute the notebooks for ``config_path`` into ``results/<run_name>/`` and
     index them.
 
@@ -244,7 +244,7 @@ def run_paper(
     if unknown:
         raise ConfigError(f"unknown notebook(s) {unknown}; choose from {list(NOTEBOOKS)}")
     if cfg.demo:
-        from .demo import ensure_demo
+        from exfiqa.demo import ensure_demo
 
         ensure_demo(cfg.data_root, cfg.demo, log=log)
     cfg.check_paths(checkpoints=False)
@@ -255,7 +255,7 @@ def run_paper(
         (out / sub).mkdir(parents=True, exist_ok=True)
     (out / RUN_MARKER).write_text("made by exfiqa.paper\n")
     if _extractable(cfg, log):
-        from .extract import extract
+        from exfiqa.extract.stage import extract
 
         log(f"[paper] {cfg.run_name}: extracting the per-sample arrays (exfiqa extract) ...")
         extract(cfg, log=log)
@@ -312,7 +312,7 @@ def run_paper(
 
 
 def _caption(tex: Path) -> str:
-    from .tables import latex_unescape
+    from exfiqa.report.tables import latex_unescape
 
     if not tex.is_file():
         return ""
@@ -406,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"make paper: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        from .locks import no_space_message
+        from exfiqa.locks import no_space_message
 
         message = no_space_message(exc)
         if message is None:

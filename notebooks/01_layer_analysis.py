@@ -24,7 +24,7 @@
 # * the pAUC-EDC of every exit x dataset x FR model;
 # * how much the exits agree (rank correlation) and how their score distributions change with depth.
 #
-# All scores and embeddings come from `exfiqa.pipeline.Study`, computed once and cached. Every
+# All scores and embeddings come from `exfiqa.study.Study`, computed once and cached. Every
 # setting comes from the config; a parameter left at `None` takes the config's value.
 
 # %% tags=["parameters"]
@@ -47,8 +47,9 @@ out_dir = ""  # figures and tables are written here; empty means results/RUN-adh
 # open the study: the config (and any parameter overrides), its run card
 from IPython.display import Markdown, display
 
-from exfiqa import analysis, metrics, plots, tables
-from exfiqa.pipeline import open_study
+from exfiqa.evaluation import metrics
+from exfiqa.report import analysis, plots, tables
+from exfiqa.study import open_study
 
 study = open_study(
     config, datasets, fr_models, quality_models, data_root=data_root, out_dir=out_dir,

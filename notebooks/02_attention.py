@@ -54,8 +54,8 @@ out_dir = ""  # figures and tables are written here; empty means results/RUN-adh
 # open the study: the config (and any parameter overrides), its run card
 from IPython.display import Markdown, display
 
-from exfiqa import analysis, plots, tables
-from exfiqa.pipeline import open_study
+from exfiqa.report import analysis, plots, tables
+from exfiqa.study import open_study
 
 study = open_study(
     config, datasets, fr_models, quality_models, data_root=data_root, out_dir=out_dir,

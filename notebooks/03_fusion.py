@@ -51,9 +51,9 @@ out_dir = ""  # figures and tables are written here; empty means results/RUN-adh
 # open the study: the config (and any parameter overrides), its run card
 from IPython.display import Markdown, display
 
-from exfiqa import analysis, plots, tables
 from exfiqa.config import ConfigError
-from exfiqa.pipeline import open_study
+from exfiqa.report import analysis, plots, tables
+from exfiqa.study import open_study
 
 study = open_study(
     config, datasets, fr_models, quality_models, data_root=data_root, out_dir=out_dir,
@@ -92,7 +92,7 @@ tables.save_table(vs_paper, TAB, "headline_vs_paper", caption=(
     f"The poster's headline table (IJB-C, ArcFace) beside this run ({head.label}, {head.fr_model}); "
     f"column '{analysis.SECONDARY_SOURCE}': ViT-FIQA (T) on IJB-C from the PreFIQs paper, via a secondary source. "
     "Rows with chosen_on_evaluated_data are the best early exit chosen on this run's evaluated data (the same rows "
-    "as comparison_table; optimistic). This run's SER-FIQ is a SER-FIQ-style re-implementation (exfiqa.baselines), "
+    "as comparison_table; optimistic). This run's SER-FIQ is a SER-FIQ-style re-implementation (exfiqa.models.baselines), "
     "not the authors' code."), protocol=HEAD)
 display(vs_paper.round(3))
 secondary = analysis.secondary_reference(pauc_table, {k: s.label for k, s in cfg.datasets.items()}, tags, head, cfg.pauc_scale)
@@ -124,7 +124,7 @@ for r in wins[wins["fmr"] == head.fmr].itertuples():
 # Comparisons share people (on IJB-C a template enters about 1,350 comparisons, on Adience an image
 # about 19,000), so the bootstrap resamples the **independent units** of each benchmark
 # (`bootstrap_unit = "subject"`): the identity where the benchmark names it, the connected
-# components of the mated comparisons on IJB-C, the pair on the `.bin` sets (`exfiqa.subjects`
+# components of the mated comparisons on IJB-C, the pair on the `.bin` sets (`exfiqa.evaluation.subjects`
 # explains what a unit resample means). Both scores are evaluated on the same resamples.
 # `delta_pauc < 0` means the method is better than the last exit; the interval is the 95%
 # percentile interval; `p_better` is the fraction of resamples in which the method wins; `unit`

@@ -1,4 +1,4 @@
-"""Run every convolution the demo and ``exfiqa.train`` use, one by one, and say which one crashes.
+"""Run every convolution the demo and ``exfiqa.train.trainer`` use, one by one, and say which one crashes.
 
 Run as a script (``python tests/conv_probe.py train|infer``) by ``tests/test_cpu_kernels.py``, so that
 a CPU kernel that kills the process (torch 2.14's strided 1x1 ``channels_last`` backward on AVX-512
@@ -8,7 +8,7 @@ prints ``START <description>``, after it ``OK <description>``: the last ``START`
 
 The convolutions are collected with forward pre-hooks from the real models, so the probe follows
 the architectures: the demo's FR backbones (default and tiny widths, all three architectures),
-full-width FR backbones (the widths ``exfiqa.train`` uses on MS1MV2, with two units per stage:
+full-width FR backbones (the widths ``exfiqa.train.trainer`` uses on MS1MV2, with two units per stage:
 the same shapes as iResNet-100 / IR-101) and ViT-FIQA (demo stems and the released patch
 embedding). ``train`` runs forward + backward of each module in ``channels_last`` and contiguous
 layout (training uses both); ``infer`` runs the FR embedding path (``FRModel.embed``, which is
@@ -23,15 +23,15 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from exfiqa import fr as frmod
 from exfiqa.demo import DemoSpec
-from exfiqa.model import build_vitfiqa
+from exfiqa.models import fr as frmod
+from exfiqa.models.vitfiqa import build_vitfiqa
 
 BATCH = 16  # the size of the reported reproducer; the demo trains with 64 (16 in the tiny world)
 
 
 def fr_backbones() -> Iterator[tuple[str, nn.Module]]:
-    """The FR backbones of the demo (default and tiny) and full-width ones as in exfiqa.train."""
+    """The FR backbones of the demo (default and tiny) and full-width ones as in exfiqa.train.trainer."""
     shapes = {
         "demo": (DemoSpec().fr_layers, DemoSpec().fr_widths, DemoSpec().fr_embedding),
         "tiny": (DemoSpec.tiny().fr_layers, DemoSpec.tiny().fr_widths, DemoSpec.tiny().fr_embedding),

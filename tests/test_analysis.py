@@ -6,14 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from exfiqa.analysis import (
+from exfiqa.evaluation.fusion import ex_fiqa_fw
+from exfiqa.report.analysis import (
     adaptive_exit,
     attention_statistics,
     fusion_wins,
     operating_points,
     rank_correlation,
 )
-from exfiqa.fusion import ex_fiqa_fw
 
 
 def test_adaptive_exit_stops_at_the_first_confident_exit():

@@ -1,4 +1,4 @@
-"""The per-sample layout (exfiqa.arrays): paths, manifests, external arrays and their checks."""
+"""The per-sample layout (exfiqa.store.arrays): paths, manifests, external arrays and their checks."""
 
 from __future__ import annotations
 
@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 import yaml
 
-from exfiqa import arrays
-from exfiqa.arrays import (
+from exfiqa.config import load_config
+from exfiqa.readers.benchmarks import read_adience, read_bin, read_ijbc, read_xqlfw
+from exfiqa.store import arrays
+from exfiqa.store.arrays import (
     ArrayError,
     array_path,
     arrays_root,
@@ -27,9 +29,7 @@ from exfiqa.arrays import (
     sample_keys,
     samples_digest,
 )
-from exfiqa.config import load_config
-from exfiqa.datasets import read_adience, read_bin, read_ijbc, read_xqlfw
-from exfiqa.pipeline import Study
+from exfiqa.study import Study
 
 
 def _sha(path: Path) -> str:
@@ -257,7 +257,7 @@ def test_damaged_exfiqa_array_is_recomputed(own_config, caplog):
     raw = bytearray(npy.read_bytes())
     raw[-4:] = np.float32(np.nan).tobytes()  # same size; the stored sha256 no longer matches
     os.replace(_tmp_with(npy, bytes(raw)), npy)
-    with caplog.at_level(logging.WARNING, logger="exfiqa.arrays"):
+    with caplog.at_level(logging.WARNING, logger="exfiqa.store.arrays"):
         again = Study(cfg, progress=False).exit_scores("lfw", "T")
     np.testing.assert_allclose(again, first, rtol=1e-6)
     assert any("recomputing" in r.message and str(npy) in r.message and "sha256" in r.message for r in caplog.records)
@@ -273,7 +273,7 @@ def _tmp_with(target: Path, data: bytes) -> Path:
 def test_interrupted_writes_are_recomputed_not_trusted(own_config, monkeypatch, caplog):
     cfg = load_config(own_config).select(["lfw"], ["arcface"], ["T"])
     npy = array_path(arrays_root(cfg), "lfw", "exits", "T")
-    from exfiqa import extract
+    from exfiqa.extract.stage import stage as extract
 
     calls = []
     real = extract._Exits.run
@@ -311,7 +311,7 @@ def test_interrupted_writes_are_recomputed_not_trusted(own_config, monkeypatch, 
     monkeypatch.setattr(arrays, "_write_json", real_json)
     assert writes == [False, True] and npy.is_file()
     assert json.loads(manifest_path(npy).read_text())["complete"] is False
-    with caplog.at_level(logging.WARNING, logger="exfiqa.arrays"):
+    with caplog.at_level(logging.WARNING, logger="exfiqa.store.arrays"):
         Study(cfg, progress=False).exit_scores("lfw", "T")
     assert any("incomplete" in r.message for r in caplog.records)
     # the model ran once: the later runs merged the finished extraction shards again
@@ -324,9 +324,9 @@ def test_interrupted_writes_are_recomputed_not_trusted(own_config, monkeypatch, 
 
 _WRITER = textwrap.dedent("""
     import sys, numpy as np, pandas as pd
-    from exfiqa.arrays import ArrayStore
-    from exfiqa.datasets import Benchmark
-    from exfiqa.digests import DigestIndex
+    from exfiqa.store.arrays import ArrayStore
+    from exfiqa.readers.benchmarks import Benchmark
+    from exfiqa.store.digests import DigestIndex
     n = 200_000
     bench = Benchmark("big", "sample", pd.DataFrame({"sample_id": np.arange(n), "path": [f"/x/{k}.jpg" for k in range(n)]}),
                       pd.DataFrame({"a": [0], "b": [1], "mated": [True]}), _decode=lambda k: None)

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import yaml
 
-from exfiqa.arrays import ArrayError, arrays_root, sample_keys
 from exfiqa.config import load_config
-from exfiqa.pipeline import Study, open_study
+from exfiqa.store.arrays import ArrayError, arrays_root, sample_keys
+from exfiqa.study import Study, open_study
 
 DATASETS = ["lfw", "ijbc"]
 
@@ -27,7 +27,7 @@ DATASETS = ["lfw", "ijbc"]
 @pytest.fixture(scope="module")
 def extracted(tiny_config, tmp_path_factory) -> Path:
     """A config with LFW and IJB-C of the tiny world, every array extracted."""
-    from exfiqa.extract import extract
+    from exfiqa.extract.stage import extract
 
     raw = yaml.safe_load(tiny_config.read_text())
     work = tmp_path_factory.mktemp("full")
@@ -62,8 +62,8 @@ def arrays_only(extracted, tmp_path_factory) -> Path:
 
 
 def test_evaluation_needs_only_arrays_and_protocol_files(extracted, arrays_only, tmp_path, monkeypatch):
-    import exfiqa.datasets as datasets
-    import exfiqa.digests as digests
+    import exfiqa.readers.benchmarks as datasets
+    import exfiqa.store.digests as digests
 
     hashed: list[str] = []
     original = digests.hash_file
@@ -156,7 +156,7 @@ def test_samples_digest_mismatch_shows_the_expected_value(arrays_only, tmp_path)
 
 
 def test_progress_false_shows_no_hashing_bar(arrays_only, tmp_path, capfd, monkeypatch):
-    import exfiqa.digests as digests
+    import exfiqa.store.digests as digests
 
     monkeypatch.setattr(digests, "_PROGRESS_MIN_FILES", 1)
     cache = Path(yaml.safe_load(arrays_only.read_text())["cache_dir"])
@@ -171,7 +171,7 @@ def test_progress_false_shows_no_hashing_bar(arrays_only, tmp_path, capfd, monke
 def test_extraction_still_needs_its_checkpoints(arrays_only):
     """Only the evaluation goes without checkpoints: `exfiqa extract` names the missing one."""
     from exfiqa.config import ConfigError
-    from exfiqa.extract import extract
+    from exfiqa.extract.stage import extract
 
     with pytest.raises(ConfigError, match=r"checkpoint .* does not exist"):
         extract(load_config(arrays_only), progress=False, log=lambda *_: None)

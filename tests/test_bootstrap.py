@@ -1,4 +1,4 @@
-"""Tests for exfiqa.bootstrap: explicit resampling as the second implementation, exact draws,
+"""Tests for exfiqa.evaluation.bootstrap: explicit resampling as the second implementation, exact draws,
 determinism, pairing, the candidate fallbacks, bad input."""
 
 from __future__ import annotations
@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from test_metrics import synthetic  # tests/ is on sys.path
 
-from exfiqa import bootstrap as B
-from exfiqa import metrics as M
-from exfiqa.metrics import Convention
+from exfiqa.evaluation import bootstrap as B
+from exfiqa.evaluation import metrics as M
+from exfiqa.evaluation.metrics import Convention
 
 
 def test_the_bootstrap_lives_in_its_own_module():
-    """``metrics`` keeps the error rates, EDC and pAUC; the bootstrap is :mod:`exfiqa.bootstrap` only."""
+    """``metrics`` keeps the error rates, EDC and pAUC; the bootstrap is :mod:`exfiqa.evaluation.bootstrap` only."""
     for name in B.__all__:
         assert not hasattr(M, name), name
         assert name not in M.__all__

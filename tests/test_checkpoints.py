@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from exfiqa import fr as frmod
 from exfiqa.io import CheckpointError, state_dict_report
-from exfiqa.model import (
+from exfiqa.models import fr as frmod
+from exfiqa.models.vitfiqa import (
     METADATA_KEY,
     NUM_HEADS_KEY,
     build_vitfiqa,

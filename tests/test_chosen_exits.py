@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from exfiqa import analysis, metrics
 from exfiqa.config import ConfigError, load_config
-from exfiqa.fusion import DC_NAME, chosen_mean, depth_weights
-from exfiqa.pipeline import Study
+from exfiqa.evaluation import metrics
+from exfiqa.evaluation.fusion import DC_NAME, chosen_mean, depth_weights
+from exfiqa.report import analysis
+from exfiqa.study import Study
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +105,7 @@ def test_leave_one_out_never_reads_the_evaluated_dataset(tiny_config, monkeypatc
     named = analysis.choose_for(fresh, "T", "arcface", "lfw", calibrate_on=["adience"])
     assert set(spy.seen) == {"adience"} and named.calibration == ("adience",)
     # the choice equals choose_exits on the other datasets' own calibration sets
-    from exfiqa.fusion import choose_exits
+    from exfiqa.evaluation.fusion import choose_exits
 
     again = choose_exits([analysis.calibration_set(fresh, d, "T", "arcface") for d in others])
     assert again == choice

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from exfiqa.cli import main
-from exfiqa.fusion import ex_fiqa_f, ex_fiqa_fw
-from exfiqa.images import read_face, to_tensor
-from exfiqa.model import build_vitfiqa, load_vitfiqa, save_vitfiqa
+from exfiqa.evaluation.fusion import ex_fiqa_f, ex_fiqa_fw
+from exfiqa.models.vitfiqa import build_vitfiqa, load_vitfiqa, save_vitfiqa
+from exfiqa.readers.images import read_face, to_tensor
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_another_batch_size_agrees_within_a_few_float32_ulps(world, batch_size):
 def test_written_values_round_trip_to_float32_exactly(world, monkeypatch, capsys):
     """Values near 0 (ATTN-FIQA is often of order 1e-5) keep all their float32 digits: 6 fixed
     decimals would write 1.234567e-5 as 0.000012."""
-    import exfiqa.inference
+    import exfiqa.models.inference
 
     root, ckpt, faces = world
     tiny = np.array([1.234567e-5, -9.876543e-7, 3.3333333e-9, 0.1, 123.45678, 7.0e-30], np.float32)
@@ -109,7 +109,7 @@ def test_written_values_round_trip_to_float32_exactly(world, monkeypatch, capsys
         vitnt = np.resize(tiny, (n, 2)).astype(np.float32)
         return scores, attn, vitnt
 
-    monkeypatch.setattr(exfiqa.inference, "family_scores", fake)
+    monkeypatch.setattr(exfiqa.models.inference, "family_scores", fake)
     out = root / "tiny_values.csv"
     assert main(["score", str(faces), "--checkpoint", str(ckpt), "--out", str(out), "--num-heads", "2", "--quiet"]) == 0
     capsys.readouterr()
@@ -140,15 +140,15 @@ def test_exit_subset_keeps_fusion_over_all_exits(world, capsys):
 
 def _no_work(monkeypatch, *, model_too: bool = True):
     """Make reading an image (and loading the model) fail the test if it happens."""
-    import exfiqa.images
-    import exfiqa.model
+    import exfiqa.models.vitfiqa
+    import exfiqa.readers.images
 
     def fail(*args, **kwargs):
         pytest.fail(f"called with {args}: the error should come before any work")
 
-    monkeypatch.setattr(exfiqa.images, "read_face", fail)
+    monkeypatch.setattr(exfiqa.readers.images, "read_face", fail)
     if model_too:
-        monkeypatch.setattr(exfiqa.model, "load_vitfiqa", fail)
+        monkeypatch.setattr(exfiqa.models.vitfiqa, "load_vitfiqa", fail)
 
 
 def _one_line_naming(err: str, *names: str) -> None:

@@ -1,4 +1,4 @@
-"""Bounded comparison sets against the materialised computation (exfiqa.comparisons)."""
+"""Bounded comparison sets against the materialised computation (exfiqa.evaluation.pairs)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import itertools
 import numpy as np
 import pytest
 
-from exfiqa import bootstrap as B
-from exfiqa import comparisons as C
-from exfiqa import datasets as ds
-from exfiqa import metrics as M
+from exfiqa.evaluation import bootstrap as B
+from exfiqa.evaluation import metrics as M
+from exfiqa.evaluation import pairs as C
+from exfiqa.readers import benchmarks as ds
 
 TARGETS = (0.01, 0.05, 0.2)
 #: Every threshold rule x acceptance x error type (FM-EDC targets are FNMR targets).

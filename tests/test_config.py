@@ -178,17 +178,17 @@ def test_the_hand_listed_names_match_the_code_they_stand_for():
     import typing
 
     from exfiqa import config as c
-    from exfiqa.baselines import BASELINES
-    from exfiqa.datasets import BENCHMARK_KINDS
-    from exfiqa.fr import TORCH_ENTRY_ARGS, Arch, load_fr, load_onnx_fr
-    from exfiqa.model import load_vitfiqa
+    from exfiqa.models.baselines import BASELINES
+    from exfiqa.models.fr import TORCH_ENTRY_ARGS, Arch, load_fr, load_onnx_fr
+    from exfiqa.models.vitfiqa import load_vitfiqa
+    from exfiqa.readers.benchmarks import BENCHMARK_KINDS
 
     assert set(c._BASELINES) == set(BASELINES)
     assert set(c._READERS) == set(BENCHMARK_KINDS)
     assert c._FR_ARCHS == typing.get_args(Arch)
     fr_params = set(inspect.signature(load_fr).parameters) - {"checkpoint_path", "device"}
     onnx_params = set(inspect.signature(load_onnx_fr).parameters) - {"path", "device"}
-    # exfiqa.fr.load_fr_entry takes `name`, turns `preprocess` into a Preprocess and passes the rest on
+    # exfiqa.models.fr.load_fr_entry takes `name`, turns `preprocess` into a Preprocess and passes the rest on
     assert c._FR_ARGS == fr_params | onnx_params
     assert c._FR_ARGS - onnx_params == set(TORCH_ENTRY_ARGS)  # keys an ONNX entry refuses
     assert c._QUALITY_ARGS == set(inspect.signature(load_vitfiqa).parameters) - {"path", "device"}
@@ -238,7 +238,7 @@ def test_config_module_does_not_import_torch():
 
 def test_discard_limit_stops_at_the_last_level_of_its_convention(tmp_path):
     from exfiqa.config import max_discard_limit
-    from exfiqa.metrics import RECOMPUTE_DISCARD_FRACTIONS
+    from exfiqa.evaluation.metrics import RECOMPUTE_DISCARD_FRACTIONS
 
     assert max_discard_limit("recompute") == RECOMPUTE_DISCARD_FRACTIONS[-1] == 0.95
     assert max_discard_limit("fixed") == 1.0
@@ -316,10 +316,10 @@ def test_list_parameters_from_papermill_strings():
 
 @pytest.fixture
 def readers():
-    """exfiqa.datasets.READERS, restored after the test; ``exfiqa_testplugin_*`` modules unloaded."""
+    """exfiqa.readers.benchmarks.READERS, restored after the test; ``exfiqa_testplugin_*`` modules unloaded."""
     import sys
 
-    from exfiqa.datasets import READERS
+    from exfiqa.readers.benchmarks import READERS
 
     saved = dict(READERS)
     yield READERS
@@ -341,7 +341,7 @@ def _write_datasets(tmp_path, **changes):
 
 def test_a_registered_kind_is_a_dataset_kind_of_the_config(tmp_path, readers):
     from exfiqa import config as c
-    from exfiqa.datasets import register_reader
+    from exfiqa.readers.benchmarks import register_reader
 
     assert c._READERS is readers
     entry = {"kind": "pairs_folder", "root": "mine/images", "pairs_file": "mine/pairs.csv", "label": "Mine"}
@@ -368,7 +368,7 @@ def test_a_registered_kind_is_a_dataset_kind_of_the_config(tmp_path, readers):
 
 
 _PLUGIN_A = '''
-from exfiqa.datasets import read_bin, register_reader
+from exfiqa.readers.benchmarks import read_bin, register_reader
 
 
 def read_bin_again(path, name: str = "again"):
@@ -380,7 +380,7 @@ register_reader("bin_again", read_bin_again)
 '''
 
 _PLUGIN_B = '''
-from exfiqa.datasets import READERS
+from exfiqa.readers.benchmarks import READERS
 
 SAW_A = "bin_again" in READERS  # imported after exfiqa_testplugin_a?
 '''
@@ -391,7 +391,7 @@ def test_plugins_are_imported_in_order_before_the_datasets_are_checked(tmp_path,
 
     import numpy as np
 
-    from exfiqa.datasets import load_benchmark, read_bin, write_bin
+    from exfiqa.readers.benchmarks import load_benchmark, read_bin, write_bin
 
     lib = tmp_path / "lib"
     lib.mkdir()

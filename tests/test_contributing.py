@@ -7,7 +7,7 @@ model ``arcface`` and quality model ``T``; ``IMAGES``/``PAIRS`` for the reader);
 ``file=NAME.py`` is not executed but written as that module into a folder put on ``sys.path`` and
 ``PYTHONPATH``. The checks then compare what the recipe built with an independent computation: the
 quality method's scores and pAUC recomputed here from the images and the comparisons
-(``exfiqa.metrics.edc`` on materialised pairs, not the Study's bounded path), the reader's samples
+(``exfiqa.evaluation.metrics.edc`` on materialised pairs, not the Study's bounded path), the reader's samples
 with the XQLFW reader's on the same files and its pAUC likewise, the FR model's embeddings with the
 torch network run here.
 """
@@ -30,10 +30,10 @@ import pytest
 import torch
 import yaml
 
-from exfiqa.arrays import ArrayError
 from exfiqa.config import ConfigError, load_config
-from exfiqa.datasets import READERS, DatasetFormatError, read_xqlfw, reader_source
-from exfiqa.metrics import edc, pauc
+from exfiqa.evaluation.metrics import edc, pauc
+from exfiqa.readers.benchmarks import READERS, DatasetFormatError, read_xqlfw, reader_source
+from exfiqa.store.arrays import ArrayError
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "CONTRIBUTING.md"
@@ -134,7 +134,7 @@ def _pair_min(q: np.ndarray, comp: pd.DataFrame) -> np.ndarray:
 
 
 def _direct_pauc(study: Any, dataset: str, fr: str, pair_quality: np.ndarray) -> dict[float, float]:
-    """pAUC at each FMR target from materialised comparisons (exfiqa.metrics.edc), raw area."""
+    """pAUC at each FMR target from materialised comparisons (exfiqa.evaluation.metrics.edc), raw area."""
     comp = study.benchmark(dataset).comparisons
     emb = study.embeddings(dataset, fr).astype(np.float64)
     sim = (emb[comp["a"].to_numpy()] * emb[comp["b"].to_numpy()]).sum(axis=1) / 2  # cosine of the halves
@@ -221,8 +221,8 @@ def reader_run(
 
 
 def test_benchmark_reader_recipe(reader_run: tuple[dict[str, Any], Path], pairs_input: tuple[Path, Path, Any]) -> None:
-    from exfiqa.arrays import sample_keys
-    from exfiqa.datasets import register_reader
+    from exfiqa.readers.benchmarks import register_reader
+    from exfiqa.store.arrays import sample_keys
 
     ns, work = reader_run
     images, pairs, xq = pairs_input
@@ -277,7 +277,7 @@ def test_benchmark_reader_recipe(reader_run: tuple[dict[str, Any], Path], pairs_
     emb = study.embeddings("mine", "arcface")
     direct = study.fr_model("arcface").embed(np.stack([bench.image(i) for i in range(len(bench))]))
     np.testing.assert_allclose(emb, direct, atol=1e-5)
-    # and the pAUC is that of materialised pairs through exfiqa.metrics.edc / pauc
+    # and the pAUC is that of materialised pairs through exfiqa.evaluation.metrics.edc / pauc
     frame = ns["paucs"]
     assert set(frame["dataset"]) == {"Mine"} and len(frame) == len(study.config.fmr_targets)
     fw = study.sample_scores("mine", "T", "EX-FIQA-FW")
@@ -329,7 +329,7 @@ def test_exfiqa_extract_in_a_fresh_process_imports_the_plugin(reader_run: tuple[
 
 
 def test_the_readers_source_is_part_of_the_arrays_key(reader_run: tuple[dict[str, Any], Path]) -> None:
-    from exfiqa.pipeline import Study
+    from exfiqa.study import Study
 
     _, work = reader_run
     cfg = load_config(work / "with_mine.yaml")

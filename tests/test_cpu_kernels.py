@@ -1,4 +1,4 @@
-"""Every convolution the demo and ``exfiqa.train`` run must survive this CPU's torch kernels.
+"""Every convolution the demo and ``exfiqa.train.trainer`` run must survive this CPU's torch kernels.
 
 torch 2.14.1's CPU backward of a strided 1x1 convolution in ``channels_last`` with <= 8 input
 channels segfaults on AVX-512 CPUs; the demo's narrow iResNets had exactly that shortcut. The
@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from exfiqa.fr import PointwiseConv
+from exfiqa.models.fr import PointwiseConv
 
 PROBE = Path(__file__).with_name("conv_probe.py")
 

@@ -1,4 +1,4 @@
-"""Tests for exfiqa.datasets: format round trips, pair tables, alignment, unsafe pickles."""
+"""Tests for exfiqa.readers.benchmarks: format round trips, pair tables, alignment, unsafe pickles."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from PIL import Image
 from skimage.measure import label, regionprops
 from skimage.transform import SimilarityTransform, warp
 
-from exfiqa import datasets as ds
-from exfiqa.datasets import (
+from exfiqa.readers import benchmarks as ds
+from exfiqa.readers.benchmarks import (
     ARCFACE_TEMPLATE,
     BinFormatError,
     DatasetFormatError,
@@ -601,7 +601,7 @@ def test_ijbc_error_line_number_counts_blank_lines(tmp_path: pathlib.Path) -> No
 
 @pytest.fixture
 def readers():
-    """exfiqa.datasets.READERS, restored after the test (kinds registered in it are dropped)."""
+    """exfiqa.readers.benchmarks.READERS, restored after the test (kinds registered in it are dropped)."""
     saved = dict(ds.READERS)
     yield ds.READERS
     ds.READERS.clear()

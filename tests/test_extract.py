@@ -1,7 +1,7 @@
-"""Extraction (exfiqa.extract): one read per image feeds every model, resumable shards, torchrun.
+"""Extraction (exfiqa.extract.stage): one read per image feeds every model, resumable shards, torchrun.
 
 Independent expectations: the arrays equal the models run directly on the benchmark's images
-(exfiqa.inference.exit_scores, FRModel.embed, the baselines' own functions); a killed run
+(exfiqa.models.inference.exit_scores, FRModel.embed, the baselines' own functions); a killed run
 resumed, a 2-process torchrun (gloo) and a run with DataLoader workers give the same bytes as one
 uninterrupted process.
 """
@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import yaml
 
-from exfiqa.arrays import ArrayError, arrays_root
 from exfiqa.config import load_config
-from exfiqa.extract import SHARDS, extract, shard_ranges, wanted_arrays
-from exfiqa.pipeline import Study
+from exfiqa.extract.stage import SHARDS, extract, shard_ranges, wanted_arrays
+from exfiqa.store.arrays import ArrayError, arrays_root
+from exfiqa.study import Study
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ["lfw", "ijbc"]  # a .bin benchmark and the aligned IJB-C loose crops
@@ -92,10 +92,10 @@ def test_arrays_equal_the_models_run_directly(reference, one_thread):
     shards of 8 hold whole batches, so the float32 kernels see the same shapes)."""
     import torch
 
-    from exfiqa.baselines import serfiq_quality, sharpness
-    from exfiqa.fr import magface_quality
-    from exfiqa.images import to_tensor
-    from exfiqa.inference import exit_scores
+    from exfiqa.models.baselines import serfiq_quality, sharpness
+    from exfiqa.models.fr import magface_quality
+    from exfiqa.models.inference import exit_scores
+    from exfiqa.readers.images import to_tensor
 
     cfg = load_config(reference)
     study = Study(cfg, progress=False, compute=False)
@@ -128,7 +128,7 @@ def test_arrays_equal_the_models_run_directly(reference, one_thread):
 
 
 def test_one_read_feeds_every_model_and_a_rerun_reads_nothing(tiny_config, tmp_path, monkeypatch):
-    from exfiqa.datasets import Benchmark
+    from exfiqa.readers.benchmarks import Benchmark
 
     reads: list[tuple[str, int]] = []
     original = Benchmark.image
@@ -167,7 +167,7 @@ def test_the_decoding_dataset_pickles_for_spawned_workers(tiny_config):
     import functools
     import pickle
 
-    from exfiqa.extract import ImageSet, reopen_benchmark
+    from exfiqa.extract.stage import ImageSet, reopen_benchmark
 
     cfg = load_config(tiny_config)
     ds = next(iter(cfg.datasets))
@@ -276,7 +276,7 @@ def test_insightface_templates_use_the_extracted_norms(reference):
     and norms equals the computation from the raw outputs."""
     import torch
 
-    from exfiqa.fr import template_embeddings
+    from exfiqa.models.fr import template_embeddings
 
     cfg = load_config(reference).with_(template_protocol="insightface")
     # the default protocol (group) extracted no norms; insightface's adds them, nothing else
@@ -371,7 +371,7 @@ def test_no_space_for_a_shard_is_one_line_and_the_rerun_resumes(reference, tiny_
     line naming the folder and the bytes needed, exit 1; the rerun resumes to the same bytes."""
     import errno
 
-    from exfiqa.extract import main
+    from exfiqa.extract.stage import main
 
     path = _config(tiny_config, tmp_path, shard_size=4, batch_size=4, crop_cache=True)
     calls = []

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from test_model import randomise
 
-from exfiqa.flops import attn_fiqa_flops, family_extra_flops, fused_cost, vitnt_fiqa_flops
-from exfiqa.model import ViTFIQAConfig, attn_fiqa_from_qk, build_vitfiqa
+from exfiqa.models.flops import attn_fiqa_flops, family_extra_flops, fused_cost, vitnt_fiqa_flops
+from exfiqa.models.vitfiqa import ViTFIQAConfig, attn_fiqa_from_qk, build_vitfiqa
 
 SMALL = dict(embed_dim=48, num_heads=4, feature_dim=16, depth=5)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exfiqa.flops import (
+from exfiqa.models.flops import (
     block_flops,
     exit_cost,
     exit_costs,
@@ -12,7 +12,7 @@ from exfiqa.flops import (
     head_flops,
     patch_embed_flops,
 )
-from exfiqa.model import ViTFIQAConfig
+from exfiqa.models.vitfiqa import ViTFIQAConfig
 
 C = ViTFIQAConfig(variant="crfiqa")
 T = ViTFIQAConfig(variant="token")

@@ -1,4 +1,4 @@
-"""Tests for exfiqa.fr: key layouts, checkpoint round trips, preprocessing, embeddings, templates."""
+"""Tests for exfiqa.models.fr: key layouts, checkpoint round trips, preprocessing, embeddings, templates."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from exfiqa import fr
 from exfiqa.io import CheckpointError
+from exfiqa.models import fr
 
 TINY_IRES = {"layers": (1, 2, 1, 1), "widths": (4, 8, 8, 16), "embedding_size": 8}
 TINY_IR = {"layers": (2, 1, 2, 1), "widths": (4, 6, 8, 12), "embedding_size": 8}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exfiqa.fusion import (
+from exfiqa.evaluation.fusion import (
     CalibrationSet,
     Strategy,
     choose_exits,

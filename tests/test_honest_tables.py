@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from exfiqa import analysis, plots
-from exfiqa.model import build_vitfiqa
+from exfiqa.models.vitfiqa import build_vitfiqa
+from exfiqa.report import analysis, plots
 
 
 def _near_uniform(g: int, eps: float, seed: int = 0) -> np.ndarray:

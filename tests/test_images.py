@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from exfiqa import images
-from exfiqa.datasets import DatasetFormatError, decode_image
-from exfiqa.images import ImageReadError, read_face, to_rgb8
+from exfiqa.readers import images
+from exfiqa.readers.benchmarks import DatasetFormatError, decode_image
+from exfiqa.readers.images import ImageReadError, read_face, to_rgb8
 
 # -- hand-made files -------------------------------------------------------------------------------
 
@@ -206,8 +206,8 @@ def test_refusing_a_bomb_costs_no_memory(tmp_path):
     script = textwrap.dedent(f"""
         import resource, warnings
         from pathlib import Path
-        from exfiqa.datasets import DatasetFormatError, decode_image
-        from exfiqa.images import ImageReadError, read_face
+        from exfiqa.readers.benchmarks import DatasetFormatError, decode_image
+        from exfiqa.readers.images import ImageReadError, read_face
         warnings.simplefilter("ignore")
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         for p in sorted(Path({str(tmp_path)!r}).glob("*.png")):
@@ -243,7 +243,7 @@ def test_limit_is_inclusive_and_read_at_call_time(tmp_path, monkeypatch):
 
 def test_images_module_does_not_import_datasets_or_torch():
     run = subprocess.run(
-        [sys.executable, "-c", "import sys, exfiqa.images; print(sorted(m for m in sys.modules if m in ('torch', 'exfiqa.datasets')))"],
+        [sys.executable, "-c", "import sys, exfiqa.readers.images; print(sorted(m for m in sys.modules if m in ('torch', 'exfiqa.readers.benchmarks')))"],
         capture_output=True, text=True, timeout=120,
     )
     assert run.returncode == 0, run.stderr
@@ -263,7 +263,7 @@ def test_unreadable_bytes_still_name_the_source():
 def test_bin_images_of_another_size_are_refused_before_decoding(tmp_path, monkeypatch):
     import pickle
 
-    from exfiqa.datasets import read_bin
+    from exfiqa.readers.benchmarks import read_bin
 
     big = png_bomb(8192, 8192)  # exactly MAX_IMAGE_PIXELS: decoding it would take 0.8 GB
     path = tmp_path / "lfw.bin"

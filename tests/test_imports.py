@@ -14,12 +14,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "exfiqa"
 
 #: The commands that build a missing demo world before running a ``demo: true`` config: the only
 #: places outside the demo wing allowed to import it (inside the function, never at module level).
-DEMO_CALLERS = {("exfiqa.paper", "run_paper"), ("exfiqa.extract", "run")}
+DEMO_CALLERS = {("exfiqa.paper", "run_paper"), ("exfiqa.extract.stage", "run")}
 
 #: Modules that must stay free of models and I/O: the evaluation core a reader checks by hand.
 PURE = {
-    "exfiqa.metrics": set(), "exfiqa.bootstrap": {"exfiqa.metrics", "exfiqa.subjects"},
-    "exfiqa.subjects": {"exfiqa.metrics", "exfiqa.comparisons"}, "exfiqa.comparisons": {"exfiqa.metrics"}, "exfiqa.fusion": set(),
+    "exfiqa.evaluation.metrics": set(), "exfiqa.evaluation.bootstrap": {"exfiqa.evaluation.metrics", "exfiqa.evaluation.subjects"},
+    "exfiqa.evaluation.subjects": {"exfiqa.evaluation.metrics", "exfiqa.evaluation.pairs"}, "exfiqa.evaluation.pairs": {"exfiqa.evaluation.metrics"}, "exfiqa.evaluation.fusion": set(),
 }
 
 
@@ -41,7 +41,7 @@ def _resolve(module: str, node: ast.ImportFrom | ast.Import, is_pkg: bool) -> li
         target = node.module or ""
     if target.split(".")[0] != "exfiqa":
         return []
-    # ``from . import fr`` names a module; ``from .metrics import edc`` names the module metrics.
+    # ``from . import fr`` names a module; ``from exfiqa.evaluation.metrics import edc`` names the module metrics.
     subs = [f"{target}.{a.name}" for a in node.names]
     return [s for s in subs if _exists(s)] or [target]
 
@@ -88,10 +88,10 @@ def _in_demo(name: str) -> bool:
 
 
 def test_the_graph_is_read_from_every_module():
-    assert {"exfiqa.metrics", "exfiqa.pipeline", "exfiqa.demo", "exfiqa.demo.world"} <= set(GRAPH)
+    assert {"exfiqa.evaluation.metrics", "exfiqa.study", "exfiqa.demo", "exfiqa.demo.world"} <= set(GRAPH)
     # the resolver sees relative imports of both kinds (a probe against known lines of the tree)
-    if "exfiqa.bootstrap" in GRAPH:
-        assert ("exfiqa.metrics", None, True) in GRAPH["exfiqa.bootstrap"]
+    if "exfiqa.evaluation.bootstrap" in GRAPH:
+        assert ("exfiqa.evaluation.metrics", None, True) in GRAPH["exfiqa.evaluation.bootstrap"]
     assert any(t == "exfiqa.demo.synth" for t, _, _ in GRAPH["exfiqa.demo.world"])
     assert any(t == "exfiqa.io" for t, _, _ in GRAPH["exfiqa.demo.world"])
 
@@ -136,7 +136,7 @@ def test_the_checks_catch_a_core_module_importing_the_demo(tmp_path):
     """The walker finds a function-level import of the demo wing (what the first check relies on)."""
     pkg = tmp_path / "exfiqa"
     pkg.mkdir()
-    (pkg / "metrics.py").write_text("def f():\n    from .demo import synth\n    return synth\n")
+    (pkg / "metrics.py").write_text("def f():\n    from exfiqa.demo import synth\n    return synth\n")
     global PACKAGE
     saved = PACKAGE
     PACKAGE = pkg

@@ -130,9 +130,9 @@ def test_layout_table_matches_the_tree(table: str) -> None:
 
 
 def test_a_missing_or_extra_module_fails_the_check(table: str) -> None:
-    assert "`exfiqa/fusion.py`" in table and "`exfiqa/demo/world.py`" in table
-    dropped = table.replace("`exfiqa/fusion.py`", "fusion")
-    assert layout_problems(dropped, ROOT) == ["exfiqa/fusion.py: in the tree, not in the table"]
+    assert "`exfiqa/evaluation/fusion.py`" in table and "`exfiqa/demo/world.py`" in table
+    dropped = table.replace("`exfiqa/evaluation/fusion.py`", "fusion")
+    assert layout_problems(dropped, ROOT) == ["exfiqa/evaluation/fusion.py: in the tree, not in the table"]
     dropped = table.replace("`exfiqa/demo/world.py`, ", "")
     assert layout_problems(dropped, ROOT) == ["exfiqa/demo/world.py: in the tree, not in the table"]
     head, rule, *rows = table.splitlines()
@@ -146,10 +146,10 @@ def test_a_missing_or_extra_module_fails_the_check(table: str) -> None:
 
 def test_the_order_check_catches_a_moved_row(table: str) -> None:
     lines = table.splitlines()
-    metrics = next(i for i, ln in enumerate(lines) if ln.startswith("| `exfiqa/metrics.py`"))
+    metrics = next(i for i, ln in enumerate(lines) if ln.startswith("| `exfiqa/evaluation/metrics.py`"))
     moved = lines[:2] + [lines[metrics]] + [ln for i, ln in enumerate(lines[2:], 2) if i != metrics]
     assert any("data-flow order" in p for p in layout_problems("\n".join(moved), ROOT))
-    train = next(i for i, ln in enumerate(lines) if ln.startswith("| `exfiqa/train.py`"))
+    train = next(i for i, ln in enumerate(lines) if ln.startswith("| `exfiqa/train/trainer.py`"))
     early = lines[:2] + [lines[train]] + [ln for i, ln in enumerate(lines[2:], 2) if i != train]
     assert layout_problems("\n".join(early), ROOT) == ["train: listed among the core modules; it belongs after them"]
 

@@ -1,12 +1,12 @@
-"""Tests for exfiqa.metrics: hand-computed cases, brute-force twins, invariants, bad input."""
+"""Tests for exfiqa.evaluation.metrics: hand-computed cases, brute-force twins, invariants, bad input."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from exfiqa import metrics as M
-from exfiqa.metrics import Convention, EDCCurve
+from exfiqa.evaluation import metrics as M
+from exfiqa.evaluation.metrics import Convention, EDCCurve
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from exfiqa.io import CheckpointError
-from exfiqa.model import (
+from exfiqa.models.vitfiqa import (
     ViTFIQAConfig,
     attention_grid,
     build_vitfiqa,

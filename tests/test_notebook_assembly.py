@@ -1,4 +1,4 @@
-"""The tables and studies the notebooks assemble (exfiqa.analysis, tables, plots), checked against
+"""The tables and studies the notebooks assemble (exfiqa.report.analysis, tables, plots), checked against
 hand-made frames and against direct computations on the tiny demo world."""
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from exfiqa import analysis, metrics, tables
 from exfiqa.config import ConfigError, load_config, parse_attention_samples
-from exfiqa.fusion import depth_weights
-from exfiqa.images import read_face
-from exfiqa.pipeline import Study
+from exfiqa.evaluation import metrics
+from exfiqa.evaluation.fusion import depth_weights
+from exfiqa.readers.images import read_face
+from exfiqa.report import analysis, tables
+from exfiqa.study import Study
 
 # ------------------------------------------------------------------------------ hand-made frames
 

@@ -20,10 +20,11 @@ import pytest
 import yaml
 from scipy.stats import entropy, rankdata
 
-from exfiqa import analysis, fusion, metrics
 from exfiqa.config import load_config
+from exfiqa.evaluation import fusion, metrics
 from exfiqa.paper import NOTEBOOKS, run_paper
-from exfiqa.pipeline import Study
+from exfiqa.report import analysis
+from exfiqa.study import Study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,7 +122,7 @@ def test_every_figure_and_table_is_produced(paper_run):
 # ------------------------------------------------------------------------------ every table, one cell recomputed
 #
 # Each written table gets at least one cell recomputed here from the Study's arrays (exit scores,
-# baselines, similarities) with exfiqa.metrics' materialised functions (metrics.edc + metrics.pauc
+# baselines, similarities) with exfiqa.evaluation.metrics' materialised functions (metrics.edc + metrics.pauc
 # on explicit similarity / mated / pair-quality vectors), independently of the Study's bounded
 # path (orders, scores objects) and of the notebooks' assembly (pivots, means, wins, labels).
 
@@ -383,7 +384,7 @@ def check_bootstrap_units(d: Direct, t):
     import collections
     import hashlib
 
-    from exfiqa.datasets import _load_bin
+    from exfiqa.readers.benchmarks import _load_bin
 
     bench = d.study.benchmark("adience")
     assert _cell(t["bootstrap_units"], "n_units", dataset="Adience-like") == bench.samples["identity"].nunique()
@@ -526,7 +527,7 @@ def test_unchanged_inputs_are_reused_and_tables_are_byte_identical(paper_run, tm
 def test_index_page_shows_every_figure(paper_run, tmp_path):
     out, _ = paper_run
     page = (out / "index.html").read_text()
-    from exfiqa.runcard import RunCard
+    from exfiqa.report.runcard import RunCard
 
     card = RunCard.from_json((out / "run_card.json").read_text())
     assert card.html() in page and card.device == "cpu" and card.convention == "recompute"

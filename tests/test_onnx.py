@@ -19,8 +19,8 @@ import torch
 import yaml
 from test_fr import _randomise  # random weights and BN statistics (tests/ is on sys.path)
 
-from exfiqa import fr
 from exfiqa.config import ConfigError, load_config
+from exfiqa.models import fr
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"layers": (1, 2, 1, 1), "widths": (4, 8, 8, 16), "embedding_size": 8}
@@ -71,7 +71,7 @@ def _config(tmp_path: Path, **fr_models) -> Path:
 
 
 def _entry_model(cfg_path: Path, name: str) -> fr.FRModel:
-    from exfiqa.pipeline import Study
+    from exfiqa.study import Study
 
     return Study(load_config(cfg_path), progress=False).fr_model(name)
 
@@ -268,7 +268,7 @@ def test_a_model_name_that_cannot_name_a_file_is_refused(tmp_path):
 def test_the_onnxruntime_version_is_part_of_an_onnx_models_array_key(tmp_path, tiny_world, monkeypatch):
     from importlib import metadata
 
-    from exfiqa.pipeline import Study
+    from exfiqa.study import Study
 
     path = _config(tmp_path, s={"checkpoint": str(_pooling_graph(tmp_path / "p.onnx")), "preprocess": SFACE_ARGS},
                    a={"checkpoint": str(tiny_world / "fr" / "arcface.pt")})

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 from exfiqa.config import ConfigError, load_config
-from exfiqa.fr import load_fr
-from exfiqa.inference import exit_scores
-from exfiqa.model import load_vitfiqa
-from exfiqa.pipeline import Study, exit_names, read_method_csv
+from exfiqa.models.fr import load_fr
+from exfiqa.models.inference import exit_scores
+from exfiqa.models.vitfiqa import load_vitfiqa
+from exfiqa.study import Study, exit_names, read_method_csv
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_template_table_uses_min_quality_and_template_embeddings(study):
 
 def _count_exit_passes(monkeypatch) -> list[str]:
     """Record each batch the extraction runs through a ViT-FIQA model (its array label)."""
-    from exfiqa import extract
+    from exfiqa.extract.stage import stage as extract
 
     calls: list[str] = []
     real = extract._Exits.run
@@ -71,7 +71,7 @@ def test_exit_scores_are_recomputed_when_a_checkpoint_benchmark_byte_or_source_c
     import torch
     import yaml
 
-    from exfiqa import arrays
+    from exfiqa.store import arrays
 
     world = tmp_path / "world"
     shutil.copytree(tiny_world, world)
@@ -163,14 +163,14 @@ def test_open_study_gives_a_study_whose_out_dir_and_card_are_fields(tiny_config,
     import dataclasses
 
     import exfiqa.paper
-    from exfiqa.pipeline import CARD, open_study
-    from exfiqa.runcard import RunCard, run_card
+    from exfiqa.report.runcard import RunCard, run_card
+    from exfiqa.study import CARD, open_study
 
     declared = {f.name: f.default for f in dataclasses.fields(Study)}
     assert declared["out_dir"] is None and declared["card"] is None
     plain = Study(load_config(tiny_config), progress=False)
     assert plain.out_dir is None and plain.card is None
-    assert not hasattr(exfiqa.paper, "open_study")  # one home: exfiqa.pipeline
+    assert not hasattr(exfiqa.paper, "open_study")  # one home: exfiqa.study
     out = tmp_path / "nb"
     study = open_study(str(tiny_config), '["lfw"]', out_dir=str(out), progress=False)
     assert isinstance(study, Study) and not study.compute  # the notebooks read the extracted arrays only
@@ -189,7 +189,7 @@ def test_open_study_gives_a_study_whose_out_dir_and_card_are_fields(tiny_config,
 
 def _reference_pauc(study, ds, fr, q, conv, scale=1.0, **rules):
     """The unbounded computation: the wide table's columns through metrics.pauc_frame."""
-    from exfiqa import metrics
+    from exfiqa.evaluation import metrics
 
     cfg = study.config
     table = study.table(ds, fr, q)
@@ -202,7 +202,7 @@ def _reference_pauc(study, ds, fr, q, conv, scale=1.0, **rules):
 
 @pytest.mark.parametrize("dataset", ["lfw", "xqlfw", "adience", "ijbc"])
 def test_bounded_evaluation_equals_the_wide_table(study, dataset):
-    from exfiqa import metrics
+    from exfiqa.evaluation import metrics
 
     cfg = study.config
     table = study.table(dataset, "arcface", "C")
@@ -225,7 +225,7 @@ def test_bounded_evaluation_equals_the_wide_table(study, dataset):
 def test_the_authors_rules_and_fm_edc_through_the_study(tiny_config, study, dataset):
     """compat crfiqa (config rules), FM-EDC and the triangle subtraction: bounded Study frames equal
     the small-set functions on the wide table."""
-    from exfiqa import metrics
+    from exfiqa.evaluation import metrics
 
     cfg = study.config.with_(threshold_rule="closest", acceptance="distance<", convention="fixed", subtract_best=True)
     rules = Study(cfg, progress=False)
@@ -249,7 +249,7 @@ def test_the_authors_rules_and_fm_edc_through_the_study(tiny_config, study, data
 
 
 def test_adience_is_evaluated_without_materialising_its_pairs(tiny_config, study, monkeypatch):
-    import exfiqa.datasets as ds
+    import exfiqa.readers.benchmarks as ds
 
     assert study.benchmark("adience").all_pairs is not None
     expect = study.pauc_frame("adience", "arcface", "T")
@@ -263,7 +263,8 @@ def test_adience_is_evaluated_without_materialising_its_pairs(tiny_config, study
 
 
 def test_analyses_equal_the_unbounded_computation(study):
-    from exfiqa import analysis, bootstrap, metrics
+    from exfiqa.evaluation import bootstrap, metrics
+    from exfiqa.report import analysis
 
     cfg = study.config
     got = analysis.pauc_all(study, scale=1000)
@@ -305,7 +306,8 @@ def test_analyses_equal_the_unbounded_computation(study):
 
 
 def test_fusion_search_is_the_minimum_over_its_candidates(study):
-    from exfiqa import analysis, metrics
+    from exfiqa.evaluation import metrics
+    from exfiqa.report import analysis
 
     cfg = study.config
     w, p = analysis.search_fusion_weights(study, "T", "arcface", "xqlfw", 1e-3, n_candidates=6, seed=3)

@@ -5,7 +5,7 @@ from the repository root with three adaptations only: the output notebook (and a
 goes to a temporary folder, ``-p config`` points at the tests' tiny world (``tiny_config``), and
 ``my_params.yaml`` is written there first. The first example that executes a notebook is executed
 in full (about a minute); the others are prepared with ``--prepare-only``, and the parameters
-papermill injected are then passed to :func:`exfiqa.pipeline.open_study` exactly as the notebook's
+papermill injected are then passed to :func:`exfiqa.study.open_study` exactly as the notebook's
 first code cell passes them. Either way the test checks that each parameter took effect.
 """
 
@@ -104,7 +104,7 @@ def _tagged(nb: nbformat.NotebookNode, tag: str) -> list[nbformat.NotebookNode]:
 
 def _open_study_as_the_notebook_does(nb: nbformat.NotebookNode):
     """Run the parameters and injected-parameters cells, then the notebook's own open_study(...) call."""
-    from exfiqa.pipeline import open_study
+    from exfiqa.study import open_study
 
     ns: dict[str, Any] = {}
     exec(_tagged(nb, "parameters")[0].source, ns)
@@ -157,7 +157,7 @@ def test_readme_papermill_example_runs(index, tiny_config, tmp_path):
         cmd.append("--prepare-only")
     if run_fully:  # the notebooks read extracted arrays: `exfiqa extract` first, as the README says
         from exfiqa.config import load_config
-        from exfiqa.extract import extract
+        from exfiqa.extract.stage import extract
 
         extract(load_config(tiny_config), progress=False, log=lambda *_: None)
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -200,7 +200,7 @@ def test_the_readme_shows_list_parameters_the_way_papermill_passes_them():
 
 
 def test_open_study_takes_list_strings_and_refuses_bare_names(tiny_config, tmp_path):
-    from exfiqa.pipeline import open_study
+    from exfiqa.study import open_study
 
     study = open_study(
         str(tiny_config), '["lfw"]', "[elasticface]", '["T"]', out_dir=str(tmp_path / "o"),

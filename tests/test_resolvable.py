@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exfiqa import metrics as M
+from exfiqa.evaluation import metrics as M
 
 
 def test_resolvable_by_hand():

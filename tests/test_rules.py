@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import yaml
 
-from exfiqa import bootstrap as B
-from exfiqa import metrics as M
 from exfiqa.config import ConfigError, load_config
+from exfiqa.evaluation import bootstrap as B
+from exfiqa.evaluation import metrics as M
 
 CRFIQA = M.compat_rules("crfiqa")
 
@@ -484,7 +484,7 @@ def test_config_keys_for_the_rules(tmp_path):
 
 
 def test_run_card_states_the_rules(tmp_path):
-    from exfiqa.runcard import RunCard, run_card
+    from exfiqa.report.runcard import RunCard, run_card
 
     card = run_card(load_config(write_config(tmp_path, compat="crfiqa")), inputs={})
     rows = dict(card.rows())
@@ -516,7 +516,7 @@ def insightface_reference(raw, det, tids, mids):
 
 
 def test_insightface_templates_hand_case_and_from_stored_halves():
-    from exfiqa import fr
+    from exfiqa.models import fr
 
     # two templates; template 7 has media 1 (two images) and media 2 (one); template 3 one image
     raw = np.array([[3.0, 0, 1, 0], [1, 0, 1, 0], [0, 2, 0, 2], [0, 0, 5, 0]])  # [f(x), f(flip x)]

@@ -15,11 +15,11 @@ import pytest
 import torch
 import yaml
 
-from exfiqa import arrays, digests
-from exfiqa.arrays import array_path, arrays_root
 from exfiqa.config import load_config
-from exfiqa.digests import DigestIndex, input_digests, input_files
-from exfiqa.pipeline import Study
+from exfiqa.store import arrays, digests
+from exfiqa.store.arrays import array_path, arrays_root
+from exfiqa.store.digests import DigestIndex, input_digests, input_files
+from exfiqa.study import Study
 
 
 def _sha(path: Path) -> str:
@@ -94,7 +94,7 @@ def test_corrupt_index_is_rebuilt_and_missing_files_are_named(tmp_path, hashed, 
     f.write_bytes(b"q" * 10)
     db = tmp_path / "digests.sqlite"
     db.write_bytes(b"this is not an sqlite file" * 100)
-    with caplog.at_level(logging.WARNING, logger="exfiqa.digests"):
+    with caplog.at_level(logging.WARNING, logger="exfiqa.store.digests"):
         assert DigestIndex(db).digest(f) == _sha(f)
     assert any("corrupt" in r.message for r in caplog.records)
     assert (tmp_path / "digests.sqlite.corrupt").is_file()
@@ -126,7 +126,7 @@ def test_an_index_locked_by_another_process_is_waited_for_never_discarded(tmp_pa
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with caplog.at_level(logging.WARNING, logger="exfiqa.digests"):
+        with caplog.at_level(logging.WARNING, logger="exfiqa.store.digests"):
             t0 = time.monotonic()
             assert DigestIndex(db).digest(f) == _sha(f)
             waited = time.monotonic() - t0
@@ -149,7 +149,7 @@ def test_an_index_locked_by_another_process_is_waited_for_never_discarded(tmp_pa
 
 
 def test_in_memory_index_and_fingerprint_reuse(tmp_path, hashed, later, tiny_world):
-    from exfiqa.datasets import read_adience
+    from exfiqa.readers.benchmarks import read_adience
 
     root = tmp_path / "adience"
     shutil.copytree(tiny_world / "benchmarks" / "adience", root)
@@ -204,10 +204,10 @@ def test_input_digests_cover_every_file_the_run_reads(tiny_world, tiny_config, t
     npy = study.arrays.write(bench, "adience", "emb", "arcface", emb, producer="external")
     files = set(map(str, input_files(narrow)))
     assert {str(npy), str(npy.with_suffix(".json"))} <= files
-    import exfiqa.datasets
+    import exfiqa.readers.benchmarks
 
     with monkeypatch.context() as m:
-        m.setattr(exfiqa.datasets, "load_benchmark", lambda *a, **k: pytest.fail("read again"))
+        m.setattr(exfiqa.readers.benchmarks, "load_benchmark", lambda *a, **k: pytest.fail("read again"))
         assert set(map(str, input_files(narrow, {"adience": bench}))) == files  # a Study's benchmarks
     # one benchmark byte: that file's digest changes, no other
     img = sorted((world / "benchmarks" / "adience").rglob("*.jpg"))[0]
@@ -230,7 +230,7 @@ class Run:
     extraction's passes over a dataset's images."""
 
     def __init__(self, config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        from exfiqa import extract
+        from exfiqa.extract.stage import stage as extract
 
         self.config = config
         self.passes: list[str] = []
@@ -277,7 +277,7 @@ def test_checkpoint_and_benchmark_changes_recompute_exactly_their_arrays(tiny_wo
     assert rewritten == set() and all(np.array_equal(again[k], first[k]) for k in ARRAYS)
 
     _perturb_checkpoint(world / "vitfiqa" / "vitfiqa_token.pt")  # quality model T
-    with caplog.at_level(logging.WARNING, logger="exfiqa.arrays"):
+    with caplog.at_level(logging.WARNING, logger="exfiqa.store.arrays"):
         values, rewritten = run()
     assert rewritten == {("lfw", "exits", "T"), ("adience", "exits", "T")}
     assert not np.allclose(values[("lfw", "exits", "T")], first[("lfw", "exits", "T")])
@@ -287,7 +287,7 @@ def test_checkpoint_and_benchmark_changes_recompute_exactly_their_arrays(tiny_wo
     img = sorted((world / "benchmarks" / "adience").rglob("*.jpg"))[0]
     img.write_bytes(img.read_bytes() + b"\0")  # one byte more (after the JPEG's end: decodes the same)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="exfiqa.arrays"):
+    with caplog.at_level(logging.WARNING, logger="exfiqa.store.arrays"):
         _, rewritten = run()
     assert rewritten == {k for k in ARRAYS if k[0] == "adience"}
     assert any("recomputing (benchmark content changed)" in r.message for r in caplog.records)
@@ -314,7 +314,7 @@ def test_a_source_change_recomputes_exactly_the_arrays_that_depend_on_it(
     monkeypatch.setattr(arrays, "code_files", lambda kind, name: [copy if p.name == module else p for p in real_files(kind, name)])
     assert run()[1] == set()  # the same source elsewhere: the same code version
     copy.write_text(copy.read_text() + "\n# a change\n")
-    with caplog.at_level(logging.WARNING, logger="exfiqa.arrays"):
+    with caplog.at_level(logging.WARNING, logger="exfiqa.store.arrays"):
         values, rewritten = run()
     assert rewritten == dependent
     warned = {key for key in ARRAYS for r in caplog.records

@@ -11,10 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from exfiqa import bootstrap as B
-from exfiqa import metrics
-from exfiqa.comparisons import AllPairs
-from exfiqa.subjects import ExplicitUnits, draw_unit_weights, mated_components, repeated_images
+from exfiqa.evaluation import bootstrap as B
+from exfiqa.evaluation import metrics
+from exfiqa.evaluation.pairs import AllPairs
+from exfiqa.evaluation.subjects import (
+    ExplicitUnits,
+    draw_unit_weights,
+    mated_components,
+    repeated_images,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,7 +127,7 @@ def test_study_units_per_benchmark(tiny_config, tiny_world):
     """IJB-C-like: the mated components recover the known subjects (never mixing two);
     identity benchmarks use the identity; .bin sets the pair."""
     from exfiqa.config import load_config
-    from exfiqa.pipeline import Study
+    from exfiqa.study import Study
 
     study = Study(load_config(tiny_config), progress=False)
     units, name, n_units = study.subjects("ijbc")
@@ -145,9 +150,9 @@ def test_study_units_per_benchmark(tiny_config, tiny_world):
 
 
 def test_the_fusion_table_says_what_was_resampled(tiny_config):
-    from exfiqa import analysis
     from exfiqa.config import load_config
-    from exfiqa.pipeline import Study
+    from exfiqa.report import analysis
+    from exfiqa.study import Study
 
     study = Study(load_config(tiny_config).select(["xqlfw", "lfw"], ["arcface"], ["T"]), progress=False)
     boot = analysis.fusion_bootstrap(study, "arcface", 1e-2, 20)

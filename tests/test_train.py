@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from exfiqa import fr
-from exfiqa.images import to_tensor
 from exfiqa.io import file_digest
-from exfiqa.model import ViTFIQAConfig, build_vitfiqa, load_vitfiqa
-from exfiqa.train import (
+from exfiqa.models import fr
+from exfiqa.models.vitfiqa import ViTFIQAConfig, build_vitfiqa, load_vitfiqa
+from exfiqa.readers.images import to_tensor
+from exfiqa.train.trainer import (
     VITFIQA_PREPROCESS,
     ArcFace,
     CosFace,
@@ -365,7 +365,7 @@ def test_train_vitfiqa_is_deterministic_and_the_checkpoint_round_trips(tmp_path)
     init = build_vitfiqa(TINY_VIT)
     assert not torch.equal(init.mask_token, model_a.mask_token)  # masking trained the mask token
     path = tmp_path / "tiny.pt"
-    from exfiqa.model import save_vitfiqa
+    from exfiqa.models.vitfiqa import save_vitfiqa
 
     save_vitfiqa(model_a, path)
     loaded = load_vitfiqa(path, num_heads=2, img_size=16)

@@ -20,13 +20,13 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
-from ..comparisons import cosine_similarity
-from ..datasets import read_adience, read_bin, read_xqlfw
-from ..fr import load_fr
-from ..inference import exit_scores
-from ..metrics import edc, pauc, verification_accuracy
-from ..model import load_vitfiqa
-from ..train import certainty_ratio
+from exfiqa.evaluation.metrics import edc, pauc, verification_accuracy
+from exfiqa.evaluation.pairs import cosine_similarity
+from exfiqa.models.fr import load_fr
+from exfiqa.models.inference import exit_scores
+from exfiqa.models.vitfiqa import load_vitfiqa
+from exfiqa.readers.benchmarks import read_adience, read_bin, read_xqlfw
+from exfiqa.train.trainer import certainty_ratio
 
 __all__ = ["assemble_report", "report_part", "world_report"]
 

@@ -48,8 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ConfigError
-from ..io import atomic_write, file_digest
+from exfiqa.config import ConfigError
+from exfiqa.io import atomic_write, file_digest
 
 __all__ = ["MARKER", "MARKER_TEXT", "DemoFolderError", "DemoSpec", "build_demo", "ensure_demo", "main"]
 
@@ -213,9 +213,9 @@ def _train_job(args: tuple[str, DemoSpec, str, str]) -> dict[str, Any]:
     """One model (runs in a worker process, one torch thread): train and save in released format."""
     import torch
 
-    from .. import fr as frmod
-    from ..model import build_vitfiqa, save_vitfiqa
-    from ..train import train_fr, train_vitfiqa
+    from exfiqa.models import fr as frmod
+    from exfiqa.models.vitfiqa import build_vitfiqa, save_vitfiqa
+    from exfiqa.train.trainer import train_fr, train_vitfiqa
 
     name, spec, train_npz, out_path = args
     torch.set_num_threads(1)
@@ -257,7 +257,8 @@ def _write_benchmarks(spec: DemoSpec, root: Path, log: Callable[[str], None], wo
     import pandas as pd
     from PIL import Image
 
-    from .. import datasets as ds
+    from exfiqa.readers import benchmarks as ds
+
     from .synth import WorldSpec, generate_items
 
     ranges = _ranges(spec)
@@ -603,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="rebuild even if the manifest matches")
     ap.add_argument("--tiny", action="store_true", help="a seconds-sized world (for tests)")
     args = ap.parse_args(argv)
-    from ..config import load_config
+    from exfiqa.config import load_config
 
     cfg = load_config(args.config)
     if not cfg.demo:

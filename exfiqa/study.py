@@ -1,7 +1,7 @@
 """The :class:`Study`: a run's per-sample arrays and their evaluation, computed lazily.
 
 Data flow: images -> quality model (N x depth exit scores, ATTN-FIQA and ViTNT-FIQA of the same
-pass) and FR model (embeddings) -> per-sample arrays on disk (:mod:`exfiqa.arrays`, extracted when
+pass) and FR model (embeddings) -> per-sample arrays on disk (:mod:`exfiqa.store.arrays`, extracted when
 missing or stale) -> in memory, per dataset its comparison set, per (dataset, FR model) the
 comparison scores, per (dataset, quality model, method) the pair-quality order, each computed once
 -> metrics -> plots and tables. Only the per-sample arrays (and the input digests) are stored; no
@@ -21,11 +21,11 @@ Conventions:
   Adience all-vs-all sizes: per dataset a comparison set (:meth:`Study.comparison_set`), per
   FR model its scores (:meth:`Study.scores`), per quality method its order
   (:meth:`Study.ordering`), each computed once and reused by every FMR target and convention
-  (:meth:`Study.edc`, :meth:`Study.pauc_frame`, :meth:`Study.pauc_of`; :mod:`exfiqa.comparisons`).
+  (:meth:`Study.edc`, :meth:`Study.pauc_frame`, :meth:`Study.pauc_of`; :mod:`exfiqa.evaluation.pairs`).
   :meth:`Study.table` (one column per method) is for small sets.
 
 Per-sample arrays (exit scores, embeddings, baselines) live in the documented layout of
-:mod:`exfiqa.arrays`, whoever produced them; exfiqa's own are keyed by the content of what they
+:mod:`exfiqa.store.arrays`, whoever produced them; exfiqa's own are keyed by the content of what they
 depend on (benchmark files, checkpoint bytes, arguments, the source of the code that computes
 them) and recomputed when any of it changes; they are written atomically.
 """
@@ -43,16 +43,16 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from .comparisons import AllPairs, PairList, release_pages
-from .config import _BASELINE_FR, _BASELINES, Config, ConfigError
-from .datasets import Benchmark, load_benchmark, reader_source
-from .fusion import ex_fiqa_f, ex_fiqa_fw
-from .io import atomic_write
-from .runcard import RunCard, run_card
+from exfiqa.config import _BASELINE_FR, _BASELINES, Config, ConfigError
+from exfiqa.evaluation.fusion import ex_fiqa_f, ex_fiqa_fw
+from exfiqa.evaluation.pairs import AllPairs, PairList, release_pages
+from exfiqa.io import atomic_write
+from exfiqa.readers.benchmarks import Benchmark, load_benchmark, reader_source
+from exfiqa.report.runcard import RunCard, run_card
 
 if TYPE_CHECKING:  # torch-backed types: imported when a model is loaded
-    from .fr import FRModel
-    from .model import ViTFIQA
+    from exfiqa.models.fr import FRModel
+    from exfiqa.models.vitfiqa import ViTFIQA
 
 __all__ = ["ATTN", "CARD", "FAMILY_OPTIONS", "VITNT", "Study", "exit_names", "open_study", "read_method_csv"]
 
@@ -61,7 +61,7 @@ __all__ = ["ATTN", "CARD", "FAMILY_OPTIONS", "VITNT", "Study", "exit_names", "op
 #: over all blocks, token qualities averaged (the default) or attention-weighted.
 ATTN = "ATTN-FIQA"
 VITNT = ("ViTNT-FIQA", "ViTNT-FIQA (attention-weighted)")
-#: The settings of the family arrays (part of their key): :meth:`exfiqa.model.ViTFIQA.forward_exits`.
+#: The settings of the family arrays (part of their key): :meth:`exfiqa.models.vitfiqa.ViTFIQA.forward_exits`.
 FAMILY_OPTIONS = {"attn": {"attn_tokens": "all"}, "vitnt": {"vitnt_blocks": "all"}}
 #: File name of the run card :func:`open_study` writes into a notebook's ``out_dir`` (``make paper`` reads it).
 CARD = "run_card.json"
@@ -110,10 +110,10 @@ def read_method_csv(path: str | os.PathLike[str], bench: Benchmark, method: str)
 class Study:
     """Everything a notebook needs, computed lazily and cached: ``Study(config).table(ds, fr, q)``.
 
-    Per-sample arrays come from the layout (:mod:`exfiqa.arrays`). A missing or stale one is
-    extracted (:func:`exfiqa.extract.extract_dataset`: one pass over the dataset for every array
+    Per-sample arrays come from the layout (:mod:`exfiqa.store.arrays`). A missing or stale one is
+    extracted (:func:`exfiqa.extract.stage.extract_dataset`: one pass over the dataset for every array
     it lacks) when ``compute`` is True; with ``compute=False`` (the notebooks) it is an
-    :class:`~exfiqa.arrays.ArrayError` naming the file, what the layout holds instead and the
+    :class:`~exfiqa.store.arrays.ArrayError` naming the file, what the layout holds instead and the
     command that makes it. ``compute=False`` needs only the arrays with their manifests and the
     benchmarks' protocol files (pair lists, IJB-C's ``meta/`` files): the images and checkpoints
     they were computed from need not be there. Their digests are the manifests' (``inputs.data``,
@@ -141,8 +141,8 @@ class Study:
     _evaluation: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        from .arrays import ArrayStore, arrays_root
-        from .digests import INDEX_NAME, DigestIndex
+        from exfiqa.store.arrays import ArrayStore, arrays_root
+        from exfiqa.store.digests import INDEX_NAME, DigestIndex
 
         self.config.check_paths(checkpoints=self.compute)
         index = self.config.cache_dir / INDEX_NAME if self.persistent_digests else None
@@ -171,7 +171,7 @@ class Study:
 
     def quality_model(self, name: str) -> ViTFIQA:
         """The ViT-FIQA model ``name`` (loaded once, eval mode, on the configured device)."""
-        from .model import load_vitfiqa
+        from exfiqa.models.vitfiqa import load_vitfiqa
 
         if name not in self._quality_models:
             spec = self._spec("quality_models", name)
@@ -216,8 +216,8 @@ class Study:
 
     def fr_model(self, name: str) -> FRModel:
         """The FR model of entry ``fr_models.<name>``: a torch checkpoint or an ONNX graph
-        (:func:`exfiqa.fr.load_fr_entry`), loaded once on the configured device."""
-        from .fr import OnnxModelError, load_fr_entry
+        (:func:`exfiqa.models.fr.load_fr_entry`), loaded once on the configured device."""
+        from exfiqa.models.fr import OnnxModelError, load_fr_entry
 
         if name not in self._fr_models:
             spec = self.config.fr_models.get(name) or self.config.support_fr_models.get(name) or self._spec("fr_models", name)
@@ -236,8 +236,8 @@ class Study:
         ``args``: its loader arguments; ``precision``: the extraction's arithmetic (arrays
         computed by a model); ``onnxruntime``: its version, for an ONNX model's arrays. SER-FIQ adds ``seed`` (its dropout draws; one generator per sample,
         so not the batching). A benchmark read by a registered reader adds ``reader``, the SHA-256
-        of the reader's source file (:func:`exfiqa.datasets.reader_source`). The code's digest is
-        :func:`exfiqa.arrays.code_version`.
+        of the reader's source file (:func:`exfiqa.readers.benchmarks.reader_source`). The code's digest is
+        :func:`exfiqa.store.arrays.code_version`.
 
         ``evaluation=True`` (what ``compute=False`` compares with a manifest): without ``data`` (no
         image is read or stat-ed) and without ``checkpoint`` where the checkpoint file is absent;
@@ -270,8 +270,8 @@ class Study:
         return key
 
     def _array(self, dataset: str, kind: str, name: str) -> NDArray[np.float32]:
-        """The per-sample array from the layout (:mod:`exfiqa.arrays`), extracted if absent or stale."""
-        from .arrays import ArrayError, code_version, missing_array_hint
+        """The per-sample array from the layout (:mod:`exfiqa.store.arrays`), extracted if absent or stale."""
+        from exfiqa.store.arrays import ArrayError, code_version, missing_array_hint
 
         if (dataset, kind, name) not in self._arrays:
             bench = self.benchmark(dataset)
@@ -283,7 +283,7 @@ class Study:
                 trusted = ("data",) if "checkpoint" in inputs or "args" not in inputs else ("data", "checkpoint")
             found, reason = self.arrays.current(bench, dataset, kind, name, inputs, code_version(kind, name), trusted)
             if found is None and self.compute:
-                from .extract import extract_dataset
+                from exfiqa.extract.stage import extract_dataset
 
                 extract_dataset(self, dataset)
                 found, reason = self.arrays.current(bench, dataset, kind, name, inputs, code_version(kind, name))
@@ -294,7 +294,7 @@ class Study:
                 raise ArrayError(
                     f"{self.arrays.path(dataset, kind, name)}: {reason}; the notebooks read the extracted "
                     f"arrays: run `exfiqa extract --config {src}` first (make paper does), or write it "
-                    f"in the documented layout (exfiqa.arrays)"
+                    f"in the documented layout (exfiqa.store.arrays)"
                 )
             if kind in ("exits", "attn"):
                 depth, source = self._expected_depth(name, int(found.shape[1]))
@@ -332,7 +332,7 @@ class Study:
         return self._array(dataset, "vitnt", quality)
 
     def baseline_scores(self, dataset: str, method: str) -> NDArray[np.float32]:
-        """Per-sample scores of a built-in baseline (see :mod:`exfiqa.baselines`; float32, read-only)."""
+        """Per-sample scores of a built-in baseline (see :mod:`exfiqa.models.baselines`; float32, read-only)."""
         if method not in _BASELINES:
             raise ConfigError(f"unknown baseline {method!r}; known: {list(_BASELINES)}")
         fr = _BASELINE_FR.get(method)
@@ -382,7 +382,7 @@ class Study:
     # computed once and kept for the Study's life (IJB-C: 62 MB per FR model, 15.6 MB per method;
     # Adience all-vs-all: the top non-mated candidates per FR model, one float per sample per
     # method). EDCs and pAUCs at every FMR target and both conventions reuse them
-    # (:mod:`exfiqa.comparisons`, :func:`exfiqa.metrics.edc_curves`).
+    # (:mod:`exfiqa.evaluation.pairs`, :func:`exfiqa.evaluation.metrics.edc_curves`).
 
     def comparison_set(self, dataset: str) -> PairList | AllPairs:
         """The comparisons of ``dataset`` as an explicit pair list (sides: samples or templates)
@@ -399,7 +399,7 @@ class Study:
 
     def subjects(self, dataset: str) -> tuple[Any, str, int]:
         """The independent units of ``dataset``'s comparisons, for the bootstrap: ``(units, unit
-        name, number of units)`` (:mod:`exfiqa.subjects`, which says why and how they are resampled).
+        name, number of units)`` (:mod:`exfiqa.evaluation.subjects`, which says why and how they are resampled).
 
         The identity where the benchmark names one (``identity`` column: XQLFW, Adience, the demo
         world); for template benchmarks (IJB-C) the connected components of the mated
@@ -408,7 +408,7 @@ class Study:
         """
         key = ("subjects", dataset)
         if key not in self._evaluation:
-            from .subjects import comparison_units, mated_components
+            from exfiqa.evaluation.subjects import comparison_units, mated_components
 
             bench = self.benchmark(dataset)
             comp = self.comparison_set(dataset)
@@ -438,7 +438,7 @@ class Study:
         if v.shape[0] != len(bench):
             raise ValueError(f"{dataset}: expected {len(bench)} per-sample values, got {v.shape[0]}")
         if bench.level == "template":
-            from .metrics import template_quality
+            from exfiqa.evaluation.metrics import template_quality
 
             _, v = template_quality(v, bench.samples["template_id"].to_numpy(), "min")
         return v
@@ -447,10 +447,10 @@ class Study:
         """Pair quality (min, float32) of each comparison from per-sample values, (N,) or (N, K).
 
         Template benchmarks first take the min over each template's samples
-        (:func:`exfiqa.metrics.template_quality`, then :func:`exfiqa.metrics.pair_quality`).
+        (:func:`exfiqa.evaluation.metrics.template_quality`, then :func:`exfiqa.evaluation.metrics.pair_quality`).
         Materialises one value per comparison: for large sets use :meth:`order_of` / :meth:`edc`.
         """
-        from .metrics import pair_quality
+        from exfiqa.evaluation.metrics import pair_quality
 
         v = np.asarray(self._side_values(dataset, np.asarray(values, dtype=np.float32)))
         comp = self.comparison_set(dataset)
@@ -493,19 +493,19 @@ class Study:
         """Per-side features (float32) and the similarity scale: templates: the config's
         ``template_protocol`` (``group``: media-mean, sum, L2-normalise of the stored
         flip-concatenated embeddings; ``insightface``: the same of ``(f(x) + f(flip x)) *
-        det_score``, :func:`exfiqa.fr.insightface_template_embeddings`), scale 1; samples:
+        det_score``, :func:`exfiqa.models.fr.insightface_template_embeddings`), scale 1; samples:
         flip-concatenated embeddings, scale 1/2 (cosine)."""
         bench = self.benchmark(dataset)
         emb = self.embeddings(dataset, fr)
         if bench.level == "template":
             tids, mids = bench.samples["template_id"].to_numpy(), bench.samples["media_id"].to_numpy()
             if self.config.template_protocol == "insightface":
-                from .fr import insightface_template_embeddings
+                from exfiqa.models.fr import insightface_template_embeddings
 
                 det = bench.samples["det_score"].to_numpy(np.float64)
                 _, feats = insightface_template_embeddings(emb, det, tids, mids, norms=self._raw_norms(dataset, fr))
             else:
-                from .fr import template_embeddings
+                from exfiqa.models.fr import template_embeddings
 
                 _, feats = template_embeddings(emb, tids, mids)
             release_pages(emb)  # read once: 1.9 GB per FR model at IJB-C size need not stay resident
@@ -517,7 +517,7 @@ class Study:
         return np.asarray(self.embedding_norms(dataset, fr))
 
     def scores(self, dataset: str, fr: str) -> Any:
-        """The comparison scores of ``dataset`` under ``fr`` (computed once; see :mod:`exfiqa.comparisons`)."""
+        """The comparison scores of ``dataset`` under ``fr`` (computed once; see :mod:`exfiqa.evaluation.pairs`)."""
         key = ("scores", dataset, fr)
         if key not in self._evaluation:
             comp = self.comparison_set(dataset)
@@ -553,7 +553,7 @@ class Study:
         return self.comparison_set(dataset).order(self._side_values(dataset, values))
 
     def rules(self) -> dict[str, str]:
-        """The config's EDC rules as keyword arguments of :mod:`exfiqa.metrics`:
+        """The config's EDC rules as keyword arguments of :mod:`exfiqa.evaluation.metrics`:
         ``threshold_rule`` and ``acceptance``."""
         return {"threshold_rule": self.config.threshold_rule, "acceptance": self.config.acceptance}
 
@@ -570,7 +570,7 @@ class Study:
         """EDCs of a named method at each target (FNM-EDC: the config's FMR targets by default;
         FM-EDC, ``error_type="fmr"``: FNMR targets, required), keyed by target, under the
         config's convention and rules."""
-        from .metrics import edc_curves
+        from exfiqa.evaluation.metrics import edc_curves
 
         order = self.ordering(dataset, quality, method)
         return edc_curves(self.scores(dataset, fr), order, self._targets(targets, error_type),
@@ -581,7 +581,7 @@ class Study:
         targets: Sequence[float] | None = None, convention: str | None = None, *, error_type: str = "fnmr",
     ) -> dict[float, Any]:
         """EDCs of any per-sample quality values (higher = better), paired by min (see :meth:`edc`)."""
-        from .metrics import edc_curves
+        from exfiqa.evaluation.metrics import edc_curves
 
         return edc_curves(self.scores(dataset, fr), self.order_of(dataset, values), self._targets(targets, error_type),
                           convention or self.config.convention, error_type=error_type, **self.rules())
@@ -589,16 +589,16 @@ class Study:
     def pauc_order(self, dataset: str, fr: str, order: Any, fmr: float) -> float:
         """pAUC (raw area; the config's convention, limit, rules and ``subtract_best``) of one
         prepared order (:meth:`ordering`, :meth:`order_of`) at one FMR target."""
-        from .metrics import edc_curves, pauc
+        from exfiqa.evaluation.metrics import edc_curves, pauc
 
         curve = edc_curves(self.scores(dataset, fr), order, (fmr,), self.config.convention, **self.rules())[float(fmr)]
         return pauc(curve, self.config.discard_limit, self.config.subtract_best)
 
     def resolved(self, dataset: str, fr: str, order: Any, fmr: float) -> bool:
-        """Whether the pAUC of :meth:`pauc_order` is resolved (:func:`exfiqa.metrics.resolved_for`:
+        """Whether the pAUC of :meth:`pauc_order` is resolved (:func:`exfiqa.evaluation.metrics.resolved_for`:
         at least one expected false match at the threshold, for the whole set and, under
         ``recompute``, at every level up to the config's limit)."""
-        from .metrics import resolved_for
+        from exfiqa.evaluation.metrics import resolved_for
 
         return resolved_for(self.scores(dataset, fr), order, fmr, self.config.convention, self.config.discard_limit)
 
@@ -615,7 +615,7 @@ class Study:
         """pAUC (raw area; the config's convention, limit, rules and ``subtract_best``) of (N,)
         or (N, K) per-sample values: ``{target: (K,) areas}``, one column's order at a time
         (bounded path)."""
-        from .metrics import pauc
+        from exfiqa.evaluation.metrics import pauc
 
         tg = self._targets(targets, error_type)
         values = np.asarray(values)
@@ -645,10 +645,10 @@ class Study:
         scale: float = 1.0, convention: str | None = None, *, error_type: str = "fnmr",
         targets: Sequence[float] | None = None, subtract_best: bool | str | None = None,
     ) -> pd.DataFrame:
-        """Tidy pAUC rows (the columns of :func:`exfiqa.metrics.pauc_rows`) of each method x
+        """Tidy pAUC rows (the columns of :func:`exfiqa.evaluation.metrics.pauc_rows`) of each method x
         target, through the bounded path, under the config's rules and ``subtract_best`` (unless
         given); ``dataset`` is written as its label."""
-        from .metrics import pauc_meta, pauc_rows
+        from exfiqa.evaluation.metrics import pauc_meta, pauc_rows
 
         best = self.config.subtract_best if subtract_best is None else subtract_best
         meta = pauc_meta(convention or self.config.convention, self.config.discard_limit, best, scale,
@@ -663,8 +663,8 @@ class Study:
         self, dataset: str, fr: str, quality: str, methods: Sequence[str] | None = None, convention: str | None = None,
         *, error_type: str = "fnmr", targets: Sequence[float] | None = None,
     ) -> pd.DataFrame:
-        """Tidy EDC points (the columns of :func:`exfiqa.metrics.edc_rows`), bounded path."""
-        from .metrics import edc_rows
+        """Tidy EDC points (the columns of :func:`exfiqa.evaluation.metrics.edc_rows`), bounded path."""
+        from exfiqa.evaluation.metrics import edc_rows
 
         conv = convention or self.config.convention
         frames = []
@@ -721,9 +721,9 @@ def open_study(
     ``attention_samples`` (a mapping or YAML text) replaces the config's. The Study reads the
     extracted arrays only (``compute=False``). Creates ``out_dir/figures`` and ``out_dir/tables``
     (empty ``out_dir``: ``<results_dir>/<run_name>-adhoc``); the Study's ``out_dir`` is that folder
-    and its ``card`` the :class:`~exfiqa.runcard.RunCard`, also written to ``out_dir/``:data:`CARD`.
+    and its ``card`` the :class:`~exfiqa.report.runcard.RunCard`, also written to ``out_dir/``:data:`CARD`.
     """
-    from .config import list_parameter, load_config, parse_attention_samples
+    from exfiqa.config import list_parameter, load_config, parse_attention_samples
 
     if not isinstance(config, (str, os.PathLike)) or not str(config):
         raise ConfigError(f"parameter config must be the path of a config file, got {config!r}")

@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import Config
+from exfiqa.config import Config
 
 if TYPE_CHECKING:
-    from .datasets import Benchmark
+    from exfiqa.readers.benchmarks import Benchmark
 
 __all__ = ["PRECISION", "RunCard", "code_digest", "evaluation_inputs", "git_describe", "input_summary", "run_card"]
 
@@ -80,7 +80,7 @@ class RunCard:
     code_sha256: str
     git: str
     inputs: dict[str, str] = field(default_factory=dict)
-    threshold_rule: str = "at_most"  # the EDC rules (exfiqa.metrics); defaults for cards written before them
+    threshold_rule: str = "at_most"  # the EDC rules (exfiqa.evaluation.metrics); defaults for cards written before them
     acceptance: str = "similarity>="
     subtract_best: str = "none"
     template_protocol: str = "group"
@@ -161,7 +161,7 @@ class RunCard:
 
 
 def _rule_text(threshold_rule: str, acceptance: str) -> str:
-    from .metrics import rule_note
+    from exfiqa.evaluation.metrics import rule_note
 
     return rule_note(threshold_rule, acceptance).removeprefix("threshold ")
 
@@ -180,7 +180,7 @@ def _headline(cfg: Config) -> str:
 
 def _input_groups(cfg: Config) -> list[tuple[str, list[Path]]]:
     """(label, the paths it reads: files, or folders whose files it reads) per input of ``cfg``."""
-    from .config import _PATH_KEYS
+    from exfiqa.config import _PATH_KEYS
 
     groups: list[tuple[str, list[Path]]] = []
     models = {**{f"quality_models.{k}": m for k, m in cfg.quality_models.items()},
@@ -199,7 +199,7 @@ def _abs(path: Path) -> Path:
 
 
 def input_summary(cfg: Config, digests: Mapping[str, str]) -> dict[str, str]:
-    """Per-file digests (``{path: sha256}``, :func:`exfiqa.digests.input_digests`) grouped by the
+    """Per-file digests (``{path: sha256}``, :func:`exfiqa.store.digests.input_digests`) grouped by the
     config entry that reads them: ``{"datasets.ijbc (n files)": sha256 over its files' relative
     paths and digests, ...}``; a single-file input keeps its own digest. Files no entry claims
     (e.g. per-sample arrays placed by another producer) form ``other inputs``."""
@@ -233,7 +233,7 @@ def input_summary(cfg: Config, digests: Mapping[str, str]) -> dict[str, str]:
 
 def _model_of(kind: str, name: str) -> str:
     """The config entry whose checkpoint an array of ``kind``/``name`` was computed with."""
-    from .config import _BASELINE_FR
+    from exfiqa.config import _BASELINE_FR
 
     if kind in ("exits", "attn", "vitnt"):
         return f"quality_models.{name}"
@@ -250,7 +250,7 @@ def evaluation_inputs(
 
     - ``datasets.<d> protocol (n files)``: over the benchmark's files that are not sample
       images (pair lists, IJB-C's ``meta/`` files, ``.bin`` files), by relative path and digest;
-    - ``datasets.<d> samples (N)``: the sample list (``samples_sha256`` of :mod:`exfiqa.arrays`);
+    - ``datasets.<d> samples (N)``: the sample list (``samples_sha256`` of :mod:`exfiqa.store.arrays`);
     - ``arrays.<d>/<kind>-<name>``: each per-sample array of the run there is (its manifest's
       ``sha256``, else the file's);
     - ``datasets.<d> images (cited by the arrays)`` and ``<models>.<name> checkpoint (cited by
@@ -261,7 +261,8 @@ def evaluation_inputs(
     ``benchmarks``: already opened benchmarks by dataset name. File digests go through the run's
     digest index (``progress``: its bar when many files need hashing).
     """
-    from .arrays import (
+    from exfiqa.readers.benchmarks import load_benchmark
+    from exfiqa.store.arrays import (
         _read_json,
         array_path,
         arrays_root,
@@ -269,8 +270,7 @@ def evaluation_inputs(
         samples_digest,
         wanted_arrays,
     )
-    from .datasets import load_benchmark
-    from .digests import INDEX_NAME, DigestIndex
+    from exfiqa.store.digests import INDEX_NAME, DigestIndex
 
     index = DigestIndex(Path(cfg.cache_dir) / INDEX_NAME, progress=progress)
     root = arrays_root(cfg)
@@ -317,7 +317,7 @@ def run_card(
 ) -> RunCard:
     """The card of ``cfg`` (after any notebook overrides).
 
-    ``inputs``: per-file digests (``{path: sha256}``, e.g. :func:`exfiqa.digests.input_digests`),
+    ``inputs``: per-file digests (``{path: sha256}``, e.g. :func:`exfiqa.store.digests.input_digests`),
     kept grouped per config entry (:func:`input_summary`); by default the evaluation's inputs
     (:func:`evaluation_inputs`: protocol files, sample lists, the per-sample arrays and the image
     and checkpoint digests their manifests cite; no image or checkpoint needs to be there).

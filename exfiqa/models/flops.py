@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .model import ViTFIQAConfig
+from exfiqa.models.vitfiqa import ViTFIQAConfig
 
 __all__ = [
     "ExitCost",

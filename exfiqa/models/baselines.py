@@ -18,7 +18,7 @@ import torch
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from .fr import FRModel
+from exfiqa.models.fr import FRModel
 
 __all__ = ["BASELINES", "serfiq_features", "serfiq_quality", "sharpness"]
 

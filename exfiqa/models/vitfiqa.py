@@ -2,7 +2,7 @@
 
 Conventions:
 - Input: aligned faces, float tensors (B, 3, 112, 112), **RGB**, normalised ``(x/255 - 0.5)/0.5``
-  (see :func:`exfiqa.images.to_tensor`). Higher score = better quality (more utility for FR).
+  (see :func:`exfiqa.readers.images.to_tensor`). Higher score = better quality (more utility for FR).
 - Exit ``l`` (1-based, ``1..depth``) = run ``l`` transformer blocks, apply the **shared final
   LayerNorm** ``norm`` to the tokens, then the **unchanged** heads. Exit ``depth`` is the plain
   ViT-FIQA score.
@@ -34,7 +34,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .io import CheckpointError, load_state_dict_with_metadata, state_dict_report
+from exfiqa.io import CheckpointError, load_state_dict_with_metadata, state_dict_report
 
 __all__ = [
     "ConvStemPatchEmbed",
@@ -784,7 +784,7 @@ def save_vitfiqa(model: ViTFIQA, path: str | os.PathLike[str], overwrite: bool =
     The head count, which no weight shape shows, travels outside the keys, in the dict's
     ``_metadata`` (entry :data:`METADATA_KEY`, beside PyTorch's per-module version record).
     """
-    from .io import atomic_path
+    from exfiqa.io import atomic_path
 
     state = OrderedDict(released_state_dict(model))
     versions = getattr(model.state_dict(), "_metadata", {})

@@ -9,8 +9,8 @@ import torch
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
-from .images import to_tensor
-from .model import ViTFIQA
+from exfiqa.models.vitfiqa import ViTFIQA
+from exfiqa.readers.images import to_tensor
 
 __all__ = ["exit_scores", "family_scores", "resolve_device"]
 
@@ -30,7 +30,7 @@ def _passes(
     progress: bool, desc: str, family: bool,
 ) -> list[NDArray[np.float32]]:
     """One pass over ``batches``: [scores (N, depth)] or, with ``family``, also ATTN-FIQA (N, depth)
-    and ViTNT-FIQA (N, 2) (:meth:`exfiqa.model.ViTFIQA.forward_exits`)."""
+    and ViTNT-FIQA (N, 2) (:meth:`exfiqa.models.vitfiqa.ViTFIQA.forward_exits`)."""
     dev = torch.device(device)
     model = model.to(dev).eval()
     parts: list[list[NDArray[np.float32]]] = [[], [], []] if family else [[]]

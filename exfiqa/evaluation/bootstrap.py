@@ -1,4 +1,4 @@
-"""Bootstrap intervals of pAUC-EDC, single and paired (:mod:`exfiqa.metrics`' pAUC).
+"""Bootstrap intervals of pAUC-EDC, single and paired (:mod:`exfiqa.evaluation.metrics`' pAUC).
 
 What is resampled
 -----------------
@@ -11,7 +11,7 @@ comparisons, an Adience image about 19,000), so the independent unit is the subj
   its samples: a comparison between two units ``a != b`` enters ``w[a] * w[b]`` times (every copy
   meets every copy), one within a unit (a mated comparison, or a pair that is its own unit)
   ``w[a]`` times (copies are never compared with copies of themselves); mated and non-mated counts
-  vary between resamples as they do between studies. :mod:`exfiqa.subjects` gives the reasoning,
+  vary between resamples as they do between studies. :mod:`exfiqa.evaluation.subjects` gives the reasoning,
   the units per benchmark (identity; IJB-C: components of the mated comparisons; ``.bin``: the
   pair) and the exact weighted engines (explicit lists: one cumulative sum per resample and
   order; all-vs-all: a closed form per quality group). On clustered synthetic data this
@@ -28,9 +28,9 @@ comparison bootstrap's bounded engine.
 
 Conventions
 -----------
-Those of :mod:`exfiqa.metrics` (similarities, higher = more alike; qualities, higher = better;
+Those of :mod:`exfiqa.evaluation.metrics` (similarities, higher = more alike; qualities, higher = better;
 the ``fixed`` and ``recompute`` EDC conventions; ``scores``/``order`` objects as in
-:func:`exfiqa.metrics.edc_curves`). The bootstrap is deterministic for a given seed (and numpy
+:func:`exfiqa.evaluation.metrics.edc_curves`). The bootstrap is deterministic for a given seed (and numpy
 version). It covers FNM-EDCs with the ``at_most`` rule (either acceptance; ``closest`` raises: its
 threshold is not an order statistic with a closed-form resampling distribution). Percentile
 intervals: ``alpha / 2`` and ``1 - alpha / 2`` quantiles (``np.quantile``, linear) of the samples.
@@ -42,7 +42,7 @@ mated comparisons and the highest non-mated ones (the *candidates*, which hold e
 resample can need) are drawn one by one, so memory and time per resample do not grow with the
 number of non-mated comparisons (IJB-C, 15.6M comparisons, 2 cores: about 10-30 ms per resample
 and quality measure after a setup of about 1 s per measure; Adience all-vs-all works the same
-through :mod:`exfiqa.comparisons`).
+through :mod:`exfiqa.evaluation.pairs`).
 
 * ``fixed``: mated counts are drawn per comparison. The non-mated resample enters only through its
   threshold, the (k+1)-th largest resampled non-mated score, whose rank R is drawn from its exact
@@ -74,7 +74,7 @@ through :mod:`exfiqa.comparisons`).
   resample for three measures at IJB-C size on 2 cores, against tens of milliseconds here.)
 
 numpy and scipy.special (one step: the binomial tail of the order-statistic rank). The number of
-candidates is :mod:`exfiqa.metrics`' ``_MIN_CANDIDATES``, read at call time (one setting for the
+candidates is :mod:`exfiqa.evaluation.metrics`' ``_MIN_CANDIDATES``, read at call time (one setting for the
 EDC and the bootstrap).
 """
 
@@ -89,8 +89,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import metrics as _metrics
-from .metrics import (
+from exfiqa.evaluation import metrics as _metrics
+from exfiqa.evaluation.metrics import (
     RECOMPUTE_DISCARD_FRACTIONS,
     Acceptance,
     BestCurve,
@@ -115,7 +115,7 @@ from .metrics import (
     edc_curves,
     pauc,
 )
-from .subjects import AllPairsUnits, ExplicitUnits, draw_unit_weights
+from exfiqa.evaluation.subjects import AllPairsUnits, ExplicitUnits, draw_unit_weights
 
 __all__ = [
     "BootstrapResult",
@@ -504,7 +504,7 @@ def _run_bootstrap(
 
 def _units_of(comp: Any, subjects: Any) -> Any:
     """The units object for ``subjects``: an (N, 2) array of side units (explicit comparisons),
-    a per-sample array (an all-vs-all scores object) or a prepared :mod:`exfiqa.subjects` object."""
+    a per-sample array (an all-vs-all scores object) or a prepared :mod:`exfiqa.evaluation.subjects` object."""
     if hasattr(subjects, "plan") and hasattr(subjects, "n_units"):
         return subjects
     base = getattr(comp, "base", comp)
@@ -546,7 +546,7 @@ def _unit_boot(
     n_boot: int,
     seed: int,
 ) -> list[np.ndarray]:
-    """pAUC samples of every order under a resample of units (:mod:`exfiqa.subjects`).
+    """pAUC samples of every order under a resample of units (:mod:`exfiqa.evaluation.subjects`).
 
     One draw of unit counts per resample, shared by every order (paired). ``fixed``: the mated
     copies and the weighted non-mated order statistic; ``recompute``: each order's exact end
@@ -660,7 +660,7 @@ def bootstrap_samples(
     ``scores`` and each of ``orders`` as in :func:`edc_curves`. ``subjects``: the independent
     units (module docstring): an (N, 2) array of the unit of each comparison's two sides for an
     explicit comparison set, one unit per sample for an all-vs-all set, or an object of
-    :mod:`exfiqa.subjects`; units are then resampled. Without it comparisons are resampled
+    :mod:`exfiqa.evaluation.subjects`; units are then resampled. Without it comparisons are resampled
     (stratified), which ignores that comparisons share people and understates the spread.
     The samples of an order do not depend on which other orders are evaluated with it, so
     ``samples[i] - samples[j]`` is :func:`paired_bootstrap` of orders i and j. FNM-EDC with the

@@ -6,7 +6,7 @@ Comparisons are not independent: on IJB-C every template enters about 1,350 comp
 Adience all-vs-all every image about 19,000, and a hard-to-match or look-alike subject moves
 all of its comparisons together. A bootstrap that resamples comparisons therefore understates
 the sampling spread of a pAUC (about half, on clustered synthetic data: ``bench/bench_coverage.py``).
-The independent unit is the subject wherever a benchmark knows it; :func:`exfiqa.bootstrap` takes
+The independent unit is the subject wherever a benchmark knows it; :func:`exfiqa.evaluation.bootstrap` takes
 ``subjects``, the unit ids of each comparison's two sides, and resamples units.
 
 What a unit resample means
@@ -29,7 +29,7 @@ a comparison tie in quality and stay together at its place in the stable quality
 the comparison bootstrap). With every comparison its own unit (``subjects[c] = (c, c)``, the
 ``.bin`` benchmarks' pairs) this is the plain, unstratified resampling of comparisons.
 
-Which unit, per benchmark (:func:`exfiqa.pipeline.Study.subjects`): the identity where the
+Which unit, per benchmark (:func:`exfiqa.study.Study.subjects`): the identity where the
 benchmark names it (XQLFW, Adience, the demo world); for IJB-C, whose meta files name templates,
 the connected components of the mated comparisons (:func:`mated_components`: templates joined by
 a mated pair show one subject); for the ``.bin`` sets (LFW, CFP-FP, AgeDB-30, CALFW, CPLFW), the
@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import _level_starts
+from exfiqa.evaluation.metrics import _level_starts
 
 __all__ = [
     "AllPairsUnits",
@@ -156,10 +156,10 @@ class _ExplicitPlan:
 
 
 class AllPairsUnits:
-    """Units of an implicit all-vs-all set (:class:`exfiqa.comparisons.AllPairs`): one unit per sample.
+    """Units of an implicit all-vs-all set (:class:`exfiqa.evaluation.pairs.AllPairs`): one unit per sample.
 
     References are ``(K, 2)`` arrays of sample indices ``(i, j)``, as for
-    :class:`exfiqa.comparisons.AllPairsScores`.
+    :class:`exfiqa.evaluation.pairs.AllPairsScores`.
     """
 
     kind = "all_pairs"
@@ -195,7 +195,7 @@ class AllPairsUnits:
 
 
 class _AllPairsPlan:
-    """One quality order of an all-vs-all set (:class:`exfiqa.comparisons.AllPairsOrder`).
+    """One quality order of an all-vs-all set (:class:`exfiqa.evaluation.pairs.AllPairsOrder`).
 
     The pairs whose minimum has dense rank r form group r (contiguous in the stable order, in
     row-major order inside). A group's weight in a resample has a closed form from per-rank
@@ -293,8 +293,8 @@ class _AllPairsPlan:
 
 
 def comparison_units(comparison_set: Any, side_units: Any) -> ExplicitUnits | AllPairsUnits:
-    """The units object of a :mod:`exfiqa.comparisons` set from the unit of each side (sample or template)."""
-    from .comparisons import AllPairs
+    """The units object of a :mod:`exfiqa.evaluation.pairs` set from the unit of each side (sample or template)."""
+    from exfiqa.evaluation.pairs import AllPairs
 
     side = np.asarray(side_units)
     if isinstance(comparison_set, AllPairs):

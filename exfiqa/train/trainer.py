@@ -2,10 +2,10 @@
 
 Conventions:
 - Images enter as **uint8 RGB** ``(N, H, W, 3)``; each model's own preprocessing turns a batch into
-  its input tensor on the fly: FR models use their :class:`exfiqa.fr.Preprocess` (ArcFace,
+  its input tensor on the fly: FR models use their :class:`exfiqa.models.fr.Preprocess` (ArcFace,
   ElasticFace, CurricularFace: RGB ``(x/255 - 0.5)/0.5``; MagFace: **BGR in [0, 1]**); ViT-FIQA
   uses RGB ``(x/255 - 0.5)/0.5`` (:data:`VITFIQA_PREPROCESS`, equal to
-  :func:`exfiqa.images.to_tensor`). Augmentation: random horizontal flip with p = 0.5.
+  :func:`exfiqa.readers.images.to_tensor`). Augmentation: random horizontal flip with p = 0.5.
 - Margin losses hold the class centres ``W`` (C, D) as a parameter. ``cos_j = <e/|e|, W_j/|W_j|>``
   (no margin) is what :meth:`MarginLoss.cosine` returns; :meth:`MarginLoss.logits` applies the
   margin to the target class (CurricularFace also re-weights hard non-target classes) and the
@@ -15,7 +15,7 @@ Conventions:
   Higher CR = more certain = better quality.
 - ViT-FIQA loss: ``CosFace(m=0.4, s=64)(embedding) + 10 * SmoothL1(beta=0.5)(score, CR)`` with CR
   from the CosFace head's centres; AdamW lr 1e-3, wd 0.05; token masking 0.1 in training only;
-  drop path comes from the model's :class:`~exfiqa.model.ViTFIQAConfig`.
+  drop path comes from the model's :class:`~exfiqa.models.vitfiqa.ViTFIQAConfig`.
 - Determinism: :func:`train_fr` / :func:`train_vitfiqa` seed torch with ``seed + rank`` and draw
   the batch order from ``DistributedSampler(seed=seed)``, so the same seed, data, model init and
   thread count give identical weights on the CPU (CUDA kernels may add non-determinism).
@@ -51,10 +51,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
-from .fr import FR_MODELS, Preprocess, build_fr, save_fr
-from .images import IMAGE_EXTENSIONS, read_face
-from .io import atomic_write
-from .model import ViTFIQA, ViTFIQAConfig, build_vitfiqa, save_vitfiqa
+from exfiqa.io import atomic_write
+from exfiqa.models.fr import FR_MODELS, Preprocess, build_fr, save_fr
+from exfiqa.models.vitfiqa import ViTFIQA, ViTFIQAConfig, build_vitfiqa, save_vitfiqa
+from exfiqa.readers.images import IMAGE_EXTENSIONS, read_face
 
 __all__ = [
     "LOSS_NAMES",
@@ -521,7 +521,7 @@ class FaceFolder(Dataset):
     """Image-folder training set ``root/<identity>/<image>``, decoded lazily (as RGB uint8).
 
     One class per identity folder holding at least one image (extensions of
-    :data:`exfiqa.images.IMAGE_EXTENSIONS`), labels ``0..C-1`` in sorted folder-name order (as
+    :data:`exfiqa.readers.images.IMAGE_EXTENSIONS`), labels ``0..C-1`` in sorted folder-name order (as
     torchvision's ``ImageFolder``). Images that are not ``image_size`` square are resized with a
     warning (alignment is the caller's job). MS1MV2's MXNet ``.rec`` is not read: unpack it into
     this layout first. Paths are held in one bytes array (no per-path Python objects), so
@@ -996,8 +996,8 @@ def train_fr(
             ``embedding_size`` attribute unless ``head`` is given (fr.py's backbones do).
         loss_name: one of :data:`LOSS_NAMES` (ignored when ``head`` is given).
         dataset: :class:`FaceArrays`, :class:`FaceFolder` or ``(images uint8 RGB, labels)``.
-        preprocess: the FR model's own input convention: a :class:`~exfiqa.fr.Preprocess`, a name
-            of :data:`exfiqa.fr.FR_MODELS` (``"magface"`` = BGR in [0, 1]) or a callable
+        preprocess: the FR model's own input convention: a :class:`~exfiqa.models.fr.Preprocess`, a name
+            of :data:`exfiqa.models.fr.FR_MODELS` (``"magface"`` = BGR in [0, 1]) or a callable
             ``(uint8 RGB (B, H, W, 3) numpy, device) -> float (B, 3, H, W)``.
         batch_size: images per step and process.
         seed: seeds the head's init, batch order, flips and elastic margins.
@@ -1108,7 +1108,7 @@ One process on CPU or one GPU:   python -m exfiqa.train vitfiqa --data DIR --out
 Several GPUs (DDP, NCCL):        torchrun --nproc_per_node=8 -m exfiqa.train vitfiqa --data DIR ...
 --batch-size is per process. The margin head's class centres are replicated on every GPU
 (no model-parallel partial FC). Only rank 0 writes the checkpoint (released format: loadable
-with exfiqa.model.load_vitfiqa / exfiqa.fr.load_fr) and OUT's .history.json log.
+with exfiqa.models.vitfiqa.load_vitfiqa / exfiqa.models.fr.load_fr) and OUT's .history.json log.
 """
 
 
@@ -1229,7 +1229,7 @@ def _init_distributed(device_arg: str) -> torch.device:
     """Join the process group when ``WORLD_SIZE`` > 1 (torchrun); return this process's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        from .inference import resolve_device
+        from exfiqa.models.inference import resolve_device
 
         return resolve_device(device_arg)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -1381,7 +1381,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,7 +14,7 @@ Vocabulary and conventions (every function in this module)
   ``nonmated_scores, mated_scores`` (negatives, positives; :func:`error_rates`,
   :func:`fnmr_at_fmr`, :func:`fmr_at_fnmr`, :func:`roc`, :func:`eer`). Functions of one labelled
   comparison set take ``similarity, mated, quality`` (curves, frames, accuracy, and those of
-  :mod:`exfiqa.bootstrap`), with ``mated`` always the boolean (or 0/1) labels, True for mated
+  :mod:`exfiqa.evaluation.bootstrap`), with ``mated`` always the boolean (or 0/1) labels, True for mated
   comparisons; frames take a mapping ``qualities`` in the place of ``quality``. Every convention
   argument defaults to ``recompute``, as the paper and the configs.
 * **Quality**: higher = better. Pair quality = min of the two sample qualities
@@ -158,7 +158,7 @@ is resolved when every point its area reads is (:func:`pauc_resolved`); tidy fra
 the boolean column ``resolved`` (:func:`pauc_rows`, :func:`edc_rows`). The value is still computed
 and written: the flag says it cannot separate the targets below that count.
 
-Bootstrap intervals of these pAUCs (single and paired) live in :mod:`exfiqa.bootstrap`.
+Bootstrap intervals of these pAUCs (single and paired) live in :mod:`exfiqa.evaluation.bootstrap`.
 """
 
 from __future__ import annotations
@@ -491,7 +491,7 @@ def pair_quality(
     The package's convention (the paper, Schlett et al.): a comparison's quality is the
     **minimum** of its two sides' qualities (samples, or IJB-C templates: :func:`template_quality`),
     higher = better. Every pair quality exfiqa materialises is computed here
-    (:mod:`exfiqa.comparisons`, :class:`exfiqa.pipeline.Study`).
+    (:mod:`exfiqa.evaluation.pairs`, :class:`exfiqa.study.Study`).
 
     Args:
         q_a: Quality of the first side of each comparison: (N,), or (N, K) for K measures.
@@ -1338,7 +1338,7 @@ def edc_curves(
     """EDCs from prepared comparison scores and a prepared quality order (bounded evaluation).
 
     The engine behind :func:`edc_many`, for comparison sets that are not held as arrays
-    (:mod:`exfiqa.comparisons`: template pair lists, implicit all-vs-all). ``scores`` provides
+    (:mod:`exfiqa.evaluation.pairs`: template pair lists, implicit all-vs-all). ``scores`` provides
     ``n``, ``n_m``, ``n_nm``, ``sim_m`` (mated similarities in comparison order), ``mated_refs``
     and ``top_nonmated(m)`` (at least ``min(m, n_nm)`` highest non-mated similarities, descending,
     ties in comparison order, with their references; every other non-mated similarity strictly

@@ -16,7 +16,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from .io import atomic_path
+from exfiqa.io import atomic_path
 
 __all__ = [
     "FUSION_COLOURS",
@@ -87,7 +87,7 @@ def edc_grid(
     """The poster's EDC grid: rows = datasets, columns = FMR targets, one line per method.
 
     ``edc`` is tidy: columns ``method, dataset, fmr, discard_fraction, fnmr`` (one FR model). With
-    a ``resolved`` column (:func:`exfiqa.metrics.edc_rows`), points whose FMR target is not
+    a ``resolved`` column (:func:`exfiqa.evaluation.metrics.edc_rows`), points whose FMR target is not
     resolvable get hollow markers and their panel title a dagger (explained under the figure).
     """
     set_style()
@@ -175,12 +175,12 @@ def attention_figure(
     weight 1/g^2 (0 .. the largest value of any panel), so a flat map looks flat;
     ``scale="per-panel"``: each panel min-max scaled on its own (as on the poster), which shows
     *where* attention goes but amplifies noise in near-uniform maps. Either way a low-contrast panel
-    (normalised entropy >= :data:`exfiqa.analysis.LOW_CONTRAST_ENTROPY`) is greyed out and labelled "flat".
+    (normalised entropy >= :data:`exfiqa.report.analysis.LOW_CONTRAST_ENTROPY`) is greyed out and labelled "flat".
     """
     import torch
     import torch.nn.functional as F
 
-    from .analysis import LOW_CONTRAST_ENTROPY
+    from exfiqa.report.analysis import LOW_CONTRAST_ENTROPY
 
     if scale not in ("shared", "per-panel"):
         raise ValueError(f"parameter scale must be 'shared' or 'per-panel', got {scale!r}")
@@ -228,7 +228,7 @@ def pauc_vs_gflops(frame: pd.DataFrame, fused: pd.DataFrame | None = None, title
 
     ``frame``: columns ``dataset, gflops, pauc`` (one row per dataset and exit). ``fused``: the
     same columns for the fused score (drawn as a star at its cost). With a ``resolved`` column,
-    unresolved pAUCs (:func:`exfiqa.metrics.pauc_resolved`) are drawn hollow and noted in the legend.
+    unresolved pAUCs (:func:`exfiqa.evaluation.metrics.pauc_resolved`) are drawn hollow and noted in the legend.
     """
     set_style()
     fig, ax = plt.subplots(figsize=(4.6, 3.2))
@@ -263,7 +263,7 @@ def forest(boot: pd.DataFrame, reference: str = "last exit") -> Figure:
     """Forest plot of paired-bootstrap differences: one row per (quality model, method, dataset).
 
     ``boot``: columns ``quality_model, method, dataset, delta_pauc, ci_low, ci_high`` (as from
-    :func:`exfiqa.analysis.fusion_bootstrap`); a point left of 0 means the method is better.
+    :func:`exfiqa.report.analysis.fusion_bootstrap`); a point left of 0 means the method is better.
     """
     set_style()
     fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(boot) + 1))
@@ -284,7 +284,7 @@ def forest(boot: pd.DataFrame, reference: str = "last exit") -> Figure:
 def attention_entropy_spread(stats: pd.DataFrame) -> Figure:
     """Attention entropy and spatial spread per exit (mean and std), one line per quality model.
 
-    ``stats``: :func:`exfiqa.analysis.attention_statistics` rows with a ``quality_model`` column.
+    ``stats``: :func:`exfiqa.report.analysis.attention_statistics` rows with a ``quality_model`` column.
     """
     set_style()
     fig, axes = plt.subplots(1, 2, figsize=(7, 2.6))

@@ -5,7 +5,7 @@ are converted to RGB; other sizes are resized bilinearly with a warning, because
 caller's job). :func:`to_tensor` turns a uint8 NHWC batch into the float NCHW tensor ViT-FIQA
 expects: ``(x/255 - 0.5) / 0.5``, channels RGB.
 
-Decoding (:func:`decode_rgb8`, shared by :func:`read_face` and ``exfiqa.datasets.decode_image``):
+Decoding (:func:`decode_rgb8`, shared by :func:`read_face` and ``exfiqa.readers.benchmarks.decode_image``):
 
 - **Size limit, checked before decoding.** An image of more than :data:`MAX_IMAGE_PIXELS`
   (8192 x 8192 = 67,108,864) pixels is refused from its header alone, before any pixel is
@@ -152,7 +152,7 @@ def decode_rgb8(
         if w * h > limit:
             raise ValueError(
                 f"{w}x{h} = {w * h:,} pixels exceeds the {limit:,}-pixel limit for a face image "
-                f"(exfiqa.images.MAX_IMAGE_PIXELS; possible decompression bomb); not decoded"
+                f"(exfiqa.readers.images.MAX_IMAGE_PIXELS; possible decompression bomb); not decoded"
             )
         if size is not None and (w, h) != tuple(size):
             raise ValueError(f"{w}x{h} image, expected {size[0]}x{size[1]}; not decoded")
@@ -161,7 +161,7 @@ def decode_rgb8(
             if scans > MAX_JPEG_SCANS:
                 raise ValueError(
                     f"JPEG with {scans} scans, more than the {MAX_JPEG_SCANS} an encoder writes "
-                    f"(exfiqa.images.MAX_JPEG_SCANS; each scan is a pass over the image); "
+                    f"(exfiqa.readers.images.MAX_JPEG_SCANS; each scan is a pass over the image); "
                     f"not decoded"
                 )
         im.load()

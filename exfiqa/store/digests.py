@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .datasets import Benchmark
+    from exfiqa.config import Config
+    from exfiqa.readers.benchmarks import Benchmark
 
 __all__ = ["INDEX_NAME", "RACY_SECONDS", "DigestIndex", "hash_file", "input_digests", "input_files"]
 
@@ -301,12 +301,12 @@ def input_files(cfg: Config, benchmarks: Mapping[str, Benchmark] | None = None) 
     file of every benchmark (each image of a folder benchmark, the ``.bin`` files, pairs and
     ``meta/`` files), including a benchmark an attention sample is taken from; the external
     methods' CSVs; the attention-figure images given as paths; and the per-sample arrays (``.npy``
-    and manifest) an external producer placed in the run's layout (see :mod:`exfiqa.arrays`).
+    and manifest) an external producer placed in the run's layout (see :mod:`exfiqa.store.arrays`).
     ``benchmarks``: already opened benchmarks by dataset name (e.g. a Study's), not read again.
     """
-    from .arrays import external_array_files
-    from .config import _BASELINE_FR
-    from .datasets import load_benchmark
+    from exfiqa.config import _BASELINE_FR
+    from exfiqa.readers.benchmarks import load_benchmark
+    from exfiqa.store.arrays import external_array_files
 
     cfg.check_paths()
     opened = dict(benchmarks or {})
@@ -331,9 +331,9 @@ def input_digests(
     """``{absolute path: SHA-256}`` of every file a run of ``cfg`` reads (:func:`input_files`).
 
     Uses the run's persistent index (``<cache_dir>/digests.sqlite``, shared with
-    :class:`exfiqa.pipeline.Study`), so a second call on an unchanged tree only ``stat`` s the
+    :class:`exfiqa.study.Study`), so a second call on an unchanged tree only ``stat`` s the
     files. ``benchmarks``: already opened benchmarks by dataset name, not read again;
-    ``progress``: the hashing bar. (The run card cites less: :func:`exfiqa.runcard.evaluation_inputs`.)
+    ``progress``: the hashing bar. (The run card cites less: :func:`exfiqa.report.runcard.evaluation_inputs`.)
     """
     files = input_files(cfg, benchmarks)
     index = DigestIndex(Path(cfg.cache_dir) / INDEX_NAME, progress=progress)

@@ -1,7 +1,7 @@
 """Extraction: every per-sample array of a run from one read of each image.
 
 ``exfiqa extract --config C`` (``python -m exfiqa.extract``, and ``make paper`` runs it first)
-computes, for each dataset of the config, the arrays of :mod:`exfiqa.arrays` that are missing or
+computes, for each dataset of the config, the arrays of :mod:`exfiqa.store.arrays` that are missing or
 stale: the exit scores of each ViT-FIQA model, the flip-concatenated embeddings of each FR
 model and the built-in baselines. The notebooks then only read them.
 
@@ -18,10 +18,10 @@ How:
   values, do not depend on which shards ran before, or on which process ran them. Each finished
   shard is one ``.npy`` per array, written under a temporary name and renamed, in
   ``<arrays_dir>/<dataset>/.shards/<kind>-<name>-<key>/<start>-<stop>.npy``, where ``<key>``
-  digests the array's inputs and code version (:meth:`exfiqa.pipeline.Study.array_inputs`,
-  :func:`exfiqa.arrays.code_version`). A run killed at any moment resumes from its finished
+  digests the array's inputs and code version (:meth:`exfiqa.study.Study.array_inputs`,
+  :func:`exfiqa.store.arrays.code_version`). A run killed at any moment resumes from its finished
   shards and ends with the same bytes as an uninterrupted run on the same device. When every
-  shard of an array exists they are merged into the layout (:meth:`exfiqa.arrays.ArrayStore.write`)
+  shard of an array exists they are merged into the layout (:meth:`exfiqa.store.arrays.ArrayStore.write`)
   and the shard folder is removed.
 - **One at a time.** Rank 0 holds ``<arrays_dir>/<dataset>/.extract.lock`` (:func:`exfiqa.locks.run_lock`)
   from planning to the merge: a second extraction of the same dataset waits, naming the pid and
@@ -65,9 +65,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from .arrays import _jsonable, code_version, modules_version, wanted_arrays
-from .config import _BASELINE_FR, Config, ConfigError, load_config
-from .locks import (
+from exfiqa.config import _BASELINE_FR, Config, ConfigError, load_config
+from exfiqa.locks import (
     create_owned,
     discard_owned,
     no_space_message,
@@ -75,10 +74,11 @@ from .locks import (
     reserve,
     run_lock,
 )
+from exfiqa.store.arrays import _jsonable, code_version, modules_version, wanted_arrays
 
 if TYPE_CHECKING:
-    from .datasets import Benchmark
-    from .pipeline import Study
+    from exfiqa.readers.benchmarks import Benchmark
+    from exfiqa.study import Study
 
 __all__ = [
     "SHARDS",
@@ -102,7 +102,7 @@ _log = logging.getLogger(__name__)
 SHARDS = ".shards"
 LOCK = ".extract.lock"  # in <arrays_dir>/<dataset>/: held by the extraction of that dataset
 CROPS = "crops"
-CROP_MODULES = ("exfiqa.datasets", "exfiqa.images")  # the code that decodes and aligns
+CROP_MODULES = ("exfiqa.readers.benchmarks", "exfiqa.readers.images")  # the code that decodes and aligns
 DIST_TIMEOUT = datetime.timedelta(hours=12)  # ranks wait at the merge barrier for the slowest one
 
 
@@ -163,7 +163,7 @@ def plan(study: Study, dataset: str) -> tuple[list[Job], list[str]]:
     """The arrays of ``dataset`` to compute (missing or stale) and those to reuse.
 
     External arrays are reused as they are (or refused with an error, see
-    :meth:`exfiqa.arrays.ArrayStore.load`); a stale exfiqa array is logged with its reason.
+    :meth:`exfiqa.store.arrays.ArrayStore.load`); a stale exfiqa array is logged with its reason.
     """
     bench = study.benchmark(dataset)
     jobs, reused = [], []
@@ -186,7 +186,7 @@ def plan(study: Study, dataset: str) -> tuple[list[Job], list[str]]:
 class ImageSet(torch.utils.data.Dataset):
     """Sample i of a benchmark as ``(i, uint8 (112, 112, 3) tensor, sharpness, decoded)``.
 
-    ``sharpness`` is :func:`exfiqa.baselines.sharpness` of the image when asked for (NaN
+    ``sharpness`` is :func:`exfiqa.models.baselines.sharpness` of the image when asked for (NaN
     otherwise), computed here, in the worker; ``decoded`` is False when the crop came from the
     crop cache. Pickled (spawn start method) without the benchmark, which each worker reopens.
     """
@@ -220,7 +220,7 @@ class ImageSet(torch.utils.data.Dataset):
         return self._bench().image(i), True
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, float, bool]:
-        from .baselines import sharpness
+        from exfiqa.models.baselines import sharpness
 
         img, decoded = self.image(int(i))
         sharp = float(sharpness(img[None])[0]) if self.want_sharpness else float("nan")
@@ -255,7 +255,7 @@ def loader(images: ImageSet, batches: list[list[int]], workers: int, pin: bool) 
 
 
 def vit_input(x: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC RGB -> float32 NCHW ``(x/255 - 0.5)/0.5`` on x's device (as :func:`exfiqa.images.to_tensor`)."""
+    """uint8 NHWC RGB -> float32 NCHW ``(x/255 - 0.5)/0.5`` on x's device (as :func:`exfiqa.readers.images.to_tensor`)."""
     return (x.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
 
 
@@ -270,7 +270,7 @@ class _Head:
 
 class _Exits(_Head):
     """One ViT-FIQA model: every exit's score and, from the same pass, ATTN-FIQA at every block
-    and ViTNT-FIQA over all blocks (:meth:`exfiqa.model.ViTFIQA.forward_exits` with ``family``)."""
+    and ViTNT-FIQA over all blocks (:meth:`exfiqa.models.vitfiqa.ViTFIQA.forward_exits` with ``family``)."""
 
     def __init__(self, model: Any, exits: str | None, attn: str | None, vitnt: str | None) -> None:
         self.model, self.exits, self.attn, self.vitnt = model, exits, attn, vitnt
@@ -308,7 +308,7 @@ class _FR(_Head):
             if self.magface in want:
                 out[self.magface] = norm[:n].cpu().numpy()
         if self.serfiq in want:
-            from .baselines import serfiq_features
+            from exfiqa.models.baselines import serfiq_features
 
             bb = self.model.backbone
             feats = bb.forward_features(self.model.preprocess.tensor(x, memory_format=torch.channels_last))
@@ -533,7 +533,7 @@ def _run_shards(study: Study, dataset: str, jobs: Sequence[Job], rank: int, worl
 def reopen_benchmark(cfg: Config, dataset: str) -> Benchmark:
     """``dataset`` of ``cfg`` opened anew (what a spawned decoding worker does): the config's
     ``plugins`` are imported first, so a registered reader's kind is known there too."""
-    from .datasets import load_benchmark
+    from exfiqa.readers.benchmarks import load_benchmark
 
     for module in cfg.plugins:
         importlib.import_module(module)
@@ -622,7 +622,7 @@ def extract(cfg: Config, datasets: Sequence[str] | None = None, progress: bool =
     In a ``torch.distributed`` process group (``torchrun``) every rank calls this; rank 0 plans,
     logs and merges. Returns one report per dataset (rank 0's view; other ranks report their part).
     """
-    from .pipeline import Study
+    from exfiqa.study import Study
 
     dist = torch.distributed
     on = dist.is_available() and dist.is_initialized()
@@ -672,10 +672,10 @@ def _raw_keys(path: str) -> set[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the parsed command line, as one process or as one ``torchrun`` rank (exit code)."""
-    from .arrays import ArrayError
-    from .datasets import DatasetFormatError
-    from .images import ImageReadError
-    from .io import CheckpointError
+    from exfiqa.io import CheckpointError
+    from exfiqa.readers.benchmarks import DatasetFormatError
+    from exfiqa.readers.images import ImageReadError
+    from exfiqa.store.arrays import ArrayError
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -688,7 +688,7 @@ def run(args: argparse.Namespace) -> int:
         if args.workers is None and "workers" not in _raw_keys(args.config) and local_world > 1:
             cfg = cfg.with_(workers=max(1, cfg.workers // local_world))  # the node's cores, shared by its ranks
         if cfg.demo and rank == 0:
-            from .demo import ensure_demo
+            from exfiqa.demo import ensure_demo
 
             ensure_demo(cfg.data_root, cfg.demo, log=print)
         if world > 1:
@@ -713,7 +713,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"exfiqa extract: {message}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -4,7 +4,7 @@ Every pAUC table carries its convention, discard limit, FMR and scale so that a 
 be read under the wrong protocol: the CSV as columns (``convention, limit, fmr, scale``), the
 LaTeX file in its caption (constant protocol columns are dropped from the LaTeX body).
 
-Unresolved FMR targets (:func:`exfiqa.metrics.resolvable`): a tidy table flags them in a boolean
+Unresolved FMR targets (:func:`exfiqa.evaluation.metrics.resolvable`): a tidy table flags them in a boolean
 ``resolved`` column, a wide one (datasets as columns) in ``resolved`` (every cell of the row) and
 ``unresolved_in`` (the columns whose cell is not, ``"; "``-separated; :func:`flag_unresolved`). The
 LaTeX file marks those cells with a dagger and explains it in a footnote to the caption
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .io import atomic_write
+from exfiqa.io import atomic_write
 
 __all__ = [
     "PROTOCOL_COLUMNS", "UNRESOLVED_NOTE", "flag_unresolved", "latex_escape", "latex_unescape", "pauc_per_exit", "protocol", "protocol_note", "save_table",
@@ -62,7 +62,7 @@ def protocol(
 def _note(proto: Mapping[str, Any]) -> str:
     text = protocol_note(proto["convention"], proto["limit"], proto.get("fmr"), proto.get("scale", 1.0))
     if "threshold_rule" in proto or "acceptance" in proto:
-        from .metrics import rule_note
+        from exfiqa.evaluation.metrics import rule_note
 
         text += "; " + rule_note(proto.get("threshold_rule", "at_most"), proto.get("acceptance", "similarity>="))
     return text + (f"; seed {proto['seed']}" if "seed" in proto else "")

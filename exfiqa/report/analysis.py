@@ -2,7 +2,7 @@
 exit-to-exit agreement, fusion comparisons, operating points and adaptive early exit.
 
 Every pAUC frame carries ``convention``, ``limit`` and ``scale`` columns (from
-:func:`exfiqa.metrics.pauc_frame`), so a written table can never be read under the wrong protocol.
+:func:`exfiqa.evaluation.metrics.pauc_frame`), so a written table can never be read under the wrong protocol.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
-from . import fusion
-from .bootstrap import bootstrap_samples
-from .config import ConfigError
-from .flops import exit_costs, fused_cost
-from .metrics import eer, fnmr_at_fmr, verification_accuracy
-from .model import ViTFIQA, ViTFIQAConfig
-from .pipeline import Study
+from exfiqa.config import ConfigError
+from exfiqa.evaluation import fusion
+from exfiqa.evaluation.bootstrap import bootstrap_samples
+from exfiqa.evaluation.metrics import eer, fnmr_at_fmr, verification_accuracy
+from exfiqa.models.flops import exit_costs, fused_cost
+from exfiqa.models.vitfiqa import ViTFIQA, ViTFIQAConfig
+from exfiqa.study import Study
 
 __all__ = [
     "AdaptiveResult",
@@ -59,7 +59,7 @@ def edc_all(study: Study, quality: str, fr: str, methods: Sequence[str] | None =
     """Tidy EDC points of every method on every configured dataset (one FR and quality model).
 
     Bounded: each method's order and each dataset's scores are computed once by the Study
-    (:meth:`exfiqa.pipeline.Study.edc_frame`) and reused by every FMR target.
+    (:meth:`exfiqa.study.Study.edc_frame`) and reused by every FMR target.
     """
     frames = [study.edc_frame(ds, fr, quality, _available(study, quality, ds, methods)) for ds in study.config.datasets]
     return pd.concat(frames, ignore_index=True)
@@ -68,7 +68,7 @@ def edc_all(study: Study, quality: str, fr: str, methods: Sequence[str] | None =
 def pauc_all(study: Study, methods: Sequence[str] | None = None, scale: float = 1.0) -> pd.DataFrame:
     """Tidy pAUC of every method x dataset x FR model x quality model x FMR target.
 
-    Bounded (:meth:`exfiqa.pipeline.Study.pauc_frame`): per dataset one scores object per FR
+    Bounded (:meth:`exfiqa.study.Study.pauc_frame`): per dataset one scores object per FR
     model and one order per method, each reused across the other loops.
     """
     cfg = study.config
@@ -85,13 +85,13 @@ def pauc_all(study: Study, methods: Sequence[str] | None = None, scale: float = 
 def unresolved(pauc: pd.DataFrame) -> pd.DataFrame:
     """The rows of a tidy pAUC table (:func:`pauc_all`) whose FMR target is not resolved
     (column ``resolved`` False: fewer than one expected false match at the threshold, for the whole
-    set or at a ``recompute`` level up to the limit; :func:`exfiqa.metrics.resolvable`).
+    set or at a ``recompute`` level up to the limit; :func:`exfiqa.evaluation.metrics.resolvable`).
 
     Findings should leave these cells out or say that they rest on them: filter with
     ``pauc[pauc["resolved"]]``.
     """
     if "resolved" not in pauc.columns:
-        raise ValueError("pauc: no 'resolved' column (a table from exfiqa.metrics.pauc_rows / analysis.pauc_all has one)")
+        raise ValueError("pauc: no 'resolved' column (a table from exfiqa.evaluation.metrics.pauc_rows / analysis.pauc_all has one)")
     return pauc[~pauc["resolved"].astype(bool)].reset_index(drop=True)
 
 
@@ -130,13 +130,13 @@ def fusion_wins(pauc: pd.DataFrame, challenger: str, reference: str) -> pd.DataF
 
 BOOTSTRAP_UNITS = ("subject", "comparison")
 """What a bootstrap resamples: the independent units of each benchmark (``subject``, the
-default: :meth:`exfiqa.pipeline.Study.subjects`) or comparisons as if independent."""
+default: :meth:`exfiqa.study.Study.subjects`) or comparisons as if independent."""
 
 
 def bootstrap_units(study: Study, dataset: str, unit: str) -> tuple[Any, str, int]:
     """``(subjects argument, unit name, number of units)`` of a bootstrap on ``dataset``.
 
-    ``unit="subject"``: the dataset's units (:meth:`exfiqa.pipeline.Study.subjects`);
+    ``unit="subject"``: the dataset's units (:meth:`exfiqa.study.Study.subjects`);
     ``"comparison"``: None (comparisons resampled, stratified) and the comparison count.
     """
     if unit == "subject":
@@ -150,12 +150,12 @@ def unit_summary(study: Study) -> pd.DataFrame:
     """What a subject bootstrap resamples on each dataset: the unit, how many, how many
     comparisons each enters on average, and, where the unit is the pair (the ``.bin`` sets), how
     often their images repeat across pairs (by the SHA-256 of the encoded image bytes;
-    :func:`exfiqa.subjects.repeated_images`): repeated images tie pairs together that the pair
+    :func:`exfiqa.evaluation.subjects.repeated_images`): repeated images tie pairs together that the pair
     bootstrap treats as independent."""
     import hashlib
 
-    from .datasets import _load_bin
-    from .subjects import repeated_images
+    from exfiqa.evaluation.subjects import repeated_images
+    from exfiqa.readers.benchmarks import _load_bin
 
     rows = []
     for ds, spec in study.config.datasets.items():
@@ -188,11 +188,11 @@ def paired_vs_reference(
     """Paired bootstrap of pAUC(method) - pAUC(reference) per dataset, with 95% intervals.
 
     All methods and the reference are evaluated on the same resamples in one pass
-    (:func:`exfiqa.bootstrap.bootstrap_samples`; each difference equals
-    :func:`exfiqa.bootstrap.paired_bootstrap` of the pair), from the Study's scores and orders,
+    (:func:`exfiqa.evaluation.bootstrap.bootstrap_samples`; each difference equals
+    :func:`exfiqa.evaluation.bootstrap.paired_bootstrap` of the pair), from the Study's scores and orders,
     bounded at IJB-C and all-vs-all sizes. ``unit``: what is resampled (:data:`BOOTSTRAP_UNITS`);
     the rows say it (``unit``, ``n_units``, ``n_boot``).
-    ``resolved``: both pAUCs have a resolvable FMR target (:meth:`exfiqa.pipeline.Study.resolved`).
+    ``resolved``: both pAUCs have a resolvable FMR target (:meth:`exfiqa.study.Study.resolved`).
     """
     cfg = study.config
     rows = []
@@ -347,7 +347,7 @@ def adaptive_exit(
 
 def adaptive_cost_curve(model_cfg: ViTFIQAConfig, depth: int) -> list[float]:
     """GFLOPs of running exits 1..l with the heads evaluated at each of them (for adaptive exit)."""
-    from .flops import block_flops, head_flops, patch_embed_flops
+    from exfiqa.models.flops import block_flops, head_flops, patch_embed_flops
 
     return [(patch_embed_flops(model_cfg) + k * (block_flops(model_cfg) + head_flops(model_cfg))) / 1e9 for k in range(1, depth + 1)]
 
@@ -358,8 +358,8 @@ def attention_maps(model: ViTFIQA, images: np.ndarray, batch_size: int = 64, dev
     (T): the quality token's attention row over the patches; (C): the mean attention each patch
     receives (there is no quality token). Rows are renormalised over the patches.
     """
-    from .images import to_tensor
-    from .model import attention_grid, capture_attention
+    from exfiqa.models.vitfiqa import attention_grid, capture_attention
+    from exfiqa.readers.images import to_tensor
 
     g = model.config.grid_size
     out = []
@@ -453,9 +453,9 @@ def fr_sanity(study: Study) -> pd.DataFrame:
 
     A check that the FR models and readers behave before any quality analysis is read. Uses the
     Study's scores (float32 similarities); an all-vs-all set is evaluated without materialising
-    its similarities (:func:`exfiqa.comparisons.all_pairs_sanity`, exact).
+    its similarities (:func:`exfiqa.evaluation.pairs.all_pairs_sanity`, exact).
     """
-    from .comparisons import AllPairs, all_pairs_sanity
+    from exfiqa.evaluation.pairs import AllPairs, all_pairs_sanity
 
     cfg = study.config
     rows = []
@@ -500,7 +500,7 @@ def headline(cfg, fmr: float | None = None) -> Headline:
     the run's first. FMR: ``fmr`` if given (a notebook parameter), else ``headline.fmr``, else
     1e-3 if it is a target, else the first target. It must be one of ``fmr_targets``.
     """
-    from .config import ConfigError
+    from exfiqa.config import ConfigError
 
     h = cfg.headline
     ds = h["dataset"] if h.get("dataset") in cfg.datasets else next(iter(cfg.datasets))
@@ -524,7 +524,7 @@ def headline(cfg, fmr: float | None = None) -> Headline:
 
 def fmr_target(cfg, value: float | None, name: str, default: str = "smallest") -> float:
     """A notebook's FMR parameter: ``value`` if given (must be a target), else the smallest target."""
-    from .config import ConfigError
+    from exfiqa.config import ConfigError
 
     if value is None:
         return float(min(cfg.fmr_targets) if default == "smallest" else max(cfg.fmr_targets))
@@ -536,8 +536,8 @@ def fmr_target(cfg, value: float | None, name: str, default: str = "smallest") -
 
 
 def table_protocol(cfg, fmr: float | None = None, seed: bool = False) -> dict:
-    """The protocol columns of a table of this run (:func:`exfiqa.tables.protocol`)."""
-    from .tables import protocol
+    """The protocol columns of a table of this run (:func:`exfiqa.report.tables.protocol`)."""
+    from exfiqa.report.tables import protocol
 
     out = protocol(cfg.convention, cfg.discard_limit, fmr, cfg.pauc_scale, cfg.seed if seed else None)
     for key, default in (("threshold_rule", "at_most"), ("acceptance", "similarity>=")):
@@ -590,8 +590,8 @@ def fusion_vs_exits(head: pd.DataFrame, depths: dict[str, int]) -> pd.DataFrame:
     """Per quality model, FR model and dataset (``head``: pAUC rows at one FMR): the last exit,
     the best single exit (chosen with hindsight; every tied exit named, :func:`best_text`),
     EX-FIQA-F and EX-FIQA-FW; with a ``resolved`` column in ``head``, the flags of
-    :func:`exfiqa.tables.flag_unresolved` follow."""
-    from .tables import flag_unresolved
+    :func:`exfiqa.report.tables.flag_unresolved` follow."""
+    from exfiqa.report.tables import flag_unresolved
 
     rows, flags = [], []
     for (q, fr, ds), part in head.groupby(["quality_model", "fr_model", "dataset"], sort=False):
@@ -652,7 +652,7 @@ class StrategyResult:
 
 
 def strategy_table(study: Study, fr: str, fmr: float, learn_on: str, n_candidates: int = 200) -> StrategyResult:
-    """pAUC of the last exit, every :func:`exfiqa.fusion.strategies` entry and weights learned on
+    """pAUC of the last exit, every :func:`exfiqa.evaluation.fusion.strategies` entry and weights learned on
     ``learn_on`` (:func:`search_fusion_weights`), on each dataset, for FR model ``fr``."""
     cfg = study.config
     rows, learned = [], {}
@@ -675,8 +675,8 @@ def strategy_table(study: Study, fr: str, fmr: float, learn_on: str, n_candidate
 
 def _wide_with_mean(tidy: pd.DataFrame, rows: str) -> pd.DataFrame:
     """``pauc`` by (quality model, ``rows``) x dataset plus the datasets' mean, with the flags of
-    :func:`exfiqa.tables.flag_unresolved` (the mean is unresolved where any of its cells is)."""
-    from .tables import flag_unresolved
+    :func:`exfiqa.report.tables.flag_unresolved` (the mean is unresolved where any of its cells is)."""
+    from exfiqa.report.tables import flag_unresolved
 
     keys = ["quality_model", rows]
     wide = tidy.pivot_table(index=keys, columns="dataset", values="pauc", sort=False)
@@ -702,7 +702,7 @@ def mated_similarity_label(study: Study, dataset: str, fr: str) -> np.ndarray:
     was not chosen: sparse pair lists give most samples one or two non-mated comparisons, and
     all-vs-all would need every non-mated similarity per sample (one more full scan).
     """
-    from .comparisons import AllPairs
+    from exfiqa.evaluation.pairs import AllPairs
 
     comp = study.comparison_set(dataset)
     scores = study.scores(dataset, fr)
@@ -718,10 +718,10 @@ def mated_similarity_label(study: Study, dataset: str, fr: str) -> np.ndarray:
 
 
 def calibration_set(study: Study, dataset: str, quality: str, fr: str):
-    """:class:`exfiqa.fusion.CalibrationSet` of ``dataset``: the exit scores of ``quality``, the
+    """:class:`exfiqa.evaluation.fusion.CalibrationSet` of ``dataset``: the exit scores of ``quality``, the
     :func:`mated_similarity_label` under ``fr``, and (templates) each sample's template, in the
     sorted template order the comparisons use."""
-    from .fusion import CalibrationSet
+    from exfiqa.evaluation.fusion import CalibrationSet
 
     bench = study.benchmark(dataset)
     sides = None
@@ -737,7 +737,7 @@ def calibration_datasets(datasets: Sequence[str], evaluated: str, calibrate_on: 
     ``calibrate_on`` empty: leave-one-dataset-out, every other dataset of the run. Otherwise the
     named datasets, which must be the run's and are then not evaluated. Never ``evaluated``.
     """
-    from .config import ConfigError
+    from exfiqa.config import ConfigError
 
     if not calibrate_on:
         out = [d for d in datasets if d != evaluated]
@@ -755,7 +755,7 @@ def calibration_datasets(datasets: Sequence[str], evaluated: str, calibrate_on: 
 
 def evaluated_datasets(datasets: Sequence[str], calibrate_on: Sequence[str] = ()) -> list[str]:
     """The datasets EX-FIQA-DC is evaluated on: all but those named in ``calibrate_on``."""
-    from .config import ConfigError
+    from exfiqa.config import ConfigError
 
     out = [d for d in datasets if d not in set(calibrate_on)]
     if not out:
@@ -766,10 +766,10 @@ def evaluated_datasets(datasets: Sequence[str], calibrate_on: Sequence[str] = ()
 def choose_for(
     study: Study, quality: str, fr: str, evaluated: str, calibrate_on: Sequence[str] = (), cache: dict | None = None
 ):
-    """:func:`exfiqa.fusion.choose_exits` of ``quality`` for evaluation on ``evaluated``, on the
+    """:func:`exfiqa.evaluation.fusion.choose_exits` of ``quality`` for evaluation on ``evaluated``, on the
     :func:`calibration_datasets` (pseudo-label under ``fr``); reads nothing of ``evaluated``.
     ``cache``: calibration sets by ``(dataset, quality, fr)``, shared between calls."""
-    from .fusion import choose_exits
+    from exfiqa.evaluation.fusion import choose_exits
 
     cache = {} if cache is None else cache
     sets = []
@@ -786,7 +786,7 @@ def _exits_text(exits: Sequence[int]) -> str:
 
 @dataclass(frozen=True)
 class ChosenExits:
-    """EX-FIQA-DC on a run: the :class:`exfiqa.fusion.ExitChoice` per ``(quality model, dataset
+    """EX-FIQA-DC on a run: the :class:`exfiqa.evaluation.fusion.ExitChoice` per ``(quality model, dataset
     key)`` evaluated, the pseudo-label's FR model, and the ``selection`` table (one row each)."""
 
     choices: dict
@@ -800,7 +800,7 @@ def chosen_exits(study: Study, fr: str, calibrate_on: Sequence[str] = ()) -> Cho
     Pseudo-label: :func:`mated_similarity_label` under ``fr``. Calibration:
     :func:`calibration_datasets` of ``calibrate_on`` (dataset keys; a single key may be given as a
     string; empty: leave-one-dataset-out), correlations averaged over
-    the calibration datasets (:func:`exfiqa.fusion.choose_exits`). Table columns: the chosen
+    the calibration datasets (:func:`exfiqa.evaluation.fusion.choose_exits`). Table columns: the chosen
     exits (in order of addition) and their mean's correlation, the full ranking, the best
     single exit and the first exit that did not raise the correlation.
     """
@@ -840,9 +840,9 @@ def chosen_exits_comparison(
     """pAUC (x ``pauc_scale``) of EX-FIQA-DC, F, FW, ``learned`` weights (fitted on ``learn_on``,
     as :func:`strategy_table`) and the last exit on each dataset DC is evaluated on, with the
     FR model of ``chosen``; and the paired bootstrap of pAUC(DC) - pAUC(each other), all five on
-    the same resamples (:func:`exfiqa.bootstrap.bootstrap_samples`, the run's seed; as
+    the same resamples (:func:`exfiqa.evaluation.bootstrap.bootstrap_samples`, the run's seed; as
     :func:`paired_vs_reference`, resampling ``unit``). ``delta_pauc < 0``: DC is better."""
-    from .fusion import DC_NAME, chosen_mean, ex_fiqa_f, ex_fiqa_fw
+    from exfiqa.evaluation.fusion import DC_NAME, chosen_mean, ex_fiqa_f, ex_fiqa_fw
 
     cfg = study.config
     fr, scale = chosen.fr_model, cfg.pauc_scale
@@ -879,7 +879,7 @@ def chosen_exits_comparison(
 
 
 #: Table labels of the built-in baselines. SER-FIQ is this package's re-implementation
-#: (:mod:`exfiqa.baselines`), not the authors' code: its label says so wherever the poster's SER-FIQ
+#: (:mod:`exfiqa.models.baselines`), not the authors' code: its label says so wherever the poster's SER-FIQ
 #: sits beside it.
 _METHOD_LABELS = {"magface_norm": "MagFace (norm)", "serfiq": "SER-FIQ-style (re-impl.)", "sharpness": "Sharpness (Laplacian)"}
 
@@ -938,9 +938,9 @@ def poster_table(head: pd.DataFrame, tags: dict[str, tuple[str, int]], dataset_o
     data) and EX-FIQA-FW; columns: ``group, method``, ``dataset_order`` (dataset labels, the
     headline first) and their mean, ``selection`` and ``chosen_on_evaluated_data`` (the same rows
     and values as :func:`headline_vs_paper` on the headline dataset). With a ``resolved`` column
-    in ``head``, the flags of :func:`exfiqa.tables.flag_unresolved` follow.
+    in ``head``, the flags of :func:`exfiqa.report.tables.flag_unresolved` follow.
     """
-    from .tables import flag_unresolved
+    from exfiqa.report.tables import flag_unresolved
 
     rows, flags = [], []
     q0 = next(iter(tags))
@@ -1259,7 +1259,7 @@ def paper_findings(
     exit 1's pAUC); ``not computable in this run``.
 
     With a ``resolved`` column in ``pauc_table``, a dataset x FR model on which some pAUC at the
-    headline FMR is unresolvable (:func:`exfiqa.metrics.resolvable`) is left out of every finding,
+    headline FMR is unresolvable (:func:`exfiqa.evaluation.metrics.resolvable`) is left out of every finding,
     and a last row names what was left out.
 
     Columns (:data:`FINDINGS_COLUMNS`): ``finding``, ``paper`` (the claim), ``this_run`` (what the
@@ -1429,8 +1429,8 @@ def paper_findings(
 
 def released_gflops() -> pd.DataFrame:
     """Analytic GFLOPs per exit (and of fusing all exits) of the two released architectures."""
-    from .flops import exit_costs, fused_cost
-    from .model import ViTFIQAConfig
+    from exfiqa.models.flops import exit_costs, fused_cost
+    from exfiqa.models.vitfiqa import ViTFIQAConfig
 
     rows = []
     for variant, tag in (("token", "T"), ("crfiqa", "C")):
@@ -1458,7 +1458,7 @@ def latency_table(study: Study, batch_size: int, repeats: int, full_size: bool) 
     ``full_size``, the released architectures on random weights), on the run's device, seeded by
     the run's seed: every row (each exit and the one-pass row) the median of ``repeats``
     synchronised timings after a warm-up, with its interquartile range and min/max."""
-    from .model import build_vitfiqa
+    from exfiqa.models.vitfiqa import build_vitfiqa
 
     cfg = study.config
     models = {q: study.quality_model(q) for q in cfg.quality_models if study.has_checkpoint("quality_models", q)}
@@ -1527,8 +1527,8 @@ def adaptive_study(
     ``beats_trivial_gates`` (``gate_agreement`` above both), ``pauc_adaptive`` and
     ``pauc_fw_all_exits`` (x ``pauc_scale``, the adaptive and the full-depth FW score).
     """
-    from .config import ConfigError
-    from .fusion import depth_weights
+    from exfiqa.config import ConfigError
+    from exfiqa.evaluation.fusion import depth_weights
 
     if not 0 < reject_fraction < 1:
         raise ConfigError(f"reject_fraction must lie in (0, 1), got {reject_fraction}")
@@ -1585,9 +1585,9 @@ def attention_inputs(study: Study, samples: dict | None = None, mean_images: int
     ``min(mean_images, N)`` images of the run's first dataset, drawn without replacement with the
     run's seed.
     """
-    from .config import ATTENTION_SAMPLE_TYPES, ConfigError
-    from .datasets import load_benchmark
-    from .images import read_face
+    from exfiqa.config import ATTENTION_SAMPLE_TYPES, ConfigError
+    from exfiqa.readers.benchmarks import load_benchmark
+    from exfiqa.readers.images import read_face
 
     cfg = study.config
     if isinstance(mean_images, bool) or not isinstance(mean_images, int) or mean_images < 1:

@@ -1,7 +1,7 @@
 """Comparison sets evaluated in bounded memory: explicit pair lists and implicit all-vs-all.
 
 A benchmark's comparisons pair *sides*: samples, or (IJB-C) templates. Everything the metrics
-need from them comes in two prepared objects (the interfaces of :func:`exfiqa.metrics.edc_curves`):
+need from them comes in two prepared objects (the interfaces of :func:`exfiqa.evaluation.metrics.edc_curves`):
 
 * **scores** (one per dataset x FR model): the mated similarities and the highest non-mated
   ones (the *candidates*, from which every threshold is taken);
@@ -10,7 +10,7 @@ need from them comes in two prepared objects (the interfaces of :func:`exfiqa.me
   bootstrap, its exact rank; and how many comparisons share each pair quality (the tie groups
   of an FM-EDC under ``fixed``).
 
-Conventions: pair quality = min of the two sides' qualities (:func:`exfiqa.metrics.pair_quality`,
+Conventions: pair quality = min of the two sides' qualities (:func:`exfiqa.evaluation.metrics.pair_quality`,
 which computes every pair quality materialised here); similarity = dot product of the two sides'
 L2-normalised features (:func:`cosine_similarity`, or the same products as GEMM tiles and Gram
 rows) times ``scale`` (0.5 for flip-concatenated sample embeddings, 1 for L2-normalised template
@@ -22,7 +22,7 @@ of ``v`` at the smaller side, so no per-comparison float array is sorted.
   IJB-C's 15.6M template comparisons are a dense block of enrolment x probe templates. The
   order keeps one ``uint8`` level per comparison (15.6 MB at IJB-C).
 * :class:`AllPairs`: every unordered pair ``i < j`` of samples sorted by identity, in row-major
-  order (the order :func:`exfiqa.datasets.read_adience` lists them); mated pairs are the
+  order (the order :func:`exfiqa.readers.benchmarks.read_adience` lists them); mated pairs are the
   contiguous same-identity blocks. Nothing of size n(n-1)/2 is ever held: similarities are
   scanned as row blocks of the Gram matrix, keeping the mated ones and the top non-mated
   candidates; a pair's rank in the stable quality order has a closed form (pairs with a lower
@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import _level_starts, _vector, pair_quality
+from exfiqa.evaluation.metrics import _level_starts, _vector, pair_quality
 
 __all__ = [
     "AllPairs",
@@ -253,8 +253,8 @@ class PairList:
         return pair_similarity(f, self.a, self.b, scale, self.tile_plan())
 
     def scores(self, features: np.ndarray, scale: float = 1.0):
-        """The scores object of :func:`exfiqa.metrics.edc_curves` (holds the similarities)."""
-        from .metrics import _Comparisons
+        """The scores object of :func:`exfiqa.evaluation.metrics.edc_curves` (holds the similarities)."""
+        from exfiqa.evaluation.metrics import _Comparisons
 
         sim = self.similarity(features, scale)
         sim.setflags(write=False)  # shared by every caller of Study.similarity
@@ -265,7 +265,7 @@ class PairList:
         return MinPairOrder(self, _side_values(side_values, self.n_sides))
 
     def pair_quality(self, side_values: np.ndarray) -> np.ndarray:
-        """Pair quality of every comparison (:func:`exfiqa.metrics.pair_quality`, float32)."""
+        """Pair quality of every comparison (:func:`exfiqa.evaluation.metrics.pair_quality`, float32)."""
         v = _side_values(side_values, self.n_sides)
         return pair_quality(v[self.a], v[self.b])
 
@@ -426,14 +426,14 @@ class AllPairs:
         return out
 
     def scores(self, features: np.ndarray, scale: float = 1.0, initial_m: int = 4096) -> AllPairsScores:
-        """The scores object of :func:`exfiqa.metrics.edc_curves` (nothing is scanned yet)."""
+        """The scores object of :func:`exfiqa.evaluation.metrics.edc_curves` (nothing is scanned yet)."""
         return AllPairsScores(self, _features(features, self.n_samples), scale, initial_m)
 
     def order(self, sample_values: np.ndarray) -> AllPairsOrder:
         return AllPairsOrder(self, _side_values(sample_values, self.n_samples))
 
     def pair_quality(self, sample_values: np.ndarray) -> np.ndarray:
-        """Pair quality of every pair, row-major (:func:`exfiqa.metrics.pair_quality`; materialised)."""
+        """Pair quality of every pair, row-major (:func:`exfiqa.evaluation.metrics.pair_quality`; materialised)."""
         v = _side_values(sample_values, self.n_samples)
         a, b, _ = self.materialise()
         return pair_quality(v[a], v[b])
@@ -658,14 +658,14 @@ def all_pairs_sanity(
 ) -> dict[str, Any]:
     """10-fold accuracy, EER and FNMR@FMR of an all-vs-all set, exactly as on the materialised arrays.
 
-    The same numbers as :func:`exfiqa.metrics.verification_accuracy` (contiguous folds in
-    comparison order), :func:`exfiqa.metrics.eer` and :func:`exfiqa.metrics.fnmr_at_fmr` on every
+    The same numbers as :func:`exfiqa.evaluation.metrics.verification_accuracy` (contiguous folds in
+    comparison order), :func:`exfiqa.evaluation.metrics.eer` and :func:`exfiqa.evaluation.metrics.fnmr_at_fmr` on every
     pair, from two scans of the Gram matrix: the first counts the non-mated similarities per fold
     in ``2**bits`` bins of their float32 order; only the bins that can hold the EER point or a
     fold's best threshold (and their neighbours) are then collected value by value. Memory: the
     histograms and those bins' values.
     """
-    from .metrics import _above, _kmax
+    from exfiqa.evaluation.metrics import _above, _kmax
 
     n_m, n_nm = scores.n_m, scores.n_nm
     sim_m = scores.sim_m

@@ -63,7 +63,7 @@ or write the ``.npy`` and the manifest by any other means, following the above.
 This layout is the cache for per-sample arrays (there is no other): the manifest holds the
 content key that a hashed file name used to, and the fixed names let other producers write it.
 The code version covers the modules that compute the values (:data:`CODE_MODULES`), not the
-evaluation glue in :mod:`exfiqa.pipeline` nor the file helpers of :mod:`exfiqa.io`.
+evaluation glue in :mod:`exfiqa.study` nor the file helpers of :mod:`exfiqa.io`.
 """
 
 from __future__ import annotations
@@ -82,13 +82,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .comparisons import release_pages
-from .io import atomic_path, atomic_write, clip
+from exfiqa.evaluation.pairs import release_pages
+from exfiqa.io import atomic_path, atomic_write, clip
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .datasets import Benchmark
-    from .digests import DigestIndex
+    from exfiqa.config import Config
+    from exfiqa.readers.benchmarks import Benchmark
+    from exfiqa.store.digests import DigestIndex
 
 __all__ = [
     "CODE_MODULES",
@@ -113,14 +113,14 @@ FORMAT = "exfiqa-arrays/1"
 KINDS = ("exits", "emb", "baseline", "attn", "vitnt", "norms")
 
 #: Modules whose source each kind of array depends on: readers and alignment, image decoding, the
-#: model and its preprocessing. Baselines that run on an FR model add ``exfiqa.fr``.
+#: model and its preprocessing. Baselines that run on an FR model add ``exfiqa.models.fr``.
 CODE_MODULES: dict[str, tuple[str, ...]] = {
-    "exits": ("exfiqa.datasets", "exfiqa.images", "exfiqa.model", "exfiqa.extract"),
-    "emb": ("exfiqa.datasets", "exfiqa.images", "exfiqa.fr", "exfiqa.extract"),
-    "baseline": ("exfiqa.datasets", "exfiqa.images", "exfiqa.baselines", "exfiqa.extract"),
-    "attn": ("exfiqa.datasets", "exfiqa.images", "exfiqa.model", "exfiqa.extract"),
-    "vitnt": ("exfiqa.datasets", "exfiqa.images", "exfiqa.model", "exfiqa.extract"),
-    "norms": ("exfiqa.datasets", "exfiqa.images", "exfiqa.fr", "exfiqa.extract"),
+    "exits": ("exfiqa.readers.benchmarks", "exfiqa.readers.images", "exfiqa.models.vitfiqa", "exfiqa.extract.stage"),
+    "emb": ("exfiqa.readers.benchmarks", "exfiqa.readers.images", "exfiqa.models.fr", "exfiqa.extract.stage"),
+    "baseline": ("exfiqa.readers.benchmarks", "exfiqa.readers.images", "exfiqa.models.baselines", "exfiqa.extract.stage"),
+    "attn": ("exfiqa.readers.benchmarks", "exfiqa.readers.images", "exfiqa.models.vitfiqa", "exfiqa.extract.stage"),
+    "vitnt": ("exfiqa.readers.benchmarks", "exfiqa.readers.images", "exfiqa.models.vitfiqa", "exfiqa.extract.stage"),
+    "norms": ("exfiqa.readers.benchmarks", "exfiqa.readers.images", "exfiqa.models.fr", "exfiqa.extract.stage"),
 }
 
 #: Libraries whose version is part of every code version (decoding, alignment, the models).
@@ -204,9 +204,9 @@ def code_files(kind: str, name: str) -> list[Path]:
     """The source files an array of ``kind`` (for model or method ``name``) depends on."""
     if kind not in KINDS:
         raise ValueError(f"unknown array kind {kind!r}; known: {list(KINDS)}")
-    from .config import _BASELINE_FR
+    from exfiqa.config import _BASELINE_FR
 
-    return _sources(CODE_MODULES[kind] + (("exfiqa.fr",) if kind == "baseline" and name in _BASELINE_FR else ()))
+    return _sources(CODE_MODULES[kind] + (("exfiqa.models.fr",) if kind == "baseline" and name in _BASELINE_FR else ()))
 
 
 @functools.cache
@@ -267,7 +267,7 @@ def _check_values(arr: NDArray[Any], kind: str, n: int, where: str) -> None:
     if kind == "emb" and arr.shape[1] % 2:
         raise ArrayError(f"{where}: width {arr.shape[1]} is odd; embeddings are flip-concatenated (N, 2E)")
     if kind == "emb" and arr.shape[1] > MAX_EMBEDDING_WIDTH:
-        raise ArrayError(f"{where}: width {arr.shape[1]:,}, more than {MAX_EMBEDDING_WIDTH:,} (exfiqa.arrays.MAX_EMBEDDING_WIDTH)")
+        raise ArrayError(f"{where}: width {arr.shape[1]:,}, more than {MAX_EMBEDDING_WIDTH:,} (exfiqa.store.arrays.MAX_EMBEDDING_WIDTH)")
     width = int(np.prod(arr.shape[1:]))
     step = max(1, _CHECK_ELEMENTS // max(1, width))
     for start in range(0, n, step):
@@ -409,7 +409,7 @@ class ArrayStore:
             if npy.exists():
                 raise ArrayError(
                     f"{npy}: no manifest {mpath.name} beside it; an array from elsewhere needs one "
-                    f"(see exfiqa.arrays; ArrayStore.write(..., producer='external') writes both)"
+                    f"(see exfiqa.store.arrays; ArrayStore.write(..., producer='external') writes both)"
                 )
             return None
         m = _read_json(mpath)
@@ -432,7 +432,7 @@ class ArrayStore:
             raise ArrayError(
                 f"{where}: computed for another sample list than benchmark {dataset!r}: samples_sha256 "
                 f"{m['samples_sha256']!r}, expected {expected!r} (sha256 of the sample keys joined by "
-                f"newlines, no trailing newline: exfiqa.arrays.sample_keys)"
+                f"newlines, no trailing newline: exfiqa.store.arrays.sample_keys)"
             )
         if m["dtype"] != "float32":
             raise ArrayError(f"{where}: manifest dtype {clip(repr(m['dtype']))} (per-sample arrays are float32)")

@@ -45,11 +45,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from exfiqa.comparisons import AllPairs
+from exfiqa.evaluation.pairs import AllPairs
 from exfiqa.io import atomic_write, clip
 
 if TYPE_CHECKING:
-    from exfiqa.digests import DigestIndex
+    from exfiqa.store.digests import DigestIndex
 
 __all__ = [
     "ARCFACE_TEMPLATE",
@@ -127,9 +127,9 @@ class Benchmark:
         comparisons: Columns ``a``, ``b`` (sample or template ids) and ``mated`` (bool,
             True = mated/genuine pair).
         all_pairs: For an all-vs-all benchmark (Adience without ``max_nonmated``), the implicit
-            comparison structure (:class:`exfiqa.comparisons.AllPairs`): every pair ``a < b``
+            comparison structure (:class:`exfiqa.evaluation.pairs.AllPairs`): every pair ``a < b``
             in row-major order. ``comparisons`` is then built on first access, up to
-            :data:`MATERIALISE_LIMIT` rows; :class:`exfiqa.pipeline.Study` evaluates the
+            :data:`MATERIALISE_LIMIT` rows; :class:`exfiqa.study.Study` evaluates the
             structure itself in bounded memory.
     """
 
@@ -192,7 +192,7 @@ class Benchmark:
                 raise ValueError(
                     f"{self.name}: {self.all_pairs.n:,} all-vs-all comparisons are not materialised "
                     f"as a table (more than MATERIALISE_LIMIT = {MATERIALISE_LIMIT:,}); "
-                    "exfiqa.pipeline.Study evaluates them in bounded memory (Study.edc, "
+                    "exfiqa.study.Study evaluates them in bounded memory (Study.edc, "
                     "Study.pauc_frame, analysis.pauc_all), or read the benchmark with "
                     "max_nonmated to sample the non-mated pairs"
                 )
@@ -254,12 +254,12 @@ class Benchmark:
 
         Each file is labelled by its path relative to the benchmark root, so the same content
         elsewhere gives the same fingerprint. ``digests`` (a persistent
-        :class:`exfiqa.digests.DigestIndex`) re-reads only files whose stat changed since it last
+        :class:`exfiqa.store.digests.DigestIndex`) re-reads only files whose stat changed since it last
         hashed them; without one every file is read. The value depends on content only (a file's
         stat only decides whether it is read again). Computed once and cached on the object.
         """
         if "fingerprint" not in self._cache:
-            from exfiqa.digests import DigestIndex
+            from exfiqa.store.digests import DigestIndex
 
             index = digests if digests is not None else DigestIndex(None)
             files = [f for _, f in self._files]
@@ -283,9 +283,9 @@ def decode_image(
 ) -> np.ndarray:
     """Decode an encoded image (bytes) or an image file to an RGB uint8 (H, W, 3) array.
 
-    Decoding is :func:`exfiqa.images.decode_rgb8`, the same as ``exfiqa.images.read_face``:
-    images above ``exfiqa.images.MAX_IMAGE_PIXELS`` (or of another size than ``size``, when
-    given) and JPEGs of more than ``exfiqa.images.MAX_JPEG_SCANS`` scans are refused from their
+    Decoding is :func:`exfiqa.readers.images.decode_rgb8`, the same as ``exfiqa.readers.images.read_face``:
+    images above ``exfiqa.readers.images.MAX_IMAGE_PIXELS`` (or of another size than ``size``, when
+    given) and JPEGs of more than ``exfiqa.readers.images.MAX_JPEG_SCANS`` scans are refused from their
     header, before decoding (decompression bombs); a 16-bit sample v becomes ``v >> 8``; float
     (mode ``F``) images are refused.
 
@@ -299,7 +299,7 @@ def decode_image(
             than ``size``, has too many JPEG scans, or is a float image; the message names
             ``source``.
     """
-    from exfiqa.images import decode_rgb8
+    from exfiqa.readers.images import decode_rgb8
 
     where = (
         source if source is not None else str(data) if not isinstance(data, bytes) else "<bytes>"
@@ -444,7 +444,7 @@ def _check_aligned(img: np.ndarray, source: str) -> None:
     if img.shape != (IMAGE_SIZE, IMAGE_SIZE, 3) or img.dtype != np.uint8:
         raise DatasetFormatError(
             f"{source}: expected an aligned {IMAGE_SIZE}x{IMAGE_SIZE} RGB face, got "
-            f"{img.dtype} {img.shape}; align it first (e.g. exfiqa.datasets.align_face)"
+            f"{img.dtype} {img.shape}; align it first (e.g. exfiqa.readers.benchmarks.align_face)"
         )
 
 
@@ -963,7 +963,7 @@ def _load_bin(path: Path) -> tuple[list[bytes], np.ndarray]:
     if short is not None:
         raise BinFormatError(
             f"{src}: bins[{short}] is {len(bins[short])} bytes; no encoded 112x112 image is "
-            f"shorter than {MIN_BIN_IMAGE_BYTES} bytes (exfiqa.datasets.MIN_BIN_IMAGE_BYTES)"
+            f"shorter than {MIN_BIN_IMAGE_BYTES} bytes (exfiqa.readers.benchmarks.MIN_BIN_IMAGE_BYTES)"
         )
     return bins, issame
 

@@ -9,11 +9,11 @@ Conventions:
   shape ``(N, 2E)`` (``E`` = 512 for the released models). Each half has unit norm, so ``e`` has
   norm sqrt(2) and the cosine similarity of two such embeddings is ``dot(e_a, e_b) / 2``.
 - Comparison score: cosine similarity, higher = more similar (mated pairs high), computed by
-  :mod:`exfiqa.comparisons`; the metrics' ``distance<`` rule reads it as the angular distance
+  :mod:`exfiqa.evaluation.pairs`; the metrics' ``distance<`` rule reads it as the angular distance
   ``arccos(cos) / pi`` in [0, 1], lower = more similar.
 - IJB-C templates: embeddings averaged within each media, summed over the media of a template,
   L2-normalised (:func:`template_embeddings`); template quality = min over its images
-  (:func:`exfiqa.metrics.template_quality`).
+  (:func:`exfiqa.evaluation.metrics.template_quality`).
 
 Architectures and their released key layouts (no code taken from the original repositories; the
 key names and hyper-parameters below are facts read from them):
@@ -90,7 +90,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .io import CheckpointError, atomic_path, load_state_dict, state_dict_report
+from exfiqa.io import CheckpointError, atomic_path, load_state_dict, state_dict_report
 
 log = logging.getLogger(__name__)
 
@@ -577,7 +577,7 @@ def detect_layout(keys: Iterable[str]) -> str | None:
 _LAYOUT_TEXT = {
     "iresnet": "the arcface_torch iResNet layout (conv1, layer1.., fc, features)",
     "evolve_ir": "the face.evoLVe IR layout (input_layer, body.k.res_layer, output_layer)",
-    "vit": "a ViT layout (patch_embed, blocks.k): a ViT-FIQA checkpoint? load it with exfiqa.model",
+    "vit": "a ViT layout (patch_embed, blocks.k): a ViT-FIQA checkpoint? load it with exfiqa.models.vitfiqa",
 }
 _LAYOUT_USE = {
     "iresnet": "use arch='iresnet' (name 'arcface' / 'elasticface') or arch='magface'",
@@ -1141,7 +1141,7 @@ def load_onnx_fr(
             an ONNX file, or a requested provider is not available.
     """
     if not isinstance(preprocess, Preprocess):
-        raise TypeError(f"preprocess must be an exfiqa.fr.Preprocess, got {type(preprocess).__name__}")
+        raise TypeError(f"preprocess must be an exfiqa.models.fr.Preprocess, got {type(preprocess).__name__}")
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -1285,7 +1285,7 @@ def _template_sums(
     """
     from scipy import sparse
 
-    from .comparisons import release_pages
+    from exfiqa.evaluation.pairs import release_pages
 
     tids = _group_ids("template_ids", template_ids, n)
     mids = _group_ids("media_ids", media_ids, n)
@@ -1346,7 +1346,7 @@ def insightface_template_embeddings(
 
     Exactly: image feature ``g = (f(x) + f(flip x)) * det_score`` with ``f`` the *unnormalised*
     FR output and ``det_score`` the detector score of ``ijbc_name_5pts_score.txt`` (the
-    ``det_score`` column of :func:`exfiqa.datasets.read_ijbc`); per template, the features of
+    ``det_score`` column of :func:`exfiqa.readers.benchmarks.read_ijbc`); per template, the features of
     each media are averaged (a media with one image keeps its feature; media are grouped within
     the template), the media means are summed, and the sum is L2-normalised. Scores are dot
     products of these features (cosine). The sums are accumulated in float64 (insightface: the

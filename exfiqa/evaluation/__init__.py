@@ -1,0 +1,1 @@
+"""Evaluation: EDC/pAUC, comparison sets, bootstrap, fusion (numpy only; no torch, no files)."""

@@ -1,0 +1,1 @@
+"""The GPU stage: one read of each image -> every per-sample array of a run (``python -m exfiqa.extract``)."""

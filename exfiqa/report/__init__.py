@@ -1,0 +1,1 @@
+"""What each notebook section shows: the analyses, tables, figures and run card of ``make paper``."""
