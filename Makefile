@@ -45,8 +45,9 @@ notebooks: $(STAMP) ## regenerate the paired notebooks/*.ipynb (no outputs) from
 lab: $(STAMP) ## JupyterLab with jupytext (open notebooks/*.py as notebooks)
 	$(BIN)/jupyter lab notebooks/
 
-lint: $(STAMP) ## ruff on the package, tests, benchmarks and notebooks; mypy --strict on the core
+lint: $(STAMP) ## ruff; the layering contracts (import-linter, pyproject.toml); mypy --strict on the core
 	$(BIN)/ruff check exfiqa tests bench notebooks
+	$(BIN)/lint-imports
 	$(BIN)/mypy --strict $(MYPY_STRICT)
 
 bench: $(STAMP) ## run the benchmark scripts (results go to bench/RESULTS.md by hand)

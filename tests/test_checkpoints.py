@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from exfiqa.io import CheckpointError, state_dict_report
+from exfiqa.io import CheckpointError
 from exfiqa.models import fr as frmod
+from exfiqa.models.checkpoints import state_dict_report
 from exfiqa.models.vitfiqa import (
     METADATA_KEY,
     NUM_HEADS_KEY,

@@ -90,7 +90,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from exfiqa.io import CheckpointError, atomic_path, load_state_dict, state_dict_report
+from exfiqa.io import CheckpointError, atomic_path
+from exfiqa.models.checkpoints import load_state_dict, state_dict_report
 
 log = logging.getLogger(__name__)
 

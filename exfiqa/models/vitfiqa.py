@@ -34,7 +34,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from exfiqa.io import CheckpointError, load_state_dict_with_metadata, state_dict_report
+from exfiqa.io import CheckpointError
+from exfiqa.models.checkpoints import load_state_dict_with_metadata, state_dict_report
 
 __all__ = [
     "ConvStemPatchEmbed",

@@ -1,0 +1,144 @@
+"""Checkpoints read so that nothing in them runs: ``torch.load(weights_only=True)``.
+
+Tensors, containers and primitive types only. A file that needs any other unpickling is refused
+and nothing in it runs; weights holding NaN or inf are refused too, naming the file and the tensors.
+Errors are :class:`exfiqa.io.CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from exfiqa.io import CheckpointError, clip
+
+__all__ = ["load_state_dict", "load_state_dict_with_metadata", "safe_torch_load", "state_dict_report"]
+
+
+def safe_torch_load(path: str | os.PathLike[str]) -> Any:
+    """Load a ``torch.save`` file without running any code from it.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        CheckpointError: the file is not a weights-only checkpoint (it would need arbitrary
+            unpickling, e.g. a pickled ``nn.Module`` or a custom class), or it is corrupt.
+    """
+    import pickle
+
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{p}: refused to load: the file needs arbitrary unpickling (a pickled module or a "
+            f"custom class), which could run code. Only plain state_dicts of tensors are accepted; "
+            f"re-save it with torch.save(model.state_dict(), path) in a trusted environment. "
+            f"Detail: {clip(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__}"
+        ) from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001  # a corrupt archive fails anywhere in torch's unpickler
+        raise CheckpointError(
+            f"{p}: not a readable PyTorch checkpoint ({type(exc).__name__}: {clip(str(exc))})"
+        ) from None
+
+
+def load_state_dict(
+    path: str | os.PathLike[str], nested_keys: tuple[str, ...] = ("state_dict", "model")
+) -> dict[str, Any]:
+    """Load a checkpoint safely and return its flat state_dict.
+
+    A dict holding a state_dict under one of ``nested_keys`` (e.g. MagFace's ``{"state_dict": ...}``)
+    is unwrapped. Keys are returned unchanged (prefix handling is the caller's job).
+    """
+    return load_state_dict_with_metadata(path, nested_keys)[0]
+
+
+def load_state_dict_with_metadata(
+    path: str | os.PathLike[str], nested_keys: tuple[str, ...] = ("state_dict", "model")
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`load_state_dict` and the state_dict's ``_metadata`` (``{}`` when it has none).
+
+    ``_metadata`` is the attribute in which PyTorch keeps its per-module version record of a
+    state_dict; it is saved with the dict but is no key, so a writer can keep non-weight facts
+    there that a strict ``load_state_dict`` never sees (``exfiqa.models.vitfiqa.save_vitfiqa`` does).
+    """
+    obj = safe_torch_load(path)
+    if isinstance(obj, Mapping):
+        for key in nested_keys:
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and not _is_tensor(obj.get(key)):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{path}: expected a non-empty state_dict, got {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not _is_tensor(v)]
+    if bad:
+        raise CheckpointError(f"{path}: state_dict entries that are not tensors: {bad[:5]}")
+    _check_finite(obj, path)
+    metadata = getattr(obj, "_metadata", None)
+    return dict(obj), dict(metadata) if isinstance(metadata, Mapping) else {}
+
+
+def state_dict_report(
+    expected: Mapping[str, Sequence[int]],
+    got: Mapping[str, Sequence[int]],
+    source: str,
+    *,
+    optional: Collection[str] = (),
+    limit: int = 10,
+) -> str | None:
+    """Compare a checkpoint's keys and shapes with a model's; None when they match.
+
+    ``expected``/``got``: key -> shape (``torch.Size`` or any int sequence) of the model and of
+    the checkpoint; ``optional`` keys may be absent from ``got``. Otherwise returns
+    ``"<source>: missing keys (n): [...]; unexpected keys (n): [...]; shape mismatches (n):
+    ['<key>: checkpoint [..] vs model [..]', ...]"`` (only the non-empty parts, at most ``limit``
+    entries each, in the mappings' order), for the caller to extend with its hint and raise as
+    :class:`CheckpointError`.
+    """
+    missing = [k for k in expected if k not in got and k not in optional]
+    unexpected = [k for k in got if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {list(got[k])} vs model {list(shape)}"
+        for k, shape in expected.items()
+        if k in got and tuple(got[k]) != tuple(shape)
+    ]
+    parts = [
+        f"{what} ({len(items)}): [{', '.join(map(repr, items[:limit]))}{', ...' if len(items) > limit else ''}]"
+        for what, items in (
+            ("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched),
+        )
+        if items
+    ]
+    return f"{source}: " + "; ".join(parts) if parts else None
+
+
+def _check_finite(state: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Refuse weights holding NaN or inf: they would give NaN scores, or silently wrong rankings."""
+    import torch
+
+    bad = []
+    for key, value in state.items():
+        if value.is_floating_point() or value.is_complex():
+            n = int(value.numel() - torch.isfinite(value).sum())
+            if n:
+                bad.append(f"{key} ({n} of {value.numel()})")
+    if bad:
+        more = f" and {len(bad) - 3} more tensors" if len(bad) > 3 else ""
+        raise CheckpointError(
+            f"{path}: refused to load: non-finite weights (NaN or inf) in {', '.join(bad[:3])}{more}. "
+            f"The file is corrupt or was saved from a diverged training run."
+        )
+
+
+def _is_tensor(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor)
