@@ -18,8 +18,17 @@ DEMO_CALLERS = {("exfiqa.paper", "run_paper"), ("exfiqa.extract.stage", "run")}
 
 #: Modules that must stay free of models and I/O: the evaluation core a reader checks by hand.
 PURE = {
-    "exfiqa.evaluation.metrics": set(), "exfiqa.evaluation.bootstrap": {"exfiqa.evaluation.metrics", "exfiqa.evaluation.subjects"},
-    "exfiqa.evaluation.subjects": {"exfiqa.evaluation.metrics", "exfiqa.evaluation.pairs"}, "exfiqa.evaluation.pairs": {"exfiqa.evaluation.metrics"}, "exfiqa.evaluation.fusion": set(),
+    "exfiqa.evaluation.rules": set(),
+    "exfiqa.evaluation.quality": {"exfiqa.evaluation.rules"},
+    "exfiqa.evaluation.verification": {"exfiqa.evaluation.rules"},
+    "exfiqa.evaluation.scores": {"exfiqa.evaluation.rules"},
+    "exfiqa.evaluation.edc": {"exfiqa.evaluation.rules", "exfiqa.evaluation.scores"},
+    "exfiqa.evaluation.pauc": {"exfiqa.evaluation.edc", "exfiqa.evaluation.rules"},
+    "exfiqa.evaluation.metrics": {"exfiqa.evaluation.edc", "exfiqa.evaluation.pauc", "exfiqa.evaluation.quality", "exfiqa.evaluation.rules", "exfiqa.evaluation.verification"},
+    "exfiqa.evaluation.pairs": {"exfiqa.evaluation.quality", "exfiqa.evaluation.rules", "exfiqa.evaluation.scores"},
+    "exfiqa.evaluation.subjects": {"exfiqa.evaluation.pairs", "exfiqa.evaluation.rules"},
+    "exfiqa.evaluation.bootstrap": {"exfiqa.evaluation.edc", "exfiqa.evaluation.pauc", "exfiqa.evaluation.rules", "exfiqa.evaluation.scores", "exfiqa.evaluation.subjects"},
+    "exfiqa.evaluation.fusion": set(),
 }
 
 
@@ -91,7 +100,7 @@ def test_the_graph_is_read_from_every_module():
     assert {"exfiqa.evaluation.metrics", "exfiqa.study", "exfiqa.demo", "exfiqa.demo.world"} <= set(GRAPH)
     # the resolver sees relative imports of both kinds (a probe against known lines of the tree)
     if "exfiqa.evaluation.bootstrap" in GRAPH:
-        assert ("exfiqa.evaluation.metrics", None, True) in GRAPH["exfiqa.evaluation.bootstrap"]
+        assert ("exfiqa.evaluation.edc", None, True) in GRAPH["exfiqa.evaluation.bootstrap"]
     assert any(t == "exfiqa.demo.synth" for t, _, _ in GRAPH["exfiqa.demo.world"])
     assert any(t == "exfiqa.io" for t, _, _ in GRAPH["exfiqa.demo.world"])
 
