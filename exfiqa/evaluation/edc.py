@@ -70,9 +70,10 @@ target ``fmr`` over ``n`` non-mated comparisons is *resolvable* when ``fmr * n >
 above admit no false match at all, so every smaller target gives the same threshold and curve
 (300 non-mated comparisons: FMR 1e-3 and 1e-4 give identical EDCs). Under ``fixed`` the whole
 set decides; under ``recompute`` the threshold is recomputed from the comparisons left at each
-level, so each level counts its own (:attr:`EDCCurve.resolved`, :func:`exfiqa.evaluation.pauc.resolved_for`). A pAUC
-is resolved when every point its area reads is (:func:`pauc_resolved`); tidy frames carry this as
-the boolean column ``resolved`` (:func:`pauc_rows`, :func:`edc_rows`). The value is still computed
+level, so each level counts its own (:attr:`EDCCurve.resolved`). A pAUC is resolved when every
+point its area reads is (:func:`exfiqa.evaluation.pauc.pauc_resolved`,
+:func:`exfiqa.evaluation.pauc.resolved_for`); tidy frames carry this as the boolean column
+``resolved`` (:func:`exfiqa.evaluation.pauc.pauc_rows`, :func:`exfiqa.evaluation.pauc.edc_rows`). The value is still computed
 and written: the flag says it cannot separate the targets below that count.
 """
 

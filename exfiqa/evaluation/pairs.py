@@ -1,7 +1,7 @@
 """Comparison sets evaluated in bounded memory: explicit pair lists and implicit all-vs-all.
 
 A benchmark's comparisons pair *sides*: samples, or (IJB-C) templates. Everything the metrics
-need from them comes in two prepared objects (the interfaces of :func:`exfiqa.evaluation.metrics.edc_curves`):
+need from them comes in two prepared objects (the interfaces of :mod:`exfiqa.evaluation.scores`):
 
 * **scores** (one per dataset x FR model): the mated similarities and the highest non-mated
   ones (the *candidates*, from which every threshold is taken);
@@ -10,7 +10,7 @@ need from them comes in two prepared objects (the interfaces of :func:`exfiqa.ev
   bootstrap, its exact rank; and how many comparisons share each pair quality (the tie groups
   of an FM-EDC under ``fixed``).
 
-Conventions: pair quality = min of the two sides' qualities (:func:`exfiqa.evaluation.metrics.pair_quality`,
+Conventions: pair quality = min of the two sides' qualities (:func:`exfiqa.evaluation.quality.pair_quality`,
 which computes every pair quality materialised here); similarity = dot product of the two sides'
 L2-normalised features (:func:`cosine_similarity`, or the same products as GEMM tiles and Gram
 rows) times ``scale`` (0.5 for flip-concatenated sample embeddings, 1 for L2-normalised template
@@ -255,7 +255,7 @@ class PairList:
         return pair_similarity(f, self.a, self.b, scale, self.tile_plan())
 
     def scores(self, features: np.ndarray, scale: float = 1.0):
-        """The scores object of :func:`exfiqa.evaluation.metrics.edc_curves` (holds the similarities)."""
+        """The scores object (:mod:`exfiqa.evaluation.scores`) of these comparisons (holds the similarities)."""
         sim = self.similarity(features, scale)
         sim.setflags(write=False)  # shared by every caller of Study.similarity
         return Comparisons(sim, self.mated)
@@ -466,7 +466,7 @@ class AllPairs:
         return out
 
     def scores(self, features: np.ndarray, scale: float = 1.0, initial_m: int = 4096) -> AllPairsScores:
-        """The scores object of :func:`exfiqa.evaluation.metrics.edc_curves` (nothing is scanned yet)."""
+        """The scores object (:mod:`exfiqa.evaluation.scores`) of these pairs (nothing is scanned yet)."""
         return AllPairsScores(self, _features(features, self.n_samples), scale, initial_m)
 
     def order(self, sample_values: np.ndarray) -> AllPairsOrder:

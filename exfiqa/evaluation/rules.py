@@ -281,6 +281,7 @@ def as_values(x: ArrayLike, name: str) -> np.ndarray:
 
 
 def check_same_length(a: np.ndarray, name: str, n: int, ref: str) -> None:
+    """Raise naming ``name`` and ``ref`` unless ``a`` has ``n`` entries (the length of ``ref``)."""
     if a.shape[0] != n:
         raise ValueError(f"{name}: length {a.shape[0]} does not match {ref} length {n}")
 
@@ -302,6 +303,7 @@ def as_labels(mated: ArrayLike, n: int, name: str = "mated") -> np.ndarray:
 
 
 def check_rate(fmr: Any, name: str = "fmr") -> float:
+    """A target rate (FMR or FNMR) as a float in the open interval (0, 1); raises naming ``name``."""
     try:
         v = float(fmr)
     except (TypeError, ValueError):
@@ -312,6 +314,7 @@ def check_rate(fmr: Any, name: str = "fmr") -> float:
 
 
 def check_rates(fmr_targets: float | Sequence[float], name: str = "fmr_targets") -> list[float]:
+    """One target or a non-empty sequence of them, each checked by :func:`check_rate`, as a list."""
     seq: list[Any]  # checked and converted by check_rate
     if np.isscalar(fmr_targets):
         seq = [fmr_targets]
@@ -323,6 +326,7 @@ def check_rates(fmr_targets: float | Sequence[float], name: str = "fmr_targets")
 
 
 def check_limit(limit: float) -> float:
+    """A pAUC's discard-fraction limit as a float in [0, 1]."""
     try:
         v = float(limit)
     except (TypeError, ValueError):
@@ -333,6 +337,7 @@ def check_limit(limit: float) -> float:
 
 
 def as_convention(convention: Convention | str) -> Convention:
+    """The :class:`Convention` named by ``convention`` (raises listing the valid names)."""
     try:
         return Convention(convention)
     except ValueError:
@@ -361,14 +366,17 @@ def _choice(enum: type[_E], value: Any, name: str) -> _E:
 
 
 def as_rule(threshold_rule: ThresholdRule | str) -> ThresholdRule:
+    """The :class:`ThresholdRule` named by ``threshold_rule``."""
     return _choice(ThresholdRule, threshold_rule, "threshold_rule")
 
 
 def as_acceptance(acceptance: Acceptance | str) -> Acceptance:
+    """The :class:`Acceptance` named by ``acceptance``."""
     return _choice(Acceptance, acceptance, "acceptance")
 
 
 def as_error_type(error_type: ErrorType | str) -> ErrorType:
+    """The :class:`ErrorType` named by ``error_type``."""
     return _choice(ErrorType, error_type, "error_type")
 
 
@@ -406,6 +414,7 @@ def rule_note(
 
 
 def is_strict(acceptance: Acceptance | str) -> bool:
+    """Whether ``acceptance`` is ``distance<``: the rules then work on ``x = -distance`` (:func:`neg_distance`)."""
     return as_acceptance(acceptance) is Acceptance.DISTANCE
 
 

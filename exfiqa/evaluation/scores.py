@@ -76,6 +76,7 @@ class Comparisons:
         self._top_idx: np.ndarray | None = None
 
     def quality(self, quality: ArrayLike, name: str = "quality") -> np.ndarray:
+        """Per-comparison quality values, checked to be finite and of the comparisons' length."""
         q = as_vector(quality, name)
         check_same_length(q, name, self.n, "similarity")
         return q
@@ -121,11 +122,13 @@ class ArrayOrder:
         self._position: np.ndarray | None = None
 
     def levels(self, refs: np.ndarray) -> np.ndarray:
+        """The ``recompute`` level of each comparison ``refs`` (no full sort)."""
         if self._bounds is None:
             self._bounds = _level_bounds(self.q, self.d)
         return _levels_of(self.q, self._bounds, refs, self.d)
 
     def ranks(self, refs: np.ndarray) -> np.ndarray:
+        """The stable rank of each comparison ``refs`` (one stable sort, kept)."""
         if self._position is None:
             order = np.argsort(self.q, kind="stable")
             self._position = np.empty(self.n, dtype=np.int64)
@@ -134,6 +137,7 @@ class ArrayOrder:
         return out
 
     def quality(self, refs: np.ndarray) -> np.ndarray:
+        """The pair quality of each comparison ``refs``."""
         out: np.ndarray = self.q[refs]
         return out
 
@@ -172,6 +176,7 @@ class DistanceView:
         self._refs: np.ndarray | None = None
 
     def top_nonmated(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`Comparisons.top_nonmated`, in the ``distance<`` domain (see the class docstring)."""
         m = int(min(max(m, 1), self.n_nm))
         if self._vals is None or self._vals.shape[0] < m:
             ask = m
