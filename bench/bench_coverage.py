@@ -29,6 +29,7 @@ import numpy as np
 
 from exfiqa.evaluation import bootstrap as B
 from exfiqa.evaluation import metrics
+from exfiqa.evaluation.scores import ArrayOrder, Comparisons
 
 FMR = 1e-2
 LIMIT = 0.3
@@ -96,8 +97,8 @@ def coverage(
     bc = {"single": 0, "paired": 0}
     for t in range(studies):
         s = study(subjects, rng)
-        comp = metrics._Comparisons(s["sim"], s["mated"])
-        orders = [metrics._ArrayOrder(s[q]) for q in ("qa", "qb")]
+        comp = Comparisons(s["sim"], s["mated"])
+        orders = [ArrayOrder(s[q]) for q in ("qa", "qb")]
         est = paucs(s, convention)
         for kind, subj in (("unit", s["subjects"]), ("comp", None)):
             # one pass gives both measures on the same resamples: single = samples of a, paired = a - b

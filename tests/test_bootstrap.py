@@ -4,12 +4,15 @@ determinism, pairing, the candidate fallbacks, bad input."""
 from __future__ import annotations
 
 import numpy as np
+import oracles as O
 import pytest
 from test_metrics import synthetic  # tests/ is on sys.path
 
 from exfiqa.evaluation import bootstrap as B
 from exfiqa.evaluation import metrics as M
+from exfiqa.evaluation import scores as SC
 from exfiqa.evaluation.metrics import Convention
+from exfiqa.evaluation.scores import ArrayOrder, Comparisons
 
 
 def test_the_bootstrap_lives_in_its_own_module():
@@ -42,7 +45,7 @@ def test_bootstrap_distribution_matches_explicit_resampling(convention):
 
 
 def test_order_stat_sampler_matches_explicit_resampling():
-    comp = M._Comparisons(np.r_[np.arange(50.0), 100.0], np.r_[np.zeros(50, bool), True])
+    comp = Comparisons(np.r_[np.arange(50.0), 100.0], np.r_[np.zeros(50, bool), True])
     k = 2
     ours = B._order_stat_samples(comp, k, np.random.default_rng(0).random(20000))
     rng = np.random.default_rng(1)
@@ -121,8 +124,8 @@ def test_bootstrap_subtract_best_fixed():
 
 def test_weighted_paths_with_unit_weights_equal_point_estimates():
     s, y, q = synthetic(2000, 0.2, seed=17, decimals=1)
-    comp = M._Comparisons(s, y)
-    order = M._ArrayOrder(q)
+    comp = Comparisons(s, y)
+    order = ArrayOrder(q)
     fixed = M.edc(s, y, q, 0.01, "fixed")
     plan = B._FixedPlan(comp, q[comp.idx_m])
     stat = np.nextafter(fixed.thresholds[0], -np.inf)
@@ -132,7 +135,7 @@ def test_weighted_paths_with_unit_weights_equal_point_estimates():
     vals, idx = comp.top_nonmated(comp.n_nm)
     gap = B._GapPlan(comp.n, order.ranks(comp.mated_refs), order.ranks(idx))
     assert gap.rest == 0  # every comparison is needed: no gaps
-    fnmr = gap.fnmr(comp, 0.01, np.ones(comp.n_m, np.int64), np.ones(idx.size, np.int64), gap.gaps(0, None), vals)
+    fnmr = gap.fnmr(comp, 0.01, np.ones(comp.n_m, np.int64), np.ones(idx.size, np.int64), O.gaps(gap, 0, None), vals)
     np.testing.assert_allclose(fnmr, M.edc(s, y, q, 0.01, "recompute").fnmr)
 
 
@@ -144,21 +147,34 @@ def adversarial(n=1500, seed=18):
 
 def run_boot(s, y, qs, fmr, n_boot, seed):
     """The bootstrap engine on a fresh comparison set (no candidates cached by an estimate)."""
-    comp = M._Comparisons(s, y)
-    orders = [M._ArrayOrder(comp.quality(q)) for q in qs]
+    comp = Comparisons(s, y)
+    orders = [ArrayOrder(comp.quality(q)) for q in qs]
     return B._run_bootstrap(comp, orders, fmr, Convention.RECOMPUTE, 0.3, False, n_boot, seed)
+
+
+def count_fallbacks(monkeypatch):
+    """How often a ``recompute`` resample needs more candidates: one plan refinement each."""
+    calls = [0]
+    refine = B._GapPlan.refine
+
+    def counted(self, *args):
+        calls[0] += 1
+        return refine(self, *args)
+
+    monkeypatch.setattr(B._GapPlan, "refine", counted)
+    return calls
 
 
 def test_recompute_paired_bootstrap_candidate_fallback(monkeypatch):
     s, y, q = adversarial()
     q2 = q + 0.1 * np.random.default_rng(0).normal(size=q.size)
-    before = B._FALLBACKS[0]
+    fallbacks = count_fallbacks(monkeypatch)
     run_boot(s, y, [q, q2], 0.05, 20, 5)
-    assert B._FALLBACKS[0] == before  # the default candidates suffice here
-    monkeypatch.setattr(M, "_MIN_CANDIDATES", 1)
+    assert fallbacks[0] == 0  # the default candidates suffice here
+    monkeypatch.setattr(SC, "MIN_CANDIDATES", 1)
     monkeypatch.setattr(B, "_GAP_BLOCK", 2)  # many blocks: most drawn only as block totals
     small = run_boot(s, y, [q, q2], 0.05, 300, 5)
-    assert B._FALLBACKS[0] - before > 30  # many resamples split gaps over more candidates ...
+    assert fallbacks[0] > 30  # many resamples split gaps over more candidates ...
     rng = np.random.default_rng(2)
     im, inm = np.flatnonzero(y), np.flatnonzero(~y)
     ref = []
@@ -173,10 +189,10 @@ def test_recompute_paired_bootstrap_candidate_fallback(monkeypatch):
 
 def test_recompute_single_bootstrap_candidate_fallback(monkeypatch):
     s, y, q = adversarial(1000)
-    monkeypatch.setattr(M, "_MIN_CANDIDATES", 1)
-    before = B._FALLBACKS[0]
+    monkeypatch.setattr(SC, "MIN_CANDIDATES", 1)
+    fallbacks = count_fallbacks(monkeypatch)
     (ours,) = run_boot(s, y, [q], 0.05, 300, 1)
-    assert B._FALLBACKS[0] - before > 30  # many resamples went through the exact refinement
+    assert fallbacks[0] > 30  # many resamples went through the exact refinement
     ref = explicit_bootstrap(s, y, q, 0.05, "recompute", 300, seed=2)
     assert abs(ours.mean() - ref.mean()) < 0.3 * ref.std()
     assert 0.8 < ours.std() / ref.std() < 1.25
@@ -184,8 +200,8 @@ def test_recompute_single_bootstrap_candidate_fallback(monkeypatch):
 
 def test_gap_split_keeps_gap_totals_and_spreads_by_size():
     s, y, q = synthetic(500, 0.2, seed=21)
-    comp = M._Comparisons(s, y)
-    order = M._ArrayOrder(q)
+    comp = Comparisons(s, y)
+    order = ArrayOrder(q)
     vals, idx = comp.top_nonmated(5)
     rm, rc = order.ranks(comp.mated_refs), order.ranks(idx)
     plan = B._GapPlan(comp.n, rm, rc)
@@ -196,7 +212,7 @@ def test_gap_split_keeps_gap_totals_and_spreads_by_size():
     rng = np.random.default_rng(0)
     totals = np.zeros(finer.gap_size.size)
     for _ in range(400):
-        gaps = plan.gaps(plan.rest, rng)
+        gaps = O.gaps(plan, plan.rest, rng)
         fine, ext = plan.split(finer, extra, gaps, rng)
         assert fine.sum() + ext.sum() == gaps.sum() == plan.rest
         # every coarse gap's copies stay inside it
@@ -208,18 +224,18 @@ def test_gap_split_keeps_gap_totals_and_spreads_by_size():
 
 def test_bootstrap_samples_do_not_depend_on_the_companions():
     s, y, q = synthetic(1200, 0.15, seed=22, mated_mean=0.3)
-    comp = M._Comparisons(s, y)
+    comp = Comparisons(s, y)
     q2, q3 = q + np.random.default_rng(1).normal(size=q.size), -q
     for conv in ("fixed", "recompute"):
-        alone = B.bootstrap_samples(comp, [M._ArrayOrder(q)], 0.01, conv, n_boot=30, seed=4)[0]
-        trio = B.bootstrap_samples(comp, [M._ArrayOrder(x) for x in (q3, q, q2)], 0.01, conv, n_boot=30, seed=4)
+        alone = B.bootstrap_samples(comp, [ArrayOrder(q)], 0.01, conv, n_boot=30, seed=4)[0]
+        trio = B.bootstrap_samples(comp, [ArrayOrder(x) for x in (q3, q, q2)], 0.01, conv, n_boot=30, seed=4)
         np.testing.assert_array_equal(trio[1], alone)
         pair = B.paired_bootstrap(s, y, q2, q, 0.01, conv, n_boot=30, seed=4)
         np.testing.assert_allclose(pair.samples, trio[2] - trio[1])
-        same = B.bootstrap_samples(comp, [M._ArrayOrder(q), M._ArrayOrder(q.copy())], 0.01, conv, n_boot=30, seed=4)
+        same = B.bootstrap_samples(comp, [ArrayOrder(q), ArrayOrder(q.copy())], 0.01, conv, n_boot=30, seed=4)
         np.testing.assert_array_equal(same[0], same[1])
     with pytest.raises(ValueError, match="subtract_best"):
-        B.bootstrap_samples(comp, [M._ArrayOrder(q)], 0.01, "recompute", n_boot=5, subtract_best=True)
+        B.bootstrap_samples(comp, [ArrayOrder(q)], 0.01, "recompute", n_boot=5, subtract_best=True)
 
 
 
@@ -228,8 +244,8 @@ def test_block_gap_draws_give_the_fnmr_of_every_gap(monkeypatch, block):
     """Unrefined blocks hold no level boundary: completing their gaps changes no FNMR."""
     monkeypatch.setattr(B, "_GAP_BLOCK", block)
     s, y, q = synthetic(3000, 0.1, seed=23, decimals=1)  # ties in quality
-    comp = M._Comparisons(s, y)
-    order = M._ArrayOrder(q)
+    comp = Comparisons(s, y)
+    order = ArrayOrder(q)
     vals, idx = comp.top_nonmated(200)
     r = order.ranks(np.r_[comp.mated_refs, idx])
     plan = B._GapPlan(comp.n, r[: comp.n_m], r[comp.n_m :])
@@ -249,7 +265,7 @@ def test_block_gap_draws_give_the_fnmr_of_every_gap(monkeypatch, block):
 def test_paired_recompute_with_pooled_gaps_is_close_and_not_narrower(monkeypatch):
     """Most non-mated comparisons pooled into gaps: the difference's spread is that of explicit
     resampling, or slightly wider (the omitted cross-order covariance of the gap counts)."""
-    monkeypatch.setattr(M, "_MIN_CANDIDATES", 1)
+    monkeypatch.setattr(SC, "MIN_CANDIDATES", 1)
     s, y, q = synthetic(3000, 0.15, seed=20, mated_mean=0.3)
     q2 = q + 0.7 * np.random.default_rng(1).normal(size=q.size)
     ours = B.paired_bootstrap(s, y, q, q2, 0.01, "recompute", n_boot=300, seed=1).samples
@@ -269,4 +285,4 @@ def test_bad_input_raises_naming_the_parameter():
     with pytest.raises(ValueError, match="quality: 1 non-finite"):
         B.bootstrap_pauc(s, y, np.r_[np.nan, q[1:]])
     with pytest.raises(ValueError, match="convention"):
-        B.bootstrap_samples(M._Comparisons(s, y), [M._ArrayOrder(q)], 0.01, "sometimes")
+        B.bootstrap_samples(Comparisons(s, y), [ArrayOrder(q)], 0.01, "sometimes")

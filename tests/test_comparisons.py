@@ -5,11 +5,15 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import oracles as O
 import pytest
 
 from exfiqa.evaluation import bootstrap as B
 from exfiqa.evaluation import metrics as M
 from exfiqa.evaluation import pairs as C
+from exfiqa.evaluation import scores as SC
+from exfiqa.evaluation.rules import level_starts
+from exfiqa.evaluation.scores import ArrayOrder, Comparisons
 from exfiqa.readers import benchmarks as ds
 
 TARGETS = (0.01, 0.05, 0.2)
@@ -125,7 +129,7 @@ def test_min_pair_order_equals_the_stable_sort_of_pair_qualities(seed):
     pos = stable_ranks(q)
     refs = np.arange(n)
     np.testing.assert_array_equal(order.ranks(refs), pos)
-    np.testing.assert_array_equal(order.levels(refs), np.searchsorted(M._level_starts(n), pos, side="right") - 1)
+    np.testing.assert_array_equal(order.levels(refs), np.searchsorted(level_starts(n), pos, side="right") - 1)
     np.testing.assert_array_equal(order.quality(refs), q)
 
 
@@ -140,7 +144,7 @@ def test_pair_list_curves_identical_to_materialised(seed, convention):
     v = rng.integers(0, 40, n_sides).astype(np.float32)
     pl = C.PairList(a, b, mated, n_sides)
     scores = pl.scores(f, 0.5)
-    ref = M.edc_many(scores.sim, mated, pl.pair_quality(v), TARGETS, convention)
+    ref = M.edc_many(scores.sim, mated, O.pair_qualities(pl, v), TARGETS, convention)
     assert_same_curves(M.edc_curves(scores, pl.order(v), TARGETS, convention), ref)
 
 
@@ -149,7 +153,7 @@ def test_pair_list_curves_identical_to_materialised(seed, convention):
 @pytest.mark.parametrize("rules", RULES, ids=RULE_IDS)
 def test_pair_list_rules_identical_to_materialised(seed, convention, rules, monkeypatch):
     """Every rule and error type through the bounded path equals the small-set functions."""
-    monkeypatch.setattr(M, "_MIN_CANDIDATES", 1)  # few candidates: the growth paths run
+    monkeypatch.setattr(SC, "MIN_CANDIDATES", 1)  # few candidates: the growth paths run
     rng = np.random.default_rng(10 + seed)
     n_sides, n = 50, 1500
     f = grid_features(rng, n_sides) if seed != 1 else rng.normal(size=(n_sides, 8)).astype(np.float32)
@@ -161,7 +165,7 @@ def test_pair_list_rules_identical_to_materialised(seed, convention, rules, monk
         v = -np.asarray(f.sum(1), np.float32)
     pl = C.PairList(a, b, mated, n_sides)
     scores = pl.scores(f)
-    ref = M.edc_many(scores.sim, mated, pl.pair_quality(v), TARGETS, convention, **rules)
+    ref = M.edc_many(scores.sim, mated, O.pair_qualities(pl, v), TARGETS, convention, **rules)
     assert_same_curves(M.edc_curves(scores, pl.order(v), TARGETS, convention, **rules), ref)
 
 
@@ -174,8 +178,8 @@ def test_orders_count_each_pair_quality():
     pl = C.PairList(a, b, rng.random(700) < 0.3, n_sides)
     ap = C.AllPairs.from_codes(random_groups(rng))
     w = rng.integers(0, 7, ap.n_samples).astype(np.float32)
-    for (values, counts), q in ((pl.order(v).value_counts(), pl.pair_quality(v)),
-                                (ap.order(w).value_counts(), ap.pair_quality(w))):
+    for (values, counts), q in ((pl.order(v).value_counts(), O.pair_qualities(pl, v)),
+                                (ap.order(w).value_counts(), O.pair_qualities(ap, w))):
         uniq, n = np.unique(q, return_counts=True)
         np.testing.assert_array_equal(values, uniq)
         np.testing.assert_array_equal(counts, n)
@@ -189,16 +193,38 @@ def test_all_pairs_structure_matches_the_reader(sizes):
     groups = np.repeat(np.arange(len(sizes)), sizes)
     ap = C.AllPairs.from_codes(groups)
     a, b, mated = ap.materialise()
-    ra, rb, rm = ds._all_pairs(groups, None, 0)
-    np.testing.assert_array_equal(a, ra)
-    np.testing.assert_array_equal(b, rb)
-    np.testing.assert_array_equal(mated, rm)
+    brute = [(x, y, groups[x] == groups[y]) for x, y in itertools.combinations(range(groups.size), 2)]
+    assert list(zip(a.tolist(), b.tolist(), mated.tolist(), strict=True)) == brute
+    assert a.dtype == b.dtype == np.int32 and mated.dtype == bool
     assert (ap.n, ap.n_m) == (len(a), int(mated.sum()))
     np.testing.assert_array_equal(ap.position(a, b), np.arange(len(a)))
     i, j = ap.mated_pairs()
     assert list(zip(i.tolist(), j.tolist(), strict=True)) == [(x, y) for x, y, m in zip(a, b, mated, strict=True) if m]
     with pytest.raises(ValueError, match="sorted"):
         C.AllPairs.from_codes(np.array([1, 0]))
+
+
+@pytest.mark.parametrize("sizes", [[1], [2, 1, 4, 3], [5], [1, 1, 1], [3, 7, 1, 2, 6]])
+def test_all_pairs_materialise_subsamples_the_nonmated(sizes):
+    """``max_nonmated``: every mated pair and a seeded uniform subset of the non-mated ones, sorted."""
+    groups = np.repeat(np.arange(len(sizes)), sizes)
+    ap = C.AllPairs.from_codes(groups)
+    a, b, mated = ap.materialise()
+    full = list(zip(a.tolist(), b.tolist(), strict=True))
+    mated_set = {p for p, m in zip(full, mated, strict=True) if m}
+    non = {p for p, m in zip(full, mated, strict=True) if not m}
+    for k in (0, len(non) // 2, len(non), len(non) + 3):
+        sa, sb, sm = ap.materialise(k, seed=3)
+        pairs = list(zip(sa.tolist(), sb.tolist(), strict=True))
+        assert pairs == sorted(set(pairs)) and sa.dtype == np.int32
+        assert {p for p, m in zip(pairs, sm, strict=True) if m} == mated_set
+        sub = {p for p, m in zip(pairs, sm, strict=True) if not m}
+        assert len(sub) == min(k, len(non)) and sub <= non
+        again = ap.materialise(k, seed=3)
+        assert all(np.array_equal(x, y) for x, y in zip((sa, sb, sm), again, strict=True))
+    if non:
+        with pytest.raises(ValueError, match="max_nonmated"):
+            ap.materialise(-1)
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -213,7 +239,7 @@ def test_all_pairs_order_ranks_and_levels_are_those_of_the_stable_sort(seed):
     pos = stable_ranks(q)
     order = ap.order(v)
     np.testing.assert_array_equal(order.ranks(refs), pos)
-    np.testing.assert_array_equal(order.levels(refs), np.searchsorted(M._level_starts(q.size), pos, side="right") - 1)
+    np.testing.assert_array_equal(order.levels(refs), np.searchsorted(level_starts(q.size), pos, side="right") - 1)
     np.testing.assert_array_equal(order.quality(refs), q)
 
 
@@ -244,7 +270,7 @@ def test_all_pairs_top_candidates_with_ties(m, monkeypatch):
     pos = ap.position(refs[:, 0], refs[:, 1])
     np.testing.assert_array_equal(sim[pos], vals)
     assert not mated[pos].any()
-    ref = M._Comparisons(sim, mated).top_nonmated(m)
+    ref = Comparisons(sim, mated).top_nonmated(m)
     np.testing.assert_array_equal(vals, ref[0])
     np.testing.assert_array_equal(pos, ref[1])  # the same order among ties: comparison position
     np.testing.assert_array_equal(scores.sim_m, sim[mated])
@@ -253,7 +279,7 @@ def test_all_pairs_top_candidates_with_ties(m, monkeypatch):
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("convention", ["fixed", "recompute"])
 def test_all_pairs_curves_identical_to_materialised(seed, convention, monkeypatch):
-    monkeypatch.setattr(M, "_MIN_CANDIDATES", 1)  # few candidates: the growth paths run
+    monkeypatch.setattr(SC, "MIN_CANDIDATES", 1)  # few candidates: the growth paths run
     rng = np.random.default_rng(seed)
     groups = random_groups(rng, max_groups=45)
     ap = C.AllPairs.from_codes(groups)
@@ -272,7 +298,7 @@ def test_all_pairs_curves_identical_to_materialised(seed, convention, monkeypatc
 @pytest.mark.parametrize("convention", ["fixed", "recompute"])
 @pytest.mark.parametrize("rules", RULES, ids=RULE_IDS)
 def test_all_pairs_rules_identical_to_materialised(seed, convention, rules, monkeypatch):
-    monkeypatch.setattr(M, "_MIN_CANDIDATES", 1)
+    monkeypatch.setattr(SC, "MIN_CANDIDATES", 1)
     rng = np.random.default_rng(20 + seed)
     groups = random_groups(rng, max_groups=40)
     ap = C.AllPairs.from_codes(groups)
@@ -296,8 +322,8 @@ def test_all_pairs_bootstrap_identical_to_materialised(convention):
     v1 = rng.integers(0, 30, groups.size).astype(np.float32)
     v2 = v1 + rng.integers(0, 3, groups.size)
     got = B.bootstrap_samples(ap.scores(f), [ap.order(v1), ap.order(v2)], 0.05, convention, n_boot=40, seed=7)
-    comp = M._Comparisons(sim, mated)
-    orders = [M._ArrayOrder(np.minimum(v[a], v[b])) for v in (v1, v2)]
+    comp = Comparisons(sim, mated)
+    orders = [ArrayOrder(np.minimum(v[a], v[b])) for v in (v1, v2)]
     ref = B.bootstrap_samples(comp, orders, 0.05, convention, n_boot=40, seed=7)
     for x, y in zip(got, ref, strict=True):
         np.testing.assert_array_equal(x, y)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import oracles as O
 import pytest
 
 from exfiqa.evaluation import metrics as M
+from exfiqa.evaluation import scores as SC
 from exfiqa.evaluation.metrics import Convention, EDCCurve
 
 # ----------------------------------------------------------------------------- helpers
@@ -484,7 +486,7 @@ def test_recompute_matches_brute_force(seed):
 def test_recompute_candidate_growth(monkeypatch):
     # Quality anti-correlated with the non-mated similarity: high-quality levels keep only low
     # non-mated scores, so the top-of-all candidates run out and must be enlarged.
-    monkeypatch.setattr(M, "_MIN_CANDIDATES", 1)
+    monkeypatch.setattr(SC, "MIN_CANDIDATES", 1)
     rng = np.random.default_rng(7)
     n = 5000
     y = rng.random(n) < 0.1
@@ -572,12 +574,12 @@ def test_curve_is_immutable_and_validated():
 def test_frames_carry_convention_limit_scale():
     s, y, q = synthetic(1500, 0.2, seed=12)
     quals = {"good": q, "bad": -q}
-    edc_df = M.edc_frame(s, y, quals, dataset="toy", fr_model="arc", convention="recompute")
+    edc_df = O.edc_frame(s, y, quals, dataset="toy", fr_model="arc", convention="recompute")
     assert list(edc_df.columns) == [
         "method", "dataset", "fr_model", "fmr", "convention", "discard_fraction", "fnmr", "resolved",
     ]  # fmt: skip
     assert len(edc_df) == 2 * 3 * 20 and set(edc_df.convention) == {"recompute"}
-    pdf = M.pauc_frame(s, y, quals, dataset="toy", fr_model="arc", limit=0.2, scale=100, convention="fixed")
+    pdf = O.pauc_frame(s, y, quals, dataset="toy", fr_model="arc", limit=0.2, scale=100, convention="fixed")
     assert list(pdf.columns) == [
         "method", "dataset", "fr_model", "fmr", "convention", "limit", "subtract_best", "scale",
         "pauc", "resolved",
@@ -588,7 +590,7 @@ def test_frames_carry_convention_limit_scale():
     meta = M.pauc_meta("recompute", 0.3, scale=100)
     assert meta["convention"] == "recompute" and meta["area_rule"].startswith("trapezoid")
     with pytest.raises(ValueError, match="qualities\\['nan'\\]"):
-        M.pauc_frame(s, y, {"nan": np.full(s.size, np.nan)}, dataset="t", fr_model="a")
+        O.pauc_frame(s, y, {"nan": np.full(s.size, np.nan)}, dataset="t", fr_model="a")
     with pytest.raises(ValueError, match="subtract_best"):
         M.pauc_meta("recompute", subtract_best=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import oracles as O
 import pandas as pd
 import pytest
 
@@ -188,13 +189,12 @@ def test_open_study_gives_a_study_whose_out_dir_and_card_are_fields(tiny_config,
 
 
 def _reference_pauc(study, ds, fr, q, conv, scale=1.0, **rules):
-    """The unbounded computation: the wide table's columns through metrics.pauc_frame."""
-    from exfiqa.evaluation import metrics
+    """The unbounded computation: the wide table's columns through the oracle pauc_frame (tests/oracles.py)."""
 
     cfg = study.config
     table = study.table(ds, fr, q)
     methods = study.methods(q, ds)
-    return metrics.pauc_frame(
+    return O.pauc_frame(
         table["similarity"], table["mated"], {m: table[m].to_numpy() for m in methods}, dataset=cfg.datasets[ds].label,
         fr_model=fr, targets=cfg.fmr_targets, convention=conv, limit=cfg.discard_limit, scale=scale, **rules,
     )
@@ -211,7 +211,7 @@ def test_bounded_evaluation_equals_the_wide_table(study, dataset):
     for conv in ("fixed", "recompute"):
         got = study.pauc_frame(dataset, "arcface", "C", methods, scale=1000, convention=conv)
         pd.testing.assert_frame_equal(got, _reference_pauc(study, dataset, "arcface", "C", conv, 1000))
-        ref_edc = metrics.edc_frame(
+        ref_edc = O.edc_frame(
             table["similarity"], table["mated"], {m: table[m].to_numpy() for m in methods},
             dataset=cfg.datasets[dataset].label, fr_model="arcface", targets=cfg.fmr_targets, convention=conv,
         )
@@ -235,13 +235,13 @@ def test_the_authors_rules_and_fm_edc_through_the_study(tiny_config, study, data
     quals = {m: table[m].to_numpy() for m in methods}
     kw = {"dataset": cfg.datasets[dataset].label, "fr_model": "arcface", "limit": cfg.discard_limit, "scale": 1000}
     got = rules.pauc_frame(dataset, "arcface", "T", methods, scale=1000)
-    ref = metrics.pauc_frame(table["similarity"], table["mated"], quals, targets=cfg.fmr_targets, convention="fixed",
+    ref = O.pauc_frame(table["similarity"], table["mated"], quals, targets=cfg.fmr_targets, convention="fixed",
                              subtract_best="triangle", **metrics.compat_rules("crfiqa"), **kw)
     pd.testing.assert_frame_equal(got, ref)
     assert set(got.threshold_rule) == {"closest"} and set(got.best_curve) == {"triangle"}
     got = rules.pauc_frame(dataset, "arcface", "T", methods, scale=1000, convention="recompute", subtract_best=False,
                            error_type="fmr", targets=(0.1, 0.3))
-    ref = metrics.pauc_frame(table["similarity"], table["mated"], quals, targets=(0.1, 0.3), convention="recompute",
+    ref = O.pauc_frame(table["similarity"], table["mated"], quals, targets=(0.1, 0.3), convention="recompute",
                              error_type="fmr", **metrics.compat_rules("crfiqa"), **kw)
     pd.testing.assert_frame_equal(got, ref)
     with pytest.raises(ValueError, match="targets: an FM-EDC"):

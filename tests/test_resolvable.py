@@ -5,9 +5,11 @@ left at each discard level. Hand-computed cases."""
 from __future__ import annotations
 
 import numpy as np
+import oracles as O
 import pytest
 
 from exfiqa.evaluation import metrics as M
+from exfiqa.evaluation.scores import ArrayOrder, Comparisons
 
 
 def test_resolvable_by_hand():
@@ -35,7 +37,7 @@ def test_recompute_levels_count_the_nonmated_left():
     left = np.maximum(1100 - 100 * np.arange(20), 0)
     expect = np.floor(1e-3 * left * (1 + 1e-9)) >= 1  # 1100 and 1000 resolve 1e-3, 900 does not
     assert list(expect[:3]) == [True, True, False]
-    got = M.resolvable_levels(mated, q, 1e-3)
+    got = O.resolvable_levels(mated, q, 1e-3)
     assert np.array_equal(got, expect)
     curve = M.edc(sim, mated, q, 1e-3)
     assert np.array_equal(curve.n_target_base, left) and np.array_equal(curve.resolved, expect)
@@ -44,11 +46,11 @@ def test_recompute_levels_count_the_nonmated_left():
     assert M.pauc_resolved(curve, 0.05) and not M.pauc_resolved(curve, 0.3)
     assert not M.pauc_resolved(curve, 0.07)  # the area interpolates towards level 2 (900 left)
     # 1e-2 holds while 1100 - 100 j >= 100, i.e. levels 0..10
-    assert list(np.flatnonzero(~M.resolvable_levels(mated, q, 1e-2))) == list(range(11, 20))
+    assert list(np.flatnonzero(~O.resolvable_levels(mated, q, 1e-2))) == list(range(11, 20))
     # fixed: the threshold is set once from all 1100 -> resolved at every point, whatever is discarded
     fixed = M.edc(sim, mated, q, 1e-3, "fixed")
     assert fixed.resolved.all() and M.pauc_resolved(fixed, 0.3)
-    assert np.array_equal(M.resolvable_levels(mated, q, 1e-3, "fixed"), fixed.resolved)
+    assert np.array_equal(O.resolvable_levels(mated, q, 1e-3, "fixed"), fixed.resolved)
 
 
 def test_levels_agree_with_the_engine_on_random_sets():
@@ -59,20 +61,20 @@ def test_levels_agree_with_the_engine_on_random_sets():
         q = np.round(rng.random(n), 1)  # many ties: the stable order matters
         for t in (1e-2, 3e-3, 1e-3):
             curve = M.edc(sim, mated, q, t)
-            assert np.array_equal(M.resolvable_levels(mated, q, t), curve.resolved)
+            assert np.array_equal(O.resolvable_levels(mated, q, t), curve.resolved)
             fm = M.edc(sim, mated, q, t * 10, error_type="fmr")  # FM-EDC: the FNMR target over the mated left
-            assert np.array_equal(M.resolvable_levels(mated, q, t * 10, error_type="fmr"), fm.resolved)
+            assert np.array_equal(O.resolvable_levels(mated, q, t * 10, error_type="fmr"), fm.resolved)
 
 
 def test_identical_curves_below_the_resolution():
     # 300 non-mated: 1e-3 and 1e-4 both admit no false match -> the same curve, both flagged
     sim, mated, q = _low_quality_nonmated(300, 300, seed=5)
     q = np.random.default_rng(1).random(600)
-    frame = M.pauc_frame(sim, mated, {"q": q}, dataset="d", fr_model="f", targets=(1e-2, 1e-3, 1e-4))
+    frame = O.pauc_frame(sim, mated, {"q": q}, dataset="d", fr_model="f", targets=(1e-2, 1e-3, 1e-4))
     by = frame.set_index("fmr")
     assert by.loc[1e-3, "pauc"] == by.loc[1e-4, "pauc"]
     assert not by.loc[1e-3, "resolved"] and not by.loc[1e-4, "resolved"]
-    edc = M.edc_frame(sim, mated, {"q": q}, dataset="d", fr_model="f", targets=(1e-2, 1e-3))
+    edc = O.edc_frame(sim, mated, {"q": q}, dataset="d", fr_model="f", targets=(1e-2, 1e-3))
     assert not edc[edc.fmr == 1e-3]["resolved"].any()
 
 
@@ -90,8 +92,8 @@ def test_resolved_for_prepared_scores_equals_the_curve():
     mated = rng.random(n) < 0.4
     sim = rng.normal(size=n) + mated
     q = np.where(mated, rng.random(n) + 0.6, rng.random(n))  # the first 30% discarded are non-mated
-    comp = M._Comparisons(sim, mated)
-    order = M._ArrayOrder(comp.quality(q))
+    comp = Comparisons(sim, mated)
+    order = ArrayOrder(comp.quality(q))
     for conv in ("recompute", "fixed"):
         for t in (1e-2, 1e-3, 5e-4):
             for limit in (0.05, 0.17, 0.3):

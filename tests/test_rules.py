@@ -11,12 +11,16 @@ import itertools
 from fractions import Fraction
 
 import numpy as np
+import oracles as O
 import pytest
 import yaml
 
 from exfiqa.config import ConfigError, load_config
 from exfiqa.evaluation import bootstrap as B
 from exfiqa.evaluation import metrics as M
+from exfiqa.evaluation import scores as SC
+from exfiqa.evaluation.rules import level_starts
+from exfiqa.evaluation.scores import ArrayOrder, Comparisons, DistanceView
 
 CRFIQA = M.compat_rules("crfiqa")
 
@@ -308,7 +312,7 @@ def test_distance_ties_of_float64_cosines_are_ties():
     assert M.fnmr_at_fmr(neg, pos, 0.1) == 0.0
     assert M.fnmr_at_fmr(neg, pos, 0.1, acceptance="distance<") == 0.5
     # the bounded engine's candidates respect the merged ties (the view drops a partial tail group)
-    view = M._DistanceView(M._Comparisons(np.r_[neg, pos], np.r_[np.zeros(10, bool), True, True]))
+    view = DistanceView(Comparisons(np.r_[neg, pos], np.r_[np.zeros(10, bool), True, True]))
     vals, _ = view.top_nonmated(2)
     assert vals.size == 3 and np.unique(vals).size == 1
     s, y = np.r_[neg, pos], np.r_[np.zeros(10, bool), True, True]
@@ -322,7 +326,7 @@ def test_distance_ties_of_float64_cosines_are_ties():
 
 @pytest.mark.parametrize("error_type", ["fnmr", "fmr"])
 def test_candidate_growth_for_the_rules(error_type, monkeypatch):
-    monkeypatch.setattr(M, "_MIN_CANDIDATES", 1)
+    monkeypatch.setattr(SC, "MIN_CANDIDATES", 1)
     rng = np.random.default_rng(7)
     n = 3000
     y = rng.random(n) < 0.15
@@ -345,7 +349,7 @@ def test_int_u_times_n_equals_floor_j_n_over_20():
     n = np.arange(1, 2_000_001, dtype=np.int64)
     for j in range(20):
         np.testing.assert_array_equal((u[j] * n).astype(np.int64), (j * n) // 20, err_msg=f"level {j}")
-    np.testing.assert_array_equal(M._level_starts(2_000_000), (np.arange(20) * 2_000_000) // 20)
+    np.testing.assert_array_equal(level_starts(2_000_000), (np.arange(20) * 2_000_000) // 20)
 
 
 # ----------------------------------------------------------------------------- API
@@ -368,14 +372,14 @@ def test_one_default_convention_and_argument_names():
     rec = M.edc(s, y, q, 0.05, "recompute")
     assert M.edc(s, y, q, 0.05).convention is M.Convention.RECOMPUTE
     np.testing.assert_array_equal(M.edc_many(s, y, q, (0.05,))[0.05].fnmr, rec.fnmr)
-    comp, order = M._Comparisons(s, y), M._ArrayOrder(q)
+    comp, order = Comparisons(s, y), ArrayOrder(q)
     assert M.edc_curves(comp, order, (0.05,))[0.05].convention is M.Convention.RECOMPUTE
-    for f in (B.bootstrap_pauc, B.paired_bootstrap, B.bootstrap_samples, M.edc_frame, M.pauc_frame):
+    for f in (B.bootstrap_pauc, B.paired_bootstrap, B.bootstrap_samples, O.edc_frame, O.pauc_frame):
         import inspect
 
         assert inspect.signature(f).parameters["convention"].default is M.Convention.RECOMPUTE, f.__name__
     # one argument order: (similarity, mated, quality); scores are never called "mated"
-    for f in (M.edc, M.edc_many, B.bootstrap_pauc, B.paired_bootstrap, M.edc_frame, M.pauc_frame):
+    for f in (M.edc, M.edc_many, B.bootstrap_pauc, B.paired_bootstrap, O.edc_frame, O.pauc_frame):
         import inspect
 
         assert list(inspect.signature(f).parameters)[:2] == ["similarity", "mated"], f.__name__
@@ -383,7 +387,7 @@ def test_one_default_convention_and_argument_names():
         import inspect
 
         assert list(inspect.signature(f).parameters)[:2] == ["nonmated_scores", "mated_scores"], f.__name__
-    a = M.edc_frame(s, y, {"q": q}, dataset="d", fr_model="f")
+    a = O.edc_frame(s, y, {"q": q}, dataset="d", fr_model="f")
     assert set(a.convention) == {"recompute"}
     with pytest.raises(ValueError, match="threshold_rule"):
         M.edc(s, y, q, threshold_rule="nearest")
@@ -400,20 +404,20 @@ def test_one_default_convention_and_argument_names():
 def test_frames_and_meta_state_the_rules():
     s, y, q = synthetic(6, n=800)
     quals = {"good": q, "bad": -q}
-    default = M.pauc_frame(s, y, quals, dataset="d", fr_model="f", convention="fixed")
+    default = O.pauc_frame(s, y, quals, dataset="d", fr_model="f", convention="fixed")
     assert list(default.columns) == ["method", "dataset", "fr_model", "fmr", "convention", "limit",
                                      "subtract_best", "scale", "pauc", "resolved"]
-    tri = M.pauc_frame(s, y, quals, dataset="d", fr_model="f", convention="fixed", subtract_best=True, **CRFIQA)
+    tri = O.pauc_frame(s, y, quals, dataset="d", fr_model="f", convention="fixed", subtract_best=True, **CRFIQA)
     assert list(tri.columns) == ["method", "dataset", "fr_model", "fmr", "convention", "limit", "subtract_best",
                                  "scale", "best_curve", "threshold_rule", "acceptance", "pauc", "resolved"]
     assert set(tri.best_curve) == {"triangle"} and set(tri.threshold_rule) == {"closest"}
     row = tri[(tri.method == "good") & (tri.fmr == 1e-3)].iloc[0]
     curve = M.edc(s, y, q, 1e-3, "fixed", **CRFIQA)
     assert row.pauc == M.pauc(curve, 0.3, "triangle")
-    fm = M.pauc_frame(s, y, quals, dataset="d", fr_model="f", targets=(0.1,), error_type="fmr")
+    fm = O.pauc_frame(s, y, quals, dataset="d", fr_model="f", targets=(0.1,), error_type="fmr")
     assert list(fm.columns) == ["method", "dataset", "fr_model", "fnmr", "convention", "limit", "subtract_best",
                                 "scale", "error_type", "pauc", "resolved"]
-    edc = M.edc_frame(s, y, quals, dataset="d", fr_model="f", targets=(0.1,), error_type="fmr", **CRFIQA)
+    edc = O.edc_frame(s, y, quals, dataset="d", fr_model="f", targets=(0.1,), error_type="fmr", **CRFIQA)
     assert list(edc.columns) == ["method", "dataset", "fr_model", "fnmr", "convention", "threshold_rule",
                                  "acceptance", "error_type", "discard_fraction", "fmr", "resolved"]
     meta = M.pauc_meta("recompute", **CRFIQA)

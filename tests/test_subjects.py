@@ -8,12 +8,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import oracles as O
 import pandas as pd
 import pytest
 
 from exfiqa.evaluation import bootstrap as B
 from exfiqa.evaluation import metrics
 from exfiqa.evaluation.pairs import AllPairs
+from exfiqa.evaluation.scores import ArrayOrder, Comparisons
 from exfiqa.evaluation.subjects import (
     ExplicitUnits,
     draw_unit_weights,
@@ -95,8 +97,8 @@ def test_all_pairs_closed_form_equals_the_explicit_engine(conv, ties):
     a, b, mated = ap.materialise()
     implicit = B.bootstrap_samples(ap.scores(f, 1.0, initial_m=64), [ap.order(q1), ap.order(q2)], 1e-2, conv, 0.3, 30, 2,
                                    subjects=units)
-    comp = metrics._Comparisons(ap.similarity(f, 1.0), mated)
-    orders = [metrics._ArrayOrder(ap.pair_quality(q)) for q in (q1, q2)]
+    comp = Comparisons(ap.similarity(f, 1.0), mated)
+    orders = [ArrayOrder(O.pair_qualities(ap, q)) for q in (q1, q2)]
     explicit = B.bootstrap_samples(comp, orders, 1e-2, conv, 0.3, 30, 2, subjects=np.stack((units[a], units[b]), 1))
     for x, y in zip(implicit, explicit, strict=True):
         np.testing.assert_array_equal(x, y)

@@ -74,7 +74,7 @@ through :mod:`exfiqa.evaluation.pairs`).
   resample for three measures at IJB-C size on 2 cores, against tens of milliseconds here.)
 
 numpy and scipy.special (one step: the binomial tail of the order-statistic rank). The number of
-candidates is :mod:`exfiqa.evaluation.metrics`' ``_MIN_CANDIDATES``, read at call time (one setting for the
+candidates is :mod:`exfiqa.evaluation.metrics`' ``MIN_CANDIDATES``, read at call time (one setting for the
 EDC and the bootstrap).
 """
 
@@ -89,31 +89,29 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-from exfiqa.evaluation import metrics as _metrics
-from exfiqa.evaluation.metrics import (
+from exfiqa.evaluation.edc import edc_curves
+from exfiqa.evaluation.pauc import best_area, pauc, stepwise_area, trapezoid_area, triangle_area
+from exfiqa.evaluation.rules import (
     RECOMPUTE_DISCARD_FRACTIONS,
     Acceptance,
     BestCurve,
     Convention,
     ThresholdRule,
-    _ArrayOrder,
-    _best_area,
-    _best_curve,
-    _Comparisons,
-    _convention,
-    _fmr_value,
-    _kmax,
-    _level_starts,
-    _limit_value,
-    _rule,
-    _stepwise_area,
-    _strict,
-    _top,
-    _trapezoid_area,
-    _triangle_area,
-    _view,
-    edc_curves,
-    pauc,
+    allowed_errors,
+    as_best_curve,
+    as_convention,
+    as_rule,
+    check_limit,
+    check_rate,
+    is_strict,
+    level_starts,
+)
+from exfiqa.evaluation.scores import (
+    ArrayOrder,
+    Comparisons,
+    min_candidates,
+    rule_view,
+    top_candidates,
 )
 from exfiqa.evaluation.subjects import AllPairsUnits, ExplicitUnits, draw_unit_weights
 
@@ -158,7 +156,7 @@ def _boot_args(n_boot: int, alpha: float) -> None:
         raise ValueError(f"alpha: must lie in (0, 1), got {alpha!r}")
 
 
-def _order_stat_samples(comp: _Comparisons, k: int, u: np.ndarray) -> np.ndarray:
+def _order_stat_samples(comp: Comparisons, k: int, u: np.ndarray) -> np.ndarray:
     """Exact draws of the (k+1)-th largest score of a with-replacement resample of the non-mated.
 
     Its rank R (1-based, descending) has ``P(R <= r) = P(Binomial(n, r/n) >= k + 1)``; ``u`` are
@@ -210,15 +208,15 @@ class _FixedPlan:
         with np.errstate(invalid="ignore", divide="ignore"):
             fnmr = np.where(remaining > 0, err_left / remaining, 0.0)
             frac = discarded / total[:, None]
-            area = _stepwise_area(frac, fnmr, limit)
+            area = stepwise_area(frac, fnmr, limit)
             if best is BestCurve.TRIANGLE:
-                area -= _triangle_area(err_total / total, limit)
+                area -= triangle_area(err_total / total, limit)
         if best is BestCurve.STEPWISE:
             cache: dict[tuple[int, int], float] = {}
             for i, (e, t) in enumerate(zip(err_total.tolist(), total.tolist(), strict=True)):
                 if t > 0:
                     if (e, t) not in cache:
-                        cache[(e, t)] = _best_area(e, t, limit)
+                        cache[(e, t)] = best_area(e, t, limit)
                     area[i] -= cache[(e, t)]
         out: np.ndarray = np.where(total > 0, area, np.nan)
         return out
@@ -234,7 +232,7 @@ def _fixed_boot(
     rng: np.random.Generator,
 ) -> list[np.ndarray]:
     plans = [_FixedPlan(comp, np.asarray(o.quality(comp.mated_refs))) for o in orders]
-    k = int(_kmax(fmr, comp.n_nm))
+    k = int(allowed_errors(fmr, comp.n_nm))
     stats = _order_stat_samples(comp, k, rng.random(n_boot))
     out = [np.empty(n_boot) for _ in orders]
     block = max(1, _BOOT_CELLS // comp.n_m)
@@ -278,7 +276,7 @@ def _recompute_weighted(
     for j in range(d.shape[0]):
         if n_m_j[j] == 0 or n_nm_j[j] == 0:
             continue
-        k = int(_kmax(fmr, n_nm_j[j]))
+        k = int(allowed_errors(fmr, n_nm_j[j]))
         i = int(np.searchsorted(cum_c[j], k + 1, side="left"))
         if i >= cum_c.shape[1]:
             return None
@@ -314,10 +312,9 @@ class _GapPlan:
         self.c_slot = slot_of[len(ranks_m) :]  # in candidate (descending score) order
         self.n_slots = 2 * n_q + 1
         self.rest = int(self.gap_size.sum())
-        self.p = self.gap_size / self.rest if self.rest else None
         h = hashlib.sha256(np.int64(n).tobytes() + self.qpos.tobytes() + self.m_slot.tobytes())
         self.digest = int.from_bytes(h.digest()[:8], "little")
-        self.d = _level_starts(n)
+        self.d = level_starts(n)
         self.n = n
         self.refined: dict[int, tuple[_GapPlan, np.ndarray]] = {}
         self.n_q = n_q
@@ -374,12 +371,6 @@ class _GapPlan:
             out[g0:g1] = inside[b] if b in inside else self._block_gaps(b, int(pooled[b]), g0, g1, rng)
         return out
 
-    def gaps(self, total: int, rng: np.random.Generator) -> np.ndarray:
-        """Resampled copies per gap: ``total`` pooled copies spread by gap size (multinomial)."""
-        if self.p is None:
-            return np.zeros(self.gap_size.shape[0], dtype=np.int64)
-        return rng.multinomial(total, self.p)
-
     def fnmr(
         self, comp: Any, fmr: float, c_m: np.ndarray, c_c: np.ndarray, gaps: np.ndarray, vals: np.ndarray
     ) -> np.ndarray | None:
@@ -397,7 +388,7 @@ class _GapPlan:
     ) -> tuple[_GapPlan, np.ndarray]:
         """The plan with the top ``m`` non-mated as candidates (a superset); cached per ``m``."""
         if m not in self.refined:
-            _, refs = _top(comp, m)
+            _, refs = top_candidates(comp, m)
             extra = np.asarray(order.ranks(refs[ranks_c.shape[0] :]), dtype=np.int64)
             self.refined[m] = (_GapPlan(self.n, ranks_m, np.concatenate((ranks_c, extra))), extra)
         return self.refined[m]
@@ -442,9 +433,9 @@ def _recompute_boot(
     n_boot: int,
     seed: int,
 ) -> list[np.ndarray]:
-    k = int(_kmax(fmr, comp.n_nm))
-    m0 = max(4 * (k + 1), _metrics._MIN_CANDIDATES)
-    cand_vals, cand_refs = _top(comp, m0)
+    k = int(allowed_errors(fmr, comp.n_nm))
+    m0 = max(4 * (k + 1), min_candidates())
+    cand_vals, cand_refs = top_candidates(comp, m0)
     n_c = cand_vals.shape[0]
     ranks = []
     for o in orders:  # one call per order: the ranks of the mated and the candidates together
@@ -465,23 +456,21 @@ def _recompute_boot(
             end_m, end_c, state = plan.ends(c_m, c_c, rest, prng)
             fnmr = _recompute_weighted(plan.d, plan.n, fmr, end_m, c_m, comp.sim_m, end_c, c_c, cand_vals)
             if fnmr is not None:
-                o[b] = _trapezoid_area(RECOMPUTE_DISCARD_FRACTIONS, fnmr, limit)
+                o[b] = trapezoid_area(RECOMPUTE_DISCARD_FRACTIONS, fnmr, limit)
                 continue
             cur, cur_c, cur_gaps, m = plan, c_c, plan.full_gaps(state, prng), m0
             while fnmr is None:  # rare: the order statistic lies below the candidates
-                _FALLBACKS[0] += 1
                 m *= 4
                 finer, extra = plan.refine(comp, orders[p], m, *ranks[p])
-                vals, _ = _top(comp, m)
+                vals, _ = top_candidates(comp, m)
                 fine_gaps, extra_c = cur.split(finer, extra[cur_c.shape[0] - n_c :], cur_gaps, prng)
                 cur_c = np.concatenate((cur_c, extra_c))
                 cur, cur_gaps = finer, fine_gaps
                 fnmr = cur.fnmr(comp, fmr, c_m, cur_c, cur_gaps, vals)
-            o[b] = _trapezoid_area(RECOMPUTE_DISCARD_FRACTIONS, fnmr, limit)
+            o[b] = trapezoid_area(RECOMPUTE_DISCARD_FRACTIONS, fnmr, limit)
     return out
 
 
-_FALLBACKS = [0]  # how often a bootstrap resample needed more candidates (tests)
 _GAP_BLOCK = 256  # gaps drawn together unless a level boundary falls among them
 
 
@@ -495,7 +484,7 @@ def _run_bootstrap(
     n_boot: int,
     seed: int,
 ) -> list[np.ndarray]:
-    best = _best_curve(subtract_best)
+    best = as_best_curve(subtract_best)
     if conv is Convention.FIXED:
         rng = np.random.default_rng(seed)
         return _fixed_boot(comp, orders, fmr, limit, best, int(n_boot), rng)
@@ -555,8 +544,8 @@ def _unit_boot(
     copies where the pAUC needs them gives NaN.
     """
     rng = np.random.default_rng(seed)
-    m = max(4 * (int(_kmax(fmr, comp.n_nm)) + 1), _metrics._MIN_CANDIDATES)
-    vals, refs = _top(comp, m)
+    m = max(4 * (int(allowed_errors(fmr, comp.n_nm)) + 1), min_candidates())
+    vals, refs = top_candidates(comp, m)
     out = [np.full(n_boot, np.nan) for _ in orders]
     if conv is Convention.FIXED:
         plans = [_FixedPlan(comp, np.asarray(o.quality(comp.mated_refs))) for o in orders]
@@ -570,14 +559,14 @@ def _unit_boot(
         n_nm_w = total - int(w_m.sum())
         if n_nm_w <= 0 or not w_m.any():
             continue
-        k = int(_kmax(fmr, n_nm_w))
+        k = int(allowed_errors(fmr, n_nm_w))
         while True:
             w_c = units.weights(w, refs)
             stat = _weighted_stat(vals, w_c, k)
             if stat is not None or vals.shape[0] >= comp.n_nm:
                 break
             m *= 4
-            vals, refs = _top(comp, m)
+            vals, refs = top_candidates(comp, m)
         if conv is Convention.FIXED:
             if stat is None:  # pragma: no cover - every non-mated is a candidate and k < n_nm_w
                 continue
@@ -587,18 +576,17 @@ def _unit_boot(
         for gp, o in zip(gplans, out, strict=True):
             while True:
                 (end_m, end_c), n_all = gp.ends(w, [comp.mated_refs, refs], n_lv)
-                d = _level_starts(n_all)[:n_lv]
+                d = level_starts(n_all)[:n_lv]
                 fnmr = _recompute_weighted(d, n_all, fmr, end_m, w_m, comp.sim_m, end_c, w_c, vals)
                 if fnmr is not None or vals.shape[0] >= comp.n_nm:
                     break
-                _FALLBACKS[0] += 1
                 m *= 4
-                vals, refs = _top(comp, m)
+                vals, refs = top_candidates(comp, m)
                 w_c = units.weights(w, refs)
             if fnmr is None:  # pragma: no cover - all non-mated are candidates
                 continue
             try:
-                o[b] = _trapezoid_area(RECOMPUTE_DISCARD_FRACTIONS[:n_lv], fnmr, limit)
+                o[b] = trapezoid_area(RECOMPUTE_DISCARD_FRACTIONS[:n_lv], fnmr, limit)
             except ValueError:  # no mated or non-mated copies left at a level <= limit
                 o[b] = np.nan
     return out
@@ -623,12 +611,12 @@ def _intervals(samples: np.ndarray, alpha: float) -> tuple[float, float]:
 
 def _boot_rules(threshold_rule: ThresholdRule | str, acceptance: Acceptance | str) -> bool:
     """The bootstrap engines resample the ``at_most`` rule (either acceptance); returns strictness."""
-    if _rule(threshold_rule) is not ThresholdRule.AT_MOST:
+    if as_rule(threshold_rule) is not ThresholdRule.AT_MOST:
         raise ValueError(
             "threshold_rule: the bootstrap supports 'at_most' only (the resampled order statistic "
             "has an exact distribution there); evaluate 'closest' without intervals"
         )
-    return _strict(acceptance)
+    return is_strict(acceptance)
 
 
 def _checked(
@@ -636,7 +624,7 @@ def _checked(
     threshold_rule: ThresholdRule | str, acceptance: Acceptance | str,
 ) -> tuple[float, Convention, float, bool]:
     """The validated ``(fmr, convention, limit, strict acceptance)`` of a bootstrap call."""
-    f, conv, lim = _fmr_value(fmr), _convention(convention), _limit_value(limit)
+    f, conv, lim = check_rate(fmr), as_convention(convention), check_limit(limit)
     _boot_args(n_boot, alpha)
     return f, conv, lim, _boot_rules(threshold_rule, acceptance)
 
@@ -668,12 +656,12 @@ def bootstrap_samples(
     (no mated or non-mated copies at a level it reads) gives NaN.
     """
     f, conv, lim, strict = _checked(fmr, convention, limit, n_boot, 0.05, threshold_rule, acceptance)
-    if _best_curve(subtract_best) is not None and conv is Convention.RECOMPUTE:
+    if as_best_curve(subtract_best) is not None and conv is Convention.RECOMPUTE:
         raise ValueError("subtract_best: is defined for the 'fixed' convention only")
-    view = _view(scores, strict)
+    view = rule_view(scores, strict)
     if subjects is not None:
         units = _units_of(view, subjects)
-        return _unit_boot(view, list(orders), units, f, conv, lim, _best_curve(subtract_best), int(n_boot), seed)
+        return _unit_boot(view, list(orders), units, f, conv, lim, as_best_curve(subtract_best), int(n_boot), seed)
     return _run_bootstrap(view, list(orders), f, conv, lim, subtract_best, n_boot, seed)
 
 
@@ -701,16 +689,16 @@ def bootstrap_pauc(
     comparisons share people. The estimate is the pAUC of the original data. FNM-EDC with the
     ``at_most`` rule only (either acceptance).
     """
-    comp = _Comparisons(similarity, mated)
-    order = _ArrayOrder(comp.quality(quality))
+    comp = Comparisons(similarity, mated)
+    order = ArrayOrder(comp.quality(quality))
     f, conv, lim, strict = _checked(fmr, convention, limit, n_boot, alpha, threshold_rule, acceptance)
     estimate = pauc(edc_curves(comp, order, (f,), conv, acceptance=acceptance)[f], lim, subtract_best)
     if subjects is not None:
         units = ExplicitUnits(subjects, comp.n)
-        (samples,) = _unit_boot(_view(comp, strict), [order], units, f, conv, lim, _best_curve(subtract_best), int(n_boot), seed)
+        (samples,) = _unit_boot(rule_view(comp, strict), [order], units, f, conv, lim, as_best_curve(subtract_best), int(n_boot), seed)
         lo, hi = _intervals(samples, alpha)
         return BootstrapResult(estimate, lo, hi, samples)
-    (samples,) = _run_bootstrap(_view(comp, strict), [order], f, conv, lim, subtract_best, n_boot, seed)
+    (samples,) = _run_bootstrap(rule_view(comp, strict), [order], f, conv, lim, subtract_best, n_boot, seed)
     lo, hi = np.quantile(samples, [alpha / 2, 1 - alpha / 2])
     return BootstrapResult(estimate, float(lo), float(hi), samples)
 
@@ -738,19 +726,19 @@ def paired_bootstrap(
     Returns the point difference, its percentile interval and the fraction of resamples in which
     ``a`` has the lower (better) pAUC.
     """
-    comp = _Comparisons(similarity, mated)
+    comp = Comparisons(similarity, mated)
     qa, qb = comp.quality(quality_a, "quality_a"), comp.quality(quality_b, "quality_b")
-    orders = [_ArrayOrder(qa), _ArrayOrder(qb)]
+    orders = [ArrayOrder(qa), ArrayOrder(qb)]
     f, conv, lim, strict = _checked(fmr, convention, limit, n_boot, alpha, threshold_rule, acceptance)
     est = [pauc(edc_curves(comp, o, (f,), conv, acceptance=acceptance)[f], lim, subtract_best) for o in orders]
     if subjects is not None:
         units = ExplicitUnits(subjects, comp.n)
-        sa, sb = _unit_boot(_view(comp, strict), orders, units, f, conv, lim, _best_curve(subtract_best), int(n_boot), seed)
+        sa, sb = _unit_boot(rule_view(comp, strict), orders, units, f, conv, lim, as_best_curve(subtract_best), int(n_boot), seed)
         diff = sa - sb
         lo, hi = _intervals(diff, alpha)
         ok = np.isfinite(diff)
         return PairedBootstrapResult(est[0] - est[1], lo, hi, float(np.mean(sa[ok] < sb[ok])), diff)
-    sa, sb = _run_bootstrap(_view(comp, strict), orders, f, conv, lim, subtract_best, n_boot, seed)
+    sa, sb = _run_bootstrap(rule_view(comp, strict), orders, f, conv, lim, subtract_best, n_boot, seed)
     diff = sa - sb
     lo, hi = np.quantile(diff, [alpha / 2, 1 - alpha / 2])
     return PairedBootstrapResult(

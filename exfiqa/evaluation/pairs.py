@@ -1,7 +1,7 @@
 """Comparison sets evaluated in bounded memory: explicit pair lists and implicit all-vs-all.
 
 A benchmark's comparisons pair *sides*: samples, or (IJB-C) templates. Everything the metrics
-need from them comes in two prepared objects (the interfaces of :func:`exfiqa.evaluation.metrics.edc_curves`):
+need from them comes in two prepared objects (the interfaces of :mod:`exfiqa.evaluation.scores`):
 
 * **scores** (one per dataset x FR model): the mated similarities and the highest non-mated
   ones (the *candidates*, from which every threshold is taken);
@@ -10,7 +10,7 @@ need from them comes in two prepared objects (the interfaces of :func:`exfiqa.ev
   bootstrap, its exact rank; and how many comparisons share each pair quality (the tie groups
   of an FM-EDC under ``fixed``).
 
-Conventions: pair quality = min of the two sides' qualities (:func:`exfiqa.evaluation.metrics.pair_quality`,
+Conventions: pair quality = min of the two sides' qualities (:func:`exfiqa.evaluation.quality.pair_quality`,
 which computes every pair quality materialised here); similarity = dot product of the two sides'
 L2-normalised features (:func:`cosine_similarity`, or the same products as GEMM tiles and Gram
 rows) times ``scale`` (0.5 for flip-concatenated sample embeddings, 1 for L2-normalised template
@@ -39,7 +39,9 @@ from typing import Any
 
 import numpy as np
 
-from exfiqa.evaluation.metrics import _level_starts, _vector, pair_quality
+from exfiqa.evaluation.quality import pair_quality
+from exfiqa.evaluation.rules import allowed_errors, as_vector, level_starts, next_above
+from exfiqa.evaluation.scores import Comparisons
 
 __all__ = [
     "AllPairs",
@@ -74,7 +76,7 @@ def _features(features: np.ndarray, n: int, what: str = "features") -> np.ndarra
 
 
 def _side_values(values: np.ndarray, n: int, what: str = "values") -> np.ndarray:
-    v = _vector(values, what)
+    v = as_vector(values, what)
     if v.shape[0] != n:
         raise ValueError(f"{what}: expected {n} per-side values, got {v.shape[0]}")
     return v.astype(np.float32, copy=False) + np.float32(0)  # -0.0 -> 0.0 (same value)
@@ -253,48 +255,68 @@ class PairList:
         return pair_similarity(f, self.a, self.b, scale, self.tile_plan())
 
     def scores(self, features: np.ndarray, scale: float = 1.0):
-        """The scores object of :func:`exfiqa.evaluation.metrics.edc_curves` (holds the similarities)."""
-        from exfiqa.evaluation.metrics import _Comparisons
-
+        """The scores object (:mod:`exfiqa.evaluation.scores`) of these comparisons (holds the similarities)."""
         sim = self.similarity(features, scale)
         sim.setflags(write=False)  # shared by every caller of Study.similarity
-        return _Comparisons(sim, self.mated)
+        return Comparisons(sim, self.mated)
 
     def order(self, side_values: np.ndarray) -> MinPairOrder:
         """The stable order of ``min(v[a], v[b])`` for per-side values ``v``."""
         return MinPairOrder(self, _side_values(side_values, self.n_sides))
 
-    def pair_quality(self, side_values: np.ndarray) -> np.ndarray:
-        """Pair quality of every comparison (:func:`exfiqa.evaluation.metrics.pair_quality`, float32)."""
-        v = _side_values(side_values, self.n_sides)
-        return pair_quality(v[self.a], v[self.b])
+
+class _MinOrder:
+    """What the stable orders of the pair qualities ``min(v[a], v[b])`` share (both comparison sets).
+
+    Pairs are grouped by the dense rank r of their minimum (``uniq[r]``): group r holds the
+    ``sizes[r]`` consecutive stable ranks from ``start[r]``, its members in comparison order.
+    ``level_of[r]`` is the ``recompute`` level of every member of a group no level boundary cuts;
+    ``cut`` lists the at most 19 groups one does, whose members need their rank inside the group.
+    A subclass gives the group sizes (:meth:`_layout`) and the two sides of references (:meth:`_sides`).
+    """
+
+    def __init__(self, pairs: Any, v: np.ndarray) -> None:
+        self.pairs = pairs
+        self.v = v
+        self.n = int(pairs.n)
+        self.d = level_starts(self.n)
+        self.uniq, self.rank = _dense_ranks(v)
+
+    def _layout(self, sizes: np.ndarray) -> None:
+        self.sizes = sizes  # pairs whose minimum is uniq[r]
+        self.start = np.cumsum(sizes) - sizes
+        self.level_of = (np.searchsorted(self.d, self.start, side="right") - 1).astype(np.uint8)
+        self.cut = _cut_groups(self.start, sizes, self.d)
+
+    def _sides(self, refs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def quality(self, refs: np.ndarray) -> np.ndarray:
+        i, j = self._sides(refs)
+        return pair_quality(self.v[i], self.v[j])
+
+    def value_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct pair qualities, ascending, and how many comparisons have each."""
+        nz = self.sizes > 0
+        return self.uniq[nz], self.sizes[nz]
 
 
-class MinPairOrder:
+class MinPairOrder(_MinOrder):
     """Stable order of the pair qualities ``min(v[a], v[b])`` of a :class:`PairList`.
 
-    Pairs are grouped by the dense rank of their minimum: a group's members are contiguous in the
-    stable order, in comparison order. Holds one ``uint8`` level per comparison (computed in
-    O(n): a gather, a bincount and the members of the at most 19 groups a level boundary cuts).
+    Holds one ``uint8`` level per comparison (computed in O(n): a gather, a bincount and the
+    members of the at most 19 groups a level boundary cuts).
     """
 
     def __init__(self, pairs: PairList, v: np.ndarray) -> None:
-        self.pairs = pairs
-        self.v = v
-        self.n = pairs.n
-        self.d = _level_starts(self.n)
-        self.uniq, rank = _dense_ranks(v)
-        self._rank = rank.astype(np.uint16) if self.uniq.size <= 2**16 else rank  # narrow gathers are faster
+        super().__init__(pairs, v)
+        self._rank = self.rank.astype(np.uint16) if self.uniq.size <= 2**16 else self.rank  # narrow gathers are faster
         minrank = np.minimum(self._rank[pairs.a], self._rank[pairs.b])
-        counts = np.bincount(minrank, minlength=self.uniq.size).astype(np.int64)
-        self.counts = counts  # comparisons per pair-quality value uniq[r]
-        self.start = np.cumsum(counts) - counts
-        level_of = (np.searchsorted(self.d, self.start, side="right") - 1).astype(np.uint8)
-        level = level_of[minrank]
-        cut = _cut_groups(self.start, counts, self.d)
-        if cut.size:
+        self._layout(np.bincount(minrank, minlength=self.uniq.size).astype(np.int64))
+        level = self.level_of[minrank]
+        if self.cut.size:
             flag = np.zeros(self.uniq.size, dtype=bool)
-            flag[cut] = True
+            flag[self.cut] = True
             pos = np.flatnonzero(flag[minrank])
             g = minrank[pos]
             o = np.argsort(g, kind="stable")
@@ -305,16 +327,11 @@ class MinPairOrder:
             level[pos[o]] = (np.searchsorted(self.d, ranks, side="right") - 1).astype(np.uint8)
         self.level = level
 
+    def _sides(self, refs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.pairs.a[refs], self.pairs.b[refs]
+
     def levels(self, refs: np.ndarray) -> np.ndarray:
         return self.level[refs]
-
-    def quality(self, refs: np.ndarray) -> np.ndarray:
-        return pair_quality(self.v[self.pairs.a[refs]], self.v[self.pairs.b[refs]])
-
-    def value_counts(self) -> tuple[np.ndarray, np.ndarray]:
-        """The distinct pair qualities, ascending, and how many comparisons have each."""
-        nz = self.counts > 0
-        return self.uniq[nz], self.counts[nz]
 
     def ranks(self, refs: np.ndarray) -> np.ndarray:
         """Exact stable ranks of the comparisons ``refs`` (one O(n) sort, nothing kept).
@@ -394,14 +411,37 @@ class AllPairs:
         off = np.arange(i.size, dtype=np.int64) - np.repeat(np.cumsum(cnt) - cnt, cnt)
         return i.astype(np.int32), (i + 1 + off).astype(np.int32)
 
-    def materialise(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(a, b, mated)`` of every pair in row-major order (n(n-1)/2 rows: small sets only)."""
-        rows = np.arange(self.n_samples, dtype=np.int64)
-        cnt = self.n_samples - rows - 1
-        a = np.repeat(rows, cnt)
-        b = a + 1 + (np.arange(a.size, dtype=np.int64) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+    def materialise(
+        self, max_nonmated: int | None = None, seed: int = 0
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(a, b, mated)`` of every pair in row-major order, i.e. sorted by ``(a, b)`` (n(n-1)/2
+        rows: small sets only). The one enumeration of all-vs-all pairs.
+
+        ``max_nonmated``: keep all mated pairs and a uniform random subset of that many non-mated
+        pairs, drawn with ``np.random.default_rng(seed).choice(n_nm, max_nonmated, replace=False)``
+        over the non-mated pairs in row-major order (None, or at least ``n_nm``: all of them).
+        Indices are int32 (int64 beyond 2**31 samples).
+        """
         dt = np.int32 if self.n_samples < 2**31 else np.int64
-        return a.astype(dt), b.astype(dt), b < self.group_end[a]
+        rows = np.arange(self.n_samples, dtype=np.int64)
+        if max_nonmated is None or max_nonmated >= self.n_nm:
+            cnt = self.n_samples - rows - 1
+            a = np.repeat(rows, cnt)
+            b = a + 1 + (np.arange(a.size, dtype=np.int64) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+            return a.astype(dt), b.astype(dt), b < self.group_end[a]
+        if max_nonmated < 0:
+            raise ValueError(f"max_nonmated must be >= 0, got {max_nonmated}")
+        lin = np.sort(np.random.default_rng(seed).choice(self.n_nm, size=max_nonmated, replace=False))
+        n_non_row = self.n_samples - self.group_end
+        cum = np.cumsum(n_non_row)
+        non_a = np.searchsorted(cum, lin, side="right").astype(np.int64)
+        non_b = self.group_end[non_a] + (lin - (cum[non_a] - n_non_row[non_a]))
+        mated_a, mated_b = self.mated_pairs()
+        a = np.concatenate([mated_a.astype(dt), non_a.astype(dt)])
+        b = np.concatenate([mated_b.astype(dt), non_b.astype(dt)])
+        mated = np.concatenate([np.ones(mated_a.size, bool), np.zeros(non_a.size, bool)])
+        order = np.lexsort((b, a))
+        return a[order], b[order], mated[order]
 
     def gram_rows(self, features: np.ndarray, scale: float = 1.0) -> Iterator[tuple[int, np.ndarray]]:
         """``(r0, G)`` with ``G[r, c] = scale * <f[r0 + r], f[r0 + c]>`` for the rows r0.. of a block.
@@ -426,17 +466,11 @@ class AllPairs:
         return out
 
     def scores(self, features: np.ndarray, scale: float = 1.0, initial_m: int = 4096) -> AllPairsScores:
-        """The scores object of :func:`exfiqa.evaluation.metrics.edc_curves` (nothing is scanned yet)."""
+        """The scores object (:mod:`exfiqa.evaluation.scores`) of these pairs (nothing is scanned yet)."""
         return AllPairsScores(self, _features(features, self.n_samples), scale, initial_m)
 
     def order(self, sample_values: np.ndarray) -> AllPairsOrder:
         return AllPairsOrder(self, _side_values(sample_values, self.n_samples))
-
-    def pair_quality(self, sample_values: np.ndarray) -> np.ndarray:
-        """Pair quality of every pair, row-major (:func:`exfiqa.evaluation.metrics.pair_quality`; materialised)."""
-        v = _side_values(sample_values, self.n_samples)
-        a, b, _ = self.materialise()
-        return pair_quality(v[a], v[b])
 
 
 class AllPairsScores:
@@ -545,7 +579,7 @@ class _TopK:
         return v[o], refs[o]
 
 
-class AllPairsOrder:
+class AllPairsOrder(_MinOrder):
     """Stable order of the pair qualities ``min(v[i], v[j])`` of an :class:`AllPairs` set.
 
     With ``L`` samples of dense rank below r, the pairs whose minimum has rank < r number
@@ -555,19 +589,11 @@ class AllPairsOrder:
     """
 
     def __init__(self, pairs: AllPairs, v: np.ndarray) -> None:
-        self.pairs = pairs
-        self.v = v
-        self.n = pairs.n
-        self.d = _level_starts(self.n)
-        self.uniq, self.rank = _dense_ranks(v)
+        super().__init__(pairs, v)
         counts = np.bincount(self.rank, minlength=self.uniq.size).astype(np.int64)
         lower = np.cumsum(counts) - counts
         ns = pairs.n_samples
-        self.start = _c2(ns) - _c2(ns - lower)
-        sizes = _c2(ns - lower) - _c2(ns - lower - counts)
-        self.sizes = sizes  # pairs whose minimum is uniq[r]
-        self.level_of = (np.searchsorted(self.d, self.start, side="right") - 1).astype(np.uint8)
-        self.cut = _cut_groups(self.start, sizes, self.d)
+        self._layout(_c2(ns - lower) - _c2(ns - lower - counts))
 
     def _group(self, refs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         refs = np.asarray(refs)
@@ -609,14 +635,9 @@ class AllPairsOrder:
             out[sel] = self.start[r] + self._within(r, i[sel], j[sel])
         return out
 
-    def quality(self, refs: np.ndarray) -> np.ndarray:
+    def _sides(self, refs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         i, j, _ = self._group(refs)
-        return pair_quality(self.v[i], self.v[j])
-
-    def value_counts(self) -> tuple[np.ndarray, np.ndarray]:
-        """The distinct pair qualities, ascending, and how many pairs have each (closed form)."""
-        nz = self.sizes > 0
-        return self.uniq[nz], self.sizes[nz]
+        return i, j
 
 
 # --------------------------------------------------------------------------------- FR sanity
@@ -665,13 +686,11 @@ def all_pairs_sanity(
     fold's best threshold (and their neighbours) are then collected value by value. Memory: the
     histograms and those bins' values.
     """
-    from exfiqa.evaluation.metrics import _above, _kmax
-
     n_m, n_nm = scores.n_m, scores.n_nm
     sim_m = scores.sim_m
     targets = [float(t) for t in fmr_targets]
-    top, _ = scores.top_nonmated(max(int(_kmax(t, n_nm)) for t in targets) + 1)
-    fnmr = [float(np.count_nonzero(sim_m <= top[int(_kmax(t, n_nm))]) / n_m) for t in targets]
+    top, _ = scores.top_nonmated(max(int(allowed_errors(t, n_nm)) for t in targets) + 1)
+    fnmr = [float(np.count_nonzero(sim_m <= top[int(allowed_errors(t, n_nm))]) / n_m) for t in targets]
     shift, nb = np.uint32(32 - bits), 1 << bits
     edges = _fold_edges(scores.n, n_folds)
     i_m, j_m = scores.mated_refs[:, 0], scores.mated_refs[:, 1]
@@ -705,7 +724,7 @@ def all_pairs_sanity(
     eer = _eer_exact(hist.sum(0), lo, hi, cv[np.isin(cbin, eer_bins)], sim_m, n_m, n_nm, shift)
     acc = np.empty(n_folds)
     for f in range(n_folds):
-        acc[f] = _fold_accuracy(hist, f, folds_plan[f], cv, cf, cbin, sim_m, fold_m, shift, _above)
+        acc[f] = _fold_accuracy(hist, f, folds_plan[f], cv, cf, cbin, sim_m, fold_m, shift, next_above)
     return {"accuracy_10fold": float(acc.mean()), "accuracy_std": float(acc.std()), "folds": acc, "eer": eer, "fnmr": fnmr}
 
 

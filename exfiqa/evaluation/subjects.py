@@ -48,7 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from exfiqa.evaluation.metrics import _level_starts
+from exfiqa.evaluation.pairs import AllPairs
+from exfiqa.evaluation.rules import level_starts
 
 __all__ = [
     "AllPairsUnits",
@@ -235,7 +236,7 @@ class _AllPairsPlan:
         cum = np.cumsum(g)
         total = int(cum[-1]) if cum.size else 0
         start = cum - g
-        bounds = _level_starts(total)[1:n_levels]
+        bounds = level_starts(total)[1:n_levels]
         hold = np.searchsorted(cum, bounds, side="right")  # the group holding slot d[j]
         hold = hold[hold < g.size]
         cut = np.unique(hold[start[hold] < bounds[: hold.size]])
@@ -294,8 +295,6 @@ class _AllPairsPlan:
 
 def comparison_units(comparison_set: Any, side_units: Any) -> ExplicitUnits | AllPairsUnits:
     """The units object of a :mod:`exfiqa.evaluation.pairs` set from the unit of each side (sample or template)."""
-    from exfiqa.evaluation.pairs import AllPairs
-
     side = np.asarray(side_units)
     if isinstance(comparison_set, AllPairs):
         return AllPairsUnits(comparison_set, side)
