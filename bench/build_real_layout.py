@@ -60,9 +60,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+import exfiqa.readers as ds
 from exfiqa.demo.synth import WorldSpec, generate_items
 from exfiqa.io import atomic_path, atomic_write, file_digest
-from exfiqa.readers import benchmarks as ds
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_VERSION = "1"

@@ -10,7 +10,7 @@ import pytest
 from exfiqa.evaluation import bootstrap as B
 from exfiqa.evaluation import metrics as M
 from exfiqa.evaluation import pairs as C
-from exfiqa.readers import benchmarks as ds
+from exfiqa.readers import folders as ds
 
 TARGETS = (0.01, 0.05, 0.2)
 #: Every threshold rule x acceptance x error type (FM-EDC targets are FNMR targets).

@@ -1346,7 +1346,7 @@ def insightface_template_embeddings(
 
     Exactly: image feature ``g = (f(x) + f(flip x)) * det_score`` with ``f`` the *unnormalised*
     FR output and ``det_score`` the detector score of ``ijbc_name_5pts_score.txt`` (the
-    ``det_score`` column of :func:`exfiqa.readers.benchmarks.read_ijbc`); per template, the features of
+    ``det_score`` column of :func:`exfiqa.readers.read_ijbc`); per template, the features of
     each media are averaged (a media with one image keeps its feature; media are grouped within
     the template), the media means are summed, and the sum is L2-normalised. Scores are dot
     products of these features (cosine). The sums are accumulated in float64 (insightface: the

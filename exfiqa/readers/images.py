@@ -5,7 +5,7 @@ are converted to RGB; other sizes are resized bilinearly with a warning, because
 caller's job). :func:`to_tensor` turns a uint8 NHWC batch into the float NCHW tensor ViT-FIQA
 expects: ``(x/255 - 0.5) / 0.5``, channels RGB.
 
-Decoding (:func:`decode_rgb8`, shared by :func:`read_face` and ``exfiqa.readers.benchmarks.decode_image``):
+Decoding (:func:`decode_rgb8`, shared by :func:`read_face` and ``exfiqa.readers.decode_image``):
 
 - **Size limit, checked before decoding.** An image of more than :data:`MAX_IMAGE_PIXELS`
   (8192 x 8192 = 67,108,864) pixels is refused from its header alone, before any pixel is
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "IMAGE_SIZE",
     "MAX_IMAGE_PIXELS",
     "MAX_JPEG_SCANS",
     "ImageReadError",
@@ -62,7 +63,12 @@ __all__ = [
     "to_tensor",
 ]
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+"""File suffixes (lower case) of face images, in the order a reader tries them: what the folder
+readers list, what ``exfiqa score`` finds in a folder (:func:`find_images`), what training reads."""
+
+IMAGE_SIZE = 112
+"""Side length of every aligned face returned by the readers."""
 
 MAX_IMAGE_PIXELS = 8192 * 8192
 """Largest image (width x height) that is decoded; larger ones are refused from their header."""
@@ -184,7 +190,7 @@ def _jpeg_scans(fh: IO[bytes]) -> int:
     return count
 
 
-def read_face(path: str | os.PathLike[str], size: int = 112) -> NDArray[np.uint8]:
+def read_face(path: str | os.PathLike[str], size: int = IMAGE_SIZE) -> NDArray[np.uint8]:
     """Decode an image as RGB uint8 (size, size, 3), resizing (with a warning) if needed.
 
     See the module docstring for the size limit and the 16-bit rule.

@@ -155,7 +155,7 @@ def unit_summary(study: Study) -> pd.DataFrame:
     import hashlib
 
     from exfiqa.evaluation.subjects import repeated_images
-    from exfiqa.readers.benchmarks import _load_bin
+    from exfiqa.readers.bin import _load_bin
 
     rows = []
     for ds, spec in study.config.datasets.items():
@@ -1586,7 +1586,7 @@ def attention_inputs(study: Study, samples: dict | None = None, mean_images: int
     run's seed.
     """
     from exfiqa.config import ATTENTION_SAMPLE_TYPES, ConfigError
-    from exfiqa.readers.benchmarks import load_benchmark
+    from exfiqa.readers import load_benchmark
     from exfiqa.readers.images import read_face
 
     cfg = study.config

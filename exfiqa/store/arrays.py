@@ -84,10 +84,11 @@ from numpy.typing import ArrayLike, NDArray
 
 from exfiqa.evaluation.pairs import release_pages
 from exfiqa.io import atomic_path, atomic_write, clip
+from exfiqa.readers import READER_MODULES
 
 if TYPE_CHECKING:
     from exfiqa.config import Config
-    from exfiqa.readers.benchmarks import Benchmark
+    from exfiqa.readers import Benchmark
     from exfiqa.store.digests import DigestIndex
 
 __all__ = [
@@ -115,12 +116,12 @@ KINDS = ("exits", "emb", "baseline", "attn", "vitnt", "norms")
 #: Modules whose source each kind of array depends on: readers and alignment, image decoding, the
 #: model and its preprocessing. Baselines that run on an FR model add ``exfiqa.models.fr``.
 CODE_MODULES: dict[str, tuple[str, ...]] = {
-    "exits": ("exfiqa.readers.benchmarks", "exfiqa.readers.images", "exfiqa.models.vitfiqa", "exfiqa.extract.stage"),
-    "emb": ("exfiqa.readers.benchmarks", "exfiqa.readers.images", "exfiqa.models.fr", "exfiqa.extract.stage"),
-    "baseline": ("exfiqa.readers.benchmarks", "exfiqa.readers.images", "exfiqa.models.baselines", "exfiqa.extract.stage"),
-    "attn": ("exfiqa.readers.benchmarks", "exfiqa.readers.images", "exfiqa.models.vitfiqa", "exfiqa.extract.stage"),
-    "vitnt": ("exfiqa.readers.benchmarks", "exfiqa.readers.images", "exfiqa.models.vitfiqa", "exfiqa.extract.stage"),
-    "norms": ("exfiqa.readers.benchmarks", "exfiqa.readers.images", "exfiqa.models.fr", "exfiqa.extract.stage"),
+    "exits": (*READER_MODULES, "exfiqa.models.vitfiqa", "exfiqa.extract.stage"),
+    "emb": (*READER_MODULES, "exfiqa.models.fr", "exfiqa.extract.stage"),
+    "baseline": (*READER_MODULES, "exfiqa.models.baselines", "exfiqa.extract.stage"),
+    "attn": (*READER_MODULES, "exfiqa.models.vitfiqa", "exfiqa.extract.stage"),
+    "vitnt": (*READER_MODULES, "exfiqa.models.vitfiqa", "exfiqa.extract.stage"),
+    "norms": (*READER_MODULES, "exfiqa.models.fr", "exfiqa.extract.stage"),
 }
 
 #: Libraries whose version is part of every code version (decoding, alignment, the models).

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from exfiqa.config import Config
-    from exfiqa.readers.benchmarks import Benchmark
+    from exfiqa.readers import Benchmark
 
 __all__ = ["INDEX_NAME", "RACY_SECONDS", "DigestIndex", "hash_file", "input_digests", "input_files"]
 
@@ -305,7 +305,7 @@ def input_files(cfg: Config, benchmarks: Mapping[str, Benchmark] | None = None) 
     ``benchmarks``: already opened benchmarks by dataset name (e.g. a Study's), not read again.
     """
     from exfiqa.config import _BASELINE_FR
-    from exfiqa.readers.benchmarks import load_benchmark
+    from exfiqa.readers import load_benchmark
     from exfiqa.store.arrays import external_array_files
 
     cfg.check_paths()
