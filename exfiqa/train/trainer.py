@@ -1229,7 +1229,7 @@ def _init_distributed(device_arg: str) -> torch.device:
     """Join the process group when ``WORLD_SIZE`` > 1 (torchrun); return this process's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        from exfiqa.models.inference import resolve_device
+        from exfiqa.models.device import resolve_device
 
         return resolve_device(device_arg)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
