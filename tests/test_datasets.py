@@ -331,8 +331,10 @@ def test_adience_round_trip_and_all_pairs(tmp_path: pathlib.Path) -> None:
     faces = _faces(6, seed=5)
     # written out of name order on purpose; samples are sorted by identity then file
     images = {"u2_f1": faces[3:5], "u1_f7": faces[:3], "u3_f2": faces[5:]}
-    write_identity_folders(tmp_path / "adience", images, fmt="png")
+    written = write_identity_folders(tmp_path / "adience", images, fmt="png")
     bench = read_adience(tmp_path / "adience")
+    assert written[0] == tmp_path / "adience" / "u2_f1" / "0000.png"  # identity then index order
+    assert sorted(map(str, written)) == sorted(bench.samples["path"])
     assert bench.samples["identity"].tolist() == ["u1_f7"] * 3 + ["u2_f1"] * 2 + ["u3_f2"]
     np.testing.assert_array_equal(_all_images(bench), np.stack(faces))
     mated = {(0, 1), (0, 2), (1, 2), (3, 4)}

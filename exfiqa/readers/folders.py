@@ -304,3 +304,4 @@ def write_identity_folders(
     refuse_existing(list(targets), overwrite)
     for target, im in targets.items():
         write_bytes(target, encode_image(im, fmt, quality), overwrite)
+    return list(targets)
