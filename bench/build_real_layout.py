@@ -564,7 +564,7 @@ def estimate(cfg: Any, benches: dict[str, Any], models: dict[str, Any], log: Cal
     forward of each model on 16 benchmark faces: as measured now, and with the cores to itself."""
     import torch
 
-    from exfiqa.readers.images import to_tensor
+    from exfiqa.models.vitfiqa import to_tensor
 
     first = next(iter(benches.values()))
     batch = np.stack([first.image(k) for k in range(min(16, len(first)))])

@@ -14,8 +14,8 @@ from PIL import Image
 
 from exfiqa.cli import main
 from exfiqa.evaluation.fusion import ex_fiqa_f, ex_fiqa_fw
-from exfiqa.models.vitfiqa import build_vitfiqa, load_vitfiqa, save_vitfiqa
-from exfiqa.readers.images import read_face, to_tensor
+from exfiqa.models.vitfiqa import build_vitfiqa, load_vitfiqa, save_vitfiqa, to_tensor
+from exfiqa.readers.images import read_face
 
 
 @pytest.fixture(scope="module")

@@ -241,7 +241,7 @@ def test_limit_is_inclusive_and_read_at_call_time(tmp_path, monkeypatch):
 
 
 def test_the_readers_do_not_import_torch():
-    """Decoding and every reader run without torch (only ``to_tensor`` imports it, when called)."""
+    """Decoding and every reader run without torch."""
     run = subprocess.run(
         [sys.executable, "-c", "import sys, exfiqa.readers.images; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm')))"],
         capture_output=True, text=True, timeout=120,

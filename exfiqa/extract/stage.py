@@ -256,7 +256,7 @@ def loader(images: ImageSet, batches: list[list[int]], workers: int, pin: bool) 
 
 
 def vit_input(x: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC RGB -> float32 NCHW ``(x/255 - 0.5)/0.5`` on x's device (as :func:`exfiqa.readers.images.to_tensor`)."""
+    """uint8 NHWC RGB -> float32 NCHW ``(x/255 - 0.5)/0.5`` on x's device (as :func:`exfiqa.models.vitfiqa.to_tensor`)."""
     return (x.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
 
 

@@ -9,8 +9,7 @@ import torch
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
-from exfiqa.models.vitfiqa import ViTFIQA
-from exfiqa.readers.images import to_tensor
+from exfiqa.models.vitfiqa import ViTFIQA, to_tensor
 
 __all__ = ["exit_scores", "family_scores"]
 

@@ -36,7 +36,6 @@ from exfiqa.readers.images import (
     find_images,
     read_face,
     to_rgb8,
-    to_tensor,
 )
 from exfiqa.readers.registry import (
     BENCHMARK_KINDS,
@@ -78,7 +77,6 @@ __all__ = [
     "reader_source",
     "register_reader",
     "to_rgb8",
-    "to_tensor",
     "write_bin",
     "write_identity_folders",
     "write_ijbc",

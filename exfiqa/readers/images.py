@@ -2,8 +2,8 @@
 
 Convention: images are returned as **RGB uint8** arrays of shape (112, 112, 3) (grayscale and RGBA
 are converted to RGB; other sizes are resized bilinearly with a warning, because alignment is the
-caller's job). :func:`to_tensor` turns a uint8 NHWC batch into the float NCHW tensor ViT-FIQA
-expects: ``(x/255 - 0.5) / 0.5``, channels RGB.
+caller's job). The models turn them into tensors (``exfiqa.models.vitfiqa.to_tensor``); nothing here
+imports torch.
 
 Decoding (:func:`decode_rgb8`, shared by :func:`read_face` and ``exfiqa.readers.decode_image``):
 
@@ -39,16 +39,13 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
-
-if TYPE_CHECKING:
-    import torch
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -60,7 +57,6 @@ __all__ = [
     "find_images",
     "read_face",
     "to_rgb8",
-    "to_tensor",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -212,14 +208,3 @@ def read_face(path: str | os.PathLike[str], size: int = IMAGE_SIZE) -> NDArray[n
         )
         arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR))
     return np.ascontiguousarray(arr, dtype=np.uint8)
-
-
-def to_tensor(batch: NDArray[np.uint8] | Sequence[NDArray[np.uint8]]) -> torch.Tensor:
-    """uint8 RGB (B, H, W, 3) -> float32 (B, 3, H, W) in [-1, 1]: ``(x/255 - 0.5)/0.5``."""
-    import torch
-
-    arr = np.asarray(batch)
-    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-        raise ValueError(f"expected uint8 RGB images (B, H, W, 3), got {arr.dtype} {arr.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float()
-    return (t / 255.0 - 0.5) / 0.5

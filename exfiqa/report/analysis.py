@@ -358,8 +358,7 @@ def attention_maps(model: ViTFIQA, images: np.ndarray, batch_size: int = 64, dev
     (T): the quality token's attention row over the patches; (C): the mean attention each patch
     receives (there is no quality token). Rows are renormalised over the patches.
     """
-    from exfiqa.models.vitfiqa import attention_grid, capture_attention
-    from exfiqa.readers.images import to_tensor
+    from exfiqa.models.vitfiqa import attention_grid, capture_attention, to_tensor
 
     g = model.config.grid_size
     out = []
