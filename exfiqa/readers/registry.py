@@ -16,8 +16,8 @@ __all__ = ["BENCHMARK_KINDS", "READERS", "READER_MODULES", "load_benchmark", "re
 
 BENCHMARK_KINDS = ("bin", "xqlfw", "adience", "ijbc")
 
-#: The modules whose code reads and decodes the built-in kinds (a registered reader's own file is
-#: :func:`reader_source`).
+#: The modules whose code reads, decodes and aligns the built-in kinds, and dispatches to them (part
+#: of every array's code version; a registered reader's own file is :func:`reader_source`).
 READER_MODULES = (
     "exfiqa.readers.images",
     "exfiqa.readers.align",
@@ -25,6 +25,7 @@ READER_MODULES = (
     "exfiqa.readers.bin",
     "exfiqa.readers.folders",
     "exfiqa.readers.ijbc",
+    "exfiqa.readers.registry",
 )
 
 #: Benchmark kind (a config entry's ``kind``) -> reader. The built-in kinds are
