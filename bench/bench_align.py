@@ -10,10 +10,10 @@ spends, unaffected by other processes competing for the cores); the wall-clock m
 load average are printed beside it. Stages:
 
 - estimate: the similarity only (scikit-image ``SimilarityTransform.from_estimate`` vs the closed
-  form ``exfiqa.readers.benchmarks._similarity_matrix``);
+  form ``exfiqa.readers.align._similarity_matrix``);
 - warp: resampling only, same matrix (``skimage.transform.warp`` order 1 vs ``cv2.warpAffine``);
-- align: the whole function (the old ``align_face`` vs ``exfiqa.readers.benchmarks.align_face``);
-- decode + align: ``exfiqa.readers.benchmarks.decode_image`` of the JPEG bytes, then align (file reads are
+- align: the whole function (the old ``align_face`` vs ``exfiqa.readers.align_face``);
+- decode + align: ``exfiqa.readers.decode_image`` of the JPEG bytes, then align (file reads are
   not included: they depend on the storage).
 
 Projected minutes: per-crop time x 469,375 (IJB-C's loose crops), one core.
@@ -36,14 +36,14 @@ import numpy as np
 import skimage.data
 from skimage.transform import SimilarityTransform, warp
 
-from exfiqa.readers import benchmarks as ds
-from exfiqa.readers.benchmarks import (
+from exfiqa.readers import (
     ARCFACE_TEMPLATE,
     IMAGE_SIZE,
     align_face,
     decode_image,
     encode_image,
 )
+from exfiqa.readers import align as ds
 
 IJBC_CROPS = 469_375
 CROP = 250

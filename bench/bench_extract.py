@@ -35,7 +35,7 @@ PY = sys.executable
 _COUNTING = r"""
 import json, resource, sys, time
 from exfiqa.config import load_config
-from exfiqa.readers.benchmarks import Benchmark
+from exfiqa.readers import Benchmark
 reads = {}
 real = Benchmark.image
 def counting(self, i):

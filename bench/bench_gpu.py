@@ -65,8 +65,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import build_real_layout as brl  # noqa: E402  (bench/build_real_layout.py: checkpoints, BN calibration)
 
+import exfiqa.readers as ds  # noqa: E402
 from exfiqa.io import atomic_write  # noqa: E402
-from exfiqa.readers import benchmarks as ds  # noqa: E402
 
 #: Dense (no structured sparsity) BF16 tensor-core peak in TFLOP/s, matched as a substring of
 #: ``torch.cuda.get_device_name()``, first match wins (so the specific names come first).

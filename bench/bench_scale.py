@@ -1,7 +1,7 @@
 """IJB-C- and Adience-scale rehearsal of the evaluation path: time and peak memory per stage.
 
 Writes, under a temporary folder (``--workdir`` to keep it), a benchmark with IJB-C's exact
-counts in the real ``meta/`` layout that :func:`exfiqa.readers.benchmarks.read_ijbc` reads (469,375
+counts in the real ``meta/`` layout that :func:`exfiqa.readers.read_ijbc` reads (469,375
 samples, 23,124 templates: 3,531 enrolment x 19,593 probe templates, 15,658,489 comparisons of
 which 19,557 mated; no image files: evaluation never decodes an image) and an Adience-size
 all-vs-all set (20,000 images in identity folders, one tiny JPEG hard-linked everywhere; about

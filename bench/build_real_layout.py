@@ -60,9 +60,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+import exfiqa.readers as ds
 from exfiqa.demo.synth import WorldSpec, generate_items
 from exfiqa.io import atomic_path, atomic_write, file_digest
-from exfiqa.readers import benchmarks as ds
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_VERSION = "1"
@@ -564,7 +564,7 @@ def estimate(cfg: Any, benches: dict[str, Any], models: dict[str, Any], log: Cal
     forward of each model on 16 benchmark faces: as measured now, and with the cores to itself."""
     import torch
 
-    from exfiqa.readers.images import to_tensor
+    from exfiqa.models.vitfiqa import to_tensor
 
     first = next(iter(benches.values()))
     batch = np.stack([first.image(k) for k in range(min(16, len(first)))])

@@ -107,8 +107,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from exfiqa.evaluation.fusion import ex_fiqa_f, ex_fiqa_fw
-    from exfiqa.io import CheckpointError, atomic_write
-    from exfiqa.models.inference import chunked, family_scores, resolve_device
+    from exfiqa.io import CheckpointError, atomic_write, chunked
+    from exfiqa.models.device import resolve_device
+    from exfiqa.models.inference import family_scores
     from exfiqa.models.vitfiqa import load_vitfiqa
     from exfiqa.readers.images import ImageReadError, find_images, read_face
 

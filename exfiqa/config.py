@@ -47,7 +47,7 @@ from exfiqa.evaluation.metrics import (
     Convention,
     ThresholdRule,
 )
-from exfiqa.readers.benchmarks import READERS as _READERS
+from exfiqa.readers import READERS as _READERS
 
 __all__ = [
     "ATTENTION_SAMPLE_TYPES",
@@ -71,8 +71,8 @@ _PATH_KEYS = {"path", "root", "pairs_file", "checkpoint"}
 _BASELINES: dict[str, str | None] = {"magface_norm": "magface", "serfiq": "arcface", "sharpness": None}
 _BASELINE_FR = {b: fr for b, fr in _BASELINES.items() if fr is not None}  # baseline -> FR model
 
-#: Dataset kind -> reader (:data:`exfiqa.readers.benchmarks.READERS`, the same dict, so that kinds added by
-#: :func:`exfiqa.readers.benchmarks.register_reader` are valid); an entry's keys are the reader's arguments
+#: Dataset kind -> reader (:data:`exfiqa.readers.READERS`, the same dict, so that kinds added by
+#: :func:`exfiqa.readers.register_reader` are valid); an entry's keys are the reader's arguments
 #: (``name`` is the entry's).
 
 #: Loader arguments a model entry may give besides ``checkpoint`` and ``label``: the keyword
@@ -840,7 +840,7 @@ def _plugin_names(raw: Any) -> tuple[str, ...]:
 def _plugins(names: tuple[str, ...], src: str) -> tuple[str, ...]:
     """Import the ``plugins`` modules (importable names, e.g. ``mylab.readers``), in order, before
     the datasets are checked: a module that registers a benchmark reader at import
-    (:func:`exfiqa.readers.benchmarks.register_reader`) makes its ``kind`` valid in this config and in every
+    (:func:`exfiqa.readers.register_reader`) makes its ``kind`` valid in this config and in every
     process that loads it (notebooks, ``exfiqa extract``, torchrun ranks).
 
     A config with plugins is code: importing runs the modules, found on ``sys.path`` (which may

@@ -14,17 +14,29 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 __all__ = [
     "CheckpointError",
     "atomic_path",
     "atomic_write",
+    "chunked",
     "clip",
     "file_digest",
 ]
+
+
+_T = TypeVar("_T")
+
+
+def chunked(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
+    """Consecutive slices of ``items`` of length ``size`` (the last may be shorter)."""
+    if size < 1:
+        raise ValueError(f"batch size must be >= 1, got {size}")
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
 class CheckpointError(ValueError):

@@ -47,7 +47,7 @@ from exfiqa.config import _BASELINE_FR, _BASELINES, Config, ConfigError
 from exfiqa.evaluation.fusion import ex_fiqa_f, ex_fiqa_fw
 from exfiqa.evaluation.pairs import AllPairs, PairList, release_pages
 from exfiqa.io import atomic_write
-from exfiqa.readers.benchmarks import Benchmark, load_benchmark, reader_source
+from exfiqa.readers import Benchmark, load_benchmark, reader_source
 from exfiqa.report.runcard import RunCard, run_card
 
 if TYPE_CHECKING:  # torch-backed types: imported when a model is loaded
@@ -236,7 +236,7 @@ class Study:
         ``args``: its loader arguments; ``precision``: the extraction's arithmetic (arrays
         computed by a model); ``onnxruntime``: its version, for an ONNX model's arrays. SER-FIQ adds ``seed`` (its dropout draws; one generator per sample,
         so not the batching). A benchmark read by a registered reader adds ``reader``, the SHA-256
-        of the reader's source file (:func:`exfiqa.readers.benchmarks.reader_source`). The code's digest is
+        of the reader's source file (:func:`exfiqa.readers.reader_source`). The code's digest is
         :func:`exfiqa.store.arrays.code_version`.
 
         ``evaluation=True`` (what ``compute=False`` compares with a manifest): without ``data`` (no

@@ -1,4 +1,4 @@
-"""5-point alignment (``exfiqa.readers.benchmarks.align_face``, OpenCV ``warpAffine``) against an exact
+"""5-point alignment (``exfiqa.readers.align_face``, OpenCV ``warpAffine``) against an exact
 bilinear reference (scikit-image ``warp``, what ``align_face`` used before).
 
 OpenCV resamples in fixed point: a sampling position is computed in 1/1024 pixel and rounded to
@@ -23,8 +23,8 @@ import skimage.data
 from scipy.ndimage import gaussian_filter
 from skimage.transform import SimilarityTransform, warp
 
-from exfiqa.readers import benchmarks as ds
-from exfiqa.readers.benchmarks import ARCFACE_TEMPLATE, align_face
+from exfiqa.readers import ARCFACE_TEMPLATE, align_face
+from exfiqa.readers import align as ds
 
 SIZE = 112
 DELTA = 1 / 64 + 1 / 1024  # OpenCV's largest sampling-position error, per axis (pixels)
@@ -270,7 +270,7 @@ def test_alignment_starts_no_threads() -> None:
     # many DataLoader workers each aligning: a call must not start a thread pool
     code = (
         "import os, numpy as np\n"
-        "from exfiqa.readers.benchmarks import ARCFACE_TEMPLATE, align_face\n"
+        "from exfiqa.readers import ARCFACE_TEMPLATE, align_face\n"
         "img = np.random.default_rng(0).integers(0, 256, (250, 250, 3), dtype=np.uint8)\n"
         "pts = ARCFACE_TEMPLATE * 1.7 + [30, 20]\n"
         "align_face(img, pts)\n"

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from exfiqa.config import load_config
-from exfiqa.readers.benchmarks import read_adience, read_bin, read_ijbc, read_xqlfw
+from exfiqa.readers import read_adience, read_bin, read_ijbc, read_xqlfw
 from exfiqa.store import arrays
 from exfiqa.store.arrays import (
     ArrayError,
@@ -325,7 +325,7 @@ def test_interrupted_writes_are_recomputed_not_trusted(own_config, monkeypatch, 
 _WRITER = textwrap.dedent("""
     import sys, numpy as np, pandas as pd
     from exfiqa.store.arrays import ArrayStore
-    from exfiqa.readers.benchmarks import Benchmark
+    from exfiqa.readers import Benchmark
     from exfiqa.store.digests import DigestIndex
     n = 200_000
     bench = Benchmark("big", "sample", pd.DataFrame({"sample_id": np.arange(n), "path": [f"/x/{k}.jpg" for k in range(n)]}),

@@ -62,7 +62,7 @@ def arrays_only(extracted, tmp_path_factory) -> Path:
 
 
 def test_evaluation_needs_only_arrays_and_protocol_files(extracted, arrays_only, tmp_path, monkeypatch):
-    import exfiqa.readers.benchmarks as datasets
+    import exfiqa.readers.benchmark as datasets
     import exfiqa.store.digests as digests
 
     hashed: list[str] = []

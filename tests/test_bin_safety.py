@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exfiqa.readers import benchmarks as ds
-from exfiqa.readers.benchmarks import BinFormatError, encode_image, read_bin, write_bin
+from exfiqa.readers import BinFormatError, encode_image, read_bin, write_bin
+from exfiqa.readers import bin as ds
 
 try:
     from numpy._core.multiarray import _reconstruct
@@ -341,7 +341,7 @@ def _declared_length_bomb() -> bytes:
 
 _CHILD = r"""
 import json, resource, sys, tracemalloc
-from exfiqa.readers.benchmarks import read_bin
+from exfiqa.readers import read_bin
 
 with open("/proc/self/status") as fh:
     vm_kb = next(int(line.split()[1]) for line in fh if line.startswith("VmSize:"))

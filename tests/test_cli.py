@@ -14,8 +14,8 @@ from PIL import Image
 
 from exfiqa.cli import main
 from exfiqa.evaluation.fusion import ex_fiqa_f, ex_fiqa_fw
-from exfiqa.models.vitfiqa import build_vitfiqa, load_vitfiqa, save_vitfiqa
-from exfiqa.readers.images import read_face, to_tensor
+from exfiqa.models.vitfiqa import build_vitfiqa, load_vitfiqa, save_vitfiqa, to_tensor
+from exfiqa.readers.images import read_face
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +254,23 @@ def test_16bit_face_scores_as_its_8bit_high_byte(world):
     rows = out.read_text().splitlines()[1:]
     assert [r.split(",", 1)[0] for r in rows] == [str(folder / "a16.png"), str(folder / "b8.png")]
     assert rows[0].split(",", 1)[1] == rows[1].split(",", 1)[1]
+
+
+def test_netpbm_faces_are_found_and_scored(world):
+    """.ppm / .pgm files are found in a folder (the readers' IMAGE_EXTENSIONS) and score as the PNG."""
+    root, ckpt, faces = world
+    folder = root / "netpbm"
+    folder.mkdir()
+    rgb = np.random.default_rng(6).integers(0, 255, (112, 112, 3), dtype=np.uint8)
+    for name in ("a.png", "b.ppm"):
+        Image.fromarray(rgb).save(folder / name)
+    for name in ("c.png", "d.pgm"):
+        Image.fromarray(rgb[:, :, 1]).save(folder / name)
+    out = root / "netpbm.csv"
+    assert main(["score", str(folder), "--checkpoint", str(ckpt), "--out", str(out), "--num-heads", "2", "--quiet"]) == 0
+    rows = out.read_text().splitlines()[1:]
+    assert [r.split(",", 1)[0] for r in rows] == [str(folder / n) for n in ("a.png", "b.ppm", "c.png", "d.pgm")]
+    assert rows[0].split(",", 1)[1] == rows[1].split(",", 1)[1] and rows[2].split(",", 1)[1] == rows[3].split(",", 1)[1]
 
 
 def test_bad_image_is_an_error_or_skipped(world, capsys):

@@ -14,7 +14,8 @@ from exfiqa.evaluation import pairs as C
 from exfiqa.evaluation import scores as SC
 from exfiqa.evaluation.rules import level_starts
 from exfiqa.evaluation.scores import ArrayOrder, Comparisons
-from exfiqa.readers import benchmarks as ds
+from exfiqa.readers import benchmark
+from exfiqa.readers import folders as ds
 
 TARGETS = (0.01, 0.05, 0.2)
 #: Every threshold rule x acceptance x error type (FM-EDC targets are FNMR targets).
@@ -367,7 +368,7 @@ def test_benchmark_keeps_all_pairs_implicit_and_materialises_small_ones(tmp_path
     assert bench.all_pairs is not None and bench.n_comparisons == 10
     expect = [(i, j) for i, j in itertools.combinations(range(5), 2)]
     assert list(zip(bench.comparisons["a"], bench.comparisons["b"], strict=True)) == expect
-    monkeypatch.setattr(ds, "MATERIALISE_LIMIT", 9)
+    monkeypatch.setattr(benchmark, "MATERIALISE_LIMIT", 9)
     fresh = ds.read_adience(tmp_path)
     with pytest.raises(ValueError, match="not materialised.*max_nonmated"):
         _ = fresh.comparisons

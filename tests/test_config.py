@@ -181,7 +181,7 @@ def test_the_hand_listed_names_match_the_code_they_stand_for():
     from exfiqa.models.baselines import BASELINES
     from exfiqa.models.fr import TORCH_ENTRY_ARGS, Arch, load_fr, load_onnx_fr
     from exfiqa.models.vitfiqa import load_vitfiqa
-    from exfiqa.readers.benchmarks import BENCHMARK_KINDS
+    from exfiqa.readers import BENCHMARK_KINDS
 
     assert set(c._BASELINES) == set(BASELINES)
     assert set(c._READERS) == set(BENCHMARK_KINDS)
@@ -316,10 +316,10 @@ def test_list_parameters_from_papermill_strings():
 
 @pytest.fixture
 def readers():
-    """exfiqa.readers.benchmarks.READERS, restored after the test; ``exfiqa_testplugin_*`` modules unloaded."""
+    """exfiqa.readers.READERS, restored after the test; ``exfiqa_testplugin_*`` modules unloaded."""
     import sys
 
-    from exfiqa.readers.benchmarks import READERS
+    from exfiqa.readers import READERS
 
     saved = dict(READERS)
     yield READERS
@@ -341,7 +341,7 @@ def _write_datasets(tmp_path, **changes):
 
 def test_a_registered_kind_is_a_dataset_kind_of_the_config(tmp_path, readers):
     from exfiqa import config as c
-    from exfiqa.readers.benchmarks import register_reader
+    from exfiqa.readers import register_reader
 
     assert c._READERS is readers
     entry = {"kind": "pairs_folder", "root": "mine/images", "pairs_file": "mine/pairs.csv", "label": "Mine"}
@@ -368,7 +368,7 @@ def test_a_registered_kind_is_a_dataset_kind_of_the_config(tmp_path, readers):
 
 
 _PLUGIN_A = '''
-from exfiqa.readers.benchmarks import read_bin, register_reader
+from exfiqa.readers import read_bin, register_reader
 
 
 def read_bin_again(path, name: str = "again"):
@@ -380,7 +380,7 @@ register_reader("bin_again", read_bin_again)
 '''
 
 _PLUGIN_B = '''
-from exfiqa.readers.benchmarks import READERS
+from exfiqa.readers import READERS
 
 SAW_A = "bin_again" in READERS  # imported after exfiqa_testplugin_a?
 '''
@@ -391,7 +391,7 @@ def test_plugins_are_imported_in_order_before_the_datasets_are_checked(tmp_path,
 
     import numpy as np
 
-    from exfiqa.readers.benchmarks import load_benchmark, read_bin, write_bin
+    from exfiqa.readers import load_benchmark, read_bin, write_bin
 
     lib = tmp_path / "lib"
     lib.mkdir()

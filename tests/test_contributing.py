@@ -32,7 +32,7 @@ import yaml
 
 from exfiqa.config import ConfigError, load_config
 from exfiqa.evaluation.metrics import edc, pauc
-from exfiqa.readers.benchmarks import READERS, DatasetFormatError, read_xqlfw, reader_source
+from exfiqa.readers import READERS, DatasetFormatError, read_xqlfw, reader_source
 from exfiqa.store.arrays import ArrayError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,7 +221,7 @@ def reader_run(
 
 
 def test_benchmark_reader_recipe(reader_run: tuple[dict[str, Any], Path], pairs_input: tuple[Path, Path, Any]) -> None:
-    from exfiqa.readers.benchmarks import register_reader
+    from exfiqa.readers import register_reader
     from exfiqa.store.arrays import sample_keys
 
     ns, work = reader_run

@@ -1,4 +1,4 @@
-"""Tests for exfiqa.readers.benchmarks: format round trips, pair tables, alignment, unsafe pickles."""
+"""Tests for the exfiqa.readers modules: format round trips, pair tables, alignment, unsafe pickles."""
 
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ from PIL import Image
 from skimage.measure import label, regionprops
 from skimage.transform import SimilarityTransform, warp
 
-from exfiqa.readers import benchmarks as ds
-from exfiqa.readers.benchmarks import (
+import exfiqa.readers as ds
+from exfiqa.readers import (
     ARCFACE_TEMPLATE,
     BinFormatError,
     DatasetFormatError,
     align_face,
+    folders,
     load_benchmark,
     read_adience,
     read_bin,
@@ -330,8 +331,10 @@ def test_adience_round_trip_and_all_pairs(tmp_path: pathlib.Path) -> None:
     faces = _faces(6, seed=5)
     # written out of name order on purpose; samples are sorted by identity then file
     images = {"u2_f1": faces[3:5], "u1_f7": faces[:3], "u3_f2": faces[5:]}
-    write_identity_folders(tmp_path / "adience", images, fmt="png")
+    written = write_identity_folders(tmp_path / "adience", images, fmt="png")
     bench = read_adience(tmp_path / "adience")
+    assert written[0] == tmp_path / "adience" / "u2_f1" / "0000.png"  # identity then index order
+    assert sorted(map(str, written)) == sorted(bench.samples["path"])
     assert bench.samples["identity"].tolist() == ["u1_f7"] * 3 + ["u2_f1"] * 2 + ["u3_f2"]
     np.testing.assert_array_equal(_all_images(bench), np.stack(faces))
     mated = {(0, 1), (0, 2), (1, 2), (3, 4)}
@@ -339,6 +342,30 @@ def test_adience_round_trip_and_all_pairs(tmp_path: pathlib.Path) -> None:
     got = list(zip(bench.comparisons["a"], bench.comparisons["b"], strict=True))
     assert got == all_pairs
     assert bench.comparisons["mated"].tolist() == [p in mated for p in all_pairs]
+
+
+def test_netpbm_faces_are_read_by_the_folder_readers_and_found_by_score(tmp_path: pathlib.Path) -> None:
+    """One list of image suffixes (exfiqa.readers.IMAGE_EXTENSIONS): the folder readers read the
+    .ppm / .pgm faces that ``exfiqa score``'s file discovery (find_images) finds."""
+    from exfiqa.readers import IMAGE_EXTENSIONS, find_images
+
+    assert {".ppm", ".pgm", ".jpg", ".png"} <= set(IMAGE_EXTENSIONS)
+    faces = _faces(3, seed=11)
+    gray = faces[2][:, :, 0]
+    for ident, name, arr in (("a", "0.ppm", faces[0]), ("a", "1.PPM", faces[1]), ("b", "0.pgm", gray)):
+        (tmp_path / "ids" / ident).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(tmp_path / "ids" / ident / name, format="PPM")
+    bench = read_adience(tmp_path / "ids")
+    assert bench.samples["path"].tolist() == find_images([tmp_path / "ids"])
+    assert bench.samples["identity"].tolist() == ["a", "a", "b"]
+    np.testing.assert_array_equal(_all_images(bench), np.stack([faces[0], faces[1], np.repeat(gray[:, :, None], 3, 2)]))
+    (tmp_path / "lfw" / "x").mkdir(parents=True)
+    Image.fromarray(faces[0]).save(tmp_path / "lfw" / "x" / "x_0001.ppm")
+    Image.fromarray(faces[1]).save(tmp_path / "lfw" / "x" / "x_0002.ppm")
+    (tmp_path / "pairs.txt").write_text("1\t1\nx\t1\t2\n")
+    xq = read_xqlfw(tmp_path / "lfw", tmp_path / "pairs.txt")
+    assert xq.samples["path"].tolist() == find_images([tmp_path / "lfw"])
+    np.testing.assert_array_equal(xq.image(1), faces[1])
 
 
 def test_adience_channel_order(tmp_path: pathlib.Path) -> None:
@@ -362,19 +389,19 @@ def _brute_force_pairs(groups: np.ndarray) -> tuple[set, set]:
 def test_all_pairs_matches_brute_force(sizes: list[int]) -> None:
     groups = np.repeat(np.arange(len(sizes)), sizes)
     mated, non = _brute_force_pairs(groups)
-    a, b, m = ds._all_pairs(groups, None, 0)
+    a, b, m = folders._all_pairs(groups, None, 0)
     pairs = list(zip(a.tolist(), b.tolist(), strict=True))
     assert pairs == sorted(mated | non)
     assert {p for p, mm in zip(pairs, m, strict=True) if mm} == mated
 
     k = len(non) // 2
-    a, b, m = ds._all_pairs(groups, k, seed=3)
+    a, b, m = folders._all_pairs(groups, k, seed=3)
     pairs = list(zip(a.tolist(), b.tolist(), strict=True))
     assert pairs == sorted(pairs) and len(set(pairs)) == len(pairs)
     assert {p for p, mm in zip(pairs, m, strict=True) if mm} == mated
     sub_non = {p for p, mm in zip(pairs, m, strict=True) if not mm}
     assert len(sub_non) == k and sub_non <= non
-    a2, b2, _ = ds._all_pairs(groups, k, seed=3)
+    a2, b2, _ = folders._all_pairs(groups, k, seed=3)
     assert np.array_equal(a, a2) and np.array_equal(b, b2)
 
 
@@ -601,7 +628,7 @@ def test_ijbc_error_line_number_counts_blank_lines(tmp_path: pathlib.Path) -> No
 
 @pytest.fixture
 def readers():
-    """exfiqa.readers.benchmarks.READERS, restored after the test (kinds registered in it are dropped)."""
+    """exfiqa.readers.READERS, restored after the test (kinds registered in it are dropped)."""
     saved = dict(ds.READERS)
     yield ds.READERS
     ds.READERS.clear()
@@ -628,7 +655,7 @@ def test_register_reader_refuses_bad_kinds_and_readers(readers) -> None:
     with pytest.raises(TypeError, match=r"register_reader\('mine'\): .*<lambda> must take a 'name' argument"):
         ds.register_reader("mine", lambda path: read_bin(path))
     # a built-in kind, or a registered one, is not taken over by another function
-    with pytest.raises(ValueError, match=r"benchmark kind 'bin' is already read by exfiqa\.datasets\.read_bin"):
+    with pytest.raises(ValueError, match=r"benchmark kind 'bin' is already read by exfiqa\.readers\.bin\.read_bin"):
         ds.register_reader("bin", _read_bin_reversed)
     assert readers == before
     ds.register_reader("reversed_bin", _read_bin_reversed)

@@ -53,7 +53,7 @@ def test_pool_build_matches_the_sequential_build(tiny_world, tmp_path):
 def test_rebuild_with_another_spec_leaves_no_stale_files(tmp_path):
     """A rebuild must not keep the previous build's files (the readers would pick up stale
     identity folders): every file on disk is in the new manifest, and the readers see the new sizes."""
-    from exfiqa.readers.benchmarks import read_adience
+    from exfiqa.readers import read_adience
 
     build_demo(tmp_path, DemoSpec.tiny(), log=lambda *_: None)
     assert len(read_adience(tmp_path / "benchmarks" / "adience").samples) == 4 * 3
@@ -72,7 +72,7 @@ def test_rebuild_with_another_spec_leaves_no_stale_files(tmp_path):
 def test_xqlfw_like_set_has_extra_non_mated_pairs_among_its_own_images(tiny_world):
     """Base set of xqlfw_pairs (half mated) plus non-mated pairs up to xqlfw_non_mated, drawn among
     the base set's images: no repeated pair, no non-mated pair within one identity."""
-    from exfiqa.readers.benchmarks import read_xqlfw
+    from exfiqa.readers import read_xqlfw
 
     spec = DemoSpec.tiny()
     root = tiny_world / "benchmarks" / "xqlfw"

@@ -95,7 +95,7 @@ def test_arrays_equal_the_models_run_directly(reference, one_thread):
     from exfiqa.models.baselines import serfiq_quality, sharpness
     from exfiqa.models.fr import magface_quality
     from exfiqa.models.inference import exit_scores
-    from exfiqa.readers.images import to_tensor
+    from exfiqa.models.vitfiqa import to_tensor
 
     cfg = load_config(reference)
     study = Study(cfg, progress=False, compute=False)
@@ -128,7 +128,7 @@ def test_arrays_equal_the_models_run_directly(reference, one_thread):
 
 
 def test_one_read_feeds_every_model_and_a_rerun_reads_nothing(tiny_config, tmp_path, monkeypatch):
-    from exfiqa.readers.benchmarks import Benchmark
+    from exfiqa.readers import Benchmark
 
     reads: list[tuple[str, int]] = []
     original = Benchmark.image

@@ -384,7 +384,7 @@ def check_bootstrap_units(d: Direct, t):
     import collections
     import hashlib
 
-    from exfiqa.readers.benchmarks import _load_bin
+    from exfiqa.readers.bin import _load_bin
 
     bench = d.study.benchmark("adience")
     assert _cell(t["bootstrap_units"], "n_units", dataset="Adience-like") == bench.samples["identity"].nunique()

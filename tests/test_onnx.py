@@ -398,9 +398,9 @@ def test_embed_batch_is_one_forward_of_x_and_its_flip():
 def test_default_providers_use_cuda_only_when_asked_for_and_available():
     ort = types.SimpleNamespace(get_available_providers=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     cpu_only = types.SimpleNamespace(get_available_providers=lambda: ["CPUExecutionProvider"])
-    assert fr._default_providers(ort, torch.device("cuda")) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert fr._default_providers(ort, torch.device("cpu")) == ["CPUExecutionProvider"]
-    assert fr._default_providers(cpu_only, torch.device("cuda:0")) == ["CPUExecutionProvider"]
+    assert fr.onnx._default_providers(ort, torch.device("cuda")) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert fr.onnx._default_providers(ort, torch.device("cpu")) == ["CPUExecutionProvider"]
+    assert fr.onnx._default_providers(cpu_only, torch.device("cuda:0")) == ["CPUExecutionProvider"]
 
 
 # ------------------------------------------------------------------ without onnxruntime
@@ -460,5 +460,5 @@ def test_onnx_without_runtime_says_how_to_install(tmp_path, monkeypatch):
 def test_load_onnx_fr_has_no_default_preprocessing(tmp_path):
     with pytest.raises(TypeError, match="preprocess"):
         fr.load_onnx_fr(tmp_path / "m.onnx")  # type: ignore[call-arg]
-    with pytest.raises(TypeError, match=r"preprocess must be an exfiqa\.fr\.Preprocess, got dict"):
+    with pytest.raises(TypeError, match=r"preprocess must be an exfiqa\.models\.fr\.Preprocess, got dict"):
         fr.load_onnx_fr(tmp_path / "m.onnx", SFACE_ARGS)  # type: ignore[arg-type]

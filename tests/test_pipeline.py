@@ -249,7 +249,7 @@ def test_the_authors_rules_and_fm_edc_through_the_study(tiny_config, study, data
 
 
 def test_adience_is_evaluated_without_materialising_its_pairs(tiny_config, study, monkeypatch):
-    import exfiqa.readers.benchmarks as ds
+    import exfiqa.readers.benchmark as ds
 
     assert study.benchmark("adience").all_pairs is not None
     expect = study.pauc_frame("adience", "arcface", "T")

@@ -17,7 +17,7 @@ import yaml
 from exfiqa.config import load_config
 from exfiqa.models.fr import build_fr, load_fr
 from exfiqa.models.vitfiqa import build_vitfiqa, load_vitfiqa
-from exfiqa.readers.benchmarks import decode_image, load_benchmark
+from exfiqa.readers import decode_image, load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 4  # images per benchmark

@@ -14,8 +14,7 @@ from PIL import Image
 
 from exfiqa.io import file_digest
 from exfiqa.models import fr
-from exfiqa.models.vitfiqa import ViTFIQAConfig, build_vitfiqa, load_vitfiqa
-from exfiqa.readers.images import to_tensor
+from exfiqa.models.vitfiqa import ViTFIQAConfig, build_vitfiqa, load_vitfiqa, to_tensor
 from exfiqa.train.trainer import (
     VITFIQA_PREPROCESS,
     ArcFace,

@@ -25,7 +25,7 @@ from exfiqa.evaluation.pairs import cosine_similarity
 from exfiqa.models.fr import load_fr
 from exfiqa.models.inference import exit_scores
 from exfiqa.models.vitfiqa import load_vitfiqa
-from exfiqa.readers.benchmarks import read_adience, read_bin, read_xqlfw
+from exfiqa.readers import read_adience, read_bin, read_xqlfw
 from exfiqa.train.trainer import certainty_ratio
 
 __all__ = ["assemble_report", "report_part", "world_report"]

@@ -56,6 +56,8 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from exfiqa.readers.align import ARCFACE_TEMPLATE  # the one template (re-exported here)
+
 __all__ = [
     "ARCFACE_TEMPLATE",
     "DEGRADATIONS",
@@ -74,18 +76,6 @@ __all__ = [
     "sample_nuisance",
     "strong_pose",
 ]
-
-ARCFACE_TEMPLATE = np.array(
-    [
-        [38.2946, 51.6963],
-        [73.5318, 51.5014],
-        [56.0252, 71.7366],
-        [41.5493, 92.3655],
-        [70.7299, 92.2041],
-    ],
-    dtype=np.float32,
-)
-"""The ArcFace 112x112 5-point template (x, y): left eye, right eye, nose, mouth left, mouth right."""
 
 DEGRADATIONS: tuple[str, ...] = (
     "gaussian_blur",

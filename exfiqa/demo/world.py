@@ -257,7 +257,7 @@ def _write_benchmarks(spec: DemoSpec, root: Path, log: Callable[[str], None], wo
     import pandas as pd
     from PIL import Image
 
-    from exfiqa.readers import benchmarks as ds
+    import exfiqa.readers as ds
 
     from .synth import WorldSpec, generate_items
 

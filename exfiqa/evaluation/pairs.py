@@ -22,7 +22,7 @@ of ``v`` at the smaller side, so no per-comparison float array is sorted.
   IJB-C's 15.6M template comparisons are a dense block of enrolment x probe templates. The
   order keeps one ``uint8`` level per comparison (15.6 MB at IJB-C).
 * :class:`AllPairs`: every unordered pair ``i < j`` of samples sorted by identity, in row-major
-  order (the order :func:`exfiqa.readers.benchmarks.read_adience` lists them); mated pairs are the
+  order (the order :func:`exfiqa.readers.read_adience` lists them); mated pairs are the
   contiguous same-identity blocks. Nothing of size n(n-1)/2 is ever held: similarities are
   scanned as row blocks of the Gram matrix, keeping the mated ones and the top non-mated
   candidates; a pair's rank in the stable quality order has a closed form (pairs with a lower

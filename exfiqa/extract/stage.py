@@ -74,10 +74,11 @@ from exfiqa.locks import (
     reserve,
     run_lock,
 )
+from exfiqa.readers import READER_MODULES
 from exfiqa.store.arrays import _jsonable, code_version, modules_version, wanted_arrays
 
 if TYPE_CHECKING:
-    from exfiqa.readers.benchmarks import Benchmark
+    from exfiqa.readers import Benchmark
     from exfiqa.study import Study
 
 __all__ = [
@@ -102,7 +103,7 @@ _log = logging.getLogger(__name__)
 SHARDS = ".shards"
 LOCK = ".extract.lock"  # in <arrays_dir>/<dataset>/: held by the extraction of that dataset
 CROPS = "crops"
-CROP_MODULES = ("exfiqa.readers.benchmarks", "exfiqa.readers.images")  # the code that decodes and aligns
+CROP_MODULES = READER_MODULES  # the code that decodes and aligns
 DIST_TIMEOUT = datetime.timedelta(hours=12)  # ranks wait at the merge barrier for the slowest one
 
 
@@ -255,7 +256,7 @@ def loader(images: ImageSet, batches: list[list[int]], workers: int, pin: bool) 
 
 
 def vit_input(x: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC RGB -> float32 NCHW ``(x/255 - 0.5)/0.5`` on x's device (as :func:`exfiqa.readers.images.to_tensor`)."""
+    """uint8 NHWC RGB -> float32 NCHW ``(x/255 - 0.5)/0.5`` on x's device (as :func:`exfiqa.models.vitfiqa.to_tensor`)."""
     return (x.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
 
 
@@ -533,7 +534,7 @@ def _run_shards(study: Study, dataset: str, jobs: Sequence[Job], rank: int, worl
 def reopen_benchmark(cfg: Config, dataset: str) -> Benchmark:
     """``dataset`` of ``cfg`` opened anew (what a spawned decoding worker does): the config's
     ``plugins`` are imported first, so a registered reader's kind is known there too."""
-    from exfiqa.readers.benchmarks import load_benchmark
+    from exfiqa.readers import load_benchmark
 
     for module in cfg.plugins:
         importlib.import_module(module)
@@ -673,7 +674,7 @@ def _raw_keys(path: str) -> set[str]:
 def run(args: argparse.Namespace) -> int:
     """Run the parsed command line, as one process or as one ``torchrun`` rank (exit code)."""
     from exfiqa.io import CheckpointError
-    from exfiqa.readers.benchmarks import DatasetFormatError
+    from exfiqa.readers import DatasetFormatError
     from exfiqa.readers.images import ImageReadError
     from exfiqa.store.arrays import ArrayError
 

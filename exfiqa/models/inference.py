@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
-from exfiqa.models.vitfiqa import ViTFIQA
-from exfiqa.readers.images import to_tensor
+from exfiqa.models.vitfiqa import ViTFIQA, to_tensor
 
-__all__ = ["exit_scores", "family_scores", "resolve_device"]
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``None``/``"auto"`` (CUDA when available)."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} requested but CUDA is not available here")
-    return dev
+__all__ = ["exit_scores", "family_scores"]
 
 
 def _passes(
@@ -74,11 +63,3 @@ def family_scores(
     (N, 2: mean, attention-weighted), float32, as :func:`exit_scores` handles batches."""
     scores, attn, vitnt = _passes(model, batches, total, device, progress, desc, family=True)
     return scores, attn, vitnt
-
-
-def chunked(items: list, size: int) -> Iterator[list]:
-    """Consecutive slices of ``items`` of length ``size`` (the last may be shorter)."""
-    if size < 1:
-        raise ValueError(f"batch size must be >= 1, got {size}")
-    for i in range(0, len(items), size):
-        yield items[i : i + size]

@@ -2,7 +2,7 @@
 
 Conventions:
 - Input: aligned faces, float tensors (B, 3, 112, 112), **RGB**, normalised ``(x/255 - 0.5)/0.5``
-  (see :func:`exfiqa.readers.images.to_tensor`). Higher score = better quality (more utility for FR).
+  (see :func:`to_tensor`). Higher score = better quality (more utility for FR).
 - Exit ``l`` (1-based, ``1..depth``) = run ``l`` transformer blocks, apply the **shared final
   LayerNorm** ``norm`` to the tokens, then the **unchanged** heads. Exit ``depth`` is the plain
   ViT-FIQA score.
@@ -27,7 +27,9 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any, Literal, cast
 
+import numpy as np
 import torch
+from numpy.typing import NDArray
 from timm.layers.attention import Attention
 from timm.layers.patch_embed import PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
@@ -54,6 +56,7 @@ __all__ = [
     "load_vitfiqa",
     "released_state_dict",
     "save_vitfiqa",
+    "to_tensor",
 ]
 
 Variant = Literal["token", "crfiqa"]
@@ -793,3 +796,13 @@ def save_vitfiqa(model: ViTFIQA, path: str | os.PathLike[str], overwrite: bool =
     with atomic_path(path, overwrite=overwrite) as tmp:
         with open(tmp, "wb") as fh:  # a file object: the archive is not named after the temp file
             torch.save(state, fh)
+
+
+def to_tensor(batch: NDArray[np.uint8] | Sequence[NDArray[np.uint8]]) -> torch.Tensor:
+    """uint8 RGB (B, H, W, 3) -> float32 (B, 3, H, W) in [-1, 1]: ``(x/255 - 0.5)/0.5``, the input
+    ViT-FIQA expects (the faces of :mod:`exfiqa.readers`)."""
+    arr = np.asarray(batch)
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"expected uint8 RGB images (B, H, W, 3), got {arr.dtype} {arr.shape}")
+    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float()
+    return (t / 255.0 - 0.5) / 0.5

@@ -1,3 +1,84 @@
 """Readers: benchmark files on disk -> aligned RGB uint8 112x112 faces and the comparison protocol.
 
-No torch; nothing here evaluates or extracts."""
+No torch; nothing here evaluates or extracts. The modules, lowest first:
+
+- :mod:`~exfiqa.readers.images`: decoding one image safely (size and scan limits, the 16-bit rule),
+  the image file suffixes, ``exfiqa score``'s file discovery;
+- :mod:`~exfiqa.readers.align`: the ArcFace 5-point template and :func:`align_face`;
+- :mod:`~exfiqa.readers.benchmark`: the :class:`Benchmark` every reader returns, its errors,
+  image encoding for the writers;
+- :mod:`~exfiqa.readers.bin` (insightface ``.bin``, never unpickled), :mod:`~exfiqa.readers.folders`
+  (XQLFW / LFW pairs, Adience identity folders), :mod:`~exfiqa.readers.ijbc` (IJB-C 1:1): the
+  formats, each with its writer;
+- :mod:`~exfiqa.readers.registry`: benchmark kinds, :func:`register_reader`, :func:`load_benchmark`.
+"""
+
+from exfiqa.readers.align import ARCFACE_TEMPLATE, align_face
+from exfiqa.readers.benchmark import (
+    MATERIALISE_LIMIT,
+    Benchmark,
+    DatasetFormatError,
+    FileDigests,
+    ImageFormat,
+    decode_image,
+    encode_image,
+)
+from exfiqa.readers.bin import MIN_BIN_IMAGE_BYTES, BinFormatError, read_bin, write_bin
+from exfiqa.readers.folders import read_adience, read_xqlfw, write_identity_folders, write_xqlfw
+from exfiqa.readers.ijbc import read_ijbc, write_ijbc
+from exfiqa.readers.images import (
+    IMAGE_EXTENSIONS,
+    IMAGE_SIZE,
+    MAX_IMAGE_PIXELS,
+    MAX_JPEG_SCANS,
+    ImageReadError,
+    decode_rgb8,
+    find_images,
+    read_face,
+    to_rgb8,
+)
+from exfiqa.readers.registry import (
+    BENCHMARK_KINDS,
+    READER_MODULES,
+    READERS,
+    load_benchmark,
+    reader_source,
+    register_reader,
+)
+
+__all__ = [
+    "ARCFACE_TEMPLATE",
+    "BENCHMARK_KINDS",
+    "IMAGE_EXTENSIONS",
+    "IMAGE_SIZE",
+    "MATERIALISE_LIMIT",
+    "MAX_IMAGE_PIXELS",
+    "MAX_JPEG_SCANS",
+    "MIN_BIN_IMAGE_BYTES",
+    "READERS",
+    "READER_MODULES",
+    "Benchmark",
+    "BinFormatError",
+    "DatasetFormatError",
+    "FileDigests",
+    "ImageFormat",
+    "ImageReadError",
+    "align_face",
+    "decode_image",
+    "decode_rgb8",
+    "encode_image",
+    "find_images",
+    "load_benchmark",
+    "read_adience",
+    "read_bin",
+    "read_face",
+    "read_ijbc",
+    "read_xqlfw",
+    "reader_source",
+    "register_reader",
+    "to_rgb8",
+    "write_bin",
+    "write_identity_folders",
+    "write_ijbc",
+    "write_xqlfw",
+]

@@ -2,10 +2,10 @@
 
 Convention: images are returned as **RGB uint8** arrays of shape (112, 112, 3) (grayscale and RGBA
 are converted to RGB; other sizes are resized bilinearly with a warning, because alignment is the
-caller's job). :func:`to_tensor` turns a uint8 NHWC batch into the float NCHW tensor ViT-FIQA
-expects: ``(x/255 - 0.5) / 0.5``, channels RGB.
+caller's job). The models turn them into tensors (``exfiqa.models.vitfiqa.to_tensor``); nothing here
+imports torch.
 
-Decoding (:func:`decode_rgb8`, shared by :func:`read_face` and ``exfiqa.readers.benchmarks.decode_image``):
+Decoding (:func:`decode_rgb8`, shared by :func:`read_face` and ``exfiqa.readers.decode_image``):
 
 - **Size limit, checked before decoding.** An image of more than :data:`MAX_IMAGE_PIXELS`
   (8192 x 8192 = 67,108,864) pixels is refused from its header alone, before any pixel is
@@ -39,19 +39,17 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
-if TYPE_CHECKING:
-    import torch
-
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "IMAGE_SIZE",
     "MAX_IMAGE_PIXELS",
     "MAX_JPEG_SCANS",
     "ImageReadError",
@@ -59,10 +57,14 @@ __all__ = [
     "find_images",
     "read_face",
     "to_rgb8",
-    "to_tensor",
 ]
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+"""File suffixes (lower case) of face images, in the order a reader tries them: what the folder
+readers list, what ``exfiqa score`` finds in a folder (:func:`find_images`), what training reads."""
+
+IMAGE_SIZE = 112
+"""Side length of every aligned face returned by the readers."""
 
 MAX_IMAGE_PIXELS = 8192 * 8192
 """Largest image (width x height) that is decoded; larger ones are refused from their header."""
@@ -184,7 +186,7 @@ def _jpeg_scans(fh: IO[bytes]) -> int:
     return count
 
 
-def read_face(path: str | os.PathLike[str], size: int = 112) -> NDArray[np.uint8]:
+def read_face(path: str | os.PathLike[str], size: int = IMAGE_SIZE) -> NDArray[np.uint8]:
     """Decode an image as RGB uint8 (size, size, 3), resizing (with a warning) if needed.
 
     See the module docstring for the size limit and the 16-bit rule.
@@ -206,14 +208,3 @@ def read_face(path: str | os.PathLike[str], size: int = 112) -> NDArray[np.uint8
         )
         arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR))
     return np.ascontiguousarray(arr, dtype=np.uint8)
-
-
-def to_tensor(batch: NDArray[np.uint8] | Sequence[NDArray[np.uint8]]) -> torch.Tensor:
-    """uint8 RGB (B, H, W, 3) -> float32 (B, 3, H, W) in [-1, 1]: ``(x/255 - 0.5)/0.5``."""
-    import torch
-
-    arr = np.asarray(batch)
-    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-        raise ValueError(f"expected uint8 RGB images (B, H, W, 3), got {arr.dtype} {arr.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float()
-    return (t / 255.0 - 0.5) / 0.5

@@ -155,7 +155,7 @@ def unit_summary(study: Study) -> pd.DataFrame:
     import hashlib
 
     from exfiqa.evaluation.subjects import repeated_images
-    from exfiqa.readers.benchmarks import _load_bin
+    from exfiqa.readers.bin import _load_bin
 
     rows = []
     for ds, spec in study.config.datasets.items():
@@ -358,8 +358,7 @@ def attention_maps(model: ViTFIQA, images: np.ndarray, batch_size: int = 64, dev
     (T): the quality token's attention row over the patches; (C): the mean attention each patch
     receives (there is no quality token). Rows are renormalised over the patches.
     """
-    from exfiqa.models.vitfiqa import attention_grid, capture_attention
-    from exfiqa.readers.images import to_tensor
+    from exfiqa.models.vitfiqa import attention_grid, capture_attention, to_tensor
 
     g = model.config.grid_size
     out = []
@@ -1586,7 +1585,7 @@ def attention_inputs(study: Study, samples: dict | None = None, mean_images: int
     run's seed.
     """
     from exfiqa.config import ATTENTION_SAMPLE_TYPES, ConfigError
-    from exfiqa.readers.benchmarks import load_benchmark
+    from exfiqa.readers import load_benchmark
     from exfiqa.readers.images import read_face
 
     cfg = study.config

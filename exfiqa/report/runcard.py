@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from exfiqa.config import Config
 
 if TYPE_CHECKING:
-    from exfiqa.readers.benchmarks import Benchmark
+    from exfiqa.readers import Benchmark
 
 __all__ = ["PRECISION", "RunCard", "code_digest", "evaluation_inputs", "git_describe", "input_summary", "run_card"]
 
@@ -261,7 +261,7 @@ def evaluation_inputs(
     ``benchmarks``: already opened benchmarks by dataset name. File digests go through the run's
     digest index (``progress``: its bar when many files need hashing).
     """
-    from exfiqa.readers.benchmarks import load_benchmark
+    from exfiqa.readers import load_benchmark
     from exfiqa.store.arrays import (
         _read_json,
         array_path,

@@ -84,10 +84,11 @@ from numpy.typing import ArrayLike, NDArray
 
 from exfiqa.evaluation.pairs import release_pages
 from exfiqa.io import atomic_path, atomic_write, clip
+from exfiqa.readers import READER_MODULES
 
 if TYPE_CHECKING:
     from exfiqa.config import Config
-    from exfiqa.readers.benchmarks import Benchmark
+    from exfiqa.readers import Benchmark
     from exfiqa.store.digests import DigestIndex
 
 __all__ = [
@@ -112,15 +113,19 @@ __all__ = [
 FORMAT = "exfiqa-arrays/1"
 KINDS = ("exits", "emb", "baseline", "attn", "vitnt", "norms")
 
+#: The FR package's modules an embedding depends on (the backbones, preprocessing and loading, ONNX
+#: models; not ``templates``: template features are computed from the stored embeddings).
+_FR_MODULES = ("exfiqa.models.fr.iresnet", "exfiqa.models.fr.model", "exfiqa.models.fr.load", "exfiqa.models.fr.onnx")
+
 #: Modules whose source each kind of array depends on: readers and alignment, image decoding, the
-#: model and its preprocessing. Baselines that run on an FR model add ``exfiqa.models.fr``.
+#: model and its preprocessing. Baselines that run on an FR model add the FR modules.
 CODE_MODULES: dict[str, tuple[str, ...]] = {
-    "exits": ("exfiqa.readers.benchmarks", "exfiqa.readers.images", "exfiqa.models.vitfiqa", "exfiqa.extract.stage"),
-    "emb": ("exfiqa.readers.benchmarks", "exfiqa.readers.images", "exfiqa.models.fr", "exfiqa.extract.stage"),
-    "baseline": ("exfiqa.readers.benchmarks", "exfiqa.readers.images", "exfiqa.models.baselines", "exfiqa.extract.stage"),
-    "attn": ("exfiqa.readers.benchmarks", "exfiqa.readers.images", "exfiqa.models.vitfiqa", "exfiqa.extract.stage"),
-    "vitnt": ("exfiqa.readers.benchmarks", "exfiqa.readers.images", "exfiqa.models.vitfiqa", "exfiqa.extract.stage"),
-    "norms": ("exfiqa.readers.benchmarks", "exfiqa.readers.images", "exfiqa.models.fr", "exfiqa.extract.stage"),
+    "exits": (*READER_MODULES, "exfiqa.models.vitfiqa", "exfiqa.extract.stage"),
+    "emb": (*READER_MODULES, *_FR_MODULES, "exfiqa.extract.stage"),
+    "baseline": (*READER_MODULES, "exfiqa.models.baselines", "exfiqa.extract.stage"),
+    "attn": (*READER_MODULES, "exfiqa.models.vitfiqa", "exfiqa.extract.stage"),
+    "vitnt": (*READER_MODULES, "exfiqa.models.vitfiqa", "exfiqa.extract.stage"),
+    "norms": (*READER_MODULES, *_FR_MODULES, "exfiqa.extract.stage"),
 }
 
 #: Libraries whose version is part of every code version (decoding, alignment, the models).
@@ -206,7 +211,7 @@ def code_files(kind: str, name: str) -> list[Path]:
         raise ValueError(f"unknown array kind {kind!r}; known: {list(KINDS)}")
     from exfiqa.config import _BASELINE_FR
 
-    return _sources(CODE_MODULES[kind] + (("exfiqa.models.fr",) if kind == "baseline" and name in _BASELINE_FR else ()))
+    return _sources(CODE_MODULES[kind] + (_FR_MODULES if kind == "baseline" and name in _BASELINE_FR else ()))
 
 
 @functools.cache

@@ -29,14 +29,16 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+from exfiqa.io import chunked
+
 if TYPE_CHECKING:
     from exfiqa.config import Config
-    from exfiqa.readers.benchmarks import Benchmark
+    from exfiqa.readers import Benchmark
 
 __all__ = ["INDEX_NAME", "RACY_SECONDS", "DigestIndex", "hash_file", "input_digests", "input_files"]
 
@@ -176,7 +178,7 @@ class DigestIndex:
             yield from (hash_file(p) for p in paths)
             return
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            for chunk in _chunks(paths, 64 * self.workers):
+            for chunk in chunked(paths, 64 * self.workers):
                 yield from pool.map(lambda p: hash_file(p), chunk)
 
     def _connect(self) -> sqlite3.Connection | None:
@@ -250,7 +252,7 @@ class DigestIndex:
             return memo
         found: dict[str, tuple[Stat, str]] = {}
         try:
-            for chunk in _chunks(keys, _QUERY):
+            for chunk in chunked(keys, _QUERY):
                 marks = ",".join("?" * len(chunk))
                 for row in con.execute(
                     f"SELECT path, size, mtime_ns, ctime_ns, ino, sha256 FROM files WHERE path IN ({marks})", chunk
@@ -286,11 +288,6 @@ def _busy(exc: sqlite3.DatabaseError) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
 
 
-def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 # ------------------------------------------------------------------------------ a run's inputs
 
 
@@ -305,7 +302,7 @@ def input_files(cfg: Config, benchmarks: Mapping[str, Benchmark] | None = None) 
     ``benchmarks``: already opened benchmarks by dataset name (e.g. a Study's), not read again.
     """
     from exfiqa.config import _BASELINE_FR
-    from exfiqa.readers.benchmarks import load_benchmark
+    from exfiqa.readers import load_benchmark
     from exfiqa.store.arrays import external_array_files
 
     cfg.check_paths()

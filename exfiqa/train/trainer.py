@@ -5,7 +5,7 @@ Conventions:
   its input tensor on the fly: FR models use their :class:`exfiqa.models.fr.Preprocess` (ArcFace,
   ElasticFace, CurricularFace: RGB ``(x/255 - 0.5)/0.5``; MagFace: **BGR in [0, 1]**); ViT-FIQA
   uses RGB ``(x/255 - 0.5)/0.5`` (:data:`VITFIQA_PREPROCESS`, equal to
-  :func:`exfiqa.readers.images.to_tensor`). Augmentation: random horizontal flip with p = 0.5.
+  :func:`exfiqa.models.vitfiqa.to_tensor`). Augmentation: random horizontal flip with p = 0.5.
 - Margin losses hold the class centres ``W`` (C, D) as a parameter. ``cos_j = <e/|e|, W_j/|W_j|>``
   (no margin) is what :meth:`MarginLoss.cosine` returns; :meth:`MarginLoss.logits` applies the
   margin to the target class (CurricularFace also re-weights hard non-target classes) and the
@@ -79,7 +79,7 @@ __all__ = [
     "train_vitfiqa",
 ]
 
-#: ViT-FIQA's input: RGB, ``(x/255 - 0.5) / 0.5`` (the same numbers as ``images.to_tensor``).
+#: ViT-FIQA's input: RGB, ``(x/255 - 0.5) / 0.5`` (the same numbers as ``vitfiqa.to_tensor``).
 VITFIQA_PREPROCESS = Preprocess("RGB", source="ViT-FIQA: RGB, (x/255 - 0.5)/0.5")
 
 _SQRT_EPS = 1e-12  # floor under 1 - cos^2 so sin(theta) has a finite gradient at cos = +-1
@@ -1229,7 +1229,7 @@ def _init_distributed(device_arg: str) -> torch.device:
     """Join the process group when ``WORLD_SIZE`` > 1 (torchrun); return this process's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        from exfiqa.models.inference import resolve_device
+        from exfiqa.models.device import resolve_device
 
         return resolve_device(device_arg)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -1,0 +1,239 @@
+"""IJB-C 1:1: the template protocol's meta files and loose crops aligned by their 5 landmarks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from exfiqa.io import atomic_write
+from exfiqa.readers.align import align_face
+from exfiqa.readers.benchmark import (
+    Benchmark,
+    DatasetFormatError,
+    ImageFormat,
+    decode_image,
+    encode_image,
+    image_suffix,
+    refuse_existing,
+    write_bytes,
+)
+
+__all__ = ["read_ijbc", "write_ijbc"]
+
+_IJBC_TID_MID = Path("meta/ijbc_face_tid_mid.txt")
+_IJBC_PAIRS = Path("meta/ijbc_template_pair_label.txt")
+_IJBC_5PTS = Path("meta/ijbc_name_5pts_score.txt")
+_IJBC_CROPS = Path("loose_crop")
+
+
+def _read_table(path: Path, kinds: Sequence[type]) -> list[np.ndarray]:
+    """Read a whitespace-separated table with one column per entry of ``kinds`` (str/int/float).
+
+    Fast path through pandas; on any problem the file is rescanned line by line to name the
+    first offending line.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    dtypes = {i: {str: str, int: np.int64, float: np.float64}[k] for i, k in enumerate(kinds)}
+    try:
+        df = pd.read_csv(path, sep=r"\s+", header=None, dtype=dtypes, engine="c", na_filter=False)
+        if df.shape[1] != len(kinds):
+            raise ValueError("column count")
+        return [df[i].to_numpy() for i in range(len(kinds))]
+    except pd.errors.EmptyDataError:
+        raise DatasetFormatError(f"{path}: file is empty") from None
+    except (ValueError, pd.errors.ParserError, TypeError) as exc:
+        _locate_bad_line(path, kinds)
+        raise DatasetFormatError(f"{path}: cannot parse ({exc})") from None
+
+
+def _line_number(path: Path, row: int) -> int:
+    """1-based line number of the ``row``-th (0-based) non-blank line (pandas skips blanks)."""
+    seen = -1
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if line.strip():
+                seen += 1
+                if seen == row:
+                    return lineno
+    raise IndexError(f"{path}: no data row {row}")
+
+
+def _locate_bad_line(path: Path, kinds: Sequence[type]) -> None:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != len(kinds):
+                raise DatasetFormatError(
+                    f"{path}:{lineno}: expected {len(kinds)} fields, got {len(fields)}: {line!r}"
+                )
+            for col, (value, kind) in enumerate(zip(fields, kinds, strict=True)):
+                try:
+                    kind(value)
+                except ValueError:
+                    raise DatasetFormatError(
+                        f"{path}:{lineno}: field {col + 1} = {value!r} is not {kind.__name__}"
+                    ) from None
+
+
+def read_ijbc(root: str | os.PathLike[str], name: str = "ijbc") -> Benchmark:
+    """Read the IJB-C 1:1 template protocol, aligning each loose crop by its 5 landmarks.
+
+    Layout under ``root``:
+
+    - ``meta/ijbc_face_tid_mid.txt``: ``image_name template_id media_id`` per image (defines
+      the sample order);
+    - ``meta/ijbc_template_pair_label.txt``: ``t1 t2 label`` per comparison, label 1 = mated;
+    - ``meta/ijbc_name_5pts_score.txt``: ``image_name x1 y1 ... x5 y5 det_score``, points
+      left eye, right eye, nose, left mouth, right mouth in loose-crop pixel coordinates;
+    - ``loose_crop/<image_name>``.
+
+    Samples carry ``template_id``, ``media_id``, ``det_score`` and the landmark columns
+    ``x1 y1 ... x5 y5``; comparisons are template pairs (``a``, ``b`` = template ids). Images
+    decode to RGB uint8 (112, 112, 3), aligned with :func:`align_face`.
+
+    Raises:
+        DatasetFormatError: a malformed line (file and line named), an image without landmarks,
+            a label other than 0/1, or a pair naming a template that has no image.
+    """
+    root_p = Path(root)
+    tid_p, pair_p, pts_p = root_p / _IJBC_TID_MID, root_p / _IJBC_PAIRS, root_p / _IJBC_5PTS
+    names, tids, mids = _read_table(tid_p, [str, int, int])
+    t1, t2, labels = _read_table(pair_p, [int, int, int])
+    pts_cols = _read_table(pts_p, [str] + [float] * 11)
+    pts_names = pts_cols[0]
+    pts = np.stack(pts_cols[1:11], axis=1).reshape(-1, 5, 2)
+    det = pts_cols[11]
+
+    if len(pts_names) == len(names) and np.array_equal(pts_names, names):
+        order = np.arange(len(names))
+    else:
+        pos = pd.Index(pts_names)
+        if not pos.is_unique:
+            dup = pos[pos.duplicated()][0]
+            raise DatasetFormatError(f"{pts_p}: image {dup!r} listed more than once")
+        order = pos.get_indexer(names)
+        if np.any(order < 0):
+            missing = names[np.flatnonzero(order < 0)[0]]
+            raise DatasetFormatError(f"{pts_p}: no landmarks for image {missing!r} (from {tid_p})")
+    pts, det = pts[order], det[order]
+
+    bad = np.flatnonzero((labels != 0) & (labels != 1))
+    if len(bad):
+        line = _line_number(pair_p, int(bad[0]))
+        raise DatasetFormatError(
+            f"{pair_p}:{line}: label {labels[bad[0]]} is not 0 (non-mated) or 1 (mated)"
+        )
+    known = np.unique(tids)
+    for col in (t1, t2):
+        unknown = ~np.isin(col, known)
+        if np.any(unknown):
+            i = int(np.flatnonzero(unknown)[0])
+            raise DatasetFormatError(
+                f"{pair_p}:{_line_number(pair_p, i)}: template {col[i]} has no image in {tid_p}"
+            )
+
+    # 469k images: plain strings (a Path object per image costs seconds and memory)
+    crop_label = _IJBC_CROPS.as_posix()
+    labels_crop = [f"{crop_label}/{n}" for n in names.astype(str).tolist()]
+    root_s = str(root_p)
+    paths = [f"{root_s}/{lab}" for lab in labels_crop]
+    samples = pd.DataFrame(
+        {
+            "sample_id": np.arange(len(names), dtype=np.int64),
+            "path": paths,
+            "image_name": names.astype(str),
+            "template_id": tids.astype(np.int64),
+            "media_id": mids.astype(np.int64),
+            "det_score": det.astype(np.float64),
+        }
+    )
+    flat = pts.reshape(-1, 10)
+    for j in range(5):
+        samples[f"x{j + 1}"] = flat[:, 2 * j]
+        samples[f"y{j + 1}"] = flat[:, 2 * j + 1]
+    comparisons = pd.DataFrame(
+        {"a": np.asarray(t1, dtype=np.int64), "b": np.asarray(t2, dtype=np.int64), "mated": labels == 1}
+    )
+    del t1, t2, labels
+
+    def decode(k: int) -> np.ndarray:
+        return align_face(decode_image(paths[k]), pts[k])
+
+    metas = tuple((str(f.relative_to(root_p)), f) for f in (tid_p, pair_p, pts_p))
+    return Benchmark(
+        name=name,
+        level="template",
+        samples=samples,
+        comparisons=comparisons,
+        _decode=decode,
+        _files=metas + tuple(zip(labels_crop, paths, strict=True)),
+        _protocol="ijbc:arcface5pt:bilinear",
+    )
+
+
+def write_ijbc(
+    root: str | os.PathLike[str],
+    crops_rgb_uint8: Sequence[np.ndarray],
+    landmarks: np.ndarray,
+    template_ids: Sequence[int] | np.ndarray,
+    media_ids: Sequence[int] | np.ndarray,
+    template_pairs: Sequence[tuple[int, int]] | np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    overwrite: bool = False,
+    fmt: ImageFormat = "jpeg",
+    quality: int = 95,
+    det_scores: Sequence[float] | np.ndarray | None = None,
+) -> None:
+    """Write an IJB-C-1:1-style folder (the three meta files + ``loose_crop/``).
+
+    Image k is written as ``loose_crop/<k+1>.jpg`` (JPEG quality ``quality``) or ``.png``.
+
+    Args:
+        crops_rgb_uint8: N loose crops, RGB uint8 (H, W, 3), any size.
+        landmarks: (N, 5, 2) (x, y) points in crop pixels: left eye, right eye, nose, left mouth,
+            right mouth.
+        template_ids, media_ids: N integers.
+        template_pairs: (M, 2) template ids; ``labels``: M values, 1 = mated, 0 = non-mated.
+        det_scores: N detector scores for the 5pts file (default 1.0).
+    """
+    root_p = Path(root)
+    n = len(crops_rgb_uint8)
+    lmk = np.asarray(landmarks, dtype=np.float64)
+    tids = np.asarray(template_ids, dtype=np.int64)
+    mids = np.asarray(media_ids, dtype=np.int64)
+    tp = np.asarray(template_pairs, dtype=np.int64).reshape(-1, 2)
+    lab = np.asarray(labels, dtype=np.int64).ravel()
+    det = np.ones(n) if det_scores is None else np.asarray(det_scores, dtype=np.float64)
+    if lmk.shape != (n, 5, 2):
+        raise ValueError(f"landmarks must have shape ({n}, 5, 2), got {lmk.shape}")
+    for what, arr in (("template_ids", tids), ("media_ids", mids), ("det_scores", det)):
+        if arr.shape != (n,):
+            raise ValueError(f"{what} must have {n} entries, got shape {arr.shape}")
+    if len(lab) != len(tp) or not np.all(np.isin(lab, (0, 1))):
+        raise ValueError(f"labels must be {len(tp)} values in {{0, 1}}")
+    suffix = image_suffix(fmt)
+    names = [f"{k + 1}{suffix}" for k in range(n)]
+    crop_targets = [root_p / _IJBC_CROPS / nm for nm in names]
+    meta = {
+        root_p / _IJBC_TID_MID: "".join(
+            f"{nm} {t} {m}\n" for nm, t, m in zip(names, tids, mids, strict=True)
+        ),
+        root_p / _IJBC_PAIRS: "".join(f"{a} {b} {c}\n" for (a, b), c in zip(tp, lab, strict=True)),
+        root_p / _IJBC_5PTS: "".join(
+            f"{nm} " + " ".join(repr(float(v)) for v in pt.ravel()) + f" {float(s)!r}\n"
+            for nm, pt, s in zip(names, lmk, det, strict=True)
+        ),
+    }
+    refuse_existing([*crop_targets, *meta], overwrite)
+    for target, im in zip(crop_targets, crops_rgb_uint8, strict=True):
+        write_bytes(target, encode_image(im, fmt, quality), overwrite)
+    for target, text in meta.items():
+        with atomic_write(target, overwrite=overwrite) as fh:
+            fh.write(text)

@@ -1,0 +1,103 @@
+"""Benchmark kinds: the built-in readers, :func:`register_reader` for your own, :func:`load_benchmark`."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from exfiqa.readers.benchmark import Benchmark
+from exfiqa.readers.bin import read_bin
+from exfiqa.readers.folders import read_adience, read_xqlfw
+from exfiqa.readers.ijbc import read_ijbc
+
+__all__ = ["BENCHMARK_KINDS", "READERS", "READER_MODULES", "load_benchmark", "reader_source", "register_reader"]
+
+BENCHMARK_KINDS = ("bin", "xqlfw", "adience", "ijbc")
+
+#: The modules whose code reads, decodes and aligns the built-in kinds, and dispatches to them (part
+#: of every array's code version; a registered reader's own file is :func:`reader_source`).
+READER_MODULES = (
+    "exfiqa.readers.images",
+    "exfiqa.readers.align",
+    "exfiqa.readers.benchmark",
+    "exfiqa.readers.bin",
+    "exfiqa.readers.folders",
+    "exfiqa.readers.ijbc",
+    "exfiqa.readers.registry",
+)
+
+#: Benchmark kind (a config entry's ``kind``) -> reader. The built-in kinds are
+#: :data:`BENCHMARK_KINDS`; :func:`register_reader` adds one.
+READERS: dict[str, Callable[..., Benchmark]] = {
+    "bin": read_bin,
+    "xqlfw": read_xqlfw,
+    "adience": read_adience,
+    "ijbc": read_ijbc,
+}
+
+
+def register_reader(kind: str, reader: Callable[..., Benchmark]) -> None:
+    """Make ``kind`` a benchmark kind of the config, read by ``reader``.
+
+    ``reader`` takes keyword arguments only: ``name`` (the config entry's name), path arguments
+    named ``path``, ``root`` or ``pairs_file`` (resolved against ``data_root``), any others
+    integers or null (their defaults are the config's). It returns a :class:`Benchmark` whose
+    files (``_files``) and protocol string cover everything the samples depend on: the
+    benchmark's fingerprint, hence every cached array's key, is made of them, and a registered
+    reader's own source file is part of the key too (:func:`reader_source`). Register when the
+    reader's module is imported, so that processes started later (DataLoader workers started by
+    ``spawn``, torchrun ranks) that import it see the kind too.
+
+    Raises:
+        ValueError: ``kind`` is not an identifier, or is already read by another function.
+        TypeError: ``reader`` is not callable or takes no ``name`` argument.
+    """
+    if not isinstance(kind, str) or not kind.isidentifier():
+        raise ValueError(f"register_reader: kind must be an identifier, got {kind!r}")
+    if not callable(reader):
+        raise TypeError(f"register_reader({kind!r}): reader must be callable, got {type(reader).__name__}")
+    if "name" not in inspect.signature(reader).parameters:
+        raise TypeError(f"register_reader({kind!r}): {reader.__qualname__} must take a 'name' argument")
+    known = READERS.get(kind)
+    if known is not None and known is not reader:
+        raise ValueError(f"benchmark kind {kind!r} is already read by {known.__module__}.{known.__qualname__}")
+    READERS[kind] = reader
+
+
+def reader_source(kind: str) -> Path | None:
+    """The source file of a registered (not built-in) reader of ``kind``, else None: the built-in
+    readers' modules (:data:`READER_MODULES`) are already part of every array's code version
+    (:data:`exfiqa.store.arrays.CODE_MODULES`)."""
+    if kind in BENCHMARK_KINDS:
+        return None
+    if kind not in READERS:
+        raise ValueError(f"unknown benchmark kind {kind!r}; valid kinds: {', '.join(READERS)}")
+    source = inspect.getsourcefile(READERS[kind])
+    if source is None:
+        raise ValueError(f"benchmark kind {kind!r}: cannot locate the source of its reader")
+    return Path(source)
+
+
+def load_benchmark(kind: str, **paths: Any) -> Benchmark:
+    """Open a benchmark by format kind.
+
+    Args:
+        kind: One of ``"bin"`` (``path=``), ``"xqlfw"`` (``root=``, ``pairs_file=``),
+            ``"adience"`` (``root=``, optional ``max_nonmated=``, ``seed=``), ``"ijbc"``
+            (``root=``), or a kind added by :func:`register_reader`. All accept an optional
+            ``name=``.
+
+    Raises:
+        ValueError: unknown ``kind`` (the message lists the valid ones).
+        TypeError: missing or unexpected keyword arguments for that kind.
+    """
+    if kind not in READERS:
+        raise ValueError(f"unknown benchmark kind {kind!r}; valid kinds: {', '.join(READERS)}")
+    try:
+        return READERS[kind](**paths)
+    except TypeError as exc:
+        if "argument" in str(exc):
+            raise TypeError(f"load_benchmark(kind={kind!r}): {exc}") from None
+        raise
