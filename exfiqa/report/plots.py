@@ -14,6 +14,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+import torch
+import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from exfiqa.evaluation.exits import exit_label, exit_numbers
@@ -183,9 +185,6 @@ def attention_figure(
     *where* attention goes but amplifies noise in near-uniform maps. Either way a low-contrast panel
     (normalised entropy >= :data:`exfiqa.report.attention.LOW_CONTRAST_ENTROPY`) is greyed out and labelled "flat".
     """
-    import torch
-    import torch.nn.functional as F
-
     if scale not in ("shared", "per-panel"):
         raise ValueError(f"parameter scale must be 'shared' or 'per-panel', got {scale!r}")
     set_style()
