@@ -44,6 +44,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from exfiqa.config import _BASELINE_FR, _BASELINES, Config, ConfigError
+from exfiqa.evaluation.exits import exit_labels
 from exfiqa.evaluation.fusion import ex_fiqa_f, ex_fiqa_fw
 from exfiqa.evaluation.pairs import AllPairs, PairList, release_pages
 from exfiqa.io import atomic_write
@@ -68,8 +69,8 @@ CARD = "run_card.json"
 
 
 def exit_names(depth: int) -> list[str]:
-    """Method names of the exits, ``["Exit 1", ..., "Exit D"]``."""
-    return [f"Exit {k}" for k in range(1, depth + 1)]
+    """Method names of the exits, ``["Exit 1", ..., "Exit D"]`` (:func:`exfiqa.evaluation.exits.exit_labels`)."""
+    return exit_labels(depth)
 
 
 def read_method_csv(path: str | os.PathLike[str], bench: Benchmark, method: str) -> NDArray[np.float64]:
@@ -706,9 +707,18 @@ def open_study(
     out_dir: str | os.PathLike[str] = "",
     progress: bool = True,
     attention_samples: Mapping[str, Any] | str | None = None,
+    *,
+    parameters: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> Study:
     """What every notebook's first code cell calls: validated config -> :class:`Study`.
+
+    A notebook passes its parameters as one mapping, ``open_study(config, parameters=globals())``:
+    every study setting the mapping holds (``datasets``, ``fr_models``, ``quality_models``,
+    ``data_root``, ``out_dir``, ``attention_samples`` and the overrides below) is used, whatever
+    else it holds is not, so a notebook declares only the parameters its section uses (and a
+    parameter papermill injects beyond them still takes effect). The other arguments are then
+    left at their defaults (``progress`` aside).
 
     Settings in ``overrides`` (``fmr_targets``, ``discard_limit``, ``convention``, ``device``,
     ``batch_size``, ``seed``, ``pauc_scale``) replace the config's only when not None: a
@@ -725,6 +735,12 @@ def open_study(
     """
     from exfiqa.config import list_parameter, load_config, parse_attention_samples
 
+    if parameters is not None:
+        if datasets or fr_models or quality_models or data_root or out_dir or attention_samples is not None or overrides:
+            raise TypeError("open_study: give the notebook's parameters (parameters=) or the arguments, not both")
+        keys = ("datasets", "fr_models", "quality_models", "data_root", "out_dir", "attention_samples",
+                 "fmr_targets", "discard_limit", "convention", "pauc_scale", "device", "batch_size", "seed")
+        return open_study(config, progress=progress, **{k: parameters[k] for k in keys if k in parameters})
     if not isinstance(config, (str, os.PathLike)) or not str(config):
         raise ConfigError(f"parameter config must be the path of a config file, got {config!r}")
     for name, value in (("data_root", data_root), ("out_dir", out_dir)):

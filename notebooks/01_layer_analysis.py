@@ -38,9 +38,6 @@ discard_limit = None  # pAUC-EDC integrates discard fractions 0..discard_limit; 
 convention = None  # recompute (the paper's evaluation code) or fixed (Schlett et al.); None means the config's
 pauc_scale = None  # pAUC is shown times this (1000 as on the poster); None means the config's
 headline_fmr = None  # FMR of the per-exit tables; None means the config's headline.fmr
-device = None  # cpu, cuda, cuda:N or auto; None means the config's device
-batch_size = None  # images per forward pass; None means the config's batch_size
-seed = None  # seed of every random step (bootstrap, sampling); None means the config's seed
 out_dir = ""  # figures and tables are written here; empty means results/RUN-adhoc
 
 # %%
@@ -48,14 +45,11 @@ out_dir = ""  # figures and tables are written here; empty means results/RUN-adh
 from IPython.display import Markdown, display
 
 from exfiqa.evaluation import metrics
+from exfiqa.evaluation.exits import exit_labels
 from exfiqa.report import analysis, plots, tables
 from exfiqa.study import open_study
 
-study = open_study(
-    config, datasets, fr_models, quality_models, data_root=data_root, out_dir=out_dir,
-    fmr_targets=fmr_targets, discard_limit=discard_limit, convention=convention, pauc_scale=pauc_scale,
-    device=device, batch_size=batch_size, seed=seed,
-)
+study = open_study(config, parameters=globals())  # the parameters above (or papermill's) override the config
 cfg = study.config
 head = analysis.headline(cfg, headline_fmr)
 tags = analysis.variant_tags(study)
@@ -91,7 +85,7 @@ display(sanity.round(4))
 # %%
 for q, depth in depths.items():
     edc = analysis.edc_all(study, q, head.fr_model)
-    fig = plots.edc_grid(edc, methods=[f"Exit {k}" for k in range(1, depth + 1)] + ["EX-FIQA-F", "EX-FIQA-FW"],
+    fig = plots.edc_grid(edc, methods=exit_labels(depth) + ["EX-FIQA-F", "EX-FIQA-FW"],
                          fmr_targets=sorted(cfg.fmr_targets, reverse=True))
     fig.suptitle(f"EX-FIQA ({q}): EDC per exit, {head.fr_model}, convention '{cfg.convention}'", y=1.0)
     plots.save_figure(fig, FIG, f"edc_grid_{q}_{head.fr_model}")
@@ -109,7 +103,7 @@ for q, depth in depths.items():
 # %%
 display(Markdown(f"Rules: {metrics.rule_note(cfg.threshold_rule, cfg.acceptance)}. {metrics.TIE_ORDER_NOTE}"))
 pauc = analysis.pauc_all(study, scale=cfg.pauc_scale)
-tables.save_table(pauc, TAB, "pauc_all", caption="pAUC-EDC of every method, dataset, FR model and quality model.",
+tables.save_table(pauc.drop(columns="exit"), TAB, "pauc_all", caption="pAUC-EDC of every method, dataset, FR model and quality model.",
                   protocol=analysis.table_protocol(cfg))
 for q in depths:
     wide = tables.pauc_per_exit(pauc, q, head.fmr, study.methods(q))
@@ -155,7 +149,7 @@ ds0 = next(iter(cfg.datasets))
 label0 = cfg.datasets[ds0].label
 for q, depth in depths.items():
     sq = study.sample_quality(ds0, q)
-    corr = analysis.rank_correlation(sq, [f"Exit {k}" for k in range(1, depth + 1)] + ["EX-FIQA-FW"])
+    corr = analysis.rank_correlation(sq, exit_labels(depth) + ["EX-FIQA-FW"])
     tables.save_table(corr.reset_index(names="method"), TAB, f"rank_correlation_{q}",
                       caption=f"Spearman correlation of per-image scores, {label0} (no EDC protocol involved).")
     fig = plots.rank_heatmap(corr, title=f"({q}) exit-to-exit Spearman, {label0}")

@@ -35,16 +35,11 @@
 # %% tags=["parameters"]
 config = "configs/demo.yaml"  # run config: datasets, FR models, quality checkpoints, protocol, paths
 datasets = []  # subset of the datasets in the config; the first gives the dataset mean
-fr_models = []  # (unused here; kept so every notebook takes the same parameters)
 quality_models = []  # subset of the ViT-FIQA checkpoints, T and C; empty means all
 data_root = ""  # replaces data_root of the config; empty means keep
 attention_samples = {}  # sample type to image path or {dataset, sample}; empty means the config's attention_samples
 mean_images = 256  # at most this many images of the first dataset (seeded draw) give the mean map
 attention_scale = "shared"  # colour scale of the panels: shared (one scale, flat maps look flat) or per-panel (min-max each)
-fmr_targets = None  # (unused here)
-discard_limit = None  # (unused here)
-convention = None  # (unused here)
-pauc_scale = None  # (unused here)
 device = None  # cpu, cuda, cuda:N or auto; None means the config's device
 batch_size = None  # images per forward pass; None means the config's batch_size
 seed = None  # seed of the image sampling for the mean map; None means the config's seed
@@ -57,11 +52,7 @@ from IPython.display import Markdown, display
 from exfiqa.report import analysis, plots, tables
 from exfiqa.study import open_study
 
-study = open_study(
-    config, datasets, fr_models, quality_models, data_root=data_root, out_dir=out_dir,
-    attention_samples=attention_samples, fmr_targets=fmr_targets, discard_limit=discard_limit,
-    convention=convention, pauc_scale=pauc_scale, device=device, batch_size=batch_size, seed=seed,
-)
+study = open_study(config, parameters=globals())  # the parameters above (or papermill's) override the config
 cfg = study.config
 FIG, TAB = study.out_dir / "figures", study.out_dir / "tables"
 display(Markdown(study.card.banner()))

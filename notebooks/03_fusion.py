@@ -42,8 +42,6 @@ bootstrap_unit = "subject"  # what the bootstrap resamples: subject (each benchm
 min_depth_change = 0.05  # a depth finding rests on a pAUC change exit 1 -> last of at least this share of exit 1's
 learn_on = ""  # dataset the learned fusion weights are fitted on; empty means the first dataset
 calibrate_on = []  # datasets EX-FIQA-DC chooses its exits on (then not evaluated); empty means leave-one-dataset-out
-device = None  # cpu, cuda, cuda:N or auto; None means the config's device
-batch_size = None  # images per forward pass; None means the config's batch_size
 seed = None  # seed of the bootstrap and the weight search; None means the config's seed
 out_dir = ""  # figures and tables are written here; empty means results/RUN-adhoc
 
@@ -52,14 +50,11 @@ out_dir = ""  # figures and tables are written here; empty means results/RUN-adh
 from IPython.display import Markdown, display
 
 from exfiqa.config import ConfigError
+from exfiqa.evaluation.exits import exit_label
 from exfiqa.report import analysis, plots, tables
 from exfiqa.study import open_study
 
-study = open_study(
-    config, datasets, fr_models, quality_models, data_root=data_root, out_dir=out_dir,
-    fmr_targets=fmr_targets, discard_limit=discard_limit, convention=convention, pauc_scale=pauc_scale,
-    device=device, batch_size=batch_size, seed=seed,
-)
+study = open_study(config, parameters=globals())  # the parameters above (or papermill's) override the config
 cfg = study.config
 head = analysis.headline(cfg, headline_fmr)
 learn_on = learn_on or next(iter(cfg.datasets))
@@ -111,7 +106,7 @@ display(secondary.round(3))
 versus = analysis.fusion_vs_exits(at_head, {q: d for q, (_, d) in tags.items()})
 tables.save_table(versus, TAB, "fusion_vs_exits", caption="F and FW against the last exit and the best single exit.", protocol=HEAD)
 display(versus.round(3))
-wins = analysis.fusion_wins(pauc_table, "EX-FIQA-FW", f"Exit {next(iter(tags.values()))[1]}")
+wins = analysis.fusion_wins(pauc_table, "EX-FIQA-FW", exit_label(next(iter(tags.values()))[1]))
 tables.save_table(wins, TAB, "fusion_wins", caption="Datasets on which EX-FIQA-FW has a lower pAUC than the last exit.",
                   protocol=analysis.table_protocol(cfg))
 for r in wins[wins["fmr"] == head.fmr].itertuples():

@@ -41,8 +41,7 @@ latency_full_size = True  # also time the full-size released architecture (rando
 reject_fraction = 0.2  # adaptive exit: share of images a quality gate would reject
 margin = 0.5  # adaptive exit: stop when |running score - threshold| > margin * std(score)
 min_exit = 3  # adaptive exit: earliest exit allowed to decide
-device = None  # cpu, cuda, cuda:N or auto; None means the config's device
-batch_size = None  # images per forward pass; None means the config's batch_size
+device = None  # cpu, cuda, cuda:N or auto (the latency is measured there); None means the config's device
 seed = None  # seed of the latency inputs; None means the config's seed
 out_dir = ""  # figures and tables are written here; empty means results/RUN-adhoc
 
@@ -53,11 +52,7 @@ from IPython.display import Markdown, display
 from exfiqa.report import analysis, plots, tables
 from exfiqa.study import open_study
 
-study = open_study(
-    config, datasets, fr_models, quality_models, data_root=data_root, out_dir=out_dir,
-    fmr_targets=fmr_targets, discard_limit=discard_limit, convention=convention, pauc_scale=pauc_scale,
-    device=device, batch_size=batch_size, seed=seed,
-)
+study = open_study(config, parameters=globals())  # the parameters above (or papermill's) override the config
 cfg = study.config
 cost_fmr = analysis.fmr_target(cfg, cost_fmr, "cost_fmr")
 head = analysis.headline(cfg)

@@ -65,7 +65,8 @@ def test_operating_points_from_a_hand_table():
         "method": ["Exit 1", "Exit 2", "Exit 3", "EX-FIQA-FW", "sharpness"],
         "pauc": [0.50, 0.31, 0.30, 0.29, 0.10],  # a baseline without a cost is ignored
     })
-    costs = pd.DataFrame({"quality_model": "C", "method": ["Exit 1", "Exit 2", "Exit 3", "EX-FIQA-FW"], "gflops": [1.0, 2.0, 3.0, 3.5]})
+    costs = pd.DataFrame({"quality_model": "C", "method": ["Exit 1", "Exit 2", "Exit 3", "EX-FIQA-FW"], "exit": [1, 2, 3, None],
+                          "gflops": [1.0, 2.0, 3.0, 3.5]})
     ops = operating_points(pauc, costs, tolerance=0.05).set_index("scenario")
     assert ops.loc["max accuracy", "method"] == "EX-FIQA-FW"
     assert ops.loc["balanced", "method"] == "Exit 2"  # 0.31 <= 0.30 * 1.05

@@ -159,7 +159,7 @@ def test_operating_points_and_fusion_vs_exits_carry_resolved():
     assert versus.loc["LFW", "unresolved_in"] == "EX-FIQA-FW" and versus.loc["IJB", "resolved"]
     frame["quality_model"] = "T"
     costs = pd.DataFrame({"quality_model": "T", "method": ["Exit 1", "Exit 2", "Exit 3", "EX-FIQA-F", "EX-FIQA-FW"],
-                          "gflops": [1.0, 2.0, 3.0, 3.1, 3.1]})
+                          "exit": [1, 2, 3, None, None], "gflops": [1.0, 2.0, 3.0, 3.1, 3.1]})
     ops = analysis.operating_points(frame, costs).set_index("scenario")
     assert ops.loc["max accuracy", "method"] == "EX-FIQA-FW" and not ops.loc["max accuracy", "resolved"]
     assert ops.loc["balanced", "resolved"]

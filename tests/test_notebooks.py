@@ -56,9 +56,15 @@ def test_paired_ipynb_match_their_sources_and_carry_no_outputs():
         assert len(params) == 1, f"{name}: exactly one parameters cell"
 
 
-COMMON_PARAMETERS = {
-    "config", "datasets", "fr_models", "quality_models", "data_root", "fmr_targets", "discard_limit",
-    "convention", "pauc_scale", "device", "batch_size", "seed", "out_dir",
+_EVALUATED = {"config", "datasets", "fr_models", "quality_models", "data_root", "fmr_targets", "discard_limit",
+              "convention", "pauc_scale", "out_dir"}
+#: The study settings (open_study's) each notebook declares: those its section uses, and no other.
+STUDY_PARAMETERS = {
+    "01_layer_analysis": _EVALUATED,
+    "02_attention": {"config", "datasets", "quality_models", "data_root", "attention_samples", "device", "batch_size",
+                     "seed", "out_dir"},
+    "03_fusion": _EVALUATED | {"seed"},
+    "04_early_exit": _EVALUATED | {"device", "seed"},
 }
 #: Parameters that mirror a config setting: they default to None (= the config's value).
 FROM_CONFIG = {"fmr_targets", "discard_limit", "convention", "pauc_scale", "device", "batch_size", "seed", "headline_fmr", "cost_fmr"}
@@ -70,16 +76,17 @@ def test_parameters_that_mirror_the_config_default_to_none():
     for name in NOTEBOOKS:
         params = pm.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"))
         mirrored = FROM_CONFIG & set(params)
-        assert {"fmr_targets", "discard_limit", "convention", "device", "batch_size", "seed"} <= mirrored, name
+        assert FROM_CONFIG & STUDY_PARAMETERS[name] <= mirrored, name
         assert all(params[p]["default"] == "None" for p in mirrored), {p: params[p]["default"] for p in mirrored}
 
 
 def test_papermill_sees_every_parameter():
     import papermill as pm
 
+    every = set().union(*STUDY_PARAMETERS.values())
     for name in NOTEBOOKS:
         params = pm.inspect_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"))
-        assert COMMON_PARAMETERS <= set(params), f"{name}: papermill cannot parse {COMMON_PARAMETERS - set(params)}"
+        assert every & set(params) == STUDY_PARAMETERS[name], f"{name}: papermill sees {sorted(every & set(params))}"
         assert all(p["help"] for p in params.values()), name
 
 

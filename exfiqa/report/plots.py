@@ -14,9 +14,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+import torch
+import torch.nn.functional as F
 from matplotlib.figure import Figure
 
+from exfiqa.evaluation.exits import exit_label, exit_numbers
 from exfiqa.io import atomic_path
+from exfiqa.report.attention import LOW_CONTRAST_ENTROPY
 
 __all__ = [
     "FUSION_COLOURS",
@@ -48,14 +52,15 @@ def exit_colour(exit: int, depth: int = 12) -> tuple[float, float, float]:
 
 
 def method_colours(methods: Sequence[str], depth: int = 12) -> dict[str, object]:
-    """Colour per method name: ``Exit k`` -> exit palette, fusions fixed, others grey tones."""
+    """Colour per method name: exits ``1..depth`` -> exit palette, fusions fixed, others grey tones."""
     greys = iter(sns.color_palette("Greys_d", max(1, len(methods))))
+    number = exit_numbers(depth)
     out: dict[str, object] = {}
     for m in methods:
         if m in FUSION_COLOURS:
             out[m] = FUSION_COLOURS[m]
-        elif m.startswith("Exit "):
-            out[m] = exit_colour(int(m.split()[1]), depth)
+        elif m in number:
+            out[m] = exit_colour(number[m], depth)
         else:
             out[m] = next(greys)
     return out
@@ -83,18 +88,21 @@ def edc_grid(
     datasets: Sequence[str] | None = None,
     fmr_targets: Sequence[float] | None = None,
     discard_max: float = 0.95,
+    depth: int = 12,
 ) -> Figure:
     """The poster's EDC grid: rows = datasets, columns = FMR targets, one line per method.
 
     ``edc`` is tidy: columns ``method, dataset, fmr, discard_fraction, fnmr`` (one FR model). With
     a ``resolved`` column (:func:`exfiqa.evaluation.metrics.edc_rows`), points whose FMR target is not
     resolvable get hollow markers and their panel title a dagger (explained under the figure).
+    Exits ``1..depth`` are drawn dashed in the exit palette (:func:`method_colours`).
     """
     set_style()
     datasets = list(datasets or edc["dataset"].unique())
     fmr_targets = list(fmr_targets or sorted(edc["fmr"].unique(), reverse=True))
     methods = list(methods or edc["method"].unique())
-    colours = method_colours(methods)
+    colours = method_colours(methods, depth)
+    exits = exit_numbers(depth)
     unresolved_panels: set[tuple[int, int]] = set()
     fig, axes = plt.subplots(
         len(datasets), len(fmr_targets), figsize=(2.3 * len(fmr_targets) + 0.8, 1.35 * len(datasets) + 0.8),
@@ -112,7 +120,7 @@ def edc_grid(
                 fused = m in FUSION_COLOURS
                 ax.plot(
                     cur["discard_fraction"], cur["fnmr"], color=colours[m], lw=1.6 if fused else 0.8,
-                    ls="-" if fused or not m.startswith("Exit") else "--", marker="o" if fused else None,
+                    ls="--" if m in exits else "-", marker="o" if fused else None,
                     ms=2, label=m, drawstyle="steps-post" if "fixed" in set(cur.get("convention", [])) else "default",
                 )
                 if "resolved" in cur.columns:
@@ -175,13 +183,8 @@ def attention_figure(
     weight 1/g^2 (0 .. the largest value of any panel), so a flat map looks flat;
     ``scale="per-panel"``: each panel min-max scaled on its own (as on the poster), which shows
     *where* attention goes but amplifies noise in near-uniform maps. Either way a low-contrast panel
-    (normalised entropy >= :data:`exfiqa.report.analysis.LOW_CONTRAST_ENTROPY`) is greyed out and labelled "flat".
+    (normalised entropy >= :data:`exfiqa.report.attention.LOW_CONTRAST_ENTROPY`) is greyed out and labelled "flat".
     """
-    import torch
-    import torch.nn.functional as F
-
-    from exfiqa.report.analysis import LOW_CONTRAST_ENTROPY
-
     if scale not in ("shared", "per-panel"):
         raise ValueError(f"parameter scale must be 'shared' or 'per-panel', got {scale!r}")
     set_style()
@@ -211,7 +214,7 @@ def attention_figure(
                 ax.imshow(np.ones_like(m), cmap="Greys", vmin=0, vmax=1, alpha=0.55)
                 ax.text(0.5, 0.5, "flat", transform=ax.transAxes, ha="center", va="center", fontsize=6, color="k")
             if j == 0:
-                axes[i + 1, j].set_ylabel(f"Exit {k}", fontsize=6)
+                axes[i + 1, j].set_ylabel(exit_label(k), fontsize=6)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -263,7 +266,7 @@ def forest(boot: pd.DataFrame, reference: str = "last exit") -> Figure:
     """Forest plot of paired-bootstrap differences: one row per (quality model, method, dataset).
 
     ``boot``: columns ``quality_model, method, dataset, delta_pauc, ci_low, ci_high`` (as from
-    :func:`exfiqa.report.analysis.fusion_bootstrap`); a point left of 0 means the method is better.
+    :func:`exfiqa.report.bootstrap_tables.fusion_bootstrap`); a point left of 0 means the method is better.
     """
     set_style()
     fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(boot) + 1))
@@ -284,7 +287,7 @@ def forest(boot: pd.DataFrame, reference: str = "last exit") -> Figure:
 def attention_entropy_spread(stats: pd.DataFrame) -> Figure:
     """Attention entropy and spatial spread per exit (mean and std), one line per quality model.
 
-    ``stats``: :func:`exfiqa.report.analysis.attention_statistics` rows with a ``quality_model`` column.
+    ``stats``: :func:`exfiqa.report.attention.attention_statistics` rows with a ``quality_model`` column.
     """
     set_style()
     fig, axes = plt.subplots(1, 2, figsize=(7, 2.6))

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from exfiqa.evaluation.metrics import rule_note
 from exfiqa.io import atomic_write
 
 __all__ = [
@@ -62,8 +63,6 @@ def protocol(
 def _note(proto: Mapping[str, Any]) -> str:
     text = protocol_note(proto["convention"], proto["limit"], proto.get("fmr"), proto.get("scale", 1.0))
     if "threshold_rule" in proto or "acceptance" in proto:
-        from exfiqa.evaluation.metrics import rule_note
-
         text += "; " + rule_note(proto.get("threshold_rule", "at_most"), proto.get("acceptance", "similarity>="))
     return text + (f"; seed {proto['seed']}" if "seed" in proto else "")
 
@@ -200,8 +199,6 @@ def wide_pauc(
 def pauc_per_exit(pauc: pd.DataFrame, quality_model: str, fmr: float, order: Sequence[str]) -> pd.DataFrame:
     """One quality model's pAUCs at ``fmr``: a row per method (in ``order``), a column per
     ``dataset / fr_model``."""
-    import numpy as np
-
     part = pauc[(pauc["quality_model"] == quality_model) & np.isclose(pauc["fmr"], fmr)]
     if part.empty:
         raise ValueError(f"no pAUC rows for quality model {quality_model!r} at FMR {fmr:g}")

@@ -1,0 +1,283 @@
+"""Notebook 04, early exit: analytic GFLOPs per exit, measured latency, the operating points
+derived from the data, and an adaptive early exit (beyond the paper)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from exfiqa.config import ConfigError
+from exfiqa.evaluation import fusion
+from exfiqa.evaluation.exits import exit_label
+from exfiqa.models.flops import block_flops, exit_costs, fused_cost, head_flops, patch_embed_flops
+from exfiqa.models.vitfiqa import ViTFIQA, ViTFIQAConfig, build_vitfiqa
+from exfiqa.report.frames import tied_best
+from exfiqa.study import Study
+
+__all__ = [
+    "AdaptiveResult", "adaptive_cost_curve", "adaptive_exit", "adaptive_study", "cost_table", "latency_table",
+    "measure_latency", "model_architecture", "operating_points", "pauc_cost_points", "released_claims", "released_gflops",
+    "study_costs",
+]
+
+
+def cost_table(model: ViTFIQA | ViTFIQAConfig) -> pd.DataFrame:
+    """Analytic GFLOPs per exit and of fusing all exits for ``model``'s configuration (or a configuration).
+
+    Columns ``exit`` (the integer exit; missing for the fusions, which read every exit), ``method``,
+    ``gflops``, ``saving``."""
+    c = model if isinstance(model, ViTFIQAConfig) else model.config
+    rows = [{"exit": e.exit, "method": exit_label(e.exit), "gflops": e.gflops, "saving": e.saving} for e in exit_costs(c)]
+    full = rows[-1]["gflops"]
+    fused = fused_cost(c)
+    rows += [{"exit": pd.NA, "method": m, "gflops": fused, "saving": 1 - fused / full} for m in ("EX-FIQA-F", "EX-FIQA-FW")]
+    return pd.DataFrame(rows).astype({"exit": "Int64"})
+
+
+def _timed(fn, repeats: int, cuda: bool) -> np.ndarray:
+    """Wall times (s) of ``repeats`` calls of ``fn``, each bracketed by a device synchronisation on CUDA."""
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return np.asarray(times)
+
+
+def measure_latency(
+    model: ViTFIQA, batch_size: int = 32, repeats: int = 5, device: str = "cpu", seed: int = 0
+) -> pd.DataFrame:
+    """Measured wall time per image of the truncated model at every exit and of all exits in one
+    pass, every row timed the same way.
+
+    Each row: one untimed warm-up call, then ``repeats`` timed calls, each bracketed by
+    ``torch.cuda.synchronize()`` on a CUDA device (kernels are asynchronous). Columns: ``exit``
+    (``1..depth`` or ``"all (one pass)"``), ``ms_per_image`` (the median), ``ms_q25``, ``ms_q75``
+    (the interquartile range), ``ms_min``, ``ms_max``, ``repeats``; all per image.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"parameter repeats must be an integer >= 1, got {repeats!r}")
+    torch.manual_seed(seed)
+    x = torch.randn(batch_size, 3, model.config.img_size, model.config.img_size, device=device)
+    model = model.to(device).eval()
+    cuda = str(device).startswith("cuda")
+    calls = [(k, lambda k=k: model.score_at_exit(x, k)) for k in range(1, model.depth + 1)]
+    calls.append(("all (one pass)", lambda: model.forward_exits(x)))
+    rows = []
+    with torch.inference_mode():
+        for name, fn in calls:
+            _timed(fn, 1, cuda)  # warm-up
+            ms = 1e3 * _timed(fn, repeats, cuda) / batch_size
+            q25, med, q75 = np.quantile(ms, [0.25, 0.5, 0.75])
+            rows.append({"exit": name, "ms_per_image": float(med), "ms_q25": float(q25), "ms_q75": float(q75),
+                         "ms_min": float(ms.min()), "ms_max": float(ms.max()), "repeats": repeats})
+    return pd.DataFrame(rows)
+
+
+def operating_points(pauc: pd.DataFrame, costs: pd.DataFrame, tolerance: float = 0.05) -> pd.DataFrame:
+    """Derive the paper's three operating points from data (per quality model).
+
+    Mean pAUC over datasets and FR models per EX-FIQA method (exits and fusions, the methods with a
+    cost in ``costs``: :func:`study_costs` rows, whose ``exit`` column marks the single exits); then
+    - max accuracy: the method with the lowest mean pAUC;
+    - balanced: the cheapest single exit whose mean pAUC is within ``tolerance`` (relative) of the
+      last exit's;
+    - max efficiency: the cheapest single exit within ``2 * tolerance`` of the last exit's.
+
+    ``tied_methods``: for max accuracy, every method tied (:func:`is_tie`) for the lowest mean pAUC
+    when there are several (the row shows the first by name); empty otherwise.
+    ``resolved`` (when ``pauc`` has that column): every pAUC in the method's mean is resolved.
+    """
+    rows = []
+    for q, part in pauc.groupby("quality_model", sort=False):
+        own = costs[costs["quality_model"] == q].set_index("method")
+        cost, exit_of = own["gflops"], own["exit"]
+        mean = part[part["method"].isin(cost.index)].groupby("method")["pauc"].mean()  # EX-FIQA methods only
+        exits = [m for m in mean.index if pd.notna(exit_of[m])]
+        last = max(exits, key=lambda m: exit_of[m])
+        full = cost[last]
+        tied = tied_best(mean.sort_index())
+        rows.append({**_point(q, "max accuracy", tied[0], mean, cost, full), "tied_methods": ", ".join(tied) if len(tied) > 1 else ""})
+        for name, tol in (("balanced", tolerance), ("max efficiency", 2 * tolerance)):
+            ok = [m for m in exits if mean[m] <= mean[last] * (1 + tol)]
+            pick = min(ok, key=lambda m: cost[m])
+            rows.append({**_point(q, name, pick, mean, cost, full), "tied_methods": ""})
+        if "resolved" in part.columns:
+            ok = part.groupby("method")["resolved"].all()
+            for r in rows:
+                if r["quality_model"] == q:
+                    r["resolved"] = bool(ok[r["method"]])
+    return pd.DataFrame(rows)
+
+
+def _point(q: str, scenario: str, method: str, mean: pd.Series, cost: pd.Series, full: float) -> dict:
+    return {
+        "quality_model": q, "scenario": scenario, "method": method, "mean_pauc": float(mean[method]),
+        "gflops": float(cost[method]), "flop_saving": 1 - float(cost[method]) / full,
+    }
+
+
+@dataclass(frozen=True)
+class AdaptiveResult:
+    """Adaptive early exit: per-sample stopping exit, final score and compute."""
+
+    exit_used: np.ndarray
+    score: np.ndarray
+    mean_gflops: float
+    full_gflops: float
+
+
+def adaptive_exit(
+    scores: np.ndarray, threshold: float, margin: float, min_exit: int, gflops: Sequence[float]
+) -> AdaptiveResult:
+    """Stop at the first exit >= ``min_exit`` whose running FW-fused score lies more than ``margin``
+    from ``threshold`` (a confident accept/reject of the face); otherwise run all exits.
+
+    ``scores``: (N, L) exit scores (from one pass, used to simulate the stopping rule exactly as a
+    deployment that evaluates exits one after another would). ``gflops[l-1]``: cost of running
+    up to exit l with heads at every exit so far. Beyond the paper.
+    """
+    n, depth = scores.shape
+    w = fusion.depth_ramp(depth)
+    running = np.cumsum(scores * w, axis=1) / np.cumsum(w)
+    confident = np.abs(running - threshold) > margin
+    confident[:, : min_exit - 1] = False
+    confident[:, -1] = True
+    stop = confident.argmax(axis=1)
+    cost = np.asarray(gflops, dtype=np.float64)
+    return AdaptiveResult(stop + 1, running[np.arange(n), stop], float(cost[stop].mean()), float(cost[-1]))
+
+
+def adaptive_cost_curve(model_cfg: ViTFIQAConfig, depth: int) -> list[float]:
+    """GFLOPs of running exits 1..l with the heads evaluated at each of them (for adaptive exit)."""
+    return [(patch_embed_flops(model_cfg) + k * (block_flops(model_cfg) + head_flops(model_cfg))) / 1e9 for k in range(1, depth + 1)]
+
+
+def released_gflops() -> pd.DataFrame:
+    """Analytic GFLOPs per exit (and of fusing all exits) of the two released architectures."""
+    rows = []
+    for variant, tag in (("token", "T"), ("crfiqa", "C")):
+        c = ViTFIQAConfig(variant=variant)
+        costs = exit_costs(c)
+        for e in costs:
+            rows.append({"model": f"ViT-FIQA ({tag}) released", "exit": str(e.exit), "gflops": e.gflops, "flop_saving": e.saving})
+        fused = fused_cost(c)
+        rows.append({"model": f"ViT-FIQA ({tag}) released", "exit": "all fused", "gflops": fused, "flop_saving": 1 - fused / costs[-1].gflops})
+    return pd.DataFrame(rows)
+
+
+def released_claims(released: pd.DataFrame) -> dict[str, float]:
+    """The numbers the paper quotes, read from :func:`released_gflops`: (C) exit 7 and exit 12
+    GFLOPs and saving, (T) exit 6 saving."""
+    def get(model: str, exit: int, col: str) -> float:
+        return float(released[(released["model"] == f"ViT-FIQA ({model}) released") & (released["exit"] == str(exit))][col].iloc[0])
+
+    c7, c12 = get("C", 7, "gflops"), get("C", 12, "gflops")
+    return {"c7_gflops": c7, "c12_gflops": c12, "c7_saving": 1 - c7 / c12, "t6_saving": get("T", 6, "flop_saving")}
+
+
+def latency_table(study: Study, batch_size: int, repeats: int, full_size: bool) -> pd.DataFrame:
+    """:func:`measure_latency` of the run's quality models whose checkpoint is here (and, if
+    ``full_size``, the released architectures on random weights), on the run's device, seeded by
+    the run's seed: every row (each exit and the one-pass row) the median of ``repeats``
+    synchronised timings after a warm-up, with its interquartile range and min/max."""
+    cfg = study.config
+    models = {q: study.quality_model(q) for q in cfg.quality_models if study.has_checkpoint("quality_models", q)}
+    if full_size:
+        for variant, tag in (("token", "T"), ("crfiqa", "C")):
+            models[f"{tag} full-size"] = build_vitfiqa(variant=variant)
+    if not models:  # no checkpoint here and no full-size timing asked for
+        return pd.DataFrame({"model": pd.Series(dtype=str), "exit": pd.Series(dtype=str), "ms_per_image": pd.Series(dtype=float)})
+    parts = []
+    for name, model in models.items():
+        t = measure_latency(model, batch_size=batch_size, repeats=repeats, device=str(cfg.device), seed=cfg.seed)
+        t.insert(0, "model", name)
+        parts.append(t)
+    lat = pd.concat(parts, ignore_index=True)
+    lat["exit"] = lat["exit"].astype(str)
+    return lat
+
+
+def model_architecture(study: Study, quality: str) -> tuple[ViTFIQAConfig, str]:
+    """The architecture of quality model ``quality`` and where it comes from: its checkpoint when
+    the file is there, else the released architecture of its variant (:meth:`Study.variant_tag`)
+    at the depth of its arrays (the evaluation needs no checkpoint; GFLOPs then assume the
+    released widths)."""
+    if study.has_checkpoint("quality_models", quality):
+        return study.quality_model(quality).config, "checkpoint"
+    tag = study.variant_tag(quality)
+    if tag not in ("T", "C"):
+        raise ConfigError(f"quality_models.{quality}: its checkpoint is not there and its variant is unknown; "
+                          "label it 'ViT-FIQA (T)' or '(C)', or provide the checkpoint")
+    variant = "token" if tag == "T" else "crfiqa"
+    return ViTFIQAConfig(variant=variant, depth=study.depth(quality)), "released architecture (no checkpoint here)"
+
+
+def study_costs(study: Study) -> pd.DataFrame:
+    """:func:`cost_table` of every quality model of the run (:func:`model_architecture`), with a
+    ``quality_model`` column."""
+    parts = []
+    for q in study.config.quality_models:
+        ct = cost_table(model_architecture(study, q)[0])
+        ct.insert(0, "quality_model", q)
+        parts.append(ct)
+    return pd.concat(parts, ignore_index=True)
+
+
+def pauc_cost_points(
+    pauc_table: pd.DataFrame, costs: pd.DataFrame, quality: str, fr: str, fmr: float
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(exits, fusion): pAUC and GFLOPs per dataset of every exit (the rows of ``pauc_table``, a
+    :func:`exfiqa.report.frames.pauc_all` frame, with an ``exit``) and of EX-FIQA-FW, for the
+    pAUC-vs-GFLOPs figure."""
+    part = pauc_table[(pauc_table["quality_model"] == quality) & (pauc_table["fr_model"] == fr) & np.isclose(pauc_table["fmr"], fmr)]
+    merged = part.merge(costs[costs["quality_model"] == quality][["method", "gflops"]], on="method")
+    return merged[merged["exit"].notna()], merged[merged["method"] == "EX-FIQA-FW"]
+
+
+def adaptive_study(
+    study: Study, fr: str, fmr: float, reject_fraction: float, margin: float, min_exit: int
+) -> pd.DataFrame:
+    """Adaptive early exit (:func:`adaptive_exit`) on every dataset and quality model.
+
+    The gate rejects the worst ``reject_fraction`` by the full-depth FW score; the adaptive rule
+    stops when the running FW score is more than ``margin`` standard deviations (of the FW
+    score) from that threshold. Columns: ``mean_exit`` (mean stopping exit), ``compute_saving``
+    (against reading all exits), ``gate_agreement`` (share of images the adaptive gate accepts or
+    rejects as the full-depth gate does), the same for the trivial gates ``agreement_accept_all``
+    (accept every image: the full gate's acceptance rate) and ``agreement_reject_all``,
+    ``beats_trivial_gates`` (``gate_agreement`` above both), ``pauc_adaptive`` and
+    ``pauc_fw_all_exits`` (x ``pauc_scale``, the adaptive and the full-depth FW score).
+    """
+    if not 0 < reject_fraction < 1:
+        raise ConfigError(f"reject_fraction must lie in (0, 1), got {reject_fraction}")
+    cfg = study.config
+    rows = []
+    for q in cfg.quality_models:
+        arch, _ = model_architecture(study, q)
+        cum_cost = adaptive_cost_curve(arch, arch.depth)
+        for ds in cfg.datasets:
+            scores = study.exit_scores(ds, q).astype(np.float64)
+            full = scores @ fusion.depth_weights(arch.depth)
+            thr = float(np.quantile(full, reject_fraction))
+            res = adaptive_exit(scores, thr, margin * float(full.std()), min_exit, cum_cost)
+            agree = float(np.mean((res.score > thr) == (full > thr)))
+            accept_all = float(np.mean(full > thr))  # the gate accepts score > thr
+            p_ad, p_fw = study.pauc_of(ds, fr, np.stack([res.score, full], axis=1), (fmr,))[fmr] * cfg.pauc_scale
+            rows.append({
+                "quality_model": q, "dataset": cfg.datasets[ds].label, "mean_exit": float(res.exit_used.mean()),
+                "compute_saving": 1 - res.mean_gflops / res.full_gflops,
+                "gate_agreement": agree, "agreement_accept_all": accept_all, "agreement_reject_all": 1 - accept_all,
+                "beats_trivial_gates": bool(agree > max(accept_all, 1 - accept_all)),
+                "pauc_adaptive": float(p_ad), "pauc_fw_all_exits": float(p_fw),
+            })
+    return pd.DataFrame(rows)

@@ -1,0 +1,178 @@
+"""The run's tidy frames and operating point, which every notebook section reads: EDC points and
+pAUCs of every method (with an integer ``exit`` column), the headline, the protocol of a table,
+the variant tags, and ties between pAUCs.
+
+Every pAUC frame carries ``convention``, ``limit`` and ``scale`` columns (from
+:func:`exfiqa.evaluation.metrics.pauc_rows`), so a written table can never be read under the wrong protocol.
+pAUC values in the notebooks' tables are the raw area times the config's ``pauc_scale``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from exfiqa.config import ConfigError
+from exfiqa.evaluation.exits import exit_numbers
+from exfiqa.report.tables import protocol
+from exfiqa.study import Study
+
+__all__ = [
+    "TIE_RTOL", "Headline", "best_text", "edc_all", "fmr_target", "headline", "is_tie", "pauc_all", "table_protocol",
+    "tied_best", "unresolved", "variant_tags", "with_exit_column",
+]
+
+
+def _available(study: Study, quality: str, dataset: str, methods: Sequence[str] | None) -> list[str]:
+    """``methods`` (default: all of the run's) that have scores on ``dataset``."""
+    have = study.methods(quality, dataset)
+    return have if methods is None else [m for m in methods if m in have]
+
+
+def with_exit_column(frame: pd.DataFrame, depth: int) -> pd.DataFrame:
+    """``frame`` (tidy, with a ``method`` column) with an integer ``exit`` column after ``method``:
+    the exit of each ``Exit k`` row of a model of ``depth`` exits, missing (``pd.NA``) for every
+    other method (fusions, baselines, external). In place; returns ``frame``."""
+    if "method" in frame.columns:
+        number = exit_numbers(depth)
+        frame.insert(frame.columns.get_loc("method") + 1, "exit",
+                     pd.array([number.get(m, pd.NA) for m in frame["method"]], dtype="Int64"))
+    return frame
+
+
+def edc_all(study: Study, quality: str, fr: str, methods: Sequence[str] | None = None) -> pd.DataFrame:
+    """Tidy EDC points of every method on every configured dataset (one FR and quality model),
+    with an ``exit`` column (:func:`with_exit_column`).
+
+    Bounded: each method's order and each dataset's scores are computed once by the Study
+    (:meth:`exfiqa.study.Study.edc_frame`) and reused by every FMR target.
+    """
+    frames = [with_exit_column(study.edc_frame(ds, fr, quality, _available(study, quality, ds, methods)), study.depth(quality, ds))
+              for ds in study.config.datasets]
+    return pd.concat(frames, ignore_index=True)
+
+
+def pauc_all(study: Study, methods: Sequence[str] | None = None, scale: float = 1.0) -> pd.DataFrame:
+    """Tidy pAUC of every method x dataset x FR model x quality model x FMR target, with an
+    ``exit`` column (:func:`with_exit_column`; a written table leaves it out until the tables
+    carry it).
+
+    Bounded (:meth:`exfiqa.study.Study.pauc_frame`): per dataset one scores object per FR
+    model and one order per method, each reused across the other loops.
+    """
+    cfg = study.config
+    frames = []
+    for q in cfg.quality_models:
+        for fr in cfg.fr_models:
+            for ds in cfg.datasets:
+                f = with_exit_column(study.pauc_frame(ds, fr, q, _available(study, q, ds, methods), scale=scale), study.depth(q, ds))
+                f.insert(0, "quality_model", q)
+                frames.append(f)
+    return pd.concat(frames, ignore_index=True)
+
+
+def unresolved(pauc: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a tidy pAUC table (:func:`pauc_all`) whose FMR target is not resolved
+    (column ``resolved`` False: fewer than one expected false match at the threshold, for the whole
+    set or at a ``recompute`` level up to the limit; :func:`exfiqa.evaluation.metrics.resolvable`).
+
+    Findings should leave these cells out or say that they rest on them: filter with
+    ``pauc[pauc["resolved"]]``.
+    """
+    if "resolved" not in pauc.columns:
+        raise ValueError("pauc: no 'resolved' column (a table from exfiqa.evaluation.metrics.pauc_rows / analysis.pauc_all has one)")
+    return pauc[~pauc["resolved"].astype(bool)].reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The headline operating point: dataset (config key and label), FR model and FMR target."""
+
+    dataset: str
+    label: str
+    fr_model: str
+    fmr: float
+
+
+def headline(cfg, fmr: float | None = None) -> Headline:
+    """The run's headline (the poster's IJB-C / ArcFace / FMR 1e-3) from the config's ``headline``.
+
+    Dataset and FR model: ``headline.dataset`` / ``headline.fr_model`` when the run has them, else
+    the run's first. FMR: ``fmr`` if given (a notebook parameter), else ``headline.fmr``, else
+    1e-3 if it is a target, else the first target. It must be one of ``fmr_targets``.
+    """
+    h = cfg.headline
+    ds = h["dataset"] if h.get("dataset") in cfg.datasets else next(iter(cfg.datasets))
+    fr = h["fr_model"] if h.get("fr_model") in cfg.fr_models else next(iter(cfg.fr_models))
+    if fmr is not None:
+        value, source = fmr, "parameter headline_fmr"
+    elif "fmr" in h:
+        value, source = h["fmr"], "headline.fmr of the config"
+    else:
+        value = 1e-3 if any(np.isclose(1e-3, f) for f in cfg.fmr_targets) else cfg.fmr_targets[0]
+        source = "the default"
+    number = not isinstance(value, bool) and isinstance(value, (int, float))
+    match = [f for f in cfg.fmr_targets if number and np.isclose(value, f)]
+    if not match:
+        raise ConfigError(
+            f"headline FMR {value!r} ({source}) is not one of fmr_targets {list(cfg.fmr_targets)}; "
+            "set headline.fmr in the config or pass -p headline_fmr"
+        )
+    return Headline(ds, cfg.datasets[ds].label, fr, float(match[0]))
+
+
+def fmr_target(cfg, value: float | None, name: str, default: str = "smallest") -> float:
+    """A notebook's FMR parameter: ``value`` if given (must be a target), else the smallest target."""
+    if value is None:
+        return float(min(cfg.fmr_targets) if default == "smallest" else max(cfg.fmr_targets))
+    number = not isinstance(value, bool) and isinstance(value, (int, float))
+    match = [f for f in cfg.fmr_targets if number and np.isclose(value, f)]
+    if not match:
+        raise ConfigError(f"{name} {value!r} is not one of fmr_targets {list(cfg.fmr_targets)}")
+    return float(match[0])
+
+
+def table_protocol(cfg, fmr: float | None = None, seed: bool = False) -> dict:
+    """The protocol columns of a table of this run (:func:`exfiqa.report.tables.protocol`)."""
+    out = protocol(cfg.convention, cfg.discard_limit, fmr, cfg.pauc_scale, cfg.seed if seed else None)
+    for key, default in (("threshold_rule", "at_most"), ("acceptance", "similarity>=")):
+        if getattr(cfg, key, default) != default:  # stated where it differs from the default only
+            out[key] = getattr(cfg, key)
+    return out
+
+
+def variant_tags(study: Study) -> dict[str, tuple[str, int]]:
+    """Quality model name -> (tag, depth): ``T`` for the token variant, ``C`` for CR-FIQA
+    (:meth:`Study.variant_tag`); the depth from the exit-score arrays (:meth:`Study.depth`), so no
+    weights are loaded to learn it."""
+    return {q: (study.variant_tag(q), study.depth(q)) for q in study.config.quality_models}
+
+
+TIE_RTOL = 1e-9
+"""Two pAUCs within this relative distance are equal (a tie: the same value up to rounding)."""
+
+
+def is_tie(a: float, b: float, rtol: float = TIE_RTOL) -> bool:
+    """``a`` and ``b`` are equal to a relative ``rtol`` (NaN ties with nothing)."""
+    return bool(a == b or abs(a - b) <= rtol * max(abs(a), abs(b)))
+
+
+def tied_best(values: pd.Series, rtol: float = TIE_RTOL) -> list[str]:
+    """Every label of ``values`` that ties (:func:`is_tie`) with the minimum, lower being better,
+    in the order of ``values``. One label: a clear best; none: no finite value."""
+    v = pd.to_numeric(values, errors="coerce").astype(np.float64)
+    finite = v[np.isfinite(v)]
+    if finite.empty:
+        return []
+    lo = float(finite.min())
+    return [str(k) for k, x in finite.items() if is_tie(float(x), lo, rtol)]
+
+
+def best_text(values: pd.Series, rtol: float = TIE_RTOL) -> str:
+    """The best (lowest) of ``values`` in words, naming every tied label: ``"Exit 8"`` or
+    ``"Exit 9, Exit 10, Exit 11 (tie)"``."""
+    best = tied_best(values, rtol)
+    return ", ".join(best) + (" (tie)" if len(best) > 1 else "")
