@@ -527,7 +527,7 @@ def test_unchanged_inputs_are_reused_and_tables_are_byte_identical(paper_run, tm
 def test_index_page_shows_every_figure(paper_run, tmp_path):
     out, _ = paper_run
     page = (out / "index.html").read_text()
-    from exfiqa.report.runcard import RunCard
+    from exfiqa.store.runcard import RunCard
 
     card = RunCard.from_json((out / "run_card.json").read_text())
     assert card.html() in page and card.device == "cpu" and card.convention == "recompute"

@@ -39,17 +39,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from exfiqa.evaluation.pairs import AllPairs
-from exfiqa.io import atomic_write, clip
+from exfiqa.io import atomic_write, clip, file_digest
 
-if TYPE_CHECKING:
-    from exfiqa.store.digests import DigestIndex
+
+class DigestIndex(Protocol):  # exfiqa.store.digests.DigestIndex, a layer above: what fingerprint uses of it
+    def digests(self, paths: Sequence[str | os.PathLike[str]], desc: str = ...) -> list[str]: ...
 
 __all__ = [
     "ARCFACE_TEMPLATE",
@@ -259,13 +260,11 @@ class Benchmark:
         stat only decides whether it is read again). Computed once and cached on the object.
         """
         if "fingerprint" not in self._cache:
-            from exfiqa.store.digests import DigestIndex
-
-            index = digests if digests is not None else DigestIndex(None)
             files = [f for _, f in self._files]
+            values = digests.digests(files, desc=f"hashing {self.name}") if digests is not None else map(file_digest, files)
             h = hashlib.sha256()
             h.update(f"{self.name}\0{self.level}\0{self._protocol}\0".encode())
-            for (label, _), digest in zip(self._files, index.digests(files, desc=f"hashing {self.name}"), strict=True):
+            for (label, _), digest in zip(self._files, values, strict=True):
                 h.update(label.encode() + b"\0" + digest.encode() + b"\n")
             self._cache["fingerprint"] = h.hexdigest()
         return self._cache["fingerprint"]

@@ -22,6 +22,7 @@ from exfiqa.config import ConfigError
 from exfiqa.evaluation import fusion
 from exfiqa.evaluation.bootstrap import bootstrap_samples
 from exfiqa.evaluation.metrics import eer, fnmr_at_fmr, verification_accuracy
+from exfiqa.extract.models import Models
 from exfiqa.models.flops import exit_costs, fused_cost
 from exfiqa.models.vitfiqa import ViTFIQA, ViTFIQAConfig
 from exfiqa.study import Study
@@ -1461,7 +1462,7 @@ def latency_table(study: Study, batch_size: int, repeats: int, full_size: bool) 
     from exfiqa.models.vitfiqa import build_vitfiqa
 
     cfg = study.config
-    models = {q: study.quality_model(q) for q in cfg.quality_models if study.has_checkpoint("quality_models", q)}
+    models = {q: Models(cfg).quality_model(q) for q in cfg.quality_models if study.has_checkpoint("quality_models", q)}
     if full_size:
         for variant, tag in (("token", "T"), ("crfiqa", "C")):
             models[f"{tag} full-size"] = build_vitfiqa(variant=variant)
@@ -1483,7 +1484,7 @@ def model_architecture(study: Study, quality: str) -> tuple[ViTFIQAConfig, str]:
     at the depth of its arrays (the evaluation needs no checkpoint; GFLOPs then assume the
     released widths)."""
     if study.has_checkpoint("quality_models", quality):
-        return study.quality_model(quality).config, "checkpoint"
+        return Models(study.config).quality_model(quality).config, "checkpoint"
     tag = study.variant_tag(quality)
     if tag not in ("T", "C"):
         raise ConfigError(f"quality_models.{quality}: its checkpoint is not there and its variant is unknown; "
@@ -1643,7 +1644,7 @@ def attention_study(study: Study, quality: str, inputs: AttentionInputs) -> tupl
     """Per-exit attention maps of ``quality`` for each face and the dataset mean (figure input),
     and :func:`attention_statistics` over the mean's images (with a ``quality_model`` column)."""
     cfg = study.config
-    model = study.quality_model(quality)
+    model = Models(study.config).quality_model(quality)
     per_face = attention_maps(model, np.stack(list(inputs.faces.values())), batch_size=cfg.batch_size, device=cfg.device)
     maps = {name: per_face[i] for i, name in enumerate(inputs.faces)}
     dataset_maps = attention_maps(model, inputs.mean_faces, batch_size=cfg.batch_size, device=cfg.device)
