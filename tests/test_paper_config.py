@@ -254,7 +254,7 @@ def test_make_paper_on_a_machine_with_only_the_arrays_skips_extraction(tiny_conf
     the missing checkpoint is the error."""
     import shutil
 
-    import exfiqa.extract.stage as extract_mod
+    import exfiqa.extract as extract_mod
     import exfiqa.paper as paper
 
     raw = yaml.safe_load(tiny_config.read_text())
