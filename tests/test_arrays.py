@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from exfiqa.config import load_config
+from exfiqa.extract import Models, extract
 from exfiqa.readers.benchmarks import read_adience, read_bin, read_ijbc, read_xqlfw
 from exfiqa.store import arrays
 from exfiqa.store.arrays import (
@@ -29,7 +30,6 @@ from exfiqa.store.arrays import (
     sample_keys,
     samples_digest,
 )
-from exfiqa.extract import Models, extract
 from exfiqa.study import Study
 
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from oracles import comparison_table, pair
 
 from exfiqa.config import ConfigError, load_config
+from exfiqa.extract import extract
 from exfiqa.models.fr import load_fr
 from exfiqa.models.inference import exit_scores
 from exfiqa.models.vitfiqa import load_vitfiqa
-from exfiqa.extract import extract
 from exfiqa.study import Study, exit_names, read_method_csv
-from oracles import comparison_table, pair
 
 
 @pytest.fixture(scope="module")
