@@ -13,6 +13,7 @@ import yaml
 from exfiqa.config import ConfigError, load_config, parse_attention_samples
 from exfiqa.evaluation import metrics
 from exfiqa.evaluation.fusion import depth_weights
+from exfiqa.extract import Models
 from exfiqa.readers.images import read_face
 from exfiqa.report import analysis, tables
 from exfiqa.study import Study
@@ -430,7 +431,7 @@ def test_adaptive_study_matches_its_parts(odd_study):
     scores = np.asarray(study.exit_scores("lfw", "C"), dtype=np.float64)
     full = scores @ depth_weights(12)
     thr = np.quantile(full, 0.3)
-    model = study.quality_model("C")
+    model = Models(study.config).quality_model("C")
     res = analysis.adaptive_exit(scores, thr, 0.4 * full.std(), 2, analysis.adaptive_cost_curve(model.config, 12))
     assert row["mean_exit"] == pytest.approx(res.exit_used.mean())
     assert row["gate_agreement"] == pytest.approx(np.mean((res.score > thr) == (full > thr)))
