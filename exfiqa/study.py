@@ -44,7 +44,17 @@ from numpy.typing import NDArray
 
 from exfiqa.config import Config, ConfigError
 from exfiqa.evaluation.fusion import ex_fiqa_f, ex_fiqa_fw
+from exfiqa.evaluation.metrics import (
+    edc_curves,
+    edc_rows,
+    pauc,
+    pauc_meta,
+    pauc_rows,
+    resolved_for,
+    template_quality,
+)
 from exfiqa.evaluation.pairs import AllPairs, PairList, release_pages
+from exfiqa.evaluation.subjects import comparison_units, mated_components
 from exfiqa.io import atomic_write
 from exfiqa.readers.benchmarks import Benchmark
 from exfiqa.store.arrays import BASELINE_FR, BASELINES, ArrayError, code_version
@@ -297,8 +307,6 @@ class Study:
         """
         key = ("subjects", dataset)
         if key not in self._evaluation:
-            from exfiqa.evaluation.subjects import comparison_units, mated_components
-
             bench = self.benchmark(dataset)
             comp = self.comparison_set(dataset)
             if isinstance(comp, AllPairs) or (bench.level == "sample" and "identity" in bench.samples):
@@ -327,8 +335,6 @@ class Study:
         if v.shape[0] != len(bench):
             raise ValueError(f"{dataset}: expected {len(bench)} per-sample values, got {v.shape[0]}")
         if bench.level == "template":
-            from exfiqa.evaluation.metrics import template_quality
-
             _, v = template_quality(v, bench.samples["template_id"].to_numpy(), "min")
         return v
 
@@ -441,8 +447,6 @@ class Study:
         """EDCs of a named method at each target (FNM-EDC: the config's FMR targets by default;
         FM-EDC, ``error_type="fmr"``: FNMR targets, required), keyed by target, under the
         config's convention and rules."""
-        from exfiqa.evaluation.metrics import edc_curves
-
         order = self.ordering(dataset, quality, method)
         return edc_curves(self.scores(dataset, fr), order, self._targets(targets, error_type),
                           convention or self.config.convention, error_type=error_type, **self.rules())
@@ -452,16 +456,12 @@ class Study:
         targets: Sequence[float] | None = None, convention: str | None = None, *, error_type: str = "fnmr",
     ) -> dict[float, Any]:
         """EDCs of any per-sample quality values (higher = better), paired by min (see :meth:`edc`)."""
-        from exfiqa.evaluation.metrics import edc_curves
-
         return edc_curves(self.scores(dataset, fr), self.order_of(dataset, values), self._targets(targets, error_type),
                           convention or self.config.convention, error_type=error_type, **self.rules())
 
     def pauc_order(self, dataset: str, fr: str, order: Any, fmr: float) -> float:
         """pAUC (raw area; the config's convention, limit, rules and ``subtract_best``) of one
         prepared order (:meth:`ordering`, :meth:`order_of`) at one FMR target."""
-        from exfiqa.evaluation.metrics import edc_curves, pauc
-
         curve = edc_curves(self.scores(dataset, fr), order, (fmr,), self.config.convention, **self.rules())[float(fmr)]
         return pauc(curve, self.config.discard_limit, self.config.subtract_best)
 
@@ -469,8 +469,6 @@ class Study:
         """Whether the pAUC of :meth:`pauc_order` is resolved (:func:`exfiqa.evaluation.metrics.resolved_for`:
         at least one expected false match at the threshold, for the whole set and, under
         ``recompute``, at every level up to the config's limit)."""
-        from exfiqa.evaluation.metrics import resolved_for
-
         return resolved_for(self.scores(dataset, fr), order, fmr, self.config.convention, self.config.discard_limit)
 
     def resolved_of(self, dataset: str, fr: str, values: NDArray[Any], fmr: float) -> NDArray[np.bool_]:
@@ -486,8 +484,6 @@ class Study:
         """pAUC (raw area; the config's convention, limit, rules and ``subtract_best``) of (N,)
         or (N, K) per-sample values: ``{target: (K,) areas}``, one column's order at a time
         (bounded path)."""
-        from exfiqa.evaluation.metrics import pauc
-
         tg = self._targets(targets, error_type)
         values = np.asarray(values)
         cols = values.reshape(len(values), -1)
@@ -519,8 +515,6 @@ class Study:
         """Tidy pAUC rows (the columns of :func:`exfiqa.evaluation.metrics.pauc_rows`) of each method x
         target, through the bounded path, under the config's rules and ``subtract_best`` (unless
         given); ``dataset`` is written as its label."""
-        from exfiqa.evaluation.metrics import pauc_meta, pauc_rows
-
         best = self.config.subtract_best if subtract_best is None else subtract_best
         meta = pauc_meta(convention or self.config.convention, self.config.discard_limit, best, scale,
                          error_type=error_type, **self.rules())
@@ -535,8 +529,6 @@ class Study:
         *, error_type: str = "fnmr", targets: Sequence[float] | None = None,
     ) -> pd.DataFrame:
         """Tidy EDC points (the columns of :func:`exfiqa.evaluation.metrics.edc_rows`), bounded path."""
-        from exfiqa.evaluation.metrics import edc_rows
-
         conv = convention or self.config.convention
         frames = []
         label = self.config.datasets[dataset].label

@@ -84,7 +84,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from exfiqa.config import _BASELINE_FR, _BASELINES, Config
 from exfiqa.evaluation.pairs import release_pages
-from exfiqa.io import atomic_path, atomic_write, clip
+from exfiqa.io import atomic_path, atomic_write, clip, file_digest
 from exfiqa.store.digests import DigestIndex
 
 if TYPE_CHECKING:
@@ -229,7 +229,7 @@ def _library_versions() -> tuple[tuple[str, str], ...]:
 def _digest_code(paths: list[Path]) -> str:
     h = hashlib.sha256()
     for path in paths:
-        h.update(f"{path.name}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+        h.update(f"{path.name}\0{file_digest(path)}\n".encode())
     for lib, version in _library_versions():
         h.update(f"{lib}=={version}\n".encode())
     return h.hexdigest()

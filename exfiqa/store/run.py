@@ -11,7 +11,6 @@ evaluation needs of a model (its depth, its variant) comes from the arrays and t
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from exfiqa.config import Config, ConfigError, ModelSpec
+from exfiqa.io import file_digest
 from exfiqa.readers.benchmarks import Benchmark, load_benchmark, reader_source
 from exfiqa.store.arrays import (
     BASELINE_FR,
@@ -76,7 +76,7 @@ class Run:
     def fr_spec(self, name: str) -> ModelSpec:
         """The entry of FR model ``name``: of ``fr_models``, else of the FR models baselines run on."""
         spec = self.config.fr_models.get(name) or self.config.support_fr_models.get(name)
-        return spec if spec is not None else self.spec("fr_models", name)  # type: ignore[no-any-return]
+        return spec if spec is not None else self.spec("fr_models", name)
 
     def has_checkpoint(self, kind: str, name: str) -> bool:
         """Whether the checkpoint of ``<kind>.<name>`` (``quality_models``/``fr_models``) is on disk
@@ -120,7 +120,7 @@ class Run:
         key: dict[str, Any] = {} if evaluation else {"data": self.benchmark(dataset).fingerprint(self.digests)}
         reader = reader_source(self.config.datasets[dataset].kind)
         if reader is not None:
-            key.update(reader=hashlib.sha256(reader.read_bytes()).hexdigest())
+            key.update(reader=file_digest(reader))
         spec: ModelSpec | None
         if kind == "baseline":
             fr = BASELINE_FR.get(name)
