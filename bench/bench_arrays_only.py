@@ -74,7 +74,7 @@ def build(work: Path) -> None:
     scale._ijbc_layout(work / "data" / "ijbc", np.random.default_rng(0))
     cfg = load_config(_config(work))
     st("IJB-C meta files, config")
-    study = Study(cfg, progress=False, compute=False)  # no checkpoint is needed, nor checked
+    study = Study(cfg, progress=False)  # no checkpoint is needed, nor checked
     scale._write_arrays(study, "ijbc", seed=1)
     bench = study.benchmark("ijbc")
     n = len(bench)

@@ -74,7 +74,7 @@ from exfiqa.config import load_config
 from exfiqa.extract.stage import ImageSet, loader, reopen_benchmark
 from exfiqa.study import Study
 cfg = load_config(sys.argv[1]); ds = sys.argv[2]; workers = int(sys.argv[3]); rounds = int(sys.argv[4])
-bench = Study(cfg, progress=False, compute=False).benchmark(ds)
+bench = Study(cfg, progress=False).benchmark(ds)
 n = len(bench)
 images = ImageSet(bench, lambda: reopen_benchmark(cfg, ds))
 ids = [i % n for i in range(rounds * n)]  # the set read `rounds` times: enough work to amortise the workers' start
@@ -202,7 +202,7 @@ def _part3(args: argparse.Namespace, base: dict, work: Path) -> None:
     from exfiqa.extract.stage import shard_ranges, wanted_arrays
     from exfiqa.study import Study
 
-    st = Study(load_config(kr_cfg), progress=False, compute=False)
+    st = Study(load_config(kr_cfg), progress=False)
     total = sum(len(shard_ranges(len(st.benchmark(d)), 16)) * len(wanted_arrays(st.config, st.benchmark(d).level))
                 for d in base["datasets"])
     full_cfg = _write_config(base, work / "full", workers=0, shard_size=16, batch_size=16)

@@ -432,7 +432,7 @@ def e2e_config(work: Path, paper: dict[str, Any], dev: torch.device, args: argpa
 
 def decode_only(cfg: Any, dataset: str, workers: int, pin: bool) -> dict[str, float]:
     """The extraction's DataLoader (its ImageSet, batches of batch_size, ``workers``) without models."""
-    from exfiqa.extract.stage import stage as ex
+    import exfiqa.extract.stage as ex
 
     bench = ds.load_benchmark(cfg.datasets[dataset].kind, **cfg.datasets[dataset].args)
     images = ex.ImageSet(bench, lambda: ex.reopen_benchmark(cfg, dataset), sharpness="sharpness" in cfg.baselines)
@@ -497,7 +497,7 @@ def end_to_end(args: argparse.Namespace, dev: torch.device, result: dict[str, An
         log(f"  built {args.images} loose crops ({args.unique} distinct) + {'small' if args.small_models else 'full-size'} "
             f"checkpoints in {e2e['build_s']} s ({e2e['folder_mib']} MiB of IJB-C-like files)")
         cfg0 = load_config(e2e_config(work, paper, dev, args, 1, "digests"))
-        study = Study(cfg0, progress=False, compute=False)
+        study = Study(cfg0, progress=False)
         for name in ("ijbc", "warm"):
             study.benchmark(name).fingerprint(study.digests)  # the digest index: later runs only stat
         e2e["single_core"] = sc = single_core_decode(crops, work / "IJB_C", args.single_core_images)

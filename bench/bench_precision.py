@@ -42,7 +42,7 @@ def main() -> None:
             t0 = time.perf_counter()
             extract(cfg, progress=False, log=lambda *_: None)
             print(f"{precision}: extracted in {time.perf_counter() - t0:.1f} s on {cfg.device}")
-            studies[precision] = Study(cfg, progress=False, compute=False)
+            studies[precision] = Study(cfg, progress=False)
         fp, bf = studies["fp32"], studies["bf16"]
         for ds in base.datasets:
             for q in base.quality_models:

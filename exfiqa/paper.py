@@ -7,13 +7,13 @@ to the notebooks) and ``run.json`` (what was run, with content hashes).
 The config is the single source of a run: ``make paper`` passes the notebooks nothing but
 ``config`` and ``out_dir``, and every notebook parameter that mirrors a config setting defaults to
 None (= the config's value). Each notebook opens its study with
-:func:`exfiqa.study.open_study`. The run card (:mod:`exfiqa.report.runcard`: device, precision,
+:func:`exfiqa.study.open_study`. The run card (:mod:`exfiqa.store.runcard`: device, precision,
 protocol, seed, code version, input digests) is printed by each notebook's first cell, written to
 ``run_card.json`` and shown on ``index.html``; a notebook that ran with another card is an error.
 
 A notebook whose inputs (its source, the config file, the demo-world manifest, the package's
 source incl. sub-packages and the digest of every input file the config names: the run card's
-:meth:`~exfiqa.report.runcard.RunCard.key`) are unchanged since its last successful run is not executed
+:meth:`~exfiqa.store.runcard.RunCard.key`) are unchanged since its last successful run is not executed
 again; its outputs are reused. Its completion record (its key in ``run.json``) is removed before it
 runs and written after it succeeded, and it executes into a hidden file renamed into place: a run
 killed in the middle of a notebook leaves no record, so the next ``make paper`` executes it again.
@@ -38,7 +38,7 @@ from typing import Any
 
 from exfiqa.config import Config, ConfigError, load_config
 from exfiqa.io import atomic_write
-from exfiqa.report.runcard import RunCard, run_card
+from exfiqa.store.runcard import RunCard, run_card
 from exfiqa.study import CARD
 
 __all__ = ["NOTEBOOKS", "build_index", "cell_labels", "main", "notebook_key", "run_paper"]
@@ -231,7 +231,7 @@ def _extractable(cfg: Config, log) -> bool:
 def run_paper(
     config_path: str, notebooks: Sequence[str] = NOTEBOOKS, force: bool = False, log=print
 ) -> Path:
-    """Extract the per-sample arrays (:func:`exfiqa.extract.stage.extract`, a no-op when they are
+    """Extract the per-sample arrays (:func:`exfiqa.extract.extract`, a no-op when they are
     current), then execute the notebooks for ``config_path`` into ``results/<run_name>/`` and
     index them.
 
@@ -255,7 +255,7 @@ def run_paper(
         (out / sub).mkdir(parents=True, exist_ok=True)
     (out / RUN_MARKER).write_text("made by exfiqa.paper\n")
     if _extractable(cfg, log):
-        from exfiqa.extract.stage import extract
+        from exfiqa.extract import extract  # torch: imported only when extracting
 
         log(f"[paper] {cfg.run_name}: extracting the per-sample arrays (exfiqa extract) ...")
         extract(cfg, log=log)

@@ -1,11 +1,12 @@
 """The :class:`Study`: a run's per-sample arrays and their evaluation, computed lazily.
 
 Data flow: images -> quality model (N x depth exit scores, ATTN-FIQA and ViTNT-FIQA of the same
-pass) and FR model (embeddings) -> per-sample arrays on disk (:mod:`exfiqa.store.arrays`, extracted when
-missing or stale) -> in memory, per dataset its comparison set, per (dataset, FR model) the
-comparison scores, per (dataset, quality model, method) the pair-quality order, each computed once
--> metrics -> plots and tables. Only the per-sample arrays (and the input digests) are stored; no
-comparison table is: :meth:`Study.table` assembles one in memory, for small sets.
+pass) and FR model (embeddings) -> per-sample arrays on disk (:mod:`exfiqa.store.arrays`, written
+by the extraction, :mod:`exfiqa.extract`, which runs first) -> here, in memory, per dataset its
+comparison set, per (dataset, FR model) the comparison scores, per (dataset, quality model,
+method) the pair-quality order, each computed once -> metrics -> plots and tables. Only the
+per-sample arrays (and the input digests) are stored; no comparison table is. The Study and the
+extraction share the run description (:class:`exfiqa.store.run.Run`), not each other.
 
 Conventions:
 - Sample quality for EX-FIQA methods: ``Exit 1`` .. ``Exit D``, ``EX-FIQA-F``, ``EX-FIQA-FW``
@@ -22,38 +23,44 @@ Conventions:
   FR model its scores (:meth:`Study.scores`), per quality method its order
   (:meth:`Study.ordering`), each computed once and reused by every FMR target and convention
   (:meth:`Study.edc`, :meth:`Study.pauc_frame`, :meth:`Study.pauc_of`; :mod:`exfiqa.evaluation.pairs`).
-  :meth:`Study.table` (one column per method) is for small sets.
 
 Per-sample arrays (exit scores, embeddings, baselines) live in the documented layout of
 :mod:`exfiqa.store.arrays`, whoever produced them; exfiqa's own are keyed by the content of what they
 depend on (benchmark files, checkpoint bytes, arguments, the source of the code that computes
-them) and recomputed when any of it changes; they are written atomically.
+them) and recomputed (by ``exfiqa extract``) when any of it changes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from exfiqa.config import _BASELINE_FR, _BASELINES, Config, ConfigError
+from exfiqa.config import Config, ConfigError
 from exfiqa.evaluation.exits import exit_labels
 from exfiqa.evaluation.fusion import ex_fiqa_f, ex_fiqa_fw
+from exfiqa.evaluation.metrics import (
+    edc_curves,
+    edc_rows,
+    pauc,
+    pauc_meta,
+    pauc_rows,
+    resolved_for,
+    template_quality,
+)
 from exfiqa.evaluation.pairs import AllPairs, PairList, release_pages
+from exfiqa.evaluation.subjects import comparison_units, mated_components
 from exfiqa.io import atomic_write
-from exfiqa.readers import Benchmark, load_benchmark, reader_source
-from exfiqa.report.runcard import RunCard, run_card
-
-if TYPE_CHECKING:  # torch-backed types: imported when a model is loaded
-    from exfiqa.models.fr import FRModel
-    from exfiqa.models.vitfiqa import ViTFIQA
+from exfiqa.readers import Benchmark
+from exfiqa.store.arrays import BASELINE_FR, BASELINES, ArrayError, code_version
+from exfiqa.store.run import FAMILY_OPTIONS, Run
+from exfiqa.store.runcard import RunCard, run_card
 
 __all__ = ["ATTN", "CARD", "FAMILY_OPTIONS", "VITNT", "Study", "exit_names", "open_study", "read_method_csv"]
 
@@ -62,8 +69,6 @@ __all__ = ["ATTN", "CARD", "FAMILY_OPTIONS", "VITNT", "Study", "exit_names", "op
 #: over all blocks, token qualities averaged (the default) or attention-weighted.
 ATTN = "ATTN-FIQA"
 VITNT = ("ViTNT-FIQA", "ViTNT-FIQA (attention-weighted)")
-#: The settings of the family arrays (part of their key): :meth:`exfiqa.models.vitfiqa.ViTFIQA.forward_exits`.
-FAMILY_OPTIONS = {"attn": {"attn_tokens": "all"}, "vitnt": {"vitnt_blocks": "all"}}
 #: File name of the run card :func:`open_study` writes into a notebook's ``out_dir`` (``make paper`` reads it).
 CARD = "run_card.json"
 
@@ -109,196 +114,90 @@ def read_method_csv(path: str | os.PathLike[str], bench: Benchmark, method: str)
 
 @dataclass
 class Study:
-    """Everything a notebook needs, computed lazily and cached: ``Study(config).table(ds, fr, q)``.
+    """Everything a notebook needs from a run's arrays, computed lazily and cached:
+    ``Study(config).pauc_frame(ds, fr, q)``.
 
-    Per-sample arrays come from the layout (:mod:`exfiqa.store.arrays`). A missing or stale one is
-    extracted (:func:`exfiqa.extract.stage.extract_dataset`: one pass over the dataset for every array
-    it lacks) when ``compute`` is True; with ``compute=False`` (the notebooks) it is an
-    :class:`~exfiqa.store.arrays.ArrayError` naming the file, what the layout holds instead and the
-    command that makes it. ``compute=False`` needs only the arrays with their manifests and the
-    benchmarks' protocol files (pair lists, IJB-C's ``meta/`` files): the images and checkpoints
-    they were computed from need not be there. Their digests are the manifests' (``inputs.data``,
-    ``inputs.checkpoint``; ``exfiqa extract``, which ``make paper`` runs first, verified them); a
-    checkpoint that is there is checked against its array's manifest (one file, through the digest
-    index).
-    ``persistent_digests=False`` keeps input digests in memory (the extraction's other ranks).
-    ``out_dir``: where a notebook writes ``figures/`` and ``tables/`` (None: nowhere named; the
-    Study itself writes nothing there); ``card``: the run card it runs with. :func:`open_study`
-    sets both.
+    Per-sample arrays come from the layout (:mod:`exfiqa.store.arrays`), which the extraction
+    (:func:`exfiqa.extract.extract`, ``exfiqa extract``; ``make paper`` runs it first) wrote: the
+    Study never extracts. A missing or stale array is an :class:`~exfiqa.store.arrays.ArrayError`
+    naming the file, what the layout holds instead and the command that makes it. The Study needs
+    only the arrays with their manifests and the benchmarks' protocol files (pair lists, IJB-C's
+    ``meta/`` files): the images and checkpoints they were computed from need not be there. Their
+    digests are the manifests' (``inputs.data``, ``inputs.checkpoint``; the extraction verified
+    them); a checkpoint that is there is checked against its array's manifest (one file, through
+    the digest index). It loads no model: :class:`exfiqa.extract.models.Models` does.
+    ``run``: the run description it shares with the extraction (:class:`~exfiqa.store.run.Run`;
+    default: a new one of ``config``). ``out_dir``: where a notebook writes ``figures/`` and
+    ``tables/`` (None: nowhere named; the Study itself writes nothing there); ``card``: the run
+    card it runs with. :func:`open_study` sets both.
     """
 
     config: Config
     progress: bool = True
-    compute: bool = True
-    persistent_digests: bool = True
     out_dir: Path | None = None
     card: RunCard | None = None
-    _benchmarks: dict[str, Benchmark] = field(default_factory=dict, repr=False)
-    _quality_models: dict[str, ViTFIQA] = field(default_factory=dict, repr=False)
-    _fr_models: dict[str, FRModel] = field(default_factory=dict, repr=False)
+    run: Run | None = field(default=None, repr=False)
     #: the bounded evaluation's memo (see "comparisons" below): comparison sets by dataset,
     #: scores by (dataset, FR model), orders by (dataset, quality model, method)
     _comparison_sets: dict[str, PairList | AllPairs] = field(default_factory=dict, repr=False)
     _evaluation: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        from exfiqa.store.arrays import ArrayStore, arrays_root
-        from exfiqa.store.digests import INDEX_NAME, DigestIndex
-
-        self.config.check_paths(checkpoints=self.compute)
-        index = self.config.cache_dir / INDEX_NAME if self.persistent_digests else None
-        self.digests = DigestIndex(index, progress=self.progress)
-        self.arrays = ArrayStore(arrays_root(self.config), self.digests)
+        self.config.check_paths(checkpoints=False)
+        if self.run is None:
+            self.run = Run(self.config, progress=self.progress)
+        self._run: Run = self.run
+        self.digests = self._run.digests
+        self.arrays = self._run.arrays
         self._arrays: dict[tuple[str, str, str], NDArray[np.float32]] = {}
 
     # ------------------------------------------------------------------ inputs
 
     def benchmark(self, dataset: str) -> Benchmark:
-        """The named benchmark, opened once."""
-        if dataset not in self._benchmarks:
-            spec = self._spec("datasets", dataset)
-            self._benchmarks[dataset] = load_benchmark(spec.kind, **spec.args)
-        return self._benchmarks[dataset]
-
-    def _spec(self, kind: str, name: str) -> Any:
-        table = getattr(self.config, kind)
-        if name not in table:
-            raise ConfigError(f"unknown {kind[:-1]} {name!r}; known: {sorted(table)}")
-        return table[name]
-
-    def _digest(self, path: Path) -> str:
-        """SHA-256 of an input file, through the run's persistent digest index."""
-        return self.digests.digest(path)
-
-    def quality_model(self, name: str) -> ViTFIQA:
-        """The ViT-FIQA model ``name`` (loaded once, eval mode, on the configured device)."""
-        from exfiqa.models.vitfiqa import load_vitfiqa
-
-        if name not in self._quality_models:
-            spec = self._spec("quality_models", name)
-            self._quality_models[name] = load_vitfiqa(spec.checkpoint, device=self.config.device, **spec.args)
-        return self._quality_models[name]
+        """The named benchmark, opened once (by the run description)."""
+        return self._run.benchmark(dataset)
 
     def has_checkpoint(self, kind: str, name: str) -> bool:
         """Whether the checkpoint of ``<kind>.<name>`` (``quality_models``/``fr_models``) is on disk
         (evaluation does not need it; running the model, e.g. for attention maps, does)."""
-        spec = (self.config.support_fr_models.get(name) if kind == "fr_models" else None) or self._spec(kind, name)
-        return bool(spec.checkpoint.is_file())
+        return self._run.has_checkpoint(kind, name)
 
-    def _expected_depth(self, quality: str, width: int) -> tuple[int, str]:
+    def _expected_depth(self, dataset: str, quality: str, width: int) -> tuple[int, str]:
         """Columns every exits/attn array of ``quality`` must have, and where that comes from: the
-        model's depth when its checkpoint is here, else the first such array read (evaluation
-        from the arrays alone needs no checkpoint)."""
-        if self.has_checkpoint("quality_models", quality):
-            return int(self.quality_model(quality).depth), "its checkpoint"
+        width of its array the extraction wrote (the model's depth) when there is one, else the
+        first such array read in this run (evaluation from the arrays alone needs no checkpoint)."""
+        produced = self._run.produced_width(dataset, quality)
+        if produced is not None:
+            return produced
         first = self._evaluation.setdefault(("depth", quality), width)
         return int(first), "the first array of it read in this run"
 
     def depth(self, quality: str, dataset: str | None = None) -> int:
         """The depth (number of exits) of quality model ``quality``: the width of its exit-score
         array on ``dataset`` (default: the config's first dataset); no checkpoint is read."""
-        self._spec("quality_models", quality)
+        self._run.spec("quality_models", quality)
         ds = dataset if dataset is not None else next(iter(self.config.datasets))
         return int(self.exit_scores(ds, quality).shape[1])
 
     def variant_tag(self, quality: str) -> str:
         """``"T"`` (token variant) or ``"C"`` (CR-FIQA head) of quality model ``quality``: from its
-        checkpoint when the file is there, else from its config label or name ending in ``(T)``/
-        ``(C)`` or being ``T``/``C``; otherwise the name itself (the poster's T/C matches then skip it)."""
-        if self.has_checkpoint("quality_models", quality):
-            return "T" if self.quality_model(quality).config.variant == "token" else "C"
-        spec = self._spec("quality_models", quality)
-        for text in (str(spec.label).strip(), str(spec.name).strip()):
-            if text in ("T", "C"):
-                return text
-            if text.endswith(("(T)", "(C)")):
-                return text[-2]
-        return str(quality)
-
-    def fr_model(self, name: str) -> FRModel:
-        """The FR model of entry ``fr_models.<name>``: a torch checkpoint or an ONNX graph
-        (:func:`exfiqa.models.fr.load_fr_entry`), loaded once on the configured device."""
-        from exfiqa.models.fr import OnnxModelError, load_fr_entry
-
-        if name not in self._fr_models:
-            spec = self.config.fr_models.get(name) or self.config.support_fr_models.get(name) or self._spec("fr_models", name)
-            try:
-                self._fr_models[name] = load_fr_entry(name, spec.checkpoint, self.config.device, spec.args)
-            except OnnxModelError as exc:  # one line (exit 2 in the commands), not a traceback
-                raise ConfigError(f"fr_models.{name}: {exc}") from None
-        return self._fr_models[name]
+        config label or name ending in ``(T)``/``(C)`` or being ``T``/``C``; otherwise the name
+        itself (the poster's T/C matches then skip it). No checkpoint is read."""
+        return self._run.variant_label(quality) or str(quality)
 
     # ------------------------------------------------------------------ per-sample arrays
 
-    def array_inputs(self, dataset: str, kind: str, name: str, evaluation: bool = False) -> dict[str, Any]:
-        """What exfiqa's ``kind`` array of model or method ``name`` on ``dataset`` depends on, code aside.
-
-        ``data``: the benchmark's content fingerprint; ``checkpoint``: the model file's SHA-256;
-        ``args``: its loader arguments; ``precision``: the extraction's arithmetic (arrays
-        computed by a model); ``onnxruntime``: its version, for an ONNX model's arrays. SER-FIQ adds ``seed`` (its dropout draws; one generator per sample,
-        so not the batching). A benchmark read by a registered reader adds ``reader``, the SHA-256
-        of the reader's source file (:func:`exfiqa.readers.reader_source`). The code's digest is
-        :func:`exfiqa.store.arrays.code_version`.
-
-        ``evaluation=True`` (what ``compute=False`` compares with a manifest): without ``data`` (no
-        image is read or stat-ed) and without ``checkpoint`` where the checkpoint file is absent;
-        the manifest's values of those are taken as they are.
-        """
-        key: dict[str, Any] = {} if evaluation else {"data": self.benchmark(dataset).fingerprint(self.digests)}
-        reader = reader_source(self.config.datasets[dataset].kind)
-        if reader is not None:
-            key.update(reader=hashlib.sha256(reader.read_bytes()).hexdigest())
-        if kind == "baseline":
-            fr = _BASELINE_FR.get(name)
-            spec = None if fr is None else self.config.support_fr_models[fr]
-            if name == "serfiq":
-                key.update(seed=self.config.seed)
-        else:
-            spec = self._spec("fr_models" if kind in ("emb", "norms") else "quality_models", name)
-            if kind in FAMILY_OPTIONS:
-                key.update(method=FAMILY_OPTIONS[kind])
-        if spec is not None:
-            key.update(args=spec.args, precision=self.config.precision)
-            if str(spec.checkpoint).lower().endswith(".onnx"):  # the runtime computes an ONNX model's values
-                from importlib import metadata
-
-                try:
-                    key.update(onnxruntime=metadata.version("onnxruntime"))
-                except metadata.PackageNotFoundError:
-                    key.update(onnxruntime="absent")
-            if not evaluation or spec.checkpoint.is_file():
-                key.update(checkpoint=self._digest(spec.checkpoint))
-        return key
-
     def _array(self, dataset: str, kind: str, name: str) -> NDArray[np.float32]:
-        """The per-sample array from the layout (:mod:`exfiqa.store.arrays`), extracted if absent or stale."""
-        from exfiqa.store.arrays import ArrayError, code_version, missing_array_hint
-
+        """The per-sample array from the layout (:mod:`exfiqa.store.arrays`), as the extraction left it."""
         if (dataset, kind, name) not in self._arrays:
             bench = self.benchmark(dataset)
-            trusted: tuple[str, ...]
-            if self.compute:
-                inputs, trusted = self.array_inputs(dataset, kind, name), ()
-            else:
-                inputs = self.array_inputs(dataset, kind, name, evaluation=True)
-                trusted = ("data",) if "checkpoint" in inputs or "args" not in inputs else ("data", "checkpoint")
+            inputs = self._run.array_inputs(dataset, kind, name, evaluation=True)
+            trusted = ("data",) if "checkpoint" in inputs or "args" not in inputs else ("data", "checkpoint")
             found, reason = self.arrays.current(bench, dataset, kind, name, inputs, code_version(kind, name), trusted)
-            if found is None and self.compute:
-                from exfiqa.extract.stage import extract_dataset
-
-                extract_dataset(self, dataset)
-                found, reason = self.arrays.current(bench, dataset, kind, name, inputs, code_version(kind, name))
             if found is None:
-                src = self.config.source or "<config>"
-                if reason == "missing":
-                    reason = f"missing: {missing_array_hint(self.arrays.root, dataset, kind, name)}"
-                raise ArrayError(
-                    f"{self.arrays.path(dataset, kind, name)}: {reason}; the notebooks read the extracted "
-                    f"arrays: run `exfiqa extract --config {src}` first (make paper does), or write it "
-                    f"in the documented layout (exfiqa.store.arrays)"
-                )
+                raise self._run.missing(dataset, kind, name, reason)
             if kind in ("exits", "attn"):
-                depth, source = self._expected_depth(name, int(found.shape[1]))
+                depth, source = self._expected_depth(dataset, name, int(found.shape[1]))
                 if found.shape[1] != depth:
                     raise ArrayError(
                         f"{self.arrays.path(dataset, kind, name)}: {found.shape[1]:,} columns, but quality "
@@ -309,34 +208,34 @@ class Study:
 
     def exit_scores(self, dataset: str, quality: str) -> NDArray[np.float32]:
         """(N, depth) quality scores of every exit for every sample of ``dataset`` (float32, read-only)."""
-        self._spec("quality_models", quality)
+        self._run.spec("quality_models", quality)
         return self._array(dataset, "exits", quality)
 
     def embeddings(self, dataset: str, fr: str) -> NDArray[np.float32]:
         """(N, 2E) flip-concatenated embeddings of every sample (float32, read-only)."""
-        self._spec("fr_models", fr)
+        self._run.spec("fr_models", fr)
         return self._array(dataset, "emb", fr)
 
     def embedding_norms(self, dataset: str, fr: str) -> NDArray[np.float32]:
         """(N, 2) ``[||f(x)||, ||f(hflip(x))||]`` of the unnormalised FR outputs (template benchmarks)."""
-        self._spec("fr_models", fr)
+        self._run.spec("fr_models", fr)
         return self._array(dataset, "norms", fr)
 
     def attn_scores(self, dataset: str, quality: str) -> NDArray[np.float32]:
         """(N, depth) ATTN-FIQA of every block (mean pre-softmax attention score, all tokens)."""
-        self._spec("quality_models", quality)
+        self._run.spec("quality_models", quality)
         return self._array(dataset, "attn", quality)
 
     def vitnt_scores(self, dataset: str, quality: str) -> NDArray[np.float32]:
         """(N, 2) ViTNT-FIQA over all blocks: columns mean and attention-weighted token quality."""
-        self._spec("quality_models", quality)
+        self._run.spec("quality_models", quality)
         return self._array(dataset, "vitnt", quality)
 
     def baseline_scores(self, dataset: str, method: str) -> NDArray[np.float32]:
         """Per-sample scores of a built-in baseline (see :mod:`exfiqa.models.baselines`; float32, read-only)."""
-        if method not in _BASELINES:
-            raise ConfigError(f"unknown baseline {method!r}; known: {list(_BASELINES)}")
-        fr = _BASELINE_FR.get(method)
+        if method not in BASELINES:
+            raise ConfigError(f"unknown baseline {method!r}; known: {list(BASELINES)}")
+        fr = BASELINE_FR.get(method)
         if fr is not None and fr not in self.config.support_fr_models:
             raise ConfigError(f"baseline {method!r} needs fr_models.{fr} in the config file")
         if method not in self.config.baselines:
@@ -409,8 +308,6 @@ class Study:
         """
         key = ("subjects", dataset)
         if key not in self._evaluation:
-            from exfiqa.evaluation.subjects import comparison_units, mated_components
-
             bench = self.benchmark(dataset)
             comp = self.comparison_set(dataset)
             if isinstance(comp, AllPairs) or (bench.level == "sample" and "identity" in bench.samples):
@@ -439,28 +336,8 @@ class Study:
         if v.shape[0] != len(bench):
             raise ValueError(f"{dataset}: expected {len(bench)} per-sample values, got {v.shape[0]}")
         if bench.level == "template":
-            from exfiqa.evaluation.metrics import template_quality
-
             _, v = template_quality(v, bench.samples["template_id"].to_numpy(), "min")
         return v
-
-    def pair(self, dataset: str, values: NDArray[Any]) -> NDArray[np.float32]:
-        """Pair quality (min, float32) of each comparison from per-sample values, (N,) or (N, K).
-
-        Template benchmarks first take the min over each template's samples
-        (:func:`exfiqa.evaluation.metrics.template_quality`, then :func:`exfiqa.evaluation.metrics.pair_quality`).
-        Materialises one value per comparison: for large sets use :meth:`order_of` / :meth:`edc`.
-        """
-        from exfiqa.evaluation.metrics import pair_quality
-
-        v = np.asarray(self._side_values(dataset, np.asarray(values, dtype=np.float32)))
-        comp = self.comparison_set(dataset)
-        if isinstance(comp, AllPairs):
-            a, b = self._materialised_index(dataset)
-        else:
-            a, b = comp.a, comp.b
-        paired: NDArray[np.float32] = pair_quality(v[a], v[b])  # float32 stays float32
-        return paired
 
     def _materialised_index(self, dataset: str) -> tuple[NDArray[Any], NDArray[Any]]:
         comp = self.benchmark(dataset).comparisons  # raises for a too large all-vs-all set
@@ -571,8 +448,6 @@ class Study:
         """EDCs of a named method at each target (FNM-EDC: the config's FMR targets by default;
         FM-EDC, ``error_type="fmr"``: FNMR targets, required), keyed by target, under the
         config's convention and rules."""
-        from exfiqa.evaluation.metrics import edc_curves
-
         order = self.ordering(dataset, quality, method)
         return edc_curves(self.scores(dataset, fr), order, self._targets(targets, error_type),
                           convention or self.config.convention, error_type=error_type, **self.rules())
@@ -582,16 +457,12 @@ class Study:
         targets: Sequence[float] | None = None, convention: str | None = None, *, error_type: str = "fnmr",
     ) -> dict[float, Any]:
         """EDCs of any per-sample quality values (higher = better), paired by min (see :meth:`edc`)."""
-        from exfiqa.evaluation.metrics import edc_curves
-
         return edc_curves(self.scores(dataset, fr), self.order_of(dataset, values), self._targets(targets, error_type),
                           convention or self.config.convention, error_type=error_type, **self.rules())
 
     def pauc_order(self, dataset: str, fr: str, order: Any, fmr: float) -> float:
         """pAUC (raw area; the config's convention, limit, rules and ``subtract_best``) of one
         prepared order (:meth:`ordering`, :meth:`order_of`) at one FMR target."""
-        from exfiqa.evaluation.metrics import edc_curves, pauc
-
         curve = edc_curves(self.scores(dataset, fr), order, (fmr,), self.config.convention, **self.rules())[float(fmr)]
         return pauc(curve, self.config.discard_limit, self.config.subtract_best)
 
@@ -599,8 +470,6 @@ class Study:
         """Whether the pAUC of :meth:`pauc_order` is resolved (:func:`exfiqa.evaluation.metrics.resolved_for`:
         at least one expected false match at the threshold, for the whole set and, under
         ``recompute``, at every level up to the config's limit)."""
-        from exfiqa.evaluation.metrics import resolved_for
-
         return resolved_for(self.scores(dataset, fr), order, fmr, self.config.convention, self.config.discard_limit)
 
     def resolved_of(self, dataset: str, fr: str, values: NDArray[Any], fmr: float) -> NDArray[np.bool_]:
@@ -616,8 +485,6 @@ class Study:
         """pAUC (raw area; the config's convention, limit, rules and ``subtract_best``) of (N,)
         or (N, K) per-sample values: ``{target: (K,) areas}``, one column's order at a time
         (bounded path)."""
-        from exfiqa.evaluation.metrics import pauc
-
         tg = self._targets(targets, error_type)
         values = np.asarray(values)
         cols = values.reshape(len(values), -1)
@@ -649,8 +516,6 @@ class Study:
         """Tidy pAUC rows (the columns of :func:`exfiqa.evaluation.metrics.pauc_rows`) of each method x
         target, through the bounded path, under the config's rules and ``subtract_best`` (unless
         given); ``dataset`` is written as its label."""
-        from exfiqa.evaluation.metrics import pauc_meta, pauc_rows
-
         best = self.config.subtract_best if subtract_best is None else subtract_best
         meta = pauc_meta(convention or self.config.convention, self.config.discard_limit, best, scale,
                          error_type=error_type, **self.rules())
@@ -665,8 +530,6 @@ class Study:
         *, error_type: str = "fnmr", targets: Sequence[float] | None = None,
     ) -> pd.DataFrame:
         """Tidy EDC points (the columns of :func:`exfiqa.evaluation.metrics.edc_rows`), bounded path."""
-        from exfiqa.evaluation.metrics import edc_rows
-
         conv = convention or self.config.convention
         frames = []
         label = self.config.datasets[dataset].label
@@ -674,20 +537,8 @@ class Study:
             frames += edc_rows(m, label, fr, by_t)
         return pd.concat(frames, ignore_index=True)
 
-    def table(self, dataset: str, fr: str, quality: str) -> pd.DataFrame:
-        """Comparison table: ``a, b, mated, similarity`` and the pair quality of every method
-        (float32; one column per method, so for small sets: the analyses use the bounded path)."""
-        comp = self.benchmark(dataset).comparisons
-        q = self.sample_quality(dataset, quality)
-        out = pd.DataFrame({
-            "a": comp["a"].to_numpy(), "b": comp["b"].to_numpy(), "mated": comp["mated"].to_numpy(bool),
-            "similarity": self.similarity(dataset, fr),
-        })
-        pairs = pd.DataFrame({m: self.pair(dataset, q[m].to_numpy()) for m in q.columns})
-        return pd.concat([out, pairs], axis=1)
-
     def methods(self, quality: str, dataset: str | None = None) -> list[str]:
-        """Method columns a :meth:`table` carries, in plotting order (external methods: those
+        """Method names of ``quality``'s qualities (:meth:`sample_quality`'s columns), in plotting order (external methods: those
         with scores for ``dataset``, or all when no dataset is given)."""
         depth = self.depth(quality, dataset)
         extra = list(self.config.baselines)
@@ -729,9 +580,9 @@ def open_study(
     be JSON/YAML lists written as strings, which is what papermill's
     ``-p fr_models '["elasticface"]'`` passes; a bare name is refused with the spelling that works.
     ``attention_samples`` (a mapping or YAML text) replaces the config's. The Study reads the
-    extracted arrays only (``compute=False``). Creates ``out_dir/figures`` and ``out_dir/tables``
+    extracted arrays only (it never extracts). Creates ``out_dir/figures`` and ``out_dir/tables``
     (empty ``out_dir``: ``<results_dir>/<run_name>-adhoc``); the Study's ``out_dir`` is that folder
-    and its ``card`` the :class:`~exfiqa.report.runcard.RunCard`, also written to ``out_dir/``:data:`CARD`.
+    and its ``card`` the :class:`~exfiqa.store.runcard.RunCard`, also written to ``out_dir/``:data:`CARD`.
     """
     from exfiqa.config import list_parameter, load_config, parse_attention_samples
 
@@ -758,7 +609,7 @@ def open_study(
     if attention_samples:
         cfg = replace(cfg, attention_samples=parse_attention_samples(attention_samples, cfg))
     out = Path(out_dir or cfg.results_dir / f"{cfg.run_name}-adhoc")
-    study = Study(cfg, progress=progress, compute=False, out_dir=out)
+    study = Study(cfg, progress=progress, out_dir=out)
     for sub in ("figures", "tables"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     # the Study's own benchmarks: each is opened once per notebook (IJB-C's tables take seconds)

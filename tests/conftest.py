@@ -20,8 +20,9 @@ def tiny_world(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_config(tiny_world, tmp_path_factory) -> Path:
-    """configs/demo.yaml pointed at the tiny world, with its own cache and results folders."""
+def tiny_raw_config(tiny_world, tmp_path_factory) -> Path:
+    """configs/demo.yaml pointed at the tiny world, with its own cache and results folders (no
+    array extracted yet)."""
     raw = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     work = tmp_path_factory.mktemp("tinyrun")
     raw.update(
@@ -33,3 +34,14 @@ def tiny_config(tiny_world, tmp_path_factory) -> Path:
     path = work / "tiny.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_raw_config) -> Path:
+    """:func:`tiny_raw_config` with every per-sample array extracted (the evaluation, a Study,
+    reads them and never extracts: as ``make paper``, extraction runs first)."""
+    from exfiqa.config import load_config
+    from exfiqa.extract import extract
+
+    extract(load_config(tiny_raw_config), progress=False, log=lambda *_: None)
+    return tiny_raw_config

@@ -1,7 +1,8 @@
 """Test oracles: second implementations and materialised references the package does not need.
 
 Each computes what a bounded or optimised path of :mod:`exfiqa.evaluation` computes, the plain way
-(everything materialised as arrays), so tests can compare the two.
+(everything materialised as arrays), so tests can compare the two; :func:`comparison_table`
+materialises one column per method of a study: the unbounded path, for small sets.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
 from exfiqa.evaluation.edc import EDCCurve, edc_curves
 from exfiqa.evaluation.pairs import AllPairs
@@ -32,6 +33,7 @@ from exfiqa.evaluation.rules import (
     resolvable,
 )
 from exfiqa.evaluation.scores import ArrayOrder, Comparisons
+from exfiqa.study import Study
 
 
 def pair_qualities(pairs: Any, side_values: ArrayLike) -> np.ndarray:
@@ -160,3 +162,31 @@ def pauc_frame(
     for method, by_t in _frame_curves(similarity, mated, qualities, targets, meta["convention"], rules).items():
         rows += pauc_rows(method, dataset, fr_model, by_t, meta)
     return pd.DataFrame(rows)
+
+def pair(study: Study, dataset: str, values: NDArray[Any]) -> NDArray[np.float32]:
+    """Pair quality (min, float32) of each comparison from per-sample values, (N,) or (N, K).
+
+    Template benchmarks first take the min over each template's samples. Materialises one value
+    per comparison (what :meth:`exfiqa.study.Study.order_of` avoids).
+    """
+    v = np.asarray(study._side_values(dataset, np.asarray(values, dtype=np.float32)))
+    comp = study.comparison_set(dataset)
+    if isinstance(comp, AllPairs):
+        a, b = study._materialised_index(dataset)
+    else:
+        a, b = comp.a, comp.b
+    paired: NDArray[np.float32] = pair_quality(v[a], v[b])  # float32 stays float32
+    return paired
+
+
+def comparison_table(study: Study, dataset: str, fr: str, quality: str) -> pd.DataFrame:
+    """Comparison table: ``a, b, mated, similarity`` and the pair quality of every method
+    (float32; one column per method, so for small sets)."""
+    comp = study.benchmark(dataset).comparisons
+    q = study.sample_quality(dataset, quality)
+    out = pd.DataFrame({
+        "a": comp["a"].to_numpy(), "b": comp["b"].to_numpy(), "mated": comp["mated"].to_numpy(bool),
+        "similarity": study.similarity(dataset, fr),
+    })
+    pairs = pd.DataFrame({m: pair(study, dataset, q[m].to_numpy()) for m in q.columns})
+    return pd.concat([out, pairs], axis=1)

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from exfiqa.config import load_config
+from exfiqa.extract import Models, extract
 from exfiqa.readers import read_adience, read_bin, read_ijbc, read_xqlfw
 from exfiqa.store import arrays
 from exfiqa.store.arrays import (
@@ -46,6 +47,12 @@ def own_config(tiny_world, tiny_config, tmp_path) -> Path:
     return path
 
 
+def _extracted(cfg) -> Study:
+    """A Study of ``cfg`` after its extraction (the Study reads arrays; it never extracts)."""
+    extract(cfg, progress=False, log=lambda *_: None)
+    return Study(cfg, progress=False)
+
+
 def _unit_halves(n: int, e: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 2, e))
@@ -55,7 +62,7 @@ def _unit_halves(n: int, e: int, seed: int = 0) -> np.ndarray:
 
 def test_layout_paths_and_manifest_follow_the_documentation(own_config, tiny_world):
     cfg = load_config(own_config)
-    study = Study(cfg, progress=False)
+    study = _extracted(cfg)
     scores = study.exit_scores("lfw", "T")
     tag = hashlib.sha256(str(tiny_world).encode()).hexdigest()[:8]
     root = cfg.cache_dir / "arrays" / f"{tiny_world.name}-{tag}"  # the documented default
@@ -91,7 +98,7 @@ def test_arrays_dir_key_moves_the_layout(own_config, tmp_path):
     path = tmp_path / "moved.yaml"
     path.write_text(yaml.safe_dump(raw))
     cfg = load_config(path).select(["lfw"], ["arcface"], ["T"])
-    Study(cfg, progress=False).exit_scores("lfw", "T")
+    _extracted(cfg).exit_scores("lfw", "T")
     assert (tmp_path / "elsewhere" / "lfw" / "exits-T.npy").is_file()
     assert cfg.with_(arrays_dir=str(tmp_path / "x")).arrays_dir == tmp_path / "x"
 
@@ -141,7 +148,7 @@ def test_external_arrays_are_evaluated_without_the_model(own_config, monkeypatch
     emb = _unit_halves(n, 8)
     npy = array_path(arrays_root(cfg), "adience", "emb", "arcface")
     _write_by_hand(npy, emb, _hand_manifest(bench, "emb", emb))  # no sha256: optional for external
-    monkeypatch.setattr(Study, "fr_model", lambda *a: pytest.fail("the FR model was loaded"))
+    monkeypatch.setattr(Models, "fr_model", lambda *a: pytest.fail("the FR model was loaded"))
     got = study.embeddings("adience", "arcface")
     np.testing.assert_array_equal(got, emb)
     comp = bench.comparisons
@@ -241,24 +248,30 @@ def test_external_array_mismatch_is_an_error_naming_the_file(own_config, monkeyp
     emb = _unit_halves(len(bench), 8)
     npy = array_path(arrays_root(cfg), "adience", "emb", "arcface")
     _corrupt(kind, npy, bench, emb)
-    before = {p.name: _sha(p) for p in npy.parent.iterdir()}
-    monkeypatch.setattr(Study, "fr_model", lambda *a: pytest.fail("recomputed an external array"))
-    with pytest.raises(ArrayError, match=message) as err:
-        study.embeddings("adience", "arcface")
+    before = {p.name: _sha(p) for p in npy.parent.glob("[!.]*")}
+    monkeypatch.setattr(Models, "fr_model", lambda *a: pytest.fail("recomputed an external array"))
+    readers = [lambda: extract(cfg, progress=False)]
+    if kind != "other benchmark content":  # the evaluation takes inputs.data as it is (it reads no image)
+        readers.append(lambda: study.embeddings("adience", "arcface"))
+    for read in readers:
+        with pytest.raises(ArrayError, match=message) as err:  # the extraction and the evaluation alike
+            read()
     assert str(npy.parent) in str(err.value) and "emb-arcface" in str(err.value)
     assert len(str(err.value)) < 500 and "\x1b" not in str(err.value) and "\n" not in str(err.value)
-    assert {p.name: _sha(p) for p in npy.parent.iterdir()} == before  # never replaced
+    assert {p.name: _sha(p) for p in npy.parent.glob("[!.]*")} == before  # never replaced (the extraction's lock aside)
 
 
 def test_damaged_exfiqa_array_is_recomputed(own_config, caplog):
     cfg = load_config(own_config).select(["lfw"], ["arcface"], ["T"])
-    first = Study(cfg, progress=False).exit_scores("lfw", "T").copy()
+    first = _extracted(cfg).exit_scores("lfw", "T").copy()
     npy = array_path(arrays_root(cfg), "lfw", "exits", "T")
     raw = bytearray(npy.read_bytes())
     raw[-4:] = np.float32(np.nan).tobytes()  # same size; the stored sha256 no longer matches
     os.replace(_tmp_with(npy, bytes(raw)), npy)
+    with pytest.raises(ArrayError, match=r"exits-T\.npy: .*sha256.*run `exfiqa extract"):
+        Study(cfg, progress=False).exit_scores("lfw", "T")  # the evaluation refuses it ...
     with caplog.at_level(logging.WARNING, logger="exfiqa.store.arrays"):
-        again = Study(cfg, progress=False).exit_scores("lfw", "T")
+        again = _extracted(cfg).exit_scores("lfw", "T")  # ... the extraction replaces it
     np.testing.assert_allclose(again, first, rtol=1e-6)
     assert any("recomputing" in r.message and str(npy) in r.message and "sha256" in r.message for r in caplog.records)
     assert json.loads(manifest_path(npy).read_text())["sha256"] == _sha(npy)
@@ -273,11 +286,11 @@ def _tmp_with(target: Path, data: bytes) -> Path:
 def test_interrupted_writes_are_recomputed_not_trusted(own_config, monkeypatch, caplog):
     cfg = load_config(own_config).select(["lfw"], ["arcface"], ["T"])
     npy = array_path(arrays_root(cfg), "lfw", "exits", "T")
-    from exfiqa.extract.stage import stage as extract
+    import exfiqa.extract.stage as stage
 
     calls = []
-    real = extract._Exits.run
-    monkeypatch.setattr(extract._Exits, "run", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    real = stage._Exits.run
+    monkeypatch.setattr(stage._Exits, "run", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
 
     class Killed(BaseException):
         pass
@@ -291,7 +304,7 @@ def test_interrupted_writes_are_recomputed_not_trusted(own_config, monkeypatch, 
 
     monkeypatch.setattr(arrays.np, "save", half_save)
     with pytest.raises(Killed):
-        Study(cfg, progress=False).exit_scores("lfw", "T")
+        _extracted(cfg)
     monkeypatch.setattr(arrays.np, "save", real_save)
     assert not npy.exists() and json.loads(manifest_path(npy).read_text())["complete"] is False
     assert not [p for p in npy.parent.iterdir() if p.name.endswith(".tmp")]
@@ -307,19 +320,19 @@ def test_interrupted_writes_are_recomputed_not_trusted(own_config, monkeypatch, 
 
     monkeypatch.setattr(arrays, "_write_json", second_fails)
     with pytest.raises(Killed):
-        Study(cfg, progress=False).exit_scores("lfw", "T")
+        _extracted(cfg)
     monkeypatch.setattr(arrays, "_write_json", real_json)
     assert writes == [False, True] and npy.is_file()
     assert json.loads(manifest_path(npy).read_text())["complete"] is False
     with caplog.at_level(logging.WARNING, logger="exfiqa.store.arrays"):
-        Study(cfg, progress=False).exit_scores("lfw", "T")
+        _extracted(cfg).exit_scores("lfw", "T")
     assert any("incomplete" in r.message for r in caplog.records)
     # the model ran once: the later runs merged the finished extraction shards again
     assert len(calls) == 1
-    final = Study(cfg, progress=False).exit_scores("lfw", "T")
+    final = _extracted(cfg).exit_scores("lfw", "T")
     assert len(calls) == 1 and json.loads(manifest_path(npy).read_text())["complete"] is True
     fresh = load_config(own_config).select(["lfw"], ["arcface"], ["T"]).with_(cache_dir=str(npy.parents[4] / "fresh"))
-    np.testing.assert_array_equal(final, Study(fresh, progress=False).exit_scores("lfw", "T"))
+    np.testing.assert_array_equal(final, _extracted(fresh).exit_scores("lfw", "T"))
 
 
 _WRITER = textwrap.dedent("""
@@ -366,9 +379,9 @@ def test_sigkill_at_any_moment_never_leaves_a_manifest_vouching_for_a_partial_ar
 @pytest.mark.parametrize("delta", [-1, 1])
 def test_external_exit_arrays_need_one_column_per_block(own_config, kind, delta):
     cfg = load_config(own_config).select(["adience"], ["arcface"], ["T"])
-    study = Study(cfg, progress=False)
+    study = _extracted(cfg)
     bench = study.benchmark("adience")
-    depth = study.quality_model("T").depth
+    depth = Models(cfg).quality_model("T").depth
     values = np.random.default_rng(0).normal(size=(len(bench), depth + delta)).astype(np.float32)
     npy = array_path(arrays_root(cfg), "adience", kind, "T")
     _write_by_hand(npy, values, {**_hand_manifest(bench, kind, values), "name": "T"})

@@ -27,7 +27,7 @@ DATASETS = ["lfw", "ijbc"]
 @pytest.fixture(scope="module")
 def extracted(tiny_config, tmp_path_factory) -> Path:
     """A config with LFW and IJB-C of the tiny world, every array extracted."""
-    from exfiqa.extract.stage import extract
+    from exfiqa.extract import extract
 
     raw = yaml.safe_load(tiny_config.read_text())
     work = tmp_path_factory.mktemp("full")
@@ -66,11 +66,11 @@ def test_evaluation_needs_only_arrays_and_protocol_files(extracted, arrays_only,
     import exfiqa.store.digests as digests
 
     hashed: list[str] = []
-    original = digests.hash_file
-    monkeypatch.setattr(digests, "hash_file", lambda p: hashed.append(str(p)) or original(p))
+    original = digests.file_digest
+    monkeypatch.setattr(digests, "file_digest", lambda p: hashed.append(str(p)) or original(p))
     monkeypatch.setattr(datasets.Benchmark, "image", lambda *a: pytest.fail("evaluation decoded an image"))
     study = open_study(str(arrays_only), out_dir=str(tmp_path / "out"), progress=False)
-    full = Study(load_config(extracted), progress=False, compute=False)
+    full = Study(load_config(extracted), progress=False)
     assert not any(p.endswith((".pt", ".jpg", ".png")) for p in hashed), hashed  # nor the images nor the weights
     for ds in DATASETS:
         for q in study.config.quality_models:
@@ -83,7 +83,7 @@ def test_evaluation_needs_only_arrays_and_protocol_files(extracted, arrays_only,
     manifest = json.loads((arrays_root(study.config) / "ijbc" / "exits-T.json").read_text())
     assert inputs["datasets.ijbc images (cited by the arrays)"] == manifest["inputs"]["data"]
     assert inputs["quality_models.T checkpoint (cited by the arrays)"] == manifest["inputs"]["checkpoint"]
-    assert inputs["fr_models.magface checkpoint (cited by the arrays)"] == digests.hash_file(
+    assert inputs["fr_models.magface checkpoint (cited by the arrays)"] == original(
         full.config.fr_models["magface"].checkpoint)  # magface_norm's model, cited by its baseline array too
     assert inputs["arrays.ijbc/exits-T"] == manifest["sha256"]
     meta = Path(study.config.datasets["ijbc"].args["root"]) / "meta"
@@ -110,7 +110,7 @@ def test_a_present_checkpoint_is_checked_against_the_manifest(extracted, arrays_
     fake.parent.mkdir(parents=True, exist_ok=True)
     fake.write_bytes(b"a placeholder, not the checkpoint the arrays were computed with\n")
     try:
-        study = Study(load_config(arrays_only), progress=False, compute=False)
+        study = Study(load_config(arrays_only), progress=False)
         with pytest.raises(ArrayError, match="checkpoint changed"):
             study.exit_scores("ijbc", "T")
         assert study.embeddings("ijbc", "arcface").shape[0] == len(study.benchmark("ijbc"))  # absent: trusted
@@ -120,7 +120,7 @@ def test_a_present_checkpoint_is_checked_against_the_manifest(extracted, arrays_
 
 def test_a_misnamed_array_is_answered_with_what_is_there(arrays_only):
     cfg = load_config(arrays_only)
-    study = Study(cfg.with_(), progress=False, compute=False)
+    study = Study(cfg.with_(), progress=False)
     root = arrays_root(cfg) / "ijbc"
     moved = [(root / f"exits-T{s}", root / f"exits-t{s}") for s in (".npy", ".json")]
     for a, b in moved:
@@ -137,7 +137,7 @@ def test_a_misnamed_array_is_answered_with_what_is_there(arrays_only):
 
 def test_samples_digest_mismatch_shows_the_expected_value(arrays_only, tmp_path):
     cfg = load_config(arrays_only)
-    study = Study(cfg.with_(), progress=False, compute=False)
+    study = Study(cfg.with_(), progress=False)
     bench = study.benchmark("lfw")
     expected = hashlib.sha256("\n".join(sample_keys(bench)).encode()).hexdigest()
     # data/README's format: keys joined by newlines, no trailing newline
@@ -171,7 +171,7 @@ def test_progress_false_shows_no_hashing_bar(arrays_only, tmp_path, capfd, monke
 def test_extraction_still_needs_its_checkpoints(arrays_only):
     """Only the evaluation goes without checkpoints: `exfiqa extract` names the missing one."""
     from exfiqa.config import ConfigError
-    from exfiqa.extract.stage import extract
+    from exfiqa.extract import extract
 
     with pytest.raises(ConfigError, match=r"checkpoint .* does not exist"):
         extract(load_config(arrays_only), progress=False, log=lambda *_: None)

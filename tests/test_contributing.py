@@ -32,6 +32,7 @@ import yaml
 
 from exfiqa.config import ConfigError, load_config
 from exfiqa.evaluation.metrics import edc, pauc
+from exfiqa.extract import Models
 from exfiqa.readers import READERS, DatasetFormatError, read_xqlfw, reader_source
 from exfiqa.store.arrays import ArrayError
 
@@ -275,7 +276,7 @@ def test_benchmark_reader_recipe(reader_run: tuple[dict[str, Any], Path], pairs_
     (report,) = ns["reports"]
     assert report.dataset == "mine" and report.n_samples == len(bench) and report.computed
     emb = study.embeddings("mine", "arcface")
-    direct = study.fr_model("arcface").embed(np.stack([bench.image(i) for i in range(len(bench))]))
+    direct = Models(study.config).fr_model("arcface").embed(np.stack([bench.image(i) for i in range(len(bench))]))
     np.testing.assert_allclose(emb, direct, atol=1e-5)
     # and the pAUC is that of materialised pairs through exfiqa.evaluation.metrics.edc / pauc
     frame = ns["paucs"]
@@ -335,14 +336,14 @@ def test_the_readers_source_is_part_of_the_arrays_key(reader_run: tuple[dict[str
     cfg = load_config(work / "with_mine.yaml")
     source = work / "lib" / "mylab_readers.py"
     text = source.read_text()
-    current = Study(cfg, progress=False, compute=False).embeddings("mine", "arcface")
+    current = Study(cfg, progress=False).embeddings("mine", "arcface")
     try:
         source.write_text(text + "\n# an edit of the reader's module\n")
         with pytest.raises(ArrayError):
-            Study(cfg, progress=False, compute=False).embeddings("mine", "arcface")
+            Study(cfg, progress=False).embeddings("mine", "arcface")
     finally:
         source.write_text(text)
-    np.testing.assert_array_equal(Study(cfg, progress=False, compute=False).embeddings("mine", "arcface"), current)
+    np.testing.assert_array_equal(Study(cfg, progress=False).embeddings("mine", "arcface"), current)
 
 
 def test_fr_model_recipe(small_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -369,7 +370,7 @@ def test_fr_model_recipe(small_config: Path, tmp_path: Path, monkeypatch: pytest
         assert v == pytest.approx(direct[t], rel=1e-9, abs=1e-12), t
 
     # the torch entry of a known architecture loads strictly under its own name
-    model = study.fr_model("my_iresnet")
+    model = Models(study.config).fr_model("my_iresnet")
     assert (model.name, model.arch, model.embedding_size) == ("my_iresnet", "iresnet", 32)
     assert study.embeddings("lfw", "my_iresnet").shape == (len(bench), 64)
     # and an ONNX entry without its preprocessing is refused, naming the key

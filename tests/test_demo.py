@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from oracles import comparison_table
 from scipy.stats import spearmanr
 
 from exfiqa.config import load_config
 from exfiqa.demo import DemoSpec, build_demo, ensure_demo
 from exfiqa.demo.world import DemoFolderError
 from exfiqa.evaluation.metrics import edc, pauc, verification_accuracy
+from exfiqa.extract import extract
 from exfiqa.study import Study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -206,6 +208,7 @@ def test_demo_world_means_something(default_world):
 def test_report_numbers_hold_through_the_pipeline(default_world):
     """Recompute two report numbers by an independent path: the cached pipeline + scipy."""
     cfg = load_config(ROOT / "configs" / "demo.yaml", cwd=ROOT)
+    extract(cfg, progress=False, log=lambda *_: None)  # the Study reads the arrays; extraction runs first
     study = Study(cfg, progress=False)
     truth = pd.read_csv(default_world / "ground_truth" / "adience.csv")
     for q in ("T", "C"):
@@ -217,14 +220,14 @@ def test_report_numbers_hold_through_the_pipeline(default_world):
     # the XQLFW-like pAUC ratio: the pipeline's similarities and pair qualities + metrics.edc/pauc
     report = json.loads((default_world / "report.json").read_text())
     for q in ("T", "C"):
-        table = study.table("xqlfw", "arcface", q)
+        table = comparison_table(study, "xqlfw", "arcface", q)
         last = table.columns[table.columns.str.startswith("Exit ")][-1]
         p = pauc(edc(table["similarity"].to_numpy(), table["mated"].to_numpy(), table[last].to_numpy(), 1e-3, "recompute"), 0.3)
         assert p == pytest.approx(report["vitfiqa"][q]["xqlfw_pauc_fmr1e-3"][-1], abs=0.003), q
         assert p / report["vitfiqa"][q]["xqlfw_pauc_random_mean"] <= FLOORS["vit_pauc_over_random"], q
     lfw_truth = pd.read_csv(default_world / "ground_truth" / "lfw.csv")["severity"].to_numpy()
     for fr in cfg.fr_models:
-        table = study.table("lfw", fr, "T")
+        table = comparison_table(study, "lfw", fr, "T")
         clean = (lfw_truth[table["a"]] == 0) & (lfw_truth[table["b"]] == 0)
         acc = verification_accuracy(table["similarity"][clean], table["mated"][clean]).mean
         assert acc >= FLOORS["fr_clean_accuracy"], fr

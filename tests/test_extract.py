@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from exfiqa.config import load_config
-from exfiqa.extract.stage import SHARDS, extract, shard_ranges, wanted_arrays
+from exfiqa.extract import Models, extract
+from exfiqa.extract.stage import SHARDS, shard_ranges, wanted_arrays
 from exfiqa.store.arrays import ArrayError, arrays_root
 from exfiqa.study import Study
 
@@ -98,20 +99,21 @@ def test_arrays_equal_the_models_run_directly(reference, one_thread):
     from exfiqa.models.vitfiqa import to_tensor
 
     cfg = load_config(reference)
-    study = Study(cfg, progress=False, compute=False)
+    study = Study(cfg, progress=False)
+    models = Models(cfg)
     for ds in DATASETS:
         bench = study.benchmark(ds)
         imgs = np.concatenate([b for _, b in bench.iter_images(4)])
         batches = [imgs[i : i + 4] for i in range(0, len(imgs), 4)]
         for q in cfg.quality_models:
-            direct = exit_scores(study.quality_model(q), batches, progress=False)
+            direct = exit_scores(models.quality_model(q), batches, progress=False)
             np.testing.assert_array_equal(study.exit_scores(ds, q), direct)
             with torch.inference_mode():  # the family from the same pass
-                outs = [study.quality_model(q).forward_exits(to_tensor(b), family=True) for b in batches]
+                outs = [models.quality_model(q).forward_exits(to_tensor(b), family=True) for b in batches]
             np.testing.assert_array_equal(study.attn_scores(ds, q), np.concatenate([o.attn_fiqa.numpy() for o in outs]))
             np.testing.assert_array_equal(study.vitnt_scores(ds, q), np.concatenate([o.vitnt_fiqa.numpy() for o in outs]))
         for fr in cfg.fr_models:
-            model = study.fr_model(fr)
+            model = models.fr_model(fr)
             np.testing.assert_array_equal(study.embeddings(ds, fr), model.embed(imgs, batch_size=4))
             if bench.level == "template" and cfg.template_protocol == "insightface":  # [|f(x)|, |f(flip x)|] of the same forward
                 with torch.inference_mode():
@@ -122,9 +124,9 @@ def test_arrays_equal_the_models_run_directly(reference, one_thread):
         # MagFace's norm comes from the [x, flip x] forward of the embeddings: the same values up
         # to the float32 kernels of a twice larger batch
         np.testing.assert_allclose(study.baseline_scores(ds, "magface_norm"),
-                                   magface_quality(study.fr_model("magface"), imgs, 4), rtol=1e-5)
+                                   magface_quality(models.fr_model("magface"), imgs, 4), rtol=1e-5)
         np.testing.assert_allclose(study.baseline_scores(ds, "serfiq"),
-                                   serfiq_quality(study.fr_model("arcface"), batches, seed=cfg.seed), rtol=1e-5, atol=1e-7)
+                                   serfiq_quality(models.fr_model("arcface"), batches, seed=cfg.seed), rtol=1e-5, atol=1e-7)
 
 
 def test_one_read_feeds_every_model_and_a_rerun_reads_nothing(tiny_config, tmp_path, monkeypatch):
@@ -225,7 +227,7 @@ def test_bf16_is_part_of_the_key_and_close_to_fp32(reference, tiny_config, tmp_p
         pytest.skip("no CPU bf16 autocast here")
     path = _config(tiny_config, tmp_path, shard_size=8, batch_size=4, precision="bf16")
     extract(load_config(path), progress=False, log=lambda *_: None)
-    bf, fp = Study(load_config(path), compute=False), Study(load_config(reference), compute=False)
+    bf, fp = Study(load_config(path)), Study(load_config(reference))
     for ds in DATASETS:
         a, b = bf.exit_scores(ds, "T"), fp.exit_scores(ds, "T")
         assert not np.array_equal(a, b)  # computed in other arithmetic, not reused
@@ -237,7 +239,7 @@ def test_bf16_is_part_of_the_key_and_close_to_fp32(reference, tiny_config, tmp_p
     manifest = yaml.safe_load((arrays_root(load_config(path)) / "lfw" / "exits-T.json").read_text())
     assert manifest["inputs"]["precision"] == "bf16"
     # the fp32 arrays of the same folder are not these: asking for fp32 recomputes
-    fp32 = Study(load_config(path).with_(precision="fp32"), compute=False)
+    fp32 = Study(load_config(path).with_(precision="fp32"))
     with pytest.raises(ArrayError, match="precision changed"):
         fp32.exit_scores("lfw", "T")
 
@@ -259,7 +261,7 @@ def test_crop_cache_skips_decoding_and_keeps_the_bytes(reference, tiny_config, t
 
 def test_notebooks_study_reads_only_extracted_arrays(tiny_config, tmp_path):
     path = _config(tiny_config, tmp_path)
-    study = Study(load_config(path), progress=False, compute=False)
+    study = Study(load_config(path), progress=False)
     with pytest.raises(ArrayError, match=r"missing: no folder .*exfiqa extract --config"):
         study.exit_scores("lfw", "T")
 
@@ -282,9 +284,9 @@ def test_insightface_templates_use_the_extracted_norms(reference):
     # the default protocol (group) extracted no norms; insightface's adds them, nothing else
     reports = extract(cfg, progress=False, log=lambda *_: None)
     assert sorted(n for r in reports for n in r.computed) == sorted(f"norms-{f}" for f in cfg.fr_models)
-    study = Study(cfg, progress=False, compute=False)
+    study = Study(cfg, progress=False)
     bench = study.benchmark("ijbc")
-    model = study.fr_model("arcface")
+    model = Models(cfg).fr_model("arcface")
     imgs = np.concatenate([b for _, b in bench.iter_images(4)])
     with torch.inference_mode():
         y = torch.cat([model.forward_pair(torch.from_numpy(imgs[i : i + 4])).view(2, -1, model.embedding_size).sum(0)

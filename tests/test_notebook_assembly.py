@@ -13,6 +13,7 @@ import yaml
 from exfiqa.config import ConfigError, load_config, parse_attention_samples
 from exfiqa.evaluation import metrics
 from exfiqa.evaluation.fusion import depth_weights
+from exfiqa.extract import Models, extract
 from exfiqa.readers.images import read_face
 from exfiqa.report import analysis, tables
 from exfiqa.study import Study
@@ -389,8 +390,12 @@ def test_save_table_keeps_full_precision_and_states_the_protocol(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def odd_study(tiny_config):
-    cfg = load_config(tiny_config).with_(convention="fixed", discard_limit=0.25, fmr_targets=[0.02, 0.002], seed=3, pauc_scale=100.0)
+def odd_study(tiny_config, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("odd") / "cache"  # its own arrays: seed 3 keys SER-FIQ's otherwise
+    cfg = load_config(tiny_config).with_(convention="fixed", discard_limit=0.25, fmr_targets=[0.02, 0.002], seed=3,
+                                         pauc_scale=100.0)
+    cfg = dataclasses.replace(cfg, cache_dir=cache)
+    extract(cfg, progress=False, log=lambda *_: None)  # the Study reads arrays; extraction runs first
     return Study(cfg, progress=False)
 
 
@@ -430,7 +435,7 @@ def test_adaptive_study_matches_its_parts(odd_study):
     scores = np.asarray(study.exit_scores("lfw", "C"), dtype=np.float64)
     full = scores @ depth_weights(12)
     thr = np.quantile(full, 0.3)
-    model = study.quality_model("C")
+    model = Models(study.config).quality_model("C")
     res = analysis.adaptive_exit(scores, thr, 0.4 * full.std(), 2, analysis.adaptive_cost_curve(model.config, 12))
     assert row["mean_exit"] == pytest.approx(res.exit_used.mean())
     assert row["gate_agreement"] == pytest.approx(np.mean((res.score > thr) == (full > thr)))

@@ -22,6 +22,7 @@ from scipy.stats import entropy, rankdata
 
 from exfiqa.config import load_config
 from exfiqa.evaluation import fusion, metrics
+from exfiqa.extract import Models
 from exfiqa.paper import NOTEBOOKS, run_paper
 from exfiqa.report import analysis
 from exfiqa.study import Study
@@ -139,7 +140,7 @@ class Direct:
     min over each template's samples, by pandas), pAUC = metrics.pauc(metrics.edc(...)) x scale."""
 
     def __init__(self, config: Path) -> None:
-        self.study = Study(load_config(config), progress=False, compute=False)
+        self.study = Study(load_config(config), progress=False)
         self.cfg = self.study.config
         self.head = self.cfg.headline  # {dataset, fr_model, fmr} of configs/demo.yaml
         self.cost_fmr = min(self.cfg.fmr_targets)  # notebook 04's cost_fmr default
@@ -282,7 +283,7 @@ def check_attention_statistics(d: Direct, t):
     # of the run's first dataset (scipy's entropy), and the uniform map's entropy log(g^2)
     cfg, bench = d.cfg, d.study.benchmark(d.first)
     ids = np.sort(np.random.default_rng(cfg.seed).choice(len(bench), size=min(256, len(bench)), replace=False))
-    model = d.study.quality_model("T")
+    model = Models(d.cfg).quality_model("T")
     maps = analysis.attention_maps(model, np.stack([bench.image(int(i)) for i in ids]), batch_size=cfg.batch_size,
                                    device=cfg.device)
     stats = t["attention_statistics"]
@@ -534,7 +535,7 @@ def test_unchanged_inputs_are_reused_and_tables_are_byte_identical(paper_run, tm
 def test_index_page_shows_every_figure(paper_run, tmp_path):
     out, _ = paper_run
     page = (out / "index.html").read_text()
-    from exfiqa.report.runcard import RunCard
+    from exfiqa.store.runcard import RunCard
 
     card = RunCard.from_json((out / "run_card.json").read_text())
     assert card.html() in page and card.device == "cpu" and card.convention == "recompute"

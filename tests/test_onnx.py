@@ -71,9 +71,9 @@ def _config(tmp_path: Path, **fr_models) -> Path:
 
 
 def _entry_model(cfg_path: Path, name: str) -> fr.FRModel:
-    from exfiqa.study import Study
+    from exfiqa.extract import Models
 
-    return Study(load_config(cfg_path), progress=False).fr_model(name)
+    return Models(load_config(cfg_path)).fr_model(name)
 
 
 # ------------------------------------------------------------------ config entries, end to end
@@ -268,14 +268,14 @@ def test_a_model_name_that_cannot_name_a_file_is_refused(tmp_path):
 def test_the_onnxruntime_version_is_part_of_an_onnx_models_array_key(tmp_path, tiny_world, monkeypatch):
     from importlib import metadata
 
-    from exfiqa.study import Study
+    from exfiqa.store.run import Run
 
     path = _config(tmp_path, s={"checkpoint": str(_pooling_graph(tmp_path / "p.onnx")), "preprocess": SFACE_ARGS},
                    a={"checkpoint": str(tiny_world / "fr" / "arcface.pt")})
     raw = yaml.safe_load(path.read_text())
     raw.update(datasets={"lfw": {"kind": "bin", "path": str(tiny_world / "benchmarks" / "lfw.bin")}})
     path.write_text(yaml.safe_dump(raw))
-    study = Study(load_config(path), progress=False)
+    study = Run(load_config(path), progress=False)  # the run description both stages key arrays with
     key = study.array_inputs("lfw", "emb", "s")
     assert key["onnxruntime"] == metadata.version("onnxruntime")
     assert "onnxruntime" not in study.array_inputs("lfw", "emb", "a")  # a torch model's arrays: not keyed by it

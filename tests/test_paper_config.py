@@ -18,7 +18,7 @@ import yaml
 from exfiqa.config import ConfigError, load_config
 from exfiqa.evaluation import metrics
 from exfiqa.paper import NOTEBOOKS, cell_labels, notebook_key, run_paper
-from exfiqa.report.runcard import RunCard, code_digest, input_summary, run_card
+from exfiqa.store.runcard import RunCard, code_digest, input_summary, run_card
 from exfiqa.study import Study
 
 ODD = {"convention": "fixed", "discard_limit": 0.25, "fmr_targets": [0.02, 0.002], "seed": 7, "pauc_scale": 100.0}
@@ -180,10 +180,10 @@ def test_notebook_key_changes_when_a_sub_package_file_changes(tiny_config, tmp_p
     import hashlib
     import shutil
 
-    from exfiqa.report import runcard
+    from exfiqa.store import runcard
 
     package = tmp_path / "exfiqa"
-    shutil.copytree(Path(runcard.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(runcard.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
     world = package / "demo" / "world.py"
     assert world.is_file(), "the demo wing is expected at exfiqa/demo/world.py"
     real = runcard.code_digest
@@ -254,7 +254,7 @@ def test_make_paper_on_a_machine_with_only_the_arrays_skips_extraction(tiny_conf
     the missing checkpoint is the error."""
     import shutil
 
-    import exfiqa.extract.stage as extract_mod
+    import exfiqa.extract as extract_mod
     import exfiqa.paper as paper
 
     raw = yaml.safe_load(tiny_config.read_text())

@@ -1,4 +1,5 @@
-"""The cached comparison table on the tiny demo world, checked against direct computations."""
+"""The evaluation of the tiny demo world's extracted arrays, checked against direct computations
+(the wide comparison table of tests/oracles.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import numpy as np
 import oracles as O
 import pandas as pd
 import pytest
+from oracles import comparison_table, pair
 
 from exfiqa.config import ConfigError, load_config
+from exfiqa.extract import extract
 from exfiqa.models.fr import load_fr
 from exfiqa.models.inference import exit_scores
 from exfiqa.models.vitfiqa import load_vitfiqa
@@ -28,7 +31,7 @@ def test_sample_table_matches_direct_computation(study):
     np.testing.assert_allclose(study.exit_scores("lfw", "T"), ref, rtol=1e-5, atol=1e-5)
     fr = load_fr("arcface", cfg.fr_models["arcface"].checkpoint, device="cpu")
     emb = fr.embed(images)
-    table = study.table("lfw", "arcface", "T")
+    table = comparison_table(study, "lfw", "arcface", "T")
     a, b = table["a"].to_numpy(), table["b"].to_numpy()
     # pair k of a .bin compares images 2k and 2k+1
     np.testing.assert_array_equal(a, np.arange(0, len(images), 2))
@@ -45,7 +48,7 @@ def test_sample_table_matches_direct_computation(study):
 def test_template_table_uses_min_quality_and_template_embeddings(study):
     bench = study.benchmark("ijbc")
     assert bench.level == "template"
-    table = study.table("ijbc", "arcface", "C")
+    table = comparison_table(study, "ijbc", "arcface", "C")
     q = study.exit_scores("ijbc", "C")[:, -1]
     tids = bench.samples["template_id"].to_numpy()
     for a, b, got in table[["a", "b", "Exit 12"]].head(5).itertuples(index=False):
@@ -57,7 +60,7 @@ def test_template_table_uses_min_quality_and_template_embeddings(study):
 
 def _count_exit_passes(monkeypatch) -> list[str]:
     """Record each batch the extraction runs through a ViT-FIQA model (its array label)."""
-    from exfiqa.extract.stage import stage as extract
+    import exfiqa.extract.stage as extract
 
     calls: list[str] = []
     real = extract._Exits.run
@@ -84,7 +87,9 @@ def test_exit_scores_are_recomputed_when_a_checkpoint_benchmark_byte_or_source_c
 
     def run() -> tuple[np.ndarray, list[str]]:
         calls.clear()
-        study = Study(load_config(path).select(["adience"], ["arcface"], ["T"]), progress=False)
+        cfg = load_config(path).select(["adience"], ["arcface"], ["T"])
+        extract(cfg, progress=False, log=lambda *_: None)
+        study = Study(cfg, progress=False)
         return np.array(study.exit_scores("adience", "T")), sorted(set(calls))
 
     first, c = run()
@@ -101,10 +106,10 @@ def test_exit_scores_are_recomputed_when_a_checkpoint_benchmark_byte_or_source_c
     img = sorted((world / "benchmarks" / "adience").rglob("*.jpg"))[-1]  # a benchmark byte
     img.write_bytes(img.read_bytes() + b"\0")
     assert run()[1] == ["exits-T"]
-    source = tmp_path / "model.py"  # the model's source file
+    source = tmp_path / "vitfiqa.py"  # the model's source file
     real_files = arrays.code_files
-    shutil.copy(next(p for p in real_files("exits", "T") if p.name == "model.py"), source)
-    monkeypatch.setattr(arrays, "code_files", lambda kind, name: [source if p.name == "model.py" else p for p in real_files(kind, name)])
+    shutil.copy(next(p for p in real_files("exits", "T") if p.name == "vitfiqa.py"), source)
+    monkeypatch.setattr(arrays, "code_files", lambda kind, name: [source if p.name == "vitfiqa.py" else p for p in real_files(kind, name)])
     assert run()[1] == []
     source.write_text(source.read_text() + "\n# changed\n")
     assert run()[1] == ["exits-T"]
@@ -115,10 +120,30 @@ def test_exit_scores_are_recomputed_when_a_checkpoint_benchmark_byte_or_source_c
 
 def test_second_study_reads_the_cache(tiny_config, study, monkeypatch):
     study.exit_scores("cfp_fp", "C")
-    fresh = Study(load_config(tiny_config), progress=False)
     calls = _count_exit_passes(monkeypatch)
+    extract(load_config(tiny_config), progress=False, log=lambda *_: None)  # current: nothing to compute
+    fresh = Study(load_config(tiny_config), progress=False)
     np.testing.assert_array_equal(fresh.exit_scores("cfp_fp", "C"), study.exit_scores("cfp_fp", "C"))
     assert calls == []
+
+
+def test_the_study_never_extracts(tiny_config, tmp_path, monkeypatch):
+    """Without the arrays the Study refuses, naming the file and the command that makes them; it
+    runs no model and writes no array (the extraction, run first, does)."""
+    import yaml
+
+    from exfiqa.store.arrays import ArrayError
+
+    raw = yaml.safe_load(tiny_config.read_text())
+    raw.update(cache_dir=str(tmp_path / "cache"))
+    path = tmp_path / "fresh.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    calls = _count_exit_passes(monkeypatch)
+    study = Study(load_config(path), progress=False)
+    assert not hasattr(study, "quality_model") and not hasattr(study, "compute")
+    with pytest.raises(ArrayError, match=r"exits-T\.npy: missing: .*run `exfiqa extract --config .*fresh\.yaml` first"):
+        study.exit_scores("lfw", "T")
+    assert calls == [] and not list((tmp_path / "cache").rglob("*.npy"))
 
 
 def test_external_method_csv(study, tmp_path):
@@ -151,8 +176,9 @@ def test_unknown_names_are_errors(study):
 def test_baselines_work_when_their_fr_model_is_not_selected(tiny_config):
     """A notebook run with fr_models=["elasticface"] still has the MagFace and SER-FIQ baselines."""
     cfg = load_config(tiny_config).select(["lfw"], ["elasticface"], ["T"])
+    extract(cfg, progress=False, log=lambda *_: None)
     study = Study(cfg, progress=False)
-    table = study.table("lfw", "elasticface", "T")
+    table = comparison_table(study, "lfw", "elasticface", "T")
     assert {"magface_norm", "serfiq"} <= set(table.columns)
     assert list(cfg.fr_models) == ["elasticface"]
 
@@ -164,7 +190,7 @@ def test_open_study_gives_a_study_whose_out_dir_and_card_are_fields(tiny_config,
     import dataclasses
 
     import exfiqa.paper
-    from exfiqa.report.runcard import RunCard, run_card
+    from exfiqa.store.runcard import RunCard, run_card
     from exfiqa.study import CARD, open_study
 
     declared = {f.name: f.default for f in dataclasses.fields(Study)}
@@ -174,7 +200,7 @@ def test_open_study_gives_a_study_whose_out_dir_and_card_are_fields(tiny_config,
     assert not hasattr(exfiqa.paper, "open_study")  # one home: exfiqa.study
     out = tmp_path / "nb"
     study = open_study(str(tiny_config), '["lfw"]', out_dir=str(out), progress=False)
-    assert isinstance(study, Study) and not study.compute  # the notebooks read the extracted arrays only
+    assert isinstance(study, Study)
     assert study.out_dir == out and (out / "figures").is_dir() and (out / "tables").is_dir()
     assert isinstance(study.card, RunCard) and study.card.datasets == ("lfw",)
     assert RunCard.from_json((out / CARD).read_text()) == study.card
@@ -192,7 +218,7 @@ def _reference_pauc(study, ds, fr, q, conv, scale=1.0, **rules):
     """The unbounded computation: the wide table's columns through the oracle pauc_frame (tests/oracles.py)."""
 
     cfg = study.config
-    table = study.table(ds, fr, q)
+    table = comparison_table(study, ds, fr, q)
     methods = study.methods(q, ds)
     return O.pauc_frame(
         table["similarity"], table["mated"], {m: table[m].to_numpy() for m in methods}, dataset=cfg.datasets[ds].label,
@@ -205,7 +231,7 @@ def test_bounded_evaluation_equals_the_wide_table(study, dataset):
     from exfiqa.evaluation import metrics
 
     cfg = study.config
-    table = study.table(dataset, "arcface", "C")
+    table = comparison_table(study, dataset, "arcface", "C")
     assert table["similarity"].dtype == np.float32 and table["Exit 3"].dtype == np.float32
     methods = study.methods("C", dataset)
     for conv in ("fixed", "recompute"):
@@ -217,7 +243,7 @@ def test_bounded_evaluation_equals_the_wide_table(study, dataset):
         )
         pd.testing.assert_frame_equal(study.edc_frame(dataset, "arcface", "C", methods, convention=conv), ref_edc)
     fused = study.exit_scores(dataset, "C").astype(np.float64) @ np.linspace(1, 2, 12)
-    ref = metrics.pauc(metrics.edc(table["similarity"], table["mated"], study.pair(dataset, fused), 1e-3, cfg.convention))
+    ref = metrics.pauc(metrics.edc(table["similarity"], table["mated"], pair(study, dataset, fused), 1e-3, cfg.convention))
     assert study.pauc_of(dataset, "arcface", fused, (1e-3,))[1e-3][0] == ref
 
 
@@ -228,9 +254,8 @@ def test_the_authors_rules_and_fm_edc_through_the_study(tiny_config, study, data
     from exfiqa.evaluation import metrics
 
     cfg = study.config.with_(threshold_rule="closest", acceptance="distance<", convention="fixed", subtract_best=True)
-    rules = Study(cfg, progress=False)
-    rules._benchmarks = study._benchmarks  # the same benchmarks (and cached arrays)
-    table = study.table(dataset, "arcface", "T")
+    rules = Study(cfg, progress=False, run=study.run)  # the same run: benchmarks and arrays
+    table = comparison_table(study, dataset, "arcface", "T")
     methods = ["Exit 3", "EX-FIQA-FW"]
     quals = {m: table[m].to_numpy() for m in methods}
     kw = {"dataset": cfg.datasets[dataset].label, "fr_model": "arcface", "limit": cfg.discard_limit, "scale": 1000}
@@ -256,7 +281,7 @@ def test_adience_is_evaluated_without_materialising_its_pairs(tiny_config, study
     monkeypatch.setattr(ds, "MATERIALISE_LIMIT", 5)
     fresh = Study(load_config(tiny_config), progress=False)
     with pytest.raises(ValueError, match="not materialised"):
-        fresh.table("adience", "arcface", "T")
+        comparison_table(fresh, "adience", "arcface", "T")
     with pytest.raises(ValueError, match="not materialised"):
         fresh.similarity("adience", "arcface")
     pd.testing.assert_frame_equal(fresh.pauc_frame("adience", "arcface", "T"), expect)
@@ -283,7 +308,7 @@ def test_analyses_equal_the_unbounded_computation(study):
                                             unit=unit)
         for row in boot.itertuples():
             ds = next(d for d in cfg.datasets if cfg.datasets[d].label == row.dataset)
-            t = study.table(ds, "arcface", "T")
+            t = comparison_table(study, ds, "arcface", "T")
             subj = None
             if unit == "subject":
                 units, name, n_units = study.subjects(ds)
@@ -316,8 +341,8 @@ def test_fusion_search_is_the_minimum_over_its_candidates(study):
     scores = study.exit_scores("xqlfw", "T").astype(np.float64)
     rng = np.random.default_rng(3)
     cands = [np.full(12, 1 / 12), np.arange(1, 13) / 78, *np.eye(12), *rng.dirichlet(np.full(12, 0.5), size=6)]
-    t = study.table("xqlfw", "arcface", "T")
-    areas = [metrics.pauc(metrics.edc(t["similarity"], t["mated"], study.pair("xqlfw", scores @ c), 1e-3, cfg.convention), cfg.discard_limit)
+    t = comparison_table(study, "xqlfw", "arcface", "T")
+    areas = [metrics.pauc(metrics.edc(t["similarity"], t["mated"], pair(study, "xqlfw", scores @ c), 1e-3, cfg.convention), cfg.discard_limit)
              for c in cands]
     assert p == min(areas)
     np.testing.assert_array_equal(w, cands[int(np.argmin(areas))])

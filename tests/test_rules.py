@@ -488,7 +488,7 @@ def test_config_keys_for_the_rules(tmp_path):
 
 
 def test_run_card_states_the_rules(tmp_path):
-    from exfiqa.report.runcard import RunCard, run_card
+    from exfiqa.store.runcard import RunCard, run_card
 
     card = run_card(load_config(write_config(tmp_path, compat="crfiqa")), inputs={})
     rows = dict(card.rows())

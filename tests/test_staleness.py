@@ -16,9 +16,11 @@ import torch
 import yaml
 
 from exfiqa.config import load_config
+from exfiqa.extract import extract
 from exfiqa.store import arrays, digests
 from exfiqa.store.arrays import array_path, arrays_root
-from exfiqa.store.digests import DigestIndex, input_digests, input_files
+from exfiqa.store.digests import DigestIndex
+from exfiqa.store.run import input_digests, input_files
 from exfiqa.study import Study
 
 
@@ -28,10 +30,13 @@ def _sha(path: Path) -> str:
 
 @pytest.fixture
 def hashed(monkeypatch) -> list[str]:
-    """Every file the digest index reads, in order."""
+    """Every file the digest index (or a fingerprint without one) reads, in order."""
+    import exfiqa.readers.benchmark as benchmarks
+
     calls: list[str] = []
-    real = digests.hash_file
-    monkeypatch.setattr(digests, "hash_file", lambda p: calls.append(os.fspath(p)) or real(p))
+    real = digests.file_digest
+    for module in (digests, benchmarks):  # both hash with exfiqa.io.file_digest
+        monkeypatch.setattr(module, "file_digest", lambda p: calls.append(os.fspath(p)) or real(p))
     return calls
 
 
@@ -226,29 +231,30 @@ ARRAYS = [
 
 
 class Run:
-    """A fresh Study (a new process's view) that reads every array of ARRAYS, counting the
-    extraction's passes over a dataset's images."""
+    """An extraction, then a fresh Study (a new process's view) that reads every array of ARRAYS,
+    counting the extraction's passes over a dataset's images."""
 
     def __init__(self, config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        from exfiqa.extract.stage import stage as extract
+        import exfiqa.extract.stage as stage
 
         self.config = config
         self.passes: list[str] = []
-        real = extract._run_shards
+        real = stage._run_shards
 
-        def counted(study, dataset, *a, **k):
+        def counted(run, models, dataset, *a, **k):
             self.passes.append(dataset)
-            return real(study, dataset, *a, **k)
+            return real(run, models, dataset, *a, **k)
 
-        monkeypatch.setattr(extract, "_run_shards", counted)
+        monkeypatch.setattr(stage, "_run_shards", counted)
 
     def __call__(self) -> tuple[dict[tuple[str, str, str], np.ndarray], set[tuple[str, str, str]]]:
         cfg = load_config(self.config).select(["lfw", "adience"], ["arcface"], ["T", "C"])
         cfg = cfg.with_(baselines=["sharpness", "magface_norm"])
-        study = Study(cfg, progress=False)
         paths = {key: array_path(arrays_root(cfg), *key) for key in ARRAYS}
         before = {key: _stamp(p) for key, p in paths.items()}
         self.passes.clear()
+        extract(cfg, progress=False, log=lambda *_: None)
+        study = Study(cfg, progress=False)
         get = {"exits": study.exit_scores, "emb": study.embeddings, "baseline": study.baseline_scores}
         values = {key: np.array(get[key[1]](key[0], key[2])) for key in ARRAYS}
         rewritten = {key for key, p in paths.items() if _stamp(p) != before[key]}
@@ -295,10 +301,10 @@ def test_checkpoint_and_benchmark_changes_recompute_exactly_their_arrays(tiny_wo
 
 
 @pytest.mark.parametrize("module, dependent", [
-    ("model.py", {("lfw", "exits", "T"), ("lfw", "exits", "C"), ("adience", "exits", "T")}),
+    ("vitfiqa.py", {("lfw", "exits", "T"), ("lfw", "exits", "C"), ("adience", "exits", "T")}),
     ("fr.py", {("lfw", "emb", "arcface"), ("adience", "emb", "arcface"), ("lfw", "baseline", "magface_norm")}),
     ("baselines.py", {("lfw", "baseline", "sharpness"), ("adience", "baseline", "sharpness"), ("lfw", "baseline", "magface_norm")}),
-    ("datasets.py", set(ARRAYS)),
+    ("benchmarks.py", set(ARRAYS)),
 ])
 def test_a_source_change_recomputes_exactly_the_arrays_that_depend_on_it(
     tiny_world, tiny_config, tmp_path, monkeypatch, caplog, module, dependent

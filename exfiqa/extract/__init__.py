@@ -1,1 +1,12 @@
-"""The GPU stage: one read of each image -> every per-sample array of a run (``python -m exfiqa.extract``)."""
+"""The GPU stage: one read of each image -> every per-sample array of a run (``python -m exfiqa.extract``).
+
+``extract(cfg)`` computes the arrays of :mod:`exfiqa.store.arrays` that are missing or stale
+(:mod:`exfiqa.extract.stage`); :class:`Models` loads a config's models (:mod:`exfiqa.extract.models`).
+The evaluation (:class:`exfiqa.study.Study`) only reads what this writes: whoever needs arrays
+calls :func:`extract` first (``make paper`` does).
+"""
+
+from exfiqa.extract.models import Models
+from exfiqa.extract.stage import extract, extract_dataset
+
+__all__ = ["Models", "extract", "extract_dataset"]

@@ -18,7 +18,7 @@ How:
   values, do not depend on which shards ran before, or on which process ran them. Each finished
   shard is one ``.npy`` per array, written under a temporary name and renamed, in
   ``<arrays_dir>/<dataset>/.shards/<kind>-<name>-<key>/<start>-<stop>.npy``, where ``<key>``
-  digests the array's inputs and code version (:meth:`exfiqa.study.Study.array_inputs`,
+  digests the array's inputs and code version (:meth:`exfiqa.store.run.Run.array_inputs`,
   :func:`exfiqa.store.arrays.code_version`). A run killed at any moment resumes from its finished
   shards and ends with the same bytes as an uninterrupted run on the same device. When every
   shard of an array exists they are merged into the layout (:meth:`exfiqa.store.arrays.ArrayStore.write`)
@@ -59,13 +59,14 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from exfiqa.config import _BASELINE_FR, Config, ConfigError, load_config
+from exfiqa.config import Config, ConfigError, load_config
+from exfiqa.extract.models import Models
 from exfiqa.locks import (
     create_owned,
     discard_owned,
@@ -74,12 +75,9 @@ from exfiqa.locks import (
     reserve,
     run_lock,
 )
-from exfiqa.readers import READER_MODULES
-from exfiqa.store.arrays import _jsonable, code_version, modules_version, wanted_arrays
-
-if TYPE_CHECKING:
-    from exfiqa.readers import Benchmark
-    from exfiqa.study import Study
+from exfiqa.readers import READER_MODULES, Benchmark, load_benchmark
+from exfiqa.store.arrays import BASELINE_FR, code_version, modules_version, wanted_arrays
+from exfiqa.store.run import Run
 
 __all__ = [
     "SHARDS",
@@ -160,23 +158,23 @@ def shard_ranges(n: int, size: int) -> list[tuple[int, int]]:
     return [(s, min(s + size, n)) for s in range(0, n, size)]
 
 
-def plan(study: Study, dataset: str) -> tuple[list[Job], list[str]]:
+def plan(run: Run, dataset: str) -> tuple[list[Job], list[str]]:
     """The arrays of ``dataset`` to compute (missing or stale) and those to reuse.
 
     External arrays are reused as they are (or refused with an error, see
     :meth:`exfiqa.store.arrays.ArrayStore.load`); a stale exfiqa array is logged with its reason.
     """
-    bench = study.benchmark(dataset)
+    bench = run.benchmark(dataset)
     jobs, reused = [], []
-    for kind, name in wanted_arrays(study.config, bench.level):
-        inputs = _jsonable(study.array_inputs(dataset, kind, name))
+    for kind, name in run.wanted(dataset):
+        inputs = run.array_inputs(dataset, kind, name)
         code = code_version(kind, name)
-        found, reason = study.arrays.current(bench, dataset, kind, name, inputs, code)
+        found, reason = run.arrays.current(bench, dataset, kind, name, inputs, code)
         if found is not None:
             reused.append(f"{kind}-{name}")
             continue
         if reason != "missing":
-            _log.warning("%s: recomputing (%s)", study.arrays.path(dataset, kind, name), reason)
+            _log.warning("%s: recomputing (%s)", run.arrays.path(dataset, kind, name), reason)
         jobs.append(Job(dataset, kind, name, inputs, code))
     return jobs, reused
 
@@ -317,26 +315,26 @@ class _FR(_Head):
         return out
 
 
-def _heads(study: Study, jobs: Sequence[Job]) -> list[_Head]:
+def _heads(run: Run, models: Models, jobs: Sequence[Job]) -> list[_Head]:
     """The forwards that produce ``jobs`` (FR baselines join their FR model's forward)."""
     by = {(j.kind, j.name): j.label for j in jobs}
     heads: list[_Head] = []
     for q in dict.fromkeys(j.name for j in jobs if j.kind in ("exits", "attn", "vitnt")):
-        heads.append(_Exits(study.quality_model(q).eval(), *(by.get((k, q)) for k in ("exits", "attn", "vitnt"))))
+        heads.append(_Exits(models.quality_model(q).eval(), *(by.get((k, q)) for k in ("exits", "attn", "vitnt"))))
     fr_names = list(dict.fromkeys(j.name for j in jobs if j.kind in ("emb", "norms")))
-    fr_names += [fr for b, fr in _BASELINE_FR.items() if ("baseline", b) in by and fr not in fr_names]
+    fr_names += [fr for b, fr in BASELINE_FR.items() if ("baseline", b) in by and fr not in fr_names]
     for fr in fr_names:
-        norm = by.get(("baseline", "magface_norm")) if _BASELINE_FR["magface_norm"] == fr else None
-        serfiq = by.get(("baseline", "serfiq")) if _BASELINE_FR["serfiq"] == fr else None
-        heads.append(_FR(study.fr_model(fr), by.get(("emb", fr)), by.get(("norms", fr)), norm, serfiq, study.config.seed))
+        norm = by.get(("baseline", "magface_norm")) if BASELINE_FR["magface_norm"] == fr else None
+        serfiq = by.get(("baseline", "serfiq")) if BASELINE_FR["serfiq"] == fr else None
+        heads.append(_FR(models.fr_model(fr), by.get(("emb", fr)), by.get(("norms", fr)), norm, serfiq, run.config.seed))
     return heads
 
 
 # ------------------------------------------------------------------------------ shards
 
 
-def shard_dir(study: Study, job: Job) -> Path:
-    return study.arrays.root / job.dataset / SHARDS / f"{job.label}-{job.key}"
+def shard_dir(run: Run, job: Job) -> Path:
+    return run.arrays.root / job.dataset / SHARDS / f"{job.label}-{job.key}"
 
 
 def shard_name(start: int, stop: int) -> str:
@@ -400,19 +398,19 @@ class _ShardWriter:
             self.fd = None
 
 
-def _crop_dir(study: Study, dataset: str) -> Path:
+def _crop_dir(run: Run, dataset: str) -> Path:
     """Where ``dataset``'s aligned crops are cached: keyed by content, decoding code and shard size."""
-    bench = study.benchmark(dataset)
-    text = json.dumps({"data": bench.fingerprint(study.digests), "code": modules_version(CROP_MODULES),
-                       "shard_size": study.config.shard_size}, sort_keys=True)
-    return study.config.cache_dir / CROPS / f"{dataset}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    bench = run.benchmark(dataset)
+    text = json.dumps({"data": bench.fingerprint(run.digests), "code": modules_version(CROP_MODULES),
+                       "shard_size": run.config.shard_size}, sort_keys=True)
+    return run.config.cache_dir / CROPS / f"{dataset}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
-def _remove_dead_temps(study: Study, dataset: str, log: Callable[[str], Any]) -> None:
+def _remove_dead_temps(run: Run, dataset: str, log: Callable[[str], Any]) -> None:
     """Remove the temporary shard, crop and merge files of ``dataset`` that killed runs left
     (those no live process holds; see :func:`exfiqa.locks.remove_dead_temps`)."""
-    folders = [study.arrays.root / dataset / SHARDS]
-    crops = study.config.cache_dir / CROPS
+    folders = [run.arrays.root / dataset / SHARDS]
+    crops = run.config.cache_dir / CROPS
     if crops.is_dir():
         folders += [d for d in crops.glob(f"{dataset}-*") if d.is_dir()]
     for folder in folders:
@@ -421,16 +419,16 @@ def _remove_dead_temps(study: Study, dataset: str, log: Callable[[str], Any]) ->
             log(f"[extract] {dataset}: removed {len(gone)} temporary file(s) of killed runs in {folder}")
     # the final arrays and manifests are written through io.atomic_path (``.NAME.XXXX.tmp``), only
     # by the extraction of this dataset, whose lock the caller holds: any such file is a dead run's
-    final = [p for p in (study.arrays.root / dataset).glob(".*.tmp") if p.is_file()]
+    final = [p for p in (run.arrays.root / dataset).glob(".*.tmp") if p.is_file()]
     for p in final:
         p.unlink(missing_ok=True)
     if final:
         log(f"[extract] {dataset}: removed {len(final)} unfinished array file(s) of killed runs")
 
 
-def _clean_stale_shards(study: Study, dataset: str, jobs: Sequence[Job]) -> None:
+def _clean_stale_shards(run: Run, dataset: str, jobs: Sequence[Job]) -> None:
     """Remove shard folders of this dataset's arrays left under another key (inputs or code changed)."""
-    root = study.arrays.root / dataset / SHARDS
+    root = run.arrays.root / dataset / SHARDS
     if not root.is_dir():
         return
     keep = {f"{j.label}-{j.key}" for j in jobs}
@@ -444,26 +442,26 @@ def _clean_stale_shards(study: Study, dataset: str, jobs: Sequence[Job]) -> None
 # ------------------------------------------------------------------------------ one dataset
 
 
-def _run_shards(study: Study, dataset: str, jobs: Sequence[Job], rank: int, world: int,
+def _run_shards(run: Run, models: Models, dataset: str, jobs: Sequence[Job], rank: int, world: int,
                 report: DatasetReport, progress: bool) -> None:
     """Compute this rank's missing shards of ``jobs``."""
     from tqdm import tqdm
 
-    cfg = study.config
-    bench = study.benchmark(dataset)
+    cfg = run.config
+    bench = run.benchmark(dataset)
     ranges = shard_ranges(len(bench), cfg.shard_size)
     report.shards_total = len(ranges)
     mine = [r for k, r in enumerate(ranges) if k % world == rank]
     missing: dict[tuple[int, int], set[str]] = {}
     for s, e in mine:
-        todo = {j.label for j in jobs if not (shard_dir(study, j) / shard_name(s, e)).is_file()}
+        todo = {j.label for j in jobs if not (shard_dir(run, j) / shard_name(s, e)).is_file()}
         if todo:
             missing[(s, e)] = todo
         if len(todo) < len(jobs):  # finished, for some arrays at least, by an interrupted run
             report.shards_resumed += 1
     if not missing:
         return
-    crops = _crop_dir(study, dataset) if cfg.crop_cache else None
+    crops = _crop_dir(run, dataset) if cfg.crop_cache else None
     cached = {s: crops / shard_name(s, e) for s, e in missing if crops and (crops / shard_name(s, e)).is_file()}
     labels = {j.label for j in jobs}
     sharp = "baseline-sharpness" in labels
@@ -474,7 +472,7 @@ def _run_shards(study: Study, dataset: str, jobs: Sequence[Job], rank: int, worl
             batches.append(list(range(b, min(b + cfg.batch_size, e))))
             owner.append((s, e))
     dev = torch.device(cfg.device)
-    heads = _heads(study, jobs)
+    heads = _heads(run, models, jobs)
     bf16 = cfg.precision == "bf16"
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     batches_in = loader(images, batches, cfg.workers or 0, pin=dev.type == "cuda")
@@ -506,7 +504,7 @@ def _run_shards(study: Study, dataset: str, jobs: Sequence[Job], rank: int, worl
                     current = owner[k]
                     s, e = current
                     want = missing[current]
-                    writers = {j.label: _ShardWriter(shard_dir(study, j) / shard_name(s, e), e - s)
+                    writers = {j.label: _ShardWriter(shard_dir(run, j) / shard_name(s, e), e - s)
                                for j in jobs if j.label in want}
                     if crops is not None and s not in cached:
                         crop_writer = _ShardWriter(crops / shard_name(s, e), e - s, np.uint8)
@@ -534,20 +532,18 @@ def _run_shards(study: Study, dataset: str, jobs: Sequence[Job], rank: int, worl
 def reopen_benchmark(cfg: Config, dataset: str) -> Benchmark:
     """``dataset`` of ``cfg`` opened anew (what a spawned decoding worker does): the config's
     ``plugins`` are imported first, so a registered reader's kind is known there too."""
-    from exfiqa.readers import load_benchmark
-
     for module in cfg.plugins:
         importlib.import_module(module)
     spec = cfg.datasets[dataset]
     return load_benchmark(spec.kind, **spec.args)
 
 
-def _merge(study: Study, jobs: Sequence[Job]) -> None:
+def _merge(run: Run, jobs: Sequence[Job]) -> None:
     """Rank 0: every job's shards, in index order, into the layout; then the shard folder goes."""
     for job in jobs:
-        bench = study.benchmark(job.dataset)
-        folder = shard_dir(study, job)
-        ranges = shard_ranges(len(bench), study.config.shard_size)
+        bench = run.benchmark(job.dataset)
+        folder = shard_dir(run, job)
+        ranges = shard_ranges(len(bench), run.config.shard_size)
         parts = [folder / shard_name(s, e) for s, e in ranges]
         absent = [p.name for p in parts if not p.is_file()]
         if absent:
@@ -562,7 +558,7 @@ def _merge(study: Study, jobs: Sequence[Job]) -> None:
                     raise RuntimeError(f"{p}: shape {part.shape}, expected {(e - s, *first.shape[1:])}; delete {folder}")
                 merged[s:e] = part
             merged.flush()
-            study.arrays.write(bench, job.dataset, job.kind, job.name, merged, producer="exfiqa",
+            run.arrays.write(bench, job.dataset, job.kind, job.name, merged, producer="exfiqa",
                                inputs=job.inputs, code=job.code)
             del merged
             shutil.rmtree(folder, ignore_errors=True)
@@ -571,16 +567,18 @@ def _merge(study: Study, jobs: Sequence[Job]) -> None:
             os.close(fd)
 
 
-def extract_dataset(study: Study, dataset: str, progress: bool | None = None) -> DatasetReport:
-    """Compute the missing or stale arrays of one dataset in one pass (this process only)."""
-    return _extract(study, dataset, progress=study.progress if progress is None else progress, rank=0, world=1)
+def extract_dataset(run: Run, dataset: str, progress: bool | None = None, models: Models | None = None) -> DatasetReport:
+    """Compute the missing or stale arrays of one dataset in one pass (this process only);
+    ``models``: those already loaded (default: loaded here, as the jobs need them)."""
+    return _extract(run, models or Models(run.config), dataset, progress=run.progress if progress is None else progress,
+                    rank=0, world=1)
 
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _extract(study: Study, dataset: str, progress: bool, rank: int, world: int,
+def _extract(run: Run, models: Models, dataset: str, progress: bool, rank: int, world: int,
              log: Callable[[str], Any] = _stderr) -> DatasetReport:
     """One dataset. Rank 0 holds ``<arrays_dir>/<dataset>/.extract.lock`` from planning to the
     merge: a second extraction of the same arrays waits for it (saying whom it waits for), then
@@ -588,25 +586,25 @@ def _extract(study: Study, dataset: str, progress: bool, rank: int, world: int,
     dist = torch.distributed
     on = world > 1
     t0 = time.perf_counter()
-    lock = run_lock(study.arrays.root / dataset / LOCK, f"[extract] {dataset}", log) if rank == 0 else nullcontext()
+    lock = run_lock(run.arrays.root / dataset / LOCK, f"[extract] {dataset}", log) if rank == 0 else nullcontext()
     with lock:
         if rank == 0:
-            _remove_dead_temps(study, dataset, log)
-            jobs, reused = plan(study, dataset)
-            _clean_stale_shards(study, dataset, jobs)
+            _remove_dead_temps(run, dataset, log)
+            jobs, reused = plan(run, dataset)
+            _clean_stale_shards(run, dataset, jobs)
         else:
             jobs, reused = [], []
         if on:
             box: list[Any] = [(jobs, reused)]
             dist.broadcast_object_list(box, src=0)
             jobs, reused = box[0]
-        report = DatasetReport(dataset, len(study.benchmark(dataset)), [j.label for j in jobs], list(reused))
+        report = DatasetReport(dataset, len(run.benchmark(dataset)), [j.label for j in jobs], list(reused))
         if jobs:
-            _run_shards(study, dataset, jobs, rank, world, report, progress)
+            _run_shards(run, models, dataset, jobs, rank, world, report, progress)
             if on:
                 dist.barrier()
             if rank == 0:
-                _merge(study, jobs)
+                _merge(run, jobs)
             if on:
                 dist.barrier()
     report.seconds = time.perf_counter() - t0
@@ -623,8 +621,6 @@ def extract(cfg: Config, datasets: Sequence[str] | None = None, progress: bool =
     In a ``torch.distributed`` process group (``torchrun``) every rank calls this; rank 0 plans,
     logs and merges. Returns one report per dataset (rank 0's view; other ranks report their part).
     """
-    from exfiqa.study import Study
-
     dist = torch.distributed
     on = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if on else (0, 1)
@@ -635,10 +631,11 @@ def extract(cfg: Config, datasets: Sequence[str] | None = None, progress: bool =
     if torch.device(cfg.device).type == "cuda":
         torch.backends.cudnn.benchmark = True
     cfg.check_paths()  # extraction reads the checkpoints (the evaluation's Study does not check them)
-    study = Study(cfg, progress=progress and rank == 0, compute=False, persistent_digests=rank == 0)
+    run = Run(cfg, progress=progress and rank == 0, persistent_digests=rank == 0)
+    models = Models(cfg)
     reports = []
     for ds in names:
-        report = _extract(study, ds, progress and rank == 0, rank, world, log)
+        report = _extract(run, models, ds, progress and rank == 0, rank, world, log)
         if rank == 0:
             log(f"[extract] {report.line()}")
         reports.append(report)

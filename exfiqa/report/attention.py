@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from exfiqa.config import ATTENTION_SAMPLE_TYPES, ConfigError
+from exfiqa.extract.models import Models
 from exfiqa.models.vitfiqa import ViTFIQA, attention_grid, capture_attention, to_tensor
 from exfiqa.readers import load_benchmark
 from exfiqa.readers.images import read_face
@@ -165,7 +166,7 @@ def attention_study(study: Study, quality: str, inputs: AttentionInputs) -> tupl
     """Per-exit attention maps of ``quality`` for each face and the dataset mean (figure input),
     and :func:`attention_statistics` over the mean's images (with a ``quality_model`` column)."""
     cfg = study.config
-    model = study.quality_model(quality)
+    model = Models(study.config).quality_model(quality)
     per_face = attention_maps(model, np.stack(list(inputs.faces.values())), batch_size=cfg.batch_size, device=cfg.device)
     maps = {name: per_face[i] for i, name in enumerate(inputs.faces)}
     dataset_maps = attention_maps(model, inputs.mean_faces, batch_size=cfg.batch_size, device=cfg.device)

@@ -55,8 +55,8 @@ Rules (:class:`ArrayStore`):
 
 Writing arrays computed elsewhere (any float array; it is checked and stored as float32)::
 
-    study = Study(load_config("configs/paper.yaml"))
-    study.arrays.write(study.benchmark("ijbc"), "ijbc", "emb", "arcface", embeddings, producer="external")
+    run = Run(load_config("configs/paper.yaml"))  # exfiqa.store.run
+    run.arrays.write(run.benchmark("ijbc"), "ijbc", "emb", "arcface", embeddings, producer="external")
 
 or write the ``.npy`` and the manifest by any other means, following the above.
 
@@ -82,16 +82,18 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from exfiqa.config import _BASELINE_FR, _BASELINES, Config
 from exfiqa.evaluation.pairs import release_pages
-from exfiqa.io import atomic_path, atomic_write, clip
+from exfiqa.io import atomic_path, atomic_write, clip, file_digest
 from exfiqa.readers import READER_MODULES
+from exfiqa.store.digests import DigestIndex
 
 if TYPE_CHECKING:
-    from exfiqa.config import Config
     from exfiqa.readers import Benchmark
-    from exfiqa.store.digests import DigestIndex
 
 __all__ = [
+    "BASELINES",
+    "BASELINE_FR",
     "CODE_MODULES",
     "FORMAT",
     "KINDS",
@@ -103,6 +105,7 @@ __all__ = [
     "code_files",
     "code_version",
     "external_array_files",
+    "jsonable",
     "manifest_path",
     "modules_version",
     "sample_keys",
@@ -116,6 +119,10 @@ KINDS = ("exits", "emb", "baseline", "attn", "vitnt", "norms")
 #: The FR package's modules an embedding depends on (the backbones, preprocessing and loading, ONNX
 #: models; not ``templates``: template features are computed from the stored embeddings).
 _FR_MODULES = ("exfiqa.models.fr.iresnet", "exfiqa.models.fr.model", "exfiqa.models.fr.load", "exfiqa.models.fr.onnx")
+#: Built-in baselines and the FR model each runs on (None: needs no FR model): the config's table.
+BASELINES: dict[str, str | None] = dict(_BASELINES)
+#: Baseline -> the FR model (an entry of ``support_fr_models``) whose forward it needs.
+BASELINE_FR: dict[str, str] = dict(_BASELINE_FR)
 
 #: Modules whose source each kind of array depends on: readers and alignment, image decoding, the
 #: model and its preprocessing. Baselines that run on an FR model add the FR modules.
@@ -209,9 +216,7 @@ def code_files(kind: str, name: str) -> list[Path]:
     """The source files an array of ``kind`` (for model or method ``name``) depends on."""
     if kind not in KINDS:
         raise ValueError(f"unknown array kind {kind!r}; known: {list(KINDS)}")
-    from exfiqa.config import _BASELINE_FR
-
-    return _sources(CODE_MODULES[kind] + (_FR_MODULES if kind == "baseline" and name in _BASELINE_FR else ()))
+    return _sources(CODE_MODULES[kind] + (_FR_MODULES if kind == "baseline" and name in BASELINE_FR else ()))
 
 
 @functools.cache
@@ -228,7 +233,7 @@ def _library_versions() -> tuple[tuple[str, str], ...]:
 def _digest_code(paths: list[Path]) -> str:
     h = hashlib.sha256()
     for path in paths:
-        h.update(f"{path.name}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+        h.update(f"{path.name}\0{file_digest(path)}\n".encode())
     for lib, version in _library_versions():
         h.update(f"{lib}=={version}\n".encode())
     return h.hexdigest()
@@ -245,7 +250,7 @@ def modules_version(modules: tuple[str, ...]) -> str:
     return _digest_code(_sources(modules))
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """``value`` as it reads back from JSON (tuples become lists, paths strings)."""
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
@@ -387,7 +392,7 @@ class ArrayStore:
             "shape": list(shape), "dtype": "float32",
         }
         if inputs is not None:
-            out["inputs"] = _jsonable(dict(inputs))
+            out["inputs"] = jsonable(dict(inputs))
         if code is not None:
             out["code_version"] = code
         return out
@@ -482,7 +487,7 @@ class ArrayStore:
         if found[1]["producer"] == "external":
             _log.info("%s: using the external array", npy)
             return found[0], ""
-        reason = self._stale(found[1], _jsonable(dict(inputs)), code if code is not None else code_version(kind, name), trusted)
+        reason = self._stale(found[1], jsonable(dict(inputs)), code if code is not None else code_version(kind, name), trusted)
         return (found[0], "") if reason is None else (None, reason)
 
     def get(
@@ -497,7 +502,7 @@ class ArrayStore:
     ) -> NDArray[np.float32]:
         """The array from the layout, or ``compute()``'d, written and returned (see :meth:`current`)."""
         code = code if code is not None else code_version(kind, name)
-        key = _jsonable(dict(inputs()))
+        key = jsonable(dict(inputs()))
         found, reason = self.current(bench, dataset, kind, name, key, code)
         if found is not None:
             return found
@@ -510,11 +515,17 @@ class ArrayStore:
         return arr
 
     @staticmethod
-    def _producer(npy: Path) -> str | None:
+    def manifest_of(npy: str | os.PathLike[str]) -> dict[str, Any] | None:
+        """The manifest beside ``npy`` as it is (None: absent or unreadable); nothing is checked."""
         try:
-            return _read_json(manifest_path(npy)).get("producer")
-        except ArrayError:
+            return _read_json(manifest_path(npy))
+        except (ArrayError, FileNotFoundError):
             return None
+
+    @staticmethod
+    def _producer(npy: Path) -> str | None:
+        m = ArrayStore.manifest_of(npy)
+        return None if m is None else m.get("producer")
 
     @staticmethod
     def _stale(m: Mapping[str, Any], inputs: Mapping[str, Any], code: str, trusted: tuple[str, ...] = ()) -> str | None:

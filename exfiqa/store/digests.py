@@ -2,7 +2,7 @@
 
 Conventions:
 
-- A digest is the SHA-256 hex of a file's bytes (:func:`hash_file`).
+- A digest is the SHA-256 hex of a file's bytes (:func:`exfiqa.io.file_digest`).
 - :class:`DigestIndex` remembers digests in an sqlite file (``<cache_dir>/digests.sqlite``), keyed
   by the absolute path (``os.path.abspath``; symlinks are not resolved) and the file's ``stat``:
   size, ``mtime_ns``, ``ctime_ns`` and inode. A file whose stat is unchanged is not read again; any
@@ -17,30 +17,24 @@ Conventions:
   and rebuilt (a warning). An index another process keeps locked is never discarded: this process
   waits up to :data:`LOCK_WAIT_S` (saying so after :data:`LOCK_NOTICE_S`), then goes on without it
   for the rest of its run (a warning: what it hashes is not remembered).
-- :func:`input_digests` lists every input file of a config's run with its digest (checkpoints,
-  every benchmark file, external CSVs and external per-sample arrays): the key ``make paper``
-  uses to decide that nothing changed.
+- :func:`exfiqa.store.run.input_digests` lists every input file of a config's run with its digest
+  (checkpoints, every benchmark file, external CSVs and external per-sample arrays).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
-from exfiqa.io import chunked
+from exfiqa.io import chunked, file_digest
 
-if TYPE_CHECKING:
-    from exfiqa.config import Config
-    from exfiqa.readers import Benchmark
-
-__all__ = ["INDEX_NAME", "RACY_SECONDS", "DigestIndex", "hash_file", "input_digests", "input_files"]
+__all__ = ["INDEX_NAME", "RACY_SECONDS", "DigestIndex", "index_key"]
 
 INDEX_NAME = "digests.sqlite"
 """File name of the index inside ``cache_dir``."""
@@ -65,16 +59,7 @@ _log = logging.getLogger(__name__)
 Stat = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
 
 
-def hash_file(path: str | os.PathLike[str]) -> str:
-    """SHA-256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _key(path: str | os.PathLike[str]) -> str:
+def index_key(path: str | os.PathLike[str]) -> str:
     """The index key: the absolute path (made absolute only when it is not, which is costly)."""
     text = os.fspath(path)
     return text if os.path.isabs(text) else os.path.abspath(text)
@@ -126,7 +111,7 @@ class DigestIndex:
         Raises:
             FileNotFoundError: a file is missing (the message names it).
         """
-        keys = [_key(p) for p in paths]
+        keys = [index_key(p) for p in paths]
         out: list[str | None] = [None] * len(keys)
         todo: list[tuple[int, Stat]] = []
         for start in range(0, len(keys), _LOOKUP):  # bounded memory at any size
@@ -149,7 +134,7 @@ class DigestIndex:
         Only for files whose writer knows their content (e.g. an array it renamed into place):
         a later change, even within the same timestamp tick, comes with a new inode or size.
         """
-        key = _key(path)
+        key = index_key(path)
         self._store([(key, *_stat(key), digest)])
 
     # ------------------------------------------------------------------ internals
@@ -173,13 +158,13 @@ class DigestIndex:
         self._store(rows)
 
     def _map_hash(self, paths: list[str]) -> Iterator[str]:
-        """:func:`hash_file` of each path in order, on worker threads (a bounded number in flight)."""
+        """:func:`exfiqa.io.file_digest` of each path in order, on worker threads (a bounded number in flight)."""
         if len(paths) < 4 or self.workers < 2:
-            yield from (hash_file(p) for p in paths)
+            yield from (file_digest(p) for p in paths)
             return
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             for chunk in chunked(paths, 64 * self.workers):
-                yield from pool.map(lambda p: hash_file(p), chunk)
+                yield from pool.map(lambda p: file_digest(p), chunk)
 
     def _connect(self) -> sqlite3.Connection | None:
         """The index database (created if absent); a corrupt file is moved aside and rebuilt."""
@@ -288,50 +273,3 @@ def _busy(exc: sqlite3.DatabaseError) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
 
 
-# ------------------------------------------------------------------------------ a run's inputs
-
-
-def input_files(cfg: Config, benchmarks: Mapping[str, Benchmark] | None = None) -> list[Path]:
-    """Every file a run of ``cfg`` reads (absolute paths, sorted, without repeats).
-
-    The checkpoints of its quality models, FR models and the FR models its baselines run on; every
-    file of every benchmark (each image of a folder benchmark, the ``.bin`` files, pairs and
-    ``meta/`` files), including a benchmark an attention sample is taken from; the external
-    methods' CSVs; the attention-figure images given as paths; and the per-sample arrays (``.npy``
-    and manifest) an external producer placed in the run's layout (see :mod:`exfiqa.store.arrays`).
-    ``benchmarks``: already opened benchmarks by dataset name (e.g. a Study's), not read again.
-    """
-    from exfiqa.config import _BASELINE_FR
-    from exfiqa.readers import load_benchmark
-    from exfiqa.store.arrays import external_array_files
-
-    cfg.check_paths()
-    opened = dict(benchmarks or {})
-    specs = dict(cfg.datasets)
-    for sample in getattr(cfg, "attention_samples", {}).values():
-        if sample.dataset is not None:
-            specs.setdefault(sample.dataset.name, sample.dataset)
-    files: set[str] = {str(m.checkpoint) for m in (*cfg.quality_models.values(), *cfg.fr_models.values())}
-    files |= {str(cfg.support_fr_models[_BASELINE_FR[b]].checkpoint) for b in cfg.baselines if b in _BASELINE_FR}
-    for name, spec in specs.items():
-        bench = opened.get(name) or load_benchmark(spec.kind, **spec.args)
-        files |= {str(f) for _, f in bench._files}
-    files |= {str(p) for per_ds in cfg.external_methods.values() for ds, p in per_ds.items() if ds in cfg.datasets}
-    files |= {str(s.path) for s in getattr(cfg, "attention_samples", {}).values() if s.path is not None}
-    files |= {str(p) for p in external_array_files(cfg)}
-    return [Path(f) for f in sorted({_key(f) for f in files})]
-
-
-def input_digests(
-    cfg: Config, benchmarks: Mapping[str, Benchmark] | None = None, progress: bool = True,
-) -> dict[str, str]:
-    """``{absolute path: SHA-256}`` of every file a run of ``cfg`` reads (:func:`input_files`).
-
-    Uses the run's persistent index (``<cache_dir>/digests.sqlite``, shared with
-    :class:`exfiqa.study.Study`), so a second call on an unchanged tree only ``stat`` s the
-    files. ``benchmarks``: already opened benchmarks by dataset name, not read again;
-    ``progress``: the hashing bar. (The run card cites less: :func:`exfiqa.report.runcard.evaluation_inputs`.)
-    """
-    files = input_files(cfg, benchmarks)
-    index = DigestIndex(Path(cfg.cache_dir) / INDEX_NAME, progress=progress)
-    return dict(zip(map(str, files), index.digests(files, desc="hashing inputs"), strict=True))

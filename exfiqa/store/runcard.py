@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PRECISION", "RunCard", "code_digest", "evaluation_inputs", "git_describe", "input_summary", "run_card"]
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]  # the exfiqa package, sub-packages included
 PRECISION = "float32"
 
 
@@ -199,7 +199,7 @@ def _abs(path: Path) -> Path:
 
 
 def input_summary(cfg: Config, digests: Mapping[str, str]) -> dict[str, str]:
-    """Per-file digests (``{path: sha256}``, :func:`exfiqa.store.digests.input_digests`) grouped by the
+    """Per-file digests (``{path: sha256}``, :func:`exfiqa.store.run.input_digests`) grouped by the
     config entry that reads them: ``{"datasets.ijbc (n files)": sha256 over its files' relative
     paths and digests, ...}``; a single-file input keeps its own digest. Files no entry claims
     (e.g. per-sample arrays placed by another producer) form ``other inputs``."""
@@ -317,7 +317,7 @@ def run_card(
 ) -> RunCard:
     """The card of ``cfg`` (after any notebook overrides).
 
-    ``inputs``: per-file digests (``{path: sha256}``, e.g. :func:`exfiqa.store.digests.input_digests`),
+    ``inputs``: per-file digests (``{path: sha256}``, e.g. :func:`exfiqa.store.run.input_digests`),
     kept grouped per config entry (:func:`input_summary`); by default the evaluation's inputs
     (:func:`evaluation_inputs`: protocol files, sample lists, the per-sample arrays and the image
     and checkpoint digests their manifests cite; no image or checkpoint needs to be there).

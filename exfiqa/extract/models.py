@@ -1,0 +1,50 @@
+"""The models of a run config, loaded once each: what extraction runs (and attention maps, latency).
+
+The evaluation (:class:`exfiqa.study.Study`) loads no model; whoever runs one opens it here from
+the config entry: ``Models(cfg).quality_model("T")``, ``Models(cfg).fr_model("arcface")``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exfiqa.config import Config, ConfigError
+from exfiqa.models.fr import FRModel, OnnxModelError, load_fr_entry
+from exfiqa.models.vitfiqa import ViTFIQA, load_vitfiqa
+
+__all__ = ["Models"]
+
+
+class Models:
+    """The quality and FR models of ``config``, each loaded on first use (eval mode, on the
+    configured device) and kept."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._loaded: dict[tuple[str, str], Any] = {}
+
+    def quality_model(self, name: str) -> ViTFIQA:
+        """The ViT-FIQA model of entry ``quality_models.<name>``."""
+        key = ("quality_models", name)
+        if key not in self._loaded:
+            spec = self.config.quality_models.get(name)
+            if spec is None:
+                raise ConfigError(f"unknown quality_model {name!r}; known: {sorted(self.config.quality_models)}")
+            self._loaded[key] = load_vitfiqa(spec.checkpoint, device=self.config.device, **spec.args)
+        model: ViTFIQA = self._loaded[key]
+        return model
+
+    def fr_model(self, name: str) -> FRModel:
+        """The FR model of entry ``fr_models.<name>`` (or of an FR model a baseline runs on): a
+        torch checkpoint or an ONNX graph (:func:`exfiqa.models.fr.load_fr_entry`)."""
+        key = ("fr_models", name)
+        if key not in self._loaded:
+            spec = self.config.fr_models.get(name) or self.config.support_fr_models.get(name)
+            if spec is None:
+                raise ConfigError(f"unknown fr_model {name!r}; known: {sorted(self.config.fr_models)}")
+            try:
+                self._loaded[key] = load_fr_entry(name, spec.checkpoint, self.config.device, spec.args)
+            except OnnxModelError as exc:  # one line (exit 2 in the commands), not a traceback
+                raise ConfigError(f"fr_models.{name}: {exc}") from None
+        model: FRModel = self._loaded[key]
+        return model
