@@ -56,6 +56,7 @@ from exfiqa.evaluation.metrics import (
 )
 from exfiqa.evaluation.pairs import AllPairs, PairList, release_pages
 from exfiqa.evaluation.subjects import comparison_units, mated_components
+from exfiqa.evaluation.templates import insightface_template_embeddings, template_embeddings
 from exfiqa.io import atomic_write
 from exfiqa.readers import Benchmark
 from exfiqa.store.arrays import BASELINE_FR, BASELINES, ArrayError, code_version
@@ -371,20 +372,16 @@ class Study:
         """Per-side features (float32) and the similarity scale: templates: the config's
         ``template_protocol`` (``group``: media-mean, sum, L2-normalise of the stored
         flip-concatenated embeddings; ``insightface``: the same of ``(f(x) + f(flip x)) *
-        det_score``, :func:`exfiqa.models.fr.insightface_template_embeddings`), scale 1; samples:
+        det_score``, :func:`exfiqa.evaluation.templates.insightface_template_embeddings`), scale 1; samples:
         flip-concatenated embeddings, scale 1/2 (cosine)."""
         bench = self.benchmark(dataset)
         emb = self.embeddings(dataset, fr)
         if bench.level == "template":
             tids, mids = bench.samples["template_id"].to_numpy(), bench.samples["media_id"].to_numpy()
             if self.config.template_protocol == "insightface":
-                from exfiqa.models.fr import insightface_template_embeddings
-
                 det = bench.samples["det_score"].to_numpy(np.float64)
                 _, feats = insightface_template_embeddings(emb, det, tids, mids, norms=self._raw_norms(dataset, fr))
             else:
-                from exfiqa.models.fr import template_embeddings
-
                 _, feats = template_embeddings(emb, tids, mids)
             release_pages(emb)  # read once: 1.9 GB per FR model at IJB-C size need not stay resident
             return feats.astype(np.float32, copy=False), 1.0

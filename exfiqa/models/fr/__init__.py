@@ -2,7 +2,7 @@
 
 Modules: :mod:`~exfiqa.models.fr.iresnet` (the torch backbones), :mod:`~exfiqa.models.fr.model`
 (:class:`Preprocess`, :class:`FRModel`), :mod:`~exfiqa.models.fr.onnx` (ONNX models),
-:mod:`~exfiqa.models.fr.load` (checkpoints and config entries), :mod:`~exfiqa.models.fr.templates`
+:mod:`~exfiqa.models.fr.load` (checkpoints and config entries), :mod:`~exfiqa.evaluation.templates`
 (IJB-C template features). Every public name is importable from here.
 
 Conventions:
@@ -78,6 +78,7 @@ is part of the entry's ``ModelSpec.args``, hence of the per-sample array key;
 fixed batch dimension and graphs listing their weights as inputs are handled (:class:`OnnxFRModel`).
 """
 
+from exfiqa.evaluation.templates import insightface_template_embeddings, template_embeddings
 from exfiqa.models.fr.iresnet import (
     Arch,
     BottleneckIR,
@@ -111,7 +112,6 @@ from exfiqa.models.fr.model import (
     magface_quality,
 )
 from exfiqa.models.fr.onnx import OnnxFRModel, OnnxModelError, load_onnx_fr
-from exfiqa.models.fr.templates import insightface_template_embeddings, template_embeddings
 
 __all__ = [
     "ARCFACE",
