@@ -1,15 +1,16 @@
 """exfiqa: early-exit face image quality assessment with ViT-FIQA (companion to EX-FIQA, FG 2026).
 
-Modules, in the order data flows through them (the README's layout table says more):
+Sub-packages, in the order data flows through them; each imports only those below it (the
+README's layout table says more; ``make lint`` checks the layering):
 
-- readers: ``images``, ``datasets``;
-- models: ``model`` (ViT-FIQA, every exit in one pass), ``flops``, ``fr`` (face recognition),
-  ``baselines``, ``inference``;
-- extraction: ``extract``, ``arrays`` (the per-sample arrays), ``digests``;
-- evaluation: ``config``, ``pipeline`` (the Study and open_study, the notebooks' entry point),
-  ``comparisons``, ``metrics`` (EDC, pAUC), ``subjects`` (independent units), ``bootstrap``, ``fusion``;
-- output: ``analysis``, ``plots``, ``tables``, ``paper`` (``make paper``), ``runcard``, ``cli``;
-- files in and out: ``io``, ``locks`` (one extraction at a time, owned temporary files, disk space);
+- ``readers``: files -> aligned RGB uint8 112x112 faces and each benchmark's comparisons;
+- ``models``: ViT-FIQA (every exit in one pass), FR models, baselines, FLOPs;
+- ``extract``: the compute stage, one read per image -> every per-sample array;
+- ``store``: the interface between the stages: the run description, the arrays, the run card;
+- ``study``: the evaluation over a run's arrays (never extracts), the notebooks' entry point;
+- ``evaluation``: EDC, pAUC, comparison sets, subjects, bootstrap, fusion (numpy only);
+- ``report``: what each notebook section shows, figures and tables; ``paper`` and ``cli`` run it;
+- ``config``, ``io``, ``locks``: run configs; atomic writes and digests; run locks;
 - apart: ``demo`` (the offline demo world) and ``train`` (the training recipes).
 """
 
