@@ -183,7 +183,7 @@ def test_notebook_key_changes_when_a_sub_package_file_changes(tiny_config, tmp_p
     from exfiqa.report import runcard
 
     package = tmp_path / "exfiqa"
-    shutil.copytree(Path(runcard.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(runcard.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
     world = package / "demo" / "world.py"
     assert world.is_file(), "the demo wing is expected at exfiqa/demo/world.py"
     real = runcard.code_digest

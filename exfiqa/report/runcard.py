@@ -39,7 +39,7 @@ from exfiqa.store.digests import INDEX_NAME, DigestIndex
 
 __all__ = ["PRECISION", "RunCard", "code_digest", "evaluation_inputs", "git_describe", "input_summary", "run_card"]
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]  # exfiqa/, every sub-package included
 PRECISION = "float32"
 
 
