@@ -34,9 +34,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jinja2
+import pandas as pd
+
 from exfiqa.config import Config, ConfigError, load_config
 from exfiqa.io import atomic_write
+from exfiqa.locks import no_space_message
 from exfiqa.report.runcard import RunCard, run_card
+from exfiqa.report.tables import latex_unescape
+from exfiqa.store.arrays import arrays_root
 from exfiqa.study import CARD
 
 __all__ = ["NOTEBOOKS", "build_index", "cell_labels", "main", "notebook_key", "run_paper"]
@@ -149,8 +155,6 @@ def _extractable(cfg: Config, log) -> bool:
     sees only the extracted arrays (``arrays_dir`` with a folder per dataset) and the protocol
     files, extraction is skipped with a note and the notebooks evaluate the arrays as they are
     (each array is still checked against its manifest; a missing one is an error naming it)."""
-    from exfiqa.store.arrays import arrays_root
-
     try:
         cfg.check_paths()
     except ConfigError as exc:
@@ -246,8 +250,6 @@ def run_paper(
 
 
 def _caption(tex: Path) -> str:
-    from exfiqa.report.tables import latex_unescape
-
     if not tex.is_file():
         return ""
     found = re.search(r"^\\caption\{(.*)\}\s*$", tex.read_text(), re.M)
@@ -258,9 +260,6 @@ def build_index(out: Path, cfg: Config) -> Path:
     """Write ``out/index.html`` (``report/templates/index.html.j2``): the run card (from
     ``out/run_card.json``, the file the notebooks wrote), every figure (PNG, linked to its PDF),
     every table with its caption, the notebooks."""
-    import jinja2
-    import pandas as pd
-
     card = RunCard.from_json((out / CARD).read_text()) if (out / CARD).is_file() else run_card(cfg)
     state = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
     tables = []
@@ -295,8 +294,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"make paper: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        from exfiqa.locks import no_space_message
-
         message = no_space_message(exc)
         if message is None:
             raise
