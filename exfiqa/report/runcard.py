@@ -319,7 +319,7 @@ def run_card(
     and checkpoint digests their manifests cite; no image or checkpoint needs to be there).
     ``benchmarks``: already opened benchmarks; ``progress``: the hashing bar.
     """
-    described = {
+    described: dict[str, Any] = {
         "config": str(cfg.source) if cfg.source else "(in memory)",
         "world": _world(cfg),
         "device_requested": cfg.device_requested or cfg.device,
@@ -330,6 +330,7 @@ def run_card(
         "inputs": evaluation_inputs(cfg, benchmarks, progress) if inputs is None else input_summary(cfg, inputs),
     }
     # every other field is the config's setting of that name (Config has checked its type)
-    mirrored = {f.name: getattr(cfg, f.name) for f in fields(RunCard) if f.name not in described}
-    return RunCard(**described, **{k: tuple(v) if isinstance(v, dict) else v for k, v in mirrored.items()})
+    mirrored: dict[str, Any] = {f.name: getattr(cfg, f.name) for f in fields(RunCard) if f.name not in described}
+    mirrored |= {k: tuple(v) for k, v in mirrored.items() if isinstance(v, dict)}  # a table: its entries' names
+    return RunCard(**described, **mirrored)
 
