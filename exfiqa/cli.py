@@ -45,7 +45,7 @@ SCORE_FORMAT = "%.9g"
 
 
 class UsageError(ValueError):
-    """A bad option value; reported as one line on stderr with exit code 2."""
+    """A bad option value or input; :func:`main` reports it as one line on stderr, exit code 2."""
 
 
 def _parse_exits(text: str) -> list[int] | None:
@@ -114,41 +114,29 @@ def cmd_score(args: argparse.Namespace) -> int:
     from exfiqa.readers.images import ImageReadError, find_images, read_face
 
     out = Path(args.out)
-    try:
-        if args.batch_size < 1:
-            raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-        if args.num_heads is not None and args.num_heads < 1:
-            raise UsageError(f"--num-heads must be >= 1, got {args.num_heads}")
-        wanted = _parse_exits(args.exits)
-        _check_out(args.out, args.overwrite)
-    except UsageError as exc:
-        print(f"exfiqa score: {exc}", file=sys.stderr)
-        return 2
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.num_heads is not None and args.num_heads < 1:
+        raise UsageError(f"--num-heads must be >= 1, got {args.num_heads}")
+    wanted = _parse_exits(args.exits)
+    _check_out(args.out, args.overwrite)
     try:
         paths = find_images(args.images)
     except FileNotFoundError as exc:
-        print(f"exfiqa score: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
     if not paths:
-        print(f"exfiqa score: no images found in {args.images}", file=sys.stderr)
-        return 2
+        raise UsageError(f"no images found in {args.images}")
     try:
         device = resolve_device(args.device)
     except (ValueError, RuntimeError) as exc:
-        print(f"exfiqa score: --device {args.device}: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--device {args.device}: {exc}") from None
     try:
         model = load_vitfiqa(args.checkpoint, num_heads=args.num_heads)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"exfiqa score: {exc}", file=sys.stderr)
-        return 2
-    try:
-        exits = _check_exits(wanted, args.exits, model.depth)
-        if model.depth < 2:
-            raise UsageError(f"{args.checkpoint}: the model has 1 block; the vitnt_fiqa column needs >= 2")
-    except UsageError as exc:
-        print(f"exfiqa score: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
+    exits = _check_exits(wanted, args.exits, model.depth)
+    if model.depth < 2:
+        raise UsageError(f"{args.checkpoint}: the model has 1 block; the vitnt_fiqa column needs >= 2")
 
     good: list[str] = []
     skipped: list[tuple[str, str]] = []
@@ -175,8 +163,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         scores, attn, vitnt = family_scores(model, batches(), total=len(paths), device=device, progress=not args.quiet)
         attn_fiqa, vitnt_fiqa = attn[:, -1], vitnt[:, 0]  # the last block (as the paper); the mean
     except ImageReadError as exc:
-        print(f"exfiqa score: {exc} (use --skip-bad to leave such files out)", file=sys.stderr)
-        return 2
+        raise UsageError(f"{exc} (use --skip-bad to leave such files out)") from None
     table = pd.DataFrame({"path": good})
     for k in exits:
         table[f"exit_{k}"] = scores[:, k - 1]
@@ -194,8 +181,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         elif listing.is_file():  # left by an earlier run into the same --out: no longer true
             listing.unlink()
     except OSError as exc:  # checked up front; this is what changed since (disk full, ...)
-        print(f"exfiqa score: cannot write {out}: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"cannot write {out}: {exc}") from None
     if skipped:
         print(f"skipped {len(skipped)} unreadable images, listed in {out}.skipped", file=sys.stderr)
     print(f"wrote {len(good)} rows x {len(exits)} exits to {out}", file=sys.stderr)
@@ -249,8 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; a :class:`UsageError` is one line ``exfiqa <command>: message``, exit code 2."""
     args = build_parser().parse_args(argv)  # argparse's own errors exit 2 as well
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        print(f"exfiqa {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ Extraction keys (:mod:`exfiqa.extract.stage`): ``workers`` (DataLoader decoding 
 the cores this process may use, 0 decodes in the main process), ``precision`` (``fp32``, the
 default, or ``bf16``: autocast, part of every model array's key), ``shard_size`` (samples per
 resumable shard, default 50,000) and ``crop_cache`` (keep the aligned uint8 crops, default false).
+
+Each top-level key has one home, its :class:`Config` field (type, default, check). Validation is
+hand-written, not pydantic: its messages ("c.yaml: datasets.x.seed must be an integer, got True
+(bool)") name the file and key path, which pydantic's would do only with as much code again.
 """
 
 from __future__ import annotations
@@ -71,22 +75,20 @@ _PATH_KEYS = {"path", "root", "pairs_file", "checkpoint"}
 _BASELINES: dict[str, str | None] = {"magface_norm": "magface", "serfiq": "arcface", "sharpness": None}
 _BASELINE_FR = {b: fr for b, fr in _BASELINES.items() if fr is not None}  # baseline -> FR model
 
-#: Dataset kind -> reader (:data:`exfiqa.readers.READERS`, the same dict, so that kinds added by
-#: :func:`exfiqa.readers.register_reader` are valid); an entry's keys are the reader's arguments
-#: (``name`` is the entry's).
-
 #: Loader arguments a model entry may give besides ``checkpoint`` and ``label``: the keyword
 #: arguments of :func:`exfiqa.models.fr.load_fr` and :func:`exfiqa.models.vitfiqa.load_vitfiqa` that a YAML value
 #: can express (``device`` comes from the config; ``preprocess`` is an object). Hand-listed because
 #: those modules import torch; tests/test_config.py checks them against the signatures.
 _FR_ARCHS = ("iresnet", "magface", "curricularface")  # exfiqa.models.fr.Arch
+#: Keys only a torch FR checkpoint takes (exfiqa.models.fr.TORCH_ENTRY_ARGS): an ONNX graph fixes its architecture.
+_FR_TORCH_ARGS = {"arch", "layers", "widths", "embedding_size", "input_size"}
 #: ``preprocess`` ({channel_order, scale, mean, std}: exfiqa.models.fr.Preprocess) is required for an ONNX
 #: entry (checkpoint ``*.onnx``), optional for a torch one; ``providers`` is ONNX-only.
-_FR_ARGS = {"name", "arch", "layers", "widths", "embedding_size", "input_size", "preprocess", "providers"}
+_FR_ARGS = _FR_TORCH_ARGS | {"name", "preprocess", "providers"}
+_PREPROCESS_KEYS = ("channel_order", "scale", "mean", "std")
 _QUALITY_ARGS = {"num_heads", "img_size"}
 
 _DEVICE = re.compile(r"cpu|cuda|cuda:[0-9]+|auto")
-_DEVICES_TEXT = "'cpu', 'cuda', 'cuda:N' (N >= 0) or 'auto'"
 _HEADLINE_KEYS = {"dataset", "fr_model", "fmr"}
 #: The four sample types of the poster's attention figure (config key ``attention_samples``).
 ATTENTION_SAMPLE_TYPES = ("child", "frontal", "occlusion", "pose")
@@ -172,16 +174,9 @@ def _discard_limit(key: str, value: Any) -> float:
     return float(value)
 
 
-def _convention(key: str, value: Any) -> str:
-    valid = [c.value for c in Convention]
-    if not isinstance(value, str) or value not in valid:
-        _fail(key, f"one of {valid}", value)
-    return value
-
-
 def _device(key: str, value: Any) -> str:
     if not isinstance(value, str) or not _DEVICE.fullmatch(value):
-        _fail(key, _DEVICES_TEXT, value)
+        _fail(key, "'cpu', 'cuda', 'cuda:N' (N >= 0) or 'auto'", value)
     return value
 
 
@@ -294,54 +289,30 @@ def _subtract_best(key: str, value: Any) -> str:
     return value
 
 
-def _evaluation_rules(raw: dict[str, Any]) -> dict[str, Any]:
-    """``threshold_rule``, ``acceptance`` and ``subtract_best`` of a config file, ``compat`` expanded.
+def _compat_rules(raw: dict[str, Any]) -> dict[str, str]:
+    """The EDC rules a config file's ``compat`` sets.
 
-    ``compat: crfiqa`` sets both rules to the CR-FIQA group's ERC scripts' (``closest``,
-    ``distance<``); a file that also sets either to another value is an error, as is a best-curve
-    subtraction under ``recompute`` (where no best curve is defined).
+    ``compat: crfiqa`` sets ``threshold_rule`` and ``acceptance`` to the CR-FIQA group's ERC
+    scripts' (``closest``, ``distance<``); a file that also sets either to another value is an
+    error, as is a best-curve subtraction under ``recompute`` (where no best curve is defined).
     """
-    rules = {
-        "threshold_rule": raw.get("threshold_rule", "at_most"),
-        "acceptance": raw.get("acceptance", "similarity>="),
-        "subtract_best": _subtract_best("subtract_best", raw.get("subtract_best", "none")),
-    }
-    if rules["subtract_best"] != "none" and raw.get("convention", "recompute") == "recompute":
+    if _subtract_best("subtract_best", raw.get("subtract_best")) != "none" and raw.get("convention", "recompute") == "recompute":
         raise ConfigError("subtract_best: a theoretical best curve is defined for convention 'fixed' only")
     name = raw.get("compat", "none")
     if name in (None, "none"):
-        return rules
+        return {}
     if not isinstance(name, str) or name not in COMPAT:
         _fail("compat", f"one of {['none', *sorted(COMPAT)]}", name)
     for key, value in COMPAT[name].items():
         if key in raw and raw[key] != value:
             raise ConfigError(f"compat: {name} sets {key} {value!r}, but the file also sets {key} {raw[key]!r}")
-    return rules | COMPAT[name]
+    return dict(COMPAT[name])
 
 
-#: Settings :meth:`Config.with_` may override, each with its check (key, value) -> clean value.
-_SETTINGS: dict[str, Callable[[str, Any], Any]] = {
-    "run_name": _run_name,
-    "cache_dir": _folder,
-    "arrays_dir": lambda k, v: None if v is None else _folder(k, v),
-    "results_dir": _folder,
-    "baselines": lambda k, v: _names(k, v, _BASELINES),
-    "fmr_targets": _fmr_targets,
-    "discard_limit": _discard_limit,
-    "convention": _convention,
-    "device": _device,
-    "batch_size": lambda k, v: _int(k, v, 1),
-    "seed": lambda k, v: _int(k, v, 0),
-    "pauc_scale": _pauc_scale,
-    "workers": _workers,
-    "precision": _choice(PRECISIONS),
-    "shard_size": lambda k, v: _int(k, v, 1),
-    "crop_cache": _flag,
-    "threshold_rule": _choice(THRESHOLD_RULES),
-    "acceptance": _choice(ACCEPTANCES),
-    "subtract_best": _subtract_best,
-    "template_protocol": _choice(TEMPLATE_PROTOCOLS),
-}
+def _check(check: Callable[[str, Any], Any]) -> dict[str, Any]:
+    """The metadata of a :class:`Config` field that :meth:`Config.with_` may override: its check
+    ``(key, value) -> clean value``, run whenever a config is made."""
+    return {"check": check}
 
 
 # ------------------------------------------------------------------------------ the config
@@ -397,37 +368,46 @@ class Config:
     ``device_requested`` keeps what was asked for.
     """
 
-    run_name: str
+    run_name: str = field(metadata=_check(_run_name))  # default in a file: the file's stem
     data_root: Path
-    cache_dir: Path
-    results_dir: Path
+    cache_dir: Path = field(metadata=_check(_folder))  # default in a file: <data_root>/cache
+    results_dir: Path = field(metadata=_check(_folder))  # default in a file: results
     datasets: dict[str, DatasetSpec]
     fr_models: dict[str, ModelSpec]
     quality_models: dict[str, ModelSpec]
     external_methods: dict[str, dict[str, Path]] = field(default_factory=dict)
-    baselines: tuple[str, ...] = ()
+    baselines: tuple[str, ...] = field(default=(), metadata=_check(lambda k, v: _names(k, v, _BASELINES)))
     support_fr_models: dict[str, ModelSpec] = field(default_factory=dict)  # all FR models, for baselines
-    fmr_targets: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
-    discard_limit: float = 0.3
-    convention: str = "recompute"
-    device: str = "cpu"
-    batch_size: int = 64
-    seed: int = 0
+    fmr_targets: tuple[float, ...] = field(default=(1e-2, 1e-3, 1e-4), metadata=_check(_fmr_targets))
+    discard_limit: float = field(default=0.3, metadata=_check(_discard_limit))
+    convention: str = field(default="recompute", metadata=_check(_choice(tuple(c.value for c in Convention))))
+    device: str = field(default="cpu", metadata=_check(_device))
+    batch_size: int = field(default=64, metadata=_check(lambda k, v: _int(k, v, 1)))
+    seed: int = field(default=0, metadata=_check(lambda k, v: _int(k, v, 0)))
     demo: str = ""  # "" (real data), "default" or "tiny": which demo world data_root holds
     headline: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None
     device_requested: str = ""  # the device as written ("auto" or the same as device); "" = device
-    pauc_scale: float = 1000.0  # pAUC is shown times this (x10^3, as on the poster); CSVs state it
+    # pAUC is shown times this (x10^3, as on the poster); CSVs state it
+    pauc_scale: float = field(default=1000.0, metadata=_check(_pauc_scale))
     attention_samples: dict[str, AttentionSample] = field(default_factory=dict)  # {} = the default
-    arrays_dir: Path | None = None  # the per-sample layout (exfiqa.store.arrays); None: exfiqa.store.arrays.arrays_root's default
-    workers: int | None = None  # extraction's DataLoader worker processes; None: the cores available
-    precision: str = "fp32"  # model arithmetic in extraction: fp32, or bf16 (autocast; part of every array key)
-    shard_size: int = 50_000  # samples per resumable extraction shard
-    crop_cache: bool = False  # keep the decoded, aligned uint8 crops (memory-mapped) for later runs
-    threshold_rule: str = "at_most"  # EDC threshold for a target: at_most (FMR <= target) or closest (the authors' scripts)
-    acceptance: str = "similarity>="  # a match: similarity >= threshold, or distance< (arccos(cos)/pi < threshold)
-    subtract_best: str = "none"  # pAUC minus a theoretical best curve (fixed only): none, triangle or stepwise
-    template_protocol: str = "group"  # IJB-C template features: group (the paper's) or insightface
+    # the per-sample layout (exfiqa.store.arrays); None: exfiqa.store.arrays.arrays_root's default
+    arrays_dir: Path | None = field(default=None, metadata=_check(lambda k, v: None if v is None else _folder(k, v)))
+    # extraction: DataLoader worker processes (None: the cores available); model arithmetic, fp32
+    # or bf16 (autocast; part of every array key); samples per resumable shard; keep the decoded,
+    # aligned uint8 crops (memory-mapped) for later runs
+    workers: int | None = field(default=None, metadata=_check(_workers))
+    precision: str = field(default="fp32", metadata=_check(_choice(PRECISIONS)))
+    shard_size: int = field(default=50_000, metadata=_check(lambda k, v: _int(k, v, 1)))
+    crop_cache: bool = field(default=False, metadata=_check(_flag))
+    # the EDC threshold for a target: at_most (FMR <= target) or closest (the authors' scripts); a
+    # match: similarity >= threshold, or distance< (arccos(cos)/pi < threshold); pAUC minus a
+    # theoretical best curve (fixed only): none, triangle or stepwise
+    threshold_rule: str = field(default="at_most", metadata=_check(_choice(THRESHOLD_RULES)))
+    acceptance: str = field(default="similarity>=", metadata=_check(_choice(ACCEPTANCES)))
+    subtract_best: str = field(default="none", metadata=_check(_subtract_best))
+    # IJB-C template features: group (the paper's) or insightface
+    template_protocol: str = field(default="group", metadata=_check(_choice(TEMPLATE_PROTOCOLS)))
     plugins: tuple[str, ...] = ()  # modules imported before the datasets are read (registered readers)
 
     def __post_init__(self) -> None:
@@ -516,6 +496,12 @@ def _is_empty(value: Any) -> bool:
     return isinstance(value, (str, list, tuple)) and len(value) == 0
 
 
+#: The settings :meth:`Config.with_` may override -> their checks (key, value) -> clean value.
+_SETTINGS: dict[str, Callable[[str, Any], Any]] = {f.name: f.metadata["check"] for f in fields(Config) if "check" in f.metadata}
+#: The keys a config file may give: the fields but those :func:`load_config` fills in, and ``compat``.
+_TOP_KEYS = {f.name for f in fields(Config)} - {"support_fr_models", "source", "device_requested"} | {"compat"}
+
+
 # ------------------------------------------------------------------------------ notebook parameters
 
 
@@ -526,7 +512,6 @@ def list_parameter(name: str, value: Any, of: Literal["names", "numbers"] = "nam
     parsed with YAML. A bare name (``-p fr_models elasticface``) is refused with the spelling that
     works, rather than guessed at.
     """
-    kind = "names" if of == "names" else "numbers"
     example = '\'["elasticface"]\'' if of == "names" else "'[0.01, 0.001]'"
     if isinstance(value, str):
         try:
@@ -535,12 +520,12 @@ def list_parameter(name: str, value: Any, of: Literal["names", "numbers"] = "nam
             raise ConfigError(f"parameter {name}: {value!r} is not a JSON/YAML list ({_yaml_problem(exc)})") from None
         if not isinstance(parsed, list):
             raise ConfigError(
-                f"parameter {name} must be a list of {kind}, e.g. -p {name} {example}; got the string {value!r}"
+                f"parameter {name} must be a list of {of}, e.g. -p {name} {example}; got the string {value!r}"
             )
         value = parsed
     ok = (lambda v: isinstance(v, str)) if of == "names" else _is_number
     if not isinstance(value, (list, tuple)) or not all(ok(v) for v in value):
-        raise ConfigError(f"parameter {name} must be a list of {kind}, e.g. -p {name} {example}; got {_show(value)}")
+        raise ConfigError(f"parameter {name} must be a list of {of}, e.g. -p {name} {example}; got {_show(value)}")
     return list(value)
 
 
@@ -711,12 +696,11 @@ def _model_arg(where: str, key: str, value: Any) -> Any:
                 _fail(f"{where}.{k}", "a finite" + (" non-zero" if nonzero else "") + " number", v)
             return float(v)
 
-        fields_ = ("channel_order", "scale", "mean", "std")
         entry = _mapping(where, value, "a mapping {channel_order: RGB|BGR, scale: S, mean: [3 numbers], std: [3 numbers]}")
-        _only(where, entry, set(fields_))
-        missing = [k for k in fields_ if k not in entry]
+        _only(where, entry, set(_PREPROCESS_KEYS))
+        missing = [k for k in _PREPROCESS_KEYS if k not in entry]
         if missing:
-            raise ConfigError(f"{where} needs {missing} (all of {list(fields_)}: the model's input is (pixel * scale - mean) / std)")
+            raise ConfigError(f"{where} needs {missing} (all of {list(_PREPROCESS_KEYS)}: the model's input is (pixel * scale - mean) / std)")
         if entry["channel_order"] not in ("RGB", "BGR"):
             _fail(f"{where}.channel_order", "'RGB' or 'BGR'", entry["channel_order"])
         out: dict[str, Any] = {"channel_order": entry["channel_order"], "scale": number("scale", entry["scale"], True)}
@@ -743,7 +727,7 @@ def _models(raw: Any, root: Path, kind: str) -> dict[str, ModelSpec]:
         args = {k: _model_arg(f"{where}.{k}", k, v) for k, v in entry.items() if k in allowed}
         text = _text(f"{where}.checkpoint", entry["checkpoint"])
         if kind == "fr_models" and text.lower().endswith(".onnx"):
-            torch_only = sorted(set(args) - {"name", "preprocess", "providers"})
+            torch_only = sorted(set(args) & _FR_TORCH_ARGS)
             if torch_only:
                 raise ConfigError(f"{where}: {torch_only} apply to torch checkpoints only; the ONNX graph {text} fixes its architecture")
             if "preprocess" not in args:
@@ -816,15 +800,6 @@ def parse_attention_samples(value: Any, cfg: Config, key: str = "parameter atten
     return _attention_samples(key, value, cfg.data_root, known)
 
 
-_TOP_KEYS = {
-    "run_name", "data_root", "cache_dir", "results_dir", "datasets", "fr_models", "quality_models",
-    "external_methods", "baselines", "fmr_targets", "discard_limit", "convention", "device",
-    "batch_size", "seed", "demo", "headline", "pauc_scale", "attention_samples", "arrays_dir",
-    "workers", "precision", "shard_size", "crop_cache",
-    "threshold_rule", "acceptance", "compat", "subtract_best", "template_protocol", "plugins",
-}
-
-
 _MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z", re.ASCII)
 
 
@@ -885,53 +860,38 @@ def load_config(
         root = _resolve(base, data_root or written_root)
         # everything that does not need the plugins' readers is checked before any plugin runs
         names = _plugin_names(raw.get("plugins"))
-        for key, check in _SETTINGS.items():
-            if key in raw:
-                check(key, raw[key])
-        _demo_kind("demo", raw.get("demo", False))
-        _headline("headline", raw.get("headline"))
-        _models(raw.get("fr_models"), root, "fr_models")
-        _models(raw.get("quality_models"), root, "quality_models")
+        settings = {key: raw[key] for key in _SETTINGS if key in raw}
+        for key, value in settings.items():
+            _SETTINGS[key](key, value)
+        demo = _demo_kind("demo", raw.get("demo", False))
+        headline = _headline("headline", raw.get("headline"))
+        fr = _models(raw.get("fr_models"), root, "fr_models")
+        quality = _models(raw.get("quality_models"), root, "quality_models")
         plugins = _plugins(names, src)
         datasets = _datasets(raw.get("datasets"), root)
-        fr = _models(raw.get("fr_models"), root, "fr_models")
         baselines = _names("baselines", raw.get("baselines", []), _BASELINES)
         for b in baselines:
             if _BASELINES[b] is not None and _BASELINES[b] not in fr:
                 raise ConfigError(f"baselines: {b} runs on fr_models.{_BASELINES[b]}, which this config lacks")
         _baseline_models(baselines, fr)
-        headline = _headline("headline", raw.get("headline"))
         for key, table in (("dataset", datasets), ("fr_model", fr)):
             if key in headline and headline[key] not in table:
                 raise ConfigError(f"headline.{key} {headline[key]!r} is not one of {sorted(table)}")
+        # the settings as written (Config checks them), folders resolved against the working folder
+        settings |= {key: _resolve(base, _text(key, settings[key])) for key in ("cache_dir", "arrays_dir", "results_dir")
+                     if key in settings}
+        defaults: dict[str, Any] = {"run_name": path.stem, "cache_dir": root / "cache", "results_dir": base / "results"}
         return Config(
-            run_name=raw.get("run_name", path.stem),
+            **defaults | settings | _compat_rules(raw),
             data_root=root,
-            cache_dir=_resolve(base, _text("cache_dir", raw["cache_dir"])) if "cache_dir" in raw else root / "cache",
-            arrays_dir=_resolve(base, _text("arrays_dir", raw["arrays_dir"])) if "arrays_dir" in raw else None,
-            results_dir=_resolve(base, _text("results_dir", raw.get("results_dir", "results"))),
             datasets=datasets,
             fr_models=fr,
             support_fr_models=dict(fr),
-            quality_models=_models(raw.get("quality_models"), root, "quality_models"),
+            quality_models=quality,
             external_methods=_external(raw.get("external_methods"), root, datasets),
-            baselines=baselines,
-            fmr_targets=raw.get("fmr_targets", (1e-2, 1e-3, 1e-4)),
-            discard_limit=raw.get("discard_limit", 0.3),
-            convention=raw.get("convention", "recompute"),
-            device=raw.get("device", "cpu"),
-            batch_size=raw.get("batch_size", 64),
-            seed=raw.get("seed", 0),
-            demo=_demo_kind("demo", raw.get("demo", False)),
+            demo=demo,
             headline=headline,
             source=path,
-            pauc_scale=raw.get("pauc_scale", 1000.0),
-            workers=raw.get("workers"),
-            precision=raw.get("precision", "fp32"),
-            shard_size=raw.get("shard_size", 50_000),
-            crop_cache=raw.get("crop_cache", False),
-            **_evaluation_rules(raw),
-            template_protocol=raw.get("template_protocol", "group"),
             attention_samples=_attention_samples("attention_samples", raw.get("attention_samples"), root, datasets),
             plugins=plugins,
         )

@@ -18,26 +18,30 @@ again; its outputs are reused. Its completion record (its key in ``run.json``) i
 runs and written after it succeeded, and it executes into a hidden file renamed into place: a run
 killed in the middle of a notebook leaves no record, so the next ``make paper`` executes it again.
 Expensive per-sample work is cached separately (see
-:mod:`exfiqa.study`). While a notebook runs, the terminal shows each cell as it starts (named
-by its section heading), a heartbeat for long cells and the kernel's text on stderr.
+:mod:`exfiqa.study`). While a notebook runs, the terminal shows each code cell as it starts (named
+by its first comment line or section heading) and the kernel's stderr (its progress bars).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import html
 import json
 import re
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jinja2
+import pandas as pd
+
 from exfiqa.config import Config, ConfigError, load_config
 from exfiqa.io import atomic_write
+from exfiqa.locks import no_space_message
+from exfiqa.report.tables import latex_unescape
+from exfiqa.store.arrays import arrays_root
 from exfiqa.store.runcard import RunCard, run_card
 from exfiqa.study import CARD
 
@@ -46,7 +50,6 @@ __all__ = ["NOTEBOOKS", "build_index", "cell_labels", "main", "notebook_key", "r
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ("01_layer_analysis", "02_attention", "03_fusion", "04_early_exit")
 RUN_MARKER = ".exfiqa-run"
-HEARTBEAT_S = 60.0  # a running cell reports it is still running this often
 #: Run-card fields that may differ between make paper's start and a notebook only because files
 #: changed while the run went on (anything else differing is an error: a notebook overrode the config).
 DRIFT = ("code_sha256", "git", "inputs")
@@ -108,93 +111,30 @@ def cell_labels(cells: Sequence[Any]) -> dict[int, str]:
 
 
 class _Progress:
-    """Reports a notebook's execution to ``log``: each code cell as it starts, a heartbeat while
-    a cell runs longer than :data:`HEARTBEAT_S`, and the kernel's stderr text (progress bars
-    throttled to one line per 15 s)."""
+    """Logs each code cell of a running notebook as it starts: ``cell 3/12 (label) ...``
+    (nbclient's ``on_notebook_start`` and ``on_cell_start`` hooks, which papermill passes on)."""
 
     def __init__(self, name: str, log: Callable[[str], Any]) -> None:
         self.name, self.log = name, log
         self.labels: dict[int, str] = {}
-        self.current = ""
-        self.started = self.next_beat = time.monotonic()
-        self.last_bar = 0.0
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.beat = threading.Thread(target=self._heartbeat, daemon=True)
 
-    def start(self, cells: Sequence[Any]) -> None:
-        self.labels = cell_labels(cells)
-        self.beat.start()
+    def start(self, notebook: Any, **_: Any) -> None:
+        self.labels = cell_labels(notebook.cells)  # the notebook with papermill's injected parameters
 
-    def cell(self, index: int) -> None:
-        if index not in self.labels:
-            return
-        order = sorted(self.labels)
-        with self.lock:
-            self.current = f"cell {order.index(index) + 1}/{len(order)} ({self.labels[index]})"
-            self.started = time.monotonic()
-            self.next_beat = self.started + HEARTBEAT_S
-        self.log(f"[paper] {self.name}: {self.current} ...")
-
-    def _heartbeat(self) -> None:
-        while not self.stop.wait(min(5.0, HEARTBEAT_S / 4)):
-            with self.lock:
-                now = time.monotonic()
-                due = bool(self.current) and now >= self.next_beat
-                if due:
-                    self.next_beat += HEARTBEAT_S
-                current, running = self.current, now - self.started
-            if due:
-                self.log(f"[paper] {self.name}: {current} still running ({running / 60:.1f} min)")
-
-    # a file-like sink for papermill's stderr_file
-    def write(self, text: str) -> int:
-        for line in re.split(r"[\r\n]+", text):
-            line = line.strip()
-            if not line:
-                continue
-            bar = "%|" in line or line.endswith("it/s]") or "img/s]" in line
-            now = time.monotonic()
-            if bar and now - self.last_bar < 15:
-                continue
-            self.last_bar = now if bar else self.last_bar
-            self.log(f"[paper] {self.name}: {line}")
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.stop.set()
+    def cell(self, cell: Any, cell_index: int, **_: Any) -> None:
+        if cell_index in self.labels:
+            order = sorted(self.labels)
+            self.log(f"[paper] {self.name}: cell {order.index(cell_index) + 1}/{len(order)} ({self.labels[cell_index]}) ...")
 
 
 def _execute(staged: Path, executed: Path, parameters: dict[str, Any], progress: _Progress) -> None:
-    """papermill with an engine that reports each cell to ``progress``."""
+    """papermill, reporting each cell to ``progress``; the kernel's stderr goes to ours."""
     import papermill as pm
-    from papermill.engines import NBClientEngine, papermill_engines
 
-    class Engine(NBClientEngine):
-        @classmethod
-        def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
-            progress.start(nb_man.nb.cells)
-            cell_start = nb_man.cell_start
-
-            def start(cell, cell_index=None, **kw):
-                progress.cell(cell_index)
-                return cell_start(cell, cell_index, **kw)
-
-            nb_man.cell_start = start
-            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
-
-    papermill_engines.register("exfiqa-progress", Engine)
-    try:
-        pm.execute_notebook(
-            str(staged), str(executed), parameters=parameters, engine_name="exfiqa-progress",
-            kernel_name="python3", cwd=str(Path.cwd()), progress_bar=False, log_output=False,
-            stderr_file=progress,
-        )
-    finally:
-        progress.close()
+    pm.execute_notebook(
+        str(staged), str(executed), parameters=parameters, kernel_name="python3", cwd=str(Path.cwd()),
+        progress_bar=False, stderr_file=sys.stderr, on_notebook_start=progress.start, on_cell_start=progress.cell,
+    )
 
 
 # ------------------------------------------------------------------------------ the run
@@ -215,8 +155,6 @@ def _extractable(cfg: Config, log) -> bool:
     sees only the extracted arrays (``arrays_dir`` with a folder per dataset) and the protocol
     files, extraction is skipped with a note and the notebooks evaluate the arrays as they are
     (each array is still checked against its manifest; a missing one is an error naming it)."""
-    from exfiqa.store.arrays import arrays_root
-
     try:
         cfg.check_paths()
     except ConfigError as exc:
@@ -291,18 +229,18 @@ def run_paper(
             staged.unlink(missing_ok=True)
         running.replace(executed)
         _to_html(executed, executed.with_suffix(".html"))
-        used = RunCard.from_json((out / CARD).read_text())
+        diff = card.differences(RunCard.from_json((out / CARD).read_text()))  # the card the notebook wrote
         with atomic_write(out / CARD, overwrite=True) as fh:  # the card of the run, for the index
             fh.write(card.to_json())
-        diff = card.differences(used)
         if set(diff) - set(DRIFT):
             raise ConfigError(f"{name} ran with another run card than the config gives (differs in {diff}); "
                               "a notebook must take its settings from the config")
-        state[name] = {"key": notebook_key(used, config, src, extra), "seconds": round(time.perf_counter() - t0, 1)}
-        if diff:  # code or input files changed while the run was going on
+        # the key of the run's start: a notebook that saw newer files (diff) runs again next time
+        state[name] = {"key": key, "seconds": round(time.perf_counter() - t0, 1)}
+        if diff:
             state[name]["changed_during_run"] = diff
-            log(f"[paper] {name}: WARNING: {', '.join(diff)} changed while the run was going on; "
-                "its tables follow the new files, the index shows the card of the run's start")
+            log(f"[paper] {name}: WARNING: {', '.join(diff)} changed while the run was going on; its tables "
+                "follow the new files, the index shows the card of the run's start; make paper runs it again")
         with atomic_write(state_path, overwrite=True) as fh:
             json.dump(state, fh, indent=2, sort_keys=True)
         log(f"[paper] {name}: done in {state[name]['seconds']} s")
@@ -312,8 +250,6 @@ def run_paper(
 
 
 def _caption(tex: Path) -> str:
-    from exfiqa.report.tables import latex_unescape
-
     if not tex.is_file():
         return ""
     found = re.search(r"^\\caption\{(.*)\}\s*$", tex.read_text(), re.M)
@@ -321,77 +257,29 @@ def _caption(tex: Path) -> str:
 
 
 def build_index(out: Path, cfg: Config) -> Path:
-    """Write ``out/index.html``: the run card (from ``out/run_card.json``, the file the notebooks
-    wrote), every figure (PNG, linked to its PDF), every table with its caption, the notebooks."""
-    import pandas as pd
-
-    def section(title: str, body: str) -> str:
-        return f"<section><h2>{html.escape(title)}</h2>\n{body}</section>\n"
-
+    """Write ``out/index.html`` (``report/templates/index.html.j2``): the run card (from
+    ``out/run_card.json``, the file the notebooks wrote), every figure (PNG, linked to its PDF),
+    every table with its caption, the notebooks."""
     card = RunCard.from_json((out / CARD).read_text()) if (out / CARD).is_file() else run_card(cfg)
     state = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
-    drift = "".join(
-        f'<p class="note">{html.escape(n)} ran after {html.escape(", ".join(s["changed_during_run"]))} changed during '
-        "the run: its tables follow the newer files, this card shows the run's start. Run make paper again.</p>"
-        for n, s in state.items() if isinstance(s, dict) and s.get("changed_during_run")
-    )
-    nb_links = "".join(
-        f'<li><a href="notebooks/{n}.html">{n}</a> (<a href="notebooks/{n}.ipynb">ipynb</a>)</li>'
-        for n in NOTEBOOKS if (out / "notebooks" / f"{n}.ipynb").is_file()
-    )
-    figures = "".join(
-        f'<figure id="{p.stem}"><a href="figures/{p.stem}.pdf"><img src="figures/{p.name}" alt="{p.stem}" '
-        f'loading="lazy"></a><figcaption>{html.escape(p.stem)}</figcaption></figure>\n'
-        for p in sorted((out / "figures").glob("*.png"))
-    )
-    tables = ""
+    tables = []
     for p in sorted((out / "tables").glob("*.csv")):
         frame = pd.read_csv(p)
         shown = frame.head(60).to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="tbl")
-        more = f"<p>({len(frame)} rows; first 60 shown)</p>" if len(frame) > 60 else ""
-        caption = _caption(p.with_suffix(".tex"))
-        tables += (
-            f'<div class="table" id="{p.stem}"><h3>{html.escape(p.stem)} '
-            f'<small>(<a href="tables/{p.name}">csv</a>, <a href="tables/{p.stem}.tex">tex</a>)</small></h3>'
-            + (f'<p class="caption">{html.escape(caption)}</p>' if caption else "")
-            + f"{shown}{more}</div>\n"
-        )
-    note = f'<p class="note">{_md_bold(card.banner())}</p>'
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>EX-FIQA results: {html.escape(card.run_name)}</title>
-<style>
-body {{ font-family: sans-serif; max-width: 1200px; margin: 2em auto; color: #222; }}
-figure {{ display: inline-block; margin: 0.5em; vertical-align: top; max-width: 560px; }}
-figure img {{ max-width: 100%; border: 1px solid #ddd; }}
-table.tbl {{ border-collapse: collapse; font-size: 0.8em; }} table.tbl td, table.tbl th {{ padding: 2px 6px; border-bottom: 1px solid #eee; }}
-table.card {{ border-collapse: collapse; font-size: 0.85em; }} table.card th {{ text-align: left; padding: 1px 10px 1px 0; }}
-.note {{ background: #fff6d5; padding: 0.6em; }} .caption {{ font-size: 0.85em; color: #555; }}
-</style>
-<script>
-window.addEventListener("load", () => {{
-  const imgs = [...document.images];
-  document.body.dataset.broken = imgs.filter(i => !i.complete || i.naturalWidth === 0).length;
-  document.body.dataset.imagesOk = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
-}});
-</script></head><body>
-<h1>EX-FIQA, regenerated: {html.escape(card.run_name)}</h1>
-{note}
-{section("Run card", card.html() + drift)}
-{section("Notebooks", f"<ul>{nb_links}</ul>")}
-{section("Figures", figures)}
-{section("Tables", tables)}
-</body></html>
-"""
+        tables.append({"stem": p.stem, "caption": _caption(p.with_suffix(".tex")), "html": shown, "rows": len(frame)})
+    env = jinja2.Environment(loader=jinja2.PackageLoader("exfiqa.report"), autoescape=True, keep_trailing_newline=True)
+    page = env.get_template("index.html.j2").render(
+        card=card,
+        banner=card.banner().split("**"),  # markdown **bold**: the odd parts
+        changed={n: s["changed_during_run"] for n, s in state.items() if isinstance(s, dict) and s.get("changed_during_run")},
+        notebooks=[n for n in NOTEBOOKS if (out / "notebooks" / f"{n}.ipynb").is_file()],
+        figures=[p.stem for p in sorted((out / "figures").glob("*.png"))],
+        tables=tables,
+    )
     target = out / "index.html"
     with atomic_write(target, overwrite=True) as fh:
         fh.write(page)
     return target
-
-
-def _md_bold(text: str) -> str:
-    """Markdown ``**bold**`` -> HTML ``<b>``, the rest escaped."""
-    parts = html.escape(text).split("**")
-    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -406,8 +294,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"make paper: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        from exfiqa.locks import no_space_message
-
         message = no_space_message(exc)
         if message is None:
             raise

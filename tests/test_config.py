@@ -179,7 +179,7 @@ def test_the_hand_listed_names_match_the_code_they_stand_for():
 
     from exfiqa import config as c
     from exfiqa.models.baselines import BASELINES
-    from exfiqa.models.fr import TORCH_ENTRY_ARGS, Arch, load_fr, load_onnx_fr
+    from exfiqa.models.fr import TORCH_ENTRY_ARGS, Arch, Preprocess, load_fr, load_onnx_fr
     from exfiqa.models.vitfiqa import load_vitfiqa
     from exfiqa.readers import BENCHMARK_KINDS
 
@@ -190,7 +190,8 @@ def test_the_hand_listed_names_match_the_code_they_stand_for():
     onnx_params = set(inspect.signature(load_onnx_fr).parameters) - {"path", "device"}
     # exfiqa.models.fr.load_fr_entry takes `name`, turns `preprocess` into a Preprocess and passes the rest on
     assert c._FR_ARGS == fr_params | onnx_params
-    assert c._FR_ARGS - onnx_params == set(TORCH_ENTRY_ARGS)  # keys an ONNX entry refuses
+    assert c._FR_TORCH_ARGS == c._FR_ARGS - onnx_params == TORCH_ENTRY_ARGS  # keys an ONNX entry refuses
+    assert c._PREPROCESS_KEYS == tuple(f.name for f in dataclasses.fields(Preprocess) if f.name != "source")
     assert c._QUALITY_ARGS == set(inspect.signature(load_vitfiqa).parameters) - {"path", "device"}
 
 

@@ -22,16 +22,24 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from exfiqa.config import Config
-
-if TYPE_CHECKING:
-    from exfiqa.readers import Benchmark
+from exfiqa.config import _BASELINE_FR, _PATH_KEYS, Config
+from exfiqa.evaluation.metrics import rule_note
+from exfiqa.readers import Benchmark, load_benchmark
+from exfiqa.store.arrays import (
+    _read_json,
+    array_path,
+    arrays_root,
+    manifest_path,
+    samples_digest,
+    wanted_arrays,
+)
+from exfiqa.store.digests import INDEX_NAME, DigestIndex
 
 __all__ = ["PRECISION", "RunCard", "code_digest", "evaluation_inputs", "git_describe", "input_summary", "run_card"]
 
-PACKAGE = Path(__file__).resolve().parents[1]  # the exfiqa package, sub-packages included
+PACKAGE = Path(__file__).resolve().parents[1]  # exfiqa/, every sub-package included
 PRECISION = "float32"
 
 
@@ -59,7 +67,11 @@ def git_describe(where: Path = PACKAGE) -> str:
 @dataclass(frozen=True)
 class RunCard:
     """What a run runs with. ``inputs``: each input (checkpoint, benchmark, CSV) -> SHA-256
-    (of the file, or over the files of a benchmark; see :func:`input_summary`)."""
+    (of the file, or over the files of a benchmark; see :func:`input_summary`).
+
+    A field named like a :class:`~exfiqa.config.Config` field holds that field's value (a table of
+    entries: their names), except those :func:`run_card` describes in words (``precision``,
+    ``headline``, ``device_requested``)."""
 
     run_name: str
     config: str
@@ -155,14 +167,13 @@ class RunCard:
     @classmethod
     def from_json(cls, text: str) -> RunCard:
         raw = json.loads(text)
-        for k in ("datasets", "fr_models", "quality_models", "fmr_targets"):
-            raw[k] = tuple(raw[k])
+        for f in fields(cls):
+            if str(f.type).startswith("tuple") and f.name in raw:
+                raw[f.name] = tuple(raw[f.name])
         return cls(**raw)
 
 
 def _rule_text(threshold_rule: str, acceptance: str) -> str:
-    from exfiqa.evaluation.metrics import rule_note
-
     return rule_note(threshold_rule, acceptance).removeprefix("threshold ")
 
 
@@ -180,8 +191,6 @@ def _headline(cfg: Config) -> str:
 
 def _input_groups(cfg: Config) -> list[tuple[str, list[Path]]]:
     """(label, the paths it reads: files, or folders whose files it reads) per input of ``cfg``."""
-    from exfiqa.config import _PATH_KEYS
-
     groups: list[tuple[str, list[Path]]] = []
     models = {**{f"quality_models.{k}": m for k, m in cfg.quality_models.items()},
               **{f"fr_models.{k}": m for k, m in cfg.support_fr_models.items()}}
@@ -233,8 +242,6 @@ def input_summary(cfg: Config, digests: Mapping[str, str]) -> dict[str, str]:
 
 def _model_of(kind: str, name: str) -> str:
     """The config entry whose checkpoint an array of ``kind``/``name`` was computed with."""
-    from exfiqa.config import _BASELINE_FR
-
     if kind in ("exits", "attn", "vitnt"):
         return f"quality_models.{name}"
     if kind in ("emb", "norms"):
@@ -261,17 +268,6 @@ def evaluation_inputs(
     ``benchmarks``: already opened benchmarks by dataset name. File digests go through the run's
     digest index (``progress``: its bar when many files need hashing).
     """
-    from exfiqa.readers import load_benchmark
-    from exfiqa.store.arrays import (
-        _read_json,
-        array_path,
-        arrays_root,
-        manifest_path,
-        samples_digest,
-        wanted_arrays,
-    )
-    from exfiqa.store.digests import INDEX_NAME, DigestIndex
-
     index = DigestIndex(Path(cfg.cache_dir) / INDEX_NAME, progress=progress)
     root = arrays_root(cfg)
     out: dict[str, str] = {}
@@ -323,30 +319,18 @@ def run_card(
     and checkpoint digests their manifests cite; no image or checkpoint needs to be there).
     ``benchmarks``: already opened benchmarks; ``progress``: the hashing bar.
     """
-    summary = evaluation_inputs(cfg, benchmarks, progress) if inputs is None else input_summary(cfg, inputs)
-    return RunCard(
-        run_name=cfg.run_name,
-        config=str(cfg.source) if cfg.source else "(in memory)",
-        world=_world(cfg),
-        datasets=tuple(cfg.datasets),
-        fr_models=tuple(cfg.fr_models),
-        quality_models=tuple(cfg.quality_models),
-        device=cfg.device,
-        device_requested=cfg.device_requested or cfg.device,
-        precision=f"models {cfg.precision}, arrays and evaluation {PRECISION}",
-        convention=cfg.convention,
-        discard_limit=float(cfg.discard_limit),
-        fmr_targets=tuple(float(f) for f in cfg.fmr_targets),
-        pauc_scale=float(cfg.pauc_scale),
-        headline=_headline(cfg),
-        seed=int(cfg.seed),
-        batch_size=int(cfg.batch_size),
-        code_sha256=code_digest(),
-        git=git_describe(),
-        inputs=summary,
-        threshold_rule=cfg.threshold_rule,
-        acceptance=cfg.acceptance,
-        subtract_best=cfg.subtract_best,
-        template_protocol=cfg.template_protocol,
-    )
+    described: dict[str, Any] = {
+        "config": str(cfg.source) if cfg.source else "(in memory)",
+        "world": _world(cfg),
+        "device_requested": cfg.device_requested or cfg.device,
+        "precision": f"models {cfg.precision}, arrays and evaluation {PRECISION}",
+        "headline": _headline(cfg),
+        "code_sha256": code_digest(),
+        "git": git_describe(),
+        "inputs": evaluation_inputs(cfg, benchmarks, progress) if inputs is None else input_summary(cfg, inputs),
+    }
+    # every other field is the config's setting of that name (Config has checked its type)
+    mirrored: dict[str, Any] = {f.name: getattr(cfg, f.name) for f in fields(RunCard) if f.name not in described}
+    mirrored |= {k: tuple(v) for k, v in mirrored.items() if isinstance(v, dict)}  # a table: its entries' names
+    return RunCard(**described, **mirrored)
 
