@@ -261,14 +261,6 @@ def max_discard_limit(convention: Convention | str) -> float:
     return 1.0
 
 
-def _resolve_device(requested: str) -> str:
-    """``auto`` -> ``cuda`` if torch sees a GPU, else ``cpu``; anything else unchanged."""
-    if requested != "auto":
-        return requested
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
 
 #: EDC threshold rules and acceptance rules (config keys ``threshold_rule``, ``acceptance``; see
 #: :mod:`exfiqa.evaluation.metrics`), pAUC best-curve subtraction and IJB-C template protocols.
@@ -364,8 +356,8 @@ class AttentionSample:
 class Config:
     """A whole run. Notebooks narrow it with :meth:`select` and override scalars with :meth:`with_`.
 
-    ``device`` is never ``auto``: that is resolved once, when the config is made, and
-    ``device_requested`` keeps what was asked for.
+    ``device`` is as written (``auto`` included): whoever runs a model resolves it
+    (:func:`exfiqa.models.device.resolve_device`), so reading a config needs no torch.
     """
 
     run_name: str = field(metadata=_check(_run_name))  # default in a file: the file's stem
@@ -387,7 +379,6 @@ class Config:
     demo: str = ""  # "" (real data), "default" or "tiny": which demo world data_root holds
     headline: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None
-    device_requested: str = ""  # the device as written ("auto" or the same as device); "" = device
     # pAUC is shown times this (x10^3, as on the poster); CSVs state it
     pauc_scale: float = field(default=1000.0, metadata=_check(_pauc_scale))
     attention_samples: dict[str, AttentionSample] = field(default_factory=dict)  # {} = the default
@@ -413,9 +404,6 @@ class Config:
     def __post_init__(self) -> None:
         for key, check in _SETTINGS.items():
             object.__setattr__(self, key, check(key, getattr(self, key)))
-        if self.device == "auto" or not self.device_requested:
-            object.__setattr__(self, "device_requested", self.device)
-            object.__setattr__(self, "device", _resolve_device(self.device))
         top = max_discard_limit(self.convention)
         if self.discard_limit > top:
             raise ConfigError(
@@ -460,8 +448,6 @@ class Config:
         if fixed:
             raise ConfigError(f"setting(s) {fixed} cannot be overridden; choose from {sorted(_SETTINGS)}")
         clean = {k: v for k, v in overrides.items() if not (v is None or _is_empty(v))}
-        if "device" in clean:
-            clean["device_requested"] = ""  # recorded again (and auto resolved) by __post_init__
         return replace(self, **clean)
 
     def check_paths(self, checkpoints: bool = True) -> None:
@@ -499,7 +485,7 @@ def _is_empty(value: Any) -> bool:
 #: The settings :meth:`Config.with_` may override -> their checks (key, value) -> clean value.
 _SETTINGS: dict[str, Callable[[str, Any], Any]] = {f.name: f.metadata["check"] for f in fields(Config) if "check" in f.metadata}
 #: The keys a config file may give: the fields but those :func:`load_config` fills in, and ``compat``.
-_TOP_KEYS = {f.name for f in fields(Config)} - {"support_fr_models", "source", "device_requested"} | {"compat"}
+_TOP_KEYS = {f.name for f in fields(Config)} - {"support_fr_models", "source"} | {"compat"}
 
 
 # ------------------------------------------------------------------------------ notebook parameters

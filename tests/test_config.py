@@ -211,19 +211,20 @@ def test_baselines_headline_and_external_methods_refer_to_known_entries(tmp_path
         load_config(_write(tmp_path, external_methods={"mine": {"lfw": 3}}))
 
 
-def test_device_is_checked_and_auto_resolved_once(tmp_path, monkeypatch):
+def test_device_is_checked_and_auto_resolved_where_a_model_runs(tmp_path, monkeypatch):
     import torch
 
+    from exfiqa.extract.models import Models, run_device
+
     assert load_config(_write(tmp_path, device="cuda:1")).device == "cuda:1"  # not checked for presence
+    cfg = load_config(_write(tmp_path, device="auto"))
+    assert cfg.device == "auto" and cfg.with_(seed=1).device == "auto"  # as written: reading needs no torch
     for available, expected in ((True, "cuda"), (False, "cpu")):
         monkeypatch.setattr(torch.cuda, "is_available", lambda a=available: a)
-        cfg = load_config(_write(tmp_path, device="auto"))
-        assert (cfg.device, cfg.device_requested) == (expected, "auto")
-    calls = []
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: calls.append(1) or False)
-    assert cfg.with_(seed=1).device_requested == "auto" and not calls  # not resolved again
-    assert cfg.with_(device="cuda:0").device == cfg.with_(device="cuda:0").device_requested == "cuda:0"
-    assert cfg.with_(device="auto").device == "cpu" and calls == [1]
+        assert str(run_device(cfg)) == expected and Models(cfg).device == expected
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"device: device='cuda:0' requested but CUDA is not available"):
+        run_device(cfg.with_(device="cuda:0"))
     with pytest.raises(ConfigError, match=r"device must be 'cpu', 'cuda', 'cuda:N' \(N >= 0\) or 'auto', got 'gpu'"):
         cfg.with_(device="gpu")
 

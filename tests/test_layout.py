@@ -23,7 +23,9 @@ def table_paths(readme: str) -> set[str]:
     the row of `exfiqa/readers/`, and `exfiqa/models/fr/onnx.py` for `fr/` (`onnx.py`)."""
     body = readme.split(SECTION + "\n", 1)[1].split("\n## ", 1)[0]
     out: set[str] = set()
-    for line in body.splitlines()[2:]:
+    for line in body.splitlines():
+        if not line.startswith("| `"):
+            continue  # text around the table, its header and rule
         first = line.strip().strip("|").split(" | ", 1)[0]
         folders = [""]  # the folder a bare name is in; a nested folder opens with "(" after it
         last = ""

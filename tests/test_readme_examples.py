@@ -131,7 +131,7 @@ def _assert_took_effect(study, given: dict[str, Any], injected: dict[str, Any]) 
         elif name == "out_dir":
             assert study.out_dir == Path(value) and (study.out_dir / "tables").is_dir()
         elif name == "device":
-            assert cfg.device_requested == value
+            assert cfg.device == value
         elif name in ("discard_limit", "convention", "batch_size", "seed"):
             assert getattr(cfg, name) == value, name
 

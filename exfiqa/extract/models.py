@@ -8,11 +8,23 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from exfiqa.config import Config, ConfigError
+from exfiqa.models.device import resolve_device
 from exfiqa.models.fr import FRModel, OnnxModelError, load_fr_entry
 from exfiqa.models.vitfiqa import ViTFIQA, load_vitfiqa
 
-__all__ = ["Models"]
+__all__ = ["Models", "run_device"]
+
+
+def run_device(config: Config) -> torch.device:
+    """The config's ``device`` resolved (``auto``: CUDA when torch sees a GPU, else the CPU); a
+    CUDA device on a machine without one is a :class:`ConfigError` naming the key."""
+    try:
+        return resolve_device(config.device)
+    except ValueError as exc:
+        raise ConfigError(f"device: {exc}") from None
 
 
 class Models:
@@ -21,6 +33,7 @@ class Models:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.device = str(run_device(config))  # "auto" -> "cuda" or "cpu", once
         self._loaded: dict[tuple[str, str], Any] = {}
 
     def quality_model(self, name: str) -> ViTFIQA:
@@ -30,7 +43,7 @@ class Models:
             spec = self.config.quality_models.get(name)
             if spec is None:
                 raise ConfigError(f"unknown quality_model {name!r}; known: {sorted(self.config.quality_models)}")
-            self._loaded[key] = load_vitfiqa(spec.checkpoint, device=self.config.device, **spec.args)
+            self._loaded[key] = load_vitfiqa(spec.checkpoint, device=self.device, **spec.args)
         model: ViTFIQA = self._loaded[key]
         return model
 
@@ -43,7 +56,7 @@ class Models:
             if spec is None:
                 raise ConfigError(f"unknown fr_model {name!r}; known: {sorted(self.config.fr_models)}")
             try:
-                self._loaded[key] = load_fr_entry(name, spec.checkpoint, self.config.device, spec.args)
+                self._loaded[key] = load_fr_entry(name, spec.checkpoint, self.device, spec.args)
             except OnnxModelError as exc:  # one line (exit 2 in the commands), not a traceback
                 raise ConfigError(f"fr_models.{name}: {exc}") from None
         model: FRModel = self._loaded[key]

@@ -66,7 +66,7 @@ import torch
 from numpy.typing import NDArray
 
 from exfiqa.config import Config, ConfigError, load_config
-from exfiqa.extract.models import Models
+from exfiqa.extract.models import Models, run_device
 from exfiqa.locks import (
     create_owned,
     discard_owned,
@@ -471,7 +471,7 @@ def _run_shards(run: Run, models: Models, dataset: str, jobs: Sequence[Job], ran
         for b in range(s, e, cfg.batch_size):
             batches.append(list(range(b, min(b + cfg.batch_size, e))))
             owner.append((s, e))
-    dev = torch.device(cfg.device)
+    dev = run_device(cfg)
     heads = _heads(run, models, jobs)
     bf16 = cfg.precision == "bf16"
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
@@ -628,7 +628,7 @@ def extract(cfg: Config, datasets: Sequence[str] | None = None, progress: bool =
     unknown = [d for d in names if d not in cfg.datasets]
     if unknown:
         raise ConfigError(f"unknown dataset(s) {unknown}; this config has {sorted(cfg.datasets)}")
-    if torch.device(cfg.device).type == "cuda":
+    if run_device(cfg).type == "cuda":
         torch.backends.cudnn.benchmark = True
     cfg.check_paths()  # extraction reads the checkpoints (the evaluation's Study does not check them)
     run = Run(cfg, progress=progress and rank == 0, persistent_digests=rank == 0)
@@ -690,7 +690,7 @@ def run(args: argparse.Namespace) -> int:
 
             ensure_demo(cfg.data_root, cfg.demo, log=print)
         if world > 1:
-            cuda = torch.device(cfg.device).type == "cuda"
+            cuda = run_device(cfg).type == "cuda"
             if cuda:
                 cfg = cfg.with_(device=f"cuda:{local}")
                 torch.cuda.set_device(local)

@@ -11,6 +11,7 @@ import torch
 
 from exfiqa.config import ATTENTION_SAMPLE_TYPES, ConfigError
 from exfiqa.extract.models import Models
+from exfiqa.models.device import resolve_device
 from exfiqa.models.vitfiqa import ViTFIQA, attention_grid, capture_attention, to_tensor
 from exfiqa.readers import load_benchmark
 from exfiqa.readers.images import read_face
@@ -167,9 +168,9 @@ def attention_study(study: Study, quality: str, inputs: AttentionInputs) -> tupl
     and :func:`attention_statistics` over the mean's images (with a ``quality_model`` column)."""
     cfg = study.config
     model = Models(study.config).quality_model(quality)
-    per_face = attention_maps(model, np.stack(list(inputs.faces.values())), batch_size=cfg.batch_size, device=cfg.device)
+    per_face = attention_maps(model, np.stack(list(inputs.faces.values())), batch_size=cfg.batch_size, device=str(resolve_device(cfg.device)))
     maps = {name: per_face[i] for i, name in enumerate(inputs.faces)}
-    dataset_maps = attention_maps(model, inputs.mean_faces, batch_size=cfg.batch_size, device=cfg.device)
+    dataset_maps = attention_maps(model, inputs.mean_faces, batch_size=cfg.batch_size, device=str(resolve_device(cfg.device)))
     maps[f"{inputs.mean_dataset} (mean)"] = dataset_maps.mean(axis=0)
     stats = attention_statistics(dataset_maps)
     stats.insert(0, "quality_model", quality)

@@ -15,6 +15,7 @@ from exfiqa.config import ConfigError
 from exfiqa.evaluation import fusion
 from exfiqa.evaluation.exits import exit_label
 from exfiqa.extract.models import Models
+from exfiqa.models.device import resolve_device
 from exfiqa.models.flops import block_flops, exit_costs, fused_cost, head_flops, patch_embed_flops
 from exfiqa.models.vitfiqa import ViTFIQA, ViTFIQAConfig, build_vitfiqa
 from exfiqa.report.frames import tied_best
@@ -200,7 +201,7 @@ def latency_table(study: Study, batch_size: int, repeats: int, full_size: bool) 
         return pd.DataFrame({"model": pd.Series(dtype=str), "exit": pd.Series(dtype=str), "ms_per_image": pd.Series(dtype=float)})
     parts = []
     for name, model in models.items():
-        t = measure_latency(model, batch_size=batch_size, repeats=repeats, device=str(cfg.device), seed=cfg.seed)
+        t = measure_latency(model, batch_size=batch_size, repeats=repeats, device=str(resolve_device(cfg.device)), seed=cfg.seed)
         t.insert(0, "model", name)
         parts.append(t)
     lat = pd.concat(parts, ignore_index=True)

@@ -1,7 +1,7 @@
 """The run card: what one run of the study runs with, stated once and shown everywhere.
 
 :func:`run_card` builds a :class:`RunCard` from a :class:`~exfiqa.config.Config`: the device
-(and what was asked for), the precision, the EDC protocol (convention, pAUC limit, FMR targets,
+(as configured), the precision, the EDC protocol (convention, pAUC limit, FMR targets,
 pAUC scale), the seed, the code version and the digest of every input file the run reads. Every
 notebook's first cell prints it (:meth:`RunCard.markdown`), ``make paper`` writes it to
 ``results/<run>/run_card.json`` and ``index.html`` renders that file (:meth:`RunCard.html`), so
@@ -71,7 +71,7 @@ class RunCard:
 
     A field named like a :class:`~exfiqa.config.Config` field holds that field's value (a table of
     entries: their names), except those :func:`run_card` describes in words (``precision``,
-    ``headline``, ``device_requested``)."""
+    ``headline``)."""
 
     run_name: str
     config: str
@@ -80,7 +80,6 @@ class RunCard:
     fr_models: tuple[str, ...]
     quality_models: tuple[str, ...]
     device: str
-    device_requested: str
     precision: str
     convention: str
     discard_limit: float
@@ -122,7 +121,6 @@ class RunCard:
 
     def rows(self) -> list[tuple[str, str]]:
         """(field, value) pairs in display order; input digests shortened to 16 hex digits."""
-        device = self.device if self.device == self.device_requested else f"{self.device} (requested {self.device_requested})"
         rows = [
             ("run", self.run_name),
             ("config", self.config),
@@ -130,7 +128,7 @@ class RunCard:
             ("datasets", ", ".join(self.datasets)),
             ("FR models", ", ".join(self.fr_models)),
             ("quality models", ", ".join(self.quality_models)),
-            ("device", device),
+            ("device", self.device),
             ("precision", f"{self.precision} (this version evaluates in float32 only)"),
             ("EDC convention", self.convention),
             ("EDC threshold", _rule_text(self.threshold_rule, self.acceptance)),
@@ -322,7 +320,6 @@ def run_card(
     described: dict[str, Any] = {
         "config": str(cfg.source) if cfg.source else "(in memory)",
         "world": _world(cfg),
-        "device_requested": cfg.device_requested or cfg.device,
         "precision": f"models {cfg.precision}, arrays and evaluation {PRECISION}",
         "headline": _headline(cfg),
         "code_sha256": code_digest(),
