@@ -311,7 +311,10 @@ def test_two_extractions_at_once_both_finish_with_the_same_bytes(reference, tiny
     """A second `exfiqa extract` of the same config while the first runs (crop cache on): it
     waits for the first, naming it, then finds the arrays current; both exit 0 without a
     traceback, the arrays are the uninterrupted run's, and no temporary file is left (the old
-    code: a FileNotFoundError traceback and temporary shards left for good)."""
+    code: a FileNotFoundError traceback and temporary shards left for good).
+
+    The first run is paused (SIGSTOP) once it writes shards and resumed when the second says it
+    waits, so the overlap does not depend on how fast either starts."""
     path = _config(tiny_config, tmp_path, shard_size=4, batch_size=4, crop_cache=True)
     cfg = load_config(path)
     root, crops = arrays_root(cfg), cfg.cache_dir / "crops"
@@ -320,12 +323,25 @@ def test_two_extractions_at_once_both_finish_with_the_same_bytes(reference, tiny
     while not list(root.glob(f"*/{SHARDS}/*/[0-9]*.npy")) and time.monotonic() < deadline and first.poll() is None:
         time.sleep(0.01)
     assert first.poll() is None, "the first run finished before the second started"
-    second = _run(path)
+    os.kill(first.pid, signal.SIGSTOP)
+    said: list[str] = []
+    try:
+        second = subprocess.Popen(_cmd(path), cwd=ROOT, env={**ENV, "PYTHONUNBUFFERED": "1"},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert second.stdout is not None
+        for line in second.stdout:  # until it says whom it waits for (or ends)
+            said.append(line)
+            if "waiting for it to finish" in line:
+                break
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    rest, second_err = second.communicate(timeout=600)
+    second_out = "".join(said) + rest
     out, err = first.communicate(timeout=600)
-    assert first.returncode == 0 and second.returncode == 0, (err[-2000:], second.stderr[-2000:])
-    assert "Traceback" not in err + second.stderr
-    assert re.search(rf"held by pid {first.pid} on \S+ since .*; waiting for it to finish", second.stdout), second.stdout
-    assert len(re.findall(r"all \d+ arrays current, nothing read", second.stdout)) == len(DATASETS), second.stdout
+    assert first.returncode == 0 and second.returncode == 0, (err[-2000:], second_err[-2000:])
+    assert "Traceback" not in err + second_err
+    assert re.search(rf"held by pid {first.pid} on \S+ since .*; waiting for it to finish", second_out), second_out
+    assert len(re.findall(r"all \d+ arrays current, nothing read", second_out)) == len(DATASETS), second_out
     assert _arrays(path) == _arrays(reference)
     assert _temps(root, crops) == []
 

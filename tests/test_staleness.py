@@ -302,9 +302,9 @@ def test_checkpoint_and_benchmark_changes_recompute_exactly_their_arrays(tiny_wo
 
 @pytest.mark.parametrize("module, dependent", [
     ("vitfiqa.py", {("lfw", "exits", "T"), ("lfw", "exits", "C"), ("adience", "exits", "T")}),
-    ("fr.py", {("lfw", "emb", "arcface"), ("adience", "emb", "arcface"), ("lfw", "baseline", "magface_norm")}),
+    ("iresnet.py", {("lfw", "emb", "arcface"), ("adience", "emb", "arcface"), ("lfw", "baseline", "magface_norm")}),
     ("baselines.py", {("lfw", "baseline", "sharpness"), ("adience", "baseline", "sharpness"), ("lfw", "baseline", "magface_norm")}),
-    ("benchmarks.py", set(ARRAYS)),
+    ("benchmark.py", set(ARRAYS)),
 ])
 def test_a_source_change_recomputes_exactly_the_arrays_that_depend_on_it(
     tiny_world, tiny_config, tmp_path, monkeypatch, caplog, module, dependent
