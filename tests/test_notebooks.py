@@ -109,7 +109,10 @@ def test_every_figure_and_table_is_produced(paper_run):
     for name in EXPECTED_FIGURES:
         png, pdf = out / "figures" / f"{name}.png", out / "figures" / f"{name}.pdf"
         assert png.stat().st_size > 5_000, name
-        assert pdf.read_bytes()[:5] == b"%PDF-", name
+        data = pdf.read_bytes()
+        assert data[:5] == b"%PDF-", name
+        # fonts embedded as TrueType (Type 42, /FontFile2), never Type 3 (IEEE's PDF check refuses those)
+        assert b"/Type3" not in data and b"/FontFile2" in data, name
     import pandas as pd
 
     for name in EXPECTED_TABLES:

@@ -43,7 +43,9 @@ FUSION_COLOURS = {"EX-FIQA-F": "#d62728", "EX-FIQA-FW": "#2ca02c"}
 def set_style() -> None:
     """Seaborn paper style with fixed fonts and sizes (called by every plotting function)."""
     sns.set_theme(context="paper", style="whitegrid", font="DejaVu Sans", font_scale=0.9)
-    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "axes.titlesize": 9, "legend.fontsize": 7})
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "axes.titlesize": 9, "legend.fontsize": 7,
+                         # fonts embedded as TrueType (Type 42), not Type 3: IEEE's PDF check refuses Type 3
+                         "pdf.fonttype": 42, "ps.fonttype": 42})
 
 
 def exit_colour(exit: int, depth: int = 12) -> tuple[float, float, float]:
