@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import sys
 import time
@@ -45,7 +46,7 @@ from exfiqa.store.arrays import arrays_root
 from exfiqa.store.runcard import RunCard, run_card
 from exfiqa.study import CARD
 
-__all__ = ["NOTEBOOKS", "build_index", "cell_labels", "main", "notebook_key", "run_paper"]
+__all__ = ["NOTEBOOKS", "PAGE", "build_index", "cell_labels", "index_sections", "main", "notebook_key", "portable", "run_paper"]
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ("01_layer_analysis", "02_attention", "03_fusion", "04_early_exit")
@@ -73,11 +74,22 @@ def _to_ipynb(source: Path, target: Path) -> None:
         jupytext.write(nb, fh, fmt="ipynb")
 
 
+#: nbconvert's lab template without the scripts it loads from a CDN (require.js, MathJax, Mermaid): the
+#: notebooks' HTML is self-contained and reads offline (their markdown has no TeX or diagram to render).
+_OFFLINE_HTML = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+
+
 def _to_html(executed: Path, target: Path) -> None:
     import nbformat
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(executed, as_version=4))
+    exporter = HTMLExporter(extra_loaders=[jinja2.DictLoader({"exfiqa_offline.html.j2": _OFFLINE_HTML})],
+                            template_file="exfiqa_offline.html.j2")
+    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
     with atomic_write(target, overwrite=True) as fh:
         fh.write(body)
 
@@ -127,12 +139,25 @@ class _Progress:
             self.log(f"[paper] {self.name}: cell {order.index(cell_index) + 1}/{len(order)} ({self.labels[cell_index]}) ...")
 
 
+def portable(path: Path, cwd: Path | None = None) -> str:
+    """``path`` as the notebooks receive it: relative to the working folder (the kernel's, where
+    the config's relative paths resolve), so that no absolute path of the machine lands in the
+    executed notebooks (papermill's injected parameters and metadata). Absolute only where the two
+    share no folder but ``/``."""
+    here = Path(cwd or Path.cwd()).resolve()
+    target = Path(path).resolve()
+    if Path(os.path.commonpath([here, target])) == Path(here.anchor):
+        return str(target)
+    return os.path.relpath(target, here)
+
+
 def _execute(staged: Path, executed: Path, parameters: dict[str, Any], progress: _Progress) -> None:
-    """papermill, reporting each cell to ``progress``; the kernel's stderr goes to ours."""
+    """papermill, reporting each cell to ``progress``; the kernel's stderr goes to ours. The
+    notebook paths papermill records are relative to the working folder (:func:`portable`)."""
     import papermill as pm
 
     pm.execute_notebook(
-        str(staged), str(executed), parameters=parameters, kernel_name="python3", cwd=str(Path.cwd()),
+        portable(staged), portable(executed), parameters=parameters, kernel_name="python3", cwd=str(Path.cwd()),
         progress_bar=False, stderr_file=sys.stderr, on_notebook_start=progress.start, on_cell_start=progress.cell,
     )
 
@@ -220,7 +245,7 @@ def run_paper(
         running = out / "notebooks" / f".{name}.running.ipynb"
         _to_ipynb(src, staged)
         try:
-            _execute(staged, running, {"config": str(config), "out_dir": str(out.resolve())}, _Progress(name, log))
+            _execute(staged, running, {"config": portable(config), "out_dir": portable(out)}, _Progress(name, log))
         except Exception:
             if running.is_file():  # papermill wrote the notebook up to the failing cell: show it
                 running.replace(executed)
@@ -249,6 +274,62 @@ def run_paper(
     return out
 
 
+# ------------------------------------------------------------------------------ the index page
+
+#: The index page's order and captions: (section, [(kind, stem pattern, caption)]), results first in
+#: the poster's order, then every other figure and table by notebook. ``{q}`` in a pattern matches a
+#: quality model's name, ``{fr}`` an FR model's; in a caption they read as the config's labels. A
+#: figure or table the notebooks write that no entry names is listed last, under its file name.
+PAGE: tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...] = (
+    ("Results (the poster's order)", (
+        ("table", "paper_findings",
+         "The paper's findings recomputed from this run, each with its verdict and a paired-bootstrap interval (the poster's claims, one row each)."),
+        ("table", "headline_vs_paper",
+         "The poster's headline table (pAUC-EDC on IJB-C with ArcFace) beside the same methods in this run."),
+        ("table", "comparison_table",
+         "pAUC-EDC of EX-FIQA (early exits, F, FW) against the baselines on every dataset: the poster's comparison table."),
+        ("figure", "edc_grid_{q}_{fr}",
+         "EDC curves of every exit of {q} and of the fusions F and FW, per dataset and FMR target ({fr}): the poster's EDC grid."),
+        ("figure", "pauc_vs_gflops_{q}",
+         "pAUC-EDC against the GFLOPs spent up to each exit of {q}, one line per dataset: the poster's pAUC vs cost panel."),
+        ("figure", "attention_{q}",
+         "Attention maps of {q}'s exits (rows) on the four sample types and a dataset mean (columns): the poster's attention figure."),
+    )),
+    ("01 Layer analysis: which exit carries the quality signal", (
+        ("table", "fr_sanity", "FNMR of each FR model at each FMR target before any discarding (a check that the FR models work)."),
+        ("table", "pauc_all", "pAUC-EDC of every method, dataset, FR model, quality model and FMR target: every number the other tables select from."),
+        ("table", "pauc_per_exit_{q}", "pAUC-EDC of each exit of {q} per dataset and FR model."),
+        ("table", "depth_summary", "Mean pAUC-EDC of each exit over datasets and FR models: how quality prediction changes with depth."),
+        ("figure", "rank_correlation_{q}", "Spearman correlation between the per-image scores of {q}'s exits and the baselines."),
+        ("table", "rank_correlation_{q}", "Spearman correlation between the per-image scores of {q}'s exits and the baselines (the numbers of the figure)."),
+        ("figure", "score_distributions_{q}", "Distribution of the per-image quality scores of each exit of {q}."),
+    )),
+    ("02 Attention", (
+        ("figure", "attention_entropy_spread", "Entropy and spread of the attention maps per exit: how focused each exit's attention is."),
+        ("table", "attention_statistics", "Attention entropy, spread and contrast per exit (the numbers behind the attention figures)."),
+    )),
+    ("03 Fusion", (
+        ("table", "fusion_vs_exits", "The fusions F and FW against the last exit and the best single exit, per dataset."),
+        ("table", "fusion_wins", "On how many datasets FW has a lower pAUC-EDC than the last exit."),
+        ("figure", "fusion_bootstrap", "Paired-bootstrap intervals of the pAUC-EDC difference between the fusions and the last exit, per dataset."),
+        ("table", "fusion_bootstrap", "Paired-bootstrap intervals of the pAUC-EDC difference between the fusions and the last exit (the numbers of the figure)."),
+        ("table", "fusion_strategies", "Other ways of fusing the exits (learned weights among them) against F and FW."),
+        ("table", "bootstrap_units", "What the bootstrap resamples on each dataset and how independent those units are."),
+        ("table", "secondary_reference", "Plain ViT-FIQA of this run beside a secondary transcription of the PreFIQs paper's number."),
+        ("table", "chosen_exits", "The exits EX-FIQA-DC chooses on each dataset."),
+        ("table", "chosen_exits_pauc", "pAUC-EDC of EX-FIQA-DC against F, FW, learned weights and the last exit."),
+        ("figure", "chosen_exits_bootstrap", "Paired-bootstrap intervals of the pAUC-EDC difference between EX-FIQA-DC and its references."),
+        ("table", "chosen_exits_bootstrap", "Paired-bootstrap intervals of the pAUC-EDC difference between EX-FIQA-DC and its references (the numbers of the figure)."),
+    )),
+    ("04 Early exit: cost", (
+        ("table", "gflops_released", "Analytic GFLOPs up to each exit of the released ViT-FIQA models."),
+        ("table", "latency_per_exit", "Measured milliseconds per image up to each exit on this machine."),
+        ("table", "operating_points", "Operating points from the data: the most accurate method, the cheapest exit within a tolerance of the last exit's mean pAUC-EDC (balanced) and within twice it (max efficiency)."),
+        ("table", "adaptive_exit", "An adaptive gate that decides at an early exit when the score is clear: compute saved, agreement with the full-depth FW gate, and the pAUC-EDC of its score."),
+    )),
+)
+
+
 def _caption(tex: Path) -> str:
     if not tex.is_file():
         return ""
@@ -256,25 +337,73 @@ def _caption(tex: Path) -> str:
     return latex_unescape(found.group(1)) if found else ""
 
 
+def _expand(pattern: str, cfg: Config) -> list[tuple[str, dict[str, str]]]:
+    """The stems ``pattern`` names, in the config's order, each with what its ``{q}`` / ``{fr}``
+    read as in a caption (the config's labels)."""
+    import itertools
+
+    tables = {"q": cfg.quality_models, "fr": cfg.fr_models}
+    keys = [k for k in tables if "{" + k + "}" in pattern]
+    out = []
+    for combo in itertools.product(*(list(tables[k]) for k in keys)):
+        names = dict(zip(keys, combo, strict=True))
+        labels = {k: getattr(tables[k][v], "label", None) or v for k, v in names.items()}
+        out.append((pattern.format(**names), labels))
+    return out
+
+
+def _table(p: Path) -> dict[str, Any]:
+    frame = pd.read_csv(p)
+    shown = frame.head(60).to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="tbl")
+    tex = p.with_suffix(".tex")
+    return {"stem": p.stem, "detail": _caption(tex), "html": shown, "rows": len(frame), "tex": tex.is_file()}
+
+
+def index_sections(out: Path, cfg: Config) -> list[dict[str, Any]]:
+    """The index page's sections (:data:`PAGE`) with what ``out`` holds: per section its items in
+    order, each ``{"kind", "stem", "caption", ...}`` (a table adds its rendered head, row count,
+    LaTeX caption and whether a ``.tex`` exists). Files no entry names form a last section."""
+    figures = [p.stem for p in sorted((out / "figures").glob("*.png"))]
+    tables = [p.stem for p in sorted((out / "tables").glob("*.csv"))]
+    left = {("figure", s) for s in figures} | {("table", s) for s in tables}
+    sections = []
+    for title, entries in PAGE:
+        items = []
+        for kind, pattern, caption in entries:
+            for stem, labels in _expand(pattern, cfg):
+                if (kind, stem) not in left:
+                    continue
+                left.discard((kind, stem))
+                item = {"kind": kind, "stem": stem, "caption": caption.format(**labels)}
+                if kind == "table":
+                    item |= _table(out / "tables" / f"{stem}.csv")
+                items.append(item)
+        if items:
+            sections.append({"title": title, "items": items})
+    if left:
+        other = [{"kind": k, "stem": s, "caption": s} | (_table(out / "tables" / f"{s}.csv") if k == "table" else {})
+                 for k, s in sorted(left)]
+        sections.append({"title": "Other figures and tables", "items": other})
+    for n, section in enumerate(sections, 1):
+        section["id"] = f"s{n}"
+    return sections
+
+
 def build_index(out: Path, cfg: Config) -> Path:
-    """Write ``out/index.html`` (``report/templates/index.html.j2``): the run card (from
-    ``out/run_card.json``, the file the notebooks wrote), every figure (PNG, linked to its PDF),
-    every table with its caption, the notebooks."""
+    """Write ``out/index.html`` (``report/templates/index.html.j2``): the results first, in the
+    poster's order, then every other figure and table by notebook (:data:`PAGE`: each with a
+    one-sentence caption; a figure's PNG links to its PDF, a table shows its first 60 rows,
+    scrolling sideways when wide, and links its CSV and LaTeX), the notebooks, and last the run
+    card (from ``out/run_card.json``, the file the notebooks wrote)."""
     card = RunCard.from_json((out / CARD).read_text()) if (out / CARD).is_file() else run_card(cfg)
     state = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
-    tables = []
-    for p in sorted((out / "tables").glob("*.csv")):
-        frame = pd.read_csv(p)
-        shown = frame.head(60).to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="tbl")
-        tables.append({"stem": p.stem, "caption": _caption(p.with_suffix(".tex")), "html": shown, "rows": len(frame)})
     env = jinja2.Environment(loader=jinja2.PackageLoader("exfiqa.report"), autoescape=True, keep_trailing_newline=True)
     page = env.get_template("index.html.j2").render(
         card=card,
         banner=card.banner().split("**"),  # markdown **bold**: the odd parts
         changed={n: s["changed_during_run"] for n, s in state.items() if isinstance(s, dict) and s.get("changed_during_run")},
         notebooks=[n for n in NOTEBOOKS if (out / "notebooks" / f"{n}.ipynb").is_file()],
-        figures=[p.stem for p in sorted((out / "figures").glob("*.png"))],
-        tables=tables,
+        sections=index_sections(out, cfg),
     )
     target = out / "index.html"
     with atomic_write(target, overwrite=True) as fh:

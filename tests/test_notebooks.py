@@ -7,6 +7,7 @@ and scores are cached in data/cache).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -101,7 +102,26 @@ def paper_run(tmp_path_factory):
     )
     config = results / "demo.yaml"
     config.write_text(yaml.safe_dump(raw))
-    return run_paper(str(config), log=print), config
+    with contextlib.chdir(results):  # as `make paper` from a checkout: the notebooks get paths relative to it
+        return run_paper(str(config), log=print), config
+
+
+def test_no_absolute_path_of_the_machine_in_the_results(paper_run):
+    """No file of the run names the repository, the data root or the results folder by its
+    absolute path: not the run card, the index, the executed notebooks' injected parameters and
+    papermill metadata, nor a table."""
+    out, config = paper_run
+    cfg = load_config(config)
+    needles = {str(p) for base in (ROOT, cfg.data_root, config.parent) for p in (Path(base), Path(base).resolve())}
+    files = [p for p in out.rglob("*") if p.suffix in {".json", ".html", ".ipynb", ".csv", ".tex", ".md"}]
+    assert {"index.html", "run_card.json", "01_layer_analysis.ipynb", "01_layer_analysis.html"} <= {p.name for p in files}
+    found = [f"{p.relative_to(out)}: {n}" for p in files for n in sorted(needles) if n.encode() in p.read_bytes()]
+    assert not found, found
+    nb = nbformat.read(out / "notebooks" / "01_layer_analysis.ipynb", as_version=4)
+    assert nb.metadata["papermill"]["parameters"] == {"config": "demo.yaml", "out_dir": "test"}
+    for name in NOTEBOOKS:  # self-contained: nothing loaded from a CDN
+        page = (out / "notebooks" / f"{name}.html").read_text()
+        assert "cdnjs" not in page and '<script src="http' not in page, name
 
 
 def test_every_figure_and_table_is_produced(paper_run):
@@ -524,11 +544,12 @@ def test_unchanged_inputs_are_reused_and_tables_are_byte_identical(paper_run, tm
     before = {p.name: p.read_bytes() for p in (out / "tables").glob("*.csv")}
     state = json.loads((out / "run.json").read_text())
     messages: list[str] = []
-    run_paper(str(config), log=messages.append)
+    run_paper(str(config), log=messages.append)  # from another working folder: the same keys
     assert sum("inputs unchanged" in m for m in messages) == len(NOTEBOOKS)
     assert json.loads((out / "run.json").read_text()) == state
     # re-execute the fusion notebook (bootstrap, weight search) from scratch: same bytes
-    run_paper(str(config), notebooks=["03_fusion"], force=True, log=messages.append)
+    with contextlib.chdir(config.parent):
+        run_paper(str(config), notebooks=["03_fusion"], force=True, log=messages.append)
     after = {p.name: p.read_bytes() for p in (out / "tables").glob("*.csv")}
     for name in ("fusion_bootstrap.csv", "fusion_strategies.csv", "comparison_table.csv", "pauc_all.csv", "paper_findings.csv",
                  "headline_vs_paper.csv"):
@@ -544,6 +565,8 @@ def test_index_page_shows_every_figure(paper_run, tmp_path):
     assert card.html() in page and card.device == "cpu" and card.convention == "recompute"
     for name in EXPECTED_FIGURES:
         assert f'src="figures/{name}.png"' in page
+    # every figure and table has its caption (none left to "other"), the results before the run card
+    assert "Other figures and tables" not in page and page.index('id="tab-paper_findings"') < page.index('id="run-card"')
     for name in NOTEBOOKS:
         assert f'href="notebooks/{name}.html"' in page
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

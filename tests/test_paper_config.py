@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from markupsafe import escape
 
 from exfiqa.config import ConfigError, load_config
 from exfiqa.evaluation import metrics
@@ -277,3 +278,91 @@ def test_make_paper_on_a_machine_with_only_the_arrays_skips_extraction(tiny_conf
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="checkpoint"):
         run_paper(str(path), notebooks=["01_layer_analysis"], log=lambda *_: None)
+
+
+# ------------------------------------------------------------------------------ the index page, paths, offline HTML
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fake_run(tmp_path: Path) -> tuple[Path, object]:
+    """A results folder with every figure and table name of the four notebooks (tiny files), and
+    ``pauc_all`` written as CSV only."""
+    from exfiqa.paper import PAGE
+
+    cfg = load_config(ROOT / "configs" / "demo.yaml", cwd=ROOT)
+    out = tmp_path / "results" / "demo"
+    for sub in ("figures", "tables", "notebooks"):
+        (out / sub).mkdir(parents=True)
+    pixel = b"\x89PNG\r\n\x1a\n"  # the page links it; no browser reads it here
+    for _, entries in PAGE:
+        for kind, pattern, _ in entries:
+            for q in cfg.quality_models:
+                stem = pattern.format(q=q, fr="arcface")
+                if kind == "figure":
+                    (out / "figures" / f"{stem}.png").write_bytes(pixel)
+                else:
+                    frame = pd.DataFrame({f"column_{i}": [1.5, 2.25] for i in range(40)})  # a wide table
+                    frame.to_csv(out / "tables" / f"{stem}.csv", index=False)
+                    if stem != "pauc_all":
+                        (out / "tables" / f"{stem}.tex").write_text(f"\\caption{{Detail of {stem}.}}\n")
+    (out / "tables" / "unlisted.csv").write_text("a\n1\n")
+    (out / "run_card.json").write_text(run_card(cfg, inputs={}).to_json())
+    return out, cfg
+
+
+def test_index_leads_with_the_results_in_the_posters_order(tmp_path):
+    from exfiqa.paper import PAGE, build_index
+
+    out, cfg = _fake_run(tmp_path)
+    page = build_index(out, cfg).read_text()
+    order = ['id="tab-paper_findings"', 'id="tab-headline_vs_paper"', 'id="tab-comparison_table"',
+             'id="fig-edc_grid_T_arcface"', 'id="fig-edc_grid_C_arcface"', 'id="fig-pauc_vs_gflops_T"', 'id="fig-attention_T"',
+             'id="tab-fr_sanity"', 'id="fig-attention_entropy_spread"', 'id="tab-fusion_vs_exits"', 'id="tab-adaptive_exit"',
+             'id="tab-unlisted"', 'id="notebooks"', 'id="run-card"']
+    at = [page.index(mark) for mark in order]
+    assert at == sorted(at)
+    # each figure and table carries its one-sentence caption, in words (labels from the config)
+    assert "EDC curves of every exit of ViT-FIQA (T) and of the fusions F and FW, per dataset and FMR target (ArcFace)" in page
+    for _, entries in PAGE:
+        for _, _, caption in entries:
+            assert str(escape(caption.split("{")[0])) in page, caption
+    assert "Detail of paper_findings." in page
+    # a CSV-only table says so and links no .tex; wide tables scroll inside their box
+    pauc = page[page.index('id="tab-pauc_all"'):page.index('id="tab-pauc_per_exit_T"')]
+    assert "CSV only" in pauc and "pauc_all.tex" not in pauc and 'href="tables/pauc_all.csv"' in pauc
+    assert page.count('<div class="scroll">') == len(list((out / "tables").glob("*.csv")))
+    assert ".scroll { overflow-x: auto" in page
+    assert "document.body.dataset.broken" in page  # the browser check's script
+    assert str(ROOT) not in page and str(tmp_path) not in page
+
+
+def test_paths_in_a_runs_outputs_are_relative(tmp_path):
+    from exfiqa.paper import portable
+    from exfiqa.store.runcard import shown_path
+
+    cfg = dataclasses.replace(load_config(ROOT / "configs" / "demo.yaml", cwd=ROOT), data_root=tmp_path / "world",
+                              source=tmp_path / "configs" / "mine.yaml")
+    assert shown_path(ROOT / "configs" / "demo.yaml", cfg) == "configs/demo.yaml"
+    assert shown_path(tmp_path / "world" / "samples" / "child.png", cfg) == "<data_root>/samples/child.png"
+    assert shown_path(tmp_path / "world", cfg) == "<data_root>"
+    assert shown_path(tmp_path / "configs" / "mine.yaml", cfg) == "<config folder>/mine.yaml"
+    assert shown_path("/elsewhere/x.pt", cfg) == "<elsewhere>/x.pt"
+    card = run_card(cfg, inputs={})
+    assert card.config == "<config folder>/mine.yaml" and "in <data_root> (" in card.world and str(tmp_path) not in card.to_json()
+    assert portable(tmp_path / "results" / "demo", cwd=tmp_path) == "results/demo"
+    assert portable(tmp_path / "a.yaml", cwd=tmp_path / "results") == "../a.yaml"
+    assert portable(Path("/"), cwd=tmp_path) == "/"  # nothing shared but the root: stays absolute
+
+
+def test_notebook_html_loads_nothing_from_the_network(tmp_path):
+    from exfiqa.paper import _to_html
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Title"), nbformat.v4.new_code_cell("x = 1")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "n.ipynb")
+    _to_html(tmp_path / "n.ipynb", tmp_path / "n.html")
+    page = (tmp_path / "n.html").read_text()
+    assert "Title" in page and "jp-CodeCell" in page  # the lab template, its markup and CSS inline
+    assert "cdnjs" not in page and not re.search(r"""<script[^>]+src=["']https?:""", page)
+    assert not re.search(r"""import\(["']https?:""", page)

@@ -15,6 +15,7 @@ from exfiqa.models.device import resolve_device
 from exfiqa.models.vitfiqa import ViTFIQA, attention_grid, capture_attention, to_tensor
 from exfiqa.readers import load_benchmark
 from exfiqa.readers.images import read_face
+from exfiqa.store.runcard import shown_path
 from exfiqa.study import Study
 
 __all__ = [
@@ -90,7 +91,8 @@ def attention_statistics(maps: np.ndarray) -> pd.DataFrame:
 class AttentionInputs:
     """The faces of the attention figure and the bounded, seeded sample for the dataset mean.
 
-    ``faces``: column label -> RGB uint8 face; ``sources``: label -> where it came from;
+    ``faces``: column label -> RGB uint8 face; ``sources``: label -> where it came from (a path as
+    :func:`exfiqa.store.runcard.shown_path` states it: never absolute);
     ``note``: how they were chosen; ``mean_dataset``: label of the dataset averaged;
     ``mean_ids``: its sample ids used (sorted); ``mean_faces``: those images.
     """
@@ -131,14 +133,14 @@ def attention_inputs(study: Study, samples: dict | None = None, mean_images: int
                 if s.sample >= len(bench):
                     raise ConfigError(f"attention_samples.{kind}: sample {s.sample} is out of range for {s.dataset.name} ({len(bench)} samples)")
                 faces[kind] = bench.image(s.sample)
-            sources[kind] = s.describe()
+            sources[kind] = shown_path(s.path, cfg) if s.path is not None else s.describe()
     elif cfg.demo:
         note = "the demo world's sample types (samples/*.png)"
         for kind in ATTENTION_SAMPLE_TYPES:
             path = cfg.data_root / "samples" / f"{kind}.png"
             if not path.is_file():
                 raise ConfigError(f"demo world: {path} does not exist (rebuild it with `make demo`)")
-            faces[kind], sources[kind] = read_face(path), str(path)
+            faces[kind], sources[kind] = read_face(path), shown_path(path, cfg)  # no absolute path in the notebook
     else:
         note = ("attention_samples is not set in the config: showing the first sample of each of the first datasets "
                 "instead of the poster's sample types (child, frontal, occlusion, pose)")

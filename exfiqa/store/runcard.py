@@ -37,9 +37,10 @@ from exfiqa.store.arrays import (
 )
 from exfiqa.store.digests import INDEX_NAME, DigestIndex
 
-__all__ = ["PRECISION", "RunCard", "code_digest", "evaluation_inputs", "git_describe", "input_summary", "run_card"]
+__all__ = ["PRECISION", "RunCard", "code_digest", "evaluation_inputs", "git_describe", "input_summary", "run_card", "shown_path"]
 
 PACKAGE = Path(__file__).resolve().parents[1]  # exfiqa/, every sub-package included
+REPO = PACKAGE.parent  # paths in a run's outputs are relative to it where they can be (shown_path)
 PRECISION = "float32"
 
 
@@ -175,10 +176,29 @@ def _rule_text(threshold_rule: str, acceptance: str) -> str:
     return rule_note(threshold_rule, acceptance).removeprefix("threshold ")
 
 
+def shown_path(path: str | os.PathLike[str], cfg: Config | None = None) -> str:
+    """``path`` as a run's outputs state it, without the absolute paths of the machine: relative to
+    the repository (``configs/demo.yaml``), else to the config's ``data_root``
+    (``<data_root>/samples/child.png``), else to the config file's folder (``<config folder>/x.yaml``),
+    else its name only (``<elsewhere>/name``). Independent of the working folder."""
+    p = Path(os.path.abspath(path))
+    bases = [(REPO, "")]
+    if cfg is not None:
+        bases.append((Path(os.path.abspath(cfg.data_root)), "<data_root>"))
+        if cfg.source is not None:
+            bases.append((Path(os.path.abspath(cfg.source)).parent, "<config folder>"))
+    for base, label in bases:
+        if p.is_relative_to(base):
+            rel = p.relative_to(base).as_posix()
+            return "/".join(x for x in (label, rel if rel != "." else "") if x) or "."
+    return f"<elsewhere>/{p.name}"
+
+
 def _world(cfg: Config) -> str:
+    where = shown_path(cfg.data_root, cfg)
     if cfg.demo:
-        return f"demo world '{cfg.demo}' in {cfg.data_root} (procedural faces, small models: not the paper's numbers)"
-    return f"real data in {cfg.data_root}"
+        return f"demo world '{cfg.demo}' in {where} (procedural faces, small models: not the paper's numbers)"
+    return f"real data in {where}"
 
 
 def _headline(cfg: Config) -> str:
@@ -318,7 +338,7 @@ def run_card(
     ``benchmarks``: already opened benchmarks; ``progress``: the hashing bar.
     """
     described: dict[str, Any] = {
-        "config": str(cfg.source) if cfg.source else "(in memory)",
+        "config": shown_path(cfg.source, cfg) if cfg.source else "(in memory)",  # no absolute path of the machine
         "world": _world(cfg),
         "precision": f"models {cfg.precision}, arrays and evaluation {PRECISION}",
         "headline": _headline(cfg),
