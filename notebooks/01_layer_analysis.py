@@ -107,7 +107,8 @@ tables.save_table(pauc.drop(columns="exit"), TAB, "pauc_all", caption="pAUC-EDC 
                   protocol=analysis.table_protocol(cfg))
 for q in depths:
     wide = tables.pauc_per_exit(pauc, q, head.fmr, study.methods(q))
-    tables.save_table(wide, TAB, f"pauc_per_exit_{q}", caption=f"ViT-FIQA ({q}) exits.",
+    others = [m for m in wide["method"] if not str(m).startswith(("Exit ", "EX-FIQA"))]  # in comparison_table
+    tables.save_table(wide, TAB, f"pauc_per_exit_{q}", caption=f"ViT-FIQA ({q}) exits.", transpose=True, tex_drop=others,
                       protocol=analysis.table_protocol(cfg, head.fmr))
     display(Markdown(f"**ViT-FIQA ({q})**, {tables.protocol_note(cfg.convention, cfg.discard_limit, head.fmr, cfg.pauc_scale)}"))
     display(wide.round(3))
@@ -150,7 +151,7 @@ label0 = cfg.datasets[ds0].label
 for q, depth in depths.items():
     sq = study.sample_quality(ds0, q)
     corr = analysis.rank_correlation(sq, exit_labels(depth) + ["EX-FIQA-FW"])
-    tables.save_table(corr.reset_index(names="method"), TAB, f"rank_correlation_{q}",
+    tables.save_table(corr.reset_index(names="method"), TAB, f"rank_correlation_{q}", decimals=3,
                       caption=f"Spearman correlation of per-image scores, {label0} (no EDC protocol involved).")
     fig = plots.rank_heatmap(corr, title=f"({q}) exit-to-exit Spearman, {label0}")
     plots.save_figure(fig, FIG, f"rank_correlation_{q}")

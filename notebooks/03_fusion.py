@@ -88,7 +88,7 @@ tables.save_table(vs_paper, TAB, "headline_vs_paper", caption=(
     f"column '{analysis.SECONDARY_SOURCE}': ViT-FIQA (T) on IJB-C from the PreFIQs paper, via a secondary source. "
     "Rows with chosen_on_evaluated_data are the best early exit chosen on this run's evaluated data (the same rows "
     "as comparison_table; optimistic). This run's SER-FIQ is a SER-FIQ-style re-implementation (exfiqa.models.baselines), "
-    "not the authors' code."), protocol=HEAD)
+    "not the authors' code."), protocol=HEAD, tex_drop=["selection"])
 display(vs_paper.round(3))
 secondary = analysis.secondary_reference(pauc_table, {k: s.label for k, s in cfg.datasets.items()}, tags, head, cfg.pauc_scale)
 tables.save_table(secondary, TAB, "secondary_reference", caption=(
@@ -130,10 +130,10 @@ boot = analysis.fusion_bootstrap(study, head.fr_model, head.fmr, n_boot, unit=bo
 units_text = "; ".join(f"{d}: {n} {u}s" for d, u, n in boot[["dataset", "unit", "n_units"]].drop_duplicates().itertuples(index=False))
 tables.save_table(boot, TAB, "fusion_bootstrap", caption=(
     f"Paired bootstrap ({n_boot} resamples of {units_text}), {head.fr_model}."),
-                  protocol=analysis.table_protocol(cfg, head.fmr, seed=True))
+                  protocol=analysis.table_protocol(cfg, head.fmr, seed=True), tex_drop=["unit", "n_units", "n_boot", "n_defined"])
 display(Markdown(f"Resampled units: {units_text}."))
 units = analysis.unit_summary(study)
-tables.save_table(units, TAB, "bootstrap_units", float_format="%.3f", caption=(
+tables.save_table(units, TAB, "bootstrap_units", caption=(
     "What the bootstrap resamples on each dataset; on the pair sets, the share of pairs with an image that "
     "also occurs in another pair (such pairs are not independent); no EDC protocol involved."))
 display(units)
@@ -160,7 +160,8 @@ depth_boot = analysis.depth_bootstrap(study, head.fr_model, head.fmr, n_boot, un
 adience = next((s.label for s in cfg.datasets.values() if s.kind == "adience"), None)
 findings = analysis.paper_findings(pauc_table, tags, head, adience=adience, paired=pd.concat([boot, depth_boot]),
                                    min_change=min_depth_change)
-tables.save_table(findings, TAB, "paper_findings", protocol=analysis.table_protocol(cfg, head.fmr, seed=True), caption=(
+tables.save_table(findings, TAB, "paper_findings", protocol=analysis.table_protocol(cfg, head.fmr, seed=True),
+                  tex_drop=["difference", "ci_low", "ci_high", "criterion"], caption=(
     f"The paper's findings, computed from this run; intervals: paired bootstrap ({n_boot} resamples of {units_text}), "
     f"{head.fr_model}."))
 display(findings[["finding", "paper", "this_run", "verdict", "difference", "ci_low", "ci_high"]])
@@ -212,7 +213,7 @@ if single:
                      "`calibrate_on`) to evaluate it."))
 else:
     dc = analysis.chosen_exits(study, head.fr_model, calibrate_on)
-    tables.save_table(dc.selection, TAB, "chosen_exits", float_format="%.3f", caption=(
+    tables.save_table(dc.selection, TAB, "chosen_exits", caption=(
         f"Exits chosen by EX-FIQA-DC for each evaluated dataset (pseudo-label: mean mated similarity, {head.fr_model}; "
         "Spearman correlations, no EDC protocol involved)."))
     display(dc.selection)
@@ -222,7 +223,8 @@ else:
     tables.save_table(dc_vs.wide, TAB, "chosen_exits_pauc", protocol=DC_PROTOCOL, caption=(
         f"EX-FIQA-DC against F, FW, learned weights (fitted on {cfg.datasets[learn_on].label}) and the last exit, {head.fr_model}."))
     display(dc_vs.wide.round(3))
-    tables.save_table(dc_vs.bootstrap, TAB, "chosen_exits_bootstrap", protocol=DC_PROTOCOL, caption=(
+    tables.save_table(dc_vs.bootstrap, TAB, "chosen_exits_bootstrap", protocol=DC_PROTOCOL,
+                      tex_drop=["reference_fitted_here", "unit", "n_units", "n_boot", "n_defined"], caption=(
         f"Paired bootstrap ({n_boot} resamples of the datasets' {bootstrap_unit} units) of pAUC(EX-FIQA-DC) - "
         f"pAUC(reference), {head.fr_model}."))
     display(dc_vs.bootstrap[["quality_model", "dataset", "reference", "chosen_exits", "delta_pauc", "ci_low", "ci_high", "p_better"]].round(4))
@@ -250,7 +252,8 @@ poster = analysis.poster_table(at_head[at_head["fr_model"] == head.fr_model], ta
 tables.save_table(poster, TAB, "comparison_table", caption=(
     f"pAUC-EDC, {head.fr_model}. Rows with chosen_on_evaluated_data are the best early exit chosen on the evaluated "
     "data (lowest mean over these datasets; optimistic); the poster's exits and FW are fixed in advance. "
-    "SER-FIQ-style (re-impl.) is this package's re-implementation, not the authors' code."), protocol=HEAD)
+    "SER-FIQ-style (re-impl.) is this package's re-implementation, not the authors' code."), protocol=HEAD,
+    tex_drop=["selection"])
 display(poster.round(3))
 by_method = poster.set_index("method")
 display(Markdown(

@@ -93,8 +93,7 @@ display(released.pivot_table(index="exit", columns="model", values="gflops", sor
 lat = analysis.latency_table(study, latency_batch, latency_repeats, latency_full_size)
 tables.save_table(lat, TAB, "latency_per_exit", caption=(
     f"Measured ms per image, batch {latency_batch}, device {cfg.device}: median of {latency_repeats} synchronised runs "
-    "after a warm-up, with interquartile range and min/max, every row alike (machine-dependent; no EDC protocol involved)."),
-    float_format="%.3f")
+    "after a warm-up, with interquartile range and min/max, every row alike (machine-dependent; no EDC protocol involved)."))
 display(lat.assign(median_iqr=[f"{m:.3f} ({a:.3f}-{b:.3f})" for m, a, b in zip(lat["ms_per_image"], lat["ms_q25"], lat["ms_q75"], strict=True)])
         .pivot_table(index="exit", columns="model", values="median_iqr", aggfunc="first", sort=False))
 

@@ -12,13 +12,17 @@ LaTeX file marks those cells with a dagger and explains it in a footnote to the 
 
 Numbers: the CSV keeps full precision (Python's shortest round-trip repr of each float); pAUC
 values in every table are the raw area times ``scale`` (the config's ``pauc_scale``, 1000 by
-default, as on the poster), and the ``scale`` column says so. The LaTeX file and the index
-page show significant digits (``%.4g`` unless a table asks otherwise).
+default, as on the poster), and the ``scale`` column says so. The LaTeX file shows fixed
+decimals per column (:func:`column_decimals`: pAUC 2, rates 4, correlations 3, GFLOPs 2, integers as
+integers), ``--`` for a missing value, and fits an IEEE two-column paper (:func:`save_table`).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,8 +34,9 @@ from exfiqa.evaluation.metrics import rule_note
 from exfiqa.io import atomic_write
 
 __all__ = [
-    "PROTOCOL_COLUMNS", "UNRESOLVED_NOTE", "flag_unresolved", "latex_escape", "latex_unescape", "pauc_per_exit", "protocol", "protocol_note", "save_table",
-    "wide_pauc",
+    "COLUMN_WIDTH", "HEADERS", "MAX_FLOAT_LINES", "PROTOCOL_COLUMNS", "TEXT_WIDTH", "UNRESOLVED_NOTE", "column_decimals",
+    "flag_unresolved", "format_cell", "header_tex", "latex_escape", "latex_unescape", "pauc_per_exit", "protocol",
+    "protocol_note", "save_table", "text_width", "value_label", "wide_pauc",
 ]
 
 #: Columns that state how a pAUC was computed (see :func:`protocol`).
@@ -108,6 +113,7 @@ def _unresolved_cells(frame: pd.DataFrame) -> dict[str, list[bool]]:
 _LATEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
 }
 
 
@@ -123,23 +129,318 @@ def latex_unescape(text: str) -> str:
     return text
 
 
+#: IEEE two-column paper (IEEEtran): text width and column width in pt.
+TEXT_WIDTH = 516.0
+COLUMN_WIDTH = 252.0
+#: Body lines (rows and group headings) beyond which a table does not fit a float: CSV only.
+MAX_FLOAT_LINES = 56
+#: The packages every ``.tex`` needs (its first line names them).
+REQUIRES = ("booktabs",)
+#: LaTeX of the tables: font size and column separation (the width estimate follows them).
+_SIZE, _TABCOLSEP, _SCALE = r"\footnotesize", 4.0, 0.84
+#: What the width estimate leaves free (it errs by a few per cent).
+_MARGIN = 10.0
+
+#: Headers a reader expects, one mapping for every table (others: snake_case -> words).
+HEADERS = {
+    "fr_model": "FR model", "dataset": "Dataset", "method": "Method", "quality_model": "Model", "model": "Model",
+    "pauc": "pAUC", "fmr": "FMR", "fnmr": "FNMR", "eer": "EER", "mean": "Mean", "this_run": "This run",
+    "paper": "Paper", "convention": "Convention", "limit": "Limit", "scale": "Scale", "seed": "Seed",
+    "subtract_best": "Best subtracted", "accuracy_10fold": "Acc. (10-fold)", "comparisons": "Comparisons",
+    "mated": "Mated", "mean_pauc": "Mean pAUC", "delta_pauc": r"$\Delta$pAUC", "ci_low": "CI low", "ci_high": "CI high",
+    "p_better": "P(better)", "n_boot": "Resamples", "n_units": "Units", "n_defined": "Defined", "unit": "Unit",
+    "gflops": "GFLOPs", "flop_saving": "FLOP saving", "ms_per_image": "ms/image", "ms_q25": "ms Q1",
+    "ms_q75": "ms Q3", "ms_min": "ms min", "ms_max": "ms max", "repeats": "Repeats", "exit": "Exit",
+    "pauc_exit_1": "pAUC exit 1", "pauc_last_exit": "pAUC last exit", "last_exit": "Last exit",
+    "share_of_gain_by_exit_5": "Gain by exit 5", "share_of_gain_by_exit_8": "Gain by exit 8",
+    "best_single_exit": "Best exit", "best exit pAUC": "Best exit pAUC", "entropy_mean": "Entropy",
+    "entropy_std": "Entropy SD", "spread_mean": "Spread", "spread_std": "Spread SD", "max_entropy": "Max entropy",
+    "normalised_entropy": "Norm. entropy", "max_min_ratio": "Max/min", "low_contrast": "Low contrast",
+    "mean_exit": "Mean exit", "compute_saving": "Saving", "gate_agreement": "Gate agr.",
+    "agreement_accept_all": "Agr. accept all", "agreement_reject_all": "Agr. reject all",
+    "beats_trivial_gates": "Beats trivial", "pauc_adaptive": "pAUC adaptive", "pauc_fw_all_exits": "pAUC FW",
+    "this_run_method": "This run's method", "chosen_on_evaluated_data": "Chosen on eval.", "selection": "Selection",
+    "reference": "Reference", "reference_fitted_here": "Ref. fitted here", "chosen_exits": "Chosen exits",
+    "n_chosen": "Chosen", "rho_chosen_mean": r"$\rho$ chosen", "rho_best_exit": r"$\rho$ best exit",
+    "rho_with_it": r"$\rho$ with it", "stopped_at_exit": "Stopped at", "calibrated_on": "Calibrated on",
+    "pseudo_label": "Pseudo-label", "ranking": "Ranking", "comparisons_per_unit": "Comparisons/unit",
+    "images_in_another_pair": "Shared images", "max_pairs_per_image": "Max pairs/image", "n": "n", "wins": "Wins",
+    "unresolved": "Unresolved", "summary": "Summary", "strategy": "Strategy", "finding": "Finding",
+    "verdict": "Verdict", "difference": "Difference", "criterion": "Criterion", "scenario": "Scenario",
+    "tied_methods": "Tied", "benchmark": "Benchmark", "reference_protocol": "Reference protocol",
+    "group": "Group", "resolved": "Resolved",
+}
+#: Cell values shown under the label the tables use elsewhere (the CSV keeps the value).
+VALUE_LABELS = {
+    "arcface": "ArcFace", "elasticface": "ElasticFace", "magface": "MagFace", "curricularface": "CurricularFace",
+    "magface_norm": "MagFace (norm)", "serfiq": "SER-FIQ-style (re-impl.)", "sharpness": "Sharpness (Laplacian)",
+}
+#: Columns whose groups (consecutive rows) become group headings with rules; the first present.
+GROUP_COLUMNS = ("group", "quality_model", "model", "fr_model")
+_GROUP_NAMES = {"T": "ViT-FIQA (T)", "C": "ViT-FIQA (C)", "other methods": "Other methods"}
+
+
+def value_label(text: str) -> str:
+    """A cell's text as the tables show it: FR models and baselines by their labels, ``(C)``/``(T)``
+    after a space (``EX-FIQA-11(C)`` -> ``EX-FIQA-11 (C)``)."""
+    text = VALUE_LABELS.get(text, text)
+    return re.sub(r"(?<=\S)\(([CT])\)$", r" (\1)", text)
+
+
+def _power_of_ten(value: float) -> str:
+    if value > 0:
+        exp = np.log10(value)
+        if abs(exp - round(exp)) < 1e-9:
+            return f"$10^{{{int(round(exp))}}}$"
+    return f"{value:g}"
+
+
+def header_tex(column: Any) -> str:
+    """The LaTeX header of ``column`` (:data:`HEADERS`; ``fnmr@fmr=0.01`` -> ``FNMR@$10^{-2}$``)."""
+    col = str(column)
+    found = re.fullmatch(r"fnmr@fmr=([0-9.eE+-]+)", col)
+    if found:
+        return "FNMR@" + _power_of_ten(float(found.group(1)))
+    if col in HEADERS:
+        text = HEADERS[col]
+        return text if "$" in text else latex_escape(text)
+    if col != col.lower() or " " in col or "-" in col:  # already a label (a dataset, a method)
+        return latex_escape(value_label(col))
+    words = col.replace("_", " ")
+    return latex_escape(words[:1].upper() + words[1:])
+
+
+_RATE = re.compile(r"fnmr|eer|accuracy|saving|share|agreement|p_better|normalised|images_in")
+_CORR = re.compile(r"rho|correlation|spearman")
+
+
+def _integral(values: np.ndarray) -> bool:
+    return bool(len(values)) and bool(np.all(np.isclose(values, np.round(values), rtol=0, atol=1e-9))) and bool(
+        np.all(np.abs(values) < 1e9))
+
+
+def column_decimals(column: Any, values: pd.Series, pauc_scale: bool) -> int | None:
+    """Decimals of ``column`` in the LaTeX file (None: an integer column; module docstring):
+    rates 4, correlations 3, GFLOPs 2, pAUC (a table with a protocol) 2, others from the values'
+    magnitude; raised until a typical value shows two significant digits."""
+    name = str(column).lower()
+    finite = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if values.dtype.kind in "iu" or _integral(finite):
+        return None
+    if _RATE.search(name):
+        base = 4
+    elif _CORR.search(name):
+        base = 3
+    elif "gflops" in name:
+        base = 2
+    elif pauc_scale:
+        base = 2
+    else:
+        top = float(np.max(np.abs(finite))) if len(finite) else 0.0
+        base = 1 if top >= 100 else 2 if top >= 10 else 3
+    nonzero = np.abs(finite[np.abs(finite) > 1e-9])
+    if len(nonzero):
+        typical = float(np.median(nonzero))
+        base = max(base, min(6, int(-np.floor(np.log10(typical))) + 1))
+    return base
+
+
+def format_cell(value: Any, decimals: int | None, column: Any = "") -> str:
+    """One cell's LaTeX: ``--`` for a missing value, fixed ``decimals`` (no ``-0.00``), integers as
+    integers, booleans yes/no, FMR as a power of ten, text escaped under its label."""
+    if value is None or (isinstance(value, (float, np.floating)) and np.isnan(value)) or value is pd.NA:
+        return "--"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        if str(column).lower() == "fmr":
+            return _power_of_ten(float(value))
+        if decimals is None:
+            return str(int(round(float(value))))
+        text = f"{float(value):.{decimals}f}"
+        return text[1:] if text.startswith("-") and float(text) == 0 else text
+    if isinstance(value, str) and value == "":
+        return "--"
+    if str(column) == "quality_model" and str(value) in _GROUP_NAMES:
+        return latex_escape(_GROUP_NAMES[str(value)])
+    return latex_escape(value_label(str(value)))
+
+
+_CHAR_PT = {**dict.fromkeys("0123456789", 5.0), **dict.fromkeys(".,:;'!|", 2.8), **dict.fromkeys("()[]-/", 3.9),
+            " ": 3.4, **dict.fromkeys("mwMW%", 8.4), **dict.fromkeys("ijlft", 3.0)}
+
+
+def text_width(tex: str) -> float:
+    """An estimate of ``tex``'s width in pt at the tables' font size (Computer Modern; the tests
+    compile the tables to check it)."""
+    plain = re.sub(r"\$\^\\dagger\$", "+", tex)
+    plain = re.sub(r"\\(Delta|rho)", "D", plain)
+    plain = re.sub(r"\\textbackslash\{\}|\\textasciitilde\{\}|\\textasciicircum\{\}", "~", plain)
+    plain = re.sub(r"\^\{(-?\d+)\}", lambda m: "x" * len(m.group(1)), plain).replace("\\", "")
+    plain = plain.replace("$", "").replace("{", "").replace("}", "")
+    width = sum(_CHAR_PT.get(ch, 7.4 if ch.isupper() else 5.0) for ch in plain)
+    return width * _SCALE
+
+
+def _group_column(frame: pd.DataFrame) -> str | None:
+    for col in GROUP_COLUMNS:
+        if col in frame.columns:
+            values = frame[col].astype(str).tolist()
+            runs = [v for i, v in enumerate(values) if i == 0 or values[i - 1] != v]
+            return col if 1 < len(runs) <= len(values) / 2 else None
+    return None
+
+
+def _wrap(widths: list[float], texts: list[list[str]], numeric: list[bool], room: float) -> list[float | None]:
+    """Widths of ``p{}`` columns (None: not wrapped) so that the table fits ``room``: its text
+    columns with cells of more than 16 characters wrap."""
+    long = [i for i, col in enumerate(texts) if not numeric[i] and max((len(t) for t in col), default=0) > 16]
+    wrapped: list[float | None] = [None] * len(widths)
+    if not long or sum(widths) <= room:
+        return wrapped
+    fixed = sum(w for i, w in enumerate(widths) if i not in long)
+    free = room - fixed - 2 * _TABCOLSEP * len(long)
+    need = {i: widths[i] - 2 * _TABCOLSEP for i in long}
+    total = sum(need.values())
+    for i in long:
+        wrapped[i] = max(48.0, float(np.floor(free * need[i] / total)))
+    over = sum(w for w in wrapped if w is not None) - free
+    if over > 0:  # the 48 pt floor took it from the widest
+        widest = max(long, key=lambda i: wrapped[i] or 0.0)
+        wrapped[widest] = float(np.floor((wrapped[widest] or 0.0) - over))
+    return wrapped
+
+
+def _header_lines(header: str, cells: list[str]) -> list[str]:
+    """``header`` in two lines (at the space that makes the wider one narrowest) when it is wider
+    than the column's cells; spaces inside math stay."""
+    widest = max((text_width(c) for c in cells), default=0.0)
+    spaces = [m.start() for m in re.finditer(" ", header) if header[:m.start()].count("$") % 2 == 0]
+    if text_width(header) <= max(widest + 8, 30.0) or not spaces:
+        return [header]
+    best = min(spaces, key=lambda i: max(text_width(header[:i]), text_width(header[i + 1:])))
+    return [header[:best], header[best + 1:]]
+
+
+def _header_cell(lines: list[str], align: str) -> str:
+    if len(lines) == 1:
+        return lines[0]
+    joined = " \\\\ ".join(lines)
+    return f"\\begin{{tabular}}[b]{{@{{}}{align}@{{}}}}{joined}\\end{{tabular}}"
+
+
+def _column_width(cells: list[str], header: list[str]) -> float:
+    return max([*(text_width(h) for h in header), *(text_width(c) for c in cells)]) + 2 * _TABCOLSEP
+
+
+def _latex(shown: pd.DataFrame, caption: str, name: str, transpose: bool) -> str:
+    """The LaTeX of a table whose cells are already formatted (strings)."""
+    header = [header_tex(c) for c in shown.columns]
+    if transpose:  # rows become columns: the first column's cells are the new headers
+        keys = [str(c) for c in shown.columns[1:]]
+        parts = [k.split(" / ") for k in keys]
+        depth = max(len(p) for p in parts)
+        body = shown.set_index(shown.columns[0]).T
+        header = [header_tex(c) for c in ("dataset", "fr_model")[:depth]] + list(body.columns)
+        rows = [[latex_escape(value_label(x)) for x in (p + [""] * (depth - len(p)))] + list(r)
+                for p, r in zip(parts, body.itertuples(index=False), strict=True)]
+        shown = pd.DataFrame(rows, columns=range(len(header)))
+        shown.columns = [f"c{i}" for i in range(len(header))]
+        labels = {f"c{i}": h for i, h in enumerate(header)}
+        if depth > 1:
+            shown = shown[[shown.columns[1], shown.columns[0], *shown.columns[2:]]]
+            shown = shown.rename(columns={shown.columns[0]: "fr_model"})
+            labels["fr_model"] = header_tex("fr_model")
+    else:
+        labels = dict(zip(shown.columns, header, strict=True))
+    group = _group_column(shown)
+    groups: list[str | None] = [None] * len(shown)
+    if group is not None:
+        groups = [_GROUP_NAMES.get(str(g), str(g)) for g in shown[group]]
+        shown = shown.drop(columns=[group])
+    cols = list(shown.columns)
+    texts = [shown[c].tolist() for c in cols]
+    numeric = [all(re.fullmatch(r"-?[\d.]+(\$\^\\dagger\$)?|--|\$10\^\{-?\d+\}\$", t) for t in col) for col in texts]
+    heads = [_header_lines(labels[c], texts[i]) for i, c in enumerate(cols)]
+    widths = [_column_width(texts[i], heads[i]) for i in range(len(cols))]
+    room = TEXT_WIDTH - _MARGIN
+    wrapped = _wrap(widths, texts, numeric, room)
+    widths = [w if p is None else p + 2 * _TABCOLSEP for w, p in zip(widths, wrapped, strict=True)]
+    # too wide: the columns after the first in blocks stacked one under the other (same tabular)
+    blocks = [list(range(1, len(cols)))]
+    for k in range(1, len(cols)):
+        size = -(-(len(cols) - 1) // k)
+        blocks = [list(range(1 + j, min(len(cols), 1 + j + size))) for j in range(0, len(cols) - 1, size)]
+        total = widths[0] + sum(max(widths[b[i]] for b in blocks if i < len(b)) for i in range(size))
+        if total <= room:
+            break
+    size = max(len(b) for b in blocks)
+    width = widths[0] + sum(max(widths[b[i]] for b in blocks if i < len(b)) for i in range(size))
+    ragged = "\\raggedright\\arraybackslash"
+    spec = ["l" if wrapped[0] is None else f">{{{ragged}}}p{{{wrapped[0]:g}pt}}"]
+    for i in range(size):
+        at = [b[i] for b in blocks if i < len(b)]
+        if any(wrapped[j] is not None for j in at):
+            spec.append(f">{{{ragged}}}p{{{max(wrapped[j] or 0 for j in at):g}pt}}")
+        else:
+            spec.append("r" if all(numeric[j] for j in at) else "l")
+    requires = [*REQUIRES, *(["array"] if any(w is not None for w in wrapped) else [])]
+    env = "table" if width <= COLUMN_WIDTH - _MARGIN else "table*"
+    lines = [f"% requires: {', '.join(requires)}", f"% {name}.csv has every column at full precision.",
+             f"\\begin{{{env}}}", "\\centering", _SIZE, f"\\setlength{{\\tabcolsep}}{{{_TABCOLSEP:g}pt}}",
+             f"\\caption{{{caption}}}", f"\\label{{tab:{name}}}", f"\\begin{{tabular}}{{{''.join(spec)}}}", "\\toprule"]
+    ncol = 1 + size
+    for n, block in enumerate(blocks):
+        if n:
+            lines.append("\\midrule")
+        cells = [_header_cell(heads[0], "l"), *(_header_cell(heads[j], "r" if numeric[j] else "l") for j in block)]
+        cells += [""] * (size - len(block))
+        lines += [" & ".join(cells) + " \\\\", "\\midrule"]
+        last = object()
+        for r in range(len(shown)):
+            if groups[r] is not None and groups[r] != last:
+                if last is not None and r:
+                    lines.append("\\midrule")
+                lines.append(f"\\multicolumn{{{ncol}}}{{l}}{{\\emph{{{latex_escape(groups[r])}}}}} \\\\")
+                last = groups[r]
+            row = [texts[0][r], *(texts[j][r] for j in block)] + [""] * (size - len(block))
+            lines.append(" & ".join(row) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", f"\\end{{{env}}}", ""]
+    return "\n".join(lines)
+
+
 def save_table(
     frame: pd.DataFrame,
     out_dir: str | os.PathLike[str],
     name: str,
     caption: str = "",
-    float_format: str = "%.4g",
     index: bool = False,
     protocol: Mapping[str, Any] | None = None,
+    decimals: Mapping[str, int] | int | None = None,
+    tex_drop: Sequence[str] = (),
+    transpose: bool = False,
 ) -> list[Path]:
     """Write ``name.csv`` (full precision) and ``name.tex`` (booktabs, caption) atomically.
 
     ``protocol`` (from :func:`protocol`): its entries become columns of the CSV where the frame
     lacks them, and the caption states them; protocol columns that are constant are left out
-    of the LaTeX body (the caption carries them). ``float_format`` applies to the LaTeX file only.
-    Cells flagged as unresolved (module docstring) get a dagger in the LaTeX file and the caption a
-    footnote (:data:`UNRESOLVED_NOTE`); the flag columns are then left out of the LaTeX body.
-    Returns the two paths.
+    of the LaTeX body (the caption carries them). Cells flagged as unresolved (module docstring)
+    get a dagger in the LaTeX file and the caption a footnote (:data:`UNRESOLVED_NOTE`); the flag
+    columns are then left out of the LaTeX body.
+
+    The LaTeX file (first line ``% requires: booktabs``) fits an IEEE two-column paper: a
+    ``table`` when it fits a column (:data:`COLUMN_WIDTH`), else a ``table*`` (:data:`TEXT_WIDTH`);
+    long text columns wrap (``p{}``); a table still too wide has its columns in blocks stacked in
+    one tabular. Decimals are fixed per column (:func:`column_decimals`; ``decimals``: one number
+    for every float column, or per column), ``--`` for missing values, headers from :data:`HEADERS`,
+    a group column (:data:`GROUP_COLUMNS`) as group headings between rules. ``tex_drop``: columns
+    left out of the LaTeX file (its caption says they are in the CSV). ``transpose``: rows as
+    columns in the LaTeX file (a wide table's ``dataset / fr_model`` columns become rows). A table
+    longer than :data:`MAX_FLOAT_LINES` is CSV only: its ``.tex`` typesets nothing and keeps the
+    caption in an ``\\iffalse`` block for tools. Returns the two paths.
     """
     out = Path(out_dir)
     frame = frame.copy()
@@ -151,26 +452,48 @@ def save_table(
     csv_path, tex_path = out / f"{name}.csv", out / f"{name}.tex"
     with atomic_write(csv_path, overwrite=True) as fh:
         frame.to_csv(fh, index=index, lineterminator="\n")
-    shown = frame
+    shown = frame.reset_index() if index else frame
     if protocol:
         constant = [c for c in PROTOCOL_COLUMNS if c in frame.columns and frame[c].nunique(dropna=False) <= 1]
-        shown = frame.drop(columns=constant)
+        shown = shown.drop(columns=constant)
     marks = _unresolved_cells(shown)
+    shown = shown.drop(columns=[c for c in ("resolved", "unresolved_in") if c in shown.columns])  # daggers say it
+    dropped = [c for c in tex_drop if c in shown.columns]
+    shown = shown.drop(columns=dropped)
+    if transpose:  # rows by their first cell
+        first = shown.iloc[:, 0].astype(str).tolist()
+        rows = [v for v in first if v in {str(d) for d in tex_drop}]
+        shown = shown[[v not in rows for v in first]].reset_index(drop=True)
+        marks = {c: [m for m, v in zip(ms, first, strict=True) if v not in rows]
+                 for c, ms in marks.items()}
+        dropped += rows
     tex_caption = latex_escape(caption) if caption else ""
+    if dropped:
+        tex_caption += " " + latex_escape(f"In the CSV only: {', '.join(str(c) for c in dropped)}.")
+    cells: dict[Any, list[str]] = {}
+    for col in shown.columns:
+        if isinstance(decimals, Mapping) and col in decimals:
+            dec: int | None = decimals[col]
+        elif isinstance(decimals, int) and shown[col].dtype.kind == "f":
+            dec = decimals
+        else:
+            dec = column_decimals(col, shown[col], bool(protocol))
+        cells[col] = [format_cell(v, dec, col) for v in shown[col]]
+        if col in marks:
+            cells[col] = [f"{v}$^\\dagger$" if m else v for v, m in zip(cells[col], marks[col], strict=True)]
     if marks:
-        shown = shown.drop(columns=[c for c in ("resolved", "unresolved_in") if c in shown.columns])
-        for col, marked in marks.items():
-            shown[col] = [("NaN" if pd.isna(v) else float_format % v) if isinstance(v, (float, np.floating)) else str(v)
-                          for v in shown[col]]
-            shown[col] = [f"{v}{_DAGGER}" if m else v for v, m in zip(shown[col], marked, strict=True)]
         tex_caption = f"{tex_caption} $^\\dagger${latex_escape(UNRESOLVED_NOTE)}".strip()
-    latex = shown.to_latex(
-        index=index,
-        float_format=lambda v: float_format % v,
-        caption=tex_caption or None,
-        label=f"tab:{name}",
-        escape=True,
-    ).replace(_DAGGER, "$^\\dagger$")
+    text = pd.DataFrame(cells, columns=shown.columns)
+    lines = len(text) + (text[_group_column(text)].nunique() if _group_column(text) else 0)
+    if transpose:
+        lines = len(text.columns)
+    if lines > MAX_FLOAT_LINES:
+        note = latex_escape(f"CSV only ({len(frame)} rows, too long for a float): {name}.csv.")
+        latex = "\n".join([
+            f"% CSV only: {name}.csv has {len(frame)} rows, too many for a float; this file typesets nothing.",
+            "% The caption, for tools that read it:", "\\iffalse", f"\\caption{{{tex_caption} {note}}}", "\\fi", ""])
+    else:
+        latex = _latex(text, tex_caption, name, transpose)
     with atomic_write(tex_path, overwrite=True) as fh:
         fh.write(latex)
     return [csv_path, tex_path]
@@ -203,3 +526,38 @@ def pauc_per_exit(pauc: pd.DataFrame, quality_model: str, fmr: float, order: Seq
     if part.empty:
         raise ValueError(f"no pAUC rows for quality model {quality_model!r} at FMR {fmr:g}")
     return wide_pauc(part, columns=("dataset", "fr_model"), order=order)
+
+
+def latex_document(tex_files: Sequence[str | os.PathLike[str]]) -> str:
+    """A document that sets every table of ``tex_files`` in an IEEE two-column page (IEEEtran
+    when installed, else ``article`` with IEEE's widths), with the packages their first lines
+    declare; for checking that each compiles without an overfull box."""
+    packages: list[str] = []
+    for path in tex_files:
+        first = Path(path).read_text().split("\n", 1)[0]
+        if first.startswith("% requires:"):
+            packages += [p.strip() for p in first.split(":", 1)[1].split(",") if p.strip() not in packages]
+    head = [r"\documentclass[conference]{IEEEtran}"] if shutil.which("kpsewhich") and subprocess.run(
+        ["kpsewhich", "IEEEtran.cls"], capture_output=True, text=True, check=False).stdout.strip() else [
+        r"\documentclass[10pt,twocolumn]{article}",
+        rf"\usepackage[paperwidth=8.5in,paperheight=11in,textwidth={TEXT_WIDTH:g}pt,columnsep={TEXT_WIDTH - 2 * COLUMN_WIDTH:g}pt,"
+        r"textheight=689pt]{geometry}"]
+    head += [rf"\usepackage{{{p}}}" for p in dict.fromkeys(packages)]
+    body = []
+    for path in tex_files:
+        body += [rf"\input{{{Path(path).resolve().as_posix()}}}", r"\clearpage"]
+    return "\n".join([*head, r"\begin{document}", *body, r"\end{document}", ""])
+
+
+def compile_tables(tex_files: Sequence[str | os.PathLike[str]], workdir: str | os.PathLike[str]) -> str:
+    """Compile :func:`latex_document` of ``tex_files`` with ``pdflatex`` in ``workdir``; the log
+    (raises ``RuntimeError`` with its tail when pdflatex fails)."""
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "tables.tex").write_text(latex_document(tex_files))
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "tables.tex"], cwd=work,
+                          capture_output=True, text=True, check=False, timeout=600)
+    log = (work / "tables.log").read_text(errors="replace") if (work / "tables.log").is_file() else done.stdout
+    if done.returncode != 0:
+        raise RuntimeError(f"pdflatex failed:\n{log[-3000:]}")
+    return log
