@@ -35,6 +35,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -104,22 +105,55 @@ def _check_out(text: str, overwrite: bool) -> None:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Score images at every exit and write the CSV atomically."""
+    from exfiqa.io import atomic_write
+
+    out = Path(args.out)
+    _check_scoring(args)
+    reference = _load_reference(args.reference) if args.reference else None
+    _check_out(args.out, args.overwrite)
+    table, skipped, exits = _score_table(args, reference)
+    if reference is not None:
+        table = _add_ranks(table, reference, args.reference)
+    try:
+        with atomic_write(out, overwrite=args.overwrite) as fh:
+            table.to_csv(fh, index=False, float_format=SCORE_FORMAT, lineterminator="\n")
+        listing = Path(f"{out}.skipped")
+        if skipped:
+            with atomic_write(listing, overwrite=True) as fh:
+                fh.writelines(f"{p}\t{why}\n" for p, why in skipped)
+        elif listing.is_file():  # left by an earlier run into the same --out: no longer true
+            listing.unlink()
+    except OSError as exc:  # checked up front; this is what changed since (disk full, ...)
+        raise UsageError(f"cannot write {out}: {exc}") from None
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable images, listed in {out}.skipped", file=sys.stderr)
+    print(f"wrote {len(table)} rows x {len(exits)} exits to {out}", file=sys.stderr)
+    return 0
+
+
+def _check_scoring(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.num_heads is not None and args.num_heads < 1:
+        raise UsageError(f"--num-heads must be >= 1, got {args.num_heads}")
+    _parse_exits(args.exits)
+
+
+def _score_table(args: argparse.Namespace, reference: dict | None = None) -> tuple[Any, list[tuple[str, str]], list[int]]:
+    """The scores table of ``args.images`` (``exfiqa score``'s columns), the skipped files, the exits.
+
+    ``reference``: a calibration whose checkpoint must be ``args.checkpoint`` (same SHA-256).
+    """
     import pandas as pd
 
     from exfiqa.evaluation.fusion import ex_fiqa_f, ex_fiqa_fw
-    from exfiqa.io import CheckpointError, atomic_write, chunked
+    from exfiqa.io import CheckpointError, chunked, file_digest
     from exfiqa.models.device import resolve_device
     from exfiqa.models.inference import family_scores
     from exfiqa.models.vitfiqa import load_vitfiqa
     from exfiqa.readers.images import ImageReadError, find_images, read_face
 
-    out = Path(args.out)
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.num_heads is not None and args.num_heads < 1:
-        raise UsageError(f"--num-heads must be >= 1, got {args.num_heads}")
     wanted = _parse_exits(args.exits)
-    _check_out(args.out, args.overwrite)
     try:
         paths = find_images(args.images)
     except FileNotFoundError as exc:
@@ -134,6 +168,10 @@ def cmd_score(args: argparse.Namespace) -> int:
         model = load_vitfiqa(args.checkpoint, num_heads=args.num_heads)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from None
+    if reference is not None and reference["checkpoint"].get("sha256") != file_digest(args.checkpoint):
+        raise UsageError(f"--reference: calibrated with checkpoint {reference['checkpoint'].get('name')!r} "
+                         f"(sha256 {reference['checkpoint'].get('sha256')}), not {args.checkpoint}; "
+                         "ranks are meaningful for the same model only")
     exits = _check_exits(wanted, args.exits, model.depth)
     if model.depth < 2:
         raise UsageError(f"{args.checkpoint}: the model has 1 block; the vitnt_fiqa column needs >= 2")
@@ -171,21 +209,122 @@ def cmd_score(args: argparse.Namespace) -> int:
     table["ex_fiqa_fw"] = ex_fiqa_fw(scores) if len(good) else []
     table["attn_fiqa"] = attn_fiqa
     table["vitnt_fiqa"] = vitnt_fiqa
+    return table, skipped, exits
+
+
+def _load_reference(path: str) -> dict:
+    from exfiqa.evaluation.calibration import read_reference
+    from exfiqa.io import file_digest
+
+    try:
+        ref = read_reference(path)
+    except ValueError as exc:
+        raise UsageError(f"--reference {exc}") from None
+    ref["sha256"] = file_digest(path)
+    return ref
+
+
+def _add_ranks(table: Any, ref: dict, path: str) -> Any:
+    """``<col>_pct`` (0-100 percentile rank against the reference, 2 decimals) per score column,
+    then ``reference`` (its name) and ``reference_sha256`` (the JSON file's SHA-256)."""
+    from exfiqa.evaluation.calibration import percentile_rank
+
+    cols = [c for c in table.columns if c != "path"]
+    missing = [c for c in cols if c not in ref["columns"]]
+    if missing:
+        raise UsageError(f"--reference {path}: no quantiles for column(s) {missing} (it has {list(ref['columns'])})")
+    ranks = {f"{c}_pct": np.round(percentile_rank(table[c].to_numpy(np.float64), ref["columns"][c]), 2) for c in cols}
+    return table.assign(**ranks, reference=ref["name"], reference_sha256=ref["sha256"])
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Write the quantiles of every score column on a reference set (``exfiqa calibrate``)."""
+    import pandas as pd
+
+    from exfiqa.evaluation.calibration import make_reference, write_reference
+    from exfiqa.io import atomic_write, file_digest
+
+    out = Path(args.out)
+    if bool(args.images) == bool(args.from_csv):
+        raise UsageError("give reference images (files or folders) or --from-csv SCORES.csv, not both")
+    if out.is_dir() or (out.exists() and not args.overwrite):
+        raise UsageError(f"--out {out} {'is a folder' if out.is_dir() else 'exists; pass --overwrite to replace it'}")
+    if args.quantiles < 2:
+        raise UsageError(f"--quantiles must be >= 2, got {args.quantiles}")
+    if not Path(args.checkpoint).is_file():
+        raise UsageError(f"--checkpoint {args.checkpoint}: no such file")
+    if args.from_csv:
+        try:
+            table = pd.read_csv(args.from_csv)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--from-csv {args.from_csv}: {exc}") from None
+        derived = {"path", "reference", "reference_sha256"}
+        cols = [c for c in table.columns if c not in derived and not c.endswith("_pct")]
+        bad = [c for c in cols if not pd.api.types.is_numeric_dtype(table[c]) or table[c].isna().any()]
+        if "path" not in table.columns or not cols or bad or table.empty:
+            raise UsageError(f"--from-csv {args.from_csv}: expected an `exfiqa score` CSV (path and numeric score "
+                             f"columns, no empty value); bad or missing: {bad or 'path / score columns / rows'}")
+    else:
+        args.exits = "all"
+        _check_scoring(args)
+        table, _, _ = _score_table(args)
+        if table.empty:
+            raise UsageError(f"no readable images in {args.images}")
+        cols = [c for c in table.columns if c != "path"]
+    ckpt = {"name": Path(args.checkpoint).name, "sha256": file_digest(args.checkpoint)}
+    ref = make_reference({c: table[c].to_numpy(np.float64) for c in cols}, name=args.name or out.stem,
+                         checkpoint=ckpt, n_quantiles=args.quantiles)
     try:
         with atomic_write(out, overwrite=args.overwrite) as fh:
-            table.to_csv(fh, index=False, float_format=SCORE_FORMAT, lineterminator="\n")
-        listing = Path(f"{out}.skipped")
-        if skipped:
-            with atomic_write(listing, overwrite=True) as fh:
-                fh.writelines(f"{p}\t{why}\n" for p, why in skipped)
-        elif listing.is_file():  # left by an earlier run into the same --out: no longer true
-            listing.unlink()
-    except OSError as exc:  # checked up front; this is what changed since (disk full, ...)
+            write_reference(ref, fh)
+    except OSError as exc:
         raise UsageError(f"cannot write {out}: {exc}") from None
-    if skipped:
-        print(f"skipped {len(skipped)} unreadable images, listed in {out}.skipped", file=sys.stderr)
-    print(f"wrote {len(good)} rows x {len(exits)} exits to {out}", file=sys.stderr)
+    print(f"wrote {args.quantiles} quantiles of {len(cols)} columns over {ref['n_images']} images to {out}", file=sys.stderr)
     return 0
+
+
+def cmd_operating_point(args: argparse.Namespace) -> int:
+    """Print the quality threshold of a requested EDC point; exit 1 when an FNMR target cannot be reached."""
+    from exfiqa.evaluation.operating import operating_point, operating_point_pairs
+
+    common = {"discard": args.discard, "fnmr": args.fnmr, "fmr": args.fmr, "n_boot": args.n_boot,
+              "alpha": args.alpha, "seed": args.seed}
+    try:
+        if args.pairs:
+            from exfiqa.study import read_pairs_csv
+
+            d = read_pairs_csv(args.pairs)
+            r = operating_point_pairs(d["score"], d["mated"], d["quality_a"], d["quality_b"], d.get("subjects"), **common)
+            what = f"{args.pairs}"
+        else:
+            from exfiqa.config import load_config
+            from exfiqa.study import Study
+
+            if not args.config or not args.dataset:
+                raise UsageError("give --pairs PAIRS.csv, or --config CONFIG with --dataset NAME")
+            cfg = load_config(args.config)
+            fr, q = args.fr or next(iter(cfg.fr_models)), args.quality or next(iter(cfg.quality_models))
+            study = Study(cfg.select(datasets=[args.dataset], fr_models=[fr], quality_models=[q]), progress=False)
+            units, unit, _ = study.subjects(args.dataset)
+            r = operating_point(study.scores(args.dataset, fr), study.ordering(args.dataset, q, args.method), units,
+                                unit=unit, **common, **study.rules())
+            what = f"{args.config}: {args.dataset}, FR {fr}, quality {q} {args.method}"
+    except (ValueError, FileNotFoundError) as exc:  # ConfigError and ArrayError are ValueErrors
+        raise UsageError(str(exc)) from None
+    level = f"{100 * (1 - r.alpha):g}%"
+    print(f"operating point on {what}: {r.n_mated} mated, {r.n_nonmated} non-mated comparisons")
+    print(f"  EDC: fixed FNM-EDC at FMR {r.fmr:g} (comparison threshold {r.comparison_threshold:.9g}, set once "
+          "from all non-mated scores); lowest pair quality (min of the two) discarded first, ties together")
+    if r.reached:
+        print(f"  request: {r.request}")
+    else:
+        print(f"  request: {r.request}: CANNOT BE REACHED on this EDC; the lowest FNMR is reported")
+    print(f"  quality threshold: keep pair quality >= {r.quality_threshold:.9g} (reject a sample below it)")
+    print(f"  EDC point: discard {r.discard_fraction:.4f} [{level} CI {r.discard_interval[0]:.4f}, {r.discard_interval[1]:.4f}]"
+          f", FNMR {r.fnmr:.4f} [{level} CI {r.fnmr_interval[0]:.4f}, {r.fnmr_interval[1]:.4f}]")
+    print(f"  bootstrap: {r.n_valid} of {r.n_boot} resamples of {r.n_units} units ({r.unit}), seed {r.seed}, "
+          "quality threshold held fixed")
+    return 0 if r.reached else 1
 
 
 def cmd_flops(args: argparse.Namespace) -> int:
@@ -222,7 +361,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--skip-bad", action="store_true", help="leave unreadable images out, listing them in OUT.skipped")
     s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--reference", default=None,
+                   help="a reference JSON of `exfiqa calibrate`: adds <column>_pct (0-100 percentile rank) per score "
+                   "column, and the columns reference, reference_sha256")
     s.set_defaults(func=cmd_score)
+    c = sub.add_parser("calibrate", help="quantiles of every score column on a reference set, as a JSON for score --reference")
+    c.add_argument("images", nargs="*", help="reference images and/or folders (scored as `exfiqa score` does)")
+    c.add_argument("--from-csv", default=None, help="an `exfiqa score` CSV of the reference set instead of images")
+    c.add_argument("--checkpoint", required=True, help="the ViT-FIQA checkpoint that scores (or scored) the images")
+    c.add_argument("--out", required=True, help="reference JSON to write")
+    c.add_argument("--name", default=None, help="the reference's name (default: --out's stem)")
+    c.add_argument("--quantiles", type=int, default=1001, help="number of quantiles, at i/(n-1) (default 1001)")
+    c.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    c.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    c.add_argument("--num-heads", type=int, default=None, help="attention heads (as for score)")
+    c.add_argument("--skip-bad", action="store_true", help="leave unreadable images out")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_calibrate)
+    o = sub.add_parser("operating-point", help="the quality threshold for a discard fraction or an FNMR target, with its EDC point and bootstrap interval")
+    o.add_argument("--pairs", default=None, help="CSV: score,mated,quality_a,quality_b[,subject_a,subject_b] (exfiqa.study.read_pairs_csv)")
+    o.add_argument("--config", default=None, help="a run config; with --dataset (its arrays extracted)")
+    o.add_argument("--dataset", default=None, help="dataset of --config")
+    o.add_argument("--fr", default=None, help="FR model of --config (default: its first)")
+    o.add_argument("--quality", default=None, help="quality model of --config (default: its first)")
+    o.add_argument("--method", default="EX-FIQA-FW", help="quality method, e.g. 'Exit 6', EX-FIQA-FW (default), an external method")
+    goal = o.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--discard", type=float, default=None, help="discard at most this fraction of the mated comparisons")
+    goal.add_argument("--fnmr", type=float, default=None, help="the smallest discard reaching this FNMR at --fmr")
+    o.add_argument("--fmr", type=float, default=1e-3, help="FMR target of the comparison threshold (default 1e-3)")
+    o.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    o.add_argument("--alpha", type=float, default=0.05, help="1 - interval level (default 0.05: 95%%)")
+    o.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    o.set_defaults(func=cmd_operating_point)
     f = sub.add_parser("flops", help="analytic GFLOPs per exit of the released models")
     f.set_defaults(func=cmd_flops)
     from exfiqa.extract.stage import parser as extract_parser

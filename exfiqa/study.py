@@ -63,7 +63,8 @@ from exfiqa.store.arrays import BASELINE_FR, BASELINES, ArrayError, code_version
 from exfiqa.store.run import FAMILY_OPTIONS, Run
 from exfiqa.store.runcard import RunCard, run_card
 
-__all__ = ["ATTN", "CARD", "FAMILY_OPTIONS", "VITNT", "Study", "exit_names", "open_study", "read_method_csv"]
+__all__ = ["ATTN", "CARD", "FAMILY_OPTIONS", "OFIQ_COLUMN", "VITNT", "Study", "exit_names", "open_study",
+           "read_method_csv", "read_pairs_csv"]
 
 #: Method names of the family read from the same pass: ATTN-FIQA (arXiv 2604.22841) of the last
 #: block (``"ATTN-FIQA Exit k"``: of block k, our extension) and ViTNT-FIQA (arXiv 2601.05741)
@@ -79,16 +80,57 @@ def exit_names(depth: int) -> list[str]:
     return exit_labels(depth)
 
 
+#: The column of OFIQ's CSV read as its quality: the unified score mapped to 0-100 by OFIQ.
+OFIQ_COLUMN = "UnifiedQualityScore.scalar"
+
+
+def _read_ofiq(path: str | os.PathLike[str], where: str) -> pd.DataFrame | None:
+    """OFIQ's output (``;``-separated, ``Filename;UnifiedQualityScore;...;UnifiedQualityScore.scalar;...``)
+    as a ``path,score`` table (score = :data:`OFIQ_COLUMN`), or None for any other CSV."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        header = fh.readline()
+    fields = [f.strip() for f in header.rstrip("\r\n").split(";")]
+    if len(fields) < 2 or fields[0].lstrip("\ufeff") != "Filename":
+        return None
+    if OFIQ_COLUMN not in fields:
+        raise ConfigError(f"{where}: an OFIQ CSV (';'-separated, 'Filename;...') without the column {OFIQ_COLUMN!r}")
+    table = pd.read_csv(path, sep=";", usecols=lambda c: c.strip().lstrip("\ufeff") in ("Filename", OFIQ_COLUMN))
+    table.columns = [c.strip().lstrip("\ufeff") for c in table.columns]
+    return pd.DataFrame({"path": table["Filename"].astype(str), "score": pd.to_numeric(table[OFIQ_COLUMN], errors="coerce")})
+
+
+def _match_paths(paths: pd.Series, lookup: Mapping[str, float]) -> NDArray[Any]:
+    """Keys of ``lookup`` for the benchmark's sample paths: the paths themselves; else the paths
+    under one common prefix (e.g. absolute paths in the CSV, relative ones in the benchmark);
+    else bare indices / file names."""
+    if set(paths) & set(lookup):
+        return paths.to_numpy()
+    first = str(paths.iat[0]) if len(paths) else ""
+    hit = next((k for k in lookup if first and k.endswith(("/" + first, os.sep + first))), None)
+    if hit is not None:
+        prefix = hit[: len(hit) - len(first)]
+        return (prefix + paths.astype(str)).to_numpy()
+    return pd.Series([p.rsplit("#", 1)[-1] if "#" in p else Path(p).name for p in paths]).to_numpy()
+
+
 def read_method_csv(path: str | os.PathLike[str], bench: Benchmark, method: str) -> NDArray[np.float64]:
     """Per-sample scores of an external quality method, aligned to ``bench.samples``.
 
-    The CSV has a header and two columns: ``path,score`` (``path`` as in ``bench.samples.path``;
-    for ``.bin`` benchmarks that is ``<file.bin>#<k>``, or the bare index ``k``) or, for template
-    benchmarks, ``template_id,score`` (then every sample of a template gets its score). Higher =
-    better quality. Every sample must have exactly one score.
+    The CSV has a header and two columns: ``path,score`` (``path`` as in ``bench.samples.path``,
+    or those paths under one common prefix such as an absolute folder; for ``.bin`` benchmarks
+    that is ``<file.bin>#<k>``, or the bare index ``k``) or, for template benchmarks,
+    ``template_id,score`` (then every sample of a template gets its score). Higher = better
+    quality. Every sample must have exactly one score.
+
+    OFIQ's own output is read as it is (ISO/IEC 29794-5's reference implementation,
+    ``OFIQSampleApp -o out.csv``: ``;``-separated, first column ``Filename``): the score is
+    :data:`OFIQ_COLUMN`, the unified quality score on OFIQ's 0-100 scale (higher = better), every
+    other column is ignored. A failed assessment (OFIQ writes -1 there) keeps -1: it ranks below
+    every assessed image, i.e. is discarded first.
     """
-    table = pd.read_csv(path)
     where = f"{method}: {path}"
+    ofiq = _read_ofiq(path, where)
+    table = pd.read_csv(path) if ofiq is None else ofiq
     if "score" not in table.columns or len(table.columns) != 2:
         raise ConfigError(f"{where}: expected columns 'path,score' or 'template_id,score', got {list(table.columns)}")
     key = next(c for c in table.columns if c != "score")
@@ -101,16 +143,54 @@ def read_method_csv(path: str | os.PathLike[str], bench: Benchmark, method: str)
         ids = bench.samples["template_id"].to_numpy()
     elif key == "path":
         lookup = dict(zip(table["path"].astype(str), table["score"].astype(float), strict=True))
-        paths = bench.samples["path"].astype(str)
-        if not set(paths) & set(lookup):  # allow bare indices / file names
-            paths = pd.Series([p.rsplit("#", 1)[-1] if "#" in p else Path(p).name for p in paths])
-        ids = paths.to_numpy()
+        ids = _match_paths(bench.samples["path"].astype(str), lookup)
     else:
         raise ConfigError(f"{where}: first column must be 'path' or 'template_id', got {key!r}")
     missing = [i for i in ids if i not in lookup]
     if missing:
         raise ConfigError(f"{where}: no score for {len(missing)} samples, e.g. {missing[:3]}")
     return np.array([lookup[i] for i in ids], dtype=np.float64)
+
+
+#: Columns of a pairs CSV (:func:`read_pairs_csv`): required, then optional.
+PAIRS_COLUMNS = ("score", "mated", "quality_a", "quality_b")
+PAIRS_SUBJECTS = ("subject_a", "subject_b")
+
+
+def read_pairs_csv(path: str | os.PathLike[str]) -> dict[str, NDArray[Any]]:
+    """Your own labelled comparisons, for ``exfiqa operating-point --pairs``.
+
+    A CSV (``,``-separated, header) with one row per comparison: ``score`` (comparison score,
+    higher = more alike), ``mated`` (1/0 or true/false), ``quality_a`` and ``quality_b`` (the two
+    samples' qualities, higher = better; pair quality = their minimum) and optionally
+    ``subject_a`` and ``subject_b`` (any labels of the two samples' subjects: the bootstrap's
+    units). Other columns (e.g. ``sample_a,sample_b``) are ignored. Returns the arrays
+    ``score, mated, quality_a, quality_b`` and ``subjects`` ((N, 2) integer codes, or absent).
+    """
+    table = pd.read_csv(path)
+    missing = [c for c in PAIRS_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; a pairs CSV has {', '.join(PAIRS_COLUMNS)} "
+                         f"(and optionally {', '.join(PAIRS_SUBJECTS)}), got {list(table.columns)}")
+    out: dict[str, NDArray[Any]] = {}
+    for c in ("score", "quality_a", "quality_b"):
+        v = pd.to_numeric(table[c], errors="coerce")
+        if v.isna().any():
+            raise ValueError(f"{path}: column {c!r} has empty or non-numeric values (row {int(v.isna().idxmax()) + 2})")
+        out[c] = v.to_numpy(np.float64)
+    labels = table["mated"].astype(str).str.strip().str.lower()
+    truth = labels.map({"1": True, "0": False, "true": True, "false": False, "1.0": True, "0.0": False})
+    if truth.isna().any():
+        raise ValueError(f"{path}: column 'mated' must be 1/0 or true/false, got {labels[truth.isna()].iat[0]!r}")
+    out["mated"] = truth.to_numpy(bool)
+    have = [c for c in PAIRS_SUBJECTS if c in table.columns]
+    if len(have) == 1:
+        raise ValueError(f"{path}: give both {PAIRS_SUBJECTS[0]} and {PAIRS_SUBJECTS[1]}, or neither")
+    if have:
+        both = table[list(PAIRS_SUBJECTS)].astype(str)
+        codes = pd.factorize(pd.concat([both.iloc[:, 0], both.iloc[:, 1]], ignore_index=True))[0]
+        out["subjects"] = codes.reshape(2, -1).T.copy()
+    return out
 
 
 @dataclass

@@ -1,0 +1,116 @@
+"""What a score means on a reference set: quantiles and 0-100 percentile ranks.
+
+numpy and the standard library only. ``exfiqa calibrate`` writes a reference (:func:`make_reference`,
+:func:`write_reference`): the quantiles of each score column on a reference set of images;
+``exfiqa score --reference`` adds per column a 0-100 column, the percentile rank of each score
+against those quantiles (:func:`percentile_rank`). A rank says where an image stands among the
+reference images *for the same model*, nothing more: a 0-100 rank of one model is not comparable
+with another model's, nor with OFIQ's 0-100 scale.
+
+Conventions
+-----------
+* Quantiles: ``n_quantiles`` (default 1001) at the probabilities ``p_i = i / (n_quantiles - 1)``,
+  ``np.quantile`` with its default linear interpolation; ``q_0`` is the reference minimum and the
+  last the maximum.
+* Percentile rank of ``x``: ``100 * p`` with ``p`` read off the quantile table: below the
+  minimum 0, above the maximum 100; strictly between two quantiles, linear interpolation
+  between them; equal to one or several (tied) quantiles, the middle of their probabilities
+  (``(p_first + p_last) / 2``: a reference of one repeated value ranks that value 50). So the
+  reference minimum ranks 0 and the maximum 100 when they are unique, and the rank is
+  non-decreasing in ``x``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+__all__ = ["REFERENCE_FORMAT", "REFERENCE_VERSION", "make_reference", "percentile_rank", "read_reference",
+           "reference_quantiles", "write_reference"]
+
+#: ``format`` and ``version`` of a reference JSON.
+REFERENCE_FORMAT = "exfiqa-reference"
+REFERENCE_VERSION = 1
+
+
+def reference_quantiles(values: ArrayLike, n_quantiles: int = 1001) -> np.ndarray:
+    """The ``n_quantiles`` quantiles (float64) of the finite ``values`` (module docstring)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if int(n_quantiles) != n_quantiles or n_quantiles < 2:
+        raise ValueError(f"n_quantiles: an integer >= 2, got {n_quantiles!r}")
+    if v.size == 0 or not np.isfinite(v).all():
+        raise ValueError("values: need at least one value, all finite")
+    return np.quantile(v, np.linspace(0.0, 1.0, int(n_quantiles)))
+
+
+def percentile_rank(x: ArrayLike, quantiles: ArrayLike) -> np.ndarray:
+    """The 0-100 rank of each ``x`` against a quantile table (ascending; module docstring).
+
+    NaN stays NaN.
+    """
+    q = np.asarray(quantiles, dtype=np.float64)
+    if q.ndim != 1 or q.size < 2 or not np.isfinite(q).all() or np.any(np.diff(q) < 0):
+        raise ValueError("quantiles: expected >= 2 finite values, ascending")
+    xs = np.asarray(x, dtype=np.float64)
+    p = np.linspace(0.0, 1.0, q.size)
+    lo = np.searchsorted(q, xs, side="left")
+    hi = np.searchsorted(q, xs, side="right")
+    out = np.empty(xs.shape, dtype=np.float64)
+    tied = hi > lo
+    out[tied] = (p[lo[tied]] + p[hi[tied] - 1]) / 2
+    below, above = (lo == 0) & ~tied, (lo == q.size) & ~tied
+    out[below], out[above] = 0.0, 1.0
+    mid = ~tied & ~below & ~above
+    i = lo[mid]
+    out[mid] = p[i - 1] + (xs[mid] - q[i - 1]) / (q[i] - q[i - 1]) * (p[i] - p[i - 1])
+    out[np.isnan(xs)] = np.nan
+    return 100.0 * out
+
+
+def make_reference(
+    columns: Mapping[str, ArrayLike], *, name: str, checkpoint: Mapping[str, str], n_quantiles: int = 1001
+) -> dict[str, Any]:
+    """The reference dict: ``format``, ``version``, ``name``, ``n_images``, ``checkpoint``
+    (``{"name", "sha256"}`` of the model that scored the images), ``n_quantiles`` and
+    ``columns`` (``{column: [quantile, ...]}``)."""
+    sizes = {len(np.asarray(v).ravel()) for v in columns.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"columns: expected one value per image in every column, got lengths {sorted(sizes)}")
+    return {
+        "format": REFERENCE_FORMAT, "version": REFERENCE_VERSION, "name": str(name), "n_images": sizes.pop(),
+        "checkpoint": dict(checkpoint), "n_quantiles": int(n_quantiles),
+        "columns": {c: reference_quantiles(v, n_quantiles).tolist() for c, v in columns.items()},
+    }
+
+
+def write_reference(ref: Mapping[str, Any], fh: Any) -> None:
+    """Write ``ref`` as JSON to the text file ``fh`` (floats as Python's shortest round-trip repr)."""
+    json.dump(ref, fh, indent=1)
+    fh.write("\n")
+
+
+def read_reference(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A reference JSON, checked (``ValueError`` naming the file and key otherwise)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            ref = json.load(fh)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read a reference JSON ({exc})") from None
+    if not isinstance(ref, dict) or ref.get("format") != REFERENCE_FORMAT:
+        raise ValueError(f"{path}: not an exfiqa reference (format {REFERENCE_FORMAT!r}); write one with `exfiqa calibrate`")
+    if ref.get("version") != REFERENCE_VERSION:
+        raise ValueError(f"{path}: reference version {ref.get('version')!r}, this exfiqa reads version {REFERENCE_VERSION}")
+    cols = ref.get("columns")
+    if not isinstance(cols, dict) or not cols:
+        raise ValueError(f"{path}: key 'columns' must map each score column to its quantiles")
+    for c, q in cols.items():
+        try:
+            percentile_rank([], q)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: columns.{c}: {exc}") from None
+    return ref

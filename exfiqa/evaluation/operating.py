@@ -1,0 +1,217 @@
+"""Operating points on an EDC: which quality threshold to use, with a bootstrap interval.
+
+numpy only. "Only ranks matter; choose the threshold on your data" made a function: from labelled
+comparisons and a quality measure, the quality threshold that discards a given fraction
+(:func:`operating_point`, ``discard=``) or the smallest discard that reaches a target FNMR at an
+FMR target (``fnmr=``).
+
+Conventions (those of :mod:`exfiqa.evaluation.edc`, reused, not re-implemented):
+
+* The EDC is the ``fixed`` FNM-EDC (:func:`exfiqa.evaluation.edc.edc_curves`): the comparison
+  threshold is set **once** from **all** non-mated comparisons at the FMR target (the threshold
+  and acceptance rules of :mod:`exfiqa.evaluation.rules`; default ``at_most``/``similarity>=``),
+  as a deployed system sets it; mated comparisons are discarded lowest pair quality first, the
+  discard fraction is that of the mated comparisons, and comparisons of equal pair quality are
+  discarded together (the curve's points sit after each tie group). ``recompute`` is not offered:
+  its threshold moves with the discard, which no deployment does.
+* Pair quality = the minimum of the two sides' qualities
+  (:func:`exfiqa.evaluation.quality.pair_quality`), higher = better. The **quality threshold**
+  ``t`` of a point keeps the comparisons with pair quality ``>= t`` and discards those below:
+  ``t`` is the lowest mated pair quality kept. Applied per sample, this is "reject a sample whose
+  quality is below ``t``" (a pair is kept iff both sides are kept).
+* ``discard=f``: the point with the largest discard fraction ``<= f`` (never more than asked;
+  ties may make the exact fraction unreachable). ``fnmr=e``: the point with the smallest discard
+  fraction whose FNMR is ``<= e``; if no point reaches it, ``reached`` is False and the point of
+  lowest FNMR (the first, on ties) is reported.
+* Interval: the subject-clustered bootstrap of :mod:`exfiqa.evaluation.subjects` (units drawn
+  with replacement, comparisons weighted ``w[a] * w[b]``, within a unit ``w[a]``), the quality
+  threshold held fixed: per resample the comparison threshold is recomputed from the resampled
+  non-mated comparisons at the FMR target, and the discard fraction and FNMR of the comparisons
+  with pair quality ``>= t`` are measured. Percentile interval (``np.quantile``, linear) of the
+  defined resamples (a resample without mated copies kept, or without non-mated copies, is left
+  out). Deterministic for a seed. ``at_most`` rule only (as :mod:`exfiqa.evaluation.bootstrap`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from exfiqa.evaluation.bootstrap import _boot_args, _boot_rules, _weighted_stat
+from exfiqa.evaluation.edc import edc_curves
+from exfiqa.evaluation.quality import pair_quality
+from exfiqa.evaluation.rules import (
+    Acceptance,
+    ThresholdRule,
+    allowed_errors,
+    check_rate,
+)
+from exfiqa.evaluation.scores import (
+    ArrayOrder,
+    Comparisons,
+    min_candidates,
+    rule_view,
+    top_candidates,
+)
+from exfiqa.evaluation.subjects import ExplicitUnits, draw_unit_weights
+
+__all__ = ["QualityOperatingPoint", "operating_point", "operating_point_pairs"]
+
+
+@dataclass(frozen=True)
+class QualityOperatingPoint:
+    """One point of a ``fixed`` FNM-EDC and its bootstrap interval (module docstring).
+
+    ``quality_threshold``: keep pair quality >= it. ``comparison_threshold``: the fixed comparison
+    threshold at ``fmr`` (in the acceptance's units, as :attr:`EDCCurve.thresholds`).
+    ``discard_interval``/``fnmr_interval``: percentile intervals at level ``1 - alpha`` from
+    ``n_valid`` of ``n_boot`` resamples of ``n_units`` units (``unit``). ``reached``: the request
+    was met (always True for ``discard``).
+    """
+
+    request: str
+    reached: bool
+    quality_threshold: float
+    discard_fraction: float
+    fnmr: float
+    fmr: float
+    comparison_threshold: float
+    n_mated: int
+    n_nonmated: int
+    discard_interval: tuple[float, float]
+    fnmr_interval: tuple[float, float]
+    alpha: float
+    n_boot: int
+    n_valid: int
+    seed: int
+    unit: str
+    n_units: int
+
+
+def _pick(frac: np.ndarray, err: np.ndarray, discard: float | None, fnmr: float | None) -> tuple[int, bool]:
+    """Index of the requested point on the curve, and whether the request is met."""
+    if discard is not None:
+        return int(np.flatnonzero(frac <= discard + 1e-12)[-1]), True
+    assert fnmr is not None
+    ok = np.flatnonzero(err <= fnmr)
+    if ok.size:
+        return int(ok[0]), True
+    return int(np.nanargmin(err)), False
+
+
+def _boot_point(
+    view: Any, units: Any, keep: np.ndarray, fmr: float, n_boot: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Discard fraction and FNMR per unit resample at a fixed set of kept mated comparisons."""
+    rng = np.random.default_rng(seed)
+    m = max(4 * (int(allowed_errors(fmr, view.n_nm)) + 1), min_candidates())
+    vals, refs = top_candidates(view, m)
+    disc = np.full(n_boot, np.nan)
+    err = np.full(n_boot, np.nan)
+    for b in range(n_boot):
+        w = draw_unit_weights(units.n_units, rng)
+        w_m = units.weights(w, view.mated_refs)
+        n_m_w = int(w_m.sum())
+        n_nm_w = units.total(w) - n_m_w
+        kept = w_m * keep
+        n_kept = int(kept.sum())
+        if n_nm_w <= 0 or n_kept == 0:
+            continue
+        k = int(allowed_errors(fmr, n_nm_w))
+        while True:
+            stat = _weighted_stat(vals, units.weights(w, refs), k)
+            if stat is not None or vals.shape[0] >= view.n_nm:
+                break
+            m *= 4
+            vals, refs = top_candidates(view, m)
+        if stat is None:  # pragma: no cover - every non-mated is a candidate and k < n_nm_w
+            continue
+        disc[b] = 1.0 - n_kept / n_m_w
+        err[b] = float(np.sum(kept * (view.sim_m <= stat))) / n_kept
+    return disc, err
+
+
+def _interval(samples: np.ndarray, alpha: float) -> tuple[float, float]:
+    ok = samples[np.isfinite(samples)]
+    if not ok.size:
+        return (float("nan"), float("nan"))
+    lo, hi = np.quantile(ok, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def operating_point(
+    scores: Any,
+    order: Any,
+    units: Any,
+    *,
+    discard: float | None = None,
+    fnmr: float | None = None,
+    fmr: float = 1e-3,
+    threshold_rule: ThresholdRule | str = ThresholdRule.AT_MOST,
+    acceptance: Acceptance | str = Acceptance.SIMILARITY,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    unit: str = "unit",
+) -> QualityOperatingPoint:
+    """The quality threshold for ``discard`` (a fraction in [0, 1)) or ``fnmr`` (a target FNMR at ``fmr``).
+
+    ``scores``, ``order``: prepared comparison scores and pair-quality order
+    (:func:`exfiqa.evaluation.edc.edc_curves`; e.g. :meth:`exfiqa.study.Study.scores` and
+    :meth:`~exfiqa.study.Study.ordering`). ``units``: the independent units
+    (:mod:`exfiqa.evaluation.subjects`; :meth:`exfiqa.study.Study.subjects`), named ``unit``.
+    Exactly one of ``discard`` and ``fnmr``. Conventions: module docstring.
+    """
+    if (discard is None) == (fnmr is None):
+        raise ValueError("operating_point: give exactly one of discard= and fnmr=")
+    if discard is not None and not (0.0 <= float(discard) < 1.0):
+        raise ValueError(f"discard: a fraction in [0, 1), got {discard!r}")
+    if fnmr is not None:
+        fnmr = check_rate(fnmr, "fnmr")
+    f = check_rate(fmr, "fmr")
+    _boot_args(n_boot, alpha)
+    strict = _boot_rules(threshold_rule, acceptance)
+    curve = edc_curves(scores, order, (f,), "fixed", threshold_rule=threshold_rule, acceptance=acceptance)[f]
+    view = rule_view(scores, strict)
+    q_m = np.asarray(order.quality(view.mated_refs))
+    i, reached = _pick(curve.discard_fraction, curve.error, discard, fnmr)
+    n_discarded = int(round(curve.discard_fraction[i] * view.n_m))
+    q_t = np.sort(q_m, kind="stable")[n_discarded]
+    keep = (q_m >= q_t).astype(np.int64)
+    assert int(keep.sum()) == view.n_m - n_discarded  # tie groups are discarded whole
+    disc_s, err_s = _boot_point(view, units, keep, f, int(n_boot), seed)
+    request = f"discard <= {discard:g}" if discard is not None else f"FNMR <= {fnmr:g} at FMR {f:g}"
+    return QualityOperatingPoint(
+        request=request, reached=reached, quality_threshold=float(q_t),
+        discard_fraction=float(curve.discard_fraction[i]), fnmr=float(curve.error[i]), fmr=f,
+        comparison_threshold=float(curve.thresholds[i]), n_mated=int(view.n_m), n_nonmated=int(view.n_nm),
+        discard_interval=_interval(disc_s, alpha), fnmr_interval=_interval(err_s, alpha), alpha=float(alpha),
+        n_boot=int(n_boot), n_valid=int(np.isfinite(err_s).sum()), seed=int(seed), unit=unit,
+        n_units=int(units.n_units),
+    )
+
+
+def operating_point_pairs(
+    similarity: ArrayLike,
+    mated: ArrayLike,
+    quality_a: ArrayLike,
+    quality_b: ArrayLike,
+    subjects: ArrayLike | None = None,
+    **kwargs: Any,
+) -> QualityOperatingPoint:
+    """:func:`operating_point` on explicit comparisons: similarity (higher = more alike), mated
+    labels, the two samples' qualities (pair quality = their minimum) and ``subjects`` (N, 2), the
+    integer unit of each side. Without ``subjects`` every comparison is its own unit (comparisons
+    resampled as independent, which understates the spread when they share people)."""
+    comp = Comparisons(similarity, mated)
+    q = comp.quality(pair_quality(quality_a, quality_b))
+    if subjects is None:
+        own = np.arange(comp.n)
+        units, unit = ExplicitUnits(np.stack((own, own), axis=1), comp.n), "comparison"
+    else:
+        units, unit = ExplicitUnits(subjects, comp.n), "subject"
+    kwargs.setdefault("unit", unit)
+    return operating_point(comp, ArrayOrder(q), units, **kwargs)
