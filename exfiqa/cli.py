@@ -5,7 +5,15 @@
 fusions always use all D exits, whichever exits are written. From the same pass
 (``forward_exits(family=True)``): ``attn_fiqa`` = ATTN-FIQA of the last block (as its paper: mean
 pre-softmax attention score, all tokens) and ``vitnt_fiqa`` = ViTNT-FIQA over all D blocks, mean over
-the (patch) tokens. Higher = better for every column.
+the (patch) tokens. Higher = better for every column. ``--reference ref.json`` (written by
+``exfiqa calibrate``) adds ``<column>_pct`` per score column, the 0-100 percentile rank against that
+reference set (:mod:`exfiqa.evaluation.calibration`), then the columns ``reference`` (its name) and
+``reference_sha256`` (the JSON file's SHA-256).
+
+``exfiqa operating-point`` prints the quality threshold that discards a fraction (``--discard``) or
+reaches an FNMR at an FMR (``--fnmr``, ``--fmr``) on a config's dataset or a pairs CSV, with the EDC
+point and its bootstrap interval (:mod:`exfiqa.evaluation.operating`); exit code 1 when an FNMR
+target cannot be reached.
 
 Errors: every usage error (a bad option value, an ``--out`` that is a folder, lies under a regular
 file, cannot be written, or it or ``OUT.skipped`` exists without ``--overwrite``, missing inputs

@@ -89,9 +89,11 @@ def make_reference(
 
 
 def write_reference(ref: Mapping[str, Any], fh: Any) -> None:
-    """Write ``ref`` as JSON to the text file ``fh`` (floats as Python's shortest round-trip repr)."""
-    json.dump(ref, fh, indent=1)
-    fh.write("\n")
+    """Write ``ref`` as JSON to the text file ``fh``: one line per key, each column's quantiles on
+    one line (floats as Python's shortest round-trip repr)."""
+    head = [f" {json.dumps(k)}: {json.dumps(v)}" for k, v in ref.items() if k != "columns"]
+    cols = [f"  {json.dumps(c)}: {json.dumps(q)}" for c, q in ref["columns"].items()]
+    fh.write("{\n" + ",\n".join([*head, ' "columns": {\n' + ",\n".join(cols) + "\n }"]) + "\n}\n")
 
 
 def read_reference(path: str | os.PathLike[str]) -> dict[str, Any]:
