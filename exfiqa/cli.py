@@ -8,7 +8,8 @@ pre-softmax attention score, all tokens) and ``vitnt_fiqa`` = ViTNT-FIQA over al
 the (patch) tokens. Higher = better for every column. ``--reference ref.json`` (written by
 ``exfiqa calibrate``) adds ``<column>_pct`` per score column, the 0-100 percentile rank against that
 reference set (:mod:`exfiqa.evaluation.calibration`), then the columns ``reference`` (its name) and
-``reference_sha256`` (the JSON file's SHA-256).
+``reference_sha256`` (the JSON file's SHA-256); with ``--sigmoid`` also ``<column>_sig``, OFIQ's
+sigmoid form fitted on the reference (not comparable with OFIQ's score).
 
 ``exfiqa operating-point`` prints the quality threshold that discards a fraction (``--discard``) or
 reaches an FNMR at an FMR (``--fnmr``, ``--fmr``) on a config's dataset or a pairs CSV, with the EDC
@@ -117,11 +118,13 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _check_scoring(args)
+    if args.sigmoid and not args.reference:
+        raise UsageError("--sigmoid needs --reference (x0 and w are fitted on the reference set)")
     reference = _load_reference(args.reference) if args.reference else None
     _check_out(args.out, args.overwrite)
     table, skipped, exits = _score_table(args, reference)
     if reference is not None:
-        table = _add_ranks(table, reference, args.reference)
+        table = _add_ranks(table, reference, args.reference, args.sigmoid)
     try:
         with atomic_write(out, overwrite=args.overwrite) as fh:
             table.to_csv(fh, index=False, float_format=SCORE_FORMAT, lineterminator="\n")
@@ -232,16 +235,19 @@ def _load_reference(path: str) -> dict:
     return ref
 
 
-def _add_ranks(table: Any, ref: dict, path: str) -> Any:
+def _add_ranks(table: Any, ref: dict, path: str, sigmoid: bool = False) -> Any:
     """``<col>_pct`` (0-100 percentile rank against the reference, 2 decimals) per score column,
-    then ``reference`` (its name) and ``reference_sha256`` (the JSON file's SHA-256)."""
-    from exfiqa.evaluation.calibration import percentile_rank
+    with ``sigmoid`` also ``<col>_sig`` (the sigmoid mapping fitted on the reference, an integer
+    0-100), then ``reference`` (its name) and ``reference_sha256`` (the JSON file's SHA-256)."""
+    from exfiqa.evaluation.calibration import fit_sigmoid, percentile_rank, sigmoid_score
 
     cols = [c for c in table.columns if c != "path"]
     missing = [c for c in cols if c not in ref["columns"]]
     if missing:
         raise UsageError(f"--reference {path}: no quantiles for column(s) {missing} (it has {list(ref['columns'])})")
     ranks = {f"{c}_pct": np.round(percentile_rank(table[c].to_numpy(np.float64), ref["columns"][c]), 2) for c in cols}
+    if sigmoid:
+        ranks.update({f"{c}_sig": sigmoid_score(table[c].to_numpy(np.float64), *fit_sigmoid(ref["columns"][c])) for c in cols})
     return table.assign(**ranks, reference=ref["name"], reference_sha256=ref["sha256"])
 
 
@@ -372,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reference", default=None,
                    help="a reference JSON of `exfiqa calibrate`: adds <column>_pct (0-100 percentile rank) per score "
                    "column, and the columns reference, reference_sha256")
+    s.add_argument("--sigmoid", action="store_true",
+                   help="with --reference, also <column>_sig = round(100*sigmoid((x-x0)/w)), x0 and w fitted on the "
+                   "reference (OFIQ's formula; NOT comparable with OFIQ's score)")
     s.set_defaults(func=cmd_score)
     c = sub.add_parser("calibrate", help="quantiles of every score column on a reference set, as a JSON for score --reference")
     c.add_argument("images", nargs="*", help="reference images and/or folders (scored as `exfiqa score` does)")

@@ -11,7 +11,12 @@ import pytest
 import yaml
 
 from exfiqa.cli import main
-from exfiqa.evaluation.calibration import percentile_rank, reference_quantiles
+from exfiqa.evaluation.calibration import (
+    fit_sigmoid,
+    percentile_rank,
+    reference_quantiles,
+    sigmoid_score,
+)
 from exfiqa.io import file_digest
 
 
@@ -35,6 +40,16 @@ def test_reference_quantiles_are_the_linear_quantiles():
     np.testing.assert_allclose(reference_quantiles(v, 1001)[[0, 125, 1000]], [1, 1.5, 10])
     with pytest.raises(ValueError, match="finite"):
         reference_quantiles([1.0, np.inf])
+
+
+def test_sigmoid_mapping_hand_cases():
+    x0, w = fit_sigmoid(np.linspace(0.0, 10.0, 1001))  # median 5, 5th / 95th percentiles 0.5 / 9.5
+    assert x0 == pytest.approx(5.0) and w == pytest.approx(9.0 / (2 * np.log(19.0)))
+    np.testing.assert_array_equal(sigmoid_score([5.0, 9.5, 0.5, 1e9, -1e9], x0, w), [50, 95, 5, 100, 0])
+    # OFIQ's unified score form, x0 = 23, w = 2.6; 2.5 rounds half away from zero to 3
+    half = 23.0 + 2.6 * np.log(2.5 / 97.5)
+    np.testing.assert_array_equal(sigmoid_score([23.0, half, 23.0 + 2.6 * np.log(3)], 23.0, 2.6), [50, 3, 75])
+    np.testing.assert_array_equal(sigmoid_score([1.0, 2.0, 3.0], *fit_sigmoid([2.0, 2.0])), [0, 50, 100])
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +88,16 @@ def test_calibrate_then_score_with_the_reference(demo_images, tmp_path):
         assert pct.min() == 0 and pct.max() == 100 and np.all((pct >= 0) & (pct <= 100))
         v = table[c].to_numpy()
         assert np.all(np.diff(pct[np.argsort(v, kind="stable")]) >= 0)
+
+    # the optional sigmoid mapping, x0 and w fitted on the reference's quantiles
+    sig = tmp_path / "sig.csv"
+    assert main(["score", str(images), "--out", str(sig), "--reference", str(ref), "--sigmoid", *opts]) == 0
+    with_sig = pd.read_csv(sig)
+    for c in cols:
+        expected = sigmoid_score(with_sig[c], *fit_sigmoid(data["columns"][c]))
+        np.testing.assert_array_equal(with_sig[f"{c}_sig"], expected)
+        assert set(np.unique(expected)) <= set(range(101))
+    assert main(["score", str(images), "--out", str(sig), "--overwrite", "--sigmoid", *opts]) == 2
 
     # n quantiles = n images: each reference image ranks 100 * (its rank) / (n - 1)
     exact = tmp_path / "exact.json"

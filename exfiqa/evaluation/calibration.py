@@ -18,6 +18,14 @@ Conventions
   (``(p_first + p_last) / 2``: a reference of one repeated value ranks that value 50). So the
   reference minimum ranks 0 and the maximum 100 when they are unique, and the rank is
   non-decreasing in ``x``.
+* Sigmoid mapping (optional, ``exfiqa score --reference ref.json --sigmoid``): OFIQ's form,
+  ``Q = round(100 * sigmoid((x - x0) / w))`` clipped to [0, 100] (half away from zero), with
+  ``x0`` and ``w`` fitted on the reference (:func:`fit_sigmoid`): ``x0`` its median, ``w`` such that
+  its 5th and 95th percentiles map to 5 and 95, ``w = (q95 - q05) / (2 ln 19)`` (a reference without
+  spread, ``w = 0``, maps below / at / above ``x0`` to 0 / 50 / 100). The median of the reference
+  maps to 50, as with the percentile rank, but the tails are smooth instead of 0 and 100. It borrows
+  OFIQ's formula only: the values are **not comparable with OFIQ's score** (other model, other
+  reference, other ``x0`` and ``w``).
 """
 
 from __future__ import annotations
@@ -30,8 +38,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["REFERENCE_FORMAT", "REFERENCE_VERSION", "make_reference", "percentile_rank", "read_reference",
-           "reference_quantiles", "write_reference"]
+__all__ = ["REFERENCE_FORMAT", "REFERENCE_VERSION", "fit_sigmoid", "make_reference", "percentile_rank",
+           "read_reference", "reference_quantiles", "sigmoid_score", "write_reference"]
 
 #: ``format`` and ``version`` of a reference JSON.
 REFERENCE_FORMAT = "exfiqa-reference"
@@ -70,6 +78,27 @@ def percentile_rank(x: ArrayLike, quantiles: ArrayLike) -> np.ndarray:
     out[mid] = p[i - 1] + (xs[mid] - q[i - 1]) / (q[i] - q[i - 1]) * (p[i] - p[i - 1])
     out[np.isnan(xs)] = np.nan
     return 100.0 * out
+
+
+def fit_sigmoid(quantiles: ArrayLike) -> tuple[float, float]:
+    """``(x0, w)`` of the sigmoid mapping from a quantile table (module docstring)."""
+    q = np.asarray(quantiles, dtype=np.float64)
+    p = np.linspace(0.0, 1.0, q.size)
+    q05, x0, q95 = np.interp([0.05, 0.5, 0.95], p, q)
+    return float(x0), float((q95 - q05) / (2 * np.log(19.0)))
+
+
+def sigmoid_score(x: ArrayLike, x0: float, w: float) -> np.ndarray:
+    """``round(100 * sigmoid((x - x0) / w))`` clipped to [0, 100], as floats (NaN stays NaN)."""
+    xs = np.asarray(x, dtype=np.float64)
+    if w > 0:
+        with np.errstate(over="ignore"):
+            s = 100.0 / (1.0 + np.exp(-(xs - x0) / w))
+    else:
+        s = np.where(xs < x0, 0.0, np.where(xs > x0, 100.0, 50.0))
+    out: np.ndarray = np.clip(np.floor(s + 0.5), 0.0, 100.0)
+    out[np.isnan(xs)] = np.nan
+    return out
 
 
 def make_reference(
