@@ -103,14 +103,15 @@ def _match_paths(paths: pd.Series, lookup: Mapping[str, float]) -> NDArray[Any]:
     """Keys of ``lookup`` for the benchmark's sample paths: the paths themselves; else the paths
     under one common prefix (e.g. absolute paths in the CSV, relative ones in the benchmark);
     else bare indices / file names."""
-    if set(paths) & set(lookup):
-        return paths.to_numpy()
-    first = str(paths.iat[0]) if len(paths) else ""
-    hit = next((k for k in lookup if first and k.endswith(("/" + first, os.sep + first))), None)
-    if hit is not None:
-        prefix = hit[: len(hit) - len(first)]
-        return (prefix + paths.astype(str)).to_numpy()
-    return pd.Series([p.rsplit("#", 1)[-1] if "#" in p else Path(p).name for p in paths]).to_numpy()
+    keys: list[str] = [str(p) for p in paths]
+    first = keys[0] if keys else ""
+    if not set(keys) & set(lookup):
+        hit = next((k for k in lookup if first and k.endswith(("/" + first, os.sep + first))), None)
+        if hit is not None:
+            keys = [hit[: len(hit) - len(first)] + p for p in keys]
+        else:
+            keys = [p.rsplit("#", 1)[-1] if "#" in p else Path(p).name for p in keys]
+    return np.array(keys, dtype=object)
 
 
 def read_method_csv(path: str | os.PathLike[str], bench: Benchmark, method: str) -> NDArray[np.float64]:
