@@ -329,6 +329,9 @@ def cmd_operating_point(args: argparse.Namespace) -> int:
     print(f"operating point on {what}: {r.n_mated} mated, {r.n_nonmated} non-mated comparisons")
     print(f"  EDC: fixed FNM-EDC at FMR {r.fmr:g} (comparison threshold {r.comparison_threshold:.9g}, set once "
           "from all non-mated scores); lowest pair quality (min of the two) discarded first, ties together")
+    if not r.resolved:
+        print(f"  note: FMR {r.fmr:g} is not resolvable on {r.n_nonmated} non-mated comparisons (fewer than one "
+              "expected false match): no false match is allowed, and every smaller target gives this threshold")
     if r.reached:
         print(f"  request: {r.request}")
     else:

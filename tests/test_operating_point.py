@@ -50,13 +50,14 @@ def test_hand_computed_operating_points(kw, frac, fnmr, q):
     assert r.quality_threshold == pytest.approx(q)
     assert 0.5 < r.comparison_threshold < 0.5 + 1e-12  # next above the 2nd highest non-mated score
     assert (r.n_mated, r.n_nonmated, r.unit, r.n_units) == (6, 10, "comparison", 16)
+    assert r.resolved  # 0.1 * 10 non-mated = 1 expected false match
 
 
 def test_an_unreachable_fnmr_target_is_said_and_the_lowest_fnmr_reported():
     # at FMR 0.01 (k = 0) the threshold is just above 0.6, and the best mated comparison (quality
     # 0.9) now scores 0.55: FNMR by point 4/6, 3/5, 2/3, 1/2, 1 -> the lowest is 1/2 at discard 4/6
     r = operating_point_pairs(*_pairs([0.3, 0.45, 0.9, 0.5, 0.55, 0.7]), fmr=0.01, fnmr=0.1, n_boot=50)
-    assert not r.reached
+    assert not r.reached and not r.resolved  # 0.01 * 10 < 1
     assert (r.discard_fraction, r.fnmr, r.quality_threshold) == (pytest.approx(4 / 6), 0.5, pytest.approx(0.7))
 
 
@@ -152,6 +153,7 @@ def test_cli_on_a_pairs_csv(tmp_path, capsys):
     assert main(["operating-point", "--pairs", str(path), "--fnmr", "0.1", "--fmr", "0.01", "--n-boot", "20"]) == 1
     out = capsys.readouterr().out
     assert "CANNOT BE REACHED" in out and "units (subject)" in out and "keep pair quality >= 0.7 " in out
+    assert "FMR 0.01 is not resolvable on 10 non-mated comparisons" in out
 
 
 def test_cli_pairs_csv_errors_name_the_file_and_column(tmp_path, capsys):

@@ -69,7 +69,9 @@ class QualityOperatingPoint:
     threshold at ``fmr`` (in the acceptance's units, as :attr:`EDCCurve.thresholds`).
     ``discard_interval``/``fnmr_interval``: percentile intervals at level ``1 - alpha`` from
     ``n_valid`` of ``n_boot`` resamples of ``n_units`` units (``unit``). ``reached``: the request
-    was met (always True for ``discard``).
+    was met (always True for ``discard``). ``resolved``: ``fmr * n_nonmated >= 1``
+    (:func:`exfiqa.evaluation.rules.resolvable`); if not, no false match is allowed and every
+    smaller FMR target gives the same threshold.
     """
 
     request: str
@@ -89,6 +91,7 @@ class QualityOperatingPoint:
     seed: int
     unit: str
     n_units: int
+    resolved: bool
 
 
 def _pick(frac: np.ndarray, err: np.ndarray, discard: float | None, fnmr: float | None) -> tuple[int, bool]:
@@ -190,7 +193,7 @@ def operating_point(
         comparison_threshold=float(curve.thresholds[i]), n_mated=int(view.n_m), n_nonmated=int(view.n_nm),
         discard_interval=_interval(disc_s, alpha), fnmr_interval=_interval(err_s, alpha), alpha=float(alpha),
         n_boot=int(n_boot), n_valid=int(np.isfinite(err_s).sum()), seed=int(seed), unit=unit,
-        n_units=int(units.n_units),
+        n_units=int(units.n_units), resolved=bool(curve.resolved[i]),
     )
 
 
