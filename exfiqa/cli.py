@@ -7,6 +7,12 @@ fusions always use all D exits, whichever exits are written. From the same pass
 pre-softmax attention score, all tokens) and ``vitnt_fiqa`` = ViTNT-FIQA over all D blocks, mean over
 the (patch) tokens. Higher = better for every column.
 
+``exfiqa score --detect PHOTOS...`` first finds faces (YuNet, 5 landmarks) and aligns each to the
+ArcFace 112x112 template (:mod:`exfiqa.readers.detect`); the CSV then has, after ``path``, the
+columns of :data:`exfiqa.readers.detect.FACE_COLUMNS` and one row per photo (the largest face) or
+per face (``--all-faces``); a photo without a face is a ``no_face`` row with empty scores.
+``exfiqa align SRC DST`` writes those crops as PNG (:func:`exfiqa.readers.detect.align_tree`).
+
 Errors: every usage error (a bad option value, an ``--out`` that is a folder, lies under a regular
 file, cannot be written, or it or ``OUT.skipped`` exists without ``--overwrite``, missing inputs
 or checkpoint) is one line on stderr naming the option or path, and exit code 2; the ``--out``
