@@ -113,7 +113,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from exfiqa.evaluation.fusion import ex_fiqa_f, ex_fiqa_fw
-    from exfiqa.io import CheckpointError, atomic_write, chunked
+    from exfiqa.io import CheckpointError, atomic_write, chunked, file_digest
     from exfiqa.models.device import resolve_device
     from exfiqa.models.inference import family_scores
     from exfiqa.models.vitfiqa import load_vitfiqa
@@ -218,7 +218,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     print(f"wrote {len(good)} rows x {len(exits)} exits to {out}", file=sys.stderr)
     if detector is not None:
         counts = table["status"].value_counts()
-        print("faces: " + ", ".join(f"{n} {st}" for st, n in counts.items()), file=sys.stderr)
+        print("faces: " + ", ".join(f"{n} {st}" for st, n in counts.items())
+              + f" (detector {detector.path}, sha256 {file_digest(detector.path)[:16]})", file=sys.stderr)
     return 0
 
 

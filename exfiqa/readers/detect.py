@@ -45,18 +45,20 @@ from exfiqa.readers.align import align_face, check_rgb
 from exfiqa.readers.images import ImageReadError, decode_rgb8, find_images
 
 __all__ = [
+    "ALIGN_REPORT_COLUMNS",
     "DEFAULT_DETECTOR",
     "FACE_COLUMNS",
     "LANDMARK_NAMES",
     "MIN_FACE",
     "STATUSES",
-    "DetectedFace",
     "AlignLayoutError",
+    "DetectedFace",
     "DetectorError",
     "FaceDetector",
     "align_tree",
     "default_detector_path",
     "detect_faces",
+    "no_face_row",
     "read_photo",
 ]
 
@@ -71,7 +73,8 @@ MIN_FACE = 24
 """Default smallest box side (pixels) that is aligned; smaller faces get ``too_small``."""
 
 STATUSES = ("ok", "no_face", "too_small", "align_failed")
-"""What a row of ``exfiqa score --detect`` / ``exfiqa align`` says about its face."""
+"""What a row of ``exfiqa score --detect`` / ``exfiqa align`` says about its face (``align``'s
+report also has ``unreadable``: a file that cannot be decoded)."""
 
 FACE_COLUMNS = (
     "face", "status", "box_x", "box_y", "box_w", "box_h", "detector_confidence",
