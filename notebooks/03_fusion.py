@@ -89,13 +89,13 @@ at_head = pauc_table[pauc_table["fmr"] == head.fmr]
 vs_paper = analysis.headline_vs_paper(pauc_table, head, tags, cfg.pauc_scale)
 stand_in = analysis.headline_note(head)
 tables.save_table(vs_paper, TAB, "headline_vs_paper", caption=(
-    f"The poster's headline table (IJB-C, ArcFace) beside this run ({head.label}, {head.fr_model}); "
+    f"The poster's headline table (IJB-C, ArcFace) beside this run ({head.label}, {head.fr_model}). "
     + (f"{stand_in} " if stand_in else "")
-    + f"column '{analysis.SECONDARY_SOURCE}': ViT-FIQA (T) on {head.label} from the PreFIQs paper, via a secondary source "
+    + f"Column '{analysis.SECONDARY_SOURCE}': ViT-FIQA (T) on {head.label} from the PreFIQs paper, via a secondary source "
     "(empty where it reports none). "
     "Rows with chosen_on_evaluated_data are the best early exit chosen on this run's evaluated data (the same rows "
     "as comparison_table; optimistic). This run's SER-FIQ is a SER-FIQ-style re-implementation (exfiqa.models.baselines), "
-    "not the authors' code."), protocol=HEAD, tex_drop=["selection"])
+    "not the authors' code."), protocol=HEAD, tex_drop=["selection", "paper_dataset"])
 display(vs_paper.round(3))
 if stand_in:
     display(Markdown(f"**{stand_in}**"))
