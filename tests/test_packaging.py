@@ -30,7 +30,9 @@ def test_environment_matches_pyproject():
         name, bound = _split(item.replace("=", "==", 1) if re.match(r"^python=", item) else item)
         conda[CONDA_NAMES.get(name, name)] = bound
     conda.pop("python"), conda.pop("pip")
-    assert conda == wanted
+    from_pip = dict(_split(item.split("#")[0]) for item in pip if item != "-e .")
+    assert not set(conda) & set(from_pip), "a package listed twice"
+    assert conda | from_pip == wanted
     assert "-e ." in pip
     assert "conda-forge" in env["channels"]
 

@@ -5,6 +5,8 @@ No torch; nothing here evaluates or extracts. The modules, lowest first:
 - :mod:`~exfiqa.readers.images`: decoding one image safely (size and scan limits, the 16-bit rule),
   the image file suffixes, ``exfiqa score``'s file discovery;
 - :mod:`~exfiqa.readers.align`: the ArcFace 5-point template and :func:`align_face`;
+- :mod:`~exfiqa.readers.detect`: face detection with 5 landmarks on raw photos (OpenCV's YuNet),
+  :func:`detect_faces` (aligned crops), :func:`align_tree` (``exfiqa align``);
 - :mod:`~exfiqa.readers.benchmark`: the :class:`Benchmark` every reader returns, its errors,
   image encoding for the writers;
 - :mod:`~exfiqa.readers.bin` (insightface ``.bin``, never unpickled), :mod:`~exfiqa.readers.folders`
@@ -24,6 +26,7 @@ from exfiqa.readers.benchmark import (
     encode_image,
 )
 from exfiqa.readers.bin import MIN_BIN_IMAGE_BYTES, BinFormatError, read_bin, write_bin
+from exfiqa.readers.detect import FaceDetector, align_tree, detect_faces, read_photo
 from exfiqa.readers.folders import read_adience, read_xqlfw, write_identity_folders, write_xqlfw
 from exfiqa.readers.ijbc import read_ijbc, write_ijbc
 from exfiqa.readers.images import (
@@ -60,12 +63,15 @@ __all__ = [
     "Benchmark",
     "BinFormatError",
     "DatasetFormatError",
+    "FaceDetector",
     "FileDigests",
     "ImageFormat",
     "ImageReadError",
     "align_face",
+    "align_tree",
     "decode_image",
     "decode_rgb8",
+    "detect_faces",
     "encode_image",
     "find_images",
     "load_benchmark",
@@ -73,6 +79,7 @@ __all__ = [
     "read_bin",
     "read_face",
     "read_ijbc",
+    "read_photo",
     "read_xqlfw",
     "reader_source",
     "register_reader",

@@ -13,8 +13,8 @@ from exfiqa.report.frames import Headline
 from exfiqa.report.tables import flag_unresolved
 
 __all__ = [
-    "PAPER_HEADLINE", "PAPER_HEADLINE_SCALE", "SECONDARY_PROTOCOL", "SECONDARY_SOURCE", "SECONDARY_VITFIQA_T",
-    "SELECTED_BY_BOTH", "SELECTED_BY_POSTER", "SELECTED_ON_DATA", "best_early_exit", "headline_vs_paper",
+    "PAPER_HEADLINE", "PAPER_HEADLINE_DATASET", "PAPER_HEADLINE_SCALE", "SECONDARY_PROTOCOL", "SECONDARY_SOURCE", "SECONDARY_VITFIQA_T",
+    "SELECTED_BY_BOTH", "SELECTED_BY_POSTER", "SELECTED_ON_DATA", "best_early_exit", "headline_note", "headline_vs_paper",
     "paper_early_exits", "poster_table", "secondary_reference",
 ]
 
@@ -138,6 +138,21 @@ PAPER_HEADLINE: tuple[tuple[str, float], ...] = (
 )
 PAPER_HEADLINE_SCALE = 1000.0
 
+#: Config key of the poster's headline dataset. NIST discontinued the distribution of IJB-A, IJB-B
+#: and IJB-C on 14 March 2023, so a run may have to do without it (configs/paper-no-ijbc.yaml).
+PAPER_HEADLINE_DATASET = "ijbc"
+
+
+def headline_note(head: Headline) -> str:
+    """``""`` when the headline dataset is IJB-C (config key :data:`PAPER_HEADLINE_DATASET`),
+    else one sentence saying which dataset stands in for IJB-C in the headline table and the
+    IJB-C findings, and that the poster's IJB-C values are not its values."""
+    if head.dataset == PAPER_HEADLINE_DATASET:
+        return ""
+    return (f"This run's headline dataset is {head.label}, not IJB-C (NIST no longer distributes IJB-C): "
+            f"it stands in for IJB-C in the headline table and in the paper's IJB-C findings, and the "
+            f"poster's IJB-C values beside it are a reference, not the same benchmark.")
+
 #: Label of :data:`SECONDARY_VITFIQA_T`'s source wherever it is shown (a column of
 #: :func:`headline_vs_paper` and of :func:`secondary_reference`).
 SECONDARY_SOURCE = "PreFIQs (secondary transcription)"
@@ -186,7 +201,10 @@ def headline_vs_paper(
     of this run) whether this run's FMR target is resolvable. The poster's SER-FIQ is the authors'
     method, this run's a re-implementation (``this_run_method`` says so).
     Column :data:`SECONDARY_SOURCE`: a second reference, for the ViT-FIQA(T) row only
-    (:data:`SECONDARY_VITFIQA_T` on IJB-C, at ``scale``), NaN elsewhere.
+    (:data:`SECONDARY_VITFIQA_T` on the headline dataset, by config key, at ``scale``; NaN where
+    it has none, e.g. XQLFW), NaN elsewhere. Column ``paper_dataset``: the poster's dataset
+    (IJB-C), beside ``dataset``, this run's headline dataset (:func:`headline_note` when they
+    differ).
     """
     at = pauc_table[(pauc_table["fr_model"] == head.fr_model) & np.isclose(pauc_table["fmr"], head.fmr)]
     part = at[at["dataset"] == head.label]
@@ -227,8 +245,9 @@ def headline_vs_paper(
         out["resolved"] = out["resolved"].astype("boolean")
     out.insert(2, "dataset", head.label)
     out.insert(3, "fr_model", head.fr_model)
-    # the second reference for one poster row: ViT-FIQA(T) on IJB-C, as transcribed (NaN elsewhere)
-    second = SECONDARY_VITFIQA_T["ijbc"] * scale / PAPER_HEADLINE_SCALE
+    out.insert(4, "paper_dataset", "IJB-C")
+    # the second reference for one poster row: ViT-FIQA(T) on the headline dataset, as transcribed
+    second = SECONDARY_VITFIQA_T.get(head.dataset, float("nan")) * scale / PAPER_HEADLINE_SCALE
     out.insert(2, SECONDARY_SOURCE, np.where(out["method"] == "ViT-FIQA(T)", float(f"{second:.12g}"), np.nan))
     return out
 

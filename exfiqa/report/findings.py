@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from exfiqa.evaluation.exits import exit_label, exit_labels
-from exfiqa.report.comparison import is_exfiqa
+from exfiqa.report.comparison import PAPER_HEADLINE_DATASET, is_exfiqa
 from exfiqa.report.frames import Headline, best_text, is_tie, tied_best
 from exfiqa.report.layers import depth_summary
 
@@ -121,7 +121,10 @@ def paper_findings(
     for (C); FW beats exit 12 on 5 of 8 datasets for (C); FW (T) best mean pAUC; FW (T) top-1 on
     IJB-C for every FR model; FW (C) best on Adience. "IJB-C" is the headline dataset, "Adience"
     the dataset ``adience`` (a label, or None when the run has none); all at the headline FMR and,
-    where a finding compares two methods on a dataset, the headline FR model.
+    where a finding compares two methods on a dataset, the headline FR model. When the headline
+    dataset is not IJB-C (config key other than ``ijbc``: a run without it, as NIST no longer
+    distributes it), the two IJB-C findings are computed on the headline dataset and their
+    ``this_run`` text starts by saying so: ``"on <label> in place of IJB-C: ..."``.
 
     ``paired``: a paired bootstrap table (:data:`PAIRED_COLUMNS`, at the scale of ``pauc_table``):
     rows EX-FIQA-FW vs the last exit (:func:`fusion_bootstrap`) and the last exit vs exit 1
@@ -153,6 +156,7 @@ def paper_findings(
     by_tag = {tag: q for q, (tag, _) in tags.items()}
     nan = float("nan")
     rows: list[dict] = []
+    stand_in = "" if head.dataset == PAPER_HEADLINE_DATASET else f"on {head.label} in place of IJB-C: "
     if at.empty and left_out:  # nothing resolvable at the headline FMR: every finding says so
         why = f"no dataset with a resolvable FMR {head.fmr:g}"
         claims = [(f"depth gains ({t})", "largest gains from exit 1 to exit 5, little change after exit 8") for t, _ in tags.values()]
@@ -162,12 +166,15 @@ def paper_findings(
                    ("FW (T) top-1 on IJB-C", "EX-FIQA-FW (T) is top-1 on IJB-C for all four FR models"),
                    ("FW (C) best on Adience", "EX-FIQA-FW (C) is the best method on Adience")]
         claims.append(("left out: unresolvable FMR target", f"(FMR {head.fmr:g})"))
-        return pd.DataFrame([{"finding": f, "paper": c, "this_run": why if not f.startswith("left out") else
-                              "; ".join(f"{ds} with {fr}" for ds, fr in left_out), "verdict": "not computable in this run",
+        return pd.DataFrame([{"finding": f, "paper": c, "this_run": (stand_in if "on IJB-C" in f else "") + why
+                              if not f.startswith("left out") else "; ".join(f"{ds} with {fr}" for ds, fr in left_out), "verdict": "not computable in this run",
                               "difference": nan, "ci_low": nan, "ci_high": nan, "criterion": ""} for f, c in claims],
                             columns=list(FINDINGS_COLUMNS))
 
+
     def add(finding: str, paper_says: str, this_run: str, verdict: str, criterion: str, difference: float = nan) -> None:
+        if "on IJB-C" in finding and stand_in:
+            this_run = stand_in + this_run
         rows.append({"finding": finding, "paper": paper_says, "this_run": this_run, "verdict": verdict,
                      "difference": difference, "ci_low": nan, "ci_high": nan, "criterion": criterion})
 

