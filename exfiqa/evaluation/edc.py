@@ -1,6 +1,6 @@
 """EDC curves (error versus discard characteristic): the two conventions and their engines.
 
-numpy only; re-exported by :mod:`exfiqa.evaluation.metrics`. The rules (threshold rule,
+numpy only. The rules (threshold rule,
 acceptance, error type) and the vocabulary: :mod:`exfiqa.evaluation.rules`; areas, metadata and
 tidy rows: :mod:`exfiqa.evaluation.pauc`; the scores and order interfaces the engine reads:
 :mod:`exfiqa.evaluation.scores`.

@@ -679,8 +679,8 @@ def all_pairs_sanity(
 ) -> dict[str, Any]:
     """10-fold accuracy, EER and FNMR@FMR of an all-vs-all set, exactly as on the materialised arrays.
 
-    The same numbers as :func:`exfiqa.evaluation.metrics.verification_accuracy` (contiguous folds in
-    comparison order), :func:`exfiqa.evaluation.metrics.eer` and :func:`exfiqa.evaluation.metrics.fnmr_at_fmr` on every
+    The same numbers as :func:`exfiqa.evaluation.verification.verification_accuracy` (contiguous folds in
+    comparison order), :func:`exfiqa.evaluation.verification.eer` and :func:`exfiqa.evaluation.verification.fnmr_at_fmr` on every
     pair, from two scans of the Gram matrix: the first counts the non-mated similarities per fold
     in ``2**bits`` bins of their float32 order; only the bins that can hold the EER point or a
     fold's best threshold (and their neighbours) are then collected value by value. Memory: the

@@ -1,6 +1,6 @@
 """Pair and template qualities: the package's conventions (higher = better; min of the sides).
 
-numpy only; re-exported by :mod:`exfiqa.evaluation.metrics`.
+numpy only.
 """
 
 from __future__ import annotations

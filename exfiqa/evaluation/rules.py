@@ -1,9 +1,8 @@
 """The rules every metric of :mod:`exfiqa.evaluation` follows: vocabulary, threshold rules,
 acceptance, the named rule sets, input checks and the operating points they select.
 
-numpy only. :mod:`exfiqa.evaluation.metrics` re-exports the public names of this module and of
-:mod:`~exfiqa.evaluation.quality`, :mod:`~exfiqa.evaluation.verification`,
-:mod:`~exfiqa.evaluation.edc` and :mod:`~exfiqa.evaluation.pauc`.
+numpy only. The metrics that follow them: :mod:`~exfiqa.evaluation.quality`,
+:mod:`~exfiqa.evaluation.verification`, :mod:`~exfiqa.evaluation.edc` and :mod:`~exfiqa.evaluation.pauc`.
 
 Vocabulary and conventions (every function of the metrics)
 -----------------------------------------------------------

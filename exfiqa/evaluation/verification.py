@@ -1,6 +1,6 @@
 """Verification metrics of one comparison set: error rates, FNMR@FMR, FMR@FNMR, ROC, EER, accuracy.
 
-numpy only; re-exported by :mod:`exfiqa.evaluation.metrics`. Conventions, argument order and the
+numpy only. Conventions, argument order and the
 threshold rules: :mod:`exfiqa.evaluation.rules`.
 """
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from exfiqa.config import _BASELINE_FR, _PATH_KEYS, Config
-from exfiqa.evaluation.metrics import rule_note
+from exfiqa.evaluation.rules import rule_note
 from exfiqa.readers import Benchmark, load_benchmark
 from exfiqa.store.arrays import (
     _read_json,
@@ -92,7 +92,7 @@ class RunCard:
     code_sha256: str
     git: str
     inputs: dict[str, str] = field(default_factory=dict)
-    threshold_rule: str = "at_most"  # the EDC rules (exfiqa.evaluation.metrics); defaults for cards written before them
+    threshold_rule: str = "at_most"  # the EDC rules (exfiqa.evaluation.rules); defaults for cards written before them
     acceptance: str = "similarity>="
     subtract_best: str = "none"
     template_protocol: str = "group"

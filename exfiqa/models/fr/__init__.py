@@ -18,7 +18,7 @@ Conventions:
   ``arccos(cos) / pi`` in [0, 1], lower = more similar.
 - IJB-C templates: embeddings averaged within each media, summed over the media of a template,
   L2-normalised (:func:`template_embeddings`); template quality = min over its images
-  (:func:`exfiqa.evaluation.metrics.template_quality`).
+  (:func:`exfiqa.evaluation.quality.template_quality`).
 
 Architectures and their released key layouts (no code taken from the original repositories; the
 key names and hyper-parameters below are facts read from them):
