@@ -53,21 +53,6 @@ from exfiqa.evaluation.rules import (
 )
 from exfiqa.readers import READERS as _READERS
 
-__all__ = [
-    "ATTENTION_SAMPLE_TYPES",
-    "AttentionSample",
-    "Config",
-    "ConfigError",
-    "DatasetSpec",
-    "PRECISIONS",
-    "default_workers",
-    "ModelSpec",
-    "list_parameter",
-    "load_config",
-    "max_discard_limit",
-    "parse_attention_samples",
-]
-
 _PATH_KEYS = {"path", "root", "pairs_file", "checkpoint"}
 
 #: Built-in baselines (:data:`exfiqa.models.baselines.BASELINES`; not imported, it pulls in torch) and

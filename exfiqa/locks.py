@@ -29,8 +29,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NoSpaceError", "create_owned", "discard_owned", "no_space_message", "owned_temp", "remove_dead_temps", "reserve", "run_lock"]
-
 
 class NoSpaceError(OSError):
     """No room on the disk for a file about to be written; the message names folder and sizes."""

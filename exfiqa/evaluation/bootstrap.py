@@ -115,14 +115,6 @@ from exfiqa.evaluation.scores import (
 )
 from exfiqa.evaluation.subjects import AllPairsUnits, ExplicitUnits, draw_unit_weights
 
-__all__ = [
-    "BootstrapResult",
-    "PairedBootstrapResult",
-    "bootstrap_pauc",
-    "bootstrap_samples",
-    "paired_bootstrap",
-]
-
 
 class BootstrapResult(NamedTuple):
     """Point estimate and percentile interval of a pAUC; ``samples``: the resampled values."""

@@ -117,14 +117,6 @@ from exfiqa.evaluation.scores import (
     top_candidates,
 )
 
-__all__ = [
-    "EDCCurve",
-    "edc",
-    "edc_curves",
-    "edc_many",
-    "left_per_level",
-]
-
 
 @dataclass(frozen=True, eq=False)
 class EDCCurve:

@@ -43,18 +43,6 @@ from exfiqa.evaluation.quality import pair_quality
 from exfiqa.evaluation.rules import allowed_errors, as_vector, level_starts, next_above
 from exfiqa.evaluation.scores import Comparisons
 
-__all__ = [
-    "AllPairs",
-    "AllPairsOrder",
-    "AllPairsScores",
-    "MinPairOrder",
-    "PairList",
-    "all_pairs_sanity",
-    "cosine_similarity",
-    "pair_similarity",
-    "release_pages",
-]
-
 TILE = 2048
 """Side length (rows and columns) of a GEMM tile of the similarity computation."""
 DENSE = 1 / 32

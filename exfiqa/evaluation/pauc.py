@@ -39,19 +39,6 @@ from exfiqa.evaluation.rules import (
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = [
-    "best_area",
-    "edc_rows",
-    "pauc",
-    "pauc_meta",
-    "pauc_resolved",
-    "pauc_rows",
-    "resolved_for",
-    "stepwise_area",
-    "trapezoid_area",
-    "triangle_area",
-]
-
 
 def _area_points(curve: EDCCurve, limit: float) -> np.ndarray:
     """The points an area up to ``limit`` reads: those at or below it, and under ``recompute``

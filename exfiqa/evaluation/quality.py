@@ -12,8 +12,6 @@ from numpy.typing import ArrayLike
 
 from exfiqa.evaluation.rules import as_values, check_same_length
 
-__all__ = ["pair_quality", "template_quality"]
-
 
 def pair_quality(
     q_a: ArrayLike,

@@ -30,17 +30,6 @@ from exfiqa.evaluation.rules import (
     next_above,
 )
 
-__all__ = [
-    "VerificationAccuracy",
-    "eer",
-    "error_rates",
-    "fmr_at_fnmr",
-    "fnmr_at_fmr",
-    "roc",
-    "threshold_at_fmr",
-    "verification_accuracy",
-]
-
 
 def _scores(nonmated_scores: ArrayLike, mated_scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     return as_vector(nonmated_scores, "nonmated_scores"), as_vector(mated_scores, "mated_scores")

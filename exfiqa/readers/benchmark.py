@@ -34,20 +34,6 @@ from exfiqa.io import atomic_write, clip, file_digest
 from exfiqa.readers.align import check_rgb
 from exfiqa.readers.images import IMAGE_SIZE, decode_rgb8
 
-__all__ = [
-    "MATERIALISE_LIMIT",
-    "Benchmark",
-    "DatasetFormatError",
-    "FileDigests",
-    "ImageFormat",
-    "check_aligned",
-    "decode_image",
-    "encode_image",
-    "image_suffix",
-    "refuse_existing",
-    "write_bytes",
-]
-
 ImageFormat = Literal["jpeg", "png"]
 
 

@@ -11,8 +11,6 @@ from exfiqa.report.comparison import is_exfiqa
 from exfiqa.report.frames import Headline, best_text, is_tie, tied_best
 from exfiqa.report.layers import depth_summary
 
-__all__ = ["FINDINGS_COLUMNS", "PAIRED_COLUMNS", "VERDICTS", "paper_findings"]
-
 
 def _pool(part: pd.DataFrame, tags: dict[str, tuple[str, int]]) -> pd.DataFrame:
     """pAUC rows with a run-wide method name: ``"Exit 7 (C)"``, ``"EX-FIQA-FW (T)"``, baselines

@@ -20,11 +20,6 @@ from exfiqa.evaluation.exits import exit_numbers
 from exfiqa.report.tables import protocol
 from exfiqa.study import Study
 
-__all__ = [
-    "TIE_RTOL", "Headline", "best_text", "edc_all", "fmr_target", "headline", "is_tie", "pauc_all", "table_protocol",
-    "tied_best", "unresolved", "variant_tags", "with_exit_column",
-]
-
 
 def _available(study: Study, quality: str, dataset: str, methods: Sequence[str] | None) -> list[str]:
     """``methods`` (default: all of the run's) that have scores on ``dataset``."""

@@ -15,8 +15,6 @@ from exfiqa.evaluation.verification import eer, fnmr_at_fmr, verification_accura
 from exfiqa.report.frames import best_text
 from exfiqa.study import Study
 
-__all__ = ["depth_summary", "exit_scores_long", "fr_sanity", "rank_correlation"]
-
 
 def rank_correlation(sample_quality: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
     """Spearman rank correlation between the per-sample scores of ``methods`` (a square frame)."""

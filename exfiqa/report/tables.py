@@ -33,12 +33,6 @@ import pandas as pd
 from exfiqa.evaluation.rules import rule_note
 from exfiqa.io import atomic_write
 
-__all__ = [
-    "COLUMN_WIDTH", "HEADERS", "MAX_FLOAT_LINES", "PROTOCOL_COLUMNS", "TEXT_WIDTH", "UNRESOLVED_NOTE", "column_decimals",
-    "flag_unresolved", "format_cell", "header_tex", "latex_escape", "latex_unescape", "pauc_per_exit", "protocol",
-    "protocol_note", "save_table", "text_width", "value_label", "wide_pauc",
-]
-
 #: Columns that state how a pAUC was computed (see :func:`protocol`).
 PROTOCOL_COLUMNS = ("fmr", "convention", "limit", "scale", "seed")
 

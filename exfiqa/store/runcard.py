@@ -37,8 +37,6 @@ from exfiqa.store.arrays import (
 )
 from exfiqa.store.digests import INDEX_NAME, DigestIndex
 
-__all__ = ["PRECISION", "RunCard", "code_digest", "evaluation_inputs", "git_describe", "input_summary", "run_card", "shown_path"]
-
 PACKAGE = Path(__file__).resolve().parents[1]  # exfiqa/, every sub-package included
 REPO = PACKAGE.parent  # paths in a run's outputs are relative to it where they can be (shown_path)
 PRECISION = "float32"
