@@ -20,6 +20,8 @@ from scipy import ndimage
 
 from exfiqa.models.fr import FRModel
 
+__all__ = ["BASELINES", "serfiq_features", "serfiq_quality", "sharpness"]
+
 BASELINES = ("magface_norm", "serfiq", "sharpness")
 
 

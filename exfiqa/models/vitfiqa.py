@@ -39,6 +39,26 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from exfiqa.io import CheckpointError
 from exfiqa.models.checkpoints import load_state_dict_with_metadata, state_dict_report
 
+__all__ = [
+    "ConvStemPatchEmbed",
+    "ExitOutput",
+    "VITNT_COLUMNS",
+    "attn_fiqa_from_qk",
+    "check_vitnt_blocks",
+    "qk_from_qkv",
+    "received_attention",
+    "vitnt_token_quality",
+    "ViTFIQA",
+    "ViTFIQAConfig",
+    "capture_attention",
+    "attention_grid",
+    "build_vitfiqa",
+    "load_vitfiqa",
+    "released_state_dict",
+    "save_vitfiqa",
+    "to_tensor",
+]
+
 Variant = Literal["token", "crfiqa"]
 
 

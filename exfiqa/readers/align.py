@@ -11,6 +11,8 @@ import numpy as np
 
 from exfiqa.readers.images import IMAGE_SIZE
 
+__all__ = ["ARCFACE_TEMPLATE", "align_face", "check_rgb"]
+
 ARCFACE_TEMPLATE = np.array(
     [
         [38.2946, 51.6963],  # left eye (image left, subject's right)

@@ -34,6 +34,20 @@ from exfiqa.io import atomic_write, clip, file_digest
 from exfiqa.readers.align import check_rgb
 from exfiqa.readers.images import IMAGE_SIZE, decode_rgb8
 
+__all__ = [
+    "MATERIALISE_LIMIT",
+    "Benchmark",
+    "DatasetFormatError",
+    "FileDigests",
+    "ImageFormat",
+    "check_aligned",
+    "decode_image",
+    "encode_image",
+    "image_suffix",
+    "refuse_existing",
+    "write_bytes",
+]
+
 ImageFormat = Literal["jpeg", "png"]
 
 
@@ -146,7 +160,7 @@ class Benchmark:
                     f"{self.name}: {self.all_pairs.n:,} all-vs-all comparisons are not materialised "
                     f"as a table (more than MATERIALISE_LIMIT = {MATERIALISE_LIMIT:,}); "
                     "exfiqa.study.Study evaluates them in bounded memory (Study.edc, "
-                    "Study.pauc_frame, report.frames.pauc_all), or read the benchmark with "
+                    "Study.pauc_frame, analysis.pauc_all), or read the benchmark with "
                     "max_nonmated to sample the non-mated pairs"
                 )
             a, b, mated = self.all_pairs.materialise()

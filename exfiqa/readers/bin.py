@@ -32,6 +32,8 @@ from exfiqa.readers.benchmark import (
 )
 from exfiqa.readers.images import IMAGE_SIZE
 
+__all__ = ["MIN_BIN_IMAGE_BYTES", "BinFormatError", "read_bin", "write_bin"]
+
 
 class BinFormatError(DatasetFormatError):
     """An insightface ``.bin`` file that is unsafe or not a ``(bins, issame_list)`` pickle."""

@@ -26,6 +26,8 @@ from exfiqa.readers.benchmark import (
 )
 from exfiqa.readers.images import IMAGE_EXTENSIONS, IMAGE_SIZE
 
+__all__ = ["read_adience", "read_xqlfw", "write_identity_folders", "write_xqlfw"]
+
 # --------------------------------------------------------------------------------------------
 # XQLFW (LFW-style folders + pairs file)
 # --------------------------------------------------------------------------------------------

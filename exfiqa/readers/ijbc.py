@@ -22,6 +22,8 @@ from exfiqa.readers.benchmark import (
     write_bytes,
 )
 
+__all__ = ["read_ijbc", "write_ijbc"]
+
 _IJBC_TID_MID = Path("meta/ijbc_face_tid_mid.txt")
 _IJBC_PAIRS = Path("meta/ijbc_template_pair_label.txt")
 _IJBC_5PTS = Path("meta/ijbc_name_5pts_score.txt")

@@ -47,6 +47,18 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "IMAGE_SIZE",
+    "MAX_IMAGE_PIXELS",
+    "MAX_JPEG_SCANS",
+    "ImageReadError",
+    "decode_rgb8",
+    "find_images",
+    "read_face",
+    "to_rgb8",
+]
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 """File suffixes (lower case) of face images, in the order a reader tries them: what the folder
 readers list, what ``exfiqa score`` finds in a folder (:func:`find_images`), what training reads."""

@@ -12,6 +12,8 @@ from exfiqa.readers.bin import read_bin
 from exfiqa.readers.folders import read_adience, read_xqlfw
 from exfiqa.readers.ijbc import read_ijbc
 
+__all__ = ["BENCHMARK_KINDS", "READERS", "READER_MODULES", "load_benchmark", "reader_source", "register_reader"]
+
 BENCHMARK_KINDS = ("bin", "xqlfw", "adience", "ijbc")
 
 #: The modules whose code reads, decodes and aligns the built-in kinds, and dispatches to them (part

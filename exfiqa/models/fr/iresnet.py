@@ -10,6 +10,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+__all__ = [
+    "ARCH_DEFAULTS",
+    "ARCH_LAYOUT",
+    "Arch",
+    "BottleneckIR",
+    "IBasicBlock",
+    "IRBackbone",
+    "IResNet",
+    "PointwiseConv",
+    "build_fr",
+]
+
 Arch = Literal["iresnet", "magface", "curricularface"]
 
 # --------------------------------------------------------------------------------------------

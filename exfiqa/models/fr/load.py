@@ -21,6 +21,20 @@ from exfiqa.models.fr.iresnet import ARCH_LAYOUT, Arch, build_fr
 from exfiqa.models.fr.model import FR_MODELS, FRModel, Preprocess
 from exfiqa.models.fr.onnx import load_onnx_fr
 
+__all__ = [
+    "PREPROCESS_HELP",
+    "TORCH_ENTRY_ARGS",
+    "SaveLayout",
+    "detect_layout",
+    "effective_preprocess",
+    "infer_architecture",
+    "is_onnx_checkpoint",
+    "load_fr",
+    "load_fr_entry",
+    "save_fr",
+    "strip_wrapper_prefixes",
+]
+
 SaveLayout = Literal["plain", "magface", "dataparallel"]
 
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,20 @@ from torch.nn import functional as F
 from exfiqa.models.device import resolve_device
 from exfiqa.models.fr.iresnet import Arch
 
+__all__ = [
+    "ARCFACE",
+    "CURRICULARFACE",
+    "ELASTICFACE",
+    "FR_MODELS",
+    "MAGFACE",
+    "FRModel",
+    "ImageBatches",
+    "Preprocess",
+    "check_images",
+    "iter_batches",
+    "magface_quality",
+]
+
 # --------------------------------------------------------------------------------------------
 # Preprocessing
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ from exfiqa.models.fr.model import FRModel, Preprocess
 
 log = logging.getLogger(__name__)
 
+__all__ = ["OnnxFRModel", "OnnxModelError", "load_onnx_fr"]
+
 # --------------------------------------------------------------------------------------------
 # ONNX
 # --------------------------------------------------------------------------------------------
