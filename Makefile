@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= configs/demo.yaml
 STAMP  := $(VENV)/.installed
 # Modules type-checked strictly by `make lint` (the others are followed for their types only).
-MYPY_STRICT := exfiqa/evaluation/rules.py exfiqa/evaluation/verification.py exfiqa/evaluation/scores.py exfiqa/evaluation/edc.py exfiqa/evaluation/pauc.py exfiqa/evaluation/quality.py exfiqa/evaluation/metrics.py exfiqa/evaluation/templates.py exfiqa/evaluation/bootstrap.py exfiqa/evaluation/operating.py exfiqa/evaluation/calibration.py exfiqa/evaluation/fusion.py exfiqa/evaluation/exits.py exfiqa/models/vitfiqa.py exfiqa/study.py
+MYPY_STRICT := exfiqa/evaluation/rules.py exfiqa/evaluation/verification.py exfiqa/evaluation/scores.py exfiqa/evaluation/edc.py exfiqa/evaluation/pauc.py exfiqa/evaluation/quality.py exfiqa/evaluation/templates.py exfiqa/evaluation/bootstrap.py exfiqa/evaluation/operating.py exfiqa/evaluation/calibration.py exfiqa/evaluation/fusion.py exfiqa/evaluation/exits.py exfiqa/models/vitfiqa.py exfiqa/study.py
 
 .DEFAULT_GOAL := help
 .PHONY: help venv test paper extract demo notebooks lab lint bench clean

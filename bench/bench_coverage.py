@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from exfiqa.evaluation import bootstrap as B
-from exfiqa.evaluation import metrics
+from exfiqa.evaluation.edc import edc
+from exfiqa.evaluation.pauc import pauc
 from exfiqa.evaluation.scores import ArrayOrder, Comparisons
 
 FMR = 1e-2
@@ -74,7 +75,7 @@ def study(subjects: int, rng: np.random.Generator, pop: Population = Population(
 def paucs(s: dict[str, np.ndarray], convention: str) -> tuple[float, float]:
     out = []
     for q in ("qa", "qb"):
-        out.append(metrics.pauc(metrics.edc(s["sim"], s["mated"], s[q], FMR, convention), LIMIT))
+        out.append(pauc(edc(s["sim"], s["mated"], s[q], FMR, convention), LIMIT))
     return out[0], out[1]
 
 

@@ -22,7 +22,9 @@ import time
 import numpy as np
 
 from exfiqa.evaluation.bootstrap import bootstrap_pauc
-from exfiqa.evaluation.metrics import DEFAULT_FMR_TARGETS, edc_many, pauc
+from exfiqa.evaluation.edc import edc_many
+from exfiqa.evaluation.pauc import pauc
+from exfiqa.evaluation.rules import DEFAULT_FMR_TARGETS
 
 IJBC_PAIRS = 15_658_489
 IJBC_MATED = 19_557

@@ -335,7 +335,9 @@ def _study(work: Path, datasets: list[str], fr_models: list[str], quality_models
 
 def scenario_one_pair(work: Path, dataset: str, fr: str = "arcface", quality: str = "T") -> None:
     """One (FR, quality) pair: every method x 3 FMRs x both conventions, and the pAUC table."""
-    from exfiqa.report import analysis
+    from exfiqa.report.bootstrap_tables import paired_vs_reference
+    from exfiqa.report.frames import pauc_all
+    from exfiqa.report.layers import fr_sanity
 
     st = Stages(f"{dataset}1")
     study = _study(work, [dataset], [fr], [quality])
@@ -359,61 +361,65 @@ def scenario_one_pair(work: Path, dataset: str, fr: str = "arcface", quality: st
     for conv in ("fixed", "recompute"):
         tables[conv] = study.pauc_frame(dataset, fr, quality, methods, scale=1000, convention=conv)
         st(f"EDC + pAUC, {len(methods)} methods x 3 FMRs, {conv}")
-    pauc = analysis.pauc_all(study, scale=1000)
-    st("analysis.pauc_all (the config's convention)")
+    pauc = pauc_all(study, scale=1000)
+    st("pauc_all (the config's convention)")
     head = pauc[np.isclose(pauc["fmr"], 1e-3)].set_index("method")["pauc"].round(3)
     print("  pAUC x1e3 at FMR 1e-3:", head.to_dict(), flush=True)
     st.total()
     extra = Stages(f"{dataset}1, beyond the target")
-    analysis.fr_sanity(study)
+    fr_sanity(study)
     extra("fr_sanity (accuracy, EER, FNMR@FMR)")
-    analysis.paired_vs_reference(study, quality, fr, ["EX-FIQA-F", "EX-FIQA-FW"], "Exit 12", 1e-3, n_boot=300)
+    paired_vs_reference(study, quality, fr, ["EX-FIQA-F", "EX-FIQA-FW"], "Exit 12", 1e-3, n_boot=300)
     extra("paired bootstrap, F and FW vs exit 12, 300 resamples")
     extra.total()
 
 
 def _notebook01(study, st: Stages) -> None:
     """Notebook 01's evaluation calls (its table and figure assembly aside)."""
-    from exfiqa.report import analysis
+    from exfiqa.report.frames import edc_all, pauc_all
+    from exfiqa.report.layers import depth_summary, fr_sanity, rank_correlation
 
     cfg = study.config
     fr0 = next(iter(cfg.fr_models))
-    analysis.fr_sanity(study)
+    fr_sanity(study)
     st("fr_sanity (accuracy, EER, FNMR@FMR; 4 FR models)")
     for q in cfg.quality_models:
-        analysis.edc_all(study, q, fr0)
+        edc_all(study, q, fr0)
     st("edc_all (2 quality models, one FR model)")
-    pauc = analysis.pauc_all(study, scale=1000)
+    pauc = pauc_all(study, scale=1000)
     st("pauc_all (4 FR x 2 quality models)")
-    analysis.depth_summary(pauc, dict.fromkeys(cfg.quality_models, DEPTH), 1e-3)
+    depth_summary(pauc, dict.fromkeys(cfg.quality_models, DEPTH), 1e-3)
     for q in cfg.quality_models:
         sq = study.sample_quality("ijbc", q)
-        analysis.rank_correlation(sq, [f"Exit {k}" for k in range(1, DEPTH + 1)] + ["EX-FIQA-FW"])
+        rank_correlation(sq, [f"Exit {k}" for k in range(1, DEPTH + 1)] + ["EX-FIQA-FW"])
     st("depth summary, rank correlations")
 
 
 def _notebook03(study, st: Stages, n_boot: int) -> None:
     """Notebook 03's evaluation calls: pAUC table, paired bootstrap, fusion strategies."""
-    from exfiqa.report import analysis
+    from exfiqa.report.bootstrap_tables import fusion_bootstrap
+    from exfiqa.report.frames import pauc_all
+    from exfiqa.report.fusion_report import strategy_table
 
     cfg = study.config
     fr0 = next(iter(cfg.fr_models))
-    analysis.pauc_all(study, scale=1000)
+    pauc_all(study, scale=1000)
     st("pauc_all (4 FR x 2 quality models)")
-    analysis.fusion_bootstrap(study, fr0, 1e-3, n_boot)
+    fusion_bootstrap(study, fr0, 1e-3, n_boot)
     st(f"fusion_bootstrap (F, FW vs exit 12, {n_boot} resamples, 2 quality models)")
-    analysis.strategy_table(study, fr0, 1e-3, "ijbc")
+    strategy_table(study, fr0, 1e-3, "ijbc")
     st("strategy_table (weight search, 214 candidates x 2, 7 strategies)")
 
 
 def _notebook04(study, st: Stages) -> None:
     """Notebook 04's evaluation calls: pAUC table and the adaptive early exit."""
-    from exfiqa.report import analysis
+    from exfiqa.report.early_exit import adaptive_study
+    from exfiqa.report.frames import pauc_all
 
     cfg = study.config
-    analysis.pauc_all(study, scale=1000)
+    pauc_all(study, scale=1000)
     st("pauc_all (4 FR x 2 quality models)")
-    analysis.adaptive_study(study, next(iter(cfg.fr_models)), 1e-4, 0.2, 0.5, 3)
+    adaptive_study(study, next(iter(cfg.fr_models)), 1e-4, 0.2, 0.5, 3)
     st("adaptive_study (2 quality models)")
 
 

@@ -17,7 +17,7 @@ Presentation keys: ``pauc_scale`` (default 1000: pAUC is shown x10^3, as on the 
 table states it) and ``attention_samples`` (the faces of notebook 02's attention figure:
 ``{child|frontal|occlusion|pose: image path relative to data_root, or {dataset: name, sample:
 id}}``; absent: the demo world's ``samples/*.png``, or on real data the first sample of each of
-the first datasets, see :func:`exfiqa.report.analysis.attention_inputs`).
+the first datasets, see :func:`exfiqa.report.attention.attention_inputs`).
 
 Extraction keys (:mod:`exfiqa.extract.stage`): ``workers`` (DataLoader decoding processes; default
 the cores this process may use, 0 decodes in the main process), ``precision`` (``fp32``, the
@@ -44,7 +44,7 @@ from typing import Any, Literal, NoReturn
 
 import yaml
 
-from exfiqa.evaluation.metrics import (
+from exfiqa.evaluation.rules import (
     COMPAT,
     RECOMPUTE_DISCARD_FRACTIONS,
     Acceptance,
@@ -52,21 +52,6 @@ from exfiqa.evaluation.metrics import (
     ThresholdRule,
 )
 from exfiqa.readers import READERS as _READERS
-
-__all__ = [
-    "ATTENTION_SAMPLE_TYPES",
-    "AttentionSample",
-    "Config",
-    "ConfigError",
-    "DatasetSpec",
-    "PRECISIONS",
-    "default_workers",
-    "ModelSpec",
-    "list_parameter",
-    "load_config",
-    "max_discard_limit",
-    "parse_attention_samples",
-]
 
 _PATH_KEYS = {"path", "root", "pairs_file", "checkpoint"}
 
@@ -252,8 +237,8 @@ def _demo_kind(key: str, value: Any) -> str:
 def max_discard_limit(convention: Convention | str) -> float:
     """The largest pAUC discard limit a convention's EDC reaches.
 
-    ``recompute``: the last level of its grid (:data:`exfiqa.evaluation.metrics.RECOMPUTE_DISCARD_FRACTIONS`,
-    0.95; :func:`exfiqa.evaluation.metrics.pauc` refuses a limit beyond it). ``fixed``: 1, the whole mated
+    ``recompute``: the last level of its grid (:data:`exfiqa.evaluation.rules.RECOMPUTE_DISCARD_FRACTIONS`,
+    0.95; :func:`exfiqa.evaluation.pauc.pauc` refuses a limit beyond it). ``fixed``: 1, the whole mated
     set (its stepwise area holds the last step up to the limit).
     """
     if Convention(convention) is Convention.RECOMPUTE:
@@ -263,7 +248,7 @@ def max_discard_limit(convention: Convention | str) -> float:
 
 
 #: EDC threshold rules and acceptance rules (config keys ``threshold_rule``, ``acceptance``; see
-#: :mod:`exfiqa.evaluation.metrics`), pAUC best-curve subtraction and IJB-C template protocols.
+#: :mod:`exfiqa.evaluation.rules`), pAUC best-curve subtraction and IJB-C template protocols.
 THRESHOLD_RULES = tuple(r.value for r in ThresholdRule)
 ACCEPTANCES = tuple(a.value for a in Acceptance)
 SUBTRACT_BEST = ("none", "triangle", "stepwise")
@@ -750,7 +735,7 @@ def _attention_samples(
     """``{type: path}`` (relative to ``data_root``) or ``{type: {dataset: name, sample: id}}``.
 
     Types come from :data:`ATTENTION_SAMPLE_TYPES`; any subset may be given. Absent or empty:
-    the notebooks' documented default (:func:`exfiqa.report.analysis.attention_inputs`).
+    the notebooks' documented default (:func:`exfiqa.report.attention.attention_inputs`).
     """
     entries = _mapping(key, raw, f"a mapping of sample type ({', '.join(ATTENTION_SAMPLE_TYPES)}) to an image")
     _only(key, entries, set(ATTENTION_SAMPLE_TYPES))

@@ -18,16 +18,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-__all__ = [
-    "CheckpointError",
-    "atomic_path",
-    "atomic_write",
-    "chunked",
-    "clip",
-    "file_digest",
-]
-
-
 _T = TypeVar("_T")
 
 

@@ -7,7 +7,7 @@ server sees from every node):
   dataset). The lock file holds the holder's ``pid``, host and start time, so a second process
   can say whom it waits for; it is never removed (removing a lock file races with a newcomer).
   The lock goes with its holder, however that process ends.
-- :func:`owned_temp`: a temporary file that is flock-ed by its writer from its creation until it
+- :func:`create_owned`: a temporary file that is flock-ed by its writer from its creation until it
   is renamed into place or removed. :func:`remove_dead_temps` removes the temporary files nobody
   holds, i.e. those of killed runs, and leaves those being written.
 - :func:`reserve`: allocate a file's blocks before it is memory-mapped (``posix_fallocate``).
@@ -28,8 +28,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-
-__all__ = ["NoSpaceError", "create_owned", "discard_owned", "no_space_message", "owned_temp", "remove_dead_temps", "reserve", "run_lock"]
 
 
 class NoSpaceError(OSError):
@@ -78,21 +76,6 @@ def run_lock(path: str | os.PathLike[str], what: str, log: Callable[[str], Any] 
         os.close(fd)  # releases the lock
 
 
-@contextlib.contextmanager
-def owned_temp(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Create ``path`` (which must not exist) and hold its lock while the block writes it; the
-    block renames it into place or it is removed here (if still there) when the block raises."""
-    path = Path(path)
-    fd = create_owned(path)
-    try:
-        yield path
-    except BaseException:
-        discard_owned(fd, path)
-        raise
-    finally:
-        os.close(fd)
-
-
 def discard_owned(fd: int, path: str | os.PathLike[str]) -> None:
     """Remove ``path`` if it is still the file of ``fd`` (an owned temporary file not renamed)."""
     with contextlib.suppress(FileNotFoundError):
@@ -125,7 +108,7 @@ def create_owned(path: str | os.PathLike[str]) -> int:
 
 def remove_dead_temps(folder: str | os.PathLike[str], pattern: str) -> list[Path]:
     """Remove the files matching ``pattern`` under ``folder`` (recursively) that no process holds
-    (:func:`owned_temp`'s of killed runs); return them."""
+    (:func:`create_owned`'s of killed runs); return them."""
     removed: list[Path] = []
     root = Path(folder)
     if not root.is_dir():

@@ -46,8 +46,6 @@ from exfiqa.store.arrays import arrays_root
 from exfiqa.store.runcard import RunCard, run_card
 from exfiqa.study import CARD
 
-__all__ = ["NOTEBOOKS", "PAGE", "build_index", "cell_labels", "index_sections", "main", "notebook_key", "portable", "run_paper"]
-
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ("01_layer_analysis", "02_attention", "03_fusion", "04_early_exit")
 RUN_MARKER = ".exfiqa-run"

@@ -43,18 +43,12 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from exfiqa.config import Config, ConfigError
+from exfiqa.evaluation.edc import edc_curves
 from exfiqa.evaluation.exits import exit_labels
 from exfiqa.evaluation.fusion import ex_fiqa_f, ex_fiqa_fw
-from exfiqa.evaluation.metrics import (
-    edc_curves,
-    edc_rows,
-    pauc,
-    pauc_meta,
-    pauc_rows,
-    resolved_for,
-    template_quality,
-)
 from exfiqa.evaluation.pairs import AllPairs, PairList, release_pages
+from exfiqa.evaluation.pauc import edc_rows, pauc, pauc_meta, pauc_rows, resolved_for
+from exfiqa.evaluation.quality import template_quality
 from exfiqa.evaluation.subjects import comparison_units, mated_components
 from exfiqa.evaluation.templates import insightface_template_embeddings, template_embeddings
 from exfiqa.io import atomic_write
@@ -364,7 +358,7 @@ class Study:
     # computed once and kept for the Study's life (IJB-C: 62 MB per FR model, 15.6 MB per method;
     # Adience all-vs-all: the top non-mated candidates per FR model, one float per sample per
     # method). EDCs and pAUCs at every FMR target and both conventions reuse them
-    # (:mod:`exfiqa.evaluation.pairs`, :func:`exfiqa.evaluation.metrics.edc_curves`).
+    # (:mod:`exfiqa.evaluation.pairs`, :func:`exfiqa.evaluation.edc.edc_curves`).
 
     def comparison_set(self, dataset: str) -> PairList | AllPairs:
         """The comparisons of ``dataset`` as an explicit pair list (sides: samples or templates)
@@ -509,7 +503,7 @@ class Study:
         return self.comparison_set(dataset).order(self._side_values(dataset, values))
 
     def rules(self) -> dict[str, str]:
-        """The config's EDC rules as keyword arguments of :mod:`exfiqa.evaluation.metrics`:
+        """The config's EDC rules as keyword arguments of :mod:`exfiqa.evaluation.edc`:
         ``threshold_rule`` and ``acceptance``."""
         return {"threshold_rule": self.config.threshold_rule, "acceptance": self.config.acceptance}
 
@@ -545,7 +539,7 @@ class Study:
         return pauc(curve, self.config.discard_limit, self.config.subtract_best)
 
     def resolved(self, dataset: str, fr: str, order: Any, fmr: float) -> bool:
-        """Whether the pAUC of :meth:`pauc_order` is resolved (:func:`exfiqa.evaluation.metrics.resolved_for`:
+        """Whether the pAUC of :meth:`pauc_order` is resolved (:func:`exfiqa.evaluation.pauc.resolved_for`:
         at least one expected false match at the threshold, for the whole set and, under
         ``recompute``, at every level up to the config's limit)."""
         return resolved_for(self.scores(dataset, fr), order, fmr, self.config.convention, self.config.discard_limit)
@@ -591,7 +585,7 @@ class Study:
         scale: float = 1.0, convention: str | None = None, *, error_type: str = "fnmr",
         targets: Sequence[float] | None = None, subtract_best: bool | str | None = None,
     ) -> pd.DataFrame:
-        """Tidy pAUC rows (the columns of :func:`exfiqa.evaluation.metrics.pauc_rows`) of each method x
+        """Tidy pAUC rows (the columns of :func:`exfiqa.evaluation.pauc.pauc_rows`) of each method x
         target, through the bounded path, under the config's rules and ``subtract_best`` (unless
         given); ``dataset`` is written as its label."""
         best = self.config.subtract_best if subtract_best is None else subtract_best
@@ -607,7 +601,7 @@ class Study:
         self, dataset: str, fr: str, quality: str, methods: Sequence[str] | None = None, convention: str | None = None,
         *, error_type: str = "fnmr", targets: Sequence[float] | None = None,
     ) -> pd.DataFrame:
-        """Tidy EDC points (the columns of :func:`exfiqa.evaluation.metrics.edc_rows`), bounded path."""
+        """Tidy EDC points (the columns of :func:`exfiqa.evaluation.pauc.edc_rows`), bounded path."""
         conv = convention or self.config.convention
         frames = []
         label = self.config.datasets[dataset].label

@@ -44,15 +44,25 @@ out_dir = ""  # figures and tables are written here; empty means results/RUN-adh
 # open the study: the config (and any parameter overrides), its run card
 from IPython.display import Markdown, display
 
-from exfiqa.evaluation import metrics
 from exfiqa.evaluation.exits import exit_labels
-from exfiqa.report import analysis, plots, tables
+from exfiqa.evaluation.rules import TIE_ORDER_NOTE, rule_note
+from exfiqa.report import plots, tables
+from exfiqa.report.findings import paper_findings
+from exfiqa.report.frames import (
+    edc_all,
+    headline,
+    pauc_all,
+    table_protocol,
+    unresolved,
+    variant_tags,
+)
+from exfiqa.report.layers import depth_summary, exit_scores_long, fr_sanity, rank_correlation
 from exfiqa.study import open_study
 
 study = open_study(config, parameters=globals())  # the parameters above (or papermill's) override the config
 cfg = study.config
-head = analysis.headline(cfg, headline_fmr)
-tags = analysis.variant_tags(study)
+head = headline(cfg, headline_fmr)
+tags = variant_tags(study)
 depths = {q: depth for q, (_, depth) in tags.items()}
 FIG, TAB = study.out_dir / "figures", study.out_dir / "tables"
 display(Markdown(study.card.banner()))
@@ -65,7 +75,7 @@ display(Markdown(study.card.markdown()))
 # FR model. Everything after this rests on these comparisons.
 
 # %%
-sanity = analysis.fr_sanity(study)
+sanity = fr_sanity(study)
 tables.save_table(sanity, TAB, "fr_sanity", caption="FR models before quality-based discarding (no discarding; FNMR at each FMR target).")
 display(sanity.round(4))
 
@@ -84,7 +94,7 @@ display(sanity.round(4))
 
 # %%
 for q, depth in depths.items():
-    edc = analysis.edc_all(study, q, head.fr_model)
+    edc = edc_all(study, q, head.fr_model)
     fig = plots.edc_grid(edc, methods=exit_labels(depth) + ["EX-FIQA-F", "EX-FIQA-FW"],
                          fmr_targets=sorted(cfg.fmr_targets, reverse=True))
     fig.suptitle(f"EX-FIQA ({q}): EDC per exit, {head.fr_model}, convention '{cfg.convention}'", y=1.0)
@@ -101,18 +111,18 @@ for q, depth in depths.items():
 # qualities tie, the authors' own numbers depend on their machine's sort (the note below).
 
 # %%
-display(Markdown(f"Rules: {metrics.rule_note(cfg.threshold_rule, cfg.acceptance)}. {metrics.TIE_ORDER_NOTE}"))
-pauc = analysis.pauc_all(study, scale=cfg.pauc_scale)
+display(Markdown(f"Rules: {rule_note(cfg.threshold_rule, cfg.acceptance)}. {TIE_ORDER_NOTE}"))
+pauc = pauc_all(study, scale=cfg.pauc_scale)
 tables.save_table(pauc.drop(columns="exit"), TAB, "pauc_all", caption="pAUC-EDC of every method, dataset, FR model and quality model.",
-                  protocol=analysis.table_protocol(cfg))
+                  protocol=table_protocol(cfg))
 for q in depths:
     wide = tables.pauc_per_exit(pauc, q, head.fmr, study.methods(q))
     others = [m for m in wide["method"] if not str(m).startswith(("Exit ", "EX-FIQA"))]  # in comparison_table
     tables.save_table(wide, TAB, f"pauc_per_exit_{q}", caption=f"ViT-FIQA ({q}) exits.", transpose=True, tex_drop=others,
-                      protocol=analysis.table_protocol(cfg, head.fmr))
+                      protocol=table_protocol(cfg, head.fmr))
     display(Markdown(f"**ViT-FIQA ({q})**, {tables.protocol_note(cfg.convention, cfg.discard_limit, head.fmr, cfg.pauc_scale)}"))
     display(wide.round(3))
-unres = analysis.unresolved(pauc)
+unres = unresolved(pauc)
 display(Markdown(
     "Every pAUC table carries a `resolved` column (wide tables also `unresolved_in`; the LaTeX files mark the "
     "cells with a dagger). " + ("All pAUCs of this run have a resolvable FMR target." if unres.empty else
@@ -132,11 +142,11 @@ display(Markdown(
 # tied for best (equal pAUC) are all named.
 
 # %%
-depth_summary = analysis.depth_summary(pauc, depths, head.fmr)
-tables.save_table(depth_summary, TAB, "depth_summary", caption="Mean pAUC over datasets and FR models.",
-                  protocol=analysis.table_protocol(cfg, head.fmr))
-display(depth_summary.round(3))
-findings = analysis.paper_findings(pauc, tags, head)
+depth_table = depth_summary(pauc, depths, head.fmr)
+tables.save_table(depth_table, TAB, "depth_summary", caption="Mean pAUC over datasets and FR models.",
+                  protocol=table_protocol(cfg, head.fmr))
+display(depth_table.round(3))
+findings = paper_findings(pauc, tags, head)
 display(findings[findings["finding"].str.startswith("depth gains")][["finding", "paper", "this_run", "verdict", "difference"]])
 
 # %% [markdown]
@@ -150,13 +160,13 @@ ds0 = next(iter(cfg.datasets))
 label0 = cfg.datasets[ds0].label
 for q, depth in depths.items():
     sq = study.sample_quality(ds0, q)
-    corr = analysis.rank_correlation(sq, exit_labels(depth) + ["EX-FIQA-FW"])
+    corr = rank_correlation(sq, exit_labels(depth) + ["EX-FIQA-FW"])
     tables.save_table(corr.reset_index(names="method"), TAB, f"rank_correlation_{q}", decimals=3,
                       caption=f"Spearman correlation of per-image scores, {label0} (no EDC protocol involved).")
     fig = plots.rank_heatmap(corr, title=f"({q}) exit-to-exit Spearman, {label0}")
     plots.save_figure(fig, FIG, f"rank_correlation_{q}")
     display(fig)
-    fig = plots.score_distributions(analysis.exit_scores_long(sq, depth), title=f"({q}) per-exit score distributions, {label0}")
+    fig = plots.score_distributions(exit_scores_long(sq, depth), title=f"({q}) per-exit score distributions, {label0}")
     plots.save_figure(fig, FIG, f"score_distributions_{q}")
     display(fig)
     display(Markdown(f"({q}): adjacent exits correlate at {min(corr.iloc[k, k + 1] for k in range(depth - 1)):.2f}.."

@@ -49,7 +49,13 @@ out_dir = ""  # figures and tables are written here; empty means results/RUN-adh
 # open the study: the config (and any parameter overrides), its run card
 from IPython.display import Markdown, display
 
-from exfiqa.report import analysis, plots, tables
+from exfiqa.report import plots, tables
+from exfiqa.report.attention import (
+    LOW_CONTRAST_ENTROPY,
+    attention_inputs,
+    attention_study,
+    attention_unavailable,
+)
 from exfiqa.study import open_study
 
 study = open_study(config, parameters=globals())  # the parameters above (or papermill's) override the config
@@ -57,11 +63,11 @@ cfg = study.config
 FIG, TAB = study.out_dir / "figures", study.out_dir / "tables"
 display(Markdown(study.card.banner()))
 display(Markdown(study.card.markdown()))
-no_attention = analysis.attention_unavailable(study)  # the maps run the models: checkpoints needed
+no_attention = attention_unavailable(study)  # the maps run the models: checkpoints needed
 if no_attention:
     display(Markdown(f"**The attention figure and statistics are skipped:** {no_attention}."))
 else:
-    inputs = analysis.attention_inputs(study, mean_images=mean_images)
+    inputs = attention_inputs(study, mean_images=mean_images)
     display(Markdown(f"Faces: {inputs.note}: " + "; ".join(f"{k} = `{v}`" for k, v in inputs.sources.items())
                      + f". Dataset mean over {len(inputs.mean_ids)} images of {inputs.mean_dataset} (seed {cfg.seed})."))
 
@@ -78,7 +84,7 @@ else:
 # %%
 stats = []
 for q in cfg.quality_models if not no_attention else ():
-    maps, s = analysis.attention_study(study, q, inputs)
+    maps, s = attention_study(study, q, inputs)
     fig = plots.attention_figure(maps, {**inputs.faces, f"{inputs.mean_dataset} (mean)": None}, scale=attention_scale)
     fig.suptitle(f"EX-FIQA ({q}): attention across exits", y=1.02, fontsize=8)
     plots.save_figure(fig, FIG, f"attention_{q}")
@@ -102,7 +108,7 @@ if not no_attention:
     tables.save_table(stats, TAB, "attention_statistics", caption=(
         f"Attention entropy, spread and contrast per exit, mean over {len(inputs.mean_ids)} images of {inputs.mean_dataset} "
         f"(seed {cfg.seed}; no EDC protocol involved); low_contrast: normalised entropy >= "
-        f"{analysis.LOW_CONTRAST_ENTROPY:g}, practically uniform."))
+        f"{LOW_CONTRAST_ENTROPY:g}, practically uniform."))
     display(stats.round(3))
     fig = plots.attention_entropy_spread(stats)
     plots.save_figure(fig, FIG, "attention_entropy_spread")
@@ -115,7 +121,7 @@ for q, part in stats.groupby("quality_model", sort=False):
         f"* ({q}): attention is most diffuse at exit {int(hi['exit'])} (entropy {hi['entropy_mean']:.3f} of "
         f"{hi['max_entropy']:.3f}) and most concentrated at exit {int(lo['exit'])} ({lo['entropy_mean']:.3f}). "
         + (f"Exits {', '.join(map(str, flat))} are practically uniform (normalised entropy >= "
-           f"{analysis.LOW_CONTRAST_ENTROPY:g}): their panels carry no spatial pattern to interpret, and any "
+           f"{LOW_CONTRAST_ENTROPY:g}): their panels carry no spatial pattern to interpret, and any "
            "structure a per-panel scaling shows there is noise. " if flat else "")
         + (f"The paper's reading (local texture early, facial parts in the middle, identity-bearing regions late) "
            f"can only be checked on the exits with contrast ({', '.join(map(str, readable))})."

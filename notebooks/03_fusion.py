@@ -51,24 +51,42 @@ from IPython.display import Markdown, display
 
 from exfiqa.config import ConfigError
 from exfiqa.evaluation.exits import exit_label
-from exfiqa.report import analysis, plots, tables
+from exfiqa.report import plots, tables
+from exfiqa.report.bootstrap_tables import depth_bootstrap, fusion_bootstrap, unit_summary
+from exfiqa.report.comparison import (
+    SECONDARY_PROTOCOL,
+    SECONDARY_SOURCE,
+    headline_note,
+    headline_vs_paper,
+    poster_table,
+    secondary_reference,
+)
+from exfiqa.report.findings import paper_findings
+from exfiqa.report.frames import best_text, headline, pauc_all, table_protocol, variant_tags
+from exfiqa.report.fusion_report import (
+    chosen_exits,
+    chosen_exits_comparison,
+    fusion_vs_exits,
+    fusion_wins,
+    strategy_table,
+)
 from exfiqa.study import open_study
 
 study = open_study(config, parameters=globals())  # the parameters above (or papermill's) override the config
 cfg = study.config
-head = analysis.headline(cfg, headline_fmr)
+head = headline(cfg, headline_fmr)
 learn_on = learn_on or next(iter(cfg.datasets))
 if learn_on not in cfg.datasets:
     raise ConfigError(f"learn_on {learn_on!r} is not one of the run's datasets {list(cfg.datasets)}")
-tags = analysis.variant_tags(study)
+tags = variant_tags(study)
 FIG, TAB = study.out_dir / "figures", study.out_dir / "tables"
-HEAD = analysis.table_protocol(cfg, head.fmr)
+HEAD = table_protocol(cfg, head.fmr)
 display(Markdown(study.card.banner()))
 display(Markdown(study.card.markdown()))
 display(Markdown(f"Headline: {head.label}, {head.fr_model}; {tables.protocol_note(cfg.convention, cfg.discard_limit, head.fmr, cfg.pauc_scale)}."
-                 + (f" {analysis.headline_note(head)}" if analysis.headline_note(head) else "")))
+                 + (f" {headline_note(head)}" if headline_note(head) else "")))
 # pAUC of every method x dataset x FR model x quality model x FMR
-pauc_table = analysis.pauc_all(study, scale=cfg.pauc_scale)
+pauc_table = pauc_all(study, scale=cfg.pauc_scale)
 at_head = pauc_table[pauc_table["fmr"] == head.fmr]
 
 # %% [markdown]
@@ -86,12 +104,12 @@ at_head = pauc_table[pauc_table["fmr"] == head.fmr]
 # which they rest.
 
 # %%
-vs_paper = analysis.headline_vs_paper(pauc_table, head, tags, cfg.pauc_scale)
-stand_in = analysis.headline_note(head)
+vs_paper = headline_vs_paper(pauc_table, head, tags, cfg.pauc_scale)
+stand_in = headline_note(head)
 tables.save_table(vs_paper, TAB, "headline_vs_paper", caption=(
     f"The poster's headline table (IJB-C, ArcFace) beside this run ({head.label}, {head.fr_model}). "
     + (f"{stand_in} " if stand_in else "")
-    + f"Column '{analysis.SECONDARY_SOURCE}': ViT-FIQA (T) on {head.label} from the PreFIQs paper, via a secondary source "
+    + f"Column '{SECONDARY_SOURCE}': ViT-FIQA (T) on {head.label} from the PreFIQs paper, via a secondary source "
     "(empty where it reports none). "
     "Rows with chosen_on_evaluated_data are the best early exit chosen on this run's evaluated data (the same rows "
     "as comparison_table; optimistic). This run's SER-FIQ is a SER-FIQ-style re-implementation (exfiqa.models.baselines), "
@@ -99,10 +117,10 @@ tables.save_table(vs_paper, TAB, "headline_vs_paper", caption=(
 display(vs_paper.round(3))
 if stand_in:
     display(Markdown(f"**{stand_in}**"))
-secondary = analysis.secondary_reference(pauc_table, {k: s.label for k, s in cfg.datasets.items()}, tags, head, cfg.pauc_scale)
+secondary = secondary_reference(pauc_table, {k: s.label for k, s in cfg.datasets.items()}, tags, head, cfg.pauc_scale)
 tables.save_table(secondary, TAB, "secondary_reference", caption=(
-    f"Plain ViT-FIQA (T) of this run ({head.fr_model}) beside '{analysis.SECONDARY_SOURCE}': the PreFIQs paper "
-    f"(arXiv 2605.13396) as transcribed by a secondary source ({analysis.SECONDARY_PROTOCOL})."), protocol=HEAD)
+    f"Plain ViT-FIQA (T) of this run ({head.fr_model}) beside '{SECONDARY_SOURCE}': the PreFIQs paper "
+    f"(arXiv 2605.13396) as transcribed by a secondary source ({SECONDARY_PROTOCOL})."), protocol=HEAD)
 display(secondary.round(3))
 
 # %% [markdown]
@@ -112,12 +130,12 @@ display(secondary.round(3))
 # model with hindsight (an upper bound for any fixed exit choice).
 
 # %%
-versus = analysis.fusion_vs_exits(at_head, {q: d for q, (_, d) in tags.items()})
+versus = fusion_vs_exits(at_head, {q: d for q, (_, d) in tags.items()})
 tables.save_table(versus, TAB, "fusion_vs_exits", caption="F and FW against the last exit and the best single exit.", protocol=HEAD)
 display(versus.round(3))
-wins = analysis.fusion_wins(pauc_table, "EX-FIQA-FW", exit_label(next(iter(tags.values()))[1]))
+wins = fusion_wins(pauc_table, "EX-FIQA-FW", exit_label(next(iter(tags.values()))[1]))
 tables.save_table(wins, TAB, "fusion_wins", caption="Datasets on which EX-FIQA-FW has a lower pAUC than the last exit.",
-                  protocol=analysis.table_protocol(cfg))
+                  protocol=table_protocol(cfg))
 for r in wins[wins["fmr"] == head.fmr].itertuples():
     display(Markdown(f"* ({r.quality_model}, {r.fr_model}): **{r.summary}** datasets (paper, (C) with ArcFace: 5 of 8). "
                      "Point estimates: which of these differences the data resolve, the paired bootstrap below says."))
@@ -135,13 +153,13 @@ for r in wins[wins["fmr"] == head.fmr].itertuples():
 # and `n_units` say what was resampled.
 
 # %%
-boot = analysis.fusion_bootstrap(study, head.fr_model, head.fmr, n_boot, unit=bootstrap_unit)
+boot = fusion_bootstrap(study, head.fr_model, head.fmr, n_boot, unit=bootstrap_unit)
 units_text = "; ".join(f"{d}: {n} {u}s" for d, u, n in boot[["dataset", "unit", "n_units"]].drop_duplicates().itertuples(index=False))
 tables.save_table(boot, TAB, "fusion_bootstrap", caption=(
     f"Paired bootstrap ({n_boot} resamples of {units_text}), {head.fr_model}."),
-                  protocol=analysis.table_protocol(cfg, head.fmr, seed=True), tex_drop=["unit", "n_units", "n_boot", "n_defined"])
+                  protocol=table_protocol(cfg, head.fmr, seed=True), tex_drop=["unit", "n_units", "n_boot", "n_defined"])
 display(Markdown(f"Resampled units: {units_text}."))
-units = analysis.unit_summary(study)
+units = unit_summary(study)
 tables.save_table(units, TAB, "bootstrap_units", caption=(
     "What the bootstrap resamples on each dataset; on the pair sets, the share of pairs with an image that "
     "also occurs in another pair (such pairs are not independent); no EDC protocol involved."))
@@ -165,11 +183,11 @@ display(fig)
 # %%
 import pandas as pd
 
-depth_boot = analysis.depth_bootstrap(study, head.fr_model, head.fmr, n_boot, unit=bootstrap_unit)
+depth_boot = depth_bootstrap(study, head.fr_model, head.fmr, n_boot, unit=bootstrap_unit)
 adience = next((s.label for s in cfg.datasets.values() if s.kind == "adience"), None)
-findings = analysis.paper_findings(pauc_table, tags, head, adience=adience, paired=pd.concat([boot, depth_boot]),
+findings = paper_findings(pauc_table, tags, head, adience=adience, paired=pd.concat([boot, depth_boot]),
                                    min_change=min_depth_change)
-tables.save_table(findings, TAB, "paper_findings", protocol=analysis.table_protocol(cfg, head.fmr, seed=True),
+tables.save_table(findings, TAB, "paper_findings", protocol=table_protocol(cfg, head.fmr, seed=True),
                   tex_drop=["difference", "ci_low", "ci_high", "criterion"], caption=(
     f"The paper's findings, computed from this run; intervals: paired bootstrap ({n_boot} resamples of {units_text}), "
     f"{head.fr_model}."))
@@ -186,10 +204,10 @@ display(findings[["finding", "paper", "this_run", "verdict", "difference", "ci_l
 #   optimistic by construction; the other datasets show whether it transfers.
 
 # %%
-strategies = analysis.strategy_table(study, head.fr_model, head.fmr, learn_on)
+strategies = strategy_table(study, head.fr_model, head.fmr, learn_on)
 tables.save_table(strategies.wide, TAB, "fusion_strategies", caption=(
     f"{head.fr_model}; learned weights fitted on {cfg.datasets[learn_on].label}."),
-    protocol=analysis.table_protocol(cfg, head.fmr, seed=True))
+    protocol=table_protocol(cfg, head.fmr, seed=True))
 for q, w in strategies.learned.items():
     display(Markdown(f"({q}) learned weights (fitted on {cfg.datasets[learn_on].label}): " + ", ".join(f"{x:.2f}" for x in w)))
 display(strategies.wide.round(3))
@@ -221,14 +239,14 @@ if single:
                      f"on, and this run has only {list(cfg.datasets)}; add a dataset to the run (or name one in "
                      "`calibrate_on`) to evaluate it."))
 else:
-    dc = analysis.chosen_exits(study, head.fr_model, calibrate_on)
+    dc = chosen_exits(study, head.fr_model, calibrate_on)
     tables.save_table(dc.selection, TAB, "chosen_exits", caption=(
         f"Exits chosen by EX-FIQA-DC for each evaluated dataset (pseudo-label: mean mated similarity, {head.fr_model}; "
         "Spearman correlations, no EDC protocol involved)."))
     display(dc.selection)
-    dc_vs = analysis.chosen_exits_comparison(study, dc, head.fmr, n_boot, strategies.learned, learn_on,
+    dc_vs = chosen_exits_comparison(study, dc, head.fmr, n_boot, strategies.learned, learn_on,
                                             unit=bootstrap_unit)
-    DC_PROTOCOL = analysis.table_protocol(cfg, head.fmr, seed=True)
+    DC_PROTOCOL = table_protocol(cfg, head.fmr, seed=True)
     tables.save_table(dc_vs.wide, TAB, "chosen_exits_pauc", protocol=DC_PROTOCOL, caption=(
         f"EX-FIQA-DC against F, FW, learned weights (fitted on {cfg.datasets[learn_on].label}) and the last exit, {head.fr_model}."))
     display(dc_vs.wide.round(3))
@@ -240,7 +258,7 @@ else:
     fig = plots.forest(dc_vs.bootstrap[dc_vs.bootstrap["reference"] == "EX-FIQA-FW"], reference="EX-FIQA-FW")
     plots.save_figure(fig, FIG, "chosen_exits_bootstrap")
     display(fig)
-    for r in analysis.fusion_wins(dc_vs.tidy, "EX-FIQA-DC", "EX-FIQA-FW").itertuples():
+    for r in fusion_wins(dc_vs.tidy, "EX-FIQA-DC", "EX-FIQA-FW").itertuples():
         display(Markdown(f"* ({r.quality_model}, {r.fr_model}): **{r.summary}** datasets."))
 
 # %% [markdown]
@@ -257,7 +275,7 @@ else:
 # %%
 labels = [s.label for s in cfg.datasets.values()]
 order = [head.label] + [d for d in labels if d != head.label]
-poster = analysis.poster_table(at_head[at_head["fr_model"] == head.fr_model], tags, order)
+poster = poster_table(at_head[at_head["fr_model"] == head.fr_model], tags, order)
 tables.save_table(poster, TAB, "comparison_table", caption=(
     f"pAUC-EDC, {head.fr_model}. Rows with chosen_on_evaluated_data are the best early exit chosen on the evaluated "
     "data (lowest mean over these datasets; optimistic); the poster's exits and FW are fixed in advance. "
@@ -266,8 +284,8 @@ tables.save_table(poster, TAB, "comparison_table", caption=(
 display(poster.round(3))
 by_method = poster.set_index("method")
 display(Markdown(
-    f"Best on {head.label}: **{analysis.best_text(by_method[head.label])}** ({by_method[head.label].min():.3g}). "
-    f"Best mean over datasets: **{analysis.best_text(by_method['mean'])}** (point estimates; tied methods are all "
+    f"Best on {head.label}: **{best_text(by_method[head.label])}** ({by_method[head.label].min():.3g}). "
+    f"Best mean over datasets: **{best_text(by_method['mean'])}** (point estimates; tied methods are all "
     "named). The paper reports EX-FIQA-FW (T) best on IJB-C "
     "(6.36 x10^-3) and EX-FIQA-FW (C) best on Adience."
     + (" This run has no IJB-C headline: compare the ranking on its headline dataset, not the values." if stand_in else "")

@@ -49,14 +49,25 @@ out_dir = ""  # figures and tables are written here; empty means results/RUN-adh
 # open the study: the config (and any parameter overrides), its run card
 from IPython.display import Markdown, display
 
-from exfiqa.report import analysis, plots, tables
+from exfiqa.report import plots, tables
+from exfiqa.report.early_exit import (
+    adaptive_study,
+    latency_table,
+    model_architecture,
+    operating_points,
+    pauc_cost_points,
+    released_claims,
+    released_gflops,
+    study_costs,
+)
+from exfiqa.report.frames import fmr_target, headline, pauc_all, table_protocol
 from exfiqa.study import open_study
 
 study = open_study(config, parameters=globals())  # the parameters above (or papermill's) override the config
 cfg = study.config
-cost_fmr = analysis.fmr_target(cfg, cost_fmr, "cost_fmr")
-head = analysis.headline(cfg)
-COST = analysis.table_protocol(cfg, cost_fmr)
+cost_fmr = fmr_target(cfg, cost_fmr, "cost_fmr")
+head = headline(cfg)
+COST = table_protocol(cfg, cost_fmr)
 FIG, TAB = study.out_dir / "figures", study.out_dir / "tables"
 display(Markdown(study.card.banner()))
 display(Markdown(study.card.markdown()))
@@ -68,10 +79,10 @@ display(Markdown(study.card.markdown()))
 # MACs, then the heads read by the exit. The table checks our numbers against the paper's.
 
 # %%
-released = analysis.released_gflops()
+released = released_gflops()
 tables.save_table(released, TAB, "gflops_released", caption=(
     "Analytic GFLOPs per exit of the released ViT-FIQA models (FLOPs = 2 x MACs; no EDC protocol involved)."))
-claims = analysis.released_claims(released)
+claims = released_claims(released)
 display(Markdown(
     f"(C): exit 7 = **{claims['c7_gflops']:.2f}** GFLOPs, exit 12 = **{claims['c12_gflops']:.2f}** (saving "
     f"{claims['c7_saving']:.0%}; paper: 6.75 vs 11.49, 41%). (T): exit 6 saves **{claims['t6_saving']:.0%}** (paper: 50%)."
@@ -90,7 +101,7 @@ display(released.pivot_table(index="exit", columns="model", values="gflops", sor
 # once (what fusion needs).
 
 # %%
-lat = analysis.latency_table(study, latency_batch, latency_repeats, latency_full_size)
+lat = latency_table(study, latency_batch, latency_repeats, latency_full_size)
 tables.save_table(lat, TAB, "latency_per_exit", caption=(
     f"Measured ms per image, batch {latency_batch}, device {cfg.device}: median of {latency_repeats} synchronised runs "
     "after a warm-up, with interquartile range and min/max, every row alike (machine-dependent; no EDC protocol involved)."))
@@ -104,11 +115,11 @@ display(lat.assign(median_iqr=[f"{m:.3f} ({a:.3f}-{b:.3f})" for m, a, b in zip(l
 # with EX-FIQA-FW as a star at the cost of all exits. GFLOPs are those of the run's checkpoints.
 
 # %%
-pauc_table = analysis.pauc_all(study, scale=cfg.pauc_scale)
-costs = analysis.study_costs(study)
-display(Markdown("Architectures: " + "; ".join(f"({q}) {analysis.model_architecture(study, q)[1]}" for q in cfg.quality_models) + "."))
+pauc_table = pauc_all(study, scale=cfg.pauc_scale)
+costs = study_costs(study)
+display(Markdown("Architectures: " + "; ".join(f"({q}) {model_architecture(study, q)[1]}" for q in cfg.quality_models) + "."))
 for q in cfg.quality_models:
-    exits, fw = analysis.pauc_cost_points(pauc_table, costs, q, head.fr_model, cost_fmr)
+    exits, fw = pauc_cost_points(pauc_table, costs, q, head.fr_model, cost_fmr)
     fig = plots.pauc_vs_gflops(exits, fw, title=f"pAUC-EDC vs GFLOPs, EX-FIQA ({q}), {head.fr_model}, FMR={cost_fmr:g}")
     plots.save_figure(fig, FIG, f"pauc_vs_gflops_{q}")
     display(fig)
@@ -121,7 +132,7 @@ for q in cfg.quality_models:
 # *Max efficiency*: the cheapest exit within twice that.
 
 # %%
-ops = analysis.operating_points(pauc_table[pauc_table["fmr"] == cost_fmr], costs, tolerance=tolerance)
+ops = operating_points(pauc_table[pauc_table["fmr"] == cost_fmr], costs, tolerance=tolerance)
 tables.save_table(ops, TAB, "operating_points", caption=f"Tolerance {tolerance:g}.", protocol=COST)
 display(ops.round(4))
 display(Markdown("Paper: max efficiency = exit 6 (T), 50% FLOP saving; balanced = exit 7 (C), 41% saving; max accuracy = EX-FIQA-FW."))
@@ -139,7 +150,7 @@ display(Markdown("Paper: max efficiency = exit 6 (T), 50% FLOP saving; balanced 
 # image*, stand beside it; an adaptive gate that does not beat both adds nothing to the decision.
 
 # %%
-adaptive = analysis.adaptive_study(study, head.fr_model, cost_fmr, reject_fraction, margin, min_exit)
+adaptive = adaptive_study(study, head.fr_model, cost_fmr, reject_fraction, margin, min_exit)
 tables.save_table(adaptive, TAB, "adaptive_exit", caption=(
     f"Reject {reject_fraction:g}, margin {margin:g} std, min exit {min_exit}; {head.fr_model}."), protocol=COST)
 display(adaptive.round(4))

@@ -7,13 +7,10 @@ import pandas as pd
 import pytest
 
 from exfiqa.evaluation.fusion import ex_fiqa_fw
-from exfiqa.report.analysis import (
-    adaptive_exit,
-    attention_statistics,
-    fusion_wins,
-    operating_points,
-    rank_correlation,
-)
+from exfiqa.report.attention import attention_statistics
+from exfiqa.report.early_exit import adaptive_exit, operating_points
+from exfiqa.report.fusion_report import fusion_wins
+from exfiqa.report.layers import rank_correlation
 
 
 def test_adaptive_exit_stops_at_the_first_confident_exit():

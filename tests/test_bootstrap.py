@@ -9,19 +9,11 @@ import pytest
 from test_metrics import synthetic  # tests/ is on sys.path
 
 from exfiqa.evaluation import bootstrap as B
-from exfiqa.evaluation import metrics as M
 from exfiqa.evaluation import scores as SC
-from exfiqa.evaluation.metrics import Convention
+from exfiqa.evaluation.edc import edc
+from exfiqa.evaluation.pauc import pauc
+from exfiqa.evaluation.rules import BestCurve, Convention
 from exfiqa.evaluation.scores import ArrayOrder, Comparisons
-
-
-def test_the_bootstrap_lives_in_its_own_module():
-    """``metrics`` keeps the error rates, EDC and pAUC; the bootstrap is :mod:`exfiqa.evaluation.bootstrap` only."""
-    for name in B.__all__:
-        assert not hasattr(M, name), name
-        assert name not in M.__all__
-    assert set(B.__all__) == {"BootstrapResult", "PairedBootstrapResult", "bootstrap_pauc", "bootstrap_samples",
-                              "paired_bootstrap"}
 
 
 def explicit_bootstrap(s, y, q, fmr, conv, n_boot, seed):
@@ -31,7 +23,7 @@ def explicit_bootstrap(s, y, q, fmr, conv, n_boot, seed):
     out = []
     for _ in range(n_boot):
         idx = np.sort(np.r_[rng.choice(inm, inm.size), rng.choice(im, im.size)])
-        out.append(M.pauc(M.edc(s[idx], y[idx], q[idx], fmr, conv), 0.3))
+        out.append(pauc(edc(s[idx], y[idx], q[idx], fmr, conv), 0.3))
     return np.array(out)
 
 
@@ -64,7 +56,7 @@ def test_bootstrap_deterministic_and_contains_estimate(convention):
     c = B.bootstrap_pauc(s, y, q, 0.01, convention, n_boot=200, seed=4)
     np.testing.assert_array_equal(a.samples, b.samples)
     assert not np.array_equal(a.samples, c.samples)
-    assert a.estimate == pytest.approx(M.pauc(M.edc(s, y, q, 0.01, convention), 0.3))
+    assert a.estimate == pytest.approx(pauc(edc(s, y, q, 0.01, convention), 0.3))
     assert a.lower <= a.estimate <= a.upper and a.lower < a.upper
 
 
@@ -76,7 +68,7 @@ def test_paired_bootstrap(convention):
     assert same.frac_a_below_b == 0.0
     good_vs_bad = B.paired_bootstrap(s, y, q, -q, 0.01, convention, n_boot=100, seed=0)
     assert good_vs_bad.upper < 0 and good_vs_bad.frac_a_below_b == 1.0
-    est = M.pauc(M.edc(s, y, q, 0.01, convention)) - M.pauc(M.edc(s, y, -q, 0.01, convention))
+    est = pauc(edc(s, y, q, 0.01, convention)) - pauc(edc(s, y, -q, 0.01, convention))
     assert good_vs_bad.difference == pytest.approx(est)
 
 
@@ -98,7 +90,7 @@ def _explicit_paired_deltas(s, y, q, q2, n_boot=300, seed=2):
     ref = []
     for _ in range(n_boot):
         idx = np.sort(np.r_[rng.choice(inm, inm.size), rng.choice(im, im.size)])
-        a, b = (M.pauc(M.edc(s[idx], y[idx], x[idx], 0.01, "recompute")) for x in (q, q2))
+        a, b = (pauc(edc(s[idx], y[idx], x[idx], 0.01, "recompute")) for x in (q, q2))
         ref.append(a - b)
     return np.array(ref)
 
@@ -126,17 +118,17 @@ def test_weighted_paths_with_unit_weights_equal_point_estimates():
     s, y, q = synthetic(2000, 0.2, seed=17, decimals=1)
     comp = Comparisons(s, y)
     order = ArrayOrder(q)
-    fixed = M.edc(s, y, q, 0.01, "fixed")
+    fixed = edc(s, y, q, 0.01, "fixed")
     plan = B._FixedPlan(comp, q[comp.idx_m])
     stat = np.nextafter(fixed.thresholds[0], -np.inf)
-    for best in M.BestCurve:
+    for best in BestCurve:
         area = plan.pauc(np.ones((1, comp.n_m), np.int64), np.array([stat]), 0.3, best)
-        assert area[0] == pytest.approx(M.pauc(fixed, 0.3, subtract_best=best))
+        assert area[0] == pytest.approx(pauc(fixed, 0.3, subtract_best=best))
     vals, idx = comp.top_nonmated(comp.n_nm)
     gap = B._GapPlan(comp.n, order.ranks(comp.mated_refs), order.ranks(idx))
     assert gap.rest == 0  # every comparison is needed: no gaps
     fnmr = gap.fnmr(comp, 0.01, np.ones(comp.n_m, np.int64), np.ones(idx.size, np.int64), O.gaps(gap, 0, None), vals)
-    np.testing.assert_allclose(fnmr, M.edc(s, y, q, 0.01, "recompute").fnmr)
+    np.testing.assert_allclose(fnmr, edc(s, y, q, 0.01, "recompute").fnmr)
 
 
 def adversarial(n=1500, seed=18):
@@ -180,7 +172,7 @@ def test_recompute_paired_bootstrap_candidate_fallback(monkeypatch):
     ref = []
     for _ in range(300):
         idx = np.sort(np.r_[rng.choice(inm, inm.size), rng.choice(im, im.size)])
-        ref.append([M.pauc(M.edc(s[idx], y[idx], x[idx], 0.05, "recompute")) for x in (q, q2)])
+        ref.append([pauc(edc(s[idx], y[idx], x[idx], 0.05, "recompute")) for x in (q, q2)])
     ref = np.array(ref)
     for ours, r in zip(small, ref.T, strict=True):  # ... and each measure stays exactly distributed
         assert abs(ours.mean() - r.mean()) < 0.3 * r.std()

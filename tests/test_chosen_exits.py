@@ -10,9 +10,18 @@ import pandas as pd
 import pytest
 
 from exfiqa.config import ConfigError, load_config
-from exfiqa.evaluation import metrics
+from exfiqa.evaluation.edc import edc
 from exfiqa.evaluation.fusion import DC_NAME, chosen_mean, depth_weights
-from exfiqa.report import analysis
+from exfiqa.evaluation.pauc import pauc
+from exfiqa.report.fusion_report import (
+    calibration_datasets,
+    calibration_set,
+    choose_for,
+    chosen_exits,
+    chosen_exits_comparison,
+    evaluated_datasets,
+    mated_similarity_label,
+)
 from exfiqa.study import Study
 
 
@@ -53,28 +62,28 @@ def _direct_label(study: Study, dataset: str) -> np.ndarray:
 
 @pytest.mark.parametrize("dataset", ["lfw", "xqlfw", "adience", "ijbc"])
 def test_mated_similarity_label_on_every_benchmark_kind(study, dataset):
-    got = analysis.mated_similarity_label(study, dataset, "arcface")
+    got = mated_similarity_label(study, dataset, "arcface")
     expect = _direct_label(study, dataset)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(expect))
     np.testing.assert_allclose(got[~np.isnan(got)], expect[~np.isnan(expect)], rtol=1e-5, atol=1e-6)
-    cal = analysis.calibration_set(study, dataset, "T", "arcface")
+    cal = calibration_set(study, dataset, "T", "arcface")
     side_exit12 = study._side_values(dataset, np.asarray(study.exit_scores(dataset, "T"))[:, -1])
     np.testing.assert_allclose(cal.side_values(cal.scores[:, -1]), side_exit12)  # the sides evaluation uses
 
 
 def test_calibration_datasets_leave_the_evaluated_one_out():
     runs = ["a", "b", "c"]
-    assert analysis.calibration_datasets(runs, "b") == ["a", "c"]
-    assert analysis.calibration_datasets(runs, "a", ["c"]) == ["c"]
-    assert analysis.evaluated_datasets(runs, ["c"]) == ["a", "b"]
+    assert calibration_datasets(runs, "b") == ["a", "c"]
+    assert calibration_datasets(runs, "a", ["c"]) == ["c"]
+    assert evaluated_datasets(runs, ["c"]) == ["a", "b"]
     with pytest.raises(ConfigError, match="is a calibration dataset"):
-        analysis.calibration_datasets(runs, "c", ["c"])
+        calibration_datasets(runs, "c", ["c"])
     with pytest.raises(ConfigError, match=r"calibrate_on \['z'\]"):
-        analysis.calibration_datasets(runs, "a", ["z"])
+        calibration_datasets(runs, "a", ["z"])
     with pytest.raises(ConfigError, match="needs a second dataset"):
-        analysis.calibration_datasets(["a"], "a")
+        calibration_datasets(["a"], "a")
     with pytest.raises(ConfigError, match="leaves no dataset"):
-        analysis.evaluated_datasets(["a"], ["a"])
+        evaluated_datasets(["a"], ["a"])
 
 
 class _Spy:
@@ -97,23 +106,23 @@ class _Spy:
 def test_leave_one_out_never_reads_the_evaluated_dataset(tiny_config, monkeypatch):
     fresh = Study(load_config(tiny_config).select(fr_models=["arcface"]), progress=False)
     spy = _Spy(fresh, monkeypatch)
-    choice = analysis.choose_for(fresh, "T", "arcface", "ijbc")
+    choice = choose_for(fresh, "T", "arcface", "ijbc")
     others = [d for d in fresh.config.datasets if d != "ijbc"]
     assert "ijbc" not in spy.seen and set(spy.seen) == set(others)
     assert choice.calibration == tuple(others)
     spy.seen.clear()
-    named = analysis.choose_for(fresh, "T", "arcface", "lfw", calibrate_on=["adience"])
+    named = choose_for(fresh, "T", "arcface", "lfw", calibrate_on=["adience"])
     assert set(spy.seen) == {"adience"} and named.calibration == ("adience",)
     # the choice equals choose_exits on the other datasets' own calibration sets
     from exfiqa.evaluation.fusion import choose_exits
 
-    again = choose_exits([analysis.calibration_set(fresh, d, "T", "arcface") for d in others])
+    again = choose_exits([calibration_set(fresh, d, "T", "arcface") for d in others])
     assert again == choice
 
 
 def test_chosen_exits_table_and_comparison(study):
     cfg = study.config
-    chosen = analysis.chosen_exits(study, "arcface")
+    chosen = chosen_exits(study, "arcface")
     sel = chosen.selection
     labels = {d: s.label for d, s in cfg.datasets.items()}
     assert len(sel) == len(cfg.quality_models) * len(cfg.datasets)
@@ -123,9 +132,9 @@ def test_chosen_exits_table_and_comparison(study):
         c = chosen.choices[(r.quality_model, next(d for d, v in labels.items() if v == r.dataset))]
         assert r.chosen_exits == ", ".join(map(str, c.chosen)) and r.best_single_exit == c.ranking[0]
     learned = {q: depth_weights(12)[::-1] for q in cfg.quality_models}  # any fixed weights will do
-    out = analysis.chosen_exits_comparison(study, chosen, 0.002, n_boot=20, learned=learned, learn_on="lfw")
+    out = chosen_exits_comparison(study, chosen, 0.002, n_boot=20, learned=learned, learn_on="lfw")
     tidy = out.tidy.set_index(["quality_model", "dataset", "method"])["pauc"]
-    # every cell from first principles: cosine of embeddings, min-paired values, metrics.edc
+    # every cell from first principles: cosine of embeddings, min-paired values, edc
     bench = study.benchmark("lfw")
     a, b = bench.comparisons["a"].to_numpy(), bench.comparisons["b"].to_numpy()
     emb = np.asarray(study.embeddings("lfw", "arcface"), dtype=np.float64)
@@ -134,8 +143,8 @@ def test_chosen_exits_table_and_comparison(study):
 
     def direct(values: np.ndarray) -> float:
         v = np.asarray(values, dtype=np.float32)
-        curve = metrics.edc(sim, bench.comparisons["mated"].to_numpy(bool), np.minimum(v[a], v[b]), 0.002, cfg.convention)
-        return metrics.pauc(curve, cfg.discard_limit) * cfg.pauc_scale
+        curve = edc(sim, bench.comparisons["mated"].to_numpy(bool), np.minimum(v[a], v[b]), 0.002, cfg.convention)
+        return pauc(curve, cfg.discard_limit) * cfg.pauc_scale
 
     exits = chosen.choices[("T", "lfw")].chosen
     for m, values in ((DC_NAME, chosen_mean(scores, exits)), ("EX-FIQA-FW", scores @ depth_weights(12)),
@@ -154,8 +163,8 @@ def test_chosen_exits_tables_are_byte_identical_on_a_rerun(tiny_config):
     def run() -> list[bytes]:
         cfg = load_config(tiny_config).with_(seed=5)
         fresh = Study(cfg.select(fr_models=["arcface"], quality_models=["C"]), progress=False)
-        chosen = analysis.chosen_exits(fresh, "arcface", calibrate_on=["cfp_fp", "adience"])
-        out = analysis.chosen_exits_comparison(fresh, chosen, 0.001, 30, {"C": np.full(12, 1 / 12)}, "lfw")
+        chosen = chosen_exits(fresh, "arcface", calibrate_on=["cfp_fp", "adience"])
+        out = chosen_exits_comparison(fresh, chosen, 0.001, 30, {"C": np.full(12, 1 / 12)}, "lfw")
         assert "CFP-FP-like" not in set(out.wide.columns) and len(chosen.selection) == 3
         return [f.to_csv(index=False).encode() for f in (chosen.selection, out.wide, out.bootstrap)]
 

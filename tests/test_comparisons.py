@@ -9,11 +9,12 @@ import oracles as O
 import pytest
 
 from exfiqa.evaluation import bootstrap as B
-from exfiqa.evaluation import metrics as M
 from exfiqa.evaluation import pairs as C
 from exfiqa.evaluation import scores as SC
+from exfiqa.evaluation.edc import edc_curves, edc_many
 from exfiqa.evaluation.rules import level_starts
 from exfiqa.evaluation.scores import ArrayOrder, Comparisons
+from exfiqa.evaluation.verification import eer, fnmr_at_fmr, verification_accuracy
 from exfiqa.readers import benchmark
 from exfiqa.readers import folders as ds
 
@@ -145,8 +146,8 @@ def test_pair_list_curves_identical_to_materialised(seed, convention):
     v = rng.integers(0, 40, n_sides).astype(np.float32)
     pl = C.PairList(a, b, mated, n_sides)
     scores = pl.scores(f, 0.5)
-    ref = M.edc_many(scores.sim, mated, O.pair_qualities(pl, v), TARGETS, convention)
-    assert_same_curves(M.edc_curves(scores, pl.order(v), TARGETS, convention), ref)
+    ref = edc_many(scores.sim, mated, O.pair_qualities(pl, v), TARGETS, convention)
+    assert_same_curves(edc_curves(scores, pl.order(v), TARGETS, convention), ref)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -166,8 +167,8 @@ def test_pair_list_rules_identical_to_materialised(seed, convention, rules, monk
         v = -np.asarray(f.sum(1), np.float32)
     pl = C.PairList(a, b, mated, n_sides)
     scores = pl.scores(f)
-    ref = M.edc_many(scores.sim, mated, O.pair_qualities(pl, v), TARGETS, convention, **rules)
-    assert_same_curves(M.edc_curves(scores, pl.order(v), TARGETS, convention, **rules), ref)
+    ref = edc_many(scores.sim, mated, O.pair_qualities(pl, v), TARGETS, convention, **rules)
+    assert_same_curves(edc_curves(scores, pl.order(v), TARGETS, convention, **rules), ref)
 
 
 def test_orders_count_each_pair_quality():
@@ -291,8 +292,8 @@ def test_all_pairs_curves_identical_to_materialised(seed, convention, monkeypatc
     if seed == 5:  # high quality where non-mated scores are low: candidates run out
         v = -np.asarray(f.sum(1), np.float32)
     scores = ap.scores(f, 0.5, initial_m=1)
-    ref = M.edc_many(sim, mated, np.minimum(v[a], v[b]), TARGETS, convention)
-    assert_same_curves(M.edc_curves(scores, ap.order(v), TARGETS, convention), ref)
+    ref = edc_many(sim, mated, np.minimum(v[a], v[b]), TARGETS, convention)
+    assert_same_curves(edc_curves(scores, ap.order(v), TARGETS, convention), ref)
 
 
 @pytest.mark.parametrize("seed", range(2))
@@ -308,8 +309,8 @@ def test_all_pairs_rules_identical_to_materialised(seed, convention, rules, monk
     a, b, mated = ap.materialise()
     sim = ap.similarity(f)
     v = rng.integers(0, 5, groups.size).astype(np.float32) if seed else -np.asarray(f.sum(1), np.float32)
-    ref = M.edc_many(sim, mated, np.minimum(v[a], v[b]), TARGETS, convention, **rules)
-    assert_same_curves(M.edc_curves(ap.scores(f, initial_m=1), ap.order(v), TARGETS, convention, **rules), ref)
+    ref = edc_many(sim, mated, np.minimum(v[a], v[b]), TARGETS, convention, **rules)
+    assert_same_curves(edc_curves(ap.scores(f, initial_m=1), ap.order(v), TARGETS, convention, **rules), ref)
 
 
 @pytest.mark.parametrize("convention", ["fixed", "recompute"])
@@ -344,11 +345,11 @@ def test_all_pairs_sanity_equals_the_materialised_metrics(seed, bits):
     sim = ap.similarity(f, 0.5)
     n_folds = min(10, sim.size)
     got = C.all_pairs_sanity(ap.scores(f, 0.5), (0.01, 0.1), n_folds=n_folds, bits=bits)
-    acc = M.verification_accuracy(sim, mated, n_folds)
+    acc = verification_accuracy(sim, mated, n_folds)
     np.testing.assert_array_equal(got["folds"], acc.folds)
     assert got["accuracy_10fold"] == acc.mean
-    assert got["eer"] == M.eer(sim[~mated], sim[mated])
-    np.testing.assert_array_equal(got["fnmr"], M.fnmr_at_fmr(sim[~mated], sim[mated], (0.01, 0.1)))
+    assert got["eer"] == eer(sim[~mated], sim[mated])
+    np.testing.assert_array_equal(got["fnmr"], fnmr_at_fmr(sim[~mated], sim[mated], (0.01, 0.1)))
 
 
 def test_release_pages_keeps_a_mapped_array_readable(tmp_path):

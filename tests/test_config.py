@@ -240,7 +240,7 @@ def test_config_module_does_not_import_torch():
 
 def test_discard_limit_stops_at_the_last_level_of_its_convention(tmp_path):
     from exfiqa.config import max_discard_limit
-    from exfiqa.evaluation.metrics import RECOMPUTE_DISCARD_FRACTIONS
+    from exfiqa.evaluation.rules import RECOMPUTE_DISCARD_FRACTIONS
 
     assert max_discard_limit("recompute") == RECOMPUTE_DISCARD_FRACTIONS[-1] == 0.95
     assert max_discard_limit("fixed") == 1.0

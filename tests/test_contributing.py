@@ -7,7 +7,7 @@ model ``arcface`` and quality model ``T``; ``IMAGES``/``PAIRS`` for the reader);
 ``file=NAME.py`` is not executed but written as that module into a folder put on ``sys.path`` and
 ``PYTHONPATH``. The checks then compare what the recipe built with an independent computation: the
 quality method's scores and pAUC recomputed here from the images and the comparisons
-(``exfiqa.evaluation.metrics.edc`` on materialised pairs, not the Study's bounded path), the reader's samples
+(``exfiqa.evaluation.edc.edc`` on materialised pairs, not the Study's bounded path), the reader's samples
 with the XQLFW reader's on the same files and its pAUC likewise, the FR model's embeddings with the
 torch network run here.
 """
@@ -31,7 +31,8 @@ import torch
 import yaml
 
 from exfiqa.config import ConfigError, load_config
-from exfiqa.evaluation.metrics import edc, pauc
+from exfiqa.evaluation.edc import edc
+from exfiqa.evaluation.pauc import pauc
 from exfiqa.extract import Models
 from exfiqa.readers import READERS, DatasetFormatError, read_xqlfw, reader_source
 from exfiqa.store.arrays import ArrayError
@@ -135,7 +136,7 @@ def _pair_min(q: np.ndarray, comp: pd.DataFrame) -> np.ndarray:
 
 
 def _direct_pauc(study: Any, dataset: str, fr: str, pair_quality: np.ndarray) -> dict[float, float]:
-    """pAUC at each FMR target from materialised comparisons (exfiqa.evaluation.metrics.edc), raw area."""
+    """pAUC at each FMR target from materialised comparisons (exfiqa.evaluation.edc.edc), raw area."""
     comp = study.benchmark(dataset).comparisons
     emb = study.embeddings(dataset, fr).astype(np.float64)
     sim = (emb[comp["a"].to_numpy()] * emb[comp["b"].to_numpy()]).sum(axis=1) / 2  # cosine of the halves
@@ -278,7 +279,7 @@ def test_benchmark_reader_recipe(reader_run: tuple[dict[str, Any], Path], pairs_
     emb = study.embeddings("mine", "arcface")
     direct = Models(study.config).fr_model("arcface").embed(np.stack([bench.image(i) for i in range(len(bench))]))
     np.testing.assert_allclose(emb, direct, atol=1e-5)
-    # and the pAUC is that of materialised pairs through exfiqa.evaluation.metrics.edc / pauc
+    # and the pAUC is that of materialised pairs through exfiqa.evaluation.edc.edc / pauc
     frame = ns["paucs"]
     assert set(frame["dataset"]) == {"Mine"} and len(frame) == len(study.config.fmr_targets)
     fw = study.sample_scores("mine", "T", "EX-FIQA-FW")

@@ -17,7 +17,9 @@ from scipy.stats import spearmanr
 from exfiqa.config import load_config
 from exfiqa.demo import DemoSpec, build_demo, ensure_demo
 from exfiqa.demo.world import DemoFolderError
-from exfiqa.evaluation.metrics import edc, pauc, verification_accuracy
+from exfiqa.evaluation.edc import edc
+from exfiqa.evaluation.pauc import pauc
+from exfiqa.evaluation.verification import verification_accuracy
 from exfiqa.extract import extract
 from exfiqa.study import Study
 

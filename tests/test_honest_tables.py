@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from exfiqa.models.vitfiqa import build_vitfiqa
-from exfiqa.report import analysis, plots
+from exfiqa.report import plots
+from exfiqa.report.attention import attention_contrast, attention_statistics
+from exfiqa.report.early_exit import _timed, measure_latency
 
 
 def _near_uniform(g: int, eps: float, seed: int = 0) -> np.ndarray:
@@ -26,13 +28,13 @@ def test_attention_contrast_flags_practically_uniform_maps():
     peaked = np.exp(-((np.arange(g)[:, None] - 3) ** 2 + (np.arange(g)[None, :] - 3) ** 2) / 2.0)
     peaked /= peaked.sum()
     maps = np.stack([uniform, point, near, peaked])[None]  # (1 image, 4 exits, g, g)
-    stats = analysis.attention_statistics(maps)
+    stats = attention_statistics(maps)
     ent_near = -(near * np.log(near)).sum()
     assert 3.88 < ent_near < np.log(49)
     assert stats["normalised_entropy"].tolist() == pytest.approx([1.0, 0.0, ent_near / np.log(49), stats["entropy_mean"][3] / np.log(49)])
     assert stats["low_contrast"].tolist() == [True, False, True, False]
     assert stats["max_min_ratio"][0] == pytest.approx(1.0) and stats["max_min_ratio"][2] == pytest.approx(near.max() / near.min())
-    assert analysis.attention_contrast(maps)[0].tolist() == pytest.approx(stats["normalised_entropy"].tolist())
+    assert attention_contrast(maps)[0].tolist() == pytest.approx(stats["normalised_entropy"].tolist())
 
 
 def _panel_arrays(fig) -> list[tuple[np.ndarray, float, float, list[str]]]:
@@ -77,23 +79,23 @@ def test_every_latency_row_is_timed_the_same_way(monkeypatch):
         return original(x, exits, *a, **k)
 
     monkeypatch.setattr(model, "forward_exits", counting)
-    lat = analysis.measure_latency(model, batch_size=2, repeats=4)
+    lat = measure_latency(model, batch_size=2, repeats=4)
     assert calls["all"] == 1 + 4  # the one-pass row: a warm-up and 4 timed runs, as every exit row
     assert list(lat["exit"]) == [1, 2, 3, "all (one pass)"]
     assert (lat["repeats"] == 4).all()
     for r in lat.itertuples():
         assert 0 < r.ms_min <= r.ms_q25 <= r.ms_per_image <= r.ms_q75 <= r.ms_max
     with pytest.raises(ValueError, match="parameter repeats"):
-        analysis.measure_latency(model, repeats=0)
+        measure_latency(model, repeats=0)
 
 
 def test_timings_synchronise_the_device(monkeypatch):
     events = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: events.append("sync"))
-    times = analysis._timed(lambda: events.append("run"), 3, cuda=True)
+    times = _timed(lambda: events.append("run"), 3, cuda=True)
     assert len(times) == 3 and events == ["sync", "run", "sync"] * 3
     events.clear()
-    analysis._timed(lambda: events.append("run"), 2, cuda=False)
+    _timed(lambda: events.append("run"), 2, cuda=False)
     assert events == ["run", "run"]
 
 

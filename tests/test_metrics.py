@@ -1,4 +1,4 @@
-"""Tests for exfiqa.evaluation.metrics: hand-computed cases, brute-force twins, invariants, bad input."""
+"""Tests for the metrics of exfiqa.evaluation (rules, verification, edc, pauc, quality): hand-computed cases, brute-force twins, invariants, bad input."""
 
 from __future__ import annotations
 
@@ -6,9 +6,19 @@ import numpy as np
 import oracles as O
 import pytest
 
-from exfiqa.evaluation import metrics as M
 from exfiqa.evaluation import scores as SC
-from exfiqa.evaluation.metrics import Convention, EDCCurve
+from exfiqa.evaluation.edc import EDCCurve, edc, edc_many
+from exfiqa.evaluation.pauc import pauc, pauc_meta
+from exfiqa.evaluation.quality import pair_quality, template_quality
+from exfiqa.evaluation.rules import Convention
+from exfiqa.evaluation.verification import (
+    eer,
+    error_rates,
+    fnmr_at_fmr,
+    roc,
+    threshold_at_fmr,
+    verification_accuracy,
+)
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -64,17 +74,17 @@ def synthetic(n=3000, mated_share=0.1, seed=0, decimals=None, mated_mean=0.6):
 
 
 def test_pair_quality_is_min_by_default():
-    np.testing.assert_array_equal(M.pair_quality([1.0, 5.0, 3.0], [2.0, 4.0, 3.0]), [1.0, 4.0, 3.0])
+    np.testing.assert_array_equal(pair_quality([1.0, 5.0, 3.0], [2.0, 4.0, 3.0]), [1.0, 4.0, 3.0])
     np.testing.assert_array_equal(
-        M.pair_quality([1.0, 5.0], [2.0, 4.0], reducer=np.maximum), [2.0, 5.0]
+        pair_quality([1.0, 5.0], [2.0, 4.0], reducer=np.maximum), [2.0, 5.0]
     )
 
 
 def test_template_quality_min_and_mean():
-    ids, q = M.template_quality([0.5, 0.2, 0.1, 0.7, 0.9], [3, 1, 3, 2, 1])
+    ids, q = template_quality([0.5, 0.2, 0.1, 0.7, 0.9], [3, 1, 3, 2, 1])
     np.testing.assert_array_equal(ids, [1, 2, 3])
     np.testing.assert_allclose(q, [0.2, 0.7, 0.1])
-    _, q_mean = M.template_quality([0.5, 0.2, 0.1, 0.7, 0.9], [3, 1, 3, 2, 1], reducer="mean")
+    _, q_mean = template_quality([0.5, 0.2, 0.1, 0.7, 0.9], [3, 1, 3, 2, 1], reducer="mean")
     np.testing.assert_allclose(q_mean, [0.55, 0.7, 0.3])
 
 
@@ -82,41 +92,41 @@ def test_pair_and_template_quality_of_several_measures():
     """(N, K) values: K measures at once (the pipeline's per-exit scores), each column as in 1-D."""
     rng = np.random.default_rng(0)
     qa, qb = rng.normal(size=(50, 3)).astype(np.float32), rng.normal(size=(50, 3)).astype(np.float32)
-    pq = M.pair_quality(qa, qb)
+    pq = pair_quality(qa, qb)
     assert pq.dtype == np.float32 and pq.shape == (50, 3)
     for k in range(3):
-        np.testing.assert_array_equal(pq[:, k], M.pair_quality(qa[:, k], qb[:, k]))
+        np.testing.assert_array_equal(pq[:, k], pair_quality(qa[:, k], qb[:, k]))
         np.testing.assert_array_equal(pq[:, k], [min(a, b) for a, b in zip(qa[:, k], qb[:, k], strict=True)])
     q = np.array([[0.5, 2.0], [0.1, 3.0], [0.7, 1.0], [0.9, 0.0]])  # templates 4, 2, 4, 2
-    ids, mins = M.template_quality(q, np.array([4, 2, 4, 2]))
+    ids, mins = template_quality(q, np.array([4, 2, 4, 2]))
     np.testing.assert_array_equal(ids, [2, 4])
     np.testing.assert_array_equal(mins, [[0.1, 0.0], [0.5, 1.0]])
-    _, means = M.template_quality(q, [4, 2, 4, 2], reducer="mean")
+    _, means = template_quality(q, [4, 2, 4, 2], reducer="mean")
     np.testing.assert_allclose(means, [[0.5, 1.5], [0.6, 1.5]])
     tids = rng.integers(0, 12, 200)
     v = rng.normal(size=(200, 4)).astype(np.float32)
-    ids, mins = M.template_quality(v, tids)
+    ids, mins = template_quality(v, tids)
     assert mins.dtype == np.float32
     np.testing.assert_array_equal(ids, np.unique(tids))
     np.testing.assert_array_equal(mins, np.stack([v[tids == t].min(axis=0) for t in ids]))
-    ids, mins = M.template_quality(np.zeros((0, 3), np.float32), np.zeros(0, np.int64))
+    ids, mins = template_quality(np.zeros((0, 3), np.float32), np.zeros(0, np.int64))
     assert ids.shape == (0,) and mins.shape == (0, 3)
-    assert M.pair_quality(np.zeros(0), np.zeros(0)).shape == (0,)
+    assert pair_quality(np.zeros(0), np.zeros(0)).shape == (0,)
 
 
 def test_quality_bad_input_names_the_parameter():
     with pytest.raises(ValueError, match="q_b: shape \\(2, 3\\) does not match q_a's shape \\(3, 2\\)"):
-        M.pair_quality(np.zeros((3, 2)), np.zeros((2, 3)))
+        pair_quality(np.zeros((3, 2)), np.zeros((2, 3)))
     with pytest.raises(ValueError, match="q_a: expected shape \\(N,\\) or \\(N, K\\)"):
-        M.pair_quality(np.zeros((2, 2, 2)), np.zeros((2, 2, 2)))
+        pair_quality(np.zeros((2, 2, 2)), np.zeros((2, 2, 2)))
     bad = np.zeros((5, 2))
     bad[3, 1] = np.inf
     with pytest.raises(ValueError, match="sample_quality: 1 non-finite value.*index \\(3, 1\\) \\(inf\\)"):
-        M.template_quality(bad, np.arange(5))
+        template_quality(bad, np.arange(5))
     with pytest.raises(ValueError, match="q_b: 1 non-finite value.*index 1 \\(nan\\)"):
-        M.pair_quality([1.0, 2.0], [1.0, np.nan])
+        pair_quality([1.0, 2.0], [1.0, np.nan])
     with pytest.raises(ValueError, match="sample_quality: expected real numbers"):
-        M.template_quality(np.array([True, False]), [1, 2])
+        template_quality(np.array([True, False]), [1, 2])
 
 
 # ----------------------------------------------------------------------------- thresholds, ROC
@@ -125,16 +135,16 @@ def test_quality_bad_input_names_the_parameter():
 def test_threshold_at_fmr_hand_cases():
     neg = np.arange(1, 11) / 10  # 0.1 .. 1.0
     # fmr 0.2 of 10 -> k = 2 accepted; the 3rd largest (0.8) must be rejected.
-    t = M.threshold_at_fmr(neg, 0.2)
+    t = threshold_at_fmr(neg, 0.2)
     assert t == np.nextafter(0.8, np.inf)
-    assert M.error_rates(neg, [0.5], t) == (0.2, 1.0)
+    assert error_rates(neg, [0.5], t) == (0.2, 1.0)
     # Ties: five at 0.1, five at 0.9. FMR 0.2 is not reachable: the best below it is 0.
     tied = np.array([0.1] * 5 + [0.9] * 5)
-    assert M.error_rates(tied, [0.5], M.threshold_at_fmr(tied, 0.2))[0] == 0.0
-    assert M.error_rates(tied, [0.5], M.threshold_at_fmr(tied, 0.5))[0] == 0.5
+    assert error_rates(tied, [0.5], threshold_at_fmr(tied, 0.2))[0] == 0.0
+    assert error_rates(tied, [0.5], threshold_at_fmr(tied, 0.5))[0] == 0.5
     # Decimal targets: 0.29 of 100 allows exactly 29 (0.29 * 100 is 28.999... in float64).
     hundred = np.arange(100.0)
-    assert M.error_rates(hundred, [0.0], M.threshold_at_fmr(hundred, 0.29))[0] == 0.29
+    assert error_rates(hundred, [0.0], threshold_at_fmr(hundred, 0.29))[0] == 0.29
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -142,18 +152,18 @@ def test_threshold_is_smallest_with_fmr_not_above_target(seed):
     rng = np.random.default_rng(seed)
     neg = np.round(rng.normal(size=int(rng.integers(5, 500))), 1)
     for fmr in (0.5, 0.1, 0.01, 1e-3):
-        t = M.threshold_at_fmr(neg, fmr)
-        assert M.error_rates(neg, [0.0], t)[0] <= fmr
+        t = threshold_at_fmr(neg, fmr)
+        assert error_rates(neg, [0.0], t)[0] <= fmr
         just_below = np.nextafter(t, -np.inf)  # = the (k+1)-th largest score: accepted again
-        assert M.error_rates(neg, [0.0], just_below)[0] > fmr
+        assert error_rates(neg, [0.0], just_below)[0] > fmr
 
 
 def test_boundary_thresholds_give_fmr_one_fnmr_zero_and_back():
     neg, pos = np.array([0.1, 0.3, 0.2]), np.array([0.5, 0.25, 0.9, 0.7])
-    assert M.error_rates(neg, pos, -1.0) == (1.0, 0.0)
-    assert M.error_rates(neg, pos, 0.1) == (1.0, 0.0)  # threshold at the lowest score
-    assert M.error_rates(neg, pos, 2.0) == (0.0, 1.0)
-    fmr, fnmr, thr = M.roc(neg, pos)
+    assert error_rates(neg, pos, -1.0) == (1.0, 0.0)
+    assert error_rates(neg, pos, 0.1) == (1.0, 0.0)  # threshold at the lowest score
+    assert error_rates(neg, pos, 2.0) == (0.0, 1.0)
+    fmr, fnmr, thr = roc(neg, pos)
     assert (fmr[0], fnmr[0], thr[0]) == (1.0, 0.0, 0.1)
     assert (fmr[-1], fnmr[-1], thr[-1]) == (0.0, 1.0, np.inf)
     assert np.all(np.diff(fmr) <= 0) and np.all(np.diff(fnmr) >= 0)
@@ -162,18 +172,18 @@ def test_boundary_thresholds_give_fmr_one_fnmr_zero_and_back():
 def test_fnmr_at_fmr_matches_best_roc_point():
     s, y, _ = synthetic(2000, 0.3, seed=3, decimals=2)
     neg, pos = s[~y], s[y]
-    fmr, fnmr, _ = M.roc(neg, pos)
+    fmr, fnmr, _ = roc(neg, pos)
     targets = (0.1, 0.01, 0.002)
-    got = M.fnmr_at_fmr(neg, pos, targets)
+    got = fnmr_at_fmr(neg, pos, targets)
     want = [fnmr[fmr <= t].min() for t in targets]
     np.testing.assert_allclose(got, want)
-    assert M.fnmr_at_fmr(neg, pos, 0.01) == pytest.approx(want[1])
+    assert fnmr_at_fmr(neg, pos, 0.01) == pytest.approx(want[1])
 
 
 def test_eer_hand_case():
     # At threshold 0.4: FMR = 1/4 (0.4 accepted), FNMR = 1/4 (0.35 rejected).
-    assert M.eer([0.1, 0.2, 0.3, 0.4], [0.35, 0.5, 0.6, 0.7]) == 0.25
-    assert M.eer([0.1, 0.2], [0.3, 0.4]) == 0.0
+    assert eer([0.1, 0.2, 0.3, 0.4], [0.35, 0.5, 0.6, 0.7]) == 0.25
+    assert eer([0.1, 0.2], [0.3, 0.4]) == 0.0
 
 
 # scikit-learn as a second implementation of the ROC. Conventions: the positive class is "mated"
@@ -197,7 +207,7 @@ def test_roc_eer_and_auc_agree_with_scikit_learn(case):
 
     s, y = sklearn_case(case)
     n_nm, n_m = int((~y).sum()), int(y.sum())
-    fmr, fnmr, thr = M.roc(s[~y], s[y])
+    fmr, fnmr, thr = roc(s[~y], s[y])
     fpr, tpr, sk_thr = roc_curve(y, s, drop_intermediate=False)
     np.testing.assert_array_equal(thr, sk_thr[::-1].astype(np.float64))
     np.testing.assert_array_equal(np.rint(fmr * n_nm), np.rint(fpr[::-1] * n_nm))  # counts: exact
@@ -206,12 +216,12 @@ def test_roc_eer_and_auc_agree_with_scikit_learn(case):
     # EER from sklearn's points: (FMR + FNMR) / 2 at the first (ascending threshold) minimum of |FMR - FNMR|
     fm, fnm = np.rint(fpr[::-1] * n_nm) / n_nm, (n_m - np.rint(tpr[::-1] * n_m)) / n_m
     i = int(np.argmin(np.abs(fm - fnm)))
-    assert M.eer(s[~y], s[y]) == pytest.approx((fm[i] + fnm[i]) / 2, abs=1e-12)
+    assert eer(s[~y], s[y]) == pytest.approx((fm[i] + fnm[i]) / 2, abs=1e-12)
     # verification AUC: the trapezoid under exfiqa's ROC (tied scores: a diagonal step) = roc_auc_score
     auc = float(np.sum((fmr[:-1] - fmr[1:]) * ((1 - fnmr[:-1]) + (1 - fnmr[1:])) / 2))
     assert auc == pytest.approx(roc_auc_score(y, s), rel=1e-12, abs=1e-12)
     if case == "all tied":
-        assert (auc, M.eer(s[~y], s[y])) == (0.5, 0.5)
+        assert (auc, eer(s[~y], s[y])) == (0.5, 0.5)
 
 
 def f32_at_threshold():
@@ -227,13 +237,13 @@ def test_float32_scores_equal_to_the_threshold_statistic_are_rejected():
     neg, pos, s, up = f32_at_threshold()
     # FMR 0.5 of 10 allows k = 5 accepted; the 6th largest (s) must be rejected: FMR = 5/10 with
     # `up` accepted; a mated score at s is a false non-match, one at `up` is not.
-    t = M.threshold_at_fmr(neg, 0.5)
+    t = threshold_at_fmr(neg, 0.5)
     assert t == np.nextafter(np.float64(s), np.inf) and np.float32(t) == s  # the trap: t rounds to s
-    assert M.error_rates(neg, pos, t) == (0.5, 3 / 5)
-    assert M.error_rates(neg, pos, t) == M.error_rates(neg.astype(np.float64), pos.astype(np.float64), t)
-    assert M.fnmr_at_fmr(neg, pos, 0.5) == 3 / 5
-    assert M.error_rates(neg, pos, float(up)) == (0.5, 3 / 5)  # a float32 threshold itself is exact
-    assert M.error_rates(neg, pos, float(s)) == (0.7, 1 / 5)
+    assert error_rates(neg, pos, t) == (0.5, 3 / 5)
+    assert error_rates(neg, pos, t) == error_rates(neg.astype(np.float64), pos.astype(np.float64), t)
+    assert fnmr_at_fmr(neg, pos, 0.5) == 3 / 5
+    assert error_rates(neg, pos, float(up)) == (0.5, 3 / 5)  # a float32 threshold itself is exact
+    assert error_rates(neg, pos, float(s)) == (0.7, 1 / 5)
 
 
 @pytest.mark.parametrize("convention", ["fixed", "recompute"])
@@ -242,8 +252,8 @@ def test_float32_curves_equal_float64_curves(convention):
     s32 = np.r_[neg, pos]
     y = np.r_[np.zeros(neg.size, bool), np.ones(pos.size, bool)]
     q = np.arange(s32.size, dtype=np.float32) % 4
-    a = M.edc(s32, y, q, 0.5, convention)
-    b = M.edc(s32.astype(np.float64), y, q.astype(np.float64), 0.5, convention)
+    a = edc(s32, y, q, 0.5, convention)
+    b = edc(s32.astype(np.float64), y, q.astype(np.float64), 0.5, convention)
     np.testing.assert_array_equal(a.fnmr, b.fnmr)
     np.testing.assert_array_equal(a.thresholds, b.thresholds)
     assert a.fnmr[0] == 3 / 5
@@ -256,13 +266,13 @@ def test_verification_accuracy_float32_adjacent_scores():
     nx = np.nextafter(x, np.float32(1))
     s = np.array([0.1, x, nx, 0.9, 0.2, x, nx, 0.95], dtype=np.float32)
     y = np.array([0, 0, 1, 1, 0, 0, 1, 1], bool)
-    a = M.verification_accuracy(s, y, n_folds=2)
-    b = M.verification_accuracy(s.astype(np.float64), y, n_folds=2)
+    a = verification_accuracy(s, y, n_folds=2)
+    b = verification_accuracy(s.astype(np.float64), y, n_folds=2)
     np.testing.assert_array_equal(a.folds, b.folds)
     assert a.mean == 1.0
     top = np.array([0.2, 0.3, x, 0.1, 0.2, x], dtype=np.float32)  # all non-mated: cut at inf
     np.testing.assert_array_equal(
-        M.verification_accuracy(top, np.zeros(6, bool), 2).folds, [1.0, 1.0]
+        verification_accuracy(top, np.zeros(6, bool), 2).folds, [1.0, 1.0]
     )
 
 
@@ -285,7 +295,7 @@ def brute_accuracy(s, y, n_folds):
 @pytest.mark.parametrize("seed", range(4))
 def test_verification_accuracy_matches_brute_force(seed):
     s, y, _ = synthetic(700, 0.4, seed=seed, decimals=2 if seed % 2 else None, mated_mean=0.25)
-    got = M.verification_accuracy(s.astype(np.float32), y, 7)
+    got = verification_accuracy(s.astype(np.float32), y, 7)
     np.testing.assert_array_equal(got.folds, brute_accuracy(s.astype(np.float32), y, 7))
 
 
@@ -295,10 +305,10 @@ def test_verification_accuracy_hand_case():
     # Fold 1 (pairs 0-3), trained on 4-7: best cut accepts >= 0.65 -> threshold 0.625 -> 4/4.
     # Fold 2 (pairs 4-7), trained on 0-3: best cut accepts >= 0.8 -> threshold 0.5; the non-mated
     # 0.6 is accepted -> 3/4.
-    res = M.verification_accuracy(s, y, n_folds=2)
+    res = verification_accuracy(s, y, n_folds=2)
     np.testing.assert_allclose(res.folds, [1.0, 0.75])
     assert res.mean == pytest.approx(0.875) and res.std == pytest.approx(0.125)
-    sep = M.verification_accuracy(
+    sep = verification_accuracy(
         np.r_[np.ones(50), np.zeros(50)], np.r_[np.ones(50), np.zeros(50)]
     )
     assert sep.mean == 1.0 and sep.std == 0.0
@@ -322,7 +332,7 @@ def hand_fixed_input():
 
 
 def test_fixed_hand_case():
-    c = M.edc(*hand_fixed_input(), target=0.1, convention="fixed")
+    c = edc(*hand_fixed_input(), target=0.1, convention="fixed")
     # Quality order m1 | m2 | m3 m4 (tie, discarded together) | m5 | m6 | m7 | m8.
     # Discarded counts 0, 1, 2, 4, 5, 6, 7 of 8 mated; remaining false non-matches 3,2,2,1,1,0,0
     # over 8,7,6,4,3,2,1 remaining.
@@ -332,26 +342,26 @@ def test_fixed_hand_case():
     assert c.convention is Convention.FIXED and c.n_mated == 8 and c.n_nonmated == 10
     # Stepwise area to 0.3: 3/8 on [0, 1/8), 2/7 on [1/8, 2/8), 1/3 on [2/8, 0.3).
     want = 3 / 8 * 1 / 8 + 2 / 7 * 1 / 8 + 1 / 3 * 0.05
-    assert M.pauc(c, 0.3) == pytest.approx(want)
+    assert pauc(c, 0.3) == pytest.approx(want)
     # Stepwise best curve (3 - i) / (8 - i) on the grid i/8: 3/8, 2/7, then 1/6 on [2/8, 0.3).
     best = 3 / 8 * 1 / 8 + 2 / 7 * 1 / 8 + 1 / 6 * 0.05
-    assert M.pauc(c, 0.3, subtract_best="stepwise") == pytest.approx(want - best)
+    assert pauc(c, 0.3, subtract_best="stepwise") == pytest.approx(want - best)
     # Schlett's triangle under max(0, 3/8 - f) to 0.3: (3/8)^2 / 2 - (3/8 - 0.3)^2 / 2 = 0.0675;
     # True means the reference's triangle.
-    assert M.pauc(c, 0.3, subtract_best="triangle") == pytest.approx(want - 0.0675)
-    assert M.pauc(c, 0.3, subtract_best=True) == M.pauc(c, 0.3, subtract_best="triangle")
+    assert pauc(c, 0.3, subtract_best="triangle") == pytest.approx(want - 0.0675)
+    assert pauc(c, 0.3, subtract_best=True) == pauc(c, 0.3, subtract_best="triangle")
     # Past the triangle's end (limit 0.5 > e0): the whole triangle, (3/8)^2 / 2.
-    assert M.pauc(c, 0.5, subtract_best="triangle") == pytest.approx(M.pauc(c, 0.5) - 9 / 128)
+    assert pauc(c, 0.5, subtract_best="triangle") == pytest.approx(pauc(c, 0.5) - 9 / 128)
     # Beyond the last point the last step holds: limit 1 adds 0 * (1 - 7/8).
-    assert M.pauc(c, 1.0) == pytest.approx(3 / 64 + 2 / 56 + 2 / 6 * 2 / 8 + 1 / 4 / 8 + 1 / 3 / 8)
+    assert pauc(c, 1.0) == pytest.approx(3 / 64 + 2 / 56 + 2 / 6 * 2 / 8 + 1 / 4 / 8 + 1 / 3 / 8)
 
 
 def test_fixed_ties_discarded_together():
     s, y, q = hand_fixed_input()
     q_untied = q.copy()
     q_untied[12] = 2.5  # m3 (0.40) now strictly before m4: an extra point at 3/8
-    c_tied = M.edc(s, y, q, 0.1, "fixed")
-    c_untied = M.edc(s, y, q_untied, 0.1, "fixed")
+    c_tied = edc(s, y, q, 0.1, "fixed")
+    c_untied = edc(s, y, q_untied, 0.1, "fixed")
     assert 3 / 8 not in c_tied.discard_fraction
     i = list(c_untied.discard_fraction).index(3 / 8)
     assert c_untied.fnmr[i] == pytest.approx(1 / 5)
@@ -359,27 +369,27 @@ def test_fixed_ties_discarded_together():
 
 def test_fixed_perfect_quality_is_theoretical_best():
     s, y, _ = synthetic(4000, 0.2, seed=1)
-    c = M.edc(s, y, s, target=0.01, convention="fixed")  # quality = similarity: false non-matches go first
+    c = edc(s, y, s, target=0.01, convention="fixed")  # quality = similarity: false non-matches go first
     e0, f = c.fnmr[0], c.discard_fraction
     np.testing.assert_allclose(c.fnmr, np.maximum(0, e0 - f) / (1 - f), atol=1e-12)
-    assert M.pauc(c, 0.3, subtract_best="stepwise") == pytest.approx(0.0, abs=1e-12)
+    assert pauc(c, 0.3, subtract_best="stepwise") == pytest.approx(0.0, abs=1e-12)
     # the triangle lies below the true best curve: a positive remainder, smaller than the plain area
-    assert 0 < M.pauc(c, 0.3, subtract_best="triangle") < M.pauc(c, 0.3)
+    assert 0 < pauc(c, 0.3, subtract_best="triangle") < pauc(c, 0.3)
 
 
 def test_subtract_best_never_negative():
     s, y, q = synthetic(3000, 0.2, seed=2, decimals=1)
     for fmr in (0.1, 0.01):
-        c = M.edc(s, y, q, fmr, "fixed")
-        assert M.pauc(c, 0.3, subtract_best="stepwise") >= -1e-15
-        assert M.pauc(c, 0.3, subtract_best="triangle") >= M.pauc(c, 0.3, subtract_best="stepwise")
+        c = edc(s, y, q, fmr, "fixed")
+        assert pauc(c, 0.3, subtract_best="stepwise") >= -1e-15
+        assert pauc(c, 0.3, subtract_best="triangle") >= pauc(c, 0.3, subtract_best="stepwise")
 
 
 def test_fixed_constant_quality_is_flat():
     s, y, _ = synthetic(2000, 0.2, seed=4)
-    c = M.edc(s, y, np.full(s.size, 0.5), target=0.01, convention="fixed")
+    c = edc(s, y, np.full(s.size, 0.5), target=0.01, convention="fixed")
     np.testing.assert_array_equal(c.discard_fraction, [0.0])
-    assert M.pauc(c, 0.3) == pytest.approx(c.fnmr[0] * 0.3)
+    assert pauc(c, 0.3) == pytest.approx(c.fnmr[0] * 0.3)
 
 
 @pytest.mark.parametrize("convention", ["fixed", "recompute"])
@@ -388,7 +398,7 @@ def test_inverted_quality_worse_than_random(convention):
     rng = np.random.default_rng(0)
 
     def area(quality):
-        return M.pauc(M.edc(s, y, quality, 0.01, convention), 0.3)
+        return pauc(edc(s, y, quality, 0.01, convention), 0.3)
 
     random_mean = np.mean([area(rng.permutation(q)) for _ in range(5)])
     assert area(-q) > random_mean > area(q)
@@ -398,9 +408,9 @@ def test_inverted_quality_worse_than_random(convention):
 def test_edc_invariant_to_monotone_quality_transform(convention):
     s, y, q = synthetic(3000, 0.1, seed=6, decimals=1)  # decimals: many ties
     for fmr in (0.05, 0.005):
-        a = M.edc(s, y, q, fmr, convention)
+        a = edc(s, y, q, fmr, convention)
         for transformed in (np.exp(2 * q), 3 * q - 7, np.arctan(q)):
-            b = M.edc(s, y, transformed, fmr, convention)
+            b = edc(s, y, transformed, fmr, convention)
             np.testing.assert_array_equal(a.discard_fraction, b.discard_fraction)
             np.testing.assert_array_equal(a.fnmr, b.fnmr)
 
@@ -413,7 +423,7 @@ def test_fixed_matches_brute_force(seed):
     if y.all() or not y.any():
         pytest.skip("degenerate draw")
     for fmr in (0.3, 0.02, 1e-3):
-        c = M.edc(s, y, q, fmr, "fixed")
+        c = edc(s, y, q, fmr, "fixed")
         frac, fnmr = brute_fixed(s, y, q, fmr)
         np.testing.assert_allclose(c.discard_fraction, frac)
         np.testing.assert_allclose(c.fnmr, fnmr)
@@ -436,7 +446,7 @@ def hand_recompute_input():
 
 def test_recompute_hand_case():
     s, y, q = hand_recompute_input()
-    c = M.edc(s, y, q, target=0.1, convention="recompute")
+    c = edc(s, y, q, target=0.1, convention="recompute")
     # level (discarded)        non-mated left  k  threshold stat  mated left      FNMR
     # 0                        15              1  0.85            .3 .5 .7 .95 .4  4/5
     # 1 (-nm .90)              14              1  0.60            5 mated          3/5
@@ -452,9 +462,9 @@ def test_recompute_hand_case():
     )
     np.testing.assert_allclose(c.discard_fraction, np.arange(20) * 0.05)
     # Trapezoid to 0.3: 0.05 * (0.7 + 0.55 + 0.5 + 0.5 + 5/12 + 1/3) = 0.15.
-    assert M.pauc(c, 0.3) == pytest.approx(0.15)
+    assert pauc(c, 0.3) == pytest.approx(0.15)
     # Limit 0.225 between grid points: interpolated FNMR (0.5 + 1/3) / 2 at 0.225.
-    assert M.pauc(c, 0.225) == pytest.approx(0.05 * 2.25 + 0.025 * (0.5 + 5 / 12) / 2)
+    assert pauc(c, 0.225) == pytest.approx(0.05 * 2.25 + 0.025 * (0.5 + 5 / 12) / 2)
 
 
 def test_recompute_ties_broken_by_position_and_nan_when_nothing_left():
@@ -462,12 +472,12 @@ def test_recompute_ties_broken_by_position_and_nan_when_nothing_left():
     # (index 0); level 2 has no mated comparison left.
     s = np.r_[0.1, 0.9, np.linspace(0.0, 0.5, 18)]
     y = np.r_[True, True, np.zeros(18, bool)]
-    c = M.edc(s, y, np.zeros(20), target=0.1, convention="recompute")
+    c = edc(s, y, np.zeros(20), target=0.1, convention="recompute")
     assert c.fnmr[0] == 0.5 and c.fnmr[1] == 0.0
     assert np.isnan(c.fnmr[2:]).all()
-    assert M.pauc(c, 0.05) == pytest.approx(0.05 * 0.25)
+    assert pauc(c, 0.05) == pytest.approx(0.05 * 0.25)
     with pytest.raises(ValueError, match="NaN"):
-        M.pauc(c, 0.3)
+        pauc(c, 0.3)
 
 
 @pytest.mark.parametrize("seed", range(15))
@@ -479,7 +489,7 @@ def test_recompute_matches_brute_force(seed):
     q = np.round(q, int(rng.integers(0, 3)))  # heavy ties at level boundaries
     for fmr in (0.3, 0.05, 1e-3):
         np.testing.assert_allclose(
-            M.edc(s, y, q, fmr, "recompute").fnmr, brute_recompute(s, y, q, fmr), equal_nan=True
+            edc(s, y, q, fmr, "recompute").fnmr, brute_recompute(s, y, q, fmr), equal_nan=True
         )
 
 
@@ -494,7 +504,7 @@ def test_recompute_candidate_growth(monkeypatch):
     q = np.where(y, rng.normal(size=n), -s + 0.01 * rng.normal(size=n))
     for fmr in (0.1, 0.01):
         np.testing.assert_allclose(
-            M.edc(s, y, q, fmr, "recompute").fnmr, brute_recompute(s, y, q, fmr), equal_nan=True
+            edc(s, y, q, fmr, "recompute").fnmr, brute_recompute(s, y, q, fmr), equal_nan=True
         )
 
 
@@ -502,7 +512,7 @@ def test_recompute_float32_scores():
     s, y, q = synthetic(3000, 0.2, seed=8)
     s32, q32 = s.astype(np.float32), q.astype(np.float32)
     np.testing.assert_allclose(
-        M.edc(s32, y, q32, 0.01, "recompute").fnmr, brute_recompute(s32, y, q32, 0.01)
+        edc(s32, y, q32, 0.01, "recompute").fnmr, brute_recompute(s32, y, q32, 0.01)
     )
 
 
@@ -512,9 +522,9 @@ def test_recompute_float32_scores():
 def test_conventions_agree_at_zero_discard():
     s, y, q = synthetic(3000, 0.2, seed=9)
     for fmr in (0.1, 0.01, 1e-3):
-        plain = M.fnmr_at_fmr(s[~y], s[y], fmr)
-        assert M.edc(s, y, q, fmr, "fixed").fnmr[0] == pytest.approx(plain)
-        assert M.edc(s, y, q, fmr, "recompute").fnmr[0] == pytest.approx(plain)
+        plain = fnmr_at_fmr(s[~y], s[y], fmr)
+        assert edc(s, y, q, fmr, "fixed").fnmr[0] == pytest.approx(plain)
+        assert edc(s, y, q, fmr, "recompute").fnmr[0] == pytest.approx(plain)
 
 
 def test_conventions_agree_when_only_mated_are_discarded():
@@ -525,8 +535,8 @@ def test_conventions_agree_when_only_mated_are_discarded():
     y = np.r_[np.ones(16, bool), np.zeros(24, bool)]
     s = np.where(y, rng.normal(0.5, 0.2, 40), rng.normal(0.1, 0.2, 40))
     q = np.r_[rng.permutation(16), 100 + np.arange(24)].astype(float)
-    fixed = M.edc(s, y, q, 0.1, "fixed")
-    rec = M.edc(s, y, q, 0.1, "recompute")
+    fixed = edc(s, y, q, 0.1, "fixed")
+    rec = edc(s, y, q, 0.1, "recompute")
     for j in range(8):
         i = list(fixed.discard_fraction).index(2 * j / 16)
         assert rec.fnmr[j] == pytest.approx(fixed.fnmr[i])
@@ -537,9 +547,9 @@ def test_conventions_agree_when_only_mated_are_discarded():
 def test_edc_many_equals_single_target_calls():
     s, y, q = synthetic(2000, 0.2, seed=11)
     for conv in Convention:
-        many = M.edc_many(s, y, q, (0.1, 0.01), conv)
+        many = edc_many(s, y, q, (0.1, 0.01), conv)
         for t in (0.1, 0.01):
-            np.testing.assert_array_equal(many[t].fnmr, M.edc(s, y, q, t, conv).fnmr)
+            np.testing.assert_array_equal(many[t].fnmr, edc(s, y, q, t, conv).fnmr)
 
 
 # ----------------------------------------------------------------------------- pAUC rules
@@ -550,16 +560,16 @@ def test_pauc_stepwise_vs_trapezoid_hand_case():
     step = EDCCurve(frac, fnmr, np.zeros(4), 0.01, Convention.FIXED, n_mated=10)
     trap = EDCCurve(frac, fnmr, np.zeros(4), 0.01, Convention.RECOMPUTE, n_mated=10)
     # stepwise: 0.4*0.1 + 0.2*0.1 + 0.1*0.1
-    assert M.pauc(step, 0.3) == pytest.approx(0.07)
+    assert pauc(step, 0.3) == pytest.approx(0.07)
     # trapezoid: (0.4+0.2)/2*0.1 + (0.2+0.1)/2*0.1 + (0.1+0.05)/2*0.1, 0.05 interpolated at 0.3
-    assert M.pauc(trap, 0.3) == pytest.approx(0.0525)
-    assert M.pauc(step, 0.0) == 0.0
+    assert pauc(trap, 0.3) == pytest.approx(0.0525)
+    assert pauc(step, 0.0) == 0.0
     with pytest.raises(ValueError, match="limit"):
-        M.pauc(trap, 0.5)  # beyond the last point of a recompute curve
+        pauc(trap, 0.5)  # beyond the last point of a recompute curve
 
 
 def test_curve_is_immutable_and_validated():
-    c = M.edc(*hand_fixed_input(), target=0.1)
+    c = edc(*hand_fixed_input(), target=0.1)
     with pytest.raises(ValueError):
         c.fnmr[0] = 0.0
     with pytest.raises(AttributeError):
@@ -586,13 +596,13 @@ def test_frames_carry_convention_limit_scale():
     ]  # fmt: skip
     row = pdf[(pdf.method == "bad") & (pdf.fmr == 1e-3)].iloc[0]
     assert row.convention == "fixed" and row.limit == 0.2 and row.scale == 100.0
-    assert row.pauc == pytest.approx(100 * M.pauc(M.edc(s, y, -q, 1e-3, "fixed"), 0.2))
-    meta = M.pauc_meta("recompute", 0.3, scale=100)
+    assert row.pauc == pytest.approx(100 * pauc(edc(s, y, -q, 1e-3, "fixed"), 0.2))
+    meta = pauc_meta("recompute", 0.3, scale=100)
     assert meta["convention"] == "recompute" and meta["area_rule"].startswith("trapezoid")
     with pytest.raises(ValueError, match="qualities\\['nan'\\]"):
         O.pauc_frame(s, y, {"nan": np.full(s.size, np.nan)}, dataset="t", fr_model="a")
     with pytest.raises(ValueError, match="subtract_best"):
-        M.pauc_meta("recompute", subtract_best=True)
+        pauc_meta("recompute", subtract_best=True)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -601,40 +611,40 @@ def test_frames_carry_convention_limit_scale():
 def test_bad_input_raises_naming_the_parameter():
     s, y, q = synthetic(200, 0.2, seed=19)
     with pytest.raises(ValueError, match="quality: length 199"):
-        M.edc(s, y, q[:-1])
+        edc(s, y, q[:-1])
     with pytest.raises(ValueError, match="mated: length 199"):
-        M.edc(s, y[:-1], q)
+        edc(s, y[:-1], q)
     q_nan = q.copy()
     q_nan[5] = np.nan
     with pytest.raises(ValueError, match="quality: 1 non-finite.*index 5"):
-        M.edc(s, y, q_nan)
+        edc(s, y, q_nan)
     with pytest.raises(ValueError, match="similarity: .*non-finite"):
-        M.edc(np.r_[np.inf, s[1:]], y, q)
+        edc(np.r_[np.inf, s[1:]], y, q)
     with pytest.raises(ValueError, match="mated: there are no mated"):
-        M.edc(s, np.zeros(s.size, bool), q)
+        edc(s, np.zeros(s.size, bool), q)
     with pytest.raises(ValueError, match="mated: there are no non-mated"):
-        M.edc(s, np.ones(s.size, bool), q)
+        edc(s, np.ones(s.size, bool), q)
     with pytest.raises(ValueError, match="mated: expected booleans or 0/1"):
-        M.edc(s, np.full(s.size, 2), q)
+        edc(s, np.full(s.size, 2), q)
     for bad in (0.0, 1.0, -0.1, 1.5, float("nan"), "x"):
         with pytest.raises(ValueError, match="target"):
-            M.edc(s, y, q, target=bad)
+            edc(s, y, q, target=bad)
         with pytest.raises(ValueError, match="fmr"):
-            M.threshold_at_fmr(s, bad)
+            threshold_at_fmr(s, bad)
     with pytest.raises(ValueError, match="fmr_targets"):
-        M.fnmr_at_fmr(s[~y], s[y], (0.01, 2.0))
+        fnmr_at_fmr(s[~y], s[y], (0.01, 2.0))
     with pytest.raises(ValueError, match="convention"):
-        M.edc(s, y, q, convention="sometimes")
-    c = M.edc(s, y, q)
+        edc(s, y, q, convention="sometimes")
+    c = edc(s, y, q)
     with pytest.raises(ValueError, match="limit"):
-        M.pauc(c, 1.5)
+        pauc(c, 1.5)
     with pytest.raises(ValueError, match="subtract_best"):
-        M.pauc(M.edc(s, y, q, convention="recompute"), 0.3, subtract_best=True)
+        pauc(edc(s, y, q, convention="recompute"), 0.3, subtract_best=True)
     with pytest.raises(ValueError, match="similarity: expected a 1-D"):
-        M.edc(s.reshape(20, 10), y, q)
+        edc(s.reshape(20, 10), y, q)
     with pytest.raises(ValueError, match="nonmated_scores: is empty"):
-        M.fnmr_at_fmr([], [0.5], 0.1)
+        fnmr_at_fmr([], [0.5], 0.1)
     with pytest.raises(ValueError, match="n_folds"):
-        M.verification_accuracy(s, y, n_folds=1)
+        verification_accuracy(s, y, n_folds=1)
     with pytest.raises(ValueError, match="template_ids: length"):
-        M.template_quality([0.1, 0.2], [1])
+        template_quality([0.1, 0.2], [1])

@@ -11,7 +11,15 @@ import pytest
 import yaml
 
 from exfiqa.config import load_config
-from exfiqa.report import analysis
+from exfiqa.report.bootstrap_tables import fusion_bootstrap
+from exfiqa.report.comparison import (
+    SECONDARY_SOURCE,
+    headline_note,
+    headline_vs_paper,
+    secondary_reference,
+)
+from exfiqa.report.findings import paper_findings
+from exfiqa.report.frames import headline, pauc_all, variant_tags
 from exfiqa.study import open_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +36,7 @@ def test_paper_no_ijbc_is_paper_yaml_without_ijbc(tmp_path):
     assert seven["headline"] == {**paper["headline"], "dataset": "adience"}
     cfg = load_config(ROOT / "configs" / "paper-no-ijbc.yaml", cwd=tmp_path)
     ref = load_config(ROOT / "configs" / "paper.yaml", cwd=tmp_path)
-    assert analysis.headline(cfg).label == "Adience"
+    assert headline(cfg).label == "Adience"
     assert cfg.arrays_dir == ref.arrays_dir  # the arrays extracted for paper.yaml serve this run too
     readme = (ROOT / "data" / "README.md").read_text()
     assert "configs/paper-no-ijbc.yaml" in readme and "14 March 2023" in readme
@@ -45,26 +53,26 @@ def no_ijbc(tiny_config, tmp_path_factory):
     path = tmp_path_factory.mktemp("noijbc") / "no-ijbc.yaml"
     path.write_text(yaml.safe_dump(raw))
     study = open_study(path, progress=False)
-    return study, analysis.pauc_all(study, scale=study.config.pauc_scale)
+    return study, pauc_all(study, scale=study.config.pauc_scale)
 
 
 def test_headline_and_findings_say_what_stands_in_for_ijbc(no_ijbc):
     study, pauc = no_ijbc
     cfg = study.config
-    head = analysis.headline(cfg)
+    head = headline(cfg)
     assert (head.dataset, head.label) == ("adience", "Adience-like")
     assert "IJB-C-like" not in set(pauc["dataset"])
-    note = analysis.headline_note(head)
+    note = headline_note(head)
     assert "Adience-like" in note and "NIST" in note
-    tags = analysis.variant_tags(study)
+    tags = variant_tags(study)
     # at the config's FMR 1e-3 the tiny world resolves nothing: every finding says so, and which
     # dataset stands in for IJB-C
-    findings = analysis.paper_findings(pauc, tags, head, adience="Adience-like").set_index("finding")
+    findings = paper_findings(pauc, tags, head, adience="Adience-like").set_index("finding")
     for name in IJBC_FINDINGS:
         assert findings.loc[name, "this_run"] == "on Adience-like in place of IJB-C: no dataset with a resolvable FMR 0.001"
     # the tiny world is too small to resolve any FMR target; without the 'resolved' column nothing
     # is left out, and the IJB-C findings are computed on Adience-like
-    findings = analysis.paper_findings(pauc.drop(columns="resolved"), tags, head, adience="Adience-like").set_index("finding")
+    findings = paper_findings(pauc.drop(columns="resolved"), tags, head, adience="Adience-like").set_index("finding")
     for name in IJBC_FINDINGS:
         text = findings.loc[name, "this_run"]
         prefix = "on Adience-like in place of IJB-C: "
@@ -73,31 +81,31 @@ def test_headline_and_findings_say_what_stands_in_for_ijbc(no_ijbc):
     assert "in place of IJB-C" not in findings.loc["FW (T) best mean pAUC", "this_run"]
     # the table beside the poster: this run's headline dataset, the poster's IJB-C, and the second
     # reference on Adience (9.948 x10^-3 as transcribed), not its IJB-C value
-    vs = analysis.headline_vs_paper(pauc, head, tags, cfg.pauc_scale).set_index("method")
+    vs = headline_vs_paper(pauc, head, tags, cfg.pauc_scale).set_index("method")
     assert set(vs["dataset"]) == {"Adience-like"} and set(vs["paper_dataset"]) == {"IJB-C"}
-    second = vs[analysis.SECONDARY_SOURCE]
+    second = vs[SECONDARY_SOURCE]
     assert second.notna().sum() == 1
     assert second["ViT-FIQA(T)"] == pytest.approx(9.948 * cfg.pauc_scale / 1000)
     fw_t = pauc[(pauc["dataset"] == "Adience-like") & (pauc["fr_model"] == head.fr_model)
                 & np.isclose(pauc["fmr"], head.fmr) & (pauc["method"] == "EX-FIQA-FW")
                 & (pauc["quality_model"] == next(q for q, (t, _) in tags.items() if t == "T"))]["pauc"]
     assert vs.loc["EX-FIQA-FW(T)", "this_run"] == pytest.approx(float(fw_t.iloc[0]))
-    sec = analysis.secondary_reference(pauc, {k: s.label for k, s in cfg.datasets.items()}, tags, head, cfg.pauc_scale)
+    sec = secondary_reference(pauc, {k: s.label for k, s in cfg.datasets.items()}, tags, head, cfg.pauc_scale)
     assert sec.set_index("benchmark").loc["ijbc", "dataset"] == "(not in this run)"
     # the paired bootstrap the findings rest on runs without IJB-C, one row per compared dataset
-    boot = analysis.fusion_bootstrap(study, head.fr_model, head.fmr, 20, unit="subject")
+    boot = fusion_bootstrap(study, head.fr_model, head.fmr, 20, unit="subject")
     assert set(boot["dataset"]) == {s.label for s in cfg.datasets.values()}
-    paired = analysis.paper_findings(pauc.drop(columns="resolved"), tags, head, adience="Adience-like", paired=boot)
+    paired = paper_findings(pauc.drop(columns="resolved"), tags, head, adience="Adience-like", paired=boot)
     assert paired["finding"].str.endswith(": Adience-like").any()
 
 
 def test_with_ijbc_nothing_stands_in(tiny_config):
     study = open_study(tiny_config, progress=False)
     cfg = study.config
-    pauc = analysis.pauc_all(study, scale=cfg.pauc_scale)
-    head = analysis.headline(cfg)
-    assert head.dataset == "ijbc" and analysis.headline_note(head) == ""
-    findings = analysis.paper_findings(pauc, analysis.variant_tags(study), head).set_index("finding")
+    pauc = pauc_all(study, scale=cfg.pauc_scale)
+    head = headline(cfg)
+    assert head.dataset == "ijbc" and headline_note(head) == ""
+    findings = paper_findings(pauc, variant_tags(study), head).set_index("finding")
     assert not findings["this_run"].str.contains("in place of IJB-C").any()
-    vs = analysis.headline_vs_paper(pauc, head, analysis.variant_tags(study), cfg.pauc_scale).set_index("method")
-    assert vs.loc["ViT-FIQA(T)", analysis.SECONDARY_SOURCE] == pytest.approx(6.563 * cfg.pauc_scale / 1000)
+    vs = headline_vs_paper(pauc, head, variant_tags(study), cfg.pauc_scale).set_index("method")
+    assert vs.loc["ViT-FIQA(T)", SECONDARY_SOURCE] == pytest.approx(6.563 * cfg.pauc_scale / 1000)

@@ -1,4 +1,4 @@
-"""The tables and studies the notebooks assemble (exfiqa.report.analysis, tables, plots), checked against
+"""The tables and studies the notebooks assemble (exfiqa.report's section modules, tables, plots), checked against
 hand-made frames and against direct computations on the tiny demo world."""
 
 from __future__ import annotations
@@ -11,11 +11,48 @@ import pytest
 import yaml
 
 from exfiqa.config import ConfigError, load_config, parse_attention_samples
-from exfiqa.evaluation import metrics
+from exfiqa.evaluation.edc import edc
 from exfiqa.evaluation.fusion import depth_weights
+from exfiqa.evaluation.pauc import pauc
 from exfiqa.extract import Models, extract
 from exfiqa.readers.images import read_face
-from exfiqa.report import analysis, tables
+from exfiqa.report import tables
+from exfiqa.report.attention import attention_inputs
+from exfiqa.report.bootstrap_tables import depth_bootstrap, fusion_bootstrap
+from exfiqa.report.comparison import (
+    PAPER_HEADLINE,
+    SECONDARY_PROTOCOL,
+    SECONDARY_SOURCE,
+    SELECTED_BY_BOTH,
+    SELECTED_BY_POSTER,
+    SELECTED_ON_DATA,
+    best_early_exit,
+    headline_vs_paper,
+    poster_table,
+    secondary_reference,
+)
+from exfiqa.report.early_exit import (
+    adaptive_cost_curve,
+    adaptive_exit,
+    adaptive_study,
+    operating_points,
+    released_claims,
+    released_gflops,
+)
+from exfiqa.report.findings import FINDINGS_COLUMNS, VERDICTS, paper_findings
+from exfiqa.report.frames import (
+    Headline,
+    best_text,
+    fmr_target,
+    headline,
+    is_tie,
+    pauc_all,
+    tied_best,
+    unresolved,
+    variant_tags,
+)
+from exfiqa.report.fusion_report import fusion_vs_exits, fusion_wins, strategy_table
+from exfiqa.report.layers import depth_summary
 from exfiqa.study import Study
 
 # ------------------------------------------------------------------------------ hand-made frames
@@ -41,11 +78,11 @@ def test_depth_summary_shares_by_hand():
     # exit pAUCs 10, 6, 4, 3 (depth 4): total change 7; exit 5 -> exit 4 (clamped), exit 8 -> exit 4
     frame = _tidy({**_exits("T", "a", "x", [10, 6, 4, 3], 5, 2), **_exits("T", "a", "y", [12, 8, 6, 5], 7, 4)})
     frame = pd.concat([frame, _tidy(_exits("T", "a", "x", [1, 1, 1, 1], 1, 1), fmr=1e-2)])  # another FMR, ignored
-    out = analysis.depth_summary(frame, {"T": 4}, 1e-3).iloc[0]
+    out = depth_summary(frame, {"T": 4}, 1e-3).iloc[0]
     assert out["pauc_exit_1"] == pytest.approx(11.0) and out["pauc_last_exit"] == pytest.approx(4.0)
     assert out["share_of_gain_by_exit_5"] == pytest.approx(1.0) and out["best_single_exit"] == "Exit 4"
     frame12 = _tidy(_exits("C", "a", "x", [20, 16, 13, 11, 10, 9.5, 9.2, 9.1, 9.0, 9.05, 9.1, 9.0], 9, 8))
-    out = analysis.depth_summary(frame12, {"C": 12}, 1e-3).iloc[0]
+    out = depth_summary(frame12, {"C": 12}, 1e-3).iloc[0]
     assert out["share_of_gain_by_exit_5"] == pytest.approx((20 - 10) / (20 - 9.0))
     assert out["share_of_gain_by_exit_8"] == pytest.approx((20 - 9.1) / (20 - 9.0))
     assert out["best_single_exit"] == "Exit 9, Exit 12 (tie)"  # every tied minimum named, in exit order
@@ -55,11 +92,11 @@ def test_fusion_vs_exits_and_poster_table_by_hand():
     vals = {**_exits("T", "arc", "IJB", [9, 7, 8], 7.5, 6.5, serfiq=8.5), **_exits("T", "arc", "LFW", [3, 2, 1], 2.5, 1.5, serfiq=2.0),
             **_exits("C", "arc", "IJB", [9, 6, 7], 6.6, 6.4, serfiq=8.5), **_exits("C", "arc", "LFW", [4, 3, 2], 3.0, 2.5, serfiq=2.0)}
     frame = _tidy(vals)
-    versus = analysis.fusion_vs_exits(frame, {"T": 3, "C": 3}).set_index(["quality_model", "dataset"])
+    versus = fusion_vs_exits(frame, {"T": 3, "C": 3}).set_index(["quality_model", "dataset"])
     assert versus.loc[("T", "IJB"), "best single exit"] == "Exit 2" and versus.loc[("T", "IJB"), "best exit pAUC"] == 7
     assert versus.loc[("C", "LFW"), "last exit"] == 2 and versus.loc[("C", "LFW"), "EX-FIQA-FW"] == 2.5
     tags = {"T": ("T", 3), "C": ("C", 3)}
-    poster = analysis.poster_table(frame, tags, ["IJB", "LFW"]).set_index("method")
+    poster = poster_table(frame, tags, ["IJB", "LFW"]).set_index("method")
     assert list(poster.index) == ["SER-FIQ-style (re-impl.)", "ViT-FIQA (T)", "EX-FIQA-2 (T)", "EX-FIQA-FW (T)",
                                   "ViT-FIQA (C)", "EX-FIQA-2 (C)", "EX-FIQA-FW (C)"]
     # best early exit of (T) among exits 1..2 by mean: exit 1 (9+3)/2 = 6, exit 2 (7+2)/2 = 4.5
@@ -72,8 +109,8 @@ def test_headline_vs_paper_maps_the_poster_rows_and_rescales_them():
     vals = {**_exits("T", "arcface", "IJB-C-like", list(np.linspace(9, 6, 12)), 6.6, 6.2, serfiq=7.0, sharpness=8.0),
             **_exits("C", "arcface", "IJB-C-like", list(np.linspace(8, 7, 12)), 6.9, 6.8, serfiq=7.0, sharpness=8.0),
             **_exits("T", "other", "IJB-C-like", [1.0] * 12, 1, 1)}
-    head = analysis.Headline("ijbc", "IJB-C-like", "arcface", 1e-3)
-    out = analysis.headline_vs_paper(_tidy(vals), head, {"T": ("T", 12), "C": ("C", 12)}, scale=100.0).set_index("method")
+    head = Headline("ijbc", "IJB-C-like", "arcface", 1e-3)
+    out = headline_vs_paper(_tidy(vals), head, {"T": ("T", 12), "C": ("C", 12)}, scale=100.0).set_index("method")
     assert out.loc["EX-FIQA-FW(T)", "paper"] == pytest.approx(0.636) and out.loc["EX-FIQA-FW(T)", "this_run"] == 6.2
     assert out.loc["EX-FIQA-10(T)", "this_run"] == pytest.approx(np.linspace(9, 6, 12)[9])
     assert out.loc["ViT-FIQA(C)", "this_run"] == 7.0 and out.loc["ViT-FIQA(C)", "this_run_method"] == "Exit 12 (C)"
@@ -83,12 +120,12 @@ def test_headline_vs_paper_maps_the_poster_rows_and_rescales_them():
     assert out.loc["EX-FIQA-F (T)", "this_run"] == 6.6
     assert set(out["fr_model"]) == {"arcface"} and set(out["dataset"]) == {"IJB-C-like"}
     # + F (T), F (C), sharpness and (T)'s best early exit on this data (11; the poster's is 10); serfiq is mapped
-    assert len(out) == len(analysis.PAPER_HEADLINE) + 4
-    assert out.loc["Exit 11 (T)", "chosen_on_evaluated_data"] and out.loc["Exit 11 (T)", "selection"] == analysis.SELECTED_ON_DATA
-    assert out.loc["EX-FIQA-11(C)", "selection"] == analysis.SELECTED_BY_BOTH  # (C): the poster's exit is also the best
+    assert len(out) == len(PAPER_HEADLINE) + 4
+    assert out.loc["Exit 11 (T)", "chosen_on_evaluated_data"] and out.loc["Exit 11 (T)", "selection"] == SELECTED_ON_DATA
+    assert out.loc["EX-FIQA-11(C)", "selection"] == SELECTED_BY_BOTH  # (C): the poster's exit is also the best
     # an external method named as on the poster takes its row
     ext = _tidy({("T", "arcface", "IJB-C-like", "CR-FIQA (L)"): 6.1, **vals})
-    out = analysis.headline_vs_paper(ext, head, {"T": ("T", 12), "C": ("C", 12)}, scale=1000.0).set_index("method")
+    out = headline_vs_paper(ext, head, {"T": ("T", 12), "C": ("C", 12)}, scale=1000.0).set_index("method")
     assert out.loc["CR-FIQA(L)", "this_run"] == 6.1 and out.loc["CR-FIQA(L)", "paper"] == 6.58
 
 
@@ -98,11 +135,11 @@ def test_secondary_reference_sits_beside_plain_vitfiqa_t_and_is_labelled_as_such
             **_exits("C", "arcface", "CFP", [9.0] * 12, 9, 9),  # (C) is no reference row
             **_exits("T", "magface", "CFP", [1.0] * 12, 1, 1)}  # nor another FR model
     frame = pd.concat([_tidy(vals), _tidy(_exits("T", "arcface", "CFP", [7.0] * 12, 7, 7), fmr=1e-2)])
-    head = analysis.Headline("ijbc", "IJB-C-like", "arcface", 1e-3)
+    head = Headline("ijbc", "IJB-C-like", "arcface", 1e-3)
     tags = {"T": ("T", 12), "C": ("C", 12)}
     col = "PreFIQs (secondary transcription)"
-    assert analysis.SECONDARY_SOURCE == col
-    out = analysis.secondary_reference(frame, {"ijbc": "IJB-C-like", "cfp_fp": "CFP", "lfw": "LFW"}, tags, head, 100.0)
+    assert SECONDARY_SOURCE == col
+    out = secondary_reference(frame, {"ijbc": "IJB-C-like", "cfp_fp": "CFP", "lfw": "LFW"}, tags, head, 100.0)
     out = out.set_index("benchmark")
     assert list(out.index) == ["adience", "agedb_30", "cfp_fp", "cplfw", "ijbc"]
     # the transcribed values, x10^3 -> x100
@@ -110,11 +147,11 @@ def test_secondary_reference_sits_beside_plain_vitfiqa_t_and_is_labelled_as_such
     assert out.loc["cfp_fp", "this_run"] == 3.5 and out.loc["cfp_fp", "dataset"] == "CFP"  # exit 12 (T), arcface, 1e-3
     assert out.loc["ijbc", "this_run"] == pytest.approx(6.0) and out.loc["ijbc", "this_run_method"] == "Exit 12 (T)"
     assert np.isnan(out.loc["adience", "this_run"]) and out.loc["adience", "dataset"] == "(not in this run)"
-    assert set(out["fr_model"]) == {"arcface"} and set(out["reference_protocol"]) == {analysis.SECONDARY_PROTOCOL}
-    only_c = analysis.secondary_reference(frame, {"cfp_fp": "CFP"}, {"C": ("C", 12)}, head, 1000.0).set_index("benchmark")
+    assert set(out["fr_model"]) == {"arcface"} and set(out["reference_protocol"]) == {SECONDARY_PROTOCOL}
+    only_c = secondary_reference(frame, {"cfp_fp": "CFP"}, {"C": ("C", 12)}, head, 1000.0).set_index("benchmark")
     assert only_c[["this_run"]].isna().all().all() and set(only_c["this_run_method"]) == {"(no (T) model)"}
     # the headline table carries the IJB-C value in its own column, on the ViT-FIQA(T) row only
-    vs = analysis.headline_vs_paper(frame, head, tags, scale=1000.0).set_index("method")
+    vs = headline_vs_paper(frame, head, tags, scale=1000.0).set_index("method")
     assert vs.loc["ViT-FIQA(T)", col] == 6.563 and vs.loc["ViT-FIQA(T)", "paper"] == 6.56
     assert vs[col].notna().sum() == 1
 
@@ -128,17 +165,17 @@ def test_comparison_tables_agree_and_disclose_rows_chosen_on_the_data():
     frame = _tidy(vals)
     frame["resolved"] = ~((frame["dataset"] == "LFW") & (frame["method"] == "Exit 4"))  # one unresolved cell
     tags = {"T": ("T", 12)}
-    poster = analysis.poster_table(frame, tags, ["IJB", "LFW"]).set_index("method")
-    head = analysis.Headline("ijb", "IJB", "arc", 1e-3)
-    vs = analysis.headline_vs_paper(frame, head, tags, scale=1000.0)
-    assert analysis.best_early_exit(frame, "T", 12) == "Exit 4"
+    poster = poster_table(frame, tags, ["IJB", "LFW"]).set_index("method")
+    head = Headline("ijb", "IJB", "arc", 1e-3)
+    vs = headline_vs_paper(frame, head, tags, scale=1000.0)
+    assert best_early_exit(frame, "T", 12) == "Exit 4"
     # both tables hold the poster's exit 10 and the data-chosen exit 4, flagged alike, with the same values
-    assert poster.loc["EX-FIQA-10 (T)", "selection"] == analysis.SELECTED_BY_POSTER
+    assert poster.loc["EX-FIQA-10 (T)", "selection"] == SELECTED_BY_POSTER
     assert not poster.loc["EX-FIQA-10 (T)", "chosen_on_evaluated_data"]
-    assert poster.loc["EX-FIQA-4 (T)", "selection"] == analysis.SELECTED_ON_DATA and poster.loc["EX-FIQA-4 (T)", "chosen_on_evaluated_data"]
+    assert poster.loc["EX-FIQA-4 (T)", "selection"] == SELECTED_ON_DATA and poster.loc["EX-FIQA-4 (T)", "chosen_on_evaluated_data"]
     by_run = vs.set_index("this_run_method")
     assert by_run.loc["Exit 4 (T)", "this_run"] == poster.loc["EX-FIQA-4 (T)", "IJB"] == 5
-    assert by_run.loc["Exit 4 (T)", "chosen_on_evaluated_data"] and by_run.loc["Exit 4 (T)", "selection"] == analysis.SELECTED_ON_DATA
+    assert by_run.loc["Exit 4 (T)", "chosen_on_evaluated_data"] and by_run.loc["Exit 4 (T)", "selection"] == SELECTED_ON_DATA
     assert by_run.loc["Exit 10 (T)", "this_run"] == poster.loc["EX-FIQA-10 (T)", "IJB"] == 6
     chosen_poster = {m.split()[0].removeprefix("EX-FIQA-") for m in poster.index[poster["chosen_on_evaluated_data"]]}
     chosen_vs = {m.split()[1] for m in vs["this_run_method"][vs["chosen_on_evaluated_data"]]}
@@ -156,17 +193,17 @@ def test_comparison_tables_agree_and_disclose_rows_chosen_on_the_data():
 def test_operating_points_and_fusion_vs_exits_carry_resolved():
     frame = _tidy({**_exits("T", "arc", "IJB", [9, 7, 8], 7.5, 6.5), **_exits("T", "arc", "LFW", [3, 2, 1], 2.5, 1.5)})
     frame["resolved"] = ~((frame["dataset"] == "LFW") & (frame["method"] == "EX-FIQA-FW"))
-    versus = analysis.fusion_vs_exits(frame, {"T": 3}).set_index("dataset")
+    versus = fusion_vs_exits(frame, {"T": 3}).set_index("dataset")
     assert versus.loc["LFW", "unresolved_in"] == "EX-FIQA-FW" and versus.loc["IJB", "resolved"]
     frame["quality_model"] = "T"
     costs = pd.DataFrame({"quality_model": "T", "method": ["Exit 1", "Exit 2", "Exit 3", "EX-FIQA-F", "EX-FIQA-FW"],
                           "exit": [1, 2, 3, None, None], "gflops": [1.0, 2.0, 3.0, 3.1, 3.1]})
-    ops = analysis.operating_points(frame, costs).set_index("scenario")
+    ops = operating_points(frame, costs).set_index("scenario")
     assert ops.loc["max accuracy", "method"] == "EX-FIQA-FW" and not ops.loc["max accuracy", "resolved"]
     assert ops.loc["balanced", "resolved"]
-    assert list(analysis.unresolved(frame)["method"]) == ["EX-FIQA-FW"]
+    assert list(unresolved(frame)["method"]) == ["EX-FIQA-FW"]
     with pytest.raises(ValueError, match="no 'resolved' column"):
-        analysis.unresolved(frame.drop(columns="resolved"))
+        unresolved(frame.drop(columns="resolved"))
 
 
 def _paper_world(fw_t_best: bool) -> pd.DataFrame:
@@ -186,9 +223,9 @@ def _paper_world(fw_t_best: bool) -> pd.DataFrame:
 
 
 def test_paper_findings_agree_and_differ_as_constructed():
-    head = analysis.Headline("ijbc", "IJB-C", "arcface", 1e-3)
+    head = Headline("ijbc", "IJB-C", "arcface", 1e-3)
     tags = {"T": ("T", 12), "C": ("C", 12)}
-    good = analysis.paper_findings(_paper_world(True), tags, head, adience="Adience").set_index("finding")
+    good = paper_findings(_paper_world(True), tags, head, adience="Adience").set_index("finding")
     assert good.loc["depth gains (T)", "verdict"] == "agrees" and good.loc["depth gains (C)", "verdict"] == "agrees"
     assert good.loc["middle exits best on IJB-C (C)", "verdict"] == "agrees"
     assert "Exit 8" in good.loc["middle exits best on IJB-C (C)", "this_run"]
@@ -201,13 +238,13 @@ def test_paper_findings_agree_and_differ_as_constructed():
     assert good.loc["FW (C) best on Adience", "verdict"] == "agrees"  # FW (C) 4+2 = 6 below FW (T) 5+2 = 7
     assert good.loc["FW (C) best on Adience", "difference"] == pytest.approx(6 - 7)  # FW (C) - the best other
     assert set(good["verdict"]) <= {"agrees", "not resolved"} and good["criterion"].str.len().min() > 10
-    assert tuple(good.reset_index().columns) == analysis.FINDINGS_COLUMNS
-    bad = analysis.paper_findings(_paper_world(False), tags, head, adience=None).set_index("finding")
+    assert tuple(good.reset_index().columns) == FINDINGS_COLUMNS
+    bad = paper_findings(_paper_world(False), tags, head, adience=None).set_index("finding")
     assert bad.loc["FW (T) best mean pAUC", "verdict"] == "differs"
     assert bad.loc["FW (T) top-1 on IJB-C", "verdict"] == "differs"
     assert bad.loc["FW (C) best on Adience", "verdict"] == "not computable in this run"
     flat = _tidy(_exits("C", "arcface", "IJB-C", [9.0] * 11 + [10.0], 9, 9))  # no gain with depth at all
-    flat_out = analysis.paper_findings(flat, {"C": ("C", 12)}, head).set_index("finding")
+    flat_out = paper_findings(flat, {"C": ("C", 12)}, head).set_index("finding")
     assert flat_out.loc["depth gains (C)", "verdict"] == "differs"
 
 
@@ -223,7 +260,7 @@ def _paired(frame: pd.DataFrame, q: str, method: str, reference: str, cis: dict[
 
 
 def test_paper_findings_name_every_tie_and_say_tie_when_the_verdict_rests_on_one():
-    head = analysis.Headline("ijbc", "IJB-C", "arcface", 1e-3)
+    head = Headline("ijbc", "IJB-C", "arcface", 1e-3)
     tags = {"T": ("T", 12), "C": ("C", 12)}
 
     def world(c_exits: list[float], fw_t: float = 5.0, serfiq: float = 30.0, fw_c_adience: float = 6.0) -> pd.DataFrame:
@@ -235,7 +272,7 @@ def test_paper_findings_name_every_tie_and_say_tie_when_the_verdict_rests_on_one
         return _tidy(vals)
 
     def findings(frame: pd.DataFrame) -> pd.DataFrame:
-        return analysis.paper_findings(frame, tags, head, adience="Adience").set_index("finding")
+        return paper_findings(frame, tags, head, adience="Adience").set_index("finding")
 
     # the issue's case: exits 9..12 of (C) share the best pAUC (equal to 1e-12 relative), only exit 9 lies in 7..9
     gains = [30, 28, 26, 25, 24, 23, 22.5, 22.0, 21.810767, 21.810767, 21.810767 * (1 + 1e-12), 21.810767]
@@ -265,20 +302,20 @@ def test_paper_findings_name_every_tie_and_say_tie_when_the_verdict_rests_on_one
 
 def test_tied_best_is_relative_and_ignores_nan():
     v = pd.Series({"a": 2.0, "b": 1.0 + 1e-10, "c": 1.0, "d": float("nan"), "e": 1.0 + 1e-8})
-    assert analysis.tied_best(v) == ["b", "c"] and analysis.best_text(v) == "b, c (tie)"
-    assert analysis.best_text(v.drop("b")) == "c" and analysis.tied_best(pd.Series({"x": float("nan")})) == []
-    assert analysis.is_tie(0.0, 0.0) and not analysis.is_tie(0.0, 1e-300)
+    assert tied_best(v) == ["b", "c"] and best_text(v) == "b, c (tie)"
+    assert best_text(v.drop("b")) == "c" and tied_best(pd.Series({"x": float("nan")})) == []
+    assert is_tie(0.0, 0.0) and not is_tie(0.0, 1e-300)
 
 
 def test_paper_findings_count_a_win_only_where_the_paired_interval_excludes_0():
-    head = analysis.Headline("ijbc", "IJB-C", "arcface", 1e-3)
+    head = Headline("ijbc", "IJB-C", "arcface", 1e-3)
     tags = {"T": ("T", 12), "C": ("C", 12)}
     frame = _paper_world(True)  # FW (C) - Exit 12 (C): -0.3, -0.3, -4.2, +0.3 on IJB-C, LFW, Adience, CFP
     dss = ("IJB-C", "LFW", "Adience", "CFP")
 
     def fw_row(cis: list[tuple[float, float]], scale: float = 1.0) -> tuple[pd.Series, pd.DataFrame]:
         paired = _paired(frame, "C", "EX-FIQA-FW", "Exit 12", dict(zip(dss, cis, strict=True)), scale=scale)
-        out = analysis.paper_findings(frame, tags, head, adience="Adience", paired=paired).set_index("finding")
+        out = paper_findings(frame, tags, head, adience="Adience", paired=paired).set_index("finding")
         return out.loc["FW beats the last exit (C)"], out
 
     # all four intervals include 0 (the issue's case): main said "agrees" (3 of 4 point wins)
@@ -302,49 +339,49 @@ def test_paper_findings_count_a_win_only_where_the_paired_interval_excludes_0():
     with pytest.raises(ValueError, match="differ in scale or protocol"):
         fw_row([(-0.5, 0.1)] * 4, scale=1000.0)
     with pytest.raises(ValueError, match=r"lacks the columns \['ci_low'\]"):
-        analysis.paper_findings(frame, tags, head, paired=_paired(frame, "C", "EX-FIQA-FW", "Exit 12", {"LFW": (0, 1)}).drop(columns="ci_low"))
+        paper_findings(frame, tags, head, paired=_paired(frame, "C", "EX-FIQA-FW", "Exit 12", {"LFW": (0, 1)}).drop(columns="ci_low"))
 
 
 def test_paper_findings_fw_count_says_tie_when_only_tied_datasets_could_decide():
-    head = analysis.Headline("ijbc", "IJB-C", "arcface", 1e-3)
+    head = Headline("ijbc", "IJB-C", "arcface", 1e-3)
     vals = {}
     for ds, fw in (("A", 9.0), ("B", 10.0), ("C", 10.0), ("D", 11.0)):  # last exit 10: one win, two ties, one loss
         vals.update(_exits("C", "arcface", ds, [20.0] * 11 + [10.0], 10, fw))
     frame = _tidy(vals)
     paired = _paired(frame, "C", "EX-FIQA-FW", "Exit 12", {"A": (-2, -0.5), "B": (0, 0), "C": (0, 0), "D": (0.5, 2)})
-    head = analysis.Headline("a", "A", "arcface", 1e-3)
-    out = analysis.paper_findings(frame, {"C": ("C", 12)}, head, paired=paired).set_index("finding")
+    head = Headline("a", "A", "arcface", 1e-3)
+    out = paper_findings(frame, {"C": ("C", 12)}, head, paired=paired).set_index("finding")
     assert [out.loc[f"FW beats the last exit (C): {d}", "verdict"] for d in "ABCD"] == ["agrees", "tie", "tie", "differs"]
     assert out.loc["FW beats the last exit (C)", "verdict"] == "tie" and "tied on 2" in out.loc["FW beats the last exit (C)", "this_run"]
 
 
 def test_depth_gains_state_the_size_of_the_change_and_resolve_it():
-    head = analysis.Headline("ijbc", "IJB-C", "arcface", 1e-3)
+    head = Headline("ijbc", "IJB-C", "arcface", 1e-3)
     tags = {"C": ("C", 12)}
     shape = [10.0, 9.94, 9.92, 9.91, 9.905, 9.903, 9.902, 9.901, 9.9, 9.9, 9.9, 9.9]  # the shape agrees, the change is 1%
     frame = _tidy({**_exits("C", "arcface", "IJB-C", shape, 9.9, 9.9), **_exits("C", "arcface", "LFW", shape, 9.9, 9.9)})
-    row = analysis.paper_findings(frame, tags, head).set_index("finding").loc["depth gains (C)"]
+    row = paper_findings(frame, tags, head).set_index("finding").loc["depth gains (C)"]
     assert row["verdict"] == "not resolved"  # main said "agrees"
     assert "10 -> 9.9 (change -0.1, -1.0%)" in row["this_run"] and row["difference"] == pytest.approx(-0.1)
     assert "at least 5% of exit 1's pAUC" in row["criterion"]
-    assert analysis.paper_findings(frame, tags, head, min_change=0.005).set_index("finding").loc[
+    assert paper_findings(frame, tags, head, min_change=0.005).set_index("finding").loc[
         "depth gains (C)", "verdict"] == "agrees"
     # a 10x larger change: resolved by size; then the paired intervals (last exit - exit 1) decide
     big = [20 - 100 * (10 - v) for v in shape]  # 20 -> 10, same shape
     frame = _tidy({**_exits("C", "arcface", "IJB-C", big, 10, 10), **_exits("C", "arcface", "LFW", big, 10, 10)})
-    assert analysis.paper_findings(frame, tags, head).set_index("finding").loc["depth gains (C)", "verdict"] == "agrees"
+    assert paper_findings(frame, tags, head).set_index("finding").loc["depth gains (C)", "verdict"] == "agrees"
     for cis, verdict in (({"IJB-C": (-12.0, -8.0), "LFW": (-11.0, -9.0)}, "agrees"),
                          ({"IJB-C": (-12.0, -8.0), "LFW": (-15.0, 1.0)}, "not resolved")):
         paired = _paired(frame, "C", "Exit 12", "Exit 1", cis)
-        out = analysis.paper_findings(frame, tags, head, paired=paired).set_index("finding")
+        out = paper_findings(frame, tags, head, paired=paired).set_index("finding")
         assert out.loc["depth gains (C)", "verdict"] == verdict, cis
         assert f"excludes 0 on {2 if verdict == 'agrees' else 1} of 2 datasets" in out.loc["depth gains (C)", "this_run"]
         assert out.loc["depth gains (C): LFW", "difference"] == pytest.approx(-10.0)
 
 
 def test_released_gflops_are_the_papers():
-    released = analysis.released_gflops()
-    claims = analysis.released_claims(released)
+    released = released_gflops()
+    claims = released_claims(released)
     assert claims["c7_gflops"] == pytest.approx(6.75, abs=0.005) and claims["c12_gflops"] == pytest.approx(11.49, abs=0.005)
     assert claims["c7_saving"] == pytest.approx(0.41, abs=0.005) and claims["t6_saving"] == pytest.approx(0.50, abs=0.01)
     assert len(released) == 2 * 13 and set(released["exit"]) == {str(k) for k in range(1, 13)} | {"all fused"}
@@ -352,19 +389,19 @@ def test_released_gflops_are_the_papers():
 
 def test_headline_and_fmr_parameters(tmp_path):
     cfg = load_config("configs/demo.yaml")
-    head = analysis.headline(cfg)
+    head = headline(cfg)
     assert (head.dataset, head.label, head.fr_model, head.fmr) == ("ijbc", "IJB-C-like", "arcface", 0.001)
-    assert analysis.headline(cfg, 1e-2).fmr == 0.01
+    assert headline(cfg, 1e-2).fmr == 0.01
     with pytest.raises(ConfigError, match=r"headline FMR 0.005 \(parameter headline_fmr\) is not one of fmr_targets"):
-        analysis.headline(cfg, 0.005)
+        headline(cfg, 0.005)
     odd = cfg.with_(fmr_targets=[0.02, 0.002])
     with pytest.raises(ConfigError, match=r"headline FMR 0.001 \(headline.fmr of the config\).*set headline.fmr"):
-        analysis.headline(odd)
+        headline(odd)
     plain = dataclasses.replace(odd, headline={})
-    assert analysis.headline(plain).fmr == 0.02 and analysis.headline(plain).dataset == "lfw"
-    assert analysis.fmr_target(cfg, None, "cost_fmr") == 1e-4
+    assert headline(plain).fmr == 0.02 and headline(plain).dataset == "lfw"
+    assert fmr_target(cfg, None, "cost_fmr") == 1e-4
     with pytest.raises(ConfigError, match="cost_fmr 0.5 is not one of fmr_targets"):
-        analysis.fmr_target(cfg, 0.5, "cost_fmr")
+        fmr_target(cfg, 0.5, "cost_fmr")
 
 
 # ------------------------------------------------------------------------------ tables
@@ -408,13 +445,13 @@ def _direct_pauc(study: Study, dataset: str, fr: str, sample_values: np.ndarray,
     emb = np.asarray(study.embeddings(dataset, fr), dtype=np.float64)
     sim = np.einsum("ij,ij->i", emb[a], emb[b]) / np.linalg.norm(emb[a], axis=1) / np.linalg.norm(emb[b], axis=1)
     v = np.asarray(sample_values, dtype=np.float32)
-    curve = metrics.edc(sim, bench.comparisons["mated"].to_numpy(bool), np.minimum(v[a], v[b]), fmr, cfg.convention)
-    return metrics.pauc(curve, cfg.discard_limit) * cfg.pauc_scale
+    curve = edc(sim, bench.comparisons["mated"].to_numpy(bool), np.minimum(v[a], v[b]), fmr, cfg.convention)
+    return pauc(curve, cfg.discard_limit) * cfg.pauc_scale
 
 
 def test_strategy_table_cells_equal_direct_pauc(odd_study):
     study = odd_study
-    result = analysis.strategy_table(study, "arcface", 0.002, learn_on="lfw", n_candidates=5)
+    result = strategy_table(study, "arcface", 0.002, learn_on="lfw", n_candidates=5)
     tidy = result.tidy.set_index(["quality_model", "dataset", "strategy"])["pauc"]
     scores = np.asarray(study.exit_scores("lfw", "T"), dtype=np.float64)
     label = study.config.datasets["lfw"].label
@@ -430,13 +467,13 @@ def test_strategy_table_cells_equal_direct_pauc(odd_study):
 
 def test_adaptive_study_matches_its_parts(odd_study):
     study = odd_study
-    out = analysis.adaptive_study(study, "arcface", 0.02, reject_fraction=0.3, margin=0.4, min_exit=2)
+    out = adaptive_study(study, "arcface", 0.02, reject_fraction=0.3, margin=0.4, min_exit=2)
     row = out[(out["quality_model"] == "C") & (out["dataset"] == study.config.datasets["lfw"].label)].iloc[0]
     scores = np.asarray(study.exit_scores("lfw", "C"), dtype=np.float64)
     full = scores @ depth_weights(12)
     thr = np.quantile(full, 0.3)
     model = Models(study.config).quality_model("C")
-    res = analysis.adaptive_exit(scores, thr, 0.4 * full.std(), 2, analysis.adaptive_cost_curve(model.config, 12))
+    res = adaptive_exit(scores, thr, 0.4 * full.std(), 2, adaptive_cost_curve(model.config, 12))
     assert row["mean_exit"] == pytest.approx(res.exit_used.mean())
     assert row["gate_agreement"] == pytest.approx(np.mean((res.score > thr) == (full > thr)))
     # the trivial gates: accepting every image agrees wherever the full gate accepts (about 70% here)
@@ -446,12 +483,12 @@ def test_adaptive_study_matches_its_parts(odd_study):
     assert row["pauc_adaptive"] == pytest.approx(_direct_pauc(study, "lfw", "arcface", res.score, 0.02), rel=1e-6, abs=1e-9)
     assert row["pauc_fw_all_exits"] == pytest.approx(_direct_pauc(study, "lfw", "arcface", full, 0.02), rel=1e-6, abs=1e-9)
     with pytest.raises(ConfigError, match="reject_fraction"):
-        analysis.adaptive_study(study, "arcface", 0.02, reject_fraction=1.0, margin=0.4, min_exit=2)
+        adaptive_study(study, "arcface", 0.02, reject_fraction=1.0, margin=0.4, min_exit=2)
 
 
 def test_fusion_bootstrap_is_scaled_and_states_seed(odd_study):
     study = Study(odd_study.config.select(datasets=["lfw"]), progress=False)
-    boot = analysis.fusion_bootstrap(study, "arcface", 0.002, n_boot=20)
+    boot = fusion_bootstrap(study, "arcface", 0.002, n_boot=20)
     assert set(boot["scale"]) == {100.0} and set(boot["seed"]) == {3} and set(boot["convention"]) == {"fixed"}
     row = boot[(boot["quality_model"] == "T") & (boot["method"] == "EX-FIQA-FW")].iloc[0]
     scores = np.asarray(study.exit_scores("lfw", "T"), dtype=np.float64)
@@ -464,7 +501,7 @@ def test_fusion_bootstrap_is_scaled_and_states_seed(odd_study):
 def test_attention_inputs_follow_the_config(tiny_config, tmp_path):
     cfg = load_config(tiny_config)
     study = Study(cfg, progress=False)
-    demo = analysis.attention_inputs(study, mean_images=5)
+    demo = attention_inputs(study, mean_images=5)
     assert list(demo.faces) == ["child", "frontal", "occlusion", "pose"]
     np.testing.assert_array_equal(demo.faces["pose"], read_face(cfg.data_root / "samples" / "pose.png"))
     ds0 = next(iter(cfg.datasets))  # the mean is over the run's first dataset
@@ -473,25 +510,25 @@ def test_attention_inputs_follow_the_config(tiny_config, tmp_path):
     expect = np.sort(np.random.default_rng(cfg.seed).choice(n, size=5, replace=False))
     np.testing.assert_array_equal(demo.mean_ids, expect)
     np.testing.assert_array_equal(demo.mean_faces[2], study.benchmark(ds0).image(int(expect[2])))
-    assert len(analysis.attention_inputs(study, mean_images=10_000).mean_ids) == n  # bounded by the dataset
+    assert len(attention_inputs(study, mean_images=10_000).mean_ids) == n  # bounded by the dataset
     # configured: a path and a dataset sample
     chosen = parse_attention_samples({"child": "samples/frontal.png", "pose": {"dataset": "adience", "sample": 3}}, cfg)
     mine = Study(dataclasses.replace(cfg, attention_samples=chosen), progress=False)
-    got = analysis.attention_inputs(mine, mean_images=2)
+    got = attention_inputs(mine, mean_images=2)
     assert list(got.faces) == ["child", "pose"]
     np.testing.assert_array_equal(got.faces["child"], read_face(cfg.data_root / "samples" / "frontal.png"))
     np.testing.assert_array_equal(got.faces["pose"], study.benchmark("adience").image(3))
     # real data (no demo): the first sample of each of the first datasets, labelled so
     real = Study(dataclasses.replace(cfg, demo=""), progress=False)
-    got = analysis.attention_inputs(real, mean_images=2)
+    got = attention_inputs(real, mean_images=2)
     labels = [s.label for s in cfg.datasets.values()][:4]
     assert list(got.faces) == [f"{lab} #0" for lab in labels] and "not set" in got.note
     np.testing.assert_array_equal(got.faces[f"{labels[1]} #0"], study.benchmark(list(cfg.datasets)[1]).image(0))
     far = parse_attention_samples({"pose": {"dataset": "adience", "sample": 10**6}}, cfg)
     with pytest.raises(ConfigError, match=r"attention_samples.pose: sample 1000000 is out of range for adience"):
-        analysis.attention_inputs(Study(dataclasses.replace(cfg, attention_samples=far), progress=False))
+        attention_inputs(Study(dataclasses.replace(cfg, attention_samples=far), progress=False))
     with pytest.raises(ConfigError, match="mean_images"):
-        analysis.attention_inputs(study, mean_images=0)
+        attention_inputs(study, mean_images=0)
 
 
 def test_attention_samples_config_key(tiny_config, tmp_path):
@@ -521,17 +558,17 @@ def test_paper_findings_take_the_studys_paired_tables(odd_study):
     # notebook 03's path: pauc_all and the two bootstrap tables at one scale, one row per compared dataset
     study = Study(odd_study.config.select(datasets=["lfw"]), progress=False)
     cfg = study.config
-    tags = analysis.variant_tags(study)
-    head = analysis.Headline("lfw", cfg.datasets["lfw"].label, "arcface", 0.002)
-    pauc = analysis.pauc_all(study, scale=cfg.pauc_scale)
-    depth = analysis.depth_bootstrap(study, "arcface", 0.002, n_boot=20)
+    tags = variant_tags(study)
+    head = Headline("lfw", cfg.datasets["lfw"].label, "arcface", 0.002)
+    pauc = pauc_all(study, scale=cfg.pauc_scale)
+    depth = depth_bootstrap(study, "arcface", 0.002, n_boot=20)
     assert set(depth["method"]) == {"Exit 12"} and set(depth["reference"]) == {"Exit 1"}
-    paired = pd.concat([analysis.fusion_bootstrap(study, "arcface", 0.002, n_boot=20), depth])
-    flagged = analysis.paper_findings(pauc, tags, head, paired=paired)  # the tiny LFW cannot resolve FMR 0.002
+    paired = pd.concat([fusion_bootstrap(study, "arcface", 0.002, n_boot=20), depth])
+    flagged = paper_findings(pauc, tags, head, paired=paired)  # the tiny LFW cannot resolve FMR 0.002
     assert not pauc.loc[np.isclose(pauc["fmr"], 0.002) & (pauc["dataset"] == cfg.datasets["lfw"].label), "resolved"].all()
     assert set(flagged["verdict"]) == {"not computable in this run"}
     pauc = pauc.drop(columns="resolved")  # the paired-table mechanics, as if it were resolvable
-    out = analysis.paper_findings(pauc, tags, head, paired=paired).set_index("finding")
+    out = paper_findings(pauc, tags, head, paired=paired).set_index("finding")
     label = cfg.datasets["lfw"].label
     for finding, a, b in ((f"FW beats the last exit (C): {label}", "EX-FIQA-FW", "Exit 12"),
                           (f"depth gains (T): {label}", "Exit 12", "Exit 1")):
@@ -542,9 +579,9 @@ def test_paper_findings_take_the_studys_paired_tables(odd_study):
         expect = ("tie" if p[a] == pytest.approx(p[b], rel=1e-9, abs=0) else "agrees" if row["ci_high"] < 0
                   else "differs" if row["ci_low"] > 0 else "not resolved")
         assert row["verdict"] == expect, (finding, p[a], p[b])
-    assert set(out["verdict"]) <= set(analysis.VERDICTS)
+    assert set(out["verdict"]) <= set(VERDICTS)
     with pytest.raises(ValueError, match="differ in scale or protocol"):  # an unscaled bootstrap table is refused
-        analysis.paper_findings(pauc, tags, head, paired=paired.assign(delta_pauc=paired["delta_pauc"] / cfg.pauc_scale))
+        paper_findings(pauc, tags, head, paired=paired.assign(delta_pauc=paired["delta_pauc"] / cfg.pauc_scale))
 
 
 def test_findings_and_wins_leave_out_unresolvable_fmr_cells():
@@ -556,17 +593,17 @@ def test_findings_and_wins_leave_out_unresolvable_fmr_cells():
         vals.update(_exits("T", "arc", ds, [9.0] * 12, 9.0, 9.0))
     frame = _tidy(vals)
     frame["resolved"] = frame["dataset"] != "LFW"
-    wins = analysis.fusion_wins(frame[frame["quality_model"] == "C"], "EX-FIQA-FW", "Exit 12").iloc[0]
+    wins = fusion_wins(frame[frame["quality_model"] == "C"], "EX-FIQA-FW", "Exit 12").iloc[0]
     assert (wins["wins"], wins["n"], wins["unresolved"]) == (2, 2, 1) and "1 more left out" in wins["summary"]
-    head = analysis.Headline("ijb", "IJB", "arc", 1e-3)
+    head = Headline("ijb", "IJB", "arc", 1e-3)
     tags = {"T": ("T", 12), "C": ("C", 12)}
-    f = analysis.paper_findings(frame, tags, head).set_index("finding")
+    f = paper_findings(frame, tags, head).set_index("finding")
     assert f.loc["left out: unresolvable FMR target", "this_run"] == "LFW with arc"
     assert f.loc["left out: unresolvable FMR target", "verdict"] == "not computable in this run"
-    everything = analysis.paper_findings(frame.drop(columns="resolved"), tags, head).set_index("finding")
+    everything = paper_findings(frame.drop(columns="resolved"), tags, head).set_index("finding")
     assert "left out: unresolvable FMR target" not in everything.index
     # the unresolved LFW cell (FW 1.0, far the lowest) would otherwise move the best mean of FW (C)
     assert "(3.667)" not in f.loc["FW (T) best mean pAUC", "this_run"]
     frame.loc[frame["dataset"] == "IJB", "resolved"] = False
-    f = analysis.paper_findings(frame, tags, head).set_index("finding")
+    f = paper_findings(frame, tags, head).set_index("finding")
     assert f.loc["FW beats the last exit (C)", "verdict"] == "not computable in this run"

@@ -22,10 +22,14 @@ import yaml
 from scipy.stats import entropy, rankdata
 
 from exfiqa.config import load_config
-from exfiqa.evaluation import fusion, metrics
+from exfiqa.evaluation import fusion
+from exfiqa.evaluation.edc import edc
+from exfiqa.evaluation.pauc import pauc, pauc_resolved
+from exfiqa.evaluation.verification import eer
 from exfiqa.extract import Models
 from exfiqa.paper import NOTEBOOKS, run_paper
-from exfiqa.report import analysis
+from exfiqa.report.attention import attention_maps
+from exfiqa.report.findings import VERDICTS
 from exfiqa.study import Study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,20 +175,20 @@ def test_every_figure_and_table_is_produced(paper_run):
     pauc = pd.read_csv(out / "tables" / "pauc_all.csv")
     assert set(pauc["convention"]) == {"recompute"} and set(pauc["limit"]) == {0.3} and set(pauc["scale"]) == {1000.0}
     findings = pd.read_csv(out / "tables" / "paper_findings.csv")
-    assert len(findings) >= 6 and set(findings["verdict"]) <= set(analysis.VERDICTS)
+    assert len(findings) >= 6 and set(findings["verdict"]) <= set(VERDICTS)
 
 
 # ------------------------------------------------------------------------------ every table, one cell recomputed
 #
 # Each written table gets at least one cell recomputed here from the Study's arrays (exit scores,
-# baselines, similarities) with exfiqa.evaluation.metrics' materialised functions (metrics.edc + metrics.pauc
+# baselines, similarities) with exfiqa.evaluation's materialised functions (edc + pauc
 # on explicit similarity / mated / pair-quality vectors), independently of the Study's bounded
 # path (orders, scores objects) and of the notebooks' assembly (pivots, means, wins, labels).
 
 
 class Direct:
     """Direct computations on the run's arrays: pair quality = min of the two sides (templates:
-    min over each template's samples, by pandas), pAUC = metrics.pauc(metrics.edc(...)) x scale."""
+    min over each template's samples, by pandas), pAUC = pauc(edc(...)) x scale."""
 
     def __init__(self, config: Path) -> None:
         self.study = Study(load_config(config), progress=False)
@@ -222,18 +226,18 @@ class Direct:
         a, b, mated = self.comparisons(ds)
         v = self.sides(ds, np.asarray(per_sample, dtype=np.float32))  # every quality is evaluated in float32
         c = self.cfg
-        curve = metrics.edc(self.similarity(ds, fr), mated, np.minimum(v[a], v[b]), fmr, c.convention,
+        curve = edc(self.similarity(ds, fr), mated, np.minimum(v[a], v[b]), fmr, c.convention,
                             threshold_rule=c.threshold_rule, acceptance=c.acceptance)
-        return metrics.pauc(curve, c.discard_limit, c.subtract_best) * c.pauc_scale
+        return pauc(curve, c.discard_limit, c.subtract_best) * c.pauc_scale
 
     def resolved(self, ds: str, fr: str, per_sample: np.ndarray, fmr: float) -> bool:
-        """Whether that pAUC's FMR target is resolvable (materialised curve, metrics.pauc_resolved)."""
+        """Whether that pAUC's FMR target is resolvable (materialised curve, pauc_resolved)."""
         a, b, mated = self.comparisons(ds)
         v = self.sides(ds, np.asarray(per_sample, dtype=np.float32))
         c = self.cfg
-        curve = metrics.edc(self.similarity(ds, fr), mated, np.minimum(v[a], v[b]), fmr, c.convention,
+        curve = edc(self.similarity(ds, fr), mated, np.minimum(v[a], v[b]), fmr, c.convention,
                             threshold_rule=c.threshold_rule, acceptance=c.acceptance)
-        return metrics.pauc_resolved(curve, c.discard_limit)
+        return pauc_resolved(curve, c.discard_limit)
 
     def exits(self, ds: str, q: str) -> np.ndarray:
         return np.asarray(self.study.exit_scores(ds, q), dtype=np.float64)
@@ -275,7 +279,7 @@ def check_fr_sanity(d: Direct, t):
     cos = np.sum(emb[a] * emb[b], 1) / (np.linalg.norm(emb[a], axis=1) * np.linalg.norm(emb[b], axis=1))
     sim = d.similarity("lfw", "arcface")
     np.testing.assert_allclose(sim, cos, atol=1e-5)
-    _close(_cell(t["fr_sanity"], "eer", dataset="LFW-like", fr_model="arcface"), metrics.eer(sim[~mated], sim[mated]))
+    _close(_cell(t["fr_sanity"], "eer", dataset="LFW-like", fr_model="arcface"), eer(sim[~mated], sim[mated]))
 
 
 def check_pauc_all(d: Direct, t):
@@ -331,7 +335,7 @@ def check_attention_statistics(d: Direct, t):
     cfg, bench = d.cfg, d.study.benchmark(d.first)
     ids = np.sort(np.random.default_rng(cfg.seed).choice(len(bench), size=min(256, len(bench)), replace=False))
     model = Models(d.cfg).quality_model("T")
-    maps = analysis.attention_maps(model, np.stack([bench.image(int(i)) for i in ids]), batch_size=cfg.batch_size,
+    maps = attention_maps(model, np.stack([bench.image(int(i)) for i in ids]), batch_size=cfg.batch_size,
                                    device=cfg.device)
     stats = t["attention_statistics"]
     _close(_cell(stats, "entropy_mean", quality_model="T", exit=1),

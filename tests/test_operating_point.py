@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from exfiqa.cli import main
-from exfiqa.evaluation.metrics import edc
+from exfiqa.evaluation.edc import edc
 from exfiqa.evaluation.operating import operating_point_pairs
 from exfiqa.evaluation.rules import allowed_errors
 

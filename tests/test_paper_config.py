@@ -17,7 +17,8 @@ import yaml
 from markupsafe import escape
 
 from exfiqa.config import ConfigError, load_config
-from exfiqa.evaluation import metrics
+from exfiqa.evaluation.edc import edc
+from exfiqa.evaluation.pauc import pauc
 from exfiqa.paper import NOTEBOOKS, cell_labels, notebook_key, run_paper
 from exfiqa.store.runcard import RunCard, code_digest, input_summary, run_card
 from exfiqa.study import Study
@@ -67,17 +68,17 @@ def test_every_table_carries_the_configs_protocol(odd_run):
 def test_the_numbers_follow_the_config(odd_run, tiny_config):
     """One pAUC of the table equals a direct computation under the odd protocol."""
     out, path, _ = odd_run
-    pauc = pd.read_csv(out / "tables" / "pauc_all.csv")
-    row = pauc[(pauc["quality_model"] == "T") & (pauc["fr_model"] == "arcface") & (pauc["method"] == "Exit 12")
-               & (pauc["fmr"] == 0.002) & (pauc["dataset"] == "LFW-like")]
+    table = pd.read_csv(out / "tables" / "pauc_all.csv")
+    row = table[(table["quality_model"] == "T") & (table["fr_model"] == "arcface") & (table["method"] == "Exit 12")
+               & (table["fmr"] == 0.002) & (table["dataset"] == "LFW-like")]
     study = Study(load_config(path), progress=False)
     bench = study.benchmark("lfw")
     a, b = bench.comparisons["a"].to_numpy(), bench.comparisons["b"].to_numpy()
     emb = np.asarray(study.embeddings("lfw", "arcface"), dtype=np.float64)
     sim = np.einsum("ij,ij->i", emb[a], emb[b]) / np.linalg.norm(emb[a], axis=1) / np.linalg.norm(emb[b], axis=1)
     q = np.asarray(study.exit_scores("lfw", "T"))[:, -1]
-    curve = metrics.edc(sim, bench.comparisons["mated"].to_numpy(bool), np.minimum(q[a], q[b]), 0.002, "fixed")
-    assert row["pauc"].item() == pytest.approx(metrics.pauc(curve, 0.25) * 100, rel=1e-6, abs=1e-9)
+    curve = edc(sim, bench.comparisons["mated"].to_numpy(bool), np.minimum(q[a], q[b]), 0.002, "fixed")
+    assert row["pauc"].item() == pytest.approx(pauc(curve, 0.25) * 100, rel=1e-6, abs=1e-9)
 
 
 def test_run_card_in_every_notebook_and_the_index(odd_run):

@@ -228,7 +228,8 @@ def _reference_pauc(study, ds, fr, q, conv, scale=1.0, **rules):
 
 @pytest.mark.parametrize("dataset", ["lfw", "xqlfw", "adience", "ijbc"])
 def test_bounded_evaluation_equals_the_wide_table(study, dataset):
-    from exfiqa.evaluation import metrics
+    from exfiqa.evaluation.edc import edc
+    from exfiqa.evaluation.pauc import pauc
 
     cfg = study.config
     table = comparison_table(study, dataset, "arcface", "C")
@@ -243,7 +244,7 @@ def test_bounded_evaluation_equals_the_wide_table(study, dataset):
         )
         pd.testing.assert_frame_equal(study.edc_frame(dataset, "arcface", "C", methods, convention=conv), ref_edc)
     fused = study.exit_scores(dataset, "C").astype(np.float64) @ np.linspace(1, 2, 12)
-    ref = metrics.pauc(metrics.edc(table["similarity"], table["mated"], pair(study, dataset, fused), 1e-3, cfg.convention))
+    ref = pauc(edc(table["similarity"], table["mated"], pair(study, dataset, fused), 1e-3, cfg.convention))
     assert study.pauc_of(dataset, "arcface", fused, (1e-3,))[1e-3][0] == ref
 
 
@@ -251,7 +252,7 @@ def test_bounded_evaluation_equals_the_wide_table(study, dataset):
 def test_the_authors_rules_and_fm_edc_through_the_study(tiny_config, study, dataset):
     """compat crfiqa (config rules), FM-EDC and the triangle subtraction: bounded Study frames equal
     the small-set functions on the wide table."""
-    from exfiqa.evaluation import metrics
+    from exfiqa.evaluation.rules import compat_rules
 
     cfg = study.config.with_(threshold_rule="closest", acceptance="distance<", convention="fixed", subtract_best=True)
     rules = Study(cfg, progress=False, run=study.run)  # the same run: benchmarks and arrays
@@ -261,13 +262,13 @@ def test_the_authors_rules_and_fm_edc_through_the_study(tiny_config, study, data
     kw = {"dataset": cfg.datasets[dataset].label, "fr_model": "arcface", "limit": cfg.discard_limit, "scale": 1000}
     got = rules.pauc_frame(dataset, "arcface", "T", methods, scale=1000)
     ref = O.pauc_frame(table["similarity"], table["mated"], quals, targets=cfg.fmr_targets, convention="fixed",
-                             subtract_best="triangle", **metrics.compat_rules("crfiqa"), **kw)
+                             subtract_best="triangle", **compat_rules("crfiqa"), **kw)
     pd.testing.assert_frame_equal(got, ref)
     assert set(got.threshold_rule) == {"closest"} and set(got.best_curve) == {"triangle"}
     got = rules.pauc_frame(dataset, "arcface", "T", methods, scale=1000, convention="recompute", subtract_best=False,
                            error_type="fmr", targets=(0.1, 0.3))
     ref = O.pauc_frame(table["similarity"], table["mated"], quals, targets=(0.1, 0.3), convention="recompute",
-                             error_type="fmr", **metrics.compat_rules("crfiqa"), **kw)
+                             error_type="fmr", **compat_rules("crfiqa"), **kw)
     pd.testing.assert_frame_equal(got, ref)
     with pytest.raises(ValueError, match="targets: an FM-EDC"):
         rules.edc(dataset, "arcface", "T", "Exit 3", error_type="fmr")
@@ -288,11 +289,14 @@ def test_adience_is_evaluated_without_materialising_its_pairs(tiny_config, study
 
 
 def test_analyses_equal_the_unbounded_computation(study):
-    from exfiqa.evaluation import bootstrap, metrics
-    from exfiqa.report import analysis
+    from exfiqa.evaluation import bootstrap
+    from exfiqa.evaluation.verification import eer, verification_accuracy
+    from exfiqa.report.bootstrap_tables import paired_vs_reference
+    from exfiqa.report.frames import pauc_all
+    from exfiqa.report.layers import fr_sanity
 
     cfg = study.config
-    got = analysis.pauc_all(study, scale=1000)
+    got = pauc_all(study, scale=1000)
     ref = []
     for q in cfg.quality_models:
         for fr in cfg.fr_models:
@@ -304,7 +308,7 @@ def test_analyses_equal_the_unbounded_computation(study):
     assert got["exit"].astype(object).where(got["exit"].notna(), None).tolist() == [exits.get(m) for m in got["method"]]
     pd.testing.assert_frame_equal(got.drop(columns="exit"), pd.concat(ref, ignore_index=True))
     for unit in ("subject", "comparison"):  # the bounded engines against paired_bootstrap on the materialised table
-        boot = analysis.paired_vs_reference(study, "T", "arcface", ["EX-FIQA-F", "EX-FIQA-FW"], "Exit 12", 1e-2, n_boot=40,
+        boot = paired_vs_reference(study, "T", "arcface", ["EX-FIQA-F", "EX-FIQA-FW"], "Exit 12", 1e-2, n_boot=40,
                                             unit=unit)
         for row in boot.itertuples():
             ds = next(d for d in cfg.datasets if cfg.datasets[d].label == row.dataset)
@@ -322,27 +326,28 @@ def test_analyses_equal_the_unbounded_computation(study):
                                            cfg.discard_limit, n_boot=40, seed=cfg.seed, subjects=subj)
             assert (row.delta_pauc, row.ci_low, row.ci_high, row.p_better) == pytest.approx(
                 (r.difference, r.lower, r.upper, r.frac_a_below_b), abs=1e-15), (unit, row.dataset)
-    sanity = analysis.fr_sanity(study).set_index(["dataset", "fr_model"])
+    sanity = fr_sanity(study).set_index(["dataset", "fr_model"])
     for fr in cfg.fr_models:
         for ds in cfg.datasets:
             s, y = study.similarity(ds, fr), study.benchmark(ds).comparisons["mated"].to_numpy(bool)
             row = sanity.loc[(cfg.datasets[ds].label, fr)]
-            assert row["accuracy_10fold"] == metrics.verification_accuracy(s, y, min(10, len(s))).mean
-            assert row["eer"] == metrics.eer(s[~y], s[y])
+            assert row["accuracy_10fold"] == verification_accuracy(s, y, min(10, len(s))).mean
+            assert row["eer"] == eer(s[~y], s[y])
             assert row["comparisons"] == len(s) and row["mated"] == y.sum()
 
 
 def test_fusion_search_is_the_minimum_over_its_candidates(study):
-    from exfiqa.evaluation import metrics
-    from exfiqa.report import analysis
+    from exfiqa.evaluation.edc import edc
+    from exfiqa.evaluation.pauc import pauc
+    from exfiqa.report.fusion_report import search_fusion_weights
 
     cfg = study.config
-    w, p = analysis.search_fusion_weights(study, "T", "arcface", "xqlfw", 1e-3, n_candidates=6, seed=3)
+    w, p = search_fusion_weights(study, "T", "arcface", "xqlfw", 1e-3, n_candidates=6, seed=3)
     scores = study.exit_scores("xqlfw", "T").astype(np.float64)
     rng = np.random.default_rng(3)
     cands = [np.full(12, 1 / 12), np.arange(1, 13) / 78, *np.eye(12), *rng.dirichlet(np.full(12, 0.5), size=6)]
     t = comparison_table(study, "xqlfw", "arcface", "T")
-    areas = [metrics.pauc(metrics.edc(t["similarity"], t["mated"], pair(study, "xqlfw", scores @ c), 1e-3, cfg.convention), cfg.discard_limit)
+    areas = [pauc(edc(t["similarity"], t["mated"], pair(study, "xqlfw", scores @ c), 1e-3, cfg.convention), cfg.discard_limit)
              for c in cands]
     assert p == min(areas)
     np.testing.assert_array_equal(w, cands[int(np.argmin(areas))])

@@ -8,18 +8,20 @@ import numpy as np
 import oracles as O
 import pytest
 
-from exfiqa.evaluation import metrics as M
+from exfiqa.evaluation.edc import EDCCurve, edc
+from exfiqa.evaluation.pauc import pauc_resolved, resolved_for
+from exfiqa.evaluation.rules import resolvable
 from exfiqa.evaluation.scores import ArrayOrder, Comparisons
 
 
 def test_resolvable_by_hand():
     # 300 non-mated comparisons (the demo's LFW-like sets): 1e-2 -> 3 false matches allowed; 1e-3, 1e-4 -> none
-    assert M.resolvable(1e-2, 300) and not M.resolvable(1e-3, 300) and not M.resolvable(1e-4, 300)
-    assert M.resolvable(1e-3, 1000) and not M.resolvable(1e-3, 999)  # exactly one expected false match
-    assert M.resolvable(1e-4, 3000) == np.False_  # the real LFW family at 1e-4
-    assert list(M.resolvable(0.29, np.array([100, 4, 3]))) == [True, True, False]  # 0.29 * 4 = 1.16
+    assert resolvable(1e-2, 300) and not resolvable(1e-3, 300) and not resolvable(1e-4, 300)
+    assert resolvable(1e-3, 1000) and not resolvable(1e-3, 999)  # exactly one expected false match
+    assert resolvable(1e-4, 3000) == np.False_  # the real LFW family at 1e-4
+    assert list(resolvable(0.29, np.array([100, 4, 3]))) == [True, True, False]  # 0.29 * 4 = 1.16
     with pytest.raises(ValueError, match="n: expected non-negative integer counts"):
-        M.resolvable(1e-3, -1)
+        resolvable(1e-3, -1)
 
 
 def _low_quality_nonmated(n_nm: int, n_m: int, seed: int = 0):
@@ -39,17 +41,17 @@ def test_recompute_levels_count_the_nonmated_left():
     assert list(expect[:3]) == [True, True, False]
     got = O.resolvable_levels(mated, q, 1e-3)
     assert np.array_equal(got, expect)
-    curve = M.edc(sim, mated, q, 1e-3)
+    curve = edc(sim, mated, q, 1e-3)
     assert np.array_equal(curve.n_target_base, left) and np.array_equal(curve.resolved, expect)
     # the whole set resolves 1e-3, but not after discarding 10% (and so not up to 30%)
-    assert M.resolvable(1e-3, int((~mated).sum()))
-    assert M.pauc_resolved(curve, 0.05) and not M.pauc_resolved(curve, 0.3)
-    assert not M.pauc_resolved(curve, 0.07)  # the area interpolates towards level 2 (900 left)
+    assert resolvable(1e-3, int((~mated).sum()))
+    assert pauc_resolved(curve, 0.05) and not pauc_resolved(curve, 0.3)
+    assert not pauc_resolved(curve, 0.07)  # the area interpolates towards level 2 (900 left)
     # 1e-2 holds while 1100 - 100 j >= 100, i.e. levels 0..10
     assert list(np.flatnonzero(~O.resolvable_levels(mated, q, 1e-2))) == list(range(11, 20))
     # fixed: the threshold is set once from all 1100 -> resolved at every point, whatever is discarded
-    fixed = M.edc(sim, mated, q, 1e-3, "fixed")
-    assert fixed.resolved.all() and M.pauc_resolved(fixed, 0.3)
+    fixed = edc(sim, mated, q, 1e-3, "fixed")
+    assert fixed.resolved.all() and pauc_resolved(fixed, 0.3)
     assert np.array_equal(O.resolvable_levels(mated, q, 1e-3, "fixed"), fixed.resolved)
 
 
@@ -60,9 +62,9 @@ def test_levels_agree_with_the_engine_on_random_sets():
         sim = rng.normal(size=n) + mated
         q = np.round(rng.random(n), 1)  # many ties: the stable order matters
         for t in (1e-2, 3e-3, 1e-3):
-            curve = M.edc(sim, mated, q, t)
+            curve = edc(sim, mated, q, t)
             assert np.array_equal(O.resolvable_levels(mated, q, t), curve.resolved)
-            fm = M.edc(sim, mated, q, t * 10, error_type="fmr")  # FM-EDC: the FNMR target over the mated left
+            fm = edc(sim, mated, q, t * 10, error_type="fmr")  # FM-EDC: the FNMR target over the mated left
             assert np.array_equal(O.resolvable_levels(mated, q, t * 10, error_type="fmr"), fm.resolved)
 
 
@@ -79,10 +81,10 @@ def test_identical_curves_below_the_resolution():
 
 
 def test_hand_made_recompute_curve_needs_counts():
-    c = M.EDCCurve([0, 0.05], [0.1, 0.1], [0, 0], 1e-3, "recompute", n_mated=10, n_nonmated=5000)
+    c = EDCCurve([0, 0.05], [0.1, 0.1], [0, 0], 1e-3, "recompute", n_mated=10, n_nonmated=5000)
     with pytest.raises(ValueError, match="n_target_base"):
         c.resolved  # noqa: B018
-    f = M.EDCCurve([0, 0.05], [0.1, 0.1], [0, 0], 1e-3, "fixed", n_mated=10, n_nonmated=5000)
+    f = EDCCurve([0, 0.05], [0.1, 0.1], [0, 0], 1e-3, "fixed", n_mated=10, n_nonmated=5000)
     assert f.resolved.all()
 
 
@@ -97,8 +99,8 @@ def test_resolved_for_prepared_scores_equals_the_curve():
     for conv in ("recompute", "fixed"):
         for t in (1e-2, 1e-3, 5e-4):
             for limit in (0.05, 0.17, 0.3):
-                curve = M.edc(sim, mated, q, t, conv)
-                assert M.resolved_for(comp, order, t, conv, limit) == M.pauc_resolved(curve, limit)
+                curve = edc(sim, mated, q, t, conv)
+                assert resolved_for(comp, order, t, conv, limit) == pauc_resolved(curve, limit)
     # 1800 non-mated: 1e-3 resolved for the whole set; discarding mostly non-mated ones drops below 1000
-    assert M.resolvable(1e-3, int((~mated).sum())) and not M.resolved_for(comp, order, 1e-3, "recompute", 0.3)
-    assert M.resolved_for(comp, order, 1e-3, "fixed", 0.3)
+    assert resolvable(1e-3, int((~mated).sum())) and not resolved_for(comp, order, 1e-3, "recompute", 0.3)
+    assert resolved_for(comp, order, 1e-3, "fixed", 0.3)

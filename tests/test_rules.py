@@ -17,12 +17,30 @@ import yaml
 
 from exfiqa.config import ConfigError, load_config
 from exfiqa.evaluation import bootstrap as B
-from exfiqa.evaluation import metrics as M
 from exfiqa.evaluation import scores as SC
-from exfiqa.evaluation.rules import level_starts
+from exfiqa.evaluation.edc import edc, edc_curves, edc_many
+from exfiqa.evaluation.pauc import pauc, pauc_meta
+from exfiqa.evaluation.rules import (
+    TIE_ORDER_NOTE,
+    Acceptance,
+    Convention,
+    ErrorType,
+    ThresholdRule,
+    compat_rules,
+    level_starts,
+    rule_note,
+)
 from exfiqa.evaluation.scores import ArrayOrder, Comparisons, DistanceView
+from exfiqa.evaluation.verification import (
+    eer,
+    error_rates,
+    fmr_at_fnmr,
+    fnmr_at_fmr,
+    roc,
+    threshold_at_fmr,
+)
 
-CRFIQA = M.compat_rules("crfiqa")
+CRFIQA = compat_rules("crfiqa")
 
 
 def dist(s):
@@ -107,10 +125,10 @@ def test_every_rule_matches_the_second_implementation(seed, rule, acceptance, er
     s, y, q = synthetic(seed)
     kw = {"threshold_rule": rule, "acceptance": acceptance, "error_type": error_type}
     for t in (0.3, 0.05, 0.01):
-        got = M.edc(s, y, q, t, "recompute", **kw)
+        got = edc(s, y, q, t, "recompute", **kw)
         np.testing.assert_allclose(got.error, brute_recompute(s, y, q, t, rule, acceptance, error_type),
                                    rtol=0, atol=1e-15, equal_nan=True)
-        got = M.edc(s, y, q, t, "fixed", **kw)
+        got = edc(s, y, q, t, "fixed", **kw)
         frac, err = brute_fixed(s, y, q, t, rule, acceptance, error_type)
         np.testing.assert_allclose(got.discard_fraction, frac)
         np.testing.assert_allclose(got.error, err, rtol=0, atol=1e-15)
@@ -141,7 +159,7 @@ def scripts_fnmr(sim, y, q, fmr):
 def test_compat_crfiqa_reproduces_the_scripts_algorithm(seed):
     s, y, q = synthetic(seed, n=3000 if seed < 2 else None)
     for fmr in (1e-2, 1e-3, 1e-4):
-        got = M.edc(s, y, q, fmr, "recompute", **CRFIQA).fnmr
+        got = edc(s, y, q, fmr, "recompute", **CRFIQA).fnmr
         np.testing.assert_allclose(got, scripts_fnmr(s, y, q, fmr), rtol=0, atol=1e-12)
 
 
@@ -155,43 +173,43 @@ POS = np.array([0.85, 0.8, 0.75, 0.65])
 def test_fnm_rules_hand_case_with_ties():
     # FMR 0.25 of 10: at_most allows k = 2; the 3rd largest is the tied 0.8, so only 0.9 is
     # accepted (FMR 0.1) and the mated 0.8, 0.75, 0.65 are rejected.
-    t = M.threshold_at_fmr(NEG, 0.25)
+    t = threshold_at_fmr(NEG, 0.25)
     assert t == np.nextafter(0.8, np.inf)
-    assert M.error_rates(NEG, POS, t) == (0.1, 0.75)
-    assert M.fnmr_at_fmr(NEG, POS, 0.25) == 0.75
+    assert error_rates(NEG, POS, t) == (0.1, 0.75)
+    assert fnmr_at_fmr(NEG, POS, 0.25) == 0.75
     # closest: achievable counts 1 (>= 0.9), 3 (>= 0.8), 4, ...; |3/10 - 0.25| is smallest, so FMR
     # 0.3 (above the target). Lowest threshold with 3 accepted: the smallest score above the 4th
     # largest non-mated (0.7) is the mated 0.75.
-    t = M.threshold_at_fmr(NEG, 0.25, threshold_rule="closest", mated_scores=POS)
+    t = threshold_at_fmr(NEG, 0.25, threshold_rule="closest", mated_scores=POS)
     assert t == 0.75
-    assert M.error_rates(NEG, POS, t) == (0.3, 0.25)  # similarity>=: the mated 0.75 accepted
-    assert M.fnmr_at_fmr(NEG, POS, 0.25, threshold_rule="closest") == 0.25
+    assert error_rates(NEG, POS, t) == (0.3, 0.25)  # similarity>=: the mated 0.75 accepted
+    assert fnmr_at_fmr(NEG, POS, 0.25, threshold_rule="closest") == 0.25
     # distance<: the same ROC point, as an angular distance; the mated 0.75 at it is rejected.
-    t = M.threshold_at_fmr(NEG, 0.25, **CRFIQA, mated_scores=POS)
+    t = threshold_at_fmr(NEG, 0.25, **CRFIQA, mated_scores=POS)
     assert t == dist(0.75)
-    assert M.error_rates(NEG, POS, t, acceptance="distance<") == (0.3, 0.5)
-    assert M.fnmr_at_fmr(NEG, POS, 0.25, **CRFIQA) == 0.5
+    assert error_rates(NEG, POS, t, acceptance="distance<") == (0.3, 0.5)
+    assert fnmr_at_fmr(NEG, POS, 0.25, **CRFIQA) == 0.5
     # at_most with distance<: the 3rd smallest distance itself, strictly; the same errors.
-    t = M.threshold_at_fmr(NEG, 0.25, acceptance="distance<")
+    t = threshold_at_fmr(NEG, 0.25, acceptance="distance<")
     assert t == dist(0.8)
-    assert M.error_rates(NEG, POS, t, acceptance="distance<") == (0.1, 0.75)
+    assert error_rates(NEG, POS, t, acceptance="distance<") == (0.1, 0.75)
     with pytest.raises(ValueError, match="mated_scores"):
-        M.threshold_at_fmr(NEG, 0.25, threshold_rule="closest")
+        threshold_at_fmr(NEG, 0.25, threshold_rule="closest")
 
 
 def test_closest_ties_go_to_the_higher_fmr_and_fmr_zero_needs_a_mated_point():
     neg = np.array([0.4, 0.3, 0.2, 0.1])
     # 0.375 lies exactly between 1/4 and 2/4: the first in ascending threshold order is the
     # lower threshold, i.e. 2 accepted.
-    assert M.threshold_at_fmr(neg, 0.375, threshold_rule="closest", mated_scores=[0.05]) == 0.3
+    assert threshold_at_fmr(neg, 0.375, threshold_rule="closest", mated_scores=[0.05]) == 0.3
     # FMR 0.1: 0 accepted is closer than 1/4, but the ROC has a point with FMR 0 only if a mated
     # score exceeds every non-mated one (there is no point at infinity).
     # Here it does not: 1 accepted, at the lowest such threshold, the mated 0.35 above 0.3.
-    assert M.threshold_at_fmr(neg, 0.1, threshold_rule="closest", mated_scores=[0.35]) == 0.35
-    t = M.threshold_at_fmr(neg, 0.1, threshold_rule="closest", mated_scores=[0.35, 0.6, 0.9])
+    assert threshold_at_fmr(neg, 0.1, threshold_rule="closest", mated_scores=[0.35]) == 0.35
+    t = threshold_at_fmr(neg, 0.1, threshold_rule="closest", mated_scores=[0.35, 0.6, 0.9])
     assert t == 0.6  # the smallest score above every non-mated one
-    assert M.fnmr_at_fmr(neg, [0.35, 0.6, 0.9], 0.1, threshold_rule="closest") == pytest.approx(1 / 3)
-    assert M.fnmr_at_fmr(neg, [0.35, 0.6, 0.9], 0.1, **CRFIQA) == pytest.approx(2 / 3)  # 0.6 itself rejected
+    assert fnmr_at_fmr(neg, [0.35, 0.6, 0.9], 0.1, threshold_rule="closest") == pytest.approx(1 / 3)
+    assert fnmr_at_fmr(neg, [0.35, 0.6, 0.9], 0.1, **CRFIQA) == pytest.approx(2 / 3)  # 0.6 itself rejected
 
 
 def test_fm_rules_hand_case_with_ties():
@@ -199,17 +217,17 @@ def test_fm_rules_hand_case_with_ties():
     pos = np.array([0.3, 0.5, 0.5, 0.7, 0.9])
     # FNMR 0.2 of 5: at_most allows 1 false non-match: threshold = 2nd smallest mated (0.5);
     # FMR = non-mated >= 0.5 = 3/5, either acceptance.
-    assert M.fmr_at_fnmr(neg, pos, 0.2) == 0.6
-    assert M.fmr_at_fnmr(neg, pos, 0.2, acceptance="distance<") == 0.6
+    assert fmr_at_fnmr(neg, pos, 0.2) == 0.6
+    assert fmr_at_fnmr(neg, pos, 0.2, acceptance="distance<") == 0.6
     # closest: FNMR counts 0 (at 0.3), 1 (0.5), 3 (0.7), 4 (0.9), 5 (0.95, a non-mated above all
     # mated); 1/5 = 0.2 exactly -> threshold 0.5: FMR 3/5, or 2/5 when 0.5 itself is rejected.
-    assert M.fmr_at_fnmr(neg, pos, 0.2, threshold_rule="closest") == 0.6
-    assert M.fmr_at_fnmr(neg, pos, 0.2, **CRFIQA) == 0.4
+    assert fmr_at_fnmr(neg, pos, 0.2, threshold_rule="closest") == 0.6
+    assert fmr_at_fnmr(neg, pos, 0.2, **CRFIQA) == 0.4
     # FNMR 0.5: counts 3 (0.7) -> FMR 1/5 (0.95).
-    assert M.fmr_at_fnmr(neg, pos, 0.5, threshold_rule="closest") == 0.2
+    assert fmr_at_fnmr(neg, pos, 0.5, threshold_rule="closest") == 0.2
     # ties of |FNMR - target| go to the last ROC point (the higher threshold): mated 0.1 .. 0.7,
     # 0.375 between 1/4 (0.3) and 2/4 (0.5) -> 0.5: FMR = non-mated >= 0.5.
-    assert M.fmr_at_fnmr([0.45, 0.55, 0.05], [0.1, 0.3, 0.5, 0.7], 0.375, threshold_rule="closest") == pytest.approx(1 / 3)
+    assert fmr_at_fnmr([0.45, 0.55, 0.05], [0.1, 0.3, 0.5, 0.7], 0.375, threshold_rule="closest") == pytest.approx(1 / 3)
 
 
 # ----------------------------------------------------------------------------- hand cases: curves
@@ -233,15 +251,15 @@ def test_recompute_rules_hand_case():
     # 2      14 (-m .3) 2.8        2, 0.55, 2/4             3, 0.45, 0.50
     # closest, similarity>=: FNMR = mated <= stat: 3/5, 2/5 (.30 .40), 1/4 (.40)
     # closest, distance<:    FNMR = mated at or below the ROC point: 3/5, 3/5, 2/4 (the mated 0.50)
-    at_most = M.edc(s, y, q, 0.2, "recompute")
-    closest = M.edc(s, y, q, 0.2, "recompute", threshold_rule="closest")
-    crfiqa = M.edc(s, y, q, 0.2, "recompute", **CRFIQA)
+    at_most = edc(s, y, q, 0.2, "recompute")
+    closest = edc(s, y, q, 0.2, "recompute", threshold_rule="closest")
+    crfiqa = edc(s, y, q, 0.2, "recompute", **CRFIQA)
     np.testing.assert_allclose(at_most.fnmr[:3], [3 / 5, 3 / 5, 2 / 4])
     np.testing.assert_allclose(closest.fnmr[:3], [3 / 5, 2 / 5, 1 / 4])
     np.testing.assert_allclose(crfiqa.fnmr[:3], [3 / 5, 3 / 5, 2 / 4])
     np.testing.assert_array_equal(closest.thresholds[:3], [0.60, 0.50, 0.50])
     np.testing.assert_array_equal(crfiqa.thresholds[:3], dist([0.60, 0.50, 0.50]))
-    assert crfiqa.threshold_rule is M.ThresholdRule.CLOSEST and crfiqa.acceptance is M.Acceptance.DISTANCE
+    assert crfiqa.threshold_rule is ThresholdRule.CLOSEST and crfiqa.acceptance is Acceptance.DISTANCE
 
 
 def test_fixed_fm_edc_hand_case_with_tied_qualities():
@@ -251,26 +269,26 @@ def test_fixed_fm_edc_hand_case_with_tied_qualities():
     s = np.r_[[0.3, 0.5, 0.7, 0.9], nm[:, 0]]
     y = np.r_[np.ones(4, bool), np.zeros(6, bool)]
     q = np.r_[[9.0, 9, 9, 9], nm[:, 1]]
-    c = M.edc(s, y, q, 0.25, "fixed", error_type="fmr")
+    c = edc(s, y, q, 0.25, "fixed", error_type="fmr")
     # Groups by quality: {0.60} | {0.20, 0.55} (tie) | {0.10} | {0.80} | {0.40}: discarded
     # 0, 1, 3, 4, 5 of 6; false matches left 3, 2, 1, 1, 0.
     np.testing.assert_allclose(c.discard_fraction, np.array([0, 1, 3, 4, 5]) / 6)
     np.testing.assert_allclose(c.error, [3 / 6, 2 / 5, 1 / 3, 1 / 2, 0])
     np.testing.assert_array_equal(c.thresholds, 0.5)
-    assert c.error_type is M.ErrorType.FMR and c.target == 0.25 and c.n_counted == 6
+    assert c.error_type is ErrorType.FMR and c.target == 0.25 and c.n_counted == 6
     with pytest.raises(AttributeError, match="FM-EDC"):
         _ = c.fnmr
     # stepwise area to 0.3: 3/6 on [0, 1/6), 2/5 on [1/6, 0.3)
-    assert M.pauc(c, 0.3) == pytest.approx(3 / 6 / 6 + 2 / 5 * (0.3 - 1 / 6))
+    assert pauc(c, 0.3) == pytest.approx(3 / 6 / 6 + 2 / 5 * (0.3 - 1 / 6))
     # triangle: e0 = 1/2 > 0.3: 0.5^2/2 - 0.2^2/2
-    assert M.pauc(c, 0.3, subtract_best=True) == pytest.approx(M.pauc(c, 0.3) - (0.125 - 0.02))
+    assert pauc(c, 0.3, subtract_best=True) == pytest.approx(pauc(c, 0.3) - (0.125 - 0.02))
     # stepwise best on the grid i/6: (3 - i) / (6 - i): 1/2 on [0, 1/6), 2/5 on [1/6, 0.3)
-    assert M.pauc(c, 0.3, subtract_best="stepwise") == pytest.approx(0.0, abs=1e-15)
+    assert pauc(c, 0.3, subtract_best="stepwise") == pytest.approx(0.0, abs=1e-15)
     # at discard 0 both conventions give the plain FMR at the FNMR target
-    assert c.error[0] == M.fmr_at_fnmr(s[~y], s[y], 0.25)
-    assert M.edc(s, y, q, 0.25, "recompute", error_type="fmr").error[0] == c.error[0]
+    assert c.error[0] == fmr_at_fnmr(s[~y], s[y], 0.25)
+    assert edc(s, y, q, 0.25, "recompute", error_type="fmr").error[0] == c.error[0]
     with pytest.raises(ValueError, match="targets: an FM-EDC"):
-        M.edc_many(s, y, q, None, error_type="fmr")
+        edc_many(s, y, q, None, error_type="fmr")
 
 
 @pytest.mark.parametrize("rule, acceptance, error_type", RULES)
@@ -279,11 +297,11 @@ def test_discard_zero_equals_the_operating_point(rule, acceptance, error_type):
     kw = {"threshold_rule": rule, "acceptance": acceptance}
     for t in (0.2, 0.01):
         if error_type == "fnmr":
-            plain = M.fnmr_at_fmr(s[~y], s[y], t, **kw)
+            plain = fnmr_at_fmr(s[~y], s[y], t, **kw)
         else:
-            plain = M.fmr_at_fnmr(s[~y], s[y], t, **kw)
-        for conv in M.Convention:
-            assert M.edc(s, y, q, t, conv, error_type=error_type, **kw).error[0] == plain
+            plain = fmr_at_fnmr(s[~y], s[y], t, **kw)
+        for conv in Convention:
+            assert edc(s, y, q, t, conv, error_type=error_type, **kw).error[0] == plain
 
 
 def test_at_most_distance_gives_the_errors_of_at_most_similarity_on_float32():
@@ -292,13 +310,13 @@ def test_at_most_distance_gives_the_errors_of_at_most_similarity_on_float32():
     y = rng.random(n) < 0.2
     s = np.clip(np.where(y, rng.normal(0.5, 0.2, n), rng.normal(0.0, 0.15, n)), -1, 1).astype(np.float32)
     q = rng.normal(size=n).astype(np.float32)
-    for conv, err in itertools.product(M.Convention, M.ErrorType):
+    for conv, err in itertools.product(Convention, ErrorType):
         t = (1e-2, 1e-3)
-        a = M.edc_many(s, y, q, t, conv, error_type=err)
-        b = M.edc_many(s, y, q, t, conv, error_type=err, acceptance="distance<")
+        a = edc_many(s, y, q, t, conv, error_type=err)
+        b = edc_many(s, y, q, t, conv, error_type=err, acceptance="distance<")
         for f in t:
             np.testing.assert_array_equal(a[f].error, b[f].error)
-            assert b[f].acceptance is M.Acceptance.DISTANCE
+            assert b[f].acceptance is Acceptance.DISTANCE
 
 
 def test_distance_ties_of_float64_cosines_are_ties():
@@ -309,8 +327,8 @@ def test_distance_ties_of_float64_cosines_are_ties():
     pos = np.array([2.5e-18, 0.8])
     # at_most, FMR 0.1 of 10 -> k = 1: similarity>= rejects 2e-18 and below; distance< sees the
     # three tiny cosines as one value, so all three are rejected together with the mated 2.5e-18.
-    assert M.fnmr_at_fmr(neg, pos, 0.1) == 0.0
-    assert M.fnmr_at_fmr(neg, pos, 0.1, acceptance="distance<") == 0.5
+    assert fnmr_at_fmr(neg, pos, 0.1) == 0.0
+    assert fnmr_at_fmr(neg, pos, 0.1, acceptance="distance<") == 0.5
     # the bounded engine's candidates respect the merged ties (the view drops a partial tail group)
     view = DistanceView(Comparisons(np.r_[neg, pos], np.r_[np.zeros(10, bool), True, True]))
     vals, _ = view.top_nonmated(2)
@@ -319,7 +337,7 @@ def test_distance_ties_of_float64_cosines_are_ties():
     q = np.arange(12.0)
     for rule in ("at_most", "closest"):
         np.testing.assert_array_equal(
-            M.edc(s, y, q, 0.1, "recompute", threshold_rule=rule, acceptance="distance<").fnmr,
+            edc(s, y, q, 0.1, "recompute", threshold_rule=rule, acceptance="distance<").fnmr,
             brute_recompute(s, y, q, 0.1, rule, "distance<", "fnmr"),
         )
 
@@ -333,7 +351,7 @@ def test_candidate_growth_for_the_rules(error_type, monkeypatch):
     s = np.round(np.where(y, rng.normal(0.6, 0.15, n), rng.normal(0.05, 0.1, n)), 3)
     q = np.where(y, rng.normal(size=n), -s + 0.01 * rng.normal(size=n))  # candidates run out
     for (rule, acc), t in itertools.product(itertools.product(("at_most", "closest"), ("similarity>=", "distance<")), (0.2, 0.02)):
-        got = M.edc(s, y, q, t, "recompute", threshold_rule=rule, acceptance=acc, error_type=error_type)
+        got = edc(s, y, q, t, "recompute", threshold_rule=rule, acceptance=acc, error_type=error_type)
         np.testing.assert_allclose(got.error, brute_recompute(s, y, q, t, rule, acc, error_type), atol=1e-15, equal_nan=True)
 
 
@@ -359,46 +377,46 @@ def test_error_rates_float32_score_exactly_at_a_float64_threshold():
     x = np.float32(0.3)
     scores = np.array([x, np.nextafter(x, np.float32(1)), np.float32(0.1)], dtype=np.float32)
     at = float(x)  # a float64 threshold equal to the float32 score: accepted (>=)
-    assert M.error_rates(scores, scores, at) == (2 / 3, 1 / 3)
+    assert error_rates(scores, scores, at) == (2 / 3, 1 / 3)
     above = np.nextafter(at, np.inf)  # rounds back to x in float32: a float32 comparison would accept x
     assert np.float32(above) == x
-    assert M.error_rates(scores, scores, above) == (1 / 3, 2 / 3)
-    assert M.error_rates(scores, scores, np.float64(above)) == (1 / 3, 2 / 3)
-    assert M.error_rates(scores.astype(np.float64), scores.astype(np.float64), above) == (1 / 3, 2 / 3)
+    assert error_rates(scores, scores, above) == (1 / 3, 2 / 3)
+    assert error_rates(scores, scores, np.float64(above)) == (1 / 3, 2 / 3)
+    assert error_rates(scores.astype(np.float64), scores.astype(np.float64), above) == (1 / 3, 2 / 3)
 
 
 def test_one_default_convention_and_argument_names():
     s, y, q = synthetic(5, n=600)
-    rec = M.edc(s, y, q, 0.05, "recompute")
-    assert M.edc(s, y, q, 0.05).convention is M.Convention.RECOMPUTE
-    np.testing.assert_array_equal(M.edc_many(s, y, q, (0.05,))[0.05].fnmr, rec.fnmr)
+    rec = edc(s, y, q, 0.05, "recompute")
+    assert edc(s, y, q, 0.05).convention is Convention.RECOMPUTE
+    np.testing.assert_array_equal(edc_many(s, y, q, (0.05,))[0.05].fnmr, rec.fnmr)
     comp, order = Comparisons(s, y), ArrayOrder(q)
-    assert M.edc_curves(comp, order, (0.05,))[0.05].convention is M.Convention.RECOMPUTE
+    assert edc_curves(comp, order, (0.05,))[0.05].convention is Convention.RECOMPUTE
     for f in (B.bootstrap_pauc, B.paired_bootstrap, B.bootstrap_samples, O.edc_frame, O.pauc_frame):
         import inspect
 
-        assert inspect.signature(f).parameters["convention"].default is M.Convention.RECOMPUTE, f.__name__
+        assert inspect.signature(f).parameters["convention"].default is Convention.RECOMPUTE, f.__name__
     # one argument order: (similarity, mated, quality); scores are never called "mated"
-    for f in (M.edc, M.edc_many, B.bootstrap_pauc, B.paired_bootstrap, O.edc_frame, O.pauc_frame):
+    for f in (edc, edc_many, B.bootstrap_pauc, B.paired_bootstrap, O.edc_frame, O.pauc_frame):
         import inspect
 
         assert list(inspect.signature(f).parameters)[:2] == ["similarity", "mated"], f.__name__
-    for f in (M.error_rates, M.fnmr_at_fmr, M.fmr_at_fnmr, M.roc, M.eer):
+    for f in (error_rates, fnmr_at_fmr, fmr_at_fnmr, roc, eer):
         import inspect
 
         assert list(inspect.signature(f).parameters)[:2] == ["nonmated_scores", "mated_scores"], f.__name__
     a = O.edc_frame(s, y, {"q": q}, dataset="d", fr_model="f")
     assert set(a.convention) == {"recompute"}
     with pytest.raises(ValueError, match="threshold_rule"):
-        M.edc(s, y, q, threshold_rule="nearest")
+        edc(s, y, q, threshold_rule="nearest")
     with pytest.raises(ValueError, match="acceptance"):
-        M.edc(s, y, q, acceptance="distance<=")
+        edc(s, y, q, acceptance="distance<=")
     with pytest.raises(ValueError, match="error_type"):
-        M.edc(s, y, q, error_type="far")
+        edc(s, y, q, error_type="far")
     with pytest.raises(ValueError, match="subtract_best"):
-        M.pauc(M.edc(s, y, q, convention="fixed"), subtract_best="area")
+        pauc(edc(s, y, q, convention="fixed"), subtract_best="area")
     with pytest.raises(ValueError, match="compat"):
-        M.compat_rules("magface")
+        compat_rules("magface")
 
 
 def test_frames_and_meta_state_the_rules():
@@ -412,34 +430,34 @@ def test_frames_and_meta_state_the_rules():
                                  "scale", "best_curve", "threshold_rule", "acceptance", "pauc", "resolved"]
     assert set(tri.best_curve) == {"triangle"} and set(tri.threshold_rule) == {"closest"}
     row = tri[(tri.method == "good") & (tri.fmr == 1e-3)].iloc[0]
-    curve = M.edc(s, y, q, 1e-3, "fixed", **CRFIQA)
-    assert row.pauc == M.pauc(curve, 0.3, "triangle")
+    curve = edc(s, y, q, 1e-3, "fixed", **CRFIQA)
+    assert row.pauc == pauc(curve, 0.3, "triangle")
     fm = O.pauc_frame(s, y, quals, dataset="d", fr_model="f", targets=(0.1,), error_type="fmr")
     assert list(fm.columns) == ["method", "dataset", "fr_model", "fnmr", "convention", "limit", "subtract_best",
                                 "scale", "error_type", "pauc", "resolved"]
-    edc = O.edc_frame(s, y, quals, dataset="d", fr_model="f", targets=(0.1,), error_type="fmr", **CRFIQA)
-    assert list(edc.columns) == ["method", "dataset", "fr_model", "fnmr", "convention", "threshold_rule",
+    edc_table = O.edc_frame(s, y, quals, dataset="d", fr_model="f", targets=(0.1,), error_type="fmr", **CRFIQA)
+    assert list(edc_table.columns) == ["method", "dataset", "fr_model", "fnmr", "convention", "threshold_rule",
                                  "acceptance", "error_type", "discard_fraction", "fmr", "resolved"]
-    meta = M.pauc_meta("recompute", **CRFIQA)
+    meta = pauc_meta("recompute", **CRFIQA)
     assert (meta["threshold_rule"], meta["acceptance"], meta["error_type"]) == ("closest", "distance<", "fnmr")
-    assert "closest to the target" in meta["threshold"] and meta["tie_order"] == M.TIE_ORDER_NOTE
-    assert "unstable" in M.TIE_ORDER_NOTE
-    assert M.pauc_meta("fixed", subtract_best=True)["best_curve"] == "triangle"
-    assert M.pauc_meta("fixed", error_type="fmr")["metric"].startswith("pAUC-EDC (FMR at fixed FNMR")
-    assert M.rule_note(**CRFIQA).endswith("(= compat crfiqa)")
+    assert "closest to the target" in meta["threshold"] and meta["tie_order"] == TIE_ORDER_NOTE
+    assert "unstable" in TIE_ORDER_NOTE
+    assert pauc_meta("fixed", subtract_best=True)["best_curve"] == "triangle"
+    assert pauc_meta("fixed", error_type="fmr")["metric"].startswith("pAUC-EDC (FMR at fixed FNMR")
+    assert rule_note(**CRFIQA).endswith("(= compat crfiqa)")
 
 
 def test_bootstrap_supports_at_most_with_either_acceptance():
     s, y, q = synthetic(8, n=1500)
     s = s.astype(np.float32)
-    for conv in M.Convention:
+    for conv in Convention:
         a = B.bootstrap_pauc(s, y, q, 0.02, conv, n_boot=40, seed=1)
         b = B.bootstrap_pauc(s, y, q, 0.02, conv, n_boot=40, seed=1, acceptance="distance<")
         np.testing.assert_array_equal(a.samples, b.samples)  # float32: the same errors, the same draws
     tri = B.bootstrap_pauc(s, y, q, 0.02, "fixed", n_boot=40, seed=1, subtract_best=True)
     step = B.bootstrap_pauc(s, y, q, 0.02, "fixed", n_boot=40, seed=1, subtract_best="stepwise")
     plain = B.bootstrap_pauc(s, y, q, 0.02, "fixed", n_boot=40, seed=1)
-    assert tri.estimate == M.pauc(M.edc(s, y, q, 0.02, "fixed"), 0.3, "triangle")
+    assert tri.estimate == pauc(edc(s, y, q, 0.02, "fixed"), 0.3, "triangle")
     assert np.all(step.samples <= tri.samples) and np.all(tri.samples <= plain.samples)
     with pytest.raises(ValueError, match="threshold_rule: the bootstrap supports 'at_most'"):
         B.bootstrap_pauc(s, y, q, 0.02, threshold_rule="closest")

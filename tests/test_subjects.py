@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 
 from exfiqa.evaluation import bootstrap as B
-from exfiqa.evaluation import metrics
+from exfiqa.evaluation.edc import edc
 from exfiqa.evaluation.pairs import AllPairs
+from exfiqa.evaluation.pauc import pauc
 from exfiqa.evaluation.scores import ArrayOrder, Comparisons
 from exfiqa.evaluation.subjects import (
     ExplicitUnits,
@@ -44,8 +45,8 @@ def _brute(s, q, conv, n_boot, seed, subtract_best=False):
         copies = w[units.ua] * w[units.ub]
         same = units.ua == units.ub
         copies[same] = w[units.ua[same]]
-        curve = metrics.edc(np.repeat(s["sim"], copies), np.repeat(s["mated"], copies), np.repeat(q, copies), 1e-2, conv)
-        out.append(metrics.pauc(curve, 0.3, subtract_best))
+        curve = edc(np.repeat(s["sim"], copies), np.repeat(s["mated"], copies), np.repeat(q, copies), 1e-2, conv)
+        out.append(pauc(curve, 0.3, subtract_best))
     return np.array(out)
 
 
@@ -59,7 +60,7 @@ def test_unit_bootstrap_equals_materialised_resamples(small, conv, best):
     r = B.bootstrap_pauc(small["sim"], small["mated"], small["qa"], 1e-2, conv, 0.3, 25, 11,
                          subjects=small["subjects"], subtract_best=best)
     np.testing.assert_allclose(r.samples, _brute(small, small["qa"], conv, 25, 11, best), rtol=0, atol=1e-12)
-    assert r.estimate == pytest.approx(metrics.pauc(metrics.edc(small["sim"], small["mated"], small["qa"], 1e-2, conv), 0.3,
+    assert r.estimate == pytest.approx(pauc(edc(small["sim"], small["mated"], small["qa"], 1e-2, conv), 0.3,
                                                     best))
 
 
@@ -153,18 +154,18 @@ def test_study_units_per_benchmark(tiny_config, tiny_world):
 
 def test_the_fusion_table_says_what_was_resampled(tiny_config):
     from exfiqa.config import load_config
-    from exfiqa.report import analysis
+    from exfiqa.report.bootstrap_tables import fusion_bootstrap
     from exfiqa.study import Study
 
     study = Study(load_config(tiny_config).select(["xqlfw", "lfw"], ["arcface"], ["T"]), progress=False)
-    boot = analysis.fusion_bootstrap(study, "arcface", 1e-2, 20)
+    boot = fusion_bootstrap(study, "arcface", 1e-2, 20)
     assert set(boot["unit"]) == {"subject", "pair"}
     assert (boot["n_units"] > 0).all() and (boot["n_boot"] == 20).all()
-    plain = analysis.fusion_bootstrap(study, "arcface", 1e-2, 20, unit="comparison")
+    plain = fusion_bootstrap(study, "arcface", 1e-2, 20, unit="comparison")
     assert set(plain["unit"]) == {"comparison"}
     np.testing.assert_allclose(plain["delta_pauc"], boot["delta_pauc"])  # same estimate, other interval
     with pytest.raises(ValueError, match="unit"):
-        analysis.fusion_bootstrap(study, "arcface", 1e-2, 20, unit="image")
+        fusion_bootstrap(study, "arcface", 1e-2, 20, unit="image")
 
 
 def test_coverage_small_version():

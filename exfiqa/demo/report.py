@@ -20,8 +20,10 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
-from exfiqa.evaluation.metrics import edc, pauc, verification_accuracy
+from exfiqa.evaluation.edc import edc
 from exfiqa.evaluation.pairs import cosine_similarity
+from exfiqa.evaluation.pauc import pauc
+from exfiqa.evaluation.verification import verification_accuracy
 from exfiqa.models.fr import load_fr
 from exfiqa.models.inference import exit_scores
 from exfiqa.models.vitfiqa import load_vitfiqa

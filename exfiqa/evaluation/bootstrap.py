@@ -1,4 +1,4 @@
-"""Bootstrap intervals of pAUC-EDC, single and paired (:mod:`exfiqa.evaluation.metrics`' pAUC).
+"""Bootstrap intervals of pAUC-EDC, single and paired (:mod:`exfiqa.evaluation.pauc`).
 
 What is resampled
 -----------------
@@ -28,9 +28,9 @@ comparison bootstrap's bounded engine.
 
 Conventions
 -----------
-Those of :mod:`exfiqa.evaluation.metrics` (similarities, higher = more alike; qualities, higher = better;
+Those of :mod:`exfiqa.evaluation.rules` (similarities, higher = more alike; qualities, higher = better;
 the ``fixed`` and ``recompute`` EDC conventions; ``scores``/``order`` objects as in
-:func:`exfiqa.evaluation.metrics.edc_curves`). The bootstrap is deterministic for a given seed (and numpy
+:func:`exfiqa.evaluation.edc.edc_curves`). The bootstrap is deterministic for a given seed (and numpy
 version). It covers FNM-EDCs with the ``at_most`` rule (either acceptance; ``closest`` raises: its
 threshold is not an order statistic with a closed-form resampling distribution). Percentile
 intervals: ``alpha / 2`` and ``1 - alpha / 2`` quantiles (``np.quantile``, linear) of the samples.
@@ -74,7 +74,7 @@ through :mod:`exfiqa.evaluation.pairs`).
   resample for three measures at IJB-C size on 2 cores, against tens of milliseconds here.)
 
 numpy and scipy.special (one step: the binomial tail of the order-statistic rank). The number of
-candidates is :mod:`exfiqa.evaluation.metrics`' ``MIN_CANDIDATES``, read at call time (one setting for the
+candidates is :data:`exfiqa.evaluation.scores.MIN_CANDIDATES`, read at call time (one setting for the
 EDC and the bootstrap).
 """
 
@@ -114,14 +114,6 @@ from exfiqa.evaluation.scores import (
     top_candidates,
 )
 from exfiqa.evaluation.subjects import AllPairsUnits, ExplicitUnits, draw_unit_weights
-
-__all__ = [
-    "BootstrapResult",
-    "PairedBootstrapResult",
-    "bootstrap_pauc",
-    "bootstrap_samples",
-    "paired_bootstrap",
-]
 
 
 class BootstrapResult(NamedTuple):

@@ -1,6 +1,6 @@
 """EDC curves (error versus discard characteristic): the two conventions and their engines.
 
-numpy only; re-exported by :mod:`exfiqa.evaluation.metrics`. The rules (threshold rule,
+numpy only. The rules (threshold rule,
 acceptance, error type) and the vocabulary: :mod:`exfiqa.evaluation.rules`; areas, metadata and
 tidy rows: :mod:`exfiqa.evaluation.pauc`; the scores and order interfaces the engine reads:
 :mod:`exfiqa.evaluation.scores`.
@@ -116,14 +116,6 @@ from exfiqa.evaluation.scores import (
     rule_view,
     top_candidates,
 )
-
-__all__ = [
-    "EDCCurve",
-    "edc",
-    "edc_curves",
-    "edc_many",
-    "left_per_level",
-]
 
 
 @dataclass(frozen=True, eq=False)

@@ -7,8 +7,6 @@ looks a label up in :func:`exit_numbers`, and never parses a label back to an in
 
 from __future__ import annotations
 
-__all__ = ["exit_label", "exit_labels", "exit_numbers"]
-
 
 def exit_label(k: int) -> str:
     """The method name of exit ``k`` (1-based): ``"Exit k"``."""

@@ -21,26 +21,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = [
-    "CalibrationSet",
-    "DC_NAME",
-    "ExitChoice",
-    "Strategy",
-    "choose_exits",
-    "chosen_mean",
-    "depth_ramp",
-    "depth_weights",
-    "exit_correlations",
-    "exponential_weights",
-    "ex_fiqa_f",
-    "ex_fiqa_fw",
-    "fuse",
-    "last_k_weights",
-    "strategies",
-    "uniform_weights",
-    "zscore_fuse",
-]
-
 
 def _matrix(scores: ArrayLike) -> NDArray[np.float64]:
     s = np.asarray(scores, dtype=np.float64)

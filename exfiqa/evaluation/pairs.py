@@ -43,18 +43,6 @@ from exfiqa.evaluation.quality import pair_quality
 from exfiqa.evaluation.rules import allowed_errors, as_vector, level_starts, next_above
 from exfiqa.evaluation.scores import Comparisons
 
-__all__ = [
-    "AllPairs",
-    "AllPairsOrder",
-    "AllPairsScores",
-    "MinPairOrder",
-    "PairList",
-    "all_pairs_sanity",
-    "cosine_similarity",
-    "pair_similarity",
-    "release_pages",
-]
-
 TILE = 2048
 """Side length (rows and columns) of a GEMM tile of the similarity computation."""
 DENSE = 1 / 32
@@ -679,8 +667,8 @@ def all_pairs_sanity(
 ) -> dict[str, Any]:
     """10-fold accuracy, EER and FNMR@FMR of an all-vs-all set, exactly as on the materialised arrays.
 
-    The same numbers as :func:`exfiqa.evaluation.metrics.verification_accuracy` (contiguous folds in
-    comparison order), :func:`exfiqa.evaluation.metrics.eer` and :func:`exfiqa.evaluation.metrics.fnmr_at_fmr` on every
+    The same numbers as :func:`exfiqa.evaluation.verification.verification_accuracy` (contiguous folds in
+    comparison order), :func:`exfiqa.evaluation.verification.eer` and :func:`exfiqa.evaluation.verification.fnmr_at_fmr` on every
     pair, from two scans of the Gram matrix: the first counts the non-mated similarities per fold
     in ``2**bits`` bins of their float32 order; only the bins that can hold the EER point or a
     fold's best threshold (and their neighbours) are then collected value by value. Memory: the

@@ -1,7 +1,7 @@
 """pAUC of an EDC (stepwise or trapezoid, with the theoretical best curves), whether it is
 resolved, the metadata stored beside every pAUC, and the tidy rows of EDCs and pAUCs.
 
-numpy only (pandas imported by :func:`edc_rows`); re-exported by :mod:`exfiqa.evaluation.metrics`.
+numpy only (pandas imported by :func:`edc_rows`).
 The conventions and their area rules: :mod:`exfiqa.evaluation.edc`. The area helpers
 (:func:`stepwise_area`, :func:`trapezoid_area`, :func:`best_area`, :func:`triangle_area`) are
 shared with :mod:`exfiqa.evaluation.bootstrap`, which applies them to resampled curves.
@@ -38,19 +38,6 @@ from exfiqa.evaluation.rules import (
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
-
-__all__ = [
-    "best_area",
-    "edc_rows",
-    "pauc",
-    "pauc_meta",
-    "pauc_resolved",
-    "pauc_rows",
-    "resolved_for",
-    "stepwise_area",
-    "trapezoid_area",
-    "triangle_area",
-]
 
 
 def _area_points(curve: EDCCurve, limit: float) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Pair and template qualities: the package's conventions (higher = better; min of the sides).
 
-numpy only; re-exported by :mod:`exfiqa.evaluation.metrics`.
+numpy only.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from exfiqa.evaluation.rules import as_values, check_same_length
-
-__all__ = ["pair_quality", "template_quality"]
 
 
 def pair_quality(

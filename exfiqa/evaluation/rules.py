@@ -1,9 +1,8 @@
 """The rules every metric of :mod:`exfiqa.evaluation` follows: vocabulary, threshold rules,
 acceptance, the named rule sets, input checks and the operating points they select.
 
-numpy only. :mod:`exfiqa.evaluation.metrics` re-exports the public names of this module and of
-:mod:`~exfiqa.evaluation.quality`, :mod:`~exfiqa.evaluation.verification`,
-:mod:`~exfiqa.evaluation.edc` and :mod:`~exfiqa.evaluation.pauc`.
+numpy only. The metrics that follow them: :mod:`~exfiqa.evaluation.quality`,
+:mod:`~exfiqa.evaluation.verification`, :mod:`~exfiqa.evaluation.edc` and :mod:`~exfiqa.evaluation.pauc`.
 
 Vocabulary and conventions (every function of the metrics)
 -----------------------------------------------------------
@@ -102,44 +101,6 @@ from typing import Any, NamedTuple, TypeVar, cast
 
 import numpy as np
 from numpy.typing import ArrayLike
-
-__all__ = [
-    "COMPAT",
-    "DEFAULT_FMR_TARGETS",
-    "N_LEVELS",
-    "PAUC_META",
-    "RECOMPUTE_DISCARD_FRACTIONS",
-    "TIE_ORDER_NOTE",
-    "Acceptance",
-    "BestCurve",
-    "Convention",
-    "ErrorType",
-    "OperatingPoint",
-    "ThresholdRule",
-    "allowed_errors",
-    "as_acceptance",
-    "as_best_curve",
-    "as_convention",
-    "as_error_type",
-    "as_labels",
-    "as_rule",
-    "as_values",
-    "as_vector",
-    "check_limit",
-    "check_rate",
-    "check_rates",
-    "check_same_length",
-    "compat_rules",
-    "describe_rule",
-    "fm_point",
-    "fnm_point",
-    "is_strict",
-    "level_starts",
-    "neg_distance",
-    "next_above",
-    "resolvable",
-    "rule_note",
-]
 
 DEFAULT_FMR_TARGETS: tuple[float, ...] = (1e-2, 1e-3, 1e-4)
 """The FMR targets of the paper's EDC figures and tables."""

@@ -31,16 +31,6 @@ from exfiqa.evaluation.rules import (
     neg_distance,
 )
 
-__all__ = [
-    "MIN_CANDIDATES",
-    "ArrayOrder",
-    "Comparisons",
-    "DistanceView",
-    "min_candidates",
-    "rule_view",
-    "top_candidates",
-]
-
 MIN_CANDIDATES = 4096
 """Fewest top non-mated scores (candidates) the EDC and bootstrap engines start from."""
 

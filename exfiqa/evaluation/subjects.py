@@ -51,15 +51,6 @@ import numpy as np
 from exfiqa.evaluation.pairs import AllPairs
 from exfiqa.evaluation.rules import level_starts
 
-__all__ = [
-    "AllPairsUnits",
-    "ExplicitUnits",
-    "comparison_units",
-    "draw_unit_weights",
-    "mated_components",
-    "repeated_images",
-]
-
 
 def _compact(ids: np.ndarray, what: str) -> tuple[np.ndarray, int]:
     """Ids as 0..S-1 (the order of ``np.unique``) in the narrowest unsigned dtype, and S."""

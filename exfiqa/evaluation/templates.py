@@ -9,8 +9,6 @@ import numpy as np
 
 from exfiqa.evaluation.pairs import release_pages
 
-__all__ = ["insightface_template_embeddings", "template_embeddings"]
-
 # --------------------------------------------------------------------------------------------
 # Templates
 # --------------------------------------------------------------------------------------------

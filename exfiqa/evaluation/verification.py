@@ -1,6 +1,6 @@
 """Verification metrics of one comparison set: error rates, FNMR@FMR, FMR@FNMR, ROC, EER, accuracy.
 
-numpy only; re-exported by :mod:`exfiqa.evaluation.metrics`. Conventions, argument order and the
+numpy only. Conventions, argument order and the
 threshold rules: :mod:`exfiqa.evaluation.rules`.
 """
 
@@ -29,17 +29,6 @@ from exfiqa.evaluation.rules import (
     neg_distance,
     next_above,
 )
-
-__all__ = [
-    "VerificationAccuracy",
-    "eer",
-    "error_rates",
-    "fmr_at_fnmr",
-    "fnmr_at_fmr",
-    "roc",
-    "threshold_at_fmr",
-    "verification_accuracy",
-]
 
 
 def _scores(nonmated_scores: ArrayLike, mated_scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:

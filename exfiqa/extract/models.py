@@ -15,8 +15,6 @@ from exfiqa.models.device import resolve_device
 from exfiqa.models.fr import FRModel, OnnxModelError, load_fr_entry
 from exfiqa.models.vitfiqa import ViTFIQA, load_vitfiqa
 
-__all__ = ["Models", "run_device"]
-
 
 def run_device(config: Config) -> torch.device:
     """The config's ``device`` resolved (``auto``: CUDA when torch sees a GPU, else the CPU); a

@@ -14,8 +14,6 @@ from typing import Any
 
 from exfiqa.io import CheckpointError, clip
 
-__all__ = ["load_state_dict", "load_state_dict_with_metadata", "safe_torch_load", "state_dict_report"]
-
 
 def safe_torch_load(path: str | os.PathLike[str]) -> Any:
     """Load a ``torch.save`` file without running any code from it.

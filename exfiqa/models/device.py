@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["resolve_device"]
-
 
 def resolve_device(device: torch.device | str | None = None) -> torch.device:
     """``None`` or ``"auto"``: CUDA when torch sees a GPU, else the CPU; anything else (``"cpu"``,

@@ -29,19 +29,6 @@ from dataclasses import dataclass
 
 from exfiqa.models.vitfiqa import ViTFIQAConfig
 
-__all__ = [
-    "ExitCost",
-    "attn_fiqa_flops",
-    "block_flops",
-    "exit_cost",
-    "exit_costs",
-    "family_extra_flops",
-    "fused_cost",
-    "head_flops",
-    "patch_embed_flops",
-    "vitnt_fiqa_flops",
-]
-
 
 def patch_embed_flops(c: ViTFIQAConfig) -> float:
     """FLOPs of the patch embedding (and conv stem): one conv per output position."""

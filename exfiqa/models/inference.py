@@ -11,8 +11,6 @@ from tqdm.auto import tqdm
 
 from exfiqa.models.vitfiqa import ViTFIQA, to_tensor
 
-__all__ = ["exit_scores", "family_scores"]
-
 
 def _passes(
     model: ViTFIQA, batches: Iterable[NDArray[np.uint8]], total: int | None, device: str | torch.device,

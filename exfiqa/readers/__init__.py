@@ -17,25 +17,19 @@ No torch; nothing here evaluates or extracts. The modules, lowest first:
 
 from exfiqa.readers.align import ARCFACE_TEMPLATE, align_face
 from exfiqa.readers.benchmark import (
-    MATERIALISE_LIMIT,
     Benchmark,
     DatasetFormatError,
-    FileDigests,
-    ImageFormat,
     decode_image,
     encode_image,
 )
-from exfiqa.readers.bin import MIN_BIN_IMAGE_BYTES, BinFormatError, read_bin, write_bin
+from exfiqa.readers.bin import BinFormatError, read_bin, write_bin
 from exfiqa.readers.detect import FaceDetector, align_tree, detect_faces, read_photo
 from exfiqa.readers.folders import read_adience, read_xqlfw, write_identity_folders, write_xqlfw
 from exfiqa.readers.ijbc import read_ijbc, write_ijbc
 from exfiqa.readers.images import (
     IMAGE_EXTENSIONS,
     IMAGE_SIZE,
-    MAX_IMAGE_PIXELS,
-    MAX_JPEG_SCANS,
     ImageReadError,
-    decode_rgb8,
     find_images,
     read_face,
     to_rgb8,
@@ -54,23 +48,16 @@ __all__ = [
     "BENCHMARK_KINDS",
     "IMAGE_EXTENSIONS",
     "IMAGE_SIZE",
-    "MATERIALISE_LIMIT",
-    "MAX_IMAGE_PIXELS",
-    "MAX_JPEG_SCANS",
-    "MIN_BIN_IMAGE_BYTES",
     "READERS",
     "READER_MODULES",
     "Benchmark",
     "BinFormatError",
     "DatasetFormatError",
     "FaceDetector",
-    "FileDigests",
-    "ImageFormat",
     "ImageReadError",
     "align_face",
     "align_tree",
     "decode_image",
-    "decode_rgb8",
     "detect_faces",
     "encode_image",
     "find_images",

@@ -160,7 +160,7 @@ class Benchmark:
                     f"{self.name}: {self.all_pairs.n:,} all-vs-all comparisons are not materialised "
                     f"as a table (more than MATERIALISE_LIMIT = {MATERIALISE_LIMIT:,}); "
                     "exfiqa.study.Study evaluates them in bounded memory (Study.edc, "
-                    "Study.pauc_frame, analysis.pauc_all), or read the benchmark with "
+                    "Study.pauc_frame, report.frames.pauc_all), or read the benchmark with "
                     "max_nonmated to sample the non-mated pairs"
                 )
             a, b, mated = self.all_pairs.materialise()

@@ -18,11 +18,6 @@ from exfiqa.readers.images import read_face
 from exfiqa.store.runcard import shown_path
 from exfiqa.study import Study
 
-__all__ = [
-    "LOW_CONTRAST_ENTROPY", "AttentionInputs", "attention_contrast", "attention_inputs", "attention_maps",
-    "attention_statistics", "attention_study", "attention_unavailable",
-]
-
 
 def attention_maps(model: ViTFIQA, images: np.ndarray, batch_size: int = 64, device: str = "cpu") -> np.ndarray:
     """Mean attention over the patch grid at every exit: (N, depth, g, g), heads averaged.

@@ -18,9 +18,6 @@ from exfiqa.readers.bin import _load_bin
 from exfiqa.report.frames import variant_tags
 from exfiqa.study import Study
 
-__all__ = ["BOOTSTRAP_UNITS", "bootstrap_units", "depth_bootstrap", "fusion_bootstrap", "paired_vs_reference", "unit_summary"]
-
-
 BOOTSTRAP_UNITS = ("subject", "comparison")
 """What a bootstrap resamples: the independent units of each benchmark (``subject``, the
 default: :meth:`exfiqa.study.Study.subjects`) or comparisons as if independent."""

@@ -12,13 +12,6 @@ from exfiqa.evaluation.exits import exit_label, exit_numbers
 from exfiqa.report.frames import Headline
 from exfiqa.report.tables import flag_unresolved
 
-__all__ = [
-    "PAPER_HEADLINE", "PAPER_HEADLINE_DATASET", "PAPER_HEADLINE_SCALE", "SECONDARY_PROTOCOL", "SECONDARY_SOURCE", "SECONDARY_VITFIQA_T",
-    "SELECTED_BY_BOTH", "SELECTED_BY_POSTER", "SELECTED_ON_DATA", "best_early_exit", "headline_note", "headline_vs_paper",
-    "paper_early_exits", "poster_table", "secondary_reference",
-]
-
-
 #: Table labels of the built-in baselines. SER-FIQ is this package's re-implementation
 #: (:mod:`exfiqa.models.baselines`), not the authors' code: its label says so wherever the poster's SER-FIQ
 #: sits beside it.

@@ -21,12 +21,6 @@ from exfiqa.models.vitfiqa import ViTFIQA, ViTFIQAConfig, build_vitfiqa
 from exfiqa.report.frames import tied_best
 from exfiqa.study import Study
 
-__all__ = [
-    "AdaptiveResult", "adaptive_cost_curve", "adaptive_exit", "adaptive_study", "cost_table", "latency_table",
-    "measure_latency", "model_architecture", "operating_points", "pauc_cost_points", "released_claims", "released_gflops",
-    "study_costs",
-]
-
 
 def cost_table(model: ViTFIQA | ViTFIQAConfig) -> pd.DataFrame:
     """Analytic GFLOPs per exit and of fusing all exits for ``model``'s configuration (or a configuration).

@@ -11,8 +11,6 @@ from exfiqa.report.comparison import PAPER_HEADLINE_DATASET, is_exfiqa
 from exfiqa.report.frames import Headline, best_text, is_tie, tied_best
 from exfiqa.report.layers import depth_summary
 
-__all__ = ["FINDINGS_COLUMNS", "PAIRED_COLUMNS", "VERDICTS", "paper_findings"]
-
 
 def _pool(part: pd.DataFrame, tags: dict[str, tuple[str, int]]) -> pd.DataFrame:
     """pAUC rows with a run-wide method name: ``"Exit 7 (C)"``, ``"EX-FIQA-FW (T)"``, baselines
@@ -57,7 +55,7 @@ def _paired_rows(paired: pd.DataFrame | None, quality: str, method: str, referen
     missing = [c for c in PAIRED_COLUMNS if c not in paired.columns]
     if missing:
         raise ValueError(f"paper_findings: the paired bootstrap table (paired=) lacks the columns {missing}; "
-                         "pass the table of analysis.fusion_bootstrap / depth_bootstrap")
+                         "pass the table of bootstrap_tables.fusion_bootstrap / depth_bootstrap")
     sel = paired[(paired["quality_model"] == quality) & (paired["method"] == method) & (paired["reference"] == reference)
                  & (paired["fr_model"] == fr) & np.isclose(paired["fmr"].astype(float), fmr)]
     if sel["dataset"].duplicated().any():
@@ -139,7 +137,7 @@ def paper_findings(
     exit 1's pAUC); ``not computable in this run``.
 
     With a ``resolved`` column in ``pauc_table``, a dataset x FR model on which some pAUC at the
-    headline FMR is unresolvable (:func:`exfiqa.evaluation.metrics.resolvable`) is left out of every finding,
+    headline FMR is unresolvable (:func:`exfiqa.evaluation.rules.resolvable`) is left out of every finding,
     and a last row names what was left out.
 
     Columns (:data:`FINDINGS_COLUMNS`): ``finding``, ``paper`` (the claim), ``this_run`` (what the

@@ -3,7 +3,7 @@ pAUCs of every method (with an integer ``exit`` column), the headline, the proto
 the variant tags, and ties between pAUCs.
 
 Every pAUC frame carries ``convention``, ``limit`` and ``scale`` columns (from
-:func:`exfiqa.evaluation.metrics.pauc_rows`), so a written table can never be read under the wrong protocol.
+:func:`exfiqa.evaluation.pauc.pauc_rows`), so a written table can never be read under the wrong protocol.
 pAUC values in the notebooks' tables are the raw area times the config's ``pauc_scale``.
 """
 
@@ -19,11 +19,6 @@ from exfiqa.config import ConfigError
 from exfiqa.evaluation.exits import exit_numbers
 from exfiqa.report.tables import protocol
 from exfiqa.study import Study
-
-__all__ = [
-    "TIE_RTOL", "Headline", "best_text", "edc_all", "fmr_target", "headline", "is_tie", "pauc_all", "table_protocol",
-    "tied_best", "unresolved", "variant_tags", "with_exit_column",
-]
 
 
 def _available(study: Study, quality: str, dataset: str, methods: Sequence[str] | None) -> list[str]:
@@ -77,13 +72,13 @@ def pauc_all(study: Study, methods: Sequence[str] | None = None, scale: float = 
 def unresolved(pauc: pd.DataFrame) -> pd.DataFrame:
     """The rows of a tidy pAUC table (:func:`pauc_all`) whose FMR target is not resolved
     (column ``resolved`` False: fewer than one expected false match at the threshold, for the whole
-    set or at a ``recompute`` level up to the limit; :func:`exfiqa.evaluation.metrics.resolvable`).
+    set or at a ``recompute`` level up to the limit; :func:`exfiqa.evaluation.rules.resolvable`).
 
     Findings should leave these cells out or say that they rest on them: filter with
     ``pauc[pauc["resolved"]]``.
     """
     if "resolved" not in pauc.columns:
-        raise ValueError("pauc: no 'resolved' column (a table from exfiqa.evaluation.metrics.pauc_rows / analysis.pauc_all has one)")
+        raise ValueError("pauc: no 'resolved' column (a table from exfiqa.evaluation.pauc.pauc_rows / exfiqa.report.frames.pauc_all has one)")
     return pauc[~pauc["resolved"].astype(bool)].reset_index(drop=True)
 
 

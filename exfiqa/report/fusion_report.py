@@ -27,12 +27,6 @@ from exfiqa.report.frames import best_text, is_tie, tied_best, variant_tags
 from exfiqa.report.tables import flag_unresolved
 from exfiqa.study import Study
 
-__all__ = [
-    "ChosenComparison", "ChosenExits", "StrategyResult", "calibration_datasets", "calibration_set", "choose_for",
-    "chosen_exits", "chosen_exits_comparison", "evaluated_datasets", "fusion_vs_exits", "fusion_wins",
-    "mated_similarity_label", "search_fusion_weights", "strategy_table",
-]
-
 
 def fusion_wins(pauc: pd.DataFrame, challenger: str, reference: str) -> pd.DataFrame:
     """Per (quality model, FR model, FMR): on how many datasets ``challenger`` has a lower pAUC.

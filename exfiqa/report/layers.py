@@ -10,12 +10,10 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from exfiqa.evaluation.exits import exit_label, exit_labels, exit_numbers
-from exfiqa.evaluation.metrics import eer, fnmr_at_fmr, verification_accuracy
 from exfiqa.evaluation.pairs import AllPairs, all_pairs_sanity
+from exfiqa.evaluation.verification import eer, fnmr_at_fmr, verification_accuracy
 from exfiqa.report.frames import best_text
 from exfiqa.study import Study
-
-__all__ = ["depth_summary", "exit_scores_long", "fr_sanity", "rank_correlation"]
 
 
 def rank_correlation(sample_quality: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:

@@ -95,7 +95,7 @@ def edc_grid(
     """The poster's EDC grid: rows = datasets, columns = FMR targets, one line per method.
 
     ``edc`` is tidy: columns ``method, dataset, fmr, discard_fraction, fnmr`` (one FR model). With
-    a ``resolved`` column (:func:`exfiqa.evaluation.metrics.edc_rows`), points whose FMR target is not
+    a ``resolved`` column (:func:`exfiqa.evaluation.pauc.edc_rows`), points whose FMR target is not
     resolvable get hollow markers and their panel title a dagger (explained under the figure).
     Exits ``1..depth`` are drawn dashed in the exit palette (:func:`method_colours`).
     """
@@ -233,7 +233,7 @@ def pauc_vs_gflops(frame: pd.DataFrame, fused: pd.DataFrame | None = None, title
 
     ``frame``: columns ``dataset, gflops, pauc`` (one row per dataset and exit). ``fused``: the
     same columns for the fused score (drawn as a star at its cost). With a ``resolved`` column,
-    unresolved pAUCs (:func:`exfiqa.evaluation.metrics.pauc_resolved`) are drawn hollow and noted in the legend.
+    unresolved pAUCs (:func:`exfiqa.evaluation.pauc.pauc_resolved`) are drawn hollow and noted in the legend.
     """
     set_style()
     fig, ax = plt.subplots(figsize=(4.6, 3.2))

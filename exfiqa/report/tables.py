@@ -4,7 +4,7 @@ Every pAUC table carries its convention, discard limit, FMR and scale so that a 
 be read under the wrong protocol: the CSV as columns (``convention, limit, fmr, scale``), the
 LaTeX file in its caption (constant protocol columns are dropped from the LaTeX body).
 
-Unresolved FMR targets (:func:`exfiqa.evaluation.metrics.resolvable`): a tidy table flags them in a boolean
+Unresolved FMR targets (:func:`exfiqa.evaluation.rules.resolvable`): a tidy table flags them in a boolean
 ``resolved`` column, a wide one (datasets as columns) in ``resolved`` (every cell of the row) and
 ``unresolved_in`` (the columns whose cell is not, ``"; "``-separated; :func:`flag_unresolved`). The
 LaTeX file marks those cells with a dagger and explains it in a footnote to the caption
@@ -30,14 +30,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from exfiqa.evaluation.metrics import rule_note
+from exfiqa.evaluation.rules import rule_note
 from exfiqa.io import atomic_write
-
-__all__ = [
-    "COLUMN_WIDTH", "HEADERS", "MAX_FLOAT_LINES", "PROTOCOL_COLUMNS", "TEXT_WIDTH", "UNRESOLVED_NOTE", "column_decimals",
-    "flag_unresolved", "format_cell", "header_tex", "latex_escape", "latex_unescape", "pauc_per_exit", "protocol",
-    "protocol_note", "save_table", "text_width", "value_label", "wide_pauc",
-]
 
 #: Columns that state how a pAUC was computed (see :func:`protocol`).
 PROTOCOL_COLUMNS = ("fmr", "convention", "limit", "scale", "seed")

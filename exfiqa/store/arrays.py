@@ -91,28 +91,6 @@ from exfiqa.store.digests import DigestIndex
 if TYPE_CHECKING:
     from exfiqa.readers import Benchmark
 
-__all__ = [
-    "BASELINES",
-    "BASELINE_FR",
-    "CODE_MODULES",
-    "FORMAT",
-    "KINDS",
-    "LIBRARIES",
-    "ArrayError",
-    "ArrayStore",
-    "array_path",
-    "arrays_root",
-    "code_files",
-    "code_version",
-    "external_array_files",
-    "jsonable",
-    "manifest_path",
-    "modules_version",
-    "sample_keys",
-    "samples_digest",
-    "wanted_arrays",
-]
-
 FORMAT = "exfiqa-arrays/1"
 KINDS = ("exits", "emb", "baseline", "attn", "vitnt", "norms")
 

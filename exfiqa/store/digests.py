@@ -34,8 +34,6 @@ from typing import cast
 
 from exfiqa.io import chunked, file_digest
 
-__all__ = ["INDEX_NAME", "RACY_SECONDS", "DigestIndex", "index_key"]
-
 INDEX_NAME = "digests.sqlite"
 """File name of the index inside ``cache_dir``."""
 

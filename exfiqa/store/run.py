@@ -73,11 +73,6 @@ class Run:
             raise ConfigError(f"unknown {kind[:-1]} {name!r}; known: {sorted(table)}")
         return table[name]
 
-    def fr_spec(self, name: str) -> ModelSpec:
-        """The entry of FR model ``name``: of ``fr_models``, else of the FR models baselines run on."""
-        spec = self.config.fr_models.get(name) or self.config.support_fr_models.get(name)
-        return spec if spec is not None else self.spec("fr_models", name)
-
     def has_checkpoint(self, kind: str, name: str) -> bool:
         """Whether the checkpoint of ``<kind>.<name>`` (``quality_models``/``fr_models``) is on disk
         (evaluation does not need it; running the model, e.g. for attention maps, does)."""

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from exfiqa.config import _BASELINE_FR, _PATH_KEYS, Config
-from exfiqa.evaluation.metrics import rule_note
+from exfiqa.evaluation.rules import rule_note
 from exfiqa.readers import Benchmark, load_benchmark
 from exfiqa.store.arrays import (
     _read_json,
@@ -36,8 +36,6 @@ from exfiqa.store.arrays import (
     wanted_arrays,
 )
 from exfiqa.store.digests import INDEX_NAME, DigestIndex
-
-__all__ = ["PRECISION", "RunCard", "code_digest", "evaluation_inputs", "git_describe", "input_summary", "run_card", "shown_path"]
 
 PACKAGE = Path(__file__).resolve().parents[1]  # exfiqa/, every sub-package included
 REPO = PACKAGE.parent  # paths in a run's outputs are relative to it where they can be (shown_path)
@@ -92,7 +90,7 @@ class RunCard:
     code_sha256: str
     git: str
     inputs: dict[str, str] = field(default_factory=dict)
-    threshold_rule: str = "at_most"  # the EDC rules (exfiqa.evaluation.metrics); defaults for cards written before them
+    threshold_rule: str = "at_most"  # the EDC rules (exfiqa.evaluation.rules); defaults for cards written before them
     acceptance: str = "similarity>="
     subtract_best: str = "none"
     template_protocol: str = "group"

@@ -3,7 +3,8 @@
 Modules: :mod:`~exfiqa.models.fr.iresnet` (the torch backbones), :mod:`~exfiqa.models.fr.model`
 (:class:`Preprocess`, :class:`FRModel`), :mod:`~exfiqa.models.fr.onnx` (ONNX models),
 :mod:`~exfiqa.models.fr.load` (checkpoints and config entries), :mod:`~exfiqa.evaluation.templates`
-(IJB-C template features). Every public name is importable from here.
+(IJB-C template features). The names callers use are importable from here; the backbones' building
+blocks from their modules.
 
 Conventions:
 - Input images: aligned faces as ``uint8`` numpy arrays ``(N, H, W, 3)`` in **RGB** order
@@ -18,7 +19,7 @@ Conventions:
   ``arccos(cos) / pi`` in [0, 1], lower = more similar.
 - IJB-C templates: embeddings averaged within each media, summed over the media of a template,
   L2-normalised (:func:`template_embeddings`); template quality = min over its images
-  (:func:`exfiqa.evaluation.metrics.template_quality`).
+  (:func:`exfiqa.evaluation.quality.template_quality`).
 
 Architectures and their released key layouts (no code taken from the original repositories; the
 key names and hyper-parameters below are facts read from them):
@@ -81,20 +82,14 @@ fixed batch dimension and graphs listing their weights as inputs are handled (:c
 from exfiqa.evaluation.templates import insightface_template_embeddings, template_embeddings
 from exfiqa.models.fr.iresnet import (
     Arch,
-    BottleneckIR,
-    IBasicBlock,
-    IRBackbone,
-    IResNet,
     PointwiseConv,
     build_fr,
 )
 from exfiqa.models.fr.load import (
     TORCH_ENTRY_ARGS,
-    SaveLayout,
     detect_layout,
     effective_preprocess,
     infer_architecture,
-    is_onnx_checkpoint,
     load_fr,
     load_fr_entry,
     save_fr,
@@ -103,11 +98,9 @@ from exfiqa.models.fr.load import (
 from exfiqa.models.fr.model import (
     ARCFACE,
     CURRICULARFACE,
-    ELASTICFACE,
     FR_MODELS,
     MAGFACE,
     FRModel,
-    ImageBatches,
     Preprocess,
     magface_quality,
 )
@@ -116,28 +109,20 @@ from exfiqa.models.fr.onnx import OnnxFRModel, OnnxModelError, load_onnx_fr
 __all__ = [
     "ARCFACE",
     "CURRICULARFACE",
-    "ELASTICFACE",
     "FR_MODELS",
     "MAGFACE",
     "TORCH_ENTRY_ARGS",
     "Arch",
-    "BottleneckIR",
     "FRModel",
-    "IBasicBlock",
-    "IRBackbone",
-    "IResNet",
-    "ImageBatches",
     "OnnxFRModel",
     "OnnxModelError",
     "PointwiseConv",
     "Preprocess",
-    "SaveLayout",
     "build_fr",
     "detect_layout",
     "effective_preprocess",
     "infer_architecture",
     "insightface_template_embeddings",
-    "is_onnx_checkpoint",
     "load_fr",
     "load_fr_entry",
     "load_onnx_fr",
