@@ -412,7 +412,7 @@ def build_index(out: Path, cfg: Config) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m exfiqa.paper", description="Regenerate every figure and table.")
+    ap = argparse.ArgumentParser(prog="python -m exfiqa.paper", description="Regenerate every figure and table.", allow_abbrev=False)
     ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--notebooks", nargs="*", default=list(NOTEBOOKS), help="subset of the four notebooks")
     ap.add_argument("--force", action="store_true", help="execute notebooks even if their inputs are unchanged")
