@@ -11,7 +11,9 @@ from PIL import Image
 
 from exfiqa.cli import build_parser, main
 from exfiqa.evaluation.fusion import ex_fiqa_f, ex_fiqa_fw
+from exfiqa.extract.models import Models
 from exfiqa.models.adaptive import adaptive_forward, adaptive_scores
+from exfiqa.models.flops import exit_costs
 from exfiqa.models.vitfiqa import build_vitfiqa, load_vitfiqa, save_vitfiqa, to_tensor
 from exfiqa.readers.images import read_face
 from exfiqa.report.early_exit import adaptive_exit
@@ -229,3 +231,30 @@ def test_onnx_export_matches_pytorch(tmp_path, variant, capsys):
     assert main(["export", "--checkpoint", str(ckpt), "--exit", "13", "--out", str(tmp_path / "x.onnx")]) == 2
     assert "outside 1..12" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
     assert not list(tmp_path.glob(".*.tmp"))  # the atomic write leaves nothing behind
+
+
+# ---------------------------------------------------------------- notebook 04's measured runtime
+
+
+def test_runtime_table_on_the_tiny_run(tiny_config):
+    from exfiqa.report import analysis
+    from exfiqa.report.runtime import runtime_table
+    from exfiqa.study import open_study
+
+    study = open_study(str(tiny_config))
+    cfg = study.config
+    pauc = analysis.pauc_all(study, scale=cfg.pauc_scale)
+    ops = analysis.operating_points(pauc[pauc["fmr"] == min(cfg.fmr_targets)], analysis.study_costs(study))
+    ds = next(iter(cfg.datasets))
+    table = runtime_table(study, ops, ds, 0.2, 0.5, 3, n_images=16, repeats=1)
+    for q in cfg.quality_models:
+        part = table[table["quality_model"] == q].set_index("run")
+        picked = sorted({int(m.split()[1]) for m in ops[ops["quality_model"] == q]["method"] if m.startswith("Exit")})
+        assert list(part.index) == ["full pass (Exit 12)", *[f"Exit {k} (fixed)" for k in picked], "adaptive"]
+        assert part.loc["full pass (Exit 12)", "measured_speedup"] == 1.0 and (part["ms_per_image"] > 0).all()
+        # a fixed exit's analytic saving is the cost table's; the adaptive run's follows its stopping exits
+        costs = exit_costs(Models(cfg).quality_model(q).config)
+        for k in picked:
+            assert part.loc[f"Exit {k} (fixed)", "flop_saving"] == pytest.approx(costs[k - 1].saving)
+        ad = part.loc["adaptive"]
+        assert 3 <= ad["mean_exit"] <= 12 and ad["same_exit_as_simulation"] >= 0.9
