@@ -32,6 +32,9 @@ class ExitGraph(nn.Module):
     """uint8 RGB (B, H, W, 3) -> the scores of exit ``exit`` (B,), or with ``exit=None`` the tuple
     (all exits (B, depth), EX-FIQA-F (B,), EX-FIQA-FW (B,)): the module that is exported."""
 
+    w_f: torch.Tensor
+    w_fw: torch.Tensor
+
     def __init__(self, model: ViTFIQA, exit: int | None) -> None:
         super().__init__()
         self.model = model.eval()

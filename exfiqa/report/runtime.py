@@ -4,6 +4,9 @@ the analytic costs predict (the simulation of :mod:`exfiqa.report.early_exit`)."
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import numpy as np
 import pandas as pd
 import torch
@@ -67,9 +70,9 @@ def runtime_table(
         with torch.inference_mode():
             out = adaptive_forward(model, x, thr, gap, min_exit)
             full = f"full pass ({exit_label(depth)})"
-            calls = [(full, depth, lambda m=model, x=x: m(x), costs[-1])]
-            calls += [(f"{exit_label(k)} (fixed)", k, lambda k=k, m=model, x=x: m.score_at_exit(x, k), costs[k - 1]) for k in fixed]
-            calls.append(("adaptive", None, lambda m=model, x=x, t=thr, g=gap: adaptive_forward(m, x, t, g, min_exit),
+            calls: list[tuple[str, int | None, Callable[[], object], float]] = [(full, depth, partial(model, x), costs[-1])]
+            calls += [(f"{exit_label(k)} (fixed)", k, partial(model.score_at_exit, x, k), costs[k - 1]) for k in fixed]
+            calls.append(("adaptive", None, partial(adaptive_forward, model, x, thr, gap, min_exit),
                           float(cum[out.exit_used - 1].mean())))
             times = {}
             for name, _k, fn, _g in calls:
