@@ -256,10 +256,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.exit != "all" and not args.exit.isdigit():
         raise UsageError(f"--exit must be an exit number 1..12 or 'all', got {args.exit!r}")
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise UsageError(f"{out} exists; pass --force to replace it")
     if out.is_dir() or args.out.endswith(("/", os.sep)):
         raise UsageError(f"--out {args.out} names a folder; give the .onnx file to write")
+    if out.exists() and not args.force:
+        raise UsageError(f"{out} exists; pass --force to replace it")
     try:
         model = load_vitfiqa(args.checkpoint, num_heads=args.num_heads)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
