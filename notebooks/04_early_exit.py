@@ -176,5 +176,5 @@ tables.save_table(measured, TAB, "runtime_early_exit", caption=(
     f"Measured ms per image of the full pass, the operating points' exits and the adaptive runtime (reject "
     f"{reject_fraction:g}, margin {margin:g} std, min exit {min_exit}) on {runtime_images} faces of "
     f"{cfg.datasets[runtime_ds].label}, device {cfg.device}, median of {runtime_repeats} runs after a warm-up, beside "
-    "the analytic FLOP saving (machine-dependent; no EDC protocol involved)."))
+    "the analytic FLOP saving (machine-dependent; the protocol is the one that picked the exits)."), protocol=COST)
 display(measured.round(3))
