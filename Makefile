@@ -53,6 +53,7 @@ lint: $(STAMP) ## ruff; the layering contracts (import-linter, pyproject.toml); 
 bench: $(STAMP) ## run the benchmark scripts (results go to bench/RESULTS.md by hand)
 	$(BIN)/python bench/bench_model.py
 	$(BIN)/python bench/bench_metrics.py
+	$(BIN)/python bench/bench_exit.py
 
 clean: ## remove results/ and caches (keeps .venv and the demo world)
 	rm -rf results .pytest_cache .ruff_cache

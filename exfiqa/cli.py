@@ -22,6 +22,14 @@ columns of :data:`exfiqa.readers.detect.FACE_COLUMNS` and one row per photo (the
 per face (``--all-faces``); a photo without a face is a ``no_face`` row with empty scores.
 ``exfiqa align SRC DST`` writes those crops as PNG (:func:`exfiqa.readers.detect.align_tree`).
 
+Early exit runs only the blocks its columns need: ``--exit K`` writes ``path, exit_K`` from blocks
+1..K (no fusion, no deeper exit); ``--adaptive --threshold T --margin M [--min-exit K]`` writes
+``path, stop_exit, stop_score``: each face leaves its batch at the first exit >= K whose running
+EX-FIQA-FW score lies more than M from T (else at the last exit), the score being that running score
+(:mod:`exfiqa.models.adaptive`, the rule of :func:`exfiqa.report.early_exit.adaptive_exit`).
+``exfiqa export --checkpoint CK --exit K|all --out model.onnx [--force]`` writes an ONNX graph
+(:mod:`exfiqa.models.export`). Options are never abbreviated (``--exit`` is not ``--exits``).
+
 Errors: every usage error (a bad option value, an ``--out`` that is a folder, lies under a regular
 file, cannot be written, or it or ``OUT.skipped`` exists without ``--overwrite``, missing inputs
 or checkpoint) is one line on stderr naming the option or path, and exit code 2; the ``--out``
@@ -126,6 +134,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _check_scoring(args)
+    _check_early_options(args)
     if args.sigmoid and not args.reference:
         raise UsageError("--sigmoid needs --reference (x0 and w are fitted on the reference set)")
     reference = _load_reference(args.reference) if args.reference else None
@@ -146,7 +155,76 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot write {out}: {exc}") from None
     if skipped:
         print(f"skipped {len(skipped)} unreadable images, listed in {out}.skipped", file=sys.stderr)
-    print(f"wrote {len(table)} rows x {len(exits)} exits to {out}", file=sys.stderr)
+    if args.exit is not None or args.adaptive:
+        print(f"wrote {len(table)} rows x {table.shape[1] - 1} columns to {out}", file=sys.stderr)
+    else:
+        print(f"wrote {len(table)} rows x {len(exits)} exits to {out}", file=sys.stderr)
+    return 0
+
+
+def _check_early_options(args: argparse.Namespace) -> None:
+    """``--exit`` and ``--adaptive`` exclude each other and ``--exits``; the rule needs its values."""
+    if args.exit is not None and args.adaptive:
+        raise UsageError("--exit K and --adaptive exclude each other (a fixed exit or a per-face one)")
+    if (args.exit is not None or args.adaptive) and args.exits != "all":
+        raise UsageError(f"--exits {args.exits} reads several exits of a full pass; it excludes --exit and --adaptive")
+    if args.exit is not None and args.exit < 1:
+        raise UsageError(f"--exit must be >= 1, got {args.exit}")
+    rule = {"--threshold": args.threshold, "--margin": args.margin}
+    if args.adaptive and None in rule.values():
+        raise UsageError(f"--adaptive needs {' and '.join(k for k, v in rule.items() if v is None)}")
+    if not args.adaptive and (args.threshold is not None or args.margin is not None or args.min_exit != 1):
+        raise UsageError("--threshold, --margin and --min-exit set the rule of --adaptive; add --adaptive")
+
+
+def _early_columns(args: argparse.Namespace, model, batches, total: int, device) -> dict[str, np.ndarray]:
+    """``--exit K``: ``exit_K`` from blocks 1..K only; ``--adaptive``: ``stop_exit, stop_score``
+    (the exit where each face stopped and its running EX-FIQA-FW score there)."""
+    from exfiqa.models.adaptive import adaptive_scores, check_rule, fixed_exit_scores
+    from exfiqa.readers.images import ImageReadError
+
+    try:
+        if args.adaptive:
+            try:
+                check_rule(args.threshold, args.margin, args.min_exit, model.depth)
+            except ValueError as exc:
+                raise UsageError(f"--adaptive: {exc} (--threshold, --margin, --min-exit)") from None
+            stop, score = adaptive_scores(model, batches, args.threshold, args.margin, args.min_exit, total=total,
+                                          device=device, progress=not args.quiet)
+            return {"stop_exit": np.asarray(stop), "stop_score": np.asarray(score)}
+        if not 1 <= args.exit <= model.depth:
+            raise UsageError(f"--exit {args.exit} outside 1..{model.depth} (the model has {model.depth} blocks)")
+        scores = fixed_exit_scores(model, batches, args.exit, total=total, device=device, progress=not args.quiet)
+        return {f"exit_{args.exit}": np.asarray(scores)}
+    except ImageReadError as exc:
+        raise UsageError(f"{exc} (use --skip-bad to leave such files out)") from None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export one exit (or all exits with the fusions) of a ViT-FIQA checkpoint to ONNX."""
+    from exfiqa.io import CheckpointError
+    from exfiqa.models.export import export_onnx, output_names
+    from exfiqa.models.vitfiqa import load_vitfiqa
+
+    if args.exit != "all" and not args.exit.isdigit():
+        raise UsageError(f"--exit must be an exit number 1..12 or 'all', got {args.exit!r}")
+    out = Path(args.out)
+    if out.is_dir() or args.out.endswith(("/", os.sep)):
+        raise UsageError(f"--out {args.out} names a folder; give the .onnx file to write")
+    if out.exists() and not args.force:
+        raise UsageError(f"{out} exists; pass --force to replace it")
+    try:
+        model = load_vitfiqa(args.checkpoint, num_heads=args.num_heads)
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    exit = None if args.exit == "all" else int(args.exit)
+    if exit is not None and not 1 <= exit <= model.depth:
+        raise UsageError(f"--exit {exit} outside 1..{model.depth} (the model has {model.depth} blocks)")
+    try:
+        export_onnx(model, out, exit, overwrite=args.force)
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc}") from None
+    print(f"wrote {out}: input images uint8 (B, 112, 112, 3), outputs {', '.join(output_names(exit))}", file=sys.stderr)
     return 0
 
 
@@ -236,17 +314,20 @@ def _score_table(args: argparse.Namespace, reference: dict | None = None) -> tup
             if images:
                 yield np.stack(images)
 
-    try:
-        scores, attn, vitnt = family_scores(model, batches(), total=len(paths), device=device, progress=not args.quiet)
-        attn_fiqa, vitnt_fiqa = attn[:, -1], vitnt[:, 0]  # the last block (as the paper); the mean
-    except ImageReadError as exc:
-        raise UsageError(f"{exc} (use --skip-bad to leave such files out)") from None
+    if getattr(args, "exit", None) is not None or getattr(args, "adaptive", False):  # only the blocks needed
+        columns = _early_columns(args, model, batches(), len(paths), device)
+    else:
+        try:
+            scores, attn, vitnt = family_scores(model, batches(), total=len(paths), device=device,
+                                                progress=not args.quiet)
+        except ImageReadError as exc:
+            raise UsageError(f"{exc} (use --skip-bad to leave such files out)") from None
+        columns = {f"exit_{k}": scores[:, k - 1] for k in exits}
+        columns["ex_fiqa_f"] = ex_fiqa_f(scores) if len(scored) else scores[:, :0].sum(axis=1)
+        columns["ex_fiqa_fw"] = ex_fiqa_fw(scores) if len(scored) else scores[:, :0].sum(axis=1)
+        columns["attn_fiqa"] = attn[:, -1]  # the last block (as the paper)
+        columns["vitnt_fiqa"] = vitnt[:, 0]  # the mean over blocks
     table = pd.DataFrame({"path": good})
-    columns = {f"exit_{k}": scores[:, k - 1] for k in exits}
-    columns["ex_fiqa_f"] = ex_fiqa_f(scores) if len(scored) else scores[:, :0].sum(axis=1)
-    columns["ex_fiqa_fw"] = ex_fiqa_fw(scores) if len(scored) else scores[:, :0].sum(axis=1)
-    columns["attn_fiqa"] = attn_fiqa
-    columns["vitnt_fiqa"] = vitnt_fiqa
     if detector is not None:  # face columns, then the scores; rows without a crop stay empty
         table = pd.concat([table, pd.DataFrame(meta, columns=list(FACE_COLUMNS))], axis=1)
         table["face"] = table["face"].astype("Int64")
@@ -260,7 +341,7 @@ def _score_table(args: argparse.Namespace, reference: dict | None = None) -> tup
     return table, skipped, exits
 
 
-_NOT_SCORES = frozenset({"path", "reference", "reference_sha256", *FACE_COLUMNS})
+_NOT_SCORES = frozenset({"path", "reference", "reference_sha256", "stop_exit", *FACE_COLUMNS})
 """Columns of an ``exfiqa score`` CSV that are not scores (``--detect``'s face columns among them)."""
 
 
@@ -343,6 +424,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def _spread(values: np.ndarray, rows: list[int], n: int) -> np.ndarray:
     """``values`` of the scored ``rows`` placed in an (n,) float array, NaN (an empty CSV cell) elsewhere."""
+    if values.dtype.kind in "iu":  # e.g. stop_exit: integers with empty cells
+        import pandas as pd
+
+        ints = pd.array([pd.NA] * n, dtype="Int64")
+        ints[rows] = values
+        return ints
     out = np.full(n, np.nan, dtype=np.float64 if values.dtype == np.float64 else np.float32)
     out[rows] = values
     return out
@@ -470,9 +557,9 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="exfiqa", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="exfiqa", description=__doc__.splitlines()[0], allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("score", help="quality scores of every exit for aligned face images")
+    s = sub.add_parser("score", allow_abbrev=False, help="quality scores of every exit for aligned face images")
     s.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
     s.add_argument("--checkpoint", required=True, help="ViT-FIQA state_dict (vitfiqa_token.pt or vitfiqa_crfiqa.pt)")
     s.add_argument("--out", required=True, help="CSV to write (path, exit_1.., ex_fiqa_f, ex_fiqa_fw, attn_fiqa, vitnt_fiqa)")
@@ -500,8 +587,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "112x112 template, then score; adds the columns face, status (ok, no_face, "
                    "too_small, align_failed), box_x/y/w/h, detector_confidence and 5 landmarks")
     _add_detect_options(s)
+    early = s.add_argument_group("early exit (only the blocks needed run; issue 24)")
+    early.add_argument("--exit", type=int, default=None, metavar="K",
+                       help="run blocks 1..K only and write path, exit_K (no fusions, no deeper exits)")
+    early.add_argument("--adaptive", action="store_true",
+                       help="per face, stop at the first exit >= --min-exit whose running EX-FIQA-FW score lies more "
+                       "than --margin from --threshold (else exit 12); writes path, stop_exit, stop_score")
+    early.add_argument("--threshold", type=float, default=None, help="--adaptive: the gate's threshold (score units)")
+    early.add_argument("--margin", type=float, default=None, help="--adaptive: stop when |running FW - threshold| > margin")
+    early.add_argument("--min-exit", type=int, default=1, help="--adaptive: earliest exit that may stop (default 1)")
     s.set_defaults(func=cmd_score)
-    c = sub.add_parser("calibrate", help="quantiles of every score column on a reference set, as a JSON for score --reference")
+    c = sub.add_parser("calibrate", allow_abbrev=False, help="quantiles of every score column on a reference set, as a JSON for score --reference")
     c.add_argument("images", nargs="*", help="reference images and/or folders (scored as `exfiqa score` does)")
     c.add_argument("--from-csv", default=None, help="an `exfiqa score` CSV of the reference set instead of images")
     c.add_argument("--checkpoint", required=True, help="the ViT-FIQA checkpoint that scores (or scored) the images")
@@ -518,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="raw photos: detect and align the faces first, as score --detect (photos without one are left out)")
     _add_detect_options(c)
     c.set_defaults(func=cmd_calibrate)
-    o = sub.add_parser("operating-point", help="the quality threshold for a discard fraction or an FNMR target, with its EDC point and bootstrap interval")
+    o = sub.add_parser("operating-point", allow_abbrev=False, help="the quality threshold for a discard fraction or an FNMR target, with its EDC point and bootstrap interval")
     o.add_argument("--pairs", default=None, help="CSV: score,mated,quality_a,quality_b[,subject_a,subject_b] (exfiqa.study.read_pairs_csv)")
     o.add_argument("--config", default=None, help="a run config; with --dataset (its arrays extracted)")
     o.add_argument("--dataset", default=None, help="dataset of --config")
@@ -533,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--alpha", type=float, default=0.05, help="1 - interval level (default 0.05: 95%%)")
     o.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     o.set_defaults(func=cmd_operating_point)
-    a = sub.add_parser("align", help="detect faces in photos and write ArcFace-aligned 112x112 crops")
+    a = sub.add_parser("align", allow_abbrev=False, help="detect faces in photos and write ArcFace-aligned 112x112 crops")
     a.add_argument("src", help="folder of photos (searched recursively)")
     a.add_argument("dst", help="output folder (created; must be empty unless --force): SRC's subfolders, "
                    "<name>.png per photo (<name>_face<k>.png with --all-faces)")
@@ -544,12 +640,19 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--force", action="store_true", help="write into a non-empty DST, replacing files of the same name")
     _add_detect_options(a)
     a.set_defaults(func=cmd_align)
-    f = sub.add_parser("flops", help="analytic GFLOPs per exit of the released models")
+    f = sub.add_parser("flops", allow_abbrev=False, help="analytic GFLOPs per exit of the released models")
     f.set_defaults(func=cmd_flops)
+    x = sub.add_parser("export", allow_abbrev=False, help="ONNX graph of one exit (or all, with the fusions) of a checkpoint")
+    x.add_argument("--checkpoint", required=True, help="ViT-FIQA state_dict")
+    x.add_argument("--exit", required=True, help="an exit 1..12 (output quality) or 'all' (outputs exits, ex_fiqa_f, ex_fiqa_fw)")
+    x.add_argument("--out", required=True, help="the .onnx file to write (input images: uint8 RGB (B, 112, 112, 3))")
+    x.add_argument("--num-heads", type=int, default=None, help="as for score")
+    x.add_argument("--force", action="store_true", help="replace an existing --out")
+    x.set_defaults(func=cmd_export)
     from exfiqa.extract.stage import parser as extract_parser
     from exfiqa.extract.stage import run as run_extract
 
-    e = sub.add_parser("extract", parents=[extract_parser(add_help=False)],
+    e = sub.add_parser("extract", allow_abbrev=False, parents=[extract_parser(add_help=False)],
                        help="every per-sample array of a run config, one read of each image (see exfiqa.extract.stage)")
     e.set_defaults(func=run_extract)
     return parser

@@ -41,6 +41,8 @@ latency_full_size = True  # also time the full-size released architecture (rando
 reject_fraction = 0.2  # adaptive exit: share of images a quality gate would reject
 margin = 0.5  # adaptive exit: stop when |running score - threshold| > margin * std(score)
 min_exit = 3  # adaptive exit: earliest exit allowed to decide
+runtime_images = 64  # measured runtime: faces of the first dataset timed in one batch
+runtime_repeats = 3  # measured runtime: timed runs per row, after one warm-up (median reported)
 device = None  # cpu, cuda, cuda:N or auto (the latency is measured there); None means the config's device
 seed = None  # seed of the latency inputs; None means the config's seed
 out_dir = ""  # figures and tables are written here; empty means results/RUN-adhoc
@@ -49,7 +51,7 @@ out_dir = ""  # figures and tables are written here; empty means results/RUN-adh
 # open the study: the config (and any parameter overrides), its run card
 from IPython.display import Markdown, display
 
-from exfiqa.report import plots, tables
+from exfiqa.report import plots, runtime, tables
 from exfiqa.report.early_exit import (
     adaptive_study,
     latency_table,
@@ -166,3 +168,24 @@ for q, part in adaptive.groupby("quality_model", sort=False):
            f"{len(part)} datasets." if part["gate_agreement"].mean() <= trivial else
            f"It beats the better trivial gate ({trivial:.1%}) on average, and both trivial gates on {beats} of {len(part)} datasets.")
     ))
+
+# %% [markdown]
+# ## Early exit measured: fixed and adaptive exit at run time
+#
+# Everything above counts FLOPs; here the model really stops. The full pass, the exits the operating
+# points pick (blocks 1..k only) and the adaptive runtime (`exfiqa score --adaptive`: faces leave the
+# batch as soon as their running FW score is `margin` standard deviations from the gate's threshold,
+# the rest go on in a compacted batch) are timed on the first `runtime_images` faces of the first
+# dataset with the run's quality models, on the run's device. `measured_speedup` (full-pass time /
+# time) stands beside `ideal_speedup` = 1 / (1 - `flop_saving`), the analytic prediction;
+# `same_exit_as_simulation` is the share of the timed faces that stop where the simulation above says.
+
+# %%
+runtime_ds = next(iter(cfg.datasets))
+measured = runtime.runtime_table(study, ops, runtime_ds, reject_fraction, margin, min_exit, runtime_images, runtime_repeats)
+tables.save_table(measured, TAB, "runtime_early_exit", caption=(
+    f"Measured ms per image of the full pass, the operating points' exits and the adaptive runtime (reject "
+    f"{reject_fraction:g}, margin {margin:g} std, min exit {min_exit}) on {runtime_images} faces of "
+    f"{cfg.datasets[runtime_ds].label}, device {cfg.device}, median of {runtime_repeats} runs after a warm-up, beside "
+    "the analytic FLOP saving (machine-dependent; the protocol is the one that picked the exits)."), protocol=COST)
+display(measured.round(3))

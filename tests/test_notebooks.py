@@ -46,7 +46,7 @@ EXPECTED_TABLES = [
     "attention_statistics",
     "headline_vs_paper", "secondary_reference", "paper_findings", "fusion_vs_exits", "fusion_wins", "fusion_bootstrap",
     "fusion_strategies", "bootstrap_units", "chosen_exits", "chosen_exits_pauc", "chosen_exits_bootstrap", "comparison_table",
-    "gflops_released", "latency_per_exit", "operating_points", "adaptive_exit",
+    "gflops_released", "latency_per_exit", "operating_points", "adaptive_exit", "runtime_early_exit",
 ]
 
 
@@ -529,6 +529,24 @@ def check_latency_per_exit(d: Direct, t):
     assert lat["repeats"].nunique() == 1 and lat["repeats"].iloc[0] >= 3
     assert (lat["ms_min"] <= lat["ms_q25"]).all() and (lat["ms_q25"] <= lat["ms_per_image"]).all()
     assert (lat["ms_per_image"] <= lat["ms_q75"]).all() and (lat["ms_q75"] <= lat["ms_max"]).all()
+
+
+def check_runtime_early_exit(d: Direct, t):
+    # measured wall time: the rows (each quality model: the full pass, its operating points' exits,
+    # the adaptive run) and the analytic saving of a fixed exit, recomputed from the FLOP counts
+    rt, ops = t["runtime_early_exit"], t["operating_points"]
+    from exfiqa.extract.models import Models
+    from exfiqa.models.flops import exit_costs
+
+    for q in d.cfg.quality_models:
+        part = rt[rt["quality_model"] == q]
+        picked = sorted({int(m.split()[1]) for m in ops[ops["quality_model"] == q]["method"] if m.startswith("Exit ")})
+        assert list(part["run"]) == ["full pass (Exit 12)", *[f"Exit {k} (fixed)" for k in picked], "adaptive"], q
+        assert np.isfinite(part["ms_per_image"]).all() and (part["ms_per_image"] > 0).all()
+        assert part["measured_speedup"].iloc[0] == 1.0 and 3 <= part["mean_exit"].iloc[-1] <= 12
+    k = int(rt[(rt["quality_model"] == "C") & rt["run"].str.endswith("(fixed)")]["exit"].iloc[0])
+    arch = Models(d.cfg).quality_model("C").config  # exit_costs itself is checked by hand in check_gflops_released
+    _close(_cell(rt, "flop_saving", quality_model="C", run=f"Exit {k} (fixed)"), exit_costs(arch)[k - 1].saving)
 
 
 def check_operating_points(d: Direct, t):

@@ -599,7 +599,7 @@ def ensure_demo(root: str | os.PathLike[str], kind: str = "default", log: Callab
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m exfiqa.demo", description="Build the offline demo world.")
+    ap = argparse.ArgumentParser(prog="python -m exfiqa.demo", description="Build the offline demo world.", allow_abbrev=False)
     ap.add_argument("--config", default="configs/demo.yaml", help="its data_root is where the world goes")
     ap.add_argument("--force", action="store_true", help="rebuild even if the manifest matches")
     ap.add_argument("--tiny", action="store_true", help="a seconds-sized world (for tests)")

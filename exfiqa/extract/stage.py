@@ -644,7 +644,7 @@ def extract(cfg: Config, datasets: Sequence[str] | None = None, progress: bool =
 
 def parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The options of ``exfiqa extract`` / ``python -m exfiqa.extract``."""
-    ap = argparse.ArgumentParser(prog="exfiqa extract", description=__doc__.split("\n\n")[0], add_help=add_help)
+    ap = argparse.ArgumentParser(prog="exfiqa extract", description=__doc__.split("\n\n")[0], add_help=add_help, allow_abbrev=False)
     ap.add_argument("--config", required=True, help="the run config (YAML)")
     ap.add_argument("--datasets", nargs="*", default=None, help="a subset of the config's datasets")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default: config)")

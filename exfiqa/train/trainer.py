@@ -1159,12 +1159,14 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``python -m exfiqa.train`` argument parser (subcommands ``fr`` and ``vitfiqa``)."""
     parser = argparse.ArgumentParser(
         prog="python -m exfiqa.train",
+        allow_abbrev=False,
         description=_DESCRIPTION,
         formatter_class=_HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p_fr = sub.add_parser(
         "fr",
+        allow_abbrev=False,
         help="train an FR backbone with a margin loss",
         description=_DESCRIPTION,
         formatter_class=_HelpFormatter,
@@ -1189,6 +1191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_fr.set_defaults(func=_cmd_fr)
     p_vit = sub.add_parser(
         "vitfiqa",
+        allow_abbrev=False,
         help="train ViT-FIQA (CosFace + 10 * SmoothL1 to CR)",
         description=_DESCRIPTION,
         formatter_class=_HelpFormatter,

@@ -1,0 +1,78 @@
+"""ONNX export of a ViT-FIQA exit (``exfiqa export``).
+
+The graph's input ``images`` is uint8 RGB (B, 112, 112, 3) with a dynamic batch; the normalisation of
+:func:`exfiqa.models.vitfiqa.to_tensor` (``(x/255 - 0.5)/0.5``, channels first) is inside the graph.
+Outputs: for one exit ``K``, ``quality`` (B,) float32, the score of exit K (the graph holds blocks
+1..K only); for all exits, ``exits`` (B, depth) float32 (column ``l - 1`` = exit ``l``),
+``ex_fiqa_f`` and ``ex_fiqa_fw`` (B,) float32, the EX-FIQA-F and EX-FIQA-FW fusions computed in
+float32 inside the graph (exfiqa's own fusions are float64; they agree to float32 rounding).
+Exported with PyTorch's TorchScript-based exporter (``dynamo=False``), opset :data:`OPSET`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from exfiqa.evaluation.fusion import depth_weights, uniform_weights
+from exfiqa.io import atomic_path
+from exfiqa.models.vitfiqa import ViTFIQA
+
+__all__ = ["OPSET", "ExitGraph", "export_onnx", "output_names"]
+
+OPSET = 17
+
+
+class ExitGraph(nn.Module):
+    """uint8 RGB (B, H, W, 3) -> the scores of exit ``exit`` (B,), or with ``exit=None`` the tuple
+    (all exits (B, depth), EX-FIQA-F (B,), EX-FIQA-FW (B,)): the module that is exported."""
+
+    w_f: torch.Tensor
+    w_fw: torch.Tensor
+
+    def __init__(self, model: ViTFIQA, exit: int | None) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.exit = None if exit is None else model._check_exits([exit])[0]
+        depth = model.depth
+        self.register_buffer("w_f", torch.tensor(uniform_weights(depth), dtype=torch.float32), persistent=False)
+        self.register_buffer("w_fw", torch.tensor(depth_weights(depth), dtype=torch.float32), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = (images.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
+        if self.exit is not None:
+            return self.model.score_at_exit(x, self.exit)
+        scores = self.model.forward_exits(x).scores
+        return scores, scores @ self.w_f, scores @ self.w_fw
+
+
+def output_names(exit: int | None) -> list[str]:
+    """The graph's output names for one exit (``exit``) or all (None)."""
+    return ["quality"] if exit is not None else ["exits", "ex_fiqa_f", "ex_fiqa_fw"]
+
+
+def export_onnx(
+    model: ViTFIQA, out: str | os.PathLike[str], exit: int | None, overwrite: bool = False
+) -> Path:
+    """Write the ONNX graph of exit ``exit`` (or of all exits, ``None``) to ``out`` atomically.
+
+    Raises:
+        FileExistsError: ``out`` exists and ``overwrite`` is False (before any work).
+        ValueError: ``exit`` outside ``1..depth``.
+    """
+    graph = ExitGraph(copy.deepcopy(model).cpu().float(), exit).eval()  # the caller's model is untouched
+    names = output_names(graph.exit)
+    dummy = torch.zeros(2, model.config.img_size, model.config.img_size, 3, dtype=torch.uint8)
+    axes = {name: {0: "batch"} for name in ["images", *names]}
+    with atomic_path(out, overwrite=overwrite) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
+        torch.onnx.export(
+            graph, (dummy,), str(tmp), input_names=["images"], output_names=names, dynamic_axes=axes,
+            opset_version=OPSET, dynamo=False,
+        )
+    return Path(out)
