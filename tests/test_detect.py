@@ -316,3 +316,33 @@ def test_align_adience_layout_is_what_read_adience_reads(tmp_path, detector):
     (src / "113445054@N07" / "holiday.jpg").write_bytes(b"")
     with pytest.raises(ValueError, match=r"holiday\.jpg: not an Adience file"):
         align_tree(src, tmp_path / "adience2", detector, adience=True)
+
+
+def test_decoding_workers_start_after_detection_ran_in_the_same_process():
+    """Regression: once YuNet ran in a process (OpenCV's thread pool started), a forked extraction
+    worker whose init set OpenCV's thread count hung forever (pthread_cond_destroy on the pool's
+    copied locks), so extraction after detection never finished."""
+    script = """
+import numpy as np, torch
+from skimage import data
+from exfiqa.extract.stage import _worker_init
+from exfiqa.readers.align import align_face, ARCFACE_TEMPLATE
+from exfiqa.readers.detect import FaceDetector, detect_faces
+
+assert detect_faces(data.astronaut(), FaceDetector(None), False, 24)[0].status == "ok"
+
+class Faces(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+    def __getitem__(self, i):
+        return torch.from_numpy(align_face(data.astronaut(), ARCFACE_TEMPLATE * 2 + 100))
+
+n = sum(len(b) for b in torch.utils.data.DataLoader(Faces(), batch_size=2, num_workers=2, worker_init_fn=_worker_init))
+print("decoded", n)
+"""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "decoded 8" in r.stdout

@@ -227,14 +227,13 @@ class ImageSet(torch.utils.data.Dataset):
 
 
 def _worker_init(_: int) -> None:
-    """One thread per decoding worker: the workers are the parallelism."""
-    torch.set_num_threads(1)
-    try:
-        import cv2
+    """One torch thread per decoding worker: the workers are the parallelism.
 
-        cv2.setNumThreads(1)
-    except ImportError:  # pragma: no cover - opencv is a dependency
-        pass
+    OpenCV's thread count is left alone: in a forked worker whose parent had started OpenCV's
+    thread pool (e.g. face detection ran first), ``cv2.setNumThreads`` hangs forever tearing down
+    the pool's copied locks; the decoding's OpenCV calls on 112x112 faces run as they are.
+    """
+    torch.set_num_threads(1)
 
 
 def loader(images: ImageSet, batches: list[list[int]], workers: int, pin: bool) -> torch.utils.data.DataLoader:
