@@ -116,7 +116,7 @@ CALLOUT = {"T": 6, "C": 7}  # the poster's operating points: exit 6 (T) max effi
 for q in cfg.quality_models:
     exits, fw = analysis.pauc_cost_points(pauc_table, costs, q, head.fr_model, cost_fmr)
     fig = plots.pauc_vs_gflops(
-        exits, fw, title=f"pAUC-EDC vs GFLOPs, EX-FIQA ({q}), {LABELS[head.fr_model]}, {plots.fmr_text(cost_fmr)}",
+        exits, fw, title=f"EX-FIQA ({q}), {LABELS[head.fr_model]}, {plots.fmr_text(cost_fmr)}",
         scale=cfg.pauc_scale, callout_exit=CALLOUT.get(q), quality_label=f"({q})", datasets=[s.label for s in cfg.datasets.values()])
     plots.save_figure(fig, FIG, f"pauc_vs_gflops_{q}")
     display(fig)

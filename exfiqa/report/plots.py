@@ -345,7 +345,7 @@ def attention_figure(
             else:
                 ax.imshow(m * g * g, cmap="viridis", vmin=0, vmax=vmax)
             if flat[k - 1]:
-                ax.imshow(np.ones_like(m), cmap="Greys", vmin=0, vmax=1, alpha=0.55)
+                ax.imshow(np.zeros_like(m), cmap="Greys", vmin=0, vmax=1, alpha=0.6)  # greyed out: washed white
                 ax.text(0.5, 0.5, "flat", transform=ax.transAxes, ha="center", va="center", fontsize=7, color="k")
             if columns and j == 0:
                 ax.set_title(exit_label(k), fontsize=7)
@@ -373,7 +373,7 @@ def pauc_vs_gflops(
     ``scale``, which the y label states), with an ``exit`` column the exit numbers are written
     over the points (on a top axis, one per exit cost) and exit ``callout_exit`` gets the poster's
     call-out, computed from the data: ``Exit 7 (C): 41% FLOP reduction`` = 1 - its GFLOPs / the
-    last exit's (``quality_label`` is the ``(C)`` part). ``fused``: the same columns for the fused
+    last exit's (``quality_label`` is the ``(C)`` part), over a dashed line at its cost. ``fused``: the same columns for the fused
     score. With a ``resolved`` column, unresolved pAUCs (:func:`exfiqa.evaluation.metrics.pauc_resolved`)
     are drawn hollow and noted in the legend. The legend sits under the axes, off the data.
     """
@@ -411,18 +411,20 @@ def pauc_vs_gflops(
         last = int(costs.index.max())
         if callout_exit is not None and callout_exit in costs.index and callout_exit != last:
             saving = 1.0 - float(costs[callout_exit]) / float(costs[last])
-            at = frame[frame["exit"] == callout_exit]
-            y = float(at["pauc"].max())
             tag = f" {quality_label}" if quality_label else ""
-            ax.annotate(f"Exit {callout_exit}{tag}: {saving:.0%} FLOP reduction\n"
-                        f"({costs[callout_exit]:.3g} vs {costs[last]:.3g} GFLOPs)",
-                        xy=(float(costs[callout_exit]), y), xytext=(0.5, 0.97), textcoords="axes fraction",
-                        ha="center", va="top", fontsize=7, zorder=5,
-                        bbox={"boxstyle": "round,pad=0.25", "fc": "white", "ec": "0.5", "lw": 0.5},
-                        arrowprops={"arrowstyle": "->", "color": "0.3", "lw": 0.7})
+            x = float(costs[callout_exit])
+            ax.axvline(x, color="0.35", ls="--", lw=0.7, zorder=1)
+            ax.text(x, 0.97, f"Exit {callout_exit}{tag}: {saving:.0%} FLOP reduction\n"
+                    f"({costs[callout_exit]:.3g} vs {costs[last]:.3g} GFLOPs)",
+                    transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=7, zorder=5,
+                    bbox={"boxstyle": "round,pad=0.25", "fc": "white", "ec": "0.5", "lw": 0.5})
+    values = pd.concat([frame["pauc"], fused["pauc"] if fused is not None else pd.Series(dtype=float)]).astype(float)
+    if len(values) and np.isfinite(values).any():
+        lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+        span = (hi - lo) or max(abs(hi), 1.0)
+        ax.set_ylim(lo - 0.08 * span, hi + 0.35 * span)  # room for the call-out above the lines
     ax.set_xlabel("GFLOPs")
     ax.set_ylabel("pAUC-EDC" + (f" ($\\times${_power(scale)})" if scale != 1.0 else "") + " (lower is better)")
-    ax.margins(y=0.25)
     add_title(ax, title)
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=3, frameon=False,
                handlelength=1.6, columnspacing=0.8)
