@@ -254,13 +254,14 @@ def edc_grid(
 
 def rank_heatmap(corr: pd.DataFrame, title: str = "") -> Figure:
     """Exit-to-exit rank correlation (Spearman) as a heatmap, one column wide; rows and columns
-    named by exit number (``FW``: EX-FIQA-FW); the numbers are in the table of the same name."""
+    named by exit number (``FW``: EX-FIQA-FW), on ``cividis`` (no red or green: those mean F and FW);
+    the numbers are in the table of the same name."""
     set_style()
     fig, axes = _figure(COLUMN_IN, 3.3)
     ax = axes[0, 0]
     short = [str(exit_numbers(len(corr)).get(str(c), c)).replace("EX-FIQA-", "") for c in corr.columns]
     shown = pd.DataFrame(corr.to_numpy(), index=short, columns=short)
-    sns.heatmap(shown, vmin=-1, vmax=1, cmap="vlag", square=True, ax=ax, cbar_kws={"shrink": 0.8, "label": "Spearman"})
+    sns.heatmap(shown, vmin=-1, vmax=1, cmap="cividis", square=True, ax=ax, cbar_kws={"shrink": 0.8, "label": "Spearman"})
     ax.set_xlabel("exit")
     ax.set_ylabel("exit")
     ax.tick_params(length=0)
