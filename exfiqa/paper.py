@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import html
 import json
 import os
 import re
@@ -41,7 +42,13 @@ import pandas as pd
 from exfiqa.config import Config, ConfigError, load_config
 from exfiqa.io import atomic_write
 from exfiqa.locks import no_space_message
-from exfiqa.report.tables import latex_unescape
+from exfiqa.report.tables import (
+    PROTOCOL_COLUMNS,
+    column_decimals,
+    format_cell,
+    header_tex,
+    latex_unescape,
+)
 from exfiqa.store.arrays import arrays_root
 from exfiqa.store.runcard import RunCard, run_card
 from exfiqa.study import CARD
@@ -141,12 +148,27 @@ def portable(path: Path, cwd: Path | None = None) -> str:
     """``path`` as the notebooks receive it: relative to the working folder (the kernel's, where
     the config's relative paths resolve), so that no absolute path of the machine lands in the
     executed notebooks (papermill's injected parameters and metadata). Absolute only where the two
-    share no folder but ``/``."""
+    share no folder but ``/``; :func:`relativise` then rewrites the executed notebook with labels
+    (``<results folder>``, ``<config folder>``) in place of the absolute paths."""
     here = Path(cwd or Path.cwd()).resolve()
     target = Path(path).resolve()
     if Path(os.path.commonpath([here, target])) == Path(here.anchor):
         return str(target)
     return os.path.relpath(target, here)
+
+
+def relativise(executed: Path, places: dict[Path, str]) -> None:
+    """Rewrite ``executed`` (a notebook papermill wrote) so that it names none of ``places`` (a
+    folder -> its label, e.g. the results folder -> ``<results folder>``) by its absolute path: where
+    the results folder shares only ``/`` with the working folder, :func:`portable` has to give the
+    kernel an absolute path, and papermill records it (injected parameters, metadata)."""
+    text = executed.read_text()
+    names = {str(p): label for place, label in places.items() for p in (Path(place), Path(place).resolve())}
+    for name in sorted(names, key=len, reverse=True):  # the deepest first: results/demo before the repository
+        if name != "/":
+            text = text.replace(json.dumps(name)[1:-1], names[name])
+    with atomic_write(executed, overwrite=True) as fh:
+        fh.write(text)
 
 
 def _execute(staged: Path, executed: Path, parameters: dict[str, Any], progress: _Progress) -> None:
@@ -250,6 +272,8 @@ def run_paper(
             raise
         finally:
             staged.unlink(missing_ok=True)
+        relativise(running, {out: "<results folder>", config.parent: "<config folder>", cfg.data_root: "<data_root>",
+                             ROOT: "<repository>"})
         running.replace(executed)
         _to_html(executed, executed.with_suffix(".html"))
         diff = card.differences(RunCard.from_json((out / CARD).read_text()))  # the card the notebook wrote
@@ -351,11 +375,42 @@ def _expand(pattern: str, cfg: Config) -> list[tuple[str, dict[str, str]]]:
     return out
 
 
+_MATH = ((r"$^\dagger$", "\N{DAGGER}"), (r"$\Delta$", "\N{GREEK CAPITAL LETTER DELTA}"), (r"$\rho$", "\N{GREEK SMALL LETTER RHO}"))
+
+
+def tex_to_html(tex: str) -> str:
+    """A header or cell of a LaTeX table (:mod:`exfiqa.report.tables`) as HTML: the same text,
+    ``$10^{-3}$`` as 10<sup>-3</sup>, Greek letters and daggers as characters, escaped."""
+    for math, char in _MATH:
+        tex = tex.replace(math, char)
+    parts = re.split(r"\$10\^\{(-?\d+)\}\$", tex)  # text, exponent, text, ...
+    return "".join(html.escape(latex_unescape(t)) if k % 2 == 0 else f"10<sup>{t}</sup>" for k, t in enumerate(parts))
+
+
+def table_html(frame: pd.DataFrame, rows: int = 60) -> str:
+    """The first ``rows`` rows of a table's CSV as the page shows them, formatted as its LaTeX
+    file: the headers of :data:`exfiqa.report.tables.HEADERS`, fixed decimals per column
+    (:func:`~exfiqa.report.tables.column_decimals`), ``--`` for a missing value, labels for FR
+    models and baselines; protocol columns (``fmr, convention, limit, scale, seed``) that are
+    constant are left out where the caption states them (a table with a ``scale`` column)."""
+    protocol = "scale" in frame.columns
+    if protocol:
+        frame = frame.drop(columns=[c for c in PROTOCOL_COLUMNS if c in frame.columns and frame[c].nunique(dropna=False) <= 1])
+    head = ["<tr>" + "".join(f"<th>{tex_to_html(header_tex(c))}</th>" for c in frame.columns) + "</tr>"]
+    shown = frame.head(rows)
+    cells = {c: [tex_to_html(format_cell(v, column_decimals(c, frame[c], protocol), c)) for v in shown[c]]
+             for c in frame.columns}
+    numeric = {c: frame[c].dtype.kind in "iuf" for c in frame.columns}
+    body = ["<tr>" + "".join(f'<td class="{"num" if numeric[c] else "txt"}">{cells[c][k]}</td>' for c in frame.columns) + "</tr>"
+            for k in range(len(shown))]
+    return ('<table class="tbl">\n<thead>' + "".join(head) + "</thead>\n<tbody>\n" + "\n".join(body)
+            + "\n</tbody>\n</table>")
+
+
 def _table(p: Path) -> dict[str, Any]:
     frame = pd.read_csv(p)
-    shown = frame.head(60).to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="tbl")
     tex = p.with_suffix(".tex")
-    return {"stem": p.stem, "detail": _caption(tex), "html": shown, "rows": len(frame), "tex": tex.is_file()}
+    return {"stem": p.stem, "detail": _caption(tex), "html": table_html(frame), "rows": len(frame), "tex": tex.is_file()}
 
 
 def index_sections(out: Path, cfg: Config) -> list[dict[str, Any]]:

@@ -39,6 +39,7 @@ convention = None  # recompute (the paper's evaluation code) or fixed (Schlett e
 pauc_scale = None  # pAUC is shown times this (1000 as on the poster); None means the config's
 headline_fmr = None  # FMR of the per-exit tables; None means the config's headline.fmr
 out_dir = ""  # figures and tables are written here; empty means results/RUN-adhoc
+titles = True  # figure titles (False for paper export: the caption says it)
 
 # %%
 # open the study: the config (and any parameter overrides), its run card
@@ -61,6 +62,8 @@ from exfiqa.study import open_study
 
 study = open_study(config, parameters=globals())  # the parameters above (or papermill's) override the config
 cfg = study.config
+plots.set_style(titles=titles)
+LABELS = plots.config_labels(cfg)  # keys -> the config's labels (arcface -> ArcFace)
 head = headline(cfg, headline_fmr)
 tags = variant_tags(study)
 depths = {q: depth for q, (_, depth) in tags.items()}
@@ -82,8 +85,8 @@ display(sanity.round(4))
 # %% [markdown]
 # ## EDC of every exit (the poster's grid)
 #
-# Rows are datasets, columns FMR targets; each line is one exit (light = early, dark = deep),
-# EX-FIQA-F in red, EX-FIQA-FW in green. Lower curves mean the quality score discards the
+# Rows are datasets, columns FMR targets; each dashed line is one exit (light blue = early, dark = deep),
+# EX-FIQA-F in red, EX-FIQA-FW in green; the dotted line is the pAUC limit (`discard_limit`). Lower curves mean the quality score discards the
 # comparisons that cause false non-matches first. The grid is drawn for the headline FR model
 # (ArcFace in the paper) and every quality model. **Hollow markers and a dagger** mark points whose
 # FMR target the data cannot resolve: fewer than one expected false match at the threshold
@@ -96,8 +99,8 @@ display(sanity.round(4))
 for q, depth in depths.items():
     edc = edc_all(study, q, head.fr_model)
     fig = plots.edc_grid(edc, methods=exit_labels(depth) + ["EX-FIQA-F", "EX-FIQA-FW"],
-                         fmr_targets=sorted(cfg.fmr_targets, reverse=True))
-    fig.suptitle(f"EX-FIQA ({q}): EDC per exit, {head.fr_model}, convention '{cfg.convention}'", y=1.0)
+                         fmr_targets=sorted(cfg.fmr_targets, reverse=True), limit=cfg.discard_limit)
+    plots.add_title(fig, f"EX-FIQA ({q}): EDC per exit, {LABELS[head.fr_model]}, convention '{cfg.convention}'")
     plots.save_figure(fig, FIG, f"edc_grid_{q}_{head.fr_model}")
     display(fig)
 

@@ -44,6 +44,7 @@ device = None  # cpu, cuda, cuda:N or auto; None means the config's device
 batch_size = None  # images per forward pass; None means the config's batch_size
 seed = None  # seed of the image sampling for the mean map; None means the config's seed
 out_dir = ""  # figures and tables are written here; empty means results/RUN-adhoc
+titles = True  # figure titles (False for paper export: the caption says it)
 
 # %%
 # open the study: the config (and any parameter overrides), its run card
@@ -60,6 +61,8 @@ from exfiqa.study import open_study
 
 study = open_study(config, parameters=globals())  # the parameters above (or papermill's) override the config
 cfg = study.config
+plots.set_style(titles=titles)
+LABELS = plots.config_labels(cfg)  # keys -> the config's labels (T -> ViT-FIQA (T))
 FIG, TAB = study.out_dir / "figures", study.out_dir / "tables"
 display(Markdown(study.card.banner()))
 display(Markdown(study.card.markdown()))
@@ -74,7 +77,7 @@ else:
 # %% [markdown]
 # ## The attention figure
 #
-# Columns: sample types and the dataset mean; rows: exits. By default every panel shares one colour
+# Rows: sample types and the dataset mean; columns: exits (one page wide, a few inches tall). By default every panel shares one colour
 # scale (in multiples of the uniform weight), so a map without contrast looks flat; with
 # `attention_scale = "per-panel"` each panel is min-max scaled on its own, as on the poster, which
 # shows *where* attention goes but stretches the noise of a near-uniform map into apparent structure.
@@ -86,7 +89,7 @@ stats = []
 for q in cfg.quality_models if not no_attention else ():
     maps, s = attention_study(study, q, inputs)
     fig = plots.attention_figure(maps, {**inputs.faces, f"{inputs.mean_dataset} (mean)": None}, scale=attention_scale)
-    fig.suptitle(f"EX-FIQA ({q}): attention across exits", y=1.02, fontsize=8)
+    plots.add_title(fig, f"EX-FIQA ({q}): attention across exits")
     plots.save_figure(fig, FIG, f"attention_{q}")
     display(fig)
     stats.append(s)
@@ -110,7 +113,7 @@ if not no_attention:
         f"(seed {cfg.seed}; no EDC protocol involved); low_contrast: normalised entropy >= "
         f"{LOW_CONTRAST_ENTROPY:g}, practically uniform."))
     display(stats.round(3))
-    fig = plots.attention_entropy_spread(stats)
+    fig = plots.attention_entropy_spread(stats, labels=LABELS)
     plots.save_figure(fig, FIG, "attention_entropy_spread")
     display(fig)
 for q, part in stats.groupby("quality_model", sort=False):

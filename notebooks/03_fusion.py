@@ -165,7 +165,7 @@ tables.save_table(units, TAB, "bootstrap_units", caption=(
     "also occurs in another pair (such pairs are not independent); no EDC protocol involved."))
 display(units)
 display(boot.round(4))
-fig = plots.forest(boot)
+fig = plots.forest(boot, labels=plots.config_labels(cfg))
 plots.save_figure(fig, FIG, "fusion_bootstrap")
 display(fig)
 
@@ -255,7 +255,8 @@ else:
         f"Paired bootstrap ({n_boot} resamples of the datasets' {bootstrap_unit} units) of pAUC(EX-FIQA-DC) - "
         f"pAUC(reference), {head.fr_model}."))
     display(dc_vs.bootstrap[["quality_model", "dataset", "reference", "chosen_exits", "delta_pauc", "ci_low", "ci_high", "p_better"]].round(4))
-    fig = plots.forest(dc_vs.bootstrap[dc_vs.bootstrap["reference"] == "EX-FIQA-FW"], reference="EX-FIQA-FW")
+    fig = plots.forest(dc_vs.bootstrap[dc_vs.bootstrap["reference"] == "EX-FIQA-FW"], reference="EX-FIQA-FW",
+                      labels=plots.config_labels(cfg))
     plots.save_figure(fig, FIG, "chosen_exits_bootstrap")
     display(fig)
     for r in fusion_wins(dc_vs.tidy, "EX-FIQA-DC", "EX-FIQA-FW").itertuples():

@@ -46,6 +46,7 @@ runtime_repeats = 3  # measured runtime: timed runs per row, after one warm-up (
 device = None  # cpu, cuda, cuda:N or auto (the latency is measured there); None means the config's device
 seed = None  # seed of the latency inputs; None means the config's seed
 out_dir = ""  # figures and tables are written here; empty means results/RUN-adhoc
+titles = True  # figure titles (False for paper export: the caption says it)
 
 # %%
 # open the study: the config (and any parameter overrides), its run card
@@ -67,6 +68,8 @@ from exfiqa.study import open_study
 
 study = open_study(config, parameters=globals())  # the parameters above (or papermill's) override the config
 cfg = study.config
+plots.set_style(titles=titles)
+LABELS = plots.config_labels(cfg)  # keys -> the config's labels (arcface -> ArcFace)
 cost_fmr = fmr_target(cfg, cost_fmr, "cost_fmr")
 head = headline(cfg)
 COST = table_protocol(cfg, cost_fmr)
@@ -114,15 +117,20 @@ display(lat.assign(median_iqr=[f"{m:.3f} ({a:.3f}-{b:.3f})" for m, a, b in zip(l
 # ## pAUC against GFLOPs
 #
 # The poster's trade-off figure: pAUC-EDC of each exit against its cost, one line per dataset,
-# with EX-FIQA-FW as a star at the cost of all exits. GFLOPs are those of the run's checkpoints.
+# with EX-FIQA-FW as a star at the cost of all exits, the exit numbers on the top axis and the poster's
+# call-out (exit 7 (C), exit 6 (T): the FLOP reduction against the last exit, computed from the costs).
+# GFLOPs are those of the run's checkpoints.
 
 # %%
 pauc_table = pauc_all(study, scale=cfg.pauc_scale)
 costs = study_costs(study)
 display(Markdown("Architectures: " + "; ".join(f"({q}) {model_architecture(study, q)[1]}" for q in cfg.quality_models) + "."))
+CALLOUT = {"T": 6, "C": 7}  # the poster's operating points: exit 6 (T) max efficiency, exit 7 (C) balanced
 for q in cfg.quality_models:
     exits, fw = pauc_cost_points(pauc_table, costs, q, head.fr_model, cost_fmr)
-    fig = plots.pauc_vs_gflops(exits, fw, title=f"pAUC-EDC vs GFLOPs, EX-FIQA ({q}), {head.fr_model}, FMR={cost_fmr:g}")
+    fig = plots.pauc_vs_gflops(
+        exits, fw, title=f"EX-FIQA ({q}), {LABELS[head.fr_model]}, {plots.fmr_text(cost_fmr)}",
+        scale=cfg.pauc_scale, callout_exit=CALLOUT.get(q), quality_label=f"({q})", datasets=[s.label for s in cfg.datasets.values()])
     plots.save_figure(fig, FIG, f"pauc_vs_gflops_{q}")
     display(fig)
 

@@ -237,14 +237,15 @@ def test_onnx_export_matches_pytorch(tmp_path, variant, capsys):
 
 
 def test_runtime_table_on_the_tiny_run(tiny_config):
-    from exfiqa.report import analysis
+    from exfiqa.report.early_exit import operating_points, study_costs
+    from exfiqa.report.frames import pauc_all
     from exfiqa.report.runtime import runtime_table
     from exfiqa.study import open_study
 
     study = open_study(str(tiny_config))
     cfg = study.config
-    pauc = analysis.pauc_all(study, scale=cfg.pauc_scale)
-    ops = analysis.operating_points(pauc[pauc["fmr"] == min(cfg.fmr_targets)], analysis.study_costs(study))
+    pauc = pauc_all(study, scale=cfg.pauc_scale)
+    ops = operating_points(pauc[pauc["fmr"] == min(cfg.fmr_targets)], study_costs(study))
     ds = next(iter(cfg.datasets))
     table = runtime_table(study, ops, ds, 0.2, 0.5, 3, n_images=16, repeats=1)
     for q in cfg.quality_models:

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from matplotlib.text import Text
 
 from exfiqa.models.vitfiqa import build_vitfiqa
 from exfiqa.report import plots
@@ -54,14 +55,14 @@ def test_attention_figure_shared_scale_and_flat_panels():
     peaked /= peaked.sum()
     maps = {"a": np.stack([peaked, _near_uniform(g, 0.05)]), "b": np.stack([peaked, _near_uniform(g, 0.05, 1)])}
     faces = {"a": np.zeros((112, 112, 3), np.uint8), "b": None}
-    shared = _panel_arrays(plots.attention_figure(maps, faces))
+    shared = _panel_arrays(plots.attention_figure(maps, faces, layout="exits-as-rows"))
     assert len(shared) == 2 * depth
     vmax = peaked.max() * g * g  # one scale for all panels, in multiples of the uniform weight
     assert all(lo == 0 and hi == pytest.approx(vmax) for _, lo, hi, _ in shared)
     near_panel = shared[2]  # row 2 (exit 2), column a
     assert np.ptp(near_panel[0]) < 0.5 and near_panel[3] == ["flat"]  # a flat map looks flat, and is labelled
     assert shared[0][3] == []  # the peaked map is not
-    per_panel = _panel_arrays(plots.attention_figure(maps, faces, scale="per-panel"))
+    per_panel = _panel_arrays(plots.attention_figure(maps, faces, scale="per-panel", layout="exits-as-rows"))
     assert per_panel[2][0].max() == pytest.approx(1.0) and per_panel[2][0].min() == pytest.approx(0.0)  # noise stretched
     assert per_panel[2][3] == ["flat"]
     with pytest.raises(ValueError, match="parameter scale"):
@@ -109,7 +110,7 @@ def test_edc_grid_and_cost_figure_mark_unresolved_points():
     hollow = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_markerfacecolor() == "none"]
     assert len(hollow) == 1 and list(hollow[0].get_xdata()) == [0.0, 0.05, 0.1]
     assert [t.get_text() for t in fig.axes[1].texts] == ["\u2020"] and len(fig.axes[0].texts) == 0
-    assert any("not resolved" in t.get_text() for t in fig.texts)
+    assert any("not resolved" in t.get_text() for t in fig.findobj(Text))  # explained under the legend
     frame = pd.DataFrame({"dataset": "LFW-like", "gflops": [1.0, 2.0], "pauc": [3.0, 2.0], "resolved": [True, False]})
     fw = pd.DataFrame({"dataset": ["LFW-like"], "gflops": [2.5], "pauc": [1.5], "resolved": [False]})
     fig = plots.pauc_vs_gflops(frame, fw)

@@ -177,12 +177,15 @@ def _rule_text(threshold_rule: str, acceptance: str) -> str:
 def shown_path(path: str | os.PathLike[str], cfg: Config | None = None) -> str:
     """``path`` as a run's outputs state it, without the absolute paths of the machine: relative to
     the repository (``configs/demo.yaml``), else to the config's ``data_root``
-    (``<data_root>/samples/child.png``), else to the config file's folder (``<config folder>/x.yaml``),
+    (``<data_root>/samples/child.png``), its ``results_dir`` (``<results_dir>/demo``) or ``cache_dir``
+    (``<cache_dir>/...``), else to the config file's folder (``<config folder>/x.yaml``),
     else its name only (``<elsewhere>/name``). Independent of the working folder."""
     p = Path(os.path.abspath(path))
     bases = [(REPO, "")]
     if cfg is not None:
         bases.append((Path(os.path.abspath(cfg.data_root)), "<data_root>"))
+        bases.append((Path(os.path.abspath(cfg.results_dir)), "<results_dir>"))
+        bases.append((Path(os.path.abspath(cfg.cache_dir)), "<cache_dir>"))
         if cfg.source is not None:
             bases.append((Path(os.path.abspath(cfg.source)).parent, "<config folder>"))
     for base, label in bases:
