@@ -48,7 +48,7 @@ Where the facts come from (all read, none copied):
   (deepinsight/insightface#556), whose image names were renumbered (ox-vgg/vgg_face2#30): its
   media ids and image names cannot be mapped back to NIST's (deepinsight/insightface#2094).
 - insightface's ``ijbc_name_5pts_score.txt`` and loose crops come from its own detector
-  (RetinaFace, deepinsight/insightface#556, #741), with alignment done at run time from those
+  (deepinsight/insightface#556; #741 asks whether it is RetinaFace), with alignment done at run time from those
   landmarks (#1933): landmarks, scores, crop margins and image numbering here differ from theirs
   (data/README.md, "Building IJB-C's meta files").
 """
@@ -246,7 +246,7 @@ def build_ijbc_meta(
         next(iter(_protocol_rows(path)), None)
     if not matches.is_file():
         raise DatasetFormatError(f"file not found: {matches}")
-    images_dir = (root / "images").resolve()
+    images_dir = root / "images"
     det = FaceDetector() if detector is None else detector
 
     subject: dict[int, int] = {}
@@ -282,12 +282,12 @@ def build_ijbc_meta(
                     skip(row, "bad_box", f"box {','.join(row.box)}")
                     continue
                 if cached[0] != row.filename:
-                    image_path = (images_dir / row.filename).resolve()
-                    if images_dir not in image_path.parents:
-                        cached = (row.filename, None, "path outside images/")
+                    rel = Path(row.filename)
+                    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+                        cached = (row.filename, None, "not a path inside images/")
                     else:
                         try:
-                            cached = (row.filename, decode_rgb8(image_path), "")
+                            cached = (row.filename, decode_rgb8(images_dir / rel), "")
                         except (OSError, ValueError) as exc:
                             cached = (row.filename, None, str(exc).replace("\n", " "))
                 image = cached[1]
