@@ -75,6 +75,7 @@ from exfiqa.study import open_study
 study = open_study(config, parameters=globals())  # the parameters above (or papermill's) override the config
 cfg = study.config
 head = headline(cfg, headline_fmr)
+LABELS = plots.config_labels(cfg)  # keys -> the config's labels (arcface -> ArcFace)
 learn_on = learn_on or next(iter(cfg.datasets))
 if learn_on not in cfg.datasets:
     raise ConfigError(f"learn_on {learn_on!r} is not one of the run's datasets {list(cfg.datasets)}")
@@ -83,7 +84,7 @@ FIG, TAB = study.out_dir / "figures", study.out_dir / "tables"
 HEAD = table_protocol(cfg, head.fmr)
 display(Markdown(study.card.banner()))
 display(Markdown(study.card.markdown()))
-display(Markdown(f"Headline: {head.label}, {head.fr_model}; {tables.protocol_note(cfg.convention, cfg.discard_limit, head.fmr, cfg.pauc_scale)}."
+display(Markdown(f"Headline: {head.label}, {LABELS[head.fr_model]}; {tables.protocol_note(cfg.convention, cfg.discard_limit, head.fmr, cfg.pauc_scale)}."
                  + (f" {headline_note(head)}" if headline_note(head) else "")))
 # pAUC of every method x dataset x FR model x quality model x FMR
 pauc_table = pauc_all(study, scale=cfg.pauc_scale)
@@ -107,7 +108,7 @@ at_head = pauc_table[pauc_table["fmr"] == head.fmr]
 vs_paper = headline_vs_paper(pauc_table, head, tags, cfg.pauc_scale)
 stand_in = headline_note(head)
 tables.save_table(vs_paper, TAB, "headline_vs_paper", caption=(
-    f"The poster's headline table (IJB-C, ArcFace) beside this run ({head.label}, {head.fr_model}). "
+    f"The poster's headline table (IJB-C, ArcFace) beside this run ({head.label}, {LABELS[head.fr_model]}). "
     + (f"{stand_in} " if stand_in else "")
     + f"Column '{SECONDARY_SOURCE}': ViT-FIQA (T) on {head.label} from the PreFIQs paper, via a secondary source "
     "(empty where it reports none). "
@@ -119,7 +120,7 @@ if stand_in:
     display(Markdown(f"**{stand_in}**"))
 secondary = secondary_reference(pauc_table, {k: s.label for k, s in cfg.datasets.items()}, tags, head, cfg.pauc_scale)
 tables.save_table(secondary, TAB, "secondary_reference", caption=(
-    f"Plain ViT-FIQA (T) of this run ({head.fr_model}) beside '{SECONDARY_SOURCE}': the PreFIQs paper "
+    f"Plain ViT-FIQA (T) of this run ({LABELS[head.fr_model]}) beside '{SECONDARY_SOURCE}': the PreFIQs paper "
     f"(arXiv 2605.13396) as transcribed by a secondary source ({SECONDARY_PROTOCOL})."), protocol=HEAD)
 display(secondary.round(3))
 
@@ -137,7 +138,7 @@ wins = fusion_wins(pauc_table, "EX-FIQA-FW", exit_label(next(iter(tags.values())
 tables.save_table(wins, TAB, "fusion_wins", caption="Datasets on which EX-FIQA-FW has a lower pAUC than the last exit.",
                   protocol=table_protocol(cfg))
 for r in wins[wins["fmr"] == head.fmr].itertuples():
-    display(Markdown(f"* ({r.quality_model}, {r.fr_model}): **{r.summary}** datasets (paper, (C) with ArcFace: 5 of 8). "
+    display(Markdown(f"* ({r.quality_model}, {LABELS.get(r.fr_model, r.fr_model)}): **{r.summary}** datasets (paper, (C) with ArcFace: 5 of 8). "
                      "Point estimates: which of these differences the data resolve, the paired bootstrap below says."))
 
 # %% [markdown]
@@ -156,7 +157,7 @@ for r in wins[wins["fmr"] == head.fmr].itertuples():
 boot = fusion_bootstrap(study, head.fr_model, head.fmr, n_boot, unit=bootstrap_unit)
 units_text = "; ".join(f"{d}: {n} {u}s" for d, u, n in boot[["dataset", "unit", "n_units"]].drop_duplicates().itertuples(index=False))
 tables.save_table(boot, TAB, "fusion_bootstrap", caption=(
-    f"Paired bootstrap ({n_boot} resamples of {units_text}), {head.fr_model}."),
+    f"Paired bootstrap ({n_boot} resamples of {units_text}), {LABELS[head.fr_model]}."),
                   protocol=table_protocol(cfg, head.fmr, seed=True), tex_drop=["unit", "n_units", "n_boot", "n_defined"])
 display(Markdown(f"Resampled units: {units_text}."))
 units = unit_summary(study)
@@ -190,7 +191,7 @@ findings = paper_findings(pauc_table, tags, head, adience=adience, paired=pd.con
 tables.save_table(findings, TAB, "paper_findings", protocol=table_protocol(cfg, head.fmr, seed=True),
                   tex_drop=["difference", "ci_low", "ci_high", "criterion"], caption=(
     f"The paper's findings, computed from this run; intervals: paired bootstrap ({n_boot} resamples of {units_text}), "
-    f"{head.fr_model}."))
+    f"{LABELS[head.fr_model]}."))
 display(findings[["finding", "paper", "this_run", "verdict", "difference", "ci_low", "ci_high"]])
 
 # %% [markdown]
@@ -206,7 +207,7 @@ display(findings[["finding", "paper", "this_run", "verdict", "difference", "ci_l
 # %%
 strategies = strategy_table(study, head.fr_model, head.fmr, learn_on)
 tables.save_table(strategies.wide, TAB, "fusion_strategies", caption=(
-    f"{head.fr_model}; learned weights fitted on {cfg.datasets[learn_on].label}."),
+    f"{LABELS[head.fr_model]}; learned weights fitted on {cfg.datasets[learn_on].label}."),
     protocol=table_protocol(cfg, head.fmr, seed=True))
 for q, w in strategies.learned.items():
     display(Markdown(f"({q}) learned weights (fitted on {cfg.datasets[learn_on].label}): " + ", ".join(f"{x:.2f}" for x in w)))
@@ -241,26 +242,26 @@ if single:
 else:
     dc = chosen_exits(study, head.fr_model, calibrate_on)
     tables.save_table(dc.selection, TAB, "chosen_exits", caption=(
-        f"Exits chosen by EX-FIQA-DC for each evaluated dataset (pseudo-label: mean mated similarity, {head.fr_model}; "
+        f"Exits chosen by EX-FIQA-DC for each evaluated dataset (pseudo-label: mean mated similarity, {LABELS[head.fr_model]}; "
         "Spearman correlations, no EDC protocol involved)."))
     display(dc.selection)
     dc_vs = chosen_exits_comparison(study, dc, head.fmr, n_boot, strategies.learned, learn_on,
                                             unit=bootstrap_unit)
     DC_PROTOCOL = table_protocol(cfg, head.fmr, seed=True)
     tables.save_table(dc_vs.wide, TAB, "chosen_exits_pauc", protocol=DC_PROTOCOL, caption=(
-        f"EX-FIQA-DC against F, FW, learned weights (fitted on {cfg.datasets[learn_on].label}) and the last exit, {head.fr_model}."))
+        f"EX-FIQA-DC against F, FW, learned weights (fitted on {cfg.datasets[learn_on].label}) and the last exit, {LABELS[head.fr_model]}."))
     display(dc_vs.wide.round(3))
     tables.save_table(dc_vs.bootstrap, TAB, "chosen_exits_bootstrap", protocol=DC_PROTOCOL,
                       tex_drop=["reference_fitted_here", "unit", "n_units", "n_boot", "n_defined"], caption=(
         f"Paired bootstrap ({n_boot} resamples of the datasets' {bootstrap_unit} units) of pAUC(EX-FIQA-DC) - "
-        f"pAUC(reference), {head.fr_model}."))
+        f"pAUC(reference), {LABELS[head.fr_model]}."))
     display(dc_vs.bootstrap[["quality_model", "dataset", "reference", "chosen_exits", "delta_pauc", "ci_low", "ci_high", "p_better"]].round(4))
     fig = plots.forest(dc_vs.bootstrap[dc_vs.bootstrap["reference"] == "EX-FIQA-FW"], reference="EX-FIQA-FW",
                       labels=plots.config_labels(cfg))
     plots.save_figure(fig, FIG, "chosen_exits_bootstrap")
     display(fig)
     for r in fusion_wins(dc_vs.tidy, "EX-FIQA-DC", "EX-FIQA-FW").itertuples():
-        display(Markdown(f"* ({r.quality_model}, {r.fr_model}): **{r.summary}** datasets."))
+        display(Markdown(f"* ({r.quality_model}, {LABELS.get(r.fr_model, r.fr_model)}): **{r.summary}** datasets."))
 
 # %% [markdown]
 # ## The comparison table in the poster's layout
@@ -278,7 +279,7 @@ labels = [s.label for s in cfg.datasets.values()]
 order = [head.label] + [d for d in labels if d != head.label]
 poster = poster_table(at_head[at_head["fr_model"] == head.fr_model], tags, order)
 tables.save_table(poster, TAB, "comparison_table", caption=(
-    f"pAUC-EDC, {head.fr_model}. Rows with chosen_on_evaluated_data are the best early exit chosen on the evaluated "
+    f"pAUC-EDC, {LABELS[head.fr_model]}. Rows with chosen_on_evaluated_data are the best early exit chosen on the evaluated "
     "data (lowest mean over these datasets; optimistic); the poster's exits and FW are fixed in advance. "
     "SER-FIQ-style (re-impl.) is this package's re-implementation, not the authors' code."), protocol=HEAD,
     tex_drop=["selection"])

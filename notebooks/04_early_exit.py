@@ -162,7 +162,7 @@ display(Markdown("Paper: max efficiency = exit 6 (T), 50% FLOP saving; balanced 
 # %%
 adaptive = adaptive_study(study, head.fr_model, cost_fmr, reject_fraction, margin, min_exit)
 tables.save_table(adaptive, TAB, "adaptive_exit", caption=(
-    f"Reject {reject_fraction:g}, margin {margin:g} std, min exit {min_exit}; {head.fr_model}."), protocol=COST)
+    f"Reject {reject_fraction:g}, margin {margin:g} std, min exit {min_exit}; {LABELS[head.fr_model]}."), protocol=COST)
 display(adaptive.round(4))
 for q, part in adaptive.groupby("quality_model", sort=False):
     trivial = max(part["agreement_accept_all"].mean(), part["agreement_reject_all"].mean())
