@@ -10,11 +10,11 @@ import pandas as pd
 import torch
 
 from exfiqa.config import ATTENTION_SAMPLE_TYPES, ConfigError
-from exfiqa.extract.models import Models
 from exfiqa.models.device import resolve_device
 from exfiqa.models.vitfiqa import ViTFIQA, attention_grid, capture_attention, to_tensor
 from exfiqa.readers import load_benchmark
 from exfiqa.readers.images import read_face
+from exfiqa.report.frames import study_models
 from exfiqa.store.runcard import shown_path
 from exfiqa.study import Study
 
@@ -164,7 +164,7 @@ def attention_study(study: Study, quality: str, inputs: AttentionInputs) -> tupl
     """Per-exit attention maps of ``quality`` for each face and the dataset mean (figure input),
     and :func:`attention_statistics` over the mean's images (with a ``quality_model`` column)."""
     cfg = study.config
-    model = Models(study.config).quality_model(quality)
+    model = study_models(study).quality_model(quality)
     per_face = attention_maps(model, np.stack(list(inputs.faces.values())), batch_size=cfg.batch_size, device=str(resolve_device(cfg.device)))
     maps = {name: per_face[i] for i, name in enumerate(inputs.faces)}
     dataset_maps = attention_maps(model, inputs.mean_faces, batch_size=cfg.batch_size, device=str(resolve_device(cfg.device)))

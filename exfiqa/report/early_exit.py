@@ -14,11 +14,10 @@ import torch
 from exfiqa.config import ConfigError
 from exfiqa.evaluation import fusion
 from exfiqa.evaluation.exits import exit_label
-from exfiqa.extract.models import Models
 from exfiqa.models.device import resolve_device
 from exfiqa.models.flops import block_flops, exit_costs, fused_cost, head_flops, patch_embed_flops
 from exfiqa.models.vitfiqa import ViTFIQA, ViTFIQAConfig, build_vitfiqa
-from exfiqa.report.frames import tied_best
+from exfiqa.report.frames import study_models, tied_best
 from exfiqa.study import Study
 
 
@@ -187,7 +186,7 @@ def latency_table(study: Study, batch_size: int, repeats: int, full_size: bool) 
     the run's seed: every row (each exit and the one-pass row) the median of ``repeats``
     synchronised timings after a warm-up, with its interquartile range and min/max."""
     cfg = study.config
-    models = {q: Models(cfg).quality_model(q) for q in cfg.quality_models if study.has_checkpoint("quality_models", q)}
+    models = {q: study_models(study).quality_model(q) for q in cfg.quality_models if study.has_checkpoint("quality_models", q)}
     if full_size:
         for variant, tag in (("token", "T"), ("crfiqa", "C")):
             models[f"{tag} full-size"] = build_vitfiqa(variant=variant)
@@ -209,7 +208,7 @@ def model_architecture(study: Study, quality: str) -> tuple[ViTFIQAConfig, str]:
     at the depth of its arrays (the evaluation needs no checkpoint; GFLOPs then assume the
     released widths)."""
     if study.has_checkpoint("quality_models", quality):
-        return Models(study.config).quality_model(quality).config, "checkpoint"
+        return study_models(study).quality_model(quality).config, "checkpoint"
     tag = study.variant_tag(quality)
     if tag not in ("T", "C"):
         raise ConfigError(f"quality_models.{quality}: its checkpoint is not there and its variant is unknown; "

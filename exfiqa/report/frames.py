@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -171,3 +172,15 @@ def best_text(values: pd.Series, rtol: float = TIE_RTOL) -> str:
     ``"Exit 9, Exit 10, Exit 11 (tie)"``."""
     best = tied_best(values, rtol)
     return ", ".join(best) + (" (tie)" if len(best) > 1 else "")
+
+
+def study_models(study: Study) -> Any:
+    """The :class:`exfiqa.extract.Models` of ``study``'s config, one per study (kept on the study
+    object): a notebook's sections share it, so each checkpoint is loaded once; torch is imported
+    only here."""
+    models = vars(study).get("_report_models")
+    if models is None:
+        from exfiqa.extract.models import Models
+
+        models = vars(study).setdefault("_report_models", Models(study.config))
+    return models

@@ -13,12 +13,12 @@ import torch
 
 from exfiqa.evaluation import fusion
 from exfiqa.evaluation.exits import exit_label
-from exfiqa.extract.models import Models
 from exfiqa.models.adaptive import adaptive_forward
 from exfiqa.models.device import resolve_device
 from exfiqa.models.flops import exit_costs
 from exfiqa.models.vitfiqa import to_tensor
 from exfiqa.report.early_exit import _timed, adaptive_cost_curve, adaptive_exit
+from exfiqa.report.frames import study_models
 from exfiqa.study import Study
 
 __all__ = ["runtime_table"]
@@ -55,7 +55,7 @@ def runtime_table(
     for q in cfg.quality_models:
         if not study.has_checkpoint("quality_models", q):
             continue
-        model = Models(cfg).quality_model(q).to(device).eval()
+        model = study_models(study).quality_model(q).to(device).eval()
         depth = model.depth
         x = to_tensor(faces).to(device)
         stored = study.exit_scores(dataset, q).astype(np.float64)
