@@ -53,6 +53,7 @@ def test_no_absolute_path_when_the_results_folder_shares_only_the_root(tiny_conf
     """A results folder and config outside the working folder (they share only ``/``): the kernel
     gets absolute paths, but the executed notebooks, their HTML, the run card and the index name
     them by labels only."""
+    monkeypatch.chdir(tmp_path.anchor)  # a working folder that shares only / with tmp_path, wherever both are
     assert Path(paper.os.path.commonpath([Path.cwd().resolve(), tmp_path.resolve()])) == Path("/")
     raw = yaml.safe_load(tiny_config.read_text())
     raw.update(run_name="far", results_dir=str(tmp_path / "results"))
