@@ -315,7 +315,7 @@ PAGE: tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...] = (
         ("figure", "pauc_vs_gflops_{q}",
          "pAUC-EDC against the GFLOPs spent up to each exit of {q}, one line per dataset: the poster's pAUC vs cost panel."),
         ("figure", "attention_{q}",
-         "Attention maps of {q}'s exits (rows) on the four sample types and a dataset mean (columns): the poster's attention figure."),
+         "Attention maps of {q}'s exits (columns) on the four sample types and a dataset mean (rows): the poster's attention figure, laid out to fit a page."),
     )),
     ("01 Layer analysis: which exit carries the quality signal", (
         ("table", "fr_sanity", "FNMR of each FR model at each FMR target before any discarding (a check that the FR models work)."),

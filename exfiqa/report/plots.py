@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from exfiqa.evaluation.exits import exit_label, exit_numbers
 from exfiqa.io import atomic_path
 from exfiqa.report.attention import LOW_CONTRAST_ENTROPY
+from exfiqa.report.tables import power_of_ten
 
 __all__ = [
     "add_title",
@@ -101,11 +102,7 @@ def add_title(fig_or_ax: Figure | mpl.axes.Axes, text: str) -> None:
 
 def fmr_text(fmr: float) -> str:
     """The one FMR notation of the figures: ``FMR = 10^-3`` (mathtext) for a power of ten, else ``FMR = 0.002``."""
-    if fmr > 0:
-        exp = np.log10(fmr)
-        if abs(exp - round(exp)) < 1e-9:
-            return f"FMR = $10^{{{int(round(exp))}}}$"
-    return f"FMR = {fmr:g}"
+    return f"FMR = {power_of_ten(fmr)}"
 
 
 def config_labels(cfg: object) -> dict[str, str]:

@@ -181,7 +181,8 @@ def value_label(text: str) -> str:
     return re.sub(r"(?<=\S)\(([CT])\)$", r" (\1)", text)
 
 
-def _power_of_ten(value: float) -> str:
+def power_of_ten(value: float) -> str:
+    """``$10^{-3}$`` (LaTeX/mathtext) for a power of ten, else ``0.002``."""
     if value > 0:
         exp = np.log10(value)
         if abs(exp - round(exp)) < 1e-9:
@@ -194,7 +195,7 @@ def header_tex(column: Any) -> str:
     col = str(column)
     found = re.fullmatch(r"fnmr@fmr=([0-9.eE+-]+)", col)
     if found:
-        return "FNMR@" + _power_of_ten(float(found.group(1)))
+        return "FNMR@" + power_of_ten(float(found.group(1)))
     if col in HEADERS:
         text = HEADERS[col]
         return text if "$" in text else latex_escape(text)
@@ -251,7 +252,7 @@ def format_cell(value: Any, decimals: int | None, column: Any = "") -> str:
         return str(int(value))
     if isinstance(value, (float, np.floating)):
         if str(column).lower() == "fmr":
-            return _power_of_ten(float(value))
+            return power_of_ten(float(value))
         if decimals is None:
             return str(int(round(float(value))))
         text = f"{float(value):.{decimals}f}"
