@@ -21,14 +21,12 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_model import timed  # bench/ is on sys.path when a script here runs
 
 from exfiqa.evaluation.fusion import ex_fiqa_fw
 from exfiqa.models.adaptive import adaptive_forward
@@ -39,22 +37,6 @@ from exfiqa.report.early_exit import adaptive_cost_curve
 
 RECOMMENDED = {"token": 6, "crfiqa": 7}  # the poster: max efficiency exit 6 (T), balanced exit 7 (C)
 MIN_EXIT = 3  # notebook 04's min_exit
-
-
-def timed(fn: Callable[[], object], repeats: int, device: torch.device, warm_up: bool = True) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs, after one warm-up run if ``warm_up``."""
-    if warm_up:
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def operating_point(model: ViTFIQA, faces: np.ndarray, reject: float, early: float, device: torch.device) -> tuple[float, float]:

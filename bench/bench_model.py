@@ -16,9 +16,11 @@ import torch
 from exfiqa.models.vitfiqa import build_vitfiqa
 
 
-def timed(fn, repeats: int, device: torch.device) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after one warm-up."""
-    fn()
+def timed(fn, repeats: int, device: torch.device, warm_up: bool = True) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs, after one warm-up run if ``warm_up``
+    (CUDA synchronised around each run)."""
+    if warm_up:
+        fn()
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
