@@ -1,85 +1,35 @@
-"""Bootstrap intervals of pAUC-EDC, single and paired (:mod:`exfiqa.evaluation.pauc`).
+"""Bootstrap intervals of pAUC-EDC (:mod:`exfiqa.evaluation.pauc`), single and paired.
 
-What is resampled
------------------
-Comparisons are not independent: they share people (an IJB-C template enters about 1,350
-comparisons, an Adience image about 19,000), so the independent unit is the subject.
+* **Units** (``subjects=``, what the notebooks use): units (subjects) are resampled with
+  replacement; a unit drawn ``w`` times contributes ``w`` copies of its samples, so a comparison
+  between units ``a != b`` enters ``w[a] * w[b]`` times and one within a unit ``w[a]`` times.
+  Units per benchmark and the weighted engines: :mod:`exfiqa.evaluation.subjects`.
+* **Comparisons** (no ``subjects``): mated and non-mated comparisons resampled with replacement,
+  stratified, as if independent (understates the spread when comparisons share people).
 
-* **Units** (``subjects=``, what the notebooks use): :func:`bootstrap_pauc`,
-  :func:`paired_bootstrap` and :func:`bootstrap_samples` take the unit of each comparison's two
-  sides and resample units with replacement. A unit drawn ``w`` times contributes ``w`` copies of
-  its samples: a comparison between two units ``a != b`` enters ``w[a] * w[b]`` times (every copy
-  meets every copy), one within a unit (a mated comparison, or a pair that is its own unit)
-  ``w[a]`` times (copies are never compared with copies of themselves); mated and non-mated counts
-  vary between resamples as they do between studies. :mod:`exfiqa.evaluation.subjects` gives the reasoning,
-  the units per benchmark (identity; IJB-C: components of the mated comparisons; ``.bin``: the
-  pair) and the exact weighted engines (explicit lists: one cumulative sum per resample and
-  order; all-vs-all: a closed form per quality group). On clustered synthetic data this
-  interval covers the population value at the nominal rate and the comparison bootstrap does
-  not (``bench/bench_coverage.py``, ``bench/RESULTS.md``).
-* **Comparisons** (without ``subjects``, as before): mated and non-mated comparisons resampled
-  with replacement, stratified (keeping both counts), as if independent. On data with subject
-  effects its standard deviation is about half the true one for a single pAUC: use it only where
-  comparisons really are independent, or to compare with earlier results.
+A resample is the original comparisons, each repeated as often as drawn, in input order (what the
+stable tie-break sees); a resampled comparison keeps its pair quality. Deterministic per seed (and
+numpy version). FNM-EDC with the ``at_most`` rule only (either acceptance). Percentile intervals:
+``np.quantile`` (linear) at ``alpha / 2`` and ``1 - alpha / 2``, around the original pAUC.
 
-Both report percentile intervals around the pAUC of the original data; the quality of a
-resampled comparison is its original pair quality. The rest of this docstring describes the
-comparison bootstrap's bounded engine.
+The comparison bootstrap draws only the mated comparisons and the top non-mated *candidates*:
 
-Conventions
------------
-Those of :mod:`exfiqa.evaluation.rules` (similarities, higher = more alike; qualities, higher = better;
-the ``fixed`` and ``recompute`` EDC conventions; ``scores``/``order`` objects as in
-:func:`exfiqa.evaluation.edc.edc_curves`). The bootstrap is deterministic for a given seed (and numpy
-version). It covers FNM-EDCs with the ``at_most`` rule (either acceptance; ``closest`` raises: its
-threshold is not an order statistic with a closed-form resampling distribution). Percentile
-intervals: ``alpha / 2`` and ``1 - alpha / 2`` quantiles (``np.quantile``, linear) of the samples.
+* ``fixed``: mated counts per comparison; the threshold, the (k+1)-th largest resampled non-mated
+  score, from its exact rank distribution ``P(R <= r) = P(Binomial(n, r / n) >= k + 1)``.
+* ``recompute``: the non-mated copies on the candidates are drawn (binomial, spread uniformly), the
+  rest pooled into the *gaps* between needed comparisons of each quality order (multinomial by gap
+  size, in blocks of :data:`_GAP_BLOCK`; per gap only in the blocks a level boundary falls in).
+  When a resample needs an order statistic below the candidates, gaps are split over more
+  candidates (exact conditional draws). Several orders share the mated and candidate counts; each
+  order draws its gaps from its own generator (seeded by ``seed`` and the order's structure), so
+  an order's samples do not depend on its companions.
 
-A resample is represented by counts per comparison: the
-resampled data set is the original comparisons, each repeated as often as it was drawn, in input
-order (which is what the stable tie-break sees); duplicated comparisons tie in quality. Only the
-mated comparisons and the highest non-mated ones (the *candidates*, which hold every threshold a
-resample can need) are drawn one by one, so memory and time per resample do not grow with the
-number of non-mated comparisons (IJB-C, 15.6M comparisons, 2 cores: about 10-30 ms per resample
-and quality measure after a setup of about 1 s per measure; Adience all-vs-all works the same
-through :mod:`exfiqa.evaluation.pairs`).
-
-* ``fixed``: mated counts are drawn per comparison. The non-mated resample enters only through its
-  threshold, the (k+1)-th largest resampled non-mated score, whose rank R is drawn from its exact
-  distribution ``P(R <= r) = P(Binomial(n, r / n) >= k + 1)``; only the top non-mated scores are
-  touched. Exact in distribution, single and paired alike; the paired and single bootstraps
-  consume the seed identically.
-* ``recompute``: the number of non-mated copies that land on the candidates is drawn
-  (binomial) and spread uniformly over them; the other copies are pooled and spread over the
-  *gaps* between consecutive needed comparisons of each quality order, by gap size (multinomial).
-  Gaps are drawn in blocks of 256: first the pooled copies per block, then per gap only inside
-  the at most 19 blocks a level boundary falls in (elsewhere every copy of a needed comparison
-  lies on one side of every boundary, so its exact slot changes nothing). For one quality
-  measure this is exactly the stratified resample's distribution at the resolution the
-  ``recompute`` EDC can see. When a resample needs an order statistic below the candidates, the
-  gaps are completed and split further over more candidates (exact conditional draws).
-  With several measures on the same resamples (:func:`paired_bootstrap`, :func:`bootstrap_samples`)
-  the mated and candidate counts are shared, while each order's gap counts are drawn on its own
-  (seeded by ``seed`` and the order's structure, so identical orders get identical draws and a
-  measure's samples do not depend on which others are evaluated with it). Each measure's samples
-  are therefore exactly distributed, and the measures are coupled through every comparison that
-  can change an FNMR or a threshold; what is not reproduced is the correlation, between two
-  different orders, of how many pooled low-scoring non-mated copies land before each level
-  boundary. Those counts move a boundary by about ``sqrt(N)`` of the ``N / 20`` slots of a
-  level, and a pAUC only through the few mated comparisons inside that shift; for positively
-  correlated orders the omitted covariance makes the interval of the difference slightly wider
-  (conservative): 6-9 % in standard deviation against explicit resampling on 3,000 comparisons
-  with 96 % of the non-mated pooled (the tests), less at larger sizes, where the shift is a
-  smaller share of a level. (Drawing every non-mated count instead is O(N) per resample: about 2 s per
-  resample for three measures at IJB-C size on 2 cores, against tens of milliseconds here.)
-
-numpy and scipy.special (one step: the binomial tail of the order-statistic rank). The number of
-candidates is :data:`exfiqa.evaluation.scores.MIN_CANDIDATES`, read at call time (one setting for the
-EDC and the bootstrap).
+The number of candidates is :data:`exfiqa.evaluation.scores.MIN_CANDIDATES`, read at call time.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import warnings
@@ -126,10 +76,8 @@ class BootstrapResult(NamedTuple):
 
 
 class PairedBootstrapResult(NamedTuple):
-    """pAUC(a) - pAUC(b) with its percentile interval, from the same resamples for both.
-
-    ``frac_a_below_b``: fraction of resamples where pAUC(a) < pAUC(b) (a better, lower is better).
-    """
+    """pAUC(a) - pAUC(b) with its percentile interval, from the same resamples for both;
+    ``frac_a_below_b``: share of resamples with pAUC(a) < pAUC(b) (a better)."""
 
     difference: float
     lower: float
@@ -149,11 +97,8 @@ def _boot_args(n_boot: int, alpha: float) -> None:
 
 
 def _order_stat_samples(comp: Comparisons, k: int, u: np.ndarray) -> np.ndarray:
-    """Exact draws of the (k+1)-th largest score of a with-replacement resample of the non-mated.
-
-    Its rank R (1-based, descending) has ``P(R <= r) = P(Binomial(n, r/n) >= k + 1)``; ``u`` are
-    uniform draws inverted through that distribution.
-    """
+    """Exact draws of the (k+1)-th largest score of a resample of the non-mated: its rank R
+    (1-based, descending), ``P(R <= r) = P(Binomial(n, r/n) >= k + 1)``, inverted at uniforms ``u``."""
     from scipy.special import bdtrc
 
     n = comp.n_nm
@@ -180,14 +125,12 @@ class _FixedPlan:
         qs = q_m[self.order]
         self.sim = comp.sim_m[self.order]
         self.groups = np.concatenate(([0], np.flatnonzero(qs[1:] != qs[:-1]) + 1))
-        self.n_m = comp.n_m
 
     def pauc(
         self, counts: np.ndarray, stats: np.ndarray, limit: float, best: BestCurve | None
     ) -> np.ndarray:
-        """pAUC per resample; ``counts`` (B, n_m) copies of each mated comparison in original
-        mated order (a stratified resample keeps ``n_m`` per row; a unit resample does not),
-        ``stats`` (B,). A row without mated copies gives NaN."""
+        """pAUC per resample from ``counts`` (B, n_m), the copies of each mated comparison in
+        mated order, and thresholds ``stats`` (B,). A row without mated copies gives NaN."""
         c = counts[:, self.order]
         err = c * (self.sim[None, :] <= stats[:, None])
         gc = np.add.reduceat(c, self.groups, axis=1)
@@ -204,25 +147,18 @@ class _FixedPlan:
             if best is BestCurve.TRIANGLE:
                 area -= triangle_area(err_total / total, limit)
         if best is BestCurve.STEPWISE:
-            cache: dict[tuple[int, int], float] = {}
+            cached = functools.cache(best_area)
             for i, (e, t) in enumerate(zip(err_total.tolist(), total.tolist(), strict=True)):
                 if t > 0:
-                    if (e, t) not in cache:
-                        cache[(e, t)] = best_area(e, t, limit)
-                    area[i] -= cache[(e, t)]
+                    area[i] -= cached(e, t, limit)
         out: np.ndarray = np.where(total > 0, area, np.nan)
         return out
 
 
 def _fixed_boot(
-    comp: Any,
-    orders: list[Any],
-    fmr: float,
-    limit: float,
-    best: BestCurve | None,
-    n_boot: int,
-    rng: np.random.Generator,
+    comp: Any, orders: list[Any], fmr: float, limit: float, best: BestCurve | None, n_boot: int, seed: int
 ) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
     plans = [_FixedPlan(comp, np.asarray(o.quality(comp.mated_refs))) for o in orders]
     k = int(allowed_errors(fmr, comp.n_nm))
     stats = _order_stat_samples(comp, k, rng.random(n_boot))
@@ -239,23 +175,14 @@ def _fixed_boot(
 
 
 def _recompute_weighted(
-    d: np.ndarray,
-    n: int,
-    fmr: float,
-    end_m: np.ndarray,
-    w_m: np.ndarray,
-    sim_m: np.ndarray,
-    end_c: np.ndarray,
-    w_c: np.ndarray,
-    val_c: np.ndarray,
+    d: np.ndarray, n: int, fmr: float, end_m: np.ndarray, w_m: np.ndarray, sim_m: np.ndarray,
+    end_c: np.ndarray, w_c: np.ndarray, val_c: np.ndarray,
 ) -> np.ndarray | None:
-    """``recompute`` FNMR per level for a weighted data set (weights = copies).
+    """``recompute`` FNMR per level of a weighted data set (weights = copies).
 
-    The copies of each comparison occupy the slots ``[end - w, end)`` of the stable quality order;
-    level j keeps the slots ``>= d[j]``. ``*_m``: mated comparisons; ``*_c``: candidate non-mated
-    comparisons sorted by similarity descending, which must contain every non-mated comparison
-    above the lowest candidate. Returns None when the candidates do not reach a needed order
-    statistic (the caller retries with more candidates).
+    A comparison's copies occupy slots ``[end - w, end)`` of the stable quality order; level j
+    keeps slots ``>= d[j]``. ``*_m``: mated; ``*_c``: the candidates, by similarity descending.
+    None when the candidates do not reach a needed order statistic (retry with more).
     """
     small: type[np.signedinteger[Any]] = np.int32 if n < 2**31 else np.int64  # halves the memory traffic of the (L, K) arrays
     d_s = d.astype(small)[:, None]
@@ -277,19 +204,11 @@ def _recompute_weighted(
 
 
 class _GapPlan:
-    """One quality order seen through its needed comparisons, for the ``recompute`` bootstrap.
+    """One quality order seen through its needed comparisons (mated and candidates), for the
+    ``recompute`` bootstrap; the other comparisons are pooled into the *gaps* between them.
 
-    Needed: every mated comparison and the candidate (highest) non-mated ones; every other
-    comparison is non-mated and matters only through how many resampled copies precede each
-    needed one in the stable quality order, so those are pooled into the *gaps* between
-    consecutive needed ones. Slots: ``gap_0, needed_0, gap_1, ..., needed_{Q-1}, gap_Q``. Built
-    from stable ranks only, so an implicit comparison set (all-vs-all) needs no per-comparison
-    array. ``digest`` identifies the structure (seeds this order's gap draws).
-
-    Gaps are drawn in blocks of :data:`_GAP_BLOCK` (:meth:`ends`): first the pooled copies per
-    block, then, only inside the blocks a level boundary falls in, per gap. A needed comparison
-    in any other block has all its copies on the same side of every boundary, so its exact slot
-    does not matter; the result is that of drawing every gap.
+    Slots: ``gap_0, needed_0, gap_1, ..., needed_{Q-1}, gap_Q``, from stable ranks only.
+    ``digest`` identifies the structure (seeds this order's gap draws).
     """
 
     def __init__(self, n: int, ranks_m: np.ndarray, ranks_c: np.ndarray) -> None:
@@ -320,12 +239,9 @@ class _GapPlan:
     def ends(
         self, c_m: np.ndarray, c_c: np.ndarray, total: int, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, dict[int, np.ndarray]]]:
-        """End slot of each mated and candidate comparison's copies for one resample.
-
-        ``total`` pooled copies are spread over the gaps block by block (see the class
-        docstring). Returns ``(end_m, end_c, state)``; ``state`` completes the draw to every gap
-        (:meth:`full_gaps`) when more candidates are needed.
-        """
+        """``(end_m, end_c, state)``: end slot of each mated and candidate comparison's copies,
+        ``total`` pooled copies spread over the gaps by block (per gap only in blocks a level
+        boundary falls in); ``state`` completes the draw (:meth:`full_gaps`)."""
         nb = self.block_start.shape[0]
         needed = np.zeros(self.n_q, dtype=np.int64)
         needed[self.m_q] = c_m
@@ -388,12 +304,8 @@ class _GapPlan:
     def split(
         self, finer: _GapPlan, extra: np.ndarray, gaps: np.ndarray, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Spread this plan's gap counts over ``finer``'s sub-gaps and extra candidates.
-
-        Given a gap's count, its copies fall on the gap's comparisons uniformly (multinomial over
-        the sub-gaps and extra candidates by size): the exact conditional distribution.
-        Returns ``(finer gap counts, counts of the extra candidates in their given order)``.
-        """
+        """``(finer gap counts, extra candidate counts in their given order)``: each gap's copies
+        spread uniformly over its sub-gaps and extra candidates (exact conditional draws)."""
         o = np.argsort(extra, kind="stable")
         ext = extra[o]
         parent = np.searchsorted(self.qpos, ext)  # this plan's gap holding each extra
@@ -417,14 +329,7 @@ class _GapPlan:
         return fine, out
 
 
-def _recompute_boot(
-    comp: Any,
-    orders: list[Any],
-    fmr: float,
-    limit: float,
-    n_boot: int,
-    seed: int,
-) -> list[np.ndarray]:
+def _recompute_boot(comp: Any, orders: list[Any], fmr: float, limit: float, n_boot: int, seed: int) -> list[np.ndarray]:
     k = int(allowed_errors(fmr, comp.n_nm))
     m0 = max(4 * (k + 1), min_candidates())
     cand_vals, cand_refs = top_candidates(comp, m0)
@@ -447,17 +352,15 @@ def _recompute_boot(
         for p, (plan, prng, o) in enumerate(zip(plans, plan_rngs, out, strict=True)):
             end_m, end_c, state = plan.ends(c_m, c_c, rest, prng)
             fnmr = _recompute_weighted(plan.d, plan.n, fmr, end_m, c_m, comp.sim_m, end_c, c_c, cand_vals)
-            if fnmr is not None:
-                o[b] = trapezoid_area(RECOMPUTE_DISCARD_FRACTIONS, fnmr, limit)
-                continue
-            cur, cur_c, cur_gaps, m = plan, c_c, plan.full_gaps(state, prng), m0
-            while fnmr is None:  # rare: the order statistic lies below the candidates
+            if fnmr is None:  # rare: the order statistic lies below the candidates
+                cur, cur_c, cur_gaps, m = plan, c_c, plan.full_gaps(state, prng), m0
+            while fnmr is None:
                 m *= 4
                 finer, extra = plan.refine(comp, orders[p], m, *ranks[p])
                 vals, _ = top_candidates(comp, m)
-                fine_gaps, extra_c = cur.split(finer, extra[cur_c.shape[0] - n_c :], cur_gaps, prng)
+                cur_gaps, extra_c = cur.split(finer, extra[cur_c.shape[0] - n_c :], cur_gaps, prng)
                 cur_c = np.concatenate((cur_c, extra_c))
-                cur, cur_gaps = finer, fine_gaps
+                cur = finer
                 fnmr = cur.fnmr(comp, fmr, c_m, cur_c, cur_gaps, vals)
             o[b] = trapezoid_area(RECOMPUTE_DISCARD_FRACTIONS, fnmr, limit)
     return out
@@ -467,19 +370,15 @@ _GAP_BLOCK = 256  # gaps drawn together unless a level boundary falls among them
 
 
 def _run_bootstrap(
-    comp: Any,
-    orders: list[Any],
-    fmr: float,
-    conv: Convention,
-    limit: float,
-    subtract_best: bool | BestCurve | str | None,
-    n_boot: int,
-    seed: int,
+    comp: Any, orders: list[Any], fmr: float, conv: Convention, limit: float,
+    subtract_best: bool | BestCurve | str | None, n_boot: int, seed: int, units: Any = None,
 ) -> list[np.ndarray]:
+    """pAUC samples of every order: units resampled when ``units`` is given, else comparisons."""
     best = as_best_curve(subtract_best)
+    if units is not None:
+        return _unit_boot(comp, orders, units, fmr, conv, limit, best, int(n_boot), seed)
     if conv is Convention.FIXED:
-        rng = np.random.default_rng(seed)
-        return _fixed_boot(comp, orders, fmr, limit, best, int(n_boot), rng)
+        return _fixed_boot(comp, orders, fmr, limit, best, int(n_boot), seed)
     return _recompute_boot(comp, orders, fmr, limit, int(n_boot), seed)
 
 
@@ -517,24 +416,11 @@ def _needed_levels(limit: float) -> int:
 
 
 def _unit_boot(
-    comp: Any,
-    orders: list[Any],
-    units: Any,
-    fmr: float,
-    conv: Convention,
-    limit: float,
-    best: BestCurve | None,
-    n_boot: int,
-    seed: int,
+    comp: Any, orders: list[Any], units: Any, fmr: float, conv: Convention, limit: float,
+    best: BestCurve | None, n_boot: int, seed: int,
 ) -> list[np.ndarray]:
-    """pAUC samples of every order under a resample of units (:mod:`exfiqa.evaluation.subjects`).
-
-    One draw of unit counts per resample, shared by every order (paired). ``fixed``: the mated
-    copies and the weighted non-mated order statistic; ``recompute``: each order's exact end
-    slots of the mated and candidate copies in the weighted stable quality order, through the
-    weighted engine of the comparison bootstrap. A resample left without mated or non-mated
-    copies where the pAUC needs them gives NaN.
-    """
+    """pAUC samples of every order under one draw of unit counts per resample (shared by every
+    order); NaN where a resample leaves no mated or non-mated copies the pAUC needs."""
     rng = np.random.default_rng(seed)
     m = max(4 * (int(allowed_errors(fmr, comp.n_nm)) + 1), min_candidates())
     vals, refs = top_candidates(comp, m)
@@ -552,16 +438,12 @@ def _unit_boot(
         if n_nm_w <= 0 or not w_m.any():
             continue
         k = int(allowed_errors(fmr, n_nm_w))
-        while True:
-            w_c = units.weights(w, refs)
-            stat = _weighted_stat(vals, w_c, k)
-            if stat is not None or vals.shape[0] >= comp.n_nm:
-                break
+        w_c = units.weights(w, refs)
+        while (stat := _weighted_stat(vals, w_c, k)) is None and vals.shape[0] < comp.n_nm:
             m *= 4
             vals, refs = top_candidates(comp, m)
-        if conv is Convention.FIXED:
-            if stat is None:  # pragma: no cover - every non-mated is a candidate and k < n_nm_w
-                continue
+            w_c = units.weights(w, refs)
+        if conv is Convention.FIXED:  # stat is found once every non-mated is a candidate (k < n_nm_w)
             for plan, o in zip(plans, out, strict=True):
                 o[b] = plan.pauc(w_m[None, :], np.array([stat]), limit, best)[0]
             continue
@@ -575,8 +457,7 @@ def _unit_boot(
                 m *= 4
                 vals, refs = top_candidates(comp, m)
                 w_c = units.weights(w, refs)
-            if fnmr is None:  # pragma: no cover - all non-mated are candidates
-                continue
+            assert fnmr is not None  # found once every non-mated is a candidate
             try:
                 o[b] = trapezoid_area(RECOMPUTE_DISCARD_FRACTIONS[:n_lv], fnmr, limit)
             except ValueError:  # no mated or non-mated copies left at a level <= limit
@@ -585,7 +466,7 @@ def _unit_boot(
 
 
 def _intervals(samples: np.ndarray, alpha: float) -> tuple[float, float]:
-    """Percentile interval of the defined samples (a unit resample can leave a pAUC undefined)."""
+    """Percentile interval of the defined samples (only a unit resample can leave one undefined)."""
     ok = np.isfinite(samples)
     if not ok.any():
         raise ValueError(
@@ -637,24 +518,18 @@ def bootstrap_samples(
 ) -> list[np.ndarray]:
     """Bootstrap pAUC samples of several quality orders on the same resamples (bounded).
 
-    ``scores`` and each of ``orders`` as in :func:`edc_curves`. ``subjects``: the independent
-    units (module docstring): an (N, 2) array of the unit of each comparison's two sides for an
-    explicit comparison set, one unit per sample for an all-vs-all set, or an object of
-    :mod:`exfiqa.evaluation.subjects`; units are then resampled. Without it comparisons are resampled
-    (stratified), which ignores that comparisons share people and understates the spread.
-    The samples of an order do not depend on which other orders are evaluated with it, so
-    ``samples[i] - samples[j]`` is :func:`paired_bootstrap` of orders i and j. FNM-EDC with the
-    ``at_most`` rule only (either acceptance). A unit resample that leaves the pAUC undefined
-    (no mated or non-mated copies at a level it reads) gives NaN.
+    ``scores`` and ``orders`` as in :func:`edc_curves`. ``subjects``: the units to resample, an
+    (N, 2) array of each comparison's side units (explicit set), one unit per sample (all-vs-all)
+    or an object of :mod:`exfiqa.evaluation.subjects`; without it comparisons are resampled. An
+    order's samples do not depend on its companions (``samples[i] - samples[j]`` is
+    :func:`paired_bootstrap`). NaN where a unit resample leaves the pAUC undefined.
     """
     f, conv, lim, strict = _checked(fmr, convention, limit, n_boot, 0.05, threshold_rule, acceptance)
     if as_best_curve(subtract_best) is not None and conv is Convention.RECOMPUTE:
         raise ValueError("subtract_best: is defined for the 'fixed' convention only")
     view = rule_view(scores, strict)
-    if subjects is not None:
-        units = _units_of(view, subjects)
-        return _unit_boot(view, list(orders), units, f, conv, lim, as_best_curve(subtract_best), int(n_boot), seed)
-    return _run_bootstrap(view, list(orders), f, conv, lim, subtract_best, n_boot, seed)
+    units = None if subjects is None else _units_of(view, subjects)
+    return _run_bootstrap(view, list(orders), f, conv, lim, subtract_best, n_boot, seed, units)
 
 
 def bootstrap_pauc(
@@ -673,26 +548,17 @@ def bootstrap_pauc(
     acceptance: Acceptance | str = Acceptance.SIMILARITY,
     subjects: ArrayLike | None = None,
 ) -> BootstrapResult:
-    """pAUC-EDC with a percentile bootstrap interval (95 % for ``alpha=0.05``).
-
-    ``subjects`` (N, 2): the unit (subject) of each comparison's two sides; units are resampled
-    with replacement (module docstring). Without it, mated and non-mated comparisons are
-    resampled separately as if independent (stratified), which understates the spread when
-    comparisons share people. The estimate is the pAUC of the original data. FNM-EDC with the
-    ``at_most`` rule only (either acceptance).
-    """
+    """pAUC-EDC of the original data with a percentile bootstrap interval (95 % for
+    ``alpha=0.05``). ``subjects`` (N, 2): each comparison's side units, resampled (module
+    docstring); without it comparisons are resampled (stratified)."""
     comp = Comparisons(similarity, mated)
     order = ArrayOrder(comp.quality(quality))
     f, conv, lim, strict = _checked(fmr, convention, limit, n_boot, alpha, threshold_rule, acceptance)
     estimate = pauc(edc_curves(comp, order, (f,), conv, acceptance=acceptance)[f], lim, subtract_best)
-    if subjects is not None:
-        units = ExplicitUnits(subjects, comp.n)
-        (samples,) = _unit_boot(rule_view(comp, strict), [order], units, f, conv, lim, as_best_curve(subtract_best), int(n_boot), seed)
-        lo, hi = _intervals(samples, alpha)
-        return BootstrapResult(estimate, lo, hi, samples)
-    (samples,) = _run_bootstrap(rule_view(comp, strict), [order], f, conv, lim, subtract_best, n_boot, seed)
-    lo, hi = np.quantile(samples, [alpha / 2, 1 - alpha / 2])
-    return BootstrapResult(estimate, float(lo), float(hi), samples)
+    units = None if subjects is None else ExplicitUnits(subjects, comp.n)
+    (samples,) = _run_bootstrap(rule_view(comp, strict), [order], f, conv, lim, subtract_best, n_boot, seed, units)
+    lo, hi = _intervals(samples, alpha)
+    return BootstrapResult(estimate, lo, hi, samples)
 
 
 def paired_bootstrap(
@@ -712,27 +578,17 @@ def paired_bootstrap(
     acceptance: Acceptance | str = Acceptance.SIMILARITY,
     subjects: ArrayLike | None = None,
 ) -> PairedBootstrapResult:
-    """Paired bootstrap of pAUC(a) - pAUC(b): both measures see the same resamples.
-
-    ``subjects`` (N, 2) as in :func:`bootstrap_pauc` (units resampled; without it, comparisons).
-    Returns the point difference, its percentile interval and the fraction of resamples in which
-    ``a`` has the lower (better) pAUC.
-    """
+    """Paired bootstrap of pAUC(a) - pAUC(b) (same resamples for both; ``subjects`` as in
+    :func:`bootstrap_pauc`): the point difference, its percentile interval and the share of
+    resamples in which ``a`` has the lower (better) pAUC."""
     comp = Comparisons(similarity, mated)
     qa, qb = comp.quality(quality_a, "quality_a"), comp.quality(quality_b, "quality_b")
     orders = [ArrayOrder(qa), ArrayOrder(qb)]
     f, conv, lim, strict = _checked(fmr, convention, limit, n_boot, alpha, threshold_rule, acceptance)
     est = [pauc(edc_curves(comp, o, (f,), conv, acceptance=acceptance)[f], lim, subtract_best) for o in orders]
-    if subjects is not None:
-        units = ExplicitUnits(subjects, comp.n)
-        sa, sb = _unit_boot(rule_view(comp, strict), orders, units, f, conv, lim, as_best_curve(subtract_best), int(n_boot), seed)
-        diff = sa - sb
-        lo, hi = _intervals(diff, alpha)
-        ok = np.isfinite(diff)
-        return PairedBootstrapResult(est[0] - est[1], lo, hi, float(np.mean(sa[ok] < sb[ok])), diff)
-    sa, sb = _run_bootstrap(rule_view(comp, strict), orders, f, conv, lim, subtract_best, n_boot, seed)
+    units = None if subjects is None else ExplicitUnits(subjects, comp.n)
+    sa, sb = _run_bootstrap(rule_view(comp, strict), orders, f, conv, lim, subtract_best, n_boot, seed, units)
     diff = sa - sb
-    lo, hi = np.quantile(diff, [alpha / 2, 1 - alpha / 2])
-    return PairedBootstrapResult(
-        est[0] - est[1], float(lo), float(hi), float(np.mean(sa < sb)), diff
-    )
+    lo, hi = _intervals(diff, alpha)
+    ok = np.isfinite(diff)
+    return PairedBootstrapResult(est[0] - est[1], lo, hi, float(np.mean(sa[ok] < sb[ok])), diff)
