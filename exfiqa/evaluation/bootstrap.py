@@ -329,7 +329,9 @@ class _GapPlan:
         return fine, out
 
 
-def _recompute_boot(comp: Any, orders: list[Any], fmr: float, limit: float, n_boot: int, seed: int) -> list[np.ndarray]:
+def _recompute_boot(
+    comp: Any, orders: list[Any], fmr: float, limit: float, n_boot: int, seed: int
+) -> list[np.ndarray]:
     k = int(allowed_errors(fmr, comp.n_nm))
     m0 = max(4 * (k + 1), min_candidates())
     cand_vals, cand_refs = top_candidates(comp, m0)

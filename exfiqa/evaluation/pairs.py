@@ -1,33 +1,18 @@
 """Comparison sets evaluated in bounded memory: explicit pair lists and implicit all-vs-all.
 
-A benchmark's comparisons pair *sides*: samples, or (IJB-C) templates. Everything the metrics
-need from them comes in two prepared objects (the interfaces of :mod:`exfiqa.evaluation.scores`):
+Each set gives the two objects of :mod:`exfiqa.evaluation.scores`: the *scores* (mated
+similarities and the top non-mated candidates) and, per quality method, the *order* (stable
+order of the pair qualities, ties broken by comparison position: levels, exact ranks, tie groups).
 
-* **scores** (one per dataset x FR model): the mated similarities and the highest non-mated
-  ones (the *candidates*, from which every threshold is taken);
-* **order** (one per dataset x quality method): the stable order of the pair qualities (ties
-  broken by comparison position), as the ``recompute`` level of any comparison and, for the
-  bootstrap, its exact rank; and how many comparisons share each pair quality (the tie groups
-  of an FM-EDC under ``fixed``).
+Pair quality = ``min(v[a], v[b])`` (:func:`exfiqa.evaluation.quality.pair_quality`), ordered by
+the dense rank of ``v`` at the smaller side; similarity = ``scale`` (0.5 for flip-concatenated
+sample embeddings, 1 for templates) times the float32 dot product of L2-normalised features.
 
-Conventions: pair quality = min of the two sides' qualities (:func:`exfiqa.evaluation.quality.pair_quality`,
-which computes every pair quality materialised here); similarity = dot product of the two sides'
-L2-normalised features (:func:`cosine_similarity`, or the same products as GEMM tiles and Gram
-rows) times ``scale`` (0.5 for flip-concatenated sample embeddings, 1 for L2-normalised template
-features), computed in float32. The pair quality ``min(v[a], v[b])`` is ordered by the dense rank
-of ``v`` at the smaller side, so no per-comparison float array is sorted.
-
-* :class:`PairList`: explicit ``a``/``b`` row indices. Similarities come from float32 GEMM
-  tiles where the comparisons are dense in (side a x side b), gathered dot products elsewhere:
-  IJB-C's 15.6M template comparisons are a dense block of enrolment x probe templates. The
-  order keeps one ``uint8`` level per comparison (15.6 MB at IJB-C).
-* :class:`AllPairs`: every unordered pair ``i < j`` of samples sorted by identity, in row-major
-  order (the order :func:`exfiqa.readers.read_adience` lists them); mated pairs are the
-  contiguous same-identity blocks. Nothing of size n(n-1)/2 is ever held: similarities are
-  scanned as row blocks of the Gram matrix, keeping the mated ones and the top non-mated
-  candidates; a pair's rank in the stable quality order has a closed form (pairs with a lower
-  minimum, plus the pairs of equal minimum before it in row-major order). The results equal
-  the materialised computation exactly.
+* :class:`PairList`: explicit ``a``/``b`` rows; similarities as GEMM tiles where comparisons are
+  dense (IJB-C's enrolment x probe block), gathered dot products elsewhere.
+* :class:`AllPairs`: every pair ``i < j`` of identity-sorted samples, row-major; nothing of size
+  n(n-1)/2 is held (Gram row blocks are scanned; ranks have a closed form), with results equal
+  to the materialised computation.
 """
 
 from __future__ import annotations
@@ -35,6 +20,7 @@ from __future__ import annotations
 import mmap
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -70,12 +56,6 @@ def _side_values(values: np.ndarray, n: int, what: str = "values") -> np.ndarray
     return v.astype(np.float32, copy=False) + np.float32(0)  # -0.0 -> 0.0 (same value)
 
 
-def _dense_ranks(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted distinct values and the dense rank (int32) of each entry of ``v``."""
-    uniq, rank = np.unique(v, return_inverse=True)
-    return uniq, rank.astype(np.int32).ravel()
-
-
 def _compact(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted distinct values of ``x`` and the int32 index of each entry among them."""
     if x.size and x.dtype.kind in "iu" and 0 <= x.min() and x.max() < 2**26:  # dense ids: a lookup
@@ -89,13 +69,9 @@ def _compact(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def release_pages(array: np.ndarray, start: int = 0, stop: int | None = None) -> bool:
-    """Drop rows ``start:stop`` of a memory-mapped array from this process's resident memory.
-
-    For per-sample arrays read once (IJB-C embeddings reduced to template features: 1.9 GB per
-    FR model). The file stays in the page cache and the array stays usable (pages are read back
-    when touched); only whole pages inside the rows are released. Returns False when ``array``
-    is not a file mapping (nothing to do).
-    """
+    """Drop rows ``start:stop`` of a memory-mapped array from this process's resident memory
+    (whole pages only; the array stays usable, pages are read back when touched). Returns False
+    when ``array`` is not a file mapping."""
     x: Any = array
     while x is not None and not isinstance(x, mmap.mmap):
         x = x._mmap if isinstance(x, np.memmap) and getattr(x, "_mmap", None) is not None else getattr(x, "base", None)
@@ -119,6 +95,19 @@ def release_pages(array: np.ndarray, start: int = 0, stop: int | None = None) ->
     return True
 
 
+def _row_pairs(end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(i, j)`` (int64) of every ``i < j < end[i]``, row-major."""
+    rows = np.arange(end.shape[0], dtype=np.int64)
+    cnt = end - rows - 1
+    i = np.repeat(rows, cnt)
+    return i, i + 1 + (np.arange(i.size, dtype=np.int64) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+
+
+def _upper(g: np.ndarray) -> np.ndarray:
+    """Mask of a Gram block's pairs ``i < j`` (entry (r, c) is the pair (r0 + r, r0 + c))."""
+    return np.arange(g.shape[1])[None, :] > np.arange(g.shape[0])[:, None]
+
+
 def _c2(x: np.ndarray | int) -> np.ndarray:
     x = np.asarray(x, dtype=np.int64)
     return x * (x - 1) // 2
@@ -128,14 +117,8 @@ def _c2(x: np.ndarray | int) -> np.ndarray:
 
 
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise dot product ``<a[k], b[k]>`` of two (N, D) arrays: the cosine similarity of
-    L2-normalised rows.
-
-    The input must already be normalised (nothing is normalised or clipped here). Flip-concatenated
-    embeddings ``[L2(f(x)), L2(f(flip x))]`` have norm sqrt 2, so their cosine is this product / 2:
-    the caller divides afterwards (``scale`` 0.5 of :func:`pair_similarity`). Computed as
-    ``np.einsum("ij,ij->i", a, b)`` in the inputs' dtype (float32 stays float32).
-    """
+    """Row-wise dot product ``<a[k], b[k]>`` of two (N, D) arrays, in their dtype: the cosine of
+    already L2-normalised rows (flip-concatenated embeddings: divide by 2 afterwards)."""
     if a.ndim != 2 or a.shape != b.shape:
         raise ValueError(f"cosine_similarity: expected two (N, D) arrays of one shape, got {a.shape} and {b.shape}")
     out: np.ndarray = np.einsum("ij,ij->i", a, b)
@@ -145,11 +128,8 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def pair_similarity(
     features: np.ndarray, a: np.ndarray, b: np.ndarray, scale: float = 1.0, plan: _TilePlan | None = None
 ) -> np.ndarray:
-    """``scale * <features[a], features[b]>`` for every comparison, float32, in bounded memory.
-
-    Temporary memory is a few GEMM tiles and two (``CHUNK``, D) gathers, whatever the number of
-    comparisons. ``plan`` (from :meth:`PairList.tile_plan`) is reused across feature sets.
-    """
+    """``scale * <features[a], features[b]>`` for every comparison, float32, in bounded memory
+    (GEMM tiles and (``CHUNK``, D) gathers). ``plan``: a :class:`_TilePlan` of ``a``, ``b`` to reuse."""
     f = np.ascontiguousarray(features, dtype=np.float32)
     plan = plan or _TilePlan.build(np.asarray(a), np.asarray(b))
     out = np.empty(plan.n, dtype=np.float32)
@@ -230,17 +210,15 @@ class PairList:
             if self.n and (x.min() < 0 or x.max() >= self.n_sides):
                 raise ValueError(f"PairList: side {side} indexes outside 0..{self.n_sides - 1}")
         self.idx_m = np.flatnonzero(self.mated)
-        self._plan: _TilePlan | None = None
 
-    def tile_plan(self) -> _TilePlan:
-        if self._plan is None:
-            self._plan = _TilePlan.build(self.a, self.b)
-        return self._plan
+    @cached_property
+    def _tile_plan(self) -> _TilePlan:
+        return _TilePlan.build(self.a, self.b)
 
     def similarity(self, features: np.ndarray, scale: float = 1.0) -> np.ndarray:
         """Similarity of every comparison (float32, :func:`pair_similarity`)."""
         f = _features(features, self.n_sides)
-        return pair_similarity(f, self.a, self.b, scale, self.tile_plan())
+        return pair_similarity(f, self.a, self.b, scale, self._tile_plan)
 
     def scores(self, features: np.ndarray, scale: float = 1.0):
         """The scores object (:mod:`exfiqa.evaluation.scores`) of these comparisons (holds the similarities)."""
@@ -254,13 +232,11 @@ class PairList:
 
 
 class _MinOrder:
-    """What the stable orders of the pair qualities ``min(v[a], v[b])`` share (both comparison sets).
+    """Stable order of the pair qualities ``min(v[a], v[b])`` (both comparison sets).
 
-    Pairs are grouped by the dense rank r of their minimum (``uniq[r]``): group r holds the
-    ``sizes[r]`` consecutive stable ranks from ``start[r]``, its members in comparison order.
-    ``level_of[r]`` is the ``recompute`` level of every member of a group no level boundary cuts;
-    ``cut`` lists the at most 19 groups one does, whose members need their rank inside the group.
-    A subclass gives the group sizes (:meth:`_layout`) and the two sides of references (:meth:`_sides`).
+    Group r (pairs whose minimum is ``uniq[r]``) holds the ``sizes[r]`` stable ranks from
+    ``start[r]``, members in comparison order. ``level_of[r]``: the ``recompute`` level of a group
+    no level boundary cuts; ``cut``: the at most 19 groups one does.
     """
 
     def __init__(self, pairs: Any, v: np.ndarray) -> None:
@@ -268,7 +244,8 @@ class _MinOrder:
         self.v = v
         self.n = int(pairs.n)
         self.d = level_starts(self.n)
-        self.uniq, self.rank = _dense_ranks(v)
+        self.uniq, rank = np.unique(v, return_inverse=True)
+        self.rank = rank.astype(np.int32).ravel()  # dense rank of each side value
 
     def _layout(self, sizes: np.ndarray) -> None:
         self.sizes = sizes  # pairs whose minimum is uniq[r]
@@ -290,11 +267,7 @@ class _MinOrder:
 
 
 class MinPairOrder(_MinOrder):
-    """Stable order of the pair qualities ``min(v[a], v[b])`` of a :class:`PairList`.
-
-    Holds one ``uint8`` level per comparison (computed in O(n): a gather, a bincount and the
-    members of the at most 19 groups a level boundary cuts).
-    """
+    """Stable order of the pair qualities of a :class:`PairList`: one ``uint8`` level per comparison."""
 
     def __init__(self, pairs: PairList, v: np.ndarray) -> None:
         super().__init__(pairs, v)
@@ -322,12 +295,8 @@ class MinPairOrder(_MinOrder):
         return self.level[refs]
 
     def ranks(self, refs: np.ndarray) -> np.ndarray:
-        """Exact stable ranks of the comparisons ``refs`` (one O(n) sort, nothing kept).
-
-        With fewer than 2**16 distinct side values the groups are sorted as uint16 (numpy's
-        stable sort of 16-bit integers is a radix sort); otherwise as 64-bit keys
-        ``group << 32 | position``.
-        """
+        """Exact stable ranks of the comparisons ``refs`` (one O(n) sort, nothing kept): a radix
+        sort of uint16 groups, else 64-bit keys ``group << 32 | position``."""
         refs = np.asarray(refs)
         minrank = np.minimum(self._rank[self.pairs.a], self._rank[self.pairs.b])
         if minrank.dtype == np.uint16:
@@ -393,29 +362,21 @@ class AllPairs:
 
     def mated_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """``(i, j)`` of every mated pair, row-major (int32)."""
-        rows = np.arange(self.n_samples, dtype=np.int64)
-        cnt = self.group_end - rows - 1
-        i = np.repeat(rows, cnt)
-        off = np.arange(i.size, dtype=np.int64) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-        return i.astype(np.int32), (i + 1 + off).astype(np.int32)
+        i, j = _row_pairs(self.group_end)
+        return i.astype(np.int32), j.astype(np.int32)
 
     def materialise(
         self, max_nonmated: int | None = None, seed: int = 0
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(a, b, mated)`` of every pair in row-major order, i.e. sorted by ``(a, b)`` (n(n-1)/2
-        rows: small sets only). The one enumeration of all-vs-all pairs.
+        """``(a, b, mated)`` of every pair, row-major (sorted by ``(a, b)``; small sets only), as
+        int32 (int64 beyond 2**31 samples).
 
-        ``max_nonmated``: keep all mated pairs and a uniform random subset of that many non-mated
-        pairs, drawn with ``np.random.default_rng(seed).choice(n_nm, max_nonmated, replace=False)``
-        over the non-mated pairs in row-major order (None, or at least ``n_nm``: all of them).
-        Indices are int32 (int64 beyond 2**31 samples).
+        ``max_nonmated``: keep the mated pairs and the non-mated ones at
+        ``np.random.default_rng(seed).choice(n_nm, max_nonmated, replace=False)`` (row-major).
         """
         dt = np.int32 if self.n_samples < 2**31 else np.int64
-        rows = np.arange(self.n_samples, dtype=np.int64)
         if max_nonmated is None or max_nonmated >= self.n_nm:
-            cnt = self.n_samples - rows - 1
-            a = np.repeat(rows, cnt)
-            b = a + 1 + (np.arange(a.size, dtype=np.int64) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+            a, b = _row_pairs(np.full(self.n_samples, self.n_samples, dtype=np.int64))
             return a.astype(dt), b.astype(dt), b < self.group_end[a]
         if max_nonmated < 0:
             raise ValueError(f"max_nonmated must be >= 0, got {max_nonmated}")
@@ -431,27 +392,21 @@ class AllPairs:
         order = np.lexsort((b, a))
         return a[order], b[order], mated[order]
 
-    def gram_rows(self, features: np.ndarray, scale: float = 1.0) -> Iterator[tuple[int, np.ndarray]]:
-        """``(r0, G)`` with ``G[r, c] = scale * <f[r0 + r], f[r0 + c]>`` for the rows r0.. of a block.
-
-        The one place all-vs-all similarities are computed (every user sees the same floats).
-        """
+    def gram_rows(self, features: np.ndarray, scale: float = 1.0) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """``(r0, G, nonmated)``: ``G[r, c] = scale * <f[r0 + r], f[r0 + c]>`` for a block of rows
+        from r0, and which entries are non-mated pairs. The one place all-vs-all similarities
+        are computed (every user sees the same floats)."""
         f = _features(features, self.n_samples)
         for r0 in range(0, self.n_samples, GRAM_ROWS):
             g = f[r0 : r0 + GRAM_ROWS] @ f[r0:].T
             if scale != 1.0:
                 g *= np.float32(scale)
-            yield r0, g
+            yield r0, g, np.arange(g.shape[1])[None, :] >= (self.group_end[r0 : r0 + g.shape[0]] - r0)[:, None]
 
     def similarity(self, features: np.ndarray, scale: float = 1.0) -> np.ndarray:
         """Similarity of every pair, row-major (materialised: small sets only)."""
-        out = np.empty(self.n, dtype=np.float32)
-        for r0, g in self.gram_rows(features, scale):
-            for r in range(g.shape[0]):
-                i = r0 + r
-                p = int(self.position(i, i + 1)) if i + 1 < self.n_samples else self.n
-                out[p : p + self.n_samples - i - 1] = g[r, r + 1 :]
-        return out
+        blocks = [g[_upper(g)] for _, g, _ in self.gram_rows(features, scale)]
+        return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
 
     def scores(self, features: np.ndarray, scale: float = 1.0, initial_m: int = 4096) -> AllPairsScores:
         """The scores object (:mod:`exfiqa.evaluation.scores`) of these pairs (nothing is scanned yet)."""
@@ -462,12 +417,10 @@ class AllPairs:
 
 
 class AllPairsScores:
-    """Scores of an :class:`AllPairs` set: mated similarities and the top non-mated candidates.
+    """Scores of an :class:`AllPairs` set; references are ``(K, 2)`` int32 arrays of ``(i, j)``.
 
-    References are ``(K, 2)`` int32 arrays of ``(i, j)``. Candidates are collected by scanning the
-    Gram matrix in row blocks (``GRAM_ROWS`` x n float32 at a time) with a running cutoff, at
-    least ``initial_m`` of them on the first scan (which also takes the mated similarities);
-    asking for more than are held rescans.
+    Scanning the Gram row blocks collects at least ``initial_m`` candidates (and, the first time,
+    the mated similarities); asking for more than are held rescans.
     """
 
     def __init__(self, pairs: AllPairs, features: np.ndarray, scale: float, initial_m: int = 4096) -> None:
@@ -485,7 +438,6 @@ class AllPairsScores:
         self._sim_m: np.ndarray | None = None
         self._top_vals: np.ndarray | None = None
         self._top_refs: np.ndarray | None = None
-        self.scans = 0
 
     @property
     def sim_m(self) -> np.ndarray:
@@ -497,25 +449,15 @@ class AllPairsScores:
 
     def _scan(self, m: int) -> None:
         """One pass over the Gram rows: the top ``m`` non-mated (and the mated, first time)."""
-        n_s = self.pairs.n_samples
-        end = self.pairs.group_end
         keep = _TopK(m)
-        sim_m = np.empty(self.n_m, dtype=np.float32) if self._sim_m is None else None
-        k = 0
-        for r0, g in self.pairs.gram_rows(self.features, self.scale):
-            rows = np.arange(r0, r0 + g.shape[0])
-            if sim_m is not None:
-                cnt = end[rows] - rows - 1
-                rr = np.repeat(np.arange(rows.size), cnt)
-                cc = rr + 1 + (np.arange(rr.size) - np.repeat(np.cumsum(cnt) - cnt, cnt))
-                sim_m[k : k + rr.size] = g[rr, cc]
-                k += rr.size
-            nonmated = np.arange(n_s - r0)[None, :] >= (end[rows] - r0)[:, None]
+        mated = []
+        for r0, g, nonmated in self.pairs.gram_rows(self.features, self.scale):
+            if self._sim_m is None:
+                mated.append(g[_upper(g) & ~nonmated])
             keep.add(g, nonmated, r0)
-        if sim_m is not None:
-            self._sim_m = sim_m
+        if self._sim_m is None:
+            self._sim_m = np.concatenate(mated)
         self._top_vals, self._top_refs = keep.result()
-        self.scans += 1
 
     def top_nonmated(self, m: int) -> tuple[np.ndarray, np.ndarray]:
         m = int(min(max(m, 1), self.n_nm))
@@ -536,29 +478,28 @@ class _TopK:
         self.refs: list[np.ndarray] = []
         self.size = 0
 
+    def _top(self, v: np.ndarray) -> np.ndarray:
+        """Which of ``v`` are among its ``m`` largest (ties at the cutoff kept); raises the cutoff."""
+        if v.size <= self.m:
+            return np.ones(v.size, dtype=bool)
+        t = np.partition(v, v.size - self.m)[v.size - self.m]
+        self.cut = max(self.cut, t)
+        return v >= t
+
     def add(self, g: np.ndarray, mask: np.ndarray, r0: int) -> None:
         r, c = np.nonzero(mask & (g >= self.cut))
-        v = g[r, c]
-        if v.size > self.m:  # keep the block's own top m first; the global cutoff is >= theirs
-            t = np.partition(v, v.size - self.m)[v.size - self.m]
-            sel = v >= t
-            r, c, v = r[sel], c[sel], v[sel]
-            self.cut = max(self.cut, t)
-        self.vals.append(v)
+        sel = self._top(g[r, c])  # the block's own top m first; the global cutoff is >= theirs
+        r, c = r[sel], c[sel]
+        self.vals.append(g[r, c])
         self.refs.append(np.stack(((r + r0).astype(np.int32), (c + r0).astype(np.int32)), axis=1))
-        self.size += v.size
+        self.size += r.size
         if self.size > 2 * self.m:
             self._prune()
 
     def _prune(self) -> None:
         v = np.concatenate(self.vals)
-        refs = np.concatenate(self.refs)
-        if v.size > self.m:
-            t = np.partition(v, v.size - self.m)[v.size - self.m]
-            sel = v >= t
-            v, refs = v[sel], refs[sel]
-            self.cut = max(self.cut, t)
-        self.vals, self.refs, self.size = [v], [refs], v.size
+        sel = self._top(v)
+        self.vals, self.refs, self.size = [v[sel]], [np.concatenate(self.refs)[sel]], int(sel.sum())
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         self._prune()
@@ -568,13 +509,9 @@ class _TopK:
 
 
 class AllPairsOrder(_MinOrder):
-    """Stable order of the pair qualities ``min(v[i], v[j])`` of an :class:`AllPairs` set.
-
-    With ``L`` samples of dense rank below r, the pairs whose minimum has rank < r number
-    ``C(n, 2) - C(n - L, 2)``; those of rank r follow in row-major order. A pair's rank inside
-    its group is counted in O(n) per group (:meth:`_within`); levels need it only for the at
-    most 19 groups a level boundary cuts.
-    """
+    """Stable order of the pair qualities of an :class:`AllPairs` set: with ``L`` samples of dense
+    rank below r, ``C(n, 2) - C(n - L, 2)`` pairs have a minimum of rank < r; those of rank r
+    follow in row-major order (:meth:`_within`, O(n) per group)."""
 
     def __init__(self, pairs: AllPairs, v: np.ndarray) -> None:
         super().__init__(pairs, v)
@@ -649,10 +586,9 @@ def _nonmated_blocks(scores: AllPairsScores, edges: np.ndarray) -> Iterator[tupl
     """``(fold, values)``: every non-mated similarity, in comparison order, cut at the fold edges."""
     pairs = scores.pairs
     n_s, end = pairs.n_samples, pairs.group_end
-    for r0, g in pairs.gram_rows(scores.features, scores.scale):
+    for r0, g, nonmated in pairs.gram_rows(scores.features, scores.scale):
         rows = np.arange(r0, r0 + g.shape[0])
-        mask = np.arange(n_s - r0)[None, :] >= (end[rows] - r0)[:, None]
-        vals = g[mask]  # row-major: ascending comparison position
+        vals = g[nonmated]  # row-major: ascending comparison position
         counts = n_s - end[rows]
         start = pairs.position(rows, np.minimum(end[rows], n_s - 1))  # position of each row's first non-mated
         cuts = [int(np.clip(e - start, 0, counts).sum()) for e in edges[1:-1]]
