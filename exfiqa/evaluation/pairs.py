@@ -133,9 +133,10 @@ def pair_similarity(
     f = np.ascontiguousarray(features, dtype=np.float32)
     plan = plan or _TilePlan.build(np.asarray(a), np.asarray(b))
     out = np.empty(plan.n, dtype=np.float32)
-    for (rows, cols), sel, la, lb in plan.tiles():
-        g = f[rows] @ f[cols].T
-        out[sel] = g[la, lb]
+    for ta, tb, s, e in plan.bounds:
+        sel = plan.order[s:e]
+        g = f[plan.ua[ta * TILE : (ta + 1) * TILE]] @ f[plan.ub[tb * TILE : (tb + 1) * TILE]].T
+        out[sel] = g[plan.ra[sel] - ta * TILE, plan.rb[sel] - tb * TILE]
     rest = plan.sparse
     for s in range(0, rest.shape[0], CHUNK):
         sel = rest[s : s + CHUNK]
@@ -183,13 +184,6 @@ class _TilePlan:
         bounds = [(int(ta[t]), int(tb[t]), int(starts[t]), int(ends[t])) for t in np.flatnonzero(dense)]
         sparse = np.flatnonzero(~in_dense).astype(idx)
         return cls(int(a.shape[0]), a, b, ua, ub, ra, rb, order, bounds, sparse)
-
-    def tiles(self) -> Iterator[tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray, np.ndarray]]:
-        for ta, tb, s, e in self.bounds:
-            sel = self.order[s:e]
-            rows = self.ua[ta * TILE : (ta + 1) * TILE]
-            cols = self.ub[tb * TILE : (tb + 1) * TILE]
-            yield (rows, cols), sel, self.ra[sel] - ta * TILE, self.rb[sel] - tb * TILE
 
 
 # --------------------------------------------------------------------------------- explicit pairs
@@ -248,13 +242,13 @@ class _MinOrder:
         self.rank = rank.astype(np.int32).ravel()  # dense rank of each side value
 
     def _layout(self, sizes: np.ndarray) -> None:
-        self.sizes = sizes  # pairs whose minimum is uniq[r]
+        """Lay out the groups from their sizes (a subclass also gives :meth:`_sides` of references)."""
+        self.sizes = sizes
         self.start = np.cumsum(sizes) - sizes
         self.level_of = (np.searchsorted(self.d, self.start, side="right") - 1).astype(np.uint8)
-        self.cut = _cut_groups(self.start, sizes, self.d)
-
-    def _sides(self, refs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
+        bounds = self.d[1:]  # every bound is < n, so some group holds it
+        g = np.searchsorted(self.start + sizes, bounds, side="right")  # the group holding rank d[j]
+        self.cut = np.unique(g[self.start[g] < bounds])
 
     def quality(self, refs: np.ndarray) -> np.ndarray:
         i, j = self._sides(refs)
@@ -276,9 +270,7 @@ class MinPairOrder(_MinOrder):
         self._layout(np.bincount(minrank, minlength=self.uniq.size).astype(np.int64))
         level = self.level_of[minrank]
         if self.cut.size:
-            flag = np.zeros(self.uniq.size, dtype=bool)
-            flag[self.cut] = True
-            pos = np.flatnonzero(flag[minrank])
+            pos = np.flatnonzero(np.isin(minrank, self.cut))
             g = minrank[pos]
             o = np.argsort(g, kind="stable")
             gs = g[o]
@@ -309,13 +301,6 @@ class MinPairOrder(_MinOrder):
             raise ValueError("MinPairOrder.ranks: more than 2**32 comparisons")
         keys = (minrank.astype(np.uint64) << np.uint64(32)) | np.arange(self.n, dtype=np.uint64)
         return np.searchsorted(np.sort(keys), keys[refs]).astype(np.int64)
-
-
-def _cut_groups(start: np.ndarray, counts: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """Groups (of consecutive stable ranks ``[start, start + count)``) a level boundary cuts."""
-    bounds = d[1:]  # every bound is < n, so some group holds it
-    g = np.searchsorted(start + counts, bounds, side="right")  # the group holding rank d[j]
-    return np.unique(g[start[g] < bounds])
 
 
 # --------------------------------------------------------------------------------- all-vs-all
@@ -539,13 +524,11 @@ class AllPairsOrder(_MinOrder):
         return before[i] + inside
 
     def levels(self, refs: np.ndarray) -> np.ndarray:
-        i, j, g = self._group(refs)
+        _, _, g = self._group(refs)
         level = self.level_of[g]
-        for r in self.cut:
-            sel = np.flatnonzero(g == r)
-            if sel.size:
-                ranks = self.start[r] + self._within(int(r), i[sel], j[sel])
-                level[sel] = np.searchsorted(self.d, ranks, side="right") - 1
+        sel = np.flatnonzero(np.isin(g, self.cut))  # ranks needed only in the groups a boundary cuts
+        if sel.size:
+            level[sel] = np.searchsorted(self.d, self.ranks(np.asarray(refs)[sel]), side="right") - 1
         return level
 
     def ranks(self, refs: np.ndarray) -> np.ndarray:
@@ -575,11 +558,10 @@ def _keys32(v: np.ndarray) -> np.ndarray:
 
 
 def _fold_edges(n: int, n_folds: int) -> np.ndarray:
-    """Start of each of ``n_folds`` contiguous folds of ``n`` comparisons (``np.array_split``)."""
+    """Start of each of ``n_folds`` contiguous folds of ``n`` comparisons (``np.array_split``), and n."""
     q, r = divmod(n, n_folds)
-    sizes = np.full(n_folds, q, dtype=np.int64)
-    sizes[:r] += 1
-    return np.concatenate(([0], np.cumsum(sizes)))
+    k = np.arange(n_folds + 1, dtype=np.int64)
+    return k * q + np.minimum(k, r)
 
 
 def _nonmated_blocks(scores: AllPairsScores, edges: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
@@ -601,14 +583,12 @@ def _nonmated_blocks(scores: AllPairsScores, edges: np.ndarray) -> Iterator[tupl
 def all_pairs_sanity(
     scores: AllPairsScores, fmr_targets: Sequence[float], n_folds: int = 10, bits: int = 16
 ) -> dict[str, Any]:
-    """10-fold accuracy, EER and FNMR@FMR of an all-vs-all set, exactly as on the materialised arrays.
+    """10-fold accuracy (contiguous folds in comparison order), EER and FNMR@FMR of an all-vs-all
+    set, equal to :mod:`exfiqa.evaluation.verification` on the materialised arrays.
 
-    The same numbers as :func:`exfiqa.evaluation.verification.verification_accuracy` (contiguous folds in
-    comparison order), :func:`exfiqa.evaluation.verification.eer` and :func:`exfiqa.evaluation.verification.fnmr_at_fmr` on every
-    pair, from two scans of the Gram matrix: the first counts the non-mated similarities per fold
-    in ``2**bits`` bins of their float32 order; only the bins that can hold the EER point or a
-    fold's best threshold (and their neighbours) are then collected value by value. Memory: the
-    histograms and those bins' values.
+    Two Gram scans: the first histograms the non-mated similarities per fold in ``2**bits`` bins
+    of their float32 order; the second collects the values of the bins that can hold the EER
+    point or a fold's best threshold (and their neighbours).
     """
     n_m, n_nm = scores.n_m, scores.n_nm
     sim_m = scores.sim_m
@@ -622,44 +602,28 @@ def all_pairs_sanity(
     hist = np.zeros((n_folds, nb), dtype=np.int64)
     for f, vals in _nonmated_blocks(scores, edges):
         hist[f] += np.bincount(_keys32(vals) >> shift, minlength=nb)
-    key_m = _keys32(sim_m)
-    bin_m = key_m >> shift
-    # --- which bins to read value by value
-    want: list[set[int]] = [set() for _ in range(n_folds)]
-    lo, hi, eer_bins = _eer_bins(hist.sum(0), bin_m, n_m, n_nm)
-    folds_plan = []
-    for f in range(n_folds):
-        plan = _accuracy_bins(hist.sum(0) - hist[f], bin_m[fold_m != f])
-        folds_plan.append(plan)
-        want[f] |= plan["collect"]
-    collect_any = set(eer_bins).union(*want)
+    bin_m = _keys32(sim_m) >> shift
+    h = hist.sum(0)
+    lo, hi, eer_bins = _eer_bins(h, bin_m, n_m, n_nm)  # which bins to read value by value
+    plans = [_accuracy_bins(h - hist[f], bin_m[fold_m != f]) for f in range(n_folds)]
     flag = np.zeros(nb, dtype=bool)
-    flag[sorted(collect_any)] = True
-    got_v: list[np.ndarray] = []
-    got_f: list[np.ndarray] = []
+    flag[sorted(set(eer_bins).union(*(p["collect"] for p in plans)))] = True
+    got_v, got_f = [np.zeros(0, np.float32)], [np.zeros(0, np.int16)]
     for f, vals in _nonmated_blocks(scores, edges):
         sel = flag[_keys32(vals) >> shift]
-        if sel.any():
-            got_v.append(vals[sel])
-            got_f.append(np.full(int(sel.sum()), f, dtype=np.int16))
-    cv = np.concatenate(got_v) if got_v else np.zeros(0, np.float32)
-    cf = np.concatenate(got_f) if got_f else np.zeros(0, np.int16)
+        got_v.append(vals[sel])
+        got_f.append(np.full(int(sel.sum()), f, dtype=np.int16))
+    cv, cf = np.concatenate(got_v), np.concatenate(got_f)
     cbin = _keys32(cv) >> shift
-    eer = _eer_exact(hist.sum(0), lo, hi, cv[np.isin(cbin, eer_bins)], sim_m, n_m, n_nm, shift)
-    acc = np.empty(n_folds)
-    for f in range(n_folds):
-        acc[f] = _fold_accuracy(hist, f, folds_plan[f], cv, cf, cbin, sim_m, fold_m, shift, next_above)
+    eer = _eer_exact(h, lo, hi, cv[np.isin(cbin, eer_bins)], sim_m, n_m, n_nm, shift)
+    acc = np.array([_fold_accuracy(hist, f, plans[f], cv, cf, cbin, sim_m, fold_m, shift) for f in range(n_folds)])
     return {"accuracy_10fold": float(acc.mean()), "accuracy_std": float(acc.std()), "folds": acc, "eer": eer, "fnmr": fnmr}
 
 
 def _eer_bins(h: np.ndarray, bin_m: np.ndarray, n_m: int, n_nm: int) -> tuple[int, int, list[int]]:
-    """The bins around the ROC point FMR = FNMR: ``(lo, hi, bins to read)``.
-
-    ``b``: the bin where FMR - FNMR (strictly decreasing along the thresholds) changes sign at
-    its edges; ``lo``/``hi``: the nearest bins below/above holding non-mated values (0 / the last
-    bin when there is none). Every threshold the EER can use lies in bins ``lo..hi``, whose
-    non-mated values are those of ``lo``, ``b`` and ``hi``.
-    """
+    """``(lo, hi, bins to read)`` around the ROC point FMR = FNMR: ``b``, the bin where FMR - FNMR
+    changes sign, and the nearest bins below/above holding non-mated values (else 0 / the last).
+    Every threshold the EER can use lies in bins ``lo..hi``."""
     nb = h.size
     nm_ge = np.concatenate((np.cumsum(h[::-1])[::-1], [0]))  # non-mated in bins >= b, b = 0..nb
     m_lt = np.searchsorted(np.sort(bin_m), np.arange(nb + 1), side="left")
@@ -691,15 +655,10 @@ def _eer_exact(
 
 
 def _accuracy_bins(h_tr: np.ndarray, bin_m_tr: np.ndarray) -> dict[str, Any]:
-    """The bins a fold's best accuracy threshold can lie in, and those needed to place it.
-
-    For a cut in bin b the training accuracy lies between ``P>=(b+1) + N<(b)`` and
-    ``P>=(b) + N<(b+1)`` (P: mated, N: non-mated training counts by bin edge); bins whose upper
-    bound is below the best lower bound (or the ``inf`` cut's exact count) cannot hold the
-    maximum. To place the threshold the previous training value and the held-out fold's values
-    around it are needed too: the bins from the previous non-empty one to each candidate, the
-    one below the lowest, and the highest non-empty one.
-    """
+    """The bins a fold's best accuracy threshold can lie in (``cand``) and those to read to place
+    it (``collect``). A cut in bin b has a training accuracy between ``P>=(b+1) + N<(b)`` and
+    ``P>=(b) + N<(b+1)`` (P: mated, N: non-mated counts by bin edge); placing it needs the bins
+    from the previous non-empty one, the one below the lowest and the highest non-empty one."""
     nb = h_tr.size
     m_hist = np.bincount(bin_m_tr, minlength=nb)
     n_lt = np.concatenate(([0], np.cumsum(h_tr)))  # N<(b), b = 0..nb
@@ -722,7 +681,7 @@ def _accuracy_bins(h_tr: np.ndarray, bin_m_tr: np.ndarray) -> dict[str, Any]:
 
 def _fold_accuracy(
     hist: np.ndarray, f: int, plan: dict[str, Any], cv: np.ndarray, cf: np.ndarray, cbin: np.ndarray,
-    sim_m: np.ndarray, fold_m: np.ndarray, shift: np.uint32, above: Any,
+    sim_m: np.ndarray, fold_m: np.ndarray, shift: np.uint32,
 ) -> float:
     """Accuracy on fold ``f`` at the threshold that maximises it on the other folds (exact)."""
     n_lt, nonempty = plan["n_lt"], plan["nonempty"]
@@ -741,7 +700,7 @@ def _fold_accuracy(
         return np.concatenate((cv[tr & (cbin == b)], sim_m[(fold_m != f) & (bin_m_all == b)])).astype(np.float64)
 
     if best_cut is None:  # inf: just above the highest training value
-        t = above(train_values(int(nonempty[-1])).max())[()]
+        t = next_above(train_values(int(nonempty[-1])).max())[()]
     else:
         here = train_values(best_bin)
         lower = here[here < best_cut]
