@@ -221,7 +221,6 @@ class _GapPlan:
         slot_of[o] = 2 * np.arange(n_q) + 1
         self.m_slot = slot_of[: len(ranks_m)]  # in mated (comparison) order
         self.c_slot = slot_of[len(ranks_m) :]  # in candidate (descending score) order
-        self.n_slots = 2 * n_q + 1
         self.rest = int(self.gap_size.sum())
         h = hashlib.sha256(np.int64(n).tobytes() + self.qpos.tobytes() + self.m_slot.tobytes())
         self.digest = int.from_bytes(h.digest()[:8], "little")
@@ -230,8 +229,7 @@ class _GapPlan:
         self.refined: dict[int, tuple[_GapPlan, np.ndarray]] = {}
         self.n_q = n_q
         self.m_q, self.c_q = (self.m_slot - 1) // 2, (self.c_slot - 1) // 2  # needed index
-        n_gaps = self.gap_size.shape[0]
-        self.block_start = np.arange(0, n_gaps, _GAP_BLOCK)
+        self.block_start = np.arange(0, self.gap_size.shape[0], _GAP_BLOCK)
         self.needed_block = np.arange(n_q) // _GAP_BLOCK  # needed q follows gap q
         block_size = np.add.reduceat(self.gap_size, self.block_start)
         self.block_p = block_size / self.rest if self.rest else None
@@ -256,18 +254,18 @@ class _GapPlan:
         end_q = end_b[self.needed_block]
         inside: dict[int, np.ndarray] = {}
         for b in cut.tolist():
-            g0, g1 = int(self.block_start[b]), min(int(self.block_start[b]) + _GAP_BLOCK, self.gap_size.shape[0])
-            cnt = self._block_gaps(b, int(pooled[b]), g0, g1, rng)
-            inside[b] = cnt
-            q0, q1 = g0, min(g1, self.n_q)
-            end_q[q0:q1] = start_b[b] + np.cumsum(cnt[: q1 - q0]) + np.cumsum(needed[q0:q1])
+            g0 = int(self.block_start[b])
+            inside[b] = cnt = self._block_gaps(g0, int(pooled[b]), rng)
+            q1 = min(g0 + cnt.shape[0], self.n_q)
+            end_q[g0:q1] = start_b[b] + np.cumsum(cnt[: q1 - g0]) + np.cumsum(needed[g0:q1])
         return end_q[self.m_q], end_q[self.c_q], (pooled, inside)
 
-    def _block_gaps(self, b: int, pooled: int, g0: int, g1: int, rng: np.random.Generator) -> np.ndarray:
-        sizes = self.gap_size[g0:g1]
+    def _block_gaps(self, g0: int, pooled: int, rng: np.random.Generator) -> np.ndarray:
+        """The ``pooled`` copies of the block of gaps from ``g0`` spread over its gaps by size."""
+        sizes = self.gap_size[g0 : g0 + _GAP_BLOCK]
         total = int(sizes.sum())
         if pooled == 0 or total == 0:
-            return np.zeros(g1 - g0, dtype=np.int64)
+            return np.zeros(sizes.shape[0], dtype=np.int64)
         return rng.multinomial(pooled, sizes / total)
 
     def full_gaps(self, state: tuple[np.ndarray, dict[int, np.ndarray]], rng: np.random.Generator) -> np.ndarray:
@@ -275,21 +273,19 @@ class _GapPlan:
         pooled, inside = state
         out = np.zeros(self.gap_size.shape[0], dtype=np.int64)
         for b, g0 in enumerate(self.block_start.tolist()):
-            g1 = min(g0 + _GAP_BLOCK, out.shape[0])
-            out[g0:g1] = inside[b] if b in inside else self._block_gaps(b, int(pooled[b]), g0, g1, rng)
+            out[g0 : g0 + _GAP_BLOCK] = inside[b] if b in inside else self._block_gaps(g0, int(pooled[b]), rng)
         return out
 
     def fnmr(
         self, comp: Any, fmr: float, c_m: np.ndarray, c_c: np.ndarray, gaps: np.ndarray, vals: np.ndarray
     ) -> np.ndarray | None:
-        seq = np.zeros(self.n_slots, dtype=np.int64)
+        """``recompute`` FNMR per level given every gap's count (:func:`_recompute_weighted`)."""
+        seq = np.zeros(2 * self.n_q + 1, dtype=np.int64)
         seq[0::2] = gaps
         seq[self.m_slot] = c_m
         seq[self.c_slot] = c_c
         cum = np.cumsum(seq)
-        return _recompute_weighted(
-            self.d, self.n, fmr, cum[self.m_slot], c_m, comp.sim_m, cum[self.c_slot], c_c, vals
-        )
+        return _recompute_weighted(self.d, self.n, fmr, cum[self.m_slot], c_m, comp.sim_m, cum[self.c_slot], c_c, vals)
 
     def refine(
         self, comp: Any, order: Any, m: int, ranks_m: np.ndarray, ranks_c: np.ndarray

@@ -203,7 +203,6 @@ class PairList:
         for side, x in (("a", self.a), ("b", self.b)):
             if self.n and (x.min() < 0 or x.max() >= self.n_sides):
                 raise ValueError(f"PairList: side {side} indexes outside 0..{self.n_sides - 1}")
-        self.idx_m = np.flatnonzero(self.mated)
 
     @cached_property
     def _tile_plan(self) -> _TilePlan:
