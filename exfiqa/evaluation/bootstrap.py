@@ -166,8 +166,7 @@ def _fixed_boot(
     block = max(1, _BOOT_CELLS // comp.n_m)
     for start in range(0, n_boot, block):
         b = min(block, n_boot - start)
-        draws = rng.integers(0, comp.n_m, size=(b, comp.n_m))
-        draws += (np.arange(b) * comp.n_m)[:, None]
+        draws = rng.integers(0, comp.n_m, size=(b, comp.n_m)) + (np.arange(b) * comp.n_m)[:, None]
         counts = np.bincount(draws.ravel(), minlength=b * comp.n_m).reshape(b, comp.n_m)
         for plan, o in zip(plans, out, strict=True):
             o[start : start + b] = plan.pauc(counts, stats[start : start + b], limit, best)
@@ -217,18 +216,16 @@ class _GapPlan:
         self.qpos = ranks[o]  # sorted ranks of the needed comparisons
         n_q = self.qpos.shape[0]
         self.gap_size = np.diff(np.concatenate(([-1], self.qpos, [n]))) - 1  # n_q + 1 gaps
-        slot_of = np.empty(n_q, dtype=np.int64)
-        slot_of[o] = 2 * np.arange(n_q) + 1
-        self.m_slot = slot_of[: len(ranks_m)]  # in mated (comparison) order
-        self.c_slot = slot_of[len(ranks_m) :]  # in candidate (descending score) order
+        q_of = np.empty(n_q, dtype=np.int64)
+        q_of[o] = np.arange(n_q)
+        self.m_q, self.c_q = q_of[: len(ranks_m)], q_of[len(ranks_m) :]  # needed index of the mated, candidates
         self.rest = int(self.gap_size.sum())
-        h = hashlib.sha256(np.int64(n).tobytes() + self.qpos.tobytes() + self.m_slot.tobytes())
+        h = hashlib.sha256(np.int64(n).tobytes() + self.qpos.tobytes() + (2 * self.m_q + 1).tobytes())
         self.digest = int.from_bytes(h.digest()[:8], "little")
         self.d = level_starts(n)
         self.n = n
         self.refined: dict[int, tuple[_GapPlan, np.ndarray]] = {}
         self.n_q = n_q
-        self.m_q, self.c_q = (self.m_slot - 1) // 2, (self.c_slot - 1) // 2  # needed index
         self.block_start = np.arange(0, self.gap_size.shape[0], _GAP_BLOCK)
         self.needed_block = np.arange(n_q) // _GAP_BLOCK  # needed q follows gap q
         block_size = np.add.reduceat(self.gap_size, self.block_start)
@@ -280,12 +277,13 @@ class _GapPlan:
         self, comp: Any, fmr: float, c_m: np.ndarray, c_c: np.ndarray, gaps: np.ndarray, vals: np.ndarray
     ) -> np.ndarray | None:
         """``recompute`` FNMR per level given every gap's count (:func:`_recompute_weighted`)."""
-        seq = np.zeros(2 * self.n_q + 1, dtype=np.int64)
+        seq = np.zeros(2 * self.n_q + 1, dtype=np.int64)  # gap_0, needed_0, gap_1, ...
         seq[0::2] = gaps
-        seq[self.m_slot] = c_m
-        seq[self.c_slot] = c_c
+        seq[2 * self.m_q + 1] = c_m
+        seq[2 * self.c_q + 1] = c_c
         cum = np.cumsum(seq)
-        return _recompute_weighted(self.d, self.n, fmr, cum[self.m_slot], c_m, comp.sim_m, cum[self.c_slot], c_c, vals)
+        end_m, end_c = cum[2 * self.m_q + 1], cum[2 * self.c_q + 1]
+        return _recompute_weighted(self.d, self.n, fmr, end_m, c_m, comp.sim_m, end_c, c_c, vals)
 
     def refine(
         self, comp: Any, order: Any, m: int, ranks_m: np.ndarray, ranks_c: np.ndarray
