@@ -39,20 +39,20 @@ GRAM_ROWS = 1024
 """Rows of the Gram matrix computed at once for all-vs-all sets."""
 
 
-def _features(features: np.ndarray, n: int, what: str = "features") -> np.ndarray:
+def _features(features: np.ndarray, n: int) -> np.ndarray:
     f = np.asarray(features)
     if f.ndim != 2 or f.shape[0] != n:
-        raise ValueError(f"{what}: expected shape ({n}, D), got {f.shape}")
+        raise ValueError(f"features: expected shape ({n}, D), got {f.shape}")
     f = np.ascontiguousarray(f, dtype=np.float32)
     if not np.isfinite(f).all():
-        raise ValueError(f"{what}: contain NaN or inf")
+        raise ValueError("features: contain NaN or inf")
     return f
 
 
-def _side_values(values: np.ndarray, n: int, what: str = "values") -> np.ndarray:
-    v = as_vector(values, what)
+def _side_values(values: np.ndarray, n: int) -> np.ndarray:
+    v = as_vector(values, "values")
     if v.shape[0] != n:
-        raise ValueError(f"{what}: expected {n} per-side values, got {v.shape[0]}")
+        raise ValueError(f"values: expected {n} per-side values, got {v.shape[0]}")
     return v.astype(np.float32, copy=False) + np.float32(0)  # -0.0 -> 0.0 (same value)
 
 
