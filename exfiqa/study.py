@@ -56,10 +56,8 @@ VITNT = ("ViTNT-FIQA", "ViTNT-FIQA (attention-weighted)")
 CARD = "run_card.json"
 
 
-def exit_names(depth: int) -> list[str]:
-    """Method names of the exits, ``["Exit 1", ..., "Exit D"]``."""
-    return exit_labels(depth)
-
+#: Method names of the exits of a model of depth D: ``exit_names(D) == ["Exit 1", ..., "Exit D"]``.
+exit_names = exit_labels
 
 #: The column of OFIQ's CSV read as its quality: the unified score mapped to 0-100 by OFIQ.
 OFIQ_COLUMN = "UnifiedQualityScore.scalar"
