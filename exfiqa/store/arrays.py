@@ -310,12 +310,8 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 
 class ArrayStore:
-    """Reads, checks and writes the per-sample layout under ``root`` (see the module docstring).
-
-    Args:
-        root: The run's ``arrays_dir``.
-        digests: The digest index used for ``sha256`` checks and benchmark fingerprints.
-    """
+    """Reads, checks and writes the per-sample layout under ``root`` (the run's ``arrays_dir``);
+    ``digests``: the index for ``sha256`` checks and benchmark fingerprints."""
 
     def __init__(self, root: str | os.PathLike[str], digests: DigestIndex) -> None:
         self.root = Path(root)
@@ -414,13 +410,10 @@ class ArrayStore:
         self, bench: Benchmark, dataset: str, kind: str, name: str, inputs: Mapping[str, Any], code: str | None = None,
         trusted: tuple[str, ...] = (),
     ) -> tuple[NDArray[np.float32] | None, str]:
-        """``(array, "")`` if the layout holds a usable array for this run, else ``(None, reason)``.
-
-        ``reason`` is ``"missing"`` or why exfiqa's array there is not this run's (inputs or code
-        changed, damaged). External arrays are usable as they are, or refused
-        (:class:`ArrayError`, :meth:`load`). ``trusted``: keys of ``inputs`` taken from the
-        manifest as they are, not compared (the evaluation trusts ``data`` and, where the file is
-        absent, ``checkpoint``: ``exfiqa extract`` verified them).
+        """``(array, "")`` if the layout holds a usable array for this run, else ``(None, reason)``:
+        ``"missing"`` or why exfiqa's array there is not this run's. External arrays are used as
+        they are, or refused (:class:`ArrayError`). ``trusted``: keys of ``inputs`` taken from the
+        manifest without comparing (the evaluation trusts what ``exfiqa extract`` verified).
         """
         npy = self.path(dataset, kind, name)
         try:
