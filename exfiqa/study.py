@@ -208,16 +208,6 @@ class Study:
         (evaluation does not need it; running the model, e.g. for attention maps, does)."""
         return self._run.has_checkpoint(kind, name)
 
-    def _expected_depth(self, dataset: str, quality: str, width: int) -> tuple[int, str]:
-        """Columns every exits/attn array of ``quality`` must have, and where that comes from: the
-        width of its array the extraction wrote (the model's depth) when there is one, else the
-        first such array read in this run (evaluation from the arrays alone needs no checkpoint)."""
-        produced = self._run.produced_width(dataset, quality)
-        if produced is not None:
-            return produced
-        first = self._evaluation.setdefault(("depth", quality), width)
-        return int(first), "the first array of it read in this run"
-
     def depth(self, quality: str, dataset: str | None = None) -> int:
         """The depth (number of exits) of quality model ``quality``: the width of its exit-score
         array on ``dataset`` (default: the config's first dataset); no checkpoint is read."""
@@ -254,8 +244,11 @@ class Study:
             found, reason = self.arrays.current(bench, dataset, kind, name, inputs, code_version(kind, name), trusted)
             if found is None:
                 raise self._run.missing(dataset, kind, name, reason)
-            if kind in ("exits", "attn"):
-                depth, source = self._expected_depth(dataset, name, int(found.shape[1]))
+            if kind in ("exits", "attn"):  # one column per block: the width the extraction wrote, else
+                # that of the first such array read in this run (no checkpoint needed)
+                depth, source = self._run.produced_width(dataset, name) or (
+                    int(self._evaluation.setdefault(("depth", name), int(found.shape[1]))),
+                    "the first array of it read in this run")
                 if found.shape[1] != depth:
                     raise ArrayError(
                         f"{self.arrays.path(dataset, kind, name)}: {found.shape[1]:,} columns, but quality "
