@@ -1,12 +1,8 @@
 """The :class:`Study`: a run's per-sample arrays and their evaluation, computed lazily.
 
-Data flow: images -> quality model (N x depth exit scores, ATTN-FIQA and ViTNT-FIQA of the same
-pass) and FR model (embeddings) -> per-sample arrays on disk (:mod:`exfiqa.store.arrays`, written
-by the extraction, :mod:`exfiqa.extract`, which runs first) -> here, in memory, per dataset its
-comparison set, per (dataset, FR model) the comparison scores, per (dataset, quality model,
-method) the pair-quality order, each computed once -> metrics -> plots and tables. Only the
-per-sample arrays (and the input digests) are stored; no comparison table is. The Study and the
-extraction share the run description (:class:`exfiqa.store.run.Run`), not each other.
+The Study reads the per-sample arrays the extraction wrote (:mod:`exfiqa.store.arrays`) and keeps,
+per dataset, its comparison set, per (dataset, FR model) the comparison scores and per (dataset,
+quality model, method) the pair-quality order, each computed once (:mod:`exfiqa.evaluation.pairs`).
 
 Conventions:
 - Sample quality for EX-FIQA methods: ``Exit 1`` .. ``Exit D``, ``EX-FIQA-F``, ``EX-FIQA-FW``
@@ -18,16 +14,7 @@ Conventions:
   ``(f(x) + f(flip x)) * det_score``, from the stored halves and their norms); template
   quality = min over its samples.
 - Pair quality = min of the two qualities. Similarity = cosine of flip-concatenated embeddings.
-- Similarities and qualities are float32. The analyses evaluate in bounded memory, at IJB-C and
-  Adience all-vs-all sizes: per dataset a comparison set (:meth:`Study.comparison_set`), per
-  FR model its scores (:meth:`Study.scores`), per quality method its order
-  (:meth:`Study.ordering`), each computed once and reused by every FMR target and convention
-  (:meth:`Study.edc`, :meth:`Study.pauc_frame`, :meth:`Study.pauc_of`; :mod:`exfiqa.evaluation.pairs`).
-
-Per-sample arrays (exit scores, embeddings, baselines) live in the documented layout of
-:mod:`exfiqa.store.arrays`, whoever produced them; exfiqa's own are keyed by the content of what they
-depend on (benchmark files, checkpoint bytes, arguments, the source of the code that computes
-them) and recomputed (by ``exfiqa extract``) when any of it changes.
+  Similarities and qualities are float32.
 """
 
 from __future__ import annotations
@@ -69,10 +56,8 @@ VITNT = ("ViTNT-FIQA", "ViTNT-FIQA (attention-weighted)")
 CARD = "run_card.json"
 
 
-def exit_names(depth: int) -> list[str]:
-    """Method names of the exits, ``["Exit 1", ..., "Exit D"]`` (:func:`exfiqa.evaluation.exits.exit_labels`)."""
-    return exit_labels(depth)
-
+#: Method names of the exits of a model of depth D: ``exit_names(D) == ["Exit 1", ..., "Exit D"]``.
+exit_names = exit_labels
 
 #: The column of OFIQ's CSV read as its quality: the unified score mapped to 0-100 by OFIQ.
 OFIQ_COLUMN = "UnifiedQualityScore.scalar"
@@ -112,16 +97,11 @@ def read_method_csv(path: str | os.PathLike[str], bench: Benchmark, method: str)
     """Per-sample scores of an external quality method, aligned to ``bench.samples``.
 
     The CSV has a header and two columns: ``path,score`` (``path`` as in ``bench.samples.path``,
-    or those paths under one common prefix such as an absolute folder; for ``.bin`` benchmarks
-    that is ``<file.bin>#<k>``, or the bare index ``k``) or, for template benchmarks,
-    ``template_id,score`` (then every sample of a template gets its score). Higher = better
-    quality. Every sample must have exactly one score.
-
-    OFIQ's own output is read as it is (ISO/IEC 29794-5's reference implementation,
-    ``OFIQSampleApp -o out.csv``: ``;``-separated, first column ``Filename``): the score is
-    :data:`OFIQ_COLUMN`, the unified quality score on OFIQ's 0-100 scale (higher = better), every
-    other column is ignored. A failed assessment (OFIQ writes -1 there) keeps -1: it ranks below
-    every assessed image, i.e. is discarded first.
+    possibly under one common prefix; for ``.bin`` benchmarks ``<file.bin>#<k>`` or the bare index
+    ``k``) or, for template benchmarks, ``template_id,score`` (every sample of a template gets its
+    score). Higher = better; every sample must have exactly one score. OFIQ's own output
+    (``;``-separated, first column ``Filename``) is read as it is: the score is :data:`OFIQ_COLUMN`
+    (0-100); a failed assessment keeps OFIQ's -1, so it is discarded first.
     """
     where = f"{method}: {path}"
     ofiq = _read_ofiq(path, where)
@@ -155,12 +135,10 @@ PAIRS_SUBJECTS = ("subject_a", "subject_b")
 def read_pairs_csv(path: str | os.PathLike[str]) -> dict[str, NDArray[Any]]:
     """Your own labelled comparisons, for ``exfiqa operating-point --pairs``.
 
-    A CSV (``,``-separated, header) with one row per comparison: ``score`` (comparison score,
-    higher = more alike), ``mated`` (1/0 or true/false), ``quality_a`` and ``quality_b`` (the two
-    samples' qualities, higher = better; pair quality = their minimum) and optionally
-    ``subject_a`` and ``subject_b`` (any labels of the two samples' subjects: the bootstrap's
-    units). Other columns (e.g. ``sample_a,sample_b``) are ignored. Returns the arrays
-    ``score, mated, quality_a, quality_b`` and ``subjects`` ((N, 2) integer codes, or absent).
+    A CSV with one row per comparison: ``score`` (higher = more alike), ``mated`` (1/0 or
+    true/false), ``quality_a`` and ``quality_b`` (higher = better; pair quality = their minimum) and
+    optionally ``subject_a`` and ``subject_b`` (the bootstrap's units); other columns are ignored.
+    Returns the arrays ``score, mated, quality_a, quality_b`` and ``subjects`` ((N, 2) codes, or absent).
     """
     table = pd.read_csv(path)
     missing = [c for c in PAIRS_COLUMNS if c not in table.columns]
@@ -193,19 +171,12 @@ class Study:
     """Everything a notebook needs from a run's arrays, computed lazily and cached:
     ``Study(config).pauc_frame(ds, fr, q)``.
 
-    Per-sample arrays come from the layout (:mod:`exfiqa.store.arrays`), which the extraction
-    (:func:`exfiqa.extract.extract`, ``exfiqa extract``; ``make paper`` runs it first) wrote: the
-    Study never extracts. A missing or stale array is an :class:`~exfiqa.store.arrays.ArrayError`
-    naming the file, what the layout holds instead and the command that makes it. The Study needs
-    only the arrays with their manifests and the benchmarks' protocol files (pair lists, IJB-C's
-    ``meta/`` files): the images and checkpoints they were computed from need not be there. Their
-    digests are the manifests' (``inputs.data``, ``inputs.checkpoint``; the extraction verified
-    them); a checkpoint that is there is checked against its array's manifest (one file, through
-    the digest index). It loads no model: :class:`exfiqa.extract.models.Models` does.
-    ``run``: the run description it shares with the extraction (:class:`~exfiqa.store.run.Run`;
-    default: a new one of ``config``). ``out_dir``: where a notebook writes ``figures/`` and
-    ``tables/`` (None: nowhere named; the Study itself writes nothing there); ``card``: the run
-    card it runs with. :func:`open_study` sets both.
+    It reads the arrays the extraction wrote and the benchmarks' protocol files; it never
+    extracts and loads no model. A missing or stale array is an
+    :class:`~exfiqa.store.arrays.ArrayError` naming the file and the command that makes it.
+    ``run``: the run description shared with the extraction (default: a new one of ``config``);
+    ``out_dir`` (where a notebook writes ``figures/`` and ``tables/``) and ``card`` (its run card)
+    are set by :func:`open_study`.
     """
 
     config: Config
@@ -213,8 +184,7 @@ class Study:
     out_dir: Path | None = None
     card: RunCard | None = None
     run: Run | None = field(default=None, repr=False)
-    #: the bounded evaluation's memo (see "comparisons" below): comparison sets by dataset,
-    #: scores by (dataset, FR model), orders by (dataset, quality model, method)
+    #: memo: comparison sets by dataset; scores, orders, subjects and depths by tuple key
     _comparison_sets: dict[str, PairList | AllPairs] = field(default_factory=dict, repr=False)
     _evaluation: dict[tuple[str, ...], Any] = field(default_factory=dict, repr=False)
 
@@ -238,16 +208,6 @@ class Study:
         (evaluation does not need it; running the model, e.g. for attention maps, does)."""
         return self._run.has_checkpoint(kind, name)
 
-    def _expected_depth(self, dataset: str, quality: str, width: int) -> tuple[int, str]:
-        """Columns every exits/attn array of ``quality`` must have, and where that comes from: the
-        width of its array the extraction wrote (the model's depth) when there is one, else the
-        first such array read in this run (evaluation from the arrays alone needs no checkpoint)."""
-        produced = self._run.produced_width(dataset, quality)
-        if produced is not None:
-            return produced
-        first = self._evaluation.setdefault(("depth", quality), width)
-        return int(first), "the first array of it read in this run"
-
     def depth(self, quality: str, dataset: str | None = None) -> int:
         """The depth (number of exits) of quality model ``quality``: the width of its exit-score
         array on ``dataset`` (default: the config's first dataset); no checkpoint is read."""
@@ -258,13 +218,25 @@ class Study:
     def variant_tag(self, quality: str) -> str:
         """``"T"`` (token variant) or ``"C"`` (CR-FIQA head) of quality model ``quality``: from its
         config label or name ending in ``(T)``/``(C)`` or being ``T``/``C``; otherwise the name
-        itself (the poster's T/C matches then skip it). No checkpoint is read."""
+        itself. No checkpoint is read."""
         return self._run.variant_label(quality) or str(quality)
 
     # ------------------------------------------------------------------ per-sample arrays
 
-    def _array(self, dataset: str, kind: str, name: str) -> NDArray[np.float32]:
-        """The per-sample array from the layout (:mod:`exfiqa.store.arrays`), as the extraction left it."""
+    def array(self, dataset: str, kind: str, name: str) -> NDArray[np.float32]:
+        """The per-sample array ``<kind>-<name>`` of ``dataset`` (float32, read-only; kinds and
+        shapes: :mod:`exfiqa.store.arrays`) as the extraction left it; ``name`` must be the
+        config's (a quality model for exits/attn/vitnt, an FR model for emb/norms, a baseline)."""
+        if kind == "baseline":
+            fr = BASELINE_FR.get(name)
+            if name not in BASELINES:
+                raise ConfigError(f"unknown baseline {name!r}; known: {list(BASELINES)}")
+            if fr is not None and fr not in self.config.support_fr_models:
+                raise ConfigError(f"baseline {name!r} needs fr_models.{fr} in the config file")
+            if name not in self.config.baselines:
+                raise ConfigError(f"baseline {name!r} is not in this config's baselines {list(self.config.baselines)}")
+        else:
+            self._run.spec("fr_models" if kind in ("emb", "norms") else "quality_models", name)
         if (dataset, kind, name) not in self._arrays:
             bench = self.benchmark(dataset)
             inputs = self._run.array_inputs(dataset, kind, name, evaluation=True)
@@ -272,8 +244,11 @@ class Study:
             found, reason = self.arrays.current(bench, dataset, kind, name, inputs, code_version(kind, name), trusted)
             if found is None:
                 raise self._run.missing(dataset, kind, name, reason)
-            if kind in ("exits", "attn"):
-                depth, source = self._expected_depth(dataset, name, int(found.shape[1]))
+            if kind in ("exits", "attn"):  # one column per block: the width the extraction wrote, else
+                # that of the first such array read in this run (no checkpoint needed)
+                depth, source = self._run.produced_width(dataset, name) or (
+                    int(self._evaluation.setdefault(("depth", name), int(found.shape[1]))),
+                    "the first array of it read in this run")
                 if found.shape[1] != depth:
                     raise ArrayError(
                         f"{self.arrays.path(dataset, kind, name)}: {found.shape[1]:,} columns, but quality "
@@ -283,40 +258,16 @@ class Study:
         return self._arrays[(dataset, kind, name)]
 
     def exit_scores(self, dataset: str, quality: str) -> NDArray[np.float32]:
-        """(N, depth) quality scores of every exit for every sample of ``dataset`` (float32, read-only)."""
-        self._run.spec("quality_models", quality)
-        return self._array(dataset, "exits", quality)
+        """(N, depth) quality scores of every exit for every sample of ``dataset``."""
+        return self.array(dataset, "exits", quality)
 
     def embeddings(self, dataset: str, fr: str) -> NDArray[np.float32]:
-        """(N, 2E) flip-concatenated embeddings of every sample (float32, read-only)."""
-        self._run.spec("fr_models", fr)
-        return self._array(dataset, "emb", fr)
-
-    def embedding_norms(self, dataset: str, fr: str) -> NDArray[np.float32]:
-        """(N, 2) ``[||f(x)||, ||f(hflip(x))||]`` of the unnormalised FR outputs (template benchmarks)."""
-        self._run.spec("fr_models", fr)
-        return self._array(dataset, "norms", fr)
-
-    def attn_scores(self, dataset: str, quality: str) -> NDArray[np.float32]:
-        """(N, depth) ATTN-FIQA of every block (mean pre-softmax attention score, all tokens)."""
-        self._run.spec("quality_models", quality)
-        return self._array(dataset, "attn", quality)
-
-    def vitnt_scores(self, dataset: str, quality: str) -> NDArray[np.float32]:
-        """(N, 2) ViTNT-FIQA over all blocks: columns mean and attention-weighted token quality."""
-        self._run.spec("quality_models", quality)
-        return self._array(dataset, "vitnt", quality)
+        """(N, 2E) flip-concatenated embeddings of every sample."""
+        return self.array(dataset, "emb", fr)
 
     def baseline_scores(self, dataset: str, method: str) -> NDArray[np.float32]:
-        """Per-sample scores of a built-in baseline (see :mod:`exfiqa.models.baselines`; float32, read-only)."""
-        if method not in BASELINES:
-            raise ConfigError(f"unknown baseline {method!r}; known: {list(BASELINES)}")
-        fr = BASELINE_FR.get(method)
-        if fr is not None and fr not in self.config.support_fr_models:
-            raise ConfigError(f"baseline {method!r} needs fr_models.{fr} in the config file")
-        if method not in self.config.baselines:
-            raise ConfigError(f"baseline {method!r} is not in this config's baselines {list(self.config.baselines)}")
-        return self._array(dataset, "baseline", method)
+        """Per-sample scores of a built-in baseline (:mod:`exfiqa.models.baselines`)."""
+        return self.array(dataset, "baseline", method)
 
     def sample_scores(self, dataset: str, quality: str, method: str) -> NDArray[np.float32]:
         """One method's per-sample quality (float32): an exit, a fusion, a baseline or external.
@@ -335,9 +286,9 @@ class Study:
             return ex_fiqa_fw(scores).astype(np.float32)
         if method == ATTN or (method.startswith(f"{ATTN} Exit ") and method.removeprefix(f"{ATTN} ") in exit_names(depth)):
             col = depth if method == ATTN else int(method.rsplit(" ", 1)[1])
-            return np.ascontiguousarray(self.attn_scores(dataset, quality)[:, col - 1])
+            return np.ascontiguousarray(self.array(dataset, "attn", quality)[:, col - 1])
         if method in VITNT:
-            return np.ascontiguousarray(self.vitnt_scores(dataset, quality)[:, VITNT.index(method)])
+            return np.ascontiguousarray(self.array(dataset, "vitnt", quality)[:, VITNT.index(method)])
         if method in self.config.baselines:
             return np.asarray(self.baseline_scores(dataset, method), dtype=np.float32)
         per_ds = self.config.external_methods.get(method)
@@ -352,13 +303,8 @@ class Study:
         return pd.DataFrame({m: self.sample_scores(dataset, quality, m) for m in self.methods(quality, dataset)})
 
     # ------------------------------------------------------------------ comparisons
-    #
-    # Bounded evaluation: a comparison set (explicit pairs or implicit all-vs-all), one scores
-    # object per (dataset, FR model) and one order per (dataset, quality model, method), each
-    # computed once and kept for the Study's life (IJB-C: 62 MB per FR model, 15.6 MB per method;
-    # Adience all-vs-all: the top non-mated candidates per FR model, one float per sample per
-    # method). EDCs and pAUCs at every FMR target and both conventions reuse them
-    # (:mod:`exfiqa.evaluation.pairs`, :func:`exfiqa.evaluation.edc.edc_curves`).
+    # one comparison set per dataset, scores per (dataset, FR model), order per (dataset, quality
+    # model, method), kept for the Study's life and reused by every FMR target and convention
 
     def comparison_set(self, dataset: str) -> PairList | AllPairs:
         """The comparisons of ``dataset`` as an explicit pair list (sides: samples or templates)
@@ -375,12 +321,12 @@ class Study:
 
     def subjects(self, dataset: str) -> tuple[Any, str, int]:
         """The independent units of ``dataset``'s comparisons, for the bootstrap: ``(units, unit
-        name, number of units)`` (:mod:`exfiqa.evaluation.subjects`, which says why and how they are resampled).
+        name, number of units)`` (:mod:`exfiqa.evaluation.subjects`).
 
-        The identity where the benchmark names one (``identity`` column: XQLFW, Adience, the demo
-        world); for template benchmarks (IJB-C) the connected components of the mated
-        comparisons; for a sample benchmark without identities in which every sample enters one
-        comparison (the ``.bin`` sets) the pair; otherwise the mated components of the samples.
+        The identity where the benchmark names one; for template benchmarks the connected
+        components of the mated comparisons; for a sample benchmark without identities in which
+        every sample enters one comparison (the ``.bin`` sets) the pair; otherwise the mated
+        components of the samples.
         """
         key = ("subjects", dataset)
         if key not in self._evaluation:
@@ -444,27 +390,21 @@ class Study:
         return out[0], out[1]
 
     def features(self, dataset: str, fr: str) -> tuple[NDArray[np.float32], float]:
-        """Per-side features (float32) and the similarity scale: templates: the config's
-        ``template_protocol`` (``group``: media-mean, sum, L2-normalise of the stored
-        flip-concatenated embeddings; ``insightface``: the same of ``(f(x) + f(flip x)) *
-        det_score``, :func:`exfiqa.evaluation.templates.insightface_template_embeddings`), scale 1; samples:
-        flip-concatenated embeddings, scale 1/2 (cosine)."""
+        """Per-side features (float32) and the similarity scale: templates under the config's
+        ``template_protocol`` (see the module docstring), scale 1; samples: flip-concatenated
+        embeddings, scale 1/2 (cosine)."""
         bench = self.benchmark(dataset)
         emb = self.embeddings(dataset, fr)
         if bench.level == "template":
             tids, mids = bench.samples["template_id"].to_numpy(), bench.samples["media_id"].to_numpy()
             if self.config.template_protocol == "insightface":
                 det = bench.samples["det_score"].to_numpy(np.float64)
-                _, feats = insightface_template_embeddings(emb, det, tids, mids, norms=self._raw_norms(dataset, fr))
+                _, feats = insightface_template_embeddings(emb, det, tids, mids, norms=np.asarray(self.array(dataset, "norms", fr)))
             else:
                 _, feats = template_embeddings(emb, tids, mids)
             release_pages(emb)  # read once: 1.9 GB per FR model at IJB-C size need not stay resident
             return feats.astype(np.float32, copy=False), 1.0
         return emb, 0.5  # flip-concatenated halves of norm 1: |e| = sqrt(2)
-
-    def _raw_norms(self, dataset: str, fr: str) -> NDArray[np.float32]:
-        """(N, 2) ``[||f(x)||, ||f(flip x)||]`` of the unnormalised FR outputs (insightface templates)."""
-        return np.asarray(self.embedding_norms(dataset, fr))
 
     def scores(self, dataset: str, fr: str) -> Any:
         """The comparison scores of ``dataset`` under ``fr`` (computed once; see :mod:`exfiqa.evaluation.pairs`)."""
@@ -507,11 +447,16 @@ class Study:
         ``threshold_rule`` and ``acceptance``."""
         return {"threshold_rule": self.config.threshold_rule, "acceptance": self.config.acceptance}
 
-    def _targets(self, targets: Sequence[float] | None, error_type: str) -> tuple[float, ...] | None:
-        """The config's FMR targets for an FNM-EDC; an FM-EDC's FNMR targets must be given."""
-        if targets is not None:
-            return tuple(targets)
-        return tuple(self.config.fmr_targets) if error_type == "fnmr" else None
+    def _edc_curves(
+        self, dataset: str, fr: str, order: Any, targets: Sequence[float] | None, convention: str | None,
+        error_type: str = "fnmr",
+    ) -> dict[float, Any]:
+        """EDCs of a prepared order; ``targets`` default to the config's FMR targets for an FNM-EDC
+        (an FM-EDC's FNMR targets must be given)."""
+        if targets is None and error_type == "fnmr":
+            targets = self.config.fmr_targets
+        return edc_curves(self.scores(dataset, fr), order, None if targets is None else tuple(targets),
+                          convention or self.config.convention, error_type=error_type, **self.rules())
 
     def edc(
         self, dataset: str, fr: str, quality: str, method: str,
@@ -520,49 +465,40 @@ class Study:
         """EDCs of a named method at each target (FNM-EDC: the config's FMR targets by default;
         FM-EDC, ``error_type="fmr"``: FNMR targets, required), keyed by target, under the
         config's convention and rules."""
-        order = self.ordering(dataset, quality, method)
-        return edc_curves(self.scores(dataset, fr), order, self._targets(targets, error_type),
-                          convention or self.config.convention, error_type=error_type, **self.rules())
+        return self._edc_curves(dataset, fr, self.ordering(dataset, quality, method), targets, convention, error_type)
 
     def edc_of(
         self, dataset: str, fr: str, values: NDArray[Any],
         targets: Sequence[float] | None = None, convention: str | None = None, *, error_type: str = "fnmr",
     ) -> dict[float, Any]:
         """EDCs of any per-sample quality values (higher = better), paired by min (see :meth:`edc`)."""
-        return edc_curves(self.scores(dataset, fr), self.order_of(dataset, values), self._targets(targets, error_type),
-                          convention or self.config.convention, error_type=error_type, **self.rules())
+        return self._edc_curves(dataset, fr, self.order_of(dataset, values), targets, convention, error_type)
 
     def pauc_order(self, dataset: str, fr: str, order: Any, fmr: float) -> float:
         """pAUC (raw area; the config's convention, limit, rules and ``subtract_best``) of one
         prepared order (:meth:`ordering`, :meth:`order_of`) at one FMR target."""
-        curve = edc_curves(self.scores(dataset, fr), order, (fmr,), self.config.convention, **self.rules())[float(fmr)]
+        curve = self._edc_curves(dataset, fr, order, (fmr,), None)[float(fmr)]
         return pauc(curve, self.config.discard_limit, self.config.subtract_best)
 
     def resolved(self, dataset: str, fr: str, order: Any, fmr: float) -> bool:
-        """Whether the pAUC of :meth:`pauc_order` is resolved (:func:`exfiqa.evaluation.pauc.resolved_for`:
-        at least one expected false match at the threshold, for the whole set and, under
-        ``recompute``, at every level up to the config's limit)."""
+        """Whether the pAUC of :meth:`pauc_order` is resolved (:func:`exfiqa.evaluation.pauc.resolved_for`)."""
         return resolved_for(self.scores(dataset, fr), order, fmr, self.config.convention, self.config.discard_limit)
 
     def resolved_of(self, dataset: str, fr: str, values: NDArray[Any], fmr: float) -> NDArray[np.bool_]:
         """:meth:`resolved` of each column of (N,) or (N, K) per-sample values: (K,) booleans."""
-        values = np.asarray(values)
-        cols = values.reshape(len(values), -1)
-        return np.array([self.resolved(dataset, fr, self.order_of(dataset, cols[:, j]), fmr) for j in range(cols.shape[1])])
+        cols = np.asarray(values).reshape(len(values), -1)
+        return np.array([self.resolved(dataset, fr, self.order_of(dataset, c), fmr) for c in cols.T])
 
     def pauc_of(
         self, dataset: str, fr: str, values: NDArray[Any], targets: Sequence[float] | None = None,
         *, error_type: str = "fnmr",
     ) -> dict[float, NDArray[np.float64]]:
         """pAUC (raw area; the config's convention, limit, rules and ``subtract_best``) of (N,)
-        or (N, K) per-sample values: ``{target: (K,) areas}``, one column's order at a time
-        (bounded path)."""
-        tg = self._targets(targets, error_type)
-        values = np.asarray(values)
-        cols = values.reshape(len(values), -1)
+        or (N, K) per-sample values: ``{target: (K,) areas}``, one column's order at a time."""
+        cols = np.asarray(values).reshape(len(values), -1)
         out: dict[float, NDArray[np.float64]] = {}
         for j in range(cols.shape[1]):
-            curves = self.edc_of(dataset, fr, cols[:, j], tg, error_type=error_type)
+            curves = self.edc_of(dataset, fr, cols[:, j], targets, error_type=error_type)
             for f, c in curves.items():
                 out.setdefault(float(f), np.empty(cols.shape[1]))[j] = pauc(c, self.config.discard_limit, self.config.subtract_best)
         return out
@@ -637,24 +573,13 @@ def open_study(
     """What every notebook's first code cell calls: validated config -> :class:`Study`.
 
     A notebook passes its parameters as one mapping, ``open_study(config, parameters=globals())``:
-    every study setting the mapping holds (``datasets``, ``fr_models``, ``quality_models``,
-    ``data_root``, ``out_dir``, ``attention_samples`` and the overrides below) is used, whatever
-    else it holds is not, so a notebook declares only the parameters its section uses (and a
-    parameter papermill injects beyond them still takes effect). The other arguments are then
-    left at their defaults (``progress`` aside).
-
-    Settings in ``overrides`` (``fmr_targets``, ``discard_limit``, ``convention``, ``device``,
-    ``batch_size``, ``seed``, ``pauc_scale``) replace the config's only when not None: a
-    notebook's parameters default to None, so the config is the single source of a run and
-    papermill's ``-p``/``-y`` override it for one run. Any bad parameter (unknown dataset, missing
-    file, invalid FMR, wrong type) raises :class:`ConfigError` naming it, before any work starts.
-    The list parameters (``datasets``, ``fr_models``, ``quality_models``, ``fmr_targets``) may also
-    be JSON/YAML lists written as strings, which is what papermill's
-    ``-p fr_models '["elasticface"]'`` passes; a bare name is refused with the spelling that works.
-    ``attention_samples`` (a mapping or YAML text) replaces the config's. The Study reads the
-    extracted arrays only (it never extracts). Creates ``out_dir/figures`` and ``out_dir/tables``
-    (empty ``out_dir``: ``<results_dir>/<run_name>-adhoc``); the Study's ``out_dir`` is that folder
-    and its ``card`` the :class:`~exfiqa.store.runcard.RunCard`, also written to ``out_dir/``:data:`CARD`.
+    the study settings it holds (the arguments below and ``overrides``) are used, anything else
+    is ignored. ``overrides`` (``fmr_targets``, ``discard_limit``, ``convention``, ``device``,
+    ``batch_size``, ``seed``, ``pauc_scale``) replace the config's only when not None. The list
+    parameters may be JSON/YAML lists written as strings (papermill's ``-p``); ``attention_samples``
+    (a mapping or YAML text) replaces the config's. Any bad parameter raises :class:`ConfigError`
+    naming it, before any work starts. Creates ``out_dir/figures`` and ``out_dir/tables`` (empty
+    ``out_dir``: ``<results_dir>/<run_name>-adhoc``) and writes the run card to ``out_dir/``:data:`CARD`.
     """
     from exfiqa.config import list_parameter, load_config, parse_attention_samples
 

@@ -385,6 +385,5 @@ def test_external_exit_arrays_need_one_column_per_block(own_config, kind, delta)
     values = np.random.default_rng(0).normal(size=(len(bench), depth + delta)).astype(np.float32)
     npy = array_path(arrays_root(cfg), "adience", kind, "T")
     _write_by_hand(npy, values, {**_hand_manifest(bench, kind, values), "name": "T"})
-    read = study.exit_scores if kind == "exits" else study.attn_scores
     with pytest.raises(ArrayError, match=rf"{kind}-T.*{depth + delta} columns, but quality model 'T' has {depth} blocks"):
-        read("adience", "T")
+        study.array("adience", kind, "T")

@@ -110,8 +110,8 @@ def test_arrays_equal_the_models_run_directly(reference, one_thread):
             np.testing.assert_array_equal(study.exit_scores(ds, q), direct)
             with torch.inference_mode():  # the family from the same pass
                 outs = [models.quality_model(q).forward_exits(to_tensor(b), family=True) for b in batches]
-            np.testing.assert_array_equal(study.attn_scores(ds, q), np.concatenate([o.attn_fiqa.numpy() for o in outs]))
-            np.testing.assert_array_equal(study.vitnt_scores(ds, q), np.concatenate([o.vitnt_fiqa.numpy() for o in outs]))
+            np.testing.assert_array_equal(study.array(ds, "attn", q), np.concatenate([o.attn_fiqa.numpy() for o in outs]))
+            np.testing.assert_array_equal(study.array(ds, "vitnt", q), np.concatenate([o.vitnt_fiqa.numpy() for o in outs]))
         for fr in cfg.fr_models:
             model = models.fr_model(fr)
             np.testing.assert_array_equal(study.embeddings(ds, fr), model.embed(imgs, batch_size=4))
@@ -119,7 +119,7 @@ def test_arrays_equal_the_models_run_directly(reference, one_thread):
                 with torch.inference_mode():
                     ys = [model.forward_pair(torch.from_numpy(b)) for b in batches]
                 norms = np.concatenate([torch.linalg.vector_norm(y, dim=1).view(2, -1).T.numpy() for y in ys])
-                np.testing.assert_array_equal(study.embedding_norms(ds, fr), norms)
+                np.testing.assert_array_equal(study.array(ds, "norms", fr), norms)
         np.testing.assert_array_equal(study.baseline_scores(ds, "sharpness"), sharpness(imgs).astype(np.float32))
         # MagFace's norm comes from the [x, flip x] forward of the embeddings: the same values up
         # to the float32 kernels of a twice larger batch

@@ -1,9 +1,7 @@
 """The GPU stage: one read of each image -> every per-sample array of a run (``python -m exfiqa.extract``).
 
-``extract(cfg)`` computes the arrays of :mod:`exfiqa.store.arrays` that are missing or stale
-(:mod:`exfiqa.extract.stage`); :class:`Models` loads a config's models (:mod:`exfiqa.extract.models`).
-The evaluation (:class:`exfiqa.study.Study`) only reads what this writes: whoever needs arrays
-calls :func:`extract` first (``make paper`` does).
+``extract(cfg)`` computes the arrays of :mod:`exfiqa.store.arrays` that are missing or stale;
+:class:`Models` loads a config's models. The evaluation only reads what this writes.
 """
 
 from exfiqa.extract.models import Models

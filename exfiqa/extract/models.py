@@ -1,7 +1,5 @@
-"""The models of a run config, loaded once each: what extraction runs (and attention maps, latency).
-
-The evaluation (:class:`exfiqa.study.Study`) loads no model; whoever runs one opens it here from
-the config entry: ``Models(cfg).quality_model("T")``, ``Models(cfg).fr_model("arcface")``.
+"""The models of a run config, loaded once each: ``Models(cfg).quality_model("T")``,
+``Models(cfg).fr_model("arcface")`` (the extraction, attention maps, latency; the Study loads none).
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
 """The run's tidy frames and operating point, which every notebook section reads: EDC points and
 pAUCs of every method (with an integer ``exit`` column), the headline, the protocol of a table,
-the variant tags, and ties between pAUCs.
-
-Every pAUC frame carries ``convention``, ``limit`` and ``scale`` columns (from
-:func:`exfiqa.evaluation.pauc.pauc_rows`), so a written table can never be read under the wrong protocol.
-pAUC values in the notebooks' tables are the raw area times the config's ``pauc_scale``.
+the variant tags, and ties between pAUCs. pAUC frames carry their ``convention``, ``limit`` and
+``scale`` columns (:func:`exfiqa.evaluation.pauc.pauc_rows`).
 """
 
 from __future__ import annotations
@@ -40,25 +37,16 @@ def with_exit_column(frame: pd.DataFrame, depth: int) -> pd.DataFrame:
 
 
 def edc_all(study: Study, quality: str, fr: str, methods: Sequence[str] | None = None) -> pd.DataFrame:
-    """Tidy EDC points of every method on every configured dataset (one FR and quality model),
-    with an ``exit`` column (:func:`with_exit_column`).
-
-    Bounded: each method's order and each dataset's scores are computed once by the Study
-    (:meth:`exfiqa.study.Study.edc_frame`) and reused by every FMR target.
-    """
+    """Tidy EDC points (:meth:`exfiqa.study.Study.edc_frame`) of every method on every configured
+    dataset (one FR and quality model), with an ``exit`` column (:func:`with_exit_column`)."""
     frames = [with_exit_column(study.edc_frame(ds, fr, quality, _available(study, quality, ds, methods)), study.depth(quality, ds))
               for ds in study.config.datasets]
     return pd.concat(frames, ignore_index=True)
 
 
 def pauc_all(study: Study, methods: Sequence[str] | None = None, scale: float = 1.0) -> pd.DataFrame:
-    """Tidy pAUC of every method x dataset x FR model x quality model x FMR target, with an
-    ``exit`` column (:func:`with_exit_column`; a written table leaves it out until the tables
-    carry it).
-
-    Bounded (:meth:`exfiqa.study.Study.pauc_frame`): per dataset one scores object per FR
-    model and one order per method, each reused across the other loops.
-    """
+    """Tidy pAUC (:meth:`exfiqa.study.Study.pauc_frame`) of every method x dataset x FR model x
+    quality model x FMR target, with an ``exit`` column (:func:`with_exit_column`)."""
     cfg = study.config
     frames = []
     for q in cfg.quality_models:
@@ -71,13 +59,9 @@ def pauc_all(study: Study, methods: Sequence[str] | None = None, scale: float = 
 
 
 def unresolved(pauc: pd.DataFrame) -> pd.DataFrame:
-    """The rows of a tidy pAUC table (:func:`pauc_all`) whose FMR target is not resolved
-    (column ``resolved`` False: fewer than one expected false match at the threshold, for the whole
-    set or at a ``recompute`` level up to the limit; :func:`exfiqa.evaluation.rules.resolvable`).
-
-    Findings should leave these cells out or say that they rest on them: filter with
-    ``pauc[pauc["resolved"]]``.
-    """
+    """The rows of a tidy pAUC table (:func:`pauc_all`) whose FMR target is not resolved (column
+    ``resolved`` False: fewer than one expected false match at the threshold;
+    :func:`exfiqa.evaluation.rules.resolvable`). Findings should leave these cells out."""
     if "resolved" not in pauc.columns:
         raise ValueError("pauc: no 'resolved' column (a table from exfiqa.evaluation.pauc.pauc_rows / exfiqa.report.frames.pauc_all has one)")
     return pauc[~pauc["resolved"].astype(bool)].reset_index(drop=True)
@@ -110,25 +94,30 @@ def headline(cfg, fmr: float | None = None) -> Headline:
     else:
         value = 1e-3 if any(np.isclose(1e-3, f) for f in cfg.fmr_targets) else cfg.fmr_targets[0]
         source = "the default"
-    number = not isinstance(value, bool) and isinstance(value, (int, float))
-    match = [f for f in cfg.fmr_targets if number and np.isclose(value, f)]
-    if not match:
+    target = _as_target(cfg, value)
+    if target is None:
         raise ConfigError(
             f"headline FMR {value!r} ({source}) is not one of fmr_targets {list(cfg.fmr_targets)}; "
             "set headline.fmr in the config or pass -p headline_fmr"
         )
-    return Headline(ds, cfg.datasets[ds].label, fr, float(match[0]))
+    return Headline(ds, cfg.datasets[ds].label, fr, target)
 
 
-def fmr_target(cfg, value: float | None, name: str, default: str = "smallest") -> float:
-    """A notebook's FMR parameter: ``value`` if given (must be a target), else the smallest target."""
-    if value is None:
-        return float(min(cfg.fmr_targets) if default == "smallest" else max(cfg.fmr_targets))
+def _as_target(cfg, value) -> float | None:
+    """The FMR target ``value`` equals (None: a non-number or no target)."""
     number = not isinstance(value, bool) and isinstance(value, (int, float))
     match = [f for f in cfg.fmr_targets if number and np.isclose(value, f)]
-    if not match:
+    return float(match[0]) if match else None
+
+
+def fmr_target(cfg, value: float | None, name: str) -> float:
+    """A notebook's FMR parameter: ``value`` if given (must be a target), else the smallest target."""
+    if value is None:
+        return float(min(cfg.fmr_targets))
+    target = _as_target(cfg, value)
+    if target is None:
         raise ConfigError(f"{name} {value!r} is not one of fmr_targets {list(cfg.fmr_targets)}")
-    return float(match[0])
+    return target
 
 
 def table_protocol(cfg, fmr: float | None = None, seed: bool = False) -> dict:
@@ -141,9 +130,8 @@ def table_protocol(cfg, fmr: float | None = None, seed: bool = False) -> dict:
 
 
 def variant_tags(study: Study) -> dict[str, tuple[str, int]]:
-    """Quality model name -> (tag, depth): ``T`` for the token variant, ``C`` for CR-FIQA
-    (:meth:`Study.variant_tag`); the depth from the exit-score arrays (:meth:`Study.depth`), so no
-    weights are loaded to learn it."""
+    """Quality model name -> (tag, depth) (:meth:`Study.variant_tag`, :meth:`Study.depth`: no
+    weights are loaded)."""
     return {q: (study.variant_tag(q), study.depth(q)) for q in study.config.quality_models}
 
 
@@ -175,9 +163,8 @@ def best_text(values: pd.Series, rtol: float = TIE_RTOL) -> str:
 
 
 def study_models(study: Study) -> Any:
-    """The :class:`exfiqa.extract.Models` of ``study``'s config, one per study (kept on the study
-    object): a notebook's sections share it, so each checkpoint is loaded once; torch is imported
-    only here."""
+    """The :class:`exfiqa.extract.Models` of ``study``'s config, kept on the study so that a
+    notebook's sections load each checkpoint once; torch is imported only here."""
     models = vars(study).get("_report_models")
     if models is None:
         from exfiqa.extract.models import Models

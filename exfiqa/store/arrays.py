@@ -1,12 +1,8 @@
 """Per-sample arrays on disk: the interface between extraction and evaluation.
 
-Everything a run computes per image (exit scores, embeddings, baseline scores) lives in one
-documented layout, whoever produced it: exfiqa on this machine, a GPU run elsewhere, or a user's
-own FR pipeline. The notebooks read only this.
-
-Layout (``arrays_dir`` in the config; default ``<cache_dir>/arrays/<data_root tag>``, see
-:func:`arrays_root`, so configs on the same data share arrays and configs on other data, e.g. the
-demo and the paper config sharing ``data/cache``, never replace each other's)::
+Everything a run computes per image lives in this layout, whoever produced it (exfiqa, a GPU run
+elsewhere, a user's own FR pipeline); the notebooks read only this. Layout (``arrays_dir`` in the
+config; default :func:`arrays_root`)::
 
     <arrays_dir>/<dataset>/exits-<quality model>.npy   (N, depth)  every exit's quality score
     <arrays_dir>/<dataset>/emb-<FR model>.npy          (N, 2E)     [L2norm(f(x)), L2norm(f(hflip(x)))]
@@ -39,31 +35,19 @@ The manifest is a JSON object:
 
 Rules (:class:`ArrayStore`):
 
-- An **external** array is used when its manifest matches the benchmark: same ``n_samples`` and
-  ``samples_sha256``, the shape its kind needs, float32, finite (and ``sha256``/``inputs.data``
-  when given). Anything else (other sample list, wrong length or shape, NaN or inf, another dtype,
-  a missing or unreadable manifest) is an :class:`ArrayError` naming the file. exfiqa never
-  replaces an external array; delete it (both files) to have exfiqa compute it.
+- An **external** array is used when its manifest matches the benchmark (``n_samples``,
+  ``samples_sha256``, the shape its kind needs, float32, finite, ``sha256``/``inputs.data`` when
+  given); anything else is an :class:`ArrayError` naming the file. exfiqa never replaces an
+  external array; delete both files to have exfiqa compute it.
 - An **exfiqa** array is reused only when its ``inputs`` and ``code_version`` equal this run's and
-  the file still has its ``sha256`` (through the digest index: one ``stat`` on a rerun);
-  otherwise it is recomputed and replaced, with a warning naming the file and the reason
-  (checkpoint, benchmark content, arguments or code changed, or the file damaged).
+  the file still has its ``sha256`` (through the digest index); otherwise the extraction
+  replaces it, with a warning naming the file and the reason (:meth:`ArrayStore.current`).
 - Writes are atomic and ordered: a manifest with ``complete: false``, then the array (a temporary
-  file renamed into place), then the final manifest. A run killed at any moment leaves either the
-  previous valid pair or a manifest that is never reused, never a manifest vouching for a partial
-  array.
+  file renamed into place), then the final manifest, so a killed run never leaves a manifest
+  vouching for a partial array.
 
-Writing arrays computed elsewhere (any float array; it is checked and stored as float32)::
-
-    run = Run(load_config("configs/paper.yaml"))  # exfiqa.store.run
-    run.arrays.write(run.benchmark("ijbc"), "ijbc", "emb", "arcface", embeddings, producer="external")
-
-or write the ``.npy`` and the manifest by any other means, following the above.
-
-This layout is the cache for per-sample arrays (there is no other): the manifest holds the
-content key that a hashed file name used to, and the fixed names let other producers write it.
-The code version covers the modules that compute the values (:data:`CODE_MODULES`), not the
-evaluation glue in :mod:`exfiqa.study` nor the file helpers of :mod:`exfiqa.io`.
+Arrays computed elsewhere enter with ``run.arrays.write(bench, dataset, kind, name, values,
+producer="external")`` (:class:`exfiqa.store.run.Run`), or by writing both files as above.
 """
 
 from __future__ import annotations
@@ -74,7 +58,7 @@ import importlib.util
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -102,15 +86,13 @@ BASELINES: dict[str, str | None] = dict(_BASELINES)
 #: Baseline -> the FR model (an entry of ``support_fr_models``) whose forward it needs.
 BASELINE_FR: dict[str, str] = dict(_BASELINE_FR)
 
-#: Modules whose source each kind of array depends on: readers and alignment, image decoding, the
-#: model and its preprocessing. Baselines that run on an FR model add the FR modules.
+#: Modules whose source each kind of array depends on: readers and alignment, the model and its
+#: preprocessing, the extraction stage. Baselines that run on an FR model add the FR modules.
 CODE_MODULES: dict[str, tuple[str, ...]] = {
-    "exits": (*READER_MODULES, "exfiqa.models.vitfiqa", "exfiqa.extract.stage"),
-    "emb": (*READER_MODULES, *_FR_MODULES, "exfiqa.extract.stage"),
-    "baseline": (*READER_MODULES, "exfiqa.models.baselines", "exfiqa.extract.stage"),
-    "attn": (*READER_MODULES, "exfiqa.models.vitfiqa", "exfiqa.extract.stage"),
-    "vitnt": (*READER_MODULES, "exfiqa.models.vitfiqa", "exfiqa.extract.stage"),
-    "norms": (*READER_MODULES, *_FR_MODULES, "exfiqa.extract.stage"),
+    kind: (*READER_MODULES, *model, "exfiqa.extract.stage")
+    for kinds, model in ((("exits", "attn", "vitnt"), ("exfiqa.models.vitfiqa",)), (("emb", "norms"), _FR_MODULES),
+                         (("baseline",), ("exfiqa.models.baselines",)))
+    for kind in kinds
 }
 
 #: Libraries whose version is part of every code version (decoding, alignment, the models).
@@ -130,12 +112,9 @@ class ArrayError(ValueError):
 
 
 def arrays_root(cfg: Config) -> Path:
-    """The run's ``arrays_dir``: the config's, else ``<cache_dir>/arrays/<data_root tag>``.
-
-    The tag is the data root's folder name and 8 hex digits of the SHA-256 of its absolute path
-    (``demo-1a2b3c4d``): configs on the same data share arrays, configs on other data never
-    replace them.
-    """
+    """The run's ``arrays_dir``: the config's, else ``<cache_dir>/arrays/<data_root tag>``, the tag
+    being the data root's folder name and 8 hex digits of the SHA-256 of its absolute path
+    (``demo-1a2b3c4d``), so configs on other data never replace each other's arrays."""
     given = getattr(cfg, "arrays_dir", None)
     if given:
         return Path(given)
@@ -150,10 +129,14 @@ def _check_name(what: str, value: str) -> str:
     return value
 
 
-def array_path(root: str | os.PathLike[str], dataset: str, kind: str, name: str) -> Path:
-    """``<root>/<dataset>/<kind>-<name>.npy``."""
+def _check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise ValueError(f"unknown array kind {kind!r}; known: {list(KINDS)}")
+
+
+def array_path(root: str | os.PathLike[str], dataset: str, kind: str, name: str) -> Path:
+    """``<root>/<dataset>/<kind>-<name>.npy``."""
+    _check_kind(kind)
     return Path(root) / _check_name("dataset", dataset) / f"{kind}-{_check_name('name', name)}.npy"
 
 
@@ -167,11 +150,8 @@ def sample_keys(bench: Benchmark) -> list[str]:
     labels = {str(f): label for label, f in bench._files}
     keys = []
     for path in bench.samples["path"].astype(str):
-        if path in labels:
-            keys.append(labels[path])
-            continue
         head, sep, k = path.rpartition("#")
-        keys.append(f"{labels[head]}#{k}" if sep and head in labels else path)
+        keys.append(labels[path] if path in labels else f"{labels[head]}#{k}" if sep and head in labels else path)
     return keys
 
 
@@ -192,28 +172,24 @@ def _sources(modules: tuple[str, ...]) -> list[Path]:
 
 def code_files(kind: str, name: str) -> list[Path]:
     """The source files an array of ``kind`` (for model or method ``name``) depends on."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown array kind {kind!r}; known: {list(KINDS)}")
+    _check_kind(kind)
     return _sources(CODE_MODULES[kind] + (_FR_MODULES if kind == "baseline" and name in BASELINE_FR else ()))
 
 
 @functools.cache
-def _library_versions() -> tuple[tuple[str, str], ...]:
-    out = []
-    for lib in LIBRARIES:
-        try:
-            out.append((lib, metadata.version(lib)))
-        except metadata.PackageNotFoundError:
-            out.append((lib, "absent"))
-    return tuple(out)
+def _version(lib: str) -> str:
+    try:
+        return metadata.version(lib)
+    except metadata.PackageNotFoundError:
+        return "absent"
 
 
 def _digest_code(paths: list[Path]) -> str:
     h = hashlib.sha256()
     for path in paths:
         h.update(f"{path.name}\0{file_digest(path)}\n".encode())
-    for lib, version in _library_versions():
-        h.update(f"{lib}=={version}\n".encode())
+    for lib in LIBRARIES:
+        h.update(f"{lib}=={_version(lib)}\n".encode())
     return h.hexdigest()
 
 
@@ -236,22 +212,21 @@ def jsonable(value: Any) -> Any:
 # ------------------------------------------------------------------------------ checks
 
 
-def _expected_ndim(kind: str) -> int:
-    return 1 if kind == "baseline" else 2
+_SHAPES = {"exits": "(N, depth)", "emb": "(N, 2E)", "baseline": "(N,)", "attn": "(N, depth)", "vitnt": "(N, 2)",
+           "norms": "(N, 2)"}
 
 
 def _check_values(arr: NDArray[Any], kind: str, n: int, where: str) -> None:
     """Shape for ``kind`` with ``n`` rows, float32, finite, unit-norm embedding halves."""
     if arr.dtype != np.float32:
         raise ArrayError(f"{where}: dtype {arr.dtype} (per-sample arrays are float32)")
-    ndim = _expected_ndim(kind)
-    shape_text = {"exits": "(N, depth)", "emb": "(N, 2E)", "baseline": "(N,)", "attn": "(N, depth)", "vitnt": "(N, 2)", "norms": "(N, 2)"}[kind]
+    ndim = 1 if kind == "baseline" else 2
     if arr.ndim != ndim or (ndim == 2 and arr.shape[1] < 1):
-        raise ArrayError(f"{where}: shape {arr.shape}, expected {shape_text} for {kind}")
+        raise ArrayError(f"{where}: shape {arr.shape}, expected {_SHAPES[kind]} for {kind}")
     if arr.shape[0] != n:
         raise ArrayError(f"{where}: {arr.shape[0]} rows, the benchmark has {n} samples")
     if kind in ("vitnt", "norms") and arr.shape[1] != 2:
-        raise ArrayError(f"{where}: shape {arr.shape}, expected {shape_text} for {kind}")
+        raise ArrayError(f"{where}: shape {arr.shape}, expected {_SHAPES[kind]} for {kind}")
     if kind == "emb" and arr.shape[1] % 2:
         raise ArrayError(f"{where}: width {arr.shape[1]} is odd; embeddings are flip-concatenated (N, 2E)")
     if kind == "emb" and arr.shape[1] > MAX_EMBEDDING_WIDTH:
@@ -295,12 +270,12 @@ MAX_MANIFEST_BYTES = 1 << 20
 MAX_EMBEDDING_WIDTH = 2 * 8192
 """Widest ``emb`` row accepted (2E: a flip-concatenated embedding of up to 8192 values)."""
 
-_MANIFEST_TYPES: dict[str, tuple[type, ...]] = {
-    "format": (str,), "producer": (str,), "n_samples": (int,), "samples_sha256": (str,),
-    "shape": (list,), "dtype": (str,), "sha256": (str,), "inputs": (dict,), "code_version": (str,),
-    "complete": (bool,), "dataset": (str,), "kind": (str,), "name": (str,),
+_MANIFEST_TYPES: dict[str, type] = {
+    "format": str, "producer": str, "n_samples": int, "samples_sha256": str, "shape": list, "dtype": str,
+    "sha256": str, "inputs": dict, "code_version": str, "complete": bool, "dataset": str, "kind": str, "name": str,
 }
 """The JSON type of each manifest key this package reads (ints exclude booleans)."""
+_JSON_TYPES = {str: "string", int: "integer", list: "list", dict: "object", bool: "boolean"}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -315,13 +290,11 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ArrayError(f"{path}: unreadable manifest (JSON nested too deeply)") from None
     if not isinstance(data, dict):
         raise ArrayError(f"{path}: a manifest is a JSON object, got {type(data).__name__}")
-    for key, types in _MANIFEST_TYPES.items():
+    for key, t in _MANIFEST_TYPES.items():
         value = data.get(key)
-        if key in data and (not isinstance(value, types) or (int in types and isinstance(value, bool))):
-            raise ArrayError(
-                f"{path}: {key} is {clip(json.dumps(value), 40)} ({type(value).__name__}), expected a "
-                f"JSON {'/'.join({str: 'string', int: 'integer', list: 'list', dict: 'object', bool: 'boolean'}[t] for t in types)}"
-            )
+        if key in data and (not isinstance(value, t) or (t is int and isinstance(value, bool))):
+            raise ArrayError(f"{path}: {key} is {clip(json.dumps(value), 40)} ({type(value).__name__}), "
+                             f"expected a JSON {_JSON_TYPES[t]}")
     shape = data.get("shape", [])
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise ArrayError(f"{path}: shape {clip(json.dumps(shape), 60)} is not a list of non-negative integers")
@@ -337,12 +310,8 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 
 class ArrayStore:
-    """Reads, checks and writes the per-sample layout under ``root`` (see the module docstring).
-
-    Args:
-        root: The run's ``arrays_dir``.
-        digests: The digest index used for ``sha256`` checks and benchmark fingerprints.
-    """
+    """Reads, checks and writes the per-sample layout under ``root`` (the run's ``arrays_dir``);
+    ``digests``: the index for ``sha256`` checks and benchmark fingerprints."""
 
     def __init__(self, root: str | os.PathLike[str], digests: DigestIndex) -> None:
         self.root = Path(root)
@@ -380,16 +349,12 @@ class ArrayStore:
     def load(
         self, bench: Benchmark, dataset: str, kind: str, name: str, check_data: bool = True,
     ) -> tuple[NDArray[np.float32], dict[str, Any]] | None:
-        """The array and its manifest if the layout holds one for ``bench``, else None.
+        """The array (memory-mapped read-only) and its manifest if the layout holds one for
+        ``bench``, else None; an :class:`ArrayError` naming the file for any mismatch.
 
-        The array is memory-mapped read-only. Checks everything that does not depend on this run's
-        models and code (those are :meth:`get`'s business). ``check_data=False`` takes an external
-        manifest's ``inputs.data`` as it is (the evaluation: the benchmark's images need not be
-        there); the sample list (``samples_sha256``) is checked either way.
-
-        Raises:
-            ArrayError: a mismatch (naming the file); for exfiqa's arrays :meth:`get` recomputes
-                instead.
+        Checks everything that does not depend on this run's models and code (:meth:`current`
+        does). ``check_data=False`` takes an external manifest's ``inputs.data`` as it is; the
+        sample list (``samples_sha256``) is checked either way.
         """
         npy = self.path(dataset, kind, name)
         mpath = manifest_path(npy)
@@ -445,13 +410,10 @@ class ArrayStore:
         self, bench: Benchmark, dataset: str, kind: str, name: str, inputs: Mapping[str, Any], code: str | None = None,
         trusted: tuple[str, ...] = (),
     ) -> tuple[NDArray[np.float32] | None, str]:
-        """``(array, "")`` if the layout holds a usable array for this run, else ``(None, reason)``.
-
-        ``reason`` is ``"missing"`` or why exfiqa's array there is not this run's (inputs or code
-        changed, damaged). External arrays are usable as they are, or refused
-        (:class:`ArrayError`, :meth:`load`). ``trusted``: keys of ``inputs`` taken from the
-        manifest as they are, not compared (the evaluation trusts ``data`` and, where the file is
-        absent, ``checkpoint``: ``exfiqa extract`` verified them).
+        """``(array, "")`` if the layout holds a usable array for this run, else ``(None, reason)``:
+        ``"missing"`` or why exfiqa's array there is not this run's. External arrays are used as
+        they are, or refused (:class:`ArrayError`). ``trusted``: keys of ``inputs`` taken from the
+        manifest without comparing (the evaluation trusts what ``exfiqa extract`` verified).
         """
         npy = self.path(dataset, kind, name)
         try:
@@ -467,30 +429,6 @@ class ArrayStore:
             return found[0], ""
         reason = self._stale(found[1], jsonable(dict(inputs)), code if code is not None else code_version(kind, name), trusted)
         return (found[0], "") if reason is None else (None, reason)
-
-    def get(
-        self,
-        bench: Benchmark,
-        dataset: str,
-        kind: str,
-        name: str,
-        inputs: Callable[[], Mapping[str, Any]],
-        compute: Callable[[], ArrayLike],
-        code: str | None = None,
-    ) -> NDArray[np.float32]:
-        """The array from the layout, or ``compute()``'d, written and returned (see :meth:`current`)."""
-        code = code if code is not None else code_version(kind, name)
-        key = jsonable(dict(inputs()))
-        found, reason = self.current(bench, dataset, kind, name, key, code)
-        if found is not None:
-            return found
-        if reason != "missing":
-            _log.warning("%s: recomputing (%s)", self.path(dataset, kind, name), reason)
-        values = np.ascontiguousarray(compute(), dtype=np.float32)
-        self.write(bench, dataset, kind, name, values, producer="exfiqa", inputs=key, code=code)
-        arr, _ = self.load(bench, dataset, kind, name) or (None, None)
-        assert arr is not None
-        return arr
 
     @staticmethod
     def manifest_of(npy: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -519,23 +457,14 @@ class ArrayStore:
     # -------------------------------------------------------------- writing
 
     def write(
-        self,
-        bench: Benchmark,
-        dataset: str,
-        kind: str,
-        name: str,
-        values: ArrayLike,
-        producer: str = "external",
-        inputs: Mapping[str, Any] | None = None,
-        code: str | None = None,
-        overwrite: bool = False,
+        self, bench: Benchmark, dataset: str, kind: str, name: str, values: ArrayLike, producer: str = "external",
+        inputs: Mapping[str, Any] | None = None, code: str | None = None, overwrite: bool = False,
     ) -> Path:
         """Write ``values`` (row i = sample i of ``bench``) and its manifest; return the ``.npy`` path.
 
         Order: a manifest with ``complete: false``, the array (temporary file, fsync, rename), the
-        final manifest. ``producer="external"`` is how arrays computed elsewhere enter the layout;
-        an existing external array is only replaced with ``overwrite=True``. Values are checked
-        as :meth:`load` checks them.
+        final manifest. An existing external array is only replaced with ``overwrite=True``.
+        Values are checked as :meth:`load` checks them.
         """
         npy = self.path(dataset, kind, name)
         mpath = manifest_path(npy)
@@ -590,11 +519,9 @@ def missing_array_hint(root: str | os.PathLike[str], dataset: str, kind: str, na
 def external_array_files(cfg: Config) -> list[Path]:
     """The ``.npy`` and manifest of every external array in ``cfg``'s layout that its run reads."""
     root = arrays_root(cfg)
-    names = [(k, q) for q in cfg.quality_models for k in ("exits", "attn", "vitnt")]
-    names += [(k, f) for f in cfg.fr_models for k in ("emb", "norms")] + [("baseline", b) for b in cfg.baselines]
     out = []
     for dataset in cfg.datasets:
-        for kind, name in names:
+        for kind, name in wanted_arrays(cfg) + [("norms", f) for f in cfg.fr_models]:
             npy = array_path(root, dataset, kind, name)
             mpath = manifest_path(npy)
             if (mpath.is_file() and ArrayStore._producer(npy) == "external") or (npy.exists() and not mpath.exists()):

@@ -1,24 +1,12 @@
-"""Content digests of the files a run reads, remembered across runs: one ``stat`` per unchanged file.
+"""Content digests (SHA-256 hex, :func:`exfiqa.io.file_digest`) of the files a run reads, remembered
+across runs in an sqlite index (``<cache_dir>/digests.sqlite``): one ``stat`` per unchanged file.
 
-Conventions:
-
-- A digest is the SHA-256 hex of a file's bytes (:func:`exfiqa.io.file_digest`).
-- :class:`DigestIndex` remembers digests in an sqlite file (``<cache_dir>/digests.sqlite``), keyed
-  by the absolute path (``os.path.abspath``; symlinks are not resolved) and the file's ``stat``:
-  size, ``mtime_ns``, ``ctime_ns`` and inode. A file whose stat is unchanged is not read again; any
-  change of size, modification or status-change time or inode re-hashes it. (``ctime`` cannot be
-  set by a user, so rewriting a file and restoring its mtime is still seen.)
-- A file modified less than :data:`RACY_SECONDS` before it was hashed is not recorded: a second
-  same-size write within the file system's timestamp granularity would leave its stat unchanged.
-  It is hashed again by the next process (as git treats "racily clean" entries).
-- Writes are sqlite transactions, committed in batches during a long hashing, so a killed run keeps
-  what it hashed. Two processes may share the index: the last writer of an entry wins, and both
-  write the same digest for the same stat. A corrupt index (not an sqlite database) is moved aside
-  and rebuilt (a warning). An index another process keeps locked is never discarded: this process
-  waits up to :data:`LOCK_WAIT_S` (saying so after :data:`LOCK_NOTICE_S`), then goes on without it
-  for the rest of its run (a warning: what it hashes is not remembered).
-- :func:`exfiqa.store.run.input_digests` lists every input file of a config's run with its digest
-  (checkpoints, every benchmark file, external CSVs and external per-sample arrays).
+- Entries are keyed by the absolute path (symlinks not resolved) and the file's size, ``mtime_ns``,
+  ``ctime_ns`` and inode; any change re-hashes it. A file modified less than :data:`RACY_SECONDS`
+  before it was hashed is not recorded (as git treats "racily clean" entries).
+- Writes are committed in batches, so a killed run keeps what it hashed; processes may share the
+  index. A corrupt index is moved aside and rebuilt; one another process keeps locked is waited
+  for up to :data:`LOCK_WAIT_S`, then this process goes on without it (a warning).
 """
 
 from __future__ import annotations
@@ -162,7 +150,7 @@ class DigestIndex:
             return
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             for chunk in chunked(paths, 64 * self.workers):
-                yield from pool.map(lambda p: file_digest(p), chunk)
+                yield from pool.map(file_digest, chunk)
 
     def _connect(self) -> sqlite3.Connection | None:
         """The index database (created if absent); a corrupt file is moved aside and rebuilt."""
@@ -184,22 +172,18 @@ class DigestIndex:
                         con.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
                 return con
             except sqlite3.DatabaseError as exc:
-                if _busy(exc):  # locked by another process: never a reason to discard it
-                    _log.warning("digest index %s is locked by another process (%s); this run goes on without it",
-                                 self.path, exc)
-                    self.path = None
-                    return None
-                if attempt or not self.path.is_file():
-                    _log.warning("digest index %s unusable (%s); digests are not remembered", self.path, exc)
-                    self.path = None
-                    return None
-                aside = self.path.with_name(self.path.name + ".corrupt")
-                _log.warning("digest index %s is corrupt (%s); moved to %s and rebuilt", self.path, exc, aside)
-                os.replace(self.path, aside)
+                busy = _busy(exc)  # locked by another process: never a reason to discard it
+                if not busy and not attempt and self.path.is_file():
+                    aside = self.path.with_name(self.path.name + ".corrupt")
+                    _log.warning("digest index %s is corrupt (%s); moved to %s and rebuilt", self.path, exc, aside)
+                    os.replace(self.path, aside)
+                    continue
+                _log.warning("digest index %s is locked by another process (%s); this run goes on without it" if busy
+                             else "digest index %s unusable (%s); digests are not remembered", self.path, exc)
             except OSError as exc:
                 _log.warning("digest index %s cannot be opened (%s); digests are not remembered", self.path, exc)
-                self.path = None
-                return None
+            self.path = None
+            return None
         return None
 
     def _open_waiting(self, path: Path) -> sqlite3.Connection | None:
@@ -251,18 +235,17 @@ class DigestIndex:
         if not rows:
             return
         con = None if self._read_only else self._connect()
-        if con is None:
-            self._memo.update((r[0], ((r[1], r[2], r[3], r[4]), r[5])) for r in rows)
-            return
-        try:
-            with con:
-                con.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", rows)
-        except sqlite3.DatabaseError as exc:  # e.g. a read-only index: keep reading it, stop writing
-            _log.warning("digest index %s not updated (%s); new digests are kept in memory only", self.path, exc)
-            self._read_only = True
-            self._memo.update((r[0], ((r[1], r[2], r[3], r[4]), r[5])) for r in rows)
-        finally:
-            con.close()
+        if con is not None:
+            try:
+                with con:
+                    con.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", rows)
+                return
+            except sqlite3.DatabaseError as exc:  # e.g. a read-only index: keep reading it, stop writing
+                _log.warning("digest index %s not updated (%s); new digests are kept in memory only", self.path, exc)
+                self._read_only = True
+            finally:
+                con.close()
+        self._memo.update((r[0], ((r[1], r[2], r[3], r[4]), r[5])) for r in rows)
 
 
 def _busy(exc: sqlite3.DatabaseError) -> bool:
