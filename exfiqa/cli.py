@@ -271,8 +271,7 @@ def _score_table(args: argparse.Namespace, reference: dict | None = None) -> tup
         else:
             scores, attn, vitnt = family_scores(model, batches(), **run)
             columns = {f"exit_{k}": scores[:, k - 1] for k in exits}
-            for name, fuse in (("ex_fiqa_f", ex_fiqa_f), ("ex_fiqa_fw", ex_fiqa_fw)):
-                columns[name] = fuse(scores) if len(scored) else scores[:, :0].sum(axis=1)
+            columns.update(ex_fiqa_f=ex_fiqa_f(scores), ex_fiqa_fw=ex_fiqa_fw(scores))
             columns["attn_fiqa"] = attn[:, -1]  # the last block (as the paper)
             columns["vitnt_fiqa"] = vitnt[:, 0]  # the mean over blocks
     except ImageReadError as exc:
@@ -402,9 +401,9 @@ def cmd_align(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"cannot write {report_path}: {exc}") from None
     ok = table["status"] == "ok"
-    counts = table.loc[~ok, "status"].value_counts()
     print(f"aligned {int(ok.sum())} faces of {table['path'].nunique()} photos into {args.dst}", file=sys.stderr)
     if not ok.all():
+        counts = table.loc[~ok, "status"].value_counts()
         print(f"not aligned: {', '.join(f'{n} {st}' for st, n in counts.items())}; listed in {report_path}",
               file=sys.stderr)
     return 0
@@ -435,8 +434,7 @@ def cmd_operating_point(args: argparse.Namespace) -> int:
     from exfiqa.evaluation.operating import operating_point, operating_point_pairs
     from exfiqa.study import Study, read_pairs_csv
 
-    common = {"discard": args.discard, "fnmr": args.fnmr, "fmr": args.fmr, "n_boot": args.n_boot,
-              "alpha": args.alpha, "seed": args.seed}
+    common = {k: getattr(args, k) for k in ("discard", "fnmr", "fmr", "n_boot", "alpha", "seed")}
     try:
         if args.pairs:
             d = read_pairs_csv(args.pairs)
@@ -461,10 +459,8 @@ def cmd_operating_point(args: argparse.Namespace) -> int:
     if not r.resolved:
         print(f"  note: FMR {r.fmr:g} is not resolvable on {r.n_nonmated} non-mated comparisons (fewer than one "
               "expected false match): no false match is allowed, and every smaller target gives this threshold")
-    if r.reached:
-        print(f"  request: {r.request}")
-    else:
-        print(f"  request: {r.request}: CANNOT BE REACHED on this EDC; the lowest FNMR is reported")
+    print(f"  request: {r.request}"
+          + ("" if r.reached else ": CANNOT BE REACHED on this EDC; the lowest FNMR is reported"))
     print(f"  quality threshold: keep pair quality >= {r.quality_threshold:.9g} (reject a sample below it)")
     print(f"  EDC point: discard {r.discard_fraction:.4f} [{level} CI {r.discard_interval[0]:.4f}, {r.discard_interval[1]:.4f}]"
           f", FNMR {r.fnmr:.4f} [{level} CI {r.fnmr_interval[0]:.4f}, {r.fnmr_interval[1]:.4f}]")
@@ -513,7 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="faces whose box is shorter than PX pixels are reported as too_small and "
                        "not aligned (default 24; 0 aligns all)")
 
-    heads_help = "attention heads; default: the count an exfiqa-written checkpoint records, else 8 (the released models)"
+    heads_help = ("attention heads; default: the count an exfiqa-written checkpoint records, else 8 "
+                  "(the released models)")
     s = command("score", cmd_score, "quality scores of every exit for aligned face images")
     s.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
     s.add_argument("--checkpoint", required=True, help="ViT-FIQA state_dict (vitfiqa_token.pt or vitfiqa_crfiqa.pt)")
@@ -605,8 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
     from exfiqa.extract.stage import parser as extract_parser
     from exfiqa.extract.stage import run as run_extract
 
-    command("extract", run_extract, "every per-sample array of a run config, one read of each image (see exfiqa.extract.stage)",
-            parents=[extract_parser(add_help=False)])
+    command("extract", run_extract, parents=[extract_parser(add_help=False)],
+            help="every per-sample array of a run config, one read of each image (see exfiqa.extract.stage)")
     return parser
 
 

@@ -236,7 +236,8 @@ def align_tree(src: str | os.PathLike[str], dst: str | os.PathLike[str], detecto
     if dst_p.resolve() == src_p.resolve() or src_p.resolve() in dst_p.resolve().parents:
         raise AlignLayoutError(f"{dst_p} lies inside {src_p}; choose an output folder outside it")
     if dst_p.is_dir() and any(dst_p.iterdir()) and not force:
-        raise AlignLayoutError(f"{dst_p} is not empty; pass --force to write into it (files of the same name are replaced)")
+        raise AlignLayoutError(f"{dst_p} is not empty; pass --force to write into it "
+                               "(files of the same name are replaced)")
     photos = [Path(p) for p in find_images([src_p])]
     if not photos:
         raise AlignLayoutError(f"no photos found in {src_p}")
