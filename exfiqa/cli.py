@@ -260,7 +260,8 @@ def _score_table(args: argparse.Namespace, reference: dict | None = None) -> tup
             if images:
                 yield np.stack(images)
 
-    run = {"total": len(paths), "device": device, "progress": not args.quiet}
+    run: dict[str, Any] = {"total": len(paths), "device": device, "progress": not args.quiet}
+    columns: dict[str, Any]
     try:  # --exit and --adaptive run only the blocks needed
         if args.adaptive:  # the exit where each face stopped and its running EX-FIQA-FW score there
             stop, score = adaptive_scores(model, batches(), args.threshold, args.margin, args.min_exit, **run)
