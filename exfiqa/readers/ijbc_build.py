@@ -1,56 +1,16 @@
 """Build IJB-C's insightface-style meta layout (:func:`exfiqa.readers.ijbc.read_ijbc`) from NIST's release.
 
-For holders of the original NIST IJB-C release (no longer distributed). Input under ``nist_root``:
-
-- ``protocols/ijbc_1N_gallery_G1.csv``, ``protocols/ijbc_1N_gallery_G2.csv``,
-  ``protocols/ijbc_1N_probe_mixed.csv`` (:data:`PROTOCOL_FILES`): a header row, then one row per
-  (template, face); the columns used are :data:`REQUIRED_COLUMNS` (others are ignored). The box
-  ``FACE_X, FACE_Y, FACE_WIDTH, FACE_HEIGHT`` is (left, top, width, height) in pixels of the file;
-- ``protocols/ijbc_11_G1_G2_matches.csv`` (:data:`MATCHES_FILE`): no header, ``t1,t2`` per line,
-  the 1:1 protocol's template pairs;
-- ``images/<FILENAME>`` (``img/<n>.jpg`` stills, ``frames/<n>.png`` video frames).
-
-Output under ``dst`` (what :func:`~exfiqa.readers.ijbc.read_ijbc` reads):
-
-- ``loose_crop/<k>.jpg`` (k = 1, 2, ... in the order the rows are read: G1, G2, probe, each in file
-  order; JPEG quality 95): the NIST box grown by ``margin`` (default :data:`MARGIN` = 0.5) of its
-  width on the left and right and of its height above and below, clipped to the image (pixel
-  bounds floor/ceil);
-- ``meta/ijbc_face_tid_mid.txt``: ``<k>.jpg TEMPLATE_ID SIGHTING_ID``;
-- ``meta/ijbc_name_5pts_score.txt``: ``<k>.jpg x1 y1 ... x5 y5 score``, the 5 landmarks (crop pixels)
-  and confidence of YuNet (:class:`~exfiqa.readers.detect.FaceDetector`, default model) run on
-  the crop: of the faces found, the one whose box has the largest IoU with the NIST box, if that
-  IoU is at least ``min_iou`` (default :data:`MIN_IOU`);
-- ``meta/ijbc_template_pair_label.txt``: ``t1 t2 label`` per matches line, label 1 when both
-  templates have the same SUBJECT_ID; written line by line (15.66M pairs in the real release);
-- ``ijbc-build-report.csv`` (:data:`REPORT_COLUMNS`): each protocol row left out, with its status
-  (:data:`STATUSES`), and each pair left out.
-
-A row whose face is not found is left out of every meta file (``read_ijbc`` requires landmarks for
-every image); a pair naming a template left with no image is left out too (``read_ijbc`` refuses
-such pairs). Images are decoded as stored (no EXIF rotation, :func:`~exfiqa.readers.images.decode_rgb8`).
-Meta files and crops are written atomically (a failed run leaves no meta file); rows are streamed,
-memory holds one image and the per-template subject and image-count maps (~23k templates).
-
-Where the facts come from (all read, none copied):
-
-- Column names and file names: the IJB-C reader of the ``strpy``/``vipy`` Janus tools (its schema
-  ``TEMPLATE_ID, SUBJECT_ID, FILENAME, SIGHTING_ID, FACE_X, FACE_Y, FACE_WIDTH, FACE_HEIGHT, ...``
-  for the 1:N CSVs, ``FILENAME`` relative to the release root's image folder, the 1:1 protocol =
-  templates of G1 + G2 + probe_mixed compared as listed in ``ijbc_11_G1_G2_matches.csv``); the
-  matches file has no header and a pair is mated when the two templates' SUBJECT_IDs are equal
-  (xysong1201/Face-recognition_preprocessing ``IJBC/generate_pair.py``, the script cited in
-  deepinsight/insightface#920 for rebuilding ``ijbc_face_tid_mid.txt`` from the protocol CSVs).
-- Media id: insightface's template feature is the mean within a media, summed over media; the same
-  Janus reader groups a template's rows by ``(TEMPLATE_ID, SIGHTING_ID)`` into one media (several
-  rows = the frames of one video, one row = a still). So the media id here is SIGHTING_ID.
-  insightface's own ``ijbc_face_tid_mid.txt`` comes from VGGFace2's evaluation lists
-  (deepinsight/insightface#556), whose image names were renumbered (ox-vgg/vgg_face2#30): its
-  media ids and image names cannot be mapped back to NIST's (deepinsight/insightface#2094).
-- insightface's ``ijbc_name_5pts_score.txt`` and loose crops come from its own detector
-  (deepinsight/insightface#556; #741 asks whether it is RetinaFace), with alignment done at run time from those
-  landmarks (#1933): landmarks, scores, crop margins and image numbering here differ from theirs
-  (data/README.md, "Building IJB-C's meta files").
+Input under ``nist_root``: ``protocols/`` (:data:`PROTOCOL_FILES` with the :data:`REQUIRED_COLUMNS`, box =
+(left, top, width, height) pixels; :data:`MATCHES_FILE`, headerless ``t1,t2`` lines) and ``images/<FILENAME>``
+(decoded as stored, no EXIF rotation). Output under ``dst``: ``loose_crop/<k>.jpg`` (k = 1, 2, ... in protocol
+order; :func:`loose_box`), ``meta/ijbc_face_tid_mid.txt`` (media id = SIGHTING_ID),
+``meta/ijbc_name_5pts_score.txt`` (YuNet's 5 landmarks and confidence in crop pixels, for the face overlapping
+the NIST box most, IoU >= ``min_iou``), ``meta/ijbc_template_pair_label.txt`` (1 = same SUBJECT_ID) and
+:data:`REPORT_NAME`: every row without a face, and every pair naming a template left with no image, is left
+out of the meta files and listed there. data/README.md ("Building IJB-C's meta files") says what differs
+from insightface's files. Sources (read, not copied): column names and the (TEMPLATE_ID, SIGHTING_ID) media
+grouping from the ``strpy``/``vipy`` Janus IJB-C reader; the matches format and mated = equal SUBJECT_IDs
+from xysong1201/Face-recognition_preprocessing ``IJBC/generate_pair.py`` (deepinsight/insightface#920).
 """
 
 from __future__ import annotations
@@ -72,17 +32,8 @@ from exfiqa.readers.ijbc import _IJBC_5PTS, _IJBC_CROPS, _IJBC_PAIRS, _IJBC_TID_
 from exfiqa.readers.images import decode_rgb8
 
 __all__ = [
-    "MARGIN",
-    "MATCHES_FILE",
-    "MIN_IOU",
-    "PROTOCOL_FILES",
-    "REPORT_COLUMNS",
-    "REQUIRED_COLUMNS",
-    "REPORT_NAME",
-    "STATUSES",
-    "BuildSummary",
-    "build_ijbc_meta",
-    "loose_box",
+    "MARGIN", "MATCHES_FILE", "MIN_IOU", "PROTOCOL_FILES", "REPORT_COLUMNS", "REQUIRED_COLUMNS", "REPORT_NAME",
+    "STATUSES", "BuildSummary", "build_ijbc_meta", "loose_box",
 ]
 
 PROTOCOL_FILES = ("ijbc_1N_gallery_G1.csv", "ijbc_1N_gallery_G2.csv", "ijbc_1N_probe_mixed.csv")
@@ -91,9 +42,8 @@ PROTOCOL_FILES = ("ijbc_1N_gallery_G1.csv", "ijbc_1N_gallery_G2.csv", "ijbc_1N_p
 MATCHES_FILE = "ijbc_11_G1_G2_matches.csv"
 """The 1:1 template pairs (under ``protocols/``): no header, two template ids per line."""
 
-REQUIRED_COLUMNS = (
-    "TEMPLATE_ID", "SUBJECT_ID", "FILENAME", "SIGHTING_ID", "FACE_X", "FACE_Y", "FACE_WIDTH", "FACE_HEIGHT",
-)
+REQUIRED_COLUMNS = ("TEMPLATE_ID", "SUBJECT_ID", "FILENAME", "SIGHTING_ID",
+                    "FACE_X", "FACE_Y", "FACE_WIDTH", "FACE_HEIGHT")
 """Columns every protocol file must have (in any order; others are ignored)."""
 
 MARGIN = 0.5
@@ -114,6 +64,7 @@ overlaps the NIST box by ``min_iou``; the image is missing or cannot be decoded;
 not a number or lies outside the image; a pair names a template none of whose rows was written."""
 
 _PROGRESS_EVERY = 1000
+_Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -131,9 +82,7 @@ class BuildSummary:
     report: Path
 
 
-def loose_box(
-    box: tuple[float, float, float, float], shape: tuple[int, int], margin: float = MARGIN
-) -> tuple[int, int, int, int] | None:
+def loose_box(box: _Box, shape: tuple[int, int], margin: float = MARGIN) -> tuple[int, int, int, int] | None:
     """The loose crop ``(x0, y0, x1, y1)`` (end exclusive) of ``box`` = (x, y, w, h) in an image of
     ``shape`` = (height, width): the box grown by ``margin * w`` left and right and ``margin * h``
     above and below, floor/ceil to whole pixels, clipped to the image; None when empty."""
@@ -145,7 +94,7 @@ def loose_box(
     return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
-def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+def _iou(a: _Box, b: _Box) -> float:
     """Intersection over union of two (x, y, w, h) boxes."""
     ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
@@ -193,7 +142,7 @@ def _protocol_rows(path: Path) -> Iterator[_Row]:
             yield _Row(path.name, line, ids[0], ids[1], ids[2], fields[col["FILENAME"]].strip(), box)  # type: ignore[arg-type]
 
 
-def _parse_box(raw: tuple[str, str, str, str]) -> tuple[float, float, float, float] | None:
+def _parse_box(raw: tuple[str, str, str, str]) -> _Box | None:
     try:
         x, y, w, h = (float(v) for v in raw)
     except ValueError:
@@ -203,35 +152,16 @@ def _parse_box(raw: tuple[str, str, str, str]) -> tuple[float, float, float, flo
     return (x, y, w, h)
 
 
-def _fmt(v: float) -> str:
-    return repr(float(v))
+def build_ijbc_meta(nist_root: str | os.PathLike[str], dst: str | os.PathLike[str], *, force: bool = False,
+                    margin: float = MARGIN, min_iou: float = MIN_IOU, detector: FaceDetector | None = None,
+                    progress: TextIO | None = None) -> BuildSummary:
+    """Build ``dst`` (absent or empty unless ``force``) in the insightface IJB-C layout from the NIST
+    release at ``nist_root`` (module doc); ``detector`` None = a default YuNet.
 
-
-def build_ijbc_meta(
-    nist_root: str | os.PathLike[str],
-    dst: str | os.PathLike[str],
-    *,
-    force: bool = False,
-    margin: float = MARGIN,
-    min_iou: float = MIN_IOU,
-    detector: FaceDetector | None = None,
-    quality: int = 95,
-    progress: TextIO | None = None,
-) -> BuildSummary:
-    """Build ``dst`` in the insightface IJB-C layout from the NIST release at ``nist_root`` (module doc).
-
-    Args:
-        nist_root: the release's root (holds ``protocols/`` and ``images/``).
-        dst: output folder; must be absent or empty unless ``force`` (then files are replaced).
-        margin: loose-crop margin (:func:`loose_box`); min_iou: :data:`MIN_IOU`.
-        detector: a :class:`FaceDetector` (default: a new one with the default YuNet model).
-        progress: a stream (e.g. ``sys.stderr``) for progress lines every 1,000 rows and every
-            million pairs, and a summary line (default None: silent).
-
-    Raises:
-        DatasetFormatError: a protocol or matches file is missing, lacks a column, has a malformed
-            line or a template with two SUBJECT_IDs; a pair names a template of no protocol file.
-        FileExistsError: ``dst`` is not empty and not ``force``.
+    ``progress``: a stream (e.g. ``sys.stderr``) for a line every 1,000 rows and every million pairs
+    and a summary (None: silent). Raises DatasetFormatError for a missing protocol or matches file, a
+    missing column, a malformed line, a template with two SUBJECT_IDs or a pair naming a template of
+    no protocol file; FileExistsError for a non-empty ``dst`` without ``force``.
     """
     root, out = Path(nist_root), Path(dst)
     if margin < 0 or not math.isfinite(margin):
@@ -243,15 +173,14 @@ def build_ijbc_meta(
     protocols = [root / "protocols" / name for name in PROTOCOL_FILES]
     matches = root / "protocols" / MATCHES_FILE
     for path in protocols:  # headers first: a missing column fails before any image is read
-        next(iter(_protocol_rows(path)), None)
+        next(_protocol_rows(path), None)
     if not matches.is_file():
         raise DatasetFormatError(f"file not found: {matches}")
     images_dir = root / "images"
     det = FaceDetector() if detector is None else detector
 
     subject: dict[int, int] = {}
-    written: dict[int, int] = {}
-    counts = {"rows": 0}
+    written: set[int] = set()  # templates with a crop
     n_rows = n_images = 0
     cached: tuple[str, np.ndarray | None, str] = ("", None, "")
 
@@ -264,18 +193,15 @@ def build_ijbc_meta(
 
         def skip(row: _Row, status: str, detail: str) -> None:
             rep.writerow((row.file, row.line, row.template, row.filename, status, detail))
-            counts["rows"] += 1
 
         for path in protocols:
             for row in _protocol_rows(path):
                 n_rows += 1
                 if subject.setdefault(row.template, row.subject) != row.subject:
-                    raise DatasetFormatError(
-                        f"{path}:{row.line}: template {row.template} has SUBJECT_ID {row.subject}, "
-                        f"elsewhere {subject[row.template]}"
-                    )
+                    raise DatasetFormatError(f"{path}:{row.line}: template {row.template} has SUBJECT_ID "
+                                             f"{row.subject}, elsewhere {subject[row.template]}")
                 if progress is not None and n_rows % _PROGRESS_EVERY == 0:
-                    print(f"ijbc-meta: {n_rows} rows, {n_images} crops, {counts['rows']} left out",
+                    print(f"ijbc-meta: {n_rows} rows, {n_images} crops, {n_rows - 1 - n_images} left out",
                           file=progress, flush=True)
                 box = _parse_box(row.box)
                 if box is None:
@@ -313,10 +239,10 @@ def build_ijbc_meta(
                 _, confidence, landmarks = faces[best]
                 n_images += 1
                 name = f"{n_images}.jpg"
-                write_bytes(out / _IJBC_CROPS / name, encode_image(crop, "jpeg", quality), overwrite=True)
+                write_bytes(out / _IJBC_CROPS / name, encode_image(crop, "jpeg", 95), overwrite=True)
                 tid_fh.write(f"{name} {row.template} {row.sighting}\n")
-                pts_fh.write(f"{name} {' '.join(_fmt(v) for v in landmarks.ravel())} {_fmt(confidence)}\n")
-                written[row.template] = written.get(row.template, 0) + 1
+                pts_fh.write(f"{name} {' '.join(map(repr, [*landmarks.ravel().tolist(), confidence]))}\n")
+                written.add(row.template)
 
         n_pairs = n_mated = n_dropped = 0
         with atomic_write(out / _IJBC_PAIRS, overwrite=True) as pair_fh, \
@@ -343,7 +269,7 @@ def build_ijbc_meta(
                 if progress is not None and line % 1_000_000 == 0:
                     print(f"ijbc-meta: {line} pairs read", file=progress, flush=True)
 
-    skipped_rows = counts["rows"]
+    skipped_rows = n_rows - n_images
     if progress is not None:
         print(f"ijbc-meta: {n_images} crops of {n_rows} rows ({skipped_rows} left out), {len(written)} templates, "
               f"{n_pairs} pairs ({n_mated} mated, {n_dropped} left out); report {report}", file=progress, flush=True)
