@@ -1,45 +1,14 @@
 """Independent units (subjects) of a comparison set, and the weights a unit resample gives them.
 
-Why
----
-Comparisons are not independent: on IJB-C every template enters about 1,350 comparisons, on
-Adience all-vs-all every image about 19,000, and a hard-to-match or look-alike subject moves
-all of its comparisons together. A bootstrap that resamples comparisons therefore understates
-the sampling spread of a pAUC (about half, on clustered synthetic data: ``bench/bench_coverage.py``).
-The independent unit is the subject wherever a benchmark knows it; :func:`exfiqa.evaluation.bootstrap` takes
-``subjects``, the unit ids of each comparison's two sides, and resamples units.
-
-What a unit resample means
---------------------------
-Draw ``S`` units with replacement from the ``S`` units present; unit ``u`` is drawn ``w[u]``
-times (a multinomial count). The resampled study holds ``w[u]`` copies of every sample of unit
-``u``, and its comparisons are those the protocol forms between the copies:
-
-* a comparison of two different units ``a != b`` enters ``w[a] * w[b]`` times: every copy of
-  ``a`` meets every copy of ``b`` (as a protocol comparing everyone with everyone would form
-  them; for a sparse pair list, each listed pair once per pair of copies);
-* a comparison whose two sides are the same unit (a mated comparison, or a pair as its own unit)
-  enters ``w[a]`` times: each copy brings its own internal comparisons, and a copy is never
-  compared with another copy of itself (that would compare images with their own duplicates,
-  or create mated pairs that no study could contain);
-* units not drawn vanish with all their comparisons.
-
-Mated and non-mated counts vary between resamples, as they vary between studies; the copies of
-a comparison tie in quality and stay together at its place in the stable quality order (as in
-the comparison bootstrap). With every comparison its own unit (``subjects[c] = (c, c)``, the
-``.bin`` benchmarks' pairs) this is the plain, unstratified resampling of comparisons.
-
-Which unit, per benchmark (:func:`exfiqa.study.Study.subjects`): the identity where the
-benchmark names it (XQLFW, Adience, the demo world); for IJB-C, whose meta files name templates,
-the connected components of the mated comparisons (:func:`mated_components`: templates joined by
-a mated pair show one subject); for the ``.bin`` sets (LFW, CFP-FP, AgeDB-30, CALFW, CPLFW), the
-pair, since they carry no identities (:func:`repeated_images` says how often their images repeat
-across pairs).
-
-Everything here is exact integer arithmetic on unit weights: :class:`ExplicitUnits` for
-comparison lists (one cumulative sum over the quality order per resample: O(N)), and
-:class:`AllPairsUnits` for the implicit all-vs-all sets, whose per-group weights have a closed
-form (O(samples) per resample; nothing of size n(n-1)/2 is built).
+Comparisons sharing a subject are not independent, so :mod:`exfiqa.evaluation.bootstrap` resamples
+units: ``S`` units drawn with replacement, unit ``u`` drawn ``w[u]`` times. A comparison of two units
+``a != b`` then enters ``w[a] * w[b]`` times, one within a unit ``w[a]`` times (a copy is never compared
+with another copy of itself), and undrawn units vanish; copies stay together at their place in the
+stable quality order. With every comparison its own unit this is the plain comparison bootstrap.
+Units per benchmark (:meth:`exfiqa.study.Study.subjects`): the identity where known, IJB-C's
+:func:`mated_components`, the pair for the ``.bin`` sets. All arithmetic on weights is exact integer:
+:class:`ExplicitUnits` for comparison lists, :class:`AllPairsUnits` (closed form per group, nothing of
+size n(n-1)/2 built) for all-vs-all sets.
 """
 
 from __future__ import annotations
@@ -74,10 +43,8 @@ def _pair_weights(w: np.ndarray, ua: np.ndarray, ub: np.ndarray) -> np.ndarray:
 
 
 class ExplicitUnits:
-    """Units of an explicit comparison list: ``subjects`` (N, 2), the unit of each side.
-
-    References (``refs``) are comparison positions, as for the explicit scores objects.
-    """
+    """Units of an explicit comparison list: ``subjects`` (N, 2), the unit of each side; ``refs`` are
+    comparison positions."""
 
     kind = "explicit"
 
@@ -136,23 +103,17 @@ class _ExplicitPlan:
         seg = np.add.reduceat(cw, np.concatenate(([0], pos[:-1] + 1)), dtype=np.int64) if pos.size else np.zeros(0, np.int64)
         ends = np.cumsum(seg)
         if pos.size:  # the last segment ran to the end: keep it up to the last referenced rank
-            ends[-1] -= int(np.sum(cw[pos[-1] + 1 :], dtype=np.int64))
-            total = int(ends[-1]) + int(np.sum(cw[pos[-1] + 1 :], dtype=np.int64))
+            tail = int(np.sum(cw[pos[-1] + 1 :], dtype=np.int64))
+            ends[-1] -= tail
+            total = int(ends[-1]) + tail
         else:
             total = int(np.sum(cw, dtype=np.int64))
-        out, start = [], 0
-        for r in arrays:
-            out.append(ends[inv[start : start + r.size]])
-            start += r.size
-        return out, total
+        return np.split(ends[inv], np.cumsum([r.size for r in arrays])[:-1]), total
 
 
 class AllPairsUnits:
-    """Units of an implicit all-vs-all set (:class:`exfiqa.evaluation.pairs.AllPairs`): one unit per sample.
-
-    References are ``(K, 2)`` arrays of sample indices ``(i, j)``, as for
-    :class:`exfiqa.evaluation.pairs.AllPairsScores`.
-    """
+    """Units of an all-vs-all set (:class:`exfiqa.evaluation.pairs.AllPairs`), one unit id per sample;
+    ``refs`` are ``(K, 2)`` arrays of sample indices ``(i, j)``."""
 
     kind = "all_pairs"
 
@@ -189,11 +150,8 @@ class AllPairsUnits:
 class _AllPairsPlan:
     """One quality order of an all-vs-all set (:class:`exfiqa.evaluation.pairs.AllPairsOrder`).
 
-    The pairs whose minimum has dense rank r form group r (contiguous in the stable order, in
-    row-major order inside). A group's weight in a resample has a closed form from per-rank
-    sums of the samples' unit weights; the exact slot inside a group is computed only for the
-    groups a level boundary cuts (elsewhere every copy of a comparison lies on one side of every
-    boundary, so the group's end serves as its end slot).
+    Pairs whose minimum has dense rank r form group r (row-major inside); a group's weight has a
+    closed form, and exact slots inside a group are computed only for groups a level boundary cuts.
     """
 
     def __init__(self, units: AllPairsUnits, order: Any) -> None:
@@ -295,13 +253,8 @@ def comparison_units(comparison_set: Any, side_units: Any) -> ExplicitUnits | Al
 
 
 def mated_components(a: Any, b: Any, mated: Any, n_sides: int) -> np.ndarray:
-    """Subject id of each side: the connected components of the mated comparisons.
-
-    Sides (templates) joined by a mated comparison show one subject; a side in no mated
-    comparison is its own unit. Two components can still be one person who was never compared
-    with themselves across them: the units are then finer than the subjects (slightly
-    anti-conservative), never coarser. Ids are numbered by first appearance in side order.
-    """
+    """Subject id of each side: the connected components of the mated comparisons (a side in none
+    is its own unit; units may be finer than subjects, never coarser), numbered by first appearance."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -316,21 +269,15 @@ def mated_components(a: Any, b: Any, mated: Any, n_sides: int) -> np.ndarray:
 
 
 def repeated_images(digests: Any) -> dict[str, float]:
-    """How often images repeat across a pair benchmark's comparisons (by content digest).
-
-    ``digests``: the content digest of each sample, in sample order, two samples per pair (the
-    ``.bin`` layout). Returns ``{"images": samples, "distinct": distinct images, "shared_pairs":
-    share of pairs with an image that also appears in another pair, "max_uses": most pairs one
-    image appears in}``.
-    """
+    """How often images repeat across a pair benchmark's comparisons, from each sample's content
+    digest (two samples per pair): ``{"images", "distinct", "shared_pairs" (share of pairs with an
+    image also in another pair), "max_uses" (most pairs one image appears in)}``."""
     d = np.asarray(digests)
     if d.shape[0] % 2:
         raise ValueError(f"digests: expected two samples per pair, got {d.shape[0]} samples")
     uniq, inv, counts = np.unique(d, return_inverse=True, return_counts=True)
-    pair_uses = np.zeros(uniq.size, dtype=np.int64)
+    pair_uses = counts.astype(np.int64)
     pairs = inv.reshape(-1, 2)
-    for col in range(2):
-        np.add.at(pair_uses, pairs[:, col], 1)
     same = pairs[:, 0] == pairs[:, 1]
     np.subtract.at(pair_uses, pairs[same, 0], 1)  # an image twice in one pair counts once
     shared = (pair_uses[pairs[:, 0]] > 1) | (pair_uses[pairs[:, 1]] > 1)
