@@ -1,19 +1,14 @@
-"""Operating points on an EDC: which quality threshold to use, with a bootstrap interval.
+"""Operating points on an EDC: the quality threshold for a discard fraction (``discard=``) or for a
+target FNMR at an FMR target (``fnmr=``), with a unit-bootstrap interval (:func:`operating_point`).
 
-:func:`operating_point` gives the quality threshold that discards a given fraction (``discard=``) or the
-smallest discard that reaches a target FNMR at an FMR target (``fnmr=``). Conventions:
-
-* The EDC is the ``fixed`` FNM-EDC of :func:`exfiqa.evaluation.edc.edc_curves`: the comparison threshold
-  is set once from all non-mated comparisons at the FMR target; mated comparisons are discarded lowest
-  pair quality (min of the two sides) first, tie groups together; the fraction is of the mated ones.
-* The quality threshold ``t`` keeps pair quality ``>= t`` (the lowest mated pair quality kept).
-* ``discard=f``: the point with the largest discard fraction ``<= f``. ``fnmr=e``: the point with the
-  smallest discard fraction whose FNMR is ``<= e``; if none, ``reached`` is False and the point of lowest
-  FNMR (the first, on ties) is reported.
-* Interval: the unit bootstrap of :mod:`exfiqa.evaluation.subjects` with ``t`` held fixed: per resample
-  the comparison threshold is recomputed from the resampled non-mated comparisons, and the discard
-  fraction and FNMR of the kept comparisons measured; percentile interval (``np.quantile``, linear) of
-  the defined resamples. ``at_most`` rule only.
+* The EDC is the ``fixed`` FNM-EDC of :func:`exfiqa.evaluation.edc.edc_curves` (comparison threshold set
+  once from all non-mated comparisons; mated ones discarded lowest pair quality first, ties together).
+* The quality threshold ``t`` keeps pair quality ``>= t``. ``discard=f``: the point with the largest
+  discard fraction ``<= f``; ``fnmr=e``: the smallest discard fraction whose FNMR is ``<= e`` (if none,
+  ``reached`` is False and the point of lowest FNMR, the first on ties, is reported).
+* Interval: :mod:`exfiqa.evaluation.subjects` resamples with ``t`` fixed and the comparison threshold
+  recomputed per resample; percentile interval (``np.quantile``, linear) of the defined resamples.
+  ``at_most`` rule only.
 """
 
 from __future__ import annotations
@@ -120,19 +115,10 @@ def _interval(samples: np.ndarray, alpha: float) -> tuple[float, float]:
 
 
 def operating_point(
-    scores: Any,
-    order: Any,
-    units: Any,
-    *,
-    discard: float | None = None,
-    fnmr: float | None = None,
-    fmr: float = 1e-3,
-    threshold_rule: ThresholdRule | str = ThresholdRule.AT_MOST,
-    acceptance: Acceptance | str = Acceptance.SIMILARITY,
-    n_boot: int = 1000,
-    alpha: float = 0.05,
-    seed: int = 0,
-    unit: str = "unit",
+    scores: Any, order: Any, units: Any, *, discard: float | None = None, fnmr: float | None = None,
+    fmr: float = 1e-3, threshold_rule: ThresholdRule | str = ThresholdRule.AT_MOST,
+    acceptance: Acceptance | str = Acceptance.SIMILARITY, n_boot: int = 1000, alpha: float = 0.05,
+    seed: int = 0, unit: str = "unit",
 ) -> QualityOperatingPoint:
     """The quality threshold for ``discard`` (a fraction in [0, 1)) or ``fnmr`` (a target FNMR at ``fmr``).
 
@@ -169,21 +155,14 @@ def operating_point(
 
 
 def operating_point_pairs(
-    similarity: ArrayLike,
-    mated: ArrayLike,
-    quality_a: ArrayLike,
-    quality_b: ArrayLike,
-    subjects: ArrayLike | None = None,
-    **kwargs: Any,
+    similarity: ArrayLike, mated: ArrayLike, quality_a: ArrayLike, quality_b: ArrayLike,
+    subjects: ArrayLike | None = None, **kwargs: Any,
 ) -> QualityOperatingPoint:
     """:func:`operating_point` on explicit comparisons: similarity (higher = more alike), mated labels,
     the two samples' qualities and ``subjects`` (N, 2), the unit of each side (default: each comparison)."""
     comp = Comparisons(similarity, mated)
     q = comp.quality(pair_quality(quality_a, quality_b))
-    if subjects is None:
-        own = np.arange(comp.n)
-        units, unit = ExplicitUnits(np.stack((own, own), axis=1), comp.n), "comparison"
-    else:
-        units, unit = ExplicitUnits(subjects, comp.n), "subject"
-    kwargs.setdefault("unit", unit)
+    own = np.arange(comp.n)
+    kwargs.setdefault("unit", "comparison" if subjects is None else "subject")
+    units = ExplicitUnits(np.stack((own, own), axis=1) if subjects is None else subjects, comp.n)
     return operating_point(comp, ArrayOrder(q), units, **kwargs)

@@ -21,11 +21,11 @@ from exfiqa.evaluation.pairs import AllPairs
 from exfiqa.evaluation.rules import level_starts
 
 
-def _compact(ids: np.ndarray, what: str) -> tuple[np.ndarray, int]:
+def _compact(ids: np.ndarray) -> tuple[np.ndarray, int]:
     """Ids as 0..S-1 (the order of ``np.unique``) in the narrowest unsigned dtype, and S."""
     x = np.asarray(ids)
     if x.size and not np.issubdtype(x.dtype, np.integer):
-        raise ValueError(f"{what}: expected integer unit ids, got dtype {x.dtype}")
+        raise ValueError(f"subjects: expected integer unit ids, got dtype {x.dtype}")
     uniq, inv = np.unique(x, return_inverse=True)
     dt = np.uint16 if uniq.size <= 2**16 else np.uint32
     return inv.reshape(x.shape).astype(dt), int(uniq.size)
@@ -46,15 +46,13 @@ class ExplicitUnits:
     """Units of an explicit comparison list: ``subjects`` (N, 2), the unit of each side; ``refs`` are
     comparison positions."""
 
-    kind = "explicit"
-
     def __init__(self, subjects: Any, n: int | None = None) -> None:
         s = np.asarray(subjects)
         if s.ndim != 2 or s.shape[1] != 2:
             raise ValueError(f"subjects: expected an (N, 2) integer array of unit ids, got shape {s.shape}")
         if n is not None and s.shape[0] != n:
             raise ValueError(f"subjects: expected one row per comparison ({n}), got {s.shape[0]}")
-        units, self.n_units = _compact(s, "subjects")
+        units, self.n_units = _compact(s)
         self.ua, self.ub = np.ascontiguousarray(units[:, 0]), np.ascontiguousarray(units[:, 1])
         self.n = int(s.shape[0])
         key = self.ua.astype(np.int64) * self.n_units + self.ub
@@ -75,8 +73,7 @@ class ExplicitUnits:
 
 
 class _ExplicitPlan:
-    """One quality order of an explicit list: the units in stable quality order, and each
-    comparison's stable rank. :meth:`ends` gives the exact end slot of every copy block."""
+    """One quality order of an explicit list: the units in stable quality order, each comparison's rank."""
 
     def __init__(self, units: ExplicitUnits, order: Any) -> None:
         pos = np.asarray(order.ranks(np.arange(units.n)), dtype=np.int64)
@@ -88,10 +85,8 @@ class _ExplicitPlan:
         self.pos = pos.astype(np.int32) if units.n < 2**31 else pos
 
     def ends(self, w: np.ndarray, refs: Any, n_levels: int = 20) -> tuple[list[np.ndarray], int]:
-        """``(ends of each array of refs, total)``: one past the last slot of each comparison's
-        copies in the weighted stable quality order, and the number of slots (exact: every
-        level is served, whatever ``n_levels``). One pass over the comparisons: the copies of
-        each are summed between consecutive referenced ranks (no cumulative array is written)."""
+        """``(ends of each array of refs, total)``: one past the last slot of each comparison's copies
+        in the weighted stable quality order, and the number of slots (exact whatever ``n_levels``)."""
         if w.size and int(w.max()) >= 2**16:  # pragma: no cover - a unit drawn 65,536 times
             raise ValueError("subjects: a unit weight does not fit the 32-bit products")
         w32 = w.astype(np.uint32)
@@ -115,24 +110,20 @@ class AllPairsUnits:
     """Units of an all-vs-all set (:class:`exfiqa.evaluation.pairs.AllPairs`), one unit id per sample;
     ``refs`` are ``(K, 2)`` arrays of sample indices ``(i, j)``."""
 
-    kind = "all_pairs"
-
     def __init__(self, pairs: Any, sample_units: Any) -> None:
         u = np.asarray(sample_units)
         if u.ndim != 1 or u.shape[0] != pairs.n_samples:
             raise ValueError(
                 f"subjects: expected one unit id per sample ({pairs.n_samples}) for an all-vs-all set, got shape {u.shape}"
             )
-        units, self.n_units = _compact(u, "subjects")
+        units, self.n_units = _compact(u)
         self.u = units.astype(np.int64)
         self.n_samples = int(pairs.n_samples)
-        self.n = int(pairs.n)
         self._per_unit = np.bincount(self.u, minlength=self.n_units).astype(np.int64)
         self.by_unit = np.argsort(self.u, kind="stable")  # samples sorted by (unit, index)
         self.key = self.u[self.by_unit] * self.n_samples + self.by_unit  # sorted keys
         self.place = np.empty(self.n_samples, dtype=np.int64)
         self.place[self.by_unit] = np.arange(self.n_samples)
-        self.unit_last = np.cumsum(self._per_unit) - 1  # last place of each unit's segment
 
     def weights(self, w: np.ndarray, refs: np.ndarray) -> np.ndarray:
         r = np.asarray(refs)
@@ -148,11 +139,8 @@ class AllPairsUnits:
 
 
 class _AllPairsPlan:
-    """One quality order of an all-vs-all set (:class:`exfiqa.evaluation.pairs.AllPairsOrder`).
-
-    Pairs whose minimum has dense rank r form group r (row-major inside); a group's weight has a
-    closed form, and exact slots inside a group are computed only for groups a level boundary cuts.
-    """
+    """One quality order of an all-vs-all set: pairs whose minimum has dense rank r form group r (row-major
+    inside), weighed in closed form; exact slots only inside groups a level boundary cuts."""
 
     def __init__(self, units: AllPairsUnits, order: Any) -> None:
         self.units = units
@@ -203,13 +191,9 @@ class _AllPairsPlan:
         return out, total
 
     def _within(self, w: np.ndarray, r: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        """End of the copies of pairs (i, j) inside group r: the weight of the group's pairs up
-        to and including (i, j) in row-major order.
-
-        Row x holds the pairs (x, y), y > x, with y of rank >= r if x has rank r, of rank r if x
-        has a higher rank (lower-ranked rows hold none). A pair of one unit weighs w instead of
-        w * w: rows subtract (w^2 - w) per same-unit partner (counted in the (unit, index) order).
-        """
+        """End of the copies of pairs (i, j) inside group r: the weight of the group's pairs up to and
+        including (i, j) in row-major order. Row x holds the pairs (x, y), y > x, y of rank >= r if x
+        has rank r, else of rank r; a same-unit pair weighs w, not w * w."""
         un = self.units
         n = un.n_samples
         u, s = un.u, w[un.u]
@@ -226,18 +210,16 @@ class _AllPairsPlan:
             same = cnt[m][stop] - cnt[m][un.place[x] + 1]
             return ps, same
 
+        def row_weight(x: np.ndarray, y_end: np.ndarray) -> np.ndarray:
+            """Weight of the group's pairs (x, y) with y < y_end."""
+            (ps_g, c_g), (ps_e, c_e), xe = after("ge", x, y_end), after("eq", x, y_end), eq[x]
+            return s[x] * np.where(xe, ps_g, ps_e) - extra[u[x]] * np.where(xe, c_g, c_e)
+
         rows = np.flatnonzero(ge)
-        ps_ge, c_ge = after("ge", rows, np.full(rows.size, n))
-        ps_eq, c_eq = after("eq", rows, np.full(rows.size, n))
-        row_eq = eq[rows]
-        row_w = s[rows] * np.where(row_eq, ps_ge, ps_eq) - extra[u[rows]] * np.where(row_eq, c_ge, c_eq)
         row_cum = np.zeros(n + 1, dtype=np.int64)
-        row_cum[rows + 1] = row_w
+        row_cum[rows + 1] = row_weight(rows, np.full(rows.size, n))
         row_cum = np.cumsum(row_cum)  # weight of rows < x at row_cum[x]
-        ps_g, c_g = after("ge", i, j)
-        ps_e, c_e = after("eq", i, j)
-        ie = eq[i]
-        inside = s[i] * np.where(ie, ps_g, ps_e) - extra[u[i]] * np.where(ie, c_g, c_e)
+        inside = row_weight(i, j)
         own = _pair_weights(w, u[i], u[j])
         return row_cum[i] + inside + own
 

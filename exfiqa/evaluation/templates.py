@@ -69,10 +69,7 @@ def template_embeddings(
 
 
 def insightface_template_embeddings(
-    embeddings: np.ndarray,
-    det_scores: np.ndarray,
-    template_ids: np.ndarray,
-    media_ids: np.ndarray,
+    embeddings: np.ndarray, det_scores: np.ndarray, template_ids: np.ndarray, media_ids: np.ndarray,
     norms: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """IJB-C template features of insightface's ``arcface_torch/eval_ijbc.py`` (flip test, norm score

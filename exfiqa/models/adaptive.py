@@ -1,14 +1,9 @@
-"""Early exit at run time: a fixed exit that runs only its blocks, and the adaptive exit that stops
-each face inside a batch as soon as its decision is settled.
+"""Early exit at run time: a fixed exit that runs only its blocks, and the adaptive exit.
 
-Adaptive rule (that of :func:`exfiqa.report.early_exit.adaptive_exit`, operation for operation): after
-exit ``l`` (1-based), the running EX-FIQA-FW score ``r_l = sum_{j<=l} j s_j / sum_{j<=l} j`` (float64,
-numerator accumulated as ``np.cumsum`` does) is compared with ``threshold``; a face stops at the first
-``l >= min_exit`` with ``|r_l - threshold| > margin``, else at the last exit; its result is ``(l, r_l)``.
-Faces that stop leave the batch (``index_select``), so a face stopping at exit ``l`` costs ``l`` blocks
-and heads. The runtime's exit scores equal a full pass's up to float32 rounding only (float32 kernels sum
-in an order that depends on the batch size), so a face within an ulp of ``threshold +- margin`` may stop
-one exit apart from a simulation on full-pass scores.
+Adaptive rule (that of :func:`exfiqa.report.early_exit.adaptive_exit`, operation for operation): a face
+stops at the first exit ``l >= min_exit`` whose running EX-FIQA-FW score ``r_l`` (float64, accumulated as
+``np.cumsum`` does) has ``|r_l - threshold| > margin``, else at the last exit, and leaves the batch. Exit
+scores equal a full pass's only up to float32 rounding (kernels sum in a batch-size-dependent order).
 """
 
 from __future__ import annotations
@@ -29,15 +24,9 @@ __all__ = ["AdaptiveOutput", "adaptive_forward", "adaptive_scores", "check_rule"
 
 @dataclass(frozen=True)
 class AdaptiveOutput:
-    """Result of :func:`adaptive_forward` for a batch of B faces.
-
-    Attributes:
-        exit_used: (B,) int64, the 1-based exit at which each face stopped.
-        score: (B,) float64, the running EX-FIQA-FW score at that exit (the gate's score).
-        exit_scores: (B, depth) float32 exit scores computed; NaN after a face's stopping exit.
-        batch_per_block: faces in the batch that ran block ``l`` (index ``l - 1``); blocks never run
-            are absent (the list ends at the deepest exit any face reached).
-    """
+    """Result of :func:`adaptive_forward` for B faces: the 1-based ``exit_used`` (B,) and running FW
+    ``score`` (B,) at the stop; ``exit_scores`` (B, depth) float32, NaN after the stop; ``batch_per_block``,
+    the faces that ran each block run."""
 
     exit_used: NDArray[np.int64]
     score: NDArray[np.float64]
@@ -83,17 +72,13 @@ def adaptive_forward(
         term = s.astype(np.float64) * ramp[level - 1]
         numer[rows] = term if level == 1 else numer[rows] + term  # np.cumsum's order and first value
         running = numer[rows] / ramp_sum[level - 1]
-        if level == depth:
-            stop = np.ones(len(rows), dtype=bool)
-        elif level >= min_exit:
-            stop = np.abs(running - threshold) > margin
-        else:
+        if level < min_exit and level < depth:
             continue
+        stop = (np.abs(running - threshold) > margin) | (level == depth)
         exit_used[rows[stop]] = level
         score[rows[stop]] = running[stop]
         if stop.any() and not stop.all():
-            keep = np.flatnonzero(~stop)
-            h = h.index_select(0, torch.from_numpy(keep).to(h.device))
+            h = h.index_select(0, torch.from_numpy(np.flatnonzero(~stop)).to(h.device))
         rows = rows[~stop]
     return AdaptiveOutput(exit_used, score, scores, counts)
 

@@ -100,12 +100,9 @@ def _check_finite(state: Mapping[str, Any], path: str | os.PathLike[str]) -> Non
     """Refuse weights holding NaN or inf: they would give NaN scores, or silently wrong rankings."""
     import torch
 
-    bad = []
-    for key, value in state.items():
-        if value.is_floating_point() or value.is_complex():
-            n = int(value.numel() - torch.isfinite(value).sum())
-            if n:
-                bad.append(f"{key} ({n} of {value.numel()})")
+    floats = [(k, v) for k, v in state.items() if v.is_floating_point() or v.is_complex()]
+    counts = [(k, int(v.numel() - torch.isfinite(v).sum()), v.numel()) for k, v in floats]
+    bad = [f"{k} ({n} of {size})" for k, n, size in counts if n]
     if bad:
         more = f" and {len(bad) - 3} more tensors" if len(bad) > 3 else ""
         raise CheckpointError(

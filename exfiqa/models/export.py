@@ -52,9 +52,7 @@ def output_names(exit: int | None) -> list[str]:
     return ["quality"] if exit is not None else ["exits", "ex_fiqa_f", "ex_fiqa_fw"]
 
 
-def export_onnx(
-    model: ViTFIQA, out: str | os.PathLike[str], exit: int | None, overwrite: bool = False
-) -> Path:
+def export_onnx(model: ViTFIQA, out: str | os.PathLike[str], exit: int | None, overwrite: bool = False) -> Path:
     """Write the ONNX graph of exit ``exit`` (or of all exits, ``None``) to ``out`` atomically.
 
     Raises FileExistsError (``out`` exists, not ``overwrite``) or ValueError (``exit`` outside ``1..depth``).

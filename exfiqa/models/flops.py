@@ -1,14 +1,9 @@
-"""Analytic compute cost of each exit, in FLOPs = 2 x multiply-accumulates (MACs).
+"""Analytic compute cost of each exit, in FLOPs = 2 x multiply-accumulates (MACs), counted as in the paper.
 
-As in the paper (N tokens, D width, MLP hidden H): patch embedding ``num_patches * D * 3p^2`` MACs (plus
-any conv stem); a block ``3ND^2 + 2N^2 D + ND^2 + 2NDH`` MACs (norms, softmax, activations ignored); the
-heads one exit reads, plus 2 FLOPs per element for the final LayerNorm and each BatchNorm. Full-size (C):
-0.0358 GFLOPs embedding + 0.9484 per block + 0.0760 head (exit 12 = 11.49 GFLOPs).
-
-The family methods (``forward_exits(family=True)``) are counted as extra work over the all-exits pass:
-ATTN-FIQA per exit the q and k means over the scored tokens and their per-head dot product; ViTNT-FIQA
-the per-block L2 normalisation (and (T)'s LayerNorm of the patches), the distance per block pair and,
-at its last block, the (N, N) attention weights (``2N^2 D + 2HN^2``).
+Per block ``3ND^2 + 2N^2 D + ND^2 + 2NDH`` MACs (N tokens, D width, MLP hidden H; norms, softmax and
+activations ignored), plus the patch embedding and the heads one exit reads (2 FLOPs per element for each
+LayerNorm and BatchNorm). Full-size (C): exit 12 = 11.49 GFLOPs. The family methods
+(``forward_exits(family=True)``) are counted as extra work over the all-exits pass.
 """
 
 from __future__ import annotations
