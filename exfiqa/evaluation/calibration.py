@@ -1,31 +1,14 @@
 """What a score means on a reference set: quantiles and 0-100 percentile ranks.
 
-numpy and the standard library only. ``exfiqa calibrate`` writes a reference (:func:`make_reference`,
-:func:`write_reference`): the quantiles of each score column on a reference set of images;
-``exfiqa score --reference`` adds per column a 0-100 column, the percentile rank of each score
-against those quantiles (:func:`percentile_rank`). A rank says where an image stands among the
-reference images *for the same model*, nothing more: a 0-100 rank of one model is not comparable
-with another model's, nor with OFIQ's 0-100 scale.
+``exfiqa calibrate`` writes a reference JSON, the quantiles of each score column on reference images;
+``exfiqa score --reference`` adds a 0-100 rank per column (meaningful for the same model only). Conventions:
 
-Conventions
------------
-* Quantiles: ``n_quantiles`` (default 1001) at the probabilities ``p_i = i / (n_quantiles - 1)``,
-  ``np.quantile`` with its default linear interpolation; ``q_0`` is the reference minimum and the
-  last the maximum.
-* Percentile rank of ``x``: ``100 * p`` with ``p`` read off the quantile table: below the
-  minimum 0, above the maximum 100; strictly between two quantiles, linear interpolation
-  between them; equal to one or several (tied) quantiles, the middle of their probabilities
-  (``(p_first + p_last) / 2``: a reference of one repeated value ranks that value 50). So the
-  reference minimum ranks 0 and the maximum 100 when they are unique, and the rank is
-  non-decreasing in ``x``.
-* Sigmoid mapping (optional, ``exfiqa score --reference ref.json --sigmoid``): OFIQ's form,
-  ``Q = round(100 * sigmoid((x - x0) / w))`` clipped to [0, 100] (half away from zero), with
-  ``x0`` and ``w`` fitted on the reference (:func:`fit_sigmoid`): ``x0`` its median, ``w`` such that
-  its 5th and 95th percentiles map to 5 and 95, ``w = (q95 - q05) / (2 ln 19)`` (a reference without
-  spread, ``w = 0``, maps below / at / above ``x0`` to 0 / 50 / 100). The median of the reference
-  maps to 50, as with the percentile rank, but the tails are smooth instead of 0 and 100. It borrows
-  OFIQ's formula only: the values are **not comparable with OFIQ's score** (other model, other
-  reference, other ``x0`` and ``w``).
+* Quantiles: ``n_quantiles`` (default 1001) at ``p_i = i / (n_quantiles - 1)``, ``np.quantile`` linear.
+* Percentile rank of ``x``: ``100 * p`` read off the table: 0 below the minimum, 100 above the maximum,
+  linear between two quantiles, the middle ``(p_first + p_last) / 2`` of the quantiles it equals.
+* Sigmoid (``--sigmoid``): OFIQ's form ``round(100 * sigmoid((x - x0) / w))`` clipped to [0, 100], ``x0``
+  the reference median and ``w = (q95 - q05) / (2 ln 19)`` (:func:`fit_sigmoid`; ``w = 0`` maps below / at
+  / above ``x0`` to 0 / 50 / 100). Not comparable with OFIQ's scores.
 """
 
 from __future__ import annotations
@@ -57,10 +40,7 @@ def reference_quantiles(values: ArrayLike, n_quantiles: int = 1001) -> np.ndarra
 
 
 def percentile_rank(x: ArrayLike, quantiles: ArrayLike) -> np.ndarray:
-    """The 0-100 rank of each ``x`` against a quantile table (ascending; module docstring).
-
-    NaN stays NaN.
-    """
+    """The 0-100 rank of each ``x`` against an ascending quantile table (module docstring); NaN stays NaN."""
     q = np.asarray(quantiles, dtype=np.float64)
     if q.ndim != 1 or q.size < 2 or not np.isfinite(q).all() or np.any(np.diff(q) < 0):
         raise ValueError("quantiles: expected >= 2 finite values, ascending")

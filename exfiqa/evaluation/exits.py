@@ -1,9 +1,5 @@
-"""Exits are integers ``1..depth``; their display label (``"Exit 5"``) is built here and only here.
-
-Frames that carry per-exit rows hold the integer in an ``exit`` column (missing for methods that
-are not a single exit: fusions, baselines); code that needs the number reads that column, or
-looks a label up in :func:`exit_numbers`, and never parses a label back to an int.
-"""
+"""Exits are integers ``1..depth``; their display label (``"Exit 5"``) is built here and only here
+(frames keep the integer in an ``exit`` column; a label is looked up, never parsed)."""
 
 from __future__ import annotations
 

@@ -2,15 +2,8 @@
 
 Column ``l-1`` holds exit ``l`` (1-based depth). Fused score ``s = sum_l w_l * s_l`` with weights
 summing to 1. EX-FIQA-F: ``w_l = 1/L``. EX-FIQA-FW: ``w_l = l / (L(L+1)/2)`` (``l/78`` for 12
-exits). As in the paper, no per-exit normalisation is applied unless a strategy says so.
-
-The named strategies (F, FW and the variants the notebooks compare) have one registry,
-:func:`strategies`: each a :class:`Strategy` (fixed weights, or a scorer such as z-score fusion)
-whose :meth:`Strategy.apply` fuses an (N, L) matrix.
-
-EX-FIQA-DC (beyond the paper): the plain mean of exits chosen on calibration data
-(:func:`choose_exits`: ranked by Spearman correlation with a pseudo-label, added greedily while
-the correlation of their mean rises).
+exits), no per-exit normalisation. The named strategies: :func:`strategies`. EX-FIQA-DC (beyond the
+paper): the plain mean of exits chosen on calibration data (:func:`choose_exits`).
 """
 
 from __future__ import annotations
@@ -22,12 +15,12 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 
-def _matrix(scores: ArrayLike) -> NDArray[np.float64]:
+def _matrix(scores: ArrayLike, where: str = "") -> NDArray[np.float64]:
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 2 or s.shape[1] < 1:
-        raise ValueError(f"scores must be an (N, L) matrix of exit scores, got shape {s.shape}")
+        raise ValueError(f"{where}scores must be an (N, L) matrix of exit scores, got shape {s.shape}")
     if not np.isfinite(s).all():
-        raise ValueError("scores contain NaN or infinite values")
+        raise ValueError(f"{where}scores contain NaN or infinite values")
     return s
 
 
@@ -37,20 +30,13 @@ def uniform_weights(n_exits: int) -> NDArray[np.float64]:
 
 
 def depth_ramp(n_exits: int) -> NDArray[np.float64]:
-    """EX-FIQA-FW's unnormalised weights ``1, 2, ..., L`` (float64, exact integers).
-
-    For running (prefix) FW means, ``cumsum(s * ramp) / cumsum(ramp)``; :func:`depth_weights` is
-    this ramp divided by its sum.
-    """
+    """EX-FIQA-FW's unnormalised weights ``1, 2, ..., L`` (float64; running FW means are
+    ``cumsum(s * ramp) / cumsum(ramp)``)."""
     return np.arange(1, n_exits + 1, dtype=np.float64)
 
 
 def depth_weights(n_exits: int) -> NDArray[np.float64]:
-    """EX-FIQA-FW weights: ``w_l`` proportional to ``l`` (1-based), summing to 1.
-
-    Each weight is the float64 quotient ``l / (L(L+1)/2)`` (the ramp's sum is exact), so it equals
-    ``np.arange(1, L + 1) / (L * (L + 1) / 2)`` bit for bit.
-    """
+    """EX-FIQA-FW weights: the float64 quotients ``l / (L(L+1)/2)`` (1-based ``l``), summing to 1."""
     w = depth_ramp(n_exits)
     return np.asarray(w / w.sum(), dtype=np.float64)
 
@@ -94,11 +80,8 @@ def ex_fiqa_fw(scores: ArrayLike) -> NDArray[np.float64]:
 def zscore_fuse(
     scores: ArrayLike, weights: ArrayLike | None = None, reference: ArrayLike | None = None
 ) -> NDArray[np.float64]:
-    """Fuse after standardising each exit (mean 0, std 1 over ``reference``, default ``scores``).
-
-    Beyond the paper: exits live on different scales, so plain averaging lets the widest-spread
-    exit dominate. Default weights are depth weights.
-    """
+    """Fuse after standardising each exit (mean 0, std 1 over ``reference``, default ``scores``);
+    default weights: depth weights."""
     s = _matrix(scores)
     ref = s if reference is None else _matrix(reference)
     std = ref.std(axis=0)
@@ -109,9 +92,8 @@ def zscore_fuse(
 
 @dataclass(frozen=True, eq=False)
 class Strategy:
-    """A named fusion of (N, L) exit scores into (N,) scores: exactly one of ``weights`` (fused by
-    :func:`fuse`, used as given, not copied) or ``scorer`` (a function of the score matrix, e.g.
-    :func:`zscore_fuse`, whose weights act on standardised exits)."""
+    """A named fusion of (N, L) exit scores into (N,) scores: exactly one of ``weights`` (for
+    :func:`fuse`) or ``scorer`` (a function of the score matrix, e.g. :func:`zscore_fuse`)."""
 
     name: str
     weights: NDArray[np.float64] | None = None
@@ -130,18 +112,13 @@ class Strategy:
         """(N,) fused scores of the (N, L) matrix ``scores``."""
         if self.weights is not None:
             return fuse(scores, self.weights)
-        if self.scorer is not None:
-            return self.scorer(scores)
-        raise AssertionError(f"fusion strategy {self.name!r} has neither weights nor a scorer")
+        assert self.scorer is not None
+        return self.scorer(scores)
 
 
 def strategies(depth: int) -> dict[str, Strategy]:
-    """The named fusion strategies for ``depth`` exits, by name, in table order.
-
-    ``EX-FIQA-F`` and ``EX-FIQA-FW`` (the paper's), then, beyond the paper: ``last-k`` (uniform
-    over the last ``k = max(1, depth // 3)`` exits), ``exp-depth`` (:func:`exponential_weights`,
-    rate 0.3) and ``z-score FW`` (:func:`zscore_fuse`: FW over standardised exits).
-    """
+    """The named fusion strategies for ``depth`` exits, by name, in table order: the paper's F and FW,
+    then ``last-k`` (``k = max(1, depth // 3)``), ``exp-depth`` (rate 0.3) and ``z-score FW``."""
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
         raise ValueError(f"depth must be a positive number of exits, got {depth!r}")
     k = max(1, depth // 3)
@@ -155,11 +132,7 @@ def strategies(depth: int) -> dict[str, Strategy]:
     return {s.name: s for s in named}
 
 
-# ------------------------------------------------------------------ data-chosen exits (FROQ-style)
-#
-# EX-FIQA-DC: exits ranked by the Spearman correlation of their scores with a per-side
-# pseudo-label on calibration data, then added greedily while the correlation of their plain mean
-# rises. Beyond the paper (issue 13, item 4), after FROQ (IJCB 2025), which chooses FR layers so.
+# ------------------------------------------------------------------ data-chosen exits (after FROQ, IJCB 2025)
 
 DC_NAME = "EX-FIQA-DC"
 """Method name of the data-chosen exit mean."""
@@ -167,17 +140,9 @@ DC_NAME = "EX-FIQA-DC"
 
 @dataclass(frozen=True)
 class CalibrationSet:
-    """One calibration dataset of :func:`choose_exits`.
-
-    Attributes:
-        scores: (N, L) per-sample exit scores (column ``l-1`` = exit ``l``).
-        label: (S,) per-side pseudo-label (higher = better utility); NaN marks a side without
-            one (left out of every correlation).
-        sides: (N,) side (0..S-1) of each sample when several samples make one side (templates:
-            the side's quality is the min over its samples, as in evaluation), or None when the
-            sides are the samples (S = N).
-        name: the dataset's name, for messages.
-    """
+    """One calibration dataset of :func:`choose_exits`: (N, L) exit ``scores``; (S,) per-side pseudo-``label``
+    (higher = better, NaN: none); ``sides``, the side 0..S-1 of each sample, whose quality is the min
+    over its samples (None: each sample is a side); ``name`` for messages."""
 
     scores: NDArray[np.float64]
     label: NDArray[np.float64]
@@ -188,11 +153,7 @@ class CalibrationSet:
 
     def __post_init__(self) -> None:
         where = f"calibration set {self.name!r}" if self.name else "calibration set"
-        s = np.asarray(self.scores, dtype=np.float64)
-        if s.ndim != 2 or s.shape[1] < 1:
-            raise ValueError(f"{where}: scores must be an (N, L) matrix of exit scores, got shape {s.shape}")
-        if not np.isfinite(s).all():
-            raise ValueError(f"{where}: scores contain NaN or infinite values")
+        s = _matrix(self.scores, f"{where}: ")
         lab = np.asarray(self.label, dtype=np.float64)
         if lab.ndim != 1:
             raise ValueError(f"{where}: label must be one value per side, got shape {lab.shape}")
@@ -242,10 +203,8 @@ class CalibrationSet:
 
 
 def exit_correlations(cal: CalibrationSet) -> NDArray[np.float64]:
-    """(L,) Spearman correlation of each exit's scores with the pseudo-label of ``cal``.
-
-    Raises ValueError naming the exit when an exit is constant there (its correlation is undefined).
-    """
+    """(L,) Spearman correlation of each exit's scores with the pseudo-label of ``cal`` (ValueError naming
+    a constant exit)."""
     rho = np.array([cal.correlation(cal.scores[:, k]) for k in range(cal.n_exits)])
     bad = np.flatnonzero(np.isnan(rho))
     if bad.size:
@@ -267,18 +226,10 @@ def chosen_mean(scores: ArrayLike, exits: Sequence[int]) -> NDArray[np.float64]:
 
 @dataclass(frozen=True)
 class ExitChoice:
-    """The outcome of :func:`choose_exits` (exits are 1-based).
-
-    Attributes:
-        correlations: per exit (exit 1 first), its Spearman correlation with the pseudo-label,
-            averaged over the calibration sets.
-        ranking: all exits, highest correlation first (ties: the shallower exit first).
-        chosen: the chosen exits in the order they were added (a prefix of ``ranking``).
-        trace: the averaged correlation of the mean of ``chosen[:k+1]``, for each k.
-        stopped_at: the first exit of ``ranking`` that did not raise it (None: all were added).
-        stop_correlation: the correlation the mean would have had with ``stopped_at`` added.
-        calibration: names of the calibration sets.
-    """
+    """The outcome of :func:`choose_exits` (1-based exits): per-exit ``correlations`` averaged over the
+    sets; the ``ranking``; the ``chosen`` prefix of it; ``trace``, the correlation of the mean of
+    ``chosen[:k+1]``; ``stopped_at``, the first exit that did not raise it (None: all added), and
+    ``stop_correlation``, the correlation with it added; the ``calibration`` set names."""
 
     correlations: tuple[float, ...]
     ranking: tuple[int, ...]
@@ -298,13 +249,9 @@ class ExitChoice:
 def choose_exits(calibration: Sequence[CalibrationSet]) -> ExitChoice:
     """FROQ-style greedy exit selection on calibration data that is not evaluated.
 
-    1. Each exit's correlation: the Spearman correlation of its (side) scores with the
-       pseudo-label, computed per calibration set and averaged over the sets (each set counts
-       once, whatever its size; pseudo-labels need not share a scale across sets).
-    2. Exits ranked by it, descending (ties: the shallower exit first).
-    3. Start with the top exit; take the next exit of the ranking if the averaged correlation of
-       the plain mean of the chosen exits' scores with the pseudo-label strictly rises with it,
-       and stop at the first exit that does not raise it (later exits are not tried).
+    Exits are ranked by their Spearman correlation with the pseudo-label, averaged over the sets
+    (each counts once; ties: the shallower exit first). From the top exit, the next of the ranking is
+    added while it strictly raises the averaged correlation of the chosen exits' plain mean.
     """
     sets = list(calibration)
     if not sets:

@@ -1,35 +1,14 @@
-"""Operating points on an EDC: which quality threshold to use, with a bootstrap interval.
+"""Operating points on an EDC: the quality threshold for a discard fraction (``discard=``) or for a
+target FNMR at an FMR target (``fnmr=``), with a unit-bootstrap interval (:func:`operating_point`).
 
-numpy only. "Only ranks matter; choose the threshold on your data" made a function: from labelled
-comparisons and a quality measure, the quality threshold that discards a given fraction
-(:func:`operating_point`, ``discard=``) or the smallest discard that reaches a target FNMR at an
-FMR target (``fnmr=``).
-
-Conventions (those of :mod:`exfiqa.evaluation.edc`, reused, not re-implemented):
-
-* The EDC is the ``fixed`` FNM-EDC (:func:`exfiqa.evaluation.edc.edc_curves`): the comparison
-  threshold is set **once** from **all** non-mated comparisons at the FMR target (the threshold
-  and acceptance rules of :mod:`exfiqa.evaluation.rules`; default ``at_most``/``similarity>=``),
-  as a deployed system sets it; mated comparisons are discarded lowest pair quality first, the
-  discard fraction is that of the mated comparisons, and comparisons of equal pair quality are
-  discarded together (the curve's points sit after each tie group). ``recompute`` is not offered:
-  its threshold moves with the discard, which no deployment does.
-* Pair quality = the minimum of the two sides' qualities
-  (:func:`exfiqa.evaluation.quality.pair_quality`), higher = better. The **quality threshold**
-  ``t`` of a point keeps the comparisons with pair quality ``>= t`` and discards those below:
-  ``t`` is the lowest mated pair quality kept. Applied per sample, this is "reject a sample whose
-  quality is below ``t``" (a pair is kept iff both sides are kept).
-* ``discard=f``: the point with the largest discard fraction ``<= f`` (never more than asked;
-  ties may make the exact fraction unreachable). ``fnmr=e``: the point with the smallest discard
-  fraction whose FNMR is ``<= e``; if no point reaches it, ``reached`` is False and the point of
-  lowest FNMR (the first, on ties) is reported.
-* Interval: the subject-clustered bootstrap of :mod:`exfiqa.evaluation.subjects` (units drawn
-  with replacement, comparisons weighted ``w[a] * w[b]``, within a unit ``w[a]``), the quality
-  threshold held fixed: per resample the comparison threshold is recomputed from the resampled
-  non-mated comparisons at the FMR target, and the discard fraction and FNMR of the comparisons
-  with pair quality ``>= t`` are measured. Percentile interval (``np.quantile``, linear) of the
-  defined resamples (a resample without mated copies kept, or without non-mated copies, is left
-  out). Deterministic for a seed. ``at_most`` rule only (as :mod:`exfiqa.evaluation.bootstrap`).
+* The EDC is the ``fixed`` FNM-EDC of :func:`exfiqa.evaluation.edc.edc_curves` (comparison threshold set
+  once from all non-mated comparisons; mated ones discarded lowest pair quality first, ties together).
+* The quality threshold ``t`` keeps pair quality ``>= t``. ``discard=f``: the point with the largest
+  discard fraction ``<= f``; ``fnmr=e``: the smallest discard fraction whose FNMR is ``<= e`` (if none,
+  ``reached`` is False and the point of lowest FNMR, the first on ties, is reported).
+* Interval: :mod:`exfiqa.evaluation.subjects` resamples with ``t`` fixed and the comparison threshold
+  recomputed per resample; percentile interval (``np.quantile``, linear) of the defined resamples.
+  ``at_most`` rule only.
 """
 
 from __future__ import annotations
@@ -43,12 +22,7 @@ from numpy.typing import ArrayLike
 from exfiqa.evaluation.bootstrap import _boot_args, _boot_rules, _weighted_stat
 from exfiqa.evaluation.edc import edc_curves
 from exfiqa.evaluation.quality import pair_quality
-from exfiqa.evaluation.rules import (
-    Acceptance,
-    ThresholdRule,
-    allowed_errors,
-    check_rate,
-)
+from exfiqa.evaluation.rules import Acceptance, ThresholdRule, allowed_errors, check_rate
 from exfiqa.evaluation.scores import (
     ArrayOrder,
     Comparisons,
@@ -65,13 +39,8 @@ __all__ = ["QualityOperatingPoint", "operating_point", "operating_point_pairs"]
 class QualityOperatingPoint:
     """One point of a ``fixed`` FNM-EDC and its bootstrap interval (module docstring).
 
-    ``quality_threshold``: keep pair quality >= it. ``comparison_threshold``: the fixed comparison
-    threshold at ``fmr`` (in the acceptance's units, as :attr:`EDCCurve.thresholds`).
-    ``discard_interval``/``fnmr_interval``: percentile intervals at level ``1 - alpha`` from
-    ``n_valid`` of ``n_boot`` resamples of ``n_units`` units (``unit``). ``reached``: the request
-    was met (always True for ``discard``). ``resolved``: ``fmr * n_nonmated >= 1``
-    (:func:`exfiqa.evaluation.rules.resolvable`); if not, no false match is allowed and every
-    smaller FMR target gives the same threshold.
+    ``comparison_threshold`` is in the acceptance's units; intervals are at level ``1 - alpha`` from
+    ``n_valid`` of ``n_boot`` resamples; ``resolved``: ``fmr * n_nonmated >= 1``.
     """
 
     request: str
@@ -146,27 +115,15 @@ def _interval(samples: np.ndarray, alpha: float) -> tuple[float, float]:
 
 
 def operating_point(
-    scores: Any,
-    order: Any,
-    units: Any,
-    *,
-    discard: float | None = None,
-    fnmr: float | None = None,
-    fmr: float = 1e-3,
-    threshold_rule: ThresholdRule | str = ThresholdRule.AT_MOST,
-    acceptance: Acceptance | str = Acceptance.SIMILARITY,
-    n_boot: int = 1000,
-    alpha: float = 0.05,
-    seed: int = 0,
-    unit: str = "unit",
+    scores: Any, order: Any, units: Any, *, discard: float | None = None, fnmr: float | None = None,
+    fmr: float = 1e-3, threshold_rule: ThresholdRule | str = ThresholdRule.AT_MOST,
+    acceptance: Acceptance | str = Acceptance.SIMILARITY, n_boot: int = 1000, alpha: float = 0.05,
+    seed: int = 0, unit: str = "unit",
 ) -> QualityOperatingPoint:
     """The quality threshold for ``discard`` (a fraction in [0, 1)) or ``fnmr`` (a target FNMR at ``fmr``).
 
-    ``scores``, ``order``: prepared comparison scores and pair-quality order
-    (:func:`exfiqa.evaluation.edc.edc_curves`; e.g. :meth:`exfiqa.study.Study.scores` and
-    :meth:`~exfiqa.study.Study.ordering`). ``units``: the independent units
-    (:mod:`exfiqa.evaluation.subjects`; :meth:`exfiqa.study.Study.subjects`), named ``unit``.
-    Exactly one of ``discard`` and ``fnmr``. Conventions: module docstring.
+    ``scores``, ``order``: as for :func:`exfiqa.evaluation.edc.edc_curves`; ``units``: the independent
+    units (:mod:`exfiqa.evaluation.subjects`), named ``unit``. Conventions: module docstring.
     """
     if (discard is None) == (fnmr is None):
         raise ValueError("operating_point: give exactly one of discard= and fnmr=")
@@ -198,23 +155,14 @@ def operating_point(
 
 
 def operating_point_pairs(
-    similarity: ArrayLike,
-    mated: ArrayLike,
-    quality_a: ArrayLike,
-    quality_b: ArrayLike,
-    subjects: ArrayLike | None = None,
-    **kwargs: Any,
+    similarity: ArrayLike, mated: ArrayLike, quality_a: ArrayLike, quality_b: ArrayLike,
+    subjects: ArrayLike | None = None, **kwargs: Any,
 ) -> QualityOperatingPoint:
-    """:func:`operating_point` on explicit comparisons: similarity (higher = more alike), mated
-    labels, the two samples' qualities (pair quality = their minimum) and ``subjects`` (N, 2), the
-    integer unit of each side. Without ``subjects`` every comparison is its own unit (comparisons
-    resampled as independent, which understates the spread when they share people)."""
+    """:func:`operating_point` on explicit comparisons: similarity (higher = more alike), mated labels,
+    the two samples' qualities and ``subjects`` (N, 2), the unit of each side (default: each comparison)."""
     comp = Comparisons(similarity, mated)
     q = comp.quality(pair_quality(quality_a, quality_b))
-    if subjects is None:
-        own = np.arange(comp.n)
-        units, unit = ExplicitUnits(np.stack((own, own), axis=1), comp.n), "comparison"
-    else:
-        units, unit = ExplicitUnits(subjects, comp.n), "subject"
-    kwargs.setdefault("unit", unit)
+    own = np.arange(comp.n)
+    kwargs.setdefault("unit", "comparison" if subjects is None else "subject")
+    units = ExplicitUnits(np.stack((own, own), axis=1) if subjects is None else subjects, comp.n)
     return operating_point(comp, ArrayOrder(q), units, **kwargs)

@@ -1,7 +1,4 @@
-"""Pair and template qualities: the package's conventions (higher = better; min of the sides).
-
-numpy only.
-"""
+"""Pair and template qualities: the package's conventions (higher = better; min of the sides)."""
 
 from __future__ import annotations
 
@@ -14,24 +11,12 @@ from exfiqa.evaluation.rules import as_values, check_same_length
 
 
 def pair_quality(
-    q_a: ArrayLike,
-    q_b: ArrayLike,
-    reducer: Callable[[np.ndarray, np.ndarray], np.ndarray] = np.minimum,
+    q_a: ArrayLike, q_b: ArrayLike, reducer: Callable[[np.ndarray, np.ndarray], np.ndarray] = np.minimum
 ) -> np.ndarray:
-    """Pair quality of each comparison from the qualities of its two sides.
+    """Pair quality of each comparison: ``reducer`` (default: the **minimum**, the paper's convention)
+    of its two sides' qualities ``q_a``, ``q_b``, (N,) or (N, K); float32 inputs stay float32.
 
-    The package's convention (the paper, Schlett et al.): a comparison's quality is the
-    **minimum** of its two sides' qualities (samples, or IJB-C templates: :func:`template_quality`),
-    higher = better. Every pair quality exfiqa materialises is computed here
-    (:mod:`exfiqa.evaluation.pairs`, :class:`exfiqa.study.Study`).
-
-    Args:
-        q_a: Quality of the first side of each comparison: (N,), or (N, K) for K measures.
-        q_b: Quality of the second side, same shape.
-        reducer: Elementwise combination (default ``np.minimum``).
-
-    Returns:
-        The pair qualities, shape of ``q_a``; float32 inputs stay float32.
+    Every pair quality exfiqa materialises is computed here.
     """
     a = as_values(q_a, "q_a")
     b = as_values(q_b, "q_b")
@@ -46,20 +31,9 @@ def pair_quality(
 def template_quality(
     sample_quality: ArrayLike, template_ids: ArrayLike, reducer: str = "min"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Quality of each template from the qualities of its samples.
-
-    The package's convention (IJB-C): a template's quality is the **minimum** over its samples
-    (``reducer="min"``, the default; ``"mean"`` and ``"max"`` for comparison).
-
-    Args:
-        sample_quality: Quality of each sample (higher = better): (N,), or (N, K) for K measures.
-        template_ids: Template id of each sample, (N,) (any sortable dtype).
-        reducer: ``"min"`` (the paper), ``"mean"`` or ``"max"``.
-
-    Returns:
-        ``(ids, quality)``: the sorted unique template ids (T,) and their qualities, (T,) or
-        (T, K); ``min``/``max`` keep a float32 input's dtype, ``mean`` is float64.
-    """
+    """Quality of each template: the **minimum** over its samples (``reducer="min"``, the paper's
+    convention; ``"mean"`` or ``"max"`` for comparison) of ``sample_quality`` (N,) or (N, K), by
+    ``template_ids`` (N,). Returns the sorted unique ids and their qualities; ``mean`` is float64."""
     q = as_values(sample_quality, "sample_quality")
     ids = np.asarray(template_ids)
     if ids.ndim != 1:
@@ -72,10 +46,8 @@ def template_quality(
     order = np.argsort(ids, kind="stable")
     ids_s, q_s = ids[order], q[order]
     starts = np.concatenate(([0], np.flatnonzero(ids_s[1:] != ids_s[:-1]) + 1))
-    if reducer == "min":
-        vals = np.minimum.reduceat(q_s, starts, axis=0)
-    elif reducer == "max":
-        vals = np.maximum.reduceat(q_s, starts, axis=0)
+    if reducer != "mean":
+        vals = (np.minimum if reducer == "min" else np.maximum).reduceat(q_s, starts, axis=0)
     else:
         counts = np.diff(np.append(starts, q_s.shape[0]))
         vals = np.add.reduceat(q_s.astype(np.float64), starts, axis=0) / counts.reshape((-1,) + (1,) * (q.ndim - 1))

@@ -1,45 +1,14 @@
 """Independent units (subjects) of a comparison set, and the weights a unit resample gives them.
 
-Why
----
-Comparisons are not independent: on IJB-C every template enters about 1,350 comparisons, on
-Adience all-vs-all every image about 19,000, and a hard-to-match or look-alike subject moves
-all of its comparisons together. A bootstrap that resamples comparisons therefore understates
-the sampling spread of a pAUC (about half, on clustered synthetic data: ``bench/bench_coverage.py``).
-The independent unit is the subject wherever a benchmark knows it; :func:`exfiqa.evaluation.bootstrap` takes
-``subjects``, the unit ids of each comparison's two sides, and resamples units.
-
-What a unit resample means
---------------------------
-Draw ``S`` units with replacement from the ``S`` units present; unit ``u`` is drawn ``w[u]``
-times (a multinomial count). The resampled study holds ``w[u]`` copies of every sample of unit
-``u``, and its comparisons are those the protocol forms between the copies:
-
-* a comparison of two different units ``a != b`` enters ``w[a] * w[b]`` times: every copy of
-  ``a`` meets every copy of ``b`` (as a protocol comparing everyone with everyone would form
-  them; for a sparse pair list, each listed pair once per pair of copies);
-* a comparison whose two sides are the same unit (a mated comparison, or a pair as its own unit)
-  enters ``w[a]`` times: each copy brings its own internal comparisons, and a copy is never
-  compared with another copy of itself (that would compare images with their own duplicates,
-  or create mated pairs that no study could contain);
-* units not drawn vanish with all their comparisons.
-
-Mated and non-mated counts vary between resamples, as they vary between studies; the copies of
-a comparison tie in quality and stay together at its place in the stable quality order (as in
-the comparison bootstrap). With every comparison its own unit (``subjects[c] = (c, c)``, the
-``.bin`` benchmarks' pairs) this is the plain, unstratified resampling of comparisons.
-
-Which unit, per benchmark (:func:`exfiqa.study.Study.subjects`): the identity where the
-benchmark names it (XQLFW, Adience, the demo world); for IJB-C, whose meta files name templates,
-the connected components of the mated comparisons (:func:`mated_components`: templates joined by
-a mated pair show one subject); for the ``.bin`` sets (LFW, CFP-FP, AgeDB-30, CALFW, CPLFW), the
-pair, since they carry no identities (:func:`repeated_images` says how often their images repeat
-across pairs).
-
-Everything here is exact integer arithmetic on unit weights: :class:`ExplicitUnits` for
-comparison lists (one cumulative sum over the quality order per resample: O(N)), and
-:class:`AllPairsUnits` for the implicit all-vs-all sets, whose per-group weights have a closed
-form (O(samples) per resample; nothing of size n(n-1)/2 is built).
+Comparisons sharing a subject are not independent, so :mod:`exfiqa.evaluation.bootstrap` resamples
+units: ``S`` units drawn with replacement, unit ``u`` drawn ``w[u]`` times. A comparison of two units
+``a != b`` then enters ``w[a] * w[b]`` times, one within a unit ``w[a]`` times (a copy is never compared
+with another copy of itself), and undrawn units vanish; copies stay together at their place in the
+stable quality order. With every comparison its own unit this is the plain comparison bootstrap.
+Units per benchmark (:meth:`exfiqa.study.Study.subjects`): the identity where known, IJB-C's
+:func:`mated_components`, the pair for the ``.bin`` sets. All arithmetic on weights is exact integer:
+:class:`ExplicitUnits` for comparison lists, :class:`AllPairsUnits` (closed form per group, nothing of
+size n(n-1)/2 built) for all-vs-all sets.
 """
 
 from __future__ import annotations
@@ -52,11 +21,11 @@ from exfiqa.evaluation.pairs import AllPairs
 from exfiqa.evaluation.rules import level_starts
 
 
-def _compact(ids: np.ndarray, what: str) -> tuple[np.ndarray, int]:
+def _compact(ids: np.ndarray) -> tuple[np.ndarray, int]:
     """Ids as 0..S-1 (the order of ``np.unique``) in the narrowest unsigned dtype, and S."""
     x = np.asarray(ids)
     if x.size and not np.issubdtype(x.dtype, np.integer):
-        raise ValueError(f"{what}: expected integer unit ids, got dtype {x.dtype}")
+        raise ValueError(f"subjects: expected integer unit ids, got dtype {x.dtype}")
     uniq, inv = np.unique(x, return_inverse=True)
     dt = np.uint16 if uniq.size <= 2**16 else np.uint32
     return inv.reshape(x.shape).astype(dt), int(uniq.size)
@@ -74,12 +43,8 @@ def _pair_weights(w: np.ndarray, ua: np.ndarray, ub: np.ndarray) -> np.ndarray:
 
 
 class ExplicitUnits:
-    """Units of an explicit comparison list: ``subjects`` (N, 2), the unit of each side.
-
-    References (``refs``) are comparison positions, as for the explicit scores objects.
-    """
-
-    kind = "explicit"
+    """Units of an explicit comparison list: ``subjects`` (N, 2), the unit of each side; ``refs`` are
+    comparison positions."""
 
     def __init__(self, subjects: Any, n: int | None = None) -> None:
         s = np.asarray(subjects)
@@ -87,7 +52,7 @@ class ExplicitUnits:
             raise ValueError(f"subjects: expected an (N, 2) integer array of unit ids, got shape {s.shape}")
         if n is not None and s.shape[0] != n:
             raise ValueError(f"subjects: expected one row per comparison ({n}), got {s.shape[0]}")
-        units, self.n_units = _compact(s, "subjects")
+        units, self.n_units = _compact(s)
         self.ua, self.ub = np.ascontiguousarray(units[:, 0]), np.ascontiguousarray(units[:, 1])
         self.n = int(s.shape[0])
         key = self.ua.astype(np.int64) * self.n_units + self.ub
@@ -108,8 +73,7 @@ class ExplicitUnits:
 
 
 class _ExplicitPlan:
-    """One quality order of an explicit list: the units in stable quality order, and each
-    comparison's stable rank. :meth:`ends` gives the exact end slot of every copy block."""
+    """One quality order of an explicit list: the units in stable quality order, each comparison's rank."""
 
     def __init__(self, units: ExplicitUnits, order: Any) -> None:
         pos = np.asarray(order.ranks(np.arange(units.n)), dtype=np.int64)
@@ -121,10 +85,8 @@ class _ExplicitPlan:
         self.pos = pos.astype(np.int32) if units.n < 2**31 else pos
 
     def ends(self, w: np.ndarray, refs: Any, n_levels: int = 20) -> tuple[list[np.ndarray], int]:
-        """``(ends of each array of refs, total)``: one past the last slot of each comparison's
-        copies in the weighted stable quality order, and the number of slots (exact: every
-        level is served, whatever ``n_levels``). One pass over the comparisons: the copies of
-        each are summed between consecutive referenced ranks (no cumulative array is written)."""
+        """``(ends of each array of refs, total)``: one past the last slot of each comparison's copies
+        in the weighted stable quality order, and the number of slots (exact whatever ``n_levels``)."""
         if w.size and int(w.max()) >= 2**16:  # pragma: no cover - a unit drawn 65,536 times
             raise ValueError("subjects: a unit weight does not fit the 32-bit products")
         w32 = w.astype(np.uint32)
@@ -136,25 +98,17 @@ class _ExplicitPlan:
         seg = np.add.reduceat(cw, np.concatenate(([0], pos[:-1] + 1)), dtype=np.int64) if pos.size else np.zeros(0, np.int64)
         ends = np.cumsum(seg)
         if pos.size:  # the last segment ran to the end: keep it up to the last referenced rank
-            ends[-1] -= int(np.sum(cw[pos[-1] + 1 :], dtype=np.int64))
-            total = int(ends[-1]) + int(np.sum(cw[pos[-1] + 1 :], dtype=np.int64))
+            tail = int(np.sum(cw[pos[-1] + 1 :], dtype=np.int64))
+            ends[-1] -= tail
+            total = int(ends[-1]) + tail
         else:
             total = int(np.sum(cw, dtype=np.int64))
-        out, start = [], 0
-        for r in arrays:
-            out.append(ends[inv[start : start + r.size]])
-            start += r.size
-        return out, total
+        return np.split(ends[inv], np.cumsum([r.size for r in arrays])[:-1]), total
 
 
 class AllPairsUnits:
-    """Units of an implicit all-vs-all set (:class:`exfiqa.evaluation.pairs.AllPairs`): one unit per sample.
-
-    References are ``(K, 2)`` arrays of sample indices ``(i, j)``, as for
-    :class:`exfiqa.evaluation.pairs.AllPairsScores`.
-    """
-
-    kind = "all_pairs"
+    """Units of an all-vs-all set (:class:`exfiqa.evaluation.pairs.AllPairs`), one unit id per sample;
+    ``refs`` are ``(K, 2)`` arrays of sample indices ``(i, j)``."""
 
     def __init__(self, pairs: Any, sample_units: Any) -> None:
         u = np.asarray(sample_units)
@@ -162,16 +116,14 @@ class AllPairsUnits:
             raise ValueError(
                 f"subjects: expected one unit id per sample ({pairs.n_samples}) for an all-vs-all set, got shape {u.shape}"
             )
-        units, self.n_units = _compact(u, "subjects")
+        units, self.n_units = _compact(u)
         self.u = units.astype(np.int64)
         self.n_samples = int(pairs.n_samples)
-        self.n = int(pairs.n)
         self._per_unit = np.bincount(self.u, minlength=self.n_units).astype(np.int64)
         self.by_unit = np.argsort(self.u, kind="stable")  # samples sorted by (unit, index)
         self.key = self.u[self.by_unit] * self.n_samples + self.by_unit  # sorted keys
         self.place = np.empty(self.n_samples, dtype=np.int64)
         self.place[self.by_unit] = np.arange(self.n_samples)
-        self.unit_last = np.cumsum(self._per_unit) - 1  # last place of each unit's segment
 
     def weights(self, w: np.ndarray, refs: np.ndarray) -> np.ndarray:
         r = np.asarray(refs)
@@ -187,14 +139,8 @@ class AllPairsUnits:
 
 
 class _AllPairsPlan:
-    """One quality order of an all-vs-all set (:class:`exfiqa.evaluation.pairs.AllPairsOrder`).
-
-    The pairs whose minimum has dense rank r form group r (contiguous in the stable order, in
-    row-major order inside). A group's weight in a resample has a closed form from per-rank
-    sums of the samples' unit weights; the exact slot inside a group is computed only for the
-    groups a level boundary cuts (elsewhere every copy of a comparison lies on one side of every
-    boundary, so the group's end serves as its end slot).
-    """
+    """One quality order of an all-vs-all set: pairs whose minimum has dense rank r form group r (row-major
+    inside), weighed in closed form; exact slots only inside groups a level boundary cuts."""
 
     def __init__(self, units: AllPairsUnits, order: Any) -> None:
         self.units = units
@@ -245,13 +191,9 @@ class _AllPairsPlan:
         return out, total
 
     def _within(self, w: np.ndarray, r: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        """End of the copies of pairs (i, j) inside group r: the weight of the group's pairs up
-        to and including (i, j) in row-major order.
-
-        Row x holds the pairs (x, y), y > x, with y of rank >= r if x has rank r, of rank r if x
-        has a higher rank (lower-ranked rows hold none). A pair of one unit weighs w instead of
-        w * w: rows subtract (w^2 - w) per same-unit partner (counted in the (unit, index) order).
-        """
+        """End of the copies of pairs (i, j) inside group r: the weight of the group's pairs up to and
+        including (i, j) in row-major order. Row x holds the pairs (x, y), y > x, y of rank >= r if x
+        has rank r, else of rank r; a same-unit pair weighs w, not w * w."""
         un = self.units
         n = un.n_samples
         u, s = un.u, w[un.u]
@@ -268,18 +210,16 @@ class _AllPairsPlan:
             same = cnt[m][stop] - cnt[m][un.place[x] + 1]
             return ps, same
 
+        def row_weight(x: np.ndarray, y_end: np.ndarray) -> np.ndarray:
+            """Weight of the group's pairs (x, y) with y < y_end."""
+            (ps_g, c_g), (ps_e, c_e), xe = after("ge", x, y_end), after("eq", x, y_end), eq[x]
+            return s[x] * np.where(xe, ps_g, ps_e) - extra[u[x]] * np.where(xe, c_g, c_e)
+
         rows = np.flatnonzero(ge)
-        ps_ge, c_ge = after("ge", rows, np.full(rows.size, n))
-        ps_eq, c_eq = after("eq", rows, np.full(rows.size, n))
-        row_eq = eq[rows]
-        row_w = s[rows] * np.where(row_eq, ps_ge, ps_eq) - extra[u[rows]] * np.where(row_eq, c_ge, c_eq)
         row_cum = np.zeros(n + 1, dtype=np.int64)
-        row_cum[rows + 1] = row_w
+        row_cum[rows + 1] = row_weight(rows, np.full(rows.size, n))
         row_cum = np.cumsum(row_cum)  # weight of rows < x at row_cum[x]
-        ps_g, c_g = after("ge", i, j)
-        ps_e, c_e = after("eq", i, j)
-        ie = eq[i]
-        inside = s[i] * np.where(ie, ps_g, ps_e) - extra[u[i]] * np.where(ie, c_g, c_e)
+        inside = row_weight(i, j)
         own = _pair_weights(w, u[i], u[j])
         return row_cum[i] + inside + own
 
@@ -295,13 +235,8 @@ def comparison_units(comparison_set: Any, side_units: Any) -> ExplicitUnits | Al
 
 
 def mated_components(a: Any, b: Any, mated: Any, n_sides: int) -> np.ndarray:
-    """Subject id of each side: the connected components of the mated comparisons.
-
-    Sides (templates) joined by a mated comparison show one subject; a side in no mated
-    comparison is its own unit. Two components can still be one person who was never compared
-    with themselves across them: the units are then finer than the subjects (slightly
-    anti-conservative), never coarser. Ids are numbered by first appearance in side order.
-    """
+    """Subject id of each side: the connected components of the mated comparisons (a side in none
+    is its own unit; units may be finer than subjects, never coarser), numbered by first appearance."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -316,21 +251,15 @@ def mated_components(a: Any, b: Any, mated: Any, n_sides: int) -> np.ndarray:
 
 
 def repeated_images(digests: Any) -> dict[str, float]:
-    """How often images repeat across a pair benchmark's comparisons (by content digest).
-
-    ``digests``: the content digest of each sample, in sample order, two samples per pair (the
-    ``.bin`` layout). Returns ``{"images": samples, "distinct": distinct images, "shared_pairs":
-    share of pairs with an image that also appears in another pair, "max_uses": most pairs one
-    image appears in}``.
-    """
+    """How often images repeat across a pair benchmark's comparisons, from each sample's content
+    digest (two samples per pair): ``{"images", "distinct", "shared_pairs" (share of pairs with an
+    image also in another pair), "max_uses" (most pairs one image appears in)}``."""
     d = np.asarray(digests)
     if d.shape[0] % 2:
         raise ValueError(f"digests: expected two samples per pair, got {d.shape[0]} samples")
     uniq, inv, counts = np.unique(d, return_inverse=True, return_counts=True)
-    pair_uses = np.zeros(uniq.size, dtype=np.int64)
+    pair_uses = counts.astype(np.int64)
     pairs = inv.reshape(-1, 2)
-    for col in range(2):
-        np.add.at(pair_uses, pairs[:, col], 1)
     same = pairs[:, 0] == pairs[:, 1]
     np.subtract.at(pair_uses, pairs[same, 0], 1)  # an image twice in one pair counts once
     shared = (pair_uses[pairs[:, 0]] > 1) | (pair_uses[pairs[:, 1]] > 1)

@@ -9,10 +9,6 @@ import numpy as np
 
 from exfiqa.evaluation.pairs import release_pages
 
-# --------------------------------------------------------------------------------------------
-# Templates
-# --------------------------------------------------------------------------------------------
-
 
 def _group_ids(name: str, ids: np.ndarray, n: int) -> np.ndarray:
     ids = np.asarray(ids)
@@ -26,9 +22,8 @@ def _template_sums(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per template: sum over its media of the mean of the media's image rows; L2-normalised.
 
-    ``rows(r0, r1)`` gives the float64 image features of rows ``r0:r1``; they are read a block at
-    a time (the temporary memory is a small fraction of ``source``'s, whose pages are released
-    after each block). A media id shared by several templates is averaged within each template.
+    ``rows(r0, r1)``: the float64 image features of rows ``r0:r1``, read a block at a time (``source``'s
+    pages released after each). A media id shared by several templates is averaged within each.
     """
     from scipy import sparse  # only here: scipy takes a while to import
 
@@ -59,15 +54,9 @@ def template_embeddings(
     embeddings: np.ndarray, template_ids: np.ndarray, media_ids: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """IJB-C template features (the group's protocol): mean within each media, sum over media,
-    L2-normalise, of the stored per-image embeddings ``[L2(f(x)), L2(f(flip x))]``.
+    L2-normalise (in float64), of the stored per-image embeddings ``[L2(f(x)), L2(f(flip x))]``.
 
-    A media id shared by several templates is averaged separately within each template.
-
-    Returns:
-        ``(unique_template_ids (T,) sorted, features (T, D))``; features float32 unless the input
-        is float64. Sums and norms are accumulated in float64 over a block of embedding rows at a
-        time, so the temporary memory stays a small fraction of the embeddings' (469k x 1024
-        float32 embeddings: 1.9 GB in, 32 MB row chunks).
+    Returns ``(sorted unique template ids (T,), features (T, D))``, float32 unless the input is float64.
     """
     emb = np.asarray(embeddings)
     if emb.ndim != 2:
@@ -80,32 +69,16 @@ def template_embeddings(
 
 
 def insightface_template_embeddings(
-    embeddings: np.ndarray,
-    det_scores: np.ndarray,
-    template_ids: np.ndarray,
-    media_ids: np.ndarray,
+    embeddings: np.ndarray, det_scores: np.ndarray, template_ids: np.ndarray, media_ids: np.ndarray,
     norms: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """IJB-C template features of insightface's evaluation (``arcface_torch/eval_ijbc.py`` with its
-    defaults ``use_flip_test``, ``use_norm_score`` and ``use_detector_score`` all True).
+    """IJB-C template features of insightface's ``arcface_torch/eval_ijbc.py`` (flip test, norm score
+    and detector score on): image feature ``g = (f(x) + f(flip x)) * det_score`` with ``f`` the
+    unnormalised FR output; per template the media means are summed and L2-normalised (in float64).
 
-    Exactly: image feature ``g = (f(x) + f(flip x)) * det_score`` with ``f`` the *unnormalised*
-    FR output and ``det_score`` the detector score of ``ijbc_name_5pts_score.txt`` (the
-    ``det_score`` column of :func:`exfiqa.readers.read_ijbc`); per template, the features of
-    each media are averaged (a media with one image keeps its feature; media are grouped within
-    the template), the media means are summed, and the sum is L2-normalised. Scores are dot
-    products of these features (cosine). The sums are accumulated in float64 (insightface: the
-    image features in float32, the template sums in float64).
-
-    Args:
-        embeddings: (N, 2E) per image: the unnormalised ``[f(x), f(flip x)]`` when ``norms`` is
-            None, else the stored ``[L2(f(x)), L2(f(flip x))]`` (:meth:`FRModel.embed`).
-        det_scores: (N,) detector scores.
-        norms: (N, 2) ``[||f(x)||, ||f(flip x)||]``, which undo the stored normalisation
-            (``f(x) = ||f(x)|| * L2(f(x))``); the per-sample embeddings alone cannot give ``f``.
-
-    Returns:
-        ``(unique_template_ids (T,) sorted, features (T, E) float32)``.
+    ``embeddings``: (N, 2E), the unnormalised ``[f(x), f(flip x)]``, or with ``norms`` (N, 2)
+    ``[||f(x)||, ||f(flip x)||]`` the stored ``[L2(f(x)), L2(f(flip x))]``. Returns ``(sorted unique
+    template ids (T,), features (T, E) float32)``.
     """
     emb = np.asarray(embeddings)
     if emb.ndim != 2 or emb.shape[1] % 2:

@@ -1,27 +1,9 @@
-"""Early exit at run time: a fixed exit that runs only its blocks, and the adaptive exit that stops
-each face inside a batch as soon as its decision is settled.
+"""Early exit at run time: a fixed exit that runs only its blocks, and the adaptive exit.
 
-Conventions:
-- Exits are 1-based (``1..depth``); exit ``l`` = blocks ``1..l``, the shared final LayerNorm, the
-  unchanged heads (:meth:`exfiqa.models.vitfiqa.ViTFIQA.exit_head`).
-- Adaptive rule (the same as the simulation :func:`exfiqa.report.early_exit.adaptive_exit`): after
-  exit ``l``, the running EX-FIQA-FW score ``r_l = sum_{j<=l} j s_j / sum_{j<=l} j`` (float64, the
-  float32 exit scores cast up, the numerator accumulated exit by exit as ``np.cumsum`` does) is
-  compared with ``threshold``; a face stops at the first ``l >= min_exit`` with
-  ``|r_l - threshold| > margin`` (an absolute margin, in score units), else at the last exit. Its
-  result is ``(l, r_l)``.
-- Runtime: the blocks run one after another; after each exit the faces that stopped leave the batch
-  and the others continue in a compacted batch (``index_select`` on the tokens), so a face that stops
-  at exit ``l`` costs ``l`` blocks and ``l`` heads.
-- Exactness: the decision is the simulation's, operation for operation, so the runtime's stopping
-  exit and score equal :func:`~exfiqa.report.early_exit.adaptive_exit` applied to the exit scores
-  the runtime computed (:attr:`AdaptiveOutput.exit_scores`) bit for bit (tests/test_early_exit.py).
-  Those exit scores equal a full pass's (``forward_exits``) up to float32 rounding, not always bit for
-  bit: every op is per sample, but PyTorch's float32 matrix-vector kernels (the heads' width-1
-  projection, any head on a few rows) sum in an order that depends on the number of rows (measured on
-  an AVX-512 CPU: a few scores in a hundred move by 1 ulp when the batch shrinks from 64 to 14). A
-  face whose running score lies within such an ulp of ``threshold +- margin`` may then stop one exit
-  apart from a simulation on full-pass scores.
+Adaptive rule (that of :func:`exfiqa.report.early_exit.adaptive_exit`, operation for operation): a face
+stops at the first exit ``l >= min_exit`` whose running EX-FIQA-FW score ``r_l`` (float64, accumulated as
+``np.cumsum`` does) has ``|r_l - threshold| > margin``, else at the last exit, and leaves the batch. Exit
+scores equal a full pass's only up to float32 rounding (kernels sum in a batch-size-dependent order).
 """
 
 from __future__ import annotations
@@ -32,25 +14,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from tqdm.auto import tqdm
 
 from exfiqa.evaluation.fusion import depth_ramp
-from exfiqa.models.vitfiqa import ViTFIQA, to_tensor
+from exfiqa.models.inference import run_batches
+from exfiqa.models.vitfiqa import ViTFIQA
 
 __all__ = ["AdaptiveOutput", "adaptive_forward", "adaptive_scores", "check_rule", "fixed_exit_scores"]
 
 
 @dataclass(frozen=True)
 class AdaptiveOutput:
-    """Result of :func:`adaptive_forward` for a batch of B faces.
-
-    Attributes:
-        exit_used: (B,) int64, the 1-based exit at which each face stopped.
-        score: (B,) float64, the running EX-FIQA-FW score at that exit (the gate's score).
-        exit_scores: (B, depth) float32 exit scores computed; NaN after a face's stopping exit.
-        batch_per_block: faces in the batch that ran block ``l`` (index ``l - 1``); blocks never run
-            are absent (the list ends at the deepest exit any face reached).
-    """
+    """Result of :func:`adaptive_forward` for B faces: the 1-based ``exit_used`` (B,) and running FW
+    ``score`` (B,) at the stop; ``exit_scores`` (B, depth) float32, NaN after the stop; ``batch_per_block``,
+    the faces that ran each block run."""
 
     exit_used: NDArray[np.int64]
     score: NDArray[np.float64]
@@ -96,24 +72,15 @@ def adaptive_forward(
         term = s.astype(np.float64) * ramp[level - 1]
         numer[rows] = term if level == 1 else numer[rows] + term  # np.cumsum's order and first value
         running = numer[rows] / ramp_sum[level - 1]
-        if level == depth:
-            stop = np.ones(len(rows), dtype=bool)
-        elif level >= min_exit:
-            stop = np.abs(running - threshold) > margin
-        else:
+        if level < min_exit and level < depth:
             continue
+        stop = (np.abs(running - threshold) > margin) | (level == depth)
         exit_used[rows[stop]] = level
         score[rows[stop]] = running[stop]
         if stop.any() and not stop.all():
-            keep = np.flatnonzero(~stop)
-            h = h.index_select(0, torch.from_numpy(keep).to(h.device))
+            h = h.index_select(0, torch.from_numpy(np.flatnonzero(~stop)).to(h.device))
         rows = rows[~stop]
     return AdaptiveOutput(exit_used, score, scores, counts)
-
-
-def _run(model: ViTFIQA, device: str | torch.device) -> tuple[ViTFIQA, torch.device]:
-    dev = torch.device(device)
-    return model.to(dev).eval(), dev
 
 
 def fixed_exit_scores(
@@ -122,16 +89,12 @@ def fixed_exit_scores(
 ) -> NDArray[np.float32]:
     """Exit ``exit``'s scores (N,) float32 for uint8 RGB batches (B, 112, 112, 3), running only
     blocks ``1..exit`` (:meth:`~exfiqa.models.vitfiqa.ViTFIQA.score_at_exit`); images keep their order."""
-    model, dev = _run(model, device)
     model._check_exits([exit])
-    parts: list[NDArray[np.float32]] = []
-    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
-    with torch.inference_mode():
-        for batch in batches:
-            parts.append(model.score_at_exit(to_tensor(batch).to(dev), exit).float().cpu().numpy())
-            bar.update(len(batch))
-    bar.close()
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+    def step(m: ViTFIQA, x: torch.Tensor) -> list[np.ndarray]:
+        return [m.score_at_exit(x, exit).float().cpu().numpy()]
+
+    return run_batches(model, batches, step, [np.zeros(0, dtype=np.float32)], total, device, progress, desc)[0]
 
 
 def adaptive_scores(
@@ -140,18 +103,12 @@ def adaptive_scores(
 ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
     """:func:`adaptive_forward` over uint8 RGB batches: (stopping exit (N,), running FW score at
     the stop (N,)); images keep their order."""
-    model, dev = _run(model, device)
     check_rule(threshold, margin, min_exit, model.depth)
-    exits: list[NDArray[np.int64]] = []
-    scores: list[NDArray[np.float64]] = []
-    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
-    with torch.inference_mode():
-        for batch in batches:
-            out = adaptive_forward(model, to_tensor(batch).to(dev), threshold, margin, min_exit)
-            exits.append(out.exit_used)
-            scores.append(out.score)
-            bar.update(len(batch))
-    bar.close()
-    if not exits:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-    return np.concatenate(exits), np.concatenate(scores)
+
+    def step(m: ViTFIQA, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        out = adaptive_forward(m, x, threshold, margin, min_exit)
+        return out.exit_used, out.score
+
+    empty = [np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)]
+    exits, scores = run_batches(model, batches, step, empty, total, device, progress, desc)
+    return exits, scores

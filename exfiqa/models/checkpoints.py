@@ -1,9 +1,5 @@
-"""Checkpoints read so that nothing in them runs: ``torch.load(weights_only=True)``.
-
-Tensors, containers and primitive types only. A file that needs any other unpickling is refused
-and nothing in it runs; weights holding NaN or inf are refused too, naming the file and the tensors.
-Errors are :class:`exfiqa.io.CheckpointError`.
-"""
+"""Checkpoints read so that nothing in them runs (``torch.load(weights_only=True)``); files that need
+other unpickling, or hold NaN/inf weights, raise :class:`exfiqa.io.CheckpointError`."""
 
 from __future__ import annotations
 
@@ -18,10 +14,7 @@ from exfiqa.io import CheckpointError, clip
 def safe_torch_load(path: str | os.PathLike[str]) -> Any:
     """Load a ``torch.save`` file without running any code from it.
 
-    Raises:
-        FileNotFoundError: the file does not exist.
-        CheckpointError: the file is not a weights-only checkpoint (it would need arbitrary
-            unpickling, e.g. a pickled ``nn.Module`` or a custom class), or it is corrupt.
+    Raises FileNotFoundError, or CheckpointError when it is not weights-only or is corrupt.
     """
     import pickle
 
@@ -50,33 +43,28 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
 def load_state_dict(
     path: str | os.PathLike[str], nested_keys: tuple[str, ...] = ("state_dict", "model")
 ) -> dict[str, Any]:
-    """Load a checkpoint safely and return its flat state_dict.
-
-    A dict holding a state_dict under one of ``nested_keys`` (e.g. MagFace's ``{"state_dict": ...}``)
-    is unwrapped. Keys are returned unchanged (prefix handling is the caller's job).
-    """
+    """Load a checkpoint safely and return its flat state_dict, unwrapped from under one of
+    ``nested_keys`` (e.g. MagFace's ``{"state_dict": ...}``); keys unchanged."""
     return load_state_dict_with_metadata(path, nested_keys)[0]
 
 
 def load_state_dict_with_metadata(
     path: str | os.PathLike[str], nested_keys: tuple[str, ...] = ("state_dict", "model")
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """:func:`load_state_dict` and the state_dict's ``_metadata`` (``{}`` when it has none).
+    """:func:`load_state_dict` and the state_dict's ``_metadata`` attribute (``{}`` when it has none),
+    where a writer can keep non-weight facts a strict ``load_state_dict`` never sees."""
+    import torch
 
-    ``_metadata`` is the attribute in which PyTorch keeps its per-module version record of a
-    state_dict; it is saved with the dict but is no key, so a writer can keep non-weight facts
-    there that a strict ``load_state_dict`` never sees (``exfiqa.models.vitfiqa.save_vitfiqa`` does).
-    """
     obj = safe_torch_load(path)
     if isinstance(obj, Mapping):
         for key in nested_keys:
             inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner and not _is_tensor(obj.get(key)):
+            if isinstance(inner, Mapping) and inner:
                 obj = inner
                 break
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(f"{path}: expected a non-empty state_dict, got {type(obj).__name__}")
-    bad = [k for k, v in obj.items() if not _is_tensor(v)]
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: state_dict entries that are not tensors: {bad[:5]}")
     _check_finite(obj, path)
@@ -85,22 +73,12 @@ def load_state_dict_with_metadata(
 
 
 def state_dict_report(
-    expected: Mapping[str, Sequence[int]],
-    got: Mapping[str, Sequence[int]],
-    source: str,
-    *,
-    optional: Collection[str] = (),
-    limit: int = 10,
+    expected: Mapping[str, Sequence[int]], got: Mapping[str, Sequence[int]], source: str, *,
+    optional: Collection[str] = (), limit: int = 10,
 ) -> str | None:
-    """Compare a checkpoint's keys and shapes with a model's; None when they match.
-
-    ``expected``/``got``: key -> shape (``torch.Size`` or any int sequence) of the model and of
-    the checkpoint; ``optional`` keys may be absent from ``got``. Otherwise returns
-    ``"<source>: missing keys (n): [...]; unexpected keys (n): [...]; shape mismatches (n):
-    ['<key>: checkpoint [..] vs model [..]', ...]"`` (only the non-empty parts, at most ``limit``
-    entries each, in the mappings' order), for the caller to extend with its hint and raise as
-    :class:`CheckpointError`.
-    """
+    """Compare a checkpoint's keys and shapes (``got``) with a model's (``expected``); None when they
+    match (``optional`` keys may be missing), else ``"<source>: missing keys (n): [...]; unexpected
+    keys (n): [...]; shape mismatches (n): [...]"`` (non-empty parts, at most ``limit`` entries each)."""
     missing = [k for k in expected if k not in got and k not in optional]
     unexpected = [k for k in got if k not in expected]
     mismatched = [
@@ -122,21 +100,12 @@ def _check_finite(state: Mapping[str, Any], path: str | os.PathLike[str]) -> Non
     """Refuse weights holding NaN or inf: they would give NaN scores, or silently wrong rankings."""
     import torch
 
-    bad = []
-    for key, value in state.items():
-        if value.is_floating_point() or value.is_complex():
-            n = int(value.numel() - torch.isfinite(value).sum())
-            if n:
-                bad.append(f"{key} ({n} of {value.numel()})")
+    floats = [(k, v) for k, v in state.items() if v.is_floating_point() or v.is_complex()]
+    counts = [(k, int(v.numel() - torch.isfinite(v).sum()), v.numel()) for k, v in floats]
+    bad = [f"{k} ({n} of {size})" for k, n, size in counts if n]
     if bad:
         more = f" and {len(bad) - 3} more tensors" if len(bad) > 3 else ""
         raise CheckpointError(
             f"{path}: refused to load: non-finite weights (NaN or inf) in {', '.join(bad[:3])}{more}. "
             f"The file is corrupt or was saved from a diverged training run."
         )
-
-
-def _is_tensor(value: Any) -> bool:
-    import torch
-
-    return isinstance(value, torch.Tensor)

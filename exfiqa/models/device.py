@@ -6,13 +6,9 @@ import torch
 
 
 def resolve_device(device: torch.device | str | None = None) -> torch.device:
-    """``None`` or ``"auto"``: CUDA when torch sees a GPU, else the CPU; anything else (``"cpu"``,
-    ``"cuda"``, ``"cuda:1"``, a ``torch.device``) as given.
-
-    Raises:
-        ValueError: ``device`` names CUDA and torch sees no GPU here.
-    """
-    if device is None or (isinstance(device, str) and device == "auto"):
+    """``None`` or ``"auto"``: CUDA when torch sees a GPU, else the CPU; anything else as given
+    (ValueError if it names CUDA and torch sees no GPU)."""
+    if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():

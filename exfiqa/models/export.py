@@ -1,12 +1,8 @@
-"""ONNX export of a ViT-FIQA exit (``exfiqa export``).
+"""ONNX export of a ViT-FIQA exit (``exfiqa export``; TorchScript exporter, opset :data:`OPSET`).
 
-The graph's input ``images`` is uint8 RGB (B, 112, 112, 3) with a dynamic batch; the normalisation of
-:func:`exfiqa.models.vitfiqa.to_tensor` (``(x/255 - 0.5)/0.5``, channels first) is inside the graph.
-Outputs: for one exit ``K``, ``quality`` (B,) float32, the score of exit K (the graph holds blocks
-1..K only); for all exits, ``exits`` (B, depth) float32 (column ``l - 1`` = exit ``l``),
-``ex_fiqa_f`` and ``ex_fiqa_fw`` (B,) float32, the EX-FIQA-F and EX-FIQA-FW fusions computed in
-float32 inside the graph (exfiqa's own fusions are float64; they agree to float32 rounding).
-Exported with PyTorch's TorchScript-based exporter (``dynamo=False``), opset :data:`OPSET`.
+Input ``images``: uint8 RGB (B, 112, 112, 3), dynamic batch, normalised inside the graph as
+:func:`exfiqa.models.vitfiqa.to_tensor` does. Outputs: for one exit, ``quality`` (B,) float32 (the graph
+holds only its blocks); for all, ``exits`` (B, depth) and the float32 fusions ``ex_fiqa_f``, ``ex_fiqa_fw`` (B,).
 """
 
 from __future__ import annotations
@@ -56,14 +52,10 @@ def output_names(exit: int | None) -> list[str]:
     return ["quality"] if exit is not None else ["exits", "ex_fiqa_f", "ex_fiqa_fw"]
 
 
-def export_onnx(
-    model: ViTFIQA, out: str | os.PathLike[str], exit: int | None, overwrite: bool = False
-) -> Path:
+def export_onnx(model: ViTFIQA, out: str | os.PathLike[str], exit: int | None, overwrite: bool = False) -> Path:
     """Write the ONNX graph of exit ``exit`` (or of all exits, ``None``) to ``out`` atomically.
 
-    Raises:
-        FileExistsError: ``out`` exists and ``overwrite`` is False (before any work).
-        ValueError: ``exit`` outside ``1..depth``.
+    Raises FileExistsError (``out`` exists, not ``overwrite``) or ValueError (``exit`` outside ``1..depth``).
     """
     graph = ExitGraph(copy.deepcopy(model).cpu().float(), exit).eval()  # the caller's model is untouched
     names = output_names(graph.exit)

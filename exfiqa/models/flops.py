@@ -1,26 +1,9 @@
-"""Analytic compute cost of each exit, in FLOPs = 2 x multiply-accumulates (MACs).
+"""Analytic compute cost of each exit, in FLOPs = 2 x multiply-accumulates (MACs), counted as in the paper.
 
-Counted as in the paper (N tokens, D width, MLP hidden H = mlp_ratio * D):
-- patch embedding: ``num_patches * D * (3 * p * p)`` MACs (plus the conv stem, if any);
-- one block: ``3ND^2`` (qkv) + ``2N^2 D`` (scores and weighted sum) + ``ND^2`` (proj) + ``2NDH``
-  (MLP) MACs, i.e. ``12ND^2 + 2N^2 D`` for H = 4D; norms, softmax and activations are ignored;
-- the heads read by one exit: (C) ``feature`` (``num_patches*D*F + F*F`` MACs) and ``head_qs``;
-  (T) ``head_qs`` on one token; plus 2 FLOPs per element for the final LayerNorm over the tokens
-  the head reads and for each BatchNorm (scale and shift).
-
-Full-size (C): 0.0358 GFLOPs patch embedding + 0.9484 per block + 0.0760 head, so exit 7 = 6.75 and
-exit 12 = 11.49 GFLOPs. (T): 0.9553 GFLOPs per block and about 3k FLOPs of head.
-
-The family methods of ``forward_exits(family=True)``, as extra work over the all-exits pass (same
-conventions; elementwise ops 1 FLOP, a LayerNorm 2 per element, softmax ignored):
-- ATTN-FIQA per exit: the means of q and k over the n scored tokens (``2nD``) and their dot
-  product per head (``2D``); the (N, N) scores are never formed;
-- ViTNT-FIQA over blocks 1..k, P scored tokens (the patches): per block the L2 normalisation
-  (``3PD``) and, for (T), the final LayerNorm of the patches (``2PD``; (C)'s head already
-  normalises every token); per consecutive pair the distance (``3PD``); at block k the
-  attention weights: ``q k^T`` (``2N^2 D``) and the head mean and query sum (``2HN^2``).
-Full size, all 12 exits: (T) 0.0305 GFLOPs, (C) 0.0284 GFLOPs, i.e. 0.27% and 0.23% of the fused
-pass (:func:`fused_cost`); about 0.021 of each is the one (N, N) product for the attention weights.
+Per block ``3ND^2 + 2N^2 D + ND^2 + 2NDH`` MACs (N tokens, D width, MLP hidden H; norms, softmax and
+activations ignored), plus the patch embedding and the heads one exit reads (2 FLOPs per element for each
+LayerNorm and BatchNorm). Full-size (C): exit 12 = 11.49 GFLOPs. The family methods
+(``forward_exits(family=True)``) are counted as extra work over the all-exits pass.
 """
 
 from __future__ import annotations
@@ -117,9 +100,8 @@ def vitnt_fiqa_flops(c: ViTFIQAConfig, blocks: int | None = None) -> float:
 def family_extra_flops(
     c: ViTFIQAConfig, exits: int | None = None, attn_tokens: str = "all", vitnt_blocks: int | None = None
 ) -> float:
-    """Extra FLOPs of ``forward_exits(family=True)`` over ``forward_exits()`` reading exits
-    ``1..exits`` (default all): ATTN-FIQA at each and ViTNT-FIQA over ``1..vitnt_blocks``
-    (default ``exits``)."""
+    """Extra FLOPs of ``forward_exits(family=True)`` reading exits ``1..exits`` (default all): ATTN-FIQA
+    at each and ViTNT-FIQA over ``1..vitnt_blocks`` (default ``exits``)."""
     e = c.depth if exits is None else exits
     if not 1 <= e <= c.depth:
         raise ValueError(f"exits must lie in 1..{c.depth}, got {e}")
