@@ -61,14 +61,9 @@ def _early_exit_rows(rows: pd.DataFrame, tags: dict[str, tuple[str, int]]) -> di
     exit (where the model has it) and of :func:`best_early_exit` (once if they coincide)."""
     out = {}
     for q, (tag, depth) in tags.items():
-        best = _best_early(rows, q, depth)
-        k = _POSTER_EXITS.get(tag)
-        if k is not None and k < depth and k == best:
-            out[q] = [(best, SELECTED_BY_BOTH, False)]
-        elif k is not None and k < depth:
-            out[q] = [(k, SELECTED_BY_POSTER, False), (best, SELECTED_ON_DATA, True)]
-        else:
-            out[q] = [(best, SELECTED_ON_DATA, True)]
+        best, k = _best_early(rows, q, depth), _POSTER_EXITS.get(tag, depth)
+        out[q] = ([(best, SELECTED_ON_DATA, True)] if k >= depth else [(best, SELECTED_BY_BOTH, False)] if k == best
+                  else [(k, SELECTED_BY_POSTER, False), (best, SELECTED_ON_DATA, True)])
     return out
 
 
@@ -134,15 +129,13 @@ def _norm_name(name: str) -> str:
 
 def _poster_method(name: str, tags: dict[str, tuple[str, int]], others: Sequence[str]) -> tuple[str, str] | None:
     """(quality model, run method) that a poster row corresponds to in this run, or None."""
-    by_tag = {tag: (q, depth) for q, (tag, depth) in tags.items()}
+    by_tag = {tag: (q, depth) for q, (tag, depth) in tags.items() if tag in ("T", "C")}
     if name == "SER-FIQ" and "serfiq" in others:
         return next(iter(tags)), "serfiq"
     for m in others:  # external methods named as on the poster
         if _norm_name(m) == _norm_name(name):
             return next(iter(tags)), m
     for tag, (q, depth) in by_tag.items():
-        if tag not in ("T", "C"):
-            continue
         run = {f"ViT-FIQA({tag})": exit_label(depth), f"EX-FIQA-FW({tag})": "EX-FIQA-FW",
                **{f"EX-FIQA-{k}({tag})": exit_label(k) for k in range(1, depth + 1)}}
         if name in run:
@@ -173,13 +166,10 @@ def headline_vs_paper(
         return _METHOD_LABELS.get(m, m) if m in others else f"{m} ({tags[q][0]})"
 
     def add(name: str, paper: float, key: tuple[str, str] | None) -> None:
-        sel, on_data = how.get(key, ("", False)) if key else ("", False)
-        row = {"method": name, "paper": paper, "this_run": value.get(key, float("nan")) if key else float("nan"),
-               "this_run_method": label_of(*key) if key else "(not in this run)", "selection": sel,
-               "chosen_on_evaluated_data": on_data}
-        if ok is not None:
-            row["resolved"] = ok.get(key, pd.NA) if key else pd.NA
-        rows.append(row)
+        sel, on_data = how.get(key, ("", False))
+        rows.append({"method": name, "paper": paper, "this_run": value.get(key, float("nan")),
+                     "this_run_method": label_of(*key) if key else "(not in this run)", "selection": sel,
+                     "chosen_on_evaluated_data": on_data, **({} if ok is None else {"resolved": ok.get(key, pd.NA)})})
 
     for name, paper_value in PAPER_HEADLINE:
         match = _poster_method(name, tags, others)
@@ -191,7 +181,6 @@ def headline_vs_paper(
              and (m not in exit_numbers(depth_of.get(q, 0)) or (q, m) in chosen)
              and (is_exfiqa(m, depth_of.get(q, 0)) or q == next(iter(tags)))]
     for q, m in extra:
-        used.add((q, m))
         add(label_of(q, m), float("nan"), (q, m))
     out = pd.DataFrame(rows)
     if ok is not None:

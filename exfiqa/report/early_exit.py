@@ -20,6 +20,9 @@ from exfiqa.models.vitfiqa import ViTFIQA, ViTFIQAConfig, build_vitfiqa
 from exfiqa.report.frames import study_models, tied_best
 from exfiqa.study import Study
 
+#: Variant tag -> ViT-FIQA variant of the released architectures.
+_VARIANTS = {"T": "token", "C": "crfiqa"}
+
 
 def _timed(fn, repeats: int, cuda: bool) -> np.ndarray:
     """Wall times (s) of ``repeats`` calls of ``fn``, each bracketed by a device synchronisation on CUDA."""
@@ -128,8 +131,7 @@ def released_gflops() -> pd.DataFrame:
     """Analytic GFLOPs per exit (and of fusing all exits) of the two released architectures."""
     rows = [{"model": f"ViT-FIQA ({tag}) released", "exit": "all fused" if k is None else str(k), "gflops": g,
              "flop_saving": saving}
-            for variant, tag in (("token", "T"), ("crfiqa", "C"))
-            for k, g, saving in _costs(ViTFIQAConfig(variant=variant))]
+            for tag, variant in _VARIANTS.items() for k, g, saving in _costs(ViTFIQAConfig(variant=variant))]
     return pd.DataFrame(rows)
 
 
@@ -149,16 +151,12 @@ def latency_table(study: Study, batch_size: int, repeats: int, full_size: bool) 
     cfg = study.config
     models = {q: study_models(study).quality_model(q) for q in cfg.quality_models if study.has_checkpoint("quality_models", q)}
     if full_size:
-        for variant, tag in (("token", "T"), ("crfiqa", "C")):
-            models[f"{tag} full-size"] = build_vitfiqa(variant=variant)
+        models |= {f"{tag} full-size": build_vitfiqa(variant=variant) for tag, variant in _VARIANTS.items()}
     if not models:  # no checkpoint here and no full-size timing asked for
         return pd.DataFrame({"model": pd.Series(dtype=str), "exit": pd.Series(dtype=str), "ms_per_image": pd.Series(dtype=float)})
-    parts = []
-    for name, model in models.items():
-        t = measure_latency(model, batch_size=batch_size, repeats=repeats, device=str(resolve_device(cfg.device)), seed=cfg.seed)
-        t.insert(0, "model", name)
-        parts.append(t)
-    lat = pd.concat(parts, ignore_index=True)
+    device = str(resolve_device(cfg.device))
+    lat = pd.concat({name: measure_latency(model, batch_size=batch_size, repeats=repeats, device=device, seed=cfg.seed)
+                     for name, model in models.items()}, names=["model"]).reset_index(level=0).reset_index(drop=True)
     lat["exit"] = lat["exit"].astype(str)
     return lat
 
@@ -169,11 +167,10 @@ def model_architecture(study: Study, quality: str) -> tuple[ViTFIQAConfig, str]:
     if study.has_checkpoint("quality_models", quality):
         return study_models(study).quality_model(quality).config, "checkpoint"
     tag = study.variant_tag(quality)
-    if tag not in ("T", "C"):
+    if tag not in _VARIANTS:
         raise ConfigError(f"quality_models.{quality}: its checkpoint is not there and its variant is unknown; "
                           "label it 'ViT-FIQA (T)' or '(C)', or provide the checkpoint")
-    variant = "token" if tag == "T" else "crfiqa"
-    return ViTFIQAConfig(variant=variant, depth=study.depth(quality)), "released architecture (no checkpoint here)"
+    return ViTFIQAConfig(variant=_VARIANTS[tag], depth=study.depth(quality)), "released architecture (no checkpoint here)"
 
 
 def study_costs(study: Study) -> pd.DataFrame:

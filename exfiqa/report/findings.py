@@ -109,20 +109,15 @@ def paper_findings(
     pauc_table: pd.DataFrame, tags: dict[str, tuple[str, int]], head: Headline, adience: str | None = None,
     paired: pd.DataFrame | None = None, min_change: float = 0.05,
 ) -> pd.DataFrame:
-    """Each finding the paper (arXiv 2604.22842) and its poster state, computed from this run at
-    the headline FMR (and, comparing two methods on a dataset, the headline FR model), with a
-    verdict (:data:`VERDICTS`) and the rule applied (``criterion``); columns :data:`FINDINGS_COLUMNS`.
+    """Each finding of the paper (arXiv 2604.22842) and its poster, computed from this run at the
+    headline FMR (and FR model, comparing two methods on a dataset), with a verdict (:data:`VERDICTS`),
+    the pAUC ``difference`` it rests on (< 0: the claim's method better) and the ``criterion``.
 
-    "IJB-C" is the headline dataset: when it is not ``ijbc``, the IJB-C findings' ``this_run``
-    starts "on <label> in place of IJB-C: ". ``adience``: the Adience dataset's label, or None.
-    ``paired``: a paired bootstrap table at the scale of ``pauc_table`` (:data:`PAIRED_COLUMNS`;
-    FW vs the last exit, the last exit vs exit 1); each comparison adds a row
-    ``"<finding>: <dataset>"``; without it, wins and depth changes are ``not resolved`` or rest on
-    ``min_change`` (relative to exit 1's pAUC) alone. ``tie``: the verdict rests on equal pAUCs
-    (every tied method named). ``difference``: the pAUC difference the verdict rests on (< 0: the
-    claim's method better), ``ci_low``/``ci_high`` its 95% paired interval (NaN: none). A dataset x FR
-    model with an unresolvable pAUC at the headline FMR (``resolved`` column) is left out of every
-    finding, and a last row names them.
+    The headline dataset stands in for IJB-C (``this_run`` says so when it is not ``ijbc``).
+    ``paired`` (:data:`PAIRED_COLUMNS`, at the scale of ``pauc_table``): FW vs the last exit and the
+    last exit vs exit 1, one row per compared dataset; without it wins and depth changes are not
+    resolved, or rest on ``min_change`` alone. Dataset x FR model pairs with an unresolvable pAUC
+    (``resolved`` column) are left out of every finding and named in a last row.
     """
     at = pauc_table[np.isclose(pauc_table["fmr"], head.fmr)]
     left_out: list[tuple[str, str]] = []

@@ -153,10 +153,8 @@ def calibration_set(study: Study, dataset: str, quality: str, fr: str):
     """:class:`exfiqa.evaluation.fusion.CalibrationSet` of ``dataset``: the exit scores of ``quality``,
     the :func:`mated_similarity_label` under ``fr`` and (templates) each sample's template index."""
     bench = study.benchmark(dataset)
-    sides = None
-    if bench.level == "template":
-        _, sides = np.unique(bench.samples["template_id"].to_numpy(), return_inverse=True)
-        sides = sides.ravel()
+    template = bench.level == "template"
+    sides = np.unique(bench.samples["template_id"].to_numpy(), return_inverse=True)[1].ravel() if template else None
     return fusion.CalibrationSet(np.asarray(study.exit_scores(dataset, quality)), mated_similarity_label(study, dataset, fr),
                                  sides, dataset)
 
