@@ -123,8 +123,7 @@ def attention_inputs(study: Study, samples: dict | None = None, mean_images: int
             faces[label], sources[label] = study.benchmark(ds).image(0), f"{ds} sample 0"
     ds0 = next(iter(cfg.datasets))
     bench = study.benchmark(ds0)
-    rng = np.random.default_rng(cfg.seed)
-    ids = np.sort(rng.choice(len(bench), size=min(mean_images, len(bench)), replace=False))
+    ids = np.sort(np.random.default_rng(cfg.seed).choice(len(bench), size=min(mean_images, len(bench)), replace=False))
     mean_faces = np.stack([bench.image(int(i)) for i in ids])
     return AttentionInputs(faces, sources, note, cfg.datasets[ds0].label, ids, mean_faces)
 

@@ -212,7 +212,7 @@ def secondary_reference(
         rows.append({
             "benchmark": key, "dataset": label if label is not None else "(not in this run)",
             SECONDARY_SOURCE: float(f"{ref * scale / PAPER_HEADLINE_SCALE:.12g}"),
-            "this_run": value.get(label, float("nan")) if label is not None else float("nan"),
+            "this_run": value.get(label, float("nan")),
             "this_run_method": f"{method} (T)" if method else "(no (T) model)",
             "fr_model": head.fr_model, "reference_protocol": SECONDARY_PROTOCOL,
         })

@@ -101,10 +101,6 @@ def _paired_detail(
     }
 
 
-def _count(details: list[dict]) -> dict[str, int]:
-    return {v: sum(d["verdict"] == v for d in details) for v in VERDICTS[:4]}
-
-
 def paper_findings(
     pauc_table: pd.DataFrame, tags: dict[str, tuple[str, int]], head: Headline, adience: str | None = None,
     paired: pd.DataFrame | None = None, min_change: float = 0.05,
@@ -151,12 +147,14 @@ def paper_findings(
             add(finding, no_fmr)
         return finish()
 
-    def details(q: str, finding: str, a_name: str, b_name: str, label: str) -> list[dict]:
+    def details(q: str, finding: str, a_name: str, b_name: str, label: str) -> tuple[list[dict], dict]:
+        """Per dataset, :func:`_paired_detail` of a vs b, and how many rows have each verdict."""
         part = at[(at["quality_model"] == q) & (at["fr_model"] == head.fr_model)]
         wide = part.pivot_table(index="dataset", columns="method", values="pauc", sort=False)
         boot = _paired_rows(paired, q, a_name, b_name, head.fr_model, head.fmr)
-        return [_paired_detail(finding, claims[finding], label, str(ds), float(r[a_name]), float(r[b_name]), boot)
-                for ds, r in wide.iterrows()]
+        det = [_paired_detail(finding, claims[finding], label, str(ds), float(r[a_name]), float(r[b_name]), boot)
+               for ds, r in wide.iterrows()]
+        return det, {v: sum(d["verdict"] == v for d in det) for v in VERDICTS[:4]}
 
     summary = depth_summary(at, {q: d for q, (_, d) in tags.items()}, head.fmr)
     for q in [q for q in tags if q not in set(summary.get("quality_model", []))]:
@@ -169,8 +167,8 @@ def paper_findings(
         change = last - first
         rel = change / first if first else nan
         shape = bool(np.isfinite(s5) and first > last and s5 >= max(s8 - s5, 1 - s8) and 1 - s8 <= 0.2)
-        det = details(r.quality_model, name, exit_label(depth), exit_label(1), f"{exit_label(depth)} - {exit_label(1)}")
-        n = _count(det)
+        last_vs_1 = f"{exit_label(depth)} - {exit_label(1)}"
+        det, n = details(r.quality_model, name, exit_label(depth), exit_label(1), last_vs_1)
         with_ci = sum(np.isfinite(d["ci_low"]) for d in det)
         resolved = n["agrees"] + n["differs"]
         text = (f"mean pAUC exit 1 -> exit {depth}: {first:.4g} -> {last:.4g} (change {change:+.4g}, {rel:+.1%}); "
@@ -215,8 +213,8 @@ def paper_findings(
             f"the best single exit lies in {lo}..{hi} (7..9 of 12, scaled to depth {depth}); exits tied for best "
             "inside and outside that range: tie; point estimates, no interval", margin)
         name = "FW beats the last exit (C)"
-        det = details(q, name, "EX-FIQA-FW", exit_label(depth), f"FW - {exit_label(depth)}")
-        n, total = _count(det), len(det)
+        det, n = details(q, name, "EX-FIQA-FW", exit_label(depth), f"FW - {exit_label(depth)}")
+        total = len(det)
         point = sum(d["difference"] < 0 and d["verdict"] != "tie" for d in det)
         if 2 * n["agrees"] > total:
             verdict = "agrees"

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from exfiqa.evaluation import fusion
-from exfiqa.evaluation.exits import exit_label
+from exfiqa.evaluation.exits import exit_label, exit_numbers
 from exfiqa.models.adaptive import adaptive_forward
 from exfiqa.models.device import resolve_device
 from exfiqa.models.flops import exit_costs
@@ -53,7 +53,7 @@ def runtime_table(
         gap = margin * float(full_fw.std())
         costs = [c.gflops for c in exit_costs(model.config)]
         cum = np.asarray(adaptive_cost_curve(model.config, depth))
-        numbers = {exit_label(k): k for k in range(1, depth + 1)}
+        numbers = exit_numbers(depth)
         own = ops[(ops["quality_model"] == q) & ops["method"].isin(numbers)]
         fixed = sorted({numbers[m] for m in own["method"]})
         with torch.inference_mode():
