@@ -20,11 +20,8 @@ from exfiqa.study import Study
 
 
 def attention_maps(model: ViTFIQA, images: np.ndarray, batch_size: int = 64, device: str = "cpu") -> np.ndarray:
-    """Mean attention over the patch grid at every exit: (N, depth, g, g), heads averaged.
-
-    (T): the quality token's attention row over the patches; (C): the mean attention each patch
-    receives (there is no quality token). Rows are renormalised over the patches.
-    """
+    """Attention over the patch grid at every exit, heads averaged, each map summing to 1: (N, depth, g, g).
+    (T): the quality token's attention row; (C): the mean attention each patch receives."""
     g = model.config.grid_size
     out = []
     model = model.to(device).eval()
@@ -40,43 +37,35 @@ def attention_maps(model: ViTFIQA, images: np.ndarray, batch_size: int = 64, dev
     return np.concatenate(out)
 
 
-#: Normalised entropy (entropy / log(patches)) at or above which a map counts as low-contrast:
-#: practically uniform (0.99: at most 1% below the entropy of the uniform map).
+#: Normalised entropy (entropy / log(patches)) at or above which a map is practically uniform.
 LOW_CONTRAST_ENTROPY = 0.99
 
 
-def attention_contrast(maps: np.ndarray) -> np.ndarray:
-    """Normalised entropy of each attention map: entropy / log(patches), in [0, 1] (1 = uniform).
+def _entropy(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Maps (..., g, g) flattened to float64 (..., g*g), and their entropies (nats)."""
+    p = maps.reshape(*maps.shape[:-2], -1).astype(np.float64)
+    return p, -(p * np.log(np.clip(p, 1e-12, None))).sum(-1)
 
-    ``maps``: (..., g, g), each map summing to 1. A map at or above :data:`LOW_CONTRAST_ENTROPY` is
-    low-contrast: min-max scaling it on its own amplifies noise.
-    """
-    g2 = maps.shape[-1] * maps.shape[-2]
-    p = maps.reshape(*maps.shape[:-2], g2).astype(np.float64)
-    entropy = -(p * np.log(np.clip(p, 1e-12, None))).sum(-1)
-    return np.asarray(entropy / np.log(g2))
+
+def attention_contrast(maps: np.ndarray) -> np.ndarray:
+    """Normalised entropy of each attention map (..., g, g): entropy / log(patches), 1 = uniform."""
+    return np.asarray(_entropy(maps)[1] / np.log(maps.shape[-1] * maps.shape[-2]))
 
 
 def attention_statistics(maps: np.ndarray) -> pd.DataFrame:
-    """Per exit: entropy (nats) of the attention over patches, its spatial spread and its contrast.
-
-    ``maps``: (N, depth, g, g), each map summing to 1. Spread = attention-weighted RMS distance of
-    the patches from the map's centroid, in patch units. Mean and std over the N images.
-    Contrast: ``normalised_entropy`` (mean entropy / ``max_entropy``, 1 = uniform),
-    ``max_min_ratio`` (mean over images of the largest over the smallest patch weight; 1 = uniform)
-    and ``low_contrast`` (normalised entropy >= :data:`LOW_CONTRAST_ENTROPY`: practically uniform,
-    nothing to interpret).
-    """
-    n, depth, g, _ = maps.shape
-    p = maps.reshape(n, depth, -1).astype(np.float64)
-    entropy = -(p * np.log(np.clip(p, 1e-12, None))).sum(-1)
+    """Per exit, mean and std over the N images of ``maps`` (N, depth, g, g): entropy (nats),
+    spread (attention-weighted RMS distance of the patches from the centroid, in patches) and
+    contrast: ``normalised_entropy`` (of the mean entropy), ``max_min_ratio`` (largest over smallest
+    weight) and ``low_contrast`` (:data:`LOW_CONTRAST_ENTROPY`)."""
+    g = maps.shape[-1]
+    p, entropy = _entropy(maps)
     yy, xx = np.divmod(np.arange(g * g), g)
     cy, cx = (p * yy).sum(-1), (p * xx).sum(-1)
     spread = np.sqrt((p * ((yy - cy[..., None]) ** 2 + (xx - cx[..., None]) ** 2)).sum(-1))
     ratio = p.max(-1) / np.clip(p.min(-1), 1e-12, None)
     norm = entropy.mean(0) / np.log(g * g)
     return pd.DataFrame({
-        "exit": np.arange(1, depth + 1), "entropy_mean": entropy.mean(0), "entropy_std": entropy.std(0),
+        "exit": np.arange(1, maps.shape[1] + 1), "entropy_mean": entropy.mean(0), "entropy_std": entropy.std(0),
         "spread_mean": spread.mean(0), "spread_std": spread.std(0), "max_entropy": np.log(g * g),
         "normalised_entropy": norm, "max_min_ratio": ratio.mean(0), "low_contrast": norm >= LOW_CONTRAST_ENTROPY,
     })
@@ -84,13 +73,8 @@ def attention_statistics(maps: np.ndarray) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class AttentionInputs:
-    """The faces of the attention figure and the bounded, seeded sample for the dataset mean.
-
-    ``faces``: column label -> RGB uint8 face; ``sources``: label -> where it came from (a path as
-    :func:`exfiqa.store.runcard.shown_path` states it: never absolute);
-    ``note``: how they were chosen; ``mean_dataset``: label of the dataset averaged;
-    ``mean_ids``: its sample ids used (sorted); ``mean_faces``: those images.
-    """
+    """The faces of the attention figure (label -> RGB uint8 face, and where it came from, never an
+    absolute path), how they were chosen, and the dataset mean's dataset label, sorted ids and images."""
 
     faces: dict[str, np.ndarray]
     sources: dict[str, str]
@@ -101,15 +85,10 @@ class AttentionInputs:
 
 
 def attention_inputs(study: Study, samples: dict | None = None, mean_images: int = 256) -> AttentionInputs:
-    """The four sample faces and the dataset-mean sample of notebook 02.
-
-    Faces, in this order of precedence: ``samples`` (already parsed by
-    :func:`exfiqa.config.parse_attention_samples`), the config's ``attention_samples``, the demo
-    world's ``samples/<type>.png`` when the config is a demo config, else the first sample of each
-    of the first four datasets (labelled so, not as sample types). The mean uses
-    ``min(mean_images, N)`` images of the run's first dataset, drawn without replacement with the
-    run's seed.
-    """
+    """The sample faces and the dataset-mean sample of notebook 02. Faces: ``samples`` (parsed by
+    :func:`exfiqa.config.parse_attention_samples`), else the config's ``attention_samples``, else the
+    demo world's ``samples/<type>.png``, else the first sample of each of the first four datasets.
+    The mean: ``min(mean_images, N)`` images of the first dataset, drawn with the run's seed."""
     cfg = study.config
     if isinstance(mean_images, bool) or not isinstance(mean_images, int) or mean_images < 1:
         raise ConfigError(f"parameter mean_images must be an integer >= 1, got {mean_images!r}")
@@ -144,15 +123,13 @@ def attention_inputs(study: Study, samples: dict | None = None, mean_images: int
             faces[label], sources[label] = study.benchmark(ds).image(0), f"{ds} sample 0"
     ds0 = next(iter(cfg.datasets))
     bench = study.benchmark(ds0)
-    rng = np.random.default_rng(cfg.seed)
-    ids = np.sort(rng.choice(len(bench), size=min(mean_images, len(bench)), replace=False))
+    ids = np.sort(np.random.default_rng(cfg.seed).choice(len(bench), size=min(mean_images, len(bench)), replace=False))
     mean_faces = np.stack([bench.image(int(i)) for i in ids])
     return AttentionInputs(faces, sources, note, cfg.datasets[ds0].label, ids, mean_faces)
 
 
 def attention_unavailable(study: Study) -> str | None:
-    """Why the attention figure cannot be drawn here (None: it can): it runs the quality models
-    on face images, so it needs their checkpoints, which evaluating the arrays does not."""
+    """Why the attention figure cannot be drawn here (None: it can): it needs the quality models' checkpoints."""
     absent = [q for q in study.config.quality_models if not study.has_checkpoint("quality_models", q)]
     if absent:
         return (f"the attention maps run the ViT-FIQA models on face images; the checkpoints of {absent} are "
@@ -165,9 +142,10 @@ def attention_study(study: Study, quality: str, inputs: AttentionInputs) -> tupl
     and :func:`attention_statistics` over the mean's images (with a ``quality_model`` column)."""
     cfg = study.config
     model = study_models(study).quality_model(quality)
-    per_face = attention_maps(model, np.stack(list(inputs.faces.values())), batch_size=cfg.batch_size, device=str(resolve_device(cfg.device)))
+    run = {"batch_size": cfg.batch_size, "device": str(resolve_device(cfg.device))}
+    per_face = attention_maps(model, np.stack(list(inputs.faces.values())), **run)
     maps = {name: per_face[i] for i, name in enumerate(inputs.faces)}
-    dataset_maps = attention_maps(model, inputs.mean_faces, batch_size=cfg.batch_size, device=str(resolve_device(cfg.device)))
+    dataset_maps = attention_maps(model, inputs.mean_faces, **run)
     maps[f"{inputs.mean_dataset} (mean)"] = dataset_maps.mean(axis=0)
     stats = attention_statistics(dataset_maps)
     stats.insert(0, "quality_model", quality)

@@ -4,7 +4,7 @@ pAUC(reference) with 95% intervals, all methods on the same resamples."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,30 +18,15 @@ from exfiqa.readers.bin import _load_bin
 from exfiqa.report.frames import variant_tags
 from exfiqa.study import Study
 
+#: What a bootstrap resamples: each benchmark's independent units (``subject``, the default:
+#: :meth:`exfiqa.study.Study.subjects`) or comparisons as if independent.
 BOOTSTRAP_UNITS = ("subject", "comparison")
-"""What a bootstrap resamples: the independent units of each benchmark (``subject``, the
-default: :meth:`exfiqa.study.Study.subjects`) or comparisons as if independent."""
-
-
-def bootstrap_units(study: Study, dataset: str, unit: str) -> tuple[Any, str, int]:
-    """``(subjects argument, unit name, number of units)`` of a bootstrap on ``dataset``.
-
-    ``unit="subject"``: the dataset's units (:meth:`exfiqa.study.Study.subjects`);
-    ``"comparison"``: None (comparisons resampled, stratified) and the comparison count.
-    """
-    if unit == "subject":
-        return study.subjects(dataset)
-    if unit == "comparison":
-        return None, "comparison", int(study.scores(dataset, next(iter(study.config.fr_models))).n)
-    raise ValueError(f"unit: expected one of {BOOTSTRAP_UNITS}, got {unit!r}")
 
 
 def unit_summary(study: Study) -> pd.DataFrame:
-    """What a subject bootstrap resamples on each dataset: the unit, how many, how many
-    comparisons each enters on average, and, where the unit is the pair (the ``.bin`` sets), how
-    often their images repeat across pairs (by the SHA-256 of the encoded image bytes;
-    :func:`exfiqa.evaluation.subjects.repeated_images`): repeated images tie pairs together that the pair
-    bootstrap treats as independent."""
+    """What a subject bootstrap resamples on each dataset: the unit, how many, comparisons per
+    unit, and on the ``.bin`` pair sets how often images (by SHA-256 of their bytes) repeat across
+    pairs, which ties pairs together that the bootstrap treats as independent."""
     rows = []
     for ds, spec in study.config.datasets.items():
         _, unit, n_units = study.subjects(ds)
@@ -57,75 +42,74 @@ def unit_summary(study: Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _diff_interval(diff: np.ndarray) -> tuple[float, float, np.ndarray]:
-    """95% percentile interval of the defined paired differences, and which are defined."""
+def _resampled(
+    study: Study, ds: str, fr: str, orders: list[Any], fmr: float, n_boot: int, unit: str
+) -> tuple[list[float], list[bool], list[np.ndarray], str, int]:
+    """pAUC, ``resolved`` and ``n_boot`` bootstrap pAUCs (all on the same resamples, the run's
+    seed) of each order on ``ds``, and the unit resampled (:data:`BOOTSTRAP_UNITS`) and its count."""
+    cfg = study.config
+    if unit == "subject":
+        subjects, unit_name, n_units = study.subjects(ds)
+    elif unit == "comparison":
+        subjects, unit_name, n_units = None, "comparison", int(study.scores(ds, next(iter(cfg.fr_models))).n)
+    else:
+        raise ValueError(f"unit: expected one of {BOOTSTRAP_UNITS}, got {unit!r}")
+    est = [study.pauc_order(ds, fr, o, fmr) for o in orders]
+    res = [study.resolved(ds, fr, o, fmr) for o in orders]
+    samples = bootstrap_samples(study.scores(ds, fr), orders, fmr, cfg.convention, cfg.discard_limit, n_boot, cfg.seed,
+                                subtract_best=cfg.subtract_best, subjects=subjects, **study.rules())
+    return est, res, samples, unit_name, n_units
+
+
+def _paired(a: float, b: float, a_boot: np.ndarray, b_boot: np.ndarray) -> tuple[float, float, float, float, int]:
+    """pAUC(a) - pAUC(b), the 95% percentile interval of the defined paired differences, the share
+    of them in which a is lower, and how many are defined."""
+    diff = a_boot - b_boot
     ok = np.isfinite(diff)
-    if not ok.any():
-        return float("nan"), float("nan"), ok
-    lo, hi = np.quantile(diff[ok], [0.025, 0.975])
-    return float(lo), float(hi), ok
+    lo, hi = np.quantile(diff[ok], [0.025, 0.975]) if ok.any() else (np.nan, np.nan)
+    return a - b, float(lo), float(hi), float(np.mean(a_boot[ok] < b_boot[ok])), int(ok.sum())
 
 
 def paired_vs_reference(
     study: Study, quality: str, fr: str, methods: Sequence[str], reference: str, fmr: float, n_boot: int = 500,
     unit: str = "subject",
 ) -> pd.DataFrame:
-    """Paired bootstrap of pAUC(method) - pAUC(reference) per dataset, with 95% intervals.
-
-    All methods and the reference are evaluated on the same resamples in one pass
-    (:func:`exfiqa.evaluation.bootstrap.bootstrap_samples`; each difference equals
-    :func:`exfiqa.evaluation.bootstrap.paired_bootstrap` of the pair), from the Study's scores and orders,
-    bounded at IJB-C and all-vs-all sizes. ``unit``: what is resampled (:data:`BOOTSTRAP_UNITS`);
-    the rows say it (``unit``, ``n_units``, ``n_boot``).
-    ``resolved``: both pAUCs have a resolvable FMR target (:meth:`exfiqa.study.Study.resolved`).
-    """
+    """Paired bootstrap of pAUC(method) - pAUC(reference) per dataset, with 95% intervals, every
+    method on the same resamples (:func:`exfiqa.evaluation.bootstrap.bootstrap_samples`), resampling
+    ``unit`` (:data:`BOOTSTRAP_UNITS`). ``resolved``: both pAUCs have a resolvable FMR target."""
     cfg = study.config
     rows = []
     for ds in cfg.datasets:
-        scores = study.scores(ds, fr)
-        names = [reference, *methods]
-        orders = [study.ordering(ds, quality, m) for m in names]
-        est = [study.pauc_order(ds, fr, o, fmr) for o in orders]
-        subjects, unit_name, n_units = bootstrap_units(study, ds, unit)
-        res = [study.resolved(ds, fr, o, fmr) for o in orders]
-        samples = bootstrap_samples(scores, orders, fmr, cfg.convention, cfg.discard_limit, n_boot, cfg.seed,
-                                    subtract_best=cfg.subtract_best, subjects=subjects, **study.rules())
+        orders = [study.ordering(ds, quality, m) for m in [reference, *methods]]
+        est, res, samples, unit_name, n_units = _resampled(study, ds, fr, orders, fmr, n_boot, unit)
         for m, e, s, r in zip(methods, est[1:], samples[1:], res[1:], strict=True):
-            diff = s - samples[0]
-            lo, hi, ok = _diff_interval(diff)
+            delta, lo, hi, p_better, n_defined = _paired(e, est[0], s, samples[0])
             rows.append({
                 "quality_model": quality, "dataset": cfg.datasets[ds].label, "fr_model": fr, "fmr": fmr,
-                "method": m, "reference": reference, "delta_pauc": e - est[0], "ci_low": lo,
-                "ci_high": hi, "p_better": float(np.mean(s[ok] < samples[0][ok])), "convention": cfg.convention,
-                "limit": cfg.discard_limit, "unit": unit_name, "n_units": n_units, "n_boot": int(n_boot),
-                "n_defined": int(ok.sum()), "resolved": bool(r and res[0]),
+                "method": m, "reference": reference, "delta_pauc": delta, "ci_low": lo, "ci_high": hi,
+                "p_better": p_better, "convention": cfg.convention, "limit": cfg.discard_limit, "unit": unit_name, "n_units": n_units,
+                "n_boot": int(n_boot), "n_defined": n_defined, "resolved": bool(r and res[0]),
             })
     return pd.DataFrame(rows)
 
 
 def fusion_bootstrap(study: Study, fr: str, fmr: float, n_boot: int, unit: str = "subject") -> pd.DataFrame:
-    """Paired bootstrap of F and FW against the last exit, per quality model and dataset
-    (:func:`paired_vs_reference`, resampling ``unit``), with ``delta_pauc`` and its interval
-    times ``pauc_scale``."""
-    cfg = study.config
-    parts = []
-    for q, (_, depth) in variant_tags(study).items():
-        parts.append(paired_vs_reference(study, q, fr, ["EX-FIQA-F", "EX-FIQA-FW"], exit_label(depth), fmr, n_boot=n_boot,
-                                         unit=unit))
-    return _scaled(pd.concat(parts, ignore_index=True), cfg)
+    """:func:`paired_vs_reference` of F and FW against the last exit for each quality model, with
+    ``delta_pauc`` and its interval times ``pauc_scale`` (and ``scale``, ``seed`` columns)."""
+    return _per_variant(study, fr, fmr, n_boot, unit, lambda depth: (["EX-FIQA-F", "EX-FIQA-FW"], exit_label(depth)))
 
 
 def depth_bootstrap(study: Study, fr: str, fmr: float, n_boot: int, unit: str = "subject") -> pd.DataFrame:
-    """Paired bootstrap of the last exit against exit 1, per quality model and dataset
-    (:func:`paired_vs_reference`, resampling ``unit``; ``delta_pauc`` = pAUC(last) - pAUC(exit 1),
-    < 0: depth helps), scaled and labelled as :func:`fusion_bootstrap`; for the "depth gains" finding."""
-    parts = [paired_vs_reference(study, q, fr, [exit_label(depth)], exit_label(1), fmr, n_boot=n_boot, unit=unit)
-             for q, (_, depth) in variant_tags(study).items()]
-    return _scaled(pd.concat(parts, ignore_index=True), study.config)
+    """As :func:`fusion_bootstrap`, the last exit against exit 1 (``delta_pauc`` < 0: depth helps)."""
+    return _per_variant(study, fr, fmr, n_boot, unit, lambda depth: ([exit_label(depth)], exit_label(1)))
 
 
-def _scaled(boot: pd.DataFrame, cfg: Any) -> pd.DataFrame:
-    """A paired-bootstrap table with ``delta_pauc`` and its interval times ``pauc_scale`` (+ scale, seed)."""
+def _per_variant(
+    study: Study, fr: str, fmr: float, n_boot: int, unit: str, pair: Callable[[int], tuple[list[str], str]]
+) -> pd.DataFrame:
+    cfg = study.config
+    boot = pd.concat([paired_vs_reference(study, q, fr, *pair(depth), fmr, n_boot=n_boot, unit=unit)
+                      for q, (_, depth) in variant_tags(study).items()], ignore_index=True)
     for col in ("delta_pauc", "ci_low", "ci_high"):
         boot[col] = boot[col] * cfg.pauc_scale
     boot["scale"] = float(cfg.pauc_scale)

@@ -3,6 +3,7 @@ poster's headline table beside this run, and a second, transcribed reference for
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,59 +13,57 @@ from exfiqa.evaluation.exits import exit_label, exit_numbers
 from exfiqa.report.frames import Headline
 from exfiqa.report.tables import flag_unresolved
 
-#: Table labels of the built-in baselines. SER-FIQ is this package's re-implementation
-#: (:mod:`exfiqa.models.baselines`), not the authors' code: its label says so wherever the poster's SER-FIQ
-#: sits beside it.
+#: The poster's headline table as printed: pAUC-EDC x10^3 at FNMR@FMR=1e-3, ArcFace, IJB-C, discard
+#: 0..0.3 (EX-FIQA poster, IEEE FG 2026; paper arXiv 2604.22842), transcribed by this project.
+PAPER_HEADLINE: tuple[tuple[str, float], ...] = (
+    ("BRISQUE", 8.75), ("RankIQA", 8.70), ("DeepIQA", 8.78), ("SER-FIQ", 6.53), ("CR-FIQA(L)", 6.58),
+    ("DifFIQA(R)", 6.48), ("eDifFIQA(L)", 6.47), ("GraFIQs(L)", 6.86), ("CLIB-FIQA", 6.60),
+    ("ViT-FIQA(C)", 6.60), ("ViT-FIQA(T)", 6.56), ("EX-FIQA-11(C)", 6.67), ("EX-FIQA-FW(C)", 6.50),
+    ("EX-FIQA-10(T)", 6.38), ("EX-FIQA-FW(T)", 6.36),
+)
+PAPER_HEADLINE_SCALE = 1000.0
+#: Variant tag -> the early exit the poster reports (11 for (C), 10 for (T)).
+_POSTER_EXITS = {m[2]: int(m[1]) for name, _ in PAPER_HEADLINE if (m := re.fullmatch(r"EX-FIQA-(\d+)\((T|C)\)", name))}
+#: Config key of the poster's headline dataset; NIST no longer distributes IJB-C (configs/paper-no-ijbc.yaml).
+PAPER_HEADLINE_DATASET = "ijbc"
+
+SECONDARY_SOURCE = "PreFIQs (secondary transcription)"
+#: ViT-FIQA (T) (= exit 12 (T)), :data:`SECONDARY_PROTOCOL`, per benchmark (config dataset key), as
+#: reported in the PreFIQs paper (Kolf et al., CVPR 2026 Workshops, arXiv 2605.13396) and
+#: **transcribed by a secondary source**, not read from the paper here. IJB-C agrees with the poster.
+SECONDARY_VITFIQA_T: dict[str, float] = {
+    "adience": 9.948, "agedb_30": 8.234, "cfp_fp": 3.568, "cplfw": 20.531, "ijbc": 6.563,
+}
+SECONDARY_PROTOCOL = "ArcFace, FNMR@FMR=1e-3, pAUC-EDC up to discard 0.3, x10^3"
+
+#: Table labels of the built-in baselines (SER-FIQ is this package's re-implementation, not the authors' code).
 _METHOD_LABELS = {"magface_norm": "MagFace (norm)", "serfiq": "SER-FIQ-style (re-impl.)", "sharpness": "Sharpness (Laplacian)"}
 
-#: ``selection`` of a row of the comparison tables (:func:`poster_table`, :func:`headline_vs_paper`).
+#: ``selection`` of an early-exit row of :func:`poster_table` and :func:`headline_vs_paper`.
 SELECTED_ON_DATA = "best early exit: lowest mean pAUC over the evaluated datasets (chosen on the evaluated data)"
 SELECTED_BY_POSTER = "the early exit the poster reports"
 SELECTED_BY_BOTH = "the early exit the poster reports; also the best on the evaluated data"
 
 
 def _best_early(rows: pd.DataFrame, quality: str, depth: int) -> int:
-    part = rows[rows["quality_model"] == quality]
-    mean = part.groupby("method")["pauc"].mean()
+    mean = rows[rows["quality_model"] == quality].groupby("method")["pauc"].mean()
     return min(range(1, depth), key=lambda k: mean[exit_label(k)])
 
 
 def best_early_exit(rows: pd.DataFrame, quality: str, depth: int) -> str:
-    """The best early exit of ``quality`` chosen on the evaluated data: the lowest mean pAUC over
-    the datasets of ``rows`` (pAUC rows at one FR model and FMR) among exits 1..depth-1, the lowest
-    index on ties. Shared by :func:`poster_table` and :func:`headline_vs_paper`, whose rows agree."""
+    """The early exit (1..depth-1) of ``quality`` with the lowest mean pAUC over the datasets of
+    ``rows`` (pAUC rows at one FR model and FMR), the lowest on ties: chosen on the evaluated data."""
     return exit_label(_best_early(rows, quality, depth))
-
-
-#: The depth of the poster's models.
-_PAPER_DEPTH = 12
-
-
-def _poster_exit_name(k: int, tag: str) -> str:
-    """How the poster names exit ``k`` of variant ``tag``: ``EX-FIQA-10(T)``."""
-    return f"EX-FIQA-{k}({tag})"
-
-
-def paper_early_exits() -> dict[str, int]:
-    """Variant tag -> the early exit the poster reports (from :data:`PAPER_HEADLINE`: 11 for (C), 10 for (T))."""
-    return {tag: k for name, _ in PAPER_HEADLINE for tag in ("T", "C") for k in range(1, _PAPER_DEPTH + 1)
-            if name == _poster_exit_name(k, tag)}
 
 
 def _early_exit_rows(rows: pd.DataFrame, tags: dict[str, tuple[str, int]]) -> dict[str, list[tuple[int, str, bool]]]:
     """Per quality model: (exit, selection, chosen on the evaluated data) of the poster's early
     exit (where the model has it) and of :func:`best_early_exit` (once if they coincide)."""
-    poster = paper_early_exits()
     out = {}
     for q, (tag, depth) in tags.items():
-        best = _best_early(rows, q, depth)
-        k = poster.get(tag)
-        if k is not None and k < depth and k == best:
-            out[q] = [(best, SELECTED_BY_BOTH, False)]
-        elif k is not None and k < depth:
-            out[q] = [(k, SELECTED_BY_POSTER, False), (best, SELECTED_ON_DATA, True)]
-        else:
-            out[q] = [(best, SELECTED_ON_DATA, True)]
+        best, k = _best_early(rows, q, depth), _POSTER_EXITS.get(tag, depth)
+        out[q] = ([(best, SELECTED_ON_DATA, True)] if k >= depth else [(best, SELECTED_BY_BOTH, False)] if k == best
+                  else [(k, SELECTED_BY_POSTER, False), (best, SELECTED_ON_DATA, True)])
     return out
 
 
@@ -78,15 +77,10 @@ def _deepest(tags: dict[str, tuple[str, int]]) -> int:
 
 
 def poster_table(head: pd.DataFrame, tags: dict[str, tuple[str, int]], dataset_order: Sequence[str]) -> pd.DataFrame:
-    """The poster's comparison layout for one FR model at one FMR (``head``: its pAUC rows).
-
-    Rows: the other methods (baselines, external CSVs; the re-implemented SER-FIQ labelled so),
-    then per quality model plain ViT-FIQA (= last exit), its early exits (:func:`_early_exit_rows`:
-    the poster's exit where the model has it, and :func:`best_early_exit`, chosen on the evaluated
-    data) and EX-FIQA-FW; columns: ``group, method``, ``dataset_order`` (dataset labels, the
-    headline first) and their mean, ``selection`` and ``chosen_on_evaluated_data`` (the same rows
-    and values as :func:`headline_vs_paper` on the headline dataset). With a ``resolved`` column
-    in ``head``, the flags of :func:`exfiqa.report.tables.flag_unresolved` follow.
+    """The poster's comparison layout for one FR model at one FMR (``head``: its pAUC rows): the
+    other methods, then per quality model plain ViT-FIQA (= last exit), the poster's early exit and
+    :func:`best_early_exit`, and EX-FIQA-FW; columns ``group, method``, ``dataset_order`` (labels)
+    and their mean, ``selection, chosen_on_evaluated_data``; flagged where ``head`` has ``resolved``.
     """
     rows, flags = [], []
     q0 = next(iter(tags))
@@ -120,44 +114,13 @@ def poster_table(head: pd.DataFrame, tags: dict[str, tuple[str, int]], dataset_o
     return out
 
 
-#: The poster's headline table: pAUC-EDC at FNMR@FMR=1e-3, ArcFace, IJB-C, discard 0..0.3, as
-#: printed (x10^3 of the raw area; lower is better). Source: the EX-FIQA poster (IEEE FG 2026;
-#: paper arXiv 2604.22842), transcribed by this project.
-PAPER_HEADLINE: tuple[tuple[str, float], ...] = (
-    ("BRISQUE", 8.75), ("RankIQA", 8.70), ("DeepIQA", 8.78), ("SER-FIQ", 6.53), ("CR-FIQA(L)", 6.58),
-    ("DifFIQA(R)", 6.48), ("eDifFIQA(L)", 6.47), ("GraFIQs(L)", 6.86), ("CLIB-FIQA", 6.60),
-    ("ViT-FIQA(C)", 6.60), ("ViT-FIQA(T)", 6.56), ("EX-FIQA-11(C)", 6.67), ("EX-FIQA-FW(C)", 6.50),
-    ("EX-FIQA-10(T)", 6.38), ("EX-FIQA-FW(T)", 6.36),
-)
-PAPER_HEADLINE_SCALE = 1000.0
-
-#: Config key of the poster's headline dataset. NIST discontinued the distribution of IJB-A, IJB-B
-#: and IJB-C on 14 March 2023, so a run may have to do without it (configs/paper-no-ijbc.yaml).
-PAPER_HEADLINE_DATASET = "ijbc"
-
-
 def headline_note(head: Headline) -> str:
-    """``""`` when the headline dataset is IJB-C (config key :data:`PAPER_HEADLINE_DATASET`),
-    else one sentence saying which dataset stands in for IJB-C in the headline table and the
-    IJB-C findings, and that the poster's IJB-C values are not its values."""
+    """``""`` when the headline dataset is IJB-C, else a sentence saying which dataset stands in for it."""
     if head.dataset == PAPER_HEADLINE_DATASET:
         return ""
     return (f"This run's headline dataset is {head.label}, not IJB-C (NIST no longer distributes IJB-C): "
             f"it stands in for IJB-C in the headline table and in the paper's IJB-C findings, and the "
             f"poster's IJB-C values beside it are a reference, not the same benchmark.")
-
-#: Label of :data:`SECONDARY_VITFIQA_T`'s source wherever it is shown (a column of
-#: :func:`headline_vs_paper` and of :func:`secondary_reference`).
-SECONDARY_SOURCE = "PreFIQs (secondary transcription)"
-
-#: ViT-FIQA (T) (= exit 12 (T)) with ArcFace, pAUC-EDC at FNMR@FMR=1e-3 up to discard 0.3, x10^3,
-#: per benchmark (keyed by config dataset key), as reported in the PreFIQs paper (Kolf et al., CVPR
-#: 2026 Workshops, arXiv 2605.13396) and **transcribed by a secondary source**, not read from the
-#: paper by this project. Its IJB-C value (6.563) agrees with the poster's 6.56.
-SECONDARY_VITFIQA_T: dict[str, float] = {
-    "adience": 9.948, "agedb_30": 8.234, "cfp_fp": 3.568, "cplfw": 20.531, "ijbc": 6.563,
-}
-SECONDARY_PROTOCOL = "ArcFace, FNMR@FMR=1e-3, pAUC-EDC up to discard 0.3, x10^3"
 
 
 def _norm_name(name: str) -> str:
@@ -166,17 +129,15 @@ def _norm_name(name: str) -> str:
 
 def _poster_method(name: str, tags: dict[str, tuple[str, int]], others: Sequence[str]) -> tuple[str, str] | None:
     """(quality model, run method) that a poster row corresponds to in this run, or None."""
-    by_tag = {tag: (q, depth) for q, (tag, depth) in tags.items()}
+    by_tag = {tag: (q, depth) for q, (tag, depth) in tags.items() if tag in ("T", "C")}
     if name == "SER-FIQ" and "serfiq" in others:
         return next(iter(tags)), "serfiq"
     for m in others:  # external methods named as on the poster
         if _norm_name(m) == _norm_name(name):
             return next(iter(tags)), m
     for tag, (q, depth) in by_tag.items():
-        if tag not in ("T", "C"):
-            continue
         run = {f"ViT-FIQA({tag})": exit_label(depth), f"EX-FIQA-FW({tag})": "EX-FIQA-FW",
-               **{_poster_exit_name(k, tag): exit_label(k) for k in range(1, depth + 1)}}
+               **{f"EX-FIQA-{k}({tag})": exit_label(k) for k in range(1, depth + 1)}}
         if name in run:
             return q, run[name]
     return None
@@ -186,18 +147,10 @@ def headline_vs_paper(
     pauc_table: pd.DataFrame, head: Headline, tags: dict[str, tuple[str, int]], scale: float
 ) -> pd.DataFrame:
     """The poster's headline table (:data:`PAPER_HEADLINE`) beside this run's values at the
-    headline dataset, FR model and FMR, both at ``scale``; then this run's methods the poster
-    lacks, among them the :func:`best_early_exit` of each variant (chosen on the evaluated data,
-    as in :func:`poster_table`). ``paper`` is NaN where the poster has no such method,
-    ``this_run`` where this run lacks it. ``selection`` and ``chosen_on_evaluated_data`` say how
-    an early-exit row was chosen; ``resolved`` (where ``pauc_table`` has it; NA without a value
-    of this run) whether this run's FMR target is resolvable. The poster's SER-FIQ is the authors'
-    method, this run's a re-implementation (``this_run_method`` says so).
-    Column :data:`SECONDARY_SOURCE`: a second reference, for the ViT-FIQA(T) row only
-    (:data:`SECONDARY_VITFIQA_T` on the headline dataset, by config key, at ``scale``; NaN where
-    it has none, e.g. XQLFW), NaN elsewhere. Column ``paper_dataset``: the poster's dataset
-    (IJB-C), beside ``dataset``, this run's headline dataset (:func:`headline_note` when they
-    differ).
+    headline dataset, FR model and FMR, both at ``scale``; then this run's methods the poster lacks
+    (among them each variant's :func:`best_early_exit`). NaN where one side lacks a method;
+    ``resolved`` (where ``pauc_table`` has it) is NA without a value of this run. Column
+    :data:`SECONDARY_SOURCE`: :data:`SECONDARY_VITFIQA_T` on the headline dataset, ViT-FIQA(T) row only.
     """
     at = pauc_table[(pauc_table["fr_model"] == head.fr_model) & np.isclose(pauc_table["fmr"], head.fmr)]
     part = at[at["dataset"] == head.label]
@@ -213,13 +166,10 @@ def headline_vs_paper(
         return _METHOD_LABELS.get(m, m) if m in others else f"{m} ({tags[q][0]})"
 
     def add(name: str, paper: float, key: tuple[str, str] | None) -> None:
-        sel, on_data = how.get(key, ("", False)) if key else ("", False)
-        row = {"method": name, "paper": paper, "this_run": value.get(key, float("nan")) if key else float("nan"),
-               "this_run_method": label_of(*key) if key else "(not in this run)", "selection": sel,
-               "chosen_on_evaluated_data": on_data}
-        if ok is not None:
-            row["resolved"] = ok.get(key, pd.NA) if key else pd.NA
-        rows.append(row)
+        sel, on_data = how.get(key, ("", False))
+        rows.append({"method": name, "paper": paper, "this_run": value.get(key, float("nan")),
+                     "this_run_method": label_of(*key) if key else "(not in this run)", "selection": sel,
+                     "chosen_on_evaluated_data": on_data, **({} if ok is None else {"resolved": ok.get(key, pd.NA)})})
 
     for name, paper_value in PAPER_HEADLINE:
         match = _poster_method(name, tags, others)
@@ -231,7 +181,6 @@ def headline_vs_paper(
              and (m not in exit_numbers(depth_of.get(q, 0)) or (q, m) in chosen)
              and (is_exfiqa(m, depth_of.get(q, 0)) or q == next(iter(tags)))]
     for q, m in extra:
-        used.add((q, m))
         add(label_of(q, m), float("nan"), (q, m))
     out = pd.DataFrame(rows)
     if ok is not None:
@@ -248,15 +197,9 @@ def headline_vs_paper(
 def secondary_reference(
     pauc_table: pd.DataFrame, labels: dict[str, str], tags: dict[str, tuple[str, int]], head: Headline, scale: float
 ) -> pd.DataFrame:
-    """This run's plain ViT-FIQA (T) (its last exit) beside :data:`SECONDARY_VITFIQA_T`, per
-    reference benchmark, at the headline FR model and FMR (as :func:`headline_vs_paper`; the
-    reference's own protocol is :data:`SECONDARY_PROTOCOL`), both at ``scale``.
-
-    ``labels``: config dataset key -> this run's label; a reference benchmark is matched by its
-    config key (``adience``, ``agedb_30``, ``cfp_fp``, ``cplfw``, ``ijbc``). Columns: ``benchmark``,
-    ``dataset`` (this run's label, or "(not in this run)"), :data:`SECONDARY_SOURCE`, ``this_run``
-    (NaN where the run lacks the benchmark or a (T) model), ``this_run_method``, ``fr_model``,
-    ``reference_protocol``.
+    """This run's plain ViT-FIQA (T) (its last exit) beside :data:`SECONDARY_VITFIQA_T` per
+    reference benchmark (matched by config key; ``labels``: key -> this run's label), at the
+    headline FR model and FMR, both at ``scale``; NaN where the run lacks the benchmark or a (T) model.
     """
     q_t = next((q for q, (tag, _) in tags.items() if tag == "T"), None)
     method = exit_label(tags[q_t][1]) if q_t is not None else ""
@@ -269,7 +212,7 @@ def secondary_reference(
         rows.append({
             "benchmark": key, "dataset": label if label is not None else "(not in this run)",
             SECONDARY_SOURCE: float(f"{ref * scale / PAPER_HEADLINE_SCALE:.12g}"),
-            "this_run": value.get(label, float("nan")) if label is not None else float("nan"),
+            "this_run": value.get(label, float("nan")),
             "this_run_method": f"{method} (T)" if method else "(no (T) model)",
             "fr_model": head.fr_model, "reference_protocol": SECONDARY_PROTOCOL,
         })

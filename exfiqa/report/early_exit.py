@@ -20,30 +20,19 @@ from exfiqa.models.vitfiqa import ViTFIQA, ViTFIQAConfig, build_vitfiqa
 from exfiqa.report.frames import study_models, tied_best
 from exfiqa.study import Study
 
-
-def cost_table(model: ViTFIQA | ViTFIQAConfig) -> pd.DataFrame:
-    """Analytic GFLOPs per exit and of fusing all exits for ``model``'s configuration (or a configuration).
-
-    Columns ``exit`` (the integer exit; missing for the fusions, which read every exit), ``method``,
-    ``gflops``, ``saving``."""
-    c = model if isinstance(model, ViTFIQAConfig) else model.config
-    rows = [{"exit": e.exit, "method": exit_label(e.exit), "gflops": e.gflops, "saving": e.saving} for e in exit_costs(c)]
-    full = rows[-1]["gflops"]
-    fused = fused_cost(c)
-    rows += [{"exit": pd.NA, "method": m, "gflops": fused, "saving": 1 - fused / full} for m in ("EX-FIQA-F", "EX-FIQA-FW")]
-    return pd.DataFrame(rows).astype({"exit": "Int64"})
+#: Variant tag -> ViT-FIQA variant of the released architectures.
+_VARIANTS = {"T": "token", "C": "crfiqa"}
 
 
 def _timed(fn, repeats: int, cuda: bool) -> np.ndarray:
     """Wall times (s) of ``repeats`` calls of ``fn``, each bracketed by a device synchronisation on CUDA."""
+    sync = torch.cuda.synchronize if cuda else lambda: None
     times = []
     for _ in range(repeats):
-        if cuda:
-            torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         fn()
-        if cuda:
-            torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - t0)
     return np.asarray(times)
 
@@ -51,14 +40,9 @@ def _timed(fn, repeats: int, cuda: bool) -> np.ndarray:
 def measure_latency(
     model: ViTFIQA, batch_size: int = 32, repeats: int = 5, device: str = "cpu", seed: int = 0
 ) -> pd.DataFrame:
-    """Measured wall time per image of the truncated model at every exit and of all exits in one
-    pass, every row timed the same way.
-
-    Each row: one untimed warm-up call, then ``repeats`` timed calls, each bracketed by
-    ``torch.cuda.synchronize()`` on a CUDA device (kernels are asynchronous). Columns: ``exit``
-    (``1..depth`` or ``"all (one pass)"``), ``ms_per_image`` (the median), ``ms_q25``, ``ms_q75``
-    (the interquartile range), ``ms_min``, ``ms_max``, ``repeats``; all per image.
-    """
+    """Wall time per image (ms) of the truncated model at every exit ``1..depth`` and of all exits
+    in one pass (``"all (one pass)"``): per row one warm-up call, then ``repeats`` timed calls
+    (:func:`_timed`); median, interquartile range, min and max."""
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"parameter repeats must be an integer >= 1, got {repeats!r}")
     torch.manual_seed(seed)
@@ -79,20 +63,12 @@ def measure_latency(
 
 
 def operating_points(pauc: pd.DataFrame, costs: pd.DataFrame, tolerance: float = 0.05) -> pd.DataFrame:
-    """Derive the paper's three operating points from data (per quality model).
-
-    Mean pAUC over datasets and FR models per EX-FIQA method (exits and fusions, the methods with a
-    cost in ``costs``: :func:`study_costs` rows, whose ``exit`` column marks the single exits); then
-    - max accuracy: the method with the lowest mean pAUC;
-    - balanced: the cheapest single exit whose mean pAUC is within ``tolerance`` (relative) of the
-      last exit's;
-    - max efficiency: the cheapest single exit within ``2 * tolerance`` of the last exit's.
-
-    ``tied_methods``: for max accuracy, every method tied (:func:`is_tie`) for the lowest mean pAUC
-    when there are several (the row shows the first by name); empty otherwise.
-    ``resolved`` (when ``pauc`` has that column): every pAUC in the method's mean is resolved.
-    """
-    rows = []
+    """The paper's three operating points per quality model, from the mean pAUC over datasets and
+    FR models of each method with a cost in ``costs`` (:func:`study_costs`): max accuracy (lowest
+    mean; ``tied_methods`` names every tied method when several), balanced and max efficiency (the
+    cheapest single exit within ``tolerance``, ``2 * tolerance`` relative of the last exit's mean).
+    ``resolved`` (where ``pauc`` has it): every pAUC in the mean is resolved."""
+    rows: list[dict] = []
     for q, part in pauc.groupby("quality_model", sort=False):
         own = costs[costs["quality_model"] == q].set_index("method")
         cost, exit_of = own["gflops"], own["exit"]
@@ -101,24 +77,16 @@ def operating_points(pauc: pd.DataFrame, costs: pd.DataFrame, tolerance: float =
         last = max(exits, key=lambda m: exit_of[m])
         full = cost[last]
         tied = tied_best(mean.sort_index())
-        rows.append({**_point(q, "max accuracy", tied[0], mean, cost, full), "tied_methods": ", ".join(tied) if len(tied) > 1 else ""})
+        picks = [("max accuracy", tied[0], ", ".join(tied) if len(tied) > 1 else "")]
         for name, tol in (("balanced", tolerance), ("max efficiency", 2 * tolerance)):
-            ok = [m for m in exits if mean[m] <= mean[last] * (1 + tol)]
-            pick = min(ok, key=lambda m: cost[m])
-            rows.append({**_point(q, name, pick, mean, cost, full), "tied_methods": ""})
-        if "resolved" in part.columns:
-            ok = part.groupby("method")["resolved"].all()
-            for r in rows:
-                if r["quality_model"] == q:
-                    r["resolved"] = bool(ok[r["method"]])
+            within = [m for m in exits if mean[m] <= mean[last] * (1 + tol)]
+            picks.append((name, min(within, key=lambda m: cost[m]), ""))
+        ok = part.groupby("method")["resolved"].all() if "resolved" in part.columns else None
+        for scenario, m, tied_text in picks:
+            rows.append({"quality_model": q, "scenario": scenario, "method": m, "mean_pauc": float(mean[m]),
+                         "gflops": float(cost[m]), "flop_saving": 1 - float(cost[m]) / full, "tied_methods": tied_text,
+                         **({} if ok is None else {"resolved": bool(ok[m])})})
     return pd.DataFrame(rows)
-
-
-def _point(q: str, scenario: str, method: str, mean: pd.Series, cost: pd.Series, full: float) -> dict:
-    return {
-        "quality_model": q, "scenario": scenario, "method": method, "mean_pauc": float(mean[method]),
-        "gflops": float(cost[method]), "flop_saving": 1 - float(cost[method]) / full,
-    }
 
 
 @dataclass(frozen=True)
@@ -134,13 +102,9 @@ class AdaptiveResult:
 def adaptive_exit(
     scores: np.ndarray, threshold: float, margin: float, min_exit: int, gflops: Sequence[float]
 ) -> AdaptiveResult:
-    """Stop at the first exit >= ``min_exit`` whose running FW-fused score lies more than ``margin``
-    from ``threshold`` (a confident accept/reject of the face); otherwise run all exits.
-
-    ``scores``: (N, L) exit scores (from one pass, used to simulate the stopping rule exactly as a
-    deployment that evaluates exits one after another would). ``gflops[l-1]``: cost of running
-    up to exit l with heads at every exit so far. Beyond the paper.
-    """
+    """Simulated adaptive early exit (beyond the paper) on (N, L) exit ``scores``: stop at the first
+    exit >= ``min_exit`` whose running FW-fused score lies more than ``margin`` from ``threshold``,
+    else at the last; ``gflops[l-1]``: the cost of running up to exit l (:func:`adaptive_cost_curve`)."""
     n, depth = scores.shape
     w = fusion.depth_ramp(depth)
     running = np.cumsum(scores * w, axis=1) / np.cumsum(w)
@@ -157,16 +121,17 @@ def adaptive_cost_curve(model_cfg: ViTFIQAConfig, depth: int) -> list[float]:
     return [(patch_embed_flops(model_cfg) + k * (block_flops(model_cfg) + head_flops(model_cfg))) / 1e9 for k in range(1, depth + 1)]
 
 
+def _costs(c: ViTFIQAConfig) -> list[tuple[int | None, float, float]]:
+    """(exit, GFLOPs, saving against the full pass) of every exit, then (None, ...) of fusing all exits."""
+    costs, fused = exit_costs(c), fused_cost(c)
+    return [(e.exit, e.gflops, e.saving) for e in costs] + [(None, fused, 1 - fused / costs[-1].gflops)]
+
+
 def released_gflops() -> pd.DataFrame:
     """Analytic GFLOPs per exit (and of fusing all exits) of the two released architectures."""
-    rows = []
-    for variant, tag in (("token", "T"), ("crfiqa", "C")):
-        c = ViTFIQAConfig(variant=variant)
-        costs = exit_costs(c)
-        for e in costs:
-            rows.append({"model": f"ViT-FIQA ({tag}) released", "exit": str(e.exit), "gflops": e.gflops, "flop_saving": e.saving})
-        fused = fused_cost(c)
-        rows.append({"model": f"ViT-FIQA ({tag}) released", "exit": "all fused", "gflops": fused, "flop_saving": 1 - fused / costs[-1].gflops})
+    rows = [{"model": f"ViT-FIQA ({tag}) released", "exit": "all fused" if k is None else str(k), "gflops": g,
+             "flop_saving": saving}
+            for tag, variant in _VARIANTS.items() for k, g, saving in _costs(ViTFIQAConfig(variant=variant))]
     return pd.DataFrame(rows)
 
 
@@ -182,58 +147,49 @@ def released_claims(released: pd.DataFrame) -> dict[str, float]:
 
 def latency_table(study: Study, batch_size: int, repeats: int, full_size: bool) -> pd.DataFrame:
     """:func:`measure_latency` of the run's quality models whose checkpoint is here (and, if
-    ``full_size``, the released architectures on random weights), on the run's device, seeded by
-    the run's seed: every row (each exit and the one-pass row) the median of ``repeats``
-    synchronised timings after a warm-up, with its interquartile range and min/max."""
+    ``full_size``, the released architectures on random weights), on the run's device and seed."""
     cfg = study.config
     models = {q: study_models(study).quality_model(q) for q in cfg.quality_models if study.has_checkpoint("quality_models", q)}
     if full_size:
-        for variant, tag in (("token", "T"), ("crfiqa", "C")):
-            models[f"{tag} full-size"] = build_vitfiqa(variant=variant)
+        models |= {f"{tag} full-size": build_vitfiqa(variant=variant) for tag, variant in _VARIANTS.items()}
     if not models:  # no checkpoint here and no full-size timing asked for
         return pd.DataFrame({"model": pd.Series(dtype=str), "exit": pd.Series(dtype=str), "ms_per_image": pd.Series(dtype=float)})
-    parts = []
-    for name, model in models.items():
-        t = measure_latency(model, batch_size=batch_size, repeats=repeats, device=str(resolve_device(cfg.device)), seed=cfg.seed)
-        t.insert(0, "model", name)
-        parts.append(t)
-    lat = pd.concat(parts, ignore_index=True)
+    device = str(resolve_device(cfg.device))
+    lat = pd.concat({name: measure_latency(model, batch_size=batch_size, repeats=repeats, device=device, seed=cfg.seed)
+                     for name, model in models.items()}, names=["model"]).reset_index(level=0).reset_index(drop=True)
     lat["exit"] = lat["exit"].astype(str)
     return lat
 
 
 def model_architecture(study: Study, quality: str) -> tuple[ViTFIQAConfig, str]:
     """The architecture of quality model ``quality`` and where it comes from: its checkpoint when
-    the file is there, else the released architecture of its variant (:meth:`Study.variant_tag`)
-    at the depth of its arrays (the evaluation needs no checkpoint; GFLOPs then assume the
-    released widths)."""
+    the file is there, else the released architecture of its variant at the depth of its arrays."""
     if study.has_checkpoint("quality_models", quality):
         return study_models(study).quality_model(quality).config, "checkpoint"
     tag = study.variant_tag(quality)
-    if tag not in ("T", "C"):
+    if tag not in _VARIANTS:
         raise ConfigError(f"quality_models.{quality}: its checkpoint is not there and its variant is unknown; "
                           "label it 'ViT-FIQA (T)' or '(C)', or provide the checkpoint")
-    variant = "token" if tag == "T" else "crfiqa"
-    return ViTFIQAConfig(variant=variant, depth=study.depth(quality)), "released architecture (no checkpoint here)"
+    return ViTFIQAConfig(variant=_VARIANTS[tag], depth=study.depth(quality)), "released architecture (no checkpoint here)"
 
 
 def study_costs(study: Study) -> pd.DataFrame:
-    """:func:`cost_table` of every quality model of the run (:func:`model_architecture`), with a
-    ``quality_model`` column."""
-    parts = []
+    """Analytic GFLOPs per exit and of F and FW (fusing all exits) of every quality model
+    (:func:`model_architecture`): ``quality_model, exit`` (NA for the fusions) ``, method, gflops, saving``."""
+    rows = []
     for q in study.config.quality_models:
-        ct = cost_table(model_architecture(study, q)[0])
-        ct.insert(0, "quality_model", q)
-        parts.append(ct)
-    return pd.concat(parts, ignore_index=True)
+        for k, g, saving in _costs(model_architecture(study, q)[0]):
+            for m in [exit_label(k)] if k is not None else ["EX-FIQA-F", "EX-FIQA-FW"]:
+                rows.append({"quality_model": q, "exit": pd.NA if k is None else k, "method": m, "gflops": g,
+                             "saving": saving})
+    return pd.DataFrame(rows).astype({"exit": "Int64"})
 
 
 def pauc_cost_points(
     pauc_table: pd.DataFrame, costs: pd.DataFrame, quality: str, fr: str, fmr: float
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(exits, fusion): pAUC and GFLOPs per dataset of every exit (the rows of ``pauc_table``, a
-    :func:`exfiqa.report.frames.pauc_all` frame, with an ``exit``) and of EX-FIQA-FW, for the
-    pAUC-vs-GFLOPs figure."""
+    """(exits, fusion): pAUC and GFLOPs per dataset of every exit and of EX-FIQA-FW (the
+    pAUC-vs-GFLOPs figure); ``pauc_table``: a :func:`exfiqa.report.frames.pauc_all` frame."""
     part = pauc_table[(pauc_table["quality_model"] == quality) & (pauc_table["fr_model"] == fr) & np.isclose(pauc_table["fmr"], fmr)]
     merged = part.merge(costs[costs["quality_model"] == quality][["method", "gflops"]], on="method")
     return merged[merged["exit"].notna()], merged[merged["method"] == "EX-FIQA-FW"]
@@ -242,16 +198,10 @@ def pauc_cost_points(
 def adaptive_study(
     study: Study, fr: str, fmr: float, reject_fraction: float, margin: float, min_exit: int
 ) -> pd.DataFrame:
-    """Adaptive early exit (:func:`adaptive_exit`) on every dataset and quality model.
-
-    The gate rejects the worst ``reject_fraction`` by the full-depth FW score; the adaptive rule
-    stops when the running FW score is more than ``margin`` standard deviations (of the FW
-    score) from that threshold. Columns: ``mean_exit`` (mean stopping exit), ``compute_saving``
-    (against reading all exits), ``gate_agreement`` (share of images the adaptive gate accepts or
-    rejects as the full-depth gate does), the same for the trivial gates ``agreement_accept_all``
-    (accept every image: the full gate's acceptance rate) and ``agreement_reject_all``,
-    ``beats_trivial_gates`` (``gate_agreement`` above both), ``pauc_adaptive`` and
-    ``pauc_fw_all_exits`` (x ``pauc_scale``, the adaptive and the full-depth FW score).
+    """:func:`adaptive_exit` on every dataset and quality model: the gate rejects the worst
+    ``reject_fraction`` by the full-depth FW score, the rule stops ``margin`` standard deviations
+    (of that score) from its threshold. ``gate_agreement``: the share of images the adaptive gate
+    decides as the full one, beside the trivial gates' (accept all, reject all); pAUCs x ``pauc_scale``.
     """
     if not 0 < reject_fraction < 1:
         raise ConfigError(f"reject_fraction must lie in (0, 1), got {reject_fraction}")

@@ -11,6 +11,21 @@ from exfiqa.report.comparison import PAPER_HEADLINE_DATASET, is_exfiqa
 from exfiqa.report.frames import Headline, best_text, is_tie, tied_best
 from exfiqa.report.layers import depth_summary
 
+VERDICTS = ("agrees", "differs", "tie", "not resolved", "not computable in this run")
+FINDINGS_COLUMNS = ("finding", "paper", "this_run", "verdict", "difference", "ci_low", "ci_high", "criterion")
+#: The columns read from a paired bootstrap table (:func:`exfiqa.report.bootstrap_tables.paired_vs_reference`).
+PAIRED_COLUMNS = ("quality_model", "dataset", "fr_model", "fmr", "method", "reference", "delta_pauc", "ci_low", "ci_high")
+_NA = VERDICTS[-1]
+_DEPTH_CLAIM = "largest gains from exit 1 to exit 5, little change after exit 8"
+#: Finding -> the paper's claim, in table order (after one "depth gains (<tag>)" per variant).
+_CLAIMS = {
+    "middle exits best on IJB-C (C)": "exits 7-9 are the best single exits of (C) on IJB-C",
+    "FW beats the last exit (C)": "EX-FIQA-FW (C) beats exit 12 on 5 of 8 datasets",
+    "FW (T) best mean pAUC": "EX-FIQA-FW (T) has the best mean pAUC",
+    "FW (T) top-1 on IJB-C": "EX-FIQA-FW (T) is top-1 on IJB-C for all four FR models",
+    "FW (C) best on Adience": "EX-FIQA-FW (C) is the best method on Adience",
+}
+
 
 def _pool(part: pd.DataFrame, tags: dict[str, tuple[str, int]]) -> pd.DataFrame:
     """pAUC rows with a run-wide method name: ``"Exit 7 (C)"``, ``"EX-FIQA-FW (T)"``, baselines
@@ -24,23 +39,11 @@ def _pool(part: pd.DataFrame, tags: dict[str, tuple[str, int]]) -> pd.DataFrame:
     return keep
 
 
-VERDICTS = ("agrees", "differs", "tie", "not resolved", "not computable in this run")
-"""The verdicts of :func:`paper_findings`."""
-
-FINDINGS_COLUMNS = ("finding", "paper", "this_run", "verdict", "difference", "ci_low", "ci_high", "criterion")
-"""The columns of :func:`paper_findings`."""
-
-PAIRED_COLUMNS = ("quality_model", "dataset", "fr_model", "fmr", "method", "reference", "delta_pauc", "ci_low", "ci_high")
-"""The columns :func:`paper_findings` reads from a paired bootstrap table (:func:`paired_vs_reference`)."""
-
-
 def _best_verdict(values: pd.Series, target: str) -> tuple[str, float]:
-    """Verdict of "``target`` is the best of ``values``" and pAUC(target) - best other (< 0: it is).
-
-    ``agrees``: target alone is best; ``tie``: target ties with another for best; ``differs``:
-    another is best; ``not computable in this run``: no target value."""
+    """Verdict of "``target`` is the best of ``values``" (tied for best: ``tie``) and
+    pAUC(target) - best other (< 0: it is)."""
     if target not in values.index or not np.isfinite(values[target]):
-        return "not computable in this run", float("nan")
+        return _NA, float("nan")
     others = values.drop(target)
     margin = float(values[target] - others.min()) if others.notna().any() else float("nan")
     best = tied_best(values)
@@ -97,106 +100,75 @@ def _paired_detail(
     }
 
 
-def _count(details: list[dict]) -> dict[str, int]:
-    return {v: sum(d["verdict"] == v for d in details) for v in ("agrees", "differs", "tie", "not resolved")}
-
-
-def _unresolved_groups(at: pd.DataFrame) -> list[tuple[str, str]]:
-    """``(dataset, fr_model)`` pairs where some pAUC of ``at`` rests on an unresolvable FMR target."""
-    if "resolved" not in at.columns:
-        return []
-    bad = at[~at["resolved"].astype(bool)]
-    return sorted(set(zip(bad["dataset"], bad["fr_model"], strict=True)))
-
-
 def paper_findings(
     pauc_table: pd.DataFrame, tags: dict[str, tuple[str, int]], head: Headline, adience: str | None = None,
     paired: pd.DataFrame | None = None, min_change: float = 0.05,
 ) -> pd.DataFrame:
-    """Each finding the paper states, computed from this run, with a verdict that holds.
+    """Each finding of the paper (arXiv 2604.22842) and its poster, computed from this run at the
+    headline FMR (and FR model, comparing two methods on a dataset), with a verdict (:data:`VERDICTS`),
+    the pAUC ``difference`` it rests on (< 0: the claim's method better) and the ``criterion``.
 
-    Findings (as stated in the EX-FIQA paper, arXiv 2604.22842, and its poster): largest gains exits 1->5 and little after 8; middle exits best on IJB-C
-    for (C); FW beats exit 12 on 5 of 8 datasets for (C); FW (T) best mean pAUC; FW (T) top-1 on
-    IJB-C for every FR model; FW (C) best on Adience. "IJB-C" is the headline dataset, "Adience"
-    the dataset ``adience`` (a label, or None when the run has none); all at the headline FMR and,
-    where a finding compares two methods on a dataset, the headline FR model. When the headline
-    dataset is not IJB-C (config key other than ``ijbc``: a run without it, as NIST no longer
-    distributes it), the two IJB-C findings are computed on the headline dataset and their
-    ``this_run`` text starts by saying so: ``"on <label> in place of IJB-C: ..."``.
-
-    ``paired``: a paired bootstrap table (:data:`PAIRED_COLUMNS`, at the scale of ``pauc_table``):
-    rows EX-FIQA-FW vs the last exit (:func:`fusion_bootstrap`) and the last exit vs exit 1
-    (:func:`depth_bootstrap`). Each such comparison becomes a row of its own
-    (``"<finding>: <dataset>"``) with the difference and its 95% interval. Without it, "beats"
-    counts and depth changes are "not resolved" or rest on the size threshold alone.
-
-    Verdicts (:data:`VERDICTS`): ``agrees`` / ``differs``; ``tie`` where the verdict rests on
-    methods with equal pAUC (:data:`TIE_RTOL`; every tied method is named in ``this_run``);
-    ``not resolved`` where the 95% paired intervals cannot decide it (a dataset counts as a win
-    only if its interval lies below 0) or the depth change is below ``min_change`` (relative to
-    exit 1's pAUC); ``not computable in this run``.
-
-    With a ``resolved`` column in ``pauc_table``, a dataset x FR model on which some pAUC at the
-    headline FMR is unresolvable (:func:`exfiqa.evaluation.rules.resolvable`) is left out of every finding,
-    and a last row names what was left out.
-
-    Columns (:data:`FINDINGS_COLUMNS`): ``finding``, ``paper`` (the claim), ``this_run`` (what the
-    run shows, in words), ``verdict``, ``difference`` (pAUC difference the verdict rests on, lower
-    = the claim's method better: FW - last exit, last exit - exit 1, middle-exit best - best
-    elsewhere, claimed best - best other), ``ci_low`` / ``ci_high`` (its 95% paired interval, NaN
-    where there is none), ``criterion`` (the rule applied).
+    The headline dataset stands in for IJB-C (``this_run`` says so when it is not ``ijbc``).
+    ``paired`` (:data:`PAIRED_COLUMNS`, at the scale of ``pauc_table``): FW vs the last exit and the
+    last exit vs exit 1, one row per compared dataset; without it wins and depth changes are not
+    resolved, or rest on ``min_change`` alone. Dataset x FR model pairs with an unresolvable pAUC
+    (``resolved`` column) are left out of every finding and named in a last row.
     """
     at = pauc_table[np.isclose(pauc_table["fmr"], head.fmr)]
-    left_out = _unresolved_groups(at)
-    if left_out:
-        keep = ~pd.Series(list(zip(at["dataset"], at["fr_model"], strict=True)), index=at.index).isin(left_out)
-        at = at[keep]
+    left_out: list[tuple[str, str]] = []
+    if "resolved" in at.columns:
+        bad = at[~at["resolved"].astype(bool)]
+        left_out = sorted(set(zip(bad["dataset"], bad["fr_model"], strict=True)))
+        at = at[~pd.Series(list(zip(at["dataset"], at["fr_model"], strict=True)), index=at.index).isin(left_out)]
     by_tag = {tag: q for q, (tag, _) in tags.items()}
+    claims = {f"depth gains ({tag})": _DEPTH_CLAIM for tag, _ in tags.values()} | _CLAIMS
     nan = float("nan")
     rows: list[dict] = []
     stand_in = "" if head.dataset == PAPER_HEADLINE_DATASET else f"on {head.label} in place of IJB-C: "
-    if at.empty and left_out:  # nothing resolvable at the headline FMR: every finding says so
-        why = f"no dataset with a resolvable FMR {head.fmr:g}"
-        claims = [(f"depth gains ({t})", "largest gains from exit 1 to exit 5, little change after exit 8") for t, _ in tags.values()]
-        claims += [("middle exits best on IJB-C (C)", "exits 7-9 are the best single exits of (C) on IJB-C"),
-                   ("FW beats the last exit (C)", "EX-FIQA-FW (C) beats exit 12 on 5 of 8 datasets"),
-                   ("FW (T) best mean pAUC", "EX-FIQA-FW (T) has the best mean pAUC"),
-                   ("FW (T) top-1 on IJB-C", "EX-FIQA-FW (T) is top-1 on IJB-C for all four FR models"),
-                   ("FW (C) best on Adience", "EX-FIQA-FW (C) is the best method on Adience")]
-        claims.append(("left out: unresolvable FMR target", f"(FMR {head.fmr:g})"))
-        return pd.DataFrame([{"finding": f, "paper": c, "this_run": (stand_in if "on IJB-C" in f else "") + why
-                              if not f.startswith("left out") else "; ".join(f"{ds} with {fr}" for ds, fr in left_out), "verdict": "not computable in this run",
-                              "difference": nan, "ci_low": nan, "ci_high": nan, "criterion": ""} for f, c in claims],
-                            columns=list(FINDINGS_COLUMNS))
+    no_fmr = f"no dataset with a resolvable FMR {head.fmr:g}"
 
-
-    def add(finding: str, paper_says: str, this_run: str, verdict: str, criterion: str, difference: float = nan) -> None:
+    def add(finding: str, this_run: str, verdict: str = _NA, criterion: str = "", difference: float = nan) -> None:
         if "on IJB-C" in finding and stand_in:
             this_run = stand_in + this_run
-        rows.append({"finding": finding, "paper": paper_says, "this_run": this_run, "verdict": verdict,
-                     "difference": difference, "ci_low": nan, "ci_high": nan, "criterion": criterion})
+        rows.append({"finding": finding, "paper": claims.get(finding, f"(FMR {head.fmr:g})"), "this_run": this_run,
+                     "verdict": verdict, "difference": difference, "ci_low": nan, "ci_high": nan,
+                     "criterion": criterion})
 
-    def details(q: str, finding: str, paper_says: str, a_name: str, b_name: str, label: str) -> list[dict]:
+    def finish() -> pd.DataFrame:
+        if left_out:
+            names = "; ".join(f"{ds} with {fr}" for ds, fr in left_out)
+            add("left out: unresolvable FMR target", names, _NA, "" if at.empty else (
+                "a dataset x FR model on which some pAUC at the headline FMR rests on fewer than one expected false "
+                "match (the 'resolved' column) is left out of every finding above"))
+        return pd.DataFrame(rows, columns=list(FINDINGS_COLUMNS))
+
+    if at.empty and left_out:  # nothing resolvable at the headline FMR: every finding says so
+        for finding in claims:
+            add(finding, no_fmr)
+        return finish()
+
+    def details(q: str, finding: str, a_name: str, b_name: str, label: str) -> tuple[list[dict], dict]:
+        """Per dataset, :func:`_paired_detail` of a vs b, and how many rows have each verdict."""
         part = at[(at["quality_model"] == q) & (at["fr_model"] == head.fr_model)]
         wide = part.pivot_table(index="dataset", columns="method", values="pauc", sort=False)
         boot = _paired_rows(paired, q, a_name, b_name, head.fr_model, head.fmr)
-        return [_paired_detail(finding, paper_says, label, str(ds), float(r[a_name]), float(r[b_name]), boot)
-                for ds, r in wide.iterrows()]
+        det = [_paired_detail(finding, claims[finding], label, str(ds), float(r[a_name]), float(r[b_name]), boot)
+               for ds, r in wide.iterrows()]
+        return det, {v: sum(d["verdict"] == v for d in det) for v in VERDICTS[:4]}
 
     summary = depth_summary(at, {q: d for q, (_, d) in tags.items()}, head.fmr)
-    for q in set(tags) - set(summary.get("quality_model", [])):
-        add(f"depth gains ({tags[q][0]})", "largest gains from exit 1 to exit 5, little change after exit 8",
-            f"no dataset with a resolvable FMR {head.fmr:g}", "not computable in this run", "")
+    for q in [q for q in tags if q not in set(summary.get("quality_model", []))]:
+        add(f"depth gains ({tags[q][0]})", no_fmr)
     for r in summary.itertuples():
         tag, depth = tags[r.quality_model]
-        name, paper_says = f"depth gains ({tag})", "largest gains from exit 1 to exit 5, little change after exit 8"
+        name = f"depth gains ({tag})"
         s5, s8 = r.share_of_gain_by_exit_5, r.share_of_gain_by_exit_8
         first, last = float(r.pauc_exit_1), float(r.pauc_last_exit)
         change = last - first
         rel = change / first if first else nan
         shape = bool(np.isfinite(s5) and first > last and s5 >= max(s8 - s5, 1 - s8) and 1 - s8 <= 0.2)
-        det = details(r.quality_model, name, paper_says, exit_label(depth), exit_label(1), f"{exit_label(depth)} - {exit_label(1)}")
-        n = _count(det)
+        last_vs_1 = f"{exit_label(depth)} - {exit_label(1)}"
+        det, n = details(r.quality_model, name, exit_label(depth), exit_label(1), last_vs_1)
         with_ci = sum(np.isfinite(d["ci_low"]) for d in det)
         resolved = n["agrees"] + n["differs"]
         text = (f"mean pAUC exit 1 -> exit {depth}: {first:.4g} -> {last:.4g} (change {change:+.4g}, {rel:+.1%}); "
@@ -209,7 +181,7 @@ def paper_findings(
             verdict = "not resolved"
         else:
             verdict = "agrees" if shape else "differs"
-        add(name, paper_says, text, verdict,
+        add(name, text, verdict,
             f"resolved if the change exit 1 -> last is at least {min_change:.0%} of exit 1's pAUC and "
             + ("its paired interval excludes 0 on more than half of the datasets; " if with_ci else "(no paired intervals given); ")
             + "then agrees if exit 1->5 is the largest of the three segments 1->5, 5->8, 8->last, and at most 20% of "
@@ -217,13 +189,12 @@ def paper_findings(
         if paired is not None:  # one row per compared dataset
             rows.extend(det)
     hp = at[(at["dataset"] == head.label) & (at["fr_model"] == head.fr_model)]
-    if "C" in by_tag and hp[hp["quality_model"] == by_tag["C"]].empty:
-        why = f"FMR {head.fmr:g} is not resolvable on {head.label} with {head.fr_model}"
-        add("middle exits best on IJB-C (C)", "exits 7-9 are the best single exits of (C) on IJB-C", why,
-            "not computable in this run", "")
-        add("FW beats the last exit (C)", "EX-FIQA-FW (C) beats exit 12 on 5 of 8 datasets", why,
-            "not computable in this run", "")
-    elif "C" in by_tag:
+    if "C" not in by_tag or hp[hp["quality_model"] == by_tag["C"]].empty:
+        why = ("no (C) model in this run" if "C" not in by_tag
+               else f"FMR {head.fmr:g} is not resolvable on {head.label} with {head.fr_model}")
+        add("middle exits best on IJB-C (C)", why)
+        add("FW beats the last exit (C)", why)
+    else:
         q = by_tag["C"]
         depth = tags[q][1]
         p = hp[hp["quality_model"] == q].set_index("method")["pauc"]
@@ -236,14 +207,14 @@ def paper_findings(
         middle = exits[middle_labels]
         rest = exits.drop(middle.index)
         margin = float(middle.min() - rest.min()) if len(rest) else nan
-        add("middle exits best on IJB-C (C)", "exits 7-9 are the best single exits of (C) on IJB-C",
+        add("middle exits best on IJB-C (C)",
             f"best single exit of (C) on {head.label} with {head.fr_model}: {best_text(exits)} (pAUC {exits.min():.6g}); "
             f"best of exits {lo}..{hi} minus best of the others: {margin:+.4g}", verdict,
             f"the best single exit lies in {lo}..{hi} (7..9 of 12, scaled to depth {depth}); exits tied for best "
             "inside and outside that range: tie; point estimates, no interval", margin)
-        name, paper_says = "FW beats the last exit (C)", "EX-FIQA-FW (C) beats exit 12 on 5 of 8 datasets"
-        det = details(q, name, paper_says, "EX-FIQA-FW", exit_label(depth), f"FW - {exit_label(depth)}")
-        n, total = _count(det), len(det)
+        name = "FW beats the last exit (C)"
+        det, n = details(q, name, "EX-FIQA-FW", exit_label(depth), f"FW - {exit_label(depth)}")
+        total = len(det)
         point = sum(d["difference"] < 0 and d["verdict"] != "tie" for d in det)
         if 2 * n["agrees"] > total:
             verdict = "agrees"
@@ -258,22 +229,17 @@ def paper_findings(
                 + (f", tied on {n['tie']}" if n["tie"] else "") + f"; lower pAUC (point estimate) on {point} of {total}")
         if not any(np.isfinite(d["ci_low"]) for d in det):
             text += "; no paired intervals given"
-        add(name, paper_says, text, verdict,
+        add(name, text, verdict,
             "FW (C) beats the last exit (95% paired interval below 0) on more than half of the datasets (5 of 8 is): "
             "agrees; cannot be more than half even if every unresolved dataset were a win: differs; only tied "
             "datasets could make it: tie; otherwise not resolved")
         if paired is not None:  # one row per compared dataset
             rows.extend(det)
-    else:
-        add("middle exits best on IJB-C (C)", "exits 7-9 are the best single exits of (C) on IJB-C", "no (C) model in this run",
-            "not computable in this run", "")
-        add("FW beats the last exit (C)", "EX-FIQA-FW (C) beats exit 12 on 5 of 8 datasets", "no (C) model in this run",
-            "not computable in this run", "")
     pool = _pool(at, tags)
     ties_rule = "; tied for best with another method: tie; point estimates, no interval"
     mean = pool.groupby("name")["pauc"].mean().sort_index()
     verdict, margin = _best_verdict(mean, "EX-FIQA-FW (T)")
-    add("FW (T) best mean pAUC", "EX-FIQA-FW (T) has the best mean pAUC",
+    add("FW (T) best mean pAUC",
         f"best mean pAUC over datasets and FR models: {best_text(mean)} ({mean.min():.4g})", verdict,
         "EX-FIQA-FW (T) has the lowest mean pAUC of all methods of the run" + ties_rule, margin)
     on_head = pool[pool["dataset"] == head.label]
@@ -281,27 +247,20 @@ def paper_findings(
     verdicts = {fr: _best_verdict(v, "EX-FIQA-FW (T)") for fr, v in per_fr.items()}
     n_fw = sum(v == "agrees" for v, _ in verdicts.values())
     n_tie = sum(v == "tie" for v, _ in verdicts.values())
-    if any(v == "not computable in this run" for v, _ in verdicts.values()) or not verdicts:
-        verdict = "not computable in this run"
+    if any(v == _NA for v, _ in verdicts.values()) or not verdicts:
+        verdict = _NA
     else:
         verdict = "agrees" if n_fw == len(verdicts) else ("tie" if n_fw + n_tie == len(verdicts) else "differs")
-    add("FW (T) top-1 on IJB-C", "EX-FIQA-FW (T) is top-1 on IJB-C for all four FR models",
+    add("FW (T) top-1 on IJB-C",
         f"top-1 on {head.label} for {n_fw} of {len(per_fr)} FR models" + (f", tied for top-1 for {n_tie}" if n_tie else "")
         + " (" + "; ".join(f"{fr}: {best_text(v)}" for fr, v in per_fr.items()) + ")", verdict,
         "EX-FIQA-FW (T) has the lowest pAUC on the headline dataset for every FR model of the run" + ties_rule
         + "; difference: the largest over FR models", max((m for _, m in verdicts.values()), default=nan))
     if adience is None:
-        add("FW (C) best on Adience", "EX-FIQA-FW (C) is the best method on Adience", "no Adience dataset in this run",
-            "not computable in this run", "")
+        add("FW (C) best on Adience", "no Adience dataset in this run")
     else:
         part = pool[(pool["dataset"] == adience) & (pool["fr_model"] == head.fr_model)].set_index("name")["pauc"].sort_index()
         verdict, margin = _best_verdict(part, "EX-FIQA-FW (C)")
-        add("FW (C) best on Adience", "EX-FIQA-FW (C) is the best method on Adience",
-            f"best on {adience} with {head.fr_model}: {best_text(part)}", verdict,
+        add("FW (C) best on Adience", f"best on {adience} with {head.fr_model}: {best_text(part)}", verdict,
             "EX-FIQA-FW (C) has the lowest pAUC on the Adience dataset with the headline FR model" + ties_rule, margin)
-    if left_out:
-        add("left out: unresolvable FMR target", f"(FMR {head.fmr:g})",
-            "; ".join(f"{ds} with {fr}" for ds, fr in left_out), "not computable in this run",
-            "a dataset x FR model on which some pAUC at the headline FMR rests on fewer than one expected false "
-            "match (the 'resolved' column) is left out of every finding above")
-    return pd.DataFrame(rows, columns=list(FINDINGS_COLUMNS))
+    return finish()

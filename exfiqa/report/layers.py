@@ -18,18 +18,13 @@ from exfiqa.study import Study
 
 def rank_correlation(sample_quality: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
     """Spearman rank correlation between the per-sample scores of ``methods`` (a square frame)."""
-    rho = spearmanr(sample_quality[list(methods)].to_numpy()).statistic
-    rho = np.atleast_2d(rho)
+    rho = np.atleast_2d(spearmanr(sample_quality[list(methods)].to_numpy()).statistic)
     return pd.DataFrame(rho, index=list(methods), columns=list(methods))
 
 
 def fr_sanity(study: Study) -> pd.DataFrame:
-    """Per dataset x FR model: 10-fold verification accuracy, EER and FNMR@FMR (no discarding).
-
-    A check that the FR models and readers behave before any quality analysis is read. Uses the
-    Study's scores (float32 similarities); an all-vs-all set is evaluated without materialising
-    its similarities (:func:`exfiqa.evaluation.pairs.all_pairs_sanity`, exact).
-    """
+    """Per dataset x FR model, no discarding: 10-fold verification accuracy, EER and FNMR at each
+    FMR target (an all-vs-all set exactly, without materialising its similarities)."""
     cfg = study.config
     rows = []
     for fr in cfg.fr_models:
@@ -52,12 +47,9 @@ def fr_sanity(study: Study) -> pd.DataFrame:
 
 
 def depth_summary(pauc_table: pd.DataFrame, depths: dict[str, int], fmr: float) -> pd.DataFrame:
-    """Per quality model: mean pAUC (over datasets and FR models) of exit 1 and the last exit,
-    the share of the exit-1-to-last change reached by exit 5 and by exit 8, the best single exit
-    (every exit tied for best named, :func:`best_text`).
-
-    ``depths``: quality model -> depth. Share = (pAUC(1) - pAUC(k)) / (pAUC(1) - pAUC(last)).
-    """
+    """Per quality model (``depths``: -> depth): mean pAUC over datasets and FR models of exit 1
+    and the last exit, the share (pAUC(1) - pAUC(k)) / (pAUC(1) - pAUC(last)) of the change reached
+    by exit 5 and 8, the best single exit (ties all named)."""
     rows = []
     for q, depth in depths.items():
         part = pauc_table[(pauc_table["quality_model"] == q) & np.isclose(pauc_table["fmr"], fmr)]
@@ -65,16 +57,11 @@ def depth_summary(pauc_table: pd.DataFrame, depths: dict[str, int], fmr: float) 
             continue
         mean = part.groupby("method")["pauc"].mean()
         first, last = mean[exit_label(1)], mean[exit_label(depth)]
-        total = first - last
-
-        def share(k: int, first=first, total=total, mean=mean, depth=depth) -> float:
-            return float((first - mean[exit_label(min(k, depth))]) / total) if total else float("nan")
-
-        best = best_text(mean[exit_labels(depth)])
-        rows.append({
-            "quality_model": q, "pauc_exit_1": float(first), "pauc_last_exit": float(last), "last_exit": depth,
-            "share_of_gain_by_exit_5": share(5), "share_of_gain_by_exit_8": share(8), "best_single_exit": best,
-        })
+        s5, s8 = (float((first - mean[exit_label(min(k, depth))]) / (first - last)) if first - last else float("nan")
+                  for k in (5, 8))
+        rows.append({"quality_model": q, "pauc_exit_1": float(first), "pauc_last_exit": float(last), "last_exit": depth,
+                     "share_of_gain_by_exit_5": s5, "share_of_gain_by_exit_8": s8,
+                     "best_single_exit": best_text(mean[exit_labels(depth)])})
     return pd.DataFrame(rows)
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from exfiqa.evaluation import fusion
-from exfiqa.evaluation.exits import exit_label
+from exfiqa.evaluation.exits import exit_label, exit_numbers
 from exfiqa.models.adaptive import adaptive_forward
 from exfiqa.models.device import resolve_device
 from exfiqa.models.flops import exit_costs
@@ -28,22 +28,11 @@ def runtime_table(
     study: Study, ops: pd.DataFrame, dataset: str, reject_fraction: float, margin: float, min_exit: int,
     n_images: int = 64, repeats: int = 3,
 ) -> pd.DataFrame:
-    """Measured ms per image of the full pass, of the exits the operating points ``ops`` pick
-    (:func:`~exfiqa.report.early_exit.operating_points`; its single-exit rows) and of the adaptive
-    runtime, on the first ``n_images`` faces of ``dataset`` in one batch, per quality model whose
-    checkpoint is here, on the run's device.
-
-    The adaptive rule is :func:`~exfiqa.report.early_exit.adaptive_study`'s on ``dataset``:
-    threshold = the ``reject_fraction`` quantile of the full-depth FW score over the dataset,
-    margin = ``margin`` standard deviations of it, from ``min_exit`` on. Each row: median of
-    ``repeats`` synchronised timings after a warm-up. Columns: ``quality_model``, ``run``,
-    ``exit`` (a fixed exit; NA otherwise), ``ms_per_image``, ``measured_speedup`` (full pass time /
-    this time), ``flop_saving`` (analytic, against the full pass: exit costs, and for the adaptive
-    run the mean over the faces of :func:`~exfiqa.report.early_exit.adaptive_cost_curve` at their
-    stopping exits), ``ideal_speedup`` (``1 / (1 - flop_saving)``), ``mean_exit`` (adaptive: the
-    mean stopping exit of the timed faces) and ``same_exit_as_simulation`` (adaptive: the share of
-    those faces whose stopping exit equals :func:`~exfiqa.report.early_exit.adaptive_exit` on the
-    run's stored exit scores; float32 rounding near the margin may move a face by one exit).
+    """Measured ms per image (median of ``repeats`` after a warm-up) of the full pass, of the single
+    exits ``ops`` picks and of the adaptive runtime with :func:`~exfiqa.report.early_exit.adaptive_study`'s
+    rule, on the first ``n_images`` faces of ``dataset`` in one batch, per quality model whose
+    checkpoint is here, on the run's device; beside the analytic ``flop_saving`` and, for the
+    adaptive run, the share of faces stopping where the simulation on the stored scores does.
     """
     cfg = study.config
     device = resolve_device(cfg.device)
@@ -64,7 +53,7 @@ def runtime_table(
         gap = margin * float(full_fw.std())
         costs = [c.gflops for c in exit_costs(model.config)]
         cum = np.asarray(adaptive_cost_curve(model.config, depth))
-        numbers = {exit_label(k): k for k in range(1, depth + 1)}
+        numbers = exit_numbers(depth)
         own = ops[(ops["quality_model"] == q) & ops["method"].isin(numbers)]
         fixed = sorted({numbers[m] for m in own["method"]})
         with torch.inference_mode():
