@@ -194,7 +194,6 @@ def pauc_meta(
         if conv is Convention.FIXED:
             static["discard_base"] = "non-mated comparisons; equal qualities discarded together"
     static["threshold"] += f"; {describe_rule(rule, e_type)}; accept {acc.value}"
-    static.pop("best_curve")
     return {
         "metric": "pAUC-EDC (FMR at fixed FNMR vs discarded fraction)" if fm
         else "pAUC-EDC (FNMR at fixed FMR vs discarded fraction)",
