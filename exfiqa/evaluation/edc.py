@@ -188,8 +188,7 @@ def _fixed_fm_curves(
     maybe = [fm_point(mated_asc, max_nm, comp.n_m, t, rule, strict) for t in targets]
     points = [p for p in maybe if p is not None]
     assert len(points) == len(maybe)  # fm_point is None only when max_nm is unknown
-    es = np.array([p.e for p in points], dtype=np.float64)
-    need = float(np.nanmin(es)) if np.isfinite(es).any() else np.inf
+    need = float(min(p.e for p in points))  # every point is finite
     m = min_candidates()
     while True:  # the top non-mated candidates, grown until every one with x >= min(es) is held
         vals, refs = top_candidates(comp, m)
@@ -242,8 +241,7 @@ def _recompute_curves(
         top_vals, top_refs = top_candidates(comp, m)
         level_top = np.asarray(order.levels(top_refs))
         complete = top_vals.shape[0] >= comp.n_nm or m >= comp.n_nm
-        es = np.full((len(targets), N_LEVELS), np.nan)
-        thr = np.full((len(targets), N_LEVELS), np.nan)
+        es, thr = np.full((2, len(targets), N_LEVELS), np.nan)
         short = False
         for j in levels:
             pos = np.flatnonzero(level_top >= j)
@@ -280,14 +278,6 @@ def _recompute_curves(
     return out
 
 
-def _targets(targets: float | Sequence[float] | None, e_type: ErrorType) -> list[float]:
-    if targets is None:
-        if e_type is ErrorType.FMR:
-            raise ValueError("targets: an FM-EDC needs its FNMR targets (there is no default)")
-        targets = DEFAULT_FMR_TARGETS
-    return check_rates(targets, "targets")
-
-
 def edc_curves(
     scores: Any,
     order: Any,
@@ -307,7 +297,9 @@ def edc_curves(
     """
     conv, rule, e_type = as_convention(convention), as_rule(threshold_rule), as_error_type(error_type)
     strict = is_strict(acceptance)
-    tg = _targets(targets, e_type)
+    if targets is None and e_type is ErrorType.FMR:
+        raise ValueError("targets: an FM-EDC needs its FNMR targets (there is no default)")
+    tg = check_rates(DEFAULT_FMR_TARGETS if targets is None else targets, "targets")
     comp = rule_view(scores, strict)
     if conv is Convention.RECOMPUTE:
         return _recompute_curves(comp, order, tg, rule, strict, e_type)

@@ -35,18 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 
-def _area_points(curve: EDCCurve, limit: float) -> np.ndarray:
-    """The points an area up to ``limit`` reads: those at or below it, and under ``recompute``
-    the next one when the limit falls between grid points (the interpolated end point)."""
-    frac = curve.discard_fraction
-    inside = frac <= limit + 1e-12
-    if curve.convention is Convention.RECOMPUTE:
-        i = int(inside.sum())
-        if frac[i - 1] < limit - 1e-12 and i < frac.shape[0]:
-            inside[i] = True
-    return inside
-
-
 def resolved_for(
     scores: Any,
     order: Any,
@@ -69,7 +57,13 @@ def resolved_for(
 
 def pauc_resolved(curve: EDCCurve, limit: float = 0.3) -> bool:
     """Whether every point a :func:`pauc` up to ``limit`` reads has a resolvable target (:attr:`EDCCurve.resolved`)."""
-    return bool(curve.resolved[_area_points(curve, check_limit(limit))].all())
+    lim, frac = check_limit(limit), curve.discard_fraction
+    inside = frac <= lim + 1e-12
+    if curve.convention is Convention.RECOMPUTE:  # and the next point, read by an interpolated end point
+        i = int(inside.sum())
+        if frac[i - 1] < lim - 1e-12 and i < frac.shape[0]:
+            inside[i] = True
+    return bool(curve.resolved[inside].all())
 
 
 def stepwise_area(frac: np.ndarray, err: np.ndarray, limit: float) -> np.ndarray:
@@ -82,9 +76,7 @@ def stepwise_area(frac: np.ndarray, err: np.ndarray, limit: float) -> np.ndarray
 def trapezoid_area(frac: np.ndarray, err: np.ndarray, limit: float) -> float:
     """Trapezoid area up to ``limit``, interpolated there; raises on NaN read or a limit beyond the grid."""
     if limit > frac[-1] + 1e-12:
-        raise ValueError(
-            f"limit: {limit} lies beyond the last discard fraction of the curve ({frac[-1]})"
-        )
+        raise ValueError(f"limit: {limit} lies beyond the last discard fraction of the curve ({frac[-1]})")
     inside = frac <= limit + 1e-12
     x, y = frac[inside], err[inside]
     if x[-1] < limit - 1e-12:
@@ -135,13 +127,8 @@ def pauc(curve: EDCCurve, limit: float = 0.3, subtract_best: bool | BestCurve | 
             area -= float(triangle_area(curve.error[0], lim))
         return area
     if best is not None:
-        raise ValueError(
-            "subtract_best: the theoretical best curve is defined for the 'fixed' convention only"
-        )
+        raise ValueError("subtract_best: the theoretical best curve is defined for the 'fixed' convention only")
     return trapezoid_area(curve.discard_fraction, curve.error, lim)
-
-
-# ----------------------------------------------------------------------------- metadata, frames
 
 
 def pauc_meta(

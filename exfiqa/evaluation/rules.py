@@ -133,9 +133,6 @@ PAUC_META: dict[Convention, dict[str, str]] = {
 """Static description of each convention (FNM-EDC), stored beside any pAUC number by :func:`pauc_meta`."""
 
 
-# ----------------------------------------------------------------------------- validation
-
-
 def _real(a: np.ndarray, name: str) -> np.ndarray:
     """``a`` checked to hold finite real numbers (float32 and float64 kept, other numbers -> float64)."""
     if a.dtype == np.bool_ or not (
