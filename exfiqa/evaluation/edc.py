@@ -67,16 +67,10 @@ from exfiqa.evaluation.scores import (
 
 @dataclass(frozen=True, eq=False)
 class EDCCurve:
-    """One EDC: an error rate at a fixed operating point against the discarded fraction.
-
-    ``discard_fraction`` ascends from 0 (``fixed``: of the comparisons counted; ``recompute``:
-    nominal, of all); ``error`` (NaN where undefined) is the FNMR of the remaining mated
-    comparisons (FNM-EDC) or the FMR of the remaining non-mated ones (FM-EDC); ``thresholds`` are
-    in the units of ``acceptance`` (similarity or angular distance); ``target`` is the FMR
-    (FNM-EDC) or FNMR (FM-EDC) of the operating point; ``n_mated``, ``n_nonmated``: before
-    discarding. ``n_target_base``: per point, the comparisons the target is a fraction of (None: the
-    whole set's count, ``fixed`` only). ``fnmr``: alias of ``error`` for FNM-EDCs.
-    """
+    """One EDC: the error (FNMR, or FMR for FM-EDCs; NaN where undefined) at ``target`` against
+    ``discard_fraction``; ``thresholds`` in the units of ``acceptance``; ``n_mated``, ``n_nonmated``
+    before discarding; ``n_target_base``: per point, the comparisons the target is a fraction of
+    (None: the whole set's count, ``fixed`` only)."""
 
     discard_fraction: np.ndarray
     error: np.ndarray

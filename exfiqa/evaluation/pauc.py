@@ -155,17 +155,10 @@ def pauc_meta(
             static["discard_base"] = "non-mated comparisons; equal qualities discarded together"
     static["threshold"] += f"; {describe_rule(rule, e_type)}; accept {acc.value}"
     return {
-        "metric": "pAUC-EDC (FMR at fixed FNMR vs discarded fraction)" if fm
-        else "pAUC-EDC (FNMR at fixed FMR vs discarded fraction)",
-        "convention": conv.value,
-        "limit": check_limit(limit),
-        "subtract_best": best is not None,
-        "best_curve": best.value if best is not None else "none",
-        "scale": float(scale),
-        "threshold_rule": rule.value,
-        "acceptance": acc.value,
-        "error_type": e_type.value,
-        **static,
+        "metric": f"pAUC-EDC ({'FMR at fixed FNMR' if fm else 'FNMR at fixed FMR'} vs discarded fraction)",
+        "convention": conv.value, "limit": check_limit(limit), "subtract_best": best is not None,
+        "best_curve": best.value if best is not None else "none", "scale": float(scale),
+        "threshold_rule": rule.value, "acceptance": acc.value, "error_type": e_type.value, **static,
         "tie_order": TIE_ORDER_NOTE if conv is Convention.RECOMPUTE else "none: equal qualities are discarded together",
     }
 

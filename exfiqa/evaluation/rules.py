@@ -135,19 +135,15 @@ PAUC_META: dict[Convention, dict[str, str]] = {
 
 def _real(a: np.ndarray, name: str) -> np.ndarray:
     """``a`` checked to hold finite real numbers (float32 and float64 kept, other numbers -> float64)."""
-    if a.dtype == np.bool_ or not (
-        np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)
-    ):
+    if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
         raise ValueError(f"{name}: expected real numbers, got dtype {a.dtype}")
     if a.dtype not in (np.float32, np.float64):
         a = a.astype(np.float64)
     if a.size and not (np.isfinite(a.min()) and np.isfinite(a.max())):  # NaN propagates: no (N,) mask
         bad = np.flatnonzero(~np.isfinite(a))
         at = bad[0] if a.ndim == 1 else tuple(int(i) for i in np.unravel_index(bad[0], a.shape))
-        raise ValueError(
-            f"{name}: {bad.size} non-finite value(s) (NaN or inf), first at index {at} "
-            f"({a.reshape(-1)[bad[0]]})"
-        )
+        raise ValueError(f"{name}: {bad.size} non-finite value(s) (NaN or inf), first at index {at} "
+                         f"({a.reshape(-1)[bad[0]]})")
     return a
 
 
@@ -304,12 +300,8 @@ def neg_distance(similarity: np.ndarray) -> np.ndarray:
 
 
 class OperatingPoint(NamedTuple):
-    """An operating point in the rules' domain ``x`` (similarity, or minus the angular distance).
-
-    ``e``: FNM-EDC: a mated comparison is a false non-match iff ``x <= e``; FM-EDC: a non-mated
-    one is a false match iff ``x >= e``. ``threshold``: as reported (a similarity accepted with
-    ``>=``, or an angular distance accepted with ``<``).
-    """
+    """A point in the rules' domain ``x``: FNM-EDC: a mated comparison is a false non-match iff
+    ``x <= e``; FM-EDC: a non-mated one is a false match iff ``x >= e``; ``threshold`` as reported."""
 
     e: float
     threshold: float
@@ -319,12 +311,9 @@ def fnm_point(
     nm_desc: np.ndarray, complete: bool, n_nm: int, mated_x: np.ndarray, target: float,
     rule: ThresholdRule, strict: bool,
 ) -> OperatingPoint | None:
-    """The threshold for an FMR ``target`` among ``n_nm`` non-mated scores (FNM-EDC).
-
-    ``nm_desc``: the highest non-mated scores, descending (all of them when ``complete``; else
-    every one left out is strictly lower); ``mated_x``: the mated scores of the same comparison
-    set (the ``closest`` rule's ROC holds every score). None when ``nm_desc`` is too short.
-    """
+    """The point for an FMR ``target`` among ``n_nm`` non-mated scores, from the highest ones
+    ``nm_desc`` (descending; all of them when ``complete``) and the set's mated scores ``mated_x``
+    (the ``closest`` ROC holds every score). None when ``nm_desc`` is too short to decide."""
     if rule is ThresholdRule.AT_MOST:
         k = int(allowed_errors(target, n_nm))
         if k >= nm_desc.shape[0]:
@@ -348,11 +337,8 @@ def fnm_point(
 def fm_point(
     mated_asc: np.ndarray, max_nm: float | None, n_m: int, target: float, rule: ThresholdRule, strict: bool
 ) -> OperatingPoint | None:
-    """The threshold for an FNMR ``target`` among the mated scores ``mated_asc`` (ascending; FM-EDC).
-
-    ``max_nm``: the highest non-mated score of the same set (the ``closest`` rule's ROC point
-    with FNMR 1 needs it); None when unknown (then None for ``closest``).
-    """
+    """The point for an FNMR ``target`` among the mated scores ``mated_asc`` (ascending); ``max_nm``:
+    the set's highest non-mated score, None when unknown (then None for ``closest``)."""
     if rule is ThresholdRule.AT_MOST:
         e = mated_asc[int(allowed_errors(target, n_m))]  # FNMR = #mated < e <= k
         return OperatingPoint(e, -float(np.nextafter(e, -np.inf)) if strict else float(e))

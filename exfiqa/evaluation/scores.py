@@ -49,8 +49,7 @@ class Comparisons:
             raise ValueError("mated: there are no non-mated comparisons (all True)")
         self.sim_m = self.sim[self.idx_m]
         self.mated_refs = self.idx_m
-        self._top_vals: np.ndarray | None = None
-        self._top_idx: np.ndarray | None = None
+        self._top: tuple[np.ndarray, np.ndarray] | None = None
 
     def quality(self, quality: ArrayLike, name: str = "quality") -> np.ndarray:
         """Per-comparison quality values, checked to be finite and of the comparisons' length."""
@@ -61,20 +60,17 @@ class Comparisons:
     def top_nonmated(self, m: int) -> tuple[np.ndarray, np.ndarray]:
         """At least ``min(m, n_nm)`` highest non-mated scores, descending, with their indices (cached)."""
         m = int(min(max(m, 1), self.n_nm))
-        if self._top_vals is None or self._top_vals.shape[0] < m:
+        if self._top is None or self._top[0].shape[0] < m:
             nonmated = ~self.mated
             if m >= self.n_nm:
                 idx = np.flatnonzero(nonmated)
             else:
-                neg = self.sim[nonmated]
-                cutoff = np.partition(neg, self.n_nm - m)[self.n_nm - m]
-                del neg
+                cutoff = np.partition(self.sim[nonmated], self.n_nm - m)[self.n_nm - m]
                 idx = np.flatnonzero(nonmated & (self.sim >= cutoff))
             vals = self.sim[idx]
             order = np.argsort(-vals, kind="stable")
-            self._top_vals, self._top_idx = vals[order], idx[order]
-        assert self._top_vals is not None and self._top_idx is not None
-        return self._top_vals, self._top_idx
+            self._top = vals[order], idx[order]
+        return self._top
 
 
 class ArrayOrder:
@@ -133,13 +129,12 @@ class DistanceView:
         self.n, self.n_m, self.n_nm = base.n, base.n_m, base.n_nm
         self.mated_refs = base.mated_refs
         self.sim_m = neg_distance(base.sim_m)
-        self._vals: np.ndarray | None = None
-        self._refs: np.ndarray | None = None
+        self._top: tuple[np.ndarray, np.ndarray] | None = None
 
     def top_nonmated(self, m: int) -> tuple[np.ndarray, np.ndarray]:
         """As :meth:`Comparisons.top_nonmated`, in the ``distance<`` domain."""
         m = int(min(max(m, 1), self.n_nm))
-        if self._vals is None or self._vals.shape[0] < m:
+        if self._top is None or self._top[0].shape[0] < m:
             ask = m
             while True:
                 vals, refs = self.base.top_nonmated(ask)
@@ -150,9 +145,8 @@ class DistanceView:
                 if x.shape[0] >= m:
                     break
                 ask = min(self.n_nm, max(2 * ask, vals.shape[0] + 1))
-            self._vals, self._refs = x, refs
-        assert self._vals is not None and self._refs is not None
-        return self._vals, self._refs
+            self._top = x, refs
+        return self._top
 
 
 def rule_view(scores: Any, strict: bool) -> Any:
