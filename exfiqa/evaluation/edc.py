@@ -9,10 +9,8 @@ Comparisons are discarded lowest pair quality first; the curve is the FNMR at an
 the threshold is set once from all comparisons; only the comparisons the error is counted on
 (mated for FNM-EDC, non-mated for FM-EDC) are discarded, equal qualities together, and
 ``discard_fraction`` is over them: a point at 0 and after each tie group but the last. pAUC:
-stepwise area (each error holds until the next point, the last up to the limit);
-``subtract_best`` subtracts ``triangle`` ``max(0, e0 - f)`` integrated exactly (Schlett's
-``compute_edc_area_under_theoretical_best``) or ``stepwise`` ``max(0, e0 - f) / (1 - f)`` on the
-grid ``i / n`` (n = the comparisons counted); both depend on ``e0`` and n only.
+stepwise area (each error holds until the next point, the last up to the limit), less the
+area of a :class:`BestCurve` with ``subtract_best`` (``e0`` = the error at 0, n = the comparisons counted).
 
 ``recompute`` (the CR-FIQA group's ERC scripts): at level j = 0 .. 19 the ``floor(j * N / 20)``
 comparisons of lowest pair quality among all N are discarded (stable sort), the threshold is
@@ -179,9 +177,8 @@ def _fixed_fm_curves(
     """FM-EDCs: threshold fixed from all mated comparisons, non-mated discarded (ties together)."""
     mated_asc = np.sort(comp.sim_m)
     max_nm = float(comp.top_nonmated(1)[0][0])
-    maybe = [fm_point(mated_asc, max_nm, comp.n_m, t, rule, strict) for t in targets]
-    points = [p for p in maybe if p is not None]
-    assert len(points) == len(maybe)  # fm_point is None only when max_nm is unknown
+    # fm_point is None only when max_nm is unknown
+    points = [p for t in targets if (p := fm_point(mated_asc, max_nm, comp.n_m, t, rule, strict)) is not None]
     need = float(min(p.e for p in points))  # every point is finite
     m = min_candidates()
     while True:  # the top non-mated candidates, grown until every one with x >= min(es) is held
@@ -311,13 +308,8 @@ def edc(
     acceptance: Acceptance | str = Acceptance.SIMILARITY,
     error_type: ErrorType | str = ErrorType.FNMR,
 ) -> EDCCurve:
-    """The EDC of one quality measure: by default FNMR at an FMR target against the discarded fraction.
-
-    ``similarity`` (higher = more alike), ``mated`` (True for mated comparisons) and ``quality``
-    (pair quality, higher = better): one entry per comparison. ``target``: the FMR target
-    (FNM-EDC) or FNMR target (``error_type="fmr"``). ``convention``: module docstring; rules:
-    :mod:`exfiqa.evaluation.rules` (:func:`compat_rules` names the authors' scripts' rules).
-    """
+    """The EDC of one quality measure (one ``similarity``, ``mated``, ``quality`` per comparison) at
+    ``target``: an FMR target, or the FNMR target of an FM-EDC (``error_type="fmr"``)."""
     rules = {"threshold_rule": threshold_rule, "acceptance": acceptance, "error_type": error_type}
     return edc_many(similarity, mated, quality, (target,), convention, **rules)[check_rate(target, "target")]
 

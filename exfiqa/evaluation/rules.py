@@ -1,10 +1,8 @@
 """The rules every metric of :mod:`exfiqa.evaluation` follows: threshold rules, acceptance, the named
 rule sets, input checks and the operating points they select (numpy only).
 
-* Scores are similarities (higher = more alike); quality: higher = better, pair quality = min of the
-  two sample qualities. FMR(t) = fraction of non-mated comparisons accepted at ``t``, FNMR(t) =
-  fraction of mated ones not accepted.
-* Two score sets: bob.measure's order ``nonmated_scores, mated_scores``; one labelled set:
+* Scores are similarities (higher = more alike), qualities higher = better (pair quality: the min).
+  Two score sets: bob.measure's order ``nonmated_scores, mated_scores``; one labelled set:
   ``similarity, mated, quality`` (``mated``: bools or 0/1, True for mated comparisons).
 * ``at_most`` (default): ``k = floor(fmr * n)`` over ``n`` non-mated scores (relative tolerance
   1e-9: 0.29 * 100 counts as 29); threshold ``nextafter(s_(k+1), inf)``, ``s_(k+1)`` the (k+1)-th
@@ -19,15 +17,11 @@ rule sets, input checks and the operating points they select (numpy only).
   ``k = floor(fnmr * n_mated)``; ``closest`` = the ROC point with FNMR(t) = #mated ``< t`` / n_mated
   closest to the target, the last on ties (``get_fnmr_op`` of ``roc.py``).
 * Acceptance ``similarity>=`` (default), or ``distance<``: accept ``arccos(clip(s, -1, 1)) / pi <
-  threshold`` (float64; thresholds are angular distances, a comparison at the threshold is a
-  non-match). The rules then work on ``x = -distance``; under ``at_most`` it changes only the
-  reported threshold, under ``closest`` also whether a mated comparison at the chosen point matches.
+  threshold`` (float64, thresholds are angular distances); the rules then work on ``x = -distance``.
 * ``compat="crfiqa"`` (:data:`COMPAT`) = ``closest`` + ``distance<``: with ``recompute`` it
-  reproduces the scripts' FNMR counts exactly where pair qualities do not tie (and where they tie
-  when their sort is stable: :data:`TIE_ORDER_NOTE`).
+  reproduces the scripts' FNMR counts exactly where pair qualities do not tie (:data:`TIE_ORDER_NOTE`).
 * Levels: the scripts discard ``int(np.arange(0, 0.98, 0.05)[j] * N)`` comparisons at level j,
-  exfiqa ``floor(j * N / 20)`` (:func:`level_starts`): equal for every N below 5e14 (tested up to
-  2,000,000).
+  exfiqa ``floor(j * N / 20)`` (:func:`level_starts`): equal for every N below 5e14.
 """
 
 from __future__ import annotations
@@ -55,9 +49,7 @@ class Convention(str, Enum):
     """How an EDC is computed (:mod:`exfiqa.evaluation.edc`)."""
 
     FIXED = "fixed"
-    """Schlett et al. (T-BIOM 2023): threshold fixed once, mated discards, stepwise pAUC."""
     RECOMPUTE = "recompute"
-    """CR-FIQA's ERC scripts: 5 % grid of all comparisons, threshold recomputed, trapezoid pAUC."""
 
 
 class ThresholdRule(str, Enum):
@@ -75,12 +67,10 @@ class Acceptance(str, Enum):
 
 
 class ErrorType(str, Enum):
-    """The error an EDC plots (Schlett et al.'s two EDC types)."""
+    """The error an EDC plots: FNMR at an FMR target (FNM-EDC) or FMR at an FNMR target (FM-EDC)."""
 
     FNMR = "fnmr"
-    """FNM-EDC: FNMR of the mated comparisons at a threshold set for an FMR target."""
     FMR = "fmr"
-    """FM-EDC: FMR of the non-mated comparisons at a threshold set for an FNMR target."""
 
 
 class BestCurve(str, Enum):
