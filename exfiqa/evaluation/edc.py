@@ -207,11 +207,9 @@ def _fixed_fm_curves(
 def left_per_level(comp: Any, order: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``recompute``: which mated comparisons remain at each level (L, n_m), and how many mated and
     non-mated comparisons are left per level (from the levels of the mated ones only)."""
-    d = level_starts(comp.n)
-    level_m = np.asarray(order.levels(comp.mated_refs))
-    remaining_m = level_m[None, :] >= np.arange(N_LEVELS)[:, None]  # (L, n_m)
+    remaining_m = np.asarray(order.levels(comp.mated_refs))[None, :] >= np.arange(N_LEVELS)[:, None]  # (L, n_m)
     n_m_j = remaining_m.sum(axis=1)
-    return remaining_m, n_m_j, (comp.n - d) - n_m_j
+    return remaining_m, n_m_j, (comp.n - level_starts(comp.n)) - n_m_j
 
 
 def _recompute_curves(

@@ -206,13 +206,10 @@ def edc_rows(method: str, dataset: str, fr_model: str, curves: Mapping[float, ED
     frames = []
     for t, c in curves.items():
         target_col, error_col = _rate_columns(c.error_type.value)
-        n = c.discard_fraction.shape[0]
-        cols: dict[str, Any] = {
-            "method": [method] * n, "dataset": [dataset] * n, "fr_model": [fr_model] * n,
-            target_col: np.full(n, t), "convention": [c.convention.value] * n,
-        }
-        extra = _extra_columns(c.threshold_rule.value, c.acceptance.value, c.error_type.value)
-        cols.update({k: [v] * n for k, v in extra.items()})
-        cols.update({"discard_fraction": c.discard_fraction, error_col: c.error, "resolved": c.resolved})
+        keys = {"method": method, "dataset": dataset, "fr_model": fr_model, target_col: t,
+                "convention": c.convention.value}
+        keys |= _extra_columns(c.threshold_rule.value, c.acceptance.value, c.error_type.value)
+        cols: dict[str, Any] = {k: [v] * c.discard_fraction.shape[0] for k, v in keys.items()}
+        cols |= {"discard_fraction": c.discard_fraction, error_col: c.error, "resolved": c.resolved}
         frames.append(pd.DataFrame(cols))
     return frames

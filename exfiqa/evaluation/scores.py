@@ -118,11 +118,8 @@ def top_candidates(comp: Any, m: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class DistanceView:
-    """A scores object in the ``distance<`` domain ``x = -arccos(clip(s, -1, 1)) / pi`` (float64).
-
-    The transform is monotone but may merge neighbouring float64 similarities, so the lowest group
-    of a partial candidate list is dropped: every ``x`` left out stays strictly below those kept.
-    """
+    """A scores object in the ``distance<`` domain ``x = -arccos(clip(s, -1, 1)) / pi`` (float64); the
+    transform may merge float64 similarities, so the lowest group of a partial candidate list is dropped."""
 
     def __init__(self, base: Any) -> None:
         self.base = base
