@@ -1,9 +1,8 @@
 """EDC curves (error versus discard characteristic, "ERC"): the two conventions and their engines.
 
-numpy only. Rules: :mod:`exfiqa.evaluation.rules`; areas, metadata and tidy rows:
-:mod:`exfiqa.evaluation.pauc`; the scores and order interfaces: :mod:`exfiqa.evaluation.scores`.
-Comparisons are discarded lowest pair quality first; the curve is the FNMR at an FMR target
-(FNM-EDC, default) or the FMR at an FNMR target (FM-EDC) against the discarded fraction.
+numpy only (rules: :mod:`~exfiqa.evaluation.rules`, areas and rows: :mod:`~exfiqa.evaluation.pauc`,
+interfaces: :mod:`~exfiqa.evaluation.scores`). Comparisons are discarded lowest pair quality first;
+the curve is the FNMR at an FMR target (FNM-EDC, default) or the FMR at an FNMR target (FM-EDC).
 
 ``fixed`` (Schlett et al., IEEE T-BIOM 2023; ``edc.py`` of dasec/quality-assessment-evaluation):
 the threshold is set once from all comparisons; only the comparisons the error is counted on
@@ -19,8 +18,7 @@ NaN where none of either kind is left. pAUC: trapezoid area up to the limit, the
 interpolated linearly between grid points; ``subtract_best`` raises.
 
 At discard 0 both give the plain error at the operating point. A target is *resolvable* when it
-allows at least one error on the comparisons it is a fraction of (:func:`resolvable`): per level
-under ``recompute`` (:attr:`EDCCurve.resolved`); below that every smaller target gives the same curve.
+allows at least one error (:func:`resolvable`; per level under ``recompute``: :attr:`EDCCurve.resolved`).
 """
 
 from __future__ import annotations

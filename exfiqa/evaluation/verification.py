@@ -176,8 +176,7 @@ def verification_accuracy(
     # One sort of all scores; a fold's training counts are the totals minus the fold's own.
     u, inverse = np.unique(s, return_inverse=True)
     inv = inverse.astype(np.int32 if u.size < 2**31 else np.int64).ravel()
-    pos_all = np.bincount(inv[y], minlength=u.size)
-    neg_all = np.bincount(inv[~y], minlength=u.size)
+    pos_all, neg_all = np.bincount(inv[y], minlength=u.size), np.bincount(inv[~y], minlength=u.size)
     q_, r_ = divmod(s.shape[0], int(n_folds))  # the contiguous folds of np.array_split
     edges = np.cumsum([0] + [q_ + 1] * r_ + [q_] * (int(n_folds) - r_))
     acc = np.empty(int(n_folds))
