@@ -173,11 +173,6 @@ def _extra_columns(rule: str, acceptance: str, error_type: str) -> dict[str, Any
     return out
 
 
-def _rate_columns(error_type: str) -> tuple[str, str]:
-    """(target column, error column): ``("fmr", "fnmr")`` for FNM-EDC, swapped for FM-EDC."""
-    return ("fmr", "fnmr") if error_type == ErrorType.FNMR.value else ("fnmr", "fmr")
-
-
 def pauc_rows(
     method: str, dataset: str, fr_model: str, curves: Mapping[float, EDCCurve], meta: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
@@ -187,7 +182,7 @@ def pauc_rows(
     subtract_best, scale``, ``best_curve`` when subtracting, the rule columns that differ from the
     defaults, ``pauc`` (times ``scale``) and ``resolved`` (:func:`pauc_resolved`).
     """
-    target_col, _ = _rate_columns(meta["error_type"])
+    target_col = "fmr" if meta["error_type"] == ErrorType.FNMR.value else "fnmr"
     extra = ({"best_curve": meta["best_curve"]} if meta["subtract_best"] else {})
     extra |= _extra_columns(meta["threshold_rule"], meta["acceptance"], meta["error_type"])
     return [{
@@ -205,7 +200,7 @@ def edc_rows(method: str, dataset: str, fr_model: str, curves: Mapping[float, ED
 
     frames = []
     for t, c in curves.items():
-        target_col, error_col = _rate_columns(c.error_type.value)
+        target_col, error_col = ("fmr", "fnmr") if c.error_type is ErrorType.FNMR else ("fnmr", "fmr")
         keys = {"method": method, "dataset": dataset, "fr_model": fr_model, target_col: t,
                 "convention": c.convention.value}
         keys |= _extra_columns(c.threshold_rule.value, c.acceptance.value, c.error_type.value)
