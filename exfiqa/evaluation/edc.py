@@ -1,84 +1,29 @@
-"""EDC curves (error versus discard characteristic): the two conventions and their engines.
+"""EDC curves (error versus discard characteristic, "ERC"): the two conventions and their engines.
 
-numpy only. The rules (threshold rule,
-acceptance, error type) and the vocabulary: :mod:`exfiqa.evaluation.rules`; areas, metadata and
-tidy rows: :mod:`exfiqa.evaluation.pauc`; the scores and order interfaces the engine reads:
-:mod:`exfiqa.evaluation.scores`.
+numpy only (rules: :mod:`~exfiqa.evaluation.rules`, areas and rows: :mod:`~exfiqa.evaluation.pauc`,
+interfaces: :mod:`~exfiqa.evaluation.scores`). Comparisons are discarded lowest pair quality first;
+the curve is the FNMR at an FMR target (FNM-EDC, default) or the FMR at an FNMR target (FM-EDC).
 
-EDC (error-versus-discard characteristic, "ERC" in older papers) and pAUC
---------------------------------------------------------------------------
-Comparisons are discarded lowest pair quality first and an error rate at a fixed operating
-point is plotted against the discarded fraction: the FNMR at an FMR target (FNM-EDC, the
-default) or the FMR at an FNMR target (FM-EDC, Schlett et al.'s second error type;
-:class:`ErrorType`). Two conventions exist (:class:`Convention`); every pAUC this package writes
-carries its convention, limit, scale and, where they differ from the defaults, its rules
-(:func:`pauc_meta`, :data:`PAUC_META`, the columns of :func:`pauc_rows`).
+``fixed`` (Schlett et al., IEEE T-BIOM 2023; ``edc.py`` of dasec/quality-assessment-evaluation):
+the threshold is set once from all comparisons; only the comparisons the error is counted on
+(mated for FNM-EDC, non-mated for FM-EDC) are discarded, equal qualities together, and
+``discard_fraction`` is over them: a point at 0 and after each tie group but the last. pAUC:
+stepwise area (each error holds until the next point, the last up to the limit), less the
+area of a :class:`BestCurve` with ``subtract_best`` (``e0`` = the error at 0, n = the comparisons counted).
 
-``fixed`` (Schlett et al., "Considerations on the evaluation of biometric quality assessment
-algorithms", IEEE T-BIOM 2023; reference ``edc.py`` in dasec/quality-assessment-evaluation):
-    * The threshold is set **once**, before discarding, from **all** comparisons (rules above).
-    * Only the comparisons the error is counted on are discarded and counted: **mated** ones for
-      FNM-EDC (once the threshold is fixed, non-mated comparisons cannot change an FNMR),
-      **non-mated** ones for FM-EDC. ``discard_fraction`` = discarded / all of them. The
-      qualities of the other kind are ignored (but still validated).
-    * Comparisons with equal pair quality are discarded together: the curve has a point at 0 and
-      after each quality-tie group except the last (after which no comparison is left and the
-      error is undefined; Schlett's code appends a plotting point (1, 0) there, which changes no
-      area up to a limit <= 1).
-    * pAUC is the **stepwise** area: the error at a discard point holds until the next discard
-      point (right-continuous step), the last point's error holds up to the limit, and the step
-      that contains the limit is cut there.
-    * ``subtract_best`` subtracts the area under a theoretical best curve (:class:`BestCurve`),
-      ``e0`` being the error at 0 discard and ``f`` the discard fraction. ``triangle`` (the
-      default when subtracting, ``True``; Schlett's ``compute_edc_area_under_theoretical_best``):
-      ``max(0, e0 - f)`` integrated exactly, ``e0**2 / 2 - max(0, e0 - limit)**2 / 2``.
-      ``stepwise``: the curve of a quality that discards the errors first,
-      ``max(0, e0 - f) / (1 - f)``, integrated with the same stepwise rule on the finest discard
-      grid ``f = i / n``, i = 0 .. n - 1 (n = the comparisons counted): exactly the pAUC of such a
-      perfect quality with distinct values, independent of the tie structure of the quality
-      evaluated. ``pAUC - best >= 0`` for every quality under both (the stepwise best lies above
-      the triangle). Both depend on ``e0`` and n only, which no quality changes: for one FR model
-      and target the two subtractions differ by a constant, and no ranking of qualities moves.
+``recompute`` (the CR-FIQA group's ERC scripts): at level j = 0 .. 19 the ``floor(j * N / 20)``
+comparisons of lowest pair quality among all N are discarded (stable sort), the threshold is
+recomputed from the rest and the error measured on the remaining mated (non-mated) comparisons;
+NaN where none of either kind is left. pAUC: trapezoid area up to the limit, the end point
+interpolated linearly between grid points; ``subtract_best`` raises.
 
-``recompute`` (the CR-FIQA group's ERC scripts, used by CR-FIQA, ViT-FIQA and EX-FIQA):
-    * Nominal discard fractions ``0, 0.05, ..., 0.95`` of **all** comparisons (mated and non-mated
-      together). At level j the ``floor(j * N / 20)`` comparisons of lowest pair quality are
-      discarded, using a **stable** sort by quality (ties broken by input position; the scripts'
-      boundaries are the same, their tie order is not: see above).
-    * At each level the threshold is **recomputed** from the remaining comparisons (rules above)
-      and the error is measured on the remaining mated (FNM-EDC) or non-mated (FM-EDC, our
-      extension: the scripts compute FNM-EDCs only) comparisons. A level without remaining mated
-      or non-mated comparisons has error NaN.
-    * pAUC is the **trapezoid** area over the points with discard fraction <= limit (default 0.3);
-      a limit between grid points ends the area at a linearly interpolated point. (The scripts
-      pass all 20 points to ``sklearn.metrics.auc``, i.e. a limit of 0.95; the papers' figures shade
-      0 to 0.3.) ``subtract_best`` is not defined for this convention and raises.
-
-Where the two conventions must agree: at discard 0 both give the plain error at the operating
-point over all comparisons (:func:`fnmr_at_fmr`, :func:`fmr_at_fnmr`); and when every comparison
-that a ``recompute`` level discards is mated (all non-mated comparisons have higher quality), the
-recomputed FNM-EDC threshold equals the fixed one and the ``recompute`` FNMR at that level equals
-the ``fixed`` FNMR after discarding the same mated comparisons. Otherwise they differ:
-``recompute`` also discards the other kind, moving the threshold, and measures the discard
-fraction over all comparisons.
-
-Resolvable targets
-------------------
-A target rate needs at least one expected error at its threshold to mean what it says: an FMR
-target ``fmr`` over ``n`` non-mated comparisons is *resolvable* when ``fmr * n >= 1``
-(:func:`resolvable`; FM-EDC: the FNMR target over the mated comparisons). Below that the rules
-above admit no false match at all, so every smaller target gives the same threshold and curve
-(300 non-mated comparisons: FMR 1e-3 and 1e-4 give identical EDCs). Under ``fixed`` the whole
-set decides; under ``recompute`` the threshold is recomputed from the comparisons left at each
-level, so each level counts its own (:attr:`EDCCurve.resolved`). A pAUC is resolved when every
-point its area reads is (:func:`exfiqa.evaluation.pauc.pauc_resolved`,
-:func:`exfiqa.evaluation.pauc.resolved_for`); tidy frames carry this as the boolean column
-``resolved`` (:func:`exfiqa.evaluation.pauc.pauc_rows`, :func:`exfiqa.evaluation.pauc.edc_rows`). The value is still computed
-and written: the flag says it cannot separate the targets below that count.
+At discard 0 both give the plain error at the operating point. A target is *resolvable* when it
+allows at least one error (:func:`resolvable`; per level under ``recompute``: :attr:`EDCCurve.resolved`).
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -93,7 +38,6 @@ from exfiqa.evaluation.rules import (
     Acceptance,
     Convention,
     ErrorType,
-    OperatingPoint,
     ThresholdRule,
     allowed_errors,
     as_acceptance,
@@ -106,7 +50,6 @@ from exfiqa.evaluation.rules import (
     fnm_point,
     is_strict,
     level_starts,
-    next_above,
     resolvable,
 )
 from exfiqa.evaluation.scores import (
@@ -120,29 +63,10 @@ from exfiqa.evaluation.scores import (
 
 @dataclass(frozen=True, eq=False)
 class EDCCurve:
-    """One EDC: an error rate at a fixed operating point against the discarded fraction.
-
-    Attributes:
-        discard_fraction: Discarded fraction at each point, ascending, starting at 0 (``fixed``:
-            of the comparisons the error is counted on, mated for FNM-EDC and non-mated for
-            FM-EDC; ``recompute``: nominal fraction of all comparisons).
-        error: The error at each point (NaN where undefined): FNMR of the remaining mated
-            comparisons (FNM-EDC) or FMR of the remaining non-mated ones (FM-EDC).
-        thresholds: Threshold used at each point (constant under ``fixed``), in the units of
-            ``acceptance``: a similarity (``similarity>=``) or an angular distance (``distance<``).
-        target: The fixed rate of the operating point: an FMR (FNM-EDC) or an FNMR (FM-EDC).
-        convention: The :class:`Convention` that produced the curve.
-        n_mated: Number of mated comparisons before discarding.
-        n_nonmated: Number of non-mated comparisons before discarding.
-        error_type, threshold_rule, acceptance: The rules that produced it.
-        n_target_base: At each point, the comparisons the target rate is a fraction of: the
-            non-mated comparisons (FNM-EDC; mated for FM-EDC) the threshold is set from. Under
-            ``fixed`` the whole set's count at every point; under ``recompute`` those left at
-            each level. None (a hand-made curve): the whole set's count, ``fixed`` only.
-
-    ``fnmr`` and ``fmr`` (the error and the target of an FNM-EDC) remain as read-only aliases.
-    :attr:`resolved` says where the target is resolvable (:func:`resolvable`).
-    """
+    """One EDC: the error (FNMR, or FMR for FM-EDCs; NaN where undefined) at ``target`` against
+    ``discard_fraction``; ``thresholds`` in the units of ``acceptance``; ``n_mated``, ``n_nonmated``
+    before discarding; ``n_target_base``: per point, the comparisons the target is a fraction of
+    (None: the whole set's count, ``fixed`` only)."""
 
     discard_fraction: np.ndarray
     error: np.ndarray
@@ -190,8 +114,7 @@ class EDCCurve:
 
     @property
     def resolved(self) -> np.ndarray:
-        """Per point: whether the target is resolvable there (:func:`resolvable` of the target
-        and :attr:`n_target_base`)."""
+        """Per point: whether the target is resolvable there (:func:`resolvable`, :attr:`n_target_base`)."""
         base = self.n_target_base
         if base is None:
             if self.convention is Convention.RECOMPUTE:
@@ -207,53 +130,32 @@ class EDCCurve:
         return self.error
 
     @property
-    def fmr(self) -> float:
-        """The FMR target of an FNM-EDC (``target``)."""
-        if self.error_type is not ErrorType.FNMR:
-            raise AttributeError("EDCCurve.fmr: this is an FM-EDC; its FMR is .error, its FNMR target .target")
-        return self.target
-
-    @property
     def n_counted(self) -> int:
         """Comparisons the error is counted on before discarding (mated, or non-mated for FM-EDC)."""
         return int(self.n_mated if self.error_type is ErrorType.FNMR else self.n_nonmated)
 
 
-def _reported(stat: np.ndarray | float, strict: bool) -> np.ndarray:
-    """``at_most`` FNM-EDC thresholds from the order statistics (NaN stays NaN)."""
-    return -np.asarray(stat, dtype=np.float64) if strict else next_above(stat)
-
-
-def _curve(comp: Any, frac: np.ndarray, err: np.ndarray, thr: np.ndarray, t: float, conv: Convention,
-           e_type: ErrorType, rule: ThresholdRule, strict: bool, base: np.ndarray) -> EDCCurve:
+def _curve(comp: Any, frac: np.ndarray, err: np.ndarray, thr: Any, t: float, conv: Convention,
+           e_type: ErrorType, rule: ThresholdRule, strict: bool, base: Any) -> EDCCurve:
+    """The curve of ``comp``; a scalar threshold or base holds at every point."""
     acc = Acceptance.DISTANCE if strict else Acceptance.SIMILARITY
+    thr, base = np.broadcast_to(thr, frac.shape), np.broadcast_to(base, frac.shape)
     return EDCCurve(frac, err, thr, t, conv, comp.n_m, comp.n_nm, e_type, rule, acc, base)
 
 
-def _fnm_candidates(comp: Any, targets: list[float], rule: ThresholdRule, strict: bool, m: int) -> list[OperatingPoint]:
-    """The fixed operating points of an FNM-EDC from all comparisons (candidates grown as needed)."""
+def _fixed_curves(
+    comp: Any, order: Any, targets: list[float], rule: ThresholdRule, strict: bool
+) -> dict[float, EDCCurve]:
+    """FNM-EDCs: threshold fixed from all non-mated comparisons (candidates grown as needed)."""
+    m = int(allowed_errors(max(targets), comp.n_nm)) + 2
     while True:
         top_vals, _ = comp.top_nonmated(m)
         complete = top_vals.shape[0] >= comp.n_nm
-        points = [fnm_point(top_vals, complete, comp.n_nm, comp.sim_m, t, rule, strict) for t in targets]
-        found = [p for p in points if p is not None]
-        if len(found) == len(points):
-            return found
+        maybe = [fnm_point(top_vals, complete, comp.n_nm, comp.sim_m, t, rule, strict) for t in targets]
+        points = [p for p in maybe if p is not None]
+        if len(points) == len(maybe):
+            break
         m = min(comp.n_nm, 4 * max(m, top_vals.shape[0]))
-
-
-def _fixed_curves(
-    comp: Any, order: Any, targets: list[float], rule: ThresholdRule = ThresholdRule.AT_MOST,
-    strict: bool = False, e_type: ErrorType = ErrorType.FNMR,
-) -> dict[float, EDCCurve]:
-    if e_type is ErrorType.FMR:
-        return _fixed_fm_curves(comp, order, targets, rule, strict)
-    ks = [int(allowed_errors(t, comp.n_nm)) for t in targets]
-    if rule is ThresholdRule.AT_MOST:
-        top_vals, _ = comp.top_nonmated(max(ks) + 1)
-        points = [OperatingPoint(top_vals[k], np.nan) for k in ks]
-    else:
-        points = _fnm_candidates(comp, targets, rule, strict, max(ks) + 2)
     q_m = order.quality(comp.mated_refs)
     o = np.argsort(q_m, kind="stable")
     qs, ss = q_m[o], comp.sim_m[o]
@@ -261,24 +163,10 @@ def _fixed_curves(
     frac = discarded / comp.n_m
     out = {}
     for t, p in zip(targets, points, strict=True):
-        stat = p.e
-        cum_err = np.concatenate(([0], np.cumsum(ss <= stat)))
+        cum_err = np.concatenate(([0], np.cumsum(ss <= p.e)))
         fnmr = (cum_err[-1] - cum_err[discarded]) / (comp.n_m - discarded)
-        reported = _reported(stat, strict) if rule is ThresholdRule.AT_MOST else p.threshold
-        thr = np.full(frac.shape, reported)
-        out[t] = _curve(comp, frac, fnmr, thr, t, Convention.FIXED, ErrorType.FNMR, rule, strict, np.full(frac.shape, comp.n_nm))
+        out[t] = _curve(comp, frac, fnmr, p.threshold, t, Convention.FIXED, ErrorType.FNMR, rule, strict, comp.n_nm)
     return out
-
-
-def _fm_errors(comp: Any, es: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The top non-mated candidates, grown until every one with ``x >= min(es)`` is held."""
-    need = float(np.nanmin(es)) if np.isfinite(es).any() else np.inf
-    m = min_candidates()
-    while True:
-        vals, refs = top_candidates(comp, m)
-        if vals.shape[0] >= comp.n_nm or vals[-1] < need:
-            return vals, refs
-        m = min(comp.n_nm, 4 * max(m, vals.shape[0]))
 
 
 def _fixed_fm_curves(
@@ -287,10 +175,15 @@ def _fixed_fm_curves(
     """FM-EDCs: threshold fixed from all mated comparisons, non-mated discarded (ties together)."""
     mated_asc = np.sort(comp.sim_m)
     max_nm = float(comp.top_nonmated(1)[0][0])
-    maybe = [fm_point(mated_asc, max_nm, comp.n_m, t, rule, strict) for t in targets]
-    points = [p for p in maybe if p is not None]
-    assert len(points) == len(maybe)  # fm_point is None only when max_nm is unknown
-    vals, refs = _fm_errors(comp, np.array([p.e for p in points], dtype=np.float64))
+    # fm_point is None only when max_nm is unknown
+    points = [p for t in targets if (p := fm_point(mated_asc, max_nm, comp.n_m, t, rule, strict)) is not None]
+    need = float(min(p.e for p in points))  # every point is finite
+    m = min_candidates()
+    while True:  # the top non-mated candidates, grown until every one with x >= min(es) is held
+        vals, refs = top_candidates(comp, m)
+        if vals.shape[0] >= comp.n_nm or vals[-1] < need:
+            break
+        m = min(comp.n_nm, 4 * max(m, vals.shape[0]))
     uniq, counts = order.value_counts()
     q_m = np.asarray(order.quality(comp.mated_refs))
     nm_counts = counts - np.bincount(np.searchsorted(uniq, q_m), minlength=uniq.shape[0])
@@ -305,120 +198,71 @@ def _fixed_fm_curves(
         per_group = np.bincount(g, minlength=groups.shape[0])
         left = per_group.sum() - (np.cumsum(per_group) - per_group)
         fmr = left / (comp.n_nm - discarded)
-        out[t] = _curve(comp, frac, fmr, np.full(frac.shape, p.threshold), t, Convention.FIXED, ErrorType.FMR, rule, strict,
-                        np.full(frac.shape, comp.n_m))
+        out[t] = _curve(comp, frac, fmr, p.threshold, t, Convention.FIXED, ErrorType.FMR, rule, strict, comp.n_m)
     return out
 
 
 def left_per_level(comp: Any, order: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``recompute``, for a scores and an order object (:mod:`exfiqa.evaluation.scores`): which mated comparisons remain at each level (L, n_m), and how many mated
-    and non-mated comparisons are left per level (from the levels of the mated ones only)."""
-    d = level_starts(comp.n)
-    level_m = np.asarray(order.levels(comp.mated_refs))
-    remaining_m = level_m[None, :] >= np.arange(N_LEVELS)[:, None]  # (L, n_m)
+    """``recompute``: which mated comparisons remain at each level (L, n_m), and how many mated and
+    non-mated comparisons are left per level (from the levels of the mated ones only)."""
+    remaining_m = np.asarray(order.levels(comp.mated_refs))[None, :] >= np.arange(N_LEVELS)[:, None]  # (L, n_m)
     n_m_j = remaining_m.sum(axis=1)
-    return remaining_m, n_m_j, (comp.n - d) - n_m_j
+    return remaining_m, n_m_j, (comp.n - level_starts(comp.n)) - n_m_j
 
 
 def _recompute_curves(
-    comp: Any, order: Any, targets: list[float], rule: ThresholdRule = ThresholdRule.AT_MOST,
-    strict: bool = False, e_type: ErrorType = ErrorType.FNMR,
+    comp: Any, order: Any, targets: list[float], rule: ThresholdRule, strict: bool, e_type: ErrorType
 ) -> dict[float, EDCCurve]:
+    """EDCs on the ``recompute`` grid: the threshold recomputed from the comparisons left at each
+    level (non-mated for FNM-EDC, mated for FM-EDC), the error counted on the other kind."""
     remaining_m, n_m_j, n_nm_j = left_per_level(comp, order)
-    if e_type is ErrorType.FMR:
-        return _recompute_fm_curves(comp, order, targets, rule, strict, remaining_m, n_m_j, n_nm_j)
-    k_max = int(allowed_errors(max(targets), comp.n_nm))
-    m = max(4 * (k_max + 1), min_candidates())
+    fm = e_type is ErrorType.FMR
+    if fm:
+        levels = [j for j in range(N_LEVELS) if n_m_j[j] > 0 and n_nm_j[j] > 0]
+        mated = {j: np.sort(comp.sim_m[remaining_m[j]]) for j in levels}
+        m = min_candidates()
+    else:
+        levels = [j for j in range(N_LEVELS) if n_nm_j[j] > 0]
+        m = max(4 * (int(allowed_errors(max(targets), comp.n_nm)) + 1), min_candidates())
     while True:
         top_vals, top_refs = top_candidates(comp, m)
         level_top = np.asarray(order.levels(top_refs))
-        stats = np.full((len(targets), N_LEVELS), np.nan)
-        thr = np.full((len(targets), N_LEVELS), np.nan)
         complete = top_vals.shape[0] >= comp.n_nm or m >= comp.n_nm
+        es, thr = np.full((2, len(targets), N_LEVELS), np.nan)
         short = False
-        for j in range(N_LEVELS):
-            if n_nm_j[j] == 0:
-                continue
+        for j in levels:
             pos = np.flatnonzero(level_top >= j)
-            if rule is ThresholdRule.AT_MOST:
-                for i, t in enumerate(targets):
-                    k = int(allowed_errors(t, n_nm_j[j]))
-                    if k < pos.shape[0]:
-                        stats[i, j] = top_vals[pos[k]]
-                    else:
-                        short = True
-                continue
-            nm_desc, mated_x = top_vals[pos], comp.sim_m[remaining_m[j]]
-            for i, t in enumerate(targets):
-                p = fnm_point(nm_desc, complete, int(n_nm_j[j]), mated_x, t, rule, strict)
-                if p is None:
-                    short = True
-                else:
-                    stats[i, j], thr[i, j] = p
-        if not short or complete:
-            break
-        m *= 4
-    out = {}
-    for i, t in enumerate(targets):
-        with np.errstate(invalid="ignore", divide="ignore"):
-            err = (remaining_m & (comp.sim_m[None, :] <= stats[i][:, None])).sum(axis=1)
-            fnmr = np.where((n_m_j > 0) & (n_nm_j > 0), err / n_m_j, np.nan)
-        reported = _reported(stats[i], strict) if rule is ThresholdRule.AT_MOST else thr[i]
-        out[t] = _curve(comp, RECOMPUTE_DISCARD_FRACTIONS, fnmr, reported, t, Convention.RECOMPUTE,
-                        ErrorType.FNMR, rule, strict, n_nm_j)
-    return out
-
-
-def _recompute_fm_curves(
-    comp: Any, order: Any, targets: list[float], rule: ThresholdRule, strict: bool,
-    remaining_m: np.ndarray, n_m_j: np.ndarray, n_nm_j: np.ndarray,
-) -> dict[float, EDCCurve]:
-    """FM-EDCs on the ``recompute`` grid: the threshold recomputed from the remaining mated
-    comparisons at each level, the FMR counted on the remaining non-mated ones."""
-    live = [j for j in range(N_LEVELS) if n_m_j[j] > 0 and n_nm_j[j] > 0]
-    mated = {j: np.sort(comp.sim_m[remaining_m[j]]) for j in live}
-    m = min_candidates()
-    while True:
-        top_vals, top_refs = top_candidates(comp, m)
-        level_top = np.asarray(order.levels(top_refs))
-        complete = top_vals.shape[0] >= comp.n_nm or m >= comp.n_nm
-        es = np.full((len(targets), N_LEVELS), np.nan)
-        thr = np.full((len(targets), N_LEVELS), np.nan)
-        short = False
-        for j in live:
-            first = np.flatnonzero(level_top >= j)[:1]
-            if first.size:
-                max_nm: float | None = float(top_vals[first[0]])
-            else:  # every remaining non-mated score lies below the candidates
-                max_nm = -np.inf if complete or top_vals[-1] <= mated[j][-1] else None
-            for i, t in enumerate(targets):
-                p = fm_point(mated[j], max_nm, int(n_m_j[j]), t, rule, strict)
+            if not fm:
+                nm_desc, mated_x = top_vals[pos], comp.sim_m[remaining_m[j]]
+                maybe = [fnm_point(nm_desc, complete, int(n_nm_j[j]), mated_x, t, rule, strict) for t in targets]
+            else:
+                max_nm: float | None = float(top_vals[pos[0]]) if pos.size else None
+                if max_nm is None and (complete or top_vals[-1] <= mated[j][-1]):
+                    max_nm = -np.inf  # every remaining non-mated score lies below the candidates
+                maybe = [fm_point(mated[j], max_nm, int(n_m_j[j]), t, rule, strict) for t in targets]
+            for i, p in enumerate(maybe):
                 if p is None:
                     short = True
                     continue
                 es[i, j], thr[i, j] = p
-                if not complete and p.e <= top_vals[-1]:
+                if fm and not complete and p.e <= top_vals[-1]:
                     short = True  # scores below the candidates could be false matches
         if not short or complete:
             break
         m *= 4
-    remaining_c = level_top[None, :] >= np.arange(N_LEVELS)[:, None]  # (L, K)
+    if fm:  # every false match is among the candidates
+        remaining = level_top >= np.arange(N_LEVELS)[:, None]
+        x, counted, base, wrong = top_vals, n_nm_j, n_m_j, operator.ge
+    else:
+        remaining, x, counted, base, wrong = remaining_m, comp.sim_m, n_m_j, n_nm_j, operator.le
     out = {}
     for i, t in enumerate(targets):
         with np.errstate(invalid="ignore", divide="ignore"):
-            err = (remaining_c & (top_vals[None, :] >= es[i][:, None])).sum(axis=1)
-            fmr = np.where((n_m_j > 0) & (n_nm_j > 0), err / n_nm_j, np.nan)
-        out[t] = _curve(comp, RECOMPUTE_DISCARD_FRACTIONS, fmr, thr[i], t, Convention.RECOMPUTE,
-                        ErrorType.FMR, rule, strict, n_m_j)
+            err = (remaining & wrong(x[None, :], es[i][:, None])).sum(axis=1)
+            rate = np.where((n_m_j > 0) & (n_nm_j > 0), err / counted, np.nan)
+        out[t] = _curve(comp, RECOMPUTE_DISCARD_FRACTIONS, rate, thr[i], t, Convention.RECOMPUTE, e_type, rule, strict,
+                        base)
     return out
-
-
-def _targets(targets: float | Sequence[float] | None, e_type: ErrorType) -> list[float]:
-    if targets is None:
-        if e_type is ErrorType.FMR:
-            raise ValueError("targets: an FM-EDC needs its FNMR targets (there is no default)")
-        targets = DEFAULT_FMR_TARGETS
-    return check_rates(targets, "targets")
 
 
 def edc_curves(
@@ -431,38 +275,22 @@ def edc_curves(
     acceptance: Acceptance | str = Acceptance.SIMILARITY,
     error_type: ErrorType | str = ErrorType.FNMR,
 ) -> dict[float, EDCCurve]:
-    """EDCs from prepared comparison scores and a prepared quality order (bounded evaluation).
+    """EDCs, keyed by target, from a scores and an order object (:mod:`exfiqa.evaluation.scores`).
 
-    The engine behind :func:`edc_many`, for comparison sets that are not held as arrays
-    (:mod:`exfiqa.evaluation.pairs`: template pair lists, implicit all-vs-all). ``scores`` provides
-    ``n``, ``n_m``, ``n_nm``, ``sim_m`` (mated similarities in comparison order), ``mated_refs``
-    and ``top_nonmated(m)`` (at least ``min(m, n_nm)`` highest non-mated similarities, descending,
-    ties in comparison order, with their references; every other non-mated similarity strictly
-    lower). ``order`` provides ``levels(refs)``, ``ranks(refs)`` and ``quality(refs)`` of the
-    stable pair-quality order (ties broken by comparison position), and ``value_counts()`` (FM-EDC
-    under ``fixed``). Only the mated and the top non-mated comparisons are touched, so the results
-    are those of :func:`edc_many` on the materialised arrays, exactly.
-
-    ``targets``: FMR targets of an FNM-EDC (default :data:`DEFAULT_FMR_TARGETS`) or FNMR targets
-    of an FM-EDC (required); keyed by target. ``threshold_rule``, ``acceptance``: module docstring.
+    The engine behind :func:`edc_many`, also for sets not held as arrays (:mod:`exfiqa.evaluation.pairs`):
+    only the mated and the top non-mated comparisons are touched, with the same results.
+    ``targets``: FMR targets of an FNM-EDC (default :data:`DEFAULT_FMR_TARGETS`) or FNMR targets of
+    an FM-EDC (required).
     """
     conv, rule, e_type = as_convention(convention), as_rule(threshold_rule), as_error_type(error_type)
     strict = is_strict(acceptance)
-    tg = _targets(targets, e_type)
+    if targets is None and e_type is ErrorType.FMR:
+        raise ValueError("targets: an FM-EDC needs its FNMR targets (there is no default)")
+    tg = check_rates(DEFAULT_FMR_TARGETS if targets is None else targets, "targets")
     comp = rule_view(scores, strict)
-    if conv is Convention.FIXED:
-        return _fixed_curves(comp, order, tg, rule, strict, e_type)
-    return _recompute_curves(comp, order, tg, rule, strict, e_type)
-
-
-def _edc_prepared(
-    comp: Comparisons,
-    quality: ArrayLike,
-    targets: float | Sequence[float] | None,
-    convention: Convention | str,
-    **rules: Any,
-) -> dict[float, EDCCurve]:
-    return edc_curves(comp, ArrayOrder(comp.quality(quality)), targets, convention, **rules)
+    if conv is Convention.RECOMPUTE:
+        return _recompute_curves(comp, order, tg, rule, strict, e_type)
+    return (_fixed_fm_curves if e_type is ErrorType.FMR else _fixed_curves)(comp, order, tg, rule, strict)
 
 
 def edc(
@@ -476,18 +304,8 @@ def edc(
     acceptance: Acceptance | str = Acceptance.SIMILARITY,
     error_type: ErrorType | str = ErrorType.FNMR,
 ) -> EDCCurve:
-    """The EDC of one quality measure: by default FNMR at an FMR target against the discarded fraction.
-
-    Args:
-        similarity: Similarity score of every comparison (higher = more alike).
-        mated: True for mated comparisons, same length.
-        quality: Pair quality of every comparison (higher = better), same length.
-        target: FMR target in (0, 1) (FNM-EDC), or the FNMR target of an FM-EDC.
-        convention: ``"recompute"`` (default, as the paper) or ``"fixed"`` (module docstring).
-        threshold_rule, acceptance: How the target selects the threshold and what is accepted
-            (module docstring); :func:`compat_rules` names the authors' scripts' rules.
-        error_type: ``"fnmr"`` (FNM-EDC, default) or ``"fmr"`` (FM-EDC).
-    """
+    """The EDC of one quality measure (one ``similarity``, ``mated``, ``quality`` per comparison) at
+    ``target``: an FMR target, or the FNMR target of an FM-EDC (``error_type="fmr"``)."""
     rules = {"threshold_rule": threshold_rule, "acceptance": acceptance, "error_type": error_type}
     return edc_many(similarity, mated, quality, (target,), convention, **rules)[check_rate(target, "target")]
 
@@ -504,5 +322,6 @@ def edc_many(
     error_type: ErrorType | str = ErrorType.FNMR,
 ) -> dict[float, EDCCurve]:
     """EDCs at several targets sharing one pass over the data; keyed by target (see :func:`edc`)."""
-    rules = {"threshold_rule": threshold_rule, "acceptance": acceptance, "error_type": error_type}
-    return _edc_prepared(Comparisons(similarity, mated), quality, targets, convention, **rules)
+    comp = Comparisons(similarity, mated)
+    return edc_curves(comp, ArrayOrder(comp.quality(quality)), targets, convention,
+                      threshold_rule=threshold_rule, acceptance=acceptance, error_type=error_type)

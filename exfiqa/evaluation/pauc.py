@@ -1,10 +1,5 @@
-"""pAUC of an EDC (stepwise or trapezoid, with the theoretical best curves), whether it is
-resolved, the metadata stored beside every pAUC, and the tidy rows of EDCs and pAUCs.
-
-numpy only (pandas imported by :func:`edc_rows`).
-The conventions and their area rules: :mod:`exfiqa.evaluation.edc`. The area helpers
-(:func:`stepwise_area`, :func:`trapezoid_area`, :func:`best_area`, :func:`triangle_area`) are
-shared with :mod:`exfiqa.evaluation.bootstrap`, which applies them to resampled curves.
+"""pAUC of an EDC (area rules: :mod:`exfiqa.evaluation.edc`), whether it is resolved, the metadata
+stored beside every pAUC, and the tidy rows of EDCs and pAUCs. numpy only (pandas in :func:`edc_rows`).
 """
 
 from __future__ import annotations
@@ -40,18 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 
-def _area_points(curve: EDCCurve, limit: float) -> np.ndarray:
-    """The points an area up to ``limit`` reads: those at or below it, and under ``recompute``
-    the next one when the limit falls between grid points (the interpolated end point)."""
-    frac = curve.discard_fraction
-    inside = frac <= limit + 1e-12
-    if curve.convention is Convention.RECOMPUTE:
-        i = int(inside.sum())
-        if frac[i - 1] < limit - 1e-12 and i < frac.shape[0]:
-            inside[i] = True
-    return inside
-
-
 def resolved_for(
     scores: Any,
     order: Any,
@@ -61,9 +44,7 @@ def resolved_for(
     *,
     error_type: ErrorType | str = ErrorType.FNMR,
 ) -> bool:
-    """:func:`pauc_resolved` of the EDC of prepared ``scores`` and ``order`` (the interface of
-    :func:`edc_curves`) without computing the curve: the counts left per level follow from the
-    levels of the mated comparisons alone (bounded at any size)."""
+    """:func:`pauc_resolved` of the EDC of ``scores`` and ``order`` (as :func:`edc_curves`), without the curve."""
     conv, e_type = as_convention(convention), as_error_type(error_type)
     if conv is Convention.FIXED:
         return bool(resolvable(target, int(scores.n_nm if e_type is ErrorType.FNMR else scores.n_m)))
@@ -75,9 +56,14 @@ def resolved_for(
 
 
 def pauc_resolved(curve: EDCCurve, limit: float = 0.3) -> bool:
-    """Whether every point a :func:`pauc` up to ``limit`` reads has a resolvable target
-    (:attr:`EDCCurve.resolved`): the whole set, and under ``recompute`` each level up to the limit."""
-    return bool(curve.resolved[_area_points(curve, check_limit(limit))].all())
+    """Whether every point a :func:`pauc` up to ``limit`` reads has a resolvable target (:attr:`EDCCurve.resolved`)."""
+    lim, frac = check_limit(limit), curve.discard_fraction
+    inside = frac <= lim + 1e-12
+    if curve.convention is Convention.RECOMPUTE:  # and the next point, read by an interpolated end point
+        i = int(inside.sum())
+        if frac[i - 1] < lim - 1e-12 and i < frac.shape[0]:
+            inside[i] = True
+    return bool(curve.resolved[inside].all())
 
 
 def stepwise_area(frac: np.ndarray, err: np.ndarray, limit: float) -> np.ndarray:
@@ -88,13 +74,9 @@ def stepwise_area(frac: np.ndarray, err: np.ndarray, limit: float) -> np.ndarray
 
 
 def trapezoid_area(frac: np.ndarray, err: np.ndarray, limit: float) -> float:
-    """Trapezoid area under ``err`` over ``frac`` up to ``limit`` (``recompute``), the end point
-    interpolated linearly when the limit falls between grid points; raises where the curve is
-    undefined (NaN) at a point the area reads or ``limit`` lies beyond the grid."""
+    """Trapezoid area up to ``limit``, interpolated there; raises on NaN read or a limit beyond the grid."""
     if limit > frac[-1] + 1e-12:
-        raise ValueError(
-            f"limit: {limit} lies beyond the last discard fraction of the curve ({frac[-1]})"
-        )
+        raise ValueError(f"limit: {limit} lies beyond the last discard fraction of the curve ({frac[-1]})")
     inside = frac <= limit + 1e-12
     x, y = frac[inside], err[inside]
     if x[-1] < limit - 1e-12:
@@ -126,13 +108,10 @@ def triangle_area(e0: float | np.ndarray, limit: float) -> float | np.ndarray:
 
 
 def pauc(curve: EDCCurve, limit: float = 0.3, subtract_best: bool | BestCurve | str = False) -> float:
-    """Partial area under an EDC from discard fraction 0 to ``limit`` (lower is better).
+    """Partial area under an EDC from discard fraction 0 to ``limit`` (lower is better, unscaled).
 
-    ``fixed``: stepwise area; ``subtract_best`` subtracts the area under the theoretical best
-    curve (module docstring): ``True`` or ``"triangle"`` the reference's triangle, ``"stepwise"``
-    the stepwise best on the finest grid. ``recompute``: trapezoid area, linearly interpolated at
-    the limit; ``subtract_best`` raises. Unscaled (multiply for printing and record the factor,
-    see :func:`pauc_meta`).
+    ``fixed``: stepwise; ``subtract_best``: ``True``/``"triangle"`` or ``"stepwise"`` best curve.
+    ``recompute``: trapezoid; ``subtract_best`` raises.
     """
     lim = check_limit(limit)
     best = as_best_curve(subtract_best)
@@ -148,13 +127,8 @@ def pauc(curve: EDCCurve, limit: float = 0.3, subtract_best: bool | BestCurve | 
             area -= float(triangle_area(curve.error[0], lim))
         return area
     if best is not None:
-        raise ValueError(
-            "subtract_best: the theoretical best curve is defined for the 'fixed' convention only"
-        )
+        raise ValueError("subtract_best: the theoretical best curve is defined for the 'fixed' convention only")
     return trapezoid_area(curve.discard_fraction, curve.error, lim)
-
-
-# ----------------------------------------------------------------------------- metadata, frames
 
 
 def pauc_meta(
@@ -167,22 +141,8 @@ def pauc_meta(
     acceptance: Acceptance | str = Acceptance.SIMILARITY,
     error_type: ErrorType | str = ErrorType.FNMR,
 ) -> dict[str, Any]:
-    """Everything needed to read a pAUC number: store it beside every pAUC written.
-
-    Args:
-        convention: The EDC convention.
-        limit: Upper discard-fraction limit of the area.
-        subtract_best: Whether (and which) theoretical best curve was subtracted: ``False``,
-            ``True`` (= ``"triangle"``), ``"triangle"`` or ``"stepwise"``.
-        scale: Factor the printed numbers were multiplied by (e.g. 100 for the poster's table).
-        threshold_rule, acceptance, error_type: The rules (module docstring).
-
-    Returns:
-        ``metric, convention, limit, subtract_best`` (bool), ``best_curve`` (its name or
-        ``"none"``), ``scale, threshold_rule, acceptance, error_type``, the descriptions
-        ``threshold, discard_base, area_rule`` and ``tie_order`` (:data:`TIE_ORDER_NOTE` where ties
-        matter: ``recompute``).
-    """
+    """Everything needed to read a pAUC number, stored beside every pAUC written (``scale``: the
+    factor printed numbers were multiplied by); ``subtract_best`` raises under ``recompute``."""
     conv, rule, acc, e_type = as_convention(convention), as_rule(threshold_rule), as_acceptance(acceptance), as_error_type(error_type)
     best = as_best_curve(subtract_best)
     if best is not None and conv is Convention.RECOMPUTE:
@@ -194,81 +154,57 @@ def pauc_meta(
         if conv is Convention.FIXED:
             static["discard_base"] = "non-mated comparisons; equal qualities discarded together"
     static["threshold"] += f"; {describe_rule(rule, e_type)}; accept {acc.value}"
-    static.pop("best_curve")
     return {
-        "metric": "pAUC-EDC (FMR at fixed FNMR vs discarded fraction)" if fm
-        else "pAUC-EDC (FNMR at fixed FMR vs discarded fraction)",
-        "convention": conv.value,
-        "limit": check_limit(limit),
-        "subtract_best": best is not None,
-        "best_curve": best.value if best is not None else "none",
-        "scale": float(scale),
-        "threshold_rule": rule.value,
-        "acceptance": acc.value,
-        "error_type": e_type.value,
-        **static,
+        "metric": f"pAUC-EDC ({'FMR at fixed FNMR' if fm else 'FNMR at fixed FMR'} vs discarded fraction)",
+        "convention": conv.value, "limit": check_limit(limit), "subtract_best": best is not None,
+        "best_curve": best.value if best is not None else "none", "scale": float(scale),
+        "threshold_rule": rule.value, "acceptance": acc.value, "error_type": e_type.value, **static,
         "tie_order": TIE_ORDER_NOTE if conv is Convention.RECOMPUTE else "none: equal qualities are discarded together",
     }
 
 
-def _extra_columns(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """Protocol columns beyond today's defaults: present only when a rule differs from them."""
+def _extra_columns(rule: str, acceptance: str, error_type: str) -> dict[str, Any]:
+    """Rule columns, present only where a rule differs from the defaults."""
     out: dict[str, Any] = {}
-    if meta["threshold_rule"] != ThresholdRule.AT_MOST.value or meta["acceptance"] != Acceptance.SIMILARITY.value:
-        out.update(threshold_rule=meta["threshold_rule"], acceptance=meta["acceptance"])
-    if meta["error_type"] != ErrorType.FNMR.value:
-        out["error_type"] = meta["error_type"]
+    if rule != ThresholdRule.AT_MOST.value or acceptance != Acceptance.SIMILARITY.value:
+        out.update(threshold_rule=rule, acceptance=acceptance)
+    if error_type != ErrorType.FNMR.value:
+        out["error_type"] = error_type
     return out
-
-
-def _rate_columns(error_type: str) -> tuple[str, str]:
-    """(target column, error column): ``("fmr", "fnmr")`` for FNM-EDC, swapped for FM-EDC."""
-    return ("fmr", "fnmr") if error_type == ErrorType.FNMR.value else ("fnmr", "fmr")
 
 
 def pauc_rows(
     method: str, dataset: str, fr_model: str, curves: Mapping[float, EDCCurve], meta: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
-    """Rows of a tidy pAUC table for one method's curves (one per target) under ``meta`` (:func:`pauc_meta`).
+    """Rows of a tidy pAUC table, one per target, under ``meta`` (:func:`pauc_meta`).
 
-    Columns ``method, dataset, fr_model, fmr, convention, limit, subtract_best, scale``, then
-    ``best_curve`` when subtracting, ``threshold_rule, acceptance`` when either differs from the
-    default, ``error_type`` for FM-EDCs (whose target column is ``fnmr``), ``pauc`` (times ``scale``)
-    and ``resolved`` (:func:`pauc_resolved`: False where the target is below what the comparisons
-    resolve, for the whole set or at a level up to the limit).
+    Columns ``method, dataset, fr_model, fmr`` (``fnmr`` for FM-EDCs), ``convention, limit,
+    subtract_best, scale``, ``best_curve`` when subtracting, the rule columns that differ from the
+    defaults, ``pauc`` (times ``scale``) and ``resolved`` (:func:`pauc_resolved`).
     """
-    target_col, _ = _rate_columns(meta["error_type"])
-    extra = ({"best_curve": meta["best_curve"]} if meta["subtract_best"] else {}) | _extra_columns(meta)
-    best = meta["best_curve"] if meta["subtract_best"] else False
-    rows = []
-    for t, c in curves.items():
-        rows.append({
-            "method": method, "dataset": dataset, "fr_model": fr_model, target_col: t,
-            "convention": meta["convention"], "limit": meta["limit"], "subtract_best": meta["subtract_best"],
-            "scale": meta["scale"], **extra, "pauc": pauc(c, meta["limit"], best) * meta["scale"],
-            "resolved": pauc_resolved(c, meta["limit"]),
-        })
-    return rows
+    target_col = "fmr" if meta["error_type"] == ErrorType.FNMR.value else "fnmr"
+    extra = ({"best_curve": meta["best_curve"]} if meta["subtract_best"] else {})
+    extra |= _extra_columns(meta["threshold_rule"], meta["acceptance"], meta["error_type"])
+    return [{
+        "method": method, "dataset": dataset, "fr_model": fr_model, target_col: t,
+        "convention": meta["convention"], "limit": meta["limit"], "subtract_best": meta["subtract_best"],
+        "scale": meta["scale"], **extra, "pauc": pauc(c, meta["limit"], meta["best_curve"]) * meta["scale"],
+        "resolved": pauc_resolved(c, meta["limit"]),
+    } for t, c in curves.items()]
 
 
 def edc_rows(method: str, dataset: str, fr_model: str, curves: Mapping[float, EDCCurve]) -> list[pd.DataFrame]:
-    """Tidy EDC points of one method's curves: columns ``method, dataset, fr_model, fmr, convention``,
-    the rule columns of :func:`pauc_rows` where they differ from the defaults, ``discard_fraction, fnmr``
-    (FM-EDC: ``fnmr`` is the target and ``fmr`` the error) and ``resolved`` (:attr:`EDCCurve.resolved`
-    of the point)."""
+    """Tidy EDC points, one frame per target: the key and rule columns of :func:`pauc_rows`,
+    ``discard_fraction``, the error (``fnmr``, or ``fmr`` for FM-EDCs) and ``resolved``."""
     import pandas as pd
 
     frames = []
     for t, c in curves.items():
-        meta = {"threshold_rule": c.threshold_rule.value, "acceptance": c.acceptance.value,
-                "error_type": c.error_type.value}
-        target_col, error_col = _rate_columns(c.error_type.value)
-        n = c.discard_fraction.shape[0]
-        cols: dict[str, Any] = {
-            "method": [method] * n, "dataset": [dataset] * n, "fr_model": [fr_model] * n,
-            target_col: np.full(n, t), "convention": [c.convention.value] * n,
-        }
-        cols.update({k: [v] * n for k, v in _extra_columns(meta).items()})
-        cols.update({"discard_fraction": c.discard_fraction, error_col: c.error, "resolved": c.resolved})
+        target_col, error_col = ("fmr", "fnmr") if c.error_type is ErrorType.FNMR else ("fnmr", "fmr")
+        keys = {"method": method, "dataset": dataset, "fr_model": fr_model, target_col: t,
+                "convention": c.convention.value}
+        keys |= _extra_columns(c.threshold_rule.value, c.acceptance.value, c.error_type.value)
+        cols: dict[str, Any] = {k: [v] * c.discard_fraction.shape[0] for k, v in keys.items()}
+        cols |= {"discard_fraction": c.discard_fraction, error_col: c.error, "resolved": c.resolved}
         frames.append(pd.DataFrame(cols))
     return frames

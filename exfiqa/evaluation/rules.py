@@ -1,96 +1,27 @@
-"""The rules every metric of :mod:`exfiqa.evaluation` follows: vocabulary, threshold rules,
-acceptance, the named rule sets, input checks and the operating points they select.
+"""The rules every metric of :mod:`exfiqa.evaluation` follows: threshold rules, acceptance, the named
+rule sets, input checks and the operating points they select (numpy only).
 
-numpy only. The metrics that follow them: :mod:`~exfiqa.evaluation.quality`,
-:mod:`~exfiqa.evaluation.verification`, :mod:`~exfiqa.evaluation.edc` and :mod:`~exfiqa.evaluation.pauc`.
-
-Vocabulary and conventions (every function of the metrics)
------------------------------------------------------------
-* Comparison scores are **similarities: higher = more alike**. By default a comparison is
-  *accepted* (declared a match) when ``similarity >= threshold`` (see "Acceptance" below).
-* A *mated* (genuine) comparison compares two samples of the same subject; a *non-mated*
-  (impostor) comparison compares samples of different subjects.
-* ``FMR(t)`` = fraction of non-mated comparisons accepted at ``t``; ``FNMR(t)`` = fraction of
-  mated comparisons not accepted.
-* Argument names and order: functions of two score sets take bob.measure's order
-  ``nonmated_scores, mated_scores`` (negatives, positives; :func:`error_rates`,
-  :func:`fnmr_at_fmr`, :func:`fmr_at_fnmr`, :func:`roc`, :func:`eer`). Functions of one labelled
-  comparison set take ``similarity, mated, quality`` (curves, frames, accuracy, and those of
-  :mod:`exfiqa.evaluation.bootstrap`), with ``mated`` always the boolean (or 0/1) labels, True for mated
-  comparisons; frames take a mapping ``qualities`` in the place of ``quality``. Every convention
-  argument defaults to ``recompute``, as the paper and the configs.
-* **Quality**: higher = better. Pair quality = min of the two sample qualities
-  (:func:`pair_quality`); an IJB-C template's quality = min over its samples
-  (:func:`template_quality`).
-
-Threshold rules (``threshold_rule``)
-------------------------------------
-``at_most`` (default). For an FMR target ``fmr`` over ``n`` non-mated scores,
-``k = floor(fmr * n)`` (computed with a relative tolerance of 1e-9, so that 0.29 * 100 counts as
-29) is the largest number of accepted non-mated comparisons the target allows. With ``s_(k+1)``
-the (k+1)-th largest non-mated score, the threshold is the smallest float64 strictly above it,
-``np.nextafter(s_(k+1), inf)``: the smallest threshold whose FMR does not exceed the target. It
-accepts ``#{non-mated > s_(k+1)} <= k`` non-mated comparisons, while any lower threshold accepts
-at least ``k + 1``. Discreteness and ties are never resolved by exceeding the target: with several
-non-mated scores tied at ``s_(k+1)`` the achieved FMR is below the target. A mated comparison is
-then a false non-match exactly when its similarity is ``<= s_(k+1)``. Scores may be float32 or
-float64. Thresholds are float64 and every comparison against one is made in float64 (under
-NumPy 2 a Python-float threshold would be compared with float32 scores in float32, rounding
-``nextafter(s, inf)`` back to ``s`` and accepting the score ``s``; :func:`error_rates` casts).
-(MagFace's ``eval/eval_quality/eval_quality.py`` takes the ``(idx + 1)``-th smallest non-mated
-distance with ``idx = (n - 1) // 1000`` (``n - 1`` divided by 10 three times) and accepts
-``distance < threshold``, so it allows ``(n - 1) // 1000`` false matches at FMR 1e-3 where
-``at_most`` allows ``n // 1000``: one fewer whenever ``n`` is a multiple of 1000.)
-
-``closest``: the CR-FIQA group's ERC scripts (``ERC/erc.py`` with ``ERC/roc.py`` of CR-FIQA, also
-used for ViT-FIQA and EX-FIQA). The ROC has one point per distinct score of the comparison set
-(mated and non-mated; no point at infinity), with the ROC's own FMR(t) = #non-mated ``>= t`` / n
-(as ``calculate_roc`` counts it, whatever the acceptance). The threshold is the point whose
-``|FMR - target|``, computed in float64 as the scripts do, is smallest; on a tie, the first in
-ascending threshold order (the higher FMR: ``np.argmin``). Among the thresholds with that FMR it is
-the lowest, i.e. the smallest score above the highest rejected non-mated one (a mated score where
-one lies in between). The achieved FMR can exceed the target: with 2,999 non-mated comparisons at
-FMR 1e-3, ``closest`` accepts 3 of them (3/2999 is nearer 1e-3 than 2/2999), ``at_most`` 2.
-
-FM-EDC (``error_type="fmr"``) mirrors both: ``at_most`` is the largest threshold whose FNMR does
-not exceed the FNMR target (the (k+1)-th smallest mated score, ``k = floor(fnmr * n_mated)``);
-``closest`` is the ROC point with FNMR(t) = #mated ``< t`` / n_mated closest to the target, the last
-on ties (the higher threshold: ``get_fnmr_op`` of the same ``roc.py``).
-
-Acceptance (``acceptance``)
----------------------------
-``similarity>=`` (default): accept ``similarity >= threshold``; thresholds are similarities.
-``distance<``: the scripts' rule, accept ``arccos(clip(similarity, -1, 1)) / pi < threshold``
-(float64); thresholds are angular distances and a comparison exactly at the threshold is a
-non-match, mated and non-mated alike. The rules then work on ``x = -distance`` (ties are those of
-the distance: float64 cosines that ``arccos`` maps to one float64 distance tie; distinct float32
-similarities never do). Under ``at_most`` the acceptance changes only the reported threshold (the
-(k+1)-th smallest non-mated distance instead of ``nextafter(s_(k+1), inf)``), not which
-comparisons are errors; under ``closest`` a mated comparison at the chosen ROC point is a false
-non-match with ``distance<`` and a match with ``similarity>=``.
-
-``compat="crfiqa"`` (:data:`COMPAT`, :func:`compat_rules`; config key ``compat``) = ``closest`` +
-``distance<``. With the ``recompute`` convention it reproduces the scripts exactly given their
-similarities: measured against ``ERC/erc.py`` + ``ERC/roc.py`` (run after two patches that only
-make them run: a missing comma in ``perform_1v1_quality_eval`` and ``np.int``), the FNMR counts of
-all 20 levels at FMR 1e-2, 1e-3, 1e-4 are identical where pair qualities do not tie (6,000 pairs)
-and, with their quality argsort made stable, also where they tie (6,000 and 20,000 pairs with
-qualities rounded to 0 or 1 decimals).
-
-**Tie order.** The scripts sort pair qualities with numpy's default (unstable) ``argsort``,
-whose order among equal qualities depends on the sort kernel of the CPU (AVX-512 or not); exfiqa
-sorts stably (ties in comparison order), which reproduces the scripts exactly where qualities tie
-whenever their sort happens to be stable, and cannot reproduce a machine's unstable order
-otherwise (:data:`TIE_ORDER_NOTE`, one sentence for notebooks).
-
-**Level boundaries.** The scripts discard ``int(np.arange(0, 0.98, 0.05)[j] * N)`` comparisons at
-level j, exfiqa ``floor(j * N / 20)``. They are equal: every ``u_j = np.arange(0, 0.98, 0.05)[j]``
-is ``>= j / 20`` exactly, the rounded product never falls below the integer ``floor(j * N / 20)``
-(rounding to nearest keeps a representable integer), and it could only reach the next integer if
-``(u_j - j / 20) * N`` (``u_j - j / 20 <= 9e-17``) reached 1/20, i.e. for N beyond 5e14. The tests
-check every N up to 2,000,000 (:func:`level_starts`).
-
-Resolvable targets (:func:`resolvable`): :mod:`exfiqa.evaluation.edc` says what they mean.
+* Scores are similarities (higher = more alike), qualities higher = better (pair quality: the min).
+  Two score sets: bob.measure's order ``nonmated_scores, mated_scores``; one labelled set:
+  ``similarity, mated, quality`` (``mated``: bools or 0/1, True for mated comparisons).
+* ``at_most`` (default): ``k = floor(fmr * n)`` over ``n`` non-mated scores (relative tolerance
+  1e-9: 0.29 * 100 counts as 29); threshold ``nextafter(s_(k+1), inf)``, ``s_(k+1)`` the (k+1)-th
+  largest non-mated score: the smallest threshold whose FMR does not exceed the target (ties make
+  the achieved FMR lower, never higher). A mated comparison is a false non-match iff its similarity
+  is ``<= s_(k+1)``. Thresholds are float64 and compared in float64, whatever the scores' dtype.
+* ``closest`` (the CR-FIQA group's ``ERC/erc.py`` + ``ERC/roc.py``): the ROC has one point per
+  distinct score of the set (no point at infinity) with FMR(t) = #non-mated ``>= t`` / n; the
+  threshold is the point with the smallest float64 ``|FMR - target|``, the first in ascending
+  threshold order on ties (``np.argmin``): the achieved FMR may exceed the target.
+* FM-EDC (``error_type="fmr"``) mirrors both: ``at_most`` = the (k+1)-th smallest mated score,
+  ``k = floor(fnmr * n_mated)``; ``closest`` = the ROC point with FNMR(t) = #mated ``< t`` / n_mated
+  closest to the target, the last on ties (``get_fnmr_op`` of ``roc.py``).
+* Acceptance ``similarity>=`` (default), or ``distance<``: accept ``arccos(clip(s, -1, 1)) / pi <
+  threshold`` (float64, thresholds are angular distances); the rules then work on ``x = -distance``.
+* ``compat="crfiqa"`` (:data:`COMPAT`) = ``closest`` + ``distance<``: with ``recompute`` it
+  reproduces the scripts' FNMR counts exactly where pair qualities do not tie (:data:`TIE_ORDER_NOTE`).
+* Levels: the scripts discard ``int(np.arange(0, 0.98, 0.05)[j] * N)`` comparisons at level j,
+  exfiqa ``floor(j * N / 20)`` (:func:`level_starts`): equal for every N below 5e14.
 """
 
 from __future__ import annotations
@@ -115,39 +46,31 @@ _E = TypeVar("_E", bound=Enum)
 
 
 class Convention(str, Enum):
-    """How an EDC is computed; see the module docstring for the full definitions."""
+    """How an EDC is computed (:mod:`exfiqa.evaluation.edc`)."""
 
     FIXED = "fixed"
-    """Schlett et al. (T-BIOM 2023): threshold fixed once, mated discards, stepwise pAUC."""
     RECOMPUTE = "recompute"
-    """CR-FIQA's ERC scripts: 5 % grid of all comparisons, threshold recomputed, trapezoid pAUC."""
 
 
 class ThresholdRule(str, Enum):
-    """Which threshold an error-rate target selects (module docstring, "Threshold rules")."""
+    """Which threshold an error-rate target selects (module docstring)."""
 
     AT_MOST = "at_most"
-    """The threshold with the other error lowest among those whose rate does not exceed the target."""
     CLOSEST = "closest"
-    """The ROC point whose rate is closest to the target (the CR-FIQA group's ERC scripts)."""
 
 
 class Acceptance(str, Enum):
-    """When a comparison is declared a match (module docstring, "Acceptance")."""
+    """When a comparison is declared a match (module docstring)."""
 
     SIMILARITY = "similarity>="
-    """``similarity >= threshold`` (thresholds are similarities)."""
     DISTANCE = "distance<"
-    """``arccos(clip(similarity, -1, 1)) / pi < threshold`` (thresholds are angular distances)."""
 
 
 class ErrorType(str, Enum):
-    """The error an EDC plots (Schlett et al.'s two EDC types)."""
+    """The error an EDC plots: FNMR at an FMR target (FNM-EDC) or FMR at an FNMR target (FM-EDC)."""
 
     FNMR = "fnmr"
-    """FNM-EDC: FNMR of the mated comparisons at a threshold set for an FMR target."""
     FMR = "fmr"
-    """FM-EDC: FMR of the non-mated comparisons at a threshold set for an FNMR target."""
 
 
 class BestCurve(str, Enum):
@@ -190,36 +113,27 @@ PAUC_META: dict[Convention, dict[str, str]] = {
         "threshold": "fixed once from all non-mated comparisons",
         "discard_base": "mated comparisons; equal qualities discarded together",
         "area_rule": "stepwise (value holds until the next discard point)",
-        "best_curve": "triangle max(0, e0 - f), or stepwise max(0, e0 - f) / (1 - f) on the grid i / n_mated",
     },
     Convention.RECOMPUTE: {
         "threshold": "recomputed on the remaining non-mated comparisons at each level",
         "discard_base": "all comparisons; grid 0, 0.05, ..., 0.95; stable sort by quality",
         "area_rule": "trapezoid, linear interpolation at the limit",
-        "best_curve": "not defined",
     },
 }
 """Static description of each convention (FNM-EDC), stored beside any pAUC number by :func:`pauc_meta`."""
 
 
-# ----------------------------------------------------------------------------- validation
-
-
 def _real(a: np.ndarray, name: str) -> np.ndarray:
     """``a`` checked to hold finite real numbers (float32 and float64 kept, other numbers -> float64)."""
-    if a.dtype == np.bool_ or not (
-        np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)
-    ):
+    if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
         raise ValueError(f"{name}: expected real numbers, got dtype {a.dtype}")
     if a.dtype not in (np.float32, np.float64):
         a = a.astype(np.float64)
     if a.size and not (np.isfinite(a.min()) and np.isfinite(a.max())):  # NaN propagates: no (N,) mask
         bad = np.flatnonzero(~np.isfinite(a))
         at = bad[0] if a.ndim == 1 else tuple(int(i) for i in np.unravel_index(bad[0], a.shape))
-        raise ValueError(
-            f"{name}: {bad.size} non-finite value(s) (NaN or inf), first at index {at} "
-            f"({a.reshape(-1)[bad[0]]})"
-        )
+        raise ValueError(f"{name}: {bad.size} non-finite value(s) (NaN or inf), first at index {at} "
+                         f"({a.reshape(-1)[bad[0]]})")
     return a
 
 
@@ -276,11 +190,7 @@ def check_rate(fmr: Any, name: str = "fmr") -> float:
 
 def check_rates(fmr_targets: float | Sequence[float], name: str = "fmr_targets") -> list[float]:
     """One target or a non-empty sequence of them, each checked by :func:`check_rate`, as a list."""
-    seq: list[Any]  # checked and converted by check_rate
-    if np.isscalar(fmr_targets):
-        seq = [fmr_targets]
-    else:  # np.isscalar does not narrow the union for the type checker: not a scalar is a sequence here
-        seq = list(cast(Sequence[float], fmr_targets))
+    seq = [fmr_targets] if np.isscalar(fmr_targets) else list(cast(Sequence[float], fmr_targets))
     if not seq:
         raise ValueError(f"{name}: no FMR target given")
     return [check_rate(t, name) for t in seq]
@@ -299,12 +209,7 @@ def check_limit(limit: float) -> float:
 
 def as_convention(convention: Convention | str) -> Convention:
     """The :class:`Convention` named by ``convention`` (raises listing the valid names)."""
-    try:
-        return Convention(convention)
-    except ValueError:
-        raise ValueError(
-            f"convention: expected one of {[c.value for c in Convention]}, got {convention!r}"
-        ) from None
+    return _choice(Convention, convention, "convention")
 
 
 def allowed_errors(fmr: float, n: int | np.ndarray) -> np.ndarray:
@@ -385,12 +290,8 @@ def neg_distance(similarity: np.ndarray) -> np.ndarray:
 
 
 class OperatingPoint(NamedTuple):
-    """An operating point in the rules' domain ``x`` (similarity, or minus the angular distance).
-
-    ``e``: FNM-EDC: a mated comparison is a false non-match iff ``x <= e``; FM-EDC: a non-mated
-    one is a false match iff ``x >= e``. ``threshold``: as reported (a similarity accepted with
-    ``>=``, or an angular distance accepted with ``<``).
-    """
+    """A point in the rules' domain ``x``: FNM-EDC: a mated comparison is a false non-match iff
+    ``x <= e``; FM-EDC: a non-mated one is a false match iff ``x >= e``; ``threshold`` as reported."""
 
     e: float
     threshold: float
@@ -400,12 +301,9 @@ def fnm_point(
     nm_desc: np.ndarray, complete: bool, n_nm: int, mated_x: np.ndarray, target: float,
     rule: ThresholdRule, strict: bool,
 ) -> OperatingPoint | None:
-    """The threshold for an FMR ``target`` among ``n_nm`` non-mated scores (FNM-EDC).
-
-    ``nm_desc``: the highest non-mated scores, descending (all of them when ``complete``; else
-    every one left out is strictly lower); ``mated_x``: the mated scores of the same comparison
-    set (the ``closest`` rule's ROC holds every score). None when ``nm_desc`` is too short.
-    """
+    """The point for an FMR ``target`` among ``n_nm`` non-mated scores, from the highest ones
+    ``nm_desc`` (descending; all of them when ``complete``) and the set's mated scores ``mated_x``
+    (the ``closest`` ROC holds every score). None when ``nm_desc`` is too short to decide."""
     if rule is ThresholdRule.AT_MOST:
         k = int(allowed_errors(target, n_nm))
         if k >= nm_desc.shape[0]:
@@ -429,11 +327,8 @@ def fnm_point(
 def fm_point(
     mated_asc: np.ndarray, max_nm: float | None, n_m: int, target: float, rule: ThresholdRule, strict: bool
 ) -> OperatingPoint | None:
-    """The threshold for an FNMR ``target`` among the mated scores ``mated_asc`` (ascending; FM-EDC).
-
-    ``max_nm``: the highest non-mated score of the same set (the ``closest`` rule's ROC point
-    with FNMR 1 needs it); None when unknown (then None for ``closest``).
-    """
+    """The point for an FNMR ``target`` among the mated scores ``mated_asc`` (ascending); ``max_nm``:
+    the set's highest non-mated score, None when unknown (then None for ``closest``)."""
     if rule is ThresholdRule.AT_MOST:
         e = mated_asc[int(allowed_errors(target, n_m))]  # FNMR = #mated < e <= k
         return OperatingPoint(e, -float(np.nextafter(e, -np.inf)) if strict else float(e))
@@ -454,14 +349,10 @@ def level_starts(n: int) -> np.ndarray:
 
 
 def resolvable(target: float, n: int | ArrayLike) -> np.ndarray:
-    """Whether a target rate can be resolved on ``n`` comparisons: at least one expected error at
-    the threshold, ``target * n >= 1`` (with the threshold rules' relative tolerance of 1e-9).
+    """Whether ``target * n >= 1`` (tolerance 1e-9): at least one error allowed at the threshold.
 
-    ``n``: the comparisons the target is a fraction of (non-mated for an FMR target, mated for an
-    FNMR target); a count or an array of counts (one per discard level). Below it the target
-    means "no error at all" and every smaller target gives the same threshold and curve: with
-    300 non-mated comparisons FMR 1e-2 is resolved (3 expected false matches), 1e-3 and 1e-4 are
-    not (both admit none).
+    ``n``: count(s) of the comparisons the target is a fraction of (non-mated for an FMR target).
+    Below it every smaller target gives the same threshold and curve.
     """
     t = check_rate(target, "target")
     counts = np.asarray(n)

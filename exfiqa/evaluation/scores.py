@@ -1,19 +1,12 @@
-"""The two interfaces the EDC and bootstrap engines read, and their explicit (array) implementations.
+"""The two interfaces the EDC and bootstrap engines read, and their array implementations (numpy only).
 
-A **scores** object describes one comparison set under one FR model: ``n``, ``n_m``, ``n_nm``,
-``sim_m`` (mated similarities in comparison order), ``mated_refs`` (their references) and
-``top_nonmated(m)`` (at least ``min(m, n_nm)`` highest non-mated similarities, descending, ties in
-comparison order, with their references; every other non-mated similarity strictly lower). An
-**order** object describes the stable pair-quality order of one quality measure on it (ties broken
-by comparison position): ``levels(refs)`` (the ``recompute`` level of each referenced comparison),
-``ranks(refs)`` (the stable rank), ``quality(refs)`` and ``value_counts()`` (the distinct pair
-qualities and their counts). References are whatever the matching order accepts.
-
-Here: :class:`Comparisons` and :class:`ArrayOrder` (arrays in memory), :class:`DistanceView`
-(any scores object in the ``distance<`` domain, :func:`rule_view`) and :func:`top_candidates`.
-:mod:`exfiqa.evaluation.pairs` implements both interfaces for pair lists and implicit all-vs-all
-sets. :data:`MIN_CANDIDATES` (read through :func:`min_candidates`, at call time) is the one
-setting of how many candidates the EDC and the bootstrap start from. numpy only.
+A **scores** object (one comparison set, one FR model): ``n``, ``n_m``, ``n_nm``, ``sim_m`` (mated
+similarities in comparison order), ``mated_refs`` (their references) and ``top_nonmated(m)`` (at
+least ``min(m, n_nm)`` highest non-mated similarities, descending, ties in comparison order, with
+their references; every other non-mated similarity strictly lower). An **order** object (the stable
+pair-quality order of one quality measure, ties by comparison position): ``levels(refs)`` (the
+``recompute`` level), ``ranks(refs)`` (the stable rank), ``quality(refs)`` and ``value_counts()``.
+:mod:`exfiqa.evaluation.pairs` implements both for pair lists and implicit all-vs-all sets.
 """
 
 from __future__ import annotations
@@ -41,13 +34,7 @@ def min_candidates() -> int:
 
 
 class Comparisons:
-    """Validated similarity/mated arrays plus a cache of the highest non-mated scores.
-
-    The explicit implementation of the scores interface (module docstring) the EDC and bootstrap
-    engines use: ``n``, ``n_m``, ``n_nm``, ``sim_m`` (mated similarities in
-    comparison order), ``mated_refs`` (their references; here positions) and
-    :meth:`top_nonmated`. References are whatever the matching order's methods accept.
-    """
+    """The scores interface on validated similarity/mated arrays (references: positions)."""
 
     def __init__(self, similarity: ArrayLike, mated: ArrayLike) -> None:
         self.sim = as_vector(similarity, "similarity")
@@ -62,8 +49,7 @@ class Comparisons:
             raise ValueError("mated: there are no non-mated comparisons (all True)")
         self.sim_m = self.sim[self.idx_m]
         self.mated_refs = self.idx_m
-        self._top_vals: np.ndarray | None = None
-        self._top_idx: np.ndarray | None = None
+        self._top: tuple[np.ndarray, np.ndarray] | None = None
 
     def quality(self, quality: ArrayLike, name: str = "quality") -> np.ndarray:
         """Per-comparison quality values, checked to be finite and of the comparisons' length."""
@@ -72,37 +58,23 @@ class Comparisons:
         return q
 
     def top_nonmated(self, m: int) -> tuple[np.ndarray, np.ndarray]:
-        """At least ``min(m, n_nm)`` highest non-mated scores, descending, with their indices.
-
-        Every non-mated score not returned is strictly below every score returned; ties keep
-        input order.
-        """
+        """At least ``min(m, n_nm)`` highest non-mated scores, descending, with their indices (cached)."""
         m = int(min(max(m, 1), self.n_nm))
-        if self._top_vals is None or self._top_vals.shape[0] < m:
+        if self._top is None or self._top[0].shape[0] < m:
             nonmated = ~self.mated
             if m >= self.n_nm:
                 idx = np.flatnonzero(nonmated)
             else:
-                neg = self.sim[nonmated]
-                cutoff = np.partition(neg, self.n_nm - m)[self.n_nm - m]
-                del neg
+                cutoff = np.partition(self.sim[nonmated], self.n_nm - m)[self.n_nm - m]
                 idx = np.flatnonzero(nonmated & (self.sim >= cutoff))
             vals = self.sim[idx]
             order = np.argsort(-vals, kind="stable")
-            self._top_vals, self._top_idx = vals[order], idx[order]
-        assert self._top_vals is not None and self._top_idx is not None
-        return self._top_vals, self._top_idx
+            self._top = vals[order], idx[order]
+        return self._top
 
 
 class ArrayOrder:
-    """The stable quality order of an explicit per-comparison quality array.
-
-    The explicit implementation of the order interface (module docstring):
-    ``levels(refs)`` (the ``recompute`` level of each referenced comparison: the largest j with
-    ``floor(j * n / 20) <= stable rank``), ``ranks(refs)`` (the stable rank itself) and
-    ``quality(refs)`` and ``value_counts()`` (the FM-EDC's tie groups). Levels need no full sort
-    (:func:`_levels_of`); ranks sort once.
-    """
+    """The order interface on a per-comparison quality array."""
 
     def __init__(self, q: np.ndarray) -> None:
         self.q = q
@@ -113,8 +85,8 @@ class ArrayOrder:
 
     def levels(self, refs: np.ndarray) -> np.ndarray:
         """The ``recompute`` level of each comparison ``refs`` (no full sort)."""
-        if self._bounds is None:
-            self._bounds = _level_bounds(self.q, self.d)
+        if self._bounds is None:  # the quality at each level boundary d[1:] of the stable order
+            self._bounds = np.partition(self.q, np.unique(self.d[1:]))[self.d[1:]]
         return _levels_of(self.q, self._bounds, refs, self.d)
 
     def ranks(self, refs: np.ndarray) -> np.ndarray:
@@ -137,11 +109,7 @@ class ArrayOrder:
 
 
 def top_candidates(comp: Any, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """The top ``m`` non-mated of ``comp`` and their ties, even when more are cached.
-
-    A prefix of the descending list, cut after the last value equal to the m-th: every
-    non-mated score left out is strictly below every one kept.
-    """
+    """The top ``m`` non-mated of ``comp`` and their ties, even when more are cached."""
     vals, refs = comp.top_nonmated(m)
     if vals.shape[0] > m:
         keep = int(np.searchsorted(-vals, -vals[m - 1], side="right"))
@@ -150,25 +118,20 @@ def top_candidates(comp: Any, m: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class DistanceView:
-    """A scores object seen in the ``distance<`` domain ``x = -arccos(clip(s, -1, 1)) / pi`` (float64).
-
-    The transform is monotone, so the highest similarities are the highest ``x``; it may merge
-    neighbouring float64 similarities (never float32 ones), so the lowest group of a partial
-    candidate list is dropped: every non-mated ``x`` left out stays strictly below every one kept.
-    """
+    """A scores object in the ``distance<`` domain ``x = -arccos(clip(s, -1, 1)) / pi`` (float64); the
+    transform may merge float64 similarities, so the lowest group of a partial candidate list is dropped."""
 
     def __init__(self, base: Any) -> None:
         self.base = base
         self.n, self.n_m, self.n_nm = base.n, base.n_m, base.n_nm
         self.mated_refs = base.mated_refs
         self.sim_m = neg_distance(base.sim_m)
-        self._vals: np.ndarray | None = None
-        self._refs: np.ndarray | None = None
+        self._top: tuple[np.ndarray, np.ndarray] | None = None
 
     def top_nonmated(self, m: int) -> tuple[np.ndarray, np.ndarray]:
-        """As :meth:`Comparisons.top_nonmated`, in the ``distance<`` domain (see the class docstring)."""
+        """As :meth:`Comparisons.top_nonmated`, in the ``distance<`` domain."""
         m = int(min(max(m, 1), self.n_nm))
-        if self._vals is None or self._vals.shape[0] < m:
+        if self._top is None or self._top[0].shape[0] < m:
             ask = m
             while True:
                 vals, refs = self.base.top_nonmated(ask)
@@ -179,42 +142,25 @@ class DistanceView:
                 if x.shape[0] >= m:
                     break
                 ask = min(self.n_nm, max(2 * ask, vals.shape[0] + 1))
-            self._vals, self._refs = x, refs
-        assert self._vals is not None and self._refs is not None
-        return self._vals, self._refs
+            self._top = x, refs
+        return self._top
 
 
 def rule_view(scores: Any, strict: bool) -> Any:
     """``scores`` in the rules' domain: unchanged for ``similarity>=``, a :class:`DistanceView` else."""
-    if not strict:
+    if not strict or isinstance(scores, DistanceView):
         return scores
-    if isinstance(scores, DistanceView):
-        return scores
-    cache = getattr(scores, "_distance_view", None)  # one view per scores object: its candidates are reused
-    if cache is None:
-        cache = DistanceView(scores)
-        try:
-            scores._distance_view = cache
-        except AttributeError:  # pragma: no cover - a scores object without a __dict__
-            pass
-    return cache
-
-
-def _level_bounds(q: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """Quality at each level boundary d[1:] of the stable quality order (one ``np.partition``)."""
-    bounds = d[1:]
-    out: np.ndarray = np.partition(q, np.unique(bounds))[bounds]
-    return out
+    if getattr(scores, "_distance_view", None) is None:  # one view per scores object: its candidates are reused
+        scores._distance_view = DistanceView(scores)
+    return scores._distance_view
 
 
 def _levels_of(q: np.ndarray, v: np.ndarray, sel: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """Level (chunk) of the comparisons ``sel``: the largest j with d[j] <= stable rank.
+    """Level of the comparisons ``sel``: the largest j with d[j] <= stable rank, without a full sort.
 
-    The stable rank is the position in ``np.argsort(q, kind="stable")``; it is found without a
-    full sort. ``v`` (from :func:`_level_bounds`) holds the qualities at the boundaries: a
-    comparison whose quality differs from all of them lies after exactly the boundaries with a
-    lower value; one whose quality equals a boundary value gets its exact rank from the count of
-    lower qualities and its position (by index) among the equal ones.
+    ``v``: the qualities at the boundaries. A quality unequal to all of them lies after exactly the
+    lower ones; one equal to a boundary value gets its exact rank from the count of lower qualities
+    and its position among the equal ones.
     """
     x = q[sel]
     lo = np.searchsorted(v, x, side="left")

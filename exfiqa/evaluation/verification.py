@@ -1,7 +1,6 @@
 """Verification metrics of one comparison set: error rates, FNMR@FMR, FMR@FNMR, ROC, EER, accuracy.
 
-numpy only. Conventions, argument order and the
-threshold rules: :mod:`exfiqa.evaluation.rules`.
+numpy only; conventions, argument order and threshold rules: :mod:`exfiqa.evaluation.rules`.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from numpy.typing import ArrayLike
 from exfiqa.evaluation.rules import (
     DEFAULT_FMR_TARGETS,
     Acceptance,
+    OperatingPoint,
     ThresholdRule,
     allowed_errors,
     as_labels,
@@ -40,12 +40,16 @@ def _x(scores: np.ndarray, strict: bool) -> np.ndarray:
     return neg_distance(scores) if strict else scores
 
 
-def _desc_order_stats(values: np.ndarray, ks: np.ndarray) -> np.ndarray:
-    """The (k+1)-th largest of ``values`` for each k in ``ks`` (0 <= k < len(values))."""
-    pos = values.shape[0] - 1 - np.asarray(ks, dtype=np.int64)
-    part = np.partition(values, np.unique(pos))
-    out: np.ndarray = part[pos]
-    return out
+def _fnm_points(
+    neg: np.ndarray, x_pos: np.ndarray, targets: list[float], rule: ThresholdRule, strict: bool
+) -> list[OperatingPoint]:
+    """The FNM-EDC operating point of each FMR target over all of ``neg`` (``x_pos``: mated, as :func:`_x`)."""
+    if rule is ThresholdRule.AT_MOST and not strict:  # a partition finds the order statistics, no sort
+        at = neg.shape[0] - 1 - np.array([allowed_errors(t, neg.shape[0]) for t in targets], dtype=np.int64)
+        return [OperatingPoint(s, float(next_above(s))) for s in np.partition(neg, np.unique(at))[at]]
+    x_neg = -np.sort(-_x(neg, strict))
+    maybe = [fnm_point(x_neg, True, neg.shape[0], x_pos, t, rule, strict) for t in targets]
+    return [p for p in maybe if p is not None]  # never None: every non-mated score is given
 
 
 def threshold_at_fmr(
@@ -56,30 +60,15 @@ def threshold_at_fmr(
     acceptance: Acceptance | str = Acceptance.SIMILARITY,
     mated_scores: ArrayLike | None = None,
 ) -> float:
-    """The threshold for an FMR target under a rule (module docstring, "Threshold rules").
-
-    Args:
-        nonmated_scores: Non-mated similarity scores.
-        fmr: FMR target in (0, 1).
-        threshold_rule: ``at_most`` (default): ``np.nextafter(s_(k+1), inf)`` with
-            ``k = floor(fmr * len(nonmated_scores))``; ``closest``: the ROC point of all scores whose
-            FMR is closest to ``fmr`` (needs ``mated_scores``).
-        acceptance: ``similarity>=`` (the threshold is a similarity) or ``distance<`` (an angular
-            distance).
-        mated_scores: Mated similarity scores (required by ``closest``).
-    """
+    """The threshold for an FMR target (a similarity, or an angular distance for ``distance<``);
+    ``closest`` needs ``mated_scores`` (its ROC holds every score)."""
     neg = as_vector(nonmated_scores, "nonmated_scores")
     f, rule, strict = check_rate(fmr), as_rule(threshold_rule), is_strict(acceptance)
-    if rule is ThresholdRule.AT_MOST and not strict:
-        k = allowed_errors(f, neg.shape[0])
-        return float(next_above(_desc_order_stats(neg, np.atleast_1d(k))[0]))
+    fast = rule is ThresholdRule.AT_MOST and not strict  # reads no mated score
     if rule is ThresholdRule.CLOSEST and mated_scores is None:
         raise ValueError("mated_scores: the 'closest' rule picks a point of the ROC of all scores; pass them")
-    pos = np.zeros(0) if mated_scores is None else as_vector(mated_scores, "mated_scores")
-    x_neg = -np.sort(-_x(neg, strict))
-    point = fnm_point(x_neg, True, neg.shape[0], _x(pos, strict), f, rule, strict)
-    assert point is not None
-    return point.threshold
+    pos = np.zeros(0) if mated_scores is None or fast else as_vector(mated_scores, "mated_scores")
+    return _fnm_points(neg, _x(pos, strict), [f], rule, strict)[0].threshold
 
 
 def error_rates(
@@ -89,12 +78,7 @@ def error_rates(
     *,
     acceptance: Acceptance | str = Acceptance.SIMILARITY,
 ) -> tuple[float, float]:
-    """``(FMR, FNMR)`` at ``threshold``: accept when ``similarity >= threshold`` (default) or, for
-    ``distance<``, when ``arccos(clip(similarity, -1, 1)) / pi < threshold``.
-
-    The comparison is made in float64 whatever the scores' dtype (a float32 score equal to a
-    float64 threshold is accepted exactly when it is not below it).
-    """
+    """``(FMR, FNMR)`` at ``threshold`` under ``acceptance``, compared in float64 whatever the scores' dtype."""
     neg, pos = _scores(nonmated_scores, mated_scores)
     t = np.float64(threshold)  # a numpy float64 (not a Python float): compared in float64 (NEP 50)
     if math.isnan(t):
@@ -118,14 +102,8 @@ def fnmr_at_fmr(
     neg, pos = _scores(nonmated_scores, mated_scores)
     targets = check_rates(fmr_targets)
     rule, strict = as_rule(threshold_rule), is_strict(acceptance)
-    if rule is ThresholdRule.AT_MOST and not strict:
-        ks = np.array([allowed_errors(t, neg.shape[0]) for t in targets])
-        stats = _desc_order_stats(neg, ks)
-        out = np.array([np.count_nonzero(pos <= s) / pos.size for s in stats])
-    else:
-        x_neg, x_pos = -np.sort(-_x(neg, strict)), _x(pos, strict)
-        es = [fnm_point(x_neg, True, neg.shape[0], x_pos, t, rule, strict) for t in targets]
-        out = np.array([np.count_nonzero(x_pos <= p.e) / pos.size for p in es if p is not None])
+    x_pos = _x(pos, strict)
+    out = np.array([np.count_nonzero(x_pos <= p.e) / pos.size for p in _fnm_points(neg, x_pos, targets, rule, strict)])
     return float(out[0]) if np.isscalar(fmr_targets) else out
 
 
@@ -137,13 +115,7 @@ def fmr_at_fnmr(
     threshold_rule: ThresholdRule | str = ThresholdRule.AT_MOST,
     acceptance: Acceptance | str = Acceptance.SIMILARITY,
 ) -> np.ndarray | float:
-    """FMR at the threshold of each FNMR target (FM-EDC's operating point; a float for a scalar target).
-
-    ``at_most``: the largest threshold whose FNMR does not exceed the target, i.e. the
-    (k+1)-th smallest mated score with ``k = floor(fnmr * n_mated)``; ``closest``: the ROC point
-    whose FNMR is closest to the target (the highest such threshold, as ``get_fnmr_op`` of the
-    group's ``roc.py``).
-    """
+    """FMR at the threshold of each FNMR target (FM-EDC's operating point; a float for a scalar target)."""
     neg, pos = _scores(nonmated_scores, mated_scores)
     targets = check_rates(fnmr_targets, "fnmr_targets")
     rule, strict = as_rule(threshold_rule), is_strict(acceptance)
@@ -154,13 +126,7 @@ def fmr_at_fnmr(
 
 
 def roc(nonmated_scores: ArrayLike, mated_scores: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ROC at every distinct score, plus ``+inf``.
-
-    Returns:
-        ``(fmr, fnmr, thresholds)`` with thresholds ascending: the sorted distinct scores of both
-        sets followed by ``inf``. The first point (threshold = lowest score) has FMR 1 and FNMR 0;
-        the last (``inf``) has FMR 0 and FNMR 1.
-    """
+    """``(fmr, fnmr, thresholds)`` at every distinct score of both sets, ascending, then ``+inf``."""
     neg, pos = _scores(nonmated_scores, mated_scores)
     neg_s, pos_s = np.sort(neg), np.sort(pos)
     thr = np.append(np.unique(np.concatenate((neg_s, pos_s)).astype(np.float64)), np.inf)
@@ -185,13 +151,9 @@ class VerificationAccuracy(NamedTuple):
 
 
 def _best_cut(u: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> np.float64:
-    """Threshold maximising accuracy given the training counts ``pos``/``neg`` at each value ``u``.
-
-    ``u``: the distinct training scores, ascending; cuts are ``u`` and ``inf`` (accept
-    ``s >= cut``). The lowest cut wins a tie; the threshold is the cut's score for the lowest cut,
-    ``nextafter(u[-1], inf)`` for ``inf``, else the float64 midpoint of the two scores around the
-    cut (exact for float32 scores, and never equal to either of them).
-    """
+    """Threshold maximising accuracy given the training counts ``pos``/``neg`` at each distinct score
+    ``u`` (ascending): the lowest best cut, placed at ``u[0]``, above ``u[-1]`` or at the float64
+    midpoint of the two scores around it (accept ``s >= threshold``)."""
     pos_ge = pos.sum() - np.concatenate(([0], np.cumsum(pos)))  # positives >= u[k], k = 0..U
     neg_lt = np.concatenate(([0], np.cumsum(neg)))  # negatives < u[k]
     i = int(np.argmax(pos_ge + neg_lt))
@@ -205,16 +167,8 @@ def _best_cut(u: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> np.float64:
 def verification_accuracy(
     similarity: ArrayLike, mated: ArrayLike, n_folds: int = 10
 ) -> VerificationAccuracy:
-    """LFW-protocol verification accuracy by cross-validation over contiguous folds.
-
-    The pairs are split into ``n_folds`` contiguous blocks in input order (``np.array_split``, as
-    the LFW/insightface protocol with an unshuffled KFold). For each fold the threshold that
-    maximises the accuracy on the other folds (the lowest such cut, placed midway between the two
-    training scores that bracket it) is applied to the held-out fold.
-
-    Returns:
-        Mean and standard deviation (ddof = 0) of the fold accuracies, and the fold accuracies.
-    """
+    """LFW-protocol accuracy: ``n_folds`` contiguous folds in input order (as ``np.array_split``),
+    each scored at the threshold that maximises the accuracy on the others (:func:`_best_cut`)."""
     s = as_vector(similarity, "similarity")
     y = as_labels(mated, s.shape[0])
     if int(n_folds) != n_folds or not (2 <= n_folds <= s.shape[0]):
@@ -222,8 +176,7 @@ def verification_accuracy(
     # One sort of all scores; a fold's training counts are the totals minus the fold's own.
     u, inverse = np.unique(s, return_inverse=True)
     inv = inverse.astype(np.int32 if u.size < 2**31 else np.int64).ravel()
-    pos_all = np.bincount(inv[y], minlength=u.size)
-    neg_all = np.bincount(inv[~y], minlength=u.size)
+    pos_all, neg_all = np.bincount(inv[y], minlength=u.size), np.bincount(inv[~y], minlength=u.size)
     q_, r_ = divmod(s.shape[0], int(n_folds))  # the contiguous folds of np.array_split
     edges = np.cumsum([0] + [q_ + 1] * r_ + [q_] * (int(n_folds) - r_))
     acc = np.empty(int(n_folds))
