@@ -187,10 +187,11 @@ def read_adience(
             "identity": identities,
         }
     )
-    all_pairs: AllPairs | None = AllPairs.from_codes(codes)
-    comparisons = None
-    if max_nonmated is not None:  # else all pairs stay implicit, evaluated without materialising them
-        a, b, mated = all_pairs.materialise(max_nonmated, seed)
+    pairs = AllPairs.from_codes(codes)
+    if max_nonmated is None:  # all pairs: implicit, evaluated without materialising them
+        comparisons, all_pairs = None, pairs
+    else:
+        a, b, mated = pairs.materialise(max_nonmated, seed)
         comparisons, all_pairs = pd.DataFrame({"a": a, "b": b, "mated": mated}), None
     return Benchmark(
         name=name,
