@@ -18,12 +18,12 @@ from skimage.measure import label, regionprops
 from skimage.transform import SimilarityTransform, warp
 
 import exfiqa.readers as ds
+from exfiqa.evaluation.pairs import AllPairs
 from exfiqa.readers import (
     ARCFACE_TEMPLATE,
     BinFormatError,
     DatasetFormatError,
     align_face,
-    folders,
     load_benchmark,
     read_adience,
     read_bin,
@@ -389,19 +389,19 @@ def _brute_force_pairs(groups: np.ndarray) -> tuple[set, set]:
 def test_all_pairs_matches_brute_force(sizes: list[int]) -> None:
     groups = np.repeat(np.arange(len(sizes)), sizes)
     mated, non = _brute_force_pairs(groups)
-    a, b, m = folders._all_pairs(groups, None, 0)
+    a, b, m = AllPairs.from_codes(groups).materialise(None, 0)
     pairs = list(zip(a.tolist(), b.tolist(), strict=True))
     assert pairs == sorted(mated | non)
     assert {p for p, mm in zip(pairs, m, strict=True) if mm} == mated
 
     k = len(non) // 2
-    a, b, m = folders._all_pairs(groups, k, seed=3)
+    a, b, m = AllPairs.from_codes(groups).materialise(k, seed=3)
     pairs = list(zip(a.tolist(), b.tolist(), strict=True))
     assert pairs == sorted(pairs) and len(set(pairs)) == len(pairs)
     assert {p for p, mm in zip(pairs, m, strict=True) if mm} == mated
     sub_non = {p for p, mm in zip(pairs, m, strict=True) if not mm}
     assert len(sub_non) == k and sub_non <= non
-    a2, b2, _ = folders._all_pairs(groups, k, seed=3)
+    a2, b2, _ = AllPairs.from_codes(groups).materialise(k, seed=3)
     assert np.array_equal(a, a2) and np.array_equal(b, b2)
 
 

@@ -4,14 +4,11 @@
 - ``serfiq``: SER-FIQ-style robustness of stochastic embeddings (Terhorst et al., CVPR 2020):
   ``m`` forward passes of the FR head with dropout active on the flattened feature map,
   quality = ``2 * sigmoid(-2/m^2 * sum_{i<j} ||e_i - e_j||)`` over L2-normalised embeddings.
-  The backbone part runs once; only the head is sampled. Each sample's dropout masks come from
-  its own seed (``seed * 2**32 + sample index``), so the scores do not depend on batching.
+  The backbone part runs once; only the head is sampled.
 - ``sharpness``: a classical image-quality baseline, ``log(1 + var(Laplacian(gray)))``.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -20,7 +17,7 @@ from scipy import ndimage
 
 from exfiqa.models.fr import FRModel
 
-__all__ = ["BASELINES", "serfiq_features", "serfiq_quality", "sharpness"]
+__all__ = ["BASELINES", "serfiq_features", "sharpness"]
 
 BASELINES = ("magface_norm", "serfiq", "sharpness")
 
@@ -65,24 +62,3 @@ def serfiq_features(
     total = torch.cdist(e, e).sum(dim=(1, 2)) / 2  # sum over i<j
     return 2 * torch.sigmoid(-2.0 / passes**2 * total)
 
-
-def serfiq_quality(
-    model: FRModel,
-    batches: Iterable[NDArray[np.uint8]],
-    passes: int = 20,
-    p: float = 0.5,
-    seed: int = 0,
-) -> NDArray[np.float64]:
-    """SER-FIQ-style quality of uint8 RGB batches in order (see :func:`serfiq_features`)."""
-    bb = model.backbone
-    if bb is None or not hasattr(bb, "forward_features"):
-        raise ValueError(f"{model.name}: SER-FIQ needs a backbone split into forward_features/forward_head")
-    out: list[NDArray[np.float64]] = []
-    first = 0
-    bb.eval()
-    with torch.inference_mode():
-        for batch in batches:
-            feats = bb.forward_features(model.to_tensor(batch))
-            out.append(serfiq_features(model, feats, first, passes, p, seed).double().cpu().numpy())
-            first += len(batch)
-    return np.concatenate(out) if out else np.zeros(0)

@@ -4,22 +4,19 @@ other unpickling, or hold NaN/inf weights, raise :class:`exfiqa.io.CheckpointErr
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from exfiqa.io import CheckpointError, clip
 
 
 def safe_torch_load(path: str | os.PathLike[str]) -> Any:
-    """Load a ``torch.save`` file without running any code from it.
-
-    Raises FileNotFoundError, or CheckpointError when it is not weights-only or is corrupt.
-    """
-    import pickle
-
-    import torch
-
+    """Load a ``torch.save`` file without running any code from it: FileNotFoundError, or
+    CheckpointError when it is not weights-only or is corrupt."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint not found: {p}")
@@ -53,8 +50,6 @@ def load_state_dict_with_metadata(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """:func:`load_state_dict` and the state_dict's ``_metadata`` attribute (``{}`` when it has none),
     where a writer can keep non-weight facts a strict ``load_state_dict`` never sees."""
-    import torch
-
     obj = safe_torch_load(path)
     if isinstance(obj, Mapping):
         for key in nested_keys:
@@ -98,8 +93,6 @@ def state_dict_report(
 
 def _check_finite(state: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     """Refuse weights holding NaN or inf: they would give NaN scores, or silently wrong rankings."""
-    import torch
-
     floats = [(k, v) for k, v in state.items() if v.is_floating_point() or v.is_complex()]
     counts = [(k, int(v.numel() - torch.isfinite(v).sum()), v.numel()) for k, v in floats]
     bad = [f"{k} ({n} of {size})" for k, n, size in counts if n]

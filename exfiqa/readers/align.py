@@ -1,9 +1,5 @@
-"""5-point face alignment to the ArcFace 112x112 template (IJB-C's loose crops; your own data).
-
-:func:`align_face` estimates the similarity taking five landmarks onto :data:`ARCFACE_TEMPLATE`
-and resamples the image bilinearly with OpenCV; the result is RGB uint8 (112, 112, 3), what every
-reader returns.
-"""
+"""5-point face alignment to the ArcFace 112x112 template (IJB-C's loose crops; your own data):
+:func:`align_face` returns RGB uint8 (112, 112, 3), what every reader returns."""
 
 from __future__ import annotations
 
@@ -29,23 +25,16 @@ ARCFACE_TEMPLATE = np.array(
 def align_face(image: np.ndarray, landmarks5: np.ndarray) -> np.ndarray:
     """Align a face to the ArcFace 112x112 template by a 5-point similarity transform.
 
-    The similarity (rotation, isotropic scale, translation; no reflection) mapping
-    ``landmarks5`` onto :data:`ARCFACE_TEMPLATE` is estimated by least squares
-    (:func:`_similarity_matrix`, the matrix of scikit-image's ``SimilarityTransform``) and the
-    image is resampled bilinearly by OpenCV's ``warpAffine`` (:func:`_warp_affine`); pixels
-    outside the source are 0. Integer coordinates are pixel centres, in the landmarks, the
-    source and the output alike. OpenCV rounds each sampling position to 1/32 pixel, so the
-    result can differ from an exact bilinear resampling (scikit-image's ``warp``, used before)
-    by ``1 + (dx + dy) / 60`` grey levels at most, where dx, dy are the largest horizontal and
-    vertical steps between neighbouring source pixels there (0 outside the image): at most 1
-    where neighbours differ by <= 30 levels. On photographs 3-7% of the pixels differ, 0.2%
-    by more than 1, at most 5 (hard edges, and the image border next to the 0 fill); see
-    tests/test_align.py.
+    The least-squares similarity (rotation, isotropic scale, translation; no reflection) taking
+    ``landmarks5`` onto :data:`ARCFACE_TEMPLATE` resamples the image bilinearly (OpenCV's
+    ``warpAffine``), 0 outside the source; integer coordinates are pixel centres. OpenCV's
+    1/32-pixel sampling differs from exact bilinear resampling by at most ``1 + (dx + dy) / 60``
+    grey levels, dx, dy the largest steps between neighbouring source pixels (tests/test_align.py).
 
     Args:
-        image: RGB uint8 array (H, W, 3) (any size; grayscale (H, W) is replicated to RGB).
-        landmarks5: (5, 2) array of (x, y) = (column, row) pixel coordinates in ``image``, in
-            the order left eye, right eye, nose, left mouth corner, right mouth corner.
+        image: RGB uint8 (H, W, 3), any size (grayscale (H, W) is replicated to RGB).
+        landmarks5: (5, 2) (x, y) = (column, row) pixels in ``image``: left eye, right eye, nose,
+            left mouth corner, right mouth corner.
 
     Returns:
         RGB uint8 array of shape (112, 112, 3).
@@ -63,9 +52,7 @@ def align_face(image: np.ndarray, landmarks5: np.ndarray) -> np.ndarray:
         raise ValueError(f"landmarks5 must be a finite (5, 2) array, got shape {pts.shape}")
     matrix = _similarity_matrix(pts, ARCFACE_TEMPLATE)
     if matrix is None:
-        raise ValueError(
-            f"similarity estimation failed for landmarks {pts.tolist()}: degenerate landmarks"
-        )
+        raise ValueError(f"similarity estimation failed for landmarks {pts.tolist()}: degenerate landmarks")
     return _warp_affine(img, matrix, IMAGE_SIZE)
 
 
@@ -73,15 +60,12 @@ def _similarity_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
     """The 2x3 least-squares similarity ``[[a, -b, tx], [b, a, ty]]`` taking the (N, 2) points
     ``src`` onto ``dst``, or None if it is degenerate (scale 0, or not invertible in float).
 
-    Closed form of Umeyama's (1991) estimate in 2-D (the rotation is proper, never a
-    reflection): with p, q the centred points, ``a = sum(p . q) / sum(|p|^2)`` and
-    ``b = sum(p x q) / sum(|p|^2)``; equals scikit-image's ``SimilarityTransform.from_estimate``
-    to rounding (tests/test_align.py) at a fifth of its cost.
+    Umeyama's (1991) estimate in 2-D, closed form for the centred points p, q:
+    ``a = sum(p . q) / sum(|p|^2)``, ``b = sum(p x q) / sum(|p|^2)`` (scikit-image's
+    ``SimilarityTransform`` to rounding, tests/test_align.py).
     """
-    src_mean = src.mean(axis=0)
-    dst_mean = dst.mean(axis=0)
-    p = src - src_mean
-    q = dst - dst_mean
+    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
+    p, q = src - src_mean, dst - dst_mean
     var = float(np.sum(p * p))
     if not var > 0.0:
         return None
@@ -98,12 +82,9 @@ def _warp_affine(img: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     """Bilinear (size, size) resampling of the uint8 (H, W, 3) ``img`` under the 2x3 forward map
     ``matrix`` (source (x, y, 1) -> output (x, y)), pixel centres at integers, 0 outside.
 
-    This is ``cv2.warpAffine(img, matrix, (size, size), INTER_LINEAR, BORDER_CONSTANT, 0)``
-    with the source first cut to the pixels the output can reach (each output pixel reads at
-    most the 2x2 source pixels around its preimage), so OpenCV's limit of 32767 pixels per side
-    applies to that window, not to the image. OpenCV splits a warp across its thread pool only
-    from about 98,000 output pixels (measured, 4.14); the 12,544 here run on the calling thread
-    and never start the pool, whatever ``cv2.setNumThreads`` says (tests/test_align.py).
+    ``cv2.warpAffine`` on the source cut to the pixels the output can reach, so OpenCV's limit of
+    32767 pixels per side applies to that window, not to the image. The 12,544 output pixels run on
+    the calling thread (OpenCV's pool starts at about 98,000; tests/test_align.py).
     """
     import cv2
 
@@ -119,12 +100,8 @@ def _warp_affine(img: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
         return np.zeros((size, size, 3), dtype=np.uint8)
     inverse[:, 2] -= (x0, y0)  # the same map, read from the window's origin
     return cv2.warpAffine(
-        img[y0:y1, x0:x1],
-        inverse,
-        (size, size),
-        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-        borderMode=cv2.BORDER_CONSTANT,
-        borderValue=0,
+        img[y0:y1, x0:x1], inverse, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT, borderValue=0,
     )
 
 
@@ -132,7 +109,5 @@ def check_rgb(image: np.ndarray, what: str) -> np.ndarray:
     """``image`` as a C-contiguous RGB uint8 (H, W, 3) array; ValueError naming ``what`` otherwise."""
     arr = np.asarray(image)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(
-            f"{what}: expected an RGB uint8 (H, W, 3) array, got {arr.dtype} {arr.shape}"
-        )
+        raise ValueError(f"{what}: expected an RGB uint8 (H, W, 3) array, got {arr.dtype} {arr.shape}")
     return np.ascontiguousarray(arr)

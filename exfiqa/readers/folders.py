@@ -28,10 +28,6 @@ from exfiqa.readers.images import IMAGE_EXTENSIONS, IMAGE_SIZE
 
 __all__ = ["read_adience", "read_xqlfw", "write_identity_folders", "write_xqlfw"]
 
-# --------------------------------------------------------------------------------------------
-# XQLFW (LFW-style folders + pairs file)
-# --------------------------------------------------------------------------------------------
-
 
 def _lfw_image_path(root: Path, name: str, index: int) -> Path:
     stem = root / name / f"{name}_{index:04d}"
@@ -53,22 +49,16 @@ def _parse_lfw_pairs(pairs_file: Path) -> list[tuple[str, int, str, int]]:
         fields = line.split()
         if not fields:
             continue
-        if len(fields) == 3:
-            name1, n1, n2 = fields
-            name2 = name1
-        elif len(fields) == 4:
-            name1, n1, name2, n2 = fields
-        else:
+        if len(fields) not in (3, 4):
             raise DatasetFormatError(
                 f"{pairs_file}:{lineno}: expected 3 fields (name n1 n2, mated) or 4 fields "
                 f"(name1 n1 name2 n2, non-mated), got {len(fields)}: {line!r}"
             )
+        name1, name2 = fields[0], fields[-2 if len(fields) == 4 else 0]
         try:
-            i1, i2 = int(n1), int(n2)
+            i1, i2 = int(fields[1]), int(fields[-1])
         except ValueError:
-            raise DatasetFormatError(
-                f"{pairs_file}:{lineno}: image index is not an integer: {line!r}"
-            ) from None
+            raise DatasetFormatError(f"{pairs_file}:{lineno}: image index is not an integer: {line!r}") from None
         if min(i1, i2) < 1:
             raise DatasetFormatError(f"{pairs_file}:{lineno}: image indices start at 1: {line!r}")
         out.append((name1, i1, name2, i2))
@@ -80,13 +70,9 @@ def read_xqlfw(
 ) -> Benchmark:
     """Read XQLFW (or any LFW-style benchmark of already aligned 112x112 images).
 
-    Layout: ``root/<name>/<name>_<nnnn>.<ext>`` (4-digit index from 1, any common image
-    extension) and a pairs file whose first line is a header (skipped); each further line is
-    ``name n1 n2`` (mated) or ``name1 n1 name2 n2`` (non-mated).
-
-    Samples are the distinct images referenced by the pairs, sorted by (identity, index), with
-    columns ``sample_id``, ``path``, ``identity``, ``image_index``. Comparisons follow the pairs
-    file order. Images decode to RGB uint8 (112, 112, 3).
+    Layout: ``root/<name>/<name>_<nnnn>.<ext>`` (index from 1) and a pairs file with a header
+    line, then ``name n1 n2`` (mated) or ``name1 n1 name2 n2`` (non-mated) per line. Samples are
+    the images the pairs name, sorted by (identity, index); comparisons keep the file's order.
 
     Raises:
         DatasetFormatError: a malformed pairs line (message names file and line number).
@@ -118,10 +104,7 @@ def read_xqlfw(
         samples=samples,
         comparisons=comparisons,
         _decode=lambda k: decode_image(paths[k], size=(IMAGE_SIZE, IMAGE_SIZE)),
-        _files=(
-            (pairs_p.name, pairs_p),
-            *((str(p.relative_to(root_p)), p) for p in paths),
-        ),
+        _files=((pairs_p.name, pairs_p), *((str(p.relative_to(root_p)), p) for p in paths)),
         _protocol="xqlfw",
     )
 
@@ -135,28 +118,16 @@ def write_xqlfw(
     fmt: ImageFormat = "jpeg",
     quality: int = 95,
 ) -> None:
-    """Write an XQLFW/LFW-style benchmark: ``root/<name>/<name>_<nnnn>.jpg|png`` + pairs file.
-
-    Args:
-        root: Image folder.
-        pairs_path: Pairs file; first line header ``1<TAB><number of pairs>``.
-        images_by_name: identity -> list of aligned RGB uint8 images; list position p is
-            written as index p + 1.
-        pairs: ``(name, n1, n2)`` (mated) or ``(name1, n1, name2, n2)`` (non-mated), 1-based.
-        overwrite: Replace existing files (otherwise refused before anything is written).
-    """
+    """Write ``root/<name>/<name>_<nnnn>.jpg|png`` (list position p as index p + 1) and the pairs
+    file (header ``1<TAB><number of pairs>``; pairs ``(name, n1, n2)`` mated or ``(name1, n1, name2,
+    n2)`` non-mated, 1-based). Existing files are refused before anything is written, unless
+    ``overwrite``."""
     root_p, pairs_p = Path(root), Path(pairs_path)
     lines = [f"1\t{len(pairs)}"]
     for k, pair in enumerate(pairs):
-        if len(pair) == 3:
-            n1, i1, i2 = pair
-            refs = [(n1, i1), (n1, i2)]
-        elif len(pair) == 4:
-            n1, i1, n2, i2 = pair
-            refs = [(n1, i1), (n2, i2)]
-        else:
+        if len(pair) not in (3, 4):
             raise ValueError(f"pairs[{k}] has {len(pair)} fields, expected 3 or 4")
-        for n, i in refs:
+        for n, i in ((pair[0], pair[1]), (pair[-2 if len(pair) == 4 else 0], pair[-1])):
             if n not in images_by_name or not 1 <= int(i) <= len(images_by_name[n]):
                 raise ValueError(f"pairs[{k}] refers to {n} #{i}, which is not in images_by_name")
             if any(ch.isspace() for ch in n):
@@ -175,45 +146,6 @@ def write_xqlfw(
         fh.write("\n".join(lines) + "\n")
 
 
-# --------------------------------------------------------------------------------------------
-# Adience-like identity folders, all-vs-all
-# --------------------------------------------------------------------------------------------
-
-
-def _all_pairs(
-    identity_codes: np.ndarray, max_nonmated: int | None, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every mated pair (a < b) of samples sorted by identity, and all non-mated pairs or a uniform
-    sample of ``max_nonmated`` of them (``seed``), sorted by (a, b).
-
-    The pairs of :class:`exfiqa.evaluation.pairs.AllPairs`: row i's non-mated partners are
-    ``group_end[i]..n-1``; the k-th non-mated pair in row-major order is found from the
-    cumulative counts per row.
-    """
-    pairs = AllPairs.from_codes(identity_codes)
-    n, end = pairs.n_samples, pairs.group_end
-    mated_a, mated_b = pairs.mated_pairs()
-    idx_dtype = mated_a.dtype
-    n_non_row = n - end
-    total_non = pairs.n_nm
-    if max_nonmated is None or max_nonmated >= total_non:
-        lin = np.arange(total_non, dtype=np.int64)
-    else:
-        if max_nonmated < 0:
-            raise ValueError(f"max_nonmated must be >= 0, got {max_nonmated}")
-        rng = np.random.default_rng(seed)
-        lin = np.sort(rng.choice(total_non, size=max_nonmated, replace=False))
-    cum = np.cumsum(n_non_row)
-    non_a = np.searchsorted(cum, lin, side="right").astype(np.int64)
-    non_b = end[non_a] + (lin - (cum[non_a] - n_non_row[non_a]))
-
-    a = np.concatenate([mated_a, non_a.astype(idx_dtype)])
-    b = np.concatenate([mated_b, non_b.astype(idx_dtype)])
-    mated = np.concatenate([np.ones(len(mated_a), bool), np.zeros(len(non_a), bool)])
-    order = np.lexsort((b, a))
-    return a[order], b[order], mated[order]
-
-
 def read_adience(
     root: str | os.PathLike[str],
     max_nonmated: int | None = None,
@@ -222,21 +154,12 @@ def read_adience(
 ) -> Benchmark:
     """Read aligned 112x112 faces arranged as ``root/<identity>/<file>``; all-vs-all pairs.
 
-    Every unordered pair of images is compared: pairs within an identity folder are mated, pairs
-    across identity folders are non-mated. ``max_nonmated`` keeps a uniform random subset
-    (``seed``) of the non-mated pairs; all mated pairs are always kept. Comparisons are sorted
-    by (a, b) with a < b. Samples are sorted by (identity, file name) and carry ``identity``.
-    Note the size: n images give n(n-1)/2 comparisons (19k images: about 180M). Without
-    ``max_nonmated`` they are kept implicit (``Benchmark.all_pairs``): the Study evaluates all
-    of them exactly in bounded memory, and ``comparisons`` is materialised only on access (and
-    only up to :data:`MATERIALISE_LIMIT` rows). ``max_nonmated`` is an explicit choice to
-    evaluate a sample of the non-mated pairs instead (then the protocol differs from the paper's).
-
-    Arranging the real Adience data: its ``aligned/<user_id>/landmark_aligned_face.<face_id>.
-    <original_image>.jpg`` files are not 112x112 ArcFace crops. Detect 5 landmarks, align each
-    face with :func:`align_face`, and save it under ``root/<user_id>_<face_id>/<file>``: the
-    subject identity is the (user_id, face_id) combination, since face ids are only unique
-    within one user's album. :func:`write_identity_folders` writes this layout.
+    Samples are sorted by (identity, file name). Every pair a < b is compared (mated within a
+    folder), kept implicit (``Benchmark.all_pairs``: n(n-1)/2 pairs, 180M for 19k images) unless
+    ``max_nonmated`` keeps all mated pairs and a uniform sample (``seed``) of the non-mated ones,
+    sorted by (a, b) (a protocol other than the paper's). Real Adience: align each face of
+    ``aligned/<user_id>/landmark_aligned_face.<face_id>.<image>.jpg`` with :func:`align_face` to
+    ``root/<user_id>_<face_id>/`` (face ids are unique only within a user's album).
 
     Raises:
         DatasetFormatError: no identity folders or images found, or an image is not 112x112.
@@ -264,10 +187,11 @@ def read_adience(
             "identity": identities,
         }
     )
+    pairs = AllPairs.from_codes(codes)
     if max_nonmated is None:  # all pairs: implicit, evaluated without materialising them
-        comparisons, all_pairs = None, AllPairs.from_codes(codes)
+        comparisons, all_pairs = None, pairs
     else:
-        a, b, mated = _all_pairs(codes, max_nonmated, seed)
+        a, b, mated = pairs.materialise(max_nonmated, seed)
         comparisons, all_pairs = pd.DataFrame({"a": a, "b": b, "mated": mated}), None
     return Benchmark(
         name=name,
@@ -288,11 +212,8 @@ def write_identity_folders(
     fmt: ImageFormat = "jpeg",
     quality: int = 95,
 ) -> list[Path]:
-    """Write ``root/<identity>/<nnnn>.jpg|png`` (index from 0) for :func:`read_adience`.
-
-    Returns:
-        The written paths, in identity then index order.
-    """
+    """Write ``root/<identity>/<nnnn>.jpg|png`` (index from 0) for :func:`read_adience`; returns the
+    written paths, in identity then index order."""
     root_p = Path(root)
     suffix = image_suffix(fmt)
     targets: dict[Path, np.ndarray] = {}

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +32,8 @@ _IJBC_CROPS = Path("loose_crop")
 
 
 def _read_table(path: Path, kinds: Sequence[type]) -> list[np.ndarray]:
-    """Read a whitespace-separated table with one column per entry of ``kinds`` (str/int/float).
-
-    Fast path through pandas; on any problem the file is rescanned line by line to name the
-    first offending line.
-    """
+    """The columns of a whitespace-separated table, one per entry of ``kinds`` (str/int/float); on a
+    parse error the file is rescanned to name the first bad line."""
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
     dtypes = {i: {str: str, int: np.int64, float: np.float64}[k] for i, k in enumerate(kinds)}
@@ -51,52 +49,39 @@ def _read_table(path: Path, kinds: Sequence[type]) -> list[np.ndarray]:
         raise DatasetFormatError(f"{path}: cannot parse ({exc})") from None
 
 
-def _line_number(path: Path, row: int) -> int:
-    """1-based line number of the ``row``-th (0-based) non-blank line (pandas skips blanks)."""
-    seen = -1
+def _data_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line) of the non-blank lines, the rows pandas reads."""
     with open(path, encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if line.strip():
-                seen += 1
-                if seen == row:
-                    return lineno
-    raise IndexError(f"{path}: no data row {row}")
+        yield from ((lineno, line) for lineno, line in enumerate(fh, start=1) if line.strip())
+
+
+def _line_number(path: Path, row: int) -> int:
+    return next(itertools.islice(_data_lines(path), row, None))[0]
 
 
 def _locate_bad_line(path: Path, kinds: Sequence[type]) -> None:
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != len(kinds):
+    for lineno, line in _data_lines(path):
+        fields = line.split()
+        if len(fields) != len(kinds):
+            raise DatasetFormatError(f"{path}:{lineno}: expected {len(kinds)} fields, got {len(fields)}: {line!r}")
+        for col, (value, kind) in enumerate(zip(fields, kinds, strict=True)):
+            try:
+                kind(value)
+            except ValueError:
                 raise DatasetFormatError(
-                    f"{path}:{lineno}: expected {len(kinds)} fields, got {len(fields)}: {line!r}"
-                )
-            for col, (value, kind) in enumerate(zip(fields, kinds, strict=True)):
-                try:
-                    kind(value)
-                except ValueError:
-                    raise DatasetFormatError(
-                        f"{path}:{lineno}: field {col + 1} = {value!r} is not {kind.__name__}"
-                    ) from None
+                    f"{path}:{lineno}: field {col + 1} = {value!r} is not {kind.__name__}"
+                ) from None
 
 
 def read_ijbc(root: str | os.PathLike[str], name: str = "ijbc") -> Benchmark:
     """Read the IJB-C 1:1 template protocol, aligning each loose crop by its 5 landmarks.
 
-    Layout under ``root``:
-
-    - ``meta/ijbc_face_tid_mid.txt``: ``image_name template_id media_id`` per image (defines
-      the sample order);
-    - ``meta/ijbc_template_pair_label.txt``: ``t1 t2 label`` per comparison, label 1 = mated;
-    - ``meta/ijbc_name_5pts_score.txt``: ``image_name x1 y1 ... x5 y5 det_score``, points
-      left eye, right eye, nose, left mouth, right mouth in loose-crop pixel coordinates;
-    - ``loose_crop/<image_name>``.
-
-    Samples carry ``template_id``, ``media_id``, ``det_score`` and the landmark columns
-    ``x1 y1 ... x5 y5``; comparisons are template pairs (``a``, ``b`` = template ids). Images
-    decode to RGB uint8 (112, 112, 3), aligned with :func:`align_face`.
+    Under ``root``: ``meta/ijbc_face_tid_mid.txt`` (``image_name template_id media_id``, the
+    sample order), ``meta/ijbc_template_pair_label.txt`` (``t1 t2 label``, 1 = mated),
+    ``meta/ijbc_name_5pts_score.txt`` (``image_name x1 y1 ... x5 y5 det_score``, loose-crop
+    pixels, :func:`align_face`'s point order) and ``loose_crop/<image_name>``. Samples carry
+    ``template_id``, ``media_id``, ``det_score``, ``x1 y1 ... x5 y5``; comparisons are template
+    pairs (``a``, ``b`` = template ids).
 
     Raises:
         DatasetFormatError: a malformed line (file and line named), an image without landmarks,
@@ -106,10 +91,8 @@ def read_ijbc(root: str | os.PathLike[str], name: str = "ijbc") -> Benchmark:
     tid_p, pair_p, pts_p = root_p / _IJBC_TID_MID, root_p / _IJBC_PAIRS, root_p / _IJBC_5PTS
     names, tids, mids = _read_table(tid_p, [str, int, int])
     t1, t2, labels = _read_table(pair_p, [int, int, int])
-    pts_cols = _read_table(pts_p, [str] + [float] * 11)
-    pts_names = pts_cols[0]
-    pts = np.stack(pts_cols[1:11], axis=1).reshape(-1, 5, 2)
-    det = pts_cols[11]
+    pts_names, *coords, det = _read_table(pts_p, [str] + [float] * 11)
+    pts = np.stack(coords, axis=1).reshape(-1, 5, 2)
 
     if len(pts_names) == len(names) and np.array_equal(pts_names, names):
         order = np.arange(len(names))
@@ -126,9 +109,8 @@ def read_ijbc(root: str | os.PathLike[str], name: str = "ijbc") -> Benchmark:
 
     bad = np.flatnonzero((labels != 0) & (labels != 1))
     if len(bad):
-        line = _line_number(pair_p, int(bad[0]))
         raise DatasetFormatError(
-            f"{pair_p}:{line}: label {labels[bad[0]]} is not 0 (non-mated) or 1 (mated)"
+            f"{pair_p}:{_line_number(pair_p, int(bad[0]))}: label {labels[bad[0]]} is not 0 (non-mated) or 1 (mated)"
         )
     known = np.unique(tids)
     for col in (t1, t2):
@@ -140,9 +122,8 @@ def read_ijbc(root: str | os.PathLike[str], name: str = "ijbc") -> Benchmark:
             )
 
     # 469k images: plain strings (a Path object per image costs seconds and memory)
-    crop_label = _IJBC_CROPS.as_posix()
+    root_s, crop_label = str(root_p), _IJBC_CROPS.as_posix()
     labels_crop = [f"{crop_label}/{n}" for n in names.astype(str).tolist()]
-    root_s = str(root_p)
     paths = [f"{root_s}/{lab}" for lab in labels_crop]
     samples = pd.DataFrame(
         {
@@ -152,12 +133,9 @@ def read_ijbc(root: str | os.PathLike[str], name: str = "ijbc") -> Benchmark:
             "template_id": tids.astype(np.int64),
             "media_id": mids.astype(np.int64),
             "det_score": det.astype(np.float64),
+            **{f"{c}{j + 1}": pts[:, j, k] for j in range(5) for k, c in enumerate("xy")},
         }
     )
-    flat = pts.reshape(-1, 10)
-    for j in range(5):
-        samples[f"x{j + 1}"] = flat[:, 2 * j]
-        samples[f"y{j + 1}"] = flat[:, 2 * j + 1]
     comparisons = pd.DataFrame(
         {"a": np.asarray(t1, dtype=np.int64), "b": np.asarray(t2, dtype=np.int64), "mated": labels == 1}
     )
@@ -191,17 +169,11 @@ def write_ijbc(
     quality: int = 95,
     det_scores: Sequence[float] | np.ndarray | None = None,
 ) -> None:
-    """Write an IJB-C-1:1-style folder (the three meta files + ``loose_crop/``).
+    """Write an IJB-C-1:1-style folder (the three meta files + ``loose_crop/<k+1>.jpg|png``).
 
-    Image k is written as ``loose_crop/<k+1>.jpg`` (JPEG quality ``quality``) or ``.png``.
-
-    Args:
-        crops_rgb_uint8: N loose crops, RGB uint8 (H, W, 3), any size.
-        landmarks: (N, 5, 2) (x, y) points in crop pixels: left eye, right eye, nose, left mouth,
-            right mouth.
-        template_ids, media_ids: N integers.
-        template_pairs: (M, 2) template ids; ``labels``: M values, 1 = mated, 0 = non-mated.
-        det_scores: N detector scores for the 5pts file (default 1.0).
+    N RGB uint8 crops of any size, their (N, 5, 2) landmarks (crop pixels, :func:`align_face`'s
+    order), N template and media ids, (M, 2) template pairs with M labels (1 = mated) and N
+    detector scores (default 1.0).
     """
     root_p = Path(root)
     n = len(crops_rgb_uint8)

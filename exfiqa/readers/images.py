@@ -1,38 +1,18 @@
-"""Reading face images for the quality model.
-
-Convention: images are returned as **RGB uint8** arrays of shape (112, 112, 3) (grayscale and RGBA
-are converted to RGB; other sizes are resized bilinearly with a warning, because alignment is the
-caller's job). The models turn them into tensors (``exfiqa.models.vitfiqa.to_tensor``); nothing here
-imports torch.
+"""Reading face images for the quality model, as **RGB uint8** arrays (112, 112, 3): grayscale and
+RGBA become RGB; other sizes are resized bilinearly with a warning (alignment is the caller's job).
+Nothing here imports torch.
 
 Decoding (:func:`decode_rgb8`, shared by :func:`read_face` and ``exfiqa.readers.decode_image``):
 
-- **Size limit, checked before decoding.** An image of more than :data:`MAX_IMAGE_PIXELS`
-  (8192 x 8192 = 67,108,864) pixels is refused from its header alone, before any pixel is
-  decoded, so a decompression bomb (a 20000 x 20000 PNG is about 48 kB on disk) costs no memory.
-  The limit is below Pillow's own ``Image.MAX_IMAGE_PIXELS`` (about 89.5 M), so every image
-  Pillow would only warn about (``DecompressionBombWarning``, 1x to 2x its limit) is refused too,
-  as is every image Pillow refuses itself (``DecompressionBombError``, above 2x). A caller that
-  knows the size it needs (the aligned 112x112 benchmark readers) passes ``size``, and any other
-  size is refused from the header too.
-- **Decoding work limit.** A JPEG with more than :data:`MAX_JPEG_SCANS` scans (SOS markers) is
-  refused before decoding: each scan of a progressive JPEG is a pass over the whole image, and a
-  file that repeats its last scan 2,000 times (600 kB) takes minutes to decode. Encoders write
-  at most a few dozen (libjpeg's progressive script: 10).
-- **Bit depth, one rule: a 16-bit sample v (0..65535) becomes v >> 8** (its high byte,
-  ``floor(v / 256)``; 8-bit data stored as 16 bits, ``v * 257``, comes back unchanged). This is
-  what Pillow itself does when it opens 16-bit RGB, RGBA and gray+alpha PNG and 16-bit RGB TIFF
-  (it reads them as 8-bit ``RGB``/``RGBA``, keeping the high byte), and :func:`to_rgb8` applies it
-  to the 16-bit grayscale modes Pillow keeps as 16 bits (``I;16``, ``I;16B``, ``I;16L``,
-  ``I;16N``) and to the 32-bit integer mode ``I`` (16-bit PGM, some TIFFs), whose values must lie
-  in 0..65535, so gray and colour 16-bit files agree. (Pillow's ``convert("RGB")`` would clip
-  them instead: nearly every pixel of a 16-bit photograph would become 255.) One exception we do
-  not control: Pillow's Netpbm decoder scales 16-bit colour PPM with rounding,
-  ``round(v * 255 / maxval)``, at most one level above ``v >> 8``.
-- 32-bit float images (mode ``F``) have no agreed 0..1 or 0..255 range and are refused, as are
-  ``I`` images with values outside 0..65535. All other modes (``1``, ``L``, ``P``, ``RGB``,
-  ``RGBA``, ``LA``, ``PA``, ``CMYK``, ``YCbCr``, ...) go through Pillow's ``convert("RGB")``
-  (alpha is dropped, not composited).
+- An image of more than :data:`MAX_IMAGE_PIXELS` (below Pillow's own limit), or of another size
+  than a caller's ``size``, is refused from its header, so a decompression bomb costs no memory.
+- A JPEG with more than :data:`MAX_JPEG_SCANS` scans is refused before decoding (each scan of a
+  progressive JPEG is a pass over the image; encoders write a few dozen at most).
+- Bit depth: a 16-bit sample v becomes ``v >> 8`` (its high byte), as Pillow reads 16-bit RGB(A)
+  PNG and TIFF; :func:`to_rgb8` applies it to the 16-bit gray modes ``I;16*`` and to mode ``I``
+  (values must lie in 0..65535), which ``convert("RGB")`` would clip. (Pillow scales 16-bit PPM
+  with rounding, at most one level above.) Float images (mode ``F``) are refused; all other modes
+  go through ``convert("RGB")`` (alpha dropped, not composited).
 """
 
 from __future__ import annotations
@@ -60,8 +40,7 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-"""File suffixes (lower case) of face images, in the order a reader tries them: what the folder
-readers list, what ``exfiqa score`` finds in a folder (:func:`find_images`), what training reads."""
+"""Face image suffixes (lower case), in the order a reader tries them; also ``exfiqa score``'s and training's."""
 
 IMAGE_SIZE = 112
 """Side length of every aligned face returned by the readers."""
@@ -80,20 +59,13 @@ class ImageReadError(OSError):
 
 
 def find_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
-    """Files given directly plus image files found recursively in folders, sorted by path string.
-
-    Paths are kept as given (a folder ``faces/`` yields ``faces/a/1.jpg``), duplicates dropped.
-
-    Raises:
-        FileNotFoundError: an input does not exist.
-    """
+    """Files given directly plus image files found recursively in folders, sorted, duplicates dropped;
+    paths kept as given (``faces/`` yields ``faces/a/1.jpg``). FileNotFoundError for a missing input."""
     found: set[str] = set()
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found.update(
-                str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-            )
+            found.update(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
         elif p.is_file():
             found.add(str(p))
         else:
@@ -102,28 +74,21 @@ def find_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
 
 
 def to_rgb8(im: Image.Image) -> NDArray[np.uint8]:
-    """A Pillow image -> RGB uint8 (H, W, 3) array, by the bit-depth rule of the module docstring.
-
-    16-bit grayscale (``I;16*``, and ``I`` with values in 0..65535): ``v >> 8`` on every channel.
-    Everything else but ``F``: Pillow's ``convert("RGB")``. Decodes ``im`` if not yet loaded.
+    """A Pillow image -> RGB uint8 (H, W, 3) array by the module's bit-depth rule (decodes ``im``).
 
     Raises:
-        ValueError: mode ``F`` (float), or mode ``I`` with values outside 0..65535 (the message
-            does not name the file; the readers add it).
+        ValueError: mode ``F``, or mode ``I`` outside 0..65535 (the file is not named; readers add it).
     """
     if im.mode == "F":
         raise ValueError(
-            "32-bit float image (mode F) has no defined 8-bit range; save the face as an 8- or "
-            "16-bit image"
+            "32-bit float image (mode F) has no defined 8-bit range; save the face as an 8- or 16-bit image"
         )
     if im.mode in _SIXTEEN_BIT_GRAY:
         v = np.asarray(im)  # uint16 (either byte order) for I;16*, int32 for I
         if im.mode == "I" and v.size:
             lo, hi = int(v.min()), int(v.max())
             if lo < 0 or hi > 65535:
-                raise ValueError(
-                    f"mode I image with values {lo}..{hi}, outside the 16-bit range 0..65535"
-                )
+                raise ValueError(f"mode I image with values {lo}..{hi}, outside the 16-bit range 0..65535")
         gray = (v >> 8).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
@@ -132,28 +97,23 @@ def to_rgb8(im: Image.Image) -> NDArray[np.uint8]:
 def decode_rgb8(
     fp: str | os.PathLike[str] | IO[bytes], size: tuple[int, int] | None = None
 ) -> NDArray[np.uint8]:
-    """Decode an image file (path or binary file object) to RGB uint8 (H, W, 3).
-
-    Before decoding, the header's size is checked against :data:`MAX_IMAGE_PIXELS` and, if
-    given, ``size`` (width, height), and a JPEG's scans are counted against
-    :data:`MAX_JPEG_SCANS`; the pixels are then converted by :func:`to_rgb8`.
+    """Decode an image file (path or binary file object) to RGB uint8 (H, W, 3) by :func:`to_rgb8`,
+    after checking the header against :data:`MAX_IMAGE_PIXELS`, ``size`` (width, height) if given and
+    :data:`MAX_JPEG_SCANS`.
 
     Raises:
-        ValueError: too many pixels (possible decompression bomb), a size other than ``size``,
-            too many JPEG scans, or a mode :func:`to_rgb8` refuses. Messages do not name the
-            file; callers add it.
+        ValueError: any of those checks, or a mode :func:`to_rgb8` refuses (file not named).
         OSError: not an image Pillow can decode (``UnidentifiedImageError``, truncated data, ...).
     """
-    limit = MAX_IMAGE_PIXELS
     try:
         im = Image.open(fp)
     except Image.DecompressionBombError as exc:  # Pillow's own refusal, above 2x its limit
         raise ValueError(f"refused, possible decompression bomb: {exc}") from None
     with im:
         w, h = im.size
-        if w * h > limit:
+        if w * h > MAX_IMAGE_PIXELS:
             raise ValueError(
-                f"{w}x{h} = {w * h:,} pixels exceeds the {limit:,}-pixel limit for a face image "
+                f"{w}x{h} = {w * h:,} pixels exceeds the {MAX_IMAGE_PIXELS:,}-pixel limit for a face image "
                 f"(exfiqa.readers.images.MAX_IMAGE_PIXELS; possible decompression bomb); not decoded"
             )
         if size is not None and (w, h) != tuple(size):
@@ -163,19 +123,15 @@ def decode_rgb8(
             if scans > MAX_JPEG_SCANS:
                 raise ValueError(
                     f"JPEG with {scans} scans, more than the {MAX_JPEG_SCANS} an encoder writes "
-                    f"(exfiqa.readers.images.MAX_JPEG_SCANS; each scan is a pass over the image); "
-                    f"not decoded"
+                    f"(exfiqa.readers.images.MAX_JPEG_SCANS; each scan is a pass over the image); not decoded"
                 )
         im.load()
         return to_rgb8(im)
 
 
 def _jpeg_scans(fh: IO[bytes]) -> int:
-    """Start-of-scan markers (``FF DA``) in a JPEG file; the position of ``fh`` is kept.
-
-    Inside entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker, so
-    every ``FF DA`` is a marker (embedded thumbnails count too: an upper bound).
-    """
+    """Start-of-scan markers (``FF DA``) in a JPEG file, keeping ``fh``'s position. Entropy-coded data
+    never holds ``FF DA``, so every one is a marker (embedded thumbnails count too: an upper bound)."""
     pos = fh.tell()
     fh.seek(0)
     count, tail = 0, b""
@@ -188,8 +144,6 @@ def _jpeg_scans(fh: IO[bytes]) -> int:
 
 def read_face(path: str | os.PathLike[str], size: int = IMAGE_SIZE) -> NDArray[np.uint8]:
     """Decode an image as RGB uint8 (size, size, 3), resizing (with a warning) if needed.
-
-    See the module docstring for the size limit and the 16-bit rule.
 
     Raises:
         ImageReadError: the file cannot be decoded as an image, is larger than
