@@ -171,10 +171,8 @@ def _bin_global(module: Any, name: Any) -> _Global:
         raise _Refused(f"STACK_GLOBAL of {_kind(module)} and {_kind(name)}")
     kind = _BIN_GLOBALS.get((module, name))
     if kind is None:
-        raise _Refused(
-            f"refused global {clip(f'{module}.{name}')}: a verification .bin holds only (list of "
-            f"encoded images, list of bools); any other object could run code"
-        )
+        raise _Refused(f"refused global {clip(f'{module}.{name}')}: a verification .bin holds only (list of "
+                       f"encoded images, list of bools); any other object could run code")
     return _Global(kind)
 
 
@@ -194,57 +192,39 @@ def _bin_call(fn: Any, args: Any) -> Any:
         for spec in ("u1", "b1"):
             if _is(args[0], spec, spec.encode()):  # Python 2 wrote the spec as a str -> bytes
                 return _Dtype(spec)
-    if (
-        fn.name == "_reconstruct"
-        and n == 3
-        and _is(args[0], _Global("ndarray"))
-        and type(args[1]) is tuple
-        and len(args[1]) == 1
-        and _is(args[1][0], 0)
-        and _is(args[2], b"b")
-    ):
-        return _Array()
+    if fn.name == "_reconstruct" and n == 3 and _is(args[0], _Global("ndarray")) and _is(args[2], b"b"):
+        if type(args[1]) is tuple and len(args[1]) == 1 and _is(args[1][0], 0):
+            return _Array()
     if fn.name == "_frombuffer" and n == 4 and type(args[0]) is bytes and _is(args[3], "C"):
         array = _Array()
         _bin_fill(array, args[1], args[2], args[0])
         return array
     shown = ", ".join(_describe(a, depth=1) for a in args[:8]) + ", ..." * (n > 8)
-    raise _Refused(
-        f"refused call {fn.name}({shown}): the only such call in a verification .bin is "
-        f"{_BIN_CALLS[fn.name]}"
-    )
+    raise _Refused(f"refused call {fn.name}({shown}): the only such call in a verification .bin is "
+                   f"{_BIN_CALLS[fn.name]}")
 
 
 def _bin_build(obj: Any, state: Any) -> None:
     """BUILD: set the state of a fresh dtype or array, accepting only the plain 1-D forms."""
     if isinstance(obj, _Dtype) and not obj.built:
+        # (version, byte order, subarray, names, fields, itemsize, alignment, flags)
         if not (
-            type(state) is tuple
-            and len(state) == 8
-            and _is(state[0], 3)
-            and _is(state[1], "|", b"|")
-            and all(v is None for v in state[2:5])  # subarray, names, fields
-            and all(_is(v, -1, 1) for v in state[5:7])  # itemsize, alignment
+            type(state) is tuple and len(state) == 8 and _is(state[0], 3) and _is(state[1], "|", b"|")
+            and all(v is None for v in state[2:5]) and all(_is(v, -1, 1) for v in state[5:7])
             and _is(state[7], 0)  # flags: no object references
         ):
-            raise _Refused(
-                f"refused numpy dtype state {_describe(state)}: only the plain uint8/bool state "
-                f"(3, '|', None, None, None, -1, -1, 0) occurs in a .bin (names, fields, "
-                f"subarrays or flags could make the array's bytes object pointers)"
-            )
+            raise _Refused(f"refused numpy dtype state {_describe(state)}: only the plain uint8/bool state "
+                           f"(3, '|', None, None, None, -1, -1, 0) occurs in a .bin (names, fields, "
+                           f"subarrays or flags could make the array's bytes object pointers)")
         obj.built = True
     elif isinstance(obj, _Array) and obj.spec is None:
+        # (version, shape, dtype, Fortran order, data)
         if not (
-            type(state) is tuple
-            and len(state) == 5
-            and _is(state[0], 1)
-            and _is(state[3], False, 0)  # not Fortran-ordered
+            type(state) is tuple and len(state) == 5 and _is(state[0], 1) and _is(state[3], False, 0)
             and type(state[4]) is bytes
         ):
-            raise _Refused(
-                f"refused numpy array state {_describe(state)}: expected "
-                f"(1, (n,), dtype, False, n bytes)"
-            )
+            raise _Refused(f"refused numpy array state {_describe(state)}: expected "
+                           f"(1, (n,), dtype, False, n bytes)")
         _bin_fill(obj, state[2], state[1], state[4])
     else:
         raise _Refused(f"BUILD of {_kind(obj)}: only a new numpy dtype or array has a state")
@@ -254,13 +234,9 @@ def _bin_fill(array: _Array, dtype: Any, shape: Any, data: bytes) -> None:
     """Give ``array`` its dtype and data: 1-D, exactly one byte of ``data`` per element."""
     if not (isinstance(dtype, _Dtype) and dtype.built):
         raise _Refused(f"array dtype is {_kind(dtype)}, expected a built uint8 or bool dtype")
-    if not (
-        type(shape) is tuple and len(shape) == 1 and type(shape[0]) is int and shape[0] == len(data)
-    ):
-        raise _Refused(
-            f"array shape {_describe(shape)} does not fit its {len(data)} bytes of data: a .bin "
-            f"array is 1-D with one byte per element"
-        )
+    if not (type(shape) is tuple and len(shape) == 1 and type(shape[0]) is int and shape[0] == len(data)):
+        raise _Refused(f"array shape {_describe(shape)} does not fit its {len(data)} bytes of data: a .bin "
+                       f"array is 1-D with one byte per element")
     if dtype.spec == "b1" and data.translate(None, b"\x00\x01"):
         raise _Refused("bool array holds bytes other than 0 and 1")
     array.spec, array.data = dtype.spec, data
@@ -285,11 +261,9 @@ class _BinMachine:
     def _charge(self, nbytes: int) -> None:
         self.cost += nbytes
         if self.cost > self.budget:
-            raise _Refused(
-                f"the pickle builds more than {self.budget:,} bytes of values from a file of "
-                f"{(self.budget - _MEMORY_FLOOR) // _MEMORY_PER_FILE_BYTE:,} bytes: a verification "
-                f".bin holds little besides its images"
-            )
+            raise _Refused(f"the pickle builds more than {self.budget:,} bytes of values from a file of "
+                           f"{(self.budget - _MEMORY_FLOOR) // _MEMORY_PER_FILE_BYTE:,} bytes: a verification "
+                           f".bin holds little besides its images")
 
     def run(self, data: bytes) -> Any:
         """The pickle's top-level value (refused by :class:`_Refused` on the first violation)."""
@@ -300,19 +274,15 @@ class _BinMachine:
             except _Refused as exc:
                 raise _Refused(f"byte {pos} ({op}): {exc}") from None
         if self.marks or len(self.stack) != 1:
-            raise _Refused(
-                f"STOP with {len(self.stack)} values and {len(self.marks)} open MARKs, "
-                f"expected one value"
-            )
+            raise _Refused(f"STOP with {len(self.stack)} values and {len(self.marks)} open MARKs, "
+                           f"expected one value")
         return self.stack[0]
 
     def _push(self, value: Any, size: int = 0) -> None:
         """Push ``value``; ``size`` is the estimated memory of a value made for it (0: shared)."""
         if len(self.stack) + self.below >= _MAX_STACK:
-            raise _Refused(
-                f"more than {_MAX_STACK} values on the stack; a real .bin holds about 1,000 "
-                f"(the pickler appends list items in batches of 1000)"
-            )
+            raise _Refused(f"more than {_MAX_STACK} values on the stack; a real .bin holds about 1,000 "
+                           f"(the pickler appends list items in batches of 1000)")
         self._charge(size + 8)
         self.values += 1
         self.stack.append(value)  # self.stack, not a bound method: MARK and TUPLE replace it
@@ -350,10 +320,8 @@ class _BinMachine:
             pass  # only groups the following opcodes
         elif op == "MARK":
             if len(self.marks) >= _MAX_MARK_DEPTH:
-                raise _Refused(
-                    f"more than {_MAX_MARK_DEPTH} nested MARKs; a real .bin opens at most 2 "
-                    f"(4 with numpy arrays pickled by protocol 0 or 1)"
-                )
+                raise _Refused(f"more than {_MAX_MARK_DEPTH} nested MARKs; a real .bin opens at most 2 "
+                               f"(4 with numpy arrays pickled by protocol 0 or 1)")
             self._charge(64)
             self.below += len(self.stack)
             self.marks.append(self.stack)
@@ -384,10 +352,8 @@ class _BinMachine:
             key = len(self.memo) if op == "MEMOIZE" else arg
             if key not in self.memo:
                 if len(self.memo) >= self.values:
-                    raise _Refused(
-                        f"{len(self.memo) + 1} memo entries for {self.values} values: a pickler "
-                        f"stores each value at most once"
-                    )
+                    raise _Refused(f"{len(self.memo) + 1} memo entries for {self.values} values: a pickler "
+                                   f"stores each value at most once")
                 self._charge(64)
             self.memo[key] = self._top()
         elif op in _GET_OPS:
@@ -405,10 +371,8 @@ class _BinMachine:
             (state,) = self._pop(1)
             _bin_build(self._top(), state)
         else:
-            raise _Refused(
-                f"opcode {op} does not occur in a verification .bin, a pickled 2-tuple "
-                f"(bins, issame_list) of encoded images and bools"
-            )
+            raise _Refused(f"opcode {op} does not occur in a verification .bin, a pickled 2-tuple "
+                           f"(bins, issame_list) of encoded images and bools")
 
 
 def _as_bytes(value: Any, k: int) -> bytes:
@@ -441,7 +405,6 @@ def _load_bin(path: Path) -> tuple[list[bytes], np.ndarray]:
     than its data), images of at least :data:`MIN_BIN_IMAGE_BYTES`, repeated by the memo up to
     :data:`_MAX_LISTED_BYTES_PER_FILE_BYTE` times the file size. Arrays become their bytes.
     """
-    src = str(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -457,26 +420,20 @@ def _load_bin(path: Path) -> tuple[list[bytes], np.ndarray]:
         issame = _as_issame(issame_value)
         listed = sum(len(b) for b in bins)
         if listed > _MAX_LISTED_BYTES_PER_FILE_BYTE * len(data):
-            raise _Refused(
-                f"bins lists {listed} bytes of images from a {len(data)}-byte file: memo "
-                f"references may repeat an image, but not amplify the file more than "
-                f"{_MAX_LISTED_BYTES_PER_FILE_BYTE}x"
-            )
+            raise _Refused(f"bins lists {listed} bytes of images from a {len(data)}-byte file: memo "
+                           f"references may repeat an image, but not amplify the file more than "
+                           f"{_MAX_LISTED_BYTES_PER_FILE_BYTE}x")
     except _Refused as exc:
-        raise BinFormatError(f"{src}: {exc}") from None
+        raise BinFormatError(f"{path}: {exc}") from None
     except ValueError as exc:  # a truncated or garbled opcode argument
-        raise BinFormatError(
-            f"{src}: not a readable verification .bin pickle ({clip(exc, 200)})"
-        ) from None
+        raise BinFormatError(f"{path}: not a readable verification .bin pickle ({clip(exc, 200)})") from None
     if len(bins) % 2 or len(issame) != len(bins) // 2:
-        raise BinFormatError(
-            f"{src}: {len(bins)} images and {len(issame)} issame labels; expected "
-            f"2 images per label (pair k = images 2k, 2k+1)"
-        )
+        raise BinFormatError(f"{path}: {len(bins)} images and {len(issame)} issame labels; expected "
+                             f"2 images per label (pair k = images 2k, 2k+1)")
     short = next((k for k, b in enumerate(bins) if len(b) < MIN_BIN_IMAGE_BYTES), None)
     if short is not None:
         raise BinFormatError(
-            f"{src}: bins[{short}] is {len(bins[short])} bytes; no encoded 112x112 image is "
+            f"{path}: bins[{short}] is {len(bins[short])} bytes; no encoded 112x112 image is "
             f"shorter than {MIN_BIN_IMAGE_BYTES} bytes (exfiqa.readers.bin.MIN_BIN_IMAGE_BYTES)"
         )
     return bins, issame
@@ -504,15 +461,8 @@ def read_bin(path: str | os.PathLike[str], name: str | None = None) -> Benchmark
     def decode(k: int) -> np.ndarray:
         return decode_image(bins[k], source=f"{p}#{k}", size=(IMAGE_SIZE, IMAGE_SIZE))
 
-    return Benchmark(
-        name=name if name is not None else p.stem,
-        level="sample",
-        samples=samples,
-        comparisons=comparisons,
-        _decode=decode,
-        _files=((p.name, p),),
-        _protocol="bin",
-    )
+    return Benchmark(name=name if name is not None else p.stem, level="sample", samples=samples,
+                     comparisons=comparisons, _decode=decode, _files=((p.name, p),), _protocol="bin")
 
 
 def write_bin(
@@ -532,5 +482,4 @@ def write_bin(
     if len(images) != 2 * len(labels):
         raise ValueError(f"{len(images)} images for {len(labels)} issame labels; need 2 per label")
     bins = [encode_image(im, fmt, quality) for im in images]
-    payload = pickle.dumps((bins, labels), protocol=2)
-    write_bytes(Path(path), payload, overwrite)
+    write_bytes(Path(path), pickle.dumps((bins, labels), protocol=2), overwrite)
