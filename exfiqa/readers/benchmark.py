@@ -72,22 +72,12 @@ class Benchmark:
     _cache: dict[str, Any] = field(repr=False)
     all_pairs: AllPairs | None = field(repr=False)
 
-    def __init__(
-        self,
-        name: str,
-        level: Literal["sample", "template"],
-        samples: pd.DataFrame,
-        comparisons: pd.DataFrame | None = None,
-        _decode: Callable[[int], np.ndarray] | None = None,
-        _files: tuple[tuple[str, Path | str], ...] = (),
-        _protocol: str = "",
-        _cache: dict[str, Any] | None = None,
-        *,
-        all_pairs: AllPairs | None = None,
-    ) -> None:
-        values = {"name": name, "level": level, "samples": samples, "_table": comparisons,
-                  "_decode": _decode, "_files": _files, "_protocol": _protocol,
-                  "_cache": {} if _cache is None else _cache, "all_pairs": all_pairs}
+    def __init__(self, name: str, level: Literal["sample", "template"], samples: pd.DataFrame,
+                 comparisons: pd.DataFrame | None = None, _decode: Callable[[int], np.ndarray] | None = None,
+                 _files: tuple[tuple[str, Path | str], ...] = (), _protocol: str = "", *,
+                 all_pairs: AllPairs | None = None) -> None:
+        values = {"name": name, "level": level, "samples": samples, "_table": comparisons, "_decode": _decode,
+                  "_files": _files, "_protocol": _protocol, "_cache": {}, "all_pairs": all_pairs}
         for key, value in values.items():
             object.__setattr__(self, key, value)
         if level not in ("sample", "template"):
@@ -100,14 +90,12 @@ class Benchmark:
         if (comparisons is None) == (all_pairs is None):
             raise ValueError(f"Benchmark {name!r}: give exactly one of comparisons and all_pairs")
         if comparisons is not None:
-            missing = {"a", "b", "mated"} - set(comparisons.columns)
-            if missing:
+            if missing := {"a", "b", "mated"} - set(comparisons.columns):
                 raise ValueError(f"Benchmark {name!r}: comparisons lack columns {sorted(missing)}")
         elif level != "sample" or all_pairs.n_samples != len(samples):
             raise ValueError(f"Benchmark {name!r}: all_pairs must pair the {len(samples)} samples")
         if level == "template":
-            need = {"template_id", "media_id"} - set(samples.columns)
-            if need:
+            if need := {"template_id", "media_id"} - set(samples.columns):
                 raise ValueError(f"Benchmark {name!r}: samples lack columns {sorted(need)}")
 
     @property
@@ -146,9 +134,7 @@ class Benchmark:
         check_aligned(img, self.samples["path"].iat[int(sample_id)])
         return img
 
-    def iter_images(
-        self, batch_size: int = 64, workers: int = 1
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def iter_images(self, batch_size: int = 64, workers: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Decode all samples lazily, in ``sample_id`` order, ``workers`` threads per batch (1: the
         calling thread). Yields ``(ids, images)``: int64 (B,) and uint8 RGB (B, 112, 112, 3)."""
         if batch_size < 1:
@@ -195,9 +181,7 @@ def decode_image(
         DatasetFormatError: not a decodable image, too large or not of ``size``, too many JPEG
             scans, or a float image; the message names ``source``.
     """
-    where = (
-        source if source is not None else str(data) if not isinstance(data, bytes) else "<bytes>"
-    )
+    where = source if source is not None else "<bytes>" if isinstance(data, bytes) else str(data)
     try:
         fh = io.BytesIO(data) if isinstance(data, bytes) else open(data, "rb")  # noqa: SIM115
     except FileNotFoundError:
