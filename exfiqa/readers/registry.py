@@ -23,12 +23,9 @@ READER_MODULES = tuple(
 )
 
 #: Benchmark kind (a config entry's ``kind``) -> reader; :func:`register_reader` adds one.
-READERS: dict[str, Callable[..., Benchmark]] = {
-    "bin": read_bin,
-    "xqlfw": read_xqlfw,
-    "adience": read_adience,
-    "ijbc": read_ijbc,
-}
+READERS: dict[str, Callable[..., Benchmark]] = dict(
+    zip(BENCHMARK_KINDS, (read_bin, read_xqlfw, read_adience, read_ijbc), strict=True)
+)
 
 
 def register_reader(kind: str, reader: Callable[..., Benchmark]) -> None:
