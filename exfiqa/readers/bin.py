@@ -1,8 +1,9 @@
 """insightface verification ``.bin`` files (LFW, AgeDB-30, CFP-FP, CALFW, CPLFW): read and write.
 
-Untrusted ``.bin`` pickles are never unpickled: their opcodes are checked against the few
-structures real insightface files contain and the values are built from them directly, so no code
-from the file runs and memory stays proportional to the file size (:func:`read_bin`).
+A ``.bin`` is never unpickled: :class:`_BinMachine`, a typed stack machine that knows only the
+opcodes and the few constructors real files use, checks every opcode and builds inert values
+itself (bytes, scalars, str, tuples, lists, and placeholders for numpy dtypes/arrays), so no code
+from the file runs and memory stays proportional to the file size.
 """
 
 from __future__ import annotations
@@ -39,14 +40,6 @@ class BinFormatError(DatasetFormatError):
     """An insightface ``.bin`` file that is unsafe or not a ``(bins, issame_list)`` pickle."""
 
 
-
-
-# A verification .bin is never unpickled. Its opcodes are evaluated by _BinMachine, a typed stack
-# machine that knows only the opcodes and the few constructors that real insightface files use.
-# It checks every constructor's arguments and builds the values itself: bytes, small scalars,
-# strings, tuples, lists, and two placeholders (_Dtype, _Array) standing for numpy objects.
-# No code named by the file runs, and numpy only ever receives checked bytes (bool labels).
-
 _BIN_GLOBALS: dict[tuple[str, str], str] = {
     ("_codecs", "encode"): "encode",
     ("__builtin__", "bytes"): "bytes",
@@ -71,34 +64,24 @@ _BIN_CALLS = {
 """The one form in which each global is called (``numpy.ndarray`` is only an argument)."""
 
 _LATIN1 = ("latin1", "latin-1")
-_MAX_LISTED_BYTES_PER_FILE_BYTE = 2
-"""The images in ``bins`` may total at most this many bytes per byte of the file: the memo may
-list a stored image twice (a pair of identical images), but not amplify the file."""
-
-_MAX_MARK_DEPTH = 8
-"""Most MARKs open at once. Real files reach 2 (the tuple, a batch of list items); a numpy array
-pickled with protocol 0 or 1 reaches 4 (the tuple, the list batch, its BUILD state, the shape)."""
-_MAX_STACK = 4096
-"""Most values on the stack, all MARK frames together. The pickler appends list items in
-batches of 1000, so a real file holds about 1,000 at most."""
+_MAX_LISTED_BYTES_PER_FILE_BYTE = 2  # the memo may list an image twice, not amplify the file
+_MAX_MARK_DEPTH = 8  # real files open 2 MARKs at once, 4 with numpy arrays of protocol 0/1
+_MAX_STACK = 4096  # values on the stack, MARK frames included; the pickler appends 1000 at a time
 MIN_BIN_IMAGE_BYTES = 24
-"""Shortest encoded image a ``.bin`` may hold. No format Pillow reads describes a 112x112 image
-in fewer bytes (the smallest we could build, a GIF with a 1x1 frame on a 112x112 screen, takes
-29; a solid-colour lossless WebP 42, a 1-bit PNG 79; real .bin JPEGs take several kB), so the
-number of samples is bounded by the file size."""
+"""Shortest encoded image a ``.bin`` may hold (no 112x112 image Pillow reads is shorter: a GIF
+with a 1x1 frame takes 29), so the number of samples is bounded by the file size."""
 _MEMORY_PER_FILE_BYTE = 2
 _MEMORY_FLOOR = 1 << 20
-"""The values the machine builds may take at most ``_MEMORY_PER_FILE_BYTE`` bytes of memory per
-byte of the file plus ``_MEMORY_FLOOR``, as estimated by :meth:`_BinMachine._charge` (object
-sizes plus 8 bytes per reference, 64 per memo entry or MARK frame). With the file itself in
-memory, reading any ``.bin`` so stays below about 4x its size, whatever opcodes it floods."""
+"""Budget of the values built, as estimated by :meth:`_BinMachine._charge`: ``_MEMORY_PER_FILE_BYTE``
+bytes per file byte plus this floor, so a ``.bin`` is read in below about 4x its size."""
 
 _OPCODES = {op.code.encode("latin-1"): op for op in pickletools.opcodes}
-_INT_OPS = frozenset({"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"})
-_TEXT_OPS = frozenset({"UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"})
-_BYTES_OPS = frozenset({"STRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8"})
-_PY2_STR_OPS = frozenset({"BINSTRING", "SHORT_BINSTRING"})  # the reader decodes them as latin-1
-_CONSTANT_OPS: dict[str, Any] = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False}
+_SCALAR_OPS = frozenset({"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "UNICODE",
+                         "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"})
+# BINSTRING and SHORT_BINSTRING (a Python 2 str, which pickletools reads as latin-1) become bytes
+_BYTES_OPS = frozenset({"STRING", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8",
+                        "BINSTRING", "SHORT_BINSTRING"})
+_CONSTANT_OPS: dict[str, Any] = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False, "EMPTY_TUPLE": ()}
 _PUT_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 _GET_OPS = frozenset({"GET", "BINGET", "LONG_BINGET"})
 
@@ -161,12 +144,8 @@ def _describe(value: Any, depth: int = 0) -> str:
 
 
 def _pickle_ops(data: bytes) -> Iterator[tuple[int, str, Any]]:
-    """Yield (position, opcode name, argument) before STOP, like :func:`pickletools.genops`.
-
-    Unlike genops, a protocol-0 ``STRING`` (a Python 2 ``str``) comes back as bytes instead of
-    ASCII-only text, and data after STOP is an error. Reading from memory, an argument's declared
-    length never allocates more than the bytes actually present.
-    """
+    """Yield (position, opcode name, argument) before STOP, like :func:`pickletools.genops`, but a
+    protocol-0 ``STRING`` (Python 2 ``str``) comes back as bytes and data after STOP is an error."""
     f = io.BytesIO(data)
     while True:
         pos = f.tell()
@@ -192,10 +171,8 @@ def _bin_global(module: Any, name: Any) -> _Global:
         raise _Refused(f"STACK_GLOBAL of {_kind(module)} and {_kind(name)}")
     kind = _BIN_GLOBALS.get((module, name))
     if kind is None:
-        raise _Refused(
-            f"refused global {clip(f'{module}.{name}')}: a verification .bin holds only (list of "
-            f"encoded images, list of bools); any other object could run code"
-        )
+        raise _Refused(f"refused global {clip(f'{module}.{name}')}: a verification .bin holds only (list of "
+                       f"encoded images, list of bools); any other object could run code")
     return _Global(kind)
 
 
@@ -215,61 +192,39 @@ def _bin_call(fn: Any, args: Any) -> Any:
         for spec in ("u1", "b1"):
             if _is(args[0], spec, spec.encode()):  # Python 2 wrote the spec as a str -> bytes
                 return _Dtype(spec)
-    if (
-        fn.name == "_reconstruct"
-        and n == 3
-        and _is(args[0], _Global("ndarray"))
-        and type(args[1]) is tuple
-        and len(args[1]) == 1
-        and _is(args[1][0], 0)
-        and _is(args[2], b"b")
-    ):
-        return _Array()
+    if fn.name == "_reconstruct" and n == 3 and _is(args[0], _Global("ndarray")) and _is(args[2], b"b"):
+        if type(args[1]) is tuple and len(args[1]) == 1 and _is(args[1][0], 0):
+            return _Array()
     if fn.name == "_frombuffer" and n == 4 and type(args[0]) is bytes and _is(args[3], "C"):
         array = _Array()
         _bin_fill(array, args[1], args[2], args[0])
         return array
     shown = ", ".join(_describe(a, depth=1) for a in args[:8]) + ", ..." * (n > 8)
-    raise _Refused(
-        f"refused call {fn.name}({shown}): the only such call in a verification .bin is "
-        f"{_BIN_CALLS[fn.name]}"
-    )
+    raise _Refused(f"refused call {fn.name}({shown}): the only such call in a verification .bin is "
+                   f"{_BIN_CALLS[fn.name]}")
 
 
 def _bin_build(obj: Any, state: Any) -> None:
     """BUILD: set the state of a fresh dtype or array, accepting only the plain 1-D forms."""
     if isinstance(obj, _Dtype) and not obj.built:
-        plain = (
-            type(state) is tuple
-            and len(state) == 8
-            and _is(state[0], 3)
-            and _is(state[1], "|", b"|")
-            and state[2] is None  # subarray
-            and state[3] is None  # names
-            and state[4] is None  # fields
-            and _is(state[5], -1, 1)  # itemsize
-            and _is(state[6], -1, 1)  # alignment
+        # (version, byte order, subarray, names, fields, itemsize, alignment, flags)
+        if not (
+            type(state) is tuple and len(state) == 8 and _is(state[0], 3) and _is(state[1], "|", b"|")
+            and all(v is None for v in state[2:5]) and all(_is(v, -1, 1) for v in state[5:7])
             and _is(state[7], 0)  # flags: no object references
-        )
-        if not plain:
-            raise _Refused(
-                f"refused numpy dtype state {_describe(state)}: only the plain uint8/bool state "
-                f"(3, '|', None, None, None, -1, -1, 0) occurs in a .bin (names, fields, "
-                f"subarrays or flags could make the array's bytes object pointers)"
-            )
+        ):
+            raise _Refused(f"refused numpy dtype state {_describe(state)}: only the plain uint8/bool state "
+                           f"(3, '|', None, None, None, -1, -1, 0) occurs in a .bin (names, fields, "
+                           f"subarrays or flags could make the array's bytes object pointers)")
         obj.built = True
     elif isinstance(obj, _Array) and obj.spec is None:
+        # (version, shape, dtype, Fortran order, data)
         if not (
-            type(state) is tuple
-            and len(state) == 5
-            and _is(state[0], 1)
-            and _is(state[3], False, 0)  # not Fortran-ordered
+            type(state) is tuple and len(state) == 5 and _is(state[0], 1) and _is(state[3], False, 0)
             and type(state[4]) is bytes
         ):
-            raise _Refused(
-                f"refused numpy array state {_describe(state)}: expected "
-                f"(1, (n,), dtype, False, n bytes)"
-            )
+            raise _Refused(f"refused numpy array state {_describe(state)}: expected "
+                           f"(1, (n,), dtype, False, n bytes)")
         _bin_fill(obj, state[2], state[1], state[4])
     else:
         raise _Refused(f"BUILD of {_kind(obj)}: only a new numpy dtype or array has a state")
@@ -279,26 +234,19 @@ def _bin_fill(array: _Array, dtype: Any, shape: Any, data: bytes) -> None:
     """Give ``array`` its dtype and data: 1-D, exactly one byte of ``data`` per element."""
     if not (isinstance(dtype, _Dtype) and dtype.built):
         raise _Refused(f"array dtype is {_kind(dtype)}, expected a built uint8 or bool dtype")
-    if not (
-        type(shape) is tuple and len(shape) == 1 and type(shape[0]) is int and shape[0] == len(data)
-    ):
-        raise _Refused(
-            f"array shape {_describe(shape)} does not fit its {len(data)} bytes of data: a .bin "
-            f"array is 1-D with one byte per element"
-        )
+    if not (type(shape) is tuple and len(shape) == 1 and type(shape[0]) is int and shape[0] == len(data)):
+        raise _Refused(f"array shape {_describe(shape)} does not fit its {len(data)} bytes of data: a .bin "
+                       f"array is 1-D with one byte per element")
     if dtype.spec == "b1" and data.translate(None, b"\x00\x01"):
         raise _Refused("bool array holds bytes other than 0 and 1")
     array.spec, array.data = dtype.spec, data
 
 
 class _BinMachine:
-    """Evaluates a ``.bin`` pickle's opcodes with the accepted grammar; see the section comment.
+    """Evaluates a ``.bin`` pickle's opcodes with the accepted grammar (see :func:`_load_bin`).
 
-    Every opcode pushes at most one value made of what the file holds (or a reference to a memo
-    entry), and the machine refuses as soon as the structure leaves what real files need: more
-    than :data:`_MAX_MARK_DEPTH` open MARKs, more than :data:`_MAX_STACK` values on the stack,
-    more memo entries than values made, or an estimated memory above the budget of
-    :data:`_MEMORY_PER_FILE_BYTE` (floods of one-byte opcodes such as EMPTY_LIST or MEMOIZE).
+    Each opcode pushes at most one value; the machine refuses more than :data:`_MAX_MARK_DEPTH`
+    open MARKs, :data:`_MAX_STACK` values, more memo entries than values, or its memory budget.
     """
 
     def __init__(self) -> None:
@@ -313,11 +261,9 @@ class _BinMachine:
     def _charge(self, nbytes: int) -> None:
         self.cost += nbytes
         if self.cost > self.budget:
-            raise _Refused(
-                f"the pickle builds more than {self.budget:,} bytes of values from a file of "
-                f"{(self.budget - _MEMORY_FLOOR) // _MEMORY_PER_FILE_BYTE:,} bytes: a verification "
-                f".bin holds little besides its images"
-            )
+            raise _Refused(f"the pickle builds more than {self.budget:,} bytes of values from a file of "
+                           f"{(self.budget - _MEMORY_FLOOR) // _MEMORY_PER_FILE_BYTE:,} bytes: a verification "
+                           f".bin holds little besides its images")
 
     def run(self, data: bytes) -> Any:
         """The pickle's top-level value (refused by :class:`_Refused` on the first violation)."""
@@ -328,19 +274,15 @@ class _BinMachine:
             except _Refused as exc:
                 raise _Refused(f"byte {pos} ({op}): {exc}") from None
         if self.marks or len(self.stack) != 1:
-            raise _Refused(
-                f"STOP with {len(self.stack)} values and {len(self.marks)} open MARKs, "
-                f"expected one value"
-            )
+            raise _Refused(f"STOP with {len(self.stack)} values and {len(self.marks)} open MARKs, "
+                           f"expected one value")
         return self.stack[0]
 
     def _push(self, value: Any, size: int = 0) -> None:
         """Push ``value``; ``size`` is the estimated memory of a value made for it (0: shared)."""
         if len(self.stack) + self.below >= _MAX_STACK:
-            raise _Refused(
-                f"more than {_MAX_STACK} values on the stack; a real .bin holds about 1,000 "
-                f"(the pickler appends list items in batches of 1000)"
-            )
+            raise _Refused(f"more than {_MAX_STACK} values on the stack; a real .bin holds about 1,000 "
+                           f"(the pickler appends list items in batches of 1000)")
         self._charge(size + 8)
         self.values += 1
         self.stack.append(value)  # self.stack, not a bound method: MARK and TUPLE replace it
@@ -378,31 +320,21 @@ class _BinMachine:
             pass  # only groups the following opcodes
         elif op == "MARK":
             if len(self.marks) >= _MAX_MARK_DEPTH:
-                raise _Refused(
-                    f"more than {_MAX_MARK_DEPTH} nested MARKs; a real .bin opens at most 2 "
-                    f"(4 with numpy arrays pickled by protocol 0 or 1)"
-                )
+                raise _Refused(f"more than {_MAX_MARK_DEPTH} nested MARKs; a real .bin opens at most 2 "
+                               f"(4 with numpy arrays pickled by protocol 0 or 1)")
             self._charge(64)
             self.below += len(self.stack)
             self.marks.append(self.stack)
             self.stack = []
         elif op in _CONSTANT_OPS:
             self._push(_CONSTANT_OPS[op])
-        elif op in _INT_OPS or op in _TEXT_OPS:
+        elif op in _SCALAR_OPS:
             self._push(arg, sys.getsizeof(arg))
         elif op in _BYTES_OPS:
-            value = bytes(arg)
+            value = arg.encode("latin-1") if type(arg) is str else bytes(arg)
             self._push(value, sys.getsizeof(value))
-        elif op in _PY2_STR_OPS:
-            value = arg.encode("latin-1")  # read with encoding="bytes", as Python 2 meant them
-            self._push(value, sys.getsizeof(value))
-        elif op == "EMPTY_TUPLE":
-            self._push(())
-        elif op in ("TUPLE1", "TUPLE2", "TUPLE3"):
-            value = tuple(self._pop(int(op[-1])))
-            self._push(value, sys.getsizeof(value))
-        elif op == "TUPLE":
-            value = tuple(self._pop_mark())
+        elif op in ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3"):
+            value = tuple(self._pop_mark() if op == "TUPLE" else self._pop(int(op[-1])))
             self._push(value, sys.getsizeof(value))
         elif op == "EMPTY_LIST":
             self._push([], 64)
@@ -420,21 +352,16 @@ class _BinMachine:
             key = len(self.memo) if op == "MEMOIZE" else arg
             if key not in self.memo:
                 if len(self.memo) >= self.values:
-                    raise _Refused(
-                        f"{len(self.memo) + 1} memo entries for {self.values} values: a pickler "
-                        f"stores each value at most once"
-                    )
+                    raise _Refused(f"{len(self.memo) + 1} memo entries for {self.values} values: a pickler "
+                                   f"stores each value at most once")
                 self._charge(64)
             self.memo[key] = self._top()
         elif op in _GET_OPS:
             if arg not in self.memo:
                 raise _Refused(f"memo entry {_describe(arg)} was never stored")
             self._push(self.memo[arg])  # a reference to the stored value, never a copy
-        elif op == "GLOBAL":
-            module, _, name = arg.partition(" ")
-            self._push(_bin_global(module, name), 200)
-        elif op == "STACK_GLOBAL":
-            module, name = self._pop(2)
+        elif op in ("GLOBAL", "STACK_GLOBAL"):
+            module, name = arg.partition(" ")[::2] if op == "GLOBAL" else self._pop(2)
             self._push(_bin_global(module, name), 200)
         elif op == "REDUCE":
             fn, args = self._pop(2)
@@ -444,10 +371,8 @@ class _BinMachine:
             (state,) = self._pop(1)
             _bin_build(self._top(), state)
         else:
-            raise _Refused(
-                f"opcode {op} does not occur in a verification .bin, a pickled 2-tuple "
-                f"(bins, issame_list) of encoded images and bools"
-            )
+            raise _Refused(f"opcode {op} does not occur in a verification .bin, a pickled 2-tuple "
+                           f"(bins, issame_list) of encoded images and bools")
 
 
 def _as_bytes(value: Any, k: int) -> bytes:
@@ -472,28 +397,14 @@ def _as_issame(value: Any) -> np.ndarray:
 def _load_bin(path: Path) -> tuple[list[bytes], np.ndarray]:
     """The encoded images and issame labels of a ``.bin``, read without unpickling it.
 
-    Accepted, as decided opcode by opcode by :class:`_BinMachine` (which builds only inert
-    values, never an object the file names): a 2-tuple ``(bins, issame_list)``, pickle protocol
-    0-5, where
-
-    - ``bins`` is a list of encoded images, each bytes (``BINBYTES*``; Python 2 ``str`` as
-      ``STRING``/``BINSTRING``/``SHORT_BINSTRING``; Python 3 protocol <3 as
-      ``_codecs.encode(str, 'latin1')`` or ``bytes()``) or a 1-D uint8 numpy array;
-    - ``issame_list`` is a list of bools (or 0/1 ints) or a 1-D bool numpy array;
-    - a numpy array is ``_reconstruct(numpy.ndarray, (0,), b'b')`` with the BUILD state
-      ``(1, (n,), dtype, False, n bytes)``, or protocol 5's ``_frombuffer(n bytes, dtype, (n,),
-      'C')``, and its dtype ``numpy.dtype('u1' or 'b1', False, True)`` with the BUILD state
-      ``(3, '|', None, None, None, -1, -1, 0)``.
-
-    Nothing else is accepted: no other global, call, opcode or dtype state (so no object
-    pointers), no array whose length differs from its data (so no zero strides or shapes larger
-    than the file), and memo references may repeat images only up to
-    :data:`_MAX_LISTED_BYTES_PER_FILE_BYTE` times the file size. The machine's own limits (MARK
-    depth, stack size, memo entries, memory budget; see :class:`_BinMachine`) and a minimum image
-    size (:data:`MIN_BIN_IMAGE_BYTES`) bound the memory and the sample count by the file size.
-    Arrays become the bytes they hold.
+    Accepted: a 2-tuple ``(bins, issame_list)`` of pickle protocol 0-5. ``bins`` is a list of
+    encoded images, each bytes (Python 2 ``str`` included) or a 1-D uint8 array; ``issame_list``
+    is a list of bools (or 0/1 ints) or a 1-D bool array. The accepted calls are
+    :data:`_BIN_CALLS`; an array's BUILD state is ``(1, (n,), dtype, False, n bytes)``, a dtype's
+    ``(3, '|', None, None, None, -1, -1, 0)``. Nothing else (no object pointers, no array longer
+    than its data), images of at least :data:`MIN_BIN_IMAGE_BYTES`, repeated by the memo up to
+    :data:`_MAX_LISTED_BYTES_PER_FILE_BYTE` times the file size. Arrays become their bytes.
     """
-    src = str(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -509,47 +420,31 @@ def _load_bin(path: Path) -> tuple[list[bytes], np.ndarray]:
         issame = _as_issame(issame_value)
         listed = sum(len(b) for b in bins)
         if listed > _MAX_LISTED_BYTES_PER_FILE_BYTE * len(data):
-            raise _Refused(
-                f"bins lists {listed} bytes of images from a {len(data)}-byte file: memo "
-                f"references may repeat an image, but not amplify the file more than "
-                f"{_MAX_LISTED_BYTES_PER_FILE_BYTE}x"
-            )
+            raise _Refused(f"bins lists {listed} bytes of images from a {len(data)}-byte file: memo "
+                           f"references may repeat an image, but not amplify the file more than "
+                           f"{_MAX_LISTED_BYTES_PER_FILE_BYTE}x")
     except _Refused as exc:
-        raise BinFormatError(f"{src}: {exc}") from None
+        raise BinFormatError(f"{path}: {exc}") from None
     except ValueError as exc:  # a truncated or garbled opcode argument
-        raise BinFormatError(
-            f"{src}: not a readable verification .bin pickle ({clip(exc, 200)})"
-        ) from None
+        raise BinFormatError(f"{path}: not a readable verification .bin pickle ({clip(exc, 200)})") from None
     if len(bins) % 2 or len(issame) != len(bins) // 2:
-        raise BinFormatError(
-            f"{src}: {len(bins)} images and {len(issame)} issame labels; expected "
-            f"2 images per label (pair k = images 2k, 2k+1)"
-        )
+        raise BinFormatError(f"{path}: {len(bins)} images and {len(issame)} issame labels; expected "
+                             f"2 images per label (pair k = images 2k, 2k+1)")
     short = next((k for k, b in enumerate(bins) if len(b) < MIN_BIN_IMAGE_BYTES), None)
     if short is not None:
         raise BinFormatError(
-            f"{src}: bins[{short}] is {len(bins[short])} bytes; no encoded 112x112 image is "
+            f"{path}: bins[{short}] is {len(bins[short])} bytes; no encoded 112x112 image is "
             f"shorter than {MIN_BIN_IMAGE_BYTES} bytes (exfiqa.readers.bin.MIN_BIN_IMAGE_BYTES)"
         )
     return bins, issame
 
 
 def read_bin(path: str | os.PathLike[str], name: str | None = None) -> Benchmark:
-    """Read an insightface verification ``.bin`` (LFW, AgeDB-30, CFP-FP, CALFW, CPLFW).
+    """Read an insightface verification ``.bin`` (never unpickled; grammar in :func:`_load_bin`).
 
-    The file is a pickle of ``(bins, issame_list)``: 2N encoded images (JPEG/PNG bytes) and N
-    booleans; pair k compares images 2k and 2k+1 and is mated iff ``issame_list[k]``. The file
-    is not unpickled: its opcodes are checked against the structures real files contain (bytes or
-    1-D uint8 arrays for images, bools or a 1-D bool array for labels, pickle protocols 0-5,
-    Python 2 ``str`` read as bytes) and the values are built directly from them, so nothing from
-    the file runs and memory stays proportional to its size. See ``_load_bin`` for the grammar.
-
-    Args:
-        path: The ``.bin`` file.
-        name: Benchmark name (default: the file stem, e.g. ``"lfw"``).
-
-    Returns:
-        A sample-level :class:`Benchmark`; images decode to RGB uint8 (112, 112, 3).
+    The file holds ``(bins, issame_list)``: 2N encoded images and N booleans; pair k compares
+    images 2k and 2k+1 and is mated iff ``issame_list[k]``. ``name`` defaults to the file stem.
+    Returns a sample-level :class:`Benchmark`; images decode to RGB uint8 (112, 112, 3).
 
     Raises:
         BinFormatError: anything outside that grammar (naming the file and, for an opcode, its
@@ -558,29 +453,16 @@ def read_bin(path: str | os.PathLike[str], name: str | None = None) -> Benchmark
     p = Path(path)
     bins, issame = _load_bin(p)
     n = len(bins)
-    samples = pd.DataFrame(
-        {"sample_id": np.arange(n, dtype=np.int64), "path": [f"{p}#{k}" for k in range(n)]}
-    )
+    samples = pd.DataFrame({"sample_id": np.arange(n, dtype=np.int64), "path": [f"{p}#{k}" for k in range(n)]})
     comparisons = pd.DataFrame(
-        {
-            "a": np.arange(0, n, 2, dtype=np.int64),
-            "b": np.arange(1, n, 2, dtype=np.int64),
-            "mated": issame,
-        }
+        {"a": np.arange(0, n, 2, dtype=np.int64), "b": np.arange(1, n, 2, dtype=np.int64), "mated": issame}
     )
 
     def decode(k: int) -> np.ndarray:
         return decode_image(bins[k], source=f"{p}#{k}", size=(IMAGE_SIZE, IMAGE_SIZE))
 
-    return Benchmark(
-        name=name if name is not None else p.stem,
-        level="sample",
-        samples=samples,
-        comparisons=comparisons,
-        _decode=decode,
-        _files=((p.name, p),),
-        _protocol="bin",
-    )
+    return Benchmark(name=name if name is not None else p.stem, level="sample", samples=samples,
+                     comparisons=comparisons, _decode=decode, _files=((p.name, p),), _protocol="bin")
 
 
 def write_bin(
@@ -591,21 +473,13 @@ def write_bin(
     overwrite: bool = False,
     quality: int = 95,
 ) -> None:
-    """Write a verification ``.bin`` like the insightface files.
-
-    Stores a protocol-2 pickle of ``(list of encoded image bytes, list of bool)``. Pair k is
-    images 2k, 2k+1, mated iff ``issame[k]``.
-
-    Args:
-        path: Target file (refused if it exists unless ``overwrite``).
-        images_rgb_uint8: 2N RGB uint8 (H, W, 3) images (112x112 for the readers to accept them).
-        issame: N booleans.
-        fmt: ``"jpeg"`` (quality ``quality``) or ``"png"`` (lossless).
-    """
+    """Write a verification ``.bin`` like insightface's: a protocol-2 pickle of ``(list of encoded
+    image bytes, list of bool)``. ``images_rgb_uint8`` holds 2N RGB uint8 112x112 images, pair k is
+    images 2k, 2k+1, mated iff ``issame[k]``; ``fmt`` is ``"jpeg"`` (at ``quality``) or ``"png"``.
+    An existing ``path`` is refused unless ``overwrite``."""
     images = list(images_rgb_uint8)
     labels = [bool(v) for v in np.asarray(issame, dtype=bool).ravel()]
     if len(images) != 2 * len(labels):
         raise ValueError(f"{len(images)} images for {len(labels)} issame labels; need 2 per label")
     bins = [encode_image(im, fmt, quality) for im in images]
-    payload = pickle.dumps((bins, labels), protocol=2)
-    write_bytes(Path(path), payload, overwrite)
+    write_bytes(Path(path), pickle.dumps((bins, labels), protocol=2), overwrite)

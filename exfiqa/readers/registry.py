@@ -16,39 +16,26 @@ __all__ = ["BENCHMARK_KINDS", "READERS", "READER_MODULES", "load_benchmark", "re
 
 BENCHMARK_KINDS = ("bin", "xqlfw", "adience", "ijbc")
 
-#: The modules whose code reads, decodes and aligns the built-in kinds, and dispatches to them (part
-#: of every array's code version; a registered reader's own file is :func:`reader_source`).
-READER_MODULES = (
-    "exfiqa.readers.images",
-    "exfiqa.readers.align",
-    "exfiqa.readers.benchmark",
-    "exfiqa.readers.bin",
-    "exfiqa.readers.folders",
-    "exfiqa.readers.ijbc",
-    "exfiqa.readers.registry",
+#: The modules that read, decode and align the built-in kinds and dispatch to them (part of every
+#: array's code version; a registered reader's own file is :func:`reader_source`).
+READER_MODULES = tuple(
+    f"exfiqa.readers.{m}" for m in ("images", "align", "benchmark", "bin", "folders", "ijbc", "registry")
 )
 
-#: Benchmark kind (a config entry's ``kind``) -> reader. The built-in kinds are
-#: :data:`BENCHMARK_KINDS`; :func:`register_reader` adds one.
-READERS: dict[str, Callable[..., Benchmark]] = {
-    "bin": read_bin,
-    "xqlfw": read_xqlfw,
-    "adience": read_adience,
-    "ijbc": read_ijbc,
-}
+#: Benchmark kind (a config entry's ``kind``) -> reader; :func:`register_reader` adds one.
+READERS: dict[str, Callable[..., Benchmark]] = dict(
+    zip(BENCHMARK_KINDS, (read_bin, read_xqlfw, read_adience, read_ijbc), strict=True)
+)
 
 
 def register_reader(kind: str, reader: Callable[..., Benchmark]) -> None:
     """Make ``kind`` a benchmark kind of the config, read by ``reader``.
 
-    ``reader`` takes keyword arguments only: ``name`` (the config entry's name), path arguments
-    named ``path``, ``root`` or ``pairs_file`` (resolved against ``data_root``), any others
-    integers or null (their defaults are the config's). It returns a :class:`Benchmark` whose
-    files (``_files``) and protocol string cover everything the samples depend on: the
-    benchmark's fingerprint, hence every cached array's key, is made of them, and a registered
-    reader's own source file is part of the key too (:func:`reader_source`). Register when the
-    reader's module is imported, so that processes started later (DataLoader workers started by
-    ``spawn``, torchrun ranks) that import it see the kind too.
+    ``reader`` takes keyword arguments only: ``name``, path arguments named ``path``, ``root`` or
+    ``pairs_file`` (resolved against ``data_root``), others integers or null. Its
+    :class:`Benchmark`'s ``_files`` and protocol must cover everything the samples depend on (they
+    make the fingerprint, hence the array keys, with the reader's own source file). Register when
+    the module is imported, so that spawned workers and torchrun ranks see the kind too.
 
     Raises:
         ValueError: ``kind`` is not an identifier, or is already read by another function.
@@ -67,36 +54,34 @@ def register_reader(kind: str, reader: Callable[..., Benchmark]) -> None:
 
 
 def reader_source(kind: str) -> Path | None:
-    """The source file of a registered (not built-in) reader of ``kind``, else None: the built-in
-    readers' modules (:data:`READER_MODULES`) are already part of every array's code version
-    (:data:`exfiqa.store.arrays.CODE_MODULES`)."""
+    """The source file of a registered (not built-in) reader of ``kind``, else None (the built-in
+    readers' modules, :data:`READER_MODULES`, are already part of every array's code version)."""
     if kind in BENCHMARK_KINDS:
         return None
-    if kind not in READERS:
-        raise ValueError(f"unknown benchmark kind {kind!r}; valid kinds: {', '.join(READERS)}")
-    source = inspect.getsourcefile(READERS[kind])
+    source = inspect.getsourcefile(_reader(kind))
     if source is None:
         raise ValueError(f"benchmark kind {kind!r}: cannot locate the source of its reader")
     return Path(source)
 
 
-def load_benchmark(kind: str, **paths: Any) -> Benchmark:
-    """Open a benchmark by format kind.
+def _reader(kind: str) -> Callable[..., Benchmark]:
+    if kind not in READERS:
+        raise ValueError(f"unknown benchmark kind {kind!r}; valid kinds: {', '.join(READERS)}")
+    return READERS[kind]
 
-    Args:
-        kind: One of ``"bin"`` (``path=``), ``"xqlfw"`` (``root=``, ``pairs_file=``),
-            ``"adience"`` (``root=``, optional ``max_nonmated=``, ``seed=``), ``"ijbc"``
-            (``root=``), or a kind added by :func:`register_reader`. All accept an optional
-            ``name=``.
+
+def load_benchmark(kind: str, **paths: Any) -> Benchmark:
+    """Open a benchmark by kind: ``"bin"`` (``path=``), ``"xqlfw"`` (``root=``, ``pairs_file=``),
+    ``"adience"`` (``root=``, optional ``max_nonmated=``, ``seed=``), ``"ijbc"`` (``root=``) or a
+    registered kind; all accept an optional ``name=``.
 
     Raises:
         ValueError: unknown ``kind`` (the message lists the valid ones).
         TypeError: missing or unexpected keyword arguments for that kind.
     """
-    if kind not in READERS:
-        raise ValueError(f"unknown benchmark kind {kind!r}; valid kinds: {', '.join(READERS)}")
+    reader = _reader(kind)
     try:
-        return READERS[kind](**paths)
+        return reader(**paths)
     except TypeError as exc:
         if "argument" in str(exc):
             raise TypeError(f"load_benchmark(kind={kind!r}): {exc}") from None
