@@ -52,14 +52,6 @@ def _write(path: Path, text: str) -> None:
         fh.write(text)
 
 
-def _hash_files(paths: Sequence[Path]) -> str:
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p).encode())
-        h.update(p.read_bytes() if p.is_file() else b"<missing>")
-    return h.hexdigest()
-
-
 def _to_ipynb(source: Path, target: Path) -> None:
     import jupytext
 
@@ -169,10 +161,11 @@ def _execute(staged: Path, executed: Path, parameters: dict[str, Any], progress:
 def notebook_key(card: RunCard, config_path: Path, notebook: Path, extra: Sequence[Path] = ()) -> str:
     """The "inputs unchanged" key of one notebook: the run card's key (protocol, device, code and
     input digests), the config file's bytes, the notebook's source and ``extra`` files (the demo manifest)."""
-    h = hashlib.sha256()
-    h.update(card.key().encode())
-    h.update(_hash_files([config_path, notebook, *extra]).encode())
-    return h.hexdigest()
+    files = hashlib.sha256()
+    for p in sorted([config_path, notebook, *extra]):
+        files.update(str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p).encode())
+        files.update(p.read_bytes() if p.is_file() else b"<missing>")
+    return hashlib.sha256((card.key() + files.hexdigest()).encode()).hexdigest()
 
 
 def _extractable(cfg: Config, log) -> bool:

@@ -28,7 +28,7 @@ from exfiqa.report.tables import power_of_ten
 
 __all__ = [
     "add_title", "COLUMN_IN", "DATASET_COLOURS", "FUSION_COLOURS", "MIN_FONT_PT", "TEXT_IN",
-    "attention_entropy_spread", "attention_figure", "config_labels", "contrast_on_white", "dataset_styles",
+    "attention_entropy_spread", "attention_figure", "config_labels", "dataset_styles",
     "edc_grid", "exit_colour", "fmr_text", "forest", "method_colours", "pauc_vs_gflops", "rank_heatmap",
     "save_figure", "score_distributions", "set_style",
 ]
@@ -80,16 +80,6 @@ def config_labels(cfg: object) -> dict[str, str]:
     """Key -> label of every dataset, FR model and quality model of a config (``arcface`` -> ``ArcFace``)."""
     return {str(key): str(getattr(spec, "label", None) or key)
             for group in ("datasets", "fr_models", "quality_models") for key, spec in getattr(cfg, group, {}).items()}
-
-
-def contrast_on_white(colour: object) -> float:
-    """WCAG contrast ratio of ``colour`` against white (1 .. 21; 3 is the minimum for graphics)."""
-    def lin(x: float) -> float:
-        return x / 12.92 if x <= 0.03928 else ((x + 0.055) / 1.055) ** 2.4
-
-    r, g, b = mpl.colors.to_rgb(colour)  # type: ignore[arg-type]
-    lum = 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b)
-    return 1.05 / (lum + 0.05)
 
 
 def exit_colour(exit: int, depth: int = 12) -> tuple[float, float, float]:

@@ -61,7 +61,6 @@ UNRESOLVED_NOTE = (
 )
 #: Tidy tables: the value column a ``resolved`` flag marks (the first present).
 RESOLVED_VALUE_COLUMNS = ("pauc", "this_run", "mean_pauc", "delta_pauc")
-_DAGGER = "ZZUNRESOLVEDZZ"
 
 
 def flag_unresolved(wide: pd.DataFrame, resolved: pd.DataFrame) -> pd.DataFrame:
@@ -119,34 +118,26 @@ _SIZE, _TABCOLSEP, _SCALE = r"\footnotesize", 4.0, 0.84
 #: What the width estimate leaves free (it errs by a few per cent).
 _MARGIN = 10.0
 
-#: Headers a reader expects, one mapping for every table (others: snake_case -> words).
+#: Headers that are not just the column's words (``last_exit`` -> ``Last exit``).
 HEADERS = {
-    "fr_model": "FR model", "dataset": "Dataset", "method": "Method", "quality_model": "Model", "model": "Model",
-    "pauc": "pAUC", "fmr": "FMR", "fnmr": "FNMR", "eer": "EER", "mean": "Mean", "this_run": "This run",
-    "paper": "Paper", "convention": "Convention", "limit": "Limit", "scale": "Scale", "seed": "Seed",
-    "subtract_best": "Best subtracted", "accuracy_10fold": "Acc. (10-fold)", "comparisons": "Comparisons",
-    "mated": "Mated", "mean_pauc": "Mean pAUC", "delta_pauc": r"$\Delta$pAUC", "ci_low": "CI low", "ci_high": "CI high",
-    "p_better": "P(better)", "n_boot": "Resamples", "n_units": "Units", "n_defined": "Defined", "unit": "Unit",
-    "gflops": "GFLOPs", "flop_saving": "FLOP saving", "ms_per_image": "ms/image", "ms_q25": "ms Q1",
-    "ms_q75": "ms Q3", "ms_min": "ms min", "ms_max": "ms max", "repeats": "Repeats", "exit": "Exit",
-    "pauc_exit_1": "pAUC exit 1", "pauc_last_exit": "pAUC last exit", "last_exit": "Last exit",
+    "fr_model": "FR model", "quality_model": "Model", "pauc": "pAUC", "fmr": "FMR", "fnmr": "FNMR", "eer": "EER",
+    "subtract_best": "Best subtracted", "accuracy_10fold": "Acc. (10-fold)", "mean_pauc": "Mean pAUC",
+    "delta_pauc": r"$\Delta$pAUC", "ci_low": "CI low", "ci_high": "CI high", "p_better": "P(better)",
+    "n_boot": "Resamples", "n_units": "Units", "n_defined": "Defined", "gflops": "GFLOPs",
+    "flop_saving": "FLOP saving", "ms_per_image": "ms/image", "ms_q25": "ms Q1", "ms_q75": "ms Q3",
+    "ms_min": "ms min", "ms_max": "ms max", "pauc_exit_1": "pAUC exit 1", "pauc_last_exit": "pAUC last exit",
     "share_of_gain_by_exit_5": "Gain by exit 5", "share_of_gain_by_exit_8": "Gain by exit 8",
     "best_single_exit": "Best exit", "best exit pAUC": "Best exit pAUC", "entropy_mean": "Entropy",
-    "entropy_std": "Entropy SD", "spread_mean": "Spread", "spread_std": "Spread SD", "max_entropy": "Max entropy",
-    "normalised_entropy": "Norm. entropy", "max_min_ratio": "Max/min", "low_contrast": "Low contrast",
-    "mean_exit": "Mean exit", "compute_saving": "Saving", "gate_agreement": "Gate agr.",
-    "agreement_accept_all": "Agr. accept all", "agreement_reject_all": "Agr. reject all",
-    "beats_trivial_gates": "Beats trivial", "pauc_adaptive": "pAUC adaptive", "pauc_fw_all_exits": "pAUC FW",
-    "this_run_method": "This run's method", "chosen_on_evaluated_data": "Chosen on eval.", "selection": "Selection",
-    "reference": "Reference", "reference_fitted_here": "Ref. fitted here", "chosen_exits": "Chosen exits",
-    "n_chosen": "Chosen", "rho_chosen_mean": r"$\rho$ chosen", "rho_best_exit": r"$\rho$ best exit",
-    "rho_with_it": r"$\rho$ with it", "stopped_at_exit": "Stopped at", "calibrated_on": "Calibrated on",
-    "pseudo_label": "Pseudo-label", "ranking": "Ranking", "comparisons_per_unit": "Comparisons/unit",
-    "images_in_another_pair": "Shared images", "max_pairs_per_image": "Max pairs/image", "n": "n", "wins": "Wins",
-    "unresolved": "Unresolved", "summary": "Summary", "strategy": "Strategy", "finding": "Finding",
-    "verdict": "Verdict", "difference": "Difference", "criterion": "Criterion", "scenario": "Scenario",
-    "tied_methods": "Tied", "benchmark": "Benchmark", "reference_protocol": "Reference protocol",
-    "group": "Group", "resolved": "Resolved",
+    "entropy_std": "Entropy SD", "spread_mean": "Spread", "spread_std": "Spread SD",
+    "normalised_entropy": "Norm. entropy", "max_min_ratio": "Max/min", "compute_saving": "Saving",
+    "gate_agreement": "Gate agr.", "agreement_accept_all": "Agr. accept all",
+    "agreement_reject_all": "Agr. reject all", "beats_trivial_gates": "Beats trivial",
+    "pauc_adaptive": "pAUC adaptive", "pauc_fw_all_exits": "pAUC FW", "this_run_method": "This run's method",
+    "chosen_on_evaluated_data": "Chosen on eval.", "reference_fitted_here": "Ref. fitted here", "n_chosen": "Chosen",
+    "rho_chosen_mean": r"$\rho$ chosen", "rho_best_exit": r"$\rho$ best exit", "rho_with_it": r"$\rho$ with it",
+    "stopped_at_exit": "Stopped at", "pseudo_label": "Pseudo-label", "comparisons_per_unit": "Comparisons/unit",
+    "images_in_another_pair": "Shared images", "max_pairs_per_image": "Max pairs/image", "n": "n",
+    "tied_methods": "Tied",
 }
 #: Cell values shown under the label the tables use elsewhere (the CSV keeps the value).
 VALUE_LABELS = {
@@ -311,8 +302,7 @@ def _header_cell(lines: list[str], align: str) -> str:
 def _latex(shown: pd.DataFrame, caption: str, name: str, transpose: bool) -> str:
     """The LaTeX of a table whose cells are already formatted (strings)."""
     if transpose:  # rows become columns: the first column's cells are the new headers
-        keys = [str(c) for c in shown.columns[1:]]
-        parts = [k.split(" / ") for k in keys]
+        parts = [str(c).split(" / ") for c in shown.columns[1:]]
         depth = max(len(p) for p in parts)
         body = shown.set_index(shown.columns[0]).T
         header = [header_tex(c) for c in ("dataset", "fr_model")[:depth]] + list(body.columns)
@@ -338,6 +328,7 @@ def _latex(shown: pd.DataFrame, caption: str, name: str, transpose: bool) -> str
     room = TEXT_WIDTH - _MARGIN
     wrapped = _wrap(widths, texts, numeric, room)
     widths = [w if p is None else p + 2 * _TABCOLSEP for w, p in zip(widths, wrapped, strict=True)]
+
     def span(blocks: list[list[int]], size: int) -> float:
         return widths[0] + sum(max(widths[b[i]] for b in blocks if i < len(b)) for i in range(size))
 
@@ -405,11 +396,8 @@ def save_table(
     nothing (its caption sits in an ``\\iffalse`` block).
     """
     out = Path(out_dir)
-    frame = frame.copy()
     if protocol:
-        for key, value in protocol.items():
-            if key not in frame.columns:
-                frame[key] = value
+        frame = frame.assign(**{key: value for key, value in protocol.items() if key not in frame.columns})
         caption = f"{caption} {_note(protocol)}." if caption else f"{_note(protocol)}."
     csv_path, tex_path = out / f"{name}.csv", out / f"{name}.tex"
     with atomic_write(csv_path, overwrite=True) as fh:
