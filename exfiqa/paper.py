@@ -96,10 +96,9 @@ def cell_labels(cells: Sequence[Any]) -> dict[int, str]:
             continue
         tags = cell.get("metadata", {}).get("tags", [])
         first = source.lstrip().splitlines()[0] if source.strip() else ""
-        if "injected-parameters" in tags:
-            labels[i] = "injected parameters"
-        elif "parameters" in tags:
-            labels[i] = "parameters"
+        tag = next((t for t in ("injected-parameters", "parameters") if t in tags), None)
+        if tag:
+            labels[i] = tag.replace("-", " ")
         elif first.startswith("#") and not first.startswith("# %%"):
             labels[i] = first.lstrip("# ").strip()
         else:

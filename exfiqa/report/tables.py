@@ -198,13 +198,8 @@ def column_decimals(column: Any, values: pd.Series, pauc_scale: bool) -> int | N
     finite = finite[np.isfinite(finite)]
     if values.dtype.kind in "iu" or _integral(finite):
         return None
-    if _RATE.search(name):
-        base = 4
-    elif _CORR.search(name):
-        base = 3
-    elif "gflops" in name or pauc_scale:
-        base = 2
-    else:
+    base = 4 if _RATE.search(name) else 3 if _CORR.search(name) else 2 if "gflops" in name or pauc_scale else None
+    if base is None:
         top = float(np.max(np.abs(finite))) if len(finite) else 0.0
         base = 1 if top >= 100 else 2 if top >= 10 else 3
     nonzero = np.abs(finite[np.abs(finite) > 1e-9])
