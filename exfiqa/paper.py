@@ -18,7 +18,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -314,24 +314,14 @@ PAGE: tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...] = (
 )
 
 
-def _caption(tex: Path) -> str:
-    if not tex.is_file():
-        return ""
-    found = re.search(r"^\\caption\{(.*)\}\s*$", tex.read_text(), re.M)
-    return latex_unescape(found.group(1)) if found else ""
-
-
-def _expand(pattern: str, cfg: Config) -> list[tuple[str, dict[str, str]]]:
+def _expand(pattern: str, cfg: Config) -> Iterator[tuple[str, dict[str, str]]]:
     """The stems ``pattern`` names, in the config's order, each with what its ``{q}`` / ``{fr}``
     read as in a caption (the config's labels)."""
     tables = {"q": cfg.quality_models, "fr": cfg.fr_models}
     keys = [k for k in tables if "{" + k + "}" in pattern]
-    out = []
     for combo in itertools.product(*(list(tables[k]) for k in keys)):
         names = dict(zip(keys, combo, strict=True))
-        labels = {k: getattr(tables[k][v], "label", None) or v for k, v in names.items()}
-        out.append((pattern.format(**names), labels))
-    return out
+        yield pattern.format(**names), {k: getattr(tables[k][v], "label", None) or v for k, v in names.items()}
 
 
 _MATH = ((r"$^\dagger$", "\N{DAGGER}"), (r"$\Delta$", "\N{GREEK CAPITAL LETTER DELTA}"), (r"$\rho$", "\N{GREEK SMALL LETTER RHO}"))
@@ -367,7 +357,9 @@ def _item(out: Path, kind: str, stem: str, caption: str) -> dict[str, Any]:
     item: dict[str, Any] = {"kind": kind, "stem": stem, "caption": caption}
     if kind == "table":
         frame, tex = pd.read_csv(out / "tables" / f"{stem}.csv"), out / "tables" / f"{stem}.tex"
-        item |= {"detail": _caption(tex), "html": table_html(frame), "rows": len(frame), "tex": tex.is_file()}
+        found = re.search(r"^\\caption\{(.*)\}\s*$", tex.read_text(), re.M) if tex.is_file() else None
+        item |= {"detail": latex_unescape(found.group(1)) if found else "", "html": table_html(frame), "rows": len(frame),
+                 "tex": tex.is_file()}
     return item
 
 
