@@ -1,25 +1,10 @@
 """``make paper``: execute the four section notebooks with papermill and build an index page.
 
-Layout of one run (``results/<run_name>/``): ``notebooks/`` (executed ``.ipynb`` + ``.html``),
-``figures/`` (PDF + PNG), ``tables/`` (CSV + LaTeX), ``index.html`` (every figure and table, links
-to the notebooks) and ``run.json`` (what was run, with content hashes).
-
-The config is the single source of a run: ``make paper`` passes the notebooks nothing but
-``config`` and ``out_dir``, and every notebook parameter that mirrors a config setting defaults to
-None (= the config's value). Each notebook opens its study with
-:func:`exfiqa.study.open_study`. The run card (:mod:`exfiqa.store.runcard`: device, precision,
-protocol, seed, code version, input digests) is printed by each notebook's first cell, written to
-``run_card.json`` and shown on ``index.html``; a notebook that ran with another card is an error.
-
-A notebook whose inputs (its source, the config file, the demo-world manifest, the package's
-source incl. sub-packages and the digest of every input file the config names: the run card's
-:meth:`~exfiqa.store.runcard.RunCard.key`) are unchanged since its last successful run is not executed
-again; its outputs are reused. Its completion record (its key in ``run.json``) is removed before it
-runs and written after it succeeded, and it executes into a hidden file renamed into place: a run
-killed in the middle of a notebook leaves no record, so the next ``make paper`` executes it again.
-Expensive per-sample work is cached separately (see
-:mod:`exfiqa.study`). While a notebook runs, the terminal shows each code cell as it starts (named
-by its first comment line or section heading) and the kernel's stderr (its progress bars).
+A run (``results/<run_name>/``) holds ``notebooks/`` (executed ``.ipynb`` + ``.html``), ``figures/``,
+``tables/``, ``index.html``, ``run_card.json`` and ``run.json`` (each notebook's key and time). The
+notebooks get only ``config`` and ``out_dir``; one that ran with another run card is an error. A
+notebook whose key (:func:`notebook_key`) is unchanged since its last successful run is not executed
+again; its record is removed while it runs, so a killed run is redone.
 """
 
 from __future__ import annotations
@@ -27,12 +12,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import html
+import itertools
 import json
 import os
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +47,9 @@ RUN_MARKER = ".exfiqa-run"
 DRIFT = ("code_sha256", "git", "inputs")
 
 
-def _hash_files(paths: Sequence[Path]) -> str:
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p).encode())
-        h.update(p.read_bytes() if p.is_file() else b"<missing>")
-    return h.hexdigest()
+def _write(path: Path, text: str) -> None:
+    with atomic_write(path, overwrite=True) as fh:
+        fh.write(text)
 
 
 def _to_ipynb(source: Path, target: Path) -> None:
@@ -79,8 +62,7 @@ def _to_ipynb(source: Path, target: Path) -> None:
         jupytext.write(nb, fh, fmt="ipynb")
 
 
-#: nbconvert's lab template without the scripts it loads from a CDN (require.js, MathJax, Mermaid): the
-#: notebooks' HTML is self-contained and reads offline (their markdown has no TeX or diagram to render).
+#: nbconvert's lab template without the scripts it loads from a CDN (require.js, MathJax, Mermaid).
 _OFFLINE_HTML = """{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
 {%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
@@ -94,9 +76,7 @@ def _to_html(executed: Path, target: Path) -> None:
 
     exporter = HTMLExporter(extra_loaders=[jinja2.DictLoader({"exfiqa_offline.html.j2": _OFFLINE_HTML})],
                             template_file="exfiqa_offline.html.j2")
-    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
-    with atomic_write(target, overwrite=True) as fh:
-        fh.write(body)
+    _write(target, exporter.from_notebook_node(nbformat.read(executed, as_version=4))[0])
 
 
 # ------------------------------------------------------------------------------ progress
@@ -116,10 +96,9 @@ def cell_labels(cells: Sequence[Any]) -> dict[int, str]:
             continue
         tags = cell.get("metadata", {}).get("tags", [])
         first = source.lstrip().splitlines()[0] if source.strip() else ""
-        if "injected-parameters" in tags:
-            labels[i] = "injected parameters"
-        elif "parameters" in tags:
-            labels[i] = "parameters"
+        tag = next((t for t in ("injected-parameters", "parameters") if t in tags), None)
+        if tag:
+            labels[i] = tag.replace("-", " ")
         elif first.startswith("#") and not first.startswith("# %%"):
             labels[i] = first.lstrip("# ").strip()
         else:
@@ -145,11 +124,8 @@ class _Progress:
 
 
 def portable(path: Path, cwd: Path | None = None) -> str:
-    """``path`` as the notebooks receive it: relative to the working folder (the kernel's, where
-    the config's relative paths resolve), so that no absolute path of the machine lands in the
-    executed notebooks (papermill's injected parameters and metadata). Absolute only where the two
-    share no folder but ``/``; :func:`relativise` then rewrites the executed notebook with labels
-    (``<results folder>``, ``<config folder>``) in place of the absolute paths."""
+    """``path`` relative to the working folder (so no absolute path lands in the executed notebooks);
+    absolute only where the two share no folder but ``/`` (:func:`relativise` then labels it)."""
     here = Path(cwd or Path.cwd()).resolve()
     target = Path(path).resolve()
     if Path(os.path.commonpath([here, target])) == Path(here.anchor):
@@ -158,22 +134,18 @@ def portable(path: Path, cwd: Path | None = None) -> str:
 
 
 def relativise(executed: Path, places: dict[Path, str]) -> None:
-    """Rewrite ``executed`` (a notebook papermill wrote) so that it names none of ``places`` (a
-    folder -> its label, e.g. the results folder -> ``<results folder>``) by its absolute path: where
-    the results folder shares only ``/`` with the working folder, :func:`portable` has to give the
-    kernel an absolute path, and papermill records it (injected parameters, metadata)."""
+    """Rewrite ``executed`` so that it names none of ``places`` (folder -> label, e.g.
+    ``<results folder>``) by its absolute path."""
     text = executed.read_text()
     names = {str(p): label for place, label in places.items() for p in (Path(place), Path(place).resolve())}
     for name in sorted(names, key=len, reverse=True):  # the deepest first: results/demo before the repository
         if name != "/":
             text = text.replace(json.dumps(name)[1:-1], names[name])
-    with atomic_write(executed, overwrite=True) as fh:
-        fh.write(text)
+    _write(executed, text)
 
 
 def _execute(staged: Path, executed: Path, parameters: dict[str, Any], progress: _Progress) -> None:
-    """papermill, reporting each cell to ``progress``; the kernel's stderr goes to ours. The
-    notebook paths papermill records are relative to the working folder (:func:`portable`)."""
+    """papermill, reporting each cell to ``progress``; the kernel's stderr goes to ours."""
     import papermill as pm
 
     pm.execute_notebook(
@@ -186,20 +158,18 @@ def _execute(staged: Path, executed: Path, parameters: dict[str, Any], progress:
 
 
 def notebook_key(card: RunCard, config_path: Path, notebook: Path, extra: Sequence[Path] = ()) -> str:
-    """The "inputs unchanged" key of one notebook: the run card's key (protocol, device, code
-    digest of every package source, digest of every input file), the config file's bytes, the
-    notebook's source and ``extra`` files (the demo manifest)."""
-    h = hashlib.sha256()
-    h.update(card.key().encode())
-    h.update(_hash_files([config_path, notebook, *extra]).encode())
-    return h.hexdigest()
+    """The "inputs unchanged" key of one notebook: the run card's key (protocol, device, code and
+    input digests), the config file's bytes, the notebook's source and ``extra`` files (the demo manifest)."""
+    files = hashlib.sha256()
+    for p in sorted([config_path, notebook, *extra]):
+        files.update(str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p).encode())
+        files.update(p.read_bytes() if p.is_file() else b"<missing>")
+    return hashlib.sha256((card.key() + files.hexdigest()).encode()).hexdigest()
 
 
 def _extractable(cfg: Config, log) -> bool:
-    """Whether ``make paper`` can run extraction: its checkpoints are there. On a machine that
-    sees only the extracted arrays (``arrays_dir`` with a folder per dataset) and the protocol
-    files, extraction is skipped with a note and the notebooks evaluate the arrays as they are
-    (each array is still checked against its manifest; a missing one is an error naming it)."""
+    """Whether ``make paper`` can run extraction (its checkpoints are there); without them but with a
+    folder of arrays per dataset, extraction is skipped with a note."""
     try:
         cfg.check_paths()
     except ConfigError as exc:
@@ -214,13 +184,8 @@ def _extractable(cfg: Config, log) -> bool:
 def run_paper(
     config_path: str, notebooks: Sequence[str] = NOTEBOOKS, force: bool = False, log=print
 ) -> Path:
-    """Extract the per-sample arrays (:func:`exfiqa.extract.extract`, a no-op when they are
-    current), then execute the notebooks for ``config_path`` into ``results/<run_name>/`` and
-    index them.
-
-    The notebooks get only ``config`` and ``out_dir``: every other setting is the config's; they
-    read the extracted arrays and compute none.
-    """
+    """Extract the per-sample arrays (a no-op when current), then execute the notebooks for
+    ``config_path`` into ``results/<run_name>/`` and index them."""
     config = Path(config_path).resolve()
     cfg: Config = load_config(config)
     unknown = [n for n in notebooks if n not in NOTEBOOKS]
@@ -244,8 +209,7 @@ def run_paper(
         extract(cfg, log=log)
     log(f"[paper] {cfg.run_name}: digests of the inputs ...")
     card = run_card(cfg)
-    with atomic_write(out / CARD, overwrite=True) as fh:
-        fh.write(card.to_json())
+    _write(out / CARD, card.to_json())
     state_path = out / "run.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     extra = [cfg.data_root / "manifest.json"] if cfg.demo else []
@@ -259,8 +223,7 @@ def run_paper(
         t0 = time.perf_counter()
         log(f"[paper] {name}: executing ...")
         if state.pop(name, None) is not None:  # no completion record while it runs: a killed run is redone
-            with atomic_write(state_path, overwrite=True) as fh:
-                json.dump(state, fh, indent=2, sort_keys=True)
+            _write(state_path, json.dumps(state, indent=2, sort_keys=True))
         staged = out / "notebooks" / f".{name}.input.ipynb"
         running = out / "notebooks" / f".{name}.running.ipynb"
         _to_ipynb(src, staged)
@@ -277,8 +240,7 @@ def run_paper(
         running.replace(executed)
         _to_html(executed, executed.with_suffix(".html"))
         diff = card.differences(RunCard.from_json((out / CARD).read_text()))  # the card the notebook wrote
-        with atomic_write(out / CARD, overwrite=True) as fh:  # the card of the run, for the index
-            fh.write(card.to_json())
+        _write(out / CARD, card.to_json())  # the card of the run, for the index
         if set(diff) - set(DRIFT):
             raise ConfigError(f"{name} ran with another run card than the config gives (differs in {diff}); "
                               "a notebook must take its settings from the config")
@@ -288,8 +250,7 @@ def run_paper(
             state[name]["changed_during_run"] = diff
             log(f"[paper] {name}: WARNING: {', '.join(diff)} changed while the run was going on; its tables "
                 "follow the new files, the index shows the card of the run's start; make paper runs it again")
-        with atomic_write(state_path, overwrite=True) as fh:
-            json.dump(state, fh, indent=2, sort_keys=True)
+        _write(state_path, json.dumps(state, indent=2, sort_keys=True))
         log(f"[paper] {name}: done in {state[name]['seconds']} s")
     index = build_index(out, cfg)
     log(f"[paper] index: {index}")
@@ -353,34 +314,22 @@ PAGE: tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...] = (
 )
 
 
-def _caption(tex: Path) -> str:
-    if not tex.is_file():
-        return ""
-    found = re.search(r"^\\caption\{(.*)\}\s*$", tex.read_text(), re.M)
-    return latex_unescape(found.group(1)) if found else ""
-
-
-def _expand(pattern: str, cfg: Config) -> list[tuple[str, dict[str, str]]]:
+def _expand(pattern: str, cfg: Config) -> Iterator[tuple[str, dict[str, str]]]:
     """The stems ``pattern`` names, in the config's order, each with what its ``{q}`` / ``{fr}``
     read as in a caption (the config's labels)."""
-    import itertools
-
     tables = {"q": cfg.quality_models, "fr": cfg.fr_models}
     keys = [k for k in tables if "{" + k + "}" in pattern]
-    out = []
     for combo in itertools.product(*(list(tables[k]) for k in keys)):
         names = dict(zip(keys, combo, strict=True))
-        labels = {k: getattr(tables[k][v], "label", None) or v for k, v in names.items()}
-        out.append((pattern.format(**names), labels))
-    return out
+        yield pattern.format(**names), {k: getattr(tables[k][v], "label", None) or v for k, v in names.items()}
 
 
 _MATH = ((r"$^\dagger$", "\N{DAGGER}"), (r"$\Delta$", "\N{GREEK CAPITAL LETTER DELTA}"), (r"$\rho$", "\N{GREEK SMALL LETTER RHO}"))
 
 
 def tex_to_html(tex: str) -> str:
-    """A header or cell of a LaTeX table (:mod:`exfiqa.report.tables`) as HTML: the same text,
-    ``$10^{-3}$`` as 10<sup>-3</sup>, Greek letters and daggers as characters, escaped."""
+    """A header or cell of a LaTeX table as HTML: ``$10^{-3}$`` as 10<sup>-3</sup>, Greek letters and
+    daggers as characters, the rest unescaped from LaTeX and escaped for HTML."""
     for math, char in _MATH:
         tex = tex.replace(math, char)
     parts = re.split(r"\$10\^\{(-?\d+)\}\$", tex)  # text, exponent, text, ...
@@ -388,11 +337,8 @@ def tex_to_html(tex: str) -> str:
 
 
 def table_html(frame: pd.DataFrame, rows: int = 60) -> str:
-    """The first ``rows`` rows of a table's CSV as the page shows them, formatted as its LaTeX
-    file: the headers of :data:`exfiqa.report.tables.HEADERS`, fixed decimals per column
-    (:func:`~exfiqa.report.tables.column_decimals`), ``--`` for a missing value, labels for FR
-    models and baselines; protocol columns (``fmr, convention, limit, scale, seed``) that are
-    constant are left out where the caption states them (a table with a ``scale`` column)."""
+    """The first ``rows`` rows of a table's CSV, formatted as its LaTeX file (headers, decimals,
+    labels); constant protocol columns are left out of a table with a ``scale`` column."""
     protocol = "scale" in frame.columns
     if protocol:
         frame = frame.drop(columns=[c for c in PROTOCOL_COLUMNS if c in frame.columns and frame[c].nunique(dropna=False) <= 1])
@@ -407,48 +353,40 @@ def table_html(frame: pd.DataFrame, rows: int = 60) -> str:
             + "\n</tbody>\n</table>")
 
 
-def _table(p: Path) -> dict[str, Any]:
-    frame = pd.read_csv(p)
-    tex = p.with_suffix(".tex")
-    return {"stem": p.stem, "detail": _caption(tex), "html": table_html(frame), "rows": len(frame), "tex": tex.is_file()}
+def _item(out: Path, kind: str, stem: str, caption: str) -> dict[str, Any]:
+    item: dict[str, Any] = {"kind": kind, "stem": stem, "caption": caption}
+    if kind == "table":
+        frame, tex = pd.read_csv(out / "tables" / f"{stem}.csv"), out / "tables" / f"{stem}.tex"
+        found = re.search(r"^\\caption\{(.*)\}\s*$", tex.read_text(), re.M) if tex.is_file() else None
+        item |= {"detail": latex_unescape(found.group(1)) if found else "", "html": table_html(frame), "rows": len(frame),
+                 "tex": tex.is_file()}
+    return item
 
 
 def index_sections(out: Path, cfg: Config) -> list[dict[str, Any]]:
-    """The index page's sections (:data:`PAGE`) with what ``out`` holds: per section its items in
-    order, each ``{"kind", "stem", "caption", ...}`` (a table adds its rendered head, row count,
-    LaTeX caption and whether a ``.tex`` exists). Files no entry names form a last section."""
-    figures = [p.stem for p in sorted((out / "figures").glob("*.png"))]
-    tables = [p.stem for p in sorted((out / "tables").glob("*.csv"))]
-    left = {("figure", s) for s in figures} | {("table", s) for s in tables}
+    """The index page's sections (:data:`PAGE`) with what ``out`` holds, each ``{"title", "items", "id"}``;
+    an item is ``{"kind", "stem", "caption", ...}`` (a table adds its rendered head, row count, LaTeX
+    caption and whether a ``.tex`` exists). Files no entry names form a last section."""
+    left = {("figure", p.stem) for p in (out / "figures").glob("*.png")} | {
+        ("table", p.stem) for p in (out / "tables").glob("*.csv")}
     sections = []
     for title, entries in PAGE:
         items = []
         for kind, pattern, caption in entries:
             for stem, labels in _expand(pattern, cfg):
-                if (kind, stem) not in left:
-                    continue
-                left.discard((kind, stem))
-                item = {"kind": kind, "stem": stem, "caption": caption.format(**labels)}
-                if kind == "table":
-                    item |= _table(out / "tables" / f"{stem}.csv")
-                items.append(item)
+                if (kind, stem) in left:
+                    left.discard((kind, stem))
+                    items.append(_item(out, kind, stem, caption.format(**labels)))
         if items:
             sections.append({"title": title, "items": items})
     if left:
-        other = [{"kind": k, "stem": s, "caption": s} | (_table(out / "tables" / f"{s}.csv") if k == "table" else {})
-                 for k, s in sorted(left)]
-        sections.append({"title": "Other figures and tables", "items": other})
-    for n, section in enumerate(sections, 1):
-        section["id"] = f"s{n}"
-    return sections
+        sections.append({"title": "Other figures and tables", "items": [_item(out, k, s, s) for k, s in sorted(left)]})
+    return [{**section, "id": f"s{n}"} for n, section in enumerate(sections, 1)]
 
 
 def build_index(out: Path, cfg: Config) -> Path:
-    """Write ``out/index.html`` (``report/templates/index.html.j2``): the results first, in the
-    poster's order, then every other figure and table by notebook (:data:`PAGE`: each with a
-    one-sentence caption; a figure's PNG links to its PDF, a table shows its first 60 rows,
-    scrolling sideways when wide, and links its CSV and LaTeX), the notebooks, and last the run
-    card (from ``out/run_card.json``, the file the notebooks wrote)."""
+    """Write ``out/index.html`` (``report/templates/index.html.j2``): the sections of :func:`index_sections`,
+    the notebooks and the run card (``out/run_card.json``, the file the notebooks wrote)."""
     card = RunCard.from_json((out / CARD).read_text()) if (out / CARD).is_file() else run_card(cfg)
     state = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
     env = jinja2.Environment(loader=jinja2.PackageLoader("exfiqa.report"), autoescape=True, keep_trailing_newline=True)
@@ -459,10 +397,8 @@ def build_index(out: Path, cfg: Config) -> Path:
         notebooks=[n for n in NOTEBOOKS if (out / "notebooks" / f"{n}.ipynb").is_file()],
         sections=index_sections(out, cfg),
     )
-    target = out / "index.html"
-    with atomic_write(target, overwrite=True) as fh:
-        fh.write(page)
-    return target
+    _write(out / "index.html", page)
+    return out / "index.html"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

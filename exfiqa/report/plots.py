@@ -1,17 +1,9 @@
 """One figure style for every notebook; figures saved as PDF + PNG, byte-identical across runs.
 
-Sizes: every figure is one IEEE column (:data:`COLUMN_IN`, 3.5 in) or two (:data:`TEXT_IN`,
-7.16 in) wide and saved at that size (no tight bounding box), with no text under
-:data:`MIN_FONT_PT` (7 pt), so it can go into a paper at 100 %.
-
-Colours, one meaning each (defined here once, as on the poster): exits ``1..depth`` along a
-light-to-dark blue ramp (early = light, deep = dark; every shade dark enough on white, no pale
-yellow); EX-FIQA-F red, EX-FIQA-FW green (:data:`FUSION_COLOURS`); datasets from
-:data:`DATASET_COLOURS` (never blue, red or green); other methods and the quality models in grey tones.
-
-Text: labels come from the config (:func:`config_labels`: ``arcface`` -> ``ArcFace``); every FMR
-is written by :func:`fmr_text` (``FMR = 10^-3``); titles are drawn only while :func:`set_style`'s
-``titles`` is on (the default; off for paper export, where the caption says it).
+Every figure is one IEEE column (:data:`COLUMN_IN`) or two (:data:`TEXT_IN`) wide, saved at that size,
+with no text under :data:`MIN_FONT_PT`. Colours: exits on a light-to-dark blue ramp, EX-FIQA-F red,
+EX-FIQA-FW green, datasets from :data:`DATASET_COLOURS`, other methods and quality models grey.
+Titles are drawn only while :func:`set_style`'s ``titles`` is on.
 """
 
 from __future__ import annotations
@@ -35,27 +27,10 @@ from exfiqa.report.attention import LOW_CONTRAST_ENTROPY
 from exfiqa.report.tables import power_of_ten
 
 __all__ = [
-    "add_title",
-    "COLUMN_IN",
-    "DATASET_COLOURS",
-    "FUSION_COLOURS",
-    "MIN_FONT_PT",
-    "TEXT_IN",
-    "attention_entropy_spread",
-    "attention_figure",
-    "config_labels",
-    "contrast_on_white",
-    "dataset_styles",
-    "edc_grid",
-    "exit_colour",
-    "fmr_text",
-    "forest",
-    "method_colours",
-    "pauc_vs_gflops",
-    "rank_heatmap",
-    "save_figure",
-    "score_distributions",
-    "set_style",
+    "add_title", "COLUMN_IN", "DATASET_COLOURS", "FUSION_COLOURS", "MIN_FONT_PT", "TEXT_IN",
+    "attention_entropy_spread", "attention_figure", "config_labels", "dataset_styles",
+    "edc_grid", "exit_colour", "fmr_text", "forest", "method_colours", "pauc_vs_gflops", "rank_heatmap",
+    "save_figure", "score_distributions", "set_style",
 ]
 
 #: Figure widths in inches: one IEEE column, and the text width of a two-column page.
@@ -92,37 +67,19 @@ def set_style(titles: bool | None = None) -> None:
 
 def add_title(fig_or_ax: Figure | mpl.axes.Axes, text: str) -> None:
     """``text`` as the figure's (or axes') title, if titles are on (:func:`set_style`)."""
-    if not _STYLE["titles"] or not text:
-        return
-    if isinstance(fig_or_ax, Figure):
-        fig_or_ax.suptitle(text)
-    else:
-        fig_or_ax.set_title(text)
+    if _STYLE["titles"] and text:
+        (fig_or_ax.suptitle if isinstance(fig_or_ax, Figure) else fig_or_ax.set_title)(text)
 
 
 def fmr_text(fmr: float) -> str:
-    """The one FMR notation of the figures: ``FMR = 10^-3`` (mathtext) for a power of ten, else ``FMR = 0.002``."""
+    """``FMR = 10^-3`` (mathtext) for a power of ten, else ``FMR = 0.002``."""
     return f"FMR = {power_of_ten(fmr)}"
 
 
 def config_labels(cfg: object) -> dict[str, str]:
-    """Key -> label of every dataset, FR model and quality model of a config (``arcface`` ->
-    ``ArcFace``, ``T`` -> ``ViT-FIQA (T)``), for the figures' text."""
-    out: dict[str, str] = {}
-    for group in ("datasets", "fr_models", "quality_models"):
-        for key, spec in getattr(cfg, group, {}).items():
-            out[str(key)] = str(getattr(spec, "label", None) or key)
-    return out
-
-
-def contrast_on_white(colour: object) -> float:
-    """WCAG contrast ratio of ``colour`` against white (1 .. 21; 3 is the minimum for graphics)."""
-    def lin(x: float) -> float:
-        return x / 12.92 if x <= 0.03928 else ((x + 0.055) / 1.055) ** 2.4
-
-    r, g, b = mpl.colors.to_rgb(colour)  # type: ignore[arg-type]
-    lum = 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b)
-    return 1.05 / (lum + 0.05)
+    """Key -> label of every dataset, FR model and quality model of a config (``arcface`` -> ``ArcFace``)."""
+    return {str(key): str(getattr(spec, "label", None) or key)
+            for group in ("datasets", "fr_models", "quality_models") for key, spec in getattr(cfg, group, {}).items()}
 
 
 def exit_colour(exit: int, depth: int = 12) -> tuple[float, float, float]:
@@ -134,18 +91,11 @@ def exit_colour(exit: int, depth: int = 12) -> tuple[float, float, float]:
 
 def method_colours(methods: Sequence[str], depth: int = 12) -> dict[str, object]:
     """Colour per method name: exits ``1..depth`` -> exit ramp, fusions fixed, others grey tones."""
-    others = [m for m in methods if m not in FUSION_COLOURS and m not in exit_numbers(depth)]
-    greys = iter(sns.color_palette("Greys_d", max(1, len(others))))
     number = exit_numbers(depth)
-    out: dict[str, object] = {}
-    for m in methods:
-        if m in FUSION_COLOURS:
-            out[m] = FUSION_COLOURS[m]
-        elif m in number:
-            out[m] = exit_colour(number[m], depth)
-        else:
-            out[m] = next(greys)
-    return out
+    others = [m for m in methods if m not in FUSION_COLOURS and m not in number]
+    greys = iter(sns.color_palette("Greys_d", max(1, len(others))))
+    return {m: FUSION_COLOURS[m] if m in FUSION_COLOURS else exit_colour(number[m], depth) if m in number else next(greys)
+            for m in methods}
 
 
 def dataset_styles(datasets: Sequence[str]) -> dict[str, tuple[str, str]]:
@@ -160,11 +110,8 @@ def _label(labels: Mapping[str, str] | None, key: object) -> str:
 
 
 def save_figure(fig: Figure, out_dir: str | os.PathLike[str], name: str) -> list[Path]:
-    """Write ``name.pdf`` and ``name.png`` atomically at the figure's size (a column or the text
-    width: no tight bounding box); returns the paths. Closes the figure.
-
-    The PDF carries no creation date, so the same figure gives the same bytes.
-    """
+    """Write ``name.pdf`` and ``name.png`` atomically at the figure's size (no tight bounding box, no
+    creation date: the same figure gives the same bytes); returns the paths. Closes the figure."""
     out = Path(out_dir)
     paths = []
     for ext, meta in (("pdf", {"CreationDate": None, "Creator": "exfiqa"}), ("png", {"Software": "exfiqa"})):
@@ -191,14 +138,11 @@ def edc_grid(
     depth: int = 12,
     limit: float | None = None,
 ) -> Figure:
-    """The poster's EDC grid: rows = datasets, columns = FMR targets, one line per method; two
-    columns wide (:data:`TEXT_IN`), the legend below the panels.
+    """The poster's EDC grid: rows = datasets, columns = FMR targets, one line per method, two columns wide.
 
-    ``edc`` is tidy: columns ``method, dataset, fmr, discard_fraction, fnmr`` (one FR model). With
-    a ``resolved`` column (:func:`exfiqa.evaluation.pauc.edc_rows`), points whose FMR target is not
-    resolvable get hollow markers and their panel a dagger (explained under the legend).
-    Exits ``1..depth`` are drawn dashed with small markers on the exit ramp, F red and FW green,
-    solid (:func:`method_colours`). ``limit``: the pAUC's discard limit, a dotted vertical line.
+    ``edc``: tidy ``method, dataset, fmr, discard_fraction, fnmr`` (one FR model); with a ``resolved``
+    column, unresolved points are hollow and their panel gets a dagger. Exits are dashed, fusions
+    solid. ``limit``: the pAUC's discard limit, a dotted vertical line.
     """
     set_style()
     datasets = list(datasets or edc["dataset"].unique())
@@ -250,9 +194,8 @@ def edc_grid(
 
 
 def rank_heatmap(corr: pd.DataFrame, title: str = "") -> Figure:
-    """Exit-to-exit rank correlation (Spearman) as a heatmap, one column wide; rows and columns
-    named by exit number (``FW``: EX-FIQA-FW), on ``cividis`` (no red or green: those mean F and FW);
-    the numbers are in the table of the same name."""
+    """Exit-to-exit Spearman correlation as a ``cividis`` heatmap, one column wide, labelled by exit
+    number (``FW``: EX-FIQA-FW)."""
     set_style()
     fig, axes = _figure(COLUMN_IN, 3.3)
     ax = axes[0, 0]
@@ -290,16 +233,11 @@ def attention_figure(
 ) -> Figure:
     """The poster's attention figure: the sample types (+ dataset mean) against the exits.
 
-    ``layout="exits-as-columns"`` (default): one row per sample type, its face then one column per
-    exit, two columns wide (:data:`TEXT_IN`) and a few inches tall; ``"exits-as-rows"``: the
-    poster's layout (one column per sample type, one row per exit), one column wide.
-    ``maps[name]`` is (depth, g, g), each map summing to 1; ``images[name]`` the RGB uint8 face
-    (or None for a dataset mean). Maps are upsampled bilinearly to 112x112.
-    ``scale="shared"`` (default): one colour scale for every panel, in multiples of the uniform
-    weight 1/g^2 (0 .. the largest value of any panel), so a flat map looks flat;
-    ``scale="per-panel"``: each panel min-max scaled on its own (as on the poster), which shows
-    *where* attention goes but amplifies noise in near-uniform maps. Either way a low-contrast panel
-    (normalised entropy >= :data:`exfiqa.report.attention.LOW_CONTRAST_ENTROPY`) is greyed out and labelled "flat".
+    ``maps[name]``: (depth, g, g), each map summing to 1, upsampled bilinearly to 112x112;
+    ``images[name]``: the RGB uint8 face (None for a dataset mean). ``layout``: ``"exits-as-columns"``
+    (two columns wide) or ``"exits-as-rows"`` (the poster's, one column wide). ``scale="shared"``: one
+    colour scale in multiples of the uniform weight 1/g^2; ``"per-panel"``: each panel min-max scaled.
+    A panel with normalised entropy >= ``LOW_CONTRAST_ENTROPY`` is greyed out and labelled "flat".
     """
     if scale not in ("shared", "per-panel"):
         raise ValueError(f"parameter scale must be 'shared' or 'per-panel', got {scale!r}")
@@ -329,10 +267,7 @@ def attention_figure(
             ax.imshow(img)
         else:
             ax.text(0.5, 0.5, "dataset\nmean", ha="center", va="center", fontsize=7)
-        if columns:
-            ax.set_ylabel(name.replace(" (mean)", "\n(mean)"), fontsize=7)
-        else:
-            ax.set_title(name.replace(" (mean)", "\n(mean)"), fontsize=7)
+        (ax.set_ylabel if columns else ax.set_title)(name.replace(" (mean)", "\n(mean)"), fontsize=7)
         up = F.interpolate(torch.as_tensor(maps[name], dtype=torch.float32)[:, None], size=(112, 112), mode="bilinear", align_corners=False)[:, 0].numpy()
         p = np.asarray(maps[name], dtype=np.float64).reshape(depth, -1)
         flat = -(p * np.log(np.clip(p, 1e-12, None))).sum(-1) / np.log(p.shape[1]) >= LOW_CONTRAST_ENTROPY
@@ -345,10 +280,8 @@ def attention_figure(
             if flat[k - 1]:
                 ax.imshow(np.zeros_like(m), cmap="Greys", vmin=0, vmax=1, alpha=0.6)  # greyed out: washed white
                 ax.text(0.5, 0.5, "flat", transform=ax.transAxes, ha="center", va="center", fontsize=7, color="k")
-            if columns and j == 0:
-                ax.set_title(exit_label(k), fontsize=7)
-            if not columns and j == 0:
-                ax.set_ylabel(exit_label(k), fontsize=7)
+            if j == 0:
+                (ax.set_title if columns else ax.set_ylabel)(exit_label(k), fontsize=7)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -364,16 +297,13 @@ def pauc_vs_gflops(
     frame: pd.DataFrame, fused: pd.DataFrame | None = None, title: str = "", scale: float = 1.0,
     callout_exit: int | None = 7, quality_label: str = "", datasets: Sequence[str] | None = None,
 ) -> Figure:
-    """The poster's pAUC-vs-cost panel, one column wide: pAUC (lower is better) against GFLOPs per
-    exit, one line per dataset (:func:`dataset_styles`), the fused score as a star at its cost.
+    """The poster's pAUC-vs-cost panel, one column wide: pAUC against GFLOPs, one line per dataset,
+    the fused score (``fused``, same columns) as a star.
 
-    ``frame``: columns ``dataset, gflops, pauc`` (one row per dataset and exit; pAUC already times
-    ``scale``, which the y label states), with an ``exit`` column the exit numbers are written
-    over the points (on a top axis, one per exit cost) and exit ``callout_exit`` gets the poster's
-    call-out, computed from the data: ``Exit 7 (C): 41% FLOP reduction`` = 1 - its GFLOPs / the
-    last exit's (``quality_label`` is the ``(C)`` part), over a dashed line at its cost. ``fused``: the same columns for the fused
-    score. With a ``resolved`` column, unresolved pAUCs (:func:`exfiqa.evaluation.pauc.pauc_resolved`)
-    are drawn hollow and noted in the legend. The legend sits under the axes, off the data.
+    ``frame``: ``dataset, gflops, pauc`` (pAUC already times ``scale``); with an ``exit`` column the
+    exits label a top axis and ``callout_exit`` gets the call-out ``Exit 7 (C): 41% FLOP reduction``
+    (1 - its GFLOPs / the last exit's; ``quality_label`` is the ``(C)``). Unresolved pAUCs (a
+    ``resolved`` column) are hollow.
     """
     set_style()
     fig, axes = _figure(COLUMN_IN, 3.3)
@@ -422,27 +352,17 @@ def pauc_vs_gflops(
         span = (hi - lo) or max(abs(hi), 1.0)
         ax.set_ylim(lo - 0.08 * span, hi + 0.35 * span)  # room for the call-out above the lines
     ax.set_xlabel("GFLOPs")
-    ax.set_ylabel("pAUC-EDC" + (f" ($\\times${_power(scale)})" if scale != 1.0 else "") + " (lower is better)")
+    ax.set_ylabel("pAUC-EDC" + (f" ($\\times${power_of_ten(scale)})" if scale != 1.0 else "") + " (lower is better)")
     add_title(ax, title)
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=3, frameon=False,
                handlelength=1.6, columnspacing=0.8)
     return fig
 
 
-def _power(value: float) -> str:
-    exp = np.log10(value) if value > 0 else 0.5
-    return f"$10^{{{int(round(exp))}}}$" if abs(exp - round(exp)) < 1e-9 else f"{value:g}"
-
-
 def forest(boot: pd.DataFrame, reference: str = "last exit", labels: Mapping[str, str] | None = None) -> Figure:
-    """Forest plot of paired-bootstrap differences: one panel per quality model (never (T) and (C)
-    in one), one row per (method, dataset); the x label names the FR model and the FMR.
-
-    ``boot``: columns ``quality_model, method, dataset, delta_pauc, ci_low, ci_high`` (and
-    ``fr_model, fmr, scale`` where known; as from :func:`exfiqa.report.bootstrap_tables.fusion_bootstrap`);
-    a point left of 0 means the method is better. ``labels``: key -> label (:func:`config_labels`).
-    Two columns wide; methods keep their colours (F red, FW green, others grey).
-    """
+    """Forest plot of paired-bootstrap differences, two columns wide: one panel per quality model, one
+    row per (method, dataset). ``boot``: ``quality_model, method, dataset, delta_pauc, ci_low, ci_high``
+    (and ``fr_model, fmr, scale`` where known); < 0 means the method is better."""
     set_style()
     models = list(dict.fromkeys(boot["quality_model"])) or [""]
     rows = list(dict.fromkeys(f"{r.method} | {r.dataset}" for r in boot.itertuples()))
@@ -461,7 +381,7 @@ def forest(boot: pd.DataFrame, reference: str = "last exit", labels: Mapping[str
     axes[0, 0].set_yticks(range(len(rows)), rows)
     axes[0, 0].invert_yaxis()
     scale = float(boot["scale"].iloc[0]) if "scale" in boot and len(boot) else 1.0
-    unit = f" ($\\times${_power(scale)})" if scale != 1.0 else ""
+    unit = f" ($\\times${power_of_ten(scale)})" if scale != 1.0 else ""
     where = []
     if "fr_model" in boot and boot["fr_model"].nunique() == 1:
         where.append(_label(labels, boot["fr_model"].iloc[0]))
@@ -473,11 +393,8 @@ def forest(boot: pd.DataFrame, reference: str = "last exit", labels: Mapping[str
 
 
 def attention_entropy_spread(stats: pd.DataFrame, labels: Mapping[str, str] | None = None) -> Figure:
-    """Attention entropy and spatial spread per exit (mean and std), one line per quality model
-    (grey tones, :data:`QUALITY_STYLES`), two columns wide.
-
-    ``stats``: :func:`exfiqa.report.attention.attention_statistics` rows with a ``quality_model`` column.
-    """
+    """Attention entropy and spatial spread per exit (mean and std), one line per quality model, two
+    columns wide; ``stats``: ``attention_statistics`` rows with a ``quality_model`` column."""
     set_style()
     fig, axes = _figure(TEXT_IN, 2.4, 1, 2)
     for n, (q, part) in enumerate(stats.groupby("quality_model", sort=False)):

@@ -1,28 +1,15 @@
-"""Tables as CSV + LaTeX (booktabs), written atomically and byte-identically.
+"""Tables as CSV (full precision) + LaTeX (booktabs, fixed decimals), written atomically and byte-identically.
 
-Every pAUC table carries its convention, discard limit, FMR and scale so that a number can never
-be read under the wrong protocol: the CSV as columns (``convention, limit, fmr, scale``), the
-LaTeX file in its caption (constant protocol columns are dropped from the LaTeX body).
-
-Unresolved FMR targets (:func:`exfiqa.evaluation.rules.resolvable`): a tidy table flags them in a boolean
-``resolved`` column, a wide one (datasets as columns) in ``resolved`` (every cell of the row) and
-``unresolved_in`` (the columns whose cell is not, ``"; "``-separated; :func:`flag_unresolved`). The
-LaTeX file marks those cells with a dagger and explains it in a footnote to the caption
-(:data:`UNRESOLVED_NOTE`).
-
-Numbers: the CSV keeps full precision (Python's shortest round-trip repr of each float); pAUC
-values in every table are the raw area times ``scale`` (the config's ``pauc_scale``, 1000 by
-default, as on the poster), and the ``scale`` column says so. The LaTeX file shows fixed
-decimals per column (:func:`column_decimals`: pAUC 2, rates 4, correlations 3, GFLOPs 2, integers as
-integers), ``--`` for a missing value, and fits an IEEE two-column paper (:func:`save_table`).
+Every pAUC table carries its protocol (``convention, limit, fmr, scale``): the CSV as columns, the
+LaTeX file in its caption. pAUC values are the raw area times ``scale`` (the config's ``pauc_scale``).
+Unresolved FMR targets are flagged in a ``resolved`` column (tidy tables) or in ``resolved`` and
+``unresolved_in`` (wide tables, :func:`flag_unresolved`); the LaTeX file daggers those cells.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,16 +61,12 @@ UNRESOLVED_NOTE = (
 )
 #: Tidy tables: the value column a ``resolved`` flag marks (the first present).
 RESOLVED_VALUE_COLUMNS = ("pauc", "this_run", "mean_pauc", "delta_pauc")
-_DAGGER = "ZZUNRESOLVEDZZ"
 
 
 def flag_unresolved(wide: pd.DataFrame, resolved: pd.DataFrame) -> pd.DataFrame:
     """``wide`` with the columns ``resolved`` (every flagged cell of the row resolved) and
-    ``unresolved_in`` (the columns whose cell is not, ``"; "``-separated, empty if none).
-
-    ``resolved``: booleans aligned with ``wide`` (same index; a subset of its columns; missing
-    cells count as resolved).
-    """
+    ``unresolved_in`` (the columns whose cell is not, ``"; "``-separated). ``resolved``: booleans with
+    ``wide``'s index and a subset of its columns (missing cells count as resolved)."""
     flags = resolved.reindex(index=wide.index).fillna(True).astype(bool)
     out = wide.copy()
     out["resolved"] = flags.all(axis=1).to_numpy()
@@ -92,7 +75,7 @@ def flag_unresolved(wide: pd.DataFrame, resolved: pd.DataFrame) -> pd.DataFrame:
 
 
 def _unresolved_cells(frame: pd.DataFrame) -> dict[str, list[bool]]:
-    """Column -> per-row marks of the cells to dagger (see the module docstring)."""
+    """Column -> per-row marks of the cells to dagger."""
     if "unresolved_in" in frame.columns:
         lists = [set(v.split("; ")) if isinstance(v, str) and v else set() for v in frame["unresolved_in"]]
         return {c: [c in s for s in lists] for c in frame.columns if any(c in s for s in lists)}
@@ -135,34 +118,26 @@ _SIZE, _TABCOLSEP, _SCALE = r"\footnotesize", 4.0, 0.84
 #: What the width estimate leaves free (it errs by a few per cent).
 _MARGIN = 10.0
 
-#: Headers a reader expects, one mapping for every table (others: snake_case -> words).
+#: Headers that are not just the column's words (``last_exit`` -> ``Last exit``).
 HEADERS = {
-    "fr_model": "FR model", "dataset": "Dataset", "method": "Method", "quality_model": "Model", "model": "Model",
-    "pauc": "pAUC", "fmr": "FMR", "fnmr": "FNMR", "eer": "EER", "mean": "Mean", "this_run": "This run",
-    "paper": "Paper", "convention": "Convention", "limit": "Limit", "scale": "Scale", "seed": "Seed",
-    "subtract_best": "Best subtracted", "accuracy_10fold": "Acc. (10-fold)", "comparisons": "Comparisons",
-    "mated": "Mated", "mean_pauc": "Mean pAUC", "delta_pauc": r"$\Delta$pAUC", "ci_low": "CI low", "ci_high": "CI high",
-    "p_better": "P(better)", "n_boot": "Resamples", "n_units": "Units", "n_defined": "Defined", "unit": "Unit",
-    "gflops": "GFLOPs", "flop_saving": "FLOP saving", "ms_per_image": "ms/image", "ms_q25": "ms Q1",
-    "ms_q75": "ms Q3", "ms_min": "ms min", "ms_max": "ms max", "repeats": "Repeats", "exit": "Exit",
-    "pauc_exit_1": "pAUC exit 1", "pauc_last_exit": "pAUC last exit", "last_exit": "Last exit",
+    "fr_model": "FR model", "quality_model": "Model", "pauc": "pAUC", "fmr": "FMR", "fnmr": "FNMR", "eer": "EER",
+    "subtract_best": "Best subtracted", "accuracy_10fold": "Acc. (10-fold)", "mean_pauc": "Mean pAUC",
+    "delta_pauc": r"$\Delta$pAUC", "ci_low": "CI low", "ci_high": "CI high", "p_better": "P(better)",
+    "n_boot": "Resamples", "n_units": "Units", "n_defined": "Defined", "gflops": "GFLOPs",
+    "flop_saving": "FLOP saving", "ms_per_image": "ms/image", "ms_q25": "ms Q1", "ms_q75": "ms Q3",
+    "ms_min": "ms min", "ms_max": "ms max", "pauc_exit_1": "pAUC exit 1", "pauc_last_exit": "pAUC last exit",
     "share_of_gain_by_exit_5": "Gain by exit 5", "share_of_gain_by_exit_8": "Gain by exit 8",
     "best_single_exit": "Best exit", "best exit pAUC": "Best exit pAUC", "entropy_mean": "Entropy",
-    "entropy_std": "Entropy SD", "spread_mean": "Spread", "spread_std": "Spread SD", "max_entropy": "Max entropy",
-    "normalised_entropy": "Norm. entropy", "max_min_ratio": "Max/min", "low_contrast": "Low contrast",
-    "mean_exit": "Mean exit", "compute_saving": "Saving", "gate_agreement": "Gate agr.",
-    "agreement_accept_all": "Agr. accept all", "agreement_reject_all": "Agr. reject all",
-    "beats_trivial_gates": "Beats trivial", "pauc_adaptive": "pAUC adaptive", "pauc_fw_all_exits": "pAUC FW",
-    "this_run_method": "This run's method", "chosen_on_evaluated_data": "Chosen on eval.", "selection": "Selection",
-    "reference": "Reference", "reference_fitted_here": "Ref. fitted here", "chosen_exits": "Chosen exits",
-    "n_chosen": "Chosen", "rho_chosen_mean": r"$\rho$ chosen", "rho_best_exit": r"$\rho$ best exit",
-    "rho_with_it": r"$\rho$ with it", "stopped_at_exit": "Stopped at", "calibrated_on": "Calibrated on",
-    "pseudo_label": "Pseudo-label", "ranking": "Ranking", "comparisons_per_unit": "Comparisons/unit",
-    "images_in_another_pair": "Shared images", "max_pairs_per_image": "Max pairs/image", "n": "n", "wins": "Wins",
-    "unresolved": "Unresolved", "summary": "Summary", "strategy": "Strategy", "finding": "Finding",
-    "verdict": "Verdict", "difference": "Difference", "criterion": "Criterion", "scenario": "Scenario",
-    "tied_methods": "Tied", "benchmark": "Benchmark", "reference_protocol": "Reference protocol",
-    "group": "Group", "resolved": "Resolved",
+    "entropy_std": "Entropy SD", "spread_mean": "Spread", "spread_std": "Spread SD",
+    "normalised_entropy": "Norm. entropy", "max_min_ratio": "Max/min", "compute_saving": "Saving",
+    "gate_agreement": "Gate agr.", "agreement_accept_all": "Agr. accept all",
+    "agreement_reject_all": "Agr. reject all", "beats_trivial_gates": "Beats trivial",
+    "pauc_adaptive": "pAUC adaptive", "pauc_fw_all_exits": "pAUC FW", "this_run_method": "This run's method",
+    "chosen_on_evaluated_data": "Chosen on eval.", "reference_fitted_here": "Ref. fitted here", "n_chosen": "Chosen",
+    "rho_chosen_mean": r"$\rho$ chosen", "rho_best_exit": r"$\rho$ best exit", "rho_with_it": r"$\rho$ with it",
+    "stopped_at_exit": "Stopped at", "pseudo_label": "Pseudo-label", "comparisons_per_unit": "Comparisons/unit",
+    "images_in_another_pair": "Shared images", "max_pairs_per_image": "Max pairs/image", "n": "n",
+    "tied_methods": "Tied",
 }
 #: Cell values shown under the label the tables use elsewhere (the CSV keeps the value).
 VALUE_LABELS = {
@@ -215,23 +190,16 @@ def _integral(values: np.ndarray) -> bool:
 
 
 def column_decimals(column: Any, values: pd.Series, pauc_scale: bool) -> int | None:
-    """Decimals of ``column`` in the LaTeX file (None: an integer column; module docstring):
-    rates 4, correlations 3, GFLOPs 2, pAUC (a table with a protocol) 2, others from the values'
-    magnitude; raised until a typical value shows two significant digits."""
+    """Decimals of ``column`` in the LaTeX file (None: an integer column): rates 4, correlations 3,
+    GFLOPs and pAUC (``pauc_scale``: a table with a protocol) 2, others from the values' magnitude;
+    raised until a typical value shows two significant digits."""
     name = str(column).lower()
     finite = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
     finite = finite[np.isfinite(finite)]
     if values.dtype.kind in "iu" or _integral(finite):
         return None
-    if _RATE.search(name):
-        base = 4
-    elif _CORR.search(name):
-        base = 3
-    elif "gflops" in name:
-        base = 2
-    elif pauc_scale:
-        base = 2
-    else:
+    base = 4 if _RATE.search(name) else 3 if _CORR.search(name) else 2 if "gflops" in name or pauc_scale else None
+    if base is None:
         top = float(np.max(np.abs(finite))) if len(finite) else 0.0
         base = 1 if top >= 100 else 2 if top >= 10 else 3
     nonzero = np.abs(finite[np.abs(finite) > 1e-9])
@@ -244,7 +212,8 @@ def column_decimals(column: Any, values: pd.Series, pauc_scale: bool) -> int | N
 def format_cell(value: Any, decimals: int | None, column: Any = "") -> str:
     """One cell's LaTeX: ``--`` for a missing value, fixed ``decimals`` (no ``-0.00``), integers as
     integers, booleans yes/no, FMR as a power of ten, text escaped under its label."""
-    if value is None or (isinstance(value, (float, np.floating)) and np.isnan(value)) or value is pd.NA:
+    blank = isinstance(value, (float, np.floating)) and np.isnan(value) or isinstance(value, str) and not value
+    if value is None or value is pd.NA or blank:
         return "--"
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
@@ -257,8 +226,6 @@ def format_cell(value: Any, decimals: int | None, column: Any = "") -> str:
             return str(int(round(float(value))))
         text = f"{float(value):.{decimals}f}"
         return text[1:] if text.startswith("-") and float(text) == 0 else text
-    if isinstance(value, str) and value == "":
-        return "--"
     if str(column) == "quality_model" and str(value) in _GROUP_NAMES:
         return latex_escape(_GROUP_NAMES[str(value)])
     return latex_escape(value_label(str(value)))
@@ -327,30 +294,22 @@ def _header_cell(lines: list[str], align: str) -> str:
     return f"\\begin{{tabular}}[b]{{@{{}}{align}@{{}}}}{joined}\\end{{tabular}}"
 
 
-def _column_width(cells: list[str], header: list[str]) -> float:
-    return max([*(text_width(h) for h in header), *(text_width(c) for c in cells)]) + 2 * _TABCOLSEP
-
-
 def _latex(shown: pd.DataFrame, caption: str, name: str, transpose: bool) -> str:
     """The LaTeX of a table whose cells are already formatted (strings)."""
-    header = [header_tex(c) for c in shown.columns]
     if transpose:  # rows become columns: the first column's cells are the new headers
-        keys = [str(c) for c in shown.columns[1:]]
-        parts = [k.split(" / ") for k in keys]
+        parts = [str(c).split(" / ") for c in shown.columns[1:]]
         depth = max(len(p) for p in parts)
         body = shown.set_index(shown.columns[0]).T
         header = [header_tex(c) for c in ("dataset", "fr_model")[:depth]] + list(body.columns)
         rows = [[latex_escape(value_label(x)) for x in (p + [""] * (depth - len(p)))] + list(r)
                 for p, r in zip(parts, body.itertuples(index=False), strict=True)]
-        shown = pd.DataFrame(rows, columns=range(len(header)))
-        shown.columns = [f"c{i}" for i in range(len(header))]
         labels = {f"c{i}": h for i, h in enumerate(header)}
-        if depth > 1:
-            shown = shown[[shown.columns[1], shown.columns[0], *shown.columns[2:]]]
-            shown = shown.rename(columns={shown.columns[0]: "fr_model"})
-            labels["fr_model"] = header_tex("fr_model")
+        shown = pd.DataFrame(rows, columns=list(labels))
+        if depth > 1:  # the FR model first, as the group column
+            shown = shown[["c1", "c0", *shown.columns[2:]]].rename(columns={"c1": "fr_model"})
+            labels["fr_model"] = labels["c1"]
     else:
-        labels = dict(zip(shown.columns, header, strict=True))
+        labels = {c: header_tex(c) for c in shown.columns}
     group = _group_column(shown)
     groups: list[str | None] = [None] * len(shown)
     if group is not None:
@@ -360,20 +319,22 @@ def _latex(shown: pd.DataFrame, caption: str, name: str, transpose: bool) -> str
     texts = [shown[c].tolist() for c in cols]
     numeric = [all(re.fullmatch(r"-?[\d.]+(\$\^\\dagger\$)?|--|\$10\^\{-?\d+\}\$", t) for t in col) for col in texts]
     heads = [_header_lines(labels[c], texts[i]) for i, c in enumerate(cols)]
-    widths = [_column_width(texts[i], heads[i]) for i in range(len(cols))]
+    widths = [max(text_width(t) for t in [*heads[i], *texts[i]]) + 2 * _TABCOLSEP for i in range(len(cols))]
     room = TEXT_WIDTH - _MARGIN
     wrapped = _wrap(widths, texts, numeric, room)
     widths = [w if p is None else p + 2 * _TABCOLSEP for w, p in zip(widths, wrapped, strict=True)]
+
+    def span(blocks: list[list[int]], size: int) -> float:
+        return widths[0] + sum(max(widths[b[i]] for b in blocks if i < len(b)) for i in range(size))
+
     # too wide: the columns after the first in blocks stacked one under the other (same tabular)
-    blocks = [list(range(1, len(cols)))]
+    blocks, size = [list(range(1, len(cols)))], len(cols) - 1
     for k in range(1, len(cols)):
         size = -(-(len(cols) - 1) // k)
         blocks = [list(range(1 + j, min(len(cols), 1 + j + size))) for j in range(0, len(cols) - 1, size)]
-        total = widths[0] + sum(max(widths[b[i]] for b in blocks if i < len(b)) for i in range(size))
-        if total <= room:
+        if span(blocks, size) <= room:
             break
-    size = max(len(b) for b in blocks)
-    width = widths[0] + sum(max(widths[b[i]] for b in blocks if i < len(b)) for i in range(size))
+    width = span(blocks, size)
     ragged = "\\raggedright\\arraybackslash"
     spec = ["l" if wrapped[0] is None else f">{{{ragged}}}p{{{wrapped[0]:g}pt}}"]
     for i in range(size):
@@ -418,31 +379,20 @@ def save_table(
     tex_drop: Sequence[str] = (),
     transpose: bool = False,
 ) -> list[Path]:
-    """Write ``name.csv`` (full precision) and ``name.tex`` (booktabs, caption) atomically.
+    """Write ``name.csv`` (full precision) and ``name.tex`` (booktabs, caption) atomically; returns both paths.
 
-    ``protocol`` (from :func:`protocol`): its entries become columns of the CSV where the frame
-    lacks them, and the caption states them; protocol columns that are constant are left out
-    of the LaTeX body (the caption carries them). Cells flagged as unresolved (module docstring)
-    get a dagger in the LaTeX file and the caption a footnote (:data:`UNRESOLVED_NOTE`); the flag
-    columns are then left out of the LaTeX body.
-
-    The LaTeX file (first line ``% requires: booktabs``) fits an IEEE two-column paper: a
-    ``table`` when it fits a column (:data:`COLUMN_WIDTH`), else a ``table*`` (:data:`TEXT_WIDTH`);
-    long text columns wrap (``p{}``); a table still too wide has its columns in blocks stacked in
-    one tabular. Decimals are fixed per column (:func:`column_decimals`; ``decimals``: one number
-    for every float column, or per column), ``--`` for missing values, headers from :data:`HEADERS`,
-    a group column (:data:`GROUP_COLUMNS`) as group headings between rules. ``tex_drop``: columns
-    left out of the LaTeX file (its caption says they are in the CSV). ``transpose``: rows as
-    columns in the LaTeX file (a wide table's ``dataset / fr_model`` columns become rows). A table
-    longer than :data:`MAX_FLOAT_LINES` is CSV only: its ``.tex`` typesets nothing and keeps the
-    caption in an ``\\iffalse`` block for tools. Returns the two paths.
+    ``protocol`` (:func:`protocol`): added as CSV columns where missing and stated in the caption;
+    constant protocol columns and the unresolved flags (daggers + :data:`UNRESOLVED_NOTE`) are left
+    out of the LaTeX body. The LaTeX is a ``table`` when it fits :data:`COLUMN_WIDTH`, else a
+    ``table*``; long text columns wrap and a table still too wide is stacked in column blocks.
+    ``decimals``: one number for every float column, or per column (else :func:`column_decimals`).
+    ``tex_drop``: columns (with ``transpose``, also rows) left out of the LaTeX file. ``transpose``:
+    rows as columns in the LaTeX file. Over :data:`MAX_FLOAT_LINES` lines the ``.tex`` typesets
+    nothing (its caption sits in an ``\\iffalse`` block).
     """
     out = Path(out_dir)
-    frame = frame.copy()
     if protocol:
-        for key, value in protocol.items():
-            if key not in frame.columns:
-                frame[key] = value
+        frame = frame.assign(**{key: value for key, value in protocol.items() if key not in frame.columns})
         caption = f"{caption} {_note(protocol)}." if caption else f"{_note(protocol)}."
     csv_path, tex_path = out / f"{name}.csv", out / f"{name}.tex"
     with atomic_write(csv_path, overwrite=True) as fh:
@@ -452,7 +402,7 @@ def save_table(
         constant = [c for c in PROTOCOL_COLUMNS if c in frame.columns and frame[c].nunique(dropna=False) <= 1]
         shown = shown.drop(columns=constant)
     marks = _unresolved_cells(shown)
-    shown = shown.drop(columns=[c for c in ("resolved", "unresolved_in") if c in shown.columns])  # daggers say it
+    shown = shown.drop(columns=["resolved", "unresolved_in"], errors="ignore")  # daggers say it
     dropped = [c for c in tex_drop if c in shown.columns]
     shown = shown.drop(columns=dropped)
     if transpose:  # rows by their first cell
@@ -479,10 +429,8 @@ def save_table(
     if marks:
         tex_caption = f"{tex_caption} $^\\dagger${latex_escape(UNRESOLVED_NOTE)}".strip()
     text = pd.DataFrame(cells, columns=shown.columns)
-    lines = len(text) + (text[_group_column(text)].nunique() if _group_column(text) else 0)
-    if transpose:
-        lines = len(text.columns)
-    if lines > MAX_FLOAT_LINES:
+    group = _group_column(text)
+    if (len(text.columns) if transpose else len(text) + (text[group].nunique() if group else 0)) > MAX_FLOAT_LINES:
         note = latex_escape(f"CSV only ({len(frame)} rows, too long for a float): {name}.csv.")
         latex = "\n".join([
             f"% CSV only: {name}.csv has {len(frame)} rows, too many for a float; this file typesets nothing.",
@@ -494,65 +442,20 @@ def save_table(
     return [csv_path, tex_path]
 
 
-def wide_pauc(
-    pauc: pd.DataFrame, rows: str = "method", columns: Sequence[str] = ("dataset",), order: Sequence[str] | None = None
-) -> pd.DataFrame:
-    """Pivot a tidy pAUC frame (``method, dataset, fr_model, fmr, pauc``) to rows x columns; with
-    a ``resolved`` column, the flags of :func:`flag_unresolved` follow."""
-    def pivot(values: str) -> pd.DataFrame:
-        out = pauc.pivot_table(index=rows, columns=list(columns), values=values, aggfunc="first", sort=False)
-        if order is not None:
-            out = out.reindex([o for o in order if o in out.index])
-        if isinstance(out.columns, pd.MultiIndex):
-            out.columns = [" / ".join(str(c) for c in col) for col in out.columns]
-        out.columns.name = None
-        return out
-
-    wide = pivot("pauc")
-    if "resolved" in pauc.columns:
-        wide = flag_unresolved(wide, pivot("resolved").astype(bool))
-    return wide.reset_index()
-
-
 def pauc_per_exit(pauc: pd.DataFrame, quality_model: str, fmr: float, order: Sequence[str]) -> pd.DataFrame:
     """One quality model's pAUCs at ``fmr``: a row per method (in ``order``), a column per
-    ``dataset / fr_model``."""
+    ``dataset / fr_model``; with a ``resolved`` column, the flags of :func:`flag_unresolved` follow."""
     part = pauc[(pauc["quality_model"] == quality_model) & np.isclose(pauc["fmr"], fmr)]
     if part.empty:
         raise ValueError(f"no pAUC rows for quality model {quality_model!r} at FMR {fmr:g}")
-    return wide_pauc(part, columns=("dataset", "fr_model"), order=order)
 
+    def pivot(values: str) -> pd.DataFrame:
+        out = part.pivot_table(index="method", columns=["dataset", "fr_model"], values=values, aggfunc="first", sort=False)
+        out = out.reindex([o for o in order if o in out.index])
+        out.columns = [" / ".join(str(c) for c in col) for col in out.columns]
+        return out
 
-def latex_document(tex_files: Sequence[str | os.PathLike[str]]) -> str:
-    """A document that sets every table of ``tex_files`` in an IEEE two-column page (IEEEtran
-    when installed, else ``article`` with IEEE's widths), with the packages their first lines
-    declare; for checking that each compiles without an overfull box."""
-    packages: list[str] = []
-    for path in tex_files:
-        first = Path(path).read_text().split("\n", 1)[0]
-        if first.startswith("% requires:"):
-            packages += [p.strip() for p in first.split(":", 1)[1].split(",") if p.strip() not in packages]
-    head = [r"\documentclass[conference]{IEEEtran}"] if shutil.which("kpsewhich") and subprocess.run(
-        ["kpsewhich", "IEEEtran.cls"], capture_output=True, text=True, check=False).stdout.strip() else [
-        r"\documentclass[10pt,twocolumn]{article}",
-        rf"\usepackage[paperwidth=8.5in,paperheight=11in,textwidth={TEXT_WIDTH:g}pt,columnsep={TEXT_WIDTH - 2 * COLUMN_WIDTH:g}pt,"
-        r"textheight=689pt]{geometry}"]
-    head += [rf"\usepackage{{{p}}}" for p in dict.fromkeys(packages)]
-    body = []
-    for path in tex_files:
-        body += [rf"\input{{{Path(path).resolve().as_posix()}}}", r"\clearpage"]
-    return "\n".join([*head, r"\begin{document}", *body, r"\end{document}", ""])
-
-
-def compile_tables(tex_files: Sequence[str | os.PathLike[str]], workdir: str | os.PathLike[str]) -> str:
-    """Compile :func:`latex_document` of ``tex_files`` with ``pdflatex`` in ``workdir``; the log
-    (raises ``RuntimeError`` with its tail when pdflatex fails)."""
-    work = Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "tables.tex").write_text(latex_document(tex_files))
-    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "tables.tex"], cwd=work,
-                          capture_output=True, text=True, check=False, timeout=600)
-    log = (work / "tables.log").read_text(errors="replace") if (work / "tables.log").is_file() else done.stdout
-    if done.returncode != 0:
-        raise RuntimeError(f"pdflatex failed:\n{log[-3000:]}")
-    return log
+    wide = pivot("pauc")
+    if "resolved" in part.columns:
+        wide = flag_unresolved(wide, pivot("resolved").astype(bool))
+    return wide.reset_index()
