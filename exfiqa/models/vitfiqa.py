@@ -1,17 +1,13 @@
 """ViT-FIQA on timm's VisionTransformer, with every early exit in one forward pass.
 
 Conventions:
-- Input: aligned faces, float tensors (B, 3, 112, 112), **RGB**, normalised ``(x/255 - 0.5)/0.5``
-  (see :func:`to_tensor`). Higher score = better quality (more utility for FR).
-- Exit ``l`` (1-based, ``1..depth``) = run ``l`` transformer blocks, apply the **shared final
-  LayerNorm** ``norm`` to the tokens, then the **unchanged** heads. Exit ``depth`` is the plain
-  ViT-FIQA score.
+- Input: aligned faces (B, 3, 112, 112), **RGB**, normalised ``(x/255 - 0.5)/0.5`` (:func:`to_tensor`).
+  Higher score = better quality.
+- Exit ``l`` (1-based, ``1..depth``) = ``l`` blocks, the **shared final LayerNorm** ``norm``, then the
+  **unchanged** heads; exit ``depth`` is the plain ViT-FIQA score.
 - Variant ``"token"`` (T): a learnable quality token (timm's class token, saved as ``qs_token``) is
   prepended; score = ``head_qs(norm(x)[:, 0])``; the FR embedding is ``feature(patch tokens)``.
-- Variant ``"crfiqa"`` (C): no extra token; FR embedding = ``feature(flatten(norm(x)))`` and
-  score = ``head_qs(embedding)``.
-
-State_dicts use the released key names (``qs_token``, timm's ``cls_token`` inside the model).
+- Variant ``"crfiqa"`` (C): no token; embedding = ``feature(flatten(norm(x)))``, score = ``head_qs(embedding)``.
 """
 
 from __future__ import annotations
@@ -22,7 +18,7 @@ import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Literal, cast
 
@@ -156,10 +152,8 @@ class ViTFIQA(VisionTransformer):
         d, f = config.embed_dim, config.feature_dim
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
         self.feature = nn.Sequential(
-            nn.Linear(config.num_patches * d, f, bias=False),
-            nn.BatchNorm1d(f, eps=2e-5),
-            nn.Linear(f, f, bias=False),
-            nn.BatchNorm1d(f, eps=2e-5),
+            nn.Linear(config.num_patches * d, f, bias=False), nn.BatchNorm1d(f, eps=2e-5),
+            nn.Linear(f, f, bias=False), nn.BatchNorm1d(f, eps=2e-5),
         )
         head_in = d if config.variant == "token" else f
         self.head_qs = nn.Sequential(nn.BatchNorm1d(head_in, eps=2e-5), nn.Linear(head_in, 1, bias=False))
@@ -196,18 +190,13 @@ class ViTFIQA(VisionTransformer):
 
     def embedding(self, normed: torch.Tensor) -> torch.Tensor:
         """FR embedding (B, F) from LayerNorm-ed tokens: ``feature`` on the flattened patch tokens."""
-        patches = normed[:, self.num_prefix_tokens :]
-        emb: torch.Tensor = self.feature(patches.flatten(1))
+        emb: torch.Tensor = self.feature(normed[:, self.num_prefix_tokens :].flatten(1))
         return emb
 
     def _check_heads_eval(self) -> None:
         """Refuse heads whose BatchNorm is in training mode (see :meth:`forward_exits`)."""
-        training = [
-            f"{head}.{name}"
-            for head, module in (("feature", self.feature), ("head_qs", self.head_qs))
-            for name, bn in module.named_modules()
-            if isinstance(bn, _BatchNorm) and bn.training
-        ]
+        training = [f"{head}.{name}" for head, module in (("feature", self.feature), ("head_qs", self.head_qs))
+                    for name, bn in module.named_modules() if isinstance(bn, _BatchNorm) and bn.training]
         if training:
             raise RuntimeError(
                 f"forward_exits needs the heads in eval mode, but the BatchNorm layers {training} "
@@ -217,18 +206,11 @@ class ViTFIQA(VisionTransformer):
             )
 
     def forward_exits(
-        self,
-        x: torch.Tensor,
-        exits: Sequence[int] | None = None,
-        return_embeddings: bool = False,
-        family: bool = False,
-        attn_tokens: AttnTokens = "all",
-        vitnt_blocks: int | Sequence[int] | None = None,
+        self, x: torch.Tensor, exits: Sequence[int] | None = None, return_embeddings: bool = False,
+        family: bool = False, attn_tokens: AttnTokens = "all", vitnt_blocks: int | Sequence[int] | None = None,
     ) -> ExitOutput:
-        """Scores of several exits in one pass; only ``max(exits)`` blocks are run.
-
-        The heads must be in eval mode (RuntimeError otherwise): all exits go through them as one
-        batch, which equals exit-by-exit calls only with BatchNorm's running statistics.
+        """Scores of several exits in one pass; only ``max(exits)`` blocks are run. The heads must be
+        in eval mode (RuntimeError otherwise): all exits go through them as one batch.
 
         Args:
             x: (B, 3, H, W) normalised RGB faces.
@@ -334,9 +316,7 @@ class ViTFIQA(VisionTransformer):
         """Training forward: (FR embedding (B, F), quality score (B,)) at the last exit."""
         h = self.norm(self.blocks(self.tokens(x, mask_ratio)))
         score, emb = self.exit_head(h)
-        if emb is None:
-            emb = self.embedding(h)
-        return emb, score
+        return self.embedding(h) if emb is None else emb, score
 
     def _check_exits(self, exits: Sequence[int] | None) -> list[int]:
         if exits is None:
@@ -420,12 +400,9 @@ def vitnt_token_quality(mean_distance: torch.Tensor) -> torch.Tensor:
     return 2.0 * torch.sigmoid(-VITNT_SHARPNESS * mean_distance)
 
 
-def build_vitfiqa(config: ViTFIQAConfig | None = None, **overrides: object) -> ViTFIQA:
+def build_vitfiqa(config: ViTFIQAConfig | None = None, **overrides: Any) -> ViTFIQA:
     """Build a randomly initialised ViT-FIQA (``config`` fields may be overridden by keyword)."""
-    config = config or ViTFIQAConfig()
-    if overrides:
-        config = ViTFIQAConfig(**{**asdict(config), **overrides})
-    return ViTFIQA(config)
+    return ViTFIQA(replace(config or ViTFIQAConfig(), **overrides))
 
 
 # ----------------------------------------------------------------------------- attention
@@ -508,14 +485,13 @@ def config_from_state_dict(
     depth = 1 + max((int(m.group(1)) for k in state if (m := _BLOCK_KEY.match(k))), default=-1)
     if depth < 1:
         raise CheckpointError(f"{source}: no transformer blocks (blocks.N.*) found." + _looks_like(state))
-    proj = state["patch_embed.proj.weight"]
     stem_idx = sorted(int(m.group(1)) for k in state if (m := _STEM_KEY.match(k)))
     stem = tuple(int(state[f"patch_embed.stem.{i}.weight"].shape[0]) for i in stem_idx if state[f"patch_embed.stem.{i}.weight"].dim() == 4)
     hidden = int(state["blocks.0.mlp.fc1.weight"].shape[0]) if "blocks.0.mlp.fc1.weight" in state else 4 * embed_dim
     config = ViTFIQAConfig(
-        variant=variant, img_size=img_size, patch_size=int(proj.shape[-1]), embed_dim=embed_dim, depth=depth,
-        num_heads=num_heads, mlp_ratio=hidden / embed_dim, feature_dim=int(state["feature.0.weight"].shape[0]),
-        stem_channels=stem,
+        variant=variant, img_size=img_size, patch_size=int(state["patch_embed.proj.weight"].shape[-1]),
+        embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=hidden / embed_dim,
+        feature_dim=int(state["feature.0.weight"].shape[0]), stem_channels=stem,
     )
     if int(pos.shape[1]) != config.num_tokens:
         other = "crfiqa" if variant == "token" else "token"
