@@ -138,15 +138,13 @@ class ViTFIQA(VisionTransformer):
     """ViT-FIQA: timm's VisionTransformer plus the ``feature`` and ``head_qs`` heads."""
 
     def __init__(self, config: ViTFIQAConfig) -> None:
-        embed_layer: Callable[..., nn.Module] = PatchEmbed
-        if config.stem_channels:
-            embed_layer = partial(ConvStemPatchEmbed, stem_channels=config.stem_channels)
+        stem = partial(ConvStemPatchEmbed, stem_channels=config.stem_channels)
         super().__init__(
             img_size=config.img_size, patch_size=config.patch_size, embed_dim=config.embed_dim,
             depth=config.depth, num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=False,
-            act_layer=nn.ReLU6, norm_layer=partial(nn.LayerNorm, eps=1e-5), embed_layer=embed_layer,
-            class_token=config.variant == "token", global_pool="", num_classes=0,
-            drop_path_rate=config.drop_path_rate,
+            act_layer=nn.ReLU6, norm_layer=partial(nn.LayerNorm, eps=1e-5), class_token=config.variant == "token",
+            global_pool="", num_classes=0, drop_path_rate=config.drop_path_rate,
+            embed_layer=stem if config.stem_channels else PatchEmbed,
         )
         self.config = config
         d, f = config.embed_dim, config.feature_dim
@@ -218,8 +216,7 @@ class ViTFIQA(VisionTransformer):
             return_embeddings: also return the FR embedding of each exit.
             family: also compute ATTN-FIQA at every exit and ViTNT-FIQA over blocks ``1..k`` in
                 the same pass (``scores``/``embeddings`` unchanged bit for bit).
-            attn_tokens: ATTN-FIQA's queries/keys: ``"all"`` tokens (the authors' code) or only
-                the ``"patches"``.
+            attn_tokens: ATTN-FIQA's queries/keys: ``"all"`` tokens (the authors' code) or ``"patches"``.
             vitnt_blocks: ViTNT-FIQA's range ``1..k`` as ``k`` or ``[1, ..., k]`` (k >= 2; default
                 ``max(exits)``; a larger ``k`` runs the extra blocks). Needs ``family=True``.
 
@@ -327,7 +324,9 @@ class ViTFIQA(VisionTransformer):
         return out
 
 
-# ----------------------------------------------------------------------------- the family
+def build_vitfiqa(config: ViTFIQAConfig | None = None, **overrides: Any) -> ViTFIQA:
+    """Build a randomly initialised ViT-FIQA (``config`` fields may be overridden by keyword)."""
+    return ViTFIQA(replace(config or ViTFIQAConfig(), **overrides))
 
 
 def check_vitnt_blocks(blocks: int | Sequence[int] | None, default: int, depth: int) -> int:
@@ -400,11 +399,6 @@ def vitnt_token_quality(mean_distance: torch.Tensor) -> torch.Tensor:
     return 2.0 * torch.sigmoid(-VITNT_SHARPNESS * mean_distance)
 
 
-def build_vitfiqa(config: ViTFIQAConfig | None = None, **overrides: Any) -> ViTFIQA:
-    """Build a randomly initialised ViT-FIQA (``config`` fields may be overridden by keyword)."""
-    return ViTFIQA(replace(config or ViTFIQAConfig(), **overrides))
-
-
 # ----------------------------------------------------------------------------- attention
 
 
@@ -445,18 +439,16 @@ _PREFIXES = ("module.", "model.", "backbone.")
 
 
 def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = state
     for prefix in _PREFIXES:
-        if out and all(k.startswith(prefix) for k in out):
-            out = {k[len(prefix) :]: v for k, v in out.items()}
-    return out
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
 
 
 def _looks_like(state: dict[str, torch.Tensor]) -> str:
-    keys = set(state)
-    if any(k.startswith("layer1.") for k in keys) or "conv1.weight" in keys:
+    if any(k.startswith("layer1.") for k in state) or "conv1.weight" in state:
         return " It looks like an iResNet face-recognition checkpoint, not ViT-FIQA."
-    if any(k.startswith("body.") for k in keys) or any(k.startswith("input_layer") for k in keys):
+    if any(k.startswith(("body.", "input_layer")) for k in state):
         return " It looks like a face.evoLVe IR (CurricularFace) checkpoint, not ViT-FIQA."
     return " It does not look like a ViT-FIQA checkpoint (expected pos_embed, blocks.*, head_qs.*)."
 
@@ -585,10 +577,8 @@ def load_vitfiqa(
         )
     model = ViTFIQA(config)
     internal = _to_internal(state)
-    expected = model.state_dict()
-    report = state_dict_report(
-        {k: v.shape for k, v in expected.items()}, {k: v.shape for k, v in internal.items()}, str(path)
-    )
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    report = state_dict_report(expected, {k: v.shape for k, v in internal.items()}, str(path))
     if report is not None:
         hint = f" Detected variant {config.variant!r}, depth {config.depth}, width {config.embed_dim}."
         if sum(k not in internal for k in expected) > 10:
