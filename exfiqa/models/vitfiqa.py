@@ -18,7 +18,7 @@ import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Literal, cast
 
@@ -57,7 +57,7 @@ class ViTFIQAConfig:
     num_heads: int = 8
     mlp_ratio: float = 4.0
     feature_dim: int = 512
-    stem_channels: tuple[int, ...] = field(default_factory=tuple)
+    stem_channels: tuple[int, ...] = ()
     drop_path_rate: float = 0.0
 
     def __post_init__(self) -> None:
@@ -404,11 +404,8 @@ def vitnt_token_quality(mean_distance: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def capture_attention(model: ViTFIQA) -> Iterator[list[torch.Tensor]]:
-    """Collect each block's softmax attention (B, heads, N, N), one tensor per block run, in order.
-
-    Fused attention (which never forms the matrix) is off inside the context (scores unchanged up to
-    float rounding).
-    """
+    """Collect each block's softmax attention (B, heads, N, N), one tensor per block run, in order;
+    fused attention (which never forms it) is off inside the context (scores unchanged up to rounding)."""
     maps: list[torch.Tensor] = []
     attns = [_block_attention(blk) for blk in model.blocks]
     saved = [attn.fused_attn for attn in attns]
