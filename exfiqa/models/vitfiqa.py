@@ -1,18 +1,13 @@
 """ViT-FIQA on timm's VisionTransformer, with every early exit in one forward pass.
 
 Conventions:
-- Input: aligned faces, float tensors (B, 3, 112, 112), **RGB**, normalised ``(x/255 - 0.5)/0.5``
-  (see :func:`to_tensor`). Higher score = better quality (more utility for FR).
-- Exit ``l`` (1-based, ``1..depth``) = run ``l`` transformer blocks, apply the **shared final
-  LayerNorm** ``norm`` to the tokens, then the **unchanged** heads. Exit ``depth`` is the plain
-  ViT-FIQA score.
+- Input: aligned faces (B, 3, 112, 112), **RGB**, normalised ``(x/255 - 0.5)/0.5`` (:func:`to_tensor`).
+  Higher score = better quality.
+- Exit ``l`` (1-based, ``1..depth``) = ``l`` blocks, the **shared final LayerNorm** ``norm``, then the
+  **unchanged** heads; exit ``depth`` is the plain ViT-FIQA score.
 - Variant ``"token"`` (T): a learnable quality token (timm's class token, saved as ``qs_token``) is
   prepended; score = ``head_qs(norm(x)[:, 0])``; the FR embedding is ``feature(patch tokens)``.
-- Variant ``"crfiqa"`` (C): no extra token; FR embedding = ``feature(flatten(norm(x)))`` and
-  score = ``head_qs(embedding)``.
-
-The state_dict of :class:`ViTFIQA` uses the released key names except timm's ``cls_token`` for the
-released ``qs_token``; :func:`load_vitfiqa` and :func:`released_state_dict` translate.
+- Variant ``"crfiqa"`` (C): no token; embedding = ``feature(flatten(norm(x)))``, score = ``head_qs(embedding)``.
 """
 
 from __future__ import annotations
@@ -23,7 +18,7 @@ import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Literal, cast
 
@@ -36,27 +31,14 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from exfiqa.io import CheckpointError
+from exfiqa.io import CheckpointError, atomic_path
 from exfiqa.models.checkpoints import load_state_dict_with_metadata, state_dict_report
 
 __all__ = [
-    "ConvStemPatchEmbed",
-    "ExitOutput",
-    "VITNT_COLUMNS",
-    "attn_fiqa_from_qk",
-    "check_vitnt_blocks",
-    "qk_from_qkv",
-    "received_attention",
-    "vitnt_token_quality",
-    "ViTFIQA",
-    "ViTFIQAConfig",
-    "capture_attention",
-    "attention_grid",
-    "build_vitfiqa",
-    "load_vitfiqa",
-    "released_state_dict",
-    "save_vitfiqa",
-    "to_tensor",
+    "ConvStemPatchEmbed", "ExitOutput", "VITNT_COLUMNS", "attn_fiqa_from_qk", "check_vitnt_blocks",
+    "qk_from_qkv", "received_attention", "vitnt_token_quality", "ViTFIQA", "ViTFIQAConfig",
+    "capture_attention", "attention_grid", "build_vitfiqa", "load_vitfiqa", "released_state_dict",
+    "save_vitfiqa", "to_tensor",
 ]
 
 Variant = Literal["token", "crfiqa"]
@@ -64,12 +46,8 @@ Variant = Literal["token", "crfiqa"]
 
 @dataclass(frozen=True)
 class ViTFIQAConfig:
-    """Architecture of a ViT-FIQA model. Defaults are the released full-size model.
-
-    ``stem_channels`` adds a small convolutional stem (3x3 stride-2 conv + BN + ReLU per entry)
-    before the patch projection; empty for the released models. The 12 blocks, the exits and the
-    heads are the same either way.
-    """
+    """Architecture of a ViT-FIQA model; defaults are the released model. ``stem_channels``: an
+    optional conv stem (3x3 stride-2 conv + BN + ReLU per entry) before the patch projection."""
 
     variant: Variant = "token"
     img_size: int = 112
@@ -79,16 +57,14 @@ class ViTFIQAConfig:
     num_heads: int = 8
     mlp_ratio: float = 4.0
     feature_dim: int = 512
-    stem_channels: tuple[int, ...] = field(default_factory=tuple)
+    stem_channels: tuple[int, ...] = ()
     drop_path_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.variant not in ("token", "crfiqa"):
             raise ValueError(f"variant must be 'token' or 'crfiqa', got {self.variant!r}")
         if self.embed_dim % self.num_heads:
-            raise ValueError(
-                f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}"
-            )
+            raise ValueError(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
         if self.grid_size < 1:
             raise ValueError(
                 f"patch_size={self.patch_size} too large for img_size={self.img_size} "
@@ -96,13 +72,9 @@ class ViTFIQAConfig:
             )
 
     @property
-    def stem_stride(self) -> int:
-        return 1 << len(self.stem_channels)  # 2 ** layers: each stem layer halves the image
-
-    @property
     def grid_size(self) -> int:
-        """Patches per side: ``(img_size // stem_stride) // patch_size`` (112 // 9 = 12)."""
-        return (self.img_size // self.stem_stride) // self.patch_size
+        """Patches per side (112 // 9 = 12); each stem layer halves the image first."""
+        return (self.img_size // (1 << len(self.stem_channels))) // self.patch_size
 
     @property
     def num_patches(self) -> int:
@@ -118,35 +90,15 @@ class ViTFIQAConfig:
 
 
 class ConvStemPatchEmbed(PatchEmbed):
-    """timm ``PatchEmbed`` preceded by a small convolutional stem (a hybrid patch embedding).
+    """timm ``PatchEmbed`` after a conv stem. Keys: ``patch_embed.stem.{3k}.weight`` (conv),
+    ``.{3k+1}.*`` (BN), then ``patch_embed.proj.*``."""
 
-    Keys: ``patch_embed.stem.{3k}.weight`` (conv), ``.{3k+1}.*`` (BN), then ``patch_embed.proj.*``.
-    """
-
-    def __init__(
-        self,
-        img_size: int = 112,
-        patch_size: int = 4,
-        in_chans: int = 3,
-        embed_dim: int = 64,
-        stem_channels: Sequence[int] = (16, 32),
-        **kwargs: Any,
-    ) -> None:
-        stride = 2 ** len(stem_channels)
-        super().__init__(
-            img_size=img_size // stride,
-            patch_size=patch_size,
-            in_chans=stem_channels[-1],
-            embed_dim=embed_dim,
-            **kwargs,
-        )
+    def __init__(self, img_size: int, stem_channels: Sequence[int], in_chans: int = 3, **kwargs: Any) -> None:
+        super().__init__(img_size=img_size // 2 ** len(stem_channels), in_chans=stem_channels[-1], **kwargs)
         layers: list[nn.Module] = []
-        prev = in_chans
-        for ch in stem_channels:
-            layers += [nn.Conv2d(prev, ch, 3, 2, 1, bias=False), nn.BatchNorm2d(ch), nn.ReLU()]
-            prev = ch
+        for c_in, c_out in zip((in_chans, *stem_channels), stem_channels, strict=False):
+            layers += [nn.Conv2d(c_in, c_out, 3, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
         self.stem = nn.Sequential(*layers)
-        self.full_img_size = (img_size, img_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # timm's PatchEmbed.forward is unannotated; it maps (B, C, H, W) to (B, N, D) tokens
@@ -156,19 +108,16 @@ class ConvStemPatchEmbed(PatchEmbed):
 
 @dataclass
 class ExitOutput:
-    """Scores of the requested exits, sorted ascending and de-duplicated (whatever order was
-    asked): column ``j`` of every per-exit field belongs to ``exits[j]``.
+    """Outputs of :meth:`ViTFIQA.forward_exits`; column ``j`` of each per-exit field is ``exits[j]``.
 
     Attributes:
-        exits: 1-based exit indices, ascending and distinct.
-        scores: (B, len(exits)) EX-FIQA quality scores (exit ``exits[j]`` in column ``j``).
-        embeddings: (B, len(exits), feature_dim) FR embeddings per exit, if requested.
-        attn_fiqa: (B, len(exits)) float32 ATTN-FIQA of block ``exits[j]`` in column ``j``, with
-            ``family=True`` (see :func:`attn_fiqa_from_qk`); else None.
+        exits: 1-based exit indices, ascending and distinct (whatever order was asked).
+        scores: (B, len(exits)) EX-FIQA quality scores.
+        embeddings: (B, len(exits), feature_dim) FR embeddings, if requested.
+        attn_fiqa: (B, len(exits)) float32 ATTN-FIQA of each exit's block (``family=True``).
         vitnt_fiqa: (B, 2) float32 ViTNT-FIQA over blocks ``1..vitnt_blocks``, columns
-            :data:`VITNT_COLUMNS` = (mean over tokens, weighted by the attention that block
-            ``vitnt_blocks`` gives each token), with ``family=True``; else None.
-        vitnt_blocks: the last block of the ViTNT-FIQA range (``k`` of ``1..k``), or None.
+            :data:`VITNT_COLUMNS` (``family=True``).
+        vitnt_blocks: ``k`` of the ViTNT-FIQA range ``1..k``, or None.
     """
 
     exits: list[int]
@@ -181,44 +130,28 @@ class ExitOutput:
 
 AttnTokens = Literal["all", "patches"]
 
-VITNT_COLUMNS = ("mean", "attention")
-"""Column meanings of :attr:`ExitOutput.vitnt_fiqa` (and of the extraction's ``vitnt-<q>.npy``)."""
-
-VITNT_SHARPNESS = 8.0
-"""ViTNT-FIQA's token quality ``2 / (1 + exp(VITNT_SHARPNESS * d))`` (= 1 for d = 0)."""
+VITNT_COLUMNS = ("mean", "attention")  # columns of ExitOutput.vitnt_fiqa and of vitnt-<q>.npy
+VITNT_SHARPNESS = 8.0  # ViTNT-FIQA's token quality 2 / (1 + exp(VITNT_SHARPNESS * d))
 
 
 class ViTFIQA(VisionTransformer):
     """ViT-FIQA: timm's VisionTransformer plus the ``feature`` and ``head_qs`` heads."""
 
     def __init__(self, config: ViTFIQAConfig) -> None:
-        embed_layer: Callable[..., nn.Module] = PatchEmbed
-        if config.stem_channels:
-            embed_layer = partial(ConvStemPatchEmbed, stem_channels=config.stem_channels)
+        stem = partial(ConvStemPatchEmbed, stem_channels=config.stem_channels)
         super().__init__(
-            img_size=config.img_size,
-            patch_size=config.patch_size,
-            embed_dim=config.embed_dim,
-            depth=config.depth,
-            num_heads=config.num_heads,
-            mlp_ratio=config.mlp_ratio,
-            qkv_bias=False,
-            act_layer=nn.ReLU6,
-            norm_layer=partial(nn.LayerNorm, eps=1e-5),
-            class_token=config.variant == "token",
-            global_pool="",
-            num_classes=0,
-            drop_path_rate=config.drop_path_rate,
-            embed_layer=embed_layer,
+            img_size=config.img_size, patch_size=config.patch_size, embed_dim=config.embed_dim,
+            depth=config.depth, num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, qkv_bias=False,
+            act_layer=nn.ReLU6, norm_layer=partial(nn.LayerNorm, eps=1e-5), class_token=config.variant == "token",
+            global_pool="", num_classes=0, drop_path_rate=config.drop_path_rate,
+            embed_layer=stem if config.stem_channels else PatchEmbed,
         )
         self.config = config
         d, f = config.embed_dim, config.feature_dim
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
         self.feature = nn.Sequential(
-            nn.Linear(config.num_patches * d, f, bias=False),
-            nn.BatchNorm1d(f, eps=2e-5),
-            nn.Linear(f, f, bias=False),
-            nn.BatchNorm1d(f, eps=2e-5),
+            nn.Linear(config.num_patches * d, f, bias=False), nn.BatchNorm1d(f, eps=2e-5),
+            nn.Linear(f, f, bias=False), nn.BatchNorm1d(f, eps=2e-5),
         )
         head_in = d if config.variant == "token" else f
         self.head_qs = nn.Sequential(nn.BatchNorm1d(head_in, eps=2e-5), nn.Linear(head_in, 1, bias=False))
@@ -229,53 +162,39 @@ class ViTFIQA(VisionTransformer):
         return len(self.blocks)
 
     def tokens(self, x: torch.Tensor, mask_ratio: float = 0.0) -> torch.Tensor:
-        """Patch embedding (+ quality token) + position embedding: the input of block 1.
-
-        ``mask_ratio`` > 0 replaces that fraction of patch tokens by ``mask_token`` (training only).
-        """
+        """Input of block 1: patch embedding (+ quality token) + position embedding. ``mask_ratio``
+        > 0 replaces that fraction of patch tokens by ``mask_token`` (training only)."""
         x = self.patch_embed(x)
         if mask_ratio > 0:
             b, n, _ = x.shape
             n_mask = int(round(mask_ratio * n))
             if n_mask:
                 idx = torch.rand(b, n, device=x.device).argsort(dim=1)[:, :n_mask]
-                mask = torch.zeros(b, n, dtype=torch.bool, device=x.device)
-                mask.scatter_(1, idx, True)
+                mask = torch.zeros(b, n, dtype=torch.bool, device=x.device).scatter_(1, idx, True)
                 x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
-        x = self._pos_embed(x)
-        x = self.patch_drop(x)
-        out: torch.Tensor = self.norm_pre(x)
+        out: torch.Tensor = self.norm_pre(self.patch_drop(self._pos_embed(x)))
         return out
 
     def exit_head(self, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Heads on LayerNorm-ed tokens (B, N, D) -> ``(score (B,), embedding)``.
+        """Heads on LayerNorm-ed tokens (B, N, D) -> ``(score (B,), embedding (B, F) or None)``.
 
-        (C): returns ``(head_qs(e), e)`` with ``e = feature(flatten(tokens))`` (B, F), the FR
-        embedding the score is computed from. (T): returns ``(head_qs(tokens[:, 0]), None)``: the
-        score reads only the quality token and no embedding is computed; callers that need one
-        call :meth:`embedding` (``feature`` on the patch tokens).
+        (C): ``(head_qs(e), e)`` with ``e = feature(flatten(tokens))``. (T): ``(head_qs(tokens[:, 0]),
+        None)``; :meth:`embedding` computes the FR embedding.
         """
         if self.config.variant == "token":
-            score: torch.Tensor = self.head_qs(normed[:, 0]).squeeze(-1)
-            return score, None
+            return self.head_qs(normed[:, 0]).squeeze(-1), None
         emb: torch.Tensor = self.feature(normed.flatten(1))
-        score = self.head_qs(emb).squeeze(-1)
-        return score, emb
+        return self.head_qs(emb).squeeze(-1), emb
 
     def embedding(self, normed: torch.Tensor) -> torch.Tensor:
         """FR embedding (B, F) from LayerNorm-ed tokens: ``feature`` on the flattened patch tokens."""
-        patches = normed[:, self.num_prefix_tokens :]
-        emb: torch.Tensor = self.feature(patches.flatten(1))
+        emb: torch.Tensor = self.feature(normed[:, self.num_prefix_tokens :].flatten(1))
         return emb
 
     def _check_heads_eval(self) -> None:
         """Refuse heads whose BatchNorm is in training mode (see :meth:`forward_exits`)."""
-        training = [
-            f"{head}.{name}"
-            for head, module in (("feature", self.feature), ("head_qs", self.head_qs))
-            for name, bn in module.named_modules()
-            if isinstance(bn, _BatchNorm) and bn.training
-        ]
+        training = [f"{head}.{name}" for head, module in (("feature", self.feature), ("head_qs", self.head_qs))
+                    for name, bn in module.named_modules() if isinstance(bn, _BatchNorm) and bn.training]
         if training:
             raise RuntimeError(
                 f"forward_exits needs the heads in eval mode, but the BatchNorm layers {training} "
@@ -285,53 +204,33 @@ class ViTFIQA(VisionTransformer):
             )
 
     def forward_exits(
-        self,
-        x: torch.Tensor,
-        exits: Sequence[int] | None = None,
-        return_embeddings: bool = False,
-        family: bool = False,
-        attn_tokens: AttnTokens = "all",
-        vitnt_blocks: int | Sequence[int] | None = None,
+        self, x: torch.Tensor, exits: Sequence[int] | None = None, return_embeddings: bool = False,
+        family: bool = False, attn_tokens: AttnTokens = "all", vitnt_blocks: int | Sequence[int] | None = None,
     ) -> ExitOutput:
-        """Scores of several exits in one pass; only ``max(exits)`` blocks are run.
-
-        An inference path: the heads must be in eval mode (``model.eval()``; RuntimeError
-        otherwise), because every exit goes through them in one batched call, which equals
-        exit-by-exit calls only when BatchNorm uses its running statistics.
+        """Scores of several exits in one pass; only ``max(exits)`` blocks are run. The heads must be
+        in eval mode (RuntimeError otherwise): all exits go through them as one batch.
 
         Args:
             x: (B, 3, H, W) normalised RGB faces.
             exits: 1-based exits to read (default: all ``1..depth``); sorted and de-duplicated.
             return_embeddings: also return the FR embedding of each exit.
-            family: also compute, in the same pass, ATTN-FIQA at every requested exit
-                (``attn_fiqa``, (B, len(exits))) and ViTNT-FIQA over blocks ``1..k``
-                (``vitnt_fiqa``, (B, 2), columns :data:`VITNT_COLUMNS`). The EX-FIQA ``scores``
-                and ``embeddings`` are bit-identical to ``family=False``. Without it nothing
-                extra is computed. With the defaults (all exits), ``attn_fiqa`` is the
-                extraction's ``attn-<q>.npy`` (N, depth) and ``vitnt_fiqa`` its
-                ``vitnt-<q>.npy`` (N, 2), both over the whole depth.
-            attn_tokens: tokens of ATTN-FIQA's query/key mean. ``"all"`` (default, the authors'
-                code): every token, i.e. for (T) the quality token and the patches;
-                ``"patches"``: queries and keys restricted to the patch tokens. Same for (C).
-            vitnt_blocks: ViTNT-FIQA's block range, the prefix ``1..k`` given as ``k`` or as the
-                list ``[1, ..., k]`` (k >= 2; other lists are refused); default ``k = max(exits)``.
-                A ``k`` beyond ``max(exits)`` runs the extra blocks. Needs ``family=True``.
+            family: also compute ATTN-FIQA at every exit and ViTNT-FIQA over blocks ``1..k`` in
+                the same pass (``scores``/``embeddings`` unchanged bit for bit).
+            attn_tokens: ATTN-FIQA's queries/keys: ``"all"`` tokens (the authors' code) or ``"patches"``.
+            vitnt_blocks: ViTNT-FIQA's range ``1..k`` as ``k`` or ``[1, ..., k]`` (k >= 2; default
+                ``max(exits)``; a larger ``k`` runs the extra blocks). Needs ``family=True``.
 
-        ATTN-FIQA (block ``l``): mean over heads, queries and keys of the pre-softmax scores
-        ``q k^T * head_dim**-0.5`` of block ``l``'s attention, higher = better; the paper reads
-        the last block, other blocks are our extension. ViTNT-FIQA: tokens after each block
-        through the shared final ``norm`` (the tensors the exits read), L2-normalised per token
-        (for (T) the patch tokens only); ``d_p`` = mean over ``t = 1..k-1`` of
-        ``||x_{t+1,p} - x_{t,p}||_2``; ``q_p = 2 / (1 + exp(8 d_p))``; column 0 = mean of
-        ``q_p`` over the tokens, column 1 = ``sum_p w_p q_p`` with ``w_p`` the softmax attention
-        block ``k`` gives token ``p`` (mean over heads, summed over all queries, normalised to
-        sum 1 over the scored tokens). Both are float32 (also for bf16 models).
+        ATTN-FIQA (block ``l``): mean over heads, queries and keys of ``q k^T * head_dim**-0.5``.
+        ViTNT-FIQA: each block's tokens through the final ``norm``, L2-normalised ((T): patches
+        only); ``d_p`` = mean over ``t = 1..k-1`` of ``||x_{t+1,p} - x_{t,p}||``; ``q_p = 2 / (1 +
+        exp(8 d_p))``; columns: mean of ``q_p``, and ``sum_p w_p q_p`` with ``w_p`` the softmax
+        attention block ``k`` gives token ``p`` (head mean, query sum, normalised to sum 1).
+        Both float32 (also for bf16 models). Higher = better.
         """
         self._check_heads_eval()
         exits = self._check_exits(exits)
         if attn_tokens not in ("all", "patches"):
             raise ValueError(f"attn_tokens must be 'all' or 'patches', got {attn_tokens!r}")
-        wanted = set(exits)
         h = self.tokens(x)
         normed: list[torch.Tensor] = []
         attn_fiqa = vitnt = None
@@ -339,61 +238,50 @@ class ViTFIQA(VisionTransformer):
         if family:
             last = check_vitnt_blocks(vitnt_blocks, exits[-1], self.depth)
             normed, attn_fiqa, vitnt = self._family_pass(h, exits, attn_tokens, last)
+        elif vitnt_blocks is not None:
+            raise ValueError("vitnt_blocks is a ViTNT-FIQA option: it needs family=True")
         else:
-            if vitnt_blocks is not None:
-                raise ValueError("vitnt_blocks is a ViTNT-FIQA option: it needs family=True")
             for i, block in enumerate(self.blocks[: exits[-1]], start=1):
                 h = block(h)
-                if i in wanted:
+                if i in exits:
                     normed.append(self.norm(h))
-        # One batched call of the heads over all exits: (E*B, N, D). BatchNorm in eval mode is
-        # per-sample, so this equals calling the heads exit by exit.
-        b = x.shape[0]
+        # One batched call of the heads over all exits (E*B, N, D): eval BatchNorm is per-sample.
         stacked = torch.cat(normed, dim=0)
         scores, emb = self.exit_head(stacked)
-        scores = scores.view(len(exits), b).T.contiguous()
         embeddings = None
         if return_embeddings:
-            if emb is None:
-                emb = self.embedding(stacked)
-            embeddings = emb.view(len(exits), b, -1).transpose(0, 1).contiguous()
-        return ExitOutput(
-            exits=exits, scores=scores, embeddings=embeddings,
-            attn_fiqa=attn_fiqa, vitnt_fiqa=vitnt, vitnt_blocks=last,
-        )
+            emb = self.embedding(stacked) if emb is None else emb
+            embeddings = emb.view(len(exits), x.shape[0], -1).transpose(0, 1).contiguous()
+        scores = scores.view(len(exits), x.shape[0]).T.contiguous()
+        return ExitOutput(exits, scores, embeddings, attn_fiqa, vitnt, last)
 
     def _family_pass(
         self, h: torch.Tensor, exits: list[int], attn_tokens: AttnTokens, last: int
     ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """The block loop of ``forward_exits(family=True)``: (normed exits, attn_fiqa, vitnt_fiqa).
+        """Block loop of ``forward_exits(family=True)`` -> (normed exits, attn_fiqa, vitnt_fiqa).
 
-        q and k are read from each block's own qkv projection by a forward hook (the fused
-        attention never forms them outside); ViTNT keeps only the previous block's normalised
-        tokens and a running sum of distances; one (B, H, N, N) softmax is formed, at block ``last``.
+        q, k come from a forward hook on each qkv projection (fused attention never forms them);
+        one (B, H, N, N) softmax is formed, at block ``last``.
         """
-        wanted = set(exits)
         p0 = self.num_prefix_tokens
         a0 = p0 if attn_tokens == "patches" else 0
-        n_run = max(exits[-1], last)
         normed: list[torch.Tensor] = []
         attn_cols: list[torch.Tensor] = []
         prev: torch.Tensor | None = None
         dist_sum: torch.Tensor | None = None
         weights: torch.Tensor | None = None
         taps: list[torch.Tensor] = []
-        blocks = list(self.blocks)[:n_run]
+        blocks = list(self.blocks)[: max(exits[-1], last)]
         attns = [_block_attention(blk) for blk in blocks]
-        handles = [
-            attn.qkv.register_forward_hook(lambda _m, _inp, out: taps.append(out)) for attn in attns
-        ]
+        handles = [attn.qkv.register_forward_hook(lambda _m, _inp, out: taps.append(out)) for attn in attns]
         try:
             for i, (block, attn) in enumerate(zip(blocks, attns, strict=True), start=1):
                 h = block(h)
                 if len(taps) != 1:
                     raise RuntimeError(f"block {i}: expected one qkv projection call, saw {len(taps)}")
                 q, k = qk_from_qkv(attn, taps.pop())
-                n = self.norm(h)  # every block run is an exit or in 1..last
-                if i in wanted:
+                n = self.norm(h)
+                if i in exits:
                     normed.append(n)
                     attn_cols.append(attn_fiqa_from_qk(q, k, attn.scale, start=a0))
                 if i <= last:
@@ -417,25 +305,15 @@ class ViTFIQA(VisionTransformer):
         """Truncated model: runs only the first ``exit`` blocks and returns (B,) scores."""
         return self.forward_exits(x, [exit]).scores[:, 0]
 
-    def forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
-    ) -> torch.Tensor:
-        """Plain ViT-FIQA score (B,): all blocks, final norm, heads (the last exit).
-
-        ``attn_mask``/``is_causal`` are timm's, handed to its ``forward_features`` (exfiqa never
-        sets them; the exits of :meth:`forward_exits` take none).
-        """
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        """Plain ViT-FIQA score (B,) (the last exit); ``attn_mask``/``is_causal`` go to timm."""
         return self.exit_head(self.forward_features(x, attn_mask=attn_mask, is_causal=is_causal))[0]
 
-    def forward_train(
-        self, x: torch.Tensor, mask_ratio: float = 0.0
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_train(self, x: torch.Tensor, mask_ratio: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Training forward: (FR embedding (B, F), quality score (B,)) at the last exit."""
         h = self.norm(self.blocks(self.tokens(x, mask_ratio)))
         score, emb = self.exit_head(h)
-        if emb is None:
-            emb = self.embedding(h)
-        return emb, score
+        return self.embedding(h) if emb is None else emb, score
 
     def _check_exits(self, exits: Sequence[int] | None) -> list[int]:
         if exits is None:
@@ -446,17 +324,15 @@ class ViTFIQA(VisionTransformer):
         return out
 
 
-# ----------------------------------------------------------------------------- the family
+def build_vitfiqa(config: ViTFIQAConfig | None = None, **overrides: Any) -> ViTFIQA:
+    """Build a randomly initialised ViT-FIQA (``config`` fields may be overridden by keyword)."""
+    return ViTFIQA(replace(config or ViTFIQAConfig(), **overrides))
 
 
 def check_vitnt_blocks(blocks: int | Sequence[int] | None, default: int, depth: int) -> int:
-    """ViTNT-FIQA's block range ``1..k`` -> ``k`` (None -> ``default``); 2 <= k <= depth.
-
-    Raises:
-        ValueError: naming ``vitnt_blocks``, for a list that is not exactly ``[1, 2, ..., k]``
-            (the reference code silently skips blocks of a non-contiguous list) or k out of range;
-            for ``blocks=None``, naming the requested exits that gave the default ``k < 2``.
-    """
+    """ViTNT-FIQA's block range ``1..k`` -> ``k`` (None -> ``default``). ValueError unless
+    2 <= k <= depth, or for a list other than ``[1, 2, ..., k]`` (the reference code silently
+    skips blocks of a non-contiguous list)."""
     if isinstance(blocks, bool):
         raise ValueError(f"vitnt_blocks must be an int k or the list [1, ..., k], got {blocks!r}")
     if blocks is None:
@@ -487,11 +363,7 @@ def check_vitnt_blocks(blocks: int | Sequence[int] | None, default: int, depth: 
 
 
 def _block_attention(block: nn.Module) -> Attention:
-    """A transformer block's timm ``Attention`` (``Block.attn`` is typed ``nn.Module``).
-
-    Raises:
-        TypeError: the block holds another attention class (its q/k would be read wrongly).
-    """
+    """A block's timm ``Attention``; TypeError for another class (its q/k would be read wrongly)."""
     attn = block.attn
     if not isinstance(attn, Attention):
         raise TypeError(f"expected a timm Attention in every block, got {type(attn).__name__}")
@@ -502,30 +374,21 @@ def qk_from_qkv(attn: Attention, qkv: torch.Tensor) -> tuple[torch.Tensor, torch
     """q and k, (B, heads, N, head_dim) each, from the output (B, N, 3*heads*head_dim) of a timm
     ``Attention``'s ``qkv`` projection, split and normalised (``q_norm``/``k_norm``) as timm does."""
     b, n, _ = qkv.shape
-    qkv = qkv.reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, _v = qkv.unbind(0)
-    q_normed: torch.Tensor = attn.q_norm(q)
-    k_normed: torch.Tensor = attn.k_norm(k)
-    return q_normed, k_normed
+    q, k, _v = qkv.reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    return attn.q_norm(q), attn.k_norm(k)
 
 
 def attn_fiqa_from_qk(q: torch.Tensor, k: torch.Tensor, scale: float, start: int = 0) -> torch.Tensor:
-    """ATTN-FIQA (B,) float32: mean over heads, queries and keys of ``scale * q_i . k_j``.
-
-    Uses ``mean_{i,j} q_i . k_j = (mean_i q_i) . (mean_j k_j)`` per head: O(N D), never (N, N).
-    ``start`` drops the first tokens from both queries and keys (``1``: (T)'s patches only).
-    """
+    """ATTN-FIQA (B,) float32: mean over heads, queries and keys ``start:`` of ``scale * q_i . k_j``,
+    computed as ``(mean_i q_i) . (mean_j k_j)`` per head (never forms (N, N))."""
     q_mean = q[:, :, start:].mean(dim=2, dtype=torch.float32)
     k_mean = k[:, :, start:].mean(dim=2, dtype=torch.float32)
     return (q_mean * k_mean).sum(dim=-1).mean(dim=-1) * scale
 
 
 def received_attention(q: torch.Tensor, k: torch.Tensor, scale: float, start: int = 0) -> torch.Tensor:
-    """Softmax attention each key token receives (B, N - start) float32, summing to 1 per image.
-
-    ``softmax(scale * q k^T)`` over all keys, averaged over heads, summed over all queries, then
-    restricted to keys ``start:`` and renormalised. Forms one (B, heads, N, N) tensor.
-    """
+    """Softmax attention each key token receives (B, N - start) float32: ``softmax(scale * q k^T)``
+    averaged over heads, summed over queries, restricted to keys ``start:``, renormalised to sum 1."""
     logits = (q.float() * scale) @ k.float().transpose(-2, -1)
     received = logits.softmax(dim=-1).mean(dim=1).sum(dim=1)[:, start:]
     return received / received.sum(dim=-1, keepdim=True)
@@ -536,35 +399,19 @@ def vitnt_token_quality(mean_distance: torch.Tensor) -> torch.Tensor:
     return 2.0 * torch.sigmoid(-VITNT_SHARPNESS * mean_distance)
 
 
-def build_vitfiqa(config: ViTFIQAConfig | None = None, **overrides: object) -> ViTFIQA:
-    """Build a randomly initialised ViT-FIQA (``config`` fields may be overridden by keyword)."""
-    config = config or ViTFIQAConfig()
-    if overrides:
-        config = ViTFIQAConfig(**{**asdict(config), **overrides})
-    return ViTFIQA(config)
-
-
 # ----------------------------------------------------------------------------- attention
 
 
 @contextlib.contextmanager
 def capture_attention(model: ViTFIQA) -> Iterator[list[torch.Tensor]]:
-    """Collect each block's softmax attention (B, heads, N, N) during forwards in the block.
-
-    Fused scaled-dot-product attention never forms the matrix, so it is switched off inside the
-    context (scores are unchanged up to float rounding) and restored afterwards. The list holds one
-    tensor per block run, in order; callers should check its length.
-    """
+    """Collect each block's softmax attention (B, heads, N, N), one tensor per block run, in order;
+    fused attention (which never forms it) is off inside the context (scores unchanged up to rounding)."""
     maps: list[torch.Tensor] = []
     attns = [_block_attention(blk) for blk in model.blocks]
     saved = [attn.fused_attn for attn in attns]
-    handles = []
-    for attn in attns:
-        # timm marks fused_attn Final (for TorchScript); switching it per instance is what we mean
+    handles = [a.attn_drop.register_forward_hook(lambda _m, inp, _out: maps.append(inp[0].detach())) for a in attns]
+    for attn in attns:  # timm marks fused_attn Final (for TorchScript); we switch it per instance
         attn.fused_attn = False  # type: ignore[misc]
-        handles.append(
-            attn.attn_drop.register_forward_hook(lambda _m, inp, _out: maps.append(inp[0].detach()))
-        )
     try:
         yield maps
     finally:
@@ -575,15 +422,9 @@ def capture_attention(model: ViTFIQA) -> Iterator[list[torch.Tensor]]:
 
 
 def attention_grid(attn: torch.Tensor, variant: Variant, grid_size: int) -> torch.Tensor:
-    """Attention over the patch grid, averaged over heads: (B, grid, grid).
-
-    (T): the quality token's row (query 0) over the patch keys. (C), which has no quality token:
-    the mean attention each patch receives, averaged over all query patches.
-    """
-    if variant == "token":
-        row = attn[:, :, 0, 1:].mean(dim=1)
-    else:
-        row = attn.mean(dim=(1, 2))
+    """Head-averaged attention over the patch grid (B, grid, grid): (T) the quality token's row
+    (query 0) over the patch keys; (C) the mean attention each patch receives over all queries."""
+    row = attn[:, :, 0, 1:].mean(dim=1) if variant == "token" else attn.mean(dim=(1, 2))
     return row.reshape(attn.shape[0], grid_size, grid_size)
 
 
@@ -595,18 +436,16 @@ _PREFIXES = ("module.", "model.", "backbone.")
 
 
 def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = state
     for prefix in _PREFIXES:
-        if out and all(k.startswith(prefix) for k in out):
-            out = {k[len(prefix) :]: v for k, v in out.items()}
-    return out
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
 
 
 def _looks_like(state: dict[str, torch.Tensor]) -> str:
-    keys = set(state)
-    if any(k.startswith("layer1.") for k in keys) or "conv1.weight" in keys:
+    if any(k.startswith("layer1.") for k in state) or "conv1.weight" in state:
         return " It looks like an iResNet face-recognition checkpoint, not ViT-FIQA."
-    if any(k.startswith("body.") for k in keys) or any(k.startswith("input_layer") for k in keys):
+    if any(k.startswith(("body.", "input_layer")) for k in state):
         return " It looks like a face.evoLVe IR (CurricularFace) checkpoint, not ViT-FIQA."
     return " It does not look like a ViT-FIQA checkpoint (expected pos_embed, blocks.*, head_qs.*)."
 
@@ -614,19 +453,15 @@ def _looks_like(state: dict[str, torch.Tensor]) -> str:
 def config_from_state_dict(
     state: dict[str, torch.Tensor], num_heads: int = 8, img_size: int = 112, source: str = "state_dict"
 ) -> ViTFIQAConfig:
-    """Infer a :class:`ViTFIQAConfig` from released key names and tensor shapes.
-
-    Variant from the presence of ``qs_token`` (or ``cls_token``); width from ``pos_embed``; depth
-    from the block indices; patch size from ``patch_embed.proj.weight``; stem from
-    ``patch_embed.stem.*``; MLP ratio from ``fc1``; feature width from ``feature.0.weight``.
-    """
+    """Infer a :class:`ViTFIQAConfig` from released key names and tensor shapes (the variant from
+    ``qs_token``/``cls_token``); CheckpointError with the likely cause when they do not fit."""
     required = ("pos_embed", "patch_embed.proj.weight", "norm.weight", "head_qs.1.weight", "feature.0.weight")
     missing = [k for k in required if k not in state]
     if missing:
         raise CheckpointError(f"{source}: missing keys {missing}." + _looks_like(state))
     dims = {"pos_embed": 3, "patch_embed.proj.weight": 4, "norm.weight": 1, "head_qs.1.weight": 2,
             "feature.0.weight": 2, "blocks.0.mlp.fc1.weight": 2}  # the dimensions read below
-    dims.update({k: 4 for k in state if _STEM_KEY.match(k) and k.endswith(".weight") and state[k].dim() != 1})
+    dims.update({k: 4 for k in state if _STEM_KEY.match(k) and state[k].dim() != 1})
     for key, ndim in dims.items():
         if key in state and (state[key].dim() != ndim or 0 in state[key].shape):
             raise CheckpointError(
@@ -639,20 +474,13 @@ def config_from_state_dict(
     depth = 1 + max((int(m.group(1)) for k in state if (m := _BLOCK_KEY.match(k))), default=-1)
     if depth < 1:
         raise CheckpointError(f"{source}: no transformer blocks (blocks.N.*) found." + _looks_like(state))
-    proj = state["patch_embed.proj.weight"]
     stem_idx = sorted(int(m.group(1)) for k in state if (m := _STEM_KEY.match(k)))
     stem = tuple(int(state[f"patch_embed.stem.{i}.weight"].shape[0]) for i in stem_idx if state[f"patch_embed.stem.{i}.weight"].dim() == 4)
     hidden = int(state["blocks.0.mlp.fc1.weight"].shape[0]) if "blocks.0.mlp.fc1.weight" in state else 4 * embed_dim
     config = ViTFIQAConfig(
-        variant=variant,
-        img_size=img_size,
-        patch_size=int(proj.shape[-1]),
-        embed_dim=embed_dim,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_ratio=hidden / embed_dim,
-        feature_dim=int(state["feature.0.weight"].shape[0]),
-        stem_channels=stem,
+        variant=variant, img_size=img_size, patch_size=int(state["patch_embed.proj.weight"].shape[-1]),
+        embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=hidden / embed_dim,
+        feature_dim=int(state["feature.0.weight"].shape[0]), stem_channels=stem,
     )
     if int(pos.shape[1]) != config.num_tokens:
         other = "crfiqa" if variant == "token" else "token"
@@ -680,29 +508,19 @@ def released_state_dict(model: ViTFIQA) -> dict[str, torch.Tensor]:
 
 
 METADATA_KEY = "exfiqa"
-"""Entry of the saved state_dict's ``_metadata`` in which :func:`save_vitfiqa` records what exfiqa
-needs beyond the weights: ``{"num_heads": int}``.
-
-The head count is no weight's shape (the released checkpoints use 8, head dim 64). ``_metadata``
-is the attribute in which PyTorch keeps its per-module version record of a state_dict; it is pickled
-with the dict and read back by ``torch.load`` (also ``weights_only=True``), but it is no key:
-``load_state_dict(strict=True)`` only looks up its own modules' names in it, so a strict load of
-the file into a model with the released layout (the authors' scripts) never sees the entry. A copy
-of the dict (``dict(sd)``, a prefix rewrite) drops it; the loader then falls back to ``num_heads``.
-"""
+"""Entry of a saved state_dict's ``_metadata`` holding ``{"num_heads": int}`` (no weight's shape
+shows it). ``_metadata`` is pickled with the dict but is no key, so a strict ``load_state_dict``
+(the authors' scripts) never sees it; a copy of the dict drops it."""
 
 NUM_HEADS_KEY = "exfiqa_num_heads"
-"""Legacy: the state_dict key (a 0-d int64 tensor) in which older exfiqa versions recorded the head
-count. Still read by :func:`load_vitfiqa`; no longer written, because a strict ``load_state_dict``
-(the authors' scripts) refuses it as an unexpected key.
-"""
+"""Legacy state_dict key (0-d int tensor) of the head count: still read, no longer written."""
 
 RELEASED_HEAD_DIM = 64
 
 
-def _recorded_num_heads(state: dict[str, torch.Tensor], metadata: dict[str, Any], source: str) -> int | None:
-    """The head count the file records (``_metadata[METADATA_KEY]``, or the legacy key, which is
-    removed from ``state``); None when it records none."""
+def _num_heads(state: dict[str, torch.Tensor], metadata: dict[str, Any], num_heads: int | None, source: str) -> int:
+    """The head count to build: the one the file records (``_metadata[METADATA_KEY]`` or the legacy
+    key, popped from ``state``), else ``num_heads``, else 8 (released)."""
     found: list[int] = []
     legacy = state.pop(NUM_HEADS_KEY, None)
     if legacy is not None:
@@ -719,36 +537,25 @@ def _recorded_num_heads(state: dict[str, torch.Tensor], metadata: dict[str, Any]
         found.append(heads)
     if len(set(found)) > 1:
         raise CheckpointError(f"{source}: {NUM_HEADS_KEY}={found[0]} contradicts _metadata[{METADATA_KEY!r}] num_heads={found[1]}")
-    return found[0] if found else None
-
-
-def _resolve_num_heads(stored: int | None, num_heads: int | None, source: str) -> int:
-    """The head count to build: the one the file records, else ``num_heads``, else 8 (released)."""
-    if stored is not None:
-        if num_heads is not None and num_heads != stored:
-            raise CheckpointError(
-                f"{source}: the checkpoint records num_heads={stored} but num_heads={num_heads} was "
-                f"asked for (config entry or --num-heads); drop the setting or make it {stored}"
-            )
-        return stored
-    return 8 if num_heads is None else int(num_heads)
+    if not found:
+        return 8 if num_heads is None else int(num_heads)
+    if num_heads is not None and num_heads != found[0]:
+        raise CheckpointError(
+            f"{source}: the checkpoint records num_heads={found[0]} but num_heads={num_heads} was "
+            f"asked for (config entry or --num-heads); drop the setting or make it {found[0]}"
+        )
+    return found[0]
 
 
 def load_vitfiqa(
-    path: str | os.PathLike[str],
-    num_heads: int | None = None,
-    img_size: int = 112,
-    device: str | torch.device = "cpu",
+    path: str | os.PathLike[str], num_heads: int | None = None, img_size: int = 112, device: str | torch.device = "cpu"
 ) -> ViTFIQA:
     """Load a released ViT-FIQA checkpoint (either variant) strictly and safely, in eval mode.
 
-    The file must be a plain state_dict (``torch.load(weights_only=True)``; nothing in it runs;
-    NaN/inf weights are refused). ``module.`` prefixes are stripped; the variant is detected from
-    ``qs_token``; width, depth, patch size and stem are inferred from shapes; ``mask_token`` is
-    accepted and unused. The head count cannot be inferred from shapes: it is read from the
-    state_dict's ``_metadata`` entry :data:`METADATA_KEY` when exfiqa wrote the file (or from the
-    legacy key :data:`NUM_HEADS_KEY` of older exfiqa files), else ``num_heads`` (default 8, the
-    released models). A released-width (512) model whose head dim would not be 64 gets a warning.
+    A plain state_dict (``weights_only=True``; NaN/inf refused); ``module.`` etc. prefixes are
+    stripped; the architecture is inferred from shapes. The head count is the recorded one
+    (:data:`METADATA_KEY`, legacy :data:`NUM_HEADS_KEY`), else ``num_heads`` (default 8); a
+    width-512 model whose head dim is not 64 gets a warning.
 
     Raises:
         CheckpointError: unsafe file, non-finite weights, missing/unexpected keys or mismatched
@@ -756,7 +563,7 @@ def load_vitfiqa(
     """
     raw, metadata = load_state_dict_with_metadata(path)
     state = _strip_prefixes(raw)
-    heads = _resolve_num_heads(_recorded_num_heads(state, metadata, str(path)), num_heads, str(path))
+    heads = _num_heads(state, metadata, num_heads, str(path))
     config = config_from_state_dict(state, num_heads=heads, img_size=img_size, source=str(path))
     if config.embed_dim == 512 and config.embed_dim // heads != RELEASED_HEAD_DIM:
         warnings.warn(
@@ -767,10 +574,8 @@ def load_vitfiqa(
         )
     model = ViTFIQA(config)
     internal = _to_internal(state)
-    expected = model.state_dict()
-    report = state_dict_report(
-        {k: v.shape for k, v in expected.items()}, {k: v.shape for k, v in internal.items()}, str(path)
-    )
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    report = state_dict_report(expected, {k: v.shape for k, v in internal.items()}, str(path))
     if report is not None:
         hint = f" Detected variant {config.variant!r}, depth {config.depth}, width {config.embed_dim}."
         if sum(k not in internal for k in expected) > 10:
@@ -781,15 +586,8 @@ def load_vitfiqa(
 
 
 def save_vitfiqa(model: ViTFIQA, path: str | os.PathLike[str], overwrite: bool = False) -> None:
-    """Save ``model`` as a released-format state_dict (plain tensors, ``qs_token`` naming), atomically.
-
-    The keys and shapes are exactly the released ones: the file loads with a strict
-    ``load_state_dict`` into a model of the released layout (as the authors' scripts load it).
-    The head count, which no weight shape shows, travels outside the keys, in the dict's
-    ``_metadata`` (entry :data:`METADATA_KEY`, beside PyTorch's per-module version record).
-    """
-    from exfiqa.io import atomic_path
-
+    """Save ``model`` atomically as a released-format state_dict (loads strictly into the authors'
+    model); the head count goes in ``_metadata`` (:data:`METADATA_KEY`)."""
     state = OrderedDict(released_state_dict(model))
     versions = getattr(model.state_dict(), "_metadata", {})
     state._metadata = {**versions, METADATA_KEY: {"num_heads": int(model.config.num_heads)}}  # type: ignore[attr-defined]
