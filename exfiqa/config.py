@@ -26,13 +26,7 @@ from typing import Any, Literal, NoReturn
 
 import yaml
 
-from exfiqa.evaluation.rules import (
-    COMPAT,
-    RECOMPUTE_DISCARD_FRACTIONS,
-    Acceptance,
-    Convention,
-    ThresholdRule,
-)
+from exfiqa.evaluation import rules
 from exfiqa.readers import READERS as _READERS
 
 _PATH_KEYS = {"path", "root", "pairs_file", "checkpoint"}
@@ -61,8 +55,8 @@ ATTENTION_SAMPLE_TYPES = ("child", "frontal", "occlusion", "pose")
 PRECISIONS = ("fp32", "bf16")
 #: EDC threshold rules and acceptance rules (:mod:`exfiqa.evaluation.rules`), pAUC best-curve
 #: subtraction and IJB-C template protocols.
-THRESHOLD_RULES = tuple(r.value for r in ThresholdRule)
-ACCEPTANCES = tuple(a.value for a in Acceptance)
+THRESHOLD_RULES = tuple(r.value for r in rules.ThresholdRule)
+ACCEPTANCES = tuple(a.value for a in rules.Acceptance)
 SUBTRACT_BEST = ("none", "triangle", "stepwise")
 TEMPLATE_PROTOCOLS = ("group", "insightface")
 
@@ -205,11 +199,11 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def max_discard_limit(convention: Convention | str) -> float:
+def max_discard_limit(convention: rules.Convention | str) -> float:
     """The largest pAUC discard limit a convention's EDC reaches: ``recompute``'s last grid level
     (:data:`~exfiqa.evaluation.rules.RECOMPUTE_DISCARD_FRACTIONS`, 0.95); ``fixed``: 1."""
-    if Convention(convention) is Convention.RECOMPUTE:
-        return float(RECOMPUTE_DISCARD_FRACTIONS[-1])
+    if rules.Convention(convention) is rules.Convention.RECOMPUTE:
+        return float(rules.RECOMPUTE_DISCARD_FRACTIONS[-1])
     return 1.0
 
 
@@ -221,12 +215,12 @@ def _compat_rules(raw: dict[str, Any]) -> dict[str, str]:
     name = raw.get("compat", "none")
     if name in (None, "none"):
         return {}
-    if not isinstance(name, str) or name not in COMPAT:
-        _fail("compat", f"one of {['none', *sorted(COMPAT)]}", name)
-    for key, value in COMPAT[name].items():
+    if not isinstance(name, str) or name not in rules.COMPAT:
+        _fail("compat", f"one of {['none', *sorted(rules.COMPAT)]}", name)
+    for key, value in rules.COMPAT[name].items():
         if key in raw and raw[key] != value:
             raise ConfigError(f"compat: {name} sets {key} {value!r}, but the file also sets {key} {raw[key]!r}")
-    return dict(COMPAT[name])
+    return dict(rules.COMPAT[name])
 
 
 # ------------------------------------------------------------------------------ the config
@@ -297,7 +291,7 @@ class Config:
     support_fr_models: dict[str, ModelSpec] = field(default_factory=dict)  # all FR models, for baselines
     fmr_targets: tuple[float, ...] = _setting(_fmr_targets, default=(1e-2, 1e-3, 1e-4))
     discard_limit: float = _setting(_discard_limit, default=0.3)
-    convention: str = _setting(_choice(tuple(c.value for c in Convention)), default="recompute")
+    convention: str = _setting(_choice(tuple(c.value for c in rules.Convention)), default="recompute")
     device: str = _setting(_device, default="cpu")
     batch_size: int = _setting(_int(1), default=64)
     seed: int = _setting(_int(0), default=0)
