@@ -107,17 +107,8 @@ def _choice(options: tuple[str, ...]) -> Check:
 
 def _switch(off: str, on: str, options: tuple[str, ...], expected: str) -> Check:
     """false/null -> ``off``, true -> ``on``, else one of ``options``."""
-
-    def check(key: str, value: Any) -> str:
-        if value is None or value is False:
-            return off
-        if value is True:
-            return on
-        if not isinstance(value, str) or value not in options:
-            _fail(key, expected, value)
-        return value
-
-    return check
+    return _rule(expected, lambda v: v is None or isinstance(v, bool) or isinstance(v, str) and v in options,
+                 lambda v: off if v is None or v is False else on if v is True else v)
 
 
 _text = _rule("a non-empty string", lambda v: isinstance(v, str) and v != "")
@@ -235,9 +226,6 @@ class DatasetSpec:
     args: dict[str, Any]
     label: str
 
-    def describe(self) -> str:
-        return f"{self.label} ({self.kind}: {', '.join(f'{k}={v}' for k, v in self.args.items())})"
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -274,10 +262,7 @@ def _setting(check: Check, **default: Any) -> Any:
 @dataclass(frozen=True)
 class Config:
     """A whole run. Notebooks narrow it with :meth:`select` and override scalars with :meth:`with_`.
-
-    ``device`` is as written (``auto`` included): whoever runs a model resolves it
-    (:func:`exfiqa.models.device.resolve_device`), so reading a config needs no torch.
-    """
+    ``device`` is as written (``auto`` included): whoever runs a model resolves it."""
 
     run_name: str = _setting(_run_name)  # default in a file: the file's stem
     data_root: Path
@@ -327,12 +312,8 @@ class Config:
                 f"'{self.convention}' convention), got {self.discard_limit:g}"
             )
 
-    def select(
-        self,
-        datasets: list[str] | None = None,
-        fr_models: list[str] | None = None,
-        quality_models: list[str] | None = None,
-    ) -> Config:
+    def select(self, datasets: list[str] | None = None, fr_models: list[str] | None = None,
+               quality_models: list[str] | None = None) -> Config:
         """Keep only the named entries (empty/None keeps all); unknown names are errors."""
 
         def pick(kind: str, names: list[str] | None) -> dict[str, Any]:
@@ -356,13 +337,12 @@ class Config:
         fixed = [k for k in overrides if k not in _SETTINGS]
         if fixed:
             raise ConfigError(f"setting(s) {fixed} cannot be overridden; choose from {sorted(_SETTINGS)}")
-        kept = {k: v for k, v in overrides.items() if not (v is None or isinstance(v, (str, list, tuple)) and len(v) == 0)}
-        return replace(self, **kept)
+        return replace(self, **{k: v for k, v in overrides.items()
+                                if not (v is None or isinstance(v, (str, list, tuple)) and len(v) == 0)})
 
     def check_paths(self, checkpoints: bool = True) -> None:
-        """Raise a :class:`ConfigError` naming the first dataset or checkpoint path that is missing.
-
-        ``checkpoints=False`` (evaluation from the per-sample arrays) checks no checkpoint."""
+        """Raise a :class:`ConfigError` naming the first input path that is missing (no checkpoint
+        with ``checkpoints=False``: evaluation from the per-sample arrays)."""
         hint = (" (build the demo world with `make demo`)" if self.demo
                 else " (see data/README.md for where to get it and how to lay it out)")
         for ds in self.datasets.values():
@@ -403,9 +383,8 @@ def list_parameter(name: str, value: Any, of: Literal["names", "numbers"] = "nam
         except (yaml.YAMLError, ConfigError) as exc:
             raise ConfigError(f"parameter {name}: {value!r} is not a JSON/YAML list ({_yaml_problem(exc)})") from None
         if not isinstance(parsed, list):
-            raise ConfigError(
-                f"parameter {name} must be a list of {of}, e.g. -p {name} {example}; got the string {value!r}"
-            )
+            raise ConfigError(f"parameter {name} must be a list of {of}, e.g. -p {name} {example}; "
+                              f"got the string {value!r}")
         value = parsed
     ok = (lambda v: isinstance(v, str)) if of == "names" else _is_number
     if not isinstance(value, (list, tuple)) or not all(ok(v) for v in value):
@@ -438,17 +417,13 @@ class _Loader(yaml.SafeLoader):
             if not isinstance(key, Hashable):
                 continue  # SafeConstructor refuses it with its own message
             if key in seen:
-                line = key_node.start_mark.line + 1
-                raise ConfigError(f"line {line}: key {key!r} is given twice")
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")  # YAML 1.2's 1e-3
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789"))
 
 
 def _yaml_problem(exc: Exception) -> str:
@@ -555,7 +530,8 @@ def _preprocess(where: str, value: Any) -> dict[str, Any]:
     return out
 
 
-_SIZES = _rule("a non-empty list of integers >= 1", lambda v: isinstance(v, list) and v and all(_is_int(x) and x >= 1 for x in v))
+_SIZES = _rule("a non-empty list of integers >= 1",
+               lambda v: isinstance(v, list) and v and all(_is_int(x) and x >= 1 for x in v))
 #: The checks of a model entry's loader arguments; any other (embedding_size, input_size, num_heads,
 #: img_size) is an integer >= 1.
 _MODEL_ARGS: dict[str, Check] = {
@@ -640,9 +616,8 @@ def _external(raw: Any, root: Path, datasets: Mapping[str, DatasetSpec]) -> dict
 def _attention_samples(
     key: str, raw: Any, root: Path, datasets: Mapping[str, DatasetSpec]
 ) -> dict[str, AttentionSample]:
-    """``{type: path}`` (relative to ``data_root``) or ``{type: {dataset: name, sample: id}}``, for any
-    of :data:`ATTENTION_SAMPLE_TYPES`. Absent or empty: the default of
-    :func:`exfiqa.report.attention.attention_inputs`."""
+    """``{type: path}`` (relative to ``data_root``) or ``{type: {dataset: name, sample: id}}`` for any
+    of :data:`ATTENTION_SAMPLE_TYPES`; absent or empty: :func:`exfiqa.report.attention.attention_inputs`."""
     entries = _mapping(key, raw, f"a mapping of sample type ({', '.join(ATTENTION_SAMPLE_TYPES)}) to an image")
     _only(key, entries, set(ATTENTION_SAMPLE_TYPES))
     out = {}
@@ -728,18 +703,10 @@ def load_config(
                      if key in settings}
         defaults: dict[str, Any] = {"run_name": path.stem, "cache_dir": root / "cache", "results_dir": base / "results"}
         return Config(
-            **defaults | settings | _compat_rules(raw),
-            data_root=root,
-            datasets=datasets,
-            fr_models=fr,
-            support_fr_models=dict(fr),
-            quality_models=quality,
-            external_methods=_external(raw.get("external_methods"), root, datasets),
-            demo=demo,
-            headline=headline,
-            source=path,
+            **defaults | settings | _compat_rules(raw), data_root=root, datasets=datasets, fr_models=fr,
+            support_fr_models=dict(fr), quality_models=quality, demo=demo, headline=headline, source=path,
+            external_methods=_external(raw.get("external_methods"), root, datasets), plugins=tuple(plugins),
             attention_samples=_attention_samples("attention_samples", raw.get("attention_samples"), root, datasets),
-            plugins=tuple(plugins),
         )
     except ConfigError as exc:
         raise ConfigError(f"{src}: {exc}") from None

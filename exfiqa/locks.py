@@ -33,19 +33,10 @@ def _human(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def _holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 512, 0).decode("utf-8", "replace").strip()
-    except OSError:
-        text = ""
-    return text or "another process"
-
-
 @contextlib.contextmanager
 def run_lock(path: str | os.PathLike[str], what: str, log: Callable[[str], Any] | None = None) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if absent) for the block; wait for it if another
-    process holds it, saying once through ``log`` whom it waits for (``what``: the work, for the
-    message)."""
+    """Hold an exclusive lock on ``path`` (created if absent) for the block, waiting while another
+    process holds it; ``log`` is told once whom it waits for (``what``: the work)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -54,7 +45,10 @@ def run_lock(path: str | os.PathLike[str], what: str, log: Callable[[str], Any] 
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if log is not None:
-                log(f"{what}: {path} is held by {_holder(fd)}; waiting for it to finish ...")
+                holder = ""
+                with contextlib.suppress(OSError):
+                    holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip()
+                log(f"{what}: {path} is held by {holder or 'another process'}; waiting for it to finish ...")
             t0 = time.monotonic()
             fcntl.flock(fd, fcntl.LOCK_EX)
             if log is not None:
@@ -127,11 +121,8 @@ def _remove_if_dead(path: Path) -> bool:
 
 
 def reserve(fd: int, size: int, path: str | os.PathLike[str]) -> None:
-    """Allocate the first ``size`` bytes of the open file ``fd`` (``path``, for the message).
-
-    Raises:
-        NoSpaceError: the file system has no room for them.
-    """
+    """Allocate the first ``size`` bytes of the open file ``fd`` (``path``, for the message);
+    :class:`NoSpaceError` if the file system has no room for them."""
     try:
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:

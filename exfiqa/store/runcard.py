@@ -177,29 +177,15 @@ def shown_path(path: str | os.PathLike[str], cfg: Config | None = None) -> str:
     return f"<elsewhere>/{p.name}"
 
 
-def _world(cfg: Config) -> str:
-    where = shown_path(cfg.data_root, cfg)
-    if cfg.demo:
-        return f"demo world '{cfg.demo}' in {where} (procedural faces, small models: not the paper's numbers)"
-    return f"real data in {where}"
-
-
-def _headline(cfg: Config) -> str:
-    h = cfg.headline
-    parts = [f"{k} {h[k]}" for k in ("dataset", "fr_model", "fmr") if k in h]
-    return ", ".join(parts) or "(none: first dataset and FR model)"
-
-
 def _input_groups(cfg: Config) -> list[tuple[str, list[Path]]]:
     """(label, the paths it reads: files, or folders whose files it reads) per input of ``cfg``."""
-    groups: list[tuple[str, list[Path]]] = []
-    models = {**{f"quality_models.{k}": m for k, m in cfg.quality_models.items()},
-              **{f"fr_models.{k}": m for k, m in cfg.support_fr_models.items()}}
-    groups += [(f"{label} ({m.checkpoint.name})", [_abs(m.checkpoint)]) for label, m in models.items()]
-    for name, spec in cfg.datasets.items():
-        groups.append((f"datasets.{name}", [_abs(Path(v)) for k, v in spec.args.items() if k in _PATH_KEYS]))
-    for method, per_ds in cfg.external_methods.items():
-        groups += [(f"external_methods.{method}.{ds}", [_abs(path)]) for ds, path in per_ds.items()]
+    models = [(f"quality_models.{k}", m) for k, m in cfg.quality_models.items()]
+    models += [(f"fr_models.{k}", m) for k, m in cfg.support_fr_models.items()]
+    groups = [(f"{label} ({m.checkpoint.name})", [_abs(m.checkpoint)]) for label, m in models]
+    groups += [(f"datasets.{name}", [_abs(v) for k, v in spec.args.items() if k in _PATH_KEYS])
+               for name, spec in cfg.datasets.items()]
+    groups += [(f"external_methods.{m}.{ds}", [_abs(p)])
+               for m, per_ds in cfg.external_methods.items() for ds, p in per_ds.items()]
     groups += [(f"attention_samples.{k}", [_abs(s.path)]) for k, s in cfg.attention_samples.items() if s.path is not None]
     return groups
 
@@ -213,12 +199,9 @@ def input_summary(cfg: Config, digests: Mapping[str, str]) -> dict[str, str]:
     ``{"datasets.ijbc (n files)": sha256 over relative paths and digests, ...}``; a single-file
     input keeps its own digest; files no entry claims form ``other inputs``."""
     groups = _input_groups(cfg)
-    members: dict[str, list[tuple[Path, str]]] = {label: [] for label, _ in groups}
-    members["other inputs"] = []
-    owners: dict[str, int] = {}  # a group's path -> the first group naming it
-    for i, (_, ps) in enumerate(groups):
-        for q in ps:
-            owners.setdefault(str(q), i)
+    members: dict[str, list[tuple[Path, str]]] = {label: [] for label, _ in [*groups, ("other inputs", [])]}
+    # a group's path -> the first group naming it
+    owners = {str(q): i for i, (_, ps) in reversed(list(enumerate(groups))) for q in ps}
     for path_text, digest in sorted(digests.items()):
         # the first group (in config order) whose path is the file or one of its folders
         hits = [owners[p] for p in (path_text, *map(str, Path(path_text).parents)) if p in owners]
@@ -248,9 +231,8 @@ def _model_of(kind: str, name: str) -> str:
     return f"fr_models.{_BASELINE_FR[name]}" if name in _BASELINE_FR else ""
 
 
-def evaluation_inputs(
-    cfg: Config, benchmarks: Mapping[str, Benchmark] | None = None, progress: bool = True,
-) -> dict[str, str]:
+def evaluation_inputs(cfg: Config, benchmarks: Mapping[str, Benchmark] | None = None,
+                      progress: bool = True) -> dict[str, str]:
     """The inputs the notebooks read, label -> SHA-256, without reading an image or a checkpoint:
     each benchmark's non-image files (``protocol``) and sample list (``samples``), each array of the
     run there is (``arrays.<d>/<kind>-<name>``), the image and checkpoint digests the manifests
@@ -294,17 +276,18 @@ def evaluation_inputs(
     return dict(sorted(out.items()))
 
 
-def run_card(
-    cfg: Config, inputs: Mapping[str, str] | None = None, *, benchmarks: Mapping[str, Benchmark] | None = None,
-    progress: bool = True,
-) -> RunCard:
+def run_card(cfg: Config, inputs: Mapping[str, str] | None = None, *, benchmarks: Mapping[str, Benchmark] | None = None,
+             progress: bool = True) -> RunCard:
     """The card of ``cfg``. ``inputs``: per-file digests (``{path: sha256}``), grouped by
     :func:`input_summary`; by default :func:`evaluation_inputs`."""
+    where = shown_path(cfg.data_root, cfg)
     described: dict[str, Any] = {
         "config": shown_path(cfg.source, cfg) if cfg.source else "(in memory)",  # no absolute path of the machine
-        "world": _world(cfg),
+        "world": f"demo world '{cfg.demo}' in {where} (procedural faces, small models: not the paper's numbers)"
+        if cfg.demo else f"real data in {where}",
         "precision": f"models {cfg.precision}, arrays and evaluation {PRECISION}",
-        "headline": _headline(cfg),
+        "headline": ", ".join(f"{k} {cfg.headline[k]}" for k in ("dataset", "fr_model", "fmr") if k in cfg.headline)
+        or "(none: first dataset and FR model)",
         "code_sha256": code_digest(),
         "git": git_describe(),
         "inputs": evaluation_inputs(cfg, benchmarks, progress) if inputs is None else input_summary(cfg, inputs),
