@@ -254,9 +254,9 @@ class AttentionSample:
         return f"{self.dataset.name} sample {self.sample}"
 
 
-def _setting(check: Check, **default: Any) -> Any:
+def _setting(check: Check, *, default: Any) -> Any:
     """A :class:`Config` field :meth:`Config.with_` may override, checked whenever a config is made."""
-    return field(metadata={"check": check}, **default)
+    return field(default=default, metadata={"check": check})
 
 
 @dataclass(frozen=True)
@@ -264,10 +264,10 @@ class Config:
     """A whole run. Notebooks narrow it with :meth:`select` and override scalars with :meth:`with_`.
     ``device`` is as written (``auto`` included): whoever runs a model resolves it."""
 
-    run_name: str = _setting(_run_name)  # default in a file: the file's stem
+    run_name: str = field(metadata={"check": _run_name})  # default in a file: the file's stem
     data_root: Path
-    cache_dir: Path = _setting(_folder)  # default in a file: <data_root>/cache
-    results_dir: Path = _setting(_folder)  # default in a file: results
+    cache_dir: Path = field(metadata={"check": _folder})  # default in a file: <data_root>/cache
+    results_dir: Path = field(metadata={"check": _folder})  # default in a file: results
     datasets: dict[str, DatasetSpec]
     fr_models: dict[str, ModelSpec]
     quality_models: dict[str, ModelSpec]
@@ -345,10 +345,10 @@ class Config:
         with ``checkpoints=False``: evaluation from the per-sample arrays)."""
         hint = (" (build the demo world with `make demo`)" if self.demo
                 else " (see data/README.md for where to get it and how to lay it out)")
-        for ds in self.datasets.values():
-            for key, value in ds.args.items():
+        for spec in self.datasets.values():
+            for key, value in spec.args.items():
                 if key in _PATH_KEYS and not Path(value).exists():
-                    raise ConfigError(f"dataset {ds.name!r}: {key} {value} does not exist{hint}")
+                    raise ConfigError(f"dataset {spec.name!r}: {key} {value} does not exist{hint}")
         needed = {_BASELINE_FR[b] for b in self.baselines if b in _BASELINE_FR}
         support = {k: v for k, v in self.support_fr_models.items() if k in needed}
         for kind, table in (("fr_models", {**support, **self.fr_models}), ("quality_models", self.quality_models)):

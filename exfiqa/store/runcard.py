@@ -47,10 +47,8 @@ def code_digest(package: Path = PACKAGE) -> str:
 def git_describe(where: Path = PACKAGE) -> str:
     """``git describe --always --dirty`` of the checkout holding the package, else ``"unknown"``."""
     try:
-        done = subprocess.run(
-            ["git", "-C", str(where), "describe", "--always", "--dirty"],
-            capture_output=True, text=True, timeout=20, check=False,
-        )
+        done = subprocess.run(["git", "-C", str(where), "describe", "--always", "--dirty"],
+                              capture_output=True, text=True, timeout=20, check=False)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
