@@ -41,8 +41,6 @@ _BASELINE_FR = {b: fr for b, fr in _BASELINES.items() if fr is not None}  # base
 _FR_ARCHS = ("iresnet", "magface", "curricularface")  # exfiqa.models.fr.Arch
 #: Keys only a torch FR checkpoint takes (exfiqa.models.fr.TORCH_ENTRY_ARGS): an ONNX graph fixes its architecture.
 _FR_TORCH_ARGS = {"arch", "layers", "widths", "embedding_size", "input_size"}
-#: ``preprocess`` (exfiqa.models.fr.Preprocess) is required for an ONNX entry (checkpoint ``*.onnx``),
-#: optional for a torch one; ``providers`` is ONNX-only.
 _FR_ARGS = _FR_TORCH_ARGS | {"name", "preprocess", "providers"}
 _PREPROCESS_KEYS = ("channel_order", "scale", "mean", "std")
 _QUALITY_ARGS = {"num_heads", "img_size"}
@@ -463,14 +461,16 @@ def _resolve(base: Path, value: Any) -> Path:
     return p if p.is_absolute() else base / p
 
 
-def _entries(kind: str, raw: Any) -> Iterator[tuple[str, str, Any]]:
+def _entries(kind: str, raw: Any, needs: str, hint: str = "") -> Iterator[tuple[str, str, Mapping[str, Any]]]:
     """``(name, "<kind>.<name>", entry)`` of a table whose names name files and folders of the
-    per-sample layout (exfiqa.store.arrays)."""
+    per-sample layout (exfiqa.store.arrays) and whose entries need key ``needs``."""
     for name, entry in _mapping(kind, raw).items():
         where = f"{kind}.{name}"
         if not name or "/" in name or "\\" in name or name.startswith(".") or name != name.strip() or "\0" in name:
             raise ConfigError(f"{where}: the name {name!r} names files of the per-sample layout "
                               "(<dataset>/<kind>-<name>.npy): no '/', '\\', leading '.', or surrounding spaces")
+        if not isinstance(entry, Mapping) or needs not in entry:
+            raise ConfigError(f"{where} needs a '{needs}'{hint}, got {_show(entry)}")
         yield name, where, entry
 
 
@@ -482,9 +482,7 @@ def _datasets(raw: Any, root: Path) -> dict[str, DatasetSpec]:
     """Dataset entries: a reader ``kind`` and that reader's arguments (non-path ones integers, or
     null where the reader's default is None)."""
     out = {}
-    for name, where, entry in _entries("datasets", raw):
-        if not isinstance(entry, Mapping) or "kind" not in entry:
-            raise ConfigError(f"{where} needs a 'kind' ({', '.join(_READERS)}), got {_show(entry)}")
+    for name, where, entry in _entries("datasets", raw, "kind", f" ({', '.join(_READERS)})"):
         kind = entry["kind"]
         if kind not in _READERS:
             raise ConfigError(f"{where}.kind {kind!r} is not one of {list(_READERS)}")
@@ -550,9 +548,7 @@ def _models(raw: Any, root: Path, kind: str) -> dict[str, ModelSpec]:
     its ``preprocess`` and takes no torch architecture keys; ``providers`` is for ONNX entries only."""
     allowed = _FR_ARGS if kind == "fr_models" else _QUALITY_ARGS
     out = {}
-    for name, where, entry in _entries(kind, raw):
-        if not isinstance(entry, Mapping) or "checkpoint" not in entry:
-            raise ConfigError(f"{where} needs a 'checkpoint', got {_show(entry)}")
+    for name, where, entry in _entries(kind, raw, "checkpoint"):
         _only(where, entry, {"checkpoint", "label", *allowed})
         args = {k: _MODEL_ARGS.get(k, _int(1))(f"{where}.{k}", v) for k, v in entry.items() if k in allowed}
         text = _text(f"{where}.checkpoint", entry["checkpoint"])
