@@ -158,10 +158,8 @@ def input_files(cfg: Config, benchmarks: Mapping[str, Benchmark] | None = None) 
     """
     cfg.check_paths()
     opened = dict(benchmarks or {})
-    specs = dict(cfg.datasets)
-    for sample in cfg.attention_samples.values():
-        if sample.dataset is not None:
-            specs.setdefault(sample.dataset.name, sample.dataset)
+    specs = cfg.datasets | {s.dataset.name: s.dataset for s in cfg.attention_samples.values()
+                            if s.dataset is not None and s.dataset.name not in cfg.datasets}
     files: set[str] = {str(m.checkpoint) for m in (*cfg.quality_models.values(), *cfg.fr_models.values())}
     files |= {str(cfg.support_fr_models[BASELINE_FR[b]].checkpoint) for b in cfg.baselines if b in BASELINE_FR}
     for name, spec in specs.items():
