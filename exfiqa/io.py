@@ -45,11 +45,8 @@ def clip(text: object, limit: int = 80) -> str:
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; on success rename it onto ``target``.
-
-    Raises:
-        FileExistsError: ``target`` exists and ``overwrite`` is False (checked before any work).
-    """
+    """Yield a temporary path next to ``target``; on success rename it onto ``target``
+    (:class:`FileExistsError` before any work if ``target`` exists and ``overwrite`` is False)."""
     target = Path(target)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite=True (CLI: --overwrite) to replace it")
