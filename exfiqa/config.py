@@ -49,14 +49,6 @@ _DEVICE = re.compile(r"cpu|cuda|cuda:[0-9]+|auto")
 _HEADLINE_KEYS = {"dataset", "fr_model", "fmr"}
 #: The four sample types of the poster's attention figure (config key ``attention_samples``).
 ATTENTION_SAMPLE_TYPES = ("child", "frontal", "occlusion", "pose")
-#: Model arithmetic of extraction (config key ``precision``).
-PRECISIONS = ("fp32", "bf16")
-#: EDC threshold rules and acceptance rules (:mod:`exfiqa.evaluation.rules`), pAUC best-curve
-#: subtraction and IJB-C template protocols.
-THRESHOLD_RULES = tuple(r.value for r in rules.ThresholdRule)
-ACCEPTANCES = tuple(a.value for a in rules.Acceptance)
-SUBTRACT_BEST = ("none", "triangle", "stepwise")
-TEMPLATE_PROTOCOLS = ("group", "insightface")
 
 
 class ConfigError(ValueError):
@@ -119,7 +111,8 @@ _pauc_scale = _rule("a positive number (pAUC is shown times this; 1000 as on the
                     lambda v: _is_number(v) and 0 < v < math.inf, float)
 _demo_kind = _switch("", "default", ("", "default", "tiny"), "false, true, 'default' or 'tiny'")
 #: ``true`` is ``triangle`` (Schlett's ``edc.py``).
-_subtract_best = _switch("none", "triangle", SUBTRACT_BEST, "false, true (= 'triangle'), 'triangle' or 'stepwise'")
+_subtract_best = _switch("none", "triangle", ("none", "triangle", "stepwise"),
+                         "false, true (= 'triangle'), 'triangle' or 'stepwise'")
 
 
 def _folder(key: str, value: Any) -> Path:
@@ -288,16 +281,16 @@ class Config:
     # extraction: DataLoader worker processes (None: the cores available); model arithmetic (part of
     # every array key); samples per resumable shard; keep the aligned uint8 crops for later runs
     workers: int | None = _setting(lambda k, v: default_workers() if v is None else _int(0)(k, v), default=None)
-    precision: str = _setting(_choice(PRECISIONS), default="fp32")
+    precision: str = _setting(_choice(("fp32", "bf16")), default="fp32")
     shard_size: int = _setting(_int(1), default=50_000)
     crop_cache: bool = _setting(_flag, default=False)
     # the EDC threshold for a target: at_most (FMR <= target) or closest (the authors' scripts); a
     # match: similarity >= threshold, or distance< (arccos(cos)/pi < threshold); pAUC minus a
     # theoretical best curve (fixed only): none, triangle or stepwise
-    threshold_rule: str = _setting(_choice(THRESHOLD_RULES), default="at_most")
-    acceptance: str = _setting(_choice(ACCEPTANCES), default="similarity>=")
+    threshold_rule: str = _setting(_choice(tuple(r.value for r in rules.ThresholdRule)), default="at_most")
+    acceptance: str = _setting(_choice(tuple(a.value for a in rules.Acceptance)), default="similarity>=")
     subtract_best: str = _setting(_subtract_best, default="none")
-    template_protocol: str = _setting(_choice(TEMPLATE_PROTOCOLS), default="group")  # IJB-C template features
+    template_protocol: str = _setting(_choice(("group", "insightface")), default="group")  # IJB-C template features
     plugins: tuple[str, ...] = ()  # modules imported before the datasets are read (registered readers)
 
     def __post_init__(self) -> None:
