@@ -45,7 +45,6 @@ _FR_ARGS = _FR_TORCH_ARGS | {"name", "preprocess", "providers"}
 _PREPROCESS_KEYS = ("channel_order", "scale", "mean", "std")
 _QUALITY_ARGS = {"num_heads", "img_size"}
 
-_DEVICE = re.compile(r"cpu|cuda|cuda:[0-9]+|auto")
 _HEADLINE_KEYS = {"dataset", "fr_model", "fmr"}
 #: The four sample types of the poster's attention figure (config key ``attention_samples``).
 ATTENTION_SAMPLE_TYPES = ("child", "frontal", "occlusion", "pose")
@@ -103,7 +102,8 @@ def _switch(off: str, on: str, options: tuple[str, ...], expected: str) -> Check
 
 _text = _rule("a non-empty string", lambda v: isinstance(v, str) and v != "")
 _flag = _rule("true or false", lambda v: isinstance(v, bool))
-_device = _rule("'cpu', 'cuda', 'cuda:N' (N >= 0) or 'auto'", lambda v: isinstance(v, str) and _DEVICE.fullmatch(v))
+_device = _rule("'cpu', 'cuda', 'cuda:N' (N >= 0) or 'auto'",
+                lambda v: isinstance(v, str) and re.fullmatch(r"cpu|cuda|cuda:[0-9]+|auto", v))
 _run_name = _rule("a non-empty name without '/' (results go to results_dir/run_name)",
                   lambda v: isinstance(v, str) and v != "" and "/" not in v and "\\" not in v)
 _discard_limit = _rule("a number in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1, float)
