@@ -1,32 +1,13 @@
 """Run configuration: which datasets, FR models and quality models a paper run uses, and where.
 
-A config is a YAML file (``configs/demo.yaml``, ``configs/paper.yaml``). Relative paths inside the
-``datasets``, ``fr_models``, ``quality_models`` and ``external_methods`` entries are resolved
-against ``data_root``; ``data_root``, ``cache_dir``, ``results_dir`` and ``arrays_dir`` (the
-per-sample arrays, :mod:`exfiqa.store.arrays`; default under ``<cache_dir>/arrays/``) themselves
-against the folder the command runs in.
+A config is a YAML file (``configs/demo.yaml``, ``configs/paper.yaml``). Paths inside the entries
+(``datasets``, ``fr_models``, ``quality_models``, ``external_methods``, ``attention_samples``) are
+resolved against ``data_root``; ``data_root``, ``cache_dir``, ``results_dir`` and ``arrays_dir``
+against the folder the command runs in. Each top-level key has one home, its :class:`Config` field.
 
-Nothing is coerced. A value of the wrong type (a string ``batch_size``, a float or boolean
-``seed``, a scalar ``fmr_targets``, a list where a mapping belongs), an unknown key at any level
-(top level, dataset entries, model entries, ``headline``) and an unknown name (baseline,
-convention, device) each raise a :class:`ConfigError` naming the file and the key, so a typo never
-silently falls back to a default or fails late inside a reader. YAML is read as YAML 1.2 reads
-floats (``1e-3`` is a number, not a string) and a key given twice is an error.
-
-Presentation keys: ``pauc_scale`` (default 1000: pAUC is shown x10^3, as on the poster; every
-table states it) and ``attention_samples`` (the faces of notebook 02's attention figure:
-``{child|frontal|occlusion|pose: image path relative to data_root, or {dataset: name, sample:
-id}}``; absent: the demo world's ``samples/*.png``, or on real data the first sample of each of
-the first datasets, see :func:`exfiqa.report.attention.attention_inputs`).
-
-Extraction keys (:mod:`exfiqa.extract.stage`): ``workers`` (DataLoader decoding processes; default
-the cores this process may use, 0 decodes in the main process), ``precision`` (``fp32``, the
-default, or ``bf16``: autocast, part of every model array's key), ``shard_size`` (samples per
-resumable shard, default 50,000) and ``crop_cache`` (keep the aligned uint8 crops, default false).
-
-Each top-level key has one home, its :class:`Config` field (type, default, check). Validation is
-hand-written, not pydantic: its messages ("c.yaml: datasets.x.seed must be an integer, got True
-(bool)") name the file and key path, which pydantic's would do only with as much code again.
+Nothing is coerced: a wrong type, an unknown key at any level or an unknown name raises a
+:class:`ConfigError` naming the file and the key path. YAML floats are read as YAML 1.2 reads them
+(``1e-3`` is a number) and a key given twice is an error.
 """
 
 from __future__ import annotations
@@ -34,23 +15,18 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import math
 import os
 import re
 import sys
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 import yaml
 
-from exfiqa.evaluation.rules import (
-    COMPAT,
-    RECOMPUTE_DISCARD_FRACTIONS,
-    Acceptance,
-    Convention,
-    ThresholdRule,
-)
+from exfiqa.evaluation import rules
 from exfiqa.readers import READERS as _READERS
 
 _PATH_KEYS = {"path", "root", "pairs_file", "checkpoint"}
@@ -60,25 +36,18 @@ _PATH_KEYS = {"path", "root", "pairs_file", "checkpoint"}
 _BASELINES: dict[str, str | None] = {"magface_norm": "magface", "serfiq": "arcface", "sharpness": None}
 _BASELINE_FR = {b: fr for b, fr in _BASELINES.items() if fr is not None}  # baseline -> FR model
 
-#: Loader arguments a model entry may give besides ``checkpoint`` and ``label``: the keyword
-#: arguments of :func:`exfiqa.models.fr.load_fr` and :func:`exfiqa.models.vitfiqa.load_vitfiqa` that a YAML value
-#: can express (``device`` comes from the config; ``preprocess`` is an object). Hand-listed because
-#: those modules import torch; tests/test_config.py checks them against the signatures.
+#: Loader arguments a model entry may give besides ``checkpoint`` and ``label`` (hand-listed because
+#: exfiqa.models.fr and exfiqa.models.vitfiqa import torch; tests/test_config.py checks them).
 _FR_ARCHS = ("iresnet", "magface", "curricularface")  # exfiqa.models.fr.Arch
 #: Keys only a torch FR checkpoint takes (exfiqa.models.fr.TORCH_ENTRY_ARGS): an ONNX graph fixes its architecture.
 _FR_TORCH_ARGS = {"arch", "layers", "widths", "embedding_size", "input_size"}
-#: ``preprocess`` ({channel_order, scale, mean, std}: exfiqa.models.fr.Preprocess) is required for an ONNX
-#: entry (checkpoint ``*.onnx``), optional for a torch one; ``providers`` is ONNX-only.
 _FR_ARGS = _FR_TORCH_ARGS | {"name", "preprocess", "providers"}
 _PREPROCESS_KEYS = ("channel_order", "scale", "mean", "std")
 _QUALITY_ARGS = {"num_heads", "img_size"}
 
-_DEVICE = re.compile(r"cpu|cuda|cuda:[0-9]+|auto")
 _HEADLINE_KEYS = {"dataset", "fr_model", "fmr"}
 #: The four sample types of the poster's attention figure (config key ``attention_samples``).
 ATTENTION_SAMPLE_TYPES = ("child", "frontal", "occlusion", "pose")
-#: Model arithmetic of extraction (config key ``precision``).
-PRECISIONS = ("fp32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -86,6 +55,8 @@ class ConfigError(ValueError):
 
 
 # ------------------------------------------------------------------------------ value checks
+
+Check = Callable[[str, Any], Any]  # (key, value) -> the clean value, or a ConfigError naming key
 
 
 def _show(value: Any) -> str:
@@ -104,16 +75,48 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _int(key: str, value: Any, minimum: int) -> int:
-    if not _is_int(value) or value < minimum:
-        _fail(key, f"an integer >= {minimum}", value)
-    return int(value)
+def _rule(expected: str, ok: Callable[[Any], Any], clean: Callable[[Any], Any] = lambda v: v) -> Check:
+    """The check that fails with "<key> must be <expected>, got ..." unless ``ok(value)``."""
+
+    def check(key: str, value: Any) -> Any:
+        if not ok(value):
+            _fail(key, expected, value)
+        return clean(value)
+
+    return check
 
 
-def _text(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        _fail(key, "a non-empty string", value)
-    return value
+def _int(minimum: int) -> Check:
+    return _rule(f"an integer >= {minimum}", lambda v: _is_int(v) and v >= minimum, int)
+
+
+def _choice(options: tuple[str, ...]) -> Check:
+    return _rule(f"one of {list(options)}", lambda v: isinstance(v, str) and v in options)
+
+
+def _switch(off: str, on: str, options: tuple[str, ...], expected: str) -> Check:
+    """false/null -> ``off``, true -> ``on``, else one of ``options``."""
+    return _rule(expected, lambda v: v is None or isinstance(v, bool) or isinstance(v, str) and v in options,
+                 lambda v: off if v is None or v is False else on if v is True else v)
+
+
+_text = _rule("a non-empty string", lambda v: isinstance(v, str) and v != "")
+_flag = _rule("true or false", lambda v: isinstance(v, bool))
+_device = _rule("'cpu', 'cuda', 'cuda:N' (N >= 0) or 'auto'",
+                lambda v: isinstance(v, str) and re.fullmatch(r"cpu|cuda|cuda:[0-9]+|auto", v))
+_run_name = _rule("a non-empty name without '/' (results go to results_dir/run_name)",
+                  lambda v: isinstance(v, str) and v != "" and "/" not in v and "\\" not in v)
+_discard_limit = _rule("a number in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1, float)
+_pauc_scale = _rule("a positive number (pAUC is shown times this; 1000 as on the poster)",
+                    lambda v: _is_number(v) and 0 < v < math.inf, float)
+_demo_kind = _switch("", "default", ("", "default", "tiny"), "false, true, 'default' or 'tiny'")
+#: ``true`` is ``triangle`` (Schlett's ``edc.py``).
+_subtract_best = _switch("none", "triangle", ("none", "triangle", "stepwise"),
+                         "false, true (= 'triangle'), 'triangle' or 'stepwise'")
+
+
+def _folder(key: str, value: Any) -> Path:
+    return Path(_text(key, os.fspath(value) if isinstance(value, os.PathLike) else value))
 
 
 def _mapping(key: str, value: Any, expected: str = "a mapping of name: entry") -> dict[str, Any]:
@@ -128,16 +131,22 @@ def _mapping(key: str, value: Any, expected: str = "a mapping of name: entry") -
     return dict(value)
 
 
-def _names(key: str, value: Any, allowed: Mapping[str, Any] | None = None) -> tuple[str, ...]:
-    """A list of distinct strings (each in ``allowed`` if given)."""
+def _only(where: str, entry: Mapping[str, Any], allowed: set[str]) -> None:
+    extra = sorted(set(entry) - allowed, key=str)
+    if extra:
+        prefix = f"{where}: " if where else ""
+        raise ConfigError(f"{prefix}unknown key(s) {extra}; allowed: {sorted(allowed)}")
+
+
+def _baseline_names(key: str, value: Any) -> tuple[str, ...]:
+    """A list of distinct names of built-in baselines."""
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        _fail(key, "a list of names" + (f" from {sorted(allowed)}" if allowed is not None else ""), value)
+        _fail(key, f"a list of names from {sorted(_BASELINES)}", value)
     if len(set(value)) != len(value):
         raise ConfigError(f"{key} lists a name twice: {list(value)}")
-    if allowed is not None:
-        unknown = [v for v in value if v not in allowed]
-        if unknown:
-            raise ConfigError(f"{key}: unknown {unknown}; known: {sorted(allowed)}")
+    unknown = [v for v in value if v not in _BASELINES]
+    if unknown:
+        raise ConfigError(f"{key}: unknown {unknown}; known: {sorted(_BASELINES)}")
     return tuple(value)
 
 
@@ -153,67 +162,15 @@ def _fmr_targets(key: str, value: Any) -> tuple[float, ...]:
     return tuple(float(v) for v in value)
 
 
-def _discard_limit(key: str, value: Any) -> float:
-    if not _is_number(value) or not 0 < value <= 1:
-        _fail(key, "a number in (0, 1]", value)
-    return float(value)
-
-
-def _device(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
-        _fail(key, "'cpu', 'cuda', 'cuda:N' (N >= 0) or 'auto'", value)
-    return value
-
-
-def _run_name(key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value or "/" in value or "\\" in value:
-        _fail(key, "a non-empty name without '/' (results go to results_dir/run_name)", value)
-    return value
-
-
-def _folder(key: str, value: Any) -> Path:
-    if isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    return Path(_text(key, value))
-
-
-def _headline(key: str, value: Any) -> dict[str, Any]:
-    raw = _mapping(key, value, f"a mapping with keys from {sorted(_HEADLINE_KEYS)}")
-    _only(key, raw, _HEADLINE_KEYS)
+def _headline(value: Any) -> dict[str, Any]:
+    raw = _mapping("headline", value, f"a mapping with keys from {sorted(_HEADLINE_KEYS)}")
+    _only("headline", raw, _HEADLINE_KEYS)
     for k in ("dataset", "fr_model"):
         if k in raw:
-            _text(f"{key}.{k}", raw[k])
+            _text(f"headline.{k}", raw[k])
     if "fmr" in raw and (not _is_number(raw["fmr"]) or not 0 < raw["fmr"] < 1):
-        _fail(f"{key}.fmr", "a number in (0, 1)", raw["fmr"])
+        _fail("headline.fmr", "a number in (0, 1)", raw["fmr"])
     return raw
-
-
-def _pauc_scale(key: str, value: Any) -> float:
-    if not _is_number(value) or not 0 < value < float("inf"):
-        _fail(key, "a positive number (pAUC is shown times this; 1000 as on the poster)", value)
-    return float(value)
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[str, Any], str]:
-    def check(key: str, value: Any) -> str:
-        if not isinstance(value, str) or value not in options:
-            _fail(key, f"one of {list(options)}", value)
-        return value
-
-    return check
-
-
-def _workers(key: str, value: Any) -> int:
-    """``None`` (the default) -> the cores this process may use; else an integer >= 0."""
-    if value is None:
-        return default_workers()
-    return _int(key, value, 0)
-
-
-def _flag(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        _fail(key, "true or false", value)
-    return value
 
 
 def default_workers() -> int:
@@ -224,72 +181,28 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _demo_kind(key: str, value: Any) -> str:
-    if value is False or value is None or value == "":
-        return ""
-    if value is True:
-        return "default"
-    if value in ("default", "tiny"):
-        return str(value)
-    _fail(key, "false, true, 'default' or 'tiny'", value)
-
-
-def max_discard_limit(convention: Convention | str) -> float:
-    """The largest pAUC discard limit a convention's EDC reaches.
-
-    ``recompute``: the last level of its grid (:data:`exfiqa.evaluation.rules.RECOMPUTE_DISCARD_FRACTIONS`,
-    0.95; :func:`exfiqa.evaluation.pauc.pauc` refuses a limit beyond it). ``fixed``: 1, the whole mated
-    set (its stepwise area holds the last step up to the limit).
-    """
-    if Convention(convention) is Convention.RECOMPUTE:
-        return float(RECOMPUTE_DISCARD_FRACTIONS[-1])
+def max_discard_limit(convention: rules.Convention | str) -> float:
+    """The largest pAUC discard limit a convention's EDC reaches: ``recompute``'s last grid level
+    (:data:`~exfiqa.evaluation.rules.RECOMPUTE_DISCARD_FRACTIONS`, 0.95); ``fixed``: 1."""
+    if rules.Convention(convention) is rules.Convention.RECOMPUTE:
+        return float(rules.RECOMPUTE_DISCARD_FRACTIONS[-1])
     return 1.0
 
 
-
-#: EDC threshold rules and acceptance rules (config keys ``threshold_rule``, ``acceptance``; see
-#: :mod:`exfiqa.evaluation.rules`), pAUC best-curve subtraction and IJB-C template protocols.
-THRESHOLD_RULES = tuple(r.value for r in ThresholdRule)
-ACCEPTANCES = tuple(a.value for a in Acceptance)
-SUBTRACT_BEST = ("none", "triangle", "stepwise")
-TEMPLATE_PROTOCOLS = ("group", "insightface")
-
-
-def _subtract_best(key: str, value: Any) -> str:
-    """``false``/``none`` -> ``"none"``; ``true`` -> ``"triangle"`` (Schlett's ``edc.py``)."""
-    if value is None or value is False:
-        return "none"
-    if value is True:
-        return "triangle"
-    if not isinstance(value, str) or value not in SUBTRACT_BEST:
-        _fail(key, "false, true (= 'triangle'), 'triangle' or 'stepwise'", value)
-    return value
-
-
 def _compat_rules(raw: dict[str, Any]) -> dict[str, str]:
-    """The EDC rules a config file's ``compat`` sets.
-
-    ``compat: crfiqa`` sets ``threshold_rule`` and ``acceptance`` to the CR-FIQA group's ERC
-    scripts' (``closest``, ``distance<``); a file that also sets either to another value is an
-    error, as is a best-curve subtraction under ``recompute`` (where no best curve is defined).
-    """
+    """The EDC rules a file's ``compat`` sets (``crfiqa``: ``closest``, ``distance<``); setting either
+    to another value is an error, as is a best-curve subtraction under ``recompute``."""
     if _subtract_best("subtract_best", raw.get("subtract_best")) != "none" and raw.get("convention", "recompute") == "recompute":
         raise ConfigError("subtract_best: a theoretical best curve is defined for convention 'fixed' only")
     name = raw.get("compat", "none")
     if name in (None, "none"):
         return {}
-    if not isinstance(name, str) or name not in COMPAT:
-        _fail("compat", f"one of {['none', *sorted(COMPAT)]}", name)
-    for key, value in COMPAT[name].items():
+    if not isinstance(name, str) or name not in rules.COMPAT:
+        _fail("compat", f"one of {['none', *sorted(rules.COMPAT)]}", name)
+    for key, value in rules.COMPAT[name].items():
         if key in raw and raw[key] != value:
             raise ConfigError(f"compat: {name} sets {key} {value!r}, but the file also sets {key} {raw[key]!r}")
-    return dict(COMPAT[name])
-
-
-def _check(check: Callable[[str, Any], Any]) -> dict[str, Any]:
-    """The metadata of a :class:`Config` field that :meth:`Config.with_` may override: its check
-    ``(key, value) -> clean value``, run whenever a config is made."""
-    return {"check": check}
+    return dict(rules.COMPAT[name])
 
 
 # ------------------------------------------------------------------------------ the config
@@ -304,9 +217,6 @@ class DatasetSpec:
     args: dict[str, Any]
     label: str
 
-    def describe(self) -> str:
-        return f"{self.label} ({self.kind}: {', '.join(f'{k}={v}' for k, v in self.args.items())})"
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -320,10 +230,8 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class AttentionSample:
-    """One image of the attention figure: a file (``path``) or sample ``sample`` of ``dataset``.
-
-    ``dataset`` carries the dataset's spec, so narrowing the run's datasets keeps it readable.
-    """
+    """One image of the attention figure: a file (``path``) or sample ``sample`` of ``dataset``
+    (the dataset's spec, so narrowing the run's datasets keeps it readable)."""
 
     kind: str  # a name from ATTENTION_SAMPLE_TYPES
     path: Path | None = None
@@ -337,53 +245,52 @@ class AttentionSample:
         return f"{self.dataset.name} sample {self.sample}"
 
 
+def _setting(check: Check, *, default: Any) -> Any:
+    """A :class:`Config` field :meth:`Config.with_` may override, checked whenever a config is made."""
+    return field(default=default, metadata={"check": check})
+
+
 @dataclass(frozen=True)
 class Config:
     """A whole run. Notebooks narrow it with :meth:`select` and override scalars with :meth:`with_`.
+    ``device`` is as written (``auto`` included): whoever runs a model resolves it."""
 
-    ``device`` is as written (``auto`` included): whoever runs a model resolves it
-    (:func:`exfiqa.models.device.resolve_device`), so reading a config needs no torch.
-    """
-
-    run_name: str = field(metadata=_check(_run_name))  # default in a file: the file's stem
+    run_name: str = field(metadata={"check": _run_name})  # default in a file: the file's stem
     data_root: Path
-    cache_dir: Path = field(metadata=_check(_folder))  # default in a file: <data_root>/cache
-    results_dir: Path = field(metadata=_check(_folder))  # default in a file: results
+    cache_dir: Path = field(metadata={"check": _folder})  # default in a file: <data_root>/cache
+    results_dir: Path = field(metadata={"check": _folder})  # default in a file: results
     datasets: dict[str, DatasetSpec]
     fr_models: dict[str, ModelSpec]
     quality_models: dict[str, ModelSpec]
     external_methods: dict[str, dict[str, Path]] = field(default_factory=dict)
-    baselines: tuple[str, ...] = field(default=(), metadata=_check(lambda k, v: _names(k, v, _BASELINES)))
+    baselines: tuple[str, ...] = _setting(_baseline_names, default=())
     support_fr_models: dict[str, ModelSpec] = field(default_factory=dict)  # all FR models, for baselines
-    fmr_targets: tuple[float, ...] = field(default=(1e-2, 1e-3, 1e-4), metadata=_check(_fmr_targets))
-    discard_limit: float = field(default=0.3, metadata=_check(_discard_limit))
-    convention: str = field(default="recompute", metadata=_check(_choice(tuple(c.value for c in Convention))))
-    device: str = field(default="cpu", metadata=_check(_device))
-    batch_size: int = field(default=64, metadata=_check(lambda k, v: _int(k, v, 1)))
-    seed: int = field(default=0, metadata=_check(lambda k, v: _int(k, v, 0)))
+    fmr_targets: tuple[float, ...] = _setting(_fmr_targets, default=(1e-2, 1e-3, 1e-4))
+    discard_limit: float = _setting(_discard_limit, default=0.3)
+    convention: str = _setting(_choice(tuple(c.value for c in rules.Convention)), default="recompute")
+    device: str = _setting(_device, default="cpu")
+    batch_size: int = _setting(_int(1), default=64)
+    seed: int = _setting(_int(0), default=0)
     demo: str = ""  # "" (real data), "default" or "tiny": which demo world data_root holds
     headline: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None
-    # pAUC is shown times this (x10^3, as on the poster); CSVs state it
-    pauc_scale: float = field(default=1000.0, metadata=_check(_pauc_scale))
+    pauc_scale: float = _setting(_pauc_scale, default=1000.0)  # pAUC is shown times this; CSVs state it
     attention_samples: dict[str, AttentionSample] = field(default_factory=dict)  # {} = the default
     # the per-sample layout (exfiqa.store.arrays); None: exfiqa.store.arrays.arrays_root's default
-    arrays_dir: Path | None = field(default=None, metadata=_check(lambda k, v: None if v is None else _folder(k, v)))
-    # extraction: DataLoader worker processes (None: the cores available); model arithmetic, fp32
-    # or bf16 (autocast; part of every array key); samples per resumable shard; keep the decoded,
-    # aligned uint8 crops (memory-mapped) for later runs
-    workers: int | None = field(default=None, metadata=_check(_workers))
-    precision: str = field(default="fp32", metadata=_check(_choice(PRECISIONS)))
-    shard_size: int = field(default=50_000, metadata=_check(lambda k, v: _int(k, v, 1)))
-    crop_cache: bool = field(default=False, metadata=_check(_flag))
+    arrays_dir: Path | None = _setting(lambda k, v: None if v is None else _folder(k, v), default=None)
+    # extraction: DataLoader worker processes (None: the cores available); model arithmetic (part of
+    # every array key); samples per resumable shard; keep the aligned uint8 crops for later runs
+    workers: int | None = _setting(lambda k, v: default_workers() if v is None else _int(0)(k, v), default=None)
+    precision: str = _setting(_choice(("fp32", "bf16")), default="fp32")
+    shard_size: int = _setting(_int(1), default=50_000)
+    crop_cache: bool = _setting(_flag, default=False)
     # the EDC threshold for a target: at_most (FMR <= target) or closest (the authors' scripts); a
     # match: similarity >= threshold, or distance< (arccos(cos)/pi < threshold); pAUC minus a
     # theoretical best curve (fixed only): none, triangle or stepwise
-    threshold_rule: str = field(default="at_most", metadata=_check(_choice(THRESHOLD_RULES)))
-    acceptance: str = field(default="similarity>=", metadata=_check(_choice(ACCEPTANCES)))
-    subtract_best: str = field(default="none", metadata=_check(_subtract_best))
-    # IJB-C template features: group (the paper's) or insightface
-    template_protocol: str = field(default="group", metadata=_check(_choice(TEMPLATE_PROTOCOLS)))
+    threshold_rule: str = _setting(_choice(tuple(r.value for r in rules.ThresholdRule)), default="at_most")
+    acceptance: str = _setting(_choice(tuple(a.value for a in rules.Acceptance)), default="similarity>=")
+    subtract_best: str = _setting(_subtract_best, default="none")
+    template_protocol: str = _setting(_choice(("group", "insightface")), default="group")  # IJB-C template features
     plugins: tuple[str, ...] = ()  # modules imported before the datasets are read (registered readers)
 
     def __post_init__(self) -> None:
@@ -396,15 +303,12 @@ class Config:
                 f"'{self.convention}' convention), got {self.discard_limit:g}"
             )
 
-    def select(
-        self,
-        datasets: list[str] | None = None,
-        fr_models: list[str] | None = None,
-        quality_models: list[str] | None = None,
-    ) -> Config:
+    def select(self, datasets: list[str] | None = None, fr_models: list[str] | None = None,
+               quality_models: list[str] | None = None) -> Config:
         """Keep only the named entries (empty/None keeps all); unknown names are errors."""
 
-        def pick(kind: str, table: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
+        def pick(kind: str, names: list[str] | None) -> dict[str, Any]:
+            table: dict[str, Any] = getattr(self, kind)
             if not names:
                 return table
             unknown = [n for n in names if n not in table]
@@ -412,43 +316,36 @@ class Config:
                 raise ConfigError(f"unknown {kind} {unknown}; this config has {sorted(table)}")
             return {n: table[n] for n in names}
 
-        return replace(
-            self,
-            datasets=pick("datasets", self.datasets, datasets),
-            fr_models=pick("fr_models", self.fr_models, fr_models),
-            quality_models=pick("quality_models", self.quality_models, quality_models),
-        )
+        return replace(self, datasets=pick("datasets", datasets), fr_models=pick("fr_models", fr_models),
+                       quality_models=pick("quality_models", quality_models))
 
     def with_(self, **overrides: Any) -> Config:
         """Override scalar settings (None, "" and [] are ignored), checked as :func:`load_config` does.
-
-        ``device="auto"`` is resolved here, once. Datasets and models are narrowed with
-        :meth:`select`, not overridden.
-        """
-        names = {f.name for f in fields(self)}
-        bad = [k for k in overrides if k not in names]
+        Datasets and models are narrowed with :meth:`select`, not overridden."""
+        bad = [k for k in overrides if k not in {f.name for f in fields(self)}]
         if bad:
             raise ConfigError(f"unknown setting(s) {bad}")
         fixed = [k for k in overrides if k not in _SETTINGS]
         if fixed:
             raise ConfigError(f"setting(s) {fixed} cannot be overridden; choose from {sorted(_SETTINGS)}")
-        clean = {k: v for k, v in overrides.items() if not (v is None or _is_empty(v))}
-        return replace(self, **clean)
+        return replace(self, **{k: v for k, v in overrides.items()
+                                if not (v is None or isinstance(v, (str, list, tuple)) and len(v) == 0)})
 
     def check_paths(self, checkpoints: bool = True) -> None:
-        """Raise a :class:`ConfigError` naming the first dataset or checkpoint path that is missing.
-
-        ``checkpoints=False`` (evaluation from the per-sample arrays) checks no checkpoint."""
-        for ds in self.datasets.values():
-            for key, value in ds.args.items():
+        """Raise a :class:`ConfigError` naming the first input path that is missing (no checkpoint
+        with ``checkpoints=False``: evaluation from the per-sample arrays)."""
+        hint = (" (build the demo world with `make demo`)" if self.demo
+                else " (see data/README.md for where to get it and how to lay it out)")
+        for spec in self.datasets.values():
+            for key, value in spec.args.items():
                 if key in _PATH_KEYS and not Path(value).exists():
-                    raise ConfigError(f"dataset {ds.name!r}: {key} {value} does not exist{self._hint()}")
+                    raise ConfigError(f"dataset {spec.name!r}: {key} {value} does not exist{hint}")
         needed = {_BASELINE_FR[b] for b in self.baselines if b in _BASELINE_FR}
         support = {k: v for k, v in self.support_fr_models.items() if k in needed}
         for kind, table in (("fr_models", {**support, **self.fr_models}), ("quality_models", self.quality_models)):
             for m in table.values() if checkpoints else ():
                 if not m.checkpoint.is_file():
-                    raise ConfigError(f"{kind}.{m.name}: checkpoint {m.checkpoint} does not exist{self._hint()}")
+                    raise ConfigError(f"{kind}.{m.name}: checkpoint {m.checkpoint} does not exist{hint}")
         for method, per_ds in self.external_methods.items():
             for ds, path in per_ds.items():
                 if not path.is_file():
@@ -457,18 +354,9 @@ class Config:
             if sample.path is not None and not sample.path.is_file():
                 raise ConfigError(f"attention_samples.{kind}: {sample.path} does not exist")
 
-    def _hint(self) -> str:
-        if self.demo:
-            return " (build the demo world with `make demo`)"
-        return " (see data/README.md for where to get it and how to lay it out)"
-
-
-def _is_empty(value: Any) -> bool:
-    return isinstance(value, (str, list, tuple)) and len(value) == 0
-
 
 #: The settings :meth:`Config.with_` may override -> their checks (key, value) -> clean value.
-_SETTINGS: dict[str, Callable[[str, Any], Any]] = {f.name: f.metadata["check"] for f in fields(Config) if "check" in f.metadata}
+_SETTINGS: dict[str, Check] = {f.name: f.metadata["check"] for f in fields(Config) if "check" in f.metadata}
 #: The keys a config file may give: the fields but those :func:`load_config` fills in, and ``compat``.
 _TOP_KEYS = {f.name for f in fields(Config)} - {"support_fr_models", "source"} | {"compat"}
 
@@ -477,12 +365,8 @@ _TOP_KEYS = {f.name for f in fields(Config)} - {"support_fr_models", "source"} |
 
 
 def list_parameter(name: str, value: Any, of: Literal["names", "numbers"] = "names") -> list[Any]:
-    """A notebook's list parameter as a list: a list, or a JSON/YAML list written as a string.
-
-    papermill's ``-p fr_models '["elasticface"]'`` passes the string ``'["elasticface"]'``; it is
-    parsed with YAML. A bare name (``-p fr_models elasticface``) is refused with the spelling that
-    works, rather than guessed at.
-    """
+    """A notebook's list parameter: a list, or a JSON/YAML list written as a string (papermill's
+    ``-p fr_models '["elasticface"]'``). A bare name is refused with the spelling that works."""
     example = '\'["elasticface"]\'' if of == "names" else "'[0.01, 0.001]'"
     if isinstance(value, str):
         try:
@@ -490,14 +374,25 @@ def list_parameter(name: str, value: Any, of: Literal["names", "numbers"] = "nam
         except (yaml.YAMLError, ConfigError) as exc:
             raise ConfigError(f"parameter {name}: {value!r} is not a JSON/YAML list ({_yaml_problem(exc)})") from None
         if not isinstance(parsed, list):
-            raise ConfigError(
-                f"parameter {name} must be a list of {of}, e.g. -p {name} {example}; got the string {value!r}"
-            )
+            raise ConfigError(f"parameter {name} must be a list of {of}, e.g. -p {name} {example}; "
+                              f"got the string {value!r}")
         value = parsed
     ok = (lambda v: isinstance(v, str)) if of == "names" else _is_number
     if not isinstance(value, (list, tuple)) or not all(ok(v) for v in value):
         raise ConfigError(f"parameter {name} must be a list of {of}, e.g. -p {name} {example}; got {_show(value)}")
     return list(value)
+
+
+def parse_attention_samples(value: Any, cfg: Config, key: str = "parameter attention_samples") -> dict[str, AttentionSample]:
+    """A notebook's ``attention_samples`` parameter (a mapping, or YAML/JSON text) for ``cfg``:
+    paths relative to ``cfg.data_root``, datasets those the config file names."""
+    if isinstance(value, str):
+        try:
+            value = yaml.load(value, Loader=_Loader)
+        except (yaml.YAMLError, ConfigError) as exc:
+            raise ConfigError(f"{key}: {value!r} is not a YAML/JSON mapping ({_yaml_problem(exc)})") from None
+    known = {**cfg.datasets, **{s.dataset.name: s.dataset for s in cfg.attention_samples.values() if s.dataset}}
+    return _attention_samples(key, value, cfg.data_root, known)
 
 
 # ------------------------------------------------------------------------------ reading YAML
@@ -513,17 +408,13 @@ class _Loader(yaml.SafeLoader):
             if not isinstance(key, Hashable):
                 continue  # SafeConstructor refuses it with its own message
             if key in seen:
-                line = key_node.start_mark.line + 1
-                raise ConfigError(f"line {line}: key {key!r} is given twice")
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")  # YAML 1.2's 1e-3
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789"))
 
 
 def _yaml_problem(exc: Exception) -> str:
@@ -563,125 +454,86 @@ def _resolve(base: Path, value: Any) -> Path:
     return p if p.is_absolute() else base / p
 
 
-def _file_name(where: str, name: Any) -> None:
-    """Dataset and model names name files and folders of the per-sample layout (exfiqa.store.arrays)."""
-    text = str(name)
-    if not text or "/" in text or "\\" in text or text.startswith(".") or text != text.strip() or "\0" in text:
-        raise ConfigError(f"{where}: the name {text!r} names files of the per-sample layout "
-                          "(<dataset>/<kind>-<name>.npy): no '/', '\\', leading '.', or surrounding spaces")
-
-
-#: Baselines that read a specific torch architecture of the FR model they run on: SER-FIQ runs the
-#: ArcFace iResNet's layers with dropout, MagFace's norm is the norm of a MagFace model's output.
-_BASELINE_NEEDS = {"serfiq": "the ArcFace torch model (its dropout-layer forward; an ONNX graph has none)",
-                   "magface_norm": "a MagFace torch model (the norm of any other model's output is not MagFace's quality)"}
-
-
-def _baseline_models(baselines: Sequence[str], fr: Mapping[str, ModelSpec]) -> None:
-    """A baseline whose FR model is an ONNX graph (or another model) is refused here, not mid-extraction."""
-    for b in baselines:
-        model = _BASELINES[b]
-        if model is None:
-            continue
-        spec = fr[model]
-        released = spec.args.get("name", model)
-        if str(spec.checkpoint).lower().endswith(".onnx") or released != model:
-            what = "the ONNX graph" if str(spec.checkpoint).lower().endswith(".onnx") else f"model name {released!r}"
-            raise ConfigError(
-                f"baselines: {b} runs on fr_models.{model} and needs {_BASELINE_NEEDS[b]}; this entry is {what} "
-                f"{spec.checkpoint.name}: drop {b} from baselines or point fr_models.{model} at the released checkpoint"
-            )
-
-
-def _only(where: str, entry: Mapping[str, Any], allowed: set[str]) -> None:
-    extra = sorted(set(entry) - allowed, key=str)
-    if extra:
-        prefix = f"{where}: " if where else ""
-        raise ConfigError(f"{prefix}unknown key(s) {extra}; allowed: {sorted(allowed)}")
+def _entries(kind: str, raw: Any, needs: str, hint: str = "") -> Iterator[tuple[str, str, Mapping[str, Any]]]:
+    """``(name, "<kind>.<name>", entry)`` of a table whose names name files and folders of the
+    per-sample layout (exfiqa.store.arrays) and whose entries need key ``needs``."""
+    for name, entry in _mapping(kind, raw).items():
+        where = f"{kind}.{name}"
+        if not name or "/" in name or "\\" in name or name.startswith(".") or name != name.strip() or "\0" in name:
+            raise ConfigError(f"{where}: the name {name!r} names files of the per-sample layout "
+                              "(<dataset>/<kind>-<name>.npy): no '/', '\\', leading '.', or surrounding spaces")
+        if not isinstance(entry, Mapping) or needs not in entry:
+            raise ConfigError(f"{where} needs a '{needs}'{hint}, got {_show(entry)}")
+        yield name, where, entry
 
 
 def _label(where: str, entry: Mapping[str, Any], name: str) -> str:
     return _text(f"{where}.label", entry["label"]) if "label" in entry else name
 
 
-def _reader_args(kind: str) -> dict[str, Any]:
-    """A reader's arguments a config entry gives -> default (``inspect.Parameter.empty``: required)."""
-    params = inspect.signature(_READERS[kind]).parameters
-    return {k: p.default for k, p in params.items() if k != "name"}
-
-
-def _reader_value(where: str, value: Any, default: Any) -> Any:
-    """Non-path reader arguments (``max_nonmated``, ``seed``) are integers, or null where the default is."""
-    if _is_int(value) or (value is None and default is None):
-        return value
-    _fail(where, "an integer" + (" or null" if default is None else ""), value)
-
-
 def _datasets(raw: Any, root: Path) -> dict[str, DatasetSpec]:
+    """Dataset entries: a reader ``kind`` and that reader's arguments (non-path ones integers, or
+    null where the reader's default is None)."""
     out = {}
-    for name, entry in _mapping("datasets", raw).items():
-        where = f"datasets.{name}"
-        _file_name(where, name)
-        if not isinstance(entry, Mapping) or "kind" not in entry:
-            raise ConfigError(f"{where} needs a 'kind' ({', '.join(_READERS)}), got {_show(entry)}")
+    for name, where, entry in _entries("datasets", raw, "kind", f" ({', '.join(_READERS)})"):
         kind = entry["kind"]
         if kind not in _READERS:
             raise ConfigError(f"{where}.kind {kind!r} is not one of {list(_READERS)}")
-        reader = _reader_args(kind)
+        params = inspect.signature(_READERS[kind]).parameters
+        reader = {k: p.default for k, p in params.items() if k != "name"}  # empty: required
         _only(where, entry, {"kind", "label", *reader})
         missing = [k for k, d in reader.items() if d is inspect.Parameter.empty and k not in entry]
         if missing:
             raise ConfigError(f"{where} (kind {kind}) needs {missing}")
         args: dict[str, Any] = {}
         for k, v in entry.items():
-            if k in ("kind", "label"):
-                continue
             if k in _PATH_KEYS:
                 args[k] = _resolve(root, _text(f"{where}.{k}", v))
-            else:
-                args[k] = _reader_value(f"{where}.{k}", v, reader[k])
+            elif k not in ("kind", "label"):
+                if not (_is_int(v) or (v is None and reader[k] is None)):
+                    _fail(f"{where}.{k}", "an integer" + (" or null" if reader[k] is None else ""), v)
+                args[k] = v
         out[name] = DatasetSpec(name, kind, {"name": name, **args}, _label(where, entry, name))
     return out
 
 
-def _model_arg(where: str, key: str, value: Any) -> Any:
-    if key == "name":
-        return _text(where, value)
-    if key == "arch":
-        if value not in _FR_ARCHS:
-            _fail(where, f"one of {list(_FR_ARCHS)}", value)
-        return value
-    if key in ("layers", "widths"):
-        if not isinstance(value, list) or not value or not all(_is_int(v) and v >= 1 for v in value):
-            _fail(where, "a non-empty list of integers >= 1", value)
-        return value
-    if key == "providers":
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-            _fail(where, "a non-empty list of onnxruntime provider names, e.g. [CUDAExecutionProvider]", value)
-        return value
-    if key == "preprocess":  # exfiqa.models.fr.Preprocess; numbers become floats so equal settings key alike
-        import math
+def _preprocess(where: str, value: Any) -> dict[str, Any]:
+    """exfiqa.models.fr.Preprocess; numbers become floats so that equal settings key alike."""
 
-        def number(k: str, v: Any, nonzero: bool = False) -> float:
-            if not _is_number(v) or not math.isfinite(v) or (nonzero and v == 0):
-                _fail(f"{where}.{k}", "a finite" + (" non-zero" if nonzero else "") + " number", v)
-            return float(v)
+    def number(k: str, v: Any, nonzero: bool = False) -> float:
+        if not _is_number(v) or not math.isfinite(v) or (nonzero and v == 0):
+            _fail(f"{where}.{k}", "a finite" + (" non-zero" if nonzero else "") + " number", v)
+        return float(v)
 
-        entry = _mapping(where, value, "a mapping {channel_order: RGB|BGR, scale: S, mean: [3 numbers], std: [3 numbers]}")
-        _only(where, entry, set(_PREPROCESS_KEYS))
-        missing = [k for k in _PREPROCESS_KEYS if k not in entry]
-        if missing:
-            raise ConfigError(f"{where} needs {missing} (all of {list(_PREPROCESS_KEYS)}: the model's input is (pixel * scale - mean) / std)")
-        if entry["channel_order"] not in ("RGB", "BGR"):
-            _fail(f"{where}.channel_order", "'RGB' or 'BGR'", entry["channel_order"])
-        out: dict[str, Any] = {"channel_order": entry["channel_order"], "scale": number("scale", entry["scale"], True)}
-        for k in ("mean", "std"):
-            v = entry[k]
-            if not isinstance(v, list) or len(v) != 3:
-                _fail(f"{where}.{k}", "a list of 3 numbers (one per channel, in channel_order)", v)
-            out[k] = [number(f"{k}[{i}]", x, k == "std") for i, x in enumerate(v)]
-        return out
-    return _int(where, value, 1)  # embedding_size, input_size, num_heads, img_size
+    entry = _mapping(where, value, "a mapping {channel_order: RGB|BGR, scale: S, mean: [3 numbers], std: [3 numbers]}")
+    _only(where, entry, set(_PREPROCESS_KEYS))
+    missing = [k for k in _PREPROCESS_KEYS if k not in entry]
+    if missing:
+        raise ConfigError(f"{where} needs {missing} (all of {list(_PREPROCESS_KEYS)}: the model's input is (pixel * scale - mean) / std)")
+    if entry["channel_order"] not in ("RGB", "BGR"):
+        _fail(f"{where}.channel_order", "'RGB' or 'BGR'", entry["channel_order"])
+    out: dict[str, Any] = {"channel_order": entry["channel_order"], "scale": number("scale", entry["scale"], True)}
+    for k in ("mean", "std"):
+        v = entry[k]
+        if not isinstance(v, list) or len(v) != 3:
+            _fail(f"{where}.{k}", "a list of 3 numbers (one per channel, in channel_order)", v)
+        out[k] = [number(f"{k}[{i}]", x, k == "std") for i, x in enumerate(v)]
+    return out
+
+
+_SIZES = _rule("a non-empty list of integers >= 1",
+               lambda v: isinstance(v, list) and v and all(_is_int(x) and x >= 1 for x in v))
+#: The checks of a model entry's loader arguments; any other (embedding_size, input_size, num_heads,
+#: img_size) is an integer >= 1.
+_MODEL_ARGS: dict[str, Check] = {
+    "name": _text,
+    "arch": _choice(_FR_ARCHS),
+    "layers": _SIZES,
+    "widths": _SIZES,
+    "providers": _rule("a non-empty list of onnxruntime provider names, e.g. [CUDAExecutionProvider]",
+                       lambda v: isinstance(v, list) and v and all(isinstance(x, str) and x for x in v)),
+    "preprocess": _preprocess,
+}
 
 
 def _models(raw: Any, root: Path, kind: str) -> dict[str, ModelSpec]:
@@ -689,13 +541,9 @@ def _models(raw: Any, root: Path, kind: str) -> dict[str, ModelSpec]:
     its ``preprocess`` and takes no torch architecture keys; ``providers`` is for ONNX entries only."""
     allowed = _FR_ARGS if kind == "fr_models" else _QUALITY_ARGS
     out = {}
-    for name, entry in _mapping(kind, raw).items():
-        where = f"{kind}.{name}"
-        _file_name(where, name)
-        if not isinstance(entry, Mapping) or "checkpoint" not in entry:
-            raise ConfigError(f"{where} needs a 'checkpoint', got {_show(entry)}")
+    for name, where, entry in _entries(kind, raw, "checkpoint"):
         _only(where, entry, {"checkpoint", "label", *allowed})
-        args = {k: _model_arg(f"{where}.{k}", k, v) for k, v in entry.items() if k in allowed}
+        args = {k: _MODEL_ARGS.get(k, _int(1))(f"{where}.{k}", v) for k, v in entry.items() if k in allowed}
         text = _text(f"{where}.checkpoint", entry["checkpoint"])
         if kind == "fr_models" and text.lower().endswith(".onnx"):
             torch_only = sorted(set(args) & _FR_TORCH_ARGS)
@@ -710,9 +558,34 @@ def _models(raw: Any, root: Path, kind: str) -> dict[str, ModelSpec]:
                 )
         elif "providers" in args:
             raise ConfigError(f"{where}.providers: onnxruntime providers apply to ONNX models only (a checkpoint ending in .onnx)")
-        checkpoint = _resolve(root, text)
-        out[name] = ModelSpec(name, checkpoint, args, _label(where, entry, name))
+        out[name] = ModelSpec(name, _resolve(root, text), args, _label(where, entry, name))
     return out
+
+
+#: Baselines that read a specific torch architecture of the FR model they run on: SER-FIQ runs the
+#: ArcFace iResNet's layers with dropout, MagFace's norm is the norm of a MagFace model's output.
+_BASELINE_NEEDS = {"serfiq": "the ArcFace torch model (its dropout-layer forward; an ONNX graph has none)",
+                   "magface_norm": "a MagFace torch model (the norm of any other model's output is not MagFace's quality)"}
+
+
+def _baseline_models(baselines: Sequence[str], fr: Mapping[str, ModelSpec]) -> None:
+    """A baseline's FR model missing, an ONNX graph or another model is refused here, not mid-extraction."""
+    for b in baselines:
+        if _BASELINES[b] is not None and _BASELINES[b] not in fr:
+            raise ConfigError(f"baselines: {b} runs on fr_models.{_BASELINES[b]}, which this config lacks")
+    for b in baselines:
+        if b not in _BASELINE_FR:
+            continue
+        model = _BASELINE_FR[b]
+        spec = fr[model]
+        onnx = str(spec.checkpoint).lower().endswith(".onnx")
+        released = spec.args.get("name", model)
+        if onnx or released != model:
+            what = "the ONNX graph" if onnx else f"model name {released!r}"
+            raise ConfigError(
+                f"baselines: {b} runs on fr_models.{model} and needs {_BASELINE_NEEDS[b]}; this entry is {what} "
+                f"{spec.checkpoint.name}: drop {b} from baselines or point fr_models.{model} at the released checkpoint"
+            )
 
 
 def _external(raw: Any, root: Path, datasets: Mapping[str, DatasetSpec]) -> dict[str, dict[str, Path]]:
@@ -732,11 +605,8 @@ def _external(raw: Any, root: Path, datasets: Mapping[str, DatasetSpec]) -> dict
 def _attention_samples(
     key: str, raw: Any, root: Path, datasets: Mapping[str, DatasetSpec]
 ) -> dict[str, AttentionSample]:
-    """``{type: path}`` (relative to ``data_root``) or ``{type: {dataset: name, sample: id}}``.
-
-    Types come from :data:`ATTENTION_SAMPLE_TYPES`; any subset may be given. Absent or empty:
-    the notebooks' documented default (:func:`exfiqa.report.attention.attention_inputs`).
-    """
+    """``{type: path}`` (relative to ``data_root``) or ``{type: {dataset: name, sample: id}}`` for any
+    of :data:`ATTENTION_SAMPLE_TYPES`; absent or empty: :func:`exfiqa.report.attention.attention_inputs`."""
     entries = _mapping(key, raw, f"a mapping of sample type ({', '.join(ATTENTION_SAMPLE_TYPES)}) to an image")
     _only(key, entries, set(ATTENTION_SAMPLE_TYPES))
     out = {}
@@ -753,46 +623,18 @@ def _attention_samples(
         name = _text(f"{where}.dataset", entry["dataset"])
         if name not in datasets:
             raise ConfigError(f"{where}.dataset {name!r} is not one of {sorted(datasets)}")
-        out[kind] = AttentionSample(kind, dataset=datasets[name], sample=_int(f"{where}.sample", entry["sample"], 0))
+        out[kind] = AttentionSample(kind, dataset=datasets[name], sample=_int(0)(f"{where}.sample", entry["sample"]))
     return out
-
-
-def parse_attention_samples(value: Any, cfg: Config, key: str = "parameter attention_samples") -> dict[str, AttentionSample]:
-    """A notebook's ``attention_samples`` parameter (a mapping, or YAML/JSON text) for ``cfg``.
-
-    Paths are resolved against ``cfg.data_root``; datasets are those the config file names.
-    """
-    if isinstance(value, str):
-        try:
-            value = yaml.load(value, Loader=_Loader)
-        except (yaml.YAMLError, ConfigError) as exc:
-            raise ConfigError(f"{key}: {value!r} is not a YAML/JSON mapping ({_yaml_problem(exc)})") from None
-    known = {**cfg.datasets, **{s.dataset.name: s.dataset for s in cfg.attention_samples.values() if s.dataset}}
-    return _attention_samples(key, value, cfg.data_root, known)
 
 
 _MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z", re.ASCII)
 
 
-def _plugin_names(raw: Any) -> tuple[str, ...]:
-    """The ``plugins`` entry checked, nothing imported: absolute dotted module names."""
-    if raw is None:
-        return ()
-    if not isinstance(raw, list) or not all(isinstance(m, str) and _MODULE_NAME.match(m) for m in raw):
-        _fail("plugins", "a list of importable module names", raw)
-    return tuple(raw)
-
-
-def _plugins(names: tuple[str, ...], src: str) -> tuple[str, ...]:
-    """Import the ``plugins`` modules (importable names, e.g. ``mylab.readers``), in order, before
-    the datasets are checked: a module that registers a benchmark reader at import
-    (:func:`exfiqa.readers.register_reader`) makes its ``kind`` valid in this config and in every
-    process that loads it (notebooks, ``exfiqa extract``, torchrun ranks).
-
-    A config with plugins is code: importing runs the modules, found on ``sys.path`` (which may
-    hold the working folder). :func:`load_config` calls this only once the rest of the config
-    that does not depend on registered readers is valid, and each import is announced on stderr
-    with the file it comes from."""
+def _plugins(names: tuple[str, ...], src: str) -> None:
+    """Import the ``plugins`` modules in order, each announced on stderr with its file: a module that
+    registers a reader (:func:`exfiqa.readers.register_reader`) makes its ``kind`` valid here and in
+    every process that loads the config. Importing runs code, so :func:`load_config` calls this only
+    once the rest of the config that needs no registered reader is valid."""
     for module in names:
         try:
             spec = importlib.util.find_spec(module)
@@ -806,7 +648,6 @@ def _plugins(names: tuple[str, ...], src: str) -> tuple[str, ...]:
             raise ConfigError(f"plugins: cannot import {module!r} ({exc}); is it installed or on PYTHONPATH?") from None
         except Exception as exc:  # a plugin's own error at import (e.g. a kind registered twice)
             raise ConfigError(f"plugins: importing {module!r} failed: {type(exc).__name__}: {exc}") from exc
-    return names
 
 
 def load_config(
@@ -817,7 +658,7 @@ def load_config(
     """Read and validate a run config. Errors name the file and the offending key.
 
     ``data_root`` (if given and non-empty) replaces the file's ``data_root`` before the dataset and
-    checkpoint paths are resolved against it. ``device: auto`` is resolved here, once.
+    checkpoint paths are resolved against it.
     """
     path = Path(path)
     if not path.is_file():
@@ -830,21 +671,19 @@ def load_config(
         written_root = _text("data_root", raw.get("data_root", "data"))
         root = _resolve(base, data_root or written_root)
         # everything that does not need the plugins' readers is checked before any plugin runs
-        names = _plugin_names(raw.get("plugins"))
+        plugins = [] if raw.get("plugins") is None else raw["plugins"]
+        if not isinstance(plugins, list) or not all(isinstance(m, str) and _MODULE_NAME.match(m) for m in plugins):
+            _fail("plugins", "a list of importable module names", plugins)
         settings = {key: raw[key] for key in _SETTINGS if key in raw}
         for key, value in settings.items():
             _SETTINGS[key](key, value)
         demo = _demo_kind("demo", raw.get("demo", False))
-        headline = _headline("headline", raw.get("headline"))
+        headline = _headline(raw.get("headline"))
         fr = _models(raw.get("fr_models"), root, "fr_models")
         quality = _models(raw.get("quality_models"), root, "quality_models")
-        plugins = _plugins(names, src)
+        _plugins(tuple(plugins), src)
         datasets = _datasets(raw.get("datasets"), root)
-        baselines = _names("baselines", raw.get("baselines", []), _BASELINES)
-        for b in baselines:
-            if _BASELINES[b] is not None and _BASELINES[b] not in fr:
-                raise ConfigError(f"baselines: {b} runs on fr_models.{_BASELINES[b]}, which this config lacks")
-        _baseline_models(baselines, fr)
+        _baseline_models(_baseline_names("baselines", raw.get("baselines", [])), fr)
         for key, table in (("dataset", datasets), ("fr_model", fr)):
             if key in headline and headline[key] not in table:
                 raise ConfigError(f"headline.{key} {headline[key]!r} is not one of {sorted(table)}")
@@ -853,18 +692,10 @@ def load_config(
                      if key in settings}
         defaults: dict[str, Any] = {"run_name": path.stem, "cache_dir": root / "cache", "results_dir": base / "results"}
         return Config(
-            **defaults | settings | _compat_rules(raw),
-            data_root=root,
-            datasets=datasets,
-            fr_models=fr,
-            support_fr_models=dict(fr),
-            quality_models=quality,
-            external_methods=_external(raw.get("external_methods"), root, datasets),
-            demo=demo,
-            headline=headline,
-            source=path,
+            **defaults | settings | _compat_rules(raw), data_root=root, datasets=datasets, fr_models=fr,
+            support_fr_models=dict(fr), quality_models=quality, demo=demo, headline=headline, source=path,
+            external_methods=_external(raw.get("external_methods"), root, datasets), plugins=tuple(plugins),
             attention_samples=_attention_samples("attention_samples", raw.get("attention_samples"), root, datasets),
-            plugins=plugins,
         )
     except ConfigError as exc:
         raise ConfigError(f"{src}: {exc}") from None

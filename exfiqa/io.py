@@ -1,11 +1,8 @@
 """Atomic writing, file digests and safe error text: the lowest layer, with no torch.
 
-Conventions:
-- Checkpoints are read by :mod:`exfiqa.models.checkpoints` (torch lives there, not here); the
-  error they raise, :class:`CheckpointError`, is here so that any layer can catch it.
-- Every output is first written to a temporary file in the target folder, then renamed into place,
-  so a reader never sees a half-written file. An existing file is only replaced with
-  ``overwrite=True``.
+Every output is written to a temporary file in the target folder, then renamed into place (an
+existing file only with ``overwrite=True``). :class:`CheckpointError` (raised by
+:mod:`exfiqa.models.checkpoints`) lives here so that any layer can catch it.
 """
 
 from __future__ import annotations
@@ -34,14 +31,9 @@ class CheckpointError(ValueError):
 
 
 def clip(text: object, limit: int = 80) -> str:
-    """``text`` made safe for a one-line error message: escaped and at most ``limit`` characters.
-
-    A string taken from a file (a pickle's global name, a manifest entry, an exception raised
-    while parsing it) may hold control characters (ANSI escapes, newlines), lone surrogates or
-    millions of characters. Every character outside printable ASCII is written as a Python
-    escape (``\\x1b``, ``\\n``, ``\\udcff``, ``\\u00e9``), and the result is cut to ``limit``
-    characters followed by ``...``.
-    """
+    """``text`` (e.g. read from a file) made safe for a one-line error message: every character
+    outside printable ASCII written as a Python escape (``\\x1b``, ``\\n``, ``\\udcff``), cut to
+    ``limit`` characters followed by ``...``."""
     s = text if isinstance(text, str) else str(text)
     head = s[: limit + 1]
     out = head.encode("ascii", "backslashreplace").decode("ascii")
@@ -51,16 +43,10 @@ def clip(text: object, limit: int = 80) -> str:
     return out
 
 
-
 @contextlib.contextmanager
-def atomic_path(
-    target: str | os.PathLike[str], *, overwrite: bool = False
-) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; on success rename it onto ``target``.
-
-    Raises:
-        FileExistsError: ``target`` exists and ``overwrite`` is False (checked before any work).
-    """
+def atomic_path(target: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; on success rename it onto ``target``
+    (:class:`FileExistsError` before any work if ``target`` exists and ``overwrite`` is False)."""
     target = Path(target)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite=True (CLI: --overwrite) to replace it")
@@ -68,7 +54,9 @@ def atomic_path(
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give outputs the usual mode
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give outputs the usual mode
     try:
         yield tmp_path
         os.replace(tmp_path, target)
@@ -78,21 +66,14 @@ def atomic_path(
 
 
 @contextlib.contextmanager
-def atomic_write(
-    target: str | os.PathLike[str], mode: str = "w", *, overwrite: bool = False, **open_kwargs: Any
-) -> Iterator[IO[Any]]:
+def atomic_write(target: str | os.PathLike[str], mode: str = "w", *, overwrite: bool = False,
+                 **open_kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary file for writing; it replaces ``target`` only if the block succeeds."""
     if "b" not in mode:
         open_kwargs.setdefault("encoding", "utf-8")
         open_kwargs.setdefault("newline", "")
     with atomic_path(target, overwrite=overwrite) as tmp, open(tmp, mode, **open_kwargs) as fh:
         yield fh
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def file_digest(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

@@ -1,19 +1,10 @@
 """Locks, owned temporary files and disk space for the processes that write large files.
 
-Conventions (POSIX ``flock``; on Linux NFS clients emulate it with byte-range locks, which the
-server sees from every node):
-
-- :func:`run_lock`: one process at a time does a piece of work (``exfiqa extract`` of one
-  dataset). The lock file holds the holder's ``pid``, host and start time, so a second process
-  can say whom it waits for; it is never removed (removing a lock file races with a newcomer).
-  The lock goes with its holder, however that process ends.
-- :func:`create_owned`: a temporary file that is flock-ed by its writer from its creation until it
-  is renamed into place or removed. :func:`remove_dead_temps` removes the temporary files nobody
-  holds, i.e. those of killed runs, and leaves those being written.
-- :func:`reserve`: allocate a file's blocks before it is memory-mapped (``posix_fallocate``).
-  Writing into a mapped page the disk has no room for kills the process with SIGBUS and no
-  message; a reservation that fails raises :class:`NoSpaceError` instead: one line naming the
-  folder, the bytes needed and the bytes free.
+All locks are POSIX ``flock`` s (NFS clients emulate them with byte-range locks) and go with their
+holder however it ends. A lock file holds its holder's pid, host and start time and is never
+removed (that races with a newcomer); an owned temporary file is locked by its writer until renamed
+or removed, so the files nobody holds are those of killed runs. Blocks are reserved before a file
+is memory-mapped: a mapped page the disk has no room for is a SIGBUS, not a message.
 """
 
 from __future__ import annotations
@@ -35,26 +26,17 @@ class NoSpaceError(OSError):
 
 
 def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
-    raise AssertionError  # pragma: no cover
-
-
-def _holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 512, 0).decode("utf-8", "replace").strip()
-    except OSError:
-        text = ""
-    return text or "another process"
+    return f"{n:.1f} TB"
 
 
 @contextlib.contextmanager
 def run_lock(path: str | os.PathLike[str], what: str, log: Callable[[str], Any] | None = None) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if absent) for the block; wait for it if another
-    process holds it, saying once through ``log`` whom it waits for (``what``: the work, for the
-    message)."""
+    """Hold an exclusive lock on ``path`` (created if absent) for the block, waiting while another
+    process holds it; ``log`` is told once whom it waits for (``what``: the work)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -63,7 +45,10 @@ def run_lock(path: str | os.PathLike[str], what: str, log: Callable[[str], Any] 
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if log is not None:
-                log(f"{what}: {path} is held by {_holder(fd)}; waiting for it to finish ...")
+                holder = ""
+                with contextlib.suppress(OSError):
+                    holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip()
+                log(f"{what}: {path} is held by {holder or 'another process'}; waiting for it to finish ...")
             t0 = time.monotonic()
             fcntl.flock(fd, fcntl.LOCK_EX)
             if log is not None:
@@ -76,10 +61,17 @@ def run_lock(path: str | os.PathLike[str], what: str, log: Callable[[str], Any] 
         os.close(fd)  # releases the lock
 
 
+def _is_file_of(fd: int, path: str | os.PathLike[str]) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
 def discard_owned(fd: int, path: str | os.PathLike[str]) -> None:
     """Remove ``path`` if it is still the file of ``fd`` (an owned temporary file not renamed)."""
     with contextlib.suppress(FileNotFoundError):
-        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+        if _is_file_of(fd, path):
             os.unlink(path)
 
 
@@ -96,27 +88,18 @@ def create_owned(path: str | os.PathLike[str]) -> int:
                 raise FileExistsError(f"{path} is being written by another process") from None
             continue
         fcntl.flock(fd, fcntl.LOCK_EX)  # waits while a cleaner holds it, then checks it is still ours
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
+        if _is_file_of(fd, path):
+            return fd
         os.close(fd)  # removed by remove_dead_temps between our create and our lock: again
-    return fd
 
 
 def remove_dead_temps(folder: str | os.PathLike[str], pattern: str) -> list[Path]:
     """Remove the files matching ``pattern`` under ``folder`` (recursively) that no process holds
     (:func:`create_owned`'s of killed runs); return them."""
-    removed: list[Path] = []
     root = Path(folder)
     if not root.is_dir():
-        return removed
-    for path in sorted(root.rglob(pattern)):
-        if _remove_if_dead(path):
-            removed.append(path)
-    return removed
+        return []
+    return [path for path in sorted(root.rglob(pattern)) if _remove_if_dead(path)]
 
 
 def _remove_if_dead(path: Path) -> bool:
@@ -127,7 +110,7 @@ def _remove_if_dead(path: Path) -> bool:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+        if _is_file_of(fd, path):
             path.unlink()
             return True
     except OSError:  # held by a live writer, or gone meanwhile
@@ -138,11 +121,8 @@ def _remove_if_dead(path: Path) -> bool:
 
 
 def reserve(fd: int, size: int, path: str | os.PathLike[str]) -> None:
-    """Allocate the first ``size`` bytes of the open file ``fd`` (``path``, for the message).
-
-    Raises:
-        NoSpaceError: the file system has no room for them.
-    """
+    """Allocate the first ``size`` bytes of the open file ``fd`` (``path``, for the message);
+    :class:`NoSpaceError` if the file system has no room for them."""
     try:
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:

@@ -1,12 +1,6 @@
-"""The run description the two stages share: a config's benchmarks, models and array keys.
-
-:class:`Run` is what extraction (:mod:`exfiqa.extract`) writes from and what the evaluation
-(:class:`exfiqa.study.Study`) reads with: the validated :class:`~exfiqa.config.Config`, its
-benchmarks (each opened once), the input digests (:class:`~exfiqa.store.digests.DigestIndex`),
-the per-sample layout (:class:`~exfiqa.store.arrays.ArrayStore`) and, for every array
-``(dataset, kind, name)``, what its values depend on (:meth:`Run.array_inputs`). It loads no model
-(no torch): the extraction loads the models it runs (:mod:`exfiqa.extract.models`); what the
-evaluation needs of a model (its depth, its variant) comes from the arrays and the config.
+"""The run description extraction and evaluation share: a config's benchmarks (each opened
+once), input digests, per-sample layout and, per array, what its values depend on
+(:meth:`Run.array_inputs`). It loads no model (no torch).
 """
 
 from __future__ import annotations
@@ -22,7 +16,6 @@ from exfiqa.io import file_digest
 from exfiqa.readers import Benchmark, load_benchmark, reader_source
 from exfiqa.store.arrays import (
     BASELINE_FR,
-    BASELINES,
     ArrayError,
     ArrayStore,
     arrays_root,
@@ -33,7 +26,7 @@ from exfiqa.store.arrays import (
 )
 from exfiqa.store.digests import INDEX_NAME, DigestIndex, index_key
 
-__all__ = ["BASELINES", "BASELINE_FR", "FAMILY_OPTIONS", "Run", "input_digests", "input_files"]
+__all__ = ["FAMILY_OPTIONS", "Run", "input_digests", "input_files"]
 
 #: The settings of the family arrays (part of their key): :meth:`exfiqa.models.vitfiqa.ViTFIQA.forward_exits`.
 FAMILY_OPTIONS = {"attn": {"attn_tokens": "all"}, "vitnt": {"vitnt_blocks": "all"}}
@@ -97,20 +90,13 @@ class Run:
         return wanted_arrays(self.config, self.benchmark(dataset).level)
 
     def array_inputs(self, dataset: str, kind: str, name: str, evaluation: bool = False) -> dict[str, Any]:
-        """What exfiqa's ``kind`` array of model or method ``name`` on ``dataset`` depends on, code
-        aside, as it reads back from JSON (:func:`~exfiqa.store.arrays.jsonable`).
+        """What the ``kind`` array of model or method ``name`` on ``dataset`` depends on, code aside,
+        as it reads back from JSON: ``data`` (the benchmark's fingerprint), ``reader`` (a registered
+        reader's source digest), ``args``, ``precision``, ``onnxruntime``, ``checkpoint`` (its
+        SHA-256), SER-FIQ's ``seed`` and the family arrays' ``method``.
 
-        ``data``: the benchmark's content fingerprint; ``checkpoint``: the model file's SHA-256;
-        ``args``: its loader arguments; ``precision``: the extraction's arithmetic (arrays
-        computed by a model); ``onnxruntime``: its version, for an ONNX model's arrays. SER-FIQ
-        adds ``seed`` (its dropout draws; one generator per sample, so not the batching). A
-        benchmark read by a registered reader adds ``reader``, the SHA-256 of the reader's source
-        file (:func:`exfiqa.readers.reader_source`). The code's digest is
-        :func:`exfiqa.store.arrays.code_version`.
-
-        ``evaluation=True`` (what the evaluation compares with a manifest): without ``data`` (no
-        image is read or stat-ed) and without ``checkpoint`` where the checkpoint file is absent;
-        the manifest's values of those are taken as they are.
+        ``evaluation=True`` (compared with a manifest): without ``data`` (no image is read) and
+        without ``checkpoint`` where the checkpoint file is absent.
         """
         key: dict[str, Any] = {} if evaluation else {"data": self.benchmark(dataset).fingerprint(self.digests)}
         reader = reader_source(self.config.datasets[dataset].kind)
@@ -135,8 +121,7 @@ class Run:
                     key.update(onnxruntime="absent")
             if not evaluation or spec.checkpoint.is_file():
                 key.update(checkpoint=self.digests.digest(spec.checkpoint))
-        out: dict[str, Any] = jsonable(key)
-        return out
+        return dict(jsonable(key))
 
     def missing(self, dataset: str, kind: str, name: str, reason: str) -> ArrayError:
         """The error for an array the evaluation cannot use (``reason``: ``"missing"`` or why it is
@@ -166,28 +151,22 @@ class Run:
 
 
 def input_files(cfg: Config, benchmarks: Mapping[str, Benchmark] | None = None) -> list[Path]:
-    """Every file a run of ``cfg`` reads (absolute paths, sorted, without repeats).
-
-    The checkpoints of its quality models, FR models and the FR models its baselines run on; every
-    file of every benchmark (each image of a folder benchmark, the ``.bin`` files, pairs and
-    ``meta/`` files), including a benchmark an attention sample is taken from; the external
-    methods' CSVs; the attention-figure images given as paths; and the per-sample arrays (``.npy``
-    and manifest) an external producer placed in the run's layout (see :mod:`exfiqa.store.arrays`).
-    ``benchmarks``: already opened benchmarks by dataset name (e.g. a Study's), not read again.
+    """Every file a run of ``cfg`` reads (absolute paths, sorted, without repeats): checkpoints
+    (baselines' FR models included), every benchmark's files (an attention sample's included), the
+    external methods' CSVs, attention images and arrays an external producer placed in the layout.
+    ``benchmarks``: already opened benchmarks by dataset name, not read again.
     """
     cfg.check_paths()
     opened = dict(benchmarks or {})
-    specs = dict(cfg.datasets)
-    for sample in getattr(cfg, "attention_samples", {}).values():
-        if sample.dataset is not None:
-            specs.setdefault(sample.dataset.name, sample.dataset)
+    specs = cfg.datasets | {s.dataset.name: s.dataset for s in cfg.attention_samples.values()
+                            if s.dataset is not None and s.dataset.name not in cfg.datasets}
     files: set[str] = {str(m.checkpoint) for m in (*cfg.quality_models.values(), *cfg.fr_models.values())}
     files |= {str(cfg.support_fr_models[BASELINE_FR[b]].checkpoint) for b in cfg.baselines if b in BASELINE_FR}
     for name, spec in specs.items():
         bench = opened.get(name) or load_benchmark(spec.kind, **spec.args)
         files |= {str(f) for _, f in bench._files}
     files |= {str(p) for per_ds in cfg.external_methods.values() for ds, p in per_ds.items() if ds in cfg.datasets}
-    files |= {str(s.path) for s in getattr(cfg, "attention_samples", {}).values() if s.path is not None}
+    files |= {str(s.path) for s in cfg.attention_samples.values() if s.path is not None}
     files |= {str(p) for p in external_array_files(cfg)}
     return [Path(f) for f in sorted({index_key(f) for f in files})]
 
@@ -195,13 +174,8 @@ def input_files(cfg: Config, benchmarks: Mapping[str, Benchmark] | None = None) 
 def input_digests(
     cfg: Config, benchmarks: Mapping[str, Benchmark] | None = None, progress: bool = True,
 ) -> dict[str, str]:
-    """``{absolute path: SHA-256}`` of every file a run of ``cfg`` reads (:func:`input_files`).
-
-    Uses the run's persistent index (``<cache_dir>/digests.sqlite``, shared with
-    :class:`Run`), so a second call on an unchanged tree only ``stat`` s the
-    files. ``benchmarks``: already opened benchmarks by dataset name, not read again;
-    ``progress``: the hashing bar. (The run card cites less: :func:`exfiqa.store.runcard.evaluation_inputs`.)
-    """
+    """``{absolute path: SHA-256}`` of every file a run of ``cfg`` reads (:func:`input_files`),
+    through the run's persistent digest index (a rerun on an unchanged tree only stats the files)."""
     files = input_files(cfg, benchmarks)
     index = DigestIndex(Path(cfg.cache_dir) / INDEX_NAME, progress=progress)
     return dict(zip(map(str, files), index.digests(files, desc="hashing inputs"), strict=True))

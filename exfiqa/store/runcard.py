@@ -1,15 +1,8 @@
-"""The run card: what one run of the study runs with, stated once and shown everywhere.
+"""The run card: what one run of the study runs with (settings, code version, input digests).
 
-:func:`run_card` builds a :class:`RunCard` from a :class:`~exfiqa.config.Config`: the device
-(as configured), the precision, the EDC protocol (convention, pAUC limit, FMR targets,
-pAUC scale), the seed, the code version and the digest of every input file the run reads. Every
-notebook's first cell prints it (:meth:`RunCard.markdown`), ``make paper`` writes it to
-``results/<run>/run_card.json`` and ``index.html`` renders that file (:meth:`RunCard.html`), so
-the index and the tables can never disagree; ``make paper``'s "inputs unchanged" key is
-:meth:`RunCard.key`.
-
-``precision`` states the models' arithmetic in extraction (config key ``precision``: fp32 or
-bf16) and that arrays and evaluation are float32 (:data:`PRECISION`).
+Every notebook's first cell prints it (:meth:`RunCard.markdown`), ``make paper`` writes it to
+``results/<run>/run_card.json`` and ``index.html`` renders that file (:meth:`RunCard.html`);
+``make paper``'s "inputs unchanged" key is :meth:`RunCard.key`.
 """
 
 from __future__ import annotations
@@ -54,10 +47,8 @@ def code_digest(package: Path = PACKAGE) -> str:
 def git_describe(where: Path = PACKAGE) -> str:
     """``git describe --always --dirty`` of the checkout holding the package, else ``"unknown"``."""
     try:
-        done = subprocess.run(
-            ["git", "-C", str(where), "describe", "--always", "--dirty"],
-            capture_output=True, text=True, timeout=20, check=False,
-        )
+        done = subprocess.run(["git", "-C", str(where), "describe", "--always", "--dirty"],
+                              capture_output=True, text=True, timeout=20, check=False)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
@@ -65,12 +56,9 @@ def git_describe(where: Path = PACKAGE) -> str:
 
 @dataclass(frozen=True)
 class RunCard:
-    """What a run runs with. ``inputs``: each input (checkpoint, benchmark, CSV) -> SHA-256
-    (of the file, or over the files of a benchmark; see :func:`input_summary`).
-
-    A field named like a :class:`~exfiqa.config.Config` field holds that field's value (a table of
-    entries: their names), except those :func:`run_card` describes in words (``precision``,
-    ``headline``)."""
+    """What a run runs with. A field named like a :class:`~exfiqa.config.Config` field holds its
+    value (a table: its entry names), except those :func:`run_card` describes in words.
+    ``inputs``: each input -> SHA-256 (:func:`input_summary`, :func:`evaluation_inputs`)."""
 
     run_name: str
     config: str
@@ -109,8 +97,7 @@ class RunCard:
         return f"**Real data** ({self.world.removeprefix('real data in ')}): the paper's benchmarks and checkpoints as configured."
 
     def key(self) -> str:
-        """Digest of everything the results depend on (all fields but ``git``, which also
-        reflects files outside the package)."""
+        """Digest of all fields but ``git`` (which also reflects files outside the package)."""
         blob = {k: v for k, v in asdict(self).items() if k != "git"}
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
@@ -130,7 +117,7 @@ class RunCard:
             ("device", self.device),
             ("precision", f"{self.precision} (this version evaluates in float32 only)"),
             ("EDC convention", self.convention),
-            ("EDC threshold", _rule_text(self.threshold_rule, self.acceptance)),
+            ("EDC threshold", rule_note(self.threshold_rule, self.acceptance).removeprefix("threshold ")),
             ("best curve subtracted", self.subtract_best),
             ("IJB-C templates", self.template_protocol),
             ("pAUC limit", f"discard 0 .. {self.discard_limit:g}"),
@@ -170,24 +157,17 @@ class RunCard:
         return cls(**raw)
 
 
-def _rule_text(threshold_rule: str, acceptance: str) -> str:
-    return rule_note(threshold_rule, acceptance).removeprefix("threshold ")
-
-
 def shown_path(path: str | os.PathLike[str], cfg: Config | None = None) -> str:
-    """``path`` as a run's outputs state it, without the absolute paths of the machine: relative to
-    the repository (``configs/demo.yaml``), else to the config's ``data_root``
-    (``<data_root>/samples/child.png``), its ``results_dir`` (``<results_dir>/demo``) or ``cache_dir``
-    (``<cache_dir>/...``), else to the config file's folder (``<config folder>/x.yaml``),
-    else its name only (``<elsewhere>/name``). Independent of the working folder."""
-    p = Path(os.path.abspath(path))
+    """``path`` without the machine's absolute paths: relative to the repository, else
+    ``<data_root>/...``, ``<results_dir>/...``, ``<cache_dir>/...``, ``<config folder>/...``,
+    else ``<elsewhere>/<name>``."""
+    p = _abs(path)
     bases = [(REPO, "")]
     if cfg is not None:
-        bases.append((Path(os.path.abspath(cfg.data_root)), "<data_root>"))
-        bases.append((Path(os.path.abspath(cfg.results_dir)), "<results_dir>"))
-        bases.append((Path(os.path.abspath(cfg.cache_dir)), "<cache_dir>"))
+        bases += [(_abs(cfg.data_root), "<data_root>"), (_abs(cfg.results_dir), "<results_dir>"),
+                  (_abs(cfg.cache_dir), "<cache_dir>")]
         if cfg.source is not None:
-            bases.append((Path(os.path.abspath(cfg.source)).parent, "<config folder>"))
+            bases.append((_abs(cfg.source).parent, "<config folder>"))
     for base, label in bases:
         if p.is_relative_to(base):
             rel = p.relative_to(base).as_posix()
@@ -195,52 +175,33 @@ def shown_path(path: str | os.PathLike[str], cfg: Config | None = None) -> str:
     return f"<elsewhere>/{p.name}"
 
 
-def _world(cfg: Config) -> str:
-    where = shown_path(cfg.data_root, cfg)
-    if cfg.demo:
-        return f"demo world '{cfg.demo}' in {where} (procedural faces, small models: not the paper's numbers)"
-    return f"real data in {where}"
-
-
-def _headline(cfg: Config) -> str:
-    h = cfg.headline
-    parts = [f"{k} {h[k]}" for k in ("dataset", "fr_model", "fmr") if k in h]
-    return ", ".join(parts) or "(none: first dataset and FR model)"
-
-
 def _input_groups(cfg: Config) -> list[tuple[str, list[Path]]]:
     """(label, the paths it reads: files, or folders whose files it reads) per input of ``cfg``."""
-    groups: list[tuple[str, list[Path]]] = []
-    models = {**{f"quality_models.{k}": m for k, m in cfg.quality_models.items()},
-              **{f"fr_models.{k}": m for k, m in cfg.support_fr_models.items()}}
-    groups += [(f"{label} ({m.checkpoint.name})", [_abs(m.checkpoint)]) for label, m in models.items()]
-    for name, spec in cfg.datasets.items():
-        groups.append((f"datasets.{name}", [_abs(Path(v)) for k, v in spec.args.items() if k in _PATH_KEYS]))
-    for method, per_ds in cfg.external_methods.items():
-        groups += [(f"external_methods.{method}.{ds}", [_abs(path)]) for ds, path in per_ds.items()]
+    models = [(f"quality_models.{k}", m) for k, m in cfg.quality_models.items()]
+    models += [(f"fr_models.{k}", m) for k, m in cfg.support_fr_models.items()]
+    groups = [(f"{label} ({m.checkpoint.name})", [_abs(m.checkpoint)]) for label, m in models]
+    groups += [(f"datasets.{name}", [_abs(v) for k, v in spec.args.items() if k in _PATH_KEYS])
+               for name, spec in cfg.datasets.items()]
+    groups += [(f"external_methods.{m}.{ds}", [_abs(p)])
+               for m, per_ds in cfg.external_methods.items() for ds, p in per_ds.items()]
     groups += [(f"attention_samples.{k}", [_abs(s.path)]) for k, s in cfg.attention_samples.items() if s.path is not None]
     return groups
 
 
-def _abs(path: Path) -> Path:
+def _abs(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.abspath(path))
 
 
 def input_summary(cfg: Config, digests: Mapping[str, str]) -> dict[str, str]:
-    """Per-file digests (``{path: sha256}``, :func:`exfiqa.store.run.input_digests`) grouped by the
-    config entry that reads them: ``{"datasets.ijbc (n files)": sha256 over its files' relative
-    paths and digests, ...}``; a single-file input keeps its own digest. Files no entry claims
-    (e.g. per-sample arrays placed by another producer) form ``other inputs``."""
+    """Per-file digests (``{path: sha256}``) grouped by the config entry that reads them:
+    ``{"datasets.ijbc (n files)": sha256 over relative paths and digests, ...}``; a single-file
+    input keeps its own digest; files no entry claims form ``other inputs``."""
     groups = _input_groups(cfg)
-    members: dict[str, list[tuple[Path, str]]] = {label: [] for label, _ in groups}
-    members["other inputs"] = []
-    owners: dict[str, int] = {}  # a group's path -> the first group naming it
-    for i, (_, ps) in enumerate(groups):
-        for q in ps:
-            owners.setdefault(str(q), i)
+    members: dict[str, list[tuple[Path, str]]] = {label: [] for label, _ in [*groups, ("other inputs", [])]}
+    # a group's path -> the first group naming it
+    owners = {str(q): i for i, (_, ps) in reversed(list(enumerate(groups))) for q in ps}
     for path_text, digest in sorted(digests.items()):
-        # the first group (in config order) whose path is the file or one of its folders: one
-        # dict look-up per folder level, not one path comparison per group (469,375 files at IJB-C)
+        # the first group (in config order) whose path is the file or one of its folders
         hits = [owners[p] for p in (path_text, *map(str, Path(path_text).parents)) if p in owners]
         label = groups[min(hits)][0] if hits else "other inputs"
         members[label].append((Path(path_text), digest))
@@ -268,25 +229,12 @@ def _model_of(kind: str, name: str) -> str:
     return f"fr_models.{_BASELINE_FR[name]}" if name in _BASELINE_FR else ""
 
 
-def evaluation_inputs(
-    cfg: Config, benchmarks: Mapping[str, Benchmark] | None = None, progress: bool = True,
-) -> dict[str, str]:
-    """The inputs of the evaluation (what the notebooks read), label -> SHA-256, without reading,
-    hashing or stat-ing an image or a checkpoint:
-
-    - ``datasets.<d> protocol (n files)``: over the benchmark's files that are not sample
-      images (pair lists, IJB-C's ``meta/`` files, ``.bin`` files), by relative path and digest;
-    - ``datasets.<d> samples (N)``: the sample list (``samples_sha256`` of :mod:`exfiqa.store.arrays`);
-    - ``arrays.<d>/<kind>-<name>``: each per-sample array of the run there is (its manifest's
-      ``sha256``, else the file's);
-    - ``datasets.<d> images (cited by the arrays)`` and ``<models>.<name> checkpoint (cited by
-      the arrays)``: the ``inputs.data`` and ``inputs.checkpoint`` the manifests record (several
-      values, from arrays of different extractions, are joined by ``+``);
-    - the external methods' CSVs and the attention-figure images given as paths.
-
-    ``benchmarks``: already opened benchmarks by dataset name. File digests go through the run's
-    digest index (``progress``: its bar when many files need hashing).
-    """
+def evaluation_inputs(cfg: Config, benchmarks: Mapping[str, Benchmark] | None = None,
+                      progress: bool = True) -> dict[str, str]:
+    """The inputs the notebooks read, label -> SHA-256, without reading an image or a checkpoint:
+    each benchmark's non-image files (``protocol``) and sample list (``samples``), each array of the
+    run there is (``arrays.<d>/<kind>-<name>``), the image and checkpoint digests the manifests
+    cite (joined by ``+``), the external methods' CSVs and the attention images given as paths."""
     index = DigestIndex(Path(cfg.cache_dir) / INDEX_NAME, progress=progress)
     root = arrays_root(cfg)
     out: dict[str, str] = {}
@@ -326,23 +274,18 @@ def evaluation_inputs(
     return dict(sorted(out.items()))
 
 
-def run_card(
-    cfg: Config, inputs: Mapping[str, str] | None = None, *, benchmarks: Mapping[str, Benchmark] | None = None,
-    progress: bool = True,
-) -> RunCard:
-    """The card of ``cfg`` (after any notebook overrides).
-
-    ``inputs``: per-file digests (``{path: sha256}``, e.g. :func:`exfiqa.store.run.input_digests`),
-    kept grouped per config entry (:func:`input_summary`); by default the evaluation's inputs
-    (:func:`evaluation_inputs`: protocol files, sample lists, the per-sample arrays and the image
-    and checkpoint digests their manifests cite; no image or checkpoint needs to be there).
-    ``benchmarks``: already opened benchmarks; ``progress``: the hashing bar.
-    """
+def run_card(cfg: Config, inputs: Mapping[str, str] | None = None, *, benchmarks: Mapping[str, Benchmark] | None = None,
+             progress: bool = True) -> RunCard:
+    """The card of ``cfg``. ``inputs``: per-file digests (``{path: sha256}``), grouped by
+    :func:`input_summary`; by default :func:`evaluation_inputs`."""
+    where = shown_path(cfg.data_root, cfg)
     described: dict[str, Any] = {
         "config": shown_path(cfg.source, cfg) if cfg.source else "(in memory)",  # no absolute path of the machine
-        "world": _world(cfg),
+        "world": f"demo world '{cfg.demo}' in {where} (procedural faces, small models: not the paper's numbers)"
+        if cfg.demo else f"real data in {where}",
         "precision": f"models {cfg.precision}, arrays and evaluation {PRECISION}",
-        "headline": _headline(cfg),
+        "headline": ", ".join(f"{k} {cfg.headline[k]}" for k in ("dataset", "fr_model", "fmr") if k in cfg.headline)
+        or "(none: first dataset and FR model)",
         "code_sha256": code_digest(),
         "git": git_describe(),
         "inputs": evaluation_inputs(cfg, benchmarks, progress) if inputs is None else input_summary(cfg, inputs),
