@@ -5,6 +5,6 @@
 """
 
 from exfiqa.extract.models import Models
-from exfiqa.extract.stage import extract, extract_dataset
+from exfiqa.extract.stage import extract
 
-__all__ = ["Models", "extract", "extract_dataset"]
+__all__ = ["Models", "extract"]
