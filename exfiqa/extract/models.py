@@ -1,6 +1,5 @@
 """The models of a run config, loaded once each: ``Models(cfg).quality_model("T")``,
-``Models(cfg).fr_model("arcface")`` (the extraction, attention maps, latency; the Study loads none).
-"""
+``Models(cfg).fr_model("arcface")`` (the extraction, attention maps, latency; the Study loads none)."""
 
 from __future__ import annotations
 
@@ -22,8 +21,7 @@ def run_device(config: Config) -> torch.device:
 
 
 class Models:
-    """The quality and FR models of ``config``, each loaded on first use (eval mode, on the
-    configured device) and kept."""
+    """The quality and FR models of ``config``, each loaded on first use (eval mode, on its device) and kept."""
 
     def __init__(self, config: Config) -> None:
         self.config = config

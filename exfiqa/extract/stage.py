@@ -1,15 +1,12 @@
 """Extraction: every per-sample array of a run from one read of each image.
 
-``exfiqa extract --config C`` (``python -m exfiqa.extract``; ``make paper`` runs it first) computes the
-missing or stale arrays of :mod:`exfiqa.store.arrays` of each dataset: one DataLoader reads, decodes and
-aligns each image once, in sample order, and every batch feeds every model that needs it (uint8 to the
-device, each model normalises there; ``precision: bf16`` runs them under ``torch.autocast``). Samples are
-cut into shards of ``shard_size`` whose batches start at the shard's first sample, so values do not depend
-on which shards, or which ``torchrun`` rank (shards r, r + W, ...), ran before. Each finished shard is one
-``.npy`` per array in ``<arrays_dir>/<dataset>/.shards/<kind>-<name>-<key>/``, written under a temporary
-name and renamed: a killed run resumes to the same bytes. Rank 0 holds ``<dataset>/.extract.lock`` from
-planning to the merge, and removes the temporary files of killed runs. ``crop_cache: true`` keeps the
-aligned crops of each shard in ``<cache_dir>/crops/``.
+``exfiqa extract --config C`` (``python -m exfiqa.extract``) computes the missing or stale arrays of
+:mod:`exfiqa.store.arrays`: one DataLoader decodes and aligns each image once, in sample order, and each
+batch (uint8, normalised on the device by each model; ``precision: bf16``: ``torch.autocast``) feeds
+every model. Shards of ``shard_size`` samples (batches start at a shard's first sample; ``torchrun`` rank
+r runs shards r, r + W, ...) are written as ``<arrays_dir>/<dataset>/.shards/<kind>-<name>-<key>/*.npy``
+under temporary names and renamed, so a killed run resumes to the same bytes; rank 0 merges them holding
+``<dataset>/.extract.lock``. ``crop_cache: true`` keeps each shard's aligned crops in ``<cache_dir>/crops/``.
 """
 
 from __future__ import annotations
@@ -36,6 +33,7 @@ import numpy as np
 import torch
 import yaml
 from numpy.typing import NDArray
+from tqdm import tqdm
 
 from exfiqa.config import Config, ConfigError, load_config
 from exfiqa.extract.models import Models, run_device
@@ -58,7 +56,6 @@ _log = logging.getLogger(__name__)
 
 SHARDS = ".shards"
 CROPS = "crops"
-TEMP_PATTERN = ".*.tmp.npy"  # the memory-mapped temporary files of shards, crops and merges
 
 
 @dataclass(frozen=True)
@@ -136,7 +133,7 @@ class ImageSet(torch.utils.data.Dataset):
 
     def __init__(self, bench: Benchmark, reopen: Callable[[], Benchmark], sharpness: bool = False,
                  crops: dict[int, Path] | None = None, shard_size: int = 1) -> None:
-        self.bench: Benchmark | None = bench
+        self.bench = bench
         self.reopen = reopen
         self.want_sharpness = sharpness
         self.crops = crops or {}  # shard start -> cached crops (.npy, uint8)
@@ -144,15 +141,13 @@ class ImageSet(torch.utils.data.Dataset):
         self._open: dict[int, NDArray[np.uint8]] = {}
 
     def __len__(self) -> int:
-        return len(self._bench())
+        return len(self.bench)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "bench": None, "_open": {}}
 
-    def _bench(self) -> Benchmark:
-        if self.bench is None:
-            self.bench = self.reopen()
-        return self.bench
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, bench=state["reopen"]())
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, float, bool]:
         from exfiqa.models.baselines import sharpness
@@ -164,7 +159,7 @@ class ImageSet(torch.utils.data.Dataset):
                 self._open[start] = np.load(self.crops[start], mmap_mode="r", allow_pickle=False)
             img, decoded = np.array(self._open[start][i - start]), False
         else:
-            img, decoded = self._bench().image(i), True
+            img, decoded = self.bench.image(i), True
         sharp = float(sharpness(img[None])[0]) if self.want_sharpness else float("nan")
         return i, torch.from_numpy(img), sharp, decoded
 
@@ -178,11 +173,10 @@ def _worker_init(_: int) -> None:
 def loader(images: ImageSet, batches: list[list[int]], workers: int, pin: bool) -> torch.utils.data.DataLoader:
     """The extraction's DataLoader: ``batches`` (lists of sample ids) in order, decoded by
     ``workers`` processes (0: in this process; fork where available), ``pin``-ned for CUDA."""
-    extra: dict[str, Any] = {}
-    if workers > 0:
-        fork = "fork" in multiprocessing.get_all_start_methods()
-        extra = {"worker_init_fn": _worker_init, "prefetch_factor": 4, "multiprocessing_context": "fork" if fork else None}
-    return torch.utils.data.DataLoader(images, batch_sampler=batches, num_workers=workers, pin_memory=pin, **extra)
+    fork = "fork" in multiprocessing.get_all_start_methods()
+    extra = {"worker_init_fn": _worker_init, "prefetch_factor": 4, "multiprocessing_context": "fork" if fork else None}
+    return torch.utils.data.DataLoader(images, batch_sampler=batches, num_workers=workers, pin_memory=pin,
+                                       **(extra if workers > 0 else {}))
 
 
 def vit_input(x: torch.Tensor) -> torch.Tensor:
@@ -191,8 +185,7 @@ def vit_input(x: torch.Tensor) -> torch.Tensor:
 
 
 class _Exits:
-    """One ViT-FIQA model: every exit's score and, from the same pass, ATTN-FIQA at every block
-    and ViTNT-FIQA over all blocks (:meth:`exfiqa.models.vitfiqa.ViTFIQA.forward_exits` with ``family``)."""
+    """One ViT-FIQA model: every exit's score and, from the same pass, ATTN-FIQA and ViTNT-FIQA."""
 
     def __init__(self, model: Any, exits: str | None, attn: str | None, vitnt: str | None) -> None:
         self.model, self.exits, self.attn, self.vitnt = model, exits, attn, vitnt
@@ -208,8 +201,7 @@ class _Exits:
 
 
 class _FR:
-    """One FR model: its embeddings, their norms, and the baselines that run on it (MagFace
-    norm from the same forward, SER-FIQ)."""
+    """One FR model: its embeddings, their norms and its baselines (MagFace norm from the same forward, SER-FIQ)."""
 
     def __init__(self, model: Any, emb: str | None, norms: str | None, magface: str | None,
                  serfiq: str | None, seed: int) -> None:
@@ -261,26 +253,11 @@ def shard_name(start: int, stop: int) -> str:
     return f"{start:010d}-{stop:010d}.npy"
 
 
-def _open_owned_memmap(path: Path, dtype: Any, shape: tuple[int, ...]) -> tuple[int, np.memmap]:
-    """(fd, array): a new ``.npy`` at ``path``, memory-mapped for writing, locked by this process
-    (:func:`exfiqa.locks.create_owned`) and with its blocks allocated (:func:`exfiqa.locks.reserve`:
-    a full disk is a :class:`exfiqa.locks.NoSpaceError`, not a SIGBUS)."""
-    fd = create_owned(path)
-    arr = None
-    try:
-        arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-        reserve(fd, os.path.getsize(path), path)
-    except BaseException:
-        del arr
-        discard_owned(fd, path)
-        os.close(fd)
-        raise
-    return fd, arr
-
-
 class _ShardWriter:
     """Rows of one array for one shard, into a memory-mapped temporary ``.npy`` renamed when full
-    (:meth:`abort` removes it; one left by a killed run is removed by the next run)."""
+    (:meth:`abort` removes it; one left by a killed run is removed by the next run). The file is
+    locked by this process (:func:`exfiqa.locks.create_owned`) and its blocks allocated before it
+    is written (:func:`exfiqa.locks.reserve`: a full disk is a ``NoSpaceError``, not a SIGBUS)."""
 
     def __init__(self, target: Path, n_rows: int, dtype: Any = np.float32) -> None:
         self.target, self.n_rows, self.dtype = target, n_rows, dtype
@@ -290,7 +267,14 @@ class _ShardWriter:
 
     def put(self, offset: int, rows: NDArray[Any]) -> None:
         if self.arr is None:
-            self.fd, self.arr = _open_owned_memmap(self.tmp, self.dtype, (self.n_rows, *rows.shape[1:]))
+            self.fd = create_owned(self.tmp)
+            try:
+                self.arr = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype,
+                                                     shape=(self.n_rows, *rows.shape[1:]))
+                reserve(self.fd, os.path.getsize(self.tmp), self.tmp)
+            except BaseException:
+                self.abort()
+                raise
         self.arr[offset : offset + len(rows)] = rows
 
     def close(self) -> None:
@@ -313,8 +297,7 @@ class _ShardWriter:
 
 def _crop_dir(run: Run, dataset: str) -> Path:
     """Where ``dataset``'s aligned crops are cached: keyed by content, decoding code and shard size."""
-    bench = run.benchmark(dataset)
-    text = json.dumps({"data": bench.fingerprint(run.digests), "code": modules_version(READER_MODULES),
+    text = json.dumps({"data": run.benchmark(dataset).fingerprint(run.digests), "code": modules_version(READER_MODULES),
                        "shard_size": run.config.shard_size}, sort_keys=True)
     return run.config.cache_dir / CROPS / f"{dataset}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
@@ -322,12 +305,9 @@ def _crop_dir(run: Run, dataset: str) -> Path:
 def _remove_dead_temps(run: Run, dataset: str, log: Callable[[str], Any]) -> None:
     """Remove the temporary shard, crop and merge files of ``dataset`` that killed runs left
     (those no live process holds; see :func:`exfiqa.locks.remove_dead_temps`)."""
-    folders = [run.arrays.root / dataset / SHARDS]
-    crops = run.config.cache_dir / CROPS
-    if crops.is_dir():
-        folders += [d for d in crops.glob(f"{dataset}-*") if d.is_dir()]
-    for folder in folders:
-        gone = remove_dead_temps(folder, TEMP_PATTERN)
+    crops = [d for d in (run.config.cache_dir / CROPS).glob(f"{dataset}-*") if d.is_dir()]
+    for folder in [run.arrays.root / dataset / SHARDS, *crops]:
+        gone = remove_dead_temps(folder, ".*.tmp.npy")
         if gone:
             log(f"[extract] {dataset}: removed {len(gone)} temporary file(s) of killed runs in {folder}")
     # the final arrays and manifests are written through io.atomic_path (``.NAME.XXXX.tmp``), only
@@ -341,12 +321,9 @@ def _remove_dead_temps(run: Run, dataset: str, log: Callable[[str], Any]) -> Non
 
 def _clean_stale_shards(run: Run, dataset: str, jobs: Sequence[Job]) -> None:
     """Remove shard folders of this dataset's arrays left under another key (inputs or code changed)."""
-    root = run.arrays.root / dataset / SHARDS
-    if not root.is_dir():
-        return
     keep = {f"{j.label}-{j.key}" for j in jobs}
     labels = {j.label for j in jobs}
-    for d in root.iterdir():
+    for d in (run.arrays.root / dataset / SHARDS).glob("*"):
         if d.is_dir() and d.name not in keep and d.name.rsplit("-", 1)[0] in labels:
             _log.info("%s: removing shards of an earlier run with other inputs or code", d)
             shutil.rmtree(d, ignore_errors=True)
@@ -355,8 +332,6 @@ def _clean_stale_shards(run: Run, dataset: str, jobs: Sequence[Job]) -> None:
 def _run_shards(run: Run, models: Models, dataset: str, jobs: Sequence[Job], rank: int, world: int,
                 report: DatasetReport, progress: bool) -> None:
     """Compute this rank's missing shards of ``jobs``."""
-    from tqdm import tqdm
-
     cfg = run.config
     bench = run.benchmark(dataset)
     ranges = shard_ranges(len(bench), cfg.shard_size)
@@ -382,8 +357,8 @@ def _run_shards(run: Run, models: Models, dataset: str, jobs: Sequence[Job], ran
     batches_in = loader(images, batches, cfg.workers or 0, pin=dev.type == "cuda")
     writers: dict[str, _ShardWriter] = {}  # label -> this shard's writer (CROPS: its crops)
     current: tuple[int, int] | None = None
-    bar = tqdm(total=sum(e - s for s, e in missing), desc=f"extract {dataset}", unit="img", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(total=sum(e - s for s, e in missing), desc=f"extract {dataset}", unit="img", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
 
     def finish() -> None:
         for w in writers.values():
@@ -425,8 +400,7 @@ def _run_shards(run: Run, models: Models, dataset: str, jobs: Sequence[Job], ran
 
 
 def reopen_benchmark(cfg: Config, dataset: str) -> Benchmark:
-    """``dataset`` of ``cfg`` opened anew (what a spawned decoding worker does): the config's
-    ``plugins`` are imported first, so a registered reader's kind is known there too."""
+    """``dataset`` of ``cfg`` opened anew (as a spawned worker does), the config's ``plugins`` imported first."""
     for module in cfg.plugins:
         importlib.import_module(module)
     spec = cfg.datasets[dataset]
@@ -444,50 +418,45 @@ def _merge(run: Run, jobs: Sequence[Job]) -> None:
         if absent:
             raise RuntimeError(f"{folder}: shards {absent[:3]} missing after every rank finished; run extract again")
         first = np.load(parts[0], mmap_mode="r", allow_pickle=False)
-        merged_path = folder / f".merged.{os.getpid()}.tmp.npy"
-        fd, merged = _open_owned_memmap(merged_path, np.float32, (len(bench), *first.shape[1:]))
+        merged = _ShardWriter(folder / "merged.npy", len(bench))  # written to .merged.<pid>.tmp.npy
         try:
             for (s, e), p in zip(ranges, parts, strict=True):
                 part = np.load(p, mmap_mode="r", allow_pickle=False)
                 if part.shape != (e - s, *first.shape[1:]):
                     raise RuntimeError(f"{p}: shape {part.shape}, expected {(e - s, *first.shape[1:])}; delete {folder}")
-                merged[s:e] = part
-            merged.flush()
-            run.arrays.write(bench, job.dataset, job.kind, job.name, merged, producer="exfiqa",
-                               inputs=job.inputs, code=job.code)
-            del merged
+                merged.put(s, part)
+            merged.arr.flush()
+            run.arrays.write(bench, job.dataset, job.kind, job.name, merged.arr, producer="exfiqa",
+                             inputs=job.inputs, code=job.code)
             shutil.rmtree(folder, ignore_errors=True)
         finally:
-            discard_owned(fd, merged_path)
-            os.close(fd)
+            merged.abort()
 
 
 def _extract(run: Run, models: Models, dataset: str, progress: bool, rank: int, world: int,
              log: Callable[[str], Any]) -> DatasetReport:
     """One dataset; rank 0 plans, cleans and merges holding the dataset's lock (a second extraction waits)."""
     dist = torch.distributed
-    on = world > 1
     t0 = time.perf_counter()
-    lock = run_lock(run.arrays.root / dataset / ".extract.lock", f"[extract] {dataset}", log) if rank == 0 else nullcontext()
+    lock = nullcontext() if rank else run_lock(run.arrays.root / dataset / ".extract.lock", f"[extract] {dataset}", log)
     with lock:
+        jobs, reused = [], []
         if rank == 0:
             _remove_dead_temps(run, dataset, log)
             jobs, reused = plan(run, dataset)
             _clean_stale_shards(run, dataset, jobs)
-        else:
-            jobs, reused = [], []
-        if on:
+        if world > 1:
             box: list[Any] = [(jobs, reused)]
             dist.broadcast_object_list(box, src=0)
             jobs, reused = box[0]
         report = DatasetReport(dataset, len(run.benchmark(dataset)), [j.label for j in jobs], list(reused))
         if jobs:
             _run_shards(run, models, dataset, jobs, rank, world, report, progress)
-            if on:
+            if world > 1:
                 dist.barrier()
             if rank == 0:
                 _merge(run, jobs)
-            if on:
+            if world > 1:
                 dist.barrier()
     report.seconds = time.perf_counter() - t0
     return report
@@ -495,14 +464,10 @@ def _extract(run: Run, models: Models, dataset: str, progress: bool, rank: int, 
 
 def extract(cfg: Config, datasets: Sequence[str] | None = None, progress: bool = True,
             log: Callable[[str], Any] = print) -> list[DatasetReport]:
-    """Compute every missing or stale per-sample array of ``cfg`` (``datasets``: a subset).
-
-    In a ``torch.distributed`` process group (``torchrun``) every rank calls this; rank 0 plans,
-    logs and merges. Returns one report per dataset (rank 0's view; other ranks report their part).
-    """
-    dist = torch.distributed
-    on = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if on else (0, 1)
+    """Compute every missing or stale per-sample array of ``cfg`` (``datasets``: a subset); one report
+    per dataset. In a ``torch.distributed`` group (``torchrun``) every rank calls this."""
+    on = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if on else (0, 1)
     names = list(datasets) if datasets else list(cfg.datasets)
     unknown = [d for d in names if d not in cfg.datasets]
     if unknown:
@@ -550,9 +515,8 @@ def run(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     try:
-        cfg = load_config(args.config)
-        cfg = cfg.with_(workers=args.workers, precision=args.precision, shard_size=args.shard_size,
-                        batch_size=args.batch_size, device=args.device)
+        cfg = load_config(args.config).with_(workers=args.workers, precision=args.precision, shard_size=args.shard_size,
+                                             batch_size=args.batch_size, device=args.device)
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         if args.workers is None and local_world > 1:  # unless the config file sets them, the node's cores are shared
             if "workers" not in yaml.safe_load(Path(args.config).read_text(encoding="utf-8")):
