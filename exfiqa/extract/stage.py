@@ -174,9 +174,9 @@ def loader(images: ImageSet, batches: list[list[int]], workers: int, pin: bool) 
     """The extraction's DataLoader: ``batches`` (lists of sample ids) in order, decoded by
     ``workers`` processes (0: in this process; fork where available), ``pin``-ned for CUDA."""
     fork = "fork" in multiprocessing.get_all_start_methods()
-    extra = {"worker_init_fn": _worker_init, "prefetch_factor": 4, "multiprocessing_context": "fork" if fork else None}
-    return torch.utils.data.DataLoader(images, batch_sampler=batches, num_workers=workers, pin_memory=pin,
-                                       **(extra if workers > 0 else {}))
+    extra: dict[str, Any] = {"worker_init_fn": _worker_init, "prefetch_factor": 4,
+                             "multiprocessing_context": "fork" if fork else None} if workers > 0 else {}
+    return torch.utils.data.DataLoader(images, batch_sampler=batches, num_workers=workers, pin_memory=pin, **extra)
 
 
 def vit_input(x: torch.Tensor) -> torch.Tensor:
@@ -192,11 +192,8 @@ class _Exits:
         self.labels = tuple(x for x in (exits, attn, vitnt) if x is not None)
 
     def run(self, x: torch.Tensor, first: int, want: set[str]) -> dict[str, NDArray[np.float32]]:
-        family = self.attn in want or self.vitnt in want
-        out = self.model.forward_exits(vit_input(x), family=family)
-        got = {self.exits: out.scores}
-        if family:
-            got.update({self.attn: out.attn_fiqa, self.vitnt: out.vitnt_fiqa})
+        out = self.model.forward_exits(vit_input(x), family=self.attn in want or self.vitnt in want)
+        got: dict[str | None, Any] = {self.exits: out.scores, self.attn: out.attn_fiqa, self.vitnt: out.vitnt_fiqa}
         return {k: v.float().cpu().numpy() for k, v in got.items() if k in want}
 
 
@@ -310,8 +307,7 @@ def _remove_dead_temps(run: Run, dataset: str, log: Callable[[str], Any]) -> Non
         gone = remove_dead_temps(folder, ".*.tmp.npy")
         if gone:
             log(f"[extract] {dataset}: removed {len(gone)} temporary file(s) of killed runs in {folder}")
-    # the final arrays and manifests are written through io.atomic_path (``.NAME.XXXX.tmp``), only
-    # by the extraction of this dataset, whose lock the caller holds: any such file is a dead run's
+    # final arrays and manifests (io.atomic_path: ``.NAME.XXXX.tmp``) are written under the caller's lock only
     final = [p for p in (run.arrays.root / dataset).glob(".*.tmp") if p.is_file()]
     for p in final:
         p.unlink(missing_ok=True)
@@ -425,6 +421,7 @@ def _merge(run: Run, jobs: Sequence[Job]) -> None:
                 if part.shape != (e - s, *first.shape[1:]):
                     raise RuntimeError(f"{p}: shape {part.shape}, expected {(e - s, *first.shape[1:])}; delete {folder}")
                 merged.put(s, part)
+            assert merged.arr is not None  # parts is not empty
             merged.arr.flush()
             run.arrays.write(bench, job.dataset, job.kind, job.name, merged.arr, producer="exfiqa",
                              inputs=job.inputs, code=job.code)
@@ -440,11 +437,12 @@ def _extract(run: Run, models: Models, dataset: str, progress: bool, rank: int, 
     t0 = time.perf_counter()
     lock = nullcontext() if rank else run_lock(run.arrays.root / dataset / ".extract.lock", f"[extract] {dataset}", log)
     with lock:
-        jobs, reused = [], []
         if rank == 0:
             _remove_dead_temps(run, dataset, log)
             jobs, reused = plan(run, dataset)
             _clean_stale_shards(run, dataset, jobs)
+        else:
+            jobs, reused = [], []
         if world > 1:
             box: list[Any] = [(jobs, reused)]
             dist.broadcast_object_list(box, src=0)
