@@ -1,10 +1,7 @@
-"""The GPU stage: one read of each image -> every per-sample array of a run (``python -m exfiqa.extract``).
-
-``extract(cfg)`` computes the arrays of :mod:`exfiqa.store.arrays` that are missing or stale;
-:class:`Models` loads a config's models. The evaluation only reads what this writes.
-"""
+"""The GPU stage (``python -m exfiqa.extract``): :func:`extract` computes every per-sample array of a
+run from one read of each image; :class:`Models` loads a config's models."""
 
 from exfiqa.extract.models import Models
-from exfiqa.extract.stage import extract, extract_dataset
+from exfiqa.extract.stage import extract
 
-__all__ = ["Models", "extract", "extract_dataset"]
+__all__ = ["Models", "extract"]

@@ -1,10 +1,7 @@
 """The models of a run config, loaded once each: ``Models(cfg).quality_model("T")``,
-``Models(cfg).fr_model("arcface")`` (the extraction, attention maps, latency; the Study loads none).
-"""
+``Models(cfg).fr_model("arcface")`` (the extraction, attention maps, latency; the Study loads none)."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 
@@ -24,36 +21,32 @@ def run_device(config: Config) -> torch.device:
 
 
 class Models:
-    """The quality and FR models of ``config``, each loaded on first use (eval mode, on the
-    configured device) and kept."""
+    """The quality and FR models of ``config``, each loaded on first use (eval mode, on its device) and kept."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.device = str(run_device(config))  # "auto" -> "cuda" or "cpu", once
-        self._loaded: dict[tuple[str, str], Any] = {}
+        self._quality: dict[str, ViTFIQA] = {}
+        self._fr: dict[str, FRModel] = {}
 
     def quality_model(self, name: str) -> ViTFIQA:
         """The ViT-FIQA model of entry ``quality_models.<name>``."""
-        key = ("quality_models", name)
-        if key not in self._loaded:
+        if name not in self._quality:
             spec = self.config.quality_models.get(name)
             if spec is None:
                 raise ConfigError(f"unknown quality_model {name!r}; known: {sorted(self.config.quality_models)}")
-            self._loaded[key] = load_vitfiqa(spec.checkpoint, device=self.device, **spec.args)
-        model: ViTFIQA = self._loaded[key]
-        return model
+            self._quality[name] = load_vitfiqa(spec.checkpoint, device=self.device, **spec.args)
+        return self._quality[name]
 
     def fr_model(self, name: str) -> FRModel:
         """The FR model of entry ``fr_models.<name>`` (or of an FR model a baseline runs on): a
         torch checkpoint or an ONNX graph (:func:`exfiqa.models.fr.load_fr_entry`)."""
-        key = ("fr_models", name)
-        if key not in self._loaded:
+        if name not in self._fr:
             spec = self.config.fr_models.get(name) or self.config.support_fr_models.get(name)
             if spec is None:
                 raise ConfigError(f"unknown fr_model {name!r}; known: {sorted(self.config.fr_models)}")
             try:
-                self._loaded[key] = load_fr_entry(name, spec.checkpoint, self.device, spec.args)
+                self._fr[name] = load_fr_entry(name, spec.checkpoint, self.device, spec.args)
             except OnnxModelError as exc:  # one line (exit 2 in the commands), not a traceback
                 raise ConfigError(f"fr_models.{name}: {exc}") from None
-        model: FRModel = self._loaded[key]
-        return model
+        return self._fr[name]

@@ -1,45 +1,12 @@
 """Extraction: every per-sample array of a run from one read of each image.
 
-``exfiqa extract --config C`` (``python -m exfiqa.extract``, and ``make paper`` runs it first)
-computes, for each dataset of the config, the arrays of :mod:`exfiqa.store.arrays` that are missing or
-stale: the exit scores of each ViT-FIQA model, the flip-concatenated embeddings of each FR
-model and the built-in baselines. The notebooks then only read them.
-
-How:
-
-- **One read.** A :class:`torch.utils.data.DataLoader` with ``workers`` processes (config key;
-  default: the cores available) reads, decodes and (IJB-C) aligns each image once, in sample
-  order, and every batch feeds every model that needs it. uint8 goes to the device (pinned on
-  CUDA); each model normalises there. A ViT-FIQA pass also yields ATTN-FIQA (every block) and
-  ViTNT-FIQA (``attn-``/``vitnt-`` arrays) at about 0.3% more FLOPs. Baselines share forwards: the MagFace norm comes from the
-  MagFace embedding pass, sharpness is computed in the worker that decoded the image.
-- **Shards.** Samples are cut into shards of ``shard_size`` (config key, default 50,000); within
-  a shard, batches of ``batch_size`` start at the shard's first sample, so the batches, and the
-  values, do not depend on which shards ran before, or on which process ran them. Each finished
-  shard is one ``.npy`` per array, written under a temporary name and renamed, in
-  ``<arrays_dir>/<dataset>/.shards/<kind>-<name>-<key>/<start>-<stop>.npy``, where ``<key>``
-  digests the array's inputs and code version (:meth:`exfiqa.store.run.Run.array_inputs`,
-  :func:`exfiqa.store.arrays.code_version`). A run killed at any moment resumes from its finished
-  shards and ends with the same bytes as an uninterrupted run on the same device. When every
-  shard of an array exists they are merged into the layout (:meth:`exfiqa.store.arrays.ArrayStore.write`)
-  and the shard folder is removed.
-- **One at a time.** Rank 0 holds ``<arrays_dir>/<dataset>/.extract.lock`` (:func:`exfiqa.locks.run_lock`)
-  from planning to the merge: a second extraction of the same dataset waits, naming the pid and
-  host it waits for, then finds the arrays current. Holding it, it removes the temporary files
-  (``.*.tmp.npy``) of killed runs in the shard and crop folders; a live writer's stay (each is
-  flock-ed by its writer). Each memory-mapped file's blocks are allocated before it is written:
-  a full disk is one line naming the folder and the bytes needed (exit 1), not a SIGBUS.
-- **Crop cache** (``crop_cache: true``): the decoded, aligned uint8 crops of each processed shard
-  are kept, memory-mapped, in ``<cache_dir>/crops/<dataset>-<key>/``; later extractions (another
-  model, another precision) read them instead of decoding and aligning again.
-- **Precision** (``precision: fp32 | bf16``): bf16 runs the models under ``torch.autocast``
-  (CUDA; on CPUs with bf16 support too); outputs are float32 either way, and the precision is part
-  of every model array's key. ``torch.backends.cudnn.benchmark`` is on for CUDA.
-- **Many GPUs, many nodes.** Under ``torchrun`` (``torchrun --nproc_per_node=N -m exfiqa.extract
-  --config C``; ``--nnodes``/``--rdzv-endpoint`` for several nodes) rank r runs shards
-  r, r + W, r + 2W, ... of each dataset on ``cuda:<LOCAL_RANK>`` (NCCL) or the CPU (gloo); rank 0
-  plans (digests the inputs once) and merges by index after a barrier. ``arrays_dir`` must be on
-  a file system every rank sees. On CPU the result equals a one-process run byte for byte.
+``exfiqa extract --config C`` (``python -m exfiqa.extract``) computes the missing or stale arrays of
+:mod:`exfiqa.store.arrays`: one DataLoader decodes and aligns each image once, in sample order, and each
+batch (uint8, normalised on the device by each model; ``precision: bf16``: ``torch.autocast``) feeds
+every model. Shards of ``shard_size`` samples (batches start at a shard's first sample; ``torchrun`` rank
+r runs shards r, r + W, ...) are written as ``<arrays_dir>/<dataset>/.shards/<kind>-<name>-<key>/*.npy``
+under temporary names and renamed, so a killed run resumes to the same bytes; rank 0 merges them holding
+``<dataset>/.extract.lock``. ``crop_cache: true`` keeps each shard's aligned crops in ``<cache_dir>/crops/``.
 """
 
 from __future__ import annotations
@@ -51,6 +18,7 @@ import hashlib
 import importlib
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import sys
@@ -63,7 +31,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from numpy.typing import NDArray
+from tqdm import tqdm
 
 from exfiqa.config import Config, ConfigError, load_config
 from exfiqa.extract.models import Models, run_device
@@ -79,33 +49,13 @@ from exfiqa.readers import READER_MODULES, Benchmark, load_benchmark
 from exfiqa.store.arrays import BASELINE_FR, code_version, modules_version, wanted_arrays
 from exfiqa.store.run import Run
 
-__all__ = [
-    "SHARDS",
-    "DatasetReport",
-    "ImageSet",
-    "Job",
-    "extract",
-    "extract_dataset",
-    "loader",
-    "main",
-    "parser",
-    "plan",
-    "reopen_benchmark",
-    "run",
-    "shard_ranges",
-    "wanted_arrays",
-]
+__all__ = ["SHARDS", "DatasetReport", "ImageSet", "Job", "extract", "loader", "main", "parser", "plan",
+           "reopen_benchmark", "run", "shard_ranges", "wanted_arrays"]
 
 _log = logging.getLogger(__name__)
 
 SHARDS = ".shards"
-LOCK = ".extract.lock"  # in <arrays_dir>/<dataset>/: held by the extraction of that dataset
 CROPS = "crops"
-CROP_MODULES = READER_MODULES  # the code that decodes and aligns
-DIST_TIMEOUT = datetime.timedelta(hours=12)  # ranks wait at the merge barrier for the slowest one
-
-
-# ------------------------------------------------------------------------------ what to compute
 
 
 @dataclass(frozen=True)
@@ -159,11 +109,8 @@ def shard_ranges(n: int, size: int) -> list[tuple[int, int]]:
 
 
 def plan(run: Run, dataset: str) -> tuple[list[Job], list[str]]:
-    """The arrays of ``dataset`` to compute (missing or stale) and those to reuse.
-
-    External arrays are reused as they are (or refused with an error, see
-    :meth:`exfiqa.store.arrays.ArrayStore.load`); a stale exfiqa array is logged with its reason.
-    """
+    """The arrays of ``dataset`` to compute (missing or stale; a stale one is logged with its reason)
+    and the labels of those to reuse (external arrays are reused as they are)."""
     bench = run.benchmark(dataset)
     jobs, reused = [], []
     for kind, name in run.wanted(dataset):
@@ -179,20 +126,14 @@ def plan(run: Run, dataset: str) -> tuple[list[Job], list[str]]:
     return jobs, reused
 
 
-# ------------------------------------------------------------------------------ reading images
-
-
 class ImageSet(torch.utils.data.Dataset):
-    """Sample i of a benchmark as ``(i, uint8 (112, 112, 3) tensor, sharpness, decoded)``.
-
-    ``sharpness`` is :func:`exfiqa.models.baselines.sharpness` of the image when asked for (NaN
-    otherwise), computed here, in the worker; ``decoded`` is False when the crop came from the
-    crop cache. Pickled (spawn start method) without the benchmark, which each worker reopens.
-    """
+    """Sample i of a benchmark as ``(i, uint8 (112, 112, 3) tensor, sharpness, decoded)``: sharpness
+    computed in the worker when asked for (NaN otherwise); ``decoded`` False for a crop from the crop
+    cache. Pickled (spawn start method) without the benchmark, which each worker reopens."""
 
     def __init__(self, bench: Benchmark, reopen: Callable[[], Benchmark], sharpness: bool = False,
                  crops: dict[int, Path] | None = None, shard_size: int = 1) -> None:
-        self.bench: Benchmark | None = bench
+        self.bench = bench
         self.reopen = reopen
         self.want_sharpness = sharpness
         self.crops = crops or {}  # shard start -> cached crops (.npy, uint8)
@@ -200,56 +141,42 @@ class ImageSet(torch.utils.data.Dataset):
         self._open: dict[int, NDArray[np.uint8]] = {}
 
     def __len__(self) -> int:
-        return len(self._bench())
+        return len(self.bench)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "bench": None, "_open": {}}
 
-    def _bench(self) -> Benchmark:
-        if self.bench is None:
-            self.bench = self.reopen()
-        return self.bench
-
-    def image(self, i: int) -> tuple[NDArray[np.uint8], bool]:
-        start = (i // self.shard_size) * self.shard_size
-        if start in self.crops:
-            if start not in self._open:
-                self._open[start] = np.load(self.crops[start], mmap_mode="r", allow_pickle=False)
-            return np.array(self._open[start][i - start]), False
-        return self._bench().image(i), True
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, bench=state["reopen"]())
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, float, bool]:
         from exfiqa.models.baselines import sharpness
 
-        img, decoded = self.image(int(i))
+        i = int(i)
+        start = (i // self.shard_size) * self.shard_size
+        if start in self.crops:
+            if start not in self._open:
+                self._open[start] = np.load(self.crops[start], mmap_mode="r", allow_pickle=False)
+            img, decoded = np.array(self._open[start][i - start]), False
+        else:
+            img, decoded = self.bench.image(i), True
         sharp = float(sharpness(img[None])[0]) if self.want_sharpness else float("nan")
-        return int(i), torch.from_numpy(img), sharp, decoded
+        return i, torch.from_numpy(img), sharp, decoded
 
 
 def _worker_init(_: int) -> None:
-    """One torch thread per decoding worker: the workers are the parallelism.
-
-    OpenCV's thread count is left alone: in a forked worker whose parent had started OpenCV's
-    thread pool (e.g. face detection ran first), ``cv2.setNumThreads`` hangs forever tearing down
-    the pool's copied locks; the decoding's OpenCV calls on 112x112 faces run as they are.
-    """
+    """One torch thread per decoding worker. Not ``cv2.setNumThreads``: in a worker forked after
+    OpenCV's thread pool started (face detection ran first) it hangs forever."""
     torch.set_num_threads(1)
 
 
 def loader(images: ImageSet, batches: list[list[int]], workers: int, pin: bool) -> torch.utils.data.DataLoader:
     """The extraction's DataLoader: ``batches`` (lists of sample ids) in order, decoded by
     ``workers`` processes (0: in this process; fork where available), ``pin``-ned for CUDA."""
-    import multiprocessing
-
-    extra: dict[str, Any] = {}
-    if workers > 0:
-        methods = multiprocessing.get_all_start_methods()
-        extra = {"worker_init_fn": _worker_init, "prefetch_factor": 4,
-                 "multiprocessing_context": "fork" if "fork" in methods else None}
+    fork = "fork" in multiprocessing.get_all_start_methods()
+    extra: dict[str, Any] = {"worker_init_fn": _worker_init, "prefetch_factor": 4,
+                             "multiprocessing_context": "fork" if fork else None} if workers > 0 else {}
     return torch.utils.data.DataLoader(images, batch_sampler=batches, num_workers=workers, pin_memory=pin, **extra)
-
-
-# ------------------------------------------------------------------------------ the models
 
 
 def vit_input(x: torch.Tensor) -> torch.Tensor:
@@ -257,35 +184,21 @@ def vit_input(x: torch.Tensor) -> torch.Tensor:
     return (x.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
 
 
-class _Head:
-    """The models one forward serves: ``labels`` it can produce, ``run(x, first)`` -> arrays."""
-
-    labels: tuple[str, ...] = ()
-
-    def run(self, x: torch.Tensor, first: int, want: set[str]) -> dict[str, NDArray[np.float32]]:
-        raise NotImplementedError
-
-
-class _Exits(_Head):
-    """One ViT-FIQA model: every exit's score and, from the same pass, ATTN-FIQA at every block
-    and ViTNT-FIQA over all blocks (:meth:`exfiqa.models.vitfiqa.ViTFIQA.forward_exits` with ``family``)."""
+class _Exits:
+    """One ViT-FIQA model: every exit's score and, from the same pass, ATTN-FIQA and ViTNT-FIQA."""
 
     def __init__(self, model: Any, exits: str | None, attn: str | None, vitnt: str | None) -> None:
         self.model, self.exits, self.attn, self.vitnt = model, exits, attn, vitnt
         self.labels = tuple(x for x in (exits, attn, vitnt) if x is not None)
 
     def run(self, x: torch.Tensor, first: int, want: set[str]) -> dict[str, NDArray[np.float32]]:
-        family = self.attn in want or self.vitnt in want
-        out = self.model.forward_exits(vit_input(x), family=family)
-        got = {self.exits: out.scores}
-        if family:
-            got.update({self.attn: out.attn_fiqa, self.vitnt: out.vitnt_fiqa})
+        out = self.model.forward_exits(vit_input(x), family=self.attn in want or self.vitnt in want)
+        got: dict[str | None, Any] = {self.exits: out.scores, self.attn: out.attn_fiqa, self.vitnt: out.vitnt_fiqa}
         return {k: v.float().cpu().numpy() for k, v in got.items() if k in want}
 
 
-class _FR(_Head):
-    """One FR model: its embeddings, their norms, and the baselines that run on it (MagFace
-    norm from the same forward, SER-FIQ)."""
+class _FR:
+    """One FR model: its embeddings, their norms and its baselines (MagFace norm from the same forward, SER-FIQ)."""
 
     def __init__(self, model: Any, emb: str | None, norms: str | None, magface: str | None,
                  serfiq: str | None, seed: int) -> None:
@@ -314,10 +227,10 @@ class _FR(_Head):
         return out
 
 
-def _heads(run: Run, models: Models, jobs: Sequence[Job]) -> list[_Head]:
+def _heads(run: Run, models: Models, jobs: Sequence[Job]) -> list[_Exits | _FR]:
     """The forwards that produce ``jobs`` (FR baselines join their FR model's forward)."""
     by = {(j.kind, j.name): j.label for j in jobs}
-    heads: list[_Head] = []
+    heads: list[_Exits | _FR] = []
     for q in dict.fromkeys(j.name for j in jobs if j.kind in ("exits", "attn", "vitnt")):
         heads.append(_Exits(models.quality_model(q).eval(), *(by.get((k, q)) for k in ("exits", "attn", "vitnt"))))
     fr_names = list(dict.fromkeys(j.name for j in jobs if j.kind in ("emb", "norms")))
@@ -329,9 +242,6 @@ def _heads(run: Run, models: Models, jobs: Sequence[Job]) -> list[_Head]:
     return heads
 
 
-# ------------------------------------------------------------------------------ shards
-
-
 def shard_dir(run: Run, job: Job) -> Path:
     return run.arrays.root / job.dataset / SHARDS / f"{job.label}-{job.key}"
 
@@ -340,32 +250,11 @@ def shard_name(start: int, stop: int) -> str:
     return f"{start:010d}-{stop:010d}.npy"
 
 
-TEMP_PATTERN = ".*.tmp.npy"  # the memory-mapped temporary files of shards, crops and merges
-
-
-def _open_owned_memmap(path: Path, dtype: Any, shape: tuple[int, ...]) -> tuple[int, np.memmap]:
-    """A new ``.npy`` at ``path``, memory-mapped for writing: locked by this process
-    (:func:`exfiqa.locks.create_owned`, so a later run removes it only once this one is dead)
-    and with its blocks allocated before any page is written (:func:`exfiqa.locks.reserve`:
-    a full disk is a :class:`exfiqa.locks.NoSpaceError`, not a SIGBUS). Returns (fd, array)."""
-    fd = create_owned(path)
-    try:
-        arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-        try:
-            reserve(fd, os.path.getsize(path), path)
-        except BaseException:
-            del arr
-            raise
-    except BaseException:
-        discard_owned(fd, path)
-        os.close(fd)
-        raise
-    return fd, arr
-
-
 class _ShardWriter:
     """Rows of one array for one shard, into a memory-mapped temporary ``.npy`` renamed when full
-    (:meth:`abort` removes it; one left by a killed run is removed by the next run)."""
+    (:meth:`abort` removes it; one left by a killed run is removed by the next run). The file is
+    locked by this process (:func:`exfiqa.locks.create_owned`) and its blocks allocated before it
+    is written (:func:`exfiqa.locks.reserve`: a full disk is a ``NoSpaceError``, not a SIGBUS)."""
 
     def __init__(self, target: Path, n_rows: int, dtype: Any = np.float32) -> None:
         self.target, self.n_rows, self.dtype = target, n_rows, dtype
@@ -375,13 +264,19 @@ class _ShardWriter:
 
     def put(self, offset: int, rows: NDArray[Any]) -> None:
         if self.arr is None:
-            self.fd, self.arr = _open_owned_memmap(self.tmp, self.dtype, (self.n_rows, *rows.shape[1:]))
+            self.fd = create_owned(self.tmp)
+            try:
+                self.arr = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype,
+                                                     shape=(self.n_rows, *rows.shape[1:]))
+                reserve(self.fd, os.path.getsize(self.tmp), self.tmp)
+            except BaseException:
+                self.abort()
+                raise
         self.arr[offset : offset + len(rows)] = rows
 
     def close(self) -> None:
         assert self.arr is not None and self.fd is not None, f"{self.target}: no rows written"
         self.arr.flush()
-        del self.arr
         self.arr = None
         os.fsync(self.fd)
         os.replace(self.tmp, self.target)
@@ -399,8 +294,7 @@ class _ShardWriter:
 
 def _crop_dir(run: Run, dataset: str) -> Path:
     """Where ``dataset``'s aligned crops are cached: keyed by content, decoding code and shard size."""
-    bench = run.benchmark(dataset)
-    text = json.dumps({"data": bench.fingerprint(run.digests), "code": modules_version(CROP_MODULES),
+    text = json.dumps({"data": run.benchmark(dataset).fingerprint(run.digests), "code": modules_version(READER_MODULES),
                        "shard_size": run.config.shard_size}, sort_keys=True)
     return run.config.cache_dir / CROPS / f"{dataset}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
@@ -408,16 +302,12 @@ def _crop_dir(run: Run, dataset: str) -> Path:
 def _remove_dead_temps(run: Run, dataset: str, log: Callable[[str], Any]) -> None:
     """Remove the temporary shard, crop and merge files of ``dataset`` that killed runs left
     (those no live process holds; see :func:`exfiqa.locks.remove_dead_temps`)."""
-    folders = [run.arrays.root / dataset / SHARDS]
-    crops = run.config.cache_dir / CROPS
-    if crops.is_dir():
-        folders += [d for d in crops.glob(f"{dataset}-*") if d.is_dir()]
-    for folder in folders:
-        gone = remove_dead_temps(folder, TEMP_PATTERN)
+    crops = [d for d in (run.config.cache_dir / CROPS).glob(f"{dataset}-*") if d.is_dir()]
+    for folder in [run.arrays.root / dataset / SHARDS, *crops]:
+        gone = remove_dead_temps(folder, ".*.tmp.npy")
         if gone:
             log(f"[extract] {dataset}: removed {len(gone)} temporary file(s) of killed runs in {folder}")
-    # the final arrays and manifests are written through io.atomic_path (``.NAME.XXXX.tmp``), only
-    # by the extraction of this dataset, whose lock the caller holds: any such file is a dead run's
+    # final arrays and manifests (io.atomic_path: ``.NAME.XXXX.tmp``) are written under the caller's lock only
     final = [p for p in (run.arrays.root / dataset).glob(".*.tmp") if p.is_file()]
     for p in final:
         p.unlink(missing_ok=True)
@@ -427,32 +317,23 @@ def _remove_dead_temps(run: Run, dataset: str, log: Callable[[str], Any]) -> Non
 
 def _clean_stale_shards(run: Run, dataset: str, jobs: Sequence[Job]) -> None:
     """Remove shard folders of this dataset's arrays left under another key (inputs or code changed)."""
-    root = run.arrays.root / dataset / SHARDS
-    if not root.is_dir():
-        return
     keep = {f"{j.label}-{j.key}" for j in jobs}
     labels = {j.label for j in jobs}
-    for d in root.iterdir():
+    for d in (run.arrays.root / dataset / SHARDS).glob("*"):
         if d.is_dir() and d.name not in keep and d.name.rsplit("-", 1)[0] in labels:
             _log.info("%s: removing shards of an earlier run with other inputs or code", d)
             shutil.rmtree(d, ignore_errors=True)
 
 
-# ------------------------------------------------------------------------------ one dataset
-
-
 def _run_shards(run: Run, models: Models, dataset: str, jobs: Sequence[Job], rank: int, world: int,
                 report: DatasetReport, progress: bool) -> None:
     """Compute this rank's missing shards of ``jobs``."""
-    from tqdm import tqdm
-
     cfg = run.config
     bench = run.benchmark(dataset)
     ranges = shard_ranges(len(bench), cfg.shard_size)
     report.shards_total = len(ranges)
-    mine = [r for k, r in enumerate(ranges) if k % world == rank]
     missing: dict[tuple[int, int], set[str]] = {}
-    for s, e in mine:
+    for s, e in ranges[rank::world]:
         todo = {j.label for j in jobs if not (shard_dir(run, j) / shard_name(s, e)).is_file()}
         if todo:
             missing[(s, e)] = todo
@@ -462,51 +343,36 @@ def _run_shards(run: Run, models: Models, dataset: str, jobs: Sequence[Job], ran
         return
     crops = _crop_dir(run, dataset) if cfg.crop_cache else None
     cached = {s: crops / shard_name(s, e) for s, e in missing if crops and (crops / shard_name(s, e)).is_file()}
-    labels = {j.label for j in jobs}
-    sharp = "baseline-sharpness" in labels
+    sharp = any(j.label == "baseline-sharpness" for j in jobs)
     images = ImageSet(bench, functools.partial(reopen_benchmark, cfg, dataset), sharpness=sharp, crops=cached, shard_size=cfg.shard_size)
-    batches, owner = [], []
-    for (s, e) in missing:
-        for b in range(s, e, cfg.batch_size):
-            batches.append(list(range(b, min(b + cfg.batch_size, e))))
-            owner.append((s, e))
+    starts = [(b, (s, e)) for s, e in missing for b in range(s, e, cfg.batch_size)]
+    batches = [list(range(b, min(b + cfg.batch_size, e))) for b, (_, e) in starts]
     dev = run_device(cfg)
     heads = _heads(run, models, jobs)
-    bf16 = cfg.precision == "bf16"
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
     batches_in = loader(images, batches, cfg.workers or 0, pin=dev.type == "cuda")
-    writers: dict[str, _ShardWriter] = {}
-    crop_writer: _ShardWriter | None = None
+    writers: dict[str, _ShardWriter] = {}  # label -> this shard's writer (CROPS: its crops)
     current: tuple[int, int] | None = None
-    total = sum(e - s for s, e in missing)
-    bar = tqdm(total=total, desc=f"extract {dataset}", unit="img", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(total=sum(e - s for s, e in missing), desc=f"extract {dataset}", unit="img", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
 
     def finish() -> None:
-        nonlocal crop_writer
         for w in writers.values():
             w.close()
         writers.clear()
-        if crop_writer is not None:
-            crop_writer.close()
-            crop_writer = None
-
-    def abort() -> None:
-        for w in [*writers.values(), *([crop_writer] if crop_writer is not None else [])]:
-            w.abort()
 
     try:
         with torch.inference_mode(), autocast:
             for k, (ids, imgs, sharps, decoded) in enumerate(batches_in):
-                if owner[k] != current:
+                if starts[k][1] != current:
                     finish()
-                    current = owner[k]
+                    current = starts[k][1]
                     s, e = current
                     want = missing[current]
                     writers = {j.label: _ShardWriter(shard_dir(run, j) / shard_name(s, e), e - s)
                                for j in jobs if j.label in want}
                     if crops is not None and s not in cached:
-                        crop_writer = _ShardWriter(crops / shard_name(s, e), e - s, np.uint8)
+                        writers[CROPS] = _ShardWriter(crops / shard_name(s, e), e - s, np.uint8)
                 first = int(ids[0])
                 offset = first - current[0]
                 report.images_read += int(decoded.sum())
@@ -515,22 +381,22 @@ def _run_shards(run: Run, models: Models, dataset: str, jobs: Sequence[Job], ran
                     if set(head.labels) & want:
                         for label, rows in head.run(x, first, want).items():
                             writers[label].put(offset, rows)
-                if sharp and "baseline-sharpness" in want:
+                if "baseline-sharpness" in want:
                     writers["baseline-sharpness"].put(offset, sharps.numpy().astype(np.float32))
-                if crop_writer is not None:
-                    crop_writer.put(offset, imgs.numpy())
+                if CROPS in writers:
+                    writers[CROPS].put(offset, imgs.numpy())
                 bar.update(len(ids))
             finish()
     except BaseException:
-        abort()
+        for w in writers.values():
+            w.abort()
         raise
     finally:
         bar.close()
 
 
 def reopen_benchmark(cfg: Config, dataset: str) -> Benchmark:
-    """``dataset`` of ``cfg`` opened anew (what a spawned decoding worker does): the config's
-    ``plugins`` are imported first, so a registered reader's kind is known there too."""
+    """``dataset`` of ``cfg`` opened anew (as a spawned worker does), the config's ``plugins`` imported first."""
     for module in cfg.plugins:
         importlib.import_module(module)
     spec = cfg.datasets[dataset]
@@ -548,44 +414,28 @@ def _merge(run: Run, jobs: Sequence[Job]) -> None:
         if absent:
             raise RuntimeError(f"{folder}: shards {absent[:3]} missing after every rank finished; run extract again")
         first = np.load(parts[0], mmap_mode="r", allow_pickle=False)
-        merged_path = folder / f".merged.{os.getpid()}.tmp.npy"
-        fd, merged = _open_owned_memmap(merged_path, np.float32, (len(bench), *first.shape[1:]))
+        merged = _ShardWriter(folder / "merged.npy", len(bench))  # written to .merged.<pid>.tmp.npy
         try:
             for (s, e), p in zip(ranges, parts, strict=True):
                 part = np.load(p, mmap_mode="r", allow_pickle=False)
                 if part.shape != (e - s, *first.shape[1:]):
                     raise RuntimeError(f"{p}: shape {part.shape}, expected {(e - s, *first.shape[1:])}; delete {folder}")
-                merged[s:e] = part
-            merged.flush()
-            run.arrays.write(bench, job.dataset, job.kind, job.name, merged, producer="exfiqa",
-                               inputs=job.inputs, code=job.code)
-            del merged
+                merged.put(s, part)
+            assert merged.arr is not None  # parts is not empty
+            merged.arr.flush()
+            run.arrays.write(bench, job.dataset, job.kind, job.name, merged.arr, producer="exfiqa",
+                             inputs=job.inputs, code=job.code)
             shutil.rmtree(folder, ignore_errors=True)
         finally:
-            discard_owned(fd, merged_path)
-            os.close(fd)
-
-
-def extract_dataset(run: Run, dataset: str, progress: bool | None = None, models: Models | None = None) -> DatasetReport:
-    """Compute the missing or stale arrays of one dataset in one pass (this process only);
-    ``models``: those already loaded (default: loaded here, as the jobs need them)."""
-    return _extract(run, models or Models(run.config), dataset, progress=run.progress if progress is None else progress,
-                    rank=0, world=1)
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+            merged.abort()
 
 
 def _extract(run: Run, models: Models, dataset: str, progress: bool, rank: int, world: int,
-             log: Callable[[str], Any] = _stderr) -> DatasetReport:
-    """One dataset. Rank 0 holds ``<arrays_dir>/<dataset>/.extract.lock`` from planning to the
-    merge: a second extraction of the same arrays waits for it (saying whom it waits for), then
-    finds them current. Holding it, rank 0 removes the temporary files of killed runs."""
+             log: Callable[[str], Any]) -> DatasetReport:
+    """One dataset; rank 0 plans, cleans and merges holding the dataset's lock (a second extraction waits)."""
     dist = torch.distributed
-    on = world > 1
     t0 = time.perf_counter()
-    lock = run_lock(run.arrays.root / dataset / LOCK, f"[extract] {dataset}", log) if rank == 0 else nullcontext()
+    lock = nullcontext() if rank else run_lock(run.arrays.root / dataset / ".extract.lock", f"[extract] {dataset}", log)
     with lock:
         if rank == 0:
             _remove_dead_temps(run, dataset, log)
@@ -593,36 +443,29 @@ def _extract(run: Run, models: Models, dataset: str, progress: bool, rank: int, 
             _clean_stale_shards(run, dataset, jobs)
         else:
             jobs, reused = [], []
-        if on:
+        if world > 1:
             box: list[Any] = [(jobs, reused)]
             dist.broadcast_object_list(box, src=0)
             jobs, reused = box[0]
         report = DatasetReport(dataset, len(run.benchmark(dataset)), [j.label for j in jobs], list(reused))
         if jobs:
             _run_shards(run, models, dataset, jobs, rank, world, report, progress)
-            if on:
+            if world > 1:
                 dist.barrier()
             if rank == 0:
                 _merge(run, jobs)
-            if on:
+            if world > 1:
                 dist.barrier()
     report.seconds = time.perf_counter() - t0
     return report
 
 
-# ------------------------------------------------------------------------------ the run
-
-
 def extract(cfg: Config, datasets: Sequence[str] | None = None, progress: bool = True,
             log: Callable[[str], Any] = print) -> list[DatasetReport]:
-    """Compute every missing or stale per-sample array of ``cfg`` (``datasets``: a subset).
-
-    In a ``torch.distributed`` process group (``torchrun``) every rank calls this; rank 0 plans,
-    logs and merges. Returns one report per dataset (rank 0's view; other ranks report their part).
-    """
-    dist = torch.distributed
-    on = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if on else (0, 1)
+    """Compute every missing or stale per-sample array of ``cfg`` (``datasets``: a subset); one report
+    per dataset. In a ``torch.distributed`` group (``torchrun``) every rank calls this."""
+    on = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if on else (0, 1)
     names = list(datasets) if datasets else list(cfg.datasets)
     unknown = [d for d in names if d not in cfg.datasets]
     if unknown:
@@ -659,14 +502,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(parser().parse_args(argv))
 
 
-def _raw_keys(path: str) -> set[str]:
-    import yaml
-
-    with open(path, encoding="utf-8") as fh:
-        raw = yaml.safe_load(fh)
-    return set(raw) if isinstance(raw, dict) else set()
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the parsed command line, as one process or as one ``torchrun`` rank (exit code)."""
     from exfiqa.io import CheckpointError
@@ -678,12 +513,12 @@ def run(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     try:
-        cfg = load_config(args.config)
-        cfg = cfg.with_(workers=args.workers, precision=args.precision, shard_size=args.shard_size,
-                        batch_size=args.batch_size, device=args.device)
+        cfg = load_config(args.config).with_(workers=args.workers, precision=args.precision, shard_size=args.shard_size,
+                                             batch_size=args.batch_size, device=args.device)
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        if args.workers is None and "workers" not in _raw_keys(args.config) and local_world > 1:
-            cfg = cfg.with_(workers=max(1, cfg.workers // local_world))  # the node's cores, shared by its ranks
+        if args.workers is None and local_world > 1:  # unless the config file sets them, the node's cores are shared
+            if "workers" not in yaml.safe_load(Path(args.config).read_text(encoding="utf-8")):
+                cfg = cfg.with_(workers=max(1, cfg.workers // local_world))
         if cfg.demo and rank == 0:
             from exfiqa.demo import ensure_demo
 
@@ -693,7 +528,7 @@ def run(args: argparse.Namespace) -> int:
             if cuda:
                 cfg = cfg.with_(device=f"cuda:{local}")
                 torch.cuda.set_device(local)
-            torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=DIST_TIMEOUT)
+            torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=12))
         try:
             extract(cfg, args.datasets, progress=not args.no_progress)
         finally:

@@ -21,13 +21,11 @@ def run_batches(
     dev = torch.device(device)
     model = model.to(dev).eval()
     parts: list[list[np.ndarray]] = [[] for _ in empty]
-    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
-    with torch.inference_mode():
+    with torch.inference_mode(), tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for batch in batches:
             for part, value in zip(parts, step(model, to_tensor(batch).to(dev)), strict=True):
                 part.append(value)
             bar.update(len(batch))
-    bar.close()
     return [np.concatenate(p, axis=0) if p else e for p, e in zip(parts, empty, strict=True)]
 
 
@@ -39,14 +37,11 @@ def exit_scores(
     model: ViTFIQA, batches: Iterable[NDArray[np.uint8]], total: int | None = None,
     device: str | torch.device = "cpu", progress: bool = True, desc: str = "quality",
 ) -> NDArray[np.float32]:
-    """Scores of all exits, (N, depth) float32, for uint8 RGB batches (B, 112, 112, 3).
-
-    The model is moved to ``device`` and put in eval mode; images keep their order.
-    """
+    """Scores of all exits, (N, depth) float32, for uint8 RGB batches (B, 112, 112, 3), in order; the
+    model is moved to ``device`` and put in eval mode."""
     empty = [np.zeros((0, model.depth), dtype=np.float32)]
-    return run_batches(
-        model, batches, lambda m, x: _numpy(m.forward_exits(x).scores), empty, total, device, progress, desc
-    )[0]
+    return run_batches(model, batches, lambda m, x: _numpy(m.forward_exits(x).scores), empty, total, device,
+                       progress, desc)[0]
 
 
 def family_scores(
