@@ -1,14 +1,9 @@
-"""Independent units (subjects) of a comparison set, and the weights a unit resample gives them.
+"""Independent units (subjects) of a comparison set and the weights a unit resample gives them.
 
-Comparisons sharing a subject are not independent, so :mod:`exfiqa.evaluation.bootstrap` resamples
-units: ``S`` units drawn with replacement, unit ``u`` drawn ``w[u]`` times. A comparison of two units
-``a != b`` then enters ``w[a] * w[b]`` times, one within a unit ``w[a]`` times (a copy is never compared
-with another copy of itself), and undrawn units vanish; copies stay together at their place in the
-stable quality order. With every comparison its own unit this is the plain comparison bootstrap.
-Units per benchmark (:meth:`exfiqa.study.Study.subjects`): the identity where known, IJB-C's
-:func:`mated_components`, the pair for the ``.bin`` sets. All arithmetic on weights is exact integer:
-:class:`ExplicitUnits` for comparison lists, :class:`AllPairsUnits` (closed form per group, nothing of
-size n(n-1)/2 built) for all-vs-all sets.
+``S`` units drawn with replacement, unit ``u`` ``w[u]`` times: a comparison of units ``a != b`` enters
+``w[a] * w[b]`` times, one within a unit ``w[a]`` times, copies together at their place in the stable
+quality order. Exact integer weights: :class:`ExplicitUnits` (comparison lists), :class:`AllPairsUnits`
+(all-vs-all, closed form per group). Units per benchmark: :meth:`exfiqa.study.Study.subjects`.
 """
 
 from __future__ import annotations
