@@ -171,12 +171,9 @@ def _recompute_weighted(
     d: np.ndarray, n: int, fmr: float, end_m: np.ndarray, w_m: np.ndarray, sim_m: np.ndarray,
     end_c: np.ndarray, w_c: np.ndarray, val_c: np.ndarray,
 ) -> np.ndarray | None:
-    """``recompute`` FNMR per level of a weighted data set (weights = copies).
-
-    A comparison's copies occupy slots ``[end - w, end)`` of the stable quality order; level j
-    keeps slots ``>= d[j]``. ``*_m``: mated; ``*_c``: the candidates, by similarity descending.
-    None when the candidates do not reach a needed order statistic (retry with more).
-    """
+    """``recompute`` FNMR per level j (keeps slots ``>= d[j]``) of a weighted set: copies at slots
+    ``[end - w, end)``; ``*_m``: mated, ``*_c``: the candidates by similarity descending. None when
+    the candidates do not reach a needed order statistic (retry with more)."""
     small: type[np.signedinteger[Any]] = np.int32 if n < 2**31 else np.int64  # halves the memory traffic of the (L, K) arrays
     d_s = d.astype(small)[:, None]
     rem_m = np.minimum(np.maximum(end_m.astype(small)[None, :] - d_s, 0), w_m.astype(small)[None, :])
@@ -197,12 +194,8 @@ def _recompute_weighted(
 
 
 class _GapPlan:
-    """One quality order seen through its needed comparisons (mated and candidates), for the
-    ``recompute`` bootstrap; the other comparisons are pooled into the *gaps* between them.
-
-    Slots: ``gap_0, needed_0, gap_1, ..., needed_{Q-1}, gap_Q``, from stable ranks only.
-    ``digest`` identifies the structure (seeds this order's gap draws).
-    """
+    """One quality order as its needed comparisons (mated, candidates) and the *gaps* between them
+    (``gap_0, needed_0, ..., needed_{Q-1}, gap_Q``, from stable ranks); ``digest`` seeds its gap draws."""
 
     def __init__(self, n: int, ranks_m: np.ndarray, ranks_c: np.ndarray) -> None:
         ranks = np.concatenate((np.asarray(ranks_m), np.asarray(ranks_c))).astype(np.int64)
