@@ -1,14 +1,10 @@
-"""Operating points on an EDC: the quality threshold for a discard fraction (``discard=``) or for a
-target FNMR at an FMR target (``fnmr=``), with a unit-bootstrap interval (:func:`operating_point`).
+"""Operating points on the ``fixed`` FNM-EDC (:func:`exfiqa.evaluation.edc.edc_curves`), with a
+unit-bootstrap interval (:func:`operating_point`); the quality threshold ``t`` keeps pair quality ``>= t``.
 
-* The EDC is the ``fixed`` FNM-EDC of :func:`exfiqa.evaluation.edc.edc_curves` (comparison threshold set
-  once from all non-mated comparisons; mated ones discarded lowest pair quality first, ties together).
-* The quality threshold ``t`` keeps pair quality ``>= t``. ``discard=f``: the point with the largest
-  discard fraction ``<= f``; ``fnmr=e``: the smallest discard fraction whose FNMR is ``<= e`` (if none,
-  ``reached`` is False and the point of lowest FNMR, the first on ties, is reported).
-* Interval: :mod:`exfiqa.evaluation.subjects` resamples with ``t`` fixed and the comparison threshold
-  recomputed per resample; percentile interval (``np.quantile``, linear) of the defined resamples.
-  ``at_most`` rule only.
+* ``discard=f``: the point with the largest discard fraction ``<= f``; ``fnmr=e``: the smallest discard
+  fraction whose FNMR is ``<= e`` (if none, ``reached`` is False and the first point of lowest FNMR).
+* Interval: units resampled with ``t`` fixed and the comparison threshold recomputed; percentile
+  interval (``np.quantile``, linear) of the defined resamples. ``at_most`` rule only.
 """
 
 from __future__ import annotations

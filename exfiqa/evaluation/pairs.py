@@ -590,9 +590,8 @@ def all_pairs_sanity(
 
 
 def _eer_bins(h: np.ndarray, bin_m: np.ndarray, n_m: int, n_nm: int) -> tuple[int, int, list[int]]:
-    """``(lo, hi, bins to read)`` around the ROC point FMR = FNMR: ``b``, the bin where FMR - FNMR
-    changes sign, and the nearest bins below/above holding non-mated values (else 0 / the last).
-    Every threshold the EER can use lies in bins ``lo..hi``."""
+    """``(lo, hi, bins to read)``: the bin where FMR - FNMR changes sign and the nearest non-empty bins
+    below/above it (else 0 / the last); every threshold the EER can use lies in bins ``lo..hi``."""
     nb = h.size
     nm_ge = np.concatenate((np.cumsum(h[::-1])[::-1], [0]))  # non-mated in bins >= b, b = 0..nb
     m_lt = np.searchsorted(np.sort(bin_m), np.arange(nb + 1), side="left")
@@ -624,10 +623,9 @@ def _eer_exact(
 
 
 def _accuracy_bins(h_tr: np.ndarray, bin_m_tr: np.ndarray) -> dict[str, Any]:
-    """The bins a fold's best accuracy threshold can lie in (``cand``) and those to read to place
-    it (``collect``). A cut in bin b has a training accuracy between ``P>=(b+1) + N<(b)`` and
-    ``P>=(b) + N<(b+1)`` (P: mated, N: non-mated counts by bin edge); placing it needs the bins
-    from the previous non-empty one, the one below the lowest and the highest non-empty one."""
+    """The bins a fold's best accuracy threshold can lie in (``cand``: a cut in bin b scores between
+    ``P>=(b+1) + N<(b)`` and ``P>=(b) + N<(b+1)``, P/N: mated/non-mated counts by bin edge) and those to
+    read to place it (``collect``: from the previous non-empty bin, below the lowest, the highest)."""
     nb = h_tr.size
     m_hist = np.bincount(bin_m_tr, minlength=nb)
     n_lt = np.concatenate(([0], np.cumsum(h_tr)))  # N<(b), b = 0..nb
@@ -657,17 +655,18 @@ def _fold_accuracy(
     m_tr = np.sort(sim_m[fold_m != f].astype(np.float64))
     bin_m_all = _keys32(sim_m) >> shift
     tr = cf != f
+
+    def train_values(b: int) -> np.ndarray:
+        return np.concatenate((cv[tr & (cbin == b)], sim_m[(fold_m != f) & (bin_m_all == b)])).astype(np.float64)
+
     best, best_cut, best_bin = int(n_lt[-1]), None, -1  # the inf cut; finite cuts win ties
     for b in plan["cand"].tolist():
         nm_b = np.sort(cv[tr & (cbin == b)].astype(np.float64))
-        cuts = np.unique(np.concatenate((nm_b, sim_m[(fold_m != f) & (bin_m_all == b)].astype(np.float64))))
+        cuts = np.unique(train_values(b))
         correct = (m_tr.size - np.searchsorted(m_tr, cuts, side="left")) + n_lt[b] + np.searchsorted(nm_b, cuts, side="left")
         i = int(np.argmax(correct))
         if correct[i] >= best if best_cut is None else correct[i] > best:
             best, best_cut, best_bin = int(correct[i]), float(cuts[i]), b
-    def train_values(b: int) -> np.ndarray:
-        return np.concatenate((cv[tr & (cbin == b)], sim_m[(fold_m != f) & (bin_m_all == b)])).astype(np.float64)
-
     if best_cut is None:  # inf: just above the highest training value
         t = next_above(train_values(int(nonempty[-1])).max())[()]
     else:
