@@ -505,14 +505,11 @@ def bootstrap_samples(
     threshold_rule: ThresholdRule | str = ThresholdRule.AT_MOST,
     acceptance: Acceptance | str = Acceptance.SIMILARITY, subjects: Any = None,
 ) -> list[np.ndarray]:
-    """Bootstrap pAUC samples of several quality orders on the same resamples (bounded).
-
-    ``scores`` and ``orders`` as in :func:`edc_curves`. ``subjects``: the units to resample, an
-    (N, 2) array of each comparison's side units (explicit set), one unit per sample (all-vs-all)
-    or an object of :mod:`exfiqa.evaluation.subjects`; without it comparisons are resampled. An
-    order's samples do not depend on its companions (``samples[i] - samples[j]`` is
-    :func:`paired_bootstrap`). NaN where a unit resample leaves the pAUC undefined.
-    """
+    """Bootstrap pAUC samples of several quality orders (``scores``, ``orders`` as in :func:`edc_curves`)
+    on the same resamples, in bounded memory; an order's samples do not depend on its companions.
+    ``subjects``: the units to resample, (N, 2) side units (explicit set), one unit per sample (all-vs-all)
+    or a :mod:`exfiqa.evaluation.subjects` object; without it comparisons. NaN where a unit resample
+    leaves the pAUC undefined."""
     f, conv, lim, strict = _checked(fmr, convention, limit, n_boot, 0.05, threshold_rule, acceptance)
     if as_best_curve(subtract_best) is not None and conv is Convention.RECOMPUTE:
         raise ValueError("subtract_best: is defined for the 'fixed' convention only")
