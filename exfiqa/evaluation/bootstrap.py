@@ -1,30 +1,15 @@
 """Bootstrap intervals of pAUC-EDC (:mod:`exfiqa.evaluation.pauc`), single and paired.
 
-* **Units** (``subjects=``, what the notebooks use): units (subjects) are resampled with
-  replacement; a unit drawn ``w`` times contributes ``w`` copies of its samples, so a comparison
-  between units ``a != b`` enters ``w[a] * w[b]`` times and one within a unit ``w[a]`` times.
-  Units per benchmark and the weighted engines: :mod:`exfiqa.evaluation.subjects`.
-* **Comparisons** (no ``subjects``): mated and non-mated comparisons resampled with replacement,
-  stratified, as if independent (understates the spread when comparisons share people).
+* ``subjects=``: units resampled with replacement (weights: :mod:`exfiqa.evaluation.subjects`).
+* Without: mated and non-mated comparisons resampled, stratified, as if independent. Only the mated
+  and the top non-mated *candidates* (:data:`exfiqa.evaluation.scores.MIN_CANDIDATES`) are drawn;
+  ``fixed`` draws the threshold from its exact rank distribution, ``recompute`` pools the other
+  copies into the *gaps* between needed comparisons (blocks of :data:`_GAP_BLOCK`), each order
+  from its own generator (seeded by ``seed`` and its structure).
 
-A resample is the original comparisons, each repeated as often as drawn, in input order (what the
-stable tie-break sees); a resampled comparison keeps its pair quality. Deterministic per seed (and
-numpy version). FNM-EDC with the ``at_most`` rule only (either acceptance). Percentile intervals:
-``np.quantile`` (linear) at ``alpha / 2`` and ``1 - alpha / 2``, around the original pAUC.
-
-The comparison bootstrap draws only the mated comparisons and the top non-mated *candidates*:
-
-* ``fixed``: mated counts per comparison; the threshold, the (k+1)-th largest resampled non-mated
-  score, from its exact rank distribution ``P(R <= r) = P(Binomial(n, r / n) >= k + 1)``.
-* ``recompute``: the non-mated copies on the candidates are drawn (binomial, spread uniformly), the
-  rest pooled into the *gaps* between needed comparisons of each quality order (multinomial by gap
-  size, in blocks of :data:`_GAP_BLOCK`; per gap only in the blocks a level boundary falls in).
-  When a resample needs an order statistic below the candidates, gaps are split over more
-  candidates (exact conditional draws). Several orders share the mated and candidate counts; each
-  order draws its gaps from its own generator (seeded by ``seed`` and the order's structure), so
-  an order's samples do not depend on its companions.
-
-The number of candidates is :data:`exfiqa.evaluation.scores.MIN_CANDIDATES`, read at call time.
+A resampled comparison keeps its pair quality and input position (stable tie-break). Deterministic
+per seed (and numpy version). ``at_most`` rule only. Percentile intervals: ``np.quantile`` (linear)
+at ``alpha / 2`` and ``1 - alpha / 2``, around the original pAUC.
 """
 
 from __future__ import annotations
@@ -33,7 +18,7 @@ import functools
 import hashlib
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -89,11 +74,20 @@ class PairedBootstrapResult(NamedTuple):
 _BOOT_CELLS = 4_000_000  # entries of the (resamples x mated) count matrix per block
 
 
-def _boot_args(n_boot: int, alpha: float) -> None:
+def _boot_checks(
+    n_boot: int, alpha: float, threshold_rule: ThresholdRule | str, acceptance: Acceptance | str
+) -> bool:
+    """Validate the bootstrap arguments (``at_most`` rule only); returns strict acceptance."""
     if int(n_boot) != n_boot or n_boot < 2:
         raise ValueError(f"n_boot: expected an integer >= 2, got {n_boot!r}")
     if not (0.0 < float(alpha) < 1.0):
         raise ValueError(f"alpha: must lie in (0, 1), got {alpha!r}")
+    if as_rule(threshold_rule) is not ThresholdRule.AT_MOST:
+        raise ValueError(
+            "threshold_rule: the bootstrap supports 'at_most' only (the resampled order statistic "
+            "has an exact distribution there); evaluate 'closest' without intervals"
+        )
+    return is_strict(acceptance)
 
 
 def _order_stat_samples(comp: Comparisons, k: int, u: np.ndarray) -> np.ndarray:
@@ -177,12 +171,9 @@ def _recompute_weighted(
     d: np.ndarray, n: int, fmr: float, end_m: np.ndarray, w_m: np.ndarray, sim_m: np.ndarray,
     end_c: np.ndarray, w_c: np.ndarray, val_c: np.ndarray,
 ) -> np.ndarray | None:
-    """``recompute`` FNMR per level of a weighted data set (weights = copies).
-
-    A comparison's copies occupy slots ``[end - w, end)`` of the stable quality order; level j
-    keeps slots ``>= d[j]``. ``*_m``: mated; ``*_c``: the candidates, by similarity descending.
-    None when the candidates do not reach a needed order statistic (retry with more).
-    """
+    """``recompute`` FNMR per level j (keeps slots ``>= d[j]``) of a weighted set: copies at slots
+    ``[end - w, end)``; ``*_m``: mated, ``*_c``: the candidates by similarity descending. None when
+    the candidates do not reach a needed order statistic (retry with more)."""
     small: type[np.signedinteger[Any]] = np.int32 if n < 2**31 else np.int64  # halves the memory traffic of the (L, K) arrays
     d_s = d.astype(small)[:, None]
     rem_m = np.minimum(np.maximum(end_m.astype(small)[None, :] - d_s, 0), w_m.astype(small)[None, :])
@@ -203,12 +194,8 @@ def _recompute_weighted(
 
 
 class _GapPlan:
-    """One quality order seen through its needed comparisons (mated and candidates), for the
-    ``recompute`` bootstrap; the other comparisons are pooled into the *gaps* between them.
-
-    Slots: ``gap_0, needed_0, gap_1, ..., needed_{Q-1}, gap_Q``, from stable ranks only.
-    ``digest`` identifies the structure (seeds this order's gap draws).
-    """
+    """One quality order as its needed comparisons (mated, candidates) and the *gaps* between them
+    (``gap_0, needed_0, ..., needed_{Q-1}, gap_Q``, from stable ranks); ``digest`` seeds its gap draws."""
 
     def __init__(self, n: int, ranks_m: np.ndarray, ranks_c: np.ndarray) -> None:
         ranks = np.concatenate((np.asarray(ranks_m), np.asarray(ranks_c))).astype(np.int64)
@@ -404,6 +391,40 @@ def _weighted_stat(vals: np.ndarray, w_c: np.ndarray, k: int) -> float | None:
     return None if i >= cum.shape[0] else float(vals[i])
 
 
+class _Candidates:
+    """The top non-mated candidates ``vals``, ``refs`` of ``comp``, grown 4x when a resample needs more."""
+
+    def __init__(self, comp: Any, fmr: float) -> None:
+        self.comp = comp
+        self.m = max(4 * (int(allowed_errors(fmr, comp.n_nm)) + 1), min_candidates())
+        self.vals, self.refs = top_candidates(comp, self.m)
+
+    def grow(self) -> bool:
+        """Four times as many candidates; False when every non-mated already is one."""
+        if self.vals.shape[0] >= self.comp.n_nm:
+            return False
+        self.m *= 4
+        self.vals, self.refs = top_candidates(self.comp, self.m)
+        return True
+
+    def stat(self, units: Any, w: np.ndarray, k: int) -> tuple[float | None, np.ndarray]:
+        """The resample's (k+1)-th largest non-mated score (:func:`_weighted_stat`) and the candidates' weights."""
+        while True:
+            w_c = units.weights(w, self.refs)
+            stat = _weighted_stat(self.vals, w_c, k)
+            if stat is not None or not self.grow():
+                return stat, w_c
+
+
+def _unit_resamples(comp: Any, units: Any, n_boot: int, seed: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, int]]:
+    """``(b, w, w_m, n_nm_w)`` per unit resample: unit counts, mated copies, non-mated copies."""
+    rng = np.random.default_rng(seed)
+    for b in range(n_boot):
+        w = draw_unit_weights(units.n_units, rng)
+        w_m = units.weights(w, comp.mated_refs)
+        yield b, w, w_m, units.total(w) - int(w_m.sum())
+
+
 def _needed_levels(limit: float) -> int:
     """How many ``recompute`` levels a pAUC up to ``limit`` reads (the next one interpolates)."""
     f = RECOMPUTE_DISCARD_FRACTIONS
@@ -417,42 +438,30 @@ def _unit_boot(
 ) -> list[np.ndarray]:
     """pAUC samples of every order under one draw of unit counts per resample (shared by every
     order); NaN where a resample leaves no mated or non-mated copies the pAUC needs."""
-    rng = np.random.default_rng(seed)
-    m = max(4 * (int(allowed_errors(fmr, comp.n_nm)) + 1), min_candidates())
-    vals, refs = top_candidates(comp, m)
+    cands = _Candidates(comp, fmr)
     out = [np.full(n_boot, np.nan) for _ in orders]
     if conv is Convention.FIXED:
         plans = [_FixedPlan(comp, np.asarray(o.quality(comp.mated_refs))) for o in orders]
     else:
         gplans = [units.plan(o) for o in orders]
         n_lv = _needed_levels(limit)
-    for b in range(n_boot):
-        w = draw_unit_weights(units.n_units, rng)
-        w_m = units.weights(w, comp.mated_refs)
-        total = units.total(w)
-        n_nm_w = total - int(w_m.sum())
+    for b, w, w_m, n_nm_w in _unit_resamples(comp, units, n_boot, seed):
         if n_nm_w <= 0 or not w_m.any():
             continue
         k = int(allowed_errors(fmr, n_nm_w))
-        w_c = units.weights(w, refs)
-        while (stat := _weighted_stat(vals, w_c, k)) is None and vals.shape[0] < comp.n_nm:
-            m *= 4
-            vals, refs = top_candidates(comp, m)
-            w_c = units.weights(w, refs)
+        stat, w_c = cands.stat(units, w, k)
         if conv is Convention.FIXED:  # stat is found once every non-mated is a candidate (k < n_nm_w)
             for plan, o in zip(plans, out, strict=True):
                 o[b] = plan.pauc(w_m[None, :], np.array([stat]), limit, best)[0]
             continue
         for gp, o in zip(gplans, out, strict=True):
             while True:
-                (end_m, end_c), n_all = gp.ends(w, [comp.mated_refs, refs], n_lv)
+                (end_m, end_c), n_all = gp.ends(w, [comp.mated_refs, cands.refs], n_lv)
                 d = level_starts(n_all)[:n_lv]
-                fnmr = _recompute_weighted(d, n_all, fmr, end_m, w_m, comp.sim_m, end_c, w_c, vals)
-                if fnmr is not None or vals.shape[0] >= comp.n_nm:
+                fnmr = _recompute_weighted(d, n_all, fmr, end_m, w_m, comp.sim_m, end_c, w_c, cands.vals)
+                if fnmr is not None or not cands.grow():
                     break
-                m *= 4
-                vals, refs = top_candidates(comp, m)
-                w_c = units.weights(w, refs)
+                w_c = units.weights(w, cands.refs)
             assert fnmr is not None  # found once every non-mated is a candidate
             try:
                 o[b] = trapezoid_area(RECOMPUTE_DISCARD_FRACTIONS[:n_lv], fnmr, limit)
@@ -461,14 +470,17 @@ def _unit_boot(
     return out
 
 
-def _intervals(samples: np.ndarray, alpha: float) -> tuple[float, float]:
-    """Percentile interval of the defined samples (only a unit resample can leave one undefined)."""
+def _intervals(samples: np.ndarray, alpha: float, strict: bool = True) -> tuple[float, float]:
+    """Percentile interval of the finite samples (only a unit resample can leave one undefined);
+    with none, NaN unless ``strict`` (raises); ``strict`` also warns when some are undefined."""
     ok = np.isfinite(samples)
+    if not ok.any() and not strict:
+        return (float("nan"), float("nan"))
     if not ok.any():
         raise ValueError(
             "subjects: no resample left mated and non-mated comparisons at every discard level: too few units"
         )
-    if not ok.all():
+    if strict and not ok.all():
         warnings.warn(
             f"{int((~ok).sum())} of {samples.shape[0]} unit resamples leave the pAUC undefined (no mated "
             "or non-mated copies at a level); the interval uses the others",
@@ -478,48 +490,26 @@ def _intervals(samples: np.ndarray, alpha: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _boot_rules(threshold_rule: ThresholdRule | str, acceptance: Acceptance | str) -> bool:
-    """The bootstrap engines resample the ``at_most`` rule (either acceptance); returns strictness."""
-    if as_rule(threshold_rule) is not ThresholdRule.AT_MOST:
-        raise ValueError(
-            "threshold_rule: the bootstrap supports 'at_most' only (the resampled order statistic "
-            "has an exact distribution there); evaluate 'closest' without intervals"
-        )
-    return is_strict(acceptance)
-
-
 def _checked(
     fmr: float, convention: Convention | str, limit: float, n_boot: int, alpha: float,
     threshold_rule: ThresholdRule | str, acceptance: Acceptance | str,
 ) -> tuple[float, Convention, float, bool]:
     """The validated ``(fmr, convention, limit, strict acceptance)`` of a bootstrap call."""
     f, conv, lim = check_rate(fmr), as_convention(convention), check_limit(limit)
-    _boot_args(n_boot, alpha)
-    return f, conv, lim, _boot_rules(threshold_rule, acceptance)
+    return f, conv, lim, _boot_checks(n_boot, alpha, threshold_rule, acceptance)
 
 
 def bootstrap_samples(
-    scores: Any,
-    orders: Sequence[Any],
-    fmr: float = 1e-3,
-    convention: Convention | str = Convention.RECOMPUTE,
-    limit: float = 0.3,
-    n_boot: int = 1000,
-    seed: int = 0,
-    *,
-    subtract_best: bool | BestCurve | str = False,
+    scores: Any, orders: Sequence[Any], fmr: float = 1e-3, convention: Convention | str = Convention.RECOMPUTE,
+    limit: float = 0.3, n_boot: int = 1000, seed: int = 0, *, subtract_best: bool | BestCurve | str = False,
     threshold_rule: ThresholdRule | str = ThresholdRule.AT_MOST,
-    acceptance: Acceptance | str = Acceptance.SIMILARITY,
-    subjects: Any = None,
+    acceptance: Acceptance | str = Acceptance.SIMILARITY, subjects: Any = None,
 ) -> list[np.ndarray]:
-    """Bootstrap pAUC samples of several quality orders on the same resamples (bounded).
-
-    ``scores`` and ``orders`` as in :func:`edc_curves`. ``subjects``: the units to resample, an
-    (N, 2) array of each comparison's side units (explicit set), one unit per sample (all-vs-all)
-    or an object of :mod:`exfiqa.evaluation.subjects`; without it comparisons are resampled. An
-    order's samples do not depend on its companions (``samples[i] - samples[j]`` is
-    :func:`paired_bootstrap`). NaN where a unit resample leaves the pAUC undefined.
-    """
+    """Bootstrap pAUC samples of several quality orders (``scores``, ``orders`` as in :func:`edc_curves`)
+    on the same resamples, in bounded memory; an order's samples do not depend on its companions.
+    ``subjects``: the units to resample, (N, 2) side units (explicit set), one unit per sample (all-vs-all)
+    or a :mod:`exfiqa.evaluation.subjects` object; without it comparisons. NaN where a unit resample
+    leaves the pAUC undefined."""
     f, conv, lim, strict = _checked(fmr, convention, limit, n_boot, 0.05, threshold_rule, acceptance)
     if as_best_curve(subtract_best) is not None and conv is Convention.RECOMPUTE:
         raise ValueError("subtract_best: is defined for the 'fixed' convention only")
@@ -528,62 +518,52 @@ def bootstrap_samples(
     return _run_bootstrap(view, list(orders), f, conv, lim, subtract_best, n_boot, seed, units)
 
 
+def _explicit_boot(
+    similarity: ArrayLike, mated: ArrayLike, qualities: dict[str, ArrayLike], fmr: float,
+    convention: Convention | str, limit: float, n_boot: int, seed: int, subtract_best: bool | BestCurve | str,
+    alpha: float, threshold_rule: ThresholdRule | str, acceptance: Acceptance | str, subjects: ArrayLike | None,
+) -> tuple[list[float], list[np.ndarray]]:
+    """Point pAUC and bootstrap samples of each quality of an explicit comparison list."""
+    comp = Comparisons(similarity, mated)
+    orders = [ArrayOrder(comp.quality(q, name)) for name, q in qualities.items()]
+    f, conv, lim, strict = _checked(fmr, convention, limit, n_boot, alpha, threshold_rule, acceptance)
+    est = [pauc(edc_curves(comp, o, (f,), conv, acceptance=acceptance)[f], lim, subtract_best) for o in orders]
+    units = None if subjects is None else ExplicitUnits(subjects, comp.n)
+    return est, _run_bootstrap(rule_view(comp, strict), orders, f, conv, lim, subtract_best, n_boot, seed, units)
+
+
 def bootstrap_pauc(
-    similarity: ArrayLike,
-    mated: ArrayLike,
-    quality: ArrayLike,
-    fmr: float = 1e-3,
-    convention: Convention | str = Convention.RECOMPUTE,
-    limit: float = 0.3,
-    n_boot: int = 1000,
-    seed: int = 0,
-    *,
-    subtract_best: bool | BestCurve | str = False,
-    alpha: float = 0.05,
+    similarity: ArrayLike, mated: ArrayLike, quality: ArrayLike, fmr: float = 1e-3,
+    convention: Convention | str = Convention.RECOMPUTE, limit: float = 0.3, n_boot: int = 1000, seed: int = 0,
+    *, subtract_best: bool | BestCurve | str = False, alpha: float = 0.05,
     threshold_rule: ThresholdRule | str = ThresholdRule.AT_MOST,
-    acceptance: Acceptance | str = Acceptance.SIMILARITY,
-    subjects: ArrayLike | None = None,
+    acceptance: Acceptance | str = Acceptance.SIMILARITY, subjects: ArrayLike | None = None,
 ) -> BootstrapResult:
     """pAUC-EDC of the original data with a percentile bootstrap interval (95 % for
     ``alpha=0.05``). ``subjects`` (N, 2): each comparison's side units, resampled (module
     docstring); without it comparisons are resampled (stratified)."""
-    comp = Comparisons(similarity, mated)
-    order = ArrayOrder(comp.quality(quality))
-    f, conv, lim, strict = _checked(fmr, convention, limit, n_boot, alpha, threshold_rule, acceptance)
-    estimate = pauc(edc_curves(comp, order, (f,), conv, acceptance=acceptance)[f], lim, subtract_best)
-    units = None if subjects is None else ExplicitUnits(subjects, comp.n)
-    (samples,) = _run_bootstrap(rule_view(comp, strict), [order], f, conv, lim, subtract_best, n_boot, seed, units)
+    (estimate,), (samples,) = _explicit_boot(
+        similarity, mated, {"quality": quality}, fmr, convention, limit, n_boot, seed,
+        subtract_best, alpha, threshold_rule, acceptance, subjects,
+    )
     lo, hi = _intervals(samples, alpha)
     return BootstrapResult(estimate, lo, hi, samples)
 
 
 def paired_bootstrap(
-    similarity: ArrayLike,
-    mated: ArrayLike,
-    quality_a: ArrayLike,
-    quality_b: ArrayLike,
-    fmr: float = 1e-3,
-    convention: Convention | str = Convention.RECOMPUTE,
-    limit: float = 0.3,
-    n_boot: int = 1000,
-    seed: int = 0,
-    *,
-    subtract_best: bool | BestCurve | str = False,
-    alpha: float = 0.05,
+    similarity: ArrayLike, mated: ArrayLike, quality_a: ArrayLike, quality_b: ArrayLike, fmr: float = 1e-3,
+    convention: Convention | str = Convention.RECOMPUTE, limit: float = 0.3, n_boot: int = 1000, seed: int = 0,
+    *, subtract_best: bool | BestCurve | str = False, alpha: float = 0.05,
     threshold_rule: ThresholdRule | str = ThresholdRule.AT_MOST,
-    acceptance: Acceptance | str = Acceptance.SIMILARITY,
-    subjects: ArrayLike | None = None,
+    acceptance: Acceptance | str = Acceptance.SIMILARITY, subjects: ArrayLike | None = None,
 ) -> PairedBootstrapResult:
     """Paired bootstrap of pAUC(a) - pAUC(b) (same resamples for both; ``subjects`` as in
     :func:`bootstrap_pauc`): the point difference, its percentile interval and the share of
     resamples in which ``a`` has the lower (better) pAUC."""
-    comp = Comparisons(similarity, mated)
-    qa, qb = comp.quality(quality_a, "quality_a"), comp.quality(quality_b, "quality_b")
-    orders = [ArrayOrder(qa), ArrayOrder(qb)]
-    f, conv, lim, strict = _checked(fmr, convention, limit, n_boot, alpha, threshold_rule, acceptance)
-    est = [pauc(edc_curves(comp, o, (f,), conv, acceptance=acceptance)[f], lim, subtract_best) for o in orders]
-    units = None if subjects is None else ExplicitUnits(subjects, comp.n)
-    sa, sb = _run_bootstrap(rule_view(comp, strict), orders, f, conv, lim, subtract_best, n_boot, seed, units)
+    est, (sa, sb) = _explicit_boot(
+        similarity, mated, {"quality_a": quality_a, "quality_b": quality_b}, fmr, convention, limit,
+        n_boot, seed, subtract_best, alpha, threshold_rule, acceptance, subjects,
+    )
     diff = sa - sb
     lo, hi = _intervals(diff, alpha)
     ok = np.isfinite(diff)

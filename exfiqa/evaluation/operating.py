@@ -1,14 +1,10 @@
-"""Operating points on an EDC: the quality threshold for a discard fraction (``discard=``) or for a
-target FNMR at an FMR target (``fnmr=``), with a unit-bootstrap interval (:func:`operating_point`).
+"""Operating points on the ``fixed`` FNM-EDC (:func:`exfiqa.evaluation.edc.edc_curves`), with a
+unit-bootstrap interval (:func:`operating_point`); the quality threshold ``t`` keeps pair quality ``>= t``.
 
-* The EDC is the ``fixed`` FNM-EDC of :func:`exfiqa.evaluation.edc.edc_curves` (comparison threshold set
-  once from all non-mated comparisons; mated ones discarded lowest pair quality first, ties together).
-* The quality threshold ``t`` keeps pair quality ``>= t``. ``discard=f``: the point with the largest
-  discard fraction ``<= f``; ``fnmr=e``: the smallest discard fraction whose FNMR is ``<= e`` (if none,
-  ``reached`` is False and the point of lowest FNMR, the first on ties, is reported).
-* Interval: :mod:`exfiqa.evaluation.subjects` resamples with ``t`` fixed and the comparison threshold
-  recomputed per resample; percentile interval (``np.quantile``, linear) of the defined resamples.
-  ``at_most`` rule only.
+* ``discard=f``: the point with the largest discard fraction ``<= f``; ``fnmr=e``: the smallest discard
+  fraction whose FNMR is ``<= e`` (if none, ``reached`` is False and the first point of lowest FNMR).
+* Interval: units resampled with ``t`` fixed and the comparison threshold recomputed; percentile
+  interval (``np.quantile``, linear) of the defined resamples. ``at_most`` rule only.
 """
 
 from __future__ import annotations
@@ -19,18 +15,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from exfiqa.evaluation.bootstrap import _boot_args, _boot_rules, _weighted_stat
+from exfiqa.evaluation.bootstrap import _boot_checks, _Candidates, _intervals, _unit_resamples
 from exfiqa.evaluation.edc import edc_curves
 from exfiqa.evaluation.quality import pair_quality
 from exfiqa.evaluation.rules import Acceptance, ThresholdRule, allowed_errors, check_rate
-from exfiqa.evaluation.scores import (
-    ArrayOrder,
-    Comparisons,
-    min_candidates,
-    rule_view,
-    top_candidates,
-)
-from exfiqa.evaluation.subjects import ExplicitUnits, draw_unit_weights
+from exfiqa.evaluation.scores import ArrayOrder, Comparisons, rule_view
+from exfiqa.evaluation.subjects import ExplicitUnits
 
 __all__ = ["QualityOperatingPoint", "operating_point", "operating_point_pairs"]
 
@@ -78,40 +68,20 @@ def _boot_point(
     view: Any, units: Any, keep: np.ndarray, fmr: float, n_boot: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Discard fraction and FNMR per unit resample at a fixed set of kept mated comparisons."""
-    rng = np.random.default_rng(seed)
-    m = max(4 * (int(allowed_errors(fmr, view.n_nm)) + 1), min_candidates())
-    vals, refs = top_candidates(view, m)
+    cands = _Candidates(view, fmr)
     disc = np.full(n_boot, np.nan)
     err = np.full(n_boot, np.nan)
-    for b in range(n_boot):
-        w = draw_unit_weights(units.n_units, rng)
-        w_m = units.weights(w, view.mated_refs)
-        n_m_w = int(w_m.sum())
-        n_nm_w = units.total(w) - n_m_w
+    for b, w, w_m, n_nm_w in _unit_resamples(view, units, n_boot, seed):
         kept = w_m * keep
         n_kept = int(kept.sum())
         if n_nm_w <= 0 or n_kept == 0:
             continue
-        k = int(allowed_errors(fmr, n_nm_w))
-        while True:
-            stat = _weighted_stat(vals, units.weights(w, refs), k)
-            if stat is not None or vals.shape[0] >= view.n_nm:
-                break
-            m *= 4
-            vals, refs = top_candidates(view, m)
+        stat, _ = cands.stat(units, w, int(allowed_errors(fmr, n_nm_w)))
         if stat is None:  # pragma: no cover - every non-mated is a candidate and k < n_nm_w
             continue
-        disc[b] = 1.0 - n_kept / n_m_w
+        disc[b] = 1.0 - n_kept / int(w_m.sum())
         err[b] = float(np.sum(kept * (view.sim_m <= stat))) / n_kept
     return disc, err
-
-
-def _interval(samples: np.ndarray, alpha: float) -> tuple[float, float]:
-    ok = samples[np.isfinite(samples)]
-    if not ok.size:
-        return (float("nan"), float("nan"))
-    lo, hi = np.quantile(ok, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
 
 
 def operating_point(
@@ -132,8 +102,7 @@ def operating_point(
     if fnmr is not None:
         fnmr = check_rate(fnmr, "fnmr")
     f = check_rate(fmr, "fmr")
-    _boot_args(n_boot, alpha)
-    strict = _boot_rules(threshold_rule, acceptance)
+    strict = _boot_checks(n_boot, alpha, threshold_rule, acceptance)
     curve = edc_curves(scores, order, (f,), "fixed", threshold_rule=threshold_rule, acceptance=acceptance)[f]
     view = rule_view(scores, strict)
     q_m = np.asarray(order.quality(view.mated_refs))
@@ -148,7 +117,7 @@ def operating_point(
         request=request, reached=reached, quality_threshold=float(q_t),
         discard_fraction=float(curve.discard_fraction[i]), fnmr=float(curve.error[i]), fmr=f,
         comparison_threshold=float(curve.thresholds[i]), n_mated=int(view.n_m), n_nonmated=int(view.n_nm),
-        discard_interval=_interval(disc_s, alpha), fnmr_interval=_interval(err_s, alpha), alpha=float(alpha),
+        discard_interval=_intervals(disc_s, alpha, False), fnmr_interval=_intervals(err_s, alpha, False), alpha=float(alpha),
         n_boot=int(n_boot), n_valid=int(np.isfinite(err_s).sum()), seed=int(seed), unit=unit,
         n_units=int(units.n_units), resolved=bool(curve.resolved[i]),
     )

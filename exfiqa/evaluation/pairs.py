@@ -1,18 +1,10 @@
-"""Comparison sets evaluated in bounded memory: explicit pair lists and implicit all-vs-all.
+"""Comparison sets evaluated in bounded memory, each giving the *scores* and per quality the *order*
+of :mod:`exfiqa.evaluation.scores`: :class:`PairList` (explicit ``a``/``b`` rows; GEMM tiles where
+dense, gathered dot products elsewhere) and :class:`AllPairs` (every pair ``i < j`` of identity-sorted
+samples, row-major; nothing of size n(n-1)/2 is held, results equal the materialised computation).
 
-Each set gives the two objects of :mod:`exfiqa.evaluation.scores`: the *scores* (mated
-similarities and the top non-mated candidates) and, per quality method, the *order* (stable
-order of the pair qualities, ties broken by comparison position: levels, exact ranks, tie groups).
-
-Pair quality = ``min(v[a], v[b])`` (:func:`exfiqa.evaluation.quality.pair_quality`), ordered by
-the dense rank of ``v`` at the smaller side; similarity = ``scale`` (0.5 for flip-concatenated
-sample embeddings, 1 for templates) times the float32 dot product of L2-normalised features.
-
-* :class:`PairList`: explicit ``a``/``b`` rows; similarities as GEMM tiles where comparisons are
-  dense (IJB-C's enrolment x probe block), gathered dot products elsewhere.
-* :class:`AllPairs`: every pair ``i < j`` of identity-sorted samples, row-major; nothing of size
-  n(n-1)/2 is held (Gram row blocks are scanned; ranks have a closed form), with results equal
-  to the materialised computation.
+Pair quality = ``min(v[a], v[b])``, ties broken by comparison position; similarity = ``scale`` (0.5
+for flip-concatenated embeddings, 1 for templates) times the float32 dot product of the features.
 """
 
 from __future__ import annotations
@@ -29,14 +21,10 @@ from exfiqa.evaluation.quality import pair_quality
 from exfiqa.evaluation.rules import allowed_errors, as_vector, level_starts, next_above
 from exfiqa.evaluation.scores import Comparisons
 
-TILE = 2048
-"""Side length (rows and columns) of a GEMM tile of the similarity computation."""
-DENSE = 1 / 32
-"""Share of a tile's entries that must be compared for the tile to be computed as a GEMM."""
-CHUNK = 8192
-"""Comparisons per gathered dot-product chunk (two (CHUNK, D) float32 temporaries)."""
-GRAM_ROWS = 1024
-"""Rows of the Gram matrix computed at once for all-vs-all sets."""
+TILE = 2048  # side length of a GEMM tile of the similarity computation
+DENSE = 1 / 32  # share of a tile's entries that must be compared for a GEMM
+CHUNK = 8192  # comparisons per gathered dot-product chunk (two (CHUNK, D) float32 temporaries)
+GRAM_ROWS = 1024  # rows of the Gram matrix computed at once for all-vs-all sets
 
 
 def _features(features: np.ndarray, n: int) -> np.ndarray:
@@ -225,12 +213,9 @@ class PairList:
 
 
 class _MinOrder:
-    """Stable order of the pair qualities ``min(v[a], v[b])`` (both comparison sets).
-
-    Group r (pairs whose minimum is ``uniq[r]``) holds the ``sizes[r]`` stable ranks from
-    ``start[r]``, members in comparison order. ``level_of[r]``: the ``recompute`` level of a group
-    no level boundary cuts; ``cut``: the at most 19 groups one does.
-    """
+    """Stable order of the pair qualities ``min(v[a], v[b])``: group r (minimum ``uniq[r]``) holds the
+    ``sizes[r]`` ranks from ``start[r]`` in comparison order; ``level_of[r]``: its ``recompute`` level
+    unless a level boundary cuts it (``cut``: the at most 19 groups that are cut)."""
 
     def __init__(self, pairs: Any, v: np.ndarray) -> None:
         self.pairs = pairs
@@ -273,9 +258,7 @@ class MinPairOrder(_MinOrder):
             g = minrank[pos]
             o = np.argsort(g, kind="stable")
             gs = g[o]
-            first = np.concatenate(([0], np.flatnonzero(gs[1:] != gs[:-1]) + 1))
-            within = np.arange(gs.size) - np.repeat(first, np.diff(np.append(first, gs.size)))
-            ranks = self.start[gs] + within
+            ranks = self.start[gs] + np.arange(gs.size) - np.searchsorted(gs, gs)  # + rank within the group
             level[pos[o]] = (np.searchsorted(self.d, ranks, side="right") - 1).astype(np.uint8)
         self.level = level
 
@@ -307,11 +290,8 @@ class MinPairOrder(_MinOrder):
 
 @dataclass
 class AllPairs:
-    """All unordered pairs ``i < j`` of ``n_samples`` samples sorted by identity, row-major.
-
-    ``group_end[i]``: one past the last sample of i's identity; pair (i, j) is mated iff
-    ``j < group_end[i]``. Position of (i, j): ``i * n - i * (i + 1) / 2 + j - i - 1``.
-    """
+    """All pairs ``i < j`` of ``n_samples`` identity-sorted samples, row-major (:meth:`position`);
+    ``group_end[i]``: one past the last sample of i's identity, (i, j) is mated iff ``j < group_end[i]``."""
 
     group_end: np.ndarray
     n_samples: int = field(init=False)
@@ -352,12 +332,9 @@ class AllPairs:
     def materialise(
         self, max_nonmated: int | None = None, seed: int = 0
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(a, b, mated)`` of every pair, row-major (sorted by ``(a, b)``; small sets only), as
-        int32 (int64 beyond 2**31 samples).
-
-        ``max_nonmated``: keep the mated pairs and the non-mated ones at
-        ``np.random.default_rng(seed).choice(n_nm, max_nonmated, replace=False)`` (row-major).
-        """
+        """``(a, b, mated)`` of every pair, row-major (small sets only), int32 (int64 beyond 2**31
+        samples). ``max_nonmated``: only the non-mated at ``default_rng(seed).choice(n_nm, max_nonmated,
+        replace=False)``."""
         dt = np.int32 if self.n_samples < 2**31 else np.int64
         if max_nonmated is None or max_nonmated >= self.n_nm:
             a, b = _row_pairs(np.full(self.n_samples, self.n_samples, dtype=np.int64))
@@ -401,11 +378,8 @@ class AllPairs:
 
 
 class AllPairsScores:
-    """Scores of an :class:`AllPairs` set; references are ``(K, 2)`` int32 arrays of ``(i, j)``.
-
-    Scanning the Gram row blocks collects at least ``initial_m`` candidates (and, the first time,
-    the mated similarities); asking for more than are held rescans.
-    """
+    """Scores of an :class:`AllPairs` set; references are ``(K, 2)`` int32 arrays of ``(i, j)``. A scan
+    collects at least ``initial_m`` candidates (the first also the mated); asking for more rescans."""
 
     def __init__(self, pairs: AllPairs, features: np.ndarray, scale: float, initial_m: int = 4096) -> None:
         self.pairs = pairs
@@ -543,8 +517,7 @@ class AllPairsOrder(_MinOrder):
         return out
 
     def _sides(self, refs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        i, j, _ = self._group(refs)
-        return i, j
+        return self._group(refs)[:2]
 
 
 # --------------------------------------------------------------------------------- FR sanity
@@ -583,12 +556,9 @@ def all_pairs_sanity(
     scores: AllPairsScores, fmr_targets: Sequence[float], n_folds: int = 10, bits: int = 16
 ) -> dict[str, Any]:
     """10-fold accuracy (contiguous folds in comparison order), EER and FNMR@FMR of an all-vs-all
-    set, equal to :mod:`exfiqa.evaluation.verification` on the materialised arrays.
-
-    Two Gram scans: the first histograms the non-mated similarities per fold in ``2**bits`` bins
-    of their float32 order; the second collects the values of the bins that can hold the EER
-    point or a fold's best threshold (and their neighbours).
-    """
+    set, equal to :mod:`exfiqa.evaluation.verification` on the materialised arrays. Two Gram scans:
+    per-fold histograms in ``2**bits`` bins of the float32 order, then the values of the bins that
+    can hold the EER point or a fold's best threshold."""
     n_m, n_nm = scores.n_m, scores.n_nm
     sim_m = scores.sim_m
     targets = [float(t) for t in fmr_targets]
@@ -620,9 +590,8 @@ def all_pairs_sanity(
 
 
 def _eer_bins(h: np.ndarray, bin_m: np.ndarray, n_m: int, n_nm: int) -> tuple[int, int, list[int]]:
-    """``(lo, hi, bins to read)`` around the ROC point FMR = FNMR: ``b``, the bin where FMR - FNMR
-    changes sign, and the nearest bins below/above holding non-mated values (else 0 / the last).
-    Every threshold the EER can use lies in bins ``lo..hi``."""
+    """``(lo, hi, bins to read)``: the bin where FMR - FNMR changes sign and the nearest non-empty bins
+    below/above it (else 0 / the last); every threshold the EER can use lies in bins ``lo..hi``."""
     nb = h.size
     nm_ge = np.concatenate((np.cumsum(h[::-1])[::-1], [0]))  # non-mated in bins >= b, b = 0..nb
     m_lt = np.searchsorted(np.sort(bin_m), np.arange(nb + 1), side="left")
@@ -654,10 +623,9 @@ def _eer_exact(
 
 
 def _accuracy_bins(h_tr: np.ndarray, bin_m_tr: np.ndarray) -> dict[str, Any]:
-    """The bins a fold's best accuracy threshold can lie in (``cand``) and those to read to place
-    it (``collect``). A cut in bin b has a training accuracy between ``P>=(b+1) + N<(b)`` and
-    ``P>=(b) + N<(b+1)`` (P: mated, N: non-mated counts by bin edge); placing it needs the bins
-    from the previous non-empty one, the one below the lowest and the highest non-empty one."""
+    """The bins a fold's best accuracy threshold can lie in (``cand``: a cut in bin b scores between
+    ``P>=(b+1) + N<(b)`` and ``P>=(b) + N<(b+1)``, P/N: mated/non-mated counts by bin edge) and those to
+    read to place it (``collect``: from the previous non-empty bin, below the lowest, the highest)."""
     nb = h_tr.size
     m_hist = np.bincount(bin_m_tr, minlength=nb)
     n_lt = np.concatenate(([0], np.cumsum(h_tr)))  # N<(b), b = 0..nb
@@ -687,17 +655,18 @@ def _fold_accuracy(
     m_tr = np.sort(sim_m[fold_m != f].astype(np.float64))
     bin_m_all = _keys32(sim_m) >> shift
     tr = cf != f
+
+    def train_values(b: int) -> np.ndarray:
+        return np.concatenate((cv[tr & (cbin == b)], sim_m[(fold_m != f) & (bin_m_all == b)])).astype(np.float64)
+
     best, best_cut, best_bin = int(n_lt[-1]), None, -1  # the inf cut; finite cuts win ties
     for b in plan["cand"].tolist():
         nm_b = np.sort(cv[tr & (cbin == b)].astype(np.float64))
-        cuts = np.unique(np.concatenate((nm_b, sim_m[(fold_m != f) & (bin_m_all == b)].astype(np.float64))))
+        cuts = np.unique(train_values(b))
         correct = (m_tr.size - np.searchsorted(m_tr, cuts, side="left")) + n_lt[b] + np.searchsorted(nm_b, cuts, side="left")
         i = int(np.argmax(correct))
         if correct[i] >= best if best_cut is None else correct[i] > best:
             best, best_cut, best_bin = int(correct[i]), float(cuts[i]), b
-    def train_values(b: int) -> np.ndarray:
-        return np.concatenate((cv[tr & (cbin == b)], sim_m[(fold_m != f) & (bin_m_all == b)])).astype(np.float64)
-
     if best_cut is None:  # inf: just above the highest training value
         t = next_above(train_values(int(nonempty[-1])).max())[()]
     else:

@@ -1,14 +1,9 @@
-"""Independent units (subjects) of a comparison set, and the weights a unit resample gives them.
+"""Independent units (subjects) of a comparison set and the weights a unit resample gives them.
 
-Comparisons sharing a subject are not independent, so :mod:`exfiqa.evaluation.bootstrap` resamples
-units: ``S`` units drawn with replacement, unit ``u`` drawn ``w[u]`` times. A comparison of two units
-``a != b`` then enters ``w[a] * w[b]`` times, one within a unit ``w[a]`` times (a copy is never compared
-with another copy of itself), and undrawn units vanish; copies stay together at their place in the
-stable quality order. With every comparison its own unit this is the plain comparison bootstrap.
-Units per benchmark (:meth:`exfiqa.study.Study.subjects`): the identity where known, IJB-C's
-:func:`mated_components`, the pair for the ``.bin`` sets. All arithmetic on weights is exact integer:
-:class:`ExplicitUnits` for comparison lists, :class:`AllPairsUnits` (closed form per group, nothing of
-size n(n-1)/2 built) for all-vs-all sets.
+``S`` units drawn with replacement, unit ``u`` ``w[u]`` times: a comparison of units ``a != b`` enters
+``w[a] * w[b]`` times, one within a unit ``w[a]`` times, copies together at their place in the stable
+quality order. Exact integer weights: :class:`ExplicitUnits` (comparison lists), :class:`AllPairsUnits`
+(all-vs-all, closed form per group). Units per benchmark: :meth:`exfiqa.study.Study.subjects`.
 """
 
 from __future__ import annotations
@@ -97,12 +92,10 @@ class _ExplicitPlan:
         pos, inv = np.unique(np.concatenate([self.pos[r] for r in arrays]), return_inverse=True)
         seg = np.add.reduceat(cw, np.concatenate(([0], pos[:-1] + 1)), dtype=np.int64) if pos.size else np.zeros(0, np.int64)
         ends = np.cumsum(seg)
+        tail = int(np.sum(cw[pos[-1] + 1 :] if pos.size else cw, dtype=np.int64))
         if pos.size:  # the last segment ran to the end: keep it up to the last referenced rank
-            tail = int(np.sum(cw[pos[-1] + 1 :], dtype=np.int64))
             ends[-1] -= tail
-            total = int(ends[-1]) + tail
-        else:
-            total = int(np.sum(cw, dtype=np.int64))
+        total = int(ends[-1]) + tail if pos.size else tail
         return np.split(ends[inv], np.cumsum([r.size for r in arrays])[:-1]), total
 
 
@@ -219,9 +212,7 @@ class _AllPairsPlan:
         row_cum = np.zeros(n + 1, dtype=np.int64)
         row_cum[rows + 1] = row_weight(rows, np.full(rows.size, n))
         row_cum = np.cumsum(row_cum)  # weight of rows < x at row_cum[x]
-        inside = row_weight(i, j)
-        own = _pair_weights(w, u[i], u[j])
-        return row_cum[i] + inside + own
+        return row_cum[i] + row_weight(i, j) + _pair_weights(w, u[i], u[j])
 
 
 def comparison_units(comparison_set: Any, side_units: Any) -> ExplicitUnits | AllPairsUnits:
