@@ -96,11 +96,10 @@ class EDCCurve:
         f = arrays["discard_fraction"]
         if n == 0 or f[0] != 0 or np.any(np.diff(f) < 0) or f[-1] > 1:
             raise ValueError("EDCCurve.discard_fraction: must start at 0, ascend and stay <= 1")
-        object.__setattr__(self, "convention", as_convention(self.convention))
         object.__setattr__(self, "target", check_rate(self.target, "EDCCurve.target"))
-        object.__setattr__(self, "error_type", as_error_type(self.error_type))
-        object.__setattr__(self, "threshold_rule", as_rule(self.threshold_rule))
-        object.__setattr__(self, "acceptance", as_acceptance(self.acceptance))
+        for name, parse in (("convention", as_convention), ("error_type", as_error_type), ("threshold_rule", as_rule),
+                            ("acceptance", as_acceptance)):
+            object.__setattr__(self, name, parse(getattr(self, name)))
         if int(self.n_mated) < 1:
             raise ValueError(f"EDCCurve.n_mated: must be >= 1, got {self.n_mated}")
         if self.error_type is ErrorType.FMR and int(self.n_nonmated) < 1:

@@ -167,11 +167,8 @@ def _levels_of(q: np.ndarray, v: np.ndarray, sel: np.ndarray, d: np.ndarray) -> 
     hi = np.searchsorted(v, x, side="right")
     level: np.ndarray = lo.astype(np.int64)
     tied = np.flatnonzero(lo != hi)
-    if tied.size:
-        for u in np.unique(x[tied]):
-            members = tied[x[tied] == u]
-            n_lower = np.count_nonzero(q < u)
-            equal = np.flatnonzero(q == u)
-            ranks = n_lower + np.searchsorted(equal, sel[members])
-            level[members] = np.searchsorted(d, ranks, side="right") - 1
+    for u in np.unique(x[tied]):
+        members = tied[x[tied] == u]
+        ranks = np.count_nonzero(q < u) + np.searchsorted(np.flatnonzero(q == u), sel[members])
+        level[members] = np.searchsorted(d, ranks, side="right") - 1
     return level
