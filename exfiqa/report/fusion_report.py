@@ -43,12 +43,9 @@ def fusion_wins(pauc: pd.DataFrame, challenger: str, reference: str) -> pd.DataF
 def search_fusion_weights(
     study: Study, quality: str, fr: str, dataset: str, fmr: float, n_candidates: int = 200, seed: int = 0
 ) -> tuple[np.ndarray, float]:
-    """Weights (non-negative, summing to 1) with the lowest pAUC on ``dataset``, and that pAUC.
-
-    Random search over the uniform and depth weights, every one-hot exit and ``n_candidates``
-    Dirichlet draws (concentration 0.5); the first lowest wins. pAUC is a step function of the
-    weights (it depends only on the order of the fused scores), so gradient fitters do not apply.
-    """
+    """Weights (non-negative, summing to 1) with the lowest pAUC on ``dataset``, and that pAUC: random
+    search over the uniform and depth weights, every one-hot exit and ``n_candidates`` Dirichlet draws
+    (concentration 0.5); the first lowest wins (pAUC is a step function of the weights: no gradient)."""
     scores = study.exit_scores(dataset, quality).astype(np.float64)
     depth = scores.shape[1]
     rng = np.random.default_rng(seed)
