@@ -274,13 +274,9 @@ def edc_curves(
     acceptance: Acceptance | str = Acceptance.SIMILARITY,
     error_type: ErrorType | str = ErrorType.FNMR,
 ) -> dict[float, EDCCurve]:
-    """EDCs, keyed by target, from a scores and an order object (:mod:`exfiqa.evaluation.scores`).
-
-    The engine behind :func:`edc_many`, also for sets not held as arrays (:mod:`exfiqa.evaluation.pairs`):
-    only the mated and the top non-mated comparisons are touched, with the same results.
-    ``targets``: FMR targets of an FNM-EDC (default :data:`DEFAULT_FMR_TARGETS`) or FNMR targets of
-    an FM-EDC (required).
-    """
+    """EDCs, keyed by target, from a scores and an order object (:mod:`exfiqa.evaluation.scores`;
+    reads only the mated and the top non-mated comparisons). ``targets``: FMR targets of an FNM-EDC
+    (default :data:`DEFAULT_FMR_TARGETS`) or FNMR targets of an FM-EDC (required)."""
     conv, rule, e_type = as_convention(convention), as_rule(threshold_rule), as_error_type(error_type)
     strict = is_strict(acceptance)
     if targets is None and e_type is ErrorType.FMR:

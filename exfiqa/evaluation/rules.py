@@ -345,11 +345,8 @@ def level_starts(n: int) -> np.ndarray:
 
 
 def resolvable(target: float, n: int | ArrayLike) -> np.ndarray:
-    """Whether ``target * n >= 1`` (tolerance 1e-9): at least one error allowed at the threshold.
-
-    ``n``: count(s) of the comparisons the target is a fraction of (non-mated for an FMR target).
-    Below it every smaller target gives the same threshold and curve.
-    """
+    """Whether ``target * n >= 1`` (tolerance 1e-9), ``n`` the count(s) the target is a fraction of
+    (non-mated for an FMR target): at least one error allowed; below it, smaller targets change nothing."""
     t = check_rate(target, "target")
     counts = np.asarray(n)
     if counts.size and (not np.issubdtype(counts.dtype, np.integer) or counts.min() < 0):

@@ -156,12 +156,9 @@ def rule_view(scores: Any, strict: bool) -> Any:
 
 
 def _levels_of(q: np.ndarray, v: np.ndarray, sel: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """Level of the comparisons ``sel``: the largest j with d[j] <= stable rank, without a full sort.
-
-    ``v``: the qualities at the boundaries. A quality unequal to all of them lies after exactly the
-    lower ones; one equal to a boundary value gets its exact rank from the count of lower qualities
-    and its position among the equal ones.
-    """
+    """Level of the comparisons ``sel``: the largest j with d[j] <= stable rank, without a full sort
+    (``v``: the qualities at the boundaries; a quality equal to one gets its exact rank from the count
+    of lower qualities and its position among the equal ones)."""
     x = q[sel]
     lo = np.searchsorted(v, x, side="left")
     hi = np.searchsorted(v, x, side="right")
