@@ -96,11 +96,10 @@ class EDCCurve:
         f = arrays["discard_fraction"]
         if n == 0 or f[0] != 0 or np.any(np.diff(f) < 0) or f[-1] > 1:
             raise ValueError("EDCCurve.discard_fraction: must start at 0, ascend and stay <= 1")
-        object.__setattr__(self, "convention", as_convention(self.convention))
         object.__setattr__(self, "target", check_rate(self.target, "EDCCurve.target"))
-        object.__setattr__(self, "error_type", as_error_type(self.error_type))
-        object.__setattr__(self, "threshold_rule", as_rule(self.threshold_rule))
-        object.__setattr__(self, "acceptance", as_acceptance(self.acceptance))
+        for name, parse in (("convention", as_convention), ("error_type", as_error_type), ("threshold_rule", as_rule),
+                            ("acceptance", as_acceptance)):
+            object.__setattr__(self, name, parse(getattr(self, name)))
         if int(self.n_mated) < 1:
             raise ValueError(f"EDCCurve.n_mated: must be >= 1, got {self.n_mated}")
         if self.error_type is ErrorType.FMR and int(self.n_nonmated) < 1:
@@ -275,13 +274,9 @@ def edc_curves(
     acceptance: Acceptance | str = Acceptance.SIMILARITY,
     error_type: ErrorType | str = ErrorType.FNMR,
 ) -> dict[float, EDCCurve]:
-    """EDCs, keyed by target, from a scores and an order object (:mod:`exfiqa.evaluation.scores`).
-
-    The engine behind :func:`edc_many`, also for sets not held as arrays (:mod:`exfiqa.evaluation.pairs`):
-    only the mated and the top non-mated comparisons are touched, with the same results.
-    ``targets``: FMR targets of an FNM-EDC (default :data:`DEFAULT_FMR_TARGETS`) or FNMR targets of
-    an FM-EDC (required).
-    """
+    """EDCs, keyed by target, from a scores and an order object (:mod:`exfiqa.evaluation.scores`;
+    reads only the mated and the top non-mated comparisons). ``targets``: FMR targets of an FNM-EDC
+    (default :data:`DEFAULT_FMR_TARGETS`) or FNMR targets of an FM-EDC (required)."""
     conv, rule, e_type = as_convention(convention), as_rule(threshold_rule), as_error_type(error_type)
     strict = is_strict(acceptance)
     if targets is None and e_type is ErrorType.FMR:

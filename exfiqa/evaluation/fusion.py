@@ -239,12 +239,6 @@ class ExitChoice:
     stop_correlation: float | None
     calibration: tuple[str, ...]
 
-    def weights(self) -> NDArray[np.float64]:
-        """(L,) fusion weights: ``1/|chosen|`` on the chosen exits, 0 elsewhere."""
-        w = np.zeros(len(self.correlations))
-        w[np.asarray(self.chosen) - 1] = 1.0 / len(self.chosen)
-        return w
-
 
 def choose_exits(calibration: Sequence[CalibrationSet]) -> ExitChoice:
     """FROQ-style greedy exit selection on calibration data that is not evaluated.
@@ -262,14 +256,10 @@ def choose_exits(calibration: Sequence[CalibrationSet]) -> ExitChoice:
             raise ValueError(f"calibration set {c.name!r} has {c.n_exits} exits, {sets[0].name!r} has {depth}")
     rho = np.mean([exit_correlations(c) for c in sets], axis=0)
     ranking = [int(k) + 1 for k in np.argsort(-rho, kind="stable")]
-
-    def mean_correlation(exits: Sequence[int]) -> float:
-        return float(np.mean([c.correlation(chosen_mean(c.scores, exits)) for c in sets]))
-
     chosen, trace = [ranking[0]], [float(rho[ranking[0] - 1])]
     stopped_at, stop_rho = None, None
     for k in ranking[1:]:
-        r = mean_correlation([*chosen, k])
+        r = float(np.mean([c.correlation(chosen_mean(c.scores, [*chosen, k])) for c in sets]))
         if not r > trace[-1]:  # NaN (a constant mean) does not raise it either
             stopped_at, stop_rho = k, r
             break

@@ -15,6 +15,7 @@ from exfiqa.evaluation.rules import (
     N_LEVELS,
     PAUC_META,
     RECOMPUTE_DISCARD_FRACTIONS,
+    RULE_DESCRIPTIONS,
     TIE_ORDER_NOTE,
     Acceptance,
     BestCurve,
@@ -27,7 +28,6 @@ from exfiqa.evaluation.rules import (
     as_error_type,
     as_rule,
     check_limit,
-    describe_rule,
     resolvable,
 )
 
@@ -153,7 +153,7 @@ def pauc_meta(
         static["threshold"] = static["threshold"].replace("non-mated", "mated")
         if conv is Convention.FIXED:
             static["discard_base"] = "non-mated comparisons; equal qualities discarded together"
-    static["threshold"] += f"; {describe_rule(rule, e_type)}; accept {acc.value}"
+    static["threshold"] += f"; {RULE_DESCRIPTIONS[rule, e_type]}; accept {acc.value}"
     return {
         "metric": f"pAUC-EDC ({'FMR at fixed FNMR' if fm else 'FNMR at fixed FMR'} vs discarded fraction)",
         "convention": conv.value, "limit": check_limit(limit), "subtract_best": best is not None,

@@ -96,17 +96,13 @@ TIE_ORDER_NOTE = (
 )
 """One sentence for notebooks and captions on why tied qualities make the authors' numbers machine-dependent."""
 
-_DESCRIBE_RULE = {
+RULE_DESCRIPTIONS: dict[tuple[ThresholdRule, ErrorType], str] = {
     (ThresholdRule.AT_MOST, ErrorType.FNMR): "smallest threshold whose FMR does not exceed the target",
     (ThresholdRule.AT_MOST, ErrorType.FMR): "largest threshold whose FNMR does not exceed the target",
     (ThresholdRule.CLOSEST, ErrorType.FNMR): "ROC point whose FMR is closest to the target (lowest such threshold)",
     (ThresholdRule.CLOSEST, ErrorType.FMR): "ROC point whose FNMR is closest to the target (highest such threshold)",
 }
-
-
-def describe_rule(rule: ThresholdRule, error_type: ErrorType) -> str:
-    """Which threshold ``rule`` selects for a target of an EDC of ``error_type``, in words."""
-    return _DESCRIBE_RULE[rule, error_type]
+"""Which threshold a rule selects for a target of an EDC of an error type, in words."""
 
 PAUC_META: dict[Convention, dict[str, str]] = {
     Convention.FIXED: {
@@ -275,7 +271,7 @@ def rule_note(
     """One line stating the threshold rule and acceptance, e.g. for captions and run cards."""
     rule, acc, err = as_rule(threshold_rule), as_acceptance(acceptance), as_error_type(error_type)
     name = next((k for k, v in COMPAT.items() if v == {"threshold_rule": rule.value, "acceptance": acc.value}), None)
-    text = f"threshold {rule.value} ({describe_rule(rule, err)}), accept {acc.value}"
+    text = f"threshold {rule.value} ({RULE_DESCRIPTIONS[rule, err]}), accept {acc.value}"
     return text + (f" (= compat {name})" if name else "")
 
 
@@ -349,11 +345,8 @@ def level_starts(n: int) -> np.ndarray:
 
 
 def resolvable(target: float, n: int | ArrayLike) -> np.ndarray:
-    """Whether ``target * n >= 1`` (tolerance 1e-9): at least one error allowed at the threshold.
-
-    ``n``: count(s) of the comparisons the target is a fraction of (non-mated for an FMR target).
-    Below it every smaller target gives the same threshold and curve.
-    """
+    """Whether ``target * n >= 1`` (tolerance 1e-9), ``n`` the count(s) the target is a fraction of
+    (non-mated for an FMR target): at least one error allowed; below it, smaller targets change nothing."""
     t = check_rate(target, "target")
     counts = np.asarray(n)
     if counts.size and (not np.issubdtype(counts.dtype, np.integer) or counts.min() < 0):

@@ -156,22 +156,16 @@ def rule_view(scores: Any, strict: bool) -> Any:
 
 
 def _levels_of(q: np.ndarray, v: np.ndarray, sel: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """Level of the comparisons ``sel``: the largest j with d[j] <= stable rank, without a full sort.
-
-    ``v``: the qualities at the boundaries. A quality unequal to all of them lies after exactly the
-    lower ones; one equal to a boundary value gets its exact rank from the count of lower qualities
-    and its position among the equal ones.
-    """
+    """Level of the comparisons ``sel``: the largest j with d[j] <= stable rank, without a full sort
+    (``v``: the qualities at the boundaries; a quality equal to one gets its exact rank from the count
+    of lower qualities and its position among the equal ones)."""
     x = q[sel]
     lo = np.searchsorted(v, x, side="left")
     hi = np.searchsorted(v, x, side="right")
     level: np.ndarray = lo.astype(np.int64)
     tied = np.flatnonzero(lo != hi)
-    if tied.size:
-        for u in np.unique(x[tied]):
-            members = tied[x[tied] == u]
-            n_lower = np.count_nonzero(q < u)
-            equal = np.flatnonzero(q == u)
-            ranks = n_lower + np.searchsorted(equal, sel[members])
-            level[members] = np.searchsorted(d, ranks, side="right") - 1
+    for u in np.unique(x[tied]):
+        members = tied[x[tied] == u]
+        ranks = np.count_nonzero(q < u) + np.searchsorted(np.flatnonzero(q == u), sel[members])
+        level[members] = np.searchsorted(d, ranks, side="right") - 1
     return level

@@ -62,9 +62,7 @@ def template_embeddings(
     if emb.ndim != 2:
         raise ValueError(f"embeddings must be (N, D), got shape {emb.shape}")
     n, dim = emb.shape
-    unique_t, feats = _template_sums(
-        n, dim, template_ids, media_ids, lambda r0, r1: emb[r0:r1].astype(np.float64), emb
-    )
+    unique_t, feats = _template_sums(n, dim, template_ids, media_ids, lambda r0, r1: emb[r0:r1].astype(np.float64), emb)
     return unique_t, feats if emb.dtype == np.float64 else feats.astype(np.float32)
 
 
@@ -94,10 +92,8 @@ def insightface_template_embeddings(
             raise ValueError(f"norms must be (N, 2) = ({n}, 2) positive finite norms, got shape {scale.shape}")
 
     def rows(r0: int, r1: int) -> np.ndarray:
-        chunk = emb[r0:r1].astype(np.float64)
-        s = scale[r0:r1]
-        g = chunk[:, :half] * s[:, :1] + chunk[:, half:] * s[:, 1:]
-        return g * det[r0:r1, None]
+        chunk, s = emb[r0:r1].astype(np.float64), scale[r0:r1]
+        return (chunk[:, :half] * s[:, :1] + chunk[:, half:] * s[:, 1:]) * det[r0:r1, None]
 
     unique_t, feats = _template_sums(n, half, template_ids, media_ids, rows, emb)
     return unique_t, feats.astype(np.float32)

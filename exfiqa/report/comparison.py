@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from exfiqa.evaluation.exits import exit_label, exit_numbers
+from exfiqa.evaluation.exits import exit_label, exit_labels, exit_numbers
 from exfiqa.report.frames import Headline
 from exfiqa.report.tables import flag_unresolved
 
@@ -45,15 +45,11 @@ SELECTED_BY_POSTER = "the early exit the poster reports"
 SELECTED_BY_BOTH = "the early exit the poster reports; also the best on the evaluated data"
 
 
-def _best_early(rows: pd.DataFrame, quality: str, depth: int) -> int:
-    mean = rows[rows["quality_model"] == quality].groupby("method")["pauc"].mean()
-    return min(range(1, depth), key=lambda k: mean[exit_label(k)])
-
-
 def best_early_exit(rows: pd.DataFrame, quality: str, depth: int) -> str:
     """The early exit (1..depth-1) of ``quality`` with the lowest mean pAUC over the datasets of
     ``rows`` (pAUC rows at one FR model and FMR), the lowest on ties: chosen on the evaluated data."""
-    return exit_label(_best_early(rows, quality, depth))
+    mean = rows[rows["quality_model"] == quality].groupby("method")["pauc"].mean()
+    return min(exit_labels(depth)[:-1], key=lambda m: mean[m])
 
 
 def _early_exit_rows(rows: pd.DataFrame, tags: dict[str, tuple[str, int]]) -> dict[str, list[tuple[int, str, bool]]]:
@@ -61,7 +57,7 @@ def _early_exit_rows(rows: pd.DataFrame, tags: dict[str, tuple[str, int]]) -> di
     exit (where the model has it) and of :func:`best_early_exit` (once if they coincide)."""
     out = {}
     for q, (tag, depth) in tags.items():
-        best, k = _best_early(rows, q, depth), _POSTER_EXITS.get(tag, depth)
+        best, k = exit_numbers(depth)[best_early_exit(rows, q, depth)], _POSTER_EXITS.get(tag, depth)
         out[q] = ([(best, SELECTED_ON_DATA, True)] if k >= depth else [(best, SELECTED_BY_BOTH, False)] if k == best
                   else [(k, SELECTED_BY_POSTER, False), (best, SELECTED_ON_DATA, True)])
     return out

@@ -82,14 +82,7 @@ def _paired_detail(
             raise ValueError(
                 f"paper_findings: paired= gives delta_pauc {float(row['delta_pauc']):.6g} for {label} on {ds}, "
                 f"the pAUC table {diff:.6g}: the two tables differ in scale or protocol")
-    if is_tie(a, b):
-        verdict = "tie"
-    elif hi < 0:
-        verdict = "agrees"
-    elif lo > 0:
-        verdict = "differs"
-    else:
-        verdict = "not resolved"
+    verdict = "tie" if is_tie(a, b) else "agrees" if hi < 0 else "differs" if lo > 0 else "not resolved"
     ci = f"95% paired interval [{lo:.4g}, {hi:.4g}]" if np.isfinite(lo) else "no paired interval"
     return {
         "finding": f"{finding}: {ds}", "paper": paper,
@@ -175,12 +168,8 @@ def paper_findings(
                 f"{s5:.0%} of it by exit 5, {s8:.0%} by exit 8 (mean over datasets and FR models)")
         if with_ci:
             text += f"; the change's 95% paired interval excludes 0 on {resolved} of {len(det)} datasets ({head.fr_model})"
-        if is_tie(first, last):
-            verdict = "tie"
-        elif not (np.isfinite(rel) and abs(rel) >= min_change) or (with_ci and 2 * resolved <= len(det)):
-            verdict = "not resolved"
-        else:
-            verdict = "agrees" if shape else "differs"
+        unresolved = not (np.isfinite(rel) and abs(rel) >= min_change) or (with_ci and 2 * resolved <= len(det))
+        verdict = "tie" if is_tie(first, last) else "not resolved" if unresolved else "agrees" if shape else "differs"
         add(name, text, verdict,
             f"resolved if the change exit 1 -> last is at least {min_change:.0%} of exit 1's pAUC and "
             + ("its paired interval excludes 0 on more than half of the datasets; " if with_ci else "(no paired intervals given); ")
@@ -216,14 +205,9 @@ def paper_findings(
         det, n = details(q, name, "EX-FIQA-FW", exit_label(depth), f"FW - {exit_label(depth)}")
         total = len(det)
         point = sum(d["difference"] < 0 and d["verdict"] != "tie" for d in det)
-        if 2 * n["agrees"] > total:
-            verdict = "agrees"
-        elif 2 * (n["agrees"] + n["not resolved"] + n["tie"]) <= total:
-            verdict = "differs"
-        elif 2 * (n["agrees"] + n["not resolved"]) <= total:
-            verdict = "tie"
-        else:
-            verdict = "not resolved"
+        verdict = ("agrees" if 2 * n["agrees"] > total
+                   else "differs" if 2 * (n["agrees"] + n["not resolved"] + n["tie"]) <= total
+                   else "tie" if 2 * (n["agrees"] + n["not resolved"]) <= total else "not resolved")
         text = (f"FW better on {n['agrees']} of {total} datasets with {head.fr_model} (95% paired interval below 0), "
                 f"worse on {n['differs']}, not resolved on {n['not resolved']}"
                 + (f", tied on {n['tie']}" if n["tie"] else "") + f"; lower pAUC (point estimate) on {point} of {total}")

@@ -43,12 +43,9 @@ def fusion_wins(pauc: pd.DataFrame, challenger: str, reference: str) -> pd.DataF
 def search_fusion_weights(
     study: Study, quality: str, fr: str, dataset: str, fmr: float, n_candidates: int = 200, seed: int = 0
 ) -> tuple[np.ndarray, float]:
-    """Weights (non-negative, summing to 1) with the lowest pAUC on ``dataset``, and that pAUC.
-
-    Random search over the uniform and depth weights, every one-hot exit and ``n_candidates``
-    Dirichlet draws (concentration 0.5); the first lowest wins. pAUC is a step function of the
-    weights (it depends only on the order of the fused scores), so gradient fitters do not apply.
-    """
+    """Weights (non-negative, summing to 1) with the lowest pAUC on ``dataset``, and that pAUC: random
+    search over the uniform and depth weights, every one-hot exit and ``n_candidates`` Dirichlet draws
+    (concentration 0.5); the first lowest wins (pAUC is a step function of the weights: no gradient)."""
     scores = study.exit_scores(dataset, quality).astype(np.float64)
     depth = scores.shape[1]
     rng = np.random.default_rng(seed)
@@ -198,10 +195,6 @@ def choose_for(
     return fusion.choose_exits(sets)
 
 
-def _exits_text(exits: Sequence[int]) -> str:
-    return ", ".join(str(k) for k in exits)
-
-
 @dataclass(frozen=True)
 class ChosenExits:
     """EX-FIQA-DC on a run: the :class:`exfiqa.evaluation.fusion.ExitChoice` per evaluated
@@ -226,11 +219,11 @@ def chosen_exits(study: Study, fr: str, calibrate_on: Sequence[str] = ()) -> Cho
             rows.append({
                 "quality_model": q, "dataset": cfg.datasets[ds].label,
                 "calibrated_on": "; ".join(cfg.datasets[d].label for d in c.calibration),
-                "pseudo_label": f"mean mated similarity ({fr})", "chosen_exits": _exits_text(c.chosen),
+                "pseudo_label": f"mean mated similarity ({fr})", "chosen_exits": ", ".join(map(str, c.chosen)),
                 "n_chosen": len(c.chosen), "rho_chosen_mean": c.trace[-1], "best_single_exit": c.ranking[0],
                 "rho_best_exit": c.correlations[c.ranking[0] - 1], "stopped_at_exit": c.stopped_at or 0,
                 "rho_with_it": float("nan") if c.stop_correlation is None else c.stop_correlation,
-                "ranking": _exits_text(c.ranking),
+                "ranking": ", ".join(map(str, c.ranking)),
             })
     return ChosenExits(choices, fr, pd.DataFrame(rows))
 
@@ -270,7 +263,7 @@ def chosen_exits_comparison(
             delta, lo, hi, p_better, n_defined = _paired(est[0], e, samples[0], s)
             boot.append({
                 "quality_model": q, "dataset": label, "fr_model": fr, "fmr": fmr, "method": fusion.DC_NAME,
-                "reference": m, "chosen_exits": _exits_text(c.chosen), "delta_pauc": delta * scale, "ci_low": lo * scale,
+                "reference": m, "chosen_exits": ", ".join(map(str, c.chosen)), "delta_pauc": delta * scale, "ci_low": lo * scale,
                 "ci_high": hi * scale, "p_better": p_better, "reference_fitted_here": m == "learned" and ds == learn_on,
                 "convention": cfg.convention, "limit": cfg.discard_limit, "scale": float(scale), "seed": int(cfg.seed),
                 "n_boot": int(n_boot), "unit": unit_name, "n_units": n_units, "n_defined": n_defined,

@@ -28,12 +28,10 @@ def runtime_table(
     study: Study, ops: pd.DataFrame, dataset: str, reject_fraction: float, margin: float, min_exit: int,
     n_images: int = 64, repeats: int = 3,
 ) -> pd.DataFrame:
-    """Measured ms per image (median of ``repeats`` after a warm-up) of the full pass, of the single
-    exits ``ops`` picks and of the adaptive runtime with :func:`~exfiqa.report.early_exit.adaptive_study`'s
-    rule, on the first ``n_images`` faces of ``dataset`` in one batch, per quality model whose
-    checkpoint is here, on the run's device; beside the analytic ``flop_saving`` and, for the
-    adaptive run, the share of faces stopping where the simulation on the stored scores does.
-    """
+    """Measured ms per image (median of ``repeats`` after a warm-up) of the full pass, the exits ``ops``
+    picks and the adaptive runtime, on the first ``n_images`` faces of ``dataset``, per quality model
+    with a checkpoint here; with the analytic ``flop_saving`` and the share of faces stopping where the
+    simulation does."""
     cfg = study.config
     device = resolve_device(cfg.device)
     cuda = device.type == "cuda"
