@@ -1,7 +1,7 @@
 """What a score means on a reference set: quantiles and 0-100 percentile ranks.
 
-``exfiqa calibrate`` writes a reference JSON, the quantiles of each score column on reference images;
-``exfiqa score --reference`` adds a 0-100 rank per column (meaningful for the same model only). Conventions:
+``exfiqa calibrate`` writes the quantiles of each score column on reference images (a reference JSON);
+``exfiqa score --reference`` ranks against them (same model only). Conventions:
 
 * Quantiles: ``n_quantiles`` (default 1001) at ``p_i = i / (n_quantiles - 1)``, ``np.quantile`` linear.
 * Percentile rank of ``x``: ``100 * p`` read off the table: 0 below the minimum, 100 above the maximum,

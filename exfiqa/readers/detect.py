@@ -43,7 +43,6 @@ FACE_COLUMNS = (
 """Columns :meth:`DetectedFace.row` fills, after ``path``. Statuses: ok, no_face, too_small, align_failed
 (and ``unreadable`` in ``align``'s report)."""
 
-_EXIF_ORIENTATION = 0x0112
 _Box = tuple[float, float, float, float]
 
 
@@ -172,23 +171,21 @@ def detect_faces(image: NDArray[np.uint8], detector: FaceDetector | None = None,
     return out
 
 
+#: EXIF orientation -> the stored pixels as displayed (as Pillow's ``ImageOps.exif_transpose``; others: as stored).
+_ORIENT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+           7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: np.rot90(a, 1)}
+
+
 def read_photo(path: str | os.PathLike[str]) -> NDArray[np.uint8]:
     """RGB uint8 (H, W, 3) of a photo, upright (EXIF orientation applied); :class:`ImageReadError` if undecodable."""
     try:
         arr = decode_rgb8(path)
         with Image.open(path) as im:
-            orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+            orientation = int(im.getexif().get(0x0112, 1) or 1)  # the EXIF Orientation tag
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageReadError(f"cannot read image {path}: {exc}") from None
-    return np.ascontiguousarray(_orient(arr, orientation))
-
-
-def _orient(arr: NDArray[np.uint8], orientation: int) -> NDArray[np.uint8]:
-    """``arr`` as displayed under EXIF ``orientation`` (as Pillow's ``ImageOps.exif_transpose``)."""
-    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
-           7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: np.rot90(a, 1)}
-    return ops[orientation](arr) if orientation in ops else arr
+    return np.ascontiguousarray(_ORIENT[orientation](arr) if orientation in _ORIENT else arr)
 
 
 ALIGN_REPORT_COLUMNS = ("path", "output", *FACE_COLUMNS, "error")
@@ -236,8 +233,7 @@ def align_tree(src: str | os.PathLike[str], dst: str | os.PathLike[str], detecto
         for face in faces:
             row: dict[str, object] = {"path": str(photo), **face.row()}
             if face.crop is not None:
-                name = stem.with_name(f"{stem.name}_face{face.index}" if all_faces else stem.name)
-                out = name.parent / f"{name.name}.png"
+                out = stem.with_name(stem.name + (f"_face{face.index}" if all_faces else "") + ".png")
                 with atomic_write(dst_p / out, "wb", overwrite=True) as fh:
                     Image.fromarray(face.crop).save(fh, format="PNG")
                 row["output"] = out.as_posix()

@@ -44,7 +44,6 @@ REPORT_NAME = "ijbc-build-report.csv"
 #: The report: each row or pair left out, status no_face, no_match, unreadable, bad_box or pair_without_image.
 REPORT_COLUMNS = ("file", "line", "template_id", "filename", "status", "detail")
 
-_PROGRESS_EVERY = 1000
 _Box = tuple[float, float, float, float]
 
 
@@ -78,9 +77,8 @@ def _iou(a: _Box, b: _Box) -> float:
     """Intersection over union of two (x, y, w, h) boxes."""
     ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
+    union = a[2] * a[3] + b[2] * b[3] - ix * iy
+    return ix * iy / union if union > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -124,12 +122,10 @@ def _protocol_rows(path: Path) -> Iterator[_Row]:
 
 def _parse_box(raw: tuple[str, str, str, str]) -> _Box | None:
     try:
-        x, y, w, h = (float(v) for v in raw)
+        box = tuple(float(v) for v in raw)
     except ValueError:
         return None
-    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-        return None
-    return (x, y, w, h)
+    return box if all(map(math.isfinite, box)) and box[2] > 0 and box[3] > 0 else None
 
 
 def build_ijbc_meta(nist_root: str | os.PathLike[str], dst: str | os.PathLike[str], *, force: bool = False,
@@ -177,7 +173,7 @@ def build_ijbc_meta(nist_root: str | os.PathLike[str], dst: str | os.PathLike[st
                 if subject.setdefault(row.template, row.subject) != row.subject:
                     raise DatasetFormatError(f"{path}:{row.line}: template {row.template} has SUBJECT_ID "
                                              f"{row.subject}, elsewhere {subject[row.template]}")
-                if progress is not None and n_rows % _PROGRESS_EVERY == 0:
+                if progress is not None and n_rows % 1000 == 0:
                     print(f"ijbc-meta: {n_rows} rows, {n_images} crops, {n_rows - 1 - n_images} left out",
                           file=progress, flush=True)
                 box = _parse_box(row.box)
