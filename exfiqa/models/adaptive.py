@@ -24,9 +24,8 @@ __all__ = ["AdaptiveOutput", "adaptive_forward", "adaptive_scores", "check_rule"
 
 @dataclass(frozen=True)
 class AdaptiveOutput:
-    """Result of :func:`adaptive_forward` for B faces: the 1-based ``exit_used`` (B,) and running FW
-    ``score`` (B,) at the stop; ``exit_scores`` (B, depth) float32, NaN after the stop; ``batch_per_block``,
-    the faces that ran each block run."""
+    """:func:`adaptive_forward` for B faces: 1-based ``exit_used`` and running FW ``score`` at the stop (B,);
+    ``exit_scores`` (B, depth) float32, NaN after the stop; ``batch_per_block``, faces per block run."""
 
     exit_used: NDArray[np.int64]
     score: NDArray[np.float64]
@@ -44,11 +43,9 @@ def check_rule(threshold: float, margin: float, min_exit: int, depth: int) -> No
         raise ValueError(f"min_exit must be an integer in 1..{depth}, got {min_exit!r}")
 
 
-def adaptive_forward(
-    model: ViTFIQA, x: torch.Tensor, threshold: float, margin: float, min_exit: int = 1
-) -> AdaptiveOutput:
-    """Adaptive early exit over one batch ``x`` (B, 3, H, W) of normalised faces (see the module
-    docstring for the rule). The heads must be in eval mode (``model.eval()``)."""
+def adaptive_forward(model: ViTFIQA, x: torch.Tensor, threshold: float, margin: float,
+                     min_exit: int = 1) -> AdaptiveOutput:
+    """Adaptive early exit (module docstring) over one normalised batch ``x`` (B, 3, H, W); heads in eval mode."""
     model._check_heads_eval()
     depth = model.depth
     check_rule(threshold, margin, min_exit, depth)
@@ -87,8 +84,7 @@ def fixed_exit_scores(
     model: ViTFIQA, batches: Iterable[NDArray[np.uint8]], exit: int, total: int | None = None,
     device: str | torch.device = "cpu", progress: bool = True, desc: str = "quality",
 ) -> NDArray[np.float32]:
-    """Exit ``exit``'s scores (N,) float32 for uint8 RGB batches (B, 112, 112, 3), running only
-    blocks ``1..exit`` (:meth:`~exfiqa.models.vitfiqa.ViTFIQA.score_at_exit`); images keep their order."""
+    """Exit ``exit``'s scores (N,) float32 for uint8 RGB batches (B, 112, 112, 3), running blocks ``1..exit`` only."""
     model._check_exits([exit])
 
     def step(m: ViTFIQA, x: torch.Tensor) -> list[np.ndarray]:
@@ -101,8 +97,7 @@ def adaptive_scores(
     model: ViTFIQA, batches: Iterable[NDArray[np.uint8]], threshold: float, margin: float, min_exit: int = 1,
     total: int | None = None, device: str | torch.device = "cpu", progress: bool = True, desc: str = "quality",
 ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
-    """:func:`adaptive_forward` over uint8 RGB batches: (stopping exit (N,), running FW score at
-    the stop (N,)); images keep their order."""
+    """:func:`adaptive_forward` over uint8 RGB batches: (stopping exit (N,), running FW score there (N,))."""
     check_rule(threshold, margin, min_exit, model.depth)
 
     def step(m: ViTFIQA, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

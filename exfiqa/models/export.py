@@ -35,9 +35,8 @@ class ExitGraph(nn.Module):
         super().__init__()
         self.model = model.eval()
         self.exit = None if exit is None else model._check_exits([exit])[0]
-        depth = model.depth
-        self.register_buffer("w_f", torch.tensor(uniform_weights(depth), dtype=torch.float32), persistent=False)
-        self.register_buffer("w_fw", torch.tensor(depth_weights(depth), dtype=torch.float32), persistent=False)
+        for name, weights in (("w_f", uniform_weights), ("w_fw", depth_weights)):
+            self.register_buffer(name, torch.tensor(weights(model.depth), dtype=torch.float32), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = (images.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
@@ -53,18 +52,13 @@ def output_names(exit: int | None) -> list[str]:
 
 
 def export_onnx(model: ViTFIQA, out: str | os.PathLike[str], exit: int | None, overwrite: bool = False) -> Path:
-    """Write the ONNX graph of exit ``exit`` (or of all exits, ``None``) to ``out`` atomically.
-
-    Raises FileExistsError (``out`` exists, not ``overwrite``) or ValueError (``exit`` outside ``1..depth``).
-    """
+    """Write the ONNX graph of exit ``exit`` (all: None) to ``out`` atomically; FileExistsError, ValueError."""
     graph = ExitGraph(copy.deepcopy(model).cpu().float(), exit).eval()  # the caller's model is untouched
     names = output_names(graph.exit)
     dummy = torch.zeros(2, model.config.img_size, model.config.img_size, 3, dtype=torch.uint8)
     axes = {name: {0: "batch"} for name in ["images", *names]}
     with atomic_path(out, overwrite=overwrite) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
-        torch.onnx.export(
-            graph, (dummy,), str(tmp), input_names=["images"], output_names=names, dynamic_axes=axes,
-            opset_version=OPSET, dynamo=False,
-        )
+        torch.onnx.export(graph, (dummy,), str(tmp), input_names=["images"], output_names=names, dynamic_axes=axes,
+                          opset_version=OPSET, dynamo=False)
     return Path(out)

