@@ -1,53 +1,34 @@
-"""Per-sample arrays on disk: the interface between extraction and evaluation.
+"""Per-sample arrays on disk: the interface between extraction and evaluation (the notebooks read
+only this), whoever produced them. Layout under ``arrays_dir`` (default :func:`arrays_root`)::
 
-Everything a run computes per image lives in this layout, whoever produced it (exfiqa, a GPU run
-elsewhere, a user's own FR pipeline); the notebooks read only this. Layout (``arrays_dir`` in the
-config; default :func:`arrays_root`)::
+    <dataset>/exits-<quality model>.npy   (N, depth)  every exit's quality score
+    <dataset>/emb-<FR model>.npy          (N, 2E)     [L2norm(f(x)), L2norm(f(hflip(x)))]
+    <dataset>/baseline-<method>.npy       (N,)        a built-in baseline's score
+    <dataset>/attn-<quality model>.npy    (N, depth)  ATTN-FIQA of every block
+    <dataset>/vitnt-<quality model>.npy   (N, 2)      ViTNT-FIQA: mean, attention-weighted
+    <dataset>/norms-<FR model>.npy        (N, 2)      [||f(x)||, ||f(hflip(x))||] (templates, insightface protocol)
+    <dataset>/<same name>.json            its manifest
 
-    <arrays_dir>/<dataset>/exits-<quality model>.npy   (N, depth)  every exit's quality score
-    <arrays_dir>/<dataset>/emb-<FR model>.npy          (N, 2E)     [L2norm(f(x)), L2norm(f(hflip(x)))]
-    <arrays_dir>/<dataset>/baseline-<method>.npy       (N,)        a built-in baseline's score
-    <arrays_dir>/<dataset>/attn-<quality model>.npy    (N, depth)  ATTN-FIQA of every block
-    <arrays_dir>/<dataset>/vitnt-<quality model>.npy   (N, 2)      ViTNT-FIQA: mean, attention-weighted
-    <arrays_dir>/<dataset>/norms-<FR model>.npy        (N, 2)      [||f(x)||, ||f(hflip(x))||] (templates, insightface protocol)
-    <arrays_dir>/<dataset>/<same name>.json            its manifest
+Names are the config's. Row i is sample i of ``Benchmark.samples``; values are float32 (``.npy``
+version 1, ``<f4``, C order), finite, higher = better; each embedding half has L2 norm 1 (no flip:
+write the embedding twice). The manifest is a JSON object:
 
-``<dataset>``, ``<quality model>``, ``<FR model>`` and ``<method>`` are the config's names. Row i
-is sample i of the benchmark (``Benchmark.samples``, ``sample_id`` order); values are float32
-(``.npy`` version 1, little-endian ``<f4``, C order), all finite; scores are higher = better. Each
-half of an embedding row has L2 norm 1 (a pipeline without flip writes its embedding twice).
-
-The manifest is a JSON object:
-
-- ``format``: ``"exfiqa-arrays/1"``; ``dataset``, ``kind`` (one of :data:`KINDS`), ``name``;
-- ``producer``: ``"exfiqa"`` (computed by this package) or ``"external"`` (anything else);
-- ``n_samples`` and ``samples_sha256``: N, and the SHA-256 of the sample keys in row order joined
-  by ``"\\n"`` (UTF-8, no trailing newline). A key is the sample's path relative to the benchmark
-  root as the reader lists it (``loose_crop/1.jpg``, ``<identity>/<file>``), or
-  ``<file>.bin#<k>`` for the k-th image of a ``.bin``; :func:`sample_keys` gives them;
-- ``shape`` (a list) and ``dtype`` (``"float32"``);
-- ``sha256``: of the ``.npy`` file (optional for external arrays; checked when present);
-- ``inputs``: what the values depend on: ``data`` (``Benchmark.fingerprint``), ``checkpoint``
-  (SHA-256), the loader ``args``, and e.g. ``seed``; ``code_version``: :func:`code_version`, the
-  digest of the source of the modules it depends on and the versions of the libraries they call
-  (both required from exfiqa; an external manifest may give ``inputs.data``, then checked);
+- ``format``: ``"exfiqa-arrays/1"``; ``dataset``, ``kind`` (:data:`KINDS`), ``name``;
+  ``producer``: ``"exfiqa"`` or ``"external"``; ``shape`` (a list), ``dtype`` (``"float32"``);
+- ``n_samples``, ``samples_sha256``: N and the SHA-256 of the UTF-8 sample keys in row order joined
+  by ``"\\n"`` (no trailing newline); a key is the path relative to the benchmark root as the reader
+  lists it, or ``<file>.bin#<k>`` (:func:`sample_keys`);
+- ``sha256`` of the ``.npy`` (optional for external arrays; checked when present);
+- ``inputs`` (``data``: ``Benchmark.fingerprint``, ``checkpoint``, loader ``args``, e.g. ``seed``)
+  and ``code_version`` (:func:`code_version`): required from exfiqa; an external ``inputs.data``
+  is checked;
 - ``complete``: false while exfiqa writes the pair, true once the array is in place.
 
-Rules (:class:`ArrayStore`):
-
-- An **external** array is used when its manifest matches the benchmark (``n_samples``,
-  ``samples_sha256``, the shape its kind needs, float32, finite, ``sha256``/``inputs.data`` when
-  given); anything else is an :class:`ArrayError` naming the file. exfiqa never replaces an
-  external array; delete both files to have exfiqa compute it.
-- An **exfiqa** array is reused only when its ``inputs`` and ``code_version`` equal this run's and
-  the file still has its ``sha256`` (through the digest index); otherwise the extraction
-  replaces it, with a warning naming the file and the reason (:meth:`ArrayStore.current`).
-- Writes are atomic and ordered: a manifest with ``complete: false``, then the array (a temporary
-  file renamed into place), then the final manifest, so a killed run never leaves a manifest
-  vouching for a partial array.
-
-Arrays computed elsewhere enter with ``run.arrays.write(bench, dataset, kind, name, values,
-producer="external")`` (:class:`exfiqa.store.run.Run`), or by writing both files as above.
+An external array is used when its manifest matches the benchmark, else an :class:`ArrayError`
+names the file; exfiqa never replaces it (delete both files for that). An exfiqa array is reused
+only when its ``inputs``, ``code_version`` and ``sha256`` still hold, else re-extracted with a
+warning (:meth:`ArrayStore.current`). Writes go manifest (``complete: false``), array (renamed into
+place), final manifest. Outside arrays enter with ``run.arrays.write(..., producer="external")``.
 """
 
 from __future__ import annotations
