@@ -93,9 +93,8 @@ class ArrayError(ValueError):
 
 
 def arrays_root(cfg: Config) -> Path:
-    """The run's ``arrays_dir``: the config's, else ``<cache_dir>/arrays/<data_root tag>``, the tag
-    being the data root's folder name and 8 hex digits of the SHA-256 of its absolute path
-    (``demo-1a2b3c4d``), so configs on other data never replace each other's arrays."""
+    """The config's ``arrays_dir``, else ``<cache_dir>/arrays/<data root name>-<8 hex of the SHA-256
+    of its absolute path>`` (``demo-1a2b3c4d``)."""
     given = getattr(cfg, "arrays_dir", None)
     if given:
         return Path(given)
@@ -175,8 +174,7 @@ def _digest_code(paths: list[Path]) -> str:
 
 
 def code_version(kind: str, name: str) -> str:
-    """Digest of the code an array depends on: each file of :func:`code_files` (by file name and
-    content, so the same code elsewhere gives the same version) and :data:`LIBRARIES`' versions."""
+    """Digest of :func:`code_files` (file name and content) and :data:`LIBRARIES`' versions."""
     return _digest_code(code_files(kind, name))
 
 
@@ -245,17 +243,13 @@ class _HashingWriter:
         return self.raw.write(data)
 
 
-MAX_MANIFEST_BYTES = 1 << 20
-"""Largest manifest read (exfiqa writes about 1 kB)."""
-
-MAX_EMBEDDING_WIDTH = 2 * 8192
-"""Widest ``emb`` row accepted (2E: a flip-concatenated embedding of up to 8192 values)."""
+MAX_MANIFEST_BYTES = 1 << 20  # largest manifest read (exfiqa writes about 1 kB)
+MAX_EMBEDDING_WIDTH = 2 * 8192  # widest ``emb`` row accepted (2E, E <= 8192)
 
 _MANIFEST_TYPES: dict[str, type] = {
     "format": str, "producer": str, "n_samples": int, "samples_sha256": str, "shape": list, "dtype": str,
     "sha256": str, "inputs": dict, "code_version": str, "complete": bool, "dataset": str, "kind": str, "name": str,
-}
-"""The JSON type of each manifest key this package reads (ints exclude booleans)."""
+}  # the JSON type of each manifest key read (ints exclude booleans)
 _JSON_TYPES = {str: "string", int: "integer", list: "list", dict: "object", bool: "boolean"}
 
 
@@ -291,8 +285,7 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 
 class ArrayStore:
-    """Reads, checks and writes the per-sample layout under ``root`` (the run's ``arrays_dir``);
-    ``digests``: the index for ``sha256`` checks and benchmark fingerprints."""
+    """Reads, checks and writes the layout under ``root``; ``digests`` serves the ``sha256`` checks."""
 
     def __init__(self, root: str | os.PathLike[str], digests: DigestIndex) -> None:
         self.root = Path(root)
@@ -330,13 +323,9 @@ class ArrayStore:
     def load(
         self, bench: Benchmark, dataset: str, kind: str, name: str, check_data: bool = True,
     ) -> tuple[NDArray[np.float32], dict[str, Any]] | None:
-        """The array (memory-mapped read-only) and its manifest if the layout holds one for
-        ``bench``, else None; an :class:`ArrayError` naming the file for any mismatch.
-
-        Checks everything that does not depend on this run's models and code (:meth:`current`
-        does). ``check_data=False`` takes an external manifest's ``inputs.data`` as it is; the
-        sample list (``samples_sha256``) is checked either way.
-        """
+        """The array (memory-mapped, read-only) and its manifest, None if absent, an :class:`ArrayError`
+        for any mismatch but with this run's models and code (:meth:`current`); ``check_data=False``
+        trusts an external ``inputs.data``."""
         npy = self.path(dataset, kind, name)
         mpath = manifest_path(npy)
         if not mpath.is_file():
@@ -391,11 +380,9 @@ class ArrayStore:
         self, bench: Benchmark, dataset: str, kind: str, name: str, inputs: Mapping[str, Any], code: str | None = None,
         trusted: tuple[str, ...] = (),
     ) -> tuple[NDArray[np.float32] | None, str]:
-        """``(array, "")`` if the layout holds a usable array for this run, else ``(None, reason)``:
-        ``"missing"`` or why exfiqa's array there is not this run's. External arrays are used as
-        they are, or refused (:class:`ArrayError`). ``trusted``: keys of ``inputs`` taken from the
-        manifest without comparing (the evaluation trusts what ``exfiqa extract`` verified).
-        """
+        """``(array, "")`` if usable for this run, else ``(None, "missing" or why exfiqa's array is
+        stale)``; external arrays are used or refused (:class:`ArrayError`). ``trusted``: keys of
+        ``inputs`` not compared."""
         npy = self.path(dataset, kind, name)
         try:
             found = self.load(bench, dataset, kind, name, check_data="data" not in trusted)
@@ -441,12 +428,8 @@ class ArrayStore:
         self, bench: Benchmark, dataset: str, kind: str, name: str, values: ArrayLike, producer: str = "external",
         inputs: Mapping[str, Any] | None = None, code: str | None = None, overwrite: bool = False,
     ) -> Path:
-        """Write ``values`` (row i = sample i of ``bench``) and its manifest; return the ``.npy`` path.
-
-        Order: a manifest with ``complete: false``, the array (temporary file, fsync, rename), the
-        final manifest. An existing external array is only replaced with ``overwrite=True``.
-        Values are checked as :meth:`load` checks them.
-        """
+        """Check and write ``values`` (row i = sample i of ``bench``) and its manifest in the module's
+        order; return the ``.npy`` path. An external array is replaced only with ``overwrite=True``."""
         npy = self.path(dataset, kind, name)
         mpath = manifest_path(npy)
         arr = np.asarray(values)
@@ -473,10 +456,8 @@ class ArrayStore:
 
 
 def wanted_arrays(cfg: Config, level: str = "sample") -> list[tuple[str, str]]:
-    """``(kind, name)`` of every per-sample array a run of ``cfg`` reads on a benchmark of
-    ``level``: exits, attn and vitnt of each quality model, emb of each FR model, each baseline;
-    a ``template`` benchmark under ``template_protocol: insightface`` adds each FR model's
-    ``norms`` (no other protocol reads them)."""
+    """``(kind, name)`` of every array a run of ``cfg`` reads on a ``level`` benchmark (``norms``:
+    templates under ``template_protocol: insightface`` only)."""
     out = [(k, q) for q in cfg.quality_models for k in ("exits", "attn", "vitnt")]
     out += [("emb", f) for f in cfg.fr_models]
     if level == "template" and getattr(cfg, "template_protocol", "group") == "insightface":
