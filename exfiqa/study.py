@@ -1,20 +1,12 @@
-"""The :class:`Study`: a run's per-sample arrays and their evaluation, computed lazily.
+"""The :class:`Study`: a run's per-sample arrays (:mod:`exfiqa.store.arrays`) and their evaluation,
+each comparison set, score set and pair-quality order computed once (:mod:`exfiqa.evaluation.pairs`).
 
-The Study reads the per-sample arrays the extraction wrote (:mod:`exfiqa.store.arrays`) and keeps,
-per dataset, its comparison set, per (dataset, FR model) the comparison scores and per (dataset,
-quality model, method) the pair-quality order, each computed once (:mod:`exfiqa.evaluation.pairs`).
-
-Conventions:
-- Sample quality for EX-FIQA methods: ``Exit 1`` .. ``Exit D``, ``EX-FIQA-F``, ``EX-FIQA-FW``
-  (fusions over the sample's exit scores, then paired); ``ATTN-FIQA`` and ``ViTNT-FIQA`` of the
-  same backbone and pass (:data:`ATTN`, :data:`VITNT`). Baselines and external methods add their
-  own columns. Higher = better quality everywhere.
-- Template benchmarks (IJB-C): template embedding = mean within media, sum over media,
-  L2-normalised (``template_protocol: group``, the default; ``insightface``: the same of
-  ``(f(x) + f(flip x)) * det_score``, from the stored halves and their norms); template
-  quality = min over its samples.
-- Pair quality = min of the two qualities. Similarity = cosine of flip-concatenated embeddings.
-  Similarities and qualities are float32.
+Conventions: higher quality = better; qualities and similarities are float32. Methods: ``Exit 1``
+.. ``Exit D``, ``EX-FIQA-F``/``-FW`` (fusions of the exit scores), :data:`ATTN`, :data:`VITNT`,
+baselines, external. Templates (IJB-C): embedding = mean within media, sum over media,
+L2-normalised (``template_protocol: group``; ``insightface``: of ``(f(x) + f(flip x)) * det_score``);
+template quality = min over its samples. Pair quality = min of the two; similarity = cosine of
+flip-concatenated embeddings.
 """
 
 from __future__ import annotations
@@ -47,9 +39,8 @@ from exfiqa.store.runcard import RunCard, run_card
 __all__ = ["ATTN", "CARD", "FAMILY_OPTIONS", "OFIQ_COLUMN", "VITNT", "Study", "exit_names", "open_study",
            "read_method_csv", "read_pairs_csv"]
 
-#: Method names of the family read from the same pass: ATTN-FIQA (arXiv 2604.22841) of the last
-#: block (``"ATTN-FIQA Exit k"``: of block k, our extension) and ViTNT-FIQA (arXiv 2601.05741)
-#: over all blocks, token qualities averaged (the default) or attention-weighted.
+#: ATTN-FIQA (arXiv 2604.22841) of the last block (``"ATTN-FIQA Exit k"``: of block k) and ViTNT-FIQA
+#: (arXiv 2601.05741), token qualities averaged (the default) or attention-weighted.
 ATTN = "ATTN-FIQA"
 VITNT = ("ViTNT-FIQA", "ViTNT-FIQA (attention-weighted)")
 #: File name of the run card :func:`open_study` writes into a notebook's ``out_dir`` (``make paper`` reads it).
@@ -94,15 +85,10 @@ def _match_paths(paths: pd.Series, lookup: Mapping[str, float]) -> NDArray[Any]:
 
 
 def read_method_csv(path: str | os.PathLike[str], bench: Benchmark, method: str) -> NDArray[np.float64]:
-    """Per-sample scores of an external quality method, aligned to ``bench.samples``.
-
-    The CSV has a header and two columns: ``path,score`` (``path`` as in ``bench.samples.path``,
-    possibly under one common prefix; for ``.bin`` benchmarks ``<file.bin>#<k>`` or the bare index
-    ``k``) or, for template benchmarks, ``template_id,score`` (every sample of a template gets its
-    score). Higher = better; every sample must have exactly one score. OFIQ's own output
-    (``;``-separated, first column ``Filename``) is read as it is: the score is :data:`OFIQ_COLUMN`
-    (0-100); a failed assessment keeps OFIQ's -1, so it is discarded first.
-    """
+    """Per-sample scores (higher = better) of an external method, aligned to ``bench.samples``, from
+    a CSV ``path,score`` (paths as in ``bench.samples``, possibly under one common prefix; ``.bin``:
+    ``<file.bin>#<k>`` or ``k``) or ``template_id,score``, one score per sample; or OFIQ's own
+    output (score :data:`OFIQ_COLUMN`, 0-100; a failed assessment is -1, discard it first)."""
     where = f"{method}: {path}"
     ofiq = _read_ofiq(path, where)
     table = pd.read_csv(path) if ofiq is None else ofiq
@@ -133,13 +119,9 @@ PAIRS_SUBJECTS = ("subject_a", "subject_b")
 
 
 def read_pairs_csv(path: str | os.PathLike[str]) -> dict[str, NDArray[Any]]:
-    """Your own labelled comparisons, for ``exfiqa operating-point --pairs``.
-
-    A CSV with one row per comparison: ``score`` (higher = more alike), ``mated`` (1/0 or
-    true/false), ``quality_a`` and ``quality_b`` (higher = better; pair quality = their minimum) and
-    optionally ``subject_a`` and ``subject_b`` (the bootstrap's units); other columns are ignored.
-    Returns the arrays ``score, mated, quality_a, quality_b`` and ``subjects`` ((N, 2) codes, or absent).
-    """
+    """Labelled comparisons for ``exfiqa operating-point --pairs``: a CSV with ``score``, ``mated``
+    (1/0, true/false), ``quality_a``, ``quality_b`` and optionally ``subject_a``, ``subject_b``.
+    Returns those arrays (``subjects``: (N, 2) codes, or absent)."""
     table = pd.read_csv(path)
     missing = [c for c in PAIRS_COLUMNS if c not in table.columns]
     if missing:
@@ -168,15 +150,11 @@ def read_pairs_csv(path: str | os.PathLike[str]) -> dict[str, NDArray[Any]]:
 
 @dataclass
 class Study:
-    """Everything a notebook needs from a run's arrays, computed lazily and cached:
-    ``Study(config).pauc_frame(ds, fr, q)``.
+    """Everything a notebook needs from a run's arrays, lazily, e.g. ``Study(config).pauc_frame(ds, fr, q)``.
 
-    It reads the arrays the extraction wrote and the benchmarks' protocol files; it never
-    extracts and loads no model. A missing or stale array is an
-    :class:`~exfiqa.store.arrays.ArrayError` naming the file and the command that makes it.
-    ``run``: the run description shared with the extraction (default: a new one of ``config``);
-    ``out_dir`` (where a notebook writes ``figures/`` and ``tables/``) and ``card`` (its run card)
-    are set by :func:`open_study`.
+    Never extracts nor loads a model; a missing or stale array is an :class:`ArrayError` naming the
+    file and the command that makes it. ``run``: shared with the extraction (default: a new one);
+    ``out_dir`` and ``card`` are set by :func:`open_study`.
     """
 
     config: Config
@@ -197,36 +175,27 @@ class Study:
         self.arrays = self._run.arrays
         self._arrays: dict[tuple[str, str, str], NDArray[np.float32]] = {}
 
-    # ------------------------------------------------------------------ inputs
-
     def benchmark(self, dataset: str) -> Benchmark:
         """The named benchmark, opened once (by the run description)."""
         return self._run.benchmark(dataset)
 
     def has_checkpoint(self, kind: str, name: str) -> bool:
-        """Whether the checkpoint of ``<kind>.<name>`` (``quality_models``/``fr_models``) is on disk
-        (evaluation does not need it; running the model, e.g. for attention maps, does)."""
+        """Whether the checkpoint of ``<kind>.<name>`` (``quality_models``/``fr_models``) is on disk."""
         return self._run.has_checkpoint(kind, name)
 
     def depth(self, quality: str, dataset: str | None = None) -> int:
-        """The depth (number of exits) of quality model ``quality``: the width of its exit-score
-        array on ``dataset`` (default: the config's first dataset); no checkpoint is read."""
+        """Number of exits of ``quality``: its exit-score width on ``dataset`` (default: the first)."""
         self._run.spec("quality_models", quality)
         ds = dataset if dataset is not None else next(iter(self.config.datasets))
         return int(self.exit_scores(ds, quality).shape[1])
 
     def variant_tag(self, quality: str) -> str:
-        """``"T"`` (token variant) or ``"C"`` (CR-FIQA head) of quality model ``quality``: from its
-        config label or name ending in ``(T)``/``(C)`` or being ``T``/``C``; otherwise the name
-        itself. No checkpoint is read."""
+        """``"T"``/``"C"`` from the label or name of ``quality`` (:meth:`Run.variant_label`), else its name."""
         return self._run.variant_label(quality) or str(quality)
 
-    # ------------------------------------------------------------------ per-sample arrays
-
     def array(self, dataset: str, kind: str, name: str) -> NDArray[np.float32]:
-        """The per-sample array ``<kind>-<name>`` of ``dataset`` (float32, read-only; kinds and
-        shapes: :mod:`exfiqa.store.arrays`) as the extraction left it; ``name`` must be the
-        config's (a quality model for exits/attn/vitnt, an FR model for emb/norms, a baseline)."""
+        """The per-sample array ``<kind>-<name>`` of ``dataset`` (float32, read-only;
+        :mod:`exfiqa.store.arrays`); ``name`` must be in the config."""
         if kind == "baseline":
             fr = BASELINE_FR.get(name)
             if name not in BASELINES:
@@ -270,12 +239,8 @@ class Study:
         return self.array(dataset, "baseline", method)
 
     def sample_scores(self, dataset: str, quality: str, method: str) -> NDArray[np.float32]:
-        """One method's per-sample quality (float32): an exit, a fusion, a baseline or external.
-
-        ``Exit k`` is column k-1 of :meth:`exit_scores`; ``EX-FIQA-F``/``-FW`` are fused in
-        float64 over the exit scores and rounded to float32 (the dtype every quality is
-        evaluated in; equal float32 values tie).
-        """
+        """One method's per-sample quality (float32; equal values tie): ``Exit k`` is column k-1 of
+        :meth:`exit_scores`, fusions are computed in float64 and rounded."""
         scores = self.exit_scores(dataset, quality)
         depth = scores.shape[1]
         if method in exit_names(depth):
@@ -303,12 +268,9 @@ class Study:
         return pd.DataFrame({m: self.sample_scores(dataset, quality, m) for m in self.methods(quality, dataset)})
 
     # ------------------------------------------------------------------ comparisons
-    # one comparison set per dataset, scores per (dataset, FR model), order per (dataset, quality
-    # model, method), kept for the Study's life and reused by every FMR target and convention
 
     def comparison_set(self, dataset: str) -> PairList | AllPairs:
-        """The comparisons of ``dataset`` as an explicit pair list (sides: samples or templates)
-        or the implicit all-vs-all structure."""
+        """The comparisons of ``dataset``: a pair list (sides: samples or templates) or all-vs-all."""
         if dataset not in self._comparison_sets:
             bench = self.benchmark(dataset)
             if bench.all_pairs is not None:
@@ -320,14 +282,8 @@ class Study:
         return self._comparison_sets[dataset]
 
     def subjects(self, dataset: str) -> tuple[Any, str, int]:
-        """The independent units of ``dataset``'s comparisons, for the bootstrap: ``(units, unit
-        name, number of units)`` (:mod:`exfiqa.evaluation.subjects`).
-
-        The identity where the benchmark names one; for template benchmarks the connected
-        components of the mated comparisons; for a sample benchmark without identities in which
-        every sample enters one comparison (the ``.bin`` sets) the pair; otherwise the mated
-        components of the samples.
-        """
+        """The bootstrap's units of ``dataset``'s comparisons: ``(units, unit name, count)``: the
+        identity where named; else mated components, or the pair where every sample enters one."""
         key = ("subjects", dataset)
         if key not in self._evaluation:
             bench = self.benchmark(dataset)
@@ -390,9 +346,8 @@ class Study:
         return out[0], out[1]
 
     def features(self, dataset: str, fr: str) -> tuple[NDArray[np.float32], float]:
-        """Per-side features (float32) and the similarity scale: templates under the config's
-        ``template_protocol`` (see the module docstring), scale 1; samples: flip-concatenated
-        embeddings, scale 1/2 (cosine)."""
+        """Per-side features (float32) and similarity scale: templates (``template_protocol``), 1;
+        samples (flip-concatenated), 1/2."""
         bench = self.benchmark(dataset)
         emb = self.embeddings(dataset, fr)
         if bench.level == "template":
@@ -430,8 +385,7 @@ class Study:
         return sim
 
     def ordering(self, dataset: str, quality: str, method: str) -> Any:
-        """The stable pair-quality order of ``method`` (computed once, reused by every FR model
-        and FMR target)."""
+        """The stable pair-quality order of ``method`` (computed once)."""
         key = ("order", dataset, quality, method)
         if key not in self._evaluation:
             self._evaluation[key] = self.order_of(dataset, self.sample_scores(dataset, quality, method))
@@ -443,16 +397,14 @@ class Study:
         return self.comparison_set(dataset).order(self._side_values(dataset, values))
 
     def rules(self) -> dict[str, str]:
-        """The config's EDC rules as keyword arguments of :mod:`exfiqa.evaluation.edc`:
-        ``threshold_rule`` and ``acceptance``."""
+        """The config's ``threshold_rule`` and ``acceptance``, as EDC keyword arguments."""
         return {"threshold_rule": self.config.threshold_rule, "acceptance": self.config.acceptance}
 
     def _edc_curves(
         self, dataset: str, fr: str, order: Any, targets: Sequence[float] | None, convention: str | None,
         error_type: str = "fnmr",
     ) -> dict[float, Any]:
-        """EDCs of a prepared order; ``targets`` default to the config's FMR targets for an FNM-EDC
-        (an FM-EDC's FNMR targets must be given)."""
+        """EDCs of a prepared order (FNM-EDC targets default to the config's)."""
         if targets is None and error_type == "fnmr":
             targets = self.config.fmr_targets
         return edc_curves(self.scores(dataset, fr), order, None if targets is None else tuple(targets),
@@ -462,9 +414,8 @@ class Study:
         self, dataset: str, fr: str, quality: str, method: str,
         targets: Sequence[float] | None = None, convention: str | None = None, *, error_type: str = "fnmr",
     ) -> dict[float, Any]:
-        """EDCs of a named method at each target (FNM-EDC: the config's FMR targets by default;
-        FM-EDC, ``error_type="fmr"``: FNMR targets, required), keyed by target, under the
-        config's convention and rules."""
+        """EDCs of a method by target (FNM-EDC: default the config's FMR targets; FM-EDC,
+        ``error_type="fmr"``: FNMR targets, required), under the config's convention and rules."""
         return self._edc_curves(dataset, fr, self.ordering(dataset, quality, method), targets, convention, error_type)
 
     def edc_of(
@@ -475,8 +426,7 @@ class Study:
         return self._edc_curves(dataset, fr, self.order_of(dataset, values), targets, convention, error_type)
 
     def pauc_order(self, dataset: str, fr: str, order: Any, fmr: float) -> float:
-        """pAUC (raw area; the config's convention, limit, rules and ``subtract_best``) of one
-        prepared order (:meth:`ordering`, :meth:`order_of`) at one FMR target."""
+        """pAUC (raw area, the config's settings) of a prepared order at one FMR target."""
         curve = self._edc_curves(dataset, fr, order, (fmr,), None)[float(fmr)]
         return pauc(curve, self.config.discard_limit, self.config.subtract_best)
 
@@ -493,8 +443,7 @@ class Study:
         self, dataset: str, fr: str, values: NDArray[Any], targets: Sequence[float] | None = None,
         *, error_type: str = "fnmr",
     ) -> dict[float, NDArray[np.float64]]:
-        """pAUC (raw area; the config's convention, limit, rules and ``subtract_best``) of (N,)
-        or (N, K) per-sample values: ``{target: (K,) areas}``, one column's order at a time."""
+        """pAUC (raw area, the config's settings) of (N,) or (N, K) values: ``{target: (K,) areas}``."""
         cols = np.asarray(values).reshape(len(values), -1)
         out: dict[float, NDArray[np.float64]] = {}
         for j in range(cols.shape[1]):
@@ -521,9 +470,8 @@ class Study:
         scale: float = 1.0, convention: str | None = None, *, error_type: str = "fnmr",
         targets: Sequence[float] | None = None, subtract_best: bool | str | None = None,
     ) -> pd.DataFrame:
-        """Tidy pAUC rows (the columns of :func:`exfiqa.evaluation.pauc.pauc_rows`) of each method x
-        target, through the bounded path, under the config's rules and ``subtract_best`` (unless
-        given); ``dataset`` is written as its label."""
+        """Tidy pAUC rows (:func:`~exfiqa.evaluation.pauc.pauc_rows`) of each method x target, the
+        dataset by its label."""
         best = self.config.subtract_best if subtract_best is None else subtract_best
         meta = pauc_meta(convention or self.config.convention, self.config.discard_limit, best, scale,
                          error_type=error_type, **self.rules())
@@ -546,8 +494,7 @@ class Study:
         return pd.concat(frames, ignore_index=True)
 
     def methods(self, quality: str, dataset: str | None = None) -> list[str]:
-        """Method names of ``quality``'s qualities (:meth:`sample_quality`'s columns), in plotting order (external methods: those
-        with scores for ``dataset``, or all when no dataset is given)."""
+        """:meth:`sample_quality`'s columns in plotting order (external: those with scores for ``dataset``)."""
         depth = self.depth(quality, dataset)
         extra = list(self.config.baselines)
         extra += [m for m, per_ds in self.config.external_methods.items() if dataset is None or dataset in per_ds]
@@ -570,16 +517,10 @@ def open_study(
     parameters: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> Study:
-    """What every notebook's first code cell calls: validated config -> :class:`Study`.
-
-    A notebook passes its parameters as one mapping, ``open_study(config, parameters=globals())``:
-    the study settings it holds (the arguments below and ``overrides``) are used, anything else
-    is ignored. ``overrides`` (``fmr_targets``, ``discard_limit``, ``convention``, ``device``,
-    ``batch_size``, ``seed``, ``pauc_scale``) replace the config's only when not None. The list
-    parameters may be JSON/YAML lists written as strings (papermill's ``-p``); ``attention_samples``
-    (a mapping or YAML text) replaces the config's. Any bad parameter raises :class:`ConfigError`
-    naming it, before any work starts. Creates ``out_dir/figures`` and ``out_dir/tables`` (empty
-    ``out_dir``: ``<results_dir>/<run_name>-adhoc``) and writes the run card to ``out_dir/``:data:`CARD`.
+    """A notebook's first cell: validated config -> :class:`Study`; ``parameters=globals()`` takes
+    the settings it holds. ``overrides`` not None replace the config's; list parameters may be
+    JSON/YAML text; a bad one raises :class:`ConfigError` first. Creates ``out_dir/{figures,tables}``
+    (default ``<results_dir>/<run_name>-adhoc``) and writes the run card ``out_dir/``:data:`CARD`.
     """
     from exfiqa.config import list_parameter, load_config, parse_attention_samples
 

@@ -1,8 +1,5 @@
-"""The run's tidy frames and operating point, which every notebook section reads: EDC points and
-pAUCs of every method (with an integer ``exit`` column), the headline, the protocol of a table,
-the variant tags, and ties between pAUCs. pAUC frames carry their ``convention``, ``limit`` and
-``scale`` columns (:func:`exfiqa.evaluation.pauc.pauc_rows`).
-"""
+"""The run's tidy frames every notebook section reads (EDC points and pAUCs with an ``exit``
+column), the headline operating point, table protocols, variant tags and ties between pAUCs."""
 
 from __future__ import annotations
 
@@ -26,9 +23,7 @@ def _available(study: Study, quality: str, dataset: str, methods: Sequence[str] 
 
 
 def with_exit_column(frame: pd.DataFrame, depth: int) -> pd.DataFrame:
-    """``frame`` (tidy, with a ``method`` column) with an integer ``exit`` column after ``method``:
-    the exit of each ``Exit k`` row of a model of ``depth`` exits, missing (``pd.NA``) for every
-    other method (fusions, baselines, external). In place; returns ``frame``."""
+    """``frame`` with an ``Int64`` ``exit`` column after ``method`` (k for ``Exit k``, else NA), in place."""
     if "method" in frame.columns:
         number = exit_numbers(depth)
         frame.insert(frame.columns.get_loc("method") + 1, "exit",
@@ -37,16 +32,15 @@ def with_exit_column(frame: pd.DataFrame, depth: int) -> pd.DataFrame:
 
 
 def edc_all(study: Study, quality: str, fr: str, methods: Sequence[str] | None = None) -> pd.DataFrame:
-    """Tidy EDC points (:meth:`exfiqa.study.Study.edc_frame`) of every method on every configured
-    dataset (one FR and quality model), with an ``exit`` column (:func:`with_exit_column`)."""
+    """Tidy EDC points (:meth:`Study.edc_frame`) of every method and dataset, with an ``exit`` column."""
     frames = [with_exit_column(study.edc_frame(ds, fr, quality, _available(study, quality, ds, methods)), study.depth(quality, ds))
               for ds in study.config.datasets]
     return pd.concat(frames, ignore_index=True)
 
 
 def pauc_all(study: Study, methods: Sequence[str] | None = None, scale: float = 1.0) -> pd.DataFrame:
-    """Tidy pAUC (:meth:`exfiqa.study.Study.pauc_frame`) of every method x dataset x FR model x
-    quality model x FMR target, with an ``exit`` column (:func:`with_exit_column`)."""
+    """Tidy pAUC (:meth:`Study.pauc_frame`) of every method x dataset x FR x quality model x target,
+    with an ``exit`` column."""
     cfg = study.config
     frames = []
     for q in cfg.quality_models:
@@ -59,9 +53,7 @@ def pauc_all(study: Study, methods: Sequence[str] | None = None, scale: float = 
 
 
 def unresolved(pauc: pd.DataFrame) -> pd.DataFrame:
-    """The rows of a tidy pAUC table (:func:`pauc_all`) whose FMR target is not resolved (column
-    ``resolved`` False: fewer than one expected false match at the threshold;
-    :func:`exfiqa.evaluation.rules.resolvable`). Findings should leave these cells out."""
+    """The rows of a tidy pAUC table whose ``resolved`` is False (findings leave them out)."""
     if "resolved" not in pauc.columns:
         raise ValueError("pauc: no 'resolved' column (a table from exfiqa.evaluation.pauc.pauc_rows / exfiqa.report.frames.pauc_all has one)")
     return pauc[~pauc["resolved"].astype(bool)].reset_index(drop=True)
@@ -78,12 +70,8 @@ class Headline:
 
 
 def headline(cfg, fmr: float | None = None) -> Headline:
-    """The run's headline (the poster's IJB-C / ArcFace / FMR 1e-3) from the config's ``headline``.
-
-    Dataset and FR model: ``headline.dataset`` / ``headline.fr_model`` when the run has them, else
-    the run's first. FMR: ``fmr`` if given (a notebook parameter), else ``headline.fmr``, else
-    1e-3 if it is a target, else the first target. It must be one of ``fmr_targets``.
-    """
+    """The config's ``headline`` dataset and FR model (else the run's first) and FMR: ``fmr``, else
+    ``headline.fmr``, else 1e-3 if a target, else the first target; it must be a target."""
     h = cfg.headline
     ds = h["dataset"] if h.get("dataset") in cfg.datasets else next(iter(cfg.datasets))
     fr = h["fr_model"] if h.get("fr_model") in cfg.fr_models else next(iter(cfg.fr_models))
@@ -130,13 +118,11 @@ def table_protocol(cfg, fmr: float | None = None, seed: bool = False) -> dict:
 
 
 def variant_tags(study: Study) -> dict[str, tuple[str, int]]:
-    """Quality model name -> (tag, depth) (:meth:`Study.variant_tag`, :meth:`Study.depth`: no
-    weights are loaded)."""
+    """Quality model name -> (:meth:`Study.variant_tag`, :meth:`Study.depth`)."""
     return {q: (study.variant_tag(q), study.depth(q)) for q in study.config.quality_models}
 
 
-TIE_RTOL = 1e-9
-"""Two pAUCs within this relative distance are equal (a tie: the same value up to rounding)."""
+TIE_RTOL = 1e-9  # two pAUCs within this relative distance tie
 
 
 def is_tie(a: float, b: float, rtol: float = TIE_RTOL) -> bool:
@@ -145,8 +131,7 @@ def is_tie(a: float, b: float, rtol: float = TIE_RTOL) -> bool:
 
 
 def tied_best(values: pd.Series, rtol: float = TIE_RTOL) -> list[str]:
-    """Every label of ``values`` that ties (:func:`is_tie`) with the minimum, lower being better,
-    in the order of ``values``. One label: a clear best; none: no finite value."""
+    """The labels of ``values`` tying (:func:`is_tie`) with the minimum (lower = better), in order."""
     v = pd.to_numeric(values, errors="coerce").astype(np.float64)
     finite = v[np.isfinite(v)]
     if finite.empty:
@@ -163,8 +148,7 @@ def best_text(values: pd.Series, rtol: float = TIE_RTOL) -> str:
 
 
 def study_models(study: Study) -> Any:
-    """The :class:`exfiqa.extract.Models` of ``study``'s config, kept on the study so that a
-    notebook's sections load each checkpoint once; torch is imported only here."""
+    """The :class:`exfiqa.extract.Models` of ``study``'s config, kept on it (torch imported only here)."""
     models = vars(study).get("_report_models")
     if models is None:
         from exfiqa.extract.models import Models

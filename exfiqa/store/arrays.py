@@ -1,53 +1,34 @@
-"""Per-sample arrays on disk: the interface between extraction and evaluation.
+"""Per-sample arrays on disk: the interface between extraction and evaluation (the notebooks read
+only this), whoever produced them. Layout under ``arrays_dir`` (default :func:`arrays_root`)::
 
-Everything a run computes per image lives in this layout, whoever produced it (exfiqa, a GPU run
-elsewhere, a user's own FR pipeline); the notebooks read only this. Layout (``arrays_dir`` in the
-config; default :func:`arrays_root`)::
+    <dataset>/exits-<quality model>.npy   (N, depth)  every exit's quality score
+    <dataset>/emb-<FR model>.npy          (N, 2E)     [L2norm(f(x)), L2norm(f(hflip(x)))]
+    <dataset>/baseline-<method>.npy       (N,)        a built-in baseline's score
+    <dataset>/attn-<quality model>.npy    (N, depth)  ATTN-FIQA of every block
+    <dataset>/vitnt-<quality model>.npy   (N, 2)      ViTNT-FIQA: mean, attention-weighted
+    <dataset>/norms-<FR model>.npy        (N, 2)      [||f(x)||, ||f(hflip(x))||] (templates, insightface protocol)
+    <dataset>/<same name>.json            its manifest
 
-    <arrays_dir>/<dataset>/exits-<quality model>.npy   (N, depth)  every exit's quality score
-    <arrays_dir>/<dataset>/emb-<FR model>.npy          (N, 2E)     [L2norm(f(x)), L2norm(f(hflip(x)))]
-    <arrays_dir>/<dataset>/baseline-<method>.npy       (N,)        a built-in baseline's score
-    <arrays_dir>/<dataset>/attn-<quality model>.npy    (N, depth)  ATTN-FIQA of every block
-    <arrays_dir>/<dataset>/vitnt-<quality model>.npy   (N, 2)      ViTNT-FIQA: mean, attention-weighted
-    <arrays_dir>/<dataset>/norms-<FR model>.npy        (N, 2)      [||f(x)||, ||f(hflip(x))||] (templates, insightface protocol)
-    <arrays_dir>/<dataset>/<same name>.json            its manifest
+Names are the config's. Row i is sample i of ``Benchmark.samples``; values are float32 (``.npy``
+version 1, ``<f4``, C order), finite, higher = better; each embedding half has L2 norm 1 (no flip:
+write the embedding twice). The manifest is a JSON object:
 
-``<dataset>``, ``<quality model>``, ``<FR model>`` and ``<method>`` are the config's names. Row i
-is sample i of the benchmark (``Benchmark.samples``, ``sample_id`` order); values are float32
-(``.npy`` version 1, little-endian ``<f4``, C order), all finite; scores are higher = better. Each
-half of an embedding row has L2 norm 1 (a pipeline without flip writes its embedding twice).
-
-The manifest is a JSON object:
-
-- ``format``: ``"exfiqa-arrays/1"``; ``dataset``, ``kind`` (one of :data:`KINDS`), ``name``;
-- ``producer``: ``"exfiqa"`` (computed by this package) or ``"external"`` (anything else);
-- ``n_samples`` and ``samples_sha256``: N, and the SHA-256 of the sample keys in row order joined
-  by ``"\\n"`` (UTF-8, no trailing newline). A key is the sample's path relative to the benchmark
-  root as the reader lists it (``loose_crop/1.jpg``, ``<identity>/<file>``), or
-  ``<file>.bin#<k>`` for the k-th image of a ``.bin``; :func:`sample_keys` gives them;
-- ``shape`` (a list) and ``dtype`` (``"float32"``);
-- ``sha256``: of the ``.npy`` file (optional for external arrays; checked when present);
-- ``inputs``: what the values depend on: ``data`` (``Benchmark.fingerprint``), ``checkpoint``
-  (SHA-256), the loader ``args``, and e.g. ``seed``; ``code_version``: :func:`code_version`, the
-  digest of the source of the modules it depends on and the versions of the libraries they call
-  (both required from exfiqa; an external manifest may give ``inputs.data``, then checked);
+- ``format``: ``"exfiqa-arrays/1"``; ``dataset``, ``kind`` (:data:`KINDS`), ``name``;
+  ``producer``: ``"exfiqa"`` or ``"external"``; ``shape`` (a list), ``dtype`` (``"float32"``);
+- ``n_samples``, ``samples_sha256``: N and the SHA-256 of the UTF-8 sample keys in row order joined
+  by ``"\\n"`` (no trailing newline); a key is the path relative to the benchmark root as the reader
+  lists it, or ``<file>.bin#<k>`` (:func:`sample_keys`);
+- ``sha256`` of the ``.npy`` (optional for external arrays; checked when present);
+- ``inputs`` (``data``: ``Benchmark.fingerprint``, ``checkpoint``, loader ``args``, e.g. ``seed``)
+  and ``code_version`` (:func:`code_version`): required from exfiqa; an external ``inputs.data``
+  is checked;
 - ``complete``: false while exfiqa writes the pair, true once the array is in place.
 
-Rules (:class:`ArrayStore`):
-
-- An **external** array is used when its manifest matches the benchmark (``n_samples``,
-  ``samples_sha256``, the shape its kind needs, float32, finite, ``sha256``/``inputs.data`` when
-  given); anything else is an :class:`ArrayError` naming the file. exfiqa never replaces an
-  external array; delete both files to have exfiqa compute it.
-- An **exfiqa** array is reused only when its ``inputs`` and ``code_version`` equal this run's and
-  the file still has its ``sha256`` (through the digest index); otherwise the extraction
-  replaces it, with a warning naming the file and the reason (:meth:`ArrayStore.current`).
-- Writes are atomic and ordered: a manifest with ``complete: false``, then the array (a temporary
-  file renamed into place), then the final manifest, so a killed run never leaves a manifest
-  vouching for a partial array.
-
-Arrays computed elsewhere enter with ``run.arrays.write(bench, dataset, kind, name, values,
-producer="external")`` (:class:`exfiqa.store.run.Run`), or by writing both files as above.
+An external array is used when its manifest matches the benchmark, else an :class:`ArrayError`
+names the file; exfiqa never replaces it (delete both files for that). An exfiqa array is reused
+only when its ``inputs``, ``code_version`` and ``sha256`` still hold, else re-extracted with a
+warning (:meth:`ArrayStore.current`). Writes go manifest (``complete: false``), array (renamed into
+place), final manifest. Outside arrays enter with ``run.arrays.write(..., producer="external")``.
 """
 
 from __future__ import annotations
@@ -112,9 +93,8 @@ class ArrayError(ValueError):
 
 
 def arrays_root(cfg: Config) -> Path:
-    """The run's ``arrays_dir``: the config's, else ``<cache_dir>/arrays/<data_root tag>``, the tag
-    being the data root's folder name and 8 hex digits of the SHA-256 of its absolute path
-    (``demo-1a2b3c4d``), so configs on other data never replace each other's arrays."""
+    """The config's ``arrays_dir``, else ``<cache_dir>/arrays/<data root name>-<8 hex of the SHA-256
+    of its absolute path>`` (``demo-1a2b3c4d``)."""
     given = getattr(cfg, "arrays_dir", None)
     if given:
         return Path(given)
@@ -194,8 +174,7 @@ def _digest_code(paths: list[Path]) -> str:
 
 
 def code_version(kind: str, name: str) -> str:
-    """Digest of the code an array depends on: each file of :func:`code_files` (by file name and
-    content, so the same code elsewhere gives the same version) and :data:`LIBRARIES`' versions."""
+    """Digest of :func:`code_files` (file name and content) and :data:`LIBRARIES`' versions."""
     return _digest_code(code_files(kind, name))
 
 
@@ -264,17 +243,13 @@ class _HashingWriter:
         return self.raw.write(data)
 
 
-MAX_MANIFEST_BYTES = 1 << 20
-"""Largest manifest read (exfiqa writes about 1 kB)."""
-
-MAX_EMBEDDING_WIDTH = 2 * 8192
-"""Widest ``emb`` row accepted (2E: a flip-concatenated embedding of up to 8192 values)."""
+MAX_MANIFEST_BYTES = 1 << 20  # largest manifest read (exfiqa writes about 1 kB)
+MAX_EMBEDDING_WIDTH = 2 * 8192  # widest ``emb`` row accepted (2E, E <= 8192)
 
 _MANIFEST_TYPES: dict[str, type] = {
     "format": str, "producer": str, "n_samples": int, "samples_sha256": str, "shape": list, "dtype": str,
     "sha256": str, "inputs": dict, "code_version": str, "complete": bool, "dataset": str, "kind": str, "name": str,
-}
-"""The JSON type of each manifest key this package reads (ints exclude booleans)."""
+}  # the JSON type of each manifest key read (ints exclude booleans)
 _JSON_TYPES = {str: "string", int: "integer", list: "list", dict: "object", bool: "boolean"}
 
 
@@ -310,8 +285,7 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 
 class ArrayStore:
-    """Reads, checks and writes the per-sample layout under ``root`` (the run's ``arrays_dir``);
-    ``digests``: the index for ``sha256`` checks and benchmark fingerprints."""
+    """Reads, checks and writes the layout under ``root``; ``digests`` serves the ``sha256`` checks."""
 
     def __init__(self, root: str | os.PathLike[str], digests: DigestIndex) -> None:
         self.root = Path(root)
@@ -349,13 +323,9 @@ class ArrayStore:
     def load(
         self, bench: Benchmark, dataset: str, kind: str, name: str, check_data: bool = True,
     ) -> tuple[NDArray[np.float32], dict[str, Any]] | None:
-        """The array (memory-mapped read-only) and its manifest if the layout holds one for
-        ``bench``, else None; an :class:`ArrayError` naming the file for any mismatch.
-
-        Checks everything that does not depend on this run's models and code (:meth:`current`
-        does). ``check_data=False`` takes an external manifest's ``inputs.data`` as it is; the
-        sample list (``samples_sha256``) is checked either way.
-        """
+        """The array (memory-mapped, read-only) and its manifest, None if absent, an :class:`ArrayError`
+        for any mismatch but with this run's models and code (:meth:`current`); ``check_data=False``
+        trusts an external ``inputs.data``."""
         npy = self.path(dataset, kind, name)
         mpath = manifest_path(npy)
         if not mpath.is_file():
@@ -410,11 +380,9 @@ class ArrayStore:
         self, bench: Benchmark, dataset: str, kind: str, name: str, inputs: Mapping[str, Any], code: str | None = None,
         trusted: tuple[str, ...] = (),
     ) -> tuple[NDArray[np.float32] | None, str]:
-        """``(array, "")`` if the layout holds a usable array for this run, else ``(None, reason)``:
-        ``"missing"`` or why exfiqa's array there is not this run's. External arrays are used as
-        they are, or refused (:class:`ArrayError`). ``trusted``: keys of ``inputs`` taken from the
-        manifest without comparing (the evaluation trusts what ``exfiqa extract`` verified).
-        """
+        """``(array, "")`` if usable for this run, else ``(None, "missing" or why exfiqa's array is
+        stale)``; external arrays are used or refused (:class:`ArrayError`). ``trusted``: keys of
+        ``inputs`` not compared."""
         npy = self.path(dataset, kind, name)
         try:
             found = self.load(bench, dataset, kind, name, check_data="data" not in trusted)
@@ -460,12 +428,8 @@ class ArrayStore:
         self, bench: Benchmark, dataset: str, kind: str, name: str, values: ArrayLike, producer: str = "external",
         inputs: Mapping[str, Any] | None = None, code: str | None = None, overwrite: bool = False,
     ) -> Path:
-        """Write ``values`` (row i = sample i of ``bench``) and its manifest; return the ``.npy`` path.
-
-        Order: a manifest with ``complete: false``, the array (temporary file, fsync, rename), the
-        final manifest. An existing external array is only replaced with ``overwrite=True``.
-        Values are checked as :meth:`load` checks them.
-        """
+        """Check and write ``values`` (row i = sample i of ``bench``) and its manifest in the module's
+        order; return the ``.npy`` path. An external array is replaced only with ``overwrite=True``."""
         npy = self.path(dataset, kind, name)
         mpath = manifest_path(npy)
         arr = np.asarray(values)
@@ -492,10 +456,8 @@ class ArrayStore:
 
 
 def wanted_arrays(cfg: Config, level: str = "sample") -> list[tuple[str, str]]:
-    """``(kind, name)`` of every per-sample array a run of ``cfg`` reads on a benchmark of
-    ``level``: exits, attn and vitnt of each quality model, emb of each FR model, each baseline;
-    a ``template`` benchmark under ``template_protocol: insightface`` adds each FR model's
-    ``norms`` (no other protocol reads them)."""
+    """``(kind, name)`` of every array a run of ``cfg`` reads on a ``level`` benchmark (``norms``:
+    templates under ``template_protocol: insightface`` only)."""
     out = [(k, q) for q in cfg.quality_models for k in ("exits", "attn", "vitnt")]
     out += [("emb", f) for f in cfg.fr_models]
     if level == "template" and getattr(cfg, "template_protocol", "group") == "insightface":

@@ -22,17 +22,10 @@ from typing import cast
 
 from exfiqa.io import chunked, file_digest
 
-INDEX_NAME = "digests.sqlite"
-"""File name of the index inside ``cache_dir``."""
-
-RACY_SECONDS = 2.0
-"""Files modified this recently before hashing are hashed again by the next process."""
-
-LOCK_NOTICE_S = 5.0
-"""Seconds waited for an index another process holds locked before saying so."""
-
-LOCK_WAIT_S = 60.0
-"""Seconds waited for it in all; then this process works without the index."""
+INDEX_NAME = "digests.sqlite"  # inside ``cache_dir``
+RACY_SECONDS = 2.0  # files modified this recently before hashing are hashed again next time
+LOCK_NOTICE_S = 5.0  # seconds waited for a locked index before saying so
+LOCK_WAIT_S = 60.0  # seconds waited in all; then this process works without the index
 
 _SCHEMA_VERSION = 1
 _PROGRESS_MIN_FILES = 200  # a progress bar when at least this many files need hashing
@@ -62,18 +55,9 @@ def _stat(path: str) -> Stat:
 _now_ns = time.time_ns
 
 
-def _racy(stat: Stat, now_ns: int) -> bool:
-    return now_ns - max(stat[1], stat[2]) < RACY_SECONDS * 1e9
-
-
 class DigestIndex:
-    """SHA-256 of files, re-hashed only when their stat changed.
-
-    Args:
-        path: The sqlite file; None keeps digests in this object only (nothing persists).
-        progress: Show a tqdm bar when many files need hashing.
-        workers: Threads that hash files (reading and SHA-256 release the GIL).
-    """
+    """SHA-256 of files, re-hashed only when their stat changed. ``path``: the sqlite file (None: in
+    memory only); ``progress``: a tqdm bar for many files; ``workers``: hashing threads."""
 
     def __init__(
         self, path: str | os.PathLike[str] | None = None, progress: bool = True, workers: int | None = None
@@ -92,11 +76,7 @@ class DigestIndex:
         return self.digests([path])[0]
 
     def digests(self, paths: Sequence[str | os.PathLike[str]], desc: str = "hashing") -> list[str]:
-        """SHA-256 of each file, in order: one ``stat`` per file, a read only where it changed.
-
-        Raises:
-            FileNotFoundError: a file is missing (the message names it).
-        """
+        """SHA-256 of each file, in order (a missing file: FileNotFoundError naming it)."""
         keys = [index_key(p) for p in paths]
         out: list[str | None] = [None] * len(keys)
         todo: list[tuple[int, Stat]] = []
@@ -115,11 +95,8 @@ class DigestIndex:
         return cast("list[str]", out)
 
     def record(self, path: str | os.PathLike[str], digest: str) -> None:
-        """Remember the digest of a file this process has just written (no racy-time rule).
-
-        Only for files whose writer knows their content (e.g. an array it renamed into place):
-        a later change, even within the same timestamp tick, comes with a new inode or size.
-        """
+        """Remember the digest of a file this process has just written and renamed into place (no
+        racy-time rule: a later change comes with a new inode or size)."""
         key = index_key(path)
         self._store([(key, *_stat(key), digest)])
 
@@ -135,7 +112,7 @@ class DigestIndex:
                 out[i] = digest
                 bar.update(1)
                 after = _stat(keys[i])
-                if after != before or _racy(after, _now_ns()):
+                if after != before or _now_ns() - max(after[1], after[2]) < RACY_SECONDS * 1e9:
                     continue  # changed while read, or too recent to trust its stat next time
                 rows.append((keys[i], *after, digest))
                 if len(rows) >= _BATCH:
@@ -187,9 +164,7 @@ class DigestIndex:
         return None
 
     def _open_waiting(self, path: Path) -> sqlite3.Connection | None:
-        """A connection that has read the index (waits while another process holds it locked,
-        saying so after :data:`LOCK_NOTICE_S`); None after :data:`LOCK_WAIT_S` (the index is then
-        left alone and this object works without it)."""
+        """A connection that has read the index, waiting while it is locked (None after :data:`LOCK_WAIT_S`)."""
         t0 = time.monotonic()
         noticed = False
         while True:
