@@ -10,23 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = [
-    "ARCH_DEFAULTS",
-    "ARCH_LAYOUT",
-    "Arch",
-    "BottleneckIR",
-    "IBasicBlock",
-    "IRBackbone",
-    "IResNet",
-    "PointwiseConv",
-    "build_fr",
-]
-
 Arch = Literal["iresnet", "magface", "curricularface"]
-
-# --------------------------------------------------------------------------------------------
-# Architectures
-# --------------------------------------------------------------------------------------------
 
 
 def _bn2d(channels: int, eps: float, momentum: float) -> nn.BatchNorm2d:
@@ -38,16 +22,10 @@ def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 
 
 class PointwiseConv(nn.Conv2d):
-    """A bias-free 1x1 convolution with stride ``s``, computed as a stride-1 1x1 convolution of
-    ``x[:, :, ::s, ::s]``.
-
-    Same parameters, state_dict keys and result as ``nn.Conv2d(cin, cout, 1, stride=s, bias=False)``
-    (a 1x1 kernel without padding reads exactly the pixels the subsampling keeps). Why not the plain
-    module: torch 2.14's CPU backward of a *strided* 1x1 convolution in ``channels_last`` with at
-    most 8 input channels segfaults on AVX-512 CPUs (oneDNN kernel), which the demo's narrow
-    iResNets hit in their first stage. A stride-1 1x1 convolution takes another kernel on every
-    CPU, so this avoids the crashing configuration everywhere instead of detecting the CPU.
-    """
+    """``nn.Conv2d(cin, cout, 1, stride=s, bias=False)`` (same keys and result) computed as a stride-1
+    1x1 convolution of ``x[:, :, ::s, ::s]``: torch's CPU backward of a strided 1x1 convolution in
+    channels_last with at most 8 input channels segfaults on AVX-512 CPUs (oneDNN), which the demo's
+    narrow iResNets hit."""
 
     def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
         super().__init__(cin, cout, kernel_size=1, stride=stride, bias=False)
@@ -60,10 +38,8 @@ class PointwiseConv(nn.Conv2d):
 
 
 def _halve(size: int, times: int) -> int:
-    """Spatial size after ``times`` stride-2 convolutions (k3, p1) or MaxPool2d(1, 2)."""
-    for _ in range(times):
-        size = (size - 1) // 2 + 1
-    return size
+    """Spatial size after ``times`` stride-2 convolutions (k3, p1) or MaxPool2d(1, 2): ceil(size / 2**times)."""
+    return -(-size // 2**times)
 
 
 def _check_stages(layers: Sequence[int], widths: Sequence[int], input_size: int) -> None:
@@ -102,10 +78,7 @@ class IBasicBlock(nn.Module):
         self.bn3 = _bn2d(cout, bn_eps, bn_momentum)
         self.downsample: nn.Module | None = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(
-                PointwiseConv(cin, cout, stride),
-                _bn2d(cout, bn_eps, bn_momentum),
-            )
+            self.downsample = nn.Sequential(PointwiseConv(cin, cout, stride), _bn2d(cout, bn_eps, bn_momentum))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
@@ -116,14 +89,9 @@ class IBasicBlock(nn.Module):
 class IResNet(nn.Module):
     """iResNet with the arcface_torch key layout (also MagFace's, after prefix stripping).
 
-    Args:
-        layers: blocks per stage; r100 = (3, 13, 30, 3), r50 = (3, 4, 14, 3), r18 = (2, 2, 2, 2).
-        widths: channels per stage; the stem has ``widths[0]`` channels.
-        embedding_size: output dimension of ``fc`` / ``features``.
-        dropout: dropout probability before ``fc`` (active only in training mode).
-        input_size: square input side; the final map is ``input_size`` halved once per stage.
-        bn_eps, bn_momentum: BatchNorm settings (arcface_torch: 1e-5; MagFace: 2e-5).
-        freeze_features_weight: arcface_torch fixes the ``features`` BN1d weight at 1.0.
+    ``layers``: blocks per stage (r100 = (3, 13, 30, 3), r50 = (3, 4, 14, 3)); ``widths``: channels
+    per stage (the stem has ``widths[0]``); ``dropout`` acts before ``fc`` in training mode only;
+    ``freeze_features_weight``: arcface_torch fixes the ``features`` BN1d weight at 1.0.
     """
 
     def __init__(
@@ -173,11 +141,8 @@ class IResNet(nn.Module):
         return torch.flatten(self.bn2(x), 1)
 
     def forward_head(self, x: torch.Tensor, dropout_p: float | None = None) -> torch.Tensor:
-        """Dropout, ``fc`` and ``features`` BN1d; returns the unnormalised embedding.
-
-        ``dropout_p`` (e.g. 0.5 for SER-FIQ) applies that dropout even in eval mode instead of the
-        module's own ``dropout``; BatchNorm layers keep their eval behaviour.
-        """
+        """Dropout, ``fc`` and ``features`` BN1d; returns the unnormalised embedding. ``dropout_p``
+        (e.g. 0.5 for SER-FIQ) replaces the module's dropout and applies even in eval mode."""
         x = self.dropout(x) if dropout_p is None else F.dropout(x, dropout_p, training=True)
         return self.features(self.fc(x))
 
@@ -195,10 +160,7 @@ class BottleneckIR(nn.Module):
         if cin == cout:
             self.shortcut_layer: nn.Module = nn.MaxPool2d(1, stride)
         else:
-            self.shortcut_layer = nn.Sequential(
-                PointwiseConv(cin, cout, stride),
-                _bn2d(cout, bn_eps, bn_momentum),
-            )
+            self.shortcut_layer = nn.Sequential(PointwiseConv(cin, cout, stride), _bn2d(cout, bn_eps, bn_momentum))
         self.res_layer = nn.Sequential(
             _bn2d(cin, bn_eps, bn_momentum),
             _conv3x3(cin, cout),
@@ -212,11 +174,8 @@ class BottleneckIR(nn.Module):
 
 
 class IRBackbone(nn.Module):
-    """IR network with the face.evoLVe key layout (CurricularFace IR-101 by default).
-
-    ``widths`` must increase strictly from stage to stage: the layout only marks a stage start by
-    a convolutional shortcut (channel change), which is how :func:`infer_architecture` reads it.
-    """
+    """IR network with the face.evoLVe key layout (CurricularFace IR-101 by default); ``widths`` must
+    increase strictly, as only a conv shortcut marks a stage start (:func:`infer_architecture`)."""
 
     def __init__(
         self,
@@ -240,9 +199,7 @@ class IRBackbone(nn.Module):
         self.embedding_size = int(embedding_size)
         self.input_size = int(input_size)
         w0 = self.widths[0]
-        self.input_layer = nn.Sequential(
-            _conv3x3(3, w0), _bn2d(w0, bn_eps, bn_momentum), nn.PReLU(w0)
-        )
+        self.input_layer = nn.Sequential(_conv3x3(3, w0), _bn2d(w0, bn_eps, bn_momentum), nn.PReLU(w0))
         units: list[nn.Module] = []
         cin = w0
         for n, w in zip(self.layers, self.widths, strict=True):
@@ -266,10 +223,7 @@ class IRBackbone(nn.Module):
         return torch.flatten(self.output_layer[0](x), 1)
 
     def forward_head(self, x: torch.Tensor, dropout_p: float | None = None) -> torch.Tensor:
-        """Dropout, Linear and BN1d; returns the unnormalised embedding.
-
-        ``dropout_p`` applies that dropout even in eval mode instead of the module's own one.
-        """
+        """Dropout, Linear and BN1d; returns the unnormalised embedding (``dropout_p`` as IResNet's)."""
         drop = self.output_layer[1]
         x = drop(x) if dropout_p is None else F.dropout(x, dropout_p, training=True)
         return self.output_layer[4](self.output_layer[3](x))
@@ -298,28 +252,15 @@ def build_fr(
     bn_eps: float | None = None,
     bn_momentum: float = 0.1,
 ) -> IResNet | IRBackbone:
-    """Build an FR backbone with random weights.
-
-    Args:
-        arch: ``"iresnet"`` (ArcFace, ElasticFace), ``"magface"`` (iResNet, BN eps 2e-5, trainable
-            ``features`` weight) or ``"curricularface"`` (face.evoLVe IR).
-        layers: units per stage; default (3, 13, 30, 3) = iResNet-100 / IR-101.
-        widths: channels per stage; default (64, 128, 256, 512).
-        bn_eps: default per arch (1e-5, MagFace 2e-5).
-    """
+    """Build an FR backbone with random weights: ``arch`` ``"iresnet"`` (ArcFace, ElasticFace),
+    ``"magface"`` or ``"curricularface"`` (face.evoLVe IR); default layers (3, 13, 30, 3) =
+    iResNet-100 / IR-101, widths (64, 128, 256, 512), ``bn_eps`` per arch (1e-5, MagFace 2e-5)."""
     if arch not in ARCH_DEFAULTS:
         raise ValueError(f"arch must be one of {sorted(ARCH_DEFAULTS)}, got {arch!r}")
-    kwargs = dict(ARCH_DEFAULTS[arch])
+    kwargs = dict(ARCH_DEFAULTS[arch], embedding_size=embedding_size, dropout=dropout, input_size=input_size,
+                  bn_momentum=bn_momentum)
     if bn_eps is not None:
         kwargs["bn_eps"] = bn_eps
-    common = {
-        "layers": tuple(layers) if layers is not None else (3, 13, 30, 3),
-        "widths": tuple(widths) if widths is not None else (64, 128, 256, 512),
-        "embedding_size": embedding_size,
-        "dropout": dropout,
-        "input_size": input_size,
-        "bn_momentum": bn_momentum,
-    }
-    if arch == "curricularface":
-        return IRBackbone(**common, **kwargs)
-    return IResNet(**common, **kwargs)
+    backbone = IRBackbone if arch == "curricularface" else IResNet
+    return backbone(tuple(layers) if layers is not None else (3, 13, 30, 3),
+                    tuple(widths) if widths is not None else (64, 128, 256, 512), **kwargs)

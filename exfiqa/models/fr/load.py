@@ -1,6 +1,5 @@
-"""Loading FR models: released checkpoints (key layouts, wrapper prefixes, the architecture read
-from the keys), :func:`save_fr` in the released layouts, and config entries (:func:`load_fr_entry`,
-torch or ONNX)."""
+"""Loading FR models: released checkpoints (key layouts, wrapper prefixes, architecture read from the
+keys), :func:`save_fr` in the released layouts, and config entries (:func:`load_fr_entry`)."""
 
 from __future__ import annotations
 
@@ -21,49 +20,18 @@ from exfiqa.models.fr.iresnet import ARCH_LAYOUT, Arch, build_fr
 from exfiqa.models.fr.model import FR_MODELS, FRModel, Preprocess
 from exfiqa.models.fr.onnx import load_onnx_fr
 
-__all__ = [
-    "PREPROCESS_HELP",
-    "TORCH_ENTRY_ARGS",
-    "SaveLayout",
-    "detect_layout",
-    "effective_preprocess",
-    "infer_architecture",
-    "is_onnx_checkpoint",
-    "load_fr",
-    "load_fr_entry",
-    "save_fr",
-    "strip_wrapper_prefixes",
-]
-
 SaveLayout = Literal["plain", "magface", "dataparallel"]
 
-# --------------------------------------------------------------------------------------------
-# Checkpoint keys: prefixes, layout detection, architecture inference
-# --------------------------------------------------------------------------------------------
-
 _WRAPPER_PREFIXES = (
-    "features.module.",
-    "module.features.",
-    "module.backbone.",
-    "backbone.module.",
-    "module.",
-    "backbone.",
-    "model.",
+    "features.module.", "module.features.", "module.backbone.", "backbone.module.", "module.", "backbone.", "model."
 )
 _ANCHOR_KEYS = ("conv1.weight", "input_layer.0.weight")
 
 
-def strip_wrapper_prefixes(
-    state_dict: Mapping[str, torch.Tensor],
-) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Remove a training-wrapper prefix (``module.``, ``features.module.``, ...).
-
-    The prefix is the first of ``features.module.``, ``module.features.``, ``module.backbone.``,
-    ``backbone.module.``, ``module.``, ``backbone.``, ``model.`` under which a backbone stem key
-    (``conv1.weight`` or ``input_layer.0.weight``) exists. Keys outside that prefix (e.g.
-    MagFace's ``fc.weight`` head) are dropped and returned as the second element.
-    A plain arcface_torch state_dict (whose own BN1d is called ``features``) is left unchanged.
-    """
+def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Remove the first training-wrapper prefix (``module.``, ``features.module.``, ...) under which
+    a stem key (``conv1.weight``, ``input_layer.0.weight``) exists; returns ``(kept, dropped keys)``,
+    the dropped ones outside the prefix (e.g. MagFace's ``fc.weight`` head)."""
     keys = set(state_dict)
     for prefix in _WRAPPER_PREFIXES:
         if any(prefix + anchor in keys for anchor in _ANCHOR_KEYS):
@@ -77,15 +45,11 @@ def detect_layout(keys: Iterable[str]) -> str | None:
     """Name the key layout: ``"iresnet"`` (arcface_torch / MagFace), ``"evolve_ir"``
     (face.evoLVe / CurricularFace), ``"vit"`` (ViT-FIQA or another ViT) or None."""
     keys = set(keys)
-    if "input_layer.0.weight" in keys or any(
-        k.startswith("body.") and ".res_layer." in k for k in keys
-    ):
+    if "input_layer.0.weight" in keys or any(k.startswith("body.") and ".res_layer." in k for k in keys):
         return "evolve_ir"
     if "conv1.weight" in keys and any(k.startswith("layer1.") for k in keys):
         return "iresnet"
-    if "patch_embed.proj.weight" in keys or any(
-        k.startswith("blocks.") and ".attn." in k for k in keys
-    ):
+    if "patch_embed.proj.weight" in keys or any(k.startswith("blocks.") and ".attn." in k for k in keys):
         return "vit"
     return None
 
@@ -115,16 +79,9 @@ def _layout_hint(found: str | None, arch: str) -> str:
 
 
 def infer_architecture(state_dict: Mapping[str, torch.Tensor], arch: Arch) -> dict[str, Any]:
-    """Read ``layers``, ``widths``, ``embedding_size`` and ``input_size`` from checkpoint keys.
-
-    iResNet: blocks per stage = number of ``layer{s}.{j}`` indices, width = out channels of
-    ``layer{s}.0.conv1``. face.evoLVe IR: a stage starts at ``body.0`` and at every unit with a
-    convolutional shortcut; width = out channels of ``res_layer.1``. ``input_size`` is the
-    smallest size whose final map matches the Linear layer (``side * 2**stages``).
-
-    Raises:
-        CheckpointError: a key needed for the inference is missing or inconsistent.
-    """
+    """Read ``layers``, ``widths``, ``embedding_size`` and ``input_size`` (the smallest whose final
+    map matches the Linear layer) from checkpoint keys; an IR stage starts at ``body.0`` and at
+    every unit with a conv shortcut. Raises CheckpointError on a missing or inconsistent key."""
 
     def shape(key: str) -> tuple[int, ...]:
         if key not in state_dict:
@@ -133,21 +90,17 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor], arch: Arch) -> di
 
     if ARCH_LAYOUT[arch] == "iresnet":
         blocks: dict[int, set[int]] = {}
-        for key in state_dict:
-            m = re.match(r"layer(\d+)\.(\d+)\.", key)
-            if m:
-                blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+        for hit in filter(None, (re.match(r"layer(\d+)\.(\d+)\.", k) for k in state_dict)):
+            blocks.setdefault(int(hit.group(1)), set()).add(int(hit.group(2)))
         stages = sorted(blocks)
         if not stages or stages != list(range(1, len(stages) + 1)):
             raise CheckpointError(
                 f"cannot infer the iResNet stages: found layer indices {stages} (expected 1..n)"
             )
-        layers = []
         for s in stages:
-            idx = sorted(blocks[s])
-            if idx != list(range(len(idx))):
+            if (idx := sorted(blocks[s])) != list(range(len(idx))):
                 raise CheckpointError(f"cannot infer the iResNet stages: layer{s} has blocks {idx}")
-            layers.append(len(idx))
+        layers = [len(blocks[s]) for s in stages]
         widths = [shape(f"layer{s}.0.conv1.weight")[0] for s in stages]
         fc = shape("fc.weight")
         stem = shape("conv1.weight")[0]
@@ -157,9 +110,7 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor], arch: Arch) -> di
                 f"{widths[0]}; this zoo builds the stem with widths[0] channels"
             )
     else:
-        units = sorted(
-            {int(m.group(1)) for k in state_dict if (m := re.match(r"body\.(\d+)\.", k))}
-        )
+        units = sorted({int(m.group(1)) for k in state_dict if (m := re.match(r"body\.(\d+)\.", k))})
         if not units or units != list(range(len(units))):
             raise CheckpointError(f"cannot infer the IR units: found body indices {units[:10]}...")
         starts = [0] + [u for u in units[1:] if f"body.{u}.shortcut_layer.0.weight" in state_dict]
@@ -171,20 +122,12 @@ def infer_architecture(state_dict: Mapping[str, torch.Tensor], arch: Arch) -> di
     area, rem = divmod(fc_in, widths[-1])
     side = math.isqrt(area)
     if rem or side * side != area:
-        raise CheckpointError(
-            f"fc input size {fc_in} is not {widths[-1]} channels times a square map"
-        )
-    return {
-        "layers": tuple(layers),
-        "widths": tuple(widths),
-        "embedding_size": embedding_size,
-        "input_size": side * 2 ** len(layers),
-    }
+        raise CheckpointError(f"fc input size {fc_in} is not {widths[-1]} channels times a square map")
+    return {"layers": tuple(layers), "widths": tuple(widths), "embedding_size": embedding_size,
+            "input_size": side * 2 ** len(layers)}
 
 
-def _strict_load(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor], where: str, arch: str
-) -> None:
+def _strict_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor], where: str, arch: str) -> None:
     """Load with every key and shape checked; BN ``num_batches_tracked`` may be absent."""
     own = model.state_dict()
     cfg = {a: getattr(model, a, None) for a in ("layers", "widths", "embedding_size")}
@@ -196,10 +139,9 @@ def _strict_load(
     )
     if report is not None:
         parts = [report]
-        unexpected = [k for k in state_dict if k not in own]
         mismatched = any(k in own and tuple(v.shape) != tuple(own[k].shape) for k, v in state_dict.items())
         hint = _layout_hint(detect_layout(state_dict), arch)
-        if not hint and any(".res_layer.5." in k for k in unexpected):
+        if not hint and any(".res_layer.5." in k and k not in own for k in state_dict):
             hint = "an IR-SE checkpoint (squeeze-excitation units) is not supported"
         elif not hint and mismatched:
             hint = (
@@ -209,14 +151,7 @@ def _strict_load(
         if hint:
             parts.append(f"likely cause: {hint}")
         raise CheckpointError("; ".join(parts))
-    full = dict(state_dict)
-    for k in own:
-        full.setdefault(k, own[k])
-    model.load_state_dict(full, strict=True)
-
-# --------------------------------------------------------------------------------------------
-# Loading and saving torch checkpoints
-# --------------------------------------------------------------------------------------------
+    model.load_state_dict({**own, **state_dict}, strict=True)
 
 
 def load_fr(
@@ -230,31 +165,20 @@ def load_fr(
     device: torch.device | str | None = None,
     preprocess: Preprocess | None = None,
 ) -> FRModel:
-    """Load a released (or :func:`save_fr`-written) FR checkpoint safely and strictly.
+    """Load a released (or :func:`save_fr`-written) FR checkpoint safely (only tensors unpickled)
+    and strictly, wrapper prefixes stripped.
 
-    Args:
-        name: ``arcface``, ``elasticface``, ``magface``, ``curricularface`` (arch and
-            preprocessing follow from it), or any name with ``arch`` and ``preprocess`` given.
-        arch: override the architecture (``iresnet``, ``magface``, ``curricularface``).
-        layers, widths, embedding_size, input_size: None = read from the checkpoint keys.
-        device: None = CUDA if available, else CPU.
-
-    Wrapper prefixes (``module.``, ``features.module.``, ``module.features.``, ``backbone.``)
-    are stripped; a ``{"state_dict": ...}`` wrapper is unwrapped. Only tensors are unpickled.
-
-    Raises:
-        CheckpointError: unsafe or unreadable file, missing/unexpected keys, shape mismatches
-            (the message names them and the likely cause).
+    ``name``: a released model (arch and preprocessing follow from it) or any name with ``arch``
+    and ``preprocess``; ``layers`` ... ``input_size`` None = read from the keys; ``device`` None =
+    CUDA if available. Raises CheckpointError: unsafe or unreadable file, missing/unexpected keys,
+    shape mismatches (the message names them and the likely cause).
     """
-    if name in FR_MODELS:
-        default_arch, default_pre = FR_MODELS[name]
-    elif arch is None or preprocess is None:
+    if name not in FR_MODELS and (arch is None or preprocess is None):
         raise ValueError(
             f"unknown FR model name {name!r} (known: {sorted(FR_MODELS)}); for another name pass "
             f"both arch= and preprocess="
         )
-    else:
-        default_arch, default_pre = arch, preprocess
+    default_arch, default_pre = FR_MODELS.get(name, (arch, preprocess))
     arch = arch or default_arch
     if arch not in ARCH_LAYOUT:
         raise ValueError(f"arch must be one of {sorted(ARCH_LAYOUT)}, got {arch!r}")
@@ -288,41 +212,28 @@ def save_fr(
     layout: SaveLayout | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write a backbone's weights in a released checkpoint layout, atomically.
-
-    Layouts: ``"plain"`` = flat state_dict (ArcFace, ElasticFace, CurricularFace releases);
-    ``"magface"`` = ``{"state_dict": {"features.module." + key: tensor}}`` (MagFace release);
-    ``"dataparallel"`` = flat with ``module.`` prefixes. Default: ``"magface"`` for an
-    :class:`FRModel` whose arch or name is magface, else ``"plain"``.
-
-    Raises:
-        FileExistsError: ``path`` exists and ``overwrite`` is False.
-    """
+    """Write a backbone's weights atomically in a released layout: ``"plain"`` (flat state_dict),
+    ``"magface"`` (``{"state_dict": {"features.module." + key: tensor}}``; the default for an
+    FRModel whose arch or name is magface) or ``"dataparallel"`` (``module.`` prefixes).
+    Raises FileExistsError if ``path`` exists and not ``overwrite``."""
     backbone = model.backbone if isinstance(model, FRModel) else model
     if not isinstance(backbone, nn.Module):
         raise TypeError(f"save_fr needs an FRModel with a torch backbone or a module: {model!r}")
     if layout is None:
         is_mag = isinstance(model, FRModel) and "magface" in (model.arch, model.name)
         layout = "magface" if is_mag else "plain"
-    sd = {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
-    if layout == "plain":
-        obj: dict[str, Any] = sd
-    elif layout == "magface":
-        obj = {"state_dict": {"features.module." + k: v for k, v in sd.items()}}
-    elif layout == "dataparallel":
-        obj = {"module." + k: v for k, v in sd.items()}
-    else:
+    prefix = {"plain": "", "magface": "features.module.", "dataparallel": "module."}.get(layout)
+    if prefix is None:
         raise ValueError(f"layout must be 'plain', 'magface' or 'dataparallel', got {layout!r}")
+    obj: dict[str, Any] = {prefix + k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
+    if layout == "magface":
+        obj = {"state_dict": obj}
     target = Path(path)
     with atomic_path(target, overwrite=overwrite) as tmp:
         with open(tmp, "wb") as fh:  # a file object: the archive is not named after the temp file
             torch.save(obj, fh)
     return target
 
-
-# --------------------------------------------------------------------------------------------
-# Config entries (exfiqa.config's fr_models)
-# --------------------------------------------------------------------------------------------
 
 #: Keys of a config entry that only torch checkpoints take (an ONNX graph fixes its architecture).
 TORCH_ENTRY_ARGS = frozenset({"arch", "layers", "widths", "embedding_size", "input_size"})
@@ -335,20 +246,9 @@ PREPROCESS_HELP = (
 )
 
 
-def is_onnx_checkpoint(checkpoint: str | os.PathLike[str]) -> bool:
-    """An FR config entry is an ONNX model when its checkpoint ends in ``.onnx``."""
-    return os.fspath(checkpoint).lower().endswith(".onnx")
-
-
 def effective_preprocess(name: str, args: Mapping[str, Any]) -> Preprocess:
-    """The preprocessing the config entry ``name`` (with its ``ModelSpec.args``) really uses.
-
-    The entry's ``preprocess`` if given (ONNX entries must give it), else the released model's
-    default for ``args["name"]`` / ``name`` (:data:`FR_MODELS`).
-
-    Raises:
-        ValueError: neither is there (the message says what to write).
-    """
+    """The preprocessing config entry ``name`` (``args`` = its ``ModelSpec.args``) really uses: its
+    ``preprocess``, else the released default of ``args["name"]`` / ``name``; else ValueError."""
     model_name = args.get("name", name)
     given = args.get("preprocess")
     if given is not None:
@@ -372,19 +272,15 @@ def effective_preprocess(name: str, args: Mapping[str, Any]) -> Preprocess:
 def load_fr_entry(
     name: str, checkpoint: str | os.PathLike[str], device: torch.device | str | None, args: Mapping[str, Any]
 ) -> FRModel:
-    """Load the FR model of config entry ``fr_models.<name>`` (``args`` = its ``ModelSpec.args``).
-
-    A checkpoint ending in ``.onnx`` goes to :func:`load_onnx_fr` (``preprocess`` required,
-    optional ``providers``); any other to :func:`load_fr` (``arch``, ``layers``, ... and an
-    optional ``preprocess`` overriding the released model's). ``args["name"]`` (default: the
-    entry's key) names the model.
-    """
+    """Load the FR model of config entry ``fr_models.<name>`` (``args`` = its ``ModelSpec.args``): a
+    checkpoint ending in ``.onnx`` by :func:`load_onnx_fr` (``preprocess`` required), any other by
+    :func:`load_fr`. ``args["name"]`` (default: the entry's key) names the model."""
     where = f"fr_models.{name}"
     args = dict(args)
     model_name = args.pop("name", name)
     providers = args.pop("providers", None)
     given_pre = args.pop("preprocess", None)
-    if is_onnx_checkpoint(checkpoint):
+    if os.fspath(checkpoint).lower().endswith(".onnx"):
         if given_pre is None:
             raise ValueError(f"{where} (ONNX {os.fspath(checkpoint)}) needs 'preprocess': {PREPROCESS_HELP}")
         if args:

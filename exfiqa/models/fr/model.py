@@ -16,24 +16,6 @@ from torch.nn import functional as F
 from exfiqa.models.device import resolve_device
 from exfiqa.models.fr.iresnet import Arch
 
-__all__ = [
-    "ARCFACE",
-    "CURRICULARFACE",
-    "ELASTICFACE",
-    "FR_MODELS",
-    "MAGFACE",
-    "FRModel",
-    "ImageBatches",
-    "Preprocess",
-    "check_images",
-    "iter_batches",
-    "magface_quality",
-]
-
-# --------------------------------------------------------------------------------------------
-# Preprocessing
-# --------------------------------------------------------------------------------------------
-
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -58,48 +40,29 @@ class Preprocess:
         if any(s == 0 for s in self.std):
             raise ValueError(f"std must be non-zero, got {self.std!r}")
 
-    def __call__(
-        self, images: np.ndarray, device: torch.device | str | None = None
-    ) -> torch.Tensor:
+    def __call__(self, images: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
         """Apply to a uint8 RGB ``(N, H, W, 3)`` batch; returns float32 NCHW on ``device``."""
-        x = torch.from_numpy(np.ascontiguousarray(check_images(images))).to(device)
-        return self.tensor(x)
+        return self.tensor(_pixels(images, device))
 
-    def tensor(
-        self, x: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format
-    ) -> torch.Tensor:
-        """Apply to a uint8 RGB ``(N, H, W, 3)`` tensor on any device; float32 NCHW on that device.
-
-        Elementwise in float32: ``(x * scale - mean) / std`` after the channel reordering, so the
-        result does not depend on the device's batch composition or on ``memory_format`` (the
-        layout of the returned tensor: ``torch.contiguous_format`` or ``torch.channels_last``).
-        """
+    def tensor(self, x: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+        """Apply to a uint8 RGB ``(N, H, W, 3)`` tensor; float32 NCHW on its device, laid out in
+        ``memory_format``. Elementwise in float32, so independent of batch composition and layout."""
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(
-                f"Preprocess.tensor needs uint8 RGB pixels (N, H, W, 3), got {x.dtype} "
-                f"{tuple(x.shape)}"
-            )
+            raise ValueError(f"Preprocess.tensor needs uint8 RGB pixels (N, H, W, 3), got {x.dtype} {tuple(x.shape)}")
         if self.channel_order == "BGR":
             x = x.flip(-1)
         x = x.permute(0, 3, 1, 2).to(torch.float32) * self.scale
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        mean, std = (torch.tensor(v, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+                     for v in (self.mean, self.std))
         return ((x - mean) / std).contiguous(memory_format=memory_format)
 
 
 ARCFACE = Preprocess("RGB", source="insightface arcface_torch eval: RGB, (x/255 - 0.5)/0.5")
-ELASTICFACE = Preprocess(
-    "RGB", source="ElasticFace (arcface_torch pipeline): RGB, (x/255 - 0.5)/0.5"
-)
-MAGFACE = Preprocess(
-    "BGR",
-    mean=(0.0, 0.0, 0.0),
-    std=(1.0, 1.0, 1.0),
-    source="MagFace inference/gen_feat.py: cv2.imread (BGR), ToTensor, Normalize(0, 1)",
-)
+ELASTICFACE = Preprocess("RGB", source="ElasticFace (arcface_torch pipeline): RGB, (x/255 - 0.5)/0.5")
+MAGFACE = Preprocess("BGR", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                     source="MagFace inference/gen_feat.py: cv2.imread (BGR), ToTensor, Normalize(0, 1)")
 CURRICULARFACE = Preprocess(
-    "RGB",
-    source="CurricularFace config.py RGB_MEAN=RGB_STD=0.5; perform_val swaps stored BGR to RGB",
+    "RGB", source="CurricularFace config.py RGB_MEAN=RGB_STD=0.5; perform_val swaps stored BGR to RGB"
 )
 
 #: Released FR models: name -> (architecture, preprocessing).
@@ -127,9 +90,10 @@ def check_images(images: Any) -> np.ndarray:
     return images
 
 
-# --------------------------------------------------------------------------------------------
-# The uniform FR wrapper
-# --------------------------------------------------------------------------------------------
+def _pixels(images: Any, device: torch.device | str | None) -> torch.Tensor:
+    """Checked uint8 RGB ``(N, H, W, 3)`` pixels as a tensor on ``device``."""
+    return torch.from_numpy(np.ascontiguousarray(check_images(images))).to(device)
+
 
 ImageBatches = np.ndarray | Iterable[np.ndarray]
 
@@ -148,13 +112,8 @@ def iter_batches(images: ImageBatches, batch_size: int) -> Iterator[np.ndarray]:
 class FRModel:
     """An FR model with its preprocessing: raw uint8 RGB faces in, embeddings out.
 
-    Args:
-        name: model name (``arcface``, ``elasticface``, ``magface``, ``curricularface`` or any).
-        backbone: an :class:`IResNet` / :class:`IRBackbone` (any module mapping the preprocessed
-            NCHW tensor to ``(N, E)``).
-        preprocess: the model's :class:`Preprocess`.
-        device: torch device; None = CUDA if available, else CPU.
-        arch: architecture name, used by :func:`save_fr` (None for custom modules).
+    ``backbone``: any module mapping the preprocessed NCHW tensor to ``(N, E)`` (an IResNet or
+    IRBackbone); ``device`` None = CUDA if available, else CPU; ``arch`` is used by :func:`save_fr`.
     """
 
     def __init__(
@@ -197,8 +156,7 @@ class FRModel:
 
     def to_tensor(self, images: np.ndarray) -> torch.Tensor:
         """Preprocess a uint8 RGB ``(N, H, W, 3)`` batch into the model's input on its device."""
-        images = check_images(images)
-        return self._input(torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
+        return self._input(_pixels(images, self.device))
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC RGB tensor -> the model's float32 NCHW input (channels_last), same device."""
@@ -217,21 +175,17 @@ class FRModel:
     def embed_batch(
         self, x: torch.Tensor, raw: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One forward over ``cat([x, hflip(x)])`` of a uint8 RGB NHWC batch on the model's device.
-
-        Returns ``([L2norm(f(x)), L2norm(f(hflip(x)))]`` float32 (B, 2E), and with ``raw`` the
-        unnormalised ``f(x)`` float32 (B, E), else None)``, on ``x``'s device. No
-        ``torch.inference_mode`` / autocast inside: the caller chooses them.
-        """
+        """One forward over ``cat([x, hflip(x)])`` of a uint8 RGB NHWC batch on the model's device:
+        ``([L2norm(f(x)), L2norm(f(hflip(x)))]`` float32 (B, 2E), with ``raw`` the unnormalised
+        ``f(x)`` (B, E) else None)``. No inference_mode / autocast inside: the caller chooses."""
         n = x.shape[0]
         y = self.forward_pair(x)
         e = F.normalize(y, dim=1)
         return torch.cat([e[:n], e[n:]], dim=1), (y[:n] if raw else None)
 
     def forward_pair(self, x: torch.Tensor) -> torch.Tensor:
-        """The unnormalised outputs ``[f(x); f(hflip(x))]`` float32 (2B, E) of one forward over
-        ``cat([x, hflip(x)])`` (uint8 RGB NHWC on the model's device): what :meth:`embed_batch`
-        normalises, and what the extraction also takes the norms of."""
+        """The unnormalised ``[f(x); f(hflip(x))]`` float32 (2B, E) of one forward (uint8 RGB NHWC on
+        the model's device): what :meth:`embed_batch` normalises and extraction takes norms of."""
         return self._forward(self._input(torch.cat([x, x.flip(2)]))).float()
 
     def _run(self, images: ImageBatches, batch_size: int, mode: str) -> np.ndarray:
@@ -239,7 +193,7 @@ class FRModel:
         out: list[np.ndarray] = []
         with torch.inference_mode():
             for batch in iter_batches(images, batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+                x = _pixels(batch, self.device)
                 if mode == "plain":
                     y = F.normalize(self._forward(self._input(x)).float(), dim=1)
                 else:
@@ -252,21 +206,14 @@ class FRModel:
         return np.concatenate(out).astype(np.float32, copy=False)
 
     def embed(self, images: ImageBatches, batch_size: int = 64, flip: bool = True) -> np.ndarray:
-        """Embeddings for comparison: ``[L2norm(f(x)), L2norm(f(hflip(x)))]``, float32 (N, 2E).
-
-        With ``flip=False``: ``L2norm(f(x))``, (N, E). Cosine similarity of two flip-concatenated
-        embeddings = dot / 2 (each has norm sqrt(2)). ``images``: uint8 RGB (N, H, W, 3) or an
-        iterable of such batches. Runs in eval mode under ``torch.inference_mode``, through
-        :meth:`embed_batch` (so it equals what extraction computes batch for batch).
-        """
+        """``[L2norm(f(x)), L2norm(f(hflip(x)))]`` float32 (N, 2E) of uint8 RGB images (an array or
+        batches), or with ``flip=False`` ``L2norm(f(x))`` (N, E); eval mode, inference_mode, through
+        :meth:`embed_batch` (so equal to extraction's, batch for batch)."""
         return self._run(images, batch_size, "flip" if flip else "plain")
 
     def embed_raw(self, images: ImageBatches, batch_size: int = 64) -> np.ndarray:
-        """Unnormalised ``f(x)`` (no flip), float32 (N, E): MagFace's quality is its L2 norm.
-
-        Computed by :meth:`embed_batch` (``raw=True``), i.e. in the same ``[x, hflip(x)]`` forward
-        as the embeddings, so it equals the norm extraction takes from the embedding pass.
-        """
+        """Unnormalised ``f(x)`` float32 (N, E) (MagFace's quality is its norm), from the same
+        ``[x, hflip(x)]`` forward as the embeddings (:meth:`embed_batch` with ``raw``)."""
         return self._run(images, batch_size, "raw")
 
 

@@ -16,12 +16,6 @@ from exfiqa.models.fr.model import FRModel, Preprocess
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OnnxFRModel", "OnnxModelError", "load_onnx_fr"]
-
-# --------------------------------------------------------------------------------------------
-# ONNX
-# --------------------------------------------------------------------------------------------
-
 
 class OnnxModelError(ValueError):
     """An ONNX FR model exfiqa cannot run; the message says why and what to do, on one line."""
@@ -30,13 +24,9 @@ class OnnxModelError(ValueError):
 class OnnxFRModel(FRModel):
     """An FR model run by onnxruntime; same ``embed`` / ``embed_batch`` interface as FRModel.
 
-    The graph's image input is its one 4-D float input that is not an initializer (weights that
-    a graph also lists as inputs keep their stored values); inputs that no node reads are pruned
-    when the graph is loaded (:func:`load_onnx_fr`); its first output is the unnormalised
-    embedding. A fixed batch dimension ``k`` in the graph is honoured by running ``k`` rows at a
-    time (the last chunk padded by repeating its last row, the padded outputs dropped); a symbolic
-    one gets the whole batch in one run. Inputs and outputs stay on the torch ``device`` (the
-    session itself runs where its providers run).
+    Input: the graph's one 4-D float input that is not an initializer; output: its first (the
+    unnormalised embedding). A fixed batch dimension ``k`` is run ``k`` rows at a time (the last
+    chunk padded with its last row, whose outputs are dropped). Tensors stay on ``device``.
     """
 
     def __init__(
@@ -52,13 +42,10 @@ class OnnxFRModel(FRModel):
         self.session = session
         inp = _onnx_image_input(session, set(initializers), where)
         self._input_name = inp.name
-        shape = list(getattr(inp, "shape", None) or [])
-        batch = shape[0] if shape else None
+        batch, _, side, _ = inp.shape  # 4-D: checked by _onnx_image_input
         self.fixed_batch: int | None = batch if isinstance(batch, int) and batch > 0 else None
-        side = shape[2] if len(shape) == 4 else None
         self._input_size = side if isinstance(side, int) else None
-        out_shape = list(getattr(session.get_outputs()[0], "shape", None) or [])
-        dim = out_shape[-1] if out_shape else None
+        dim = (getattr(session.get_outputs()[0], "shape", None) or [None])[-1]
         self._embedding_size = dim if isinstance(dim, int) else None
 
     def __repr__(self) -> str:
@@ -75,25 +62,16 @@ class OnnxFRModel(FRModel):
     def embedding_size(self) -> int | None:
         return self._embedding_size
 
-    def to(self, device: torch.device | str) -> OnnxFRModel:
-        """Where inputs are preprocessed and outputs returned; the session keeps its providers."""
-        self.device = torch.device(device)
-        return self
-
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
-        k = self.fixed_batch
+        n, k = len(rows), self.fixed_batch
         if k is None:
             y = self._run_session(rows)
-        else:
-            parts = []
-            for start in range(0, len(rows), k):
-                chunk = rows[start : start + k]
-                n = len(chunk)
-                if n < k:  # pad with copies of the last row; their outputs are dropped
-                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], k - n, axis=0)])
-                parts.append(self._run_session(chunk)[:n])
-            y = np.concatenate(parts) if parts else np.zeros((0, self._embedding_size or 0), np.float32)
+        elif n == 0:
+            y = np.zeros((0, self._embedding_size or 0), np.float32)
+        else:  # pad to a multiple of k with copies of the last row; their outputs are dropped
+            rows = np.pad(rows, [(0, -n % k)] + [(0, 0)] * (rows.ndim - 1), mode="edge")
+            y = np.concatenate([self._run_session(rows[i : i + k]) for i in range(0, n, k)])[:n]
         return torch.from_numpy(y).to(x.device)
 
     def _run_session(self, rows: np.ndarray) -> np.ndarray:
@@ -107,13 +85,8 @@ def _onnx_image_input(session: Any, initializers: set[str], where: str) -> Any:
     if callable(overridable):
         initializers = initializers | {i.name for i in overridable()}
     inputs = [i for i in session.get_inputs() if i.name not in initializers]
-
-    def is_image(i: Any) -> bool:
-        shape = getattr(i, "shape", None)
-        kind = getattr(i, "type", "tensor(float)")
-        return shape is not None and len(shape) == 4 and kind == "tensor(float)"
-
-    images = [i for i in inputs if is_image(i)]
+    images = [i for i in inputs if len(getattr(i, "shape", None) or ()) == 4
+              and getattr(i, "type", "tensor(float)") == "tensor(float)"]
     described = [f"{i.name} {getattr(i, 'type', '?')} {list(getattr(i, 'shape', None) or [])}" for i in inputs]
     if len(images) != 1:
         raise OnnxModelError(
@@ -132,10 +105,9 @@ def _onnx_image_input(session: Any, initializers: set[str], where: str) -> Any:
 
 
 def _prune_unread_inputs(path: Path) -> tuple[bytes | None, set[str], list[str]]:
-    """``(model bytes or None, initializer names, pruned inputs)``: the graph inputs that no node
-    (nor a subgraph) reads and that are not initializers are removed (onnxruntime would want them
-    fed; OpenCV Zoo's SFace declares 29 such). None: nothing pruned, load the file itself. Without
-    the ``onnx`` package nothing is pruned."""
+    """``(model bytes or None, initializer names, pruned inputs)``: graph inputs that are no
+    initializer and that no node (nor subgraph) reads are removed (OpenCV Zoo's SFace declares 29).
+    None: nothing pruned (or no ``onnx`` package), load the file itself."""
     try:
         import onnx
     except ImportError:
@@ -186,24 +158,14 @@ def load_onnx_fr(
 ) -> OnnxFRModel:
     """Load an ONNX FR model (e.g. an insightface or OpenCV Zoo release) through onnxruntime.
 
-    Args:
-        preprocess: what the model was trained on; there is no default because a wrong one
-            silently ruins the embeddings (SFace: ``Preprocess("RGB", 1.0, (0,) * 3, (1,) * 3)``,
-            RGB 0..255; insightface ArcFace: ``Preprocess("RGB")``, ``(x/255 - 0.5)/0.5``).
-        providers: onnxruntime execution providers; None = CPUExecutionProvider, or
-            CUDAExecutionProvider first when ``device`` is CUDA and onnxruntime offers it.
-        device: the torch device inputs are preprocessed on and outputs returned on
-            (None = CUDA if available, else CPU).
-
-    Graph inputs that no node reads and that are not initializers are pruned (logged). A
-    requested provider that this onnxruntime does not offer is refused (onnxruntime itself would
-    fall back to the CPU with a warning only).
+    ``preprocess`` has no default, a wrong one silently ruins the embeddings (SFace:
+    ``Preprocess("RGB", 1.0, (0,) * 3, (1,) * 3)``; insightface ArcFace: ``Preprocess("RGB")``).
+    ``providers`` None = CPU, CUDA first when ``device`` (where tensors live; None = CUDA if
+    available) is CUDA and offered; a requested provider this onnxruntime lacks is refused.
 
     Raises:
-        ImportError: onnxruntime is not installed (``pip install exfiqa[onnx]``).
-        FileNotFoundError: ``path`` does not exist.
-        OnnxModelError: the graph has no single image input (see :class:`OnnxFRModel`), is not
-            an ONNX file, or a requested provider is not available.
+        ImportError: no onnxruntime. FileNotFoundError: no ``path``.
+        OnnxModelError: not an ONNX file, no single image input, or a provider not available.
     """
     if not isinstance(preprocess, Preprocess):
         raise TypeError(f"preprocess must be an exfiqa.models.fr.Preprocess, got {type(preprocess).__name__}")
