@@ -106,13 +106,9 @@ def read_xqlfw(
 
 
 def write_xqlfw(
-    root: str | os.PathLike[str],
-    pairs_path: str | os.PathLike[str],
-    images_by_name: Mapping[str, Sequence[np.ndarray]],
-    pairs: Sequence[tuple[Any, ...]],
-    overwrite: bool = False,
-    fmt: ImageFormat = "jpeg",
-    quality: int = 95,
+    root: str | os.PathLike[str], pairs_path: str | os.PathLike[str],
+    images_by_name: Mapping[str, Sequence[np.ndarray]], pairs: Sequence[tuple[Any, ...]],
+    overwrite: bool = False, fmt: ImageFormat = "jpeg", quality: int = 95,
 ) -> None:
     """Write ``root/<name>/<name>_<nnnn>.jpg|png`` (list position p as index p + 1) and the pairs
     file (header ``1<TAB><number of pairs>``; pairs ``(name, n1, n2)`` mated or ``(name1, n1, name2,
@@ -139,10 +135,7 @@ def write_xqlfw(
 
 
 def read_adience(
-    root: str | os.PathLike[str],
-    max_nonmated: int | None = None,
-    seed: int = 0,
-    name: str = "adience",
+    root: str | os.PathLike[str], max_nonmated: int | None = None, seed: int = 0, name: str = "adience"
 ) -> Benchmark:
     """Read aligned 112x112 faces arranged as ``root/<identity>/<file>``; all-vs-all pairs.
 
@@ -183,11 +176,8 @@ def read_adience(
 
 
 def write_identity_folders(
-    root: str | os.PathLike[str],
-    images_by_identity: Mapping[str, Sequence[np.ndarray]],
-    overwrite: bool = False,
-    fmt: ImageFormat = "jpeg",
-    quality: int = 95,
+    root: str | os.PathLike[str], images_by_identity: Mapping[str, Sequence[np.ndarray]], overwrite: bool = False,
+    fmt: ImageFormat = "jpeg", quality: int = 95,
 ) -> list[Path]:
     """Write ``root/<identity>/<nnnn>.jpg|png`` (index from 0) for :func:`read_adience`; returns the
     written paths, in identity then index order."""

@@ -141,16 +141,10 @@ def read_ijbc(root: str | os.PathLike[str], name: str = "ijbc") -> Benchmark:
 
 
 def write_ijbc(
-    root: str | os.PathLike[str],
-    crops_rgb_uint8: Sequence[np.ndarray],
-    landmarks: np.ndarray,
-    template_ids: Sequence[int] | np.ndarray,
-    media_ids: Sequence[int] | np.ndarray,
-    template_pairs: Sequence[tuple[int, int]] | np.ndarray,
-    labels: Sequence[int] | np.ndarray,
-    overwrite: bool = False,
-    fmt: ImageFormat = "jpeg",
-    quality: int = 95,
+    root: str | os.PathLike[str], crops_rgb_uint8: Sequence[np.ndarray], landmarks: np.ndarray,
+    template_ids: Sequence[int] | np.ndarray, media_ids: Sequence[int] | np.ndarray,
+    template_pairs: Sequence[tuple[int, int]] | np.ndarray, labels: Sequence[int] | np.ndarray,
+    overwrite: bool = False, fmt: ImageFormat = "jpeg", quality: int = 95,
     det_scores: Sequence[float] | np.ndarray | None = None,
 ) -> None:
     """Write an IJB-C-1:1-style folder (the three meta files + ``loose_crop/<k+1>.jpg|png``).
