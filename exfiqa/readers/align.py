@@ -23,21 +23,14 @@ ARCFACE_TEMPLATE = np.array(
 
 
 def align_face(image: np.ndarray, landmarks5: np.ndarray) -> np.ndarray:
-    """Align a face to the ArcFace 112x112 template by a 5-point similarity transform.
+    """Align a face to :data:`ARCFACE_TEMPLATE`: RGB uint8 (112, 112, 3).
 
-    The least-squares similarity (rotation, isotropic scale, translation; no reflection) taking
-    ``landmarks5`` onto :data:`ARCFACE_TEMPLATE` resamples the image bilinearly (OpenCV's
-    ``warpAffine``), 0 outside the source; integer coordinates are pixel centres. OpenCV's
-    1/32-pixel sampling differs from exact bilinear resampling by at most ``1 + (dx + dy) / 60``
-    grey levels, dx, dy the largest steps between neighbouring source pixels (tests/test_align.py).
-
-    Args:
-        image: RGB uint8 (H, W, 3), any size (grayscale (H, W) is replicated to RGB).
-        landmarks5: (5, 2) (x, y) = (column, row) pixels in ``image``: left eye, right eye, nose,
-            left mouth corner, right mouth corner.
-
-    Returns:
-        RGB uint8 array of shape (112, 112, 3).
+    ``image``: RGB uint8 (H, W, 3), any size (grayscale (H, W) is replicated to RGB); ``landmarks5``:
+    (5, 2) (x, y) = (column, row) pixels in ``image`` in the template's order. The least-squares
+    similarity (rotation, isotropic scale, translation; no reflection) taking ``landmarks5`` onto the
+    template resamples the image bilinearly (OpenCV's ``warpAffine``), 0 outside the source; integer
+    coordinates are pixel centres. OpenCV's 1/32-pixel sampling differs from exact bilinear by at most
+    ``1 + (dx + dy) / 60`` grey levels, dx, dy the largest steps between neighbouring source pixels.
 
     Raises:
         ValueError: ``image`` is not uint8 (H, W, 3) or (H, W), ``landmarks5`` is not a finite

@@ -107,11 +107,10 @@ class Benchmark:
             assert self.all_pairs is not None
             if self.all_pairs.n > MATERIALISE_LIMIT:
                 raise ValueError(
-                    f"{self.name}: {self.all_pairs.n:,} all-vs-all comparisons are not materialised "
-                    f"as a table (more than MATERIALISE_LIMIT = {MATERIALISE_LIMIT:,}); "
-                    "exfiqa.study.Study evaluates them in bounded memory (Study.edc, "
-                    "Study.pauc_frame, report.frames.pauc_all), or read the benchmark with "
-                    "max_nonmated to sample the non-mated pairs"
+                    f"{self.name}: {self.all_pairs.n:,} all-vs-all comparisons are not materialised as a table "
+                    f"(more than MATERIALISE_LIMIT = {MATERIALISE_LIMIT:,}); exfiqa.study.Study evaluates them in "
+                    "bounded memory (Study.edc, Study.pauc_frame, report.frames.pauc_all), or read the benchmark "
+                    "with max_nonmated to sample the non-mated pairs"
                 )
             a, b, mated = self.all_pairs.materialise()
             self._cache["comparisons"] = pd.DataFrame({"a": a, "b": b, "mated": mated})
@@ -168,9 +167,7 @@ class Benchmark:
 
 
 def decode_image(
-    data: bytes | os.PathLike[str] | str,
-    source: str | None = None,
-    size: tuple[int, int] | None = None,
+    data: bytes | os.PathLike[str] | str, source: str | None = None, size: tuple[int, int] | None = None
 ) -> np.ndarray:
     """Decode encoded bytes or an image file to RGB uint8 (H, W, 3) with
     :func:`exfiqa.readers.images.decode_rgb8` (as ``read_face``; its size, scan and 16-bit rules).
@@ -205,10 +202,8 @@ def encode_image(image: np.ndarray, fmt: ImageFormat = "jpeg", quality: int = 95
 def check_aligned(img: np.ndarray, source: str) -> None:
     """Refuse a decoded sample that is not an aligned RGB uint8 112x112 face (naming ``source``)."""
     if img.shape != (IMAGE_SIZE, IMAGE_SIZE, 3) or img.dtype != np.uint8:
-        raise DatasetFormatError(
-            f"{source}: expected an aligned {IMAGE_SIZE}x{IMAGE_SIZE} RGB face, got "
-            f"{img.dtype} {img.shape}; align it first (e.g. exfiqa.readers.align_face)"
-        )
+        raise DatasetFormatError(f"{source}: expected an aligned {IMAGE_SIZE}x{IMAGE_SIZE} RGB face, got "
+                                 f"{img.dtype} {img.shape}; align it first (e.g. exfiqa.readers.align_face)")
 
 
 def image_suffix(fmt: ImageFormat) -> str:

@@ -243,11 +243,8 @@ def _bin_fill(array: _Array, dtype: Any, shape: Any, data: bytes) -> None:
 
 
 class _BinMachine:
-    """Evaluates a ``.bin`` pickle's opcodes with the accepted grammar (see :func:`_load_bin`).
-
-    Each opcode pushes at most one value; the machine refuses more than :data:`_MAX_MARK_DEPTH`
-    open MARKs, :data:`_MAX_STACK` values, more memo entries than values, or its memory budget.
-    """
+    """Evaluates a ``.bin`` pickle's opcodes with the grammar of :func:`_load_bin`; refuses more than
+    :data:`_MAX_MARK_DEPTH` open MARKs, :data:`_MAX_STACK` values, more memo entries than values."""
 
     def __init__(self) -> None:
         self.stack: list[Any] = []
@@ -397,14 +394,11 @@ def _as_issame(value: Any) -> np.ndarray:
 def _load_bin(path: Path) -> tuple[list[bytes], np.ndarray]:
     """The encoded images and issame labels of a ``.bin``, read without unpickling it.
 
-    Accepted: a 2-tuple ``(bins, issame_list)`` of pickle protocol 0-5. ``bins`` is a list of
-    encoded images, each bytes (Python 2 ``str`` included) or a 1-D uint8 array; ``issame_list``
-    is a list of bools (or 0/1 ints) or a 1-D bool array. The accepted calls are
-    :data:`_BIN_CALLS`; an array's BUILD state is ``(1, (n,), dtype, False, n bytes)``, a dtype's
-    ``(3, '|', None, None, None, -1, -1, 0)``. Nothing else (no object pointers, no array longer
-    than its data), images of at least :data:`MIN_BIN_IMAGE_BYTES`, repeated by the memo up to
-    :data:`_MAX_LISTED_BYTES_PER_FILE_BYTE` times the file size. Arrays become their bytes.
-    """
+    Accepted: a pickle (protocol 0-5) of ``(bins, issame_list)``: ``bins`` a list of encoded images
+    (bytes, Python 2 ``str``, or 1-D uint8 arrays) of at least :data:`MIN_BIN_IMAGE_BYTES`, listing
+    at most :data:`_MAX_LISTED_BYTES_PER_FILE_BYTE` times the file size; ``issame_list`` a list of
+    bools (or 0/1 ints) or a 1-D bool array. Calls: :data:`_BIN_CALLS`; BUILD states: see
+    :func:`_bin_build`."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -432,19 +426,15 @@ def _load_bin(path: Path) -> tuple[list[bytes], np.ndarray]:
                              f"2 images per label (pair k = images 2k, 2k+1)")
     short = next((k for k, b in enumerate(bins) if len(b) < MIN_BIN_IMAGE_BYTES), None)
     if short is not None:
-        raise BinFormatError(
-            f"{path}: bins[{short}] is {len(bins[short])} bytes; no encoded 112x112 image is "
-            f"shorter than {MIN_BIN_IMAGE_BYTES} bytes (exfiqa.readers.bin.MIN_BIN_IMAGE_BYTES)"
-        )
+        raise BinFormatError(f"{path}: bins[{short}] is {len(bins[short])} bytes; no encoded 112x112 image is "
+                             f"shorter than {MIN_BIN_IMAGE_BYTES} bytes (exfiqa.readers.bin.MIN_BIN_IMAGE_BYTES)")
     return bins, issame
 
 
 def read_bin(path: str | os.PathLike[str], name: str | None = None) -> Benchmark:
-    """Read an insightface verification ``.bin`` (never unpickled; grammar in :func:`_load_bin`).
-
-    The file holds ``(bins, issame_list)``: 2N encoded images and N booleans; pair k compares
-    images 2k and 2k+1 and is mated iff ``issame_list[k]``. ``name`` defaults to the file stem.
-    Returns a sample-level :class:`Benchmark`; images decode to RGB uint8 (112, 112, 3).
+    """Read an insightface verification ``.bin`` (never unpickled; grammar in :func:`_load_bin`):
+    2N encoded images and N booleans, pair k = images 2k, 2k+1, mated iff ``issame_list[k]``.
+    ``name`` defaults to the file stem. Images decode to RGB uint8 (112, 112, 3).
 
     Raises:
         BinFormatError: anything outside that grammar (naming the file and, for an opcode, its
@@ -454,25 +444,18 @@ def read_bin(path: str | os.PathLike[str], name: str | None = None) -> Benchmark
     bins, issame = _load_bin(p)
     n = len(bins)
     samples = pd.DataFrame({"sample_id": np.arange(n, dtype=np.int64), "path": [f"{p}#{k}" for k in range(n)]})
-    comparisons = pd.DataFrame(
-        {"a": np.arange(0, n, 2, dtype=np.int64), "b": np.arange(1, n, 2, dtype=np.int64), "mated": issame}
-    )
+    comparisons = pd.DataFrame({"a": np.arange(0, n, 2, dtype=np.int64), "b": np.arange(1, n, 2, dtype=np.int64),
+                                "mated": issame})
 
     def decode(k: int) -> np.ndarray:
         return decode_image(bins[k], source=f"{p}#{k}", size=(IMAGE_SIZE, IMAGE_SIZE))
 
-    return Benchmark(name=name if name is not None else p.stem, level="sample", samples=samples,
-                     comparisons=comparisons, _decode=decode, _files=((p.name, p),), _protocol="bin")
+    return Benchmark(p.stem if name is None else name, "sample", samples, comparisons, decode, ((p.name, p),), "bin")
 
 
-def write_bin(
-    path: str | os.PathLike[str],
-    images_rgb_uint8: Sequence[np.ndarray] | np.ndarray,
-    issame: Sequence[bool] | np.ndarray,
-    fmt: ImageFormat = "jpeg",
-    overwrite: bool = False,
-    quality: int = 95,
-) -> None:
+def write_bin(path: str | os.PathLike[str], images_rgb_uint8: Sequence[np.ndarray] | np.ndarray,
+              issame: Sequence[bool] | np.ndarray, fmt: ImageFormat = "jpeg", overwrite: bool = False,
+              quality: int = 95) -> None:
     """Write a verification ``.bin`` like insightface's: a protocol-2 pickle of ``(list of encoded
     image bytes, list of bool)``. ``images_rgb_uint8`` holds 2N RGB uint8 112x112 images, pair k is
     images 2k, 2k+1, mated iff ``issame[k]``; ``fmt`` is ``"jpeg"`` (at ``quality``) or ``"png"``.

@@ -29,6 +29,15 @@ from exfiqa.readers.images import IMAGE_EXTENSIONS, IMAGE_SIZE
 __all__ = ["read_adience", "read_xqlfw", "write_identity_folders", "write_xqlfw"]
 
 
+def _decode_aligned(path: Path) -> np.ndarray:
+    return decode_image(path, size=(IMAGE_SIZE, IMAGE_SIZE))
+
+
+def _write_images(targets: Mapping[Path, np.ndarray], fmt: ImageFormat, quality: int, overwrite: bool) -> None:
+    for target, im in targets.items():
+        write_bytes(target, encode_image(im, fmt, quality), overwrite)
+
+
 def _lfw_image_path(root: Path, name: str, index: int) -> Path:
     stem = root / name / f"{name}_{index:04d}"
     for ext in IMAGE_EXTENSIONS:
@@ -83,40 +92,23 @@ def read_xqlfw(
     keys = sorted({(n, i) for n1, i1, n2, i2 in pairs for n, i in ((n1, i1), (n2, i2))})
     index = {k: sid for sid, k in enumerate(keys)}
     paths = [_lfw_image_path(root_p, n, i) for n, i in keys]
-    samples = pd.DataFrame(
-        {
-            "sample_id": np.arange(len(keys), dtype=np.int64),
-            "path": [str(p) for p in paths],
-            "identity": [n for n, _ in keys],
-            "image_index": np.array([i for _, i in keys], dtype=np.int64),
-        }
-    )
-    comparisons = pd.DataFrame(
-        {
-            "a": np.array([index[(n1, i1)] for n1, i1, _, _ in pairs], dtype=np.int64),
-            "b": np.array([index[(n2, i2)] for _, _, n2, i2 in pairs], dtype=np.int64),
-            "mated": np.array([n1 == n2 for n1, _, n2, _ in pairs], dtype=bool),
-        }
-    )
-    return Benchmark(
-        name=name,
-        level="sample",
-        samples=samples,
-        comparisons=comparisons,
-        _decode=lambda k: decode_image(paths[k], size=(IMAGE_SIZE, IMAGE_SIZE)),
-        _files=((pairs_p.name, pairs_p), *((str(p.relative_to(root_p)), p) for p in paths)),
-        _protocol="xqlfw",
-    )
+    samples = pd.DataFrame({
+        "sample_id": np.arange(len(keys), dtype=np.int64), "path": [str(p) for p in paths],
+        "identity": [n for n, _ in keys], "image_index": np.array([i for _, i in keys], dtype=np.int64),
+    })
+    comparisons = pd.DataFrame({
+        "a": np.array([index[(n1, i1)] for n1, i1, _, _ in pairs], dtype=np.int64),
+        "b": np.array([index[(n2, i2)] for _, _, n2, i2 in pairs], dtype=np.int64),
+        "mated": np.array([n1 == n2 for n1, _, n2, _ in pairs], dtype=bool),
+    })
+    return Benchmark(name, "sample", samples, comparisons, lambda k: _decode_aligned(paths[k]),
+                     ((pairs_p.name, pairs_p), *((str(p.relative_to(root_p)), p) for p in paths)), "xqlfw")
 
 
 def write_xqlfw(
-    root: str | os.PathLike[str],
-    pairs_path: str | os.PathLike[str],
-    images_by_name: Mapping[str, Sequence[np.ndarray]],
-    pairs: Sequence[tuple[Any, ...]],
-    overwrite: bool = False,
-    fmt: ImageFormat = "jpeg",
-    quality: int = 95,
+    root: str | os.PathLike[str], pairs_path: str | os.PathLike[str],
+    images_by_name: Mapping[str, Sequence[np.ndarray]], pairs: Sequence[tuple[Any, ...]],
+    overwrite: bool = False, fmt: ImageFormat = "jpeg", quality: int = 95,
 ) -> None:
     """Write ``root/<name>/<name>_<nnnn>.jpg|png`` (list position p as index p + 1) and the pairs
     file (header ``1<TAB><number of pairs>``; pairs ``(name, n1, n2)`` mated or ``(name1, n1, name2,
@@ -134,23 +126,16 @@ def write_xqlfw(
                 raise ValueError(f"identity name {n!r} contains whitespace")
         lines.append("\t".join(str(x) for x in pair))
     suffix = image_suffix(fmt)
-    targets = {
-        root_p / n / f"{n}_{p + 1:04d}{suffix}": im
-        for n, ims in images_by_name.items()
-        for p, im in enumerate(ims)
-    }
+    targets = {root_p / n / f"{n}_{p + 1:04d}{suffix}": im
+               for n, ims in images_by_name.items() for p, im in enumerate(ims)}
     refuse_existing([*targets, pairs_p], overwrite)
-    for target, im in targets.items():
-        write_bytes(target, encode_image(im, fmt, quality), overwrite)
+    _write_images(targets, fmt, quality, overwrite)
     with atomic_write(pairs_p, overwrite=overwrite) as fh:
         fh.write("\n".join(lines) + "\n")
 
 
 def read_adience(
-    root: str | os.PathLike[str],
-    max_nonmated: int | None = None,
-    seed: int = 0,
-    name: str = "adience",
+    root: str | os.PathLike[str], max_nonmated: int | None = None, seed: int = 0, name: str = "adience"
 ) -> Benchmark:
     """Read aligned 112x112 faces arranged as ``root/<identity>/<file>``; all-vs-all pairs.
 
@@ -170,47 +155,29 @@ def read_adience(
     identities: list[str] = []
     paths: list[Path] = []
     for d in sorted(p for p in root_p.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(
-            f
-            for f in d.iterdir()
-            if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS
-        )
+        files = sorted(f for f in d.iterdir()
+                       if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS)
         identities += [d.name] * len(files)
         paths += files
     if not paths:
         raise DatasetFormatError(f"{root_p}: no images found under <identity>/ subfolders")
     codes = np.unique(np.array(identities), return_inverse=True)[1].astype(np.int64)
-    samples = pd.DataFrame(
-        {
-            "sample_id": np.arange(len(paths), dtype=np.int64),
-            "path": [str(p) for p in paths],
-            "identity": identities,
-        }
-    )
+    samples = pd.DataFrame({"sample_id": np.arange(len(paths), dtype=np.int64), "path": [str(p) for p in paths],
+                            "identity": identities})
     pairs = AllPairs.from_codes(codes)
     if max_nonmated is None:  # all pairs: implicit, evaluated without materialising them
         comparisons, all_pairs = None, pairs
     else:
         a, b, mated = pairs.materialise(max_nonmated, seed)
         comparisons, all_pairs = pd.DataFrame({"a": a, "b": b, "mated": mated}), None
-    return Benchmark(
-        name=name,
-        level="sample",
-        samples=samples,
-        comparisons=comparisons,
-        all_pairs=all_pairs,
-        _decode=lambda k: decode_image(paths[k], size=(IMAGE_SIZE, IMAGE_SIZE)),
-        _files=tuple((str(p.relative_to(root_p)), p) for p in paths),
-        _protocol=f"adience:max_nonmated={max_nonmated}:seed={seed}",
-    )
+    return Benchmark(name, "sample", samples, comparisons, lambda k: _decode_aligned(paths[k]),
+                     tuple((str(p.relative_to(root_p)), p) for p in paths),
+                     f"adience:max_nonmated={max_nonmated}:seed={seed}", all_pairs=all_pairs)
 
 
 def write_identity_folders(
-    root: str | os.PathLike[str],
-    images_by_identity: Mapping[str, Sequence[np.ndarray]],
-    overwrite: bool = False,
-    fmt: ImageFormat = "jpeg",
-    quality: int = 95,
+    root: str | os.PathLike[str], images_by_identity: Mapping[str, Sequence[np.ndarray]], overwrite: bool = False,
+    fmt: ImageFormat = "jpeg", quality: int = 95,
 ) -> list[Path]:
     """Write ``root/<identity>/<nnnn>.jpg|png`` (index from 0) for :func:`read_adience`; returns the
     written paths, in identity then index order."""
@@ -223,6 +190,5 @@ def write_identity_folders(
         for p, im in enumerate(ims):
             targets[root_p / ident / f"{p:04d}{suffix}"] = im
     refuse_existing(list(targets), overwrite)
-    for target, im in targets.items():
-        write_bytes(target, encode_image(im, fmt, quality), overwrite)
+    _write_images(targets, fmt, quality, overwrite)
     return list(targets)

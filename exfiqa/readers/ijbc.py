@@ -68,9 +68,8 @@ def _locate_bad_line(path: Path, kinds: Sequence[type]) -> None:
             try:
                 kind(value)
             except ValueError:
-                raise DatasetFormatError(
-                    f"{path}:{lineno}: field {col + 1} = {value!r} is not {kind.__name__}"
-                ) from None
+                msg = f"{path}:{lineno}: field {col + 1} = {value!r} is not {kind.__name__}"
+                raise DatasetFormatError(msg) from None
 
 
 def read_ijbc(root: str | os.PathLike[str], name: str = "ijbc") -> Benchmark:
@@ -117,25 +116,17 @@ def read_ijbc(root: str | os.PathLike[str], name: str = "ijbc") -> Benchmark:
         unknown = ~np.isin(col, known)
         if np.any(unknown):
             i = int(np.flatnonzero(unknown)[0])
-            raise DatasetFormatError(
-                f"{pair_p}:{_line_number(pair_p, i)}: template {col[i]} has no image in {tid_p}"
-            )
+            raise DatasetFormatError(f"{pair_p}:{_line_number(pair_p, i)}: template {col[i]} has no image in {tid_p}")
 
     # 469k images: plain strings (a Path object per image costs seconds and memory)
     root_s, crop_label = str(root_p), _IJBC_CROPS.as_posix()
     labels_crop = [f"{crop_label}/{n}" for n in names.astype(str).tolist()]
     paths = [f"{root_s}/{lab}" for lab in labels_crop]
-    samples = pd.DataFrame(
-        {
-            "sample_id": np.arange(len(names), dtype=np.int64),
-            "path": paths,
-            "image_name": names.astype(str),
-            "template_id": tids.astype(np.int64),
-            "media_id": mids.astype(np.int64),
-            "det_score": det.astype(np.float64),
-            **{f"{c}{j + 1}": pts[:, j, k] for j in range(5) for k, c in enumerate("xy")},
-        }
-    )
+    samples = pd.DataFrame({
+        "sample_id": np.arange(len(names), dtype=np.int64), "path": paths, "image_name": names.astype(str),
+        "template_id": tids.astype(np.int64), "media_id": mids.astype(np.int64), "det_score": det.astype(np.float64),
+        **{f"{c}{j + 1}": pts[:, j, k] for j in range(5) for k, c in enumerate("xy")},
+    })
     comparisons = pd.DataFrame(
         {"a": np.asarray(t1, dtype=np.int64), "b": np.asarray(t2, dtype=np.int64), "mated": labels == 1}
     )
@@ -145,28 +136,15 @@ def read_ijbc(root: str | os.PathLike[str], name: str = "ijbc") -> Benchmark:
         return align_face(decode_image(paths[k]), pts[k])
 
     metas = tuple((str(f.relative_to(root_p)), f) for f in (tid_p, pair_p, pts_p))
-    return Benchmark(
-        name=name,
-        level="template",
-        samples=samples,
-        comparisons=comparisons,
-        _decode=decode,
-        _files=metas + tuple(zip(labels_crop, paths, strict=True)),
-        _protocol="ijbc:arcface5pt:bilinear",
-    )
+    return Benchmark(name, "template", samples, comparisons, decode,
+                     metas + tuple(zip(labels_crop, paths, strict=True)), "ijbc:arcface5pt:bilinear")
 
 
 def write_ijbc(
-    root: str | os.PathLike[str],
-    crops_rgb_uint8: Sequence[np.ndarray],
-    landmarks: np.ndarray,
-    template_ids: Sequence[int] | np.ndarray,
-    media_ids: Sequence[int] | np.ndarray,
-    template_pairs: Sequence[tuple[int, int]] | np.ndarray,
-    labels: Sequence[int] | np.ndarray,
-    overwrite: bool = False,
-    fmt: ImageFormat = "jpeg",
-    quality: int = 95,
+    root: str | os.PathLike[str], crops_rgb_uint8: Sequence[np.ndarray], landmarks: np.ndarray,
+    template_ids: Sequence[int] | np.ndarray, media_ids: Sequence[int] | np.ndarray,
+    template_pairs: Sequence[tuple[int, int]] | np.ndarray, labels: Sequence[int] | np.ndarray,
+    overwrite: bool = False, fmt: ImageFormat = "jpeg", quality: int = 95,
     det_scores: Sequence[float] | np.ndarray | None = None,
 ) -> None:
     """Write an IJB-C-1:1-style folder (the three meta files + ``loose_crop/<k+1>.jpg|png``).
@@ -194,9 +172,7 @@ def write_ijbc(
     names = [f"{k + 1}{suffix}" for k in range(n)]
     crop_targets = [root_p / _IJBC_CROPS / nm for nm in names]
     meta = {
-        root_p / _IJBC_TID_MID: "".join(
-            f"{nm} {t} {m}\n" for nm, t, m in zip(names, tids, mids, strict=True)
-        ),
+        root_p / _IJBC_TID_MID: "".join(f"{nm} {t} {m}\n" for nm, t, m in zip(names, tids, mids, strict=True)),
         root_p / _IJBC_PAIRS: "".join(f"{a} {b} {c}\n" for (a, b), c in zip(tp, lab, strict=True)),
         root_p / _IJBC_5PTS: "".join(
             f"{nm} " + " ".join(repr(float(v)) for v in pt.ravel()) + f" {float(s)!r}\n"

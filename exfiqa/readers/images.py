@@ -27,17 +27,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "IMAGE_SIZE",
-    "MAX_IMAGE_PIXELS",
-    "MAX_JPEG_SCANS",
-    "ImageReadError",
-    "decode_rgb8",
-    "find_images",
-    "read_face",
-    "to_rgb8",
-]
+__all__ = ["IMAGE_EXTENSIONS", "IMAGE_SIZE", "MAX_IMAGE_PIXELS", "MAX_JPEG_SCANS", "ImageReadError", "decode_rgb8",
+           "find_images", "read_face", "to_rgb8"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 """Face image suffixes (lower case), in the order a reader tries them; also ``exfiqa score``'s and training's."""
@@ -80,9 +71,8 @@ def to_rgb8(im: Image.Image) -> NDArray[np.uint8]:
         ValueError: mode ``F``, or mode ``I`` outside 0..65535 (the file is not named; readers add it).
     """
     if im.mode == "F":
-        raise ValueError(
-            "32-bit float image (mode F) has no defined 8-bit range; save the face as an 8- or 16-bit image"
-        )
+        raise ValueError("32-bit float image (mode F) has no defined 8-bit range; save the face as an 8- or "
+                         "16-bit image")
     if im.mode in _SIXTEEN_BIT_GRAY:
         v = np.asarray(im)  # uint16 (either byte order) for I;16*, int32 for I
         if im.mode == "I" and v.size:
@@ -155,10 +145,7 @@ def read_face(path: str | os.PathLike[str], size: int = IMAGE_SIZE) -> NDArray[n
         raise ImageReadError(f"cannot read image {path}: {exc}") from None
     h, w = arr.shape[:2]
     if (w, h) != (size, size):
-        warnings.warn(
-            f"{path}: {w}x{h} resized to {size}x{size}; ViT-FIQA expects "
-            f"faces aligned to the ArcFace {size}x{size} template",
-            stacklevel=2,
-        )
+        warnings.warn(f"{path}: {w}x{h} resized to {size}x{size}; ViT-FIQA expects faces aligned to the ArcFace "
+                      f"{size}x{size} template", stacklevel=2)
         arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR))
     return np.ascontiguousarray(arr, dtype=np.uint8)
