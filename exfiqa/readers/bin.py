@@ -450,7 +450,8 @@ def read_bin(path: str | os.PathLike[str], name: str | None = None) -> Benchmark
     def decode(k: int) -> np.ndarray:
         return decode_image(bins[k], source=f"{p}#{k}", size=(IMAGE_SIZE, IMAGE_SIZE))
 
-    return Benchmark(p.stem if name is None else name, "sample", samples, comparisons, decode, ((p.name, p),), "bin")
+    return Benchmark(name=p.stem if name is None else name, level="sample", samples=samples, comparisons=comparisons,
+                     _decode=decode, _files=((p.name, p),), _protocol="bin")
 
 
 def write_bin(path: str | os.PathLike[str], images_rgb_uint8: Sequence[np.ndarray] | np.ndarray,

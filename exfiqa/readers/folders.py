@@ -101,8 +101,9 @@ def read_xqlfw(
         "b": np.array([index[(n2, i2)] for _, _, n2, i2 in pairs], dtype=np.int64),
         "mated": np.array([n1 == n2 for n1, _, n2, _ in pairs], dtype=bool),
     })
-    return Benchmark(name, "sample", samples, comparisons, lambda k: _decode_aligned(paths[k]),
-                     ((pairs_p.name, pairs_p), *((str(p.relative_to(root_p)), p) for p in paths)), "xqlfw")
+    files = ((pairs_p.name, pairs_p), *((str(p.relative_to(root_p)), p) for p in paths))
+    return Benchmark(name=name, level="sample", samples=samples, comparisons=comparisons,
+                     _decode=lambda k: _decode_aligned(paths[k]), _files=files, _protocol="xqlfw")
 
 
 def write_xqlfw(
@@ -170,9 +171,10 @@ def read_adience(
     else:
         a, b, mated = pairs.materialise(max_nonmated, seed)
         comparisons, all_pairs = pd.DataFrame({"a": a, "b": b, "mated": mated}), None
-    return Benchmark(name, "sample", samples, comparisons, lambda k: _decode_aligned(paths[k]),
-                     tuple((str(p.relative_to(root_p)), p) for p in paths),
-                     f"adience:max_nonmated={max_nonmated}:seed={seed}", all_pairs=all_pairs)
+    files = tuple((str(p.relative_to(root_p)), p) for p in paths)
+    return Benchmark(name=name, level="sample", samples=samples, comparisons=comparisons,
+                     _decode=lambda k: _decode_aligned(paths[k]), _files=files,
+                     _protocol=f"adience:max_nonmated={max_nonmated}:seed={seed}", all_pairs=all_pairs)
 
 
 def write_identity_folders(

@@ -136,8 +136,8 @@ def read_ijbc(root: str | os.PathLike[str], name: str = "ijbc") -> Benchmark:
         return align_face(decode_image(paths[k]), pts[k])
 
     metas = tuple((str(f.relative_to(root_p)), f) for f in (tid_p, pair_p, pts_p))
-    return Benchmark(name, "template", samples, comparisons, decode,
-                     metas + tuple(zip(labels_crop, paths, strict=True)), "ijbc:arcface5pt:bilinear")
+    return Benchmark(name=name, level="template", samples=samples, comparisons=comparisons, _decode=decode,
+                     _files=metas + tuple(zip(labels_crop, paths, strict=True)), _protocol="ijbc:arcface5pt:bilinear")
 
 
 def write_ijbc(
