@@ -550,9 +550,7 @@ def _baseline_models(baselines: Sequence[str], fr: Mapping[str, ModelSpec]) -> N
     for b in baselines:
         if _BASELINES[b] is not None and _BASELINES[b] not in fr:
             raise ConfigError(f"baselines: {b} runs on fr_models.{_BASELINES[b]}, which this config lacks")
-    for b in baselines:
-        if b not in _BASELINE_FR:
-            continue
+    for b in [b for b in baselines if b in _BASELINE_FR]:
         model = _BASELINE_FR[b]
         spec = fr[model]
         onnx = str(spec.checkpoint).lower().endswith(".onnx")
