@@ -1,13 +1,6 @@
-"""Run configuration: which datasets, FR models and quality models a paper run uses, and where.
-
-A config is a YAML file (``configs/demo.yaml``, ``configs/paper.yaml``). Paths inside the entries
-(``datasets``, ``fr_models``, ``quality_models``, ``external_methods``, ``attention_samples``) are
-resolved against ``data_root``; ``data_root``, ``cache_dir``, ``results_dir`` and ``arrays_dir``
-against the folder the command runs in. Each top-level key has one home, its :class:`Config` field.
-
-Nothing is coerced: a wrong type, an unknown key at any level or an unknown name raises a
-:class:`ConfigError` naming the file and the key path. YAML floats are read as YAML 1.2 reads them
-(``1e-3`` is a number) and a key given twice is an error.
+"""Run configuration (a YAML file): datasets, FR and quality models, settings. Entry paths are
+resolved against ``data_root``; ``data_root`` and the output folders against the working folder.
+Nothing is coerced: a wrong type or unknown key/name raises a :class:`ConfigError` naming file and key.
 """
 
 from __future__ import annotations
@@ -31,15 +24,12 @@ from exfiqa.readers import READERS as _READERS
 
 _PATH_KEYS = {"path", "root", "pairs_file", "checkpoint"}
 
-#: Built-in baselines (:data:`exfiqa.models.baselines.BASELINES`; not imported, it pulls in torch) and
-#: the FR model each runs on (None: needs no FR model).
+#: Built-in baselines (exfiqa.models.baselines, not imported: torch) -> the FR model each runs on.
 _BASELINES: dict[str, str | None] = {"magface_norm": "magface", "serfiq": "arcface", "sharpness": None}
 _BASELINE_FR = {b: fr for b, fr in _BASELINES.items() if fr is not None}  # baseline -> FR model
 
-#: Loader arguments a model entry may give besides ``checkpoint`` and ``label`` (hand-listed because
-#: exfiqa.models.fr and exfiqa.models.vitfiqa import torch; tests/test_config.py checks them).
+#: Model loader arguments, hand-listed (exfiqa.models import torch; tests/test_config.py checks them).
 _FR_ARCHS = ("iresnet", "magface", "curricularface")  # exfiqa.models.fr.Arch
-#: Keys only a torch FR checkpoint takes (exfiqa.models.fr.TORCH_ENTRY_ARGS): an ONNX graph fixes its architecture.
 _FR_TORCH_ARGS = {"arch", "layers", "widths", "embedding_size", "input_size"}
 _FR_ARGS = _FR_TORCH_ARGS | {"name", "preprocess", "providers"}
 _PREPROCESS_KEYS = ("channel_order", "scale", "mean", "std")
@@ -182,16 +172,14 @@ def default_workers() -> int:
 
 
 def max_discard_limit(convention: rules.Convention | str) -> float:
-    """The largest pAUC discard limit a convention's EDC reaches: ``recompute``'s last grid level
-    (:data:`~exfiqa.evaluation.rules.RECOMPUTE_DISCARD_FRACTIONS`, 0.95); ``fixed``: 1."""
+    """The largest pAUC discard limit of a convention's EDC: ``recompute`` 0.95, ``fixed`` 1."""
     if rules.Convention(convention) is rules.Convention.RECOMPUTE:
         return float(rules.RECOMPUTE_DISCARD_FRACTIONS[-1])
     return 1.0
 
 
 def _compat_rules(raw: dict[str, Any]) -> dict[str, str]:
-    """The EDC rules a file's ``compat`` sets (``crfiqa``: ``closest``, ``distance<``); setting either
-    to another value is an error, as is a best-curve subtraction under ``recompute``."""
+    """The EDC rules a file's ``compat`` sets; a conflicting rule, or subtract_best under recompute, raises."""
     if _subtract_best("subtract_best", raw.get("subtract_best")) != "none" and raw.get("convention", "recompute") == "recompute":
         raise ConfigError("subtract_best: a theoretical best curve is defined for convention 'fixed' only")
     name = raw.get("compat", "none")
@@ -230,8 +218,7 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class AttentionSample:
-    """One image of the attention figure: a file (``path``) or sample ``sample`` of ``dataset``
-    (the dataset's spec, so narrowing the run's datasets keeps it readable)."""
+    """One image of the attention figure: a file (``path``) or sample ``sample`` of ``dataset`` (its spec)."""
 
     kind: str  # a name from ATTENTION_SAMPLE_TYPES
     path: Path | None = None
@@ -252,8 +239,7 @@ def _setting(check: Check, *, default: Any) -> Any:
 
 @dataclass(frozen=True)
 class Config:
-    """A whole run. Notebooks narrow it with :meth:`select` and override scalars with :meth:`with_`.
-    ``device`` is as written (``auto`` included): whoever runs a model resolves it."""
+    """A whole run; notebooks narrow it with :meth:`select`, override scalars with :meth:`with_`."""
 
     run_name: str = field(metadata={"check": _run_name})  # default in a file: the file's stem
     data_root: Path
@@ -320,8 +306,7 @@ class Config:
                        quality_models=pick("quality_models", quality_models))
 
     def with_(self, **overrides: Any) -> Config:
-        """Override scalar settings (None, "" and [] are ignored), checked as :func:`load_config` does.
-        Datasets and models are narrowed with :meth:`select`, not overridden."""
+        """Override scalar settings (None, "" and [] are ignored), checked as :func:`load_config` does."""
         bad = [k for k in overrides if k not in {f.name for f in fields(self)}]
         if bad:
             raise ConfigError(f"unknown setting(s) {bad}")
@@ -332,8 +317,7 @@ class Config:
                                 if not (v is None or isinstance(v, (str, list, tuple)) and len(v) == 0)})
 
     def check_paths(self, checkpoints: bool = True) -> None:
-        """Raise a :class:`ConfigError` naming the first input path that is missing (no checkpoint
-        with ``checkpoints=False``: evaluation from the per-sample arrays)."""
+        """Raise a :class:`ConfigError` naming the first missing input path (checkpoints too if asked)."""
         hint = (" (build the demo world with `make demo`)" if self.demo
                 else " (see data/README.md for where to get it and how to lay it out)")
         for spec in self.datasets.values():
@@ -365,8 +349,7 @@ _TOP_KEYS = {f.name for f in fields(Config)} - {"support_fr_models", "source"} |
 
 
 def list_parameter(name: str, value: Any, of: Literal["names", "numbers"] = "names") -> list[Any]:
-    """A notebook's list parameter: a list, or a JSON/YAML list written as a string (papermill's
-    ``-p fr_models '["elasticface"]'``). A bare name is refused with the spelling that works."""
+    """A notebook's list parameter: a list, or a JSON/YAML list as a string (``-p fr_models '["x"]'``)."""
     example = '\'["elasticface"]\'' if of == "names" else "'[0.01, 0.001]'"
     if isinstance(value, str):
         try:
@@ -384,8 +367,7 @@ def list_parameter(name: str, value: Any, of: Literal["names", "numbers"] = "nam
 
 
 def parse_attention_samples(value: Any, cfg: Config, key: str = "parameter attention_samples") -> dict[str, AttentionSample]:
-    """A notebook's ``attention_samples`` parameter (a mapping, or YAML/JSON text) for ``cfg``:
-    paths relative to ``cfg.data_root``, datasets those the config file names."""
+    """A notebook's ``attention_samples`` parameter (a mapping, or YAML/JSON text) for ``cfg``."""
     if isinstance(value, str):
         try:
             value = yaml.load(value, Loader=_Loader)
@@ -455,8 +437,7 @@ def _resolve(base: Path, value: Any) -> Path:
 
 
 def _entries(kind: str, raw: Any, needs: str, hint: str = "") -> Iterator[tuple[str, str, Mapping[str, Any]]]:
-    """``(name, "<kind>.<name>", entry)`` of a table whose names name files and folders of the
-    per-sample layout (exfiqa.store.arrays) and whose entries need key ``needs``."""
+    """``(name, "<kind>.<name>", entry)`` of a table of file-safe names whose entries need key ``needs``."""
     for name, entry in _mapping(kind, raw).items():
         where = f"{kind}.{name}"
         if not name or "/" in name or "\\" in name or name.startswith(".") or name != name.strip() or "\0" in name:
@@ -472,8 +453,7 @@ def _label(where: str, entry: Mapping[str, Any], name: str) -> str:
 
 
 def _datasets(raw: Any, root: Path) -> dict[str, DatasetSpec]:
-    """Dataset entries: a reader ``kind`` and that reader's arguments (non-path ones integers, or
-    null where the reader's default is None)."""
+    """Dataset entries: a reader ``kind`` and its arguments (non-path ones integers, null if default None)."""
     out = {}
     for name, where, entry in _entries("datasets", raw, "kind", f" ({', '.join(_READERS)})"):
         kind = entry["kind"]
@@ -523,8 +503,7 @@ def _preprocess(where: str, value: Any) -> dict[str, Any]:
 
 _SIZES = _rule("a non-empty list of integers >= 1",
                lambda v: isinstance(v, list) and v and all(_is_int(x) and x >= 1 for x in v))
-#: The checks of a model entry's loader arguments; any other (embedding_size, input_size, num_heads,
-#: img_size) is an integer >= 1.
+#: The checks of a model entry's loader arguments; any other is an integer >= 1.
 _MODEL_ARGS: dict[str, Check] = {
     "name": _text,
     "arch": _choice(_FR_ARCHS),
@@ -537,8 +516,7 @@ _MODEL_ARGS: dict[str, Check] = {
 
 
 def _models(raw: Any, root: Path, kind: str) -> dict[str, ModelSpec]:
-    """Model entries. An FR entry whose checkpoint ends in ``.onnx`` is an ONNX model: it must state
-    its ``preprocess`` and takes no torch architecture keys; ``providers`` is for ONNX entries only."""
+    """Model entries; an ``.onnx`` FR checkpoint needs ``preprocess``, and only it takes ``providers``."""
     allowed = _FR_ARGS if kind == "fr_models" else _QUALITY_ARGS
     out = {}
     for name, where, entry in _entries(kind, raw, "checkpoint"):
@@ -562,8 +540,7 @@ def _models(raw: Any, root: Path, kind: str) -> dict[str, ModelSpec]:
     return out
 
 
-#: Baselines that read a specific torch architecture of the FR model they run on: SER-FIQ runs the
-#: ArcFace iResNet's layers with dropout, MagFace's norm is the norm of a MagFace model's output.
+#: Baselines that need a specific torch architecture of their FR model.
 _BASELINE_NEEDS = {"serfiq": "the ArcFace torch model (its dropout-layer forward; an ONNX graph has none)",
                    "magface_norm": "a MagFace torch model (the norm of any other model's output is not MagFace's quality)"}
 
@@ -573,9 +550,7 @@ def _baseline_models(baselines: Sequence[str], fr: Mapping[str, ModelSpec]) -> N
     for b in baselines:
         if _BASELINES[b] is not None and _BASELINES[b] not in fr:
             raise ConfigError(f"baselines: {b} runs on fr_models.{_BASELINES[b]}, which this config lacks")
-    for b in baselines:
-        if b not in _BASELINE_FR:
-            continue
+    for b in [b for b in baselines if b in _BASELINE_FR]:
         model = _BASELINE_FR[b]
         spec = fr[model]
         onnx = str(spec.checkpoint).lower().endswith(".onnx")
@@ -605,8 +580,7 @@ def _external(raw: Any, root: Path, datasets: Mapping[str, DatasetSpec]) -> dict
 def _attention_samples(
     key: str, raw: Any, root: Path, datasets: Mapping[str, DatasetSpec]
 ) -> dict[str, AttentionSample]:
-    """``{type: path}`` (relative to ``data_root``) or ``{type: {dataset: name, sample: id}}`` for any
-    of :data:`ATTENTION_SAMPLE_TYPES`; absent or empty: :func:`exfiqa.report.attention.attention_inputs`."""
+    """``{type: path}`` (relative to ``data_root``) or ``{type: {dataset: name, sample: id}}``."""
     entries = _mapping(key, raw, f"a mapping of sample type ({', '.join(ATTENTION_SAMPLE_TYPES)}) to an image")
     _only(key, entries, set(ATTENTION_SAMPLE_TYPES))
     out = {}
@@ -631,10 +605,7 @@ _MODULE_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z", re.ASCII)
 
 
 def _plugins(names: tuple[str, ...], src: str) -> None:
-    """Import the ``plugins`` modules in order, each announced on stderr with its file: a module that
-    registers a reader (:func:`exfiqa.readers.register_reader`) makes its ``kind`` valid here and in
-    every process that loads the config. Importing runs code, so :func:`load_config` calls this only
-    once the rest of the config that needs no registered reader is valid."""
+    """Import the ``plugins`` modules in order (e.g. to register readers), each announced on stderr."""
     for module in names:
         try:
             spec = importlib.util.find_spec(module)
@@ -655,11 +626,7 @@ def load_config(
     cwd: str | os.PathLike[str] | None = None,
     data_root: str | os.PathLike[str] | None = None,
 ) -> Config:
-    """Read and validate a run config. Errors name the file and the offending key.
-
-    ``data_root`` (if given and non-empty) replaces the file's ``data_root`` before the dataset and
-    checkpoint paths are resolved against it.
-    """
+    """Read and validate a run config; ``data_root`` (if non-empty) replaces the file's."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")

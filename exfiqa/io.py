@@ -1,9 +1,4 @@
-"""Atomic writing, file digests and safe error text: the lowest layer, with no torch.
-
-Every output is written to a temporary file in the target folder, then renamed into place (an
-existing file only with ``overwrite=True``). :class:`CheckpointError` (raised by
-:mod:`exfiqa.models.checkpoints`) lives here so that any layer can catch it.
-"""
+"""Atomic writing (a temporary file renamed into place), file digests and safe error text (no torch)."""
 
 from __future__ import annotations
 
@@ -31,9 +26,7 @@ class CheckpointError(ValueError):
 
 
 def clip(text: object, limit: int = 80) -> str:
-    """``text`` (e.g. read from a file) made safe for a one-line error message: every character
-    outside printable ASCII written as a Python escape (``\\x1b``, ``\\n``, ``\\udcff``), cut to
-    ``limit`` characters followed by ``...``."""
+    """``text`` for a one-line error message: non-printable-ASCII as Python escapes, cut to ``limit`` + ``...``."""
     s = text if isinstance(text, str) else str(text)
     head = s[: limit + 1]
     out = head.encode("ascii", "backslashreplace").decode("ascii")
@@ -45,8 +38,8 @@ def clip(text: object, limit: int = 80) -> str:
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; on success rename it onto ``target``
-    (:class:`FileExistsError` before any work if ``target`` exists and ``overwrite`` is False)."""
+    """Yield a temporary path next to ``target``, renamed onto it on success (:class:`FileExistsError`
+    first if ``target`` exists and not ``overwrite``)."""
     target = Path(target)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass overwrite=True (CLI: --overwrite) to replace it")

@@ -1,10 +1,5 @@
-"""Locks, owned temporary files and disk space for the processes that write large files.
-
-All locks are POSIX ``flock`` s (NFS clients emulate them with byte-range locks) and go with their
-holder however it ends. A lock file holds its holder's pid, host and start time and is never
-removed (that races with a newcomer); an owned temporary file is locked by its writer until renamed
-or removed, so the files nobody holds are those of killed runs. Blocks are reserved before a file
-is memory-mapped: a mapped page the disk has no room for is a SIGBUS, not a message.
+"""Locks (POSIX ``flock``, released however the holder ends), owned temporary files (locked by their
+writer, so unlocked ones are killed runs') and disk space reserved before a file is memory-mapped.
 """
 
 from __future__ import annotations
@@ -35,8 +30,7 @@ def _human(n: float) -> str:
 
 @contextlib.contextmanager
 def run_lock(path: str | os.PathLike[str], what: str, log: Callable[[str], Any] | None = None) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if absent) for the block, waiting while another
-    process holds it; ``log`` is told once whom it waits for (``what``: the work)."""
+    """Hold an exclusive lock on ``path`` for the block, waiting (``log`` told whom for) while another holds it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -76,8 +70,7 @@ def discard_owned(fd: int, path: str | os.PathLike[str]) -> None:
 
 
 def create_owned(path: str | os.PathLike[str]) -> int:
-    """Create ``path`` (which must not exist, unless left by a dead run) and return an open
-    descriptor holding its lock: the file is this process's until that descriptor is closed."""
+    """Create ``path`` (absent, or a dead run's) and return a descriptor holding its lock."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
@@ -94,8 +87,7 @@ def create_owned(path: str | os.PathLike[str]) -> int:
 
 
 def remove_dead_temps(folder: str | os.PathLike[str], pattern: str) -> list[Path]:
-    """Remove the files matching ``pattern`` under ``folder`` (recursively) that no process holds
-    (:func:`create_owned`'s of killed runs); return them."""
+    """Remove and return the files matching ``pattern`` under ``folder`` (recursively) that no process holds."""
     root = Path(folder)
     if not root.is_dir():
         return []
@@ -121,8 +113,7 @@ def _remove_if_dead(path: Path) -> bool:
 
 
 def reserve(fd: int, size: int, path: str | os.PathLike[str]) -> None:
-    """Allocate the first ``size`` bytes of the open file ``fd`` (``path``, for the message);
-    :class:`NoSpaceError` if the file system has no room for them."""
+    """Allocate the first ``size`` bytes of ``fd`` (``path``); :class:`NoSpaceError` if there is no room."""
     try:
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:

@@ -1,10 +1,5 @@
-"""``make paper``: execute the four section notebooks with papermill and build an index page.
-
-A run (``results/<run_name>/``) holds ``notebooks/`` (executed ``.ipynb`` + ``.html``), ``figures/``,
-``tables/``, ``index.html``, ``run_card.json`` and ``run.json`` (each notebook's key and time). The
-notebooks get only ``config`` and ``out_dir``; one that ran with another run card is an error. A
-notebook whose key (:func:`notebook_key`) is unchanged since its last successful run is not executed
-again; its record is removed while it runs, so a killed run is redone.
+"""``make paper``: execute the four notebooks with papermill into ``results/<run_name>/`` and index them.
+A notebook whose key (:func:`notebook_key`) is unchanged since its last successful run is not rerun.
 """
 
 from __future__ import annotations
@@ -83,8 +78,7 @@ def _to_html(executed: Path, target: Path) -> None:
 
 
 def cell_labels(cells: Sequence[Any]) -> dict[int, str]:
-    """Cell index -> what the terminal calls a code cell: its first comment line, else the
-    heading of the markdown cell above it (``parameters`` for the tagged cells)."""
+    """Cell index -> a code cell's label: its first comment line, else the markdown heading above it."""
     labels, heading = {}, ""
     for i, cell in enumerate(cells):
         source = "".join(cell.get("source", ""))
@@ -107,8 +101,7 @@ def cell_labels(cells: Sequence[Any]) -> dict[int, str]:
 
 
 class _Progress:
-    """Logs each code cell of a running notebook as it starts: ``cell 3/12 (label) ...``
-    (nbclient's ``on_notebook_start`` and ``on_cell_start`` hooks, which papermill passes on)."""
+    """Logs each code cell of a running notebook as it starts (nbclient's hooks): ``cell 3/12 (label) ...``"""
 
     def __init__(self, name: str, log: Callable[[str], Any]) -> None:
         self.name, self.log = name, log
@@ -124,8 +117,7 @@ class _Progress:
 
 
 def portable(path: Path, cwd: Path | None = None) -> str:
-    """``path`` relative to the working folder (so no absolute path lands in the executed notebooks);
-    absolute only where the two share no folder but ``/`` (:func:`relativise` then labels it)."""
+    """``path`` relative to the working folder, absolute only where the two share no folder but ``/``."""
     here = Path(cwd or Path.cwd()).resolve()
     target = Path(path).resolve()
     if Path(os.path.commonpath([here, target])) == Path(here.anchor):
@@ -134,8 +126,7 @@ def portable(path: Path, cwd: Path | None = None) -> str:
 
 
 def relativise(executed: Path, places: dict[Path, str]) -> None:
-    """Rewrite ``executed`` so that it names none of ``places`` (folder -> label, e.g.
-    ``<results folder>``) by its absolute path."""
+    """Rewrite ``executed`` naming each of ``places`` (folder -> label) by its label, not its path."""
     text = executed.read_text()
     names = {str(p): label for place, label in places.items() for p in (Path(place), Path(place).resolve())}
     for name in sorted(names, key=len, reverse=True):  # the deepest first: results/demo before the repository
@@ -158,8 +149,7 @@ def _execute(staged: Path, executed: Path, parameters: dict[str, Any], progress:
 
 
 def notebook_key(card: RunCard, config_path: Path, notebook: Path, extra: Sequence[Path] = ()) -> str:
-    """The "inputs unchanged" key of one notebook: the run card's key (protocol, device, code and
-    input digests), the config file's bytes, the notebook's source and ``extra`` files (the demo manifest)."""
+    """The "inputs unchanged" key of one notebook: the run card's key and the config, notebook and ``extra`` bytes."""
     files = hashlib.sha256()
     for p in sorted([config_path, notebook, *extra]):
         files.update(str(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p).encode())
@@ -168,8 +158,7 @@ def notebook_key(card: RunCard, config_path: Path, notebook: Path, extra: Sequen
 
 
 def _extractable(cfg: Config, log) -> bool:
-    """Whether ``make paper`` can run extraction (its checkpoints are there); without them but with a
-    folder of arrays per dataset, extraction is skipped with a note."""
+    """Whether the checkpoints are there to extract; without them, arrays of every dataset skip it."""
     try:
         cfg.check_paths()
     except ConfigError as exc:
@@ -259,10 +248,8 @@ def run_paper(
 
 # ------------------------------------------------------------------------------ the index page
 
-#: The index page's order and captions: (section, [(kind, stem pattern, caption)]), results first in
-#: the poster's order, then every other figure and table by notebook. ``{q}`` in a pattern matches a
-#: quality model's name, ``{fr}`` an FR model's; in a caption they read as the config's labels. A
-#: figure or table the notebooks write that no entry names is listed last, under its file name.
+#: The index page: (section, [(kind, stem pattern, caption)]); ``{q}``/``{fr}`` match a quality/FR
+#: model's name (in a caption: its label). Files no entry names are listed last.
 PAGE: tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...] = (
     ("Results (the poster's order)", (
         ("table", "paper_findings",
@@ -315,8 +302,7 @@ PAGE: tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...] = (
 
 
 def _expand(pattern: str, cfg: Config) -> Iterator[tuple[str, dict[str, str]]]:
-    """The stems ``pattern`` names, in the config's order, each with what its ``{q}`` / ``{fr}``
-    read as in a caption (the config's labels)."""
+    """The stems ``pattern`` names, in the config's order, each with the labels of its ``{q}``/``{fr}``."""
     tables = {"q": cfg.quality_models, "fr": cfg.fr_models}
     keys = [k for k in tables if "{" + k + "}" in pattern]
     for combo in itertools.product(*(list(tables[k]) for k in keys)):
@@ -328,8 +314,7 @@ _MATH = ((r"$^\dagger$", "\N{DAGGER}"), (r"$\Delta$", "\N{GREEK CAPITAL LETTER D
 
 
 def tex_to_html(tex: str) -> str:
-    """A header or cell of a LaTeX table as HTML: ``$10^{-3}$`` as 10<sup>-3</sup>, Greek letters and
-    daggers as characters, the rest unescaped from LaTeX and escaped for HTML."""
+    """A header or cell of a LaTeX table as HTML (``$10^{-3}$`` as 10<sup>-3</sup>, symbols as characters)."""
     for math, char in _MATH:
         tex = tex.replace(math, char)
     parts = re.split(r"\$10\^\{(-?\d+)\}\$", tex)  # text, exponent, text, ...
@@ -337,8 +322,7 @@ def tex_to_html(tex: str) -> str:
 
 
 def table_html(frame: pd.DataFrame, rows: int = 60) -> str:
-    """The first ``rows`` rows of a table's CSV, formatted as its LaTeX file (headers, decimals,
-    labels); constant protocol columns are left out of a table with a ``scale`` column."""
+    """The first ``rows`` rows of a table's CSV formatted as its LaTeX file, without constant protocol columns."""
     protocol = "scale" in frame.columns
     if protocol:
         frame = frame.drop(columns=[c for c in PROTOCOL_COLUMNS if c in frame.columns and frame[c].nunique(dropna=False) <= 1])
@@ -364,9 +348,7 @@ def _item(out: Path, kind: str, stem: str, caption: str) -> dict[str, Any]:
 
 
 def index_sections(out: Path, cfg: Config) -> list[dict[str, Any]]:
-    """The index page's sections (:data:`PAGE`) with what ``out`` holds, each ``{"title", "items", "id"}``;
-    an item is ``{"kind", "stem", "caption", ...}`` (a table adds its rendered head, row count, LaTeX
-    caption and whether a ``.tex`` exists). Files no entry names form a last section."""
+    """The index page's sections (:data:`PAGE`) with what ``out`` holds, each ``{"title", "items", "id"}``."""
     left = {("figure", p.stem) for p in (out / "figures").glob("*.png")} | {
         ("table", p.stem) for p in (out / "tables").glob("*.csv")}
     sections = []
@@ -385,8 +367,7 @@ def index_sections(out: Path, cfg: Config) -> list[dict[str, Any]]:
 
 
 def build_index(out: Path, cfg: Config) -> Path:
-    """Write ``out/index.html`` (``report/templates/index.html.j2``): the sections of :func:`index_sections`,
-    the notebooks and the run card (``out/run_card.json``, the file the notebooks wrote)."""
+    """Write ``out/index.html``: the sections of :func:`index_sections`, the notebooks and the run card."""
     card = RunCard.from_json((out / CARD).read_text()) if (out / CARD).is_file() else run_card(cfg)
     state = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
     env = jinja2.Environment(loader=jinja2.PackageLoader("exfiqa.report"), autoescape=True, keep_trailing_newline=True)

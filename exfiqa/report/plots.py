@@ -1,9 +1,5 @@
-"""One figure style for every notebook; figures saved as PDF + PNG, byte-identical across runs.
-
-Every figure is one IEEE column (:data:`COLUMN_IN`) or two (:data:`TEXT_IN`) wide, saved at that size,
-with no text under :data:`MIN_FONT_PT`. Colours: exits on a light-to-dark blue ramp, EX-FIQA-F red,
-EX-FIQA-FW green, datasets from :data:`DATASET_COLOURS`, other methods and quality models grey.
-Titles are drawn only while :func:`set_style`'s ``titles`` is on.
+"""One figure style for every notebook; figures one or two IEEE columns wide, saved as PDF + PNG,
+byte-identical across runs, with no text under :data:`MIN_FONT_PT`.
 """
 
 from __future__ import annotations
@@ -138,12 +134,8 @@ def edc_grid(
     depth: int = 12,
     limit: float | None = None,
 ) -> Figure:
-    """The poster's EDC grid: rows = datasets, columns = FMR targets, one line per method, two columns wide.
-
-    ``edc``: tidy ``method, dataset, fmr, discard_fraction, fnmr`` (one FR model); with a ``resolved``
-    column, unresolved points are hollow and their panel gets a dagger. Exits are dashed, fusions
-    solid. ``limit``: the pAUC's discard limit, a dotted vertical line.
-    """
+    """The poster's EDC grid (rows: datasets, columns: FMR targets) of tidy ``edc`` (``method, dataset,
+    fmr, discard_fraction, fnmr``, optional ``resolved``); ``limit``: a dotted vertical line."""
     set_style()
     datasets = list(datasets or edc["dataset"].unique())
     fmr_targets = list(fmr_targets or sorted(edc["fmr"].unique(), reverse=True))
@@ -233,11 +225,9 @@ def attention_figure(
 ) -> Figure:
     """The poster's attention figure: the sample types (+ dataset mean) against the exits.
 
-    ``maps[name]``: (depth, g, g), each map summing to 1, upsampled bilinearly to 112x112;
-    ``images[name]``: the RGB uint8 face (None for a dataset mean). ``layout``: ``"exits-as-columns"``
-    (two columns wide) or ``"exits-as-rows"`` (the poster's, one column wide). ``scale="shared"``: one
-    colour scale in multiples of the uniform weight 1/g^2; ``"per-panel"``: each panel min-max scaled.
-    A panel with normalised entropy >= ``LOW_CONTRAST_ENTROPY`` is greyed out and labelled "flat".
+    ``maps[name]``: (depth, g, g), each map summing to 1; ``images[name]``: the RGB uint8 face (None
+    for a dataset mean). ``scale="shared"``: one colour scale in multiples of 1/g^2; ``"per-panel"``:
+    min-max per panel. Panels with normalised entropy >= ``LOW_CONTRAST_ENTROPY`` are greyed out.
     """
     if scale not in ("shared", "per-panel"):
         raise ValueError(f"parameter scale must be 'shared' or 'per-panel', got {scale!r}")
@@ -297,14 +287,8 @@ def pauc_vs_gflops(
     frame: pd.DataFrame, fused: pd.DataFrame | None = None, title: str = "", scale: float = 1.0,
     callout_exit: int | None = 7, quality_label: str = "", datasets: Sequence[str] | None = None,
 ) -> Figure:
-    """The poster's pAUC-vs-cost panel, one column wide: pAUC against GFLOPs, one line per dataset,
-    the fused score (``fused``, same columns) as a star.
-
-    ``frame``: ``dataset, gflops, pauc`` (pAUC already times ``scale``); with an ``exit`` column the
-    exits label a top axis and ``callout_exit`` gets the call-out ``Exit 7 (C): 41% FLOP reduction``
-    (1 - its GFLOPs / the last exit's; ``quality_label`` is the ``(C)``). Unresolved pAUCs (a
-    ``resolved`` column) are hollow.
-    """
+    """The poster's pAUC-vs-GFLOPs panel: one line per dataset of ``frame`` (``dataset, gflops, pauc``
+    times ``scale``, optional ``exit``, ``resolved``), ``fused`` as a star, ``callout_exit``'s FLOP saving."""
     set_style()
     fig, axes = _figure(COLUMN_IN, 3.3)
     ax = axes[0, 0]

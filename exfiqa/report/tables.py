@@ -1,9 +1,5 @@
 """Tables as CSV (full precision) + LaTeX (booktabs, fixed decimals), written atomically and byte-identically.
-
-Every pAUC table carries its protocol (``convention, limit, fmr, scale``): the CSV as columns, the
-LaTeX file in its caption. pAUC values are the raw area times ``scale`` (the config's ``pauc_scale``).
-Unresolved FMR targets are flagged in a ``resolved`` column (tidy tables) or in ``resolved`` and
-``unresolved_in`` (wide tables, :func:`flag_unresolved`); the LaTeX file daggers those cells.
+A pAUC table carries its protocol (CSV columns, LaTeX caption); unresolved cells are daggered in LaTeX.
 """
 
 from __future__ import annotations
@@ -64,9 +60,8 @@ RESOLVED_VALUE_COLUMNS = ("pauc", "this_run", "mean_pauc", "delta_pauc")
 
 
 def flag_unresolved(wide: pd.DataFrame, resolved: pd.DataFrame) -> pd.DataFrame:
-    """``wide`` with the columns ``resolved`` (every flagged cell of the row resolved) and
-    ``unresolved_in`` (the columns whose cell is not, ``"; "``-separated). ``resolved``: booleans with
-    ``wide``'s index and a subset of its columns (missing cells count as resolved)."""
+    """``wide`` plus ``resolved`` (the row's cells all resolved) and ``unresolved_in`` (``"; "``-joined
+    columns not), from booleans ``resolved`` on ``wide``'s index (missing cells: resolved)."""
     flags = resolved.reindex(index=wide.index).fillna(True).astype(bool)
     out = wide.copy()
     out["resolved"] = flags.all(axis=1).to_numpy()
@@ -381,14 +376,9 @@ def save_table(
 ) -> list[Path]:
     """Write ``name.csv`` (full precision) and ``name.tex`` (booktabs, caption) atomically; returns both paths.
 
-    ``protocol`` (:func:`protocol`): added as CSV columns where missing and stated in the caption;
-    constant protocol columns and the unresolved flags (daggers + :data:`UNRESOLVED_NOTE`) are left
-    out of the LaTeX body. The LaTeX is a ``table`` when it fits :data:`COLUMN_WIDTH`, else a
-    ``table*``; long text columns wrap and a table still too wide is stacked in column blocks.
-    ``decimals``: one number for every float column, or per column (else :func:`column_decimals`).
-    ``tex_drop``: columns (with ``transpose``, also rows) left out of the LaTeX file. ``transpose``:
-    rows as columns in the LaTeX file. Over :data:`MAX_FLOAT_LINES` lines the ``.tex`` typesets
-    nothing (its caption sits in an ``\\iffalse`` block).
+    ``protocol``: added as CSV columns where missing, stated in the caption. ``decimals``: for every
+    float column or per column (else :func:`column_decimals`). ``tex_drop``: columns (with
+    ``transpose``, also rows) left out of the LaTeX; over :data:`MAX_FLOAT_LINES` lines it typesets nothing.
     """
     out = Path(out_dir)
     if protocol:

@@ -1,7 +1,4 @@
-"""The run description extraction and evaluation share: a config's benchmarks (each opened
-once), input digests, per-sample layout and, per array, what its values depend on
-(:meth:`Run.array_inputs`). It loads no model (no torch).
-"""
+"""What extraction and evaluation share: a config's benchmarks, input digests, array keys (no torch)."""
 
 from __future__ import annotations
 
@@ -34,11 +31,7 @@ FAMILY_OPTIONS = {"attn": {"attn_tokens": "all"}, "vitnt": {"vitnt_blocks": "all
 
 @dataclass
 class Run:
-    """A config's inputs, models (as config entries) and per-sample array keys; opened lazily.
-
-    ``persistent_digests=False`` keeps input digests in memory (the extraction's other ranks);
-    ``progress``: the hashing bars. Nothing is checked or read on construction.
-    """
+    """A config's inputs, models and array keys, opened lazily (``persistent_digests=False``: in memory)."""
 
     config: Config
     progress: bool = True
@@ -67,14 +60,12 @@ class Run:
         return table[name]
 
     def has_checkpoint(self, kind: str, name: str) -> bool:
-        """Whether the checkpoint of ``<kind>.<name>`` (``quality_models``/``fr_models``) is on disk
-        (evaluation does not need it; running the model, e.g. for attention maps, does)."""
+        """Whether the checkpoint of ``<kind>.<name>`` is on disk."""
         spec = (self.config.support_fr_models.get(name) if kind == "fr_models" else None) or self.spec(kind, name)
         return bool(spec.checkpoint.is_file())
 
     def variant_label(self, quality: str) -> str | None:
-        """``"T"``/``"C"`` of quality model ``quality`` from its config label or name (``T``/``C``,
-        or ending in ``(T)``/``(C)``), None when they do not say (no checkpoint is read)."""
+        """``"T"``/``"C"`` from the label or name of quality model ``quality`` (or ``(T)``/``(C)`` at its end), else None."""
         spec = self.spec("quality_models", quality)
         for text in (str(spec.label).strip(), str(spec.name).strip()):
             if text in ("T", "C"):
@@ -90,14 +81,8 @@ class Run:
         return wanted_arrays(self.config, self.benchmark(dataset).level)
 
     def array_inputs(self, dataset: str, kind: str, name: str, evaluation: bool = False) -> dict[str, Any]:
-        """What the ``kind`` array of model or method ``name`` on ``dataset`` depends on, code aside,
-        as it reads back from JSON: ``data`` (the benchmark's fingerprint), ``reader`` (a registered
-        reader's source digest), ``args``, ``precision``, ``onnxruntime``, ``checkpoint`` (its
-        SHA-256), SER-FIQ's ``seed`` and the family arrays' ``method``.
-
-        ``evaluation=True`` (compared with a manifest): without ``data`` (no image is read) and
-        without ``checkpoint`` where the checkpoint file is absent.
-        """
+        """What the ``kind`` array of ``name`` on ``dataset`` depends on, code aside, as JSON reads it back;
+        ``evaluation=True``: without ``data`` and, where the file is absent, ``checkpoint``."""
         key: dict[str, Any] = {} if evaluation else {"data": self.benchmark(dataset).fingerprint(self.digests)}
         reader = reader_source(self.config.datasets[dataset].kind)
         if reader is not None:
@@ -124,8 +109,7 @@ class Run:
         return dict(jsonable(key))
 
     def missing(self, dataset: str, kind: str, name: str, reason: str) -> ArrayError:
-        """The error for an array the evaluation cannot use (``reason``: ``"missing"`` or why it is
-        not this run's): the file, what the layout holds instead and the command that makes it."""
+        """The error for an array the evaluation cannot use (``reason``: ``"missing"`` or why not)."""
         if reason == "missing":
             reason = f"missing: {missing_array_hint(self.arrays.root, dataset, kind, name)}"
         src = self.config.source or "<config>"
@@ -136,9 +120,7 @@ class Run:
         )
 
     def produced_width(self, dataset: str, quality: str) -> tuple[int, str] | None:
-        """Columns of quality model ``quality``'s exits/attn arrays on ``dataset`` that exfiqa's
-        extraction wrote (the model's depth, from a manifest), and which; None when neither is
-        exfiqa's (no array is read; no checkpoint either)."""
+        """The width of ``quality``'s exits/attn array that exfiqa extracted (from its manifest) and which, else None."""
         for kind in ("exits", "attn"):
             npy = self.arrays.path(dataset, kind, quality)
             m = self.arrays.manifest_of(npy)
@@ -151,11 +133,7 @@ class Run:
 
 
 def input_files(cfg: Config, benchmarks: Mapping[str, Benchmark] | None = None) -> list[Path]:
-    """Every file a run of ``cfg`` reads (absolute paths, sorted, without repeats): checkpoints
-    (baselines' FR models included), every benchmark's files (an attention sample's included), the
-    external methods' CSVs, attention images and arrays an external producer placed in the layout.
-    ``benchmarks``: already opened benchmarks by dataset name, not read again.
-    """
+    """Every file a run of ``cfg`` reads (absolute, sorted, unique); ``benchmarks``: already opened ones."""
     cfg.check_paths()
     opened = dict(benchmarks or {})
     specs = cfg.datasets | {s.dataset.name: s.dataset for s in cfg.attention_samples.values()
@@ -174,8 +152,7 @@ def input_files(cfg: Config, benchmarks: Mapping[str, Benchmark] | None = None) 
 def input_digests(
     cfg: Config, benchmarks: Mapping[str, Benchmark] | None = None, progress: bool = True,
 ) -> dict[str, str]:
-    """``{absolute path: SHA-256}`` of every file a run of ``cfg`` reads (:func:`input_files`),
-    through the run's persistent digest index (a rerun on an unchanged tree only stats the files)."""
+    """``{absolute path: SHA-256}`` of :func:`input_files`, through the persistent digest index."""
     files = input_files(cfg, benchmarks)
     index = DigestIndex(Path(cfg.cache_dir) / INDEX_NAME, progress=progress)
     return dict(zip(map(str, files), index.digests(files, desc="hashing inputs"), strict=True))

@@ -1,9 +1,5 @@
-"""The run card: what one run of the study runs with (settings, code version, input digests).
-
-Every notebook's first cell prints it (:meth:`RunCard.markdown`), ``make paper`` writes it to
-``results/<run>/run_card.json`` and ``index.html`` renders that file (:meth:`RunCard.html`);
-``make paper``'s "inputs unchanged" key is :meth:`RunCard.key`.
-"""
+"""The run card: what one run of the study runs with (settings, code version, input digests);
+``make paper`` writes it to ``results/<run>/run_card.json`` and keys reruns on :meth:`RunCard.key`."""
 
 from __future__ import annotations
 
@@ -56,9 +52,7 @@ def git_describe(where: Path = PACKAGE) -> str:
 
 @dataclass(frozen=True)
 class RunCard:
-    """What a run runs with. A field named like a :class:`~exfiqa.config.Config` field holds its
-    value (a table: its entry names), except those :func:`run_card` describes in words.
-    ``inputs``: each input -> SHA-256 (:func:`input_summary`, :func:`evaluation_inputs`)."""
+    """What a run runs with: Config fields by name (a table: its entry names), others in words."""
 
     run_name: str
     config: str
@@ -158,9 +152,7 @@ class RunCard:
 
 
 def shown_path(path: str | os.PathLike[str], cfg: Config | None = None) -> str:
-    """``path`` without the machine's absolute paths: relative to the repository, else
-    ``<data_root>/...``, ``<results_dir>/...``, ``<cache_dir>/...``, ``<config folder>/...``,
-    else ``<elsewhere>/<name>``."""
+    """``path`` relative to the repository, else ``<data_root>/...`` (and the like), else ``<elsewhere>/<name>``."""
     p = _abs(path)
     bases = [(REPO, "")]
     if cfg is not None:
@@ -193,9 +185,8 @@ def _abs(path: str | os.PathLike[str]) -> Path:
 
 
 def input_summary(cfg: Config, digests: Mapping[str, str]) -> dict[str, str]:
-    """Per-file digests (``{path: sha256}``) grouped by the config entry that reads them:
-    ``{"datasets.ijbc (n files)": sha256 over relative paths and digests, ...}``; a single-file
-    input keeps its own digest; files no entry claims form ``other inputs``."""
+    """Per-file digests (``{path: sha256}``) grouped by the config entry that reads them (a
+    single-file input keeps its digest; unclaimed files form ``other inputs``)."""
     groups = _input_groups(cfg)
     members: dict[str, list[tuple[Path, str]]] = {label: [] for label, _ in [*groups, ("other inputs", [])]}
     # a group's path -> the first group naming it
@@ -232,9 +223,7 @@ def _model_of(kind: str, name: str) -> str:
 def evaluation_inputs(cfg: Config, benchmarks: Mapping[str, Benchmark] | None = None,
                       progress: bool = True) -> dict[str, str]:
     """The inputs the notebooks read, label -> SHA-256, without reading an image or a checkpoint:
-    each benchmark's non-image files (``protocol``) and sample list (``samples``), each array of the
-    run there is (``arrays.<d>/<kind>-<name>``), the image and checkpoint digests the manifests
-    cite (joined by ``+``), the external methods' CSVs and the attention images given as paths."""
+    protocol files, sample lists, arrays (and the digests their manifests cite), CSVs, images."""
     index = DigestIndex(Path(cfg.cache_dir) / INDEX_NAME, progress=progress)
     root = arrays_root(cfg)
     out: dict[str, str] = {}
@@ -276,8 +265,7 @@ def evaluation_inputs(cfg: Config, benchmarks: Mapping[str, Benchmark] | None = 
 
 def run_card(cfg: Config, inputs: Mapping[str, str] | None = None, *, benchmarks: Mapping[str, Benchmark] | None = None,
              progress: bool = True) -> RunCard:
-    """The card of ``cfg``. ``inputs``: per-file digests (``{path: sha256}``), grouped by
-    :func:`input_summary`; by default :func:`evaluation_inputs`."""
+    """The card of ``cfg``; ``inputs`` (``{path: sha256}``) by default :func:`evaluation_inputs`."""
     where = shown_path(cfg.data_root, cfg)
     described: dict[str, Any] = {
         "config": shown_path(cfg.source, cfg) if cfg.source else "(in memory)",  # no absolute path of the machine
