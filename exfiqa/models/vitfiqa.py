@@ -151,8 +151,7 @@ class ViTFIQA(VisionTransformer):
         return len(self.blocks)
 
     def tokens(self, x: torch.Tensor, mask_ratio: float = 0.0) -> torch.Tensor:
-        """Input of block 1: patch embedding (+ quality token) + position embedding. ``mask_ratio``
-        > 0 replaces that fraction of patch tokens by ``mask_token`` (training only)."""
+        """Input of block 1 (patch embedding, quality token, position); ``mask_ratio``: training masking."""
         x = self.patch_embed(x)
         if mask_ratio > 0:
             b, n, _ = x.shape
@@ -351,8 +350,7 @@ def qk_from_qkv(attn: Attention, qkv: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 def attn_fiqa_from_qk(q: torch.Tensor, k: torch.Tensor, scale: float, start: int = 0) -> torch.Tensor:
-    """ATTN-FIQA (B,) float32: mean over heads, queries and keys ``start:`` of ``scale * q_i . k_j``,
-    computed as ``(mean_i q_i) . (mean_j k_j)`` per head (never forms (N, N))."""
+    """ATTN-FIQA (B,) float32: mean over heads, queries, keys ``start:`` of ``scale * q_i . k_j`` (no (N, N))."""
     q_mean = q[:, :, start:].mean(dim=2, dtype=torch.float32)
     k_mean = k[:, :, start:].mean(dim=2, dtype=torch.float32)
     return (q_mean * k_mean).sum(dim=-1).mean(dim=-1) * scale
@@ -548,8 +546,7 @@ def save_vitfiqa(model: ViTFIQA, path: str | os.PathLike[str], overwrite: bool =
 
 
 def to_tensor(batch: NDArray[np.uint8] | Sequence[NDArray[np.uint8]]) -> torch.Tensor:
-    """uint8 RGB (B, H, W, 3) -> float32 (B, 3, H, W) in [-1, 1]: ``(x/255 - 0.5)/0.5``, the input
-    ViT-FIQA expects (the faces of :mod:`exfiqa.readers`)."""
+    """uint8 RGB (B, H, W, 3) array -> ViT-FIQA's input float32 (B, 3, H, W) ``(x/255 - 0.5)/0.5``."""
     arr = np.asarray(batch)
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         raise ValueError(f"expected uint8 RGB images (B, H, W, 3), got {arr.dtype} {arr.shape}")
