@@ -12,8 +12,7 @@ from exfiqa.models.vitfiqa import ViTFIQA, load_vitfiqa
 
 
 def run_device(config: Config) -> torch.device:
-    """The config's ``device`` resolved (``auto``: CUDA when torch sees a GPU, else the CPU); a
-    CUDA device on a machine without one is a :class:`ConfigError` naming the key."""
+    """The config's ``device`` resolved (``auto``: CUDA if torch sees a GPU, else CPU); ConfigError if unusable."""
     try:
         return resolve_device(config.device)
     except ValueError as exc:
@@ -39,8 +38,7 @@ class Models:
         return self._quality[name]
 
     def fr_model(self, name: str) -> FRModel:
-        """The FR model of entry ``fr_models.<name>`` (or of an FR model a baseline runs on): a
-        torch checkpoint or an ONNX graph (:func:`exfiqa.models.fr.load_fr_entry`)."""
+        """The FR model (torch or ONNX) of entry ``fr_models.<name>`` or of one a baseline runs on."""
         if name not in self._fr:
             spec = self.config.fr_models.get(name) or self.config.support_fr_models.get(name)
             if spec is None:

@@ -1,12 +1,8 @@
 """Extraction: every per-sample array of a run from one read of each image.
 
-``exfiqa extract --config C`` (``python -m exfiqa.extract``) computes the missing or stale arrays of
-:mod:`exfiqa.store.arrays`: one DataLoader decodes and aligns each image once, in sample order, and each
-batch (uint8, normalised on the device by each model; ``precision: bf16``: ``torch.autocast``) feeds
-every model. Shards of ``shard_size`` samples (batches start at a shard's first sample; ``torchrun`` rank
-r runs shards r, r + W, ...) are written as ``<arrays_dir>/<dataset>/.shards/<kind>-<name>-<key>/*.npy``
-under temporary names and renamed, so a killed run resumes to the same bytes; rank 0 merges them holding
-``<dataset>/.extract.lock``. ``crop_cache: true`` keeps each shard's aligned crops in ``<cache_dir>/crops/``.
+Each uint8 batch feeds every model. Shards of ``shard_size`` samples (``torchrun`` rank r runs shards r, r + W,
+...) go to ``<arrays_dir>/<dataset>/.shards/<kind>-<name>-<key>/*.npy`` by atomic rename, so a killed run
+resumes to the same bytes; rank 0 merges them holding ``<dataset>/.extract.lock``.
 """
 
 from __future__ import annotations
@@ -45,6 +41,7 @@ from exfiqa.locks import (
     reserve,
     run_lock,
 )
+from exfiqa.models.vitfiqa import vit_input
 from exfiqa.readers import READER_MODULES, Benchmark, load_benchmark
 from exfiqa.store.arrays import BASELINE_FR, code_version, modules_version, wanted_arrays
 from exfiqa.store.run import Run
@@ -127,9 +124,8 @@ def plan(run: Run, dataset: str) -> tuple[list[Job], list[str]]:
 
 
 class ImageSet(torch.utils.data.Dataset):
-    """Sample i of a benchmark as ``(i, uint8 (112, 112, 3) tensor, sharpness, decoded)``: sharpness
-    computed in the worker when asked for (NaN otherwise); ``decoded`` False for a crop from the crop
-    cache. Pickled (spawn start method) without the benchmark, which each worker reopens."""
+    """Sample i as ``(i, uint8 (112, 112, 3) tensor, sharpness or NaN, decoded)`` (``decoded`` False for a
+    cached crop). Pickled without the benchmark, which each worker reopens."""
 
     def __init__(self, bench: Benchmark, reopen: Callable[[], Benchmark], sharpness: bool = False,
                  crops: dict[int, Path] | None = None, shard_size: int = 1) -> None:
@@ -171,17 +167,11 @@ def _worker_init(_: int) -> None:
 
 
 def loader(images: ImageSet, batches: list[list[int]], workers: int, pin: bool) -> torch.utils.data.DataLoader:
-    """The extraction's DataLoader: ``batches`` (lists of sample ids) in order, decoded by
-    ``workers`` processes (0: in this process; fork where available), ``pin``-ned for CUDA."""
+    """``batches`` (lists of sample ids) in order, decoded by ``workers`` processes (fork where available)."""
     fork = "fork" in multiprocessing.get_all_start_methods()
     extra: dict[str, Any] = {"worker_init_fn": _worker_init, "prefetch_factor": 4,
                              "multiprocessing_context": "fork" if fork else None} if workers > 0 else {}
     return torch.utils.data.DataLoader(images, batch_sampler=batches, num_workers=workers, pin_memory=pin, **extra)
-
-
-def vit_input(x: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC RGB -> float32 NCHW ``(x/255 - 0.5)/0.5`` on x's device (as :func:`exfiqa.models.vitfiqa.to_tensor`)."""
-    return (x.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
 
 
 class _Exits:
@@ -251,10 +241,8 @@ def shard_name(start: int, stop: int) -> str:
 
 
 class _ShardWriter:
-    """Rows of one array for one shard, into a memory-mapped temporary ``.npy`` renamed when full
-    (:meth:`abort` removes it; one left by a killed run is removed by the next run). The file is
-    locked by this process (:func:`exfiqa.locks.create_owned`) and its blocks allocated before it
-    is written (:func:`exfiqa.locks.reserve`: a full disk is a ``NoSpaceError``, not a SIGBUS)."""
+    """Rows of one shard's array, into a memory-mapped temporary ``.npy`` (owned by this process, its
+    blocks reserved: a full disk is a ``NoSpaceError``, not a SIGBUS) renamed when full."""
 
     def __init__(self, target: Path, n_rows: int, dtype: Any = np.float32) -> None:
         self.target, self.n_rows, self.dtype = target, n_rows, dtype
@@ -300,8 +288,7 @@ def _crop_dir(run: Run, dataset: str) -> Path:
 
 
 def _remove_dead_temps(run: Run, dataset: str, log: Callable[[str], Any]) -> None:
-    """Remove the temporary shard, crop and merge files of ``dataset`` that killed runs left
-    (those no live process holds; see :func:`exfiqa.locks.remove_dead_temps`)."""
+    """Remove the temporary shard, crop and merge files of ``dataset`` that killed runs left."""
     crops = [d for d in (run.config.cache_dir / CROPS).glob(f"{dataset}-*") if d.is_dir()]
     for folder in [run.arrays.root / dataset / SHARDS, *crops]:
         gone = remove_dead_temps(folder, ".*.tmp.npy")
@@ -317,8 +304,7 @@ def _remove_dead_temps(run: Run, dataset: str, log: Callable[[str], Any]) -> Non
 
 def _clean_stale_shards(run: Run, dataset: str, jobs: Sequence[Job]) -> None:
     """Remove shard folders of this dataset's arrays left under another key (inputs or code changed)."""
-    keep = {f"{j.label}-{j.key}" for j in jobs}
-    labels = {j.label for j in jobs}
+    keep, labels = {shard_dir(run, j).name for j in jobs}, {j.label for j in jobs}
     for d in (run.arrays.root / dataset / SHARDS).glob("*"):
         if d.is_dir() and d.name not in keep and d.name.rsplit("-", 1)[0] in labels:
             _log.info("%s: removing shards of an earlier run with other inputs or code", d)
@@ -356,16 +342,12 @@ def _run_shards(run: Run, models: Models, dataset: str, jobs: Sequence[Job], ran
     bar = tqdm(total=sum(e - s for s, e in missing), desc=f"extract {dataset}", unit="img", disable=not progress,
                file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
 
-    def finish() -> None:
-        for w in writers.values():
-            w.close()
-        writers.clear()
-
     try:
         with torch.inference_mode(), autocast:
             for k, (ids, imgs, sharps, decoded) in enumerate(batches_in):
                 if starts[k][1] != current:
-                    finish()
+                    for w in writers.values():
+                        w.close()
                     current = starts[k][1]
                     s, e = current
                     want = missing[current]
@@ -386,7 +368,8 @@ def _run_shards(run: Run, models: Models, dataset: str, jobs: Sequence[Job], ran
                 if CROPS in writers:
                     writers[CROPS].put(offset, imgs.numpy())
                 bar.update(len(ids))
-            finish()
+            for w in writers.values():
+                w.close()
     except BaseException:
         for w in writers.values():
             w.abort()
@@ -404,7 +387,7 @@ def reopen_benchmark(cfg: Config, dataset: str) -> Benchmark:
 
 
 def _merge(run: Run, jobs: Sequence[Job]) -> None:
-    """Rank 0: every job's shards, in index order, into the layout; then the shard folder goes."""
+    """Rank 0: every job's shards, in order, into the layout; then the shard folder goes."""
     for job in jobs:
         bench = run.benchmark(job.dataset)
         folder = shard_dir(run, job)
@@ -437,12 +420,11 @@ def _extract(run: Run, models: Models, dataset: str, progress: bool, rank: int, 
     t0 = time.perf_counter()
     lock = nullcontext() if rank else run_lock(run.arrays.root / dataset / ".extract.lock", f"[extract] {dataset}", log)
     with lock:
+        jobs, reused = [], []
         if rank == 0:
             _remove_dead_temps(run, dataset, log)
             jobs, reused = plan(run, dataset)
             _clean_stale_shards(run, dataset, jobs)
-        else:
-            jobs, reused = [], []
         if world > 1:
             box: list[Any] = [(jobs, reused)]
             dist.broadcast_object_list(box, src=0)
@@ -462,8 +444,8 @@ def _extract(run: Run, models: Models, dataset: str, progress: bool, rank: int, 
 
 def extract(cfg: Config, datasets: Sequence[str] | None = None, progress: bool = True,
             log: Callable[[str], Any] = print) -> list[DatasetReport]:
-    """Compute every missing or stale per-sample array of ``cfg`` (``datasets``: a subset); one report
-    per dataset. In a ``torch.distributed`` group (``torchrun``) every rank calls this."""
+    """Compute every missing or stale array of ``cfg`` (``datasets``: a subset); one report per dataset.
+    Under ``torchrun`` every rank calls this."""
     on = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if on else (0, 1)
     names = list(datasets) if datasets else list(cfg.datasets)

@@ -16,8 +16,7 @@ def run_batches(
     model: ViTFIQA, batches: Iterable[NDArray[np.uint8]], step: Callable[[ViTFIQA, torch.Tensor], Sequence[np.ndarray]],
     empty: Sequence[np.ndarray], total: int | None, device: str | torch.device, progress: bool, desc: str,
 ) -> list[np.ndarray]:
-    """``step(model, x)`` (numpy outputs) on each uint8 RGB batch, in inference mode with the model
-    on ``device`` in eval mode; each output concatenated over the batches (``empty`` if none)."""
+    """``step(model, x)`` (numpy outputs) on each uint8 RGB batch, in inference and eval mode, concatenated."""
     dev = torch.device(device)
     model = model.to(dev).eval()
     parts: list[list[np.ndarray]] = [[] for _ in empty]
@@ -37,8 +36,7 @@ def exit_scores(
     model: ViTFIQA, batches: Iterable[NDArray[np.uint8]], total: int | None = None,
     device: str | torch.device = "cpu", progress: bool = True, desc: str = "quality",
 ) -> NDArray[np.float32]:
-    """Scores of all exits, (N, depth) float32, for uint8 RGB batches (B, 112, 112, 3), in order; the
-    model is moved to ``device`` and put in eval mode."""
+    """Scores of all exits, (N, depth) float32, for uint8 RGB batches (B, 112, 112, 3), in order."""
     empty = [np.zeros((0, model.depth), dtype=np.float32)]
     return run_batches(model, batches, lambda m, x: _numpy(m.forward_exits(x).scores), empty, total, device,
                        progress, desc)[0]
@@ -48,8 +46,7 @@ def family_scores(
     model: ViTFIQA, batches: Iterable[NDArray[np.uint8]], total: int | None = None,
     device: str | torch.device = "cpu", progress: bool = True, desc: str = "quality",
 ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
-    """One pass: exit scores (N, depth), ATTN-FIQA of every block (N, depth) and ViTNT-FIQA
-    (N, 2: mean, attention-weighted), float32, as :func:`exit_scores` handles batches."""
+    """One pass: exit scores (N, depth), ATTN-FIQA of every block (N, depth), ViTNT-FIQA (N, 2), float32."""
 
     def step(m: ViTFIQA, x: torch.Tensor) -> list[NDArray[np.float32]]:
         out = m.forward_exits(x, family=True)

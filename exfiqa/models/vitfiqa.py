@@ -38,7 +38,7 @@ __all__ = [
     "ConvStemPatchEmbed", "ExitOutput", "VITNT_COLUMNS", "attn_fiqa_from_qk", "check_vitnt_blocks",
     "qk_from_qkv", "received_attention", "vitnt_token_quality", "ViTFIQA", "ViTFIQAConfig",
     "capture_attention", "attention_grid", "build_vitfiqa", "load_vitfiqa", "released_state_dict",
-    "save_vitfiqa", "to_tensor",
+    "save_vitfiqa", "to_tensor", "vit_input",
 ]
 
 Variant = Literal["token", "crfiqa"]
@@ -46,8 +46,8 @@ Variant = Literal["token", "crfiqa"]
 
 @dataclass(frozen=True)
 class ViTFIQAConfig:
-    """Architecture of a ViT-FIQA model; defaults are the released model. ``stem_channels``: an
-    optional conv stem (3x3 stride-2 conv + BN + ReLU per entry) before the patch projection."""
+    """Architecture of a ViT-FIQA model (defaults: the released one); ``stem_channels``: 3x3 stride-2
+    conv + BN + ReLU layers before the patch projection."""
 
     variant: Variant = "token"
     img_size: int = 112
@@ -90,8 +90,7 @@ class ViTFIQAConfig:
 
 
 class ConvStemPatchEmbed(PatchEmbed):
-    """timm ``PatchEmbed`` after a conv stem. Keys: ``patch_embed.stem.{3k}.weight`` (conv),
-    ``.{3k+1}.*`` (BN), then ``patch_embed.proj.*``."""
+    """timm ``PatchEmbed`` after a conv stem (keys ``patch_embed.stem.{3k}.weight`` conv, ``.{3k+1}.*`` BN)."""
 
     def __init__(self, img_size: int, stem_channels: Sequence[int], in_chans: int = 3, **kwargs: Any) -> None:
         super().__init__(img_size=img_size // 2 ** len(stem_channels), in_chans=stem_channels[-1], **kwargs)
@@ -108,24 +107,14 @@ class ConvStemPatchEmbed(PatchEmbed):
 
 @dataclass
 class ExitOutput:
-    """Outputs of :meth:`ViTFIQA.forward_exits`; column ``j`` of each per-exit field is ``exits[j]``.
+    """Outputs of :meth:`ViTFIQA.forward_exits`; column ``j`` of each per-exit field is ``exits[j]``."""
 
-    Attributes:
-        exits: 1-based exit indices, ascending and distinct (whatever order was asked).
-        scores: (B, len(exits)) EX-FIQA quality scores.
-        embeddings: (B, len(exits), feature_dim) FR embeddings, if requested.
-        attn_fiqa: (B, len(exits)) float32 ATTN-FIQA of each exit's block (``family=True``).
-        vitnt_fiqa: (B, 2) float32 ViTNT-FIQA over blocks ``1..vitnt_blocks``, columns
-            :data:`VITNT_COLUMNS` (``family=True``).
-        vitnt_blocks: ``k`` of the ViTNT-FIQA range ``1..k``, or None.
-    """
-
-    exits: list[int]
-    scores: torch.Tensor
-    embeddings: torch.Tensor | None = None
-    attn_fiqa: torch.Tensor | None = None
-    vitnt_fiqa: torch.Tensor | None = None
-    vitnt_blocks: int | None = None
+    exits: list[int]  # 1-based, ascending, distinct
+    scores: torch.Tensor  # (B, E)
+    embeddings: torch.Tensor | None = None  # (B, E, feature_dim), if requested
+    attn_fiqa: torch.Tensor | None = None  # (B, E) float32 (family=True)
+    vitnt_fiqa: torch.Tensor | None = None  # (B, 2) float32, columns VITNT_COLUMNS (family=True)
+    vitnt_blocks: int | None = None  # k of ViTNT-FIQA's range 1..k
 
 
 AttnTokens = Literal["all", "patches"]
@@ -162,8 +151,7 @@ class ViTFIQA(VisionTransformer):
         return len(self.blocks)
 
     def tokens(self, x: torch.Tensor, mask_ratio: float = 0.0) -> torch.Tensor:
-        """Input of block 1: patch embedding (+ quality token) + position embedding. ``mask_ratio``
-        > 0 replaces that fraction of patch tokens by ``mask_token`` (training only)."""
+        """Input of block 1 (patch embedding, quality token, position); ``mask_ratio``: training masking."""
         x = self.patch_embed(x)
         if mask_ratio > 0:
             b, n, _ = x.shape
@@ -176,11 +164,8 @@ class ViTFIQA(VisionTransformer):
         return out
 
     def exit_head(self, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Heads on LayerNorm-ed tokens (B, N, D) -> ``(score (B,), embedding (B, F) or None)``.
-
-        (C): ``(head_qs(e), e)`` with ``e = feature(flatten(tokens))``. (T): ``(head_qs(tokens[:, 0]),
-        None)``; :meth:`embedding` computes the FR embedding.
-        """
+        """Heads on LayerNorm-ed tokens (B, N, D) -> ``(score (B,), embedding (B, F) or None)``
+        ((T): None, see :meth:`embedding`)."""
         if self.config.variant == "token":
             return self.head_qs(normed[:, 0]).squeeze(-1), None
         emb: torch.Tensor = self.feature(normed.flatten(1))
@@ -207,25 +192,15 @@ class ViTFIQA(VisionTransformer):
         self, x: torch.Tensor, exits: Sequence[int] | None = None, return_embeddings: bool = False,
         family: bool = False, attn_tokens: AttnTokens = "all", vitnt_blocks: int | Sequence[int] | None = None,
     ) -> ExitOutput:
-        """Scores of several exits in one pass; only ``max(exits)`` blocks are run. The heads must be
-        in eval mode (RuntimeError otherwise): all exits go through them as one batch.
+        """Scores of ``exits`` (1-based; default all; sorted, de-duplicated) in one pass of ``max(exits)``
+        blocks; the heads must be in eval mode (RuntimeError). ``family``: also ATTN-FIQA at every exit
+        (queries/keys: ``attn_tokens`` "all" as the authors, or "patches") and ViTNT-FIQA over blocks
+        ``1..k`` (``vitnt_blocks``: ``k`` or ``[1, ..., k]``, k >= 2, default ``max(exits)``), both
+        float32, scores unchanged bit for bit.
 
-        Args:
-            x: (B, 3, H, W) normalised RGB faces.
-            exits: 1-based exits to read (default: all ``1..depth``); sorted and de-duplicated.
-            return_embeddings: also return the FR embedding of each exit.
-            family: also compute ATTN-FIQA at every exit and ViTNT-FIQA over blocks ``1..k`` in
-                the same pass (``scores``/``embeddings`` unchanged bit for bit).
-            attn_tokens: ATTN-FIQA's queries/keys: ``"all"`` tokens (the authors' code) or ``"patches"``.
-            vitnt_blocks: ViTNT-FIQA's range ``1..k`` as ``k`` or ``[1, ..., k]`` (k >= 2; default
-                ``max(exits)``; a larger ``k`` runs the extra blocks). Needs ``family=True``.
-
-        ATTN-FIQA (block ``l``): mean over heads, queries and keys of ``q k^T * head_dim**-0.5``.
-        ViTNT-FIQA: each block's tokens through the final ``norm``, L2-normalised ((T): patches
-        only); ``d_p`` = mean over ``t = 1..k-1`` of ``||x_{t+1,p} - x_{t,p}||``; ``q_p = 2 / (1 +
-        exp(8 d_p))``; columns: mean of ``q_p``, and ``sum_p w_p q_p`` with ``w_p`` the softmax
-        attention block ``k`` gives token ``p`` (head mean, query sum, normalised to sum 1).
-        Both float32 (also for bf16 models). Higher = better.
+        ViTNT-FIQA: each block's normed tokens, L2-normalised ((T): patches only); ``d_p`` = mean over
+        ``t < k`` of ``||x_{t+1,p} - x_{t,p}||``; ``q_p = 2 / (1 + exp(8 d_p))``; columns: mean ``q_p``
+        and ``sum_p w_p q_p``, ``w_p`` the softmax attention block ``k`` gives token ``p``.
         """
         self._check_heads_eval()
         exits = self._check_exits(exits)
@@ -258,11 +233,8 @@ class ViTFIQA(VisionTransformer):
     def _family_pass(
         self, h: torch.Tensor, exits: list[int], attn_tokens: AttnTokens, last: int
     ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Block loop of ``forward_exits(family=True)`` -> (normed exits, attn_fiqa, vitnt_fiqa).
-
-        q, k come from a forward hook on each qkv projection (fused attention never forms them);
-        one (B, H, N, N) softmax is formed, at block ``last``.
-        """
+        """Block loop of ``forward_exits(family=True)`` -> (normed exits, attn_fiqa, vitnt_fiqa); q, k
+        come from a hook on each qkv projection; one (B, H, N, N) softmax is formed, at block ``last``."""
         p0 = self.num_prefix_tokens
         a0 = p0 if attn_tokens == "patches" else 0
         normed: list[torch.Tensor] = []
@@ -330,9 +302,8 @@ def build_vitfiqa(config: ViTFIQAConfig | None = None, **overrides: Any) -> ViTF
 
 
 def check_vitnt_blocks(blocks: int | Sequence[int] | None, default: int, depth: int) -> int:
-    """ViTNT-FIQA's block range ``1..k`` -> ``k`` (None -> ``default``). ValueError unless
-    2 <= k <= depth, or for a list other than ``[1, 2, ..., k]`` (the reference code silently
-    skips blocks of a non-contiguous list)."""
+    """ViTNT-FIQA's block range ``1..k`` -> ``k`` (None -> ``default``). ValueError unless 2 <= k <= depth,
+    or for a list other than ``[1, 2, ..., k]`` (the reference code silently skips blocks of such a list)."""
     if isinstance(blocks, bool):
         raise ValueError(f"vitnt_blocks must be an int k or the list [1, ..., k], got {blocks!r}")
     if blocks is None:
@@ -379,8 +350,7 @@ def qk_from_qkv(attn: Attention, qkv: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 def attn_fiqa_from_qk(q: torch.Tensor, k: torch.Tensor, scale: float, start: int = 0) -> torch.Tensor:
-    """ATTN-FIQA (B,) float32: mean over heads, queries and keys ``start:`` of ``scale * q_i . k_j``,
-    computed as ``(mean_i q_i) . (mean_j k_j)`` per head (never forms (N, N))."""
+    """ATTN-FIQA (B,) float32: mean over heads, queries, keys ``start:`` of ``scale * q_i . k_j`` (no (N, N))."""
     q_mean = q[:, :, start:].mean(dim=2, dtype=torch.float32)
     k_mean = k[:, :, start:].mean(dim=2, dtype=torch.float32)
     return (q_mean * k_mean).sum(dim=-1).mean(dim=-1) * scale
@@ -399,20 +369,17 @@ def vitnt_token_quality(mean_distance: torch.Tensor) -> torch.Tensor:
     return 2.0 * torch.sigmoid(-VITNT_SHARPNESS * mean_distance)
 
 
-# ----------------------------------------------------------------------------- attention
-
-
 @contextlib.contextmanager
 def capture_attention(model: ViTFIQA) -> Iterator[list[torch.Tensor]]:
-    """Collect each block's softmax attention (B, heads, N, N), one tensor per block run, in order;
-    fused attention (which never forms it) is off inside the context (scores unchanged up to rounding)."""
+    """Collect each block's softmax attention (B, heads, N, N), one tensor per block run, in order (fused
+    attention is off inside: scores unchanged up to rounding)."""
     maps: list[torch.Tensor] = []
     attns = [_block_attention(blk) for blk in model.blocks]
     saved = [attn.fused_attn for attn in attns]
     handles = [a.attn_drop.register_forward_hook(lambda _m, inp, _out: maps.append(inp[0].detach())) for a in attns]
-    for attn in attns:  # timm marks fused_attn Final (for TorchScript); we switch it per instance
-        attn.fused_attn = False  # type: ignore[misc]
     try:
+        for attn in attns:  # timm marks fused_attn Final (for TorchScript); we switch it per instance
+            attn.fused_attn = False  # type: ignore[misc]
         yield maps
     finally:
         for h in handles:
@@ -428,15 +395,12 @@ def attention_grid(attn: torch.Tensor, variant: Variant, grid_size: int) -> torc
     return row.reshape(attn.shape[0], grid_size, grid_size)
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
 _STEM_KEY = re.compile(r"^patch_embed\.stem\.(\d+)\.weight$")
-_PREFIXES = ("module.", "model.", "backbone.")
 
 
 def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    for prefix in _PREFIXES:
+    for prefix in ("module.", "model.", "backbone."):
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
@@ -507,20 +471,14 @@ def released_state_dict(model: ViTFIQA) -> dict[str, torch.Tensor]:
     return {("qs_token" if k == "cls_token" else k): v.detach().cpu() for k, v in model.state_dict().items()}
 
 
-METADATA_KEY = "exfiqa"
-"""Entry of a saved state_dict's ``_metadata`` holding ``{"num_heads": int}`` (no weight's shape
-shows it). ``_metadata`` is pickled with the dict but is no key, so a strict ``load_state_dict``
-(the authors' scripts) never sees it; a copy of the dict drops it."""
-
-NUM_HEADS_KEY = "exfiqa_num_heads"
-"""Legacy state_dict key (0-d int tensor) of the head count: still read, no longer written."""
+METADATA_KEY = "exfiqa"  # _metadata entry {"num_heads": int}: pickled with the dict, invisible to load_state_dict
+NUM_HEADS_KEY = "exfiqa_num_heads"  # legacy 0-d int tensor key of the head count: read, no longer written
 
 RELEASED_HEAD_DIM = 64
 
 
 def _num_heads(state: dict[str, torch.Tensor], metadata: dict[str, Any], num_heads: int | None, source: str) -> int:
-    """The head count to build: the one the file records (``_metadata[METADATA_KEY]`` or the legacy
-    key, popped from ``state``), else ``num_heads``, else 8 (released)."""
+    """The head count the file records (legacy key popped from ``state``), else ``num_heads``, else 8."""
     found: list[int] = []
     legacy = state.pop(NUM_HEADS_KEY, None)
     if legacy is not None:
@@ -550,17 +508,9 @@ def _num_heads(state: dict[str, torch.Tensor], metadata: dict[str, Any], num_hea
 def load_vitfiqa(
     path: str | os.PathLike[str], num_heads: int | None = None, img_size: int = 112, device: str | torch.device = "cpu"
 ) -> ViTFIQA:
-    """Load a released ViT-FIQA checkpoint (either variant) strictly and safely, in eval mode.
-
-    A plain state_dict (``weights_only=True``; NaN/inf refused); ``module.`` etc. prefixes are
-    stripped; the architecture is inferred from shapes. The head count is the recorded one
-    (:data:`METADATA_KEY`, legacy :data:`NUM_HEADS_KEY`), else ``num_heads`` (default 8); a
-    width-512 model whose head dim is not 64 gets a warning.
-
-    Raises:
-        CheckpointError: unsafe file, non-finite weights, missing/unexpected keys or mismatched
-            shapes (with the likely cause), or ``num_heads`` contradicting the recorded count.
-    """
+    """Load a released ViT-FIQA state_dict (either variant; ``module.`` etc. prefixes stripped;
+    architecture from shapes; heads as recorded, else ``num_heads``, else 8) strictly, in eval mode.
+    CheckpointError: unsafe file, non-finite weights, key/shape mismatch, contradicting ``num_heads``."""
     raw, metadata = load_state_dict_with_metadata(path)
     state = _strip_prefixes(raw)
     heads = _num_heads(state, metadata, num_heads, str(path))
@@ -586,8 +536,7 @@ def load_vitfiqa(
 
 
 def save_vitfiqa(model: ViTFIQA, path: str | os.PathLike[str], overwrite: bool = False) -> None:
-    """Save ``model`` atomically as a released-format state_dict (loads strictly into the authors'
-    model); the head count goes in ``_metadata`` (:data:`METADATA_KEY`)."""
+    """Save ``model`` atomically as a released-format state_dict, the head count in ``_metadata``."""
     state = OrderedDict(released_state_dict(model))
     versions = getattr(model.state_dict(), "_metadata", {})
     state._metadata = {**versions, METADATA_KEY: {"num_heads": int(model.config.num_heads)}}  # type: ignore[attr-defined]
@@ -597,10 +546,13 @@ def save_vitfiqa(model: ViTFIQA, path: str | os.PathLike[str], overwrite: bool =
 
 
 def to_tensor(batch: NDArray[np.uint8] | Sequence[NDArray[np.uint8]]) -> torch.Tensor:
-    """uint8 RGB (B, H, W, 3) -> float32 (B, 3, H, W) in [-1, 1]: ``(x/255 - 0.5)/0.5``, the input
-    ViT-FIQA expects (the faces of :mod:`exfiqa.readers`)."""
+    """uint8 RGB (B, H, W, 3) array -> ViT-FIQA's input float32 (B, 3, H, W) ``(x/255 - 0.5)/0.5``."""
     arr = np.asarray(batch)
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         raise ValueError(f"expected uint8 RGB images (B, H, W, 3), got {arr.dtype} {arr.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float()
-    return (t / 255.0 - 0.5) / 0.5
+    return vit_input(torch.from_numpy(np.ascontiguousarray(arr)))
+
+
+def vit_input(x: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC RGB tensor -> float32 NCHW ``(x/255 - 0.5)/0.5`` on x's device."""
+    return (x.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
