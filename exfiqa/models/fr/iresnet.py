@@ -238,7 +238,7 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "magface": {"bn_eps": 2e-5, "freeze_features_weight": False},
     "curricularface": {"bn_eps": 1e-5},
 }
-#: Architecture -> its checkpoint key layout (:func:`exfiqa.models.fr.detect_layout`).
+#: Architecture -> its checkpoint key layout (:func:`exfiqa.models.fr.load.detect_layout`).
 ARCH_LAYOUT = {"iresnet": "iresnet", "magface": "iresnet", "curricularface": "evolve_ir"}
 
 
